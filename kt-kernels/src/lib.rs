@@ -1,0 +1,15 @@
+//! kt-kernels: the compute kernels of kt.
+//!
+//! - [`quant`]: GGUF block formats (byte layouts, ggml type ids) with their scalar
+//!   reference quantize / dequantize / dot.
+//! - [`cpu`]: run-time ISA detection, the per-format kernel tables, the pinned thread
+//!   pool and the format-agnostic matmul driver.
+//! - [`util`]: small helpers shared by tests, benches and the synthetic models
+//!   (deterministic RNG, 64-byte aligned buffers).
+
+pub mod cpu;
+pub mod error;
+pub mod quant;
+pub mod util;
+
+pub use error::{KtError, Result};

@@ -1,0 +1,1 @@
+//! Helpers shared by the reference quantizers (rounding, scale search).

@@ -1,0 +1,5 @@
+//! q2_k scalar reference (placeholder until written).
+
+pub fn quantize(_src: &[f32], _dst: &mut [u8]) { unimplemented!("q2_k quantize") }
+pub fn dequantize(_src: &[u8], _dst: &mut [f32]) { unimplemented!("q2_k dequantize") }
+pub fn vec_dot(_n: usize, _w: &[u8], _act: &[u8]) -> f32 { unimplemented!("q2_k vec_dot") }
