@@ -1,0 +1,70 @@
+//! Shared helpers of kt-kernels' integration tests: the ggml fixtures in
+//! `tests/fixtures/quant` (see its manifest.json) and poisoned output buffers.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use kt_kernels::quant::QType;
+
+pub const ROWS: usize = 32;
+pub const COLS: usize = 1024;
+pub const ACT_ROWS: usize = 4;
+
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant")
+}
+
+pub fn read_bytes(name: &str) -> Vec<u8> {
+    let p = fixture_dir().join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", p.display()))
+}
+
+pub fn read_f32(name: &str) -> Vec<f32> {
+    let b = read_bytes(name);
+    assert_eq!(b.len() % 4, 0, "{name}: not a whole number of f32");
+    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// `weights.f32`: [ROWS, COLS]; row m is of kind m % 8 (manifest.json: normal, small,
+/// outliers, zeros, constant, uniform, tiny, spikes).
+pub fn weights() -> Vec<f32> {
+    read_f32("weights.f32")
+}
+
+/// `activations.f32`: [ACT_ROWS, COLS].
+pub fn activations() -> Vec<f32> {
+    read_f32("activations.f32")
+}
+
+/// ggml's file stem of a type (`q4_K`, `bf16`, ...), as the fixture files are named.
+pub fn stem(t: QType) -> &'static str {
+    t.name()
+}
+
+/// ggml's quantized bytes of `weights.f32` in type `t`.
+pub fn ggml_quant(t: QType) -> Vec<u8> {
+    read_bytes(&format!("{}.quant", stem(t)))
+}
+
+/// ggml's dequantization of `ggml_quant(t)`: [ROWS, COLS].
+pub fn ggml_dequant(t: QType) -> Vec<f32> {
+    read_f32(&format!("{}.dequant.f32", stem(t)))
+}
+
+/// ggml's vec_dot of each weight row (quantized to t) with each activation row
+/// (quantized to t's vec_dot_type): [ROWS, ACT_ROWS].
+pub fn ggml_dot(t: QType) -> Vec<f32> {
+    read_f32(&format!("{}.dot.f32", stem(t)))
+}
+
+/// A vector of `n` NaNs: outputs are poisoned before a kernel writes them.
+pub fn poisoned(n: usize) -> Vec<f32> {
+    vec![f32::NAN; n]
+}
+
+/// Root mean square of a - b.
+pub fn rmse(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let s: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
+    (s / a.len().max(1) as f64).sqrt()
+}
