@@ -1,1 +1,27 @@
-//! CPU kernels: ISA detection, per-format kernel tables, the thread pool and the matmul.
+//! CPU kernels: run-time ISA detection ([`Isa`], `KT_ISA`), the per-format kernel tables
+//! ([`dispatch`]), the pinned thread pool ([`pool`]) and the format-agnostic matmul
+//! driver ([`matmul`]).
+//!
+//! Layout: `scalar/` is the reference backend; `avx2/`, `avx512/`, `amx/` hold one file
+//! per format family per ISA. Each backend registers what it has into the table of its
+//! level; everything it lacks falls through to the level below.
+
+pub mod dispatch;
+pub mod isa;
+pub mod matmul;
+pub mod pool;
+pub mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+
+pub use isa::Isa;
+pub use matmul::{
+    act_row_bytes, matmul, matmul_f32_reference, matmul_quantized_with, matmul_with,
+    quantize_activations_with, GEMV_MAX_TOKENS,
+};
+pub use pool::ThreadPool;

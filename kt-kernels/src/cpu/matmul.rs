@@ -1,0 +1,277 @@
+//! The format-agnostic matmul driver: checks shapes, quantizes the activations once to
+//! the weight format's activation type, cuts the product into tiles and hands them to
+//! the pool. It never names a format: the kernels come from the dispatch table.
+
+use std::cell::RefCell;
+
+use super::dispatch::{self, FormatKernels, GemmTile};
+use super::isa::{self, Isa};
+use super::pool::{self, ThreadPool};
+use crate::error::{KtError, Result};
+use crate::quant::{reference, QType};
+use crate::util::AlignedBuf;
+
+/// Up to this many tokens the product is a GEMV: each work item is a block of rows
+/// against all tokens, so every weight byte is read exactly once.
+pub const GEMV_MAX_TOKENS: usize = 8;
+
+/// Rows and tokens of one work item in the GEMM path: a 64-row weight block of a
+/// 7168-wide Q4_K matrix is ~250 KB and stays in L2 while the token blocks stream by.
+const GEMM_ROW_BLOCK: usize = 64;
+const GEMM_TOKEN_BLOCK: usize = 64;
+
+thread_local! {
+    /// Quantized activations of the current call (grows once, then reused).
+    static ACT_SCRATCH: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
+}
+
+/// `out[t*rows + r] = sum_c W[r,c] * x[t*cols + c]` on the selected ISA
+/// (`KT_ISA` or the best available), all cores of the global pool. Activations are
+/// quantized to `qtype.vec_dot_type()` first, as a GGUF engine does.
+pub fn matmul(
+    qtype: QType,
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    matmul_with(isa::selected()?, pool::global(), qtype, weights, rows, cols, x, tokens, out)
+}
+
+/// [`matmul`] on an explicit ISA and pool (tests run every ISA the machine has).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with(
+    isa: Isa,
+    pool: &ThreadPool,
+    qtype: QType,
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    check_weights(qtype, weights, rows, cols)?;
+    check_len("activations x", x.len(), tokens * cols, qtype)?;
+    check_len("output", out.len(), tokens * rows, qtype)?;
+    let kernels = dispatch::table(isa)?.get(qtype)?;
+    let act_row = kernels.act.row_bytes(cols)?;
+    if rows == 0 || tokens == 0 {
+        return Ok(());
+    }
+    ACT_SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        scratch.resize(tokens * act_row);
+        quantize_activations(pool, kernels, x, cols, tokens, act_row, scratch.as_mut_slice());
+        run_tiles(pool, kernels, qtype, weights, rows, cols, scratch.as_slice(), act_row, tokens, out);
+    });
+    Ok(())
+}
+
+/// Bytes of one activation row of `cols` elements for weights of `qtype`.
+pub fn act_row_bytes(qtype: QType, cols: usize) -> Result<usize> {
+    qtype.vec_dot_type().row_bytes(cols)
+}
+
+/// Quantizes `tokens` rows of `x` into `xq` (rows of [`act_row_bytes`]) with the
+/// activation quantizer of `qtype` on `isa`. Lets a caller quantize once and run
+/// several products over the same activations (gate and up of an MLP).
+pub fn quantize_activations_with(
+    isa: Isa,
+    pool: &ThreadPool,
+    qtype: QType,
+    x: &[f32],
+    cols: usize,
+    tokens: usize,
+    xq: &mut [u8],
+) -> Result<()> {
+    let kernels = dispatch::table(isa)?.get(qtype)?;
+    let act_row = kernels.act.row_bytes(cols)?;
+    check_len("activations x", x.len(), tokens * cols, qtype)?;
+    check_len("quantized activations", xq.len(), tokens * act_row, kernels.act)?;
+    quantize_activations(pool, kernels, x, cols, tokens, act_row, xq);
+    Ok(())
+}
+
+/// The product over activations already quantized by [`quantize_activations_with`].
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_quantized_with(
+    isa: Isa,
+    pool: &ThreadPool,
+    qtype: QType,
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    xq: &[u8],
+    tokens: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    check_weights(qtype, weights, rows, cols)?;
+    let kernels = dispatch::table(isa)?.get(qtype)?;
+    let act_row = kernels.act.row_bytes(cols)?;
+    check_len("quantized activations", xq.len(), tokens * act_row, kernels.act)?;
+    check_len("output", out.len(), tokens * rows, qtype)?;
+    if rows > 0 && tokens > 0 {
+        run_tiles(pool, kernels, qtype, weights, rows, cols, xq, act_row, tokens, out);
+    }
+    Ok(())
+}
+
+/// The reference mode: weights dequantized to f32, activations kept in f32, sums in
+/// f64. Same layout as [`matmul`]. Slow; used to check the fast path and to reproduce
+/// an f32 engine.
+pub fn matmul_f32_reference(
+    qtype: QType,
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    check_weights(qtype, weights, rows, cols)?;
+    check_len("activations x", x.len(), tokens * cols, qtype)?;
+    check_len("output", out.len(), tokens * rows, qtype)?;
+    if rows == 0 || tokens == 0 {
+        return Ok(());
+    }
+    let row_bytes = qtype.row_bytes(cols)?;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let block = 16;
+    pool::global().for_each(rows.div_ceil(block), &|i, _| {
+        let mut w = vec![0f32; cols];
+        for r in i * block..((i + 1) * block).min(rows) {
+            reference::dequantize(qtype, &weights[r * row_bytes..(r + 1) * row_bytes], &mut w);
+            for t in 0..tokens {
+                let xt = &x[t * cols..(t + 1) * cols];
+                let s: f64 = w.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+                // SAFETY: each (t, r) is written by exactly one work item (rows are
+                // partitioned by i), and t * rows + r < tokens * rows = out.len().
+                unsafe { *out_ptr.get().add(t * rows + r) = s as f32 };
+            }
+        }
+    });
+    Ok(())
+}
+
+fn check_weights(qtype: QType, weights: &[u8], rows: usize, cols: usize) -> Result<()> {
+    let row = qtype.row_bytes(cols)?;
+    let expected = rows.checked_mul(row).ok_or_else(|| KtError::Shape {
+        op: "matmul",
+        detail: format!("{rows} rows of {row} bytes overflow"),
+    })?;
+    if weights.len() != expected {
+        return Err(KtError::Length { qtype, what: "weights", unit: "bytes", expected, got: weights.len() });
+    }
+    Ok(())
+}
+
+fn check_len(what: &'static str, got: usize, expected: usize, qtype: QType) -> Result<()> {
+    if got != expected {
+        return Err(KtError::Length { qtype, what, unit: "elements", expected, got });
+    }
+    Ok(())
+}
+
+/// A raw pointer that may cross threads: the tiles written through it are disjoint.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: only used to write disjoint output elements from pool threads, each element
+// by exactly one work item, while the owning &mut borrow is held by the caller.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+fn quantize_activations(
+    pool: &ThreadPool,
+    kernels: &FormatKernels,
+    x: &[f32],
+    cols: usize,
+    tokens: usize,
+    act_row: usize,
+    xq: &mut [u8],
+) {
+    let xq_ptr = SendPtr(xq.as_mut_ptr());
+    let quantize_row = |t: usize| {
+        // SAFETY: row t of xq is [t*act_row, (t+1)*act_row), disjoint per t, inside xq
+        // (xq.len() == tokens * act_row was checked by the caller).
+        let dst = unsafe { std::slice::from_raw_parts_mut(xq_ptr.get().add(t * act_row), act_row) };
+        // SAFETY: the table only holds quantizers this CPU can run.
+        unsafe { (kernels.quantize_act)(&x[t * cols..(t + 1) * cols], dst) };
+    };
+    if tokens * cols < 1 << 16 {
+        (0..tokens).for_each(quantize_row);
+    } else {
+        pool.for_each(tokens, &|t, _| quantize_row(t));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_tiles(
+    pool: &ThreadPool,
+    kernels: &FormatKernels,
+    qtype: QType,
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    xq: &[u8],
+    act_row: usize,
+    tokens: usize,
+    out: &mut [f32],
+) {
+    let w_stride = qtype.row_bytes(cols).expect("checked by the caller");
+    let (row_block, token_block) = tile_sizes(rows, tokens, pool.threads());
+    let row_blocks = rows.div_ceil(row_block);
+    let token_blocks = tokens.div_ceil(token_block);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let w_ptr = weights.as_ptr() as usize;
+    let a_ptr = xq.as_ptr() as usize;
+    pool.for_each(row_blocks * token_blocks, &|item, _| {
+        // Consecutive items share a weight block, so threads working side by side read
+        // the same weights from the shared cache.
+        let (rb, tb) = (item / token_blocks, item % token_blocks);
+        let r0 = rb * row_block;
+        let t0 = tb * token_block;
+        let tile = GemmTile {
+            qtype,
+            k: cols,
+            w: (w_ptr + r0 * w_stride) as *const u8,
+            w_stride,
+            rows: row_block.min(rows - r0),
+            a: (a_ptr + t0 * act_row) as *const u8,
+            a_stride: act_row,
+            tokens: token_block.min(tokens - t0),
+            out: out_ptr.get().wrapping_add(t0 * rows + r0),
+            ldo: rows,
+        };
+        // SAFETY: the tile lies inside the checked weights (rows x w_stride), activations
+        // (tokens x act_row) and output (tokens x rows); tiles of different items are
+        // disjoint; the table only holds kernels this CPU can run.
+        unsafe { (kernels.gemm)(&tile) };
+    });
+}
+
+/// Row and token block of a work item. GEMV: all tokens per item and rows cut into
+/// about 8 items per thread (enough for the atomic hand-out to even out), in multiples
+/// of 16 rows. GEMM: fixed blocks sized for L2.
+fn tile_sizes(rows: usize, tokens: usize, threads: usize) -> (usize, usize) {
+    if tokens <= GEMV_MAX_TOKENS {
+        let per_item = rows.div_ceil(threads * 8).next_multiple_of(16).clamp(16, 512);
+        (per_item, tokens)
+    } else {
+        let items_wanted = threads * 4;
+        let token_blocks = tokens.div_ceil(GEMM_TOKEN_BLOCK);
+        let mut row_block = GEMM_ROW_BLOCK;
+        while row_block > 16 && rows.div_ceil(row_block) * token_blocks < items_wanted {
+            row_block /= 2;
+        }
+        (row_block, GEMM_TOKEN_BLOCK)
+    }
+}
