@@ -21,12 +21,6 @@ pub fn nearest_int(x: f32) -> i32 {
     x.round_ties_even() as i32
 }
 
-/// Rounds through f16 and back: the value a block's f16 scale field really holds.
-#[inline]
-pub fn f16_round(x: f32) -> f32 {
-    f16::from_f32(x).to_f32()
-}
-
 /// The element of largest magnitude (the first one on ties), as ggml's searches pick
 /// it: returns `(max_abs, signed_value)`.
 #[inline]
@@ -183,8 +177,13 @@ pub fn make_qkx2_quants(
     let mut sum_w = weights[0];
     let mut sum_x = sum_w * x[0];
     for i in 1..n {
-        min = min.min_if_less(x[i]);
-        max = max.max_if_greater(x[i]);
+        // Strict comparisons, as ggml: a NaN never replaces the running value.
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
         let w = weights[i];
         sum_w += w;
         sum_x += w * x[i];
@@ -246,31 +245,6 @@ pub fn make_qkx2_quants(
         }
     }
     (scale, -min)
-}
-
-/// `min`/`max` updates with ggml's strict comparisons (NaN never replaces a value).
-trait StrictMinMax {
-    fn min_if_less(self, v: f32) -> f32;
-    fn max_if_greater(self, v: f32) -> f32;
-}
-
-impl StrictMinMax for f32 {
-    #[inline]
-    fn min_if_less(self, v: f32) -> f32 {
-        if v < self {
-            v
-        } else {
-            self
-        }
-    }
-    #[inline]
-    fn max_if_greater(self, v: f32) -> f32 {
-        if v > self {
-            v
-        } else {
-            self
-        }
-    }
 }
 
 /// Q4_K / Q5_K: the 6-bit scale and 6-bit min of sub-block `j` (0..8) from the 12

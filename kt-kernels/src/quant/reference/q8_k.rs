@@ -31,7 +31,7 @@ pub fn quantize_block(x: &[f32]) -> BlockQ8K {
     }
     let iscale = -127.0 / max;
     for (q, &v) in block.qs.iter_mut().zip(x) {
-        // Only the element of largest magnitude can round to +128; cap it.
+        // |iscale * v| <= 127 up to rounding; the cap is ggml's guard against it.
         *q = nearest_int(iscale * v).min(127) as i8;
     }
     for (s, run) in block.bsums.iter_mut().zip(block.qs.chunks_exact(16)) {
