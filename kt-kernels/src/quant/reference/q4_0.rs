@@ -70,3 +70,40 @@ pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
     }
     sum
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nibble_order_and_extreme_levels() {
+        // The largest magnitude is -4 (element 20), so d = 0.5 and it takes level 0; +3.5
+        // is level 15; element j sits in the low nibble of byte j, j + 16 in the high one.
+        let mut x = [0.0f32; QK];
+        x[3] = 3.5;
+        x[20] = -4.0;
+        x[31] = 1.0;
+        let mut q = [0u8; 18];
+        quantize(&x, &mut q);
+        let b: BlockQ4_0 = read_block(&q, 0);
+        assert_eq!(b.d.to_f32(), 0.5);
+        assert_eq!(b.qs[3], 0x8F); // element 3: level 15, element 19: level 8 (zero)
+        assert_eq!(b.qs[4], 0x08); // element 20: level 0 in the high nibble
+        assert_eq!(b.qs[15], 0xA8); // element 31: 1.0 / 0.5 + 8 = 10
+        let mut y = [f32::NAN; QK];
+        dequantize(&q, &mut y);
+        assert_eq!(y, x);
+    }
+
+    #[test]
+    fn zero_block_has_zero_scale_and_dot() {
+        let mut q = [0xFFu8; 18];
+        quantize(&[0.0; QK], &mut q);
+        let b: BlockQ4_0 = read_block(&q, 0);
+        // 0 / -8 is -0.0: ggml stores the zero scale with its sign bit set, and so do we.
+        assert_eq!((b.d.to_bits(), b.qs), (0x8000, [0x88; QK / 2]));
+        let mut act = [0u8; 34];
+        super::super::q8_0::quantize(&[1.0; QK], &mut act);
+        assert_eq!(vec_dot(QK, &q, &act), 0.0);
+    }
+}

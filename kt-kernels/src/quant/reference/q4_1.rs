@@ -74,3 +74,33 @@ pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
     }
     sum
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_block_is_exact_through_the_minimum() {
+        let mut q = [0u8; 20];
+        quantize(&[1.5; QK], &mut q);
+        let b: BlockQ4_1 = read_block(&q, 0);
+        assert_eq!((b.d.to_f32(), b.m.to_f32(), b.qs), (0.0, 1.5, [0; QK / 2]));
+        let mut y = [f32::NAN; QK];
+        dequantize(&q, &mut y);
+        assert_eq!(y, [1.5; QK]);
+    }
+
+    #[test]
+    fn levels_span_min_to_max() {
+        // min -1, max 14: d = 1, element j = j - 1 for j < 16 is level j.
+        let x: Vec<f32> = (0..QK).map(|j| (j % 16) as f32 - 1.0).collect();
+        let mut q = [0u8; 20];
+        quantize(&x, &mut q);
+        let b: BlockQ4_1 = read_block(&q, 0);
+        assert_eq!((b.d.to_f32(), b.m.to_f32()), (1.0, -1.0));
+        assert_eq!(b.qs[7], 0x77);
+        let mut y = [f32::NAN; QK];
+        dequantize(&q, &mut y);
+        assert_eq!(y.as_slice(), x.as_slice());
+    }
+}

@@ -73,3 +73,30 @@ pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
     }
     sum
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifth_bit_goes_to_bit_j_of_qh() {
+        // amax -16 at element 0 gives d = 1 and level 0 there; element 5 = +15 is level
+        // 31 (bit 5 of qh set), element 25 = +1 is level 17 (bit 25 set), zeros are level
+        // 16 (their bits set too).
+        let mut x = [0.0f32; QK];
+        x[0] = -16.0;
+        x[5] = 15.0;
+        x[25] = 1.0;
+        let mut q = [0u8; 22];
+        quantize(&x, &mut q);
+        let b: BlockQ5_0 = read_block(&q, 0);
+        assert_eq!(b.d.to_f32(), 1.0);
+        assert_eq!(u32::from_le_bytes(b.qh), !1u32); // every level >= 16 except element 0
+        assert_eq!(b.qs[0], 0x00); // element 0 (level 0) and element 16 (level 16)
+        assert_eq!(b.qs[5], 0x0F);
+        assert_eq!(b.qs[9], 0x10); // element 25: level 17, low nibble 1 in the high half
+        let mut y = [f32::NAN; QK];
+        dequantize(&q, &mut y);
+        assert_eq!(y, x);
+    }
+}

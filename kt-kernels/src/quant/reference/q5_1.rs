@@ -71,3 +71,23 @@ pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
     }
     sum
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_span_min_to_max_with_the_fifth_bit() {
+        // min 2, max 33: d = 1, element j is level j (bit 4 set from element 16 on).
+        let x: Vec<f32> = (0..QK).map(|j| j as f32 + 2.0).collect();
+        let mut q = [0u8; 24];
+        quantize(&x, &mut q);
+        let b: BlockQ5_1 = read_block(&q, 0);
+        assert_eq!((b.d.to_f32(), b.m.to_f32()), (1.0, 2.0));
+        assert_eq!(u32::from_le_bytes(b.qh), 0xFFFF_0000);
+        assert_eq!(b.qs[3], 0x33);
+        let mut y = [f32::NAN; QK];
+        dequantize(&q, &mut y);
+        assert_eq!(y.as_slice(), x.as_slice());
+    }
+}
