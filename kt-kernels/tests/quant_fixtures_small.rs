@@ -22,7 +22,7 @@ const FLOATS: [QType; 2] = [QType::F16, QType::BF16];
 /// different orders (ggml's AVX2 path keeps 8 lanes and uses FMA), so their results agree
 /// to a few f32 ulps of the sum of the magnitudes of the terms, not of the (possibly
 /// cancelling) result. 1e-5 of that sum leaves ~50x room over the ~2e-7 observed;
-/// relative to the result itself four fixture dots that cancel to 1-2% of that sum differ
+/// relative to the result itself four fixture dots that cancel to 0.03-1.2% of that sum differ
 /// by up to 6e-5 (q5_1 row 31), which is ordering noise, not a one-unit quant change.
 const DOT_REL_TOL: f64 = 1e-5;
 
