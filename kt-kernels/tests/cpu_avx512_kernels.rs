@@ -109,6 +109,9 @@ fn q8_k_quantizer_matches_ggml_bytes() {
     }
 }
 
+/// Against ggml's file quantizer (`_ref`), which rounds ties away from zero where the
+/// activation quantizer rounds them to even: the fixture weights hold no ties, so the
+/// bytes agree; ties are checked against the reference in `special_rows_*` below.
 #[test]
 fn q8_0_quantizer_matches_ggml_bytes() {
     if !avx512() {
@@ -254,8 +257,43 @@ proptest! {
     }
 }
 
-/// Every tile edge of every format: rows and tokens from 1 to 70 at the smallest K, and
-/// the GEMV/GEMM boundary, deterministically (the proptest above samples the rest).
+/// Rows that stress the quantizers' corner cases, 256 elements each: all zero, tiny,
+/// subnormal (the inverse scale overflows to infinity), exact .5 ties after scaling, a
+/// lone negative spike, equal magnitudes of both signs (the first one decides the sign of
+/// the scale), NaNs, an infinity.
+fn special_rows() -> Vec<f32> {
+    let mut rows = vec![0f32; 256];
+    rows.extend((0..256).map(|i| 1e-30 * (i as f32 - 100.0)));
+    rows.extend((0..256).map(|i| f32::from_bits(1 + i as u32) * if i % 3 == 0 { -1.0 } else { 1.0 }));
+    // With amax 127 both inverse scales are 1 (Q8_0) or -1 (Q8_K): x.5 values are ties.
+    rows.extend((0..256).map(|i| if i % 32 == 0 { 127.0 } else { (i % 9) as f32 - 4.5 }));
+    rows.extend((0..256).map(|i| if i == 77 { -50.0 } else { 0.001 * i as f32 }));
+    rows.extend((0..256).map(|i| if i % 2 == 0 { -3.0 } else { 3.0 }));
+    rows.extend((0..256).map(|i| if i % 2 == 0 { 3.0 } else { -3.0 }));
+    rows.extend((0..256).map(|i| [f32::NAN, 2.0, -1.0, 0.5][i % 4]));
+    rows.extend((0..256).map(|i| if i == 5 { f32::INFINITY } else { i as f32 - 128.0 }));
+    rows
+}
+
+#[test]
+fn special_rows_quantize_to_the_reference_bytes() {
+    if !avx512() {
+        return;
+    }
+    let x = special_rows();
+    for q in [QType::Q4_K, QType::Q8_0] {
+        let (fast, slow) = (quantize_acts(Isa::Avx512, q, &x, 256), quantize_acts(Isa::Scalar, q, &x, 256));
+        let row = cpu::act_row_bytes(q, 256).unwrap();
+        for (r, (f, s)) in fast.chunks(row).zip(slow.chunks(row)).enumerate() {
+            assert_eq!(f, s, "{} activations of special row {r}", q.vec_dot_type());
+        }
+    }
+}
+
+/// Tile edges of every format deterministically (the proptest above samples the rest):
+/// odd and even token counts, GEMV and GEMM, register-tile remainders, and K long
+/// enough that the activations are repacked in several K slices (16 tokens hold 8
+/// groups per slice; 3104 = 97 Q8_0 blocks also ends in a partial group).
 #[test]
 fn every_tile_edge_matches_scalar() {
     if !avx512() {
@@ -265,6 +303,10 @@ fn every_tile_edge_matches_scalar() {
         let k = k_for(q, 1);
         for (rows, tokens) in [(1, 1), (3, 2), (5, 3), (17, 7), (16, 8), (33, 9), (70, 17), (64, 64), (65, 70), (2, 33)] {
             check_against_scalar(q, rows, k, tokens, (rows * 131 + tokens) as u64);
+        }
+        let long = if q.is_k_quant() { 28 * 256 } else { 3104 };
+        for (rows, tokens) in [(5, 17), (3, 1), (9, 40)] {
+            check_against_scalar(q, rows, long, tokens, (rows * 7 + tokens) as u64);
         }
     }
 }
