@@ -291,9 +291,9 @@ fn special_rows_quantize_to_the_reference_bytes() {
 }
 
 /// Tile edges of every format deterministically (the proptest above samples the rest):
-/// odd and even token counts, GEMV and GEMM, register-tile remainders, and K long
-/// enough that the activations are repacked in several K slices (16 tokens hold 8
-/// groups per slice; 3104 = 97 Q8_0 blocks also ends in a partial group).
+/// odd and even token counts, GEMV and GEMM, register-tile remainders, K long enough
+/// that the activations are repacked in several K slices (16 tokens hold 8 groups per
+/// slice; 3104 = 97 Q8_0 blocks also ends in a partial group), and several row passes.
 #[test]
 fn every_tile_edge_matches_scalar() {
     if !avx512() {
@@ -308,5 +308,8 @@ fn every_tile_edge_matches_scalar() {
         for (rows, tokens) in [(5, 17), (3, 1), (9, 40)] {
             check_against_scalar(q, rows, long, tokens, (rows * 7 + tokens) as u64);
         }
+        // GEMV work items of >128 rows at 8 tokens: several row passes over the
+        // partial-sum buffer, each repacking K in two slices.
+        check_against_scalar(q, 2100, 17 * 256, 8, 5);
     }
 }

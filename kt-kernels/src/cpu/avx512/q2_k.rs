@@ -35,8 +35,8 @@ unsafe impl ColumnFormat for Q2K {
     const ACT: QType = QType::Q8_K;
     const SPLIT: bool = true;
     const GROUP_BYTES: usize = BLOCK;
-    const MAX_TILE: usize = 6;
-    const MAX_RM: usize = 3;
+    const MAX_TILE: usize = 8;
+    const MAX_RM: usize = 4;
     /// The 64 quant bytes.
     type Row = __m512i;
 

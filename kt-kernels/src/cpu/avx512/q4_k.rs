@@ -97,7 +97,7 @@ unsafe impl ColumnFormat for Q4K {
     const ACT: QType = QType::Q8_K;
     const SPLIT: bool = false;
     const GROUP_BYTES: usize = BLOCK;
-    const MAX_TILE: usize = 8;
+    const MAX_TILE: usize = 16;
     const MAX_RM: usize = 4;
     type Row = Q4KRow;
 

@@ -49,7 +49,7 @@ unsafe impl ColumnFormat for Q6K {
     const ACT: QType = QType::Q8_K;
     const SPLIT: bool = true;
     const GROUP_BYTES: usize = BLOCK;
-    const MAX_TILE: usize = 6;
+    const MAX_TILE: usize = 8;
     const MAX_RM: usize = 2;
     type Row = Q6KRow;
 

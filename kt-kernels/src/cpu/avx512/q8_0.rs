@@ -17,7 +17,7 @@ unsafe impl ColumnFormat for Q8_0 {
     const ACT: QType = QType::Q8_0;
     const SPLIT: bool = false;
     const GROUP_BYTES: usize = COLS * 34;
-    const MAX_TILE: usize = 6;
+    const MAX_TILE: usize = 16;
     const MAX_RM: usize = 2;
     /// Chunk pairs `[2i | 2i + 1]`, offset by 128.
     type Row = [__m512i; 4];

@@ -22,6 +22,9 @@
 //! [`gemm`] walks the [`GemmTile`] in token groups of up to [`TOKEN_GROUP`] tokens and
 //! K slices that fit the stack scratch, and covers rows x token pairs with register tiles
 //! `RM x NP` ([`kernel`], generic over both), the largest that fits what remains first.
+//! A tile keeps its integer column sums in registers and its f32 partial sums in a stack
+//! buffer, so a 2 x 8 tile (two rows share every activation load, eight pairs share the
+//! weight rearrangement) fits, and partial sums survive from one K slice to the next.
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
@@ -65,9 +68,10 @@ pub(super) unsafe trait ColumnFormat {
     const SPLIT: bool;
     /// Weight bytes of a whole group.
     const GROUP_BYTES: usize;
-    /// Largest `RM * NP` register tile that fits the 32 zmm registers.
+    /// Largest `RM * NP` register tile whose integer sums (twice as many when SPLIT)
+    /// and row state fit the 32 zmm registers beside the chunk being multiplied.
     const MAX_TILE: usize;
-    /// Largest `RM`.
+    /// Largest `RM` (1, 2 or 4).
     const MAX_RM: usize;
     /// What the chunk loop needs of one row's group (kept in registers).
     type Row: Copy;
@@ -150,22 +154,20 @@ pub(super) unsafe fn f16_one(p: *const u8) -> __m512 {
     _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
-/// Sums of the low and the high 8 lanes.
+/// Sums of the low and the high 8 lanes (the two tokens of a pair).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 fn hsum_halves(v: __m512) -> (f32, f32) {
-    let lo = _mm512_castps512_ps256(v);
-    let hi = _mm512_extractf32x8_ps::<1>(v);
-    let a = _mm256_permute2f128_ps::<0x20>(lo, hi);
-    let b = _mm256_permute2f128_ps::<0x31>(lo, hi);
-    let s = _mm256_add_ps(a, b);
-    let s = _mm256_hadd_ps(s, s);
-    let s = _mm256_hadd_ps(s, s);
-    (_mm256_cvtss_f32(s), _mm_cvtss_f32(_mm256_extractf128_ps::<1>(s)))
+    // Within each 128-bit lane: swap 64-bit halves and add, swap neighbours and add;
+    // then add neighbouring 128-bit lanes: lane 0 holds the low sum, lane 8 the high.
+    let v = _mm512_add_ps(v, _mm512_permute_ps::<0x4E>(v));
+    let v = _mm512_add_ps(v, _mm512_permute_ps::<0xB1>(v));
+    let v = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0xB1>(v, v));
+    (_mm512_cvtss_f32(v), _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(v)))
 }
 
 /// What one register tile computes: `RM` weight rows (the first at `w`) against `NP`
-/// token pairs of repacked activations, over `groups` groups, into `out`.
+/// token pairs of repacked activations, over `groups` groups, added to `acc`.
 struct KernelArgs {
     w: *const u8,
     w_stride: usize,
@@ -175,31 +177,52 @@ struct KernelArgs {
     rec_stride: usize,
     groups: usize,
     valid_last: usize,
-    /// Output of (row 0, token 0 of pair 0).
-    out: *mut f32,
-    ldo: usize,
-    /// Real tokens of the NP pairs (the last pair may have one).
-    tokens: usize,
-    /// Add to the output (a later K slice) instead of writing it.
-    accumulate: bool,
+    /// Partial sums of (row 0, pair 0); row `r`, pair `p` at `r * acc_stride + p`.
+    acc: *mut __m512,
+    acc_stride: usize,
+    /// Start the partial sums from zero (the first K slice) instead of reading them.
+    init: bool,
+    /// Prefetch the next row block's weights (GEMV: the weights stream from DRAM once).
+    prefetch: bool,
 }
 
-/// One `RM x NP` register tile over a K slice.
+/// Bytes ahead of the current row block that the GEMV path prefetches: the same group
+/// of the rows `RM` further on, which the next register tile reads.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+fn prefetch_group(p: *const u8, bytes: usize) {
+    let mut off = 0;
+    while off < bytes {
+        // A prefetch never faults, whatever the address; wrapping_add keeps the
+        // pointer arithmetic defined past the end of the weights.
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast());
+        off += 64;
+    }
+}
+
+/// One `RM x NP` register tile over a K slice: the integer column sums of each group
+/// stay in registers, the f32 partial sums live in the caller's stack buffer (so the
+/// tile can be as wide as the 32 registers allow and outlive a K slice).
 ///
 /// # Safety
 /// `args` describes readable weights (`RM` rows of `groups` groups), `groups *
-/// rec_stride` initialised records and writable outputs; AVX512+VNNI.
+/// rec_stride` initialised records and `RM x NP` partial sums (initialised unless
+/// `init`); AVX512+VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 unsafe fn kernel<F: ColumnFormat, const RM: usize, const NP: usize>(args: &KernelArgs) {
-    let mut acc = [[_mm512_setzero_ps(); NP]; RM];
     for g in 0..args.groups {
         let valid = if g + 1 == args.groups { args.valid_last } else { COLS };
         // SAFETY (whole loop body): group g of each of the RM rows lies inside the
-        // weights (the caller's contract), and records g * rec_stride + p, p < NP, are
-        // initialised records of the scratch.
+        // weights, records g * rec_stride + p (p < NP) are initialised, and the partial
+        // sums r * acc_stride + p belong to this tile (the caller's contract).
         unsafe {
             let wg = args.w.add(g * F::GROUP_BYTES);
             let ag = args.acts.add(g * args.rec_stride);
+            if args.prefetch {
+                for r in 0..RM {
+                    prefetch_group(wg.wrapping_add((r + RM) * args.w_stride), F::GROUP_BYTES);
+                }
+            }
             let mut rows = [const { MaybeUninit::<F::Row>::uninit() }; RM];
             for (r, row) in rows.iter_mut().enumerate() {
                 row.write(F::load(wg.add(r * args.w_stride), valid));
@@ -207,56 +230,45 @@ unsafe fn kernel<F: ColumnFormat, const RM: usize, const NP: usize>(args: &Kerne
             let mut lo = [[_mm512_setzero_si512(); NP]; RM];
             let mut hi = [[_mm512_setzero_si512(); NP]; RM];
             for c in 0..8 {
+                let mut wv = [_mm512_setzero_si512(); RM];
                 for r in 0..RM {
-                    let wv = F::chunk(rows[r].assume_init_ref(), c);
-                    for p in 0..NP {
-                        let av = _mm512_load_si512((*ag.add(p)).chunks[c].as_ptr().cast());
+                    wv[r] = F::chunk(rows[r].assume_init_ref(), c);
+                }
+                for p in 0..NP {
+                    let av = _mm512_load_si512((*ag.add(p)).chunks[c].as_ptr().cast());
+                    for r in 0..RM {
                         if F::SPLIT && c >= 4 {
-                            hi[r][p] = _mm512_dpbusd_epi32(hi[r][p], wv, av);
+                            hi[r][p] = _mm512_dpbusd_epi32(hi[r][p], wv[r], av);
                         } else {
-                            lo[r][p] = _mm512_dpbusd_epi32(lo[r][p], wv, av);
+                            lo[r][p] = _mm512_dpbusd_epi32(lo[r][p], wv[r], av);
                         }
                     }
                 }
             }
+            let fresh = args.init && g == 0;
             for r in 0..RM {
                 let s = F::scales(wg.add(r * args.w_stride), valid);
                 for p in 0..NP {
                     let rec = &*ag.add(p);
                     let da = _mm512_load_ps(rec.da.as_ptr());
-                    let a = &mut acc[r][p];
-                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[r][p]), _mm512_mul_ps(s.s_lo, da), *a);
+                    let slot = args.acc.add(r * args.acc_stride + p);
+                    let mut a = if fresh { _mm512_setzero_ps() } else { *slot };
+                    a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[r][p]), _mm512_mul_ps(s.s_lo, da), a);
                     if F::SPLIT {
-                        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi[r][p]), _mm512_mul_ps(s.s_hi, da), *a);
-                        *a = _mm512_fnmadd_ps(s.c_lo, _mm512_load_ps(rec.flo.as_ptr()), *a);
-                        *a = _mm512_fnmadd_ps(s.c_hi, _mm512_load_ps(rec.fhi.as_ptr()), *a);
+                        a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi[r][p]), _mm512_mul_ps(s.s_hi, da), a);
+                        a = _mm512_fnmadd_ps(s.c_lo, _mm512_load_ps(rec.flo.as_ptr()), a);
+                        a = _mm512_fnmadd_ps(s.c_hi, _mm512_load_ps(rec.fhi.as_ptr()), a);
                     } else {
-                        *a = _mm512_fnmadd_ps(s.c_lo, _mm512_load_ps(rec.fa.as_ptr()), *a);
+                        a = _mm512_fnmadd_ps(s.c_lo, _mm512_load_ps(rec.fa.as_ptr()), a);
                     }
-                }
-            }
-        }
-    }
-    for (r, acc_r) in acc.iter().enumerate() {
-        for (p, &a) in acc_r.iter().enumerate() {
-            let (s0, s1) = hsum_halves(a);
-            for (h, s) in [(0, s0), (1, s1)] {
-                let t = 2 * p + h;
-                if t < args.tokens {
-                    // SAFETY: token t < tokens and row r < RM are inside the caller's
-                    // output tile, written by this call only.
-                    unsafe {
-                        let o = args.out.add(t * args.ldo + r);
-                        *o = if args.accumulate { *o + s } else { s };
-                    }
+                    *slot = a;
                 }
             }
         }
     }
 }
 
-/// Calls `kernel::<F, rm, np>` for the runtime shape (every shape with `rm <= 4`,
-/// `np <= 8`, `rm * np <= 8` is instantiated).
+/// Calls `kernel::<F, rm, np>` for the runtime shape.
 macro_rules! dispatch_shape {
     ($f:ty, $rm:expr, $np:expr, $args:expr, [$(($r:literal, $p:literal)),*]) => {
         match ($rm, $np) {
@@ -266,7 +278,26 @@ macro_rules! dispatch_shape {
     };
 }
 
+/// Partial-sum vectors in the stack buffer: 64 rows x 8 token pairs (32 KiB).
+const ACC_VECS: usize = 512;
+
+/// Largest register tile rows `<= want` among the instantiated 1, 2, 4.
+fn tile_rows(want: usize) -> usize {
+    if want >= 4 {
+        4
+    } else if want >= 2 {
+        2
+    } else {
+        1
+    }
+}
+
 /// The table's `gemm` entry of a column format.
+///
+/// Order: token groups of up to 16 tokens; within one, passes of as many rows as the
+/// partial-sum buffer holds; within a pass, K slices whose repacked activations fit the
+/// scratch; within a slice, register tiles over rows x pairs. When all of K fits one
+/// slice it is repacked once per token group.
 ///
 /// # Safety
 /// See [`crate::cpu::dispatch::GemmFn`]; `tile.qtype` is the format `F` implements.
@@ -284,66 +315,93 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile) {
         return;
     }
     let valid_last = total_cols - (groups - 1) * COLS;
+    let gemv = tile.tokens <= crate::cpu::GEMV_MAX_TOKENS;
     let mut scratch = MaybeUninit::<[PairGroup; SCRATCH_RECORDS]>::uninit();
     let recs = scratch.as_mut_ptr().cast::<PairGroup>();
+    let mut accbuf = MaybeUninit::<[__m512; ACC_VECS]>::uninit();
+    let acc = accbuf.as_mut_ptr().cast::<__m512>();
     let mut t0 = 0;
     while t0 < tile.tokens {
         let nt = TOKEN_GROUP.min(tile.tokens - t0);
         let np = nt.div_ceil(2);
         let slice = (SCRATCH_RECORDS / np).max(1);
-        let np_max = np.min(8).min(F::MAX_TILE);
-        let rm_max = (F::MAX_TILE / np_max).clamp(1, F::MAX_RM);
-        let mut g0 = 0;
-        while g0 < groups {
-            let gn = slice.min(groups - g0);
-            // SAFETY: tokens t0..t0+nt of the tile's activations are readable rows in
-            // the format's activation type (the caller's contract); gn * np <=
-            // SCRATCH_RECORDS records are written.
-            unsafe {
-                let a = tile.a.add(t0 * tile.a_stride);
-                match F::ACT {
-                    QType::Q8_K => act::repack_q8_k(a, tile.a_stride, nt, g0, gn, recs),
-                    QType::Q8_0 => act::repack_q8_0(a, tile.a_stride, nt, g0, gn, total_cols, recs),
-                    other => unreachable!("{other} activations have no column layout"),
-                }
-            }
-            let last_slice = g0 + gn == groups;
-            let mut r0 = 0;
-            while r0 < tile.rows {
-                let rm = rm_max.min(tile.rows - r0);
-                let mut p0 = 0;
-                while p0 < np {
-                    let npk = np_max.min(np - p0);
-                    let args = KernelArgs {
-                        // SAFETY: row r0 and group g0 are inside the tile's weights.
-                        w: unsafe { tile.w.add(r0 * tile.w_stride + g0 * F::GROUP_BYTES) },
-                        w_stride: tile.w_stride,
-                        // SAFETY: record p0 of the slice's first group was written.
-                        acts: unsafe { recs.add(p0) },
-                        rec_stride: np,
-                        groups: gn,
-                        valid_last: if last_slice { valid_last } else { COLS },
-                        // SAFETY: token t0 + 2 p0 and row r0 are inside the output tile.
-                        out: unsafe { tile.out.add((t0 + 2 * p0) * tile.ldo + r0) },
-                        ldo: tile.ldo,
-                        tokens: (nt - 2 * p0).min(2 * npk),
-                        accumulate: g0 > 0,
-                    };
-                    // SAFETY: the args describe rm rows and npk pairs inside the tile
-                    // and the written scratch (see above).
+        let np_max = np.min(8);
+        let rm_max = tile_rows((F::MAX_TILE / np_max).clamp(1, F::MAX_RM));
+        let pass_rows = ACC_VECS / np;
+        // The slice now in the scratch (None: nothing repacked for this token group).
+        let mut repacked: Option<usize> = None;
+        let mut pr0 = 0;
+        while pr0 < tile.rows {
+            let pass = pass_rows.min(tile.rows - pr0);
+            let mut g0 = 0;
+            while g0 < groups {
+                let gn = slice.min(groups - g0);
+                if repacked != Some(g0) {
+                    // SAFETY: tokens t0..t0+nt of the tile's activations are readable
+                    // rows in the format's activation type (the caller's contract);
+                    // gn * np <= SCRATCH_RECORDS records are written.
                     unsafe {
-                        dispatch_shape!(F, rm, npk, &args, [
-                            (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (1, 8),
-                            (2, 1), (2, 2), (2, 3), (2, 4),
-                            (3, 1), (3, 2),
-                            (4, 1), (4, 2)
-                        ])
-                    };
-                    p0 += npk;
+                        let a = tile.a.add(t0 * tile.a_stride);
+                        match F::ACT {
+                            QType::Q8_K => act::repack_q8_k(a, tile.a_stride, nt, g0, gn, recs),
+                            QType::Q8_0 => act::repack_q8_0(a, tile.a_stride, nt, g0, gn, total_cols, recs),
+                            other => unreachable!("{other} activations have no column layout"),
+                        }
+                    }
+                    repacked = Some(g0);
                 }
-                r0 += rm;
+                let last_slice = g0 + gn == groups;
+                let mut r = 0;
+                while r < pass {
+                    let rm = tile_rows(rm_max.min(pass - r));
+                    let mut p0 = 0;
+                    while p0 < np {
+                        let npk = np_max.min(np - p0);
+                        let args = KernelArgs {
+                            // SAFETY: row pr0 + r and group g0 are inside the weights.
+                            w: unsafe { tile.w.add((pr0 + r) * tile.w_stride + g0 * F::GROUP_BYTES) },
+                            w_stride: tile.w_stride,
+                            // SAFETY: record p0 of the slice's first group was written.
+                            acts: unsafe { recs.add(p0) },
+                            rec_stride: np,
+                            groups: gn,
+                            valid_last: if last_slice { valid_last } else { COLS },
+                            // SAFETY: (r, p0) is inside the pass's pass * np <= ACC_VECS
+                            // partial sums.
+                            acc: unsafe { acc.add(r * np + p0) },
+                            acc_stride: np,
+                            init: g0 == 0,
+                            prefetch: gemv,
+                        };
+                        // SAFETY: the args describe rm rows and npk pairs inside the
+                        // tile, the written scratch and the pass's partial sums.
+                        unsafe {
+                            dispatch_shape!(F, rm, npk, &args, [
+                                (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (1, 8),
+                                (2, 1), (2, 2), (2, 3), (2, 4), (2, 5), (2, 6), (2, 7), (2, 8),
+                                (4, 1), (4, 2), (4, 3), (4, 4)
+                            ])
+                        };
+                        p0 += npk;
+                    }
+                    r += rm;
+                }
+                g0 += gn;
             }
-            g0 += gn;
+            for r in 0..pass {
+                for p in 0..np {
+                    // SAFETY: every (r, p) of the pass was written by the slices above.
+                    let (s0, s1) = hsum_halves(unsafe { *acc.add(r * np + p) });
+                    for (h, s) in [(0, s0), (1, s1)] {
+                        let t = t0 + 2 * p + h;
+                        if t < t0 + nt {
+                            // SAFETY: token t and row pr0 + r are inside the output tile.
+                            unsafe { *tile.out.add(t * tile.ldo + pr0 + r) = s };
+                        }
+                    }
+                }
+            }
+            pr0 += pass;
         }
         t0 += nt;
     }
