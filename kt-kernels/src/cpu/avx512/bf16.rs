@@ -123,8 +123,8 @@ unsafe fn kernel_dpbf16<const RM: usize, const RN: usize>((w, ws, a, as_, k, out
             }
             for t in 0..RN {
                 let av: __m512bh = std::mem::transmute(load(a.add(t * as_ + 2 * i), n));
-                for r in 0..RM {
-                    acc[r][t] = _mm512_dpbf16_ps(acc[r][t], std::mem::transmute::<__m512i, __m512bh>(wv[r]), av);
+                for (acc_r, &w_r) in acc.iter_mut().zip(&wv) {
+                    acc_r[t] = _mm512_dpbf16_ps(acc_r[t], std::mem::transmute::<__m512i, __m512bh>(w_r), av);
                 }
             }
         }
@@ -134,15 +134,19 @@ unsafe fn kernel_dpbf16<const RM: usize, const RN: usize>((w, ws, a, as_, k, out
     unsafe { store(&acc, out, ldo) };
 }
 
+/// A vector of 32 bf16 as two f32 vectors: the even elements (shifted up into the f32
+/// high half) and the odd ones (already there: the low half masked off).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+fn widen(v: __m512i) -> (__m512, __m512) {
+    let high = _mm512_set1_epi32(0xFFFF_0000_u32 as i32);
+    (_mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)), _mm512_castsi512_ps(_mm512_and_si512(v, high)))
+}
+
 /// # Safety
 /// As [`kernel_dpbf16`], without needing AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 unsafe fn kernel_fma<const RM: usize, const RN: usize>((w, ws, a, as_, k, out, ldo): Args) {
-    let high = _mm512_set1_epi32(0xFFFF_0000_u32 as i32);
-    // bf16 pair -> (even element, odd element) as f32.
-    let widen = |v: __m512i| {
-        (_mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)), _mm512_castsi512_ps(_mm512_and_si512(v, high)))
-    };
     let mut acc = [[_mm512_setzero_ps(); RN]; RM];
     let mut i = 0;
     while i < k {
@@ -155,9 +159,8 @@ unsafe fn kernel_fma<const RM: usize, const RN: usize>((w, ws, a, as_, k, out, l
             }
             for t in 0..RN {
                 let (ae, ao) = widen(load(a.add(t * as_ + 2 * i), n));
-                for r in 0..RM {
-                    acc[r][t] = _mm512_fmadd_ps(wv[r].0, ae, acc[r][t]);
-                    acc[r][t] = _mm512_fmadd_ps(wv[r].1, ao, acc[r][t]);
+                for (acc_r, &(we, wo)) in acc.iter_mut().zip(&wv) {
+                    acc_r[t] = _mm512_fmadd_ps(wo, ao, _mm512_fmadd_ps(we, ae, acc_r[t]));
                 }
             }
         }

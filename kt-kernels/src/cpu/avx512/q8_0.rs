@@ -40,7 +40,7 @@ unsafe impl ColumnFormat for Q8_0 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     unsafe fn chunk(row: &[__m512i; 4], c: usize) -> __m512i {
         let m = row[c / 2];
-        if c % 2 == 0 {
+        if c.is_multiple_of(2) {
             _mm512_shuffle_i64x2::<0x44>(m, m)
         } else {
             _mm512_shuffle_i64x2::<0xEE>(m, m)
