@@ -110,7 +110,13 @@ mod tests {
         assert_eq!(silu(0.0), 0.0);
         // sigmoid(ln 3) = 3/4, silu(ln 3) = 0.75 ln 3
         let l3 = 3.0f32.ln();
-        assert_close(&[sigmoid(l3), silu(l3)], &[0.75, 0.75 * l3], 0.0, 2e-7, "ln3");
+        assert_close(
+            &[sigmoid(l3), silu(l3)],
+            &[0.75, 0.75 * l3],
+            0.0,
+            2e-7,
+            "ln3",
+        );
         // far tails: no overflow, no NaN
         assert_eq!(sigmoid(-1000.0), 0.0);
         assert_eq!(sigmoid(1000.0), 1.0);
@@ -130,7 +136,13 @@ mod tests {
         softmax_rows(&x, 4, &mut out).unwrap();
         let e = (-1.0f64).exp();
         let s = 2.0 + e;
-        assert_close(&out, &[(1.0 / s) as f32, (e / s) as f32, 0.0, (1.0 / s) as f32], 0.0, 3e-7, "big");
+        assert_close(
+            &out,
+            &[(1.0 / s) as f32, (e / s) as f32, 0.0, (1.0 / s) as f32],
+            0.0,
+            3e-7,
+            "big",
+        );
         assert!(softmax_rows(&x, 3, &mut out).is_err());
         assert!(softmax_rows(&x, 4, &mut out[..2]).is_err());
         assert!(softmax_inplace(&mut [1.0; 4], 0).is_err());

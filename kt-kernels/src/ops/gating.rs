@@ -71,26 +71,43 @@ impl RouterConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |detail: String| Err(shape_err(OP, detail));
         if self.n_experts == 0 || self.top_k == 0 || self.top_k > self.n_experts {
-            return bad(format!("top_k {} of {} experts", self.top_k, self.n_experts));
+            return bad(format!(
+                "top_k {} of {} experts",
+                self.top_k, self.n_experts
+            ));
         }
         if !self.routed_scaling_factor.is_finite() {
-            return bad(format!("routed_scaling_factor {}", self.routed_scaling_factor));
+            return bad(format!(
+                "routed_scaling_factor {}",
+                self.routed_scaling_factor
+            ));
         }
         if self.method == TopkMethod::Greedy {
             return Ok(());
         }
-        if self.n_group == 0 || self.n_experts % self.n_group != 0 {
-            return bad(format!("{} experts do not split into {} groups", self.n_experts, self.n_group));
+        if self.n_group == 0 || !self.n_experts.is_multiple_of(self.n_group) {
+            return bad(format!(
+                "{} experts do not split into {} groups",
+                self.n_experts, self.n_group
+            ));
         }
         if self.topk_group == 0 || self.topk_group > self.n_group {
-            return bad(format!("topk_group {} of {} groups", self.topk_group, self.n_group));
+            return bad(format!(
+                "topk_group {} of {} groups",
+                self.topk_group, self.n_group
+            ));
         }
         let per_group = self.n_experts / self.n_group;
         if self.topk_group * per_group < self.top_k {
-            return bad(format!("{} kept groups of {per_group} experts hold fewer than top_k {}", self.topk_group, self.top_k));
+            return bad(format!(
+                "{} kept groups of {per_group} experts hold fewer than top_k {}",
+                self.topk_group, self.top_k
+            ));
         }
         if self.method == TopkMethod::NoauxTc && self.n_group > 1 && per_group < 2 {
-            return bad(format!("noaux_tc scores groups by their top 2, but groups have {per_group} expert"));
+            return bad(format!(
+                "noaux_tc scores groups by their top 2, but groups have {per_group} expert"
+            ));
         }
         Ok(())
     }
@@ -109,7 +126,13 @@ fn ranks_before(va: f32, a: usize, vb: f32, b: usize) -> bool {
 
 /// Marks in `taken` the `k` best of `values` among `eligible`, calling `pick(index)` in rank
 /// order. `taken` must start all false for the eligible entries.
-fn select_top(values: &[f32], eligible: impl Fn(usize) -> bool, taken: &mut [bool], k: usize, mut pick: impl FnMut(usize)) {
+fn select_top(
+    values: &[f32],
+    eligible: impl Fn(usize) -> bool,
+    taken: &mut [bool],
+    k: usize,
+    mut pick: impl FnMut(usize),
+) {
     for _ in 0..k {
         let mut best: Option<usize> = None;
         for i in 0..values.len() {
@@ -130,7 +153,13 @@ fn select_top(values: &[f32], eligible: impl Fn(usize) -> bool, taken: &mut [boo
 
 /// Routes every token: `logits` `[T, E]`, `bias` `[E]` (noaux_tc only), `ids` and `weights`
 /// `[T, top_k]` written in rank order.
-pub fn route(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>, ids: &mut [u32], weights: &mut [f32]) -> Result<()> {
+pub fn route(
+    cfg: &RouterConfig,
+    logits: &[f32],
+    bias: Option<&[f32]>,
+    ids: &mut [u32],
+    weights: &mut [f32],
+) -> Result<()> {
     cfg.validate()?;
     let e = cfg.n_experts;
     let k = cfg.top_k;
@@ -139,8 +168,15 @@ pub fn route(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>, ids: &mut
     expect_len(OP, "weights", weights.len(), t * k)?;
     match (cfg.method, bias) {
         (TopkMethod::NoauxTc, Some(b)) => expect_len(OP, "e_score_correction_bias", b.len(), e)?,
-        (TopkMethod::NoauxTc, None) => return Err(shape_err(OP, "noaux_tc needs e_score_correction_bias")),
-        (m, Some(_)) => return Err(shape_err(OP, format!("a correction bias was given but {m:?} does not use one"))),
+        (TopkMethod::NoauxTc, None) => {
+            return Err(shape_err(OP, "noaux_tc needs e_score_correction_bias"))
+        }
+        (m, Some(_)) => {
+            return Err(shape_err(
+                OP,
+                format!("a correction bias was given but {m:?} does not use one"),
+            ))
+        }
         (_, None) => {}
     }
     if u32::try_from(e).is_err() {
@@ -156,14 +192,25 @@ pub fn route(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>, ids: &mut
     let mut group_kept = vec![false; group_score.len()];
     let mut taken = vec![false; e];
 
-    for ((row, ids), weights) in logits.chunks_exact(e).zip(ids.chunks_exact_mut(k)).zip(weights.chunks_exact_mut(k)) {
+    for ((row, ids), weights) in logits
+        .chunks_exact(e)
+        .zip(ids.chunks_exact_mut(k))
+        .zip(weights.chunks_exact_mut(k))
+    {
         match cfg.scoring {
             Scoring::Softmax => super::activation::softmax_rows(row, e, &mut scores)?,
-            Scoring::Sigmoid => scores.iter_mut().zip(row).for_each(|(s, &l)| *s = sigmoid(l)),
+            Scoring::Sigmoid => scores
+                .iter_mut()
+                .zip(row)
+                .for_each(|(s, &l)| *s = sigmoid(l)),
         }
         match bias {
             // f32 sum, as HF and llama.cpp form it: the selection sees the same values
-            Some(b) => select.iter_mut().zip(&scores).zip(b).for_each(|((s, &p), &c)| *s = p + c),
+            Some(b) => select
+                .iter_mut()
+                .zip(&scores)
+                .zip(b)
+                .for_each(|((s, &p), &c)| *s = p + c),
             None => select.copy_from_slice(&scores),
         }
 
@@ -179,16 +226,28 @@ pub fn route(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>, ids: &mut
                 };
             }
             group_kept.fill(false);
-            select_top(&group_score, |_| true, &mut group_kept, cfg.topk_group, |_| {});
+            select_top(
+                &group_score,
+                |_| true,
+                &mut group_kept,
+                cfg.topk_group,
+                |_| {},
+            );
         }
 
         taken.fill(false);
         let mut n = 0;
-        select_top(&select, |i| !grouped || group_kept[i / per_group], &mut taken, k, |i| {
-            ids[n] = i as u32;
-            weights[n] = scores[i];
-            n += 1;
-        });
+        select_top(
+            &select,
+            |i| !grouped || group_kept[i / per_group],
+            &mut taken,
+            k,
+            |i| {
+                ids[n] = i as u32;
+                weights[n] = scores[i];
+                n += 1;
+            },
+        );
 
         if cfg.norm_topk_prob {
             let sum: f64 = weights.iter().map(|&w| w as f64).sum();
@@ -218,7 +277,11 @@ fn best_two(v: &[f32]) -> (f32, f32) {
             second = (x, i);
         }
     }
-    let second = if second.1 == usize::MAX { f32::NEG_INFINITY } else { second.0 };
+    let second = if second.1 == usize::MAX {
+        f32::NEG_INFINITY
+    } else {
+        second.0
+    };
     (first.0, second)
 }
 
@@ -247,12 +310,44 @@ mod tests {
     use crate::util::SplitMix64;
     use proptest::prelude::*;
 
-    fn v3(e: usize, k: usize, n_group: usize, topk_group: usize, norm: bool, rsf: f32) -> RouterConfig {
-        RouterConfig { n_experts: e, top_k: k, n_group, topk_group, scoring: Scoring::Sigmoid, method: TopkMethod::NoauxTc, norm_topk_prob: norm, routed_scaling_factor: rsf }
+    fn v3(
+        e: usize,
+        k: usize,
+        n_group: usize,
+        topk_group: usize,
+        norm: bool,
+        rsf: f32,
+    ) -> RouterConfig {
+        RouterConfig {
+            n_experts: e,
+            top_k: k,
+            n_group,
+            topk_group,
+            scoring: Scoring::Sigmoid,
+            method: TopkMethod::NoauxTc,
+            norm_topk_prob: norm,
+            routed_scaling_factor: rsf,
+        }
     }
 
-    fn v2(e: usize, k: usize, n_group: usize, topk_group: usize, method: TopkMethod, rsf: f32) -> RouterConfig {
-        RouterConfig { n_experts: e, top_k: k, n_group, topk_group, scoring: Scoring::Softmax, method, norm_topk_prob: false, routed_scaling_factor: rsf }
+    fn v2(
+        e: usize,
+        k: usize,
+        n_group: usize,
+        topk_group: usize,
+        method: TopkMethod,
+        rsf: f32,
+    ) -> RouterConfig {
+        RouterConfig {
+            n_experts: e,
+            top_k: k,
+            n_group,
+            topk_group,
+            scoring: Scoring::Softmax,
+            method,
+            norm_topk_prob: false,
+            routed_scaling_factor: rsf,
+        }
     }
 
     fn run(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u32>, Vec<f32>) {
@@ -265,7 +360,11 @@ mod tests {
 
     /// The brute-force reference: full sorts instead of selection, straight from the
     /// definitions. Returns each token's ids and weights sorted by expert id.
-    fn brute_force(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u32>, Vec<f64>) {
+    fn brute_force(
+        cfg: &RouterConfig,
+        logits: &[f32],
+        bias: Option<&[f32]>,
+    ) -> (Vec<u32>, Vec<f64>) {
         let e = cfg.n_experts;
         let mut all_ids = Vec::new();
         let mut all_w = Vec::new();
@@ -273,19 +372,35 @@ mod tests {
         let order = |v: &[f32]| {
             let mut idx: Vec<usize> = (0..v.len()).collect();
             idx.sort_by(|&a, &b| {
-                let ka = if v[a].is_nan() { f32::NEG_INFINITY } else { v[a] };
-                let kb = if v[b].is_nan() { f32::NEG_INFINITY } else { v[b] };
-                kb.partial_cmp(&ka).unwrap().then(v[a].is_nan().cmp(&v[b].is_nan())).then(a.cmp(&b))
+                let ka = if v[a].is_nan() {
+                    f32::NEG_INFINITY
+                } else {
+                    v[a]
+                };
+                let kb = if v[b].is_nan() {
+                    f32::NEG_INFINITY
+                } else {
+                    v[b]
+                };
+                kb.partial_cmp(&ka)
+                    .unwrap()
+                    .then(v[a].is_nan().cmp(&v[b].is_nan()))
+                    .then(a.cmp(&b))
             });
             idx
         };
         for row in logits.chunks_exact(e) {
             let scores: Vec<f32> = match cfg.scoring {
-                Scoring::Sigmoid => row.iter().map(|&l| (1.0 / (1.0 + (-(l as f64)).exp())) as f32).collect(),
+                Scoring::Sigmoid => row
+                    .iter()
+                    .map(|&l| (1.0 / (1.0 + (-(l as f64)).exp())) as f32)
+                    .collect(),
                 Scoring::Softmax => {
                     let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
                     let s: f64 = row.iter().map(|&l| (l as f64 - m).exp()).sum();
-                    row.iter().map(|&l| ((l as f64 - m).exp() / s) as f32).collect()
+                    row.iter()
+                        .map(|&l| ((l as f64 - m).exp() / s) as f32)
+                        .collect()
                 }
             };
             let sel: Vec<f32> = match bias {
@@ -299,7 +414,11 @@ mod tests {
                     .map(|g| {
                         let mut m: Vec<f32> = sel[g * pg..(g + 1) * pg].to_vec();
                         m.sort_by(|a, b| b.partial_cmp(a).unwrap());
-                        if cfg.method == TopkMethod::NoauxTc { m[0] + m[1] } else { m[0] }
+                        if cfg.method == TopkMethod::NoauxTc {
+                            m[0] + m[1]
+                        } else {
+                            m[0]
+                        }
                     })
                     .collect();
                 let kept: Vec<usize> = order(&gs)[..cfg.topk_group].to_vec();
@@ -307,25 +426,46 @@ mod tests {
                     *a = kept.contains(&(i / pg));
                 }
             }
-            let masked: Vec<f32> = sel.iter().zip(&allowed).map(|(&s, &a)| if a { s } else { f32::NEG_INFINITY }).collect();
+            let masked: Vec<f32> = sel
+                .iter()
+                .zip(&allowed)
+                .map(|(&s, &a)| if a { s } else { f32::NEG_INFINITY })
+                .collect();
             let mut chosen: Vec<usize> = order(&masked)[..cfg.top_k].to_vec();
             chosen.sort();
             let raw: Vec<f64> = chosen.iter().map(|&i| scores[i] as f64).collect();
-            let denom = if cfg.norm_topk_prob { raw.iter().sum::<f64>() + 1e-20 } else { 1.0 };
+            let denom = if cfg.norm_topk_prob {
+                raw.iter().sum::<f64>() + 1e-20
+            } else {
+                1.0
+            };
             all_ids.extend(chosen.iter().map(|&i| i as u32));
-            all_w.extend(raw.iter().map(|w| w / denom * cfg.routed_scaling_factor as f64));
+            all_w.extend(
+                raw.iter()
+                    .map(|w| w / denom * cfg.routed_scaling_factor as f64),
+            );
         }
         (all_ids, all_w)
     }
 
-    fn check_against_brute_force(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> std::result::Result<(), TestCaseError> {
+    fn check_against_brute_force(
+        cfg: &RouterConfig,
+        logits: &[f32],
+        bias: Option<&[f32]>,
+    ) -> std::result::Result<(), TestCaseError> {
         let (mut ids, mut w) = run(cfg, logits, bias);
         sort_topk_by_expert(&mut ids, &mut w, cfg.top_k).unwrap();
         let (bids, bw) = brute_force(cfg, logits, bias);
         prop_assert_eq!(&ids, &bids);
         for (i, (&a, &b)) in w.iter().zip(&bw).enumerate() {
             // one f32 rounding of the score and one of the product
-            prop_assert!((a as f64 - b).abs() <= 2.5e-7 * b.abs() + 1e-30, "weight {}: {} vs {}", i, a, b);
+            prop_assert!(
+                (a as f64 - b).abs() <= 2.5e-7 * b.abs() + 1e-30,
+                "weight {}: {} vs {}",
+                i,
+                a,
+                b
+            );
         }
         Ok(())
     }
@@ -344,7 +484,11 @@ mod tests {
         // group-limited: groups {0,1}, {2,3}, {4,5}, {6,7} rank by their best logit 5, 1, 1, 3;
         // topk_group 3 keeps groups 0 and 3, then 1 over 2 (lower index); inside them the
         // last slot is a tie of experts 0, 3 and 7 at logit 0, which 0 wins
-        let (ids, _) = run(&v2(8, 4, 4, 3, TopkMethod::GroupLimitedGreedy, 1.0), &logits, None);
+        let (ids, _) = run(
+            &v2(8, 4, 4, 3, TopkMethod::GroupLimitedGreedy, 1.0),
+            &logits,
+            None,
+        );
         assert_eq!(ids, [1, 6, 2, 0]);
     }
 
@@ -379,13 +523,25 @@ mod tests {
         let l = [0.1f32; 16];
         let b = [0.0f32; 8];
         assert!(route(&ok, &l, Some(&b), &mut ids, &mut w).is_ok());
-        assert!(route(&ok, &l, None, &mut ids, &mut w).is_err(), "noaux_tc without bias");
-        assert!(route(&ok, &l, Some(&b[..7]), &mut ids, &mut w).is_err(), "bias length");
-        assert!(route(&ok, &l[..15], Some(&b), &mut ids, &mut w).is_err(), "logits not rows of E");
+        assert!(
+            route(&ok, &l, None, &mut ids, &mut w).is_err(),
+            "noaux_tc without bias"
+        );
+        assert!(
+            route(&ok, &l, Some(&b[..7]), &mut ids, &mut w).is_err(),
+            "bias length"
+        );
+        assert!(
+            route(&ok, &l[..15], Some(&b), &mut ids, &mut w).is_err(),
+            "logits not rows of E"
+        );
         assert!(route(&ok, &l, Some(&b), &mut ids[..3], &mut w).is_err());
         assert!(route(&ok, &l, Some(&b), &mut ids, &mut w[..3]).is_err());
         let greedy = v2(8, 2, 1, 1, TopkMethod::Greedy, 1.0);
-        assert!(route(&greedy, &l, Some(&b), &mut ids, &mut w).is_err(), "bias for greedy");
+        assert!(
+            route(&greedy, &l, Some(&b), &mut ids, &mut w).is_err(),
+            "bias for greedy"
+        );
         for bad in [
             v3(8, 9, 1, 1, true, 1.0),
             v3(8, 0, 1, 1, true, 1.0),
@@ -417,7 +573,8 @@ mod tests {
             Just((160, 8, 3, 6)),
             Just((64, 1, 1, 6)),
             Just((16, 4, 2, 3)),
-            (1usize..6, 2usize..7).prop_flat_map(|(g, pg)| (1..=g).prop_flat_map(move |tg| (1..=tg * pg).prop_map(move |k| (g * pg, g, tg, k)))),
+            (1usize..6, 2usize..7).prop_flat_map(|(g, pg)| (1..=g)
+                .prop_flat_map(move |tg| (1..=tg * pg).prop_map(move |k| (g * pg, g, tg, k)))),
         ]
     }
 

@@ -64,7 +64,14 @@ pub struct KvB<'a> {
 }
 
 /// Checks every length; returns the number of new tokens `T`.
-fn check(d: &MlaDims, q: &[f32], start: usize, cache: &LatentCache, kv_b: &KvB, out: &[f32]) -> Result<usize> {
+fn check(
+    d: &MlaDims,
+    q: &[f32],
+    start: usize,
+    cache: &LatentCache,
+    kv_b: &KvB,
+    out: &[f32],
+) -> Result<usize> {
     if d.n_heads == 0 || d.kv_lora_rank == 0 || d.v_dim == 0 || d.qk_head_dim() == 0 {
         return Err(shape_err(OP, format!("empty dimension in {d:?}")));
     }
@@ -72,10 +79,26 @@ fn check(d: &MlaDims, q: &[f32], start: usize, cache: &LatentCache, kv_b: &KvB, 
     let l = rows_of(OP, "cache latent", cache.latent.len(), d.kv_lora_rank)?;
     expect_len(OP, "cache k_pe", cache.k_pe.len(), l * d.rope_dim)?;
     if start + t > l {
-        return Err(shape_err(OP, format!("{t} tokens from position {start} need {} cache rows, the cache has {l}", start + t)));
+        return Err(shape_err(
+            OP,
+            format!(
+                "{t} tokens from position {start} need {} cache rows, the cache has {l}",
+                start + t
+            ),
+        ));
     }
-    expect_len(OP, "w_uk", kv_b.w_uk.len(), d.n_heads * d.nope_dim * d.kv_lora_rank)?;
-    expect_len(OP, "w_uv", kv_b.w_uv.len(), d.n_heads * d.v_dim * d.kv_lora_rank)?;
+    expect_len(
+        OP,
+        "w_uk",
+        kv_b.w_uk.len(),
+        d.n_heads * d.nope_dim * d.kv_lora_rank,
+    )?;
+    expect_len(
+        OP,
+        "w_uv",
+        kv_b.w_uv.len(),
+        d.n_heads * d.v_dim * d.kv_lora_rank,
+    )?;
     expect_len(OP, "out", out.len(), t * d.n_heads * d.v_dim)?;
     Ok(t)
 }
@@ -98,9 +121,24 @@ fn softmax_f64(scores: &mut [f64]) {
 }
 
 /// Attention by expanding per-head keys and values from the latent cache.
-pub fn mla_naive(d: &MlaDims, q: &[f32], start: usize, cache: &LatentCache, kv_b: &KvB, scale: f32, out: &mut [f32]) -> Result<()> {
+pub fn mla_naive(
+    d: &MlaDims,
+    q: &[f32],
+    start: usize,
+    cache: &LatentCache,
+    kv_b: &KvB,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<()> {
     let t = check(d, q, start, cache, kv_b, out)?;
-    let (h_n, nope, rope, rank, vd, qk) = (d.n_heads, d.nope_dim, d.rope_dim, d.kv_lora_rank, d.v_dim, d.qk_head_dim());
+    let (h_n, nope, rope, rank, vd, qk) = (
+        d.n_heads,
+        d.nope_dim,
+        d.rope_dim,
+        d.kv_lora_rank,
+        d.v_dim,
+        d.qk_head_dim(),
+    );
     let used = start + t;
     // one head's expanded keys (nope part) and values over the used cache, plus scores
     let mut k_nope = vec![0.0f32; used * nope];
@@ -125,12 +163,17 @@ pub fn mla_naive(d: &MlaDims, q: &[f32], start: usize, cache: &LatentCache, kv_b
             let visible = start + tok + 1;
             for (s, sc) in scores[..visible].iter_mut().enumerate() {
                 let kp = &cache.k_pe[s * rope..(s + 1) * rope];
-                *sc = (dot(q_nope, &k_nope[s * nope..(s + 1) * nope]) + dot(q_pe, kp)) * scale as f64;
+                *sc =
+                    (dot(q_nope, &k_nope[s * nope..(s + 1) * nope]) + dot(q_pe, kp)) * scale as f64;
             }
             softmax_f64(&mut scores[..visible]);
             let o = &mut out[(tok * h_n + h) * vd..(tok * h_n + h + 1) * vd];
             for (j, oj) in o.iter_mut().enumerate() {
-                let acc: f64 = scores[..visible].iter().enumerate().map(|(s, &p)| p * v[s * vd + j] as f64).sum();
+                let acc: f64 = scores[..visible]
+                    .iter()
+                    .enumerate()
+                    .map(|(s, &p)| p * v[s * vd + j] as f64)
+                    .sum();
                 *oj = acc as f32;
             }
         }
@@ -139,9 +182,24 @@ pub fn mla_naive(d: &MlaDims, q: &[f32], start: usize, cache: &LatentCache, kv_b
 }
 
 /// Attention in the latent space with `W_uk` absorbed into the query and `W_uv` applied last.
-pub fn mla_absorbed(d: &MlaDims, q: &[f32], start: usize, cache: &LatentCache, kv_b: &KvB, scale: f32, out: &mut [f32]) -> Result<()> {
+pub fn mla_absorbed(
+    d: &MlaDims,
+    q: &[f32],
+    start: usize,
+    cache: &LatentCache,
+    kv_b: &KvB,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<()> {
     let t = check(d, q, start, cache, kv_b, out)?;
-    let (h_n, nope, rope, rank, vd, qk) = (d.n_heads, d.nope_dim, d.rope_dim, d.kv_lora_rank, d.v_dim, d.qk_head_dim());
+    let (h_n, nope, rope, rank, vd, qk) = (
+        d.n_heads,
+        d.nope_dim,
+        d.rope_dim,
+        d.kv_lora_rank,
+        d.v_dim,
+        d.qk_head_dim(),
+    );
     let mut q_lat = vec![0.0f32; rank];
     let mut o_lat = vec![0.0f32; rank];
     let mut scores = vec![0.0f64; start + t];
@@ -155,7 +213,11 @@ pub fn mla_absorbed(d: &MlaDims, q: &[f32], start: usize, cache: &LatentCache, k
             let w_uv = &kv_b.w_uv[h * vd * rank..(h + 1) * vd * rank];
             // q_lat[r] = sum_i q_nope[i] * W_uk[i, r]
             for (r, ql) in q_lat.iter_mut().enumerate() {
-                *ql = q_nope.iter().enumerate().map(|(i, &x)| x as f64 * w_uk[i * rank + r] as f64).sum::<f64>() as f32;
+                *ql = q_nope
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| x as f64 * w_uk[i * rank + r] as f64)
+                    .sum::<f64>() as f32;
             }
             for (s, sc) in scores[..visible].iter_mut().enumerate() {
                 let c = &cache.latent[s * rank..(s + 1) * rank];
@@ -164,7 +226,11 @@ pub fn mla_absorbed(d: &MlaDims, q: &[f32], start: usize, cache: &LatentCache, k
             }
             softmax_f64(&mut scores[..visible]);
             for (r, ol) in o_lat.iter_mut().enumerate() {
-                *ol = scores[..visible].iter().enumerate().map(|(s, &p)| p * cache.latent[s * rank + r] as f64).sum::<f64>() as f32;
+                *ol = scores[..visible]
+                    .iter()
+                    .enumerate()
+                    .map(|(s, &p)| p * cache.latent[s * rank + r] as f64)
+                    .sum::<f64>() as f32;
             }
             let o = &mut out[(tok * h_n + h) * vd..(tok * h_n + h + 1) * vd];
             for (oj, w) in o.iter_mut().zip(w_uv.chunks_exact(rank)) {
@@ -181,6 +247,9 @@ mod tests {
     use crate::ops::test_util::randn;
     use crate::util::SplitMix64;
     use proptest::prelude::*;
+
+    /// Either attention form.
+    type MlaFn = fn(&MlaDims, &[f32], usize, &LatentCache, &KvB, f32, &mut [f32]) -> Result<()>;
 
     struct Case {
         d: MlaDims,
@@ -212,11 +281,20 @@ mod tests {
             }
         }
 
-        fn run(&self, f: fn(&MlaDims, &[f32], usize, &LatentCache, &KvB, f32, &mut [f32]) -> Result<()>) -> Vec<f32> {
+        fn run(&self, f: MlaFn) -> Vec<f32> {
             let mut out = vec![f32::NAN; self.t * self.d.n_heads * self.d.v_dim];
-            let cache = LatentCache { latent: &self.latent, k_pe: &self.k_pe };
-            let kv_b = KvB { w_uk: &self.w_uk, w_uv: &self.w_uv };
-            f(&self.d, &self.q, self.start, &cache, &kv_b, self.scale, &mut out).unwrap();
+            let cache = LatentCache {
+                latent: &self.latent,
+                k_pe: &self.k_pe,
+            };
+            let kv_b = KvB {
+                w_uk: &self.w_uk,
+                w_uv: &self.w_uv,
+            };
+            f(
+                &self.d, &self.q, self.start, &cache, &kv_b, self.scale, &mut out,
+            )
+            .unwrap();
             out
         }
     }
@@ -228,12 +306,21 @@ mod tests {
         let mag = b.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
         for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
             assert!(x.is_finite() && y.is_finite(), "[{i}] {x} {y}");
-            assert!((x - y).abs() <= 1e-5 * mag, "[{i}] {x} vs {y} (scale {mag})");
+            assert!(
+                (x - y).abs() <= 1e-5 * mag,
+                "[{i}] {x} vs {y} (scale {mag})"
+            );
         }
     }
 
     fn dims(n_heads: usize, nope: usize, rope: usize, rank: usize, v: usize) -> MlaDims {
-        MlaDims { n_heads, nope_dim: nope, rope_dim: rope, kv_lora_rank: rank, v_dim: v }
+        MlaDims {
+            n_heads,
+            nope_dim: nope,
+            rope_dim: rope,
+            kv_lora_rank: rank,
+            v_dim: v,
+        }
     }
 
     #[test]
@@ -244,7 +331,11 @@ mod tests {
         for h in 0..2 {
             for j in 0..3 {
                 let w = &c.w_uv[(h * 3 + j) * 6..(h * 3 + j + 1) * 6];
-                let want: f64 = w.iter().zip(&c.latent).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let want: f64 = w
+                    .iter()
+                    .zip(&c.latent)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum();
                 assert!((out[h * 3 + j] as f64 - want).abs() <= 1e-6 * want.abs().max(1.0));
             }
         }
@@ -261,21 +352,57 @@ mod tests {
     #[test]
     fn shape_errors() {
         let c = Case::random(1, dims(2, 4, 2, 6, 3), 2, 2, 0);
-        let cache = LatentCache { latent: &c.latent, k_pe: &c.k_pe };
-        let kv_b = KvB { w_uk: &c.w_uk, w_uv: &c.w_uv };
+        let cache = LatentCache {
+            latent: &c.latent,
+            k_pe: &c.k_pe,
+        };
+        let kv_b = KvB {
+            w_uk: &c.w_uk,
+            w_uv: &c.w_uv,
+        };
         let mut out = vec![0.0; 12];
-        for f in [mla_naive as fn(&MlaDims, &[f32], usize, &LatentCache, &KvB, f32, &mut [f32]) -> Result<()>, mla_absorbed] {
+        for f in [mla_naive as MlaFn, mla_absorbed] {
             assert!(f(&c.d, &c.q, 2, &cache, &kv_b, 0.3, &mut out).is_ok());
-            assert!(f(&c.d, &c.q, 3, &cache, &kv_b, 0.3, &mut out).is_err(), "past the cache");
-            assert!(f(&c.d, &c.q[..11], 2, &cache, &kv_b, 0.3, &mut out).is_err(), "q not whole heads");
-            assert!(f(&c.d, &c.q, 2, &cache, &kv_b, 0.3, &mut out[..11]).is_err(), "out");
-            let short = LatentCache { latent: &c.latent, k_pe: &c.k_pe[..7] };
-            assert!(f(&c.d, &c.q, 2, &short, &kv_b, 0.3, &mut out).is_err(), "k_pe rows");
-            let bad_w = KvB { w_uk: &c.w_uk[1..], w_uv: &c.w_uv };
-            assert!(f(&c.d, &c.q, 2, &cache, &bad_w, 0.3, &mut out).is_err(), "w_uk");
-            let bad_v = KvB { w_uk: &c.w_uk, w_uv: &c.w_uv[1..] };
-            assert!(f(&c.d, &c.q, 2, &cache, &bad_v, 0.3, &mut out).is_err(), "w_uv");
-            assert!(f(&dims(0, 4, 2, 6, 3), &c.q, 2, &cache, &kv_b, 0.3, &mut out).is_err(), "no heads");
+            assert!(
+                f(&c.d, &c.q, 3, &cache, &kv_b, 0.3, &mut out).is_err(),
+                "past the cache"
+            );
+            assert!(
+                f(&c.d, &c.q[..11], 2, &cache, &kv_b, 0.3, &mut out).is_err(),
+                "q not whole heads"
+            );
+            assert!(
+                f(&c.d, &c.q, 2, &cache, &kv_b, 0.3, &mut out[..11]).is_err(),
+                "out"
+            );
+            let short = LatentCache {
+                latent: &c.latent,
+                k_pe: &c.k_pe[..7],
+            };
+            assert!(
+                f(&c.d, &c.q, 2, &short, &kv_b, 0.3, &mut out).is_err(),
+                "k_pe rows"
+            );
+            let bad_w = KvB {
+                w_uk: &c.w_uk[1..],
+                w_uv: &c.w_uv,
+            };
+            assert!(
+                f(&c.d, &c.q, 2, &cache, &bad_w, 0.3, &mut out).is_err(),
+                "w_uk"
+            );
+            let bad_v = KvB {
+                w_uk: &c.w_uk,
+                w_uv: &c.w_uv[1..],
+            };
+            assert!(
+                f(&c.d, &c.q, 2, &cache, &bad_v, 0.3, &mut out).is_err(),
+                "w_uv"
+            );
+            assert!(
+                f(&dims(0, 4, 2, 6, 3), &c.q, 2, &cache, &kv_b, 0.3, &mut out).is_err(),
+                "no heads"
+            );
         }
     }
 
@@ -293,7 +420,7 @@ mod tests {
         fn causal_prefill_equals_decode_steps(seed in any::<u64>(), start in 0usize..6, t in 1usize..5) {
             let d = dims(3, 8, 4, 16, 5);
             let c = Case::random(seed, d, start, t, 0);
-            for f in [mla_naive as fn(&MlaDims, &[f32], usize, &LatentCache, &KvB, f32, &mut [f32]) -> Result<()>, mla_absorbed] {
+            for f in [mla_naive as MlaFn, mla_absorbed] {
                 let full = c.run(f);
                 let row_q = d.n_heads * d.qk_head_dim();
                 let row_o = d.n_heads * d.v_dim;

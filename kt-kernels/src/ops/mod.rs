@@ -15,7 +15,10 @@ pub mod mla;
 pub mod rmsnorm;
 pub mod rope;
 
-pub use activation::{sigmoid, sigmoid_inplace, silu, silu_inplace, silu_mul, silu_mul_inplace, softmax_inplace, softmax_rows};
+pub use activation::{
+    sigmoid, sigmoid_inplace, silu, silu_inplace, silu_mul, silu_mul_inplace, softmax_inplace,
+    softmax_rows,
+};
 pub use gating::{route, sort_topk_by_expert, RouterConfig, Scoring, TopkMethod};
 pub use mla::{mla_absorbed, mla_naive, KvB, LatentCache, MlaDims};
 pub use rmsnorm::{rmsnorm, rmsnorm_inplace};
@@ -25,7 +28,10 @@ use crate::KtError;
 
 /// The error every op returns for a length or shape that does not fit.
 pub(crate) fn shape_err(op: &'static str, detail: impl Into<String>) -> KtError {
-    KtError::Shape { op, detail: detail.into() }
+    KtError::Shape {
+        op,
+        detail: detail.into(),
+    }
 }
 
 /// Checks that `len` is a whole number of rows of `n` elements and returns the row count.
@@ -33,18 +39,29 @@ pub(crate) fn rows_of(op: &'static str, what: &str, len: usize, n: usize) -> cra
     if n == 0 {
         return Err(shape_err(op, format!("{what}: row length is 0")));
     }
-    if len % n != 0 {
-        return Err(shape_err(op, format!("{what} has {len} elements, not a multiple of the row length {n}")));
+    if !len.is_multiple_of(n) {
+        return Err(shape_err(
+            op,
+            format!("{what} has {len} elements, not a multiple of the row length {n}"),
+        ));
     }
     Ok(len / n)
 }
 
 /// Checks `len == expected`.
-pub(crate) fn expect_len(op: &'static str, what: &str, len: usize, expected: usize) -> crate::Result<()> {
+pub(crate) fn expect_len(
+    op: &'static str,
+    what: &str,
+    len: usize,
+    expected: usize,
+) -> crate::Result<()> {
     if len == expected {
         Ok(())
     } else {
-        Err(shape_err(op, format!("{what} has {len} elements, expected {expected}")))
+        Err(shape_err(
+            op,
+            format!("{what} has {len} elements, expected {expected}"),
+        ))
     }
 }
 
@@ -73,7 +90,11 @@ pub(crate) mod test_util {
         for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
             assert!(x.is_finite(), "{what}[{i}] = {x} (not written?)");
             let tol = atol + rtol * y.abs();
-            assert!((x - y).abs() <= tol, "{what}[{i}]: {x} vs {y} (|diff| {} > {tol})", (x - y).abs());
+            assert!(
+                (x - y).abs() <= tol,
+                "{what}[{i}]: {x} vs {y} (|diff| {} > {tol})",
+                (x - y).abs()
+            );
         }
     }
 }

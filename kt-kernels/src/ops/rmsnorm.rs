@@ -55,15 +55,30 @@ mod tests {
         let mut out = [f32::NAN; 2];
         rmsnorm(&x, &w, 0.5, &mut out).unwrap();
         let s = 1.0 / 13.0f64.sqrt();
-        assert_close(&out, &[(3.0 * s * 2.0) as f32, (-4.0 * s * 0.5) as f32], 0.0, 1e-7, "out");
+        assert_close(
+            &out,
+            &[(3.0 * s * 2.0) as f32, (-4.0 * s * 0.5) as f32],
+            0.0,
+            1e-7,
+            "out",
+        );
     }
 
     #[test]
     fn shape_errors() {
         let mut out = [0.0f32; 6];
-        assert!(rmsnorm(&[1.0; 6], &[1.0; 4], 1e-6, &mut out).is_err(), "6 is not rows of 4");
-        assert!(rmsnorm(&[1.0; 6], &[1.0; 3], 1e-6, &mut out[..3]).is_err(), "out too short");
-        assert!(rmsnorm(&[1.0; 6], &[], 1e-6, &mut out).is_err(), "empty weight");
+        assert!(
+            rmsnorm(&[1.0; 6], &[1.0; 4], 1e-6, &mut out).is_err(),
+            "6 is not rows of 4"
+        );
+        assert!(
+            rmsnorm(&[1.0; 6], &[1.0; 3], 1e-6, &mut out[..3]).is_err(),
+            "out too short"
+        );
+        assert!(
+            rmsnorm(&[1.0; 6], &[], 1e-6, &mut out).is_err(),
+            "empty weight"
+        );
         assert!(rmsnorm_inplace(&mut [1.0; 5], &[1.0; 2], 1e-6).is_err());
     }
 

@@ -19,7 +19,8 @@
 //! # YaRN
 //! With `f = factor`, `d = rope_dim`, `b = theta`, `L = original_max_pos`:
 //! - base frequencies `e_i = b^(-2i/d)` (extrapolation) and `e_i / f` (interpolation);
-//! - the correction dims `c(r) = d ln(L / (2 pi r)) / (2 ln b)`, `low = max(floor(c(beta_fast)), 0)`,
+//! - the correction dims `c(r) = d ln(L / (2 pi r)) / (2 ln b)`,
+//!   `low = max(floor(c(beta_fast)), 0)`,
 //!   `high = min(ceil(c(beta_slow)), d - 1)`, `ramp_i = clamp((i - low) / (high - low), 0, 1)`
 //!   (`high += 0.001` when equal);
 //! - `inv_freq_i = e_i / f * ramp_i + e_i * (1 - ramp_i)`: fast pairs keep their frequency, slow
@@ -82,15 +83,23 @@ impl RopeYarn {
 
     /// Rope of dimension `rope_dim` with base `theta`, YaRN-scaled when `scaling` is given.
     pub fn new(rope_dim: usize, theta: f64, scaling: Option<YarnScaling>) -> Result<Self> {
-        if rope_dim == 0 || rope_dim % 2 != 0 {
-            return Err(shape_err(OP, format!("rope_dim {rope_dim} must be even and non-zero")));
+        if rope_dim == 0 || !rope_dim.is_multiple_of(2) {
+            return Err(shape_err(
+                OP,
+                format!("rope_dim {rope_dim} must be even and non-zero"),
+            ));
         }
         if !(theta.is_finite() && theta > 1.0) {
-            return Err(shape_err(OP, format!("theta {theta} must be finite and > 1")));
+            return Err(shape_err(
+                OP,
+                format!("theta {theta} must be finite and > 1"),
+            ));
         }
         let d = rope_dim as f64;
         let half = rope_dim / 2;
-        let extrap: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / d)).collect();
+        let extrap: Vec<f64> = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f64 / d))
+            .collect();
 
         let Some(s) = scaling else {
             return Ok(Self {
@@ -101,13 +110,20 @@ impl RopeYarn {
             });
         };
         let finite_pos = |v: f64| v.is_finite() && v > 0.0;
-        if !(finite_pos(s.factor) && finite_pos(s.beta_fast) && finite_pos(s.beta_slow) && s.original_max_pos > 0)
-            || !(s.mscale.is_finite() && s.mscale_all_dim.is_finite())
-        {
+        let valid = finite_pos(s.factor)
+            && finite_pos(s.beta_fast)
+            && finite_pos(s.beta_slow)
+            && s.original_max_pos > 0
+            && s.mscale.is_finite()
+            && s.mscale_all_dim.is_finite();
+        if !valid {
             return Err(shape_err(OP, format!("bad YaRN parameters {s:?}")));
         }
 
-        let corr_dim = |rotations: f64| d * (s.original_max_pos as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
+        let corr_dim = |rotations: f64| {
+            d * (s.original_max_pos as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                / (2.0 * theta.ln())
+        };
         let low = corr_dim(s.beta_fast).floor().max(0.0);
         let mut high = corr_dim(s.beta_slow).ceil().min(d - 1.0);
         if high == low {
@@ -127,8 +143,17 @@ impl RopeYarn {
         } else {
             yarn_get_mscale(s.factor, 1.0)
         };
-        let score_mscale2 = if s.mscale_all_dim != 0.0 { yarn_get_mscale(s.factor, s.mscale_all_dim).powi(2) } else { 1.0 };
-        Ok(Self { rope_dim, inv_freq, magnitude, score_mscale2 })
+        let score_mscale2 = if s.mscale_all_dim != 0.0 {
+            yarn_get_mscale(s.factor, s.mscale_all_dim).powi(2)
+        } else {
+            1.0
+        };
+        Ok(Self {
+            rope_dim,
+            inv_freq,
+            magnitude,
+            score_mscale2,
+        })
     }
 
     pub fn rope_dim(&self) -> usize {
@@ -179,7 +204,13 @@ impl RopeYarn {
 
     /// Rotates the rope slice `[offset, offset + rope_dim)` of every head in one token's row
     /// `x = [n_heads, head_dim]` (e.g. q with `head_dim = nope + rope`, `offset = nope`).
-    pub fn apply_heads(&self, x: &mut [f32], head_dim: usize, offset: usize, pos: usize) -> Result<()> {
+    pub fn apply_heads(
+        &self,
+        x: &mut [f32],
+        head_dim: usize,
+        offset: usize,
+        pos: usize,
+    ) -> Result<()> {
         self.check_heads(x.len(), head_dim, offset)?;
         self.rotate_heads(x, head_dim, offset, pos);
         Ok(())
@@ -187,7 +218,13 @@ impl RopeYarn {
 
     /// [`apply_heads`](Self::apply_heads) for a batch: `x = [T, n_heads, head_dim]`, token `t`
     /// at `positions[t]`.
-    pub fn apply_tokens(&self, x: &mut [f32], positions: &[usize], head_dim: usize, offset: usize) -> Result<()> {
+    pub fn apply_tokens(
+        &self,
+        x: &mut [f32],
+        positions: &[usize],
+        head_dim: usize,
+        offset: usize,
+    ) -> Result<()> {
         let row = if positions.is_empty() {
             expect_len(OP, "x (no positions)", x.len(), 0)?;
             return Ok(());
@@ -204,7 +241,13 @@ impl RopeYarn {
 
     fn check_heads(&self, len: usize, head_dim: usize, offset: usize) -> Result<()> {
         if offset + self.rope_dim > head_dim {
-            return Err(shape_err(OP, format!("rope slice [{offset}, {}) outside a head of {head_dim}", offset + self.rope_dim)));
+            return Err(shape_err(
+                OP,
+                format!(
+                    "rope slice [{offset}, {}) outside a head of {head_dim}",
+                    offset + self.rope_dim
+                ),
+            ));
         }
         rows_of(OP, "x (heads)", len, head_dim).map(|_| ())
     }
@@ -230,17 +273,33 @@ mod tests {
     use proptest::prelude::*;
 
     fn v2_scaling() -> YarnScaling {
-        YarnScaling { factor: 40.0, original_max_pos: 4096, beta_fast: 32.0, beta_slow: 1.0, mscale: 0.707, mscale_all_dim: 0.707 }
+        YarnScaling {
+            factor: 40.0,
+            original_max_pos: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            mscale: 0.707,
+            mscale_all_dim: 0.707,
+        }
     }
 
     #[test]
     fn plain_frequencies_and_scale() {
         let r = RopeYarn::plain(8, 10000.0).unwrap();
-        assert_close(r.inv_freq(), &[1.0, 0.1, 0.01, 0.001], 0.0, 1e-7, "inv_freq");
+        assert_close(
+            r.inv_freq(),
+            &[1.0, 0.1, 0.01, 0.001],
+            0.0,
+            1e-7,
+            "inv_freq",
+        );
         assert_eq!(r.magnitude(), 1.0);
         assert_eq!(r.softmax_scale(16), 0.25);
         // factor 1 is the plain rope
-        let one = YarnScaling { factor: 1.0, ..v2_scaling() };
+        let one = YarnScaling {
+            factor: 1.0,
+            ..v2_scaling()
+        };
         let r1 = RopeYarn::new(8, 10000.0, Some(one)).unwrap();
         assert_eq!(r1, r);
     }
@@ -254,7 +313,10 @@ mod tests {
         for i in 0..32 {
             let ramp = ((i as f64 - 10.0) / 13.0).clamp(0.0, 1.0);
             let want = e(i) * (1.0 - ramp) + e(i) / 40.0 * ramp;
-            assert!((r.inv_freq()[i] as f64 - want).abs() <= want * 6e-8, "pair {i}");
+            assert!(
+                (r.inv_freq()[i] as f64 - want).abs() <= want * 6e-8,
+                "pair {i}"
+            );
         }
         assert_eq!(r.inv_freq()[0], 1.0);
         assert_eq!(r.magnitude(), 1.0);
@@ -264,12 +326,25 @@ mod tests {
 
     #[test]
     fn magnitude_when_mscales_differ() {
-        let s = YarnScaling { mscale: 1.0, mscale_all_dim: 0.5, ..v2_scaling() };
+        let s = YarnScaling {
+            mscale: 1.0,
+            mscale_all_dim: 0.5,
+            ..v2_scaling()
+        };
         let r = RopeYarn::new(64, 10000.0, Some(s)).unwrap();
         let want = (1.0 + 0.1 * 40f64.ln()) / (1.0 + 0.05 * 40f64.ln());
         assert_eq!(r.magnitude(), want as f32);
         // mscale_all_dim absent: magnitude get_mscale(f, 1), no softmax correction
-        let r0 = RopeYarn::new(64, 10000.0, Some(YarnScaling { mscale: 0.707, mscale_all_dim: 0.0, ..v2_scaling() })).unwrap();
+        let r0 = RopeYarn::new(
+            64,
+            10000.0,
+            Some(YarnScaling {
+                mscale: 0.707,
+                mscale_all_dim: 0.0,
+                ..v2_scaling()
+            }),
+        )
+        .unwrap();
         assert_eq!(r0.magnitude(), (1.0 + 0.1 * 40f64.ln()) as f32);
         assert_eq!(r0.softmax_scale(64), 0.125);
     }
@@ -280,13 +355,43 @@ mod tests {
         assert!(RopeYarn::plain(0, 10000.0).is_err());
         assert!(RopeYarn::plain(8, 1.0).is_err());
         assert!(RopeYarn::plain(8, f64::NAN).is_err());
-        assert!(RopeYarn::new(8, 1e4, Some(YarnScaling { factor: 0.0, ..v2_scaling() })).is_err());
-        assert!(RopeYarn::new(8, 1e4, Some(YarnScaling { original_max_pos: 0, ..v2_scaling() })).is_err());
-        assert!(RopeYarn::new(8, 1e4, Some(YarnScaling { beta_slow: f64::INFINITY, ..v2_scaling() })).is_err());
+        assert!(RopeYarn::new(
+            8,
+            1e4,
+            Some(YarnScaling {
+                factor: 0.0,
+                ..v2_scaling()
+            })
+        )
+        .is_err());
+        assert!(RopeYarn::new(
+            8,
+            1e4,
+            Some(YarnScaling {
+                original_max_pos: 0,
+                ..v2_scaling()
+            })
+        )
+        .is_err());
+        assert!(RopeYarn::new(
+            8,
+            1e4,
+            Some(YarnScaling {
+                beta_slow: f64::INFINITY,
+                ..v2_scaling()
+            })
+        )
+        .is_err());
         let r = RopeYarn::plain(8, 1e4).unwrap();
         assert!(r.apply(&mut [1.0; 6], 3).is_err());
-        assert!(r.apply_heads(&mut [1.0; 24], 12, 6, 3).is_err(), "slice past the head");
-        assert!(r.apply_heads(&mut [1.0; 25], 12, 4, 3).is_err(), "not whole heads");
+        assert!(
+            r.apply_heads(&mut [1.0; 24], 12, 6, 3).is_err(),
+            "slice past the head"
+        );
+        assert!(
+            r.apply_heads(&mut [1.0; 25], 12, 4, 3).is_err(),
+            "not whole heads"
+        );
         assert!(r.apply_tokens(&mut [1.0; 25], &[1, 2], 12, 4).is_err());
         assert!(r.cos_sin_table(1, &mut [0.0; 4], &mut [0.0; 3]).is_err());
     }
@@ -301,7 +406,18 @@ mod tests {
         let mut y = [1.0f32, 0.0, 0.0, 1.0];
         r.apply(&mut y, 1).unwrap();
         let f1 = 0.01f64; // 1e4^(-2/4)
-        assert_close(&y, &[1f64.cos() as f32, 1f64.sin() as f32, -(f1.sin()) as f32, f1.cos() as f32], 0.0, 1e-7, "y");
+        assert_close(
+            &y,
+            &[
+                1f64.cos() as f32,
+                1f64.sin() as f32,
+                -(f1.sin()) as f32,
+                f1.cos() as f32,
+            ],
+            0.0,
+            1e-7,
+            "y",
+        );
     }
 
     proptest! {

@@ -25,7 +25,11 @@ pub enum NpyError {
     #[error("not a supported .npy file: {0}")]
     Format(String),
     #[error("array holds {got} elements but {what} needs {expected}")]
-    Mismatch { what: &'static str, expected: String, got: String },
+    Mismatch {
+        what: &'static str,
+        expected: String,
+        got: String,
+    },
 }
 
 /// The element types this module reads and writes.
@@ -50,7 +54,9 @@ impl NpyDtype {
             "<f4" => Ok(NpyDtype::F32),
             "<i4" => Ok(NpyDtype::I32),
             "<i8" => Ok(NpyDtype::I64),
-            other => Err(NpyError::Format(format!("dtype {other:?} (only <f4, <i4, <i8 are read)"))),
+            other => Err(NpyError::Format(format!(
+                "dtype {other:?} (only <f4, <i4, <i8 are read)"
+            ))),
         }
     }
 
@@ -102,7 +108,10 @@ impl NpyArray {
     pub fn into_f32(self) -> Result<Vec<f32>, NpyError> {
         match self.data {
             NpyData::F32(v) => Ok(v),
-            other => Err(NpyError::Format(format!("expected <f4 data, found {:?}", dtype_of(&other)))),
+            other => Err(NpyError::Format(format!(
+                "expected <f4 data, found {:?}",
+                dtype_of(&other)
+            ))),
         }
     }
 
@@ -140,7 +149,10 @@ fn dtype_of(d: &NpyData) -> NpyDtype {
 /// Reads a `.npy` file.
 pub fn read_npy(path: impl AsRef<Path>) -> Result<NpyArray, NpyError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| NpyError::Io { path: path.display().to_string(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| NpyError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     parse_npy(&bytes)
 }
 
@@ -156,14 +168,21 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, NpyError> {
             if bytes.len() < 12 {
                 return Err(NpyError::Format("truncated v2 header length".into()));
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
         v => return Err(NpyError::Format(format!("format version {v}"))),
     };
     let data_start = header_start
         .checked_add(header_len)
         .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| NpyError::Format(format!("header of {header_len} bytes runs past the file end")))?;
+        .ok_or_else(|| {
+            NpyError::Format(format!(
+                "header of {header_len} bytes runs past the file end"
+            ))
+        })?;
     // v3 allows utf-8 in the header; every header we accept is plain ASCII anyway.
     let header = std::str::from_utf8(&bytes[header_start..data_start])
         .map_err(|_| NpyError::Format("header is not utf-8".into()))?;
@@ -174,7 +193,11 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, NpyError> {
     let dtype = NpyDtype::from_descr(descr)?;
     match dict_value(header, "fortran_order")?.trim() {
         "False" => {}
-        "True" => return Err(NpyError::Format("Fortran-ordered arrays are not read".into())),
+        "True" => {
+            return Err(NpyError::Format(
+                "Fortran-ordered arrays are not read".into(),
+            ))
+        }
         other => return Err(NpyError::Format(format!("fortran_order = {other:?}"))),
     }
     let shape = parse_shape(&dict_value(header, "shape")?)?;
@@ -195,8 +218,18 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, NpyError> {
         });
     }
     let data = match dtype {
-        NpyDtype::F32 => NpyData::F32(payload.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-        NpyDtype::I32 => NpyData::I32(payload.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        NpyDtype::F32 => NpyData::F32(
+            payload
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        NpyDtype::I32 => NpyData::I32(
+            payload
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
         NpyDtype::I64 => NpyData::I64(
             payload
                 .chunks_exact(8)
@@ -212,7 +245,10 @@ fn dict_value(header: &str, key: &str) -> Result<String, NpyError> {
     let missing = || NpyError::Format(format!("header has no {key:?}: {header:?}"));
     let quoted_single = format!("'{key}'");
     let quoted_double = format!("\"{key}\"");
-    let at = header.find(&quoted_single).or_else(|| header.find(&quoted_double)).ok_or_else(missing)?;
+    let at = header
+        .find(&quoted_single)
+        .or_else(|| header.find(&quoted_double))
+        .ok_or_else(missing)?;
     let rest = &header[at + key.len() + 2..];
     let rest = rest.trim_start().strip_prefix(':').ok_or_else(missing)?;
     let mut depth = 0usize;
@@ -241,7 +277,11 @@ fn parse_shape(text: &str) -> Result<Vec<usize>, NpyError> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.trim_end_matches('L').parse::<usize>().map_err(|_| NpyError::Format(format!("shape entry {s:?}"))))
+        .map(|s| {
+            s.trim_end_matches('L')
+                .parse::<usize>()
+                .map_err(|_| NpyError::Format(format!("shape entry {s:?}")))
+        })
         .collect()
 }
 
@@ -255,16 +295,33 @@ pub fn npy_bytes(shape: &[usize], data: &NpyData) -> Result<Vec<u8>, NpyError> {
         NpyData::I64(v) => v.len(),
     };
     if count != len {
-        return Err(NpyError::Mismatch { what: "the shape", expected: format!("{count} ({shape:?})"), got: len.to_string() });
+        return Err(NpyError::Mismatch {
+            what: "the shape",
+            expected: format!("{count} ({shape:?})"),
+            got: len.to_string(),
+        });
     }
     let shape_text = match shape {
         [] => "()".to_string(),
         [d] => format!("({d},)"),
-        dims => format!("({})", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        dims => format!(
+            "({})",
+            dims.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
-    let dict = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape_text}, }}", dtype.descr());
+    let dict = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape_text}, }}",
+        dtype.descr()
+    );
     // v1 if the padded header fits in a u16, else v2
-    let (major, prefix) = if 10 + dict.len() < u16::MAX as usize { (1u8, 10) } else { (2u8, 12) };
+    let (major, prefix) = if 10 + dict.len() < u16::MAX as usize {
+        (1u8, 10)
+    } else {
+        (2u8, 12)
+    };
     let unpadded = prefix + dict.len() + 1; // + the closing '\n'
     let total_header = unpadded.div_ceil(ALIGN) * ALIGN;
     let header_len = total_header - prefix;
@@ -282,9 +339,15 @@ pub fn npy_bytes(shape: &[usize], data: &NpyData) -> Result<Vec<u8>, NpyError> {
     out.resize(total_header - 1, b' ');
     out.push(b'\n');
     match data {
-        NpyData::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        NpyData::I32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        NpyData::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        NpyData::F32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        NpyData::I32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        NpyData::I64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
     }
     Ok(out)
 }
@@ -293,16 +356,27 @@ pub fn npy_bytes(shape: &[usize], data: &NpyData) -> Result<Vec<u8>, NpyError> {
 pub fn write_npy(path: impl AsRef<Path>, shape: &[usize], data: &NpyData) -> Result<(), NpyError> {
     let path = path.as_ref();
     let bytes = npy_bytes(shape, data)?;
-    std::fs::write(path, bytes).map_err(|source| NpyError::Io { path: path.display().to_string(), source })
+    std::fs::write(path, bytes).map_err(|source| NpyError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Writes an f32 array (the common case: logits, activations).
-pub fn write_npy_f32(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> Result<(), NpyError> {
+pub fn write_npy_f32(
+    path: impl AsRef<Path>,
+    shape: &[usize],
+    data: &[f32],
+) -> Result<(), NpyError> {
     write_npy(path, shape, &NpyData::F32(data.to_vec()))
 }
 
 /// Writes an i32 array (token ids, expert ids).
-pub fn write_npy_i32(path: impl AsRef<Path>, shape: &[usize], data: &[i32]) -> Result<(), NpyError> {
+pub fn write_npy_i32(
+    path: impl AsRef<Path>,
+    shape: &[usize],
+    data: &[i32],
+) -> Result<(), NpyError> {
     write_npy(path, shape, &NpyData::I32(data.to_vec()))
 }
 
@@ -313,7 +387,10 @@ mod tests {
     #[test]
     fn round_trip_each_dtype_and_rank() {
         let cases: Vec<(Vec<usize>, NpyData)> = vec![
-            (vec![2, 3], NpyData::F32(vec![1.5, -2.0, 3.25, f32::MIN_POSITIVE, 1e30, -0.0])),
+            (
+                vec![2, 3],
+                NpyData::F32(vec![1.5, -2.0, 3.25, f32::MIN_POSITIVE, 1e30, -0.0]),
+            ),
             (vec![4], NpyData::I32(vec![7, -1, i32::MAX, i32::MIN])),
             (vec![1, 2, 1], NpyData::I64(vec![i64::MIN, 42])),
             (vec![], NpyData::F32(vec![9.0])),
@@ -361,7 +438,10 @@ mod tests {
     #[test]
     fn bad_files_are_errors_not_panics() {
         let good = npy_bytes(&[3], &NpyData::F32(vec![1.0, 2.0, 3.0])).unwrap();
-        assert!(parse_npy(&good[..good.len() - 1]).is_err(), "truncated data");
+        assert!(
+            parse_npy(&good[..good.len() - 1]).is_err(),
+            "truncated data"
+        );
         assert!(parse_npy(&good[..20]).is_err(), "truncated header");
         assert!(parse_npy(b"\x93NUMPY").is_err());
         assert!(parse_npy(b"not an npy file at all").is_err());
@@ -369,7 +449,10 @@ mod tests {
         let swap = |from: &str, to: &str| {
             assert_eq!(from.len(), to.len());
             let mut b = good.clone();
-            let at = b.windows(from.len()).position(|w| w == from.as_bytes()).unwrap();
+            let at = b
+                .windows(from.len())
+                .position(|w| w == from.as_bytes())
+                .unwrap();
             b[at..at + to.len()].copy_from_slice(to.as_bytes());
             parse_npy(&b).is_err()
         };
