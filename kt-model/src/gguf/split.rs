@@ -28,7 +28,7 @@ pub fn parse_split_file_name(file_name: &str) -> Option<(&str, usize, usize)> {
     }
     let no: usize = no.parse().ok()?;
     let count: usize = count.parse().ok()?;
-    (no >= 1 && no <= count).then_some((prefix, no - 1, count))
+    (no >= 1 && no <= count).then(|| (prefix, no - 1, count))
 }
 
 /// `split.count` of a file (1 when the key is absent).

@@ -165,20 +165,22 @@ pub struct TensorDataWriter<W: Write> {
     alignment: u64,
     tensors: Vec<Planned>,
     next: usize,
-    /// Bytes written so far of a tensor begun with `begin_tensor` and not finished.
+    /// Bytes written so far of a tensor begun with `begin_tensor` and not finished
+    /// (once some are, nothing else may be written: the file would be corrupt).
     begun: Option<usize>,
 }
 
 impl<W: Write> TensorDataWriter<W> {
     /// Writes the next tensor's bytes whole.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<()> {
-        let mut sink = self.begin_tensor(name)?;
-        if data.len() != sink.expected() {
+        let expected = self.next_tensor(name)?.n_bytes;
+        if data.len() != expected {
             return Err(ModelError::WriterTensor {
                 tensor: name.to_owned(),
-                reason: format!("got {} bytes, expected {}", data.len(), sink.expected()),
+                reason: format!("got {} bytes, expected {expected}", data.len()),
             });
         }
+        let mut sink = self.begin_tensor(name)?;
         sink.write_all(data)?;
         sink.finish()
     }
@@ -186,7 +188,14 @@ impl<W: Write> TensorDataWriter<W> {
     /// Starts the next tensor, to be written piece by piece through the sink; the
     /// sink's `finish` checks the length and pads.
     pub fn begin_tensor(&mut self, name: &str) -> Result<TensorSink<'_, W>> {
-        if let Some(t) = self.begun.and(self.tensors.get(self.next)) {
+        self.next_tensor(name)?;
+        self.begun = Some(0);
+        Ok(TensorSink { parent: self })
+    }
+
+    /// The tensor due next, checked to be `name`, with no earlier one left half written.
+    fn next_tensor(&self, name: &str) -> Result<&Planned> {
+        if let Some(t) = self.begun.filter(|&n| n > 0).and(self.tensors.get(self.next)) {
             return Err(ModelError::WriterState {
                 reason: format!("tensor '{}' was begun and never finished", t.name),
             });
@@ -203,13 +212,13 @@ impl<W: Write> TensorDataWriter<W> {
                 reason: format!("written out of order: '{}' comes next", t.name),
             });
         }
-        self.begun = Some(0);
-        Ok(TensorSink { parent: self })
+        Ok(t)
     }
 
     /// Checks that every declared tensor was written, flushes, and returns the output.
     pub fn finish(mut self) -> Result<W> {
         if let Some(t) = self.tensors.get(self.next) {
+            // Covers a half-written tensor too: it is the next one.
             return Err(ModelError::WriterState {
                 reason: format!(
                     "tensor '{}' and {} after it were never written",
