@@ -94,8 +94,10 @@ impl DeepSeekConfig {
     /// From a Hugging Face `config.json` (DeepseekV2Config / DeepseekV3Config).
     pub fn from_hf_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_hf_str(path, &text)
     }
 
@@ -140,7 +142,11 @@ impl DeepSeekConfig {
     /// its experts, even rope width, ...); `origin` names the source in errors.
     pub fn validate(&self, origin: &str) -> Result<()> {
         let bad = |field: &'static str, reason: String| {
-            Err(ModelError::InvalidConfig { origin: origin.to_owned(), field, reason })
+            Err(ModelError::InvalidConfig {
+                origin: origin.to_owned(),
+                field,
+                reason,
+            })
         };
         let positive = [
             ("vocab_size", self.vocab_size),
@@ -160,47 +166,75 @@ impl DeepSeekConfig {
         }
         // Shapes are products of these sizes; they must not overflow anywhere.
         let shape_sizes = [
-            self.qk_head_dim_checked().and_then(|d| d.checked_mul(self.n_heads)),
-            self.qk_nope_head_dim.checked_add(self.v_head_dim).and_then(|d| d.checked_mul(self.n_heads)),
+            self.qk_head_dim_checked()
+                .and_then(|d| d.checked_mul(self.n_heads)),
+            self.qk_nope_head_dim
+                .checked_add(self.v_head_dim)
+                .and_then(|d| d.checked_mul(self.n_heads)),
             self.kv_lora_rank.checked_add(self.qk_rope_head_dim),
-            self.moe_intermediate_size.checked_mul(self.n_shared_experts),
+            self.moe_intermediate_size
+                .checked_mul(self.n_shared_experts),
         ];
         if shape_sizes.contains(&None) {
-            return bad("n_heads", "tensor sizes computed from the head dims overflow".into());
+            return bad(
+                "n_heads",
+                "tensor sizes computed from the head dims overflow".into(),
+            );
         }
         if self.q_lora_rank == Some(0) {
             return bad("q_lora_rank", "is 0 (use None for no query LoRA)".into());
         }
-        if self.qk_rope_head_dim % 2 != 0 {
-            return bad("qk_rope_head_dim", format!("{} is odd; rope rotates pairs", self.qk_rope_head_dim));
+        if !self.qk_rope_head_dim.is_multiple_of(2) {
+            return bad(
+                "qk_rope_head_dim",
+                format!("{} is odd; rope rotates pairs", self.qk_rope_head_dim),
+            );
         }
         if self.first_k_dense_replace > self.n_layers {
             return bad(
                 "first_k_dense_replace",
-                format!("{} exceeds the {} layers", self.first_k_dense_replace, self.n_layers),
+                format!(
+                    "{} exceeds the {} layers",
+                    self.first_k_dense_replace, self.n_layers
+                ),
             );
         }
         let has_dense = self.first_k_dense_replace > 0 || self.n_routed_experts == 0;
         if has_dense && self.intermediate_size == 0 {
-            return bad("intermediate_size", "is 0 but there are dense layers".into());
+            return bad(
+                "intermediate_size",
+                "is 0 but there are dense layers".into(),
+            );
         }
         if self.n_routed_experts > 0 {
             self.validate_routing(&bad)?;
         }
-        for (field, v) in [("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)] {
+        for (field, v) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ] {
             if !(v.is_finite() && v > 0.0) {
                 return bad(field, format!("{v} is not a positive number"));
             }
         }
         if !self.routed_scaling_factor.is_finite() {
-            return bad("routed_scaling_factor", format!("{} is not finite", self.routed_scaling_factor));
+            return bad(
+                "routed_scaling_factor",
+                format!("{} is not finite", self.routed_scaling_factor),
+            );
         }
         if let Some(y) = &self.rope_scaling {
             if !(y.factor.is_finite() && y.factor > 0.0) {
-                return bad("rope_scaling.factor", format!("{} is not a positive number", y.factor));
+                return bad(
+                    "rope_scaling.factor",
+                    format!("{} is not a positive number", y.factor),
+                );
             }
             if y.original_max_position_embeddings == 0 {
-                return bad("rope_scaling.original_max_position_embeddings", "is 0".into());
+                return bad(
+                    "rope_scaling.original_max_position_embeddings",
+                    "is 0".into(),
+                );
             }
             let finite = [y.beta_fast, y.beta_slow, y.mscale, y.mscale_all_dim];
             if finite.iter().any(|v| !v.is_finite()) {
@@ -212,29 +246,47 @@ impl DeepSeekConfig {
 
     fn validate_routing(&self, bad: &dyn Fn(&'static str, String) -> Result<()>) -> Result<()> {
         if self.moe_intermediate_size == 0 {
-            return bad("moe_intermediate_size", "is 0 but there are routed experts".into());
+            return bad(
+                "moe_intermediate_size",
+                "is 0 but there are routed experts".into(),
+            );
         }
         if self.experts_per_tok == 0 || self.experts_per_tok > self.n_routed_experts {
             return bad(
                 "experts_per_tok",
-                format!("{} is not in 1..={}", self.experts_per_tok, self.n_routed_experts),
+                format!(
+                    "{} is not in 1..={}",
+                    self.experts_per_tok, self.n_routed_experts
+                ),
             );
         }
-        if self.n_group == 0 || self.n_routed_experts % self.n_group != 0 {
+        if self.n_group == 0 || !self.n_routed_experts.is_multiple_of(self.n_group) {
             return bad(
                 "n_group",
-                format!("{} does not divide the {} routed experts", self.n_group, self.n_routed_experts),
+                format!(
+                    "{} does not divide the {} routed experts",
+                    self.n_group, self.n_routed_experts
+                ),
             );
         }
         if self.topk_group == 0 || self.topk_group > self.n_group {
-            return bad("topk_group", format!("{} is not in 1..={}", self.topk_group, self.n_group));
+            return bad(
+                "topk_group",
+                format!("{} is not in 1..={}", self.topk_group, self.n_group),
+            );
         }
-        let grouped = matches!(self.topk_method, TopkMethod::GroupLimitedGreedy | TopkMethod::NoauxTc);
+        let grouped = matches!(
+            self.topk_method,
+            TopkMethod::GroupLimitedGreedy | TopkMethod::NoauxTc
+        );
         let reachable = self.topk_group * (self.n_routed_experts / self.n_group);
         if grouped && self.experts_per_tok > reachable {
             return bad(
                 "experts_per_tok",
-                format!("{} exceeds the {reachable} experts of the {} kept groups", self.experts_per_tok, self.topk_group),
+                format!(
+                    "{} exceeds the {reachable} experts of the {} kept groups",
+                    self.experts_per_tok, self.topk_group
+                ),
             );
         }
         Ok(())
@@ -260,9 +312,13 @@ impl TopkMethod {
     }
 
     pub fn from_name(name: &str) -> Option<TopkMethod> {
-        [TopkMethod::Greedy, TopkMethod::GroupLimitedGreedy, TopkMethod::NoauxTc]
-            .into_iter()
-            .find(|m| m.name() == name)
+        [
+            TopkMethod::Greedy,
+            TopkMethod::GroupLimitedGreedy,
+            TopkMethod::NoauxTc,
+        ]
+        .into_iter()
+        .find(|m| m.name() == name)
     }
 }
 

@@ -27,26 +27,50 @@ pub enum ModelError {
     BigEndian { path: PathBuf, version: u32 },
 
     #[error("{}: {what}: needs bytes [{start}..{end}) but the file has {len} bytes", path.display())]
-    Truncated { path: PathBuf, what: String, start: u64, end: u64, len: u64 },
+    Truncated {
+        path: PathBuf,
+        what: String,
+        start: u64,
+        end: u64,
+        len: u64,
+    },
 
     #[error(
         "{}: {what}: count {count} cannot fit: each needs at least {min_bytes_each} bytes \
          and only {remaining} bytes remain",
         path.display()
     )]
-    CountTooLarge { path: PathBuf, what: String, count: u64, min_bytes_each: u64, remaining: u64 },
+    CountTooLarge {
+        path: PathBuf,
+        what: String,
+        count: u64,
+        min_bytes_each: u64,
+        remaining: u64,
+    },
 
     #[error("{}: {what}: not valid UTF-8", path.display())]
     InvalidUtf8 { path: PathBuf, what: String },
 
     #[error("{}: {what}: unknown value type id {id}", path.display())]
-    UnknownValueType { path: PathBuf, what: String, id: u32 },
+    UnknownValueType {
+        path: PathBuf,
+        what: String,
+        id: u32,
+    },
 
     #[error("{}: {what}: bool byte is {byte}, expected 0 or 1", path.display())]
-    BadBool { path: PathBuf, what: String, byte: u8 },
+    BadBool {
+        path: PathBuf,
+        what: String,
+        byte: u8,
+    },
 
     #[error("{}: {what}: arrays nested deeper than {max_depth} levels", path.display())]
-    NestingTooDeep { path: PathBuf, what: String, max_depth: usize },
+    NestingTooDeep {
+        path: PathBuf,
+        what: String,
+        max_depth: usize,
+    },
 
     #[error("{}: metadata key '{key}' appears twice", path.display())]
     DuplicateKey { path: PathBuf, key: String },
@@ -56,29 +80,63 @@ pub enum ModelError {
 
     // ---- GGUF tensor infos ----------------------------------------------------
     #[error("{}: tensor '{tensor}': {n_dims} dimensions, expected 1 to 4", path.display())]
-    TensorDims { path: PathBuf, tensor: String, n_dims: u32 },
+    TensorDims {
+        path: PathBuf,
+        tensor: String,
+        n_dims: u32,
+    },
 
     #[error("{}: tensor '{tensor}': ne[{index}] = {value}, must be in 1..=2^63-1", path.display())]
-    TensorDim { path: PathBuf, tensor: String, index: usize, value: u64 },
+    TensorDim {
+        path: PathBuf,
+        tensor: String,
+        index: usize,
+        value: u64,
+    },
 
     #[error("{}: tensor '{tensor}': shape {dims:?} has too many elements or bytes", path.display())]
-    TensorSizeOverflow { path: PathBuf, tensor: String, dims: Vec<u64> },
+    TensorSizeOverflow {
+        path: PathBuf,
+        tensor: String,
+        dims: Vec<u64>,
+    },
 
     #[error("{}: tensor '{tensor}': unknown ggml type id {id}", path.display())]
-    UnknownTensorType { path: PathBuf, tensor: String, id: u32 },
+    UnknownTensorType {
+        path: PathBuf,
+        tensor: String,
+        id: u32,
+    },
 
     #[error(
         "{}: tensor '{tensor}': row length ne[0] = {ne0} is not a multiple of the {qtype} block \
          of {block} elements",
         path.display()
     )]
-    TensorRowLength { path: PathBuf, tensor: String, qtype: QType, ne0: u64, block: usize },
+    TensorRowLength {
+        path: PathBuf,
+        tensor: String,
+        qtype: QType,
+        ne0: u64,
+        block: usize,
+    },
 
     #[error("{}: tensor '{tensor}': offset {offset} is not a multiple of the alignment {alignment}", path.display())]
-    TensorMisaligned { path: PathBuf, tensor: String, offset: u64, alignment: u64 },
+    TensorMisaligned {
+        path: PathBuf,
+        tensor: String,
+        offset: u64,
+        alignment: u64,
+    },
 
     #[error("{}: tensor '{tensor}': data [{start}..{end}) past end of file ({len} bytes)", path.display())]
-    TensorPastEnd { path: PathBuf, tensor: String, start: u64, end: u64, len: u64 },
+    TensorPastEnd {
+        path: PathBuf,
+        tensor: String,
+        start: u64,
+        end: u64,
+        len: u64,
+    },
 
     #[error("{}: tensor '{tensor}' appears twice", path.display())]
     DuplicateTensor { path: PathBuf, tensor: String },
@@ -92,13 +150,27 @@ pub enum ModelError {
     MissingKey { path: PathBuf, key: String },
 
     #[error("{}: metadata key '{key}' holds {found}, expected {expected}", path.display())]
-    WrongType { path: PathBuf, key: String, expected: &'static str, found: String },
+    WrongType {
+        path: PathBuf,
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
 
     #[error("{}: metadata key '{key}' = {value} does not fit in {expected}", path.display())]
-    OutOfRange { path: PathBuf, key: String, value: String, expected: &'static str },
+    OutOfRange {
+        path: PathBuf,
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
 
     #[error("{}: metadata key '{key}': {reason}", path.display())]
-    BadValue { path: PathBuf, key: String, reason: String },
+    BadValue {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
 
     // ---- hyper-parameters -----------------------------------------------------
     #[error("{}: {source}", path.display())]
@@ -109,23 +181,44 @@ pub enum ModelError {
     },
 
     #[error("{}: field '{field}': {reason}", path.display())]
-    HfConfig { path: PathBuf, field: String, reason: String },
+    HfConfig {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
 
     #[error("{origin}: hyper-parameter {field}: {reason}")]
-    InvalidConfig { origin: String, field: &'static str, reason: String },
+    InvalidConfig {
+        origin: String,
+        field: &'static str,
+        reason: String,
+    },
 
     #[error("hyper-parameter {field} disagrees: GGUF has {gguf}, config.json has {hf}")]
-    ConfigMismatch { field: &'static str, gguf: String, hf: String },
+    ConfigMismatch {
+        field: &'static str,
+        gguf: String,
+        hf: String,
+    },
 
     // ---- model tensors --------------------------------------------------------
     #[error("{}: tensor '{tensor}' is missing", path.display())]
     MissingTensor { path: PathBuf, tensor: String },
 
     #[error("{}: tensor '{tensor}': shape {found:?}, expected {expected:?} (ggml order, ne[0] first)", path.display())]
-    TensorShape { path: PathBuf, tensor: String, found: Vec<usize>, expected: Vec<usize> },
+    TensorShape {
+        path: PathBuf,
+        tensor: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
 
     #[error("{}: layer {layer}: {reason}", path.display())]
-    TensorLayout { path: PathBuf, layer: usize, reason: String },
+    TensorLayout {
+        path: PathBuf,
+        layer: usize,
+        reason: String,
+    },
 
     // ---- GGUF writer ----------------------------------------------------------
     #[error("GGUF writer: metadata key '{key}': {reason}")]

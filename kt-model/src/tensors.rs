@@ -57,7 +57,11 @@ pub enum QueryProj<'a> {
     /// One projection (`attn_q`, V2-Lite).
     Direct { q: Tensor<'a> },
     /// Low-rank: `attn_q_a`, its norm `attn_q_a_norm`, then `attn_q_b`.
-    LoRA { a: Tensor<'a>, a_norm: Tensor<'a>, b: Tensor<'a> },
+    LoRA {
+        a: Tensor<'a>,
+        a_norm: Tensor<'a>,
+        b: Tensor<'a>,
+    },
 }
 
 /// The up-projection of the compressed kv to per-head keys (no-rope part) and values.
@@ -71,6 +75,8 @@ pub enum KvUp<'a> {
     Split { k_b: Tensor<'a>, v_b: Tensor<'a> },
 }
 
+// One per layer: the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Ffn<'a> {
     Dense(DenseFfn<'a>),
@@ -137,10 +143,17 @@ fn layer<'a>(l: &Lookup<'a>, c: &DeepSeekConfig, i: usize) -> Result<LayerTensor
 fn attention<'a>(l: &Lookup<'a>, c: &DeepSeekConfig, i: usize) -> Result<Attention<'a>> {
     let name = |t: &str| format!("blk.{i}.{t}.weight");
     let (h, heads) = (c.hidden_size, c.n_heads);
-    let (nope, rope, v, kv) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank);
+    let (nope, rope, v, kv) = (
+        c.qk_nope_head_dim,
+        c.qk_rope_head_dim,
+        c.v_head_dim,
+        c.kv_lora_rank,
+    );
     let q_out = heads * (nope + rope);
     let q = match c.q_lora_rank {
-        None => QueryProj::Direct { q: l.get(&name("attn_q"), &[h, q_out])? },
+        None => QueryProj::Direct {
+            q: l.get(&name("attn_q"), &[h, q_out])?,
+        },
         Some(r) => QueryProj::LoRA {
             a: l.get(&name("attn_q_a"), &[h, r])?,
             a_norm: l.get(&name("attn_q_a_norm"), &[r])?,
@@ -149,8 +162,13 @@ fn attention<'a>(l: &Lookup<'a>, c: &DeepSeekConfig, i: usize) -> Result<Attenti
     };
     let (k_b, v_b) = (name("attn_k_b"), name("attn_v_b"));
     let kv_b = match (l.has(&k_b), l.has(&v_b)) {
-        (true, true) => KvUp::Split { k_b: l.get(&k_b, &[nope, kv, heads])?, v_b: l.get(&v_b, &[kv, v, heads])? },
-        (false, false) => KvUp::Fused { kv_b: l.get(&name("attn_kv_b"), &[kv, heads * (nope + v)])? },
+        (true, true) => KvUp::Split {
+            k_b: l.get(&k_b, &[nope, kv, heads])?,
+            v_b: l.get(&v_b, &[kv, v, heads])?,
+        },
+        (false, false) => KvUp::Fused {
+            kv_b: l.get(&name("attn_kv_b"), &[kv, heads * (nope + v)])?,
+        },
         (has_k, _) => {
             let (have, missing) = if has_k { (k_b, v_b) } else { (v_b, k_b) };
             return Err(ModelError::TensorLayout {

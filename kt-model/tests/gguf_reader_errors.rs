@@ -24,17 +24,30 @@ fn reads_every_value_type_and_tensor() {
     }
     assert_eq!(
         m.get("test.strings"),
-        Some(&Value::Array(Array::String(vec!["a".into(), "bc".into(), "d\u{e9}f".into()])))
+        Some(&Value::Array(Array::String(vec![
+            "a".into(),
+            "bc".into(),
+            "d\u{e9}f".into()
+        ])))
     );
     assert_eq!(
         m.get("test.nested"),
-        Some(&Value::Array(Array::Array(vec![Array::U32(vec![1, 2]), Array::String(vec!["x".into()])])))
+        Some(&Value::Array(Array::Array(vec![
+            Array::U32(vec![1, 2]),
+            Array::String(vec!["x".into()])
+        ])))
     );
     assert_eq!(g.alignment(), 32);
-    assert_eq!(g.files()[0].data_offset() as usize, raw.sections.iter().find(|s| s.0 == "data start").unwrap().1);
+    assert_eq!(
+        g.files()[0].data_offset() as usize,
+        raw.sections.iter().find(|s| s.0 == "data start").unwrap().1
+    );
     assert_eq!(g.n_tensors(), raw.tensors.len());
     for ((name, qtype, dims, data), t) in raw.tensors.iter().zip(g.tensors()) {
-        assert_eq!((t.name, t.qtype, t.dims), (name.as_str(), *qtype, &dims[..]));
+        assert_eq!(
+            (t.name, t.qtype, t.dims),
+            (name.as_str(), *qtype, &dims[..])
+        );
         assert_eq!(t.data, &data[..], "{name}");
     }
     let q8 = g.tensor("w.q8_0").unwrap();
@@ -49,12 +62,25 @@ fn integer_getters_convert_where_the_value_fits() {
     assert_eq!(m.get_i32("test.u16").unwrap(), 60000);
     assert_eq!(m.get_u64("test.u32").unwrap(), 4_000_000_000);
     assert_eq!(m.get_i64("test.i32").unwrap(), -2_000_000_000);
-    assert_eq!(m.get_u32("test.u64").map_err(|e| e.to_string()).unwrap_err(),
-        "tiny.gguf: metadata key 'test.u64' = u64 1099511627776 does not fit in u32");
-    assert!(matches!(m.get_u32("test.i8"), Err(ModelError::OutOfRange { .. })));
-    assert!(matches!(m.get_u32("test.i32"), Err(ModelError::OutOfRange { .. })));
+    assert_eq!(
+        m.get_u32("test.u64")
+            .map_err(|e| e.to_string())
+            .unwrap_err(),
+        "tiny.gguf: metadata key 'test.u64' = u64 1099511627776 does not fit in u32"
+    );
+    assert!(matches!(
+        m.get_u32("test.i8"),
+        Err(ModelError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        m.get_u32("test.i32"),
+        Err(ModelError::OutOfRange { .. })
+    ));
     assert_eq!(m.get_f64("test.f32").unwrap(), f64::from(1.5e-6f32));
-    assert!(matches!(m.get_bool("test.u8"), Err(ModelError::WrongType { .. })));
+    assert!(matches!(
+        m.get_bool("test.u8"),
+        Err(ModelError::WrongType { .. })
+    ));
 }
 
 #[test]
@@ -71,7 +97,9 @@ fn truncated_at_every_byte() {
         match result {
             Err(ModelError::Truncated { path, .. })
             | Err(ModelError::CountTooLarge { path, .. })
-            | Err(ModelError::TensorPastEnd { path, .. }) => assert_eq!(path.to_str(), Some("tiny.gguf")),
+            | Err(ModelError::TensorPastEnd { path, .. }) => {
+                assert_eq!(path.to_str(), Some("tiny.gguf"))
+            }
             Err(e) => panic!("cut at {len}: unexpected error {e}"),
             Ok(_) => panic!("cut at {len} of {} bytes was accepted", raw.bytes.len()),
         }
@@ -85,14 +113,25 @@ fn truncated_at_each_section_boundary_names_the_section() {
         let at = raw.sections.iter().find(|s| s.0 == name).unwrap().1;
         read(raw.bytes[..at].to_vec()).unwrap_err().to_string()
     };
-    assert_eq!(read(Vec::new()).unwrap_err().to_string(),
-        "tiny.gguf: header: magic: needs bytes [0..4) but the file has 0 bytes");
+    assert_eq!(
+        read(Vec::new()).unwrap_err().to_string(),
+        "tiny.gguf: header: magic: needs bytes [0..4) but the file has 0 bytes"
+    );
     let e = cut("header end");
-    assert!(e.contains("header: metadata count: count 15 cannot fit"), "{e}");
+    assert!(
+        e.contains("header: metadata count: count 15 cannot fit"),
+        "{e}"
+    );
     let e = cut("metadata end");
-    assert!(e.contains("header: tensor count: count 3 cannot fit"), "{e}");
+    assert!(
+        e.contains("header: tensor count: count 3 cannot fit"),
+        "{e}"
+    );
     let e = cut("tensor infos end");
-    assert!(e.contains("tensor 'blk.0.attn_q_a.weight': data [") && e.contains("past end of file"), "{e}");
+    assert!(
+        e.contains("tensor 'blk.0.attn_q_a.weight': data [") && e.contains("past end of file"),
+        "{e}"
+    );
     let e = cut("data start");
     assert!(e.contains("tensor 'blk.0.attn_q_a.weight': data ["), "{e}");
 }
@@ -119,18 +158,38 @@ fn bad_magic_and_versions() {
     b[0] = b'X';
     assert!(matches!(read(b), Err(ModelError::BadMagic { found, .. }) if &found == b"XGUF"));
     for v in [0u32, 1, 4, 0xffff_ffff] {
-        assert!(matches!(read(raw.with_u32("version", v)), Err(ModelError::UnsupportedVersion { version, .. }) if version == v));
+        assert!(
+            matches!(read(raw.with_u32("version", v)), Err(ModelError::UnsupportedVersion { version, .. }) if version == v)
+        );
     }
-    assert!(matches!(read(raw.with_u32("version", 2)), Ok(_)), "v2 has the v3 layout");
-    assert!(matches!(read(raw.with_u32("version", 3u32.swap_bytes())), Err(ModelError::BigEndian { version: 3, .. })));
+    assert!(
+        read(raw.with_u32("version", 2)).is_ok(),
+        "v2 has the v3 layout"
+    );
+    assert!(matches!(
+        read(raw.with_u32("version", 3u32.swap_bytes())),
+        Err(ModelError::BigEndian { version: 3, .. })
+    ));
 }
 
 /// A count that cannot fit the file is refused before anything is allocated.
 #[test]
 fn huge_counts_are_refused_before_allocating() {
     let raw = raw_gguf();
-    for field in ["n_kv", "n_tensors", "strings.len", "nested.len", "nested0.len", "nested1.len"] {
-        for v in [1u64 << 60, u64::MAX, u64::MAX / 8 + 1, raw.bytes.len() as u64] {
+    for field in [
+        "n_kv",
+        "n_tensors",
+        "strings.len",
+        "nested.len",
+        "nested0.len",
+        "nested1.len",
+    ] {
+        for v in [
+            1u64 << 60,
+            u64::MAX,
+            u64::MAX / 8 + 1,
+            raw.bytes.len() as u64,
+        ] {
             match read(raw.with_u64(field, v)) {
                 Err(ModelError::CountTooLarge { count, .. }) => assert_eq!(count, v, "{field}"),
                 other => panic!("{field} = {v}: {other:?}"),
@@ -142,7 +201,11 @@ fn huge_counts_are_refused_before_allocating() {
 #[test]
 fn string_lengths_past_the_end() {
     let raw = raw_gguf();
-    let len_fields: Vec<String> = raw.field_names().filter(|f| f.ends_with("_len")).map(String::from).collect();
+    let len_fields: Vec<String> = raw
+        .field_names()
+        .filter(|f| f.ends_with("_len"))
+        .map(String::from)
+        .collect();
     assert!(len_fields.len() > 15);
     for field in &len_fields {
         for v in [u64::MAX, 1 << 60, raw.bytes.len() as u64] {
@@ -164,20 +227,46 @@ fn every_count_and_offset_field_corrupted() {
     let raw = raw_gguf();
     let names: Vec<String> = raw.field_names().map(String::from).collect();
     for field in &names {
-        let width = if field.ends_with("type") || field.ends_with("n_dims") || field == "version" || field == "alignment" {
+        let width = if field.ends_with("type")
+            || field.ends_with("n_dims")
+            || field == "version"
+            || field == "alignment"
+        {
             4
         } else {
             8
         };
-        let old = if width == 8 { raw.read_u64(field) } else { u64::from(u32::from_le_bytes(raw.bytes[raw.field(field)..][..4].try_into().unwrap())) };
-        for v in [0, 1, old.wrapping_add(1), old.wrapping_sub(1), old.wrapping_add(32), u64::MAX, 1 << 31, 1 << 62] {
+        let old = if width == 8 {
+            raw.read_u64(field)
+        } else {
+            u64::from(u32::from_le_bytes(
+                raw.bytes[raw.field(field)..][..4].try_into().unwrap(),
+            ))
+        };
+        for v in [
+            0,
+            1,
+            old.wrapping_add(1),
+            old.wrapping_sub(1),
+            old.wrapping_add(32),
+            u64::MAX,
+            1 << 31,
+            1 << 62,
+        ] {
             if v == old {
                 continue;
             }
-            let bytes = if width == 8 { raw.with_u64(field, v) } else { raw.with_u32(field, v as u32) };
+            let bytes = if width == 8 {
+                raw.with_u64(field, v)
+            } else {
+                raw.with_u32(field, v as u32)
+            };
             if let Ok(g) = read(bytes) {
                 // Touch every tensor: all data must be inside the file.
-                let sum: u64 = g.tensors().map(|t| t.data.iter().map(|&b| u64::from(b)).sum::<u64>()).sum();
+                let sum: u64 = g
+                    .tensors()
+                    .map(|t| t.data.iter().map(|&b| u64::from(b)).sum::<u64>())
+                    .sum();
                 std::hint::black_box(sum);
             }
         }
@@ -187,7 +276,12 @@ fn every_count_and_offset_field_corrupted() {
 #[test]
 fn bad_value_types() {
     let raw = raw_gguf();
-    for (field, id) in [("kv1.type", 13), ("kv1.type", u32::MAX), ("strings.elem_type", 99), ("nested0.elem_type", 13)] {
+    for (field, id) in [
+        ("kv1.type", 13),
+        ("kv1.type", u32::MAX),
+        ("strings.elem_type", 99),
+        ("nested0.elem_type", 13),
+    ] {
         match read(raw.with_u32(field, id)) {
             Err(ModelError::UnknownValueType { id: got, what, .. }) => {
                 assert_eq!(got, id);
@@ -198,7 +292,10 @@ fn bad_value_types() {
     }
     let mut b = raw.bytes.clone();
     b[raw.field("bool.byte")] = 2;
-    assert_eq!(read(b).unwrap_err().to_string(), "tiny.gguf: metadata 'test.bool': bool byte is 2, expected 0 or 1");
+    assert_eq!(
+        read(b).unwrap_err().to_string(),
+        "tiny.gguf: metadata 'test.bool': bool byte is 2, expected 0 or 1"
+    );
 }
 
 #[test]
@@ -207,7 +304,10 @@ fn invalid_utf8_key_is_named() {
     let mut b = raw.bytes.clone();
     let p = raw.field("kv1.key_len") + 8; // first byte of "test.u8"
     b[p] = 0xff;
-    assert_eq!(read(b).unwrap_err().to_string(), "tiny.gguf: metadata entry #1: key: not valid UTF-8");
+    assert_eq!(
+        read(b).unwrap_err().to_string(),
+        "tiny.gguf: metadata entry #1: key: not valid UTF-8"
+    );
 }
 
 #[test]
@@ -215,13 +315,20 @@ fn bad_tensor_dims() {
     let raw = raw_gguf();
     for n in [0u32, 5, u32::MAX] {
         match read(raw.with_u32("t1.n_dims", n)) {
-            Err(ModelError::TensorDims { tensor, n_dims, .. }) => assert_eq!((tensor.as_str(), n_dims), ("w.q4_k", n)),
+            Err(ModelError::TensorDims { tensor, n_dims, .. }) => {
+                assert_eq!((tensor.as_str(), n_dims), ("w.q4_k", n))
+            }
             other => panic!("n_dims {n}: {other:?}"),
         }
     }
     for v in [0u64, 1 << 63, u64::MAX] {
         match read(raw.with_u64("t2.ne1", v)) {
-            Err(ModelError::TensorDim { tensor, index: 1, value, .. }) => assert_eq!((tensor.as_str(), value), ("w.q8_0", v)),
+            Err(ModelError::TensorDim {
+                tensor,
+                index: 1,
+                value,
+                ..
+            }) => assert_eq!((tensor.as_str(), value), ("w.q8_0", v)),
             other => panic!("ne1 {v}: {other:?}"),
         }
     }
@@ -230,9 +337,13 @@ fn bad_tensor_dims() {
     let mut b2 = b.clone();
     let p = raw.field("t0.ne1");
     b2[p..p + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
-    assert!(matches!(read(b2), Err(ModelError::TensorSizeOverflow { tensor, .. }) if tensor == "blk.0.attn_q_a.weight"));
+    assert!(
+        matches!(read(b2), Err(ModelError::TensorSizeOverflow { tensor, .. }) if tensor == "blk.0.attn_q_a.weight")
+    );
     // Fits i64 in elements but is far past the end of the file.
-    assert!(matches!(read(b), Err(ModelError::TensorPastEnd { tensor, .. }) if tensor == "blk.0.attn_q_a.weight"));
+    assert!(
+        matches!(read(b), Err(ModelError::TensorPastEnd { tensor, .. }) if tensor == "blk.0.attn_q_a.weight")
+    );
 }
 
 #[test]
@@ -240,12 +351,16 @@ fn bad_tensor_types_and_row_lengths() {
     let raw = raw_gguf();
     for id in [4u32, 5, 16, 29, 31, 99, u32::MAX] {
         match read(raw.with_u32("t0.type", id)) {
-            Err(ModelError::UnknownTensorType { tensor, id: got, .. }) => assert_eq!((tensor.as_str(), got), ("blk.0.attn_q_a.weight", id)),
+            Err(ModelError::UnknownTensorType {
+                tensor, id: got, ..
+            }) => assert_eq!((tensor.as_str(), got), ("blk.0.attn_q_a.weight", id)),
             other => panic!("type {id}: {other:?}"),
         }
     }
     // q4_K rows are whole 256-element blocks: 8 elements is not one.
-    let e = read(raw.with_u32("t0.type", QType::Q4_K.ggml_id())).unwrap_err().to_string();
+    let e = read(raw.with_u32("t0.type", QType::Q4_K.ggml_id()))
+        .unwrap_err()
+        .to_string();
     assert_eq!(e, "tiny.gguf: tensor 'blk.0.attn_q_a.weight': row length ne[0] = 8 is not a multiple of the q4_K block of 256 elements");
 }
 
@@ -253,9 +368,15 @@ fn bad_tensor_types_and_row_lengths() {
 fn bad_tensor_offsets() {
     let raw = raw_gguf();
     let e = read(raw.with_u64("t1.offset", 97)).unwrap_err().to_string();
-    assert_eq!(e, "tiny.gguf: tensor 'w.q4_k': offset 97 is not a multiple of the alignment 32");
+    assert_eq!(
+        e,
+        "tiny.gguf: tensor 'w.q4_k': offset 97 is not a multiple of the alignment 32"
+    );
     for v in [1u64 << 62, u64::MAX - 31, raw.bytes.len() as u64] {
-        assert!(matches!(read(raw.with_u64("t2.offset", v)), Err(ModelError::TensorPastEnd { tensor, .. }) if tensor == "w.q8_0"), "{v}");
+        assert!(
+            matches!(read(raw.with_u64("t2.offset", v)), Err(ModelError::TensorPastEnd { tensor, .. }) if tensor == "w.q8_0"),
+            "{v}"
+        );
     }
     // Overlapping tensors are allowed: point w.q8_0 at w.q4_k's data.
     let q4_offset = raw.read_u64("t1.offset");
@@ -270,30 +391,55 @@ fn duplicate_names_and_keys() {
     let mut b = raw.bytes.clone();
     let p = raw.field("t2.name_len") + 8;
     b[p..p + 6].copy_from_slice(b"w.q4_k");
-    assert_eq!(read(b).unwrap_err().to_string(), "tiny.gguf: tensor 'w.q4_k' appears twice");
+    assert_eq!(
+        read(b).unwrap_err().to_string(),
+        "tiny.gguf: tensor 'w.q4_k' appears twice"
+    );
     // Rename key "test.i8" to "test.u8".
     let mut b = raw.bytes.clone();
     let p = raw.field("kv2.key_len") + 8;
     b[p..p + 7].copy_from_slice(b"test.u8");
-    assert_eq!(read(b).unwrap_err().to_string(), "tiny.gguf: metadata key 'test.u8' appears twice");
+    assert_eq!(
+        read(b).unwrap_err().to_string(),
+        "tiny.gguf: metadata key 'test.u8' appears twice"
+    );
 }
 
 #[test]
 fn alignment_must_be_a_power_of_two() {
     let raw = raw_gguf();
     for a in [0u32, 3, 48, u32::MAX] {
-        assert!(matches!(read(raw.with_u32("alignment", a)), Err(ModelError::BadAlignment { .. })), "{a}");
+        assert!(
+            matches!(
+                read(raw.with_u32("alignment", a)),
+                Err(ModelError::BadAlignment { .. })
+            ),
+            "{a}"
+        );
     }
     // 16: offsets (multiples of 32) stay aligned and the data section starts at the
     // next multiple of 16 after the tensor infos.
-    let infos_end = raw.sections.iter().find(|s| s.0 == "tensor infos end").unwrap().1 as u64;
+    let infos_end = raw
+        .sections
+        .iter()
+        .find(|s| s.0 == "tensor infos end")
+        .unwrap()
+        .1 as u64;
     let g = read(raw.with_u32("alignment", 16)).unwrap();
-    assert_eq!((g.alignment(), g.files()[0].data_offset()), (16, infos_end.next_multiple_of(16)));
+    assert_eq!(
+        (g.alignment(), g.files()[0].data_offset()),
+        (16, infos_end.next_multiple_of(16))
+    );
     // 64: tensor 1's offset (96) is misaligned.
-    assert!(matches!(read(raw.with_u32("alignment", 64)), Err(ModelError::TensorMisaligned { alignment: 64, .. })));
+    assert!(matches!(
+        read(raw.with_u32("alignment", 64)),
+        Err(ModelError::TensorMisaligned { alignment: 64, .. })
+    ));
     // Not an integer.
     let b = raw.with_u32("kv14.type", 6); // general.alignment as f32
-    assert!(matches!(read(b), Err(ModelError::WrongType { key, .. }) if key == "general.alignment"));
+    assert!(
+        matches!(read(b), Err(ModelError::WrongType { key, .. }) if key == "general.alignment")
+    );
 }
 
 #[test]
@@ -314,7 +460,10 @@ fn arrays_nested_too_deep_are_refused() {
     b.extend_from_slice(&0u32.to_le_bytes());
     b.extend_from_slice(&1u64.to_le_bytes());
     b.push(7);
-    assert!(matches!(read(b), Err(ModelError::NestingTooDeep { max_depth: 8, .. })));
+    assert!(matches!(
+        read(b),
+        Err(ModelError::NestingTooDeep { max_depth: 8, .. })
+    ));
 }
 
 #[test]

@@ -41,10 +41,14 @@ fn mutation(span: usize) -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (0..span).prop_map(Mutation::Truncate),
         (0..span, any::<u8>()).prop_map(|(p, v)| Mutation::SetByte(p, v)),
-        (0..span, prop_oneof![Just(0u32), Just(u32::MAX), 0u32..64, any::<u32>()])
+        (
+            0..span,
+            prop_oneof![Just(0u32), Just(u32::MAX), 0u32..64, any::<u32>()]
+        )
             .prop_map(|(p, v)| Mutation::SetU32(p, v)),
         (0..span, interesting_u64()).prop_map(|(p, v)| Mutation::SetU64(p, v)),
-        (0..span, proptest::collection::vec(any::<u8>(), 1..16)).prop_map(|(p, v)| Mutation::Insert(p, v)),
+        (0..span, proptest::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(p, v)| Mutation::Insert(p, v)),
         (0..span, 1usize..64).prop_map(|(p, n)| Mutation::Delete(p, n)),
     ]
 }
@@ -81,11 +85,16 @@ fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
 /// Reads `bytes` and uses everything that was read.
 fn exercise(bytes: Vec<u8>) {
     let len = bytes.len();
-    let Ok(g) = Gguf::from_bytes("mutated.gguf", bytes) else { return };
+    let Ok(g) = Gguf::from_bytes("mutated.gguf", bytes) else {
+        return;
+    };
     let mut sum = 0u64;
     for t in g.tensors() {
         assert!(t.data.len() <= len);
-        assert_eq!(Some(t.data.len()), t.qtype.row_bytes(t.dims[0]).ok().map(|r| r * t.n_rows()));
+        assert_eq!(
+            Some(t.data.len()),
+            t.qtype.row_bytes(t.dims[0]).ok().map(|r| r * t.n_rows())
+        );
         sum += t.data.iter().map(|&b| u64::from(b)).sum::<u64>();
     }
     std::hint::black_box(sum);
@@ -108,7 +117,11 @@ fn fixture() -> &'static [u8] {
 fn fixture_data_end() -> usize {
     let g = Gguf::from_bytes("fixture.gguf", fixture().to_vec()).unwrap();
     let offset = g.files()[0].data_offset();
-    g.tensor_infos().iter().map(|t| (offset + t.offset()) as usize + t.n_bytes()).max().unwrap()
+    g.tensor_infos()
+        .iter()
+        .map(|t| (offset + t.offset()) as usize + t.n_bytes())
+        .max()
+        .unwrap()
 }
 
 proptest! {

@@ -26,7 +26,10 @@ fn split_fixture(sizes: &[usize]) -> (Gguf, Vec<Part>) {
         let mut m = if i == 0 { meta.clone() } else { Vec::new() };
         m.push(("split.no".into(), Value::U16(i as u16)));
         m.push(("split.count".into(), Value::U16(n as u16)));
-        m.push(("split.tensors.count".into(), Value::I32(g.n_tensors() as i32)));
+        m.push((
+            "split.tensors.count".into(),
+            Value::I32(g.n_tensors() as i32),
+        ));
         parts.push((m, rest.by_ref().take(size).collect()));
     }
     (g, parts)
@@ -47,8 +50,17 @@ fn write_parts(dir: &Path, prefix: &str, parts: &[Part]) -> Vec<PathBuf> {
 #[test]
 fn file_names() {
     assert_eq!(split_file_name("model", 0, 3), "model-00001-of-00003.gguf");
-    assert_eq!(parse_split_file_name("model-q4-00002-of-00010.gguf"), Some(("model-q4", 1, 10)));
-    for bad in ["model.gguf", "model-00000-of-00003.gguf", "model-00004-of-00003.gguf", "model-1-of-3.gguf", "model-00001-of-00003.bin"] {
+    assert_eq!(
+        parse_split_file_name("model-q4-00002-of-00010.gguf"),
+        Some(("model-q4", 1, 10))
+    );
+    for bad in [
+        "model.gguf",
+        "model-00000-of-00003.gguf",
+        "model-00004-of-00003.gguf",
+        "model-1-of-3.gguf",
+        "model-00001-of-00003.bin",
+    ] {
         assert_eq!(parse_split_file_name(bad), None, "{bad}");
     }
 }
@@ -85,7 +97,12 @@ fn opening_a_later_part_says_which_to_open() {
     let (_, parts) = split_fixture(&[10, 10, 32]);
     let paths = write_parts(dir.path(), "tiny", &parts);
     let e = Gguf::open(&paths[1]).unwrap_err().to_string();
-    assert!(e.contains("tiny-00002-of-00003.gguf: split files: this is part 2 of 3; open the first part"), "{e}");
+    assert!(
+        e.contains(
+            "tiny-00002-of-00003.gguf: split files: this is part 2 of 3; open the first part"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -120,13 +137,21 @@ fn parts_must_agree_on_numbering_and_tensor_count() {
     set_meta(&mut parts[1].0, "split.no", Value::U16(2));
     let paths = write_parts(dir.path(), "a", &parts);
     let e = Gguf::open(&paths[0]).unwrap_err().to_string();
-    assert!(e.contains("a-00002-of-00003.gguf: split files: says it is part 3 of 3, expected part 2 of 3"), "{e}");
+    assert!(
+        e.contains(
+            "a-00002-of-00003.gguf: split files: says it is part 3 of 3, expected part 2 of 3"
+        ),
+        "{e}"
+    );
 
     let (_, mut parts) = split_fixture(&[10, 10, 32]);
     set_meta(&mut parts[0].0, "split.tensors.count", Value::I32(40));
     let paths = write_parts(dir.path(), "b", &parts);
     let e = Gguf::open(&paths[0]).unwrap_err().to_string();
-    assert!(e.contains("split.tensors.count is 40 but the 3 parts hold 52 tensors"), "{e}");
+    assert!(
+        e.contains("split.tensors.count is 40 but the 3 parts hold 52 tensors"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -137,7 +162,9 @@ fn a_tensor_in_two_parts_is_refused() {
     parts[2].1.push(dup.clone());
     let paths = write_parts(dir.path(), "tiny", &parts);
     match Gguf::open(&paths[0]) {
-        Err(ModelError::DuplicateTensor { path, tensor }) => assert_eq!((path, tensor), (paths[2].clone(), dup.0)),
+        Err(ModelError::DuplicateTensor { path, tensor }) => {
+            assert_eq!((path, tensor), (paths[2].clone(), dup.0))
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -150,9 +177,14 @@ fn a_first_part_must_be_named_like_one() {
     let renamed = dir.path().join("renamed.gguf");
     std::fs::rename(&paths[0], &renamed).unwrap();
     let e = Gguf::open(&renamed).unwrap_err().to_string();
-    assert!(e.contains("split.count is 3 but the file name is not <name>-00001-of-00003.gguf"), "{e}");
+    assert!(
+        e.contains("split.count is 3 but the file name is not <name>-00001-of-00003.gguf"),
+        "{e}"
+    );
     // And a part cannot be read from memory, where its siblings cannot be found.
-    let e = Gguf::from_bytes("mem.gguf", std::fs::read(&renamed).unwrap()).unwrap_err().to_string();
+    let e = Gguf::from_bytes("mem.gguf", std::fs::read(&renamed).unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("open the first part from disk"), "{e}");
 }
 

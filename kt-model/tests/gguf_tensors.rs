@@ -19,7 +19,9 @@ fn dsv3(name: &str) -> PathBuf {
 
 /// The handle is the file's tensor: same name, type, dims and bytes (same memory).
 fn assert_is(g: &Gguf, t: &Tensor, name: &str, dims: &[usize]) {
-    let in_file = g.tensor(name).unwrap_or_else(|| panic!("{name} not in file"));
+    let in_file = g
+        .tensor(name)
+        .unwrap_or_else(|| panic!("{name} not in file"));
     assert_eq!((t.name, t.dims), (name, dims));
     assert_eq!(t.qtype, in_file.qtype);
     assert_eq!(t.data.as_ptr(), in_file.data.as_ptr(), "{name}");
@@ -40,13 +42,22 @@ fn dsv3_tensors_load_with_their_shapes() {
             let n = |s: &str| format!("blk.{i}.{s}");
             assert_is(&g, &l.attn_norm, &n("attn_norm.weight"), &[256]);
             assert_is(&g, &l.ffn_norm, &n("ffn_norm.weight"), &[256]);
-            let QueryProj::LoRA { a, a_norm, b } = &l.attn.q else { panic!("{file} layer {i}: not LoRA") };
+            let QueryProj::LoRA { a, a_norm, b } = &l.attn.q else {
+                panic!("{file} layer {i}: not LoRA")
+            };
             assert_is(&g, a, &n("attn_q_a.weight"), &[256, 256]);
             assert_is(&g, a_norm, &n("attn_q_a_norm.weight"), &[256]);
             assert_is(&g, b, &n("attn_q_b.weight"), &[256, 4 * 96]);
-            assert_is(&g, &l.attn.kv_a_mqa, &n("attn_kv_a_mqa.weight"), &[256, 256 + 32]);
+            assert_is(
+                &g,
+                &l.attn.kv_a_mqa,
+                &n("attn_kv_a_mqa.weight"),
+                &[256, 256 + 32],
+            );
             assert_is(&g, &l.attn.kv_a_norm, &n("attn_kv_a_norm.weight"), &[256]);
-            let KvUp::Split { k_b, v_b } = &l.attn.kv_b else { panic!("{file} layer {i}: not split kv_b") };
+            let KvUp::Split { k_b, v_b } = &l.attn.kv_b else {
+                panic!("{file} layer {i}: not split kv_b")
+            };
             assert_is(&g, k_b, &n("attn_k_b.weight"), &[64, 256, 4]);
             assert_is(&g, v_b, &n("attn_v_b.weight"), &[256, 64, 4]);
             assert_is(&g, &l.attn.output, &n("attn_output.weight"), &[4 * 64, 256]);
@@ -58,10 +69,25 @@ fn dsv3_tensors_load_with_their_shapes() {
                 }
                 (Ffn::Moe(e), 1 | 2) => {
                     assert_is(&g, &e.gate_inp, &n("ffn_gate_inp.weight"), &[256, 16]);
-                    assert_is(&g, e.exp_probs_b.as_ref().unwrap(), &n("exp_probs_b.bias"), &[16]);
-                    assert_is(&g, &e.gate_exps, &n("ffn_gate_exps.weight"), &[256, 256, 16]);
+                    assert_is(
+                        &g,
+                        e.exp_probs_b.as_ref().unwrap(),
+                        &n("exp_probs_b.bias"),
+                        &[16],
+                    );
+                    assert_is(
+                        &g,
+                        &e.gate_exps,
+                        &n("ffn_gate_exps.weight"),
+                        &[256, 256, 16],
+                    );
                     assert_is(&g, &e.up_exps, &n("ffn_up_exps.weight"), &[256, 256, 16]);
-                    assert_is(&g, &e.down_exps, &n("ffn_down_exps.weight"), &[256, 256, 16]);
+                    assert_is(
+                        &g,
+                        &e.down_exps,
+                        &n("ffn_down_exps.weight"),
+                        &[256, 256, 16],
+                    );
                     let s = e.shared.as_ref().unwrap();
                     assert_is(&g, &s.gate, &n("ffn_gate_shexp.weight"), &[256, 256]);
                     assert_is(&g, &s.up, &n("ffn_up_shexp.weight"), &[256, 256]);
@@ -79,12 +105,19 @@ fn dsv2_tensors_have_a_direct_query_and_two_shared_experts() {
     let c = DeepSeekConfig::from_gguf(&g).unwrap();
     let m = ModelTensors::from_gguf(&g, &c).unwrap();
     for (i, l) in m.layers.iter().enumerate() {
-        let QueryProj::Direct { q } = &l.attn.q else { panic!("layer {i}: LoRA") };
+        let QueryProj::Direct { q } = &l.attn.q else {
+            panic!("layer {i}: LoRA")
+        };
         assert_is(&g, q, &format!("blk.{i}.attn_q.weight"), &[256, 384]);
         if let Ffn::Moe(e) = &l.ffn {
             assert!(e.exp_probs_b.is_none());
             let s = e.shared.as_ref().unwrap();
-            assert_is(&g, &s.down, &format!("blk.{i}.ffn_down_shexp.weight"), &[512, 256]);
+            assert_is(
+                &g,
+                &s.down,
+                &format!("blk.{i}.ffn_down_shexp.weight"),
+                &[512, 256],
+            );
         }
     }
     assert!(matches!(m.layers[0].ffn, Ffn::Dense(_)) && matches!(m.layers[2].ffn, Ffn::Moe(_)));
@@ -104,8 +137,16 @@ fn fused_kv_b_file() -> Vec<u8> {
     remove_meta(&mut meta, "deepseek2.attention.key_length_mla");
     remove_meta(&mut meta, "deepseek2.attention.value_length_mla");
     set_meta(&mut meta, "deepseek2.attention.key_length", Value::U32(96));
-    set_meta(&mut meta, "deepseek2.attention.value_length", Value::U32(64));
-    set_meta(&mut meta, "deepseek2.attention.head_count_kv", Value::U32(4));
+    set_meta(
+        &mut meta,
+        "deepseek2.attention.value_length",
+        Value::U32(64),
+    );
+    set_meta(
+        &mut meta,
+        "deepseek2.attention.head_count_kv",
+        Value::U32(4),
+    );
     let (heads, n, v, c) = (4usize, 64usize, 64usize, 256usize);
     let mut out = Vec::new();
     for (name, qtype, dims, data) in tensors {
@@ -118,7 +159,10 @@ fn fused_kv_b_file() -> Vec<u8> {
         };
         assert_eq!(qtype, QType::BF16);
         let k_b = src.tensor(&name).unwrap().data;
-        let v_b = src.tensor(&format!("{layer}.attn_v_b.weight")).unwrap().data;
+        let v_b = src
+            .tensor(&format!("{layer}.attn_v_b.weight"))
+            .unwrap()
+            .data;
         let mut kv_b = Vec::with_capacity(heads * (n + v) * c * 2);
         for h in 0..heads {
             for j in 0..n {
@@ -129,7 +173,12 @@ fn fused_kv_b_file() -> Vec<u8> {
             }
             kv_b.extend_from_slice(&v_b[h * v * c * 2..(h + 1) * v * c * 2]);
         }
-        out.push((format!("{layer}.attn_kv_b.weight"), QType::BF16, vec![c, heads * (n + v)], kv_b));
+        out.push((
+            format!("{layer}.attn_kv_b.weight"),
+            QType::BF16,
+            vec![c, heads * (n + v)],
+            kv_b,
+        ));
     }
     write_gguf(&meta, &out)
 }
@@ -139,20 +188,38 @@ fn the_older_fused_kv_b_layout_loads() {
     let g = Gguf::from_bytes("fused.gguf", fused_kv_b_file()).unwrap();
     let split = open(&dsv3("tiny-dsv3-bf16.gguf"));
     let c = DeepSeekConfig::from_gguf(&g).unwrap();
-    assert_eq!(c, DeepSeekConfig::from_gguf(&split).unwrap(), "same hyper-parameters from either key layout");
+    assert_eq!(
+        c,
+        DeepSeekConfig::from_gguf(&split).unwrap(),
+        "same hyper-parameters from either key layout"
+    );
     let m = ModelTensors::from_gguf(&g, &c).unwrap();
     for (i, l) in m.layers.iter().enumerate() {
-        let KvUp::Fused { kv_b } = &l.attn.kv_b else { panic!("layer {i}: not fused") };
+        let KvUp::Fused { kv_b } = &l.attn.kv_b else {
+            panic!("layer {i}: not fused")
+        };
         assert_is(&g, kv_b, &format!("blk.{i}.attn_kv_b.weight"), &[256, 512]);
         // Spot-check the handle's bytes against the split tensors: key row j of head h
         // is column j of k_b[h]; value rows are v_b[h]'s rows.
-        let k_b = split.tensor(&format!("blk.{i}.attn_k_b.weight")).unwrap().data;
-        let v_b = split.tensor(&format!("blk.{i}.attn_v_b.weight")).unwrap().data;
+        let k_b = split
+            .tensor(&format!("blk.{i}.attn_k_b.weight"))
+            .unwrap()
+            .data;
+        let v_b = split
+            .tensor(&format!("blk.{i}.attn_v_b.weight"))
+            .unwrap()
+            .data;
         for (h, j, col) in [(0, 0, 0), (1, 5, 200), (3, 63, 255), (2, 17, 1)] {
             let row = h * 128 + j;
-            assert_eq!(bf16_at(kv_b.data, row * 256 + col), bf16_at(k_b, (h * 256 + col) * 64 + j));
+            assert_eq!(
+                bf16_at(kv_b.data, row * 256 + col),
+                bf16_at(k_b, (h * 256 + col) * 64 + j)
+            );
             let vrow = h * 128 + 64 + j;
-            assert_eq!(bf16_at(kv_b.data, vrow * 256 + col), bf16_at(v_b, (h * 64 + j) * 256 + col));
+            assert_eq!(
+                bf16_at(kv_b.data, vrow * 256 + col),
+                bf16_at(v_b, (h * 64 + j) * 256 + col)
+            );
         }
     }
 }
@@ -171,18 +238,31 @@ fn load_err(g: &Gguf) -> ModelError {
 
 #[test]
 fn a_missing_tensor_is_named() {
-    for name in ["blk.2.ffn_up_exps.weight", "output.weight", "blk.0.attn_q_a_norm.weight", "blk.1.ffn_down_shexp.weight"] {
+    for name in [
+        "blk.2.ffn_up_exps.weight",
+        "output.weight",
+        "blk.0.attn_q_a_norm.weight",
+        "blk.1.ffn_down_shexp.weight",
+    ] {
         let g = edited(|t| t.retain(|x| x.0 != name));
-        assert_eq!(load_err(&g).to_string(), format!("edited.gguf: tensor '{name}' is missing"));
+        assert_eq!(
+            load_err(&g).to_string(),
+            format!("edited.gguf: tensor '{name}' is missing")
+        );
     }
     let g = edited(|t| t.retain(|x| x.0 != "blk.1.exp_probs_b.bias"));
-    assert!(load_err(&g).to_string().contains("'blk.1.exp_probs_b.bias (noaux_tc routing needs the score bias)' is missing"));
+    assert!(load_err(&g)
+        .to_string()
+        .contains("'blk.1.exp_probs_b.bias (noaux_tc routing needs the score bias)' is missing"));
 }
 
 #[test]
 fn a_misshapen_tensor_is_named() {
     let g = edited(|t| {
-        let x = t.iter_mut().find(|x| x.0 == "blk.1.ffn_gate_exps.weight").unwrap();
+        let x = t
+            .iter_mut()
+            .find(|x| x.0 == "blk.1.ffn_gate_exps.weight")
+            .unwrap();
         // The same bytes seen as 8 experts of 512 rows.
         x.2 = vec![256, 512, 8];
     });
@@ -191,10 +271,15 @@ fn a_misshapen_tensor_is_named() {
         "edited.gguf: tensor 'blk.1.ffn_gate_exps.weight': shape [256, 512, 8], expected [256, 256, 16] (ggml order, ne[0] first)"
     );
     let g = edited(|t| {
-        let x = t.iter_mut().find(|x| x.0 == "blk.2.attn_k_b.weight").unwrap();
+        let x = t
+            .iter_mut()
+            .find(|x| x.0 == "blk.2.attn_k_b.weight")
+            .unwrap();
         x.2 = vec![64, 4, 256];
     });
-    assert!(matches!(load_err(&g), ModelError::TensorShape { tensor, found, .. } if tensor == "blk.2.attn_k_b.weight" && found == [64, 4, 256]));
+    assert!(
+        matches!(load_err(&g), ModelError::TensorShape { tensor, found, .. } if tensor == "blk.2.attn_k_b.weight" && found == [64, 4, 256])
+    );
 }
 
 #[test]
@@ -205,7 +290,10 @@ fn half_of_the_split_kv_b_is_an_error() {
         "edited.gguf: layer 1: 'blk.1.attn_k_b.weight' is present but 'blk.1.attn_v_b.weight' is missing"
     );
     let g = edited(|t| t.retain(|x| !x.0.contains("attn_k_b") && !x.0.contains("attn_v_b")));
-    assert_eq!(load_err(&g).to_string(), "edited.gguf: tensor 'blk.0.attn_kv_b.weight' is missing");
+    assert_eq!(
+        load_err(&g).to_string(),
+        "edited.gguf: tensor 'blk.0.attn_kv_b.weight' is missing"
+    );
 }
 
 #[test]
@@ -217,6 +305,8 @@ fn the_bias_may_have_the_bare_name() {
     });
     let c = DeepSeekConfig::from_gguf(&g).unwrap();
     let m = ModelTensors::from_gguf(&g, &c).unwrap();
-    let Ffn::Moe(e) = &m.layers[2].ffn else { panic!() };
+    let Ffn::Moe(e) = &m.layers[2].ffn else {
+        panic!()
+    };
     assert_eq!(e.exp_probs_b.as_ref().unwrap().name, "blk.2.exp_probs_b");
 }

@@ -12,7 +12,10 @@ use kt_model::gguf::{Array, Gguf, GgufWriter, Value};
 use kt_model::ModelError;
 
 fn all_value_types() -> Vec<(String, Value)> {
-    let mut m: Vec<(String, Value)> = raw_scalars().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let mut m: Vec<(String, Value)> = raw_scalars()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     let arrays: Vec<(&str, Value)> = vec![
         ("a.u8", vec![0u8, 1, 255].into()),
         ("a.i8", vec![-128i8, 0, 127].into()),
@@ -25,12 +28,19 @@ fn all_value_types() -> Vec<(String, Value)> {
         ("a.f32", vec![0.1f32, -0.0, f32::INFINITY, 3.4e38].into()),
         ("a.f64", vec![0.1f64, -1e-300].into()),
         ("a.bool", vec![true, false, true].into()),
-        ("a.str", vec!["".to_owned(), "Ġthe".to_owned(), "日本".to_owned()].into()),
+        (
+            "a.str",
+            vec!["".to_owned(), "Ġthe".to_owned(), "日本".to_owned()].into(),
+        ),
         ("a.empty", Value::Array(Array::F32(vec![]))),
         (
             "a.nested",
-            vec![Array::String(vec!["x".into(), "yz".into()]), Array::U8(vec![1, 2, 3]), Array::Array(vec![Array::Bool(vec![true])])]
-                .into(),
+            vec![
+                Array::String(vec!["x".into(), "yz".into()]),
+                Array::U8(vec![1, 2, 3]),
+                Array::Array(vec![Array::Bool(vec![true])]),
+            ]
+            .into(),
         ),
     ];
     m.extend(arrays.into_iter().map(|(k, v)| (k.to_owned(), v)));
@@ -52,12 +62,21 @@ fn sample_tensors() -> Vec<TensorSpec> {
     .enumerate()
     {
         let n = qtype.row_bytes(dims[0]).unwrap() * dims[1..].iter().product::<usize>();
-        out.push((format!("blk.{i}.{}", qtype.name()), qtype, dims, random_bytes(n, 100 + i as u64)));
+        out.push((
+            format!("blk.{i}.{}", qtype.name()),
+            qtype,
+            dims,
+            random_bytes(n, 100 + i as u64),
+        ));
     }
     out
 }
 
-fn write_with_alignment(alignment: Option<u32>, meta: &[(String, Value)], tensors: &[TensorSpec]) -> Vec<u8> {
+fn write_with_alignment(
+    alignment: Option<u32>,
+    meta: &[(String, Value)],
+    tensors: &[TensorSpec],
+) -> Vec<u8> {
     let mut w = GgufWriter::new();
     if let Some(a) = alignment {
         w.add("general.alignment", a).unwrap();
@@ -85,11 +104,21 @@ fn round_trip_all_value_types_and_tensor_types() {
         assert_eq!(bytes.len() as u64 % a, 0, "the file ends padded");
         let g = Gguf::from_bytes("rt.gguf", bytes).unwrap();
         assert_eq!((g.version(), g.alignment()), (3, a));
-        let read: Vec<(String, Value)> = g.metadata().iter().filter(|(k, _)| *k != "general.alignment").map(|(k, v)| (k.to_owned(), v.clone())).collect();
+        let read: Vec<(String, Value)> = g
+            .metadata()
+            .iter()
+            .filter(|(k, _)| *k != "general.alignment")
+            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .collect();
         assert_eq!(read, meta, "alignment {a}");
         assert_eq!(g.n_tensors(), tensors.len());
-        for ((name, qtype, dims, data), (t, info)) in tensors.iter().zip(g.tensors().zip(g.tensor_infos())) {
-            assert_eq!((t.name, t.qtype, t.dims, t.data), (name.as_str(), *qtype, &dims[..], &data[..]));
+        for ((name, qtype, dims, data), (t, info)) in
+            tensors.iter().zip(g.tensors().zip(g.tensor_infos()))
+        {
+            assert_eq!(
+                (t.name, t.qtype, t.dims, t.data),
+                (name.as_str(), *qtype, &dims[..], &data[..])
+            );
             assert_eq!(info.offset() % a, 0, "{name}");
         }
     }
@@ -118,7 +147,10 @@ fn rewriting_llama_cpp_files_gives_identical_bytes() {
         for (a, b) in again.tensors().zip(original.tensors()) {
             assert_eq!(a.data, b.data, "{name}: {}", a.name);
         }
-        assert!(rewritten == std::fs::read(&path).unwrap(), "{name}: bytes differ from llama.cpp's");
+        assert!(
+            rewritten == std::fs::read(&path).unwrap(),
+            "{name}: bytes differ from llama.cpp's"
+        );
     }
 }
 
@@ -156,10 +188,12 @@ fn streams_a_large_tensor_to_a_file() {
     let mut w = GgufWriter::new();
     w.add("general.architecture", "test").unwrap();
     w.add_tensor_info("small", QType::F32, &[3]).unwrap();
-    w.add_tensor_info("experts", QType::Q8_0, &[row, rows, experts]).unwrap();
+    w.add_tensor_info("experts", QType::Q8_0, &[row, rows, experts])
+        .unwrap();
     let file = BufWriter::new(std::fs::File::create(&path).unwrap());
     let mut data = w.write_header(file).unwrap();
-    data.write_tensor("small", &[0, 0, 128, 63, 0, 0, 0, 64, 0, 0, 64, 64]).unwrap();
+    data.write_tensor("small", &[0, 0, 128, 63, 0, 0, 0, 64, 0, 0, 64, 64])
+        .unwrap();
     let chunk = 1 << 20;
     let mut rng = SplitMix64::new(7);
     let mut sink = data.begin_tensor("experts").unwrap();
@@ -167,17 +201,25 @@ fn streams_a_large_tensor_to_a_file() {
     let mut checksum = 0u64;
     for _ in 0..n_bytes / chunk {
         buf.iter_mut().for_each(|b| *b = rng.below(256) as u8);
-        checksum = buf.iter().fold(checksum, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)));
+        checksum = buf.iter().fold(checksum, |s, &b| {
+            s.wrapping_mul(31).wrapping_add(u64::from(b))
+        });
         sink.write_all(&buf).unwrap();
     }
     sink.finish().unwrap();
     drop(data.finish().unwrap());
 
     let g = open(&path);
-    assert_eq!(g.tensor("small").unwrap().data, &[0, 0, 128, 63, 0, 0, 0, 64, 0, 0, 64, 64]);
+    assert_eq!(
+        g.tensor("small").unwrap().data,
+        &[0, 0, 128, 63, 0, 0, 0, 64, 0, 0, 64, 64]
+    );
     let t = g.tensor("experts").unwrap();
     assert_eq!((t.data.len(), t.dims), (n_bytes, &[row, rows, experts][..]));
-    let read_sum = t.data.iter().fold(0u64, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let read_sum = t
+        .data
+        .iter()
+        .fold(0u64, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)));
     assert_eq!(read_sum, checksum);
 }
 
@@ -189,8 +231,12 @@ fn err_text<T: std::fmt::Debug>(r: Result<T, ModelError>) -> String {
 fn writer_refuses_bad_metadata() {
     let mut w = GgufWriter::new();
     w.add("a", 1u32).unwrap();
-    assert_eq!(err_text(w.add("a", 2u32)), "GGUF writer: metadata key 'a': added twice");
-    assert!(err_text(w.add("general.alignment", 48u32)).contains("must be a u32 power of two, got u32 48"));
+    assert_eq!(
+        err_text(w.add("a", 2u32)),
+        "GGUF writer: metadata key 'a': added twice"
+    );
+    assert!(err_text(w.add("general.alignment", 48u32))
+        .contains("must be a u32 power of two, got u32 48"));
     assert!(err_text(w.add("general.alignment", 64u64)).contains("got u64 64"));
     let mut deep = Array::U8(vec![1]);
     for _ in 0..8 {
@@ -203,17 +249,28 @@ fn writer_refuses_bad_metadata() {
 fn writer_refuses_bad_tensor_infos() {
     let mut w = GgufWriter::new();
     w.add_tensor_info("t", QType::F32, &[4]).unwrap();
-    assert_eq!(err_text(w.add_tensor_info("t", QType::F32, &[4])), "GGUF writer: tensor 't': added twice");
-    assert!(err_text(w.add_tensor_info("x".repeat(64), QType::F32, &[4])).contains("name must be 1 to 63 bytes"));
+    assert_eq!(
+        err_text(w.add_tensor_info("t", QType::F32, &[4])),
+        "GGUF writer: tensor 't': added twice"
+    );
+    assert!(
+        err_text(w.add_tensor_info("x".repeat(64), QType::F32, &[4]))
+            .contains("name must be 1 to 63 bytes")
+    );
     assert!(err_text(w.add_tensor_info("", QType::F32, &[4])).contains("name must be"));
     for dims in [&[][..], &[1, 1, 1, 1, 1], &[4, 0]] {
-        assert!(err_text(w.add_tensor_info("d", QType::F32, dims)).contains("non-zero dims"), "{dims:?}");
+        assert!(
+            err_text(w.add_tensor_info("d", QType::F32, dims)).contains("non-zero dims"),
+            "{dims:?}"
+        );
     }
     assert_eq!(
         err_text(w.add_tensor_info("q", QType::Q4_K, &[128, 2])),
         "GGUF writer: tensor 'q': ne[0] = 128 is not a multiple of the q4_K block of 256"
     );
-    assert!(err_text(w.add_tensor_info("big", QType::F32, &[1 << 40, 1 << 40])).contains("overflow"));
+    assert!(
+        err_text(w.add_tensor_info("big", QType::F32, &[1 << 40, 1 << 40])).contains("overflow")
+    );
 }
 
 #[test]
@@ -222,16 +279,28 @@ fn writer_refuses_data_out_of_order_or_of_the_wrong_size() {
     w.add_tensor_info("a", QType::F32, &[2]).unwrap();
     w.add_tensor_info("b", QType::F32, &[1]).unwrap();
     let mut data = w.write_header(Vec::new()).unwrap();
-    assert_eq!(err_text(data.write_tensor("b", &[0; 4])), "GGUF writer: tensor 'b': written out of order: 'a' comes next");
-    assert_eq!(err_text(data.write_tensor("a", &[0; 7])), "GGUF writer: tensor 'a': got 7 bytes, expected 8");
+    assert_eq!(
+        err_text(data.write_tensor("b", &[0; 4])),
+        "GGUF writer: tensor 'b': written out of order: 'a' comes next"
+    );
+    assert_eq!(
+        err_text(data.write_tensor("a", &[0; 7])),
+        "GGUF writer: tensor 'a': got 7 bytes, expected 8"
+    );
     {
         let mut sink = data.begin_tensor("a").unwrap();
         sink.write_all(&[1; 6]).unwrap();
         let e = sink.write_all(&[1; 3]).unwrap_err();
         assert!(e.to_string().contains("more than its 8 bytes"), "{e}");
-        assert_eq!(err_text(sink.finish()), "GGUF writer: tensor 'a': got 6 bytes, expected 8");
+        assert_eq!(
+            err_text(sink.finish()),
+            "GGUF writer: tensor 'a': got 6 bytes, expected 8"
+        );
     }
-    assert_eq!(err_text(data.begin_tensor("a")), "GGUF writer: tensor 'a' was begun and never finished");
+    assert_eq!(
+        err_text(data.begin_tensor("a")),
+        "GGUF writer: tensor 'a' was begun and never finished"
+    );
 }
 
 #[test]
@@ -242,13 +311,26 @@ fn writer_refuses_to_finish_early_or_write_extra_tensors() {
     w.add_tensor_info("c", QType::F32, &[1]).unwrap();
     let mut data = w.write_header(Vec::new()).unwrap();
     data.write_tensor("a", &[1, 2, 3, 4]).unwrap();
-    assert_eq!(err_text(data.finish()), "GGUF writer: tensor 'b' and 1 after it were never written");
+    assert_eq!(
+        err_text(data.finish()),
+        "GGUF writer: tensor 'b' and 1 after it were never written"
+    );
 
     let mut w = GgufWriter::new();
     w.add_tensor_info("a", QType::F32, &[1]).unwrap();
     let mut data = w.write_header(Vec::new()).unwrap();
     data.write_tensor("a", &[1, 2, 3, 4]).unwrap();
-    assert_eq!(err_text(data.write_tensor("z", &[0; 4])), "GGUF writer: tensor 'z': all 1 declared tensors are already written");
+    assert_eq!(
+        err_text(data.write_tensor("z", &[0; 4])),
+        "GGUF writer: tensor 'z': all 1 declared tensors are already written"
+    );
     let bytes = data.finish().unwrap();
-    assert_eq!(Gguf::from_bytes("one.gguf", bytes).unwrap().tensor("a").unwrap().data, &[1, 2, 3, 4]);
+    assert_eq!(
+        Gguf::from_bytes("one.gguf", bytes)
+            .unwrap()
+            .tensor("a")
+            .unwrap()
+            .data,
+        &[1, 2, 3, 4]
+    );
 }

@@ -87,10 +87,25 @@ fn yarn(g: &YarnScaling, hf: &YarnScaling, stated: &dyn Fn(&str) -> bool) -> Res
     }
     let fields: [(&'static str, f32, f32, &mut f32); 5] = [
         ("rope_scaling.factor", g.factor, hf.factor, &mut out.factor),
-        ("rope_scaling.beta_fast", g.beta_fast, hf.beta_fast, &mut out.beta_fast),
-        ("rope_scaling.beta_slow", g.beta_slow, hf.beta_slow, &mut out.beta_slow),
+        (
+            "rope_scaling.beta_fast",
+            g.beta_fast,
+            hf.beta_fast,
+            &mut out.beta_fast,
+        ),
+        (
+            "rope_scaling.beta_slow",
+            g.beta_slow,
+            hf.beta_slow,
+            &mut out.beta_slow,
+        ),
         ("rope_scaling.mscale", g.mscale, hf.mscale, &mut out.mscale),
-        ("rope_scaling.mscale_all_dim", g.mscale_all_dim, hf.mscale_all_dim, &mut out.mscale_all_dim),
+        (
+            "rope_scaling.mscale_all_dim",
+            g.mscale_all_dim,
+            hf.mscale_all_dim,
+            &mut out.mscale_all_dim,
+        ),
     ];
     for (name, a, b, slot) in fields {
         if stated(name) {
@@ -110,5 +125,9 @@ fn agree<T: Debug>(field: &'static str, gguf: &T, hf: &T, equal: bool) -> Result
     if equal {
         return Ok(());
     }
-    Err(ModelError::ConfigMismatch { field, gguf: format!("{gguf:?}"), hf: format!("{hf:?}") })
+    Err(ModelError::ConfigMismatch {
+        field,
+        gguf: format!("{gguf:?}"),
+        hf: format!("{hf:?}"),
+    })
 }

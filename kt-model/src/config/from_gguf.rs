@@ -30,7 +30,11 @@ pub(crate) fn read(gguf: &Gguf) -> Result<FromGguf> {
     let m = gguf.metadata();
     let arch = m.get_str("general.architecture")?;
     if arch != ARCH {
-        return Err(bad(m, "general.architecture", format!("is {arch:?}, expected {ARCH:?}")));
+        return Err(bad(
+            m,
+            "general.architecture",
+            format!("is {arch:?}, expected {ARCH:?}"),
+        ));
     }
     let k = |name: &str| format!("{ARCH}.{name}");
     let mut d = Defaulted(Vec::new());
@@ -39,7 +43,9 @@ pub(crate) fn read(gguf: &Gguf) -> Result<FromGguf> {
     let kv_lora_rank = m.get_usize(&k("attention.kv_lora_rank"))?;
     let rope = m.get_usize(&k("rope.dimension_count"))?;
     let (qk_nope_head_dim, v_head_dim) = mla_head_dims(m, kv_lora_rank, rope)?;
-    let q_lora_rank = m.opt_usize(&k("attention.q_lora_rank"))?.filter(|&r| r != 0);
+    let q_lora_rank = m
+        .opt_usize(&k("attention.q_lora_rank"))?
+        .filter(|&r| r != 0);
 
     let n_routed_experts = m.get_usize(&k("expert_count"))?;
     let scoring = match m.opt_u32(&k("expert_gating_func"))? {
@@ -47,7 +53,11 @@ pub(crate) fn read(gguf: &Gguf) -> Result<FromGguf> {
         Some(1) => ScoringFunc::Softmax,
         Some(2) => ScoringFunc::Sigmoid,
         Some(v) => {
-            return Err(bad(m, &k("expert_gating_func"), format!("{v} is neither 1 (softmax) nor 2 (sigmoid)")))
+            return Err(bad(
+                m,
+                &k("expert_gating_func"),
+                format!("{v} is neither 1 (softmax) nor 2 (sigmoid)"),
+            ))
         }
     };
     let n_group = d.or(m.opt_usize(&k("expert_group_count"))?, 1, "n_group");
@@ -58,9 +68,16 @@ pub(crate) fn read(gguf: &Gguf) -> Result<FromGguf> {
         ScoringFunc::Softmax if n_group > 1 => TopkMethod::GroupLimitedGreedy,
         ScoringFunc::Softmax => TopkMethod::Greedy,
     };
-    let routed_scaling_factor =
-        d.or(m.opt_f32(&k("expert_weights_scale"))?, 1.0, "routed_scaling_factor");
-    let norm_topk_prob = d.or(m.opt_bool(&k("expert_weights_norm"))?, false, "norm_topk_prob");
+    let routed_scaling_factor = d.or(
+        m.opt_f32(&k("expert_weights_scale"))?,
+        1.0,
+        "routed_scaling_factor",
+    );
+    let norm_topk_prob = d.or(
+        m.opt_bool(&k("expert_weights_norm"))?,
+        false,
+        "norm_topk_prob",
+    );
     let rope_theta = d.or(m.opt_f32(&k("rope.freq_base"))?, 10000.0, "rope_theta");
     let rope_scaling = yarn(m, &mut d)?;
     let bos_token_id = m.opt_u32("tokenizer.ggml.bos_token_id")?;
@@ -101,7 +118,10 @@ pub(crate) fn read(gguf: &Gguf) -> Result<FromGguf> {
         bos_token_id,
         eos_token_id,
     };
-    Ok(FromGguf { config, defaulted: d.0 })
+    Ok(FromGguf {
+        config,
+        defaulted: d.0,
+    })
 }
 
 /// Names of the fields that got a default.
@@ -162,13 +182,29 @@ fn yarn(m: &Metadata, d: &mut Defaulted) -> Result<Option<YarnScaling>> {
         None | Some("none") => return Ok(None),
         Some("yarn") => {}
         Some(other) => {
-            return Err(bad(m, &k("type"), format!("{other:?} is not supported (only yarn or none)")))
+            return Err(bad(
+                m,
+                &k("type"),
+                format!("{other:?} is not supported (only yarn or none)"),
+            ))
         }
     }
-    let beta_fast = d.or(m.opt_f32(&k("yarn_beta_fast"))?, 32.0, "rope_scaling.beta_fast");
-    let beta_slow = d.or(m.opt_f32(&k("yarn_beta_slow"))?, 1.0, "rope_scaling.beta_slow");
+    let beta_fast = d.or(
+        m.opt_f32(&k("yarn_beta_fast"))?,
+        32.0,
+        "rope_scaling.beta_fast",
+    );
+    let beta_slow = d.or(
+        m.opt_f32(&k("yarn_beta_slow"))?,
+        1.0,
+        "rope_scaling.beta_slow",
+    );
     // yarn_log_multiplier = 0.1 * mscale_all_dim; absent means 0 (no attention scaling).
-    let log_mul = d.or(m.opt_f32(&k("yarn_log_multiplier"))?, 0.0, "rope_scaling.mscale_all_dim");
+    let log_mul = d.or(
+        m.opt_f32(&k("yarn_log_multiplier"))?,
+        0.0,
+        "rope_scaling.mscale_all_dim",
+    );
     let mscale_all_dim = (f64::from(log_mul) / 0.1) as f32;
     d.0.push("rope_scaling.mscale");
     Ok(Some(YarnScaling {
@@ -192,10 +228,17 @@ fn vocab_size(gguf: &Gguf) -> Result<usize> {
     }
     match gguf.tensor_info("token_embd.weight") {
         Some(t) if t.dims().len() == 2 => Ok(t.dims()[1]),
-        _ => Err(ModelError::MissingKey { path: m.path().to_owned(), key: format!("{ARCH}.vocab_size") }),
+        _ => Err(ModelError::MissingKey {
+            path: m.path().to_owned(),
+            key: format!("{ARCH}.vocab_size"),
+        }),
     }
 }
 
 fn bad(m: &Metadata, key: &str, reason: String) -> ModelError {
-    ModelError::BadValue { path: m.path().to_owned(), key: key.to_owned(), reason }
+    ModelError::BadValue {
+        path: m.path().to_owned(),
+        key: key.to_owned(),
+        reason,
+    }
 }

@@ -14,24 +14,41 @@ use crate::config::{DeepSeekConfig, ScoringFunc, TopkMethod, YarnScaling};
 use crate::error::{ModelError, Result};
 
 pub(crate) fn read(path: &Path, json: &str) -> Result<DeepSeekConfig> {
-    let root: Json =
-        serde_json::from_str(json).map_err(|source| ModelError::Json { path: path.to_owned(), source })?;
+    let root: Json = serde_json::from_str(json).map_err(|source| ModelError::Json {
+        path: path.to_owned(),
+        source,
+    })?;
     let Some(obj) = root.as_object() else {
         return Err(field_err(path, "(root)", "is not a JSON object".into()));
     };
-    let f = Fields { path, prefix: String::new(), obj };
+    let f = Fields {
+        path,
+        prefix: String::new(),
+        obj,
+    };
 
     let v3 = match f.str("model_type")? {
         "deepseek_v3" => true,
         "deepseek_v2" => false,
-        other => return Err(f.err("model_type", format!("{other:?} is neither deepseek_v2 nor deepseek_v3"))),
+        other => {
+            return Err(f.err(
+                "model_type",
+                format!("{other:?} is neither deepseek_v2 nor deepseek_v3"),
+            ))
+        }
     };
     let moe_layer_freq = f.opt_usize("moe_layer_freq")?.unwrap_or(1);
     if moe_layer_freq != 1 {
-        return Err(f.err("moe_layer_freq", format!("{moe_layer_freq} is not supported (only 1)")));
+        return Err(f.err(
+            "moe_layer_freq",
+            format!("{moe_layer_freq} is not supported (only 1)"),
+        ));
     }
     if !obj.contains_key("q_lora_rank") {
-        return Err(f.err("q_lora_rank", "is missing (null means no query LoRA)".into()));
+        return Err(f.err(
+            "q_lora_rank",
+            "is missing (null means no query LoRA)".into(),
+        ));
     }
     let qk_nope_head_dim = f.usize("qk_nope_head_dim")?;
     let qk_rope_head_dim = f.usize("qk_rope_head_dim")?;
@@ -49,13 +66,21 @@ pub(crate) fn read(path: &Path, json: &str) -> Result<DeepSeekConfig> {
         None => ScoringFunc::Softmax,
         Some("softmax") => ScoringFunc::Softmax,
         Some("sigmoid") => ScoringFunc::Sigmoid,
-        Some(other) => return Err(f.err("scoring_func", format!("{other:?} is neither softmax nor sigmoid"))),
+        Some(other) => {
+            return Err(f.err(
+                "scoring_func",
+                format!("{other:?} is neither softmax nor sigmoid"),
+            ))
+        }
     };
     let topk_method = match f.opt_str("topk_method")? {
         None if v3 => TopkMethod::NoauxTc,
         None => TopkMethod::Greedy,
         Some(name) => TopkMethod::from_name(name).ok_or_else(|| {
-            f.err("topk_method", format!("{name:?} is not greedy, group_limited_greedy or noaux_tc"))
+            f.err(
+                "topk_method",
+                format!("{name:?} is not greedy, group_limited_greedy or noaux_tc"),
+            )
         })?,
     };
     let (rope_theta, rope_scaling) = rope(&f)?;
@@ -78,7 +103,11 @@ pub(crate) fn read(path: &Path, json: &str) -> Result<DeepSeekConfig> {
         first_k_dense_replace: f.usize("first_k_dense_replace")?,
         n_group: f.opt_usize("n_group")?.unwrap_or(1),
         topk_group: f.opt_usize("topk_group")?.unwrap_or(1),
-        routed_scaling_factor: f.opt_f32("routed_scaling_factor")?.unwrap_or(if v3 { 2.5 } else { 1.0 }),
+        routed_scaling_factor: f.opt_f32("routed_scaling_factor")?.unwrap_or(if v3 {
+            2.5
+        } else {
+            1.0
+        }),
         norm_topk_prob: f.opt_bool("norm_topk_prob")?.unwrap_or(v3),
         scoring,
         topk_method,
@@ -102,7 +131,11 @@ fn rope(f: &Fields) -> Result<(f32, Option<YarnScaling>)> {
     let Some(obj) = value.as_object() else {
         return Err(f.err(name, "is not a JSON object".into()));
     };
-    let r = Fields { path: f.path, prefix: format!("{name}."), obj };
+    let r = Fields {
+        path: f.path,
+        prefix: format!("{name}."),
+        obj,
+    };
     let theta = match r.opt_f32("rope_theta")? {
         Some(t) => t,
         None => f.opt_f32("rope_theta")?.unwrap_or(10000.0),
@@ -124,7 +157,10 @@ fn rope(f: &Fields) -> Result<(f32, Option<YarnScaling>)> {
                 mscale_all_dim: r.opt_f32("mscale_all_dim")?.unwrap_or(0.0),
             }),
         )),
-        other => Err(r.err("rope_type", format!("{other:?} is not supported (only yarn or default)"))),
+        other => Err(r.err(
+            "rope_type",
+            format!("{other:?} is not supported (only yarn or default)"),
+        )),
     }
 }
 
@@ -164,7 +200,11 @@ impl Fields<'_> {
 
     fn opt_f32(&self, name: &str) -> Result<Option<f32>> {
         self.get(name)
-            .map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| self.err(name, format!("{v} is not a number"))))
+            .map(|v| {
+                v.as_f64()
+                    .map(|x| x as f32)
+                    .ok_or_else(|| self.err(name, format!("{v} is not a number")))
+            })
             .transpose()
     }
 
@@ -174,13 +214,19 @@ impl Fields<'_> {
 
     fn opt_bool(&self, name: &str) -> Result<Option<bool>> {
         self.get(name)
-            .map(|v| v.as_bool().ok_or_else(|| self.err(name, format!("{v} is not true or false"))))
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| self.err(name, format!("{v} is not true or false")))
+            })
             .transpose()
     }
 
     fn opt_str(&self, name: &str) -> Result<Option<&str>> {
         self.get(name)
-            .map(|v| v.as_str().ok_or_else(|| self.err(name, format!("{v} is not a string"))))
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| self.err(name, format!("{v} is not a string")))
+            })
             .transpose()
     }
 
@@ -190,7 +236,9 @@ impl Fields<'_> {
 
     /// A token id, or the first of a list of them (some configs list several EOS ids).
     fn opt_token(&self, name: &str) -> Result<Option<u32>> {
-        let Some(v) = self.get(name) else { return Ok(None) };
+        let Some(v) = self.get(name) else {
+            return Ok(None);
+        };
         let first = match v.as_array() {
             Some(list) => match list.first() {
                 Some(x) => x,
@@ -207,5 +255,9 @@ impl Fields<'_> {
 }
 
 fn field_err(path: &Path, field: &str, reason: String) -> ModelError {
-    ModelError::HfConfig { path: path.to_owned(), field: field.to_owned(), reason }
+    ModelError::HfConfig {
+        path: path.to_owned(),
+        field: field.to_owned(),
+        reason,
+    }
 }

@@ -71,7 +71,10 @@ impl<'a> Cursor<'a> {
         let bytes = self.bytes(len, &|| format!("{} (string of {len} bytes)", what()))?;
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(s.to_owned()),
-            Err(_) => Err(ModelError::InvalidUtf8 { path: self.path.to_owned(), what: what() }),
+            Err(_) => Err(ModelError::InvalidUtf8 {
+                path: self.path.to_owned(),
+                what: what(),
+            }),
         }
     }
 
@@ -80,7 +83,9 @@ impl<'a> Cursor<'a> {
     pub fn check_count(&self, count: u64, min_bytes_each: u64, what: What) -> Result<usize> {
         let min_bytes_each = min_bytes_each.max(1);
         let remaining = self.remaining() as u64;
-        let fits = count.checked_mul(min_bytes_each).is_some_and(|need| need <= remaining);
+        let fits = count
+            .checked_mul(min_bytes_each)
+            .is_some_and(|need| need <= remaining);
         if !fits {
             return Err(ModelError::CountTooLarge {
                 path: self.path.to_owned(),

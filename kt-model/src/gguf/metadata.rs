@@ -42,10 +42,17 @@ impl Metadata {
         let mut index = HashMap::with_capacity(entries.len());
         for (i, (key, _)) in entries.iter().enumerate() {
             if index.insert(key.clone(), i).is_some() {
-                return Err(ModelError::DuplicateKey { path: path.to_owned(), key: key.clone() });
+                return Err(ModelError::DuplicateKey {
+                    path: path.to_owned(),
+                    key: key.clone(),
+                });
             }
         }
-        Ok(Metadata { path: path.to_owned(), entries, index })
+        Ok(Metadata {
+            path: path.to_owned(),
+            entries,
+            index,
+        })
     }
 
     /// The file the metadata came from (named in errors).
@@ -162,18 +169,27 @@ impl Metadata {
     }
 
     fn int<T: TryFrom<i128>>(&self, key: &str, expected: &'static str) -> Result<Option<T>> {
-        let Some(v) = self.get(key) else { return Ok(None) };
-        let Some(i) = v.as_int() else { return Err(self.wrong_type(key, expected, v)) };
-        T::try_from(i).map(Some).map_err(|_| ModelError::OutOfRange {
-            path: self.path.clone(),
-            key: key.to_owned(),
-            value: v.describe(),
-            expected,
-        })
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let Some(i) = v.as_int() else {
+            return Err(self.wrong_type(key, expected, v));
+        };
+        T::try_from(i)
+            .map(Some)
+            .map_err(|_| ModelError::OutOfRange {
+                path: self.path.clone(),
+                key: key.to_owned(),
+                value: v.describe(),
+                expected,
+            })
     }
 
     fn missing(&self, key: &str) -> ModelError {
-        ModelError::MissingKey { path: self.path.clone(), key: key.to_owned() }
+        ModelError::MissingKey {
+            path: self.path.clone(),
+            key: key.to_owned(),
+        }
     }
 
     fn wrong_type(&self, key: &str, expected: &'static str, found: &Value) -> ModelError {

@@ -16,7 +16,10 @@ pub(crate) enum Backing {
 
 impl Backing {
     pub fn map(path: &Path) -> Result<Backing> {
-        let io = |source| ModelError::Io { path: path.to_owned(), source };
+        let io = |source| ModelError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len == 0 {

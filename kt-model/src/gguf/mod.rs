@@ -112,14 +112,20 @@ impl Gguf {
         if split::split_count(&metadata)? > 1 {
             return Err(split::split_err(
                 &path,
-                "a part of a split set cannot be read from memory; open the first part from disk".into(),
+                "a part of a split set cannot be read from memory; open the first part from disk"
+                    .into(),
             ));
         }
         Gguf::single(file, metadata, parsed.tensors)
     }
 
     fn single(file: GgufFile, metadata: Metadata, tensors: Vec<TensorInfo>) -> Result<Gguf> {
-        let mut gguf = Gguf { files: Vec::new(), metadata, tensors: Vec::new(), index: HashMap::new() };
+        let mut gguf = Gguf {
+            files: Vec::new(),
+            metadata,
+            tensors: Vec::new(),
+            index: HashMap::new(),
+        };
         gguf.add_file(file, tensors)?;
         Ok(gguf)
     }
@@ -128,7 +134,10 @@ impl Gguf {
         self.tensors.reserve(tensors.len());
         for t in tensors {
             if self.index.contains_key(&t.name) {
-                return Err(ModelError::DuplicateTensor { path: file.path.clone(), tensor: t.name });
+                return Err(ModelError::DuplicateTensor {
+                    path: file.path.clone(),
+                    tensor: t.name,
+                });
             }
             self.index.insert(t.name.clone(), self.tensors.len());
             self.tensors.push(t);

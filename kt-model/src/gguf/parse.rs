@@ -40,15 +40,26 @@ pub(crate) fn parse(path: &Path, buf: &[u8], file_index: usize) -> Result<Parsed
     let mut c = Cursor::new(path, buf);
     let magic = c.array::<4>(&|| "header: magic".into())?;
     if &magic != MAGIC {
-        return Err(ModelError::BadMagic { path: path.to_owned(), found: magic });
+        return Err(ModelError::BadMagic {
+            path: path.to_owned(),
+            found: magic,
+        });
     }
     let version = c.u32(&|| "header: version".into())?;
     match version {
         2 | 3 => {}
         v if matches!(v.swap_bytes(), 2 | 3) => {
-            return Err(ModelError::BigEndian { path: path.to_owned(), version: v.swap_bytes() })
+            return Err(ModelError::BigEndian {
+                path: path.to_owned(),
+                version: v.swap_bytes(),
+            })
         }
-        v => return Err(ModelError::UnsupportedVersion { path: path.to_owned(), version: v }),
+        v => {
+            return Err(ModelError::UnsupportedVersion {
+                path: path.to_owned(),
+                version: v,
+            })
+        }
     }
     let n_tensors = c.u64(&|| "header: tensor count".into())?;
     let n_kv = c.u64(&|| "header: metadata count".into())?;
@@ -64,7 +75,10 @@ pub(crate) fn parse(path: &Path, buf: &[u8], file_index: usize) -> Result<Parsed
     for i in 0..n_tensors {
         let info = read_tensor_info(&mut c, i, alignment, file_index)?;
         if !names.insert(info.name.clone()) {
-            return Err(ModelError::DuplicateTensor { path: path.to_owned(), tensor: info.name });
+            return Err(ModelError::DuplicateTensor {
+                path: path.to_owned(),
+                tensor: info.name,
+            });
         }
         tensors.push(info);
     }
@@ -91,7 +105,13 @@ pub(crate) fn parse(path: &Path, buf: &[u8], file_index: usize) -> Result<Parsed
         // start < end <= file_len <= usize::MAX.
         t.start = start as usize;
     }
-    Ok(ParsedFile { version, metadata, alignment, data_offset, tensors })
+    Ok(ParsedFile {
+        version,
+        metadata,
+        alignment,
+        data_offset,
+        tensors,
+    })
 }
 
 fn read_metadata(c: &mut Cursor, n_kv: u64) -> Result<Vec<(String, Value)>> {
@@ -104,7 +124,10 @@ fn read_metadata(c: &mut Cursor, n_kv: u64) -> Result<Vec<(String, Value)>> {
         let type_id = c.u32(&|| format!("{}: value type", what()))?;
         let value = read_value(c, type_id, 0, &what)?;
         if !keys.insert(key.clone()) {
-            return Err(ModelError::DuplicateKey { path: c.path().to_owned(), key });
+            return Err(ModelError::DuplicateKey {
+                path: c.path().to_owned(),
+                key,
+            });
         }
         entries.push((key, value));
     }
@@ -145,7 +168,11 @@ fn to_bool(c: &Cursor, byte: u8, what: What) -> Result<bool> {
     match byte {
         0 => Ok(false),
         1 => Ok(true),
-        byte => Err(ModelError::BadBool { path: c.path().to_owned(), what: what(), byte }),
+        byte => Err(ModelError::BadBool {
+            path: c.path().to_owned(),
+            what: what(),
+            byte,
+        }),
     }
 }
 
@@ -233,7 +260,10 @@ fn alignment_of(path: &Path, metadata: &[(String, Value)]) -> Result<u64> {
     };
     match u64::try_from(i) {
         Ok(a) if a.is_power_of_two() => Ok(a),
-        _ => Err(ModelError::BadAlignment { path: path.to_owned(), value: i as u64 }),
+        _ => Err(ModelError::BadAlignment {
+            path: path.to_owned(),
+            value: i as u64,
+        }),
     }
 }
 
@@ -248,7 +278,11 @@ fn read_tensor_info(
     let what = || format!("tensor '{name}'");
     let n_dims = c.u32(&|| format!("{}: n_dims", what()))?;
     if n_dims == 0 || n_dims as usize > MAX_DIMS {
-        return Err(ModelError::TensorDims { path: path.to_owned(), tensor: name, n_dims });
+        return Err(ModelError::TensorDims {
+            path: path.to_owned(),
+            tensor: name,
+            n_dims,
+        });
     }
     let mut raw_dims = Vec::with_capacity(n_dims as usize);
     for d in 0..n_dims as usize {
@@ -266,7 +300,11 @@ fn read_tensor_info(
     let type_id = c.u32(&|| format!("{}: type", what()))?;
     let offset = c.u64(&|| format!("{}: offset", what()))?;
     let Some(qtype) = QType::from_ggml_id(type_id) else {
-        return Err(ModelError::UnknownTensorType { path: path.to_owned(), tensor: name, id: type_id });
+        return Err(ModelError::UnknownTensorType {
+            path: path.to_owned(),
+            tensor: name,
+            id: type_id,
+        });
     };
     let dims: Option<Vec<usize>> = raw_dims.iter().map(|&d| usize::try_from(d).ok()).collect();
     let n_bytes = match dims.as_deref().map(|d| tensor_n_bytes(qtype, d)) {

@@ -42,19 +42,28 @@ pub(crate) fn split_count(meta: &Metadata) -> Result<usize> {
 
 /// The paths of parts 2..=count of the split set whose first part is `first`, after
 /// checking that `first` is named and numbered as part 1.
-pub(crate) fn other_part_paths(first: &Path, meta: &Metadata, count: usize) -> Result<Vec<PathBuf>> {
+pub(crate) fn other_part_paths(
+    first: &Path,
+    meta: &Metadata,
+    count: usize,
+) -> Result<Vec<PathBuf>> {
     let no = meta.get_usize(SPLIT_NO_KEY)?;
     let file_name = first.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if no != 0 {
         return Err(split_err(
             first,
-            format!("this is part {} of {count}; open the first part (-00001-of-{count:05}.gguf)", no + 1),
+            format!(
+                "this is part {} of {count}; open the first part (-00001-of-{count:05}.gguf)",
+                no + 1
+            ),
         ));
     }
     let Some((prefix, 0, name_count)) = parse_split_file_name(file_name) else {
         return Err(split_err(
             first,
-            format!("split.count is {count} but the file name is not <name>-00001-of-{count:05}.gguf"),
+            format!(
+                "split.count is {count} but the file name is not <name>-00001-of-{count:05}.gguf"
+            ),
         ));
     };
     if name_count != count {
@@ -64,7 +73,9 @@ pub(crate) fn other_part_paths(first: &Path, meta: &Metadata, count: usize) -> R
         ));
     }
     let dir = first.parent().unwrap_or(Path::new(""));
-    Ok((1..count).map(|i| dir.join(split_file_name(prefix, i, count))).collect())
+    Ok((1..count)
+        .map(|i| dir.join(split_file_name(prefix, i, count)))
+        .collect())
 }
 
 /// Checks that a later part says it is part `index` of `count`.
@@ -85,5 +96,8 @@ pub(crate) fn check_part(meta: &Metadata, index: usize, count: usize) -> Result<
 }
 
 pub(crate) fn split_err(path: &Path, reason: String) -> ModelError {
-    ModelError::Split { path: path.to_owned(), reason }
+    ModelError::Split {
+        path: path.to_owned(),
+        reason,
+    }
 }

@@ -64,7 +64,12 @@ pub struct Tensor<'a> {
 
 impl<'a> Tensor<'a> {
     pub(crate) fn new(info: &'a TensorInfo, data: &'a [u8]) -> Self {
-        Tensor { name: &info.name, qtype: info.qtype, dims: &info.dims, data }
+        Tensor {
+            name: &info.name,
+            qtype: info.qtype,
+            dims: &info.dims,
+            data,
+        }
     }
 
     /// Elements in a row (`ne[0]`).
@@ -100,13 +105,19 @@ pub(crate) enum SizeError {
 
 /// Bytes of a tensor of `qtype` and `dims` (ggml order), checked.
 pub(crate) fn tensor_n_bytes(qtype: QType, dims: &[usize]) -> Result<usize, SizeError> {
-    let Some((&ne0, rest)) = dims.split_first() else { return Err(SizeError::NoDims) };
-    let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
-    if !n_elements.is_some_and(|n| n <= i64::MAX as u64) {
+    let Some((&ne0, rest)) = dims.split_first() else {
+        return Err(SizeError::NoDims);
+    };
+    let n_elements = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+    if n_elements.is_none_or(|n| n > i64::MAX as u64) {
         return Err(SizeError::Overflow);
     }
-    let row = qtype
-        .row_bytes(ne0)
-        .map_err(|_| SizeError::RowLength { block: qtype.block_elems() })?;
-    rest.iter().try_fold(row, |acc, &d| acc.checked_mul(d)).ok_or(SizeError::Overflow)
+    let row = qtype.row_bytes(ne0).map_err(|_| SizeError::RowLength {
+        block: qtype.block_elems(),
+    })?;
+    rest.iter()
+        .try_fold(row, |acc, &d| acc.checked_mul(d))
+        .ok_or(SizeError::Overflow)
 }

@@ -64,19 +64,29 @@ impl GgufWriter {
     pub fn add(&mut self, key: impl Into<String>, value: impl Into<Value>) -> Result<()> {
         let key = key.into();
         let value = value.into();
-        let err = |reason: String| ModelError::WriterKey { key: key.clone(), reason };
+        let err = |reason: String| ModelError::WriterKey {
+            key: key.clone(),
+            reason,
+        };
         if self.keys.contains(&key) {
             return Err(err("added twice".into()));
         }
         if key == ALIGNMENT_KEY {
             match value {
                 Value::U32(a) if a.is_power_of_two() => self.alignment = a.into(),
-                _ => return Err(err(format!("must be a u32 power of two, got {}", value.describe()))),
+                _ => {
+                    return Err(err(format!(
+                        "must be a u32 power of two, got {}",
+                        value.describe()
+                    )))
+                }
             }
         }
         if let Value::Array(a) = &value {
             if nesting(a) > MAX_ARRAY_NESTING {
-                return Err(err(format!("arrays nested deeper than {MAX_ARRAY_NESTING} levels")));
+                return Err(err(format!(
+                    "arrays nested deeper than {MAX_ARRAY_NESTING} levels"
+                )));
             }
         }
         self.keys.insert(key.clone());
@@ -87,29 +97,49 @@ impl GgufWriter {
     /// Declares a tensor: name, type and `ne[]` in ggml order (`dims[0]` = row length).
     /// Its bytes are written later, in declaration order, through the
     /// [`TensorDataWriter`].
-    pub fn add_tensor_info(&mut self, name: impl Into<String>, qtype: QType, dims: &[usize]) -> Result<()> {
+    pub fn add_tensor_info(
+        &mut self,
+        name: impl Into<String>,
+        qtype: QType,
+        dims: &[usize],
+    ) -> Result<()> {
         let name = name.into();
-        let err = |reason: String| ModelError::WriterTensor { tensor: name.clone(), reason };
+        let err = |reason: String| ModelError::WriterTensor {
+            tensor: name.clone(),
+            reason,
+        };
         if name.is_empty() || name.len() > MAX_TENSOR_NAME_BYTES {
-            return Err(err(format!("name must be 1 to {MAX_TENSOR_NAME_BYTES} bytes")));
+            return Err(err(format!(
+                "name must be 1 to {MAX_TENSOR_NAME_BYTES} bytes"
+            )));
         }
         if self.names.contains(&name) {
             return Err(err("added twice".into()));
         }
         if dims.is_empty() || dims.len() > MAX_DIMS || dims.contains(&0) {
-            return Err(err(format!("dims {dims:?}: need 1 to {MAX_DIMS} non-zero dims")));
+            return Err(err(format!(
+                "dims {dims:?}: need 1 to {MAX_DIMS} non-zero dims"
+            )));
         }
         let n_bytes = match tensor_n_bytes(qtype, dims) {
             Ok(n) => n,
             Err(SizeError::RowLength { block }) => {
-                return Err(err(format!("ne[0] = {} is not a multiple of the {qtype} block of {block}", dims[0])))
+                return Err(err(format!(
+                    "ne[0] = {} is not a multiple of the {qtype} block of {block}",
+                    dims[0]
+                )))
             }
             Err(SizeError::NoDims | SizeError::Overflow) => {
                 return Err(err(format!("dims {dims:?} overflow")))
             }
         };
         self.names.insert(name.clone());
-        self.tensors.push(Planned { name, qtype, dims: dims.to_vec(), n_bytes });
+        self.tensors.push(Planned {
+            name,
+            qtype,
+            dims: dims.to_vec(),
+            n_bytes,
+        });
         Ok(())
     }
 
@@ -154,7 +184,13 @@ impl GgufWriter {
         let padded = (head.len() as u64).next_multiple_of(self.alignment);
         head.resize(padded as usize, 0);
         w.write_all(&head)?;
-        Ok(TensorDataWriter { w, alignment: self.alignment, tensors: self.tensors, next: 0, begun: None })
+        Ok(TensorDataWriter {
+            w,
+            alignment: self.alignment,
+            tensors: self.tensors,
+            next: 0,
+            begun: None,
+        })
     }
 }
 
@@ -195,7 +231,11 @@ impl<W: Write> TensorDataWriter<W> {
 
     /// The tensor due next, checked to be `name`, with no earlier one left half written.
     fn next_tensor(&self, name: &str) -> Result<&Planned> {
-        if let Some(t) = self.begun.filter(|&n| n > 0).and(self.tensors.get(self.next)) {
+        if let Some(t) = self
+            .begun
+            .filter(|&n| n > 0)
+            .and(self.tensors.get(self.next))
+        {
             return Err(ModelError::WriterState {
                 reason: format!("tensor '{}' was begun and never finished", t.name),
             });
@@ -203,7 +243,10 @@ impl<W: Write> TensorDataWriter<W> {
         let Some(t) = self.tensors.get(self.next) else {
             return Err(ModelError::WriterTensor {
                 tensor: name.to_owned(),
-                reason: format!("all {} declared tensors are already written", self.tensors.len()),
+                reason: format!(
+                    "all {} declared tensors are already written",
+                    self.tensors.len()
+                ),
             });
         };
         if t.name != name {
@@ -275,7 +318,11 @@ impl<W: Write> Write for TensorSink<'_, W> {
         if buf.len() > left {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("tensor '{}': more than its {} bytes", self.planned().name, self.expected()),
+                format!(
+                    "tensor '{}': more than its {} bytes",
+                    self.planned().name,
+                    self.expected()
+                ),
             ));
         }
         let n = self.parent.w.write(buf)?;

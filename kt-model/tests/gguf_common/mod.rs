@@ -45,7 +45,10 @@ pub fn open(path: &Path) -> Gguf {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Bytes that are not all zeros (nor any other constant).
@@ -75,7 +78,11 @@ pub fn write_gguf(metadata: &[(String, Value)], tensors: &[TensorSpec]) -> Vec<u
 
 /// The metadata and tensors of `g`, for editing and rewriting.
 pub fn contents(g: &Gguf) -> (Vec<(String, Value)>, Vec<TensorSpec>) {
-    let meta = g.metadata().iter().map(|(k, v)| (k.to_owned(), v.clone())).collect();
+    let meta = g
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.to_owned(), v.clone()))
+        .collect();
     let tensors = g
         .tensors()
         .map(|t| (t.name.to_owned(), t.qtype, t.dims.to_vec(), t.data.to_vec()))
@@ -146,7 +153,11 @@ impl RawGguf {
 
     /// End of the last tensor's data (the file continues with padding).
     pub fn data_end(&self) -> usize {
-        self.sections.iter().find(|(n, _)| *n == "data end").unwrap().1
+        self.sections
+            .iter()
+            .find(|(n, _)| *n == "data end")
+            .unwrap()
+            .1
     }
 }
 
@@ -183,7 +194,7 @@ impl Asm {
         self.u32(&format!("kv{i}.type"), type_id);
     }
     fn pad(&mut self, alignment: usize) {
-        while self.b.len() % alignment != 0 {
+        while !self.b.len().is_multiple_of(alignment) {
             self.b.push(0);
         }
     }
@@ -209,11 +220,29 @@ pub fn raw_scalars() -> Vec<(&'static str, Value)> {
 
 pub fn raw_gguf() -> RawGguf {
     let tensors: Vec<TensorSpec> = vec![
-        ("blk.0.attn_q_a.weight".into(), QType::F32, vec![8, 3], random_bytes(8 * 3 * 4, 1)),
-        ("w.q4_k".into(), QType::Q4_K, vec![256, 2], random_bytes(2 * 144, 2)),
-        ("w.q8_0".into(), QType::Q8_0, vec![32, 2, 2], random_bytes(4 * 34, 3)),
+        (
+            "blk.0.attn_q_a.weight".into(),
+            QType::F32,
+            vec![8, 3],
+            random_bytes(8 * 3 * 4, 1),
+        ),
+        (
+            "w.q4_k".into(),
+            QType::Q4_K,
+            vec![256, 2],
+            random_bytes(2 * 144, 2),
+        ),
+        (
+            "w.q8_0".into(),
+            QType::Q8_0,
+            vec![32, 2, 2],
+            random_bytes(4 * 34, 3),
+        ),
     ];
-    let mut a = Asm { b: Vec::new(), fields: Vec::new() };
+    let mut a = Asm {
+        b: Vec::new(),
+        fields: Vec::new(),
+    };
     let mut sections = Vec::new();
     a.raw(b"GGUF");
     a.u32("version", 3);
@@ -291,5 +320,10 @@ pub fn raw_gguf() -> RawGguf {
     }
     sections.push(("data end", a.b.len()));
     a.pad(32);
-    RawGguf { bytes: a.b, fields: a.fields, sections, tensors }
+    RawGguf {
+        bytes: a.b,
+        fields: a.fields,
+        sections,
+        tensors,
+    }
 }
