@@ -340,6 +340,11 @@ fn bad_tensor_dims() {
     assert!(
         matches!(read(b2), Err(ModelError::TensorSizeOverflow { tensor, .. }) if tensor == "blk.0.attn_q_a.weight")
     );
+    // Fits i64 in elements but not in bytes (f32: 4 bytes each).
+    let b3 = raw.with_u64("t0.ne0", 1 << 62);
+    assert!(
+        matches!(read(b3), Err(ModelError::TensorSizeOverflow { tensor, .. }) if tensor == "blk.0.attn_q_a.weight")
+    );
     // Fits i64 in elements but is far past the end of the file.
     assert!(
         matches!(read(b), Err(ModelError::TensorPastEnd { tensor, .. }) if tensor == "blk.0.attn_q_a.weight")

@@ -74,12 +74,12 @@ impl<'a> Tensor<'a> {
 
     /// Elements in a row (`ne[0]`).
     pub fn row_len(&self) -> usize {
-        self.dims[0]
+        self.dims.first().copied().unwrap_or(0)
     }
 
     /// Rows: the product of `ne[1..]`.
     pub fn n_rows(&self) -> usize {
-        self.dims[1..].iter().product()
+        self.dims.iter().skip(1).product()
     }
 
     pub fn n_elements(&self) -> usize {
@@ -88,7 +88,7 @@ impl<'a> Tensor<'a> {
 
     /// Bytes of one row.
     pub fn row_bytes(&self) -> usize {
-        self.data.len() / self.n_rows()
+        self.data.len().checked_div(self.n_rows()).unwrap_or(0)
     }
 }
 
@@ -114,9 +114,15 @@ pub(crate) fn tensor_n_bytes(qtype: QType, dims: &[usize]) -> Result<usize, Size
     if n_elements.is_none_or(|n| n > i64::MAX as u64) {
         return Err(SizeError::Overflow);
     }
-    let row = qtype.row_bytes(ne0).map_err(|_| SizeError::RowLength {
-        block: qtype.block_elems(),
-    })?;
+    // Computed here rather than with `QType::row_bytes`, which does not check for
+    // overflow (a file can claim any ne[0]).
+    let block = qtype.block_elems();
+    if !ne0.is_multiple_of(block) {
+        return Err(SizeError::RowLength { block });
+    }
+    let row = (ne0 / block)
+        .checked_mul(qtype.block_bytes())
+        .ok_or(SizeError::Overflow)?;
     rest.iter()
         .try_fold(row, |acc, &d| acc.checked_mul(d))
         .ok_or(SizeError::Overflow)
