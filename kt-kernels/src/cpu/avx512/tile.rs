@@ -37,8 +37,9 @@ use crate::quant::QType;
 pub(super) const COLS: usize = 8;
 /// Tokens per token group: up to 8 token pairs share one repacked activation slice.
 const TOKEN_GROUP: usize = 16;
-/// Pair-group records in the stack scratch (48 KiB: fits L1 + L2 comfortably, and a
-/// 2 MiB thread stack many times over).
+/// Pair-group records in the stack scratch (48 KiB, the L1 of the target Xeon: a slice
+/// is re-read by every row of the tile). With the 32 KiB partial-sum buffer a call
+/// uses 80 KiB of stack, well inside a 2 MiB thread stack.
 const SCRATCH_RECORDS: usize = 64;
 
 /// Per-column scales of one weight row and group, in f32, laid out like the lanes
