@@ -26,7 +26,7 @@ pub fn measure_read_bandwidth(pool: &ThreadPool, bytes: usize, passes: usize) ->
     let threads = pool.threads();
     {
         let p = buf.as_mut_slice().as_mut_ptr() as usize;
-        pool.for_each(threads, &|i, _| {
+        pool.broadcast(&|i| {
             let (lo, hi) = (words * i / threads, words * (i + 1) / threads);
             for w in lo..hi {
                 // SAFETY: word w lies inside the buffer; slices of different i are disjoint
@@ -44,7 +44,9 @@ pub fn measure_read_bandwidth(pool: &ThreadPool, bytes: usize, passes: usize) ->
     let mut best = f64::INFINITY;
     for _ in 0..passes.max(1) {
         let t = Instant::now();
-        pool.for_each(threads, &|i, _| {
+        // One slice per thread (broadcast, not the atomic hand-out): a thread that woke
+        // first must not take a sleeping thread's slice.
+        pool.broadcast(&|i| {
             let chunk = &data[words * i / threads..words * (i + 1) / threads];
             let mut acc = [0u64; 8];
             for c in chunk.chunks_exact(8) {

@@ -30,7 +30,7 @@ pub fn measure_peak(pool: &ThreadPool, isa: Isa) -> Result<Peak> {
     {
         if isa >= Isa::Avx2 || Isa::Avx2.check().is_ok() {
             let t = Instant::now();
-            pool.for_each(threads, &|_, _| {
+            pool.broadcast(&|_| {
                 // SAFETY: the ISA was checked above (VNNI needs Avx512, FMA needs Avx2).
                 unsafe {
                     if use_vnni {
