@@ -1,0 +1,216 @@
+//! The one microkernel of the K-quants (Q2_K ... Q6_K against Q8_K activations).
+//!
+//! Every K-quant super-block is 8 chunks of 32 weights that, once unpacked, are unsigned
+//! bytes `q` with a signed 16-bit scale per pair of products, and a weight is
+//! `d * scale * q - dmin * min` (Q2_K, Q4_K, Q5_K) or `d * scale * (q - offset)`
+//! (Q3_K, Q6_K). So one super-block of a (row, token) pair costs, per 32 weights, one
+//! `maddubs` (u8 x i8 pair sums), one `madd` with the scales (i16 -> i32) and one add,
+//! and the `min` / `offset` term comes from Q8_K's `bsums` (sums of 16 activations) with
+//! one `madd` per super-block. Per super-block the int sums of all pairs of the register
+//! tile are reduced into the 8 lanes of one vector and scaled with one cvt + fma.
+//!
+//! A format only says how to unpack ([`KQuant`]); the register tiling is here, once.
+
+use std::arch::x86_64::*;
+use std::marker::PhantomData;
+
+use super::tile::{hsum8_epi32, spread_rows, spread_tokens, store_pairs, Microkernel, MAX_PAIRS};
+use crate::cpu::dispatch::GemmTile;
+use crate::quant::QK_K;
+
+/// Bytes of a Q8_K activation block and the offsets of its fields
+/// (`d: f32, qs: [i8; 256], bsums: [i16; 16]`).
+const ACT_BLOCK: usize = 292;
+const ACT_QS: usize = 4;
+const ACT_BSUMS: usize = 260;
+
+/// How a K-quant super-block unpacks for the shared microkernel.
+pub(super) trait KQuant {
+    const BLOCK_BYTES: usize;
+    /// True when the term taken from `bsums` is an offset of the quants scaled by `d`
+    /// (Q3_K, Q6_K): it is then subtracted from the int sums directly. False when it is
+    /// a minimum with its own scale `dmin` (Q2_K, Q4_K, Q5_K).
+    const OFFSET_BY_D: bool;
+    /// A super-block's decoded sub-block scales, in whatever form [`KQuant::chunk`] wants.
+    type Scales: Copy;
+
+    /// Decodes the sub-block scales of the super-block at `x`, and the 16 i16
+    /// multipliers of the 16 `bsums` (the minimum, or offset times scale, of the
+    /// 16-element group each `bsums` entry covers).
+    ///
+    /// # Safety
+    /// `x` points to a whole block; the CPU has AVX2.
+    unsafe fn decode(x: *const u8) -> (Self::Scales, __m256i);
+
+    /// Chunk `J` (elements `32J .. 32J + 32`): the 32 unsigned quants (the first,
+    /// unsigned operand of `maddubs`) and the 16 i16 scales of the 16 pair sums
+    /// `maddubs` makes of them.
+    ///
+    /// # Safety
+    /// As [`KQuant::decode`]; `J < 8`.
+    unsafe fn chunk<const J: usize>(x: *const u8, s: &Self::Scales) -> (__m256i, __m256i);
+
+    /// `d` (low 16 bits) and `dmin` (high 16 bits, 0 when [`KQuant::OFFSET_BY_D`]) of
+    /// the block as f16 bits.
+    ///
+    /// # Safety
+    /// As [`KQuant::decode`].
+    unsafe fn d_dmin_bits(x: *const u8) -> u32;
+}
+
+/// The [`Microkernel`] of a K-quant.
+pub(super) struct KQuantKernel<K>(PhantomData<K>);
+
+/// Unaligned 32-byte load.
+///
+/// # Safety
+/// `p .. p + 32` is readable.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn load32(p: *const u8) -> __m256i {
+    // SAFETY: the caller's contract; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(p as *const __m256i) }
+}
+
+/// Unaligned u32 read.
+///
+/// # Safety
+/// `p .. p + 4` is readable.
+#[inline]
+pub(super) unsafe fn read_u32(p: *const u8) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::read_unaligned(p as *const u32) }
+}
+
+/// Unaligned u16 read.
+///
+/// # Safety
+/// `p .. p + 2` is readable.
+#[inline]
+pub(super) unsafe fn read_u16(p: *const u8) -> u16 {
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::read_unaligned(p as *const u16) }
+}
+
+/// Adds the products of chunk `J` of every row with the same chunk of every token.
+///
+/// # Safety
+/// `w[r]` / `a[t]` point to whole weight / activation blocks; the CPU has AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn chunk_products<K: KQuant, const J: usize, const RM: usize, const RN: usize>(
+    w: &[*const u8; RM],
+    scales: &[(K::Scales, __m256i); RM],
+    a: &[*const u8; RN],
+    sumi: &mut [[__m256i; RN]; RM],
+) {
+    // SAFETY: the activation block holds 256 quants from ACT_QS; chunk J < 8.
+    let act: [__m256i; RN] = std::array::from_fn(|t| unsafe { load32(a[t].add(ACT_QS + 32 * J)) });
+    for r in 0..RM {
+        // SAFETY: w[r] is a whole block.
+        let (q, s) = unsafe { K::chunk::<J>(w[r], &scales[r].0) };
+        for t in 0..RN {
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, act[t]), s);
+            sumi[r][t] = _mm256_add_epi32(sumi[r][t], p);
+        }
+    }
+}
+
+/// `d * da` and `dmin * da` of every (row, token) pair of the register tile, in the
+/// pair lanes `row * RN + token`.
+///
+/// # Safety
+/// `w[r]` / `a[t]` point to whole blocks; the CPU has AVX2 and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pair_scales<K: KQuant, const RM: usize, const RN: usize>(
+    w: &[*const u8; RM],
+    a: &[*const u8; RN],
+) -> (__m256, __m256) {
+    // SAFETY: every block starts with / holds its d (and dmin) as f16, the Q8_K block
+    // starts with its f32 d.
+    let bits = |r: usize| if r < RM { unsafe { K::d_dmin_bits(w[r]) as i32 } } else { 0 };
+    let da = |t: usize| unsafe { std::ptr::read_unaligned(a[t.min(RN - 1)] as *const f32) };
+    // [d0 dmin0 d1 dmin1 d2 dmin2 d3 dmin3] of rows 0..4 (and 4..8).
+    let lo = _mm256_cvtph_ps(_mm_setr_epi32(bits(0), bits(1), bits(2), bits(3)));
+    let (d, dmin) = if RM <= 4 {
+        let i = |q: i32| 2 * (q / RN as i32);
+        let idx = _mm256_setr_epi32(i(0), i(1), i(2), i(3), i(4), i(5), i(6), i(7));
+        let one = _mm256_set1_epi32(1);
+        (
+            _mm256_permutevar8x32_ps(lo, idx),
+            _mm256_permutevar8x32_ps(lo, _mm256_add_epi32(idx, one)),
+        )
+    } else {
+        // 8 rows, one token: rows 0..4 from `lo`, 4..8 from `hi`.
+        let hi = _mm256_cvtph_ps(_mm_setr_epi32(bits(4), bits(5), bits(6), bits(7)));
+        let even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        let odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+        let pick = |idx| {
+            _mm256_blend_ps::<0xF0>(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx))
+        };
+        (spread_rows::<RN>(pick(even)), spread_rows::<RN>(pick(odd)))
+    };
+    let da = spread_tokens::<RN>(_mm256_castps128_ps256(_mm_setr_ps(da(0), da(1), da(2), da(3))));
+    (_mm256_mul_ps(d, da), _mm256_mul_ps(dmin, da))
+}
+
+impl<K: KQuant> Microkernel for KQuantKernel<K> {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize) {
+        debug_assert!(RM * RN <= MAX_PAIRS);
+        let nb = tile.k / QK_K;
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..nb {
+            // SAFETY: rows r0..r0+RM and tokens t0..t0+RN are inside the tile (the
+            // caller's contract), and block b < k / 256 of each row exists.
+            let w: [*const u8; RM] = std::array::from_fn(|r| unsafe {
+                tile.w.add((r0 + r) * tile.w_stride + b * K::BLOCK_BYTES)
+            });
+            // SAFETY: as above.
+            let a: [*const u8; RN] = std::array::from_fn(|t| unsafe {
+                tile.a.add((t0 + t) * tile.a_stride + b * ACT_BLOCK)
+            });
+            // SAFETY: w[r] is a whole block.
+            let scales: [(K::Scales, __m256i); RM] = std::array::from_fn(|r| unsafe { K::decode(w[r]) });
+
+            let mut sumi = [[_mm256_setzero_si256(); RN]; RM];
+            // SAFETY: whole blocks, as above.
+            unsafe {
+                chunk_products::<K, 0, RM, RN>(&w, &scales, &a, &mut sumi);
+                chunk_products::<K, 1, RM, RN>(&w, &scales, &a, &mut sumi);
+                chunk_products::<K, 2, RM, RN>(&w, &scales, &a, &mut sumi);
+                chunk_products::<K, 3, RM, RN>(&w, &scales, &a, &mut sumi);
+                chunk_products::<K, 4, RM, RN>(&w, &scales, &a, &mut sumi);
+                chunk_products::<K, 5, RM, RN>(&w, &scales, &a, &mut sumi);
+                chunk_products::<K, 6, RM, RN>(&w, &scales, &a, &mut sumi);
+                chunk_products::<K, 7, RM, RN>(&w, &scales, &a, &mut sumi);
+            }
+
+            // The bsums term of each pair: sum over the 16 groups of multiplier * bsum.
+            // SAFETY: the activation block holds 16 i16 bsums at ACT_BSUMS.
+            let bsums: [__m256i; RN] = std::array::from_fn(|t| unsafe { load32(a[t].add(ACT_BSUMS)) });
+            let mut pairs = [_mm256_setzero_si256(); MAX_PAIRS];
+            let mut mins = [_mm256_setzero_si256(); MAX_PAIRS];
+            for r in 0..RM {
+                for t in 0..RN {
+                    let m = _mm256_madd_epi16(scales[r].1, bsums[t]);
+                    if K::OFFSET_BY_D {
+                        pairs[r * RN + t] = _mm256_sub_epi32(sumi[r][t], m);
+                    } else {
+                        pairs[r * RN + t] = sumi[r][t];
+                        mins[r * RN + t] = m;
+                    }
+                }
+            }
+            // SAFETY: whole blocks, as above.
+            let (dd, ddmin) = unsafe { pair_scales::<K, RM, RN>(&w, &a) };
+            acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(hsum8_epi32(&pairs)), acc);
+            if !K::OFFSET_BY_D {
+                acc = _mm256_fnmadd_ps(ddmin, _mm256_cvtepi32_ps(hsum8_epi32(&mins)), acc);
+            }
+        }
+        // SAFETY: the caller's contract covers these output elements.
+        unsafe { store_pairs::<RM, RN>(acc, tile, r0, t0) };
+    }
+}

@@ -1,0 +1,186 @@
+//! The AVX2 backend against ggml's fixtures and against the scalar backend.
+//!
+//! - Activation quantizers: the AVX2 bytes equal ggml's (`q8_K.quant` is ggml's Q8_K of
+//!   `weights.f32`) and the reference quantizer's, byte for byte, on random rows and on
+//!   all-zero, tiny, huge and non-finite rows.
+//! - Kernels: `matmul_with(Isa::Avx2)` equals ggml's fixture dots and
+//!   `matmul_with(Isa::Scalar)` within 1e-5 of the pair's `sum |w| * |a|` (exact integer
+//!   sums in both; only the order of the f32 scale products differs), over random weight
+//!   blocks and shapes that hit every register-tile edge, with NaN-poisoned outputs.
+//!
+//! Everything is skipped (with a message) on a CPU without AVX2 + FMA + F16C.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+use kt_kernels::cpu::{matmul_quantized_with, matmul_with, quantize_activations_with, Isa, ThreadPool};
+use kt_kernels::quant::{self, QType};
+use kt_kernels::util::SplitMix64;
+use proptest::prelude::*;
+
+use common::*;
+
+fn pool() -> &'static ThreadPool {
+    static POOL: OnceLock<ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| ThreadPool::new(2).expect("a 2-thread pool"))
+}
+
+fn have_avx2() -> bool {
+    match Isa::Avx2.check() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("skipping the AVX2 kernel tests: {e}");
+            false
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Test data.
+
+/// Offsets of the f16 scale fields inside a block of `t` (random bytes there would make
+/// NaN / infinite scales; every other byte of a block is a valid quant or sub-scale).
+fn f16_fields(t: QType) -> &'static [usize] {
+    match t {
+        QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => &[0],
+        QType::Q4_1 | QType::Q5_1 => &[0, 2],
+        QType::Q2_K => &[80, 82],
+        QType::Q3_K => &[108],
+        QType::Q4_K | QType::Q5_K => &[0, 2],
+        QType::Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+/// `rows` random weight rows of `k` elements: random bytes for every quant and packed
+/// sub-block scale (so every bit pattern occurs), random normal f16 block scales; the
+/// float formats get normal values.
+fn random_weights(t: QType, rows: usize, k: usize, rng: &mut SplitMix64) -> Vec<u8> {
+    let n = rows * k;
+    match t {
+        QType::F32 => (0..n).flat_map(|_| rng.normal().to_le_bytes()).collect(),
+        QType::F16 => (0..n).flat_map(|_| f16::from_f32(rng.normal()).to_le_bytes()).collect(),
+        QType::BF16 => (0..n).flat_map(|_| bf16::from_f32(rng.normal()).to_le_bytes()).collect(),
+        _ => {
+            let bytes = t.row_bytes(k).unwrap() * rows;
+            let mut w: Vec<u8> = (0..bytes).map(|_| rng.next_u64() as u8).collect();
+            for block in w.chunks_exact_mut(t.block_bytes()) {
+                for &off in f16_fields(t) {
+                    let d = f16::from_f32(0.01 * rng.normal());
+                    block[off..off + 2].copy_from_slice(&d.to_le_bytes());
+                }
+            }
+            w
+        }
+    }
+}
+
+/// `tokens` activation rows of `k` elements: normal values with a per-token scale, one
+/// all-zero token when there are several, and a token of tiny values when there are
+/// more than two.
+fn random_activations(tokens: usize, k: usize, rng: &mut SplitMix64) -> Vec<f32> {
+    let mut x = vec![0f32; tokens * k];
+    for (t, row) in x.chunks_exact_mut(k).enumerate() {
+        let scale = match t {
+            1 => 0.0,
+            2 => 1e-7,
+            _ => rng.uniform(0.1, 10.0),
+        };
+        rng.fill_normal(row, scale);
+    }
+    x
+}
+
+/// `sum_c |W[r,c]| * |A[t,c]|` of the dequantized weights and the dequantized quantized
+/// activations, laid out as the output: the scale the f32 rounding error is relative to.
+fn magnitudes(t: QType, w: &[u8], rows: usize, k: usize, xq: &[u8], tokens: usize) -> Vec<f64> {
+    let act = t.vec_dot_type();
+    let mut wf = vec![0f32; rows * k];
+    quant::dequantize(t, w, &mut wf).unwrap();
+    let mut af = vec![0f32; tokens * k];
+    quant::dequantize(act, xq, &mut af).unwrap();
+    let mut m = vec![0f64; rows * tokens];
+    for tk in 0..tokens {
+        for r in 0..rows {
+            m[tk * rows + r] = wf[r * k..(r + 1) * k]
+                .iter()
+                .zip(&af[tk * k..(tk + 1) * k])
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+        }
+    }
+    m
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], mag: &[f64], rows: usize) {
+    for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
+        let tol = 1e-5 * m + 1e-30;
+        assert!(
+            (g as f64 - w as f64).abs() <= tol,
+            "{what}: token {} row {}: got {g}, want {w} (|w|.|a| = {m:e})",
+            i / rows,
+            i % rows
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Against ggml's fixtures.
+
+#[test]
+fn q8_k_quantizer_reproduces_ggml_bytes() {
+    if !have_avx2() {
+        return;
+    }
+    let x = weights();
+    let want = ggml_quant(QType::Q8_K);
+    let mut got = vec![0xA5u8; want.len()];
+    quantize_activations_with(Isa::Avx2, pool(), QType::Q4_K, &x, COLS, ROWS, &mut got).unwrap();
+    const BLOCK: usize = 292;
+    for (b, (g, w)) in got.chunks_exact(BLOCK).zip(want.chunks_exact(BLOCK)).enumerate() {
+        let (row, kind) = (b / (COLS / 256), b / (COLS / 256) % 8);
+        assert_eq!(g[..260], w[..260], "d and qs of block {b} (weights.f32 row {row}, kind {kind})");
+        // ggml leaves the bsums of an all-zero block unwritten (the fixture holds
+        // whatever its buffer held); kt writes zeros there.
+        let zero_block = x[b * 256..(b + 1) * 256].iter().all(|&v| v == 0.0);
+        let want_bsums = if zero_block { &[0u8; 32][..] } else { &w[260..] };
+        assert_eq!(&g[260..], want_bsums, "bsums of block {b} (weights.f32 row {row}, kind {kind})");
+    }
+}
+
+/// ggml's dot of every fixture weight row with every fixture activation row quantized
+/// by the AVX2 quantizer.
+fn check_fixture_dots(t: QType) {
+    if !have_avx2() {
+        return;
+    }
+    let w = ggml_quant(t);
+    let x = activations();
+    let act_row = t.vec_dot_type().row_bytes(COLS).unwrap();
+    let mut xq = vec![0u8; ACT_ROWS * act_row];
+    quantize_activations_with(Isa::Avx2, pool(), t, &x, COLS, ACT_ROWS, &mut xq).unwrap();
+    let mut out = poisoned(ROWS * ACT_ROWS);
+    matmul_quantized_with(Isa::Avx2, pool(), t, &w, ROWS, COLS, &xq, ACT_ROWS, &mut out).unwrap();
+    // ggml's layout is [row][token], ours [token][row].
+    let dots = ggml_dot(t);
+    let want: Vec<f32> = (0..ACT_ROWS * ROWS).map(|i| dots[(i % ROWS) * ACT_ROWS + i / ROWS]).collect();
+    let wf = ggml_dequant(t);
+    let mag: Vec<f64> = (0..ACT_ROWS * ROWS)
+        .map(|i| {
+            let (tk, r) = (i / ROWS, i % ROWS);
+            wf[r * COLS..(r + 1) * COLS]
+                .iter()
+                .zip(&x[tk * COLS..(tk + 1) * COLS])
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum()
+        })
+        .collect();
+    assert_close(&format!("{t} vs ggml"), &out, &want, &mag, ROWS);
+}
+
+#[test]
+fn q4_k_matches_ggml_dots() {
+    check_fixture_dots(QType::Q4_K);
+}
