@@ -34,13 +34,18 @@ pub(super) trait KQuant {
     /// A super-block's decoded sub-block scales, in whatever form [`KQuant::chunk`] wants.
     type Scales: Copy;
 
-    /// Decodes the sub-block scales of the super-block at `x`, and the 16 i16
-    /// multipliers of the 16 `bsums` (the minimum, or offset times scale, of the
-    /// 16-element group each `bsums` entry covers).
+    /// Decodes the sub-block scales of the super-block at `x`.
     ///
     /// # Safety
     /// `x` points to a whole block; the CPU has AVX2.
-    unsafe fn decode(x: *const u8) -> (Self::Scales, __m256i);
+    unsafe fn decode(x: *const u8) -> Self::Scales;
+
+    /// The 16 i16 multipliers of the 16 `bsums` of the super-block at `x`: the minimum,
+    /// or the offset times the scale, of the 16-element group each `bsums` entry covers.
+    ///
+    /// # Safety
+    /// As [`KQuant::decode`].
+    unsafe fn bsums_multipliers(x: *const u8) -> __m256i;
 
     /// Chunk `J` (elements `32J .. 32J + 32`): the 32 unsigned quants (the first,
     /// unsigned operand of `maddubs`) and the 16 i16 scales of the 16 pair sums
@@ -92,26 +97,65 @@ pub(super) unsafe fn read_u16(p: *const u8) -> u16 {
     unsafe { std::ptr::read_unaligned(p as *const u16) }
 }
 
-/// Adds the products of chunk `J` of every row with the same chunk of every token.
+/// `acc + p` (i32 lanes) as one `vpaddd` the optimiser cannot reassociate. With a plain
+/// add LLVM regroups the 8-chunk chain of adds into a tree, which keeps several chunks'
+/// products alive at once and spills the accumulators of the register tile.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn accumulate(mut acc: __m256i, p: __m256i) -> __m256i {
+    // SAFETY: a register-only AVX2 add (the CPU has AVX2 by this function's contract):
+    // no memory, no stack, no flags.
+    unsafe {
+        std::arch::asm!(
+            "vpaddd {acc}, {acc}, {p}",
+            acc = inout(ymm_reg) acc,
+            p = in(ymm_reg) p,
+            options(pure, nomem, nostack, preserves_flags)
+        )
+    };
+    acc
+}
+
+/// `p`, through an empty asm statement the optimiser cannot see through: loads from
+/// the result are neither hoisted above it nor merged with loads from another call's
+/// result. Costs no instruction.
+#[inline]
+pub(super) fn opaque<T>(mut p: *const T) -> *const T {
+    // SAFETY: the template is empty; the pointer passes through a register unchanged.
+    // Not `pure`, so two calls are never merged.
+    unsafe { std::arch::asm!("/* {p} */", p = inout(reg) p, options(nomem, nostack, preserves_flags)) };
+    p
+}
+
+/// Adds the products of chunk `J` of every row with the same chunk of every token. The
+/// RN activation vectors are loaded once and reused by the RM rows; a row's unpacked
+/// chunk is reused by the RN tokens.
 ///
 /// # Safety
-/// `w[r]` / `a[t]` point to whole weight / activation blocks; the CPU has AVX2.
+/// Row `r`'s block is at `w0 + r * w_stride`, `a[t]` points to a whole activation
+/// block; the CPU has AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn chunk_products<K: KQuant, const J: usize, const RM: usize, const RN: usize>(
-    w: &[*const u8; RM],
-    scales: &[(K::Scales, __m256i); RM],
+    w0: *const u8,
+    w_stride: usize,
+    scales: &[K::Scales; RM],
     a: &[*const u8; RN],
     sumi: &mut [[__m256i; RN]; RM],
 ) {
     // SAFETY: the activation block holds 256 quants from ACT_QS; chunk J < 8.
     let act: [__m256i; RN] = std::array::from_fn(|t| unsafe { load32(a[t].add(ACT_QS + 32 * J)) });
+    // Opaque to the optimiser: without this LLVM hoists every row's unpacked bytes and
+    // scales out of the 8 chunks and merges the loads chunks share, keeps all of those
+    // live in registers and spills the accumulators instead; with it, chunk J's weights
+    // and scales are loaded right where they are used (from L1).
+    let (w0, scales) = (opaque(w0), opaque(scales as *const [K::Scales; RM]));
     for r in 0..RM {
-        // SAFETY: w[r] is a whole block.
-        let (q, s) = unsafe { K::chunk::<J>(w[r], &scales[r].0) };
+        // SAFETY: row r's block and decoded scales (the caller's contract).
+        let (q, s) = unsafe { K::chunk::<J>(w0.add(r * w_stride), &(*scales)[r]) };
         for t in 0..RN {
             let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, act[t]), s);
-            sumi[r][t] = _mm256_add_epi32(sumi[r][t], p);
+            sumi[r][t] = accumulate(sumi[r][t], p);
         }
     }
 }
@@ -160,6 +204,7 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
     unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize) {
         debug_assert!(RM * RN <= MAX_PAIRS);
         let nb = tile.k / QK_K;
+        let ws = tile.w_stride;
         let mut acc = _mm256_setzero_ps();
         for b in 0..nb {
             // SAFETY: rows r0..r0+RM and tokens t0..t0+RN are inside the tile (the
@@ -172,29 +217,28 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
                 tile.a.add((t0 + t) * tile.a_stride + b * ACT_BLOCK)
             });
             // SAFETY: w[r] is a whole block.
-            let scales: [(K::Scales, __m256i); RM] = std::array::from_fn(|r| unsafe { K::decode(w[r]) });
-
+            let scales: [K::Scales; RM] = std::array::from_fn(|r| unsafe { K::decode(w[r]) });
             let mut sumi = [[_mm256_setzero_si256(); RN]; RM];
             // SAFETY: whole blocks, as above.
             unsafe {
-                chunk_products::<K, 0, RM, RN>(&w, &scales, &a, &mut sumi);
-                chunk_products::<K, 1, RM, RN>(&w, &scales, &a, &mut sumi);
-                chunk_products::<K, 2, RM, RN>(&w, &scales, &a, &mut sumi);
-                chunk_products::<K, 3, RM, RN>(&w, &scales, &a, &mut sumi);
-                chunk_products::<K, 4, RM, RN>(&w, &scales, &a, &mut sumi);
-                chunk_products::<K, 5, RM, RN>(&w, &scales, &a, &mut sumi);
-                chunk_products::<K, 6, RM, RN>(&w, &scales, &a, &mut sumi);
-                chunk_products::<K, 7, RM, RN>(&w, &scales, &a, &mut sumi);
+                chunk_products::<K, 0, RM, RN>(w[0], ws, &scales, &a, &mut sumi);
+                chunk_products::<K, 1, RM, RN>(w[0], ws, &scales, &a, &mut sumi);
+                chunk_products::<K, 2, RM, RN>(w[0], ws, &scales, &a, &mut sumi);
+                chunk_products::<K, 3, RM, RN>(w[0], ws, &scales, &a, &mut sumi);
+                chunk_products::<K, 4, RM, RN>(w[0], ws, &scales, &a, &mut sumi);
+                chunk_products::<K, 5, RM, RN>(w[0], ws, &scales, &a, &mut sumi);
+                chunk_products::<K, 6, RM, RN>(w[0], ws, &scales, &a, &mut sumi);
+                chunk_products::<K, 7, RM, RN>(w[0], ws, &scales, &a, &mut sumi);
             }
-
             // The bsums term of each pair: sum over the 16 groups of multiplier * bsum.
-            // SAFETY: the activation block holds 16 i16 bsums at ACT_BSUMS.
-            let bsums: [__m256i; RN] = std::array::from_fn(|t| unsafe { load32(a[t].add(ACT_BSUMS)) });
             let mut pairs = [_mm256_setzero_si256(); MAX_PAIRS];
             let mut mins = [_mm256_setzero_si256(); MAX_PAIRS];
             for r in 0..RM {
+                // SAFETY: w[r] is a whole block.
+                let m16 = unsafe { K::bsums_multipliers(w[r]) };
                 for t in 0..RN {
-                    let m = _mm256_madd_epi16(scales[r].1, bsums[t]);
+                    // SAFETY: the activation block holds 16 i16 bsums at ACT_BSUMS.
+                    let m = _mm256_madd_epi16(m16, unsafe { load32(a[t].add(ACT_BSUMS)) });
                     if K::OFFSET_BY_D {
                         pairs[r * RN + t] = _mm256_sub_epi32(sumi[r][t], m);
                     } else {

@@ -13,65 +13,80 @@ const QS: usize = 16;
 
 pub(super) struct Q4K;
 
-/// Unpacks the 12 bytes of 6-bit scales and minimums of Q4_K / Q5_K into 8 scale bytes
-/// and 8 minimum bytes (each as a little-endian u64).
+/// Unpacks the 12 bytes of 6-bit scales and minimums of Q4_K / Q5_K into
+/// `[scale 0..8, min 0..8]` (one byte each).
 ///
-/// Layout: bytes 0..4 hold the low 6 bits of scales 0..3 (top 2 bits: high bits of
-/// scales 4..7), bytes 4..8 the same for the minimums, and bytes 8..12 the low 4 bits
-/// of scales 4..7 (low nibble) and minimums 4..7 (high nibble).
+/// Layout, by 4-byte words: word 0 holds the low 6 bits of scales 0..3 (its top 2
+/// bits: the high bits of scales 4..7), word 1 the same for the minimums, and word 2
+/// the low 4 bits of scales 4..7 (low nibbles) and of minimums 4..7 (high nibbles).
 ///
 /// # Safety
-/// `p .. p + 12` is readable.
-#[inline]
-pub(super) unsafe fn unpack_scales_mins(p: *const u8) -> (u64, u64) {
-    // SAFETY: the caller's contract.
-    let (a, b, c) = unsafe { (read_u32(p), read_u32(p.add(4)), read_u32(p.add(8))) };
-    const LOW6: u32 = 0x3f3f_3f3f;
-    const LOW4: u32 = 0x0f0f_0f0f;
-    // Bits 6..7 of each byte moved to bits 4..5 (the shift drags bits of the next
-    // byte into bits 6..7, which the mask drops).
-    const TOP2: u32 = 0x3030_3030;
-    let sc_lo = a & LOW6;
-    let sc_hi = (c & LOW4) | ((a >> 2) & TOP2);
-    let m_lo = b & LOW6;
-    let m_hi = ((c >> 4) & LOW4) | ((b >> 2) & TOP2);
-    (sc_lo as u64 | (sc_hi as u64) << 32, m_lo as u64 | (m_hi as u64) << 32)
-}
-
-/// 8 sub-block scale bytes as i16 in both 128-bit lanes (for per-chunk broadcasts), and
-/// 8 minimum bytes as the 16 i16 `bsums` multipliers (each minimum covers two groups).
+/// `p .. p + 16` is readable (the 12 bytes and 4 bytes after them, which are ignored).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn scales_and_mins_32(scales: u64, mins: u64) -> (__m256i, __m256i) {
-    let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(scales as i64)));
-    let m = _mm_cvtsi64_si128(mins as i64);
-    (sc, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m)))
+pub(super) unsafe fn unpack_scales_mins(p: *const u8) -> __m128i {
+    // SAFETY: the caller's contract; loadu has no alignment requirement.
+    let v = unsafe { _mm_loadu_si128(p as *const __m128i) };
+    // Low parts, by output word: [w0 & 63, w2 & 15, w1 & 63, (w2 >> 4) & 15].
+    let low = _mm_and_si128(
+        _mm_srlv_epi32(_mm_shuffle_epi32::<0b10_01_10_00>(v), _mm_setr_epi32(0, 0, 0, 4)),
+        _mm_setr_epi32(0x3f3f_3f3f, 0x0f0f_0f0f, 0x3f3f_3f3f, 0x0f0f_0f0f),
+    );
+    // High 2 bits of scales / minimums 4..7: bits 6..7 of words 0 / 1 moved to bits
+    // 4..5 (the shift drags bits of the next byte into bits 6..7; the mask drops them).
+    let high = _mm_and_si128(
+        _mm_srli_epi32::<2>(_mm_shuffle_epi32::<0b01_00_00_00>(v)),
+        _mm_setr_epi32(0, 0x3030_3030, 0, 0x3030_3030),
+    );
+    _mm_or_si128(low, high)
 }
 
-/// Scale `J` of [`scales_and_mins_32`]'s scales broadcast to all 16 i16 lanes.
+/// 8 sub-block scales (bytes 0..8 of `sm`), each as the u32 `scale | scale << 16`:
+/// broadcast, it is the 16 i16 lanes `madd` multiplies a 32-weight chunk's pair sums
+/// with. Kept in memory so the broadcast is a load (`vpbroadcastd m32`), not a shuffle.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn broadcast_scale_32<const J: usize>(sc: __m256i) -> __m256i {
-    let pick = (2 * J | (2 * J + 1) << 8) as i16;
-    _mm256_shuffle_epi8(sc, _mm256_set1_epi16(pick))
+pub(super) fn scale_pairs_32(sm: __m128i) -> [u32; 8] {
+    let sc = _mm_cvtepu8_epi16(sm);
+    let mut out = [0u32; 8];
+    // SAFETY: `out` is 32 writable bytes; storeu has no alignment requirement.
+    unsafe {
+        _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, _mm_unpacklo_epi16(sc, sc));
+        _mm_storeu_si128(out.as_mut_ptr().add(4) as *mut __m128i, _mm_unpackhi_epi16(sc, sc));
+    }
+    out
+}
+
+/// The 16 i16 `bsums` multipliers of 8 minimums (bytes 8..16 of `sm`) of 32-weight
+/// sub-blocks: each minimum covers two 16-element groups.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn mins_32(sm: __m128i) -> __m256i {
+    _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm))
 }
 
 impl KQuant for Q4K {
     const BLOCK_BYTES: usize = 144;
     const OFFSET_BY_D: bool = false;
-    type Scales = __m256i;
+    type Scales = [u32; 8];
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn decode(x: *const u8) -> (__m256i, __m256i) {
-        // SAFETY: the block holds 12 scale bytes at SCALES.
-        let (sc, m) = unsafe { unpack_scales_mins(x.add(SCALES)) };
-        scales_and_mins_32(sc, m)
+    unsafe fn decode(x: *const u8) -> [u32; 8] {
+        // SAFETY: the block holds 12 scale bytes at SCALES and 128 bytes after them.
+        scale_pairs_32(unsafe { unpack_scales_mins(x.add(SCALES)) })
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn chunk<const J: usize>(x: *const u8, sc: &__m256i) -> (__m256i, __m256i) {
+    unsafe fn bsums_multipliers(x: *const u8) -> __m256i {
+        // SAFETY: the block holds 12 scale bytes at SCALES and 128 bytes after them.
+        mins_32(unsafe { unpack_scales_mins(x.add(SCALES)) })
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn chunk<const J: usize>(x: *const u8, sc: &[u32; 8]) -> (__m256i, __m256i) {
         // SAFETY: 128 nibble bytes at QS; J / 2 < 4.
         let raw = unsafe { load32(x.add(QS + 32 * (J / 2))) };
         let nib = _mm256_set1_epi8(0x0f);
@@ -80,7 +95,7 @@ impl KQuant for Q4K {
         } else {
             _mm256_and_si256(_mm256_srli_epi16::<4>(raw), nib)
         };
-        (q, broadcast_scale_32::<J>(*sc))
+        (q, _mm256_set1_epi32(sc[J] as i32))
     }
 
     #[inline]
