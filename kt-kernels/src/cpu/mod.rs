@@ -9,6 +9,8 @@
 pub mod dispatch;
 pub mod isa;
 pub mod matmul;
+pub mod membw;
+pub mod peak;
 pub mod pool;
 pub mod scalar;
 

@@ -1,5 +1,113 @@
-//! q4_k scalar reference (placeholder until written).
+//! Q4_K scalar reference.
+//!
+//! A 256-element super-block is 8 sub-blocks of 32, each with a 6-bit scale and a
+//! 6-bit min (packed in 12 bytes, see [`get_scale_min_k4`]) times the block's f16 `d`
+//! and `dmin`: `x = d * sc * q - dmin * m` with 4-bit `q`. Quants come in 64-element
+//! chunks of 32 bytes: element `i` of a chunk in the low nibble of byte `i`, element
+//! `32 + i` in its high nibble.
 
-pub fn quantize(_src: &[f32], _dst: &mut [u8]) { unimplemented!("q4_k quantize") }
-pub fn dequantize(_src: &[u8], _dst: &mut [f32]) { unimplemented!("q4_k dequantize") }
-pub fn vec_dot(_n: usize, _w: &[u8], _act: &[u8]) -> f32 { unimplemented!("q4_k vec_dot") }
+use super::common::{get_scale_min_k4, quantize_scale_min_k4, ScaleMinSearch};
+use crate::quant::blocks::{read_block, write_block, BlockQ4K, BlockQ8K};
+use crate::quant::QK_K;
+
+/// ggml's search for Q4_K sub-blocks: squared error, 21 candidate scales.
+const SEARCH: ScaleMinSearch = ScaleMinSearch {
+    nmax: 15,
+    rmin: -1.0,
+    rdelta: 0.1,
+    nstep: 20,
+    use_mad: false,
+};
+
+/// The 4-bit quant of element `e`.
+#[inline]
+fn quant(b: &BlockQ4K, e: usize) -> u8 {
+    let byte = b.qs[32 * (e / 64) + e % 32];
+    if e % 64 < 32 {
+        byte & 0x0F
+    } else {
+        byte >> 4
+    }
+}
+
+/// Quantizes one super-block (ggml's `quantize_row_q4_K_ref`).
+pub fn quantize_block(x: &[f32]) -> BlockQ4K {
+    let s = quantize_scale_min_k4(x, &SEARCH);
+    let mut qs = [0u8; QK_K / 2];
+    for chunk in 0..4 {
+        for i in 0..32 {
+            qs[32 * chunk + i] = s.q[64 * chunk + i] | (s.q[64 * chunk + 32 + i] << 4);
+        }
+    }
+    BlockQ4K {
+        d: s.d,
+        dmin: s.dmin,
+        scales: s.scales,
+        qs,
+    }
+}
+
+pub fn quantize(src: &[f32], dst: &mut [u8]) {
+    for (i, x) in src.chunks_exact(QK_K).enumerate() {
+        write_block(dst, i, &quantize_block(x));
+    }
+}
+
+pub fn dequantize(src: &[u8], dst: &mut [f32]) {
+    for (i, y) in dst.chunks_exact_mut(QK_K).enumerate() {
+        let b: BlockQ4K = read_block(src, i);
+        let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+        for (e, o) in y.iter_mut().enumerate() {
+            let (sc, m) = get_scale_min_k4(e / 32, &b.scales);
+            let (dl, ml) = (d * sc as f32, dmin * m as f32);
+            *o = dl * quant(&b, e) as f32 - ml;
+        }
+    }
+}
+
+/// Weight row · Q8_K activation row: per block the integer sub-block dots times their
+/// 6-bit scales, the 6-bit mins against the activation's `bsums` (two 16-sums per
+/// sub-block), then `d * act.d` and `dmin * act.d` once each.
+pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let mut sum = 0f32;
+    for i in 0..n / QK_K {
+        let b: BlockQ4K = read_block(w, i);
+        let a: BlockQ8K = read_block(act, i);
+        let mut isum = 0i32;
+        let mut msum = 0i32;
+        for j in 0..8 {
+            let (sc, m) = get_scale_min_k4(j, &b.scales);
+            let sub: i32 = (32 * j..32 * j + 32)
+                .map(|e| quant(&b, e) as i32 * a.qs[e] as i32)
+                .sum();
+            isum += sc as i32 * sub;
+            msum += m as i32 * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32);
+        }
+        let d = b.d.to_f32() * a.d;
+        let dmin = b.dmin.to_f32() * a.d;
+        sum += d * isum as f32 - dmin * msum as f32;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::reference::common::test_support::check_roundtrip;
+
+    #[test]
+    fn roundtrip_error_fits_the_bit_budget() {
+        // 16 levels, 32 per sub-block: 4.1 / 15 / sqrt(12) * 1.25.
+        check_roundtrip(quantize, dequantize, std::mem::size_of::<BlockQ4K>(), 0.10);
+    }
+
+    #[test]
+    fn zero_weights_dot_to_exact_zero() {
+        let act: Vec<f32> = (0..512).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let mut a = vec![0u8; 2 * std::mem::size_of::<BlockQ8K>()];
+        crate::quant::reference::q8_k::quantize(&act, &mut a);
+        let mut w = vec![0xAAu8; 2 * std::mem::size_of::<BlockQ4K>()];
+        quantize(&[0.0; 512], &mut w);
+        assert_eq!(vec_dot(512, &w, &a).to_bits(), 0f32.to_bits());
+    }
+}

@@ -1,0 +1,173 @@
+//! `kt-bench matmul`: quantized GEMV / GEMM throughput on DeepSeek shapes.
+//!
+//! GEMV (few tokens) is memory-bound: it is reported as effective weight bandwidth and
+//! its fraction of the read bandwidth measured in the same run. To measure DRAM and not
+//! the cache, calls cycle through enough copies of the matrix to exceed 1 GiB.
+//! GEMM is compute-bound: reported as GOP/s (2 per multiply-add) and its fraction of the
+//! arithmetic peak measured in the same run.
+
+use std::time::Instant;
+
+use kt_kernels::cpu::{self, Isa};
+use kt_kernels::quant::{self, QType};
+use kt_kernels::util::SplitMix64;
+
+use crate::machine;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Weight formats (ggml names).
+    #[arg(long, value_delimiter = ',', default_value = "q4_k,q5_k,q2_k,q6_k,q8_0,bf16")]
+    pub formats: Vec<String>,
+    /// Shapes as ROWSxCOLS (out x in): DeepSeek-V3 expert up/down, V2-Lite expert up/down, V3 dense.
+    #[arg(long, value_delimiter = ',', default_value = "2048x7168,7168x2048,1408x2048,2048x1408,18432x7168")]
+    pub shapes: Vec<String>,
+    /// Token counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,512")]
+    pub tokens: Vec<usize>,
+    /// Threads (default: all cores, or KT_THREADS).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Minimum seconds of timed calls per case.
+    #[arg(long, default_value_t = 1.0)]
+    pub seconds: f64,
+    /// Print one JSON object per case.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Args {
+    /// The built-in default of a bare `kt-bench`: a short run over the design card's
+    /// formats on one DeepSeek-V3 expert shape.
+    pub fn default_quick() -> Args {
+        Args {
+            formats: vec!["q4_k".into(), "q5_k".into(), "q2_k".into()],
+            shapes: vec!["2048x7168".into()],
+            tokens: vec![1, 64],
+            threads: None,
+            seconds: 0.5,
+            json: false,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    format: String,
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+    isa: String,
+    threads: usize,
+    ms_per_call: f64,
+    weight_gbps: f64,
+    dram_gbps: f64,
+    bandwidth_fraction: f64,
+    gops: f64,
+    peak_gops: f64,
+    peak_kind: &'static str,
+    peak_fraction: f64,
+}
+
+fn parse_shape(s: &str) -> Result<(usize, usize), String> {
+    let (r, c) = s.split_once('x').ok_or_else(|| format!("shape {s:?} is not ROWSxCOLS"))?;
+    let p = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("shape {s:?}: {v:?} is not a number"));
+    Ok((p(r)?, p(c)?))
+}
+
+/// A `rows x cols` matrix of `q`: 64 distinct rows of random normal weights quantized
+/// with the reference quantizer, repeated (quantizing hundreds of millions of weights
+/// would take longer than the benchmark, and repeated rows read the same from DRAM).
+fn make_weights(q: QType, rows: usize, cols: usize, seed: u64) -> Result<Vec<u8>, kt_kernels::KtError> {
+    let row_bytes = q.row_bytes(cols)?;
+    let distinct = rows.min(64);
+    let mut rng = SplitMix64::new(seed);
+    let mut f = vec![0f32; distinct * cols];
+    rng.fill_normal(&mut f, 0.05);
+    let mut base = vec![0u8; distinct * row_bytes];
+    quant::quantize(q, &f, &mut base)?;
+    let mut w = Vec::with_capacity(rows * row_bytes);
+    for r in 0..rows {
+        let s = (r % distinct) * row_bytes;
+        w.extend_from_slice(&base[s..s + row_bytes]);
+    }
+    Ok(w)
+}
+
+pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = machine::pool(a.threads)?;
+    let isa: Isa = cpu::isa::selected()?;
+    let m = machine::measure(pool, isa)?;
+    if !a.json {
+        println!(
+            "kt-bench matmul | {} | isa {} | {} threads | read bandwidth {:.1} GB/s | peak {:.0} GOP/s ({})",
+            m.cpu, m.isa, m.threads, m.dram_gbps, m.peak_gops, m.peak_kind
+        );
+        println!("{:<6} {:>11} {:>6} {:>10} {:>9} {:>6} {:>9} {:>6}", "format", "shape", "tokens", "ms/call", "GB/s", "of bw", "GOP/s", "of pk");
+    }
+    for f in &a.formats {
+        let q = QType::from_name(f).ok_or_else(|| format!("unknown format {f:?}"))?;
+        for s in &a.shapes {
+            let (rows, cols) = parse_shape(s)?;
+            let mat = make_weights(q, rows, cols, 1)?;
+            for &tokens in &a.tokens {
+                let copies = if tokens <= cpu::GEMV_MAX_TOKENS { (1usize << 30).div_ceil(mat.len()).max(1) } else { 1 };
+                let extra: Vec<Vec<u8>> = (1..copies).map(|_| mat.clone()).collect();
+                let all: Vec<&[u8]> = std::iter::once(&mat[..]).chain(extra.iter().map(|v| &v[..])).collect();
+                let mut rng = SplitMix64::new(2);
+                let mut x = vec![0f32; tokens * cols];
+                rng.fill_normal(&mut x, 1.0);
+                let mut out = vec![0f32; tokens * rows];
+                let call = |i: usize, out: &mut [f32]| cpu::matmul_with(isa, pool, q, all[i % all.len()], rows, cols, &x, tokens, out);
+                for i in 0..3.max(all.len()) {
+                    call(i, &mut out)?;
+                }
+                let mut times = Vec::new();
+                let start = Instant::now();
+                let mut i = 0;
+                while (start.elapsed().as_secs_f64() < a.seconds || times.len() < 5) && times.len() < 10_000 {
+                    let t = Instant::now();
+                    call(i, &mut out)?;
+                    times.push(t.elapsed().as_secs_f64());
+                    i += 1;
+                }
+                times.sort_by(|x, y| x.total_cmp(y));
+                let secs = times[times.len() / 2];
+                let gbps = mat.len() as f64 / secs / 1e9;
+                let gops = 2.0 * (rows * cols * tokens) as f64 / secs / 1e9;
+                let row = Row {
+                    format: q.name().into(),
+                    rows,
+                    cols,
+                    tokens,
+                    isa: isa.to_string(),
+                    threads: pool.threads(),
+                    ms_per_call: secs * 1e3,
+                    weight_gbps: gbps,
+                    dram_gbps: m.dram_gbps,
+                    bandwidth_fraction: gbps / m.dram_gbps,
+                    gops,
+                    peak_gops: m.peak_gops,
+                    peak_kind: m.peak_kind,
+                    peak_fraction: gops / m.peak_gops,
+                };
+                if a.json {
+                    println!("{}", serde_json::to_string(&row)?);
+                } else {
+                    println!(
+                        "{:<6} {:>11} {:>6} {:>10.4} {:>9.1} {:>5.0}% {:>9.1} {:>5.1}%",
+                        row.format,
+                        format!("{rows}x{cols}"),
+                        tokens,
+                        row.ms_per_call,
+                        gbps,
+                        100.0 * row.bandwidth_fraction,
+                        gops,
+                        100.0 * row.peak_fraction
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
