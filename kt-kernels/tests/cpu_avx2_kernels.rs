@@ -184,3 +184,115 @@ fn check_fixture_dots(t: QType) {
 fn q4_k_matches_ggml_dots() {
     check_fixture_dots(QType::Q4_K);
 }
+
+// ---------------------------------------------------------------------------------
+// Activation quantizers against the reference, byte for byte.
+
+/// Rows that stress a quantizer: random scales, all zeros, tiny, denormal, huge,
+/// exact rounding ties, repeated maxima of both signs, and NaN / infinite entries.
+fn quantizer_rows(k: usize, rng: &mut SplitMix64) -> Vec<Vec<f32>> {
+    let mut rows = Vec::new();
+    for scale in [1.0, 1e-3, 1e3, 1e-20, 1e20] {
+        let mut r = vec![0f32; k];
+        rng.fill_normal(&mut r, scale);
+        rows.push(r);
+    }
+    rows.push(vec![0.0; k]);
+    rows.push((0..k).map(|i| if i % 3 == 0 { -0.0 } else { 0.0 }).collect());
+    rows.push((0..k).map(|_| 1e-39 * rng.normal()).collect()); // denormals only
+    rows.push((0..k).map(|_| 1e-45 * (rng.below(3) as f32)).collect()); // smallest denormal
+    // Ties: the maximum maps to an integer scale, the rest land on .5 exactly.
+    rows.push((0..k).map(|i| if i % 32 == 5 { 127.0 } else { (i % 64) as f32 - 31.5 }).collect());
+    rows.push((0..k).map(|i| if i % 7 == 0 { -2.5 } else if i % 7 == 1 { 2.5 } else { 0.5 * rng.normal() }).collect());
+    let mut special = vec![0f32; k];
+    rng.fill_normal(&mut special, 1.0);
+    special[3] = f32::NAN;
+    rows.push(special.clone());
+    special[k / 2] = f32::INFINITY;
+    rows.push(special.clone());
+    special[k - 1] = f32::NEG_INFINITY;
+    rows.push(special);
+    rows.push(vec![f32::NAN; k]);
+    rows
+}
+
+fn check_quantizer(weight_type: QType, k: usize) {
+    if !have_avx2() {
+        return;
+    }
+    let act = weight_type.vec_dot_type();
+    let mut rng = SplitMix64::new(11 + k as u64);
+    for (i, row) in quantizer_rows(k, &mut rng).iter().enumerate() {
+        let n = act.row_bytes(k).unwrap();
+        let mut want = vec![0x5Au8; n];
+        kt_kernels::quant::reference::quantize(act, row, &mut want);
+        let mut got = vec![0xA5u8; n];
+        quantize_activations_with(Isa::Avx2, pool(), weight_type, row, k, 1, &mut got).unwrap();
+        assert_eq!(got, want, "{act} quantizer, stress row {i}, k = {k}");
+    }
+}
+
+#[test]
+fn q8_k_quantizer_matches_reference_bytes() {
+    for k in [256, 512, 7 * 256] {
+        check_quantizer(QType::Q4_K, k);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Kernels against the scalar backend.
+
+const K_QUANT_KS: [usize; 4] = [256, 512, 7 * 256, 28 * 256];
+const SMALL_BLOCK_KS: [usize; 4] = [32, 64, 96, 1408];
+
+/// `matmul_with(Isa::Avx2)` against `matmul_with(Isa::Scalar)` on one random problem;
+/// the quantized activations of both ISAs must be identical too.
+fn check_vs_scalar(t: QType, k: usize, rows: usize, tokens: usize, seed: u64) {
+    if !have_avx2() {
+        return;
+    }
+    let mut rng = SplitMix64::new(seed);
+    let w = random_weights(t, rows, k, &mut rng);
+    let x = random_activations(tokens, k, &mut rng);
+    let act_row = t.vec_dot_type().row_bytes(k).unwrap();
+    let (mut xq_fast, mut xq_ref) = (vec![0u8; tokens * act_row], vec![0u8; tokens * act_row]);
+    quantize_activations_with(Isa::Avx2, pool(), t, &x, k, tokens, &mut xq_fast).unwrap();
+    quantize_activations_with(Isa::Scalar, pool(), t, &x, k, tokens, &mut xq_ref).unwrap();
+    assert!(xq_fast == xq_ref, "{t}: AVX2 and scalar activation bytes differ (k {k}, tokens {tokens})");
+
+    let mut got = poisoned(rows * tokens);
+    matmul_with(Isa::Avx2, pool(), t, &w, rows, k, &x, tokens, &mut got).unwrap();
+    let mut want = poisoned(rows * tokens);
+    matmul_with(Isa::Scalar, pool(), t, &w, rows, k, &x, tokens, &mut want).unwrap();
+    let mag = magnitudes(t, &w, rows, k, &xq_ref, tokens);
+    assert_close(&format!("{t} k {k} rows {rows} tokens {tokens} seed {seed}"), &got, &want, &mag, rows);
+}
+
+macro_rules! vs_scalar {
+    ($name:ident, $t:expr, $ks:expr, $cases:expr) => {
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: $cases, ..ProptestConfig::default() })]
+            #[test]
+            fn $name(
+                k in prop::sample::select(&$ks[..]),
+                rows in 1usize..=70,
+                tokens in 1usize..=70,
+                seed in any::<u64>(),
+            ) {
+                check_vs_scalar($t, k, rows, tokens, seed);
+            }
+        }
+    };
+}
+
+vs_scalar!(q4_k_matches_scalar, QType::Q4_K, K_QUANT_KS, 24);
+
+/// Every GEMV token count (the driver's row-block tiles) over a few hundred rows.
+#[test]
+fn gemv_token_counts_match_scalar() {
+    for t in [QType::Q4_K] {
+        for tokens in 1..=8 {
+            check_vs_scalar(t, 512, 300, tokens, 100 + tokens as u64);
+        }
+    }
+}
