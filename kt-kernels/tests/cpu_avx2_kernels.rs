@@ -181,8 +181,10 @@ fn check_fixture_dots(t: QType) {
 }
 
 #[test]
-fn q4_k_matches_ggml_dots() {
-    check_fixture_dots(QType::Q4_K);
+fn k_quants_match_ggml_dots() {
+    for t in [QType::Q2_K, QType::Q3_K, QType::Q4_K, QType::Q5_K, QType::Q6_K] {
+        check_fixture_dots(t);
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -285,12 +287,16 @@ macro_rules! vs_scalar {
     };
 }
 
+vs_scalar!(q2_k_matches_scalar, QType::Q2_K, K_QUANT_KS, 16);
+vs_scalar!(q3_k_matches_scalar, QType::Q3_K, K_QUANT_KS, 16);
 vs_scalar!(q4_k_matches_scalar, QType::Q4_K, K_QUANT_KS, 24);
+vs_scalar!(q5_k_matches_scalar, QType::Q5_K, K_QUANT_KS, 16);
+vs_scalar!(q6_k_matches_scalar, QType::Q6_K, K_QUANT_KS, 16);
 
 /// Every GEMV token count (the driver's row-block tiles) over a few hundred rows.
 #[test]
 fn gemv_token_counts_match_scalar() {
-    for t in [QType::Q4_K] {
+    for t in [QType::Q2_K, QType::Q3_K, QType::Q4_K, QType::Q5_K, QType::Q6_K] {
         for tokens in 1..=8 {
             check_vs_scalar(t, 512, 300, tokens, 100 + tokens as u64);
         }

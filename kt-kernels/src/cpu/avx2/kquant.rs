@@ -63,6 +63,49 @@ pub(super) trait KQuant {
     unsafe fn d_dmin_bits(x: *const u8) -> u32;
 }
 
+/// Scales of 16-element sub-blocks (Q2_K, Q3_K, Q6_K) prepared for [`scale_16`]: the
+/// 16 scales as i16, `[s0..s8 | s0..s8]` and `[s8..s16 | s8..s16]` (a shuffle cannot
+/// cross the 128-bit halves, so each half holds the whole group).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn scales_16(sc: __m128i, signed: bool) -> [__m256i; 2] {
+    let (lo, hi) = (_mm_unpacklo_epi64(sc, sc), _mm_unpackhi_epi64(sc, sc));
+    if signed {
+        [_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi)]
+    } else {
+        [_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi)]
+    }
+}
+
+/// `vpshufb` controls of [`scale_16`]: chunk `J` takes word `2J % 8` into the low half
+/// and word `(2J + 1) % 8` into the high half.
+static SCALE_16_PICK: [[u8; 32]; 8] = {
+    let mut t = [[0u8; 32]; 8];
+    let mut j = 0;
+    while j < 8 {
+        let (w0, w1) = ((2 * j % 8) as u8, ((2 * j + 1) % 8) as u8);
+        let mut b = 0;
+        while b < 16 {
+            t[j][b] = 2 * w0 + (b % 2) as u8;
+            t[j][16 + b] = 2 * w1 + (b % 2) as u8;
+            b += 1;
+        }
+        j += 1;
+    }
+    t
+};
+
+/// The scale vector of chunk `J` of a 16-element-sub-block format: the chunk covers
+/// sub-blocks `2J` and `2J + 1`, whose products are the low and high 8 pair sums of
+/// `maddubs`, so the result is `[s(2J) x 8 | s(2J + 1) x 8]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn scale_16<const J: usize>(src: &[__m256i; 2]) -> __m256i {
+    // SAFETY: SCALE_16_PICK[J] is 32 readable bytes (J < 8).
+    let pick = unsafe { load32(SCALE_16_PICK[J].as_ptr()) };
+    _mm256_shuffle_epi8(src[J / 4], pick)
+}
+
 /// The [`Microkernel`] of a K-quant.
 pub(super) struct KQuantKernel<K>(PhantomData<K>);
 
@@ -85,16 +128,6 @@ pub(super) unsafe fn load32(p: *const u8) -> __m256i {
 pub(super) unsafe fn read_u32(p: *const u8) -> u32 {
     // SAFETY: the caller's contract.
     unsafe { std::ptr::read_unaligned(p as *const u32) }
-}
-
-/// Unaligned u16 read.
-///
-/// # Safety
-/// `p .. p + 2` is readable.
-#[inline]
-pub(super) unsafe fn read_u16(p: *const u8) -> u16 {
-    // SAFETY: the caller's contract.
-    unsafe { std::ptr::read_unaligned(p as *const u16) }
 }
 
 /// `acc + p` (i32 lanes) as one `vpaddd` the optimiser cannot reassociate. With a plain

@@ -13,7 +13,11 @@
 //! [`Isa::Avx2`](super::isa::Isa)'s check passed.
 
 mod kquant;
+mod q2_k;
+mod q3_k;
 mod q4_k;
+mod q5_k;
+mod q6_k;
 mod q8_k;
 mod tile;
 
@@ -26,5 +30,9 @@ pub(crate) fn register(t: &mut KernelTable) {
         t.set(q, FormatKernels { act: q.vec_dot_type(), quantize_act, gemm, gemm_isa: Isa::Avx2 });
     };
     let q8_k = q8_k::quantize_act as super::dispatch::QuantizeActFn;
+    set(QType::Q2_K, q8_k, tile::gemm::<kquant::KQuantKernel<q2_k::Q2K>>);
+    set(QType::Q3_K, q8_k, tile::gemm::<kquant::KQuantKernel<q3_k::Q3K>>);
     set(QType::Q4_K, q8_k, tile::gemm::<kquant::KQuantKernel<q4_k::Q4K>>);
+    set(QType::Q5_K, q8_k, tile::gemm::<kquant::KQuantKernel<q5_k::Q5K>>);
+    set(QType::Q6_K, q8_k, tile::gemm::<kquant::KQuantKernel<q6_k::Q6K>>);
 }
