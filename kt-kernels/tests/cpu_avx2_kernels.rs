@@ -187,6 +187,13 @@ fn k_quants_match_ggml_dots() {
     }
 }
 
+#[test]
+fn small_blocks_and_floats_match_ggml_dots() {
+    for t in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1, QType::Q8_0, QType::F16, QType::BF16] {
+        check_fixture_dots(t);
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Activation quantizers against the reference, byte for byte.
 
@@ -208,7 +215,7 @@ fn quantizer_rows(k: usize, rng: &mut SplitMix64) -> Vec<Vec<f32>> {
     rows.push((0..k).map(|i| if i % 7 == 0 { -2.5 } else if i % 7 == 1 { 2.5 } else { 0.5 * rng.normal() }).collect());
     let mut special = vec![0f32; k];
     rng.fill_normal(&mut special, 1.0);
-    special[3] = f32::NAN;
+    special[3 % k] = f32::NAN;
     rows.push(special.clone());
     special[k / 2] = f32::INFINITY;
     rows.push(special.clone());
@@ -241,11 +248,30 @@ fn q8_k_quantizer_matches_reference_bytes() {
     }
 }
 
+#[test]
+fn q8_0_and_q8_1_quantizers_match_reference_bytes() {
+    for k in [32, 64, 96, 1408] {
+        check_quantizer(QType::Q4_0, k);
+        check_quantizer(QType::Q4_1, k);
+    }
+}
+
+#[test]
+fn float_activation_converters_match_reference_bytes() {
+    for k in [1, 7, 33, 1408] {
+        for t in [QType::F32, QType::F16, QType::BF16] {
+            check_quantizer(t, k);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Kernels against the scalar backend.
 
 const K_QUANT_KS: [usize; 4] = [256, 512, 7 * 256, 28 * 256];
 const SMALL_BLOCK_KS: [usize; 4] = [32, 64, 96, 1408];
+/// Float rows have no blocks: odd lengths exercise the zero-padded last group.
+const FLOAT_KS: [usize; 6] = [1, 7, 32, 33, 96, 1408];
 
 /// `matmul_with(Isa::Avx2)` against `matmul_with(Isa::Scalar)` on one random problem;
 /// the quantized activations of both ISAs must be identical too.
@@ -292,11 +318,19 @@ vs_scalar!(q3_k_matches_scalar, QType::Q3_K, K_QUANT_KS, 16);
 vs_scalar!(q4_k_matches_scalar, QType::Q4_K, K_QUANT_KS, 24);
 vs_scalar!(q5_k_matches_scalar, QType::Q5_K, K_QUANT_KS, 16);
 vs_scalar!(q6_k_matches_scalar, QType::Q6_K, K_QUANT_KS, 16);
+vs_scalar!(q8_0_matches_scalar, QType::Q8_0, SMALL_BLOCK_KS, 16);
+vs_scalar!(q4_0_matches_scalar, QType::Q4_0, SMALL_BLOCK_KS, 16);
+vs_scalar!(q4_1_matches_scalar, QType::Q4_1, SMALL_BLOCK_KS, 16);
+vs_scalar!(q5_0_matches_scalar, QType::Q5_0, SMALL_BLOCK_KS, 16);
+vs_scalar!(q5_1_matches_scalar, QType::Q5_1, SMALL_BLOCK_KS, 16);
+vs_scalar!(f32_matches_scalar, QType::F32, FLOAT_KS, 16);
+vs_scalar!(f16_matches_scalar, QType::F16, FLOAT_KS, 16);
+vs_scalar!(bf16_matches_scalar, QType::BF16, FLOAT_KS, 16);
 
 /// Every GEMV token count (the driver's row-block tiles) over a few hundred rows.
 #[test]
 fn gemv_token_counts_match_scalar() {
-    for t in [QType::Q2_K, QType::Q3_K, QType::Q4_K, QType::Q5_K, QType::Q6_K] {
+    for t in QType::WEIGHTS {
         for tokens in 1..=8 {
             check_vs_scalar(t, 512, 300, tokens, 100 + tokens as u64);
         }

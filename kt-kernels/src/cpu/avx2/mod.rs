@@ -12,17 +12,24 @@
 //! and only reachable through the dispatch table, which is built after
 //! [`Isa::Avx2`](super::isa::Isa)'s check passed.
 
+mod float;
 mod kquant;
 mod q2_k;
 mod q3_k;
+mod q4_0;
 mod q4_k;
+mod q5_0;
 mod q5_k;
 mod q6_k;
+mod q8_0;
+mod q8_0_act;
 mod q8_k;
+mod small_block;
 mod tile;
 
 use super::dispatch::{FormatKernels, KernelTable};
 use super::isa::Isa;
+use super::scalar::quantize_act_fn;
 use crate::quant::QType;
 
 pub(crate) fn register(t: &mut KernelTable) {
@@ -35,4 +42,23 @@ pub(crate) fn register(t: &mut KernelTable) {
     set(QType::Q4_K, q8_k, tile::gemm::<kquant::KQuantKernel<q4_k::Q4K>>);
     set(QType::Q5_K, q8_k, tile::gemm::<kquant::KQuantKernel<q5_k::Q5K>>);
     set(QType::Q6_K, q8_k, tile::gemm::<kquant::KQuantKernel<q6_k::Q6K>>);
+
+    let q8_0 = q8_0_act::quantize_q8_0 as super::dispatch::QuantizeActFn;
+    let q8_1 = q8_0_act::quantize_q8_1 as super::dispatch::QuantizeActFn;
+    set(QType::Q8_0, q8_0, tile::gemm::<small_block::SmallBlockKernel<q8_0::Q8_0>>);
+    set(QType::Q4_0, q8_0, tile::gemm::<small_block::SmallBlockKernel<q4_0::Q4_0>>);
+    set(QType::Q5_0, q8_0, tile::gemm::<small_block::SmallBlockKernel<q5_0::Q5_0>>);
+    set(QType::Q4_1, q8_1, tile::gemm::<small_block::SmallBlockKernel<q4_0::Q4_1>>);
+    set(QType::Q5_1, q8_1, tile::gemm::<small_block::SmallBlockKernel<q5_0::Q5_1>>);
+
+    // The float activations are a plain conversion; the reference converters (the `half`
+    // crate's rounding and NaN rules) are kept so every ISA sees the same bits.
+    for q in [QType::F32, QType::F16, QType::BF16] {
+        let act = quantize_act_fn(q);
+        match q {
+            QType::F32 => set(q, act, tile::gemm::<float::FloatKernel<float::F32>>),
+            QType::F16 => set(q, act, tile::gemm::<float::FloatKernel<float::F16>>),
+            _ => set(q, act, tile::gemm::<float::FloatKernel<float::Bf16>>),
+        }
+    }
 }

@@ -125,6 +125,40 @@ pub(super) fn hsum8_epi32<const N: usize>(v: &[__m256i; N]) -> __m256i {
     )
 }
 
+/// [`hsum8_epi32`] for f32: lane `q` of the result is the sum of the 8 lanes of `v[q]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum8_ps<const N: usize>(v: &[__m256; N]) -> __m256 {
+    let z = _mm256_setzero_ps();
+    let g = |q: usize| if q < N { v[q] } else { z };
+    let pair32 = |a: __m256, b: __m256| _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    let (s01, s23, s45, s67) = (pair32(g(0), g(1)), pair32(g(2), g(3)), pair32(g(4), g(5)), pair32(g(6), g(7)));
+    let pair64 = |a: __m256, b: __m256| {
+        let (a, b) = (_mm256_castps_pd(a), _mm256_castps_pd(b));
+        _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)))
+    };
+    let (s0123, s4567) = (pair64(s01, s23), pair64(s45, s67));
+    _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(s0123, s4567),
+        _mm256_permute2f128_ps::<0x31>(s0123, s4567),
+    )
+}
+
+/// f16 `bits` to f32, in all 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn broadcast_f16(bits: u16) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
+}
+
+/// Up to 8 f16 values (missing ones 0) as f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16_lanes<const N: usize>(bits: [u16; N]) -> __m256 {
+    let b = |i: usize| if i < N { bits[i] as i16 } else { 0 };
+    _mm256_cvtph_ps(_mm_setr_epi16(b(0), b(1), b(2), b(3), b(4), b(5), b(6), b(7)))
+}
+
 /// Lane `q` of the result is lane `q / RN` of `rows`: per-row values spread over the
 /// pair lanes `q = row * RN + token`.
 #[inline]
