@@ -4,7 +4,10 @@
 //! times `matmul_quantized_with(Isa::Avx2, ..)` (activations quantized beforehand) for
 //! 2048x7168 and 7168x2048 weights at 1 and 512 tokens on 1 and 2 threads, and prints
 //! the weight bandwidth (GB/s: weight bytes per second, what a GEMV is bound by) and
-//! GFLOP/s (2 * rows * cols * tokens per second). `KT_TUNE_SHAPES=RxC,..` and
+//! GFLOP/s (2 * rows * cols * tokens per second), from the best wall-clock call. On a
+//! shared machine a long call is often descheduled, so single-thread runs also report
+//! GFLOP/s from the calling thread's CPU time (`cpu GF/s`: what the kernel does while
+//! it runs). `KT_TUNE_SHAPES=RxC,..` and
 //! `KT_TUNE_TOKENS=1,8,..` override the shapes and token counts. Weights are random
 //! blocks (random quants, random normal f16 scales).
 
@@ -50,6 +53,15 @@ fn random_weights(t: QType, rows: usize, cols: usize, rng: &mut SplitMix64) -> V
     w
 }
 
+/// CPU time of the calling thread (excludes time it was descheduled).
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a pointer to a live local.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
 fn parse_list<T>(var: &str, default: Vec<T>, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
     match std::env::var(var) {
         Ok(v) => v.split(',').filter_map(|s| parse(s.trim())).collect(),
@@ -74,7 +86,7 @@ fn main() -> kt_kernels::Result<()> {
     let token_counts = parse_list("KT_TUNE_TOKENS", vec![1, 512], |s| s.parse().ok());
     let pools = [ThreadPool::new(1)?, ThreadPool::new(2)?];
     let mut rng = SplitMix64::new(7);
-    println!("qtype  rows x cols   tokens threads   ms/call    GB/s  GFLOP/s");
+    println!("qtype  rows x cols   tokens threads   ms/call    GB/s  GFLOP/s  cpu GF/s");
     for &qt in &qtypes {
         for &(rows, cols) in &shapes {
             let w = random_weights(qt, rows, cols, &mut rng);
@@ -90,17 +102,21 @@ fn main() -> kt_kernels::Result<()> {
                     run()?;
                     // Repeat for at least 0.5 s; report the best call (the machine is shared).
                     let mut best = Duration::MAX;
+                    let mut best_cpu = f64::MAX;
                     let start = Instant::now();
                     let mut calls = 0;
                     while calls < 3 || start.elapsed() < Duration::from_millis(500) {
-                        let t = Instant::now();
+                        let (t, c) = (Instant::now(), thread_cpu_seconds());
                         run()?;
                         best = best.min(t.elapsed());
+                        best_cpu = best_cpu.min(thread_cpu_seconds() - c);
                         calls += 1;
                     }
                     let s = best.as_secs_f64();
+                    let flops = 2.0 * (rows * cols * tokens) as f64;
+                    let cpu = if pool.threads() == 1 { format!("{:>9.1}", flops / best_cpu / 1e9) } else { "        -".into() };
                     println!(
-                        "{:<6} {:>5} x {:<5} {:>6} {:>7} {:>9.3} {:>7.1} {:>8.1}",
+                        "{:<6} {:>5} x {:<5} {:>6} {:>7} {:>9.3} {:>7.1} {:>8.1} {cpu}",
                         qt.name(),
                         rows,
                         cols,
@@ -108,7 +124,7 @@ fn main() -> kt_kernels::Result<()> {
                         pool.threads(),
                         s * 1e3,
                         w.len() as f64 / s / 1e9,
-                        2.0 * (rows * cols * tokens) as f64 / s / 1e9
+                        flops / s / 1e9
                     );
                 }
             }

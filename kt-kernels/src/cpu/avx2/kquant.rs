@@ -154,9 +154,11 @@ pub(super) fn accumulate(mut acc: __m256i, p: __m256i) -> __m256i {
 /// result. Costs no instruction.
 #[inline]
 pub(super) fn opaque<T>(mut p: *const T) -> *const T {
-    // SAFETY: the template is empty; the pointer passes through a register unchanged.
-    // Not `pure`, so two calls are never merged.
-    unsafe { std::arch::asm!("/* {p} */", p = inout(reg) p, options(nomem, nostack, preserves_flags)) };
+    // SAFETY: the template is empty: the pointer passes through a register unchanged
+    // and nothing is read or written. Declared `readonly` (it could read through `p`)
+    // so stores to the pointee stay before it, and not `pure`, so two calls are never
+    // merged.
+    unsafe { std::arch::asm!("/* {p} */", p = inout(reg) p, options(readonly, nostack, preserves_flags)) };
     p
 }
 
@@ -183,12 +185,11 @@ unsafe fn chunk_products<K: KQuant, const J: usize, const RM: usize, const RN: u
     // live in registers and spills the accumulators instead; with it, chunk J's weights
     // and scales are loaded right where they are used (from L1).
     let (w0, scales) = (opaque(w0), opaque(scales as *const [K::Scales; RM]));
-    for r in 0..RM {
+    for (r, row_sums) in sumi.iter_mut().enumerate() {
         // SAFETY: row r's block and decoded scales (the caller's contract).
         let (q, s) = unsafe { K::chunk::<J>(w0.add(r * w_stride), &(*scales)[r]) };
-        for t in 0..RN {
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, act[t]), s);
-            sumi[r][t] = accumulate(sumi[r][t], p);
+        for (sum, &x) in row_sums.iter_mut().zip(&act) {
+            *sum = accumulate(*sum, _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), s));
         }
     }
 }

@@ -90,7 +90,7 @@ impl KQuant for Q4K {
         // SAFETY: 128 nibble bytes at QS; J / 2 < 4.
         let raw = unsafe { load32(x.add(QS + 32 * (J / 2))) };
         let nib = _mm256_set1_epi8(0x0f);
-        let q = if J % 2 == 0 {
+        let q = if J.is_multiple_of(2) {
             _mm256_and_si256(raw, nib)
         } else {
             _mm256_and_si256(_mm256_srli_epi16::<4>(raw), nib)

@@ -39,7 +39,7 @@ impl KQuant for Q5K {
         // SAFETY: 128 nibble bytes at QS (J / 2 < 4) and 32 bytes of fifth bits at QH.
         let (raw, qh) = unsafe { (load32(x.add(QS + 32 * (J / 2))), load32(x.add(QH))) };
         let nib = _mm256_set1_epi8(0x0f);
-        let low = if J % 2 == 0 {
+        let low = if J.is_multiple_of(2) {
             _mm256_and_si256(raw, nib)
         } else {
             _mm256_and_si256(_mm256_srli_epi16::<4>(raw), nib)
