@@ -49,7 +49,7 @@ fn max_rm(rn: usize) -> usize {
 /// As [`GemmFn`](crate::cpu::dispatch::GemmFn); the CPU has AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn gemm<M: Microkernel>(tile: &GemmTile) {
-    let chunk = if tile.tokens <= GEMV_MAX_TOKENS { MAX_PAIRS } else { tile.rows };
+    let chunk = if tile.tokens <= GEMV_MAX_TOKENS { max_rm(1) } else { tile.rows };
     let mut r0 = 0;
     while r0 < tile.rows {
         let chunk_end = (r0 + chunk).min(tile.rows);
