@@ -46,7 +46,8 @@ fn random_weights(t: QType, rows: usize, cols: usize, rng: &mut SplitMix64) -> V
     } else {
         for block in w.chunks_exact_mut(t.block_bytes()) {
             for &off in f16_fields(t) {
-                block[off..off + 2].copy_from_slice(&half::f16::from_f32(0.01 * rng.normal()).to_le_bytes());
+                block[off..off + 2]
+                    .copy_from_slice(&half::f16::from_f32(0.01 * rng.normal()).to_le_bytes());
             }
         }
     }
@@ -55,7 +56,10 @@ fn random_weights(t: QType, rows: usize, cols: usize, rng: &mut SplitMix64) -> V
 
 /// CPU time of the calling thread (excludes time it was descheduled).
 fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec through a pointer to a live local.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
@@ -76,7 +80,9 @@ fn main() -> kt_kernels::Result<()> {
         if args.is_empty() {
             vec![QType::Q4_K]
         } else {
-            args.iter().map(|a| QType::from_name(a).unwrap_or_else(|| panic!("unknown qtype {a}"))).collect()
+            args.iter()
+                .map(|a| QType::from_name(a).unwrap_or_else(|| panic!("unknown qtype {a}")))
+                .collect()
         }
     };
     let shapes = parse_list("KT_TUNE_SHAPES", vec![(2048, 7168), (7168, 2048)], |s| {
@@ -98,7 +104,19 @@ fn main() -> kt_kernels::Result<()> {
                 quantize_activations_with(Isa::Avx2, &pools[1], qt, &x, cols, tokens, &mut xq)?;
                 let mut out = vec![0f32; tokens * rows];
                 for pool in &pools {
-                    let mut run = || matmul_quantized_with(Isa::Avx2, pool, qt, &w, rows, cols, &xq, tokens, &mut out);
+                    let mut run = || {
+                        matmul_quantized_with(
+                            Isa::Avx2,
+                            pool,
+                            qt,
+                            &w,
+                            rows,
+                            cols,
+                            &xq,
+                            tokens,
+                            &mut out,
+                        )
+                    };
                     run()?;
                     // Repeat for at least 0.5 s; report the best call (the machine is shared).
                     let mut best = Duration::MAX;
@@ -114,7 +132,11 @@ fn main() -> kt_kernels::Result<()> {
                     }
                     let s = best.as_secs_f64();
                     let flops = 2.0 * (rows * cols * tokens) as f64;
-                    let cpu = if pool.threads() == 1 { format!("{:>9.1}", flops / best_cpu / 1e9) } else { "        -".into() };
+                    let cpu = if pool.threads() == 1 {
+                        format!("{:>9.1}", flops / best_cpu / 1e9)
+                    } else {
+                        "        -".into()
+                    };
                     println!(
                         "{:<6} {:>5} x {:<5} {:>6} {:>7} {:>9.3} {:>7.1} {:>8.1} {cpu}",
                         qt.name(),

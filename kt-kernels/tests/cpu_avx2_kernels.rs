@@ -15,7 +15,9 @@ mod common;
 use std::sync::OnceLock;
 
 use half::{bf16, f16};
-use kt_kernels::cpu::{matmul_quantized_with, matmul_with, quantize_activations_with, Isa, ThreadPool};
+use kt_kernels::cpu::{
+    matmul_quantized_with, matmul_with, quantize_activations_with, Isa, ThreadPool,
+};
 use kt_kernels::quant::{self, QType};
 use kt_kernels::util::SplitMix64;
 use proptest::prelude::*;
@@ -61,8 +63,12 @@ fn random_weights(t: QType, rows: usize, k: usize, rng: &mut SplitMix64) -> Vec<
     let n = rows * k;
     match t {
         QType::F32 => (0..n).flat_map(|_| rng.normal().to_le_bytes()).collect(),
-        QType::F16 => (0..n).flat_map(|_| f16::from_f32(rng.normal()).to_le_bytes()).collect(),
-        QType::BF16 => (0..n).flat_map(|_| bf16::from_f32(rng.normal()).to_le_bytes()).collect(),
+        QType::F16 => (0..n)
+            .flat_map(|_| f16::from_f32(rng.normal()).to_le_bytes())
+            .collect(),
+        QType::BF16 => (0..n)
+            .flat_map(|_| bf16::from_f32(rng.normal()).to_le_bytes())
+            .collect(),
         _ => {
             let bytes = t.row_bytes(k).unwrap() * rows;
             let mut w: Vec<u8> = (0..bytes).map(|_| rng.next_u64() as u8).collect();
@@ -126,6 +132,19 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], mag: &[f64], rows: usize)
     }
 }
 
+#[test]
+fn every_weight_format_has_an_avx2_kernel() {
+    if !have_avx2() {
+        return;
+    }
+    let table = kt_kernels::cpu::dispatch::table(Isa::Avx2).unwrap();
+    for t in QType::WEIGHTS {
+        let k = table.get(t).unwrap();
+        assert_eq!(k.gemm_isa, Isa::Avx2, "{t}");
+        assert_eq!(k.act, t.vec_dot_type(), "{t}");
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Against ggml's fixtures.
 
@@ -139,14 +158,30 @@ fn q8_k_quantizer_reproduces_ggml_bytes() {
     let mut got = vec![0xA5u8; want.len()];
     quantize_activations_with(Isa::Avx2, pool(), QType::Q4_K, &x, COLS, ROWS, &mut got).unwrap();
     const BLOCK: usize = 292;
-    for (b, (g, w)) in got.chunks_exact(BLOCK).zip(want.chunks_exact(BLOCK)).enumerate() {
+    for (b, (g, w)) in got
+        .chunks_exact(BLOCK)
+        .zip(want.chunks_exact(BLOCK))
+        .enumerate()
+    {
         let (row, kind) = (b / (COLS / 256), b / (COLS / 256) % 8);
-        assert_eq!(g[..260], w[..260], "d and qs of block {b} (weights.f32 row {row}, kind {kind})");
+        assert_eq!(
+            g[..260],
+            w[..260],
+            "d and qs of block {b} (weights.f32 row {row}, kind {kind})"
+        );
         // ggml leaves the bsums of an all-zero block unwritten (the fixture holds
         // whatever its buffer held); kt writes zeros there.
         let zero_block = x[b * 256..(b + 1) * 256].iter().all(|&v| v == 0.0);
-        let want_bsums = if zero_block { &[0u8; 32][..] } else { &w[260..] };
-        assert_eq!(&g[260..], want_bsums, "bsums of block {b} (weights.f32 row {row}, kind {kind})");
+        let want_bsums = if zero_block {
+            &[0u8; 32][..]
+        } else {
+            &w[260..]
+        };
+        assert_eq!(
+            &g[260..],
+            want_bsums,
+            "bsums of block {b} (weights.f32 row {row}, kind {kind})"
+        );
     }
 }
 
@@ -162,10 +197,23 @@ fn check_fixture_dots(t: QType) {
     let mut xq = vec![0u8; ACT_ROWS * act_row];
     quantize_activations_with(Isa::Avx2, pool(), t, &x, COLS, ACT_ROWS, &mut xq).unwrap();
     let mut out = poisoned(ROWS * ACT_ROWS);
-    matmul_quantized_with(Isa::Avx2, pool(), t, &w, ROWS, COLS, &xq, ACT_ROWS, &mut out).unwrap();
+    matmul_quantized_with(
+        Isa::Avx2,
+        pool(),
+        t,
+        &w,
+        ROWS,
+        COLS,
+        &xq,
+        ACT_ROWS,
+        &mut out,
+    )
+    .unwrap();
     // ggml's layout is [row][token], ours [token][row].
     let dots = ggml_dot(t);
-    let want: Vec<f32> = (0..ACT_ROWS * ROWS).map(|i| dots[(i % ROWS) * ACT_ROWS + i / ROWS]).collect();
+    let want: Vec<f32> = (0..ACT_ROWS * ROWS)
+        .map(|i| dots[(i % ROWS) * ACT_ROWS + i / ROWS])
+        .collect();
     let wf = ggml_dequant(t);
     let mag: Vec<f64> = (0..ACT_ROWS * ROWS)
         .map(|i| {
@@ -182,14 +230,28 @@ fn check_fixture_dots(t: QType) {
 
 #[test]
 fn k_quants_match_ggml_dots() {
-    for t in [QType::Q2_K, QType::Q3_K, QType::Q4_K, QType::Q5_K, QType::Q6_K] {
+    for t in [
+        QType::Q2_K,
+        QType::Q3_K,
+        QType::Q4_K,
+        QType::Q5_K,
+        QType::Q6_K,
+    ] {
         check_fixture_dots(t);
     }
 }
 
 #[test]
 fn small_blocks_and_floats_match_ggml_dots() {
-    for t in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1, QType::Q8_0, QType::F16, QType::BF16] {
+    for t in [
+        QType::Q4_0,
+        QType::Q4_1,
+        QType::Q5_0,
+        QType::Q5_1,
+        QType::Q8_0,
+        QType::F16,
+        QType::BF16,
+    ] {
         check_fixture_dots(t);
     }
 }
@@ -207,12 +269,38 @@ fn quantizer_rows(k: usize, rng: &mut SplitMix64) -> Vec<Vec<f32>> {
         rows.push(r);
     }
     rows.push(vec![0.0; k]);
-    rows.push((0..k).map(|i| if i % 3 == 0 { -0.0 } else { 0.0 }).collect());
+    rows.push(
+        (0..k)
+            .map(|i| if i % 3 == 0 { -0.0 } else { 0.0 })
+            .collect(),
+    );
     rows.push((0..k).map(|_| 1e-39 * rng.normal()).collect()); // denormals only
     rows.push((0..k).map(|_| 1e-45 * (rng.below(3) as f32)).collect()); // smallest denormal
-    // Ties: the maximum maps to an integer scale, the rest land on .5 exactly.
-    rows.push((0..k).map(|i| if i % 32 == 5 { 127.0 } else { (i % 64) as f32 - 31.5 }).collect());
-    rows.push((0..k).map(|i| if i % 7 == 0 { -2.5 } else if i % 7 == 1 { 2.5 } else { 0.5 * rng.normal() }).collect());
+                                                                        // Ties: the maximum maps to an integer scale, the rest land on .5 exactly.
+    rows.push(
+        (0..k)
+            .map(|i| {
+                if i % 32 == 5 {
+                    127.0
+                } else {
+                    (i % 64) as f32 - 31.5
+                }
+            })
+            .collect(),
+    );
+    rows.push(
+        (0..k)
+            .map(|i| {
+                if i % 7 == 0 {
+                    -2.5
+                } else if i % 7 == 1 {
+                    2.5
+                } else {
+                    0.5 * rng.normal()
+                }
+            })
+            .collect(),
+    );
     let mut special = vec![0f32; k];
     rng.fill_normal(&mut special, 1.0);
     special[3 % k] = f32::NAN;
@@ -286,14 +374,23 @@ fn check_vs_scalar(t: QType, k: usize, rows: usize, tokens: usize, seed: u64) {
     let (mut xq_fast, mut xq_ref) = (vec![0u8; tokens * act_row], vec![0u8; tokens * act_row]);
     quantize_activations_with(Isa::Avx2, pool(), t, &x, k, tokens, &mut xq_fast).unwrap();
     quantize_activations_with(Isa::Scalar, pool(), t, &x, k, tokens, &mut xq_ref).unwrap();
-    assert!(xq_fast == xq_ref, "{t}: AVX2 and scalar activation bytes differ (k {k}, tokens {tokens})");
+    assert!(
+        xq_fast == xq_ref,
+        "{t}: AVX2 and scalar activation bytes differ (k {k}, tokens {tokens})"
+    );
 
     let mut got = poisoned(rows * tokens);
     matmul_with(Isa::Avx2, pool(), t, &w, rows, k, &x, tokens, &mut got).unwrap();
     let mut want = poisoned(rows * tokens);
     matmul_with(Isa::Scalar, pool(), t, &w, rows, k, &x, tokens, &mut want).unwrap();
     let mag = magnitudes(t, &w, rows, k, &xq_ref, tokens);
-    assert_close(&format!("{t} k {k} rows {rows} tokens {tokens} seed {seed}"), &got, &want, &mag, rows);
+    assert_close(
+        &format!("{t} k {k} rows {rows} tokens {tokens} seed {seed}"),
+        &got,
+        &want,
+        &mag,
+        rows,
+    );
 }
 
 macro_rules! vs_scalar {

@@ -103,21 +103,27 @@ impl<F: Float> Microkernel for FloatKernel<F> {
         debug_assert!(RM * RN <= MAX_PAIRS);
         // SAFETY: rows r0..r0+RM and tokens t0..t0+RN are inside the tile (the
         // caller's contract); each row holds k elements.
-        let w: [*const u8; RM] = std::array::from_fn(|r| unsafe { tile.w.add((r0 + r) * tile.w_stride) });
+        let w: [*const u8; RM] =
+            std::array::from_fn(|r| unsafe { tile.w.add((r0 + r) * tile.w_stride) });
         // SAFETY: as above.
-        let a: [*const u8; RN] = std::array::from_fn(|t| unsafe { tile.a.add((t0 + t) * tile.a_stride) });
+        let a: [*const u8; RN] =
+            std::array::from_fn(|t| unsafe { tile.a.add((t0 + t) * tile.a_stride) });
         let mut acc = [[_mm256_setzero_ps(); RN]; RM];
         let full = tile.k / 8;
         for i in 0..full {
             let off = 8 * i * F::BYTES;
             // SAFETY: elements 8i..8i+8 < k of each row.
-            step(&mut acc, &w, &a, |p: *const u8| unsafe { F::load8(p.add(off)) });
+            step(&mut acc, &w, &a, |p: *const u8| unsafe {
+                F::load8(p.add(off))
+            });
         }
         let rest = tile.k % 8;
         if rest > 0 {
             let off = 8 * full * F::BYTES;
             // SAFETY: elements 8 * full .. k of each row.
-            step(&mut acc, &w, &a, |p: *const u8| unsafe { load_partial::<F>(p.add(off), rest) });
+            step(&mut acc, &w, &a, |p: *const u8| unsafe {
+                load_partial::<F>(p.add(off), rest)
+            });
         }
         let mut pairs = [_mm256_setzero_ps(); MAX_PAIRS];
         for r in 0..RM {

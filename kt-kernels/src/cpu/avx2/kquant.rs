@@ -158,7 +158,9 @@ pub(super) fn opaque<T>(mut p: *const T) -> *const T {
     // and nothing is read or written. Declared `readonly` (it could read through `p`)
     // so stores to the pointee stay before it, and not `pure`, so two calls are never
     // merged.
-    unsafe { std::arch::asm!("/* {p} */", p = inout(reg) p, options(readonly, nostack, preserves_flags)) };
+    unsafe {
+        std::arch::asm!("/* {p} */", p = inout(reg) p, options(readonly, nostack, preserves_flags))
+    };
     p
 }
 
@@ -207,7 +209,13 @@ unsafe fn pair_scales<K: KQuant, const RM: usize, const RN: usize>(
 ) -> (__m256, __m256) {
     // SAFETY: every block starts with / holds its d (and dmin) as f16, the Q8_K block
     // starts with its f32 d.
-    let bits = |r: usize| if r < RM { unsafe { K::d_dmin_bits(w[r]) as i32 } } else { 0 };
+    let bits = |r: usize| {
+        if r < RM {
+            unsafe { K::d_dmin_bits(w[r]) as i32 }
+        } else {
+            0
+        }
+    };
     let da = |t: usize| unsafe { std::ptr::read_unaligned(a[t.min(RN - 1)] as *const f32) };
     // [d0 dmin0 d1 dmin1 d2 dmin2 d3 dmin3] of rows 0..4 (and 4..8).
     let lo = _mm256_cvtph_ps(_mm_setr_epi32(bits(0), bits(1), bits(2), bits(3)));
@@ -225,11 +233,19 @@ unsafe fn pair_scales<K: KQuant, const RM: usize, const RN: usize>(
         let even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
         let odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
         let pick = |idx| {
-            _mm256_blend_ps::<0xF0>(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx))
+            _mm256_blend_ps::<0xF0>(
+                _mm256_permutevar8x32_ps(lo, idx),
+                _mm256_permutevar8x32_ps(hi, idx),
+            )
         };
         (spread_rows::<RN>(pick(even)), spread_rows::<RN>(pick(odd)))
     };
-    let da = spread_tokens::<RN>(_mm256_castps128_ps256(_mm_setr_ps(da(0), da(1), da(2), da(3))));
+    let da = spread_tokens::<RN>(_mm256_castps128_ps256(_mm_setr_ps(
+        da(0),
+        da(1),
+        da(2),
+        da(3),
+    )));
     (_mm256_mul_ps(d, da), _mm256_mul_ps(dmin, da))
 }
 

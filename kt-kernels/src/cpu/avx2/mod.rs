@@ -34,31 +34,86 @@ use crate::quant::QType;
 
 pub(crate) fn register(t: &mut KernelTable) {
     let mut set = |q: QType, quantize_act, gemm| {
-        t.set(q, FormatKernels { act: q.vec_dot_type(), quantize_act, gemm, gemm_isa: Isa::Avx2 });
+        t.set(
+            q,
+            FormatKernels {
+                act: q.vec_dot_type(),
+                quantize_act,
+                gemm,
+                gemm_isa: Isa::Avx2,
+            },
+        );
     };
     let q8_k = q8_k::quantize_act as super::dispatch::QuantizeActFn;
-    set(QType::Q2_K, q8_k, tile::gemm::<kquant::KQuantKernel<q2_k::Q2K>>);
-    set(QType::Q3_K, q8_k, tile::gemm::<kquant::KQuantKernel<q3_k::Q3K>>);
-    set(QType::Q4_K, q8_k, tile::gemm::<kquant::KQuantKernel<q4_k::Q4K>>);
-    set(QType::Q5_K, q8_k, tile::gemm::<kquant::KQuantKernel<q5_k::Q5K>>);
-    set(QType::Q6_K, q8_k, tile::gemm::<kquant::KQuantKernel<q6_k::Q6K>>);
+    set(
+        QType::Q2_K,
+        q8_k,
+        tile::gemm::<kquant::KQuantKernel<q2_k::Q2K>>,
+    );
+    set(
+        QType::Q3_K,
+        q8_k,
+        tile::gemm::<kquant::KQuantKernel<q3_k::Q3K>>,
+    );
+    set(
+        QType::Q4_K,
+        q8_k,
+        tile::gemm::<kquant::KQuantKernel<q4_k::Q4K>>,
+    );
+    set(
+        QType::Q5_K,
+        q8_k,
+        tile::gemm::<kquant::KQuantKernel<q5_k::Q5K>>,
+    );
+    set(
+        QType::Q6_K,
+        q8_k,
+        tile::gemm::<kquant::KQuantKernel<q6_k::Q6K>>,
+    );
 
     let q8_0 = q8_0_act::quantize_q8_0 as super::dispatch::QuantizeActFn;
     let q8_1 = q8_0_act::quantize_q8_1 as super::dispatch::QuantizeActFn;
-    set(QType::Q8_0, q8_0, tile::gemm::<small_block::SmallBlockKernel<q8_0::Q8_0>>);
-    set(QType::Q4_0, q8_0, tile::gemm::<small_block::SmallBlockKernel<q4_0::Q4_0>>);
-    set(QType::Q5_0, q8_0, tile::gemm::<small_block::SmallBlockKernel<q5_0::Q5_0>>);
-    set(QType::Q4_1, q8_1, tile::gemm::<small_block::SmallBlockKernel<q4_0::Q4_1>>);
-    set(QType::Q5_1, q8_1, tile::gemm::<small_block::SmallBlockKernel<q5_0::Q5_1>>);
+    set(
+        QType::Q8_0,
+        q8_0,
+        tile::gemm::<small_block::SmallBlockKernel<q8_0::Q8_0>>,
+    );
+    set(
+        QType::Q4_0,
+        q8_0,
+        tile::gemm::<small_block::SmallBlockKernel<q4_0::Q4_0>>,
+    );
+    set(
+        QType::Q5_0,
+        q8_0,
+        tile::gemm::<small_block::SmallBlockKernel<q5_0::Q5_0>>,
+    );
+    set(
+        QType::Q4_1,
+        q8_1,
+        tile::gemm::<small_block::SmallBlockKernel<q4_0::Q4_1>>,
+    );
+    set(
+        QType::Q5_1,
+        q8_1,
+        tile::gemm::<small_block::SmallBlockKernel<q5_0::Q5_1>>,
+    );
 
-    // The float activations are a plain conversion; the reference converters (the `half`
-    // crate's rounding and NaN rules) are kept so every ISA sees the same bits.
-    for q in [QType::F32, QType::F16, QType::BF16] {
-        let act = quantize_act_fn(q);
-        match q {
-            QType::F32 => set(q, act, tile::gemm::<float::FloatKernel<float::F32>>),
-            QType::F16 => set(q, act, tile::gemm::<float::FloatKernel<float::F16>>),
-            _ => set(q, act, tile::gemm::<float::FloatKernel<float::Bf16>>),
-        }
-    }
+    // Float activations are a plain conversion: the reference converters (the `half`
+    // crate's rounding and NaN rules) are kept, so every ISA sees the same bits.
+    set(
+        QType::F32,
+        quantize_act_fn(QType::F32),
+        tile::gemm::<float::FloatKernel<float::F32>>,
+    );
+    set(
+        QType::F16,
+        quantize_act_fn(QType::F16),
+        tile::gemm::<float::FloatKernel<float::F16>>,
+    );
+    set(
+        QType::BF16,
+        quantize_act_fn(QType::BF16),
+        tile::gemm::<float::FloatKernel<float::Bf16>>,
+    );
 }

@@ -46,7 +46,10 @@ impl KQuant for Q2K {
             2 => _mm256_srli_epi16::<4>(raw),
             _ => _mm256_srli_epi16::<6>(raw),
         };
-        (_mm256_and_si256(shifted, _mm256_set1_epi8(3)), scale_16::<J>(sc))
+        (
+            _mm256_and_si256(shifted, _mm256_set1_epi8(3)),
+            scale_16::<J>(sc),
+        )
     }
 
     #[inline]

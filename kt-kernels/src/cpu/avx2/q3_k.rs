@@ -35,7 +35,10 @@ unsafe fn unpack_scales(p: *const u8) -> __m128i {
     let s1 = (b & LOW4) | (((c >> 2) & TWO) << 4);
     let s2 = ((a >> 4) & LOW4) | (((c >> 4) & TWO) << 4);
     let s3 = ((b >> 4) & LOW4) | (((c >> 6) & TWO) << 4);
-    _mm_sub_epi8(_mm_setr_epi32(s0 as i32, s1 as i32, s2 as i32, s3 as i32), _mm_set1_epi8(32))
+    _mm_sub_epi8(
+        _mm_setr_epi32(s0 as i32, s1 as i32, s2 as i32, s3 as i32),
+        _mm_set1_epi8(32),
+    )
 }
 
 impl KQuant for Q3K {
@@ -55,7 +58,9 @@ impl KQuant for Q3K {
     unsafe fn bsums_multipliers(x: *const u8) -> __m256i {
         // The offset 4 times each group's scale.
         // SAFETY: 12 scale bytes at SCALES.
-        _mm256_slli_epi16::<2>(_mm256_cvtepi8_epi16(unsafe { unpack_scales(x.add(SCALES)) }))
+        _mm256_slli_epi16::<2>(_mm256_cvtepi8_epi16(unsafe {
+            unpack_scales(x.add(SCALES))
+        }))
     }
 
     #[inline]

@@ -29,7 +29,10 @@ pub(super) unsafe fn unpack_scales_mins(p: *const u8) -> __m128i {
     let v = unsafe { _mm_loadu_si128(p as *const __m128i) };
     // Low parts, by output word: [w0 & 63, w2 & 15, w1 & 63, (w2 >> 4) & 15].
     let low = _mm_and_si128(
-        _mm_srlv_epi32(_mm_shuffle_epi32::<0b10_01_10_00>(v), _mm_setr_epi32(0, 0, 0, 4)),
+        _mm_srlv_epi32(
+            _mm_shuffle_epi32::<0b10_01_10_00>(v),
+            _mm_setr_epi32(0, 0, 0, 4),
+        ),
         _mm_setr_epi32(0x3f3f_3f3f, 0x0f0f_0f0f, 0x3f3f_3f3f, 0x0f0f_0f0f),
     );
     // High 2 bits of scales / minimums 4..7: bits 6..7 of words 0 / 1 moved to bits
@@ -52,7 +55,10 @@ pub(super) fn scale_pairs_32(sm: __m128i) -> [u32; 8] {
     // SAFETY: `out` is 32 writable bytes; storeu has no alignment requirement.
     unsafe {
         _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, _mm_unpacklo_epi16(sc, sc));
-        _mm_storeu_si128(out.as_mut_ptr().add(4) as *mut __m128i, _mm_unpackhi_epi16(sc, sc));
+        _mm_storeu_si128(
+            out.as_mut_ptr().add(4) as *mut __m128i,
+            _mm_unpackhi_epi16(sc, sc),
+        );
     }
     out
 }

@@ -20,7 +20,12 @@ unsafe fn quants_5bit(qh: *const u8, qs: *const u8) -> __m256i {
     // or), and compares with all-ones: 0xff where the bit is set.
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(bits),
-        _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303),
+        _mm256_setr_epi64x(
+            0,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
     );
     let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
     let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1));

@@ -27,7 +27,10 @@ impl KQuant for Q6K {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(x: *const u8) -> [__m256i; 2] {
         // SAFETY: 16 scale bytes at SCALES.
-        scales_16(unsafe { _mm_loadu_si128(x.add(SCALES) as *const __m128i) }, true)
+        scales_16(
+            unsafe { _mm_loadu_si128(x.add(SCALES) as *const __m128i) },
+            true,
+        )
     }
 
     #[inline]
@@ -44,7 +47,12 @@ impl KQuant for Q6K {
     unsafe fn chunk<const J: usize>(x: *const u8, sc: &[__m256i; 2]) -> (__m256i, __m256i) {
         let (n, c) = (J / 4, J % 4);
         // SAFETY: 128 bytes at QL and 64 at QH; n < 2, c < 4.
-        let (ql, qh) = unsafe { (load32(x.add(QL + 64 * n + 32 * (c % 2))), load32(x.add(QH + 32 * n))) };
+        let (ql, qh) = unsafe {
+            (
+                load32(x.add(QL + 64 * n + 32 * (c % 2))),
+                load32(x.add(QH + 32 * n)),
+            )
+        };
         let nib = _mm256_set1_epi8(0x0f);
         let low = if c < 2 {
             _mm256_and_si256(ql, nib)

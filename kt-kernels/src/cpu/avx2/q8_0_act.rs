@@ -40,10 +40,19 @@ fn quantize_block(x: &[f32; QK]) -> (f32, __m256i, i32) {
     };
     let p01 = _mm256_packs_epi32(quant8(v[0]), quant8(v[1]));
     let p23 = _mm256_packs_epi32(quant8(v[2]), quant8(v[3]));
-    let q = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let q = _mm256_permutevar8x32_epi32(
+        _mm256_packs_epi16(p01, p23),
+        _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+    );
     // Sum of the 32 quants: pairs, then quads, then the 8 lanes.
-    let s8 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q), _mm256_set1_epi16(1));
-    let s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256::<1>(s8));
+    let s8 = _mm256_madd_epi16(
+        _mm256_maddubs_epi16(_mm256_set1_epi8(1), q),
+        _mm256_set1_epi16(1),
+    );
+    let s4 = _mm_add_epi32(
+        _mm256_castsi256_si128(s8),
+        _mm256_extracti128_si256::<1>(s8),
+    );
     let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
     let sum = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32::<0b01>(s2)));
     (amax / 127.0, q, sum)
@@ -52,7 +61,11 @@ fn quantize_block(x: &[f32; QK]) -> (f32, __m256i, i32) {
 /// Shared driver: `header(d, sum)` gives the bytes before the quants.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn quantize_row<const HEADER: usize>(src: &[f32], dst: &mut [u8], header: impl Fn(f32, i32) -> [u8; HEADER]) {
+fn quantize_row<const HEADER: usize>(
+    src: &[f32],
+    dst: &mut [u8],
+    header: impl Fn(f32, i32) -> [u8; HEADER],
+) {
     debug_assert_eq!(src.len() / QK * (HEADER + QK), dst.len());
     for (x, out) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(HEADER + QK)) {
         let (d, q, sum) = quantize_block(x.try_into().expect("chunks of 32"));
@@ -80,7 +93,10 @@ pub(super) unsafe fn quantize_q8_0(src: &[f32], dst: &mut [u8]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
     quantize_row::<4>(src, dst, |d, sum| {
-        let (d16, s16) = (f16::from_f32(d).to_le_bytes(), f16::from_f32(sum as f32 * d).to_le_bytes());
+        let (d16, s16) = (
+            f16::from_f32(d).to_le_bytes(),
+            f16::from_f32(sum as f32 * d).to_le_bytes(),
+        );
         [d16[0], d16[1], s16[0], s16[1]]
     });
 }

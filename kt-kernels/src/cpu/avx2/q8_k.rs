@@ -19,8 +19,14 @@ const BLOCK_BYTES: usize = 292;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn quantize_act(src: &[f32], dst: &mut [u8]) {
     debug_assert_eq!(src.len() / QK_K * BLOCK_BYTES, dst.len());
-    for (x, out) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(BLOCK_BYTES)) {
-        quantize_block(x.try_into().expect("chunks of 256"), out.try_into().expect("chunks of 292"));
+    for (x, out) in src
+        .chunks_exact(QK_K)
+        .zip(dst.chunks_exact_mut(BLOCK_BYTES))
+    {
+        quantize_block(
+            x.try_into().expect("chunks of 256"),
+            out.try_into().expect("chunks of 292"),
+        );
     }
 }
 
@@ -51,7 +57,10 @@ fn quantize_block(x: &[f32; QK_K], out: &mut [u8; BLOCK_BYTES]) {
     let target = _mm256_set1_ps(amax);
     let first = (0..QK_K / 8)
         .find_map(|i| {
-            let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_and_ps(load8(x, i), abs_mask), target));
+            let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(
+                _mm256_and_ps(load8(x, i), abs_mask),
+                target,
+            ));
             (hit != 0).then(|| 8 * i + hit.trailing_zeros() as usize)
         })
         .expect("amax is the magnitude of some element");
@@ -86,14 +95,26 @@ fn quantize_block(x: &[f32; QK_K], out: &mut [u8; BLOCK_BYTES]) {
         *sum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16);
     }
     // Horizontal adds: [b0 b2 b4 b6 | b1 b3 b5 b7] and the same for b8..b15.
-    let h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(sums[0], sums[1]), _mm256_hadd_epi32(sums[2], sums[3]));
-    let h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(sums[4], sums[5]), _mm256_hadd_epi32(sums[6], sums[7]));
+    let h0 = _mm256_hadd_epi32(
+        _mm256_hadd_epi32(sums[0], sums[1]),
+        _mm256_hadd_epi32(sums[2], sums[3]),
+    );
+    let h1 = _mm256_hadd_epi32(
+        _mm256_hadd_epi32(sums[4], sums[5]),
+        _mm256_hadd_epi32(sums[6], sums[7]),
+    );
     let p = _mm256_packs_epi32(h0, h1); // [even groups | odd groups] as i16
     let (even, odd) = (_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p));
     // SAFETY: bytes 260..292 of the block.
     unsafe {
-        _mm_storeu_si128(out.as_mut_ptr().add(260) as *mut __m128i, _mm_unpacklo_epi16(even, odd));
-        _mm_storeu_si128(out.as_mut_ptr().add(276) as *mut __m128i, _mm_unpackhi_epi16(even, odd));
+        _mm_storeu_si128(
+            out.as_mut_ptr().add(260) as *mut __m128i,
+            _mm_unpacklo_epi16(even, odd),
+        );
+        _mm_storeu_si128(
+            out.as_mut_ptr().add(276) as *mut __m128i,
+            _mm_unpackhi_epi16(even, odd),
+        );
     }
     out[..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
 }

@@ -19,7 +19,10 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::kquant::load32;
-use super::tile::{broadcast_f16, f16_lanes, hsum8_ps, spread_rows, spread_tokens, store_pairs, Microkernel, MAX_PAIRS};
+use super::tile::{
+    broadcast_f16, f16_lanes, hsum8_ps, spread_rows, spread_tokens, store_pairs, Microkernel,
+    MAX_PAIRS,
+};
 use crate::cpu::dispatch::GemmTile;
 use crate::quant::QK;
 
@@ -85,7 +88,8 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
             });
             // SAFETY: whole activation blocks: 32 quants at act_qs, d first.
             let act: [__m256i; RN] = std::array::from_fn(|t| unsafe { load32(a[t].add(act_qs)) });
-            let da: [__m256; RN] = std::array::from_fn(|t| unsafe { broadcast_f16(f16_bits(a[t])) });
+            let da: [__m256; RN] =
+                std::array::from_fn(|t| unsafe { broadcast_f16(f16_bits(a[t])) });
             let correction: [__m256i; RN] = std::array::from_fn(|t| {
                 if B::OFFSET != 0 {
                     _mm256_maddubs_epi16(offset, act[t])
@@ -103,7 +107,11 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
                     } else {
                         _mm256_maddubs_epi16(uq, act[t])
                     };
-                    let p = if B::OFFSET != 0 { _mm256_sub_epi16(p, correction[t]) } else { p };
+                    let p = if B::OFFSET != 0 {
+                        _mm256_sub_epi16(p, correction[t])
+                    } else {
+                        p
+                    };
                     let sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
                     acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(sum, dw), da[t], acc[r][t]);
                 }

@@ -49,7 +49,11 @@ fn max_rm(rn: usize) -> usize {
 /// As [`GemmFn`](crate::cpu::dispatch::GemmFn); the CPU has AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn gemm<M: Microkernel>(tile: &GemmTile) {
-    let chunk = if tile.tokens <= GEMV_MAX_TOKENS { max_rm(1) } else { tile.rows };
+    let chunk = if tile.tokens <= GEMV_MAX_TOKENS {
+        max_rm(1)
+    } else {
+        tile.rows
+    };
     let mut r0 = 0;
     while r0 < tile.rows {
         let chunk_end = (r0 + chunk).min(tile.rows);
@@ -60,7 +64,11 @@ pub(super) unsafe fn gemm<M: Microkernel>(tile: &GemmTile) {
             let mut r = r0;
             while r < chunk_end {
                 let left = chunk_end - r;
-                let rm = if left >= rm_max { rm_max } else { 1 << left.ilog2() };
+                let rm = if left >= rm_max {
+                    rm_max
+                } else {
+                    1 << left.ilog2()
+                };
                 // SAFETY: r + rm <= chunk_end <= tile.rows and t0 + rn <= tile.tokens;
                 // the rest is the caller's contract.
                 unsafe { run::<M>(rm, rn, tile, r, t0) };
@@ -131,11 +139,20 @@ pub(super) fn hsum8_epi32<const N: usize>(v: &[__m256i; N]) -> __m256i {
 pub(super) fn hsum8_ps<const N: usize>(v: &[__m256; N]) -> __m256 {
     let z = _mm256_setzero_ps();
     let g = |q: usize| if q < N { v[q] } else { z };
-    let pair32 = |a: __m256, b: __m256| _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
-    let (s01, s23, s45, s67) = (pair32(g(0), g(1)), pair32(g(2), g(3)), pair32(g(4), g(5)), pair32(g(6), g(7)));
+    let pair32 =
+        |a: __m256, b: __m256| _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    let (s01, s23, s45, s67) = (
+        pair32(g(0), g(1)),
+        pair32(g(2), g(3)),
+        pair32(g(4), g(5)),
+        pair32(g(6), g(7)),
+    );
     let pair64 = |a: __m256, b: __m256| {
         let (a, b) = (_mm256_castps_pd(a), _mm256_castps_pd(b));
-        _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)))
+        _mm256_add_ps(
+            _mm256_castpd_ps(_mm256_unpacklo_pd(a, b)),
+            _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)),
+        )
     };
     let (s0123, s4567) = (pair64(s01, s23), pair64(s45, s67));
     _mm256_add_ps(
@@ -156,7 +173,16 @@ pub(super) fn broadcast_f16(bits: u16) -> __m256 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn f16_lanes<const N: usize>(bits: [u16; N]) -> __m256 {
     let b = |i: usize| if i < N { bits[i] as i16 } else { 0 };
-    _mm256_cvtph_ps(_mm_setr_epi16(b(0), b(1), b(2), b(3), b(4), b(5), b(6), b(7)))
+    _mm256_cvtph_ps(_mm_setr_epi16(
+        b(0),
+        b(1),
+        b(2),
+        b(3),
+        b(4),
+        b(5),
+        b(6),
+        b(7),
+    ))
 }
 
 /// Lane `q` of the result is lane `q / RN` of `rows`: per-row values spread over the
@@ -168,7 +194,10 @@ pub(super) fn spread_rows<const RN: usize>(rows: __m256) -> __m256 {
         return rows;
     }
     let i = |q: i32| q / RN as i32;
-    _mm256_permutevar8x32_ps(rows, _mm256_setr_epi32(i(0), i(1), i(2), i(3), i(4), i(5), i(6), i(7)))
+    _mm256_permutevar8x32_ps(
+        rows,
+        _mm256_setr_epi32(i(0), i(1), i(2), i(3), i(4), i(5), i(6), i(7)),
+    )
 }
 
 /// Lane `q` of the result is lane `q % RN` of `tokens`: per-token values spread over the
@@ -180,7 +209,10 @@ pub(super) fn spread_tokens<const RN: usize>(tokens: __m256) -> __m256 {
         return _mm256_permutevar8x32_ps(tokens, _mm256_setzero_si256());
     }
     let i = |q: i32| q % RN as i32;
-    _mm256_permutevar8x32_ps(tokens, _mm256_setr_epi32(i(0), i(1), i(2), i(3), i(4), i(5), i(6), i(7)))
+    _mm256_permutevar8x32_ps(
+        tokens,
+        _mm256_setr_epi32(i(0), i(1), i(2), i(3), i(4), i(5), i(6), i(7)),
+    )
 }
 
 /// Writes the pair lanes of `acc` (lane `row * RN + token`) to the output tile.
