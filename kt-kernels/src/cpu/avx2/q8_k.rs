@@ -38,6 +38,17 @@ fn load8(x: &[f32; QK_K], i: usize) -> __m256 {
     unsafe { _mm256_loadu_ps(v.as_ptr()) }
 }
 
+/// `round_half_even(x * scale)` as i32, NaN products as 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize8(x: __m256, scale: __m256) -> __m256i {
+    let p = _mm256_mul_ps(x, scale);
+    // cvtps rounds half to even (the default MXCSR mode); NaN would become i32::MIN, so
+    // an ordered compare masks it to 0 as the reference's cast does.
+    let ordered = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(p, p));
+    _mm256_and_si256(_mm256_cvtps_epi32(p), ordered)
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn quantize_block(x: &[f32; QK_K], out: &mut [u8; BLOCK_BYTES]) {
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
@@ -55,15 +66,16 @@ fn quantize_block(x: &[f32; QK_K], out: &mut [u8; BLOCK_BYTES]) {
     }
     // The signed value of the first element of magnitude amax.
     let target = _mm256_set1_ps(amax);
-    let first = (0..QK_K / 8)
-        .find_map(|i| {
-            let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(
-                _mm256_and_ps(load8(x, i), abs_mask),
-                target,
-            ));
-            (hit != 0).then(|| 8 * i + hit.trailing_zeros() as usize)
-        })
-        .expect("amax is the magnitude of some element");
+    // amax is the magnitude of some element, so the scan always stops.
+    let mut first = 0;
+    for i in 0..QK_K / 8 {
+        let abs = _mm256_and_ps(load8(x, i), abs_mask);
+        let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(abs, target));
+        if hit != 0 {
+            first = 8 * i + hit.trailing_zeros() as usize;
+            break;
+        }
+    }
     let iscale = -127.0 / x[first];
     if !iscale.is_finite() {
         // A largest magnitude below ~1.5e-36: the products overflow and the reference's
@@ -73,13 +85,7 @@ fn quantize_block(x: &[f32; QK_K], out: &mut [u8; BLOCK_BYTES]) {
     }
 
     let vscale = _mm256_set1_ps(iscale);
-    let quant8 = |i: usize| {
-        let p = _mm256_mul_ps(load8(x, i), vscale);
-        // cvtps rounds half to even (the default MXCSR mode); NaN would become
-        // i32::MIN, so ordered-compare masks it to 0 as the reference's cast does.
-        let ordered = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(p, p));
-        _mm256_and_si256(_mm256_cvtps_epi32(p), ordered)
-    };
+    let quant8 = |i: usize| quantize8(load8(x, i), vscale);
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let ones8 = _mm256_set1_epi8(1);
     let ones16 = _mm256_set1_epi16(1);
