@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use kt_kernels::util::npy::read_npy;
+use kt_model::deepseek::{DeepSeekModel, ForwardTrace, LogitRows};
 
 /// An f32 array of a fixture folder, with its shape.
 pub fn npy_f32(dir: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
@@ -60,4 +61,71 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32], rel: f64, abs: f64) {
 /// Row-wise argmax, lowest index on ties.
 pub fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<u32> {
     logits.chunks_exact(vocab).map(kt_model::deepseek::argmax).collect()
+}
+
+/// Logits and routing of the fixtures' 24 rows: the prompt as one batch (all rows), then
+/// each decode token alone (teacher forcing).
+pub struct Run {
+    /// `[24, vocab]`
+    pub logits: Vec<f32>,
+    /// Per MoE layer, ids `[24, k]` sorted ascending per row, and the matching weights.
+    pub router_ids: Vec<Vec<u32>>,
+    pub router_weights: Vec<Vec<f32>>,
+    pub router_logits: Vec<Vec<f32>>,
+    /// The residual stream after each layer for the prompt rows, `[layers][16 * hidden]`.
+    pub prompt_layer_outputs: Vec<Vec<f32>>,
+}
+
+pub fn run_teacher_forced(m: &DeepSeekModel, prompt: &[u32], decode: &[u32]) -> Run {
+    let mut cache = m.new_cache(prompt.len() + decode.len()).unwrap();
+    let mut run = Run {
+        logits: Vec::new(),
+        router_ids: Vec::new(),
+        router_weights: Vec::new(),
+        router_logits: Vec::new(),
+        prompt_layer_outputs: Vec::new(),
+    };
+    let batches = std::iter::once(prompt).chain(decode.chunks(1));
+    for (i, batch) in batches.enumerate() {
+        let mut trace = ForwardTrace::default();
+        let logits = m
+            .forward(batch, &mut cache, LogitRows::All, Some(&mut trace))
+            .unwrap();
+        run.logits.extend_from_slice(&logits);
+        if i == 0 {
+            run.prompt_layer_outputs = trace.layer_outputs;
+            let n = trace.routing.len();
+            run.router_ids = vec![Vec::new(); n];
+            run.router_weights = vec![Vec::new(); n];
+            run.router_logits = vec![Vec::new(); n];
+        }
+        let k = m.config().experts_per_tok;
+        for (j, (_, r)) in trace.routing.into_iter().enumerate() {
+            let (mut ids, mut w) = (r.ids, r.weights);
+            kt_kernels::ops::sort_topk_by_expert(&mut ids, &mut w, k).unwrap();
+            run.router_ids[j].extend(ids);
+            run.router_weights[j].extend(w);
+            run.router_logits[j].extend(r.logits);
+        }
+    }
+    run
+}
+
+/// Positions (of `n_pos`) where the sorted expert sets of `a` and `b` (`[n_pos, k]`) differ.
+pub fn router_mismatches(a: &[u32], b: &[u32], k: usize) -> Vec<usize> {
+    a.chunks_exact(k)
+        .zip(b.chunks_exact(k))
+        .enumerate()
+        .filter(|(_, (x, y))| x != y)
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// `a[rows]` of `[n, width]` arrays, keeping only rows not in `skip`.
+pub fn rows_except(a: &[f32], width: usize, skip: &[usize]) -> Vec<f32> {
+    a.chunks_exact(width)
+        .enumerate()
+        .filter(|(p, _)| !skip.contains(p))
+        .flat_map(|(_, r)| r.iter().copied())
+        .collect()
 }
