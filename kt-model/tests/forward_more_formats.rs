@@ -17,13 +17,26 @@ fn check(variant: &str) {
     let m = DeepSeekModel::from_gguf(&g, MatmulMode::Reference).unwrap();
     let (prompt, decode) = prompt_and_decode(&dir);
     let run = run_teacher_forced(&m, &prompt, &decode);
-    let (_, ids) = npy_ids(&dir, &format!("llamacpp_{variant}_dequant_f32_router_topk_idx.npy"));
+    let (_, ids) = npy_ids(
+        &dir,
+        &format!("llamacpp_{variant}_dequant_f32_router_topk_idx.npy"),
+    );
     for j in 0..2 {
         let theirs = &ids[j * 24 * K..(j + 1) * 24 * K];
-        assert_eq!(router_mismatches(&run.router_ids[j], theirs, K), Vec::<usize>::new(), "{variant} MoE layer {j}");
+        assert_eq!(
+            router_mismatches(&run.router_ids[j], theirs, K),
+            Vec::<usize>::new(),
+            "{variant} MoE layer {j}"
+        );
     }
     let (_, lc) = npy_f32(&dir, &format!("llamacpp_{variant}_dequant_f32_logits.npy"));
-    assert_close(&format!("{variant} vs llama.cpp dequantized"), &run.logits, &lc, 1e-5, 1e-4);
+    assert_close(
+        &format!("{variant} vs llama.cpp dequantized"),
+        &run.logits,
+        &lc,
+        1e-5,
+        1e-4,
+    );
 }
 
 #[test]

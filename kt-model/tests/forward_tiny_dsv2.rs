@@ -29,22 +29,44 @@ fn bf16_reference_matches_hf_and_llamacpp_f32() {
     let hf: Vec<f32> = pre.iter().chain(&dec).copied().collect();
     assert_close("V2 24 logits rows vs HF", &run.logits, &hf, 1e-5, 1e-4);
     let (_, lc) = npy_f32(&dir, "llamacpp_f32_logits.npy");
-    assert_close("V2 24 logits rows vs llama.cpp F32", &run.logits, &lc, 1e-5, 1e-4);
+    assert_close(
+        "V2 24 logits rows vs llama.cpp F32",
+        &run.logits,
+        &lc,
+        1e-5,
+        1e-4,
+    );
 
     let (shape, layers) = npy_f32(&dir, "hf_layer_outputs.npy");
     let per_layer = shape[1] * shape[2];
     for (l, ours) in run.prompt_layer_outputs.iter().enumerate() {
         let theirs = &layers[l * per_layer..(l + 1) * per_layer];
-        assert_close(&format!("V2 layer {l} output vs HF"), ours, theirs, 1e-5, 1e-4);
+        assert_close(
+            &format!("V2 layer {l} output vs HF"),
+            ours,
+            theirs,
+            1e-5,
+            1e-4,
+        );
     }
 
     let (_, ids) = npy_ids(&dir, "hf_router_topk_idx.npy");
     let (_, weights) = npy_f32(&dir, "hf_router_topk_weight.npy");
     for j in 0..2 {
         let span = j * 24 * K..(j + 1) * 24 * K;
-        assert_eq!(run.router_ids[j], ids[span.clone()], "V2 MoE layer {j}: expert ids");
+        assert_eq!(
+            run.router_ids[j],
+            ids[span.clone()],
+            "V2 MoE layer {j}: expert ids"
+        );
         // softmax probabilities, no normalization, scale 1: f32 rounding only
-        assert_close(&format!("V2 MoE layer {j}: weights"), &run.router_weights[j], &weights[span], 1e-5, 1e-6);
+        assert_close(
+            &format!("V2 MoE layer {j}: weights"),
+            &run.router_weights[j],
+            &weights[span],
+            1e-5,
+            1e-6,
+        );
     }
 }
 
@@ -55,7 +77,9 @@ fn bf16_reference_greedy_tokens_match_hf() {
     let m = DeepSeekModel::from_gguf(&g, MatmulMode::Reference).unwrap();
     let (prompt, decode) = prompt_and_decode(&dir);
     let mut cache = m.new_cache(24).unwrap();
-    let tokens = m.generate_greedy(&prompt, decode.len(), &mut cache).unwrap();
+    let tokens = m
+        .generate_greedy(&prompt, decode.len(), &mut cache)
+        .unwrap();
     assert_eq!(tokens, decode);
 }
 
@@ -69,10 +93,20 @@ fn q4_k_m_reference_matches_llamacpp_dequantized() {
     let (_, ids) = npy_ids(&dir, "llamacpp_q4_k_m_dequant_f32_router_topk_idx.npy");
     for j in 0..2 {
         let theirs = &ids[j * 24 * K..(j + 1) * 24 * K];
-        assert_eq!(router_mismatches(&run.router_ids[j], theirs, K), Vec::<usize>::new(), "MoE layer {j}");
+        assert_eq!(
+            router_mismatches(&run.router_ids[j], theirs, K),
+            Vec::<usize>::new(),
+            "MoE layer {j}"
+        );
     }
     let (_, lc) = npy_f32(&dir, "llamacpp_q4_k_m_dequant_f32_logits.npy");
-    assert_close("V2 Q4_K_M f32-activation logits vs llama.cpp dequantized", &run.logits, &lc, 1e-5, 1e-4);
+    assert_close(
+        "V2 Q4_K_M f32-activation logits vs llama.cpp dequantized",
+        &run.logits,
+        &lc,
+        1e-5,
+        1e-4,
+    );
 }
 
 /// Quantized mode against llama.cpp's native Q4_K_M run, on every ISA: identical routing on
@@ -93,13 +127,20 @@ fn q4_k_m_quantized_matches_llamacpp_native() {
         let m = DeepSeekModel::from_gguf(&g, MatmulMode::Quantized(isa)).unwrap();
         let run = run_teacher_forced(&m, &prompt, &decode);
         for j in 0..2 {
-            assert_eq!(run.router_ids[j], ids[j * 24 * K..(j + 1) * 24 * K], "{isa:?} MoE layer {j}");
+            assert_eq!(
+                run.router_ids[j],
+                ids[j * 24 * K..(j + 1) * 24 * K],
+                "{isa:?} MoE layer {j}"
+            );
         }
         for row in 0..24 {
             let s = row * 512..(row + 1) * 512;
             let e = rel_l2_and_max_abs(&run.logits[s.clone()], &native[s]).0;
             let limit = if row <= 3 { 1e-5 } else { 5e-2 };
-            assert!(e <= limit, "{isa:?} row {row}: rel L2 {e:.3e} vs llama.cpp native (limit {limit:.0e})");
+            assert!(
+                e <= limit,
+                "{isa:?} row {row}: rel L2 {e:.3e} vs llama.cpp native (limit {limit:.0e})"
+            );
         }
     }
 }

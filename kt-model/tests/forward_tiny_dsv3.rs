@@ -48,11 +48,27 @@ fn bf16_reference_matches_hf() {
     assert_eq!(run.router_ids.len(), 2, "MoE layers 1 and 2");
     for j in 0..2 {
         let span = j * 24 * K..(j + 1) * 24 * K;
-        assert_eq!(run.router_ids[j], ids[span.clone()], "MoE layer {j}: expert ids");
+        assert_eq!(
+            run.router_ids[j],
+            ids[span.clone()],
+            "MoE layer {j}: expert ids"
+        );
         // weights are sigmoid scores normalized and scaled by 2.5: f32 error of a few ulps
-        assert_close(&format!("MoE layer {j}: weights"), &run.router_weights[j], &weights[span], 1e-5, 1e-5);
+        assert_close(
+            &format!("MoE layer {j}: weights"),
+            &run.router_weights[j],
+            &weights[span],
+            1e-5,
+            1e-5,
+        );
         let span = j * 24 * 16..(j + 1) * 24 * 16;
-        assert_close(&format!("MoE layer {j}: router logits"), &run.router_logits[j], &logits[span], 1e-5, 1e-5);
+        assert_close(
+            &format!("MoE layer {j}: router logits"),
+            &run.router_logits[j],
+            &logits[span],
+            1e-5,
+            1e-5,
+        );
     }
 }
 
@@ -61,10 +77,20 @@ fn bf16_reference_matches_llamacpp_f32() {
     let dir = dsv3_dir();
     let run = bf16_run();
     let (_, lc) = npy_f32(&dir, "llamacpp_f32_logits.npy");
-    assert_close("24 logits rows vs llama.cpp F32", &run.logits, &lc, 1e-5, 1e-4);
+    assert_close(
+        "24 logits rows vs llama.cpp F32",
+        &run.logits,
+        &lc,
+        1e-5,
+        1e-4,
+    );
     let (_, ids) = npy_ids(&dir, "llamacpp_f32_router_topk_idx.npy");
     for j in 0..2 {
-        assert_eq!(run.router_ids[j], ids[j * 24 * K..(j + 1) * 24 * K], "MoE layer {j}");
+        assert_eq!(
+            run.router_ids[j],
+            ids[j * 24 * K..(j + 1) * 24 * K],
+            "MoE layer {j}"
+        );
     }
 }
 
@@ -133,10 +159,20 @@ fn q4_k_m_reference_matches_llamacpp_dequantized() {
     let (_, ids) = npy_ids(&dir, "llamacpp_q4_k_m_dequant_f32_router_topk_idx.npy");
     for j in 0..2 {
         let theirs = &ids[j * 24 * K..(j + 1) * 24 * K];
-        assert_eq!(router_mismatches(&run.router_ids[j], theirs, K), Vec::<usize>::new(), "MoE layer {j}");
+        assert_eq!(
+            router_mismatches(&run.router_ids[j], theirs, K),
+            Vec::<usize>::new(),
+            "MoE layer {j}"
+        );
     }
     let (_, lc) = npy_f32(&dir, "llamacpp_q4_k_m_dequant_f32_logits.npy");
-    assert_close("Q4_K_M f32-activation logits vs llama.cpp dequantized", &run.logits, &lc, 1e-5, 1e-4);
+    assert_close(
+        "Q4_K_M f32-activation logits vs llama.cpp dequantized",
+        &run.logits,
+        &lc,
+        1e-5,
+        1e-4,
+    );
 }
 
 /// Per-row rel L2 of `[24, vocab]` logits against `theirs`.
@@ -167,7 +203,11 @@ fn q4_k_m_quantized_matches_llamacpp_native() {
         let run = run_teacher_forced(&m, &prompt, &decode);
         for j in 0..2 {
             let theirs = &ids[j * 24 * K..(j + 1) * 24 * K];
-            assert_eq!(router_mismatches(&run.router_ids[j], theirs, K), [23], "{isa:?} MoE layer {j}");
+            assert_eq!(
+                router_mismatches(&run.router_ids[j], theirs, K),
+                [23],
+                "{isa:?} MoE layer {j}"
+            );
         }
         // the flip at row 23 of MoE layer 0 is a near-tie of the 4th and 5th biased scores
         let bias = g.tensor("blk.1.exp_probs_b.bias").unwrap();
@@ -179,15 +219,25 @@ fn q4_k_m_quantized_matches_llamacpp_native() {
             .map(|(&l, &b)| kt_kernels::ops::sigmoid(l) + b)
             .collect();
         biased.sort_by(|a, b| b.total_cmp(a));
-        assert!(biased[3] - biased[4] < 1e-3, "{isa:?}: row 23 is not a near-tie: {biased:?}");
+        assert!(
+            biased[3] - biased[4] < 1e-3,
+            "{isa:?}: row 23 is not a near-tie: {biased:?}"
+        );
 
         let err = row_errors(&run.logits, &native);
         for (row, &e) in err.iter().enumerate().take(22) {
-            assert!(e <= 1e-5, "{isa:?} row {row}: rel L2 {e:.3e} vs llama.cpp native");
+            assert!(
+                e <= 1e-5,
+                "{isa:?} row {row}: rel L2 {e:.3e} vs llama.cpp native"
+            );
         }
         assert!(err[22] <= 5e-2, "{isa:?} row 22: rel L2 {:.3e}", err[22]);
-        eprintln!("{isa:?}: rows 0..=21 max rel L2 {:.3e}; row 22 {:.3e}; row 23 {:.3e}",
-            err[..22].iter().cloned().fold(0.0, f64::max), err[22], err[23]);
+        eprintln!(
+            "{isa:?}: rows 0..=21 max rel L2 {:.3e}; row 22 {:.3e}; row 23 {:.3e}",
+            err[..22].iter().cloned().fold(0.0, f64::max),
+            err[22],
+            err[23]
+        );
     }
 }
 
@@ -209,12 +259,19 @@ fn bf16_quantized_matches_llamacpp_native() {
         let m = DeepSeekModel::from_gguf(&g, MatmulMode::Quantized(isa)).unwrap();
         let run = run_teacher_forced(&m, &prompt, &decode);
         for j in 0..2 {
-            assert_eq!(run.router_ids[j], ids[j * 24 * K..(j + 1) * 24 * K], "{isa:?} MoE layer {j}");
+            assert_eq!(
+                run.router_ids[j],
+                ids[j * 24 * K..(j + 1) * 24 * K],
+                "{isa:?} MoE layer {j}"
+            );
         }
         let err = row_errors(&run.logits, &native);
         for (row, &e) in err.iter().enumerate() {
             let limit = if row <= 12 { 1e-5 } else { 1e-2 };
-            assert!(e <= limit, "{isa:?} row {row}: rel L2 {e:.3e} vs llama.cpp native (limit {limit:.0e})");
+            assert!(
+                e <= limit,
+                "{isa:?} row {row}: rel L2 {e:.3e} vs llama.cpp native (limit {limit:.0e})"
+            );
         }
     }
 }

@@ -95,7 +95,10 @@ impl<'a> AttentionWeights<'a> {
             },
         };
         let kv_up = match &t.kv_b {
-            KvUp::Split { k_b, v_b } => KvUpWeights::Split { k_b: *k_b, v_b: *v_b },
+            KvUp::Split { k_b, v_b } => KvUpWeights::Split {
+                k_b: *k_b,
+                v_b: *v_b,
+            },
             KvUp::Fused { kv_b } => KvUpWeights::Fused(Linear::from_2d(kv_b)?),
         };
         Ok(AttentionWeights {
@@ -304,5 +307,181 @@ fn attend_latent(
     }
     for (ov, &a) in o.iter_mut().zip(acc.iter()) {
         *ov = (a / sum) as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The absorbed attention of a layer against `kt_kernels::ops::mla_naive` (keys and
+    //! values expanded per head) on random f32 weights, for prefills continuing a cache.
+
+    use super::*;
+    use kt_kernels::ops::{mla_naive, KvB, LatentCache, MlaDims};
+    use kt_kernels::quant::QType;
+    use kt_kernels::util::SplitMix64;
+
+    fn randn(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| scale * rng.normal() + 1e-3).collect()
+    }
+
+    fn bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn tensor<'a>(name: &'a str, dims: &'a [usize], data: &'a [u8]) -> Tensor<'a> {
+        Tensor {
+            name,
+            qtype: QType::F32,
+            dims,
+            data,
+        }
+    }
+
+    /// `out[t, r] = sum_c w[r, c] x[t, c]`, plainly.
+    fn matvec(w: &[f32], rows: usize, cols: usize, x: &[f32]) -> Vec<f32> {
+        x.chunks_exact(cols)
+            .flat_map(|xt| {
+                (0..rows).map(move |r| {
+                    let row = &w[r * cols..(r + 1) * cols];
+                    row.iter()
+                        .zip(xt)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum::<f64>() as f32
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn absorbed_layer_matches_naive_expansion() {
+        let (hidden, heads, nope, rope_d, rank, v) =
+            (48usize, 3usize, 16usize, 8usize, 32usize, 12usize);
+        let qk = nope + rope_d;
+        let mut rng = SplitMix64::new(7);
+        let wq = randn(&mut rng, heads * qk * hidden, 0.2);
+        let wkva = randn(&mut rng, (rank + rope_d) * hidden, 0.2);
+        let norm: Vec<f32> = (0..rank).map(|_| 1.0 + 0.1 * rng.normal()).collect();
+        // per head: W_uk [nope, rank] and W_uv [v, rank]
+        let w_uk = randn(&mut rng, heads * nope * rank, 0.2);
+        let w_uv = randn(&mut rng, heads * v * rank, 0.2);
+        let wo = randn(&mut rng, hidden * heads * v, 0.1);
+        // attn_k_b stores each head's W_uk transposed: [rank rows of nope]
+        let mut k_b = vec![0.0f32; heads * rank * nope];
+        for h in 0..heads {
+            for i in 0..nope {
+                for r in 0..rank {
+                    k_b[(h * rank + r) * nope + i] = w_uk[(h * nope + i) * rank + r];
+                }
+            }
+        }
+        let (bq, bkva, bnorm, bkb, bvb, bo) = (
+            bytes(&wq),
+            bytes(&wkva),
+            bytes(&norm),
+            bytes(&k_b),
+            bytes(&w_uv),
+            bytes(&wo),
+        );
+        let dims = [
+            [hidden, heads * qk, 0],
+            [hidden, rank + rope_d, 0],
+            [nope, rank, heads],
+            [rank, v, heads],
+            [heads * v, hidden, 0],
+        ];
+        let attn = Attention {
+            q: QueryProj::Direct {
+                q: tensor("q", &dims[0][..2], &bq),
+            },
+            kv_a_mqa: tensor("kva", &dims[1][..2], &bkva),
+            kv_a_norm: tensor("norm", std::slice::from_ref(&rank), &bnorm),
+            kv_b: KvUp::Split {
+                k_b: tensor("k_b", &dims[2], &bkb),
+                v_b: tensor("v_b", &dims[3], &bvb),
+            },
+            output: tensor("o", &dims[4][..2], &bo),
+        };
+        let w = AttentionWeights::new(&attn).unwrap();
+        let rope = RopeYarn::plain(rope_d, 10000.0).unwrap();
+        let shape = MlaShape {
+            heads,
+            nope,
+            rope: rope_d,
+            rank,
+            v,
+            eps: 1e-6,
+            scale: rope.softmax_scale(qk),
+        };
+        let capacity = 11;
+        let mut cache = LayerCache {
+            latent: vec![f32::NAN; capacity * rank],
+            k_pe: vec![f32::NAN; capacity * rope_d],
+        };
+        let x = randn(&mut rng, capacity * hidden, 1.0);
+        // the sequence in three batches: 4 tokens, 1, then 6
+        let mut ours = vec![f32::NAN; capacity * hidden];
+        let mut start = 0;
+        for n in [4, 1, 6] {
+            let (xs, os) = (
+                &x[start * hidden..(start + n) * hidden],
+                &mut ours[start * hidden..(start + n) * hidden],
+            );
+            w.forward(
+                &shape,
+                MatmulMode::Reference,
+                &rope,
+                xs,
+                n,
+                start,
+                &mut cache,
+                os,
+            )
+            .unwrap();
+            start += n;
+        }
+
+        // naive: project, rope, normalize, expand per head, project out
+        let mut q = matvec(&wq, heads * qk, hidden, &x);
+        let positions: Vec<usize> = (0..capacity).collect();
+        rope.apply_tokens(&mut q, &positions, qk, nope).unwrap();
+        let kv = matvec(&wkva, rank + rope_d, hidden, &x);
+        let mut latent = Vec::new();
+        let mut k_pe = Vec::new();
+        for (p, row) in kv.chunks_exact(rank + rope_d).enumerate() {
+            let mut c = row[..rank].to_vec();
+            rmsnorm_inplace(&mut c, &norm, 1e-6).unwrap();
+            latent.extend(c);
+            let mut kp = row[rank..].to_vec();
+            rope.apply(&mut kp, p).unwrap();
+            k_pe.extend(kp);
+        }
+        let dims = MlaDims {
+            n_heads: heads,
+            nope_dim: nope,
+            rope_dim: rope_d,
+            kv_lora_rank: rank,
+            v_dim: v,
+        };
+        let mut heads_out = vec![f32::NAN; capacity * heads * v];
+        let lc = LatentCache {
+            latent: &latent,
+            k_pe: &k_pe,
+        };
+        let kvb = KvB {
+            w_uk: &w_uk,
+            w_uv: &w_uv,
+        };
+        mla_naive(&dims, &q, 0, &lc, &kvb, shape.scale, &mut heads_out).unwrap();
+        let expected = matvec(&wo, hidden, heads * v, &heads_out);
+
+        assert_eq!(cache.latent, latent, "cached latents");
+        for (i, (&a, &b)) in ours.iter().zip(&expected).enumerate() {
+            // f32 intermediates (q, q_lat, o_lat) rounded in different places: a few ulps
+            // of the largest terms, relative to outputs of size ~1
+            assert!(
+                (a - b).abs() <= 1e-5 + 1e-5 * b.abs(),
+                "out[{i}]: {a} vs {b}"
+            );
+        }
     }
 }

@@ -103,7 +103,11 @@ impl KvCache {
                 ),
             });
         }
-        if self.len.checked_add(new).is_none_or(|end| end > self.capacity) {
+        if self
+            .len
+            .checked_add(new)
+            .is_none_or(|end| end > self.capacity)
+        {
             return Err(ModelError::CacheFull {
                 cached: self.len,
                 new,

@@ -40,7 +40,13 @@ impl<'a> Mlp<'a> {
     }
 
     /// `out` `[T, hidden]` for `x` `[T, hidden]`.
-    pub fn forward(&self, mode: MatmulMode, x: &[f32], tokens: usize, out: &mut [f32]) -> Result<()> {
+    pub fn forward(
+        &self,
+        mode: MatmulMode,
+        x: &[f32],
+        tokens: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
         let width = self.gate.rows;
         let mut g = vec![0.0f32; tokens * width];
         let mut u = vec![0.0f32; tokens * width];
@@ -103,11 +109,22 @@ impl<'a> Moe<'a> {
             weights: vec![0.0; tokens * k],
         };
         self.router.apply(mode, x, tokens, &mut r.logits)?;
-        route(&self.config, &r.logits, self.bias.as_deref(), &mut r.ids, &mut r.weights)?;
+        route(
+            &self.config,
+            &r.logits,
+            self.bias.as_deref(),
+            &mut r.ids,
+            &mut r.weights,
+        )?;
 
         // tokens (and their weights) per expert, in token order
         let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e_n];
-        for (t, (ids, ws)) in r.ids.chunks_exact(k).zip(r.weights.chunks_exact(k)).enumerate() {
+        for (t, (ids, ws)) in r
+            .ids
+            .chunks_exact(k)
+            .zip(r.weights.chunks_exact(k))
+            .enumerate()
+        {
             for (&e, &w) in ids.iter().zip(ws) {
                 chosen[e as usize].push((t, w));
             }

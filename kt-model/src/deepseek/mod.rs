@@ -15,9 +15,9 @@
 //! router ties go to the lowest expert id (`kt_kernels::ops::gating`); argmax ties to the
 //! lowest token id.
 
-pub mod attention;
+mod attention;
 pub mod cache;
-pub mod ffn;
+mod ffn;
 pub mod linear;
 pub mod model;
 

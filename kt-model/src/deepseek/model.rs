@@ -33,7 +33,7 @@ pub struct ForwardTrace {
 
 enum FfnWeights<'a> {
     Dense(Mlp<'a>),
-    Moe(Moe<'a>),
+    Moe(Box<Moe<'a>>),
 }
 
 struct Layer<'a> {
@@ -88,7 +88,7 @@ impl<'a> DeepSeekModel<'a> {
                     ffn_norm: dequantize_vector(&l.ffn_norm)?,
                     ffn: match &l.ffn {
                         Ffn::Dense(d) => FfnWeights::Dense(Mlp::new(d)?),
-                        Ffn::Moe(m) => FfnWeights::Moe(Moe::new(m, &config)?),
+                        Ffn::Moe(m) => FfnWeights::Moe(Box::new(Moe::new(m, &config)?)),
                     },
                 })
             })

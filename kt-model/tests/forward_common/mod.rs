@@ -55,12 +55,18 @@ pub fn rel_l2_and_max_abs(a: &[f32], b: &[f32]) -> (f64, f64) {
 pub fn assert_close(what: &str, a: &[f32], b: &[f32], rel: f64, abs: f64) {
     let (r, m) = rel_l2_and_max_abs(a, b);
     eprintln!("{what}: rel L2 {r:.3e}, max abs {m:.3e}");
-    assert!(r <= rel && m <= abs, "{what}: rel L2 {r:.3e} (limit {rel:.0e}), max abs {m:.3e} (limit {abs:.0e})");
+    assert!(
+        r <= rel && m <= abs,
+        "{what}: rel L2 {r:.3e} (limit {rel:.0e}), max abs {m:.3e} (limit {abs:.0e})"
+    );
 }
 
 /// Row-wise argmax, lowest index on ties.
 pub fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<u32> {
-    logits.chunks_exact(vocab).map(kt_model::deepseek::argmax).collect()
+    logits
+        .chunks_exact(vocab)
+        .map(kt_model::deepseek::argmax)
+        .collect()
 }
 
 /// Logits and routing of the fixtures' 24 rows: the prompt as one batch (all rows), then
