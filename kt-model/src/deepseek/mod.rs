@@ -1,9 +1,9 @@
 //! The DeepSeek V2/V3 forward pass on the CPU, straight from GGUF tensors.
 //!
 //! Per layer (pre-norm, residual): `x += attn(rmsnorm(x))` with multi-head latent
-//! attention over a latent KV cache ([`attention`], [`cache`]); `x += ffn(rmsnorm(x))`
+//! attention over a latent KV cache (`attention.rs`, [`cache`]); `x += ffn(rmsnorm(x))`
 //! with a SwiGLU MLP in the first `first_k_dense_replace` layers and routed experts plus
-//! shared experts after ([`ffn`]); then the final norm and the output head ([`model`]).
+//! shared experts after (`ffn.rs`); then the final norm and the output head ([`model`]).
 //!
 //! Every weight product goes through [`Linear`] in one [`MatmulMode`]: `Reference`
 //! (dequantized weights, f32 activations: the model's exact function, what the fixtures
