@@ -267,7 +267,13 @@ fn bf16_quantized_matches_llamacpp_native() {
         }
         let err = row_errors(&run.logits, &native);
         for (row, &e) in err.iter().enumerate() {
-            let limit = if row <= 12 { 1e-5 } else { 1e-2 };
+            // The 1e-5 agreement of rows 0..=12 holds for the scalar backend, whose f32
+            // summation order gives bit-for-bit the same bf16 activations as llama.cpp's run.
+            // The SIMD backends sum in another order; a 1e-7 difference upstream then flips
+            // the bf16 rounding of an occasional activation (2^-9 relative of that element),
+            // measured at up to 3e-3 per row after three layers. They are held to the fast
+            // path's 1e-2 (the size of the bf16 activation effect itself).
+            let limit = if row <= 12 && isa == kt_kernels::cpu::Isa::Scalar { 1e-5 } else { 1e-2 };
             assert!(
                 e <= limit,
                 "{isa:?} row {row}: rel L2 {e:.3e} vs llama.cpp native (limit {limit:.0e})"
