@@ -4,10 +4,13 @@
 //!   reference quantize / dequantize / dot.
 //! - [`cpu`]: run-time ISA detection, the per-format kernel tables, the pinned thread
 //!   pool and the format-agnostic matmul driver.
+//! - `cuda` (feature `cuda`): the GPU runtime and kernels (`cuda/*.cu`).
 //! - [`util`]: small helpers shared by tests, benches and the synthetic models
 //!   (deterministic RNG, 64-byte aligned buffers).
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod quant;
 pub mod util;
