@@ -93,8 +93,7 @@ fn check(s: &GpuStream, name: &str, cfg: &GatingConfig, logits: &[f32], bias: Op
             near_ties += 1;
             continue;
         }
-        for p in 0..k {
-            let (g, want) = (got_w[p], r.weights[p]);
+        for (p, (&g, &want)) in got_w.iter().zip(&r.weights).enumerate() {
             assert!((g - want).abs() <= 1e-5 * want.abs() + 1e-9, "{name}: token {t} weight {p}: {g} vs {want}");
         }
     }

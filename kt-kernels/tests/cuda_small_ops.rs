@@ -34,7 +34,7 @@ fn rmsnorm_case<T: GpuFloat>(s: &GpuStream, tokens: usize, dim: usize, seed: u64
     s.rmsnorm(&xd, &wd, &mut out, tokens, eps).unwrap();
     let got = s.download(&out).unwrap();
     let u = T::UNIT_ROUNDOFF;
-    assert_close(&format!("rmsnorm {} t{tokens} d{dim}", T::SUFFIX), &got, &want, |_, r| (u + F32_WORK) * r.abs() + 1e-30);
+    assert_close(&format!("rmsnorm {} t{tokens} d{dim}", T::SUFFIX), &got, &want, |_, r| (u + F32_WORK) * r.abs() + 0.5 * T::MIN_SUBNORMAL);
 }
 
 fn silu_mul_case<T: GpuFloat>(s: &GpuStream, tokens: usize, d: usize, seed: u64) {
@@ -55,7 +55,7 @@ fn silu_mul_case<T: GpuFloat>(s: &GpuStream, tokens: usize, d: usize, seed: u64)
     let got = s.download(&out).unwrap();
     let u = T::UNIT_ROUNDOFF;
     // expf is within 2 ulp; with the division and products about 6 f32 roundings.
-    assert_close(&format!("silu_mul {} t{tokens} d{d}", T::SUFFIX), &got, &want, |_, r| (u + 1e-6) * r.abs() + 1e-30);
+    assert_close(&format!("silu_mul {} t{tokens} d{d}", T::SUFFIX), &got, &want, |_, r| (u + 1e-6) * r.abs() + 0.5 * T::MIN_SUBNORMAL);
 }
 
 fn add_case<T: GpuFloat>(s: &GpuStream, n: usize, seed: u64) {
@@ -69,7 +69,7 @@ fn add_case<T: GpuFloat>(s: &GpuStream, n: usize, seed: u64) {
     let got = s.download(&acc).unwrap();
     let u = T::UNIT_ROUNDOFF;
     // One f32 rounding of the exact sum, then one rounding to T.
-    assert_close(&format!("add {} n{n}", T::SUFFIX), &got, &want, |_, r| (u + 6e-8) * r.abs() + 1e-30);
+    assert_close(&format!("add {} n{n}", T::SUFFIX), &got, &want, |_, r| (u + 6e-8) * r.abs() + 0.5 * T::MIN_SUBNORMAL);
 }
 
 fn embedding_case<T: GpuFloat>(s: &GpuStream, tokens: usize, seed: u64) {

@@ -10,6 +10,9 @@ pub trait GpuFloat: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync 
     const SUFFIX: &'static str;
     /// Unit roundoff of the type (half its epsilon): the relative error of one rounding.
     const UNIT_ROUNDOFF: f64;
+    /// The smallest positive (subnormal) value: below the normal range a rounding errs by up
+    /// to half of it, absolutely, instead of UNIT_ROUNDOFF relatively.
+    const MIN_SUBNORMAL: f64;
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
 }
@@ -20,6 +23,7 @@ pub trait MmaFloat: GpuFloat {}
 impl GpuFloat for f32 {
     const SUFFIX: &'static str = "f32";
     const UNIT_ROUNDOFF: f64 = 5.960464477539063e-8; // 2^-24
+    const MIN_SUBNORMAL: f64 = 1.401298464324817e-45; // 2^-149
     fn from_f32(v: f32) -> Self {
         v
     }
@@ -31,6 +35,7 @@ impl GpuFloat for f32 {
 impl GpuFloat for f16 {
     const SUFFIX: &'static str = "f16";
     const UNIT_ROUNDOFF: f64 = 4.8828125e-4; // 2^-11
+    const MIN_SUBNORMAL: f64 = 5.960464477539063e-8; // 2^-24
     fn from_f32(v: f32) -> Self {
         f16::from_f32(v)
     }
@@ -42,6 +47,7 @@ impl GpuFloat for f16 {
 impl GpuFloat for bf16 {
     const SUFFIX: &'static str = "bf16";
     const UNIT_ROUNDOFF: f64 = 3.90625e-3; // 2^-8
+    const MIN_SUBNORMAL: f64 = 9.183549615799121e-41; // 2^-133
     fn from_f32(v: f32) -> Self {
         bf16::from_f32(v)
     }

@@ -104,7 +104,7 @@ impl GatingConfig {
         if c.n_experts == 0 || c.n_experts > MAX_EXPERTS {
             return bad(format!("n_experts {} is not in 1..={MAX_EXPERTS}", c.n_experts));
         }
-        if c.n_group == 0 || c.n_group > MAX_GROUPS || c.n_experts % c.n_group != 0 {
+        if c.n_group == 0 || c.n_group > MAX_GROUPS || !c.n_experts.is_multiple_of(c.n_group) {
             return bad(format!("n_group {} must be in 1..={MAX_GROUPS} and divide n_experts {}", c.n_group, c.n_experts));
         }
         if c.topk_group == 0 || c.topk_group > c.n_group {

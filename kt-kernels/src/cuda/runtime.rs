@@ -57,8 +57,12 @@ impl Gpu {
         };
         let kernels = Arc::new(Kernels::load(&ctx)?);
         let info = Arc::new(info);
+        // The context's default stream: while it is the only one, cudarc skips its per-buffer
+        // cross-stream event tracking (two driver calls per buffer argument of every launch,
+        // which made small launches host-bound); a second stream turns it on, keeping buffers
+        // shared between streams safe.
         let stream = GpuStream {
-            stream: ctx.new_stream().map_err(driver("cuStreamCreate"))?,
+            stream: ctx.default_stream(),
             kernels: kernels.clone(),
             info: info.clone(),
         };
@@ -69,7 +73,7 @@ impl Gpu {
         &self.info
     }
 
-    /// The stream created with the context; enough for work that runs in order.
+    /// The context's default stream; enough for work that runs in order.
     pub fn stream(&self) -> &GpuStream {
         &self.stream
     }

@@ -122,7 +122,7 @@ impl GpuStream {
         out: &mut DeviceBuf<T>,
     ) -> CudaResult<()> {
         const OP: &str = "embedding";
-        if vocab == 0 || table.len() % vocab != 0 || table.len() == 0 {
+        if vocab == 0 || table.is_empty() || !table.len().is_multiple_of(vocab) {
             return Err(shape(OP, format!("table of {} elements is not vocab {vocab} rows", table.len())));
         }
         let dim = table.len() / vocab;
@@ -149,7 +149,7 @@ impl GpuStream {
     /// elements. Ties go to the lowest index; NaN never wins (an all-NaN row gives 0).
     pub fn argmax<T: GpuFloat>(&self, x: &DeviceBuf<T>, rows: usize, out: &mut DeviceBuf<u32>) -> CudaResult<()> {
         const OP: &str = "argmax";
-        if rows == 0 || x.len() % rows != 0 || x.is_empty() || out.len() != rows {
+        if rows == 0 || x.is_empty() || !x.len().is_multiple_of(rows) || out.len() != rows {
             return Err(shape(OP, format!("x has {} elements, out {}; expected rows {rows} (> 0) of equal length", x.len(), out.len())));
         }
         let n = x.len() / rows;

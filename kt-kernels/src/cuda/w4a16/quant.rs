@@ -44,7 +44,7 @@ impl QuantError {
 }
 
 pub(crate) fn check_shape(op: &'static str, n: usize, k: usize) -> CudaResult<()> {
-    if n == 0 || k == 0 || n % TILE_N != 0 || k % GROUP != 0 {
+    if n == 0 || k == 0 || !n.is_multiple_of(TILE_N) || !k.is_multiple_of(GROUP) {
         return Err(shape(op, format!("n {n} must be a positive multiple of {TILE_N}, k {k} of {GROUP}")));
     }
     Ok(())
