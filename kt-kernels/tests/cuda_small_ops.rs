@@ -1,4 +1,6 @@
-//! GPU small ops against plain f64 references, for f32, f16 and bf16, at odd token counts.
+//! GPU small ops against the scalar references (`kt_kernels::ops` for RMSNorm and
+//! SiLU-and-multiply, plain sums, copies and scans for the rest), for f32, f16 and bf16, at
+//! odd token counts.
 //! Skips (with a message) on machines without a GPU unless KT_REQUIRE_GPU is set.
 #![cfg(feature = "cuda")]
 
@@ -7,11 +9,12 @@ mod cuda_common;
 use cuda_common::{assert_close, gpu_or_skip, nan_buf, random, to_f64};
 use half::{bf16, f16};
 use kt_kernels::cuda::{GpuFloat, GpuStream};
+use kt_kernels::ops;
 use kt_kernels::util::SplitMix64;
 
 const TOKENS: [usize; 4] = [1, 3, 17, 129];
 /// Relative error of the kernels' f32 arithmetic before the final rounding (a block sum of
-/// up to ~7k squares, then a handful of roundings).
+/// up to ~7k squares, then a handful of roundings), plus the reference's own rounding to f32.
 const F32_WORK: f64 = 4e-6;
 
 fn rmsnorm_case<T: GpuFloat>(s: &GpuStream, tokens: usize, dim: usize, seed: u64) {
@@ -19,16 +22,11 @@ fn rmsnorm_case<T: GpuFloat>(s: &GpuStream, tokens: usize, dim: usize, seed: u64
     let x: Vec<T> = random(&mut rng, tokens * dim, 1.5);
     let w: Vec<T> = (0..dim).map(|_| T::from_f32(1.0 + 0.3 * rng.normal())).collect();
     let eps = 1e-6f32;
-    let (xf, wf) = (to_f64(&x), to_f64(&w));
-    let mut want = vec![0.0f64; tokens * dim];
-    for t in 0..tokens {
-        let row = &xf[t * dim..(t + 1) * dim];
-        let ss: f64 = row.iter().map(|v| v * v).sum();
-        let inv = 1.0 / (ss / dim as f64 + eps as f64).sqrt();
-        for i in 0..dim {
-            want[t * dim + i] = wf[i] * row[i] * inv;
-        }
-    }
+    // Reference: kt_kernels::ops::rmsnorm (f64 inside, one rounding to f32).
+    let (xf, wf): (Vec<f32>, Vec<f32>) = (x.iter().map(|v| v.to_f32()).collect(), w.iter().map(|v| v.to_f32()).collect());
+    let mut want32 = vec![0.0f32; tokens * dim];
+    ops::rmsnorm(&xf, &wf, eps, &mut want32).unwrap();
+    let want: Vec<f64> = want32.iter().map(|&v| v as f64).collect();
     let (xd, wd) = (s.upload(&x).unwrap(), s.upload(&w).unwrap());
     let mut out = nan_buf::<T>(s, tokens * dim);
     s.rmsnorm(&xd, &wd, &mut out, tokens, eps).unwrap();
@@ -40,21 +38,21 @@ fn rmsnorm_case<T: GpuFloat>(s: &GpuStream, tokens: usize, dim: usize, seed: u64
 fn silu_mul_case<T: GpuFloat>(s: &GpuStream, tokens: usize, d: usize, seed: u64) {
     let mut rng = SplitMix64::new(seed);
     let gu: Vec<T> = random(&mut rng, tokens * 2 * d, 3.0);
-    let f = to_f64(&gu);
-    let mut want = vec![0.0; tokens * d];
+    // Reference: kt_kernels::ops::silu_mul per token (f64 inside, one rounding to f32).
+    let f: Vec<f32> = gu.iter().map(|v| v.to_f32()).collect();
+    let mut want32 = vec![0.0f32; tokens * d];
     for t in 0..tokens {
-        for i in 0..d {
-            let g = f[t * 2 * d + i];
-            let up = f[t * 2 * d + d + i];
-            want[t * d + i] = g / (1.0 + (-g).exp()) * up;
-        }
+        let row = &f[t * 2 * d..(t + 1) * 2 * d];
+        ops::silu_mul(&row[..d], &row[d..], &mut want32[t * d..(t + 1) * d]).unwrap();
     }
+    let want: Vec<f64> = want32.iter().map(|&v| v as f64).collect();
     let gud = s.upload(&gu).unwrap();
     let mut out = nan_buf::<T>(s, tokens * d);
     s.silu_mul(&gud, &mut out, tokens, d).unwrap();
     let got = s.download(&out).unwrap();
     let u = T::UNIT_ROUNDOFF;
-    // expf is within 2 ulp; with the division and products about 6 f32 roundings.
+    // expf is within 2 ulp; with the division and products about 6 f32 roundings, plus the
+    // reference's rounding to f32.
     assert_close(&format!("silu_mul {} t{tokens} d{d}", T::SUFFIX), &got, &want, |_, r| (u + 1e-6) * r.abs() + 0.5 * T::MIN_SUBNORMAL);
 }
 

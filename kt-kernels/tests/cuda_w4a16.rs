@@ -7,7 +7,7 @@ mod cuda_common;
 
 use cuda_common::{gpu_or_skip, nan_buf, random, to_f64};
 use half::{bf16, f16};
-use kt_kernels::cuda::w4a16::{GemmWorkspace, Int4Weights, GROUP};
+use kt_kernels::cuda::w4a16::{GemmPlan, GemmWorkspace, Int4Weights, GROUP};
 use kt_kernels::cuda::{GpuStream, MmaFloat};
 use kt_kernels::quant::{quantize, QType};
 use kt_kernels::util::SplitMix64;
@@ -82,6 +82,28 @@ fn from_gguf_quantizes_the_dequantized_rows() {
     assert_eq!(err, err2);
     assert!(Int4Weights::<bf16>::from_gguf(QType::Q8_0, &bytes[1..], n, k).is_err());
     assert!(Int4Weights::<bf16>::quantize(&w, 60, k).is_err(), "n must be a multiple of 64");
+}
+
+#[test]
+fn gemm_plan_fills_one_wave_with_nonempty_splits() {
+    // H100-like: 132 multiprocessors; 7 resident decode blocks each, 2 of the 64-row kernel.
+    let plan = GemmPlan::new(1, 4096, 7168, 7 * 132, None);
+    assert_eq!(plan.m_tile, 1);
+    assert!(plan.splits > 1, "a decode GEMM splits k: {plan:?}");
+    assert!(plan.splits * 64 <= 7 * 132, "one wave: {plan:?}");
+    let plan = GemmPlan::new(129, 7168, 7168, 2 * 132, None);
+    assert_eq!((plan.m_tile, plan.splits), (4, 1), "enough blocks without splitting: {plan:?}");
+    for m in [1, 3, 17, 33, 129] {
+        for (n, k) in [(64, 128), (192, 384), (4096, 7168), (2048, 1408)] {
+            for force in [None, Some(1), Some(3), Some(1000)] {
+                let p = GemmPlan::new(m, n, k, 900, force);
+                let groups = k / GROUP;
+                assert!(p.splits >= 1 && p.splits <= groups, "{p:?}");
+                // Every split starts inside k: no block without work.
+                assert!((p.splits - 1) * p.groups_per_split < groups && p.splits * p.groups_per_split >= groups, "{p:?}");
+            }
+        }
+    }
 }
 
 /// Runs one GEMM and compares with the f64 reference over the kernel's weights. The kernel's

@@ -34,6 +34,8 @@ const ALL: [Embedded; 3] = [SMALL_OPS, MOE_GATING, W4A16_GEMM];
 pub(crate) struct Kernels {
     modules: HashMap<&'static str, Arc<CudaModule>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Resident blocks per multiprocessor, by kernel and block size (no dynamic shared memory).
+    occupancy: Mutex<HashMap<(String, u32), usize>>,
 }
 
 impl Kernels {
@@ -48,7 +50,7 @@ impl Kernels {
                 .map_err(|source| CudaError::ModuleLoad { module: m.name, source })?;
             modules.insert(m.name, module);
         }
-        Ok(Kernels { modules, functions: Mutex::new(HashMap::new()) })
+        Ok(Kernels { modules, functions: Mutex::new(HashMap::new()), occupancy: Mutex::new(HashMap::new()) })
     }
 
     /// Kernel `kernel` of module `module`.
@@ -65,5 +67,21 @@ impl Kernels {
         })?;
         cache.insert(kernel.to_string(), f.clone());
         Ok(f)
+    }
+
+    /// How many blocks of `threads` threads of `kernel` fit on one multiprocessor at once
+    /// (registers and static shared memory permitting), asked of the driver once.
+    pub fn resident_blocks(&self, module: &Embedded, kernel: &str, threads: u32) -> CudaResult<usize> {
+        let key = (kernel.to_string(), threads);
+        if let Some(&n) = self.occupancy.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(n);
+        }
+        let f = self.get(module, kernel)?;
+        let n = f
+            .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
+            .map_err(|source| CudaError::Driver { op: "cuOccupancyMaxActiveBlocksPerMultiprocessor", source })?
+            as usize;
+        self.occupancy.lock().unwrap_or_else(|p| p.into_inner()).insert(key, n.max(1));
+        Ok(n.max(1))
     }
 }

@@ -16,8 +16,6 @@ use super::runtime::{DeviceBuf, GpuStream};
 pub use quant::{Int4Weights, QuantError, GROUP, TILE_N};
 
 const THREADS: u32 = 128;
-/// k splits are sized so the grid has about this many blocks per multiprocessor.
-const TARGET_BLOCKS_PER_SM: usize = 2;
 const GRID_YZ_MAX: usize = 65_535;
 
 impl<T: MmaFloat> Int4Weights<T> {
@@ -62,21 +60,27 @@ pub struct GemmPlan {
 }
 
 impl GemmPlan {
-    /// Splits k only as far as it takes to give every multiprocessor work: a decode GEMM
-    /// (m = 1) has n / 64 column tiles, far fewer than the blocks that keep memory busy.
-    /// `force_splits` overrides the choice (tests exercise both paths with it).
-    pub fn new(m: usize, n: usize, k: usize, multiprocessors: usize, force_splits: Option<usize>) -> Self {
-        let m_tile = if m <= 16 {
+    /// The row tile (in units of 16 rows) of the kernel instance used for `m` rows.
+    pub fn m_tile_for(m: usize) -> usize {
+        if m <= 16 {
             1
         } else if m <= 32 {
             2
         } else {
             4
-        };
+        }
+    }
+
+    /// Splits k so that the grid fills the device in one wave: `capacity` is how many blocks
+    /// of the kernel can be resident at once (blocks per multiprocessor x multiprocessors).
+    /// A decode GEMM (m = 1) has only n / 64 column tiles, far fewer than the blocks it takes
+    /// to keep memory busy; a grid just past one wave would run a second, mostly empty one.
+    /// `force_splits` overrides the choice (tests exercise both paths with it).
+    pub fn new(m: usize, n: usize, k: usize, capacity: usize, force_splits: Option<usize>) -> Self {
+        let m_tile = Self::m_tile_for(m);
         let groups = k / GROUP;
-        let blocks = (n / TILE_N) * m.div_ceil(16 * m_tile);
-        let wanted = force_splits.unwrap_or_else(|| (TARGET_BLOCKS_PER_SM * multiprocessors).div_ceil(blocks.max(1)));
-        let wanted = wanted.clamp(1, groups);
+        let blocks = ((n / TILE_N) * m.div_ceil(16 * m_tile)).max(1);
+        let wanted = force_splits.unwrap_or(capacity / blocks).clamp(1, groups.max(1));
         let groups_per_split = groups.div_ceil(wanted);
         GemmPlan { splits: groups.div_ceil(groups_per_split), groups_per_split, m_tile }
     }
@@ -126,7 +130,11 @@ impl GpuStream {
         if m == 0 {
             return Ok(());
         }
-        let plan = GemmPlan::new(m, n, k, self.info.multiprocessors, force_splits);
+        let m_tile = GemmPlan::m_tile_for(m);
+        let kernel = format!("kt_w4a16_gemm_{}_m{}", T::SUFFIX, m_tile);
+        let f = self.kernels.get(&W4A16_GEMM, &kernel)?;
+        let capacity = self.kernels.resident_blocks(&W4A16_GEMM, &kernel, THREADS)? * self.info.multiprocessors;
+        let plan = GemmPlan::new(m, n, k, capacity, force_splits);
         let m_tiles = m.div_ceil(16 * plan.m_tile);
         if m_tiles > GRID_YZ_MAX || i32::try_from(m * k.max(n)).is_err() {
             return Err(shape(OP, format!("m {m} is too large for one launch (k {k}, n {n})")));
@@ -134,8 +142,6 @@ impl GpuStream {
         let dims = format!("m {m}, n {n}, k {k}, {plan:?}");
         let grid = ((n / TILE_N) as u32, plan.splits as u32, m_tiles as u32);
         let (mi, ni, ki, gps) = (m as i32, n as i32, k as i32, plan.groups_per_split as i32);
-        let kernel = format!("kt_w4a16_gemm_{}_m{}", T::SUFFIX, plan.m_tile);
-        let f = self.kernels.get(&W4A16_GEMM, &kernel)?;
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
 
         if plan.splits == 1 {
