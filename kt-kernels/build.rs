@@ -17,8 +17,12 @@ fn main() {
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest.parent().expect("kt-kernels lives in the workspace root").to_path_buf();
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .expect("kt-kernels lives in the workspace root")
+        .to_path_buf();
     let cuda = root.join("cuda");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     println!("cargo:rerun-if-changed={}", cuda.display());
@@ -36,7 +40,11 @@ fn main() {
 
     let flags_text = fs::read_to_string(cuda.join("nvcc-flags.txt"))
         .unwrap_or_else(|e| fail(&format!("cannot read cuda/nvcc-flags.txt: {e}")));
-    let flags: Vec<&str> = flags_text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let flags: Vec<&str> = flags_text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
 
     let mut sources: Vec<PathBuf> = fs::read_dir(&cuda)
         .unwrap_or_else(|e| fail(&format!("cannot list {}: {e}", cuda.display())))
@@ -45,7 +53,11 @@ fn main() {
         .collect();
     sources.sort();
     for src in &sources {
-        let stem = src.file_stem().expect("a .cu file has a stem").to_string_lossy().into_owned();
+        let stem = src
+            .file_stem()
+            .expect("a .cu file has a stem")
+            .to_string_lossy()
+            .into_owned();
         let fatbin = out.join(format!("{stem}.fatbin"));
         let output = Command::new(&nvcc)
             .args(&flags)

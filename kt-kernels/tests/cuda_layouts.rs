@@ -46,9 +46,15 @@ fn rust_layouts() -> Vec<Layout> {
 fn program(layouts: &[Layout]) -> String {
     let mut src = String::from("#include \"kt_blocks.cuh\"\n#include <cstdio>\nint main() {\n");
     for l in layouts {
-        src += &format!("    std::printf(\"{0} size %zu\\n\", sizeof({0}));\n", l.c_name);
+        src += &format!(
+            "    std::printf(\"{0} size %zu\\n\", sizeof({0}));\n",
+            l.c_name
+        );
         for (f, _) in &l.fields {
-            src += &format!("    std::printf(\"{0} {1} %zu\\n\", offsetof({0}, {1}));\n", l.c_name, f);
+            src += &format!(
+                "    std::printf(\"{0} {1} %zu\\n\", offsetof({0}, {1}));\n",
+                l.c_name, f
+            );
         }
     }
     src + "    return 0;\n}\n"
@@ -73,7 +79,11 @@ fn header_matches_rust_block_layouts() {
         .arg(&exe)
         .output()
         .unwrap_or_else(|e| panic!("cannot run the C++ compiler {cxx:?} (set CXX): {e}"));
-    assert!(built.status.success(), "compiling kt_blocks.cuh failed:\n{}", String::from_utf8_lossy(&built.stderr));
+    assert!(
+        built.status.success(),
+        "compiling kt_blocks.cuh failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let run = Command::new(&exe).output().expect("run the layout program");
     assert!(run.status.success());
     let text = String::from_utf8(run.stdout).unwrap();
@@ -84,7 +94,9 @@ fn header_matches_rust_block_layouts() {
     for l in &layouts {
         let expect = std::iter::once(("size", l.size)).chain(l.fields.iter().copied());
         for (field, rust) in expect {
-            let line = lines.next().unwrap_or_else(|| panic!("output ended before {} {field}", l.c_name));
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("output ended before {} {field}", l.c_name));
             let parts: Vec<&str> = line.split(' ').collect();
             assert_eq!(parts[..2], [l.c_name, field], "unexpected line {line:?}");
             let c: usize = parts[2].parse().unwrap();
@@ -93,5 +105,8 @@ fn header_matches_rust_block_layouts() {
         }
     }
     assert!(lines.next().is_none(), "extra output");
-    assert_eq!(checked, 12 + layouts.iter().map(|l| l.fields.len()).sum::<usize>());
+    assert_eq!(
+        checked,
+        12 + layouts.iter().map(|l| l.fields.len()).sum::<usize>()
+    );
 }

@@ -11,7 +11,9 @@ use kt_kernels::cuda::{CudaError, Gpu};
 fn no_gpu_is_an_error_not_a_crash() {
     match Gpu::new(0) {
         Ok(gpu) => eprintln!("device 0: {:?}", gpu.info()),
-        Err(e @ (CudaError::NoDriver | CudaError::NoDevice { .. })) => eprintln!("as expected here: {e}"),
+        Err(e @ (CudaError::NoDriver | CudaError::NoDevice { .. })) => {
+            eprintln!("as expected here: {e}")
+        }
         Err(e) => panic!("unexpected error: {e}"),
     }
     // An ordinal past any machine's device count is always NoDevice (or NoDriver).
@@ -24,9 +26,14 @@ fn no_gpu_is_an_error_not_a_crash() {
 
 #[test]
 fn buffers_pinned_copies_streams_and_events() {
-    let Some(gpu) = gpu_or_skip("buffers_pinned_copies_streams_and_events") else { return };
+    let Some(gpu) = gpu_or_skip("buffers_pinned_copies_streams_and_events") else {
+        return;
+    };
     let info = gpu.info();
-    assert!(info.multiprocessors > 0 && info.compute_capability.0 >= 8, "{info:?}");
+    assert!(
+        info.multiprocessors > 0 && info.compute_capability.0 >= 8,
+        "{info:?}"
+    );
     let s = gpu.stream();
     let data: Vec<f32> = (0..100_003).map(|i| (i as f32) * 0.5 - 7.0).collect();
     let d = s.upload(&data).unwrap();
@@ -50,5 +57,8 @@ fn buffers_pinned_copies_streams_and_events() {
 
     // Length mismatches are typed errors.
     let mut short = s.alloc_zeroed::<f32>(3).unwrap();
-    assert!(matches!(s.copy_from_pinned(&pin_in, &mut short), Err(CudaError::Shape { .. })));
+    assert!(matches!(
+        s.copy_from_pinned(&pin_in, &mut short),
+        Err(CudaError::Shape { .. })
+    ));
 }

@@ -20,10 +20,15 @@ const F32_WORK: f64 = 4e-6;
 fn rmsnorm_case<T: GpuFloat>(s: &GpuStream, tokens: usize, dim: usize, seed: u64) {
     let mut rng = SplitMix64::new(seed);
     let x: Vec<T> = random(&mut rng, tokens * dim, 1.5);
-    let w: Vec<T> = (0..dim).map(|_| T::from_f32(1.0 + 0.3 * rng.normal())).collect();
+    let w: Vec<T> = (0..dim)
+        .map(|_| T::from_f32(1.0 + 0.3 * rng.normal()))
+        .collect();
     let eps = 1e-6f32;
     // Reference: kt_kernels::ops::rmsnorm (f64 inside, one rounding to f32).
-    let (xf, wf): (Vec<f32>, Vec<f32>) = (x.iter().map(|v| v.to_f32()).collect(), w.iter().map(|v| v.to_f32()).collect());
+    let (xf, wf): (Vec<f32>, Vec<f32>) = (
+        x.iter().map(|v| v.to_f32()).collect(),
+        w.iter().map(|v| v.to_f32()).collect(),
+    );
     let mut want32 = vec![0.0f32; tokens * dim];
     ops::rmsnorm(&xf, &wf, eps, &mut want32).unwrap();
     let want: Vec<f64> = want32.iter().map(|&v| v as f64).collect();
@@ -32,7 +37,12 @@ fn rmsnorm_case<T: GpuFloat>(s: &GpuStream, tokens: usize, dim: usize, seed: u64
     s.rmsnorm(&xd, &wd, &mut out, tokens, eps).unwrap();
     let got = s.download(&out).unwrap();
     let u = T::UNIT_ROUNDOFF;
-    assert_close(&format!("rmsnorm {} t{tokens} d{dim}", T::SUFFIX), &got, &want, |_, r| (u + F32_WORK) * r.abs() + 0.5 * T::MIN_SUBNORMAL);
+    assert_close(
+        &format!("rmsnorm {} t{tokens} d{dim}", T::SUFFIX),
+        &got,
+        &want,
+        |_, r| (u + F32_WORK) * r.abs() + 0.5 * T::MIN_SUBNORMAL,
+    );
 }
 
 fn silu_mul_case<T: GpuFloat>(s: &GpuStream, tokens: usize, d: usize, seed: u64) {
@@ -53,21 +63,32 @@ fn silu_mul_case<T: GpuFloat>(s: &GpuStream, tokens: usize, d: usize, seed: u64)
     let u = T::UNIT_ROUNDOFF;
     // expf is within 2 ulp; with the division and products about 6 f32 roundings, plus the
     // reference's rounding to f32.
-    assert_close(&format!("silu_mul {} t{tokens} d{d}", T::SUFFIX), &got, &want, |_, r| (u + 1e-6) * r.abs() + 0.5 * T::MIN_SUBNORMAL);
+    assert_close(
+        &format!("silu_mul {} t{tokens} d{d}", T::SUFFIX),
+        &got,
+        &want,
+        |_, r| (u + 1e-6) * r.abs() + 0.5 * T::MIN_SUBNORMAL,
+    );
 }
 
 fn add_case<T: GpuFloat>(s: &GpuStream, n: usize, seed: u64) {
     let mut rng = SplitMix64::new(seed);
     let a: Vec<T> = random(&mut rng, n, 2.0);
     let b: Vec<T> = random(&mut rng, n, 2.0);
-    let want: Vec<f64> = to_f64(&a).iter().zip(to_f64(&b)).map(|(x, y)| x + y).collect();
+    let want: Vec<f64> = to_f64(&a)
+        .iter()
+        .zip(to_f64(&b))
+        .map(|(x, y)| x + y)
+        .collect();
     let mut acc = s.upload(&a).unwrap();
     let bd = s.upload(&b).unwrap();
     s.add_inplace(&mut acc, &bd).unwrap();
     let got = s.download(&acc).unwrap();
     let u = T::UNIT_ROUNDOFF;
     // One f32 rounding of the exact sum, then one rounding to T.
-    assert_close(&format!("add {} n{n}", T::SUFFIX), &got, &want, |_, r| (u + 6e-8) * r.abs() + 0.5 * T::MIN_SUBNORMAL);
+    assert_close(&format!("add {} n{n}", T::SUFFIX), &got, &want, |_, r| {
+        (u + 6e-8) * r.abs() + 0.5 * T::MIN_SUBNORMAL
+    });
 }
 
 fn embedding_case<T: GpuFloat>(s: &GpuStream, tokens: usize, seed: u64) {
@@ -89,9 +110,17 @@ fn embedding_case<T: GpuFloat>(s: &GpuStream, tokens: usize, seed: u64) {
             let g = got[t * dim + i].to_f32();
             if (id as usize) < vocab {
                 let w = table[id as usize * dim + i].to_f32();
-                assert!(g.to_bits() == w.to_bits(), "embedding {}: token {t} id {id} elem {i}: {g} vs {w}", T::SUFFIX);
+                assert!(
+                    g.to_bits() == w.to_bits(),
+                    "embedding {}: token {t} id {id} elem {i}: {g} vs {w}",
+                    T::SUFFIX
+                );
             } else {
-                assert!(g.is_nan(), "embedding {}: bad id {id} must give NaN, got {g}", T::SUFFIX);
+                assert!(
+                    g.is_nan(),
+                    "embedding {}: bad id {id} must give NaN, got {g}",
+                    T::SUFFIX
+                );
             }
         }
     }
@@ -141,12 +170,24 @@ fn argmax_case<T: GpuFloat>(s: &GpuStream, rows: usize, n: usize, seed: u64) {
         }
     }
     let want: Vec<u32> = (0..rows)
-        .map(|r| argmax_ref(&x[r * n..(r + 1) * n].iter().map(|v| v.to_f32()).collect::<Vec<_>>()))
+        .map(|r| {
+            argmax_ref(
+                &x[r * n..(r + 1) * n]
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect::<Vec<_>>(),
+            )
+        })
         .collect();
     let xd = s.upload(&x).unwrap();
     let mut out = s.upload(&vec![u32::MAX; rows]).unwrap();
     s.argmax(&xd, rows, &mut out).unwrap();
-    assert_eq!(s.download(&out).unwrap(), want, "argmax {} rows {rows} n {n}", T::SUFFIX);
+    assert_eq!(
+        s.download(&out).unwrap(),
+        want,
+        "argmax {} rows {rows} n {n}",
+        T::SUFFIX
+    );
 }
 
 fn all_cases<T: GpuFloat>(s: &GpuStream) {
@@ -166,25 +207,33 @@ fn all_cases<T: GpuFloat>(s: &GpuStream) {
 
 #[test]
 fn small_ops_f32() {
-    let Some(gpu) = gpu_or_skip("small_ops_f32") else { return };
+    let Some(gpu) = gpu_or_skip("small_ops_f32") else {
+        return;
+    };
     all_cases::<f32>(gpu.stream());
 }
 
 #[test]
 fn small_ops_f16() {
-    let Some(gpu) = gpu_or_skip("small_ops_f16") else { return };
+    let Some(gpu) = gpu_or_skip("small_ops_f16") else {
+        return;
+    };
     all_cases::<f16>(gpu.stream());
 }
 
 #[test]
 fn small_ops_bf16() {
-    let Some(gpu) = gpu_or_skip("small_ops_bf16") else { return };
+    let Some(gpu) = gpu_or_skip("small_ops_bf16") else {
+        return;
+    };
     all_cases::<bf16>(gpu.stream());
 }
 
 #[test]
 fn shapes_are_checked_before_launch() {
-    let Some(gpu) = gpu_or_skip("shapes_are_checked_before_launch") else { return };
+    let Some(gpu) = gpu_or_skip("shapes_are_checked_before_launch") else {
+        return;
+    };
     let s = gpu.stream();
     let x = s.upload(&[1.0f32; 10]).unwrap();
     let w = s.upload(&[1.0f32; 4]).unwrap();

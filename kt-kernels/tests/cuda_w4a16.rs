@@ -15,7 +15,9 @@ use kt_kernels::util::SplitMix64;
 fn random_weights(n: usize, k: usize, seed: u64) -> Vec<f32> {
     let mut rng = SplitMix64::new(seed);
     // Columns of different magnitudes, so per-group scales matter.
-    (0..n * k).map(|i| rng.normal() * 0.02 * (1.0 + (i / k % 7) as f32)).collect()
+    (0..n * k)
+        .map(|i| rng.normal() * 0.02 * (1.0 + (i / k % 7) as f32))
+        .collect()
 }
 
 #[test]
@@ -24,7 +26,10 @@ fn pack_then_unpack_gives_back_the_weights() {
     let q = random_int4::<f16>(n, k, 1);
     let back = Int4Weights::<f16>::unpack(&q.pack(), q.scales.clone(), n, k).unwrap();
     assert_eq!(back, q);
-    assert!(q.q.contains(&-8) && q.q.contains(&7), "the full int4 range is exercised");
+    assert!(
+        q.q.contains(&-8) && q.q.contains(&7),
+        "the full int4 range is exercised"
+    );
 }
 
 /// Int4 weights with every value -8..=7 equally likely and scales of varied size: exercises
@@ -32,7 +37,9 @@ fn pack_then_unpack_gives_back_the_weights() {
 fn random_int4<T: MmaFloat>(n: usize, k: usize, seed: u64) -> Int4Weights<T> {
     let mut rng = SplitMix64::new(seed);
     let q = (0..n * k).map(|_| rng.below(16) as i8 - 8).collect();
-    let scales = (0..(k / GROUP) * n).map(|_| T::from_f32(rng.uniform(0.002, 0.02))).collect();
+    let scales = (0..(k / GROUP) * n)
+        .map(|_| T::from_f32(rng.uniform(0.002, 0.02)))
+        .collect();
     Int4Weights { n, k, q, scales }
 }
 
@@ -47,13 +54,21 @@ fn check_quant_error<T: MmaFloat>() {
         for kk in 0..k {
             let s = q.scales[(kk / GROUP) * n + c].to_f32() as f64;
             let d = (w[c * k + kk] as f64 - deq[c * k + kk] as f64).abs();
-            assert!(d <= 0.5 * s + 8.0 * s * T::UNIT_ROUNDOFF + 1e-12, "{} col {c} k {kk}: err {d} scale {s}", T::SUFFIX);
+            assert!(
+                d <= 0.5 * s + 8.0 * s * T::UNIT_ROUNDOFF + 1e-12,
+                "{} col {c} k {kk}: err {d} scale {s}",
+                T::SUFFIX
+            );
         }
     }
     // Gaussian groups of 128: max |w| is about 2.6 sigma, the step 0.37 sigma, the rms error
     // about step / sqrt(12) = 0.11 sigma.
     let rel = err.relative_rms();
-    eprintln!("int4/{} quantization of N(0, s) weights: rms error {rel:.4} of rms weight, max {:.3e}", T::SUFFIX, err.max_abs);
+    eprintln!(
+        "int4/{} quantization of N(0, s) weights: rms error {rel:.4} of rms weight, max {:.3e}",
+        T::SUFFIX,
+        err.max_abs
+    );
     assert!((0.07..0.15).contains(&rel), "relative rms error {rel}");
 }
 
@@ -70,18 +85,31 @@ fn from_gguf_quantizes_the_dequantized_rows() {
     let row_bytes = QType::Q8_0.row_bytes(k).unwrap();
     let mut bytes = vec![0u8; n * row_bytes];
     for r in 0..n {
-        quantize(QType::Q8_0, &w[r * k..(r + 1) * k], &mut bytes[r * row_bytes..(r + 1) * row_bytes]).unwrap();
+        quantize(
+            QType::Q8_0,
+            &w[r * k..(r + 1) * k],
+            &mut bytes[r * row_bytes..(r + 1) * row_bytes],
+        )
+        .unwrap();
     }
     let (from_gguf, err) = Int4Weights::<bf16>::from_gguf(QType::Q8_0, &bytes, n, k).unwrap();
     let mut deq = vec![0.0f32; n * k];
     for r in 0..n {
-        kt_kernels::quant::dequantize(QType::Q8_0, &bytes[r * row_bytes..(r + 1) * row_bytes], &mut deq[r * k..(r + 1) * k]).unwrap();
+        kt_kernels::quant::dequantize(
+            QType::Q8_0,
+            &bytes[r * row_bytes..(r + 1) * row_bytes],
+            &mut deq[r * k..(r + 1) * k],
+        )
+        .unwrap();
     }
     let (direct, err2) = Int4Weights::<bf16>::quantize(&deq, n, k).unwrap();
     assert_eq!(from_gguf, direct);
     assert_eq!(err, err2);
     assert!(Int4Weights::<bf16>::from_gguf(QType::Q8_0, &bytes[1..], n, k).is_err());
-    assert!(Int4Weights::<bf16>::quantize(&w, 60, k).is_err(), "n must be a multiple of 64");
+    assert!(
+        Int4Weights::<bf16>::quantize(&w, 60, k).is_err(),
+        "n must be a multiple of 64"
+    );
 }
 
 #[test]
@@ -92,7 +120,11 @@ fn gemm_plan_fills_one_wave_with_nonempty_splits() {
     assert!(plan.splits > 1, "a decode GEMM splits k: {plan:?}");
     assert!(plan.splits * 64 <= 7 * 132, "one wave: {plan:?}");
     let plan = GemmPlan::new(129, 7168, 7168, 2 * 132, None);
-    assert_eq!((plan.m_tile, plan.splits), (4, 1), "enough blocks without splitting: {plan:?}");
+    assert_eq!(
+        (plan.m_tile, plan.splits),
+        (4, 1),
+        "enough blocks without splitting: {plan:?}"
+    );
     for m in [1, 3, 17, 33, 129] {
         for (n, k) in [(64, 128), (192, 384), (4096, 7168), (2048, 1408)] {
             for force in [None, Some(1), Some(3), Some(1000)] {
@@ -100,7 +132,11 @@ fn gemm_plan_fills_one_wave_with_nonempty_splits() {
                 let groups = k / GROUP;
                 assert!(p.splits >= 1 && p.splits <= groups, "{p:?}");
                 // Every split starts inside k: no block without work.
-                assert!((p.splits - 1) * p.groups_per_split < groups && p.splits * p.groups_per_split >= groups, "{p:?}");
+                assert!(
+                    (p.splits - 1) * p.groups_per_split < groups
+                        && p.splits * p.groups_per_split >= groups,
+                    "{p:?}"
+                );
             }
         }
     }
@@ -111,7 +147,15 @@ fn gemm_plan_fills_one_wave_with_nonempty_splits() {
 /// floats are exact in f32; each of the K/16 mma steps, the 4-warp and k-split sums rounds
 /// at most once relative to the running sum of |x w|) and the final rounding to T (relative,
 /// or absolute below T's normal range).
-fn gemm_case<T: MmaFloat>(s: &GpuStream, ws: &mut GemmWorkspace, m: usize, n: usize, k: usize, splits: Option<usize>, seed: u64) {
+fn gemm_case<T: MmaFloat>(
+    s: &GpuStream,
+    ws: &mut GemmWorkspace,
+    m: usize,
+    n: usize,
+    k: usize,
+    splits: Option<usize>,
+    seed: u64,
+) {
     let q = random_int4::<T>(n, k, seed);
     let kw = q.kernel_weights();
     let mut rng = SplitMix64::new(seed + 1);
@@ -133,7 +177,8 @@ fn gemm_case<T: MmaFloat>(s: &GpuStream, ws: &mut GemmWorkspace, m: usize, n: us
     let wd = s.upload_w4a16(&q).unwrap();
     let xd = s.upload(&x).unwrap();
     let mut out = nan_buf::<T>(s, m * n);
-    s.w4a16_gemm_planned(&wd, &xd, m, &mut out, ws, splits).unwrap();
+    s.w4a16_gemm_planned(&wd, &xd, m, &mut out, ws, splits)
+        .unwrap();
     let got = s.download(&out).unwrap();
     let steps = (k / 16 + 4 + k / GROUP) as f64;
     let u32 = 2f64.powi(-23); // tensor-core accumulation may truncate instead of rounding
@@ -141,7 +186,13 @@ fn gemm_case<T: MmaFloat>(s: &GpuStream, ws: &mut GemmWorkspace, m: usize, n: us
     for i in 0..m * n {
         let g = got[i].to_f32() as f64;
         let tol = T::UNIT_ROUNDOFF * want[i].abs() + steps * u32 * mag[i] + 0.5 * T::MIN_SUBNORMAL;
-        assert!((g - want[i]).abs() <= tol, "{name}: row {} col {}: got {g}, want {} (tol {tol:e})", i / n, i % n, want[i]);
+        assert!(
+            (g - want[i]).abs() <= tol,
+            "{name}: row {} col {}: got {g}, want {} (tol {tol:e})",
+            i / n,
+            i % n,
+            want[i]
+        );
     }
 }
 
@@ -161,19 +212,25 @@ fn gemm_all<T: MmaFloat>(s: &GpuStream) {
 
 #[test]
 fn w4a16_gemm_f16() {
-    let Some(gpu) = gpu_or_skip("w4a16_gemm_f16") else { return };
+    let Some(gpu) = gpu_or_skip("w4a16_gemm_f16") else {
+        return;
+    };
     gemm_all::<f16>(gpu.stream());
 }
 
 #[test]
 fn w4a16_gemm_bf16() {
-    let Some(gpu) = gpu_or_skip("w4a16_gemm_bf16") else { return };
+    let Some(gpu) = gpu_or_skip("w4a16_gemm_bf16") else {
+        return;
+    };
     gemm_all::<bf16>(gpu.stream());
 }
 
 #[test]
 fn w4a16_gemm_checks_shapes() {
-    let Some(gpu) = gpu_or_skip("w4a16_gemm_checks_shapes") else { return };
+    let Some(gpu) = gpu_or_skip("w4a16_gemm_checks_shapes") else {
+        return;
+    };
     let s = gpu.stream();
     let (q, _) = Int4Weights::<f16>::quantize(&random_weights(64, 128, 4), 64, 128).unwrap();
     let wd = s.upload_w4a16(&q).unwrap();

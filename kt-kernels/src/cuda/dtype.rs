@@ -5,7 +5,9 @@ use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 use half::{bf16, f16};
 
 /// f32, f16 or bf16: what the element-wise kernels read and write.
-pub trait GpuFloat: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + std::fmt::Debug + 'static {
+pub trait GpuFloat:
+    DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + std::fmt::Debug + 'static
+{
     /// Suffix of the kernel symbols for this type.
     const SUFFIX: &'static str;
     /// Unit roundoff of the type (half its epsilon): the relative error of one rounding.

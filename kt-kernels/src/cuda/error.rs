@@ -54,10 +54,17 @@ pub(crate) fn driver(op: &'static str) -> impl FnOnce(DriverError) -> CudaError 
 
 /// A shape error of operation `op`.
 pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> CudaError {
-    CudaError::Shape { op, detail: detail.into() }
+    CudaError::Shape {
+        op,
+        detail: detail.into(),
+    }
 }
 
 /// Wraps a launch error with the kernel's name and the shape it was launched for.
 pub(crate) fn launch_err(kernel: String, shape: String) -> impl FnOnce(DriverError) -> CudaError {
-    move |source| CudaError::Launch { kernel, shape, source }
+    move |source| CudaError::Launch {
+        kernel,
+        shape,
+        source,
+    }
 }

@@ -25,9 +25,14 @@ fn kernel_params(cfg: &RouterConfig, has_bias: bool) -> CudaResult<[i32; 4]> {
     const OP: &str = "moe_gating";
     cfg.validate().map_err(|e| shape(OP, e.to_string()))?;
     match (cfg.method, has_bias) {
-        (TopkMethod::NoauxTc, false) => return Err(shape(OP, "noaux_tc needs e_score_correction_bias")),
+        (TopkMethod::NoauxTc, false) => {
+            return Err(shape(OP, "noaux_tc needs e_score_correction_bias"))
+        }
         (m, true) if m != TopkMethod::NoauxTc => {
-            return Err(shape(OP, format!("a correction bias was given but {m:?} does not use one")))
+            return Err(shape(
+                OP,
+                format!("a correction bias was given but {m:?} does not use one"),
+            ))
         }
         _ => {}
     }
@@ -73,17 +78,31 @@ impl GpuStream {
         let [n_group, topk_group, scoring, group_score] = kernel_params(cfg, bias.is_some())?;
         let e = cfg.n_experts;
         if logits.len() != tokens * e {
-            return Err(shape(OP, format!("logits have {} elements, expected tokens {tokens} x n_experts {e}", logits.len())));
+            return Err(shape(
+                OP,
+                format!(
+                    "logits have {} elements, expected tokens {tokens} x n_experts {e}",
+                    logits.len()
+                ),
+            ));
         }
         if let Some(b) = bias {
             if b.len() != e {
-                return Err(shape(OP, format!("bias has {} elements, expected n_experts {e}", b.len())));
+                return Err(shape(
+                    OP,
+                    format!("bias has {} elements, expected n_experts {e}", b.len()),
+                ));
             }
         }
         if ids.len() != tokens * cfg.top_k || weights.len() != tokens * cfg.top_k {
             return Err(shape(
                 OP,
-                format!("ids have {}, weights {} elements; expected tokens {tokens} x top_k {}", ids.len(), weights.len(), cfg.top_k),
+                format!(
+                    "ids have {}, weights {} elements; expected tokens {tokens} x top_k {}",
+                    ids.len(),
+                    weights.len(),
+                    cfg.top_k
+                ),
             ));
         }
         if tokens == 0 {
@@ -92,11 +111,16 @@ impl GpuStream {
         let blocks = u32::try_from(tokens.div_ceil(WARPS_PER_BLOCK))
             .map_err(|_| shape(OP, format!("{tokens} tokens exceed the grid")))?;
         let smem = (WARPS_PER_BLOCK * (2 * e + n_group as usize) * 4) as u32;
-        let cfg_launch = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (WARPS_PER_BLOCK as u32 * 32, 1, 1), shared_mem_bytes: smem };
+        let cfg_launch = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (WARPS_PER_BLOCK as u32 * 32, 1, 1),
+            shared_mem_bytes: smem,
+        };
         let kernel = "kt_moe_gating".to_string();
         let f = self.kernels.get(&MOE_GATING, &kernel)?;
         let ints = [
-            i32::try_from(tokens).map_err(|_| shape(OP, format!("{tokens} tokens do not fit in an i32")))?,
+            i32::try_from(tokens)
+                .map_err(|_| shape(OP, format!("{tokens} tokens do not fit in an i32")))?,
             e as i32,
             cfg.top_k as i32,
             n_group,

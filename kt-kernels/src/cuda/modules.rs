@@ -47,10 +47,17 @@ impl Kernels {
             // driver's fatbin reader is content with.
             let module = ctx
                 .load_module(Ptx::from_binary(m.image.to_vec()))
-                .map_err(|source| CudaError::ModuleLoad { module: m.name, source })?;
+                .map_err(|source| CudaError::ModuleLoad {
+                    module: m.name,
+                    source,
+                })?;
             modules.insert(m.name, module);
         }
-        Ok(Kernels { modules, functions: Mutex::new(HashMap::new()), occupancy: Mutex::new(HashMap::new()) })
+        Ok(Kernels {
+            modules,
+            functions: Mutex::new(HashMap::new()),
+            occupancy: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Kernel `kernel` of module `module`.
@@ -60,28 +67,45 @@ impl Kernels {
             return Ok(f.clone());
         }
         let m = &self.modules[module.name];
-        let f = m.load_function(kernel).map_err(|source| CudaError::MissingKernel {
-            module: module.name,
-            kernel: kernel.to_string(),
-            source,
-        })?;
+        let f = m
+            .load_function(kernel)
+            .map_err(|source| CudaError::MissingKernel {
+                module: module.name,
+                kernel: kernel.to_string(),
+                source,
+            })?;
         cache.insert(kernel.to_string(), f.clone());
         Ok(f)
     }
 
     /// How many blocks of `threads` threads of `kernel` fit on one multiprocessor at once
     /// (registers and static shared memory permitting), asked of the driver once.
-    pub fn resident_blocks(&self, module: &Embedded, kernel: &str, threads: u32) -> CudaResult<usize> {
+    pub fn resident_blocks(
+        &self,
+        module: &Embedded,
+        kernel: &str,
+        threads: u32,
+    ) -> CudaResult<usize> {
         let key = (kernel.to_string(), threads);
-        if let Some(&n) = self.occupancy.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(&n) = self
+            .occupancy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(n);
         }
         let f = self.get(module, kernel)?;
         let n = f
             .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
-            .map_err(|source| CudaError::Driver { op: "cuOccupancyMaxActiveBlocksPerMultiprocessor", source })?
-            as usize;
-        self.occupancy.lock().unwrap_or_else(|p| p.into_inner()).insert(key, n.max(1));
+            .map_err(|source| CudaError::Driver {
+                op: "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+                source,
+            })? as usize;
+        self.occupancy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, n.max(1));
         Ok(n.max(1))
     }
 }

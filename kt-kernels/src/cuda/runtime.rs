@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use cudarc::driver::{
-    sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
+    sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DeviceRepr, PinnedHostSlice,
+    ValidAsZeroBits,
 };
 
 use super::error::{driver, shape, CudaError, CudaResult};
@@ -49,7 +50,9 @@ impl Gpu {
         let info = DeviceInfo {
             ordinal,
             name: ctx.name().map_err(driver("cuDeviceGetName"))?,
-            compute_capability: ctx.compute_capability().map_err(driver("cuDeviceGetAttribute"))?,
+            compute_capability: ctx
+                .compute_capability()
+                .map_err(driver("cuDeviceGetAttribute"))?,
             multiprocessors: ctx
                 .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
                 .map_err(driver("cuDeviceGetAttribute"))? as usize,
@@ -66,7 +69,12 @@ impl Gpu {
             kernels: kernels.clone(),
             info: info.clone(),
         };
-        Ok(Gpu { ctx, kernels, info, stream })
+        Ok(Gpu {
+            ctx,
+            kernels,
+            info,
+            stream,
+        })
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -89,10 +97,14 @@ impl Gpu {
 
     /// A page-locked host buffer of `len` zeroed elements (the source or target of
     /// asynchronous copies).
-    pub fn alloc_pinned<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> CudaResult<PinnedBuf<T>> {
+    pub fn alloc_pinned<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> CudaResult<PinnedBuf<T>> {
         // SAFETY: flags 0 (cached, not write-combined: the host reads it back). The memory is
         // uninitialised until the write_bytes below, and nothing reads it before.
-        let mut slice = unsafe { self.ctx.alloc_pinned_with_flags::<T>(len, 0) }.map_err(driver("cuMemHostAlloc"))?;
+        let mut slice = unsafe { self.ctx.alloc_pinned_with_flags::<T>(len, 0) }
+            .map_err(driver("cuMemHostAlloc"))?;
         let ptr = slice.as_mut_ptr().map_err(driver("cuEventSynchronize"))?;
         // SAFETY: `ptr` points to `len` elements of T just allocated; all-zero bits are a
         // valid T (ValidAsZeroBits).
@@ -116,43 +128,74 @@ impl GpuStream {
 
     /// Waits for all work queued so far; asynchronous kernel faults surface here.
     pub fn synchronize(&self) -> CudaResult<()> {
-        self.stream.synchronize().map_err(driver("cuStreamSynchronize"))
+        self.stream
+            .synchronize()
+            .map_err(driver("cuStreamSynchronize"))
     }
 
     /// A device buffer of `len` zeroed elements.
-    pub fn alloc_zeroed<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> CudaResult<DeviceBuf<T>> {
-        let slice = self.stream.alloc_zeros::<T>(len).map_err(driver("cuMemAlloc"))?;
+    pub fn alloc_zeroed<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> CudaResult<DeviceBuf<T>> {
+        let slice = self
+            .stream
+            .alloc_zeros::<T>(len)
+            .map_err(driver("cuMemAlloc"))?;
         Ok(DeviceBuf { slice })
     }
 
     /// A device buffer holding a copy of `host`.
     pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> CudaResult<DeviceBuf<T>> {
-        let slice = self.stream.clone_htod(host).map_err(driver("cuMemcpyHtoD"))?;
+        let slice = self
+            .stream
+            .clone_htod(host)
+            .map_err(driver("cuMemcpyHtoD"))?;
         Ok(DeviceBuf { slice })
     }
 
     /// Copies `host` into `dst` (same length).
-    pub fn copy_from_host<T: DeviceRepr>(&self, host: &[T], dst: &mut DeviceBuf<T>) -> CudaResult<()> {
+    pub fn copy_from_host<T: DeviceRepr>(
+        &self,
+        host: &[T],
+        dst: &mut DeviceBuf<T>,
+    ) -> CudaResult<()> {
         check_len("copy_from_host", host.len(), dst.len())?;
-        self.stream.memcpy_htod(host, &mut dst.slice).map_err(driver("cuMemcpyHtoD"))
+        self.stream
+            .memcpy_htod(host, &mut dst.slice)
+            .map_err(driver("cuMemcpyHtoD"))
     }
 
     /// Copies `buf` back to the host (waits for the stream).
     pub fn download<T: DeviceRepr>(&self, buf: &DeviceBuf<T>) -> CudaResult<Vec<T>> {
-        self.stream.clone_dtoh(&buf.slice).map_err(driver("cuMemcpyDtoH"))
+        self.stream
+            .clone_dtoh(&buf.slice)
+            .map_err(driver("cuMemcpyDtoH"))
     }
 
     /// Queues a copy from pinned host memory to `dst` (same length); returns at once.
-    pub fn copy_from_pinned<T: DeviceRepr + ValidAsZeroBits>(&self, src: &PinnedBuf<T>, dst: &mut DeviceBuf<T>) -> CudaResult<()> {
+    pub fn copy_from_pinned<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        src: &PinnedBuf<T>,
+        dst: &mut DeviceBuf<T>,
+    ) -> CudaResult<()> {
         check_len("copy_from_pinned", src.len(), dst.len())?;
-        self.stream.memcpy_htod(&src.slice, &mut dst.slice).map_err(driver("cuMemcpyHtoDAsync"))
+        self.stream
+            .memcpy_htod(&src.slice, &mut dst.slice)
+            .map_err(driver("cuMemcpyHtoDAsync"))
     }
 
     /// Queues a copy from `src` into pinned host memory (same length); the data is there once
     /// the stream is synchronized (reading the buffer waits for it).
-    pub fn copy_to_pinned<T: DeviceRepr + ValidAsZeroBits>(&self, src: &DeviceBuf<T>, dst: &mut PinnedBuf<T>) -> CudaResult<()> {
+    pub fn copy_to_pinned<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        src: &DeviceBuf<T>,
+        dst: &mut PinnedBuf<T>,
+    ) -> CudaResult<()> {
         check_len("copy_to_pinned", src.len(), dst.len())?;
-        self.stream.memcpy_dtoh(&src.slice, &mut dst.slice).map_err(driver("cuMemcpyDtoHAsync"))
+        self.stream
+            .memcpy_dtoh(&src.slice, &mut dst.slice)
+            .map_err(driver("cuMemcpyDtoHAsync"))
     }
 
     /// Records an event (with timing) at the current end of the stream.
@@ -166,7 +209,9 @@ impl GpuStream {
 
     /// Makes later work on this stream wait for `event` (recorded on any stream).
     pub fn wait_event(&self, event: &GpuEvent) -> CudaResult<()> {
-        self.stream.wait(&event.event).map_err(driver("cuStreamWaitEvent"))
+        self.stream
+            .wait(&event.event)
+            .map_err(driver("cuStreamWaitEvent"))
     }
 }
 
@@ -177,13 +222,17 @@ pub struct GpuEvent {
 
 impl GpuEvent {
     pub fn synchronize(&self) -> CudaResult<()> {
-        self.event.synchronize().map_err(driver("cuEventSynchronize"))
+        self.event
+            .synchronize()
+            .map_err(driver("cuEventSynchronize"))
     }
 
     /// Milliseconds from `self` to the later event `end` (waits for `end`).
     pub fn elapsed_ms(&self, end: &GpuEvent) -> CudaResult<f32> {
         end.synchronize()?;
-        self.event.elapsed_ms(&end.event).map_err(driver("cuEventElapsedTime"))
+        self.event
+            .elapsed_ms(&end.event)
+            .map_err(driver("cuEventElapsedTime"))
     }
 }
 
@@ -223,13 +272,18 @@ impl<T: ValidAsZeroBits> PinnedBuf<T> {
 
     /// The contents for writing, after every queued copy out of it finished.
     pub fn as_mut_slice(&mut self) -> CudaResult<&mut [T]> {
-        self.slice.as_mut_slice().map_err(driver("cuEventSynchronize"))
+        self.slice
+            .as_mut_slice()
+            .map_err(driver("cuEventSynchronize"))
     }
 }
 
 pub(crate) fn check_len(op: &'static str, src: usize, dst: usize) -> CudaResult<()> {
     if src != dst {
-        return Err(shape(op, format!("source has {src} elements, destination {dst}")));
+        return Err(shape(
+            op,
+            format!("source has {src} elements, destination {dst}"),
+        ));
     }
     Ok(())
 }

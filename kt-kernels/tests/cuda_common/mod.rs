@@ -36,14 +36,22 @@ pub fn to_f64<T: GpuFloat>(v: &[T]) -> Vec<f64> {
 
 /// Asserts |got - want| <= tol(i, want) for every element (NaN fails), naming the first
 /// element that does not.
-pub fn assert_close<T: GpuFloat>(what: &str, got: &[T], want: &[f64], tol: impl Fn(usize, f64) -> f64) {
+pub fn assert_close<T: GpuFloat>(
+    what: &str,
+    got: &[T],
+    want: &[f64],
+    tol: impl Fn(usize, f64) -> f64,
+) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let mut worst = 0.0f64;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let g = g.to_f32() as f64;
         let t = tol(i, w);
         let d = (g - w).abs();
-        assert!(d <= t, "{what}: element {i}: got {g}, want {w} (|diff| {d:e} > tol {t:e})");
+        assert!(
+            d <= t,
+            "{what}: element {i}: got {g}, want {w} (|diff| {d:e} > tol {t:e})"
+        );
         worst = worst.max(d / t.max(f64::MIN_POSITIVE));
     }
     assert!(worst.is_finite(), "{what}: bad error ratio");

@@ -30,10 +30,19 @@ impl<T: MmaFloat> Int4Weights<T> {
         if packed.len() != n * k / 2 || scales.len() != (k / GROUP) * n {
             return Err(shape(
                 "w4a16 unpack",
-                format!("{} bytes and {} scales for n {n}, k {k}", packed.len(), scales.len()),
+                format!(
+                    "{} bytes and {} scales for n {n}, k {k}",
+                    packed.len(),
+                    scales.len()
+                ),
             ));
         }
-        Ok(Int4Weights { n, k, q: pack::unpack(packed, n, k), scales })
+        Ok(Int4Weights {
+            n,
+            k,
+            q: pack::unpack(packed, n, k),
+            scales,
+        })
     }
 }
 
@@ -80,9 +89,15 @@ impl GemmPlan {
         let m_tile = Self::m_tile_for(m);
         let groups = k / GROUP;
         let blocks = ((n / TILE_N) * m.div_ceil(16 * m_tile)).max(1);
-        let wanted = force_splits.unwrap_or(capacity / blocks).clamp(1, groups.max(1));
+        let wanted = force_splits
+            .unwrap_or(capacity / blocks)
+            .clamp(1, groups.max(1));
         let groups_per_split = groups.div_ceil(wanted);
-        GemmPlan { splits: groups.div_ceil(groups_per_split), groups_per_split, m_tile }
+        GemmPlan {
+            splits: groups.div_ceil(groups_per_split),
+            groups_per_split,
+            m_tile,
+        }
     }
 }
 
@@ -93,10 +108,21 @@ impl GpuStream {
         if w.q.len() != w.n * w.k || w.scales.len() != (w.k / GROUP) * w.n {
             return Err(shape(
                 "upload_w4a16",
-                format!("{} values and {} scales for n {}, k {}", w.q.len(), w.scales.len(), w.n, w.k),
+                format!(
+                    "{} values and {} scales for n {}, k {}",
+                    w.q.len(),
+                    w.scales.len(),
+                    w.n,
+                    w.k
+                ),
             ));
         }
-        Ok(W4A16Weights { n: w.n, k: w.k, packed: self.upload(&w.pack())?, scales: self.upload(&w.scales)? })
+        Ok(W4A16Weights {
+            n: w.n,
+            k: w.k,
+            packed: self.upload(&w.pack())?,
+            scales: self.upload(&w.scales)?,
+        })
     }
 
     /// `out[m, n] = sum_k x[m, k] W[n, k]` for `m` rows of `x` (`[m, k]`) into `out`
@@ -125,7 +151,14 @@ impl GpuStream {
         const OP: &str = "w4a16_gemm";
         let (n, k) = (w.n, w.k);
         if x.len() != m * k || out.len() != m * n {
-            return Err(shape(OP, format!("x has {}, out {} elements; expected m {m} x k {k} and m {m} x n {n}", x.len(), out.len())));
+            return Err(shape(
+                OP,
+                format!(
+                    "x has {}, out {} elements; expected m {m} x k {k} and m {m} x n {n}",
+                    x.len(),
+                    out.len()
+                ),
+            ));
         }
         if m == 0 {
             return Ok(());
@@ -133,27 +166,43 @@ impl GpuStream {
         let m_tile = GemmPlan::m_tile_for(m);
         let kernel = format!("kt_w4a16_gemm_{}_m{}", T::SUFFIX, m_tile);
         let f = self.kernels.get(&W4A16_GEMM, &kernel)?;
-        let capacity = self.kernels.resident_blocks(&W4A16_GEMM, &kernel, THREADS)? * self.info.multiprocessors;
+        let capacity = self
+            .kernels
+            .resident_blocks(&W4A16_GEMM, &kernel, THREADS)?
+            * self.info.multiprocessors;
         let plan = GemmPlan::new(m, n, k, capacity, force_splits);
         let m_tiles = m.div_ceil(16 * plan.m_tile);
         if m_tiles > GRID_YZ_MAX || i32::try_from(m * k.max(n)).is_err() {
-            return Err(shape(OP, format!("m {m} is too large for one launch (k {k}, n {n})")));
+            return Err(shape(
+                OP,
+                format!("m {m} is too large for one launch (k {k}, n {n})"),
+            ));
         }
         let dims = format!("m {m}, n {n}, k {k}, {plan:?}");
         let grid = ((n / TILE_N) as u32, plan.splits as u32, m_tiles as u32);
         let (mi, ni, ki, gps) = (m as i32, n as i32, k as i32, plan.groups_per_split as i32);
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
 
         if plan.splits == 1 {
             let null: u64 = 0;
             let mut b = self.stream.launch_builder(&f);
-            b.arg(&x.slice).arg(&w.packed.slice).arg(&w.scales.slice).arg(&mut out.slice).arg(&null);
+            b.arg(&x.slice)
+                .arg(&w.packed.slice)
+                .arg(&w.scales.slice)
+                .arg(&mut out.slice)
+                .arg(&null);
             b.arg(&mi).arg(&ni).arg(&ki).arg(&gps);
             // SAFETY: arguments match kt_w4a16_gemm_<T>_m<tile> (x, packed, scales, out, no
             // partials, M, N, K, groups per split); x is m x k, out m x n (checked), the packed
             // weights and scales were sized for n x k by upload_w4a16, and n % 64 == 0,
             // k % 128 == 0 there; the grid covers n / 64 tiles and all m rows.
-            return unsafe { b.launch(cfg) }.map(drop).map_err(launch_err(kernel, dims));
+            return unsafe { b.launch(cfg) }
+                .map(drop)
+                .map_err(launch_err(kernel, dims));
         }
 
         let need = plan.splits * m * n;
@@ -163,23 +212,38 @@ impl GpuStream {
         let partial = ws.buf.as_mut().expect("allocated above");
         {
             let mut b = self.stream.launch_builder(&f);
-            b.arg(&x.slice).arg(&w.packed.slice).arg(&w.scales.slice).arg(&mut out.slice).arg(&mut partial.slice);
+            b.arg(&x.slice)
+                .arg(&w.packed.slice)
+                .arg(&w.scales.slice)
+                .arg(&mut out.slice)
+                .arg(&mut partial.slice);
             b.arg(&mi).arg(&ni).arg(&ki).arg(&gps);
             // SAFETY: as above, with partials: the workspace holds at least splits x m x n
             // f32 and every split has at least one group (GemmPlan), so each block writes
             // its own rows of partial[split].
-            unsafe { b.launch(cfg) }.map(drop).map_err(launch_err(kernel, dims.clone()))?;
+            unsafe { b.launch(cfg) }
+                .map(drop)
+                .map_err(launch_err(kernel, dims.clone()))?;
         }
         let reduce = format!("kt_w4a16_reduce_{}", T::SUFFIX);
         let rf = self.kernels.get(&W4A16_GEMM, &reduce)?;
         let mn = (m * n) as u64;
         let splits = plan.splits as i32;
         let blocks = (m * n).div_ceil(256).clamp(1, GRID_YZ_MAX) as u32;
-        let rcfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let rcfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let mut b = self.stream.launch_builder(&rf);
-        b.arg(&partial.slice).arg(&mut out.slice).arg(&splits).arg(&mn);
+        b.arg(&partial.slice)
+            .arg(&mut out.slice)
+            .arg(&splits)
+            .arg(&mn);
         // SAFETY: matches kt_w4a16_reduce_<T> (partial, out, splits, m * n); partial holds
         // splits x m x n values written by the GEMM above (same stream, so in order).
-        unsafe { b.launch(rcfg) }.map(drop).map_err(launch_err(reduce, dims))
+        unsafe { b.launch(rcfg) }
+            .map(drop)
+            .map_err(launch_err(reduce, dims))
     }
 }

@@ -45,7 +45,10 @@ impl QuantError {
 
 pub(crate) fn check_shape(op: &'static str, n: usize, k: usize) -> CudaResult<()> {
     if n == 0 || k == 0 || !n.is_multiple_of(TILE_N) || !k.is_multiple_of(GROUP) {
-        return Err(shape(op, format!("n {n} must be a positive multiple of {TILE_N}, k {k} of {GROUP}")));
+        return Err(shape(
+            op,
+            format!("n {n} must be a positive multiple of {TILE_N}, k {k} of {GROUP}"),
+        ));
     }
     Ok(())
 }
@@ -57,10 +60,16 @@ impl<T: MmaFloat> Int4Weights<T> {
         const OP: &str = "w4a16 quantize";
         check_shape(OP, n, k)?;
         if w.len() != n * k {
-            return Err(shape(OP, format!("{} weights, expected n {n} x k {k}", w.len())));
+            return Err(shape(
+                OP,
+                format!("{} weights, expected n {n} x k {k}", w.len()),
+            ));
         }
         if let Some(i) = w.iter().position(|v| !v.is_finite()) {
-            return Err(shape(OP, format!("weight {i} (row {}, col {}) is {}", i / k, i % k, w[i])));
+            return Err(shape(
+                OP,
+                format!("weight {i} (row {}, col {}) is {}", i / k, i % k, w[i]),
+            ));
         }
         let groups = k / GROUP;
         let mut q = vec![0i8; n * k];
@@ -85,17 +94,32 @@ impl<T: MmaFloat> Int4Weights<T> {
 
     /// Quantizes a GGUF tensor of `n` rows of `k` elements in format `qtype`, through its
     /// f32 dequantization. The error is measured against that dequantization.
-    pub fn from_gguf(qtype: QType, bytes: &[u8], n: usize, k: usize) -> CudaResult<(Self, QuantError)> {
+    pub fn from_gguf(
+        qtype: QType,
+        bytes: &[u8],
+        n: usize,
+        k: usize,
+    ) -> CudaResult<(Self, QuantError)> {
         const OP: &str = "w4a16 from_gguf";
         check_shape(OP, n, k)?;
         let row_bytes = qtype.row_bytes(k).map_err(|e| shape(OP, e.to_string()))?;
         if bytes.len() != n * row_bytes {
-            return Err(shape(OP, format!("{} bytes, expected {n} rows of {row_bytes} ({qtype})", bytes.len())));
+            return Err(shape(
+                OP,
+                format!(
+                    "{} bytes, expected {n} rows of {row_bytes} ({qtype})",
+                    bytes.len()
+                ),
+            ));
         }
         let mut w = vec![0.0f32; n * k];
         for (r, dst) in w.chunks_exact_mut(k).enumerate() {
-            dequantize(qtype, &bytes[r * row_bytes..(r + 1) * row_bytes], dst)
-                .map_err(|e| CudaError::Shape { op: OP, detail: format!("row {r}: {e}") })?;
+            dequantize(qtype, &bytes[r * row_bytes..(r + 1) * row_bytes], dst).map_err(|e| {
+                CudaError::Shape {
+                    op: OP,
+                    detail: format!("row {r}: {e}"),
+                }
+            })?;
         }
         Self::quantize(&w, n, k)
     }
@@ -115,7 +139,10 @@ impl<T: MmaFloat> Int4Weights<T> {
     /// The weights the kernel multiplies with: `q * scale` rounded once to T, as its
     /// tensor-core operands are T (the GEMM's scalar reference uses these).
     pub fn kernel_weights(&self) -> Vec<f32> {
-        self.dequantize().into_iter().map(|v| T::from_f32(v).to_f32()).collect()
+        self.dequantize()
+            .into_iter()
+            .map(|v| T::from_f32(v).to_f32())
+            .collect()
     }
 
     fn error_against(&self, w: &[f32]) -> QuantError {
@@ -128,6 +155,10 @@ impl<T: MmaFloat> Int4Weights<T> {
             sw += (a as f64) * (a as f64);
         }
         let len = w.len() as f64;
-        QuantError { max_abs, rms: (se / len).sqrt(), rms_weight: (sw / len).sqrt() }
+        QuantError {
+            max_abs,
+            rms: (se / len).sqrt(),
+            rms_weight: (sw / len).sqrt(),
+        }
     }
 }
