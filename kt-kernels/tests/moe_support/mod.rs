@@ -240,7 +240,8 @@ fn quant_steps(act: QType, h: &[f32], dh: &[f64]) -> (Vec<(f64, f64)>, Vec<bool>
                 for (j, (&v, &d)) in hb.iter().zip(db).enumerate() {
                     let idx = blk * act.block_elems() + j;
                     let q = (v as f64).abs() * 127.0 / amax;
-                    let margin = d / (amax / 127.0) + 127.0 * dmax / amax + FORMULA;
+                    // v = |h| 127 / amax moves by dh 127 / amax, and by v dmax / amax with the scale.
+                    let margin = d / (amax / 127.0) + q * dmax / amax + FORMULA;
                     steps[idx] = (step, scale_slack);
                     amb[idx] = ((q - q.floor()) - 0.5).abs() <= margin;
                 }
