@@ -4,11 +4,15 @@
 //!   reference quantize / dequantize / dot.
 //! - [`cpu`]: run-time ISA detection, the per-format kernel tables, the pinned thread
 //!   pool and the format-agnostic matmul driver.
+//! - [`ops`]: plain f32 reference ops of a DeepSeek V2/V3 layer (RMSNorm, activations,
+//!   YaRN rope, MoE routing, MLA attention) that the forward pass and the GPU kernels are
+//!   checked against.
 //! - [`util`]: small helpers shared by tests, benches and the synthetic models
 //!   (deterministic RNG, 64-byte aligned buffers).
 
 pub mod cpu;
 pub mod error;
+pub mod ops;
 pub mod quant;
 pub mod util;
 

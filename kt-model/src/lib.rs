@@ -1,1 +1,8 @@
 //! kt-model: GGUF loading and the DeepSeek V2/V3 forward pass, built on kt-kernels.
+
+pub mod config;
+pub mod error;
+pub mod gguf;
+pub mod tensors;
+
+pub use error::{ModelError, Result};

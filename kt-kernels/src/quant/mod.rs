@@ -153,7 +153,10 @@ impl QType {
         if n_elems % block != 0 {
             return Err(KtError::NotBlockMultiple { qtype: self, len: n_elems, block });
         }
-        Ok(n_elems / block * self.block_bytes())
+        (n_elems / block).checked_mul(self.block_bytes()).ok_or(KtError::Shape {
+            op: "row_bytes",
+            detail: format!("{n_elems} elements of {self} overflow a byte count"),
+        })
     }
 
     /// Bits per weight, scales included.
@@ -232,4 +235,30 @@ pub fn vec_dot_f32(qtype: QType, weights: &[u8], x: &[f32]) -> Result<f32> {
     let mut w = vec![0f32; x.len()];
     reference::dequantize(qtype, weights, &mut w);
     Ok(w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_names_and_sizes_round_trip() {
+        for t in QType::ALL {
+            assert_eq!(QType::from_ggml_id(t.ggml_id()), Some(t));
+            assert_eq!(QType::from_name(t.name()), Some(t));
+            assert_eq!(t.row_bytes(t.block_elems() * 3).unwrap(), 3 * t.block_bytes());
+        }
+        assert_eq!(QType::from_ggml_id(4), None, "ids 4 and 5 (q4_2, q4_3) were removed from ggml");
+        assert_eq!(QType::from_name("Q4_K"), Some(QType::Q4_K));
+    }
+
+    #[test]
+    fn row_bytes_refuses_partial_blocks_and_overflow() {
+        assert!(matches!(QType::Q4_K.row_bytes(255), Err(KtError::NotBlockMultiple { len: 255, block: 256, .. })));
+        assert!(matches!(QType::Q4_0.row_bytes(48), Err(KtError::NotBlockMultiple { .. })));
+        // Q8_0 stores 34 bytes per 32 elements, so the byte count outgrows the element count.
+        let huge = (usize::MAX / 32) * 32;
+        assert!(matches!(QType::Q8_0.row_bytes(huge), Err(KtError::Shape { .. })));
+        assert!(matches!(QType::F32.row_bytes(usize::MAX), Err(KtError::Shape { .. })));
+    }
 }

@@ -1,6 +1,7 @@
 //! Small helpers shared by kernels, tests, benches and the synthetic models.
 
 pub mod aligned;
+pub mod npy;
 pub mod rng;
 
 pub use aligned::AlignedBuf;

@@ -1,5 +1,40 @@
-//! avx512 kernels (filled in by the avx512 backend work).
+//! AVX512 kernels (F/BW/VL/DQ + VNNI; BF16 dot products with AVX512-BF16 where the CPU
+//! has it). The integer formats share one register-tile driver over a "column" layout
+//! ([`tile`]) in which `vpdpbusd` sums whole 32-element columns, so each format only
+//! says how to rearrange its weight bytes ([`tile::ColumnFormat`]). BF16 has its own
+//! small tile ([`bf16`]). Formats not registered here fall through to AVX2; the formats
+//! whose activations are Q8_K or Q8_0 get the AVX512 activation quantizers either way.
 
-use super::dispatch::KernelTable;
+mod act;
+mod bf16;
+mod q2_k;
+mod q4_k;
+mod q5_k;
+mod q6_k;
+mod q8_0;
+mod quantize;
+mod tile;
 
-pub(crate) fn register(_t: &mut KernelTable) {}
+use super::dispatch::{FormatKernels, KernelTable};
+use super::isa::Isa;
+use crate::quant::QType;
+
+pub(crate) fn register(t: &mut KernelTable) {
+    let k_quant = |gemm| FormatKernels { act: QType::Q8_K, quantize_act: quantize::q8_k, gemm, gemm_isa: Isa::Avx512 };
+    t.set(QType::Q2_K, k_quant(tile::gemm::<q2_k::Q2K>));
+    t.set(QType::Q4_K, k_quant(tile::gemm::<q4_k::Q4K>));
+    t.set(QType::Q5_K, k_quant(tile::gemm::<q5_k::Q5K>));
+    t.set(QType::Q6_K, k_quant(tile::gemm::<q6_k::Q6K>));
+    t.set(
+        QType::Q8_0,
+        FormatKernels { act: QType::Q8_0, quantize_act: quantize::q8_0, gemm: tile::gemm::<q8_0::Q8_0>, gemm_isa: Isa::Avx512 },
+    );
+    if let Ok(lower) = t.get(QType::BF16) {
+        // BF16 activations are a plain conversion: keep the lower level's converter.
+        let quantize_act = lower.quantize_act;
+        t.set(QType::BF16, FormatKernels { act: QType::BF16, quantize_act, gemm: bf16::gemm, gemm_isa: Isa::Avx512 });
+    }
+    t.set_quantize_act(QType::Q3_K, quantize::q8_k);
+    t.set_quantize_act(QType::Q4_0, quantize::q8_0);
+    t.set_quantize_act(QType::Q5_0, quantize::q8_0);
+}

@@ -1,0 +1,207 @@
+//! BF16 weights times BF16 activations. With AVX512-BF16, `vdpbf16ps` multiplies pairs
+//! of bf16 and adds them to f32 lanes; without it, each bf16 is widened to f32 (a shift
+//! or a mask: bf16 is the top half of an f32) and accumulated with FMA. Either way a
+//! register tile of `RM` rows x `RN` tokens walks K 32 elements at a time, the tail with
+//! masked loads, and each product's 16 lanes are summed at the end.
+
+use std::arch::x86_64::*;
+
+use crate::cpu::dispatch::GemmTile;
+use crate::cpu::isa::Isa;
+
+/// Elements per step (one zmm of bf16).
+const STEP: usize = 32;
+
+/// The table's `gemm` entry for BF16.
+///
+/// # Safety
+/// See [`crate::cpu::dispatch::GemmFn`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(super) unsafe fn gemm(tile: &GemmTile) {
+    if Isa::Avx512.has_avx512_bf16() {
+        // SAFETY: the CPU has AVX512-BF16 (checked just above); the tile contract is
+        // forwarded.
+        unsafe { gemm_dpbf16(tile) }
+    } else {
+        // SAFETY: forwarded contract.
+        unsafe { gemm_with::<false>(tile) }
+    }
+}
+
+/// # Safety
+/// As [`gemm`], on a CPU with AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16")]
+unsafe fn gemm_dpbf16(tile: &GemmTile) {
+    // SAFETY: forwarded contract; the features of gemm_with::<true> are enabled here.
+    unsafe { gemm_with::<true>(tile) }
+}
+
+/// Covers the tile with `RM x RN` register tiles, the largest first.
+///
+/// # Safety
+/// As [`gemm`]; `DPBF16` only on a CPU with AVX512-BF16.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn gemm_with<const DPBF16: bool>(tile: &GemmTile) {
+    let mut r0 = 0;
+    while r0 < tile.rows {
+        let rm = 4.min(tile.rows - r0);
+        let mut t0 = 0;
+        while t0 < tile.tokens {
+            let rn = 4.min(tile.tokens - t0);
+            // SAFETY: rows r0..r0+rm and tokens t0..t0+rn are inside the tile.
+            unsafe {
+                let (w, a) = (tile.w.add(r0 * tile.w_stride), tile.a.add(t0 * tile.a_stride));
+                let out = tile.out.add(t0 * tile.ldo + r0);
+                let args = (w, tile.w_stride, a, tile.a_stride, tile.k, out, tile.ldo);
+                macro_rules! shapes {
+                    ($(($r:literal, $n:literal)),*) => {
+                        match (rm, rn) {
+                            $(($r, $n) => if DPBF16 { kernel_dpbf16::<$r, $n>(args) } else { kernel_fma::<$r, $n>(args) },)*
+                            _ => unreachable!("no {rm}x{rn} register tile"),
+                        }
+                    };
+                }
+                shapes!((1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3), (2, 4),
+                        (3, 1), (3, 2), (3, 3), (3, 4), (4, 1), (4, 2), (4, 3), (4, 4));
+            }
+            t0 += rn;
+        }
+        r0 += rm;
+    }
+}
+
+/// (weights, weight stride, activations, activation stride, k, output, ldo).
+type Args = (*const u8, usize, *const u8, usize, usize, *mut f32, usize);
+
+/// 32 bf16 at `p`, or the first `n < 32` of them and zeros.
+///
+/// # Safety
+/// `min(n, 32)` bf16 are readable at `p`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn load(p: *const u8, n: usize) -> __m512i {
+    // SAFETY: the masked load touches only the first min(n, 32) elements.
+    unsafe {
+        if n >= STEP {
+            _mm512_loadu_si512(p.cast())
+        } else {
+            _mm512_maskz_loadu_epi16(((1u64 << n) - 1) as __mmask32, p.cast())
+        }
+    }
+}
+
+/// Writes the lane sums of the accumulators.
+///
+/// # Safety
+/// `out` covers `RN` tokens x `RM` rows at `ldo`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn store<const RM: usize, const RN: usize>(acc: &[[__m512; RN]; RM], out: *mut f32, ldo: usize) {
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (t, &a) in acc_r.iter().enumerate() {
+            // SAFETY: inside the output tile (the caller's contract).
+            unsafe { *out.add(t * ldo + r) = _mm512_reduce_add_ps(a) };
+        }
+    }
+}
+
+/// # Safety
+/// `args` describe `RM` weight rows and `RN` activation rows of `k` bf16 and the output
+/// tile; AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16")]
+unsafe fn kernel_dpbf16<const RM: usize, const RN: usize>((w, ws, a, as_, k, out, ldo): Args) {
+    let mut acc = [[_mm512_setzero_ps(); RN]; RM];
+    let mut i = 0;
+    while i < k {
+        let n = k - i;
+        // SAFETY: elements i..min(i + 32, k) of each row (the caller's contract).
+        unsafe {
+            let mut wv = [_mm512_setzero_si512(); RM];
+            for (r, v) in wv.iter_mut().enumerate() {
+                *v = load(w.add(r * ws + 2 * i), n);
+            }
+            for t in 0..RN {
+                let av: __m512bh = std::mem::transmute(load(a.add(t * as_ + 2 * i), n));
+                for (acc_r, &w_r) in acc.iter_mut().zip(&wv) {
+                    acc_r[t] = _mm512_dpbf16_ps(acc_r[t], std::mem::transmute::<__m512i, __m512bh>(w_r), av);
+                }
+            }
+        }
+        i += STEP;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { store(&acc, out, ldo) };
+}
+
+/// A vector of 32 bf16 as two f32 vectors: the even elements (shifted up into the f32
+/// high half) and the odd ones (already there: the low half masked off).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+fn widen(v: __m512i) -> (__m512, __m512) {
+    let high = _mm512_set1_epi32(0xFFFF_0000_u32 as i32);
+    (_mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)), _mm512_castsi512_ps(_mm512_and_si512(v, high)))
+}
+
+/// # Safety
+/// As [`kernel_dpbf16`], without needing AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn kernel_fma<const RM: usize, const RN: usize>((w, ws, a, as_, k, out, ldo): Args) {
+    let mut acc = [[_mm512_setzero_ps(); RN]; RM];
+    let mut i = 0;
+    while i < k {
+        let n = k - i;
+        // SAFETY: as in kernel_dpbf16.
+        unsafe {
+            let mut wv = [(_mm512_setzero_ps(), _mm512_setzero_ps()); RM];
+            for (r, v) in wv.iter_mut().enumerate() {
+                *v = widen(load(w.add(r * ws + 2 * i), n));
+            }
+            for t in 0..RN {
+                let (ae, ao) = widen(load(a.add(t * as_ + 2 * i), n));
+                for (acc_r, &(we, wo)) in acc.iter_mut().zip(&wv) {
+                    acc_r[t] = _mm512_fmadd_ps(wo, ao, _mm512_fmadd_ps(we, ae, acc_r[t]));
+                }
+            }
+        }
+        i += STEP;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { store(&acc, out, ldo) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::SplitMix64;
+
+    /// The widening fallback cannot be reached through the table on a CPU with
+    /// AVX512-BF16: compare both kernels on the same data here.
+    #[test]
+    fn dpbf16_and_fma_kernels_agree() {
+        if Isa::Avx512.check().is_err() || !Isa::Avx512.has_avx512_bf16() {
+            eprintln!("skipped: this CPU lacks AVX512 or AVX512-BF16");
+            return;
+        }
+        let mut rng = SplitMix64::new(7);
+        for k in [1usize, 31, 32, 33, 100, 1024] {
+            let (rows, tokens) = (3, 2);
+            let bf = |x: f32| half::bf16::from_f32(x).to_bits().to_le_bytes();
+            let w: Vec<u8> = (0..rows * k).flat_map(|_| bf(rng.normal())).collect();
+            let a: Vec<u8> = (0..tokens * k).flat_map(|_| bf(rng.normal())).collect();
+            let mut o1 = vec![f32::NAN; rows * tokens];
+            let mut o2 = vec![f32::NAN; rows * tokens];
+            let args = |o: &mut Vec<f32>| (w.as_ptr(), 2 * k, a.as_ptr(), 2 * k, k, o.as_mut_ptr(), rows);
+            // SAFETY: the CPU features were checked; the buffers hold rows x k weights,
+            // tokens x k activations and tokens x rows outputs.
+            unsafe {
+                kernel_dpbf16::<3, 2>(args(&mut o1));
+                kernel_fma::<3, 2>(args(&mut o2));
+            }
+            let scale: f32 = (k as f32).sqrt() * 4.0;
+            for (x, y) in o1.iter().zip(&o2) {
+                assert!((x - y).abs() <= 1e-5 * scale, "k {k}: {x} vs {y}");
+            }
+        }
+    }
+}
