@@ -75,6 +75,7 @@ fn bad_calls_are_typed_errors_and_leave_the_context_usable() {
     bad_ids[7] = 12;
     shape_err(ctx.forward(&b.layer, &x, &bad_ids, &w, &mut out), "token 1 slot 1: expert id 12");
     shape_err(ctx.forward(&b.layer, &x, &ids, &w, &mut out[..h]), "output has 256");
+    shape_err(ctx.submit(&b.layer, &x, &ids, &w).unwrap().sync(&mut out[..h]), "output has 256");
     // A layer the scratch was not sized for.
     let big = small(QType::Q4_K, QType::Q8_0, 128, 4);
     shape_err(ctx.forward(&big.layer, &x, &ids, &w, &mut out), "reserve");

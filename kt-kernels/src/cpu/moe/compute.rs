@@ -55,9 +55,9 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
         h,
         n_inter,
         slice0: l.slice.start,
-        act_g: kg.act.row_bytes(h)?,
-        act_u: ku.act.row_bytes(h)?,
-        act_d: kd.act.row_bytes(n_inter)?,
+        act_g: l.act_row_gate,
+        act_u: l.act_row_up,
+        act_d: l.act_row_down,
     };
     assert!(s.tiles.len() >= pool.threads() * TILE_FLOATS, "tile scratch sized for another pool");
 
@@ -223,8 +223,8 @@ fn quantize_rows(pool: &ThreadPool, kern: &FormatKernels, inter: &[f32], n: usiz
 /// Down of each item straight into the positions' rows of `down_out`.
 fn down(pool: &ThreadPool, l: &LayerInner, kd: &FormatKernels, d: &Dims, items: &[Item], act: &[u8], down_out: &mut [f32]) {
     let stack = &l.down;
-    // The slice's columns start this many bytes into each row (checked block-aligned).
-    let col_offset = stack.qtype().row_bytes(d.slice0).expect("slice start checked block-aligned");
+    // The slice's columns start this many bytes into each row.
+    let col_offset = l.down_col_offset;
     let w = Raw::new(stack.bytes().as_ptr());
     let a = Raw::new(act.as_ptr());
     let out = Raw::new(down_out.as_mut_ptr());

@@ -172,18 +172,7 @@ impl MoeContext {
         let s = &*self.shared;
         let needs = Needs::of(layer, s.max_tokens, s.max_top_k)?;
         let mut st = self.wait_idle();
-        {
-            let mut sc = lock(&s.scratch);
-            if !sc.sized_for.covers(&needs) {
-                return Err(shape("the scratch was not sized for this layer: pass it to MoeContext::new or reserve()".into()));
-            }
-            sc.layer = Some(layer.clone());
-            sc.tokens = tokens;
-            sc.top_k = k;
-            sc.x[..x.len()].copy_from_slice(x);
-            sc.ids[..ids.len()].copy_from_slice(ids);
-            sc.weights[..weights.len()].copy_from_slice(weights);
-        }
+        load(&mut lock(&s.scratch), &needs, layer, x, ids, weights, tokens, k)?;
         st.submitted += 1;
         st.claimed = false;
         let seq = st.submitted;
@@ -192,9 +181,24 @@ impl MoeContext {
         Ok(MoeHandle { ctx: self, seq, len: tokens * layer.hidden(), synced: false })
     }
 
-    /// [`MoeContext::submit`] then [`MoeHandle::sync`].
+    /// The synchronous call: what [`MoeContext::submit`] + [`MoeHandle::sync`] compute,
+    /// but run on the calling thread (as the pool's thread 0), which saves the two
+    /// hand-offs to and from the driver thread. Waits for a call in flight first.
     pub fn forward(&self, layer: &MoeLayer, x: &[f32], ids: &[u32], weights: &[f32], out: &mut [f32]) -> Result<()> {
-        self.submit(layer, x, ids, weights)?.sync(out)
+        let (tokens, k) = self.check_call(layer, x, ids, weights)?;
+        if out.len() != tokens * layer.hidden() {
+            return Err(shape(format!("forward: output has {} elements, the call produces {}", out.len(), tokens * layer.hidden())));
+        }
+        let s = &*self.shared;
+        let needs = Needs::of(layer, s.max_tokens, s.max_top_k)?;
+        let idle = self.wait_idle();
+        let mut sc = lock(&s.scratch);
+        // Submitters now wait on the scratch lock until this call is done.
+        drop(idle);
+        load(&mut sc, &needs, layer, x, ids, weights, tokens, k)?;
+        compute::run(&mut sc, &s.pool, s.isa)?;
+        out.copy_from_slice(&sc.out[..out.len()]);
+        Ok(())
     }
 
     /// Checks a call's shapes; returns (tokens, k).
@@ -234,6 +238,21 @@ impl MoeContext {
         }
         Ok((tokens, k))
     }
+}
+
+/// Copies a checked call's inputs into the scratch.
+#[allow(clippy::too_many_arguments)]
+fn load(sc: &mut Scratch, needs: &Needs, layer: &MoeLayer, x: &[f32], ids: &[u32], weights: &[f32], tokens: usize, k: usize) -> Result<()> {
+    if !sc.sized_for.covers(needs) {
+        return Err(shape("the scratch was not sized for this layer: pass it to MoeContext::new or reserve()".into()));
+    }
+    sc.layer = Some(layer.clone());
+    sc.tokens = tokens;
+    sc.top_k = k;
+    sc.x[..x.len()].copy_from_slice(x);
+    sc.ids[..ids.len()].copy_from_slice(ids);
+    sc.weights[..weights.len()].copy_from_slice(weights);
+    Ok(())
 }
 
 impl Drop for MoeContext {

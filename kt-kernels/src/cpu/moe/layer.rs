@@ -52,7 +52,11 @@ impl ExpertStack {
 
     /// A stack that owns its bytes (tests, benchmarks, synthetic models).
     pub fn from_vec(qtype: QType, bytes: Vec<u8>, experts: usize, rows: usize, cols: usize) -> Result<Self> {
-        let expected = qtype.row_bytes(cols)? * rows * experts;
+        let expected = qtype
+            .row_bytes(cols)?
+            .checked_mul(rows)
+            .and_then(|n| n.checked_mul(experts))
+            .ok_or_else(|| shape(format!("{experts} x {rows} rows of {cols} elements overflow")))?;
         if bytes.len() != expected {
             return Err(KtError::Length { qtype, what: "expert stack", unit: "bytes", expected, got: bytes.len() });
         }
@@ -109,6 +113,32 @@ pub(crate) struct LayerInner {
     pub experts: usize,
     /// The intermediate rows (gate/up) and columns (down) this layer computes.
     pub slice: Range<usize>,
+    /// Bytes of one activation row for gate and up (`hidden` elements) and for down (the
+    /// slice), and where the slice's columns start in a down row: computed here once so
+    /// a call does no size arithmetic that could fail.
+    pub act_row_gate: usize,
+    pub act_row_up: usize,
+    pub act_row_down: usize,
+    pub down_col_offset: usize,
+}
+
+impl LayerInner {
+    fn new(gate: ExpertStack, up: ExpertStack, down: ExpertStack, slice: Range<usize>) -> Result<LayerInner> {
+        let hidden = gate.cols;
+        Ok(LayerInner {
+            act_row_gate: gate.qtype.vec_dot_type().row_bytes(hidden)?,
+            act_row_up: up.qtype.vec_dot_type().row_bytes(hidden)?,
+            act_row_down: down.qtype.vec_dot_type().row_bytes(slice.len())?,
+            down_col_offset: down.qtype.row_bytes(slice.start)?,
+            hidden,
+            intermediate: gate.rows,
+            experts: gate.experts,
+            gate,
+            up,
+            down,
+            slice,
+        })
+    }
 }
 
 fn shape(detail: String) -> KtError {
@@ -134,7 +164,7 @@ impl MoeLayer {
         if e == 0 || i == 0 || h == 0 {
             return Err(shape(format!("empty layer: {e} experts, intermediate {i}, hidden {h}")));
         }
-        Ok(MoeLayer { inner: Arc::new(LayerInner { gate, up, down, hidden: h, intermediate: i, experts: e, slice: 0..i }) })
+        Ok(MoeLayer { inner: Arc::new(LayerInner::new(gate, up, down, 0..i)?) })
     }
 
     /// The same weights restricted to intermediate rows/columns `range` (a NUMA node's
@@ -156,19 +186,9 @@ impl MoeLayer {
                 )));
             }
         }
-        // The slice's own length must also quantize in whole activation blocks.
-        down.vec_dot_type().row_bytes(range.len())?;
-        Ok(MoeLayer {
-            inner: Arc::new(LayerInner {
-                gate: l.gate.clone(),
-                up: l.up.clone(),
-                down: l.down.clone(),
-                hidden: l.hidden,
-                intermediate: l.intermediate,
-                experts: l.experts,
-                slice: range,
-            }),
-        })
+        // (LayerInner::new also checks that the slice's length quantizes in whole
+        // activation blocks.)
+        Ok(MoeLayer { inner: Arc::new(LayerInner::new(l.gate.clone(), l.up.clone(), l.down.clone(), range)?) })
     }
 
     pub fn hidden(&self) -> usize {
@@ -198,7 +218,8 @@ impl MoeLayer {
     pub fn expert_bytes(&self) -> usize {
         let l = &*self.inner;
         let n = l.slice.len();
-        let down_row = l.down.qtype.row_bytes(n).unwrap_or(0);
+        // Whole blocks (the slice is block-aligned): bytes in proportion to elements.
+        let down_row = l.down.row_bytes * n / l.intermediate;
         n * (l.gate.row_bytes + l.up.row_bytes) + l.hidden * down_row
     }
 }

@@ -12,7 +12,8 @@
 //!   context (they run one after the other), so a model pays for one scratch.
 //! - [`MoeContext::submit`] returns a [`MoeHandle`] at once: the driver thread runs the
 //!   call on the pool while the caller does something else; [`MoeHandle::sync`] waits and
-//!   copies the output out. [`MoeContext::forward`] is submit + sync.
+//!   copies the output out. [`MoeContext::forward`] computes the same on the calling
+//!   thread (no hand-off to the driver).
 //! - [`reference`]: the f32 reference (dequantized weights, f32 activations, f64 sums).
 //!
 //! # How a call runs (see `compute.rs`)

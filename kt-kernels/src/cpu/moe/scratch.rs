@@ -27,7 +27,7 @@ impl Needs {
         let pairs = max_tokens
             .checked_mul(max_top_k)
             .ok_or_else(|| KtError::Shape { op: "MoeContext", detail: format!("{max_tokens} tokens x {max_top_k} slots overflow") })?;
-        let (g, u, d) = (l.gate.qtype().vec_dot_type(), l.up.qtype().vec_dot_type(), l.down.qtype().vec_dot_type());
+        let same_act = l.gate.qtype().vec_dot_type() == l.up.qtype().vec_dot_type();
         let inter = l.slice.len();
         Ok(Needs {
             hidden: l.hidden,
@@ -35,9 +35,9 @@ impl Needs {
             experts: l.experts,
             pairs,
             tokens: max_tokens,
-            act_gate: g.row_bytes(l.hidden)?,
-            act_up: if u == g { 0 } else { u.row_bytes(l.hidden)? },
-            act_down: d.row_bytes(inter)?,
+            act_gate: l.act_row_gate,
+            act_up: if same_act { 0 } else { l.act_row_up },
+            act_down: l.act_row_down,
             items: plan::max_items(inter.max(l.hidden), pairs, l.experts),
         })
     }
