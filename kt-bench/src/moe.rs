@@ -69,7 +69,7 @@ fn shape(name: &str) -> Result<Shape, String> {
 /// to a 32-block format: Q4_K -> Q5_0, Q5_K -> Q5_1; for Q2_K its fallback (IQ4_NL) is
 /// not a kt format, so Q4_0 (same 4.5 bits) stands in.
 fn formats(format: &str, inter: usize) -> Result<(QType, QType, QType), String> {
-    let k_ok = inter % 256 == 0;
+    let k_ok = inter.is_multiple_of(256);
     let (gu, down) = match format {
         // Q4_K_M: Q4_K gate/up; down Q4_K (Q6_K in the "more bits" layers, see --down-format).
         "q4_k" => (QType::Q4_K, if k_ok { QType::Q4_K } else { QType::Q5_0 }),

@@ -6,7 +6,7 @@
 //! partition its output (positions x rows), which `plan.rs` tests.
 
 use super::layer::LayerInner;
-use super::plan::{Item, MAX_ITEM_ROWS, MAX_ITEM_TOKENS};
+use super::plan::{Item, MAX_ITEM_FLOATS};
 use super::scratch::{Scratch, TILE_FLOATS};
 use super::{plan, routing::Routing};
 use crate::cpu::dispatch::{self, FormatKernels, GemmTile};
@@ -156,7 +156,7 @@ fn gate_up(
     phase(pool, items.len(), work, &|i, thread| {
         let it = items[i];
         let (e, r0, nr, p0, nt) = (it.expert as usize, it.row0 as usize, it.rows as usize, it.pos0 as usize, it.tokens as usize);
-        debug_assert!(nr <= MAX_ITEM_ROWS && nt <= MAX_ITEM_TOKENS);
+        debug_assert!(nr * nt <= MAX_ITEM_FLOATS);
         let g_out = tiles.at(thread * TILE_FLOATS);
         let u_out = tiles.at(thread * TILE_FLOATS + TILE_FLOATS / 2);
         let tile = |stack: &super::ExpertStack, w: Raw<u8>, a: Raw<u8>, a_stride: usize, out: *mut f32| GemmTile {
@@ -173,7 +173,7 @@ fn gate_up(
         };
         // SAFETY: expert e < experts (checked at submit) and rows r0..r0+nr < I, so the
         // weight rows lie in the stack; positions p0..p0+nt lie in the gathered
-        // activations; the thread's tile scratch holds MAX_ITEM_ROWS x MAX_ITEM_TOKENS
+        // activations; the thread's tile scratch holds MAX_ITEM_FLOATS >= nr x nt
         // floats per projection and only this thread uses it; the table only holds
         // kernels this CPU can run.
         unsafe {

@@ -204,7 +204,7 @@ impl MoeContext {
     /// Checks a call's shapes; returns (tokens, k).
     fn check_call(&self, layer: &MoeLayer, x: &[f32], ids: &[u32], weights: &[f32]) -> Result<(usize, usize)> {
         let h = layer.hidden();
-        if x.len() % h != 0 {
+        if !x.len().is_multiple_of(h) {
             return Err(shape(format!("x has {} elements, not a whole number of rows of hidden size {h}", x.len())));
         }
         let tokens = x.len() / h;
@@ -217,7 +217,7 @@ impl MoeContext {
             }
             return Ok((0, 0));
         }
-        if ids.len() % tokens != 0 || ids.is_empty() {
+        if !ids.len().is_multiple_of(tokens) || ids.is_empty() {
             return Err(shape(format!("{} expert ids for {tokens} tokens: not tokens x k", ids.len())));
         }
         let k = ids.len() / tokens;

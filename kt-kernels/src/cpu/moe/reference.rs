@@ -13,14 +13,14 @@ pub fn reference(layer: &MoeLayer, x: &[f32], ids: &[u32], weights: &[f32], out:
     let (h, e_count) = (layer.hidden(), layer.experts());
     let slice = layer.intermediate_slice();
     let bad = |detail: String| KtError::Shape { op: "moe::reference", detail };
-    if x.len() % h != 0 || out.len() != x.len() {
+    if !x.len().is_multiple_of(h) || out.len() != x.len() {
         return Err(bad(format!("x has {} and out {} elements; both must be tokens x {h}", x.len(), out.len())));
     }
     let tokens = x.len() / h;
     if tokens == 0 {
         return Ok(());
     }
-    if ids.len() % tokens != 0 || weights.len() != ids.len() || ids.is_empty() {
+    if !ids.len().is_multiple_of(tokens) || weights.len() != ids.len() || ids.is_empty() {
         return Err(bad(format!("{} ids and {} weights for {tokens} tokens", ids.len(), weights.len())));
     }
     let k = ids.len() / tokens;

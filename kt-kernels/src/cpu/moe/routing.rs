@@ -33,10 +33,10 @@ impl Routing {
         }
         let mut next = 0u32;
         self.active_len = 0;
-        for e in 0..experts {
+        for (e, &n) in counts.iter().enumerate() {
             self.offsets[e] = next;
-            next += counts[e];
-            if counts[e] > 0 {
+            next += n;
+            if n > 0 {
                 self.active[self.active_len] = e as u32;
                 self.active_len += 1;
             }
@@ -49,8 +49,8 @@ impl Routing {
             counts[e] -= 1;
         }
         // `counts` is now zero; restore it for the planner.
-        for e in 0..experts {
-            counts[e] = self.offsets[e + 1] - self.offsets[e];
+        for (e, n) in counts.iter_mut().enumerate() {
+            *n = self.offsets[e + 1] - self.offsets[e];
         }
     }
 

@@ -2,7 +2,7 @@
 //! and only sliced afterwards: a call allocates nothing.
 
 use super::layer::MoeLayer;
-use super::plan::{self, Item, MAX_ITEM_ROWS, MAX_ITEM_TOKENS};
+use super::plan::{self, Item, MAX_ITEM_FLOATS};
 use super::routing::Routing;
 use crate::error::{KtError, Result};
 use crate::util::AlignedBuf;
@@ -104,7 +104,7 @@ pub(crate) struct Scratch {
 }
 
 /// f32s of one thread's tile scratch (gate tile then up tile).
-pub(crate) const TILE_FLOATS: usize = 2 * MAX_ITEM_ROWS * MAX_ITEM_TOKENS;
+pub(crate) const TILE_FLOATS: usize = 2 * MAX_ITEM_FLOATS;
 
 impl Scratch {
     /// Grows every buffer to serve `needs` (and everything it served before) with a pool
