@@ -127,6 +127,13 @@ fn submit_returns_before_the_work_and_sync_waits() {
     handle.sync(&mut out).unwrap();
     assert_eq!(out, want);
 
+    // A second call on the thread that holds an unsynced handle is an error, not a hang.
+    let pending = ctx.submit(&b.layer, &x, &ids, &w).unwrap();
+    shape_err(ctx.submit(&b.layer, &x, &ids, &w), "unsynced");
+    shape_err(ctx.forward(&b.layer, &x, &ids, &w, &mut out), "unsynced");
+    pending.sync(&mut out).unwrap();
+    assert_eq!(out, want);
+
     // A handle dropped without sync discards its output; the next call runs normally.
     drop(ctx.submit(&b.layer, &x, &ids, &w).unwrap());
     assert_eq!(run(&ctx, &b, 64, 8, 8), want);

@@ -6,14 +6,16 @@
 //! scratch and wakes the driver; the driver runs the call on the pool (as the pool's
 //! thread 0) and marks it finished; `sync` copies the output out. The scratch sits behind
 //! a mutex that the driver holds only while it runs a call, so no state is ever shared
-//! unsynchronised. Leaking a handle (`mem::forget`) leaves its output unclaimed: later
-//! submits then wait forever (no unsoundness, a deadlock).
+//! unsynchronised. A thread that calls `submit` or `forward` while a handle it submitted
+//! is still unsynced gets an error instead of waiting for itself; a handle leaked with
+//! `mem::forget` (or sent to a thread that never syncs it) leaves its output unclaimed,
+//! and other threads' later calls then wait forever (a deadlock, never unsoundness).
 
 use std::any::Any;
 use std::ops::Deref;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 
 use super::compute;
 use super::layer::MoeLayer;
@@ -73,6 +75,8 @@ struct State {
     finished: u64,
     /// The last finished call's output has been taken (or abandoned).
     claimed: bool,
+    /// The thread that submitted the unclaimed call.
+    owner: Option<ThreadId>,
     stop: bool,
     /// Result of the last finished call, and the panic of its kernel if one panicked.
     result: Result<()>,
@@ -108,7 +112,7 @@ impl MoeContext {
             isa,
             max_tokens,
             max_top_k,
-            state: Mutex::new(State { submitted: 0, finished: 0, claimed: true, stop: false, result: Ok(()), panic: None }),
+            state: Mutex::new(State { submitted: 0, finished: 0, claimed: true, owner: None, stop: false, result: Ok(()), panic: None }),
             changed: Condvar::new(),
             scratch: Mutex::new(Scratch::default()),
         });
@@ -138,7 +142,7 @@ impl MoeContext {
             table.get(stack.qtype())?;
         }
         let needs = Needs::of(layer, s.max_tokens, s.max_top_k)?;
-        let _idle = self.wait_idle();
+        let _idle = self.wait_idle()?;
         lock(&s.scratch).grow(&needs, s.pool.threads());
         Ok(())
     }
@@ -153,14 +157,18 @@ impl MoeContext {
         self.shared.max_tokens
     }
 
-    /// Waits until no call is in flight or unclaimed; returns the state lock.
-    fn wait_idle(&self) -> MutexGuard<'_, State> {
+    /// Waits until no call is in flight or unclaimed; returns the state lock. An error
+    /// when the unclaimed call is this thread's own (waiting would never end).
+    fn wait_idle(&self) -> Result<MutexGuard<'_, State>> {
         let s = &*self.shared;
         let mut st = lock(&s.state);
         while st.finished != st.submitted || !st.claimed {
+            if st.owner == Some(std::thread::current().id()) {
+                return Err(shape("this thread holds the handle of an unsynced call: sync or drop it first".into()));
+            }
             st = s.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        st
+        Ok(st)
     }
 
     /// Starts `out[t] = sum_s weights[t,s] * expert_{ids[t,s]}(x[t])` for `x: [T, H]`,
@@ -171,10 +179,11 @@ impl MoeContext {
         let (tokens, k) = self.check_call(layer, x, ids, weights)?;
         let s = &*self.shared;
         let needs = Needs::of(layer, s.max_tokens, s.max_top_k)?;
-        let mut st = self.wait_idle();
+        let mut st = self.wait_idle()?;
         load(&mut lock(&s.scratch), &needs, layer, x, ids, weights, tokens, k)?;
         st.submitted += 1;
         st.claimed = false;
+        st.owner = Some(std::thread::current().id());
         let seq = st.submitted;
         drop(st);
         s.changed.notify_all();
@@ -191,7 +200,7 @@ impl MoeContext {
         }
         let s = &*self.shared;
         let needs = Needs::of(layer, s.max_tokens, s.max_top_k)?;
-        let idle = self.wait_idle();
+        let idle = self.wait_idle()?;
         let mut sc = lock(&s.scratch);
         // Submitters now wait on the scratch lock until this call is done.
         drop(idle);
@@ -322,6 +331,7 @@ impl MoeHandle<'_> {
             out.copy_from_slice(&lock(&s.scratch).out[..self.len]);
         }
         st.claimed = true;
+        st.owner = None;
         self.synced = true;
         drop(st);
         s.changed.notify_all();
@@ -352,6 +362,7 @@ impl Drop for MoeHandle<'_> {
         if !self.synced {
             let mut st = wait_finished(&self.ctx.shared, self.seq);
             st.claimed = true;
+            st.owner = None;
             st.result = Ok(());
             st.panic = None;
             drop(st);
