@@ -15,13 +15,16 @@ lscpu > "$out/lscpu.txt" 2>&1
 "$bin/kt-bench" machine --threads "$threads" --json | tee "$out/machine.json"
 "$bin/kt-bench" pool --threads "$threads" --json --jobs 20000 | tee "$out/pool.json"
 : > "$out/matmul.jsonl"
+"$bin/kt-bench" matmul --threads "$threads" --formats "${formats// /,}" --shapes "${shapes// /,}" --tokens "${tokens// /,}" \
+  --seconds "$secs" --json >> "$out/matmul.jsonl" 2>>"$out/errors.txt"
 for f in $formats; do for s in $shapes; do for t in $tokens; do
-  "$bin/kt-bench" matmul --threads "$threads" --formats "$f" --shapes "$s" --tokens "$t" --seconds "$secs" --json >> "$out/matmul.jsonl" 2>>"$out/errors.txt"
+  # ggml's CPU backend asserts (aborts) on K-quant rows that are no multiple of 256: skip those.
+  case "$f:$s" in q[2-6]_K:*x1408) continue;; esac
   "$bin/ggml_matmul" "$f" "$s" "$t" "$threads" "$secs" >> "$out/matmul.jsonl" 2>>"$out/errors.txt"
 done; done; done
 python3 - "$out/matmul.jsonl" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rows = [r for r in (json.loads(l) for l in open(sys.argv[1]) if l.strip()) if "skipped" not in r]
 kt = {(r["format"].lower(), r["rows"], r["cols"], r["tokens"]): r for r in rows if "peer" not in r}
 gg = {(r["format"].lower(), r["rows"], r["cols"], r["tokens"]): r for r in rows if "peer" in r}
 print(f"{'format':6} {'shape':>11} {'tok':>4} {'kt ms':>9} {'ggml ms':>9} {'kt/ggml':>7} {'kt GB/s':>8} {'of bw':>6} {'kt GOP/s':>9} {'of pk':>6}")

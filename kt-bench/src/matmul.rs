@@ -109,6 +109,16 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         let q = QType::from_name(f).ok_or_else(|| format!("unknown format {f:?}"))?;
         for s in &a.shapes {
             let (rows, cols) = parse_shape(s)?;
+            if let Err(e) = q.row_bytes(cols) {
+                // e.g. V2-Lite's 1408-wide down rows in a K-quant: GGUF files store those in
+                // Q5_0 / Q8_0 instead. Say so and go on with the other cases.
+                if a.json {
+                    println!("{}", serde_json::json!({"format": q.name(), "rows": rows, "cols": cols, "skipped": e.to_string()}));
+                } else {
+                    println!("{:<6} {:>11}  skipped: {e}", q.name(), format!("{rows}x{cols}"));
+                }
+                continue;
+            }
             let mat = make_weights(q, rows, cols, 1)?;
             for &tokens in &a.tokens {
                 let copies = if tokens <= cpu::GEMV_MAX_TOKENS { (1usize << 30).div_ceil(mat.len()).max(1) } else { 1 };

@@ -236,6 +236,36 @@ pub enum ModelError {
         source: std::io::Error,
     },
 
+    // ---- forward pass ---------------------------------------------------------
+    #[error("input token {index}: id {token} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange {
+        index: usize,
+        token: u32,
+        vocab: usize,
+    },
+
+    #[error(
+        "KV cache full: {cached} cached positions + {new} new exceed its capacity of {capacity}"
+    )]
+    CacheFull {
+        cached: usize,
+        new: usize,
+        capacity: usize,
+    },
+
+    #[error("KV cache does not fit the model: {reason}")]
+    CacheMismatch { reason: String },
+
+    #[error("forward pass: {reason}")]
+    Forward { reason: String },
+
+    #[error("tensor '{tensor}': {source}")]
+    TensorKernel {
+        tensor: String,
+        #[source]
+        source: KtError,
+    },
+
     #[error(transparent)]
     Kernel(#[from] KtError),
 }

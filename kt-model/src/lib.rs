@@ -1,6 +1,7 @@
 //! kt-model: GGUF loading and the DeepSeek V2/V3 forward pass, built on kt-kernels.
 
 pub mod config;
+pub mod deepseek;
 pub mod error;
 pub mod gguf;
 pub mod tensors;

@@ -16,18 +16,20 @@ pub struct Bandwidth {
     pub threads: usize,
 }
 
-/// Reads a `bytes`-sized buffer (make it several times the last-level cache) with every
-/// thread of `pool`, each summing its own contiguous slice, `passes` times; returns the
-/// best pass. The buffer is filled with non-zero data first so no page is left unmapped.
+/// Reads a `bytes`-sized buffer (make it several times the last-level cache) with the
+/// threads of `pool`, slices of 1 MiB handed out by the same atomic counter the kernels
+/// use, `passes` times; returns the best pass. The buffer is filled with non-zero data first so no page is left unmapped.
 pub fn measure_read_bandwidth(pool: &ThreadPool, bytes: usize, passes: usize) -> Bandwidth {
     let bytes = bytes.next_multiple_of(4096);
     let mut buf = AlignedBuf::with_len(bytes);
     let words = bytes / 8;
     let threads = pool.threads();
+    const SLICE_WORDS: usize = (1 << 20) / 8;
+    let slices = words.div_ceil(SLICE_WORDS);
     {
         let p = buf.as_mut_slice().as_mut_ptr() as usize;
-        pool.for_each(threads, &|i, _| {
-            let (lo, hi) = (words * i / threads, words * (i + 1) / threads);
+        pool.for_each(slices, &|i, _| {
+            let (lo, hi) = (i * SLICE_WORDS, ((i + 1) * SLICE_WORDS).min(words));
             for w in lo..hi {
                 // SAFETY: word w lies inside the buffer; slices of different i are disjoint
                 // and the buffer is 64-byte aligned, so u64 writes are aligned.
@@ -44,8 +46,8 @@ pub fn measure_read_bandwidth(pool: &ThreadPool, bytes: usize, passes: usize) ->
     let mut best = f64::INFINITY;
     for _ in 0..passes.max(1) {
         let t = Instant::now();
-        pool.for_each(threads, &|i, _| {
-            let chunk = &data[words * i / threads..words * (i + 1) / threads];
+        pool.for_each(slices, &|i, _| {
+            let chunk = &data[i * SLICE_WORDS..((i + 1) * SLICE_WORDS).min(words)];
             let mut acc = [0u64; 8];
             for c in chunk.chunks_exact(8) {
                 for j in 0..8 {

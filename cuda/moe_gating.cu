@@ -1,0 +1,117 @@
+// Fused MoE router for a batch of tokens: scoring (softmax or sigmoid), optional
+// group-limited selection, top-k, weight normalisation and scaling, in one kernel.
+//
+// Covers DeepSeek V2 (softmax; greedy, or group-limited with the group's best score) and
+// DeepSeek V3 (sigmoid plus the e_score_correction bias for choosing, "noaux_tc": the group
+// score is the sum of its two best biased scores, the weights are the unbiased scores).
+// Selection order: descending choice score, ties to the lowest index (experts and groups).
+// Weights: w = (normalize ? w / (sum(w) + 1e-20) : w) * scale.
+#include "include/kt_common.cuh"
+
+#define KT_GATING_WARPS 4
+// Host-checked limits: n_experts <= 512 (32 lanes x 16 bits of a lane's taken mask),
+// n_group <= 64 (bits of the allowed-groups mask), top_k <= 32 (one pick per lane).
+
+enum { KT_SCORE_SOFTMAX = 0, KT_SCORE_SIGMOID = 1 };
+enum { KT_GROUP_MAX = 0, KT_GROUP_TOP2_SUM = 1 };
+
+// One warp per token. Shared memory per warp: scores[E] (unbiased, give the weights),
+// choice[E] (what experts are ranked by) and gscore[n_group].
+extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
+    kt_moe_gating(const float* __restrict__ logits, const float* __restrict__ bias,
+                  uint32_t* __restrict__ ids, float* __restrict__ weights, int tokens, int n_experts,
+                  int top_k, int n_group, int topk_group, int scoring, int group_score,
+                  int normalize, float scale) {
+    extern __shared__ float smem[];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int t = blockIdx.x * KT_GATING_WARPS + warp;
+    if (t >= tokens) return; // whole warps leave together: no block-level barrier below
+    const int E = n_experts;
+    float* scores = smem + (size_t)warp * (2 * E + n_group);
+    float* choice = scores + E;
+    float* gscore = choice + E;
+    const float* row = logits + (size_t)t * E;
+
+    if (scoring == KT_SCORE_SOFTMAX) {
+        float mx = -INFINITY;
+        for (int e = lane; e < E; e += 32) mx = fmaxf(mx, row[e]);
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        float sum = 0.0f;
+        for (int e = lane; e < E; e += 32) {
+            const float p = expf(row[e] - mx);
+            scores[e] = p;
+            sum += p;
+        }
+        sum = kt_warp_sum(sum);
+        for (int e = lane; e < E; e += 32) scores[e] = scores[e] / sum;
+    } else {
+        for (int e = lane; e < E; e += 32) scores[e] = 1.0f / (1.0f + expf(-row[e]));
+    }
+    for (int e = lane; e < E; e += 32) choice[e] = bias ? scores[e] + bias[e] : scores[e];
+    __syncwarp();
+
+    // Groups allowed to supply experts (all of them without grouping).
+    unsigned long long allowed = n_group >= 64 ? ~0ull : ((1ull << n_group) - 1ull);
+    const int gsize = E / n_group;
+    if (n_group > 1 && topk_group < n_group) {
+        for (int g = lane; g < n_group; g += 32) {
+            float b1 = -INFINITY, b2 = -INFINITY; // the two best (equal values count twice)
+            for (int e = g * gsize; e < (g + 1) * gsize; ++e) {
+                const float c = choice[e];
+                if (c > b1) {
+                    b2 = b1;
+                    b1 = c;
+                } else if (c > b2) {
+                    b2 = c;
+                }
+            }
+            gscore[g] = group_score == KT_GROUP_MAX ? b1 : b1 + b2;
+        }
+        __syncwarp();
+        allowed = 0;
+        for (int it = 0; it < topk_group; ++it) {
+            float v = __int_as_float(0x7fc00000);
+            uint32_t gi = 0xffffffffu;
+            for (int g = lane; g < n_group; g += 32) {
+                if ((allowed >> g) & 1ull) continue;
+                if (kt_argmax_better(gscore[g], (uint32_t)g, v, gi)) {
+                    v = gscore[g];
+                    gi = (uint32_t)g;
+                }
+            }
+            kt_warp_argmax(v, gi);
+            allowed |= 1ull << gi;
+        }
+    }
+
+    uint32_t taken = 0; // bit s: expert lane + 32 s already chosen
+    float wsum = 0.0f;
+    float my_w = 0.0f; // lane `it` keeps pick `it` (top_k <= 32, checked by the host)
+    uint32_t my_id = 0;
+    for (int it = 0; it < top_k; ++it) {
+        float v = __int_as_float(0x7fc00000);
+        uint32_t ei = 0xffffffffu;
+        for (int e = lane, s = 0; e < E; e += 32, ++s) {
+            if (((taken >> s) & 1u) || !((allowed >> (e / gsize)) & 1ull)) continue;
+            if (kt_argmax_better(choice[e], (uint32_t)e, v, ei)) {
+                v = choice[e];
+                ei = (uint32_t)e;
+            }
+        }
+        kt_warp_argmax(v, ei);
+        if ((int)(ei & 31u) == lane) taken |= 1u << (ei >> 5);
+        const float w = scores[ei];
+        wsum += w;
+        if (lane == it) {
+            my_w = w;
+            my_id = ei;
+        }
+    }
+    if (lane < top_k) {
+        const float w = normalize ? my_w / (wsum + 1e-20f) : my_w;
+        ids[(size_t)t * top_k + lane] = my_id;
+        weights[(size_t)t * top_k + lane] = w * scale;
+    }
+}

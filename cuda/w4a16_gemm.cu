@@ -1,0 +1,264 @@
+// W4A16 GEMM (Marlin-style): out[m, n] = sum_k x[m, k] * W[n, k], with W stored as 4-bit
+// symmetric integers (q - 8) and one scale per column per group of 128 along k, and x in
+// f16 or bf16 (the scales have the activations' type). Tensor cores (mma.sync m16n8k16,
+// sm_80+), a 4-stage cp.async pipeline, f32 accumulation.
+//
+// Weight layout (written by kt-kernels/src/cuda/w4a16.rs, the only producer): for each
+// 64-column tile nt and each 16-deep k step ks, 32 lanes x 16 bytes; lane l holds, for the
+// eight 8-column sub-tiles j, the four values its mma B fragment needs:
+// column n = 64 nt + 8 j + l / 4 at k = 16 ks + 2 (l % 4) + {0, 1, 8, 9}. Word w (of 4)
+// packs sub-tiles 2w and 2w+1 as nibbles {0: k+0, 4: k+1, 1: k+8, 5: k+9} and
+// {2: k+0, 6: k+1, 3: k+8, 7: k+9}, so one mask-and-or per nibble pair yields a
+// ready-made f16x2 / bf16x2 register (see dequant below). Chunk (nt, ks) starts at byte
+// ((nt * K/16 + ks) * 32) * 16: each 64-column tile streams contiguously along k.
+// Scales: [K/128][N] row-major.
+//
+// Grid: x = N/64 column tiles, y = k splits, z = 16*MT-row tiles. Each of the 4 warps takes
+// one 16-deep step of every 64-deep stage; the warps' partial sums are added in a fixed
+// order through shared memory, so results are reproducible. With one split the block
+// writes `out`; with several, f32 partials [split][M][N] that kt_w4a16_reduce_* adds up.
+#include "include/kt_common.cuh"
+
+namespace {
+
+constexpr int kThreads = 128; // 4 warps
+constexpr int kStages = 4;
+constexpr int kBN = 64;       // output columns per block
+constexpr int kBK = 64;       // k per pipeline stage: one 16-deep mma step per warp
+constexpr int kGroup = 128;   // quantization group along k
+constexpr int kBBytes = kBN * kBK / 2;      // packed weights per stage
+constexpr int kSBytes = kBN * 2;            // one group's scales for the tile's columns
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy; src_bytes 0 fills the destination with zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+template <typename T> struct Kind;
+
+template <> struct Kind<__half> {
+    using T2 = __half2;
+    // (q & 0x000f000f) | 0x64006400 is the f16 pair (1024 + q_lo, 1024 + q_hi), exactly.
+    static constexpr uint32_t kMagic = 0x64006400u;
+    static __device__ __forceinline__ T2 offset() { return __float2half2_rn(1032.0f); }
+    static __device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+            "{%8, %9}, {%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+template <> struct Kind<__nv_bfloat16> {
+    using T2 = __nv_bfloat162;
+    // bf16 keeps 7 mantissa bits: 0x4300 is 128.0 and 0x4300 | q is 128 + q, exactly.
+    static constexpr uint32_t kMagic = 0x43004300u;
+    static __device__ __forceinline__ T2 offset() { return __float2bfloat162_rn(136.0f); }
+    static __device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+            "{%8, %9}, {%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+// Nibbles 0 and 4 of `q` (after the caller's shift) to the pair s * (q - 8): the subtraction
+// is exact, the product rounds once (the host reference rounds the same way).
+template <typename T>
+__device__ __forceinline__ uint32_t dequant(uint32_t q, typename Kind<T>::T2 s) {
+    using T2 = typename Kind<T>::T2;
+    uint32_t bits = (q & 0x000f000fu) | Kind<T>::kMagic;
+    T2 v = __hsub2(*reinterpret_cast<T2*>(&bits), Kind<T>::offset());
+    v = __hmul2_rn(v, s);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+template <typename T, int MT>
+__device__ __forceinline__ void w4a16_gemm(const T* __restrict__ x, const uint4* __restrict__ qw,
+                                           const T* __restrict__ scales, T* __restrict__ out,
+                                           float* __restrict__ partial, int M, int N, int K,
+                                           int groups_per_split) {
+    constexpr int BM = 16 * MT;
+    constexpr int kABytes = BM * kBK * 2;
+    constexpr int kStageBytes = kABytes + kBBytes + kSBytes;
+    static_assert(BM * kBN * 4 <= kStages * kStageBytes, "reduction buffer fits the pipeline");
+    __shared__ __align__(128) uint8_t smem[kStages * kStageBytes];
+
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int nt = blockIdx.x;
+    const int n0 = nt * kBN;
+    const int m0 = blockIdx.z * BM;
+    const int k_tiles = K / kBK;
+    const int kt_begin = blockIdx.y * groups_per_split * (kGroup / kBK);
+    const int kt_end = min(kt_begin + groups_per_split * (kGroup / kBK), k_tiles);
+    const int n_kt = kt_end - kt_begin;
+
+    // Issues the copies of k tile `kt` into pipeline slot `slot`.
+    auto load_stage = [&](int slot, int kt) {
+        uint8_t* st = smem + slot * kStageBytes;
+        const int k0 = kt * kBK;
+        // Activations: BM rows x 8 chunks of 16 bytes; chunk c of row r lands at c ^ (r % 8)
+        // so that ldmatrix's eight row reads hit eight different bank groups.
+#pragma unroll
+        for (int c = tid; c < BM * 8; c += kThreads) {
+            const int r = c >> 3;
+            const int ch = c & 7;
+            const int row = m0 + r;
+            const bool ok = row < M;
+            const T* src = ok ? x + (size_t)row * K + k0 + ch * 8 : x;
+            cp_async16(st + r * 128 + ((ch ^ (r & 7)) << 4), src, ok ? 16 : 0);
+        }
+        // Weights: 4 k steps x 32 lanes x 16 bytes, contiguous in global memory.
+        cp_async16(st + kABytes + tid * 16, qw + ((size_t)nt * (K / 16) + (size_t)kt * 4) * 32 + tid, 16);
+        // Scales of the group holding this k tile, for the tile's 64 columns.
+        if (tid < kSBytes / 16) {
+            cp_async16(st + kABytes + kBBytes + tid * 16, scales + (size_t)(k0 / kGroup) * N + n0 + tid * 8, 16);
+        }
+    };
+
+    float acc[MT][8][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+        if (s < n_kt) load_stage(s, kt_begin + s);
+        cp_async_commit(); // empty groups keep the wait counts uniform
+    }
+
+    for (int it = 0; it < n_kt; ++it) {
+        cp_async_wait<kStages - 2>();
+        __syncthreads(); // tile `it` landed for all threads; slot (it - 1) % kStages is free
+        if (it + kStages - 1 < n_kt) load_stage((it + kStages - 1) % kStages, kt_begin + it + kStages - 1);
+        cp_async_commit();
+
+        const uint8_t* st = smem + (it % kStages) * kStageBytes;
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+            const int r = i * 16 + (lane & 15);
+            const int ch = warp * 2 + (lane >> 4);
+            ldmatrix_x4(a[i], st + r * 128 + ((ch ^ (r & 7)) << 4));
+        }
+        const uint4 bq = *reinterpret_cast<const uint4*>(st + kABytes + (warp * 32 + lane) * 16);
+        const T* s_tile = reinterpret_cast<const T*>(st + kABytes + kBBytes);
+        const uint32_t words[4] = {bq.x, bq.y, bq.z, bq.w};
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            using T2 = typename Kind<T>::T2;
+            const T s0 = s_tile[(2 * w) * 8 + (lane >> 2)];
+            const T s1 = s_tile[(2 * w + 1) * 8 + (lane >> 2)];
+            const T2 sj0 = T2(s0, s0);
+            const T2 sj1 = T2(s1, s1);
+            const uint32_t q = words[w];
+            const uint32_t b00 = dequant<T>(q, sj0);
+            const uint32_t b01 = dequant<T>(q >> 4, sj0);
+            const uint32_t b10 = dequant<T>(q >> 8, sj1);
+            const uint32_t b11 = dequant<T>(q >> 12, sj1);
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                Kind<T>::mma(acc[i][2 * w], a[i], b00, b01);
+                Kind<T>::mma(acc[i][2 * w + 1], a[i], b10, b11);
+            }
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads(); // the pipeline buffers are reused for the cross-warp sum
+
+    float* red = reinterpret_cast<float*>(smem); // [BM][64]
+#pragma unroll
+    for (int round = 0; round < kThreads / 32; ++round) {
+        if (warp == round) {
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < 8; ++j)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const int r = i * 16 + (lane >> 2) + 8 * h;
+                        const int c = j * 8 + 2 * (lane & 3);
+                        float* dst = red + r * kBN + c;
+                        if (round == 0) {
+                            dst[0] = acc[i][j][2 * h];
+                            dst[1] = acc[i][j][2 * h + 1];
+                        } else {
+                            dst[0] += acc[i][j][2 * h];
+                            dst[1] += acc[i][j][2 * h + 1];
+                        }
+                    }
+        }
+        __syncthreads();
+    }
+
+    for (int e = tid; e < BM * kBN; e += kThreads) {
+        const int r = e / kBN;
+        const int c = e % kBN;
+        const int row = m0 + r;
+        if (row >= M) continue;
+        const float v = red[e];
+        if (partial) {
+            partial[((size_t)blockIdx.y * M + row) * N + n0 + c] = v;
+        } else {
+            out[(size_t)row * N + n0 + c] = kt_from_f32<T>(v);
+        }
+    }
+}
+
+// out = sum over splits of partial[split], in split order.
+template <typename T>
+__device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, T* __restrict__ out,
+                                             int splits, size_t mn) {
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < mn; e += (size_t)gridDim.x * blockDim.x) {
+        float v = 0.0f;
+        for (int s = 0; s < splits; ++s) v += partial[(size_t)s * mn + e];
+        out[e] = kt_from_f32<T>(v);
+    }
+}
+
+} // namespace
+
+#define KT_W4A16(SUFFIX, T, MT)                                                                     \
+    extern "C" __global__ void __launch_bounds__(kThreads) kt_w4a16_gemm_##SUFFIX##_m##MT(         \
+        const T* x, const uint4* qw, const T* scales, T* out, float* partial, int M, int N, int K, \
+        int groups_per_split) {                                                                     \
+        w4a16_gemm<T, MT>(x, qw, scales, out, partial, M, N, K, groups_per_split);                  \
+    }
+
+KT_W4A16(f16, __half, 1)
+KT_W4A16(f16, __half, 2)
+KT_W4A16(f16, __half, 4)
+KT_W4A16(bf16, __nv_bfloat16, 1)
+KT_W4A16(bf16, __nv_bfloat16, 2)
+KT_W4A16(bf16, __nv_bfloat16, 4)
+
+extern "C" __global__ void kt_w4a16_reduce_f16(const float* partial, __half* out, int splits,
+                                               unsigned long long mn) {
+    w4a16_reduce<__half>(partial, out, splits, (size_t)mn);
+}
+extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloat16* out, int splits,
+                                                unsigned long long mn) {
+    w4a16_reduce<__nv_bfloat16>(partial, out, splits, (size_t)mn);
+}

@@ -1,0 +1,65 @@
+//! Q5_0 and Q5_1 on AVX2: Q4_0's / Q4_1's nibbles plus a fifth bit per element, bit
+//! `j` of the little-endian u32 `qh` for element `j`. Q5_0 (`d, qh, qs`) is
+//! `d * (q - 16)`; Q5_1 (`d, m, qh, qs`) is `d * q + m`.
+
+use std::arch::x86_64::*;
+
+use super::q4_0::nibbles_32;
+use super::small_block::SmallBlock;
+
+/// The 5-bit quants of a block whose `qh` is at `qh` and nibbles at `qs`.
+///
+/// # Safety
+/// `qh .. qh + 4` and `qs .. qs + 16` are readable; the CPU has AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quants_5bit(qh: *const u8, qs: *const u8) -> __m256i {
+    // SAFETY: the caller's contract.
+    let (bits, low) = unsafe { (std::ptr::read_unaligned(qh as *const i32), nibbles_32(qs)) };
+    // Byte j takes byte j / 8 of qh, keeps bit j % 8 of it (all other bits set by the
+    // or), and compares with all-ones: 0xff where the bit is set.
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits),
+        _mm256_setr_epi64x(
+            0,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
+    );
+    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1));
+    _mm256_or_si256(low, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+}
+
+pub(super) struct Q5_0;
+
+impl SmallBlock for Q5_0 {
+    const BLOCK_BYTES: usize = 22;
+    const OFFSET: i8 = 16;
+    const SIGNED: bool = false;
+    const HAS_MIN: bool = false;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn quants(x: *const u8) -> __m256i {
+        // SAFETY: qh at 2, 16 nibble bytes at 6.
+        unsafe { quants_5bit(x.add(2), x.add(6)) }
+    }
+}
+
+pub(super) struct Q5_1;
+
+impl SmallBlock for Q5_1 {
+    const BLOCK_BYTES: usize = 24;
+    const OFFSET: i8 = 0;
+    const SIGNED: bool = false;
+    const HAS_MIN: bool = true;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn quants(x: *const u8) -> __m256i {
+        // SAFETY: qh at 4, 16 nibble bytes at 8.
+        unsafe { quants_5bit(x.add(4), x.add(8)) }
+    }
+}

@@ -1,0 +1,137 @@
+//! The one microkernel of the 32-element block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+//! against Q8_0 / Q8_1 activations).
+//!
+//! Every block has its own f16 scale on both sides, so the int sum of one block of a
+//! (row, token) pair is converted and scaled right away: per block and pair one
+//! `maddubs` (plus a sign fix or an offset correction), one `madd` with ones, a cvt, a
+//! multiply by the row's scale and an fma with the token's into that pair's f32
+//! accumulator (8 lanes, summed once at the end). A format only says how its 32 quants
+//! unpack ([`SmallBlock`]).
+//!
+//! - `q - OFFSET` formats (Q4_0: 8, Q5_0: 16): `maddubs(q, a) - maddubs(OFFSET, a)`;
+//!   the correction depends on the token only and is shared by the RM rows.
+//! - Q8_0 (signed weights): `maddubs(|w|, sign(a, w))`.
+//! - `d * q + m` formats (Q4_1, Q5_1): `maddubs(q, a)`, and the `m * s` term of the
+//!   Q8_1 activation's `s = d * sum(a)` is accumulated for all pairs at once, in the
+//!   pair lanes `row * RN + token` of one vector.
+
+use std::arch::x86_64::*;
+use std::marker::PhantomData;
+
+use super::kquant::load32;
+use super::tile::{
+    broadcast_f16, f16_lanes, hsum8_ps, spread_rows, spread_tokens, store_pairs, Microkernel,
+    MAX_PAIRS,
+};
+use crate::cpu::dispatch::GemmTile;
+use crate::quant::QK;
+
+/// How a 32-element block format unpacks for the shared microkernel. Every block starts
+/// with its f16 scale `d`; formats with a minimum have the f16 `m` right after it.
+pub(super) trait SmallBlock {
+    const BLOCK_BYTES: usize;
+    /// Weights are `q - OFFSET` with unsigned `q` (0 when not).
+    const OFFSET: i8;
+    /// Weights are signed bytes (Q8_0).
+    const SIGNED: bool;
+    /// Weights are `d * q + m`; the activations are Q8_1 (with `s`), not Q8_0.
+    const HAS_MIN: bool;
+
+    /// The 32 quants in element order: unsigned `q` (or signed for [`SmallBlock::SIGNED`]).
+    ///
+    /// # Safety
+    /// `x` points to a whole block; the CPU has AVX2.
+    unsafe fn quants(x: *const u8) -> __m256i;
+}
+
+/// The [`Microkernel`] of a 32-element block format.
+pub(super) struct SmallBlockKernel<B>(PhantomData<B>);
+
+/// Bytes of an activation block and the offset of its quants: Q8_1 (`d, s, qs`) for the
+/// formats with a minimum, else Q8_0 (`d, qs`).
+const fn act_layout(q8_1: bool) -> (usize, usize) {
+    if q8_1 {
+        (36, 4)
+    } else {
+        (34, 2)
+    }
+}
+
+/// Unaligned f16 bits at `p`.
+///
+/// # Safety
+/// `p .. p + 2` is readable.
+#[inline]
+unsafe fn f16_bits(p: *const u8) -> u16 {
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::read_unaligned(p as *const u16) }
+}
+
+impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize) {
+        debug_assert!(RM * RN <= MAX_PAIRS);
+        let (act_block, act_qs) = act_layout(B::HAS_MIN);
+        let ones = _mm256_set1_epi16(1);
+        let offset = _mm256_set1_epi8(B::OFFSET);
+        let mut acc = [[_mm256_setzero_ps(); RN]; RM];
+        let mut acc_min = _mm256_setzero_ps();
+        for b in 0..tile.k / QK {
+            // SAFETY: rows r0..r0+RM and tokens t0..t0+RN are inside the tile (the
+            // caller's contract), and block b < k / 32 of each row exists.
+            let w: [*const u8; RM] = std::array::from_fn(|r| unsafe {
+                tile.w.add((r0 + r) * tile.w_stride + b * B::BLOCK_BYTES)
+            });
+            // SAFETY: as above.
+            let a: [*const u8; RN] = std::array::from_fn(|t| unsafe {
+                tile.a.add((t0 + t) * tile.a_stride + b * act_block)
+            });
+            // SAFETY: whole activation blocks: 32 quants at act_qs, d first.
+            let act: [__m256i; RN] = std::array::from_fn(|t| unsafe { load32(a[t].add(act_qs)) });
+            let da: [__m256; RN] =
+                std::array::from_fn(|t| unsafe { broadcast_f16(f16_bits(a[t])) });
+            let correction: [__m256i; RN] = std::array::from_fn(|t| {
+                if B::OFFSET != 0 {
+                    _mm256_maddubs_epi16(offset, act[t])
+                } else {
+                    _mm256_setzero_si256()
+                }
+            });
+            for r in 0..RM {
+                // SAFETY: w[r] is a whole block, d first.
+                let (q, dw) = unsafe { (B::quants(w[r]), broadcast_f16(f16_bits(w[r]))) };
+                let uq = if B::SIGNED { _mm256_abs_epi8(q) } else { q };
+                for t in 0..RN {
+                    let p = if B::SIGNED {
+                        _mm256_maddubs_epi16(uq, _mm256_sign_epi8(act[t], q))
+                    } else {
+                        _mm256_maddubs_epi16(uq, act[t])
+                    };
+                    let p = if B::OFFSET != 0 {
+                        _mm256_sub_epi16(p, correction[t])
+                    } else {
+                        p
+                    };
+                    let sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(sum, dw), da[t], acc[r][t]);
+                }
+            }
+            if B::HAS_MIN {
+                // m of each row (after d) and s of each token (after d), in pair lanes.
+                // SAFETY: whole blocks, as above.
+                let m = f16_lanes::<RM>(std::array::from_fn(|r| unsafe { f16_bits(w[r].add(2)) }));
+                let s = f16_lanes::<RN>(std::array::from_fn(|t| unsafe { f16_bits(a[t].add(2)) }));
+                acc_min = _mm256_fmadd_ps(spread_rows::<RN>(m), spread_tokens::<RN>(s), acc_min);
+            }
+        }
+        let mut pairs = [_mm256_setzero_ps(); MAX_PAIRS];
+        for r in 0..RM {
+            for t in 0..RN {
+                pairs[r * RN + t] = acc[r][t];
+            }
+        }
+        let total = _mm256_add_ps(hsum8_ps(&pairs), acc_min);
+        // SAFETY: the caller's contract covers these output elements.
+        unsafe { store_pairs::<RM, RN>(total, tile, r0, t0) };
+    }
+}

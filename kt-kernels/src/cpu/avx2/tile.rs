@@ -1,0 +1,239 @@
+//! The register-tile driver shared by every AVX2 format (the llamafile tinyBLAS idea): a
+//! format writes one microkernel generic over const RM rows x RN tokens, and [`gemm`]
+//! covers a [`GemmTile`] with the largest register tile that fits what remains, then
+//! smaller ones at the edges.
+//!
+//! Register budget: AVX2 has 16 ymm registers. A microkernel keeps RM x RN accumulators
+//! live plus the unpacked weights of one row and the activations of RN tokens, so the
+//! shapes used hold at most 8 (row, token) pairs: 8x1, 4x2, 2x3, 2x4 and their halves.
+//!
+//! Loop order: for a GEMV tile (few tokens) rows are the outer loop in chunks of 8, so a
+//! chunk's weights are read from memory once and stay in L1 while every token group
+//! passes over them. For a GEMM tile token groups are the outer loop: the RN activation
+//! rows stay in L1 while the tile's weight rows (sized by the driver for L2) stream past.
+
+use std::arch::x86_64::*;
+
+use crate::cpu::dispatch::GemmTile;
+use crate::cpu::matmul::GEMV_MAX_TOKENS;
+
+/// Most tokens of one register tile.
+pub(super) const MAX_RN: usize = 4;
+/// Most (row, token) pairs of one register tile: the pair sums of one super-block are
+/// reduced into the 8 lanes of one ymm.
+pub(super) const MAX_PAIRS: usize = 8;
+
+/// A format's microkernel: computes `out[(t0 + t) * ldo + r0 + r]` for `r < RM`,
+/// `t < RN` over the whole `k` of the tile.
+pub(super) trait Microkernel {
+    /// # Safety
+    /// `r0 + RM <= tile.rows`, `t0 + RN <= tile.tokens`, the tile's pointers are valid
+    /// as [`GemmTile`] documents, and the CPU has AVX2, FMA and F16C.
+    unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize);
+}
+
+/// The largest row count used with `rn` tokens: the largest power of two with at most
+/// [`MAX_PAIRS`] pairs (powers of two, so the edge rows are covered by halving).
+fn max_rm(rn: usize) -> usize {
+    match rn {
+        1 => 8,
+        2 => 4,
+        _ => 2,
+    }
+}
+
+/// The [`GemmFn`](crate::cpu::dispatch::GemmFn) of a format: covers the tile with
+/// register tiles of `M`.
+///
+/// # Safety
+/// As [`GemmFn`](crate::cpu::dispatch::GemmFn); the CPU has AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn gemm<M: Microkernel>(tile: &GemmTile) {
+    let chunk = if tile.tokens <= GEMV_MAX_TOKENS {
+        max_rm(1)
+    } else {
+        tile.rows
+    };
+    let mut r0 = 0;
+    while r0 < tile.rows {
+        let chunk_end = (r0 + chunk).min(tile.rows);
+        let mut t0 = 0;
+        while t0 < tile.tokens {
+            let rn = (tile.tokens - t0).min(MAX_RN);
+            let rm_max = max_rm(rn);
+            let mut r = r0;
+            while r < chunk_end {
+                let left = chunk_end - r;
+                let rm = if left >= rm_max {
+                    rm_max
+                } else {
+                    1 << left.ilog2()
+                };
+                // SAFETY: r + rm <= chunk_end <= tile.rows and t0 + rn <= tile.tokens;
+                // the rest is the caller's contract.
+                unsafe { run::<M>(rm, rn, tile, r, t0) };
+                r += rm;
+            }
+            t0 += rn;
+        }
+        r0 = chunk_end;
+    }
+}
+
+/// Calls the monomorphised microkernel of an `rm` x `rn` register tile.
+///
+/// # Safety
+/// As [`Microkernel::tile`] with `RM = rm`, `RN = rn`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run<M: Microkernel>(rm: usize, rn: usize, tile: &GemmTile, r0: usize, t0: usize) {
+    // SAFETY (every arm): forwarded contract of this function.
+    unsafe {
+        match (rm, rn) {
+            (8, 1) => M::tile::<8, 1>(tile, r0, t0),
+            (4, 1) => M::tile::<4, 1>(tile, r0, t0),
+            (2, 1) => M::tile::<2, 1>(tile, r0, t0),
+            (1, 1) => M::tile::<1, 1>(tile, r0, t0),
+            (4, 2) => M::tile::<4, 2>(tile, r0, t0),
+            (2, 2) => M::tile::<2, 2>(tile, r0, t0),
+            (1, 2) => M::tile::<1, 2>(tile, r0, t0),
+            (2, 3) => M::tile::<2, 3>(tile, r0, t0),
+            (1, 3) => M::tile::<1, 3>(tile, r0, t0),
+            (2, 4) => M::tile::<2, 4>(tile, r0, t0),
+            (1, 4) => M::tile::<1, 4>(tile, r0, t0),
+            _ => unreachable!("register tile {rm}x{rn} is not in the shape menu"),
+        }
+    }
+}
+
+/// Sums the lanes of each of up to 8 vectors: lane `q` of the result is the sum of the
+/// 8 i32 lanes of `v[q]` (missing vectors count as zero).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum8_epi32<const N: usize>(v: &[__m256i; N]) -> __m256i {
+    let z = _mm256_setzero_si256();
+    let g = |q: usize| if q < N { v[q] } else { z };
+    // Transpose-and-add in three steps: pairs of 32-bit lanes, pairs of 64-bit lanes,
+    // then the two 128-bit halves.
+    let pair32 = |a: __m256i, b: __m256i| {
+        _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b))
+    };
+    let s01 = pair32(g(0), g(1)); // per 128 lane: [0a 1a 0b 1b]
+    let s23 = pair32(g(2), g(3));
+    let s45 = pair32(g(4), g(5));
+    let s67 = pair32(g(6), g(7));
+    let pair64 = |a: __m256i, b: __m256i| {
+        _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b))
+    };
+    let s0123 = pair64(s01, s23); // per 128 lane: [0 1 2 3]
+    let s4567 = pair64(s45, s67);
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(s0123, s4567),
+        _mm256_permute2x128_si256::<0x31>(s0123, s4567),
+    )
+}
+
+/// [`hsum8_epi32`] for f32: lane `q` of the result is the sum of the 8 lanes of `v[q]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum8_ps<const N: usize>(v: &[__m256; N]) -> __m256 {
+    let z = _mm256_setzero_ps();
+    let g = |q: usize| if q < N { v[q] } else { z };
+    let pair32 =
+        |a: __m256, b: __m256| _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    let (s01, s23, s45, s67) = (
+        pair32(g(0), g(1)),
+        pair32(g(2), g(3)),
+        pair32(g(4), g(5)),
+        pair32(g(6), g(7)),
+    );
+    let pair64 = |a: __m256, b: __m256| {
+        let (a, b) = (_mm256_castps_pd(a), _mm256_castps_pd(b));
+        _mm256_add_ps(
+            _mm256_castpd_ps(_mm256_unpacklo_pd(a, b)),
+            _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)),
+        )
+    };
+    let (s0123, s4567) = (pair64(s01, s23), pair64(s45, s67));
+    _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(s0123, s4567),
+        _mm256_permute2f128_ps::<0x31>(s0123, s4567),
+    )
+}
+
+/// f16 `bits` to f32, in all 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn broadcast_f16(bits: u16) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
+}
+
+/// Up to 8 f16 values (missing ones 0) as f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16_lanes<const N: usize>(bits: [u16; N]) -> __m256 {
+    let b = |i: usize| if i < N { bits[i] as i16 } else { 0 };
+    _mm256_cvtph_ps(_mm_setr_epi16(
+        b(0),
+        b(1),
+        b(2),
+        b(3),
+        b(4),
+        b(5),
+        b(6),
+        b(7),
+    ))
+}
+
+/// Lane `q` of the result is lane `q / RN` of `rows`: per-row values spread over the
+/// pair lanes `q = row * RN + token`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn spread_rows<const RN: usize>(rows: __m256) -> __m256 {
+    if RN == 1 {
+        return rows;
+    }
+    let i = |q: i32| q / RN as i32;
+    _mm256_permutevar8x32_ps(
+        rows,
+        _mm256_setr_epi32(i(0), i(1), i(2), i(3), i(4), i(5), i(6), i(7)),
+    )
+}
+
+/// Lane `q` of the result is lane `q % RN` of `tokens`: per-token values spread over the
+/// pair lanes `q = row * RN + token`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn spread_tokens<const RN: usize>(tokens: __m256) -> __m256 {
+    if RN == 1 {
+        return _mm256_permutevar8x32_ps(tokens, _mm256_setzero_si256());
+    }
+    let i = |q: i32| q % RN as i32;
+    _mm256_permutevar8x32_ps(
+        tokens,
+        _mm256_setr_epi32(i(0), i(1), i(2), i(3), i(4), i(5), i(6), i(7)),
+    )
+}
+
+/// Writes the pair lanes of `acc` (lane `row * RN + token`) to the output tile.
+///
+/// # Safety
+/// `out + (t0 + t) * ldo + r0 + r` is valid and exclusively ours for `r < RM`, `t < RN`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn store_pairs<const RM: usize, const RN: usize>(
+    acc: __m256,
+    tile: &GemmTile,
+    r0: usize,
+    t0: usize,
+) {
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` is 8 f32 = 32 bytes; storeu has no alignment requirement.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    for r in 0..RM {
+        for t in 0..RN {
+            // SAFETY: the caller's contract.
+            unsafe { *tile.out.add((t0 + t) * tile.ldo + r0 + r) = lanes[r * RN + t] };
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Launch wrapper of `cuda/moe_gating.cu`: the fused MoE router of DeepSeek V2 and V3 for a
+//! batch of tokens, from f32 router logits to the top-k expert ids and their weights. It
+//! takes the CPU reference's [`RouterConfig`] and follows `kt_kernels::ops::route` rule for
+//! rule: selection by score (plus the correction bias for noaux_tc), group-limited methods
+//! keep the `topk_group` best groups, ties go to the lowest index, ids come best first, and
+//! weights are `(norm_topk_prob ? w / (sum(w) + 1e-20) : w) * routed_scaling_factor`.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use crate::ops::{RouterConfig, Scoring, TopkMethod};
+
+use super::error::{launch_err, shape, CudaResult};
+use super::modules::MOE_GATING;
+use super::runtime::{DeviceBuf, GpuStream};
+
+/// Kernel limits (see cuda/moe_gating.cu).
+pub const MAX_EXPERTS: usize = 512;
+pub const MAX_GROUPS: usize = 64;
+pub const MAX_TOP_K: usize = 32;
+const WARPS_PER_BLOCK: usize = 4;
+
+/// The kernel's integer parameters for `cfg` (n_group, topk_group, scoring, group score),
+/// after the reference's own validation and the kernel's limits.
+fn kernel_params(cfg: &RouterConfig, has_bias: bool) -> CudaResult<[i32; 4]> {
+    const OP: &str = "moe_gating";
+    cfg.validate().map_err(|e| shape(OP, e.to_string()))?;
+    match (cfg.method, has_bias) {
+        (TopkMethod::NoauxTc, false) => {
+            return Err(shape(OP, "noaux_tc needs e_score_correction_bias"))
+        }
+        (m, true) if m != TopkMethod::NoauxTc => {
+            return Err(shape(
+                OP,
+                format!("a correction bias was given but {m:?} does not use one"),
+            ))
+        }
+        _ => {}
+    }
+    // Greedy is the grouped kernel with one group kept whole.
+    let (n_group, topk_group) = match cfg.method {
+        TopkMethod::Greedy => (1, 1),
+        _ => (cfg.n_group, cfg.topk_group),
+    };
+    if cfg.n_experts > MAX_EXPERTS || n_group > MAX_GROUPS || cfg.top_k > MAX_TOP_K {
+        return Err(shape(
+            OP,
+            format!(
+                "{} experts, {n_group} groups, top_k {}: the kernel takes at most {MAX_EXPERTS}, {MAX_GROUPS}, {MAX_TOP_K}",
+                cfg.n_experts, cfg.top_k
+            ),
+        ));
+    }
+    let scoring = match cfg.scoring {
+        Scoring::Softmax => 0,
+        Scoring::Sigmoid => 1,
+    };
+    let group_score = match cfg.method {
+        TopkMethod::NoauxTc => 1, // sum of the two best
+        _ => 0,                   // the best
+    };
+    Ok([n_group as i32, topk_group as i32, scoring, group_score])
+}
+
+impl GpuStream {
+    /// Routes `tokens` rows of `logits` (`[tokens, n_experts]`, f32): writes `ids` and
+    /// `weights` (`[tokens, top_k]`, best first). `bias` is V3's `e_score_correction_bias`
+    /// (`[n_experts]`), required by noaux_tc and refused by the other methods.
+    pub fn moe_gating(
+        &self,
+        cfg: &RouterConfig,
+        logits: &DeviceBuf<f32>,
+        bias: Option<&DeviceBuf<f32>>,
+        tokens: usize,
+        ids: &mut DeviceBuf<u32>,
+        weights: &mut DeviceBuf<f32>,
+    ) -> CudaResult<()> {
+        const OP: &str = "moe_gating";
+        let [n_group, topk_group, scoring, group_score] = kernel_params(cfg, bias.is_some())?;
+        let e = cfg.n_experts;
+        if logits.len() != tokens * e {
+            return Err(shape(
+                OP,
+                format!(
+                    "logits have {} elements, expected tokens {tokens} x n_experts {e}",
+                    logits.len()
+                ),
+            ));
+        }
+        if let Some(b) = bias {
+            if b.len() != e {
+                return Err(shape(
+                    OP,
+                    format!("bias has {} elements, expected n_experts {e}", b.len()),
+                ));
+            }
+        }
+        if ids.len() != tokens * cfg.top_k || weights.len() != tokens * cfg.top_k {
+            return Err(shape(
+                OP,
+                format!(
+                    "ids have {}, weights {} elements; expected tokens {tokens} x top_k {}",
+                    ids.len(),
+                    weights.len(),
+                    cfg.top_k
+                ),
+            ));
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let blocks = u32::try_from(tokens.div_ceil(WARPS_PER_BLOCK))
+            .map_err(|_| shape(OP, format!("{tokens} tokens exceed the grid")))?;
+        let smem = (WARPS_PER_BLOCK * (2 * e + n_group as usize) * 4) as u32;
+        let cfg_launch = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (WARPS_PER_BLOCK as u32 * 32, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let kernel = "kt_moe_gating".to_string();
+        let f = self.kernels.get(&MOE_GATING, &kernel)?;
+        let ints = [
+            i32::try_from(tokens)
+                .map_err(|_| shape(OP, format!("{tokens} tokens do not fit in an i32")))?,
+            e as i32,
+            cfg.top_k as i32,
+            n_group,
+            topk_group,
+            scoring,
+            group_score,
+            cfg.norm_topk_prob as i32,
+        ];
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&logits.slice);
+        match bias {
+            Some(bias) => b.arg(&bias.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&mut ids.slice).arg(&mut weights.slice);
+        for v in &ints {
+            b.arg(v);
+        }
+        b.arg(&cfg.routed_scaling_factor);
+        // SAFETY: the arguments match kt_moe_gating (logits, bias or a null pointer, ids,
+        // weights, tokens, n_experts, top_k, n_group, topk_group, scoring, group_score,
+        // normalize, scale); kernel_params() checked the kernel's limits, lengths are checked above,
+        // and the dynamic shared memory is what the kernel indexes per warp.
+        unsafe { b.launch(cfg_launch) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("tokens {tokens}, {cfg:?}")))
+    }
+}

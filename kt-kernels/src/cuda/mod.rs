@@ -1,0 +1,27 @@
+//! GPU side of kt (feature `cuda`): a small runtime over the CUDA driver API (cudarc, with
+//! libcuda loaded at run time) and the kernels of `cuda/*.cu`, embedded as fatbins built by
+//! `build.rs`.
+//!
+//! - [`Gpu`]: one device's context and its loaded kernels; [`Gpu::new`] returns
+//!   [`CudaError::NoDriver`] / [`CudaError::NoDevice`] on machines without one.
+//! - [`GpuStream`]: where work is queued; buffers ([`DeviceBuf`], [`PinnedBuf`]), copies,
+//!   events ([`GpuEvent`]) and every kernel launch are methods of a stream.
+//! - Kernels: [`small_ops`] (RMSNorm, SiLU-and-multiply, residual add, embedding, arg-max),
+//!   [`gating`] (fused DeepSeek V2 / V3 MoE router), [`w4a16`] (int4-weight GEMM on tensor
+//!   cores, with its host-side quantizer and repacker).
+//!
+//! Shapes and lengths are checked before any launch and reported as [`CudaError::Shape`];
+//! a failed launch names the kernel and the shape.
+
+mod dtype;
+mod error;
+mod modules;
+mod runtime;
+
+pub mod gating;
+pub mod small_ops;
+pub mod w4a16;
+
+pub use dtype::{GpuFloat, MmaFloat};
+pub use error::{CudaError, CudaResult};
+pub use runtime::{DeviceBuf, DeviceInfo, Gpu, GpuEvent, GpuStream, PinnedBuf};

@@ -1,0 +1,111 @@
+//! The fatbins `build.rs` compiled from `cuda/*.cu` (sm_80 + sm_90 code, compute_90 PTX),
+//! and the per-context cache of their kernels.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::nvrtc::Ptx;
+
+use super::error::{CudaError, CudaResult};
+
+/// One embedded module: its name (the .cu file's stem) and fatbin bytes.
+pub(crate) struct Embedded {
+    pub name: &'static str,
+    pub image: &'static [u8],
+}
+
+pub(crate) const SMALL_OPS: Embedded = Embedded {
+    name: "small_ops",
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/small_ops.fatbin")),
+};
+pub(crate) const MOE_GATING: Embedded = Embedded {
+    name: "moe_gating",
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/moe_gating.fatbin")),
+};
+pub(crate) const W4A16_GEMM: Embedded = Embedded {
+    name: "w4a16_gemm",
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/w4a16_gemm.fatbin")),
+};
+
+const ALL: [Embedded; 3] = [SMALL_OPS, MOE_GATING, W4A16_GEMM];
+
+/// Every embedded module loaded into one context, with kernels looked up once by name.
+pub(crate) struct Kernels {
+    modules: HashMap<&'static str, Arc<CudaModule>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Resident blocks per multiprocessor, by kernel and block size (no dynamic shared memory).
+    occupancy: Mutex<HashMap<(String, u32), usize>>,
+}
+
+impl Kernels {
+    pub fn load(ctx: &Arc<CudaContext>) -> CudaResult<Self> {
+        let mut modules = HashMap::new();
+        for m in ALL {
+            // include_bytes! promises no alignment; the heap copy is aligned the way the
+            // system allocator aligns every block (16 bytes on x86-64 glibc), which the
+            // driver's fatbin reader is content with.
+            let module = ctx
+                .load_module(Ptx::from_binary(m.image.to_vec()))
+                .map_err(|source| CudaError::ModuleLoad {
+                    module: m.name,
+                    source,
+                })?;
+            modules.insert(m.name, module);
+        }
+        Ok(Kernels {
+            modules,
+            functions: Mutex::new(HashMap::new()),
+            occupancy: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Kernel `kernel` of module `module`.
+    pub fn get(&self, module: &Embedded, kernel: &str) -> CudaResult<CudaFunction> {
+        let mut cache = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = cache.get(kernel) {
+            return Ok(f.clone());
+        }
+        let m = &self.modules[module.name];
+        let f = m
+            .load_function(kernel)
+            .map_err(|source| CudaError::MissingKernel {
+                module: module.name,
+                kernel: kernel.to_string(),
+                source,
+            })?;
+        cache.insert(kernel.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// How many blocks of `threads` threads of `kernel` fit on one multiprocessor at once
+    /// (registers and static shared memory permitting), asked of the driver once.
+    pub fn resident_blocks(
+        &self,
+        module: &Embedded,
+        kernel: &str,
+        threads: u32,
+    ) -> CudaResult<usize> {
+        let key = (kernel.to_string(), threads);
+        if let Some(&n) = self
+            .occupancy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(n);
+        }
+        let f = self.get(module, kernel)?;
+        let n = f
+            .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
+            .map_err(|source| CudaError::Driver {
+                op: "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+                source,
+            })? as usize;
+        self.occupancy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, n.max(1));
+        Ok(n.max(1))
+    }
+}

@@ -1,0 +1,238 @@
+//! Launch wrappers of `cuda/small_ops.cu`: RMSNorm, SiLU-and-multiply, in-place residual
+//! add, embedding gather and row arg-max, for f32, f16 and bf16. All compute in f32 and
+//! round once when storing.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::dtype::GpuFloat;
+use super::error::{launch_err, shape, CudaResult};
+use super::modules::SMALL_OPS;
+use super::runtime::{DeviceBuf, GpuStream};
+
+/// Threads per block of the per-row kernels (a multiple of 32, as the block sum requires).
+const ROW_THREADS: u32 = 256;
+/// Threads per block and the grid cap of the grid-stride element-wise kernels.
+const ELEM_THREADS: u32 = 256;
+const ELEM_MAX_BLOCKS: usize = 65_535;
+
+fn grid_rows(op: &'static str, rows: usize) -> CudaResult<u32> {
+    // One block per row on grid x (limit 2^31 - 1); rows == 0 launches nothing.
+    u32::try_from(rows)
+        .ok()
+        .filter(|&r| r <= i32::MAX as u32)
+        .ok_or_else(|| shape(op, format!("{rows} rows exceed the grid")))
+}
+
+fn to_i32(op: &'static str, what: &str, v: usize) -> CudaResult<i32> {
+    i32::try_from(v).map_err(|_| shape(op, format!("{what} = {v} does not fit in an i32")))
+}
+
+fn elem_config(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(ELEM_THREADS as usize).clamp(1, ELEM_MAX_BLOCKS) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (ELEM_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl GpuStream {
+    /// `out[t, :] = w * x[t, :] / sqrt(mean(x[t, :]^2) + eps)` for `tokens` rows of
+    /// `w.len()` elements.
+    pub fn rmsnorm<T: GpuFloat>(
+        &self,
+        x: &DeviceBuf<T>,
+        w: &DeviceBuf<T>,
+        out: &mut DeviceBuf<T>,
+        tokens: usize,
+        eps: f32,
+    ) -> CudaResult<()> {
+        const OP: &str = "rmsnorm";
+        let dim = w.len();
+        if dim == 0 || x.len() != tokens * dim || out.len() != tokens * dim {
+            return Err(shape(
+                OP,
+                format!("x has {}, out {} elements; expected tokens {tokens} x dim {dim} (the weight's length, > 0)", x.len(), out.len()),
+            ));
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let kernel = format!("kt_rmsnorm_{}", T::SUFFIX);
+        let f = self.kernels.get(&SMALL_OPS, &kernel)?;
+        let n = to_i32(OP, "dim", dim)?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid_rows(OP, tokens)?, 1, 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.slice)
+            .arg(&w.slice)
+            .arg(&mut out.slice)
+            .arg(&n)
+            .arg(&eps);
+        // SAFETY: the argument list matches kt_rmsnorm_* (x, w, out, n, eps); x and out hold
+        // tokens * n elements and w holds n (checked above), one block per token.
+        unsafe { b.launch(cfg) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("tokens {tokens}, dim {dim}")))
+    }
+
+    /// `out[t, i] = silu(gate_up[t, i]) * gate_up[t, d + i]`: `gate_up` is `[tokens, 2 d]`
+    /// (gate half first), `out` is `[tokens, d]`.
+    pub fn silu_mul<T: GpuFloat>(
+        &self,
+        gate_up: &DeviceBuf<T>,
+        out: &mut DeviceBuf<T>,
+        tokens: usize,
+        d: usize,
+    ) -> CudaResult<()> {
+        const OP: &str = "silu_mul";
+        if gate_up.len() != tokens * 2 * d || out.len() != tokens * d {
+            return Err(shape(
+                OP,
+                format!(
+                    "gate_up has {}, out {} elements; expected {tokens} x {} and {tokens} x {d}",
+                    gate_up.len(),
+                    out.len(),
+                    2 * d
+                ),
+            ));
+        }
+        if tokens * d == 0 {
+            return Ok(());
+        }
+        let kernel = format!("kt_silu_mul_{}", T::SUFFIX);
+        let f = self.kernels.get(&SMALL_OPS, &kernel)?;
+        let (t, dd) = (to_i32(OP, "tokens", tokens)?, to_i32(OP, "d", d)?);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&gate_up.slice).arg(&mut out.slice).arg(&t).arg(&dd);
+        // SAFETY: matches kt_silu_mul_* (gate_up, out, tokens, d); lengths checked above and the
+        // kernel's grid-stride loop stays below tokens * d.
+        unsafe { b.launch(elem_config(tokens * d)) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("tokens {tokens}, d {d}")))
+    }
+
+    /// `acc[i] += x[i]` (the residual update).
+    pub fn add_inplace<T: GpuFloat>(
+        &self,
+        acc: &mut DeviceBuf<T>,
+        x: &DeviceBuf<T>,
+    ) -> CudaResult<()> {
+        const OP: &str = "add_inplace";
+        if acc.len() != x.len() {
+            return Err(shape(
+                OP,
+                format!("acc has {} elements, x {}", acc.len(), x.len()),
+            ));
+        }
+        let n = acc.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let kernel = format!("kt_add_inplace_{}", T::SUFFIX);
+        let f = self.kernels.get(&SMALL_OPS, &kernel)?;
+        let n64 = n as u64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut acc.slice).arg(&x.slice).arg(&n64);
+        // SAFETY: matches kt_add_inplace_* (acc, x, n); both hold n elements.
+        unsafe { b.launch(elem_config(n)) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("n {n}")))
+    }
+
+    /// `out[t, :] = table[ids[t], :]` with `table` `[vocab, dim]`. An id `>= vocab` gives a
+    /// row of NaN (ids live on the device, so they are checked there).
+    pub fn embedding<T: GpuFloat>(
+        &self,
+        table: &DeviceBuf<T>,
+        vocab: usize,
+        ids: &DeviceBuf<u32>,
+        out: &mut DeviceBuf<T>,
+    ) -> CudaResult<()> {
+        const OP: &str = "embedding";
+        if vocab == 0 || table.is_empty() || !table.len().is_multiple_of(vocab) {
+            return Err(shape(
+                OP,
+                format!(
+                    "table of {} elements is not vocab {vocab} rows",
+                    table.len()
+                ),
+            ));
+        }
+        let dim = table.len() / vocab;
+        let tokens = ids.len();
+        if out.len() != tokens * dim {
+            return Err(shape(
+                OP,
+                format!(
+                    "out has {} elements, expected {tokens} ids x dim {dim}",
+                    out.len()
+                ),
+            ));
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let kernel = format!("kt_embedding_{}", T::SUFFIX);
+        let f = self.kernels.get(&SMALL_OPS, &kernel)?;
+        let v = u32::try_from(vocab)
+            .map_err(|_| shape(OP, format!("vocab {vocab} does not fit in a u32")))?;
+        let d = to_i32(OP, "dim", dim)?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid_rows(OP, tokens)?, 1, 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&table.slice)
+            .arg(&ids.slice)
+            .arg(&mut out.slice)
+            .arg(&v)
+            .arg(&d);
+        // SAFETY: matches kt_embedding_* (table, ids, out, vocab, dim); one block per id, the
+        // kernel reads table rows only for ids < vocab and out holds tokens * dim.
+        unsafe { b.launch(cfg) }.map(drop).map_err(launch_err(
+            kernel,
+            format!("tokens {tokens}, vocab {vocab}, dim {dim}"),
+        ))
+    }
+
+    /// `out[r] =` index of the largest of `x[r, :]` for `rows` rows of `x.len() / rows`
+    /// elements. Ties go to the lowest index; NaN never wins (an all-NaN row gives 0).
+    pub fn argmax<T: GpuFloat>(
+        &self,
+        x: &DeviceBuf<T>,
+        rows: usize,
+        out: &mut DeviceBuf<u32>,
+    ) -> CudaResult<()> {
+        const OP: &str = "argmax";
+        if rows == 0 || x.is_empty() || !x.len().is_multiple_of(rows) || out.len() != rows {
+            return Err(shape(
+                OP,
+                format!(
+                    "x has {} elements, out {}; expected rows {rows} (> 0) of equal length",
+                    x.len(),
+                    out.len()
+                ),
+            ));
+        }
+        let n = x.len() / rows;
+        let kernel = format!("kt_argmax_{}", T::SUFFIX);
+        let f = self.kernels.get(&SMALL_OPS, &kernel)?;
+        let nn = to_i32(OP, "row length", n)?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid_rows(OP, rows)?, 1, 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.slice).arg(&mut out.slice).arg(&nn);
+        // SAFETY: matches kt_argmax_* (x, out, n); one block per row, x holds rows * n.
+        unsafe { b.launch(cfg) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("rows {rows}, n {n}")))
+    }
+}

@@ -1,0 +1,249 @@
+//! W4A16 GEMM on tensor cores (`cuda/w4a16_gemm.cu`): `out[m, n] = sum_k x[m, k] W[n, k]`
+//! with W as symmetric int4 (one f16/bf16 scale per column per 128 along k) and x, out in
+//! f16 or bf16 (the scales' type). Weights are quantized ([`Int4Weights`]) and repacked
+//! once at load ([`GpuStream::upload_w4a16`]).
+
+mod pack;
+mod quant;
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::dtype::MmaFloat;
+use super::error::{launch_err, shape, CudaResult};
+use super::modules::W4A16_GEMM;
+use super::runtime::{DeviceBuf, GpuStream};
+
+pub use quant::{Int4Weights, QuantError, GROUP, TILE_N};
+
+const THREADS: u32 = 128;
+const GRID_YZ_MAX: usize = 65_535;
+
+impl<T: MmaFloat> Int4Weights<T> {
+    /// The packed bytes the kernel reads (n * k / 2).
+    pub fn pack(&self) -> Vec<u8> {
+        pack::pack(&self.q, self.n, self.k)
+    }
+
+    /// Rebuilds the weights from packed bytes and scales (the inverse of [`Self::pack`]).
+    pub fn unpack(packed: &[u8], scales: Vec<T>, n: usize, k: usize) -> CudaResult<Self> {
+        quant::check_shape("w4a16 unpack", n, k)?;
+        if packed.len() != n * k / 2 || scales.len() != (k / GROUP) * n {
+            return Err(shape(
+                "w4a16 unpack",
+                format!(
+                    "{} bytes and {} scales for n {n}, k {k}",
+                    packed.len(),
+                    scales.len()
+                ),
+            ));
+        }
+        Ok(Int4Weights {
+            n,
+            k,
+            q: pack::unpack(packed, n, k),
+            scales,
+        })
+    }
+}
+
+/// Int4 weights on the device, in the kernel's layout.
+pub struct W4A16Weights<T> {
+    pub n: usize,
+    pub k: usize,
+    packed: DeviceBuf<u8>,
+    scales: DeviceBuf<T>,
+}
+
+/// f32 scratch for the k-split partial sums, grown on demand and reused across calls.
+#[derive(Default)]
+pub struct GemmWorkspace {
+    buf: Option<DeviceBuf<f32>>,
+}
+
+/// How a GEMM is cut into blocks: the k splits and the row-tile height (16 * m_tile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmPlan {
+    pub splits: usize,
+    pub groups_per_split: usize,
+    pub m_tile: usize,
+}
+
+impl GemmPlan {
+    /// The row tile (in units of 16 rows) of the kernel instance used for `m` rows.
+    pub fn m_tile_for(m: usize) -> usize {
+        if m <= 16 {
+            1
+        } else if m <= 32 {
+            2
+        } else {
+            4
+        }
+    }
+
+    /// Splits k so that the grid fills the device in one wave: `capacity` is how many blocks
+    /// of the kernel can be resident at once (blocks per multiprocessor x multiprocessors).
+    /// A decode GEMM (m = 1) has only n / 64 column tiles, far fewer than the blocks it takes
+    /// to keep memory busy; a grid just past one wave would run a second, mostly empty one.
+    /// `force_splits` overrides the choice (tests exercise both paths with it).
+    pub fn new(m: usize, n: usize, k: usize, capacity: usize, force_splits: Option<usize>) -> Self {
+        let m_tile = Self::m_tile_for(m);
+        let groups = k / GROUP;
+        let blocks = ((n / TILE_N) * m.div_ceil(16 * m_tile)).max(1);
+        let wanted = force_splits
+            .unwrap_or(capacity / blocks)
+            .clamp(1, groups.max(1));
+        let groups_per_split = groups.div_ceil(wanted);
+        GemmPlan {
+            splits: groups.div_ceil(groups_per_split),
+            groups_per_split,
+            m_tile,
+        }
+    }
+}
+
+impl GpuStream {
+    /// Packs `w` and copies it to the device.
+    pub fn upload_w4a16<T: MmaFloat>(&self, w: &Int4Weights<T>) -> CudaResult<W4A16Weights<T>> {
+        quant::check_shape("upload_w4a16", w.n, w.k)?;
+        if w.q.len() != w.n * w.k || w.scales.len() != (w.k / GROUP) * w.n {
+            return Err(shape(
+                "upload_w4a16",
+                format!(
+                    "{} values and {} scales for n {}, k {}",
+                    w.q.len(),
+                    w.scales.len(),
+                    w.n,
+                    w.k
+                ),
+            ));
+        }
+        Ok(W4A16Weights {
+            n: w.n,
+            k: w.k,
+            packed: self.upload(&w.pack())?,
+            scales: self.upload(&w.scales)?,
+        })
+    }
+
+    /// `out[m, n] = sum_k x[m, k] W[n, k]` for `m` rows of `x` (`[m, k]`) into `out`
+    /// (`[m, n]`); f32 accumulation, one rounding to T at the end.
+    pub fn w4a16_gemm<T: MmaFloat>(
+        &self,
+        w: &W4A16Weights<T>,
+        x: &DeviceBuf<T>,
+        m: usize,
+        out: &mut DeviceBuf<T>,
+        ws: &mut GemmWorkspace,
+    ) -> CudaResult<()> {
+        self.w4a16_gemm_planned(w, x, m, out, ws, None)
+    }
+
+    /// [`Self::w4a16_gemm`] with the number of k splits forced (clamped to 1..=k/128).
+    pub fn w4a16_gemm_planned<T: MmaFloat>(
+        &self,
+        w: &W4A16Weights<T>,
+        x: &DeviceBuf<T>,
+        m: usize,
+        out: &mut DeviceBuf<T>,
+        ws: &mut GemmWorkspace,
+        force_splits: Option<usize>,
+    ) -> CudaResult<()> {
+        const OP: &str = "w4a16_gemm";
+        let (n, k) = (w.n, w.k);
+        if x.len() != m * k || out.len() != m * n {
+            return Err(shape(
+                OP,
+                format!(
+                    "x has {}, out {} elements; expected m {m} x k {k} and m {m} x n {n}",
+                    x.len(),
+                    out.len()
+                ),
+            ));
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        let m_tile = GemmPlan::m_tile_for(m);
+        let kernel = format!("kt_w4a16_gemm_{}_m{}", T::SUFFIX, m_tile);
+        let f = self.kernels.get(&W4A16_GEMM, &kernel)?;
+        let capacity = self
+            .kernels
+            .resident_blocks(&W4A16_GEMM, &kernel, THREADS)?
+            * self.info.multiprocessors;
+        let plan = GemmPlan::new(m, n, k, capacity, force_splits);
+        let m_tiles = m.div_ceil(16 * plan.m_tile);
+        if m_tiles > GRID_YZ_MAX || i32::try_from(m * k.max(n)).is_err() {
+            return Err(shape(
+                OP,
+                format!("m {m} is too large for one launch (k {k}, n {n})"),
+            ));
+        }
+        let dims = format!("m {m}, n {n}, k {k}, {plan:?}");
+        let grid = ((n / TILE_N) as u32, plan.splits as u32, m_tiles as u32);
+        let (mi, ni, ki, gps) = (m as i32, n as i32, k as i32, plan.groups_per_split as i32);
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+
+        if plan.splits == 1 {
+            let null: u64 = 0;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&x.slice)
+                .arg(&w.packed.slice)
+                .arg(&w.scales.slice)
+                .arg(&mut out.slice)
+                .arg(&null);
+            b.arg(&mi).arg(&ni).arg(&ki).arg(&gps);
+            // SAFETY: arguments match kt_w4a16_gemm_<T>_m<tile> (x, packed, scales, out, no
+            // partials, M, N, K, groups per split); x is m x k, out m x n (checked), the packed
+            // weights and scales were sized for n x k by upload_w4a16, and n % 64 == 0,
+            // k % 128 == 0 there; the grid covers n / 64 tiles and all m rows.
+            return unsafe { b.launch(cfg) }
+                .map(drop)
+                .map_err(launch_err(kernel, dims));
+        }
+
+        let need = plan.splits * m * n;
+        if ws.buf.as_ref().is_none_or(|b| b.len() < need) {
+            ws.buf = Some(self.alloc_zeroed::<f32>(need)?);
+        }
+        let partial = ws.buf.as_mut().expect("allocated above");
+        {
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&x.slice)
+                .arg(&w.packed.slice)
+                .arg(&w.scales.slice)
+                .arg(&mut out.slice)
+                .arg(&mut partial.slice);
+            b.arg(&mi).arg(&ni).arg(&ki).arg(&gps);
+            // SAFETY: as above, with partials: the workspace holds at least splits x m x n
+            // f32 and every split has at least one group (GemmPlan), so each block writes
+            // its own rows of partial[split].
+            unsafe { b.launch(cfg) }
+                .map(drop)
+                .map_err(launch_err(kernel, dims.clone()))?;
+        }
+        let reduce = format!("kt_w4a16_reduce_{}", T::SUFFIX);
+        let rf = self.kernels.get(&W4A16_GEMM, &reduce)?;
+        let mn = (m * n) as u64;
+        let splits = plan.splits as i32;
+        let blocks = (m * n).div_ceil(256).clamp(1, GRID_YZ_MAX) as u32;
+        let rcfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&rf);
+        b.arg(&partial.slice)
+            .arg(&mut out.slice)
+            .arg(&splits)
+            .arg(&mn);
+        // SAFETY: matches kt_w4a16_reduce_<T> (partial, out, splits, m * n); partial holds
+        // splits x m x n values written by the GEMM above (same stream, so in order).
+        unsafe { b.launch(rcfg) }
+            .map(drop)
+            .map_err(launch_err(reduce, dims))
+    }
+}

@@ -1,0 +1,164 @@
+//! Symmetric int4 quantization with one scale per column per group of 128 along k: the
+//! weight format of the W4A16 GEMM, made once at load time from f32 weights or from
+//! dequantized GGUF rows, with the error it introduces measured.
+
+use crate::cuda::dtype::MmaFloat;
+use crate::cuda::error::{shape, CudaError, CudaResult};
+use crate::quant::{dequantize, QType};
+
+/// Quantization group along k.
+pub const GROUP: usize = 128;
+/// Output columns per tile of the packed layout (the GEMM's block width).
+pub const TILE_N: usize = 64;
+
+/// W (`[n, k]`, row n = output column n) as `q * scale`, q in -8..=7, one scale per
+/// (group of 128 along k, column): the canonical, unpacked form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int4Weights<T> {
+    pub n: usize,
+    pub k: usize,
+    /// `q[c * k + kk]`, each in -8..=7.
+    pub q: Vec<i8>,
+    /// `scales[g * n + c]` for group g = kk / 128 (the layout the kernel reads).
+    pub scales: Vec<T>,
+}
+
+/// How far the quantized weights are from the originals.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuantError {
+    pub max_abs: f64,
+    /// Root mean square of the error.
+    pub rms: f64,
+    /// Root mean square of the original weights (rms / rms_weight is the relative error).
+    pub rms_weight: f64,
+}
+
+impl QuantError {
+    pub fn relative_rms(&self) -> f64 {
+        if self.rms_weight == 0.0 {
+            0.0
+        } else {
+            self.rms / self.rms_weight
+        }
+    }
+}
+
+pub(crate) fn check_shape(op: &'static str, n: usize, k: usize) -> CudaResult<()> {
+    if n == 0 || k == 0 || !n.is_multiple_of(TILE_N) || !k.is_multiple_of(GROUP) {
+        return Err(shape(
+            op,
+            format!("n {n} must be a positive multiple of {TILE_N}, k {k} of {GROUP}"),
+        ));
+    }
+    Ok(())
+}
+
+impl<T: MmaFloat> Int4Weights<T> {
+    /// Quantizes `w` (`[n, k]` row-major f32): per group, scale = max|w| / 7 rounded to T,
+    /// q = round(w / scale) clamped to -8..=7. Returns the weights and their error.
+    pub fn quantize(w: &[f32], n: usize, k: usize) -> CudaResult<(Self, QuantError)> {
+        const OP: &str = "w4a16 quantize";
+        check_shape(OP, n, k)?;
+        if w.len() != n * k {
+            return Err(shape(
+                OP,
+                format!("{} weights, expected n {n} x k {k}", w.len()),
+            ));
+        }
+        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+            return Err(shape(
+                OP,
+                format!("weight {i} (row {}, col {}) is {}", i / k, i % k, w[i]),
+            ));
+        }
+        let groups = k / GROUP;
+        let mut q = vec![0i8; n * k];
+        let mut scales = vec![T::from_f32(0.0); groups * n];
+        for c in 0..n {
+            for g in 0..groups {
+                let row = &w[c * k + g * GROUP..c * k + (g + 1) * GROUP];
+                let amax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let s = T::from_f32(amax / 7.0);
+                scales[g * n + c] = s;
+                let sf = s.to_f32();
+                let inv = if sf == 0.0 { 0.0 } else { 1.0 / sf };
+                for (j, &v) in row.iter().enumerate() {
+                    q[c * k + g * GROUP + j] = (v * inv).round().clamp(-8.0, 7.0) as i8;
+                }
+            }
+        }
+        let weights = Int4Weights { n, k, q, scales };
+        let err = weights.error_against(w);
+        Ok((weights, err))
+    }
+
+    /// Quantizes a GGUF tensor of `n` rows of `k` elements in format `qtype`, through its
+    /// f32 dequantization. The error is measured against that dequantization.
+    pub fn from_gguf(
+        qtype: QType,
+        bytes: &[u8],
+        n: usize,
+        k: usize,
+    ) -> CudaResult<(Self, QuantError)> {
+        const OP: &str = "w4a16 from_gguf";
+        check_shape(OP, n, k)?;
+        let row_bytes = qtype.row_bytes(k).map_err(|e| shape(OP, e.to_string()))?;
+        if bytes.len() != n * row_bytes {
+            return Err(shape(
+                OP,
+                format!(
+                    "{} bytes, expected {n} rows of {row_bytes} ({qtype})",
+                    bytes.len()
+                ),
+            ));
+        }
+        let mut w = vec![0.0f32; n * k];
+        for (r, dst) in w.chunks_exact_mut(k).enumerate() {
+            dequantize(qtype, &bytes[r * row_bytes..(r + 1) * row_bytes], dst).map_err(|e| {
+                CudaError::Shape {
+                    op: OP,
+                    detail: format!("row {r}: {e}"),
+                }
+            })?;
+        }
+        Self::quantize(&w, n, k)
+    }
+
+    /// `q * scale` in f32 (exact: a 4-bit integer times a 16-bit float).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.n * self.k];
+        for c in 0..self.n {
+            for kk in 0..self.k {
+                let s = self.scales[(kk / GROUP) * self.n + c].to_f32();
+                out[c * self.k + kk] = self.q[c * self.k + kk] as f32 * s;
+            }
+        }
+        out
+    }
+
+    /// The weights the kernel multiplies with: `q * scale` rounded once to T, as its
+    /// tensor-core operands are T (the GEMM's scalar reference uses these).
+    pub fn kernel_weights(&self) -> Vec<f32> {
+        self.dequantize()
+            .into_iter()
+            .map(|v| T::from_f32(v).to_f32())
+            .collect()
+    }
+
+    fn error_against(&self, w: &[f32]) -> QuantError {
+        let deq = self.dequantize();
+        let (mut max_abs, mut se, mut sw) = (0.0f64, 0.0f64, 0.0f64);
+        for (&a, &b) in w.iter().zip(&deq) {
+            let d = (a as f64 - b as f64).abs();
+            max_abs = max_abs.max(d);
+            se += d * d;
+            sw += (a as f64) * (a as f64);
+        }
+        let len = w.len() as f64;
+        QuantError {
+            max_abs,
+            rms: (se / len).sqrt(),
+            rms_weight: (sw / len).sqrt(),
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! W4A16: the quantizer and the packed layout (CPU), and the GPU GEMM against a scalar f64
+//! reference over the weights the kernel multiplies with, for f16 and bf16, token counts
+//! 1, 3, 17, 129 and both the single-pass and the k-split paths.
+#![cfg(feature = "cuda")]
+
+mod cuda_common;
+
+use cuda_common::{gpu_or_skip, nan_buf, random, to_f64};
+use half::{bf16, f16};
+use kt_kernels::cuda::w4a16::{GemmPlan, GemmWorkspace, Int4Weights, GROUP};
+use kt_kernels::cuda::{GpuStream, MmaFloat};
+use kt_kernels::quant::{quantize, QType};
+use kt_kernels::util::SplitMix64;
+
+fn random_weights(n: usize, k: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed);
+    // Columns of different magnitudes, so per-group scales matter.
+    (0..n * k)
+        .map(|i| rng.normal() * 0.02 * (1.0 + (i / k % 7) as f32))
+        .collect()
+}
+
+#[test]
+fn pack_then_unpack_gives_back_the_weights() {
+    let (n, k) = (192, 384);
+    let q = random_int4::<f16>(n, k, 1);
+    let back = Int4Weights::<f16>::unpack(&q.pack(), q.scales.clone(), n, k).unwrap();
+    assert_eq!(back, q);
+    assert!(
+        q.q.contains(&-8) && q.q.contains(&7),
+        "the full int4 range is exercised"
+    );
+}
+
+/// Int4 weights with every value -8..=7 equally likely and scales of varied size: exercises
+/// every nibble (the quantizer rarely emits -8).
+fn random_int4<T: MmaFloat>(n: usize, k: usize, seed: u64) -> Int4Weights<T> {
+    let mut rng = SplitMix64::new(seed);
+    let q = (0..n * k).map(|_| rng.below(16) as i8 - 8).collect();
+    let scales = (0..(k / GROUP) * n)
+        .map(|_| T::from_f32(rng.uniform(0.002, 0.02)))
+        .collect();
+    Int4Weights { n, k, q, scales }
+}
+
+fn check_quant_error<T: MmaFloat>() {
+    let (n, k) = (128, 512);
+    let w = random_weights(n, k, 2);
+    let (q, err) = Int4Weights::<T>::quantize(&w, n, k).unwrap();
+    let deq = q.dequantize();
+    // Every weight is within half a step of its group's scale, plus what rounding the scale
+    // to T can add at the clamped end (|w| <= amax = 7 s (1 + u)).
+    for c in 0..n {
+        for kk in 0..k {
+            let s = q.scales[(kk / GROUP) * n + c].to_f32() as f64;
+            let d = (w[c * k + kk] as f64 - deq[c * k + kk] as f64).abs();
+            assert!(
+                d <= 0.5 * s + 8.0 * s * T::UNIT_ROUNDOFF + 1e-12,
+                "{} col {c} k {kk}: err {d} scale {s}",
+                T::SUFFIX
+            );
+        }
+    }
+    // Gaussian groups of 128: max |w| is about 2.6 sigma, the step 0.37 sigma, the rms error
+    // about step / sqrt(12) = 0.11 sigma.
+    let rel = err.relative_rms();
+    eprintln!(
+        "int4/{} quantization of N(0, s) weights: rms error {rel:.4} of rms weight, max {:.3e}",
+        T::SUFFIX,
+        err.max_abs
+    );
+    assert!((0.07..0.15).contains(&rel), "relative rms error {rel}");
+}
+
+#[test]
+fn quantization_error_is_bounded() {
+    check_quant_error::<f16>();
+    check_quant_error::<bf16>();
+}
+
+#[test]
+fn from_gguf_quantizes_the_dequantized_rows() {
+    let (n, k) = (64, 256);
+    let w = random_weights(n, k, 3);
+    let row_bytes = QType::Q8_0.row_bytes(k).unwrap();
+    let mut bytes = vec![0u8; n * row_bytes];
+    for r in 0..n {
+        quantize(
+            QType::Q8_0,
+            &w[r * k..(r + 1) * k],
+            &mut bytes[r * row_bytes..(r + 1) * row_bytes],
+        )
+        .unwrap();
+    }
+    let (from_gguf, err) = Int4Weights::<bf16>::from_gguf(QType::Q8_0, &bytes, n, k).unwrap();
+    let mut deq = vec![0.0f32; n * k];
+    for r in 0..n {
+        kt_kernels::quant::dequantize(
+            QType::Q8_0,
+            &bytes[r * row_bytes..(r + 1) * row_bytes],
+            &mut deq[r * k..(r + 1) * k],
+        )
+        .unwrap();
+    }
+    let (direct, err2) = Int4Weights::<bf16>::quantize(&deq, n, k).unwrap();
+    assert_eq!(from_gguf, direct);
+    assert_eq!(err, err2);
+    assert!(Int4Weights::<bf16>::from_gguf(QType::Q8_0, &bytes[1..], n, k).is_err());
+    assert!(
+        Int4Weights::<bf16>::quantize(&w, 60, k).is_err(),
+        "n must be a multiple of 64"
+    );
+}
+
+#[test]
+fn gemm_plan_fills_one_wave_with_nonempty_splits() {
+    // H100-like: 132 multiprocessors; 7 resident decode blocks each, 2 of the 64-row kernel.
+    let plan = GemmPlan::new(1, 4096, 7168, 7 * 132, None);
+    assert_eq!(plan.m_tile, 1);
+    assert!(plan.splits > 1, "a decode GEMM splits k: {plan:?}");
+    assert!(plan.splits * 64 <= 7 * 132, "one wave: {plan:?}");
+    let plan = GemmPlan::new(129, 7168, 7168, 2 * 132, None);
+    assert_eq!(
+        (plan.m_tile, plan.splits),
+        (4, 1),
+        "enough blocks without splitting: {plan:?}"
+    );
+    for m in [1, 3, 17, 33, 129] {
+        for (n, k) in [(64, 128), (192, 384), (4096, 7168), (2048, 1408)] {
+            for force in [None, Some(1), Some(3), Some(1000)] {
+                let p = GemmPlan::new(m, n, k, 900, force);
+                let groups = k / GROUP;
+                assert!(p.splits >= 1 && p.splits <= groups, "{p:?}");
+                // Every split starts inside k: no block without work.
+                assert!(
+                    (p.splits - 1) * p.groups_per_split < groups
+                        && p.splits * p.groups_per_split >= groups,
+                    "{p:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Runs one GEMM and compares with the f64 reference over the kernel's weights. The kernel's
+/// only differences from that reference are the f32 accumulation (products of two 16-bit
+/// floats are exact in f32; each of the K/16 mma steps, the 4-warp and k-split sums rounds
+/// at most once relative to the running sum of |x w|) and the final rounding to T (relative,
+/// or absolute below T's normal range).
+fn gemm_case<T: MmaFloat>(
+    s: &GpuStream,
+    ws: &mut GemmWorkspace,
+    m: usize,
+    n: usize,
+    k: usize,
+    splits: Option<usize>,
+    seed: u64,
+) {
+    let q = random_int4::<T>(n, k, seed);
+    let kw = q.kernel_weights();
+    let mut rng = SplitMix64::new(seed + 1);
+    let x: Vec<T> = random(&mut rng, m * k, 1.0);
+    let xf = to_f64(&x);
+    let (mut want, mut mag) = (vec![0.0f64; m * n], vec![0.0f64; m * n]);
+    for r in 0..m {
+        for c in 0..n {
+            let (mut acc, mut abs) = (0.0f64, 0.0f64);
+            for kk in 0..k {
+                let p = xf[r * k + kk] * kw[c * k + kk] as f64;
+                acc += p;
+                abs += p.abs();
+            }
+            want[r * n + c] = acc;
+            mag[r * n + c] = abs;
+        }
+    }
+    let wd = s.upload_w4a16(&q).unwrap();
+    let xd = s.upload(&x).unwrap();
+    let mut out = nan_buf::<T>(s, m * n);
+    s.w4a16_gemm_planned(&wd, &xd, m, &mut out, ws, splits)
+        .unwrap();
+    let got = s.download(&out).unwrap();
+    let steps = (k / 16 + 4 + k / GROUP) as f64;
+    let u32 = 2f64.powi(-23); // tensor-core accumulation may truncate instead of rounding
+    let name = format!("w4a16 {} m{m} n{n} k{k} splits {splits:?}", T::SUFFIX);
+    for i in 0..m * n {
+        let g = got[i].to_f32() as f64;
+        let tol = T::UNIT_ROUNDOFF * want[i].abs() + steps * u32 * mag[i] + 0.5 * T::MIN_SUBNORMAL;
+        assert!(
+            (g - want[i]).abs() <= tol,
+            "{name}: row {} col {}: got {g}, want {} (tol {tol:e})",
+            i / n,
+            i % n,
+            want[i]
+        );
+    }
+}
+
+fn gemm_all<T: MmaFloat>(s: &GpuStream) {
+    let mut ws = GemmWorkspace::default();
+    for (i, &m) in [1usize, 3, 17, 129].iter().enumerate() {
+        for &(n, k) in &[(64, 128), (192, 384), (1024, 2048)] {
+            for splits in [None, Some(1), Some(3)] {
+                gemm_case::<T>(s, &mut ws, m, n, k, splits, 10 * i as u64 + n as u64);
+            }
+        }
+    }
+    // A deeper k (DeepSeek's 7168) for decode and a prefill-sized m.
+    gemm_case::<T>(s, &mut ws, 1, 256, 7168, None, 99);
+    gemm_case::<T>(s, &mut ws, 64, 128, 1408, None, 98);
+}
+
+#[test]
+fn w4a16_gemm_f16() {
+    let Some(gpu) = gpu_or_skip("w4a16_gemm_f16") else {
+        return;
+    };
+    gemm_all::<f16>(gpu.stream());
+}
+
+#[test]
+fn w4a16_gemm_bf16() {
+    let Some(gpu) = gpu_or_skip("w4a16_gemm_bf16") else {
+        return;
+    };
+    gemm_all::<bf16>(gpu.stream());
+}
+
+#[test]
+fn w4a16_gemm_checks_shapes() {
+    let Some(gpu) = gpu_or_skip("w4a16_gemm_checks_shapes") else {
+        return;
+    };
+    let s = gpu.stream();
+    let (q, _) = Int4Weights::<f16>::quantize(&random_weights(64, 128, 4), 64, 128).unwrap();
+    let wd = s.upload_w4a16(&q).unwrap();
+    let x = s.upload(&vec![f16::ONE; 2 * 128]).unwrap();
+    let mut out = s.upload(&vec![f16::ZERO; 2 * 63]).unwrap();
+    let mut ws = GemmWorkspace::default();
+    assert!(s.w4a16_gemm(&wd, &x, 2, &mut out, &mut ws).is_err());
+    let mut out = s.upload(&vec![f16::ZERO; 3 * 64]).unwrap();
+    assert!(s.w4a16_gemm(&wd, &x, 3, &mut out, &mut ws).is_err());
+}

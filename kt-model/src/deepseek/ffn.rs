@@ -1,0 +1,181 @@
+//! The feed-forward blocks: SwiGLU MLPs (the dense layers and the shared experts) and the
+//! routed mixture of experts.
+//!
+//! The MoE here is the plain one the rest is checked against: route every token, then
+//! for each expert that any token chose (ascending id) run its MLP on the gathered rows of
+//! those tokens and add `weight * output` into an f64 accumulator per token, so the sum
+//! does not depend on how the work is split. The fused CPU MoE operator
+//! (`kt_kernels::cpu::moe`) replaces this loop when it lands; its results must agree.
+
+use kt_kernels::ops::{route, silu_mul_inplace, RouterConfig, Scoring, TopkMethod as OpsTopk};
+
+use super::linear::{dequantize_vector, Linear, MatmulMode};
+use crate::config::{DeepSeekConfig, ScoringFunc, TopkMethod};
+use crate::error::Result;
+use crate::tensors::{DenseFfn, MoeFfn};
+
+/// `down(silu(gate x) * up x)`.
+pub(crate) struct Mlp<'a> {
+    gate: Linear<'a>,
+    up: Linear<'a>,
+    down: Linear<'a>,
+}
+
+impl<'a> Mlp<'a> {
+    pub fn new(t: &DenseFfn<'a>) -> Result<Self> {
+        Ok(Mlp {
+            gate: Linear::from_2d(&t.gate)?,
+            up: Linear::from_2d(&t.up)?,
+            down: Linear::from_2d(&t.down)?,
+        })
+    }
+
+    /// Expert `e` of stacked `ffn_{gate,up,down}_exps`.
+    fn expert(t: &MoeFfn<'a>, e: usize) -> Result<Self> {
+        Ok(Mlp {
+            gate: Linear::from_stacked(&t.gate_exps, e)?,
+            up: Linear::from_stacked(&t.up_exps, e)?,
+            down: Linear::from_stacked(&t.down_exps, e)?,
+        })
+    }
+
+    /// `out` `[T, hidden]` for `x` `[T, hidden]`.
+    pub fn forward(
+        &self,
+        mode: MatmulMode,
+        x: &[f32],
+        tokens: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let width = self.gate.rows;
+        let mut g = vec![0.0f32; tokens * width];
+        let mut u = vec![0.0f32; tokens * width];
+        self.gate.apply(mode, x, tokens, &mut g)?;
+        self.up.apply(mode, x, tokens, &mut u)?;
+        silu_mul_inplace(&mut g, &u)?;
+        self.down.apply(mode, &g, tokens, out)
+    }
+}
+
+/// What the router decided for a batch: per token, `top_k` experts in rank order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routing {
+    /// Router logits `[T, n_experts]`.
+    pub logits: Vec<f32>,
+    /// Chosen expert ids `[T, top_k]`, best first.
+    pub ids: Vec<u32>,
+    /// Their weights `[T, top_k]` (normalized and scaled as the config says).
+    pub weights: Vec<f32>,
+}
+
+pub(crate) struct Moe<'a> {
+    tensors: MoeFfn<'a>,
+    router: Linear<'a>,
+    bias: Option<Vec<f32>>,
+    config: RouterConfig,
+    shared: Option<Mlp<'a>>,
+}
+
+impl<'a> Moe<'a> {
+    pub fn new(t: &MoeFfn<'a>, c: &DeepSeekConfig) -> Result<Self> {
+        let config = router_config(c);
+        config.validate()?;
+        Ok(Moe {
+            tensors: t.clone(),
+            router: Linear::from_2d(&t.gate_inp)?,
+            // The bias only steers noaux_tc's selection; other methods have none to use.
+            bias: match (&t.exp_probs_b, c.topk_method) {
+                (Some(b), TopkMethod::NoauxTc) => Some(dequantize_vector(b)?),
+                _ => None,
+            },
+            config,
+            shared: t.shared.as_ref().map(Mlp::new).transpose()?,
+        })
+    }
+
+    /// `out = sum_k w_k expert_k(x) + shared(x)` for `x` `[T, hidden]`; returns the routing.
+    pub fn forward(
+        &self,
+        mode: MatmulMode,
+        x: &[f32],
+        tokens: usize,
+        out: &mut [f32],
+    ) -> Result<Routing> {
+        let (e_n, k) = (self.config.n_experts, self.config.top_k);
+        let hidden = self.router.cols;
+        let mut r = Routing {
+            logits: vec![0.0; tokens * e_n],
+            ids: vec![0; tokens * k],
+            weights: vec![0.0; tokens * k],
+        };
+        self.router.apply(mode, x, tokens, &mut r.logits)?;
+        route(
+            &self.config,
+            &r.logits,
+            self.bias.as_deref(),
+            &mut r.ids,
+            &mut r.weights,
+        )?;
+
+        // tokens (and their weights) per expert, in token order
+        let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e_n];
+        for (t, (ids, ws)) in r
+            .ids
+            .chunks_exact(k)
+            .zip(r.weights.chunks_exact(k))
+            .enumerate()
+        {
+            for (&e, &w) in ids.iter().zip(ws) {
+                chosen[e as usize].push((t, w));
+            }
+        }
+        let mut acc = vec![0.0f64; tokens * hidden];
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for (e, rows) in chosen.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+            xs.clear();
+            for &(t, _) in rows {
+                xs.extend_from_slice(&x[t * hidden..(t + 1) * hidden]);
+            }
+            ys.clear();
+            ys.resize(rows.len() * hidden, 0.0f32);
+            Mlp::expert(&self.tensors, e)?.forward(mode, &xs, rows.len(), &mut ys)?;
+            for (&(t, w), y) in rows.iter().zip(ys.chunks_exact(hidden)) {
+                for (a, &v) in acc[t * hidden..(t + 1) * hidden].iter_mut().zip(y) {
+                    *a += w as f64 * v as f64;
+                }
+            }
+        }
+        match &self.shared {
+            Some(mlp) => {
+                mlp.forward(mode, x, tokens, out)?;
+                for (o, &a) in out.iter_mut().zip(&acc) {
+                    *o = (a + *o as f64) as f32;
+                }
+            }
+            None => out.iter_mut().zip(&acc).for_each(|(o, &a)| *o = a as f32),
+        }
+        Ok(r)
+    }
+}
+
+/// The router settings of the hyper-parameters.
+pub(crate) fn router_config(c: &DeepSeekConfig) -> RouterConfig {
+    RouterConfig {
+        n_experts: c.n_routed_experts,
+        top_k: c.experts_per_tok,
+        n_group: c.n_group,
+        topk_group: c.topk_group,
+        scoring: match c.scoring {
+            ScoringFunc::Softmax => Scoring::Softmax,
+            ScoringFunc::Sigmoid => Scoring::Sigmoid,
+        },
+        method: match c.topk_method {
+            TopkMethod::Greedy => OpsTopk::Greedy,
+            TopkMethod::GroupLimitedGreedy => OpsTopk::GroupLimitedGreedy,
+            TopkMethod::NoauxTc => OpsTopk::NoauxTc,
+        },
+        norm_topk_prob: c.norm_topk_prob,
+        routed_scaling_factor: c.routed_scaling_factor,
+    }
+}

@@ -1,0 +1,160 @@
+//! A weight matrix of the model as the forward pass uses it: `rows` rows of `cols`
+//! elements in one GGUF format, borrowed from the memory map, and the product with a
+//! batch of f32 activations in one of the two [`MatmulMode`]s.
+//!
+//! GGUF stores a 2-D tensor as `ne = [cols, rows]` (row-major, `ne[0]` contiguous); a
+//! stacked 3-D tensor `ne = [cols, rows, n]` is `n` such matrices one after the other,
+//! so one expert or one head is a contiguous run of whole rows.
+
+use kt_kernels::cpu::{self, Isa};
+use kt_kernels::quant::{self, QType};
+
+use crate::error::{ModelError, Result};
+use crate::gguf::Tensor;
+
+/// How a weight matrix multiplies activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatmulMode {
+    /// Weights dequantized to f32, activations kept in f32, sums in f64
+    /// ([`kt_kernels::cpu::matmul_f32_reference`]): the model's exact f32 function of its
+    /// stored weights. Reproduces HF transformers on lossless weights and llama.cpp's runs
+    /// on GGUFs dequantized to f32.
+    Reference,
+    /// Activations quantized to the weight format's `vec_dot_type` (Q8_K, Q8_0, BF16, ...)
+    /// before the dot, as a GGUF engine does, on the given ISA's kernels and the global
+    /// thread pool ([`kt_kernels::cpu::matmul_with`]).
+    Quantized(Isa),
+}
+
+impl MatmulMode {
+    /// `Quantized` on the ISA `KT_ISA` selects (or the best the CPU has).
+    pub fn quantized_selected() -> Result<Self> {
+        Ok(MatmulMode::Quantized(cpu::isa::selected()?))
+    }
+}
+
+/// A `rows x cols` weight matrix view.
+#[derive(Debug, Clone, Copy)]
+pub struct Linear<'a> {
+    /// The GGUF tensor it comes from (named in errors).
+    pub name: &'a str,
+    pub qtype: QType,
+    pub rows: usize,
+    pub cols: usize,
+    /// Exactly `rows * qtype.row_bytes(cols)` bytes.
+    pub data: &'a [u8],
+}
+
+impl<'a> Linear<'a> {
+    /// The matrix of a 2-D tensor `ne = [cols, rows]`.
+    pub fn from_2d(t: &Tensor<'a>) -> Result<Self> {
+        match *t.dims {
+            [cols, rows] => Ok(Linear {
+                name: t.name,
+                qtype: t.qtype,
+                rows,
+                cols,
+                data: t.data,
+            }),
+            _ => Err(not_a(t, "2-D matrix")),
+        }
+    }
+
+    /// Matrix `index` of a stacked 3-D tensor `ne = [cols, rows, n]` (one expert of
+    /// `ffn_*_exps`, one head of `attn_k_b` / `attn_v_b`).
+    pub fn from_stacked(t: &Tensor<'a>, index: usize) -> Result<Self> {
+        match *t.dims {
+            [cols, rows, n] if index < n => {
+                let whole = Linear {
+                    name: t.name,
+                    qtype: t.qtype,
+                    rows: rows * n,
+                    cols,
+                    data: t.data,
+                };
+                whole.row_range(index * rows, rows)
+            }
+            [_, _, n] => Err(ModelError::Forward {
+                reason: format!("tensor '{}': matrix {index} of a stack of {n}", t.name),
+            }),
+            _ => Err(not_a(t, "stack of matrices (3-D)")),
+        }
+    }
+
+    /// Rows `start..start + n` as a matrix of their own.
+    pub fn row_range(&self, start: usize, n: usize) -> Result<Self> {
+        if start.checked_add(n).is_none_or(|end| end > self.rows) {
+            return Err(ModelError::Forward {
+                reason: format!(
+                    "tensor '{}': rows {start}..{} of {}",
+                    self.name,
+                    start.saturating_add(n),
+                    self.rows
+                ),
+            });
+        }
+        let row_bytes = self.row_bytes();
+        Ok(Linear {
+            data: &self.data[start * row_bytes..(start + n) * row_bytes],
+            rows: n,
+            ..*self
+        })
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        // A whole number of rows, checked when the tensor was read.
+        self.data.len() / self.rows.max(1)
+    }
+
+    /// `out[t * rows + r] = sum_c W[r, c] * x[t * cols + c]` for `tokens` rows of `x`.
+    pub fn apply(&self, mode: MatmulMode, x: &[f32], tokens: usize, out: &mut [f32]) -> Result<()> {
+        let (q, rows, cols, w) = (self.qtype, self.rows, self.cols, self.data);
+        match mode {
+            MatmulMode::Reference => cpu::matmul_f32_reference(q, w, rows, cols, x, tokens, out),
+            MatmulMode::Quantized(isa) => {
+                let pool = cpu::pool::global();
+                cpu::matmul_with(isa, pool, q, w, rows, cols, x, tokens, out)
+            }
+        }
+        .map_err(|source| self.kernel_err(source))
+    }
+
+    /// Row `r` dequantized into `out` (`cols` elements).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<()> {
+        if r >= self.rows {
+            return Err(ModelError::Forward {
+                reason: format!("tensor '{}': row {r} of {}", self.name, self.rows),
+            });
+        }
+        let b = self.row_bytes();
+        quant::dequantize(self.qtype, &self.data[r * b..(r + 1) * b], out)
+            .map_err(|source| self.kernel_err(source))
+    }
+
+    fn kernel_err(&self, source: kt_kernels::KtError) -> ModelError {
+        ModelError::TensorKernel {
+            tensor: self.name.to_owned(),
+            source,
+        }
+    }
+}
+
+/// A 1-D tensor (norm weight, score bias) dequantized to f32.
+pub fn dequantize_vector(t: &Tensor<'_>) -> Result<Vec<f32>> {
+    let [n] = *t.dims else {
+        return Err(not_a(t, "vector (1-D)"));
+    };
+    let mut v = vec![0.0f32; n];
+    quant::dequantize(t.qtype, t.data, &mut v).map_err(|source| ModelError::TensorKernel {
+        tensor: t.name.to_owned(),
+        source,
+    })?;
+    Ok(v)
+}
+
+fn not_a(t: &Tensor<'_>, what: &str) -> ModelError {
+    ModelError::Forward {
+        reason: format!("tensor '{}' with ne {:?} is not a {what}", t.name, t.dims),
+    }
+}

@@ -1,0 +1,27 @@
+//! The DeepSeek V2/V3 forward pass on the CPU, straight from GGUF tensors.
+//!
+//! Per layer (pre-norm, residual): `x += attn(rmsnorm(x))` with multi-head latent
+//! attention over a latent KV cache (`attention.rs`, [`cache`]); `x += ffn(rmsnorm(x))`
+//! with a SwiGLU MLP in the first `first_k_dense_replace` layers and routed experts plus
+//! shared experts after (`ffn.rs`); then the final norm and the output head ([`model`]).
+//!
+//! Every weight product goes through [`Linear`] in one [`MatmulMode`]: `Reference`
+//! (dequantized weights, f32 activations: the model's exact function, what the fixtures
+//! of HF transformers and llama.cpp's dequantized runs are compared with) or
+//! `Quantized(isa)` (activations quantized to the format's `vec_dot_type`, as llama.cpp
+//! runs a GGUF natively). Norms, rope, routing and softmax are `kt_kernels::ops`.
+//!
+//! Conventions: rope rotates adjacent pairs (GGUF order, see `kt_kernels::ops::rope`);
+//! router ties go to the lowest expert id (`kt_kernels::ops::gating`); argmax ties to the
+//! lowest token id.
+
+mod attention;
+pub mod cache;
+mod ffn;
+pub mod linear;
+pub mod model;
+
+pub use cache::KvCache;
+pub use ffn::Routing;
+pub use linear::{Linear, MatmulMode};
+pub use model::{argmax, DeepSeekModel, ForwardTrace, LogitRows};
