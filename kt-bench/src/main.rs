@@ -3,6 +3,7 @@
 
 mod machine;
 mod matmul;
+mod moe;
 mod pool_bench;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Quantized matmul (GEMV and GEMM) throughput against the measured memory bandwidth and arithmetic peak.
     Matmul(matmul::Args),
+    /// One DeepSeek MoE layer's routed experts through the fused operator: time per call, weight GB/s, TFLOP/s.
+    Moe(moe::Args),
     /// Dispatch overhead of kt's pinned pool against rayon at decode granularity.
     Pool(pool_bench::Args),
     /// The machine's memory read bandwidth and arithmetic peak, as kt measures them.
@@ -28,6 +31,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Matmul(a)) => matmul::run(a),
+        Some(Command::Moe(a)) => moe::run(a),
         Some(Command::Pool(a)) => pool_bench::run(a),
         Some(Command::Machine(a)) => machine::run(a),
         None => matmul::run(matmul::Args::default_quick()),

@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod isa;
 pub mod matmul;
 pub mod membw;
+pub mod moe;
 pub mod peak;
 pub mod pool;
 pub mod scalar;

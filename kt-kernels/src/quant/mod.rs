@@ -153,7 +153,7 @@ impl QType {
         if n_elems % block != 0 {
             return Err(KtError::NotBlockMultiple { qtype: self, len: n_elems, block });
         }
-        (n_elems / block).checked_mul(self.block_bytes()).ok_or(KtError::Shape {
+        (n_elems / block).checked_mul(self.block_bytes()).ok_or_else(|| KtError::Shape {
             op: "row_bytes",
             detail: format!("{n_elems} elements of {self} overflow a byte count"),
         })

@@ -1,0 +1,299 @@
+//! `kt-bench moe`: one DeepSeek MoE layer's routed experts through kt's fused operator.
+//!
+//! Weights are random (never zero): a few distinct rows per projection quantized with the
+//! reference quantizer and repeated to fill every expert (quantizing 256 experts x 44M
+//! weights would take minutes; repeated rows read the same from DRAM). Routing is
+//! uniform, k distinct experts per token, drawn fresh for every call before timing, so
+//! the experts a call reads vary from call to call. To measure DRAM rather than the
+//! cache, calls also cycle through enough copies of the layer to exceed 1 GiB and 16
+//! times the last-level cache (at most half the free memory; one copy when the layer
+//! alone is that big).
+//!
+//! Reported: time per call (median after warm-up), tokens/s, effective bandwidth of the
+//! weights the call touched (bytes of the distinct experts it used), its fraction of the
+//! read bandwidth measured in the same run, and TFLOP/s (2 per multiply-add, meaningful
+//! for prefill) against the arithmetic peak measured in the same run.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use kt_kernels::cpu::moe::{ExpertStack, MoeContext, MoeLayer, PoolRef};
+use kt_kernels::cpu::{self, Isa};
+use kt_kernels::quant::{self, QType};
+use kt_kernels::util::SplitMix64;
+
+use crate::machine;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Layer shape: deepseek-v3 (H=7168, I=2048, E=256, k=8) or deepseek-v2-lite (H=2048, I=1408, E=64, k=6).
+    #[arg(long, default_value = "deepseek-v2-lite")]
+    pub shape: String,
+    /// Weight format: q4_k (llama.cpp's Q4_K_M mix), q2_k, q5_k; int4, int8, bf16 (repacked layouts, not implemented yet).
+    #[arg(long, default_value = "q4_k")]
+    pub format: String,
+    /// Override the down projection's format (ggml name, e.g. q6_k, q8_0).
+    #[arg(long)]
+    pub down_format: Option<String>,
+    /// Tokens per call.
+    #[arg(long, default_value_t = 1)]
+    pub tokens: usize,
+    /// Threads (default: all cores, or KT_THREADS).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Minimum seconds of timed calls.
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Shape {
+    name: &'static str,
+    hidden: usize,
+    inter: usize,
+    experts: usize,
+    top_k: usize,
+}
+
+fn shape(name: &str) -> Result<Shape, String> {
+    match name {
+        "deepseek-v3" => Ok(Shape { name: "deepseek-v3", hidden: 7168, inter: 2048, experts: 256, top_k: 8 }),
+        "deepseek-v2-lite" => Ok(Shape { name: "deepseek-v2-lite", hidden: 2048, inter: 1408, experts: 64, top_k: 6 }),
+        other => Err(format!("unknown shape {other:?}: deepseek-v3 or deepseek-v2-lite")),
+    }
+}
+
+/// (gate, up, down) formats of a llama.cpp quantization mix. Down rows have I elements;
+/// when I is not a multiple of 256 (V2-Lite: 1408) llama.cpp falls back from a K-quant
+/// to a 32-block format: Q4_K -> Q5_0, Q5_K -> Q5_1; for Q2_K its fallback (IQ4_NL) is
+/// not a kt format, so Q4_0 (same 4.5 bits) stands in.
+fn formats(format: &str, inter: usize) -> Result<(QType, QType, QType), String> {
+    let k_ok = inter.is_multiple_of(256);
+    let (gu, down) = match format {
+        // Q4_K_M: Q4_K gate/up; down Q4_K (Q6_K in the "more bits" layers, see --down-format).
+        "q4_k" => (QType::Q4_K, if k_ok { QType::Q4_K } else { QType::Q5_0 }),
+        "q2_k" => (QType::Q2_K, if k_ok { QType::Q2_K } else { QType::Q4_0 }),
+        "q5_k" => (QType::Q5_K, if k_ok { QType::Q5_K } else { QType::Q5_1 }),
+        "int4" | "int8" | "bf16" => {
+            return Err(format!(
+                "--format {format}: not implemented yet (the repacked {format} layouts for AMX/VNNI are a later stage; \
+                 the GGUF-native formats are q4_k, q2_k, q5_k)"
+            ))
+        }
+        other => return Err(format!("unknown format {other:?}: q4_k, q2_k, q5_k (int4, int8, bf16 not implemented yet)")),
+    };
+    Ok((gu, gu, down))
+}
+
+/// `experts x rows x cols` weights in `q`: 64 distinct random rows, repeated.
+fn stack(q: QType, experts: usize, rows: usize, cols: usize, seed: u64) -> Result<ExpertStack, Box<dyn std::error::Error>> {
+    let row_bytes = q.row_bytes(cols)?;
+    let distinct = 64;
+    let mut f = vec![0f32; distinct * cols];
+    SplitMix64::new(seed).fill_normal(&mut f, 0.05);
+    let mut base = vec![0u8; distinct * row_bytes];
+    quant::quantize(q, &f, &mut base)?;
+    let total = experts * rows;
+    let mut w = Vec::with_capacity(total * row_bytes);
+    for r in 0..total {
+        let s = (r % distinct) * row_bytes;
+        w.extend_from_slice(&base[s..s + row_bytes]);
+    }
+    Ok(ExpertStack::from_vec(q, w, experts, rows, cols)?)
+}
+
+fn last_level_cache_bytes() -> usize {
+    (0..8)
+        .filter_map(|i| std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cache/index{i}/size")).ok())
+        .filter_map(|s| {
+            let s = s.trim();
+            let (num, mul) = match s.chars().last() {
+                Some('K') => (&s[..s.len() - 1], 1 << 10),
+                Some('M') => (&s[..s.len() - 1], 1 << 20),
+                Some('G') => (&s[..s.len() - 1], 1 << 30),
+                _ => (s, 1),
+            };
+            num.parse::<usize>().ok().map(|n| n * mul)
+        })
+        .max()
+        .unwrap_or(32 << 20)
+}
+
+fn available_memory_bytes() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<usize>().ok().map(|kb| kb * 1024)
+}
+
+/// `tokens` tokens choosing `k` distinct experts uniformly, positive weights.
+fn draw_routing(rng: &mut SplitMix64, tokens: usize, k: usize, experts: usize) -> (Vec<u32>, Vec<f32>, usize) {
+    let mut ids = Vec::with_capacity(tokens * k);
+    let mut used = HashSet::new();
+    for _ in 0..tokens {
+        let start = ids.len();
+        while ids.len() < start + k {
+            let e = rng.below(experts) as u32;
+            if !ids[start..].contains(&e) {
+                ids.push(e);
+                used.insert(e);
+            }
+        }
+    }
+    let w = (0..tokens * k).map(|_| rng.uniform(0.05, 1.0) / k as f32).collect();
+    (ids, w, used.len())
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    shape: &'static str,
+    gate: String,
+    up: String,
+    down: String,
+    tokens: usize,
+    top_k: usize,
+    isa: String,
+    threads: usize,
+    layer_copies: usize,
+    ms_per_call: f64,
+    tokens_per_s: f64,
+    distinct_experts_per_call: f64,
+    weight_gbps: f64,
+    dram_gbps: f64,
+    bandwidth_fraction: f64,
+    tflops: f64,
+    peak_tops: f64,
+    peak_kind: &'static str,
+    peak_fraction: f64,
+}
+
+pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let sh = shape(&a.shape)?;
+    let (gate_q, up_q, mut down_q) = formats(&a.format, sh.inter)?;
+    if let Some(d) = &a.down_format {
+        down_q = QType::from_name(d).ok_or_else(|| format!("unknown --down-format {d:?}"))?;
+    }
+    if a.tokens == 0 {
+        return Err("--tokens must be at least 1".into());
+    }
+    let pool = machine::pool(a.threads)?;
+    let isa: Isa = cpu::isa::selected()?;
+    let m = machine::measure(pool, isa)?;
+
+    let (h, i, e, k) = (sh.hidden, sh.inter, sh.experts, sh.top_k);
+    let base = MoeLayer::new(stack(gate_q, e, i, h, 1)?, stack(up_q, e, i, h, 2)?, stack(down_q, e, h, i, 3)?)?;
+    let layer_bytes = e * base.expert_bytes();
+    // A call reads k of E experts; one that was read within the last few calls may
+    // still sit in the last-level cache. With 16 x LLC of layer copies read in turn, an
+    // expert comes back to the cache's window rarely enough to measure DRAM.
+    let avail = available_memory_bytes();
+    let mut target = (1usize << 30).max(16 * last_level_cache_bytes());
+    if let Some(avail) = avail {
+        target = target.min(avail / 2);
+    }
+    let copies = target.div_ceil(layer_bytes).max(1);
+    if let Some(avail) = avail {
+        if copies * layer_bytes > avail / 10 * 8 {
+            return Err(format!(
+                "the layer needs {:.1} GB ({copies} copies of {:.1} GB) but only {:.1} GB of memory is available",
+                (copies * layer_bytes) as f64 / 1e9,
+                layer_bytes as f64 / 1e9,
+                avail as f64 / 1e9
+            )
+            .into());
+        }
+    }
+    let mut layers = vec![base];
+    for c in 1..copies {
+        let seed = 10 * c as u64;
+        layers.push(MoeLayer::new(stack(gate_q, e, i, h, seed)?, stack(up_q, e, i, h, seed + 1)?, stack(down_q, e, h, i, seed + 2)?)?);
+    }
+    let ctx = MoeContext::new(PoolRef::Static(pool), isa, a.tokens, k, &layers.iter().collect::<Vec<_>>())?;
+
+    let mut rng = SplitMix64::new(7);
+    let mut x = vec![0f32; a.tokens * h];
+    rng.fill_normal(&mut x, 1.0);
+    let mut out = vec![0f32; a.tokens * h];
+    let warmup = copies.max(3);
+    let mut times = Vec::new();
+    let mut gbps = Vec::new();
+    let mut distinct_sum = 0usize;
+    let start = Instant::now();
+    let mut call = 0usize;
+    while call < warmup || ((start.elapsed().as_secs_f64() < a.seconds || times.len() < 10) && times.len() < 100_000) {
+        // Fresh routing for every call, drawn before the clock starts.
+        let (ids, w, distinct) = draw_routing(&mut rng, a.tokens, k, e);
+        let layer = &layers[call % copies];
+        let t = Instant::now();
+        ctx.forward(layer, &x, &ids, &w, &mut out)?;
+        let secs = t.elapsed().as_secs_f64();
+        if call >= warmup {
+            times.push(secs);
+            gbps.push((distinct * layer.expert_bytes()) as f64 / secs / 1e9);
+            distinct_sum += distinct;
+        }
+        call += 1;
+    }
+    if out.iter().any(|v| !v.is_finite()) {
+        return Err("the MoE output has non-finite values".into());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        v[v.len() / 2]
+    };
+    let secs = median(&mut times);
+    let weight_gbps = median(&mut gbps);
+    let flops = 2.0 * (a.tokens * k * 3 * h * i) as f64;
+    let r = Report {
+        shape: sh.name,
+        gate: gate_q.name().into(),
+        up: up_q.name().into(),
+        down: down_q.name().into(),
+        tokens: a.tokens,
+        top_k: k,
+        isa: isa.to_string(),
+        threads: pool.threads(),
+        layer_copies: copies,
+        ms_per_call: secs * 1e3,
+        tokens_per_s: a.tokens as f64 / secs,
+        distinct_experts_per_call: distinct_sum as f64 / times.len() as f64,
+        weight_gbps,
+        dram_gbps: m.dram_gbps,
+        bandwidth_fraction: weight_gbps / m.dram_gbps,
+        tflops: flops / secs / 1e12,
+        peak_tops: m.peak_gops / 1e3,
+        peak_kind: m.peak_kind,
+        peak_fraction: flops / secs / 1e9 / m.peak_gops,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "kt-bench moe | {} | isa {} | {} threads | read bandwidth {:.1} GB/s | peak {:.0} GOP/s ({})",
+            m.cpu, r.isa, r.threads, r.dram_gbps, m.peak_gops, r.peak_kind
+        );
+        println!(
+            "{} {}/{}/{} | {} tokens x top-{} | {} copies of the {:.2} GB layer",
+            r.shape,
+            r.gate,
+            r.up,
+            r.down,
+            r.tokens,
+            r.top_k,
+            copies,
+            layer_bytes as f64 / 1e9
+        );
+        println!(
+            "{:.3} ms/call | {:.1} tokens/s | {:.1} experts/call | weights {:.1} GB/s = {:.0}% of bw | {:.3} TFLOP/s = {:.1}% of peak",
+            r.ms_per_call,
+            r.tokens_per_s,
+            r.distinct_experts_per_call,
+            r.weight_gbps,
+            100.0 * r.bandwidth_fraction,
+            r.tflops,
+            100.0 * r.peak_fraction
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Criterion benches of the fused MoE operator on DeepSeek-V2-Lite's layer shape
+//! (H = 2048, I = 1408, 64 experts, top-6), decode (1 token) and prefill (64 tokens), on
+//! every SIMD ISA the machine has. `kt-bench moe` reports the same cases against the
+//! measured bandwidth and peak; these track regressions over time.
+//!
+//! Weights are 64 quantized random rows repeated to fill every expert (see kt-bench);
+//! the routing cycles through 64 pre-drawn uniform routings so the experts read vary
+//! from call to call.
+
+use std::cell::Cell;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kt_kernels::cpu::moe::{ExpertStack, MoeContext, MoeLayer, PoolRef};
+use kt_kernels::cpu::{self, Isa};
+use kt_kernels::quant::{self, QType};
+use kt_kernels::util::SplitMix64;
+
+const H: usize = 2048;
+const I: usize = 1408;
+const E: usize = 64;
+const K: usize = 6;
+
+fn stack(q: QType, rows: usize, cols: usize, seed: u64) -> ExpertStack {
+    let rb = q.row_bytes(cols).unwrap();
+    let distinct = 64;
+    let mut f = vec![0f32; distinct * cols];
+    SplitMix64::new(seed).fill_normal(&mut f, 0.05);
+    let mut base = vec![0u8; distinct * rb];
+    quant::quantize(q, &f, &mut base).unwrap();
+    let bytes = (0..E * rows).flat_map(|r| base[(r % distinct) * rb..(r % distinct + 1) * rb].iter().copied()).collect();
+    ExpertStack::from_vec(q, bytes, E, rows, cols).unwrap()
+}
+
+/// `n` routings of `tokens` tokens, k distinct uniform experts each.
+fn routings(n: usize, tokens: usize) -> Vec<(Vec<u32>, Vec<f32>)> {
+    let mut rng = SplitMix64::new(3);
+    (0..n)
+        .map(|_| {
+            let mut ids = Vec::new();
+            for _ in 0..tokens {
+                let start = ids.len();
+                while ids.len() < start + K {
+                    let e = rng.below(E) as u32;
+                    if !ids[start..].contains(&e) {
+                        ids.push(e);
+                    }
+                }
+            }
+            (ids, vec![1.0 / K as f32; tokens * K])
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let pool = cpu::pool::global();
+    // Q4_K_M's mix on V2-Lite (down rows of 1408 fall back to Q5_0), and the Q8_0 down
+    // of its "more bits" layers.
+    for down in [QType::Q5_0, QType::Q8_0] {
+        let layer = MoeLayer::new(stack(QType::Q4_K, I, H, 1), stack(QType::Q4_K, I, H, 2), stack(down, H, I, 3)).unwrap();
+        for isa in Isa::available().into_iter().filter(|&i| i != Isa::Scalar) {
+            let ctx = MoeContext::new(PoolRef::Static(pool), isa, 64, K, &[&layer]).unwrap();
+            for tokens in [1usize, 64] {
+                let mut g = c.benchmark_group(format!("moe/{isa}/v2-lite/q4_K+{down}"));
+                g.sample_size(10);
+                if tokens == 1 {
+                    g.throughput(Throughput::Bytes((K * layer.expert_bytes()) as u64));
+                } else {
+                    g.throughput(Throughput::Elements((2 * tokens * K * 3 * H * I) as u64));
+                }
+                let routes = routings(64, tokens);
+                let mut x = vec![0f32; tokens * H];
+                SplitMix64::new(2).fill_normal(&mut x, 1.0);
+                let mut out = vec![0f32; tokens * H];
+                let next = Cell::new(0usize);
+                g.bench_function(BenchmarkId::new("tokens", tokens), |b| {
+                    b.iter(|| {
+                        let (ids, w) = &routes[next.get() % routes.len()];
+                        next.set(next.get() + 1);
+                        ctx.forward(&layer, &x, ids, w, &mut out).unwrap()
+                    })
+                });
+                g.finish();
+            }
+        }
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

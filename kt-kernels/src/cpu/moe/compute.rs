@@ -1,0 +1,277 @@
+//! The phases of one MoE call (see the module docs): quantize and gather, gate+up,
+//! quantize the intermediate, down, combine. Every kernel comes from the dispatch table;
+//! this file never names a format.
+//!
+//! Threads write disjoint parts of the scratch through raw pointers: each phase's items
+//! partition its output (positions x rows), which `plan.rs` tests.
+
+use super::layer::LayerInner;
+use super::plan::{Item, MAX_ITEM_FLOATS};
+use super::scratch::{Scratch, TILE_FLOATS};
+use super::{plan, routing::Routing};
+use crate::cpu::dispatch::{self, FormatKernels, GemmTile};
+use crate::cpu::{Isa, ThreadPool};
+use crate::error::Result;
+
+/// Below this many elements a phase runs on the driver thread alone: waking the pool
+/// would cost more than the work.
+const SERIAL_ELEMS: usize = 1 << 16;
+/// Output columns per combine item.
+const COMBINE_COLS: usize = 1024;
+
+/// A raw pointer shared by the pool threads of one phase.
+#[derive(Clone, Copy)]
+struct Raw<T>(*mut T);
+// SAFETY: a `Raw` only crosses threads inside one phase, whose items access disjoint
+// elements (each item's extent is derived from its own position/row range), while the
+// scratch it points into is exclusively borrowed by `run`.
+unsafe impl<T> Send for Raw<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Raw<T> {}
+impl<T> Raw<T> {
+    fn new(p: *const T) -> Self {
+        Raw(p as *mut T)
+    }
+    fn at(self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// Runs the call described by `s` (layer, tokens, inputs) on `pool`, leaving the result
+/// in `s.out[..tokens * hidden]`.
+pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
+    let Some(layer) = s.layer.clone() else { return Ok(()) };
+    let l: &LayerInner = &layer.inner;
+    let (tokens, k) = (s.tokens, s.top_k);
+    if tokens == 0 {
+        return Ok(());
+    }
+    let pairs = tokens * k;
+    let table = dispatch::table(isa)?;
+    let (kg, ku, kd) = (table.get(l.gate.qtype())?, table.get(l.up.qtype())?, table.get(l.down.qtype())?);
+    let h = l.hidden;
+    let n_inter = l.slice.len();
+    let dims = Dims {
+        h,
+        n_inter,
+        slice0: l.slice.start,
+        act_g: l.act_row_gate,
+        act_u: l.act_row_up,
+        act_d: l.act_row_down,
+    };
+    assert!(s.tiles.len() >= pool.threads() * TILE_FLOATS, "tile scratch sized for another pool");
+
+    let Scratch { x, ids, weights, out, routing, items_up, items_down, act_gate, act_up, inter, inter_q, down_out, tiles, .. } = s;
+    routing.route(&ids[..pairs], l.experts);
+    plan::build(items_up, routing, l.slice.clone());
+    plan::build(items_down, routing, 0..h);
+    let inter = &mut inter[..pairs * n_inter];
+    let down_out = &mut down_out[..pairs * h];
+    if cfg!(debug_assertions) {
+        // An element no item writes would otherwise keep the previous call's value.
+        inter.fill(f32::NAN);
+        down_out.fill(f32::NAN);
+    }
+
+    let pos_of = &routing.pos_of[..pairs];
+    let act_gate = &mut act_gate.as_mut_slice()[..pairs * dims.act_g];
+    quantize_gather(pool, kg, &x[..tokens * h], h, k, pos_of, act_gate, dims.act_g);
+    let act_up: &[u8] = if ku.act == kg.act {
+        act_gate
+    } else {
+        let buf = &mut act_up.as_mut_slice()[..pairs * dims.act_u];
+        quantize_gather(pool, ku, &x[..tokens * h], h, k, pos_of, buf, dims.act_u);
+        buf
+    };
+    gate_up(pool, l, kg, ku, &dims, items_up, act_gate, act_up, inter, tiles);
+    let inter_q = &mut inter_q.as_mut_slice()[..pairs * dims.act_d];
+    quantize_rows(pool, kd, inter, n_inter, inter_q, dims.act_d);
+    down(pool, l, kd, &dims, items_down, inter_q, down_out);
+    combine(pool, routing, down_out, h, k, &weights[..pairs], &mut out[..tokens * h]);
+    Ok(())
+}
+
+/// Row sizes of one call: hidden and intermediate (slice) lengths, the slice's first
+/// intermediate row, and the activation row bytes of gate, up and down.
+struct Dims {
+    h: usize,
+    n_inter: usize,
+    slice0: usize,
+    act_g: usize,
+    act_u: usize,
+    act_d: usize,
+}
+
+/// Runs `body(i)` for `i in 0..n` on the pool, or inline when the phase is small.
+fn phase(pool: &ThreadPool, n: usize, elems: usize, body: &(dyn Fn(usize, usize) + Sync)) {
+    if elems < SERIAL_ELEMS {
+        (0..n).for_each(|i| body(i, 0));
+    } else {
+        pool.for_each(n, body);
+    }
+}
+
+/// Quantizes each token's activations once and copies them to the token's `k` positions.
+#[allow(clippy::too_many_arguments)]
+fn quantize_gather(pool: &ThreadPool, kern: &FormatKernels, x: &[f32], h: usize, k: usize, pos_of: &[u32], dst: &mut [u8], row: usize) {
+    let tokens = x.len() / h;
+    debug_assert_eq!(dst.len(), tokens * k * row);
+    let dst = Raw::new(dst.as_mut_ptr());
+    phase(pool, tokens, tokens * h, &|t, _| {
+        let slots = &pos_of[t * k..(t + 1) * k];
+        let first = slots[0] as usize;
+        // SAFETY: positions are a permutation of 0..tokens * k (the counting sort), so the
+        // rows of token t's slots belong to this item only, and each lies inside `dst`
+        // (tokens * k rows of `row` bytes).
+        let first_row = unsafe { std::slice::from_raw_parts_mut(dst.at(first * row), row) };
+        // SAFETY: the table only holds quantizers this CPU can run.
+        unsafe { (kern.quantize_act)(&x[t * h..(t + 1) * h], first_row) };
+        for &p in &slots[1..] {
+            // SAFETY: as above; rows of distinct positions do not overlap.
+            unsafe { std::ptr::copy_nonoverlapping(dst.at(first * row), dst.at(p as usize * row), row) };
+        }
+    });
+}
+
+/// Gate and up of each item into the thread's tiles, then `silu(g) * u` into the
+/// intermediate rows of the item's positions.
+#[allow(clippy::too_many_arguments)]
+fn gate_up(
+    pool: &ThreadPool,
+    l: &LayerInner,
+    kg: &FormatKernels,
+    ku: &FormatKernels,
+    d: &Dims,
+    items: &[Item],
+    act_g: &[u8],
+    act_u: &[u8],
+    inter: &mut [f32],
+    tiles: &mut [f32],
+) {
+    let (gate, up) = (Raw::new(l.gate.bytes().as_ptr()), Raw::new(l.up.bytes().as_ptr()));
+    let (ag, au) = (Raw::new(act_g.as_ptr()), Raw::new(act_u.as_ptr()));
+    let (inter, tiles) = (Raw::new(inter.as_mut_ptr()), Raw::new(tiles.as_mut_ptr()));
+    let inter_rows = l.intermediate;
+    let work = items.iter().map(|it| it.rows as usize * it.tokens as usize).sum::<usize>() * d.h;
+    phase(pool, items.len(), work, &|i, thread| {
+        let it = items[i];
+        let (e, r0, nr, p0, nt) = (it.expert as usize, it.row0 as usize, it.rows as usize, it.pos0 as usize, it.tokens as usize);
+        debug_assert!(nr * nt <= MAX_ITEM_FLOATS);
+        let g_out = tiles.at(thread * TILE_FLOATS);
+        let u_out = tiles.at(thread * TILE_FLOATS + TILE_FLOATS / 2);
+        let tile = |stack: &super::ExpertStack, w: Raw<u8>, a: Raw<u8>, a_stride: usize, out: *mut f32| GemmTile {
+            qtype: stack.qtype(),
+            k: d.h,
+            w: w.at((e * inter_rows + r0) * stack.row_bytes()),
+            w_stride: stack.row_bytes(),
+            rows: nr,
+            a: a.at(p0 * a_stride),
+            a_stride,
+            tokens: nt,
+            out,
+            ldo: nr,
+        };
+        // SAFETY: expert e < experts (checked at submit) and rows r0..r0+nr < I, so the
+        // weight rows lie in the stack; positions p0..p0+nt lie in the gathered
+        // activations; the thread's tile scratch holds MAX_ITEM_FLOATS >= nr x nt
+        // floats per projection and only this thread uses it; the table only holds
+        // kernels this CPU can run.
+        unsafe {
+            (kg.gemm)(&tile(&l.gate, gate, ag, d.act_g, g_out));
+            (ku.gemm)(&tile(&l.up, up, au, d.act_u, u_out));
+        }
+        for t in 0..nt {
+            // SAFETY: the tiles were just written (nt x nr each); the intermediate row
+            // part (position p0+t, rows r0..r0+nr of the slice) belongs to this item.
+            let (g, u, h) = unsafe {
+                (
+                    std::slice::from_raw_parts(g_out.add(t * nr), nr),
+                    std::slice::from_raw_parts(u_out.add(t * nr), nr),
+                    std::slice::from_raw_parts_mut(inter.at((p0 + t) * d.n_inter + r0 - d.slice0), nr),
+                )
+            };
+            for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
+                *h = silu(g) * u;
+            }
+        }
+    });
+}
+
+/// SiLU in f32: `g * sigmoid(g)`; for very negative g, exp overflows to inf and the
+/// result is -0, as it should be.
+fn silu(g: f32) -> f32 {
+    g / (1.0 + (-g).exp())
+}
+
+/// Quantizes every intermediate row to the down format's activation type.
+fn quantize_rows(pool: &ThreadPool, kern: &FormatKernels, inter: &[f32], n: usize, dst: &mut [u8], row: usize) {
+    let rows = inter.len() / n;
+    let per_item = (SERIAL_ELEMS / 4 / n).max(1);
+    let dst = Raw::new(dst.as_mut_ptr());
+    phase(pool, rows.div_ceil(per_item), inter.len(), &|i, _| {
+        for p in i * per_item..((i + 1) * per_item).min(rows) {
+            // SAFETY: row p of `dst` (rows x `row` bytes) belongs to item i only; the
+            // table only holds quantizers this CPU can run.
+            unsafe {
+                let out = std::slice::from_raw_parts_mut(dst.at(p * row), row);
+                (kern.quantize_act)(&inter[p * n..(p + 1) * n], out);
+            }
+        }
+    });
+}
+
+/// Down of each item straight into the positions' rows of `down_out`.
+fn down(pool: &ThreadPool, l: &LayerInner, kd: &FormatKernels, d: &Dims, items: &[Item], act: &[u8], down_out: &mut [f32]) {
+    let stack = &l.down;
+    // The slice's columns start this many bytes into each row.
+    let col_offset = l.down_col_offset;
+    let w = Raw::new(stack.bytes().as_ptr());
+    let a = Raw::new(act.as_ptr());
+    let out = Raw::new(down_out.as_mut_ptr());
+    let work = items.iter().map(|it| it.rows as usize * it.tokens as usize).sum::<usize>() * d.n_inter;
+    phase(pool, items.len(), work, &|i, _| {
+        let it = items[i];
+        let (e, r0, p0) = (it.expert as usize, it.row0 as usize, it.pos0 as usize);
+        let tile = GemmTile {
+            qtype: stack.qtype(),
+            k: d.n_inter,
+            w: w.at((e * d.h + r0) * stack.row_bytes() + col_offset),
+            w_stride: stack.row_bytes(),
+            rows: it.rows as usize,
+            a: a.at(p0 * d.act_d),
+            a_stride: d.act_d,
+            tokens: it.tokens as usize,
+            out: out.at(p0 * d.h + r0),
+            ldo: d.h,
+        };
+        // SAFETY: expert e and rows r0..r0+rows lie in the down stack, and the slice's
+        // columns in each row; positions p0.. lie in the quantized intermediate and in
+        // down_out (pairs x h), where this item's (position, row) block is its own; the
+        // table only holds kernels this CPU can run.
+        unsafe { (kd.gemm)(&tile) };
+    });
+}
+
+/// `out[t] = sum_s w[t,s] * down_out[pos(t,s)]`, each element summed in slot order.
+fn combine(pool: &ThreadPool, routing: &Routing, down_out: &[f32], h: usize, k: usize, weights: &[f32], out: &mut [f32]) {
+    let tokens = out.len() / h;
+    let chunks = h.div_ceil(COMBINE_COLS);
+    let out = Raw::new(out.as_mut_ptr());
+    let pos_of = &routing.pos_of[..tokens * k];
+    phase(pool, tokens * chunks, tokens * h * k, &|i, _| {
+        let (t, c0) = (i / chunks, (i % chunks) * COMBINE_COLS);
+        let c1 = (c0 + COMBINE_COLS).min(h);
+        // SAFETY: columns c0..c1 of token t's output row belong to item i only.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.at(t * h + c0), c1 - c0) };
+        for s in 0..k {
+            let w = weights[t * k + s];
+            let p = pos_of[t * k + s] as usize;
+            let src = &down_out[p * h + c0..p * h + c1];
+            if s == 0 {
+                dst.iter_mut().zip(src).for_each(|(o, &v)| *o = w * v);
+            } else {
+                dst.iter_mut().zip(src).for_each(|(o, &v)| *o += w * v);
+            }
+        }
+    });
+}

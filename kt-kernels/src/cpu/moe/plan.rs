@@ -1,0 +1,127 @@
+//! The work split of one projection: items of (expert, row block, position block), with
+//! sizes that depend only on how many positions the expert got, so results do not
+//! depend on the number of threads.
+//!
+//! The rows are a range parameter (the whole projection, or a NUMA node's slice of the
+//! intermediate dimension).
+
+use std::ops::Range;
+
+use super::routing::Routing;
+use crate::cpu::GEMV_MAX_TOKENS;
+
+/// Rows per item when an expert has few positions (decode). Large items stream faster:
+/// the kernels repack the activations and restart their weight prefetch once per tile,
+/// and on the 2-core and 16-core Xeons measured here 128-row items beat 32-row ones by
+/// 25-50% at one token. Halved (down to 32) only while a phase would have fewer than
+/// `MIN_GEMV_ITEMS` items, which depends on the routing alone, never on the threads.
+pub(crate) const GEMV_ROW_BLOCK: usize = 128;
+pub(crate) const GEMV_MIN_ROW_BLOCK: usize = 32;
+pub(crate) const MIN_GEMV_ITEMS: usize = 64;
+/// Rows and positions per item for busy experts (prefill): a 64-row weight block stays in
+/// L2 while up to 64 positions' activations stream by (as the matmul driver does).
+pub(crate) const GEMM_ROW_BLOCK: usize = 64;
+pub(crate) const GEMM_TOKEN_BLOCK: usize = 64;
+/// The largest item (rows x positions), for the per-thread tile scratch.
+pub(crate) const MAX_ITEM_FLOATS: usize = {
+    let gemv = GEMV_ROW_BLOCK * GEMV_MAX_TOKENS;
+    let gemm = GEMM_ROW_BLOCK * GEMM_TOKEN_BLOCK;
+    if gemv > gemm { gemv } else { gemm }
+};
+
+/// One work item: rows `row0..row0 + rows` of `expert`'s matrix against positions
+/// `pos0..pos0 + tokens`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Item {
+    pub expert: u32,
+    pub row0: u32,
+    pub rows: u32,
+    pub pos0: u32,
+    pub tokens: u32,
+}
+
+/// An upper bound on the items of one projection with `rows` rows, `pairs` positions and
+/// `experts` experts (for reserving the item list).
+pub(crate) fn max_items(rows: usize, pairs: usize, experts: usize) -> usize {
+    // Each active expert has at most ceil(n / 64) <= n / 64 + 1 position blocks and at
+    // most ceil(rows / 32) row blocks.
+    rows.div_ceil(GEMV_MIN_ROW_BLOCK) * (experts.min(pairs) + pairs / GEMM_TOKEN_BLOCK + 1)
+}
+
+/// Fills `items` (cleared first; never grows past the reserved capacity) for rows
+/// `rows` of every active expert. Busy experts' items come first: they are the large
+/// ones, and the small decode-sized items then fill the gaps at the end.
+pub(crate) fn build(items: &mut Vec<Item>, routing: &Routing, rows: Range<usize>) {
+    items.clear();
+    let light = routing.active().iter().filter(|&&e| routing.counts[e as usize] as usize <= GEMV_MAX_TOKENS).count();
+    let mut gemv_rows = GEMV_ROW_BLOCK;
+    while gemv_rows > GEMV_MIN_ROW_BLOCK && light * rows.len().div_ceil(gemv_rows) < MIN_GEMV_ITEMS {
+        gemv_rows /= 2;
+    }
+    for busy in [true, false] {
+        for &e in routing.active() {
+            let n = routing.counts[e as usize] as usize;
+            if (n > GEMV_MAX_TOKENS) != busy {
+                continue;
+            }
+            let (row_block, token_block) = if busy { (GEMM_ROW_BLOCK, GEMM_TOKEN_BLOCK) } else { (gemv_rows, n) };
+            let first = routing.offsets[e as usize] as usize;
+            // Row block outer, position block inner: consecutive items share weights.
+            for r0 in rows.clone().step_by(row_block) {
+                for t0 in (0..n).step_by(token_block) {
+                    debug_assert!(items.len() < items.capacity(), "item list reserved too small");
+                    items.push(Item {
+                        expert: e,
+                        row0: r0 as u32,
+                        rows: row_block.min(rows.end - r0) as u32,
+                        pos0: (first + t0) as u32,
+                        tokens: token_block.min(n - t0) as u32,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn covered(items: &[Item], routing: &Routing, rows: Range<usize>, pairs: usize) {
+        let mut hit = vec![0u8; pairs * rows.end];
+        for it in items {
+            let e = it.expert as usize;
+            let (lo, hi) = (routing.offsets[e], routing.offsets[e + 1]);
+            assert!(it.pos0 >= lo && it.pos0 + it.tokens <= hi, "{it:?} leaves expert {e}'s positions");
+            for p in it.pos0..it.pos0 + it.tokens {
+                for r in it.row0..it.row0 + it.rows {
+                    hit[p as usize * rows.end + r as usize] += 1;
+                }
+            }
+        }
+        for p in 0..pairs {
+            for r in 0..rows.end {
+                let want = u8::from(rows.contains(&r));
+                assert_eq!(hit[p * rows.end + r], want, "position {p} row {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn items_cover_each_position_and_row_once() {
+        // 300 pairs: expert 2 busy (250 positions), experts 0 and 5 light.
+        let mut ids = vec![2u32; 250];
+        ids.extend(std::iter::repeat_n(0, 7));
+        ids.extend(std::iter::repeat_n(5, 43));
+        ids.rotate_left(11);
+        let mut r = Routing::default();
+        r.reserve(6, ids.len());
+        r.route(&ids, 6);
+        for rows in [0..200, 32..100] {
+            let mut items = Vec::with_capacity(max_items(rows.end, ids.len(), 6));
+            build(&mut items, &r, rows.clone());
+            assert!(items.len() <= max_items(rows.end, ids.len(), 6));
+            covered(&items, &r, rows, ids.len());
+        }
+    }
+}
