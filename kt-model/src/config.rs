@@ -6,32 +6,14 @@ mod compare;
 mod from_gguf;
 mod from_hf;
 
-use std::fmt;
 use std::path::Path;
 
 use crate::error::{ModelError, Result};
 use crate::gguf::Gguf;
 
-/// How router logits become expert scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScoringFunc {
-    /// V2: softmax over all routed experts.
-    Softmax,
-    /// V3: independent sigmoids.
-    Sigmoid,
-}
-
-/// How the routed experts of a token are picked from the scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TopkMethod {
-    /// Top-k over all experts (V2-Lite).
-    Greedy,
-    /// Keep the `topk_group` groups with the best single expert, then top-k (V2).
-    GroupLimitedGreedy,
-    /// Bias-corrected scores pick groups (by their top-2 sum) and experts; the
-    /// weights are the uncorrected scores (V3).
-    NoauxTc,
-}
+/// How router logits become expert scores, and how experts are picked: the router's own
+/// types from kt-kernels (`ScoringFunc` keeps the HF field's name).
+pub use kt_kernels::ops::gating::{Scoring as ScoringFunc, TopkMethod};
 
 /// YaRN rope scaling (the only scaling DeepSeek uses).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -290,46 +272,5 @@ impl DeepSeekConfig {
             );
         }
         Ok(())
-    }
-}
-
-impl ScoringFunc {
-    pub fn name(self) -> &'static str {
-        match self {
-            ScoringFunc::Softmax => "softmax",
-            ScoringFunc::Sigmoid => "sigmoid",
-        }
-    }
-}
-
-impl TopkMethod {
-    pub fn name(self) -> &'static str {
-        match self {
-            TopkMethod::Greedy => "greedy",
-            TopkMethod::GroupLimitedGreedy => "group_limited_greedy",
-            TopkMethod::NoauxTc => "noaux_tc",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<TopkMethod> {
-        [
-            TopkMethod::Greedy,
-            TopkMethod::GroupLimitedGreedy,
-            TopkMethod::NoauxTc,
-        ]
-        .into_iter()
-        .find(|m| m.name() == name)
-    }
-}
-
-impl fmt::Display for ScoringFunc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl fmt::Display for TopkMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }

@@ -53,6 +53,45 @@ pub enum TopkMethod {
     NoauxTc,
 }
 
+impl Scoring {
+    /// The HF `scoring_func` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scoring::Softmax => "softmax",
+            Scoring::Sigmoid => "sigmoid",
+        }
+    }
+}
+
+impl TopkMethod {
+    /// The HF `topk_method` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TopkMethod::Greedy => "greedy",
+            TopkMethod::GroupLimitedGreedy => "group_limited_greedy",
+            TopkMethod::NoauxTc => "noaux_tc",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<TopkMethod> {
+        [TopkMethod::Greedy, TopkMethod::GroupLimitedGreedy, TopkMethod::NoauxTc]
+            .into_iter()
+            .find(|m| m.name() == name)
+    }
+}
+
+impl std::fmt::Display for Scoring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::fmt::Display for TopkMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The router's configuration (HF config names).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RouterConfig {

@@ -7,10 +7,10 @@
 //! does not depend on how the work is split. The fused CPU MoE operator
 //! (`kt_kernels::cpu::moe`) replaces this loop when it lands; its results must agree.
 
-use kt_kernels::ops::{route, silu_mul_inplace, RouterConfig, Scoring, TopkMethod as OpsTopk};
+use kt_kernels::ops::{route, silu_mul_inplace, RouterConfig};
 
 use super::linear::{dequantize_vector, Linear, MatmulMode};
-use crate::config::{DeepSeekConfig, ScoringFunc, TopkMethod};
+use crate::config::{DeepSeekConfig, TopkMethod};
 use crate::error::Result;
 use crate::tensors::{DenseFfn, MoeFfn};
 
@@ -166,15 +166,8 @@ pub(crate) fn router_config(c: &DeepSeekConfig) -> RouterConfig {
         top_k: c.experts_per_tok,
         n_group: c.n_group,
         topk_group: c.topk_group,
-        scoring: match c.scoring {
-            ScoringFunc::Softmax => Scoring::Softmax,
-            ScoringFunc::Sigmoid => Scoring::Sigmoid,
-        },
-        method: match c.topk_method {
-            TopkMethod::Greedy => OpsTopk::Greedy,
-            TopkMethod::GroupLimitedGreedy => OpsTopk::GroupLimitedGreedy,
-            TopkMethod::NoauxTc => OpsTopk::NoauxTc,
-        },
+        scoring: c.scoring,
+        method: c.topk_method,
         norm_topk_prob: c.norm_topk_prob,
         routed_scaling_factor: c.routed_scaling_factor,
     }
