@@ -76,7 +76,7 @@ impl Args {
     pub fn default_quick() -> Args {
         Args {
             model: Preset::DeepSeekV2Lite.name().into(),
-            layers: Some(4),
+            layers: Some(8),
             prompt_len: Some(32),
             gen_len: Some(16),
             threads: None,
