@@ -196,7 +196,11 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         Mode::Decode => decode_tps.unwrap_or(0.0),
         Mode::Prefill => prefill_tps,
     };
-    let matmul_name = if a.reference { "reference" } else { "quantized" };
+    let matmul_name = if a.reference {
+        "reference"
+    } else {
+        "quantized"
+    };
     if a.json {
         let j = serde_json::json!({
             "mode": mode.name(),
@@ -238,9 +242,7 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         weight_bytes as f64 / 1e9,
         w.seconds
     );
-    println!(
-        "prefill: {prompt_len} tokens in {prefill_s:.3} s = {prefill_tps:.1} tokens/s"
-    );
+    println!("prefill: {prompt_len} tokens in {prefill_s:.3} s = {prefill_tps:.1} tokens/s");
     if let Some(tps) = decode_tps {
         println!(
             "decode:  {gen_len} tokens in {decode_s:.3} s = {tps:.2} tokens/s ({:.1} ms/token)",

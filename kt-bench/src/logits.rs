@@ -72,7 +72,11 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     eprintln!(
         "wrote {} ({n_rows} x {vocab} float32 logits, {} mode)",
         a.out.display(),
-        if a.reference { "reference" } else { "quantized" }
+        if a.reference {
+            "reference"
+        } else {
+            "quantized"
+        }
     );
     Ok(())
 }

@@ -47,8 +47,18 @@ fn tokens(j: &Value) -> Vec<u64> {
 #[test]
 fn decode_on_synthetic_v2_lite_reports_json() {
     let j = ok_json(&[
-        "decode", "--model", "deepseek-v2-lite", "--layers", "2", "--prompt-len", "4",
-        "--gen-len", "3", "--threads", "2", "--json",
+        "decode",
+        "--model",
+        "deepseek-v2-lite",
+        "--layers",
+        "2",
+        "--prompt-len",
+        "4",
+        "--gen-len",
+        "3",
+        "--threads",
+        "2",
+        "--json",
     ]);
     assert_eq!(j["mode"], "decode");
     assert_eq!(j["rules"], "cpu");
@@ -70,7 +80,12 @@ fn decode_on_synthetic_v2_lite_reports_json() {
 #[test]
 fn prefill_reports_the_prompt_rate() {
     let j = ok_json(&[
-        "prefill", "--model", &tiny_q4(), "--prompt-len", "12", "--json",
+        "prefill",
+        "--model",
+        &tiny_q4(),
+        "--prompt-len",
+        "12",
+        "--json",
     ]);
     assert_eq!(j["mode"], "prefill");
     assert_eq!(j["gen_len"], 0);
@@ -84,7 +99,16 @@ fn prefill_reports_the_prompt_rate() {
 #[test]
 fn runs_are_deterministic() {
     let m = tiny_q4();
-    let base = ["decode", "--model", m.as_str(), "--prompt-len", "6", "--gen-len", "12", "--json"];
+    let base = [
+        "decode",
+        "--model",
+        m.as_str(),
+        "--prompt-len",
+        "6",
+        "--gen-len",
+        "12",
+        "--json",
+    ];
     let run = |extra: &[&str]| {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
         tokens(&ok_json(&args))
@@ -96,12 +120,23 @@ fn runs_are_deterministic() {
     let hot = ["--temperature", "5", "--top-p", "1", "--seed", "3"];
     let sampled = run(&hot);
     assert_eq!(sampled, run(&hot));
-    assert_ne!(sampled, greedy, "temperature 5 over 512 tokens follows greedy 12 times");
+    assert_ne!(
+        sampled, greedy,
+        "temperature 5 over 512 tokens follows greedy 12 times"
+    );
 }
 
 #[test]
 fn text_report_names_the_rates() {
-    let r = kt_bench(&["decode", "--model", &tiny_q4(), "--prompt-len", "5", "--gen-len", "2"]);
+    let r = kt_bench(&[
+        "decode",
+        "--model",
+        &tiny_q4(),
+        "--prompt-len",
+        "5",
+        "--gen-len",
+        "2",
+    ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let s = String::from_utf8_lossy(&r.stdout);
     assert!(s.contains("prefill: 5 tokens"), "{s}");
@@ -112,10 +147,22 @@ fn text_report_names_the_rates() {
 fn bad_arguments_are_errors() {
     for (args, says) in [
         (vec!["decode", "--model", "deepseek-v9"], "neither a preset"),
-        (vec!["decode", "--model", "deepseek-v2-lite", "--layers", "0"], "n_layers"),
-        (vec!["decode", "--model", "/nonexistent.gguf"], "/nonexistent.gguf"),
-        (vec!["decode", "--model", "deepseek-v2-lite", "--gen-len", "0"], "--gen-len"),
-        (vec!["decode", "--model", "deepseek-v2-lite", "--temperature=-1"], "temperature"),
+        (
+            vec!["decode", "--model", "deepseek-v2-lite", "--layers", "0"],
+            "n_layers",
+        ),
+        (
+            vec!["decode", "--model", "/nonexistent.gguf"],
+            "/nonexistent.gguf",
+        ),
+        (
+            vec!["decode", "--model", "deepseek-v2-lite", "--gen-len", "0"],
+            "--gen-len",
+        ),
+        (
+            vec!["decode", "--model", "deepseek-v2-lite", "--temperature=-1"],
+            "temperature",
+        ),
     ] {
         let r = kt_bench(&args);
         let stderr = String::from_utf8_lossy(&r.stderr);

@@ -21,7 +21,15 @@ fn streamed_file_equals_the_in_memory_model_and_runs() {
     let path = dir.path().join("v2lite-1.gguf");
     let p = path.to_str().unwrap();
     let r = kt_bench(&[
-        "gen-gguf", "--preset", "deepseek-v2-lite", "--layers", "1", "--seed", "11", "--out", p,
+        "gen-gguf",
+        "--preset",
+        "deepseek-v2-lite",
+        "--layers",
+        "1",
+        "--seed",
+        "11",
+        "--out",
+        p,
     ]);
     let stdout = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -44,7 +52,16 @@ fn streamed_file_equals_the_in_memory_model_and_runs() {
     assert_eq!((c.n_layers, c.first_k_dense_replace), (1, 1));
     assert_eq!(c.vocab_size, 102_400);
 
-    let r = kt_bench(&["decode", "--model", p, "--prompt-len", "3", "--gen-len", "2", "--json"]);
+    let r = kt_bench(&[
+        "decode",
+        "--model",
+        p,
+        "--prompt-len",
+        "3",
+        "--gen-len",
+        "2",
+        "--json",
+    ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(j["layers"], 1);

@@ -84,7 +84,10 @@ fn reference_logits_match_hf() {
     let got = got.into_f32().unwrap();
     let (pre_shape, pre) = npy_f32("hf_prefill_logits.npy");
     let (dec_shape, dec) = npy_f32("hf_decode_logits.npy");
-    assert_eq!((pre_shape.as_slice(), dec_shape.as_slice()), (&[16, 512][..], &[8, 512][..]));
+    assert_eq!(
+        (pre_shape.as_slice(), dec_shape.as_slice()),
+        (&[16, 512][..], &[8, 512][..])
+    );
     let hf: Vec<f32> = pre.into_iter().chain(dec).collect();
     let err = rel_l2(&got, &hf);
     eprintln!("kt-bench logits vs HF: rel L2 {err:.3e}");
@@ -120,7 +123,10 @@ fn quantized_mode_writes_prompt_rows() {
     assert_eq!(a.shape, [4, 512]);
     assert!(a.into_f32().unwrap().iter().all(|v| v.is_finite()));
     let stdout = String::from_utf8_lossy(&r.stdout);
-    let line = stdout.lines().find_map(|l| l.strip_prefix("tokens: ")).unwrap();
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tokens: "))
+        .unwrap();
     assert_eq!(line.split(',').count(), 1, "no decode: only the next token");
 }
 
@@ -128,7 +134,10 @@ fn assert_fails(args: &[&str], says: &str) {
     let r = kt_bench(args);
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success(), "{args:?} succeeded");
-    assert!(stderr.contains(says), "{args:?}: stderr {stderr:?} lacks {says:?}");
+    assert!(
+        stderr.contains(says),
+        "{args:?}: stderr {stderr:?} lacks {says:?}"
+    );
 }
 
 #[test]
@@ -139,7 +148,15 @@ fn bad_inputs_are_clear_errors() {
     let gguf = fixture_dir().join("tiny-dsv3-bf16.gguf");
     let gguf = gguf.to_str().unwrap();
     assert_fails(
-        &["logits", "--gguf", "/nonexistent/model.gguf", "--ids", "1", "--out", out],
+        &[
+            "logits",
+            "--gguf",
+            "/nonexistent/model.gguf",
+            "--ids",
+            "1",
+            "--out",
+            out,
+        ],
         "/nonexistent/model.gguf",
     );
     assert_fails(
@@ -152,8 +169,21 @@ fn bad_inputs_are_clear_errors() {
     );
     let config = fixture_dir().join("../../fixtures/tiny-dsv3/missing-config.json");
     assert_fails(
-        &["logits", "--gguf", gguf, "--config", config.to_str().unwrap(), "--ids", "1", "--out", out],
+        &[
+            "logits",
+            "--gguf",
+            gguf,
+            "--config",
+            config.to_str().unwrap(),
+            "--ids",
+            "1",
+            "--out",
+            out,
+        ],
         "missing-config.json",
     );
-    assert!(!std::path::Path::new(out).exists(), "no output after a failure");
+    assert!(
+        !std::path::Path::new(out).exists(),
+        "no output after a failure"
+    );
 }

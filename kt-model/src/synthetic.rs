@@ -149,10 +149,7 @@ impl SyntheticModel {
 
     /// Bytes of the data section (tensor data with its alignment padding).
     pub fn data_bytes(&self) -> u64 {
-        self.tensors
-            .iter()
-            .map(|t| padded(tensor_bytes(t)))
-            .sum()
+        self.tensors.iter().map(|t| padded(tensor_bytes(t))).sum()
     }
 
     /// Bytes of the whole GGUF file.
@@ -251,7 +248,12 @@ impl SyntheticModel {
         w.add("general.type", "model")?;
         w.add(
             "general.name",
-            format!("kt synthetic {} ({} layers)", self.preset.name(), c.n_layers).as_str(),
+            format!(
+                "kt synthetic {} ({} layers)",
+                self.preset.name(),
+                c.n_layers
+            )
+            .as_str(),
         )?;
         let u = |v: usize| Value::U32(v as u32);
         w.add(k("block_count"), u(c.n_layers))?;
@@ -287,7 +289,10 @@ impl SyntheticModel {
             ScoringFunc::Sigmoid => 2,
         };
         w.add(k("expert_gating_func"), gating)?;
-        w.add(k("attention.key_length"), u(c.kv_lora_rank + c.qk_rope_head_dim))?;
+        w.add(
+            k("attention.key_length"),
+            u(c.kv_lora_rank + c.qk_rope_head_dim),
+        )?;
         w.add(k("attention.value_length"), u(c.kv_lora_rank))?;
         w.add(k("leading_dense_block_count"), u(c.first_k_dense_replace))?;
         w.add(k("vocab_size"), u(c.vocab_size))?;
@@ -352,7 +357,10 @@ fn invalid(preset: Preset, field: &'static str, reason: String) -> ModelError {
 
 fn tensor_bytes(t: &TensorPlan) -> u64 {
     // The planner only emits row lengths that are whole blocks (fallbacks applied).
-    let row = t.qtype.row_bytes(t.row_len()).expect("planned rows are whole blocks");
+    let row = t
+        .qtype
+        .row_bytes(t.row_len())
+        .expect("planned rows are whole blocks");
     (row * t.n_rows()) as u64
 }
 
@@ -417,7 +425,10 @@ mod tests {
             let md = g.metadata();
             assert_eq!(md.get_str("tokenizer.ggml.model").unwrap(), "gpt2");
             for key in ["tokens", "scores", "token_type"] {
-                let n = md.get_array(&format!("tokenizer.ggml.{key}")).unwrap().len();
+                let n = md
+                    .get_array(&format!("tokenizer.ggml.{key}"))
+                    .unwrap()
+                    .len();
                 assert_eq!(n, want.vocab_size, "{key}");
             }
             let merges = md.get_array("tokenizer.ggml.merges").unwrap().len();
@@ -436,13 +447,24 @@ mod tests {
         // 3 dense layers, then MoE with the score bias; 61 layers in all
         assert_eq!(types["blk.2.ffn_down.weight"], QType::Q6_K, "first eighth");
         assert_eq!(types["blk.10.ffn_down_exps.weight"], QType::Q4_K);
-        assert_eq!(types["blk.12.ffn_down_exps.weight"], QType::Q6_K, "(12 - 7) % 3 == 2");
-        assert_eq!(types["blk.53.ffn_down_exps.weight"], QType::Q6_K, "last eighth");
+        assert_eq!(
+            types["blk.12.ffn_down_exps.weight"],
+            QType::Q6_K,
+            "(12 - 7) % 3 == 2"
+        );
+        assert_eq!(
+            types["blk.53.ffn_down_exps.weight"],
+            QType::Q6_K,
+            "last eighth"
+        );
         assert_eq!(types["blk.3.exp_probs_b.bias"], QType::F32);
         assert_eq!(types["blk.60.attn_q_b.weight"], QType::Q4_K);
         assert_eq!(types["blk.60.attn_k_b.weight"], QType::Q5_0);
         assert!(!types.contains_key("blk.2.ffn_gate_inp.weight"));
-        assert!(!types.contains_key("blk.0.attn_q.weight"), "V3 has query LoRA");
+        assert!(
+            !types.contains_key("blk.0.attn_q.weight"),
+            "V3 has query LoRA"
+        );
         // ~404 GB like a real V3 Q4_K_M
         let gb = m.file_bytes().unwrap() as f64 / 1e9;
         assert!((380.0..420.0).contains(&gb), "{gb} GB");

@@ -75,8 +75,15 @@ fn tensor_formats_are_the_q4_k_m_mix() {
     assert_eq!(ty("blk.1.ffn_gate_exps.weight"), QType::Q4_K);
     // the last layer gets Q6_K, 1408-wide rows fall back to Q8_0
     assert_eq!(ty("blk.1.ffn_down_exps.weight"), QType::Q8_0);
-    assert_eq!(ty("blk.1.ffn_down_shexp.weight"), QType::Q6_K, "2816 = 11 * 256");
-    assert!(g.tensor_info("blk.1.exp_probs_b.bias").is_none(), "softmax routing");
+    assert_eq!(
+        ty("blk.1.ffn_down_shexp.weight"),
+        QType::Q6_K,
+        "2816 = 11 * 256"
+    );
+    assert!(
+        g.tensor_info("blk.1.exp_probs_b.bias").is_none(),
+        "softmax routing"
+    );
 }
 
 /// Every tensor holds finite, non-zero values of a sensible size (first, middle and
@@ -125,7 +132,10 @@ fn forward_gives_finite_logits_and_varied_routing() {
     for (l, x) in trace.layer_outputs.iter().enumerate() {
         let rms = (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32).sqrt();
         eprintln!("layer {l}: residual rms {rms:.3}");
-        assert!(rms.is_finite() && rms < 50.0, "layer {l}: residual rms {rms}");
+        assert!(
+            rms.is_finite() && rms < 50.0,
+            "layer {l}: residual rms {rms}"
+        );
     }
 
     assert_eq!(trace.routing.len(), 1, "layer 1 is the only MoE layer");
@@ -133,7 +143,11 @@ fn forward_gives_finite_logits_and_varied_routing() {
     assert_eq!(*layer, 1);
     let k = config.experts_per_tok;
     let distinct: HashSet<u32> = r.ids.iter().copied().collect();
-    assert!(distinct.len() >= 2 * k, "only {} distinct experts", distinct.len());
+    assert!(
+        distinct.len() >= 2 * k,
+        "only {} distinct experts",
+        distinct.len()
+    );
     let sets: HashSet<Vec<u32>> = r
         .ids
         .chunks_exact(k)
@@ -143,7 +157,11 @@ fn forward_gives_finite_logits_and_varied_routing() {
             s
         })
         .collect();
-    assert_eq!(sets.len(), tokens.len(), "every token picks its own expert set");
+    assert_eq!(
+        sets.len(),
+        tokens.len(),
+        "every token picks its own expert set"
+    );
     // softmax weights of the top 6 of 64 experts: positive, below 1, not all equal
     assert!(r.weights.iter().all(|&w| w > 0.0 && w < 1.0));
     let (lo, hi) = r
@@ -187,7 +205,9 @@ impl Write for Hasher {
 
 fn file_hash(seed: u64) -> u64 {
     let m = SyntheticModel::new(Preset::DeepSeekV2Lite, &opts(seed)).unwrap();
-    let h = m.write(Hasher(0xCBF2_9CE4_8422_2325, Vec::new()), &mut |_| {}).unwrap();
+    let h = m
+        .write(Hasher(0xCBF2_9CE4_8422_2325, Vec::new()), &mut |_| {})
+        .unwrap();
     assert!(h.1.len() < 8);
     h.0
 }

@@ -60,7 +60,10 @@ impl Sampler {
         if logits.is_empty() {
             return Err(bad_setting("no logits to sample from".into()));
         }
-        if let Some(i) = logits.iter().position(|&v| v.is_nan() || v == f32::INFINITY) {
+        if let Some(i) = logits
+            .iter()
+            .position(|&v| v.is_nan() || v == f32::INFINITY)
+        {
             return Err(ModelError::Forward {
                 reason: format!("logit {i} is {}; cannot pick a token", logits[i]),
             });
@@ -298,7 +301,10 @@ mod tests {
         l[4] = f32::INFINITY;
         assert!(Sampler::top_p(1.0, 0.9, 1).unwrap().sample(&l).is_err());
         let masked = [f32::NEG_INFINITY; 4];
-        assert!(Sampler::top_p(1.0, 0.9, 1).unwrap().sample(&masked).is_err());
+        assert!(Sampler::top_p(1.0, 0.9, 1)
+            .unwrap()
+            .sample(&masked)
+            .is_err());
     }
 
     #[test]

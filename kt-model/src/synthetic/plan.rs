@@ -75,7 +75,12 @@ pub(crate) fn plan(c: &DeepSeekConfig) -> Vec<TensorPlan> {
         layer(&mut p, c, i);
     }
     p.uniform("output_norm.weight", &[h]);
-    p.quant("output.weight", QType::Q6_K, &[h, c.vocab_size], inv_sqrt(h));
+    p.quant(
+        "output.weight",
+        QType::Q6_K,
+        &[h, c.vocab_size],
+        inv_sqrt(h),
+    );
     p.0
 }
 
@@ -119,7 +124,12 @@ fn layer(p: &mut Planner, c: &DeepSeekConfig, i: usize) {
         &[nope, kv, heads],
         inv_sqrt(kv),
     );
-    p.quant(&n("attn_v_b.weight"), QType::Q4_K, &[kv, v, heads], inv_sqrt(kv));
+    p.quant(
+        &n("attn_v_b.weight"),
+        QType::Q4_K,
+        &[kv, v, heads],
+        inv_sqrt(kv),
+    );
     p.quant(
         &n("attn_output.weight"),
         QType::Q4_K,
@@ -149,12 +159,27 @@ fn layer(p: &mut Planner, c: &DeepSeekConfig, i: usize) {
             },
         );
     }
-    p.quant(&n("ffn_gate_exps.weight"), QType::Q4_K, &[h, m, e], inv_sqrt(h));
-    p.quant(&n("ffn_up_exps.weight"), QType::Q4_K, &[h, m, e], inv_sqrt(h));
+    p.quant(
+        &n("ffn_gate_exps.weight"),
+        QType::Q4_K,
+        &[h, m, e],
+        inv_sqrt(h),
+    );
+    p.quant(
+        &n("ffn_up_exps.weight"),
+        QType::Q4_K,
+        &[h, m, e],
+        inv_sqrt(h),
+    );
     p.quant(&n("ffn_down_exps.weight"), down, &[m, h, e], inv_sqrt(m));
     if c.n_shared_experts > 0 {
         let s = c.shared_intermediate_size();
-        p.quant(&n("ffn_gate_shexp.weight"), QType::Q4_K, &[h, s], inv_sqrt(h));
+        p.quant(
+            &n("ffn_gate_shexp.weight"),
+            QType::Q4_K,
+            &[h, s],
+            inv_sqrt(h),
+        );
         p.quant(&n("ffn_up_shexp.weight"), QType::Q4_K, &[h, s], inv_sqrt(h));
         p.quant(&n("ffn_down_shexp.weight"), down, &[s, h], inv_sqrt(s));
     }

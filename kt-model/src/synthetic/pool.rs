@@ -92,15 +92,15 @@ pub(crate) fn build(
                     .into_inner()
                     .expect("for_each ran every item")
                     .map_err(|source| ModelError::TensorKernel {
-                        tensor: format!("synthetic {} row pool of {}-wide rows", key.qtype, key.row_len),
+                        tensor: format!(
+                            "synthetic {} row pool of {}-wide rows",
+                            key.qtype, key.row_len
+                        ),
                         source,
                     })?;
                 data.extend_from_slice(&bytes);
             }
-            Ok(RowPool {
-                row_bytes,
-                data,
-            })
+            Ok(RowPool { row_bytes, data })
         })
         .collect()
 }

@@ -107,7 +107,11 @@ mod tests {
         let chars: HashSet<char> = (0..=255u8).map(byte_char).collect();
         assert_eq!(chars.len(), 256);
         assert_eq!(byte_char(b'A'), 'A');
-        assert_eq!(byte_char(b' '), '\u{120}', "space is the 33rd unprintable byte");
+        assert_eq!(
+            byte_char(b' '),
+            '\u{120}',
+            "space is the 33rd unprintable byte"
+        );
         assert_eq!(byte_char(b'\n'), '\u{10A}');
         assert!(chars.iter().all(|c| !c.is_whitespace() && !c.is_control()));
     }
@@ -123,9 +127,16 @@ mod tests {
             assert_eq!(v.token_types.len(), size);
             assert_eq!(v.tokens[bos as usize], BOS_TEXT);
             assert_eq!(v.tokens[eos as usize], EOS_TEXT);
-            assert_eq!(v.token_types.iter().filter(|&&t| t == TYPE_CONTROL).count(), 2);
-            let id: HashMap<&str, usize> =
-                v.tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+            assert_eq!(
+                v.token_types.iter().filter(|&&t| t == TYPE_CONTROL).count(),
+                2
+            );
+            let id: HashMap<&str, usize> = v
+                .tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.as_str(), i))
+                .collect();
             assert_eq!(id.len(), size, "tokens are unique");
             assert_eq!(v.merges.len(), size - 256 - 2);
             for m in &v.merges {
