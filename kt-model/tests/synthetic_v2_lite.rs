@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use kt_kernels::quant::{self, QType};
 use kt_model::config::DeepSeekConfig;
-use kt_model::deepseek::{DeepSeekModel, ForwardTrace, LogitRows, MatmulMode};
+use kt_model::deepseek::{generate, DeepSeekModel, ForwardTrace, LogitRows, MatmulMode, Sampler};
 use kt_model::gguf::Gguf;
 use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 use kt_model::tensors::ModelTensors;
@@ -228,4 +228,29 @@ fn layer_counts_outside_the_model_are_errors() {
         let e = SyntheticModel::new(Preset::DeepSeekV2Lite, &o).unwrap_err();
         assert!(e.to_string().contains("n_layers"), "{e}");
     }
+}
+
+/// `generate` with the greedy sampler (or a vanishing top-p) is `generate_greedy`; a
+/// seeded temperature sampler repeats with its seed.
+#[test]
+fn generation_with_samplers() {
+    let (_, g) = model();
+    let model = DeepSeekModel::from_gguf(g, MatmulMode::quantized_selected().unwrap()).unwrap();
+    let prompt = [100_000u32, 500, 12_345, 7];
+    let run = |sampler: &mut Sampler| {
+        let mut cache = model.new_cache(prompt.len() + 6).unwrap();
+        generate(&model, &prompt, 6, &mut cache, sampler).unwrap()
+    };
+    let mut cache = model.new_cache(prompt.len() + 6).unwrap();
+    let greedy = model.generate_greedy(&prompt, 6, &mut cache).unwrap();
+    assert_eq!(run(&mut Sampler::greedy()), greedy);
+    assert_eq!(run(&mut Sampler::top_p(0.7, 1e-9, 1).unwrap()), greedy);
+    let hot = |seed| run(&mut Sampler::top_p(3.0, 0.95, seed).unwrap());
+    let a = hot(5);
+    assert_eq!(a, hot(5));
+    assert!(a.iter().all(|&t| (t as usize) < 102_400));
+    assert_ne!(
+        a, greedy,
+        "temperature 3 over 102400 tokens follows greedy 6 times"
+    );
 }

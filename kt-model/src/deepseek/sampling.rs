@@ -262,15 +262,8 @@ mod tests {
     #[test]
     fn wide_nucleus_on_a_large_vocabulary() {
         let mut rng = SplitMix64::new(9);
-        let mut l = vec![0f32; 5000];
+        let mut l = vec![0f32; 2000];
         rng.fill_normal(&mut l, 0.01);
-        let mut s = Sampler::top_p(1.0, 0.9, 3).unwrap();
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..20_000 {
-            seen.insert(s.sample(&l).unwrap());
-        }
-        // ~90% of 5000 nearly equal tokens are eligible: most are drawn at least once.
-        assert!(seen.len() > 4000, "only {} distinct tokens", seen.len());
         let p = softmax(&l, 1.0);
         let mut ranked: Vec<usize> = (0..l.len()).collect();
         ranked.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
@@ -282,6 +275,18 @@ mod tests {
                 cum >= 0.9
             })
             .unwrap();
+        let mut s = Sampler::top_p(1.0, 0.9, 3).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8000 {
+            seen.insert(s.sample(&l).unwrap());
+        }
+        // 8000 draws over ~1800 nearly equal eligible tokens miss ~1.2% of them
+        assert!(
+            seen.len() * 100 > (cut + 1) * 95,
+            "only {} of {} eligible tokens drawn",
+            seen.len(),
+            cut + 1
+        );
         for &i in &ranked[cut + 1..] {
             assert!(!seen.contains(&(i as u32)), "id {i} is outside the nucleus");
         }

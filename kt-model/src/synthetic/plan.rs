@@ -52,7 +52,7 @@ impl TensorPlan {
 /// llama.cpp's `use_more_bits`: the layers whose `ffn_down` gets Q6_K in Q4_K_M.
 fn more_bits(layer: usize, n_layers: usize) -> bool {
     let eighth = n_layers / 8;
-    layer < eighth || layer >= 7 * n_layers / 8 || (layer >= eighth && (layer - eighth) % 3 == 2)
+    layer < eighth || layer >= 7 * n_layers / 8 || (layer - eighth) % 3 == 2
 }
 
 /// `want`, or its llama.cpp fallback when `row_len` is no whole number of its blocks.
