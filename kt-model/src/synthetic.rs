@@ -17,9 +17,15 @@
 //!   ([`SyntheticModel::to_gguf`]), with llama.cpp's metadata keys and a synthetic
 //!   byte-level BPE tokenizer (`tokenizer.rs`).
 //!
-//! One llama.cpp caveat: it recognises V2-Lite's layout (no query LoRA) by a layer
-//! count of 27 (or 26), so a shortened V2-Lite loads in our reader but not in llama.cpp;
-//! full V2-Lite and V3 of any length load in both.
+//! Consequence of the pools: a tensor has at most `pool_rows` distinct rows, so the
+//! output head gives each logit value to ~vocab / pool_rows tokens (greedy ties go to
+//! the lowest id). Fine for speed and for checking that values stay sane; not a model
+//! whose outputs mean anything.
+//!
+//! llama.cpp (the version the fixtures were made with) loads a full 27-layer synthetic
+//! V2-Lite and generates from it. One caveat: it recognises V2-Lite's layout (no query
+//! LoRA) by a layer count of 27 (or 26), so a shortened V2-Lite loads in our reader but
+//! not in llama.cpp; V3 needs no such guess.
 
 mod plan;
 mod pool;
