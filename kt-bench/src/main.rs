@@ -1,6 +1,9 @@
 //! kt-bench: kt's main program. Each subcommand lives in its own file and only parses
 //! arguments, runs the library and prints a report (a table, or JSON with `--json`).
 
+mod decode;
+mod gen_gguf;
+mod logits;
 mod machine;
 mod matmul;
 mod moe;
@@ -25,6 +28,14 @@ enum Command {
     Pool(pool_bench::Args),
     /// The machine's memory read bandwidth and arithmetic peak, as kt measures them.
     Machine(machine::Args),
+    /// Logits of a GGUF model on given token ids (prompt rows, then greedy decode rows), as .npy.
+    Logits(logits::Args),
+    /// Writes a synthetic DeepSeek-V2-Lite / V3 GGUF (real shapes, Q4_K_M mix, random weights).
+    GenGguf(gen_gguf::Args),
+    /// Decode tokens/s of a DeepSeek model on the CPU (synthetic preset or GGUF).
+    Decode(decode::Args),
+    /// Prefill tokens/s of a DeepSeek model on the CPU (synthetic preset or GGUF).
+    Prefill(decode::Args),
 }
 
 fn main() {
@@ -34,7 +45,11 @@ fn main() {
         Some(Command::Moe(a)) => moe::run(a),
         Some(Command::Pool(a)) => pool_bench::run(a),
         Some(Command::Machine(a)) => machine::run(a),
-        None => matmul::run(matmul::Args::default_quick()),
+        Some(Command::Logits(a)) => logits::run(a),
+        Some(Command::GenGguf(a)) => gen_gguf::run(a),
+        Some(Command::Decode(a)) => decode::run(a, decode::Mode::Decode),
+        Some(Command::Prefill(a)) => decode::run(a, decode::Mode::Prefill),
+        None => decode::run(decode::Args::default_quick(), decode::Mode::Decode),
     };
     if let Err(e) = result {
         eprintln!("kt-bench: error: {e}");

@@ -36,21 +36,6 @@ pub struct Args {
     pub json: bool,
 }
 
-impl Args {
-    /// The built-in default of a bare `kt-bench`: a short run over the design card's
-    /// formats on one DeepSeek-V3 expert shape.
-    pub fn default_quick() -> Args {
-        Args {
-            formats: vec!["q4_k".into(), "q5_k".into(), "q2_k".into()],
-            shapes: vec!["2048x7168".into()],
-            tokens: vec![1, 64],
-            threads: None,
-            seconds: 0.5,
-            json: false,
-        }
-    }
-}
-
 #[derive(serde::Serialize)]
 struct Row {
     format: String,

@@ -20,8 +20,10 @@ pub mod cache;
 mod ffn;
 pub mod linear;
 pub mod model;
+pub mod sampling;
 
 pub use cache::KvCache;
 pub use ffn::Routing;
 pub use linear::{Linear, MatmulMode};
 pub use model::{argmax, DeepSeekModel, ForwardTrace, LogitRows};
+pub use sampling::{generate, Sampler};
