@@ -1,6 +1,6 @@
 //! The synthetic DeepSeek-V3 at its real shapes, cut to 4 layers (3 dense, 1 MoE with
-//! 256 experts in 8 groups and the score bias): 8 GB in memory, so ignored by default.
-//! Run with `cargo test -p kt-model --test synthetic_v3 -- --ignored`.
+//! 256 experts in 8 groups and the score bias): ~10 GB in memory, which the 24 GiB CI machine
+//! holds, so it runs with the rest.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -9,7 +9,6 @@ use kt_model::deepseek::{DeepSeekModel, ForwardTrace, LogitRows, MatmulMode};
 use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 
 #[test]
-#[ignore = "builds an 8 GB model in memory"]
 fn v3_four_layers_runs_with_grouped_routing() {
     let t = Instant::now();
     let opts = SyntheticOptions {
