@@ -17,8 +17,8 @@ pub const GEMV_MAX_TOKENS: usize = 8;
 
 /// Rows and tokens of one work item in the GEMM path: a 64-row weight block of a
 /// 7168-wide Q4_K matrix is ~250 KB and stays in L2 while the token blocks stream by.
-const GEMM_ROW_BLOCK: usize = 64;
-const GEMM_TOKEN_BLOCK: usize = 64;
+const GEMM_ROW_BLOCK: usize = 128;
+const GEMM_TOKEN_BLOCK: usize = 128;
 
 thread_local! {
     /// Quantized activations of the current call (grows once, then reused).

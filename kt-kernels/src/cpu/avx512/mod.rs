@@ -14,6 +14,7 @@ mod q6_k;
 mod q8_0;
 mod quantize;
 mod tile;
+mod unpacked;
 
 use super::dispatch::{FormatKernels, KernelTable};
 use super::isa::Isa;

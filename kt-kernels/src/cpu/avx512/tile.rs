@@ -36,11 +36,11 @@ use crate::quant::QType;
 /// Columns (32 elements each) of a group.
 pub(super) const COLS: usize = 8;
 /// Tokens per token group: up to 8 token pairs share one repacked activation slice.
-const TOKEN_GROUP: usize = 16;
+pub(super) const TOKEN_GROUP: usize = 16;
 /// Pair-group records in the stack scratch (48 KiB, the L1 of the target Xeon: a slice
 /// is re-read by every row of the tile). With the 32 KiB partial-sum buffer a call
 /// uses 80 KiB of stack, well inside a 2 MiB thread stack.
-const SCRATCH_RECORDS: usize = 64;
+pub(super) const SCRATCH_RECORDS: usize = 64;
 
 /// Per-column scales of one weight row and group, in f32, laid out like the lanes
 /// (`h * 8 + j`, the same value in both halves).
@@ -158,7 +158,7 @@ pub(super) unsafe fn f16_one(p: *const u8) -> __m512 {
 /// Sums of the low and the high 8 lanes (the two tokens of a pair).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-fn hsum_halves(v: __m512) -> (f32, f32) {
+pub(super) fn hsum_halves(v: __m512) -> (f32, f32) {
     // Within each 128-bit lane: swap 64-bit halves and add, swap neighbours and add;
     // then add neighbouring 128-bit lanes: lane 0 holds the low sum, lane 8 the high.
     let v = _mm512_add_ps(v, _mm512_permute_ps::<0x4E>(v));
@@ -280,7 +280,7 @@ macro_rules! dispatch_shape {
 }
 
 /// Partial-sum vectors in the stack buffer: 64 rows x 8 token pairs (32 KiB).
-const ACC_VECS: usize = 512;
+pub(super) const ACC_VECS: usize = 512;
 
 /// Largest register tile rows `<= want` among the instantiated 1, 2, 4.
 fn tile_rows(want: usize) -> usize {
@@ -317,6 +317,11 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile) {
     }
     let valid_last = total_cols - (groups - 1) * COLS;
     let gemv = tile.tokens <= crate::cpu::GEMV_MAX_TOKENS;
+    if !gemv {
+        // SAFETY: forwarded contract; groups >= 1.
+        unsafe { super::unpacked::gemm::<F>(tile, groups, valid_last) };
+        return;
+    }
     let mut scratch = MaybeUninit::<[PairGroup; SCRATCH_RECORDS]>::uninit();
     let recs = scratch.as_mut_ptr().cast::<PairGroup>();
     let mut accbuf = MaybeUninit::<[__m512; ACC_VECS]>::uninit();

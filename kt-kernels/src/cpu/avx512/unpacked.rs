@@ -1,0 +1,328 @@
+//! The GEMM path (more than `GEMV_MAX_TOKENS` tokens) of the column-layout formats:
+//! weights unpacked once, then a pure `vpdpbusd` register tile over every token.
+//!
+//! In the GEMV path ([`super::tile::gemm`]) each register tile rearranges its weight
+//! rows into the column layout itself (a permute and a mask per chunk) and computes
+//! the rows' scales, because every weight byte is used by at most 8 tokens anyway. With
+//! many tokens that work would be repeated for every token group and would compete with
+//! `vpdpbusd` for the same vector ports. Here a block of up to [`UNPACK_ROWS`] weight rows
+//! is unpacked once into a per-thread scratch ([`RowGroup`] per row and group: the 8
+//! chunks as the 32 bytes shared by both token halves, and the f32 scales and
+//! corrections), and the register tiles over all token groups only load from it: one
+//! broadcast load per row and chunk, one activation load per pair and chunk, `RM * NP`
+//! `vpdpbusd`, and per row, pair and group the f32 epilogue of the column layout.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::ptr::addr_of_mut;
+
+use super::act::{self, PairGroup};
+use super::tile::{ColumnFormat, ACC_VECS, COLS, SCRATCH_RECORDS, TOKEN_GROUP};
+use crate::cpu::dispatch::GemmTile;
+use crate::quant::QType;
+use crate::util::AlignedBuf;
+
+/// Weight rows unpacked at a time: 64 rows of a 7168-wide matrix (28 groups) take
+/// 688 KiB of scratch, which stays in L2 while every token group of the tile reads it.
+pub(super) const UNPACK_ROWS: usize = 128;
+
+/// One weight row's group in the column layout, ready for the register tile.
+#[repr(C, align(64))]
+pub(super) struct RowGroup {
+    /// Chunk `c`, lanes `j` (0..8): bytes `4c..4c + 4` of column `j` (the same for both
+    /// tokens of a pair: loaded with a 256-bit broadcast).
+    chunks: [[u8; 32]; 8],
+    /// The low halves (lanes 0..8) of [`super::tile::Scales`].
+    s_lo: [f32; 8],
+    s_hi: [f32; 8],
+    c_lo: [f32; 8],
+    c_hi: [f32; 8],
+}
+
+thread_local! {
+    /// Unpacked weights of the current row block (grows once per thread, then reused).
+    static UNPACKED: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
+}
+
+/// Unpacks `rows` weight rows (`w`, `w_stride` bytes apart) of `groups` groups into
+/// `dst`: row `r`, group `g` at `dst[r * groups + g]`.
+///
+/// # Safety
+/// The rows are readable weights of `groups` groups (the last with `valid_last`
+/// columns); `dst` is valid for `rows * groups` writes; AVX512+VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn unpack<F: ColumnFormat>(w: *const u8, w_stride: usize, rows: usize, groups: usize, valid_last: usize, dst: *mut RowGroup) {
+    for r in 0..rows {
+        for g in 0..groups {
+            let valid = if g + 1 == groups { valid_last } else { COLS };
+            // SAFETY: group g of row r is inside the weights and dst[r * groups + g] is
+            // inside dst (the caller's contract); RowGroup is 64-byte aligned, so each
+            // 32-byte field is 32-byte aligned.
+            unsafe {
+                let wg = w.add(r * w_stride + g * F::GROUP_BYTES);
+                let out = dst.add(r * groups + g);
+                let row = F::load(wg, valid);
+                let chunks = addr_of_mut!((*out).chunks).cast::<[u8; 32]>();
+                for c in 0..8 {
+                    _mm256_store_si256(chunks.add(c).cast(), _mm512_castsi512_si256(F::chunk(&row, c)));
+                }
+                let s = F::scales(wg, valid);
+                _mm256_store_ps(addr_of_mut!((*out).s_lo).cast(), _mm512_castps512_ps256(s.s_lo));
+                _mm256_store_ps(addr_of_mut!((*out).s_hi).cast(), _mm512_castps512_ps256(s.s_hi));
+                _mm256_store_ps(addr_of_mut!((*out).c_lo).cast(), _mm512_castps512_ps256(s.c_lo));
+                _mm256_store_ps(addr_of_mut!((*out).c_hi).cast(), _mm512_castps512_ps256(s.c_hi));
+            }
+        }
+    }
+}
+
+/// What one register tile computes: `RM` unpacked rows against `NP` token pairs over
+/// `groups` groups, added to the partial sums at `acc`.
+struct TileArgs {
+    /// (row 0, first group) of the tile; row `r`, group `g` at `w + r * w_row + g`.
+    w: *const RowGroup,
+    w_row: usize,
+    /// Record of (first group, pair 0); pair `p` of group `g` at `g * rec_stride + p`.
+    acts: *const PairGroup,
+    rec_stride: usize,
+    groups: usize,
+    /// Partial sums of (row 0, pair 0); row `r`, pair `p` at `r * acc_stride + p`.
+    acc: *mut __m512,
+    acc_stride: usize,
+    /// Start the partial sums from zero (the first K slice) instead of reading them.
+    init: bool,
+}
+
+/// Broadcasts 8 f32 (32-byte aligned) to both halves.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn bcast8(p: *const [f32; 8]) -> __m512 {
+    // SAFETY: the caller passes a field of a live RowGroup.
+    _mm512_broadcast_f32x8(unsafe { _mm256_load_ps(p.cast()) })
+}
+
+/// One `RM x NP` register tile over unpacked weights (see [`super::tile`] for the
+/// arithmetic of the column layout; this is the same sum in the same order).
+///
+/// # Safety
+/// `args` describes `RM` rows of `groups` unpacked groups, `groups * rec_stride`
+/// initialised records and `RM x NP` partial sums (initialised unless `init`);
+/// AVX512+VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn kernel<F: ColumnFormat, const RM: usize, const NP: usize>(args: &TileArgs) {
+    for g in 0..args.groups {
+        // SAFETY (whole loop body): groups g of the RM rows and records g * rec_stride
+        // + p (p < NP) are initialised, and the partial sums belong to this tile (the
+        // caller's contract).
+        unsafe {
+            let ag = args.acts.add(g * args.rec_stride);
+            let mut wg = [std::ptr::null::<RowGroup>(); RM];
+            for (r, p) in wg.iter_mut().enumerate() {
+                *p = args.w.add(r * args.w_row + g);
+            }
+            let mut lo = [[_mm512_setzero_si512(); NP]; RM];
+            let mut hi = [[_mm512_setzero_si512(); NP]; RM];
+            for c in 0..8 {
+                let mut wv = [_mm512_setzero_si512(); RM];
+                for r in 0..RM {
+                    wv[r] = _mm512_broadcast_i64x4(_mm256_load_si256((*wg[r]).chunks[c].as_ptr().cast()));
+                }
+                for p in 0..NP {
+                    let av = _mm512_load_si512((*ag.add(p)).chunks[c].as_ptr().cast());
+                    for r in 0..RM {
+                        if F::SPLIT && c >= 4 {
+                            hi[r][p] = _mm512_dpbusd_epi32(hi[r][p], wv[r], av);
+                        } else {
+                            lo[r][p] = _mm512_dpbusd_epi32(lo[r][p], wv[r], av);
+                        }
+                    }
+                }
+            }
+            let fresh = args.init && g == 0;
+            for r in 0..RM {
+                let u = wg[r];
+                let s_lo = bcast8(&(*u).s_lo);
+                let c_lo = bcast8(&(*u).c_lo);
+                for p in 0..NP {
+                    let rec = &*ag.add(p);
+                    let da = _mm512_load_ps(rec.da.as_ptr());
+                    let slot = args.acc.add(r * args.acc_stride + p);
+                    let mut a = if fresh { _mm512_setzero_ps() } else { *slot };
+                    a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[r][p]), _mm512_mul_ps(s_lo, da), a);
+                    if F::SPLIT {
+                        let s_hi = bcast8(&(*u).s_hi);
+                        let c_hi = bcast8(&(*u).c_hi);
+                        a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi[r][p]), _mm512_mul_ps(s_hi, da), a);
+                        a = _mm512_fnmadd_ps(c_lo, _mm512_load_ps(rec.flo.as_ptr()), a);
+                        a = _mm512_fnmadd_ps(c_hi, _mm512_load_ps(rec.fhi.as_ptr()), a);
+                    } else {
+                        a = _mm512_fnmadd_ps(c_lo, _mm512_load_ps(rec.fa.as_ptr()), a);
+                    }
+                    *slot = a;
+                }
+            }
+        }
+    }
+}
+
+/// Sums the 8 column lanes of each token half of 16 partial-sum vectors (one per row):
+/// returns, per token `h`, the 16 rows' sums in row order, ready for one store.
+/// A transposing tree: each level adds neighbouring lanes while interleaving rows, so
+/// 16 vectors take 44 shuffles and adds instead of a horizontal sum each.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+fn reduce16(v: [__m512; 16]) -> [__m512; 2] {
+    // Within each 128-bit lane k (token k / 2, columns 4(k % 2)..+4): pairs of
+    // neighbouring columns, rows a and b interleaved: [a01, a23, b01, b23].
+    let pairs = |a: __m512, b: __m512| {
+        _mm512_add_ps(_mm512_shuffle_ps::<0x88>(a, b), _mm512_shuffle_ps::<0xDD>(a, b))
+    };
+    let mut l1 = [_mm512_setzero_ps(); 8];
+    for i in 0..8 {
+        l1[i] = pairs(v[2 * i], v[2 * i + 1]);
+    }
+    // Lane k: the 4-column sums of rows [a, b, c, d].
+    let mut l2 = [_mm512_setzero_ps(); 4];
+    for i in 0..4 {
+        l2[i] = pairs(l1[2 * i], l1[2 * i + 1]);
+    }
+    // Add the two column halves of each token: [h0 abcd, h1 abcd, h0 efgh, h1 efgh].
+    let halves = |a: __m512, b: __m512| {
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xDD>(a, b))
+    };
+    let l3 = [halves(l2[0], l2[1]), halves(l2[2], l2[3])];
+    // Gather each token's four row quartets.
+    [_mm512_shuffle_f32x4::<0x88>(l3[0], l3[1]), _mm512_shuffle_f32x4::<0xDD>(l3[0], l3[1])]
+}
+
+/// Largest register tile (rows, pairs) of format `F` within `rows` x `pairs`.
+fn tile_shape<F: ColumnFormat>(rows: usize, pairs: usize) -> (usize, usize) {
+    let rm = if rows >= 4 { 4 } else if rows >= 2 { 2 } else { 1 };
+    // 16 int32 sums (32 when SPLIT) beside the RM weight chunks and an activation chunk.
+    let max_np = if F::SPLIT { 8 / rm } else { 16 / rm };
+    (rm, pairs.min(max_np).min(8))
+}
+
+/// The table's `gemm` of a column format for tiles of more than `GEMV_MAX_TOKENS`
+/// tokens (`groups` >= 1 groups, the last with `valid_last` columns).
+///
+/// Order: row blocks of up to [`UNPACK_ROWS`] rows, unpacked once; within one, token
+/// groups of up to [`TOKEN_GROUP`] tokens; within those, K slices whose repacked
+/// activations fit the stack scratch; within a slice, register tiles over rows x pairs.
+///
+/// # Safety
+/// See [`crate::cpu::dispatch::GemmFn`]; `tile.qtype` is the format `F` implements.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile, groups: usize, valid_last: usize) {
+    let total_cols = tile.k / 32;
+    let mut scratch = MaybeUninit::<[PairGroup; SCRATCH_RECORDS]>::uninit();
+    let recs = scratch.as_mut_ptr().cast::<PairGroup>();
+    let mut accbuf = MaybeUninit::<[__m512; 2 * ACC_VECS]>::uninit();
+    let acc = accbuf.as_mut_ptr().cast::<__m512>();
+    UNPACKED.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.resize(UNPACK_ROWS.min(tile.rows) * groups * size_of::<RowGroup>());
+        let ug = buf.as_mut_slice().as_mut_ptr().cast::<RowGroup>();
+        let mut rb0 = 0;
+        while rb0 < tile.rows {
+            let nr = UNPACK_ROWS.min(tile.rows - rb0);
+            // SAFETY: rows rb0..rb0 + nr of the tile are readable weights; the buffer
+            // holds nr * groups RowGroups (64-byte aligned: AlignedBuf).
+            unsafe { unpack::<F>(tile.w.add(rb0 * tile.w_stride), tile.w_stride, nr, groups, valid_last, ug) };
+            let mut t0 = 0;
+            while t0 < tile.tokens {
+                let nt = TOKEN_GROUP.min(tile.tokens - t0);
+                let np = nt.div_ceil(2);
+                let slice = (SCRATCH_RECORDS / np).max(1);
+                let mut g0 = 0;
+                while g0 < groups {
+                    let gn = slice.min(groups - g0);
+                    // SAFETY: tokens t0..t0 + nt of the tile's activations are readable
+                    // rows in the format's activation type (the caller's contract);
+                    // gn * np <= SCRATCH_RECORDS records are written.
+                    unsafe {
+                        let a = tile.a.add(t0 * tile.a_stride);
+                        match F::ACT {
+                            QType::Q8_K => act::repack_q8_k(a, tile.a_stride, nt, g0, gn, recs),
+                            QType::Q8_0 => act::repack_q8_0(a, tile.a_stride, nt, g0, gn, total_cols, recs),
+                            other => unreachable!("{other} activations have no column layout"),
+                        }
+                    }
+                    let mut r = 0;
+                    while r < nr {
+                        let mut p0 = 0;
+                        while p0 < np {
+                            let (rm, npk) = tile_shape::<F>(nr - r, np - p0);
+                            let args = TileArgs {
+                                // SAFETY: row r, group g0 are inside the unpacked block.
+                                w: unsafe { ug.add(r * groups + g0) },
+                                w_row: groups,
+                                // SAFETY: record p0 of the slice's first group was written.
+                                acts: unsafe { recs.add(p0) },
+                                rec_stride: np,
+                                groups: gn,
+                                // SAFETY: (r, p0) is inside nr * np <= ACC_VECS sums.
+                                acc: unsafe { acc.add(r * np + p0) },
+                                acc_stride: np,
+                                init: g0 == 0,
+                            };
+                            // SAFETY: the args describe rm rows and npk pairs inside the
+                            // unpacked block, the written scratch and the partial sums.
+                            unsafe {
+                                match (rm, npk) {
+                                    (4, 4) => kernel::<F, 4, 4>(&args),
+                                    (4, 3) => kernel::<F, 4, 3>(&args),
+                                    (4, 2) => kernel::<F, 4, 2>(&args),
+                                    (4, 1) => kernel::<F, 4, 1>(&args),
+                                    (2, 8) => kernel::<F, 2, 8>(&args),
+                                    (2, 7) => kernel::<F, 2, 7>(&args),
+                                    (2, 6) => kernel::<F, 2, 6>(&args),
+                                    (2, 5) => kernel::<F, 2, 5>(&args),
+                                    (2, 4) => kernel::<F, 2, 4>(&args),
+                                    (2, 3) => kernel::<F, 2, 3>(&args),
+                                    (2, 2) => kernel::<F, 2, 2>(&args),
+                                    (2, 1) => kernel::<F, 2, 1>(&args),
+                                    (1, 8) => kernel::<F, 1, 8>(&args),
+                                    (1, 7) => kernel::<F, 1, 7>(&args),
+                                    (1, 6) => kernel::<F, 1, 6>(&args),
+                                    (1, 5) => kernel::<F, 1, 5>(&args),
+                                    (1, 4) => kernel::<F, 1, 4>(&args),
+                                    (1, 3) => kernel::<F, 1, 3>(&args),
+                                    (1, 2) => kernel::<F, 1, 2>(&args),
+                                    (1, 1) => kernel::<F, 1, 1>(&args),
+                                    (rm, np) => unreachable!("no {rm}x{np} register tile"),
+                                }
+                            };
+                            p0 += npk;
+                        }
+                        r += tile_shape::<F>(nr - r, np).0;
+                    }
+                    g0 += gn;
+                }
+                for p in 0..np {
+                    for r0 in (0..nr).step_by(16) {
+                        let n = 16.min(nr - r0);
+                        let mut v = [_mm512_setzero_ps(); 16];
+                        for (i, vi) in v.iter_mut().enumerate().take(n) {
+                            // SAFETY: every (r, p) with r < nr was written by the slices above.
+                            *vi = unsafe { *acc.add((r0 + i) * np + p) };
+                        }
+                        let sums = reduce16(v);
+                        let mask = (1u32 << n).wrapping_sub(1) as __mmask16;
+                        for (h, &s) in sums.iter().enumerate() {
+                            let t = t0 + 2 * p + h;
+                            if t < t0 + nt {
+                                // SAFETY: token t and rows rb0 + r0 .. rb0 + r0 + n are
+                                // inside the output tile; the mask writes only those.
+                                unsafe { _mm512_mask_storeu_ps(tile.out.add(t * tile.ldo + rb0 + r0), mask, s) };
+                            }
+                        }
+                    }
+                }
+                t0 += nt;
+            }
+            rb0 += nr;
+        }
+    });
+}
