@@ -95,6 +95,27 @@ pub(super) unsafe trait ColumnFormat {
     /// # Safety
     /// As [`ColumnFormat::load`].
     unsafe fn scales(w: *const u8, valid: usize) -> Scales;
+
+    /// The unsigned offset the quants are stored with (Q6_K's `q + 32`, the `w + 128`
+    /// the Q8_0 weights are given here), or 0 for formats that subtract a minimum. The
+    /// GEMM path ([`super::unpacked`]) removes it in the integer sums, which start at
+    /// `-OFFSET * sum(a)`, instead of through the f32 correction `c_lo`/`c_hi`.
+    const OFFSET: i32 = 0;
+
+    /// Whether the GEMM path multiplies the 16-element scales into the unpacked weight
+    /// bytes (Q2_K: `q * sc <= 45` fits a byte), so that a SPLIT format needs one
+    /// integer sum per column there.
+    const FOLD: bool = false;
+
+    /// Only called when [`ColumnFormat::FOLD`]: the 16-bit factors of chunks 0..4 and
+    /// 4..8 (lane `j`: the scale of column `j`'s first or last 16 elements, in both
+    /// words), and the scales with `s_lo` the factor left to apply in f32.
+    ///
+    /// # Safety
+    /// As [`ColumnFormat::load`].
+    unsafe fn folded(_w: *const u8) -> (__m512i, __m512i, Scales) {
+        unreachable!("only formats with FOLD fold their scales")
+    }
 }
 
 /// A constant vector of 16 int32 lanes.
@@ -349,8 +370,8 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile) {
                     unsafe {
                         let a = tile.a.add(t0 * tile.a_stride);
                         match F::ACT {
-                            QType::Q8_K => act::repack_q8_k(a, tile.a_stride, nt, g0, gn, recs),
-                            QType::Q8_0 => act::repack_q8_0(a, tile.a_stride, nt, g0, gn, total_cols, recs),
+                            QType::Q8_K => act::repack_q8_k(a, tile.a_stride, nt, g0, gn, F::OFFSET, recs),
+                            QType::Q8_0 => act::repack_q8_0(a, tile.a_stride, nt, g0, gn, total_cols, F::OFFSET, recs),
                             other => unreachable!("{other} activations have no column layout"),
                         }
                     }

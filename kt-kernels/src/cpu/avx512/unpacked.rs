@@ -63,11 +63,20 @@ unsafe fn unpack<F: ColumnFormat>(w: *const u8, w_stride: usize, rows: usize, gr
                 let wg = w.add(r * w_stride + g * F::GROUP_BYTES);
                 let out = dst.add(r * groups + g);
                 let row = F::load(wg, valid);
+                let (fold_lo, fold_hi, s) = if F::FOLD {
+                    F::folded(wg)
+                } else {
+                    let one = _mm512_set1_epi16(1);
+                    (one, one, F::scales(wg, valid))
+                };
                 let chunks = addr_of_mut!((*out).chunks).cast::<[u8; 32]>();
                 for c in 0..8 {
-                    _mm256_store_si256(chunks.add(c).cast(), _mm512_castsi512_si256(F::chunk(&row, c)));
+                    let mut v = F::chunk(&row, c);
+                    if F::FOLD {
+                        v = _mm512_mullo_epi16(v, if c < 4 { fold_lo } else { fold_hi });
+                    }
+                    _mm256_store_si256(chunks.add(c).cast(), _mm512_castsi512_si256(v));
                 }
-                let s = F::scales(wg, valid);
                 _mm256_store_ps(addr_of_mut!((*out).s_lo).cast(), _mm512_castps512_ps256(s.s_lo));
                 _mm256_store_ps(addr_of_mut!((*out).s_hi).cast(), _mm512_castps512_ps256(s.s_hi));
                 _mm256_store_ps(addr_of_mut!((*out).c_lo).cast(), _mm512_castps512_ps256(s.c_lo));
@@ -123,6 +132,18 @@ unsafe fn kernel<F: ColumnFormat, const RM: usize, const NP: usize>(args: &TileA
             }
             let mut lo = [[_mm512_setzero_si512(); NP]; RM];
             let mut hi = [[_mm512_setzero_si512(); NP]; RM];
+            if F::OFFSET != 0 {
+                for p in 0..NP {
+                    let rec = &*ag.add(p);
+                    let (ol, oh) = (_mm512_load_si512(rec.off_lo.as_ptr().cast()), _mm512_load_si512(rec.off_hi.as_ptr().cast()));
+                    for r in 0..RM {
+                        lo[r][p] = ol;
+                        if split::<F>() {
+                            hi[r][p] = oh;
+                        }
+                    }
+                }
+            }
             for c in 0..8 {
                 let mut wv = [_mm512_setzero_si512(); RM];
                 for r in 0..RM {
@@ -131,7 +152,7 @@ unsafe fn kernel<F: ColumnFormat, const RM: usize, const NP: usize>(args: &TileA
                 for p in 0..NP {
                     let av = _mm512_load_si512((*ag.add(p)).chunks[c].as_ptr().cast());
                     for r in 0..RM {
-                        if F::SPLIT && c >= 4 {
+                        if split::<F>() && c >= 4 {
                             hi[r][p] = _mm512_dpbusd_epi32(hi[r][p], wv[r], av);
                         } else {
                             lo[r][p] = _mm512_dpbusd_epi32(lo[r][p], wv[r], av);
@@ -150,14 +171,18 @@ unsafe fn kernel<F: ColumnFormat, const RM: usize, const NP: usize>(args: &TileA
                     let slot = args.acc.add(r * args.acc_stride + p);
                     let mut a = if fresh { _mm512_setzero_ps() } else { *slot };
                     a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[r][p]), _mm512_mul_ps(s_lo, da), a);
-                    if F::SPLIT {
+                    if split::<F>() {
                         let s_hi = bcast8(&(*u).s_hi);
-                        let c_hi = bcast8(&(*u).c_hi);
                         a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi[r][p]), _mm512_mul_ps(s_hi, da), a);
-                        a = _mm512_fnmadd_ps(c_lo, _mm512_load_ps(rec.flo.as_ptr()), a);
-                        a = _mm512_fnmadd_ps(c_hi, _mm512_load_ps(rec.fhi.as_ptr()), a);
-                    } else {
-                        a = _mm512_fnmadd_ps(c_lo, _mm512_load_ps(rec.fa.as_ptr()), a);
+                    }
+                    if F::OFFSET == 0 {
+                        if F::SPLIT {
+                            let c_hi = bcast8(&(*u).c_hi);
+                            a = _mm512_fnmadd_ps(c_lo, _mm512_load_ps(rec.flo.as_ptr()), a);
+                            a = _mm512_fnmadd_ps(c_hi, _mm512_load_ps(rec.fhi.as_ptr()), a);
+                        } else {
+                            a = _mm512_fnmadd_ps(c_lo, _mm512_load_ps(rec.fa.as_ptr()), a);
+                        }
                     }
                     *slot = a;
                 }
@@ -196,11 +221,17 @@ fn reduce16(v: [__m512; 16]) -> [__m512; 2] {
     [_mm512_shuffle_f32x4::<0x88>(l3[0], l3[1]), _mm512_shuffle_f32x4::<0xDD>(l3[0], l3[1])]
 }
 
+/// Whether the GEMM path sums the two halves of a column apart: formats with scales
+/// per 16 elements, unless they fold them into the weights.
+const fn split<F: ColumnFormat>() -> bool {
+    F::SPLIT && !F::FOLD
+}
+
 /// Largest register tile (rows, pairs) of format `F` within `rows` x `pairs`.
 fn tile_shape<F: ColumnFormat>(rows: usize, pairs: usize) -> (usize, usize) {
     let rm = if rows >= 4 { 4 } else if rows >= 2 { 2 } else { 1 };
-    // 16 int32 sums (32 when SPLIT) beside the RM weight chunks and an activation chunk.
-    let max_np = if F::SPLIT { 8 / rm } else { 16 / rm };
+    // 16 int32 sums (32 when split) beside the RM weight chunks and an activation chunk.
+    let max_np = if split::<F>() { 8 / rm } else { 16 / rm };
     (rm, pairs.min(max_np).min(8))
 }
 
@@ -244,8 +275,8 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile, groups: usize, valid
                     unsafe {
                         let a = tile.a.add(t0 * tile.a_stride);
                         match F::ACT {
-                            QType::Q8_K => act::repack_q8_k(a, tile.a_stride, nt, g0, gn, recs),
-                            QType::Q8_0 => act::repack_q8_0(a, tile.a_stride, nt, g0, gn, total_cols, recs),
+                            QType::Q8_K => act::repack_q8_k(a, tile.a_stride, nt, g0, gn, F::OFFSET, recs),
+                            QType::Q8_0 => act::repack_q8_0(a, tile.a_stride, nt, g0, gn, total_cols, F::OFFSET, recs),
                             other => unreachable!("{other} activations have no column layout"),
                         }
                     }
