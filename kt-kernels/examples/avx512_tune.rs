@@ -34,7 +34,8 @@ fn main() {
         let r = time_matmul(&pool, q, n(2), n(3), n(4), false);
         // The machine is shared: the best of short peak runs on as many threads is the
         // fairest denominator.
-        let peak = (0..5).map(|_| vnni_peak(max_threads, 2_000_000)).fold(0.0, f64::max);
+        let peak_of = if q == QType::BF16 { bf16_peak } else { vnni_peak };
+        let peak = (0..5).map(|_| peak_of(max_threads, 2_000_000)).fold(0.0, f64::max);
         println!(
             "{} {}x{} tokens {}: {:.1} us peak {:.0} frac {:.1}% {:.0} GOP/s",
             q.name(),
@@ -154,6 +155,44 @@ fn vnni_peak(threads: usize, iters: u64) -> f64 {
     });
     let secs = start.elapsed().as_secs_f64();
     (threads as u64 * iters * 16 * 64 * 2) as f64 / secs / 1e9
+}
+
+/// bf16 flops per second (2 per multiply-add) of `vdpbf16ps` on `threads` threads.
+fn bf16_peak(threads: usize, iters: u64) -> f64 {
+    if !Isa::Avx512.has_avx512_bf16() {
+        return f64::NAN;
+    }
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            // SAFETY: AVX512-BF16 was checked above.
+            s.spawn(|| black_box(unsafe { dpbf16_loop(iters) }));
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+    (threads as u64 * iters * 16 * 32 * 2) as f64 / secs / 1e9
+}
+
+/// 16 independent `vdpbf16ps` chains, `iters` rounds.
+///
+/// # Safety
+/// The CPU must have AVX512F and AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dpbf16_loop(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let a: __m512bh = std::mem::transmute(_mm512_set1_epi16(0x3f80));
+    let b: __m512bh = std::mem::transmute(black_box(_mm512_set1_epi16(0x3f80)));
+    let mut acc = [_mm512_setzero_ps(); 16];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_dpbf16_ps(*v, a, b);
+        }
+    }
+    let mut s = _mm512_setzero_ps();
+    for v in acc {
+        s = _mm512_add_ps(s, v);
+    }
+    _mm512_reduce_add_ps(s)
 }
 
 /// 16 independent `vpdpbusd` chains, `iters` rounds.
