@@ -152,8 +152,9 @@ pub(super) unsafe fn repack_q8_k(
 ) {
     let pairs = tokens.div_ceil(2);
     let neg_offset = _mm512_set1_epi32(-offset);
-    for gi in 0..gn {
-        for t in 0..2 * pairs {
+    // Token-major, so each token's blocks are read in address order.
+    for t in 0..2 * pairs {
+        for gi in 0..gn {
             // SAFETY: record gi * pairs + t / 2 < gn * pairs; block g0 + gi of row t
             // (t < tokens) is inside the activations (the caller's contract).
             unsafe {
@@ -210,10 +211,11 @@ pub(super) unsafe fn repack_q8_0(
     let pairs = tokens.div_ceil(2);
     let neg_offset = _mm256_set1_epi32(-offset);
     let ones = _mm512_set1_epi8(1);
-    for gi in 0..gn {
-        let g = g0 + gi;
-        let valid = COLS.min(total_cols - g * COLS);
-        for t in 0..2 * pairs {
+    // Token-major, as in repack_q8_k.
+    for t in 0..2 * pairs {
+        for gi in 0..gn {
+            let g = g0 + gi;
+            let valid = COLS.min(total_cols - g * COLS);
             // SAFETY: as in repack_q8_k; blocks g * 8 + j, j < valid, are inside row t.
             unsafe {
                 let rec = recs.add(gi * pairs + t / 2);

@@ -161,27 +161,36 @@ unsafe fn kernel<F: ColumnFormat, const RM: usize, const NP: usize>(args: &TileA
                 }
             }
             let fresh = args.init && g == 0;
-            for r in 0..RM {
+            // The rows' scales once, then each pair's activation scales once for all
+            // rows: the loads, not the arithmetic, are what this loop runs short of.
+            let zero = _mm512_setzero_ps();
+            let mut sc = [[zero; 4]; RM];
+            for (r, sc) in sc.iter_mut().enumerate() {
                 let u = wg[r];
-                let s_lo = bcast8(&(*u).s_lo);
-                let c_lo = bcast8(&(*u).c_lo);
-                for p in 0..NP {
-                    let rec = &*ag.add(p);
-                    let da = _mm512_load_ps(rec.da.as_ptr());
+                sc[0] = bcast8(&(*u).s_lo);
+                sc[1] = if split::<F>() { bcast8(&(*u).s_hi) } else { zero };
+                sc[2] = if F::OFFSET == 0 { bcast8(&(*u).c_lo) } else { zero };
+                sc[3] = if F::OFFSET == 0 && F::SPLIT { bcast8(&(*u).c_hi) } else { zero };
+            }
+            for p in 0..NP {
+                let rec = &*ag.add(p);
+                let da = _mm512_load_ps(rec.da.as_ptr());
+                let (f0, f1) = match (F::OFFSET == 0, F::SPLIT) {
+                    (false, _) => (zero, zero),
+                    (true, false) => (_mm512_load_ps(rec.fa.as_ptr()), zero),
+                    (true, true) => (_mm512_load_ps(rec.flo.as_ptr()), _mm512_load_ps(rec.fhi.as_ptr())),
+                };
+                for r in 0..RM {
                     let slot = args.acc.add(r * args.acc_stride + p);
-                    let mut a = if fresh { _mm512_setzero_ps() } else { *slot };
-                    a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[r][p]), _mm512_mul_ps(s_lo, da), a);
+                    let mut a = if fresh { zero } else { *slot };
+                    a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[r][p]), _mm512_mul_ps(sc[r][0], da), a);
                     if split::<F>() {
-                        let s_hi = bcast8(&(*u).s_hi);
-                        a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi[r][p]), _mm512_mul_ps(s_hi, da), a);
+                        a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi[r][p]), _mm512_mul_ps(sc[r][1], da), a);
                     }
                     if F::OFFSET == 0 {
+                        a = _mm512_fnmadd_ps(sc[r][2], f0, a);
                         if F::SPLIT {
-                            let c_hi = bcast8(&(*u).c_hi);
-                            a = _mm512_fnmadd_ps(c_lo, _mm512_load_ps(rec.flo.as_ptr()), a);
-                            a = _mm512_fnmadd_ps(c_hi, _mm512_load_ps(rec.fhi.as_ptr()), a);
-                        } else {
-                            a = _mm512_fnmadd_ps(c_lo, _mm512_load_ps(rec.fa.as_ptr()), a);
+                            a = _mm512_fnmadd_ps(sc[r][3], f1, a);
                         }
                     }
                     *slot = a;
@@ -191,13 +200,14 @@ unsafe fn kernel<F: ColumnFormat, const RM: usize, const NP: usize>(args: &TileA
     }
 }
 
-/// Sums the 8 column lanes of each token half of 16 partial-sum vectors (one per row):
+/// Sums the 8 column lanes of each token half of 16 partial-sum vectors (row `i`'s is
+/// `v(i)`):
 /// returns, per token `h`, the 16 rows' sums in row order, ready for one store.
 /// A transposing tree: each level adds neighbouring lanes while interleaving rows, so
 /// 16 vectors take 44 shuffles and adds instead of a horizontal sum each.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-fn reduce16(v: [__m512; 16]) -> [__m512; 2] {
+fn reduce16(v: impl Fn(usize) -> __m512) -> [__m512; 2] {
     // Within each 128-bit lane k (token k / 2, columns 4(k % 2)..+4): pairs of
     // neighbouring columns, rows a and b interleaved: [a01, a23, b01, b23].
     let pairs = |a: __m512, b: __m512| {
@@ -205,7 +215,7 @@ fn reduce16(v: [__m512; 16]) -> [__m512; 2] {
     };
     let mut l1 = [_mm512_setzero_ps(); 8];
     for i in 0..8 {
-        l1[i] = pairs(v[2 * i], v[2 * i + 1]);
+        l1[i] = pairs(v(2 * i), v(2 * i + 1));
     }
     // Lane k: the 4-column sums of rows [a, b, c, d].
     let mut l2 = [_mm512_setzero_ps(); 4];
@@ -334,12 +344,9 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile, groups: usize, valid
                 for p in 0..np {
                     for r0 in (0..nr).step_by(16) {
                         let n = 16.min(nr - r0);
-                        let mut v = [_mm512_setzero_ps(); 16];
-                        for (i, vi) in v.iter_mut().enumerate().take(n) {
-                            // SAFETY: every (r, p) with r < nr was written by the slices above.
-                            *vi = unsafe { *acc.add((r0 + i) * np + p) };
-                        }
-                        let sums = reduce16(v);
+                        // SAFETY: every (r, p) with r < nr was written by the slices
+                        // above; rows past nr read as zero.
+                        let sums = reduce16(|i| if i < n { unsafe { *acc.add((r0 + i) * np + p) } } else { _mm512_setzero_ps() });
                         let mask = (1u32 << n).wrapping_sub(1) as __mmask16;
                         for (h, &s) in sums.iter().enumerate() {
                             let t = t0 + 2 * p + h;
