@@ -197,6 +197,7 @@ pub(super) unsafe fn repack_q8_k(
 /// # Safety
 /// The rows hold `total_cols` Q8_0 blocks and `g0 + gn` groups cover at most
 /// `total_cols.div_ceil(8)`; `recs` as in [`repack_q8_k`]; AVX512+VNNI.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 pub(super) unsafe fn repack_q8_0(
     a: *const u8,

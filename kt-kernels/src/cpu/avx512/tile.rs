@@ -25,6 +25,10 @@
 //! A tile keeps its integer column sums in registers and its f32 partial sums in a stack
 //! buffer, so a 2 x 8 tile (two rows share every activation load, eight pairs share the
 //! weight rearrangement) fits, and partial sums survive from one K slice to the next.
+//!
+//! That is the GEMV path. With more than `GEMV_MAX_TOKENS` tokens [`gemm`] hands the
+//! tile to [`super::unpacked`], which rearranges each weight row once per tile instead
+//! of once per register tile, with the same arithmetic.
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
@@ -37,10 +41,10 @@ use crate::quant::QType;
 pub(super) const COLS: usize = 8;
 /// Tokens per token group: up to 8 token pairs share one repacked activation slice.
 pub(super) const TOKEN_GROUP: usize = 16;
-/// Pair-group records in the stack scratch (48 KiB, the L1 of the target Xeon: a slice
-/// is re-read by every row of the tile). With the 32 KiB partial-sum buffer a call
-/// uses 80 KiB of stack, well inside a 2 MiB thread stack.
-pub(super) const SCRATCH_RECORDS: usize = 64;
+/// Pair-group records in the stack scratch (56 KiB, about the L1 of the target Xeon: a
+/// slice is re-read by every row of the tile). With the 32 KiB partial-sum buffer a
+/// call uses 88 KiB of stack (the GEMM path 92 KiB), well inside a 2 MiB thread stack.
+const SCRATCH_RECORDS: usize = 64;
 
 /// Per-column scales of one weight row and group, in f32, laid out like the lanes
 /// (`h * 8 + j`, the same value in both halves).
@@ -179,7 +183,7 @@ pub(super) unsafe fn f16_one(p: *const u8) -> __m512 {
 /// Sums of the low and the high 8 lanes (the two tokens of a pair).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-pub(super) fn hsum_halves(v: __m512) -> (f32, f32) {
+fn hsum_halves(v: __m512) -> (f32, f32) {
     // Within each 128-bit lane: swap 64-bit halves and add, swap neighbours and add;
     // then add neighbouring 128-bit lanes: lane 0 holds the low sum, lane 8 the high.
     let v = _mm512_add_ps(v, _mm512_permute_ps::<0x4E>(v));
@@ -301,7 +305,7 @@ macro_rules! dispatch_shape {
 }
 
 /// Partial-sum vectors in the stack buffer: 64 rows x 8 token pairs (32 KiB).
-pub(super) const ACC_VECS: usize = 512;
+const ACC_VECS: usize = 512;
 
 /// Largest register tile rows `<= want` among the instantiated 1, 2, 4.
 fn tile_rows(want: usize) -> usize {

@@ -18,7 +18,7 @@ use std::mem::MaybeUninit;
 use std::ptr::addr_of_mut;
 
 use super::act::{self, PairGroup};
-use super::tile::{ColumnFormat, ACC_VECS, COLS, SCRATCH_RECORDS, TOKEN_GROUP};
+use super::tile::{ColumnFormat, COLS, TOKEN_GROUP};
 use crate::cpu::dispatch::GemmTile;
 use crate::quant::QType;
 use crate::util::AlignedBuf;
@@ -26,6 +26,12 @@ use crate::util::AlignedBuf;
 /// Weight rows unpacked at a time: 64 rows of a 7168-wide matrix (28 groups) take
 /// 688 KiB of scratch, which stays in L2 while every token group of the tile reads it.
 pub(super) const UNPACK_ROWS: usize = 128;
+
+/// Activation records per K slice (28 KiB: with the tile's unpacked weights they stay in
+/// the 48 KiB L1 while every row tile passes over them).
+const SLICE_RECORDS: usize = 32;
+/// Partial-sum vectors of one row block and token group (64 KiB of stack).
+const ACC_SUMS: usize = UNPACK_ROWS * TOKEN_GROUP / 2;
 
 /// One weight row's group in the column layout, ready for the register tile.
 #[repr(C, align(64))]
@@ -214,13 +220,13 @@ fn reduce16(v: impl Fn(usize) -> __m512) -> [__m512; 2] {
         _mm512_add_ps(_mm512_shuffle_ps::<0x88>(a, b), _mm512_shuffle_ps::<0xDD>(a, b))
     };
     let mut l1 = [_mm512_setzero_ps(); 8];
-    for i in 0..8 {
-        l1[i] = pairs(v(2 * i), v(2 * i + 1));
+    for (i, l) in l1.iter_mut().enumerate() {
+        *l = pairs(v(2 * i), v(2 * i + 1));
     }
     // Lane k: the 4-column sums of rows [a, b, c, d].
     let mut l2 = [_mm512_setzero_ps(); 4];
-    for i in 0..4 {
-        l2[i] = pairs(l1[2 * i], l1[2 * i + 1]);
+    for (i, l) in l2.iter_mut().enumerate() {
+        *l = pairs(l1[2 * i], l1[2 * i + 1]);
     }
     // Add the two column halves of each token: [h0 abcd, h1 abcd, h0 efgh, h1 efgh].
     let halves = |a: __m512, b: __m512| {
@@ -257,9 +263,9 @@ fn tile_shape<F: ColumnFormat>(rows: usize, pairs: usize) -> (usize, usize) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile, groups: usize, valid_last: usize) {
     let total_cols = tile.k / 32;
-    let mut scratch = MaybeUninit::<[PairGroup; SCRATCH_RECORDS]>::uninit();
+    let mut scratch = MaybeUninit::<[PairGroup; SLICE_RECORDS]>::uninit();
     let recs = scratch.as_mut_ptr().cast::<PairGroup>();
-    let mut accbuf = MaybeUninit::<[__m512; 2 * ACC_VECS]>::uninit();
+    let mut accbuf = MaybeUninit::<[__m512; ACC_SUMS]>::uninit();
     let acc = accbuf.as_mut_ptr().cast::<__m512>();
     UNPACKED.with(|buf| {
         let mut buf = buf.borrow_mut();
@@ -275,13 +281,14 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile, groups: usize, valid
             while t0 < tile.tokens {
                 let nt = TOKEN_GROUP.min(tile.tokens - t0);
                 let np = nt.div_ceil(2);
-                let slice = (SCRATCH_RECORDS / np).max(1);
+                let slice = (SLICE_RECORDS / np).max(1);
                 let mut g0 = 0;
                 while g0 < groups {
                     let gn = slice.min(groups - g0);
+                    debug_assert!(gn * np <= SLICE_RECORDS);
                     // SAFETY: tokens t0..t0 + nt of the tile's activations are readable
                     // rows in the format's activation type (the caller's contract);
-                    // gn * np <= SCRATCH_RECORDS records are written.
+                    // gn * np <= SLICE_RECORDS records are written.
                     unsafe {
                         let a = tile.a.add(t0 * tile.a_stride);
                         match F::ACT {
@@ -303,7 +310,7 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile, groups: usize, valid
                                 acts: unsafe { recs.add(p0) },
                                 rec_stride: np,
                                 groups: gn,
-                                // SAFETY: (r, p0) is inside nr * np <= ACC_VECS sums.
+                                // SAFETY: (r, p0) is inside nr * np <= ACC_SUMS sums.
                                 acc: unsafe { acc.add(r * np + p0) },
                                 acc_stride: np,
                                 init: g0 == 0,
