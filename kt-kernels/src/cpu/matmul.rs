@@ -17,10 +17,12 @@ pub const GEMV_MAX_TOKENS: usize = 8;
 
 /// Rows and tokens of one work item in the GEMM path. A kernel may prepare each weight
 /// row once per item (AVX512 unpacks 128 rows of a 7168-wide Q4_K matrix into ~1.3 MB,
-/// inside L2) and each activation row once per item, so large items amortize both; the
-/// driver halves them (tokens first) when there would be too few items per thread.
+/// inside L2) and each activation row once per item, so large items amortize both, up
+/// to where one item's activations no longer stay in cache (AVX512 Q4_K at 512 tokens:
+/// 128 tokens beat 64 and 256). The driver halves them when there would be too few
+/// items per thread.
 const GEMM_ROW_BLOCK: usize = 128;
-const GEMM_TOKEN_BLOCK: usize = 256;
+const GEMM_TOKEN_BLOCK: usize = 128;
 
 thread_local! {
     /// Quantized activations of the current call (grows once, then reused).

@@ -1,4 +1,4 @@
-//! The GEMM path (more than `GEMV_MAX_TOKENS` tokens) of the column-layout formats:
+//! The GEMM path (from `UNPACK_MIN_TOKENS` = 16 tokens) of the column-layout formats:
 //! weights unpacked once, then a pure `vpdpbusd` register tile over every token.
 //!
 //! In the GEMV path ([`super::tile::gemm`]) each register tile rearranges its weight
@@ -251,8 +251,8 @@ fn tile_shape<F: ColumnFormat>(rows: usize, pairs: usize) -> (usize, usize) {
     (rm, pairs.min(max_np).min(8))
 }
 
-/// The table's `gemm` of a column format for tiles of more than `GEMV_MAX_TOKENS`
-/// tokens (`groups` >= 1 groups, the last with `valid_last` columns).
+/// The table's `gemm` of a column format for tiles of many tokens
+/// (`groups` >= 1 groups, the last with `valid_last` columns).
 ///
 /// Order: row blocks of up to [`UNPACK_ROWS`] rows, unpacked once; within one, token
 /// groups of up to [`TOKEN_GROUP`] tokens; within those, K slices whose repacked
