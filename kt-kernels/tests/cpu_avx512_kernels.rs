@@ -370,7 +370,7 @@ fn one_large_gemm_tile_matches_scalar() {
     }
 }
 
-/// Token counts past one GEMM work item (256 tokens) and row counts past one row block
+/// Token counts past one GEMM work item (128 tokens) and row counts past one row block
 /// (128 rows), so the driver's blocks and the kernel's remainders meet.
 #[test]
 fn gemm_work_items_match_scalar() {
