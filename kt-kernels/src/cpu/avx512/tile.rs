@@ -47,7 +47,8 @@ const UNPACK_MIN_TOKENS: usize = 16;
 pub(super) const TOKEN_GROUP: usize = 16;
 /// Pair-group records in the stack scratch (56 KiB, about the L1 of the target Xeon: a
 /// slice is re-read by every row of the tile). With the 32 KiB partial-sum buffer a
-/// call uses 88 KiB of stack (the GEMM path 92 KiB), well inside a 2 MiB thread stack.
+/// call uses 88 KiB of stack (the GEMM path, [`super::unpacked`], about 480 KiB),
+/// inside a 2 MiB thread stack.
 const SCRATCH_RECORDS: usize = 64;
 
 /// Per-column scales of one weight row and group, in f32, laid out like the lanes

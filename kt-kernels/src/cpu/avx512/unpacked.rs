@@ -13,7 +13,6 @@
 //! `vpdpbusd`, and per row, pair and group the f32 epilogue of the column layout.
 
 use std::arch::x86_64::*;
-use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::ptr::addr_of_mut;
 
@@ -21,11 +20,15 @@ use super::act::{self, PairGroup};
 use super::tile::{ColumnFormat, COLS, TOKEN_GROUP};
 use crate::cpu::dispatch::GemmTile;
 use crate::quant::QType;
-use crate::util::AlignedBuf;
 
-/// Weight rows unpacked at a time: 64 rows of a 7168-wide matrix (28 groups) take
-/// 688 KiB of scratch, which stays in L2 while every token group of the tile reads it.
+/// Weight rows unpacked at a time (each unpacked row is shared by the tile's tokens,
+/// each repacked activation slice by these rows).
 pub(super) const UNPACK_ROWS: usize = 128;
+/// Groups (of 256 elements) unpacked at a time: 128 rows x 8 groups are 384 KiB of stack
+/// scratch, in L2 while every token group passes over them. A fixed stack buffer keeps
+/// the kernel free of allocations (the MoE path must not allocate); a longer K is
+/// done in chunks whose sums are added into the output.
+const UNPACK_GROUPS: usize = 8;
 
 /// Activation records per K slice (28 KiB: with the tile's unpacked weights they stay in
 /// the 48 KiB L1 while every row tile passes over them).
@@ -44,11 +47,6 @@ pub(super) struct RowGroup {
     s_hi: [f32; 8],
     c_lo: [f32; 8],
     c_hi: [f32; 8],
-}
-
-thread_local! {
-    /// Unpacked weights of the current row block (grows once per thread, then reused).
-    static UNPACKED: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
 }
 
 /// Unpacks `rows` weight rows (`w`, `w_stride` bytes apart) of `groups` groups into
@@ -254,9 +252,10 @@ fn tile_shape<F: ColumnFormat>(rows: usize, pairs: usize) -> (usize, usize) {
 /// The table's `gemm` of a column format for tiles of many tokens
 /// (`groups` >= 1 groups, the last with `valid_last` columns).
 ///
-/// Order: row blocks of up to [`UNPACK_ROWS`] rows, unpacked once; within one, token
-/// groups of up to [`TOKEN_GROUP`] tokens; within those, K slices whose repacked
-/// activations fit the stack scratch; within a slice, register tiles over rows x pairs.
+/// Order: row blocks of up to [`UNPACK_ROWS`] rows; within one, K chunks of up to
+/// [`UNPACK_GROUPS`] groups, unpacked once; within one, token groups of up to
+/// [`TOKEN_GROUP`] tokens; within those, K slices whose repacked activations fit the
+/// L1 ([`SLICE_RECORDS`]); within a slice, register tiles over rows x pairs.
 ///
 /// # Safety
 /// See [`crate::cpu::dispatch::GemmFn`]; `tile.qtype` is the format `F` implements.
@@ -267,33 +266,40 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile, groups: usize, valid
     let recs = scratch.as_mut_ptr().cast::<PairGroup>();
     let mut accbuf = MaybeUninit::<[__m512; ACC_SUMS]>::uninit();
     let acc = accbuf.as_mut_ptr().cast::<__m512>();
-    UNPACKED.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        buf.resize(UNPACK_ROWS.min(tile.rows) * groups * size_of::<RowGroup>());
-        let ug = buf.as_mut_slice().as_mut_ptr().cast::<RowGroup>();
-        let mut rb0 = 0;
-        while rb0 < tile.rows {
-            let nr = UNPACK_ROWS.min(tile.rows - rb0);
-            // SAFETY: rows rb0..rb0 + nr of the tile are readable weights; the buffer
-            // holds nr * groups RowGroups (64-byte aligned: AlignedBuf).
-            unsafe { unpack::<F>(tile.w.add(rb0 * tile.w_stride), tile.w_stride, nr, groups, valid_last, ug) };
+    let mut unpacked = MaybeUninit::<[RowGroup; UNPACK_ROWS * UNPACK_GROUPS]>::uninit();
+    let ug = unpacked.as_mut_ptr().cast::<RowGroup>();
+    let mut rb0 = 0;
+    while rb0 < tile.rows {
+        let nr = UNPACK_ROWS.min(tile.rows - rb0);
+        let mut kc0 = 0;
+        while kc0 < groups {
+            // Groups kc0..kc0 + kcn, unpacked as row r, group g at ug[r * kcn + g].
+            let kcn = UNPACK_GROUPS.min(groups - kc0);
+            let valid_chunk_last = if kc0 + kcn == groups { valid_last } else { COLS };
+            // SAFETY: rows rb0..rb0 + nr, groups kc0..kc0 + kcn of the tile are readable
+            // weights; the buffer holds nr * kcn <= UNPACK_ROWS * UNPACK_GROUPS RowGroups.
+            unsafe {
+                let w = tile.w.add(rb0 * tile.w_stride + kc0 * F::GROUP_BYTES);
+                unpack::<F>(w, tile.w_stride, nr, kcn, valid_chunk_last, ug);
+            }
             let mut t0 = 0;
             while t0 < tile.tokens {
                 let nt = TOKEN_GROUP.min(tile.tokens - t0);
                 let np = nt.div_ceil(2);
                 let slice = (SLICE_RECORDS / np).max(1);
                 let mut g0 = 0;
-                while g0 < groups {
-                    let gn = slice.min(groups - g0);
+                while g0 < kcn {
+                    let gn = slice.min(kcn - g0);
                     debug_assert!(gn * np <= SLICE_RECORDS);
                     // SAFETY: tokens t0..t0 + nt of the tile's activations are readable
                     // rows in the format's activation type (the caller's contract);
                     // gn * np <= SLICE_RECORDS records are written.
                     unsafe {
                         let a = tile.a.add(t0 * tile.a_stride);
+                        let ga = kc0 + g0;
                         match F::ACT {
-                            QType::Q8_K => act::repack_q8_k(a, tile.a_stride, nt, g0, gn, F::OFFSET, recs),
-                            QType::Q8_0 => act::repack_q8_0(a, tile.a_stride, nt, g0, gn, total_cols, F::OFFSET, recs),
+                            QType::Q8_K => act::repack_q8_k(a, tile.a_stride, nt, ga, gn, F::OFFSET, recs),
+                            QType::Q8_0 => act::repack_q8_0(a, tile.a_stride, nt, ga, gn, total_cols, F::OFFSET, recs),
                             other => unreachable!("{other} activations have no column layout"),
                         }
                     }
@@ -303,9 +309,9 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile, groups: usize, valid
                         while p0 < np {
                             let (rm, npk) = tile_shape::<F>(nr - r, np - p0);
                             let args = TileArgs {
-                                // SAFETY: row r, group g0 are inside the unpacked block.
-                                w: unsafe { ug.add(r * groups + g0) },
-                                w_row: groups,
+                                // SAFETY: row r, group g0 are inside the unpacked chunk.
+                                w: unsafe { ug.add(r * kcn + g0) },
+                                w_row: kcn,
                                 // SAFETY: record p0 of the slice's first group was written.
                                 acts: unsafe { recs.add(p0) },
                                 rec_stride: np,
@@ -359,15 +365,21 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile, groups: usize, valid
                             let t = t0 + 2 * p + h;
                             if t < t0 + nt {
                                 // SAFETY: token t and rows rb0 + r0 .. rb0 + r0 + n are
-                                // inside the output tile; the mask writes only those.
-                                unsafe { _mm512_mask_storeu_ps(tile.out.add(t * tile.ldo + rb0 + r0), mask, s) };
+                                // inside the output tile; the mask touches only those,
+                                // and a later K chunk adds to what the first wrote.
+                                unsafe {
+                                    let o = tile.out.add(t * tile.ldo + rb0 + r0);
+                                    let s = if kc0 == 0 { s } else { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), s) };
+                                    _mm512_mask_storeu_ps(o, mask, s);
+                                }
                             }
                         }
                     }
                 }
                 t0 += nt;
             }
-            rb0 += nr;
+            kc0 += kcn;
         }
-    });
+        rb0 += nr;
+    }
 }
