@@ -313,3 +313,74 @@ fn every_tile_edge_matches_scalar() {
         check_against_scalar(q, 2100, 17 * 256, 8, 5);
     }
 }
+
+/// The GEMM path's blocking edges, by calling the table's `gemm` on one tile directly
+/// (the matmul driver never hands out tiles this large): more rows than one unpacked
+/// row block (128) and not a multiple of the register tiles, an odd token count over
+/// several token groups, K over several activation slices (Q8_0: ending in a partial
+/// group), and the tile inside a larger NaN-poisoned output (`ldo` > rows, an offset)
+/// whose other elements must stay untouched.
+#[test]
+fn one_large_gemm_tile_matches_scalar() {
+    use kt_kernels::cpu::dispatch::{self, GemmTile};
+    if !avx512() {
+        return;
+    }
+    let (rows, tokens, ldo, off) = (203, 37, 211, 3);
+    for q in FORMATS {
+        let k = if q.is_k_quant() { 28 * 256 } else if q == QType::Q8_0 { 3104 } else { 1000 };
+        let mut rng = SplitMix64::new(k as u64 + q.ggml_id() as u64);
+        let w = random_weights(q, rows, k, &mut rng);
+        let x = random_acts(tokens, k, &mut rng);
+        let xq = quantize_acts(Isa::Avx512, q, &x, k);
+        let act_row = cpu::act_row_bytes(q, k).unwrap();
+        let mut big = poisoned(off + tokens * ldo);
+        let tile = GemmTile {
+            qtype: q,
+            k,
+            w: w.as_ptr(),
+            w_stride: q.row_bytes(k).unwrap(),
+            rows,
+            a: xq.as_ptr(),
+            a_stride: act_row,
+            tokens,
+            out: big[off..].as_mut_ptr(),
+            ldo,
+        };
+        let kernels = dispatch::table(Isa::Avx512).unwrap().get(q).unwrap();
+        // SAFETY: the tile describes the weights (rows x row_bytes), the quantized
+        // activations (tokens x act_row) and output elements inside `big`; the table
+        // only holds kernels this CPU runs (checked above).
+        unsafe { (kernels.gemm)(&tile) };
+        let mut slow = poisoned(tokens * rows);
+        cpu::matmul_with(Isa::Scalar, pool(), q, &w, rows, k, &x, tokens, &mut slow).unwrap();
+        let mut wf = vec![0f32; rows * k];
+        quant::dequantize(q, &w, &mut wf).unwrap();
+        let a: Vec<f32> = xq.chunks(act_row).flat_map(|r| dequant_act(q.vec_dot_type(), r)).collect();
+        let mut fast = vec![0f32; tokens * rows];
+        for (i, v) in big.iter().enumerate() {
+            let inside = i >= off && (i - off) % ldo < rows && (i - off) / ldo < tokens;
+            if inside {
+                fast[(i - off) / ldo * rows + (i - off) % ldo] = *v;
+            } else {
+                assert!(v.is_nan(), "{q}: element {i} outside the tile was written");
+            }
+        }
+        assert_close(&format!("{q} one tile {rows}x{tokens} k {k}"), &fast, &slow, &magnitudes(&wf, &a, rows, k), rows);
+    }
+}
+
+/// Token counts past one GEMM work item (128 tokens) and row counts past one row block
+/// (128 rows), so the driver's blocks and the kernel's remainders meet.
+#[test]
+fn gemm_work_items_match_scalar() {
+    if !avx512() {
+        return;
+    }
+    for q in FORMATS {
+        let k = if q.is_k_quant() { 512 } else { 96 };
+        for (rows, tokens) in [(131, 300), (257, 19)] {
+            check_against_scalar(q, rows, k, tokens, (rows * 3 + tokens) as u64);
+        }
+    }
+}

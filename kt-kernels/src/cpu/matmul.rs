@@ -15,10 +15,14 @@ use crate::util::AlignedBuf;
 /// against all tokens, so every weight byte is read exactly once.
 pub const GEMV_MAX_TOKENS: usize = 8;
 
-/// Rows and tokens of one work item in the GEMM path: a 64-row weight block of a
-/// 7168-wide Q4_K matrix is ~250 KB and stays in L2 while the token blocks stream by.
-const GEMM_ROW_BLOCK: usize = 64;
-const GEMM_TOKEN_BLOCK: usize = 64;
+/// Rows and tokens of one work item in the GEMM path. A kernel may prepare each weight
+/// row once per item (AVX512 unpacks 128 rows of a 7168-wide Q4_K matrix into ~1.3 MB,
+/// inside L2) and each activation row once per item, so large items amortize both, up
+/// to where one item's activations no longer stay in cache (AVX512 Q4_K at 512 tokens:
+/// 128 tokens beat 64 and 256). The driver halves them when there would be too few
+/// items per thread.
+const GEMM_ROW_BLOCK: usize = 128;
+const GEMM_TOKEN_BLOCK: usize = 128;
 
 thread_local! {
     /// Quantized activations of the current call (grows once, then reused).
@@ -260,18 +264,23 @@ fn run_tiles(
 
 /// Row and token block of a work item. GEMV: all tokens per item and rows cut into
 /// about 8 items per thread (enough for the atomic hand-out to even out), in multiples
-/// of 16 rows. GEMM: fixed blocks sized for L2.
+/// of 16 rows. GEMM: the largest blocks that still give about 4 items per thread.
 fn tile_sizes(rows: usize, tokens: usize, threads: usize) -> (usize, usize) {
     if tokens <= GEMV_MAX_TOKENS {
         let per_item = rows.div_ceil(threads * 8).next_multiple_of(16).clamp(16, 512);
         (per_item, tokens)
     } else {
         let items_wanted = threads * 4;
-        let token_blocks = tokens.div_ceil(GEMM_TOKEN_BLOCK);
-        let mut row_block = GEMM_ROW_BLOCK;
-        while row_block > 16 && rows.div_ceil(row_block) * token_blocks < items_wanted {
-            row_block /= 2;
+        let (mut row_block, mut token_block) = (GEMM_ROW_BLOCK, GEMM_TOKEN_BLOCK);
+        while rows.div_ceil(row_block) * tokens.div_ceil(token_block) < items_wanted {
+            if token_block > row_block && token_block > 16 {
+                token_block /= 2;
+            } else if row_block > 16 {
+                row_block /= 2;
+            } else {
+                break;
+            }
         }
-        (row_block, GEMM_TOKEN_BLOCK)
+        (row_block, token_block)
     }
 }

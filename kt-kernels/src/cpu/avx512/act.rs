@@ -26,6 +26,12 @@ pub(super) struct PairGroup {
     pub flo: [f32; 16],
     /// `da` times the sum of the column's last 16 quants (Q8_K only).
     pub fhi: [f32; 16],
+    /// `-offset` times the sum of the column's first 16 quants (Q8_K) or of all 32
+    /// (Q8_0), for weights stored with an unsigned offset (see
+    /// [`super::tile::ColumnFormat::OFFSET`]): the GEMM path starts its integer sums here.
+    pub off_lo: [i32; 16],
+    /// `-offset` times the sum of the column's last 16 quants (Q8_K; 0 for Q8_0).
+    pub off_hi: [i32; 16],
 }
 
 /// Stage 1 of the 8x8 dword transpose: lane `4c' + j` = dword `cb + c'` of row `j`
@@ -85,6 +91,8 @@ struct HalfScales {
     fa: __m256,
     flo: __m256,
     fhi: __m256,
+    off_lo: __m256i,
+    off_hi: __m256i,
 }
 
 /// Writes token `h`'s half of `rec`.
@@ -106,6 +114,8 @@ unsafe fn write_half(rec: *mut PairGroup, h: usize, m: &[__m512i; 4], s: &HalfSc
         _mm256_store_ps(addr_of_mut!((*rec).fa).cast::<f32>().add(8 * h), s.fa);
         _mm256_store_ps(addr_of_mut!((*rec).flo).cast::<f32>().add(8 * h), s.flo);
         _mm256_store_ps(addr_of_mut!((*rec).fhi).cast::<f32>().add(8 * h), s.fhi);
+        _mm256_store_si256(addr_of_mut!((*rec).off_lo).cast::<i32>().add(8 * h).cast(), s.off_lo);
+        _mm256_store_si256(addr_of_mut!((*rec).off_hi).cast::<i32>().add(8 * h).cast(), s.off_hi);
     }
 }
 
@@ -117,22 +127,34 @@ unsafe fn write_half(rec: *mut PairGroup, h: usize, m: &[__m512i; 4], s: &HalfSc
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 unsafe fn write_zero_half(rec: *mut PairGroup, h: usize) {
     let z = _mm256_setzero_ps();
-    let zs = HalfScales { da: z, fa: z, flo: z, fhi: z };
+    let zi = _mm256_setzero_si256();
+    let zs = HalfScales { da: z, fa: z, flo: z, fhi: z, off_lo: zi, off_hi: zi };
     // SAFETY: forwarded contract.
     unsafe { write_half(rec, h, &[_mm512_setzero_si512(); 4], &zs) };
 }
 
 /// Repacks groups `g0..g0 + gn` of `tokens` Q8_K rows (`a`, rows `a_stride` bytes
-/// apart) into `recs`: record `gi * pairs + p` for pair `p` of group `g0 + gi`.
+/// apart) into `recs`: record `gi * pairs + p` for pair `p` of group `g0 + gi`;
+/// `offset` is the weights' unsigned offset (for `off_lo`, `off_hi`).
 ///
 /// # Safety
 /// The rows hold at least `g0 + gn` Q8_K blocks; `recs` is valid for writes of
 /// `gn * tokens.div_ceil(2)` records; AVX512+VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-pub(super) unsafe fn repack_q8_k(a: *const u8, a_stride: usize, tokens: usize, g0: usize, gn: usize, recs: *mut PairGroup) {
+pub(super) unsafe fn repack_q8_k(
+    a: *const u8,
+    a_stride: usize,
+    tokens: usize,
+    g0: usize,
+    gn: usize,
+    offset: i32,
+    recs: *mut PairGroup,
+) {
     let pairs = tokens.div_ceil(2);
-    for gi in 0..gn {
-        for t in 0..2 * pairs {
+    let neg_offset = _mm512_set1_epi32(-offset);
+    // Token-major, so each token's blocks are read in address order.
+    for t in 0..2 * pairs {
+        for gi in 0..gn {
             // SAFETY: record gi * pairs + t / 2 < gn * pairs; block g0 + gi of row t
             // (t < tokens) is inside the activations (the caller's contract).
             unsafe {
@@ -151,13 +173,17 @@ pub(super) unsafe fn repack_q8_k(a: *const u8, a_stride: usize, tokens: usize, g
                 ]);
                 let da = _mm256_set1_ps(blk.cast::<f32>().read_unaligned());
                 let bsums = _mm256_loadu_si256(blk.add(260).cast());
-                let eo = _mm512_permutexvar_ps(EVEN_THEN_ODD, _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(bsums)));
+                let eo_i = _mm512_permutexvar_epi32(EVEN_THEN_ODD, _mm512_cvtepi16_epi32(bsums));
+                let eo = _mm512_cvtepi32_ps(eo_i);
                 let (lo, hi) = (_mm512_castps512_ps256(eo), _mm512_extractf32x8_ps::<1>(eo));
+                let off = _mm512_mullo_epi32(eo_i, neg_offset);
                 let s = HalfScales {
                     da,
                     fa: _mm256_mul_ps(_mm256_add_ps(lo, hi), da),
                     flo: _mm256_mul_ps(lo, da),
                     fhi: _mm256_mul_ps(hi, da),
+                    off_lo: _mm512_castsi512_si256(off),
+                    off_hi: _mm512_extracti64x4_epi64::<1>(off),
                 };
                 write_half(rec, t % 2, &m, &s);
             }
@@ -166,11 +192,12 @@ pub(super) unsafe fn repack_q8_k(a: *const u8, a_stride: usize, tokens: usize, g
 }
 
 /// Repacks groups `g0..g0 + gn` of `tokens` Q8_0 rows of `total_cols` blocks into
-/// `recs` (layout as [`repack_q8_k`]); columns past the row's end are zero.
+/// `recs` (layout and `offset` as [`repack_q8_k`]); columns past the row's end are zero.
 ///
 /// # Safety
 /// The rows hold `total_cols` Q8_0 blocks and `g0 + gn` groups cover at most
 /// `total_cols.div_ceil(8)`; `recs` as in [`repack_q8_k`]; AVX512+VNNI.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 pub(super) unsafe fn repack_q8_0(
     a: *const u8,
@@ -179,14 +206,17 @@ pub(super) unsafe fn repack_q8_0(
     g0: usize,
     gn: usize,
     total_cols: usize,
+    offset: i32,
     recs: *mut PairGroup,
 ) {
     let pairs = tokens.div_ceil(2);
+    let neg_offset = _mm256_set1_epi32(-offset);
     let ones = _mm512_set1_epi8(1);
-    for gi in 0..gn {
-        let g = g0 + gi;
-        let valid = COLS.min(total_cols - g * COLS);
-        for t in 0..2 * pairs {
+    // Token-major, as in repack_q8_k.
+    for t in 0..2 * pairs {
+        for gi in 0..gn {
+            let g = g0 + gi;
+            let valid = COLS.min(total_cols - g * COLS);
             // SAFETY: as in repack_q8_k; blocks g * 8 + j, j < valid, are inside row t.
             unsafe {
                 let rec = recs.add(gi * pairs + t / 2);
@@ -203,7 +233,14 @@ pub(super) unsafe fn repack_q8_0(
                 }
                 let sums = _mm256_add_epi32(_mm512_castsi512_si256(sums), _mm512_extracti64x4_epi64::<1>(sums));
                 let z = _mm256_setzero_ps();
-                let s = HalfScales { da, fa: _mm256_mul_ps(_mm256_cvtepi32_ps(sums), da), flo: z, fhi: z };
+                let s = HalfScales {
+                    da,
+                    fa: _mm256_mul_ps(_mm256_cvtepi32_ps(sums), da),
+                    flo: z,
+                    fhi: z,
+                    off_lo: _mm256_mullo_epi32(sums, neg_offset),
+                    off_hi: _mm256_setzero_si256(),
+                };
                 write_half(rec, t % 2, &m, &s);
             }
         }

@@ -1,7 +1,8 @@
 //! AVX512 kernels (F/BW/VL/DQ + VNNI; BF16 dot products with AVX512-BF16 where the CPU
 //! has it). The integer formats share one register-tile driver over a "column" layout
 //! ([`tile`]) in which `vpdpbusd` sums whole 32-element columns, so each format only
-//! says how to rearrange its weight bytes ([`tile::ColumnFormat`]). BF16 has its own
+//! says how to rearrange its weight bytes ([`tile::ColumnFormat`]); with many tokens the
+//! weights are rearranged once per tile into a scratch first ([`unpacked`]). BF16 has its own
 //! small tile ([`bf16`]). Formats not registered here fall through to AVX2; the formats
 //! whose activations are Q8_K or Q8_0 get the AVX512 activation quantizers either way.
 
@@ -14,6 +15,7 @@ mod q6_k;
 mod q8_0;
 mod quantize;
 mod tile;
+mod unpacked;
 
 use super::dispatch::{FormatKernels, KernelTable};
 use super::isa::Isa;

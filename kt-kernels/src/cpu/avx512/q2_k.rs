@@ -37,6 +37,7 @@ unsafe impl ColumnFormat for Q2K {
     const GROUP_BYTES: usize = BLOCK;
     const MAX_TILE: usize = 8;
     const MAX_RM: usize = 4;
+    const FOLD: bool = true;
     /// The 64 quant bytes.
     type Row = __m512i;
 
@@ -68,5 +69,21 @@ unsafe impl ColumnFormat for Q2K {
             c_lo: _mm512_permutexvar_ps(EVEN_LANES, m),
             c_hi: _mm512_permutexvar_ps(ODD_LANES, m),
         }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn folded(w: *const u8) -> (__m512i, __m512i, Scales) {
+        // SAFETY: forwarded contract (the block at w).
+        let (bytes, s) = unsafe { (_mm_loadu_si128(w.cast()), Self::scales(w, 8)) };
+        let sc = _mm512_and_si512(_mm512_cvtepu8_epi32(bytes), _mm512_set1_epi32(15));
+        // A 2-bit quant times a 4-bit scale is at most 45: the 16-bit products of a
+        // word holding two quants never carry into the neighbouring byte.
+        let words = |v: __m512i| _mm512_or_si512(v, _mm512_slli_epi32::<16>(v));
+        let lo = words(_mm512_permutexvar_epi32(EVEN_LANES, sc));
+        let hi = words(_mm512_permutexvar_epi32(ODD_LANES, sc));
+        // SAFETY: d at 80..82 of the block.
+        let d = unsafe { f16_pair(w.add(80)).0 };
+        (lo, hi, Scales { s_lo: d, ..s })
     }
 }

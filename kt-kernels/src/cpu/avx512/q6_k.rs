@@ -51,6 +51,7 @@ unsafe impl ColumnFormat for Q6K {
     const GROUP_BYTES: usize = BLOCK;
     const MAX_TILE: usize = 8;
     const MAX_RM: usize = 2;
+    const OFFSET: i32 = 32;
     type Row = Q6KRow;
 
     #[inline]

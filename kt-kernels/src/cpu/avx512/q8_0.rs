@@ -19,6 +19,7 @@ unsafe impl ColumnFormat for Q8_0 {
     const GROUP_BYTES: usize = COLS * 34;
     const MAX_TILE: usize = 16;
     const MAX_RM: usize = 2;
+    const OFFSET: i32 = 128;
     /// Chunk pairs `[2i | 2i + 1]`, offset by 128.
     type Row = [__m512i; 4];
 

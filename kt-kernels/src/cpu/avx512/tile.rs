@@ -25,6 +25,10 @@
 //! A tile keeps its integer column sums in registers and its f32 partial sums in a stack
 //! buffer, so a 2 x 8 tile (two rows share every activation load, eight pairs share the
 //! weight rearrangement) fits, and partial sums survive from one K slice to the next.
+//!
+//! That is the GEMV path. From `UNPACK_MIN_TOKENS` tokens on [`gemm`] hands the
+//! tile to [`super::unpacked`], which rearranges each weight row once per tile instead
+//! of once per register tile, with the same arithmetic.
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
@@ -35,11 +39,16 @@ use crate::quant::QType;
 
 /// Columns (32 elements each) of a group.
 pub(super) const COLS: usize = 8;
+/// From this many tokens on, unpacking the weights once per tile ([`super::unpacked`])
+/// beats rearranging them in registers per token group (measured: 15% slower at 9
+/// tokens, even at 16, ahead from 32).
+const UNPACK_MIN_TOKENS: usize = 16;
 /// Tokens per token group: up to 8 token pairs share one repacked activation slice.
-const TOKEN_GROUP: usize = 16;
-/// Pair-group records in the stack scratch (48 KiB, the L1 of the target Xeon: a slice
-/// is re-read by every row of the tile). With the 32 KiB partial-sum buffer a call
-/// uses 80 KiB of stack, well inside a 2 MiB thread stack.
+pub(super) const TOKEN_GROUP: usize = 16;
+/// Pair-group records in the stack scratch (56 KiB, about the L1 of the target Xeon: a
+/// slice is re-read by every row of the tile). With the 32 KiB partial-sum buffer a
+/// call uses 88 KiB of stack (the GEMM path, [`super::unpacked`], about 480 KiB),
+/// inside a 2 MiB thread stack.
 const SCRATCH_RECORDS: usize = 64;
 
 /// Per-column scales of one weight row and group, in f32, laid out like the lanes
@@ -95,6 +104,27 @@ pub(super) unsafe trait ColumnFormat {
     /// # Safety
     /// As [`ColumnFormat::load`].
     unsafe fn scales(w: *const u8, valid: usize) -> Scales;
+
+    /// The unsigned offset the quants are stored with (Q6_K's `q + 32`, the `w + 128`
+    /// the Q8_0 weights are given here), or 0 for formats that subtract a minimum. The
+    /// GEMM path ([`super::unpacked`]) removes it in the integer sums, which start at
+    /// `-OFFSET * sum(a)`, instead of through the f32 correction `c_lo`/`c_hi`.
+    const OFFSET: i32 = 0;
+
+    /// Whether the GEMM path multiplies the 16-element scales into the unpacked weight
+    /// bytes (Q2_K: `q * sc <= 45` fits a byte), so that a SPLIT format needs one
+    /// integer sum per column there.
+    const FOLD: bool = false;
+
+    /// Only called when [`ColumnFormat::FOLD`]: the 16-bit factors of chunks 0..4 and
+    /// 4..8 (lane `j`: the scale of column `j`'s first or last 16 elements, in both
+    /// words), and the scales with `s_lo` the factor left to apply in f32.
+    ///
+    /// # Safety
+    /// As [`ColumnFormat::load`].
+    unsafe fn folded(_w: *const u8) -> (__m512i, __m512i, Scales) {
+        unreachable!("only formats with FOLD fold their scales")
+    }
 }
 
 /// A constant vector of 16 int32 lanes.
@@ -317,6 +347,11 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile) {
     }
     let valid_last = total_cols - (groups - 1) * COLS;
     let gemv = tile.tokens <= crate::cpu::GEMV_MAX_TOKENS;
+    if tile.tokens >= UNPACK_MIN_TOKENS {
+        // SAFETY: forwarded contract; groups >= 1.
+        unsafe { super::unpacked::gemm::<F>(tile, groups, valid_last) };
+        return;
+    }
     let mut scratch = MaybeUninit::<[PairGroup; SCRATCH_RECORDS]>::uninit();
     let recs = scratch.as_mut_ptr().cast::<PairGroup>();
     let mut accbuf = MaybeUninit::<[__m512; ACC_VECS]>::uninit();
@@ -344,8 +379,8 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile) {
                     unsafe {
                         let a = tile.a.add(t0 * tile.a_stride);
                         match F::ACT {
-                            QType::Q8_K => act::repack_q8_k(a, tile.a_stride, nt, g0, gn, recs),
-                            QType::Q8_0 => act::repack_q8_0(a, tile.a_stride, nt, g0, gn, total_cols, recs),
+                            QType::Q8_K => act::repack_q8_k(a, tile.a_stride, nt, g0, gn, F::OFFSET, recs),
+                            QType::Q8_0 => act::repack_q8_0(a, tile.a_stride, nt, g0, gn, total_cols, F::OFFSET, recs),
                             other => unreachable!("{other} activations have no column layout"),
                         }
                     }
