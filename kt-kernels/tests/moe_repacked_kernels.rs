@@ -1,0 +1,136 @@
+//! The repacked GEMM kernels: the scalar reference against plain dequantized dot products
+//! (f64), and the AVX512 and AMX kernels against the scalar reference, for every layout,
+//! odd panel counts and token counts around the 16-row AMX tile and 4-token VNNI pass.
+//! AVX512/AMX cases are skipped with a message where the CPU lacks them (CI may be
+//! AVX2-only). Outputs start as NaN so unwritten elements fail.
+
+use kt_kernels::cpu::moe::repack::{dequantize_act_row, kernel, quantize_act_row, Kernel, RepackFormat, RepackedStack};
+use kt_kernels::util::SplitMix64;
+
+const FORMATS: [RepackFormat; 7] = [
+    RepackFormat::Int8 { group: 32 },
+    RepackFormat::Int8 { group: 64 },
+    RepackFormat::Int8 { group: 128 },
+    RepackFormat::Int4 { group: 32 },
+    RepackFormat::Int4 { group: 64 },
+    RepackFormat::Int4 { group: 128 },
+    RepackFormat::Bf16,
+];
+
+struct Case {
+    stack: RepackedStack,
+    w: Vec<f32>,
+    act: Vec<u8>,
+    a: Vec<f32>,
+}
+
+fn case(f: RepackFormat, experts: usize, rows: usize, cols: usize, tokens: usize, seed: u64) -> Case {
+    let mut rng = SplitMix64::new(seed);
+    let mut wf = vec![0f32; experts * rows * cols];
+    for (r, row) in wf.chunks_mut(cols).enumerate() {
+        rng.fill_normal(row, 0.05 * [1.0, 0.3, 2.0][r % 3]);
+    }
+    let stack = RepackedStack::from_f32(f, &wf, experts, rows, cols).unwrap();
+    let mut w = vec![0f32; wf.len()];
+    for e in 0..experts {
+        stack.dequantize_expert(e, &mut w[e * rows * cols..(e + 1) * rows * cols]).unwrap();
+    }
+    let arow = f.act_row_bytes(cols);
+    let mut x = vec![0f32; tokens * cols];
+    for (t, row) in x.chunks_mut(cols).enumerate() {
+        rng.fill_normal(row, [1.0, 0.01, 5.0][t % 3]);
+        row[rng.below(cols)] *= 10.0;
+    }
+    let mut act = vec![0u8; tokens * arow];
+    let mut a = vec![0f32; tokens * cols];
+    for t in 0..tokens {
+        quantize_act_row(f, &x[t * cols..(t + 1) * cols], &mut act[t * arow..(t + 1) * arow]);
+        dequantize_act_row(f, &act[t * arow..(t + 1) * arow], cols, &mut a[t * cols..(t + 1) * cols]);
+    }
+    Case { stack, w, act, a }
+}
+
+/// Runs `kern` on rows `r0..r1` of expert `e`; returns the outputs and, per output,
+/// `sum_k |w a|` (the scale of the rounding bound).
+fn run(c: &Case, kern: Kernel, e: usize, r0: usize, r1: usize, tokens: usize) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
+    let (rows, cols) = (c.stack.rows(), c.stack.cols());
+    let mut out = vec![f32::NAN; tokens * (r1 - r0)];
+    kernel::gemm(kern, &c.stack, e, r0..r1, &c.act, tokens, &mut out).unwrap();
+    let mut exact = Vec::new();
+    let mut mag = Vec::new();
+    for t in 0..tokens {
+        for r in r0..r1 {
+            let w = &c.w[(e * rows + r) * cols..(e * rows + r + 1) * cols];
+            let a = &c.a[t * cols..(t + 1) * cols];
+            exact.push(w.iter().zip(a).map(|(&w, &a)| w as f64 * a as f64).sum::<f64>());
+            mag.push(w.iter().zip(a).map(|(&w, &a)| (w as f64 * a as f64).abs()).sum::<f64>());
+        }
+    }
+    (out, exact, mag)
+}
+
+#[test]
+fn scalar_reference_matches_dequantized_dot_products() {
+    for (i, f) in FORMATS.into_iter().enumerate() {
+        let c = case(f, 2, 48, 512, 5, 10 + i as u64);
+        let (out, exact, mag) = run(&c, Kernel::Scalar, 1, 16, 48, 5);
+        for (j, ((&o, &x), &m)) in out.iter().zip(&exact).zip(&mag).enumerate() {
+            // Both sides are f64 sums of the same products, rounded once to f32; the
+            // dequantized w and a were each rounded to f32 (2^-24 relative) first.
+            let tol = 2f64.powi(-24) * (x.abs() + 2.0 * m) + 1e-30;
+            assert!(o.is_finite() && (o as f64 - x).abs() <= tol, "{} output {j}: {o} vs {x}", f.name());
+        }
+    }
+}
+
+#[test]
+fn fast_kernels_match_the_scalar_reference() {
+    let mut kernels = Vec::new();
+    for k in [Kernel::Vnni, Kernel::Amx] {
+        match k.check(RepackFormat::Bf16).and(k.check(RepackFormat::Int8 { group: 64 })) {
+            Ok(()) => kernels.push(k),
+            Err(e) => eprintln!("skipping the {k:?} kernel: {e}"),
+        }
+    }
+    let cols = 384;
+    for (i, f) in FORMATS.into_iter().enumerate() {
+        for tokens in [1, 2, 5, 7, 16, 17, 33, 40] {
+            let c = case(f, 3, 80, cols.max(f.group().unwrap_or(0) * 3), tokens, 100 + i as u64 * 17 + tokens as u64);
+            let k_len = c.stack.cols();
+            // Rows 16..80: 4 panels; rows 32..80: 3 (an odd count leaves a lone panel).
+            for (r0, r1) in [(16, 80), (32, 80)] {
+                let (want, _, mag) = run(&c, Kernel::Scalar, 2, r0, r1, tokens);
+                for &kern in &kernels {
+                    let (got, _, _) = run(&c, kern, 2, r0, r1, tokens);
+                    // The fast kernels sum in f32: per group (INT) or per product (BF16),
+                    // at most `terms + 2` roundings of at most 2^-24 of sum |w a| each.
+                    let terms = f.group().map_or(k_len, |g| k_len / g) as f64;
+                    for (j, ((&g, &w), &m)) in got.iter().zip(&want).zip(&mag).enumerate() {
+                        let tol = (terms + 2.0) * 2f64.powi(-24) * m + 1e-30;
+                        assert!(
+                            g.is_finite() && (g as f64 - w as f64).abs() <= tol,
+                            "{kern:?} {} T={tokens} rows {r0}..{r1} output {j} (token {}, row {}): {g} vs {w} +- {tol:e}",
+                            f.name(),
+                            j / (r1 - r0),
+                            r0 + j % (r1 - r0)
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn unavailable_or_bad_calls_are_errors() {
+    let c = case(RepackFormat::Int4 { group: 64 }, 1, 32, 128, 2, 5);
+    let mut out = vec![0f32; 2 * 32];
+    assert!(kernel::gemm(Kernel::Scalar, &c.stack, 1, 0..32, &c.act, 2, &mut out).is_err());
+    assert!(kernel::gemm(Kernel::Scalar, &c.stack, 0, 8..32, &c.act, 2, &mut out).is_err());
+    assert!(kernel::gemm(Kernel::Scalar, &c.stack, 0, 0..32, &c.act[1..], 2, &mut out).is_err());
+    if let Err(e) = Kernel::Amx.check(RepackFormat::Int8 { group: 64 }) {
+        let msg = e.to_string();
+        assert!(msg.contains("amx"), "{msg}");
+        assert!(kernel::gemm(Kernel::Amx, &c.stack, 0, 0..32, &c.act, 2, &mut out).is_err());
+    }
+}
