@@ -4,7 +4,8 @@
 //! AVX512/AMX cases are skipped with a message where the CPU lacks them (CI may be
 //! AVX2-only). Outputs start as NaN so unwritten elements fail.
 
-use kt_kernels::cpu::moe::repack::{dequantize_act_row, kernel, quantize_act_row, Kernel, RepackFormat, RepackedStack};
+use kt_kernels::cpu::moe::repack::{dequantize_act_row, kernel, quantize_act_row, quantize_act_row_with, Kernel, RepackFormat, RepackedStack};
+use kt_kernels::cpu::Isa;
 use kt_kernels::util::SplitMix64;
 
 const FORMATS: [RepackFormat; 7] = [
@@ -94,7 +95,7 @@ fn fast_kernels_match_the_scalar_reference() {
     }
     let cols = 384;
     for (i, f) in FORMATS.into_iter().enumerate() {
-        for tokens in [1, 2, 5, 7, 16, 17, 33, 40] {
+        for tokens in [1, 2, 5, 7, 16, 17, 21, 33, 48, 70] {
             let c = case(f, 3, 80, cols.max(f.group().unwrap_or(0) * 3), tokens, 100 + i as u64 * 17 + tokens as u64);
             let k_len = c.stack.cols();
             // Rows 16..80: 4 panels; rows 32..80: 3 (an odd count leaves a lone panel).
@@ -122,6 +123,26 @@ fn fast_kernels_match_the_scalar_reference() {
 }
 
 #[test]
+fn fast_activation_quantizer_gives_the_reference_bytes() {
+    let mut rng = SplitMix64::new(77);
+    for isa in Isa::available() {
+        for f in FORMATS {
+            let cols = 768;
+            let mut x = vec![0f32; cols];
+            rng.fill_normal(&mut x, 2.0);
+            // Ties: values that land exactly on .5 steps of their group's scale.
+            x[5] = 0.0;
+            x[40..48].iter_mut().enumerate().for_each(|(i, v)| *v = i as f32 * 0.5 - 2.0);
+            let mut want = vec![0u8; f.act_row_bytes(cols)];
+            let mut got = vec![0xAAu8; f.act_row_bytes(cols)];
+            quantize_act_row(f, &x, &mut want);
+            quantize_act_row_with(isa, f, &x, &mut got);
+            assert_eq!(got, want, "{isa} {}", f.name());
+        }
+    }
+}
+
+#[test]
 fn unavailable_or_bad_calls_are_errors() {
     let c = case(RepackFormat::Int4 { group: 64 }, 1, 32, 128, 2, 5);
     let mut out = vec![0f32; 2 * 32];
@@ -132,5 +153,31 @@ fn unavailable_or_bad_calls_are_errors() {
         let msg = e.to_string();
         assert!(msg.contains("amx"), "{msg}");
         assert!(kernel::gemm(Kernel::Amx, &c.stack, 0, 0..32, &c.act, 2, &mut out).is_err());
+    }
+}
+
+/// Throughput of one expert-sized tile per kernel (weights hot in cache): run with
+/// `cargo test --release --test moe_repacked_kernels -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn kernel_throughput() {
+    for f in [RepackFormat::Int4 { group: 64 }, RepackFormat::Int4 { group: 128 }, RepackFormat::Int8 { group: 64 }, RepackFormat::Bf16] {
+        let (rows, cols) = (256, 2048);
+        for tokens in [1, 16, 48] {
+            let c = case(f, 1, rows, cols, tokens, 9);
+            for kern in [Kernel::Vnni, Kernel::Amx] {
+                if kern.check(f).is_err() {
+                    continue;
+                }
+                let mut out = vec![0f32; tokens * rows];
+                let reps = (2_000_000_000 / (tokens * rows * cols)).max(3);
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    kernel::gemm(kern, &c.stack, 0, 0..rows, &c.act, tokens, &mut out).unwrap();
+                }
+                let s = t.elapsed().as_secs_f64();
+                println!("{:>9} {kern:?} T={tokens:>2}: {:.1} GOP/s", f.name(), 2.0 * (reps * tokens * rows * cols) as f64 / s / 1e9);
+            }
+        }
     }
 }

@@ -60,38 +60,34 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
     let groups = k / group;
     let kstep = group.min(64);
     let (pb, ps) = (f.panel_bytes(k), f.panel_scales(k));
-    // The i32 C blocks, the f32 accumulators (32 tokens x 32 outputs each) and, for INT4,
-    // one group of each panel unpacked to int8 (G x 16 bytes per panel).
-    let mut cbuf = Block::<i32, { MB * NB * PANEL }>([0; MB * NB * PANEL]);
-    let mut acc = Block::<f32, { MB * NB * PANEL }>([0.0; MB * NB * PANEL]);
-    let mut unpacked = Block::<u8, { NB * 128 * PANEL }>([0; NB * 128 * PANEL]);
+    // Per super-block of up to SB tokens x 2 panels: the f32 accumulators; per 32-token
+    // block the i32 C tiles; per group, for INT4, each panel's group unpacked to int8
+    // (G x 16 bytes per panel) once for all the super-block's tokens.
+    const SB: usize = 2 * MB;
     const LDC: usize = NB * PANEL;
+    let mut cbuf = Block::<i32, { MB * LDC }>([0; MB * LDC]);
+    let mut acc = Block::<f32, { SB * LDC }>([0.0; SB * LDC]);
+    let mut unpacked = Block::<u8, { NB * 128 * PANEL }>([0; NB * 128 * PANEL]);
     let nib = _mm512_set1_epi8(0x0F);
     let eight = _mm512_set1_epi8(8);
-    for m0 in (0..t.tokens).step_by(MB) {
-        let m = MB.min(t.tokens - m0);
-        let two_m = m > 16;
+    // Rows of the two A tiles in the loaded configuration; a block whose first tile is
+    // full and whose second is full or unused runs under the (16, 16) configuration.
+    let mut loaded: Option<(usize, usize)> = None;
+    for s0 in (0..t.tokens).step_by(SB) {
+        let sm = SB.min(t.tokens - s0);
         // SAFETY (whole block): the tile's extents (caller) cover every pointer formed
-        // here: activation rows m0..m0+m (A tiles are configured with exactly those
-        // rows), panels p0..p0+nt, their scales, and outputs; AMX is enabled (caller).
+        // here: activation rows s0..s0+sm (A tiles are configured with at most the rows
+        // that remain), panels p0..p0+nt, their scales, and outputs; AMX is enabled
+        // (caller).
         unsafe {
-            config(m, kstep, kstep / 4).load();
-            let a0 = t.a.add(m0 * t.a_stride);
-            let a1 = a0.wrapping_add(16 * t.a_stride);
             for p0 in (0..t.panels).step_by(NB) {
-                let two_n = p0 + 1 < t.panels;
-                acc.0.fill(0.0);
+                let nt = if p0 + 1 < t.panels { 2 } else { 1 };
+                acc.0[..sm * LDC].fill(0.0);
                 for g in 0..groups {
-                    tile_zero!(0);
-                    tile_zero!(1);
-                    if two_m {
-                        tile_zero!(2);
-                        tile_zero!(3);
-                    }
                     // B source of each panel for this group: the packed lines (INT8) or
                     // the unpacked buffer (INT4), 64 bytes per K-step row.
                     let mut b = [std::ptr::null::<u8>(); NB];
-                    for (ni, bp) in b.iter_mut().enumerate().take(if two_n { 2 } else { 1 }) {
+                    for (ni, bp) in b.iter_mut().enumerate().take(nt) {
                         let panel = t.w.add((p0 + ni) * pb);
                         if INT4 {
                             let dst = unpacked.0.as_mut_ptr().add(ni * group * PANEL);
@@ -107,58 +103,76 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                             *bp = panel.add(g * group * PANEL);
                         }
                     }
-                    for s in 0..group / kstep {
-                        let ka = g * group + s * kstep;
-                        let kb = s * kstep * PANEL;
-                        tile_load!(4, a0.add(ka), t.a_stride);
-                        tile_load!(6, b[0].add(kb), 64usize);
-                        tile_dp_i8!(0, 4, 6);
-                        if two_n {
-                            tile_load!(7, b[1].add(kb), 64usize);
-                            tile_dp_i8!(1, 4, 7);
+                    let wsc = [0, nt - 1].map(|ni| _mm512_cvtph_ps(_mm256_loadu_si256(t.scales.add((p0 + ni) * ps + g * PANEL) as *const __m256i)));
+                    for m0 in (s0..s0 + sm).step_by(MB) {
+                        let m = MB.min(s0 + sm - m0);
+                        let rows = (m.min(16), m.saturating_sub(16));
+                        let want = if rows.0 == 16 && rows.1 % 16 == 0 { (16, 16) } else { rows };
+                        if loaded != Some(want) {
+                            config(want.0 + want.1, kstep, kstep / 4).load();
+                            loaded = Some(want);
+                        }
+                        let two_m = rows.1 > 0;
+                        let a0 = t.a.add(m0 * t.a_stride);
+                        let a1 = a0.wrapping_add(16 * t.a_stride);
+                        tile_zero!(0);
+                        tile_zero!(1);
+                        if two_m {
+                            tile_zero!(2);
+                            tile_zero!(3);
+                        }
+                        for s in 0..group / kstep {
+                            let ka = g * group + s * kstep;
+                            let kb = s * kstep * PANEL;
+                            tile_load!(4, a0.add(ka), t.a_stride);
+                            tile_load!(6, b[0].add(kb), 64usize);
+                            tile_dp_i8!(0, 4, 6);
+                            if nt == 2 {
+                                tile_load!(7, b[1].add(kb), 64usize);
+                                tile_dp_i8!(1, 4, 7);
+                            }
+                            if two_m {
+                                tile_load!(5, a1.add(ka), t.a_stride);
+                                tile_dp_i8!(2, 5, 6);
+                                if nt == 2 {
+                                    tile_dp_i8!(3, 5, 7);
+                                }
+                            }
+                        }
+                        let c = cbuf.0.as_mut_ptr() as *mut u8;
+                        let ldc_b = LDC * 4;
+                        tile_store!(0, c, ldc_b);
+                        if nt == 2 {
+                            tile_store!(1, c.add(64), ldc_b);
                         }
                         if two_m {
-                            tile_load!(5, a1.add(ka), t.a_stride);
-                            tile_dp_i8!(2, 5, 6);
-                            if two_n {
-                                tile_dp_i8!(3, 5, 7);
+                            tile_store!(2, c.add(16 * ldc_b), ldc_b);
+                            if nt == 2 {
+                                tile_store!(3, c.add(16 * ldc_b + 64), ldc_b);
+                            }
+                        }
+                        for r in 0..m {
+                            let ascale = _mm512_set1_ps((t.a.add((m0 + r) * t.a_stride + k + 4 * g) as *const f32).read_unaligned());
+                            for (ni, w) in wsc.iter().enumerate().take(nt) {
+                                let ci = _mm512_load_si512(cbuf.0.as_ptr().add(r * LDC + ni * PANEL) as *const _);
+                                let ap = acc.0.as_mut_ptr().add((m0 - s0 + r) * LDC + ni * PANEL);
+                                let scale = _mm512_mul_ps(*w, ascale);
+                                _mm512_store_ps(ap, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ci), scale, _mm512_load_ps(ap)));
                             }
                         }
                     }
-                    let c = cbuf.0.as_mut_ptr() as *mut u8;
-                    let ldc_b = LDC * 4;
-                    tile_store!(0, c, ldc_b);
-                    if two_n {
-                        tile_store!(1, c.add(64), ldc_b);
-                    }
-                    if two_m {
-                        tile_store!(2, c.add(16 * ldc_b), ldc_b);
-                        if two_n {
-                            tile_store!(3, c.add(16 * ldc_b + 64), ldc_b);
-                        }
-                    }
-                    for ni in 0..if two_n { 2 } else { 1 } {
-                        let wsc = _mm512_cvtph_ps(_mm256_loadu_si256(t.scales.add((p0 + ni) * ps + g * PANEL) as *const __m256i));
-                        for r in 0..m {
-                            let ascale = (t.a.add((m0 + r) * t.a_stride + k + 4 * g) as *const f32).read_unaligned();
-                            let o = r * LDC + ni * PANEL;
-                            let ci = _mm512_load_si512(cbuf.0.as_ptr().add(o) as *const _);
-                            let ap = acc.0.as_mut_ptr().add(o);
-                            let scale = _mm512_mul_ps(wsc, _mm512_set1_ps(ascale));
-                            _mm512_store_ps(ap, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ci), scale, _mm512_load_ps(ap)));
-                        }
-                    }
                 }
-                for r in 0..m {
-                    for ni in 0..if two_n { 2 } else { 1 } {
+                for r in 0..sm {
+                    for ni in 0..nt {
                         let v = _mm512_load_ps(acc.0.as_ptr().add(r * LDC + ni * PANEL));
-                        _mm512_storeu_ps(t.out.add((m0 + r) * t.ldo + (p0 + ni) * PANEL), v);
+                        _mm512_storeu_ps(t.out.add((s0 + r) * t.ldo + (p0 + ni) * PANEL), v);
                     }
                 }
             }
-            super::tiles::release();
         }
     }
+    // SAFETY: AMX is enabled (caller); ends this item's use of the tiles.
+    unsafe { super::tiles::release() };
 }
 
 unsafe fn gemm_bf16(t: &Tile) {

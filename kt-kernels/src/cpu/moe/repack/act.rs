@@ -1,9 +1,10 @@
 //! Activation rows for the repacked kernels.
 //!
 //! INT8/INT4 weights: each token's row is quantized to signed int8 with one f32 scale
-//! per group of G elements (the weights' group), `d = absmax / 127`, round half away
-//! from zero. Signed (not u8 with an offset): AMX `tdpbssd` multiplies s8 x s8 directly,
-//! so the prefill path needs no zero-point correction, and a group's integer dot is
+//! per group of G elements (the weights' group), `d = absmax / 127`, `x * (1/d)` rounded
+//! to nearest even (what `vcvtps2dq` does, so the AVX512 quantizer in `act_avx512.rs`
+//! gives the same bytes). Signed (not u8 with an offset): AMX `tdpbssd` multiplies
+//! s8 x s8 directly, so the prefill path needs no zero-point correction, and a group's integer dot is
 //! scaled once by `d_w * d_a`. Per group rather than per token: one outlier then only
 //! coarsens its own group (DeepSeek's hidden states have a few large channels). The
 //! VNNI kernels (`vpdpbusd` is u8 x s8) handle the sign on the weight side instead.
@@ -14,6 +15,20 @@
 use half::bf16;
 
 use super::format::RepackFormat;
+
+/// Quantizes one row with the fastest quantizer `isa` allows (same bytes as
+/// [`quantize_row`]).
+pub fn quantize_row_with(isa: crate::cpu::Isa, format: RepackFormat, src: &[f32], dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if let (true, Some(g)) = (isa >= crate::cpu::Isa::Avx512, format.group()) {
+        debug_assert_eq!(dst.len(), format.act_row_bytes(src.len()));
+        // SAFETY: AVX512 F/BW are present (the ISA was checked by the caller's context);
+        // the lengths match (asserted by the callers' sizing).
+        unsafe { super::act_avx512::quantize_int8(src, dst, g) };
+        return;
+    }
+    quantize_row(format, src, dst);
+}
 
 /// Quantizes one row (`src.len()` = cols) into `dst` (`format.act_row_bytes(cols)` bytes).
 /// The scalar reference; lengths are checked by the callers.
@@ -32,7 +47,7 @@ pub fn quantize_row(format: RepackFormat, src: &[f32], dst: &mut [u8]) {
                 let d = amax / 127.0;
                 let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
                 for (q, &v) in q.iter_mut().zip(x) {
-                    *q = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
+                    *q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8 as u8;
                 }
                 s.copy_from_slice(&d.to_le_bytes());
             }

@@ -16,6 +16,8 @@
 //!   [`super::reference`] over the original weights.
 
 mod act;
+#[cfg(target_arch = "x86_64")]
+mod act_avx512;
 mod format;
 pub mod kernel;
 mod layer;
@@ -25,7 +27,7 @@ mod run;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
-pub use act::{dequantize_row as dequantize_act_row, quantize_row as quantize_act_row};
+pub use act::{dequantize_row as dequantize_act_row, quantize_row as quantize_act_row, quantize_row_with as quantize_act_row_with};
 pub use format::{RepackFormat, GROUPS, PANEL};
 pub(crate) use kernel::Tile;
 pub use kernel::{Kernel, AMX_MIN_TOKENS};

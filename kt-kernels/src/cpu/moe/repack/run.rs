@@ -8,7 +8,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use super::act::quantize_row;
+use super::act::quantize_row_with;
 use super::format::{RepackFormat, PANEL};
 use super::kernel::{Kernel, Tile};
 use super::layer::RepackedLayer;
@@ -163,10 +163,10 @@ impl RepackedMoe {
         }
         let pos_of = &s.routing.pos_of[..pairs];
         let act = &mut s.act.as_mut_slice()[..pairs * act_g];
-        gather(pool, fg, x, h, k, pos_of, act, act_g);
+        gather(pool, self.isa, fg, x, h, k, pos_of, act, act_g);
         gate_up(pool, self.isa, l, &s.items_up, act, act_g, inter, &mut s.tiles);
         let inter_q = &mut s.inter_q.as_mut_slice()[..pairs * act_d];
-        quantize_rows(pool, fd, inter, i_dim, inter_q, act_d);
+        quantize_rows(pool, self.isa, fd, inter, i_dim, inter_q, act_d);
         down(pool, self.isa, &l.down, &s.items_down, inter_q, act_d, down_out);
         combine(pool, pos_of, down_out, h, k, weights, out);
         Ok(())
@@ -195,7 +195,7 @@ fn phase(pool: &ThreadPool, n: usize, elems: usize, body: &(dyn Fn(usize, usize)
 
 /// Quantizes each token once and copies the row to its `k` positions.
 #[allow(clippy::too_many_arguments)]
-fn gather(pool: &ThreadPool, f: RepackFormat, x: &[f32], h: usize, k: usize, pos_of: &[u32], dst: &mut [u8], row: usize) {
+fn gather(pool: &ThreadPool, isa: Isa, f: RepackFormat, x: &[f32], h: usize, k: usize, pos_of: &[u32], dst: &mut [u8], row: usize) {
     let tokens = x.len() / h;
     let dst = Raw::new(dst.as_mut_ptr());
     phase(pool, tokens, tokens * h, &|t, _| {
@@ -204,7 +204,7 @@ fn gather(pool: &ThreadPool, f: RepackFormat, x: &[f32], h: usize, k: usize, pos
         // SAFETY: positions are a permutation of 0..tokens * k, so token t's rows belong
         // to this item only, each inside `dst` (pairs rows of `row` bytes).
         let first_row = unsafe { std::slice::from_raw_parts_mut(dst.at(first * row), row) };
-        quantize_row(f, &x[t * h..(t + 1) * h], first_row);
+        quantize_row_with(isa, f, &x[t * h..(t + 1) * h], first_row);
         for &p in &slots[1..] {
             // SAFETY: as above; distinct positions' rows do not overlap.
             unsafe { std::ptr::copy_nonoverlapping(dst.at(first * row), dst.at(p as usize * row), row) };
@@ -278,7 +278,7 @@ pub(crate) fn silu(g: f32) -> f32 {
     g / (1.0 + (-g).exp())
 }
 
-fn quantize_rows(pool: &ThreadPool, f: RepackFormat, inter: &[f32], n: usize, dst: &mut [u8], row: usize) {
+fn quantize_rows(pool: &ThreadPool, isa: Isa, f: RepackFormat, inter: &[f32], n: usize, dst: &mut [u8], row: usize) {
     let rows = inter.len() / n;
     let per_item = (SERIAL_ELEMS / 4 / n).max(1);
     let dst = Raw::new(dst.as_mut_ptr());
@@ -286,7 +286,7 @@ fn quantize_rows(pool: &ThreadPool, f: RepackFormat, inter: &[f32], n: usize, ds
         for p in i * per_item..((i + 1) * per_item).min(rows) {
             // SAFETY: row p of `dst` (rows x `row` bytes) belongs to item i only.
             let out = unsafe { std::slice::from_raw_parts_mut(dst.at(p * row), row) };
-            quantize_row(f, &inter[p * n..(p + 1) * n], out);
+            quantize_row_with(isa, f, &inter[p * n..(p + 1) * n], out);
         }
     });
 }
