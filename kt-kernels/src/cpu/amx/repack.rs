@@ -107,12 +107,17 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                     for m0 in (s0..s0 + sm).step_by(MB) {
                         let m = MB.min(s0 + sm - m0);
                         let rows = (m.min(16), m.saturating_sub(16));
-                        let want = if rows.0 == 16 && rows.1 % 16 == 0 { (16, 16) } else { rows };
+                        // Whole tiles when 32 rows are readable from m0 on (the extra
+                        // rows' results are never stored), else exactly the rows left.
+                        let whole = (rows.0 == 16 && rows.1 % 16 == 0) || t.a_rows - m0 >= MB;
+                        let want = if whole { (16, 16) } else { rows };
                         if loaded != Some(want) {
                             config(want.0 + want.1, kstep, kstep / 4).load();
                             loaded = Some(want);
                         }
                         let two_m = rows.1 > 0;
+                        // (Under the whole-tile configuration the tiles may hold rows past
+                        // m; only rows < m are scaled below.)
                         let a0 = t.a.add(m0 * t.a_stride);
                         let a1 = a0.wrapping_add(16 * t.a_stride);
                         tile_zero!(0);

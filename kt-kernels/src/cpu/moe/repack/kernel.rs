@@ -38,6 +38,10 @@ pub(crate) struct Tile {
     pub a: *const u8,
     pub a_stride: usize,
     pub tokens: usize,
+    /// Rows readable from `a` (>= tokens). With 32 or more rows readable past a block's
+    /// first token, AMX loads whole 16-row tiles and drops the extra rows' results
+    /// instead of reconfiguring its tiles for a short block.
+    pub a_rows: usize,
     pub out: *mut f32,
     pub ldo: usize,
 }
@@ -140,8 +144,9 @@ fn dot_reference(f: RepackFormat, k: usize, panel: &[u8], scales: &[f16], n: usi
     }
 }
 
-/// Safe entry for tests and tools: rows `rows` (whole panels) of expert `e` against
-/// `tokens` activation rows `act` (`act_row_bytes(cols)` bytes each) into
+/// Safe entry for tests and tools: rows `rows` (whole panels) of expert `e` against the
+/// first `tokens` activation rows of `act` (`act_row_bytes(cols)` bytes each; rows after
+/// them are padding the AMX kernel may load whole tiles from) into
 /// `out[tokens x rows.len()]`, with `kernel`.
 pub fn gemm(kernel: Kernel, stack: &RepackedStack, e: usize, rows: Range<usize>, act: &[u8], tokens: usize, out: &mut [f32]) -> Result<()> {
     let f = stack.format();
@@ -152,7 +157,7 @@ pub fn gemm(kernel: Kernel, stack: &RepackedStack, e: usize, rows: Range<usize>,
         return Err(bad(format!("expert {e} rows {rows:?} of {} x {} (whole 16-row panels)", stack.experts(), stack.rows())));
     }
     let arow = f.act_row_bytes(k);
-    if act.len() != tokens * arow || out.len() != tokens * rows.len() {
+    if act.len() < tokens * arow || !act.len().is_multiple_of(arow) || out.len() != tokens * rows.len() {
         return Err(bad(format!("{} activation bytes and {} outputs for {tokens} tokens x {} rows", act.len(), out.len(), rows.len())));
     }
     if tokens == 0 || rows.is_empty() {
@@ -168,6 +173,7 @@ pub fn gemm(kernel: Kernel, stack: &RepackedStack, e: usize, rows: Range<usize>,
         a: act.as_ptr(),
         a_stride: arow,
         tokens,
+        a_rows: act.len() / arow,
         out: out.as_mut_ptr(),
         ldo: rows.len(),
     };

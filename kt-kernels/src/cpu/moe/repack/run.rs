@@ -22,6 +22,8 @@ use crate::util::AlignedBuf;
 
 /// Below this many multiply-adds a phase runs on the calling thread alone.
 const SERIAL_ELEMS: usize = 1 << 16;
+/// Readable rows after the last position of the activation buffers (two AMX tiles).
+const PAD_ROWS: usize = 32;
 
 /// A raw pointer shared by the pool threads of one phase.
 #[derive(Clone, Copy)]
@@ -99,7 +101,8 @@ impl RepackedMoe {
         for v in [&mut s.items_up, &mut s.items_down] {
             v.reserve_exact(items.saturating_sub(v.len()));
         }
-        let (act_len, inter_q_len) = (s.act.len().max(pairs * ag), s.inter_q.len().max(pairs * ad));
+        let padded = pairs + PAD_ROWS;
+        let (act_len, inter_q_len) = (s.act.len().max(padded * ag), s.inter_q.len().max(padded * ad));
         s.act.resize(act_len);
         s.inter_q.resize(inter_q_len);
         grow(&mut s.inter, pairs * i);
@@ -162,12 +165,16 @@ impl RepackedMoe {
             down_out.fill(f32::NAN);
         }
         let pos_of = &s.routing.pos_of[..pairs];
-        let act = &mut s.act.as_mut_slice()[..pairs * act_g];
+        // The padding rows after the last position are readable (stale or zero bytes)
+        // so AMX can load whole tiles; their results are dropped.
+        let act_all = &mut s.act.as_mut_slice()[..(pairs + PAD_ROWS) * act_g];
+        let (act, _) = act_all.split_at_mut(pairs * act_g);
         gather(pool, self.isa, fg, x, h, k, pos_of, act, act_g);
-        gate_up(pool, self.isa, l, &s.items_up, act, act_g, inter, &mut s.tiles);
-        let inter_q = &mut s.inter_q.as_mut_slice()[..pairs * act_d];
+        gate_up(pool, self.isa, l, &s.items_up, act_all, act_g, inter, &mut s.tiles);
+        let inter_q_all = &mut s.inter_q.as_mut_slice()[..(pairs + PAD_ROWS) * act_d];
+        let (inter_q, _) = inter_q_all.split_at_mut(pairs * act_d);
         quantize_rows(pool, self.isa, fd, inter, i_dim, inter_q, act_d);
-        down(pool, self.isa, &l.down, &s.items_down, inter_q, act_d, down_out);
+        down(pool, self.isa, &l.down, &s.items_down, inter_q_all, act_d, down_out);
         combine(pool, pos_of, down_out, h, k, weights, out);
         Ok(())
     }
@@ -213,7 +220,8 @@ fn gather(pool: &ThreadPool, isa: Isa, f: RepackFormat, x: &[f32], h: usize, k: 
 }
 
 /// The tile of rows `r0..r0 + rows` (whole panels) of expert `e` of `stack`.
-fn tile(stack: &RepackedStack, e: usize, r0: usize, rows: usize, a: *const u8, a_stride: usize, tokens: usize, out: *mut f32, ldo: usize) -> Tile {
+#[allow(clippy::too_many_arguments)]
+fn tile(stack: &RepackedStack, e: usize, r0: usize, rows: usize, a: *const u8, a_stride: usize, tokens: usize, a_rows: usize, out: *mut f32, ldo: usize) -> Tile {
     let f = stack.format();
     let k = stack.cols();
     let (pb, ps) = (f.panel_bytes(k), f.panel_scales(k));
@@ -228,6 +236,7 @@ fn tile(stack: &RepackedStack, e: usize, r0: usize, rows: usize, a: *const u8, a
         a,
         a_stride,
         tokens,
+        a_rows,
         out,
         ldo,
     }
@@ -235,6 +244,7 @@ fn tile(stack: &RepackedStack, e: usize, r0: usize, rows: usize, a: *const u8, a
 
 #[allow(clippy::too_many_arguments)]
 fn gate_up(pool: &ThreadPool, isa: Isa, l: &super::layer::Inner, items: &[Item], act: &[u8], act_row: usize, inter: &mut [f32], tiles: &mut [f32]) {
+    let a_rows = act.len() / act_row;
     let i_dim = l.gate.rows();
     let h = l.gate.cols();
     let a = Raw::new(act.as_ptr());
@@ -253,8 +263,8 @@ fn gate_up(pool: &ThreadPool, isa: Isa, l: &super::layer::Inner, items: &[Item],
         // nr * nt floats each and only this thread uses them; `pick` only returns
         // kernels the checked ISA runs.
         unsafe {
-            kern.run(&tile(&l.gate, e, r0, nr, ap, act_row, nt, g_out, nr));
-            kern.run(&tile(&l.up, e, r0, nr, ap, act_row, nt, u_out, nr));
+            kern.run(&tile(&l.gate, e, r0, nr, ap, act_row, nt, a_rows - p0, g_out, nr));
+            kern.run(&tile(&l.up, e, r0, nr, ap, act_row, nt, a_rows - p0, u_out, nr));
         }
         for t in 0..nt {
             // SAFETY: the tiles were just written (nt x nr each); the intermediate part
@@ -292,6 +302,7 @@ fn quantize_rows(pool: &ThreadPool, isa: Isa, f: RepackFormat, inter: &[f32], n:
 }
 
 fn down(pool: &ThreadPool, isa: Isa, stack: &RepackedStack, items: &[Item], act: &[u8], act_row: usize, down_out: &mut [f32]) {
+    let a_rows = act.len() / act_row;
     let h = stack.rows();
     let a = Raw::new(act.as_ptr());
     let out = Raw::new(down_out.as_mut_ptr());
@@ -302,7 +313,7 @@ fn down(pool: &ThreadPool, isa: Isa, stack: &RepackedStack, items: &[Item], act:
         let kern = Kernel::pick(isa, stack.format(), nt);
         // SAFETY: as in gate_up; the (positions, rows) block of down_out (pairs x h)
         // belongs to this item.
-        unsafe { kern.run(&tile(stack, e, r0, nr, a.at(p0 * act_row), act_row, nt, out.at(p0 * h + r0), h)) };
+        unsafe { kern.run(&tile(stack, e, r0, nr, a.at(p0 * act_row), act_row, nt, a_rows - p0, out.at(p0 * h + r0), h)) };
     });
 }
 
