@@ -54,6 +54,17 @@ fn config(m: usize, kb: usize, brows: usize) -> TileConfig {
     c
 }
 
+/// One 32-token block's C tiles waiting in `cbuf[buf]` to be scaled into the
+/// accumulators: scaling runs while the next block's `tdpbssd`s execute.
+#[derive(Clone, Copy)]
+struct Pending {
+    buf: usize,
+    /// First token of the block (relative to the super-block) and its token count.
+    m0: usize,
+    m: usize,
+    g: usize,
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
 unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
     let (f, k) = (t.format, t.k);
@@ -61,29 +72,55 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
     let kstep = group.min(64);
     let (pb, ps) = (f.panel_bytes(k), f.panel_scales(k));
     // Per super-block of up to SB tokens x 2 panels: the f32 accumulators; per 32-token
-    // block the i32 C tiles; per group, for INT4, each panel's group unpacked to int8
-    // (G x 16 bytes per panel) once for all the super-block's tokens.
+    // block the i32 C tiles (double-buffered, see `Pending`); per group, for INT4, each
+    // panel's group unpacked to int8 (G x 16 bytes per panel) once for all the
+    // super-block's tokens.
     const SB: usize = 2 * MB;
     const LDC: usize = NB * PANEL;
-    let mut cbuf = Block::<i32, { MB * LDC }>([0; MB * LDC]);
+    let mut cbuf = Block::<i32, { 2 * MB * LDC }>([0; 2 * MB * LDC]);
     let mut acc = Block::<f32, { SB * LDC }>([0.0; SB * LDC]);
     let mut unpacked = Block::<u8, { NB * 128 * PANEL }>([0; NB * 128 * PANEL]);
     let nib = _mm512_set1_epi8(0x0F);
     let eight = _mm512_set1_epi8(8);
-    // Rows of the two A tiles in the loaded configuration; a block whose first tile is
-    // full and whose second is full or unused runs under the (16, 16) configuration.
+    // Rows of the two A tiles in the loaded configuration.
     let mut loaded: Option<(usize, usize)> = None;
     for s0 in (0..t.tokens).step_by(SB) {
         let sm = SB.min(t.tokens - s0);
         // SAFETY (whole block): the tile's extents (caller) cover every pointer formed
-        // here: activation rows s0..s0+sm (A tiles are configured with at most the rows
-        // that remain), panels p0..p0+nt, their scales, and outputs; AMX is enabled
-        // (caller).
+        // here: activation rows s0..s0+sm (A tiles load at most the rows the caller says
+        // are readable), panels p0..p0+nt, their scales, and outputs; AMX is enabled
+        // (caller). The buffers are locals of sufficient size (asserted by their types).
         unsafe {
             for p0 in (0..t.panels).step_by(NB) {
                 let nt = if p0 + 1 < t.panels { 2 } else { 1 };
                 acc.0[..sm * LDC].fill(0.0);
+                // Scales `pending`'s C block into the accumulators.
+                let scale_block = |acc: &mut Block<f32, { SB * LDC }>, cbuf: &Block<i32, { 2 * MB * LDC }>, p: Pending| {
+                    let wsc = [0, nt - 1].map(|ni| _mm512_cvtph_ps(_mm256_loadu_si256(t.scales.add((p0 + ni) * ps + p.g * PANEL) as *const __m256i)));
+                    for r in 0..p.m {
+                        let row = s0 + p.m0 + r;
+                        let ascale = _mm512_set1_ps((t.a.add(row * t.a_stride + k + 4 * p.g) as *const f32).read_unaligned());
+                        for (ni, w) in wsc.iter().enumerate().take(nt) {
+                            let ci = _mm512_load_si512(cbuf.0.as_ptr().add(p.buf * MB * LDC + r * LDC + ni * PANEL) as *const _);
+                            let ap = acc.0.as_mut_ptr().add((p.m0 + r) * LDC + ni * PANEL);
+                            _mm512_store_ps(ap, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ci), _mm512_mul_ps(*w, ascale), _mm512_load_ps(ap)));
+                        }
+                    }
+                };
+                let mut pending: Option<Pending> = None;
+                let mut next_buf = 0;
                 for g in 0..groups {
+                    // Prefetch the group after next of each panel (the weights stream
+                    // from DRAM once per item).
+                    if g + 2 < groups {
+                        let gb = f.panel_bytes(group);
+                        for ni in 0..nt {
+                            let base = t.w.add((p0 + ni) * pb + (g + 2) * gb);
+                            for l in (0..gb).step_by(64) {
+                                _mm_prefetch::<_MM_HINT_T0>(base.add(l) as *const i8);
+                            }
+                        }
+                    }
                     // B source of each panel for this group: the packed lines (INT8) or
                     // the unpacked buffer (INT4), 64 bytes per K-step row.
                     let mut b = [std::ptr::null::<u8>(); NB];
@@ -103,12 +140,11 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                             *bp = panel.add(g * group * PANEL);
                         }
                     }
-                    let wsc = [0, nt - 1].map(|ni| _mm512_cvtph_ps(_mm256_loadu_si256(t.scales.add((p0 + ni) * ps + g * PANEL) as *const __m256i)));
                     for m0 in (s0..s0 + sm).step_by(MB) {
                         let m = MB.min(s0 + sm - m0);
                         let rows = (m.min(16), m.saturating_sub(16));
                         // Whole tiles when 32 rows are readable from m0 on (the extra
-                        // rows' results are never stored), else exactly the rows left.
+                        // rows' results are never scaled), else exactly the rows left.
                         let whole = (rows.0 == 16 && rows.1 % 16 == 0) || t.a_rows - m0 >= MB;
                         let want = if whole { (16, 16) } else { rows };
                         if loaded != Some(want) {
@@ -116,8 +152,6 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                             loaded = Some(want);
                         }
                         let two_m = rows.1 > 0;
-                        // (Under the whole-tile configuration the tiles may hold rows past
-                        // m; only rows < m are scaled below.)
                         let a0 = t.a.add(m0 * t.a_stride);
                         let a1 = a0.wrapping_add(16 * t.a_stride);
                         tile_zero!(0);
@@ -144,7 +178,7 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                                 }
                             }
                         }
-                        let c = cbuf.0.as_mut_ptr() as *mut u8;
+                        let c = cbuf.0.as_mut_ptr().add(next_buf * MB * LDC) as *mut u8;
                         let ldc_b = LDC * 4;
                         tile_store!(0, c, ldc_b);
                         if nt == 2 {
@@ -156,16 +190,15 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                                 tile_store!(3, c.add(16 * ldc_b + 64), ldc_b);
                             }
                         }
-                        for r in 0..m {
-                            let ascale = _mm512_set1_ps((t.a.add((m0 + r) * t.a_stride + k + 4 * g) as *const f32).read_unaligned());
-                            for (ni, w) in wsc.iter().enumerate().take(nt) {
-                                let ci = _mm512_load_si512(cbuf.0.as_ptr().add(r * LDC + ni * PANEL) as *const _);
-                                let ap = acc.0.as_mut_ptr().add((m0 - s0 + r) * LDC + ni * PANEL);
-                                let scale = _mm512_mul_ps(*w, ascale);
-                                _mm512_store_ps(ap, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ci), scale, _mm512_load_ps(ap)));
-                            }
+                        // The previous block's scaling overlaps this block's tile work.
+                        if let Some(p) = pending.replace(Pending { buf: next_buf, m0: m0 - s0, m, g }) {
+                            scale_block(&mut acc, &cbuf, p);
                         }
+                        next_buf ^= 1;
                     }
+                }
+                if let Some(p) = pending.take() {
+                    scale_block(&mut acc, &cbuf, p);
                 }
                 for r in 0..sm {
                     for ni in 0..nt {
