@@ -4,7 +4,7 @@
 //! AVX512/AMX cases are skipped with a message where the CPU lacks them (CI may be
 //! AVX2-only). Outputs start as NaN so unwritten elements fail.
 
-use kt_kernels::cpu::moe::repack::{dequantize_act_row, kernel, quantize_act_row, quantize_act_row_with, Kernel, RepackFormat, RepackedStack};
+use kt_kernels::cpu::moe::repack::{dequantize_act_row, kernel, quantize_act_row, quantize_act_row_with, silu_mul_with, Kernel, RepackFormat, RepackedStack};
 use kt_kernels::cpu::Isa;
 use kt_kernels::util::SplitMix64;
 
@@ -147,6 +147,26 @@ fn fast_activation_quantizer_gives_the_reference_bytes() {
             quantize_act_row(f, &x, &mut want);
             quantize_act_row_with(isa, f, &x, &mut got);
             assert_eq!(got, want, "{isa} {}", f.name());
+        }
+    }
+}
+
+#[test]
+fn fast_silu_is_within_a_few_ulp_of_the_scalar_formula() {
+    let mut rng = SplitMix64::new(5);
+    let mut g: Vec<f32> = (0..4000).map(|_| rng.normal() * 4.0).collect();
+    g.extend([0.0, -0.0, 1e-30, -1e-30, 20.0, -20.0, 87.0, -87.0, -88.5, -89.0, -95.0, -104.0, -200.0, 104.0, 200.0, f32::MAX, -f32::MAX]);
+    let u: Vec<f32> = (0..g.len()).map(|i| [1.0, -0.5, 3.0][i % 3]).collect();
+    let mut want = vec![f32::NAN; g.len()];
+    silu_mul_with(Isa::Scalar, &g, &u, &mut want);
+    for isa in Isa::available() {
+        let mut got = vec![f32::NAN; g.len()];
+        silu_mul_with(isa, &g, &u, &mut got);
+        for i in 0..g.len() {
+            // exp's polynomial (~1 ulp), the scalar expf (~0.5), the product and the
+            // quotient (0.5 each): 8 ulp of the result leaves room.
+            let tol = 8.0 * f32::EPSILON / 2.0 * want[i].abs() + 1e-37;
+            assert!((got[i] - want[i]).abs() <= tol, "{isa} g={} u={}: {} vs {}", g[i], u[i], got[i], want[i]);
         }
     }
 }

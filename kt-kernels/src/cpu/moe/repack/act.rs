@@ -20,10 +20,9 @@ use super::format::RepackFormat;
 /// [`quantize_row`]).
 pub fn quantize_row_with(isa: crate::cpu::Isa, format: RepackFormat, src: &[f32], dst: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    if let (true, Some(g)) = (isa >= crate::cpu::Isa::Avx512, format.group()) {
-        debug_assert_eq!(dst.len(), format.act_row_bytes(src.len()));
-        // SAFETY: AVX512 F/BW are present (the ISA was checked by the caller's context);
-        // the lengths match (asserted by the callers' sizing).
+    let avx512 = isa >= crate::cpu::Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
+    if let (true, Some(g)) = (avx512, format.group()) {
+        // SAFETY: AVX512 F/BW were detected; quantize_int8 checks the lengths.
         unsafe { super::act_avx512::quantize_int8(src, dst, g) };
         return;
     }

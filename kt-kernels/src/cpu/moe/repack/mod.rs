@@ -25,6 +25,8 @@ mod matrix;
 mod reference;
 mod run;
 #[cfg(target_arch = "x86_64")]
+mod silu_avx512;
+#[cfg(target_arch = "x86_64")]
 mod vnni;
 
 pub use act::{dequantize_row as dequantize_act_row, quantize_row as quantize_act_row, quantize_row_with as quantize_act_row_with};
@@ -34,4 +36,4 @@ pub use kernel::{Kernel, AMX_MIN_TOKENS};
 pub use layer::RepackedLayer;
 pub use matrix::{relative_error, repack_error, RepackedStack};
 pub use reference::reference_exact;
-pub use run::RepackedMoe;
+pub use run::{silu_mul_with, RepackedMoe};

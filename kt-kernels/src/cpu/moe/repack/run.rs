@@ -276,11 +276,24 @@ fn gate_up(pool: &ThreadPool, isa: Isa, l: &super::layer::Inner, items: &[Item],
                     std::slice::from_raw_parts_mut(inter.at((p0 + t) * i_dim + r0), nr),
                 )
             };
-            for ((o, &g), &u) in hrow.iter_mut().zip(g).zip(u) {
-                *o = silu(g) * u;
-            }
+            silu_mul_with(isa, g, u, hrow);
         }
     });
+}
+
+/// `out[i] = silu(g[i]) * u[i]` with the fastest code `isa` allows (the AVX512 one is
+/// within a few ulp of the scalar formula); slices of one length.
+pub fn silu_mul_with(isa: Isa, g: &[f32], u: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX512F was detected; silu_mul checks the lengths.
+        unsafe { super::silu_avx512::silu_mul(g, u, out) };
+        return;
+    }
+    let _ = isa;
+    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+        *o = silu(g) * u;
+    }
 }
 
 /// `g * sigmoid(g)` in f32 (the GGUF-native operator's formula).
