@@ -3,6 +3,7 @@
 //!   scalar kernel, f64 sums): tight;
 //! - [`moe::reference`] over the ORIGINAL GGUF weights (f32 activations): within the
 //!   layout's measured weight error plus the activation quantization (see `loose_tol`).
+//!
 //! On every ISA this machine has (AMX items only on AMX machines, VNNI on AVX512; other
 //! ISAs use the scalar kernel). T in {1, 2, 7, 64, 513}, k in {6, 8}, uniform routing
 //! with an unused expert, skewed routing (a few experts get most tokens: multi-block
@@ -132,4 +133,27 @@ fn bad_calls_are_errors() {
     let other = RepackedLayer::from_layer(&moe_support::build(Spec { hidden: 512, ..spec }, 4).layer, RepackFormat::Bf16, RepackFormat::Bf16).unwrap();
     let x2 = vec![0.5f32; 512];
     assert!(r.forward(&other, &x2, &[0, 1], &[0.5; 2], &mut vec![0f32; 512]).is_err(), "layer not reserved");
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let spec = Spec { hidden: 256, inter: 256, experts: 16, gate: QType::Q4_K, up: QType::Q4_K, down: QType::Q4_K };
+    let b = moe_support::build(spec, 11);
+    let layer = RepackedLayer::from_layer(&b.layer, RepackFormat::Int4 { group: 64 }, RepackFormat::Int8 { group: 64 }).unwrap();
+    let (tokens, k) = (200, 6);
+    let x = moe_support::activations(tokens, 256, 1);
+    let (ids, w) = moe_support::routing(Routing::Skewed, tokens, k, 16, 2);
+    let isa = Isa::best();
+    let outs: Vec<Vec<f32>> = [1, 2, 3]
+        .iter()
+        .map(|&n| {
+            let r = RepackedMoe::new(Arc::new(ThreadPool::new(n).unwrap()), isa, tokens, k, &[&layer]).unwrap();
+            let mut out = moe_support::poisoned(tokens * 256);
+            r.forward(&layer, &x, &ids, &w, &mut out).unwrap();
+            out
+        })
+        .collect();
+    for o in &outs[1..] {
+        assert!(o.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}: outputs differ between thread counts");
+    }
 }

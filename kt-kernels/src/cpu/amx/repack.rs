@@ -145,7 +145,7 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                         let rows = (m.min(16), m.saturating_sub(16));
                         // Whole tiles when 32 rows are readable from m0 on (the extra
                         // rows' results are never scaled), else exactly the rows left.
-                        let whole = (rows.0 == 16 && rows.1 % 16 == 0) || t.a_rows - m0 >= MB;
+                        let whole = (rows.0 == 16 && rows.1.is_multiple_of(16)) || t.a_rows - m0 >= MB;
                         let want = if whole { (16, 16) } else { rows };
                         if loaded != Some(want) {
                             config(want.0 + want.1, kstep, kstep / 4).load();

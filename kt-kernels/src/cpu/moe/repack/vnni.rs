@@ -32,6 +32,8 @@ pub(crate) unsafe fn gemm(t: &Tile) {
     }
 }
 
+// Tokens index several per-token arrays at once: index loops read clearer here.
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,f16c")]
 unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
     let f = t.format;
@@ -109,6 +111,7 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
     }
 }
 
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn gemm_bf16(t: &Tile) {
     let pb = t.format.panel_bytes(t.k);
