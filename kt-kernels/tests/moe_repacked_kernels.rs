@@ -193,7 +193,7 @@ fn unavailable_or_bad_calls_are_errors() {
 fn kernel_throughput() {
     for f in [RepackFormat::Int4 { group: 64 }, RepackFormat::Int4 { group: 128 }, RepackFormat::Int8 { group: 64 }, RepackFormat::Bf16] {
         let (rows, cols) = (256, 2048);
-        for tokens in [1, 16, 48] {
+        for tokens in [1, 4, 8, 16, 48] {
             let c = case(f, 1, rows, cols, tokens, 9);
             for kern in [Kernel::Vnni, Kernel::Amx] {
                 if kern.check(f).is_err() {

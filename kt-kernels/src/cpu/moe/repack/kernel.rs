@@ -7,7 +7,7 @@
 //!   groups in f64 (BF16: products summed in f64). Never optimized.
 //! - `vnni` (AVX512-VNNI, AVX512-BF16): few tokens (decode), and prefill without AMX.
 //! - `cpu::amx::repack` (AMX `tdpbssd` / `tdpbf16ps`): prefill, chosen when an item has at
-//!   least [`AMX_MIN_TOKENS`] tokens and the ISA is AMX.
+//!   least [`amx_min_tokens`] tokens and the ISA is AMX.
 
 use std::ops::Range;
 
@@ -19,9 +19,20 @@ use super::matrix::{int_weight, RepackedStack};
 use crate::cpu::Isa;
 use crate::error::{KtError, Result};
 
-/// Tokens from which AMX beats the VNNI kernel on one item: an AMX tile pass costs the
-/// same for 1 and 16 rows, and the VNNI kernel streams weights once per 4 tokens.
-pub const AMX_MIN_TOKENS: usize = 8;
+/// Tokens from which AMX beats the AVX512 kernel on one item. An AMX tile pass costs
+/// the same for 1 and 16 rows; the AVX512 kernel is at its best on INT4 (the `q + 8`
+/// nibbles are `vpdpbusd`'s u8 operand as stored) and weakest on BF16 (one
+/// `vdpbf16ps` per 32 products). Measured on a 2-core Sapphire Rapids slice (one
+/// thread, 256 x 2048 tile in cache, GOP/s AVX512 vs AMX): INT4-g64 at 4 tokens
+/// 158 vs 165, at 8 tokens 159 vs 266; INT8-g64 at 1 token 83 vs 91, at 4 tokens 112
+/// vs 290; BF16 at 1 token 21 vs 61.
+pub fn amx_min_tokens(format: RepackFormat) -> usize {
+    match format {
+        RepackFormat::Int4 { .. } => 6,
+        RepackFormat::Int8 { .. } => 2,
+        RepackFormat::Bf16 => 1,
+    }
+}
 
 /// One tile of work, in raw pointers so pool threads can write disjoint outputs.
 #[derive(Clone, Copy, Debug)]
@@ -72,7 +83,7 @@ impl Kernel {
 
     /// The kernel for an item of `tokens` tokens under `isa`.
     pub fn pick(isa: Isa, format: RepackFormat, tokens: usize) -> Kernel {
-        if isa >= Isa::Amx && tokens >= AMX_MIN_TOKENS {
+        if isa >= Isa::Amx && tokens >= amx_min_tokens(format) {
             Kernel::Amx
         } else if isa >= Isa::Avx512 && (format != RepackFormat::Bf16 || isa.has_avx512_bf16()) {
             Kernel::Vnni
