@@ -9,6 +9,11 @@
 //! times the last-level cache (at most half the free memory; one copy when the layer
 //! alone is that big).
 //!
+//! `--format int4|int8|bf16` (with `--group G` for the integer formats) runs the repacked
+//! layer kind instead (`kt_kernels::cpu::moe::repack`): one random expert per projection is
+//! packed and its bytes repeated for every expert, run by `RepackedMoe` (AMX for busy
+//! experts where the ISA is AMX, AVX512-VNNI otherwise).
+//!
 //! Reported: time per call (median after warm-up), tokens/s, effective bandwidth of the
 //! weights the call touched (bytes of the distinct experts it used), its fraction of the
 //! read bandwidth measured in the same run, and TFLOP/s (2 per multiply-add, meaningful
