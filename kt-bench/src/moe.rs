@@ -9,6 +9,11 @@
 //! times the last-level cache (at most half the free memory; one copy when the layer
 //! alone is that big).
 //!
+//! `--format int4|int8|bf16` (with `--group G` for the integer formats) runs the repacked
+//! layer kind instead (`kt_kernels::cpu::moe::repack`): one random expert per projection is
+//! packed and its bytes repeated for every expert, run by `RepackedMoe` (AMX for busy
+//! experts where the ISA is AMX, AVX512-VNNI otherwise).
+//!
 //! Reported: time per call (median after warm-up), tokens/s, effective bandwidth of the
 //! weights the call touched (bytes of the distinct experts it used), its fraction of the
 //! read bandwidth measured in the same run, and TFLOP/s (2 per multiply-add, meaningful
@@ -17,6 +22,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
+use kt_kernels::cpu::moe::repack::{RepackFormat, RepackedLayer, RepackedMoe, RepackedStack};
 use kt_kernels::cpu::moe::{ExpertStack, MoeContext, MoeLayer, PoolRef};
 use kt_kernels::cpu::{self, Isa};
 use kt_kernels::quant::{self, QType};
@@ -29,9 +35,13 @@ pub struct Args {
     /// Layer shape: deepseek-v3 (H=7168, I=2048, E=256, k=8) or deepseek-v2-lite (H=2048, I=1408, E=64, k=6).
     #[arg(long, default_value = "deepseek-v2-lite")]
     pub shape: String,
-    /// Weight format: q4_k (llama.cpp's Q4_K_M mix), q2_k, q5_k; int4, int8, bf16 (repacked layouts, not implemented yet).
+    /// Weight format: q4_k (llama.cpp's Q4_K_M mix), q2_k, q5_k (GGUF-native); int4, int8, bf16
+    /// (repacked at load for AMX / AVX512-VNNI, group-scaled with --group).
     #[arg(long, default_value = "q4_k")]
     pub format: String,
+    /// Scale group of the repacked int4/int8 formats: 32, 64 or 128.
+    #[arg(long, default_value_t = 64)]
+    pub group: usize,
     /// Override the down projection's format (ggml name, e.g. q6_k, q8_0).
     #[arg(long)]
     pub down_format: Option<String>,
@@ -76,13 +86,7 @@ fn formats(format: &str, inter: usize) -> Result<(QType, QType, QType), String> 
         "q4_k" => (QType::Q4_K, if k_ok { QType::Q4_K } else { QType::Q5_0 }),
         "q2_k" => (QType::Q2_K, if k_ok { QType::Q2_K } else { QType::Q4_0 }),
         "q5_k" => (QType::Q5_K, if k_ok { QType::Q5_K } else { QType::Q5_1 }),
-        "int4" | "int8" | "bf16" => {
-            return Err(format!(
-                "--format {format}: not implemented yet (the repacked {format} layouts for AMX/VNNI are a later stage; \
-                 the GGUF-native formats are q4_k, q2_k, q5_k)"
-            ))
-        }
-        other => return Err(format!("unknown format {other:?}: q4_k, q2_k, q5_k (int4, int8, bf16 not implemented yet)")),
+        other => return Err(format!("unknown format {other:?}: q4_k, q2_k, q5_k, int4, int8, bf16")),
     };
     Ok((gu, gu, down))
 }
@@ -170,6 +174,9 @@ struct Report {
 
 pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let sh = shape(&a.shape)?;
+    if matches!(a.format.as_str(), "int4" | "int8" | "bf16") {
+        return run_repacked(a, sh);
+    }
     let (gate_q, up_q, mut down_q) = formats(&a.format, sh.inter)?;
     if let Some(d) = &a.down_format {
         down_q = QType::from_name(d).ok_or_else(|| format!("unknown --down-format {d:?}"))?;
@@ -279,6 +286,140 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             r.gate,
             r.up,
             r.down,
+            r.tokens,
+            r.top_k,
+            copies,
+            layer_bytes as f64 / 1e9
+        );
+        println!(
+            "{:.3} ms/call | {:.1} tokens/s | {:.1} experts/call | weights {:.1} GB/s = {:.0}% of bw | {:.3} TFLOP/s = {:.1}% of peak",
+            r.ms_per_call,
+            r.tokens_per_s,
+            r.distinct_experts_per_call,
+            r.weight_gbps,
+            100.0 * r.bandwidth_fraction,
+            r.tflops,
+            100.0 * r.peak_fraction
+        );
+    }
+    Ok(())
+}
+
+/// `experts x rows x cols` in a repacked format: one random expert packed, its bytes
+/// and scales repeated for every expert (packing 256 V3 experts would take minutes;
+/// repeated experts read the same from DRAM).
+fn repacked_stack(f: RepackFormat, experts: usize, rows: usize, cols: usize, seed: u64) -> Result<RepackedStack, Box<dyn std::error::Error>> {
+    let mut w = vec![0f32; rows * cols];
+    SplitMix64::new(seed).fill_normal(&mut w, 0.05);
+    let one = RepackedStack::from_f32(f, &w, 1, rows, cols)?;
+    let data = one.data().repeat(experts);
+    let scales = one.scales().repeat(experts);
+    Ok(RepackedStack::from_parts(f, experts, rows, cols, &data, scales)?)
+}
+
+/// `kt-bench moe --format int4|int8|bf16`: the same measurement over a repacked layer.
+fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
+    let f = RepackFormat::parse(&a.format, a.group)?;
+    if a.tokens == 0 {
+        return Err("--tokens must be at least 1".into());
+    }
+    let pool = machine::pool(a.threads)?;
+    let isa: Isa = cpu::isa::selected()?;
+    let m = machine::measure(pool, isa)?;
+    let (h, i, e, k) = (sh.hidden, sh.inter, sh.experts, sh.top_k);
+    let build = |seed: u64| -> Result<RepackedLayer, Box<dyn std::error::Error>> {
+        Ok(RepackedLayer::new(repacked_stack(f, e, i, h, seed)?, repacked_stack(f, e, i, h, seed + 1)?, repacked_stack(f, e, h, i, seed + 2)?)?)
+    };
+    let base = build(1)?;
+    let layer_bytes = e * base.expert_bytes();
+    let avail = available_memory_bytes();
+    let mut target = (1usize << 30).max(16 * last_level_cache_bytes());
+    if let Some(avail) = avail {
+        target = target.min(avail / 3);
+    }
+    let copies = target.div_ceil(layer_bytes).max(1);
+    if let Some(avail) = avail {
+        // Building a copy holds its bytes twice for a moment.
+        if (copies + 1) * layer_bytes > avail / 10 * 8 {
+            return Err(format!(
+                "the layer needs {:.1} GB ({copies} copies of {:.1} GB) but only {:.1} GB of memory is available",
+                (copies * layer_bytes) as f64 / 1e9,
+                layer_bytes as f64 / 1e9,
+                avail as f64 / 1e9
+            )
+            .into());
+        }
+    }
+    let mut layers = vec![base];
+    for c in 1..copies {
+        layers.push(build(10 * c as u64)?);
+    }
+    let runner = RepackedMoe::new(PoolRef::Static(pool), isa, a.tokens, k, &layers.iter().collect::<Vec<_>>())?;
+    let mut rng = SplitMix64::new(7);
+    let mut x = vec![0f32; a.tokens * h];
+    rng.fill_normal(&mut x, 1.0);
+    let mut out = vec![0f32; a.tokens * h];
+    let warmup = copies.max(3);
+    let (mut times, mut gbps, mut distinct_sum) = (Vec::new(), Vec::new(), 0usize);
+    let start = Instant::now();
+    let mut call = 0usize;
+    while call < warmup || ((start.elapsed().as_secs_f64() < a.seconds || times.len() < 10) && times.len() < 100_000) {
+        let (ids, w, distinct) = draw_routing(&mut rng, a.tokens, k, e);
+        let layer = &layers[call % copies];
+        let t = Instant::now();
+        runner.forward(layer, &x, &ids, &w, &mut out)?;
+        let secs = t.elapsed().as_secs_f64();
+        if call >= warmup {
+            times.push(secs);
+            gbps.push((distinct * layer.expert_bytes()) as f64 / secs / 1e9);
+            distinct_sum += distinct;
+        }
+        call += 1;
+    }
+    if out.iter().any(|v| !v.is_finite()) {
+        return Err("the MoE output has non-finite values".into());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        v[v.len() / 2]
+    };
+    let secs = median(&mut times);
+    let weight_gbps = median(&mut gbps);
+    let flops = 2.0 * (a.tokens * k * 3 * h * i) as f64;
+    let name = f.name();
+    let r = Report {
+        shape: sh.name,
+        gate: name.clone(),
+        up: name.clone(),
+        down: name,
+        tokens: a.tokens,
+        top_k: k,
+        isa: isa.to_string(),
+        threads: pool.threads(),
+        layer_copies: copies,
+        ms_per_call: secs * 1e3,
+        tokens_per_s: a.tokens as f64 / secs,
+        distinct_experts_per_call: distinct_sum as f64 / times.len() as f64,
+        weight_gbps,
+        dram_gbps: m.dram_gbps,
+        bandwidth_fraction: weight_gbps / m.dram_gbps,
+        tflops: flops / secs / 1e12,
+        peak_tops: m.peak_gops / 1e3,
+        peak_kind: m.peak_kind,
+        peak_fraction: flops / secs / 1e9 / m.peak_gops,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "kt-bench moe | {} | isa {} | {} threads | read bandwidth {:.1} GB/s | peak {:.0} GOP/s ({})",
+            m.cpu, r.isa, r.threads, r.dram_gbps, m.peak_gops, r.peak_kind
+        );
+        println!(
+            "{} {} ({:.2} bits/weight, repacked) | {} tokens x top-{} | {} copies of the {:.2} GB layer",
+            r.shape,
+            r.gate,
+            f.bits_per_weight(),
             r.tokens,
             r.top_k,
             copies,

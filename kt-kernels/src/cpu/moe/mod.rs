@@ -57,9 +57,9 @@
 //! partials differs from the full output only by f32 summation order
 //! (`tests/moe_api.rs` checks it).
 //!
-//! Repacked layouts (INT8/INT4 group-scaled, BF16 for AMX and VNNI) are a later stage: they
-//! would add a layer kind whose weights are converted at load time; the routing, the
-//! phases and the context stay as they are.
+//! Repacked layouts (INT8/INT4 group-scaled, BF16 for AMX and VNNI) are the layer kind of
+//! [`repack`]: weights converted at load time, run by [`repack::RepackedMoe`] with this
+//! operator's routing and work split and its own kernels.
 //!
 //! [`GEMV_MAX_TOKENS`]: crate::cpu::GEMV_MAX_TOKENS
 //! [`ThreadPool::for_each`]: crate::cpu::ThreadPool::for_each
@@ -69,6 +69,7 @@ mod context;
 mod layer;
 mod plan;
 pub mod reference;
+pub mod repack;
 mod routing;
 mod scratch;
 

@@ -1,0 +1,269 @@
+//! AMX GEMM over the repacked expert layouts (prefill: many tokens per expert).
+//!
+//! Blocks of 32 tokens x 32 outputs: tiles 0..4 are the C blocks `C[mi][ni]`
+//! (`2 * mi + ni`), tiles 4, 5 the activation rows (A, 16 tokens each), tiles 6, 7 the
+//! weight panels (B, already in VNNI form in memory: one 64-byte line per tile row).
+//!
+//! INT8/INT4: per group of G reduction elements, `tdpbssd` accumulates the group's
+//! integer dot in C (G/64 K-steps of 64, or one of 32 for G=32), the C tiles are stored
+//! and scaled in f32 by `d_w[n] * d_a[t]` into an f32 accumulator block; INT4 panels are
+//! first unpacked to int8 (`q + 8` nibbles minus 8) into an on-stack B buffer. BF16:
+//! `tdpbf16ps` accumulates all of K in C and C is stored straight to the output.
+//! Rows past the last token are never loaded or stored: the A and C tiles of the last
+//! block are configured with the rows that remain.
+
+use std::arch::x86_64::*;
+
+use super::tiles::{tile_dp_bf16, tile_dp_i8, tile_load, tile_store, tile_zero, TileConfig};
+use crate::cpu::moe::repack::{RepackFormat, Tile, PANEL};
+
+/// Tokens and panels per block.
+const MB: usize = 32;
+const NB: usize = 2;
+
+#[repr(C, align(64))]
+struct Block<T: Copy, const N: usize>([T; N]);
+
+/// # Safety
+/// As `Kernel::run`: valid tile extents, exclusive output, and `Isa::Amx.check()` passed.
+pub(crate) unsafe fn gemm(t: &Tile) {
+    // SAFETY: forwarded.
+    unsafe {
+        match t.format {
+            RepackFormat::Bf16 => gemm_bf16(t),
+            RepackFormat::Int4 { group } => gemm_int::<true>(t, group),
+            RepackFormat::Int8 { group } => gemm_int::<false>(t, group),
+        }
+    }
+}
+
+/// The configuration of one 32-token block with `m` (1..=32) tokens: A/C rows follow
+/// the tokens; `kb` bytes per A row and `kb / 4` B rows per K-step.
+fn config(m: usize, kb: usize, brows: usize) -> TileConfig {
+    let mut c = TileConfig::new();
+    let (r0, r1) = (m.min(16), m.saturating_sub(16));
+    for (mi, rows) in [(0, r0), (1, r1)] {
+        if rows > 0 {
+            c.set(4 + mi, rows, kb);
+            c.set(2 * mi, rows, 64);
+            c.set(2 * mi + 1, rows, 64);
+        }
+    }
+    c.set(6, brows, 64);
+    c.set(7, brows, 64);
+    c
+}
+
+/// One 32-token block's C tiles waiting in `cbuf[buf]` to be scaled into the
+/// accumulators: scaling runs while the next block's `tdpbssd`s execute.
+#[derive(Clone, Copy)]
+struct Pending {
+    buf: usize,
+    /// First token of the block (relative to the super-block) and its token count.
+    m0: usize,
+    m: usize,
+    g: usize,
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
+    let (f, k) = (t.format, t.k);
+    let groups = k / group;
+    let kstep = group.min(64);
+    let (pb, ps) = (f.panel_bytes(k), f.panel_scales(k));
+    // Per super-block of up to SB tokens x 2 panels: the f32 accumulators; per 32-token
+    // block the i32 C tiles (double-buffered, see `Pending`); per group, for INT4, each
+    // panel's group unpacked to int8 (G x 16 bytes per panel) once for all the
+    // super-block's tokens.
+    const SB: usize = 2 * MB;
+    const LDC: usize = NB * PANEL;
+    let mut cbuf = Block::<i32, { 2 * MB * LDC }>([0; 2 * MB * LDC]);
+    let mut acc = Block::<f32, { SB * LDC }>([0.0; SB * LDC]);
+    let mut unpacked = Block::<u8, { NB * 128 * PANEL }>([0; NB * 128 * PANEL]);
+    let nib = _mm512_set1_epi8(0x0F);
+    let eight = _mm512_set1_epi8(8);
+    // Rows of the two A tiles in the loaded configuration.
+    let mut loaded: Option<(usize, usize)> = None;
+    for s0 in (0..t.tokens).step_by(SB) {
+        let sm = SB.min(t.tokens - s0);
+        // SAFETY (whole block): the tile's extents (caller) cover every pointer formed
+        // here: activation rows s0..s0+sm (A tiles load at most the rows the caller says
+        // are readable), panels p0..p0+nt, their scales, and outputs; AMX is enabled
+        // (caller). The buffers are locals of sufficient size (asserted by their types).
+        unsafe {
+            for p0 in (0..t.panels).step_by(NB) {
+                let nt = if p0 + 1 < t.panels { 2 } else { 1 };
+                acc.0[..sm * LDC].fill(0.0);
+                // Scales `pending`'s C block into the accumulators.
+                let scale_block = |acc: &mut Block<f32, { SB * LDC }>, cbuf: &Block<i32, { 2 * MB * LDC }>, p: Pending| {
+                    let wsc = [0, nt - 1].map(|ni| _mm512_cvtph_ps(_mm256_loadu_si256(t.scales.add((p0 + ni) * ps + p.g * PANEL) as *const __m256i)));
+                    for r in 0..p.m {
+                        let row = s0 + p.m0 + r;
+                        let ascale = _mm512_set1_ps((t.a.add(row * t.a_stride + k + 4 * p.g) as *const f32).read_unaligned());
+                        for (ni, w) in wsc.iter().enumerate().take(nt) {
+                            let ci = _mm512_load_si512(cbuf.0.as_ptr().add(p.buf * MB * LDC + r * LDC + ni * PANEL) as *const _);
+                            let ap = acc.0.as_mut_ptr().add((p.m0 + r) * LDC + ni * PANEL);
+                            _mm512_store_ps(ap, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ci), _mm512_mul_ps(*w, ascale), _mm512_load_ps(ap)));
+                        }
+                    }
+                };
+                let mut pending: Option<Pending> = None;
+                let mut next_buf = 0;
+                for g in 0..groups {
+                    // Prefetch the group after next of each panel (the weights stream
+                    // from DRAM once per item).
+                    if g + 2 < groups {
+                        let gb = f.panel_bytes(group);
+                        for ni in 0..nt {
+                            let base = t.w.add((p0 + ni) * pb + (g + 2) * gb);
+                            for l in (0..gb).step_by(64) {
+                                _mm_prefetch::<_MM_HINT_T0>(base.add(l) as *const i8);
+                            }
+                        }
+                    }
+                    // B source of each panel for this group: the packed lines (INT8) or
+                    // the unpacked buffer (INT4), 64 bytes per K-step row.
+                    let mut b = [std::ptr::null::<u8>(); NB];
+                    for (ni, bp) in b.iter_mut().enumerate().take(nt) {
+                        let panel = t.w.add((p0 + ni) * pb);
+                        if INT4 {
+                            let dst = unpacked.0.as_mut_ptr().add(ni * group * PANEL);
+                            for i in 0..group / 8 {
+                                let line = _mm512_loadu_si512(panel.add((g * group / 8 + i) * 64) as *const _);
+                                let lo = _mm512_sub_epi8(_mm512_and_si512(line, nib), eight);
+                                let hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(line), nib), eight);
+                                _mm512_store_si512(dst.add(128 * i) as *mut _, lo);
+                                _mm512_store_si512(dst.add(128 * i + 64) as *mut _, hi);
+                            }
+                            *bp = dst;
+                        } else {
+                            *bp = panel.add(g * group * PANEL);
+                        }
+                    }
+                    for m0 in (s0..s0 + sm).step_by(MB) {
+                        let m = MB.min(s0 + sm - m0);
+                        let rows = (m.min(16), m.saturating_sub(16));
+                        // Whole tiles when 32 rows are readable from m0 on (the extra
+                        // rows' results are never scaled), else exactly the rows left.
+                        let whole = (rows.0 == 16 && rows.1.is_multiple_of(16)) || t.a_rows - m0 >= MB;
+                        let want = if whole { (16, 16) } else { rows };
+                        if loaded != Some(want) {
+                            config(want.0 + want.1, kstep, kstep / 4).load();
+                            loaded = Some(want);
+                        }
+                        let two_m = rows.1 > 0;
+                        let a0 = t.a.add(m0 * t.a_stride);
+                        let a1 = a0.wrapping_add(16 * t.a_stride);
+                        tile_zero!(0);
+                        tile_zero!(1);
+                        if two_m {
+                            tile_zero!(2);
+                            tile_zero!(3);
+                        }
+                        for s in 0..group / kstep {
+                            let ka = g * group + s * kstep;
+                            let kb = s * kstep * PANEL;
+                            tile_load!(4, a0.add(ka), t.a_stride);
+                            tile_load!(6, b[0].add(kb), 64usize);
+                            tile_dp_i8!(0, 4, 6);
+                            if nt == 2 {
+                                tile_load!(7, b[1].add(kb), 64usize);
+                                tile_dp_i8!(1, 4, 7);
+                            }
+                            if two_m {
+                                tile_load!(5, a1.add(ka), t.a_stride);
+                                tile_dp_i8!(2, 5, 6);
+                                if nt == 2 {
+                                    tile_dp_i8!(3, 5, 7);
+                                }
+                            }
+                        }
+                        let c = cbuf.0.as_mut_ptr().add(next_buf * MB * LDC) as *mut u8;
+                        let ldc_b = LDC * 4;
+                        tile_store!(0, c, ldc_b);
+                        if nt == 2 {
+                            tile_store!(1, c.add(64), ldc_b);
+                        }
+                        if two_m {
+                            tile_store!(2, c.add(16 * ldc_b), ldc_b);
+                            if nt == 2 {
+                                tile_store!(3, c.add(16 * ldc_b + 64), ldc_b);
+                            }
+                        }
+                        // The previous block's scaling overlaps this block's tile work.
+                        if let Some(p) = pending.replace(Pending { buf: next_buf, m0: m0 - s0, m, g }) {
+                            scale_block(&mut acc, &cbuf, p);
+                        }
+                        next_buf ^= 1;
+                    }
+                }
+                if let Some(p) = pending.take() {
+                    scale_block(&mut acc, &cbuf, p);
+                }
+                for r in 0..sm {
+                    for ni in 0..nt {
+                        let v = _mm512_load_ps(acc.0.as_ptr().add(r * LDC + ni * PANEL));
+                        _mm512_storeu_ps(t.out.add((s0 + r) * t.ldo + (p0 + ni) * PANEL), v);
+                    }
+                }
+            }
+        }
+    }
+    // SAFETY: AMX is enabled (caller); ends this item's use of the tiles.
+    unsafe { super::tiles::release() };
+}
+
+unsafe fn gemm_bf16(t: &Tile) {
+    let pb = t.format.panel_bytes(t.k);
+    let ldo_b = t.ldo * 4;
+    for m0 in (0..t.tokens).step_by(MB) {
+        let m = MB.min(t.tokens - m0);
+        let two_m = m > 16;
+        // SAFETY (whole block): as in gemm_int; C tiles are stored straight into the
+        // output rows m0..m0+m (configured rows) and columns of panels p0..p0+nt.
+        unsafe {
+            config(m, 64, 16).load();
+            let a0 = t.a.add(m0 * t.a_stride);
+            let a1 = a0.wrapping_add(16 * t.a_stride);
+            for p0 in (0..t.panels).step_by(NB) {
+                let two_n = p0 + 1 < t.panels;
+                let (b0, b1) = (t.w.add(p0 * pb), t.w.wrapping_add((p0 + 1) * pb));
+                tile_zero!(0);
+                tile_zero!(1);
+                if two_m {
+                    tile_zero!(2);
+                    tile_zero!(3);
+                }
+                // One K-step: 32 reduction elements = 64 bytes of A, 16 lines of B.
+                for s in 0..t.k / 32 {
+                    tile_load!(4, a0.add(64 * s), t.a_stride);
+                    tile_load!(6, b0.add(1024 * s), 64usize);
+                    tile_dp_bf16!(0, 4, 6);
+                    if two_n {
+                        tile_load!(7, b1.add(1024 * s), 64usize);
+                        tile_dp_bf16!(1, 4, 7);
+                    }
+                    if two_m {
+                        tile_load!(5, a1.add(64 * s), t.a_stride);
+                        tile_dp_bf16!(2, 5, 6);
+                        if two_n {
+                            tile_dp_bf16!(3, 5, 7);
+                        }
+                    }
+                }
+                let o = t.out.add(m0 * t.ldo + p0 * PANEL) as *mut u8;
+                tile_store!(0, o, ldo_b);
+                if two_n {
+                    tile_store!(1, o.add(64), ldo_b);
+                }
+                if two_m {
+                    tile_store!(2, o.add(16 * ldo_b), ldo_b);
+                    if two_n {
+                        tile_store!(3, o.add(16 * ldo_b + 64), ldo_b);
+                    }
+                }
+            }
+            super::tiles::release();
+        }
+    }
+}

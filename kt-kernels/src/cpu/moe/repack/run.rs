@@ -1,0 +1,351 @@
+//! [`RepackedMoe`]: runs [`RepackedLayer`]s on the pool. The phases are those of the
+//! GGUF-native operator (`compute.rs`): route, quantize and gather, gate+up with
+//! `silu(g) * u`, quantize the intermediate, down, combine; the work split is the same
+//! (`plan.rs`: 64 x 64 items for busy experts, one item per light expert), and each item
+//! picks its kernel by its token count ([`Kernel::pick`]): AMX for busy experts, the
+//! AVX512 kernel for light ones. Tile sizes depend only on the routing, so results do not
+//! depend on the number of threads.
+
+use std::sync::{Mutex, MutexGuard};
+
+use super::act::quantize_row_with;
+use super::format::{RepackFormat, PANEL};
+use super::kernel::{Kernel, Tile};
+use super::layer::RepackedLayer;
+use super::matrix::RepackedStack;
+use crate::cpu::moe::plan::{self, Item, MAX_ITEM_FLOATS};
+use crate::cpu::moe::routing::Routing;
+use crate::cpu::moe::PoolRef;
+use crate::cpu::{Isa, ThreadPool};
+use crate::error::{KtError, Result};
+use crate::util::AlignedBuf;
+
+/// Below this many multiply-adds a phase runs on the calling thread alone.
+const SERIAL_ELEMS: usize = 1 << 16;
+/// Readable rows after the last position of the activation buffers (two AMX tiles).
+const PAD_ROWS: usize = 32;
+
+/// A raw pointer shared by the pool threads of one phase.
+#[derive(Clone, Copy)]
+struct Raw<T>(*mut T);
+// SAFETY: a `Raw` crosses threads only inside one phase, whose items touch disjoint
+// elements, while the buffer it points into is exclusively borrowed by the call.
+unsafe impl<T> Send for Raw<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Raw<T> {}
+impl<T> Raw<T> {
+    fn new(p: *const T) -> Self {
+        Raw(p as *mut T)
+    }
+    fn at(self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// Runs repacked MoE layers: calls of up to `max_tokens` tokens and `max_top_k` slots.
+pub struct RepackedMoe {
+    pool: PoolRef,
+    isa: Isa,
+    max_tokens: usize,
+    max_top_k: usize,
+    scratch: Mutex<Scratch>,
+}
+
+#[derive(Default)]
+struct Scratch {
+    /// (hidden, intermediate, experts, act row bytes gate/up, act row bytes down)
+    sized_for: [usize; 5],
+    routing: Routing,
+    items_up: Vec<Item>,
+    items_down: Vec<Item>,
+    act: AlignedBuf,
+    inter: Vec<f32>,
+    inter_q: AlignedBuf,
+    down_out: Vec<f32>,
+    tiles: Vec<f32>,
+}
+
+fn shape(detail: String) -> KtError {
+    KtError::Shape { op: "RepackedMoe", detail }
+}
+
+impl RepackedMoe {
+    /// Scratch sized for `layers`; `isa` decides the kernels (AMX items need
+    /// `Isa::Amx`, an error here when this machine lacks or refuses it).
+    pub fn new(pool: impl Into<PoolRef>, isa: Isa, max_tokens: usize, max_top_k: usize, layers: &[&RepackedLayer]) -> Result<RepackedMoe> {
+        isa.check()?;
+        if max_tokens == 0 || max_top_k == 0 {
+            return Err(shape(format!("max_tokens {max_tokens} and max_top_k {max_top_k} must be positive")));
+        }
+        let m = RepackedMoe { pool: pool.into(), isa, max_tokens, max_top_k, scratch: Mutex::new(Scratch::default()) };
+        for l in layers {
+            m.reserve(l)?;
+        }
+        Ok(m)
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Sizes the scratch for `layer` (allocates: call at setup).
+    pub fn reserve(&self, layer: &RepackedLayer) -> Result<()> {
+        let need = needs(layer);
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let n: Vec<usize> = s.sized_for.iter().zip(need).map(|(&a, b)| a.max(b)).collect();
+        let (h, i, e, ag, ad) = (n[0], n[1], n[2], n[3], n[4]);
+        let pairs = self.max_tokens * self.max_top_k;
+        s.routing.reserve(e, pairs);
+        let items = plan::max_items(i.max(h), pairs, e);
+        for v in [&mut s.items_up, &mut s.items_down] {
+            v.reserve_exact(items.saturating_sub(v.len()));
+        }
+        let padded = pairs + PAD_ROWS;
+        let (act_len, inter_q_len) = (s.act.len().max(padded * ag), s.inter_q.len().max(padded * ad));
+        s.act.resize(act_len);
+        s.inter_q.resize(inter_q_len);
+        grow(&mut s.inter, pairs * i);
+        grow(&mut s.down_out, pairs * h);
+        grow(&mut s.tiles, self.pool.threads() * 2 * MAX_ITEM_FLOATS);
+        s.sized_for = [h, i, e, ag, ad];
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Scratch> {
+        self.scratch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `out[t] = sum_s weights[t,s] * expert_{ids[t,s]}(x[t])` for `x: [T, H]`,
+    /// `ids, weights: [T, k]`, `out: [T, H]`, on the calling thread and the pool.
+    pub fn forward(&self, layer: &RepackedLayer, x: &[f32], ids: &[u32], weights: &[f32], out: &mut [f32]) -> Result<()> {
+        let (h, e_count) = (layer.hidden(), layer.experts());
+        if !x.len().is_multiple_of(h) || out.len() != x.len() {
+            return Err(shape(format!("x has {} and out {} elements; both must be tokens x {h}", x.len(), out.len())));
+        }
+        let tokens = x.len() / h;
+        if tokens == 0 {
+            return Ok(());
+        }
+        if tokens > self.max_tokens || ids.is_empty() || !ids.len().is_multiple_of(tokens) || weights.len() != ids.len() {
+            return Err(shape(format!(
+                "{tokens} tokens (at most {}), {} ids and {} weights: need tokens x k of each",
+                self.max_tokens,
+                ids.len(),
+                weights.len()
+            )));
+        }
+        let k = ids.len() / tokens;
+        if k > self.max_top_k {
+            return Err(shape(format!("{k} experts per token, built for at most {}", self.max_top_k)));
+        }
+        if let Some(i) = ids.iter().position(|&e| e as usize >= e_count) {
+            return Err(shape(format!("token {} slot {}: expert id {} but the layer has {e_count} experts", i / k, i % k, ids[i])));
+        }
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let need = needs(layer);
+        if s.sized_for.iter().zip(need).any(|(&a, b)| a < b) {
+            return Err(shape("the scratch was not sized for this layer: pass it to RepackedMoe::new or reserve()".into()));
+        }
+        let pool: &ThreadPool = &self.pool;
+        let l = &*layer.inner;
+        let i_dim = layer.intermediate();
+        let pairs = tokens * k;
+        let (fg, fd) = (l.gate.format(), l.down.format());
+        let (act_g, act_d) = (fg.act_row_bytes(h), fd.act_row_bytes(i_dim));
+
+        s.routing.route(ids, e_count);
+        plan::build(&mut s.items_up, &s.routing, 0..i_dim);
+        plan::build(&mut s.items_down, &s.routing, 0..h);
+        let inter = &mut s.inter[..pairs * i_dim];
+        let down_out = &mut s.down_out[..pairs * h];
+        if cfg!(debug_assertions) {
+            inter.fill(f32::NAN);
+            down_out.fill(f32::NAN);
+        }
+        let pos_of = &s.routing.pos_of[..pairs];
+        // The padding rows after the last position are readable (stale or zero bytes)
+        // so AMX can load whole tiles; their results are dropped.
+        let act_all = &mut s.act.as_mut_slice()[..(pairs + PAD_ROWS) * act_g];
+        let (act, _) = act_all.split_at_mut(pairs * act_g);
+        gather(pool, self.isa, fg, x, h, k, pos_of, act, act_g);
+        gate_up(pool, self.isa, l, &s.items_up, act_all, act_g, inter, &mut s.tiles);
+        let inter_q_all = &mut s.inter_q.as_mut_slice()[..(pairs + PAD_ROWS) * act_d];
+        let (inter_q, _) = inter_q_all.split_at_mut(pairs * act_d);
+        quantize_rows(pool, self.isa, fd, inter, i_dim, inter_q, act_d);
+        down(pool, self.isa, &l.down, &s.items_down, inter_q_all, act_d, down_out);
+        combine(pool, pos_of, down_out, h, k, weights, out);
+        Ok(())
+    }
+}
+
+/// (hidden, intermediate, experts, act row bytes of gate/up and of down).
+fn needs(layer: &RepackedLayer) -> [usize; 5] {
+    let (h, i) = (layer.hidden(), layer.intermediate());
+    [h, i, layer.experts(), layer.gate().format().act_row_bytes(h), layer.down().format().act_row_bytes(i)]
+}
+
+fn grow<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+}
+
+fn phase(pool: &ThreadPool, n: usize, elems: usize, body: &(dyn Fn(usize, usize) + Sync)) {
+    if elems < SERIAL_ELEMS {
+        (0..n).for_each(|i| body(i, 0));
+    } else {
+        pool.for_each(n, body);
+    }
+}
+
+/// Quantizes each token once and copies the row to its `k` positions.
+#[allow(clippy::too_many_arguments)]
+fn gather(pool: &ThreadPool, isa: Isa, f: RepackFormat, x: &[f32], h: usize, k: usize, pos_of: &[u32], dst: &mut [u8], row: usize) {
+    let tokens = x.len() / h;
+    let dst = Raw::new(dst.as_mut_ptr());
+    phase(pool, tokens, tokens * h, &|t, _| {
+        let slots = &pos_of[t * k..(t + 1) * k];
+        let first = slots[0] as usize;
+        // SAFETY: positions are a permutation of 0..tokens * k, so token t's rows belong
+        // to this item only, each inside `dst` (pairs rows of `row` bytes).
+        let first_row = unsafe { std::slice::from_raw_parts_mut(dst.at(first * row), row) };
+        quantize_row_with(isa, f, &x[t * h..(t + 1) * h], first_row);
+        for &p in &slots[1..] {
+            // SAFETY: as above; distinct positions' rows do not overlap.
+            unsafe { std::ptr::copy_nonoverlapping(dst.at(first * row), dst.at(p as usize * row), row) };
+        }
+    });
+}
+
+/// The tile of rows `r0..r0 + rows` (whole panels) of expert `e` of `stack`.
+#[allow(clippy::too_many_arguments)]
+fn tile(stack: &RepackedStack, e: usize, r0: usize, rows: usize, a: *const u8, a_stride: usize, tokens: usize, a_rows: usize, out: *mut f32, ldo: usize) -> Tile {
+    let f = stack.format();
+    let k = stack.cols();
+    let (pb, ps) = (f.panel_bytes(k), f.panel_scales(k));
+    let panels_per_expert = stack.rows() / PANEL;
+    let p = e * panels_per_expert + r0 / PANEL;
+    Tile {
+        format: f,
+        k,
+        w: stack.data().as_ptr().wrapping_add(p * pb),
+        scales: stack.scales().as_ptr().wrapping_add(p * ps),
+        panels: rows / PANEL,
+        a,
+        a_stride,
+        tokens,
+        a_rows,
+        out,
+        ldo,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gate_up(pool: &ThreadPool, isa: Isa, l: &super::layer::Inner, items: &[Item], act: &[u8], act_row: usize, inter: &mut [f32], tiles: &mut [f32]) {
+    let a_rows = act.len() / act_row;
+    let i_dim = l.gate.rows();
+    let h = l.gate.cols();
+    let a = Raw::new(act.as_ptr());
+    let (inter, tiles) = (Raw::new(inter.as_mut_ptr()), Raw::new(tiles.as_mut_ptr()));
+    let work = items.iter().map(|it| it.rows as usize * it.tokens as usize).sum::<usize>() * h;
+    phase(pool, items.len(), work, &|i, thread| {
+        let it = items[i];
+        let (e, r0, nr, p0, nt) = (it.expert as usize, it.row0 as usize, it.rows as usize, it.pos0 as usize, it.tokens as usize);
+        let g_out = tiles.at(thread * 2 * MAX_ITEM_FLOATS);
+        let u_out = tiles.at(thread * 2 * MAX_ITEM_FLOATS + MAX_ITEM_FLOATS);
+        let kern = Kernel::pick(isa, l.gate.format(), nt);
+        let ap = a.at(p0 * act_row);
+        // SAFETY: e < experts (checked by forward) and r0..r0+nr are whole panels inside
+        // 0..I (plan blocks are multiples of 16 and I is), positions p0..p0+nt lie in the
+        // gathered activations, the thread's two tile buffers hold MAX_ITEM_FLOATS >=
+        // nr * nt floats each and only this thread uses them; `pick` only returns
+        // kernels the checked ISA runs.
+        unsafe {
+            kern.run(&tile(&l.gate, e, r0, nr, ap, act_row, nt, a_rows - p0, g_out, nr));
+            kern.run(&tile(&l.up, e, r0, nr, ap, act_row, nt, a_rows - p0, u_out, nr));
+        }
+        for t in 0..nt {
+            // SAFETY: the tiles were just written (nt x nr each); the intermediate part
+            // (position p0+t, rows r0..r0+nr) belongs to this item.
+            let (g, u, hrow) = unsafe {
+                (
+                    std::slice::from_raw_parts(g_out.add(t * nr), nr),
+                    std::slice::from_raw_parts(u_out.add(t * nr), nr),
+                    std::slice::from_raw_parts_mut(inter.at((p0 + t) * i_dim + r0), nr),
+                )
+            };
+            silu_mul_with(isa, g, u, hrow);
+        }
+    });
+}
+
+/// `out[i] = silu(g[i]) * u[i]` with the fastest code `isa` allows (the AVX512 one is
+/// within a few ulp of the scalar formula); slices of one length.
+pub fn silu_mul_with(isa: Isa, g: &[f32], u: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX512F was detected; silu_mul checks the lengths.
+        unsafe { super::silu_avx512::silu_mul(g, u, out) };
+        return;
+    }
+    let _ = isa;
+    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+        *o = silu(g) * u;
+    }
+}
+
+/// `g * sigmoid(g)` in f32 (the GGUF-native operator's formula).
+pub(crate) fn silu(g: f32) -> f32 {
+    g / (1.0 + (-g).exp())
+}
+
+fn quantize_rows(pool: &ThreadPool, isa: Isa, f: RepackFormat, inter: &[f32], n: usize, dst: &mut [u8], row: usize) {
+    let rows = inter.len() / n;
+    let per_item = (SERIAL_ELEMS / 4 / n).max(1);
+    let dst = Raw::new(dst.as_mut_ptr());
+    phase(pool, rows.div_ceil(per_item), inter.len(), &|i, _| {
+        for p in i * per_item..((i + 1) * per_item).min(rows) {
+            // SAFETY: row p of `dst` (rows x `row` bytes) belongs to item i only.
+            let out = unsafe { std::slice::from_raw_parts_mut(dst.at(p * row), row) };
+            quantize_row_with(isa, f, &inter[p * n..(p + 1) * n], out);
+        }
+    });
+}
+
+fn down(pool: &ThreadPool, isa: Isa, stack: &RepackedStack, items: &[Item], act: &[u8], act_row: usize, down_out: &mut [f32]) {
+    let a_rows = act.len() / act_row;
+    let h = stack.rows();
+    let a = Raw::new(act.as_ptr());
+    let out = Raw::new(down_out.as_mut_ptr());
+    let work = items.iter().map(|it| it.rows as usize * it.tokens as usize).sum::<usize>() * stack.cols();
+    phase(pool, items.len(), work, &|i, _| {
+        let it = items[i];
+        let (e, r0, nr, p0, nt) = (it.expert as usize, it.row0 as usize, it.rows as usize, it.pos0 as usize, it.tokens as usize);
+        let kern = Kernel::pick(isa, stack.format(), nt);
+        // SAFETY: as in gate_up; the (positions, rows) block of down_out (pairs x h)
+        // belongs to this item.
+        unsafe { kern.run(&tile(stack, e, r0, nr, a.at(p0 * act_row), act_row, nt, a_rows - p0, out.at(p0 * h + r0), h)) };
+    });
+}
+
+/// `out[t] = sum_s w[t,s] * down_out[pos(t,s)]`, summed in slot order.
+fn combine(pool: &ThreadPool, pos_of: &[u32], down_out: &[f32], h: usize, k: usize, weights: &[f32], out: &mut [f32]) {
+    let tokens = out.len() / h;
+    let o = Raw::new(out.as_mut_ptr());
+    phase(pool, tokens, tokens * h * k, &|t, _| {
+        // SAFETY: token t's output row belongs to item t only.
+        let dst = unsafe { std::slice::from_raw_parts_mut(o.at(t * h), h) };
+        for s in 0..k {
+            let w = weights[t * k + s];
+            let p = pos_of[t * k + s] as usize;
+            let src = &down_out[p * h..(p + 1) * h];
+            if s == 0 {
+                dst.iter_mut().zip(src).for_each(|(o, &v)| *o = w * v);
+            } else {
+                dst.iter_mut().zip(src).for_each(|(o, &v)| *o += w * v);
+            }
+        }
+    });
+}

@@ -1,0 +1,159 @@
+//! The repacked MoE operator ([`RepackedMoe`]) against
+//! - [`reference_exact`] (the repacked weights and activation quantization exactly,
+//!   scalar kernel, f64 sums): tight;
+//! - [`moe::reference`] over the ORIGINAL GGUF weights (f32 activations): within the
+//!   layout's measured weight error plus the activation quantization (see `loose_tol`).
+//!
+//! On every ISA this machine has (AMX items only on AMX machines, VNNI on AVX512; other
+//! ISAs use the scalar kernel). T in {1, 2, 7, 64, 513}, k in {6, 8}, uniform routing
+//! with an unused expert, skewed routing (a few experts get most tokens: multi-block
+//! AMX items) and repeated experts within a token. Outputs start as NaN.
+
+mod moe_support;
+
+use std::sync::Arc;
+
+use kt_kernels::cpu::moe::repack::{reference_exact, repack_error, RepackFormat, RepackedLayer, RepackedMoe};
+use kt_kernels::cpu::moe::{self};
+use kt_kernels::cpu::{Isa, ThreadPool};
+use kt_kernels::quant::QType;
+use moe_support::{Routing, Spec};
+
+/// Tight bound, relative L2 per token, against `reference_exact`. Both sides quantize
+/// the same activations and multiply the same integers; they differ by f32 vs f64
+/// summation (~1e-6 relative) in gate/up, which moves an intermediate element across a
+/// quantization boundary with probability ~1e-4 (bf16: its step is 2^-8 relative, ~1e-3);
+/// such a flip changes that element by one step (1/127 of its group's max; bf16 2^-8), so
+/// a token's output moves by well under 1e-3 relative. A wrong expert, slot, row or
+/// group scale moves it by tens of percent.
+const TIGHT: f64 = 1e-3;
+
+/// Loose bound against the original weights: each projection's output carries its
+/// weight error (relative Frobenius `eps`, uncorrelated with the activations, passes
+/// through unchanged on average), gate and up feed the output through `silu(g) * u`
+/// (~one each), down once; int8 activations add ~1.1% per stage (x before gate/up, the
+/// intermediate before down: amax/127 steps, see moe_correctness.rs), bf16 activations
+/// 2^-8/sqrt(3) = 0.23%. Twice the sum leaves room for a token's outputs to fluctuate
+/// around the average.
+fn loose_tol(eps: [f64; 3], f: RepackFormat) -> f64 {
+    let act = if f == RepackFormat::Bf16 { 0.0023 } else { 0.011 };
+    2.0 * (eps[0] + eps[1] + eps[2] + 3.0 * act)
+}
+
+fn check(label: &str, got: &[f32], want: &[f32], h: usize, tol: f64) {
+    for (i, v) in got.iter().enumerate() {
+        assert!(v.is_finite(), "{label}: output {i} is {v} (unwritten?)");
+    }
+    let rel = moe_support::max_token_rel_l2(got, want, h);
+    assert!(rel <= tol, "{label}: relative L2 error {rel:.5} > {tol:.5}");
+}
+
+fn run_format(f: RepackFormat, down_q: QType) {
+    let spec = Spec { hidden: 256, inter: 256, experts: 16, gate: QType::Q4_K, up: QType::Q4_K, down: down_q };
+    let b = moe_support::build(spec, 7);
+    let layer = RepackedLayer::from_layer(&b.layer, f, f).unwrap();
+    let eps = [
+        repack_error(b.layer.gate(), layer.gate()).unwrap(),
+        repack_error(b.layer.up(), layer.up()).unwrap(),
+        repack_error(b.layer.down(), layer.down()).unwrap(),
+    ];
+    let loose = loose_tol(eps, f);
+    let h = spec.hidden;
+    let pool = Arc::new(ThreadPool::new(2).unwrap());
+    // AVX2 runs the scalar kernel as Scalar does: one of them is enough.
+    let isas = Isa::available().into_iter().filter(|&i| i != Isa::Avx2);
+    let runners: Vec<RepackedMoe> = isas.map(|isa| RepackedMoe::new(pool.clone(), isa, 513, 8, &[&layer]).unwrap()).collect();
+    if !Isa::available().contains(&Isa::Amx) {
+        eprintln!("AMX absent or refused: the AMX items are not tested here ({:?})", Isa::Amx.check().err());
+    }
+    for (tokens, k, mode) in [
+        (1, 6, Routing::Uniform),
+        (2, 8, Routing::Duplicates),
+        (7, 6, Routing::Skewed),
+        (64, 8, Routing::Uniform),
+        (64, 6, Routing::Skewed),
+        (513, 8, Routing::Duplicates),
+        (513, 6, Routing::Skewed),
+    ] {
+        let x = moe_support::activations(tokens, h, tokens as u64);
+        let (ids, w) = moe_support::routing(mode, tokens, k, spec.experts, tokens as u64 + 3);
+        let mut exact = moe_support::poisoned(tokens * h);
+        reference_exact(&layer, &x, &ids, &w, &mut exact).unwrap();
+        let mut orig = moe_support::poisoned(tokens * h);
+        moe::reference(&b.layer, &x, &ids, &w, &mut orig).unwrap();
+        // The scalar kernel at 513 tokens only repeats what T=64 showed, slowly.
+        for r in runners.iter().filter(|r| tokens < 513 || r.isa() > Isa::Avx2) {
+            let label = format!("{} on {} T={tokens} k={k} {mode:?}", f.name(), r.isa());
+            let mut out = moe_support::poisoned(tokens * h);
+            r.forward(&layer, &x, &ids, &w, &mut out).unwrap();
+            check(&format!("{label} vs exact"), &out, &exact, h, TIGHT);
+            check(&format!("{label} vs original (weight errors {eps:.4?})"), &out, &orig, h, loose);
+        }
+    }
+}
+
+#[test]
+fn int4_g64() {
+    run_format(RepackFormat::Int4 { group: 64 }, QType::Q6_K);
+}
+
+#[test]
+fn int4_g128() {
+    run_format(RepackFormat::Int4 { group: 128 }, QType::Q4_K);
+}
+
+#[test]
+fn int8_g32() {
+    run_format(RepackFormat::Int8 { group: 32 }, QType::Q5_0);
+}
+
+#[test]
+fn int8_g128() {
+    run_format(RepackFormat::Int8 { group: 128 }, QType::Q4_K);
+}
+
+#[test]
+fn bf16() {
+    run_format(RepackFormat::Bf16, QType::Q8_0);
+}
+
+#[test]
+fn bad_calls_are_errors() {
+    let spec = Spec { hidden: 256, inter: 128, experts: 4, gate: QType::Q8_0, up: QType::Q8_0, down: QType::Q8_0 };
+    let b = moe_support::build(spec, 3);
+    let layer = RepackedLayer::from_layer(&b.layer, RepackFormat::Int8 { group: 64 }, RepackFormat::Int8 { group: 64 }).unwrap();
+    let pool = Arc::new(ThreadPool::new(1).unwrap());
+    let r = RepackedMoe::new(pool, Isa::Scalar, 4, 2, &[&layer]).unwrap();
+    let x = vec![0.5f32; 2 * 256];
+    let mut out = vec![0f32; 2 * 256];
+    assert!(r.forward(&layer, &x, &[0, 4, 1, 2], &[0.5; 4], &mut out).is_err(), "expert id out of range");
+    assert!(r.forward(&layer, &x, &[0, 1, 2, 3, 0, 1], &[0.5; 6], &mut out).is_err(), "k above max_top_k");
+    assert!(r.forward(&layer, &x, &[0, 1, 2], &[0.5; 3], &mut out).is_err(), "ids not tokens x k");
+    assert!(r.forward(&layer, &x[1..], &[0, 1], &[0.5; 2], &mut out).is_err(), "x not whole rows");
+    let other = RepackedLayer::from_layer(&moe_support::build(Spec { hidden: 512, ..spec }, 4).layer, RepackFormat::Bf16, RepackFormat::Bf16).unwrap();
+    let x2 = vec![0.5f32; 512];
+    assert!(r.forward(&other, &x2, &[0, 1], &[0.5; 2], &mut vec![0f32; 512]).is_err(), "layer not reserved");
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let spec = Spec { hidden: 256, inter: 256, experts: 16, gate: QType::Q4_K, up: QType::Q4_K, down: QType::Q4_K };
+    let b = moe_support::build(spec, 11);
+    let layer = RepackedLayer::from_layer(&b.layer, RepackFormat::Int4 { group: 64 }, RepackFormat::Int8 { group: 64 }).unwrap();
+    let (tokens, k) = (200, 6);
+    let x = moe_support::activations(tokens, 256, 1);
+    let (ids, w) = moe_support::routing(Routing::Skewed, tokens, k, 16, 2);
+    let isa = Isa::best();
+    let outs: Vec<Vec<f32>> = [1, 2, 3]
+        .iter()
+        .map(|&n| {
+            let r = RepackedMoe::new(Arc::new(ThreadPool::new(n).unwrap()), isa, tokens, k, &[&layer]).unwrap();
+            let mut out = moe_support::poisoned(tokens * 256);
+            r.forward(&layer, &x, &ids, &w, &mut out).unwrap();
+            out
+        })
+        .collect();
+    for o in &outs[1..] {
+        assert!(o.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}: outputs differ between thread counts");
+    }
+}
