@@ -1,4 +1,4 @@
-"""Baseline for kt's W4A16 GEMM timing (kt-kernels/tests/cuda_w4a16_timing.rs): the same
+"""Baseline for kt's W4A16 GEMM timing (kt-kernels/examples/cuda_w4a16_timing.rs): the same
 shapes as a plain fp16 matmul through PyTorch (cuBLAS), out[m, n] = x[m, k] @ W[n, k]^T,
 timed the same way (5 warm-ups, mean of 50 with CUDA events). Run on the GPU machine."""
 import torch

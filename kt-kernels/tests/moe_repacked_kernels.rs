@@ -185,33 +185,3 @@ fn unavailable_or_bad_calls_are_errors() {
         assert!(kernel::gemm(Kernel::Amx, &c.stack, 0, 0..32, &c.act, 2, &mut out).is_err());
     }
 }
-
-/// Throughput of one expert-sized tile per kernel (weights hot in cache): run with
-/// `cargo test --release --test moe_repacked_kernels -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn kernel_throughput() {
-    for f in [RepackFormat::Int4 { group: 64 }, RepackFormat::Int4 { group: 128 }, RepackFormat::Int8 { group: 64 }, RepackFormat::Bf16] {
-        let (rows, cols) = (256, 2048);
-        for tokens in [1, 4, 8, 16, 48] {
-            let c = case(f, 1, rows, cols, tokens, 9);
-            for kern in [Kernel::Vnni, Kernel::Amx] {
-                if kern.check(f).is_err() {
-                    continue;
-                }
-                let mut out = vec![0f32; tokens * rows];
-                // The best of 7 trials: the machine may be shared.
-                let reps = (300_000_000 / (tokens * rows * cols)).max(3);
-                let mut best = 0f64;
-                for _ in 0..7 {
-                    let t = std::time::Instant::now();
-                    for _ in 0..reps {
-                        kernel::gemm(kern, &c.stack, 0, 0..rows, &c.act[..tokens * f.act_row_bytes(cols)], tokens, &mut out).unwrap();
-                    }
-                    best = best.max(2.0 * (reps * tokens * rows * cols) as f64 / t.elapsed().as_secs_f64() / 1e9);
-                }
-                println!("{:>9} {kern:?} T={tokens:>2}: {best:.1} GOP/s", f.name());
-            }
-        }
-    }
-}

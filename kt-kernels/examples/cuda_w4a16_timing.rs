@@ -1,8 +1,9 @@
-//! Timing of the W4A16 GEMM on DeepSeek shapes (ignored by default; the device runs call it
-//! with `--ignored --nocapture`). Prints one line per shape: microseconds per GEMM, the
-//! weight bandwidth and the arithmetic rate.
-#![cfg(feature = "cuda")]
+//! Timing of the W4A16 GEMM on DeepSeek shapes, run on a GPU machine:
+//! `cargo run --release -p kt-kernels --features cuda --example cuda_w4a16_timing`.
+//! Prints one line per shape: microseconds per GEMM, the weight bandwidth and the
+//! arithmetic rate. (A benchmark, so not a test.)
 
+#[path = "../tests/cuda_common/mod.rs"]
 mod cuda_common;
 
 use cuda_common::{gpu_or_skip, random};
@@ -10,9 +11,7 @@ use half::f16;
 use kt_kernels::cuda::w4a16::{GemmWorkspace, Int4Weights};
 use kt_kernels::util::SplitMix64;
 
-#[test]
-#[ignore = "timing, run on a GPU machine with --ignored --nocapture"]
-fn w4a16_timing() {
+fn main() {
     let Some(gpu) = gpu_or_skip("w4a16_timing") else {
         return;
     };
