@@ -191,118 +191,21 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (h, i, e, k) = (sh.hidden, sh.inter, sh.experts, sh.top_k);
     let base = MoeLayer::new(stack(gate_q, e, i, h, 1)?, stack(up_q, e, i, h, 2)?, stack(down_q, e, h, i, 3)?)?;
     let layer_bytes = e * base.expert_bytes();
-    // A call reads k of E experts; one that was read within the last few calls may
-    // still sit in the last-level cache. With 16 x LLC of layer copies read in turn, an
-    // expert comes back to the cache's window rarely enough to measure DRAM.
-    let avail = available_memory_bytes();
-    let mut target = (1usize << 30).max(16 * last_level_cache_bytes());
-    if let Some(avail) = avail {
-        target = target.min(avail / 2);
-    }
-    let copies = target.div_ceil(layer_bytes).max(1);
-    if let Some(avail) = avail {
-        if copies * layer_bytes > avail / 10 * 8 {
-            return Err(format!(
-                "the layer needs {:.1} GB ({copies} copies of {:.1} GB) but only {:.1} GB of memory is available",
-                (copies * layer_bytes) as f64 / 1e9,
-                layer_bytes as f64 / 1e9,
-                avail as f64 / 1e9
-            )
-            .into());
-        }
-    }
+    let copies = layer_copies(layer_bytes, 2)?;
     let mut layers = vec![base];
     for c in 1..copies {
         let seed = 10 * c as u64;
         layers.push(MoeLayer::new(stack(gate_q, e, i, h, seed)?, stack(up_q, e, i, h, seed + 1)?, stack(down_q, e, h, i, seed + 2)?)?);
     }
     let ctx = MoeContext::new(PoolRef::Static(pool), isa, a.tokens, k, &layers.iter().collect::<Vec<_>>())?;
-
-    let mut rng = SplitMix64::new(7);
-    let mut x = vec![0f32; a.tokens * h];
-    rng.fill_normal(&mut x, 1.0);
-    let mut out = vec![0f32; a.tokens * h];
-    let warmup = copies.max(3);
-    let mut times = Vec::new();
-    let mut gbps = Vec::new();
-    let mut distinct_sum = 0usize;
-    let start = Instant::now();
-    let mut call = 0usize;
-    while call < warmup || ((start.elapsed().as_secs_f64() < a.seconds || times.len() < 10) && times.len() < 100_000) {
-        // Fresh routing for every call, drawn before the clock starts.
-        let (ids, w, distinct) = draw_routing(&mut rng, a.tokens, k, e);
+    let timed = time_calls(&a, &sh, copies, |call, ids, w, x, out| {
         let layer = &layers[call % copies];
-        let t = Instant::now();
-        ctx.forward(layer, &x, &ids, &w, &mut out)?;
-        let secs = t.elapsed().as_secs_f64();
-        if call >= warmup {
-            times.push(secs);
-            gbps.push((distinct * layer.expert_bytes()) as f64 / secs / 1e9);
-            distinct_sum += distinct;
-        }
-        call += 1;
-    }
-    if out.iter().any(|v| !v.is_finite()) {
-        return Err("the MoE output has non-finite values".into());
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|x, y| x.total_cmp(y));
-        v[v.len() / 2]
-    };
-    let secs = median(&mut times);
-    let weight_gbps = median(&mut gbps);
-    let flops = 2.0 * (a.tokens * k * 3 * h * i) as f64;
-    let r = Report {
-        shape: sh.name,
-        gate: gate_q.name().into(),
-        up: up_q.name().into(),
-        down: down_q.name().into(),
-        tokens: a.tokens,
-        top_k: k,
-        isa: isa.to_string(),
-        threads: pool.threads(),
-        layer_copies: copies,
-        ms_per_call: secs * 1e3,
-        tokens_per_s: a.tokens as f64 / secs,
-        distinct_experts_per_call: distinct_sum as f64 / times.len() as f64,
-        weight_gbps,
-        dram_gbps: m.dram_gbps,
-        bandwidth_fraction: weight_gbps / m.dram_gbps,
-        tflops: flops / secs / 1e12,
-        peak_tops: m.peak_gops / 1e3,
-        peak_kind: m.peak_kind,
-        peak_fraction: flops / secs / 1e9 / m.peak_gops,
-    };
-    if a.json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        println!(
-            "kt-bench moe | {} | isa {} | {} threads | read bandwidth {:.1} GB/s | peak {:.0} GOP/s ({})",
-            m.cpu, r.isa, r.threads, r.dram_gbps, m.peak_gops, r.peak_kind
-        );
-        println!(
-            "{} {}/{}/{} | {} tokens x top-{} | {} copies of the {:.2} GB layer",
-            r.shape,
-            r.gate,
-            r.up,
-            r.down,
-            r.tokens,
-            r.top_k,
-            copies,
-            layer_bytes as f64 / 1e9
-        );
-        println!(
-            "{:.3} ms/call | {:.1} tokens/s | {:.1} experts/call | weights {:.1} GB/s = {:.0}% of bw | {:.3} TFLOP/s = {:.1}% of peak",
-            r.ms_per_call,
-            r.tokens_per_s,
-            r.distinct_experts_per_call,
-            r.weight_gbps,
-            100.0 * r.bandwidth_fraction,
-            r.tflops,
-            100.0 * r.peak_fraction
-        );
-    }
-    Ok(())
+        ctx.forward(layer, x, ids, w, out)?;
+        Ok(layer.expert_bytes())
+    })?;
+    let names = [gate_q.name().to_string(), up_q.name().to_string(), down_q.name().to_string()];
+    let label = format!("{}/{}/{}", names[0], names[1], names[2]);
+    report(&a, &sh, &m, isa, pool.threads(), names, label, copies, layer_bytes, timed)
 }
 
 /// `experts x rows x cols` in a repacked format: one random expert packed, its bytes
@@ -332,15 +235,36 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
     };
     let base = build(1)?;
     let layer_bytes = e * base.expert_bytes();
+    // Building a copy holds its bytes twice for a moment: leave room for one more.
+    let copies = layer_copies(layer_bytes, 3)?;
+    let mut layers = vec![base];
+    for c in 1..copies {
+        layers.push(build(10 * c as u64)?);
+    }
+    let runner = RepackedMoe::new(PoolRef::Static(pool), isa, a.tokens, k, &layers.iter().collect::<Vec<_>>())?;
+    let timed = time_calls(&a, &sh, copies, |call, ids, w, x, out| {
+        let layer = &layers[call % copies];
+        runner.forward(layer, x, ids, w, out)?;
+        Ok(layer.expert_bytes())
+    })?;
+    let name = f.name();
+    let label = format!("{name} ({:.2} bits/weight, repacked)", f.bits_per_weight());
+    report(&a, &sh, &m, isa, pool.threads(), [name.clone(), name.clone(), name], label, copies, layer_bytes, timed)
+}
+
+/// How many copies of a `layer_bytes` layer the timed calls cycle through. A call reads k
+/// of E experts; one read within the last few calls may still sit in the last-level cache.
+/// With 16 x LLC of copies read in turn, an expert comes back to the cache's window rarely
+/// enough to measure DRAM. At most `1 / mem_share` of the available memory is used.
+fn layer_copies(layer_bytes: usize, mem_share: usize) -> Result<usize, Box<dyn std::error::Error>> {
     let avail = available_memory_bytes();
     let mut target = (1usize << 30).max(16 * last_level_cache_bytes());
     if let Some(avail) = avail {
-        target = target.min(avail / 3);
+        target = target.min(avail / mem_share);
     }
     let copies = target.div_ceil(layer_bytes).max(1);
     if let Some(avail) = avail {
-        // Building a copy holds its bytes twice for a moment.
-        if (copies + 1) * layer_bytes > avail / 10 * 8 {
+        if copies * layer_bytes > avail / 10 * 8 {
             return Err(format!(
                 "the layer needs {:.1} GB ({copies} copies of {:.1} GB) but only {:.1} GB of memory is available",
                 (copies * layer_bytes) as f64 / 1e9,
@@ -350,11 +274,26 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
             .into());
         }
     }
-    let mut layers = vec![base];
-    for c in 1..copies {
-        layers.push(build(10 * c as u64)?);
-    }
-    let runner = RepackedMoe::new(PoolRef::Static(pool), isa, a.tokens, k, &layers.iter().collect::<Vec<_>>())?;
+    Ok(copies)
+}
+
+/// Medians of the timed calls.
+struct Timed {
+    secs: f64,
+    weight_gbps: f64,
+    distinct_per_call: f64,
+}
+
+/// Calls `call(i, ids, weights, x, out)` (which returns the bytes of one expert of the
+/// layer it ran) with fresh random routing each time, drawn before the clock starts:
+/// `max(copies, 3)` warm-up calls, then for `--seconds` (at least 10 calls).
+fn time_calls(
+    a: &Args,
+    sh: &Shape,
+    copies: usize,
+    mut call: impl FnMut(usize, &[u32], &[f32], &[f32], &mut [f32]) -> Result<usize, Box<dyn std::error::Error>>,
+) -> Result<Timed, Box<dyn std::error::Error>> {
+    let (h, e, k) = (sh.hidden, sh.experts, sh.top_k);
     let mut rng = SplitMix64::new(7);
     let mut x = vec![0f32; a.tokens * h];
     rng.fill_normal(&mut x, 1.0);
@@ -362,19 +301,18 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
     let warmup = copies.max(3);
     let (mut times, mut gbps, mut distinct_sum) = (Vec::new(), Vec::new(), 0usize);
     let start = Instant::now();
-    let mut call = 0usize;
-    while call < warmup || ((start.elapsed().as_secs_f64() < a.seconds || times.len() < 10) && times.len() < 100_000) {
+    let mut n = 0usize;
+    while n < warmup || ((start.elapsed().as_secs_f64() < a.seconds || times.len() < 10) && times.len() < 100_000) {
         let (ids, w, distinct) = draw_routing(&mut rng, a.tokens, k, e);
-        let layer = &layers[call % copies];
         let t = Instant::now();
-        runner.forward(layer, &x, &ids, &w, &mut out)?;
+        let expert_bytes = call(n, &ids, &w, &x, &mut out)?;
         let secs = t.elapsed().as_secs_f64();
-        if call >= warmup {
+        if n >= warmup {
             times.push(secs);
-            gbps.push((distinct * layer.expert_bytes()) as f64 / secs / 1e9);
+            gbps.push((distinct * expert_bytes) as f64 / secs / 1e9);
             distinct_sum += distinct;
         }
-        call += 1;
+        n += 1;
     }
     if out.iter().any(|v| !v.is_finite()) {
         return Err("the MoE output has non-finite values".into());
@@ -383,58 +321,69 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
         v.sort_by(|x, y| x.total_cmp(y));
         v[v.len() / 2]
     };
-    let secs = median(&mut times);
-    let weight_gbps = median(&mut gbps);
-    let flops = 2.0 * (a.tokens * k * 3 * h * i) as f64;
-    let name = f.name();
+    Ok(Timed { secs: median(&mut times), weight_gbps: median(&mut gbps), distinct_per_call: distinct_sum as f64 / times.len() as f64 })
+}
+
+/// Prints one run (a table line, or JSON with `--json`).
+#[allow(clippy::too_many_arguments)]
+fn report(
+    a: &Args,
+    sh: &Shape,
+    m: &machine::Machine,
+    isa: Isa,
+    threads: usize,
+    [gate, up, down]: [String; 3],
+    label: String,
+    copies: usize,
+    layer_bytes: usize,
+    t: Timed,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let flops = 2.0 * (a.tokens * sh.top_k * 3 * sh.hidden * sh.inter) as f64;
     let r = Report {
         shape: sh.name,
-        gate: name.clone(),
-        up: name.clone(),
-        down: name,
+        gate,
+        up,
+        down,
         tokens: a.tokens,
-        top_k: k,
+        top_k: sh.top_k,
         isa: isa.to_string(),
-        threads: pool.threads(),
+        threads,
         layer_copies: copies,
-        ms_per_call: secs * 1e3,
-        tokens_per_s: a.tokens as f64 / secs,
-        distinct_experts_per_call: distinct_sum as f64 / times.len() as f64,
-        weight_gbps,
+        ms_per_call: t.secs * 1e3,
+        tokens_per_s: a.tokens as f64 / t.secs,
+        distinct_experts_per_call: t.distinct_per_call,
+        weight_gbps: t.weight_gbps,
         dram_gbps: m.dram_gbps,
-        bandwidth_fraction: weight_gbps / m.dram_gbps,
-        tflops: flops / secs / 1e12,
+        bandwidth_fraction: t.weight_gbps / m.dram_gbps,
+        tflops: flops / t.secs / 1e12,
         peak_tops: m.peak_gops / 1e3,
         peak_kind: m.peak_kind,
-        peak_fraction: flops / secs / 1e9 / m.peak_gops,
+        peak_fraction: flops / t.secs / 1e9 / m.peak_gops,
     };
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
-    } else {
-        println!(
-            "kt-bench moe | {} | isa {} | {} threads | read bandwidth {:.1} GB/s | peak {:.0} GOP/s ({})",
-            m.cpu, r.isa, r.threads, r.dram_gbps, m.peak_gops, r.peak_kind
-        );
-        println!(
-            "{} {} ({:.2} bits/weight, repacked) | {} tokens x top-{} | {} copies of the {:.2} GB layer",
-            r.shape,
-            r.gate,
-            f.bits_per_weight(),
-            r.tokens,
-            r.top_k,
-            copies,
-            layer_bytes as f64 / 1e9
-        );
-        println!(
-            "{:.3} ms/call | {:.1} tokens/s | {:.1} experts/call | weights {:.1} GB/s = {:.0}% of bw | {:.3} TFLOP/s = {:.1}% of peak",
-            r.ms_per_call,
-            r.tokens_per_s,
-            r.distinct_experts_per_call,
-            r.weight_gbps,
-            100.0 * r.bandwidth_fraction,
-            r.tflops,
-            100.0 * r.peak_fraction
-        );
+        return Ok(());
     }
+    println!(
+        "kt-bench moe | {} | isa {} | {} threads | read bandwidth {:.1} GB/s | peak {:.0} GOP/s ({})",
+        m.cpu, r.isa, r.threads, r.dram_gbps, m.peak_gops, r.peak_kind
+    );
+    println!(
+        "{} {label} | {} tokens x top-{} | {copies} copies of the {:.2} GB layer",
+        r.shape,
+        r.tokens,
+        r.top_k,
+        layer_bytes as f64 / 1e9
+    );
+    println!(
+        "{:.3} ms/call | {:.1} tokens/s | {:.1} experts/call | weights {:.1} GB/s = {:.0}% of bw | {:.3} TFLOP/s = {:.1}% of peak",
+        r.ms_per_call,
+        r.tokens_per_s,
+        r.distinct_experts_per_call,
+        r.weight_gbps,
+        100.0 * r.bandwidth_fraction,
+        r.tflops,
+        100.0 * r.peak_fraction
+    );
     Ok(())
 }
