@@ -57,21 +57,17 @@ pub fn matmul_with(
     tokens: usize,
     out: &mut [f32],
 ) -> Result<()> {
+    // Cheap shape checks first, so a bad call fails before any work is done.
     check_weights(qtype, weights, rows, cols)?;
     check_len("activations x", x.len(), tokens * cols, qtype)?;
     check_len("output", out.len(), tokens * rows, qtype)?;
-    let kernels = dispatch::table(isa)?.get(qtype)?;
-    let act_row = kernels.act.row_bytes(cols)?;
-    if rows == 0 || tokens == 0 {
-        return Ok(());
-    }
+    let act_row = act_row_bytes(qtype, cols)?;
     ACT_SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         scratch.resize(tokens * act_row);
-        quantize_activations(pool, kernels, x, cols, tokens, act_row, scratch.as_mut_slice());
-        run_tiles(pool, kernels, qtype, weights, rows, cols, scratch.as_slice(), act_row, tokens, out);
-    });
-    Ok(())
+        quantize_activations_with(isa, pool, qtype, x, cols, tokens, scratch.as_mut_slice())?;
+        matmul_quantized_with(isa, pool, qtype, weights, rows, cols, scratch.as_slice(), tokens, out)
+    })
 }
 
 /// Bytes of one activation row of `cols` elements for weights of `qtype`.
