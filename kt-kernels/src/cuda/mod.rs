@@ -8,7 +8,8 @@
 //!   events ([`GpuEvent`]) and every kernel launch are methods of a stream.
 //! - Kernels: [`small_ops`] (RMSNorm, SiLU-and-multiply, residual add, embedding, arg-max),
 //!   [`gating`] (fused DeepSeek V2 / V3 MoE router), [`w4a16`] (int4-weight GEMM on tensor
-//!   cores, with its host-side quantizer and repacker).
+//!   cores, with its host-side quantizer and repacker), [`mla`] (MLA attention over a paged
+//!   latent cache: decode with split keys, causal prefill).
 //!
 //! Shapes and lengths are checked before any launch and reported as [`CudaError::Shape`];
 //! a failed launch names the kernel and the shape.
@@ -19,6 +20,7 @@ mod modules;
 mod runtime;
 
 pub mod gating;
+pub mod mla;
 pub mod small_ops;
 pub mod w4a16;
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
 
 use super::error::{CudaError, CudaResult};
@@ -28,7 +28,12 @@ pub(crate) const W4A16_GEMM: Embedded = Embedded {
     image: include_bytes!(concat!(env!("OUT_DIR"), "/w4a16_gemm.fatbin")),
 };
 
-const ALL: [Embedded; 3] = [SMALL_OPS, MOE_GATING, W4A16_GEMM];
+pub(crate) const MLA_ATTN: Embedded = Embedded {
+    name: "mla_attn",
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/mla_attn.fatbin")),
+};
+
+const ALL: [Embedded; 4] = [SMALL_OPS, MOE_GATING, W4A16_GEMM, MLA_ATTN];
 
 /// Every embedded module loaded into one context, with kernels looked up once by name.
 pub(crate) struct Kernels {
@@ -36,6 +41,8 @@ pub(crate) struct Kernels {
     functions: Mutex<HashMap<String, CudaFunction>>,
     /// Resident blocks per multiprocessor, by kernel and block size (no dynamic shared memory).
     occupancy: Mutex<HashMap<(String, u32), usize>>,
+    /// Kernels whose dynamic shared memory limit was raised, and to how many bytes.
+    smem_limits: Mutex<HashMap<String, u32>>,
 }
 
 impl Kernels {
@@ -57,6 +64,7 @@ impl Kernels {
             modules,
             functions: Mutex::new(HashMap::new()),
             occupancy: Mutex::new(HashMap::new()),
+            smem_limits: Mutex::new(HashMap::new()),
         })
     }
 
@@ -107,5 +115,30 @@ impl Kernels {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, n.max(1));
         Ok(n.max(1))
+    }
+
+    /// Kernel `kernel` of module `module`, allowed `bytes` of dynamic shared memory (past the
+    /// 48 KiB default, which needs the driver's opt-in; a device with less fails the launch).
+    pub fn get_with_smem(
+        &self,
+        module: &Embedded,
+        kernel: &str,
+        bytes: u32,
+    ) -> CudaResult<CudaFunction> {
+        let f = self.get(module, kernel)?;
+        let mut limits = self.smem_limits.lock().unwrap_or_else(|p| p.into_inner());
+        if limits.get(kernel).is_none_or(|&b| b < bytes) {
+            let value = i32::try_from(bytes).unwrap_or(i32::MAX);
+            f.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                value,
+            )
+            .map_err(|source| CudaError::Driver {
+                op: "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)",
+                source,
+            })?;
+            limits.insert(kernel.to_string(), bytes);
+        }
+        Ok(f)
     }
 }

@@ -1,0 +1,335 @@
+//! MLA attention in the latent space over a paged bf16 cache (`cuda/mla_attn.cu`): the
+//! attention core of [`crate::ops::mla_absorbed`] for DeepSeek V2/V3 geometry
+//! (`kv_lora_rank` 512, rope 64), with `W_uk` already folded into the query and `W_uv` left to
+//! the next GEMM.
+//!
+//! - query rows `[rows, 576]`: per (token, head), `q_lat = W_uk^T q_nope` then `q_pe`;
+//! - cache `[num_blocks, block_size, 576]`: per token, the latent then `k_pe`; a sequence's
+//!   token `k` lives in block `table[seq][k / block_size]`;
+//! - output `[rows, 512]`: `softmax(scale * q . cache_k) . cache_k[:512]` per row.
+//!
+//! A batch ([`MlaBatch`]) mixes sequences of different lengths; each has `q_len` new tokens
+//! that are the last of its `kv_len` cached ones, and token `t` sees cache tokens
+//! `0..=kv_len - q_len + t`: decode is `q_len = 1`, a causal prefill `q_len > 1`. Long
+//! sequences are cut into key splits whose partial softmaxes a combine kernel merges.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use half::bf16;
+
+use super::error::{launch_err, shape, CudaResult};
+use super::modules::MLA_ATTN;
+use super::runtime::{DeviceBuf, GpuStream};
+
+/// Latent (compressed kv) width per token: the output row and the value part of a cache row.
+pub const KV_LORA_RANK: usize = 512;
+/// Rope part of a cache row and of a query row.
+pub const ROPE_DIM: usize = 64;
+/// A cache row and a query row: latent then rope.
+pub const CACHE_ROW: usize = KV_LORA_RANK + ROPE_DIM;
+
+/// Query rows one block takes, and keys per cache tile (split boundaries fall on tiles).
+const ROWS_PER_BLOCK: usize = 64;
+const KEYS_PER_TILE: usize = 32;
+const THREADS: u32 = 256;
+/// Dynamic shared memory of kt_mla_attn_bf16 (a static_assert there keeps the two equal):
+/// query tile, two cache tiles and the scores.
+const SMEM_BYTES: u32 = 159_744;
+const COMBINE_THREADS: u32 = 128;
+const GRID_Z_MAX: usize = 65_535;
+
+/// The shapes of one batch on the device: per sequence its new tokens (`q_len`), cache
+/// length (`kv_len`) and block-table row. Built once per step, reused by every layer.
+pub struct MlaBatch {
+    heads: usize,
+    block_size: usize,
+    max_blocks: usize,
+    rows: usize,
+    max_q_len: usize,
+    max_kv_len: usize,
+    /// Largest block id the table uses for the sequences' tokens (checked against the cache).
+    max_block_used: usize,
+    cu_q: DeviceBuf<i32>,
+    kv_lens: DeviceBuf<i32>,
+    table: DeviceBuf<i32>,
+}
+
+impl MlaBatch {
+    pub fn batch(&self) -> usize {
+        self.kv_lens.len()
+    }
+
+    /// Query (and output) rows: the sum of `q_len * heads`.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+}
+
+/// f32 scratch of the key splits (partial outputs and log-sum-exps), grown on demand.
+#[derive(Default)]
+pub struct MlaWorkspace {
+    part_o: Option<DeviceBuf<f32>>,
+    part_lse: Option<DeviceBuf<f32>>,
+}
+
+/// How many key splits a launch uses: enough blocks to fill the device twice when the batch
+/// alone does not fill it (`capacity` = blocks resident at once), never a split shorter than
+/// two tiles. `force` overrides (clamped to one tile per split; tests use it).
+pub fn plan_splits(
+    blocks_per_split: usize,
+    max_kv_len: usize,
+    capacity: usize,
+    force: Option<usize>,
+) -> usize {
+    let tiles = max_kv_len.div_ceil(KEYS_PER_TILE).max(1);
+    match force {
+        Some(s) => s.clamp(1, tiles),
+        None if blocks_per_split * 5 >= capacity * 4 => 1,
+        None => (2 * capacity)
+            .div_ceil(blocks_per_split.max(1))
+            .clamp(1, (tiles / 2).max(1)),
+    }
+}
+
+fn to_i32(what: &str, v: usize) -> CudaResult<i32> {
+    i32::try_from(v).map_err(|_| shape("mla_batch", format!("{what} = {v} does not fit in an i32")))
+}
+
+impl GpuStream {
+    /// Uploads a batch description. `block_table` is `[batch, max_blocks]` (row-major); only
+    /// the first `ceil(kv_len / block_size)` entries of a row are read. Each sequence needs
+    /// `1 <= q_len <= kv_len <= max_blocks * block_size`.
+    pub fn mla_batch(
+        &self,
+        heads: usize,
+        q_lens: &[usize],
+        kv_lens: &[usize],
+        block_table: &[u32],
+        block_size: usize,
+    ) -> CudaResult<MlaBatch> {
+        const OP: &str = "mla_batch";
+        let batch = kv_lens.len();
+        if heads == 0 || block_size == 0 || batch == 0 || q_lens.len() != batch {
+            return Err(shape(
+                OP,
+                format!(
+                    "heads {heads}, block size {block_size}, {} q lengths and {batch} kv lengths (all must be > 0 and the counts equal)",
+                    q_lens.len()
+                ),
+            ));
+        }
+        if batch > GRID_Z_MAX || !block_table.len().is_multiple_of(batch) {
+            return Err(shape(
+                OP,
+                format!(
+                    "block table of {} entries is not {batch} rows (batch at most {GRID_Z_MAX})",
+                    block_table.len()
+                ),
+            ));
+        }
+        let max_blocks = block_table.len() / batch;
+        let mut cu_q = Vec::with_capacity(batch + 1);
+        cu_q.push(0i32);
+        let (mut tokens, mut max_block_used) = (0usize, 0usize);
+        for (b, (&q_len, &kv_len)) in q_lens.iter().zip(kv_lens).enumerate() {
+            if q_len == 0 || q_len > kv_len || kv_len > max_blocks * block_size {
+                return Err(shape(
+                    OP,
+                    format!(
+                        "sequence {b}: q_len {q_len}, kv_len {kv_len}; need 1 <= q_len <= kv_len <= {max_blocks} blocks x {block_size}"
+                    ),
+                ));
+            }
+            let row = &block_table[b * max_blocks..b * max_blocks + kv_len.div_ceil(block_size)];
+            max_block_used = max_block_used.max(row.iter().copied().max().unwrap_or(0) as usize);
+            tokens += q_len;
+            cu_q.push(to_i32("query tokens", tokens)?);
+        }
+        let rows = tokens * heads;
+        // Element offsets inside the kernels are 64-bit; rows and keys are ints.
+        to_i32("rows", rows)?;
+        let max_kv_len = *kv_lens.iter().max().expect("batch > 0");
+        to_i32("kv_len", max_kv_len + KEYS_PER_TILE)?;
+        to_i32("block id", max_block_used)?;
+        to_i32("block size", block_size)?;
+        let kv: Vec<i32> = kv_lens.iter().map(|&l| l as i32).collect();
+        let table: Vec<i32> = block_table.iter().map(|&x| x.min(i32::MAX as u32) as i32).collect();
+        Ok(MlaBatch {
+            heads,
+            block_size,
+            max_blocks,
+            rows,
+            max_q_len: *q_lens.iter().max().expect("batch > 0"),
+            max_kv_len,
+            max_block_used,
+            cu_q: self.upload(&cu_q)?,
+            kv_lens: self.upload(&kv)?,
+            table: self.upload(&table)?,
+        })
+    }
+
+    /// `out[r, :] = softmax(scale * q[r, :] . cache_k) . cache_k[:512]` for every query row of
+    /// `batch` (see the module doc); `scale` is the softmax scale (YaRN mscale included).
+    pub fn mla_attention(
+        &self,
+        batch: &MlaBatch,
+        q: &DeviceBuf<bf16>,
+        cache: &DeviceBuf<bf16>,
+        scale: f32,
+        out: &mut DeviceBuf<bf16>,
+        ws: &mut MlaWorkspace,
+    ) -> CudaResult<()> {
+        self.mla_attention_planned(batch, q, cache, scale, out, ws, None)
+    }
+
+    /// [`Self::mla_attention`] with the number of key splits forced.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mla_attention_planned(
+        &self,
+        batch: &MlaBatch,
+        q: &DeviceBuf<bf16>,
+        cache: &DeviceBuf<bf16>,
+        scale: f32,
+        out: &mut DeviceBuf<bf16>,
+        ws: &mut MlaWorkspace,
+        force_splits: Option<usize>,
+    ) -> CudaResult<()> {
+        const OP: &str = "mla_attention";
+        let rows = batch.rows;
+        let block_elems = batch.block_size * CACHE_ROW;
+        if q.len() != rows * CACHE_ROW || out.len() != rows * KV_LORA_RANK {
+            return Err(shape(
+                OP,
+                format!(
+                    "q has {}, out {} elements; the batch has {rows} rows of {CACHE_ROW} and {KV_LORA_RANK}",
+                    q.len(),
+                    out.len()
+                ),
+            ));
+        }
+        if cache.is_empty() || !cache.len().is_multiple_of(block_elems) || cache.len() / block_elems <= batch.max_block_used {
+            return Err(shape(
+                OP,
+                format!(
+                    "cache of {} elements is not whole blocks of {} x {CACHE_ROW} up to block {} (the table's largest)",
+                    cache.len(),
+                    batch.block_size,
+                    batch.max_block_used
+                ),
+            ));
+        }
+        if !scale.is_finite() {
+            return Err(shape(OP, format!("softmax scale {scale} is not finite")));
+        }
+        let row_tiles = (batch.max_q_len * batch.heads).div_ceil(ROWS_PER_BLOCK);
+        let blocks_per_split = row_tiles * batch.batch();
+        let splits = plan_splits(
+            blocks_per_split,
+            batch.max_kv_len,
+            self.info.multiprocessors,
+            force_splits,
+        );
+        let kernel = "kt_mla_attn_bf16".to_string();
+        let f = self.kernels.get_with_smem(&MLA_ATTN, &kernel, SMEM_BYTES)?;
+        let dims = format!(
+            "batch {}, heads {}, rows {rows}, max q_len {}, max kv_len {}, block size {}, splits {splits}",
+            batch.batch(),
+            batch.heads,
+            batch.max_q_len,
+            batch.max_kv_len,
+            batch.block_size
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (
+                u32::try_from(row_tiles).map_err(|_| shape(OP, dims.clone()))?,
+                splits as u32,
+                batch.batch() as u32,
+            ),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: SMEM_BYTES,
+        };
+        let (heads, bs, mb) = (
+            batch.heads as i32,
+            batch.block_size as i32,
+            to_i32("max blocks", batch.max_blocks)?,
+        );
+        let scale_log2 = scale * std::f32::consts::LOG2_E;
+        let rows_i = rows as i32;
+
+        if splits == 1 {
+            let null: u64 = 0;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&q.slice)
+                .arg(&cache.slice)
+                .arg(&batch.table.slice)
+                .arg(&batch.cu_q.slice)
+                .arg(&batch.kv_lens.slice);
+            b.arg(&heads).arg(&bs).arg(&mb).arg(&scale_log2);
+            b.arg(&mut out.slice).arg(&null).arg(&null).arg(&rows_i);
+            // SAFETY: arguments match kt_mla_attn_bf16 (q, cache, table, cu_q, kv_lens, heads,
+            // block_size, max_blocks, scale_log2, out, no partials, rows). mla_batch checked
+            // every sequence's lengths against the table and the ints; above, q and out hold
+            // `rows` rows and the cache holds every block the table names. The grid covers the
+            // longest sequence's row tiles; blocks past a shorter one return at once.
+            return unsafe { b.launch(cfg) }
+                .map(drop)
+                .map_err(launch_err(kernel, dims));
+        }
+
+        let (need_o, need_l) = (splits * rows * KV_LORA_RANK, splits * rows);
+        if ws.part_o.as_ref().is_none_or(|b| b.len() < need_o) {
+            ws.part_o = Some(self.alloc_zeroed::<f32>(need_o)?);
+        }
+        if ws.part_lse.as_ref().is_none_or(|b| b.len() < need_l) {
+            ws.part_lse = Some(self.alloc_zeroed::<f32>(need_l)?);
+        }
+        let part_o = ws.part_o.as_mut().expect("allocated above");
+        let part_lse = ws.part_lse.as_mut().expect("allocated above");
+        {
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&q.slice)
+                .arg(&cache.slice)
+                .arg(&batch.table.slice)
+                .arg(&batch.cu_q.slice)
+                .arg(&batch.kv_lens.slice);
+            b.arg(&heads).arg(&bs).arg(&mb).arg(&scale_log2);
+            b.arg(&mut out.slice)
+                .arg(&mut part_o.slice)
+                .arg(&mut part_lse.slice)
+                .arg(&rows_i);
+            // SAFETY: as above, with partials: part_o holds splits x rows x 512 and part_lse
+            // splits x rows f32, and every (split, row) pair is written by exactly one block
+            // (an empty split writes an empty partial).
+            unsafe { b.launch(cfg) }
+                .map(drop)
+                .map_err(launch_err(kernel, dims.clone()))?;
+        }
+        let combine = "kt_mla_combine_bf16".to_string();
+        let cf = self.kernels.get(&MLA_ATTN, &combine)?;
+        let ccfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (COMBINE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let splits_i = splits as i32;
+        let mut b = self.stream.launch_builder(&cf);
+        b.arg(&part_o.slice)
+            .arg(&part_lse.slice)
+            .arg(&mut out.slice)
+            .arg(&splits_i)
+            .arg(&rows_i);
+        // SAFETY: matches kt_mla_combine_bf16 (part_o, part_lse, out, splits, rows): one block
+        // of 128 threads x 4 columns per row of 512; the partials were written by the launch
+        // above on this stream.
+        unsafe { b.launch(ccfg) }
+            .map(drop)
+            .map_err(launch_err(combine, dims))
+    }
+}

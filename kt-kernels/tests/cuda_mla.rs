@@ -1,0 +1,345 @@
+//! GPU MLA attention over a paged latent cache against the CPU reference
+//! `kt_kernels::ops::mla_absorbed` (f64 sums) run on the same bf16 values with identity
+//! `W_uk` / `W_uv` (which makes it exactly the latent-space attention the kernel computes):
+//! decode batches of 1, 3 and 17 sequences of different lengths (1, 31, 32, 33,
+//! block_size + 1, ...), causal prefill, forced and automatic key splits, and two exact
+//! properties: the result does not depend on how the cache is paged, and a prefill row equals
+//! the decode of its token. Pages past a sequence's end and unused blocks hold NaN, as do the
+//! outputs before the kernel runs.
+//! Skips (with a message) on machines without a GPU unless KT_REQUIRE_GPU is set.
+#![cfg(feature = "cuda")]
+
+mod cuda_common;
+
+use cuda_common::{gpu_or_skip, nan_buf};
+use half::bf16;
+use kt_kernels::cuda::mla::{MlaWorkspace, CACHE_ROW, KV_LORA_RANK};
+use kt_kernels::cuda::{CudaError, GpuStream};
+use kt_kernels::ops::{mla_absorbed, KvB, LatentCache, MlaDims};
+use kt_kernels::util::SplitMix64;
+
+const RANK: usize = KV_LORA_RANK;
+const ROPE: usize = CACHE_ROW - KV_LORA_RANK;
+
+/// One batch: queries `[rows, 576]` and each sequence's cache rows `[kv_len, 576]` (logical
+/// order), all bf16.
+struct Batch {
+    heads: usize,
+    q_lens: Vec<usize>,
+    kv_lens: Vec<usize>,
+    q: Vec<bf16>,
+    seqs: Vec<Vec<bf16>>,
+    scale: f32,
+}
+
+impl Batch {
+    fn random(seed: u64, heads: usize, q_lens: &[usize], kv_lens: &[usize]) -> Batch {
+        let mut rng = SplitMix64::new(seed);
+        let rows: usize = q_lens.iter().sum::<usize>() * heads;
+        // Unit-normal cache and 0.5-scale queries with scale 0.12 give scores of standard
+        // deviation about 1.4: a softmax neither flat nor one-hot.
+        let q = (0..rows * CACHE_ROW).map(|_| bf16::from_f32(0.5 * rng.normal())).collect();
+        let seqs = kv_lens
+            .iter()
+            .map(|&l| (0..l * CACHE_ROW).map(|_| bf16::from_f32(rng.normal())).collect())
+            .collect();
+        Batch {
+            heads,
+            q_lens: q_lens.to_vec(),
+            kv_lens: kv_lens.to_vec(),
+            q,
+            seqs,
+            scale: 0.12,
+        }
+    }
+
+    fn decode(seed: u64, heads: usize, kv_lens: &[usize]) -> Batch {
+        Batch::random(seed, heads, &vec![1; kv_lens.len()], kv_lens)
+    }
+
+    fn rows(&self) -> usize {
+        self.q_lens.iter().sum::<usize>() * self.heads
+    }
+}
+
+/// The batch's cache scattered over shuffled blocks of `block_size` tokens: a NaN-filled pool
+/// with two spare blocks, each table row one block longer than needed (entries past the
+/// needed ones are u32::MAX: never read).
+fn paged(b: &Batch, block_size: usize, seed: u64) -> (Vec<bf16>, Vec<u32>) {
+    let need: Vec<usize> = b.kv_lens.iter().map(|l| l.div_ceil(block_size)).collect();
+    let n_blocks = need.iter().sum::<usize>() + 2;
+    let max_blocks = need.iter().max().unwrap() + 1;
+    let mut ids: Vec<u32> = (0..n_blocks as u32).collect();
+    let mut rng = SplitMix64::new(seed);
+    for i in (1..ids.len()).rev() {
+        ids.swap(i, rng.below(i + 1));
+    }
+    let mut pool = vec![bf16::from_f32(f32::NAN); n_blocks * block_size * CACHE_ROW];
+    let mut table = vec![u32::MAX; b.kv_lens.len() * max_blocks];
+    let mut next = ids.into_iter();
+    for (s, seq) in b.seqs.iter().enumerate() {
+        for blk in 0..need[s] {
+            let id = next.next().unwrap();
+            table[s * max_blocks + blk] = id;
+            let tokens = (b.kv_lens[s] - blk * block_size).min(block_size);
+            let src = &seq[blk * block_size * CACHE_ROW..(blk * block_size + tokens) * CACHE_ROW];
+            let dst = id as usize * block_size * CACHE_ROW;
+            pool[dst..dst + src.len()].copy_from_slice(src);
+        }
+    }
+    (pool, table)
+}
+
+/// The reference output `[rows, 512]` (f64 of the f32 reference) and each element's error
+/// bound for the GPU's bf16 arithmetic (see `bound`).
+fn reference(b: &Batch) -> (Vec<f64>, Vec<f64>) {
+    let d = MlaDims {
+        n_heads: b.heads,
+        nope_dim: RANK,
+        rope_dim: ROPE,
+        kv_lora_rank: RANK,
+        v_dim: RANK,
+    };
+    let mut eye = vec![0.0f32; b.heads * RANK * RANK];
+    for h in 0..b.heads {
+        for i in 0..RANK {
+            eye[(h * RANK + i) * RANK + i] = 1.0;
+        }
+    }
+    let kv_b = KvB {
+        w_uk: &eye,
+        w_uv: &eye,
+    };
+    let (mut want, mut tol) = (Vec::new(), Vec::new());
+    let mut q_row0 = 0;
+    for (s, seq) in b.seqs.iter().enumerate() {
+        let (ql, kl) = (b.q_lens[s], b.kv_lens[s]);
+        let f: Vec<f32> = seq.iter().map(|v| v.to_f32()).collect();
+        let mut latent = Vec::with_capacity(kl * RANK);
+        let mut k_pe = Vec::with_capacity(kl * ROPE);
+        for row in f.chunks_exact(CACHE_ROW) {
+            latent.extend_from_slice(&row[..RANK]);
+            k_pe.extend_from_slice(&row[RANK..]);
+        }
+        let rows = ql * b.heads;
+        let q: Vec<f32> = b.q[q_row0 * CACHE_ROW..(q_row0 + rows) * CACHE_ROW]
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        let mut out = vec![f32::NAN; rows * RANK];
+        let cache = LatentCache {
+            latent: &latent,
+            k_pe: &k_pe,
+        };
+        mla_absorbed(&d, &q, kl - ql, &cache, &kv_b, b.scale, &mut out).unwrap();
+        let max_abs = f.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
+        for r in 0..rows {
+            let visible = kl - ql + r / b.heads + 1;
+            let q1: f64 = q[r * CACHE_ROW..(r + 1) * CACHE_ROW]
+                .iter()
+                .map(|v| v.abs() as f64)
+                .sum();
+            for i in 0..RANK {
+                let o = out[r * RANK + i] as f64;
+                let (mut dev, mut big) = (0.0f64, 0.0f64);
+                for k in 0..visible {
+                    let v = latent[k * RANK + i] as f64;
+                    dev = dev.max((v - o).abs());
+                    big = big.max(v.abs());
+                }
+                want.push(o);
+                tol.push(bound(b.scale, q1 * max_abs, visible, dev, big, o));
+            }
+        }
+        q_row0 += rows;
+    }
+    (want, tol)
+}
+
+/// Error bound of one output element `o = sum_k w_k v_k / sum_k w_k` (the reference is exact
+/// to f32 rounding). The GPU rounds each weight to bf16 and divides by the sum of the rounded
+/// weights, so `o' - o = sum_k w_k d_k (v_k - o) / sum_k w_k (1 + d_k)` with
+/// `|d_k| <= eps`: at most `eps / (1 - eps) * max_k |v_k - o|` (`dev`). `eps` is the bf16
+/// rounding `u` compounded with the scores' own error: an f32 tensor-core dot of 576 bf16
+/// products errs by at most `gamma_576 * sum |q_i k_i|` (unit roundoff 2^-23, allowing
+/// truncating accumulation), so a weight by a factor `exp(scale * that)`. The f32 sum over
+/// keys (and per-tile rescalings) adds `gamma_{keys + 2 tiles + 16} * max |v_k|` (`big`);
+/// the final store to bf16 `u (|o| + err)`.
+fn bound(scale: f32, dot_abs: f64, keys: usize, dev: f64, big: f64, o: f64) -> f64 {
+    let u = 2f64.powi(-8);
+    let u32c = 2f64.powi(-23);
+    let gamma = |n: usize| n as f64 * u32c / (1.0 - n as f64 * u32c);
+    let delta = scale as f64 * gamma(CACHE_ROW) * dot_abs;
+    let eps = (1.0 + u) * (2.0 * delta).exp() - 1.0;
+    let err = eps / (1.0 - eps) * dev + gamma(keys + 2 * keys.div_ceil(32) + 16) * big;
+    u * (o.abs() + err) + err
+}
+
+fn run(
+    s: &GpuStream,
+    b: &Batch,
+    block_size: usize,
+    seed: u64,
+    splits: Option<usize>,
+) -> Result<Vec<bf16>, CudaError> {
+    let (pool, table) = paged(b, block_size, seed);
+    let batch = s.mla_batch(b.heads, &b.q_lens, &b.kv_lens, &table, block_size)?;
+    let q = s.upload(&b.q)?;
+    let cache = s.upload(&pool)?;
+    let mut out = nan_buf::<bf16>(s, b.rows() * RANK);
+    let mut ws = MlaWorkspace::default();
+    s.mla_attention_planned(&batch, &q, &cache, b.scale, &mut out, &mut ws, splits)?;
+    s.download(&out)
+}
+
+fn check(what: &str, got: &[bf16], want: &[f64], tol: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, ((g, &w), &t)) in got.iter().zip(want).zip(tol).enumerate() {
+        let g = g.to_f32() as f64;
+        assert!(
+            (g - w).abs() <= t,
+            "{what}: row {} col {}: got {g}, want {w} (|diff| {:e} > tol {t:e})",
+            i / RANK,
+            i % RANK,
+            (g - w).abs()
+        );
+    }
+}
+
+#[test]
+fn decode_batches_of_different_lengths() {
+    let Some(gpu) = gpu_or_skip("mla decode") else {
+        return;
+    };
+    let s = gpu.stream();
+    let cases: [(usize, Vec<usize>); 4] = [
+        (16, vec![1]),
+        (16, vec![65, 1, 33]),
+        (
+            16,
+            vec![31, 32, 33, 64, 65, 1, 2, 200, 129, 7, 96, 97, 300, 5, 63, 128, 257],
+        ),
+        (128, vec![65, 700, 3]),
+    ];
+    for (ci, (heads, lens)) in cases.iter().enumerate() {
+        let b = Batch::decode(10 + ci as u64, *heads, lens);
+        let (want, tol) = reference(&b);
+        for splits in [None, Some(1), Some(3), Some(8)] {
+            let got = run(s, &b, 64, ci as u64, splits).unwrap();
+            check(
+                &format!("decode heads {heads} batch {} splits {splits:?}", lens.len()),
+                &got,
+                &want,
+                &tol,
+            );
+        }
+    }
+}
+
+#[test]
+fn causal_prefill() {
+    let Some(gpu) = gpu_or_skip("mla prefill") else {
+        return;
+    };
+    let s = gpu.stream();
+    // (heads, q_lens, kv_lens): a fresh prompt, prompts after cached tokens, ragged, and
+    // 3 heads (row blocks mixing tokens).
+    let cases: [(usize, Vec<usize>, Vec<usize>); 3] = [
+        (16, vec![70], vec![70]),
+        (16, vec![5, 1, 33], vec![69, 1, 33]),
+        (3, vec![40, 9], vec![40, 100]),
+    ];
+    for (ci, (heads, ql, kl)) in cases.iter().enumerate() {
+        let b = Batch::random(20 + ci as u64, *heads, ql, kl);
+        let (want, tol) = reference(&b);
+        for splits in [Some(1), Some(2), None] {
+            let got = run(s, &b, 16, ci as u64, splits).unwrap();
+            check(
+                &format!("prefill case {ci} splits {splits:?}"),
+                &got,
+                &want,
+                &tol,
+            );
+        }
+    }
+}
+
+/// Paging only changes where rows are read from: any block size and block order gives the
+/// same bits.
+#[test]
+fn paging_does_not_change_the_result() {
+    let Some(gpu) = gpu_or_skip("mla paging") else {
+        return;
+    };
+    let s = gpu.stream();
+    let b = Batch::random(30, 16, &[1, 4, 1], &[150, 77, 1]);
+    for splits in [Some(1), Some(3)] {
+        let first = run(s, &b, 64, 1, splits).unwrap();
+        for (bs, seed) in [(64, 2), (1, 3), (17, 4), (256, 5)] {
+            let other = run(s, &b, bs, seed, splits).unwrap();
+            assert!(
+                first.iter().zip(&other).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "block size {bs}, splits {splits:?}: result differs from block size 64"
+            );
+        }
+    }
+}
+
+/// With one split a prefill row is computed exactly as the decode of its token over the
+/// cache cut after that token (masked keys add exact zeros).
+#[test]
+fn prefill_rows_equal_decode_steps() {
+    let Some(gpu) = gpu_or_skip("mla prefill vs decode") else {
+        return;
+    };
+    let s = gpu.stream();
+    let (heads, ql, kl) = (16, 40, 75);
+    let b = Batch::random(40, heads, &[ql], &[kl]);
+    let full = run(s, &b, 64, 1, Some(1)).unwrap();
+    for t in [0, 1, 31, 32, 39] {
+        let vis = kl - ql + t + 1;
+        let step = Batch {
+            heads,
+            q_lens: vec![1],
+            kv_lens: vec![vis],
+            q: b.q[t * heads * CACHE_ROW..(t + 1) * heads * CACHE_ROW].to_vec(),
+            seqs: vec![b.seqs[0][..vis * CACHE_ROW].to_vec()],
+            scale: b.scale,
+        };
+        let one = run(s, &step, 64, 2, Some(1)).unwrap();
+        let row = &full[t * heads * RANK..(t + 1) * heads * RANK];
+        assert!(
+            row.iter().zip(&one).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "token {t}: prefill row differs from its decode"
+        );
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let Some(gpu) = gpu_or_skip("mla shapes") else {
+        return;
+    };
+    let s = gpu.stream();
+    let shape_err = |r: Result<_, CudaError>| matches!(r, Err(CudaError::Shape { .. }));
+    let table = [0u32, 1, 2, 3];
+    assert!(shape_err(s.mla_batch(16, &[2], &[1], &table, 64).map(drop)), "q_len > kv_len");
+    assert!(shape_err(s.mla_batch(16, &[0], &[1], &table, 64).map(drop)), "q_len 0");
+    assert!(shape_err(s.mla_batch(16, &[1], &[257], &table, 64).map(drop)), "past the table");
+    assert!(shape_err(s.mla_batch(16, &[1, 1], &[1], &table, 64).map(drop)), "counts");
+    assert!(shape_err(s.mla_batch(16, &[1; 3], &[1; 3], &table, 64).map(drop)), "table rows");
+
+    let b = Batch::decode(50, 16, &[100]);
+    let (pool, table) = paged(&b, 64, 1);
+    let batch = s.mla_batch(16, &[1], &[100], &table, 64).unwrap();
+    let q = s.upload(&b.q).unwrap();
+    let cache = s.upload(&pool).unwrap();
+    let small = s.upload(&pool[..64 * CACHE_ROW]).unwrap();
+    let mut out = nan_buf::<bf16>(s, 16 * RANK);
+    let mut short = nan_buf::<bf16>(s, 16 * RANK - 1);
+    let mut ws = MlaWorkspace::default();
+    assert!(shape_err(s.mla_attention(&batch, &q, &small, 0.1, &mut out, &mut ws)), "cache lacks the table's blocks");
+    assert!(shape_err(s.mla_attention(&batch, &q, &cache, 0.1, &mut short, &mut ws)), "out");
+    assert!(shape_err(s.mla_attention(&batch, &q, &cache, f32::NAN, &mut out, &mut ws)), "scale");
+    s.mla_attention(&batch, &q, &cache, 0.1, &mut out, &mut ws).unwrap();
+}
