@@ -12,20 +12,25 @@
 // 0 ..= kv_len - n + t (decode: n = 1; causal prefill: n > 1).
 //
 // One block takes 64 query rows of one sequence (for 128 heads: half the heads of one token)
-// and one split of its keys (flash-decoding); all 64 rows share each cache tile, which is
-// loaded once per block with cp.async (double-buffered) and used by tensor-core mma for both
-// products: S = Q K^T over 576 dims, then O += P V over the first 512. Eight warps: for S,
-// warp w scores rows 16 (w % 4) against keys 16 (w / 4) of the 32-key tile; after the scores
-// meet in shared memory, it keeps the online softmax of those 16 rows and the output columns
-// 256 (w / 4) ..: 16 x 256 f32 accumulators per warp. With one split the block writes `out`;
-// with several it writes f32 partials (normalised output and log2-sum-exp per row) that
-// kt_mla_combine_bf16 merges in a fixed order, so results are reproducible.
+// and one split of its keys (flash-decoding); all 64 rows share each 32-key cache tile, which
+// is loaded once per block with cp.async (double-buffered) and used by tensor-core mma for
+// both products. Eight warps, three steps per tile:
+//  1. scores: warp w multiplies rows 32 (w % 2) .. + 32 by the tile's keys over dims
+//     144 (w / 2) .. + 144 (eight independent mma chains) and stores that partial S;
+//  2. softmax: warp w adds the four partials of rows 8 w .. 8 w + 7 in a fixed order, masks,
+//     updates the rows' running max and sum and writes P (bf16) and the rescale factor;
+//  3. output: warp w keeps O for rows 32 (w % 2) .. + 32 and columns 128 (w / 2) .. + 128
+//     (128 f32 accumulators per thread): O = alpha O + P V, V = the tile's latents.
+// With one split the block writes `out`; with several it writes f32 partials (normalised
+// output and log2-sum-exp per row) that kt_mla_combine_bf16 merges in a fixed order, so
+// results are reproducible.
 #include "include/kt_common.cuh"
 
 namespace {
 
 constexpr int kLat = 512;            // kv_lora_rank
 constexpr int kDim = 576;            // kv_lora_rank + rope: one cache row, one query row
+constexpr int kDimPart = kDim / 4;   // dims one warp scores over (9 mma steps)
 constexpr int kRows = 64;            // query rows per block
 constexpr int kKeys = 32;            // keys per cache tile
 constexpr int kThreads = 256;        // 8 warps
@@ -33,13 +38,18 @@ constexpr int kThreads = 256;        // 8 warps
 // ldmatrix reads start in 8 different bank groups (unpadded, 72 chunks, they all collide).
 constexpr int kStride = kDim + 8;
 constexpr int kChunks = kDim / 8;    // 16-byte chunks per row
-// Scores row stride in floats: 40 puts rows 0-3 of a quad-strided read on disjoint banks.
-constexpr int kSStride = kKeys + 8;
+// Partial-score rows of 36 floats: a quad-strided float2 access of 8 rows hits every bank
+// exactly twice (the minimum for 256 bytes).
+constexpr int kSStride = kKeys + 4;
+// P rows of 40 bf16 (5 chunks of 16 bytes): ldmatrix's 8 rows start in distinct bank groups.
+constexpr int kPStride = kKeys + 8;
 constexpr int kQBytes = kRows * kStride * 2;
 constexpr int kKBytes = kKeys * kStride * 2;
-constexpr int kSmemBytes = kQBytes + 2 * kKBytes + kRows * kSStride * 4;
+constexpr int kSBytes = 4 * kRows * kSStride * 4; // one partial-score tile per dim quarter
+constexpr int kPBytes = kRows * kPStride * 2;
+constexpr int kSmemBytes = kQBytes + 2 * kKBytes + kSBytes + kPBytes + 3 * kRows * 4;
 // kt-kernels/src/cuda/mla.rs launches with this much dynamic shared memory (SMEM_BYTES).
-static_assert(kSmemBytes == 159744, "update SMEM_BYTES in kt-kernels/src/cuda/mla.rs");
+static_assert(kSmemBytes == 192256, "update SMEM_BYTES in kt-kernels/src/cuda/mla.rs");
 constexpr float kNegInf = -__builtin_huge_valf();
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -98,13 +108,17 @@ __device__ void mla_attn(const __nv_bfloat16* __restrict__ q, const __nv_bfloat1
     extern __shared__ __align__(128) uint8_t smem[];
     __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem);
     __nv_bfloat16* ks0 = reinterpret_cast<__nv_bfloat16*>(smem + kQBytes);
-    float* ss = reinterpret_cast<float*>(smem + kQBytes + 2 * kKBytes);
+    float* sp = reinterpret_cast<float*>(smem + kQBytes + 2 * kKBytes);
+    __nv_bfloat16* ps = reinterpret_cast<__nv_bfloat16*>(smem + kQBytes + 2 * kKBytes + kSBytes);
+    float* m_s = reinterpret_cast<float*>(smem + kQBytes + 2 * kKBytes + kSBytes + kPBytes);
+    float* l_s = m_s + kRows;
+    float* a_s = l_s + kRows;
 
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
-    const int rb = warp & 3;   // 16-row block of the 64 rows
-    const int half = warp >> 2; // key half for S, output-column half for O
+    const int rh = warp & 1;  // 32-row half of the 64 rows (S and O)
+    const int wq = warp >> 1; // quarter of the dims (S) or of the output columns (O)
     const int b = blockIdx.z;
     const int split = blockIdx.y;
     const int splits = gridDim.y;
@@ -147,148 +161,191 @@ __device__ void mla_attn(const __nv_bfloat16* __restrict__ q, const __nv_bfloat1
     };
     if (t_begin < t_end) load_tile(t_begin, 0);
     cp_async_commit();
+    if (tid < kRows) {
+        m_s[tid] = kNegInf;
+        l_s[tid] = 0.0f;
+    }
 
-    // This thread's two rows (of the S and O fragments) and how many keys they see.
-    const int lr0 = 16 * rb + (lane >> 2);
-    const int lr1 = lr0 + 8;
-    const int vis0 = row0 + lr0 < nrows ? first_key_row + (row0 + lr0) / heads + 1 : 0;
-    const int vis1 = row0 + lr1 < nrows ? first_key_row + (row0 + lr1) / heads + 1 : 0;
+    // Softmax role: row srow, keys skc .. skc + 7 of each tile; it sees `svis` keys.
+    const int srow = 8 * warp + (lane >> 2);
+    const int skc = 8 * (lane & 3);
+    const int svis = row0 + srow < nrows ? first_key_row + (row0 + srow) / heads + 1 : 0;
     const int qc = 2 * (lane & 3); // fragment column within an 8-wide tile
 
-    float o[32][4];
+    float o[2][16][4]; // rows 32 rh + 16 i + {lane/4, lane/4 + 8}, columns 128 wq + 8 n + qc
 #pragma unroll
-    for (int n = 0; n < 32; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m0 = kNegInf, m1 = kNegInf, l0 = 0.0f, l1 = 0.0f;
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int n = 0; n < 16; ++n) o[i][n][0] = o[i][n][1] = o[i][n][2] = o[i][n][3] = 0.0f;
 
     for (int t = t_begin; t < t_end; ++t) {
         const int buf = (t - t_begin) & 1;
         cp_async_wait_all();
-        __syncthreads(); // tile t (and Q) landed; everyone is done with tile t - 1 and the scores
+        __syncthreads(); // tile t (and Q) landed; everyone is done with tile t - 1, S and P
         if (t + 1 < t_end) load_tile(t + 1, buf ^ 1);
         cp_async_commit();
         const __nv_bfloat16* ks = ks0 + buf * (kKeys * kStride);
 
-        // S[16 rows, 16 keys] over 576 dims.
-        float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-        const __nv_bfloat16* qa = qs + (16 * rb + (lane & 15)) * kStride + (lane >> 4) * 8;
-        const __nv_bfloat16* kb =
-            ks + (16 * half + (lane >> 4) * 8 + (lane & 7)) * kStride + ((lane >> 3) & 1) * 8;
-#pragma unroll 4
-        for (int kk = 0; kk < kDim / 16; ++kk) {
-            uint32_t a[4], bk[4];
-            ldmatrix_x4(a, qa + kk * 16);
-            ldmatrix_x4(bk, kb + kk * 16);
-            mma_bf16(s[0], a, bk[0], bk[1]);
-            mma_bf16(s[1], a, bk[2], bk[3]);
-        }
-        // Scaled (log2 domain) and masked scores to shared memory.
+        // Partial scores S[32 rows, 32 keys] over this warp's 144 dims: eight independent
+        // accumulator chains of nine mma each.
+        {
+            float acc[2][4][4];
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            const int col = 16 * half + 8 * j + qc;
-            const int key = t * kKeys + col;
-            float2 v0, v1;
-            v0.x = key < vis0 ? s[j][0] * scale_log2 : kNegInf;
-            v0.y = key + 1 < vis0 ? s[j][1] * scale_log2 : kNegInf;
-            v1.x = key < vis1 ? s[j][2] * scale_log2 : kNegInf;
-            v1.y = key + 1 < vis1 ? s[j][3] * scale_log2 : kNegInf;
-            *reinterpret_cast<float2*>(ss + lr0 * kSStride + col) = v0;
-            *reinterpret_cast<float2*>(ss + lr1 * kSStride + col) = v1;
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int n = 0; n < 4; ++n) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.0f;
+            const __nv_bfloat16* qa =
+                qs + (32 * rh + (lane & 15)) * kStride + kDimPart * wq + (lane >> 4) * 8;
+            const __nv_bfloat16* kb =
+                ks + ((lane >> 4) * 8 + (lane & 7)) * kStride + kDimPart * wq + ((lane >> 3) & 1) * 8;
+#pragma unroll
+            for (int kk = 0; kk < kDimPart / 16; ++kk) {
+                uint32_t a0[4], a1[4], b0[4], b1[4];
+                ldmatrix_x4(a0, qa + kk * 16);
+                ldmatrix_x4(a1, qa + 16 * kStride + kk * 16);
+                ldmatrix_x4(b0, kb + kk * 16);
+                ldmatrix_x4(b1, kb + 16 * kStride + kk * 16);
+                mma_bf16(acc[0][0], a0, b0[0], b0[1]);
+                mma_bf16(acc[0][1], a0, b0[2], b0[3]);
+                mma_bf16(acc[0][2], a0, b1[0], b1[1]);
+                mma_bf16(acc[0][3], a0, b1[2], b1[3]);
+                mma_bf16(acc[1][0], a1, b0[0], b0[1]);
+                mma_bf16(acc[1][1], a1, b0[2], b0[3]);
+                mma_bf16(acc[1][2], a1, b1[0], b1[1]);
+                mma_bf16(acc[1][3], a1, b1[2], b1[3]);
+            }
+            float* dst = sp + wq * (kRows * kSStride);
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int r = 32 * rh + 16 * i + (lane >> 2);
+#pragma unroll
+                for (int n = 0; n < 4; ++n) {
+                    *reinterpret_cast<float2*>(dst + r * kSStride + 8 * n + qc) =
+                        make_float2(acc[i][n][0], acc[i][n][1]);
+                    *reinterpret_cast<float2*>(dst + (r + 8) * kSStride + 8 * n + qc) =
+                        make_float2(acc[i][n][2], acc[i][n][3]);
+                }
+            }
         }
         __syncthreads();
 
-        // Online softmax over the tile's 32 keys for rows lr0 and lr1 (both warps of a row block
-        // compute the same values from the same scores).
-        float p[2][8];
+        // Online softmax, once per row: the four partial scores added in a fixed order, scaled
+        // (log2 domain), masked; P rounded to bf16 for the mma, the row's running max, sum and
+        // rescale factor kept in shared memory.
+        {
+            float sv[8];
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            const float2 a0 = *reinterpret_cast<const float2*>(ss + lr0 * kSStride + 16 * j + qc);
-            const float2 a1 = *reinterpret_cast<const float2*>(ss + lr1 * kSStride + 16 * j + qc);
-            const float2 a2 = *reinterpret_cast<const float2*>(ss + lr0 * kSStride + 16 * j + 8 + qc);
-            const float2 a3 = *reinterpret_cast<const float2*>(ss + lr1 * kSStride + 16 * j + 8 + qc);
-            p[j][0] = a0.x; p[j][1] = a0.y; p[j][2] = a1.x; p[j][3] = a1.y;
-            p[j][4] = a2.x; p[j][5] = a2.y; p[j][6] = a3.x; p[j][7] = a3.y;
-        }
-        float mx0 = fmaxf(fmaxf(fmaxf(p[0][0], p[0][1]), fmaxf(p[0][4], p[0][5])),
-                          fmaxf(fmaxf(p[1][0], p[1][1]), fmaxf(p[1][4], p[1][5])));
-        float mx1 = fmaxf(fmaxf(fmaxf(p[0][2], p[0][3]), fmaxf(p[0][6], p[0][7])),
-                          fmaxf(fmaxf(p[1][2], p[1][3]), fmaxf(p[1][6], p[1][7])));
-        mx0 = fmaxf(m0, quad_max(mx0));
-        mx1 = fmaxf(m1, quad_max(mx1));
-        // A row that has seen no key yet keeps m = -inf; subtracting 0 instead keeps exp2 at 0.
-        const float base0 = mx0 == kNegInf ? 0.0f : mx0;
-        const float base1 = mx1 == kNegInf ? 0.0f : mx1;
-        const float alpha0 = exp2f(m0 - base0);
-        const float alpha1 = exp2f(m1 - base1);
-        m0 = mx0;
-        m1 = mx1;
-        float sum0 = 0.0f, sum1 = 0.0f;
-        uint32_t pa[2][4];
+            for (int h = 0; h < 2; ++h) {
+                float4 part[4];
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            pa[j][0] = pack_bf16(exp2f(p[j][0] - base0), exp2f(p[j][1] - base0), sum0);
-            pa[j][1] = pack_bf16(exp2f(p[j][2] - base1), exp2f(p[j][3] - base1), sum1);
-            pa[j][2] = pack_bf16(exp2f(p[j][4] - base0), exp2f(p[j][5] - base0), sum0);
-            pa[j][3] = pack_bf16(exp2f(p[j][6] - base1), exp2f(p[j][7] - base1), sum1);
-        }
-        l0 = l0 * alpha0 + sum0; // per-thread partial sums; the quad adds them up at the end
-        l1 = l1 * alpha1 + sum1;
+                for (int d = 0; d < 4; ++d)
+                    part[d] = *reinterpret_cast<const float4*>(sp + d * (kRows * kSStride) +
+                                                               srow * kSStride + skc + 4 * h);
+                sv[4 * h + 0] = (part[0].x + part[1].x) + (part[2].x + part[3].x);
+                sv[4 * h + 1] = (part[0].y + part[1].y) + (part[2].y + part[3].y);
+                sv[4 * h + 2] = (part[0].z + part[1].z) + (part[2].z + part[3].z);
+                sv[4 * h + 3] = (part[0].w + part[1].w) + (part[2].w + part[3].w);
+            }
+            const int key0 = t * kKeys + skc;
+            float mx = kNegInf;
 #pragma unroll
-        for (int n = 0; n < 32; ++n) {
-            o[n][0] *= alpha0;
-            o[n][1] *= alpha0;
-            o[n][2] *= alpha1;
-            o[n][3] *= alpha1;
+            for (int i = 0; i < 8; ++i) {
+                sv[i] = key0 + i < svis ? sv[i] * scale_log2 : kNegInf;
+                mx = fmaxf(mx, sv[i]);
+            }
+            const float m_old = m_s[srow];
+            const float m_new = fmaxf(m_old, quad_max(mx));
+            // A row that has seen no key yet keeps m = -inf; subtracting 0 keeps exp2 at 0.
+            const float base = m_new == kNegInf ? 0.0f : m_new;
+            const float alpha = exp2f(m_old - base);
+            float sum = 0.0f;
+            uint4 packed;
+            packed.x = pack_bf16(exp2f(sv[0] - base), exp2f(sv[1] - base), sum);
+            packed.y = pack_bf16(exp2f(sv[2] - base), exp2f(sv[3] - base), sum);
+            packed.z = pack_bf16(exp2f(sv[4] - base), exp2f(sv[5] - base), sum);
+            packed.w = pack_bf16(exp2f(sv[6] - base), exp2f(sv[7] - base), sum);
+            *reinterpret_cast<uint4*>(ps + srow * kPStride + skc) = packed;
+            sum = quad_sum(sum);
+            if ((lane & 3) == 0) {
+                l_s[srow] = l_s[srow] * alpha + sum;
+                m_s[srow] = m_new;
+                a_s[srow] = alpha;
+            }
         }
+        __syncthreads();
 
-        // O[16 rows, 256 columns] += P[16, 32] V[32, 256], V = the tile's latents.
-        const __nv_bfloat16* vb =
-            ks + (((lane >> 3) & 1) * 8 + (lane & 7)) * kStride + 256 * half + (lane >> 4) * 8;
+        // O[32 rows, 128 columns] = alpha O + P[32, 32] V[32, 128], V = the tile's latents.
+        {
+            float al[2][2];
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+            for (int i = 0; i < 2; ++i) {
+                al[i][0] = a_s[32 * rh + 16 * i + (lane >> 2)];
+                al[i][1] = a_s[32 * rh + 16 * i + (lane >> 2) + 8];
+            }
+            const bool keep = al[0][0] == 1.0f && al[0][1] == 1.0f && al[1][0] == 1.0f && al[1][1] == 1.0f;
+            if (!__all_sync(0xffffffffu, keep)) { // most tiles leave every row's max alone
 #pragma unroll
-            for (int np = 0; np < 16; ++np) {
-                uint32_t bv[4];
-                ldmatrix_x4_trans(bv, vb + 16 * j * kStride + 16 * np);
-                mma_bf16(o[2 * np], pa[j], bv[0], bv[1]);
-                mma_bf16(o[2 * np + 1], pa[j], bv[2], bv[3]);
+                for (int i = 0; i < 2; ++i)
+#pragma unroll
+                    for (int n = 0; n < 16; ++n) {
+                        o[i][n][0] *= al[i][0];
+                        o[i][n][1] *= al[i][0];
+                        o[i][n][2] *= al[i][1];
+                        o[i][n][3] *= al[i][1];
+                    }
+            }
+            uint32_t pa[2][2][4];
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 2; ++j)
+                    ldmatrix_x4(pa[i][j], ps + (32 * rh + 16 * i + (lane & 15)) * kPStride + 16 * j +
+                                              (lane >> 4) * 8);
+            const __nv_bfloat16* vb =
+                ks + (((lane >> 3) & 1) * 8 + (lane & 7)) * kStride + 128 * wq + (lane >> 4) * 8;
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+#pragma unroll
+                for (int np = 0; np < 8; ++np) {
+                    uint32_t bv[4];
+                    ldmatrix_x4_trans(bv, vb + 16 * j * kStride + 16 * np);
+                    mma_bf16(o[0][2 * np], pa[0][j], bv[0], bv[1]);
+                    mma_bf16(o[0][2 * np + 1], pa[0][j], bv[2], bv[3]);
+                    mma_bf16(o[1][2 * np], pa[1][j], bv[0], bv[1]);
+                    mma_bf16(o[1][2 * np + 1], pa[1][j], bv[2], bv[3]);
+                }
             }
         }
     }
     cp_async_wait_all(); // nothing may land in shared memory after the block exits
+    __syncthreads();     // the row sums are final (and initialised, if no tile ran)
 
-    l0 = quad_sum(l0);
-    l1 = quad_sum(l1);
-    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
-    const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-    const bool ok0 = row0 + lr0 < nrows;
-    const bool ok1 = row0 + lr1 < nrows;
-    const size_t g0 = grow0 + lr0, g1 = grow0 + lr1;
-    const int col0 = 256 * half + qc;
-    if (splits == 1) {
-#pragma unroll
-        for (int n = 0; n < 32; ++n) {
-            if (ok0) {
-                *reinterpret_cast<__nv_bfloat162*>(out + g0 * kLat + col0 + 8 * n) =
-                    __floats2bfloat162_rn(o[n][0] * inv0, o[n][1] * inv0);
-            }
-            if (ok1) {
-                *reinterpret_cast<__nv_bfloat162*>(out + g1 * kLat + col0 + 8 * n) =
-                    __floats2bfloat162_rn(o[n][2] * inv1, o[n][3] * inv1);
-            }
-        }
-        return;
-    }
+    const int col0 = 128 * wq + qc;
     float* po = part_o + (size_t)split * rows_total * kLat;
 #pragma unroll
-    for (int n = 0; n < 32; ++n) {
-        if (ok0) *reinterpret_cast<float2*>(po + g0 * kLat + col0 + 8 * n) = make_float2(o[n][0] * inv0, o[n][1] * inv0);
-        if (ok1) *reinterpret_cast<float2*>(po + g1 * kLat + col0 + 8 * n) = make_float2(o[n][2] * inv1, o[n][3] * inv1);
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            const int r = 32 * rh + 16 * i + (lane >> 2) + 8 * hh;
+            if (row0 + r >= nrows) continue;
+            const float l = l_s[r];
+            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+            const size_t g = grow0 + r;
+#pragma unroll
+            for (int n = 0; n < 16; ++n) {
+                const float x = o[i][n][2 * hh] * inv, y = o[i][n][2 * hh + 1] * inv;
+                if (splits == 1) {
+                    *reinterpret_cast<__nv_bfloat162*>(out + g * kLat + col0 + 8 * n) = __floats2bfloat162_rn(x, y);
+                } else {
+                    *reinterpret_cast<float2*>(po + g * kLat + col0 + 8 * n) = make_float2(x, y);
+                }
+            }
+        }
     }
-    if (half == 0 && (lane & 3) == 0) {
+    if (splits > 1 && tid < kRows && row0 + tid < nrows) {
         // log2 of the split's softmax denominator in the scores' own scale; -inf: no key seen.
-        float* pl = part_lse + (size_t)split * rows_total;
-        if (ok0) pl[g0] = l0 > 0.0f ? m0 + log2f(l0) : kNegInf;
-        if (ok1) pl[g1] = l1 > 0.0f ? m1 + log2f(l1) : kNegInf;
+        const float l = l_s[tid];
+        part_lse[(size_t)split * rows_total + grow0 + tid] = l > 0.0f ? m_s[tid] + log2f(l) : kNegInf;
     }
 }
 

@@ -1,5 +1,5 @@
 // Small element-wise and per-row kernels of the forward pass: RMSNorm, SiLU-and-multiply,
-// in-place residual add, embedding gather and arg-max. Each exists for f32, f16 and bf16
+// in-place residual add, embedding gather, arg-max and rotary embedding. Each exists for f32, f16 and bf16
 // (suffix _f32 / _f16 / _bf16); all arithmetic is f32, rounding once at the store.
 #include "include/kt_common.cuh"
 
@@ -94,6 +94,32 @@ __device__ void argmax(const T* __restrict__ x, uint32_t* __restrict__ out, int 
     }
 }
 
+// Rotary embedding, in place, of the slice [offset, offset + 2 half) of every head of every
+// token of x [tokens, heads, head_dim]: pair (2i, 2i + 1) of token t rotates by row pos[t] of
+// the [rows, half] cos / sin tables, which the host fills from kt_kernels::ops::RopeYarn (YaRN
+// frequencies and magnitude included), so the angles carry no f32 error here. A position
+// past the tables turns the token's pairs into NaN. One block per token.
+template <typename T>
+__device__ void rope(T* __restrict__ x, const uint32_t* __restrict__ pos, const float* __restrict__ cos_t,
+                     const float* __restrict__ sin_t, int heads, int head_dim, int offset, int half,
+                     uint32_t rows) {
+    const uint32_t p = pos[blockIdx.x];
+    T* tok = x + (size_t)blockIdx.x * heads * head_dim + offset;
+    for (int e = threadIdx.x; e < heads * half; e += blockDim.x) {
+        const int h = e / half, i = e % half;
+        T* pair = tok + (size_t)h * head_dim + 2 * i;
+        if (p >= rows) {
+            pair[0] = pair[1] = kt_from_f32<T>(__int_as_float(0x7fc00000));
+            continue;
+        }
+        const float c = cos_t[(size_t)p * half + i];
+        const float s = sin_t[(size_t)p * half + i];
+        const float a = kt_to_f32(pair[0]), b = kt_to_f32(pair[1]);
+        pair[0] = kt_from_f32<T>(a * c - b * s);
+        pair[1] = kt_from_f32<T>(a * s + b * c);
+    }
+}
+
 #define KT_SMALL_OPS(SUFFIX, T)                                                                    \
     extern "C" __global__ void __launch_bounds__(1024)                                             \
         kt_rmsnorm_##SUFFIX(const T* x, const T* w, T* out, int n, float eps) {                  \
@@ -112,6 +138,11 @@ __device__ void argmax(const T* __restrict__ x, uint32_t* __restrict__ out, int 
     extern "C" __global__ void __launch_bounds__(1024)                                             \
         kt_argmax_##SUFFIX(const T* x, uint32_t* out, int n) {                                    \
         argmax<T>(x, out, n);                                                                      \
+    }                                                                                              \
+    extern "C" __global__ void kt_rope_##SUFFIX(T* x, const uint32_t* pos, const float* cos_t,      \
+                                                const float* sin_t, int heads, int head_dim,       \
+                                                int offset, int half, uint32_t rows) {             \
+        rope<T>(x, pos, cos_t, sin_t, heads, head_dim, offset, half, rows);                        \
     }
 
 KT_SMALL_OPS(f32, float)

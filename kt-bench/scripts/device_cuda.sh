@@ -3,8 +3,8 @@
 # was built here and carried: the cuda_* test binaries of kt-kernels renamed without their
 # hash (`cargo test -p kt-kernels --features cuda --release --no-run --message-format=json`
 # names them), the examples cuda_mla_timing and cuda_w4a16_timing, and cuda/bench_torch_*.py.
-# Steps: every CUDA test with KT_REQUIRE_GPU=1; compute-sanitizer memcheck (and racecheck on
-# the MLA kernel) when the machine has it; the MLA and W4A16 timings next to torch.
+# Steps: every CUDA test with KT_REQUIRE_GPU=1; compute-sanitizer memcheck on $SANITIZE (and
+# racecheck on the MLA kernel, cut off after $RACECHECK_SECONDS) when the machine has it; the MLA and W4A16 timings next to torch.
 # Results under $OUT: tests.txt, sanitizer.txt, timing.txt, nvidia-smi.txt; a summary on stdout.
 set -uo pipefail
 bin=${BIN:-.device-carry/cuda}
@@ -33,7 +33,7 @@ else
     echo "memcheck $name: exit $?" | tee -a "$out/sanitizer.txt"
   done
   if [ -x "$bin/cuda_mla" ]; then
-    "$san" --tool racecheck --error-exitcode 9 "$bin/cuda_mla" prefill_rows_equal_decode_steps >> "$out/sanitizer.txt" 2>&1
+    timeout "${RACECHECK_SECONDS:-120}" "$san" --tool racecheck --error-exitcode 9 "$bin/cuda_mla" prefill_rows_equal_decode_steps >> "$out/sanitizer.txt" 2>&1
     echo "racecheck cuda_mla: exit $?" | tee -a "$out/sanitizer.txt"
   fi
 fi

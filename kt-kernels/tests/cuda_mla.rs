@@ -5,7 +5,8 @@
 //! block_size + 1, ...), causal prefill, forced and automatic key splits, and two exact
 //! properties: the result does not depend on how the cache is paged, and a prefill row equals
 //! the decode of its token. Pages past a sequence's end and unused blocks hold NaN, as do the
-//! outputs before the kernel runs.
+//! outputs before the kernel runs. Also MLA's rotary embedding (YaRN) against
+//! `RopeYarn::apply_tokens`.
 //! Skips (with a message) on machines without a GPU unless KT_REQUIRE_GPU is set.
 #![cfg(feature = "cuda")]
 
@@ -14,8 +15,8 @@ mod cuda_common;
 use cuda_common::{gpu_or_skip, nan_buf};
 use half::bf16;
 use kt_kernels::cuda::mla::{MlaWorkspace, CACHE_ROW, KV_LORA_RANK};
-use kt_kernels::cuda::{CudaError, GpuStream};
-use kt_kernels::ops::{mla_absorbed, KvB, LatentCache, MlaDims};
+use kt_kernels::cuda::{CudaError, GpuFloat, GpuStream};
+use kt_kernels::ops::{mla_absorbed, KvB, LatentCache, MlaDims, RopeYarn, YarnScaling};
 use kt_kernels::util::SplitMix64;
 
 const RANK: usize = KV_LORA_RANK;
@@ -342,4 +343,87 @@ fn bad_shapes_are_errors() {
     assert!(shape_err(s.mla_attention(&batch, &q, &cache, 0.1, &mut short, &mut ws)), "out");
     assert!(shape_err(s.mla_attention(&batch, &q, &cache, f32::NAN, &mut out, &mut ws)), "scale");
     s.mla_attention(&batch, &q, &cache, 0.1, &mut out, &mut ws).unwrap();
+}
+
+/// YaRN as DeepSeek V3 configures it (magnitude 1), and with `mscale_all_dim` absent
+/// (magnitude 1 + 0.1 ln 40, about 1.37).
+fn yarn(mscale_all_dim: f64) -> RopeYarn {
+    let scaling = YarnScaling {
+        factor: 40.0,
+        original_max_pos: 4096,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        mscale: 1.0,
+        mscale_all_dim,
+    };
+    RopeYarn::new(ROPE, 10_000.0, Some(scaling)).unwrap()
+}
+
+fn rope_case<T: GpuFloat>(s: &GpuStream, rope: &RopeYarn, tokens: usize, heads: usize, head_dim: usize, offset: usize, seed: u64) {
+    const TABLE: usize = 70_000;
+    let tables = s.upload_rope_tables(rope, TABLE).unwrap();
+    let mut rng = SplitMix64::new(seed);
+    let x: Vec<T> = cuda_common::random(&mut rng, tokens * heads * head_dim, 1.5);
+    // Positions spread over the table (large ones included), the last one past its end.
+    let mut pos: Vec<u32> = (0..tokens).map(|_| rng.below(TABLE) as u32).collect();
+    pos[0] = TABLE as u32 - 1;
+    let past = tokens > 1;
+    if past {
+        pos[tokens - 1] = TABLE as u32;
+    }
+    let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+    let mut want = xf.clone();
+    let ok = if past { tokens - 1 } else { tokens };
+    let row = heads * head_dim;
+    let positions: Vec<usize> = pos[..ok].iter().map(|&p| p as usize).collect();
+    rope.apply_tokens(&mut want[..ok * row], &positions, head_dim, offset).unwrap();
+    let mut xd = s.upload(&x).unwrap();
+    let pd = s.upload(&pos).unwrap();
+    s.rope_inplace(&mut xd, &pd, &tables, heads, head_dim, offset).unwrap();
+    let got = s.download(&xd).unwrap();
+    let mag = rope.magnitude() as f64;
+    let u = T::UNIT_ROUNDOFF;
+    for (i, g) in got.iter().enumerate() {
+        let (t, e) = (i / row, i % head_dim);
+        let g = g.to_f32() as f64;
+        let in_rope = e >= offset && e < offset + ROPE;
+        if t >= ok && in_rope {
+            assert!(g.is_nan(), "{}: token {t} past the table: element {i} is {g}, not NaN", T::SUFFIX);
+            continue;
+        }
+        let w = want[i] as f64;
+        if !in_rope {
+            assert_eq!(g, w, "{}: element {i} outside the rope slice changed", T::SUFFIX);
+            continue;
+        }
+        // The tables round cos and sin to f32 (2^-24 each) and the kernel's two products and a
+        // sum round up to 3 more times, on terms of at most (|a| + |b|) * magnitude; the
+        // reference itself rounds once to f32; then the store to T.
+        let pair = i - (e - offset) % 2;
+        let ab = xf[pair].abs() as f64 + xf[pair + 1].abs() as f64;
+        let tol = u * w.abs() + 5.0 * 2f64.powi(-24) * ab * mag * (1.0 + u) + 0.5 * T::MIN_SUBNORMAL;
+        assert!((g - w).abs() <= tol, "{}: element {i}: got {g}, want {w} (tol {tol:e})", T::SUFFIX);
+    }
+}
+
+#[test]
+fn rope_matches_the_yarn_reference() {
+    let Some(gpu) = gpu_or_skip("rope") else {
+        return;
+    };
+    let s = gpu.stream();
+    for (ri, rope) in [yarn(1.0), yarn(0.0)].iter().enumerate() {
+        for (ti, &tokens) in [1usize, 3, 17].iter().enumerate() {
+            let seed = (10 * ri + ti) as u64;
+            // q: 16 heads of nope 128 + rope 64; k_pe: one head of just the rope part.
+            rope_case::<f32>(s, rope, tokens, 16, 192, 128, seed);
+            rope_case::<bf16>(s, rope, tokens, 16, 192, 128, seed);
+            rope_case::<half::f16>(s, rope, tokens, 1, 64, 0, seed);
+        }
+    }
+    let tables = s.upload_rope_tables(&yarn(1.0), 8).unwrap();
+    let mut x = s.upload(&vec![1.0f32; 2 * 100]).unwrap();
+    let pd = s.upload(&[0u32, 1]).unwrap();
+    assert!(matches!(s.rope_inplace(&mut x, &pd, &tables, 1, 100, 40), Err(CudaError::Shape { .. })), "slice past the head");
+    assert!(matches!(s.rope_inplace(&mut x, &pd, &tables, 2, 100, 0), Err(CudaError::Shape { .. })), "x length");
 }

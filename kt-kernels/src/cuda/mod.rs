@@ -6,7 +6,8 @@
 //!   [`CudaError::NoDriver`] / [`CudaError::NoDevice`] on machines without one.
 //! - [`GpuStream`]: where work is queued; buffers ([`DeviceBuf`], [`PinnedBuf`]), copies,
 //!   events ([`GpuEvent`]) and every kernel launch are methods of a stream.
-//! - Kernels: [`small_ops`] (RMSNorm, SiLU-and-multiply, residual add, embedding, arg-max),
+//! - Kernels: [`small_ops`] (RMSNorm, SiLU-and-multiply, residual add, embedding, arg-max,
+//!   YaRN rotary embedding),
 //!   [`gating`] (fused DeepSeek V2 / V3 MoE router), [`w4a16`] (int4-weight GEMM on tensor
 //!   cores, with its host-side quantizer and repacker), [`mla`] (MLA attention over a paged
 //!   latent cache: decode with split keys, causal prefill).

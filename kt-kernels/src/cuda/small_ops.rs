@@ -1,10 +1,11 @@
 //! Launch wrappers of `cuda/small_ops.cu`: RMSNorm, SiLU-and-multiply, in-place residual
-//! add, embedding gather and row arg-max, for f32, f16 and bf16. All compute in f32 and
-//! round once when storing.
+//! add, embedding gather, row arg-max and rotary embedding (YaRN), for f32, f16 and bf16. All
+//! compute in f32 and round once when storing.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::dtype::GpuFloat;
+use crate::ops::RopeYarn;
 use super::error::{launch_err, shape, CudaResult};
 use super::modules::SMALL_OPS;
 use super::runtime::{DeviceBuf, GpuStream};
@@ -36,7 +37,110 @@ fn elem_config(n: usize) -> LaunchConfig {
     }
 }
 
+/// Rope cos and sin (magnitude included) for positions `0..rows`, `[rows, rope_dim / 2]` each,
+/// on the device: computed once on the host by [`RopeYarn`] in f64.
+pub struct RopeTables {
+    half: usize,
+    rows: usize,
+    cos: DeviceBuf<f32>,
+    sin: DeviceBuf<f32>,
+}
+
+impl RopeTables {
+    pub fn rope_dim(&self) -> usize {
+        2 * self.half
+    }
+
+    /// Positions the tables cover.
+    pub fn positions(&self) -> usize {
+        self.rows
+    }
+}
+
 impl GpuStream {
+    /// The cos / sin tables of `rope` for positions `0..positions`.
+    pub fn upload_rope_tables(&self, rope: &RopeYarn, positions: usize) -> CudaResult<RopeTables> {
+        const OP: &str = "upload_rope_tables";
+        let half = rope.rope_dim() / 2;
+        if positions == 0 || u32::try_from(positions).is_err() {
+            return Err(shape(OP, format!("{positions} positions (need 1 ..= u32::MAX)")));
+        }
+        let mut cos = vec![0.0f32; positions * half];
+        let mut sin = vec![0.0f32; positions * half];
+        for (p, (c, s)) in cos
+            .chunks_exact_mut(half)
+            .zip(sin.chunks_exact_mut(half))
+            .enumerate()
+        {
+            rope.cos_sin_table(p, c, s)
+                .map_err(|e| shape(OP, e.to_string()))?;
+        }
+        Ok(RopeTables {
+            half,
+            rows: positions,
+            cos: self.upload(&cos)?,
+            sin: self.upload(&sin)?,
+        })
+    }
+
+    /// Rotates, in place, the slice `[offset, offset + rope_dim)` of every head of
+    /// `x = [tokens, heads, head_dim]`, token `t` to position `positions[t]` (as
+    /// [`RopeYarn::apply_tokens`]). A position past the tables gives NaN in that token's rope
+    /// slices (positions live on the device, so they are checked there).
+    pub fn rope_inplace<T: GpuFloat>(
+        &self,
+        x: &mut DeviceBuf<T>,
+        positions: &DeviceBuf<u32>,
+        tables: &RopeTables,
+        heads: usize,
+        head_dim: usize,
+        offset: usize,
+    ) -> CudaResult<()> {
+        const OP: &str = "rope";
+        let tokens = positions.len();
+        if heads == 0 || offset + tables.rope_dim() > head_dim || x.len() != tokens * heads * head_dim {
+            return Err(shape(
+                OP,
+                format!(
+                    "x has {} elements for {tokens} positions x {heads} heads x {head_dim}; rope slice [{offset}, {}) must lie in a head",
+                    x.len(),
+                    offset + tables.rope_dim()
+                ),
+            ));
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let kernel = format!("kt_rope_{}", T::SUFFIX);
+        let f = self.kernels.get(&SMALL_OPS, &kernel)?;
+        let (h, hd, off) = (
+            to_i32(OP, "heads", heads)?,
+            to_i32(OP, "head_dim", head_dim)?,
+            to_i32(OP, "offset", offset)?,
+        );
+        to_i32(OP, "heads x head_dim", heads * head_dim)?;
+        let half = tables.half as i32;
+        let rows = tables.rows as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (grid_rows(OP, tokens)?, 1, 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.slice)
+            .arg(&positions.slice)
+            .arg(&tables.cos.slice)
+            .arg(&tables.sin.slice);
+        b.arg(&h).arg(&hd).arg(&off).arg(&half).arg(&rows);
+        // SAFETY: matches kt_rope_* (x, pos, cos, sin, heads, head_dim, offset, half, rows); one
+        // block per position, x holds tokens x heads x head_dim with the rope slice inside each
+        // head (checked above), the tables hold rows x half and are read only below row `rows`.
+        unsafe { b.launch(cfg) }.map(drop).map_err(launch_err(
+            kernel,
+            format!("tokens {tokens}, heads {heads}, head_dim {head_dim}, offset {offset}"),
+        ))
+    }
+
     /// `out[t, :] = w * x[t, :] / sqrt(mean(x[t, :]^2) + eps)` for `tokens` rows of
     /// `w.len()` elements.
     pub fn rmsnorm<T: GpuFloat>(
