@@ -15,7 +15,8 @@ nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 : > "$out/tests.txt"
 for t in "$bin"/cuda_*; do
   name=$(basename "$t")
-  case $name in *_timing) continue;; esac
+  # cuda_layouts needs no GPU (g++ against the headers of the checkout it was built in): run it here.
+  case $name in *_timing|cuda_layouts) continue;; esac
   [ -x "$t" ] || continue
   echo "== $name" >> "$out/tests.txt"
   "$t" --test-threads=1 >> "$out/tests.txt" 2>&1

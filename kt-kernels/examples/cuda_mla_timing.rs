@@ -41,9 +41,15 @@ fn case(s: &GpuStream, q_len: usize, batch: usize, kv: usize, splits: Option<usi
         .collect();
     let rows = batch * q_len * HEADS;
     let pool = s
-        .upload(&random::<bf16>(&mut rng, batch * blocks_per_seq * BLOCK * CACHE_ROW, 1.0))
+        .upload(&random::<bf16>(
+            &mut rng,
+            batch * blocks_per_seq * BLOCK * CACHE_ROW,
+            1.0,
+        ))
         .unwrap();
-    let q = s.upload(&random::<bf16>(&mut rng, rows * CACHE_ROW, 0.5)).unwrap();
+    let q = s
+        .upload(&random::<bf16>(&mut rng, rows * CACHE_ROW, 0.5))
+        .unwrap();
     let mut out = s.alloc_zeroed::<bf16>(rows * KV_LORA_RANK).unwrap();
     let mut ws = MlaWorkspace::default();
     let mb = s
@@ -76,7 +82,14 @@ fn main() {
     };
     let s = gpu.stream();
     eprintln!("device: {:?}", gpu.info());
-    for &(batch, kv) in &[(64usize, 4096usize), (1, 4096), (8, 4096), (32, 4096), (64, 1024), (16, 16384)] {
+    for &(batch, kv) in &[
+        (64usize, 4096usize),
+        (1, 4096),
+        (8, 4096),
+        (32, 4096),
+        (64, 1024),
+        (16, 16384),
+    ] {
         case(s, 1, batch, kv, None);
     }
     for splits in [1, 2, 4] {

@@ -39,10 +39,16 @@ impl Batch {
         let rows: usize = q_lens.iter().sum::<usize>() * heads;
         // Unit-normal cache and 0.5-scale queries with scale 0.12 give scores of standard
         // deviation about 1.4: a softmax neither flat nor one-hot.
-        let q = (0..rows * CACHE_ROW).map(|_| bf16::from_f32(0.5 * rng.normal())).collect();
+        let q = (0..rows * CACHE_ROW)
+            .map(|_| bf16::from_f32(0.5 * rng.normal()))
+            .collect();
         let seqs = kv_lens
             .iter()
-            .map(|&l| (0..l * CACHE_ROW).map(|_| bf16::from_f32(rng.normal())).collect())
+            .map(|&l| {
+                (0..l * CACHE_ROW)
+                    .map(|_| bf16::from_f32(rng.normal()))
+                    .collect()
+            })
             .collect();
         Batch {
             heads,
@@ -218,7 +224,9 @@ fn decode_batches_of_different_lengths() {
         (16, vec![65, 1, 33]),
         (
             16,
-            vec![31, 32, 33, 64, 65, 1, 2, 200, 129, 7, 96, 97, 300, 5, 63, 128, 257],
+            vec![
+                31, 32, 33, 64, 65, 1, 2, 200, 129, 7, 96, 97, 300, 5, 63, 128, 257,
+            ],
         ),
         (128, vec![65, 700, 3]),
     ];
@@ -228,7 +236,10 @@ fn decode_batches_of_different_lengths() {
         for splits in [None, Some(1), Some(3), Some(8)] {
             let got = run(s, &b, 64, ci as u64, splits).unwrap();
             check(
-                &format!("decode heads {heads} batch {} splits {splits:?}", lens.len()),
+                &format!(
+                    "decode heads {heads} batch {} splits {splits:?}",
+                    lens.len()
+                ),
                 &got,
                 &want,
                 &tol,
@@ -279,7 +290,10 @@ fn paging_does_not_change_the_result() {
         for (bs, seed) in [(64, 2), (1, 3), (17, 4), (256, 5)] {
             let other = run(s, &b, bs, seed, splits).unwrap();
             assert!(
-                first.iter().zip(&other).all(|(x, y)| x.to_bits() == y.to_bits()),
+                first
+                    .iter()
+                    .zip(&other)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
                 "block size {bs}, splits {splits:?}: result differs from block size 64"
             );
         }
@@ -310,7 +324,9 @@ fn prefill_rows_equal_decode_steps() {
         let one = run(s, &step, 64, 2, Some(1)).unwrap();
         let row = &full[t * heads * RANK..(t + 1) * heads * RANK];
         assert!(
-            row.iter().zip(&one).all(|(x, y)| x.to_bits() == y.to_bits()),
+            row.iter()
+                .zip(&one)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
             "token {t}: prefill row differs from its decode"
         );
     }
@@ -324,11 +340,26 @@ fn bad_shapes_are_errors() {
     let s = gpu.stream();
     let shape_err = |r: Result<_, CudaError>| matches!(r, Err(CudaError::Shape { .. }));
     let table = [0u32, 1, 2, 3];
-    assert!(shape_err(s.mla_batch(16, &[2], &[1], &table, 64).map(drop)), "q_len > kv_len");
-    assert!(shape_err(s.mla_batch(16, &[0], &[1], &table, 64).map(drop)), "q_len 0");
-    assert!(shape_err(s.mla_batch(16, &[1], &[257], &table, 64).map(drop)), "past the table");
-    assert!(shape_err(s.mla_batch(16, &[1, 1], &[1], &table, 64).map(drop)), "counts");
-    assert!(shape_err(s.mla_batch(16, &[1; 3], &[1; 3], &table, 64).map(drop)), "table rows");
+    assert!(
+        shape_err(s.mla_batch(16, &[2], &[1], &table, 64).map(drop)),
+        "q_len > kv_len"
+    );
+    assert!(
+        shape_err(s.mla_batch(16, &[0], &[1], &table, 64).map(drop)),
+        "q_len 0"
+    );
+    assert!(
+        shape_err(s.mla_batch(16, &[1], &[257], &table, 64).map(drop)),
+        "past the table"
+    );
+    assert!(
+        shape_err(s.mla_batch(16, &[1, 1], &[1], &table, 64).map(drop)),
+        "counts"
+    );
+    assert!(
+        shape_err(s.mla_batch(16, &[1; 3], &[1; 3], &table, 64).map(drop)),
+        "table rows"
+    );
 
     let b = Batch::decode(50, 16, &[100]);
     let (pool, table) = paged(&b, 64, 1);
@@ -339,10 +370,20 @@ fn bad_shapes_are_errors() {
     let mut out = nan_buf::<bf16>(s, 16 * RANK);
     let mut short = nan_buf::<bf16>(s, 16 * RANK - 1);
     let mut ws = MlaWorkspace::default();
-    assert!(shape_err(s.mla_attention(&batch, &q, &small, 0.1, &mut out, &mut ws)), "cache lacks the table's blocks");
-    assert!(shape_err(s.mla_attention(&batch, &q, &cache, 0.1, &mut short, &mut ws)), "out");
-    assert!(shape_err(s.mla_attention(&batch, &q, &cache, f32::NAN, &mut out, &mut ws)), "scale");
-    s.mla_attention(&batch, &q, &cache, 0.1, &mut out, &mut ws).unwrap();
+    assert!(
+        shape_err(s.mla_attention(&batch, &q, &small, 0.1, &mut out, &mut ws)),
+        "cache lacks the table's blocks"
+    );
+    assert!(
+        shape_err(s.mla_attention(&batch, &q, &cache, 0.1, &mut short, &mut ws)),
+        "out"
+    );
+    assert!(
+        shape_err(s.mla_attention(&batch, &q, &cache, f32::NAN, &mut out, &mut ws)),
+        "scale"
+    );
+    s.mla_attention(&batch, &q, &cache, 0.1, &mut out, &mut ws)
+        .unwrap();
 }
 
 /// YaRN as DeepSeek V3 configures it (magnitude 1), and with `mscale_all_dim` absent
@@ -359,7 +400,15 @@ fn yarn(mscale_all_dim: f64) -> RopeYarn {
     RopeYarn::new(ROPE, 10_000.0, Some(scaling)).unwrap()
 }
 
-fn rope_case<T: GpuFloat>(s: &GpuStream, rope: &RopeYarn, tokens: usize, heads: usize, head_dim: usize, offset: usize, seed: u64) {
+fn rope_case<T: GpuFloat>(
+    s: &GpuStream,
+    rope: &RopeYarn,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+    offset: usize,
+    seed: u64,
+) {
     const TABLE: usize = 70_000;
     let tables = s.upload_rope_tables(rope, TABLE).unwrap();
     let mut rng = SplitMix64::new(seed);
@@ -376,10 +425,12 @@ fn rope_case<T: GpuFloat>(s: &GpuStream, rope: &RopeYarn, tokens: usize, heads: 
     let ok = if past { tokens - 1 } else { tokens };
     let row = heads * head_dim;
     let positions: Vec<usize> = pos[..ok].iter().map(|&p| p as usize).collect();
-    rope.apply_tokens(&mut want[..ok * row], &positions, head_dim, offset).unwrap();
+    rope.apply_tokens(&mut want[..ok * row], &positions, head_dim, offset)
+        .unwrap();
     let mut xd = s.upload(&x).unwrap();
     let pd = s.upload(&pos).unwrap();
-    s.rope_inplace(&mut xd, &pd, &tables, heads, head_dim, offset).unwrap();
+    s.rope_inplace(&mut xd, &pd, &tables, heads, head_dim, offset)
+        .unwrap();
     let got = s.download(&xd).unwrap();
     let mag = rope.magnitude() as f64;
     let u = T::UNIT_ROUNDOFF;
@@ -388,12 +439,21 @@ fn rope_case<T: GpuFloat>(s: &GpuStream, rope: &RopeYarn, tokens: usize, heads: 
         let g = g.to_f32() as f64;
         let in_rope = e >= offset && e < offset + ROPE;
         if t >= ok && in_rope {
-            assert!(g.is_nan(), "{}: token {t} past the table: element {i} is {g}, not NaN", T::SUFFIX);
+            assert!(
+                g.is_nan(),
+                "{}: token {t} past the table: element {i} is {g}, not NaN",
+                T::SUFFIX
+            );
             continue;
         }
         let w = want[i] as f64;
         if !in_rope {
-            assert_eq!(g, w, "{}: element {i} outside the rope slice changed", T::SUFFIX);
+            assert_eq!(
+                g,
+                w,
+                "{}: element {i} outside the rope slice changed",
+                T::SUFFIX
+            );
             continue;
         }
         // The tables round cos and sin to f32 (2^-24 each) and the kernel's two products and a
@@ -401,8 +461,13 @@ fn rope_case<T: GpuFloat>(s: &GpuStream, rope: &RopeYarn, tokens: usize, heads: 
         // reference itself rounds once to f32; then the store to T.
         let pair = i - (e - offset) % 2;
         let ab = xf[pair].abs() as f64 + xf[pair + 1].abs() as f64;
-        let tol = u * w.abs() + 5.0 * 2f64.powi(-24) * ab * mag * (1.0 + u) + 0.5 * T::MIN_SUBNORMAL;
-        assert!((g - w).abs() <= tol, "{}: element {i}: got {g}, want {w} (tol {tol:e})", T::SUFFIX);
+        let tol =
+            u * w.abs() + 5.0 * 2f64.powi(-24) * ab * mag * (1.0 + u) + 0.5 * T::MIN_SUBNORMAL;
+        assert!(
+            (g - w).abs() <= tol,
+            "{}: element {i}: got {g}, want {w} (tol {tol:e})",
+            T::SUFFIX
+        );
     }
 }
 
@@ -424,6 +489,18 @@ fn rope_matches_the_yarn_reference() {
     let tables = s.upload_rope_tables(&yarn(1.0), 8).unwrap();
     let mut x = s.upload(&vec![1.0f32; 2 * 100]).unwrap();
     let pd = s.upload(&[0u32, 1]).unwrap();
-    assert!(matches!(s.rope_inplace(&mut x, &pd, &tables, 1, 100, 40), Err(CudaError::Shape { .. })), "slice past the head");
-    assert!(matches!(s.rope_inplace(&mut x, &pd, &tables, 2, 100, 0), Err(CudaError::Shape { .. })), "x length");
+    assert!(
+        matches!(
+            s.rope_inplace(&mut x, &pd, &tables, 1, 100, 40),
+            Err(CudaError::Shape { .. })
+        ),
+        "slice past the head"
+    );
+    assert!(
+        matches!(
+            s.rope_inplace(&mut x, &pd, &tables, 2, 100, 0),
+            Err(CudaError::Shape { .. })
+        ),
+        "x length"
+    );
 }

@@ -161,7 +161,10 @@ impl GpuStream {
         to_i32("block id", max_block_used)?;
         to_i32("block size", block_size)?;
         let kv: Vec<i32> = kv_lens.iter().map(|&l| l as i32).collect();
-        let table: Vec<i32> = block_table.iter().map(|&x| x.min(i32::MAX as u32) as i32).collect();
+        let table: Vec<i32> = block_table
+            .iter()
+            .map(|&x| x.min(i32::MAX as u32) as i32)
+            .collect();
         Ok(MlaBatch {
             heads,
             block_size,
@@ -215,7 +218,10 @@ impl GpuStream {
                 ),
             ));
         }
-        if cache.is_empty() || !cache.len().is_multiple_of(block_elems) || cache.len() / block_elems <= batch.max_block_used {
+        if cache.is_empty()
+            || !cache.len().is_multiple_of(block_elems)
+            || cache.len() / block_elems <= batch.max_block_used
+        {
             return Err(shape(
                 OP,
                 format!(

@@ -5,10 +5,10 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::dtype::GpuFloat;
-use crate::ops::RopeYarn;
 use super::error::{launch_err, shape, CudaResult};
 use super::modules::SMALL_OPS;
 use super::runtime::{DeviceBuf, GpuStream};
+use crate::ops::RopeYarn;
 
 /// Threads per block of the per-row kernels (a multiple of 32, as the block sum requires).
 const ROW_THREADS: u32 = 256;
@@ -63,7 +63,10 @@ impl GpuStream {
         const OP: &str = "upload_rope_tables";
         let half = rope.rope_dim() / 2;
         if positions == 0 || u32::try_from(positions).is_err() {
-            return Err(shape(OP, format!("{positions} positions (need 1 ..= u32::MAX)")));
+            return Err(shape(
+                OP,
+                format!("{positions} positions (need 1 ..= u32::MAX)"),
+            ));
         }
         let mut cos = vec![0.0f32; positions * half];
         let mut sin = vec![0.0f32; positions * half];
@@ -98,7 +101,10 @@ impl GpuStream {
     ) -> CudaResult<()> {
         const OP: &str = "rope";
         let tokens = positions.len();
-        if heads == 0 || offset + tables.rope_dim() > head_dim || x.len() != tokens * heads * head_dim {
+        if heads == 0
+            || offset + tables.rope_dim() > head_dim
+            || x.len() != tokens * heads * head_dim
+        {
             return Err(shape(
                 OP,
                 format!(
