@@ -3,6 +3,7 @@
 //! in the file's scope), fits 80 GiB GPUs, and does what its name says: `-cpu` puts
 //! everything on the CPU, `-hybrid` the routed experts on the CPU and the rest on one GPU,
 //! `-2gpu` the routed experts on the CPU and the layers split in two runs over two GPUs.
+//! No shipped rule is dead (each places at least one module).
 
 use std::path::PathBuf;
 
@@ -50,6 +51,11 @@ fn check_valid(file: &str, rules: &RuleSet, p: &Placement, config: &DeepSeekConf
     }
     for k in [ModuleKind::Embedding, ModuleKind::LmHead] {
         assert!(p.device_of(None, k).is_some(), "{file}: no {k}");
+    }
+    // No dead rule: each places some module (a shipped file says only what it does).
+    for (i, rule) in rules.rules().iter().enumerate() {
+        let used = p.modules().iter().any(|m| m.rule == Some(i));
+        assert!(used, "{file}: rule {} ({:?}) places nothing", i + 1, rule.matches);
     }
     let memory = p.memory(4096, 2 << 30);
     Placement::check_fits(&memory, 80 << 30).unwrap_or_else(|e| panic!("{file}: {e}"));

@@ -66,7 +66,7 @@ pub enum PlacementError {
         reason: String,
     },
 
-    #[error("{origin}: no rule matches module {module} ({kind}, layer {layer:?}); add a rule for it (the first matching rule places a module)")]
+    #[error("{origin}: no rule matches module {module} ({kind}{}); add a rule for it (the first matching rule places a module)", match layer { Some(l) => format!(", layer {l}"), None => String::new() })]
     Unmatched {
         origin: String,
         module: String,

@@ -9,8 +9,9 @@
 //!   `blk.3.attn`, `blk.3.attn_kv_a_mqa`, `blk.3.ffn_exps`, `output`), each of a
 //!   [`ModuleKind`]; linears are children of an attention or MLP module.
 //! - [`RuleSet::place`] gives a [`Placement`]: the first rule whose `match` fits a module
-//!   places it (a linear no rule matches runs with its parent); a module no rule matches
-//!   is an error naming it. Operators accept the formats of the table in `operator.rs`.
+//!   places it; a linear runs with its parent unless a rule before the parent's matches
+//!   it (e.g. the MLA key/value up-projections in bf16 while the attention is int4); a
+//!   module no rule matches is an error naming it. Operators accept the formats of the table in `operator.rs`.
 //! - Memory (`place.rs`): weight bytes from each format's block size, the latent KV
 //!   cache, prefill staging and a GPU reserve per device; [`Placement::check_fits`].
 

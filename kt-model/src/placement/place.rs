@@ -1,6 +1,8 @@
-//! Placing a model's modules with a rule set: the first matching rule places a module;
-//! a linear no rule matches runs with its parent (same device, the parent's format and
-//! options). Then the memory each device needs.
+//! Placing a model's modules with a rule set: the first matching rule places a module. A
+//! linear's parent's rule counts as a match of the linear: a rule that matches the linear
+//! and comes before it places the linear (on the parent's device: anything else is an
+//! error); otherwise the linear runs with its parent (its device, format and options).
+//! Then the memory each device needs.
 
 use std::collections::BTreeMap;
 
@@ -110,20 +112,21 @@ impl RuleSet {
         let mods = modules::modules(config, tensors)?;
         let mut placed: Vec<ModulePlacement> = Vec::with_capacity(mods.len());
         for m in mods {
-            let p = match self.first_match(&m) {
-                Some(i) => self.apply(i, m)?,
-                None => match m.parent {
-                    // Parents come first: `placed[p]` exists.
-                    Some(p) if m.kind == ModuleKind::Linear => self.inherit(&placed[p], m)?,
-                    _ => {
-                        return Err(PlacementError::Unmatched {
-                            origin: self.origin().to_owned(),
-                            module: m.name,
-                            kind: m.kind,
-                            layer: m.layer,
-                        })
-                    }
-                },
+            // Parents come first: `placed[p]` exists. A linear's parent's rule counts as a
+            // match of the linear, so only a rule before it overrides the parent's choice.
+            let parent_rule = m.parent.map(|p| placed[p].rule);
+            let p = match (self.first_match(&m), parent_rule) {
+                (Some(i), Some(Some(rp))) if i >= rp => self.inherit(&placed[m.parent.unwrap()], m)?,
+                (Some(i), _) => self.apply(i, m)?,
+                (None, Some(_)) => self.inherit(&placed[m.parent.unwrap()], m)?,
+                (None, None) => {
+                    return Err(PlacementError::Unmatched {
+                        origin: self.origin().to_owned(),
+                        module: m.name,
+                        kind: m.kind,
+                        layer: m.layer,
+                    })
+                }
             };
             if let (Some(parent), Some(rule)) = (p.parent, p.rule) {
                 let parent = &placed[parent];
