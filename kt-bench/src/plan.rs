@@ -68,7 +68,10 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let memory = plan.memory(a.ctx, (a.reserve * GIB) as u64);
     let fits = Placement::check_fits(&memory, gpu_bytes);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&a, model, &plan, &memory, fits.is_ok()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report_json(&a, model, &plan, &memory, fits.is_ok()))?
+        );
     } else {
         print_table(&a, model, &plan, &memory, gpu_bytes);
     }
@@ -90,7 +93,10 @@ fn group_key(m: &ModulePlacement) -> String {
         Some(l) => m.name.replacen(&format!("blk.{l}."), "blk.N.", 1),
         None => m.name.clone(),
     };
-    format!("{name}|{}|{}|{:?}|{:?}|{:?}", m.device, m.format, m.op, m.options, m.rule)
+    format!(
+        "{name}|{}|{}|{:?}|{:?}|{:?}",
+        m.device, m.format, m.op, m.options, m.rule
+    )
 }
 
 fn groups(plan: &Placement) -> Vec<Group<'_>> {
@@ -110,7 +116,12 @@ fn groups(plan: &Placement) -> Vec<Group<'_>> {
             }
         }
         last.insert(key, out.len());
-        out.push(Group { first: m, layers: m.layer.map(|l| (l, l)), count: 1, bytes: m.bytes });
+        out.push(Group {
+            first: m,
+            layers: m.layer.map(|l| (l, l)),
+            count: 1,
+            bytes: m.bytes,
+        });
     }
     out
 }
@@ -140,7 +151,11 @@ fn print_table(a: &Args, model: &str, plan: &Placement, memory: &[DeviceMemory],
             None => m.name.clone(),
         };
         // Linears indented under their parent.
-        let name = if m.parent.is_some() { format!("  {name}") } else { name };
+        let name = if m.parent.is_some() {
+            format!("  {name}")
+        } else {
+            name
+        };
         let rule = match m.rule {
             Some(r) => format!("{}", r + 1),
             None => "(parent)".into(),
@@ -174,7 +189,11 @@ fn print_table(a: &Args, model: &str, plan: &Placement, memory: &[DeviceMemory],
         "device", "weights", "kv cache", "staging", "reserve", "total", "capacity"
     );
     for d in memory {
-        let capacity = if d.device.is_gpu() { format!("{:.1}", gib(gpu_bytes)) } else { "-".into() };
+        let capacity = if d.device.is_gpu() {
+            format!("{:.1}", gib(gpu_bytes))
+        } else {
+            "-".into()
+        };
         println!(
             "{:<8} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10}",
             d.device.to_string(),
@@ -188,7 +207,13 @@ fn print_table(a: &Args, model: &str, plan: &Placement, memory: &[DeviceMemory],
     }
 }
 
-fn report_json(a: &Args, model: &str, plan: &Placement, memory: &[DeviceMemory], fits: bool) -> serde_json::Value {
+fn report_json(
+    a: &Args,
+    model: &str,
+    plan: &Placement,
+    memory: &[DeviceMemory],
+    fits: bool,
+) -> serde_json::Value {
     let modules: Vec<_> = plan
         .modules()
         .iter()
@@ -248,11 +273,46 @@ mod tests {
         assert_eq!(covered, plan.modules().len());
         let total: u64 = gs.iter().map(|g| g.bytes).sum();
         assert_eq!(total, plan.bytes_per_device()[&placement::Device::Cpu]);
-        let exps: Vec<_> = gs.iter().filter(|g| g.first.name.ends_with("ffn_exps")).collect();
+        let exps: Vec<_> = gs
+            .iter()
+            .filter(|g| g.first.name.ends_with("ffn_exps"))
+            .collect();
         assert_eq!(exps.len(), 1);
         assert_eq!(exps[0].layers, Some((3, 60)), "V3's MoE layers");
-        let dense: Vec<_> = gs.iter().filter(|g| g.first.name.ends_with(".ffn")).collect();
+        let dense: Vec<_> = gs
+            .iter()
+            .filter(|g| g.first.name.ends_with(".ffn"))
+            .collect();
         assert_eq!(dense[0].layers, Some((0, 2)));
         assert_eq!(layers_label(Some((3, 60))), "layers 3-60");
+    }
+
+    fn args(rules: &str, gpu_mem: f64) -> Args {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+        Args {
+            model: Some("deepseek-v2-lite".into()),
+            rules: Some(dir.join(rules).display().to_string()),
+            gpu_mem,
+            ctx: 4096,
+            reserve: 2.0,
+            json: true,
+            print_schema: false,
+        }
+    }
+
+    #[test]
+    fn refuses_a_plan_that_overflows_a_gpu() {
+        run(args("deepseek-v2-lite-hybrid.yaml", 80.0)).unwrap();
+        // Weights ~1.1 GiB + 2 GiB reserve do not fit 2 GiB.
+        let e = run(args("deepseek-v2-lite-hybrid.yaml", 2.0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not fit") && e.contains("cuda:0"), "{e}");
+        // The CPU is not bounded by --gpu-mem.
+        run(args("deepseek-v2-lite-cpu.yaml", 0.0)).unwrap();
+        let e = run(args("deepseek-v2-lite-cpu.yaml", f64::NAN))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--gpu-mem"), "{e}");
     }
 }

@@ -25,28 +25,61 @@ fn shipped() -> Vec<PathBuf> {
 /// Checks that hold for any placement.
 fn check_valid(file: &str, rules: &RuleSet, p: &Placement, config: &DeepSeekConfig) {
     for m in p.modules() {
-        assert!(rules.devices().contains(&m.device), "{file}: {} on {}", m.name, m.device);
-        assert!(m.op.runs(m.kind), "{file}: {} ({}) run by {:?}", m.name, m.kind, m.op);
-        assert!(m.op.allows(m.device, m.format), "{file}: {} in {} on {}", m.name, m.format, m.device);
+        assert!(
+            rules.devices().contains(&m.device),
+            "{file}: {} on {}",
+            m.name,
+            m.device
+        );
+        assert!(
+            m.op.runs(m.kind),
+            "{file}: {} ({}) run by {:?}",
+            m.name,
+            m.kind,
+            m.op
+        );
+        assert!(
+            m.op.allows(m.device, m.format),
+            "{file}: {} in {} on {}",
+            m.name,
+            m.format,
+            m.device
+        );
         match m.parent {
             Some(parent) => {
                 let parent = &p.modules()[parent];
                 assert_eq!(m.kind, ModuleKind::Linear, "{file}: {}", m.name);
-                assert_eq!(m.device, parent.device, "{file}: {} vs {}", m.name, parent.name);
+                assert_eq!(
+                    m.device, parent.device,
+                    "{file}: {} vs {}",
+                    m.name, parent.name
+                );
             }
             None => assert!(m.rule.is_some(), "{file}: {} placed by no rule", m.name),
         }
-        assert!(m.bytes > 0 || m.tensors.is_empty(), "{file}: {} has no bytes", m.name);
+        assert!(
+            m.bytes > 0 || m.tensors.is_empty(),
+            "{file}: {} has no bytes",
+            m.name
+        );
     }
     // Each layer has its attention and FFN modules, placed.
     for layer in 0..config.n_layers {
         let kinds: &[ModuleKind] = if config.is_moe_layer(layer) {
-            &[ModuleKind::Attention, ModuleKind::Gate, ModuleKind::RoutedExperts, ModuleKind::SharedExperts]
+            &[
+                ModuleKind::Attention,
+                ModuleKind::Gate,
+                ModuleKind::RoutedExperts,
+                ModuleKind::SharedExperts,
+            ]
         } else {
             &[ModuleKind::Attention, ModuleKind::DenseMlp]
         };
         for &k in kinds {
-            assert!(p.device_of(Some(layer), k).is_some(), "{file}: layer {layer} has no {k}");
+            assert!(
+                p.device_of(Some(layer), k).is_some(),
+                "{file}: layer {layer} has no {k}"
+            );
         }
     }
     for k in [ModuleKind::Embedding, ModuleKind::LmHead] {
@@ -55,7 +88,12 @@ fn check_valid(file: &str, rules: &RuleSet, p: &Placement, config: &DeepSeekConf
     // No dead rule: each places some module (a shipped file says only what it does).
     for (i, rule) in rules.rules().iter().enumerate() {
         let used = p.modules().iter().any(|m| m.rule == Some(i));
-        assert!(used, "{file}: rule {} ({:?}) places nothing", i + 1, rule.matches);
+        assert!(
+            used,
+            "{file}: rule {} ({:?}) places nothing",
+            i + 1,
+            rule.matches
+        );
     }
     let memory = p.memory(4096, 2 << 30);
     Placement::check_fits(&memory, 80 << 30).unwrap_or_else(|e| panic!("{file}: {e}"));
@@ -83,11 +121,20 @@ fn check_named_layout(file: &str, p: &Placement, config: &DeepSeekConfig) {
         .filter(|m| m.kind == ModuleKind::RoutedExperts)
         .all(|m| m.device == Device::Cpu);
     assert!(experts_on_cpu, "{file}: routed experts off the CPU");
-    let others = p.modules().iter().filter(|m| m.kind != ModuleKind::RoutedExperts);
+    let others = p
+        .modules()
+        .iter()
+        .filter(|m| m.kind != ModuleKind::RoutedExperts);
     if file.ends_with("-cpu.yaml") {
-        assert!(p.modules().iter().all(|m| m.device == Device::Cpu), "{file}");
+        assert!(
+            p.modules().iter().all(|m| m.device == Device::Cpu),
+            "{file}"
+        );
     } else if file.ends_with("-hybrid.yaml") {
-        assert!(others.into_iter().all(|m| m.device == Device::Cuda(0)), "{file}");
+        assert!(
+            others.into_iter().all(|m| m.device == Device::Cuda(0)),
+            "{file}"
+        );
     } else if file.ends_with("-2gpu.yaml") {
         assert!(others.into_iter().all(|m| m.device.is_gpu()), "{file}");
         // Each layer on one GPU; layers on cuda:0 first, then cuda:1.
@@ -98,11 +145,23 @@ fn check_named_layout(file: &str, p: &Placement, config: &DeepSeekConfig) {
                 d[0]
             })
             .collect();
-        let split = per_layer.iter().position(|&d| d == Device::Cuda(1)).expect("cuda:1 used");
+        let split = per_layer
+            .iter()
+            .position(|&d| d == Device::Cuda(1))
+            .expect("cuda:1 used");
         assert!(split > 0, "{file}: cuda:0 holds no layer");
-        assert!(per_layer[..split].iter().all(|&d| d == Device::Cuda(0)), "{file}");
-        assert!(per_layer[split..].iter().all(|&d| d == Device::Cuda(1)), "{file}");
-        assert_eq!(p.device_of(None, ModuleKind::Embedding), Some(Device::Cuda(0)));
+        assert!(
+            per_layer[..split].iter().all(|&d| d == Device::Cuda(0)),
+            "{file}"
+        );
+        assert!(
+            per_layer[split..].iter().all(|&d| d == Device::Cuda(1)),
+            "{file}"
+        );
+        assert_eq!(
+            p.device_of(None, ModuleKind::Embedding),
+            Some(Device::Cuda(0))
+        );
         assert_eq!(p.device_of(None, ModuleKind::LmHead), Some(Device::Cuda(1)));
     } else {
         panic!("{file}: a shipped rule file ends in -cpu, -hybrid or -2gpu");
@@ -119,8 +178,12 @@ fn every_shipped_file_places_each_of_its_models() {
         let models = &rules.file().models;
         assert!(!models.is_empty(), "{file}: names no model");
         for name in models {
-            let preset = Preset::from_name(name).unwrap_or_else(|| panic!("{file}: unknown model {name}"));
-            assert!(file.starts_with(&format!("{name}-")), "{file} is for {name}");
+            let preset =
+                Preset::from_name(name).unwrap_or_else(|| panic!("{file}: unknown model {name}"));
+            assert!(
+                file.starts_with(&format!("{name}-")),
+                "{file} is for {name}"
+            );
             let config = preset.config();
             let p = rules.place(&config).unwrap_or_else(|e| panic!("{e}"));
             check_valid(&file, &rules, &p, &config);
@@ -140,11 +203,17 @@ fn cpu_baseline_bytes_are_the_q4_k_m_files() {
         let rules = RuleSet::from_file(&path).unwrap();
         let p = rules.place(&preset.config()).unwrap();
         let placed = p.bytes_per_device()[&Device::Cpu];
-        let opts = kt_model::synthetic::SyntheticOptions { pool_rows: 1, ..Default::default() };
+        let opts = kt_model::synthetic::SyntheticOptions {
+            pool_rows: 1,
+            ..Default::default()
+        };
         let synth = kt_model::synthetic::SyntheticModel::new(preset, &opts).unwrap();
         let data = synth.data_bytes();
         let n = synth.n_tensors() as u64;
         let alignment = kt_model::gguf::DEFAULT_ALIGNMENT;
-        assert!(placed <= data && data - placed < n * alignment, "{preset}: {placed} vs {data}");
+        assert!(
+            placed <= data && data - placed < n * alignment,
+            "{preset}: {placed} vs {data}"
+        );
     }
 }

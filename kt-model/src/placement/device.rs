@@ -86,7 +86,9 @@ mod tests {
         for d in [Device::Cpu, Device::Cuda(0), Device::Cuda(7)] {
             assert_eq!(d.to_string().parse::<Device>(), Ok(d));
         }
-        for bad in ["", "CPU", "cuda", "cuda:", "cuda:+1", "cuda:-1", "gpu:0", "cuda:0 "] {
+        for bad in [
+            "", "CPU", "cuda", "cuda:", "cuda:+1", "cuda:-1", "gpu:0", "cuda:0 ",
+        ] {
             assert!(bad.parse::<Device>().is_err(), "{bad:?}");
         }
         let re = regex::Regex::new(DEVICE_PATTERN).unwrap();

@@ -56,7 +56,10 @@ pub enum PlacementError {
     },
 
     /// A rule matched a module it cannot place (operator, format or device).
-    #[error("{origin}: {}: cannot place module {module} ({kind}): {reason}", at_rule(rule, line))]
+    #[error(
+        "{origin}: {}: cannot place module {module} ({kind}): {reason}",
+        at_rule(rule, line)
+    )]
     BadMatch {
         origin: String,
         rule: usize,
@@ -74,11 +77,16 @@ pub enum PlacementError {
         layer: Option<usize>,
     },
 
-    #[error("tensor {tensor} belongs to no module kt knows (or to a layer past the config's last)")]
+    #[error(
+        "tensor {tensor} belongs to no module kt knows (or to a layer past the config's last)"
+    )]
     UnknownTensor { tensor: String },
 
     #[error("the model has no {kind} module{}", match layer { Some(l) => format!(" in layer {l}"), None => String::new() })]
-    MissingModule { layer: Option<usize>, kind: ModuleKind },
+    MissingModule {
+        layer: Option<usize>,
+        kind: ModuleKind,
+    },
 
     #[error(
         "{device} needs {need_gib:.2} GiB (weights {weights_gib:.2}, KV cache {kv_gib:.2}, \

@@ -191,15 +191,24 @@ mod tests {
         assert_eq!(q4k, elems / 256 * 144, "144-byte Q4_K super-blocks");
         let bf16 = WeightFormat::Ggml(QType::BF16);
         assert_eq!(bf16.tensor_bytes(QType::Q4_K, &dims).unwrap(), elems * 2);
-        let i4 = WeightFormat::Int4G128.tensor_bytes(QType::Q4_K, &dims).unwrap();
+        let i4 = WeightFormat::Int4G128
+            .tensor_bytes(QType::Q4_K, &dims)
+            .unwrap();
         assert_eq!(i4, elems / 2 + elems / 128 * 2, "4 bits + one f16 per 128");
-        let i8 = WeightFormat::Int8Amx.tensor_bytes(QType::Q4_K, &dims).unwrap();
+        let i8 = WeightFormat::Int8Amx
+            .tensor_bytes(QType::Q4_K, &dims)
+            .unwrap();
         assert_eq!(i8, elems + elems / 128 * 2, "1 byte + one f16 per 128");
-        let i4amx = WeightFormat::Int4Amx.tensor_bytes(QType::Q4_K, &dims).unwrap();
+        let i4amx = WeightFormat::Int4Amx
+            .tensor_bytes(QType::Q4_K, &dims)
+            .unwrap();
         assert_eq!(i4amx, i4, "same bits as int4_g128, another layout");
         // Vectors stay f32 unless kept as stored.
         assert_eq!(bf16.tensor_bytes(QType::F32, &[7168]).unwrap(), 7168 * 4);
-        assert_eq!(WeightFormat::Gguf.tensor_bytes(QType::F16, &[64]).unwrap(), 128);
+        assert_eq!(
+            WeightFormat::Gguf.tensor_bytes(QType::F16, &[64]).unwrap(),
+            128
+        );
     }
 
     #[test]
@@ -208,8 +217,12 @@ mod tests {
         let q4k = WeightFormat::Ggml(QType::Q4_K);
         assert!(q4k.tensor_bytes(QType::Q5_0, &[1408, 2048, 64]).is_err());
         // ... and V2's 160 router outputs no whole W4A16 tile.
-        let e = WeightFormat::Int4G128.tensor_bytes(QType::F32, &[5120, 160]).unwrap_err();
+        let e = WeightFormat::Int4G128
+            .tensor_bytes(QType::F32, &[5120, 160])
+            .unwrap_err();
         assert!(e.contains("160"), "{e}");
-        assert!(WeightFormat::Int8Amx.tensor_bytes(QType::Q4_K, &[100, 64]).is_err());
+        assert!(WeightFormat::Int8Amx
+            .tensor_bytes(QType::Q4_K, &[100, 64])
+            .is_err());
     }
 }

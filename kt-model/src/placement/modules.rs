@@ -101,9 +101,12 @@ pub(crate) struct Module {
     pub tensors: Vec<ModuleTensor>,
 }
 
+/// A module's name inside its layer (after `blk.N.`) and its kind.
+type LayerModule = (&'static str, ModuleKind);
+
 /// Which module a layer tensor (name after `blk.N.`, without suffix) belongs to: its own
 /// name and kind, and its parent's, if any.
-fn owner(tensor: &str) -> Option<(&'static str, ModuleKind, Option<(&'static str, ModuleKind)>)> {
+fn owner(tensor: &str) -> Option<(&'static str, ModuleKind, Option<LayerModule>)> {
     use ModuleKind::*;
     let attn = Some(("attn", Attention));
     Some(match tensor {
@@ -159,7 +162,9 @@ pub(crate) fn modules(
     let mut tail: Vec<Module> = Vec::new();
     for t in tensors {
         let (layer, short) = split_name(&t.name);
-        let unknown = || PlacementError::UnknownTensor { tensor: t.name.clone() };
+        let unknown = || PlacementError::UnknownTensor {
+            tensor: t.name.clone(),
+        };
         let Some(i) = layer else {
             let (list, kind) = match short {
                 "token_embd" => (&mut top, ModuleKind::Embedding),
@@ -182,7 +187,14 @@ pub(crate) fn modules(
                 }
             }
         });
-        add(layer_modules, format!("blk.{i}.{name}"), kind, Some(i), parent, t);
+        add(
+            layer_modules,
+            format!("blk.{i}.{name}"),
+            kind,
+            Some(i),
+            parent,
+            t,
+        );
     }
 
     let mut out = top;
@@ -197,7 +209,11 @@ pub(crate) fn modules(
             m.parent = m.parent.map(|p| base + position(p));
         }
         let mut slots: Vec<Option<Module>> = sorted.into_iter().map(Some).collect();
-        out.extend(order.iter().map(|&j| slots[j].take().expect("each index once")));
+        out.extend(
+            order
+                .iter()
+                .map(|&j| slots[j].take().expect("each index once")),
+        );
     }
     out.extend(tail);
     for kind in [ModuleKind::Embedding, ModuleKind::LmHead] {
@@ -243,13 +259,22 @@ fn check_layer(config: &DeepSeekConfig, i: usize, ms: &[Module]) -> Result<(), P
         need.push(ModuleKind::DenseMlp);
     }
     match need.into_iter().find(|&k| !has(k)) {
-        Some(kind) => Err(PlacementError::MissingModule { layer: Some(i), kind }),
+        Some(kind) => Err(PlacementError::MissingModule {
+            layer: Some(i),
+            kind,
+        }),
         None => Ok(()),
     }
 }
 
 fn empty(name: String, kind: ModuleKind, layer: Option<usize>, parent: Option<usize>) -> Module {
-    Module { name, kind, layer, parent, tensors: Vec::new() }
+    Module {
+        name,
+        kind,
+        layer,
+        parent,
+        tensors: Vec::new(),
+    }
 }
 
 /// Adds `t` to the module `name` of `list`, creating the module if needed.
@@ -281,16 +306,29 @@ mod tests {
         assert_eq!(
             names,
             [
-                "embedding", "attention", "gate", "routed_experts", "shared_experts",
-                "dense_mlp", "norm", "lm_head", "linear"
+                "embedding",
+                "attention",
+                "gate",
+                "routed_experts",
+                "shared_experts",
+                "dense_mlp",
+                "norm",
+                "lm_head",
+                "linear"
             ]
         );
     }
 
     #[test]
     fn names_split_into_layer_and_tensor() {
-        assert_eq!(split_name("blk.12.ffn_down_exps.weight"), (Some(12), "ffn_down_exps"));
-        assert_eq!(split_name("blk.3.exp_probs_b.bias"), (Some(3), "exp_probs_b"));
+        assert_eq!(
+            split_name("blk.12.ffn_down_exps.weight"),
+            (Some(12), "ffn_down_exps")
+        );
+        assert_eq!(
+            split_name("blk.3.exp_probs_b.bias"),
+            (Some(3), "exp_probs_b")
+        );
         assert_eq!(split_name("output.weight"), (None, "output"));
         assert_eq!(split_name("blk.x.attn_q.weight"), (None, "blk.x.attn_q"));
     }

@@ -80,7 +80,9 @@ impl Operator {
                 matches!(format, Ggml(QType::F32) | Ggml(QType::BF16))
             }
             (Device::Cuda(_), Operator::Moe) => matches!(format, Int4G128 | Ggml(QType::BF16)),
-            (Device::Cuda(_), _) => matches!(format, Int4G128 | Ggml(QType::BF16) | Ggml(QType::F16)),
+            (Device::Cuda(_), _) => {
+                matches!(format, Int4G128 | Ggml(QType::BF16) | Ggml(QType::F16))
+            }
         }
     }
 
@@ -124,9 +126,15 @@ mod tests {
         assert!(!Operator::Mlp.allows(Device::Cpu, WeightFormat::Int8Amx));
         assert!(!Operator::Linear.allows(Device::Cpu, WeightFormat::Int4G128));
         assert!(Operator::Linear.allows(gpu, WeightFormat::Int4G128));
-        assert!(!Operator::Mla.allows(gpu, WeightFormat::Gguf), "no GGUF blocks on the GPU");
+        assert!(
+            !Operator::Mla.allows(gpu, WeightFormat::Gguf),
+            "no GGUF blocks on the GPU"
+        );
         assert!(!Operator::Mla.allows(gpu, WeightFormat::Ggml(QType::Q4_K)));
         assert_eq!(Operator::RmsNorm.allowed_formats(gpu), ["f32"]);
-        assert_eq!(Operator::Embedding.allowed_formats(gpu), ["f32", "f16", "bf16"]);
+        assert_eq!(
+            Operator::Embedding.allowed_formats(gpu),
+            ["f32", "f16", "bf16"]
+        );
     }
 }

@@ -116,7 +116,9 @@ impl RuleSet {
             // match of the linear, so only a rule before it overrides the parent's choice.
             let parent_rule = m.parent.map(|p| placed[p].rule);
             let p = match (self.first_match(&m), parent_rule) {
-                (Some(i), Some(Some(rp))) if i >= rp => self.inherit(&placed[m.parent.unwrap()], m)?,
+                (Some(i), Some(Some(rp))) if i >= rp => {
+                    self.inherit(&placed[m.parent.unwrap()], m)?
+                }
                 (Some(i), _) => self.apply(i, m)?,
                 (None, Some(_)) => self.inherit(&placed[m.parent.unwrap()], m)?,
                 (None, None) => {
@@ -135,7 +137,10 @@ impl RuleSet {
                         rule,
                         &p.name,
                         p.kind,
-                        format!("it belongs to {} on {}; a linear runs on its parent's device", parent.name, parent.device),
+                        format!(
+                            "it belongs to {} on {}; a linear runs on its parent's device",
+                            parent.name, parent.device
+                        ),
                     ));
                 }
             }
@@ -154,11 +159,18 @@ impl RuleSet {
             let c = &r.matches;
             c.kind.is_none_or(|k| k == m.kind)
                 && c.name.as_ref().is_none_or(|re| re.is_match(&m.name))
-                && c.layers.is_none_or(|range| m.layer.is_some_and(|l| range.contains(l)))
+                && c.layers
+                    .is_none_or(|range| m.layer.is_some_and(|l| range.contains(l)))
         })
     }
 
-    fn bad_match(&self, rule: usize, module: &str, kind: ModuleKind, reason: String) -> PlacementError {
+    fn bad_match(
+        &self,
+        rule: usize,
+        module: &str,
+        kind: ModuleKind,
+        reason: String,
+    ) -> PlacementError {
         PlacementError::BadMatch {
             origin: self.origin().to_owned(),
             rule,
@@ -174,14 +186,22 @@ impl RuleSet {
         let r = &self.rules()[i].replace;
         let op = r.op.unwrap_or(Operator::for_kind(m.kind));
         if !op.runs(m.kind) {
-            return Err(self.bad_match(i, &m.name, m.kind, format!("operator {} does not run {} modules", name(op), m.kind)));
+            return Err(self.bad_match(
+                i,
+                &m.name,
+                m.kind,
+                format!("operator {} does not run {} modules", name(op), m.kind),
+            ));
         }
         let to_match = |e: PlacementError| match e {
             PlacementError::Rule { reason, .. } => self.bad_match(i, &m.name, m.kind, reason),
             e => e,
         };
         check_format(self, i, "replace.format", op, r.device, r.format).map_err(to_match)?;
-        let prefill_format = r.options.prefill_device.map(|d| (d, r.options.prefill_format.unwrap_or(r.format)));
+        let prefill_format = r
+            .options
+            .prefill_device
+            .map(|d| (d, r.options.prefill_format.unwrap_or(r.format)));
         if let Some((d, f)) = prefill_format {
             check_format(self, i, "replace.options.prefill_format", op, d, f).map_err(to_match)?;
         }
@@ -246,7 +266,10 @@ impl RuleSet {
 }
 
 /// `m`'s tensors sized in `format`, and their sum.
-fn tensors_in(m: &Module, format: WeightFormat) -> std::result::Result<(Vec<PlacedTensor>, u64), String> {
+fn tensors_in(
+    m: &Module,
+    format: WeightFormat,
+) -> std::result::Result<(Vec<PlacedTensor>, u64), String> {
     let mut total = 0u64;
     let mut out = Vec::with_capacity(m.tensors.len());
     for t in &m.tensors {
@@ -254,7 +277,12 @@ fn tensors_in(m: &Module, format: WeightFormat) -> std::result::Result<(Vec<Plac
             .tensor_bytes(t.stored, &t.dims)
             .map_err(|e| format!("tensor {} {:?} in {format}: {e}", t.name, t.dims))?;
         total += bytes;
-        out.push(PlacedTensor { name: t.name.clone(), stored: t.stored, dims: t.dims.clone(), bytes });
+        out.push(PlacedTensor {
+            name: t.name.clone(),
+            stored: t.stored,
+            dims: t.dims.clone(),
+            bytes,
+        });
     }
     Ok((out, total))
 }
@@ -302,7 +330,11 @@ impl Placement {
         self.devices
             .iter()
             .map(|&device| {
-                let kv_bytes = if device.is_gpu() { KV_BYTES_GPU } else { KV_BYTES_CPU };
+                let kv_bytes = if device.is_gpu() {
+                    KV_BYTES_GPU
+                } else {
+                    KV_BYTES_CPU
+                };
                 let attn_layers = self
                     .modules
                     .iter()
@@ -330,7 +362,10 @@ impl Placement {
     pub fn check_fits(memory: &[DeviceMemory], gpu_bytes: u64) -> Result<()> {
         const GIB: f64 = (1u64 << 30) as f64;
         let gib = |b: u64| b as f64 / GIB;
-        match memory.iter().find(|m| m.device.is_gpu() && m.total() > gpu_bytes) {
+        match memory
+            .iter()
+            .find(|m| m.device.is_gpu() && m.total() > gpu_bytes)
+        {
             Some(m) => Err(PlacementError::DoesNotFit {
                 device: m.device,
                 need_gib: gib(m.total()),

@@ -116,7 +116,10 @@ pub struct NameRegex {
 impl NameRegex {
     pub fn new(source: &str) -> std::result::Result<NameRegex, regex::Error> {
         let anchored = Regex::new(&format!("^(?:{source})$"))?;
-        Ok(NameRegex { source: source.to_owned(), anchored })
+        Ok(NameRegex {
+            source: source.to_owned(),
+            anchored,
+        })
     }
 
     pub fn is_match(&self, name: &str) -> bool {
@@ -269,7 +272,11 @@ impl RuleSet {
         })?;
         let mut lines = rule_lines(text);
         lines.resize(file.rules.len(), None);
-        let set = RuleSet { origin: origin.to_owned(), file, lines };
+        let set = RuleSet {
+            origin: origin.to_owned(),
+            file,
+            lines,
+        };
         set.check()?;
         Ok(set)
     }
@@ -277,8 +284,10 @@ impl RuleSet {
     /// Reads and parses a rule file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<RuleSet> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| PlacementError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PlacementError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         RuleSet::from_yaml_str(&text, &path.display().to_string())
     }
 
@@ -304,7 +313,12 @@ impl RuleSet {
     }
 
     /// An error about rule `i`'s `field`.
-    pub(crate) fn rule_error(&self, i: usize, field: &'static str, reason: String) -> PlacementError {
+    pub(crate) fn rule_error(
+        &self,
+        i: usize,
+        field: &'static str,
+        reason: String,
+    ) -> PlacementError {
         PlacementError::Rule {
             origin: self.origin.clone(),
             rule: i,
@@ -333,18 +347,30 @@ impl RuleSet {
         if self.file.rules.is_empty() {
             return Err(file_err("rules", "is empty".into()));
         }
-        let scope = devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+        let scope = devices
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         let in_scope = |i: usize, field, d: Device| {
             if devices.contains(&d) {
                 Ok(())
             } else {
-                Err(self.rule_error(i, field, format!("{d} is not in the file's devices [{scope}]")))
+                Err(self.rule_error(
+                    i,
+                    field,
+                    format!("{d} is not in the file's devices [{scope}]"),
+                ))
             }
         };
         for (i, rule) in self.file.rules.iter().enumerate() {
             let (m, r) = (&rule.matches, &rule.replace);
             if m.name.is_none() && m.kind.is_none() && m.layers.is_none() {
-                return Err(self.rule_error(i, "match", "has no condition (name, kind or layers)".into()));
+                return Err(self.rule_error(
+                    i,
+                    "match",
+                    "has no condition (name, kind or layers)".into(),
+                ));
             }
             in_scope(i, "replace.device", r.device)?;
             // The operator, when the rule fixes it: check kind and formats now.
@@ -354,7 +380,11 @@ impl RuleSet {
                     return Err(self.rule_error(
                         i,
                         "replace.op",
-                        format!("operator {} cannot run {kind} modules (use {})", name(op), name(Operator::for_kind(kind))),
+                        format!(
+                            "operator {} cannot run {kind} modules (use {})",
+                            name(op),
+                            name(Operator::for_kind(kind))
+                        ),
                     ));
                 }
             }
@@ -467,6 +497,8 @@ mod tests {
         assert!(!r.is_match("blk.3.ffn_exps_extra"));
         assert!(!r.is_match("xblk.3.ffn_exps"));
         let alt = NameRegex::new("output|token_embd").unwrap();
-        assert!(alt.is_match("output") && alt.is_match("token_embd") && !alt.is_match("output_norm"));
+        assert!(
+            alt.is_match("output") && alt.is_match("token_embd") && !alt.is_match("output_norm")
+        );
     }
 }

@@ -21,7 +21,11 @@ pub enum Preset {
 }
 
 impl Preset {
-    pub const ALL: [Preset; 3] = [Preset::DeepSeekV2Lite, Preset::DeepSeekV2, Preset::DeepSeekV3];
+    pub const ALL: [Preset; 3] = [
+        Preset::DeepSeekV2Lite,
+        Preset::DeepSeekV2,
+        Preset::DeepSeekV3,
+    ];
 
     /// The name used on the command line (`deepseek-v2-lite`, `deepseek-v2`, `deepseek-v3`).
     pub fn name(self) -> &'static str {
