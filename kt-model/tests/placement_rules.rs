@@ -149,6 +149,8 @@ fn inconsistent_rules_name_rule_line_and_field() {
     // Prefill options go together, on a device in scope, in a format it takes.
     let text = "devices: [cpu]\nrules:\n  - match: {kind: routed_experts}\n    replace:\n      device: cpu\n      format: gguf\n      options: {prefill_threshold: 512}\n";
     assert!(parse_err(text).contains("prefill_device and prefill_threshold go together"));
+    let text = "devices: [cpu, \"cuda:0\"]\nrules:\n  - match: {kind: routed_experts}\n    replace:\n      device: cpu\n      format: gguf\n      options: {prefill_device: \"cuda:0\", prefill_format: bf16, prefill_threshold: 0}\n";
+    assert!(parse_err(text).contains("replace.options.prefill_threshold: is 0"));
     let text = "devices: [cpu, \"cuda:0\"]\nrules:\n  - match: {kind: routed_experts}\n    replace:\n      device: cpu\n      format: gguf\n      options: {prefill_device: \"cuda:0\", prefill_threshold: 512}\n";
     let msg = parse_err(text);
     assert!(

@@ -114,13 +114,13 @@ impl RuleSet {
         for m in mods {
             // Parents come first: `placed[p]` exists. A linear's parent's rule counts as a
             // match of the linear, so only a rule before it overrides the parent's choice.
-            let parent_rule = m.parent.map(|p| placed[p].rule);
-            let p = match (self.first_match(&m), parent_rule) {
-                (Some(i), Some(Some(rp))) if i >= rp => {
-                    self.inherit(&placed[m.parent.unwrap()], m)?
+            let parent = m.parent.map(|p| &placed[p]);
+            let p = match (self.first_match(&m), parent) {
+                (Some(i), Some(par)) if par.rule.is_some_and(|rp| i >= rp) => {
+                    self.inherit(par, m)?
                 }
                 (Some(i), _) => self.apply(i, m)?,
-                (None, Some(_)) => self.inherit(&placed[m.parent.unwrap()], m)?,
+                (None, Some(par)) => self.inherit(par, m)?,
                 (None, None) => {
                     return Err(PlacementError::Unmatched {
                         origin: self.origin().to_owned(),

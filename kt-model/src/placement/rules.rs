@@ -393,6 +393,13 @@ impl RuleSet {
             }
             let o = &r.options;
             match (o.prefill_device, o.prefill_threshold) {
+                (Some(_), Some(0)) => {
+                    return Err(self.rule_error(
+                        i,
+                        "replace.options.prefill_threshold",
+                        "is 0 (batches of more than this many tokens take the prefill path)".into(),
+                    ))
+                }
                 (Some(d), Some(_)) => {
                     in_scope(i, "replace.options.prefill_device", d)?;
                     if let Some(op) = op {
