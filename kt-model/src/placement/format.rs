@@ -23,7 +23,8 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Reduction elements per scale of `int4_g128` (`kt_kernels::cuda::w4a16::GROUP`, which
-/// exists only with the `cuda` feature; planning must work without it).
+/// exists only with the `cuda` feature; planning must work without it, and a test of the
+/// `cuda` build checks the two agree).
 pub const W4A16_GROUP: usize = 128;
 /// Output rows per tile of the W4A16 GEMM (`kt_kernels::cuda::w4a16::TILE_N`): a matrix's
 /// output count must be a multiple of it.
@@ -170,6 +171,14 @@ impl JsonSchema for WeightFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The mirrored W4A16 constants are the kernel's (checked where the kernel is built).
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn w4a16_constants_are_the_kernels() {
+        assert_eq!(W4A16_GROUP, kt_kernels::cuda::w4a16::GROUP);
+        assert_eq!(W4A16_TILE_N, kt_kernels::cuda::w4a16::TILE_N);
+    }
 
     #[test]
     fn every_listed_name_parses_back_to_itself() {
