@@ -229,7 +229,7 @@ impl RuleSet {
         })
     }
 
-    /// A linear no rule matched: its parent's device, format and options.
+    /// A linear run with its parent: the parent's device, format and options.
     fn inherit(&self, parent: &ModulePlacement, m: Module) -> Result<ModulePlacement> {
         let bad = |reason: String| PlacementError::BadMatch {
             // The parent's rule chose the format: name it.
@@ -240,6 +240,12 @@ impl RuleSet {
             kind: m.kind,
             reason: format!("placed with its parent {}: {reason}", parent.name),
         };
+        if !Operator::Linear.allows(parent.device, parent.format) {
+            return Err(bad(format!(
+                "operator linear on {} does not take format {}",
+                parent.device, parent.format
+            )));
+        }
         let (tensors, bytes) = tensors_in(&m, parent.format).map_err(bad)?;
         let prefill_bytes = match parent.options.prefill_device {
             Some(d) if d != parent.device => {
