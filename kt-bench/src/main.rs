@@ -7,6 +7,7 @@ mod logits;
 mod machine;
 mod matmul;
 mod moe;
+mod plan;
 mod pool_bench;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,8 @@ enum Command {
     Decode(decode::Args),
     /// Prefill tokens/s of a DeepSeek model on the CPU (synthetic preset or GGUF).
     Prefill(decode::Args),
+    /// Where placement rules put every module of a model, its format and each device's memory.
+    Plan(plan::Args),
 }
 
 fn main() {
@@ -49,6 +52,7 @@ fn main() {
         Some(Command::GenGguf(a)) => gen_gguf::run(a),
         Some(Command::Decode(a)) => decode::run(a, decode::Mode::Decode),
         Some(Command::Prefill(a)) => decode::run(a, decode::Mode::Prefill),
+        Some(Command::Plan(a)) => plan::run(a),
         None => decode::run(decode::Args::default_quick(), decode::Mode::Decode),
     };
     if let Err(e) = result {

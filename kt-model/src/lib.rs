@@ -4,6 +4,7 @@ pub mod config;
 pub mod deepseek;
 pub mod error;
 pub mod gguf;
+pub mod placement;
 pub mod synthetic;
 pub mod tensors;
 
