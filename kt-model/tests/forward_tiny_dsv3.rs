@@ -273,7 +273,11 @@ fn bf16_quantized_matches_llamacpp_native() {
             // the bf16 rounding of an occasional activation (2^-9 relative of that element),
             // measured at up to 3e-3 per row after three layers. They are held to the fast
             // path's 1e-2 (the size of the bf16 activation effect itself).
-            let limit = if row <= 12 && isa == kt_kernels::cpu::Isa::Scalar { 1e-5 } else { 1e-2 };
+            let limit = if row <= 12 && isa == kt_kernels::cpu::Isa::Scalar {
+                1e-5
+            } else {
+                1e-2
+            };
             assert!(
                 e <= limit,
                 "{isa:?} row {row}: rel L2 {e:.3e} vs llama.cpp native (limit {limit:.0e})"

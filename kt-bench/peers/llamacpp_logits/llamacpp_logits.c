@@ -13,7 +13,7 @@
 // re-layout and its interleaved GEMV/GEMM kernels), so every quantized matmul takes ggml's
 // plain vec_dot path.
 // --dump DIR writes every f32 tensor the graph computes, per llama_decode call, as
-// DIR/<call>-<node name>.npy (ggml's eval callback), to bisect a difference stage by stage.
+// DIR/<call>-<order>-<node name>.npy (ggml's eval callback), to bisect a difference stage by stage.
 
 #include "llama.h"
 #include "ggml.h"
@@ -117,6 +117,7 @@ static int write_npy(const char *path, const float *data, const int64_t *shape, 
 struct dump_state {
     const char *dir;
     int call;
+    int node; // position of the tensor in this call's graph order, so repeated names do not collide
     float *buf;
     size_t cap;
 };
@@ -134,7 +135,7 @@ static bool dump_tensor(struct ggml_tensor *t, bool ask, void *user) {
     }
     ggml_backend_tensor_get(t, st->buf, 0, n * sizeof(float));
     char name[512];
-    snprintf(name, sizeof name, "%s/%02d-%s.npy", st->dir, st->call, t->name);
+    snprintf(name, sizeof name, "%s/%02d-%04d-%s.npy", st->dir, st->call, st->node++, t->name);
     for (char *c = name + strlen(st->dir) + 1; *c; c++)
         if (*c == '/' || *c == ' ') *c = '_';
     int64_t shape[4] = {t->ne[3], t->ne[2], t->ne[1], t->ne[0]};
@@ -158,7 +159,7 @@ int main(int argc, char **argv) {
     struct llama_model *model = llama_model_load_from_file(o.model, mp);
     if (!model) die("cannot load the model");
 
-    struct dump_state st = {o.dump_dir, 0, NULL, 0};
+    struct dump_state st = {o.dump_dir, 0, 0, NULL, 0};
     if (o.dump_dir) mkdir(o.dump_dir, 0755);
 
     struct llama_context_params cp = llama_context_default_params();
@@ -198,6 +199,7 @@ int main(int argc, char **argv) {
 
     for (int s = 0; s < o.n_decode; s++) {
         st.call++;
+        st.node = 0;
         batch.token[0] = o.decode[s];
         batch.pos[0] = o.n_prompt + s;
         batch.n_seq_id[0] = 1;
