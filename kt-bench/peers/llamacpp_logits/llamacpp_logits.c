@@ -7,11 +7,13 @@
 // cache, flash attention off, n_ctx 40, n_batch 64, 2 threads unless told otherwise.
 //
 //   llamacpp_logits --model M.gguf --prompt 0,267,... --decode 20,476,... --out L.npy
-//                   [--no-repack] [--threads N] [--dump DIR]
+//                   [--no-repack] [--flash-attn] [--threads N] [--dump DIR]
 //
 // --no-repack loads the weights without llama.cpp's extra buffer types (the CPU "REPACK"
 // re-layout and its interleaved GEMV/GEMM kernels), so every quantized matmul takes ggml's
 // plain vec_dot path.
+// --flash-attn turns llama.cpp's fused attention on (same math, another f32 evaluation order
+// and exp), to measure how far llama.cpp moves from itself.
 // --dump DIR writes every f32 tensor the graph computes, per llama_decode call, as
 // DIR/<call>-<order>-<node name>.npy (ggml's eval callback), to bisect a difference stage by stage.
 
@@ -38,6 +40,7 @@ struct options {
     int n_decode;
     int threads;
     int repack;
+    int flash_attn;
 };
 
 static void die(const char *what) {
@@ -70,6 +73,7 @@ static void parse(int argc, char **argv, struct options *o) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--no-repack")) { o->repack = 0; continue; }
+        if (!strcmp(a, "--flash-attn")) { o->flash_attn = 1; continue; }
         if (!v) die("option without value");
         if (!strcmp(a, "--model")) o->model = v;
         else if (!strcmp(a, "--out")) o->out = v;
@@ -170,7 +174,7 @@ int main(int argc, char **argv) {
     cp.n_threads_batch = o.threads;
     cp.type_k = GGML_TYPE_F32;
     cp.type_v = GGML_TYPE_F32;
-    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cp.flash_attn_type = o.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     if (o.dump_dir) {
         cp.cb_eval = dump_tensor;
         cp.cb_eval_user_data = &st;
@@ -213,8 +217,8 @@ int main(int argc, char **argv) {
 
     int64_t shape[2] = {rows, vocab};
     if (write_npy(o.out, logits, shape, 2) != 0) die("cannot write the output");
-    fprintf(stderr, "wrote %s (%d x %d float32 logits, repack %s, %d threads)\n", o.out, rows,
-            vocab, o.repack ? "on" : "off", o.threads);
+    fprintf(stderr, "wrote %s (%d x %d float32 logits, repack %s, flash-attn %s, %d threads)\n",
+            o.out, rows, vocab, o.repack ? "on" : "off", o.flash_attn ? "on" : "off", o.threads);
 
     llama_batch_free(batch);
     free(logits);

@@ -50,7 +50,7 @@ pub(crate) fn rms_norm_inplace(mode: MatmulMode, x: &mut [f32], w: &[f32], eps: 
     match mode {
         MatmulMode::Reference => Ok(rmsnorm_inplace(x, w, eps)?),
         MatmulMode::Quantized(_) => {
-            if w.is_empty() || x.len() % w.len() != 0 {
+            if w.is_empty() || !x.len().is_multiple_of(w.len()) {
                 return Err(ModelError::Forward {
                     reason: format!("rmsnorm: {} inputs are not rows of {}", x.len(), w.len()),
                 });
