@@ -152,6 +152,13 @@ static void quiet_log(enum ggml_log_level level, const char *text, void *user) {
     if (level >= GGML_LOG_LEVEL_WARN) fputs(text, stderr);
 }
 
+// Loading progress stays off stderr (llama.cpp prints dots when no callback is given).
+static bool no_progress(float progress, void *user) {
+    (void)progress;
+    (void)user;
+    return true;
+}
+
 int main(int argc, char **argv) {
     struct options o;
     parse(argc, argv, &o);
@@ -160,6 +167,7 @@ int main(int argc, char **argv) {
 
     struct llama_model_params mp = llama_model_default_params();
     mp.use_extra_bufts = o.repack != 0;
+    mp.progress_callback = no_progress;
     struct llama_model *model = llama_model_load_from_file(o.model, mp);
     if (!model) die("cannot load the model");
 
