@@ -172,7 +172,7 @@ fn check(case: &Case) {
         // 3. kt's quantization noise is llama.cpp's: over the same rows, the fast path's
         // distance to kt's own f32 function matches llama.cpp native's distance to its f32
         // run. Same quantizers on activations of one distribution, over thousands of logits,
-        // give totals within a few percent (measured 0.99-1.05); a quantizer that were off
+        // give totals within a few percent (measured 0.99-1.03); a quantizer that were off
         // (another block size, truncation instead of rounding, none at all) moves the ratio
         // by 2x or more.
         let pick = |a: &[f32]| rows_except(a, VOCAB, &flipped);
