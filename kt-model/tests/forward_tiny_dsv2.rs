@@ -109,38 +109,4 @@ fn q4_k_m_reference_matches_llamacpp_dequantized() {
     );
 }
 
-/// Quantized mode against llama.cpp's native Q4_K_M run, on every ISA: identical routing on
-/// all 24 rows; rows 0..=3 agree to f32 summation order (rel L2 <= 1e-5, measured ~5e-8).
-/// From row 4 on (the first token routed to layer 1's experts 4, 5, 10 and 12; later rows
-/// read its layer-2 cache entry) llama.cpp differs by ~2% with the same expert sets, which is
-/// the size of the activation-quantization effect itself (llama.cpp's own native vs
-/// dequantized runs differ by 2.4%): not explained yet, see forward_tiny_dsv3 for the same
-/// pattern. Those rows are held to 5e-2.
-#[test]
-fn q4_k_m_quantized_matches_llamacpp_native() {
-    let dir = dsv2_dir();
-    let g = open(&dir.join("tiny-dsv2-q4_k_m.gguf"));
-    let (prompt, decode) = prompt_and_decode(&dir);
-    let (_, ids) = npy_ids(&dir, "llamacpp_q4_k_m_router_topk_idx.npy");
-    let (_, native) = npy_f32(&dir, "llamacpp_q4_k_m_logits.npy");
-    for isa in kt_kernels::cpu::Isa::available() {
-        let m = DeepSeekModel::from_gguf(&g, MatmulMode::Quantized(isa)).unwrap();
-        let run = run_teacher_forced(&m, &prompt, &decode);
-        for j in 0..2 {
-            assert_eq!(
-                run.router_ids[j],
-                ids[j * 24 * K..(j + 1) * 24 * K],
-                "{isa:?} MoE layer {j}"
-            );
-        }
-        for row in 0..24 {
-            let s = row * 512..(row + 1) * 512;
-            let e = rel_l2_and_max_abs(&run.logits[s.clone()], &native[s]).0;
-            let limit = if row <= 3 { 1e-5 } else { 5e-2 };
-            assert!(
-                e <= limit,
-                "{isa:?} row {row}: rel L2 {e:.3e} vs llama.cpp native (limit {limit:.0e})"
-            );
-        }
-    }
-}
+// The quantized mode against llama.cpp's native runs: forward_llamacpp_native.rs.

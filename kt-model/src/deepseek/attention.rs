@@ -18,10 +18,11 @@
 //! The projections go through [`Linear::apply`] in the model's [`MatmulMode`]; the
 //! scores, softmax and latent sums are plain loops with f64 accumulation.
 
-use kt_kernels::ops::{rmsnorm_inplace, RopeYarn};
+use kt_kernels::ops::RopeYarn;
 
 use super::cache::LayerCache;
 use super::linear::{dequantize_vector, Linear, MatmulMode};
+use super::norm::rms_norm_inplace;
 use crate::config::DeepSeekConfig;
 use crate::error::Result;
 use crate::gguf::Tensor;
@@ -135,7 +136,7 @@ impl<'a> AttentionWeights<'a> {
             QueryWeights::LoRA { a, a_norm, b } => {
                 let mut qa = vec![0.0f32; tokens * a.rows];
                 a.apply(mode, x, tokens, &mut qa)?;
-                rmsnorm_inplace(&mut qa, a_norm, s.eps)?;
+                rms_norm_inplace(mode, &mut qa, a_norm, s.eps)?;
                 b.apply(mode, &qa, tokens, &mut q)?;
             }
         }
@@ -147,7 +148,7 @@ impl<'a> AttentionWeights<'a> {
         self.kv_a.apply(mode, x, tokens, &mut kv)?;
         for (t, row) in kv.chunks_exact_mut(kv_w).enumerate() {
             let (c, k_pe) = row.split_at_mut(s.rank);
-            rmsnorm_inplace(c, &self.kv_a_norm, s.eps)?;
+            rms_norm_inplace(mode, c, &self.kv_a_norm, s.eps)?;
             rope.apply(k_pe, start + t)?;
             let p = start + t;
             cache.latent[p * s.rank..(p + 1) * s.rank].copy_from_slice(c);
@@ -316,7 +317,7 @@ mod tests {
     //! values expanded per head) on random f32 weights, for prefills continuing a cache.
 
     use super::*;
-    use kt_kernels::ops::{mla_naive, KvB, LatentCache, MlaDims};
+    use kt_kernels::ops::{mla_naive, rmsnorm_inplace, KvB, LatentCache, MlaDims};
     use kt_kernels::quant::QType;
     use kt_kernels::util::SplitMix64;
 

@@ -9,7 +9,8 @@
 //! (dequantized weights, f32 activations: the model's exact function, what the fixtures
 //! of HF transformers and llama.cpp's dequantized runs are compared with) or
 //! `Quantized(isa)` (activations quantized to the format's `vec_dot_type`, as llama.cpp
-//! runs a GGUF natively). Norms, rope, routing and softmax are `kt_kernels::ops`.
+//! runs a GGUF natively). Rope, routing and softmax are `kt_kernels::ops`; RMSNorm too, except
+//! that the quantized mode rounds it as ggml does (`norm.rs`: its output feeds a quantizer).
 //!
 //! Conventions: rope rotates adjacent pairs (GGUF order, see `kt_kernels::ops::rope`);
 //! router ties go to the lowest expert id (`kt_kernels::ops::gating`); argmax ties to the
@@ -20,6 +21,7 @@ pub mod cache;
 mod ffn;
 pub mod linear;
 pub mod model;
+mod norm;
 pub mod sampling;
 
 pub use cache::KvCache;

@@ -2,12 +2,13 @@
 //! MoE feed-forward, each added to the residual stream), the final norm and the output
 //! head, run over a batch of new tokens that continue the sequence in a [`KvCache`].
 
-use kt_kernels::ops::{rmsnorm, RopeYarn, YarnScaling as OpsYarn};
+use kt_kernels::ops::{RopeYarn, YarnScaling as OpsYarn};
 
 use super::attention::{AttentionWeights, MlaShape};
 use super::cache::KvCache;
 use super::ffn::{Mlp, Moe, Routing};
 use super::linear::{dequantize_vector, Linear, MatmulMode};
+use super::norm::rms_norm;
 use crate::config::DeepSeekConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::Gguf;
@@ -153,7 +154,7 @@ impl<'a> DeepSeekModel<'a> {
         let mut xn = vec![0.0f32; t_n * hidden];
         let mut delta = vec![0.0f32; t_n * hidden];
         for (li, layer) in self.layers.iter().enumerate() {
-            rmsnorm(&x, &layer.attn_norm, c.rms_norm_eps, &mut xn)?;
+            rms_norm(self.mode, &x, &layer.attn_norm, c.rms_norm_eps, &mut xn)?;
             let lc = cache.layer_mut(li);
             layer.attn.forward(
                 &self.shape,
@@ -167,7 +168,7 @@ impl<'a> DeepSeekModel<'a> {
             )?;
             add_into(&mut x, &delta);
 
-            rmsnorm(&x, &layer.ffn_norm, c.rms_norm_eps, &mut xn)?;
+            rms_norm(self.mode, &x, &layer.ffn_norm, c.rms_norm_eps, &mut xn)?;
             match &layer.ffn {
                 FfnWeights::Dense(mlp) => mlp.forward(self.mode, &xn, t_n, &mut delta)?,
                 FfnWeights::Moe(moe) => {
@@ -190,7 +191,8 @@ impl<'a> DeepSeekModel<'a> {
         };
         let n_rows = t_n - first;
         let mut last = vec![0.0f32; n_rows * hidden];
-        rmsnorm(
+        rms_norm(
+            self.mode,
             &x[first * hidden..],
             &self.output_norm,
             c.rms_norm_eps,
