@@ -8,6 +8,8 @@ mod machine;
 mod matmul;
 mod moe;
 mod pool_bench;
+mod split;
+mod svg;
 
 use clap::{Parser, Subcommand};
 
