@@ -219,10 +219,17 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     let dram_gbps = membw::measure_read_bandwidth(pool, MEMBW_BYTES, MEMBW_PASSES).gbps;
 
     let n_layers = w.config.n_layers;
-    let (mut prefill_times, mut decode_times) = (StageTimes::new(n_layers), StageTimes::new(n_layers));
+    let (mut prefill_times, mut decode_times) =
+        (StageTimes::new(n_layers), StageTimes::new(n_layers));
     let bar = phase_bar(!a.json, None, format!("prefill {prompt_len} tokens"));
     let t = Instant::now();
-    let mut logits = model.forward_timed(&prompt, &mut cache, LogitRows::Last, None, Some(&mut prefill_times))?;
+    let mut logits = model.forward_timed(
+        &prompt,
+        &mut cache,
+        LogitRows::Last,
+        None,
+        Some(&mut prefill_times),
+    )?;
     let prefill_s = t.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let mut tokens = Vec::with_capacity(gen_len);
@@ -231,7 +238,13 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..gen_len {
         let next = sampler.sample(&logits)?;
         tokens.push(next);
-        logits = model.forward_timed(&[next], &mut cache, LogitRows::Last, None, Some(&mut decode_times))?;
+        logits = model.forward_timed(
+            &[next],
+            &mut cache,
+            LogitRows::Last,
+            None,
+            Some(&mut decode_times),
+        )?;
         bar.inc(1);
     }
     let decode_s = t.elapsed().as_secs_f64();
@@ -240,8 +253,16 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         return Err("the model produced non-finite logits".into());
     }
 
-    let prefill = PhaseSplit { name: "prefill", times: &prefill_times, wall_s: prefill_s };
-    let decode = PhaseSplit { name: "decode", times: &decode_times, wall_s: decode_s };
+    let prefill = PhaseSplit {
+        name: "prefill",
+        times: &prefill_times,
+        wall_s: prefill_s,
+    };
+    let decode = PhaseSplit {
+        name: "decode",
+        times: &decode_times,
+        wall_s: decode_s,
+    };
     let prefill_tps = prompt_len as f64 / prefill_s;
     let decode_tps = (gen_len > 0).then(|| gen_len as f64 / decode_s);
     let (headline, shown) = match mode {
@@ -260,11 +281,20 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
             w.label,
             pool.threads()
         );
-        let mut bars: Vec<_> = shown.times.layers.iter().enumerate().map(|(l, s)| (format!("L{l}"), *s)).collect();
+        let mut bars: Vec<_> = shown
+            .times
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, s)| (format!("L{l}"), *s))
+            .collect();
         bars.push(("head".into(), shown.times.head));
         let scale = 1e3 / shown.times.tokens.max(1) as f64;
-        std::fs::write(path, svg::stacked_bars(&title, "ms per token", &bars, scale))
-            .map_err(|e| format!("--svg {}: {e}", path.display()))?;
+        std::fs::write(
+            path,
+            svg::stacked_bars(&title, "ms per token", &bars, scale),
+        )
+        .map_err(|e| format!("--svg {}: {e}", path.display()))?;
     }
     if a.json {
         let j = serde_json::json!({
@@ -329,9 +359,11 @@ fn phase_bar(show: bool, len: Option<u64>, what: String) -> ProgressBar {
     let bar = match len {
         Some(n) => {
             let b = ProgressBar::new(n);
-            let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} tokens {per_sec} eta {eta}")
-                .expect("a valid template")
-                .progress_chars("=> ");
+            let style = ProgressStyle::with_template(
+                "{msg} [{bar:40}] {pos}/{len} tokens {per_sec} eta {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> ");
             b.set_style(style);
             b
         }

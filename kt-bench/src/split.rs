@@ -68,7 +68,11 @@ impl PhaseSplit<'_> {
             );
         }
         let untimed = (self.wall_s - t).max(0.0);
-        println!("  {:<20} {:>9.3} ms  (sampling, outside the model)", "untimed", 1e3 * untimed / tokens);
+        println!(
+            "  {:<20} {:>9.3} ms  (sampling, outside the model)",
+            "untimed",
+            1e3 * untimed / tokens
+        );
         if let Some(g) = self.routed_gbps() {
             println!(
                 "  routed experts: {:.1} MB of weights per token at {g:.1} GB/s = {:.0}% of the {dram_gbps:.1} GB/s DRAM read bandwidth",

@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use kt_model::deepseek::{Split, Stage};
 
 /// A fill color per stage, in `Stage::ALL` order.
-const COLORS: [&str; 6] = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#bab0ac", "#59a14f"];
+const COLORS: [&str; 6] = [
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#bab0ac", "#59a14f",
+];
 
 const BAR_W: f64 = 18.0;
 const GAP: f64 = 6.0;
@@ -32,10 +34,17 @@ pub fn stacked_bars(title: &str, unit: &str, bars: &[(String, Split)], scale: f6
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{h:.0}" font-family="sans-serif" font-size="11">"#
     );
     let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(o, r#"<text x="{LEFT}" y="20" font-size="14">{}</text>"#, escape(title));
+    let _ = writeln!(
+        o,
+        r#"<text x="{LEFT}" y="20" font-size="14">{}</text>"#,
+        escape(title)
+    );
     // axis with 5 ticks
     let base = TOP + PLOT_H;
-    let _ = writeln!(o, r#"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{base}" stroke="black"/>"#);
+    let _ = writeln!(
+        o,
+        r#"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{base}" stroke="black"/>"#
+    );
     for i in 0..=5 {
         let v = max * i as f64 / 5.0;
         let y = base - PLOT_H * i as f64 / 5.0;
@@ -109,7 +118,10 @@ fn tick(v: f64) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -118,10 +130,8 @@ mod tests {
 
     #[test]
     fn bars_are_stacked_to_scale_and_labels_escaped() {
-        let mut a = Split::default();
-        a.0 = [1.0, 0.5, 2.0, 0.25, 0.25, 0.0];
-        let mut b = Split::default();
-        b.0 = [0.0, 0.0, 0.0, 0.0, 0.5, 1.5];
+        let a = Split([1.0, 0.5, 2.0, 0.25, 0.25, 0.0]);
+        let b = Split([0.0, 0.0, 0.0, 0.0, 0.5, 1.5]);
         let svg = stacked_bars("t <1>", "ms", &[("L0".into(), a), ("head&".into(), b)], 1.0);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("t &lt;1&gt;") && svg.contains("head&amp;"));

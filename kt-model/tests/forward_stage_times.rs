@@ -12,16 +12,16 @@ mod gguf_common;
 
 use forward_common::*;
 use gguf_common::{dsv2_dir, open};
-use kt_model::deepseek::{
-    DeepSeekModel, ForwardTrace, LogitRows, MatmulMode, Stage, StageTimes,
-};
+use kt_model::deepseek::{DeepSeekModel, ForwardTrace, LogitRows, MatmulMode, Stage, StageTimes};
 
 /// Bytes of one routed expert of layer `l` (gate + up + down), from the GGUF itself.
 fn expert_bytes(g: &kt_model::gguf::Gguf, l: usize, n_experts: usize) -> u64 {
     ["gate", "up", "down"]
         .iter()
         .map(|m| {
-            let t = g.require_tensor(&format!("blk.{l}.ffn_{m}_exps.weight")).unwrap();
+            let t = g
+                .require_tensor(&format!("blk.{l}.ffn_{m}_exps.weight"))
+                .unwrap();
             assert_eq!(t.dims[2], n_experts);
             (t.data.len() / n_experts) as u64
         })
@@ -33,7 +33,10 @@ fn timed_forward_is_the_same_function_and_splits_every_layer() {
     let dir = dsv2_dir();
     let g = open(&dir.join("tiny-dsv2-q4_k_m.gguf"));
     let (prompt, decode) = prompt_and_decode(&dir);
-    for mode in [MatmulMode::Reference, MatmulMode::quantized_selected().unwrap()] {
+    for mode in [
+        MatmulMode::Reference,
+        MatmulMode::quantized_selected().unwrap(),
+    ] {
         let m = DeepSeekModel::from_gguf(&g, mode).unwrap();
         let c = m.config().clone();
         let mut plain_cache = m.new_cache(prompt.len() + 2).unwrap();
@@ -41,10 +44,18 @@ fn timed_forward_is_the_same_function_and_splits_every_layer() {
         let mut times = StageTimes::default();
         let mut expected_bytes = vec![0u64; c.n_layers];
         for batch in [&prompt[..], &decode[..1], &decode[1..2]] {
-            let plain = m.forward(batch, &mut plain_cache, LogitRows::All, None).unwrap();
+            let plain = m
+                .forward(batch, &mut plain_cache, LogitRows::All, None)
+                .unwrap();
             let mut trace = ForwardTrace::default();
             let timed = m
-                .forward_timed(batch, &mut timed_cache, LogitRows::All, Some(&mut trace), Some(&mut times))
+                .forward_timed(
+                    batch,
+                    &mut timed_cache,
+                    LogitRows::All,
+                    Some(&mut trace),
+                    Some(&mut times),
+                )
                 .unwrap();
             assert_eq!(
                 plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -64,12 +75,26 @@ fn timed_forward_is_the_same_function_and_splits_every_layer() {
         assert_eq!(times.routed_bytes, expected_bytes, "{mode:?}");
         for (l, split) in times.layers.iter().enumerate() {
             let moe = l >= c.first_k_dense_replace;
-            assert!(split.get(Stage::Attention) > 0.0, "{mode:?} layer {l}: {split:?}");
+            assert!(
+                split.get(Stage::Attention) > 0.0,
+                "{mode:?} layer {l}: {split:?}"
+            );
             assert!(split.get(Stage::Mlp) > 0.0, "{mode:?} layer {l}: {split:?}");
-            assert!(split.get(Stage::Other) > 0.0, "{mode:?} layer {l}: {split:?}");
+            assert!(
+                split.get(Stage::Other) > 0.0,
+                "{mode:?} layer {l}: {split:?}"
+            );
             assert_eq!(split.get(Stage::LmHead), 0.0, "{mode:?} layer {l}");
-            assert_eq!(split.get(Stage::Router) > 0.0, moe, "{mode:?} layer {l}: {split:?}");
-            assert_eq!(split.get(Stage::RoutedExperts) > 0.0, moe, "{mode:?} layer {l}: {split:?}");
+            assert_eq!(
+                split.get(Stage::Router) > 0.0,
+                moe,
+                "{mode:?} layer {l}: {split:?}"
+            );
+            assert_eq!(
+                split.get(Stage::RoutedExperts) > 0.0,
+                moe,
+                "{mode:?} layer {l}: {split:?}"
+            );
             assert_eq!(expected_bytes[l] > 0, moe, "layer {l}");
         }
         assert!(times.head.get(Stage::LmHead) > 0.0);
@@ -94,7 +119,9 @@ fn fused_moe_in_pieces_matches_one_call() {
     let run = |m: &DeepSeekModel| {
         let mut cache = m.new_cache(prompt.len()).unwrap();
         let mut trace = ForwardTrace::default();
-        let logits = m.forward(&prompt, &mut cache, LogitRows::All, Some(&mut trace)).unwrap();
+        let logits = m
+            .forward(&prompt, &mut cache, LogitRows::All, Some(&mut trace))
+            .unwrap();
         (logits, trace.routing)
     };
     let (a, ra) = run(&whole);

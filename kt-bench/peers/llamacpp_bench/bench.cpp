@@ -10,6 +10,8 @@
 // prompt for pp, 4 steps for tg), then -r times, clearing the cache before every run. Output: one JSON object per test on stdout.
 //
 // Usage: llamacpp-bench -m FILE [-p 512] [-n 128] [-t THREADS] [-r 3] [-b 2048] [-ub 512]
+//                       [-xb 1] (0: no extra weight buffer types: no repacking)
+//                       [-v 0]  (1: llama.cpp's log on stderr)
 
 #include "llama.h"
 
@@ -31,10 +33,12 @@ struct Options {
     int reps = 3;
     int n_batch = 2048;
     int n_ubatch = 512;
+    bool extra_bufts = true;  // llama.cpp's weight repacking / AMX buffers (its default)
+    bool verbose = false;
 };
 
 [[noreturn]] void usage(const char *why) {
-    std::fprintf(stderr, "llamacpp-bench: %s\nusage: llamacpp-bench -m FILE [-p N] [-n N] [-t N] [-r N] [-b N] [-ub N]\n", why);
+    std::fprintf(stderr, "llamacpp-bench: %s\nusage: llamacpp-bench -m FILE [-p N] [-n N] [-t N] [-r N] [-b N] [-ub N] [-xb 0|1] [-v 0|1]\n", why);
     std::exit(2);
 }
 
@@ -61,15 +65,17 @@ Options parse(int argc, char **argv) {
         else if (a == "-r") o.reps = positive("-r", v, false);
         else if (a == "-b") o.n_batch = positive("-b", v, false);
         else if (a == "-ub") o.n_ubatch = positive("-ub", v, false);
+        else if (a == "-xb") o.extra_bufts = positive("-xb", v, true) != 0;
+        else if (a == "-v") o.verbose = positive("-v", v, true) != 0;
         else usage(("unknown option " + a).c_str());
     }
     if (o.model.empty()) usage("-m FILE is required");
     return o;
 }
 
-// Quiet llama.cpp's loader chatter; errors still reach stderr.
-void log_errors_only(enum ggml_log_level level, const char *text, void *) {
-    if (level == GGML_LOG_LEVEL_ERROR) std::fputs(text, stderr);
+// Quiet llama.cpp's loader chatter (unless -v 1); errors still reach stderr.
+void log_to_stderr(enum ggml_log_level level, const char *text, void *verbose) {
+    if (level == GGML_LOG_LEVEL_ERROR || *static_cast<bool *>(verbose)) std::fputs(text, stderr);
 }
 
 double now_s() {
@@ -100,8 +106,8 @@ void report(const Options &o, const char *kind, int n, const std::vector<double>
     char desc[256];
     llama_model_desc(model, desc, sizeof desc);
     std::printf("{\"test\":\"%s%d\",\"n_prompt\":%d,\"n_gen\":%d,\"threads\":%d,\"n_batch\":%d,\"n_ubatch\":%d,"
-                "\"model\":\"%s\",\"model_bytes\":%llu,\"avg_ts\":%.4f,\"samples_s\":[",
-                kind, n, kind[0] == 'p' ? n : 0, kind[0] == 't' ? n : 0, o.threads, o.n_batch, o.n_ubatch, desc,
+                "\"extra_bufts\":%s,\"model\":\"%s\",\"model_bytes\":%llu,\"avg_ts\":%.4f,\"samples_s\":[",
+                kind, n, kind[0] == 'p' ? n : 0, kind[0] == 't' ? n : 0, o.threads, o.n_batch, o.n_ubatch, o.extra_bufts ? "true" : "false", desc,
                 static_cast<unsigned long long>(llama_model_size(model)), sum / secs.size());
     for (size_t i = 0; i < secs.size(); ++i) std::printf("%s%.6f", i ? "," : "", secs[i]);
     std::printf("],\"system\":\"%s\"}\n", llama_print_system_info());
@@ -112,11 +118,12 @@ void report(const Options &o, const char *kind, int n, const std::vector<double>
 
 int main(int argc, char **argv) {
     Options o = parse(argc, argv);
-    llama_log_set(log_errors_only, nullptr);
+    llama_log_set(log_to_stderr, &o.verbose);
     llama_backend_init();
 
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
+    mp.use_extra_bufts = o.extra_bufts;
     llama_model *model = llama_model_load_from_file(o.model.c_str(), mp);
     if (!model) {
         std::fprintf(stderr, "llamacpp-bench: cannot load %s\n", o.model.c_str());

@@ -8,8 +8,12 @@
 # CMakeLists.txt here. CPU backend only,
 # compiled for the device (Sapphire/Emerald Rapids Xeon) without -march=native so the
 # binary does not depend on the build machine: AVX2/FMA/F16C, AVX512 F/BW/DQ/VL + VBMI,
-# VNNI and BF16, and AMX (llama.cpp's AMX path covers Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K/IQ4_XS
-# weights of plain matmuls; MoE experts go through MUL_MAT_ID on the AVX512 kernels).
+# VNNI and BF16. AMX stays off: with it, llama.cpp (this revision) puts DeepSeek's
+# attn_k_b/attn_v_b into its AMX weight buffer, whose backend does not take the ops MLA runs
+# on them, and context creation aborts (GGML_ASSERT(*cur_backend_id != -1) in
+# ggml_backend_sched_split_graph, seen on tiny-dsv3 and the synthetic V2-Lite). AMX would
+# only have served plain matmuls anyway: the routed experts (MUL_MAT_ID) run on the
+# AVX512 kernels with llama.cpp's repacked Q4_K layout (CPU_REPACK, on by default).
 # No CUDA, no OpenMP (ggml's own thread pool), no network libraries.
 #
 # Usage: build.sh [SRC] [BUILD_DIR]   (defaults below); prints the binary's path.
@@ -37,7 +41,7 @@ cmake -S "$here" -B "$build" \
     -DGGML_CPU_ALL_VARIANTS=OFF \
     -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
     -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
-    -DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON -DGGML_AMX_BF16=ON \
+    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
     -DGGML_OPENMP=OFF \
     -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_BLAS=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_COMMON=OFF \

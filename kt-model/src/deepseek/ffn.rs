@@ -148,7 +148,7 @@ impl<'a> Moe<'a> {
                 match &self.shared {
                     Some(mlp) => {
                         mlp.forward(mode, x, tokens, out)?;
-                        out.iter_mut().zip(&routed).for_each(|(o, &v)| *o = v + *o);
+                        out.iter_mut().zip(&routed).for_each(|(o, &v)| *o += v);
                     }
                     None => out.copy_from_slice(&routed),
                 }

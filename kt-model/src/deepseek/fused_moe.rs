@@ -85,11 +85,13 @@ impl FusedMoe {
         weights: &[f32],
         out: &mut [f32],
     ) -> Result<()> {
-        let l = self.layers.get(layer).and_then(Option::as_ref).ok_or_else(|| {
-            ModelError::Forward {
+        let l = self
+            .layers
+            .get(layer)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| ModelError::Forward {
                 reason: format!("layer {layer} has no routed experts"),
-            }
-        })?;
+            })?;
         let (h, k, step) = (l.hidden(), self.top_k, self.ctx.max_tokens());
         let rows = x.len() / h;
         let mut t = 0;

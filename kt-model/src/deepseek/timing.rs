@@ -135,12 +135,12 @@ pub(crate) struct StageClock<'t> {
 impl<'t> StageClock<'t> {
     /// Starts timing (when `times` is given) a call of `tokens` tokens through `n_layers`.
     pub fn start(times: Option<&'t mut StageTimes>, n_layers: usize, tokens: usize) -> Self {
-        let times = times.map(|t| {
+        let mut times = times;
+        if let Some(t) = times.as_deref_mut() {
             t.fit(n_layers);
             t.calls += 1;
             t.tokens += tokens as u64;
-            t
-        });
+        }
         let last = times.as_ref().map(|_| Instant::now());
         StageClock { times, last }
     }
