@@ -78,7 +78,8 @@ pub struct Args {
     /// Seed of the synthetic weights, the prompt and the sampler.
     #[arg(long, default_value_t = SyntheticOptions::default().seed)]
     pub seed: u64,
-    /// Where layers run: `cpu` (every layer on the CPU) or a rules file.
+    /// Where layers run: `cpu`, every layer on the CPU (the only choice until the placement
+    /// module is wired in: see `placement` below).
     #[arg(long, default_value = "cpu")]
     pub rules: String,
     /// Write the time split per layer as a stacked bar chart (SVG) to this file.
