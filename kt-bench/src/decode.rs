@@ -5,20 +5,32 @@
 //! One run: a prompt of `--prompt-len` pseudo-random ids (BOS first) in one forward
 //! call (prefill), then `--gen-len` single-token forward calls, each on the token
 //! sampled from the previous logits (decode). `decode` reports decode tokens/s as its
-//! headline, `prefill` the prompt's. The model exposes no per-stage timers, so the time
-//! is split only into weights, prefill and decode; the JSON keeps fields for an
-//! attention / routed experts / other split, null until the engine measures them.
+//! headline, `prefill` the prompt's. Both phases run with the model's stage timers on
+//! (a few clock reads per layer): the report splits each phase's time by stage and layer
+//! (`split.rs`, `--svg` draws it with `svg.rs`) and compares the routed experts' weight
+//! traffic with the DRAM read bandwidth measured in the same run.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use kt_kernels::cpu;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kt_kernels::cpu::{self, membw};
 use kt_kernels::util::SplitMix64;
 use kt_model::config::DeepSeekConfig;
-use kt_model::deepseek::{DeepSeekModel, LogitRows, MatmulMode, Sampler};
+use kt_model::deepseek::{DeepSeekModel, LogitRows, MatmulMode, Sampler, StageTimes};
 use kt_model::gguf::Gguf;
 use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 
 use crate::gen_gguf::bytes_bar;
+use crate::split::PhaseSplit;
+use crate::svg;
+
+/// The largest batch the fused MoE operator's scratch is sized for: a longer prompt runs
+/// its routed experts in pieces of this many tokens (bounds the scratch at a few hundred MB).
+const MAX_MOE_BATCH: usize = 4096;
+
+/// Bytes the DRAM bandwidth probe reads (far past any last-level cache) and its passes.
+const MEMBW_BYTES: usize = 1 << 30;
+const MEMBW_PASSES: usize = 3;
 
 /// Which rate a run reports as its headline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +78,13 @@ pub struct Args {
     /// Seed of the synthetic weights, the prompt and the sampler.
     #[arg(long, default_value_t = SyntheticOptions::default().seed)]
     pub seed: u64,
+    /// Where layers run: `cpu`, every layer on the CPU (the only choice until the placement
+    /// module is wired in: see `placement` below).
+    #[arg(long, default_value = "cpu")]
+    pub rules: String,
+    /// Write the time split per layer as a stacked bar chart (SVG) to this file.
+    #[arg(long)]
+    pub svg: Option<std::path::PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -84,6 +103,8 @@ impl Args {
             temperature: 0.0,
             top_p: 1.0,
             seed: SyntheticOptions::default().seed,
+            rules: "cpu".into(),
+            svg: None,
             json: false,
         }
     }
@@ -145,6 +166,26 @@ fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Er
     })
 }
 
+/// The placement `--rules` asks for; only an all-CPU one can run here (kt-bench decode
+/// and prefill drive the CPU engine).
+///
+/// WIRE-PLACEMENT: the single call site of the placement module. Once
+/// `kt_model::placement` is merged, a name other than `cpu` is a rules file:
+/// `kt_model::placement::RuleSet::from_file(rules)?.place(config)?`, and every
+/// `device_of(layer, kind)` of the result must be the CPU (else an error naming the
+/// first layer and kind placed elsewhere).
+fn placement(rules: &str, config: &DeepSeekConfig) -> Result<String, Box<dyn std::error::Error>> {
+    if rules == "cpu" {
+        return Ok(rules.to_owned());
+    }
+    Err(format!(
+        "--rules {rules:?}: this build places all {} layers with the built-in rule set 'cpu'; \
+         reading rules files is not wired into kt-bench yet",
+        config.n_layers
+    )
+    .into())
+}
+
 pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     let pool = crate::machine::pool(a.threads)?;
     let (prompt_len, gen_len) = match mode {
@@ -170,61 +211,116 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let w = load(&a, !a.json)?;
-    let model = DeepSeekModel::new(&w.gguf, w.config.clone(), matmul)?;
+    let rules = placement(&a.rules, &w.config)?;
+    let mut model = DeepSeekModel::new(&w.gguf, w.config.clone(), matmul)?;
+    model.set_max_batch(prompt_len.min(MAX_MOE_BATCH))?;
     let weight_bytes: usize = w.gguf.files().iter().map(|f| f.len()).sum();
     let prompt = prompt_ids(&w.config, prompt_len, a.seed);
     let mut cache = model.new_cache(prompt_len + gen_len)?;
+    let dram_gbps = membw::measure_read_bandwidth(pool, MEMBW_BYTES, MEMBW_PASSES).gbps;
 
+    let n_layers = w.config.n_layers;
+    let (mut prefill_times, mut decode_times) =
+        (StageTimes::new(n_layers), StageTimes::new(n_layers));
+    let bar = phase_bar(!a.json, None, format!("prefill {prompt_len} tokens"));
     let t = Instant::now();
-    let mut logits = model.forward(&prompt, &mut cache, LogitRows::Last, None)?;
+    let mut logits = model.forward_timed(
+        &prompt,
+        &mut cache,
+        LogitRows::Last,
+        None,
+        Some(&mut prefill_times),
+    )?;
     let prefill_s = t.elapsed().as_secs_f64();
+    bar.finish_and_clear();
     let mut tokens = Vec::with_capacity(gen_len);
+    let bar = phase_bar(!a.json, Some(gen_len as u64), "decode".into());
     let t = Instant::now();
     for _ in 0..gen_len {
         let next = sampler.sample(&logits)?;
         tokens.push(next);
-        logits = model.forward(&[next], &mut cache, LogitRows::Last, None)?;
+        logits = model.forward_timed(
+            &[next],
+            &mut cache,
+            LogitRows::Last,
+            None,
+            Some(&mut decode_times),
+        )?;
+        bar.inc(1);
     }
     let decode_s = t.elapsed().as_secs_f64();
+    bar.finish_and_clear();
     if logits.iter().any(|v| !v.is_finite()) {
         return Err("the model produced non-finite logits".into());
     }
 
+    let prefill = PhaseSplit {
+        name: "prefill",
+        times: &prefill_times,
+        wall_s: prefill_s,
+    };
+    let decode = PhaseSplit {
+        name: "decode",
+        times: &decode_times,
+        wall_s: decode_s,
+    };
     let prefill_tps = prompt_len as f64 / prefill_s;
     let decode_tps = (gen_len > 0).then(|| gen_len as f64 / decode_s);
-    let headline = match mode {
-        Mode::Decode => decode_tps.unwrap_or(0.0),
-        Mode::Prefill => prefill_tps,
+    let (headline, shown) = match mode {
+        Mode::Decode => (decode_tps.unwrap_or(0.0), &decode),
+        Mode::Prefill => (prefill_tps, &prefill),
     };
     let matmul_name = if a.reference {
         "reference"
     } else {
         "quantized"
     };
+    if let Some(path) = &a.svg {
+        let title = format!(
+            "kt-bench {}: {} | {} threads | ms per token by layer and stage",
+            mode.name(),
+            w.label,
+            pool.threads()
+        );
+        let mut bars: Vec<_> = shown
+            .times
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, s)| (format!("L{l}"), *s))
+            .collect();
+        bars.push(("head".into(), shown.times.head));
+        let scale = 1e3 / shown.times.tokens.max(1) as f64;
+        std::fs::write(
+            path,
+            svg::stacked_bars(&title, "ms per token", &bars, scale),
+        )
+        .map_err(|e| format!("--svg {}: {e}", path.display()))?;
+    }
     if a.json {
         let j = serde_json::json!({
             "mode": mode.name(),
             "model": w.label,
-            "layers": w.config.n_layers,
+            "layers": n_layers,
             "tokens_per_s": headline,
             "prefill_tokens_per_s": prefill_tps,
             "decode_tokens_per_s": decode_tps,
             "prompt_len": prompt_len,
             "gen_len": gen_len,
             "threads": pool.threads(),
-            "rules": "cpu",
+            "rules": rules,
             "isa": isa.to_string(),
             "matmul": matmul_name,
             "weights_bytes": weight_bytes,
             "weights_s": w.seconds,
             "prefill_s": prefill_s,
             "decode_s": decode_s,
+            "dram_gbps": dram_gbps,
             "split": {
-                "attention_s": null,
-                "routed_experts_s": null,
-                "other_s": null,
+                "measured": true,
                 "total_s": prefill_s + decode_s,
-                "measured": false,
+                "prefill": prefill.to_json(dram_gbps),
+                "decode": (gen_len > 0).then(|| decode.to_json(dram_gbps)),
             },
             "tokens": tokens,
         });
@@ -232,13 +328,13 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     println!(
-        "kt-bench {} | {} | cpu, isa {isa}, {} threads, {matmul_name} matmul",
+        "kt-bench {} | {} | cpu, isa {isa}, {} threads, {matmul_name} matmul, rules {rules}",
         mode.name(),
         w.label,
         pool.threads()
     );
     println!(
-        "weights: {:.2} GB ready in {:.1} s",
+        "weights: {:.2} GB ready in {:.1} s; DRAM read bandwidth {dram_gbps:.1} GB/s",
         weight_bytes as f64 / 1e9,
         w.seconds
     );
@@ -249,11 +345,37 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
             1e3 * decode_s / gen_len as f64
         );
     }
-    println!(
-        "time split: prefill {prefill_s:.3} s + decode {decode_s:.3} s \
-         (attention / routed experts / other: not measured, the model has no stage timers)"
-    );
+    shown.print(dram_gbps);
+    if let Some(path) = &a.svg {
+        println!("split per layer written to {}", path.display());
+    }
     Ok(())
+}
+
+/// A progress bar over `len` steps, or a spinner when `len` is `None`; hidden unless `show`.
+fn phase_bar(show: bool, len: Option<u64>, what: String) -> ProgressBar {
+    if !show {
+        return ProgressBar::with_draw_target(len, ProgressDrawTarget::hidden());
+    }
+    let bar = match len {
+        Some(n) => {
+            let b = ProgressBar::new(n);
+            let style = ProgressStyle::with_template(
+                "{msg} [{bar:40}] {pos}/{len} tokens {per_sec} eta {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> ");
+            b.set_style(style);
+            b
+        }
+        None => {
+            let b = ProgressBar::new_spinner();
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        }
+    };
+    bar.set_message(what);
+    bar
 }
 
 /// BOS (when the model has one), then pseudo-random ids of the vocabulary.

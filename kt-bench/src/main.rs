@@ -9,6 +9,8 @@ mod matmul;
 mod moe;
 mod plan;
 mod pool_bench;
+mod split;
+mod svg;
 
 use clap::{Parser, Subcommand};
 

@@ -1,15 +1,19 @@
 //! The feed-forward blocks: SwiGLU MLPs (the dense layers and the shared experts) and the
 //! routed mixture of experts.
 //!
-//! The MoE here is the plain one the rest is checked against: route every token, then
-//! for each expert that any token chose (ascending id) run its MLP on the gathered rows of
-//! those tokens and add `weight * output` into an f64 accumulator per token, so the sum
-//! does not depend on how the work is split. The fused CPU MoE operator
-//! (`kt_kernels::cpu::moe`) replaces this loop when it lands; its results must agree.
+//! The routed experts run one of two ways. The plain loop (the `Reference` mode's, what
+//! the rest is checked against): for each expert that any token chose (ascending id) run
+//! its MLP on the gathered rows of those tokens and add `weight * output` into an f64
+//! accumulator per token, so the sum does not depend on how the work is split; the shared
+//! experts are added in f64 too. The fused operator ([`FusedMoe`], the `Quantized` mode's):
+//! each token's experts summed in f32 in rank order, then the shared experts added in f32,
+//! as llama.cpp's graph does.
 
 use kt_kernels::ops::{route, silu_mul_inplace, RouterConfig};
 
+use super::fused_moe::FusedMoe;
 use super::linear::{dequantize_vector, Linear, MatmulMode};
+use super::timing::{Place, Stage, StageClock};
 use crate::config::{DeepSeekConfig, TopkMethod};
 use crate::error::Result;
 use crate::tensors::{DenseFfn, MoeFfn};
@@ -74,6 +78,8 @@ pub(crate) struct Moe<'a> {
     bias: Option<Vec<f32>>,
     config: RouterConfig,
     shared: Option<Mlp<'a>>,
+    /// Bytes of one routed expert's gate, up and down matrices.
+    expert_bytes: u64,
 }
 
 impl<'a> Moe<'a> {
@@ -88,21 +94,30 @@ impl<'a> Moe<'a> {
                 (Some(b), TopkMethod::NoauxTc) => Some(dequantize_vector(b)?),
                 _ => None,
             },
+            expert_bytes: [&t.gate_exps, &t.up_exps, &t.down_exps]
+                .iter()
+                .map(|s| (s.data.len() / config.n_experts) as u64)
+                .sum(),
             config,
             shared: t.shared.as_ref().map(Mlp::new).transpose()?,
         })
     }
 
     /// `out = sum_k w_k expert_k(x) + shared(x)` for `x` `[T, hidden]`; returns the routing.
+    /// The routed experts run on `fused` when given (layer `layer` of it), else on the
+    /// plain loop. Laps of `clock` mark the router, routed experts and shared experts.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         mode: MatmulMode,
+        fused: Option<&FusedMoe>,
+        layer: usize,
         x: &[f32],
         tokens: usize,
         out: &mut [f32],
+        clock: &mut StageClock<'_>,
     ) -> Result<Routing> {
         let (e_n, k) = (self.config.n_experts, self.config.top_k);
-        let hidden = self.router.cols;
         let mut r = Routing {
             logits: vec![0.0; tokens * e_n],
             ids: vec![0; tokens * k],
@@ -116,7 +131,56 @@ impl<'a> Moe<'a> {
             &mut r.ids,
             &mut r.weights,
         )?;
+        let here = Place::Layer(layer);
+        clock.lap(here, Stage::Router);
+        if clock.is_on() {
+            let mut touched = vec![false; e_n];
+            r.ids.iter().for_each(|&e| touched[e as usize] = true);
+            let distinct = touched.iter().filter(|&&t| t).count() as u64;
+            clock.add_routed_bytes(layer, distinct * self.expert_bytes);
+        }
 
+        match fused {
+            Some(f) => {
+                let mut routed = vec![0.0f32; out.len()];
+                f.forward(layer, x, &r.ids, &r.weights, &mut routed)?;
+                clock.lap(here, Stage::RoutedExperts);
+                match &self.shared {
+                    Some(mlp) => {
+                        mlp.forward(mode, x, tokens, out)?;
+                        out.iter_mut().zip(&routed).for_each(|(o, &v)| *o += v);
+                    }
+                    None => out.copy_from_slice(&routed),
+                }
+            }
+            None => {
+                let acc = self.routed_loop(mode, x, tokens, &r)?;
+                clock.lap(here, Stage::RoutedExperts);
+                match &self.shared {
+                    Some(mlp) => {
+                        mlp.forward(mode, x, tokens, out)?;
+                        for (o, &a) in out.iter_mut().zip(&acc) {
+                            *o = (a + *o as f64) as f32;
+                        }
+                    }
+                    None => out.iter_mut().zip(&acc).for_each(|(o, &a)| *o = a as f32),
+                }
+            }
+        }
+        clock.lap(here, Stage::Mlp);
+        Ok(r)
+    }
+
+    /// The plain routed-expert loop: `sum_k w_k expert_k(x)` per token, in f64.
+    fn routed_loop(
+        &self,
+        mode: MatmulMode,
+        x: &[f32],
+        tokens: usize,
+        r: &Routing,
+    ) -> Result<Vec<f64>> {
+        let (e_n, k) = (self.config.n_experts, self.config.top_k);
+        let hidden = self.router.cols;
         // tokens (and their weights) per expert, in token order
         let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e_n];
         for (t, (ids, ws)) in r
@@ -146,16 +210,7 @@ impl<'a> Moe<'a> {
                 }
             }
         }
-        match &self.shared {
-            Some(mlp) => {
-                mlp.forward(mode, x, tokens, out)?;
-                for (o, &a) in out.iter_mut().zip(&acc) {
-                    *o = (a + *o as f64) as f32;
-                }
-            }
-            None => out.iter_mut().zip(&acc).for_each(|(o, &a)| *o = a as f32),
-        }
-        Ok(r)
+        Ok(acc)
     }
 }
 

@@ -10,7 +10,10 @@
 //! of HF transformers and llama.cpp's dequantized runs are compared with) or
 //! `Quantized(isa)` (activations quantized to the format's `vec_dot_type`, as llama.cpp
 //! runs a GGUF natively). Rope, routing and softmax are `kt_kernels::ops`; RMSNorm too, except
-//! that the quantized mode rounds it as ggml does (`norm.rs`: its output feeds a quantizer).
+//! that the quantized mode rounds it as ggml does (`norm.rs`: its output feeds a quantizer). In
+//! `Quantized` mode the routed experts run on kt-kernels' fused MoE operator
+//! ([`fused_moe`]); `Reference` keeps the plain per-expert loop. [`timing`] splits a
+//! call's time by layer and stage when asked ([`DeepSeekModel::forward_timed`]).
 //!
 //! Conventions: rope rotates adjacent pairs (GGUF order, see `kt_kernels::ops::rope`);
 //! router ties go to the lowest expert id (`kt_kernels::ops::gating`); argmax ties to the
@@ -19,13 +22,16 @@
 mod attention;
 pub mod cache;
 mod ffn;
+pub mod fused_moe;
 pub mod linear;
 pub mod model;
 mod norm;
 pub mod sampling;
+pub mod timing;
 
 pub use cache::KvCache;
 pub use ffn::Routing;
 pub use linear::{Linear, MatmulMode};
 pub use model::{argmax, DeepSeekModel, ForwardTrace, LogitRows};
 pub use sampling::{generate, Sampler};
+pub use timing::{Split, Stage, StageTimes};

@@ -7,8 +7,10 @@ use kt_kernels::ops::{RopeYarn, YarnScaling as OpsYarn};
 use super::attention::{AttentionWeights, MlaShape};
 use super::cache::KvCache;
 use super::ffn::{Mlp, Moe, Routing};
+use super::fused_moe::{FusedMoe, DEFAULT_MAX_BATCH};
 use super::linear::{dequantize_vector, Linear, MatmulMode};
 use super::norm::rms_norm;
+use super::timing::{Place, Stage, StageClock, StageTimes};
 use crate::config::DeepSeekConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::Gguf;
@@ -54,6 +56,8 @@ pub struct DeepSeekModel<'a> {
     layers: Vec<Layer<'a>>,
     output_norm: Vec<f32>,
     output: Linear<'a>,
+    /// The routed experts on the fused operator (`Quantized` mode with MoE layers).
+    fused: Option<FusedMoe>,
 }
 
 impl<'a> DeepSeekModel<'a> {
@@ -94,7 +98,18 @@ impl<'a> DeepSeekModel<'a> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let fused = match mode {
+            MatmulMode::Reference => None,
+            MatmulMode::Quantized(isa) => FusedMoe::new(
+                gguf,
+                &tensors,
+                isa,
+                config.experts_per_tok,
+                DEFAULT_MAX_BATCH,
+            )?,
+        };
         Ok(DeepSeekModel {
+            fused,
             token_embd: Linear::from_2d(&tensors.token_embd)?,
             output_norm: dequantize_vector(&tensors.output_norm)?,
             output: Linear::from_2d(&tensors.output)?,
@@ -114,6 +129,22 @@ impl<'a> DeepSeekModel<'a> {
         self.mode
     }
 
+    /// Sizes the fused MoE operator's scratch for batches of up to `max_batch` tokens
+    /// (default [`DEFAULT_MAX_BATCH`]); larger batches run their routed experts in pieces
+    /// of that many tokens. Allocates: call it at setup. No effect in `Reference` mode.
+    pub fn set_max_batch(&mut self, max_batch: usize) -> Result<()> {
+        if max_batch == 0 {
+            return Err(ModelError::Forward {
+                reason: "the largest batch must be at least 1 token".into(),
+            });
+        }
+        if let Some(f) = self.fused.as_ref().filter(|f| f.max_batch() != max_batch) {
+            let resized = f.resized(max_batch)?;
+            self.fused = Some(resized);
+        }
+        Ok(())
+    }
+
     /// An empty cache for `capacity` positions of this model.
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
         KvCache::new(&self.config, capacity)
@@ -127,7 +158,20 @@ impl<'a> DeepSeekModel<'a> {
         tokens: &[u32],
         cache: &mut KvCache,
         rows: LogitRows,
+        trace: Option<&mut ForwardTrace>,
+    ) -> Result<Vec<f32>> {
+        self.forward_timed(tokens, cache, rows, trace, None)
+    }
+
+    /// [`DeepSeekModel::forward`], adding where the time went to `times` when given
+    /// (per layer and stage, see [`StageTimes`]; without it nothing is timed).
+    pub fn forward_timed(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        rows: LogitRows,
         mut trace: Option<&mut ForwardTrace>,
+        times: Option<&mut StageTimes>,
     ) -> Result<Vec<f32>> {
         let c = &self.config;
         let (t_n, hidden) = (tokens.len(), c.hidden_size);
@@ -138,6 +182,7 @@ impl<'a> DeepSeekModel<'a> {
         }
         cache.check_room(c, t_n)?;
         let start = cache.len();
+        let mut clock = StageClock::start(times, self.layers.len(), t_n);
 
         let mut x = vec![0.0f32; t_n * hidden];
         for (i, (&tok, row)) in tokens.iter().zip(x.chunks_exact_mut(hidden)).enumerate() {
@@ -153,8 +198,11 @@ impl<'a> DeepSeekModel<'a> {
 
         let mut xn = vec![0.0f32; t_n * hidden];
         let mut delta = vec![0.0f32; t_n * hidden];
+        clock.lap(Place::Head, Stage::Other);
         for (li, layer) in self.layers.iter().enumerate() {
+            let here = Place::Layer(li);
             rms_norm(self.mode, &x, &layer.attn_norm, c.rms_norm_eps, &mut xn)?;
+            clock.lap(here, Stage::Other);
             let lc = cache.layer_mut(li);
             layer.attn.forward(
                 &self.shape,
@@ -166,13 +214,20 @@ impl<'a> DeepSeekModel<'a> {
                 lc,
                 &mut delta,
             )?;
+            clock.lap(here, Stage::Attention);
             add_into(&mut x, &delta);
 
             rms_norm(self.mode, &x, &layer.ffn_norm, c.rms_norm_eps, &mut xn)?;
+            clock.lap(here, Stage::Other);
             match &layer.ffn {
-                FfnWeights::Dense(mlp) => mlp.forward(self.mode, &xn, t_n, &mut delta)?,
+                FfnWeights::Dense(mlp) => {
+                    mlp.forward(self.mode, &xn, t_n, &mut delta)?;
+                    clock.lap(here, Stage::Mlp);
+                }
                 FfnWeights::Moe(moe) => {
-                    let routing = moe.forward(self.mode, &xn, t_n, &mut delta)?;
+                    let fused = self.fused.as_ref();
+                    let routing =
+                        moe.forward(self.mode, fused, li, &xn, t_n, &mut delta, &mut clock)?;
                     if let Some(tr) = trace.as_deref_mut() {
                         tr.routing.push((li, routing));
                     }
@@ -182,6 +237,7 @@ impl<'a> DeepSeekModel<'a> {
             if let Some(tr) = trace.as_deref_mut() {
                 tr.layer_outputs.push(x.clone());
             }
+            clock.lap(here, Stage::Other);
         }
         cache.advance(t_n);
 
@@ -198,8 +254,10 @@ impl<'a> DeepSeekModel<'a> {
             c.rms_norm_eps,
             &mut last,
         )?;
+        clock.lap(Place::Head, Stage::Other);
         let mut logits = vec![0.0f32; n_rows * c.vocab_size];
         self.output.apply(self.mode, &last, n_rows, &mut logits)?;
+        clock.lap(Place::Head, Stage::LmHead);
         Ok(logits)
     }
 

@@ -43,3 +43,9 @@ impl Backing {
         }
     }
 }
+
+impl AsRef<[u8]> for Backing {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}

@@ -17,6 +17,7 @@ mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use metadata::Metadata;
 pub use parse::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_NESTING};
@@ -36,7 +37,8 @@ pub struct GgufFile {
     alignment: u64,
     data_offset: u64,
     n_tensors: usize,
-    bytes: Backing,
+    /// Shared so that kernels can hold tensor bytes beyond a borrow ([`Gguf::tensor_storage`]).
+    bytes: Arc<Backing>,
 }
 
 impl GgufFile {
@@ -217,6 +219,15 @@ impl Gguf {
         self.tensors.iter().map(|t| self.view(t))
     }
 
+    /// The owner of `name`'s bytes and where they start in it: for kernels that keep
+    /// weights beyond a borrow of the `Gguf` (`kt_kernels::cpu::moe::ExpertStack`), without
+    /// copying them. `None` when there is no such tensor.
+    pub fn tensor_storage(&self, name: &str) -> Option<(kt_kernels::cpu::moe::Storage, usize)> {
+        let t = &self.tensors[*self.index.get(name)?];
+        let owner: kt_kernels::cpu::moe::Storage = self.files[t.file].bytes.clone();
+        Some((owner, t.start))
+    }
+
     fn view<'a>(&'a self, t: &'a TensorInfo) -> Tensor<'a> {
         // The parser checked start + n_bytes <= file length for this file.
         let bytes = self.files[t.file].bytes.bytes();
@@ -232,7 +243,7 @@ fn load(path: &Path, bytes: Backing, file_index: usize) -> Result<(GgufFile, Par
         alignment: parsed.alignment,
         data_offset: parsed.data_offset,
         n_tensors: parsed.tensors.len(),
-        bytes,
+        bytes: Arc::new(bytes),
     };
     Ok((file, parsed))
 }
