@@ -18,6 +18,7 @@ use kt_kernels::util::SplitMix64;
 use kt_model::config::DeepSeekConfig;
 use kt_model::deepseek::{DeepSeekModel, LogitRows, MatmulMode, Sampler, StageTimes};
 use kt_model::gguf::Gguf;
+use kt_model::placement::{RuleSet, WeightFormat};
 use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 
 use crate::gen_gguf::bytes_bar;
@@ -169,21 +170,35 @@ fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Er
 /// The placement `--rules` asks for; only an all-CPU one can run here (kt-bench decode
 /// and prefill drive the CPU engine).
 ///
-/// WIRE-PLACEMENT: the single call site of the placement module. Once
-/// `kt_model::placement` is merged, a name other than `cpu` is a rules file:
-/// `kt_model::placement::RuleSet::from_file(rules)?.place(config)?`, and every
-/// `device_of(layer, kind)` of the result must be the CPU (else an error naming the
-/// first layer and kind placed elsewhere).
+/// `--rules`: `cpu` (the built-in rule set: everything on the CPU, weights as stored) or a
+/// rules file (`rules/*.yaml`), placed against the model's config. This engine runs every
+/// module on the CPU with the weights as stored, so a file that puts a module on a GPU or
+/// asks for a repacked format is refused, naming the first such module, rather than being
+/// silently ignored.
 fn placement(rules: &str, config: &DeepSeekConfig) -> Result<String, Box<dyn std::error::Error>> {
     if rules == "cpu" {
         return Ok(rules.to_owned());
     }
-    Err(format!(
-        "--rules {rules:?}: this build places all {} layers with the built-in rule set 'cpu'; \
-         reading rules files is not wired into kt-bench yet",
-        config.n_layers
-    )
-    .into())
+    let placed = RuleSet::from_file(rules)?.place(config)?;
+    for m in placed.modules() {
+        if m.device.is_gpu() {
+            return Err(format!(
+                "--rules {rules}: module {} goes to {}, but this build's engine runs on the CPU only \
+                 (use a `-cpu` rules file, or see `kt-bench plan` for the placement)",
+                m.name, m.device
+            )
+            .into());
+        }
+        if m.format != WeightFormat::Gguf {
+            return Err(format!(
+                "--rules {rules}: module {} asks for format {}, but the CPU engine runs weights \
+                 as stored (format gguf)",
+                m.name, m.format
+            )
+            .into());
+        }
+    }
+    Ok(rules.to_owned())
 }
 
 pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {

@@ -27,7 +27,11 @@ pub struct Machine {
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
@@ -36,7 +40,14 @@ pub fn cpu_model() -> String {
 pub fn measure(pool: &ThreadPool, isa: Isa) -> Result<Machine, kt_kernels::KtError> {
     let bw = membw::measure_read_bandwidth(pool, 1 << 30, 5);
     let pk = peak::measure_peak(pool, isa)?;
-    Ok(Machine { cpu: cpu_model(), isa: isa.to_string(), threads: pool.threads(), dram_gbps: bw.gbps, peak_gops: pk.gops, peak_kind: pk.kind })
+    Ok(Machine {
+        cpu: cpu_model(),
+        isa: isa.to_string(),
+        threads: pool.threads(),
+        dram_gbps: bw.gbps,
+        peak_gops: pk.gops,
+        peak_kind: pk.kind,
+    })
 }
 
 /// The global pool sized by `--threads` (or KT_THREADS / all cores).
@@ -55,7 +66,10 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", serde_json::to_string(&m)?);
     } else {
         println!("cpu: {}\nisa: {}  threads: {}", m.cpu, m.isa, m.threads);
-        println!("memory read bandwidth: {:.1} GB/s\npeak ({}): {:.1} GOP/s", m.dram_gbps, m.peak_kind, m.peak_gops);
+        println!(
+            "memory read bandwidth: {:.1} GB/s\npeak ({}): {:.1} GOP/s",
+            m.dram_gbps, m.peak_kind, m.peak_gops
+        );
     }
     Ok(())
 }

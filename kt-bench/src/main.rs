@@ -15,7 +15,11 @@ mod svg;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kt-bench", version, about = "Benchmarks of kt, the CPU/GPU MoE engine for DeepSeek V2/V3")]
+#[command(
+    name = "kt-bench",
+    version,
+    about = "Benchmarks of kt, the CPU/GPU MoE engine for DeepSeek V2/V3"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -17,10 +17,18 @@ use crate::machine;
 #[derive(clap::Args)]
 pub struct Args {
     /// Weight formats (ggml names).
-    #[arg(long, value_delimiter = ',', default_value = "q4_k,q5_k,q2_k,q6_k,q8_0,bf16")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q4_k,q5_k,q2_k,q6_k,q8_0,bf16"
+    )]
     pub formats: Vec<String>,
     /// Shapes as ROWSxCOLS (out x in): DeepSeek-V3 expert up/down, V2-Lite expert up/down, V3 dense.
-    #[arg(long, value_delimiter = ',', default_value = "2048x7168,7168x2048,1408x2048,2048x1408,18432x7168")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2048x7168,7168x2048,1408x2048,2048x1408,18432x7168"
+    )]
     pub shapes: Vec<String>,
     /// Token counts.
     #[arg(long, value_delimiter = ',', default_value = "1,512")]
@@ -55,15 +63,26 @@ struct Row {
 }
 
 fn parse_shape(s: &str) -> Result<(usize, usize), String> {
-    let (r, c) = s.split_once('x').ok_or_else(|| format!("shape {s:?} is not ROWSxCOLS"))?;
-    let p = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("shape {s:?}: {v:?} is not a number"));
+    let (r, c) = s
+        .split_once('x')
+        .ok_or_else(|| format!("shape {s:?} is not ROWSxCOLS"))?;
+    let p = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("shape {s:?}: {v:?} is not a number"))
+    };
     Ok((p(r)?, p(c)?))
 }
 
 /// A `rows x cols` matrix of `q`: 64 distinct rows of random normal weights quantized
 /// with the reference quantizer, repeated (quantizing hundreds of millions of weights
 /// would take longer than the benchmark, and repeated rows read the same from DRAM).
-fn make_weights(q: QType, rows: usize, cols: usize, seed: u64) -> Result<Vec<u8>, kt_kernels::KtError> {
+fn make_weights(
+    q: QType,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> Result<Vec<u8>, kt_kernels::KtError> {
     let row_bytes = q.row_bytes(cols)?;
     let distinct = rows.min(64);
     let mut rng = SplitMix64::new(seed);
@@ -88,7 +107,10 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             "kt-bench matmul | {} | isa {} | {} threads | read bandwidth {:.1} GB/s | peak {:.0} GOP/s ({})",
             m.cpu, m.isa, m.threads, m.dram_gbps, m.peak_gops, m.peak_kind
         );
-        println!("{:<6} {:>11} {:>6} {:>10} {:>9} {:>6} {:>9} {:>6}", "format", "shape", "tokens", "ms/call", "GB/s", "of bw", "GOP/s", "of pk");
+        println!(
+            "{:<6} {:>11} {:>6} {:>10} {:>9} {:>6} {:>9} {:>6}",
+            "format", "shape", "tokens", "ms/call", "GB/s", "of bw", "GOP/s", "of pk"
+        );
     }
     for f in &a.formats {
         let q = QType::from_name(f).ok_or_else(|| format!("unknown format {f:?}"))?;
@@ -98,29 +120,56 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 // e.g. V2-Lite's 1408-wide down rows in a K-quant: GGUF files store those in
                 // Q5_0 / Q8_0 instead. Say so and go on with the other cases.
                 if a.json {
-                    println!("{}", serde_json::json!({"format": q.name(), "rows": rows, "cols": cols, "skipped": e.to_string()}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"format": q.name(), "rows": rows, "cols": cols, "skipped": e.to_string()})
+                    );
                 } else {
-                    println!("{:<6} {:>11}  skipped: {e}", q.name(), format!("{rows}x{cols}"));
+                    println!(
+                        "{:<6} {:>11}  skipped: {e}",
+                        q.name(),
+                        format!("{rows}x{cols}")
+                    );
                 }
                 continue;
             }
             let mat = make_weights(q, rows, cols, 1)?;
             for &tokens in &a.tokens {
-                let copies = if tokens <= cpu::GEMV_MAX_TOKENS { (1usize << 30).div_ceil(mat.len()).max(1) } else { 1 };
+                let copies = if tokens <= cpu::GEMV_MAX_TOKENS {
+                    (1usize << 30).div_ceil(mat.len()).max(1)
+                } else {
+                    1
+                };
                 let extra: Vec<Vec<u8>> = (1..copies).map(|_| mat.clone()).collect();
-                let all: Vec<&[u8]> = std::iter::once(&mat[..]).chain(extra.iter().map(|v| &v[..])).collect();
+                let all: Vec<&[u8]> = std::iter::once(&mat[..])
+                    .chain(extra.iter().map(|v| &v[..]))
+                    .collect();
                 let mut rng = SplitMix64::new(2);
                 let mut x = vec![0f32; tokens * cols];
                 rng.fill_normal(&mut x, 1.0);
                 let mut out = vec![0f32; tokens * rows];
-                let call = |i: usize, out: &mut [f32]| cpu::matmul_with(isa, pool, q, all[i % all.len()], rows, cols, &x, tokens, out);
+                let call = |i: usize, out: &mut [f32]| {
+                    cpu::matmul_with(
+                        isa,
+                        pool,
+                        q,
+                        all[i % all.len()],
+                        rows,
+                        cols,
+                        &x,
+                        tokens,
+                        out,
+                    )
+                };
                 for i in 0..3.max(all.len()) {
                     call(i, &mut out)?;
                 }
                 let mut times = Vec::new();
                 let start = Instant::now();
                 let mut i = 0;
-                while (start.elapsed().as_secs_f64() < a.seconds || times.len() < 5) && times.len() < 10_000 {
+                while (start.elapsed().as_secs_f64() < a.seconds || times.len() < 5)
+                    && times.len() < 10_000
+                {
                     let t = Instant::now();
                     call(i, &mut out)?;
                     times.push(t.elapsed().as_secs_f64());

@@ -69,9 +69,23 @@ struct Shape {
 
 fn shape(name: &str) -> Result<Shape, String> {
     match name {
-        "deepseek-v3" => Ok(Shape { name: "deepseek-v3", hidden: 7168, inter: 2048, experts: 256, top_k: 8 }),
-        "deepseek-v2-lite" => Ok(Shape { name: "deepseek-v2-lite", hidden: 2048, inter: 1408, experts: 64, top_k: 6 }),
-        other => Err(format!("unknown shape {other:?}: deepseek-v3 or deepseek-v2-lite")),
+        "deepseek-v3" => Ok(Shape {
+            name: "deepseek-v3",
+            hidden: 7168,
+            inter: 2048,
+            experts: 256,
+            top_k: 8,
+        }),
+        "deepseek-v2-lite" => Ok(Shape {
+            name: "deepseek-v2-lite",
+            hidden: 2048,
+            inter: 1408,
+            experts: 64,
+            top_k: 6,
+        }),
+        other => Err(format!(
+            "unknown shape {other:?}: deepseek-v3 or deepseek-v2-lite"
+        )),
     }
 }
 
@@ -86,13 +100,23 @@ fn formats(format: &str, inter: usize) -> Result<(QType, QType, QType), String> 
         "q4_k" => (QType::Q4_K, if k_ok { QType::Q4_K } else { QType::Q5_0 }),
         "q2_k" => (QType::Q2_K, if k_ok { QType::Q2_K } else { QType::Q4_0 }),
         "q5_k" => (QType::Q5_K, if k_ok { QType::Q5_K } else { QType::Q5_1 }),
-        other => return Err(format!("unknown format {other:?}: q4_k, q2_k, q5_k, int4, int8, bf16")),
+        other => {
+            return Err(format!(
+                "unknown format {other:?}: q4_k, q2_k, q5_k, int4, int8, bf16"
+            ))
+        }
     };
     Ok((gu, gu, down))
 }
 
 /// `experts x rows x cols` weights in `q`: 64 distinct random rows, repeated.
-fn stack(q: QType, experts: usize, rows: usize, cols: usize, seed: u64) -> Result<ExpertStack, Box<dyn std::error::Error>> {
+fn stack(
+    q: QType,
+    experts: usize,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> Result<ExpertStack, Box<dyn std::error::Error>> {
     let row_bytes = q.row_bytes(cols)?;
     let distinct = 64;
     let mut f = vec![0f32; distinct * cols];
@@ -110,7 +134,10 @@ fn stack(q: QType, experts: usize, rows: usize, cols: usize, seed: u64) -> Resul
 
 fn last_level_cache_bytes() -> usize {
     (0..8)
-        .filter_map(|i| std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cache/index{i}/size")).ok())
+        .filter_map(|i| {
+            std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cache/index{i}/size"))
+                .ok()
+        })
         .filter_map(|s| {
             let s = s.trim();
             let (num, mul) = match s.chars().last() {
@@ -128,11 +155,20 @@ fn last_level_cache_bytes() -> usize {
 fn available_memory_bytes() -> Option<usize> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    line.split_whitespace().nth(1)?.parse::<usize>().ok().map(|kb| kb * 1024)
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<usize>()
+        .ok()
+        .map(|kb| kb * 1024)
 }
 
 /// `tokens` tokens choosing `k` distinct experts uniformly, positive weights.
-fn draw_routing(rng: &mut SplitMix64, tokens: usize, k: usize, experts: usize) -> (Vec<u32>, Vec<f32>, usize) {
+fn draw_routing(
+    rng: &mut SplitMix64,
+    tokens: usize,
+    k: usize,
+    experts: usize,
+) -> (Vec<u32>, Vec<f32>, usize) {
     let mut ids = Vec::with_capacity(tokens * k);
     let mut used = HashSet::new();
     for _ in 0..tokens {
@@ -145,7 +181,9 @@ fn draw_routing(rng: &mut SplitMix64, tokens: usize, k: usize, experts: usize) -
             }
         }
     }
-    let w = (0..tokens * k).map(|_| rng.uniform(0.05, 1.0) / k as f32).collect();
+    let w = (0..tokens * k)
+        .map(|_| rng.uniform(0.05, 1.0) / k as f32)
+        .collect();
     (ids, w, used.len())
 }
 
@@ -189,35 +227,72 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let m = machine::measure(pool, isa)?;
 
     let (h, i, e, k) = (sh.hidden, sh.inter, sh.experts, sh.top_k);
-    let base = MoeLayer::new(stack(gate_q, e, i, h, 1)?, stack(up_q, e, i, h, 2)?, stack(down_q, e, h, i, 3)?)?;
+    let base = MoeLayer::new(
+        stack(gate_q, e, i, h, 1)?,
+        stack(up_q, e, i, h, 2)?,
+        stack(down_q, e, h, i, 3)?,
+    )?;
     let layer_bytes = e * base.expert_bytes();
     let copies = layer_copies(layer_bytes, 2)?;
     let mut layers = vec![base];
     for c in 1..copies {
         let seed = 10 * c as u64;
-        layers.push(MoeLayer::new(stack(gate_q, e, i, h, seed)?, stack(up_q, e, i, h, seed + 1)?, stack(down_q, e, h, i, seed + 2)?)?);
+        layers.push(MoeLayer::new(
+            stack(gate_q, e, i, h, seed)?,
+            stack(up_q, e, i, h, seed + 1)?,
+            stack(down_q, e, h, i, seed + 2)?,
+        )?);
     }
-    let ctx = MoeContext::new(PoolRef::Static(pool), isa, a.tokens, k, &layers.iter().collect::<Vec<_>>())?;
+    let ctx = MoeContext::new(
+        PoolRef::Static(pool),
+        isa,
+        a.tokens,
+        k,
+        &layers.iter().collect::<Vec<_>>(),
+    )?;
     let timed = time_calls(&a, &sh, copies, |call, ids, w, x, out| {
         let layer = &layers[call % copies];
         ctx.forward(layer, x, ids, w, out)?;
         Ok(layer.expert_bytes())
     })?;
-    let names = [gate_q.name().to_string(), up_q.name().to_string(), down_q.name().to_string()];
+    let names = [
+        gate_q.name().to_string(),
+        up_q.name().to_string(),
+        down_q.name().to_string(),
+    ];
     let label = format!("{}/{}/{}", names[0], names[1], names[2]);
-    report(&a, &sh, &m, isa, pool.threads(), names, label, copies, layer_bytes, timed)
+    report(
+        &a,
+        &sh,
+        &m,
+        isa,
+        pool.threads(),
+        names,
+        label,
+        copies,
+        layer_bytes,
+        timed,
+    )
 }
 
 /// `experts x rows x cols` in a repacked format: one random expert packed, its bytes
 /// and scales repeated for every expert (packing 256 V3 experts would take minutes;
 /// repeated experts read the same from DRAM).
-fn repacked_stack(f: RepackFormat, experts: usize, rows: usize, cols: usize, seed: u64) -> Result<RepackedStack, Box<dyn std::error::Error>> {
+fn repacked_stack(
+    f: RepackFormat,
+    experts: usize,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> Result<RepackedStack, Box<dyn std::error::Error>> {
     let mut w = vec![0f32; rows * cols];
     SplitMix64::new(seed).fill_normal(&mut w, 0.05);
     let one = RepackedStack::from_f32(f, &w, 1, rows, cols)?;
     let data = one.data().repeat(experts);
     let scales = one.scales().repeat(experts);
-    Ok(RepackedStack::from_parts(f, experts, rows, cols, &data, scales)?)
+    Ok(RepackedStack::from_parts(
+        f, experts, rows, cols, &data, scales,
+    )?)
 }
 
 /// `kt-bench moe --format int4|int8|bf16`: the same measurement over a repacked layer.
@@ -231,7 +306,11 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
     let m = machine::measure(pool, isa)?;
     let (h, i, e, k) = (sh.hidden, sh.inter, sh.experts, sh.top_k);
     let build = |seed: u64| -> Result<RepackedLayer, Box<dyn std::error::Error>> {
-        Ok(RepackedLayer::new(repacked_stack(f, e, i, h, seed)?, repacked_stack(f, e, i, h, seed + 1)?, repacked_stack(f, e, h, i, seed + 2)?)?)
+        Ok(RepackedLayer::new(
+            repacked_stack(f, e, i, h, seed)?,
+            repacked_stack(f, e, i, h, seed + 1)?,
+            repacked_stack(f, e, h, i, seed + 2)?,
+        )?)
     };
     let base = build(1)?;
     let layer_bytes = e * base.expert_bytes();
@@ -241,7 +320,13 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
     for c in 1..copies {
         layers.push(build(10 * c as u64)?);
     }
-    let runner = RepackedMoe::new(PoolRef::Static(pool), isa, a.tokens, k, &layers.iter().collect::<Vec<_>>())?;
+    let runner = RepackedMoe::new(
+        PoolRef::Static(pool),
+        isa,
+        a.tokens,
+        k,
+        &layers.iter().collect::<Vec<_>>(),
+    )?;
     let timed = time_calls(&a, &sh, copies, |call, ids, w, x, out| {
         let layer = &layers[call % copies];
         runner.forward(layer, x, ids, w, out)?;
@@ -249,7 +334,18 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let name = f.name();
     let label = format!("{name} ({:.2} bits/weight, repacked)", f.bits_per_weight());
-    report(&a, &sh, &m, isa, pool.threads(), [name.clone(), name.clone(), name], label, copies, layer_bytes, timed)
+    report(
+        &a,
+        &sh,
+        &m,
+        isa,
+        pool.threads(),
+        [name.clone(), name.clone(), name],
+        label,
+        copies,
+        layer_bytes,
+        timed,
+    )
 }
 
 /// How many copies of a `layer_bytes` layer the timed calls cycle through. A call reads k
@@ -291,7 +387,13 @@ fn time_calls(
     a: &Args,
     sh: &Shape,
     copies: usize,
-    mut call: impl FnMut(usize, &[u32], &[f32], &[f32], &mut [f32]) -> Result<usize, Box<dyn std::error::Error>>,
+    mut call: impl FnMut(
+        usize,
+        &[u32],
+        &[f32],
+        &[f32],
+        &mut [f32],
+    ) -> Result<usize, Box<dyn std::error::Error>>,
 ) -> Result<Timed, Box<dyn std::error::Error>> {
     let (h, e, k) = (sh.hidden, sh.experts, sh.top_k);
     let mut rng = SplitMix64::new(7);
@@ -302,7 +404,10 @@ fn time_calls(
     let (mut times, mut gbps, mut distinct_sum) = (Vec::new(), Vec::new(), 0usize);
     let start = Instant::now();
     let mut n = 0usize;
-    while n < warmup || ((start.elapsed().as_secs_f64() < a.seconds || times.len() < 10) && times.len() < 100_000) {
+    while n < warmup
+        || ((start.elapsed().as_secs_f64() < a.seconds || times.len() < 10)
+            && times.len() < 100_000)
+    {
         let (ids, w, distinct) = draw_routing(&mut rng, a.tokens, k, e);
         let t = Instant::now();
         let expert_bytes = call(n, &ids, &w, &x, &mut out)?;
@@ -321,7 +426,11 @@ fn time_calls(
         v.sort_by(|x, y| x.total_cmp(y));
         v[v.len() / 2]
     };
-    Ok(Timed { secs: median(&mut times), weight_gbps: median(&mut gbps), distinct_per_call: distinct_sum as f64 / times.len() as f64 })
+    Ok(Timed {
+        secs: median(&mut times),
+        weight_gbps: median(&mut gbps),
+        distinct_per_call: distinct_sum as f64 / times.len() as f64,
+    })
 }
 
 /// Prints one run (a table line, or JSON with `--json`).

@@ -48,7 +48,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let pool = machine::pool(a.threads)?;
     let threads = pool.threads();
-    let rayon_pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let rayon_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
     let items = threads * 8;
     if !a.json {
         println!("kt-bench pool | {} | {threads} threads | {items} items per job | median microseconds per job", machine::cpu_model());
@@ -85,7 +87,13 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         });
         std::thread::sleep(std::time::Duration::from_millis(50));
         std::hint::black_box(sink.load(Ordering::Relaxed));
-        let row = Row { threads, items, item_floats: n, kt_pool_us: median(kt) * 1e6, rayon_us: median(ry) * 1e6 };
+        let row = Row {
+            threads,
+            items,
+            item_floats: n,
+            kt_pool_us: median(kt) * 1e6,
+            rayon_us: median(ry) * 1e6,
+        };
         if a.json {
             println!("{}", serde_json::to_string(&row)?);
         } else {

@@ -125,7 +125,7 @@ fn prefill_without_decode_has_no_decode_split() {
 }
 
 #[test]
-fn text_report_shows_the_split_and_rules_other_than_cpu_are_errors() {
+fn text_report_shows_the_split_and_rules_files_are_placed_or_refused() {
     let r = kt_bench(&[
         "decode",
         "--model",
@@ -148,6 +148,39 @@ fn text_report_shows_the_split_and_rules_other_than_cpu_are_errors() {
         "{s}"
     );
 
+    // A shipped CPU rules file places every module of the (V3-shaped) tiny model on the CPU.
+    let cpu_rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/deepseek-v3-cpu.yaml");
+    let r = kt_bench(&[
+        "decode",
+        "--model",
+        &tiny_q4(),
+        "--prompt-len",
+        "3",
+        "--gen-len",
+        "1",
+        "--rules",
+        cpu_rules,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("deepseek-v3-cpu.yaml"));
+
+    // Attention on a GPU: refused, naming a module and the device. (The shipped hybrid files
+    // ask for int4_g128, which the tiny model's 288-wide rows cannot hold: `kt-bench plan` says so.)
+    let hybrid = std::env::temp_dir().join(format!("kt-hybrid-{}.yaml", std::process::id()));
+    std::fs::write(
+        &hybrid,
+        "description: test\nmodels: [deepseek-v3]\ndevices: [cpu, \"cuda:0\"]\nrules:\n  \
+         - match: {kind: attention}\n    replace: {device: \"cuda:0\", format: bf16}\n  \
+         - match: {name: '.*'}\n    replace: {device: cpu, format: gguf}\n",
+    )
+    .unwrap();
+    let r = kt_bench(&["decode", "--model", &tiny_q4(), "--rules", hybrid.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&hybrid);
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(e.contains("goes to cuda:0") && e.contains("blk.0.attn"), "{e}");
+
+    // A missing file is an error naming it.
     let r = kt_bench(&[
         "decode",
         "--model",
@@ -157,5 +190,5 @@ fn text_report_shows_the_split_and_rules_other_than_cpu_are_errors() {
     ]);
     let e = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success());
-    assert!(e.contains("--rules \"/nonexistent/rules.yaml\""), "{e}");
+    assert!(e.contains("/nonexistent/rules.yaml"), "{e}");
 }
