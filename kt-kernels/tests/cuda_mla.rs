@@ -197,7 +197,9 @@ fn run(
     let cache = s.upload(&pool)?;
     let mut out = nan_buf::<bf16>(s, b.rows() * RANK);
     let mut ws = MlaWorkspace::default();
-    s.mla_attention_with(&batch, &q, &cache, b.scale, &mut out, &mut ws, splits, kernel)?;
+    s.mla_attention_with(
+        &batch, &q, &cache, b.scale, &mut out, &mut ws, splits, kernel,
+    )?;
     s.download(&out)
 }
 

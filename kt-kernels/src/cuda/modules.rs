@@ -40,7 +40,19 @@ pub(crate) const MLA_ATTN_SM90: Embedded = Embedded {
     image: include_bytes!(concat!(env!("OUT_DIR"), "/mla_attn_sm90.fatbin")),
 };
 
-const ALL: [Embedded; 5] = [SMALL_OPS, MOE_GATING, W4A16_GEMM, MLA_ATTN, MLA_ATTN_SM90];
+pub(crate) const TOP_P: Embedded = Embedded {
+    name: "top_p",
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/top_p.fatbin")),
+};
+
+const ALL: [Embedded; 6] = [
+    SMALL_OPS,
+    MOE_GATING,
+    W4A16_GEMM,
+    MLA_ATTN,
+    MLA_ATTN_SM90,
+    TOP_P,
+];
 
 /// Every embedded module loaded into one context, with kernels looked up once by name.
 pub(crate) struct Kernels {
