@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Compiles every cuda/*.cu for sm_80 and sm_90 (plus compute_90 PTX) with the pinned nvcc
+# Compiles every cuda/*.cu for sm_80 and sm_90a (plus compute_90 PTX) with the pinned nvcc
 # 13.0, so CUDA code cannot rot unseen on machines without a GPU. The first run installs the
 # toolchain of cuda/toolchain.txt from PyPI into target/cuda-toolchain; later runs reuse it
 # and recompile only sources older than their fatbin, the headers or the flags.
@@ -43,10 +43,10 @@ for cu in "$cuda"/*.cu; do
     if [[ $fresh == 1 ]]; then
         continue
     fi
-    echo "cuda/check.sh: nvcc $(basename "$cu") (sm_80, sm_90)"
+    echo "cuda/check.sh: nvcc $(basename "$cu") (sm_80, sm_90a)"
     "$nvcc" "${flags[@]}" -o "$fatbin.tmp" "$cu"
     mv "$fatbin.tmp" "$fatbin"
     built=$((built + 1))
 done
 count=$(ls "$cuda"/*.cu | wc -l)
-echo "cuda/check.sh: $count CUDA sources compile for sm_80 and sm_90 ($built rebuilt)"
+echo "cuda/check.sh: $count CUDA sources compile for sm_80 and sm_90a ($built rebuilt)"

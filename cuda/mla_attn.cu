@@ -26,6 +26,8 @@
 // results are reproducible.
 #include "include/kt_common.cuh"
 
+#include "include/kt_async.cuh"
+
 namespace {
 
 constexpr int kLat = 512;            // kv_lora_rank
@@ -52,27 +54,15 @@ constexpr int kSmemBytes = kQBytes + 2 * kKBytes + kSBytes + kPBytes + 3 * kRows
 static_assert(kSmemBytes == 192256, "update SMEM_BYTES in kt-kernels/src/cuda/mla.rs");
 constexpr float kNegInf = -__builtin_huge_valf();
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte async copy; src_bytes 0 fills the destination with zeros and reads nothing.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-                 "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
-
 __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
+                 : "r"(kt_smem_addr(p)));
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
+                 : "r"(kt_smem_addr(p)));
 }
 
 __device__ __forceinline__ void mma_bf16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
@@ -143,7 +133,7 @@ __device__ void mla_attn(const __nv_bfloat16* __restrict__ q, const __nv_bfloat1
         const int r = c / kChunks, ch = c % kChunks;
         const bool ok = row0 + r < nrows;
         const __nv_bfloat16* src = ok ? q + (grow0 + r) * kDim + ch * 8 : q;
-        cp_async16(qs + r * kStride + ch * 8, src, ok ? 16 : 0);
+        kt_cp_async16(qs + r * kStride + ch * 8, src, ok ? 16 : 0);
     }
     // Cache tile t into buffer `buf`: each row looks up its own block, so any block size works.
     auto load_tile = [&](int t, int buf) {
@@ -156,11 +146,11 @@ __device__ void mla_attn(const __nv_bfloat16* __restrict__ q, const __nv_bfloat1
                 const int blk = table[(size_t)b * max_blocks + key / block_size];
                 src = cache + ((size_t)blk * block_size + key % block_size) * kDim + ch * 8;
             }
-            cp_async16(dst + r * kStride + ch * 8, src, key < kv_len ? 16 : 0);
+            kt_cp_async16(dst + r * kStride + ch * 8, src, key < kv_len ? 16 : 0);
         }
     };
     if (t_begin < t_end) load_tile(t_begin, 0);
-    cp_async_commit();
+    kt_cp_async_commit();
     if (tid < kRows) {
         m_s[tid] = kNegInf;
         l_s[tid] = 0.0f;
@@ -180,10 +170,10 @@ __device__ void mla_attn(const __nv_bfloat16* __restrict__ q, const __nv_bfloat1
 
     for (int t = t_begin; t < t_end; ++t) {
         const int buf = (t - t_begin) & 1;
-        cp_async_wait_all();
+        kt_cp_async_wait_all();
         __syncthreads(); // tile t (and Q) landed; everyone is done with tile t - 1, S and P
         if (t + 1 < t_end) load_tile(t + 1, buf ^ 1);
-        cp_async_commit();
+        kt_cp_async_commit();
         const __nv_bfloat16* ks = ks0 + buf * (kKeys * kStride);
 
         // Partial scores S[32 rows, 32 keys] over this warp's 144 dims: eight independent
@@ -317,7 +307,7 @@ __device__ void mla_attn(const __nv_bfloat16* __restrict__ q, const __nv_bfloat1
             }
         }
     }
-    cp_async_wait_all(); // nothing may land in shared memory after the block exits
+    kt_cp_async_wait_all(); // nothing may land in shared memory after the block exits
     __syncthreads();     // the row sums are final (and initialised, if no tile ran)
 
     const int col0 = 128 * wq + qc;

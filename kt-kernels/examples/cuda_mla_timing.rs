@@ -2,7 +2,8 @@
 //! rope 64, bf16, blocks of 64 tokens), run on a GPU machine:
 //! `cargo run --release -p kt-kernels --features cuda --example cuda_mla_timing`.
 //! Decode at several batch sizes and context lengths (automatic and forced key splits), then
-//! a causal prefill. One line per case: microseconds per call, the cache bytes read per
+//! a causal prefill, with the best kernel for the device; the other kernels on the decode
+//! shapes of batch 64 and 32. One line per case: microseconds per call, the cache bytes read per
 //! microsecond (each sequence's cache once; the figure the 70%-of-HBM target is about) and
 //! the tensor-core rate. `cuda/bench_torch_mla.py` times torch on the same decode shapes.
 //! (A benchmark, so not a test.)
@@ -12,7 +13,7 @@ mod cuda_common;
 
 use cuda_common::{gpu_or_skip, random};
 use half::bf16;
-use kt_kernels::cuda::mla::{MlaWorkspace, CACHE_ROW, KV_LORA_RANK};
+use kt_kernels::cuda::mla::{MlaKernel, MlaWorkspace, CACHE_ROW, KV_LORA_RANK};
 use kt_kernels::cuda::GpuStream;
 use kt_kernels::util::SplitMix64;
 
@@ -32,7 +33,14 @@ fn time_us(s: &GpuStream, iters: usize, mut f: impl FnMut()) -> f64 {
     start.elapsed_ms(&end).unwrap() as f64 * 1000.0 / iters as f64
 }
 
-fn case(s: &GpuStream, q_len: usize, batch: usize, kv: usize, splits: Option<usize>) {
+fn case(
+    s: &GpuStream,
+    kernel: MlaKernel,
+    q_len: usize,
+    batch: usize,
+    kv: usize,
+    splits: Option<usize>,
+) {
     let mut rng = SplitMix64::new((batch * kv) as u64);
     let blocks_per_seq = kv.div_ceil(BLOCK);
     // Sequences' blocks interleaved in the pool, as an allocator serving many would leave them.
@@ -57,7 +65,7 @@ fn case(s: &GpuStream, q_len: usize, batch: usize, kv: usize, splits: Option<usi
         .unwrap();
     let scale = 0.1352f32; // V3: 192^-0.5 * mscale^2 (about 1.87)
     let us = time_us(s, 20, || {
-        s.mla_attention_planned(&mb, &q, &pool, scale, &mut out, &mut ws, splits)
+        s.mla_attention_with(&mb, &q, &pool, scale, &mut out, &mut ws, splits, kernel)
             .unwrap()
     });
     let bytes = (batch * kv * CACHE_ROW * 2) as f64;
@@ -69,7 +77,7 @@ fn case(s: &GpuStream, q_len: usize, batch: usize, kv: usize, splits: Option<usi
     };
     let flops = 2.0 * pairs * (CACHE_ROW + KV_LORA_RANK) as f64;
     println!(
-        "KT_MLA q_len={q_len} batch={batch} kv={kv} heads={HEADS} splits={} us={us:.1} cache_GB/s={:.0} TFLOP/s={:.1}",
+        "KT_MLA kernel={kernel:?} q_len={q_len} batch={batch} kv={kv} heads={HEADS} splits={} us={us:.1} cache_GB/s={:.0} TFLOP/s={:.1}",
         splits.map_or("auto".to_string(), |v| v.to_string()),
         bytes / (us * 1e3),
         flops / (us * 1e6)
@@ -82,6 +90,7 @@ fn main() {
     };
     let s = gpu.stream();
     eprintln!("device: {:?}", gpu.info());
+    let best = MlaKernel::best_for(s.info());
     for &(batch, kv) in &[
         (64usize, 4096usize),
         (1, 4096),
@@ -90,11 +99,18 @@ fn main() {
         (64, 1024),
         (16, 16384),
     ] {
-        case(s, 1, batch, kv, None);
+        case(s, best, 1, batch, kv, None);
     }
     for splits in [1, 2, 4] {
-        case(s, 1, 64, 4096, Some(splits));
+        case(s, best, 1, 64, 4096, Some(splits));
     }
-    case(s, 512, 1, 512, None);
-    case(s, 1024, 1, 4096, None);
+    case(s, best, 512, 1, 512, None);
+    case(s, best, 1024, 1, 4096, None);
+    // The other kernels on the headline shape, for comparison.
+    for kernel in MlaKernel::all_for(s.info()) {
+        if kernel != best {
+            case(s, kernel, 1, 64, 4096, None);
+            case(s, kernel, 1, 32, 4096, None);
+        }
+    }
 }

@@ -4,7 +4,8 @@
 //! decode batches of 1, 3 and 17 sequences of different lengths (1, 31, 32, 33,
 //! block_size + 1, ...), causal prefill, forced and automatic key splits, and two exact
 //! properties: the result does not depend on how the cache is paged, and a prefill row equals
-//! the decode of its token. Pages past a sequence's end and unused blocks hold NaN, as do the
+//! the decode of its token. Every case runs with each MLA kernel the device has (`mma.sync`
+//! everywhere, `wgmma` on compute capability 9.0). Pages past a sequence's end and unused blocks hold NaN, as do the
 //! outputs before the kernel runs. Also MLA's rotary embedding (YaRN) against
 //! `RopeYarn::apply_tokens`.
 //! Skips (with a message) on machines without a GPU unless KT_REQUIRE_GPU is set.
@@ -14,7 +15,7 @@ mod cuda_common;
 
 use cuda_common::{gpu_or_skip, nan_buf};
 use half::bf16;
-use kt_kernels::cuda::mla::{MlaWorkspace, CACHE_ROW, KV_LORA_RANK};
+use kt_kernels::cuda::mla::{MlaKernel, MlaWorkspace, CACHE_ROW, KV_LORA_RANK};
 use kt_kernels::cuda::{CudaError, GpuFloat, GpuStream};
 use kt_kernels::ops::{mla_absorbed, KvB, LatentCache, MlaDims, RopeYarn, YarnScaling};
 use kt_kernels::util::SplitMix64;
@@ -188,6 +189,7 @@ fn run(
     block_size: usize,
     seed: u64,
     splits: Option<usize>,
+    kernel: MlaKernel,
 ) -> Result<Vec<bf16>, CudaError> {
     let (pool, table) = paged(b, block_size, seed);
     let batch = s.mla_batch(b.heads, &b.q_lens, &b.kv_lens, &table, block_size)?;
@@ -195,7 +197,9 @@ fn run(
     let cache = s.upload(&pool)?;
     let mut out = nan_buf::<bf16>(s, b.rows() * RANK);
     let mut ws = MlaWorkspace::default();
-    s.mla_attention_planned(&batch, &q, &cache, b.scale, &mut out, &mut ws, splits)?;
+    s.mla_attention_with(
+        &batch, &q, &cache, b.scale, &mut out, &mut ws, splits, kernel,
+    )?;
     s.download(&out)
 }
 
@@ -233,17 +237,19 @@ fn decode_batches_of_different_lengths() {
     for (ci, (heads, lens)) in cases.iter().enumerate() {
         let b = Batch::decode(10 + ci as u64, *heads, lens);
         let (want, tol) = reference(&b);
-        for splits in [None, Some(1), Some(3), Some(8)] {
-            let got = run(s, &b, 64, ci as u64, splits).unwrap();
-            check(
-                &format!(
-                    "decode heads {heads} batch {} splits {splits:?}",
-                    lens.len()
-                ),
-                &got,
-                &want,
-                &tol,
-            );
+        for kernel in MlaKernel::all_for(s.info()) {
+            for splits in [None, Some(1), Some(3), Some(8)] {
+                let got = run(s, &b, 64, ci as u64, splits, kernel).unwrap();
+                check(
+                    &format!(
+                        "{kernel:?} decode heads {heads} batch {} splits {splits:?}",
+                        lens.len()
+                    ),
+                    &got,
+                    &want,
+                    &tol,
+                );
+            }
         }
     }
 }
@@ -264,14 +270,16 @@ fn causal_prefill() {
     for (ci, (heads, ql, kl)) in cases.iter().enumerate() {
         let b = Batch::random(20 + ci as u64, *heads, ql, kl);
         let (want, tol) = reference(&b);
-        for splits in [Some(1), Some(2), None] {
-            let got = run(s, &b, 16, ci as u64, splits).unwrap();
-            check(
-                &format!("prefill case {ci} splits {splits:?}"),
-                &got,
-                &want,
-                &tol,
-            );
+        for kernel in MlaKernel::all_for(s.info()) {
+            for splits in [Some(1), Some(2), None] {
+                let got = run(s, &b, 16, ci as u64, splits, kernel).unwrap();
+                check(
+                    &format!("{kernel:?} prefill case {ci} splits {splits:?}"),
+                    &got,
+                    &want,
+                    &tol,
+                );
+            }
         }
     }
 }
@@ -285,17 +293,19 @@ fn paging_does_not_change_the_result() {
     };
     let s = gpu.stream();
     let b = Batch::random(30, 16, &[1, 4, 1], &[150, 77, 1]);
-    for splits in [Some(1), Some(3)] {
-        let first = run(s, &b, 64, 1, splits).unwrap();
-        for (bs, seed) in [(64, 2), (1, 3), (17, 4), (256, 5)] {
-            let other = run(s, &b, bs, seed, splits).unwrap();
-            assert!(
-                first
-                    .iter()
-                    .zip(&other)
-                    .all(|(x, y)| x.to_bits() == y.to_bits()),
-                "block size {bs}, splits {splits:?}: result differs from block size 64"
-            );
+    for kernel in MlaKernel::all_for(s.info()) {
+        for splits in [Some(1), Some(3)] {
+            let first = run(s, &b, 64, 1, splits, kernel).unwrap();
+            for (bs, seed) in [(64, 2), (1, 3), (17, 4), (256, 5)] {
+                let other = run(s, &b, bs, seed, splits, kernel).unwrap();
+                assert!(
+                    first
+                        .iter()
+                        .zip(&other)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{kernel:?} block size {bs}, splits {splits:?}: result differs from block size 64"
+                );
+            }
         }
     }
 }
@@ -310,7 +320,14 @@ fn prefill_rows_equal_decode_steps() {
     let s = gpu.stream();
     let (heads, ql, kl) = (16, 40, 75);
     let b = Batch::random(40, heads, &[ql], &[kl]);
-    let full = run(s, &b, 64, 1, Some(1)).unwrap();
+    for kernel in MlaKernel::all_for(s.info()) {
+        prefill_equals_decode(s, &b, kernel);
+    }
+}
+
+fn prefill_equals_decode(s: &GpuStream, b: &Batch, kernel: MlaKernel) {
+    let (heads, ql, kl) = (b.heads, b.q_lens[0], b.kv_lens[0]);
+    let full = run(s, b, 64, 1, Some(1), kernel).unwrap();
     for t in [0, 1, 31, 32, 39] {
         let vis = kl - ql + t + 1;
         let step = Batch {
@@ -321,13 +338,13 @@ fn prefill_rows_equal_decode_steps() {
             seqs: vec![b.seqs[0][..vis * CACHE_ROW].to_vec()],
             scale: b.scale,
         };
-        let one = run(s, &step, 64, 2, Some(1)).unwrap();
+        let one = run(s, &step, 64, 2, Some(1), kernel).unwrap();
         let row = &full[t * heads * RANK..(t + 1) * heads * RANK];
         assert!(
             row.iter()
                 .zip(&one)
                 .all(|(x, y)| x.to_bits() == y.to_bits()),
-            "token {t}: prefill row differs from its decode"
+            "{kernel:?} token {t}: prefill row differs from its decode"
         );
     }
 }
@@ -384,6 +401,38 @@ fn bad_shapes_are_errors() {
     );
     s.mla_attention(&batch, &q, &cache, 0.1, &mut out, &mut ws)
         .unwrap();
+    // A kernel the device cannot run is refused before any launch.
+    for kernel in [MlaKernel::MmaSync, MlaKernel::Wgmma] {
+        let r = s.mla_attention_with(&batch, &q, &cache, 0.1, &mut out, &mut ws, None, kernel);
+        assert_eq!(
+            shape_err(r),
+            !kernel.runs_on(s.info()),
+            "{kernel:?} on compute capability {:?}",
+            s.info().compute_capability
+        );
+    }
+}
+
+/// The kernel choice follows the compute capability: wgmma exactly on 9.0, mma.sync on any
+/// other sm_80+ device (needs no GPU).
+#[test]
+fn kernel_choice_follows_the_device() {
+    let info = |cc: (i32, i32)| kt_kernels::cuda::DeviceInfo {
+        ordinal: 0,
+        name: "test".into(),
+        compute_capability: cc,
+        multiprocessors: 132,
+        total_memory: 1 << 30,
+    };
+    assert_eq!(MlaKernel::best_for(&info((9, 0))), MlaKernel::Wgmma);
+    assert_eq!(MlaKernel::best_for(&info((8, 0))), MlaKernel::MmaSync);
+    assert_eq!(MlaKernel::best_for(&info((8, 9))), MlaKernel::MmaSync);
+    assert_eq!(MlaKernel::best_for(&info((10, 0))), MlaKernel::MmaSync);
+    assert_eq!(
+        MlaKernel::all_for(&info((9, 0))),
+        vec![MlaKernel::MmaSync, MlaKernel::Wgmma]
+    );
+    assert!(MlaKernel::all_for(&info((7, 5))).is_empty());
 }
 
 /// YaRN as DeepSeek V3 configures it (magnitude 1), and with `mscale_all_dim` absent

@@ -245,3 +245,112 @@ fn shapes_are_checked_before_launch() {
     let mut short = s.upload(&[0.0f32; 9]).unwrap();
     assert!(s.add_inplace(&mut short, &x).is_err());
 }
+
+/// Runs GPU top-p over `rows` rows of `logits` and returns the picks (outputs poisoned first).
+fn top_p_gpu(
+    s: &GpuStream,
+    logits: &[f32],
+    rows: usize,
+    uniforms: &[f32],
+    t: f32,
+    p: f32,
+) -> Vec<u32> {
+    let x = s.upload(logits).unwrap();
+    let u = s.upload(uniforms).unwrap();
+    let mut out = s.upload(&vec![0xdead_beefu32; rows]).unwrap();
+    s.top_p_sample(&x, rows, &u, t, p, &mut out).unwrap();
+    s.download(&out).unwrap()
+}
+
+/// Every row's GPU pick against `ops::top_p_sample` (the same definition in f64; the two
+/// differ only if a cumulative weight lands within rounding of a cut, about 1e-13 relative,
+/// which these draws do not hit).
+fn top_p_case(s: &GpuStream, logits: &[f32], n: usize, t: f32, p: f32, seed: u64) {
+    let rows = logits.len() / n;
+    let mut rng = SplitMix64::new(seed);
+    let uniforms: Vec<f32> = (0..rows)
+        .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+        .collect();
+    let got = top_p_gpu(s, logits, rows, &uniforms, t, p);
+    for r in 0..rows {
+        let want = ops::top_p_sample(&logits[r * n..(r + 1) * n], t, p, uniforms[r]).unwrap();
+        assert_eq!(
+            got[r] as usize, want,
+            "top-p n {n} T {t} p {p} row {r} u {}",
+            uniforms[r]
+        );
+    }
+}
+
+#[test]
+fn top_p_matches_the_reference() {
+    let Some(gpu) = gpu_or_skip("top-p sampling") else {
+        return;
+    };
+    let s = gpu.stream();
+    let mut rng = SplitMix64::new(77);
+    for (n, rows) in [(1usize, 3usize), (33, 40), (4099, 24), (129_280, 6)] {
+        let spread: Vec<f32> = (0..rows * n).map(|_| 3.0 * rng.normal()).collect();
+        // Logits on a grid of halves: most tokens tie with many others.
+        let tied: Vec<f32> = spread.iter().map(|v| (v * 2.0).round() / 2.0).collect();
+        for (t, p) in [
+            (1.0, 0.9),
+            (0.7, 1.0),
+            (1.3, 0.5),
+            (1.0, 1e-6),
+            (1e-3, 0.95),
+            (0.0, 0.9),
+        ] {
+            top_p_case(s, &spread, n, t, p, n as u64);
+            top_p_case(s, &tied, n, t, p, n as u64 + 1);
+        }
+    }
+}
+
+#[test]
+fn top_p_edge_rows() {
+    let Some(gpu) = gpu_or_skip("top-p edge rows") else {
+        return;
+    };
+    let s = gpu.stream();
+    let ninf = f32::NEG_INFINITY;
+    // Hand-checked rows (see ops::sampling's tests): ties ranked by index, -0.0 == 0.0,
+    // -inf never drawn, and rows the kernel refuses.
+    let rows: [(&[f32], f32, f32, f32, u32); 9] = [
+        (&[0.0, 2.0, 2.0, 1.0, 2.0], 1.0, 1.0, 0.4, 2),
+        (&[0.0, 2.0, 2.0, 1.0, 2.0], 1.0, 1.0, 0.9, 3),
+        (&[0.0, 2.0, 2.0, 1.0, 2.0], 1.0, 0.5, 0.99, 2),
+        (&[-0.0, 0.0, -0.0, 0.0, 0.0], 1.0, 1.0, 0.5, 2),
+        (&[ninf, 1.0, ninf, 0.5, ninf], 1.0, 1.0, 0.99, 3),
+        (&[1.0, 4.0, 4.0, 0.0, 4.0], 0.0, 1.0, 0.99, 1),
+        (&[1.0, f32::NAN, 4.0, 0.0, 4.0], 1.0, 1.0, 0.5, u32::MAX),
+        (
+            &[1.0, f32::INFINITY, 4.0, 0.0, 4.0],
+            1.0,
+            1.0,
+            0.5,
+            u32::MAX,
+        ),
+        (&[ninf; 5], 1.0, 1.0, 0.5, u32::MAX),
+    ];
+    for (i, (l, t, p, u, want)) in rows.iter().enumerate() {
+        let got = top_p_gpu(s, l, 1, &[*u], *t, *p)[0];
+        assert_eq!(got, *want, "edge row {i}: {l:?} T {t} p {p} u {u}");
+        if *want != u32::MAX {
+            assert_eq!(
+                ops::top_p_sample(l, *t, *p, *u).unwrap(),
+                *want as usize,
+                "reference, row {i}"
+            );
+        }
+    }
+    // Settings out of range and mismatched lengths are errors before any launch.
+    let x = s.upload(&[1.0f32; 8]).unwrap();
+    let u = s.upload(&[0.5f32; 2]).unwrap();
+    let mut out = s.upload(&[0u32; 2]).unwrap();
+    assert!(s.top_p_sample(&x, 2, &u, -1.0, 0.9, &mut out).is_err());
+    assert!(s.top_p_sample(&x, 2, &u, 1.0, 0.0, &mut out).is_err());
+    assert!(s.top_p_sample(&x, 2, &u, 1.0, 1.1, &mut out).is_err());
+    assert!(s.top_p_sample(&x, 3, &u, 1.0, 0.9, &mut out).is_err());
+    assert!(s.top_p_sample(&x, 4, &u, 1.0, 0.9, &mut out).is_err());
+}

@@ -12,13 +12,16 @@
 //! that are the last of its `kv_len` cached ones, and token `t` sees cache tokens
 //! `0..=kv_len - q_len + t`: decode is `q_len = 1`, a causal prefill `q_len > 1`. Long
 //! sequences are cut into key splits whose partial softmaxes a combine kernel merges.
+//!
+//! Two kernels compute the same thing ([`MlaKernel`]): warpgroup MMAs (`wgmma`) on compute
+//! capability 9.0 (H100/H200), warp-level `mma.sync` everywhere else (sm_80+).
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::error::{launch_err, shape, CudaResult};
-use super::modules::MLA_ATTN;
-use super::runtime::{DeviceBuf, GpuStream};
+use super::modules::{Embedded, MLA_ATTN, MLA_ATTN_SM90};
+use super::runtime::{DeviceBuf, DeviceInfo, GpuStream};
 
 /// Latent (compressed kv) width per token: the output row and the value part of a cache row.
 pub const KV_LORA_RANK: usize = 512;
@@ -27,14 +30,65 @@ pub const ROPE_DIM: usize = 64;
 /// A cache row and a query row: latent then rope.
 pub const CACHE_ROW: usize = KV_LORA_RANK + ROPE_DIM;
 
-/// Query rows one block takes, and keys per cache tile (split boundaries fall on tiles).
+/// Query rows one block takes (both kernels).
 const ROWS_PER_BLOCK: usize = 64;
-const KEYS_PER_TILE: usize = 32;
+/// Largest keys per cache tile of the two kernels: the int range check leaves room for it.
+const MAX_KEYS_PER_TILE: usize = 64;
 const THREADS: u32 = 256;
 /// Dynamic shared memory of kt_mla_attn_bf16 (a static_assert there keeps the two equal):
 /// query tile, two cache tiles, partial scores, P and the rows' softmax state. More than an
 /// sm_80 block may have (164 KiB): there the opt-in fails with a typed driver error.
 const SMEM_BYTES: u32 = 192_256;
+/// Dynamic shared memory of kt_mla_attn_sm90_bf16 (static_assert there): query tile, two
+/// 64-key cache tiles, P, the rows' maxima and sums, and 1 KiB to align the swizzled tiles.
+const SMEM_BYTES_SM90: u32 = 231_424;
+
+/// Which MLA attention kernel a launch uses; both give results within the same error bound
+/// and each is deterministic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MlaKernel {
+    /// Warp-level `mma.sync`, 32-key tiles (`cuda/mla_attn.cu`): any sm_80+ device with
+    /// 188 KiB of shared memory per block.
+    MmaSync,
+    /// Warpgroup `wgmma`, 64-key tiles (`cuda/mla_attn_sm90.cu`, sm_90a machine code):
+    /// compute capability 9.0 only.
+    Wgmma,
+}
+
+impl MlaKernel {
+    /// Whether `info`'s device can run this kernel.
+    pub fn runs_on(self, info: &DeviceInfo) -> bool {
+        match self {
+            MlaKernel::MmaSync => info.compute_capability.0 >= 8,
+            MlaKernel::Wgmma => info.compute_capability == (9, 0),
+        }
+    }
+
+    /// The fastest kernel for `info`'s device.
+    pub fn best_for(info: &DeviceInfo) -> MlaKernel {
+        if MlaKernel::Wgmma.runs_on(info) {
+            MlaKernel::Wgmma
+        } else {
+            MlaKernel::MmaSync
+        }
+    }
+
+    /// Every kernel `info`'s device can run (tests compare them all).
+    pub fn all_for(info: &DeviceInfo) -> Vec<MlaKernel> {
+        [MlaKernel::MmaSync, MlaKernel::Wgmma]
+            .into_iter()
+            .filter(|k| k.runs_on(info))
+            .collect()
+    }
+
+    /// Module, kernel name, keys per cache tile and dynamic shared memory.
+    fn launch_params(self) -> (&'static Embedded, &'static str, usize, u32) {
+        match self {
+            MlaKernel::MmaSync => (&MLA_ATTN, "kt_mla_attn_bf16", 32, SMEM_BYTES),
+            MlaKernel::Wgmma => (&MLA_ATTN_SM90, "kt_mla_attn_sm90_bf16", 64, SMEM_BYTES_SM90),
+        }
+    }
+}
 const COMBINE_THREADS: u32 = 128;
 const GRID_Z_MAX: usize = 65_535;
 
@@ -82,14 +136,16 @@ pub struct MlaWorkspace {
 
 /// How many key splits a launch uses: enough blocks to fill the device twice when the batch
 /// alone does not fill it (`capacity` = blocks resident at once), never a split shorter than
-/// two tiles. `force` overrides (clamped to one tile per split; tests use it).
+/// two tiles of `keys_per_tile`. `force` overrides (clamped to one tile per split; tests use
+/// it).
 pub fn plan_splits(
     blocks_per_split: usize,
     max_kv_len: usize,
+    keys_per_tile: usize,
     capacity: usize,
     force: Option<usize>,
 ) -> usize {
-    let tiles = max_kv_len.div_ceil(KEYS_PER_TILE).max(1);
+    let tiles = max_kv_len.div_ceil(keys_per_tile.max(1)).max(1);
     match force {
         Some(s) => s.clamp(1, tiles),
         None if blocks_per_split * 5 >= capacity * 4 => 1,
@@ -157,7 +213,7 @@ impl GpuStream {
         // Element offsets inside the kernels are 64-bit; rows and keys are ints.
         to_i32("rows", rows)?;
         let max_kv_len = *kv_lens.iter().max().expect("batch > 0");
-        to_i32("kv_len", max_kv_len + KEYS_PER_TILE)?;
+        to_i32("kv_len", max_kv_len + MAX_KEYS_PER_TILE)?;
         to_i32("block id", max_block_used)?;
         to_i32("block size", block_size)?;
         let kv: Vec<i32> = kv_lens.iter().map(|&l| l as i32).collect();
@@ -205,7 +261,33 @@ impl GpuStream {
         ws: &mut MlaWorkspace,
         force_splits: Option<usize>,
     ) -> CudaResult<()> {
+        let kernel = MlaKernel::best_for(&self.info);
+        self.mla_attention_with(batch, q, cache, scale, out, ws, force_splits, kernel)
+    }
+
+    /// [`Self::mla_attention_planned`] with the kernel chosen; one the device cannot run is a
+    /// shape error naming the device's compute capability.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mla_attention_with(
+        &self,
+        batch: &MlaBatch,
+        q: &DeviceBuf<bf16>,
+        cache: &DeviceBuf<bf16>,
+        scale: f32,
+        out: &mut DeviceBuf<bf16>,
+        ws: &mut MlaWorkspace,
+        force_splits: Option<usize>,
+        which: MlaKernel,
+    ) -> CudaResult<()> {
         const OP: &str = "mla_attention";
+        if !which.runs_on(&self.info) {
+            let (major, minor) = self.info.compute_capability;
+            return Err(shape(
+                OP,
+                format!("kernel {which:?} cannot run on compute capability {major}.{minor}"),
+            ));
+        }
+        let (module, kernel_name, keys_per_tile, smem) = which.launch_params();
         let rows = batch.rows;
         let block_elems = batch.block_size * CACHE_ROW;
         if q.len() != rows * CACHE_ROW || out.len() != rows * KV_LORA_RANK {
@@ -240,13 +322,14 @@ impl GpuStream {
         let splits = plan_splits(
             blocks_per_split,
             batch.max_kv_len,
+            keys_per_tile,
             self.info.multiprocessors,
             force_splits,
         );
-        let kernel = "kt_mla_attn_bf16".to_string();
-        let f = self.kernels.get_with_smem(&MLA_ATTN, &kernel, SMEM_BYTES)?;
+        let kernel = kernel_name.to_string();
+        let f = self.kernels.get_with_smem(module, &kernel, smem)?;
         let dims = format!(
-            "batch {}, heads {}, rows {rows}, max q_len {}, max kv_len {}, block size {}, splits {splits}",
+            "{which:?}: batch {}, heads {}, rows {rows}, max q_len {}, max kv_len {}, block size {}, splits {splits}",
             batch.batch(),
             batch.heads,
             batch.max_q_len,
@@ -260,7 +343,7 @@ impl GpuStream {
                 batch.batch() as u32,
             ),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: SMEM_BYTES,
+            shared_mem_bytes: smem,
         };
         let (heads, bs, mb) = (
             batch.heads as i32,
@@ -280,7 +363,8 @@ impl GpuStream {
                 .arg(&batch.kv_lens.slice);
             b.arg(&heads).arg(&bs).arg(&mb).arg(&scale_log2);
             b.arg(&mut out.slice).arg(&null).arg(&null).arg(&rows_i);
-            // SAFETY: arguments match kt_mla_attn_bf16 (q, cache, table, cu_q, kv_lens, heads,
+            // SAFETY: arguments match kt_mla_attn_bf16 and kt_mla_attn_sm90_bf16 (the same
+            // signature: q, cache, table, cu_q, kv_lens, heads,
             // block_size, max_blocks, scale_log2, out, no partials, rows). mla_batch checked
             // every sequence's lengths against the table and the ints; above, q and out hold
             // `rows` rows and the cache holds every block the table names. The grid covers the

@@ -7,10 +7,10 @@
 //! - [`GpuStream`]: where work is queued; buffers ([`DeviceBuf`], [`PinnedBuf`]), copies,
 //!   events ([`GpuEvent`]) and every kernel launch are methods of a stream.
 //! - Kernels: [`small_ops`] (RMSNorm, SiLU-and-multiply, residual add, embedding, arg-max,
-//!   YaRN rotary embedding),
+//!   YaRN rotary embedding, top-p sampling),
 //!   [`gating`] (fused DeepSeek V2 / V3 MoE router), [`w4a16`] (int4-weight GEMM on tensor
 //!   cores, with its host-side quantizer and repacker), [`mla`] (MLA attention over a paged
-//!   latent cache: decode with split keys, causal prefill).
+//!   latent cache: decode with split keys, causal prefill; wgmma on compute capability 9.0).
 //!
 //! Shapes and lengths are checked before any launch and reported as [`CudaError::Shape`];
 //! a failed launch names the kernel and the shape.

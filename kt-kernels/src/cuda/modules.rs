@@ -1,4 +1,4 @@
-//! The fatbins `build.rs` compiled from `cuda/*.cu` (sm_80 + sm_90 code, compute_90 PTX),
+//! The fatbins `build.rs` compiled from `cuda/*.cu` (sm_80 + sm_90a code, compute_90 PTX),
 //! and the per-context cache of their kernels.
 
 use std::collections::HashMap;
@@ -33,7 +33,26 @@ pub(crate) const MLA_ATTN: Embedded = Embedded {
     image: include_bytes!(concat!(env!("OUT_DIR"), "/mla_attn.fatbin")),
 };
 
-const ALL: [Embedded; 4] = [SMALL_OPS, MOE_GATING, W4A16_GEMM, MLA_ATTN];
+/// The wgmma MLA kernel: machine code for sm_90a (the sm_80 image holds only a trapping stub
+/// that mla.rs never launches).
+pub(crate) const MLA_ATTN_SM90: Embedded = Embedded {
+    name: "mla_attn_sm90",
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/mla_attn_sm90.fatbin")),
+};
+
+pub(crate) const TOP_P: Embedded = Embedded {
+    name: "top_p",
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/top_p.fatbin")),
+};
+
+const ALL: [Embedded; 6] = [
+    SMALL_OPS,
+    MOE_GATING,
+    W4A16_GEMM,
+    MLA_ATTN,
+    MLA_ATTN_SM90,
+    TOP_P,
+];
 
 /// Every embedded module loaded into one context, with kernels looked up once by name.
 pub(crate) struct Kernels {

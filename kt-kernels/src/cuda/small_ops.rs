@@ -1,13 +1,15 @@
 //! Launch wrappers of `cuda/small_ops.cu`: RMSNorm, SiLU-and-multiply, in-place residual
 //! add, embedding gather, row arg-max and rotary embedding (YaRN), for f32, f16 and bf16. All
-//! compute in f32 and round once when storing.
+//! compute in f32 and round once when storing. Also top-p sampling of f32 logit rows
+//! (`cuda/top_p.cu`).
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::dtype::GpuFloat;
 use super::error::{launch_err, shape, CudaResult};
-use super::modules::SMALL_OPS;
+use super::modules::{SMALL_OPS, TOP_P};
 use super::runtime::{DeviceBuf, GpuStream};
+use crate::ops::sampling::check_top_p_settings;
 use crate::ops::RopeYarn;
 
 /// Threads per block of the per-row kernels (a multiple of 32, as the block sum requires).
@@ -15,6 +17,10 @@ const ROW_THREADS: u32 = 256;
 /// Threads per block and the grid cap of the grid-stride element-wise kernels.
 const ELEM_THREADS: u32 = 256;
 const ELEM_MAX_BLOCKS: usize = 65_535;
+/// Threads per block of kt_top_p_f32 (its block scan is written for exactly this many).
+const TOP_P_THREADS: u32 = 512;
+/// What kt_top_p_f32 writes for a row it cannot sample (NaN or +inf logits, or all -inf).
+pub const TOP_P_INVALID: u32 = u32::MAX;
 
 fn grid_rows(op: &'static str, rows: usize) -> CudaResult<u32> {
     // One block per row on grid x (limit 2^31 - 1); rows == 0 launches nothing.
@@ -341,6 +347,61 @@ impl GpuStream {
         let mut b = self.stream.launch_builder(&f);
         b.arg(&x.slice).arg(&mut out.slice).arg(&nn);
         // SAFETY: matches kt_argmax_* (x, out, n); one block per row, x holds rows * n.
+        unsafe { b.launch(cfg) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("rows {rows}, n {n}")))
+    }
+
+    /// `out[r] =` the token top-p sampling picks from logit row `r` of `rows` equal rows with
+    /// `uniforms[r]` as its draw: exactly [`crate::ops::top_p_sample`] (see its module for
+    /// the definition; temperature 0 is greedy). `uniforms` must lie in `[0, 1)` (they live
+    /// on the device and are not checked; a value outside picks the nucleus's first or last
+    /// token). A row holding NaN or `+inf`, or only `-inf`, gets [`TOP_P_INVALID`].
+    pub fn top_p_sample(
+        &self,
+        logits: &DeviceBuf<f32>,
+        rows: usize,
+        uniforms: &DeviceBuf<f32>,
+        temperature: f32,
+        top_p: f32,
+        out: &mut DeviceBuf<u32>,
+    ) -> CudaResult<()> {
+        const OP: &str = "top_p_sample";
+        check_top_p_settings(OP, temperature, top_p).map_err(|e| shape(OP, e.to_string()))?;
+        if rows == 0
+            || logits.is_empty()
+            || !logits.len().is_multiple_of(rows)
+            || uniforms.len() != rows
+            || out.len() != rows
+        {
+            return Err(shape(
+                OP,
+                format!(
+                    "logits have {} elements, uniforms {}, out {}; expected rows {rows} (> 0) of equal length and one uniform and output per row",
+                    logits.len(),
+                    uniforms.len(),
+                    out.len()
+                ),
+            ));
+        }
+        let n = logits.len() / rows;
+        let kernel = "kt_top_p_f32".to_string();
+        let f = self.kernels.get(&TOP_P, &kernel)?;
+        let nn = to_i32(OP, "row length", n)?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid_rows(OP, rows)?, 1, 1),
+            block_dim: (TOP_P_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&logits.slice)
+            .arg(&uniforms.slice)
+            .arg(&mut out.slice)
+            .arg(&nn)
+            .arg(&temperature)
+            .arg(&top_p);
+        // SAFETY: matches kt_top_p_f32 (logits, uniforms, out, n, temperature, top_p); one
+        // block of 512 threads per row; logits hold rows * n, uniforms and out rows.
         unsafe { b.launch(cfg) }
             .map(drop)
             .map_err(launch_err(kernel, format!("rows {rows}, n {n}")))

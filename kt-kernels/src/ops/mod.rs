@@ -8,12 +8,14 @@
 //! - [`rope`]: rotary embedding of MLA's rope part with DeepSeek's YaRN scaling.
 //! - [`gating`]: MoE routing (V2 softmax greedy / group-limited, V3 sigmoid `noaux_tc`).
 //! - [`mla`]: multi-head latent attention over a latent KV cache, naive and absorbed.
+//! - [`sampling`]: top-p (nucleus) sampling with a caller-supplied uniform draw.
 
 pub mod activation;
 pub mod gating;
 pub mod mla;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sampling;
 
 pub use activation::{
     sigmoid, sigmoid_inplace, silu, silu_inplace, silu_mul, silu_mul_inplace, softmax_inplace,
@@ -23,6 +25,7 @@ pub use gating::{route, sort_topk_by_expert, RouterConfig, Scoring, TopkMethod};
 pub use mla::{mla_absorbed, mla_naive, KvB, LatentCache, MlaDims};
 pub use rmsnorm::{rmsnorm, rmsnorm_inplace};
 pub use rope::{RopeYarn, YarnScaling};
+pub use sampling::top_p_sample;
 
 use crate::KtError;
 
