@@ -34,7 +34,10 @@ fn v3_four_layers_runs_with_grouped_routing() {
     for (l, x) in trace.layer_outputs.iter().enumerate() {
         let rms = (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32).sqrt();
         eprintln!("layer {l}: residual rms {rms:.3}");
-        assert!(rms.is_finite() && rms < 50.0, "layer {l}: residual rms {rms}");
+        assert!(
+            rms.is_finite() && rms < 50.0,
+            "layer {l}: residual rms {rms}"
+        );
     }
     let (layer, r) = &trace.routing[0];
     assert_eq!(*layer, 3);
@@ -47,7 +50,11 @@ fn v3_four_layers_runs_with_grouped_routing() {
         groups.len(),
         tokens.len()
     );
-    assert!(experts.len() >= 2 * k, "only {} distinct experts", experts.len());
+    assert!(
+        experts.len() >= 2 * k,
+        "only {} distinct experts",
+        experts.len()
+    );
     assert!(groups.len() > c.topk_group, "tokens pick different groups");
     for (t, ids) in r.ids.chunks_exact(k).enumerate() {
         let g: HashSet<u32> = ids.iter().map(|&e| e / 32).collect();

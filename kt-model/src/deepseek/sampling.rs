@@ -77,13 +77,18 @@ impl Sampler {
                 temperature,
                 top_p,
                 rng,
-            } => Ok(sample_top_p(logits, *temperature, *top_p, rng)),
+            } => {
+                let u = (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+                Ok(top_p_pick(logits, *temperature, *top_p, u))
+            }
         }
     }
 }
 
-/// Softmax of `logits / temperature` restricted to the nucleus, then one draw.
-fn sample_top_p(logits: &[f32], temperature: f32, top_p: f32, rng: &mut SplitMix64) -> u32 {
+/// Softmax of `logits / temperature` restricted to the nucleus, then the draw that the
+/// uniform `u` in [0, 1) picks. The same choice as kt-kernels' plain reference
+/// (`ops::sampling::top_p_sample`, which sorts the whole row), found in O(n).
+fn top_p_pick(logits: &[f32], temperature: f32, top_p: f32, u: f64) -> u32 {
     let inv_t = 1.0 / f64::from(temperature);
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     // Unnormalized probabilities, in f64 so that the sums below are exact enough for
@@ -123,7 +128,7 @@ fn sample_top_p(logits: &[f32], temperature: f32, top_p: f32, rng: &mut SplitMix
     };
 
     let mass: f64 = nucleus.iter().map(|&i| weights[i as usize]).sum();
-    let u = ((rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)) * mass;
+    let u = u * mass;
     let mut cum = 0.0;
     for &i in nucleus {
         cum += weights[i as usize];
@@ -180,6 +185,32 @@ mod tests {
         let e: Vec<f64> = l.iter().map(|&x| ((x as f64 - m) / t).exp()).collect();
         let s: f64 = e.iter().sum();
         e.iter().map(|v| v / s).collect()
+    }
+
+    /// The O(n) selection picks what kt-kernels' plain reference picks (it sorts the
+    /// whole row) for the same uniform, on rows with ties and spread values.
+    #[test]
+    fn top_p_pick_matches_the_kernels_reference() {
+        let mut rng = SplitMix64::new(7);
+        for &(n, t, p) in &[
+            (10, 1.0f32, 0.9f32),
+            (1000, 0.7, 0.95),
+            (4099, 1.3, 0.5),
+            (4099, 0.05, 1.0),
+            (513, 1.0, 1e-6),
+        ] {
+            let mut row: Vec<f32> = (0..n).map(|_| rng.normal() * 3.0).collect();
+            row[n / 2] = row[0]; // a tie
+            for _ in 0..50 {
+                let u = rng.uniform(0.0, 1.0);
+                let reference = kt_kernels::ops::sampling::top_p_sample(&row, t, p, u).unwrap();
+                assert_eq!(
+                    top_p_pick(&row, t, p, u as f64) as usize,
+                    reference,
+                    "n {n} t {t} p {p} u {u}"
+                );
+            }
+        }
     }
 
     #[test]
