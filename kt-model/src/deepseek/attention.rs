@@ -16,8 +16,12 @@
 //! transposed form).
 //!
 //! The projections go through [`Linear::apply`] in the model's [`MatmulMode`]; the
-//! scores, softmax and latent sums are plain loops with f64 accumulation.
+//! scores, softmax and latent sums are plain loops with f64 accumulation. Steps 3 and 4
+//! run one head per pool work item.
 
+use std::sync::Mutex;
+
+use kt_kernels::cpu;
 use kt_kernels::ops::RopeYarn;
 
 use super::cache::LayerCache;
@@ -158,36 +162,63 @@ impl<'a> AttentionWeights<'a> {
         let latent = &cache.latent[..used * s.rank];
         let k_pe = &cache.k_pe[..used * s.rope];
 
-        // 3. + 4. per head: absorb, attend in the latent space, expand
-        let mut q_nope = vec![0.0f32; tokens * s.nope];
-        let mut q_lat = vec![0.0f32; tokens * s.rank];
-        let mut o_lat = vec![0.0f32; tokens * s.rank];
-        let mut o_head = vec![0.0f32; tokens * s.v];
+        // 3. + 4. per head: absorb, attend in the latent space, expand. Heads are
+        // independent, so they are the pool's work items; the projections inside run inline
+        // on the worker and every sum keeps its order, so the result does not depend on the
+        // number of threads.
+        let per_head: Vec<Mutex<Option<Result<Vec<f32>>>>> =
+            (0..h_n).map(|_| Mutex::new(None)).collect();
+        let view = HeadInputs {
+            q: &q,
+            tokens,
+            start,
+            latent,
+            k_pe,
+        };
+        cpu::pool::global().for_each(h_n, &|h, _thread| {
+            let r = self.head(s, mode, &view, h);
+            *per_head[h].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        });
         let mut heads_out = vec![0.0f32; tokens * h_n * s.v];
-        let mut scratch = LatentScratch::new(used, s.rank);
-        for h in 0..h_n {
-            for (t, dst) in q_nope.chunks_exact_mut(s.nope).enumerate() {
-                let at = (t * h_n + h) * qk;
-                dst.copy_from_slice(&q[at..at + s.nope]);
-            }
-            self.absorb(s, mode, h, &q_nope, tokens, &mut q_lat)?;
-            for t in 0..tokens {
-                let at = (t * h_n + h) * qk + s.nope;
-                let query = LatentQuery {
-                    q_lat: &q_lat[t * s.rank..(t + 1) * s.rank],
-                    q_pe: &q[at..at + s.rope],
-                };
-                let visible = start + t + 1;
-                let o = &mut o_lat[t * s.rank..(t + 1) * s.rank];
-                attend_latent(s, &query, latent, k_pe, visible, &mut scratch, o);
-            }
-            self.expand(s, mode, h, &o_lat, tokens, &mut o_head)?;
+        for (h, slot) in per_head.into_iter().enumerate() {
+            let o_head = slot
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .expect("the pool runs every head")?;
             for (t, src) in o_head.chunks_exact(s.v).enumerate() {
                 let at = (t * h_n + h) * s.v;
                 heads_out[at..at + s.v].copy_from_slice(src);
             }
         }
         self.output.apply(mode, &heads_out, tokens, out)
+    }
+
+    /// Head `h` of every token: absorb its no-rope query, attend over the visible cache
+    /// rows, expand; returns its output `[T, v]`.
+    fn head(&self, s: &MlaShape, mode: MatmulMode, v: &HeadInputs, h: usize) -> Result<Vec<f32>> {
+        let (h_n, qk, tokens) = (s.heads, s.qk(), v.tokens);
+        let mut q_nope = vec![0.0f32; tokens * s.nope];
+        for (t, dst) in q_nope.chunks_exact_mut(s.nope).enumerate() {
+            let at = (t * h_n + h) * qk;
+            dst.copy_from_slice(&v.q[at..at + s.nope]);
+        }
+        let mut q_lat = vec![0.0f32; tokens * s.rank];
+        self.absorb(s, mode, h, &q_nope, tokens, &mut q_lat)?;
+        let mut o_lat = vec![0.0f32; tokens * s.rank];
+        let mut scratch = LatentScratch::new(v.start + tokens, s.rank);
+        for t in 0..tokens {
+            let at = (t * h_n + h) * qk + s.nope;
+            let query = LatentQuery {
+                q_lat: &q_lat[t * s.rank..(t + 1) * s.rank],
+                q_pe: &v.q[at..at + s.rope],
+            };
+            let visible = v.start + t + 1;
+            let o = &mut o_lat[t * s.rank..(t + 1) * s.rank];
+            attend_latent(s, &query, v.latent, v.k_pe, visible, &mut scratch, o);
+        }
+        let mut o_head = vec![0.0f32; tokens * s.v];
+        self.expand(s, mode, h, &o_lat, tokens, &mut o_head)?;
+        Ok(o_head)
     }
 
     /// `q_lat[t] = W_uk(h)^T q_nope[t]` for `tokens` rows.
@@ -249,6 +280,16 @@ fn transposed_product(w: &[f32], n: usize, rank: usize, x: &[f32], tokens: usize
             *o = a as f32;
         }
     }
+}
+
+/// What every head of one call reads: the rotated queries `[T, H, nope + rope]` and the
+/// cache rows visible to the last token.
+struct HeadInputs<'v> {
+    q: &'v [f32],
+    tokens: usize,
+    start: usize,
+    latent: &'v [f32],
+    k_pe: &'v [f32],
 }
 
 /// One head's query of one token, in the latent space.
