@@ -16,19 +16,22 @@
 //! transposed form).
 //!
 //! The projections go through [`Linear::apply`] in the model's [`MatmulMode`]; the
-//! scores, softmax and latent sums are plain loops with f64 accumulation. Steps 3 and 4
-//! run one head per pool work item.
+//! scores, softmax and latent sums are plain loops with f64 accumulation in the reference
+//! mode and on the scalar backend, and f32 SIMD matmuls plus f32 sums in the quantized mode
+//! on the SIMD backends (as ggml does them).
+//! Steps 3 and 4 run one head per pool work item.
 
 use std::sync::Mutex;
 
 use kt_kernels::cpu;
 use kt_kernels::ops::RopeYarn;
+use kt_kernels::quant::QType;
 
 use super::cache::LayerCache;
 use super::linear::{dequantize_vector, Linear, MatmulMode};
 use super::norm::rms_norm_inplace;
 use crate::config::DeepSeekConfig;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::gguf::Tensor;
 use crate::tensors::{Attention, KvUp, QueryProj};
 
@@ -205,6 +208,15 @@ impl<'a> AttentionWeights<'a> {
         let mut q_lat = vec![0.0f32; tokens * s.rank];
         self.absorb(s, mode, h, &q_nope, tokens, &mut q_lat)?;
         let mut o_lat = vec![0.0f32; tokens * s.rank];
+        // The scalar backend keeps the plain f64 loops (it is the never-optimized one).
+        if let MatmulMode::Quantized(isa @ (cpu::Isa::Avx2 | cpu::Isa::Avx512 | cpu::Isa::Amx)) =
+            mode
+        {
+            attend_latent_f32(s, isa, v, h, &q_lat, &mut o_lat)?;
+            let mut o_head = vec![0.0f32; tokens * s.v];
+            self.expand(s, mode, h, &o_lat, tokens, &mut o_head)?;
+            return Ok(o_head);
+        }
         let mut scratch = LatentScratch::new(v.start + tokens, s.rank);
         for t in 0..tokens {
             let at = (t * h_n + h) * qk + s.nope;
@@ -315,6 +327,81 @@ impl LatentScratch {
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+/// The fast mode's latent attention of head `h` for every token, in f32 as ggml computes it:
+/// the scores of all tokens against all cache rows are two f32 matmuls (`q_lat . c_s` and
+/// `q_pe . k_pe_s`, kt-kernels' SIMD kernels), then per token a causal softmax and
+/// `o = sum_s p_s c_s` with f32 accumulation.
+fn attend_latent_f32(
+    s: &MlaShape,
+    isa: cpu::Isa,
+    v: &HeadInputs,
+    h: usize,
+    q_lat: &[f32],
+    o_lat: &mut [f32],
+) -> Result<()> {
+    let (tokens, used, qk) = (v.tokens, v.start + v.tokens, s.qk());
+    let mut q_pe = vec![0.0f32; tokens * s.rope];
+    for (t, dst) in q_pe.chunks_exact_mut(s.rope).enumerate() {
+        let at = (t * s.heads + h) * qk + s.nope;
+        dst.copy_from_slice(&v.q[at..at + s.rope]);
+    }
+    let pool = cpu::pool::global();
+    let mut scores = vec![0.0f32; tokens * used];
+    let mut pe = vec![0.0f32; tokens * used];
+    let latent: &[u8] = bytemuck::cast_slice(v.latent);
+    let k_pe: &[u8] = bytemuck::cast_slice(v.k_pe);
+    cpu::matmul_with(
+        isa,
+        pool,
+        QType::F32,
+        latent,
+        used,
+        s.rank,
+        q_lat,
+        tokens,
+        &mut scores,
+    )
+    .map_err(ModelError::Kernel)?;
+    cpu::matmul_with(
+        isa,
+        pool,
+        QType::F32,
+        k_pe,
+        used,
+        s.rope,
+        &q_pe,
+        tokens,
+        &mut pe,
+    )
+    .map_err(ModelError::Kernel)?;
+    let mut acc = vec![0.0f32; s.rank];
+    for t in 0..tokens {
+        let visible = v.start + t + 1;
+        let row = &mut scores[t * used..t * used + visible];
+        for (sc, &p) in row.iter_mut().zip(&pe[t * used..]) {
+            *sc = (*sc + p) * s.scale;
+        }
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f64;
+        for sc in row.iter_mut() {
+            *sc = (*sc - max).exp();
+            sum += f64::from(*sc);
+        }
+        acc.fill(0.0);
+        for (p, &w) in row.iter().enumerate() {
+            let c = &v.latent[p * s.rank..(p + 1) * s.rank];
+            for (a, &cv) in acc.iter_mut().zip(c) {
+                *a += w * cv;
+            }
+        }
+        let inv = (1.0 / sum) as f32;
+        for (o, &a) in o_lat[t * s.rank..(t + 1) * s.rank].iter_mut().zip(&acc) {
+            *o = a * inv;
+        }
+    }
+    Ok(())
 }
 
 /// `o = sum_s softmax_s((q_lat . c_s + q_pe . k_pe_s) * scale) c_s` over `s < visible`.
