@@ -20,6 +20,27 @@ use crate::cpu::moe::repack::{RepackFormat, Tile, PANEL};
 /// Tokens and panels per block.
 const MB: usize = 32;
 const NB: usize = 2;
+/// How many groups ahead of the one being multiplied the weights are prefetched (into
+/// L1: the next group's tile loads need them there).
+const PF_GROUPS: usize = 2;
+
+/// Prefetches group `g` of panels `p..p + NB` (those inside the tile).
+///
+/// # Safety
+/// As `gemm`: the tile's panels are valid memory (a prefetch never faults, but the
+/// address arithmetic must stay inside the allocation).
+#[target_feature(enable = "sse")]
+unsafe fn prefetch_group(t: &Tile, p: usize, g: usize, group: usize) {
+    let (pb, gb) = (t.format.panel_bytes(t.k), t.format.panel_bytes(group));
+    for ni in p..(p + NB).min(t.panels) {
+        // SAFETY: panel ni < panels and group g < k / group lie inside the tile's data.
+        let base = unsafe { t.w.add(ni * pb + g * gb) };
+        for l in (0..gb).step_by(64) {
+            // SAFETY: as above (l < gb).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(l) as *const i8) };
+        }
+    }
+}
 
 #[repr(C, align(64))]
 struct Block<T: Copy, const N: usize>([T; N]);
@@ -91,6 +112,10 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
         // are readable), panels p0..p0+nt, their scales, and outputs; AMX is enabled
         // (caller). The buffers are locals of sufficient size (asserted by their types).
         unsafe {
+            // The first groups of the stream; the loop below prefetches the rest.
+            for g in 0..PF_GROUPS.min(groups) {
+                prefetch_group(t, 0, g, group);
+            }
             for p0 in (0..t.panels).step_by(NB) {
                 let nt = if p0 + 1 < t.panels { 2 } else { 1 };
                 acc.0[..sm * LDC].fill(0.0);
@@ -110,16 +135,13 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                 let mut pending: Option<Pending> = None;
                 let mut next_buf = 0;
                 for g in 0..groups {
-                    // Prefetch the group after next of each panel (the weights stream
-                    // from DRAM once per item).
-                    if g + 2 < groups {
-                        let gb = f.panel_bytes(group);
-                        for ni in 0..nt {
-                            let base = t.w.add((p0 + ni) * pb + (g + 2) * gb);
-                            for l in (0..gb).step_by(64) {
-                                _mm_prefetch::<_MM_HINT_T0>(base.add(l) as *const i8);
-                            }
-                        }
+                    // Prefetch PF_GROUPS groups ahead in the item's weight stream; past
+                    // this panel pair's last group the stream goes on in the next pair.
+                    let ahead = g + PF_GROUPS;
+                    if ahead < groups {
+                        prefetch_group(t, p0, ahead, group);
+                    } else if p0 + NB < t.panels {
+                        prefetch_group(t, p0 + NB, ahead - groups, group);
                     }
                     // B source of each panel for this group: the packed lines (INT8) or
                     // the unpacked buffer (INT4), 64 bytes per K-step row.
