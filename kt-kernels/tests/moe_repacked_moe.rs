@@ -14,7 +14,7 @@ mod moe_support;
 
 use std::sync::Arc;
 
-use kt_kernels::cpu::moe::repack::{reference_exact, repack_error, RepackFormat, RepackedLayer, RepackedMoe};
+use kt_kernels::cpu::moe::repack::{reference_exact, repack_error, Prefetch, RepackFormat, RepackedLayer, RepackedMoe};
 use kt_kernels::cpu::moe::{self};
 use kt_kernels::cpu::{Isa, ThreadPool};
 use kt_kernels::quant::QType;
@@ -141,7 +141,7 @@ fn bad_calls_are_errors() {
 }
 
 #[test]
-fn results_do_not_depend_on_the_thread_count() {
+fn results_do_not_depend_on_the_thread_count_or_the_prefetch() {
     let spec = Spec { hidden: 256, inter: 256, experts: 16, gate: QType::Q4_K, up: QType::Q4_K, down: QType::Q4_K };
     let b = moe_support::build(spec, 11);
     let layer = RepackedLayer::from_layer(&b.layer, RepackFormat::Int4 { group: 64 }, RepackFormat::Int8 { group: 64 }).unwrap();
@@ -160,6 +160,17 @@ fn results_do_not_depend_on_the_thread_count() {
         .collect();
     for o in &outs[1..] {
         assert!(o.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}: outputs differ between thread counts");
+    }
+    // The weight prefetch policy changes no result either.
+    let r = RepackedMoe::new(Arc::new(ThreadPool::new(2).unwrap()), isa, tokens, k, &[&layer]).unwrap();
+    for p in ["none", "1:l1", "4:l2", "16:l1"] {
+        r.set_prefetch(Prefetch::parse(p).unwrap()).unwrap();
+        let mut out = moe_support::poisoned(tokens * 256);
+        r.forward(&layer, &x, &ids, &w, &mut out).unwrap();
+        assert!(out.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}: prefetch {p} changes the output");
+    }
+    for bad in ["", "2", "0:l1", "17:l2", "2:l3", "x:l1"] {
+        assert!(Prefetch::parse(bad).is_err(), "prefetch {bad:?} accepted");
     }
 }
 
@@ -192,7 +203,7 @@ fn submit_copies_its_inputs_and_keeps_the_protocol() {
 
     // A wrong output length is an error; the call is still claimed afterwards.
     let handle = r.submit(&layer, &x, &ids, &w).unwrap();
-    assert!(handle.sync(&mut vec![0f32; 5]).is_err(), "sync into a wrong-sized output");
+    assert!(handle.sync(&mut [0f32; 5]).is_err(), "sync into a wrong-sized output");
     // A dropped handle releases the call; the next one runs.
     drop(r.submit(&layer, &x, &ids, &w).unwrap());
     let mut again = moe_support::poisoned(tokens * 256);

@@ -15,16 +15,13 @@
 use std::arch::x86_64::*;
 
 use super::tiles::{tile_dp_bf16, tile_dp_i8, tile_load, tile_store, tile_zero, TileConfig};
-use crate::cpu::moe::repack::{RepackFormat, Tile, PANEL};
+use crate::cpu::moe::repack::{PrefetchLevel, RepackFormat, Tile, PANEL};
 
 /// Tokens and panels per block.
 const MB: usize = 32;
 const NB: usize = 2;
-/// How many groups ahead of the one being multiplied the weights are prefetched (into
-/// L1: the next group's tile loads need them there).
-const PF_GROUPS: usize = 2;
-
-/// Prefetches group `g` of panels `p..p + NB` (those inside the tile).
+/// Prefetches group `g` of panels `p..p + NB` (those inside the tile) to the tile's
+/// prefetch level.
 ///
 /// # Safety
 /// As `gemm`: the tile's panels are valid memory (a prefetch never faults, but the
@@ -37,7 +34,12 @@ unsafe fn prefetch_group(t: &Tile, p: usize, g: usize, group: usize) {
         let base = unsafe { t.w.add(ni * pb + g * gb) };
         for l in (0..gb).step_by(64) {
             // SAFETY: as above (l < gb).
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(l) as *const i8) };
+            unsafe {
+                match t.prefetch.level {
+                    PrefetchLevel::L1 => _mm_prefetch::<_MM_HINT_T0>(base.add(l) as *const i8),
+                    PrefetchLevel::L2 => _mm_prefetch::<_MM_HINT_T1>(base.add(l) as *const i8),
+                }
+            };
         }
     }
 }
@@ -113,7 +115,8 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
         // (caller). The buffers are locals of sufficient size (asserted by their types).
         unsafe {
             // The first groups of the stream; the loop below prefetches the rest.
-            for g in 0..PF_GROUPS.min(groups) {
+            let pf = t.prefetch.groups;
+            for g in 0..pf.min(groups) {
                 prefetch_group(t, 0, g, group);
             }
             for p0 in (0..t.panels).step_by(NB) {
@@ -135,10 +138,12 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                 let mut pending: Option<Pending> = None;
                 let mut next_buf = 0;
                 for g in 0..groups {
-                    // Prefetch PF_GROUPS groups ahead in the item's weight stream; past
-                    // this panel pair's last group the stream goes on in the next pair.
-                    let ahead = g + PF_GROUPS;
-                    if ahead < groups {
+                    // Prefetch `pf` groups ahead in the item's weight stream; past this
+                    // panel pair's last group the stream goes on in the next pair.
+                    let ahead = g + pf;
+                    if pf == 0 {
+                        // Hardware prefetchers only.
+                    } else if ahead < groups {
                         prefetch_group(t, p0, ahead, group);
                     } else if p0 + NB < t.panels {
                         prefetch_group(t, p0 + NB, ahead - groups, group);

@@ -61,7 +61,7 @@ mod vnni;
 pub use act::{dequantize_row as dequantize_act_row, quantize_row as quantize_act_row, quantize_row_with as quantize_act_row_with};
 pub use format::{RepackFormat, GROUPS, PANEL};
 pub(crate) use kernel::Tile;
-pub use kernel::{amx_min_tokens, Kernel};
+pub use kernel::{amx_min_tokens, Kernel, Prefetch, PrefetchLevel};
 pub use layer::RepackedLayer;
 pub use matrix::{relative_error, repack_error, RepackedStack};
 pub use reference::reference_exact;

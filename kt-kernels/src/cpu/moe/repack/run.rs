@@ -13,7 +13,7 @@
 
 use super::act::quantize_row_with;
 use super::format::{RepackFormat, PANEL};
-use super::kernel::{Kernel, Tile};
+use super::kernel::{Kernel, Prefetch, Tile};
 use super::layer::RepackedLayer;
 use super::matrix::RepackedStack;
 use crate::cpu::moe::driver::{Driver, Job, MoeHandle};
@@ -74,6 +74,7 @@ struct Call {
 /// The buffers of the phases.
 #[derive(Default)]
 struct Work {
+    prefetch: Prefetch,
     /// (hidden, intermediate, experts, act row bytes gate/up, act row bytes down)
     sized_for: [usize; 5],
     routing: Routing,
@@ -123,6 +124,13 @@ impl RepackedMoe {
 
     pub fn isa(&self) -> Isa {
         self.driver.isa()
+    }
+
+    /// Sets how the AMX kernel prefetches weights (see [`Prefetch`]; results do not
+    /// change). Waits for a call in flight.
+    pub fn set_prefetch(&self, prefetch: Prefetch) -> Result<()> {
+        self.driver.idle_scratch()?.work.prefetch = prefetch;
+        Ok(())
     }
     pub fn threads(&self) -> usize {
         self.driver.pool().threads()
@@ -258,11 +266,11 @@ fn compute(s: &mut Work, pool: &ThreadPool, isa: Isa, layer: &RepackedLayer, x: 
     let act_all = &mut s.act.as_mut_slice()[..(pairs + PAD_ROWS) * act_g];
     let (act, _) = act_all.split_at_mut(pairs * act_g);
     gather(pool, isa, fg, x, h, k, pos_of, act, act_g);
-    gate_up(pool, isa, l, &s.items_up, act_all, act_g, inter, &mut s.tiles);
+    gate_up(pool, isa, s.prefetch, l, &s.items_up, act_all, act_g, inter, &mut s.tiles);
     let inter_q_all = &mut s.inter_q.as_mut_slice()[..(pairs + PAD_ROWS) * act_d];
     let (inter_q, _) = inter_q_all.split_at_mut(pairs * act_d);
     quantize_rows(pool, isa, fd, inter, i_dim, inter_q, act_d);
-    down(pool, isa, &l.down, &s.items_down, inter_q_all, act_d, down_out);
+    down(pool, isa, s.prefetch, &l.down, &s.items_down, inter_q_all, act_d, down_out);
     combine(pool, pos_of, down_out, h, k, weights, out);
     Ok(())
 }
@@ -308,7 +316,7 @@ fn gather(pool: &ThreadPool, isa: Isa, f: RepackFormat, x: &[f32], h: usize, k: 
 
 /// The tile of rows `r0..r0 + rows` (whole panels) of expert `e` of `stack`.
 #[allow(clippy::too_many_arguments)]
-fn tile(stack: &RepackedStack, e: usize, r0: usize, rows: usize, a: *const u8, a_stride: usize, tokens: usize, a_rows: usize, out: *mut f32, ldo: usize) -> Tile {
+fn tile(stack: &RepackedStack, prefetch: Prefetch, e: usize, r0: usize, rows: usize, a: *const u8, a_stride: usize, tokens: usize, a_rows: usize, out: *mut f32, ldo: usize) -> Tile {
     let f = stack.format();
     let k = stack.cols();
     let (pb, ps) = (f.panel_bytes(k), f.panel_scales(k));
@@ -326,11 +334,12 @@ fn tile(stack: &RepackedStack, e: usize, r0: usize, rows: usize, a: *const u8, a
         a_rows,
         out,
         ldo,
+        prefetch,
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gate_up(pool: &ThreadPool, isa: Isa, l: &super::layer::Inner, items: &[Item], act: &[u8], act_row: usize, inter: &mut [f32], tiles: &mut [f32]) {
+fn gate_up(pool: &ThreadPool, isa: Isa, pf: Prefetch, l: &super::layer::Inner, items: &[Item], act: &[u8], act_row: usize, inter: &mut [f32], tiles: &mut [f32]) {
     let a_rows = act.len() / act_row;
     let i_dim = l.gate.rows();
     let h = l.gate.cols();
@@ -350,8 +359,8 @@ fn gate_up(pool: &ThreadPool, isa: Isa, l: &super::layer::Inner, items: &[Item],
         // nr * nt floats each and only this thread uses them; `pick` only returns
         // kernels the checked ISA runs.
         unsafe {
-            kern.run(&tile(&l.gate, e, r0, nr, ap, act_row, nt, a_rows - p0, g_out, nr));
-            kern.run(&tile(&l.up, e, r0, nr, ap, act_row, nt, a_rows - p0, u_out, nr));
+            kern.run(&tile(&l.gate, pf, e, r0, nr, ap, act_row, nt, a_rows - p0, g_out, nr));
+            kern.run(&tile(&l.up, pf, e, r0, nr, ap, act_row, nt, a_rows - p0, u_out, nr));
         }
         for t in 0..nt {
             // SAFETY: the tiles were just written (nt x nr each); the intermediate part
@@ -401,7 +410,7 @@ fn quantize_rows(pool: &ThreadPool, isa: Isa, f: RepackFormat, inter: &[f32], n:
     });
 }
 
-fn down(pool: &ThreadPool, isa: Isa, stack: &RepackedStack, items: &[Item], act: &[u8], act_row: usize, down_out: &mut [f32]) {
+fn down(pool: &ThreadPool, isa: Isa, pf: Prefetch, stack: &RepackedStack, items: &[Item], act: &[u8], act_row: usize, down_out: &mut [f32]) {
     let a_rows = act.len() / act_row;
     let h = stack.rows();
     let a = Raw::new(act.as_ptr());
@@ -413,7 +422,7 @@ fn down(pool: &ThreadPool, isa: Isa, stack: &RepackedStack, items: &[Item], act:
         let kern = Kernel::pick(isa, stack.format(), nt);
         // SAFETY: as in gate_up; the (positions, rows) block of down_out (pairs x h)
         // belongs to this item.
-        unsafe { kern.run(&tile(stack, e, r0, nr, a.at(p0 * act_row), act_row, nt, a_rows - p0, out.at(p0 * h + r0), h)) };
+        unsafe { kern.run(&tile(stack, pf, e, r0, nr, a.at(p0 * act_row), act_row, nt, a_rows - p0, out.at(p0 * h + r0), h)) };
     });
 }
 
