@@ -11,6 +11,11 @@
 //! `tdpbf16ps` accumulates all of K in C and C is stored straight to the output.
 //! Rows past the last token are never loaded or stored: the A and C tiles of the last
 //! block are configured with the rows that remain.
+//!
+//! The weights stream from DRAM once per item (at prefill each expert's tokens fit one
+//! item's token block): the kernel prefetches the stream `Tile::prefetch` groups ahead,
+//! continuing into the next panel pair near a pair's end and starting at the item's
+//! first groups, so no group of the item is left to demand misses.
 
 use std::arch::x86_64::*;
 
