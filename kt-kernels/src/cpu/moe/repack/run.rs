@@ -410,6 +410,7 @@ fn quantize_rows(pool: &ThreadPool, isa: Isa, f: RepackFormat, inter: &[f32], n:
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 fn down(pool: &ThreadPool, isa: Isa, pf: Prefetch, stack: &RepackedStack, items: &[Item], act: &[u8], act_row: usize, down_out: &mut [f32]) {
     let a_rows = act.len() / act_row;
     let h = stack.rows();
