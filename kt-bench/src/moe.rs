@@ -22,7 +22,9 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use kt_kernels::cpu::moe::repack::{RepackFormat, RepackedLayer, RepackedMoe, RepackedStack};
+use kt_kernels::cpu::moe::repack::{
+    Prefetch, RepackFormat, RepackedLayer, RepackedMoe, RepackedStack,
+};
 use kt_kernels::cpu::moe::{ExpertStack, MoeContext, MoeLayer, PoolRef};
 use kt_kernels::cpu::{self, Isa};
 use kt_kernels::quant::{self, QType};
@@ -42,6 +44,10 @@ pub struct Args {
     /// Scale group of the repacked int4/int8 formats: 32, 64 or 128.
     #[arg(long, default_value_t = 64)]
     pub group: usize,
+    /// Weight prefetch of the repacked AMX kernel: none, or GROUPS:l1 / GROUPS:l2 (scale
+    /// groups ahead, into L1 or L2); default 2:l1. Repacked formats only.
+    #[arg(long)]
+    pub prefetch: Option<String>,
     /// Override the down projection's format (ggml name, e.g. q6_k, q8_0).
     #[arg(long)]
     pub down_format: Option<String>,
@@ -197,6 +203,9 @@ struct Report {
     top_k: usize,
     isa: String,
     threads: usize,
+    /// The repacked AMX kernel's weight prefetch, when --prefetch set it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefetch: Option<String>,
     layer_copies: usize,
     ms_per_call: f64,
     tokens_per_s: f64,
@@ -214,6 +223,9 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let sh = shape(&a.shape)?;
     if matches!(a.format.as_str(), "int4" | "int8" | "bf16") {
         return run_repacked(a, sh);
+    }
+    if a.prefetch.is_some() {
+        return Err("--prefetch applies to the repacked formats (int4, int8, bf16) only".into());
     }
     let (gate_q, up_q, mut down_q) = formats(&a.format, sh.inter)?;
     if let Some(d) = &a.down_format {
@@ -327,6 +339,9 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
         k,
         &layers.iter().collect::<Vec<_>>(),
     )?;
+    if let Some(p) = &a.prefetch {
+        runner.set_prefetch(Prefetch::parse(p)?)?;
+    }
     let timed = time_calls(&a, &sh, copies, |call, ids, w, x, out| {
         let layer = &layers[call % copies];
         runner.forward(layer, x, ids, w, out)?;
@@ -457,6 +472,7 @@ fn report(
         top_k: sh.top_k,
         isa: isa.to_string(),
         threads,
+        prefetch: a.prefetch.clone(),
         layer_copies: copies,
         ms_per_call: t.secs * 1e3,
         tokens_per_s: a.tokens as f64 / t.secs,

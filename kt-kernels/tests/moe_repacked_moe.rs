@@ -7,13 +7,14 @@
 //! On every ISA this machine has (AMX items only on AMX machines, VNNI on AVX512; other
 //! ISAs use the scalar kernel). T in {1, 2, 7, 64, 513}, k in {6, 8}, uniform routing
 //! with an unused expert, skewed routing (a few experts get most tokens: multi-block
-//! AMX items) and repeated experts within a token. Outputs start as NaN.
+//! AMX items) and repeated experts within a token. Outputs start as NaN. Every case also
+//! runs through `submit` + `sync` (bit-identical to `forward`).
 
 mod moe_support;
 
 use std::sync::Arc;
 
-use kt_kernels::cpu::moe::repack::{reference_exact, repack_error, RepackFormat, RepackedLayer, RepackedMoe};
+use kt_kernels::cpu::moe::repack::{reference_exact, repack_error, Prefetch, RepackFormat, RepackedLayer, RepackedMoe};
 use kt_kernels::cpu::moe::{self};
 use kt_kernels::cpu::{Isa, ThreadPool};
 use kt_kernels::quant::QType;
@@ -88,6 +89,10 @@ fn run_format(f: RepackFormat, down_q: QType) {
             r.forward(&layer, &x, &ids, &w, &mut out).unwrap();
             check(&format!("{label} vs exact"), &out, &exact, h, TIGHT);
             check(&format!("{label} vs original (weight errors {eps:.4?})"), &out, &orig, h, loose);
+            // The asynchronous call runs the same items with the same kernels.
+            let mut async_out = moe_support::poisoned(tokens * h);
+            r.submit(&layer, &x, &ids, &w).unwrap().sync(&mut async_out).unwrap();
+            assert!(async_out.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()), "{label}: submit/sync differs from forward");
         }
     }
 }
@@ -136,7 +141,7 @@ fn bad_calls_are_errors() {
 }
 
 #[test]
-fn results_do_not_depend_on_the_thread_count() {
+fn results_do_not_depend_on_the_thread_count_or_the_prefetch() {
     let spec = Spec { hidden: 256, inter: 256, experts: 16, gate: QType::Q4_K, up: QType::Q4_K, down: QType::Q4_K };
     let b = moe_support::build(spec, 11);
     let layer = RepackedLayer::from_layer(&b.layer, RepackFormat::Int4 { group: 64 }, RepackFormat::Int8 { group: 64 }).unwrap();
@@ -156,4 +161,74 @@ fn results_do_not_depend_on_the_thread_count() {
     for o in &outs[1..] {
         assert!(o.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}: outputs differ between thread counts");
     }
+    // The weight prefetch policy changes no result either.
+    let r = RepackedMoe::new(Arc::new(ThreadPool::new(2).unwrap()), isa, tokens, k, &[&layer]).unwrap();
+    for p in ["none", "1:l1", "4:l2", "16:l1"] {
+        r.set_prefetch(Prefetch::parse(p).unwrap()).unwrap();
+        let mut out = moe_support::poisoned(tokens * 256);
+        r.forward(&layer, &x, &ids, &w, &mut out).unwrap();
+        assert!(out.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}: prefetch {p} changes the output");
+    }
+    for bad in ["", "2", "0:l1", "17:l2", "2:l3", "x:l1"] {
+        assert!(Prefetch::parse(bad).is_err(), "prefetch {bad:?} accepted");
+    }
+}
+
+#[test]
+fn submit_copies_its_inputs_and_keeps_the_protocol() {
+    let spec = Spec { hidden: 256, inter: 128, experts: 8, gate: QType::Q4_K, up: QType::Q4_K, down: QType::Q8_0 };
+    let b = moe_support::build(spec, 5);
+    let f = RepackFormat::Int4 { group: 64 };
+    let layer = RepackedLayer::from_layer(&b.layer, f, RepackFormat::Int8 { group: 64 }).unwrap();
+    let r = RepackedMoe::new(Arc::new(ThreadPool::new(2).unwrap()), Isa::best(), 70, 6, &[&layer]).unwrap();
+    let (tokens, k) = (70, 6);
+    let x = moe_support::activations(tokens, 256, 9);
+    let (ids, w) = moe_support::routing(Routing::Skewed, tokens, k, 8, 10);
+    let mut want = moe_support::poisoned(tokens * 256);
+    reference_exact(&layer, &x, &ids, &w, &mut want).unwrap();
+
+    // The inputs are copied at submit: overwriting them afterwards changes nothing.
+    let (mut x2, mut ids2) = (x.clone(), ids.clone());
+    let handle = r.submit(&layer, &x2, &ids2, &w).unwrap();
+    x2.fill(f32::NAN);
+    ids2.fill(0);
+    // This thread holds an unsynced handle: another call from it is an error, not a
+    // deadlock.
+    let mut other = moe_support::poisoned(tokens * 256);
+    assert!(r.forward(&layer, &x, &ids, &w, &mut other).is_err(), "forward with an unsynced handle");
+    assert!(r.submit(&layer, &x, &ids, &w).is_err(), "second submit with an unsynced handle");
+    let mut out = moe_support::poisoned(tokens * 256);
+    handle.sync(&mut out).unwrap();
+    check("submit/sync vs exact", &out, &want, 256, TIGHT);
+
+    // A wrong output length is an error; the call is still claimed afterwards.
+    let handle = r.submit(&layer, &x, &ids, &w).unwrap();
+    assert!(handle.sync(&mut [0f32; 5]).is_err(), "sync into a wrong-sized output");
+    // A dropped handle releases the call; the next one runs.
+    drop(r.submit(&layer, &x, &ids, &w).unwrap());
+    let mut again = moe_support::poisoned(tokens * 256);
+    let h = r.submit(&layer, &x, &ids, &w).unwrap();
+    while !h.is_done() {
+        std::thread::yield_now();
+    }
+    h.sync(&mut again).unwrap();
+    assert!(again.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()), "a later call differs");
+
+    // An unreserved layer and a bad shape are refused at submit.
+    let big = RepackedLayer::from_layer(&moe_support::build(Spec { hidden: 512, ..spec }, 6).layer, f, f).unwrap();
+    assert!(r.submit(&big, &vec![0.5f32; 512], &[0, 1], &[0.5; 2]).is_err(), "layer not reserved");
+    assert!(r.submit(&layer, &x[1..], &ids, &w).is_err(), "x not whole rows");
+    // Other threads' calls wait for the handle of this one and then run.
+    let h = r.submit(&layer, &x, &ids, &w).unwrap();
+    std::thread::scope(|s| {
+        let t = s.spawn(|| {
+            let mut o = moe_support::poisoned(tokens * 256);
+            r.forward(&layer, &x, &ids, &w, &mut o).unwrap();
+            o
+        });
+        let mut mine = moe_support::poisoned(tokens * 256);
+        h.sync(&mut mine).unwrap();
+        let theirs = t.join().unwrap();
+        assert!(mine.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()), "calls from two threads differ");
+    });
 }

@@ -11,15 +11,43 @@
 //! `tdpbf16ps` accumulates all of K in C and C is stored straight to the output.
 //! Rows past the last token are never loaded or stored: the A and C tiles of the last
 //! block are configured with the rows that remain.
+//!
+//! The weights stream from DRAM once per item (at prefill each expert's tokens fit one
+//! item's token block): the kernel prefetches the stream `Tile::prefetch` groups ahead,
+//! continuing into the next panel pair near a pair's end and starting at the item's
+//! first groups, so no group of the item is left to demand misses.
 
 use std::arch::x86_64::*;
 
 use super::tiles::{tile_dp_bf16, tile_dp_i8, tile_load, tile_store, tile_zero, TileConfig};
-use crate::cpu::moe::repack::{RepackFormat, Tile, PANEL};
+use crate::cpu::moe::repack::{PrefetchLevel, RepackFormat, Tile, PANEL};
 
 /// Tokens and panels per block.
 const MB: usize = 32;
 const NB: usize = 2;
+/// Prefetches group `g` of panels `p..p + NB` (those inside the tile) to the tile's
+/// prefetch level.
+///
+/// # Safety
+/// As `gemm`: the tile's panels are valid memory (a prefetch never faults, but the
+/// address arithmetic must stay inside the allocation).
+#[target_feature(enable = "sse")]
+unsafe fn prefetch_group(t: &Tile, p: usize, g: usize, group: usize) {
+    let (pb, gb) = (t.format.panel_bytes(t.k), t.format.panel_bytes(group));
+    for ni in p..(p + NB).min(t.panels) {
+        // SAFETY: panel ni < panels and group g < k / group lie inside the tile's data.
+        let base = unsafe { t.w.add(ni * pb + g * gb) };
+        for l in (0..gb).step_by(64) {
+            // SAFETY: as above (l < gb).
+            unsafe {
+                match t.prefetch.level {
+                    PrefetchLevel::L1 => _mm_prefetch::<_MM_HINT_T0>(base.add(l) as *const i8),
+                    PrefetchLevel::L2 => _mm_prefetch::<_MM_HINT_T1>(base.add(l) as *const i8),
+                }
+            };
+        }
+    }
+}
 
 #[repr(C, align(64))]
 struct Block<T: Copy, const N: usize>([T; N]);
@@ -91,6 +119,11 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
         // are readable), panels p0..p0+nt, their scales, and outputs; AMX is enabled
         // (caller). The buffers are locals of sufficient size (asserted by their types).
         unsafe {
+            // The first groups of the stream; the loop below prefetches the rest.
+            let pf = t.prefetch.groups;
+            for g in 0..pf.min(groups) {
+                prefetch_group(t, 0, g, group);
+            }
             for p0 in (0..t.panels).step_by(NB) {
                 let nt = if p0 + 1 < t.panels { 2 } else { 1 };
                 acc.0[..sm * LDC].fill(0.0);
@@ -110,16 +143,15 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                 let mut pending: Option<Pending> = None;
                 let mut next_buf = 0;
                 for g in 0..groups {
-                    // Prefetch the group after next of each panel (the weights stream
-                    // from DRAM once per item).
-                    if g + 2 < groups {
-                        let gb = f.panel_bytes(group);
-                        for ni in 0..nt {
-                            let base = t.w.add((p0 + ni) * pb + (g + 2) * gb);
-                            for l in (0..gb).step_by(64) {
-                                _mm_prefetch::<_MM_HINT_T0>(base.add(l) as *const i8);
-                            }
-                        }
+                    // Prefetch `pf` groups ahead in the item's weight stream; past this
+                    // panel pair's last group the stream goes on in the next pair.
+                    let ahead = g + pf;
+                    if pf == 0 {
+                        // Hardware prefetchers only.
+                    } else if ahead < groups {
+                        prefetch_group(t, p0, ahead, group);
+                    } else if p0 + NB < t.panels {
+                        prefetch_group(t, p0 + NB, ahead - groups, group);
                     }
                     // B source of each panel for this group: the packed lines (INT8) or
                     // the unpacked buffer (INT4), 64 bytes per K-step row.

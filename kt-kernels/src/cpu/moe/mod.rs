@@ -66,6 +66,7 @@
 
 mod compute;
 mod context;
+mod driver;
 mod layer;
 mod plan;
 pub mod reference;
@@ -73,6 +74,7 @@ pub mod repack;
 mod routing;
 mod scratch;
 
-pub use context::{MoeContext, MoeHandle, PoolRef};
+pub use context::{MoeContext, PoolRef};
+pub use driver::MoeHandle;
 pub use layer::{ExpertStack, MoeLayer, Storage};
 pub use reference::reference;

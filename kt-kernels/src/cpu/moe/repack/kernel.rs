@@ -34,6 +34,51 @@ pub fn amx_min_tokens(format: RepackFormat) -> usize {
     }
 }
 
+/// How the AMX kernel prefetches an item's weight stream: `groups` scale groups ahead of
+/// the one it multiplies (0: no software prefetch, the hardware prefetchers only), into
+/// L1 (`prefetcht0`) or L2 (`prefetcht1`). A runtime choice because the best one depends
+/// on the machine's memory system (how many misses a core keeps in flight, the loaded
+/// latency); results never depend on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefetch {
+    pub groups: usize,
+    pub level: PrefetchLevel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefetchLevel {
+    L1,
+    L2,
+}
+
+impl Default for Prefetch {
+    /// Two groups ahead into L1 (4 KiB per panel pair at G = 128 INT4).
+    fn default() -> Prefetch {
+        Prefetch { groups: 2, level: PrefetchLevel::L1 }
+    }
+}
+
+impl Prefetch {
+    /// `none`, or `GROUPS:l1` / `GROUPS:l2` (e.g. `2:l1`).
+    pub fn parse(s: &str) -> Result<Prefetch> {
+        let bad = || KtError::Shape { op: "prefetch", detail: format!("{s:?}: expected none, or GROUPS:l1 / GROUPS:l2 with GROUPS in 1..=16") };
+        if s == "none" {
+            return Ok(Prefetch { groups: 0, level: PrefetchLevel::L1 });
+        }
+        let (g, l) = s.split_once(':').ok_or_else(bad)?;
+        let groups: usize = g.parse().map_err(|_| bad())?;
+        let level = match l {
+            "l1" => PrefetchLevel::L1,
+            "l2" => PrefetchLevel::L2,
+            _ => return Err(bad()),
+        };
+        if !(1..=16).contains(&groups) {
+            return Err(bad());
+        }
+        Ok(Prefetch { groups, level })
+    }
+}
+
 /// One tile of work, in raw pointers so pool threads can write disjoint outputs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Tile {
@@ -55,6 +100,8 @@ pub(crate) struct Tile {
     pub a_rows: usize,
     pub out: *mut f32,
     pub ldo: usize,
+    /// The AMX kernel's weight prefetch (the others ignore it).
+    pub prefetch: Prefetch,
 }
 
 /// Which kernel computes a tile.
@@ -187,6 +234,7 @@ pub fn gemm(kernel: Kernel, stack: &RepackedStack, e: usize, rows: Range<usize>,
         a_rows: act.len() / arow,
         out: out.as_mut_ptr(),
         ldo: rows.len(),
+        prefetch: Prefetch::default(),
     };
     // SAFETY: the extents were checked above against the slices the pointers come from,
     // `out` is exclusively borrowed, and `kernel.check` passed.

@@ -14,6 +14,35 @@
 //! - [`reference_exact`]: the operator computed with the repacked weights exactly (scalar
 //!   kernel, f64 sums): the tight check of the fast path. The loose check is
 //!   [`super::reference`] over the original weights.
+//!
+//! # Calls
+//! [`RepackedMoe::forward`] runs a call on the calling thread; [`RepackedMoe::submit`]
+//! hands it to a driver thread and returns a [`MoeHandle`](super::MoeHandle) whose `sync`
+//! waits and copies the output: the protocol and the handle are the GGUF-native
+//! operator's (`driver.rs`), so a model drives both layer kinds the same way. Buffers are
+//! sized when the runner is built; calls allocate nothing.
+//!
+//! # NUMA: each node a slice of every expert's rows (the mapping, not implemented)
+//! A machine with `N` nodes splits the intermediate dimension `I` into `N` ranges
+//! `[a_n, b_n)`, each a multiple of the panel (16) and of the down format's group (so a
+//! group never straddles two nodes). Node `n` holds, in memory local to it:
+//! - gate and up rows `a_n..b_n` of every expert: whole 16-row panels, i.e. the byte
+//!   range `a_n / 16 .. b_n / 16` of each expert's panels (and its scales), copied out
+//!   as a `RepackedStack` of `E x (b_n - a_n) x H`;
+//! - down columns `a_n..b_n` of every expert: inside a panel the reduction runs along
+//!   the 64-byte lines, so a group-aligned column range is one contiguous run of lines
+//!   per panel, and the node's down stack is `E x H x (b_n - a_n)` made of those runs.
+//!
+//! Each node runs its own `RepackedMoe` with a thread group pinned to its cores (one
+//! `ThreadPool` per node, built after pinning) over a `RepackedLayer` of its slices. The
+//! routing and the work split are per node and identical (they depend only on the ids);
+//! gate/up items cover the node's `b_n - a_n` rows, the intermediate is quantized per
+//! node (group-aligned slices quantize exactly as the full row does: scales are per
+//! group), and down produces a partial `[T, H]` over the node's slice. The caller adds
+//! the `N` partials (a `N x T x H` f32 reduction, small next to the weights) after
+//! syncing every node's handle; the input activations are copied to every node at
+//! submit. Weights are then read only from local memory; only `x` and the partial
+//! outputs cross nodes.
 
 mod act;
 #[cfg(target_arch = "x86_64")]
@@ -32,7 +61,7 @@ mod vnni;
 pub use act::{dequantize_row as dequantize_act_row, quantize_row as quantize_act_row, quantize_row_with as quantize_act_row_with};
 pub use format::{RepackFormat, GROUPS, PANEL};
 pub(crate) use kernel::Tile;
-pub use kernel::{amx_min_tokens, Kernel};
+pub use kernel::{amx_min_tokens, Kernel, Prefetch, PrefetchLevel};
 pub use layer::RepackedLayer;
 pub use matrix::{relative_error, repack_error, RepackedStack};
 pub use reference::reference_exact;

@@ -5,14 +5,18 @@
 //! picks its kernel by its token count ([`Kernel::pick`]): AMX for busy experts, the
 //! AVX512 kernel for light ones. Tile sizes depend only on the routing, so results do not
 //! depend on the number of threads.
-
-use std::sync::{Mutex, MutexGuard};
+//!
+//! Calls run as the GGUF-native operator's do (`driver.rs`): [`RepackedMoe::submit`]
+//! hands the call to a driver thread and returns a [`MoeHandle`] at once,
+//! [`RepackedMoe::forward`] runs it on the calling thread. Every buffer is sized by
+//! [`RepackedMoe::new`] / [`RepackedMoe::reserve`]; a call allocates nothing.
 
 use super::act::quantize_row_with;
 use super::format::{RepackFormat, PANEL};
-use super::kernel::{Kernel, Tile};
+use super::kernel::{Kernel, Prefetch, Tile};
 use super::layer::RepackedLayer;
 use super::matrix::RepackedStack;
+use crate::cpu::moe::driver::{Driver, Job, MoeHandle};
 use crate::cpu::moe::plan::{self, Item, MAX_ITEM_FLOATS};
 use crate::cpu::moe::routing::Routing;
 use crate::cpu::moe::PoolRef;
@@ -44,15 +48,33 @@ impl<T> Raw<T> {
 
 /// Runs repacked MoE layers: calls of up to `max_tokens` tokens and `max_top_k` slots.
 pub struct RepackedMoe {
-    pool: PoolRef,
-    isa: Isa,
+    driver: Driver<Scratch>,
     max_tokens: usize,
     max_top_k: usize,
-    scratch: Mutex<Scratch>,
 }
 
 #[derive(Default)]
 struct Scratch {
+    call: Call,
+    work: Work,
+}
+
+/// A submitted call's inputs (copied in) and its output.
+#[derive(Default)]
+struct Call {
+    layer: Option<RepackedLayer>,
+    tokens: usize,
+    k: usize,
+    x: Vec<f32>,
+    ids: Vec<u32>,
+    weights: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// The buffers of the phases.
+#[derive(Default)]
+struct Work {
+    prefetch: Prefetch,
     /// (hidden, intermediate, experts, act row bytes gate/up, act row bytes down)
     sized_for: [usize; 5],
     routing: Routing,
@@ -63,6 +85,21 @@ struct Scratch {
     inter_q: AlignedBuf,
     down_out: Vec<f32>,
     tiles: Vec<f32>,
+}
+
+impl Job for Scratch {
+    fn run(&mut self, pool: &ThreadPool, isa: Isa) -> Result<()> {
+        let Scratch { call, work } = self;
+        let Some(layer) = &call.layer else { return Ok(()) };
+        let (tokens, k, h) = (call.tokens, call.k, layer.hidden());
+        if tokens == 0 {
+            return Ok(());
+        }
+        compute(work, pool, isa, layer, &call.x[..tokens * h], &call.ids[..tokens * k], &call.weights[..tokens * k], &mut call.out[..tokens * h])
+    }
+    fn output(&self) -> &[f32] {
+        &self.call.out
+    }
 }
 
 fn shape(detail: String) -> KtError {
@@ -77,7 +114,8 @@ impl RepackedMoe {
         if max_tokens == 0 || max_top_k == 0 {
             return Err(shape(format!("max_tokens {max_tokens} and max_top_k {max_top_k} must be positive")));
         }
-        let m = RepackedMoe { pool: pool.into(), isa, max_tokens, max_top_k, scratch: Mutex::new(Scratch::default()) };
+        let driver = Driver::new("RepackedMoe", pool.into(), isa, Scratch::default())?;
+        let m = RepackedMoe { driver, max_tokens, max_top_k };
         for l in layers {
             m.reserve(l)?;
         }
@@ -85,14 +123,25 @@ impl RepackedMoe {
     }
 
     pub fn isa(&self) -> Isa {
-        self.isa
+        self.driver.isa()
+    }
+
+    /// Sets how the AMX kernel prefetches weights (see [`Prefetch`]; results do not
+    /// change). Waits for a call in flight.
+    pub fn set_prefetch(&self, prefetch: Prefetch) -> Result<()> {
+        self.driver.idle_scratch()?.work.prefetch = prefetch;
+        Ok(())
+    }
+    pub fn threads(&self) -> usize {
+        self.driver.pool().threads()
     }
 
     /// Sizes the scratch for `layer` (allocates: call at setup).
     pub fn reserve(&self, layer: &RepackedLayer) -> Result<()> {
         let need = needs(layer);
-        let mut guard = self.lock();
-        let s = &mut *guard;
+        let threads = self.threads();
+        let mut guard = self.driver.idle_scratch()?;
+        let Scratch { call, work: s } = &mut *guard;
         let n: Vec<usize> = s.sized_for.iter().zip(need).map(|(&a, b)| a.max(b)).collect();
         let (h, i, e, ag, ad) = (n[0], n[1], n[2], n[3], n[4]);
         let pairs = self.max_tokens * self.max_top_k;
@@ -107,25 +156,62 @@ impl RepackedMoe {
         s.inter_q.resize(inter_q_len);
         grow(&mut s.inter, pairs * i);
         grow(&mut s.down_out, pairs * h);
-        grow(&mut s.tiles, self.pool.threads() * 2 * MAX_ITEM_FLOATS);
+        grow(&mut s.tiles, threads * 2 * MAX_ITEM_FLOATS);
         s.sized_for = [h, i, e, ag, ad];
+        grow(&mut call.x, self.max_tokens * h);
+        grow(&mut call.out, self.max_tokens * h);
+        grow(&mut call.ids, pairs);
+        grow(&mut call.weights, pairs);
         Ok(())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Scratch> {
-        self.scratch.lock().unwrap_or_else(|p| p.into_inner())
+    /// `out[t] = sum_s weights[t,s] * expert_{ids[t,s]}(x[t])` for `x: [T, H]`,
+    /// `ids, weights: [T, k]`, `out: [T, H]`, on the calling thread and the pool. Waits
+    /// for a submitted call first.
+    pub fn forward(&self, layer: &RepackedLayer, x: &[f32], ids: &[u32], weights: &[f32], out: &mut [f32]) -> Result<()> {
+        let (tokens, _) = self.check_call(layer, x, ids, weights)?;
+        if out.len() != x.len() {
+            return Err(shape(format!("x has {} and out {} elements; both must be tokens x {}", x.len(), out.len(), layer.hidden())));
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let mut sc = self.driver.idle_scratch()?;
+        compute(&mut sc.work, self.driver.pool(), self.isa(), layer, x, ids, weights, out)
     }
 
-    /// `out[t] = sum_s weights[t,s] * expert_{ids[t,s]}(x[t])` for `x: [T, H]`,
-    /// `ids, weights: [T, k]`, `out: [T, H]`, on the calling thread and the pool.
-    pub fn forward(&self, layer: &RepackedLayer, x: &[f32], ids: &[u32], weights: &[f32], out: &mut [f32]) -> Result<()> {
+    /// Starts the call [`RepackedMoe::forward`] makes and returns at once; the driver
+    /// thread runs it on the pool and [`MoeHandle::sync`] waits for it and copies the
+    /// `[T, H]` output out. The inputs are copied, so the caller may reuse them right
+    /// away. Waits first for the previous call to be synced (or its handle dropped).
+    pub fn submit(&self, layer: &RepackedLayer, x: &[f32], ids: &[u32], weights: &[f32]) -> Result<MoeHandle<'_>> {
+        let (tokens, k) = self.check_call(layer, x, ids, weights)?;
+        self.driver.submit(x.len(), |sc| {
+            let c = &mut sc.call;
+            if sc.work.sized_for.iter().zip(needs(layer)).any(|(&a, b)| a < b) || c.x.len() < x.len() {
+                return Err(not_reserved());
+            }
+            c.layer = Some(layer.clone());
+            (c.tokens, c.k) = (tokens, k);
+            c.x[..x.len()].copy_from_slice(x);
+            c.ids[..ids.len()].copy_from_slice(ids);
+            c.weights[..weights.len()].copy_from_slice(weights);
+            Ok(())
+        })
+    }
+
+    /// Checks a call's shapes; returns (tokens, k) (0 tokens: an empty call).
+    fn check_call(&self, layer: &RepackedLayer, x: &[f32], ids: &[u32], weights: &[f32]) -> Result<(usize, usize)> {
         let (h, e_count) = (layer.hidden(), layer.experts());
-        if !x.len().is_multiple_of(h) || out.len() != x.len() {
-            return Err(shape(format!("x has {} and out {} elements; both must be tokens x {h}", x.len(), out.len())));
+        if !x.len().is_multiple_of(h) {
+            return Err(shape(format!("x has {} elements, not a whole number of rows of hidden size {h}", x.len())));
         }
         let tokens = x.len() / h;
         if tokens == 0 {
-            return Ok(());
+            if !ids.is_empty() || !weights.is_empty() {
+                return Err(shape(format!("no tokens but {} expert ids and {} weights", ids.len(), weights.len())));
+            }
+            return Ok((0, 0));
         }
         if tokens > self.max_tokens || ids.is_empty() || !ids.len().is_multiple_of(tokens) || weights.len() != ids.len() {
             return Err(shape(format!(
@@ -142,42 +228,51 @@ impl RepackedMoe {
         if let Some(i) = ids.iter().position(|&e| e as usize >= e_count) {
             return Err(shape(format!("token {} slot {}: expert id {} but the layer has {e_count} experts", i / k, i % k, ids[i])));
         }
-        let mut guard = self.lock();
-        let s = &mut *guard;
-        let need = needs(layer);
-        if s.sized_for.iter().zip(need).any(|(&a, b)| a < b) {
-            return Err(shape("the scratch was not sized for this layer: pass it to RepackedMoe::new or reserve()".into()));
-        }
-        let pool: &ThreadPool = &self.pool;
-        let l = &*layer.inner;
-        let i_dim = layer.intermediate();
-        let pairs = tokens * k;
-        let (fg, fd) = (l.gate.format(), l.down.format());
-        let (act_g, act_d) = (fg.act_row_bytes(h), fd.act_row_bytes(i_dim));
-
-        s.routing.route(ids, e_count);
-        plan::build(&mut s.items_up, &s.routing, 0..i_dim);
-        plan::build(&mut s.items_down, &s.routing, 0..h);
-        let inter = &mut s.inter[..pairs * i_dim];
-        let down_out = &mut s.down_out[..pairs * h];
-        if cfg!(debug_assertions) {
-            inter.fill(f32::NAN);
-            down_out.fill(f32::NAN);
-        }
-        let pos_of = &s.routing.pos_of[..pairs];
-        // The padding rows after the last position are readable (stale or zero bytes)
-        // so AMX can load whole tiles; their results are dropped.
-        let act_all = &mut s.act.as_mut_slice()[..(pairs + PAD_ROWS) * act_g];
-        let (act, _) = act_all.split_at_mut(pairs * act_g);
-        gather(pool, self.isa, fg, x, h, k, pos_of, act, act_g);
-        gate_up(pool, self.isa, l, &s.items_up, act_all, act_g, inter, &mut s.tiles);
-        let inter_q_all = &mut s.inter_q.as_mut_slice()[..(pairs + PAD_ROWS) * act_d];
-        let (inter_q, _) = inter_q_all.split_at_mut(pairs * act_d);
-        quantize_rows(pool, self.isa, fd, inter, i_dim, inter_q, act_d);
-        down(pool, self.isa, &l.down, &s.items_down, inter_q_all, act_d, down_out);
-        combine(pool, pos_of, down_out, h, k, weights, out);
-        Ok(())
+        Ok((tokens, k))
     }
+}
+
+fn not_reserved() -> KtError {
+    shape("the scratch was not sized for this layer: pass it to RepackedMoe::new or reserve()".into())
+}
+
+/// One call (shapes checked, at least one token) in the phases' buffers `s`.
+#[allow(clippy::too_many_arguments)]
+fn compute(s: &mut Work, pool: &ThreadPool, isa: Isa, layer: &RepackedLayer, x: &[f32], ids: &[u32], weights: &[f32], out: &mut [f32]) -> Result<()> {
+    let (h, e_count) = (layer.hidden(), layer.experts());
+    let tokens = x.len() / h;
+    let k = ids.len() / tokens;
+    if s.sized_for.iter().zip(needs(layer)).any(|(&a, b)| a < b) {
+        return Err(not_reserved());
+    }
+    let l = &*layer.inner;
+    let i_dim = layer.intermediate();
+    let pairs = tokens * k;
+    let (fg, fd) = (l.gate.format(), l.down.format());
+    let (act_g, act_d) = (fg.act_row_bytes(h), fd.act_row_bytes(i_dim));
+
+    s.routing.route(ids, e_count);
+    plan::build(&mut s.items_up, &s.routing, 0..i_dim);
+    plan::build(&mut s.items_down, &s.routing, 0..h);
+    let inter = &mut s.inter[..pairs * i_dim];
+    let down_out = &mut s.down_out[..pairs * h];
+    if cfg!(debug_assertions) {
+        inter.fill(f32::NAN);
+        down_out.fill(f32::NAN);
+    }
+    let pos_of = &s.routing.pos_of[..pairs];
+    // The padding rows after the last position are readable (stale or zero bytes)
+    // so AMX can load whole tiles; their results are dropped.
+    let act_all = &mut s.act.as_mut_slice()[..(pairs + PAD_ROWS) * act_g];
+    let (act, _) = act_all.split_at_mut(pairs * act_g);
+    gather(pool, isa, fg, x, h, k, pos_of, act, act_g);
+    gate_up(pool, isa, s.prefetch, l, &s.items_up, act_all, act_g, inter, &mut s.tiles);
+    let inter_q_all = &mut s.inter_q.as_mut_slice()[..(pairs + PAD_ROWS) * act_d];
+    let (inter_q, _) = inter_q_all.split_at_mut(pairs * act_d);
+    quantize_rows(pool, isa, fd, inter, i_dim, inter_q, act_d);
+    down(pool, isa, s.prefetch, &l.down, &s.items_down, inter_q_all, act_d, down_out);
+    combine(pool, pos_of, down_out, h, k, weights, out);
+    Ok(())
 }
 
 /// (hidden, intermediate, experts, act row bytes of gate/up and of down).
@@ -221,7 +316,7 @@ fn gather(pool: &ThreadPool, isa: Isa, f: RepackFormat, x: &[f32], h: usize, k: 
 
 /// The tile of rows `r0..r0 + rows` (whole panels) of expert `e` of `stack`.
 #[allow(clippy::too_many_arguments)]
-fn tile(stack: &RepackedStack, e: usize, r0: usize, rows: usize, a: *const u8, a_stride: usize, tokens: usize, a_rows: usize, out: *mut f32, ldo: usize) -> Tile {
+fn tile(stack: &RepackedStack, prefetch: Prefetch, e: usize, r0: usize, rows: usize, a: *const u8, a_stride: usize, tokens: usize, a_rows: usize, out: *mut f32, ldo: usize) -> Tile {
     let f = stack.format();
     let k = stack.cols();
     let (pb, ps) = (f.panel_bytes(k), f.panel_scales(k));
@@ -239,11 +334,12 @@ fn tile(stack: &RepackedStack, e: usize, r0: usize, rows: usize, a: *const u8, a
         a_rows,
         out,
         ldo,
+        prefetch,
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gate_up(pool: &ThreadPool, isa: Isa, l: &super::layer::Inner, items: &[Item], act: &[u8], act_row: usize, inter: &mut [f32], tiles: &mut [f32]) {
+fn gate_up(pool: &ThreadPool, isa: Isa, pf: Prefetch, l: &super::layer::Inner, items: &[Item], act: &[u8], act_row: usize, inter: &mut [f32], tiles: &mut [f32]) {
     let a_rows = act.len() / act_row;
     let i_dim = l.gate.rows();
     let h = l.gate.cols();
@@ -263,8 +359,8 @@ fn gate_up(pool: &ThreadPool, isa: Isa, l: &super::layer::Inner, items: &[Item],
         // nr * nt floats each and only this thread uses them; `pick` only returns
         // kernels the checked ISA runs.
         unsafe {
-            kern.run(&tile(&l.gate, e, r0, nr, ap, act_row, nt, a_rows - p0, g_out, nr));
-            kern.run(&tile(&l.up, e, r0, nr, ap, act_row, nt, a_rows - p0, u_out, nr));
+            kern.run(&tile(&l.gate, pf, e, r0, nr, ap, act_row, nt, a_rows - p0, g_out, nr));
+            kern.run(&tile(&l.up, pf, e, r0, nr, ap, act_row, nt, a_rows - p0, u_out, nr));
         }
         for t in 0..nt {
             // SAFETY: the tiles were just written (nt x nr each); the intermediate part
@@ -314,7 +410,8 @@ fn quantize_rows(pool: &ThreadPool, isa: Isa, f: RepackFormat, inter: &[f32], n:
     });
 }
 
-fn down(pool: &ThreadPool, isa: Isa, stack: &RepackedStack, items: &[Item], act: &[u8], act_row: usize, down_out: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn down(pool: &ThreadPool, isa: Isa, pf: Prefetch, stack: &RepackedStack, items: &[Item], act: &[u8], act_row: usize, down_out: &mut [f32]) {
     let a_rows = act.len() / act_row;
     let h = stack.rows();
     let a = Raw::new(act.as_ptr());
@@ -326,7 +423,7 @@ fn down(pool: &ThreadPool, isa: Isa, stack: &RepackedStack, items: &[Item], act:
         let kern = Kernel::pick(isa, stack.format(), nt);
         // SAFETY: as in gate_up; the (positions, rows) block of down_out (pairs x h)
         // belongs to this item.
-        unsafe { kern.run(&tile(stack, e, r0, nr, a.at(p0 * act_row), act_row, nt, a_rows - p0, out.at(p0 * h + r0), h)) };
+        unsafe { kern.run(&tile(stack, pf, e, r0, nr, a.at(p0 * act_row), act_row, nt, a_rows - p0, out.at(p0 * h + r0), h)) };
     });
 }
 
