@@ -27,9 +27,10 @@ const GEMM_TOKEN_BLOCK: usize = 128;
 /// GEMV work items per thread. A decode GEMV of a V2-Lite expert matrix (1.6 MB) is
 /// ~100 KB per thread on 16 threads, a few microseconds: every item restarts the
 /// kernel's weight prefetch and the activation repack and costs a shared counter
-/// increment, so items are few and large; three per thread leave the atomic hand-out
-/// room to even out a thread that starts late.
-const GEMV_ITEMS_PER_THREAD: usize = 3;
+/// increment, so items are few and large, but enough that the atomic hand-out evens out
+/// threads that start late or get descheduled (on the 2-core dev VM with other load, 3
+/// per thread measured 10-20% slower than 8 on Q4_K 1408x2048; 4 is the compromise).
+const GEMV_ITEMS_PER_THREAD: usize = 4;
 /// Fewest rows of a GEMV item (smaller matrices get fewer items), and the row multiple
 /// item boundaries fall on (the widest register tile of the kernels is 4 rows).
 const GEMV_MIN_ROWS: usize = 16;
