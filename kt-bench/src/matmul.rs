@@ -5,6 +5,10 @@
 //! the cache, calls cycle through enough copies of the matrix to exceed 1 GiB.
 //! GEMM is compute-bound: reported as GOP/s (2 per multiply-add) and its fraction of the
 //! arithmetic peak measured in the same run.
+//!
+//! `--resident` times one copy over and over instead, so a matrix that fits the caches is
+//! read from them: the kernel's own speed, which bounds what the GEMV can reach from DRAM
+//! (a kernel slower per core than the core's share of the DRAM bandwidth is compute-bound).
 
 use std::time::Instant;
 
@@ -39,6 +43,10 @@ pub struct Args {
     /// Minimum seconds of timed calls per case.
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
+    /// Time one copy of each matrix (cache-resident when it fits) instead of cycling
+    /// through 1 GiB of copies.
+    #[arg(long)]
+    pub resident: bool,
     /// Print one JSON object per case.
     #[arg(long)]
     pub json: bool,
@@ -52,6 +60,7 @@ struct Row {
     tokens: usize,
     isa: String,
     threads: usize,
+    resident: bool,
     ms_per_call: f64,
     weight_gbps: f64,
     dram_gbps: f64,
@@ -135,7 +144,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             let mat = make_weights(q, rows, cols, 1)?;
             for &tokens in &a.tokens {
-                let copies = if tokens <= cpu::GEMV_MAX_TOKENS {
+                let copies = if tokens <= cpu::GEMV_MAX_TOKENS && !a.resident {
                     (1usize << 30).div_ceil(mat.len()).max(1)
                 } else {
                     1
@@ -186,6 +195,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                     tokens,
                     isa: isa.to_string(),
                     threads: pool.threads(),
+                    resident: a.resident,
                     ms_per_call: secs * 1e3,
                     weight_gbps: gbps,
                     dram_gbps: m.dram_gbps,

@@ -2,8 +2,10 @@
 //! against rayon, at decode granularity (a GEMV of a DeepSeek expert matrix is a few to a
 //! few tens of microseconds per thread).
 //!
-//! Each job is `threads * 8` items; an item sums `--item-floats` floats of a buffer that
-//! stays in cache, so the time measured is dispatch, hand-out and join, plus fixed work.
+//! Each job is `threads * --items-per-thread` items (8 by default); an item sums
+//! `--item-floats` floats of a buffer that stays in cache, so the time measured is
+//! dispatch, hand-out and join, plus fixed work. `--items-per-thread 1 --item-floats 0`
+//! is the bare round trip of a job (post, every thread joins, join back).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -20,6 +22,9 @@ pub struct Args {
     /// Floats summed per work item (0 = measure pure dispatch overhead).
     #[arg(long, value_delimiter = ',', default_value = "0,2048,16384")]
     pub item_floats: Vec<usize>,
+    /// Work items per thread in each job.
+    #[arg(long, default_value_t = 8)]
+    pub items_per_thread: usize,
     /// Jobs timed per case.
     #[arg(long, default_value_t = 20000)]
     pub jobs: usize,
@@ -51,7 +56,10 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let rayon_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
-    let items = threads * 8;
+    if a.items_per_thread == 0 {
+        return Err("--items-per-thread must be at least 1".into());
+    }
+    let items = threads * a.items_per_thread;
     if !a.json {
         println!("kt-bench pool | {} | {threads} threads | {items} items per job | median microseconds per job", machine::cpu_model());
         println!("{:>12} {:>10} {:>10}", "floats/item", "kt pool", "rayon");

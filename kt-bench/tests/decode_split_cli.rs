@@ -174,11 +174,20 @@ fn text_report_shows_the_split_and_rules_files_are_placed_or_refused() {
          - match: {name: '.*'}\n    replace: {device: cpu, format: gguf}\n",
     )
     .unwrap();
-    let r = kt_bench(&["decode", "--model", &tiny_q4(), "--rules", hybrid.to_str().unwrap()]);
+    let r = kt_bench(&[
+        "decode",
+        "--model",
+        &tiny_q4(),
+        "--rules",
+        hybrid.to_str().unwrap(),
+    ]);
     let _ = std::fs::remove_file(&hybrid);
     let e = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success());
-    assert!(e.contains("goes to cuda:0") && e.contains("blk.0.attn"), "{e}");
+    assert!(
+        e.contains("goes to cuda:0") && e.contains("blk.0.attn"),
+        "{e}"
+    );
 
     // A missing file is an error naming it.
     let r = kt_bench(&[

@@ -9,8 +9,21 @@ use kt_kernels::cpu::{self, Isa};
 use kt_kernels::quant::{self, QType};
 use kt_kernels::util::SplitMix64;
 
-const FORMATS: [QType; 6] = [QType::Q4_K, QType::Q5_K, QType::Q2_K, QType::Q6_K, QType::Q8_0, QType::BF16];
-const SHAPES: [(usize, usize); 5] = [(2048, 7168), (7168, 2048), (1408, 2048), (2048, 1408), (18432, 7168)];
+const FORMATS: [QType; 6] = [
+    QType::Q4_K,
+    QType::Q5_K,
+    QType::Q2_K,
+    QType::Q6_K,
+    QType::Q8_0,
+    QType::BF16,
+];
+const SHAPES: [(usize, usize); 5] = [
+    (2048, 7168),
+    (7168, 2048),
+    (1408, 2048),
+    (2048, 1408),
+    (18432, 7168),
+];
 
 fn weights(q: QType, rows: usize, cols: usize) -> Vec<u8> {
     let rb = q.row_bytes(cols).unwrap();
@@ -19,7 +32,13 @@ fn weights(q: QType, rows: usize, cols: usize) -> Vec<u8> {
     SplitMix64::new(1).fill_normal(&mut f, 0.05);
     let mut base = vec![0u8; distinct * rb];
     quant::quantize(q, &f, &mut base).unwrap();
-    (0..rows).flat_map(|r| base[(r % distinct) * rb..(r % distinct + 1) * rb].iter().copied()).collect()
+    (0..rows)
+        .flat_map(|r| {
+            base[(r % distinct) * rb..(r % distinct + 1) * rb]
+                .iter()
+                .copied()
+        })
+        .collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -43,7 +62,10 @@ fn bench(c: &mut Criterion) {
                     SplitMix64::new(2).fill_normal(&mut x, 1.0);
                     let mut out = vec![0f32; tokens * rows];
                     g.bench_function(BenchmarkId::new("tokens", tokens), |b| {
-                        b.iter(|| cpu::matmul_with(isa, pool, q, &w, rows, cols, &x, tokens, &mut out).unwrap())
+                        b.iter(|| {
+                            cpu::matmul_with(isa, pool, q, &w, rows, cols, &x, tokens, &mut out)
+                                .unwrap()
+                        })
                     });
                     g.finish();
                 }

@@ -27,7 +27,13 @@ fn stack(q: QType, rows: usize, cols: usize, seed: u64) -> ExpertStack {
     SplitMix64::new(seed).fill_normal(&mut f, 0.05);
     let mut base = vec![0u8; distinct * rb];
     quant::quantize(q, &f, &mut base).unwrap();
-    let bytes = (0..E * rows).flat_map(|r| base[(r % distinct) * rb..(r % distinct + 1) * rb].iter().copied()).collect();
+    let bytes = (0..E * rows)
+        .flat_map(|r| {
+            base[(r % distinct) * rb..(r % distinct + 1) * rb]
+                .iter()
+                .copied()
+        })
+        .collect();
     ExpertStack::from_vec(q, bytes, E, rows, cols).unwrap()
 }
 
@@ -56,7 +62,12 @@ fn bench(c: &mut Criterion) {
     // Q4_K_M's mix on V2-Lite (down rows of 1408 fall back to Q5_0), and the Q8_0 down
     // of its "more bits" layers.
     for down in [QType::Q5_0, QType::Q8_0] {
-        let layer = MoeLayer::new(stack(QType::Q4_K, I, H, 1), stack(QType::Q4_K, I, H, 2), stack(down, H, I, 3)).unwrap();
+        let layer = MoeLayer::new(
+            stack(QType::Q4_K, I, H, 1),
+            stack(QType::Q4_K, I, H, 2),
+            stack(down, H, I, 3),
+        )
+        .unwrap();
         for isa in Isa::available().into_iter().filter(|&i| i != Isa::Scalar) {
             let ctx = MoeContext::new(PoolRef::Static(pool), isa, 64, K, &[&layer]).unwrap();
             for tokens in [1usize, 64] {

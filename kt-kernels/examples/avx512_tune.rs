@@ -25,7 +25,11 @@ fn main() {
         .iter()
         .skip(1)
         .find_map(|a| a.parse::<usize>().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
     // `--only FORMAT ROWS COLS TOKENS`: time one product (for profiling) and stop.
     if let Some(i) = args.iter().position(|a| a == "--only") {
         let q = QType::from_name(&args[i + 1]).expect("format name");
@@ -34,8 +38,14 @@ fn main() {
         let r = time_matmul(&pool, q, n(2), n(3), n(4), false);
         // The machine is shared: the best of short peak runs on as many threads is the
         // fairest denominator.
-        let peak_of = if q == QType::BF16 { bf16_peak } else { vnni_peak };
-        let peak = (0..5).map(|_| peak_of(max_threads, 2_000_000)).fold(0.0, f64::max);
+        let peak_of = if q == QType::BF16 {
+            bf16_peak
+        } else {
+            vnni_peak
+        };
+        let peak = (0..5)
+            .map(|_| peak_of(max_threads, 2_000_000))
+            .fold(0.0, f64::max);
         println!(
             "{} {}x{} tokens {}: {:.1} us peak {:.0} frac {:.1}% {:.0} GOP/s",
             q.name(),
@@ -54,15 +64,30 @@ fn main() {
         return;
     }
     println!("avx512-bf16: {}", Isa::Avx512.has_avx512_bf16());
-    let thread_counts: Vec<usize> = if max_threads > 1 { vec![1, max_threads] } else { vec![1] };
+    let thread_counts: Vec<usize> = if max_threads > 1 {
+        vec![1, max_threads]
+    } else {
+        vec![1]
+    };
     for &threads in &thread_counts {
         let peak = vnni_peak(threads, 20_000_000);
-        let bw = if quick { f64::NAN } else { dram_read_bandwidth(threads) };
+        let bw = if quick {
+            f64::NAN
+        } else {
+            dram_read_bandwidth(threads)
+        };
         println!("threads {threads}: vpdpbusd peak {peak:.0} GOP/s, DRAM read {bw:.1} GB/s");
         let pool = ThreadPool::new(threads).expect("pool");
         for (rows, cols) in [(7168, 2048), (2048, 7168)] {
             for tokens in [1, 512] {
-                let r = time_matmul(&pool, QType::Q4_K, rows, cols, tokens, tokens == 1 && !quick);
+                let r = time_matmul(
+                    &pool,
+                    QType::Q4_K,
+                    rows,
+                    cols,
+                    tokens,
+                    tokens == 1 && !quick,
+                );
                 println!(
                     "  q4_K {rows}x{cols} tokens {tokens:3}: {:8.1} us  {:6.1} GB/s  {:7.0} GOP/s ({:.0}% of peak)",
                     r.secs * 1e6,
@@ -73,7 +98,13 @@ fn main() {
             }
         }
         if threads == max_threads {
-            for q in [QType::Q2_K, QType::Q5_K, QType::Q6_K, QType::Q8_0, QType::BF16] {
+            for q in [
+                QType::Q2_K,
+                QType::Q5_K,
+                QType::Q6_K,
+                QType::Q8_0,
+                QType::BF16,
+            ] {
                 for tokens in [1, 512] {
                     let r = time_matmul(&pool, q, 2048, 7168, tokens, false);
                     println!(
@@ -99,9 +130,13 @@ struct Timing {
 fn random_weights(q: QType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
     let mut rng = SplitMix64::new(seed);
     if q == QType::BF16 {
-        return (0..rows * cols).flat_map(|_| half::bf16::from_f32(rng.normal()).to_le_bytes()).collect();
+        return (0..rows * cols)
+            .flat_map(|_| half::bf16::from_f32(rng.normal()).to_le_bytes())
+            .collect();
     }
-    let mut w: Vec<u8> = (0..rows * q.row_bytes(cols).unwrap()).map(|_| rng.next_u64() as u8).collect();
+    let mut w: Vec<u8> = (0..rows * q.row_bytes(cols).unwrap())
+        .map(|_| rng.next_u64() as u8)
+        .collect();
     let fields: &[usize] = match q {
         QType::Q2_K => &[80, 82],
         QType::Q4_K | QType::Q5_K => &[0, 2],
@@ -111,7 +146,8 @@ fn random_weights(q: QType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
     };
     for block in w.chunks_exact_mut(q.block_bytes()) {
         for &f in fields {
-            block[f..f + 2].copy_from_slice(&f16::from_f32(0.01 * rng.uniform(0.5, 1.0)).to_le_bytes());
+            block[f..f + 2]
+                .copy_from_slice(&f16::from_f32(0.01 * rng.uniform(0.5, 1.0)).to_le_bytes());
         }
     }
     w
@@ -119,15 +155,39 @@ fn random_weights(q: QType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
 
 /// Best time of one product; `cold` cycles through copies of the weights that together
 /// exceed the caches, so each call streams its weights from DRAM.
-fn time_matmul(pool: &ThreadPool, q: QType, rows: usize, cols: usize, tokens: usize, cold: bool) -> Timing {
+fn time_matmul(
+    pool: &ThreadPool,
+    q: QType,
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+    cold: bool,
+) -> Timing {
     let bytes = rows * q.row_bytes(cols).unwrap();
-    let copies = if cold { (1usize << 30).div_ceil(bytes).max(2) } else { 1 };
-    let weights: Vec<Vec<u8>> = (0..copies).map(|i| random_weights(q, rows, cols, i as u64 + 1)).collect();
+    let copies = if cold {
+        (1usize << 30).div_ceil(bytes).max(2)
+    } else {
+        1
+    };
+    let weights: Vec<Vec<u8>> = (0..copies)
+        .map(|i| random_weights(q, rows, cols, i as u64 + 1))
+        .collect();
     let mut rng = SplitMix64::new(99);
     let x: Vec<f32> = (0..tokens * cols).map(|_| rng.normal()).collect();
     let mut out = vec![0f32; tokens * rows];
     let mut run = |i: usize| {
-        cpu::matmul_with(Isa::Avx512, pool, q, &weights[i % copies], rows, cols, &x, tokens, &mut out).unwrap();
+        cpu::matmul_with(
+            Isa::Avx512,
+            pool,
+            q,
+            &weights[i % copies],
+            rows,
+            cols,
+            &x,
+            tokens,
+            &mut out,
+        )
+        .unwrap();
         black_box(&out);
     };
     run(0);
@@ -141,7 +201,11 @@ fn time_matmul(pool: &ThreadPool, q: QType, rows: usize, cols: usize, tokens: us
         best = best.min(t.elapsed().as_secs_f64());
         i += 1;
     }
-    Timing { secs: best, gbs: bytes as f64 / best / 1e9, gops: 2.0 * (rows * cols * tokens) as f64 / best / 1e9 }
+    Timing {
+        secs: best,
+        gbs: bytes as f64 / best / 1e9,
+        gops: 2.0 * (rows * cols * tokens) as f64 / best / 1e9,
+    }
 }
 
 /// int8 ops per second (2 per multiply-add) of `vpdpbusd` on `threads` threads.

@@ -6,7 +6,11 @@ use crate::quant::QType;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KtError {
     #[error("{qtype}: {len} elements is not a multiple of the block size {block}")]
-    NotBlockMultiple { qtype: QType, len: usize, block: usize },
+    NotBlockMultiple {
+        qtype: QType,
+        len: usize,
+        block: usize,
+    },
 
     #[error("{qtype}: {what} has {got} {unit}, expected {expected}")]
     Length {

@@ -14,7 +14,14 @@ use kt_kernels::util::SplitMix64;
 use proptest::prelude::*;
 
 /// The weight formats the AVX512 backend registers.
-const FORMATS: [QType; 6] = [QType::Q2_K, QType::Q4_K, QType::Q5_K, QType::Q6_K, QType::Q8_0, QType::BF16];
+const FORMATS: [QType; 6] = [
+    QType::Q2_K,
+    QType::Q4_K,
+    QType::Q5_K,
+    QType::Q6_K,
+    QType::Q8_0,
+    QType::BF16,
+];
 
 fn avx512() -> bool {
     match Isa::Avx512.check() {
@@ -57,7 +64,10 @@ fn dequant_act(act: QType, row: &[u8]) -> Vec<f32> {
                 b[2..].iter().map(move |&q| d * q as i8 as f32)
             })
             .collect(),
-        QType::BF16 => row.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        QType::BF16 => row
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
         other => panic!("{other} is not an activation type here"),
     }
 }
@@ -69,7 +79,11 @@ fn magnitudes(w: &[f32], a: &[f32], rows: usize, cols: usize) -> Vec<f64> {
     for t in 0..tokens {
         for r in 0..rows {
             let (wr, at) = (&w[r * cols..(r + 1) * cols], &a[t * cols..(t + 1) * cols]);
-            m[t * rows + r] = wr.iter().zip(at).map(|(x, y)| (x.abs() * y.abs()) as f64).sum();
+            m[t * rows + r] = wr
+                .iter()
+                .zip(at)
+                .map(|(x, y)| (x.abs() * y.abs()) as f64)
+                .sum();
         }
     }
     m
@@ -118,7 +132,11 @@ fn q8_0_quantizer_matches_ggml_bytes() {
         return;
     }
     let got = quantize_acts(Isa::Avx512, QType::Q8_0, &weights(), COLS);
-    for (r, (g, w)) in got.chunks(1088).zip(ggml_quant(QType::Q8_0).chunks(1088)).enumerate() {
+    for (r, (g, w)) in got
+        .chunks(1088)
+        .zip(ggml_quant(QType::Q8_0).chunks(1088))
+        .enumerate()
+    {
         assert_eq!(g, w, "row {r} (kind {})", r % 8);
     }
 }
@@ -131,13 +149,29 @@ fn check_against_ggml(q: QType) {
     }
     let x = activations();
     let mut out = poisoned(ACT_ROWS * ROWS);
-    cpu::matmul_with(Isa::Avx512, pool(), q, &ggml_quant(q), ROWS, COLS, &x, ACT_ROWS, &mut out).unwrap();
+    cpu::matmul_with(
+        Isa::Avx512,
+        pool(),
+        q,
+        &ggml_quant(q),
+        ROWS,
+        COLS,
+        &x,
+        ACT_ROWS,
+        &mut out,
+    )
+    .unwrap();
     // ggml's dots are [rows, activation rows]; ours [tokens, rows].
     let dots = ggml_dot(q);
-    let want: Vec<f32> = (0..ACT_ROWS * ROWS).map(|i| dots[(i % ROWS) * ACT_ROWS + i / ROWS]).collect();
+    let want: Vec<f32> = (0..ACT_ROWS * ROWS)
+        .map(|i| dots[(i % ROWS) * ACT_ROWS + i / ROWS])
+        .collect();
     let xq = quantize_acts(Isa::Avx512, q, &x, COLS);
     let act_row = cpu::act_row_bytes(q, COLS).unwrap();
-    let a: Vec<f32> = xq.chunks(act_row).flat_map(|r| dequant_act(q.vec_dot_type(), r)).collect();
+    let a: Vec<f32> = xq
+        .chunks(act_row)
+        .flat_map(|r| dequant_act(q.vec_dot_type(), r))
+        .collect();
     let mag = magnitudes(&ggml_dequant(q), &a, ROWS, COLS);
     assert_close(q.name(), &out, &want, &mag, ROWS);
 }
@@ -171,9 +205,13 @@ fn bf16_matches_ggml_dots() {
 /// scale fields set to finite values of varied size.
 fn random_weights(q: QType, rows: usize, cols: usize, rng: &mut SplitMix64) -> Vec<u8> {
     if q == QType::BF16 {
-        return (0..rows * cols).flat_map(|_| bf16::from_f32(rng.normal()).to_le_bytes()).collect();
+        return (0..rows * cols)
+            .flat_map(|_| bf16::from_f32(rng.normal()).to_le_bytes())
+            .collect();
     }
-    let mut w: Vec<u8> = (0..rows * q.row_bytes(cols).unwrap()).map(|_| rng.next_u64() as u8).collect();
+    let mut w: Vec<u8> = (0..rows * q.row_bytes(cols).unwrap())
+        .map(|_| rng.next_u64() as u8)
+        .collect();
     // Offsets of the f16 scale fields in a block.
     let fields: &[usize] = match q {
         QType::Q2_K => &[80, 82],
@@ -213,13 +251,38 @@ fn check_against_scalar(q: QType, rows: usize, cols: usize, tokens: usize, seed:
     let x = random_acts(tokens, cols, &mut rng);
     let mut fast = poisoned(tokens * rows);
     let mut slow = poisoned(tokens * rows);
-    cpu::matmul_with(Isa::Avx512, pool(), q, &w, rows, cols, &x, tokens, &mut fast).unwrap();
-    cpu::matmul_with(Isa::Scalar, pool(), q, &w, rows, cols, &x, tokens, &mut slow).unwrap();
+    cpu::matmul_with(
+        Isa::Avx512,
+        pool(),
+        q,
+        &w,
+        rows,
+        cols,
+        &x,
+        tokens,
+        &mut fast,
+    )
+    .unwrap();
+    cpu::matmul_with(
+        Isa::Scalar,
+        pool(),
+        q,
+        &w,
+        rows,
+        cols,
+        &x,
+        tokens,
+        &mut slow,
+    )
+    .unwrap();
     let mut wf = vec![0f32; rows * cols];
     quant::dequantize(q, &w, &mut wf).unwrap();
     let xq = quantize_acts(Isa::Scalar, q, &x, cols);
     let act_row = cpu::act_row_bytes(q, cols).unwrap();
-    let a: Vec<f32> = xq.chunks(act_row).flat_map(|r| dequant_act(q.vec_dot_type(), r)).collect();
+    let a: Vec<f32> = xq
+        .chunks(act_row)
+        .flat_map(|r| dequant_act(q.vec_dot_type(), r))
+        .collect();
     let what = format!("{q} rows {rows} cols {cols} tokens {tokens}");
     assert_close(&what, &fast, &slow, &magnitudes(&wf, &a, rows, cols), rows);
 }
@@ -264,14 +327,28 @@ proptest! {
 fn special_rows() -> Vec<f32> {
     let mut rows = vec![0f32; 256];
     rows.extend((0..256).map(|i| 1e-30 * (i as f32 - 100.0)));
-    rows.extend((0..256).map(|i| f32::from_bits(1 + i as u32) * if i % 3 == 0 { -1.0 } else { 1.0 }));
+    rows.extend(
+        (0..256).map(|i| f32::from_bits(1 + i as u32) * if i % 3 == 0 { -1.0 } else { 1.0 }),
+    );
     // With amax 127 both inverse scales are 1 (Q8_0) or -1 (Q8_K): x.5 values are ties.
-    rows.extend((0..256).map(|i| if i % 32 == 0 { 127.0 } else { (i % 9) as f32 - 4.5 }));
+    rows.extend((0..256).map(|i| {
+        if i % 32 == 0 {
+            127.0
+        } else {
+            (i % 9) as f32 - 4.5
+        }
+    }));
     rows.extend((0..256).map(|i| if i == 77 { -50.0 } else { 0.001 * i as f32 }));
     rows.extend((0..256).map(|i| if i % 2 == 0 { -3.0 } else { 3.0 }));
     rows.extend((0..256).map(|i| if i % 2 == 0 { 3.0 } else { -3.0 }));
     rows.extend((0..256).map(|i| [f32::NAN, 2.0, -1.0, 0.5][i % 4]));
-    rows.extend((0..256).map(|i| if i == 5 { f32::INFINITY } else { i as f32 - 128.0 }));
+    rows.extend((0..256).map(|i| {
+        if i == 5 {
+            f32::INFINITY
+        } else {
+            i as f32 - 128.0
+        }
+    }));
     rows
 }
 
@@ -282,7 +359,10 @@ fn special_rows_quantize_to_the_reference_bytes() {
     }
     let x = special_rows();
     for q in [QType::Q4_K, QType::Q8_0] {
-        let (fast, slow) = (quantize_acts(Isa::Avx512, q, &x, 256), quantize_acts(Isa::Scalar, q, &x, 256));
+        let (fast, slow) = (
+            quantize_acts(Isa::Avx512, q, &x, 256),
+            quantize_acts(Isa::Scalar, q, &x, 256),
+        );
         let row = cpu::act_row_bytes(q, 256).unwrap();
         for (r, (f, s)) in fast.chunks(row).zip(slow.chunks(row)).enumerate() {
             assert_eq!(f, s, "{} activations of special row {r}", q.vec_dot_type());
@@ -301,7 +381,18 @@ fn every_tile_edge_matches_scalar() {
     }
     for q in FORMATS {
         let k = k_for(q, 1);
-        for (rows, tokens) in [(1, 1), (3, 2), (5, 3), (17, 7), (16, 8), (33, 9), (70, 17), (64, 64), (65, 70), (2, 33)] {
+        for (rows, tokens) in [
+            (1, 1),
+            (3, 2),
+            (5, 3),
+            (17, 7),
+            (16, 8),
+            (33, 9),
+            (70, 17),
+            (64, 64),
+            (65, 70),
+            (2, 33),
+        ] {
             check_against_scalar(q, rows, k, tokens, (rows * 131 + tokens) as u64);
         }
         let long = if q.is_k_quant() { 28 * 256 } else { 3104 };
@@ -328,7 +419,13 @@ fn one_large_gemm_tile_matches_scalar() {
     }
     let (rows, tokens, ldo, off) = (203, 37, 211, 3);
     for q in FORMATS {
-        let k = if q.is_k_quant() { 28 * 256 } else if q == QType::Q8_0 { 3104 } else { 1000 };
+        let k = if q.is_k_quant() {
+            28 * 256
+        } else if q == QType::Q8_0 {
+            3104
+        } else {
+            1000
+        };
         let mut rng = SplitMix64::new(k as u64 + q.ggml_id() as u64);
         let w = random_weights(q, rows, k, &mut rng);
         let x = random_acts(tokens, k, &mut rng);
@@ -356,7 +453,10 @@ fn one_large_gemm_tile_matches_scalar() {
         cpu::matmul_with(Isa::Scalar, pool(), q, &w, rows, k, &x, tokens, &mut slow).unwrap();
         let mut wf = vec![0f32; rows * k];
         quant::dequantize(q, &w, &mut wf).unwrap();
-        let a: Vec<f32> = xq.chunks(act_row).flat_map(|r| dequant_act(q.vec_dot_type(), r)).collect();
+        let a: Vec<f32> = xq
+            .chunks(act_row)
+            .flat_map(|r| dequant_act(q.vec_dot_type(), r))
+            .collect();
         let mut fast = vec![0f32; tokens * rows];
         for (i, v) in big.iter().enumerate() {
             let inside = i >= off && (i - off) % ldo < rows && (i - off) / ldo < tokens;
@@ -366,7 +466,13 @@ fn one_large_gemm_tile_matches_scalar() {
                 assert!(v.is_nan(), "{q}: element {i} outside the tile was written");
             }
         }
-        assert_close(&format!("{q} one tile {rows}x{tokens} k {k}"), &fast, &slow, &magnitudes(&wf, &a, rows, k), rows);
+        assert_close(
+            &format!("{q} one tile {rows}x{tokens} k {k}"),
+            &fast,
+            &slow,
+            &magnitudes(&wf, &a, rows, k),
+            rows,
+        );
     }
 }
 

@@ -40,7 +40,16 @@ fn activations(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
 
 /// Max over outputs of |a - b| / (|W row| · |x token|): the error relative to the scale of
 /// the dot product, so rows whose dot cancels to ~0 are judged fairly.
-fn max_scaled_err(q: QType, w: &[u8], rows: usize, cols: usize, x: &[f32], tokens: usize, a: &[f32], b: &[f32]) -> f64 {
+fn max_scaled_err(
+    q: QType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    tokens: usize,
+    a: &[f32],
+    b: &[f32],
+) -> f64 {
     let rb = q.row_bytes(cols).unwrap();
     let mut wf = vec![0f32; cols];
     let mut worst = 0f64;
@@ -48,9 +57,16 @@ fn max_scaled_err(q: QType, w: &[u8], rows: usize, cols: usize, x: &[f32], token
         quant::dequantize(q, &w[r * rb..(r + 1) * rb], &mut wf).unwrap();
         let wn: f64 = wf.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
         for t in 0..tokens {
-            let xn: f64 = x[t * cols..(t + 1) * cols].iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+            let xn: f64 = x[t * cols..(t + 1) * cols]
+                .iter()
+                .map(|v| (*v as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
             let (va, vb) = (a[t * rows + r], b[t * rows + r]);
-            assert!(va.is_finite() && vb.is_finite(), "{q} r{r} t{t}: non-finite output {va} / {vb}");
+            assert!(
+                va.is_finite() && vb.is_finite(),
+                "{q} r{r} t{t}: non-finite output {va} / {vb}"
+            );
             worst = worst.max((va as f64 - vb as f64).abs() / (wn * xn).max(1e-30));
         }
     }
@@ -66,16 +82,38 @@ fn col_choices(q: QType) -> Vec<usize> {
     }
 }
 
-fn run_case(isa: Isa, pool: &ThreadPool, q: QType, rows: usize, cols: usize, tokens: usize, seed: u64) {
+fn run_case(
+    isa: Isa,
+    pool: &ThreadPool,
+    q: QType,
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+    seed: u64,
+) {
     let w = weights(q, rows, cols, seed);
     let x = activations(tokens, cols, seed);
     let mut fast = common::poisoned(tokens * rows);
     let mut scalar = common::poisoned(tokens * rows);
     cpu::matmul_with(isa, pool, q, &w, rows, cols, &x, tokens, &mut fast).unwrap();
-    cpu::matmul_with(Isa::Scalar, pool, q, &w, rows, cols, &x, tokens, &mut scalar).unwrap();
+    cpu::matmul_with(
+        Isa::Scalar,
+        pool,
+        q,
+        &w,
+        rows,
+        cols,
+        &x,
+        tokens,
+        &mut scalar,
+    )
+    .unwrap();
     // Same quantized activations, same integer sums: only float summation order differs.
     let e = max_scaled_err(q, &w, rows, cols, &x, tokens, &fast, &scalar);
-    assert!(e <= 1e-5, "{isa} {q} {rows}x{cols} t{tokens}: scaled error vs scalar {e:e}");
+    assert!(
+        e <= 1e-5,
+        "{isa} {q} {rows}x{cols} t{tokens}: scaled error vs scalar {e:e}"
+    );
 
     // Against the f32 reference the difference is the activation quantization: Q8 keeps
     // ~1/254 of each block's max per element, bf16/f16 a relative 2^-8 / 2^-11.
@@ -87,7 +125,10 @@ fn run_case(isa: Isa, pool: &ThreadPool, q: QType, rows: usize, cols: usize, tok
         _ => 1e-2,
     };
     let e = max_scaled_err(q, &w, rows, cols, &x, tokens, &fast, &reference);
-    assert!(e <= tol, "{isa} {q} {rows}x{cols} t{tokens}: scaled error vs f32 reference {e:e} > {tol}");
+    assert!(
+        e <= tol,
+        "{isa} {q} {rows}x{cols} t{tokens}: scaled error vs f32 reference {e:e} > {tol}"
+    );
 }
 
 #[test]
@@ -98,7 +139,15 @@ fn every_format_on_every_isa_gemv_and_gemm_edges() {
             for (i, &cols) in col_choices(q).iter().enumerate() {
                 // Rows and tokens around tile edges; tokens 1..8 take the GEMV path, more the GEMM path.
                 for &(rows, tokens) in &[(1, 1), (17, 1), (33, 3), (16, 9), (70, 13), (5, 70)] {
-                    run_case(isa, &pool, q, rows, cols, tokens, (i * 1000 + rows * 7 + tokens) as u64);
+                    run_case(
+                        isa,
+                        &pool,
+                        q,
+                        rows,
+                        cols,
+                        tokens,
+                        (i * 1000 + rows * 7 + tokens) as u64,
+                    );
                 }
             }
         }
@@ -142,16 +191,56 @@ fn bad_shapes_are_typed_errors() {
     let x = activations(2, 256, 1);
     let mut out = vec![0f32; 16];
     let e = cpu::matmul(QType::Q4_K, &w[..w.len() - 1], 4, 256, &x, 2, &mut out).unwrap_err();
-    assert!(matches!(e, KtError::Length { what: "weights", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            KtError::Length {
+                what: "weights",
+                ..
+            }
+        ),
+        "{e}"
+    );
     let e = cpu::matmul(QType::Q4_K, &w, 4, 256, &x[..300], 2, &mut out).unwrap_err();
-    assert!(matches!(e, KtError::Length { what: "activations x", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            KtError::Length {
+                what: "activations x",
+                ..
+            }
+        ),
+        "{e}"
+    );
     let e = cpu::matmul(QType::Q4_K, &w, 4, 256, &x, 2, &mut out[..7]).unwrap_err();
     assert!(matches!(e, KtError::Length { what: "output", .. }), "{e}");
     let e = cpu::matmul(QType::Q4_K, &w[..100], 1, 256, &x[..256], 1, &mut out[..1]).unwrap_err();
-    assert!(e.to_string().contains("q4_K") && e.to_string().contains("144"), "{e}");
+    assert!(
+        e.to_string().contains("q4_K") && e.to_string().contains("144"),
+        "{e}"
+    );
     let e = cpu::matmul(QType::Q4_K, &w, 8, 128, &x, 2, &mut out[..16]).unwrap_err();
-    assert!(matches!(e, KtError::NotBlockMultiple { len: 128, block: 256, .. }), "{e}");
-    let e = cpu::matmul(QType::Q8_K, &[0u8; 292], 1, 256, &x[..256], 1, &mut out[..1]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            KtError::NotBlockMultiple {
+                len: 128,
+                block: 256,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = cpu::matmul(
+        QType::Q8_K,
+        &[0u8; 292],
+        1,
+        256,
+        &x[..256],
+        1,
+        &mut out[..1],
+    )
+    .unwrap_err();
     assert!(matches!(e, KtError::Unsupported { .. }), "{e}");
 }
 

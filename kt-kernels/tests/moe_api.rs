@@ -13,7 +13,17 @@ use kt_kernels::KtError;
 use moe_support::{Built, Routing, Spec};
 
 fn small(gate: QType, down: QType, inter: usize, seed: u64) -> Built {
-    moe_support::build(Spec { hidden: 256, inter, experts: 12, gate, up: gate, down }, seed)
+    moe_support::build(
+        Spec {
+            hidden: 256,
+            inter,
+            experts: 12,
+            gate,
+            up: gate,
+            down,
+        },
+        seed,
+    )
 }
 
 fn pool(threads: usize) -> Arc<ThreadPool> {
@@ -30,7 +40,10 @@ fn run(ctx: &MoeContext, b: &Built, tokens: usize, k: usize, seed: u64) -> Vec<f
 
 fn shape_err<T>(r: Result<T, KtError>, needle: &str) {
     match r {
-        Err(KtError::Shape { detail, .. }) => assert!(detail.contains(needle), "{detail:?} does not mention {needle:?}"),
+        Err(KtError::Shape { detail, .. }) => assert!(
+            detail.contains(needle),
+            "{detail:?} does not mention {needle:?}"
+        ),
         Err(e) => panic!("expected a shape error mentioning {needle:?}, got {e}"),
         Ok(_) => panic!("expected a shape error mentioning {needle:?}, got Ok"),
     }
@@ -42,17 +55,39 @@ fn bad_weights_are_typed_errors() {
     let rb = q.row_bytes(256).unwrap();
     // Storage too short for 4 experts of 32 rows.
     let short: kt_kernels::cpu::moe::Storage = Arc::new(vec![1u8; 4 * 32 * rb - 1]);
-    assert!(matches!(ExpertStack::new(q, short, 0, 4, 32, 256), Err(KtError::Length { .. })));
+    assert!(matches!(
+        ExpertStack::new(q, short, 0, 4, 32, 256),
+        Err(KtError::Length { .. })
+    ));
     // Hidden size not a whole number of Q4_K blocks.
-    assert!(matches!(ExpertStack::from_vec(q, vec![1; 100], 1, 1, 100), Err(KtError::NotBlockMultiple { .. })));
+    assert!(matches!(
+        ExpertStack::from_vec(q, vec![1; 100], 1, 1, 100),
+        Err(KtError::NotBlockMultiple { .. })
+    ));
     // An activation-only format is not a weight format.
-    assert!(matches!(ExpertStack::from_vec(QType::Q8_K, vec![], 0, 0, 256), Err(KtError::Unsupported { .. })));
+    assert!(matches!(
+        ExpertStack::from_vec(QType::Q8_K, vec![], 0, 0, 256),
+        Err(KtError::Unsupported { .. })
+    ));
     // Down's shape must be experts x hidden x intermediate.
     let b = small(QType::Q4_K, QType::Q8_0, 64, 1);
-    let down_wrong = ExpertStack::from_vec(QType::Q8_0, vec![1; 12 * 64 * QType::Q8_0.row_bytes(256).unwrap()], 12, 64, 256).unwrap();
-    shape_err(MoeLayer::new(b.layer.gate().clone(), b.layer.up().clone(), down_wrong), "down is 12x64x256");
+    let down_wrong = ExpertStack::from_vec(
+        QType::Q8_0,
+        vec![1; 12 * 64 * QType::Q8_0.row_bytes(256).unwrap()],
+        12,
+        64,
+        256,
+    )
+    .unwrap();
+    shape_err(
+        MoeLayer::new(b.layer.gate().clone(), b.layer.up().clone(), down_wrong),
+        "down is 12x64x256",
+    );
     // Slices must be non-empty and block-aligned.
-    shape_err(b.layer.with_intermediate_slice(16..64), "not a multiple of 32");
+    shape_err(
+        b.layer.with_intermediate_slice(16..64),
+        "not a multiple of 32",
+    );
     shape_err(b.layer.with_intermediate_slice(32..32), "non-empty");
     shape_err(b.layer.with_intermediate_slice(0..96), "non-empty");
 }
@@ -65,17 +100,46 @@ fn bad_calls_are_typed_errors_and_leave_the_context_usable() {
     let x = moe_support::activations(2, h, 3);
     let (ids, w) = moe_support::routing(Routing::Uniform, 2, 6, 12, 3);
     let mut out = vec![0f32; 2 * h];
-    shape_err(ctx.forward(&b.layer, &x[..h + 1], &ids, &w, &mut out), "whole number of rows");
-    shape_err(ctx.forward(&b.layer, &moe_support::activations(5, h, 3), &ids, &w, &mut out), "at most 4");
-    shape_err(ctx.forward(&b.layer, &x, &ids[..11], &w[..11], &mut out), "not tokens x k");
-    shape_err(ctx.forward(&b.layer, &x, &ids, &w[..11], &mut out), "11 routing weights");
+    shape_err(
+        ctx.forward(&b.layer, &x[..h + 1], &ids, &w, &mut out),
+        "whole number of rows",
+    );
+    shape_err(
+        ctx.forward(
+            &b.layer,
+            &moe_support::activations(5, h, 3),
+            &ids,
+            &w,
+            &mut out,
+        ),
+        "at most 4",
+    );
+    shape_err(
+        ctx.forward(&b.layer, &x, &ids[..11], &w[..11], &mut out),
+        "not tokens x k",
+    );
+    shape_err(
+        ctx.forward(&b.layer, &x, &ids, &w[..11], &mut out),
+        "11 routing weights",
+    );
     let (ids8, w8) = moe_support::routing(Routing::Uniform, 2, 7, 12, 3);
     shape_err(ctx.forward(&b.layer, &x, &ids8, &w8, &mut out), "at most 6");
     let mut bad_ids = ids.clone();
     bad_ids[7] = 12;
-    shape_err(ctx.forward(&b.layer, &x, &bad_ids, &w, &mut out), "token 1 slot 1: expert id 12");
-    shape_err(ctx.forward(&b.layer, &x, &ids, &w, &mut out[..h]), "output has 256");
-    shape_err(ctx.submit(&b.layer, &x, &ids, &w).unwrap().sync(&mut out[..h]), "output has 256");
+    shape_err(
+        ctx.forward(&b.layer, &x, &bad_ids, &w, &mut out),
+        "token 1 slot 1: expert id 12",
+    );
+    shape_err(
+        ctx.forward(&b.layer, &x, &ids, &w, &mut out[..h]),
+        "output has 256",
+    );
+    shape_err(
+        ctx.submit(&b.layer, &x, &ids, &w)
+            .unwrap()
+            .sync(&mut out[..h]),
+        "output has 256",
+    );
     // A layer the scratch was not sized for.
     let big = small(QType::Q4_K, QType::Q8_0, 128, 4);
     shape_err(ctx.forward(&big.layer, &x, &ids, &w, &mut out), "reserve");
@@ -101,7 +165,9 @@ fn results_do_not_depend_on_the_thread_count() {
                 .collect();
             for o in &outs[1..] {
                 assert!(
-                    o.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    o.iter()
+                        .zip(&outs[0])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{isa} T={tokens}: outputs differ between thread counts"
                 );
             }
@@ -156,12 +222,23 @@ fn submit_returns_before_the_work_and_sync_waits() {
 #[test]
 fn layers_of_different_shapes_share_one_context() {
     let a = small(QType::Q4_K, QType::Q5_0, 96, 20);
-    let c = moe_support::build(Spec { hidden: 512, inter: 256, experts: 12, gate: QType::Q6_K, up: QType::Q2_K, down: QType::Q4_K }, 21);
+    let c = moe_support::build(
+        Spec {
+            hidden: 512,
+            inter: 256,
+            experts: 12,
+            gate: QType::Q6_K,
+            up: QType::Q2_K,
+            down: QType::Q4_K,
+        },
+        21,
+    );
     let ctx = MoeContext::new(pool(2), Isa::best(), 16, 8, &[&a.layer, &c.layer]).unwrap();
     for (tokens, seed) in [(1, 30), (16, 31), (3, 32)] {
         for built in [&a, &c] {
             let x = moe_support::activations(tokens, built.spec.hidden, seed);
-            let (ids, w) = moe_support::routing(Routing::Uniform, tokens, 8, built.spec.experts, seed);
+            let (ids, w) =
+                moe_support::routing(Routing::Uniform, tokens, 8, built.spec.experts, seed);
             let (y, tol, _) = moe_support::expected(built, 0..built.spec.inter, &x, &ids, &w);
             let mut out = moe_support::poisoned(tokens * built.spec.hidden);
             ctx.forward(&built.layer, &x, &ids, &w, &mut out).unwrap();
@@ -173,10 +250,33 @@ fn layers_of_different_shapes_share_one_context() {
 #[test]
 fn intermediate_slices_add_up_to_the_full_layer() {
     // Two "NUMA nodes", each with a block-aligned share of the intermediate dimension.
-    for (gate, down, inter, cut) in [(QType::Q4_K, QType::Q5_0, 352, 160), (QType::Q5_K, QType::Q6_K, 768, 512)] {
-        let b = moe_support::build(Spec { hidden: 256, inter, experts: 8, gate, up: gate, down }, 40);
-        let parts = [b.layer.with_intermediate_slice(0..cut).unwrap(), b.layer.with_intermediate_slice(cut..inter).unwrap()];
-        let ctx = MoeContext::new(pool(2), Isa::best(), 70, 6, &[&b.layer, &parts[0], &parts[1]]).unwrap();
+    for (gate, down, inter, cut) in [
+        (QType::Q4_K, QType::Q5_0, 352, 160),
+        (QType::Q5_K, QType::Q6_K, 768, 512),
+    ] {
+        let b = moe_support::build(
+            Spec {
+                hidden: 256,
+                inter,
+                experts: 8,
+                gate,
+                up: gate,
+                down,
+            },
+            40,
+        );
+        let parts = [
+            b.layer.with_intermediate_slice(0..cut).unwrap(),
+            b.layer.with_intermediate_slice(cut..inter).unwrap(),
+        ];
+        let ctx = MoeContext::new(
+            pool(2),
+            Isa::best(),
+            70,
+            6,
+            &[&b.layer, &parts[0], &parts[1]],
+        )
+        .unwrap();
         for tokens in [1, 70] {
             let x = moe_support::activations(tokens, 256, 41);
             let (ids, w) = moe_support::routing(Routing::Uniform, tokens, 6, 8, 41);
@@ -186,13 +286,22 @@ fn intermediate_slices_add_up_to_the_full_layer() {
             for (n, part) in parts.iter().enumerate() {
                 let mut out = moe_support::poisoned(full.len());
                 ctx.forward(part, &x, &ids, &w, &mut out).unwrap();
-                let (y, tol, _) = moe_support::expected(&b, part.intermediate_slice(), &x, &ids, &w);
-                moe_support::check(&format!("{gate}/{down} slice {n} T={tokens}"), &out, &y, &tol);
+                let (y, tol, _) =
+                    moe_support::expected(&b, part.intermediate_slice(), &x, &ids, &w);
+                moe_support::check(
+                    &format!("{gate}/{down} slice {n} T={tokens}"),
+                    &out,
+                    &y,
+                    &tol,
+                );
                 sum.iter_mut().zip(&out).for_each(|(s, o)| *s += o);
             }
             // Same quantized intermediate blocks, dots split in two: f32 rounding only.
             let rel = moe_support::max_token_rel_l2(&sum, &full, 256);
-            assert!(rel < 1e-5, "{gate}/{down} T={tokens}: slices sum to the full output within {rel:e}");
+            assert!(
+                rel < 1e-5,
+                "{gate}/{down} T={tokens}: slices sum to the full output within {rel:e}"
+            );
         }
     }
 }

@@ -34,7 +34,14 @@ const Q8_STAGES_TOL: f64 = 0.04;
 const BF16_STAGES_TOL: f64 = 3.0 * 0.0020 / 1.732 * 2.0;
 
 fn spec(gate: QType, up: QType, down: QType, inter: usize) -> Spec {
-    Spec { hidden: 512, inter, experts: 16, gate, up, down }
+    Spec {
+        hidden: 512,
+        inter,
+        experts: 16,
+        gate,
+        up,
+        down,
+    }
 }
 
 /// Runs `tokens` x `k` through every ISA and checks both references.
@@ -45,7 +52,12 @@ fn run_case(b: &Built, tokens: usize, k: usize, mode: Routing, seed: u64) {
     let (y, tol, tightness) = moe_support::expected(b, 0..b.spec.inter, &x, &ids, &w);
     // The check must see any error above ~5% of a typical output (a lost slot, a wrong
     // expert, token or tile moves outputs by tens of percent).
-    assert!(tightness < 0.05, "{:?}: the tolerance is {:.2}% of the outputs' rms", b.spec, 100.0 * tightness);
+    assert!(
+        tightness < 0.05,
+        "{:?}: the tolerance is {:.2}% of the outputs' rms",
+        b.spec,
+        100.0 * tightness
+    );
     let mut f32_ref = moe_support::poisoned(tokens * h);
     moe::reference(&b.layer, &x, &ids, &w, &mut f32_ref).unwrap();
     let pool = Arc::new(ThreadPool::new(2).unwrap());
@@ -56,9 +68,20 @@ fn run_case(b: &Built, tokens: usize, k: usize, mode: Routing, seed: u64) {
         let label = format!("{isa} {:?} T={tokens} k={k} {mode:?}", b.spec);
         moe_support::check(&label, &out, &y, &tol);
         let rel = moe_support::max_token_rel_l2(&out, &f32_ref, h);
-        let stages_tol = if b.spec.down.vec_dot_type() == QType::BF16 { BF16_STAGES_TOL } else { Q8_STAGES_TOL };
-        assert!(rel <= stages_tol, "{label}: relative L2 error {rel:.4} vs the f32 reference > {stages_tol}");
-        eprintln!("{label}: ok; tolerance {:.3}% of rms, {:.2}% rel. L2 vs f32", 100.0 * tightness, 100.0 * rel);
+        let stages_tol = if b.spec.down.vec_dot_type() == QType::BF16 {
+            BF16_STAGES_TOL
+        } else {
+            Q8_STAGES_TOL
+        };
+        assert!(
+            rel <= stages_tol,
+            "{label}: relative L2 error {rel:.4} vs the f32 reference > {stages_tol}"
+        );
+        eprintln!(
+            "{label}: ok; tolerance {:.3}% of rms, {:.2}% rel. L2 vs f32",
+            100.0 * tightness,
+            100.0 * rel
+        );
     }
 }
 
@@ -68,7 +91,13 @@ fn q4_k_gate_up_q5_0_down_all_token_counts() {
     let b = moe_support::build(spec(QType::Q4_K, QType::Q4_K, QType::Q5_0, 352), 1);
     for (i, tokens) in [1, 2, 7, 64, 513].into_iter().enumerate() {
         for k in [6, 8] {
-            run_case(&b, tokens, k, Routing::Uniform, 100 + i as u64 * 10 + k as u64);
+            run_case(
+                &b,
+                tokens,
+                k,
+                Routing::Uniform,
+                100 + i as u64 * 10 + k as u64,
+            );
         }
     }
 }
@@ -87,10 +116,19 @@ fn q4_k_everywhere_and_small_intermediate_q5_0() {
 
 #[test]
 fn other_k_quants() {
-    for (n, q) in [QType::Q2_K, QType::Q5_K, QType::Q6_K].into_iter().enumerate() {
+    for (n, q) in [QType::Q2_K, QType::Q5_K, QType::Q6_K]
+        .into_iter()
+        .enumerate()
+    {
         let b = moe_support::build(spec(q, q, q, 256), 10 + n as u64);
         for (tokens, k) in [(1, 8), (7, 6), (64, 8)] {
-            run_case(&b, tokens, k, Routing::Uniform, 400 + 10 * n as u64 + tokens as u64);
+            run_case(
+                &b,
+                tokens,
+                k,
+                Routing::Uniform,
+                400 + 10 * n as u64 + tokens as u64,
+            );
         }
     }
 }
@@ -100,7 +138,13 @@ fn q8_0_and_bf16() {
     for (n, q) in [QType::Q8_0, QType::BF16].into_iter().enumerate() {
         let b = moe_support::build(spec(q, q, q, 96), 20 + n as u64);
         for (tokens, k) in [(1, 6), (7, 8), (64, 6)] {
-            run_case(&b, tokens, k, Routing::Uniform, 500 + 10 * n as u64 + tokens as u64);
+            run_case(
+                &b,
+                tokens,
+                k,
+                Routing::Uniform,
+                500 + 10 * n as u64 + tokens as u64,
+            );
         }
     }
 }

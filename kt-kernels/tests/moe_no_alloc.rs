@@ -47,9 +47,21 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn calls_allocate_nothing() {
-    let spec = Spec { hidden: 512, inter: 256, experts: 16, gate: QType::Q4_K, up: QType::Q4_K, down: QType::Q8_0 };
+    let spec = Spec {
+        hidden: 512,
+        inter: 256,
+        experts: 16,
+        gate: QType::Q4_K,
+        up: QType::Q4_K,
+        down: QType::Q8_0,
+    };
     let b = moe_support::build(spec, 1);
-    let spec2 = Spec { gate: QType::Q8_0, up: QType::Q5_K, down: QType::BF16, ..spec };
+    let spec2 = Spec {
+        gate: QType::Q8_0,
+        up: QType::Q5_K,
+        down: QType::BF16,
+        ..spec
+    };
     let b2 = moe_support::build(spec2, 2);
     let pool = Arc::new(ThreadPool::new(2).unwrap());
     let mut counts = Vec::new();
@@ -79,5 +91,8 @@ fn calls_allocate_nothing() {
         }
         counts.push((isa, ALLOCS.load(Ordering::SeqCst) - before));
     }
-    assert!(counts.iter().all(|&(_, n)| n == 0), "allocations in 12 MoE calls per ISA: {counts:?}");
+    assert!(
+        counts.iter().all(|&(_, n)| n == 0),
+        "allocations in 12 MoE calls per ISA: {counts:?}"
+    );
 }

@@ -4,7 +4,10 @@
 //! AVX512/AMX cases are skipped with a message where the CPU lacks them (CI may be
 //! AVX2-only). Outputs start as NaN so unwritten elements fail.
 
-use kt_kernels::cpu::moe::repack::{dequantize_act_row, kernel, quantize_act_row, quantize_act_row_with, silu_mul_with, Kernel, RepackFormat, RepackedStack};
+use kt_kernels::cpu::moe::repack::{
+    dequantize_act_row, kernel, quantize_act_row, quantize_act_row_with, silu_mul_with, Kernel,
+    RepackFormat, RepackedStack,
+};
 use kt_kernels::cpu::Isa;
 use kt_kernels::util::SplitMix64;
 
@@ -27,7 +30,14 @@ struct Case {
     a: Vec<f32>,
 }
 
-fn case(f: RepackFormat, experts: usize, rows: usize, cols: usize, tokens: usize, seed: u64) -> Case {
+fn case(
+    f: RepackFormat,
+    experts: usize,
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+    seed: u64,
+) -> Case {
     let mut rng = SplitMix64::new(seed);
     let mut wf = vec![0f32; experts * rows * cols];
     for (r, row) in wf.chunks_mut(cols).enumerate() {
@@ -36,7 +46,9 @@ fn case(f: RepackFormat, experts: usize, rows: usize, cols: usize, tokens: usize
     let stack = RepackedStack::from_f32(f, &wf, experts, rows, cols).unwrap();
     let mut w = vec![0f32; wf.len()];
     for e in 0..experts {
-        stack.dequantize_expert(e, &mut w[e * rows * cols..(e + 1) * rows * cols]).unwrap();
+        stack
+            .dequantize_expert(e, &mut w[e * rows * cols..(e + 1) * rows * cols])
+            .unwrap();
     }
     let arow = f.act_row_bytes(cols);
     let mut x = vec![0f32; tokens * cols];
@@ -48,8 +60,17 @@ fn case(f: RepackFormat, experts: usize, rows: usize, cols: usize, tokens: usize
     let mut act = vec![0u8; (tokens + PAD) * arow];
     let mut a = vec![0f32; tokens * cols];
     for t in 0..tokens {
-        quantize_act_row(f, &x[t * cols..(t + 1) * cols], &mut act[t * arow..(t + 1) * arow]);
-        dequantize_act_row(f, &act[t * arow..(t + 1) * arow], cols, &mut a[t * cols..(t + 1) * cols]);
+        quantize_act_row(
+            f,
+            &x[t * cols..(t + 1) * cols],
+            &mut act[t * arow..(t + 1) * arow],
+        );
+        dequantize_act_row(
+            f,
+            &act[t * arow..(t + 1) * arow],
+            cols,
+            &mut a[t * cols..(t + 1) * cols],
+        );
     }
     for (i, b) in act[tokens * arow..].iter_mut().enumerate() {
         *b = (i * 37 % 251) as u8;
@@ -60,11 +81,23 @@ fn case(f: RepackFormat, experts: usize, rows: usize, cols: usize, tokens: usize
 /// Runs `kern` on rows `r0..r1` of expert `e`; returns the outputs and, per output,
 /// `sum_k |w a|` (the scale of the rounding bound).
 /// With `padded`, the activation slice keeps its PAD rows after the tokens.
-fn run(c: &Case, kern: Kernel, e: usize, r0: usize, r1: usize, tokens: usize, padded: bool) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
+fn run(
+    c: &Case,
+    kern: Kernel,
+    e: usize,
+    r0: usize,
+    r1: usize,
+    tokens: usize,
+    padded: bool,
+) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
     let (rows, cols) = (c.stack.rows(), c.stack.cols());
     let mut out = vec![f32::NAN; tokens * (r1 - r0)];
     let arow = c.stack.format().act_row_bytes(cols);
-    let act = if padded { &c.act[..] } else { &c.act[..tokens * arow] };
+    let act = if padded {
+        &c.act[..]
+    } else {
+        &c.act[..tokens * arow]
+    };
     kernel::gemm(kern, &c.stack, e, r0..r1, act, tokens, &mut out).unwrap();
     let mut exact = Vec::new();
     let mut mag = Vec::new();
@@ -72,8 +105,18 @@ fn run(c: &Case, kern: Kernel, e: usize, r0: usize, r1: usize, tokens: usize, pa
         for r in r0..r1 {
             let w = &c.w[(e * rows + r) * cols..(e * rows + r + 1) * cols];
             let a = &c.a[t * cols..(t + 1) * cols];
-            exact.push(w.iter().zip(a).map(|(&w, &a)| w as f64 * a as f64).sum::<f64>());
-            mag.push(w.iter().zip(a).map(|(&w, &a)| (w as f64 * a as f64).abs()).sum::<f64>());
+            exact.push(
+                w.iter()
+                    .zip(a)
+                    .map(|(&w, &a)| w as f64 * a as f64)
+                    .sum::<f64>(),
+            );
+            mag.push(
+                w.iter()
+                    .zip(a)
+                    .map(|(&w, &a)| (w as f64 * a as f64).abs())
+                    .sum::<f64>(),
+            );
         }
     }
     (out, exact, mag)
@@ -88,7 +131,11 @@ fn scalar_reference_matches_dequantized_dot_products() {
             // Both sides are f64 sums of the same products, rounded once to f32; the
             // dequantized w and a were each rounded to f32 (2^-24 relative) first.
             let tol = 2f64.powi(-24) * (x.abs() + 2.0 * m) + 1e-30;
-            assert!(o.is_finite() && (o as f64 - x).abs() <= tol, "{} output {j}: {o} vs {x}", f.name());
+            assert!(
+                o.is_finite() && (o as f64 - x).abs() <= tol,
+                "{} output {j}: {o} vs {x}",
+                f.name()
+            );
         }
     }
 }
@@ -97,7 +144,10 @@ fn scalar_reference_matches_dequantized_dot_products() {
 fn fast_kernels_match_the_scalar_reference() {
     let mut kernels = Vec::new();
     for k in [Kernel::Vnni, Kernel::Amx] {
-        match k.check(RepackFormat::Bf16).and(k.check(RepackFormat::Int8 { group: 64 })) {
+        match k
+            .check(RepackFormat::Bf16)
+            .and(k.check(RepackFormat::Int8 { group: 64 }))
+        {
             Ok(()) => kernels.push(k),
             Err(e) => eprintln!("skipping the {k:?} kernel: {e}"),
         }
@@ -105,7 +155,14 @@ fn fast_kernels_match_the_scalar_reference() {
     let cols = 384;
     for (i, f) in FORMATS.into_iter().enumerate() {
         for tokens in [1, 2, 5, 7, 16, 17, 21, 33, 48, 70] {
-            let c = case(f, 3, 80, cols.max(f.group().unwrap_or(0) * 3), tokens, 100 + i as u64 * 17 + tokens as u64);
+            let c = case(
+                f,
+                3,
+                80,
+                cols.max(f.group().unwrap_or(0) * 3),
+                tokens,
+                100 + i as u64 * 17 + tokens as u64,
+            );
             let k_len = c.stack.cols();
             // Rows 16..80: 4 panels; rows 32..80: 3 (an odd count leaves a lone panel).
             for (r0, r1) in [(16, 80), (32, 80)] {
@@ -141,7 +198,10 @@ fn fast_activation_quantizer_gives_the_reference_bytes() {
             rng.fill_normal(&mut x, 2.0);
             // Ties: values that land exactly on .5 steps of their group's scale.
             x[5] = 0.0;
-            x[40..48].iter_mut().enumerate().for_each(|(i, v)| *v = i as f32 * 0.5 - 2.0);
+            x[40..48]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = i as f32 * 0.5 - 2.0);
             let mut want = vec![0u8; f.act_row_bytes(cols)];
             let mut got = vec![0xAAu8; f.act_row_bytes(cols)];
             quantize_act_row(f, &x, &mut want);
@@ -155,7 +215,25 @@ fn fast_activation_quantizer_gives_the_reference_bytes() {
 fn fast_silu_is_within_a_few_ulp_of_the_scalar_formula() {
     let mut rng = SplitMix64::new(5);
     let mut g: Vec<f32> = (0..4000).map(|_| rng.normal() * 4.0).collect();
-    g.extend([0.0, -0.0, 1e-30, -1e-30, 20.0, -20.0, 87.0, -87.0, -88.5, -89.0, -95.0, -104.0, -200.0, 104.0, 200.0, f32::MAX, -f32::MAX]);
+    g.extend([
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        20.0,
+        -20.0,
+        87.0,
+        -87.0,
+        -88.5,
+        -89.0,
+        -95.0,
+        -104.0,
+        -200.0,
+        104.0,
+        200.0,
+        f32::MAX,
+        -f32::MAX,
+    ]);
     let u: Vec<f32> = (0..g.len()).map(|i| [1.0, -0.5, 3.0][i % 3]).collect();
     let mut want = vec![f32::NAN; g.len()];
     silu_mul_with(Isa::Scalar, &g, &u, &mut want);
@@ -166,7 +244,14 @@ fn fast_silu_is_within_a_few_ulp_of_the_scalar_formula() {
             // exp's polynomial (~1 ulp), the scalar expf (~0.5), the product and the
             // quotient (0.5 each): 8 ulp of the result leaves room.
             let tol = 8.0 * f32::EPSILON / 2.0 * want[i].abs() + 1e-37;
-            assert!((got[i] - want[i]).abs() <= tol, "{isa} g={} u={}: {} vs {}", g[i], u[i], got[i], want[i]);
+            assert!(
+                (got[i] - want[i]).abs() <= tol,
+                "{isa} g={} u={}: {} vs {}",
+                g[i],
+                u[i],
+                got[i],
+                want[i]
+            );
         }
     }
 }
@@ -178,7 +263,16 @@ fn unavailable_or_bad_calls_are_errors() {
     assert!(kernel::gemm(Kernel::Scalar, &c.stack, 1, 0..32, &c.act, 2, &mut out).is_err());
     assert!(kernel::gemm(Kernel::Scalar, &c.stack, 0, 8..32, &c.act, 2, &mut out).is_err());
     assert!(kernel::gemm(Kernel::Scalar, &c.stack, 0, 0..32, &c.act[1..], 2, &mut out).is_err());
-    assert!(kernel::gemm(Kernel::Scalar, &c.stack, 0, 0..32, &c.act[..c.act.len() / 34], 2, &mut out).is_err());
+    assert!(kernel::gemm(
+        Kernel::Scalar,
+        &c.stack,
+        0,
+        0..32,
+        &c.act[..c.act.len() / 34],
+        2,
+        &mut out
+    )
+    .is_err());
     if let Err(e) = Kernel::Amx.check(RepackFormat::Int8 { group: 64 }) {
         let msg = e.to_string();
         assert!(msg.contains("amx"), "{msg}");

@@ -20,11 +20,18 @@ fn weights(experts: usize, rows: usize, cols: usize, seed: u64) -> Vec<f32> {
     f
 }
 
-fn roundtrip(format: RepackFormat, w: &[f32], experts: usize, rows: usize, cols: usize) -> Vec<f32> {
+fn roundtrip(
+    format: RepackFormat,
+    w: &[f32],
+    experts: usize,
+    rows: usize,
+    cols: usize,
+) -> Vec<f32> {
     let s = RepackedStack::from_f32(format, w, experts, rows, cols).unwrap();
     let mut out = vec![f32::NAN; w.len()];
     for e in 0..experts {
-        s.dequantize_expert(e, &mut out[e * rows * cols..(e + 1) * rows * cols]).unwrap();
+        s.dequantize_expert(e, &mut out[e * rows * cols..(e + 1) * rows * cols])
+            .unwrap();
     }
     out
 }
@@ -50,15 +57,27 @@ fn per_element_errors_stay_within_the_rounding_bounds() {
             // half a step, or (clamped at +7 with a step of amax/8) one step: amax/6.5.
             let bound4 = amax / 6.5 * 1.001;
             for ((&x, &y8), &y4) in a.iter().zip(b8).zip(b4) {
-                assert!((x - y8).abs() <= 0.57 * step8, "int8 g{g} group {grp}: {x} -> {y8}");
-                assert!((x - y4).abs() <= bound4, "int4 g{g} group {grp}: {x} -> {y4}");
+                assert!(
+                    (x - y8).abs() <= 0.57 * step8,
+                    "int8 g{g} group {grp}: {x} -> {y8}"
+                );
+                assert!(
+                    (x - y4).abs() <= bound4,
+                    "int4 g{g} group {grp}: {x} -> {y4}"
+                );
             }
             // The scale search includes +amax/7, the plain symmetric quantizer, and keeps
             // the least squared error: never worse than it.
             let d = half::f16::from_f32(amax / 7.0).to_f32();
-            let plain: f32 = a.iter().map(|&x| (x - d * (x / d).round().clamp(-8.0, 7.0)).powi(2)).sum();
+            let plain: f32 = a
+                .iter()
+                .map(|&x| (x - d * (x / d).round().clamp(-8.0, 7.0)).powi(2))
+                .sum();
             let ours: f32 = a.iter().zip(b4).map(|(&x, &y)| (x - y).powi(2)).sum();
-            assert!(ours <= plain * 1.0001 + 1e-12, "int4 g{g} group {grp}: {ours} > plain {plain}");
+            assert!(
+                ours <= plain * 1.0001 + 1e-12,
+                "int4 g{g} group {grp}: {ours} > plain {plain}"
+            );
         }
     }
 }
@@ -79,11 +98,22 @@ fn layout_errors_against_f32_and_gguf_originals() {
     ] {
         let err = relative_error(&w, &roundtrip(f, &w, e, rows, cols));
         report.push((f, err));
-        println!("{:>10} ({:5.2} bits/weight): relative Frobenius error {:.5} vs f32", f.name(), f.bits_per_weight(), err);
+        println!(
+            "{:>10} ({:5.2} bits/weight): relative Frobenius error {:.5} vs f32",
+            f.name(),
+            f.bits_per_weight(),
+            err
+        );
     }
     // Larger groups can only coarsen the scales: errors grow with G for each family.
-    assert!(report[1].1 < report[2].1 && report[2].1 < report[3].1, "{report:?}");
-    assert!(report[4].1 < report[5].1 && report[5].1 < report[6].1, "{report:?}");
+    assert!(
+        report[1].1 < report[2].1 && report[2].1 < report[3].1,
+        "{report:?}"
+    );
+    assert!(
+        report[4].1 < report[5].1 && report[5].1 < report[6].1,
+        "{report:?}"
+    );
     // The same from GGUF stacks: the error is against each stack's own dequantization.
     for q in [QType::Q4_K, QType::Q8_0, QType::Q5_0] {
         let mut bytes = vec![0u8; e * rows * q.row_bytes(cols).unwrap()];
@@ -97,9 +127,20 @@ fn layout_errors_against_f32_and_gguf_originals() {
             // Requantizing the GGUF values is the same operation on slightly different
             // weights: the error is the layout's own, within 10% of the f32 case.
             let direct = relative_error(&deq, &roundtrip(*f, &deq, e, rows, cols));
-            assert!((err - direct).abs() <= 1e-9 + 1e-6 * direct, "{q} -> {}: {err} vs {direct}", f.name());
-            assert!(err <= err_f32 * 1.1 + 1e-6, "{q} -> {}: {err} vs {err_f32} from f32", f.name());
-            println!("{q:>5} -> {:>10}: relative Frobenius error {err:.5} vs the {q} weights", f.name());
+            assert!(
+                (err - direct).abs() <= 1e-9 + 1e-6 * direct,
+                "{q} -> {}: {err} vs {direct}",
+                f.name()
+            );
+            assert!(
+                err <= err_f32 * 1.1 + 1e-6,
+                "{q} -> {}: {err} vs {err_f32} from f32",
+                f.name()
+            );
+            println!(
+                "{q:>5} -> {:>10}: relative Frobenius error {err:.5} vs the {q} weights",
+                f.name()
+            );
         }
     }
 }
@@ -108,7 +149,9 @@ fn layout_errors_against_f32_and_gguf_originals() {
 fn bad_shapes_are_errors() {
     let w = weights(1, 32, 256, 3);
     assert!(RepackedStack::from_f32(RepackFormat::Int4 { group: 64 }, &w, 1, 32, 255).is_err());
-    assert!(RepackedStack::from_f32(RepackFormat::Int4 { group: 64 }, &w[1..], 1, 32, 256).is_err());
+    assert!(
+        RepackedStack::from_f32(RepackFormat::Int4 { group: 64 }, &w[1..], 1, 32, 256).is_err()
+    );
     assert!(RepackedStack::from_f32(RepackFormat::Int8 { group: 96 }, &w, 1, 32, 256).is_err());
     let s = RepackedStack::from_f32(RepackFormat::Int8 { group: 64 }, &w, 1, 32, 256).unwrap();
     assert!(s.dequantize_expert(1, &mut vec![0f32; 32 * 256]).is_err());

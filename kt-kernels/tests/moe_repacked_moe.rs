@@ -14,7 +14,9 @@ mod moe_support;
 
 use std::sync::Arc;
 
-use kt_kernels::cpu::moe::repack::{reference_exact, repack_error, Prefetch, RepackFormat, RepackedLayer, RepackedMoe};
+use kt_kernels::cpu::moe::repack::{
+    reference_exact, repack_error, Prefetch, RepackFormat, RepackedLayer, RepackedMoe,
+};
 use kt_kernels::cpu::moe::{self};
 use kt_kernels::cpu::{Isa, ThreadPool};
 use kt_kernels::quant::QType;
@@ -37,7 +39,11 @@ const TIGHT: f64 = 1e-3;
 /// 2^-8/sqrt(3) = 0.23%. Twice the sum leaves room for a token's outputs to fluctuate
 /// around the average.
 fn loose_tol(eps: [f64; 3], f: RepackFormat) -> f64 {
-    let act = if f == RepackFormat::Bf16 { 0.0023 } else { 0.011 };
+    let act = if f == RepackFormat::Bf16 {
+        0.0023
+    } else {
+        0.011
+    };
     2.0 * (eps[0] + eps[1] + eps[2] + 3.0 * act)
 }
 
@@ -50,7 +56,14 @@ fn check(label: &str, got: &[f32], want: &[f32], h: usize, tol: f64) {
 }
 
 fn run_format(f: RepackFormat, down_q: QType) {
-    let spec = Spec { hidden: 256, inter: 256, experts: 16, gate: QType::Q4_K, up: QType::Q4_K, down: down_q };
+    let spec = Spec {
+        hidden: 256,
+        inter: 256,
+        experts: 16,
+        gate: QType::Q4_K,
+        up: QType::Q4_K,
+        down: down_q,
+    };
     let b = moe_support::build(spec, 7);
     let layer = RepackedLayer::from_layer(&b.layer, f, f).unwrap();
     let eps = [
@@ -63,9 +76,14 @@ fn run_format(f: RepackFormat, down_q: QType) {
     let pool = Arc::new(ThreadPool::new(2).unwrap());
     // AVX2 runs the scalar kernel as Scalar does: one of them is enough.
     let isas = Isa::available().into_iter().filter(|&i| i != Isa::Avx2);
-    let runners: Vec<RepackedMoe> = isas.map(|isa| RepackedMoe::new(pool.clone(), isa, 513, 8, &[&layer]).unwrap()).collect();
+    let runners: Vec<RepackedMoe> = isas
+        .map(|isa| RepackedMoe::new(pool.clone(), isa, 513, 8, &[&layer]).unwrap())
+        .collect();
     if !Isa::available().contains(&Isa::Amx) {
-        eprintln!("AMX absent or refused: the AMX items are not tested here ({:?})", Isa::Amx.check().err());
+        eprintln!(
+            "AMX absent or refused: the AMX items are not tested here ({:?})",
+            Isa::Amx.check().err()
+        );
     }
     for (tokens, k, mode) in [
         (1, 6, Routing::Uniform),
@@ -83,16 +101,34 @@ fn run_format(f: RepackFormat, down_q: QType) {
         let mut orig = moe_support::poisoned(tokens * h);
         moe::reference(&b.layer, &x, &ids, &w, &mut orig).unwrap();
         // The scalar kernel at 513 tokens only repeats what T=64 showed, slowly.
-        for r in runners.iter().filter(|r| tokens < 513 || r.isa() > Isa::Avx2) {
+        for r in runners
+            .iter()
+            .filter(|r| tokens < 513 || r.isa() > Isa::Avx2)
+        {
             let label = format!("{} on {} T={tokens} k={k} {mode:?}", f.name(), r.isa());
             let mut out = moe_support::poisoned(tokens * h);
             r.forward(&layer, &x, &ids, &w, &mut out).unwrap();
             check(&format!("{label} vs exact"), &out, &exact, h, TIGHT);
-            check(&format!("{label} vs original (weight errors {eps:.4?})"), &out, &orig, h, loose);
+            check(
+                &format!("{label} vs original (weight errors {eps:.4?})"),
+                &out,
+                &orig,
+                h,
+                loose,
+            );
             // The asynchronous call runs the same items with the same kernels.
             let mut async_out = moe_support::poisoned(tokens * h);
-            r.submit(&layer, &x, &ids, &w).unwrap().sync(&mut async_out).unwrap();
-            assert!(async_out.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()), "{label}: submit/sync differs from forward");
+            r.submit(&layer, &x, &ids, &w)
+                .unwrap()
+                .sync(&mut async_out)
+                .unwrap();
+            assert!(
+                async_out
+                    .iter()
+                    .zip(&out)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{label}: submit/sync differs from forward"
+            );
         }
     }
 }
@@ -124,27 +160,83 @@ fn bf16() {
 
 #[test]
 fn bad_calls_are_errors() {
-    let spec = Spec { hidden: 256, inter: 128, experts: 4, gate: QType::Q8_0, up: QType::Q8_0, down: QType::Q8_0 };
+    let spec = Spec {
+        hidden: 256,
+        inter: 128,
+        experts: 4,
+        gate: QType::Q8_0,
+        up: QType::Q8_0,
+        down: QType::Q8_0,
+    };
     let b = moe_support::build(spec, 3);
-    let layer = RepackedLayer::from_layer(&b.layer, RepackFormat::Int8 { group: 64 }, RepackFormat::Int8 { group: 64 }).unwrap();
+    let layer = RepackedLayer::from_layer(
+        &b.layer,
+        RepackFormat::Int8 { group: 64 },
+        RepackFormat::Int8 { group: 64 },
+    )
+    .unwrap();
     let pool = Arc::new(ThreadPool::new(1).unwrap());
     let r = RepackedMoe::new(pool, Isa::Scalar, 4, 2, &[&layer]).unwrap();
     let x = vec![0.5f32; 2 * 256];
     let mut out = vec![0f32; 2 * 256];
-    assert!(r.forward(&layer, &x, &[0, 4, 1, 2], &[0.5; 4], &mut out).is_err(), "expert id out of range");
-    assert!(r.forward(&layer, &x, &[0, 1, 2, 3, 0, 1], &[0.5; 6], &mut out).is_err(), "k above max_top_k");
-    assert!(r.forward(&layer, &x, &[0, 1, 2], &[0.5; 3], &mut out).is_err(), "ids not tokens x k");
-    assert!(r.forward(&layer, &x[1..], &[0, 1], &[0.5; 2], &mut out).is_err(), "x not whole rows");
-    let other = RepackedLayer::from_layer(&moe_support::build(Spec { hidden: 512, ..spec }, 4).layer, RepackFormat::Bf16, RepackFormat::Bf16).unwrap();
+    assert!(
+        r.forward(&layer, &x, &[0, 4, 1, 2], &[0.5; 4], &mut out)
+            .is_err(),
+        "expert id out of range"
+    );
+    assert!(
+        r.forward(&layer, &x, &[0, 1, 2, 3, 0, 1], &[0.5; 6], &mut out)
+            .is_err(),
+        "k above max_top_k"
+    );
+    assert!(
+        r.forward(&layer, &x, &[0, 1, 2], &[0.5; 3], &mut out)
+            .is_err(),
+        "ids not tokens x k"
+    );
+    assert!(
+        r.forward(&layer, &x[1..], &[0, 1], &[0.5; 2], &mut out)
+            .is_err(),
+        "x not whole rows"
+    );
+    let other = RepackedLayer::from_layer(
+        &moe_support::build(
+            Spec {
+                hidden: 512,
+                ..spec
+            },
+            4,
+        )
+        .layer,
+        RepackFormat::Bf16,
+        RepackFormat::Bf16,
+    )
+    .unwrap();
     let x2 = vec![0.5f32; 512];
-    assert!(r.forward(&other, &x2, &[0, 1], &[0.5; 2], &mut vec![0f32; 512]).is_err(), "layer not reserved");
+    assert!(
+        r.forward(&other, &x2, &[0, 1], &[0.5; 2], &mut vec![0f32; 512])
+            .is_err(),
+        "layer not reserved"
+    );
 }
 
 #[test]
 fn results_do_not_depend_on_the_thread_count_or_the_prefetch() {
-    let spec = Spec { hidden: 256, inter: 256, experts: 16, gate: QType::Q4_K, up: QType::Q4_K, down: QType::Q4_K };
+    let spec = Spec {
+        hidden: 256,
+        inter: 256,
+        experts: 16,
+        gate: QType::Q4_K,
+        up: QType::Q4_K,
+        down: QType::Q4_K,
+    };
     let b = moe_support::build(spec, 11);
-    let layer = RepackedLayer::from_layer(&b.layer, RepackFormat::Int4 { group: 64 }, RepackFormat::Int8 { group: 64 }).unwrap();
+    let layer = RepackedLayer::from_layer(
+        &b.layer,
+        RepackFormat::Int4 { group: 64 },
+        RepackFormat::Int8 { group: 64 },
+    )
+    .unwrap();
     let (tokens, k) = (200, 6);
     let x = moe_support::activations(tokens, 256, 1);
     let (ids, w) = moe_support::routing(Routing::Skewed, tokens, k, 16, 2);
@@ -152,22 +244,46 @@ fn results_do_not_depend_on_the_thread_count_or_the_prefetch() {
     let outs: Vec<Vec<f32>> = [1, 2, 3]
         .iter()
         .map(|&n| {
-            let r = RepackedMoe::new(Arc::new(ThreadPool::new(n).unwrap()), isa, tokens, k, &[&layer]).unwrap();
+            let r = RepackedMoe::new(
+                Arc::new(ThreadPool::new(n).unwrap()),
+                isa,
+                tokens,
+                k,
+                &[&layer],
+            )
+            .unwrap();
             let mut out = moe_support::poisoned(tokens * 256);
             r.forward(&layer, &x, &ids, &w, &mut out).unwrap();
             out
         })
         .collect();
     for o in &outs[1..] {
-        assert!(o.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}: outputs differ between thread counts");
+        assert!(
+            o.iter()
+                .zip(&outs[0])
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{isa}: outputs differ between thread counts"
+        );
     }
     // The weight prefetch policy changes no result either.
-    let r = RepackedMoe::new(Arc::new(ThreadPool::new(2).unwrap()), isa, tokens, k, &[&layer]).unwrap();
+    let r = RepackedMoe::new(
+        Arc::new(ThreadPool::new(2).unwrap()),
+        isa,
+        tokens,
+        k,
+        &[&layer],
+    )
+    .unwrap();
     for p in ["none", "1:l1", "4:l2", "16:l1"] {
         r.set_prefetch(Prefetch::parse(p).unwrap()).unwrap();
         let mut out = moe_support::poisoned(tokens * 256);
         r.forward(&layer, &x, &ids, &w, &mut out).unwrap();
-        assert!(out.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}: prefetch {p} changes the output");
+        assert!(
+            out.iter()
+                .zip(&outs[0])
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{isa}: prefetch {p} changes the output"
+        );
     }
     for bad in ["", "2", "0:l1", "17:l2", "2:l3", "x:l1"] {
         assert!(Prefetch::parse(bad).is_err(), "prefetch {bad:?} accepted");
@@ -176,11 +292,25 @@ fn results_do_not_depend_on_the_thread_count_or_the_prefetch() {
 
 #[test]
 fn submit_copies_its_inputs_and_keeps_the_protocol() {
-    let spec = Spec { hidden: 256, inter: 128, experts: 8, gate: QType::Q4_K, up: QType::Q4_K, down: QType::Q8_0 };
+    let spec = Spec {
+        hidden: 256,
+        inter: 128,
+        experts: 8,
+        gate: QType::Q4_K,
+        up: QType::Q4_K,
+        down: QType::Q8_0,
+    };
     let b = moe_support::build(spec, 5);
     let f = RepackFormat::Int4 { group: 64 };
     let layer = RepackedLayer::from_layer(&b.layer, f, RepackFormat::Int8 { group: 64 }).unwrap();
-    let r = RepackedMoe::new(Arc::new(ThreadPool::new(2).unwrap()), Isa::best(), 70, 6, &[&layer]).unwrap();
+    let r = RepackedMoe::new(
+        Arc::new(ThreadPool::new(2).unwrap()),
+        Isa::best(),
+        70,
+        6,
+        &[&layer],
+    )
+    .unwrap();
     let (tokens, k) = (70, 6);
     let x = moe_support::activations(tokens, 256, 9);
     let (ids, w) = moe_support::routing(Routing::Skewed, tokens, k, 8, 10);
@@ -195,15 +325,24 @@ fn submit_copies_its_inputs_and_keeps_the_protocol() {
     // This thread holds an unsynced handle: another call from it is an error, not a
     // deadlock.
     let mut other = moe_support::poisoned(tokens * 256);
-    assert!(r.forward(&layer, &x, &ids, &w, &mut other).is_err(), "forward with an unsynced handle");
-    assert!(r.submit(&layer, &x, &ids, &w).is_err(), "second submit with an unsynced handle");
+    assert!(
+        r.forward(&layer, &x, &ids, &w, &mut other).is_err(),
+        "forward with an unsynced handle"
+    );
+    assert!(
+        r.submit(&layer, &x, &ids, &w).is_err(),
+        "second submit with an unsynced handle"
+    );
     let mut out = moe_support::poisoned(tokens * 256);
     handle.sync(&mut out).unwrap();
     check("submit/sync vs exact", &out, &want, 256, TIGHT);
 
     // A wrong output length is an error; the call is still claimed afterwards.
     let handle = r.submit(&layer, &x, &ids, &w).unwrap();
-    assert!(handle.sync(&mut [0f32; 5]).is_err(), "sync into a wrong-sized output");
+    assert!(
+        handle.sync(&mut [0f32; 5]).is_err(),
+        "sync into a wrong-sized output"
+    );
     // A dropped handle releases the call; the next one runs.
     drop(r.submit(&layer, &x, &ids, &w).unwrap());
     let mut again = moe_support::poisoned(tokens * 256);
@@ -212,12 +351,37 @@ fn submit_copies_its_inputs_and_keeps_the_protocol() {
         std::thread::yield_now();
     }
     h.sync(&mut again).unwrap();
-    assert!(again.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()), "a later call differs");
+    assert!(
+        again
+            .iter()
+            .zip(&out)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "a later call differs"
+    );
 
     // An unreserved layer and a bad shape are refused at submit.
-    let big = RepackedLayer::from_layer(&moe_support::build(Spec { hidden: 512, ..spec }, 6).layer, f, f).unwrap();
-    assert!(r.submit(&big, &vec![0.5f32; 512], &[0, 1], &[0.5; 2]).is_err(), "layer not reserved");
-    assert!(r.submit(&layer, &x[1..], &ids, &w).is_err(), "x not whole rows");
+    let big = RepackedLayer::from_layer(
+        &moe_support::build(
+            Spec {
+                hidden: 512,
+                ..spec
+            },
+            6,
+        )
+        .layer,
+        f,
+        f,
+    )
+    .unwrap();
+    assert!(
+        r.submit(&big, &vec![0.5f32; 512], &[0, 1], &[0.5; 2])
+            .is_err(),
+        "layer not reserved"
+    );
+    assert!(
+        r.submit(&layer, &x[1..], &ids, &w).is_err(),
+        "x not whole rows"
+    );
     // Other threads' calls wait for the handle of this one and then run.
     let h = r.submit(&layer, &x, &ids, &w).unwrap();
     std::thread::scope(|s| {
@@ -229,6 +393,11 @@ fn submit_copies_its_inputs_and_keeps_the_protocol() {
         let mut mine = moe_support::poisoned(tokens * 256);
         h.sync(&mut mine).unwrap();
         let theirs = t.join().unwrap();
-        assert!(mine.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()), "calls from two threads differ");
+        assert!(
+            mine.iter()
+                .zip(&theirs)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "calls from two threads differ"
+        );
     });
 }

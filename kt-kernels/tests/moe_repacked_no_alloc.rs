@@ -46,9 +46,21 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn repacked_calls_allocate_nothing() {
-    let spec = Spec { hidden: 512, inter: 256, experts: 16, gate: QType::Q4_K, up: QType::Q4_K, down: QType::Q8_0 };
+    let spec = Spec {
+        hidden: 512,
+        inter: 256,
+        experts: 16,
+        gate: QType::Q4_K,
+        up: QType::Q4_K,
+        down: QType::Q8_0,
+    };
     let b = moe_support::build(spec, 1);
-    let int4 = RepackedLayer::from_layer(&b.layer, RepackFormat::Int4 { group: 128 }, RepackFormat::Int8 { group: 64 }).unwrap();
+    let int4 = RepackedLayer::from_layer(
+        &b.layer,
+        RepackFormat::Int4 { group: 128 },
+        RepackFormat::Int8 { group: 64 },
+    )
+    .unwrap();
     let bf16 = RepackedLayer::from_layer(&b.layer, RepackFormat::Bf16, RepackFormat::Bf16).unwrap();
     let pool = Arc::new(ThreadPool::new(2).unwrap());
     let mut counts = Vec::new();
@@ -75,7 +87,13 @@ fn repacked_calls_allocate_nothing() {
             r.submit(l, x, ids, w).unwrap().sync(out).unwrap();
         }
         counts.push((isa, ALLOCS.load(Ordering::SeqCst) - before));
-        assert!(cases.iter().all(|c| c.4.iter().all(|v| v.is_finite())), "{isa}: non-finite outputs");
+        assert!(
+            cases.iter().all(|c| c.4.iter().all(|v| v.is_finite())),
+            "{isa}: non-finite outputs"
+        );
     }
-    assert!(counts.iter().all(|&(_, n)| n == 0), "allocations in 12 repacked MoE calls per ISA: {counts:?}");
+    assert!(
+        counts.iter().all(|&(_, n)| n == 0),
+        "allocations in 12 repacked MoE calls per ISA: {counts:?}"
+    );
 }

@@ -70,7 +70,10 @@ impl KernelTable {
     pub fn get(&self, qtype: QType) -> Result<&FormatKernels> {
         self.formats[qtype.ggml_id() as usize]
             .as_ref()
-            .ok_or(KtError::Unsupported { qtype, op: "matmul (not a weight format)" })
+            .ok_or(KtError::Unsupported {
+                qtype,
+                op: "matmul (not a weight format)",
+            })
     }
 
     /// Installs or replaces the kernels of `qtype`; ISA modules call this when the table
@@ -89,7 +92,10 @@ impl KernelTable {
     }
 
     fn build(isa: Isa) -> KernelTable {
-        let mut t = KernelTable { isa, formats: [None; 31] };
+        let mut t = KernelTable {
+            isa,
+            formats: [None; 31],
+        };
         super::scalar::register(&mut t);
         #[cfg(target_arch = "x86_64")]
         {

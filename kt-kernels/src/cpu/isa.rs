@@ -57,13 +57,20 @@ impl Isa {
         };
         match missing {
             None => Ok(()),
-            Some(reason) => Err(KtError::IsaUnavailable { isa: self.name(), reason }),
+            Some(reason) => Err(KtError::IsaUnavailable {
+                isa: self.name(),
+                reason,
+            }),
         }
     }
 
     /// Every ISA this machine can run, from scalar up.
     pub fn available() -> Vec<Isa> {
-        Isa::ALL.iter().copied().filter(|i| i.check().is_ok()).collect()
+        Isa::ALL
+            .iter()
+            .copied()
+            .filter(|i| i.check().is_ok())
+            .collect()
     }
 
     /// The best ISA this machine can run.
@@ -172,7 +179,11 @@ pub(crate) mod amx_permission {
         // leaf says it exists.
         let l0 = std::arch::x86_64::__cpuid(0);
         let l1 = std::arch::x86_64::__cpuid(1);
-        let leaf7_edx = if l0.eax >= 7 { std::arch::x86_64::__cpuid_count(7, 0).edx } else { 0 };
+        let leaf7_edx = if l0.eax >= 7 {
+            std::arch::x86_64::__cpuid_count(7, 0).edx
+        } else {
+            0
+        };
         let (max_leaf, leaf1_ecx) = (l0.eax, l1.ecx);
         let amx_bf16 = leaf7_edx & (1 << 22) != 0;
         let amx_tile = leaf7_edx & (1 << 24) != 0;
@@ -192,7 +203,11 @@ pub(crate) mod amx_permission {
         // SAFETY: arch_prctl with these codes only reads/writes the process's xstate
         // permission; the kernel validates the arguments and returns an error code.
         let rc = unsafe {
-            libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA as libc::c_ulong)
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA as libc::c_ulong,
+            )
         };
         if rc != 0 {
             return Err(format!(
@@ -204,7 +219,11 @@ pub(crate) mod amx_permission {
         // SAFETY: ARCH_GET_XCOMP_PERM writes one u64 through the pointer we pass, which
         // points to a live local.
         let rc = unsafe {
-            libc::syscall(libc::SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &mut granted as *mut u64)
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_GET_XCOMP_PERM,
+                &mut granted as *mut u64,
+            )
         };
         if rc != 0 || granted & (1 << XFEATURE_XTILEDATA) == 0 {
             return Err("AMX tile permission not granted after the request".into());
@@ -230,7 +249,10 @@ mod tests {
             assert_eq!(Isa::from_name(isa.name()).unwrap(), isa);
         }
         assert_eq!(Isa::from_name("AVX2").unwrap(), Isa::Avx2);
-        assert!(matches!(Isa::from_name("sse9"), Err(KtError::UnknownIsa(_))));
+        assert!(matches!(
+            Isa::from_name("sse9"),
+            Err(KtError::UnknownIsa(_))
+        ));
     }
 
     #[test]
@@ -248,7 +270,12 @@ mod tests {
         for isa in Isa::ALL {
             if let Err(e) = isa.check() {
                 let msg = e.to_string();
-                assert!(msg.contains(isa.name()) && msg.contains("lacks") || msg.contains("refused") || msg.contains("OS"), "{msg}");
+                assert!(
+                    msg.contains(isa.name()) && msg.contains("lacks")
+                        || msg.contains("refused")
+                        || msg.contains("OS"),
+                    "{msg}"
+                );
             }
         }
     }

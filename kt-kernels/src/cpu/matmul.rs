@@ -24,6 +24,18 @@ pub const GEMV_MAX_TOKENS: usize = 8;
 const GEMM_ROW_BLOCK: usize = 128;
 const GEMM_TOKEN_BLOCK: usize = 128;
 
+/// GEMV work items per thread. A decode GEMV of a V2-Lite expert matrix (1.6 MB) is
+/// ~100 KB per thread on 16 threads, a few microseconds: every item restarts the
+/// kernel's weight prefetch and the activation repack and costs a shared counter
+/// increment, so items are few and large, but enough that the atomic hand-out evens out
+/// threads that start late or get descheduled (on the 2-core dev VM with other load, 3
+/// per thread measured 10-20% slower than 8 on Q4_K 1408x2048; 4 is the compromise).
+const GEMV_ITEMS_PER_THREAD: usize = 4;
+/// Fewest rows of a GEMV item (smaller matrices get fewer items), and the row multiple
+/// item boundaries fall on (the widest register tile of the kernels is 4 rows).
+const GEMV_MIN_ROWS: usize = 16;
+const GEMV_ROW_ALIGN: usize = 4;
+
 thread_local! {
     /// Quantized activations of the current call (grows once, then reused).
     static ACT_SCRATCH: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
@@ -41,7 +53,17 @@ pub fn matmul(
     tokens: usize,
     out: &mut [f32],
 ) -> Result<()> {
-    matmul_with(isa::selected()?, pool::global(), qtype, weights, rows, cols, x, tokens, out)
+    matmul_with(
+        isa::selected()?,
+        pool::global(),
+        qtype,
+        weights,
+        rows,
+        cols,
+        x,
+        tokens,
+        out,
+    )
 }
 
 /// [`matmul`] on an explicit ISA and pool (tests run every ISA the machine has).
@@ -66,7 +88,17 @@ pub fn matmul_with(
         let mut scratch = scratch.borrow_mut();
         scratch.resize(tokens * act_row);
         quantize_activations_with(isa, pool, qtype, x, cols, tokens, scratch.as_mut_slice())?;
-        matmul_quantized_with(isa, pool, qtype, weights, rows, cols, scratch.as_slice(), tokens, out)
+        matmul_quantized_with(
+            isa,
+            pool,
+            qtype,
+            weights,
+            rows,
+            cols,
+            scratch.as_slice(),
+            tokens,
+            out,
+        )
     })
 }
 
@@ -90,7 +122,12 @@ pub fn quantize_activations_with(
     let kernels = dispatch::table(isa)?.get(qtype)?;
     let act_row = kernels.act.row_bytes(cols)?;
     check_len("activations x", x.len(), tokens * cols, qtype)?;
-    check_len("quantized activations", xq.len(), tokens * act_row, kernels.act)?;
+    check_len(
+        "quantized activations",
+        xq.len(),
+        tokens * act_row,
+        kernels.act,
+    )?;
     quantize_activations(pool, kernels, x, cols, tokens, act_row, xq);
     Ok(())
 }
@@ -111,10 +148,17 @@ pub fn matmul_quantized_with(
     check_weights(qtype, weights, rows, cols)?;
     let kernels = dispatch::table(isa)?.get(qtype)?;
     let act_row = kernels.act.row_bytes(cols)?;
-    check_len("quantized activations", xq.len(), tokens * act_row, kernels.act)?;
+    check_len(
+        "quantized activations",
+        xq.len(),
+        tokens * act_row,
+        kernels.act,
+    )?;
     check_len("output", out.len(), tokens * rows, qtype)?;
     if rows > 0 && tokens > 0 {
-        run_tiles(pool, kernels, qtype, weights, rows, cols, xq, act_row, tokens, out);
+        run_tiles(
+            pool, kernels, qtype, weights, rows, cols, xq, act_row, tokens, out,
+        );
     }
     Ok(())
 }
@@ -163,14 +207,26 @@ fn check_weights(qtype: QType, weights: &[u8], rows: usize, cols: usize) -> Resu
         detail: format!("{rows} rows of {row} bytes overflow"),
     })?;
     if weights.len() != expected {
-        return Err(KtError::Length { qtype, what: "weights", unit: "bytes", expected, got: weights.len() });
+        return Err(KtError::Length {
+            qtype,
+            what: "weights",
+            unit: "bytes",
+            expected,
+            got: weights.len(),
+        });
     }
     Ok(())
 }
 
 fn check_len(what: &'static str, got: usize, expected: usize, qtype: QType) -> Result<()> {
     if got != expected {
-        return Err(KtError::Length { qtype, what, unit: "elements", expected, got });
+        return Err(KtError::Length {
+            qtype,
+            what,
+            unit: "elements",
+            expected,
+            got,
+        });
     }
     Ok(())
 }
@@ -227,27 +283,20 @@ fn run_tiles(
     out: &mut [f32],
 ) {
     let w_stride = qtype.row_bytes(cols).expect("checked by the caller");
-    let (row_block, token_block) = tile_sizes(rows, tokens, pool.threads());
-    let row_blocks = rows.div_ceil(row_block);
-    let token_blocks = tokens.div_ceil(token_block);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let w_ptr = weights.as_ptr() as usize;
     let a_ptr = xq.as_ptr() as usize;
-    pool.for_each(row_blocks * token_blocks, &|item, _| {
-        // Consecutive items share a weight block, so threads working side by side read
-        // the same weights from the shared cache.
-        let (rb, tb) = (item / token_blocks, item % token_blocks);
-        let r0 = rb * row_block;
-        let t0 = tb * token_block;
+    // Rows r0..r0+nr against tokens t0..t0+nt.
+    let run = |r0: usize, nr: usize, t0: usize, nt: usize| {
         let tile = GemmTile {
             qtype,
             k: cols,
             w: (w_ptr + r0 * w_stride) as *const u8,
             w_stride,
-            rows: row_block.min(rows - r0),
+            rows: nr,
             a: (a_ptr + t0 * act_row) as *const u8,
             a_stride: act_row,
-            tokens: token_block.min(tokens - t0),
+            tokens: nt,
             out: out_ptr.get().wrapping_add(t0 * rows + r0),
             ldo: rows,
         };
@@ -255,28 +304,97 @@ fn run_tiles(
         // (tokens x act_row) and output (tokens x rows); tiles of different items are
         // disjoint; the table only holds kernels this CPU can run.
         unsafe { (kernels.gemm)(&tile) };
+    };
+    if tokens <= GEMV_MAX_TOKENS {
+        let items = gemv_items(rows, pool.threads());
+        pool.for_each(items, &|i, _| {
+            let (r0, r1) = (gemv_bound(i, items, rows), gemv_bound(i + 1, items, rows));
+            run(r0, r1 - r0, 0, tokens);
+        });
+        return;
+    }
+    let (row_block, token_block) = gemm_tile_sizes(rows, tokens, pool.threads());
+    let token_blocks = tokens.div_ceil(token_block);
+    pool.for_each(rows.div_ceil(row_block) * token_blocks, &|item, _| {
+        // Consecutive items share a weight block, so threads working side by side read
+        // the same weights from the shared cache.
+        let (rb, tb) = (item / token_blocks, item % token_blocks);
+        let (r0, t0) = (rb * row_block, tb * token_block);
+        run(
+            r0,
+            row_block.min(rows - r0),
+            t0,
+            token_block.min(tokens - t0),
+        );
     });
 }
 
-/// Row and token block of a work item. GEMV: all tokens per item and rows cut into
-/// about 8 items per thread (enough for the atomic hand-out to even out), in multiples
-/// of 16 rows. GEMM: the largest blocks that still give about 4 items per thread.
-fn tile_sizes(rows: usize, tokens: usize, threads: usize) -> (usize, usize) {
-    if tokens <= GEMV_MAX_TOKENS {
-        let per_item = rows.div_ceil(threads * 8).next_multiple_of(16).clamp(16, 512);
-        (per_item, tokens)
+/// Items of a GEMV over `rows` rows: [`GEMV_ITEMS_PER_THREAD`] per thread, fewer when
+/// that would make items smaller than [`GEMV_MIN_ROWS`].
+fn gemv_items(rows: usize, threads: usize) -> usize {
+    (threads * GEMV_ITEMS_PER_THREAD)
+        .min(rows / GEMV_MIN_ROWS)
+        .max(1)
+}
+
+/// First row of GEMV item `i` of `items`: the rows cut evenly (item sizes differ by at
+/// most [`GEMV_ROW_ALIGN`]), boundaries on multiples of it; `gemv_bound(items) = rows`.
+fn gemv_bound(i: usize, items: usize, rows: usize) -> usize {
+    if i >= items {
+        rows
     } else {
-        let items_wanted = threads * 4;
-        let (mut row_block, mut token_block) = (GEMM_ROW_BLOCK, GEMM_TOKEN_BLOCK);
-        while rows.div_ceil(row_block) * tokens.div_ceil(token_block) < items_wanted {
-            if token_block > row_block && token_block > 16 {
-                token_block /= 2;
-            } else if row_block > 16 {
-                row_block /= 2;
-            } else {
-                break;
+        i * rows / items / GEMV_ROW_ALIGN * GEMV_ROW_ALIGN
+    }
+}
+
+/// Row and token block of a GEMM work item: the largest blocks that still give about 4
+/// items per thread.
+fn gemm_tile_sizes(rows: usize, tokens: usize, threads: usize) -> (usize, usize) {
+    let items_wanted = threads * 4;
+    let (mut row_block, mut token_block) = (GEMM_ROW_BLOCK, GEMM_TOKEN_BLOCK);
+    while rows.div_ceil(row_block) * tokens.div_ceil(token_block) < items_wanted {
+        if token_block > row_block && token_block > 16 {
+            token_block /= 2;
+        } else if row_block > 16 {
+            row_block /= 2;
+        } else {
+            break;
+        }
+    }
+    (row_block, token_block)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemv_items_cut_the_rows_evenly_on_aligned_bounds() {
+        for threads in [1, 2, 3, 15, 16, 64] {
+            for rows in [1, 3, 15, 16, 17, 100, 1408, 2048, 7168, 18432] {
+                let items = gemv_items(rows, threads);
+                assert!(items >= 1 && items <= threads * GEMV_ITEMS_PER_THREAD);
+                assert_eq!(gemv_bound(0, items, rows), 0);
+                assert_eq!(gemv_bound(items, items, rows), rows);
+                let sizes: Vec<usize> = (0..items)
+                    .map(|i| gemv_bound(i + 1, items, rows) - gemv_bound(i, items, rows))
+                    .collect();
+                let (lo, hi) = (*sizes.iter().min().unwrap(), *sizes.iter().max().unwrap());
+                assert!(lo >= 1, "rows {rows} threads {threads}: an empty item");
+                assert!(
+                    hi - lo <= 2 * GEMV_ROW_ALIGN,
+                    "rows {rows} threads {threads}: sizes {lo}..{hi}"
+                );
+                for i in 1..items {
+                    assert_eq!(gemv_bound(i, items, rows) % GEMV_ROW_ALIGN, 0);
+                }
+                if rows >= GEMV_MIN_ROWS {
+                    assert!(
+                        lo + GEMV_ROW_ALIGN >= GEMV_MIN_ROWS.min(rows),
+                        "rows {rows} threads {threads}: item of {lo}"
+                    );
+                }
             }
         }
-        (row_block, token_block)
     }
 }

@@ -33,7 +33,9 @@ pub fn measure_read_bandwidth(pool: &ThreadPool, bytes: usize, passes: usize) ->
             for w in lo..hi {
                 // SAFETY: word w lies inside the buffer; slices of different i are disjoint
                 // and the buffer is 64-byte aligned, so u64 writes are aligned.
-                unsafe { *(p as *mut u64).add(w) = (w as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 };
+                unsafe {
+                    *(p as *mut u64).add(w) = (w as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+                };
             }
         });
     }
@@ -54,10 +56,17 @@ pub fn measure_read_bandwidth(pool: &ThreadPool, bytes: usize, passes: usize) ->
                     acc[j] = acc[j].wrapping_add(c[j]);
                 }
             }
-            sink.fetch_add(acc.iter().fold(0u64, |a, &b| a.wrapping_add(b)), std::sync::atomic::Ordering::Relaxed);
+            sink.fetch_add(
+                acc.iter().fold(0u64, |a, &b| a.wrapping_add(b)),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         });
         best = best.min(t.elapsed().as_secs_f64());
     }
     std::hint::black_box(sink.load(std::sync::atomic::Ordering::Relaxed));
-    Bandwidth { gbps: bytes as f64 / best / 1e9, bytes, threads }
+    Bandwidth {
+        gbps: bytes as f64 / best / 1e9,
+        bytes,
+        threads,
+    }
 }

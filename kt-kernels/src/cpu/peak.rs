@@ -43,7 +43,11 @@ pub fn measure_peak(pool: &ThreadPool, isa: Isa) -> Result<Peak> {
                 }
             });
             let secs = t.elapsed().as_secs_f64();
-            let per_iter = if use_vnni { x86::VNNI_OPS_PER_ITER } else { x86::FMA_OPS_PER_ITER };
+            let per_iter = if use_vnni {
+                x86::VNNI_OPS_PER_ITER
+            } else {
+                x86::FMA_OPS_PER_ITER
+            };
             return Ok(Peak {
                 gops: (ITERS * per_iter) as f64 * items as f64 / secs / 1e9,
                 kind: if use_vnni { "int8 VNNI" } else { "f32 FMA" },
@@ -51,7 +55,10 @@ pub fn measure_peak(pool: &ThreadPool, isa: Isa) -> Result<Peak> {
             });
         }
     }
-    Err(crate::error::KtError::IsaUnavailable { isa: "avx2", reason: "no SIMD peak to measure".into() })
+    Err(crate::error::KtError::IsaUnavailable {
+        isa: "avx2",
+        reason: "no SIMD peak to measure".into(),
+    })
 }
 
 #[cfg(target_arch = "x86_64")]

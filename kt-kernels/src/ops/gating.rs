@@ -74,9 +74,13 @@ impl TopkMethod {
     }
 
     pub fn from_name(name: &str) -> Option<TopkMethod> {
-        [TopkMethod::Greedy, TopkMethod::GroupLimitedGreedy, TopkMethod::NoauxTc]
-            .into_iter()
-            .find(|m| m.name() == name)
+        [
+            TopkMethod::Greedy,
+            TopkMethod::GroupLimitedGreedy,
+            TopkMethod::NoauxTc,
+        ]
+        .into_iter()
+        .find(|m| m.name() == name)
     }
 }
 

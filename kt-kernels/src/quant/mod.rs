@@ -120,7 +120,9 @@ impl QType {
         match self {
             QType::F32 | QType::F16 | QType::BF16 => 1,
             QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 | QType::Q8_1 => QK,
-            QType::Q2_K | QType::Q3_K | QType::Q4_K | QType::Q5_K | QType::Q6_K | QType::Q8_K => QK_K,
+            QType::Q2_K | QType::Q3_K | QType::Q4_K | QType::Q5_K | QType::Q6_K | QType::Q8_K => {
+                QK_K
+            }
         }
     }
 
@@ -151,12 +153,18 @@ impl QType {
     pub fn row_bytes(self, n_elems: usize) -> Result<usize> {
         let block = self.block_elems();
         if n_elems % block != 0 {
-            return Err(KtError::NotBlockMultiple { qtype: self, len: n_elems, block });
+            return Err(KtError::NotBlockMultiple {
+                qtype: self,
+                len: n_elems,
+                block,
+            });
         }
-        (n_elems / block).checked_mul(self.block_bytes()).ok_or_else(|| KtError::Shape {
-            op: "row_bytes",
-            detail: format!("{n_elems} elements of {self} overflow a byte count"),
-        })
+        (n_elems / block)
+            .checked_mul(self.block_bytes())
+            .ok_or_else(|| KtError::Shape {
+                op: "row_bytes",
+                detail: format!("{n_elems} elements of {self} overflow a byte count"),
+            })
     }
 
     /// Bits per weight, scales included.
@@ -197,7 +205,13 @@ impl fmt::Display for QType {
 pub(crate) fn check_row(qtype: QType, what: &'static str, n: usize, bytes: usize) -> Result<()> {
     let expected = qtype.row_bytes(n)?;
     if bytes != expected {
-        return Err(KtError::Length { qtype, what, unit: "bytes", expected, got: bytes });
+        return Err(KtError::Length {
+            qtype,
+            what,
+            unit: "bytes",
+            expected,
+            got: bytes,
+        });
     }
     Ok(())
 }
@@ -221,7 +235,10 @@ pub fn dequantize(qtype: QType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 /// `qtype.vec_dot_type()`, both of `n` elements (the scalar reference).
 pub fn vec_dot(qtype: QType, n: usize, weights: &[u8], act: &[u8]) -> Result<f32> {
     if matches!(qtype, QType::Q8_K | QType::Q8_1) {
-        return Err(KtError::Unsupported { qtype, op: "vec_dot (activation-only format)" });
+        return Err(KtError::Unsupported {
+            qtype,
+            op: "vec_dot (activation-only format)",
+        });
     }
     check_row(qtype, "weight row", n, weights.len())?;
     check_row(qtype.vec_dot_type(), "activation row", n, act.len())?;
@@ -234,7 +251,10 @@ pub fn vec_dot_f32(qtype: QType, weights: &[u8], x: &[f32]) -> Result<f32> {
     check_row(qtype, "weight row", x.len(), weights.len())?;
     let mut w = vec![0f32; x.len()];
     reference::dequantize(qtype, weights, &mut w);
-    Ok(w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32)
+    Ok(w.iter()
+        .zip(x)
+        .map(|(&a, &b)| a as f64 * b as f64)
+        .sum::<f64>() as f32)
 }
 
 #[cfg(test)]
@@ -246,19 +266,42 @@ mod tests {
         for t in QType::ALL {
             assert_eq!(QType::from_ggml_id(t.ggml_id()), Some(t));
             assert_eq!(QType::from_name(t.name()), Some(t));
-            assert_eq!(t.row_bytes(t.block_elems() * 3).unwrap(), 3 * t.block_bytes());
+            assert_eq!(
+                t.row_bytes(t.block_elems() * 3).unwrap(),
+                3 * t.block_bytes()
+            );
         }
-        assert_eq!(QType::from_ggml_id(4), None, "ids 4 and 5 (q4_2, q4_3) were removed from ggml");
+        assert_eq!(
+            QType::from_ggml_id(4),
+            None,
+            "ids 4 and 5 (q4_2, q4_3) were removed from ggml"
+        );
         assert_eq!(QType::from_name("Q4_K"), Some(QType::Q4_K));
     }
 
     #[test]
     fn row_bytes_refuses_partial_blocks_and_overflow() {
-        assert!(matches!(QType::Q4_K.row_bytes(255), Err(KtError::NotBlockMultiple { len: 255, block: 256, .. })));
-        assert!(matches!(QType::Q4_0.row_bytes(48), Err(KtError::NotBlockMultiple { .. })));
+        assert!(matches!(
+            QType::Q4_K.row_bytes(255),
+            Err(KtError::NotBlockMultiple {
+                len: 255,
+                block: 256,
+                ..
+            })
+        ));
+        assert!(matches!(
+            QType::Q4_0.row_bytes(48),
+            Err(KtError::NotBlockMultiple { .. })
+        ));
         // Q8_0 stores 34 bytes per 32 elements, so the byte count outgrows the element count.
         let huge = (usize::MAX / 32) * 32;
-        assert!(matches!(QType::Q8_0.row_bytes(huge), Err(KtError::Shape { .. })));
-        assert!(matches!(QType::F32.row_bytes(usize::MAX), Err(KtError::Shape { .. })));
+        assert!(matches!(
+            QType::Q8_0.row_bytes(huge),
+            Err(KtError::Shape { .. })
+        ));
+        assert!(matches!(
+            QType::F32.row_bytes(usize::MAX),
+            Err(KtError::Shape { .. })
+        ));
     }
 }

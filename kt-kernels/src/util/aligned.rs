@@ -20,7 +20,11 @@ unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
     pub const fn new() -> Self {
-        Self { ptr: NonNull::dangling(), len: 0, cap: 0 }
+        Self {
+            ptr: NonNull::dangling(),
+            len: 0,
+            cap: 0,
+        }
     }
 
     pub fn with_len(len: usize) -> Self {
@@ -73,7 +77,12 @@ impl AlignedBuf {
     fn free(&mut self) {
         if self.cap > 0 {
             // SAFETY: allocated in resize with exactly this layout.
-            unsafe { dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.cap, ALIGN)) };
+            unsafe {
+                dealloc(
+                    self.ptr.as_ptr(),
+                    Layout::from_size_align_unchecked(self.cap, ALIGN),
+                )
+            };
             self.cap = 0;
             self.len = 0;
             self.ptr = NonNull::dangling();

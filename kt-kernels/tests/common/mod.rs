@@ -22,7 +22,9 @@ pub fn read_bytes(name: &str) -> Vec<u8> {
 pub fn read_f32(name: &str) -> Vec<f32> {
     let b = read_bytes(name);
     assert_eq!(b.len() % 4, 0, "{name}: not a whole number of f32");
-    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 /// `weights.f32`: [ROWS, COLS]; row m is of kind m % 8 (manifest.json: normal, small,
@@ -65,6 +67,10 @@ pub fn poisoned(n: usize) -> Vec<f32> {
 /// Root mean square of a - b.
 pub fn rmse(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let s: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
+    let s: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
     (s / a.len().max(1) as f64).sqrt()
 }

@@ -31,7 +31,14 @@ pub struct Built {
 /// `rows x cols` random weights per expert, rows of varying scale and a few outliers so
 /// block scales differ (never zero), quantized with the reference quantizer. Returns the
 /// bytes and their dequantization.
-fn random_stack(q: QType, experts: usize, rows: usize, cols: usize, scale: f32, rng: &mut SplitMix64) -> (Vec<u8>, Vec<f32>) {
+fn random_stack(
+    q: QType,
+    experts: usize,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+    rng: &mut SplitMix64,
+) -> (Vec<u8>, Vec<f32>) {
     let mut f = vec![0f32; experts * rows * cols];
     for (r, row) in f.chunks_mut(cols).enumerate() {
         rng.fill_normal(row, scale * [1.0, 0.4, 1.7, 0.8][r % 4]);
@@ -60,7 +67,13 @@ pub fn build(spec: Spec, seed: u64) -> Built {
         ExpertStack::from_vec(spec.down, db, e, h, i).unwrap(),
     )
     .unwrap();
-    Built { spec, layer, gate, up, down }
+    Built {
+        spec,
+        layer,
+        gate,
+        up,
+        down,
+    }
 }
 
 pub fn activations(tokens: usize, hidden: usize, seed: u64) -> Vec<f32> {
@@ -85,7 +98,13 @@ pub enum Routing {
 }
 
 /// `(ids, weights)`, both `[tokens, k]`; weights positive, summing to ~1 per token.
-pub fn routing(mode: Routing, tokens: usize, k: usize, experts: usize, seed: u64) -> (Vec<u32>, Vec<f32>) {
+pub fn routing(
+    mode: Routing,
+    tokens: usize,
+    k: usize,
+    experts: usize,
+    seed: u64,
+) -> (Vec<u32>, Vec<f32>) {
     assert!(k < experts);
     let mut rng = SplitMix64::new(seed ^ 0xF00D);
     let mut ids = Vec::with_capacity(tokens * k);
@@ -150,17 +169,31 @@ pub const DOT_EPS: f64 = 2e-6;
 /// because its `h` differs from ours by that rounding ("ambiguous": within the error
 /// margin of a rounding boundary). Such an element moves the output by one quantization
 /// step times its down weight. Everything else quantizes to the same value on both sides.
-pub fn expected(b: &Built, slice: Range<usize>, x: &[f32], ids: &[u32], weights: &[f32]) -> (Vec<f64>, Vec<f64>, f64) {
+pub fn expected(
+    b: &Built,
+    slice: Range<usize>,
+    x: &[f32],
+    ids: &[u32],
+    weights: &[f32],
+) -> (Vec<f64>, Vec<f64>, f64) {
     let s = b.spec;
     let (h, i_all) = (s.hidden, s.inter);
     let tokens = x.len() / h;
     let k = ids.len() / tokens;
     let n = slice.len();
-    let (ag, au, ad) = (s.gate.vec_dot_type(), s.up.vec_dot_type(), s.down.vec_dot_type());
+    let (ag, au, ad) = (
+        s.gate.vec_dot_type(),
+        s.up.vec_dot_type(),
+        s.down.vec_dot_type(),
+    );
     let mut y = vec![0f64; tokens * h];
     let mut tol = vec![0f64; tokens * h];
     // |row|_2 of every gate and up row.
-    let row_norms = |m: &[f32]| -> Vec<f64> { m.chunks(h).map(|r| r.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt()).collect() };
+    let row_norms = |m: &[f32]| -> Vec<f64> {
+        m.chunks(h)
+            .map(|r| r.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt())
+            .collect()
+    };
     let (gate_norms, up_norms) = (row_norms(&b.gate), row_norms(&b.up));
     for t in 0..tokens {
         let xt = &x[t * h..(t + 1) * h];
@@ -188,7 +221,8 @@ pub fn expected(b: &Built, slice: Range<usize>, x: &[f32], ids: &[u32], weights:
             let (step, amb) = quant_steps(ad, &hv, &dh);
             let hq_norm = hq.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
             for r in 0..h {
-                let drow = &b.down[(e * h + r) * i_all + slice.start..(e * h + r) * i_all + slice.end];
+                let drow =
+                    &b.down[(e * h + r) * i_all + slice.start..(e * h + r) * i_all + slice.end];
                 let mut dotv = 0f64;
                 let mut slack = 0f64;
                 let mut dn = 0f64;
@@ -196,13 +230,15 @@ pub fn expected(b: &Built, slice: Range<usize>, x: &[f32], ids: &[u32], weights:
                     let d = drow[j] as f64;
                     dotv += d * hq[j] as f64;
                     dn += d * d;
-                    slack += d.abs() * (if amb[j] { step[j].0 } else { 0.0 } + step[j].1 * (hq[j] as f64).abs());
+                    slack += d.abs()
+                        * (if amb[j] { step[j].0 } else { 0.0 } + step[j].1 * (hq[j] as f64).abs());
                     if ad == QType::F32 {
                         slack += d.abs() * dh[j];
                     }
                 }
                 y[t * h + r] += w * dotv;
-                tol[t * h + r] += w.abs() * (DOT_EPS * dn.sqrt() * hq_norm + slack) + 1e-6 * (w * dotv).abs();
+                tol[t * h + r] +=
+                    w.abs() * (DOT_EPS * dn.sqrt() * hq_norm + slack) + 1e-6 * (w * dotv).abs();
             }
         }
     }
@@ -222,7 +258,11 @@ fn quant_steps(act: QType, h: &[f32], dh: &[f64]) -> (Vec<(f64, f64)>, Vec<bool>
     const FORMULA: f64 = 1e-4;
     match act {
         QType::Q8_0 | QType::Q8_1 | QType::Q8_K => {
-            for (blk, (hb, db)) in h.chunks(act.block_elems()).zip(dh.chunks(act.block_elems())).enumerate() {
+            for (blk, (hb, db)) in h
+                .chunks(act.block_elems())
+                .zip(dh.chunks(act.block_elems()))
+                .enumerate()
+            {
                 let amax = hb.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
                 if amax == 0.0 {
                     continue;
@@ -270,7 +310,10 @@ pub fn check(label: &str, got: &[f32], y: &[f64], tol: &[f64]) {
     assert_eq!(got.len(), y.len());
     let mut worst = (0f64, 0usize);
     for (idx, ((&g, &e), &t)) in got.iter().zip(y).zip(tol).enumerate() {
-        assert!(g.is_finite(), "{label}: output {idx} is {g} (unwritten or overflow)");
+        assert!(
+            g.is_finite(),
+            "{label}: output {idx} is {g} (unwritten or overflow)"
+        );
         let ratio = (g as f64 - e).abs() / t;
         if ratio > worst.0 {
             worst = (ratio, idx);
@@ -291,7 +334,11 @@ pub fn max_token_rel_l2(got: &[f32], want: &[f32], hidden: usize) -> f64 {
     got.chunks(hidden)
         .zip(want.chunks(hidden))
         .map(|(g, w)| {
-            let num: f64 = g.iter().zip(w).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+            let num: f64 = g
+                .iter()
+                .zip(w)
+                .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                .sum();
             let den: f64 = w.iter().map(|&b| (b as f64).powi(2)).sum();
             (num / den).sqrt()
         })

@@ -128,15 +128,34 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                 let nt = if p0 + 1 < t.panels { 2 } else { 1 };
                 acc.0[..sm * LDC].fill(0.0);
                 // Scales `pending`'s C block into the accumulators.
-                let scale_block = |acc: &mut Block<f32, { SB * LDC }>, cbuf: &Block<i32, { 2 * MB * LDC }>, p: Pending| {
-                    let wsc = [0, nt - 1].map(|ni| _mm512_cvtph_ps(_mm256_loadu_si256(t.scales.add((p0 + ni) * ps + p.g * PANEL) as *const __m256i)));
+                let scale_block = |acc: &mut Block<f32, { SB * LDC }>,
+                                   cbuf: &Block<i32, { 2 * MB * LDC }>,
+                                   p: Pending| {
+                    let wsc = [0, nt - 1].map(|ni| {
+                        _mm512_cvtph_ps(_mm256_loadu_si256(
+                            t.scales.add((p0 + ni) * ps + p.g * PANEL) as *const __m256i,
+                        ))
+                    });
                     for r in 0..p.m {
                         let row = s0 + p.m0 + r;
-                        let ascale = _mm512_set1_ps((t.a.add(row * t.a_stride + k + 4 * p.g) as *const f32).read_unaligned());
+                        let ascale = _mm512_set1_ps(
+                            (t.a.add(row * t.a_stride + k + 4 * p.g) as *const f32)
+                                .read_unaligned(),
+                        );
                         for (ni, w) in wsc.iter().enumerate().take(nt) {
-                            let ci = _mm512_load_si512(cbuf.0.as_ptr().add(p.buf * MB * LDC + r * LDC + ni * PANEL) as *const _);
+                            let ci = _mm512_load_si512(
+                                cbuf.0.as_ptr().add(p.buf * MB * LDC + r * LDC + ni * PANEL)
+                                    as *const _,
+                            );
                             let ap = acc.0.as_mut_ptr().add((p.m0 + r) * LDC + ni * PANEL);
-                            _mm512_store_ps(ap, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ci), _mm512_mul_ps(*w, ascale), _mm512_load_ps(ap)));
+                            _mm512_store_ps(
+                                ap,
+                                _mm512_fmadd_ps(
+                                    _mm512_cvtepi32_ps(ci),
+                                    _mm512_mul_ps(*w, ascale),
+                                    _mm512_load_ps(ap),
+                                ),
+                            );
                         }
                     }
                 };
@@ -161,9 +180,14 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                         if INT4 {
                             let dst = unpacked.0.as_mut_ptr().add(ni * group * PANEL);
                             for i in 0..group / 8 {
-                                let line = _mm512_loadu_si512(panel.add((g * group / 8 + i) * 64) as *const _);
+                                let line = _mm512_loadu_si512(
+                                    panel.add((g * group / 8 + i) * 64) as *const _
+                                );
                                 let lo = _mm512_sub_epi8(_mm512_and_si512(line, nib), eight);
-                                let hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(line), nib), eight);
+                                let hi = _mm512_sub_epi8(
+                                    _mm512_and_si512(_mm512_srli_epi16::<4>(line), nib),
+                                    eight,
+                                );
                                 _mm512_store_si512(dst.add(128 * i) as *mut _, lo);
                                 _mm512_store_si512(dst.add(128 * i + 64) as *mut _, hi);
                             }
@@ -177,7 +201,8 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                         let rows = (m.min(16), m.saturating_sub(16));
                         // Whole tiles when 32 rows are readable from m0 on (the extra
                         // rows' results are never scaled), else exactly the rows left.
-                        let whole = (rows.0 == 16 && rows.1.is_multiple_of(16)) || t.a_rows - m0 >= MB;
+                        let whole =
+                            (rows.0 == 16 && rows.1.is_multiple_of(16)) || t.a_rows - m0 >= MB;
                         let want = if whole { (16, 16) } else { rows };
                         if loaded != Some(want) {
                             config(want.0 + want.1, kstep, kstep / 4).load();
@@ -223,7 +248,12 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                             }
                         }
                         // The previous block's scaling overlaps this block's tile work.
-                        if let Some(p) = pending.replace(Pending { buf: next_buf, m0: m0 - s0, m, g }) {
+                        if let Some(p) = pending.replace(Pending {
+                            buf: next_buf,
+                            m0: m0 - s0,
+                            m,
+                            g,
+                        }) {
                             scale_block(&mut acc, &cbuf, p);
                         }
                         next_buf ^= 1;

@@ -30,7 +30,9 @@ impl TileConfig {
     /// configuration valid (rows <= 16, colsb <= 64, palette 1).
     pub unsafe fn load(&self) {
         // SAFETY: the caller guarantees AMX; the operand is a live 64-byte buffer.
-        unsafe { std::arch::asm!("ldtilecfg [{0}]", in(reg) self.0.as_ptr(), options(nostack, readonly, preserves_flags)) };
+        unsafe {
+            std::arch::asm!("ldtilecfg [{0}]", in(reg) self.0.as_ptr(), options(nostack, readonly, preserves_flags))
+        };
     }
 }
 
@@ -69,7 +71,10 @@ macro_rules! tile_store {
 
 macro_rules! tile_zero {
     ($t:literal) => {
-        std::arch::asm!(concat!("tilezero tmm", stringify!($t)), options(nostack, nomem, preserves_flags))
+        std::arch::asm!(
+            concat!("tilezero tmm", stringify!($t)),
+            options(nostack, nomem, preserves_flags)
+        )
     };
 }
 
@@ -77,7 +82,14 @@ macro_rules! tile_zero {
 macro_rules! tile_dp_i8 {
     ($c:literal, $a:literal, $b:literal) => {
         std::arch::asm!(
-            concat!("tdpbssd tmm", stringify!($c), ", tmm", stringify!($a), ", tmm", stringify!($b)),
+            concat!(
+                "tdpbssd tmm",
+                stringify!($c),
+                ", tmm",
+                stringify!($a),
+                ", tmm",
+                stringify!($b)
+            ),
             options(nostack, nomem, preserves_flags)
         )
     };
@@ -87,7 +99,14 @@ macro_rules! tile_dp_i8 {
 macro_rules! tile_dp_bf16 {
     ($c:literal, $a:literal, $b:literal) => {
         std::arch::asm!(
-            concat!("tdpbf16ps tmm", stringify!($c), ", tmm", stringify!($a), ", tmm", stringify!($b)),
+            concat!(
+                "tdpbf16ps tmm",
+                stringify!($c),
+                ", tmm",
+                stringify!($a),
+                ", tmm",
+                stringify!($b)
+            ),
             options(nostack, nomem, preserves_flags)
         )
     };

@@ -41,7 +41,11 @@ const fn stage1(cb: i32) -> __m512i {
     let mut l = 0;
     while l < 16 {
         let (c, j) = ((l / 4) as i32, (l % 4) as i32);
-        a[l] = if j < 2 { 8 * j + cb + c } else { 16 + 8 * (j - 2) + cb + c };
+        a[l] = if j < 2 {
+            8 * j + cb + c
+        } else {
+            16 + 8 * (j - 2) + cb + c
+        };
         l += 1;
     }
     v32(a)
@@ -55,7 +59,11 @@ const fn stage2(s: i32) -> __m512i {
     while l < 16 {
         let (h, j) = ((l / 8) as i32, (l % 8) as i32);
         let cl = 2 * s + h;
-        a[l] = if j < 4 { 4 * cl + j } else { 16 + 4 * cl + (j - 4) };
+        a[l] = if j < 4 {
+            4 * cl + j
+        } else {
+            16 + 4 * cl + (j - 4)
+        };
         l += 1;
     }
     v32(a)
@@ -107,15 +115,27 @@ unsafe fn write_half(rec: *mut PairGroup, h: usize, m: &[__m512i; 4], s: &HalfSc
     unsafe {
         let chunks = addr_of_mut!((*rec).chunks).cast::<u8>();
         for (i, &mi) in m.iter().enumerate() {
-            _mm256_store_si256(chunks.add(2 * i * 64 + 32 * h).cast(), _mm512_castsi512_si256(mi));
-            _mm256_store_si256(chunks.add((2 * i + 1) * 64 + 32 * h).cast(), _mm512_extracti64x4_epi64::<1>(mi));
+            _mm256_store_si256(
+                chunks.add(2 * i * 64 + 32 * h).cast(),
+                _mm512_castsi512_si256(mi),
+            );
+            _mm256_store_si256(
+                chunks.add((2 * i + 1) * 64 + 32 * h).cast(),
+                _mm512_extracti64x4_epi64::<1>(mi),
+            );
         }
         _mm256_store_ps(addr_of_mut!((*rec).da).cast::<f32>().add(8 * h), s.da);
         _mm256_store_ps(addr_of_mut!((*rec).fa).cast::<f32>().add(8 * h), s.fa);
         _mm256_store_ps(addr_of_mut!((*rec).flo).cast::<f32>().add(8 * h), s.flo);
         _mm256_store_ps(addr_of_mut!((*rec).fhi).cast::<f32>().add(8 * h), s.fhi);
-        _mm256_store_si256(addr_of_mut!((*rec).off_lo).cast::<i32>().add(8 * h).cast(), s.off_lo);
-        _mm256_store_si256(addr_of_mut!((*rec).off_hi).cast::<i32>().add(8 * h).cast(), s.off_hi);
+        _mm256_store_si256(
+            addr_of_mut!((*rec).off_lo).cast::<i32>().add(8 * h).cast(),
+            s.off_lo,
+        );
+        _mm256_store_si256(
+            addr_of_mut!((*rec).off_hi).cast::<i32>().add(8 * h).cast(),
+            s.off_hi,
+        );
     }
 }
 
@@ -128,7 +148,14 @@ unsafe fn write_half(rec: *mut PairGroup, h: usize, m: &[__m512i; 4], s: &HalfSc
 unsafe fn write_zero_half(rec: *mut PairGroup, h: usize) {
     let z = _mm256_setzero_ps();
     let zi = _mm256_setzero_si256();
-    let zs = HalfScales { da: z, fa: z, flo: z, fhi: z, off_lo: zi, off_hi: zi };
+    let zs = HalfScales {
+        da: z,
+        fa: z,
+        flo: z,
+        fhi: z,
+        off_lo: zi,
+        off_hi: zi,
+    };
     // SAFETY: forwarded contract.
     unsafe { write_half(rec, h, &[_mm512_setzero_si512(); 4], &zs) };
 }
@@ -231,7 +258,10 @@ pub(super) unsafe fn repack_q8_0(
                 for &mi in &m {
                     sums = _mm512_dpbusd_epi32(sums, ones, mi);
                 }
-                let sums = _mm256_add_epi32(_mm512_castsi512_si256(sums), _mm512_extracti64x4_epi64::<1>(sums));
+                let sums = _mm256_add_epi32(
+                    _mm512_castsi512_si256(sums),
+                    _mm512_extracti64x4_epi64::<1>(sums),
+                );
                 let z = _mm256_setzero_ps();
                 let s = HalfScales {
                     da,
@@ -259,7 +289,12 @@ pub(super) unsafe fn q8_0_chunks(row: *const u8, valid: usize) -> [__m512i; 4] {
     let mut x = [_mm512_setzero_si512(); 4];
     for (k, xk) in x.iter_mut().enumerate() {
         // SAFETY: forwarded contract.
-        let (lo, hi) = unsafe { (q8_0_quants(row, 2 * k, valid), q8_0_quants(row, 2 * k + 1, valid)) };
+        let (lo, hi) = unsafe {
+            (
+                q8_0_quants(row, 2 * k, valid),
+                q8_0_quants(row, 2 * k + 1, valid),
+            )
+        };
         *xk = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
     }
     transpose_8x8(x)

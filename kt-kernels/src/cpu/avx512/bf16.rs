@@ -51,7 +51,10 @@ unsafe fn gemm_with<const DPBF16: bool>(tile: &GemmTile) {
             let rn = 4.min(tile.tokens - t0);
             // SAFETY: rows r0..r0+rm and tokens t0..t0+rn are inside the tile.
             unsafe {
-                let (w, a) = (tile.w.add(r0 * tile.w_stride), tile.a.add(t0 * tile.a_stride));
+                let (w, a) = (
+                    tile.w.add(r0 * tile.w_stride),
+                    tile.a.add(t0 * tile.a_stride),
+                );
                 let out = tile.out.add(t0 * tile.ldo + r0);
                 let args = (w, tile.w_stride, a, tile.a_stride, tile.k, out, tile.ldo);
                 macro_rules! shapes {
@@ -62,8 +65,24 @@ unsafe fn gemm_with<const DPBF16: bool>(tile: &GemmTile) {
                         }
                     };
                 }
-                shapes!((1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3), (2, 4),
-                        (3, 1), (3, 2), (3, 3), (3, 4), (4, 1), (4, 2), (4, 3), (4, 4));
+                shapes!(
+                    (1, 1),
+                    (1, 2),
+                    (1, 3),
+                    (1, 4),
+                    (2, 1),
+                    (2, 2),
+                    (2, 3),
+                    (2, 4),
+                    (3, 1),
+                    (3, 2),
+                    (3, 3),
+                    (3, 4),
+                    (4, 1),
+                    (4, 2),
+                    (4, 3),
+                    (4, 4)
+                );
             }
             t0 += rn;
         }
@@ -97,7 +116,11 @@ unsafe fn load(p: *const u8, n: usize) -> __m512i {
 /// `out` covers `RN` tokens x `RM` rows at `ldo`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-unsafe fn store<const RM: usize, const RN: usize>(acc: &[[__m512; RN]; RM], out: *mut f32, ldo: usize) {
+unsafe fn store<const RM: usize, const RN: usize>(
+    acc: &[[__m512; RN]; RM],
+    out: *mut f32,
+    ldo: usize,
+) {
     for (r, acc_r) in acc.iter().enumerate() {
         for (t, &a) in acc_r.iter().enumerate() {
             // SAFETY: inside the output tile (the caller's contract).
@@ -124,7 +147,11 @@ unsafe fn kernel_dpbf16<const RM: usize, const RN: usize>((w, ws, a, as_, k, out
             for t in 0..RN {
                 let av: __m512bh = std::mem::transmute(load(a.add(t * as_ + 2 * i), n));
                 for (acc_r, &w_r) in acc.iter_mut().zip(&wv) {
-                    acc_r[t] = _mm512_dpbf16_ps(acc_r[t], std::mem::transmute::<__m512i, __m512bh>(w_r), av);
+                    acc_r[t] = _mm512_dpbf16_ps(
+                        acc_r[t],
+                        std::mem::transmute::<__m512i, __m512bh>(w_r),
+                        av,
+                    );
                 }
             }
         }
@@ -140,7 +167,10 @@ unsafe fn kernel_dpbf16<const RM: usize, const RN: usize>((w, ws, a, as_, k, out
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 fn widen(v: __m512i) -> (__m512, __m512) {
     let high = _mm512_set1_epi32(0xFFFF_0000_u32 as i32);
-    (_mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)), _mm512_castsi512_ps(_mm512_and_si512(v, high)))
+    (
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)),
+        _mm512_castsi512_ps(_mm512_and_si512(v, high)),
+    )
 }
 
 /// # Safety
@@ -191,7 +221,17 @@ mod tests {
             let a: Vec<u8> = (0..tokens * k).flat_map(|_| bf(rng.normal())).collect();
             let mut o1 = vec![f32::NAN; rows * tokens];
             let mut o2 = vec![f32::NAN; rows * tokens];
-            let args = |o: &mut Vec<f32>| (w.as_ptr(), 2 * k, a.as_ptr(), 2 * k, k, o.as_mut_ptr(), rows);
+            let args = |o: &mut Vec<f32>| {
+                (
+                    w.as_ptr(),
+                    2 * k,
+                    a.as_ptr(),
+                    2 * k,
+                    k,
+                    o.as_mut_ptr(),
+                    rows,
+                )
+            };
             // SAFETY: the CPU features were checked; the buffers hold rows x k weights,
             // tokens x k activations and tokens x rows outputs.
             unsafe {

@@ -6,7 +6,9 @@
 
 use std::arch::x86_64::*;
 
-use super::tile::{f16_pair, per_chunk_column, per_column, ColumnFormat, Scales, EVEN_LANES, ODD_LANES};
+use super::tile::{
+    f16_pair, per_chunk_column, per_column, ColumnFormat, Scales, EVEN_LANES, ODD_LANES,
+};
 use crate::quant::QType;
 
 /// Bytes of a Q2_K block: 16 scale/min bytes, 64 quant bytes, f16 d, f16 dmin.
@@ -61,7 +63,10 @@ unsafe impl ColumnFormat for Q2K {
         // SAFETY: scales at 0..16, d and dmin at 80..84 of the block.
         let (bytes, (d, dmin)) = unsafe { (_mm_loadu_si128(w.cast()), f16_pair(w.add(80))) };
         let k = _mm512_cvtepu8_epi32(bytes);
-        let sc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(k, _mm512_set1_epi32(15))), d);
+        let sc = _mm512_mul_ps(
+            _mm512_cvtepi32_ps(_mm512_and_si512(k, _mm512_set1_epi32(15))),
+            d,
+        );
         let m = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(k)), dmin);
         Scales {
             s_lo: _mm512_permutexvar_ps(EVEN_LANES, sc),

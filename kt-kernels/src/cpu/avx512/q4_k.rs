@@ -105,13 +105,21 @@ unsafe impl ColumnFormat for Q4K {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     unsafe fn load(w: *const u8, _valid: usize) -> Q4KRow {
         // SAFETY: bytes 16..144 of the block.
-        unsafe { Q4KRow { lo: _mm512_loadu_si512(w.add(16).cast()), hi: _mm512_loadu_si512(w.add(80).cast()) } }
+        unsafe {
+            Q4KRow {
+                lo: _mm512_loadu_si512(w.add(16).cast()),
+                hi: _mm512_loadu_si512(w.add(80).cast()),
+            }
+        }
     }
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     unsafe fn chunk(row: &Q4KRow, c: usize) -> __m512i {
-        _mm512_and_si512(_mm512_permutex2var_epi32(row.lo, QS_DWORD[c], row.hi), NIBBLE)
+        _mm512_and_si512(
+            _mm512_permutex2var_epi32(row.lo, QS_DWORD[c], row.hi),
+            NIBBLE,
+        )
     }
 
     #[inline]

@@ -53,7 +53,11 @@ unsafe impl ColumnFormat for Q5K {
     unsafe fn load(w: *const u8, _valid: usize) -> Q5KRow {
         // SAFETY: qh at 16..48, qs at 48..176 of the block.
         unsafe {
-            Q5KRow { lo: _mm512_loadu_si512(w.add(48).cast()), hi: _mm512_loadu_si512(w.add(112).cast()), qh: w.add(16) }
+            Q5KRow {
+                lo: _mm512_loadu_si512(w.add(48).cast()),
+                hi: _mm512_loadu_si512(w.add(112).cast()),
+                qh: w.add(16),
+            }
         }
     }
 
@@ -75,6 +79,11 @@ unsafe impl ColumnFormat for Q5K {
         // SAFETY: d, dmin at 0..4 and the scales at 4..16 (+4 qh bytes) of the block.
         let ((d, dmin), (sc, m)) = unsafe { (f16_pair(w), scales_mins(w.add(4))) };
         let z = _mm512_setzero_ps();
-        Scales { s_lo: _mm512_mul_ps(_mm512_cvtepi32_ps(sc), d), s_hi: z, c_lo: _mm512_mul_ps(_mm512_cvtepi32_ps(m), dmin), c_hi: z }
+        Scales {
+            s_lo: _mm512_mul_ps(_mm512_cvtepi32_ps(sc), d),
+            s_hi: z,
+            c_lo: _mm512_mul_ps(_mm512_cvtepi32_ps(m), dmin),
+            c_hi: z,
+        }
     }
 }

@@ -7,7 +7,9 @@
 
 use std::arch::x86_64::*;
 
-use super::tile::{f16_one, per_chunk_column, per_column, ColumnFormat, Scales, EVEN_LANES, ODD_LANES};
+use super::tile::{
+    f16_one, per_chunk_column, per_column, ColumnFormat, Scales, EVEN_LANES, ODD_LANES,
+};
 use crate::quant::QType;
 
 /// Bytes of a Q6_K block: 128 ql, 64 qh, 16 int8 scales, f16 d.
@@ -22,7 +24,11 @@ const fn dword_table(qh: bool) -> [__m512i; 8] {
         let mut j = 0;
         while j < 8 {
             let (n, s) = (j as i32 / 4, j as i32 % 4);
-            t[c][j] = if qh { 8 * n + c as i32 } else { 16 * n + 8 * (s & 1) + c as i32 };
+            t[c][j] = if qh {
+                8 * n + c as i32
+            } else {
+                16 * n + 8 * (s & 1) + c as i32
+            };
             j += 1;
         }
         c += 1;
@@ -86,6 +92,11 @@ unsafe impl ColumnFormat for Q6K {
         let s_lo = _mm512_permutexvar_ps(EVEN_LANES, sc);
         let s_hi = _mm512_permutexvar_ps(ODD_LANES, sc);
         let offset = _mm512_set1_ps(32.0);
-        Scales { s_lo, s_hi, c_lo: _mm512_mul_ps(s_lo, offset), c_hi: _mm512_mul_ps(s_hi, offset) }
+        Scales {
+            s_lo,
+            s_hi,
+            c_lo: _mm512_mul_ps(s_lo, offset),
+            c_hi: _mm512_mul_ps(s_hi, offset),
+        }
     }
 }

@@ -55,6 +55,11 @@ unsafe impl ColumnFormat for Q8_0 {
         let d = unsafe { q8_0_scales(w, valid) };
         let s = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(d), d);
         let z = _mm512_setzero_ps();
-        Scales { s_lo: s, s_hi: z, c_lo: _mm512_mul_ps(s, _mm512_set1_ps(128.0)), c_hi: z }
+        Scales {
+            s_lo: s,
+            s_hi: z,
+            c_lo: _mm512_mul_ps(s, _mm512_set1_ps(128.0)),
+            c_hi: z,
+        }
     }
 }

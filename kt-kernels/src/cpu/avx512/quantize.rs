@@ -87,7 +87,12 @@ pub(super) unsafe fn q8_0(src: &[f32], dst: &mut [u8]) {
     debug_assert_eq!(src.len() / 32 * Q80_BLOCK, dst.len());
     for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(Q80_BLOCK)) {
         // SAFETY: 32 floats of the chunk.
-        let v = unsafe { [_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(x.as_ptr().add(16))] };
+        let v = unsafe {
+            [
+                _mm512_loadu_ps(x.as_ptr()),
+                _mm512_loadu_ps(x.as_ptr().add(16)),
+            ]
+        };
         // NaNs are skipped (vmaxps returns its second operand), as by f32::max.
         let amax = _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_setzero_ps());
         let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[1]), amax));
@@ -100,7 +105,12 @@ pub(super) unsafe fn q8_0(src: &[f32], dst: &mut [u8]) {
             let c = _mm512_min_ps(CAP_HI, _mm512_max_ps(CAP_LO_Q80, _mm512_mul_ps(vi, id)));
             let q = _mm512_cvtps_epi32(c);
             // SAFETY: bytes 2 + 16i .. 2 + 16(i + 1) of the 34-byte block.
-            unsafe { _mm_storeu_si128(y.as_mut_ptr().add(2 + 16 * i).cast(), _mm512_cvtepi32_epi8(q)) };
+            unsafe {
+                _mm_storeu_si128(
+                    y.as_mut_ptr().add(2 + 16 * i).cast(),
+                    _mm512_cvtepi32_epi8(q),
+                )
+            };
         }
     }
 }

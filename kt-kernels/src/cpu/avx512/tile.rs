@@ -173,7 +173,10 @@ pub(super) unsafe fn f16_pair(p: *const u8) -> (__m512, __m512) {
     // SAFETY: the caller guarantees 4 readable bytes at p.
     let bits = unsafe { p.cast::<i32>().read_unaligned() };
     let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
-    (_mm512_broadcastss_ps(dd), _mm512_broadcastss_ps(_mm_movehdup_ps(dd)))
+    (
+        _mm512_broadcastss_ps(dd),
+        _mm512_broadcastss_ps(_mm_movehdup_ps(dd)),
+    )
 }
 
 /// Converts the f16 at `p` to an f32 broadcast.
@@ -194,7 +197,10 @@ fn hsum_halves(v: __m512) -> (f32, f32) {
     let v = _mm512_add_ps(v, _mm512_permute_ps::<0x4E>(v));
     let v = _mm512_add_ps(v, _mm512_permute_ps::<0xB1>(v));
     let v = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0xB1>(v, v));
-    (_mm512_cvtss_f32(v), _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(v)))
+    (
+        _mm512_cvtss_f32(v),
+        _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(v)),
+    )
 }
 
 /// What one register tile computes: `RM` weight rows (the first at `w`) against `NP`
@@ -242,7 +248,11 @@ fn prefetch_group(p: *const u8, bytes: usize) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 unsafe fn kernel<F: ColumnFormat, const RM: usize, const NP: usize>(args: &KernelArgs) {
     for g in 0..args.groups {
-        let valid = if g + 1 == args.groups { args.valid_last } else { COLS };
+        let valid = if g + 1 == args.groups {
+            args.valid_last
+        } else {
+            COLS
+        };
         // SAFETY (whole loop body): group g of each of the RM rows lies inside the
         // weights, records g * rec_stride + p (p < NP) are initialised, and the partial
         // sums r * acc_stride + p belong to this tile (the caller's contract).
@@ -286,7 +296,11 @@ unsafe fn kernel<F: ColumnFormat, const RM: usize, const NP: usize>(args: &Kerne
                     let mut a = if fresh { _mm512_setzero_ps() } else { *slot };
                     a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[r][p]), _mm512_mul_ps(s.s_lo, da), a);
                     if F::SPLIT {
-                        a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi[r][p]), _mm512_mul_ps(s.s_hi, da), a);
+                        a = _mm512_fmadd_ps(
+                            _mm512_cvtepi32_ps(hi[r][p]),
+                            _mm512_mul_ps(s.s_hi, da),
+                            a,
+                        );
                         a = _mm512_fnmadd_ps(s.c_lo, _mm512_load_ps(rec.flo.as_ptr()), a);
                         a = _mm512_fnmadd_ps(s.c_hi, _mm512_load_ps(rec.fhi.as_ptr()), a);
                     } else {
@@ -379,8 +393,19 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile) {
                     unsafe {
                         let a = tile.a.add(t0 * tile.a_stride);
                         match F::ACT {
-                            QType::Q8_K => act::repack_q8_k(a, tile.a_stride, nt, g0, gn, F::OFFSET, recs),
-                            QType::Q8_0 => act::repack_q8_0(a, tile.a_stride, nt, g0, gn, total_cols, F::OFFSET, recs),
+                            QType::Q8_K => {
+                                act::repack_q8_k(a, tile.a_stride, nt, g0, gn, F::OFFSET, recs)
+                            }
+                            QType::Q8_0 => act::repack_q8_0(
+                                a,
+                                tile.a_stride,
+                                nt,
+                                g0,
+                                gn,
+                                total_cols,
+                                F::OFFSET,
+                                recs,
+                            ),
                             other => unreachable!("{other} activations have no column layout"),
                         }
                     }
@@ -395,7 +420,9 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile) {
                         let npk = np_max.min(np - p0);
                         let args = KernelArgs {
                             // SAFETY: row pr0 + r and group g0 are inside the weights.
-                            w: unsafe { tile.w.add((pr0 + r) * tile.w_stride + g0 * F::GROUP_BYTES) },
+                            w: unsafe {
+                                tile.w.add((pr0 + r) * tile.w_stride + g0 * F::GROUP_BYTES)
+                            },
                             w_stride: tile.w_stride,
                             // SAFETY: record p0 of the slice's first group was written.
                             acts: unsafe { recs.add(p0) },
@@ -412,11 +439,34 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile) {
                         // SAFETY: the args describe rm rows and npk pairs inside the
                         // tile, the written scratch and the pass's partial sums.
                         unsafe {
-                            dispatch_shape!(F, rm, npk, &args, [
-                                (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (1, 8),
-                                (2, 1), (2, 2), (2, 3), (2, 4), (2, 5), (2, 6), (2, 7), (2, 8),
-                                (4, 1), (4, 2), (4, 3), (4, 4)
-                            ])
+                            dispatch_shape!(
+                                F,
+                                rm,
+                                npk,
+                                &args,
+                                [
+                                    (1, 1),
+                                    (1, 2),
+                                    (1, 3),
+                                    (1, 4),
+                                    (1, 5),
+                                    (1, 6),
+                                    (1, 7),
+                                    (1, 8),
+                                    (2, 1),
+                                    (2, 2),
+                                    (2, 3),
+                                    (2, 4),
+                                    (2, 5),
+                                    (2, 6),
+                                    (2, 7),
+                                    (2, 8),
+                                    (4, 1),
+                                    (4, 2),
+                                    (4, 3),
+                                    (4, 4)
+                                ]
+                            )
                         };
                         p0 += npk;
                     }

@@ -56,7 +56,14 @@ pub(super) struct RowGroup {
 /// The rows are readable weights of `groups` groups (the last with `valid_last`
 /// columns); `dst` is valid for `rows * groups` writes; AVX512+VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-unsafe fn unpack<F: ColumnFormat>(w: *const u8, w_stride: usize, rows: usize, groups: usize, valid_last: usize, dst: *mut RowGroup) {
+unsafe fn unpack<F: ColumnFormat>(
+    w: *const u8,
+    w_stride: usize,
+    rows: usize,
+    groups: usize,
+    valid_last: usize,
+    dst: *mut RowGroup,
+) {
     for r in 0..rows {
         for g in 0..groups {
             let valid = if g + 1 == groups { valid_last } else { COLS };
@@ -81,10 +88,22 @@ unsafe fn unpack<F: ColumnFormat>(w: *const u8, w_stride: usize, rows: usize, gr
                     }
                     _mm256_store_si256(chunks.add(c).cast(), _mm512_castsi512_si256(v));
                 }
-                _mm256_store_ps(addr_of_mut!((*out).s_lo).cast(), _mm512_castps512_ps256(s.s_lo));
-                _mm256_store_ps(addr_of_mut!((*out).s_hi).cast(), _mm512_castps512_ps256(s.s_hi));
-                _mm256_store_ps(addr_of_mut!((*out).c_lo).cast(), _mm512_castps512_ps256(s.c_lo));
-                _mm256_store_ps(addr_of_mut!((*out).c_hi).cast(), _mm512_castps512_ps256(s.c_hi));
+                _mm256_store_ps(
+                    addr_of_mut!((*out).s_lo).cast(),
+                    _mm512_castps512_ps256(s.s_lo),
+                );
+                _mm256_store_ps(
+                    addr_of_mut!((*out).s_hi).cast(),
+                    _mm512_castps512_ps256(s.s_hi),
+                );
+                _mm256_store_ps(
+                    addr_of_mut!((*out).c_lo).cast(),
+                    _mm512_castps512_ps256(s.c_lo),
+                );
+                _mm256_store_ps(
+                    addr_of_mut!((*out).c_hi).cast(),
+                    _mm512_castps512_ps256(s.c_hi),
+                );
             }
         }
     }
@@ -139,7 +158,10 @@ unsafe fn kernel<F: ColumnFormat, const RM: usize, const NP: usize>(args: &TileA
             if F::OFFSET != 0 {
                 for p in 0..NP {
                     let rec = &*ag.add(p);
-                    let (ol, oh) = (_mm512_load_si512(rec.off_lo.as_ptr().cast()), _mm512_load_si512(rec.off_hi.as_ptr().cast()));
+                    let (ol, oh) = (
+                        _mm512_load_si512(rec.off_lo.as_ptr().cast()),
+                        _mm512_load_si512(rec.off_hi.as_ptr().cast()),
+                    );
                     for r in 0..RM {
                         lo[r][p] = ol;
                         if split::<F>() {
@@ -151,7 +173,9 @@ unsafe fn kernel<F: ColumnFormat, const RM: usize, const NP: usize>(args: &TileA
             for c in 0..8 {
                 let mut wv = [_mm512_setzero_si512(); RM];
                 for r in 0..RM {
-                    wv[r] = _mm512_broadcast_i64x4(_mm256_load_si256((*wg[r]).chunks[c].as_ptr().cast()));
+                    wv[r] = _mm512_broadcast_i64x4(_mm256_load_si256(
+                        (*wg[r]).chunks[c].as_ptr().cast(),
+                    ));
                 }
                 for p in 0..NP {
                     let av = _mm512_load_si512((*ag.add(p)).chunks[c].as_ptr().cast());
@@ -172,9 +196,21 @@ unsafe fn kernel<F: ColumnFormat, const RM: usize, const NP: usize>(args: &TileA
             for (r, sc) in sc.iter_mut().enumerate() {
                 let u = wg[r];
                 sc[0] = bcast8(&(*u).s_lo);
-                sc[1] = if split::<F>() { bcast8(&(*u).s_hi) } else { zero };
-                sc[2] = if F::OFFSET == 0 { bcast8(&(*u).c_lo) } else { zero };
-                sc[3] = if F::OFFSET == 0 && F::SPLIT { bcast8(&(*u).c_hi) } else { zero };
+                sc[1] = if split::<F>() {
+                    bcast8(&(*u).s_hi)
+                } else {
+                    zero
+                };
+                sc[2] = if F::OFFSET == 0 {
+                    bcast8(&(*u).c_lo)
+                } else {
+                    zero
+                };
+                sc[3] = if F::OFFSET == 0 && F::SPLIT {
+                    bcast8(&(*u).c_hi)
+                } else {
+                    zero
+                };
             }
             for p in 0..NP {
                 let rec = &*ag.add(p);
@@ -182,14 +218,25 @@ unsafe fn kernel<F: ColumnFormat, const RM: usize, const NP: usize>(args: &TileA
                 let (f0, f1) = match (F::OFFSET == 0, F::SPLIT) {
                     (false, _) => (zero, zero),
                     (true, false) => (_mm512_load_ps(rec.fa.as_ptr()), zero),
-                    (true, true) => (_mm512_load_ps(rec.flo.as_ptr()), _mm512_load_ps(rec.fhi.as_ptr())),
+                    (true, true) => (
+                        _mm512_load_ps(rec.flo.as_ptr()),
+                        _mm512_load_ps(rec.fhi.as_ptr()),
+                    ),
                 };
                 for r in 0..RM {
                     let slot = args.acc.add(r * args.acc_stride + p);
                     let mut a = if fresh { zero } else { *slot };
-                    a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[r][p]), _mm512_mul_ps(sc[r][0], da), a);
+                    a = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(lo[r][p]),
+                        _mm512_mul_ps(sc[r][0], da),
+                        a,
+                    );
                     if split::<F>() {
-                        a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi[r][p]), _mm512_mul_ps(sc[r][1], da), a);
+                        a = _mm512_fmadd_ps(
+                            _mm512_cvtepi32_ps(hi[r][p]),
+                            _mm512_mul_ps(sc[r][1], da),
+                            a,
+                        );
                     }
                     if F::OFFSET == 0 {
                         a = _mm512_fnmadd_ps(sc[r][2], f0, a);
@@ -215,7 +262,10 @@ fn reduce16(v: impl Fn(usize) -> __m512) -> [__m512; 2] {
     // Within each 128-bit lane k (token k / 2, columns 4(k % 2)..+4): pairs of
     // neighbouring columns, rows a and b interleaved: [a01, a23, b01, b23].
     let pairs = |a: __m512, b: __m512| {
-        _mm512_add_ps(_mm512_shuffle_ps::<0x88>(a, b), _mm512_shuffle_ps::<0xDD>(a, b))
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x88>(a, b),
+            _mm512_shuffle_ps::<0xDD>(a, b),
+        )
     };
     let mut l1 = [_mm512_setzero_ps(); 8];
     for (i, l) in l1.iter_mut().enumerate() {
@@ -228,11 +278,17 @@ fn reduce16(v: impl Fn(usize) -> __m512) -> [__m512; 2] {
     }
     // Add the two column halves of each token: [h0 abcd, h1 abcd, h0 efgh, h1 efgh].
     let halves = |a: __m512, b: __m512| {
-        _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xDD>(a, b))
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(a, b),
+            _mm512_shuffle_f32x4::<0xDD>(a, b),
+        )
     };
     let l3 = [halves(l2[0], l2[1]), halves(l2[2], l2[3])];
     // Gather each token's four row quartets.
-    [_mm512_shuffle_f32x4::<0x88>(l3[0], l3[1]), _mm512_shuffle_f32x4::<0xDD>(l3[0], l3[1])]
+    [
+        _mm512_shuffle_f32x4::<0x88>(l3[0], l3[1]),
+        _mm512_shuffle_f32x4::<0xDD>(l3[0], l3[1]),
+    ]
 }
 
 /// Whether the GEMM path sums the two halves of a column apart: formats with scales
@@ -243,7 +299,13 @@ const fn split<F: ColumnFormat>() -> bool {
 
 /// Largest register tile (rows, pairs) of format `F` within `rows` x `pairs`.
 fn tile_shape<F: ColumnFormat>(rows: usize, pairs: usize) -> (usize, usize) {
-    let rm = if rows >= 4 { 4 } else if rows >= 2 { 2 } else { 1 };
+    let rm = if rows >= 4 {
+        4
+    } else if rows >= 2 {
+        2
+    } else {
+        1
+    };
     // 16 int32 sums (32 when split) beside the RM weight chunks and an activation chunk.
     let max_np = if split::<F>() { 8 / rm } else { 16 / rm };
     (rm, pairs.min(max_np).min(8))
@@ -275,7 +337,11 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile, groups: usize, valid
         while kc0 < groups {
             // Groups kc0..kc0 + kcn, unpacked as row r, group g at ug[r * kcn + g].
             let kcn = UNPACK_GROUPS.min(groups - kc0);
-            let valid_chunk_last = if kc0 + kcn == groups { valid_last } else { COLS };
+            let valid_chunk_last = if kc0 + kcn == groups {
+                valid_last
+            } else {
+                COLS
+            };
             // SAFETY: rows rb0..rb0 + nr, groups kc0..kc0 + kcn of the tile are readable
             // weights; the buffer holds nr * kcn <= UNPACK_ROWS * UNPACK_GROUPS RowGroups.
             unsafe {
@@ -298,8 +364,19 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile, groups: usize, valid
                         let a = tile.a.add(t0 * tile.a_stride);
                         let ga = kc0 + g0;
                         match F::ACT {
-                            QType::Q8_K => act::repack_q8_k(a, tile.a_stride, nt, ga, gn, F::OFFSET, recs),
-                            QType::Q8_0 => act::repack_q8_0(a, tile.a_stride, nt, ga, gn, total_cols, F::OFFSET, recs),
+                            QType::Q8_K => {
+                                act::repack_q8_k(a, tile.a_stride, nt, ga, gn, F::OFFSET, recs)
+                            }
+                            QType::Q8_0 => act::repack_q8_0(
+                                a,
+                                tile.a_stride,
+                                nt,
+                                ga,
+                                gn,
+                                total_cols,
+                                F::OFFSET,
+                                recs,
+                            ),
                             other => unreachable!("{other} activations have no column layout"),
                         }
                     }
@@ -359,7 +436,13 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile, groups: usize, valid
                         let n = 16.min(nr - r0);
                         // SAFETY: every (r, p) with r < nr was written by the slices
                         // above; rows past nr read as zero.
-                        let sums = reduce16(|i| if i < n { unsafe { *acc.add((r0 + i) * np + p) } } else { _mm512_setzero_ps() });
+                        let sums = reduce16(|i| {
+                            if i < n {
+                                unsafe { *acc.add((r0 + i) * np + p) }
+                            } else {
+                                _mm512_setzero_ps()
+                            }
+                        });
                         let mask = (1u32 << n).wrapping_sub(1) as __mmask16;
                         for (h, &s) in sums.iter().enumerate() {
                             let t = t0 + 2 * p + h;
@@ -369,7 +452,11 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile, groups: usize, valid
                                 // and a later K chunk adds to what the first wrote.
                                 unsafe {
                                     let o = tile.out.add(t * tile.ldo + rb0 + r0);
-                                    let s = if kc0 == 0 { s } else { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), s) };
+                                    let s = if kc0 == 0 {
+                                        s
+                                    } else {
+                                        _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), s)
+                                    };
                                     _mm512_mask_storeu_ps(o, mask, s);
                                 }
                             }

@@ -1,16 +1,20 @@
 //! The phases of one MoE call (see the module docs): quantize and gather, gate+up,
 //! quantize the intermediate, down, combine. Every kernel comes from the dispatch table;
-//! this file never names a format.
+//! this file never names a format. In decode (no expert with more than
+//! `GEMV_MAX_TOKENS` positions) gate+up, the intermediate's quantization and down run as
+//! one pool job with per-expert readiness instead of three phases ([`fused`]).
 //!
 //! Threads write disjoint parts of the scratch through raw pointers: each phase's items
 //! partition its output (positions x rows), which `plan.rs` tests.
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::layer::LayerInner;
 use super::plan::{Item, MAX_ITEM_FLOATS};
 use super::scratch::{Scratch, TILE_FLOATS};
 use super::{plan, routing::Routing};
 use crate::cpu::dispatch::{self, FormatKernels, GemmTile};
-use crate::cpu::{Isa, ThreadPool};
+use crate::cpu::{Isa, ThreadPool, GEMV_MAX_TOKENS};
 use crate::error::Result;
 
 /// Below this many elements a phase runs on the driver thread alone: waking the pool
@@ -40,7 +44,9 @@ impl<T> Raw<T> {
 /// Runs the call described by `s` (layer, tokens, inputs) on `pool`, leaving the result
 /// in `s.out[..tokens * hidden]`.
 pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
-    let Some(layer) = s.layer.clone() else { return Ok(()) };
+    let Some(layer) = s.layer.clone() else {
+        return Ok(());
+    };
     let l: &LayerInner = &layer.inner;
     let (tokens, k) = (s.tokens, s.top_k);
     if tokens == 0 {
@@ -48,7 +54,11 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
     }
     let pairs = tokens * k;
     let table = dispatch::table(isa)?;
-    let (kg, ku, kd) = (table.get(l.gate.qtype())?, table.get(l.up.qtype())?, table.get(l.down.qtype())?);
+    let (kg, ku, kd) = (
+        table.get(l.gate.qtype())?,
+        table.get(l.up.qtype())?,
+        table.get(l.down.qtype())?,
+    );
     let h = l.hidden;
     let n_inter = l.slice.len();
     let dims = Dims {
@@ -59,9 +69,28 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
         act_u: l.act_row_up,
         act_d: l.act_row_down,
     };
-    assert!(s.tiles.len() >= pool.threads() * TILE_FLOATS, "tile scratch sized for another pool");
+    assert!(
+        s.tiles.len() >= pool.threads() * TILE_FLOATS,
+        "tile scratch sized for another pool"
+    );
 
-    let Scratch { x, ids, weights, out, routing, items_up, items_down, act_gate, act_up, inter, inter_q, down_out, tiles, .. } = s;
+    let Scratch {
+        x,
+        ids,
+        weights,
+        out,
+        routing,
+        items_up,
+        items_down,
+        act_gate,
+        act_up,
+        inter,
+        inter_q,
+        down_out,
+        tiles,
+        expert_state,
+        ..
+    } = s;
     routing.route(&ids[..pairs], l.experts);
     plan::build(items_up, routing, l.slice.clone());
     plan::build(items_down, routing, 0..h);
@@ -75,7 +104,16 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
 
     let pos_of = &routing.pos_of[..pairs];
     let act_gate = &mut act_gate.as_mut_slice()[..pairs * dims.act_g];
-    quantize_gather(pool, kg, &x[..tokens * h], h, k, pos_of, act_gate, dims.act_g);
+    quantize_gather(
+        pool,
+        kg,
+        &x[..tokens * h],
+        h,
+        k,
+        pos_of,
+        act_gate,
+        dims.act_g,
+    );
     let act_up: &[u8] = if ku.act == kg.act {
         act_gate
     } else {
@@ -83,11 +121,54 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
         quantize_gather(pool, ku, &x[..tokens * h], h, k, pos_of, buf, dims.act_u);
         buf
     };
-    gate_up(pool, l, kg, ku, &dims, items_up, act_gate, act_up, inter, tiles);
     let inter_q = &mut inter_q.as_mut_slice()[..pairs * dims.act_d];
-    quantize_rows(pool, kd, inter, n_inter, inter_q, dims.act_d);
-    down(pool, l, kd, &dims, items_down, inter_q, down_out);
-    combine(pool, routing, down_out, h, k, &weights[..pairs], &mut out[..tokens * h]);
+    let decode = routing
+        .active()
+        .iter()
+        .all(|&e| routing.counts[e as usize] as usize <= GEMV_MAX_TOKENS);
+    // (With one thread the phased path runs: tests comparing thread counts therefore
+    // also check that both paths give bit-identical results.)
+    if decode && pool.threads() > 1 {
+        let kernels = Kernels {
+            gate: kg,
+            up: ku,
+            down: kd,
+        };
+        let bufs = Bufs {
+            act_g: act_gate,
+            act_u: act_up,
+            inter,
+            inter_q,
+            down_out,
+            tiles,
+        };
+        fused(
+            pool,
+            l,
+            &kernels,
+            &dims,
+            routing,
+            items_up,
+            items_down,
+            bufs,
+            &mut expert_state[..l.experts],
+        );
+    } else {
+        gate_up(
+            pool, l, kg, ku, &dims, items_up, act_gate, act_up, inter, tiles,
+        );
+        quantize_rows(pool, kd, inter, n_inter, inter_q, dims.act_d);
+        down(pool, l, kd, &dims, items_down, inter_q, down_out);
+    }
+    combine(
+        pool,
+        routing,
+        down_out,
+        h,
+        k,
+        &weights[..pairs],
+        &mut out[..tokens * h],
+    );
     Ok(())
 }
 
@@ -113,7 +194,16 @@ fn phase(pool: &ThreadPool, n: usize, elems: usize, body: &(dyn Fn(usize, usize)
 
 /// Quantizes each token's activations once and copies them to the token's `k` positions.
 #[allow(clippy::too_many_arguments)]
-fn quantize_gather(pool: &ThreadPool, kern: &FormatKernels, x: &[f32], h: usize, k: usize, pos_of: &[u32], dst: &mut [u8], row: usize) {
+fn quantize_gather(
+    pool: &ThreadPool,
+    kern: &FormatKernels,
+    x: &[f32],
+    h: usize,
+    k: usize,
+    pos_of: &[u32],
+    dst: &mut [u8],
+    row: usize,
+) {
     let tokens = x.len() / h;
     debug_assert_eq!(dst.len(), tokens * k * row);
     let dst = Raw::new(dst.as_mut_ptr());
@@ -128,7 +218,9 @@ fn quantize_gather(pool: &ThreadPool, kern: &FormatKernels, x: &[f32], h: usize,
         unsafe { (kern.quantize_act)(&x[t * h..(t + 1) * h], first_row) };
         for &p in &slots[1..] {
             // SAFETY: as above; rows of distinct positions do not overlap.
-            unsafe { std::ptr::copy_nonoverlapping(dst.at(first * row), dst.at(p as usize * row), row) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(dst.at(first * row), dst.at(p as usize * row), row)
+            };
         }
     });
 }
@@ -148,53 +240,93 @@ fn gate_up(
     inter: &mut [f32],
     tiles: &mut [f32],
 ) {
-    let (gate, up) = (Raw::new(l.gate.bytes().as_ptr()), Raw::new(l.up.bytes().as_ptr()));
     let (ag, au) = (Raw::new(act_g.as_ptr()), Raw::new(act_u.as_ptr()));
     let (inter, tiles) = (Raw::new(inter.as_mut_ptr()), Raw::new(tiles.as_mut_ptr()));
-    let inter_rows = l.intermediate;
-    let work = items.iter().map(|it| it.rows as usize * it.tokens as usize).sum::<usize>() * d.h;
+    let work = items
+        .iter()
+        .map(|it| it.rows as usize * it.tokens as usize)
+        .sum::<usize>()
+        * d.h;
     phase(pool, items.len(), work, &|i, thread| {
-        let it = items[i];
-        let (e, r0, nr, p0, nt) = (it.expert as usize, it.row0 as usize, it.rows as usize, it.pos0 as usize, it.tokens as usize);
-        debug_assert!(nr * nt <= MAX_ITEM_FLOATS);
-        let g_out = tiles.at(thread * TILE_FLOATS);
-        let u_out = tiles.at(thread * TILE_FLOATS + TILE_FLOATS / 2);
-        let tile = |stack: &super::ExpertStack, w: Raw<u8>, a: Raw<u8>, a_stride: usize, out: *mut f32| GemmTile {
-            qtype: stack.qtype(),
-            k: d.h,
-            w: w.at((e * inter_rows + r0) * stack.row_bytes()),
-            w_stride: stack.row_bytes(),
-            rows: nr,
-            a: a.at(p0 * a_stride),
-            a_stride,
-            tokens: nt,
-            out,
-            ldo: nr,
-        };
-        // SAFETY: expert e < experts (checked at submit) and rows r0..r0+nr < I, so the
-        // weight rows lie in the stack; positions p0..p0+nt lie in the gathered
-        // activations; the thread's tile scratch holds MAX_ITEM_FLOATS >= nr x nt
-        // floats per projection and only this thread uses it; the table only holds
-        // kernels this CPU can run.
-        unsafe {
-            (kg.gemm)(&tile(&l.gate, gate, ag, d.act_g, g_out));
-            (ku.gemm)(&tile(&l.up, up, au, d.act_u, u_out));
-        }
-        for t in 0..nt {
-            // SAFETY: the tiles were just written (nt x nr each); the intermediate row
-            // part (position p0+t, rows r0..r0+nr of the slice) belongs to this item.
-            let (g, u, h) = unsafe {
-                (
-                    std::slice::from_raw_parts(g_out.add(t * nr), nr),
-                    std::slice::from_raw_parts(u_out.add(t * nr), nr),
-                    std::slice::from_raw_parts_mut(inter.at((p0 + t) * d.n_inter + r0 - d.slice0), nr),
-                )
-            };
-            for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
-                *h = silu(g) * u;
-            }
-        }
+        // SAFETY: the buffers are the call's (sized for its positions by the caller);
+        // items partition (position, row) and `thread` owns its tile scratch.
+        unsafe { gate_up_item(l, kg, ku, d, items[i], ag, au, inter, tiles, thread) };
     });
+}
+
+/// One gate+up item: the gate tile and the up tile into `thread`'s tile scratch, then
+/// `silu(g) * u` into the intermediate rows of the item's positions.
+///
+/// # Safety
+/// `ag`/`au` hold the gathered activations and `inter` the intermediate rows of every
+/// position of the call; no other thread works on this item's (position, row) block
+/// or uses `thread`'s tile scratch (of `TILE_FLOATS` floats in `tiles`) meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gate_up_item(
+    l: &LayerInner,
+    kg: &FormatKernels,
+    ku: &FormatKernels,
+    d: &Dims,
+    it: Item,
+    ag: Raw<u8>,
+    au: Raw<u8>,
+    inter: Raw<f32>,
+    tiles: Raw<f32>,
+    thread: usize,
+) {
+    let (gate, up) = (
+        Raw::new(l.gate.bytes().as_ptr()),
+        Raw::new(l.up.bytes().as_ptr()),
+    );
+    let inter_rows = l.intermediate;
+    let (e, r0, nr, p0, nt) = (
+        it.expert as usize,
+        it.row0 as usize,
+        it.rows as usize,
+        it.pos0 as usize,
+        it.tokens as usize,
+    );
+    debug_assert!(nr * nt <= MAX_ITEM_FLOATS);
+    let g_out = tiles.at(thread * TILE_FLOATS);
+    let u_out = tiles.at(thread * TILE_FLOATS + TILE_FLOATS / 2);
+    let tile =
+        |stack: &super::ExpertStack, w: Raw<u8>, a: Raw<u8>, a_stride: usize, out: *mut f32| {
+            GemmTile {
+                qtype: stack.qtype(),
+                k: d.h,
+                w: w.at((e * inter_rows + r0) * stack.row_bytes()),
+                w_stride: stack.row_bytes(),
+                rows: nr,
+                a: a.at(p0 * a_stride),
+                a_stride,
+                tokens: nt,
+                out,
+                ldo: nr,
+            }
+        };
+    // SAFETY: expert e < experts (checked at submit) and rows r0..r0+nr < I, so the
+    // weight rows lie in the stack; positions p0..p0+nt lie in the gathered
+    // activations; the thread's tile scratch holds MAX_ITEM_FLOATS >= nr x nt
+    // floats per projection and only this thread uses it; the table only holds
+    // kernels this CPU can run.
+    unsafe {
+        (kg.gemm)(&tile(&l.gate, gate, ag, d.act_g, g_out));
+        (ku.gemm)(&tile(&l.up, up, au, d.act_u, u_out));
+    }
+    for t in 0..nt {
+        // SAFETY: the tiles were just written (nt x nr each); the intermediate row
+        // part (position p0+t, rows r0..r0+nr of the slice) belongs to this item.
+        let (g, u, h) = unsafe {
+            (
+                std::slice::from_raw_parts(g_out.add(t * nr), nr),
+                std::slice::from_raw_parts(u_out.add(t * nr), nr),
+                std::slice::from_raw_parts_mut(inter.at((p0 + t) * d.n_inter + r0 - d.slice0), nr),
+            )
+        };
+        for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
+            *h = silu(g) * u;
+        }
+    }
 }
 
 /// SiLU in f32: `g * sigmoid(g)`; for very negative g, exp overflows to inf and the
@@ -204,56 +336,217 @@ fn silu(g: f32) -> f32 {
 }
 
 /// Quantizes every intermediate row to the down format's activation type.
-fn quantize_rows(pool: &ThreadPool, kern: &FormatKernels, inter: &[f32], n: usize, dst: &mut [u8], row: usize) {
+fn quantize_rows(
+    pool: &ThreadPool,
+    kern: &FormatKernels,
+    inter: &[f32],
+    n: usize,
+    dst: &mut [u8],
+    row: usize,
+) {
     let rows = inter.len() / n;
     let per_item = (SERIAL_ELEMS / 4 / n).max(1);
-    let dst = Raw::new(dst.as_mut_ptr());
-    phase(pool, rows.div_ceil(per_item), inter.len(), &|i, _| {
-        for p in i * per_item..((i + 1) * per_item).min(rows) {
-            // SAFETY: row p of `dst` (rows x `row` bytes) belongs to item i only; the
-            // table only holds quantizers this CPU can run.
-            unsafe {
-                let out = std::slice::from_raw_parts_mut(dst.at(p * row), row);
-                (kern.quantize_act)(&inter[p * n..(p + 1) * n], out);
+    let (inter, dst) = (Raw::new(inter.as_ptr()), Raw::new(dst.as_mut_ptr()));
+    phase(pool, rows.div_ceil(per_item), rows * n, &|i, _| {
+        // SAFETY: rows p of `inter` (rows x n floats, written by gate/up) and of `dst`
+        // (rows x `row` bytes) for p in this item's range belong to item i only.
+        unsafe {
+            quantize_inter_rows(
+                kern,
+                inter,
+                n,
+                dst,
+                row,
+                i * per_item..((i + 1) * per_item).min(rows),
+            )
+        };
+    });
+}
+
+/// Quantizes intermediate rows `ps` (of `n` floats) to rows of `row` bytes in `dst`.
+///
+/// # Safety
+/// Those rows of `inter` are written and no thread writes them meanwhile; those rows of
+/// `dst` are this thread's alone.
+unsafe fn quantize_inter_rows(
+    kern: &FormatKernels,
+    inter: Raw<f32>,
+    n: usize,
+    dst: Raw<u8>,
+    row: usize,
+    ps: std::ops::Range<usize>,
+) {
+    for p in ps {
+        // SAFETY: the caller's contract; the table only holds quantizers this CPU can run.
+        unsafe {
+            let src = std::slice::from_raw_parts(inter.at(p * n).cast_const(), n);
+            let out = std::slice::from_raw_parts_mut(dst.at(p * row), row);
+            (kern.quantize_act)(src, out);
+        }
+    }
+}
+
+/// Down of each item straight into the positions' rows of `down_out`.
+fn down(
+    pool: &ThreadPool,
+    l: &LayerInner,
+    kd: &FormatKernels,
+    d: &Dims,
+    items: &[Item],
+    act: &[u8],
+    down_out: &mut [f32],
+) {
+    let a = Raw::new(act.as_ptr());
+    let out = Raw::new(down_out.as_mut_ptr());
+    let work = items
+        .iter()
+        .map(|it| it.rows as usize * it.tokens as usize)
+        .sum::<usize>()
+        * d.n_inter;
+    phase(pool, items.len(), work, &|i, _| {
+        // SAFETY: `act` holds every position's quantized intermediate and `down_out`
+        // every position's output row; items partition (position, row).
+        unsafe { down_item(l, kd, d, items[i], a, out) };
+    });
+}
+
+/// One down item: hidden rows of one expert against its positions' quantized
+/// intermediate rows, into those positions' rows of `down_out`.
+///
+/// # Safety
+/// `act` holds the quantized intermediate rows of the item's positions (written and no
+/// longer changing) and `out` the `[pairs, h]` down output, whose (position, row) block
+/// of this item no other thread touches meanwhile.
+unsafe fn down_item(
+    l: &LayerInner,
+    kd: &FormatKernels,
+    d: &Dims,
+    it: Item,
+    a: Raw<u8>,
+    out: Raw<f32>,
+) {
+    let stack = &l.down;
+    let w = Raw::new(stack.bytes().as_ptr());
+    let (e, r0, p0) = (it.expert as usize, it.row0 as usize, it.pos0 as usize);
+    let tile = GemmTile {
+        qtype: stack.qtype(),
+        k: d.n_inter,
+        // The slice's columns start `down_col_offset` bytes into each row.
+        w: w.at((e * d.h + r0) * stack.row_bytes() + l.down_col_offset),
+        w_stride: stack.row_bytes(),
+        rows: it.rows as usize,
+        a: a.at(p0 * d.act_d),
+        a_stride: d.act_d,
+        tokens: it.tokens as usize,
+        out: out.at(p0 * d.h + r0),
+        ldo: d.h,
+    };
+    // SAFETY: expert e and rows r0..r0+rows lie in the down stack, and the slice's
+    // columns in each row; positions p0.. lie in the quantized intermediate and in
+    // down_out (pairs x h), where this item's (position, row) block is its own (the
+    // caller's contract); the table only holds kernels this CPU can run.
+    unsafe { (kd.gemm)(&tile) };
+}
+
+/// The kernels of a call's three projections.
+struct Kernels<'a> {
+    gate: &'a FormatKernels,
+    up: &'a FormatKernels,
+    down: &'a FormatKernels,
+}
+
+/// The buffers of a call, sized for its positions.
+struct Bufs<'a> {
+    act_g: &'a [u8],
+    act_u: &'a [u8],
+    inter: &'a mut [f32],
+    inter_q: &'a mut [u8],
+    down_out: &'a mut [f32],
+    tiles: &'a mut [f32],
+}
+
+/// `expert_state` value once an expert's intermediate is quantized (until then it counts
+/// the expert's gate+up items still running).
+const READY: u32 = u32::MAX;
+
+/// Decode (every expert at most [`GEMV_MAX_TOKENS`] positions): gate+up, quantizing the
+/// intermediate and down in ONE pool job instead of three phases. Items `0..up.len()`
+/// are gate+up items, the rest down items, both in the same expert order. The thread
+/// that finishes an expert's last gate+up item quantizes that expert's intermediate
+/// rows (at most 8 x I elements) and marks it ready; a down item waits for its expert's
+/// mark. All gate+up items are handed out before any down item and none waits on
+/// anything, so the wait always ends; and since the counter hands the down items out in
+/// expert order, they mostly find their expert ready: the phase barriers, the driver's
+/// serial quantize between them and one pool round trip go away. The arithmetic is the
+/// phased path's, item for item.
+#[allow(clippy::too_many_arguments)]
+fn fused(
+    pool: &ThreadPool,
+    l: &LayerInner,
+    k: &Kernels,
+    d: &Dims,
+    routing: &Routing,
+    up: &[Item],
+    down: &[Item],
+    b: Bufs,
+    state: &mut [AtomicU32],
+) {
+    // Plain writes: the pool's job post publishes them to the threads running items.
+    for &e in routing.active() {
+        *state[e as usize].get_mut() = 0;
+    }
+    for it in up {
+        *state[it.expert as usize].get_mut() += 1;
+    }
+    let state = &*state;
+    let (ag, au) = (Raw::new(b.act_g.as_ptr()), Raw::new(b.act_u.as_ptr()));
+    let (inter, inter_q) = (
+        Raw::new(b.inter.as_mut_ptr()),
+        Raw::new(b.inter_q.as_mut_ptr()),
+    );
+    let (down_out, tiles) = (
+        Raw::new(b.down_out.as_mut_ptr()),
+        Raw::new(b.tiles.as_mut_ptr()),
+    );
+    pool.for_each(up.len() + down.len(), &|i, thread| {
+        if let Some(&it) = up.get(i) {
+            // SAFETY: as in `gate_up`: up items partition (position, row) and `thread`
+            // owns its tile scratch.
+            unsafe { gate_up_item(l, k.gate, k.up, d, it, ag, au, inter, tiles, thread) };
+            let e = it.expert as usize;
+            // AcqRel: the last one out sees every other item's intermediate rows.
+            if state[e].fetch_sub(1, Ordering::AcqRel) == 1 {
+                let ps = routing.offsets[e] as usize..routing.offsets[e + 1] as usize;
+                // SAFETY: every gate+up item of expert e is done (the count reached 0),
+                // so its positions' intermediate rows are complete and nobody writes
+                // them; their quantized rows are only read by down items that wait for
+                // the READY mark below.
+                unsafe { quantize_inter_rows(k.down, inter, d.n_inter, inter_q, d.act_d, ps) };
+                state[e].store(READY, Ordering::Release);
             }
+        } else {
+            let it = down[i - up.len()];
+            let s = &state[it.expert as usize];
+            while s.load(Ordering::Acquire) != READY {
+                std::hint::spin_loop();
+            }
+            // SAFETY: the expert's quantized intermediate is complete (READY, Acquire);
+            // down items partition (position, row) of `down_out`.
+            unsafe { down_item(l, k.down, d, it, inter_q, down_out) };
         }
     });
 }
 
-/// Down of each item straight into the positions' rows of `down_out`.
-fn down(pool: &ThreadPool, l: &LayerInner, kd: &FormatKernels, d: &Dims, items: &[Item], act: &[u8], down_out: &mut [f32]) {
-    let stack = &l.down;
-    // The slice's columns start this many bytes into each row.
-    let col_offset = l.down_col_offset;
-    let w = Raw::new(stack.bytes().as_ptr());
-    let a = Raw::new(act.as_ptr());
-    let out = Raw::new(down_out.as_mut_ptr());
-    let work = items.iter().map(|it| it.rows as usize * it.tokens as usize).sum::<usize>() * d.n_inter;
-    phase(pool, items.len(), work, &|i, _| {
-        let it = items[i];
-        let (e, r0, p0) = (it.expert as usize, it.row0 as usize, it.pos0 as usize);
-        let tile = GemmTile {
-            qtype: stack.qtype(),
-            k: d.n_inter,
-            w: w.at((e * d.h + r0) * stack.row_bytes() + col_offset),
-            w_stride: stack.row_bytes(),
-            rows: it.rows as usize,
-            a: a.at(p0 * d.act_d),
-            a_stride: d.act_d,
-            tokens: it.tokens as usize,
-            out: out.at(p0 * d.h + r0),
-            ldo: d.h,
-        };
-        // SAFETY: expert e and rows r0..r0+rows lie in the down stack, and the slice's
-        // columns in each row; positions p0.. lie in the quantized intermediate and in
-        // down_out (pairs x h), where this item's (position, row) block is its own; the
-        // table only holds kernels this CPU can run.
-        unsafe { (kd.gemm)(&tile) };
-    });
-}
-
 /// `out[t] = sum_s w[t,s] * down_out[pos(t,s)]`, each element summed in slot order.
-fn combine(pool: &ThreadPool, routing: &Routing, down_out: &[f32], h: usize, k: usize, weights: &[f32], out: &mut [f32]) {
+fn combine(
+    pool: &ThreadPool,
+    routing: &Routing,
+    down_out: &[f32],
+    h: usize,
+    k: usize,
+    weights: &[f32],
+    out: &mut [f32],
+) {
     let tokens = out.len() / h;
     let chunks = h.div_ceil(COMBINE_COLS);
     let out = Raw::new(out.as_mut_ptr());

@@ -61,20 +61,35 @@ impl Job for Scratch {
 }
 
 fn shape(detail: String) -> KtError {
-    KtError::Shape { op: "MoeContext", detail }
+    KtError::Shape {
+        op: "MoeContext",
+        detail,
+    }
 }
 
 impl MoeContext {
     /// A context for calls of up to `max_tokens` tokens with up to `max_top_k` experts
     /// each, on `pool` with the kernels of `isa`, with scratch sized for `layers`
     /// (more can be added with [`MoeContext::reserve`]). Starts the driver thread.
-    pub fn new(pool: impl Into<PoolRef>, isa: Isa, max_tokens: usize, max_top_k: usize, layers: &[&MoeLayer]) -> Result<MoeContext> {
+    pub fn new(
+        pool: impl Into<PoolRef>,
+        isa: Isa,
+        max_tokens: usize,
+        max_top_k: usize,
+        layers: &[&MoeLayer],
+    ) -> Result<MoeContext> {
         dispatch::table(isa)?;
         if max_tokens == 0 || max_top_k == 0 {
-            return Err(shape(format!("max_tokens {max_tokens} and max_top_k {max_top_k} must be positive")));
+            return Err(shape(format!(
+                "max_tokens {max_tokens} and max_top_k {max_top_k} must be positive"
+            )));
         }
         let driver = Driver::new("MoeContext", pool.into(), isa, Scratch::default())?;
-        let ctx = MoeContext { driver, max_tokens, max_top_k };
+        let ctx = MoeContext {
+            driver,
+            max_tokens,
+            max_top_k,
+        };
         for l in layers {
             ctx.reserve(l)?;
         }
@@ -107,19 +122,38 @@ impl MoeContext {
     /// `ids, weights: [T, k]` and returns at once; [`MoeHandle::sync`] waits for it. The
     /// inputs are copied, so the caller may reuse them right away. Waits first for the
     /// previous call of this context to be synced (or its handle dropped).
-    pub fn submit(&self, layer: &MoeLayer, x: &[f32], ids: &[u32], weights: &[f32]) -> Result<MoeHandle<'_>> {
+    pub fn submit(
+        &self,
+        layer: &MoeLayer,
+        x: &[f32],
+        ids: &[u32],
+        weights: &[f32],
+    ) -> Result<MoeHandle<'_>> {
         let (tokens, k) = self.check_call(layer, x, ids, weights)?;
         let needs = Needs::of(layer, self.max_tokens, self.max_top_k)?;
-        self.driver.submit(tokens * layer.hidden(), |sc| load(sc, &needs, layer, x, ids, weights, tokens, k))
+        self.driver.submit(tokens * layer.hidden(), |sc| {
+            load(sc, &needs, layer, x, ids, weights, tokens, k)
+        })
     }
 
     /// The synchronous call: what [`MoeContext::submit`] + [`MoeHandle::sync`] compute,
     /// but run on the calling thread (as the pool's thread 0), which saves the two
     /// hand-offs to and from the driver thread. Waits for a call in flight first.
-    pub fn forward(&self, layer: &MoeLayer, x: &[f32], ids: &[u32], weights: &[f32], out: &mut [f32]) -> Result<()> {
+    pub fn forward(
+        &self,
+        layer: &MoeLayer,
+        x: &[f32],
+        ids: &[u32],
+        weights: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
         let (tokens, k) = self.check_call(layer, x, ids, weights)?;
         if out.len() != tokens * layer.hidden() {
-            return Err(shape(format!("forward: output has {} elements, the call produces {}", out.len(), tokens * layer.hidden())));
+            return Err(shape(format!(
+                "forward: output has {} elements, the call produces {}",
+                out.len(),
+                tokens * layer.hidden()
+            )));
         }
         let needs = Needs::of(layer, self.max_tokens, self.max_top_k)?;
         let mut sc = self.driver.idle_scratch()?;
@@ -130,30 +164,56 @@ impl MoeContext {
     }
 
     /// Checks a call's shapes; returns (tokens, k).
-    fn check_call(&self, layer: &MoeLayer, x: &[f32], ids: &[u32], weights: &[f32]) -> Result<(usize, usize)> {
+    fn check_call(
+        &self,
+        layer: &MoeLayer,
+        x: &[f32],
+        ids: &[u32],
+        weights: &[f32],
+    ) -> Result<(usize, usize)> {
         let h = layer.hidden();
         if !x.len().is_multiple_of(h) {
-            return Err(shape(format!("x has {} elements, not a whole number of rows of hidden size {h}", x.len())));
+            return Err(shape(format!(
+                "x has {} elements, not a whole number of rows of hidden size {h}",
+                x.len()
+            )));
         }
         let tokens = x.len() / h;
         if tokens > self.max_tokens {
-            return Err(shape(format!("{tokens} tokens, the context was built for at most {}", self.max_tokens)));
+            return Err(shape(format!(
+                "{tokens} tokens, the context was built for at most {}",
+                self.max_tokens
+            )));
         }
         if tokens == 0 {
             if !ids.is_empty() || !weights.is_empty() {
-                return Err(shape(format!("no tokens but {} expert ids and {} weights", ids.len(), weights.len())));
+                return Err(shape(format!(
+                    "no tokens but {} expert ids and {} weights",
+                    ids.len(),
+                    weights.len()
+                )));
             }
             return Ok((0, 0));
         }
         if !ids.len().is_multiple_of(tokens) || ids.is_empty() {
-            return Err(shape(format!("{} expert ids for {tokens} tokens: not tokens x k", ids.len())));
+            return Err(shape(format!(
+                "{} expert ids for {tokens} tokens: not tokens x k",
+                ids.len()
+            )));
         }
         let k = ids.len() / tokens;
         if k > self.max_top_k {
-            return Err(shape(format!("{k} experts per token, the context was built for at most {}", self.max_top_k)));
+            return Err(shape(format!(
+                "{k} experts per token, the context was built for at most {}",
+                self.max_top_k
+            )));
         }
         if weights.len() != ids.len() {
-            return Err(shape(format!("{} routing weights for {} expert ids", weights.len(), ids.len())));
+            return Err(shape(format!(
+                "{} routing weights for {} expert ids",
+                weights.len(),
+                ids.len()
+            )));
         }
         if let Some(i) = ids.iter().position(|&e| e as usize >= layer.experts()) {
             return Err(shape(format!(
@@ -170,9 +230,21 @@ impl MoeContext {
 
 /// Copies a checked call's inputs into the scratch.
 #[allow(clippy::too_many_arguments)]
-fn load(sc: &mut Scratch, needs: &Needs, layer: &MoeLayer, x: &[f32], ids: &[u32], weights: &[f32], tokens: usize, k: usize) -> Result<()> {
+fn load(
+    sc: &mut Scratch,
+    needs: &Needs,
+    layer: &MoeLayer,
+    x: &[f32],
+    ids: &[u32],
+    weights: &[f32],
+    tokens: usize,
+    k: usize,
+) -> Result<()> {
     if !sc.sized_for.covers(needs) {
-        return Err(shape("the scratch was not sized for this layer: pass it to MoeContext::new or reserve()".into()));
+        return Err(shape(
+            "the scratch was not sized for this layer: pass it to MoeContext::new or reserve()"
+                .into(),
+        ));
     }
     sc.layer = Some(layer.clone());
     sc.tokens = tokens;

@@ -73,12 +73,24 @@ impl<S: Job> Driver<S> {
         let pin = core_affinity::get_core_ids().unwrap_or_default();
         // With the pool on every core, workers sit on cores 1.. and the driver (the
         // pool's thread 0) takes core 0, as a pinned caller would.
-        let pin = if pin.len() == pool.threads() { pin.first().copied() } else { None };
+        let pin = if pin.len() == pool.threads() {
+            pin.first().copied()
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             op,
             pool,
             isa,
-            state: Mutex::new(State { submitted: 0, finished: 0, claimed: true, owner: None, stop: false, result: Ok(()), panic: None }),
+            state: Mutex::new(State {
+                submitted: 0,
+                finished: 0,
+                claimed: true,
+                owner: None,
+                stop: false,
+                result: Ok(()),
+                panic: None,
+            }),
             changed: Condvar::new(),
             scratch: Mutex::new(scratch),
         });
@@ -91,8 +103,14 @@ impl<S: Job> Driver<S> {
                 }
                 driver_loop(&for_thread)
             })
-            .map_err(|e| KtError::Shape { op, detail: format!("cannot spawn the driver thread: {e}") })?;
-        Ok(Driver { shared, thread: Some(thread) })
+            .map_err(|e| KtError::Shape {
+                op,
+                detail: format!("cannot spawn the driver thread: {e}"),
+            })?;
+        Ok(Driver {
+            shared,
+            thread: Some(thread),
+        })
     }
 
     pub fn pool(&self) -> &ThreadPool {
@@ -103,7 +121,10 @@ impl<S: Job> Driver<S> {
     }
 
     fn error(&self, detail: &str) -> KtError {
-        KtError::Shape { op: self.shared.op, detail: detail.into() }
+        KtError::Shape {
+            op: self.shared.op,
+            detail: detail.into(),
+        }
     }
 
     /// Waits until no call is in flight or unclaimed; returns the state lock. An error
@@ -113,7 +134,9 @@ impl<S: Job> Driver<S> {
         let mut st = lock(&s.state);
         while st.finished != st.submitted || !st.claimed {
             if st.owner == Some(std::thread::current().id()) {
-                return Err(self.error("this thread holds the handle of an unsynced call: sync or drop it first"));
+                return Err(self.error(
+                    "this thread holds the handle of an unsynced call: sync or drop it first",
+                ));
             }
             st = s.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
@@ -132,7 +155,11 @@ impl<S: Job> Driver<S> {
 
     /// Loads a call with `load` (which may refuse it) and hands it to the driver; the
     /// handle's output is `len` floats.
-    pub fn submit(&self, len: usize, load: impl FnOnce(&mut S) -> Result<()>) -> Result<MoeHandle<'_>> {
+    pub fn submit(
+        &self,
+        len: usize,
+        load: impl FnOnce(&mut S) -> Result<()>,
+    ) -> Result<MoeHandle<'_>> {
         let s = &*self.shared;
         let mut st = self.wait_idle()?;
         load(&mut lock(&s.scratch))?;
@@ -142,7 +169,12 @@ impl<S: Job> Driver<S> {
         let seq = st.submitted;
         drop(st);
         s.changed.notify_all();
-        Ok(MoeHandle { shared: s, seq, len, synced: false })
+        Ok(MoeHandle {
+            shared: s,
+            seq,
+            len,
+            synced: false,
+        })
     }
 }
 
@@ -227,7 +259,14 @@ impl MoeHandle<'_> {
     pub fn sync(mut self, out: &mut [f32]) -> Result<()> {
         let s = self.shared;
         if out.len() != self.len {
-            return Err(KtError::Shape { op: s.op(), detail: format!("sync: output has {} elements, the call produces {}", out.len(), self.len) });
+            return Err(KtError::Shape {
+                op: s.op(),
+                detail: format!(
+                    "sync: output has {} elements, the call produces {}",
+                    out.len(),
+                    self.len
+                ),
+            });
         }
         let mut st = wait_finished(s, self.seq);
         let result = std::mem::replace(&mut st.result, Ok(()));

@@ -28,15 +28,29 @@ impl ExpertStack {
     /// Borrows `experts * rows * row_bytes(cols)` bytes at `offset` of `storage`.
     /// Errors: `cols` not a whole number of `qtype` blocks, a format with no matmul, or
     /// the owner too short.
-    pub fn new(qtype: QType, storage: Storage, offset: usize, experts: usize, rows: usize, cols: usize) -> Result<Self> {
+    pub fn new(
+        qtype: QType,
+        storage: Storage,
+        offset: usize,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self> {
         if !QType::WEIGHTS.contains(&qtype) {
-            return Err(KtError::Unsupported { qtype, op: "MoE expert weights" });
+            return Err(KtError::Unsupported {
+                qtype,
+                op: "MoE expert weights",
+            });
         }
         let row_bytes = qtype.row_bytes(cols)?;
         let len = experts
             .checked_mul(rows)
             .and_then(|n| n.checked_mul(row_bytes))
-            .ok_or_else(|| shape(format!("{experts} x {rows} rows of {row_bytes} bytes overflow")))?;
+            .ok_or_else(|| {
+                shape(format!(
+                    "{experts} x {rows} rows of {row_bytes} bytes overflow"
+                ))
+            })?;
         let have = (*storage).as_ref().len();
         if offset.checked_add(len).is_none_or(|end| end > have) {
             return Err(KtError::Length {
@@ -47,18 +61,42 @@ impl ExpertStack {
                 got: have.saturating_sub(offset),
             });
         }
-        Ok(ExpertStack { qtype, storage, offset, experts, rows, cols, row_bytes })
+        Ok(ExpertStack {
+            qtype,
+            storage,
+            offset,
+            experts,
+            rows,
+            cols,
+            row_bytes,
+        })
     }
 
     /// A stack that owns its bytes (tests, benchmarks, synthetic models).
-    pub fn from_vec(qtype: QType, bytes: Vec<u8>, experts: usize, rows: usize, cols: usize) -> Result<Self> {
+    pub fn from_vec(
+        qtype: QType,
+        bytes: Vec<u8>,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self> {
         let expected = qtype
             .row_bytes(cols)?
             .checked_mul(rows)
             .and_then(|n| n.checked_mul(experts))
-            .ok_or_else(|| shape(format!("{experts} x {rows} rows of {cols} elements overflow")))?;
+            .ok_or_else(|| {
+                shape(format!(
+                    "{experts} x {rows} rows of {cols} elements overflow"
+                ))
+            })?;
         if bytes.len() != expected {
-            return Err(KtError::Length { qtype, what: "expert stack", unit: "bytes", expected, got: bytes.len() });
+            return Err(KtError::Length {
+                qtype,
+                what: "expert stack",
+                unit: "bytes",
+                expected,
+                got: bytes.len(),
+            });
         }
         ExpertStack::new(qtype, Arc::new(bytes), 0, experts, rows, cols)
     }
@@ -123,7 +161,12 @@ pub(crate) struct LayerInner {
 }
 
 impl LayerInner {
-    fn new(gate: ExpertStack, up: ExpertStack, down: ExpertStack, slice: Range<usize>) -> Result<LayerInner> {
+    fn new(
+        gate: ExpertStack,
+        up: ExpertStack,
+        down: ExpertStack,
+        slice: Range<usize>,
+    ) -> Result<LayerInner> {
         let hidden = gate.cols;
         Ok(LayerInner {
             act_row_gate: gate.qtype.vec_dot_type().row_bytes(hidden)?,
@@ -142,7 +185,10 @@ impl LayerInner {
 }
 
 fn shape(detail: String) -> KtError {
-    KtError::Shape { op: "MoeLayer", detail }
+    KtError::Shape {
+        op: "MoeLayer",
+        detail,
+    }
 }
 
 impl MoeLayer {
@@ -162,9 +208,13 @@ impl MoeLayer {
             )));
         }
         if e == 0 || i == 0 || h == 0 {
-            return Err(shape(format!("empty layer: {e} experts, intermediate {i}, hidden {h}")));
+            return Err(shape(format!(
+                "empty layer: {e} experts, intermediate {i}, hidden {h}"
+            )));
         }
-        Ok(MoeLayer { inner: Arc::new(LayerInner::new(gate, up, down, 0..i)?) })
+        Ok(MoeLayer {
+            inner: Arc::new(LayerInner::new(gate, up, down, 0..i)?),
+        })
     }
 
     /// The same weights restricted to intermediate rows/columns `range` (a NUMA node's
@@ -177,7 +227,10 @@ impl MoeLayer {
         let down = l.down.qtype;
         let align = down.block_elems().max(down.vec_dot_type().block_elems());
         if range.start >= range.end || range.end > l.intermediate {
-            return Err(shape(format!("intermediate slice {range:?} is not a non-empty part of 0..{}", l.intermediate)));
+            return Err(shape(format!(
+                "intermediate slice {range:?} is not a non-empty part of 0..{}",
+                l.intermediate
+            )));
         }
         for end in [range.start, range.end] {
             if end % align != 0 && end != l.intermediate {
@@ -188,7 +241,14 @@ impl MoeLayer {
         }
         // (LayerInner::new also checks that the slice's length quantizes in whole
         // activation blocks.)
-        Ok(MoeLayer { inner: Arc::new(LayerInner::new(l.gate.clone(), l.up.clone(), l.down.clone(), range)?) })
+        Ok(MoeLayer {
+            inner: Arc::new(LayerInner::new(
+                l.gate.clone(),
+                l.up.clone(),
+                l.down.clone(),
+                range,
+            )?),
+        })
     }
 
     pub fn hidden(&self) -> usize {

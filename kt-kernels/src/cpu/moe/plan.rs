@@ -26,7 +26,11 @@ pub(crate) const GEMM_TOKEN_BLOCK: usize = 64;
 pub(crate) const MAX_ITEM_FLOATS: usize = {
     let gemv = GEMV_ROW_BLOCK * GEMV_MAX_TOKENS;
     let gemm = GEMM_ROW_BLOCK * GEMM_TOKEN_BLOCK;
-    if gemv > gemm { gemv } else { gemm }
+    if gemv > gemm {
+        gemv
+    } else {
+        gemm
+    }
 };
 
 /// One work item: rows `row0..row0 + rows` of `expert`'s matrix against positions
@@ -53,9 +57,14 @@ pub(crate) fn max_items(rows: usize, pairs: usize, experts: usize) -> usize {
 /// ones, and the small decode-sized items then fill the gaps at the end.
 pub(crate) fn build(items: &mut Vec<Item>, routing: &Routing, rows: Range<usize>) {
     items.clear();
-    let light = routing.active().iter().filter(|&&e| routing.counts[e as usize] as usize <= GEMV_MAX_TOKENS).count();
+    let light = routing
+        .active()
+        .iter()
+        .filter(|&&e| routing.counts[e as usize] as usize <= GEMV_MAX_TOKENS)
+        .count();
     let mut gemv_rows = GEMV_ROW_BLOCK;
-    while gemv_rows > GEMV_MIN_ROW_BLOCK && light * rows.len().div_ceil(gemv_rows) < MIN_GEMV_ITEMS {
+    while gemv_rows > GEMV_MIN_ROW_BLOCK && light * rows.len().div_ceil(gemv_rows) < MIN_GEMV_ITEMS
+    {
         gemv_rows /= 2;
     }
     for busy in [true, false] {
@@ -64,12 +73,19 @@ pub(crate) fn build(items: &mut Vec<Item>, routing: &Routing, rows: Range<usize>
             if (n > GEMV_MAX_TOKENS) != busy {
                 continue;
             }
-            let (row_block, token_block) = if busy { (GEMM_ROW_BLOCK, GEMM_TOKEN_BLOCK) } else { (gemv_rows, n) };
+            let (row_block, token_block) = if busy {
+                (GEMM_ROW_BLOCK, GEMM_TOKEN_BLOCK)
+            } else {
+                (gemv_rows, n)
+            };
             let first = routing.offsets[e as usize] as usize;
             // Row block outer, position block inner: consecutive items share weights.
             for r0 in rows.clone().step_by(row_block) {
                 for t0 in (0..n).step_by(token_block) {
-                    debug_assert!(items.len() < items.capacity(), "item list reserved too small");
+                    debug_assert!(
+                        items.len() < items.capacity(),
+                        "item list reserved too small"
+                    );
                     items.push(Item {
                         expert: e,
                         row0: r0 as u32,
@@ -92,7 +108,10 @@ mod tests {
         for it in items {
             let e = it.expert as usize;
             let (lo, hi) = (routing.offsets[e], routing.offsets[e + 1]);
-            assert!(it.pos0 >= lo && it.pos0 + it.tokens <= hi, "{it:?} leaves expert {e}'s positions");
+            assert!(
+                it.pos0 >= lo && it.pos0 + it.tokens <= hi,
+                "{it:?} leaves expert {e}'s positions"
+            );
             for p in it.pos0..it.pos0 + it.tokens {
                 for r in it.row0..it.row0 + it.rows {
                     hit[p as usize * rows.end + r as usize] += 1;

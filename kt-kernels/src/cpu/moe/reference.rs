@@ -9,19 +9,36 @@ use crate::quant::reference as quant_ref;
 
 /// `out[t] = sum_s weights[t,s] * down_e(silu(gate_e x[t]) * up_e x[t])`, `e = ids[t,s]`,
 /// over the layer's intermediate slice. Shapes as in [`super::MoeContext::submit`].
-pub fn reference(layer: &MoeLayer, x: &[f32], ids: &[u32], weights: &[f32], out: &mut [f32]) -> Result<()> {
+pub fn reference(
+    layer: &MoeLayer,
+    x: &[f32],
+    ids: &[u32],
+    weights: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
     let (h, e_count) = (layer.hidden(), layer.experts());
     let slice = layer.intermediate_slice();
-    let bad = |detail: String| KtError::Shape { op: "moe::reference", detail };
+    let bad = |detail: String| KtError::Shape {
+        op: "moe::reference",
+        detail,
+    };
     if !x.len().is_multiple_of(h) || out.len() != x.len() {
-        return Err(bad(format!("x has {} and out {} elements; both must be tokens x {h}", x.len(), out.len())));
+        return Err(bad(format!(
+            "x has {} and out {} elements; both must be tokens x {h}",
+            x.len(),
+            out.len()
+        )));
     }
     let tokens = x.len() / h;
     if tokens == 0 {
         return Ok(());
     }
     if !ids.len().is_multiple_of(tokens) || weights.len() != ids.len() || ids.is_empty() {
-        return Err(bad(format!("{} ids and {} weights for {tokens} tokens", ids.len(), weights.len())));
+        return Err(bad(format!(
+            "{} ids and {} weights for {tokens} tokens",
+            ids.len(),
+            weights.len()
+        )));
     }
     let k = ids.len() / tokens;
     if let Some(&e) = ids.iter().find(|&&e| e as usize >= e_count) {
@@ -41,7 +58,9 @@ pub fn reference(layer: &MoeLayer, x: &[f32], ids: &[u32], weights: &[f32], out:
         let xt = &x[t * h..(t + 1) * h];
         let mut acc = vec![0f64; h];
         for s in 0..k {
-            let ex = experts[ids[t * k + s] as usize].as_ref().expect("dequantized above");
+            let ex = experts[ids[t * k + s] as usize]
+                .as_ref()
+                .expect("dequantized above");
             let inter: Vec<f64> = (0..slice.len())
                 .map(|i| {
                     let g = dot(&ex.gate[i * h..(i + 1) * h], xt);
@@ -52,7 +71,11 @@ pub fn reference(layer: &MoeLayer, x: &[f32], ids: &[u32], weights: &[f32], out:
             let w = weights[t * k + s] as f64;
             for (r, a) in acc.iter_mut().enumerate() {
                 let d = &ex.down[r * slice.len()..(r + 1) * slice.len()];
-                *a += w * d.iter().zip(&inter).map(|(&d, &v)| d as f64 * v).sum::<f64>();
+                *a += w * d
+                    .iter()
+                    .zip(&inter)
+                    .map(|(&d, &v)| d as f64 * v)
+                    .sum::<f64>();
             }
         }
         for (o, a) in out[t * h..(t + 1) * h].iter_mut().zip(acc) {
@@ -86,7 +109,10 @@ impl Expert {
         let gate = rows(layer.gate(), i_all, h)[slice.start * h..slice.end * h].to_vec();
         let up = rows(layer.up(), i_all, h)[slice.start * h..slice.end * h].to_vec();
         let down_full = rows(layer.down(), h, i_all);
-        let down = down_full.chunks_exact(i_all).flat_map(|row| row[slice.clone()].iter().copied()).collect();
+        let down = down_full
+            .chunks_exact(i_all)
+            .flat_map(|row| row[slice.clone()].iter().copied())
+            .collect();
         Expert { gate, up, down }
     }
 }

@@ -1,6 +1,8 @@
 //! Every buffer a call uses, allocated when the context is built or a layer is reserved
 //! and only sliced afterwards: a call allocates nothing.
 
+use std::sync::atomic::AtomicU32;
+
 use super::layer::MoeLayer;
 use super::plan::{self, Item, MAX_ITEM_FLOATS};
 use super::routing::Routing;
@@ -26,7 +28,10 @@ impl Needs {
         let l = &*layer.inner;
         let pairs = max_tokens
             .checked_mul(max_top_k)
-            .ok_or_else(|| KtError::Shape { op: "MoeContext", detail: format!("{max_tokens} tokens x {max_top_k} slots overflow") })?;
+            .ok_or_else(|| KtError::Shape {
+                op: "MoeContext",
+                detail: format!("{max_tokens} tokens x {max_top_k} slots overflow"),
+            })?;
         let same_act = l.gate.qtype().vec_dot_type() == l.up.qtype().vec_dot_type();
         let inter = l.slice.len();
         Ok(Needs {
@@ -101,6 +106,8 @@ pub(crate) struct Scratch {
     pub down_out: Vec<f32>,
     /// Per pool thread: a gate tile and an up tile of the largest item.
     pub tiles: Vec<f32>,
+    /// Per expert, in the fused decode job: gate+up items still running, then ready.
+    pub expert_state: Vec<AtomicU32>,
 }
 
 /// f32s of one thread's tile scratch (gate tile then up tile).
@@ -126,6 +133,10 @@ impl Scratch {
         grow_vec(&mut self.inter, p * n.inter);
         grow_vec(&mut self.down_out, p * n.hidden);
         grow_vec(&mut self.tiles, threads * TILE_FLOATS);
+        if self.expert_state.len() < n.experts {
+            self.expert_state
+                .resize_with(n.experts, || AtomicU32::new(0));
+        }
         self.sized_for = n;
     }
 }

@@ -8,7 +8,15 @@ use crate::quant::{reference, QType};
 
 pub(crate) fn register(t: &mut KernelTable) {
     for q in QType::WEIGHTS {
-        t.set(q, FormatKernels { act: q.vec_dot_type(), quantize_act: quantize_act_fn(q.vec_dot_type()), gemm, gemm_isa: Isa::Scalar });
+        t.set(
+            q,
+            FormatKernels {
+                act: q.vec_dot_type(),
+                quantize_act: quantize_act_fn(q.vec_dot_type()),
+                gemm,
+                gemm_isa: Isa::Scalar,
+            },
+        );
     }
 }
 
@@ -44,8 +52,15 @@ act_quantizer!(f32, QType::F32);
 /// # Safety
 /// See [`super::dispatch::GemmFn`].
 unsafe fn gemm(tile: &GemmTile) {
-    let wb = tile.qtype.row_bytes(tile.k).expect("k checked by the driver");
-    let ab = tile.qtype.vec_dot_type().row_bytes(tile.k).expect("k checked by the driver");
+    let wb = tile
+        .qtype
+        .row_bytes(tile.k)
+        .expect("k checked by the driver");
+    let ab = tile
+        .qtype
+        .vec_dot_type()
+        .row_bytes(tile.k)
+        .expect("k checked by the driver");
     for t in 0..tile.tokens {
         // SAFETY: the caller guarantees `tokens` activation rows of `ab` bytes at stride
         // `a_stride`.

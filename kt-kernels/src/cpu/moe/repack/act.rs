@@ -20,7 +20,9 @@ use super::format::RepackFormat;
 /// [`quantize_row`]).
 pub fn quantize_row_with(isa: crate::cpu::Isa, format: RepackFormat, src: &[f32], dst: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    let avx512 = isa >= crate::cpu::Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
+    let avx512 = isa >= crate::cpu::Isa::Avx512
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw");
     if let (true, Some(g)) = (avx512, format.group()) {
         // SAFETY: AVX512 F/BW were detected; quantize_int8 checks the lengths.
         unsafe { super::act_avx512::quantize_int8(src, dst, g) };
@@ -41,7 +43,11 @@ pub fn quantize_row(format: RepackFormat, src: &[f32], dst: &mut [u8]) {
         }
         Some(g) => {
             let (vals, scales) = dst.split_at_mut(src.len());
-            for ((x, q), s) in src.chunks_exact(g).zip(vals.chunks_exact_mut(g)).zip(scales.chunks_exact_mut(4)) {
+            for ((x, q), s) in src
+                .chunks_exact(g)
+                .zip(vals.chunks_exact_mut(g))
+                .zip(scales.chunks_exact_mut(4))
+            {
                 let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let d = amax / 127.0;
                 let inv = if d > 0.0 { 1.0 / d } else { 0.0 };

@@ -12,11 +12,17 @@ use std::arch::x86_64::*;
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(crate) unsafe fn quantize_int8(src: &[f32], dst: &mut [u8], group: usize) {
     let n = src.len();
-    assert!(n.is_multiple_of(group) && group.is_multiple_of(16) && dst.len() == n + 4 * (n / group));
+    assert!(
+        n.is_multiple_of(group) && group.is_multiple_of(16) && dst.len() == n + 4 * (n / group)
+    );
     let (vals, scales) = dst.split_at_mut(n);
     let lo = _mm512_set1_epi32(-127);
     let hi = _mm512_set1_epi32(127);
-    for (g, (x, q)) in src.chunks_exact(group).zip(vals.chunks_exact_mut(group)).enumerate() {
+    for (g, (x, q)) in src
+        .chunks_exact(group)
+        .zip(vals.chunks_exact_mut(group))
+        .enumerate()
+    {
         // SAFETY: every load reads 16 floats of `x` and every store writes 16 bytes of
         // `q` at offsets below `group` (a multiple of 16).
         unsafe {
@@ -29,7 +35,10 @@ pub(crate) unsafe fn quantize_int8(src: &[f32], dst: &mut [u8], group: usize) {
             for c in (0..group).step_by(16) {
                 let v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(c)), inv));
                 let v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
-                _mm_storeu_si128(q.as_mut_ptr().add(c) as *mut __m128i, _mm512_cvtepi32_epi8(v));
+                _mm_storeu_si128(
+                    q.as_mut_ptr().add(c) as *mut __m128i,
+                    _mm512_cvtepi32_epi8(v),
+                );
             }
             scales[4 * g..4 * g + 4].copy_from_slice(&d.to_le_bytes());
         }

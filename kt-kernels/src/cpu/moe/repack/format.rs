@@ -38,7 +38,10 @@ pub enum RepackFormat {
 }
 
 fn bad(detail: String) -> KtError {
-    KtError::Shape { op: "repack", detail }
+    KtError::Shape {
+        op: "repack",
+        detail,
+    }
 }
 
 impl RepackFormat {
@@ -48,7 +51,11 @@ impl RepackFormat {
             "int8" => RepackFormat::Int8 { group },
             "int4" => RepackFormat::Int4 { group },
             "bf16" => RepackFormat::Bf16,
-            other => return Err(bad(format!("unknown repacked format {other:?}: int8, int4 or bf16"))),
+            other => {
+                return Err(bad(format!(
+                    "unknown repacked format {other:?}: int8, int4 or bf16"
+                )))
+            }
         };
         f.check_group()?;
         Ok(f)
@@ -56,7 +63,9 @@ impl RepackFormat {
 
     fn check_group(self) -> Result<()> {
         match self.group() {
-            Some(g) if !GROUPS.contains(&g) => Err(bad(format!("group size {g}: the repacked layouts take {GROUPS:?}"))),
+            Some(g) if !GROUPS.contains(&g) => Err(bad(format!(
+                "group size {g}: the repacked layouts take {GROUPS:?}"
+            ))),
             _ => Ok(()),
         }
     }
@@ -91,11 +100,17 @@ impl RepackFormat {
     pub fn check(self, rows: usize, cols: usize) -> Result<()> {
         self.check_group()?;
         if rows == 0 || cols == 0 || !rows.is_multiple_of(PANEL) {
-            return Err(bad(format!("{rows} rows: {} needs a positive multiple of {PANEL}", self.name())));
+            return Err(bad(format!(
+                "{rows} rows: {} needs a positive multiple of {PANEL}",
+                self.name()
+            )));
         }
         let unit = self.group().unwrap_or(32);
         if !cols.is_multiple_of(unit) {
-            return Err(bad(format!("{cols} columns: {} needs a multiple of {unit}", self.name())));
+            return Err(bad(format!(
+                "{cols} columns: {} needs a multiple of {unit}",
+                self.name()
+            )));
         }
         Ok(())
     }
@@ -140,7 +155,11 @@ mod tests {
 
     #[test]
     fn layout_is_a_bijection_onto_the_panel() {
-        for f in [RepackFormat::Int8 { group: 32 }, RepackFormat::Int4 { group: 64 }, RepackFormat::Bf16] {
+        for f in [
+            RepackFormat::Int8 { group: 32 },
+            RepackFormat::Int4 { group: 64 },
+            RepackFormat::Bf16,
+        ] {
             let cols = 128;
             let unit = if f == RepackFormat::Bf16 { 2 } else { 1 };
             let mut hit = vec![0u8; f.panel_bytes(cols) * 2];
@@ -152,9 +171,19 @@ mod tests {
                     }
                 }
             }
-            let per_byte = if matches!(f, RepackFormat::Int4 { .. }) { 2 } else { 1 };
+            let per_byte = if matches!(f, RepackFormat::Int4 { .. }) {
+                2
+            } else {
+                1
+            };
             for (i, &h) in hit.iter().enumerate() {
-                assert_eq!(h, u8::from(i % 2 < per_byte), "{f:?} byte {} nibble {}", i / 2, i % 2);
+                assert_eq!(
+                    h,
+                    u8::from(i % 2 < per_byte),
+                    "{f:?} byte {} nibble {}",
+                    i / 2,
+                    i % 2
+                );
             }
         }
     }

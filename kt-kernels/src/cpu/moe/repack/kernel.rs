@@ -54,16 +54,25 @@ pub enum PrefetchLevel {
 impl Default for Prefetch {
     /// Two groups ahead into L1 (4 KiB per panel pair at G = 128 INT4).
     fn default() -> Prefetch {
-        Prefetch { groups: 2, level: PrefetchLevel::L1 }
+        Prefetch {
+            groups: 2,
+            level: PrefetchLevel::L1,
+        }
     }
 }
 
 impl Prefetch {
     /// `none`, or `GROUPS:l1` / `GROUPS:l2` (e.g. `2:l1`).
     pub fn parse(s: &str) -> Result<Prefetch> {
-        let bad = || KtError::Shape { op: "prefetch", detail: format!("{s:?}: expected none, or GROUPS:l1 / GROUPS:l2 with GROUPS in 1..=16") };
+        let bad = || KtError::Shape {
+            op: "prefetch",
+            detail: format!("{s:?}: expected none, or GROUPS:l1 / GROUPS:l2 with GROUPS in 1..=16"),
+        };
         if s == "none" {
-            return Ok(Prefetch { groups: 0, level: PrefetchLevel::L1 });
+            return Ok(Prefetch {
+                groups: 0,
+                level: PrefetchLevel::L1,
+            });
         }
         let (g, l) = s.split_once(':').ok_or_else(bad)?;
         let groups: usize = g.parse().map_err(|_| bad())?;
@@ -120,7 +129,10 @@ impl Kernel {
             Kernel::Vnni => {
                 Isa::Avx512.check()?;
                 if format == RepackFormat::Bf16 && !Isa::Avx512.has_avx512_bf16() {
-                    return Err(KtError::IsaUnavailable { isa: "avx512", reason: "the CPU lacks AVX512-BF16 (bf16 repacked layout)".into() });
+                    return Err(KtError::IsaUnavailable {
+                        isa: "avx512",
+                        reason: "the CPU lacks AVX512-BF16 (bf16 repacked layout)".into(),
+                    });
                 }
                 Ok(())
             }
@@ -169,7 +181,12 @@ pub(crate) unsafe fn scalar(t: &Tile) {
     let arow = f.act_row_bytes(t.k);
     for p in 0..t.panels {
         // SAFETY: the caller guarantees the tile's panels, activation rows and outputs.
-        let (panel, scales) = unsafe { (std::slice::from_raw_parts(t.w.add(p * pb), pb), std::slice::from_raw_parts(t.scales.add(p * ps), ps)) };
+        let (panel, scales) = unsafe {
+            (
+                std::slice::from_raw_parts(t.w.add(p * pb), pb),
+                std::slice::from_raw_parts(t.scales.add(p * ps), ps),
+            )
+        };
         for tok in 0..t.tokens {
             // SAFETY: as above.
             let a = unsafe { std::slice::from_raw_parts(t.a.add(tok * t.a_stride), arow) };
@@ -183,19 +200,30 @@ pub(crate) unsafe fn scalar(t: &Tile) {
 }
 
 /// Row `n` of one panel against one quantized activation row, in f64.
-fn dot_reference(f: RepackFormat, k: usize, panel: &[u8], scales: &[f16], n: usize, a: &[u8]) -> f64 {
+fn dot_reference(
+    f: RepackFormat,
+    k: usize,
+    panel: &[u8],
+    scales: &[f16],
+    n: usize,
+    a: &[u8],
+) -> f64 {
     match f.group() {
         None => (0..k)
             .map(|c| {
                 let (b, _) = super::format::locate(f, n, c);
-                let w = half::bf16::from_bits(u16::from_le_bytes([panel[b], panel[b + 1]])).to_f32();
-                let x = half::bf16::from_bits(u16::from_le_bytes([a[2 * c], a[2 * c + 1]])).to_f32();
+                let w =
+                    half::bf16::from_bits(u16::from_le_bytes([panel[b], panel[b + 1]])).to_f32();
+                let x =
+                    half::bf16::from_bits(u16::from_le_bytes([a[2 * c], a[2 * c + 1]])).to_f32();
                 w as f64 * x as f64
             })
             .sum(),
         Some(g) => (0..k / g)
             .map(|gi| {
-                let idot: i64 = (gi * g..(gi + 1) * g).map(|c| int_weight(f, panel, n, c) as i64 * a[c] as i8 as i64).sum();
+                let idot: i64 = (gi * g..(gi + 1) * g)
+                    .map(|c| int_weight(f, panel, n, c) as i64 * a[c] as i8 as i64)
+                    .sum();
                 idot as f64 * scales[gi * PANEL + n].to_f32() as f64 * act_scale(a, k, gi) as f64
             })
             .sum(),
@@ -206,17 +234,45 @@ fn dot_reference(f: RepackFormat, k: usize, panel: &[u8], scales: &[f16], n: usi
 /// first `tokens` activation rows of `act` (`act_row_bytes(cols)` bytes each; rows after
 /// them are padding the AMX kernel may load whole tiles from) into
 /// `out[tokens x rows.len()]`, with `kernel`.
-pub fn gemm(kernel: Kernel, stack: &RepackedStack, e: usize, rows: Range<usize>, act: &[u8], tokens: usize, out: &mut [f32]) -> Result<()> {
+pub fn gemm(
+    kernel: Kernel,
+    stack: &RepackedStack,
+    e: usize,
+    rows: Range<usize>,
+    act: &[u8],
+    tokens: usize,
+    out: &mut [f32],
+) -> Result<()> {
     let f = stack.format();
     kernel.check(f)?;
-    let bad = |detail: String| KtError::Shape { op: "repack::gemm", detail };
+    let bad = |detail: String| KtError::Shape {
+        op: "repack::gemm",
+        detail,
+    };
     let k = stack.cols();
-    if e >= stack.experts() || rows.start > rows.end || rows.end > stack.rows() || !rows.start.is_multiple_of(PANEL) || !rows.end.is_multiple_of(PANEL) {
-        return Err(bad(format!("expert {e} rows {rows:?} of {} x {} (whole 16-row panels)", stack.experts(), stack.rows())));
+    if e >= stack.experts()
+        || rows.start > rows.end
+        || rows.end > stack.rows()
+        || !rows.start.is_multiple_of(PANEL)
+        || !rows.end.is_multiple_of(PANEL)
+    {
+        return Err(bad(format!(
+            "expert {e} rows {rows:?} of {} x {} (whole 16-row panels)",
+            stack.experts(),
+            stack.rows()
+        )));
     }
     let arow = f.act_row_bytes(k);
-    if act.len() < tokens * arow || !act.len().is_multiple_of(arow) || out.len() != tokens * rows.len() {
-        return Err(bad(format!("{} activation bytes and {} outputs for {tokens} tokens x {} rows", act.len(), out.len(), rows.len())));
+    if act.len() < tokens * arow
+        || !act.len().is_multiple_of(arow)
+        || out.len() != tokens * rows.len()
+    {
+        return Err(bad(format!(
+            "{} activation bytes and {} outputs for {tokens} tokens x {} rows",
+            act.len(),
+            out.len(),
+            rows.len()
+        )));
     }
     if tokens == 0 || rows.is_empty() {
         return Ok(());

@@ -21,13 +21,22 @@ pub(crate) struct Inner {
 }
 
 fn shape(detail: String) -> KtError {
-    KtError::Shape { op: "RepackedLayer", detail }
+    KtError::Shape {
+        op: "RepackedLayer",
+        detail,
+    }
 }
 
 impl RepackedLayer {
-    pub fn new(gate: RepackedStack, up: RepackedStack, down: RepackedStack) -> Result<RepackedLayer> {
+    pub fn new(
+        gate: RepackedStack,
+        up: RepackedStack,
+        down: RepackedStack,
+    ) -> Result<RepackedLayer> {
         let (e, i, h) = (gate.experts(), gate.rows(), gate.cols());
-        if (up.experts(), up.rows(), up.cols()) != (e, i, h) || (down.experts(), down.rows(), down.cols()) != (e, h, i) {
+        if (up.experts(), up.rows(), up.cols()) != (e, i, h)
+            || (down.experts(), down.rows(), down.cols()) != (e, h, i)
+        {
             return Err(shape(format!(
                 "gate {e}x{i}x{h}, up {}x{}x{}, down {}x{}x{}: need E x I x H, E x I x H, E x H x I",
                 up.experts(),
@@ -39,16 +48,28 @@ impl RepackedLayer {
             )));
         }
         if gate.format() != up.format() {
-            return Err(shape(format!("gate is {} and up {}: they must share a format", gate.format().name(), up.format().name())));
+            return Err(shape(format!(
+                "gate is {} and up {}: they must share a format",
+                gate.format().name(),
+                up.format().name()
+            )));
         }
-        Ok(RepackedLayer { inner: Arc::new(Inner { gate, up, down }) })
+        Ok(RepackedLayer {
+            inner: Arc::new(Inner { gate, up, down }),
+        })
     }
 
     /// Repacks a GGUF-native layer (the whole intermediate range; a sliced layer is an
     /// error): gate and up into `gate_up`, down into `down`.
-    pub fn from_layer(layer: &MoeLayer, gate_up: RepackFormat, down: RepackFormat) -> Result<RepackedLayer> {
+    pub fn from_layer(
+        layer: &MoeLayer,
+        gate_up: RepackFormat,
+        down: RepackFormat,
+    ) -> Result<RepackedLayer> {
         if layer.intermediate_slice() != (0..layer.intermediate()) {
-            return Err(shape("repacking a layer restricted to an intermediate slice is not supported".into()));
+            return Err(shape(
+                "repacking a layer restricted to an intermediate slice is not supported".into(),
+            ));
         }
         RepackedLayer::new(
             RepackedStack::from_stack(layer.gate(), gate_up)?,
@@ -77,6 +98,8 @@ impl RepackedLayer {
     }
     /// Bytes one expert's three matrices occupy (data and scales).
     pub fn expert_bytes(&self) -> usize {
-        self.inner.gate.expert_bytes() + self.inner.up.expert_bytes() + self.inner.down.expert_bytes()
+        self.inner.gate.expert_bytes()
+            + self.inner.up.expert_bytes()
+            + self.inner.down.expert_bytes()
     }
 }

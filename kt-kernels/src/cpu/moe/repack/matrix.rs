@@ -26,15 +26,27 @@ pub struct RepackedStack {
 const INT4_DIVISORS: [f32; 7] = [6.5, 6.75, 7.0, 7.25, 7.5, 7.75, 8.0];
 
 fn bad(detail: String) -> KtError {
-    KtError::Shape { op: "RepackedStack", detail }
+    KtError::Shape {
+        op: "RepackedStack",
+        detail,
+    }
 }
 
 impl RepackedStack {
     /// Repacks `w` (`experts x rows x cols`, row-major f32).
-    pub fn from_f32(format: RepackFormat, w: &[f32], experts: usize, rows: usize, cols: usize) -> Result<RepackedStack> {
+    pub fn from_f32(
+        format: RepackFormat,
+        w: &[f32],
+        experts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<RepackedStack> {
         let mut s = RepackedStack::empty(format, experts, rows, cols)?;
         if w.len() != experts * rows * cols {
-            return Err(bad(format!("{} weights for {experts} x {rows} x {cols}", w.len())));
+            return Err(bad(format!(
+                "{} weights for {experts} x {rows} x {cols}",
+                w.len()
+            )));
         }
         for e in 0..experts {
             s.pack_expert(e, &w[e * rows * cols..(e + 1) * rows * cols]);
@@ -56,7 +68,14 @@ impl RepackedStack {
     }
 
     /// Wraps already repacked bytes (benchmarks that replicate one packed expert).
-    pub fn from_parts(format: RepackFormat, experts: usize, rows: usize, cols: usize, data: &[u8], scales: Vec<f16>) -> Result<RepackedStack> {
+    pub fn from_parts(
+        format: RepackFormat,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+        scales: Vec<f16>,
+    ) -> Result<RepackedStack> {
         let mut s = RepackedStack::empty(format, experts, rows, cols)?;
         if data.len() != s.data.len() || scales.len() != s.scales.len() {
             return Err(bad(format!(
@@ -73,7 +92,12 @@ impl RepackedStack {
         Ok(s)
     }
 
-    fn empty(format: RepackFormat, experts: usize, rows: usize, cols: usize) -> Result<RepackedStack> {
+    fn empty(
+        format: RepackFormat,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<RepackedStack> {
         format.check(rows, cols)?;
         if experts == 0 {
             return Err(bad("no experts".into()));
@@ -149,20 +173,33 @@ impl RepackedStack {
                 RepackFormat::Bf16 => {
                     for (k, &v) in row.iter().enumerate() {
                         let (b, _) = locate(format, n, k);
-                        panel[b..b + 2].copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+                        panel[b..b + 2]
+                            .copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
                     }
                 }
                 RepackFormat::Int8 { group } | RepackFormat::Int4 { group } => {
                     let int4 = matches!(format, RepackFormat::Int4 { .. });
-                    for (g, (src, dst)) in row.chunks_exact(group).zip(q.chunks_exact_mut(group)).enumerate() {
-                        let d = if int4 { quantize_int4_group(src, dst) } else { quantize_int8_group(src, dst) };
+                    for (g, (src, dst)) in row
+                        .chunks_exact(group)
+                        .zip(q.chunks_exact_mut(group))
+                        .enumerate()
+                    {
+                        let d = if int4 {
+                            quantize_int4_group(src, dst)
+                        } else {
+                            quantize_int8_group(src, dst)
+                        };
                         scales[p * ps + g * PANEL + n] = d;
                     }
                     for (k, &v) in q.iter().enumerate() {
                         let (b, nib) = locate(format, n, k);
                         if int4 {
                             let u = (v + 8) as u8;
-                            panel[b] = if nib == 0 { (panel[b] & 0xF0) | u } else { (panel[b] & 0x0F) | (u << 4) };
+                            panel[b] = if nib == 0 {
+                                (panel[b] & 0xF0) | u
+                            } else {
+                                (panel[b] & 0x0F) | (u << 4)
+                            };
                         } else {
                             panel[b] = v as u8;
                         }
@@ -177,7 +214,12 @@ impl RepackedStack {
     pub fn dequantize_expert(&self, e: usize, out: &mut [f32]) -> Result<()> {
         let (format, cols) = (self.format, self.cols);
         if out.len() != self.rows * cols || e >= self.experts {
-            return Err(bad(format!("expert {e} of {} into {} floats ({} x {cols} needed)", self.experts, out.len(), self.rows)));
+            return Err(bad(format!(
+                "expert {e} of {} into {} floats ({} x {cols} needed)",
+                self.experts,
+                out.len(),
+                self.rows
+            )));
         }
         let (pb, ps) = (format.panel_bytes(cols), format.panel_scales(cols));
         let (data, scales) = (self.expert_data(e), self.expert_scales(e));
@@ -214,7 +256,11 @@ pub(crate) fn int_weight(format: RepackFormat, panel: &[u8], n: usize, k: usize)
 fn quantize_int8_group(src: &[f32], dst: &mut [i8]) -> f16 {
     let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = f16::from_f32(amax / 127.0);
-    let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+    let inv = if d.to_f32() > 0.0 {
+        1.0 / d.to_f32()
+    } else {
+        0.0
+    };
     for (q, &v) in dst.iter_mut().zip(src) {
         *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
     }
@@ -229,7 +275,13 @@ fn quantize_int4_group(src: &[f32], dst: &mut [i8]) -> f16 {
         dst.fill(0);
         return f16::ZERO;
     }
-    let quant = |d: f32, v: f32| if d == 0.0 { 0.0 } else { (v / d).round().clamp(-8.0, 7.0) };
+    let quant = |d: f32, v: f32| {
+        if d == 0.0 {
+            0.0
+        } else {
+            (v / d).round().clamp(-8.0, 7.0)
+        }
+    };
     let mut best = (f32::INFINITY, f16::ZERO);
     for r in INT4_DIVISORS {
         for sign in [1.0f32, -1.0] {
@@ -256,7 +308,11 @@ pub fn relative_error(original: &[f32], approx: &[f32]) -> f64 {
         den += (a as f64).powi(2);
     }
     if den == 0.0 {
-        if num == 0.0 { 0.0 } else { f64::INFINITY }
+        if num == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
     } else {
         (num / den).sqrt()
     }
@@ -267,7 +323,9 @@ pub fn relative_error(original: &[f32], approx: &[f32]) -> f64 {
 pub fn repack_error(stack: &ExpertStack, repacked: &RepackedStack) -> Result<f64> {
     let (rows, cols) = (stack.rows(), stack.cols());
     if (repacked.experts, repacked.rows, repacked.cols) != (stack.experts(), rows, cols) {
-        return Err(bad("the repacked stack has another shape than the original".into()));
+        return Err(bad(
+            "the repacked stack has another shape than the original".into(),
+        ));
     }
     let (mut a, mut b) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
     let (mut num, mut den) = (0f64, 0f64);

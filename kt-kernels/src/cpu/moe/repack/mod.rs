@@ -58,7 +58,10 @@ mod silu_avx512;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
-pub use act::{dequantize_row as dequantize_act_row, quantize_row as quantize_act_row, quantize_row_with as quantize_act_row_with};
+pub use act::{
+    dequantize_row as dequantize_act_row, quantize_row as quantize_act_row,
+    quantize_row_with as quantize_act_row_with,
+};
 pub use format::{RepackFormat, GROUPS, PANEL};
 pub(crate) use kernel::Tile;
 pub use kernel::{amx_min_tokens, Kernel, Prefetch, PrefetchLevel};

@@ -10,18 +10,35 @@ use super::run::silu;
 use crate::error::{KtError, Result};
 
 /// Shapes as in [`super::RepackedMoe::forward`].
-pub fn reference_exact(layer: &RepackedLayer, x: &[f32], ids: &[u32], weights: &[f32], out: &mut [f32]) -> Result<()> {
+pub fn reference_exact(
+    layer: &RepackedLayer,
+    x: &[f32],
+    ids: &[u32],
+    weights: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
     let (h, i_dim, e_count) = (layer.hidden(), layer.intermediate(), layer.experts());
-    let bad = |detail: String| KtError::Shape { op: "repack::reference_exact", detail };
+    let bad = |detail: String| KtError::Shape {
+        op: "repack::reference_exact",
+        detail,
+    };
     if !x.len().is_multiple_of(h) || out.len() != x.len() {
-        return Err(bad(format!("x has {} and out {} elements; both must be tokens x {h}", x.len(), out.len())));
+        return Err(bad(format!(
+            "x has {} and out {} elements; both must be tokens x {h}",
+            x.len(),
+            out.len()
+        )));
     }
     let tokens = x.len() / h;
     if tokens == 0 {
         return Ok(());
     }
     if ids.is_empty() || !ids.len().is_multiple_of(tokens) || weights.len() != ids.len() {
-        return Err(bad(format!("{} ids and {} weights for {tokens} tokens", ids.len(), weights.len())));
+        return Err(bad(format!(
+            "{} ids and {} weights for {tokens} tokens",
+            ids.len(),
+            weights.len()
+        )));
     }
     if let Some(&e) = ids.iter().find(|&&e| e as usize >= e_count) {
         return Err(bad(format!("expert id {e} >= {e_count} experts")));
@@ -30,7 +47,12 @@ pub fn reference_exact(layer: &RepackedLayer, x: &[f32], ids: &[u32], weights: &
     let (fg, fd) = (layer.gate().format(), layer.down().format());
     let mut xa = vec![0u8; fg.act_row_bytes(h)];
     let mut ia = vec![0u8; fd.act_row_bytes(i_dim)];
-    let (mut g, mut u, mut inter, mut d) = (vec![0f32; i_dim], vec![0f32; i_dim], vec![0f32; i_dim], vec![0f32; h]);
+    let (mut g, mut u, mut inter, mut d) = (
+        vec![0f32; i_dim],
+        vec![0f32; i_dim],
+        vec![0f32; i_dim],
+        vec![0f32; h],
+    );
     for t in 0..tokens {
         quantize_row(fg, &x[t * h..(t + 1) * h], &mut xa);
         let mut acc = vec![0f64; h];

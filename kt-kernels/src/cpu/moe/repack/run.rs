@@ -90,12 +90,23 @@ struct Work {
 impl Job for Scratch {
     fn run(&mut self, pool: &ThreadPool, isa: Isa) -> Result<()> {
         let Scratch { call, work } = self;
-        let Some(layer) = &call.layer else { return Ok(()) };
+        let Some(layer) = &call.layer else {
+            return Ok(());
+        };
         let (tokens, k, h) = (call.tokens, call.k, layer.hidden());
         if tokens == 0 {
             return Ok(());
         }
-        compute(work, pool, isa, layer, &call.x[..tokens * h], &call.ids[..tokens * k], &call.weights[..tokens * k], &mut call.out[..tokens * h])
+        compute(
+            work,
+            pool,
+            isa,
+            layer,
+            &call.x[..tokens * h],
+            &call.ids[..tokens * k],
+            &call.weights[..tokens * k],
+            &mut call.out[..tokens * h],
+        )
     }
     fn output(&self) -> &[f32] {
         &self.call.out
@@ -103,19 +114,34 @@ impl Job for Scratch {
 }
 
 fn shape(detail: String) -> KtError {
-    KtError::Shape { op: "RepackedMoe", detail }
+    KtError::Shape {
+        op: "RepackedMoe",
+        detail,
+    }
 }
 
 impl RepackedMoe {
     /// Scratch sized for `layers`; `isa` decides the kernels (AMX items need
     /// `Isa::Amx`, an error here when this machine lacks or refuses it).
-    pub fn new(pool: impl Into<PoolRef>, isa: Isa, max_tokens: usize, max_top_k: usize, layers: &[&RepackedLayer]) -> Result<RepackedMoe> {
+    pub fn new(
+        pool: impl Into<PoolRef>,
+        isa: Isa,
+        max_tokens: usize,
+        max_top_k: usize,
+        layers: &[&RepackedLayer],
+    ) -> Result<RepackedMoe> {
         isa.check()?;
         if max_tokens == 0 || max_top_k == 0 {
-            return Err(shape(format!("max_tokens {max_tokens} and max_top_k {max_top_k} must be positive")));
+            return Err(shape(format!(
+                "max_tokens {max_tokens} and max_top_k {max_top_k} must be positive"
+            )));
         }
         let driver = Driver::new("RepackedMoe", pool.into(), isa, Scratch::default())?;
-        let m = RepackedMoe { driver, max_tokens, max_top_k };
+        let m = RepackedMoe {
+            driver,
+            max_tokens,
+            max_top_k,
+        };
         for l in layers {
             m.reserve(l)?;
         }
@@ -142,7 +168,12 @@ impl RepackedMoe {
         let threads = self.threads();
         let mut guard = self.driver.idle_scratch()?;
         let Scratch { call, work: s } = &mut *guard;
-        let n: Vec<usize> = s.sized_for.iter().zip(need).map(|(&a, b)| a.max(b)).collect();
+        let n: Vec<usize> = s
+            .sized_for
+            .iter()
+            .zip(need)
+            .map(|(&a, b)| a.max(b))
+            .collect();
         let (h, i, e, ag, ad) = (n[0], n[1], n[2], n[3], n[4]);
         let pairs = self.max_tokens * self.max_top_k;
         s.routing.reserve(e, pairs);
@@ -151,7 +182,10 @@ impl RepackedMoe {
             v.reserve_exact(items.saturating_sub(v.len()));
         }
         let padded = pairs + PAD_ROWS;
-        let (act_len, inter_q_len) = (s.act.len().max(padded * ag), s.inter_q.len().max(padded * ad));
+        let (act_len, inter_q_len) = (
+            s.act.len().max(padded * ag),
+            s.inter_q.len().max(padded * ad),
+        );
         s.act.resize(act_len);
         s.inter_q.resize(inter_q_len);
         grow(&mut s.inter, pairs * i);
@@ -168,27 +202,61 @@ impl RepackedMoe {
     /// `out[t] = sum_s weights[t,s] * expert_{ids[t,s]}(x[t])` for `x: [T, H]`,
     /// `ids, weights: [T, k]`, `out: [T, H]`, on the calling thread and the pool. Waits
     /// for a submitted call first.
-    pub fn forward(&self, layer: &RepackedLayer, x: &[f32], ids: &[u32], weights: &[f32], out: &mut [f32]) -> Result<()> {
+    pub fn forward(
+        &self,
+        layer: &RepackedLayer,
+        x: &[f32],
+        ids: &[u32],
+        weights: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
         let (tokens, _) = self.check_call(layer, x, ids, weights)?;
         if out.len() != x.len() {
-            return Err(shape(format!("x has {} and out {} elements; both must be tokens x {}", x.len(), out.len(), layer.hidden())));
+            return Err(shape(format!(
+                "x has {} and out {} elements; both must be tokens x {}",
+                x.len(),
+                out.len(),
+                layer.hidden()
+            )));
         }
         if tokens == 0 {
             return Ok(());
         }
         let mut sc = self.driver.idle_scratch()?;
-        compute(&mut sc.work, self.driver.pool(), self.isa(), layer, x, ids, weights, out)
+        compute(
+            &mut sc.work,
+            self.driver.pool(),
+            self.isa(),
+            layer,
+            x,
+            ids,
+            weights,
+            out,
+        )
     }
 
     /// Starts the call [`RepackedMoe::forward`] makes and returns at once; the driver
     /// thread runs it on the pool and [`MoeHandle::sync`] waits for it and copies the
     /// `[T, H]` output out. The inputs are copied, so the caller may reuse them right
     /// away. Waits first for the previous call to be synced (or its handle dropped).
-    pub fn submit(&self, layer: &RepackedLayer, x: &[f32], ids: &[u32], weights: &[f32]) -> Result<MoeHandle<'_>> {
+    pub fn submit(
+        &self,
+        layer: &RepackedLayer,
+        x: &[f32],
+        ids: &[u32],
+        weights: &[f32],
+    ) -> Result<MoeHandle<'_>> {
         let (tokens, k) = self.check_call(layer, x, ids, weights)?;
         self.driver.submit(x.len(), |sc| {
             let c = &mut sc.call;
-            if sc.work.sized_for.iter().zip(needs(layer)).any(|(&a, b)| a < b) || c.x.len() < x.len() {
+            if sc
+                .work
+                .sized_for
+                .iter()
+                .zip(needs(layer))
+                .any(|(&a, b)| a < b)
+                || c.x.len() < x.len()
+            {
                 return Err(not_reserved());
             }
             c.layer = Some(layer.clone());
@@ -201,19 +269,36 @@ impl RepackedMoe {
     }
 
     /// Checks a call's shapes; returns (tokens, k) (0 tokens: an empty call).
-    fn check_call(&self, layer: &RepackedLayer, x: &[f32], ids: &[u32], weights: &[f32]) -> Result<(usize, usize)> {
+    fn check_call(
+        &self,
+        layer: &RepackedLayer,
+        x: &[f32],
+        ids: &[u32],
+        weights: &[f32],
+    ) -> Result<(usize, usize)> {
         let (h, e_count) = (layer.hidden(), layer.experts());
         if !x.len().is_multiple_of(h) {
-            return Err(shape(format!("x has {} elements, not a whole number of rows of hidden size {h}", x.len())));
+            return Err(shape(format!(
+                "x has {} elements, not a whole number of rows of hidden size {h}",
+                x.len()
+            )));
         }
         let tokens = x.len() / h;
         if tokens == 0 {
             if !ids.is_empty() || !weights.is_empty() {
-                return Err(shape(format!("no tokens but {} expert ids and {} weights", ids.len(), weights.len())));
+                return Err(shape(format!(
+                    "no tokens but {} expert ids and {} weights",
+                    ids.len(),
+                    weights.len()
+                )));
             }
             return Ok((0, 0));
         }
-        if tokens > self.max_tokens || ids.is_empty() || !ids.len().is_multiple_of(tokens) || weights.len() != ids.len() {
+        if tokens > self.max_tokens
+            || ids.is_empty()
+            || !ids.len().is_multiple_of(tokens)
+            || weights.len() != ids.len()
+        {
             return Err(shape(format!(
                 "{tokens} tokens (at most {}), {} ids and {} weights: need tokens x k of each",
                 self.max_tokens,
@@ -223,22 +308,41 @@ impl RepackedMoe {
         }
         let k = ids.len() / tokens;
         if k > self.max_top_k {
-            return Err(shape(format!("{k} experts per token, built for at most {}", self.max_top_k)));
+            return Err(shape(format!(
+                "{k} experts per token, built for at most {}",
+                self.max_top_k
+            )));
         }
         if let Some(i) = ids.iter().position(|&e| e as usize >= e_count) {
-            return Err(shape(format!("token {} slot {}: expert id {} but the layer has {e_count} experts", i / k, i % k, ids[i])));
+            return Err(shape(format!(
+                "token {} slot {}: expert id {} but the layer has {e_count} experts",
+                i / k,
+                i % k,
+                ids[i]
+            )));
         }
         Ok((tokens, k))
     }
 }
 
 fn not_reserved() -> KtError {
-    shape("the scratch was not sized for this layer: pass it to RepackedMoe::new or reserve()".into())
+    shape(
+        "the scratch was not sized for this layer: pass it to RepackedMoe::new or reserve()".into(),
+    )
 }
 
 /// One call (shapes checked, at least one token) in the phases' buffers `s`.
 #[allow(clippy::too_many_arguments)]
-fn compute(s: &mut Work, pool: &ThreadPool, isa: Isa, layer: &RepackedLayer, x: &[f32], ids: &[u32], weights: &[f32], out: &mut [f32]) -> Result<()> {
+fn compute(
+    s: &mut Work,
+    pool: &ThreadPool,
+    isa: Isa,
+    layer: &RepackedLayer,
+    x: &[f32],
+    ids: &[u32],
+    weights: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
     let (h, e_count) = (layer.hidden(), layer.experts());
     let tokens = x.len() / h;
     let k = ids.len() / tokens;
@@ -266,11 +370,30 @@ fn compute(s: &mut Work, pool: &ThreadPool, isa: Isa, layer: &RepackedLayer, x: 
     let act_all = &mut s.act.as_mut_slice()[..(pairs + PAD_ROWS) * act_g];
     let (act, _) = act_all.split_at_mut(pairs * act_g);
     gather(pool, isa, fg, x, h, k, pos_of, act, act_g);
-    gate_up(pool, isa, s.prefetch, l, &s.items_up, act_all, act_g, inter, &mut s.tiles);
+    gate_up(
+        pool,
+        isa,
+        s.prefetch,
+        l,
+        &s.items_up,
+        act_all,
+        act_g,
+        inter,
+        &mut s.tiles,
+    );
     let inter_q_all = &mut s.inter_q.as_mut_slice()[..(pairs + PAD_ROWS) * act_d];
     let (inter_q, _) = inter_q_all.split_at_mut(pairs * act_d);
     quantize_rows(pool, isa, fd, inter, i_dim, inter_q, act_d);
-    down(pool, isa, s.prefetch, &l.down, &s.items_down, inter_q_all, act_d, down_out);
+    down(
+        pool,
+        isa,
+        s.prefetch,
+        &l.down,
+        &s.items_down,
+        inter_q_all,
+        act_d,
+        down_out,
+    );
     combine(pool, pos_of, down_out, h, k, weights, out);
     Ok(())
 }
@@ -278,7 +401,13 @@ fn compute(s: &mut Work, pool: &ThreadPool, isa: Isa, layer: &RepackedLayer, x: 
 /// (hidden, intermediate, experts, act row bytes of gate/up and of down).
 fn needs(layer: &RepackedLayer) -> [usize; 5] {
     let (h, i) = (layer.hidden(), layer.intermediate());
-    [h, i, layer.experts(), layer.gate().format().act_row_bytes(h), layer.down().format().act_row_bytes(i)]
+    [
+        h,
+        i,
+        layer.experts(),
+        layer.gate().format().act_row_bytes(h),
+        layer.down().format().act_row_bytes(i),
+    ]
 }
 
 fn grow<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
@@ -297,7 +426,17 @@ fn phase(pool: &ThreadPool, n: usize, elems: usize, body: &(dyn Fn(usize, usize)
 
 /// Quantizes each token once and copies the row to its `k` positions.
 #[allow(clippy::too_many_arguments)]
-fn gather(pool: &ThreadPool, isa: Isa, f: RepackFormat, x: &[f32], h: usize, k: usize, pos_of: &[u32], dst: &mut [u8], row: usize) {
+fn gather(
+    pool: &ThreadPool,
+    isa: Isa,
+    f: RepackFormat,
+    x: &[f32],
+    h: usize,
+    k: usize,
+    pos_of: &[u32],
+    dst: &mut [u8],
+    row: usize,
+) {
     let tokens = x.len() / h;
     let dst = Raw::new(dst.as_mut_ptr());
     phase(pool, tokens, tokens * h, &|t, _| {
@@ -309,14 +448,28 @@ fn gather(pool: &ThreadPool, isa: Isa, f: RepackFormat, x: &[f32], h: usize, k: 
         quantize_row_with(isa, f, &x[t * h..(t + 1) * h], first_row);
         for &p in &slots[1..] {
             // SAFETY: as above; distinct positions' rows do not overlap.
-            unsafe { std::ptr::copy_nonoverlapping(dst.at(first * row), dst.at(p as usize * row), row) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(dst.at(first * row), dst.at(p as usize * row), row)
+            };
         }
     });
 }
 
 /// The tile of rows `r0..r0 + rows` (whole panels) of expert `e` of `stack`.
 #[allow(clippy::too_many_arguments)]
-fn tile(stack: &RepackedStack, prefetch: Prefetch, e: usize, r0: usize, rows: usize, a: *const u8, a_stride: usize, tokens: usize, a_rows: usize, out: *mut f32, ldo: usize) -> Tile {
+fn tile(
+    stack: &RepackedStack,
+    prefetch: Prefetch,
+    e: usize,
+    r0: usize,
+    rows: usize,
+    a: *const u8,
+    a_stride: usize,
+    tokens: usize,
+    a_rows: usize,
+    out: *mut f32,
+    ldo: usize,
+) -> Tile {
     let f = stack.format();
     let k = stack.cols();
     let (pb, ps) = (f.panel_bytes(k), f.panel_scales(k));
@@ -339,16 +492,36 @@ fn tile(stack: &RepackedStack, prefetch: Prefetch, e: usize, r0: usize, rows: us
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gate_up(pool: &ThreadPool, isa: Isa, pf: Prefetch, l: &super::layer::Inner, items: &[Item], act: &[u8], act_row: usize, inter: &mut [f32], tiles: &mut [f32]) {
+fn gate_up(
+    pool: &ThreadPool,
+    isa: Isa,
+    pf: Prefetch,
+    l: &super::layer::Inner,
+    items: &[Item],
+    act: &[u8],
+    act_row: usize,
+    inter: &mut [f32],
+    tiles: &mut [f32],
+) {
     let a_rows = act.len() / act_row;
     let i_dim = l.gate.rows();
     let h = l.gate.cols();
     let a = Raw::new(act.as_ptr());
     let (inter, tiles) = (Raw::new(inter.as_mut_ptr()), Raw::new(tiles.as_mut_ptr()));
-    let work = items.iter().map(|it| it.rows as usize * it.tokens as usize).sum::<usize>() * h;
+    let work = items
+        .iter()
+        .map(|it| it.rows as usize * it.tokens as usize)
+        .sum::<usize>()
+        * h;
     phase(pool, items.len(), work, &|i, thread| {
         let it = items[i];
-        let (e, r0, nr, p0, nt) = (it.expert as usize, it.row0 as usize, it.rows as usize, it.pos0 as usize, it.tokens as usize);
+        let (e, r0, nr, p0, nt) = (
+            it.expert as usize,
+            it.row0 as usize,
+            it.rows as usize,
+            it.pos0 as usize,
+            it.tokens as usize,
+        );
         let g_out = tiles.at(thread * 2 * MAX_ITEM_FLOATS);
         let u_out = tiles.at(thread * 2 * MAX_ITEM_FLOATS + MAX_ITEM_FLOATS);
         let kern = Kernel::pick(isa, l.gate.format(), nt);
@@ -359,8 +532,32 @@ fn gate_up(pool: &ThreadPool, isa: Isa, pf: Prefetch, l: &super::layer::Inner, i
         // nr * nt floats each and only this thread uses them; `pick` only returns
         // kernels the checked ISA runs.
         unsafe {
-            kern.run(&tile(&l.gate, pf, e, r0, nr, ap, act_row, nt, a_rows - p0, g_out, nr));
-            kern.run(&tile(&l.up, pf, e, r0, nr, ap, act_row, nt, a_rows - p0, u_out, nr));
+            kern.run(&tile(
+                &l.gate,
+                pf,
+                e,
+                r0,
+                nr,
+                ap,
+                act_row,
+                nt,
+                a_rows - p0,
+                g_out,
+                nr,
+            ));
+            kern.run(&tile(
+                &l.up,
+                pf,
+                e,
+                r0,
+                nr,
+                ap,
+                act_row,
+                nt,
+                a_rows - p0,
+                u_out,
+                nr,
+            ));
         }
         for t in 0..nt {
             // SAFETY: the tiles were just written (nt x nr each); the intermediate part
@@ -397,7 +594,15 @@ pub(crate) fn silu(g: f32) -> f32 {
     g / (1.0 + (-g).exp())
 }
 
-fn quantize_rows(pool: &ThreadPool, isa: Isa, f: RepackFormat, inter: &[f32], n: usize, dst: &mut [u8], row: usize) {
+fn quantize_rows(
+    pool: &ThreadPool,
+    isa: Isa,
+    f: RepackFormat,
+    inter: &[f32],
+    n: usize,
+    dst: &mut [u8],
+    row: usize,
+) {
     let rows = inter.len() / n;
     let per_item = (SERIAL_ELEMS / 4 / n).max(1);
     let dst = Raw::new(dst.as_mut_ptr());
@@ -411,24 +616,65 @@ fn quantize_rows(pool: &ThreadPool, isa: Isa, f: RepackFormat, inter: &[f32], n:
 }
 
 #[allow(clippy::too_many_arguments)]
-fn down(pool: &ThreadPool, isa: Isa, pf: Prefetch, stack: &RepackedStack, items: &[Item], act: &[u8], act_row: usize, down_out: &mut [f32]) {
+fn down(
+    pool: &ThreadPool,
+    isa: Isa,
+    pf: Prefetch,
+    stack: &RepackedStack,
+    items: &[Item],
+    act: &[u8],
+    act_row: usize,
+    down_out: &mut [f32],
+) {
     let a_rows = act.len() / act_row;
     let h = stack.rows();
     let a = Raw::new(act.as_ptr());
     let out = Raw::new(down_out.as_mut_ptr());
-    let work = items.iter().map(|it| it.rows as usize * it.tokens as usize).sum::<usize>() * stack.cols();
+    let work = items
+        .iter()
+        .map(|it| it.rows as usize * it.tokens as usize)
+        .sum::<usize>()
+        * stack.cols();
     phase(pool, items.len(), work, &|i, _| {
         let it = items[i];
-        let (e, r0, nr, p0, nt) = (it.expert as usize, it.row0 as usize, it.rows as usize, it.pos0 as usize, it.tokens as usize);
+        let (e, r0, nr, p0, nt) = (
+            it.expert as usize,
+            it.row0 as usize,
+            it.rows as usize,
+            it.pos0 as usize,
+            it.tokens as usize,
+        );
         let kern = Kernel::pick(isa, stack.format(), nt);
         // SAFETY: as in gate_up; the (positions, rows) block of down_out (pairs x h)
         // belongs to this item.
-        unsafe { kern.run(&tile(stack, pf, e, r0, nr, a.at(p0 * act_row), act_row, nt, a_rows - p0, out.at(p0 * h + r0), h)) };
+        unsafe {
+            kern.run(&tile(
+                stack,
+                pf,
+                e,
+                r0,
+                nr,
+                a.at(p0 * act_row),
+                act_row,
+                nt,
+                a_rows - p0,
+                out.at(p0 * h + r0),
+                h,
+            ))
+        };
     });
 }
 
 /// `out[t] = sum_s w[t,s] * down_out[pos(t,s)]`, summed in slot order.
-fn combine(pool: &ThreadPool, pos_of: &[u32], down_out: &[f32], h: usize, k: usize, weights: &[f32], out: &mut [f32]) {
+fn combine(
+    pool: &ThreadPool,
+    pos_of: &[u32],
+    down_out: &[f32],
+    h: usize,
+    k: usize,
+    weights: &[f32],
+    out: &mut [f32],
+) {
     let tokens = out.len() / h;
     let o = Raw::new(out.as_mut_ptr());
     phase(pool, tokens, tokens * h * k, &|t, _| {

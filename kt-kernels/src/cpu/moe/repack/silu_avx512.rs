@@ -10,7 +10,14 @@ use std::arch::x86_64::*;
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
-const P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];  // Cephes: 5.0000001201e-1, which is 0.5 in f32
+const P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+]; // Cephes: 5.0000001201e-1, which is 0.5 in f32
 
 /// `out[i] = silu(g[i]) * u[i]`; the three slices have one length.
 ///
@@ -36,8 +43,16 @@ pub(crate) unsafe fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
 
 #[target_feature(enable = "avx512f")]
 fn row(g: __m512, u: __m512) -> __m512 {
-    let x = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), g), _mm512_set1_ps(-104.0)), _mm512_set1_ps(104.0));
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)));
+    let x = _mm512_min_ps(
+        _mm512_max_ps(
+            _mm512_sub_ps(_mm512_setzero_ps(), g),
+            _mm512_set1_ps(-104.0),
+        ),
+        _mm512_set1_ps(104.0),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+    );
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
     let mut p = _mm512_set1_ps(P[0]);

@@ -48,12 +48,16 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
         // outputs lie in the extents the caller guarantees.
         unsafe {
             let arow = |j: usize| t.a.add((t0 + j) * t.a_stride);
-            let ascale = |j: usize, g: usize| (arow(j).add(k + 4 * g) as *const f32).read_unaligned();
-            let abc = |j: usize, k4: usize| _mm512_set1_epi32((arow(j).add(4 * k4) as *const i32).read_unaligned());
+            let ascale =
+                |j: usize, g: usize| (arow(j).add(k + 4 * g) as *const f32).read_unaligned();
+            let abc = |j: usize, k4: usize| {
+                _mm512_set1_epi32((arow(j).add(4 * k4) as *const i32).read_unaligned())
+            };
             if INT4 {
                 for j in 0..nt {
                     for g in 0..groups.min(MAX_GROUPS) {
-                        let a = std::slice::from_raw_parts(arow(j).add(g * group) as *const i8, group);
+                        let a =
+                            std::slice::from_raw_parts(arow(j).add(g * group) as *const i8, group);
                         asum[j][g] = a.iter().map(|&v| v as i32).sum();
                     }
                 }
@@ -83,18 +87,23 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                                 let a = abc(j, k4);
                                 let neg = _mm512_movepi8_mask(a);
                                 let ws = _mm512_mask_sub_epi8(wv, neg, _mm512_setzero_si512(), wv);
-                                ia[j][k4 % 2] = _mm512_dpbusd_epi32(ia[j][k4 % 2], _mm512_abs_epi8(a), ws);
+                                ia[j][k4 % 2] =
+                                    _mm512_dpbusd_epi32(ia[j][k4 % 2], _mm512_abs_epi8(a), ws);
                             }
                         }
                     }
-                    let wsc = _mm512_cvtph_ps(_mm256_loadu_si256(sc.add(g * PANEL) as *const __m256i));
+                    let wsc =
+                        _mm512_cvtph_ps(_mm256_loadu_si256(sc.add(g * PANEL) as *const __m256i));
                     for j in 0..nt {
                         let mut iv = _mm512_add_epi32(ia[j][0], ia[j][1]);
                         if INT4 {
                             let s = if g < MAX_GROUPS {
                                 asum[j][g]
                             } else {
-                                let a = std::slice::from_raw_parts(arow(j).add(g * group) as *const i8, group);
+                                let a = std::slice::from_raw_parts(
+                                    arow(j).add(g * group) as *const i8,
+                                    group,
+                                );
                                 a.iter().map(|&v| v as i32).sum()
                             };
                             iv = _mm512_sub_epi32(iv, _mm512_set1_epi32(8 * s));
@@ -124,14 +133,20 @@ unsafe fn gemm_bf16(t: &Tile) {
                 let w = t.w.add(p * pb);
                 let mut acc = [[_mm512_setzero_ps(); 2]; TOKENS];
                 for k2 in 0..t.k / 2 {
-                    let wv: __m512bh = std::mem::transmute(_mm512_loadu_si512(w.add(k2 * 64) as *const _));
+                    let wv: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(w.add(k2 * 64) as *const _));
                     for j in 0..nt {
-                        let a: __m512bh = std::mem::transmute(_mm512_set1_epi32((arow(j).add(4 * k2) as *const i32).read_unaligned()));
+                        let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(
+                            (arow(j).add(4 * k2) as *const i32).read_unaligned(),
+                        ));
                         acc[j][k2 % 2] = _mm512_dpbf16_ps(acc[j][k2 % 2], wv, a);
                     }
                 }
                 for (j, a) in acc.iter().enumerate().take(nt) {
-                    _mm512_storeu_ps(t.out.add((t0 + j) * t.ldo + p * PANEL), _mm512_add_ps(a[0], a[1]));
+                    _mm512_storeu_ps(
+                        t.out.add((t0 + j) * t.ldo + p * PANEL),
+                        _mm512_add_ps(a[0], a[1]),
+                    );
                 }
             }
         }
