@@ -14,7 +14,10 @@
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
-use super::tile::{hsum8_epi32, spread_rows, spread_tokens, store_pairs, Microkernel, MAX_PAIRS};
+use super::tile::{
+    hsum8_epi32, prefetch_next_rows, spread_rows, spread_tokens, store_pairs, Microkernel,
+    MAX_PAIRS,
+};
 use crate::cpu::dispatch::GemmTile;
 use crate::cpu::matmul::GEMV_MAX_TOKENS;
 use crate::quant::QK_K;
@@ -250,28 +253,6 @@ unsafe fn pair_scales<K: KQuant, const RM: usize, const RN: usize>(
     (_mm256_mul_ps(d, da), _mm256_mul_ps(dmin, da))
 }
 
-/// Prefetches the block at `block0` in the `RM` rows after the register tile's (the rows
-/// the next register tile of a GEMV reads). A GEMV streams its weights from DRAM once, in
-/// rows shorter than a page for the DeepSeek expert matrices, so the hardware prefetcher
-/// has to find every new row's stream anew. Measured on the dev Xeon (2026-11-21,
-/// `KT_ISA=avx2 kt-bench matmul --threads 1 --tokens 1`, GB/s of weights from DRAM,
-/// without -> with): Q4_K 1408x2048 5.5-5.8 -> 10.2-11.2, 2048x7168 8.2-8.3 -> 12.3-14.0;
-/// Q2_K 1408x2048 3.6-4.6 -> 7.9-8.8, 2048x7168 4.8-5.7 -> 9.1-9.8.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn prefetch_next_rows<K: KQuant, const RM: usize>(block0: *const u8, w_stride: usize) {
-    for r in RM..2 * RM {
-        let p = block0.wrapping_add(r * w_stride);
-        let mut off = 0;
-        while off < K::BLOCK_BYTES + 63 {
-            // A prefetch never faults, whatever the address; wrapping_add keeps the
-            // pointer arithmetic defined past the end of the weights.
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast());
-            off += 64;
-        }
-    }
-}
-
 impl<K: KQuant> Microkernel for KQuantKernel<K> {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize) {
@@ -282,7 +263,11 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
         let mut acc = _mm256_setzero_ps();
         for b in 0..nb {
             if gemv {
-                prefetch_next_rows::<K, RM>(tile.w.wrapping_add(r0 * ws + b * K::BLOCK_BYTES), ws);
+                prefetch_next_rows::<RM>(
+                    tile.w.wrapping_add(r0 * ws + b * K::BLOCK_BYTES),
+                    ws,
+                    K::BLOCK_BYTES,
+                );
             }
             // SAFETY: rows r0..r0+RM and tokens t0..t0+RN are inside the tile (the
             // caller's contract), and block b < k / 256 of each row exists.

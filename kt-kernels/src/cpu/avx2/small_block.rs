@@ -20,10 +20,11 @@ use std::marker::PhantomData;
 
 use super::kquant::load32;
 use super::tile::{
-    broadcast_f16, f16_lanes, hsum8_ps, spread_rows, spread_tokens, store_pairs, Microkernel,
-    MAX_PAIRS,
+    broadcast_f16, f16_lanes, hsum8_ps, prefetch_next_rows, spread_rows, spread_tokens,
+    store_pairs, Microkernel, MAX_PAIRS,
 };
 use crate::cpu::dispatch::GemmTile;
+use crate::cpu::matmul::GEMV_MAX_TOKENS;
 use crate::quant::QK;
 
 /// How a 32-element block format unpacks for the shared microkernel. Every block starts
@@ -76,7 +77,18 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
         let offset = _mm256_set1_epi8(B::OFFSET);
         let mut acc = [[_mm256_setzero_ps(); RN]; RM];
         let mut acc_min = _mm256_setzero_ps();
+        let gemv = tile.tokens <= GEMV_MAX_TOKENS;
+        let ws = tile.w_stride;
+        let mut next_line = 0;
         for b in 0..tile.k / QK {
+            if gemv && b * B::BLOCK_BYTES >= next_line {
+                prefetch_next_rows::<RM>(
+                    tile.w.wrapping_add(r0 * ws + b * B::BLOCK_BYTES),
+                    ws,
+                    B::BLOCK_BYTES,
+                );
+                next_line = b * B::BLOCK_BYTES + 64;
+            }
             // SAFETY: rows r0..r0+RM and tokens t0..t0+RN are inside the tile (the
             // caller's contract), and block b < k / 32 of each row exists.
             let w: [*const u8; RM] = std::array::from_fn(|r| unsafe {
