@@ -4,10 +4,9 @@
 //! meanwhile, and keeps it under libtest's 60 s "has been running" notice, which
 //! allocates.
 
+mod alloc_counter;
 mod moe_support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use kt_kernels::cpu::moe::MoeContext;
@@ -15,38 +14,12 @@ use kt_kernels::cpu::{Isa, ThreadPool};
 use kt_kernels::quant::QType;
 use moe_support::{Routing, Spec};
 
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: alloc_counter::Counting = alloc_counter::Counting;
 
 #[test]
 fn calls_allocate_nothing() {
+    alloc_counter::assert_counting();
     let spec = Spec {
         hidden: 512,
         inter: 256,
@@ -82,14 +55,14 @@ fn calls_allocate_nothing() {
         for (built, x, ids, w, out) in cases.iter_mut() {
             ctx.forward(&built.layer, x, ids, w, out).unwrap();
         }
-        let before = ALLOCS.load(Ordering::SeqCst);
+        let before = alloc_counter::allocations();
         for _ in 0..2 {
             for (built, x, ids, w, out) in cases.iter_mut() {
                 let handle = ctx.submit(&built.layer, x, ids, w).unwrap();
                 handle.sync(out).unwrap();
             }
         }
-        counts.push((isa, ALLOCS.load(Ordering::SeqCst) - before));
+        counts.push((isa, alloc_counter::allocations() - before));
     }
     assert!(
         counts.iter().all(|&(_, n)| n == 0),

@@ -3,10 +3,9 @@
 //! thread (the caller, the driver, the pool workers); this file holds a single test so no
 //! other test allocates meanwhile.
 
+mod alloc_counter;
 mod moe_support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use kt_kernels::cpu::moe::repack::{RepackFormat, RepackedLayer, RepackedMoe};
@@ -14,38 +13,12 @@ use kt_kernels::cpu::{Isa, ThreadPool};
 use kt_kernels::quant::QType;
 use moe_support::{Routing, Spec};
 
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: alloc_counter::Counting = alloc_counter::Counting;
 
 #[test]
 fn repacked_calls_allocate_nothing() {
+    alloc_counter::assert_counting();
     let spec = Spec {
         hidden: 512,
         inter: 256,
@@ -81,12 +54,12 @@ fn repacked_calls_allocate_nothing() {
         for (l, x, ids, w, out) in cases.iter_mut() {
             r.forward(l, x, ids, w, out).unwrap();
         }
-        let before = ALLOCS.load(Ordering::SeqCst);
+        let before = alloc_counter::allocations();
         for (l, x, ids, w, out) in cases.iter_mut() {
             r.forward(l, x, ids, w, out).unwrap();
             r.submit(l, x, ids, w).unwrap().sync(out).unwrap();
         }
-        counts.push((isa, ALLOCS.load(Ordering::SeqCst) - before));
+        counts.push((isa, alloc_counter::allocations() - before));
         assert!(
             cases.iter().all(|c| c.4.iter().all(|v| v.is_finite())),
             "{isa}: non-finite outputs"
