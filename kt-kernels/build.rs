@@ -1,5 +1,5 @@
 //! With the `cuda` feature on, compiles every `cuda/*.cu` into `$OUT_DIR/<name>.fatbin`
-//! (sm_80 and sm_90 machine code plus compute_90 PTX, the flags of `cuda/nvcc-flags.txt`),
+//! (sm_80 and sm_90a machine code plus compute_90 PTX, the flags of `cuda/nvcc-flags.txt`),
 //! which `src/cuda/modules.rs` embeds. With the feature off it does nothing, so a default
 //! build needs no CUDA at all.
 //!

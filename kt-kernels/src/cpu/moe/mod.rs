@@ -37,7 +37,12 @@
 //! 6. The output: `out[t] = sum_s w[t,s] * down_out[pos(t,s)]`, in slot order.
 //!
 //! Items of one phase are handed out by the pool's atomic counter ([`ThreadPool::for_each`])
-//! so no thread idles while work remains. Tile sizes depend only on the routing, never
+//! so no thread idles while work remains. When no expert has more than
+//! [`GEMV_MAX_TOKENS`] positions (decode), phases 3-5 run as one pool job instead of three:
+//! the thread that finishes an expert's last gate+up item quantizes that expert's
+//! intermediate and marks it ready, and down items (handed out after every gate+up item)
+//! wait for their expert's mark; this saves two pool round trips per call.
+//! Tile sizes depend only on the routing, never
 //! on the thread count, and every output element is summed by one thread in slot order:
 //! results are bit-identical whatever the number of threads.
 //!
