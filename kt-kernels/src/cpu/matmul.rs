@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use super::dispatch::{self, FormatKernels, GemmTile};
 use super::isa::{self, Isa};
 use super::pool::{self, ThreadPool};
+use crate::cpu::shared_ptr::Raw;
 use crate::error::{KtError, Result};
 use crate::quant::{reference, QType};
 use crate::util::AlignedBuf;
@@ -182,7 +183,7 @@ pub fn matmul_f32_reference(
         return Ok(());
     }
     let row_bytes = qtype.row_bytes(cols)?;
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = Raw::new(out.as_mut_ptr());
     let block = 16;
     pool::global().for_each(rows.div_ceil(block), &|i, _| {
         let mut w = vec![0f32; cols];
@@ -231,20 +232,6 @@ fn check_len(what: &'static str, got: usize, expected: usize, qtype: QType) -> R
     Ok(())
 }
 
-/// A raw pointer that may cross threads: the tiles written through it are disjoint.
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: only used to write disjoint output elements from pool threads, each element
-// by exactly one work item, while the owning &mut borrow is held by the caller.
-unsafe impl<T> Send for SendPtr<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-
 fn quantize_activations(
     pool: &ThreadPool,
     kernels: &FormatKernels,
@@ -254,7 +241,7 @@ fn quantize_activations(
     act_row: usize,
     xq: &mut [u8],
 ) {
-    let xq_ptr = SendPtr(xq.as_mut_ptr());
+    let xq_ptr = Raw::new(xq.as_mut_ptr());
     let quantize_row = |t: usize| {
         // SAFETY: row t of xq is [t*act_row, (t+1)*act_row), disjoint per t, inside xq
         // (xq.len() == tokens * act_row was checked by the caller).
@@ -283,7 +270,7 @@ fn run_tiles(
     out: &mut [f32],
 ) {
     let w_stride = qtype.row_bytes(cols).expect("checked by the caller");
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = Raw::new(out.as_mut_ptr());
     let w_ptr = weights.as_ptr() as usize;
     let a_ptr = xq.as_ptr() as usize;
     // Rows r0..r0+nr against tokens t0..t0+nt.

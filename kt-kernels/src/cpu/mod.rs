@@ -14,6 +14,7 @@ pub mod moe;
 pub mod peak;
 pub mod pool;
 pub mod scalar;
+mod shared_ptr;
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;

@@ -14,6 +14,7 @@ use super::plan::{Item, MAX_ITEM_FLOATS};
 use super::scratch::{Scratch, TILE_FLOATS};
 use super::{plan, routing::Routing};
 use crate::cpu::dispatch::{self, FormatKernels, GemmTile};
+use crate::cpu::shared_ptr::Raw;
 use crate::cpu::{Isa, ThreadPool, GEMV_MAX_TOKENS};
 use crate::error::Result;
 
@@ -22,24 +23,6 @@ use crate::error::Result;
 const SERIAL_ELEMS: usize = 1 << 16;
 /// Output columns per combine item.
 const COMBINE_COLS: usize = 1024;
-
-/// A raw pointer shared by the pool threads of one phase.
-#[derive(Clone, Copy)]
-struct Raw<T>(*mut T);
-// SAFETY: a `Raw` only crosses threads inside one phase, whose items access disjoint
-// elements (each item's extent is derived from its own position/row range), while the
-// scratch it points into is exclusively borrowed by `run`.
-unsafe impl<T> Send for Raw<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for Raw<T> {}
-impl<T> Raw<T> {
-    fn new(p: *const T) -> Self {
-        Raw(p as *mut T)
-    }
-    fn at(self, i: usize) -> *mut T {
-        self.0.wrapping_add(i)
-    }
-}
 
 /// Runs the call described by `s` (layer, tokens, inputs) on `pool`, leaving the result
 /// in `s.out[..tokens * hidden]`.

@@ -20,6 +20,7 @@ use crate::cpu::moe::driver::{Driver, Job, MoeHandle};
 use crate::cpu::moe::plan::{self, Item, MAX_ITEM_FLOATS};
 use crate::cpu::moe::routing::Routing;
 use crate::cpu::moe::PoolRef;
+use crate::cpu::shared_ptr::Raw;
 use crate::cpu::{Isa, ThreadPool};
 use crate::error::{KtError, Result};
 use crate::util::AlignedBuf;
@@ -28,23 +29,6 @@ use crate::util::AlignedBuf;
 const SERIAL_ELEMS: usize = 1 << 16;
 /// Readable rows after the last position of the activation buffers (two AMX tiles).
 const PAD_ROWS: usize = 32;
-
-/// A raw pointer shared by the pool threads of one phase.
-#[derive(Clone, Copy)]
-struct Raw<T>(*mut T);
-// SAFETY: a `Raw` crosses threads only inside one phase, whose items touch disjoint
-// elements, while the buffer it points into is exclusively borrowed by the call.
-unsafe impl<T> Send for Raw<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for Raw<T> {}
-impl<T> Raw<T> {
-    fn new(p: *const T) -> Self {
-        Raw(p as *mut T)
-    }
-    fn at(self, i: usize) -> *mut T {
-        self.0.wrapping_add(i)
-    }
-}
 
 /// Runs repacked MoE layers: calls of up to `max_tokens` tokens and `max_top_k` slots.
 pub struct RepackedMoe {
