@@ -111,12 +111,13 @@ impl Args {
     }
 }
 
-/// Where the weights came from and what getting them cost.
+/// Where the weights came from, what getting them cost, and the `--rules` placement.
 struct Weights {
     gguf: Gguf,
     config: DeepSeekConfig,
     label: String,
     seconds: f64,
+    rules: String,
 }
 
 fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Error>> {
@@ -128,6 +129,8 @@ fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Er
             ..SyntheticOptions::default()
         };
         let synth = SyntheticModel::new(preset, &opts)?;
+        // Placed before the weights are built, so a bad rules file fails at once.
+        let rules = placement(&a.rules, synth.config())?;
         let bar = bytes_bar(synth.data_bytes(), "building weights");
         if !show_progress {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -139,6 +142,7 @@ fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Er
             config: synth.config().clone(),
             label: format!("{preset} (synthetic, {} layers)", synth.config().n_layers),
             seconds: start.elapsed().as_secs_f64(),
+            rules,
         });
     }
     if !a.model.ends_with(".gguf") && !std::path::Path::new(&a.model).exists() {
@@ -159,11 +163,13 @@ fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Er
         config.n_layers = n;
         config.first_k_dense_replace = config.first_k_dense_replace.min(n);
     }
+    let rules = placement(&a.rules, &config)?;
     Ok(Weights {
         label: format!("{} ({} layers)", a.model, config.n_layers),
         gguf,
         config,
         seconds: start.elapsed().as_secs_f64(),
+        rules,
     })
 }
 
@@ -226,7 +232,7 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let w = load(&a, !a.json)?;
-    let rules = placement(&a.rules, &w.config)?;
+    let rules = w.rules.clone();
     let mut model = DeepSeekModel::new(&w.gguf, w.config.clone(), matmul)?;
     model.set_max_batch(prompt_len.min(MAX_MOE_BATCH))?;
     let weight_bytes: usize = w.gguf.files().iter().map(|f| f.len()).sum();
