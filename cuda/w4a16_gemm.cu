@@ -13,6 +13,11 @@
 // ((nt * K/16 + ks) * 32) * 16: each 64-column tile streams contiguously along k.
 // Scales: [K/128][N] row-major.
 //
+// Two kernels read this layout:
+// - kt_w4a16_gemv_* (m <= 16, decode and short chunks; the "small-m path" below): a
+//   streaming kernel whose warps each own one 64-column tile and a slice of k.
+// - kt_w4a16_gemm_* (any m; the host uses it past 16 rows), described next.
+//
 // Grid: x = N/64 column tiles, y = k splits, z = 16*MT-row tiles. Each of the 4 warps takes
 // one 16-deep step of every 64-deep stage; the warps' partial sums are added in a fixed
 // order through shared memory, so results are reproducible. With one split the block
@@ -238,6 +243,187 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
     }
 }
 
+// ---- Small-m path: out = x W^T for m <= 16 rows, as a stream over the packed weights ----
+//
+// At a few rows the GEMM is a matrix-vector product bound by reading each weight byte once,
+// so the kernel is built around the stream: every block owns kGvWarps consecutive 64-column
+// tiles (one per warp) and one slice of k (a whole number of 128-groups), and keeps
+// kGvStages - 1 stages of kGvSteps 16-deep k steps in flight with cp.async (8 KiB of weights
+// per stage; several blocks per multiprocessor). The mma runs transposed, out^T = W x^T:
+// the 16 columns of sub-tiles 2w and 2w+1 of a lane's packed word w form exactly the mma A
+// fragment (rows g and g + 8 at k pairs 2q and 2q + 8, g = lane / 4, q = lane % 4), and the
+// rows of x are the n = 8 side, so m <= 8 costs 4 mma per tile and k step (NT = 1 token tile)
+// and m <= 16 costs 8 (NT = 2). Rows past m are zero registers, never loaded.
+// With one k slice the block writes `out`. With several it writes f32 partials [slice][M][N],
+// and the last block of its column group (an atomic counter per group, reset by that block
+// for the next launch) adds the slices in slice order: deterministic, and no second launch.
+constexpr int kGvWarps = 4;                   // 64-column tiles per block
+constexpr int kGvThreads = 32 * kGvWarps;
+constexpr int kGvSteps = 4;                   // 16-deep k steps per stage (divides 128 / 16)
+constexpr int kGvStages = 4;
+constexpr int kGvStepBytes = 32 * 16;         // one tile's packed weights for one k step
+constexpr int kGvWBytes = kGvWarps * kGvSteps * kGvStepBytes;
+constexpr int kGvXRow = kGvSteps * 32 + 16;   // bytes per row of x: 16 of padding spread
+                                              // the 8 rows g of a fragment load over all banks
+constexpr int kGvXBytes = 16 * kGvXRow;
+constexpr int kGvSBytes = kGvWarps * kBN * 2; // the group's scales of the block's columns
+constexpr int kGvStageBytes = kGvWBytes + kGvXBytes + kGvSBytes;
+static_assert(kGroup / 16 % kGvSteps == 0, "a stage never straddles a scale group");
+static_assert(16 * (kGvSteps * 32 / 16) <= kGvThreads, "one x chunk per thread and stage");
+static_assert(kGvStageBytes % 16 == 0, "stages stay 16-byte aligned");
+
+template <typename T, int NT>
+__device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
+                                           const T* __restrict__ scales, T* __restrict__ out,
+                                           float* __restrict__ partial, unsigned* __restrict__ counters,
+                                           int M, int N, int K, int steps_per_slice, int slices) {
+    using T2 = typename Kind<T>::T2;
+    __shared__ __align__(128) uint8_t smem[kGvStages * kGvStageBytes];
+    __shared__ unsigned is_last;
+
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int g = lane >> 2;
+    const int q = lane & 3;
+    const int group = blockIdx.x / slices; // column group: kGvWarps tiles
+    const int slice = blockIdx.x % slices;
+    const int nt = group * kGvWarps + warp;
+    const bool tile_ok = nt < N / kBN;
+    const int k_steps = K / 16;
+    const int ks_begin = slice * steps_per_slice;
+    const int n_stages = (min(ks_begin + steps_per_slice, k_steps) - ks_begin) / kGvSteps;
+    const uint4* wsrc = qw + ((size_t)nt * k_steps + ks_begin) * 32 + lane;
+
+    auto load_stage = [&](int slot, int stage) {
+        uint8_t* st = smem + slot * kGvStageBytes;
+        const int ks0 = ks_begin + stage * kGvSteps;
+        if (tile_ok) {
+#pragma unroll
+            for (int u = 0; u < kGvSteps; ++u) {
+                cp_async16(st + (warp * kGvSteps + u) * kGvStepBytes + lane * 16,
+                           wsrc + (size_t)(stage * kGvSteps + u) * 32, 16);
+            }
+            if (lane < kBN * 2 / 16) {
+                cp_async16(st + kGvWBytes + kGvXBytes + warp * kBN * 2 + lane * 16,
+                           scales + (size_t)(ks0 * 16 / kGroup) * N + nt * kBN + lane * 8, 16);
+            }
+        }
+        // x: M rows of kGvSteps * 16 values, 16-byte chunks, one per thread.
+        constexpr int kChunks = kGvSteps * 32 / 16;
+        if (tid < M * kChunks) {
+            const int r = tid / kChunks;
+            const int ch = tid % kChunks;
+            cp_async16(st + kGvWBytes + r * kGvXRow + ch * 16, x + (size_t)r * K + ks0 * 16 + ch * 8, 16);
+        }
+    };
+
+    float acc[NT][4][4];
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int w = 0; w < 4; ++w)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[t][w][e] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < kGvStages - 1; ++s) {
+        if (s < n_stages) load_stage(s, s);
+        cp_async_commit(); // empty groups keep the wait counts uniform
+    }
+
+    for (int it = 0; it < n_stages; ++it) {
+        cp_async_wait<kGvStages - 2>();
+        __syncthreads(); // stage `it` landed for all threads; slot (it - 1) % kGvStages is free
+        if (it + kGvStages - 1 < n_stages) load_stage((it + kGvStages - 1) % kGvStages, it + kGvStages - 1);
+        cp_async_commit();
+        if (!tile_ok) continue;
+
+        const uint8_t* st = smem + (it % kGvStages) * kGvStageBytes;
+        const T* s_tile = reinterpret_cast<const T*>(st + kGvWBytes + kGvXBytes) + warp * kBN;
+        T2 sc[4][2];
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            const T s0 = s_tile[16 * w + g];
+            const T s1 = s_tile[16 * w + 8 + g];
+            sc[w][0] = T2(s0, s0);
+            sc[w][1] = T2(s1, s1);
+        }
+#pragma unroll
+        for (int u = 0; u < kGvSteps; ++u) {
+            // B fragments: x[row][16 u + 2 q + {0, 1}] and [.. + 8 + {0, 1}] for row 8 t + g.
+            uint32_t b[NT][2];
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                const int row = 8 * t + g;
+                const uint8_t* xr = st + kGvWBytes + row * kGvXRow + (16 * u + 2 * q) * 2;
+                b[t][0] = row < M ? *reinterpret_cast<const uint32_t*>(xr) : 0u;
+                b[t][1] = row < M ? *reinterpret_cast<const uint32_t*>(xr + 16) : 0u;
+            }
+            const uint4 bq = *reinterpret_cast<const uint4*>(st + (warp * kGvSteps + u) * kGvStepBytes + lane * 16);
+            const uint32_t words[4] = {bq.x, bq.y, bq.z, bq.w};
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                // A fragment of columns 16 w .. 16 w + 15: rows g (sub-tile 2w) and g + 8
+                // (sub-tile 2w + 1), k pair 2q then 2q + 8.
+                const uint32_t qv = words[w];
+                const uint32_t a[4] = {dequant<T>(qv, sc[w][0]), dequant<T>(qv >> 8, sc[w][1]),
+                                       dequant<T>(qv >> 4, sc[w][0]), dequant<T>(qv >> 12, sc[w][1])};
+#pragma unroll
+                for (int t = 0; t < NT; ++t) Kind<T>::mma(acc[t][w], a, b[t][0], b[t][1]);
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    // acc[t][w][e] is out[row 8 t + 2 q + e % 2][column 64 nt + 16 w + g + 8 (e / 2)].
+    if (slices == 1) {
+        if (!tile_ok) return;
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int row = 8 * t + 2 * q + (e & 1);
+                    const int col = nt * kBN + 16 * w + g + 8 * (e >> 1);
+                    if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(acc[t][w][e]);
+                }
+        return;
+    }
+
+    if (tile_ok) {
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int row = 8 * t + 2 * q + (e & 1);
+                    const int col = nt * kBN + 16 * w + g + 8 * (e >> 1);
+                    if (row < M) partial[((size_t)slice * M + row) * N + col] = acc[t][w][e];
+                }
+    }
+    // Publish this slice, then count it; the block that completes the group sums it up.
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) is_last = atomicAdd(&counters[group], 1u) == (unsigned)slices - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence(); // the other slices' partials, published before their count, are visible
+    const int c0 = group * kGvWarps * kBN;
+    const int cols = min(kGvWarps * kBN, N - c0);
+    for (int e = tid; e < M * cols; e += kGvThreads) {
+        const int row = e / cols;
+        const int col = c0 + e % cols;
+        float v = 0.0f;
+#pragma unroll 4
+        for (int s = 0; s < slices; ++s) v += __ldcg(partial + ((size_t)s * M + row) * N + col);
+        out[(size_t)row * N + col] = kt_from_f32<T>(v);
+    }
+    if (tid == 0) counters[group] = 0; // ready for the next launch on this workspace
+}
+
 } // namespace
 
 #define KT_W4A16(SUFFIX, T, MT)                                                                     \
@@ -262,3 +448,15 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
                                                 unsigned long long mn) {
     w4a16_reduce<__nv_bfloat16>(partial, out, splits, (size_t)mn);
 }
+
+#define KT_W4A16_GEMV(SUFFIX, T, NT)                                                               \
+    extern "C" __global__ void __launch_bounds__(kGvThreads) kt_w4a16_gemv_##SUFFIX##_t##NT(       \
+        const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
+        int M, int N, int K, int steps_per_slice, int slices) {                                    \
+        w4a16_gemv<T, NT>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice, slices); \
+    }
+
+KT_W4A16_GEMV(f16, __half, 1)
+KT_W4A16_GEMV(f16, __half, 2)
+KT_W4A16_GEMV(bf16, __nv_bfloat16, 1)
+KT_W4A16_GEMV(bf16, __nv_bfloat16, 2)

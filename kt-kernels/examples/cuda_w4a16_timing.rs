@@ -1,15 +1,82 @@
-//! Timing of the W4A16 GEMM on DeepSeek shapes, run on a GPU machine:
+//! Timing of the W4A16 GEMM on DeepSeek-V3 shapes, run on a GPU machine:
 //! `cargo run --release -p kt-kernels --features cuda --example cuda_w4a16_timing`.
-//! Prints one line per shape: microseconds per GEMM, the weight bandwidth and the
-//! arithmetic rate. (A benchmark, so not a test.)
+//! (A benchmark, so not a test.) `cuda/bench_torch_matmul.py` times torch's fp16 matmul
+//! the same three ways:
+//! - `hot`: one shape, 5 warm-ups, then CUDA events around 100 back-to-back calls (the
+//!   figure torch's script reports; weights of up to ~40 MB may stay in the 50 MB L2);
+//! - `cold`: all seven shapes called in turn, like one layer of a decode step, an event
+//!   between consecutive calls, 20 rounds: each GEMM finds the others' ~240 MB of weights
+//!   in L2 instead of its own, so this is the HBM-bound time;
+//! - `slices` (m = 1 and 16, hot): the small-m kernel with its k slices forced, to check
+//!   the automatic choice.
+//!
+//! GB/s counts the packed weights and scales once (n k / 2 + n k / 64 bytes).
+//! `KT_W4A16_TOKENS=1,16` limits the token counts (for a profiler run).
 
 #[path = "../tests/cuda_common/mod.rs"]
 mod cuda_common;
 
 use cuda_common::{gpu_or_skip, random};
 use half::f16;
-use kt_kernels::cuda::w4a16::{GemmWorkspace, Int4Weights};
+use kt_kernels::cuda::w4a16::{GemmWorkspace, GemvPlan, Int4Weights, W4A16Weights, GROUP};
+use kt_kernels::cuda::{DeviceBuf, GpuStream};
 use kt_kernels::util::SplitMix64;
+
+/// DeepSeek-V3 projections as (name, n = out, k = in).
+const SHAPES: [(&str, usize, usize); 7] = [
+    ("q_b_proj", 24576, 1536),
+    ("kv_b_proj", 32768, 512),
+    ("o_proj", 7168, 16384),
+    ("shared_gate", 2048, 7168),
+    ("shared_down", 7168, 2048),
+    ("dense_gate", 18432, 7168),
+    ("dense_down", 7168, 18432),
+];
+const TOKENS: [usize; 7] = [1, 2, 4, 8, 16, 64, 128];
+
+struct Case {
+    name: &'static str,
+    n: usize,
+    k: usize,
+    w: W4A16Weights<f16>,
+}
+
+fn weight_bytes(n: usize, k: usize) -> f64 {
+    (n * k / 2 + (k / GROUP) * n * 2) as f64
+}
+
+fn line(kind: &str, c: &Case, m: usize, extra: &str, us: f64) {
+    println!(
+        "KT_W4A16 {kind} {} m={m} n={} k={}{extra} us={us:.2} weight_GB/s={:.0} TFLOP/s={:.2}",
+        c.name,
+        c.n,
+        c.k,
+        weight_bytes(c.n, c.k) / (us * 1e3),
+        2.0 * (m * c.n * c.k) as f64 / (us * 1e6)
+    );
+}
+
+/// Mean microseconds of `iters` back-to-back calls after 5 warm-ups.
+fn hot(
+    s: &GpuStream,
+    c: &Case,
+    x: &DeviceBuf<f16>,
+    m: usize,
+    out: &mut DeviceBuf<f16>,
+    ws: &mut GemmWorkspace,
+    slices: Option<usize>,
+) -> f64 {
+    let iters = 100;
+    for _ in 0..5 {
+        s.w4a16_gemm_planned(&c.w, x, m, out, ws, slices).unwrap();
+    }
+    let start = s.record_event().unwrap();
+    for _ in 0..iters {
+        s.w4a16_gemm_planned(&c.w, x, m, out, ws, slices).unwrap();
+    }
+    let end = s.record_event().unwrap();
+    start.elapsed_ms(&end).unwrap() as f64 * 1000.0 / iters as f64
+}
 
 fn main() {
     let Some(gpu) = gpu_or_skip("w4a16_timing") else {
@@ -17,37 +84,86 @@ fn main() {
     };
     let s = gpu.stream();
     eprintln!("device: {:?}", gpu.info());
+    let mut rng = SplitMix64::new(7);
+    let cases: Vec<Case> = SHAPES
+        .iter()
+        .map(|&(name, n, k)| {
+            // Random int4 values and scales: the kernel's speed does not depend on them, and
+            // this skips quantizing 130M weights on the host.
+            let q = Int4Weights::<f16> {
+                n,
+                k,
+                q: (0..n * k).map(|_| rng.below(16) as i8 - 8).collect(),
+                scales: (0..(k / GROUP) * n)
+                    .map(|_| f16::from_f32(rng.uniform(0.001, 0.01)))
+                    .collect(),
+            };
+            let w = s.upload_w4a16(&q).unwrap();
+            Case { name, n, k, w }
+        })
+        .collect();
     let mut ws = GemmWorkspace::default();
-    // (n, k): V3 expert gate+up and down, V3 dense 7168 x 7168 scale, V2-Lite expert.
-    for &(n, k) in &[
-        (4096usize, 7168usize),
-        (7168, 2048),
-        (7168, 7168),
-        (2816, 2048),
-        (2048, 1408),
-    ] {
-        let mut rng = SplitMix64::new(n as u64 ^ k as u64);
-        let w: Vec<f32> = (0..n * k).map(|_| rng.normal() * 0.02).collect();
-        let (q, _) = Int4Weights::<f16>::quantize(&w, n, k).unwrap();
-        let wd = s.upload_w4a16(&q).unwrap();
-        for &m in &[1usize, 16, 64, 128] {
-            let x = s.upload(&random::<f16>(&mut rng, m * k, 1.0)).unwrap();
-            let mut out = s.alloc_zeroed::<f16>(m * n).unwrap();
-            for _ in 0..5 {
-                s.w4a16_gemm(&wd, &x, m, &mut out, &mut ws).unwrap();
+
+    let tokens: Vec<usize> = match std::env::var("KT_W4A16_TOKENS") {
+        Ok(list) => list
+            .split(',')
+            .map(|t| {
+                t.trim()
+                    .parse()
+                    .expect("KT_W4A16_TOKENS: comma-separated counts")
+            })
+            .collect(),
+        Err(_) => TOKENS.to_vec(),
+    };
+    for &m in &tokens {
+        let xs: Vec<DeviceBuf<f16>> = cases
+            .iter()
+            .map(|c| s.upload(&random::<f16>(&mut rng, m * c.k, 1.0)).unwrap())
+            .collect();
+        let mut outs: Vec<DeviceBuf<f16>> = cases
+            .iter()
+            .map(|c| s.alloc_zeroed::<f16>(m * c.n).unwrap())
+            .collect();
+        for (i, c) in cases.iter().enumerate() {
+            let us = hot(s, c, &xs[i], m, &mut outs[i], &mut ws, None);
+            line("hot", c, m, "", us);
+        }
+        // Cold: the seven GEMMs in turn, an event before each and one after the last.
+        let rounds = 20;
+        let mut total = vec![0.0f64; cases.len()];
+        for round in 0..=rounds {
+            let mut events = Vec::with_capacity(cases.len() + 1);
+            for (i, c) in cases.iter().enumerate() {
+                events.push(s.record_event().unwrap());
+                s.w4a16_gemm(&c.w, &xs[i], m, &mut outs[i], &mut ws)
+                    .unwrap();
             }
-            let iters = 50;
-            let start = s.record_event().unwrap();
-            for _ in 0..iters {
-                s.w4a16_gemm(&wd, &x, m, &mut out, &mut ws).unwrap();
+            events.push(s.record_event().unwrap());
+            if round == 0 {
+                continue; // warm-up round
             }
-            let end = s.record_event().unwrap();
-            let us = start.elapsed_ms(&end).unwrap() as f64 * 1000.0 / iters as f64;
-            let gbs = (n * k / 2 + n * k / 64) as f64 / (us * 1e3);
-            let tflops = 2.0 * (m * n * k) as f64 / (us * 1e6);
-            println!(
-                "KT_W4A16 m={m} n={n} k={k} us={us:.2} weight_GB/s={gbs:.0} TFLOP/s={tflops:.2}"
-            );
+            for (i, t) in total.iter_mut().enumerate() {
+                *t += events[i].elapsed_ms(&events[i + 1]).unwrap() as f64 * 1000.0;
+            }
+        }
+        for (c, t) in cases.iter().zip(&total) {
+            line("cold", c, m, "", t / rounds as f64);
+        }
+        println!(
+            "KT_W4A16 cold layer m={m} us={:.2}",
+            total.iter().sum::<f64>() / rounds as f64
+        );
+        if m == 1 || m == GemvPlan::MAX_ROWS {
+            for (i, c) in cases.iter().enumerate() {
+                let groups = c.k / GROUP;
+                for force in [1usize, 2, 4, 8, 16, 32, 64, 128] {
+                    if force > groups {
+                        break;
+                    }
+                    let us = hot(s, c, &xs[i], m, &mut outs[i], &mut ws, Some(force));
+                    line("slices", c, m, &format!(" slices={force}"), us);
+                }
+            }
         }
     }
 }

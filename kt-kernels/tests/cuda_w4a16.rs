@@ -1,13 +1,16 @@
 //! W4A16: the quantizer and the packed layout (CPU), and the GPU GEMM against a scalar f64
-//! reference over the weights the kernel multiplies with, for f16 and bf16, token counts
-//! 1, 3, 17, 129 and both the single-pass and the k-split paths.
+//! reference over the weights the kernel multiplies with, for f16 and bf16: token counts 1,
+//! 3, 17, 129 and both the single-pass and the k-split paths of the tiled kernel, and 1..=16
+//! tokens of the small-m kernel with column counts that leave its 256-column blocks partly
+//! empty, forced and automatic k slices, repeat calls on one workspace (its arrival counters
+//! must reset) and bit-identical results from repeated calls.
 #![cfg(feature = "cuda")]
 
 mod cuda_common;
 
 use cuda_common::{gpu_or_skip, nan_buf, random, to_f64};
 use half::{bf16, f16};
-use kt_kernels::cuda::w4a16::{GemmPlan, GemmWorkspace, Int4Weights, GROUP};
+use kt_kernels::cuda::w4a16::{GemmPlan, GemmWorkspace, GemvPlan, Int4Weights, GROUP};
 use kt_kernels::cuda::{GpuStream, MmaFloat};
 use kt_kernels::quant::{quantize, QType};
 use kt_kernels::util::SplitMix64;
@@ -142,6 +145,41 @@ fn gemm_plan_fills_one_wave_with_nonempty_splits() {
     }
 }
 
+#[test]
+fn gemv_plan_fills_one_wave_with_nonempty_slices() {
+    // H100-like: 132 multiprocessors, 5 resident blocks each.
+    let cap = 5 * 132;
+    // o_proj at decode: 28 column groups of 256, so k is cut into about cap / 28 slices.
+    let p = GemvPlan::new(1, 7168, 16384, cap, None);
+    assert_eq!((p.column_groups, p.token_tiles), (28, 1), "{p:?}");
+    assert!(p.slices > 1 && p.slices * p.column_groups <= cap, "{p:?}");
+    // kv_b: 128 column groups, but only 4 groups along k to split.
+    let p = GemvPlan::new(16, 32768, 512, cap, None);
+    assert_eq!(
+        (p.slices, p.groups_per_slice, p.token_tiles),
+        (4, 1, 2),
+        "{p:?}"
+    );
+    // Enough column groups on their own: no split.
+    assert_eq!(GemvPlan::new(9, 256 * cap, 1024, cap, None).slices, 1);
+    for m in 1..=GemvPlan::MAX_ROWS {
+        for (n, k) in [(64, 128), (320, 384), (7168, 18432), (2048, 1408)] {
+            for force in [None, Some(1), Some(3), Some(1000)] {
+                let p = GemvPlan::new(m, n, k, cap, force);
+                let groups = k / GROUP;
+                assert_eq!(p.token_tiles, m.div_ceil(8), "{p:?}");
+                assert_eq!(p.column_groups, n.div_ceil(256), "{p:?}");
+                assert!(p.slices >= 1 && p.slices <= groups, "{p:?}");
+                assert!(
+                    (p.slices - 1) * p.groups_per_slice < groups
+                        && p.slices * p.groups_per_slice >= groups,
+                    "every slice starts inside k: {p:?}"
+                );
+            }
+        }
+    }
+}
+
 /// Runs one GEMM and compares with the f64 reference over the kernel's weights. The kernel's
 /// only differences from that reference are the f32 accumulation (products of two 16-bit
 /// floats are exact in f32; each of the K/16 mma steps, the 4-warp and k-split sums rounds
@@ -180,6 +218,21 @@ fn gemm_case<T: MmaFloat>(
     s.w4a16_gemm_planned(&wd, &xd, m, &mut out, ws, splits)
         .unwrap();
     let got = s.download(&out).unwrap();
+    // A second call on the same workspace (the k-split counters were reset by the first)
+    // into a fresh poisoned buffer gives the same bits: the slice sums have a fixed order.
+    let mut again = nan_buf::<T>(s, m * n);
+    s.w4a16_gemm_planned(&wd, &xd, m, &mut again, ws, splits)
+        .unwrap();
+    let again = s.download(&again).unwrap();
+    for (i, (a, b)) in got.iter().zip(&again).enumerate() {
+        assert!(
+            a.to_f32().to_bits() == b.to_f32().to_bits(),
+            "w4a16 {} m{m} n{n} k{k} splits {splits:?}: element {i} differs between calls: {} vs {}",
+            T::SUFFIX,
+            a.to_f32(),
+            b.to_f32()
+        );
+    }
     let steps = (k / 16 + 4 + k / GROUP) as f64;
     let u32 = 2f64.powi(-23); // tensor-core accumulation may truncate instead of rounding
     let name = format!("w4a16 {} m{m} n{n} k{k} splits {splits:?}", T::SUFFIX);
@@ -208,6 +261,42 @@ fn gemm_all<T: MmaFloat>(s: &GpuStream) {
     // A deeper k (DeepSeek's 7168) for decode and a prefill-sized m.
     gemm_case::<T>(s, &mut ws, 1, 256, 7168, None, 99);
     gemm_case::<T>(s, &mut ws, 64, 128, 1408, None, 98);
+}
+
+/// The small-m kernel at every row count: 8 and 16 fill its token tiles, 9 starts the second;
+/// 320 and 448 columns leave 3 and 1 of the last block's 4 tile warps idle; k slices of one
+/// group, of several, uneven (5 over 11 groups: 3 + 3 + 3 + 2) and automatic.
+fn gemv_all<T: MmaFloat>(s: &GpuStream) {
+    let mut ws = GemmWorkspace::default();
+    for m in 1..=GemvPlan::MAX_ROWS {
+        let seed = 1000 + m as u64;
+        gemm_case::<T>(s, &mut ws, m, 320, 1408, None, seed);
+        if [1, 2, 7, 8, 9, 16].contains(&m) {
+            gemm_case::<T>(s, &mut ws, m, 448, 1408, Some(1), seed + 1);
+            gemm_case::<T>(s, &mut ws, m, 448, 1408, Some(4), seed + 2);
+            gemm_case::<T>(s, &mut ws, m, 64, 1408, Some(11), seed + 3);
+            gemm_case::<T>(s, &mut ws, m, 1024, 512, None, seed + 4);
+        }
+    }
+    // Decode on DeepSeek-like depths: many slices of a long k, and a short k over many columns.
+    gemm_case::<T>(s, &mut ws, 1, 512, 18432, None, 2000);
+    gemm_case::<T>(s, &mut ws, 4, 4096, 512, None, 2001);
+}
+
+#[test]
+fn w4a16_gemv_f16() {
+    let Some(gpu) = gpu_or_skip("w4a16_gemv_f16") else {
+        return;
+    };
+    gemv_all::<f16>(gpu.stream());
+}
+
+#[test]
+fn w4a16_gemv_bf16() {
+    let Some(gpu) = gpu_or_skip("w4a16_gemv_bf16") else {
+        return;
+    };
+    gemv_all::<bf16>(gpu.stream());
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! W4A16 GEMM on tensor cores (`cuda/w4a16_gemm.cu`): `out[m, n] = sum_k x[m, k] W[n, k]`
 //! with W as symmetric int4 (one f16/bf16 scale per column per 128 along k) and x, out in
 //! f16 or bf16 (the scales' type). Weights are quantized ([`Int4Weights`]) and repacked
-//! once at load ([`GpuStream::upload_w4a16`]).
+//! once at load ([`GpuStream::upload_w4a16`]). Up to 16 rows (decode, short chunks) take the
+//! streaming small-m kernel ([`GemvPlan`], `gemv.rs`); more rows the tiled tensor-core GEMM.
 
+mod gemv;
 mod pack;
 mod quant;
 
@@ -13,6 +15,7 @@ use super::error::{launch_err, shape, CudaResult};
 use super::modules::W4A16_GEMM;
 use super::runtime::{DeviceBuf, GpuStream};
 
+pub use gemv::GemvPlan;
 pub use quant::{Int4Weights, QuantError, GROUP, TILE_N};
 
 const THREADS: u32 = 128;
@@ -54,10 +57,12 @@ pub struct W4A16Weights<T> {
     scales: DeviceBuf<T>,
 }
 
-/// f32 scratch for the k-split partial sums, grown on demand and reused across calls.
+/// f32 scratch for the k-split partial sums, grown on demand and reused across calls, and
+/// the small-m kernel's per-column-group arrival counters (zero between launches).
 #[derive(Default)]
 pub struct GemmWorkspace {
     buf: Option<DeviceBuf<f32>>,
+    counters: Option<DeviceBuf<u32>>,
 }
 
 /// How a GEMM is cut into blocks: the k splits and the row-tile height (16 * m_tile).
@@ -138,7 +143,8 @@ impl GpuStream {
         self.w4a16_gemm_planned(w, x, m, out, ws, None)
     }
 
-    /// [`Self::w4a16_gemm`] with the number of k splits forced (clamped to 1..=k/128).
+    /// [`Self::w4a16_gemm`] with the number of k splits forced (clamped to 1..=k/128); for
+    /// m <= 16 they are the small-m kernel's k slices ([`GemvPlan`]).
     pub fn w4a16_gemm_planned<T: MmaFloat>(
         &self,
         w: &W4A16Weights<T>,
@@ -163,6 +169,16 @@ impl GpuStream {
         if m == 0 {
             return Ok(());
         }
+        // The kernels index rows of x and out with 32-bit products.
+        if i32::try_from(m * k.max(n)).is_err() {
+            return Err(shape(
+                OP,
+                format!("m {m} is too large for one launch (k {k}, n {n})"),
+            ));
+        }
+        if m <= GemvPlan::MAX_ROWS {
+            return self.w4a16_gemv(w, x, m, out, ws, force_splits);
+        }
         let m_tile = GemmPlan::m_tile_for(m);
         let kernel = format!("kt_w4a16_gemm_{}_m{}", T::SUFFIX, m_tile);
         let f = self.kernels.get(&W4A16_GEMM, &kernel)?;
@@ -172,7 +188,7 @@ impl GpuStream {
             * self.info.multiprocessors;
         let plan = GemmPlan::new(m, n, k, capacity, force_splits);
         let m_tiles = m.div_ceil(16 * plan.m_tile);
-        if m_tiles > GRID_YZ_MAX || i32::try_from(m * k.max(n)).is_err() {
+        if m_tiles > GRID_YZ_MAX {
             return Err(shape(
                 OP,
                 format!("m {m} is too large for one launch (k {k}, n {n})"),
