@@ -246,75 +246,93 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 // ---- Small-m path: out = x W^T for m <= 16 rows, as a stream over the packed weights ----
 //
 // At a few rows the GEMM is a matrix-vector product bound by reading each weight byte once,
-// so the kernel is built around the stream: every block owns kGvWarps consecutive 64-column
-// tiles (one per warp) and one slice of k (a whole number of 128-groups), and keeps
-// kGvStages - 1 stages of kGvSteps 16-deep k steps in flight with cp.async (8 KiB of weights
-// per stage; several blocks per multiprocessor). The mma runs transposed, out^T = W x^T:
-// the 16 columns of sub-tiles 2w and 2w+1 of a lane's packed word w form exactly the mma A
-// fragment (rows g and g + 8 at k pairs 2q and 2q + 8, g = lane / 4, q = lane % 4), and the
-// rows of x are the n = 8 side, so m <= 8 costs 4 mma per tile and k step (NT = 1 token tile)
-// and m <= 16 costs 8 (NT = 2). Rows past m are zero registers, never loaded.
-// With one k slice the block writes `out`. With several it writes f32 partials [slice][M][N],
-// and the last block of its column group (an atomic counter per group, reset by that block
-// for the next launch) adds the slices in slice order: deterministic, and no second launch.
-constexpr int kGvWarps = 4;                   // 64-column tiles per block
+// so the kernel is built around that stream. A block's 4 warps cover TW = 4 / KW consecutive
+// 64-column tiles, KW warps per tile (k-ways), over one slice of k (whole 128-groups): each
+// stage brings kGvSteps 16-deep k steps per warp (8 KiB of weights per block) with cp.async,
+// the k-ways of a tile taking consecutive kGvSteps-step chunks, and kGvStages - 1 stages stay
+// in flight. Shared memory holds, per stage, the weights, each warp's 64 scales of the group,
+// and the M rows of x of the stage's k range (dynamic: the size follows M).
+// The mma runs transposed, out^T = W x^T: the 16 columns of sub-tiles 2w and 2w + 1 of a
+// lane's packed word w form exactly the mma A fragment (rows g and g + 8 at k pairs 2q and
+// 2q + 8, g = lane / 4, q = lane % 4), and the rows of x are the n = 8 side, so m <= 8 costs
+// 4 mma per tile and k step (NT = 1 token tile) and m <= 16 costs 8 (NT = 2). Rows past m
+// are zero registers, never loaded.
+// The k-ways of a tile are summed through shared memory in k-way order. With one k slice the
+// block then writes `out`; with several it writes f32 partials [slice][M][N], and the last
+// block of its column group to finish (an atomic counter per group, reset by that block for
+// the next launch) adds the slices in slice order: deterministic, and no second launch.
+constexpr int kGvWarps = 4;
 constexpr int kGvThreads = 32 * kGvWarps;
-constexpr int kGvSteps = 4;                   // 16-deep k steps per stage (divides 128 / 16)
+constexpr int kGvSteps = 4;                   // 16-deep k steps per warp and stage
 constexpr int kGvStages = 4;
 constexpr int kGvStepBytes = 32 * 16;         // one tile's packed weights for one k step
 constexpr int kGvWBytes = kGvWarps * kGvSteps * kGvStepBytes;
-constexpr int kGvXRow = kGvSteps * 32 + 16;   // bytes per row of x: 16 of padding spread
-                                              // the 8 rows g of a fragment load over all banks
-constexpr int kGvXBytes = 16 * kGvXRow;
-constexpr int kGvSBytes = kGvWarps * kBN * 2; // the group's scales of the block's columns
-constexpr int kGvStageBytes = kGvWBytes + kGvXBytes + kGvSBytes;
-static_assert(kGroup / 16 % kGvSteps == 0, "a stage never straddles a scale group");
-static_assert(16 * (kGvSteps * 32 / 16) <= kGvThreads, "one x chunk per thread and stage");
-static_assert(kGvStageBytes % 16 == 0, "stages stay 16-byte aligned");
+constexpr int kGvSBytes = kGvWarps * kBN * 2; // each warp's 64 scales
+static_assert(kGroup / 16 % kGvSteps == 0, "a warp's chunk never straddles a scale group");
 
-template <typename T, int NT>
+// Bytes per row of x in a stage: the stage's KW * kGvSteps * 16 values, plus 16 bytes that
+// spread the 8 rows g of a fragment load over all banks. Mirrored by gemv.rs.
+template <int KW> __host__ __device__ constexpr int gv_x_row() { return KW * kGvSteps * 32 + 16; }
+
+template <typename T, int NT, int KW>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
                                            int M, int N, int K, int steps_per_slice, int slices) {
     using T2 = typename Kind<T>::T2;
-    __shared__ __align__(128) uint8_t smem[kGvStages * kGvStageBytes];
+    constexpr int TW = kGvWarps / KW;
+    constexpr int kXRow = gv_x_row<KW>();
+    constexpr int kStageSteps = KW * kGvSteps;
+    constexpr int kAcc = NT * 16; // accumulators per lane
+    static_assert(TW * kAcc * 32 * 4 <= kGvStages * (kGvWBytes + kGvSBytes), "k-way sums fit");
+    extern __shared__ uint4 gv_smem[];
+    uint8_t* smem = reinterpret_cast<uint8_t*>(gv_smem);
     __shared__ unsigned is_last;
 
+    const int stage_bytes = kGvWBytes + kGvSBytes + M * kXRow;
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
     const int g = lane >> 2;
     const int q = lane & 3;
-    const int group = blockIdx.x / slices; // column group: kGvWarps tiles
+    const int tile_in = warp % TW;
+    const int kway = warp / TW;
+    const int group = blockIdx.x / slices; // column group: TW tiles
     const int slice = blockIdx.x % slices;
-    const int nt = group * kGvWarps + warp;
+    const int nt = group * TW + tile_in;
     const bool tile_ok = nt < N / kBN;
     const int k_steps = K / 16;
     const int ks_begin = slice * steps_per_slice;
-    const int n_stages = (min(ks_begin + steps_per_slice, k_steps) - ks_begin) / kGvSteps;
-    const uint4* wsrc = qw + ((size_t)nt * k_steps + ks_begin) * 32 + lane;
+    const int ks_end = min(ks_begin + steps_per_slice, k_steps);
+    const int n_stages = (ks_end - ks_begin + kStageSteps - 1) / kStageSteps;
+    const uint4* wsrc = qw + (size_t)nt * k_steps * 32 + lane;
+
+    // First k step of this warp's chunk in stage `stage`; a slice is a whole number of groups
+    // and chunks start at multiples of kGvSteps, so a chunk is wholly inside or past the end.
+    auto chunk = [&](int stage) { return ks_begin + stage * kStageSteps + kway * kGvSteps; };
 
     auto load_stage = [&](int slot, int stage) {
-        uint8_t* st = smem + slot * kGvStageBytes;
-        const int ks0 = ks_begin + stage * kGvSteps;
-        if (tile_ok) {
+        uint8_t* st = smem + slot * stage_bytes;
+        const int my0 = chunk(stage);
+        if (tile_ok && my0 < ks_end) {
 #pragma unroll
             for (int u = 0; u < kGvSteps; ++u) {
-                cp_async16(st + (warp * kGvSteps + u) * kGvStepBytes + lane * 16,
-                           wsrc + (size_t)(stage * kGvSteps + u) * 32, 16);
+                cp_async16(st + (warp * kGvSteps + u) * kGvStepBytes + lane * 16, wsrc + (size_t)(my0 + u) * 32, 16);
             }
             if (lane < kBN * 2 / 16) {
-                cp_async16(st + kGvWBytes + kGvXBytes + warp * kBN * 2 + lane * 16,
-                           scales + (size_t)(ks0 * 16 / kGroup) * N + nt * kBN + lane * 8, 16);
+                cp_async16(st + kGvWBytes + warp * kBN * 2 + lane * 16,
+                           scales + (size_t)(my0 * 16 / kGroup) * N + nt * kBN + lane * 8, 16);
             }
         }
-        // x: M rows of kGvSteps * 16 values, 16-byte chunks, one per thread.
-        constexpr int kChunks = kGvSteps * 32 / 16;
-        if (tid < M * kChunks) {
-            const int r = tid / kChunks;
-            const int ch = tid % kChunks;
-            cp_async16(st + kGvWBytes + r * kGvXRow + ch * 16, x + (size_t)r * K + ks0 * 16 + ch * 8, 16);
+        // x: M rows of the stage's k range in 16-byte chunks (2 per k step).
+        const int ks0 = ks_begin + stage * kStageSteps;
+        constexpr int kChunks = kStageSteps * 2;
+        for (int c = tid; c < M * kChunks; c += kGvThreads) {
+            const int r = c / kChunks;
+            const int ch = c % kChunks;
+            if (ks0 + ch / 2 < ks_end) {
+                cp_async16(st + kGvWBytes + kGvSBytes + r * kXRow + ch * 16, x + (size_t)r * K + ks0 * 16 + ch * 8, 16);
+            }
         }
     };
 
@@ -337,10 +355,11 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         __syncthreads(); // stage `it` landed for all threads; slot (it - 1) % kGvStages is free
         if (it + kGvStages - 1 < n_stages) load_stage((it + kGvStages - 1) % kGvStages, it + kGvStages - 1);
         cp_async_commit();
-        if (!tile_ok) continue;
+        if (!tile_ok || chunk(it) >= ks_end) continue;
 
-        const uint8_t* st = smem + (it % kGvStages) * kGvStageBytes;
-        const T* s_tile = reinterpret_cast<const T*>(st + kGvWBytes + kGvXBytes) + warp * kBN;
+        const uint8_t* st = smem + (it % kGvStages) * stage_bytes;
+        const T* s_tile = reinterpret_cast<const T*>(st + kGvWBytes) + warp * kBN;
+        const uint8_t* xs = st + kGvWBytes + kGvSBytes + (kway * kGvSteps * 16 + 2 * q) * 2;
         T2 sc[4][2];
 #pragma unroll
         for (int w = 0; w < 4; ++w) {
@@ -356,7 +375,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
             for (int t = 0; t < NT; ++t) {
                 const int row = 8 * t + g;
-                const uint8_t* xr = st + kGvWBytes + row * kGvXRow + (16 * u + 2 * q) * 2;
+                const uint8_t* xr = xs + row * kXRow + u * 32;
                 b[t][0] = row < M ? *reinterpret_cast<const uint32_t*>(xr) : 0u;
                 b[t][1] = row < M ? *reinterpret_cast<const uint32_t*>(xr + 16) : 0u;
             }
@@ -376,9 +395,39 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     }
     cp_async_wait<0>();
 
+    // Sum the k-ways of each tile in k-way order; the last k-way's warp ends up with the sum.
+    if constexpr (KW > 1) {
+        __syncthreads(); // the pipeline buffers become the sum buffer [TW][kAcc][32 lanes]
+        float* red = reinterpret_cast<float*>(smem) + tile_in * kAcc * 32 + lane;
+#pragma unroll
+        for (int j = 0; j < KW - 1; ++j) {
+            if (kway == j) {
+#pragma unroll
+                for (int t = 0; t < NT; ++t)
+#pragma unroll
+                    for (int w = 0; w < 4; ++w)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            float* d = red + ((t * 4 + w) * 4 + e) * 32;
+                            *d = j == 0 ? acc[t][w][e] : *d + acc[t][w][e];
+                        }
+            }
+            __syncthreads();
+        }
+        if (kway == KW - 1) {
+#pragma unroll
+            for (int t = 0; t < NT; ++t)
+#pragma unroll
+                for (int w = 0; w < 4; ++w)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc[t][w][e] = red[((t * 4 + w) * 4 + e) * 32] + acc[t][w][e];
+        }
+    }
+    const bool writer = tile_ok && kway == KW - 1;
+
     // acc[t][w][e] is out[row 8 t + 2 q + e % 2][column 64 nt + 16 w + g + 8 (e / 2)].
     if (slices == 1) {
-        if (!tile_ok) return;
+        if (!writer) return;
 #pragma unroll
         for (int t = 0; t < NT; ++t)
 #pragma unroll
@@ -392,7 +441,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         return;
     }
 
-    if (tile_ok) {
+    if (writer) {
 #pragma unroll
         for (int t = 0; t < NT; ++t)
 #pragma unroll
@@ -411,15 +460,28 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     __syncthreads();
     if (!is_last) return;
     __threadfence(); // the other slices' partials, published before their count, are visible
-    const int c0 = group * kGvWarps * kBN;
-    const int cols = min(kGvWarps * kBN, N - c0);
-    for (int e = tid; e < M * cols; e += kGvThreads) {
-        const int row = e / cols;
-        const int col = c0 + e % cols;
-        float v = 0.0f;
-#pragma unroll 4
-        for (int s = 0; s < slices; ++s) v += __ldcg(partial + ((size_t)s * M + row) * N + col);
-        out[(size_t)row * N + col] = kt_from_f32<T>(v);
+    // Four columns per item, every slice's load of an item issued before the sums.
+    const int c0 = group * TW * kBN;
+    const int quads = min(TW * kBN, N - c0) / 4;
+    for (int e = tid; e < M * quads; e += kGvThreads) {
+        const int row = e / quads;
+        const int col = c0 + 4 * (e % quads);
+        const float* p = partial + (size_t)row * N + col;
+        const size_t stride = (size_t)M * N;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+        for (int s = 0; s < slices; ++s) {
+            const float4 ps = __ldcg(reinterpret_cast<const float4*>(p + s * stride));
+            v.x += ps.x;
+            v.y += ps.y;
+            v.z += ps.z;
+            v.w += ps.w;
+        }
+        T* o = out + (size_t)row * N + col;
+        o[0] = kt_from_f32<T>(v.x);
+        o[1] = kt_from_f32<T>(v.y);
+        o[2] = kt_from_f32<T>(v.z);
+        o[3] = kt_from_f32<T>(v.w);
     }
     if (tid == 0) counters[group] = 0; // ready for the next launch on this workspace
 }
@@ -449,14 +511,19 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
     w4a16_reduce<__nv_bfloat16>(partial, out, splits, (size_t)mn);
 }
 
-#define KT_W4A16_GEMV(SUFFIX, T, NT)                                                               \
-    extern "C" __global__ void __launch_bounds__(kGvThreads) kt_w4a16_gemv_##SUFFIX##_t##NT(       \
+#define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
+    extern "C" __global__ void __launch_bounds__(kGvThreads) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
         const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
         int M, int N, int K, int steps_per_slice, int slices) {                                    \
-        w4a16_gemv<T, NT>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice, slices); \
+        w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,     \
+                              slices);                                                             \
     }
+#define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT) \
+    KT_W4A16_GEMV(SUFFIX, T, NT, 1)        \
+    KT_W4A16_GEMV(SUFFIX, T, NT, 2)        \
+    KT_W4A16_GEMV(SUFFIX, T, NT, 4)
 
-KT_W4A16_GEMV(f16, __half, 1)
-KT_W4A16_GEMV(f16, __half, 2)
-KT_W4A16_GEMV(bf16, __nv_bfloat16, 1)
-KT_W4A16_GEMV(bf16, __nv_bfloat16, 2)
+KT_W4A16_GEMV_KWAYS(f16, __half, 1)
+KT_W4A16_GEMV_KWAYS(f16, __half, 2)
+KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 1)
+KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 2)

@@ -7,8 +7,8 @@
 //! - `cold`: all seven shapes called in turn, like one layer of a decode step, an event
 //!   between consecutive calls, 20 rounds: each GEMM finds the others' ~240 MB of weights
 //!   in L2 instead of its own, so this is the HBM-bound time;
-//! - `slices` (m = 1 and 16, hot): the small-m kernel with its k slices forced, to check
-//!   the automatic choice.
+//! - `plan` (m = 1 and 16, hot): the small-m kernel with its k-ways and k slices forced, to
+//!   check the automatic choice (printed as `auto`).
 //!
 //! GB/s counts the packed weights and scales once (n k / 2 + n k / 64 bytes).
 //! `KT_W4A16_TOKENS=1,16` limits the token counts (for a profiler run).
@@ -56,23 +56,15 @@ fn line(kind: &str, c: &Case, m: usize, extra: &str, us: f64) {
     );
 }
 
-/// Mean microseconds of `iters` back-to-back calls after 5 warm-ups.
-fn hot(
-    s: &GpuStream,
-    c: &Case,
-    x: &DeviceBuf<f16>,
-    m: usize,
-    out: &mut DeviceBuf<f16>,
-    ws: &mut GemmWorkspace,
-    slices: Option<usize>,
-) -> f64 {
+/// Mean microseconds of 100 back-to-back calls of `call` after 5 warm-ups.
+fn hot(s: &GpuStream, mut call: impl FnMut()) -> f64 {
     let iters = 100;
     for _ in 0..5 {
-        s.w4a16_gemm_planned(&c.w, x, m, out, ws, slices).unwrap();
+        call();
     }
     let start = s.record_event().unwrap();
     for _ in 0..iters {
-        s.w4a16_gemm_planned(&c.w, x, m, out, ws, slices).unwrap();
+        call();
     }
     let end = s.record_event().unwrap();
     start.elapsed_ms(&end).unwrap() as f64 * 1000.0 / iters as f64
@@ -125,8 +117,17 @@ fn main() {
             .map(|c| s.alloc_zeroed::<f16>(m * c.n).unwrap())
             .collect();
         for (i, c) in cases.iter().enumerate() {
-            let us = hot(s, c, &xs[i], m, &mut outs[i], &mut ws, None);
-            line("hot", c, m, "", us);
+            let (x, out) = (&xs[i], &mut outs[i]);
+            let us = hot(s, || s.w4a16_gemm(&c.w, x, m, out, &mut ws).unwrap());
+            let plan = if m <= GemvPlan::MAX_ROWS {
+                let p = s
+                    .w4a16_gemv_plan::<f16>(m, c.n, c.k, &mut ws, None)
+                    .unwrap();
+                format!(" auto k_ways={} slices={}", p.k_ways, p.slices)
+            } else {
+                String::new()
+            };
+            line("hot", c, m, &plan, us);
         }
         // Cold: the seven GEMMs in turn, an event before each and one after the last.
         let rounds = 20;
@@ -155,13 +156,20 @@ fn main() {
         );
         if m == 1 || m == GemvPlan::MAX_ROWS {
             for (i, c) in cases.iter().enumerate() {
-                let groups = c.k / GROUP;
-                for force in [1usize, 2, 4, 8, 16, 32, 64, 128] {
-                    if force > groups {
-                        break;
+                let (x, out) = (&xs[i], &mut outs[i]);
+                for k_ways in GemvPlan::K_WAYS {
+                    for slices in [1usize, 2, 4, 8, 16, 32] {
+                        if slices > c.k / GROUP {
+                            break;
+                        }
+                        let plan = GemvPlan::with(m, c.n, c.k, k_ways, slices).unwrap();
+                        let us = hot(s, || {
+                            s.w4a16_gemv_planned(&c.w, x, m, out, &mut ws, &plan)
+                                .unwrap()
+                        });
+                        let extra = format!(" k_ways={k_ways} slices={}", plan.slices);
+                        line("plan", c, m, &extra, us);
                     }
-                    let us = hot(s, c, &xs[i], m, &mut outs[i], &mut ws, Some(force));
-                    line("slices", c, m, &format!(" slices={force}"), us);
                 }
             }
         }

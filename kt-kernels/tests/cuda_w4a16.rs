@@ -11,7 +11,7 @@ mod cuda_common;
 use cuda_common::{gpu_or_skip, nan_buf, random, to_f64};
 use half::{bf16, f16};
 use kt_kernels::cuda::w4a16::{GemmPlan, GemmWorkspace, GemvPlan, Int4Weights, GROUP};
-use kt_kernels::cuda::{GpuStream, MmaFloat};
+use kt_kernels::cuda::{DeviceBuf, GpuStream, MmaFloat};
 use kt_kernels::quant::{quantize, QType};
 use kt_kernels::util::SplitMix64;
 
@@ -146,38 +146,55 @@ fn gemm_plan_fills_one_wave_with_nonempty_splits() {
 }
 
 #[test]
-fn gemv_plan_fills_one_wave_with_nonempty_slices() {
-    // H100-like: 132 multiprocessors, 5 resident blocks each.
-    let cap = 5 * 132;
-    // o_proj at decode: 28 column groups of 256, so k is cut into about cap / 28 slices.
-    let p = GemvPlan::new(1, 7168, 16384, cap, None);
-    assert_eq!((p.column_groups, p.token_tiles), (28, 1), "{p:?}");
-    assert!(p.slices > 1 && p.slices * p.column_groups <= cap, "{p:?}");
-    // kv_b: 128 column groups, but only 4 groups along k to split.
-    let p = GemvPlan::new(16, 32768, 512, cap, None);
+fn gemv_plan_fills_the_device_with_nonempty_slices() {
+    // H100-like at m = 1: 132 multiprocessors, 6 resident blocks of 4 warps each.
+    let warps = |_kw: usize| Ok(6 * 132 * 4);
+    // o_proj at decode: 112 tiles, so 4 k-ways and about 3168 / 448 slices.
+    let p = GemvPlan::choose(1, 7168, 16384, warps, None).unwrap();
     assert_eq!(
-        (p.slices, p.groups_per_slice, p.token_tiles),
-        (4, 1, 2),
+        (p.k_ways, p.slices, p.column_groups, p.token_tiles),
+        (4, 7, 112, 1),
         "{p:?}"
     );
-    // Enough column groups on their own: no split.
-    assert_eq!(GemvPlan::new(9, 256 * cap, 1024, cap, None).slices, 1);
+    // kv_b at 16 rows: 512 tiles x 4 k-ways fill 1584 warps (3 blocks per SM) unsplit.
+    let p = GemvPlan::choose(16, 32768, 512, |_| Ok(3 * 132 * 4), None).unwrap();
+    assert_eq!((p.k_ways, p.slices, p.token_tiles), (4, 1, 2), "{p:?}");
+    // Enough tiles for one warp each: no k-ways, no slices.
+    let p = GemvPlan::choose(9, 64 * 4000, 1024, warps, None).unwrap();
+    assert_eq!((p.k_ways, p.slices, p.column_groups), (1, 1, 1000), "{p:?}");
+    // Few columns at 16 rows: slices capped so the partial sums stay small (k / (64 m)).
+    let p = GemvPlan::choose(16, 2048, 7168, warps, None).unwrap();
+    assert_eq!((p.k_ways, p.slices), (4, 7), "{p:?}");
+    assert!(GemvPlan::with(0, 64, 128, 4, 1).is_err());
+    assert!(GemvPlan::with(17, 64, 128, 4, 1).is_err());
+    assert!(GemvPlan::with(1, 64, 128, 3, 1).is_err());
     for m in 1..=GemvPlan::MAX_ROWS {
         for (n, k) in [(64, 128), (320, 384), (7168, 18432), (2048, 1408)] {
-            for force in [None, Some(1), Some(3), Some(1000)] {
-                let p = GemvPlan::new(m, n, k, cap, force);
-                let groups = k / GROUP;
-                assert_eq!(p.token_tiles, m.div_ceil(8), "{p:?}");
-                assert_eq!(p.column_groups, n.div_ceil(256), "{p:?}");
-                assert!(p.slices >= 1 && p.slices <= groups, "{p:?}");
-                assert!(
-                    (p.slices - 1) * p.groups_per_slice < groups
-                        && p.slices * p.groups_per_slice >= groups,
-                    "every slice starts inside k: {p:?}"
-                );
+            for kw in GemvPlan::K_WAYS {
+                for slices in [1, 3, 1000] {
+                    let p = GemvPlan::with(m, n, k, kw, slices).unwrap();
+                    let groups = k / GROUP;
+                    assert_eq!(p.token_tiles, m.div_ceil(8), "{p:?}");
+                    assert_eq!(p.column_groups, (n / 64).div_ceil(4 / kw), "{p:?}");
+                    assert!(p.slices >= 1 && p.slices <= groups, "{p:?}");
+                    assert!(
+                        (p.slices - 1) * p.groups_per_slice < groups
+                            && p.slices * p.groups_per_slice >= groups,
+                        "every slice starts inside k: {p:?}"
+                    );
+                }
             }
         }
     }
+}
+
+/// Which path a GEMM case runs: the public entry point (tiled kernel past 16 rows, small-m
+/// kernel with its automatic k-ways below) with optionally forced k splits, or the small-m
+/// kernel with an explicit plan.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    Auto(Option<usize>),
+    Gemv { k_ways: usize, slices: usize },
 }
 
 /// Runs one GEMM and compares with the f64 reference over the kernel's weights. The kernel's
@@ -191,7 +208,7 @@ fn gemm_case<T: MmaFloat>(
     m: usize,
     n: usize,
     k: usize,
-    splits: Option<usize>,
+    path: Path,
     seed: u64,
 ) {
     let q = random_int4::<T>(n, k, seed);
@@ -214,20 +231,25 @@ fn gemm_case<T: MmaFloat>(
     }
     let wd = s.upload_w4a16(&q).unwrap();
     let xd = s.upload(&x).unwrap();
+    let run = |out: &mut DeviceBuf<T>, ws: &mut GemmWorkspace| match path {
+        Path::Auto(splits) => s.w4a16_gemm_planned(&wd, &xd, m, out, ws, splits).unwrap(),
+        Path::Gemv { k_ways, slices } => {
+            let plan = GemvPlan::with(m, n, k, k_ways, slices).unwrap();
+            s.w4a16_gemv_planned(&wd, &xd, m, out, ws, &plan).unwrap()
+        }
+    };
     let mut out = nan_buf::<T>(s, m * n);
-    s.w4a16_gemm_planned(&wd, &xd, m, &mut out, ws, splits)
-        .unwrap();
+    run(&mut out, ws);
     let got = s.download(&out).unwrap();
     // A second call on the same workspace (the k-split counters were reset by the first)
     // into a fresh poisoned buffer gives the same bits: the slice sums have a fixed order.
     let mut again = nan_buf::<T>(s, m * n);
-    s.w4a16_gemm_planned(&wd, &xd, m, &mut again, ws, splits)
-        .unwrap();
+    run(&mut again, ws);
     let again = s.download(&again).unwrap();
     for (i, (a, b)) in got.iter().zip(&again).enumerate() {
         assert!(
             a.to_f32().to_bits() == b.to_f32().to_bits(),
-            "w4a16 {} m{m} n{n} k{k} splits {splits:?}: element {i} differs between calls: {} vs {}",
+            "w4a16 {} m{m} n{n} k{k} {path:?}: element {i} differs between calls: {} vs {}",
             T::SUFFIX,
             a.to_f32(),
             b.to_f32()
@@ -235,7 +257,7 @@ fn gemm_case<T: MmaFloat>(
     }
     let steps = (k / 16 + 4 + k / GROUP) as f64;
     let u32 = 2f64.powi(-23); // tensor-core accumulation may truncate instead of rounding
-    let name = format!("w4a16 {} m{m} n{n} k{k} splits {splits:?}", T::SUFFIX);
+    let name = format!("w4a16 {} m{m} n{n} k{k} {path:?}", T::SUFFIX);
     for i in 0..m * n {
         let g = got[i].to_f32() as f64;
         let tol = T::UNIT_ROUNDOFF * want[i].abs() + steps * u32 * mag[i] + 0.5 * T::MIN_SUBNORMAL;
@@ -254,33 +276,46 @@ fn gemm_all<T: MmaFloat>(s: &GpuStream) {
     for (i, &m) in [1usize, 3, 17, 129].iter().enumerate() {
         for &(n, k) in &[(64, 128), (192, 384), (1024, 2048)] {
             for splits in [None, Some(1), Some(3)] {
-                gemm_case::<T>(s, &mut ws, m, n, k, splits, 10 * i as u64 + n as u64);
+                gemm_case::<T>(
+                    s,
+                    &mut ws,
+                    m,
+                    n,
+                    k,
+                    Path::Auto(splits),
+                    10 * i as u64 + n as u64,
+                );
             }
         }
     }
     // A deeper k (DeepSeek's 7168) for decode and a prefill-sized m.
-    gemm_case::<T>(s, &mut ws, 1, 256, 7168, None, 99);
-    gemm_case::<T>(s, &mut ws, 64, 128, 1408, None, 98);
+    gemm_case::<T>(s, &mut ws, 1, 256, 7168, Path::Auto(None), 99);
+    gemm_case::<T>(s, &mut ws, 64, 128, 1408, Path::Auto(None), 98);
 }
 
-/// The small-m kernel at every row count: 8 and 16 fill its token tiles, 9 starts the second;
-/// 320 and 448 columns leave 3 and 1 of the last block's 4 tile warps idle; k slices of one
-/// group, of several, uneven (5 over 11 groups: 3 + 3 + 3 + 2) and automatic.
+/// The small-m kernel at every row count (automatic plan), and at 1, 2, 7, 8 (full token
+/// tile), 9 (second tile begins) and 16 rows with every k-way count and 1, 4 and 11 slices
+/// of k = 11 groups: the last stage of 4 k-ways is half empty, 4 slices are uneven (3 + 3 +
+/// 3 + 2), and 448 columns (7 tiles) leave the last block with 3 of 4 tiles (one k-way) or
+/// 1 of 2 (two k-ways). Then DeepSeek-like depths: a long k in many slices, a short k.
 fn gemv_all<T: MmaFloat>(s: &GpuStream) {
     let mut ws = GemmWorkspace::default();
     for m in 1..=GemvPlan::MAX_ROWS {
-        let seed = 1000 + m as u64;
-        gemm_case::<T>(s, &mut ws, m, 320, 1408, None, seed);
+        let seed = 1000 + 100 * m as u64;
+        gemm_case::<T>(s, &mut ws, m, 320, 1408, Path::Auto(None), seed);
         if [1, 2, 7, 8, 9, 16].contains(&m) {
-            gemm_case::<T>(s, &mut ws, m, 448, 1408, Some(1), seed + 1);
-            gemm_case::<T>(s, &mut ws, m, 448, 1408, Some(4), seed + 2);
-            gemm_case::<T>(s, &mut ws, m, 64, 1408, Some(11), seed + 3);
-            gemm_case::<T>(s, &mut ws, m, 1024, 512, None, seed + 4);
+            for (i, k_ways) in GemvPlan::K_WAYS.into_iter().enumerate() {
+                for (j, slices) in [1, 4, 11].into_iter().enumerate() {
+                    let path = Path::Gemv { k_ways, slices };
+                    gemm_case::<T>(s, &mut ws, m, 448, 1408, path, seed + (3 * i + j) as u64);
+                }
+            }
+            gemm_case::<T>(s, &mut ws, m, 1024, 512, Path::Auto(None), seed + 50);
         }
     }
-    // Decode on DeepSeek-like depths: many slices of a long k, and a short k over many columns.
-    gemm_case::<T>(s, &mut ws, 1, 512, 18432, None, 2000);
-    gemm_case::<T>(s, &mut ws, 4, 4096, 512, None, 2001);
+    gemm_case::<T>(s, &mut ws, 1, 512, 18432, Path::Auto(None), 3000);
+    gemm_case::<T>(s, &mut ws, 4, 4096, 512, Path::Auto(None), 3001);
+    gemm_case::<T>(s, &mut ws, 16, 192, 4096, Path::Auto(Some(32)), 3002);
 }
 
 #[test]
@@ -329,4 +364,17 @@ fn w4a16_gemm_checks_shapes() {
     assert!(s.w4a16_gemm(&wd, &x, 2, &mut out, &mut ws).is_err());
     let mut out = s.upload(&vec![f16::ZERO; 3 * 64]).unwrap();
     assert!(s.w4a16_gemm(&wd, &x, 3, &mut out, &mut ws).is_err());
+    // A small-m plan made for another shape is refused.
+    let mut out = s.upload(&vec![f16::ZERO; 2 * 64]).unwrap();
+    let other = GemvPlan::with(2, 128, 128, 4, 1).unwrap();
+    assert!(s
+        .w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &other)
+        .is_err());
+    let mut plan = GemvPlan::with(2, 64, 128, 4, 1).unwrap();
+    s.w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &plan)
+        .unwrap();
+    plan.slices = 2; // more slices than k / 128 groups
+    assert!(s
+        .w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &plan)
+        .is_err());
 }

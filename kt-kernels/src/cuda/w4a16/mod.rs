@@ -57,12 +57,14 @@ pub struct W4A16Weights<T> {
     scales: DeviceBuf<T>,
 }
 
-/// f32 scratch for the k-split partial sums, grown on demand and reused across calls, and
-/// the small-m kernel's per-column-group arrival counters (zero between launches).
+/// f32 scratch for the k-split partial sums, grown on demand and reused across calls, the
+/// small-m kernel's per-column-group arrival counters (zero between launches) and its
+/// occupancy figures.
 #[derive(Default)]
 pub struct GemmWorkspace {
     buf: Option<DeviceBuf<f32>>,
     counters: Option<DeviceBuf<u32>>,
+    occupancy: gemv::OccupancyCache,
 }
 
 /// How a GEMM is cut into blocks: the k splits and the row-tile height (16 * m_tile).
@@ -177,7 +179,8 @@ impl GpuStream {
             ));
         }
         if m <= GemvPlan::MAX_ROWS {
-            return self.w4a16_gemv(w, x, m, out, ws, force_splits);
+            let plan = self.w4a16_gemv_plan::<T>(m, n, k, ws, force_splits)?;
+            return self.w4a16_gemv_planned(w, x, m, out, ws, &plan);
         }
         let m_tile = GemmPlan::m_tile_for(m);
         let kernel = format!("kt_w4a16_gemm_{}_m{}", T::SUFFIX, m_tile);
