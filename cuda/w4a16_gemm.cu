@@ -246,17 +246,22 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 // ---- Small-m path: out = x W^T for m <= 16 rows, as a stream over the packed weights ----
 //
 // At a few rows the GEMM is a matrix-vector product bound by reading each weight byte once,
-// so the kernel is built around that stream. A block's 4 warps cover TW = 4 / KW consecutive
-// 64-column tiles, KW warps per tile (k-ways), over one slice of k (whole 128-groups): each
-// stage brings kGvSteps 16-deep k steps per warp (8 KiB of weights per block) with cp.async,
-// the k-ways of a tile taking consecutive kGvSteps-step chunks, and kGvStages - 1 stages stay
-// in flight. Shared memory holds, per stage, the weights, each warp's 64 scales of the group,
-// and the M rows of x of the stage's k range (dynamic: the size follows M).
+// so the kernel is built around that stream and keeps its instruction count per byte low.
+// A block's 4 warps cover TW = 4 / KW consecutive 64-column tiles, KW warps per tile
+// (k-ways), over one slice of k (whole 128-groups): each stage brings kGvSteps 16-deep k
+// steps per warp (8 KiB of weights per block) with cp.async, the k-ways of a tile taking
+// consecutive kGvSteps-step chunks, and kGvStages - 1 stages stay in flight. Shared memory
+// holds, per stage, the weights, each warp's 64 scales of its chunk's group, and the M rows
+// of x of the stage's k range (dynamic: the size follows M).
 // The mma runs transposed, out^T = W x^T: the 16 columns of sub-tiles 2w and 2w + 1 of a
 // lane's packed word w form exactly the mma A fragment (rows g and g + 8 at k pairs 2q and
 // 2q + 8, g = lane / 4, q = lane % 4), and the rows of x are the n = 8 side, so m <= 8 costs
 // 4 mma per tile and k step (NT = 1 token tile) and m <= 16 costs 8 (NT = 2). Rows past m
 // are zero registers, never loaded.
+// The A fragments are the integers q themselves (exact in f16 and bf16; the products with x
+// are exact in the f32 accumulators): a chunk (one group) is summed unscaled and then added
+// to the output sums as scale * sum in f32, one fused rounding per group. This is the exact
+// int4 weight q * scale, where the tiled kernel multiplies with q * scale rounded to T.
 // The k-ways of a tile are summed through shared memory in k-way order. With one k slice the
 // block then writes `out`; with several it writes f32 partials [slice][M][N], and the last
 // block of its column group to finish (an atomic counter per group, reset by that block for
@@ -274,16 +279,73 @@ static_assert(kGroup / 16 % kGvSteps == 0, "a warp's chunk never straddles a sca
 // spread the 8 rows g of a fragment load over all banks. Mirrored by gemv.rs.
 template <int KW> __host__ __device__ constexpr int gv_x_row() { return KW * kGvSteps * 32 + 16; }
 
+// 16-byte async copy to a shared-memory address.
+__device__ __forceinline__ void cp_async16_to(uint32_t dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
+// (a & MASK) | MAGIC in one lop3 (plain C++ becomes two: SASS takes one immediate).
+template <uint32_t MASK, uint32_t MAGIC> __device__ __forceinline__ uint32_t and_or(uint32_t a) {
+    uint32_t r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(r) : "r"(a), "n"(MASK), "n"(MAGIC));
+    return r;
+}
+
+// A packed word's four mma A registers as the integers q = nibble - 8 (see the layout at the
+// top): {nibbles 0, 4}, {2, 6}, {1, 5}, {3, 7}.
+template <typename T> struct Int4;
+
+template <> struct Int4<__half> {
+    static __device__ __forceinline__ uint32_t lo(uint32_t v) { // nibbles at bits 0 and 16
+        uint32_t bits = and_or<0x000f000fu, 0x64006400u>(v);   // f16 1024 + nibble, exactly
+        __half2 r = __hsub2(*reinterpret_cast<__half2*>(&bits), __float2half2_rn(1032.0f));
+        return *reinterpret_cast<uint32_t*>(&r);
+    }
+    static __device__ __forceinline__ uint32_t hi(uint32_t v) { // nibbles at bits 4 and 20
+        uint32_t bits = and_or<0x00f000f0u, 0x64006400u>(v);   // f16 1024 + 16 nibble, exactly
+        __half2 r = __hfma2(*reinterpret_cast<__half2*>(&bits), __float2half2_rn(0.0625f),
+                            __float2half2_rn(-72.0f));          // 64 + nibble - 72, exactly
+        return *reinterpret_cast<uint32_t*>(&r);
+    }
+    static __device__ __forceinline__ void frag(uint32_t v, uint32_t* a) {
+        const uint32_t v8 = v >> 8;
+        a[0] = lo(v);
+        a[1] = lo(v8);
+        a[2] = hi(v);
+        a[3] = hi(v8);
+    }
+};
+
+template <> struct Int4<__nv_bfloat16> {
+    // bf16 has 7 mantissa bits, so a nibble fits below the exponent only at bits 0-3.
+    static __device__ __forceinline__ uint32_t lo(uint32_t v) {
+        uint32_t bits = and_or<0x000f000fu, 0x43004300u>(v); // bf16 128 + nibble, exactly
+        __nv_bfloat162 r = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&bits), __float2bfloat162_rn(136.0f));
+        return *reinterpret_cast<uint32_t*>(&r);
+    }
+    static __device__ __forceinline__ void frag(uint32_t v, uint32_t* a) {
+        a[0] = lo(v);
+        a[1] = lo(v >> 8);
+        a[2] = lo(v >> 4);
+        a[3] = lo(v >> 12);
+    }
+};
+
+template <typename T> __device__ __forceinline__ float to_f32(T v);
+template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
 template <typename T, int NT, int KW>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
                                            int M, int N, int K, int steps_per_slice, int slices) {
-    using T2 = typename Kind<T>::T2;
     constexpr int TW = kGvWarps / KW;
     constexpr int kXRow = gv_x_row<KW>();
     constexpr int kStageSteps = KW * kGvSteps;
-    constexpr int kAcc = NT * 16; // accumulators per lane
+    constexpr int kChunks = kStageSteps * 2;      // 16-byte chunks of x per row and stage
+    constexpr int kXItems = (8 * NT * kChunks + kGvThreads - 1) / kGvThreads; // per thread
+    constexpr int kAcc = NT * 16;                 // accumulators per lane
     static_assert(TW * kAcc * 32 * 4 <= kGvStages * (kGvWBytes + kGvSBytes), "k-way sums fit");
     extern __shared__ uint4 gv_smem[];
     uint8_t* smem = reinterpret_cast<uint8_t*>(gv_smem);
@@ -305,33 +367,36 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     const int ks_begin = slice * steps_per_slice;
     const int ks_end = min(ks_begin + steps_per_slice, k_steps);
     const int n_stages = (ks_end - ks_begin + kStageSteps - 1) / kStageSteps;
-    const uint4* wsrc = qw + (size_t)nt * k_steps * 32 + lane;
 
     // First k step of this warp's chunk in stage `stage`; a slice is a whole number of groups
     // and chunks start at multiples of kGvSteps, so a chunk is wholly inside or past the end.
     auto chunk = [&](int stage) { return ks_begin + stage * kStageSteps + kway * kGvSteps; };
 
+    // Copy sources and shared-memory destinations, advanced by whole stages below.
+    const uint32_t s_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    const uint4* w_src = qw + ((size_t)nt * k_steps + ks_begin + kway * kGvSteps) * 32 + lane;
+    const uint32_t w_dst = s_base + warp * kGvSteps * kGvStepBytes + lane * 16;
+    const T* s_src = scales + nt * kBN + lane * 8;
+    const uint32_t s_dst = s_base + kGvWBytes + warp * kBN * 2 + lane * 16;
+    const uint32_t x_dst = s_base + kGvWBytes + kGvSBytes;
+
     auto load_stage = [&](int slot, int stage) {
-        uint8_t* st = smem + slot * stage_bytes;
+        const uint32_t so = slot * stage_bytes;
         const int my0 = chunk(stage);
         if (tile_ok && my0 < ks_end) {
+            const uint4* src = w_src + (size_t)stage * kStageSteps * 32;
 #pragma unroll
-            for (int u = 0; u < kGvSteps; ++u) {
-                cp_async16(st + (warp * kGvSteps + u) * kGvStepBytes + lane * 16, wsrc + (size_t)(my0 + u) * 32, 16);
-            }
-            if (lane < kBN * 2 / 16) {
-                cp_async16(st + kGvWBytes + warp * kBN * 2 + lane * 16,
-                           scales + (size_t)(my0 * 16 / kGroup) * N + nt * kBN + lane * 8, 16);
-            }
+            for (int u = 0; u < kGvSteps; ++u) cp_async16_to(w_dst + so + u * kGvStepBytes, src + u * 32);
+            if (lane < kBN * 2 / 16) cp_async16_to(s_dst + so, s_src + (size_t)(my0 / (kGroup / 16)) * N);
         }
-        // x: M rows of the stage's k range in 16-byte chunks (2 per k step).
         const int ks0 = ks_begin + stage * kStageSteps;
-        constexpr int kChunks = kStageSteps * 2;
-        for (int c = tid; c < M * kChunks; c += kGvThreads) {
+#pragma unroll
+        for (int i = 0; i < kXItems; ++i) {
+            const int c = tid + i * kGvThreads;
             const int r = c / kChunks;
             const int ch = c % kChunks;
-            if (ks0 + ch / 2 < ks_end) {
-                cp_async16(st + kGvWBytes + kGvSBytes + r * kXRow + ch * 16, x + (size_t)r * K + ks0 * 16 + ch * 8, 16);
+            if (r < M && ks0 + ch / 2 < ks_end) {
+                cp_async16_to(x_dst + so + r * kXRow + ch * 16, x + (size_t)r * K + ks0 * 16 + ch * 8);
             }
         }
     };
@@ -358,16 +423,14 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         if (!tile_ok || chunk(it) >= ks_end) continue;
 
         const uint8_t* st = smem + (it % kGvStages) * stage_bytes;
-        const T* s_tile = reinterpret_cast<const T*>(st + kGvWBytes) + warp * kBN;
         const uint8_t* xs = st + kGvWBytes + kGvSBytes + (kway * kGvSteps * 16 + 2 * q) * 2;
-        T2 sc[4][2];
+        float sum[NT][4][4]; // this chunk's unscaled sums
 #pragma unroll
-        for (int w = 0; w < 4; ++w) {
-            const T s0 = s_tile[16 * w + g];
-            const T s1 = s_tile[16 * w + 8 + g];
-            sc[w][0] = T2(s0, s0);
-            sc[w][1] = T2(s1, s1);
-        }
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) sum[t][w][e] = 0.0f;
 #pragma unroll
         for (int u = 0; u < kGvSteps; ++u) {
             // B fragments: x[row][16 u + 2 q + {0, 1}] and [.. + 8 + {0, 1}] for row 8 t + g.
@@ -385,11 +448,24 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
             for (int w = 0; w < 4; ++w) {
                 // A fragment of columns 16 w .. 16 w + 15: rows g (sub-tile 2w) and g + 8
                 // (sub-tile 2w + 1), k pair 2q then 2q + 8.
-                const uint32_t qv = words[w];
-                const uint32_t a[4] = {dequant<T>(qv, sc[w][0]), dequant<T>(qv >> 8, sc[w][1]),
-                                       dequant<T>(qv >> 4, sc[w][0]), dequant<T>(qv >> 12, sc[w][1])};
+                uint32_t a[4];
+                Int4<T>::frag(words[w], a);
 #pragma unroll
-                for (int t = 0; t < NT; ++t) Kind<T>::mma(acc[t][w], a, b[t][0], b[t][1]);
+                for (int t = 0; t < NT; ++t) Kind<T>::mma(sum[t][w], a, b[t][0], b[t][1]);
+            }
+        }
+        // sum[t][w][e] belongs to column 16 w + g (e < 2) or 16 w + 8 + g (e >= 2).
+        const T* s_tile = reinterpret_cast<const T*>(st + kGvWBytes) + warp * kBN;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            const float s0 = to_f32<T>(s_tile[16 * w + g]);
+            const float s1 = to_f32<T>(s_tile[16 * w + 8 + g]);
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                acc[t][w][0] = fmaf(s0, sum[t][w][0], acc[t][w][0]);
+                acc[t][w][1] = fmaf(s0, sum[t][w][1], acc[t][w][1]);
+                acc[t][w][2] = fmaf(s1, sum[t][w][2], acc[t][w][2]);
+                acc[t][w][3] = fmaf(s1, sum[t][w][3], acc[t][w][3]);
             }
         }
     }
@@ -512,7 +588,7 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
 }
 
 #define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
-    extern "C" __global__ void __launch_bounds__(kGvThreads) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
+    extern "C" __global__ void __launch_bounds__(kGvThreads, 6 / NT) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
         const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
         int M, int N, int K, int steps_per_slice, int slices) {                                    \
         w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,     \

@@ -120,9 +120,7 @@ fn main() {
             let (x, out) = (&xs[i], &mut outs[i]);
             let us = hot(s, || s.w4a16_gemm(&c.w, x, m, out, &mut ws).unwrap());
             let plan = if m <= GemvPlan::MAX_ROWS {
-                let p = s
-                    .w4a16_gemv_plan::<f16>(m, c.n, c.k, &mut ws, None)
-                    .unwrap();
+                let p = s.w4a16_gemv_plan(m, c.n, c.k, None).unwrap();
                 format!(" auto k_ways={} slices={}", p.k_ways, p.slices)
             } else {
                 String::new()

@@ -146,30 +146,46 @@ fn gemm_plan_fills_one_wave_with_nonempty_splits() {
 }
 
 #[test]
-fn gemv_plan_fills_the_device_with_nonempty_slices() {
-    // H100-like at m = 1: 132 multiprocessors, 6 resident blocks of 4 warps each.
-    let warps = |_kw: usize| Ok(6 * 132 * 4);
-    // o_proj at decode: 112 tiles, so 4 k-ways and about 3168 / 448 slices.
-    let p = GemvPlan::choose(1, 7168, 16384, warps, None).unwrap();
+fn gemv_plan_sizes_blocks_and_slices() {
+    let sms = 132;
+    let plan = |m, n, k| GemvPlan::choose(m, n, k, sms, None).unwrap();
+    // o_proj at decode: a tile's 512 KiB over k in 16 slices of 32 KiB, one tile per block.
+    let p = plan(1, 7168, 16384);
     assert_eq!(
         (p.k_ways, p.slices, p.column_groups, p.token_tiles),
-        (4, 7, 112, 1),
+        (4, 16, 112, 1),
         "{p:?}"
     );
-    // kv_b at 16 rows: 512 tiles x 4 k-ways fill 1584 warps (3 blocks per SM) unsplit.
-    let p = GemvPlan::choose(16, 32768, 512, |_| Ok(3 * 132 * 4), None).unwrap();
-    assert_eq!((p.k_ways, p.slices, p.token_tiles), (4, 1, 2), "{p:?}");
-    // Enough tiles for one warp each: no k-ways, no slices.
-    let p = GemvPlan::choose(9, 64 * 4000, 1024, warps, None).unwrap();
-    assert_eq!((p.k_ways, p.slices, p.column_groups), (1, 1, 1000), "{p:?}");
-    // Few columns at 16 rows: slices capped so the partial sums stay small (k / (64 m)).
-    let p = GemvPlan::choose(16, 2048, 7168, warps, None).unwrap();
-    assert_eq!((p.k_ways, p.slices), (4, 7), "{p:?}");
+    // kv_b: 16 KiB per tile, so two tiles per block (2 k-ways each), unsplit.
+    let p = plan(1, 32768, 512);
+    assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 256), "{p:?}");
+    let p = plan(16, 32768, 512);
+    assert_eq!((p.k_ways, p.slices, p.token_tiles), (2, 1, 2), "{p:?}");
+    // 16 rows, few columns: 14 slices would fill blocks, but the partial sums cap them at
+    // k / (64 m) = 7.
+    let p = plan(16, 2048, 7168);
+    assert_eq!((p.k_ways, p.slices), (2, 7), "{p:?}");
+    // A small matrix: 8 KiB per tile, so 4 tiles per block; slices raised toward one block
+    // per multiprocessor, then capped by k / (64 m) = 4 and by the 2 groups of k.
+    let p = plan(1, 1024, 256);
+    assert_eq!((p.k_ways, p.column_groups, p.slices), (1, 4, 2), "{p:?}");
+    // 32 KiB per tile: one tile per block, 9 slices wanted for 132 blocks, k has 8 groups.
+    let p = plan(1, 1024, 1024);
+    assert_eq!((p.k_ways, p.column_groups, p.slices), (4, 16, 8), "{p:?}");
+    // Forced slices win.
+    assert_eq!(
+        GemvPlan::choose(1, 7168, 16384, sms, Some(3))
+            .unwrap()
+            .slices,
+        3
+    );
     assert!(GemvPlan::with(0, 64, 128, 4, 1).is_err());
     assert!(GemvPlan::with(17, 64, 128, 4, 1).is_err());
     assert!(GemvPlan::with(1, 64, 128, 3, 1).is_err());
     for m in 1..=GemvPlan::MAX_ROWS {
         for (n, k) in [(64, 128), (320, 384), (7168, 18432), (2048, 1408)] {
+            let auto = plan(m, n, k);
+            assert!(GemvPlan::K_WAYS.contains(&auto.k_ways), "{auto:?}");
             for kw in GemvPlan::K_WAYS {
                 for slices in [1, 3, 1000] {
                     let p = GemvPlan::with(m, n, k, kw, slices).unwrap();
@@ -199,9 +215,10 @@ enum Path {
 
 /// Runs one GEMM and compares with the f64 reference over the kernel's weights. The kernel's
 /// only differences from that reference are the f32 accumulation (products of two 16-bit
-/// floats are exact in f32; each of the K/16 mma steps, the 4-warp and k-split sums rounds
-/// at most once relative to the running sum of |x w|) and the final rounding to T (relative,
-/// or absolute below T's normal range).
+/// floats, or of x and the integer q, are exact in f32; each of the K/16 mma steps, the
+/// small-m kernel's scaling of each group's sum, the 4-warp and k-split sums rounds at most
+/// once relative to the running sum of |x w|) and the final rounding to T (relative, or
+/// absolute below T's normal range).
 fn gemm_case<T: MmaFloat>(
     s: &GpuStream,
     ws: &mut GemmWorkspace,
@@ -212,7 +229,14 @@ fn gemm_case<T: MmaFloat>(
     seed: u64,
 ) {
     let q = random_int4::<T>(n, k, seed);
-    let kw = q.kernel_weights();
+    // The small-m kernel multiplies with the exact q * scale (scaling each group's sum in
+    // f32), the tiled one with q * scale rounded to T.
+    let small_m = matches!(path, Path::Gemv { .. }) || m <= GemvPlan::MAX_ROWS;
+    let kw = if small_m {
+        q.dequantize()
+    } else {
+        q.kernel_weights()
+    };
     let mut rng = SplitMix64::new(seed + 1);
     let x: Vec<T> = random(&mut rng, m * k, 1.0);
     let xf = to_f64(&x);
@@ -255,7 +279,7 @@ fn gemm_case<T: MmaFloat>(
             b.to_f32()
         );
     }
-    let steps = (k / 16 + 4 + k / GROUP) as f64;
+    let steps = (k / 16 + 4 + 2 * (k / GROUP)) as f64;
     let u32 = 2f64.powi(-23); // tensor-core accumulation may truncate instead of rounding
     let name = format!("w4a16 {} m{m} n{n} k{k} {path:?}", T::SUFFIX);
     for i in 0..m * n {

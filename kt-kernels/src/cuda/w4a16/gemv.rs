@@ -1,17 +1,14 @@
 //! The small-m path of the W4A16 GEMM (`kt_w4a16_gemv_*` in `cuda/w4a16_gemm.cu`): for up
-//! to [`GemvPlan::MAX_ROWS`] rows the product is a stream over the packed weights, so the
-//! plan's job is to put enough warps on every multiprocessor to keep memory busy: first by
-//! letting several warps share a column tile's k range (k-ways, summed in shared memory),
-//! then by cutting k into slices whose f32 partial sums the kernel adds up at the end.
-
-use std::collections::HashMap;
+//! to [`GemvPlan::MAX_ROWS`] rows the product is a stream over the packed weights. The plan
+//! cuts it into blocks: several warps may share a column tile's k range (k-ways, summed in
+//! shared memory) and k may be cut into slices, whose f32 partial sums the kernel adds up.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::quant::{GROUP, TILE_N};
 use super::{GemmWorkspace, W4A16Weights};
 use crate::cuda::dtype::MmaFloat;
-use crate::cuda::error::{launch_err, shape, CudaError, CudaResult};
+use crate::cuda::error::{launch_err, shape, CudaResult};
 use crate::cuda::modules::W4A16_GEMM;
 use crate::cuda::runtime::{DeviceBuf, GpuStream};
 
@@ -23,10 +20,11 @@ const THREADS: u32 = 32 * WARPS as u32;
 const STAGES: usize = 4;
 const STEPS: usize = 4;
 const STAGE_FIXED_BYTES: usize = WARPS * STEPS * 512 + WARPS * TILE_N * 2;
-
-/// Resident blocks per multiprocessor by (kernel, dynamic shared memory), asked of the driver
-/// once per workspace.
-pub(super) type OccupancyCache = HashMap<(String, usize), usize>;
+/// Packed weight bytes per block the automatic plan aims at. Measured on an H100 (timing
+/// example, k-ways x slices sweeps at 1 and 16 rows, 2026-11-21): the fastest plans of all
+/// seven DeepSeek-V3 shapes gave each block 28-64 KiB; less leaves the pipeline's start-up
+/// latency unhidden, more leaves too few blocks to spread over the device.
+const BLOCK_BYTES: usize = 32 << 10;
 
 /// How the small-m kernel is cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,28 +70,32 @@ impl GemvPlan {
         })
     }
 
-    /// The automatic plan. `resident_warps(k_ways)` is how many warps of that kernel fit on
-    /// the device at once (its shared memory grows with k_ways and m). The fewest k-ways
-    /// whose warps fill the device with one slice; failing that 4 k-ways and enough slices to
-    /// fill it, but no more slices than keep the partial sums (8 m n bytes each, written and
-    /// read) within a quarter of the weight bytes (n k / 2): slices <= k / (64 m).
-    /// `force_slices` overrides the slice count (clamped as in [`Self::with`]).
+    /// The automatic plan: blocks of about 32 KiB of weights (`BLOCK_BYTES`). Tiles per block (4 /
+    /// k_ways) start at 1 (2 past 8 rows, whose x tile costs twice the shared memory) and
+    /// double while a block's tiles hold less; k is cut into as many slices as that byte
+    /// count allows, raised to give every multiprocessor a block, but no more slices than keep
+    /// the partial sums (8 m n bytes each, written and read) within a quarter of the weight
+    /// bytes (n k / 2): slices <= k / (64 m). `force_slices` overrides the slice count
+    /// (clamped as in [`Self::with`]).
     pub fn choose(
         m: usize,
         n: usize,
         k: usize,
-        mut resident_warps: impl FnMut(usize) -> CudaResult<usize>,
+        multiprocessors: usize,
         force_slices: Option<usize>,
     ) -> CudaResult<Self> {
-        let tiles = (n / TILE_N).max(1);
-        for k_ways in [1, 2] {
-            if tiles * k_ways >= resident_warps(k_ways)? {
-                return Self::with(m, n, k, k_ways, force_slices.unwrap_or(1));
-            }
+        let tile_bytes = k * TILE_N / 2; // one tile's packed weights over all of k
+        let mut tiles_per_block = if m > 8 { 2 } else { 1 };
+        while tiles_per_block < WARPS && tiles_per_block * tile_bytes < BLOCK_BYTES {
+            tiles_per_block *= 2;
         }
-        let fill = resident_warps(4)? / (tiles * 4);
-        let slices = force_slices.unwrap_or(fill.min(k / (64 * m)));
-        Self::with(m, n, k, 4, slices)
+        let column_groups = (n / TILE_N).div_ceil(tiles_per_block).max(1);
+        let slices = force_slices.unwrap_or_else(|| {
+            (tiles_per_block * tile_bytes / BLOCK_BYTES)
+                .max(multiprocessors.div_ceil(column_groups))
+                .min(k / (64 * m))
+        });
+        Self::with(m, n, k, WARPS / tiles_per_block, slices)
     }
 
     /// Dynamic shared memory of the kernel for m rows with k_ways: the stages' weights,
@@ -113,50 +115,15 @@ impl GemvPlan {
 }
 
 impl GpuStream {
-    /// Resident warps of the small-m kernel for m rows and k_ways on the whole device.
-    fn gemv_resident_warps<T: MmaFloat>(
-        &self,
-        cache: &mut OccupancyCache,
-        m: usize,
-        k_ways: usize,
-    ) -> CudaResult<usize> {
-        let kernel = format!("kt_w4a16_gemv_{}_t{}_k{k_ways}", T::SUFFIX, m.div_ceil(8));
-        let smem = GemvPlan::shared_bytes(m, k_ways);
-        let key = (kernel, smem);
-        if let Some(&b) = cache.get(&key) {
-            return Ok(b * WARPS * self.info.multiprocessors);
-        }
-        let f = self
-            .kernels
-            .get_with_smem(&W4A16_GEMM, &key.0, smem as u32)?;
-        let blocks = f
-            .occupancy_max_active_blocks_per_multiprocessor(THREADS, smem, None)
-            .map_err(|source| CudaError::Driver {
-                op: "cuOccupancyMaxActiveBlocksPerMultiprocessor",
-                source,
-            })?
-            .max(1) as usize;
-        cache.insert(key, blocks);
-        Ok(blocks * WARPS * self.info.multiprocessors)
-    }
-
     /// The plan [`GpuStream::w4a16_gemm_planned`] uses for m <= 16 rows.
-    pub fn w4a16_gemv_plan<T: MmaFloat>(
+    pub fn w4a16_gemv_plan(
         &self,
         m: usize,
         n: usize,
         k: usize,
-        ws: &mut GemmWorkspace,
         force_slices: Option<usize>,
     ) -> CudaResult<GemvPlan> {
-        let cache = &mut ws.occupancy;
-        GemvPlan::choose(
-            m,
-            n,
-            k,
-            |kw| self.gemv_resident_warps::<T>(cache, m, kw),
-            force_slices,
-        )
+        GemvPlan::choose(m, n, k, self.info.multiprocessors, force_slices)
     }
 
     /// `out = x W^T` for 1..=16 rows on the small-m kernel with an explicit `plan` (made

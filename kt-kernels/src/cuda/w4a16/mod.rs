@@ -57,14 +57,12 @@ pub struct W4A16Weights<T> {
     scales: DeviceBuf<T>,
 }
 
-/// f32 scratch for the k-split partial sums, grown on demand and reused across calls, the
-/// small-m kernel's per-column-group arrival counters (zero between launches) and its
-/// occupancy figures.
+/// f32 scratch for the k-split partial sums, grown on demand and reused across calls, and
+/// the small-m kernel's per-column-group arrival counters (zero between launches).
 #[derive(Default)]
 pub struct GemmWorkspace {
     buf: Option<DeviceBuf<f32>>,
     counters: Option<DeviceBuf<u32>>,
-    occupancy: gemv::OccupancyCache,
 }
 
 /// How a GEMM is cut into blocks: the k splits and the row-tile height (16 * m_tile).
@@ -179,7 +177,7 @@ impl GpuStream {
             ));
         }
         if m <= GemvPlan::MAX_ROWS {
-            let plan = self.w4a16_gemv_plan::<T>(m, n, k, ws, force_splits)?;
+            let plan = self.w4a16_gemv_plan(m, n, k, force_splits)?;
             return self.w4a16_gemv_planned(w, x, m, out, ws, &plan);
         }
         let m_tile = GemmPlan::m_tile_for(m);

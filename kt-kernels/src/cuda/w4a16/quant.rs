@@ -124,7 +124,8 @@ impl<T: MmaFloat> Int4Weights<T> {
         Self::quantize(&w, n, k)
     }
 
-    /// `q * scale` in f32 (exact: a 4-bit integer times a 16-bit float).
+    /// `q * scale` in f32 (exact: a 4-bit integer times a 16-bit float). The small-m kernel
+    /// (m <= 16) multiplies with these: it sums x q per group and scales in f32.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0.0f32; self.n * self.k];
         for c in 0..self.n {
@@ -136,8 +137,8 @@ impl<T: MmaFloat> Int4Weights<T> {
         out
     }
 
-    /// The weights the kernel multiplies with: `q * scale` rounded once to T, as its
-    /// tensor-core operands are T (the GEMM's scalar reference uses these).
+    /// The weights the tiled kernel (m > 16) multiplies with: `q * scale` rounded once to T,
+    /// as its tensor-core operands are T (its scalar reference uses these).
     pub fn kernel_weights(&self) -> Vec<f32> {
         self.dequantize()
             .into_iter()
