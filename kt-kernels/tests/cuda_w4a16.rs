@@ -161,10 +161,14 @@ fn gemv_plan_sizes_blocks_and_slices() {
     assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 256), "{p:?}");
     let p = plan(16, 32768, 512);
     assert_eq!((p.k_ways, p.slices, p.token_tiles), (2, 1, 2), "{p:?}");
-    // 16 rows, few columns: 14 slices would fill blocks, but the partial sums cap them at
-    // k / (64 m) = 7.
+    // 16 rows, few columns: 14 slices would fill blocks, the partial sums cap them at
+    // k / (64 m) = 7, but 16 column groups need 9 for a block per multiprocessor (evened
+    // out to 8 slices of 7 groups).
     let p = plan(16, 2048, 7168);
-    assert_eq!((p.k_ways, p.slices), (2, 7), "{p:?}");
+    assert_eq!((p.k_ways, p.column_groups, p.slices), (2, 16, 8), "{p:?}");
+    // With enough columns the cap holds: o_proj at 16 rows, 2 k-ways.
+    let p = plan(16, 7168, 16384);
+    assert_eq!((p.k_ways, p.slices), (2, 16), "{p:?}");
     // A small matrix: 8 KiB per tile, so 4 tiles per block; slices raised toward one block
     // per multiprocessor, then capped by k / (64 m) = 4 and by the 2 groups of k.
     let p = plan(1, 1024, 256);

@@ -73,10 +73,10 @@ impl GemvPlan {
     /// The automatic plan: blocks of about 32 KiB of weights (`BLOCK_BYTES`). Tiles per block (4 /
     /// k_ways) start at 1 (2 past 8 rows, whose x tile costs twice the shared memory) and
     /// double while a block's tiles hold less; k is cut into as many slices as that byte
-    /// count allows, raised to give every multiprocessor a block, but no more slices than keep
-    /// the partial sums (8 m n bytes each, written and read) within a quarter of the weight
-    /// bytes (n k / 2): slices <= k / (64 m). `force_slices` overrides the slice count
-    /// (clamped as in [`Self::with`]).
+    /// count allows, but no more than keep the partial sums (8 m n bytes each, written and
+    /// read) within a quarter of the weight bytes (n k / 2), slices <= k / (64 m), unless
+    /// that leaves fewer blocks than multiprocessors. `force_slices` overrides the slice
+    /// count (clamped as in [`Self::with`]).
     pub fn choose(
         m: usize,
         n: usize,
@@ -92,8 +92,8 @@ impl GemvPlan {
         let column_groups = (n / TILE_N).div_ceil(tiles_per_block).max(1);
         let slices = force_slices.unwrap_or_else(|| {
             (tiles_per_block * tile_bytes / BLOCK_BYTES)
-                .max(multiprocessors.div_ceil(column_groups))
                 .min(k / (64 * m))
+                .max(multiprocessors.div_ceil(column_groups))
         });
         Self::with(m, n, k, WARPS / tiles_per_block, slices)
     }
