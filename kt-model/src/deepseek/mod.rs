@@ -30,6 +30,8 @@ pub mod sampling;
 pub mod timing;
 
 pub use cache::KvCache;
+pub(crate) use ffn::router_config;
+pub(crate) use model::rope_of;
 pub use ffn::Routing;
 pub use linear::{Linear, MatmulMode};
 pub use model::{argmax, DeepSeekModel, ForwardTrace, LogitRows};
