@@ -141,8 +141,16 @@ impl HybridModel<'_> {
                     shared,
                 } => {
                     let want = trace.is_some();
-                    let routing =
-                        step.moe(li, router, bias.as_ref(), shared.as_ref(), sc, &mut m, ws, want)?;
+                    let routing = step.moe(
+                        li,
+                        router,
+                        bias.as_ref(),
+                        shared.as_ref(),
+                        sc,
+                        &mut m,
+                        ws,
+                        want,
+                    )?;
                     if let (Some(tr), Some(r)) = (trace.as_deref_mut(), routing) {
                         tr.routing.push((li, r));
                     }
@@ -161,13 +169,30 @@ impl HybridModel<'_> {
             LogitRows::Last => t_n - 1,
         };
         let n_rows = t_n - first;
-        s.rmsnorm_w32(&sc.x, hidden, t_n, output_norm, &mut sc.fin, None, c.rms_norm_eps)?;
+        s.rmsnorm_w32(
+            &sc.x,
+            hidden,
+            t_n,
+            output_norm,
+            &mut sc.fin,
+            None,
+            c.rms_norm_eps,
+        )?;
         let mut logits = s.alloc_zeroed::<f32>(n_rows * c.vocab_size)?;
         if first == 0 {
             output.apply_f32(s, &sc.fin, n_rows, &mut logits, &mut ws.gemm)?;
         } else {
             let mut last = s.alloc_zeroed::<bf16>(hidden)?;
-            s.copy_cols_bf16(&sc.fin, first * hidden, hidden, &mut last, 0, hidden, 1, hidden)?;
+            s.copy_cols_bf16(
+                &sc.fin,
+                first * hidden,
+                hidden,
+                &mut last,
+                0,
+                hidden,
+                1,
+                hidden,
+            )?;
             output.apply_f32(s, &last, 1, &mut logits, &mut ws.gemm)?;
         }
         head.end = LayerMarks::mark(timing, s)?;
@@ -208,7 +233,15 @@ impl Step<'_> {
         let (h_n, nope, v, eps) = (c.n_heads, c.qk_nope_head_dim, c.v_head_dim, c.rms_norm_eps);
         let qk = nope + ROPE_DIM;
         let a = &layer.attn;
-        s.rmsnorm_w32(&sc.x, c.hidden_size, t_n, &layer.attn_norm, &mut sc.xn, None, eps)?;
+        s.rmsnorm_w32(
+            &sc.x,
+            c.hidden_size,
+            t_n,
+            &layer.attn_norm,
+            &mut sc.xn,
+            None,
+            eps,
+        )?;
         match &a.q {
             GpuQuery::Direct(w) => w.apply(s, &sc.xn, t_n, &mut sc.q, &mut ws.gemm)?,
             GpuQuery::LoRA { a: wa, a_norm, b } => {
@@ -220,9 +253,24 @@ impl Step<'_> {
         }
         s.rope_inplace(&mut sc.q, &sc.positions, &cache.rope, h_n, qk, nope)?;
         a.kv_a.apply(s, &sc.xn, t_n, &mut sc.kv, &mut ws.gemm)?;
-        s.rope_inplace(&mut sc.kv, &sc.positions, &cache.rope, 1, CACHE_ROW, KV_LORA_RANK)?;
+        s.rope_inplace(
+            &mut sc.kv,
+            &sc.positions,
+            &cache.rope,
+            1,
+            CACHE_ROW,
+            KV_LORA_RANK,
+        )?;
         let layer_cache = &mut cache.layers[li];
-        s.mla_cache_write(&sc.kv, t_n, &a.kv_a_norm, layer_cache, self.start, ROPE_DIM, eps)?;
+        s.mla_cache_write(
+            &sc.kv,
+            t_n,
+            &a.kv_a_norm,
+            layer_cache,
+            self.start,
+            ROPE_DIM,
+            eps,
+        )?;
         // q_lat[t, h] = W_uk(h)^T q_nope[t, h], with q_pe beside it: the MLA query rows
         let absorb = GemmNt {
             batch: h_n,
@@ -244,8 +292,24 @@ impl Step<'_> {
         };
         s.gemm_nt(&absorb, &sc.q, &a.k_b, &mut sc.q_lat)?;
         let rows = t_n * h_n;
-        s.copy_cols_bf16(&sc.q, nope, qk, &mut sc.q_lat, KV_LORA_RANK, CACHE_ROW, rows, ROPE_DIM)?;
-        s.mla_attention(batch, &sc.q_lat, layer_cache, self.scale, &mut sc.o_lat, &mut ws.mla)?;
+        s.copy_cols_bf16(
+            &sc.q,
+            nope,
+            qk,
+            &mut sc.q_lat,
+            KV_LORA_RANK,
+            CACHE_ROW,
+            rows,
+            ROPE_DIM,
+        )?;
+        s.mla_attention(
+            batch,
+            &sc.q_lat,
+            layer_cache,
+            self.scale,
+            &mut sc.o_lat,
+            &mut ws.mla,
+        )?;
         // o[t, h] = W_uv(h) o_lat[t, h], heads concatenated, then W_o
         let expand = GemmNt {
             batch: h_n,
@@ -266,7 +330,8 @@ impl Step<'_> {
             },
         };
         s.gemm_nt(&expand, &sc.o_lat, &a.v_b, &mut sc.heads)?;
-        a.output.apply(s, &sc.heads, t_n, &mut sc.out, &mut ws.gemm)?;
+        a.output
+            .apply(s, &sc.heads, t_n, &mut sc.out, &mut ws.gemm)?;
         s.add_f32(&mut sc.x, &sc.out)?;
         Ok(())
     }
@@ -304,18 +369,30 @@ impl Step<'_> {
     ) -> HybridResult<Option<Routing>> {
         let (s, t_n, c) = (self.s, self.t_n, self.c);
         let fused = self.fused.ok_or_else(|| {
-            HybridError::Input(format!("layer {li} is MoE but the model has no routed experts"))
+            HybridError::Input(format!(
+                "layer {li} is MoE but the model has no routed experts"
+            ))
         })?;
         let (e_n, hidden) = (self.router.n_experts, c.hidden_size);
         match router {
-            GpuRouter::F32(w) => {
-                s.gemm_nt(&GemmNt::linear(t_n, e_n, hidden), &sc.xn32, w, &mut sc.router)?
-            }
+            GpuRouter::F32(w) => s.gemm_nt(
+                &GemmNt::linear(t_n, e_n, hidden),
+                &sc.xn32,
+                w,
+                &mut sc.router,
+            )?,
             GpuRouter::Bf16(w) => {
                 s.gemm_nt(&GemmNt::linear(t_n, e_n, hidden), &sc.xn, w, &mut sc.router)?
             }
         }
-        s.moe_gating(self.router, &sc.router, bias, t_n, &mut sc.ids, &mut sc.weights)?;
+        s.moe_gating(
+            self.router,
+            &sc.router,
+            bias,
+            t_n,
+            &mut sc.ids,
+            &mut sc.weights,
+        )?;
         m.routed = LayerMarks::mark(self.timing, s)?;
         s.copy_to_pinned(&sc.xn32, &mut sc.host_x)?;
         s.copy_to_pinned(&sc.ids, &mut sc.host_ids)?;

@@ -116,12 +116,7 @@ impl<'a> HybridModel<'a> {
         placement: &Placement,
         isa: Isa,
     ) -> HybridResult<Self> {
-        if config.kv_lora_rank != KV_LORA_RANK || config.qk_rope_head_dim != ROPE_DIM {
-            return Err(HybridError::Unsupported(format!(
-                "kv_lora_rank {} and rope dim {}: the GPU MLA kernel takes {KV_LORA_RANK} and {ROPE_DIM} (DeepSeek V2-Lite, V2 and V3)",
-                config.kv_lora_rank, config.qk_rope_head_dim
-            )));
-        }
+        Self::check(&config, placement)?;
         let formats = Formats::new(placement)?;
         let tensors = ModelTensors::from_gguf(gguf, &config)?;
         let s = gpu.stream();
@@ -183,6 +178,20 @@ impl<'a> HybridModel<'a> {
             scratch: None,
             ws: Workspaces::default(),
         })
+    }
+
+    /// Whether this executor can run a model of `config` placed as `placement` (no GPU
+    /// needed): the MLA shape the GPU kernel takes, every module but the routed experts on
+    /// `cuda:0`, the routed experts on the CPU as stored. The error names what does not fit;
+    /// formats of single matrices are checked when [`Self::new`] loads them.
+    pub fn check(config: &DeepSeekConfig, placement: &Placement) -> HybridResult<()> {
+        if config.kv_lora_rank != KV_LORA_RANK || config.qk_rope_head_dim != ROPE_DIM {
+            return Err(HybridError::Unsupported(format!(
+                "kv_lora_rank {} and rope dim {}: the GPU MLA kernel takes {KV_LORA_RANK} and {ROPE_DIM} (DeepSeek V2-Lite, V2 and V3)",
+                config.kv_lora_rank, config.qk_rope_head_dim
+            )));
+        }
+        Formats::new(placement).map(drop)
     }
 
     pub fn config(&self) -> &DeepSeekConfig {

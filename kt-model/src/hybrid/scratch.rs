@@ -4,8 +4,8 @@
 //! that size (every decode step reuses the same one).
 
 use half::bf16;
-use kt_kernels::cuda::{DeviceBuf, Gpu, GpuStream, PinnedBuf};
 use kt_kernels::cuda::mla::{CACHE_ROW, KV_LORA_RANK};
+use kt_kernels::cuda::{DeviceBuf, Gpu, GpuStream, PinnedBuf};
 
 use super::error::HybridResult;
 use crate::config::DeepSeekConfig;

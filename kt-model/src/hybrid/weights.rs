@@ -65,13 +65,6 @@ impl GpuLinear {
         }
     }
 
-    pub fn n(&self) -> usize {
-        match self {
-            GpuLinear::Int4(w) => w.n,
-            GpuLinear::Bf16 { n, .. } => *n,
-        }
-    }
-
     pub fn k(&self) -> usize {
         match self {
             GpuLinear::Int4(w) => w.k,
@@ -198,11 +191,8 @@ impl<'p> Formats<'p> {
     }
 
     pub fn of(&self, module: &str) -> HybridResult<WeightFormat> {
-        self.by_name
-            .get(module)
-            .map(|m| m.format)
-            .ok_or_else(|| {
-                HybridError::Unsupported(format!("the placement has no module {module}"))
-            })
+        self.by_name.get(module).map(|m| m.format).ok_or_else(|| {
+            HybridError::Unsupported(format!("the placement has no module {module}"))
+        })
     }
 }
