@@ -74,12 +74,21 @@ fn model() -> &'static (SyntheticModel, Gguf) {
     })
 }
 
+/// A shipped rules file: beside this crate when built here, else under the working
+/// directory (a test binary carried to the device runs in a copy of the repository root).
+fn rules_file(name: &str) -> std::path::PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../rules")
+        .join(name);
+    if here.exists() {
+        here
+    } else {
+        std::path::Path::new("rules").join(name)
+    }
+}
+
 fn shipped_rules() -> RuleSet {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../rules/deepseek-v2-lite-hybrid.yaml"
-    );
-    RuleSet::from_file(path).unwrap()
+    RuleSet::from_file(rules_file("deepseek-v2-lite-hybrid.yaml")).unwrap()
 }
 
 fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
@@ -301,10 +310,7 @@ fn check_refuses_cpu_modules_and_other_mla_shapes() {
     let hybrid = shipped_rules().place(&c).unwrap();
     HybridModel::check(&c, &hybrid).unwrap();
 
-    let cpu_rules = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../rules/deepseek-v2-lite-cpu.yaml"
-    );
+    let cpu_rules = rules_file("deepseek-v2-lite-cpu.yaml");
     let cpu = RuleSet::from_file(cpu_rules).unwrap().place(&c).unwrap();
     let err = HybridModel::check(&c, &cpu).unwrap_err().to_string();
     assert!(err.contains("is placed on cpu"), "{err}");
