@@ -51,8 +51,12 @@ note "device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 
 if [ "$run_tests" != 0 ] && [ -d "$bin/tests" ]; then
-    for t in "$bin"/tests/*; do
+    # the hybrid executor's own tests first, then the other kernels' (regressions)
+    declare -A seen
+    for t in "$bin"/tests/hybrid_* "$bin"/tests/cuda_linear "$bin"/tests/*; do
         name=$(basename "$t")
+        [ -x "$t" ] && [ -z "${seen[$name]:-}" ] || continue
+        seen[$name]=1
         l=$(left)
         if [ "$l" -lt 60 ]; then note "test $name: skipped (${l}s left)"; continue; fi
         t0=$SECONDS
