@@ -89,10 +89,6 @@ impl HybridModel<'_> {
         } = self;
         let s = gpu.stream();
         let sc = scratch.as_mut().expect("built above");
-        let mut head = LayerMarks {
-            start: LayerMarks::mark(timing, s)?,
-            ..Default::default()
-        };
 
         let mut x = vec![0.0f32; t_n * hidden];
         for (&tok, row) in tokens.iter().zip(x.chunks_exact_mut(hidden)) {
@@ -169,6 +165,10 @@ impl HybridModel<'_> {
             LogitRows::Last => t_n - 1,
         };
         let n_rows = t_n - first;
+        let mut head = LayerMarks {
+            start: LayerMarks::mark(timing, s)?,
+            ..Default::default()
+        };
         s.rmsnorm_w32(
             &sc.x,
             hidden,
@@ -397,7 +397,9 @@ impl Step<'_> {
         s.copy_to_pinned(&sc.xn32, &mut sc.host_x)?;
         s.copy_to_pinned(&sc.ids, &mut sc.host_ids)?;
         s.copy_to_pinned(&sc.weights, &mut sc.host_weights)?;
-        m.copied_out = LayerMarks::mark(self.timing, s)?;
+        // Always recorded: the host waits for it before reading the pinned copies (a
+        // PinnedBuf read waits for its copies only while the context tracks several streams).
+        let copied = s.record_event()?;
         // queued now, run while the CPU computes the routed experts
         if let (Some(mlp), Some((gu, act, out))) = (shared, sc.shared.as_mut()) {
             self.mlp(mlp, &sc.xn, gu, act, out, ws)?;
@@ -405,6 +407,10 @@ impl Step<'_> {
         m.shared_done = LayerMarks::mark(self.timing, s)?;
 
         let wait = Instant::now();
+        copied.synchronize()?;
+        if self.timing {
+            m.copied_out = Some(copied);
+        }
         let (hx, hids, hw) = (
             sc.host_x.as_slice()?,
             sc.host_ids.as_slice()?,

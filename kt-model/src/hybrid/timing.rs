@@ -14,7 +14,8 @@ use kt_kernels::cuda::{GpuEvent, GpuStream};
 
 use super::error::HybridResult;
 
-/// Seconds of one layer (or of the head: embedding upload, final norm, output head).
+/// Seconds of one layer (or of the head: the final norm, the output head and the logits'
+/// download; the embedding rows' upload before the first layer is not counted).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LayerSplit {
     pub gpu_s: f64,
