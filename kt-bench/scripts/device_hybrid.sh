@@ -13,7 +13,8 @@
 # Results under $OUT/hybrid/: NAME.out (stdout: one JSON object per run), NAME.err,
 # summary.txt (what ran, how long, exit status), nvidia-smi.txt; all of it also packed into
 # $OUT/hybrid.tgz.
-# Env: THREADS (16), BUDGET_S (total wall budget, 290), TESTS (1), TMP (/tmp), BIN.
+#   3. with LONG=1: decode --prompt-len 1024 --gen-len 64, both rules (attention over a long cache)
+# Env: THREADS (16), BUDGET_S (total wall budget, 290), TESTS (1), LONG (0), TMP (/tmp), BIN.
 set -uo pipefail
 bin=${BIN:-.device-carry/hybrid}
 threads=${THREADS:-16}
@@ -75,6 +76,14 @@ if step gen_v2l 120 "$bin/kt-bench" gen-gguf --preset deepseek-v2-lite --out "$g
         step "decode_$rules" 90 "$bin/kt-bench" decode --model "$gguf" --rules "$file" \
             --prompt-len 32 --gen-len 128 --threads "$threads" --json
     done
+    if [ "${LONG:-0}" != 0 ]; then
+        # decode after a long prompt: attention over 1024 cached positions
+        for rules in cpu hybrid; do
+            step "decode_long_$rules" 90 "$bin/kt-bench" decode --model "$gguf" \
+                --rules "rules/deepseek-v2-lite-$rules.yaml" --prompt-len 1024 --gen-len 64 \
+                --threads "$threads" --json
+        done
+    fi
 fi
 rm -f "$gguf"
 note "total ${SECONDS}s"
