@@ -298,6 +298,7 @@ impl GpuStream {
     /// Writes `tokens` new rows of an MLA latent cache (`[rows, rank + rope]`, bf16) from
     /// the kv projection `kv` (`[tokens, rank + rope]`, its rope part already rotated): row
     /// `first_row + t` = `rmsnorm(kv[t, :rank]) * w` then `kv[t, rank:]` (`rank = w.len()`).
+    #[allow(clippy::too_many_arguments)]
     pub fn mla_cache_write(
         &self,
         kv: &DeviceBuf<bf16>,
