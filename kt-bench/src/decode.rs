@@ -201,9 +201,12 @@ fn placement(
     if let Some(m) = placed.modules().iter().find(|m| m.device.is_gpu()) {
         #[cfg(feature = "cuda")]
         {
-            let _ = m;
-            kt_model::hybrid::HybridModel::check(config, &placed)
-                .map_err(|e| format!("--rules {rules}: {e}"))?;
+            kt_model::hybrid::HybridModel::check(config, &placed).map_err(|e| {
+                format!(
+                    "--rules {rules}: module {} goes to {}: {e}",
+                    m.name, m.device
+                )
+            })?;
             return Ok((rules.to_owned(), Some(placed)));
         }
         #[cfg(not(feature = "cuda"))]
