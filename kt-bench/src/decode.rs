@@ -1,6 +1,8 @@
 //! `kt-bench decode` and `kt-bench prefill`: end-to-end generation speed of a DeepSeek
 //! model on the CPU: a synthetic preset built in memory (`kt_model::synthetic`) or a
-//! GGUF file.
+//! GGUF file, or, with a hybrid rules file (`rules/*-hybrid.yaml`) and the `cuda` feature,
+//! on one GPU with the routed experts on the CPU (`kt_model::hybrid`, run by
+//! `decode_hybrid.rs`).
 //!
 //! One run: a prompt of `--prompt-len` pseudo-random ids (BOS first) in one forward
 //! call (prefill), then `--gen-len` single-token forward calls, each on the token
@@ -18,7 +20,7 @@ use kt_kernels::util::SplitMix64;
 use kt_model::config::DeepSeekConfig;
 use kt_model::deepseek::{DeepSeekModel, LogitRows, MatmulMode, Sampler, StageTimes};
 use kt_model::gguf::Gguf;
-use kt_model::placement::{RuleSet, WeightFormat};
+use kt_model::placement::{Placement, RuleSet, WeightFormat};
 use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 
 use crate::gen_gguf::bytes_bar;
@@ -27,11 +29,11 @@ use crate::svg;
 
 /// The largest batch the fused MoE operator's scratch is sized for: a longer prompt runs
 /// its routed experts in pieces of this many tokens (bounds the scratch at a few hundred MB).
-const MAX_MOE_BATCH: usize = 4096;
+pub(crate) const MAX_MOE_BATCH: usize = 4096;
 
 /// Bytes the DRAM bandwidth probe reads (far past any last-level cache) and its passes.
-const MEMBW_BYTES: usize = 1 << 30;
-const MEMBW_PASSES: usize = 3;
+pub(crate) const MEMBW_BYTES: usize = 1 << 30;
+pub(crate) const MEMBW_PASSES: usize = 3;
 
 /// Which rate a run reports as its headline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +43,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Decode => "decode",
             Mode::Prefill => "prefill",
@@ -79,8 +81,9 @@ pub struct Args {
     /// Seed of the synthetic weights, the prompt and the sampler.
     #[arg(long, default_value_t = SyntheticOptions::default().seed)]
     pub seed: u64,
-    /// Where layers run: `cpu`, every layer on the CPU (the only choice until the placement
-    /// module is wired in: see `placement` below).
+    /// Where modules run: `cpu` (everything on the CPU, weights as stored), a rules file
+    /// that keeps everything on the CPU as stored, or (built with `--features cuda`) a
+    /// hybrid rules file: routed experts on the CPU, the rest on GPU 0.
     #[arg(long, default_value = "cpu")]
     pub rules: String,
     /// Write the time split per layer as a stacked bar chart (SVG) to this file.
@@ -112,12 +115,15 @@ impl Args {
 }
 
 /// Where the weights came from, what getting them cost, and the `--rules` placement.
-struct Weights {
-    gguf: Gguf,
-    config: DeepSeekConfig,
-    label: String,
-    seconds: f64,
-    rules: String,
+pub(crate) struct Weights {
+    pub gguf: Gguf,
+    pub config: DeepSeekConfig,
+    pub label: String,
+    pub seconds: f64,
+    pub rules: String,
+    /// The placement of a rules file with GPU modules (the hybrid executor runs it).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub hybrid: Option<Placement>,
 }
 
 fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Error>> {
@@ -130,7 +136,7 @@ fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Er
         };
         let synth = SyntheticModel::new(preset, &opts)?;
         // Placed before the weights are built, so a bad rules file fails at once.
-        let rules = placement(&a.rules, synth.config())?;
+        let (rules, hybrid) = placement(&a.rules, synth.config())?;
         let bar = bytes_bar(synth.data_bytes(), "building weights");
         if !show_progress {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -143,6 +149,7 @@ fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Er
             label: format!("{preset} (synthetic, {} layers)", synth.config().n_layers),
             seconds: start.elapsed().as_secs_f64(),
             rules,
+            hybrid,
         });
     }
     if !a.model.ends_with(".gguf") && !std::path::Path::new(&a.model).exists() {
@@ -163,38 +170,55 @@ fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Er
         config.n_layers = n;
         config.first_k_dense_replace = config.first_k_dense_replace.min(n);
     }
-    let rules = placement(&a.rules, &config)?;
+    let (rules, hybrid) = placement(&a.rules, &config)?;
     Ok(Weights {
         label: format!("{} ({} layers)", a.model, config.n_layers),
         gguf,
         config,
         seconds: start.elapsed().as_secs_f64(),
         rules,
+        hybrid,
     })
 }
 
-/// The placement `--rules` asks for; only an all-CPU one can run here (kt-bench decode
-/// and prefill drive the CPU engine).
+/// The placement `--rules` asks for: the rules' name, and the placement itself when it
+/// puts modules on a GPU (the hybrid executor's job).
 ///
 /// `--rules`: `cpu` (the built-in rule set: everything on the CPU, weights as stored) or a
-/// rules file (`rules/*.yaml`), placed against the model's config. This engine runs every
-/// module on the CPU with the weights as stored, so a file that puts a module on a GPU or
-/// asks for a repacked format is refused, naming the first such module, rather than being
-/// silently ignored.
-fn placement(rules: &str, config: &DeepSeekConfig) -> Result<String, Box<dyn std::error::Error>> {
+/// rules file (`rules/*.yaml`), placed against the model's config. The CPU engine runs every
+/// module with the weights as stored, so an all-CPU file that asks for a repacked format is
+/// refused, naming the first such module, rather than being silently ignored. A file with
+/// GPU modules needs the `cuda` build and a placement the hybrid executor can run
+/// (`kt_model::hybrid::HybridModel::check`); otherwise it is refused, naming why.
+fn placement(
+    rules: &str,
+    config: &DeepSeekConfig,
+) -> Result<(String, Option<Placement>), Box<dyn std::error::Error>> {
     if rules == "cpu" {
-        return Ok(rules.to_owned());
+        return Ok((rules.to_owned(), None));
     }
     let placed = RuleSet::from_file(rules)?.place(config)?;
-    for m in placed.modules() {
-        if m.device.is_gpu() {
-            return Err(format!(
-                "--rules {rules}: module {} goes to {}, but this build's engine runs on the CPU only \
-                 (use a `-cpu` rules file, or see `kt-bench plan` for the placement)",
-                m.name, m.device
-            )
-            .into());
+    if let Some(m) = placed.modules().iter().find(|m| m.device.is_gpu()) {
+        #[cfg(feature = "cuda")]
+        {
+            kt_model::hybrid::HybridModel::check(config, &placed).map_err(|e| {
+                format!(
+                    "--rules {rules}: module {} goes to {}: {e}",
+                    m.name, m.device
+                )
+            })?;
+            return Ok((rules.to_owned(), Some(placed)));
         }
+        #[cfg(not(feature = "cuda"))]
+        return Err(format!(
+            "--rules {rules}: module {} goes to {}, but this build has no GPU support \
+             (build kt-bench with `--features cuda`, or use a `-cpu` rules file; `kt-bench plan` \
+             shows the placement)",
+            m.name, m.device
+        )
+        .into());
+    }
+    for m in placed.modules() {
         if m.format != WeightFormat::Gguf {
             return Err(format!(
                 "--rules {rules}: module {} asks for format {}, but the CPU engine runs weights \
@@ -204,7 +228,7 @@ fn placement(rules: &str, config: &DeepSeekConfig) -> Result<String, Box<dyn std
             .into());
         }
     }
-    Ok(rules.to_owned())
+    Ok((rules.to_owned(), None))
 }
 
 pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
@@ -232,6 +256,24 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let w = load(&a, !a.json)?;
+    #[cfg(feature = "cuda")]
+    if let Some(placement) = &w.hybrid {
+        if a.reference {
+            return Err(
+                "--reference runs the CPU engine only; the hybrid rules run the GPU".into(),
+            );
+        }
+        let run = crate::decode_hybrid::HybridRun {
+            args: &a,
+            mode,
+            prompt_len,
+            gen_len,
+            isa,
+            threads: pool.threads(),
+            dram_gbps: membw::measure_read_bandwidth(pool, MEMBW_BYTES, MEMBW_PASSES).gbps,
+        };
+        return run.run(&w, placement, sampler);
+    }
     let rules = w.rules.clone();
     let mut model = DeepSeekModel::new(&w.gguf, w.config.clone(), matmul)?;
     model.set_max_batch(prompt_len.min(MAX_MOE_BATCH))?;
@@ -374,7 +416,7 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// A progress bar over `len` steps, or a spinner when `len` is `None`; hidden unless `show`.
-fn phase_bar(show: bool, len: Option<u64>, what: String) -> ProgressBar {
+pub(crate) fn phase_bar(show: bool, len: Option<u64>, what: String) -> ProgressBar {
     if !show {
         return ProgressBar::with_draw_target(len, ProgressDrawTarget::hidden());
     }
@@ -400,7 +442,7 @@ fn phase_bar(show: bool, len: Option<u64>, what: String) -> ProgressBar {
 }
 
 /// BOS (when the model has one), then pseudo-random ids of the vocabulary.
-fn prompt_ids(c: &DeepSeekConfig, len: usize, seed: u64) -> Vec<u32> {
+pub(crate) fn prompt_ids(c: &DeepSeekConfig, len: usize, seed: u64) -> Vec<u32> {
     let mut rng = SplitMix64::new(seed ^ 0x7072_6f6d_7074);
     let mut ids: Vec<u32> = (0..len).map(|_| rng.below(c.vocab_size) as u32).collect();
     if let Some(bos) = c.bos_token_id {

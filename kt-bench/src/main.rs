@@ -2,6 +2,8 @@
 //! arguments, runs the library and prints a report (a table, or JSON with `--json`).
 
 mod decode;
+#[cfg(feature = "cuda")]
+mod decode_hybrid;
 mod gen_gguf;
 mod logits;
 mod machine;

@@ -4,6 +4,8 @@ pub mod config;
 pub mod deepseek;
 pub mod error;
 pub mod gguf;
+#[cfg(feature = "cuda")]
+pub mod hybrid;
 pub mod placement;
 pub mod synthetic;
 pub mod tensors;

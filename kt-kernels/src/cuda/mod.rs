@@ -10,7 +10,9 @@
 //!   YaRN rotary embedding, top-p sampling),
 //!   [`gating`] (fused DeepSeek V2 / V3 MoE router), [`w4a16`] (int4-weight GEMM on tensor
 //!   cores, with its host-side quantizer and repacker), [`mla`] (MLA attention over a paged
-//!   latent cache: decode with split keys, causal prefill; wgmma on compute capability 9.0).
+//!   latent cache: decode with split keys, causal prefill; wgmma on compute capability 9.0),
+//!   [`linear`] (bf16 and f32 batched GEMM with f32 accumulation, the norms, cache writes,
+//!   copies and casts of the hybrid forward pass).
 //!
 //! Shapes and lengths are checked before any launch and reported as [`CudaError::Shape`];
 //! a failed launch names the kernel and the shape.
@@ -21,6 +23,7 @@ mod modules;
 mod runtime;
 
 pub mod gating;
+pub mod linear;
 pub mod mla;
 pub mod small_ops;
 pub mod w4a16;

@@ -45,13 +45,20 @@ pub(crate) const TOP_P: Embedded = Embedded {
     image: include_bytes!(concat!(env!("OUT_DIR"), "/top_p.fatbin")),
 };
 
-const ALL: [Embedded; 6] = [
+/// The hybrid forward pass's GEMM, norms, cache writes and casts.
+pub(crate) const HYBRID_OPS: Embedded = Embedded {
+    name: "hybrid_ops",
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/hybrid_ops.fatbin")),
+};
+
+const ALL: [Embedded; 7] = [
     SMALL_OPS,
     MOE_GATING,
     W4A16_GEMM,
     MLA_ATTN,
     MLA_ATTN_SM90,
     TOP_P,
+    HYBRID_OPS,
 ];
 
 /// Every embedded module loaded into one context, with kernels looked up once by name.

@@ -30,8 +30,13 @@ pub mod sampling;
 pub mod timing;
 
 pub use cache::KvCache;
+// What the hybrid executor (kt_model::hybrid) shares with this forward pass.
+#[cfg(feature = "cuda")]
+pub(crate) use ffn::router_config;
 pub use ffn::Routing;
 pub use linear::{Linear, MatmulMode};
+#[cfg(feature = "cuda")]
+pub(crate) use model::rope_of;
 pub use model::{argmax, DeepSeekModel, ForwardTrace, LogitRows};
 pub use sampling::{generate, Sampler};
 pub use timing::{Split, Stage, StageTimes};

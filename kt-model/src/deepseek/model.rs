@@ -70,18 +70,7 @@ impl<'a> DeepSeekModel<'a> {
     /// states what the GGUF cannot, like V2's `topk_method`).
     pub fn new(gguf: &'a Gguf, config: DeepSeekConfig, mode: MatmulMode) -> Result<Self> {
         let tensors = ModelTensors::from_gguf(gguf, &config)?;
-        let rope = RopeYarn::new(
-            config.qk_rope_head_dim,
-            config.rope_theta as f64,
-            config.rope_scaling.map(|y| OpsYarn {
-                factor: y.factor as f64,
-                original_max_pos: y.original_max_position_embeddings,
-                beta_fast: y.beta_fast as f64,
-                beta_slow: y.beta_slow as f64,
-                mscale: y.mscale as f64,
-                mscale_all_dim: y.mscale_all_dim as f64,
-            }),
-        )?;
+        let rope = rope_of(&config)?;
         let shape = MlaShape::new(&config, &rope);
         let layers = tensors
             .layers
@@ -284,6 +273,22 @@ impl<'a> DeepSeekModel<'a> {
             logits = self.forward(&[next], cache, LogitRows::Last, None)?;
         }
     }
+}
+
+/// The rotary embedding of `config` (YaRN when it states a scaling).
+pub(crate) fn rope_of(config: &DeepSeekConfig) -> Result<RopeYarn> {
+    Ok(RopeYarn::new(
+        config.qk_rope_head_dim,
+        config.rope_theta as f64,
+        config.rope_scaling.map(|y| OpsYarn {
+            factor: y.factor as f64,
+            original_max_pos: y.original_max_position_embeddings,
+            beta_fast: y.beta_fast as f64,
+            beta_slow: y.beta_slow as f64,
+            mscale: y.mscale as f64,
+            mscale_all_dim: y.mscale_all_dim as f64,
+        }),
+    )?)
 }
 
 /// Index of the largest value, the lowest index on ties (NaN never wins).

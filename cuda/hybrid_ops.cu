@@ -1,0 +1,186 @@
+// Kernels of the hybrid (GPU + CPU experts) forward pass that the other files lack:
+// - kt_gemm_nt_<A>_<B>_<O>: batched, strided out[b, m, n] = sum_k A[b, m, k] * B[b, n, k]
+//   with f32 accumulation (the bf16 `linear` of the placement rules at batch 1, and the
+//   per-head MLA absorption products W_uk^T q_nope and W_uv o_lat at batch = heads);
+// - kt_rmsnorm_w32_<X>: RMSNorm with f32 weights, bf16 output and an optional f32 copy;
+// - kt_mla_cache_write: normalize the latent half of new kv rows into the bf16 cache;
+// - kt_copy_cols_bf16, kt_add_f32_<X>, kt_cast_<X>_<Y>: strided copies, residual add, casts.
+// All arithmetic is f32; each stored value is rounded once.
+#include "include/kt_common.cuh"
+
+// ---- batched NT GEMM -------------------------------------------------------------------
+// Block tile 64 (m) x 64 (n), k steps of 32, 256 threads; thread (tx, ty) owns rows
+// ty + 16 i and columns tx + 16 j (i, j < 4), so the shared-memory reads of a warp hit
+// distinct banks. Tiles are converted to f32 when staged. Correctness first: no tensor
+// cores (decode shapes are bound by the weight stream, which each block reads once).
+constexpr int GEMM_BM = 64;
+constexpr int GEMM_BN = 64;
+constexpr int GEMM_BK = 32;
+constexpr int GEMM_THREADS = 256;
+
+struct GemmNtArgs {
+    long long a_off, a_batch, a_row; // element offset of A[0,0,0], batch and row strides
+    long long b_batch, b_row;        // B[b, n, k] = B[b * b_batch + n * b_row + k]
+    long long o_off, o_batch, o_row; // out[b, m, n] = out[o_off + b * o_batch + m * o_row + n]
+    int m, n, k;
+};
+
+template <typename TA, typename TB, typename TO>
+__device__ void gemm_nt(const TA* __restrict__ a, const TB* __restrict__ b, TO* __restrict__ out,
+                        GemmNtArgs p) {
+    __shared__ float as[GEMM_BK][GEMM_BM + 1];
+    __shared__ float bs[GEMM_BK][GEMM_BN + 1];
+    const int batch = blockIdx.z;
+    const int m0 = blockIdx.y * GEMM_BM, n0 = blockIdx.x * GEMM_BN;
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const TA* ab = a + p.a_off + (long long)batch * p.a_batch;
+    const TB* bb = b + (long long)batch * p.b_batch;
+    float acc[4][4] = {};
+    for (int k0 = 0; k0 < p.k; k0 += GEMM_BK) {
+        // 64 x 32 elements of each tile, 8 per thread, consecutive threads along k.
+        for (int e = threadIdx.x; e < GEMM_BM * GEMM_BK; e += GEMM_THREADS) {
+            const int r = e / GEMM_BK, kk = e % GEMM_BK;
+            const int gm = m0 + r, gn = n0 + r, gk = k0 + kk;
+            as[kk][r] = (gm < p.m && gk < p.k) ? kt_to_f32(ab[gm * p.a_row + gk]) : 0.0f;
+            bs[kk][r] = (gn < p.n && gk < p.k) ? kt_to_f32(bb[gn * p.b_row + gk]) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int kk = 0; kk < GEMM_BK; ++kk) {
+            float av[4], bv[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) av[i] = as[kk][ty + 16 * i];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) bv[j] = bs[kk][tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    TO* ob = out + p.o_off + (long long)batch * p.o_batch;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int gm = m0 + ty + 16 * i;
+        if (gm >= p.m) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int gn = n0 + tx + 16 * j;
+            if (gn < p.n) ob[gm * p.o_row + gn] = kt_from_f32<TO>(acc[i][j]);
+        }
+    }
+}
+
+#define KT_GEMM_NT(SA, TA, SB, TB, SO, TO)                                                         \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                     \
+        kt_gemm_nt_##SA##_##SB##_##SO(const TA* a, const TB* b, TO* out, GemmNtArgs p) {           \
+        gemm_nt<TA, TB, TO>(a, b, out, p);                                                         \
+    }
+
+KT_GEMM_NT(bf16, __nv_bfloat16, bf16, __nv_bfloat16, bf16, __nv_bfloat16)
+KT_GEMM_NT(bf16, __nv_bfloat16, bf16, __nv_bfloat16, f32, float)
+KT_GEMM_NT(f32, float, f32, float, f32, float)
+
+// ---- RMSNorm with f32 weights ----------------------------------------------------------
+// out[t, :] = w * x[t, :] / sqrt(mean(x[t, :]^2) + eps), stored as bf16 and, when out32 is
+// not null, also as f32. Rows are x_row apart in x (the norm of a slice of a wider row).
+// One block per row.
+template <typename TX>
+__device__ void rmsnorm_w32(const TX* __restrict__ x, long long x_row, const float* __restrict__ w,
+                            __nv_bfloat16* __restrict__ out, float* __restrict__ out32, int n,
+                            float eps) {
+    __shared__ float scratch[32];
+    const TX* xr = x + (long long)blockIdx.x * x_row;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = kt_to_f32(xr[i]);
+        ss += v * v;
+    }
+    ss = kt_block_sum(ss, scratch);
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    const long long base = (long long)blockIdx.x * n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float y = w[i] * (kt_to_f32(xr[i]) * inv);
+        out[base + i] = __float2bfloat16_rn(y);
+        if (out32 != nullptr) out32[base + i] = y;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    kt_rmsnorm_w32_f32(const float* x, long long x_row, const float* w, __nv_bfloat16* out,
+                       float* out32, int n, float eps) {
+    rmsnorm_w32<float>(x, x_row, w, out, out32, n, eps);
+}
+extern "C" __global__ void __launch_bounds__(1024)
+    kt_rmsnorm_w32_bf16(const __nv_bfloat16* x, long long x_row, const float* w,
+                        __nv_bfloat16* out, float* out32, int n, float eps) {
+    rmsnorm_w32<__nv_bfloat16>(x, x_row, w, out, out32, n, eps);
+}
+
+// ---- MLA cache rows --------------------------------------------------------------------
+// kv is [tokens, rank + rope] (the kv_a projection, its rope part already rotated); token t
+// becomes cache row `first_row + t`: rmsnorm(kv[t, :rank]) * w, then kv[t, rank:] as is.
+// One block per token.
+extern "C" __global__ void __launch_bounds__(1024)
+    kt_mla_cache_write(const __nv_bfloat16* __restrict__ kv, const float* __restrict__ w,
+                       __nv_bfloat16* __restrict__ cache, long long first_row, int rank, int rope,
+                       float eps) {
+    __shared__ float scratch[32];
+    const int width = rank + rope;
+    const __nv_bfloat16* src = kv + (long long)blockIdx.x * width;
+    __nv_bfloat16* dst = cache + (first_row + blockIdx.x) * width;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < rank; i += blockDim.x) {
+        const float v = __bfloat162float(src[i]);
+        ss += v * v;
+    }
+    ss = kt_block_sum(ss, scratch);
+    const float inv = 1.0f / sqrtf(ss / (float)rank + eps);
+    for (int i = threadIdx.x; i < width; i += blockDim.x) {
+        dst[i] = i < rank ? __float2bfloat16_rn(w[i] * (__bfloat162float(src[i]) * inv)) : src[i];
+    }
+}
+
+// ---- copies, residual add, casts -------------------------------------------------------
+// dst[dst_off + r * dst_row + c] = src[src_off + r * src_row + c] for c < cols.
+extern "C" __global__ void kt_copy_cols_bf16(const __nv_bfloat16* __restrict__ src,
+                                             long long src_off, long long src_row,
+                                             __nv_bfloat16* __restrict__ dst, long long dst_off,
+                                             long long dst_row, long long rows, int cols) {
+    const long long total = rows * cols;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long r = e / cols, c = e % cols;
+        dst[dst_off + r * dst_row + c] = src[src_off + r * src_row + c];
+    }
+}
+
+// acc[i] += x[i] with an f32 accumulator (the residual stream) and x of any type.
+template <typename TX>
+__device__ void add_f32(float* __restrict__ acc, const TX* __restrict__ x, long long n) {
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (long long)gridDim.x * blockDim.x) {
+        acc[e] += kt_to_f32(x[e]);
+    }
+}
+extern "C" __global__ void kt_add_f32_bf16(float* acc, const __nv_bfloat16* x, long long n) {
+    add_f32<__nv_bfloat16>(acc, x, n);
+}
+extern "C" __global__ void kt_add_f32_f32(float* acc, const float* x, long long n) {
+    add_f32<float>(acc, x, n);
+}
+
+template <typename TI, typename TO>
+__device__ void cast(const TI* __restrict__ x, TO* __restrict__ y, long long n) {
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (long long)gridDim.x * blockDim.x) {
+        y[e] = kt_from_f32<TO>(kt_to_f32(x[e]));
+    }
+}
+extern "C" __global__ void kt_cast_f32_bf16(const float* x, __nv_bfloat16* y, long long n) {
+    cast<float, __nv_bfloat16>(x, y, n);
+}
+extern "C" __global__ void kt_cast_bf16_f32(const __nv_bfloat16* x, float* y, long long n) {
+    cast<__nv_bfloat16, float>(x, y, n);
+}

@@ -1,0 +1,200 @@
+//! `kt-bench decode` / `prefill` with a hybrid rules file (feature `cuda`): the same run as
+//! the CPU engine's (a prompt in one forward call, then `--gen-len` single-token calls on
+//! sampled tokens) on `kt_model::hybrid::HybridModel`, GPU 0 plus the CPU's routed experts.
+//! The report keeps the CPU run's fields and replaces the stage split by the hybrid one:
+//! per layer and phase, GPU compute, CPU experts, transfers and each side's idle time.
+
+use std::time::Instant;
+
+use kt_kernels::cpu::Isa;
+use kt_kernels::cuda::Gpu;
+use kt_model::deepseek::{LogitRows, Sampler};
+use kt_model::hybrid::{HybridModel, HybridTimes, LayerSplit};
+use kt_model::placement::Placement;
+use serde_json::{json, Value};
+
+use crate::decode::{phase_bar, prompt_ids, Args, Mode, Weights, MAX_MOE_BATCH};
+
+/// Tokens of the warm-up call (a short prompt on a throwaway cache): loads every kernel
+/// and sizes the GEMM and attention workspaces before anything is timed.
+const WARMUP_TOKENS: usize = 8;
+
+pub(crate) struct HybridRun<'a> {
+    pub args: &'a Args,
+    pub mode: Mode,
+    pub prompt_len: usize,
+    pub gen_len: usize,
+    pub isa: Isa,
+    pub threads: usize,
+    pub dram_gbps: f64,
+}
+
+fn split_json(s: &LayerSplit) -> Value {
+    json!({
+        "gpu_s": s.gpu_s,
+        "cpu_experts_s": s.cpu_experts_s,
+        "transfer_s": s.transfer_s,
+        "gpu_idle_s": s.gpu_idle_s,
+        "cpu_idle_s": s.cpu_idle_s,
+    })
+}
+
+fn phase_json(times: &HybridTimes, wall_s: f64) -> Value {
+    json!({
+        "wall_s": wall_s,
+        "calls": times.calls,
+        "tokens": times.tokens,
+        "total": split_json(&times.total()),
+        "per_layer": times.layers.iter().map(split_json).collect::<Vec<_>>(),
+        "head": split_json(&times.head),
+    })
+}
+
+fn print_phase(name: &str, times: &HybridTimes, wall_s: f64) {
+    let t = times.total();
+    let per = 1e3 / times.tokens.max(1) as f64;
+    println!(
+        "{name} split ({} layers, {} calls, {} tokens; ms per token): wall {:.3}, gpu {:.3}, cpu experts {:.3}, transfers {:.3}, gpu idle {:.3}, cpu idle {:.3}",
+        times.layers.len(),
+        times.calls,
+        times.tokens,
+        wall_s * per,
+        t.gpu_s * per,
+        t.cpu_experts_s * per,
+        t.transfer_s * per,
+        t.gpu_idle_s * per,
+        t.cpu_idle_s * per
+    );
+}
+
+impl HybridRun<'_> {
+    pub fn run(
+        &self,
+        w: &Weights,
+        placement: &Placement,
+        mut sampler: Sampler,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let (a, prompt_len, gen_len) = (self.args, self.prompt_len, self.gen_len);
+        let gpu = Gpu::new(0).map_err(|e| format!("--rules {}: {e}", w.rules))?;
+        let device = gpu.info().name.clone();
+        let t = Instant::now();
+        let mut model = HybridModel::new(gpu, &w.gguf, w.config.clone(), placement, self.isa)?;
+        model.set_max_batch(prompt_len.clamp(WARMUP_TOKENS, MAX_MOE_BATCH))?;
+        let gpu_load_s = t.elapsed().as_secs_f64();
+        let prompt = prompt_ids(&w.config, prompt_len, a.seed);
+
+        let warm = &prompt[..prompt_len.min(WARMUP_TOKENS)];
+        let mut scratch_cache = model.new_cache(warm.len() + 1)?;
+        let logits = model.forward(warm, &mut scratch_cache, LogitRows::Last)?;
+        let next = kt_model::deepseek::argmax(&logits);
+        model.forward(&[next], &mut scratch_cache, LogitRows::Last)?;
+        drop(scratch_cache);
+
+        let mut cache = model.new_cache(prompt_len + gen_len)?;
+        let n_layers = w.config.n_layers;
+        let (mut prefill_times, mut decode_times) =
+            (HybridTimes::new(n_layers), HybridTimes::new(n_layers));
+        let bar = phase_bar(
+            !a.json,
+            None,
+            format!("prefill {prompt_len} tokens (hybrid)"),
+        );
+        let t = Instant::now();
+        let mut logits = model.forward_timed(
+            &prompt,
+            &mut cache,
+            LogitRows::Last,
+            None,
+            Some(&mut prefill_times),
+        )?;
+        let prefill_s = t.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        let mut tokens = Vec::with_capacity(gen_len);
+        let bar = phase_bar(!a.json, Some(gen_len as u64), "decode (hybrid)".into());
+        let t = Instant::now();
+        for _ in 0..gen_len {
+            let next = sampler.sample(&logits)?;
+            tokens.push(next);
+            logits = model.forward_timed(
+                &[next],
+                &mut cache,
+                LogitRows::Last,
+                None,
+                Some(&mut decode_times),
+            )?;
+            bar.inc(1);
+        }
+        let decode_s = t.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        if logits.iter().any(|v| !v.is_finite()) {
+            return Err("the model produced non-finite logits".into());
+        }
+
+        let prefill_tps = prompt_len as f64 / prefill_s;
+        let decode_tps = (gen_len > 0).then(|| gen_len as f64 / decode_s);
+        let headline = match self.mode {
+            Mode::Decode => decode_tps.unwrap_or(0.0),
+            Mode::Prefill => prefill_tps,
+        };
+        let weight_bytes: usize = w.gguf.files().iter().map(|f| f.len()).sum();
+        if a.json {
+            let j = json!({
+                "mode": self.mode.name(),
+                "model": w.label,
+                "layers": n_layers,
+                "tokens_per_s": headline,
+                "prefill_tokens_per_s": prefill_tps,
+                "decode_tokens_per_s": decode_tps,
+                "prompt_len": prompt_len,
+                "gen_len": gen_len,
+                "threads": self.threads,
+                "rules": w.rules,
+                "isa": self.isa.to_string(),
+                "matmul": "hybrid",
+                "gpu": device,
+                "weights_bytes": weight_bytes,
+                "weights_s": w.seconds,
+                "gpu_load_s": gpu_load_s,
+                "prefill_s": prefill_s,
+                "decode_s": decode_s,
+                "dram_gbps": self.dram_gbps,
+                "split": {
+                    "measured": true,
+                    "kind": "hybrid",
+                    "total_s": prefill_s + decode_s,
+                    "prefill": phase_json(&prefill_times, prefill_s),
+                    "decode": (gen_len > 0).then(|| phase_json(&decode_times, decode_s)),
+                },
+                "tokens": tokens,
+            });
+            println!("{j}");
+            return Ok(());
+        }
+        println!(
+            "kt-bench {} | {} | hybrid: {device} + cpu isa {}, {} threads, rules {}",
+            self.mode.name(),
+            w.label,
+            self.isa,
+            self.threads,
+            w.rules
+        );
+        println!(
+            "weights: {:.2} GB ready in {:.1} s, on the GPU in {gpu_load_s:.1} s; DRAM read bandwidth {:.1} GB/s",
+            weight_bytes as f64 / 1e9,
+            w.seconds,
+            self.dram_gbps
+        );
+        println!("prefill: {prompt_len} tokens in {prefill_s:.3} s = {prefill_tps:.1} tokens/s");
+        if let Some(tps) = decode_tps {
+            println!(
+                "decode:  {gen_len} tokens in {decode_s:.3} s = {tps:.2} tokens/s ({:.1} ms/token)",
+                1e3 * decode_s / gen_len as f64
+            );
+        }
+        print_phase("prefill", &prefill_times, prefill_s);
+        if gen_len > 0 {
+            print_phase("decode", &decode_times, decode_s);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,456 @@
+//! Launch wrappers of `cuda/hybrid_ops.cu`, the pieces of the hybrid forward pass that the
+//! other kernels lack:
+//!
+//! - [`GpuStream::gemm_nt`]: batched, strided `out[b, m, n] = sum_k A[b, m, k] B[b, n, k]`
+//!   with f32 accumulation ([`GemmNt`] holds the shape and strides). At batch 1 with
+//!   contiguous rows it is the `bf16` linear of the placement rules ([`GemmNt::linear`]); at
+//!   batch = heads it is MLA's per-head absorption (`W_uk^T q_nope`, `W_uv o_lat`) straight
+//!   on the strided query and output rows. Instantiated for (A, B, out) = (bf16, bf16, bf16),
+//!   (bf16, bf16, f32) and (f32, f32, f32); another combination is a
+//!   [`super::CudaError::MissingKernel`]. [`GemmNt::reference`] is its scalar reference.
+//! - [`GpuStream::rmsnorm_w32`]: RMSNorm with f32 weights, bf16 out (plus an f32 copy).
+//! - [`GpuStream::mla_cache_write`]: new rows of the bf16 latent cache (normalized latent,
+//!   the rotated rope key as given).
+//! - [`GpuStream::copy_cols_bf16`], [`GpuStream::add_f32`], [`GpuStream::cast`].
+
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use half::bf16;
+
+use super::dtype::GpuFloat;
+use super::error::{launch_err, shape, CudaResult};
+use super::modules::HYBRID_OPS;
+use super::runtime::{DeviceBuf, GpuStream};
+
+/// Tile of the GEMM kernel (rows and columns per block) and its block size.
+const GEMM_TILE: usize = 64;
+const GEMM_THREADS: u32 = 256;
+const GRID_YZ_MAX: usize = 65_535;
+const ROW_THREADS: u32 = 256;
+const ELEM_THREADS: u32 = 256;
+const ELEM_MAX_BLOCKS: usize = 65_535;
+
+/// Where a strided matrix starts in its buffer and how far apart its batches and rows are
+/// (in elements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Strides {
+    pub offset: usize,
+    pub batch: usize,
+    pub row: usize,
+}
+
+/// A batched product `out[b, m, n] = sum_k A[b, m, k] * B[b, n, k]` (B's rows are the
+/// output columns, as a GGUF weight matrix stores them):
+/// `A[b, m, k] = a[a.offset + b * a.batch + m * a.row + k]`,
+/// `B[b, n, k] = w[b * b_batch + n * b_row + k]`,
+/// `out[b, m, n] = o[out.offset + b * out.batch + m * out.row + n]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmNt {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: Strides,
+    pub b_batch: usize,
+    pub b_row: usize,
+    pub out: Strides,
+}
+
+/// The kernel's argument block (`GemmNtArgs` in `cuda/hybrid_ops.cu`, same field order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct GemmNtArgs {
+    a_off: i64,
+    a_batch: i64,
+    a_row: i64,
+    b_batch: i64,
+    b_row: i64,
+    o_off: i64,
+    o_batch: i64,
+    o_row: i64,
+    m: i32,
+    n: i32,
+    k: i32,
+}
+
+// SAFETY: a plain #[repr(C)] struct of integers with the field order, types and alignment of
+// the C struct GemmNtArgs, passed by value.
+unsafe impl DeviceRepr for GemmNtArgs {}
+
+impl GemmNt {
+    /// `out[m, n] = sum_k x[m, k] W[n, k]` over contiguous row-major `x` `[m, k]`, `W`
+    /// `[n, k]` and `out` `[m, n]`.
+    pub fn linear(m: usize, n: usize, k: usize) -> GemmNt {
+        GemmNt {
+            batch: 1,
+            m,
+            n,
+            k,
+            a: Strides {
+                offset: 0,
+                batch: 0,
+                row: k,
+            },
+            b_batch: 0,
+            b_row: k,
+            out: Strides {
+                offset: 0,
+                batch: 0,
+                row: n,
+            },
+        }
+    }
+
+    /// Elements a buffer needs to hold every A, B and output element this product touches
+    /// (0 when the product is empty).
+    pub fn lens(&self) -> (usize, usize, usize) {
+        if self.batch == 0 || self.m == 0 || self.n == 0 {
+            return (0, 0, 0);
+        }
+        let (b, m, n) = (self.batch - 1, self.m - 1, self.n - 1);
+        let a = if self.k == 0 {
+            0
+        } else {
+            self.a.offset + b * self.a.batch + m * self.a.row + self.k
+        };
+        let w = if self.k == 0 {
+            0
+        } else {
+            b * self.b_batch + n * self.b_row + self.k
+        };
+        let o = self.out.offset + b * self.out.batch + m * self.out.row + n + 1;
+        (a, w, o)
+    }
+
+    /// The scalar reference: every output element as an f64 sum in k order, rounded once
+    /// to f32. `a`, `w`, `out` are the whole buffers (f32 copies of the GPU's); elements of
+    /// `out` the product does not cover are left alone.
+    pub fn reference(&self, a: &[f32], w: &[f32], out: &mut [f32]) -> CudaResult<()> {
+        self.check("gemm_nt reference", a.len(), w.len(), out.len())?;
+        for b in 0..self.batch {
+            for m in 0..self.m {
+                let ar = self.a.offset + b * self.a.batch + m * self.a.row;
+                for n in 0..self.n {
+                    let br = b * self.b_batch + n * self.b_row;
+                    let mut acc = 0.0f64;
+                    for k in 0..self.k {
+                        acc += f64::from(a[ar + k]) * f64::from(w[br + k]);
+                    }
+                    out[self.out.offset + b * self.out.batch + m * self.out.row + n] = acc as f32;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, op: &'static str, a: usize, w: usize, out: usize) -> CudaResult<()> {
+        let (na, nw, no) = self.lens();
+        if a < na || w < nw || out < no {
+            return Err(shape(
+                op,
+                format!(
+                    "{self:?} reads up to {na} A and {nw} B elements and writes {no}; the buffers hold {a}, {w} and {out}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn args(&self, op: &'static str) -> CudaResult<GemmNtArgs> {
+        let int = |what: &str, v: usize| {
+            i32::try_from(v).map_err(|_| shape(op, format!("{what} = {v} does not fit in an i32")))
+        };
+        let long = |v: usize| i64::try_from(v).map_err(|_| shape(op, format!("{v} > i64")));
+        // Row offsets are computed in 64 bits inside the kernel from an int row index.
+        Ok(GemmNtArgs {
+            a_off: long(self.a.offset)?,
+            a_batch: long(self.a.batch)?,
+            a_row: long(self.a.row)?,
+            b_batch: long(self.b_batch)?,
+            b_row: long(self.b_row)?,
+            o_off: long(self.out.offset)?,
+            o_batch: long(self.out.batch)?,
+            o_row: long(self.out.row)?,
+            m: int("m", self.m)?,
+            n: int("n", self.n)?,
+            k: int("k", self.k)?,
+        })
+    }
+}
+
+fn elem_config(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(ELEM_THREADS as usize).clamp(1, ELEM_MAX_BLOCKS) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (ELEM_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn row_config(op: &'static str, rows: usize) -> CudaResult<LaunchConfig> {
+    let r = u32::try_from(rows)
+        .ok()
+        .filter(|&r| r <= i32::MAX as u32)
+        .ok_or_else(|| shape(op, format!("{rows} rows exceed the grid")))?;
+    Ok(LaunchConfig {
+        grid_dim: (r, 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+fn to_i32(op: &'static str, what: &str, v: usize) -> CudaResult<i32> {
+    i32::try_from(v).map_err(|_| shape(op, format!("{what} = {v} does not fit in an i32")))
+}
+
+impl GpuStream {
+    /// The batched product `g` (see [`GemmNt`]) of `a` and `w` into `out`: f32 sums, one
+    /// rounding to `O`. Every index the product touches is checked against the buffers.
+    pub fn gemm_nt<A: GpuFloat, B: GpuFloat, O: GpuFloat>(
+        &self,
+        g: &GemmNt,
+        a: &DeviceBuf<A>,
+        w: &DeviceBuf<B>,
+        out: &mut DeviceBuf<O>,
+    ) -> CudaResult<()> {
+        const OP: &str = "gemm_nt";
+        g.check(OP, a.len(), w.len(), out.len())?;
+        if g.batch == 0 || g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        let args = g.args(OP)?;
+        let (gx, gy) = (g.n.div_ceil(GEMM_TILE), g.m.div_ceil(GEMM_TILE));
+        if gy > GRID_YZ_MAX || g.batch > GRID_YZ_MAX {
+            return Err(shape(
+                OP,
+                format!("{g:?}: m or batch too large for one launch"),
+            ));
+        }
+        let kernel = format!("kt_gemm_nt_{}_{}_{}", A::SUFFIX, B::SUFFIX, O::SUFFIX);
+        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let cfg = LaunchConfig {
+            grid_dim: (gx as u32, gy as u32, g.batch as u32),
+            block_dim: (GEMM_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&a.slice).arg(&w.slice).arg(&mut out.slice).arg(&args);
+        // SAFETY: matches kt_gemm_nt_* (a, b, out, GemmNtArgs by value); check() proved every
+        // element the grid reads or writes lies inside the buffers, and the kernel masks rows
+        // and columns past m and n.
+        unsafe { b.launch(cfg) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("{g:?}")))
+    }
+
+    /// `out[r, :] = w * x[r, :n] / sqrt(mean(x[r, :n]^2) + eps)` for `rows` rows that start
+    /// `x_row` elements apart in `x` (`n = w.len()`); `out` is `[rows, n]` bf16 and `out32`,
+    /// when given, receives the same values in f32 (unrounded).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm_w32<X: GpuFloat>(
+        &self,
+        x: &DeviceBuf<X>,
+        x_row: usize,
+        rows: usize,
+        w: &DeviceBuf<f32>,
+        out: &mut DeviceBuf<bf16>,
+        out32: Option<&mut DeviceBuf<f32>>,
+        eps: f32,
+    ) -> CudaResult<()> {
+        const OP: &str = "rmsnorm_w32";
+        let n = w.len();
+        let x_need = if rows == 0 { 0 } else { (rows - 1) * x_row + n };
+        let out32_ok = out32.as_ref().is_none_or(|o| o.len() == rows * n);
+        if n == 0 || x_row < n || x.len() < x_need || out.len() != rows * n || !out32_ok {
+            return Err(shape(
+                OP,
+                format!(
+                    "{rows} rows of {n} (the weight's length, > 0) every {x_row} elements of x ({}); out {} elements, f32 copy {:?}",
+                    x.len(),
+                    out.len(),
+                    out32.as_ref().map(|o| o.len())
+                ),
+            ));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let kernel = format!("kt_rmsnorm_w32_{}", X::SUFFIX);
+        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let (nn, xr) = (to_i32(OP, "n", n)?, x_row as i64);
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.slice).arg(&xr).arg(&w.slice).arg(&mut out.slice);
+        match out32 {
+            Some(o) => b.arg(&mut o.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&nn).arg(&eps);
+        // SAFETY: matches kt_rmsnorm_w32_* (x, x_row, w, out, out32 or null, n, eps); one block
+        // per row reads x[r * x_row .. + n] (inside x, checked) and writes out rows of n.
+        unsafe { b.launch(row_config(OP, rows)?) }
+            .map(drop)
+            .map_err(launch_err(
+                kernel,
+                format!("rows {rows}, n {n}, x_row {x_row}"),
+            ))
+    }
+
+    /// Writes `tokens` new rows of an MLA latent cache (`[rows, rank + rope]`, bf16) from
+    /// the kv projection `kv` (`[tokens, rank + rope]`, its rope part already rotated): row
+    /// `first_row + t` = `rmsnorm(kv[t, :rank]) * w` then `kv[t, rank:]` (`rank = w.len()`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mla_cache_write(
+        &self,
+        kv: &DeviceBuf<bf16>,
+        tokens: usize,
+        w: &DeviceBuf<f32>,
+        cache: &mut DeviceBuf<bf16>,
+        first_row: usize,
+        rope: usize,
+        eps: f32,
+    ) -> CudaResult<()> {
+        const OP: &str = "mla_cache_write";
+        let rank = w.len();
+        let width = rank + rope;
+        if rank == 0
+            || kv.len() != tokens * width
+            || !cache.len().is_multiple_of(width)
+            || first_row + tokens > cache.len() / width
+        {
+            return Err(shape(
+                OP,
+                format!(
+                    "kv has {} elements for {tokens} rows of {rank} + {rope}; cache of {} elements, rows {first_row}..{}",
+                    kv.len(),
+                    cache.len(),
+                    first_row + tokens
+                ),
+            ));
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let kernel = "kt_mla_cache_write".to_string();
+        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let (first, r, p) = (
+            first_row as i64,
+            to_i32(OP, "rank", rank)?,
+            to_i32(OP, "rope", rope)?,
+        );
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&kv.slice).arg(&w.slice).arg(&mut cache.slice);
+        b.arg(&first).arg(&r).arg(&p).arg(&eps);
+        // SAFETY: matches kt_mla_cache_write (kv, w, cache, first_row, rank, rope, eps); one
+        // block per token reads its kv row and writes cache row first_row + t, both inside
+        // their buffers (checked above).
+        unsafe { b.launch(row_config(OP, tokens)?) }
+            .map(drop)
+            .map_err(launch_err(
+                kernel,
+                format!("tokens {tokens}, rank {rank}, rope {rope}"),
+            ))
+    }
+
+    /// `dst[dst_off + r * dst_row + c] = src[src_off + r * src_row + c]` for `rows` rows of
+    /// `cols` elements.
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_cols_bf16(
+        &self,
+        src: &DeviceBuf<bf16>,
+        src_off: usize,
+        src_row: usize,
+        dst: &mut DeviceBuf<bf16>,
+        dst_off: usize,
+        dst_row: usize,
+        rows: usize,
+        cols: usize,
+    ) -> CudaResult<()> {
+        const OP: &str = "copy_cols_bf16";
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let (s_need, d_need) = (
+            src_off + (rows - 1) * src_row + cols,
+            dst_off + (rows - 1) * dst_row + cols,
+        );
+        if src.len() < s_need || dst.len() < d_need {
+            return Err(shape(
+                OP,
+                format!(
+                    "{rows} rows of {cols}: source needs {s_need} of {}, destination {d_need} of {}",
+                    src.len(),
+                    dst.len()
+                ),
+            ));
+        }
+        let kernel = "kt_copy_cols_bf16".to_string();
+        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let longs = [src_off, src_row, dst_off, dst_row, rows].map(|v| v as i64);
+        let c = to_i32(OP, "cols", cols)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&src.slice).arg(&longs[0]).arg(&longs[1]);
+        b.arg(&mut dst.slice).arg(&longs[2]).arg(&longs[3]);
+        b.arg(&longs[4]).arg(&c);
+        // SAFETY: matches kt_copy_cols_bf16 (src, src_off, src_row, dst, dst_off, dst_row,
+        // rows, cols); the last element of each side lies inside its buffer (checked).
+        unsafe { b.launch(elem_config(rows * cols)) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("rows {rows}, cols {cols}")))
+    }
+
+    /// `acc[i] += x[i]` with an f32 accumulator (the residual stream); `x` f32 or bf16.
+    pub fn add_f32<X: GpuFloat>(
+        &self,
+        acc: &mut DeviceBuf<f32>,
+        x: &DeviceBuf<X>,
+    ) -> CudaResult<()> {
+        const OP: &str = "add_f32";
+        if acc.len() != x.len() {
+            return Err(shape(
+                OP,
+                format!("acc has {} elements, x {}", acc.len(), x.len()),
+            ));
+        }
+        let n = acc.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let kernel = format!("kt_add_f32_{}", X::SUFFIX);
+        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let nn = n as i64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut acc.slice).arg(&x.slice).arg(&nn);
+        // SAFETY: matches kt_add_f32_* (acc, x, n); both hold n elements.
+        unsafe { b.launch(elem_config(n)) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("n {n}")))
+    }
+
+    /// `y[i] = x[i]` converted (f32 to bf16 rounds to nearest even).
+    pub fn cast<I: GpuFloat, O: GpuFloat>(
+        &self,
+        x: &DeviceBuf<I>,
+        y: &mut DeviceBuf<O>,
+    ) -> CudaResult<()> {
+        const OP: &str = "cast";
+        if x.len() != y.len() {
+            return Err(shape(
+                OP,
+                format!("x has {} elements, y {}", x.len(), y.len()),
+            ));
+        }
+        let n = x.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let kernel = format!("kt_cast_{}_{}", I::SUFFIX, O::SUFFIX);
+        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let nn = n as i64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.slice).arg(&mut y.slice).arg(&nn);
+        // SAFETY: matches kt_cast_* (x, y, n); both hold n elements.
+        unsafe { b.launch(elem_config(n)) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("n {n}")))
+    }
+}

@@ -1,0 +1,348 @@
+//! The hybrid forward pass's GPU pieces (`kt_kernels::cuda::linear`) against scalar
+//! references: the batched NT GEMM as a plain linear and as MLA's per-head absorption on
+//! strided rows, the f32-weight RMSNorm, the latent cache write, strided copies, the
+//! residual add and casts; odd token counts, NaN-poisoned outputs.
+//! Skips (with a message) on machines without a GPU unless KT_REQUIRE_GPU is set.
+#![cfg(feature = "cuda")]
+
+mod cuda_common;
+
+use cuda_common::{assert_close, gpu_or_skip, nan_buf, random};
+use half::bf16;
+use kt_kernels::cuda::linear::{GemmNt, Strides};
+use kt_kernels::cuda::{GpuFloat, GpuStream};
+use kt_kernels::ops;
+use kt_kernels::util::SplitMix64;
+
+const TOKENS: [usize; 4] = [1, 3, 17, 129];
+const F32_U: f64 = 5.960464477539063e-8;
+
+fn f32s<T: GpuFloat>(v: &[T]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f32()).collect()
+}
+
+/// Runs `g` on the GPU over random A and B (of types A, B) into a NaN-poisoned `out` of
+/// `out_len` elements and checks every element: covered ones against the f64 reference
+/// within one rounding to O plus the f32 accumulation's error (k roundings of partial sums
+/// bounded by sum |a b|), the rest still NaN.
+fn gemm_case<A: GpuFloat, B: GpuFloat, O: GpuFloat>(
+    s: &GpuStream,
+    what: &str,
+    g: &GemmNt,
+    out_len: usize,
+    seed: u64,
+) {
+    let mut rng = SplitMix64::new(seed);
+    let (a_len, b_len, o_need) = g.lens();
+    assert!(out_len >= o_need);
+    let a: Vec<A> = random(&mut rng, a_len, 1.0);
+    let w: Vec<B> = random(&mut rng, b_len, 0.5);
+    let (af, wf) = (f32s(&a), f32s(&w));
+    let mut want = vec![f32::NAN; out_len];
+    g.reference(&af, &wf, &mut want).unwrap();
+    // sum |a b| per element, for the accumulation bound
+    let abs_a: Vec<f32> = af.iter().map(|v| v.abs()).collect();
+    let abs_w: Vec<f32> = wf.iter().map(|v| v.abs()).collect();
+    let mut mag = vec![f32::NAN; out_len];
+    g.reference(&abs_a, &abs_w, &mut mag).unwrap();
+
+    let (ad, wd) = (s.upload(&a).unwrap(), s.upload(&w).unwrap());
+    let mut out = nan_buf::<O>(s, out_len);
+    s.gemm_nt(g, &ad, &wd, &mut out).unwrap();
+    let got = s.download(&out).unwrap();
+    for (i, (&gv, &wv)) in got.iter().zip(&want).enumerate() {
+        if wv.is_nan() {
+            assert!(
+                gv.to_f32().is_nan(),
+                "{what}: element {i} is outside the product but was written ({})",
+                gv.to_f32()
+            );
+        }
+    }
+    let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+    let covered: Vec<usize> = (0..out_len).filter(|&i| !want[i].is_nan()).collect();
+    let got_c: Vec<O> = covered.iter().map(|&i| got[i]).collect();
+    let want_c: Vec<f64> = covered.iter().map(|&i| want64[i]).collect();
+    let k = g.k as f64;
+    assert_close(what, &got_c, &want_c, |j, r| {
+        let m = mag[covered[j]] as f64;
+        O::UNIT_ROUNDOFF * r.abs() + (k + 2.0) * F32_U * m + 0.5 * O::MIN_SUBNORMAL
+    });
+}
+
+#[test]
+fn gemm_linear_matches_reference() {
+    let Some(gpu) = gpu_or_skip("gemm_linear_matches_reference") else {
+        return;
+    };
+    let s = gpu.stream();
+    for (i, &t) in TOKENS.iter().enumerate() {
+        for &(n, k) in &[(200usize, 77usize), (64, 512), (129, 2048)] {
+            let g = GemmNt::linear(t, n, k);
+            let len = t * n;
+            let seed = 100 + i as u64 * 7 + n as u64;
+            gemm_case::<bf16, bf16, bf16>(s, &format!("linear bf16 t{t} n{n} k{k}"), &g, len, seed);
+            gemm_case::<bf16, bf16, f32>(
+                s,
+                &format!("linear bf16->f32 t{t} n{n} k{k}"),
+                &g,
+                len,
+                seed + 1,
+            );
+            gemm_case::<f32, f32, f32>(s, &format!("linear f32 t{t} n{n} k{k}"), &g, len, seed + 2);
+        }
+    }
+}
+
+/// MLA's absorption on the hybrid path's layouts: the query `[T, H, nope + rope]`, each
+/// head's `W_uk^T` `[rank, nope]`, output rows `[T, H, rank + rope]` (the rope columns stay
+/// untouched), then the expansion `o_lat [T, H, rank]` by `W_uv` `[v, rank]` into
+/// `[T, H * v]`.
+#[test]
+fn gemm_absorption_layouts_match_reference() {
+    let Some(gpu) = gpu_or_skip("gemm_absorption_layouts_match_reference") else {
+        return;
+    };
+    let s = gpu.stream();
+    let (heads, nope, rope, rank, v) = (3usize, 40usize, 8usize, 72usize, 24usize);
+    for (i, &t) in TOKENS.iter().enumerate() {
+        let absorb = GemmNt {
+            batch: heads,
+            m: t,
+            n: rank,
+            k: nope,
+            a: Strides {
+                offset: 0,
+                batch: nope + rope,
+                row: heads * (nope + rope),
+            },
+            b_batch: rank * nope,
+            b_row: nope,
+            out: Strides {
+                offset: 0,
+                batch: rank + rope,
+                row: heads * (rank + rope),
+            },
+        };
+        let len = t * heads * (rank + rope);
+        gemm_case::<bf16, bf16, bf16>(s, &format!("absorb t{t}"), &absorb, len, 300 + i as u64);
+        let expand = GemmNt {
+            batch: heads,
+            m: t,
+            n: v,
+            k: rank,
+            a: Strides {
+                offset: 0,
+                batch: rank,
+                row: heads * rank,
+            },
+            b_batch: v * rank,
+            b_row: rank,
+            out: Strides {
+                offset: 0,
+                batch: v,
+                row: heads * v,
+            },
+        };
+        gemm_case::<bf16, bf16, bf16>(
+            s,
+            &format!("expand t{t}"),
+            &expand,
+            t * heads * v,
+            400 + i as u64,
+        );
+    }
+}
+
+#[test]
+fn gemm_refuses_short_buffers() {
+    let Some(gpu) = gpu_or_skip("gemm_refuses_short_buffers") else {
+        return;
+    };
+    let s = gpu.stream();
+    let g = GemmNt::linear(3, 64, 128);
+    let a = s.alloc_zeroed::<bf16>(3 * 128 - 1).unwrap();
+    let w = s.alloc_zeroed::<bf16>(64 * 128).unwrap();
+    let mut o = s.alloc_zeroed::<bf16>(3 * 64).unwrap();
+    let err = s.gemm_nt(&g, &a, &w, &mut o).unwrap_err().to_string();
+    assert!(err.contains("gemm_nt"), "{err}");
+}
+
+#[test]
+fn rmsnorm_w32_matches_reference() {
+    let Some(gpu) = gpu_or_skip("rmsnorm_w32_matches_reference") else {
+        return;
+    };
+    let s = gpu.stream();
+    let (n, x_row, eps) = (300usize, 333usize, 1e-6f32);
+    for (i, &t) in TOKENS.iter().enumerate() {
+        let mut rng = SplitMix64::new(500 + i as u64);
+        let x: Vec<f32> = random(&mut rng, t * x_row, 2.0);
+        let w: Vec<f32> = (0..n).map(|_| 1.0 + 0.3 * rng.normal()).collect();
+        let mut want = vec![0.0f32; t * n];
+        for r in 0..t {
+            ops::rmsnorm(
+                &x[r * x_row..r * x_row + n],
+                &w,
+                eps,
+                &mut want[r * n..(r + 1) * n],
+            )
+            .unwrap();
+        }
+        let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+        let (xd, wd) = (s.upload(&x).unwrap(), s.upload(&w).unwrap());
+        let mut out = nan_buf::<bf16>(s, t * n);
+        let mut out32 = nan_buf::<f32>(s, t * n);
+        s.rmsnorm_w32(&xd, x_row, t, &wd, &mut out, Some(&mut out32), eps)
+            .unwrap();
+        // f32 work: a block sum of n squares and a few roundings (as cuda_small_ops' rmsnorm)
+        let work = 4e-6;
+        assert_close(
+            &format!("rmsnorm_w32 f32 t{t}"),
+            &s.download(&out32).unwrap(),
+            &want64,
+            |_, r| work * r.abs() + 1e-30,
+        );
+        assert_close(
+            &format!("rmsnorm_w32 bf16 t{t}"),
+            &s.download(&out).unwrap(),
+            &want64,
+            |_, r| (bf16::UNIT_ROUNDOFF + work) * r.abs() + 1e-30,
+        );
+        // bf16 input, no f32 copy
+        let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+        let xbf = f32s(&xb);
+        let mut want_b = vec![0.0f32; t * n];
+        for r in 0..t {
+            ops::rmsnorm(
+                &xbf[r * x_row..r * x_row + n],
+                &w,
+                eps,
+                &mut want_b[r * n..(r + 1) * n],
+            )
+            .unwrap();
+        }
+        let want_b64: Vec<f64> = want_b.iter().map(|&v| v as f64).collect();
+        let xbd = s.upload(&xb).unwrap();
+        let mut outb = nan_buf::<bf16>(s, t * n);
+        s.rmsnorm_w32(&xbd, x_row, t, &wd, &mut outb, None, eps)
+            .unwrap();
+        assert_close(
+            &format!("rmsnorm_w32 bf16-in t{t}"),
+            &s.download(&outb).unwrap(),
+            &want_b64,
+            |_, r| (bf16::UNIT_ROUNDOFF + work) * r.abs() + 1e-30,
+        );
+    }
+}
+
+#[test]
+fn mla_cache_write_matches_reference() {
+    let Some(gpu) = gpu_or_skip("mla_cache_write_matches_reference") else {
+        return;
+    };
+    let s = gpu.stream();
+    let (rank, rope, eps, first) = (512usize, 64usize, 1e-6f32, 5usize);
+    let width = rank + rope;
+    for (i, &t) in TOKENS.iter().enumerate() {
+        let mut rng = SplitMix64::new(600 + i as u64);
+        let kv: Vec<bf16> = random(&mut rng, t * width, 1.5);
+        let w: Vec<f32> = (0..rank).map(|_| 1.0 + 0.2 * rng.normal()).collect();
+        let rows = first + t + 2;
+        let kvf = f32s(&kv);
+        let mut want = vec![f64::NAN; rows * width];
+        for r in 0..t {
+            let mut c = vec![0.0f32; rank];
+            ops::rmsnorm(&kvf[r * width..r * width + rank], &w, eps, &mut c).unwrap();
+            let at = (first + r) * width;
+            for (j, &v) in c.iter().enumerate() {
+                want[at + j] = v as f64;
+            }
+            for j in 0..rope {
+                want[at + rank + j] = kvf[r * width + rank + j] as f64;
+            }
+        }
+        let (kvd, wd) = (s.upload(&kv).unwrap(), s.upload(&w).unwrap());
+        let mut cache = nan_buf::<bf16>(s, rows * width);
+        s.mla_cache_write(&kvd, t, &wd, &mut cache, first, rope, eps)
+            .unwrap();
+        let got = s.download(&cache).unwrap();
+        for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+            if w.is_nan() {
+                assert!(g.to_f32().is_nan(), "cache t{t}: row element {j} written");
+            }
+        }
+        let idx: Vec<usize> = (0..want.len()).filter(|&j| !want[j].is_nan()).collect();
+        let g: Vec<bf16> = idx.iter().map(|&j| got[j]).collect();
+        let wv: Vec<f64> = idx.iter().map(|&j| want[j]).collect();
+        assert_close(&format!("mla_cache_write t{t}"), &g, &wv, |_, r| {
+            (bf16::UNIT_ROUNDOFF + 4e-6) * r.abs() + 1e-30
+        });
+    }
+}
+
+#[test]
+fn copies_adds_and_casts_are_exact() {
+    let Some(gpu) = gpu_or_skip("copies_adds_and_casts_are_exact") else {
+        return;
+    };
+    let s = gpu.stream();
+    for (i, &t) in TOKENS.iter().enumerate() {
+        let mut rng = SplitMix64::new(700 + i as u64);
+        // the q_pe columns of [t * 3, 48] rows into [t * 3, 80] rows at column 72
+        let rows = t * 3;
+        let src: Vec<bf16> = random(&mut rng, rows * 48, 1.0);
+        let srcd = s.upload(&src).unwrap();
+        let mut dst = nan_buf::<bf16>(s, rows * 80);
+        s.copy_cols_bf16(&srcd, 40, 48, &mut dst, 72, 80, rows, 8)
+            .unwrap();
+        let got = s.download(&dst).unwrap();
+        for r in 0..rows {
+            for c in 0..80 {
+                let g = got[r * 80 + c];
+                if c >= 72 {
+                    assert_eq!(
+                        g.to_bits(),
+                        src[r * 48 + 40 + c - 72].to_bits(),
+                        "copy r{r} c{c}"
+                    );
+                } else {
+                    assert!(g.to_f32().is_nan(), "copy r{r} c{c} written");
+                }
+            }
+        }
+
+        let n = t * 77;
+        let acc: Vec<f32> = random(&mut rng, n, 3.0);
+        let xb: Vec<bf16> = random(&mut rng, n, 1.0);
+        let mut accd = s.upload(&acc).unwrap();
+        s.add_f32(&mut accd, &s.upload(&xb).unwrap()).unwrap();
+        let got = s.download(&accd).unwrap();
+        for j in 0..n {
+            assert_eq!(got[j], acc[j] + xb[j].to_f32(), "add_f32 bf16 {j}");
+        }
+        let xf: Vec<f32> = random(&mut rng, n, 1.0);
+        s.add_f32(&mut accd, &s.upload(&xf).unwrap()).unwrap();
+        let got2 = s.download(&accd).unwrap();
+        for j in 0..n {
+            assert_eq!(got2[j], got[j] + xf[j], "add_f32 f32 {j}");
+        }
+
+        let mut yb = nan_buf::<bf16>(s, n);
+        s.cast(&s.upload(&xf).unwrap(), &mut yb).unwrap();
+        let yb = s.download(&yb).unwrap();
+        for j in 0..n {
+            assert_eq!(
+                yb[j].to_bits(),
+                bf16::from_f32(xf[j]).to_bits(),
+                "cast f32->bf16 {j}"
+            );
+        }
+        let mut yf = nan_buf::<f32>(s, n);
+        s.cast(&s.upload(&xb).unwrap(), &mut yf).unwrap();
+        let yf = s.download(&yf).unwrap();
+        for j in 0..n {
+            assert_eq!(yf[j], xb[j].to_f32(), "cast bf16->f32 {j}");
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! The hybrid forward call: embeddings gathered on the CPU, every layer on the GPU stream
+//! with the routed experts on the CPU in the middle of each MoE layer, the final norm and
+//! the output head (see the module docs of `hybrid` for the order of work).
+
+use std::time::Instant;
+
+use half::bf16;
+use kt_kernels::cuda::linear::{GemmNt, Strides};
+use kt_kernels::cuda::mla::{MlaBatch, CACHE_ROW, KV_LORA_RANK, ROPE_DIM};
+use kt_kernels::cuda::{DeviceBuf, GpuStream};
+use kt_kernels::ops::RouterConfig;
+
+use super::error::{HybridError, HybridResult};
+use super::layer::{GpuFfn, GpuLayer, GpuMlp, GpuQuery, GpuRouter};
+use super::scratch::Scratch;
+use super::timing::{accumulate, HybridTimes, LayerMarks};
+use super::{HybridCache, HybridModel, Workspaces, BLOCK_SIZE};
+use crate::config::DeepSeekConfig;
+use crate::deepseek::fused_moe::FusedMoe;
+use crate::deepseek::{ForwardTrace, LogitRows, Routing};
+
+impl HybridModel<'_> {
+    /// Runs `tokens` at the positions that follow what `cache` holds, appends them to the
+    /// cache and returns the logits of the rows `rows` asks for (`[rows, vocab]`, f32).
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        cache: &mut HybridCache,
+        rows: LogitRows,
+    ) -> HybridResult<Vec<f32>> {
+        self.forward_timed(tokens, cache, rows, None, None)
+    }
+
+    /// [`Self::forward`], recording each layer's residual stream and each MoE layer's
+    /// routing in `trace` (downloads: for tests) and adding the time split to `times`
+    /// (events on the stream: only when given).
+    pub fn forward_timed(
+        &mut self,
+        tokens: &[u32],
+        cache: &mut HybridCache,
+        rows: LogitRows,
+        mut trace: Option<&mut ForwardTrace>,
+        times: Option<&mut HybridTimes>,
+    ) -> HybridResult<Vec<f32>> {
+        let c = &self.config;
+        let (t_n, hidden) = (tokens.len(), c.hidden_size);
+        if t_n == 0 {
+            return Err(HybridError::Input("no input tokens".into()));
+        }
+        if let Some(i) = tokens.iter().position(|&t| t as usize >= c.vocab_size) {
+            return Err(HybridError::Input(format!(
+                "token {i} is id {}, past the vocabulary of {}",
+                tokens[i], c.vocab_size
+            )));
+        }
+        let start = cache.len;
+        if start + t_n > cache.capacity {
+            return Err(HybridError::Input(format!(
+                "{t_n} tokens after {start} overflow the cache of {} positions",
+                cache.capacity
+            )));
+        }
+        if cache.layers.len() != self.layers.len() {
+            return Err(HybridError::Input(format!(
+                "a cache of {} layers for a model of {}",
+                cache.layers.len(),
+                self.layers.len()
+            )));
+        }
+        let timing = times.is_some();
+        if self.scratch.as_ref().is_none_or(|x| x.tokens != t_n) {
+            self.scratch = None; // free the old set first
+            let sc = Scratch::new(&self.gpu, self.gpu.stream(), c, &self.widths, t_n)?;
+            self.scratch = Some(sc);
+        }
+        let HybridModel {
+            gpu,
+            config: c,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            fused,
+            router,
+            scale,
+            scratch,
+            ws,
+            ..
+        } = self;
+        let s = gpu.stream();
+        let sc = scratch.as_mut().expect("built above");
+
+        let mut x = vec![0.0f32; t_n * hidden];
+        for (&tok, row) in tokens.iter().zip(x.chunks_exact_mut(hidden)) {
+            token_embd.dequantize_row(tok as usize, row)?;
+        }
+        s.copy_from_host(&x, &mut sc.x)?;
+        let positions: Vec<u32> = (start..start + t_n).map(|p| p as u32).collect();
+        s.copy_from_host(&positions, &mut sc.positions)?;
+        let batch = s.mla_batch(c.n_heads, &[t_n], &[start + t_n], &cache.table, BLOCK_SIZE)?;
+        let step = Step {
+            s,
+            c,
+            t_n,
+            start,
+            scale: *scale,
+            router,
+            fused: fused.as_ref(),
+            timing,
+        };
+
+        let mut marks: Vec<LayerMarks> = Vec::with_capacity(layers.len());
+        for (li, layer) in layers.iter().enumerate() {
+            let mut m = LayerMarks {
+                start: LayerMarks::mark(timing, s)?,
+                ..Default::default()
+            };
+            step.attention(layer, sc, cache, li, &batch, ws)?;
+            s.rmsnorm_w32(
+                &sc.x,
+                hidden,
+                t_n,
+                &layer.ffn_norm,
+                &mut sc.xn,
+                Some(&mut sc.xn32),
+                c.rms_norm_eps,
+            )?;
+            match &layer.ffn {
+                GpuFfn::Dense(mlp) => {
+                    let (gu, act) = sc.dense.as_mut().expect("sized for the dense MLP");
+                    step.mlp(mlp, &sc.xn, gu, act, &mut sc.out, ws)?;
+                    s.add_f32(&mut sc.x, &sc.out)?;
+                }
+                GpuFfn::Moe {
+                    router,
+                    bias,
+                    shared,
+                } => {
+                    let want = trace.is_some();
+                    let routing = step.moe(
+                        li,
+                        router,
+                        bias.as_ref(),
+                        shared.as_ref(),
+                        sc,
+                        &mut m,
+                        ws,
+                        want,
+                    )?;
+                    if let (Some(tr), Some(r)) = (trace.as_deref_mut(), routing) {
+                        tr.routing.push((li, r));
+                    }
+                }
+            }
+            m.end = LayerMarks::mark(timing, s)?;
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.layer_outputs.push(s.download(&sc.x)?);
+            }
+            marks.push(m);
+        }
+        cache.len += t_n;
+
+        let first = match rows {
+            LogitRows::All => 0,
+            LogitRows::Last => t_n - 1,
+        };
+        let n_rows = t_n - first;
+        let mut head = LayerMarks {
+            start: LayerMarks::mark(timing, s)?,
+            ..Default::default()
+        };
+        s.rmsnorm_w32(
+            &sc.x,
+            hidden,
+            t_n,
+            output_norm,
+            &mut sc.fin,
+            None,
+            c.rms_norm_eps,
+        )?;
+        let mut logits = s.alloc_zeroed::<f32>(n_rows * c.vocab_size)?;
+        if first == 0 {
+            output.apply_f32(s, &sc.fin, n_rows, &mut logits, &mut ws.gemm)?;
+        } else {
+            let mut last = s.alloc_zeroed::<bf16>(hidden)?;
+            s.copy_cols_bf16(
+                &sc.fin,
+                first * hidden,
+                hidden,
+                &mut last,
+                0,
+                hidden,
+                1,
+                hidden,
+            )?;
+            output.apply_f32(s, &last, 1, &mut logits, &mut ws.gemm)?;
+        }
+        head.end = LayerMarks::mark(timing, s)?;
+        let wait = Instant::now();
+        let out = s.download(&logits)?;
+        head.cpu_wait_s = wait.elapsed().as_secs_f64();
+        if let Some(t) = times {
+            accumulate(t, &marks, &head, t_n)?;
+        }
+        Ok(out)
+    }
+}
+
+/// What every stage of one call shares.
+struct Step<'s> {
+    s: &'s GpuStream,
+    c: &'s DeepSeekConfig,
+    t_n: usize,
+    start: usize,
+    scale: f32,
+    router: &'s RouterConfig,
+    fused: Option<&'s FusedMoe>,
+    timing: bool,
+}
+
+impl Step<'_> {
+    /// `x += W_o attn(rmsnorm(x))`, writing this call's rows of layer `li`'s cache.
+    fn attention(
+        &self,
+        layer: &GpuLayer,
+        sc: &mut Scratch,
+        cache: &mut HybridCache,
+        li: usize,
+        batch: &MlaBatch,
+        ws: &mut Workspaces,
+    ) -> HybridResult<()> {
+        let (s, t_n, c) = (self.s, self.t_n, self.c);
+        let (h_n, nope, v, eps) = (c.n_heads, c.qk_nope_head_dim, c.v_head_dim, c.rms_norm_eps);
+        let qk = nope + ROPE_DIM;
+        let a = &layer.attn;
+        s.rmsnorm_w32(
+            &sc.x,
+            c.hidden_size,
+            t_n,
+            &layer.attn_norm,
+            &mut sc.xn,
+            None,
+            eps,
+        )?;
+        match &a.q {
+            GpuQuery::Direct(w) => w.apply(s, &sc.xn, t_n, &mut sc.q, &mut ws.gemm)?,
+            GpuQuery::LoRA { a: wa, a_norm, b } => {
+                let (qa, qan) = sc.q_a.as_mut().expect("sized for the query LoRA");
+                wa.apply(s, &sc.xn, t_n, qa, &mut ws.gemm)?;
+                s.rmsnorm_w32(qa, a_norm.len(), t_n, a_norm, qan, None, eps)?;
+                b.apply(s, qan, t_n, &mut sc.q, &mut ws.gemm)?;
+            }
+        }
+        s.rope_inplace(&mut sc.q, &sc.positions, &cache.rope, h_n, qk, nope)?;
+        a.kv_a.apply(s, &sc.xn, t_n, &mut sc.kv, &mut ws.gemm)?;
+        s.rope_inplace(
+            &mut sc.kv,
+            &sc.positions,
+            &cache.rope,
+            1,
+            CACHE_ROW,
+            KV_LORA_RANK,
+        )?;
+        let layer_cache = &mut cache.layers[li];
+        s.mla_cache_write(
+            &sc.kv,
+            t_n,
+            &a.kv_a_norm,
+            layer_cache,
+            self.start,
+            ROPE_DIM,
+            eps,
+        )?;
+        // q_lat[t, h] = W_uk(h)^T q_nope[t, h], with q_pe beside it: the MLA query rows
+        let absorb = GemmNt {
+            batch: h_n,
+            m: t_n,
+            n: KV_LORA_RANK,
+            k: nope,
+            a: Strides {
+                offset: 0,
+                batch: qk,
+                row: h_n * qk,
+            },
+            b_batch: KV_LORA_RANK * nope,
+            b_row: nope,
+            out: Strides {
+                offset: 0,
+                batch: CACHE_ROW,
+                row: h_n * CACHE_ROW,
+            },
+        };
+        s.gemm_nt(&absorb, &sc.q, &a.k_b, &mut sc.q_lat)?;
+        let rows = t_n * h_n;
+        s.copy_cols_bf16(
+            &sc.q,
+            nope,
+            qk,
+            &mut sc.q_lat,
+            KV_LORA_RANK,
+            CACHE_ROW,
+            rows,
+            ROPE_DIM,
+        )?;
+        s.mla_attention(
+            batch,
+            &sc.q_lat,
+            layer_cache,
+            self.scale,
+            &mut sc.o_lat,
+            &mut ws.mla,
+        )?;
+        // o[t, h] = W_uv(h) o_lat[t, h], heads concatenated, then W_o
+        let expand = GemmNt {
+            batch: h_n,
+            m: t_n,
+            n: v,
+            k: KV_LORA_RANK,
+            a: Strides {
+                offset: 0,
+                batch: KV_LORA_RANK,
+                row: h_n * KV_LORA_RANK,
+            },
+            b_batch: v * KV_LORA_RANK,
+            b_row: KV_LORA_RANK,
+            out: Strides {
+                offset: 0,
+                batch: v,
+                row: h_n * v,
+            },
+        };
+        s.gemm_nt(&expand, &sc.o_lat, &a.v_b, &mut sc.heads)?;
+        a.output
+            .apply(s, &sc.heads, t_n, &mut sc.out, &mut ws.gemm)?;
+        s.add_f32(&mut sc.x, &sc.out)?;
+        Ok(())
+    }
+
+    /// `out = down(silu(gate x) * up x)` for `x` `[T, hidden]`.
+    fn mlp(
+        &self,
+        mlp: &GpuMlp,
+        x: &DeviceBuf<bf16>,
+        gate_up: &mut DeviceBuf<bf16>,
+        act: &mut DeviceBuf<bf16>,
+        out: &mut DeviceBuf<bf16>,
+        ws: &mut Workspaces,
+    ) -> HybridResult<()> {
+        let (s, t_n) = (self.s, self.t_n);
+        mlp.gate_up.apply(s, x, t_n, gate_up, &mut ws.gemm)?;
+        s.silu_mul(gate_up, act, t_n, mlp.width())?;
+        mlp.down.apply(s, act, t_n, out, &mut ws.gemm)
+    }
+
+    /// `x += routed(xn) + shared(xn)` for MoE layer `li` (`sc.xn` / `sc.xn32` hold the
+    /// normalized hidden state): router and gating on the GPU, the routed experts on the
+    /// CPU while the GPU runs the shared experts. Returns the routing when `want_routing`.
+    #[allow(clippy::too_many_arguments)]
+    fn moe(
+        &self,
+        li: usize,
+        router: &GpuRouter,
+        bias: Option<&DeviceBuf<f32>>,
+        shared: Option<&GpuMlp>,
+        sc: &mut Scratch,
+        m: &mut LayerMarks,
+        ws: &mut Workspaces,
+        want_routing: bool,
+    ) -> HybridResult<Option<Routing>> {
+        let (s, t_n, c) = (self.s, self.t_n, self.c);
+        let fused = self.fused.ok_or_else(|| {
+            HybridError::Input(format!(
+                "layer {li} is MoE but the model has no routed experts"
+            ))
+        })?;
+        let (e_n, hidden) = (self.router.n_experts, c.hidden_size);
+        match router {
+            GpuRouter::F32(w) => s.gemm_nt(
+                &GemmNt::linear(t_n, e_n, hidden),
+                &sc.xn32,
+                w,
+                &mut sc.router,
+            )?,
+            GpuRouter::Bf16(w) => {
+                s.gemm_nt(&GemmNt::linear(t_n, e_n, hidden), &sc.xn, w, &mut sc.router)?
+            }
+        }
+        s.moe_gating(
+            self.router,
+            &sc.router,
+            bias,
+            t_n,
+            &mut sc.ids,
+            &mut sc.weights,
+        )?;
+        m.routed = LayerMarks::mark(self.timing, s)?;
+        s.copy_to_pinned(&sc.xn32, &mut sc.host_x)?;
+        s.copy_to_pinned(&sc.ids, &mut sc.host_ids)?;
+        s.copy_to_pinned(&sc.weights, &mut sc.host_weights)?;
+        // Always recorded: the host waits for it before reading the pinned copies (a
+        // PinnedBuf read waits for its copies only while the context tracks several streams).
+        let copied = s.record_event()?;
+        // queued now, run while the CPU computes the routed experts
+        if let (Some(mlp), Some((gu, act, out))) = (shared, sc.shared.as_mut()) {
+            self.mlp(mlp, &sc.xn, gu, act, out, ws)?;
+        }
+        m.shared_done = LayerMarks::mark(self.timing, s)?;
+
+        let wait = Instant::now();
+        copied.synchronize()?;
+        if self.timing {
+            m.copied_out = Some(copied);
+        }
+        let (hx, hids, hw) = (
+            sc.host_x.as_slice()?,
+            sc.host_ids.as_slice()?,
+            sc.host_weights.as_slice()?,
+        );
+        m.cpu_wait_s = wait.elapsed().as_secs_f64();
+        let cpu = Instant::now();
+        let routed = sc.host_routed.as_mut_slice()?;
+        fused.forward(li, hx, hids, hw, routed)?;
+        m.cpu_experts_s = cpu.elapsed().as_secs_f64();
+        let routing = want_routing.then(|| Routing {
+            logits: Vec::new(),
+            ids: hids.to_vec(),
+            weights: hw.to_vec(),
+        });
+
+        m.back_queued = LayerMarks::mark(self.timing, s)?;
+        s.copy_from_pinned(&sc.host_routed, &mut sc.routed)?;
+        m.back_done = LayerMarks::mark(self.timing, s)?;
+        s.add_f32(&mut sc.x, &sc.routed)?;
+        if let (Some(_), Some((_, _, out))) = (shared, sc.shared.as_ref()) {
+            s.add_f32(&mut sc.x, out)?;
+        }
+        let mut routing = routing;
+        if let Some(r) = routing.as_mut() {
+            r.logits = s.download(&sc.router)?;
+        }
+        Ok(routing)
+    }
+}

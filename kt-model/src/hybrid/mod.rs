@@ -1,0 +1,241 @@
+//! The hybrid executor (feature `cuda`): a DeepSeek V2/V3 forward pass with everything but
+//! the routed experts on one GPU and the routed experts on the CPU, on kt's fused MoE
+//! operator over the memory-mapped GGUF (the KTransformers split).
+//!
+//! [`HybridModel::new`] takes the same GGUF, config and a [`Placement`] (a `*-hybrid.yaml`
+//! rule file placed against the model): every module but the routed experts must be on
+//! `cuda:0`, linears in `int4_g128` (W4A16 GEMM) or `bf16` (f32-accumulating GEMM), the
+//! absorbed `attn_k_b` / `attn_v_b` in bf16, norms in f32, the router in f32 or bf16; the
+//! routed experts on the CPU as stored. Anything else is refused with a message naming the
+//! module. The token embedding is gathered on the CPU from the GGUF rows and uploaded
+//! (`T x hidden` f32 per call: the exact rows the CPU path uses, and no `vocab x hidden`
+//! table on the GPU), whatever format the rule names for it.
+//!
+//! Per layer and call of `T` tokens (`forward.rs`): RMSNorm, queries, rope, the kv
+//! projection written as bf16 rows of the paged latent cache (`kt_kernels::cuda::mla`, one
+//! sequence, contiguous pages of [`BLOCK_SIZE`]), the per-head absorption `W_uk^T q_nope`,
+//! MLA attention in the latent space, `W_uv` and the output projection; then either the
+//! dense MLP, or the router and gating on the GPU, the normalized hidden state, ids and
+//! weights copied to pinned host memory, the shared experts queued on the stream while the
+//! CPU computes the routed experts (so both sides work at once), and the routed sum copied
+//! back and added. The residual stream stays in f32 on the GPU; GEMM inputs and outputs are
+//! bf16 with f32 sums.
+//!
+//! The MLA kernel fixes `kv_lora_rank` 512 and rope 64 (every real V2-Lite / V2 / V3); other
+//! shapes are refused.
+
+mod error;
+mod forward;
+mod layer;
+mod scratch;
+mod timing;
+mod weights;
+
+pub use error::{HybridError, HybridResult};
+pub use timing::{HybridTimes, LayerSplit};
+
+use half::bf16;
+use kt_kernels::cpu::Isa;
+use kt_kernels::cuda::mla::{MlaWorkspace, KV_LORA_RANK, ROPE_DIM};
+use kt_kernels::cuda::small_ops::RopeTables;
+use kt_kernels::cuda::w4a16::GemmWorkspace;
+use kt_kernels::cuda::{DeviceBuf, Gpu};
+use kt_kernels::ops::{RopeYarn, RouterConfig};
+
+use crate::config::DeepSeekConfig;
+use crate::deepseek::fused_moe::{FusedMoe, DEFAULT_MAX_BATCH};
+use crate::deepseek::linear::Linear;
+use crate::deepseek::{rope_of, router_config};
+use crate::gguf::Gguf;
+use crate::placement::Placement;
+use crate::tensors::{Ffn, ModelTensors};
+use layer::{GpuFfn, GpuLayer};
+use scratch::{Scratch, Widths};
+use weights::{Formats, GpuLinear};
+
+/// Tokens per page of the GPU latent cache.
+pub const BLOCK_SIZE: usize = 64;
+
+/// The latent KV cache of one sequence on the GPU: per layer `[pages * BLOCK_SIZE, 576]`
+/// bf16, pages used in order, and the rope tables for its positions.
+pub struct HybridCache {
+    layers: Vec<DeviceBuf<bf16>>,
+    table: Vec<u32>,
+    rope: RopeTables,
+    capacity: usize,
+    len: usize,
+}
+
+impl HybridCache {
+    /// Positions cached so far (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// A DeepSeek model on one GPU plus the CPU's routed experts (see the module docs).
+pub struct HybridModel<'a> {
+    gpu: Gpu,
+    config: DeepSeekConfig,
+    /// The token embedding rows as the GGUF stores them (gathered on the CPU).
+    token_embd: Linear<'a>,
+    layers: Vec<GpuLayer>,
+    output_norm: DeviceBuf<f32>,
+    output: GpuLinear,
+    fused: Option<FusedMoe>,
+    router: RouterConfig,
+    rope: RopeYarn,
+    scale: f32,
+    widths: Widths,
+    scratch: Option<Scratch>,
+    ws: Workspaces,
+}
+
+/// The GEMM's k-split and the attention's key-split scratch, grown on demand.
+#[derive(Default)]
+pub(crate) struct Workspaces {
+    pub gemm: GemmWorkspace,
+    pub mla: MlaWorkspace,
+}
+
+impl<'a> HybridModel<'a> {
+    /// Loads the model of `gguf` with `config` onto GPU `gpu` as `placement` says; the
+    /// routed experts run on the CPU's `isa` kernels over `gguf`'s memory map.
+    pub fn new(
+        gpu: Gpu,
+        gguf: &'a Gguf,
+        config: DeepSeekConfig,
+        placement: &Placement,
+        isa: Isa,
+    ) -> HybridResult<Self> {
+        Self::check(&config, placement)?;
+        let formats = Formats::new(placement)?;
+        let tensors = ModelTensors::from_gguf(gguf, &config)?;
+        let s = gpu.stream();
+        let layers = tensors
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(li, t)| GpuLayer::load(s, &formats, t, &config, li))
+            .collect::<HybridResult<Vec<_>>>()?;
+        let output = GpuLinear::load(
+            s,
+            &[Linear::from_2d(&tensors.output)?],
+            formats.of_tensor(tensors.output.name)?,
+            tensors.output.name,
+        )?;
+        let output_norm = s.upload(&crate::deepseek::linear::dequantize_vector(
+            &tensors.output_norm,
+        )?)?;
+        let token_embd = Linear::from_2d(&tensors.token_embd)?;
+        let widths = Widths {
+            dense: layers.iter().find_map(|l| match &l.ffn {
+                GpuFfn::Dense(m) => Some(m.width()),
+                _ => None,
+            }),
+            shared: layers.iter().find_map(|l| match &l.ffn {
+                GpuFfn::Moe {
+                    shared: Some(m), ..
+                } => Some(m.width()),
+                _ => None,
+            }),
+        };
+        let has_moe = tensors.layers.iter().any(|l| matches!(l.ffn, Ffn::Moe(_)));
+        let fused = if has_moe {
+            FusedMoe::new(
+                gguf,
+                &tensors,
+                isa,
+                config.experts_per_tok,
+                DEFAULT_MAX_BATCH,
+            )?
+        } else {
+            None
+        };
+        let rope = rope_of(&config)?;
+        let scale = rope.softmax_scale(config.qk_nope_head_dim + config.qk_rope_head_dim);
+        s.synchronize()?;
+        Ok(HybridModel {
+            router: router_config(&config),
+            gpu,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            fused,
+            rope,
+            scale,
+            widths,
+            config,
+            scratch: None,
+            ws: Workspaces::default(),
+        })
+    }
+
+    /// Whether this executor can run a model of `config` placed as `placement` (no GPU
+    /// needed): the MLA shape the GPU kernel takes, every module but the routed experts on
+    /// `cuda:0`, the routed experts on the CPU as stored. The error names what does not fit;
+    /// formats of single matrices are checked when [`Self::new`] loads them.
+    pub fn check(config: &DeepSeekConfig, placement: &Placement) -> HybridResult<()> {
+        if config.kv_lora_rank != KV_LORA_RANK || config.qk_rope_head_dim != ROPE_DIM {
+            return Err(HybridError::Unsupported(format!(
+                "kv_lora_rank {} and rope dim {}: the GPU MLA kernel takes {KV_LORA_RANK} and {ROPE_DIM} (DeepSeek V2-Lite, V2 and V3)",
+                config.kv_lora_rank, config.qk_rope_head_dim
+            )));
+        }
+        Formats::new(placement).map(drop)
+    }
+
+    pub fn config(&self) -> &DeepSeekConfig {
+        &self.config
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Sizes the CPU experts' scratch for batches of up to `max_batch` tokens (longer
+    /// batches run their routed experts in pieces). Allocates: call it at setup.
+    pub fn set_max_batch(&mut self, max_batch: usize) -> HybridResult<()> {
+        if max_batch == 0 {
+            return Err(HybridError::Input(
+                "the largest batch must be at least 1 token".into(),
+            ));
+        }
+        if let Some(f) = self.fused.as_ref().filter(|f| f.max_batch() != max_batch) {
+            let resized = f.resized(max_batch)?;
+            self.fused = Some(resized);
+        }
+        Ok(())
+    }
+
+    /// An empty GPU cache for `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> HybridResult<HybridCache> {
+        if capacity == 0 {
+            return Err(HybridError::Input(
+                "a cache needs room for at least 1 position".into(),
+            ));
+        }
+        let s = self.gpu.stream();
+        let pages = capacity.div_ceil(BLOCK_SIZE);
+        let rows = pages * BLOCK_SIZE;
+        let layers = (0..self.config.n_layers)
+            .map(|_| s.alloc_zeroed::<bf16>(rows * (KV_LORA_RANK + ROPE_DIM)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HybridCache {
+            layers,
+            table: (0..pages as u32).collect(),
+            rope: s.upload_rope_tables(&self.rope, rows)?,
+            capacity,
+            len: 0,
+        })
+    }
+}

@@ -1,0 +1,109 @@
+//! The activations of one forward call of `T` tokens on the GPU and the pinned host buffers
+//! the routed experts' inputs and outputs travel through. Every buffer has exactly the
+//! length its kernel checks, so a set is built per batch size and kept while calls keep
+//! that size (every decode step reuses the same one).
+
+use half::bf16;
+use kt_kernels::cuda::mla::{CACHE_ROW, KV_LORA_RANK};
+use kt_kernels::cuda::{DeviceBuf, Gpu, GpuStream, PinnedBuf};
+
+use super::error::HybridResult;
+use crate::config::DeepSeekConfig;
+
+/// Widths the buffers need beyond the config: the MLPs' intermediate sizes present.
+pub(crate) struct Widths {
+    pub dense: Option<usize>,
+    pub shared: Option<usize>,
+}
+
+pub(crate) struct Scratch {
+    pub tokens: usize,
+    /// The residual stream `[T, hidden]`, f32.
+    pub x: DeviceBuf<f32>,
+    /// Normalized hidden state `[T, hidden]`: bf16 for the GEMMs, f32 for the router and
+    /// the CPU experts.
+    pub xn: DeviceBuf<bf16>,
+    pub xn32: DeviceBuf<f32>,
+    /// Query LoRA `[T, q_lora]` before and after its norm.
+    pub q_a: Option<(DeviceBuf<bf16>, DeviceBuf<bf16>)>,
+    /// Queries `[T, heads, nope + rope]`.
+    pub q: DeviceBuf<bf16>,
+    /// The kv projection `[T, rank + rope]`.
+    pub kv: DeviceBuf<bf16>,
+    /// Absorbed query rows `[T * heads, rank + rope]` and the attention's latent output
+    /// `[T * heads, rank]`.
+    pub q_lat: DeviceBuf<bf16>,
+    pub o_lat: DeviceBuf<bf16>,
+    /// Heads' values `[T, heads * v]` and a `[T, hidden]` block output.
+    pub heads: DeviceBuf<bf16>,
+    pub out: DeviceBuf<bf16>,
+    /// Dense MLP: gate/up `[T, 2 d]`, activation `[T, d]`.
+    pub dense: Option<(DeviceBuf<bf16>, DeviceBuf<bf16>)>,
+    /// Shared experts: gate/up, activation, output `[T, hidden]`.
+    pub shared: Option<(DeviceBuf<bf16>, DeviceBuf<bf16>, DeviceBuf<bf16>)>,
+    /// Router logits `[T, n_experts]`, chosen ids and weights `[T, top_k]`.
+    pub router: DeviceBuf<f32>,
+    pub ids: DeviceBuf<u32>,
+    pub weights: DeviceBuf<f32>,
+    /// The routed experts' sum back on the GPU `[T, hidden]`.
+    pub routed: DeviceBuf<f32>,
+    pub host_x: PinnedBuf<f32>,
+    pub host_ids: PinnedBuf<u32>,
+    pub host_weights: PinnedBuf<f32>,
+    pub host_routed: PinnedBuf<f32>,
+    pub positions: DeviceBuf<u32>,
+    /// Final norm `[T, hidden]`.
+    pub fin: DeviceBuf<bf16>,
+}
+
+impl Scratch {
+    pub fn new(
+        gpu: &Gpu,
+        s: &GpuStream,
+        c: &DeepSeekConfig,
+        w: &Widths,
+        t: usize,
+    ) -> HybridResult<Scratch> {
+        let hidden = c.hidden_size;
+        let (heads, qk) = (c.n_heads, c.qk_nope_head_dim + c.qk_rope_head_dim);
+        let (e, k) = (c.n_routed_experts.max(1), c.experts_per_tok.max(1));
+        let bf = |n: usize| s.alloc_zeroed::<bf16>(n);
+        let pair = |d: usize| -> HybridResult<(DeviceBuf<bf16>, DeviceBuf<bf16>)> {
+            Ok((bf(t * 2 * d)?, bf(t * d)?))
+        };
+        Ok(Scratch {
+            tokens: t,
+            x: s.alloc_zeroed(t * hidden)?,
+            xn: bf(t * hidden)?,
+            xn32: s.alloc_zeroed(t * hidden)?,
+            q_a: match c.q_lora_rank {
+                Some(r) => Some((bf(t * r)?, bf(t * r)?)),
+                None => None,
+            },
+            q: bf(t * heads * qk)?,
+            kv: bf(t * CACHE_ROW)?,
+            q_lat: bf(t * heads * CACHE_ROW)?,
+            o_lat: bf(t * heads * KV_LORA_RANK)?,
+            heads: bf(t * heads * c.v_head_dim)?,
+            out: bf(t * hidden)?,
+            dense: w.dense.map(pair).transpose()?,
+            shared: match w.shared {
+                Some(d) => {
+                    let (gu, act) = pair(d)?;
+                    Some((gu, act, bf(t * hidden)?))
+                }
+                None => None,
+            },
+            router: s.alloc_zeroed(t * e)?,
+            ids: s.alloc_zeroed(t * k)?,
+            weights: s.alloc_zeroed(t * k)?,
+            routed: s.alloc_zeroed(t * hidden)?,
+            host_x: gpu.alloc_pinned(t * hidden)?,
+            host_ids: gpu.alloc_pinned(t * k)?,
+            host_weights: gpu.alloc_pinned(t * k)?,
+            host_routed: gpu.alloc_pinned(t * hidden)?,
+            positions: s.alloc_zeroed(t)?,
+            fin: bf(t * hidden)?,
+        })
+    }
+}

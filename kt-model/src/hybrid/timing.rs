@@ -1,0 +1,128 @@
+//! Where a hybrid forward call's time goes, per layer: GPU compute, the routed experts on
+//! the CPU, the transfers between them, and each side's idle time. GPU intervals come from
+//! CUDA events recorded on the stream, host intervals from the host clock.
+//!
+//! Per MoE layer the stream holds: attention, norm and router (GPU), the copy of the
+//! normalized hidden state, ids and weights to pinned memory (transfer), the shared experts
+//! (GPU), then, queued by the host once the CPU experts are done, the copy of their sum back
+//! (transfer) and the residual adds (GPU). The GPU is idle from the end of the shared
+//! experts until that copy starts (zero when the CPU finished first); the host is idle while
+//! it waits for the first copy (it needs the router's choice) and at the end of the call.
+//! GPU time spent waiting on the host's kernel launches inside a stretch counts as compute.
+
+use kt_kernels::cuda::{GpuEvent, GpuStream};
+
+use super::error::HybridResult;
+
+/// Seconds of one layer (or of the head: the final norm, the output head and the logits'
+/// download; the embedding rows' upload before the first layer is not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LayerSplit {
+    pub gpu_s: f64,
+    pub cpu_experts_s: f64,
+    pub transfer_s: f64,
+    pub gpu_idle_s: f64,
+    pub cpu_idle_s: f64,
+}
+
+impl LayerSplit {
+    fn add(&mut self, o: &LayerSplit) {
+        self.gpu_s += o.gpu_s;
+        self.cpu_experts_s += o.cpu_experts_s;
+        self.transfer_s += o.transfer_s;
+        self.gpu_idle_s += o.gpu_idle_s;
+        self.cpu_idle_s += o.cpu_idle_s;
+    }
+}
+
+/// Time of hybrid forward calls, summed over calls.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HybridTimes {
+    pub layers: Vec<LayerSplit>,
+    pub head: LayerSplit,
+    /// Tokens and calls the times cover.
+    pub tokens: usize,
+    pub calls: usize,
+}
+
+impl HybridTimes {
+    pub fn new(n_layers: usize) -> Self {
+        HybridTimes {
+            layers: vec![LayerSplit::default(); n_layers],
+            ..Default::default()
+        }
+    }
+
+    /// Every layer and the head summed.
+    pub fn total(&self) -> LayerSplit {
+        let mut t = self.head;
+        self.layers.iter().for_each(|l| t.add(l));
+        t
+    }
+}
+
+/// The events and host times of one layer in one call, read once the stream is done.
+#[derive(Default)]
+pub(crate) struct LayerMarks {
+    /// Layer start, router done, copies out done, shared experts done, copy back queued,
+    /// copy back done, layer end (a dense layer has only the first and the last).
+    pub start: Option<GpuEvent>,
+    pub routed: Option<GpuEvent>,
+    pub copied_out: Option<GpuEvent>,
+    pub shared_done: Option<GpuEvent>,
+    pub back_queued: Option<GpuEvent>,
+    pub back_done: Option<GpuEvent>,
+    pub end: Option<GpuEvent>,
+    pub cpu_experts_s: f64,
+    pub cpu_wait_s: f64,
+}
+
+fn span(a: &Option<GpuEvent>, b: &Option<GpuEvent>) -> HybridResult<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Ok(f64::from(a.elapsed_ms(b)?) / 1e3),
+        _ => Ok(0.0),
+    }
+}
+
+impl LayerMarks {
+    /// Records an event on `s` when timing is on.
+    pub fn mark(on: bool, s: &GpuStream) -> HybridResult<Option<GpuEvent>> {
+        Ok(if on { Some(s.record_event()?) } else { None })
+    }
+
+    pub fn split(&self) -> HybridResult<LayerSplit> {
+        if self.routed.is_none() {
+            return Ok(LayerSplit {
+                gpu_s: span(&self.start, &self.end)?,
+                cpu_idle_s: self.cpu_wait_s,
+                ..Default::default()
+            });
+        }
+        Ok(LayerSplit {
+            gpu_s: span(&self.start, &self.routed)?
+                + span(&self.copied_out, &self.shared_done)?
+                + span(&self.back_done, &self.end)?,
+            transfer_s: span(&self.routed, &self.copied_out)?
+                + span(&self.back_queued, &self.back_done)?,
+            gpu_idle_s: span(&self.shared_done, &self.back_queued)?,
+            cpu_experts_s: self.cpu_experts_s,
+            cpu_idle_s: self.cpu_wait_s,
+        })
+    }
+}
+
+/// Adds the layers' and the head's splits of one call to `times`.
+pub(crate) fn accumulate(
+    times: &mut HybridTimes,
+    layers: &[LayerMarks],
+    head: &LayerMarks,
+    tokens: usize,
+) -> HybridResult<()> {
+    for (acc, m) in times.layers.iter_mut().zip(layers) {
+        acc.add(&m.split()?);
+    }
+    times.head.add(&head.split()?);
+    times.tokens += tokens;
+    times.calls += 1;
+    Ok(())
+}

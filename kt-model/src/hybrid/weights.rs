@@ -1,0 +1,277 @@
+//! GPU copies of the model's weight matrices in the format the placement names: `int4_g128`
+//! (the W4A16 GEMM, `kt_kernels::cuda::w4a16`) or `bf16` (the batched NT GEMM of
+//! `kt_kernels::cuda::linear`, f32 sums). Both are made from the GGUF rows dequantized to
+//! f32, so any stored type works. Several matrices with the same input can be stacked into
+//! one (gate and up of a SwiGLU MLP: one GEMM whose output rows hold the gate half first,
+//! the layout `silu_mul` takes).
+
+use std::collections::HashMap;
+
+use half::bf16;
+use kt_kernels::cuda::linear::GemmNt;
+use kt_kernels::cuda::w4a16::{GemmWorkspace, Int4Weights, W4A16Weights, GROUP, TILE_N};
+use kt_kernels::cuda::{CudaError, DeviceBuf, GpuStream};
+use kt_kernels::quant::QType;
+
+use super::error::{HybridError, HybridResult};
+use crate::deepseek::linear::Linear;
+use crate::placement::{Device, ModuleKind, ModulePlacement, Placement, WeightFormat};
+
+/// A `[n, k]` weight matrix on the GPU.
+pub(crate) enum GpuLinear {
+    Int4(W4A16Weights<bf16>),
+    Bf16 {
+        w: DeviceBuf<bf16>,
+        n: usize,
+        k: usize,
+    },
+}
+
+impl GpuLinear {
+    /// The rows of `parts` (same `cols`) stacked in order, in `format`; `module` names the
+    /// placement module in errors.
+    pub fn load(
+        s: &GpuStream,
+        parts: &[Linear<'_>],
+        format: WeightFormat,
+        module: &str,
+    ) -> HybridResult<GpuLinear> {
+        let k = parts[0].cols;
+        if parts.iter().any(|p| p.cols != k) {
+            return Err(HybridError::Unsupported(format!(
+                "{module}: stacked matrices of different widths"
+            )));
+        }
+        let n: usize = parts.iter().map(|p| p.rows).sum();
+        let w = dequantize_rows(parts)?;
+        match format {
+            WeightFormat::Int4G128 => {
+                let q = quantize_int4(&w, n, k).map_err(|e| {
+                    HybridError::Unsupported(format!("{module} in int4_g128 ({n} x {k}): {e}"))
+                })?;
+                Ok(GpuLinear::Int4(s.upload_w4a16(&q)?))
+            }
+            WeightFormat::Ggml(QType::BF16) => {
+                let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+                Ok(GpuLinear::Bf16 {
+                    w: s.upload(&wb)?,
+                    n,
+                    k,
+                })
+            }
+            other => Err(HybridError::Unsupported(format!(
+                "{module}: format {other} on the GPU (the hybrid executor runs int4_g128 and bf16)"
+            ))),
+        }
+    }
+
+    pub fn k(&self) -> usize {
+        match self {
+            GpuLinear::Int4(w) => w.k,
+            GpuLinear::Bf16 { k, .. } => *k,
+        }
+    }
+
+    /// `out[m, n] = sum_k x[m, k] W[n, k]`, bf16 in and out, f32 sums.
+    pub fn apply(
+        &self,
+        s: &GpuStream,
+        x: &DeviceBuf<bf16>,
+        m: usize,
+        out: &mut DeviceBuf<bf16>,
+        ws: &mut GemmWorkspace,
+    ) -> HybridResult<()> {
+        match self {
+            GpuLinear::Int4(w) => s.w4a16_gemm(w, x, m, out, ws)?,
+            GpuLinear::Bf16 { w, n, k } => s.gemm_nt(&GemmNt::linear(m, *n, *k), x, w, out)?,
+        }
+        Ok(())
+    }
+
+    /// [`Self::apply`] with f32 output (the logits): the bf16 GEMM stores f32 directly; the
+    /// int4 one rounds to bf16 first (its only output type), then widens.
+    pub fn apply_f32(
+        &self,
+        s: &GpuStream,
+        x: &DeviceBuf<bf16>,
+        m: usize,
+        out: &mut DeviceBuf<f32>,
+        ws: &mut GemmWorkspace,
+    ) -> HybridResult<()> {
+        match self {
+            GpuLinear::Int4(w) => {
+                let mut tmp = s.alloc_zeroed::<bf16>(m * w.n)?;
+                s.w4a16_gemm(w, x, m, &mut tmp, ws)?;
+                s.cast(&tmp, out)?;
+            }
+            GpuLinear::Bf16 { w, n, k } => s.gemm_nt(&GemmNt::linear(m, *n, *k), x, w, out)?,
+        }
+        Ok(())
+    }
+}
+
+/// [`Int4Weights::quantize`] of `w` (`[n, k]`), its output columns split over the machine's
+/// cores in whole tiles of [`TILE_N`] and the pieces joined: the same weights and scales as
+/// one call (columns are quantized independently), in a fraction of the time.
+fn quantize_int4(w: &[f32], n: usize, k: usize) -> Result<Int4Weights<bf16>, CudaError> {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    if !n.is_multiple_of(TILE_N) || threads == 1 || w.len() != n * k {
+        return Int4Weights::quantize(w, n, k).map(|(q, _)| q);
+    }
+    let cols = (n / TILE_N).div_ceil(threads) * TILE_N;
+    let parts: Vec<Int4Weights<bf16>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = w
+            .chunks(cols * k)
+            .map(|piece| scope.spawn(move || Int4Weights::quantize(piece, piece.len() / k, k)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(r) => r.map(|(q, _)| q),
+                Err(p) => std::panic::resume_unwind(p),
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let groups = k / GROUP;
+    let mut q = Vec::with_capacity(n * k);
+    let mut scales = Vec::with_capacity(groups * n);
+    parts.iter().for_each(|p| q.extend_from_slice(&p.q));
+    for g in 0..groups {
+        for p in &parts {
+            scales.extend_from_slice(&p.scales[g * p.n..(g + 1) * p.n]);
+        }
+    }
+    Ok(Int4Weights { n, k, q, scales })
+}
+
+/// Every row of `parts`, dequantized to f32, one after the other; the rows are split over
+/// the machine's cores (a 100k-row output head takes seconds on one).
+pub(crate) fn dequantize_rows(parts: &[Linear<'_>]) -> HybridResult<Vec<f32>> {
+    let k = parts[0].cols;
+    let n: usize = parts.iter().map(|p| p.rows).sum();
+    let mut w = vec![0.0f32; n * k];
+    let mut rows: Vec<(&Linear<'_>, usize, &mut [f32])> = Vec::with_capacity(n);
+    let mut rest = w.as_mut_slice();
+    for p in parts {
+        for r in 0..p.rows {
+            let (row, tail) = rest.split_at_mut(k);
+            rows.push((p, r, row));
+            rest = tail;
+        }
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let per = rows.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = rows
+            .chunks_mut(per)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter_mut()
+                        .try_for_each(|(p, r, row)| p.dequantize_row(*r, row))
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| match h.join() {
+            Ok(r) => r.map_err(HybridError::from),
+            Err(p) => std::panic::resume_unwind(p),
+        })
+    })?;
+    Ok(w)
+}
+
+/// The placement's modules by name, with the checks that this executor can run it: every
+/// module on `cuda:0` except the routed experts, which stay on the CPU in the GGUF's own
+/// format (kt's fused MoE operator reads them from the memory map).
+pub(crate) struct Formats<'p> {
+    by_name: HashMap<&'p str, &'p ModulePlacement>,
+}
+
+impl<'p> Formats<'p> {
+    pub fn new(placement: &'p Placement) -> HybridResult<Self> {
+        for m in placement.modules() {
+            match (m.kind, m.device) {
+                (ModuleKind::RoutedExperts, Device::Cpu) if m.format == WeightFormat::Gguf => {}
+                (ModuleKind::RoutedExperts, d) => {
+                    return Err(HybridError::Unsupported(format!(
+                        "module {} is placed on {d} in {}; the hybrid executor runs routed experts on the CPU as stored (format gguf)",
+                        m.name, m.format
+                    )))
+                }
+                (_, Device::Cuda(0)) => {}
+                (_, d) => {
+                    return Err(HybridError::Unsupported(format!(
+                        "module {} is placed on {d}; the hybrid executor runs everything but the routed experts on cuda:0",
+                        m.name
+                    )))
+                }
+            }
+        }
+        Ok(Formats {
+            by_name: placement
+                .modules()
+                .iter()
+                .map(|m| (m.name.as_str(), m))
+                .collect(),
+        })
+    }
+
+    /// The format of the module holding tensor `tensor` (`blk.3.attn_q.weight` is module
+    /// `blk.3.attn_q`).
+    pub fn of_tensor(&self, tensor: &str) -> HybridResult<WeightFormat> {
+        let module = tensor.strip_suffix(".weight").unwrap_or(tensor);
+        self.of(module)
+    }
+
+    pub fn of(&self, module: &str) -> HybridResult<WeightFormat> {
+        self.by_name.get(module).map(|m| m.format).ok_or_else(|| {
+            HybridError::Unsupported(format!("the placement has no module {module}"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kt_kernels::util::SplitMix64;
+
+    /// The threaded quantizer gives exactly the single call's weights and scales, for
+    /// column counts that split evenly and unevenly over the threads.
+    #[test]
+    fn threaded_int4_quantization_equals_one_call() {
+        let mut rng = SplitMix64::new(3);
+        for (n, k) in [(64usize, 128usize), (320, 256), (1088, 384)] {
+            let w: Vec<f32> = (0..n * k).map(|_| rng.normal() * 0.1 + 1e-3).collect();
+            let (one, _) = Int4Weights::<bf16>::quantize(&w, n, k).unwrap();
+            let threaded = quantize_int4(&w, n, k).unwrap();
+            assert_eq!(threaded, one, "n {n} k {k}");
+        }
+    }
+
+    /// Rows of several matrices, dequantized on several threads, are each matrix's rows in
+    /// order.
+    #[test]
+    fn dequantized_rows_stack_in_order() {
+        let (k, ra, rb) = (32usize, 5usize, 70usize);
+        let a: Vec<f32> = (0..ra * k).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let b: Vec<f32> = (0..rb * k).map(|i| 1.0 - i as f32 * 0.25).collect();
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (ba, bb) = (bytes(&a), bytes(&b));
+        let la = Linear {
+            name: "a",
+            qtype: QType::F32,
+            rows: ra,
+            cols: k,
+            data: &ba,
+        };
+        let lb = Linear {
+            name: "b",
+            qtype: QType::F32,
+            rows: rb,
+            cols: k,
+            data: &bb,
+        };
+        let got = dequantize_rows(&[la, lb]).unwrap();
+        assert_eq!(got, [a, b].concat());
+    }
+}
