@@ -23,6 +23,7 @@ mod attention;
 pub mod cache;
 mod ffn;
 pub mod fused_moe;
+mod ggml_f32;
 pub mod linear;
 pub mod model;
 mod norm;

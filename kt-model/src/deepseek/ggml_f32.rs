@@ -1,0 +1,507 @@
+//! ggml's f32 evaluation order for the steps of the quantized forward pass that are not
+//! weight products: the latent attention's scores (`K q`), softmax and latent sum (`V p`), and
+//! SwiGLU. The fixtures' llama.cpp is ggml's AVX2 + FMA build (docs/parity.md), so these
+//! reproduce that build's code lane by lane, in portable Rust (every operation is an IEEE f32
+//! add, multiply or fused multiply-add, so the results are its bits on any CPU):
+//!
+//! * [`vec_dot_f32`]: `ggml_vec_dot_f32` (GGML_SIMD): four 8-lane FMA accumulators over steps
+//!   of 32, combined pairwise and reduced with `hadd`, the tail added one by one in f32.
+//! * [`sgemm_dot_f32`]: llamafile's tinyBLAS F32 kernel, one output: one 8-lane FMA accumulator
+//!   over steps of 8 (the last one partial), then its `hsum`. ggml's `MUL_MAT` takes it for a
+//!   contiguous f32 right-hand side of at least 2 columns (a prompt's `V p`; not a decode
+//!   step, nor the permuted queries of `K q`).
+//! * [`softmax_row`]: `ggml_compute_forward_soft_max_f32`: `x * scale` (plus the causal mask),
+//!   the max, `ggml_vec_soft_max_f32` (its vectorized `expf` over 8-lane blocks, the block
+//!   sums added in f64, libm `expf` on a tail), then a multiply by `(f32)(1 / sum)`.
+//! * [`swiglu`]: `ggml_vec_swiglu_f32`: `x / (1 + expf(-x)) * g`, the `expf` vectorized on
+//!   8-lane blocks and libm's on a tail.
+//!
+//! ggml's AVX512 build differs (16 lanes, another `expf`): llama.cpp is then not bit-equal
+//! to its own AVX2 fixtures either. On x86 CPUs with FMA the loops below run in a function
+//! compiled for AVX2 + FMA ([`with_fma`]) so the fused operations are single instructions;
+//! elsewhere `f32::mul_add` computes the same fused result in software.
+
+/// ggml's AVX2 vector width in f32 lanes.
+const LANES: usize = 8;
+/// `GGML_F32_STEP` on AVX2: four vectors per loop step.
+const STEP: usize = 4 * LANES;
+
+/// `(a * b) + c` rounded once (`_mm256_fmadd_ps` on one lane).
+#[inline(always)]
+fn fma(a: f32, b: f32, c: f32) -> f32 {
+    a.mul_add(b, c)
+}
+
+/// The `hsum` of llamafile and of `ggml_vec_soft_max_f32`: high half plus low half, then
+/// `(l0 + l2) + (l1 + l3)`.
+#[inline(always)]
+fn hsum_movehl(v: &[f32; LANES]) -> f32 {
+    let t = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+    (t[0] + t[2]) + (t[1] + t[3])
+}
+
+/// `GGML_F32x8_REDUCE`'s last step: high half plus low half, then two `hadd`s,
+/// `(l0 + l1) + (l2 + l3)`.
+#[inline(always)]
+fn hsum_hadd(v: &[f32; LANES]) -> f32 {
+    let t = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+    (t[0] + t[1]) + (t[2] + t[3])
+}
+
+/// `GGML_F32x8_REDUCE` of the four accumulators: `0 += 2`, `1 += 3`, then `0 += 1`, then
+/// [`hsum_hadd`].
+#[inline(always)]
+fn reduce_accumulators(mut acc: [[f32; LANES]; 4]) -> f32 {
+    for l in 0..LANES {
+        acc[0][l] += acc[2][l];
+        acc[1][l] += acc[3][l];
+    }
+    for l in 0..LANES {
+        acc[0][l] += acc[1][l];
+    }
+    hsum_hadd(&acc[0])
+}
+
+/// `ggml_vec_dot_f32` of `x` and `y` (same length) on ggml's AVX2 build: the one-output form
+/// that [`vec_dot_f32_concat`] and [`weighted_rows`] are tested against.
+#[cfg(test)]
+fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    debug_assert_eq!(x.len(), y.len());
+    let n = x.len().min(y.len());
+    let np = n - n % STEP;
+    let mut acc = [[0.0f32; LANES]; 4];
+    steps(&mut acc, &x[..np], &y[..np]);
+    finish(acc, &x[np..n], &y[np..n])
+}
+
+/// [`vec_dot_f32`] of the concatenations `[xa | xb]` and `[ya | yb]` (`xa`, `ya` and `xb`, `yb`
+/// of equal lengths), without copying them together: llama.cpp's MLA score of a query
+/// `[q_lat | q_pe]` against a cache row `[c | k_pe]` that kt keeps in two arrays.
+#[inline(always)]
+pub(crate) fn vec_dot_f32_concat(xa: &[f32], xb: &[f32], ya: &[f32], yb: &[f32]) -> f32 {
+    debug_assert!(xa.len() == ya.len() && xb.len() == yb.len());
+    let (na, n) = (xa.len(), xa.len() + xb.len());
+    if na % STEP == 0 {
+        // the steps of the first part end where the second starts
+        let mut acc = [[0.0f32; LANES]; 4];
+        steps(&mut acc, xa, ya);
+        let nb = xb.len() - xb.len() % STEP;
+        steps(&mut acc, &xb[..nb], &yb[..nb]);
+        return finish(acc, &xb[nb..], &yb[nb..]);
+    }
+    let at = |i: usize| if i < na { (xa[i], ya[i]) } else { (xb[i - na], yb[i - na]) };
+    let np = n - n % STEP;
+    let mut acc = [[0.0f32; LANES]; 4];
+    for i in 0..np {
+        let (x, y) = at(i);
+        let (j, l) = ((i % STEP) / LANES, i % LANES);
+        acc[j][l] = fma(x, y, acc[j][l]);
+    }
+    let mut sum = reduce_accumulators(acc);
+    for i in np..n {
+        let (x, y) = at(i);
+        sum = fma(x, y, sum);
+    }
+    sum
+}
+
+/// The 32-element steps of [`vec_dot_f32`] over `x`, `y` (lengths a multiple of 32).
+#[inline(always)]
+fn steps(acc: &mut [[f32; LANES]; 4], x: &[f32], y: &[f32]) {
+    for (xs, ys) in x.chunks_exact(STEP).zip(y.chunks_exact(STEP)) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, s) in a.iter_mut().enumerate() {
+                let i = j * LANES + l;
+                *s = fma(xs[i], ys[i], *s);
+            }
+        }
+    }
+}
+
+/// The end of [`vec_dot_f32`]: reduce the accumulators, then add the tail one by one.
+#[inline(always)]
+fn finish(acc: [[f32; LANES]; 4], x_tail: &[f32], y_tail: &[f32]) -> f32 {
+    let mut sum = reduce_accumulators(acc);
+    for (&a, &b) in x_tail.iter().zip(y_tail) {
+        // GCC contracts `sumf += x[i]*y[i]` into an FMA (-ffp-contract=fast with -mfma)
+        sum = fma(a, b, sum);
+    }
+    sum
+}
+
+/// One output of llamafile's tinyBLAS F32 kernel on AVX2, `sum x_i y_i` over `x.len()`: the
+/// one-output form that [`weighted_rows`] is tested against.
+#[cfg(test)]
+fn sgemm_dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    debug_assert_eq!(x.len(), y.len());
+    let mut acc = [0.0f32; LANES];
+    let mut xs = x.chunks_exact(LANES);
+    let mut ys = y.chunks_exact(LANES);
+    for (xc, yc) in (&mut xs).zip(&mut ys) {
+        for l in 0..LANES {
+            acc[l] = fma(xc[l], yc[l], acc[l]);
+        }
+    }
+    // the partial last step loads zeros past the end: fma(0, 0, s) = s on those lanes
+    for (l, (&a, &b)) in xs.remainder().iter().zip(ys.remainder()).enumerate() {
+        acc[l] = fma(a, b, acc[l]);
+    }
+    hsum_movehl(&acc)
+}
+
+/// One lane of ggml's AVX2 `ggml_v_expf` (from ARM's optimized routines: `2^n * e^b` with
+/// `n = round(x / ln 2)`, a degree-5 polynomial, and scaling that avoids overflow in the
+/// intermediate for `|n| > 126`). Its lanes are independent, so a lane is the function.
+#[inline(always)]
+pub(crate) fn v_expf(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = fma(x, f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0
+    let n = z - r;
+    let b = fma(
+        -n,
+        f32::from_bits(0x35bf_be8e), // 0x1.7f7d1cp-20
+        fma(-n, f32::from_bits(0x3f31_7200), x), // 0x1.62e4p-1
+    );
+    let e = z.to_bits() << 23;
+    let k = f32::from_bits(e.wrapping_add(1.0f32.to_bits()));
+    let big = n.abs() > 126.0;
+    let u = b * b;
+    let j = fma(
+        fma(
+            fma(f32::from_bits(0x3c07_2010), b, f32::from_bits(0x3d2b_9f17)), // 0x1.0e4020p-7, 0x1.573e2ep-5
+            u,
+            fma(f32::from_bits(0x3e2a_af33), b, f32::from_bits(0x3eff_fedb)), // 0x1.555e66p-3, 0x1.fffdb6p-2
+        ),
+        u,
+        f32::from_bits(0x3f7f_fff6) * b, // 0x1.ffffecp-1
+    );
+    if !big {
+        return fma(j, k, k);
+    }
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(g.wrapping_add(0x7f00_0000));
+    let s2 = f32::from_bits(e.wrapping_sub(g));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else {
+        fma(s2, j, s2) * s1
+    }
+}
+
+/// `ggml_compute_forward_soft_max_f32` on the unmasked start of one row of attention scores:
+/// `p_i = e_i * (f32)(1 / sum e)` with `e_i = expf(s_i * scale - max)`, in place. llama.cpp
+/// pads the row (the KV length `n_kv`) to a multiple of 256 (`llama_kv_cache::get_n_kv`), so
+/// every entry takes the vectorized `expf` and the masked rest (`-inf`, so `e = 0`) only fills
+/// the last 8-lane block with zeros.
+#[inline(always)]
+pub(crate) fn softmax_row(row: &mut [f32], scale: f32) {
+    for s in row.iter_mut() {
+        *s *= scale;
+    }
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let mut sum = 0.0f64;
+    for block in row.chunks_mut(LANES) {
+        let mut lanes = [0.0f32; LANES];
+        for (s, lane) in block.iter_mut().zip(&mut lanes) {
+            *s = v_expf(*s - max);
+            *lane = *s;
+        }
+        sum += f64::from(hsum_movehl(&lanes));
+    }
+    let inv = (1.0 / sum) as f32;
+    for s in row.iter_mut() {
+        *s *= inv;
+    }
+}
+
+/// How ggml's `MUL_MAT` sums `V^T p` (the attention's latent sum, `V^T` `[rank, n_kv]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LatentSum {
+    /// One query (a decode step): [`vec_dot_f32`] per output over the `n_kv` row, a multiple of
+    /// 32 (256 in llama.cpp), so every term goes to the four accumulators.
+    VecDot,
+    /// Two or more queries: llamafile's kernel, [`sgemm_dot_f32`] per output.
+    Sgemm,
+}
+
+impl LatentSum {
+    fn accumulators(self) -> usize {
+        match self {
+            LatentSum::VecDot => 4,
+            LatentSum::Sgemm => 1,
+        }
+    }
+
+    /// Scratch floats [`weighted_rows`] needs for rows of `width`.
+    pub(crate) fn scratch_len(self, width: usize) -> usize {
+        self.accumulators() * LANES * width
+    }
+}
+
+/// `out[r] = sum_s rows[s][r] * p[s]` for `rows` `[p.len(), out.len()]` (the cached latents
+/// and their softmax weights), each output summed in `order` as if over a row padded with
+/// zeros. The lanes of every output are kept side by side in `acc` (at least
+/// [`LatentSum::scratch_len`]) so that the rows are read in order.
+#[inline(always)]
+pub(crate) fn weighted_rows(order: LatentSum, rows: &[f32], p: &[f32], acc: &mut [f32], out: &mut [f32]) {
+    let width = out.len();
+    let acc = &mut acc[..order.scratch_len(width)];
+    acc.fill(0.0);
+    for (s, (&w, row)) in p.iter().zip(rows.chunks_exact(width)).enumerate() {
+        // term s goes to lane s % 8 of accumulator (s % 32) / 8 (VecDot) or of the only one
+        let slot = match order {
+            LatentSum::VecDot => s % STEP,
+            LatentSum::Sgemm => s % LANES,
+        };
+        for (a, &v) in acc[slot * width..(slot + 1) * width].iter_mut().zip(row) {
+            *a = fma(v, w, *a);
+        }
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        let lane = |slot: usize| acc[slot * width + r];
+        *o = match order {
+            LatentSum::VecDot => {
+                let mut a = [[0.0f32; LANES]; 4];
+                for (j, aj) in a.iter_mut().enumerate() {
+                    for (l, v) in aj.iter_mut().enumerate() {
+                        *v = lane(j * LANES + l);
+                    }
+                }
+                reduce_accumulators(a)
+            }
+            LatentSum::Sgemm => hsum_movehl(&std::array::from_fn(lane)),
+        };
+    }
+}
+
+/// `ggml_vec_swiglu_f32`: `gate[i] = silu(gate[i]) * up[i]` on one row (call it per row: the
+/// 8-lane blocks start at each row's first element).
+#[inline(always)]
+pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
+    let vectorized = gate.len() - gate.len() % LANES;
+    let (head, tail) = gate.split_at_mut(vectorized);
+    for (g, &u) in head.iter_mut().zip(up) {
+        *g = *g / (1.0 + v_expf(0.0 - *g)) * u;
+    }
+    for (g, &u) in tail.iter_mut().zip(&up[vectorized..]) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// Runs `f` compiled for AVX2 + FMA when the CPU has them (the fused multiply-adds above become
+/// single instructions and the 8-lane loops vector instructions), else as is. Same results
+/// either way: only the speed differs.
+pub(crate) fn with_fma<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has both features `run_avx2_fma` is compiled for (checked above).
+        return unsafe { run_avx2_fma(f) };
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn run_avx2_fma<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each order against exact f64 arithmetic within the error its roundings allow, and
+    //! hand-made inputs whose result only ggml's grouping gives. That the whole is ggml's bits is
+    //! checked against llama.cpp's own tensors and logits (docs/parity.md,
+    //! `tests/forward_llamacpp_native.rs`).
+
+    use super::*;
+    use kt_kernels::util::SplitMix64;
+
+    const U: f64 = f32::EPSILON as f64 / 2.0;
+    const BIG: f32 = 16_777_216.0; // 2^24: BIG + 1 rounds back to BIG
+
+    fn randn(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.normal() + 0.01).collect()
+    }
+
+    #[test]
+    fn dots_are_within_the_summation_error() {
+        let mut rng = SplitMix64::new(11);
+        for n in (1..80).chain([255, 256, 288, 577]) {
+            let (x, y) = (randn(&mut rng, n), randn(&mut rng, n));
+            let exact: f64 = x.iter().zip(&y).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let mag: f64 = x.iter().zip(&y).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+            // any order of n - 1 additions (fused or not) and one final rounding
+            let limit = (n as f64 + 1.0) * U * mag;
+            for (what, got) in [("vec_dot", vec_dot_f32(&x, &y)), ("sgemm", sgemm_dot_f32(&x, &y))] {
+                assert!(((got as f64) - exact).abs() <= limit, "{what} n={n}: {got} vs {exact}");
+            }
+        }
+    }
+
+    #[test]
+    fn dots_group_as_ggml_does() {
+        let ones = [1.0f32; 64];
+        // sgemm: lanes summed (l0 + l2) + (l1 + l3): BIG and -BIG cancel before the 1 is added
+        let lanes = [BIG, 1.0, -BIG, 0.0, 0.0, 0.0, 0.0, 0.0];
+        assert_eq!(sgemm_dot_f32(&lanes, &ones[..8]), 1.0);
+        // vec_dot below 32 elements: one by one, so the 1 is lost in BIG
+        assert_eq!(vec_dot_f32(&lanes, &ones[..8]), 0.0);
+        // vec_dot on 32: one accumulator's lanes summed (l0 + l1) + (l2 + l3): the 1 is lost
+        let mut x = [0.0f32; 32];
+        x[..3].copy_from_slice(&lanes[..3]);
+        assert_eq!(vec_dot_f32(&x, &ones[..32]), 0.0);
+        // accumulators combined 0 + 2 and 1 + 3 first: BIG (acc 0) and -BIG (acc 2) cancel
+        let mut x = [0.0f32; 32];
+        (x[0], x[8], x[16]) = (BIG, 1.0, -BIG);
+        assert_eq!(vec_dot_f32(&x, &ones[..32]), 1.0);
+        // the sgemm partial last step joins the same lanes: element 8 goes to lane 0 with BIG
+        let mut x = [0.0f32; 11];
+        (x[0], x[1], x[8]) = (BIG, 1.0, -BIG);
+        assert_eq!(sgemm_dot_f32(&x, &ones[..11]), 1.0);
+    }
+
+    #[test]
+    fn concat_dot_is_the_dot_of_the_concatenation() {
+        let mut rng = SplitMix64::new(17);
+        for (na, nb) in [(64, 32), (256, 32), (64, 7), (0, 40), (40, 24), (13, 3), (31, 66)] {
+            let (x, y) = (randn(&mut rng, na + nb), randn(&mut rng, na + nb));
+            let split = vec_dot_f32_concat(&x[..na], &x[na..], &y[..na], &y[na..]);
+            assert_eq!(split.to_bits(), vec_dot_f32(&x, &y).to_bits(), "({na}, {nb})");
+        }
+    }
+
+    /// Distance in f32 ulps of `got` from `exact` (ulp of the exact value's binade).
+    fn ulps(got: f32, exact: f64) -> f64 {
+        let e = exact as f32;
+        let ulp = if e == 0.0 || e.is_subnormal() {
+            f32::from_bits(1) as f64
+        } else {
+            (f32::from_bits(e.abs().to_bits() + 1) - e.abs()) as f64
+        };
+        (got as f64 - exact).abs() / ulp
+    }
+
+    #[test]
+    fn v_expf_is_within_its_documented_error() {
+        // ARM's routine: at most 1.45358 ulp plus the final rounding's 0.5
+        let mut worst = 0.0f64;
+        let mut x = -103.0f32;
+        while x < 88.0 {
+            let err = ulps(v_expf(x), (x as f64).exp());
+            assert!(err <= 1.96, "expf({x}): {} ulps", err);
+            worst = worst.max(err);
+            x += 0.0137;
+        }
+        assert!(worst > 0.5, "a sweep that never rounds differently from exp proves little");
+        assert_eq!(v_expf(0.0), 1.0);
+        assert_eq!(v_expf(f32::NEG_INFINITY), 0.0);
+        assert_eq!(v_expf(-200.0), 0.0);
+        assert_eq!(v_expf(100.0), f32::INFINITY);
+    }
+
+    /// f64 softmax of the f32-rounded scaled scores.
+    fn softmax_exact(x: &[f32], scale: f32) -> Vec<f64> {
+        let s: Vec<f64> = x.iter().map(|&v| (v * scale) as f64).collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = s.iter().map(|v| (v - m).exp()).sum();
+        s.iter().map(|v| (v - m).exp() / sum).collect()
+    }
+
+    #[test]
+    fn softmax_row_is_within_its_rounding_error() {
+        let mut rng = SplitMix64::new(5);
+        for n in [1, 5, 8, 13, 24, 100] {
+            let x: Vec<f32> = randn(&mut rng, n).iter().map(|v| 4.0 * v).collect();
+            let mut row = x.clone();
+            softmax_row(&mut row, 0.37);
+            // expf (< 2 ulps), 1 / sum rounded to f32 (0.5 ulp plus the sum's 2 ulps), the
+            // final product (0.5 ulp): under 6 ulps relative
+            for (i, (&p, e)) in row.iter().zip(softmax_exact(&x, 0.37)).enumerate() {
+                assert!((p as f64 - e).abs() <= 6.0 * 2.0 * U * e, "n={n} p[{i}] = {p} vs {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_row_sums_blocks_as_ggml_does() {
+        // e = [1, t, t, ...] with t near 2^-24: ggml adds a block's lanes in f32, high half to
+        // low half then (l0 + l2) + (l1 + l3), and the block sums in f64
+        let tiny = -(24.0f32 * std::f32::consts::LN_2);
+        let mut row = vec![tiny; 9];
+        row[0] = 0.0;
+        let t = v_expf(tiny);
+        let block0 = ((1.0 + t) + (t + t)) + ((t + t) + (t + t));
+        let sum = f64::from(block0) + f64::from(t);
+        // a plain left-to-right f32 sum loses every t against the 1
+        assert_ne!(block0, (1..8).fold(1.0f32, |a, _| a + t));
+        softmax_row(&mut row, 1.0);
+        assert_eq!(row[0], (1.0 / sum) as f32);
+        assert_eq!(row[8], t * (1.0 / sum) as f32);
+    }
+
+    #[test]
+    fn weighted_rows_sum_as_the_dots_do() {
+        let mut rng = SplitMix64::new(21);
+        let (n, width) = (45, 7);
+        let rows = randn(&mut rng, n * width);
+        let p: Vec<f32> = randn(&mut rng, n).iter().map(|v| v.abs()).collect();
+        let mut acc = vec![f32::NAN; LatentSum::VecDot.scratch_len(width)];
+        for order in [LatentSum::VecDot, LatentSum::Sgemm] {
+            let mut out = vec![f32::NAN; width];
+            weighted_rows(order, &rows, &p, &mut acc, &mut out);
+            for (r, &o) in out.iter().enumerate() {
+                let mut column: Vec<f32> = (0..n).map(|s| rows[s * width + r]).collect();
+                let mut weights = p.clone();
+                let want = match order {
+                    // over a row padded with zeros to a multiple of 32 (llama.cpp's n_kv)
+                    LatentSum::VecDot => {
+                        column.resize(64, 0.0);
+                        weights.resize(64, 0.0);
+                        vec_dot_f32(&column, &weights)
+                    }
+                    LatentSum::Sgemm => sgemm_dot_f32(&column, &weights),
+                };
+                assert_eq!(o.to_bits(), want.to_bits(), "{order:?} [{r}]");
+            }
+        }
+    }
+
+    #[test]
+    fn swiglu_is_within_its_rounding_error() {
+        let mut rng = SplitMix64::new(9);
+        for n in [1, 7, 8, 29, 64] {
+            let g: Vec<f32> = randn(&mut rng, n).iter().map(|v| 3.0 * v).collect();
+            let u = randn(&mut rng, n);
+            let mut out = g.clone();
+            swiglu(&mut out, &u);
+            for i in 0..n {
+                let (gv, uv) = (g[i] as f64, u[i] as f64);
+                let exact = gv / (1.0 + (-gv).exp()) * uv;
+                // expf (< 2 ulps, damped by 1 + e), 1 + e, the division and the product: 4 roundings
+                assert!(
+                    (out[i] as f64 - exact).abs() <= 5.0 * 2.0 * U * exact.abs(),
+                    "n={n} [{i}]: {} vs {exact}",
+                    out[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn with_fma_changes_no_bit() {
+        let mut rng = SplitMix64::new(3);
+        let (x, y) = (randn(&mut rng, 291), randn(&mut rng, 291));
+        let run = || {
+            let mut row = x.clone();
+            softmax_row(&mut row, 0.5);
+            let mut g = x.clone();
+            swiglu(&mut g, &y);
+            (vec_dot_f32(&x, &y), sgemm_dot_f32(&x, &y), row, g)
+        };
+        let (a, b) = (run(), with_fma(run));
+        assert_eq!(a.0.to_bits(), b.0.to_bits());
+        assert_eq!(a.1.to_bits(), b.1.to_bits());
+        assert!(a.2.iter().zip(&b.2).all(|(p, q)| p.to_bits() == q.to_bits()));
+        assert!(a.3.iter().zip(&b.3).all(|(p, q)| p.to_bits() == q.to_bits()));
+    }
+}
