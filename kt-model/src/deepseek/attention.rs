@@ -37,7 +37,7 @@ use super::cache::LayerCache;
 use super::ggml_f32::{self, LatentSum};
 use super::linear::{dequantize_vector, Linear, MatmulMode};
 use super::norm::rms_norm_inplace;
-use crate::config::DeepSeekConfig;
+use crate::config::{DeepSeekConfig, YarnScaling};
 use crate::error::Result;
 use crate::gguf::Tensor;
 use crate::tensors::{Attention, KvUp, QueryProj};
@@ -51,8 +51,14 @@ pub(crate) struct MlaShape {
     pub rank: usize,
     pub v: usize,
     pub eps: f32,
-    /// The softmax scale, YaRN's `mscale_all_dim` correction included.
+    /// The softmax scale, YaRN's `mscale_all_dim` correction included (the reference mode's,
+    /// from f64).
     pub scale: f32,
+    /// The same scale as llama.cpp computes it in f32 (the quantized mode's): one ulp off
+    /// `scale` on both tiny fixtures, which moves most attention probabilities by an ulp.
+    pub ggml_scale: f32,
+    /// The quantized mode's rope, as llama.cpp computes it in f32.
+    pub ggml_rope: ggml_f32::Rope,
 }
 
 impl MlaShape {
@@ -65,12 +71,69 @@ impl MlaShape {
             v: c.v_head_dim,
             eps: c.rms_norm_eps,
             scale: rope.softmax_scale(c.qk_head_dim()),
+            ggml_scale: ggml_kq_scale(c.rope_scaling, c.qk_head_dim()),
+            ggml_rope: ggml_rope(c),
         }
     }
 
     fn qk(&self) -> usize {
         self.nope + self.rope
     }
+}
+
+/// `f = 1 / (1 / factor)` and `m_all = yarn_log_multiplier / 0.1` (1 and 0 without YaRN),
+/// rounded to f32 as llama.cpp's hyper-parameters are: the GGUF stores `0.1 * m_all` as f32
+/// and llama.cpp divides it by `0.1f`.
+fn ggml_yarn_factors(yarn: Option<YarnScaling>) -> (f32, f32) {
+    match yarn {
+        Some(y) => (
+            1.0f32 / (1.0f32 / y.factor),
+            ((0.1 * f64::from(y.mscale_all_dim)) as f32) / 0.1f32,
+        ),
+        None => (1.0, 0.0),
+    }
+}
+
+/// llama.cpp's `yarn_attn_factor` (llama-context), in its f32 steps: with YaRN,
+/// `get_mscale(f, m) / get_mscale(f, m_all)` (1 for DeepSeek2, which takes `m = m_all`) or
+/// `get_mscale(f, 1)` without `m_all`, times `1 / (1 + 0.1 ln f)`; else 1. `f32::ln` is libm's
+/// `logf`, as in llama.cpp.
+fn ggml_attn_factor(yarn: Option<YarnScaling>) -> f32 {
+    let (factor, m_all) = ggml_yarn_factors(yarn);
+    if yarn.is_none() {
+        return 1.0;
+    }
+    let mut attn_factor = 1.0f32;
+    if m_all == 0.0 && factor > 1.0 {
+        attn_factor = 0.1f32 * factor.ln() + 1.0;
+    }
+    attn_factor * (1.0f32 / (1.0f32 + 0.1f32 * factor.ln()))
+}
+
+/// llama.cpp's `kq_scale` for DeepSeek2 (the graph's): `mscale = attn_factor (1 + 0.1 ln f)
+/// (1 + 0.1 m_all ln f)`, `kq_scale = mscale * mscale / sqrt(qk_head_dim)`, in f32.
+fn ggml_kq_scale(yarn: Option<YarnScaling>, qk_head_dim: usize) -> f32 {
+    let (factor, m_all) = ggml_yarn_factors(yarn);
+    let log_f = factor.ln();
+    let attn_factor_org = ggml_attn_factor(yarn) * (1.0f32 + 0.1f32 * log_f);
+    let mscale = attn_factor_org * (1.0f32 + 0.1f32 * m_all * log_f);
+    1.0f32 * mscale * mscale / (qk_head_dim as f32).sqrt()
+}
+
+/// llama.cpp's rope of the config ([`ggml_f32::Rope`]).
+fn ggml_rope(c: &DeepSeekConfig) -> ggml_f32::Rope {
+    let yarn = c.rope_scaling.map(|y| ggml_f32::Yarn {
+        factor: y.factor,
+        n_ctx_orig: y.original_max_position_embeddings,
+        beta_fast: y.beta_fast,
+        beta_slow: y.beta_slow,
+    });
+    ggml_f32::Rope::new(
+        c.qk_rope_head_dim,
+        c.rope_theta,
+        yarn,
+        ggml_attn_factor(c.rope_scaling),
+    )
 }
 
 enum QueryWeights<'a> {
@@ -115,6 +178,8 @@ struct CallScratch {
     qa: Vec<f32>,
     /// `[c | k_pe]` of the new tokens `[T, rank + rope]`.
     kv: Vec<f32>,
+    /// The quantized mode's cos/sin of one position.
+    rope_cache: Vec<f32>,
     /// Head outputs as the heads write them, `[H, T, v]` f32 bits.
     heads: Vec<AtomicU32>,
     /// Head outputs as `W_o` reads them, `[T, H, v]`.
@@ -210,6 +275,7 @@ impl<'a> AttentionWeights<'a> {
             q,
             qa,
             kv,
+            rope_cache,
             heads,
             heads_out,
         } = scratch;
@@ -225,8 +291,17 @@ impl<'a> AttentionWeights<'a> {
                 b.apply(mode, qa, tokens, q)?;
             }
         }
+        let rope_cache = sized(rope_cache, s.ggml_rope.cache_len());
         for (t, row) in q.chunks_exact_mut(h_n * qk).enumerate() {
-            rope.apply_heads(row, qk, s.nope, start + t)?;
+            match mode {
+                MatmulMode::Reference => rope.apply_heads(row, qk, s.nope, start + t)?,
+                MatmulMode::Quantized(_) => {
+                    s.ggml_rope.cache(start + t, rope_cache);
+                    for head in row.chunks_exact_mut(qk) {
+                        ggml_f32::Rope::rotate(rope_cache, &mut head[s.nope..]);
+                    }
+                }
+            }
         }
 
         // 2. the new cache rows
@@ -236,7 +311,13 @@ impl<'a> AttentionWeights<'a> {
         for (t, row) in kv.chunks_exact_mut(kv_w).enumerate() {
             let (c, k_pe) = row.split_at_mut(s.rank);
             rms_norm_inplace(mode, c, &self.kv_a_norm, s.eps)?;
-            rope.apply(k_pe, start + t)?;
+            match mode {
+                MatmulMode::Reference => rope.apply(k_pe, start + t)?,
+                MatmulMode::Quantized(_) => {
+                    s.ggml_rope.cache(start + t, rope_cache);
+                    ggml_f32::Rope::rotate(rope_cache, k_pe);
+                }
+            }
             let p = start + t;
             cache.latent[p * s.rank..(p + 1) * s.rank].copy_from_slice(c);
             cache.k_pe[p * s.rope..(p + 1) * s.rope].copy_from_slice(k_pe);
@@ -452,7 +533,7 @@ fn attend_latent_ggml(
         let k_pe = &v.k_pe[p * s.rope..(p + 1) * s.rope];
         *sc = ggml_f32::vec_dot_f32_concat(c, k_pe, q.q_lat, q.q_pe);
     }
-    ggml_f32::softmax_row(b.scores, s.scale);
+    ggml_f32::softmax_row(b.scores, s.ggml_scale);
     let rows = &v.latent[..visible * s.rank];
     ggml_f32::weighted_rows(order, rows, b.scores, b.lanes, o);
 }
@@ -592,6 +673,8 @@ mod tests {
             v,
             eps: 1e-6,
             scale: rope.softmax_scale(qk),
+            ggml_scale: rope.softmax_scale(qk),
+            ggml_rope: ggml_f32::Rope::new(rope_d, 10000.0, None, 1.0),
         };
         let capacity = 11;
         let mut cache = LayerCache {

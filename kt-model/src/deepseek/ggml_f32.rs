@@ -1,9 +1,10 @@
 //! ggml's f32 evaluation order for the steps of the quantized forward pass that are not
-//! weight products: the latent attention's scores (`K q`), softmax and latent sum (`V p`), and
-//! SwiGLU. The fixtures' llama.cpp is ggml's AVX2 + FMA build (docs/parity.md), so these
+//! quantized weight products: the latent attention's scores (`K q`), softmax and latent sum (`V p`), and
+//! SwiGLU, the rope, and products with f32 weights. The fixtures' llama.cpp is ggml's AVX2 + FMA build (docs/parity.md), so these
 //! reproduce that build's code lane by lane, in portable Rust (every operation is an IEEE f32
 //! add, multiply or fused multiply-add, so the results are its bits on any CPU):
 //!
+//! * [`matmul_f32`]: `MUL_MAT` of f32 weights (the router), by one of the two dots below.
 //! * [`vec_dot_f32`]: `ggml_vec_dot_f32` (GGML_SIMD): four 8-lane FMA accumulators over steps
 //!   of 32, combined pairwise and reduced with `hadd`, the tail added one by one in f32.
 //! * [`sgemm_dot_f32`]: llamafile's tinyBLAS F32 kernel, one output: one 8-lane FMA accumulator
@@ -13,6 +14,7 @@
 //! * [`softmax_row`]: `ggml_compute_forward_soft_max_f32`: `x * scale` (plus the causal mask),
 //!   the max, `ggml_vec_soft_max_f32` (its vectorized `expf` over 8-lane blocks, the block
 //!   sums added in f64, libm `expf` on a tail), then a multiply by `(f32)(1 / sum)`.
+//! * [`Rope`]: `ggml_compute_forward_rope_flt` with its f32 cos/sin cache.
 //! * [`swiglu`]: `ggml_vec_swiglu_f32`: `x / (1 + expf(-x)) * g`, the `expf` vectorized on
 //!   8-lane blocks and libm's on a tail.
 //!
@@ -62,10 +64,9 @@ fn reduce_accumulators(mut acc: [[f32; LANES]; 4]) -> f32 {
     hsum_hadd(&acc[0])
 }
 
-/// `ggml_vec_dot_f32` of `x` and `y` (same length) on ggml's AVX2 build: the one-output form
-/// that [`vec_dot_f32_concat`] and [`weighted_rows`] are tested against.
-#[cfg(test)]
-fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
+/// `ggml_vec_dot_f32` of `x` and `y` (same length) on ggml's AVX2 build.
+#[inline(always)]
+pub(crate) fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
     debug_assert_eq!(x.len(), y.len());
     let n = x.len().min(y.len());
     let np = n - n % STEP;
@@ -129,10 +130,9 @@ fn finish(acc: [[f32; LANES]; 4], x_tail: &[f32], y_tail: &[f32]) -> f32 {
     sum
 }
 
-/// One output of llamafile's tinyBLAS F32 kernel on AVX2, `sum x_i y_i` over `x.len()`: the
-/// one-output form that [`weighted_rows`] is tested against.
-#[cfg(test)]
-fn sgemm_dot_f32(x: &[f32], y: &[f32]) -> f32 {
+/// One output of llamafile's tinyBLAS F32 kernel on AVX2, `sum x_i y_i` over `x.len()`.
+#[inline(always)]
+pub(crate) fn sgemm_dot_f32(x: &[f32], y: &[f32]) -> f32 {
     debug_assert_eq!(x.len(), y.len());
     let mut acc = [0.0f32; LANES];
     let mut xs = x.chunks_exact(LANES);
@@ -285,6 +285,111 @@ pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
     for (g, &u) in tail.iter_mut().zip(&up[vectorized..]) {
         *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// ggml's `MUL_MAT` of an f32 weight matrix `w` `[rows, cols]` and f32 activations `x`
+/// `[tokens, cols]` into `out` `[tokens, rows]` (lengths checked by the caller): llamafile's
+/// kernel when it takes the product (at least 2 activation rows and `rows % 4 == 0` on AVX2),
+/// else `ggml_vec_dot_f32` per output. F32 weights have no activation quantizer, so this is
+/// the whole product (DeepSeek GGUFs keep the router `ffn_gate_inp` in f32).
+pub(crate) fn matmul_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], tokens: usize, out: &mut [f32]) {
+    let sgemm = tokens >= 2 && rows % 4 == 0;
+    for (xt, ot) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)).take(tokens) {
+        for (o, wr) in ot.iter_mut().zip(w.chunks_exact(cols)) {
+            *o = if sgemm { sgemm_dot_f32(wr, xt) } else { vec_dot_f32(wr, xt) };
+        }
+    }
+}
+
+/// ggml's rope for DeepSeek2 (`ggml_compute_forward_rope_flt`, `GGML_ROPE_TYPE_NORMAL`:
+/// adjacent pairs), in its f32 steps: per position a cos/sin cache built as
+/// `ggml_rope_cache_init` does (`theta` from the position, times `theta_scale` per pair;
+/// YaRN's ramp mix and magnitude as `rope_yarn`), then `rotate_pairs`. GCC contracts
+/// `a * b + c * d` there into `fma(a, b, c * d)` (-ffp-contract=fast), so these do too.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rope {
+    n_dims: usize,
+    freq_scale: f32,
+    /// 1 with YaRN, else 0.
+    ext_factor: f32,
+    /// cos/sin magnitude: llama.cpp's `yarn_attn_factor`, with YaRN times `1 + 0.1 ln(1 / freq_scale)`.
+    mscale: f32,
+    corr_dims: [f32; 2],
+    theta_scale: f32,
+}
+
+/// YaRN's parameters as llama.cpp reads them from the GGUF.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Yarn {
+    pub factor: f32,
+    pub n_ctx_orig: usize,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+}
+
+impl Rope {
+    /// Rope over `n_dims` (even) elements with base `freq_base`, YaRN-scaled when given;
+    /// `attn_factor` is llama.cpp's `yarn_attn_factor`.
+    pub(crate) fn new(n_dims: usize, freq_base: f32, yarn: Option<Yarn>, attn_factor: f32) -> Self {
+        // ggml_rope_yarn_corr_dim(s) (ggml.c, built without FMA)
+        let corr_dim = |n_ctx_orig: usize, n_rot: f32| {
+            n_dims as f32 * (n_ctx_orig as f32 / (n_rot * 2.0 * std::f32::consts::PI)).ln()
+                / (2.0 * freq_base.ln())
+        };
+        let (freq_scale, ext_factor, corr_dims) = match yarn {
+            Some(y) => {
+                let start = corr_dim(y.n_ctx_orig, y.beta_fast).floor();
+                let end = corr_dim(y.n_ctx_orig, y.beta_slow).ceil();
+                (1.0f32 / y.factor, 1.0f32, [start.max(0.0), end.min(n_dims as f32 - 1.0)])
+            }
+            None => (1.0, 0.0, [0.0, 0.0]),
+        };
+        let mscale = if ext_factor != 0.0 {
+            attn_factor * fma(0.1, (1.0f32 / freq_scale).ln(), 1.0)
+        } else {
+            attn_factor
+        };
+        Rope {
+            n_dims,
+            freq_scale,
+            ext_factor,
+            mscale,
+            corr_dims,
+            theta_scale: freq_base.powf(-2.0f32 / n_dims as f32),
+        }
+    }
+
+    /// Elements of [`Rope::cache`].
+    pub(crate) fn cache_len(&self) -> usize {
+        self.n_dims
+    }
+
+    /// `cache` (`[n_dims]`: cos, sin per pair) of position `pos`.
+    pub(crate) fn cache(&self, pos: usize, cache: &mut [f32]) {
+        let [low, high] = self.corr_dims;
+        let mut theta = pos as f32;
+        for (i, cs) in cache[..self.n_dims].chunks_exact_mut(2).enumerate() {
+            let interp = self.freq_scale * theta;
+            let mut th = interp;
+            if self.ext_factor != 0.0 {
+                let y = (i as f32 - low) / 0.001f32.max(high - low);
+                let ramp_mix = (1.0 - 1.0f32.min(0.0f32.max(y))) * self.ext_factor;
+                th = fma(interp, 1.0 - ramp_mix, theta * ramp_mix);
+            }
+            cs[0] = th.cos() * self.mscale;
+            cs[1] = th.sin() * self.mscale;
+            theta *= self.theta_scale;
+        }
+    }
+
+    /// Rotates the pairs of `x` (`[n_dims]`) with a position's `cache`.
+    pub(crate) fn rotate(cache: &[f32], x: &mut [f32]) {
+        for (p, cs) in x.chunks_exact_mut(2).zip(cache.chunks_exact(2)) {
+            let (x0, x1, c, s) = (p[0], p[1], cs[0], cs[1]);
+            p[0] = fma(x0, c, -(x1 * s));
+            p[1] = fma(x0, s, x1 * c);
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 use kt_kernels::cpu::{self, Isa};
 use kt_kernels::quant::{self, QType};
 
+use super::ggml_f32;
 use crate::error::{ModelError, Result};
 use crate::gguf::Tensor;
 
@@ -108,8 +109,18 @@ impl<'a> Linear<'a> {
     }
 
     /// `out[t * rows + r] = sum_c W[r, c] * x[t * cols + c]` for `tokens` rows of `x`.
+    /// In the quantized mode f32 weights take ggml's f32 order ([`ggml_f32::matmul_f32`]):
+    /// with no quantizer between, ggml's summation order is the whole of its result.
     pub fn apply(&self, mode: MatmulMode, x: &[f32], tokens: usize, out: &mut [f32]) -> Result<()> {
         let (q, rows, cols, w) = (self.qtype, self.rows, self.cols, self.data);
+        if let (MatmulMode::Quantized(_), QType::F32) = (mode, q) {
+            if let Ok(w) = bytemuck::try_cast_slice::<u8, f32>(w) {
+                self.check_f32_shapes(x, tokens, out)?;
+                ggml_f32::with_fma(|| ggml_f32::matmul_f32(w, rows, cols, x, tokens, out));
+                return Ok(());
+            }
+            // an f32 tensor not aligned to 4 bytes in the file: the kernels read it as bytes
+        }
         match mode {
             MatmulMode::Reference => cpu::matmul_f32_reference(q, w, rows, cols, x, tokens, out),
             MatmulMode::Quantized(isa) => {
@@ -118,6 +129,35 @@ impl<'a> Linear<'a> {
             }
         }
         .map_err(|source| self.kernel_err(source))
+    }
+
+    /// The lengths [`Linear::apply`] needs, checked before its own f32 product.
+    fn check_f32_shapes(&self, x: &[f32], tokens: usize, out: &[f32]) -> Result<()> {
+        let want = |n: usize| tokens.checked_mul(n);
+        if want(self.cols) != Some(x.len()) || want(self.rows) != Some(out.len()) {
+            return Err(ModelError::Forward {
+                reason: format!(
+                    "tensor '{}' ({} x {}): {} activations and {} outputs for {tokens} tokens",
+                    self.name,
+                    self.rows,
+                    self.cols,
+                    x.len(),
+                    out.len()
+                ),
+            });
+        }
+        if self.data.len() != self.rows * self.cols * 4 {
+            return Err(ModelError::Forward {
+                reason: format!(
+                    "tensor '{}': {} bytes for {} x {} f32",
+                    self.name,
+                    self.data.len(),
+                    self.rows,
+                    self.cols
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Row `r` dequantized into `out` (`cols` elements).
