@@ -324,8 +324,14 @@ mod tests {
     /// The sum is a first-order bound in `U`; twice it covers the second-order terms.
     fn agreement_bound(c: &Case) -> Vec<f64> {
         let d = c.d;
-        let (h_n, nope, rope, rank, vd, qk) =
-            (d.n_heads, d.nope_dim, d.rope_dim, d.kv_lora_rank, d.v_dim, d.qk_head_dim());
+        let (h_n, nope, rope, rank, vd, qk) = (
+            d.n_heads,
+            d.nope_dim,
+            d.rope_dim,
+            d.kv_lora_rank,
+            d.v_dim,
+            d.qk_head_dim(),
+        );
         let mut bound = Vec::with_capacity(c.t * h_n * vd);
         for tok in 0..c.t {
             let visible = c.start + tok + 1;
@@ -346,8 +352,10 @@ mod tests {
                 for s in 0..visible {
                     let cs = &c.latent[s * rank..(s + 1) * rank];
                     let kp = &c.k_pe[s * rope..(s + 1) * rope];
-                    let k_nope: Vec<f32> =
-                        w_uk.chunks_exact(rank).map(|w| abs_and_dot(w, cs).1 as f32).collect();
+                    let k_nope: Vec<f32> = w_uk
+                        .chunks_exact(rank)
+                        .map(|w| abs_and_dot(w, cs).1 as f32)
+                        .collect();
                     let (lat_abs, lat) = abs_and_dot(&q_lat, cs);
                     let (nope_abs, _) = abs_and_dot(q_nope, &k_nope);
                     let pe = abs_and_dot(q_pe, kp).1;
@@ -365,7 +373,9 @@ mod tests {
                     .collect();
                 for w in w_uv.chunks_exact(rank) {
                     let v_weighted: f64 = (0..visible)
-                        .map(|s| scores[s] * abs_and_dot(w, &c.latent[s * rank..(s + 1) * rank]).1.abs())
+                        .map(|s| {
+                            scores[s] * abs_and_dot(w, &c.latent[s * rank..(s + 1) * rank]).1.abs()
+                        })
                         .sum();
                     let (o_abs, out) = abs_and_dot(w, &o_lat);
                     let softmax_part = (2.0 * max_shift).exp_m1() * v_weighted;

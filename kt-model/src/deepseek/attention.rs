@@ -411,7 +411,9 @@ impl<'a> AttentionWeights<'a> {
                         scores: sized(&mut hs.scores, visible),
                         lanes: sized(&mut hs.lanes, order.scratch_len(s.rank)),
                     };
-                    ggml_f32::with_fma(|| attend_latent_ggml(s, &query, v, visible, order, buffers, o));
+                    ggml_f32::with_fma(|| {
+                        attend_latent_ggml(s, &query, v, visible, order, buffers, o)
+                    });
                 }
                 MatmulMode::Reference => {
                     let scores = sized(&mut hs.scores64, visible);
@@ -677,32 +679,29 @@ mod tests {
             ggml_rope: ggml_f32::Rope::new(rope_d, 10000.0, None, 1.0),
         };
         let capacity = 11;
-        let mut cache = LayerCache {
-            latent: vec![f32::NAN; capacity * rank],
-            k_pe: vec![f32::NAN; capacity * rope_d],
-        };
         let x = randn(&mut rng, capacity * hidden, 1.0);
-        // the sequence in three batches: 4 tokens, 1, then 6
-        let mut ours = vec![f32::NAN; capacity * hidden];
-        let mut start = 0;
-        for n in [4, 1, 6] {
-            let (xs, os) = (
-                &x[start * hidden..(start + n) * hidden],
-                &mut ours[start * hidden..(start + n) * hidden],
-            );
-            w.forward(
-                &shape,
-                MatmulMode::Reference,
-                &rope,
-                xs,
-                n,
-                start,
-                &mut cache,
-                os,
-            )
-            .unwrap();
-            start += n;
-        }
+        // the sequence in three batches (4 tokens, 1, then 6) in each mode; the quantized mode
+        // of f32 weights has no quantizer, only ggml's f32 order
+        let run = |mode: MatmulMode| {
+            let mut cache = LayerCache {
+                latent: vec![f32::NAN; capacity * rank],
+                k_pe: vec![f32::NAN; capacity * rope_d],
+            };
+            let mut out = vec![f32::NAN; capacity * hidden];
+            let mut start = 0;
+            for n in [4, 1, 6] {
+                let (xs, os) = (
+                    &x[start * hidden..(start + n) * hidden],
+                    &mut out[start * hidden..(start + n) * hidden],
+                );
+                w.forward(&shape, mode, &rope, xs, n, start, &mut cache, os)
+                    .unwrap();
+                start += n;
+            }
+            (cache, out)
+        };
+        let (cache, ours) = run(MatmulMode::Reference);
+        let (_, ggml_order) = run(MatmulMode::Quantized(kt_kernels::cpu::Isa::Scalar));
 
         // naive: project, rope, normalize, expand per head, project out
         let mut q = matvec(&wq, heads * qk, hidden, &x);
@@ -739,13 +738,106 @@ mod tests {
         let expected = matvec(&wo, hidden, heads * v, &heads_out);
 
         assert_eq!(cache.latent, latent, "cached latents");
-        for (i, (&a, &b)) in ours.iter().zip(&expected).enumerate() {
+        for (i, ((&a, &g), &b)) in ours.iter().zip(&ggml_order).zip(&expected).enumerate() {
             // f32 intermediates (q, q_lat, o_lat) rounded in different places: a few ulps
             // of the largest terms, relative to outputs of size ~1
             assert!(
                 (a - b).abs() <= 1e-5 + 1e-5 * b.abs(),
                 "out[{i}]: {a} vs {b}"
             );
+            assert!(
+                (g - b).abs() <= 1e-5 + 1e-5 * b.abs(),
+                "quantized mode out[{i}]: {g} vs {b}"
+            );
+        }
+    }
+
+    /// The YaRN settings of the two fixture runs as `config::from_gguf` reads them: factor and
+    /// `yarn_log_multiplier` (`0.1 * mscale_all_dim`) as the GGUFs store them.
+    fn fixture_yarn(model: &str) -> YarnScaling {
+        let (factor, log_mul) = match model {
+            "tiny_dsv2_q4_k_m" => (40.0f32, 0.070_699_997_f32),
+            _ => (4.0, 0.1),
+        };
+        let mscale_all_dim = (f64::from(log_mul) / 0.1) as f32;
+        YarnScaling {
+            factor,
+            original_max_position_embeddings: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            mscale: mscale_all_dim,
+            mscale_all_dim,
+        }
+    }
+
+    #[test]
+    fn kq_scale_and_softmax_are_llama_cpps() {
+        use crate::deepseek::ggml_f32::llama_cpp;
+        for model in llama_cpp::MODELS {
+            let scale = ggml_kq_scale(Some(fixture_yarn(model)), 96);
+            for call in ["prompt", "decode"] {
+                let (shape, kq) = llama_cpp::tensor(model, &format!("{call}_kq"));
+                let (_, want) = llama_cpp::tensor(model, &format!("{call}_kq_soft_max"));
+                let (tokens, visible) = (shape[1], shape[2]);
+                for (r, (x, w)) in kq
+                    .chunks_exact(visible)
+                    .zip(want.chunks_exact(visible))
+                    .enumerate()
+                {
+                    let seen = if tokens == 1 { visible } else { r % tokens + 1 };
+                    let mut p = x[..seen].to_vec();
+                    ggml_f32::softmax_row(&mut p, scale);
+                    let same = p.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{model} {call} row {r}: scale {scale:e}");
+                }
+            }
+        }
+        // kt's f64-derived scale is one f32 ulp off llama.cpp's on both
+        let rope = RopeYarn::new(
+            32,
+            10000.0,
+            Some(kt_kernels::ops::YarnScaling {
+                factor: 40.0,
+                original_max_pos: 4096,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                mscale: 0.707,
+                mscale_all_dim: 0.707,
+            }),
+        )
+        .unwrap();
+        assert_ne!(
+            rope.softmax_scale(96),
+            ggml_kq_scale(Some(fixture_yarn("tiny_dsv2_q4_k_m")), 96)
+        );
+    }
+
+    #[test]
+    fn rope_is_llama_cpps() {
+        use crate::deepseek::ggml_f32::llama_cpp;
+        for model in llama_cpp::MODELS {
+            let y = fixture_yarn(model);
+            let yarn = ggml_f32::Yarn {
+                factor: y.factor,
+                n_ctx_orig: y.original_max_position_embeddings,
+                beta_fast: y.beta_fast,
+                beta_slow: y.beta_slow,
+            };
+            let rope = ggml_f32::Rope::new(32, 10000.0, Some(yarn), ggml_attn_factor(Some(y)));
+            let mut cache = vec![f32::NAN; rope.cache_len()];
+            for (call, first_pos) in [("prompt", 0), ("decode", 16)] {
+                let (shape, mut q) = llama_cpp::tensor(model, &format!("{call}_q_pe_in"));
+                let (_, want) = llama_cpp::tensor(model, &format!("{call}_q_pe"));
+                let per_token = shape[1] * shape[2];
+                for (t, row) in q.chunks_exact_mut(per_token).enumerate() {
+                    rope.cache(first_pos + t, &mut cache);
+                    for head in row.chunks_exact_mut(shape[2]) {
+                        ggml_f32::Rope::rotate(&cache, head);
+                    }
+                }
+                let same = q.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{model} {call}");
+            }
         }
     }
 }

@@ -90,7 +90,13 @@ pub(crate) fn vec_dot_f32_concat(xa: &[f32], xb: &[f32], ya: &[f32], yb: &[f32])
         steps(&mut acc, &xb[..nb], &yb[..nb]);
         return finish(acc, &xb[nb..], &yb[nb..]);
     }
-    let at = |i: usize| if i < na { (xa[i], ya[i]) } else { (xb[i - na], yb[i - na]) };
+    let at = |i: usize| {
+        if i < na {
+            (xa[i], ya[i])
+        } else {
+            (xb[i - na], yb[i - na])
+        }
+    };
     let np = n - n % STEP;
     let mut acc = [[0.0f32; LANES]; 4];
     for i in 0..np {
@@ -159,7 +165,7 @@ pub(crate) fn v_expf(x: f32) -> f32 {
     let n = z - r;
     let b = fma(
         -n,
-        f32::from_bits(0x35bf_be8e), // 0x1.7f7d1cp-20
+        f32::from_bits(0x35bf_be8e),             // 0x1.7f7d1cp-20
         fma(-n, f32::from_bits(0x3f31_7200), x), // 0x1.62e4p-1
     );
     let e = z.to_bits() << 23;
@@ -243,7 +249,13 @@ impl LatentSum {
 /// zeros. The lanes of every output are kept side by side in `acc` (at least
 /// [`LatentSum::scratch_len`]) so that the rows are read in order.
 #[inline(always)]
-pub(crate) fn weighted_rows(order: LatentSum, rows: &[f32], p: &[f32], acc: &mut [f32], out: &mut [f32]) {
+pub(crate) fn weighted_rows(
+    order: LatentSum,
+    rows: &[f32],
+    p: &[f32],
+    acc: &mut [f32],
+    out: &mut [f32],
+) {
     let width = out.len();
     let acc = &mut acc[..order.scratch_len(width)];
     acc.fill(0.0);
@@ -293,11 +305,26 @@ pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
 /// kernel when it takes the product (at least 2 activation rows and `rows % 4 == 0` on AVX2),
 /// else `ggml_vec_dot_f32` per output. F32 weights have no activation quantizer, so this is
 /// the whole product (DeepSeek GGUFs keep the router `ffn_gate_inp` in f32).
-pub(crate) fn matmul_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], tokens: usize, out: &mut [f32]) {
+pub(crate) fn matmul_f32(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+) {
     let sgemm = tokens >= 2 && rows % 4 == 0;
-    for (xt, ot) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)).take(tokens) {
+    for (xt, ot) in x
+        .chunks_exact(cols)
+        .zip(out.chunks_exact_mut(rows))
+        .take(tokens)
+    {
         for (o, wr) in ot.iter_mut().zip(w.chunks_exact(cols)) {
-            *o = if sgemm { sgemm_dot_f32(wr, xt) } else { vec_dot_f32(wr, xt) };
+            *o = if sgemm {
+                sgemm_dot_f32(wr, xt)
+            } else {
+                vec_dot_f32(wr, xt)
+            };
         }
     }
 }
@@ -341,7 +368,11 @@ impl Rope {
             Some(y) => {
                 let start = corr_dim(y.n_ctx_orig, y.beta_fast).floor();
                 let end = corr_dim(y.n_ctx_orig, y.beta_slow).ceil();
-                (1.0f32 / y.factor, 1.0f32, [start.max(0.0), end.min(n_dims as f32 - 1.0)])
+                (
+                    1.0f32 / y.factor,
+                    1.0f32,
+                    [start.max(0.0), end.min(n_dims as f32 - 1.0)],
+                )
             }
             None => (1.0, 0.0, [0.0, 0.0]),
         };
@@ -434,11 +465,21 @@ mod tests {
         for n in (1..80).chain([255, 256, 288, 577]) {
             let (x, y) = (randn(&mut rng, n), randn(&mut rng, n));
             let exact: f64 = x.iter().zip(&y).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let mag: f64 = x.iter().zip(&y).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+            let mag: f64 = x
+                .iter()
+                .zip(&y)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
             // any order of n - 1 additions (fused or not) and one final rounding
             let limit = (n as f64 + 1.0) * U * mag;
-            for (what, got) in [("vec_dot", vec_dot_f32(&x, &y)), ("sgemm", sgemm_dot_f32(&x, &y))] {
-                assert!(((got as f64) - exact).abs() <= limit, "{what} n={n}: {got} vs {exact}");
+            for (what, got) in [
+                ("vec_dot", vec_dot_f32(&x, &y)),
+                ("sgemm", sgemm_dot_f32(&x, &y)),
+            ] {
+                assert!(
+                    ((got as f64) - exact).abs() <= limit,
+                    "{what} n={n}: {got} vs {exact}"
+                );
             }
         }
     }
@@ -468,10 +509,22 @@ mod tests {
     #[test]
     fn concat_dot_is_the_dot_of_the_concatenation() {
         let mut rng = SplitMix64::new(17);
-        for (na, nb) in [(64, 32), (256, 32), (64, 7), (0, 40), (40, 24), (13, 3), (31, 66)] {
+        for (na, nb) in [
+            (64, 32),
+            (256, 32),
+            (64, 7),
+            (0, 40),
+            (40, 24),
+            (13, 3),
+            (31, 66),
+        ] {
             let (x, y) = (randn(&mut rng, na + nb), randn(&mut rng, na + nb));
             let split = vec_dot_f32_concat(&x[..na], &x[na..], &y[..na], &y[na..]);
-            assert_eq!(split.to_bits(), vec_dot_f32(&x, &y).to_bits(), "({na}, {nb})");
+            assert_eq!(
+                split.to_bits(),
+                vec_dot_f32(&x, &y).to_bits(),
+                "({na}, {nb})"
+            );
         }
     }
 
@@ -497,7 +550,10 @@ mod tests {
             worst = worst.max(err);
             x += 0.0137;
         }
-        assert!(worst > 0.5, "a sweep that never rounds differently from exp proves little");
+        assert!(
+            worst > 0.5,
+            "a sweep that never rounds differently from exp proves little"
+        );
         assert_eq!(v_expf(0.0), 1.0);
         assert_eq!(v_expf(f32::NEG_INFINITY), 0.0);
         assert_eq!(v_expf(-200.0), 0.0);
@@ -522,7 +578,10 @@ mod tests {
             // expf (< 2 ulps), 1 / sum rounded to f32 (0.5 ulp plus the sum's 2 ulps), the
             // final product (0.5 ulp): under 6 ulps relative
             for (i, (&p, e)) in row.iter().zip(softmax_exact(&x, 0.37)).enumerate() {
-                assert!((p as f64 - e).abs() <= 6.0 * 2.0 * U * e, "n={n} p[{i}] = {p} vs {e}");
+                assert!(
+                    (p as f64 - e).abs() <= 6.0 * 2.0 * U * e,
+                    "n={n} p[{i}] = {p} vs {e}"
+                );
             }
         }
     }
@@ -606,7 +665,112 @@ mod tests {
         let (a, b) = (run(), with_fma(run));
         assert_eq!(a.0.to_bits(), b.0.to_bits());
         assert_eq!(a.1.to_bits(), b.1.to_bits());
-        assert!(a.2.iter().zip(&b.2).all(|(p, q)| p.to_bits() == q.to_bits()));
-        assert!(a.3.iter().zip(&b.3).all(|(p, q)| p.to_bits() == q.to_bits()));
+        assert!(a
+            .2
+            .iter()
+            .zip(&b.2)
+            .all(|(p, q)| p.to_bits() == q.to_bits()));
+        assert!(a
+            .3
+            .iter()
+            .zip(&b.3)
+            .all(|(p, q)| p.to_bits() == q.to_bits()));
+    }
+
+    #[test]
+    fn llama_cpp_attention_ffn_and_router_bit_for_bit() {
+        // layer 0's scores, latent sums and SwiGLU, layer 1's router, from llama.cpp's own
+        // inputs (kt-model/tests/data/README.md)
+        for model in llama_cpp::MODELS {
+            for call in ["prompt", "decode"] {
+                let at = |name: &str| llama_cpp::tensor(model, &format!("{call}_{name}"));
+                let (shape, qcur) = at("qcur");
+                let (tokens, heads, width) = (shape[0], shape[1], shape[2]);
+                let rank = 256;
+                let (_, keys) = at("keys");
+                let (kq_shape, kq) = at("kq");
+                let visible = kq_shape[2];
+                let (_, soft) = at("kq_soft_max");
+                let (_, kqv) = at("kqv");
+                let order = if tokens == 1 {
+                    LatentSum::VecDot
+                } else {
+                    LatentSum::Sgemm
+                };
+                let mut lanes = vec![f32::NAN; order.scratch_len(rank)];
+                let mut o = vec![f32::NAN; rank];
+                for h in 0..heads {
+                    for t in 0..tokens {
+                        let q = &qcur[(t * heads + h) * width..(t * heads + h + 1) * width];
+                        // prompt token t sees positions 0..=t, the decode token all 17
+                        let seen = if tokens == 1 { visible } else { t + 1 };
+                        let row = (h * tokens + t) * visible;
+                        for s in 0..seen {
+                            let k = &keys[s * width..(s + 1) * width];
+                            let score =
+                                vec_dot_f32_concat(&k[..rank], &k[rank..], &q[..rank], &q[rank..]);
+                            assert_eq!(
+                                score.to_bits(),
+                                kq[row + s].to_bits(),
+                                "{model} {call} kq h{h} t{t} s{s}"
+                            );
+                        }
+                        let latent: Vec<f32> = keys
+                            .chunks_exact(width)
+                            .take(seen)
+                            .flat_map(|k| k[..rank].to_vec())
+                            .collect();
+                        weighted_rows(order, &latent, &soft[row..row + seen], &mut lanes, &mut o);
+                        let want = &kqv[(h * tokens + t) * rank..(h * tokens + t + 1) * rank];
+                        assert!(bits_equal(&o, want), "{model} {call} kqv h{h} t{t}");
+                    }
+                }
+                let (_, mut gate) = at("ffn_gate");
+                let (_, up) = at("ffn_up");
+                let n = gate.len() / tokens;
+                for (g, u) in gate.chunks_exact_mut(n).zip(up.chunks_exact(n)) {
+                    swiglu(g, u);
+                }
+                assert!(
+                    bits_equal(&gate, &at("ffn_swiglu").1),
+                    "{model} {call} swiglu"
+                );
+                let (w_shape, w) = llama_cpp::tensor(model, "router_weights");
+                let (_, x) = at("router_in");
+                let mut logits = vec![f32::NAN; tokens * w_shape[0]];
+                matmul_f32(&w, w_shape[0], w_shape[1], &x, tokens, &mut logits);
+                assert!(
+                    bits_equal(&logits, &at("router_logits").1),
+                    "{model} {call} router"
+                );
+            }
+        }
+    }
+
+    fn bits_equal(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+}
+
+/// llama.cpp's tensors of the fixtures' runs (`kt-model/tests/data`), for the tests here and in
+/// `attention.rs`.
+#[cfg(test)]
+pub(crate) mod llama_cpp {
+    /// The runs: tiny-dsv2 Q4_K_M (YaRN factor 40, `mscale_all_dim` 0.707) and tiny-dsv3 Q5_K_M
+    /// (factor 4, 1).
+    pub(crate) const MODELS: [&str; 2] = ["tiny_dsv2_q4_k_m", "tiny_dsv3_q5_k_m"];
+
+    /// Shape and values of `<name>.npy` of a run.
+    pub(crate) fn tensor(model: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
+        let path = format!(
+            "{}/tests/data/ggml_ops_{model}/{name}.npy",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let a = kt_kernels::util::npy::read_npy(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let shape = a.shape.clone();
+        (
+            shape,
+            a.into_f32().unwrap_or_else(|e| panic!("{path}: {e}")),
+        )
     }
 }
