@@ -756,7 +756,7 @@ mod tests {
     /// `yarn_log_multiplier` (`0.1 * mscale_all_dim`) as the GGUFs store them.
     fn fixture_yarn(model: &str) -> YarnScaling {
         let (factor, log_mul) = match model {
-            "tiny_dsv2_q4_k_m" => (40.0f32, 0.070_699_997_f32),
+            "tiny_dsv2_q4_k_m" => (40.0f32, 0.0707f32),
             _ => (4.0, 0.1),
         };
         let mscale_all_dim = (f64::from(log_mul) / 0.1) as f32;

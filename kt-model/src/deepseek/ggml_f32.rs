@@ -53,15 +53,10 @@ fn hsum_hadd(v: &[f32; LANES]) -> f32 {
 /// `GGML_F32x8_REDUCE` of the four accumulators: `0 += 2`, `1 += 3`, then `0 += 1`, then
 /// [`hsum_hadd`].
 #[inline(always)]
-fn reduce_accumulators(mut acc: [[f32; LANES]; 4]) -> f32 {
-    for l in 0..LANES {
-        acc[0][l] += acc[2][l];
-        acc[1][l] += acc[3][l];
-    }
-    for l in 0..LANES {
-        acc[0][l] += acc[1][l];
-    }
-    hsum_hadd(&acc[0])
+fn reduce_accumulators(acc: [[f32; LANES]; 4]) -> f32 {
+    let [a0, a1, a2, a3] = acc;
+    let sum: [f32; LANES] = std::array::from_fn(|l| (a0[l] + a2[l]) + (a1[l] + a3[l]));
+    hsum_hadd(&sum)
 }
 
 /// `ggml_vec_dot_f32` of `x` and `y` (same length) on ggml's AVX2 build.
@@ -313,7 +308,7 @@ pub(crate) fn matmul_f32(
     tokens: usize,
     out: &mut [f32],
 ) {
-    let sgemm = tokens >= 2 && rows % 4 == 0;
+    let sgemm = tokens >= 2 && rows.is_multiple_of(4);
     for (xt, ot) in x
         .chunks_exact(cols)
         .zip(out.chunks_exact_mut(rows))
