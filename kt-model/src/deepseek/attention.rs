@@ -327,6 +327,7 @@ impl<'a> AttentionWeights<'a> {
             q,
             tokens,
             start,
+            capacity: cache.latent.len() / s.rank.max(1),
             latent: &cache.latent[..used * s.rank],
             k_pe: &cache.k_pe[..used * s.rope],
         };
@@ -392,31 +393,34 @@ impl<'a> AttentionWeights<'a> {
         let q_lat = sized(&mut hs.q_lat, tokens * s.rank);
         self.absorb(s, mode, h, q_nope, tokens, q_lat, &mut hs.w_uk)?;
         let o_lat = sized(&mut hs.o_lat, tokens * s.rank);
-        for t in 0..tokens {
-            let at = (t * h_n + h) * qk + s.nope;
-            let query = LatentQuery {
-                q_lat: &q_lat[t * s.rank..(t + 1) * s.rank],
-                q_pe: &v.q[at..at + s.rope],
-            };
-            let visible = v.start + t + 1;
-            let o = &mut o_lat[t * s.rank..(t + 1) * s.rank];
-            match mode {
-                MatmulMode::Quantized(_) => {
-                    let order = if tokens == 1 {
-                        LatentSum::VecDot
-                    } else {
-                        LatentSum::Sgemm
+        match mode {
+            MatmulMode::Quantized(_) => {
+                // a decode step sums `V p` as ggml_vec_dot_f32, a batch as llamafile's kernel
+                let order = if tokens == 1 {
+                    LatentSum::VecDot
+                } else {
+                    LatentSum::Sgemm
+                };
+                let block = tokens.min(GGML_BLOCK);
+                let buffers = GgmlBuffers {
+                    scores: sized(&mut hs.scores, block * v.capacity),
+                    lanes: sized(&mut hs.lanes, block * order.scratch_len(s.rank)),
+                };
+                ggml_f32::with_fma(
+                    #[inline(always)]
+                    || attend_latent_ggml(s, v, h, q_lat, order, buffers, o_lat),
+                );
+            }
+            MatmulMode::Reference => {
+                for t in 0..tokens {
+                    let at = (t * h_n + h) * qk + s.nope;
+                    let query = LatentQuery {
+                        q_lat: &q_lat[t * s.rank..(t + 1) * s.rank],
+                        q_pe: &v.q[at..at + s.rope],
                     };
-                    let buffers = GgmlBuffers {
-                        scores: sized(&mut hs.scores, visible),
-                        lanes: sized(&mut hs.lanes, order.scratch_len(s.rank)),
-                    };
-                    ggml_f32::with_fma(|| {
-                        attend_latent_ggml(s, &query, v, visible, order, buffers, o)
-                    });
-                }
-                MatmulMode::Reference => {
-                    let scores = sized(&mut hs.scores64, visible);
+                    let visible = v.start + t + 1;
+                    let o = &mut o_lat[t * s.rank..(t + 1) * s.rank];
+                    let scores = &mut sized(&mut hs.scores64, v.capacity)[..visible];
                     let acc = sized(&mut hs.acc64, s.rank);
                     attend_latent(s, &query, v.latent, v.k_pe, scores, acc, o);
                 }
@@ -496,6 +500,8 @@ struct HeadInputs<'v> {
     q: &'v [f32],
     tokens: usize,
     start: usize,
+    /// Positions the cache holds: score buffers are sized for it once, not per step.
+    capacity: usize,
     latent: &'v [f32],
     k_pe: &'v [f32],
 }
@@ -510,34 +516,69 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
-/// The quantized mode's per-token buffers: the scores over the visible positions and the
-/// latent sum's lanes.
+/// Tokens whose scores and latent sums are computed together, so that each cache row is read
+/// once per block rather than once per token.
+const GGML_BLOCK: usize = 8;
+
+/// The quantized mode's buffers: a block's scores over the visible positions
+/// (`[GGML_BLOCK, start + T]`) and the latent sums' lanes (`[GGML_BLOCK, scratch_len]`).
 struct GgmlBuffers<'b> {
     scores: &'b mut [f32],
     lanes: &'b mut [f32],
 }
 
-/// `o = sum_s softmax_s(scale * [q_lat | q_pe] . [c_s | k_pe_s]) c_s` over `s < visible` in
-/// ggml's f32 order ([`ggml_f32`]): llama.cpp's MLA keeps `[c | k_pe]` as one cache row and
-/// the query as `[q_lat | q_pe]`, so each score is one `ggml_vec_dot_f32` over the
-/// concatenations; `scale` is applied inside its softmax; the sum is `V^T p` in `order`.
+/// `o_lat[t] = sum_s softmax_s(scale * [q_lat | q_pe] . [c_s | k_pe_s]) c_s` over the positions
+/// `s <= start + t` visible to token `t`, for head `h` of every token, in ggml's f32 order
+/// ([`ggml_f32`]): llama.cpp's MLA keeps `[c | k_pe]` as one cache row and the query as
+/// `[q_lat | q_pe]`, so each score is one `ggml_vec_dot_f32` over the concatenations; `scale`
+/// is applied inside its softmax; the sum is `V^T p` in `order`. Tokens go in blocks of
+/// [`GGML_BLOCK`]; a block's rows of probabilities are padded with zeros to its last token's
+/// positions, which adds exact zeros (as ggml's masked entries do).
+#[inline(always)]
 fn attend_latent_ggml(
     s: &MlaShape,
-    q: &LatentQuery,
     v: &HeadInputs,
-    visible: usize,
+    h: usize,
+    q_lat: &[f32],
     order: LatentSum,
     b: GgmlBuffers,
-    o: &mut [f32],
+    o_lat: &mut [f32],
 ) {
-    for (p, sc) in b.scores.iter_mut().enumerate() {
-        let c = &v.latent[p * s.rank..(p + 1) * s.rank];
-        let k_pe = &v.k_pe[p * s.rope..(p + 1) * s.rope];
-        *sc = ggml_f32::vec_dot_f32_concat(c, k_pe, q.q_lat, q.q_pe);
+    let (qk, stride) = (s.qk(), v.start + v.tokens);
+    let lanes_len = order.scratch_len(s.rank);
+    for first in (0..v.tokens).step_by(GGML_BLOCK) {
+        let n = GGML_BLOCK.min(v.tokens - first);
+        let seen = v.start + first + n;
+        let scores = &mut b.scores[..n * stride];
+        for p in 0..seen {
+            let c = &v.latent[p * s.rank..(p + 1) * s.rank];
+            let k_pe = &v.k_pe[p * s.rope..(p + 1) * s.rope];
+            for i in 0..n {
+                let t = first + i;
+                if p <= v.start + t {
+                    let at = (t * s.heads + h) * qk + s.nope;
+                    let q_pe = &v.q[at..at + s.rope];
+                    let q = &q_lat[t * s.rank..(t + 1) * s.rank];
+                    scores[i * stride + p] = ggml_f32::vec_dot_f32_concat(c, k_pe, q, q_pe);
+                }
+            }
+        }
+        for (i, row) in scores.chunks_exact_mut(stride).enumerate() {
+            let visible = v.start + first + i + 1;
+            ggml_f32::softmax_row(&mut row[..visible], s.ggml_scale);
+            row[visible..seen].fill(0.0);
+        }
+        let rows = &v.latent[..seen * s.rank];
+        let o = &mut o_lat[first * s.rank..(first + n) * s.rank];
+        ggml_f32::weighted_rows(
+            order,
+            rows,
+            scores,
+            stride,
+            &mut b.lanes[..n * lanes_len],
+            o,
+        );
     }
-    ggml_f32::softmax_row(b.scores, s.ggml_scale);
-    let rows = &v.latent[..visible * s.rank];
-    ggml_f32::weighted_rows(order, rows, b.scores, b.lanes, o);
 }
 
 /// `o = sum_s softmax_s((q_lat . c_s + q_pe . k_pe_s) * scale) c_s` over `s < scores.len()`,

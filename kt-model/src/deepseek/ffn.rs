@@ -74,11 +74,14 @@ impl<'a> Mlp<'a> {
             match mode {
                 MatmulMode::Reference => silu_mul_inplace(g, u)?,
                 // ggml's fused SwiGLU, row by row (its output feeds `down`'s quantizer)
-                MatmulMode::Quantized(_) => ggml_f32::with_fma(|| {
-                    for (gr, ur) in g.chunks_exact_mut(width).zip(u.chunks_exact(width)) {
-                        ggml_f32::swiglu(gr, ur);
-                    }
-                }),
+                MatmulMode::Quantized(_) => ggml_f32::with_fma(
+                    #[inline(always)]
+                    || {
+                        for (gr, ur) in g.chunks_exact_mut(width).zip(u.chunks_exact(width)) {
+                            ggml_f32::swiglu(gr, ur);
+                        }
+                    },
+                ),
             }
             self.down.apply(mode, g, tokens, out)
         })

@@ -239,45 +239,54 @@ impl LatentSum {
     }
 }
 
-/// `out[r] = sum_s rows[s][r] * p[s]` for `rows` `[p.len(), out.len()]` (the cached latents
-/// and their softmax weights), each output summed in `order` as if over a row padded with
-/// zeros. The lanes of every output are kept side by side in `acc` (at least
-/// [`LatentSum::scratch_len`]) so that the rows are read in order.
+/// `out[i][r] = sum_s rows[s][r] * p[i][s]` for `rows` `[positions, width]` (the cached
+/// latents) and `n` weight rows `p` `[n, stride]` (`stride >= positions`; softmax
+/// probabilities, zero past a token's visible positions) into `out` `[n, width]`,
+/// each output summed in `order` as if over a row padded with zeros. The lanes of every output
+/// are kept side by side in `acc` (at least [`LatentSum::scratch_len`] per weight row) so that
+/// the rows are read once, in order.
 #[inline(always)]
 pub(crate) fn weighted_rows(
     order: LatentSum,
     rows: &[f32],
     p: &[f32],
+    stride: usize,
     acc: &mut [f32],
     out: &mut [f32],
 ) {
-    let width = out.len();
-    let acc = &mut acc[..order.scratch_len(width)];
+    let n = p.len() / stride.max(1);
+    if n == 0 || out.len() < n {
+        return;
+    }
+    let width = out.len() / n;
+    let lanes_len = order.scratch_len(width);
+    let acc = &mut acc[..n * lanes_len];
     acc.fill(0.0);
-    for (s, (&w, row)) in p.iter().zip(rows.chunks_exact(width)).enumerate() {
+    for (s, row) in rows.chunks_exact(width).enumerate() {
         // term s goes to lane s % 8 of accumulator (s % 32) / 8 (VecDot) or of the only one
         let slot = match order {
             LatentSum::VecDot => s % STEP,
             LatentSum::Sgemm => s % LANES,
         };
-        for (a, &v) in acc[slot * width..(slot + 1) * width].iter_mut().zip(row) {
-            *a = fma(v, w, *a);
+        for (i, lanes) in acc.chunks_exact_mut(lanes_len).enumerate() {
+            let w = p[i * stride + s];
+            for (a, &v) in lanes[slot * width..(slot + 1) * width].iter_mut().zip(row) {
+                *a = fma(v, w, *a);
+            }
         }
     }
-    for (r, o) in out.iter_mut().enumerate() {
-        let lane = |slot: usize| acc[slot * width + r];
-        *o = match order {
-            LatentSum::VecDot => {
-                let mut a = [[0.0f32; LANES]; 4];
-                for (j, aj) in a.iter_mut().enumerate() {
-                    for (l, v) in aj.iter_mut().enumerate() {
-                        *v = lane(j * LANES + l);
-                    }
+    for (lanes, o) in acc.chunks_exact(lanes_len).zip(out.chunks_exact_mut(width)) {
+        for (r, ov) in o.iter_mut().enumerate() {
+            let lane = |slot: usize| lanes[slot * width + r];
+            *ov = match order {
+                LatentSum::VecDot => {
+                    let a: [[f32; LANES]; 4] =
+                        std::array::from_fn(|j| std::array::from_fn(|l| lane(j * LANES + l)));
+                    reduce_accumulators(a)
                 }
-                reduce_accumulators(a)
-            }
-            LatentSum::Sgemm => hsum_movehl(&std::array::from_fn(lane)),
-        };
+                LatentSum::Sgemm => hsum_movehl(&std::array::from_fn(lane)),
+            };
+        }
     }
 }
 
@@ -300,6 +309,7 @@ pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
 /// kernel when it takes the product (at least 2 activation rows and `rows % 4 == 0` on AVX2),
 /// else `ggml_vec_dot_f32` per output. F32 weights have no activation quantizer, so this is
 /// the whole product (DeepSeek GGUFs keep the router `ffn_gate_inp` in f32).
+#[inline(always)]
 pub(crate) fn matmul_f32(
     w: &[f32],
     rows: usize,
@@ -607,7 +617,7 @@ mod tests {
         let mut acc = vec![f32::NAN; LatentSum::VecDot.scratch_len(width)];
         for order in [LatentSum::VecDot, LatentSum::Sgemm] {
             let mut out = vec![f32::NAN; width];
-            weighted_rows(order, &rows, &p, &mut acc, &mut out);
+            weighted_rows(order, &rows, &p, p.len(), &mut acc, &mut out);
             for (r, &o) in out.iter().enumerate() {
                 let mut column: Vec<f32> = (0..n).map(|s| rows[s * width + r]).collect();
                 let mut weights = p.clone();
@@ -715,7 +725,14 @@ mod tests {
                             .take(seen)
                             .flat_map(|k| k[..rank].to_vec())
                             .collect();
-                        weighted_rows(order, &latent, &soft[row..row + seen], &mut lanes, &mut o);
+                        weighted_rows(
+                            order,
+                            &latent,
+                            &soft[row..row + seen],
+                            seen,
+                            &mut lanes,
+                            &mut o,
+                        );
                         let want = &kqv[(h * tokens + t) * rank..(h * tokens + t + 1) * rank];
                         assert!(bits_equal(&o, want), "{model} {call} kqv h{h} t{t}");
                     }

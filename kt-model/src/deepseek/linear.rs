@@ -116,7 +116,10 @@ impl<'a> Linear<'a> {
         if let (MatmulMode::Quantized(_), QType::F32) = (mode, q) {
             if let Ok(w) = bytemuck::try_cast_slice::<u8, f32>(w) {
                 self.check_f32_shapes(x, tokens, out)?;
-                ggml_f32::with_fma(|| ggml_f32::matmul_f32(w, rows, cols, x, tokens, out));
+                ggml_f32::with_fma(
+                    #[inline(always)]
+                    || ggml_f32::matmul_f32(w, rows, cols, x, tokens, out),
+                );
                 return Ok(());
             }
             // an f32 tensor not aligned to 4 bytes in the file: the kernels read it as bytes
