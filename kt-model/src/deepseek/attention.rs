@@ -195,7 +195,7 @@ struct HeadScratch {
     o_head: Vec<f32>,
     /// `W_uk` of a fused `attn_kv_b`, dequantized `[nope, rank]`.
     w_uk: Vec<f32>,
-    /// One token's scores over the visible positions (quantized mode).
+    /// A block's scores over the visible positions (quantized mode).
     scores: Vec<f32>,
     /// The latent sum's accumulator lanes.
     lanes: Vec<f32>,

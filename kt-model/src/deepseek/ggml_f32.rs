@@ -1,26 +1,30 @@
 //! ggml's f32 evaluation order for the steps of the quantized forward pass that are not
-//! quantized weight products: the latent attention's scores (`K q`), softmax and latent sum (`V p`), and
-//! SwiGLU, the rope, and products with f32 weights. The fixtures' llama.cpp is ggml's AVX2 + FMA build (docs/parity.md), so these
-//! reproduce that build's code lane by lane, in portable Rust (every operation is an IEEE f32
-//! add, multiply or fused multiply-add, so the results are its bits on any CPU):
+//! quantized weight products: the latent attention's scores (`K q`), softmax and latent sum
+//! (`V p`), SwiGLU, the rope, and products with f32 weights. The fixtures' llama.cpp is ggml's
+//! AVX2 + FMA build (docs/parity.md), so these reproduce that build's code lane by lane in
+//! portable Rust: IEEE f32 adds, multiplies and fused multiply-adds (the same bits on any CPU),
+//! and libm's `expf`, `logf`, `powf`, `cosf`, `sinf` where ggml calls libm (glibc's on Linux, as
+//! llama.cpp's). Tested bit for bit against llama.cpp's own tensors (`tests::llama_cpp_*`,
+//! `kt-model/tests/data/README.md`).
 //!
 //! * [`matmul_f32`]: `MUL_MAT` of f32 weights (the router), by one of the two dots below.
 //! * [`vec_dot_f32`]: `ggml_vec_dot_f32` (GGML_SIMD): four 8-lane FMA accumulators over steps
-//!   of 32, combined pairwise and reduced with `hadd`, the tail added one by one in f32.
+//!   of 32, combined pairwise and reduced with `hadd`, the tail added one by one (FMA-contracted).
 //! * [`sgemm_dot_f32`]: llamafile's tinyBLAS F32 kernel, one output: one 8-lane FMA accumulator
 //!   over steps of 8 (the last one partial), then its `hsum`. ggml's `MUL_MAT` takes it for a
 //!   contiguous f32 right-hand side of at least 2 columns (a prompt's `V p`; not a decode
 //!   step, nor the permuted queries of `K q`).
-//! * [`softmax_row`]: `ggml_compute_forward_soft_max_f32`: `x * scale` (plus the causal mask),
-//!   the max, `ggml_vec_soft_max_f32` (its vectorized `expf` over 8-lane blocks, the block
-//!   sums added in f64, libm `expf` on a tail), then a multiply by `(f32)(1 / sum)`.
+//! * [`softmax_row`]: `ggml_compute_forward_soft_max_f32`: `x * scale`, the max,
+//!   `ggml_vec_soft_max_f32` (its vectorized `expf` over 8-lane blocks, the block sums added in
+//!   f64), then a multiply by `(f32)(1 / sum)`.
+//! * [`weighted_rows`]: `V p` summed as either dot does it.
 //! * [`Rope`]: `ggml_compute_forward_rope_flt` with its f32 cos/sin cache.
 //! * [`swiglu`]: `ggml_vec_swiglu_f32`: `x / (1 + expf(-x)) * g`, the `expf` vectorized on
 //!   8-lane blocks and libm's on a tail.
 //!
 //! ggml's AVX512 build differs (16 lanes, another `expf`): llama.cpp is then not bit-equal
-//! to its own AVX2 fixtures either. On x86 CPUs with FMA the loops below run in a function
-//! compiled for AVX2 + FMA ([`with_fma`]) so the fused operations are single instructions;
+//! to its own AVX2 fixtures either. On x86 CPUs with AVX2 and FMA the loops run in a function
+//! compiled for them ([`with_fma`]) so the fused operations are single instructions;
 //! elsewhere `f32::mul_add` computes the same fused result in software.
 
 /// ggml's AVX2 vector width in f32 lanes.

@@ -23,7 +23,9 @@ pub enum MatmulMode {
     Reference,
     /// Activations quantized to the weight format's `vec_dot_type` (Q8_K, Q8_0, BF16, ...)
     /// before the dot, as a GGUF engine does, on the given ISA's kernels and the global
-    /// thread pool ([`kt_kernels::cpu::matmul_with`]).
+    /// thread pool ([`kt_kernels::cpu::matmul_with`]); f32 weights (no quantizer) in ggml's
+    /// f32 order instead. The forward pass's other steps follow ggml's f32 order too
+    /// (`ggml_f32.rs`), so that the quantizers see llama.cpp's values.
     Quantized(Isa),
 }
 
