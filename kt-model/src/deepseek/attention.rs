@@ -34,7 +34,7 @@ use kt_kernels::cpu;
 use kt_kernels::ops::RopeYarn;
 
 use super::cache::LayerCache;
-use super::ggml_f32::{self, LatentSum};
+use super::ggml_f32::{self, SumOrder};
 use super::linear::{dequantize_vector, Linear, MatmulMode};
 use super::norm::rms_norm_inplace;
 use crate::config::{DeepSeekConfig, YarnScaling};
@@ -396,11 +396,7 @@ impl<'a> AttentionWeights<'a> {
         match mode {
             MatmulMode::Quantized(_) => {
                 // a decode step sums `V p` as ggml_vec_dot_f32, a batch as llamafile's kernel
-                let order = if tokens == 1 {
-                    LatentSum::VecDot
-                } else {
-                    LatentSum::Sgemm
-                };
+                let order = SumOrder::of_mul_mat(s.rank, tokens);
                 let block = tokens.min(GGML_BLOCK);
                 let buffers = GgmlBuffers {
                     scores: sized(&mut hs.scores, block * v.capacity),
@@ -540,7 +536,7 @@ fn attend_latent_ggml(
     v: &HeadInputs,
     h: usize,
     q_lat: &[f32],
-    order: LatentSum,
+    order: SumOrder,
     b: GgmlBuffers,
     o_lat: &mut [f32],
 ) {

@@ -219,21 +219,34 @@ pub(crate) fn softmax_row(row: &mut [f32], scale: f32) {
     }
 }
 
-/// How ggml's `MUL_MAT` sums `V^T p` (the attention's latent sum, `V^T` `[rank, n_kv]`).
+/// How ggml's `MUL_MAT` of f32 operands sums each output (an f32 weight product, the
+/// attention's `V^T p`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LatentSum {
-    /// One query (a decode step): [`vec_dot_f32`] per output over the `n_kv` row, a multiple of
-    /// 32 (256 in llama.cpp), so every term goes to the four accumulators.
+pub(crate) enum SumOrder {
+    /// [`vec_dot_f32`]: one right-hand row (a decode step), or a left-hand side llamafile
+    /// refuses. For `V^T p` the row is `n_kv` long, a multiple of 32 (256 in llama.cpp), so
+    /// every term goes to the four accumulators.
     VecDot,
-    /// Two or more queries: llamafile's kernel, [`sgemm_dot_f32`] per output.
+    /// llamafile's kernel, [`sgemm_dot_f32`]: a contiguous right-hand side of two rows or more.
     Sgemm,
 }
 
-impl LatentSum {
+impl SumOrder {
+    /// The order of a `MUL_MAT` with `rows` left-hand rows and `batch` right-hand rows (a
+    /// contiguous f32 right-hand side): llamafile takes it on AVX2 for `batch >= 2` and `rows`
+    /// a multiple of 4 (`tinyBLAS::matmul`), else `ggml_vec_dot_f32`.
+    pub(crate) fn of_mul_mat(rows: usize, batch: usize) -> Self {
+        if batch >= 2 && rows.is_multiple_of(4) {
+            SumOrder::Sgemm
+        } else {
+            SumOrder::VecDot
+        }
+    }
+
     fn accumulators(self) -> usize {
         match self {
-            LatentSum::VecDot => 4,
-            LatentSum::Sgemm => 1,
+            SumOrder::VecDot => 4,
+            SumOrder::Sgemm => 1,
         }
     }
 
@@ -247,11 +260,11 @@ impl LatentSum {
 /// latents) and `n` weight rows `p` `[n, stride]` (`stride >= positions`; softmax
 /// probabilities, zero past a token's visible positions) into `out` `[n, width]`,
 /// each output summed in `order` as if over a row padded with zeros. The lanes of every output
-/// are kept side by side in `acc` (at least [`LatentSum::scratch_len`] per weight row) so that
+/// are kept side by side in `acc` (at least [`SumOrder::scratch_len`] per weight row) so that
 /// the rows are read once, in order.
 #[inline(always)]
 pub(crate) fn weighted_rows(
-    order: LatentSum,
+    order: SumOrder,
     rows: &[f32],
     p: &[f32],
     stride: usize,
@@ -269,8 +282,8 @@ pub(crate) fn weighted_rows(
     for (s, row) in rows.chunks_exact(width).enumerate() {
         // term s goes to lane s % 8 of accumulator (s % 32) / 8 (VecDot) or of the only one
         let slot = match order {
-            LatentSum::VecDot => s % STEP,
-            LatentSum::Sgemm => s % LANES,
+            SumOrder::VecDot => s % STEP,
+            SumOrder::Sgemm => s % LANES,
         };
         for (i, lanes) in acc.chunks_exact_mut(lanes_len).enumerate() {
             let w = p[i * stride + s];
@@ -283,12 +296,12 @@ pub(crate) fn weighted_rows(
         for (r, ov) in o.iter_mut().enumerate() {
             let lane = |slot: usize| lanes[slot * width + r];
             *ov = match order {
-                LatentSum::VecDot => {
+                SumOrder::VecDot => {
                     let a: [[f32; LANES]; 4] =
                         std::array::from_fn(|j| std::array::from_fn(|l| lane(j * LANES + l)));
                     reduce_accumulators(a)
                 }
-                LatentSum::Sgemm => hsum_movehl(&std::array::from_fn(lane)),
+                SumOrder::Sgemm => hsum_movehl(&std::array::from_fn(lane)),
             };
         }
     }
@@ -309,30 +322,18 @@ pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
 }
 
 /// ggml's `MUL_MAT` of an f32 weight matrix `w` `[rows, cols]` and f32 activations `x`
-/// `[tokens, cols]` into `out` `[tokens, rows]` (lengths checked by the caller): llamafile's
-/// kernel when it takes the product (at least 2 activation rows and `rows % 4 == 0` on AVX2),
-/// else `ggml_vec_dot_f32` per output. F32 weights have no activation quantizer, so this is
-/// the whole product (DeepSeek GGUFs keep the router `ffn_gate_inp` in f32).
+/// `[tokens, cols]` into `out` `[tokens, rows]` (lengths checked by the caller), each output one
+/// dot product in `order` ([`SumOrder::of_mul_mat`] of the whole call). F32 weights have no
+/// activation quantizer, so this is the whole product (DeepSeek GGUFs keep the router
+/// `ffn_gate_inp` in f32).
 #[inline(always)]
-pub(crate) fn matmul_f32(
-    w: &[f32],
-    rows: usize,
-    cols: usize,
-    x: &[f32],
-    tokens: usize,
-    out: &mut [f32],
-) {
-    let sgemm = tokens >= 2 && rows.is_multiple_of(4);
-    for (xt, ot) in x
-        .chunks_exact(cols)
-        .zip(out.chunks_exact_mut(rows))
-        .take(tokens)
-    {
+pub(crate) fn matmul_f32(order: SumOrder, w: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
+    let rows = w.len() / cols.max(1);
+    for (xt, ot) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows.max(1))) {
         for (o, wr) in ot.iter_mut().zip(w.chunks_exact(cols)) {
-            *o = if sgemm {
-                sgemm_dot_f32(wr, xt)
-            } else {
-                vec_dot_f32(wr, xt)
+            *o = match order {
+                SumOrder::Sgemm => sgemm_dot_f32(wr, xt),
+                SumOrder::VecDot => vec_dot_f32(wr, xt),
             };
         }
     }
@@ -618,8 +619,8 @@ mod tests {
         let (n, width) = (45, 7);
         let rows = randn(&mut rng, n * width);
         let p: Vec<f32> = randn(&mut rng, n).iter().map(|v| v.abs()).collect();
-        let mut acc = vec![f32::NAN; LatentSum::VecDot.scratch_len(width)];
-        for order in [LatentSum::VecDot, LatentSum::Sgemm] {
+        let mut acc = vec![f32::NAN; SumOrder::VecDot.scratch_len(width)];
+        for order in [SumOrder::VecDot, SumOrder::Sgemm] {
             let mut out = vec![f32::NAN; width];
             weighted_rows(order, &rows, &p, p.len(), &mut acc, &mut out);
             for (r, &o) in out.iter().enumerate() {
@@ -627,12 +628,12 @@ mod tests {
                 let mut weights = p.clone();
                 let want = match order {
                     // over a row padded with zeros to a multiple of 32 (llama.cpp's n_kv)
-                    LatentSum::VecDot => {
+                    SumOrder::VecDot => {
                         column.resize(64, 0.0);
                         weights.resize(64, 0.0);
                         vec_dot_f32(&column, &weights)
                     }
-                    LatentSum::Sgemm => sgemm_dot_f32(&column, &weights),
+                    SumOrder::Sgemm => sgemm_dot_f32(&column, &weights),
                 };
                 assert_eq!(o.to_bits(), want.to_bits(), "{order:?} [{r}]");
             }
@@ -702,9 +703,9 @@ mod tests {
                 let (_, soft) = at("kq_soft_max");
                 let (_, kqv) = at("kqv");
                 let order = if tokens == 1 {
-                    LatentSum::VecDot
+                    SumOrder::VecDot
                 } else {
-                    LatentSum::Sgemm
+                    SumOrder::Sgemm
                 };
                 let mut lanes = vec![f32::NAN; order.scratch_len(rank)];
                 let mut o = vec![f32::NAN; rank];
@@ -754,7 +755,13 @@ mod tests {
                 let (w_shape, w) = llama_cpp::tensor(model, "router_weights");
                 let (_, x) = at("router_in");
                 let mut logits = vec![f32::NAN; tokens * w_shape[0]];
-                matmul_f32(&w, w_shape[0], w_shape[1], &x, tokens, &mut logits);
+                matmul_f32(
+                    SumOrder::of_mul_mat(w_shape[0], tokens),
+                    &w,
+                    w_shape[1],
+                    &x,
+                    &mut logits,
+                );
                 assert!(
                     bits_equal(&logits, &at("router_logits").1),
                     "{model} {call} router"

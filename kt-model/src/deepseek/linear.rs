@@ -118,10 +118,7 @@ impl<'a> Linear<'a> {
         if let (MatmulMode::Quantized(_), QType::F32) = (mode, q) {
             if let Ok(w) = bytemuck::try_cast_slice::<u8, f32>(w) {
                 self.check_f32_shapes(x, tokens, out)?;
-                ggml_f32::with_fma(
-                    #[inline(always)]
-                    || ggml_f32::matmul_f32(w, rows, cols, x, tokens, out),
-                );
+                matmul_f32_on_pool(w, rows, cols, x, tokens, out);
                 return Ok(());
             }
             // an f32 tensor not aligned to 4 bytes in the file: the kernels read it as bytes
@@ -183,6 +180,60 @@ impl<'a> Linear<'a> {
             source,
         }
     }
+}
+
+/// Rows of an f32 product per pool work item.
+const F32_ROWS_PER_ITEM: usize = 64;
+
+thread_local! {
+    /// The f32 product's outputs as the pool's items write them (f32 bits), `[tokens, rows]`.
+    static F32_OUT: std::cell::RefCell<Vec<std::sync::atomic::AtomicU32>> =
+        std::cell::RefCell::default();
+}
+
+/// [`ggml_f32::matmul_f32`] with its rows split over the global pool: each item computes a run
+/// of rows for every token (every output is one dot product, so the split changes no bit) and
+/// stores them into its own elements of a shared buffer, copied to `out` after the join.
+fn matmul_f32_on_pool(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    F32_OUT.with(|bits| {
+        let mut bits = bits.borrow_mut();
+        if bits.len() < out.len() {
+            bits.resize_with(out.len(), AtomicU32::default);
+        }
+        let bits = &bits[..out.len()];
+        let order = ggml_f32::SumOrder::of_mul_mat(rows, tokens);
+        let items = rows.div_ceil(F32_ROWS_PER_ITEM);
+        cpu::pool::global().for_each(items, &|item, _thread| {
+            let r0 = item * F32_ROWS_PER_ITEM;
+            let n = F32_ROWS_PER_ITEM.min(rows - r0);
+            let w_rows = &w[r0 * cols..(r0 + n) * cols];
+            // at most 64 outputs of one token at a time, on the stack
+            let mut part = [0.0f32; F32_ROWS_PER_ITEM];
+            for (t, xt) in x.chunks_exact(cols).enumerate().take(tokens) {
+                ggml_f32::with_fma(
+                    #[inline(always)]
+                    || ggml_f32::matmul_f32(order, w_rows, cols, xt, &mut part[..n]),
+                );
+                for (b, &v) in bits[t * rows + r0..t * rows + r0 + n]
+                    .iter()
+                    .zip(&part[..n])
+                {
+                    b.store(v.to_bits(), Ordering::Relaxed);
+                }
+            }
+        });
+        for (o, b) in out.iter_mut().zip(bits) {
+            *o = f32::from_bits(b.load(Ordering::Relaxed));
+        }
+    });
 }
 
 /// A 1-D tensor (norm weight, score bias) dequantized to f32.
