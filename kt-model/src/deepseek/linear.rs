@@ -254,3 +254,57 @@ fn not_a(t: &Tensor<'_>, what: &str) -> ModelError {
         reason: format!("tensor '{}' with ne {:?} is not a {what}", t.name, t.dims),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kt_kernels::util::SplitMix64;
+
+    fn randn(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.normal() + 0.01).collect()
+    }
+
+    #[test]
+    fn f32_weights_take_ggml_order_split_over_the_pool() {
+        let mut rng = SplitMix64::new(41);
+        // 150 rows: three pool items, the last one short; 2 rows: llamafile refuses (2 % 4)
+        for (rows, cols) in [(150usize, 40usize), (2, 33)] {
+            let w = randn(&mut rng, rows * cols);
+            let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let dims = [cols, rows];
+            let t = Tensor {
+                name: "w",
+                qtype: QType::F32,
+                dims: &dims,
+                data: &bytes,
+            };
+            let lin = Linear::from_2d(&t).unwrap();
+            for tokens in [1usize, 3] {
+                let x = randn(&mut rng, tokens * cols);
+                let mut got = vec![f32::NAN; tokens * rows];
+                lin.apply(MatmulMode::Quantized(Isa::Scalar), &x, tokens, &mut got)
+                    .unwrap();
+                let order = ggml_f32::SumOrder::of_mul_mat(rows, tokens);
+                let mut want = vec![f32::NAN; tokens * rows];
+                ggml_f32::matmul_f32(order, &w, cols, &x, &mut want);
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{rows} x {cols}, {tokens} tokens");
+                let mut short = vec![0.0f32; tokens * rows - 1];
+                assert!(lin
+                    .apply(MatmulMode::Quantized(Isa::Scalar), &x, tokens, &mut short)
+                    .is_err());
+                assert!(lin
+                    .apply(
+                        MatmulMode::Quantized(Isa::Scalar),
+                        &x[1..],
+                        tokens,
+                        &mut got
+                    )
+                    .is_err());
+            }
+        }
+    }
+}
