@@ -129,7 +129,9 @@ fn steps(acc: &mut [[f32; LANES]; 4], x: &[f32], y: &[f32]) {
 fn finish(acc: [[f32; LANES]; 4], x_tail: &[f32], y_tail: &[f32]) -> f32 {
     let mut sum = reduce_accumulators(acc);
     for (&a, &b) in x_tail.iter().zip(y_tail) {
-        // GCC contracts `sumf += x[i]*y[i]` into an FMA (-ffp-contract=fast with -mfma)
+        // `sumf += x[i]*y[i]`, taken as contracted into an FMA (GCC's default
+        // -ffp-contract=fast with -mfma); DeepSeek's lengths (288, 576) have no tail, so this
+        // is the one step here not checked against llama.cpp's tensors
         sum = fma(a, b, sum);
     }
     sum
