@@ -436,15 +436,29 @@ impl Rope {
     }
 }
 
-/// Runs `f` compiled for AVX2 + FMA when the CPU has them (the fused multiply-adds above become
-/// single instructions and the 8-lane loops vector instructions), else as is. Same results
-/// either way: only the speed differs.
+/// Runs `f` compiled for the widest of AVX-512 or AVX2 (each with FMA) the CPU has: the fused
+/// multiply-adds above become single instructions and the lane loops vector instructions
+/// (AVX-512 only widens the vectors the compiler may use; every operation stays the same f32
+/// add, multiply or fma). Without them, as is. Same bits either way: only the speed differs.
 pub(crate) fn with_fma<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has both features `run_avx2_fma` is compiled for (checked above).
-        return unsafe { run_avx2_fma(f) };
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512vl") && has!("fma") {
+            // SAFETY: the CPU has every feature `run_avx512` is compiled for (checked above).
+            return unsafe { run_avx512(f) };
+        }
+        if has!("avx2") && has!("fma") {
+            // SAFETY: the CPU has both features `run_avx2_fma` is compiled for (checked above).
+            return unsafe { run_avx2_fma(f) };
+        }
     }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
