@@ -14,8 +14,9 @@
 //! (docs/parity.md). So the tests check what the fast path owes: every row that routes like
 //! llama.cpp is within the activation-quantization effect of llama.cpp's row; routing differs
 //! only where llama.cpp's decision is a near-tie at the scale that quantization moves router
-//! scores; kt's quantization noise is llama.cpp's; and on the scalar backend, whose f32 order
-//! reproduces llama.cpp's quantizer inputs bit for bit until the first flip, the rows before
+//! scores; kt's quantization noise is llama.cpp's; and on the scalar backend, whose quantizer
+//! inputs are llama.cpp's to a few ulps (ggml's f32 order everywhere but inside the quantized dot
+//! products, docs/parity.md) and so round to the same codes until the first flip, the rows before
 //! that flip agree to f32 summation order.
 
 mod forward_common;
@@ -183,8 +184,8 @@ fn check(case: &Case) {
             "{what}: quantization noise {own:.3e}, llama.cpp's {theirs:.3e}"
         );
 
-        // 4. the scalar backend reproduces llama.cpp's quantizer inputs until the first flip:
-        // those rows differ by f32 summation order only.
+        // 4. the scalar backend's codes are llama.cpp's until the first flip: those rows differ
+        // by f32 summation order only.
         if isa == Isa::Scalar {
             for row in (0..ROWS).filter(|&r| (case.scalar_exact)(r)) {
                 assert!(
@@ -236,7 +237,10 @@ fn dsv2_q4_k_m() {
         gguf: "tiny-dsv2-q4_k_m.gguf",
         q: "q4_k_m",
         f32_run: "llamacpp_q4_k_m_dequant_f32_logits.npy",
-        scalar_exact: |_| true,
+        // row 4: one Q8_K code inside layer 2's routed experts (llama.cpp's SwiGLU output there
+        // is 6.5e-5 of a code step from a rounding boundary); layer 2 is the last, so no later
+        // row sees it
+        scalar_exact: |row| row != 4,
     });
 }
 
@@ -282,8 +286,8 @@ fn dsv3_q2_k() {
         gguf: "tiny-dsv3-q2_k.gguf",
         q: "q2_k",
         f32_run: "llamacpp_q2_k_dequant_f32_logits.npy",
-        // row 11: layer 2's attention output flips one code; layer 2 is the last, so no later
-        // row sees it
-        scalar_exact: |row| row != 11,
+        // no flip: row 11's layer-2 attention output code (flipped while kt's attention summed in
+        // f64) is llama.cpp's since the attention follows ggml's f32 order
+        scalar_exact: |_| true,
     });
 }

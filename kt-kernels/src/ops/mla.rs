@@ -299,16 +299,102 @@ mod tests {
         }
     }
 
-    /// f32 rounding of the stored intermediates (relative 2^-24 each) moves scores by about
-    /// 1e-7 of their magnitude and outputs by a few 1e-7 of the largest value: 1e-5 of the
-    /// output's scale leaves a wide margin and still catches any real error.
-    fn assert_agree(a: &[f32], b: &[f32]) {
-        let mag = b.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
-        for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+    /// f32's unit roundoff: one rounding of a value `x` moves it by at most `U * |x|`.
+    const U: f64 = 1.0 / (1u64 << 24) as f64;
+
+    /// `sum |a_i b_i|` and `sum a_i b_i` in f64.
+    fn abs_and_dot(a: &[f32], b: &[f32]) -> (f64, f64) {
+        a.iter().zip(b).fold((0.0, 0.0), |(m, d), (&x, &y)| {
+            let p = x as f64 * y as f64;
+            (m + p.abs(), d + p)
+        })
+    }
+
+    /// Per output element, how far the two forms may be apart from the roundings they do.
+    /// Both sum in f64 (error ~n 2^-53 of the terms, negligible) and round what they store to
+    /// f32: the naive form `k_nope` and `v`, the absorbed form `q_lat` and `o_lat`, both their
+    /// output. So, with the exact f64 values of every stored quantity:
+    /// - a score moves by at most `U * scale * (sum_i |q_nope_i k_nope_si| + sum_r |q_lat_r
+    ///   c_sr|)` (one rounding of each `k_nope` or `q_lat` element, either form), at most `D`
+    ///   over the visible positions; softmax then moves each `p_s` by at most
+    ///   `p_s (e^{2D} - 1)`, hence the output by `(e^{2D} - 1) sum_s p_s |v_sj|`;
+    /// - rounding `v` moves the output by `U sum_s p_s |v_sj|`, rounding `o_lat` by
+    ///   `U sum_r |W_uv,jr o_lat_r|`, and each form's final rounding by `U |out_j|`.
+    ///
+    /// The sum is a first-order bound in `U`; twice it covers the second-order terms.
+    fn agreement_bound(c: &Case) -> Vec<f64> {
+        let d = c.d;
+        let (h_n, nope, rope, rank, vd, qk) = (
+            d.n_heads,
+            d.nope_dim,
+            d.rope_dim,
+            d.kv_lora_rank,
+            d.v_dim,
+            d.qk_head_dim(),
+        );
+        let mut bound = Vec::with_capacity(c.t * h_n * vd);
+        for tok in 0..c.t {
+            let visible = c.start + tok + 1;
+            for h in 0..h_n {
+                let qh = &c.q[(tok * h_n + h) * qk..(tok * h_n + h + 1) * qk];
+                let (q_nope, q_pe) = qh.split_at(nope);
+                let w_uk = &c.w_uk[h * nope * rank..(h + 1) * nope * rank];
+                let w_uv = &c.w_uv[h * vd * rank..(h + 1) * vd * rank];
+                let q_lat: Vec<f32> = (0..rank)
+                    .map(|r| {
+                        (0..nope)
+                            .map(|i| q_nope[i] as f64 * w_uk[i * rank + r] as f64)
+                            .sum::<f64>() as f32
+                    })
+                    .collect();
+                let mut scores = Vec::with_capacity(visible);
+                let mut max_shift = 0.0f64;
+                for s in 0..visible {
+                    let cs = &c.latent[s * rank..(s + 1) * rank];
+                    let kp = &c.k_pe[s * rope..(s + 1) * rope];
+                    let k_nope: Vec<f32> = w_uk
+                        .chunks_exact(rank)
+                        .map(|w| abs_and_dot(w, cs).1 as f32)
+                        .collect();
+                    let (lat_abs, lat) = abs_and_dot(&q_lat, cs);
+                    let (nope_abs, _) = abs_and_dot(q_nope, &k_nope);
+                    let pe = abs_and_dot(q_pe, kp).1;
+                    let shift = U * c.scale as f64 * (lat_abs + nope_abs);
+                    max_shift = max_shift.max(shift);
+                    scores.push((lat + pe) * c.scale as f64);
+                }
+                softmax_f64(&mut scores);
+                let o_lat: Vec<f32> = (0..rank)
+                    .map(|r| {
+                        (0..visible)
+                            .map(|s| scores[s] * c.latent[s * rank + r] as f64)
+                            .sum::<f64>() as f32
+                    })
+                    .collect();
+                for w in w_uv.chunks_exact(rank) {
+                    let v_weighted: f64 = (0..visible)
+                        .map(|s| {
+                            scores[s] * abs_and_dot(w, &c.latent[s * rank..(s + 1) * rank]).1.abs()
+                        })
+                        .sum();
+                    let (o_abs, out) = abs_and_dot(w, &o_lat);
+                    let softmax_part = (2.0 * max_shift).exp_m1() * v_weighted;
+                    let rounding_part = U * (v_weighted + o_abs + 2.0 * out.abs());
+                    bound.push(2.0 * (softmax_part + rounding_part));
+                }
+            }
+        }
+        bound
+    }
+
+    /// The two forms agree within [`agreement_bound`] element by element.
+    fn assert_agree(c: &Case, a: &[f32], b: &[f32]) {
+        let bound = agreement_bound(c);
+        for (i, ((&x, &y), &lim)) in a.iter().zip(b).zip(&bound).enumerate() {
             assert!(x.is_finite() && y.is_finite(), "[{i}] {x} {y}");
             assert!(
-                (x - y).abs() <= 1e-5 * mag,
-                "[{i}] {x} vs {y} (scale {mag})"
+                ((x - y).abs() as f64) <= lim,
+                "[{i}] {x} vs {y} (bound {lim:.3e})"
             );
         }
     }
@@ -339,14 +425,14 @@ mod tests {
                 assert!((out[h * 3 + j] as f64 - want).abs() <= 1e-6 * want.abs().max(1.0));
             }
         }
-        assert_agree(&c.run(mla_absorbed), &out);
+        assert_agree(&c, &c.run(mla_absorbed), &out);
     }
 
     #[test]
     fn deepseek_v2_lite_shape() {
         // 16 heads, nope 128, rope 64, rank 512, v 128; a prefill of 5 after 3 cached
         let c = Case::random(7, dims(16, 128, 64, 512, 128), 3, 5, 2);
-        assert_agree(&c.run(mla_absorbed), &c.run(mla_naive));
+        assert_agree(&c, &c.run(mla_absorbed), &c.run(mla_naive));
     }
 
     #[test]
@@ -411,7 +497,7 @@ mod tests {
         fn naive_and_absorbed_agree(seed in any::<u64>(), heads in 1usize..5, nope in 1usize..33, rope in 0usize..17, rank in 1usize..65,
                                     v in 1usize..33, start in 0usize..12, t in 1usize..7, extra in 0usize..3) {
             let c = Case::random(seed, dims(heads, nope, rope, rank, v), start, t, extra);
-            assert_agree(&c.run(mla_absorbed), &c.run(mla_naive));
+            assert_agree(&c, &c.run(mla_absorbed), &c.run(mla_naive));
         }
 
         /// A prefill of T tokens is T decodes, bit for bit, and no token reads the cache past

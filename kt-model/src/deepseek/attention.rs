@@ -15,23 +15,30 @@
 //! transposed product, done here on the dequantized rows in f64 (no kernel has the
 //! transposed form).
 //!
-//! The projections go through [`Linear::apply`] in the model's [`MatmulMode`]; the
-//! scores, softmax and latent sums are plain loops with f64 accumulation in the reference
-//! mode and on the scalar backend, and f32 SIMD matmuls plus f32 sums in the quantized mode
-//! on the SIMD backends (as ggml does them).
-//! Steps 3 and 4 run one head per pool work item.
+//! The projections go through [`Linear::apply`] in the model's [`MatmulMode`]. Scores,
+//! softmax and latent sums: in the reference mode plain loops with f64 accumulation (the
+//! model's exact function); in the quantized mode, on every backend, ggml's f32 order
+//! ([`ggml_f32`]: `K q` as `ggml_vec_dot_f32` over `[c | k_pe]`, its softmax and vectorized
+//! `expf`, `V p` as its `MUL_MAT` sums it), since their outputs feed activation quantizers
+//! whose codes flip on one-ulp differences (docs/parity.md).
+//!
+//! Steps 3 and 4 run one head per pool work item. Buffers are per-thread scratch that grows
+//! to the largest call and is reused, so a decode step allocates nothing here; each head
+//! writes its output into its own range of the caller's buffer.
 
-use std::sync::Mutex;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 
 use kt_kernels::cpu;
 use kt_kernels::ops::RopeYarn;
-use kt_kernels::quant::QType;
 
 use super::cache::LayerCache;
+use super::ggml_f32::{self, SumOrder};
 use super::linear::{dequantize_vector, Linear, MatmulMode};
 use super::norm::rms_norm_inplace;
-use crate::config::DeepSeekConfig;
-use crate::error::{ModelError, Result};
+use crate::config::{DeepSeekConfig, YarnScaling};
+use crate::error::Result;
 use crate::gguf::Tensor;
 use crate::tensors::{Attention, KvUp, QueryProj};
 
@@ -44,8 +51,14 @@ pub(crate) struct MlaShape {
     pub rank: usize,
     pub v: usize,
     pub eps: f32,
-    /// The softmax scale, YaRN's `mscale_all_dim` correction included.
+    /// The softmax scale, YaRN's `mscale_all_dim` correction included (the reference mode's,
+    /// from f64).
     pub scale: f32,
+    /// The same scale as llama.cpp computes it in f32 (the quantized mode's): one ulp off
+    /// `scale` on both tiny fixtures, which moves most attention probabilities by an ulp.
+    pub ggml_scale: f32,
+    /// The quantized mode's rope, as llama.cpp computes it in f32.
+    pub ggml_rope: ggml_f32::Rope,
 }
 
 impl MlaShape {
@@ -58,12 +71,69 @@ impl MlaShape {
             v: c.v_head_dim,
             eps: c.rms_norm_eps,
             scale: rope.softmax_scale(c.qk_head_dim()),
+            ggml_scale: ggml_kq_scale(c.rope_scaling, c.qk_head_dim()),
+            ggml_rope: ggml_rope(c),
         }
     }
 
     fn qk(&self) -> usize {
         self.nope + self.rope
     }
+}
+
+/// `f = 1 / (1 / factor)` and `m_all = yarn_log_multiplier / 0.1` (1 and 0 without YaRN),
+/// rounded to f32 as llama.cpp's hyper-parameters are: the GGUF stores `0.1 * m_all` as f32
+/// and llama.cpp divides it by `0.1f`.
+fn ggml_yarn_factors(yarn: Option<YarnScaling>) -> (f32, f32) {
+    match yarn {
+        Some(y) => (
+            1.0f32 / (1.0f32 / y.factor),
+            ((0.1 * f64::from(y.mscale_all_dim)) as f32) / 0.1f32,
+        ),
+        None => (1.0, 0.0),
+    }
+}
+
+/// llama.cpp's `yarn_attn_factor` (llama-context), in its f32 steps: with YaRN,
+/// `get_mscale(f, m) / get_mscale(f, m_all)` (1 for DeepSeek2, which takes `m = m_all`) or
+/// `get_mscale(f, 1)` without `m_all`, times `1 / (1 + 0.1 ln f)`; else 1. `f32::ln` is libm's
+/// `logf`, as in llama.cpp.
+fn ggml_attn_factor(yarn: Option<YarnScaling>) -> f32 {
+    let (factor, m_all) = ggml_yarn_factors(yarn);
+    if yarn.is_none() {
+        return 1.0;
+    }
+    let mut attn_factor = 1.0f32;
+    if m_all == 0.0 && factor > 1.0 {
+        attn_factor = 0.1f32 * factor.ln() + 1.0;
+    }
+    attn_factor * (1.0f32 / (1.0f32 + 0.1f32 * factor.ln()))
+}
+
+/// llama.cpp's `kq_scale` for DeepSeek2 (the graph's): `mscale = attn_factor (1 + 0.1 ln f)
+/// (1 + 0.1 m_all ln f)`, `kq_scale = mscale * mscale / sqrt(qk_head_dim)`, in f32.
+fn ggml_kq_scale(yarn: Option<YarnScaling>, qk_head_dim: usize) -> f32 {
+    let (factor, m_all) = ggml_yarn_factors(yarn);
+    let log_f = factor.ln();
+    let attn_factor_org = ggml_attn_factor(yarn) * (1.0f32 + 0.1f32 * log_f);
+    let mscale = attn_factor_org * (1.0f32 + 0.1f32 * m_all * log_f);
+    1.0f32 * mscale * mscale / (qk_head_dim as f32).sqrt()
+}
+
+/// llama.cpp's rope of the config ([`ggml_f32::Rope`]).
+fn ggml_rope(c: &DeepSeekConfig) -> ggml_f32::Rope {
+    let yarn = c.rope_scaling.map(|y| ggml_f32::Yarn {
+        factor: y.factor,
+        n_ctx_orig: y.original_max_position_embeddings,
+        beta_fast: y.beta_fast,
+        beta_slow: y.beta_slow,
+    });
+    ggml_f32::Rope::new(
+        c.qk_rope_head_dim,
+        c.rope_theta,
+        yarn,
+        ggml_attn_factor(c.rope_scaling),
+    )
 }
 
 enum QueryWeights<'a> {
@@ -89,6 +159,54 @@ pub(crate) struct AttentionWeights<'a> {
     kv_a_norm: Vec<f32>,
     kv_up: KvUpWeights<'a>,
     output: Linear<'a>,
+}
+
+/// `v[..n]`, grown (zero-filled) when shorter: scratch that allocates only on a larger call.
+fn sized<T: Clone + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+    &mut v[..n]
+}
+
+/// The calling thread's buffers for one [`AttentionWeights::forward`].
+#[derive(Default)]
+struct CallScratch {
+    /// Queries `[T, H, nope + rope]`.
+    q: Vec<f32>,
+    /// The query LoRA's low-rank activations `[T, q_lora_rank]`.
+    qa: Vec<f32>,
+    /// `[c | k_pe]` of the new tokens `[T, rank + rope]`.
+    kv: Vec<f32>,
+    /// The quantized mode's cos/sin of one position.
+    rope_cache: Vec<f32>,
+    /// Head outputs as the heads write them, `[H, T, v]` f32 bits.
+    heads: Vec<AtomicU32>,
+    /// Head outputs as `W_o` reads them, `[T, H, v]`.
+    heads_out: Vec<f32>,
+}
+
+/// A pool thread's buffers for one head of one call.
+#[derive(Default)]
+struct HeadScratch {
+    q_nope: Vec<f32>,
+    q_lat: Vec<f32>,
+    o_lat: Vec<f32>,
+    o_head: Vec<f32>,
+    /// `W_uk` of a fused `attn_kv_b`, dequantized `[nope, rank]`.
+    w_uk: Vec<f32>,
+    /// A block's scores over the visible positions (quantized mode).
+    scores: Vec<f32>,
+    /// The latent sum's accumulator lanes.
+    lanes: Vec<f32>,
+    /// The reference mode's f64 scores and latent accumulator.
+    scores64: Vec<f64>,
+    acc64: Vec<f64>,
+}
+
+thread_local! {
+    static CALL_SCRATCH: RefCell<CallScratch> = RefCell::default();
+    static HEAD_SCRATCH: RefCell<HeadScratch> = RefCell::default();
 }
 
 impl<'a> AttentionWeights<'a> {
@@ -133,107 +251,184 @@ impl<'a> AttentionWeights<'a> {
         cache: &mut LayerCache,
         out: &mut [f32],
     ) -> Result<()> {
+        CALL_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            self.forward_in(s, mode, rope, x, tokens, start, cache, out, &mut scratch)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_in(
+        &self,
+        s: &MlaShape,
+        mode: MatmulMode,
+        rope: &RopeYarn,
+        x: &[f32],
+        tokens: usize,
+        start: usize,
+        cache: &mut LayerCache,
+        out: &mut [f32],
+        scratch: &mut CallScratch,
+    ) -> Result<()> {
         let (h_n, qk) = (s.heads, s.qk());
-        let positions: Vec<usize> = (start..start + tokens).collect();
+        let CallScratch {
+            q,
+            qa,
+            kv,
+            rope_cache,
+            heads,
+            heads_out,
+        } = scratch;
 
         // 1. queries [T, H, nope + rope], rope part rotated
-        let mut q = vec![0.0f32; tokens * h_n * qk];
+        let q = sized(q, tokens * h_n * qk);
         match &self.q {
-            QueryWeights::Direct(w) => w.apply(mode, x, tokens, &mut q)?,
+            QueryWeights::Direct(w) => w.apply(mode, x, tokens, q)?,
             QueryWeights::LoRA { a, a_norm, b } => {
-                let mut qa = vec![0.0f32; tokens * a.rows];
-                a.apply(mode, x, tokens, &mut qa)?;
-                rms_norm_inplace(mode, &mut qa, a_norm, s.eps)?;
-                b.apply(mode, &qa, tokens, &mut q)?;
+                let qa = sized(qa, tokens * a.rows);
+                a.apply(mode, x, tokens, qa)?;
+                rms_norm_inplace(mode, qa, a_norm, s.eps)?;
+                b.apply(mode, qa, tokens, q)?;
             }
         }
-        rope.apply_tokens(&mut q, &positions, qk, s.nope)?;
+        let rope_cache = sized(rope_cache, s.ggml_rope.cache_len());
+        for (t, row) in q.chunks_exact_mut(h_n * qk).enumerate() {
+            match mode {
+                MatmulMode::Reference => rope.apply_heads(row, qk, s.nope, start + t)?,
+                MatmulMode::Quantized(_) => {
+                    s.ggml_rope.cache(start + t, rope_cache);
+                    for head in row.chunks_exact_mut(qk) {
+                        ggml_f32::Rope::rotate(rope_cache, &mut head[s.nope..]);
+                    }
+                }
+            }
+        }
 
         // 2. the new cache rows
         let kv_w = s.rank + s.rope;
-        let mut kv = vec![0.0f32; tokens * kv_w];
-        self.kv_a.apply(mode, x, tokens, &mut kv)?;
+        let kv = sized(kv, tokens * kv_w);
+        self.kv_a.apply(mode, x, tokens, kv)?;
         for (t, row) in kv.chunks_exact_mut(kv_w).enumerate() {
             let (c, k_pe) = row.split_at_mut(s.rank);
             rms_norm_inplace(mode, c, &self.kv_a_norm, s.eps)?;
-            rope.apply(k_pe, start + t)?;
+            match mode {
+                MatmulMode::Reference => rope.apply(k_pe, start + t)?,
+                MatmulMode::Quantized(_) => {
+                    s.ggml_rope.cache(start + t, rope_cache);
+                    ggml_f32::Rope::rotate(rope_cache, k_pe);
+                }
+            }
             let p = start + t;
             cache.latent[p * s.rank..(p + 1) * s.rank].copy_from_slice(c);
             cache.k_pe[p * s.rope..(p + 1) * s.rope].copy_from_slice(k_pe);
         }
         let used = start + tokens;
-        let latent = &cache.latent[..used * s.rank];
-        let k_pe = &cache.k_pe[..used * s.rope];
+        let view = HeadInputs {
+            q,
+            tokens,
+            start,
+            capacity: cache.latent.len() / s.rank.max(1),
+            latent: &cache.latent[..used * s.rank],
+            k_pe: &cache.k_pe[..used * s.rope],
+        };
 
         // 3. + 4. per head: absorb, attend in the latent space, expand. Heads are
         // independent, so they are the pool's work items; the projections inside run inline
         // on the worker and every sum keeps its order, so the result does not depend on the
-        // number of threads.
-        let per_head: Vec<Mutex<Option<Result<Vec<f32>>>>> =
-            (0..h_n).map(|_| Mutex::new(None)).collect();
-        let view = HeadInputs {
-            q: &q,
-            tokens,
-            start,
-            latent,
-            k_pe,
-        };
+        // number of threads. Head h writes only its range h of `heads` (relaxed stores; the
+        // pool's join orders them before the reads below).
+        let head_len = tokens * s.v;
+        if heads.len() < h_n * head_len {
+            heads.resize_with(h_n * head_len, AtomicU32::default);
+        }
+        let heads = &heads[..h_n * head_len];
+        let failure = OnceLock::new();
         cpu::pool::global().for_each(h_n, &|h, _thread| {
-            let r = self.head(s, mode, &view, h);
-            *per_head[h].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            HEAD_SCRATCH.with(|hs| {
+                let mut hs = hs.borrow_mut();
+                match self.head(s, mode, &view, h, &mut hs) {
+                    Ok(o_head) => {
+                        let dst = &heads[h * head_len..(h + 1) * head_len];
+                        for (d, &v) in dst.iter().zip(o_head) {
+                            d.store(v.to_bits(), Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = failure.set(e);
+                    }
+                }
+            })
         });
-        let mut heads_out = vec![0.0f32; tokens * h_n * s.v];
-        for (h, slot) in per_head.into_iter().enumerate() {
-            let o_head = slot
-                .into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .expect("the pool runs every head")?;
-            for (t, src) in o_head.chunks_exact(s.v).enumerate() {
+        if let Some(e) = failure.into_inner() {
+            return Err(e);
+        }
+        let heads_out = sized(heads_out, tokens * h_n * s.v);
+        for (h, head) in heads.chunks_exact(head_len).enumerate() {
+            for (t, src) in head.chunks_exact(s.v).enumerate() {
                 let at = (t * h_n + h) * s.v;
-                heads_out[at..at + s.v].copy_from_slice(src);
+                for (d, v) in heads_out[at..at + s.v].iter_mut().zip(src) {
+                    *d = f32::from_bits(v.load(Ordering::Relaxed));
+                }
             }
         }
-        self.output.apply(mode, &heads_out, tokens, out)
+        self.output.apply(mode, heads_out, tokens, out)
     }
 
     /// Head `h` of every token: absorb its no-rope query, attend over the visible cache
-    /// rows, expand; returns its output `[T, v]`.
-    fn head(&self, s: &MlaShape, mode: MatmulMode, v: &HeadInputs, h: usize) -> Result<Vec<f32>> {
+    /// rows, expand; returns its output `[T, v]` (in `hs`).
+    fn head<'s>(
+        &self,
+        s: &MlaShape,
+        mode: MatmulMode,
+        v: &HeadInputs,
+        h: usize,
+        hs: &'s mut HeadScratch,
+    ) -> Result<&'s [f32]> {
         let (h_n, qk, tokens) = (s.heads, s.qk(), v.tokens);
-        let mut q_nope = vec![0.0f32; tokens * s.nope];
+        let q_nope = sized(&mut hs.q_nope, tokens * s.nope);
         for (t, dst) in q_nope.chunks_exact_mut(s.nope).enumerate() {
             let at = (t * h_n + h) * qk;
             dst.copy_from_slice(&v.q[at..at + s.nope]);
         }
-        let mut q_lat = vec![0.0f32; tokens * s.rank];
-        self.absorb(s, mode, h, &q_nope, tokens, &mut q_lat)?;
-        let mut o_lat = vec![0.0f32; tokens * s.rank];
-        // The scalar backend keeps the plain f64 loops (it is the never-optimized one).
-        if let MatmulMode::Quantized(isa @ (cpu::Isa::Avx2 | cpu::Isa::Avx512 | cpu::Isa::Amx)) =
-            mode
-        {
-            attend_latent_f32(s, isa, v, h, &q_lat, &mut o_lat)?;
-            let mut o_head = vec![0.0f32; tokens * s.v];
-            self.expand(s, mode, h, &o_lat, tokens, &mut o_head)?;
-            return Ok(o_head);
+        let q_lat = sized(&mut hs.q_lat, tokens * s.rank);
+        self.absorb(s, mode, h, q_nope, tokens, q_lat, &mut hs.w_uk)?;
+        let o_lat = sized(&mut hs.o_lat, tokens * s.rank);
+        match mode {
+            MatmulMode::Quantized(_) => {
+                // a decode step sums `V p` as ggml_vec_dot_f32, a batch as llamafile's kernel
+                let order = SumOrder::of_mul_mat(s.rank, tokens);
+                let block = tokens.min(GGML_BLOCK);
+                let buffers = GgmlBuffers {
+                    scores: sized(&mut hs.scores, block * v.capacity),
+                    lanes: sized(&mut hs.lanes, block * order.scratch_len(s.rank)),
+                };
+                ggml_f32::with_fma(
+                    #[inline(always)]
+                    || attend_latent_ggml(s, v, h, q_lat, order, buffers, o_lat),
+                );
+            }
+            MatmulMode::Reference => {
+                for t in 0..tokens {
+                    let at = (t * h_n + h) * qk + s.nope;
+                    let query = LatentQuery {
+                        q_lat: &q_lat[t * s.rank..(t + 1) * s.rank],
+                        q_pe: &v.q[at..at + s.rope],
+                    };
+                    let visible = v.start + t + 1;
+                    let o = &mut o_lat[t * s.rank..(t + 1) * s.rank];
+                    let scores = &mut sized(&mut hs.scores64, v.capacity)[..visible];
+                    let acc = sized(&mut hs.acc64, s.rank);
+                    attend_latent(s, &query, v.latent, v.k_pe, scores, acc, o);
+                }
+            }
         }
-        let mut scratch = LatentScratch::new(v.start + tokens, s.rank);
-        for t in 0..tokens {
-            let at = (t * h_n + h) * qk + s.nope;
-            let query = LatentQuery {
-                q_lat: &q_lat[t * s.rank..(t + 1) * s.rank],
-                q_pe: &v.q[at..at + s.rope],
-            };
-            let visible = v.start + t + 1;
-            let o = &mut o_lat[t * s.rank..(t + 1) * s.rank];
-            attend_latent(s, &query, v.latent, v.k_pe, visible, &mut scratch, o);
-        }
-        let mut o_head = vec![0.0f32; tokens * s.v];
-        self.expand(s, mode, h, &o_lat, tokens, &mut o_head)?;
+        let o_head = sized(&mut hs.o_head, tokens * s.v);
+        self.expand(s, mode, h, o_lat, tokens, o_head)?;
         Ok(o_head)
     }
 
     /// `q_lat[t] = W_uk(h)^T q_nope[t]` for `tokens` rows.
+    #[allow(clippy::too_many_arguments)]
     fn absorb(
         &self,
         s: &MlaShape,
@@ -242,6 +437,7 @@ impl<'a> AttentionWeights<'a> {
         q_nope: &[f32],
         tokens: usize,
         q_lat: &mut [f32],
+        w_scratch: &mut Vec<f32>,
     ) -> Result<()> {
         match &self.kv_up {
             // attn_k_b's head h is [rank rows of nope]: W_uk^T itself
@@ -250,11 +446,11 @@ impl<'a> AttentionWeights<'a> {
             }
             KvUpWeights::Fused(kv_b) => {
                 let w_uk = kv_b.row_range(h * (s.nope + s.v), s.nope)?;
-                let mut w = vec![0.0f32; s.nope * s.rank];
+                let w = sized(w_scratch, s.nope * s.rank);
                 for (i, row) in w.chunks_exact_mut(s.rank).enumerate() {
                     w_uk.dequantize_row(i, row)?;
                 }
-                transposed_product(&w, s.nope, s.rank, q_nope, tokens, q_lat);
+                transposed_product(w, s.nope, s.rank, q_nope, tokens, q_lat);
                 Ok(())
             }
         }
@@ -278,18 +474,18 @@ impl<'a> AttentionWeights<'a> {
     }
 }
 
-/// `out[t, r] = sum_i x[t, i] * w[i, r]` for `w` `[n, rank]`, f64 sums.
+/// `out[t, r] = sum_i x[t, i] * w[i, r]` for `w` `[n, rank]`, f64 sums (`out` holds the
+/// accumulator of a row until it is rounded in place).
 fn transposed_product(w: &[f32], n: usize, rank: usize, x: &[f32], tokens: usize, out: &mut [f32]) {
-    let mut acc = vec![0.0f64; rank];
     for t in 0..tokens {
-        acc.fill(0.0);
-        for (i, &xi) in x[t * n..(t + 1) * n].iter().enumerate() {
-            for (a, &wv) in acc.iter_mut().zip(&w[i * rank..(i + 1) * rank]) {
-                *a += xi as f64 * wv as f64;
-            }
-        }
-        for (o, &a) in out[t * rank..(t + 1) * rank].iter_mut().zip(&acc) {
-            *o = a as f32;
+        let o = &mut out[t * rank..(t + 1) * rank];
+        for (r, ov) in o.iter_mut().enumerate() {
+            let acc: f64 = x[t * n..(t + 1) * n]
+                .iter()
+                .enumerate()
+                .map(|(i, &xi)| xi as f64 * w[i * rank + r] as f64)
+                .sum();
+            *ov = acc as f32;
         }
     }
 }
@@ -300,6 +496,8 @@ struct HeadInputs<'v> {
     q: &'v [f32],
     tokens: usize,
     start: usize,
+    /// Positions the cache holds: score buffers are sized for it once, not per step.
+    capacity: usize,
     latent: &'v [f32],
     k_pe: &'v [f32],
 }
@@ -310,111 +508,86 @@ struct LatentQuery<'q> {
     q_pe: &'q [f32],
 }
 
-/// Scores and the latent accumulator, reused across heads and tokens.
-struct LatentScratch {
-    scores: Vec<f64>,
-    acc: Vec<f64>,
-}
-
-impl LatentScratch {
-    fn new(positions: usize, rank: usize) -> Self {
-        LatentScratch {
-            scores: vec![0.0; positions],
-            acc: vec![0.0; rank],
-        }
-    }
-}
-
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
-/// The fast mode's latent attention of head `h` for every token, in f32 as ggml computes it:
-/// the scores of all tokens against all cache rows are two f32 matmuls (`q_lat . c_s` and
-/// `q_pe . k_pe_s`, kt-kernels' SIMD kernels), then per token a causal softmax and
-/// `o = sum_s p_s c_s` with f32 accumulation.
-fn attend_latent_f32(
+/// Tokens whose scores and latent sums are computed together, so that each cache row is read
+/// once per block rather than once per token.
+const GGML_BLOCK: usize = 8;
+
+/// The quantized mode's buffers: a block's scores over the visible positions
+/// (`[GGML_BLOCK, start + T]`) and the latent sums' lanes (`[GGML_BLOCK, scratch_len]`).
+struct GgmlBuffers<'b> {
+    scores: &'b mut [f32],
+    lanes: &'b mut [f32],
+}
+
+/// `o_lat[t] = sum_s softmax_s(scale * [q_lat | q_pe] . [c_s | k_pe_s]) c_s` over the positions
+/// `s <= start + t` visible to token `t`, for head `h` of every token, in ggml's f32 order
+/// ([`ggml_f32`]): llama.cpp's MLA keeps `[c | k_pe]` as one cache row and the query as
+/// `[q_lat | q_pe]`, so each score is one `ggml_vec_dot_f32` over the concatenations; `scale`
+/// is applied inside its softmax; the sum is `V^T p` in `order`. Tokens go in blocks of
+/// [`GGML_BLOCK`]; a block's rows of probabilities are padded with zeros to its last token's
+/// positions, which adds exact zeros (as ggml's masked entries do).
+#[inline(always)]
+fn attend_latent_ggml(
     s: &MlaShape,
-    isa: cpu::Isa,
     v: &HeadInputs,
     h: usize,
     q_lat: &[f32],
+    order: SumOrder,
+    b: GgmlBuffers,
     o_lat: &mut [f32],
-) -> Result<()> {
-    let (tokens, used, qk) = (v.tokens, v.start + v.tokens, s.qk());
-    let mut q_pe = vec![0.0f32; tokens * s.rope];
-    for (t, dst) in q_pe.chunks_exact_mut(s.rope).enumerate() {
-        let at = (t * s.heads + h) * qk + s.nope;
-        dst.copy_from_slice(&v.q[at..at + s.rope]);
-    }
-    let pool = cpu::pool::global();
-    let mut scores = vec![0.0f32; tokens * used];
-    let mut pe = vec![0.0f32; tokens * used];
-    let latent: &[u8] = bytemuck::cast_slice(v.latent);
-    let k_pe: &[u8] = bytemuck::cast_slice(v.k_pe);
-    cpu::matmul_with(
-        isa,
-        pool,
-        QType::F32,
-        latent,
-        used,
-        s.rank,
-        q_lat,
-        tokens,
-        &mut scores,
-    )
-    .map_err(ModelError::Kernel)?;
-    cpu::matmul_with(
-        isa,
-        pool,
-        QType::F32,
-        k_pe,
-        used,
-        s.rope,
-        &q_pe,
-        tokens,
-        &mut pe,
-    )
-    .map_err(ModelError::Kernel)?;
-    let mut acc = vec![0.0f32; s.rank];
-    for t in 0..tokens {
-        let visible = v.start + t + 1;
-        let row = &mut scores[t * used..t * used + visible];
-        for (sc, &p) in row.iter_mut().zip(&pe[t * used..]) {
-            *sc = (*sc + p) * s.scale;
-        }
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f64;
-        for sc in row.iter_mut() {
-            *sc = (*sc - max).exp();
-            sum += f64::from(*sc);
-        }
-        acc.fill(0.0);
-        for (p, &w) in row.iter().enumerate() {
+) {
+    let (qk, stride) = (s.qk(), v.start + v.tokens);
+    let lanes_len = order.scratch_len(s.rank);
+    for first in (0..v.tokens).step_by(GGML_BLOCK) {
+        let n = GGML_BLOCK.min(v.tokens - first);
+        let seen = v.start + first + n;
+        let scores = &mut b.scores[..n * stride];
+        for p in 0..seen {
             let c = &v.latent[p * s.rank..(p + 1) * s.rank];
-            for (a, &cv) in acc.iter_mut().zip(c) {
-                *a += w * cv;
+            let k_pe = &v.k_pe[p * s.rope..(p + 1) * s.rope];
+            for i in 0..n {
+                let t = first + i;
+                if p <= v.start + t {
+                    let at = (t * s.heads + h) * qk + s.nope;
+                    let q_pe = &v.q[at..at + s.rope];
+                    let q = &q_lat[t * s.rank..(t + 1) * s.rank];
+                    scores[i * stride + p] = ggml_f32::vec_dot_f32_concat(c, k_pe, q, q_pe);
+                }
             }
         }
-        let inv = (1.0 / sum) as f32;
-        for (o, &a) in o_lat[t * s.rank..(t + 1) * s.rank].iter_mut().zip(&acc) {
-            *o = a * inv;
+        for (i, row) in scores.chunks_exact_mut(stride).enumerate() {
+            let visible = v.start + first + i + 1;
+            ggml_f32::softmax_row(&mut row[..visible], s.ggml_scale);
+            row[visible..seen].fill(0.0);
         }
+        let rows = &v.latent[..seen * s.rank];
+        let o = &mut o_lat[first * s.rank..(first + n) * s.rank];
+        ggml_f32::weighted_rows(
+            order,
+            rows,
+            scores,
+            stride,
+            &mut b.lanes[..n * lanes_len],
+            o,
+        );
     }
-    Ok(())
 }
 
-/// `o = sum_s softmax_s((q_lat . c_s + q_pe . k_pe_s) * scale) c_s` over `s < visible`.
+/// `o = sum_s softmax_s((q_lat . c_s + q_pe . k_pe_s) * scale) c_s` over `s < scores.len()`,
+/// in f64 (`scores` `[visible]` and `acc` `[rank]` are scratch).
 fn attend_latent(
     s: &MlaShape,
     q: &LatentQuery,
     latent: &[f32],
     k_pe: &[f32],
-    visible: usize,
-    scratch: &mut LatentScratch,
+    scores: &mut [f64],
+    acc: &mut [f64],
     o: &mut [f32],
 ) {
-    let scores = &mut scratch.scores[..visible];
     for (p, sc) in scores.iter_mut().enumerate() {
         let c = &latent[p * s.rank..(p + 1) * s.rank];
         let kp = &k_pe[p * s.rope..(p + 1) * s.rope];
@@ -426,7 +599,6 @@ fn attend_latent(
         *sc = (*sc - max).exp();
         sum += *sc;
     }
-    let acc = &mut scratch.acc;
     acc.fill(0.0);
     for (p, &w) in scores.iter().enumerate() {
         let c = &latent[p * s.rank..(p + 1) * s.rank];
@@ -540,34 +712,33 @@ mod tests {
             v,
             eps: 1e-6,
             scale: rope.softmax_scale(qk),
+            ggml_scale: rope.softmax_scale(qk),
+            ggml_rope: ggml_f32::Rope::new(rope_d, 10000.0, None, 1.0),
         };
         let capacity = 11;
-        let mut cache = LayerCache {
-            latent: vec![f32::NAN; capacity * rank],
-            k_pe: vec![f32::NAN; capacity * rope_d],
-        };
         let x = randn(&mut rng, capacity * hidden, 1.0);
-        // the sequence in three batches: 4 tokens, 1, then 6
-        let mut ours = vec![f32::NAN; capacity * hidden];
-        let mut start = 0;
-        for n in [4, 1, 6] {
-            let (xs, os) = (
-                &x[start * hidden..(start + n) * hidden],
-                &mut ours[start * hidden..(start + n) * hidden],
-            );
-            w.forward(
-                &shape,
-                MatmulMode::Reference,
-                &rope,
-                xs,
-                n,
-                start,
-                &mut cache,
-                os,
-            )
-            .unwrap();
-            start += n;
-        }
+        // the sequence in three batches (4 tokens, 1, then 6) in each mode; the quantized mode
+        // of f32 weights has no quantizer, only ggml's f32 order
+        let run = |mode: MatmulMode| {
+            let mut cache = LayerCache {
+                latent: vec![f32::NAN; capacity * rank],
+                k_pe: vec![f32::NAN; capacity * rope_d],
+            };
+            let mut out = vec![f32::NAN; capacity * hidden];
+            let mut start = 0;
+            for n in [4, 1, 6] {
+                let (xs, os) = (
+                    &x[start * hidden..(start + n) * hidden],
+                    &mut out[start * hidden..(start + n) * hidden],
+                );
+                w.forward(&shape, mode, &rope, xs, n, start, &mut cache, os)
+                    .unwrap();
+                start += n;
+            }
+            (cache, out)
+        };
+        let (cache, ours) = run(MatmulMode::Reference);
+        let (_, ggml_order) = run(MatmulMode::Quantized(kt_kernels::cpu::Isa::Scalar));
 
         // naive: project, rope, normalize, expand per head, project out
         let mut q = matvec(&wq, heads * qk, hidden, &x);
@@ -604,13 +775,106 @@ mod tests {
         let expected = matvec(&wo, hidden, heads * v, &heads_out);
 
         assert_eq!(cache.latent, latent, "cached latents");
-        for (i, (&a, &b)) in ours.iter().zip(&expected).enumerate() {
+        for (i, ((&a, &g), &b)) in ours.iter().zip(&ggml_order).zip(&expected).enumerate() {
             // f32 intermediates (q, q_lat, o_lat) rounded in different places: a few ulps
             // of the largest terms, relative to outputs of size ~1
             assert!(
                 (a - b).abs() <= 1e-5 + 1e-5 * b.abs(),
                 "out[{i}]: {a} vs {b}"
             );
+            assert!(
+                (g - b).abs() <= 1e-5 + 1e-5 * b.abs(),
+                "quantized mode out[{i}]: {g} vs {b}"
+            );
+        }
+    }
+
+    /// The YaRN settings of the two fixture runs as `config::from_gguf` reads them: factor and
+    /// `yarn_log_multiplier` (`0.1 * mscale_all_dim`) as the GGUFs store them.
+    fn fixture_yarn(model: &str) -> YarnScaling {
+        let (factor, log_mul) = match model {
+            "tiny_dsv2_q4_k_m" => (40.0f32, 0.0707f32),
+            _ => (4.0, 0.1),
+        };
+        let mscale_all_dim = (f64::from(log_mul) / 0.1) as f32;
+        YarnScaling {
+            factor,
+            original_max_position_embeddings: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            mscale: mscale_all_dim,
+            mscale_all_dim,
+        }
+    }
+
+    #[test]
+    fn kq_scale_and_softmax_are_llama_cpps() {
+        use crate::deepseek::ggml_f32::llama_cpp;
+        for model in llama_cpp::MODELS {
+            let scale = ggml_kq_scale(Some(fixture_yarn(model)), 96);
+            for call in ["prompt", "decode"] {
+                let (shape, kq) = llama_cpp::tensor(model, &format!("{call}_kq"));
+                let (_, want) = llama_cpp::tensor(model, &format!("{call}_kq_soft_max"));
+                let (tokens, visible) = (shape[1], shape[2]);
+                for (r, (x, w)) in kq
+                    .chunks_exact(visible)
+                    .zip(want.chunks_exact(visible))
+                    .enumerate()
+                {
+                    let seen = if tokens == 1 { visible } else { r % tokens + 1 };
+                    let mut p = x[..seen].to_vec();
+                    ggml_f32::softmax_row(&mut p, scale);
+                    let same = p.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{model} {call} row {r}: scale {scale:e}");
+                }
+            }
+        }
+        // kt's f64-derived scale is one f32 ulp off llama.cpp's on both
+        let rope = RopeYarn::new(
+            32,
+            10000.0,
+            Some(kt_kernels::ops::YarnScaling {
+                factor: 40.0,
+                original_max_pos: 4096,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                mscale: 0.707,
+                mscale_all_dim: 0.707,
+            }),
+        )
+        .unwrap();
+        assert_ne!(
+            rope.softmax_scale(96),
+            ggml_kq_scale(Some(fixture_yarn("tiny_dsv2_q4_k_m")), 96)
+        );
+    }
+
+    #[test]
+    fn rope_is_llama_cpps() {
+        use crate::deepseek::ggml_f32::llama_cpp;
+        for model in llama_cpp::MODELS {
+            let y = fixture_yarn(model);
+            let yarn = ggml_f32::Yarn {
+                factor: y.factor,
+                n_ctx_orig: y.original_max_position_embeddings,
+                beta_fast: y.beta_fast,
+                beta_slow: y.beta_slow,
+            };
+            let rope = ggml_f32::Rope::new(32, 10000.0, Some(yarn), ggml_attn_factor(Some(y)));
+            let mut cache = vec![f32::NAN; rope.cache_len()];
+            for (call, first_pos) in [("prompt", 0), ("decode", 16)] {
+                let (shape, mut q) = llama_cpp::tensor(model, &format!("{call}_q_pe_in"));
+                let (_, want) = llama_cpp::tensor(model, &format!("{call}_q_pe"));
+                let per_token = shape[1] * shape[2];
+                for (t, row) in q.chunks_exact_mut(per_token).enumerate() {
+                    rope.cache(first_pos + t, &mut cache);
+                    for head in row.chunks_exact_mut(shape[2]) {
+                        ggml_f32::Rope::rotate(&cache, head);
+                    }
+                }
+                let same = q.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{model} {call}");
+            }
         }
     }
 }

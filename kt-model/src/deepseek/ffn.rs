@@ -9,16 +9,25 @@
 //! each token's experts summed in f32 in rank order, then the shared experts added in f32,
 //! as llama.cpp's graph does.
 
+use std::cell::RefCell;
+
 use kt_kernels::ops::{route, silu_mul_inplace, RouterConfig};
 
 use super::fused_moe::FusedMoe;
+use super::ggml_f32;
 use super::linear::{dequantize_vector, Linear, MatmulMode};
 use super::timing::{Place, Stage, StageClock};
 use crate::config::{DeepSeekConfig, TopkMethod};
 use crate::error::Result;
 use crate::tensors::{DenseFfn, MoeFfn};
 
-/// `down(silu(gate x) * up x)`.
+thread_local! {
+    /// The gate and up activations of an MLP call (grown to the largest call, then reused).
+    static MLP_SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = RefCell::default();
+}
+
+/// `down(silu(gate x) * up x)`; SiLU and the product in f64 in the reference mode, as ggml's
+/// SwiGLU in the quantized mode.
 pub(crate) struct Mlp<'a> {
     gate: Linear<'a>,
     up: Linear<'a>,
@@ -52,12 +61,30 @@ impl<'a> Mlp<'a> {
         out: &mut [f32],
     ) -> Result<()> {
         let width = self.gate.rows;
-        let mut g = vec![0.0f32; tokens * width];
-        let mut u = vec![0.0f32; tokens * width];
-        self.gate.apply(mode, x, tokens, &mut g)?;
-        self.up.apply(mode, x, tokens, &mut u)?;
-        silu_mul_inplace(&mut g, &u)?;
-        self.down.apply(mode, &g, tokens, out)
+        MLP_SCRATCH.with(|scratch| {
+            let (g, u) = &mut *scratch.borrow_mut();
+            let n = tokens * width;
+            if g.len() < n {
+                g.resize(n, 0.0);
+                u.resize(n, 0.0);
+            }
+            let (g, u) = (&mut g[..n], &mut u[..n]);
+            self.gate.apply(mode, x, tokens, g)?;
+            self.up.apply(mode, x, tokens, u)?;
+            match mode {
+                MatmulMode::Reference => silu_mul_inplace(g, u)?,
+                // ggml's fused SwiGLU, row by row (its output feeds `down`'s quantizer)
+                MatmulMode::Quantized(_) => ggml_f32::with_fma(
+                    #[inline(always)]
+                    || {
+                        for (gr, ur) in g.chunks_exact_mut(width).zip(u.chunks_exact(width)) {
+                            ggml_f32::swiglu(gr, ur);
+                        }
+                    },
+                ),
+            }
+            self.down.apply(mode, g, tokens, out)
+        })
     }
 }
 

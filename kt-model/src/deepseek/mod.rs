@@ -9,8 +9,10 @@
 //! (dequantized weights, f32 activations: the model's exact function, what the fixtures
 //! of HF transformers and llama.cpp's dequantized runs are compared with) or
 //! `Quantized(isa)` (activations quantized to the format's `vec_dot_type`, as llama.cpp
-//! runs a GGUF natively). Rope, routing and softmax are `kt_kernels::ops`; RMSNorm too, except
-//! that the quantized mode rounds it as ggml does (`norm.rs`: its output feeds a quantizer). In
+//! runs a GGUF natively). Rope, routing and softmax are `kt_kernels::ops`; RMSNorm too. The
+//! quantized mode instead follows ggml's f32 order wherever a value feeds a quantizer: RMSNorm
+//! (`norm.rs`), and the attention's rope, scores, softmax and sums, SwiGLU and f32-weight
+//! products (`ggml_f32.rs`), so that its codes are llama.cpp's. In
 //! `Quantized` mode the routed experts run on kt-kernels' fused MoE operator
 //! ([`fused_moe`]); `Reference` keeps the plain per-expert loop. [`timing`] splits a
 //! call's time by layer and stage when asked ([`DeepSeekModel::forward_timed`]).
@@ -23,6 +25,7 @@ mod attention;
 pub mod cache;
 mod ffn;
 pub mod fused_moe;
+mod ggml_f32;
 pub mod linear;
 pub mod model;
 mod norm;
