@@ -164,6 +164,13 @@ pub(super) unsafe fn gemv<F: PairFormat>(tile: &GemmTile) {
         return;
     }
     let valid_last = total_cols - (groups - 1) * COLS;
+    // The first super-blocks of the first register tile's rows start loading while the
+    // activations are rearranged (the row loop prefetches each next tile's rows itself;
+    // a few, so the prefetches do not fill the line-fill buffers the repack loads need).
+    for r in 0..tile.rows.min(4) {
+        let bytes = groups.min(4) * F::BLOCK;
+        prefetch_group(tile.w.wrapping_add(r * tile.w_stride), bytes + 63);
+    }
     let mut acts = [const { MaybeUninit::<F::Act>::uninit() }; SLICE];
     let mut g0 = 0;
     while g0 < groups {
