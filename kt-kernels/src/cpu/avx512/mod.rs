@@ -66,9 +66,14 @@ pub(crate) fn register(t: &mut KernelTable) {
 
 /// One token: the row-pair kernel `P`; more: the column layout `C` of the same format.
 ///
-/// Dev Xeon (Sapphire Rapids class), `kt-bench matmul --tokens 1`, 1 thread: the column
-/// layout at one token left half of each vector idle and lost to the AVX2 kernels on
-/// Q4_K, Q2_K, Q5_K, Q6_K and Q8_0 (see BENCHMARKS.md, session 3, for the row pairs).
+/// At one token the column layout leaves half of each vector idle and lost to the AVX2
+/// kernels; the row pairs beat both. Dev Xeon (Sapphire Rapids class, shared with other
+/// jobs: best of 3), 2026-11-21, `kt-bench matmul --threads 1 --tokens 1 --resident
+/// --shapes 1408x2048` (cache-resident, so the compute per weight byte shows), GB/s of
+/// weights, column layout / AVX2 kernel / row pairs: Q2_K 10.9 / 10.6 / 16.3, Q4_K
+/// 18.0 / 18.1 / 26.9, Q5_K 13.2 / 16.2 / 22.9, Q6_K 14.8 / 18.5 / 29.3, Q8_0 21.3 / 24.0
+/// / 30.1. From DRAM one core reads only 10-13 GB/s whatever the kernel; there the row
+/// pairs are level or ahead (Q2_K 8.9 -> 10.6 on 2048x7168).
 ///
 /// # Safety
 /// As [`crate::cpu::dispatch::GemmFn`]; `P` and `C` implement `tile.qtype`.
