@@ -61,7 +61,16 @@ unsafe fn gemm_with<const DPBF16: bool>(tile: &GemmTile) {
                 );
                 let out = tile.out.add(t0 * tile.ldo + r0);
                 let gemv = tile.tokens <= GEMV_MAX_TOKENS;
-                let args = (w, tile.w_stride, a, tile.a_stride, tile.k, out, tile.ldo, gemv);
+                let args = (
+                    w,
+                    tile.w_stride,
+                    a,
+                    tile.a_stride,
+                    tile.k,
+                    out,
+                    tile.ldo,
+                    gemv,
+                );
                 macro_rules! shapes {
                     ($(($r:literal, $n:literal)),*) => {
                         match (rm, rn) {
@@ -97,7 +106,16 @@ unsafe fn gemm_with<const DPBF16: bool>(tile: &GemmTile) {
 
 /// (weights, weight stride, activations, activation stride, k, output, ldo, prefetch the
 /// next `RM` rows).
-type Args = (*const u8, usize, *const u8, usize, usize, *mut f32, usize, bool);
+type Args = (
+    *const u8,
+    usize,
+    *const u8,
+    usize,
+    usize,
+    *mut f32,
+    usize,
+    bool,
+);
 
 /// Prefetches bytes `2i .. 2i + 64` of the `RM` rows after the register tile's.
 #[inline]

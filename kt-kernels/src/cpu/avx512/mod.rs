@@ -21,10 +21,10 @@ mod tile;
 mod unpacked;
 
 use super::dispatch::{FormatKernels, GemmTile, KernelTable};
-use gemv::PairFormat;
-use tile::ColumnFormat;
 use super::isa::Isa;
 use crate::quant::QType;
+use gemv::PairFormat;
+use tile::ColumnFormat;
 
 pub(crate) fn register(t: &mut KernelTable) {
     let k_quant = |gemm| FormatKernels {

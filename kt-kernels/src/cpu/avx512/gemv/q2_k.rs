@@ -79,8 +79,8 @@ unsafe impl PairFormat for Q2K {
             repack_chunks(blk, &ACT, out);
             let (da, bsums) = d_and_bsums(blk);
             set_side(out, 0, _mm512_castps_si512(_mm512_mul_ps(da, CRUMB_SCALE)));
-            for n in 0..2 {
-                let sums = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(GROUP[n], bsums));
+            for (n, &group) in GROUP.iter().enumerate() {
+                let sums = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(group, bsums));
                 set_side(out, 1 + n, _mm512_castps_si512(_mm512_mul_ps(sums, da)));
             }
         }
@@ -88,13 +88,7 @@ unsafe impl PairFormat for Q2K {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn pair(
-        w0: *const u8,
-        w1: *const u8,
-        act: &KAct,
-        _valid: usize,
-        acc: __m512,
-    ) -> __m512 {
+    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, _valid: usize, acc: __m512) -> __m512 {
         // SAFETY: the quants at 16..80 of each block.
         let q = unsafe {
             [

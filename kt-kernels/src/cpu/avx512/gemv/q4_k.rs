@@ -154,13 +154,7 @@ unsafe impl PairFormat for Q4K {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn pair(
-        w0: *const u8,
-        w1: *const u8,
-        act: &KAct,
-        _valid: usize,
-        acc: __m512,
-    ) -> __m512 {
+    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, _valid: usize, acc: __m512) -> __m512 {
         // SAFETY: the quants at 16..144 of each block.
         let q = unsafe {
             [

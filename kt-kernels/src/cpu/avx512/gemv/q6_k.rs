@@ -116,8 +116,8 @@ unsafe impl PairFormat for Q6K {
             repack_chunks(blk, &ACT, out);
             let (da, bsums) = d_and_bsums(blk);
             set_side(out, 0, _mm512_castps_si512(da));
-            for n in 0..2 {
-                let sums = _mm512_permutexvar_epi32(GROUP[n], bsums);
+            for (n, &group) in GROUP.iter().enumerate() {
+                let sums = _mm512_permutexvar_epi32(group, bsums);
                 set_side(out, 1 + n, _mm512_mullo_epi32(sums, _mm512_set1_epi32(-32)));
             }
         }
@@ -125,13 +125,7 @@ unsafe impl PairFormat for Q6K {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn pair(
-        w0: *const u8,
-        w1: *const u8,
-        act: &KAct,
-        _valid: usize,
-        acc: __m512,
-    ) -> __m512 {
+    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, _valid: usize, acc: __m512) -> __m512 {
         // SAFETY: ql at 0..128, qh at 128..192 of each block.
         let (ql, qh) = unsafe {
             (

@@ -90,7 +90,7 @@ unsafe impl PairFormat for Q8_0 {
             let scales = _mm512_mul_ps(dw, _mm512_load_ps(act.da.as_ptr()));
             let offset = _mm512_set1_epi8(-128);
             let mut acc = acc;
-            for j in 0..valid {
+            for (j, &spread) in BLOCK_SCALE.iter().enumerate().take(valid) {
                 let at = j * Q80_BLOCK + 2;
                 let w = _mm512_inserti64x4::<1>(
                     _mm512_castsi256_si512(_mm256_loadu_si256(w0.add(at).cast())),
@@ -100,7 +100,7 @@ unsafe impl PairFormat for Q8_0 {
                 let start = _mm512_broadcast_i64x4(_mm256_load_si256(act.off[j].as_ptr().cast()));
                 let a = _mm512_broadcast_i64x4(_mm256_load_si256(act.q[j].as_ptr().cast()));
                 let s = _mm512_dpbusd_epi32(start, w, a);
-                let scale = _mm512_permutexvar_ps(BLOCK_SCALE[j], scales);
+                let scale = _mm512_permutexvar_ps(spread, scales);
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc);
             }
             acc
