@@ -490,3 +490,92 @@ fn gemm_work_items_match_scalar() {
         }
     }
 }
+
+/// One-token products (the row-pair GEMV kernels of the integer formats): every row
+/// remainder of the 4-row register tile, K from one block to past one activation slice
+/// (32 super-blocks; Q8_0's 257 blocks end the second slice in a one-block group).
+#[test]
+fn one_token_rows_and_slices_match_scalar() {
+    if !avx512() {
+        return;
+    }
+    for q in FORMATS {
+        let ks: &[usize] = if q.is_k_quant() {
+            &[256, 7 * 256, 33 * 256]
+        } else {
+            &[32, 288, 1408, 257 * 32]
+        };
+        for &k in ks {
+            for rows in [1, 2, 3, 4, 5, 6, 7, 9, 13, 66] {
+                check_against_scalar(q, rows, k, 1, (rows * 1009 + k) as u64);
+            }
+        }
+    }
+}
+
+/// One one-token tile called directly, inside a larger NaN-poisoned output: the row
+/// outputs land at the tile's offset and nothing else is written.
+#[test]
+fn one_token_tile_writes_only_its_rows() {
+    use kt_kernels::cpu::dispatch::{self, GemmTile};
+    if !avx512() {
+        return;
+    }
+    let (rows, off) = (11, 5);
+    for q in FORMATS {
+        let k = if q.is_k_quant() { 3 * 256 } else { 288 };
+        let mut rng = SplitMix64::new(q.ggml_id() as u64 + 77);
+        let w = random_weights(q, rows, k, &mut rng);
+        let x = random_acts(1, k, &mut rng);
+        let xq = quantize_acts(Isa::Avx512, q, &x, k);
+        let mut big = poisoned(off + rows + 7);
+        let tile = GemmTile {
+            qtype: q,
+            k,
+            w: w.as_ptr(),
+            w_stride: q.row_bytes(k).unwrap(),
+            rows,
+            a: xq.as_ptr(),
+            a_stride: xq.len(),
+            tokens: 1,
+            out: big[off..].as_mut_ptr(),
+            ldo: rows,
+        };
+        let kernels = dispatch::table(Isa::Avx512).unwrap().get(q).unwrap();
+        // SAFETY: the tile describes the weights (rows x row_bytes), one quantized
+        // activation row and `rows` output elements inside `big`; the table only holds
+        // kernels this CPU runs (checked above).
+        unsafe { (kernels.gemm)(&tile) };
+        let mut slow = poisoned(rows);
+        cpu::matmul_with(Isa::Scalar, pool(), q, &w, rows, k, &x, 1, &mut slow).unwrap();
+        for (i, v) in big.iter().enumerate() {
+            if !(off..off + rows).contains(&i) {
+                assert!(v.is_nan(), "{q}: element {i} outside the tile was written");
+            }
+        }
+        let mut wf = vec![0f32; rows * k];
+        quant::dequantize(q, &w, &mut wf).unwrap();
+        let a = dequant_act(q.vec_dot_type(), &xq);
+        assert_close(
+            &format!("{q} one-token tile"),
+            &big[off..off + rows],
+            &slow,
+            &magnitudes(&wf, &a, rows, k),
+            rows,
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// The one-token kernels on random shapes (the general proptest rarely draws 1 token).
+    #[test]
+    fn one_token_kernels_match_scalar(f in 0usize..FORMATS.len(), kp in 0usize..4,
+                                      rows in 1usize..=70, seed in any::<u64>()) {
+        if avx512() {
+            let q = FORMATS[f];
+            check_against_scalar(q, rows, k_for(q, kp), 1, seed);
+        }
+    }
+}

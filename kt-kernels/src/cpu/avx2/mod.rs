@@ -27,15 +27,10 @@ mod q8_k;
 mod small_block;
 mod tile;
 
-use super::dispatch::{FormatKernels, GemmFn, KernelTable};
+use super::dispatch::{FormatKernels, KernelTable};
 use super::isa::Isa;
 use super::scalar::quantize_act_fn;
 use crate::quant::QType;
-
-/// The AVX2 K-quant kernels of Q4_K and Q2_K, which the AVX512 table uses for one-token
-/// products (`avx512/mod.rs` says why).
-pub(super) const Q4_K_GEMM: GemmFn = tile::gemm::<kquant::KQuantKernel<q4_k::Q4K>>;
-pub(super) const Q2_K_GEMM: GemmFn = tile::gemm::<kquant::KQuantKernel<q2_k::Q2K>>;
 
 pub(crate) fn register(t: &mut KernelTable) {
     let mut set = |q: QType, quantize_act, gemm| {
@@ -50,13 +45,21 @@ pub(crate) fn register(t: &mut KernelTable) {
         );
     };
     let q8_k = q8_k::quantize_act as super::dispatch::QuantizeActFn;
-    set(QType::Q2_K, q8_k, Q2_K_GEMM);
+    set(
+        QType::Q2_K,
+        q8_k,
+        tile::gemm::<kquant::KQuantKernel<q2_k::Q2K>>,
+    );
     set(
         QType::Q3_K,
         q8_k,
         tile::gemm::<kquant::KQuantKernel<q3_k::Q3K>>,
     );
-    set(QType::Q4_K, q8_k, Q4_K_GEMM);
+    set(
+        QType::Q4_K,
+        q8_k,
+        tile::gemm::<kquant::KQuantKernel<q4_k::Q4K>>,
+    );
     set(
         QType::Q5_K,
         q8_k,

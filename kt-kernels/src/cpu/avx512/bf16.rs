@@ -2,12 +2,16 @@
 //! of bf16 and adds them to f32 lanes; without it, each bf16 is widened to f32 (a shift
 //! or a mask: bf16 is the top half of an f32) and accumulated with FMA. Either way a
 //! register tile of `RM` rows x `RN` tokens walks K 32 elements at a time, the tail with
-//! masked loads, and each product's 16 lanes are summed at the end.
+//! masked loads, and each product's 16 lanes are summed at the end. In a GEMV tile each
+//! step also prefetches the same 64 bytes of the next register tile's rows (see
+//! [`super::tile::prefetch_group`]'s callers: a GEMV streams its weights once).
 
 use std::arch::x86_64::*;
 
+use super::tile::prefetch_group;
 use crate::cpu::dispatch::GemmTile;
 use crate::cpu::isa::Isa;
+use crate::cpu::GEMV_MAX_TOKENS;
 
 /// Elements per step (one zmm of bf16).
 const STEP: usize = 32;
@@ -56,7 +60,17 @@ unsafe fn gemm_with<const DPBF16: bool>(tile: &GemmTile) {
                     tile.a.add(t0 * tile.a_stride),
                 );
                 let out = tile.out.add(t0 * tile.ldo + r0);
-                let args = (w, tile.w_stride, a, tile.a_stride, tile.k, out, tile.ldo);
+                let gemv = tile.tokens <= GEMV_MAX_TOKENS;
+                let args = (
+                    w,
+                    tile.w_stride,
+                    a,
+                    tile.a_stride,
+                    tile.k,
+                    out,
+                    tile.ldo,
+                    gemv,
+                );
                 macro_rules! shapes {
                     ($(($r:literal, $n:literal)),*) => {
                         match (rm, rn) {
@@ -90,8 +104,27 @@ unsafe fn gemm_with<const DPBF16: bool>(tile: &GemmTile) {
     }
 }
 
-/// (weights, weight stride, activations, activation stride, k, output, ldo).
-type Args = (*const u8, usize, *const u8, usize, usize, *mut f32, usize);
+/// (weights, weight stride, activations, activation stride, k, output, ldo, prefetch the
+/// next `RM` rows).
+type Args = (
+    *const u8,
+    usize,
+    *const u8,
+    usize,
+    usize,
+    *mut f32,
+    usize,
+    bool,
+);
+
+/// Prefetches bytes `2i .. 2i + 64` of the `RM` rows after the register tile's.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+fn prefetch_next<const RM: usize>(w: *const u8, ws: usize, i: usize) {
+    for r in RM..2 * RM {
+        prefetch_group(w.wrapping_add(r * ws + 2 * i), 64);
+    }
+}
 
 /// 32 bf16 at `p`, or the first `n < 32` of them and zeros.
 ///
@@ -133,10 +166,15 @@ unsafe fn store<const RM: usize, const RN: usize>(
 /// `args` describe `RM` weight rows and `RN` activation rows of `k` bf16 and the output
 /// tile; AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16")]
-unsafe fn kernel_dpbf16<const RM: usize, const RN: usize>((w, ws, a, as_, k, out, ldo): Args) {
+unsafe fn kernel_dpbf16<const RM: usize, const RN: usize>(
+    (w, ws, a, as_, k, out, ldo, prefetch): Args,
+) {
     let mut acc = [[_mm512_setzero_ps(); RN]; RM];
     let mut i = 0;
     while i < k {
+        if prefetch {
+            prefetch_next::<RM>(w, ws, i);
+        }
         let n = k - i;
         // SAFETY: elements i..min(i + 32, k) of each row (the caller's contract).
         unsafe {
@@ -176,10 +214,15 @@ fn widen(v: __m512i) -> (__m512, __m512) {
 /// # Safety
 /// As [`kernel_dpbf16`], without needing AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-unsafe fn kernel_fma<const RM: usize, const RN: usize>((w, ws, a, as_, k, out, ldo): Args) {
+unsafe fn kernel_fma<const RM: usize, const RN: usize>(
+    (w, ws, a, as_, k, out, ldo, prefetch): Args,
+) {
     let mut acc = [[_mm512_setzero_ps(); RN]; RM];
     let mut i = 0;
     while i < k {
+        if prefetch {
+            prefetch_next::<RM>(w, ws, i);
+        }
         let n = k - i;
         // SAFETY: as in kernel_dpbf16.
         unsafe {
@@ -230,6 +273,7 @@ mod tests {
                     k,
                     o.as_mut_ptr(),
                     rows,
+                    true,
                 )
             };
             // SAFETY: the CPU features were checked; the buffers hold rows x k weights,

@@ -5,11 +5,12 @@
 //! weights are rearranged once per tile into a scratch first ([`unpacked`]). BF16 has its own
 //! small tile ([`bf16`]). Formats not registered here fall through to AVX2; the formats
 //! whose activations are Q8_K or Q8_0 get the AVX512 activation quantizers either way.
-//! One-token Q4_K and Q2_K products run the AVX2 kernel (measured faster; see the end of
-//! this file).
+//! One-token products of the integer formats take [`gemv`] instead, which puts two
+//! weight rows (not two tokens) in the halves of every vector.
 
 mod act;
 mod bf16;
+mod gemv;
 mod q2_k;
 mod q4_k;
 mod q5_k;
@@ -22,6 +23,8 @@ mod unpacked;
 use super::dispatch::{FormatKernels, GemmTile, KernelTable};
 use super::isa::Isa;
 use crate::quant::QType;
+use gemv::PairFormat;
+use tile::ColumnFormat;
 
 pub(crate) fn register(t: &mut KernelTable) {
     let k_quant = |gemm| FormatKernels {
@@ -30,16 +33,16 @@ pub(crate) fn register(t: &mut KernelTable) {
         gemm,
         gemm_isa: Isa::Avx512,
     };
-    t.set(QType::Q2_K, k_quant(q2_k_gemm));
-    t.set(QType::Q4_K, k_quant(q4_k_gemm));
-    t.set(QType::Q5_K, k_quant(tile::gemm::<q5_k::Q5K>));
-    t.set(QType::Q6_K, k_quant(tile::gemm::<q6_k::Q6K>));
+    t.set(QType::Q2_K, k_quant(by_tokens::<gemv::Q2K, q2_k::Q2K>));
+    t.set(QType::Q4_K, k_quant(by_tokens::<gemv::Q4K, q4_k::Q4K>));
+    t.set(QType::Q5_K, k_quant(by_tokens::<gemv::Q5K, q5_k::Q5K>));
+    t.set(QType::Q6_K, k_quant(by_tokens::<gemv::Q6K, q6_k::Q6K>));
     t.set(
         QType::Q8_0,
         FormatKernels {
             act: QType::Q8_0,
             quantize_act: quantize::q8_0,
-            gemm: tile::gemm::<q8_0::Q8_0>,
+            gemm: by_tokens::<gemv::Q8_0, q8_0::Q8_0>,
             gemm_isa: Isa::Avx512,
         },
     );
@@ -61,45 +64,27 @@ pub(crate) fn register(t: &mut KernelTable) {
     t.set_quantize_act(QType::Q5_0, quantize::q8_0);
 }
 
-// One token: the column layout puts a token pair in the two halves of every vector, so at
-// one token half of each `vpdpbusd` and of the weight rearranging is wasted, and the AVX2
-// K-quant kernel (8 rows x 1 token per register tile, with a row prefetch) is faster on
-// the Xeons measured. Dev Xeon (Sapphire Rapids class), 2026-11-21, `kt-bench matmul
-// --tokens 1`, GB/s of weights, AVX512 column layout vs AVX2 kernel:
-//   1 thread, cache-resident (`--resident`, 1408x2048 / 512x7168): Q4_K 14.6 vs 17.5,
-//     Q2_K 7.9 vs 10.3;
-//   1 thread, from DRAM (1408x2048, 2048x7168): Q4_K 8.7-9.1 vs 10.2-11.2 and 9.4-11.4 vs
-//     12.3-14.0, Q2_K 5.7-7.0 vs 7.9-8.8 and 6.7-7.4 vs 9.1-9.8.
-// From two tokens on the pairs are full and the column layout wins (Q4_K resident at two
-// tokens: 14.3 vs 10.9).
-
-/// Q4_K: the AVX2 kernel at one token, the column layout otherwise.
+/// One token: the row-pair kernel `P`; more: the column layout `C` of the same format.
+///
+/// At one token the column layout leaves half of each vector idle and lost to the AVX2
+/// kernels; the row pairs beat both. Dev Xeon (Sapphire Rapids class, shared with other
+/// jobs: best of 3), 2026-11-21, `kt-bench matmul --threads 1 --tokens 1 --resident
+/// --shapes 1408x2048` (cache-resident, so the compute per weight byte shows), GB/s of
+/// weights, column layout / AVX2 kernel / row pairs: Q2_K 10.9 / 10.6 / 16.3, Q4_K
+/// 18.0 / 18.1 / 26.9, Q5_K 13.2 / 16.2 / 22.9, Q6_K 14.8 / 18.5 / 29.3, Q8_0 21.3 / 24.0
+/// / 30.1. From DRAM one core reads only 10-13 GB/s whatever the kernel; there the row
+/// pairs are level or ahead (Q2_K 8.9 -> 10.6 on 2048x7168).
 ///
 /// # Safety
-/// As [`crate::cpu::dispatch::GemmFn`]; the CPU has AVX512 (and so AVX2, FMA, F16C: the
-/// AVX512 level's check includes the AVX2 level's).
-unsafe fn q4_k_gemm(t: &GemmTile) {
-    // SAFETY: forwarded contract; both kernels' ISAs are present.
+/// As [`crate::cpu::dispatch::GemmFn`]; `P` and `C` implement `tile.qtype`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn by_tokens<P: PairFormat, C: ColumnFormat>(t: &GemmTile) {
+    // SAFETY: forwarded contract.
     unsafe {
         if t.tokens == 1 {
-            super::avx2::Q4_K_GEMM(t)
+            gemv::gemv::<P>(t)
         } else {
-            tile::gemm::<q4_k::Q4K>(t)
-        }
-    }
-}
-
-/// Q2_K: as [`q4_k_gemm`].
-///
-/// # Safety
-/// As [`q4_k_gemm`].
-unsafe fn q2_k_gemm(t: &GemmTile) {
-    // SAFETY: forwarded contract; both kernels' ISAs are present.
-    unsafe {
-        if t.tokens == 1 {
-            super::avx2::Q2_K_GEMM(t)
-        } else {
-            tile::gemm::<q2_k::Q2K>(t)
+            tile::gemm::<C>(t)
         }
     }
 }

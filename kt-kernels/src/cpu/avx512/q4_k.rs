@@ -68,7 +68,15 @@ const MIN_SHIFT: __m512i = per_column([0, 0, 0, 0, 4, 4, 4, 4]);
 pub(super) unsafe fn scales_mins(p: *const u8) -> (__m512i, __m512i) {
     // SAFETY: 16 readable bytes (the caller's contract).
     let bytes = unsafe { _mm_loadu_si128(p.cast()) };
-    let bc = _mm512_broadcast_i32x4(bytes);
+    scales_mins_of(_mm512_broadcast_i32x4(bytes))
+}
+
+/// [`scales_mins`] of the scale bytes already in place: 128-bit lanes `2h` and `2h + 1`
+/// hold the 12 scale bytes (and 4 more) of the block whose values go to lanes
+/// `h * 8 + j` (the same block twice, or two rows' blocks).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(super) fn scales_mins_of(bc: __m512i) -> (__m512i, __m512i) {
     // The top two bits sit in byte 1 at bits 14..16: shifting by 10 puts them at 4..6.
     let t = _mm512_shuffle_epi8(bc, SC_CTRL);
     let sc = _mm512_or_si512(

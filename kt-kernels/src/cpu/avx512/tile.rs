@@ -191,7 +191,7 @@ pub(super) unsafe fn f16_one(p: *const u8) -> __m512 {
 /// Sums of the low and the high 8 lanes (the two tokens of a pair).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-fn hsum_halves(v: __m512) -> (f32, f32) {
+pub(super) fn hsum_halves(v: __m512) -> (f32, f32) {
     // Within each 128-bit lane: swap 64-bit halves and add, swap neighbours and add;
     // then add neighbouring 128-bit lanes: lane 0 holds the low sum, lane 8 the high.
     let v = _mm512_add_ps(v, _mm512_permute_ps::<0x4E>(v));
@@ -227,7 +227,7 @@ struct KernelArgs {
 /// of the rows `RM` further on, which the next register tile reads.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-fn prefetch_group(p: *const u8, bytes: usize) {
+pub(super) fn prefetch_group(p: *const u8, bytes: usize) {
     let mut off = 0;
     while off < bytes {
         // A prefetch never faults, whatever the address; wrapping_add keeps the

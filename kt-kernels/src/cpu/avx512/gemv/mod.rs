@@ -1,0 +1,218 @@
+//! One-token products (GEMV) of the AVX512 integer formats: two weight rows per vector.
+//!
+//! The column layout of [`super::tile`] puts a token pair in the two 256-bit halves of
+//! every vector, so at one token half of each `vpdpbusd` and of the weight rearranging
+//! is wasted. Here the halves hold two weight *rows* instead: lane `h * 8 + j` belongs to
+//! row `h` of a row pair, and each `vpdpbusd` multiplies 32 weights of each row with the
+//! same 32 activations (a 256-bit broadcast load).
+//!
+//! Per super-block (256 elements; for Q8_0 a group of up to 8 blocks) a format
+//! rearranges each row pair's weights into 8 vectors with one cross-lane permute each
+//! (the two rows are the permute's two sources), chosen so that every lane of an
+//! integer accumulator always sees the same scale group (a sub-block, or one 16-element
+//! half of one). The integer sums of a super-block then get their scales in one f32
+//! multiply-add per accumulator. The activations are rearranged to match once per call
+//! ([`PairFormat::repack`]), with their scales and the block sums the minimums or
+//! offsets are corrected with, so the per-row work is the weights' alone.
+//!
+//! The driver walks two row pairs at a time (their chains of `vpdpbusd` interleave) and
+//! prefetches the same super-block of the next four rows, which the next register tile
+//! reads: a GEMV streams its weights from DRAM once, and the rows of an expert matrix
+//! are too short for the hardware prefetcher to pick each one up in time.
+
+mod lanes;
+mod q2_k;
+mod q4_k;
+mod q5_k;
+mod q6_k;
+mod q8_0;
+
+pub(super) use q2_k::Q2K;
+pub(super) use q4_k::Q4K;
+pub(super) use q5_k::Q5K;
+pub(super) use q6_k::Q6K;
+pub(super) use q8_0::Q8_0;
+
+use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+
+use super::tile::{hsum_halves, prefetch_group, COLS};
+use crate::cpu::dispatch::GemmTile;
+
+/// Super-blocks whose rearranged activations are kept at a time (at most 18 KiB of stack,
+/// in L1 while every row pair passes over them). A longer K is done in slices whose
+/// sums are added into the output: 8192 elements, so the DeepSeek expert and attention
+/// shapes are one slice.
+const SLICE: usize = 32;
+
+/// A weight format computed two rows at a time.
+///
+/// # Safety
+/// [`PairFormat::pair`] may read only the `BLOCK` bytes of the super-block of each row it
+/// is given (fewer for a partial Q8_0 group: `valid` whole blocks).
+pub(super) unsafe trait PairFormat {
+    /// Weight bytes of a whole super-block (Q8_0: a group of 8 blocks).
+    const BLOCK: usize;
+    /// One super-block of the activations, rearranged to match the weights' vectors.
+    type Act;
+
+    /// Rearranges super-block `g` of the activation row `a` (in the format's activation
+    /// type; `valid` 32-element columns of the super-block exist) into `out`.
+    ///
+    /// # Safety
+    /// The row holds super-block `g` (its `valid` columns); `out` is valid for writes;
+    /// AVX512+VNNI.
+    unsafe fn repack(a: *const u8, g: usize, valid: usize, out: *mut Self::Act);
+
+    /// `acc` plus the products of one super-block of rows `w0` (lanes 0..8) and `w1`
+    /// (lanes 8..16) with `act`: the lanes of each half sum to the row's dot product.
+    ///
+    /// # Safety
+    /// `w0` and `w1` point at the super-block (`valid` columns of it) of weight rows;
+    /// AVX512+VNNI.
+    unsafe fn pair(
+        w0: *const u8,
+        w1: *const u8,
+        act: &Self::Act,
+        valid: usize,
+        acc: __m512,
+    ) -> __m512;
+}
+
+/// One register tile: `2 * NP` rows (the first at `w`) over `groups` super-blocks.
+struct Rows<A> {
+    w: *const u8,
+    w_stride: usize,
+    acts: *const A,
+    groups: usize,
+    valid_last: usize,
+}
+
+/// The dot products of the tile's rows with the activations (row `2p + h` at `[p][h]`).
+/// With `single`, the tile is one row (`NP` = 1): it is fed as both rows of the pair and
+/// only `[0][0]` is meaningful.
+///
+/// # Safety
+/// `args` describes `2 * NP` readable weight rows (1 when `single`) of `groups`
+/// super-blocks and `groups` written activation records; AVX512+VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn rows<F: PairFormat, const NP: usize>(
+    args: &Rows<F::Act>,
+    single: bool,
+) -> [[f32; 2]; NP] {
+    let mut acc = [_mm512_setzero_ps(); NP];
+    let ws = args.w_stride;
+    for g in 0..args.groups {
+        let valid = if g + 1 == args.groups {
+            args.valid_last
+        } else {
+            COLS
+        };
+        let wg = args.w.wrapping_add(g * F::BLOCK);
+        for r in 2 * NP..4 * NP {
+            // The same super-block of the rows the next register tile reads.
+            prefetch_group(wg.wrapping_add(r * ws), F::BLOCK + 63);
+        }
+        // SAFETY: super-block g of the tile's rows and record g exist (the caller's
+        // contract); with `single` only row 0 is read.
+        unsafe {
+            let act = &*args.acts.add(g);
+            for (p, a) in acc.iter_mut().enumerate() {
+                let w0 = wg.add(2 * p * ws);
+                let w1 = if single { w0 } else { wg.add((2 * p + 1) * ws) };
+                *a = F::pair(w0, w1, act, valid, *a);
+            }
+        }
+    }
+    acc.map(|a| {
+        let (s0, s1) = hsum_halves(a);
+        [s0, s1]
+    })
+}
+
+/// Writes (first K slice) or adds (later slices) `sums` to outputs `r0..`.
+///
+/// # Safety
+/// `out + r0 .. out + r0 + sums.len()` are the caller's output elements.
+#[inline]
+unsafe fn store(out: *mut f32, r0: usize, sums: &[f32], first: bool) {
+    for (i, &s) in sums.iter().enumerate() {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let o = out.add(r0 + i);
+            *o = if first { s } else { *o + s };
+        }
+    }
+}
+
+/// The table's `gemm` entry of a pair format for a one-token tile.
+///
+/// # Safety
+/// See [`crate::cpu::dispatch::GemmFn`]; `tile.tokens == 1` and `tile.qtype` is the format
+/// `F` implements.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(super) unsafe fn gemv<F: PairFormat>(tile: &GemmTile) {
+    debug_assert_eq!(tile.tokens, 1);
+    let total_cols = tile.k / 32;
+    let groups = total_cols.div_ceil(COLS);
+    let out = tile.out;
+    if groups == 0 {
+        for r in 0..tile.rows {
+            // SAFETY: the tile's output elements.
+            unsafe { *out.add(r) = 0.0 };
+        }
+        return;
+    }
+    let valid_last = total_cols - (groups - 1) * COLS;
+    // The first super-blocks of the first register tile's rows start loading while the
+    // activations are rearranged (the row loop prefetches each next tile's rows itself;
+    // a few, so the prefetches do not fill the line-fill buffers the repack loads need).
+    for r in 0..tile.rows.min(4) {
+        let bytes = groups.min(4) * F::BLOCK;
+        prefetch_group(tile.w.wrapping_add(r * tile.w_stride), bytes + 63);
+    }
+    let mut acts = [const { MaybeUninit::<F::Act>::uninit() }; SLICE];
+    let mut g0 = 0;
+    while g0 < groups {
+        let gn = SLICE.min(groups - g0);
+        for (i, rec) in acts.iter_mut().take(gn).enumerate() {
+            let g = g0 + i;
+            let valid = if g + 1 == groups { valid_last } else { COLS };
+            // SAFETY: super-block g of the tile's one activation row exists.
+            unsafe { F::repack(tile.a, g, valid, rec.as_mut_ptr()) };
+        }
+        let first = g0 == 0;
+        let mut r = 0;
+        while r < tile.rows {
+            let args = Rows {
+                // SAFETY: row r and super-block g0 are inside the weights.
+                w: unsafe { tile.w.add(r * tile.w_stride + g0 * F::BLOCK) },
+                w_stride: tile.w_stride,
+                acts: acts.as_ptr().cast::<F::Act>(),
+                groups: gn,
+                valid_last: if g0 + gn == groups { valid_last } else { COLS },
+            };
+            let left = tile.rows - r;
+            // SAFETY: the rows r.. the tile shape reads exist (at least as many as it
+            // names are left), records 0..gn were written, and the outputs of rows
+            // r..r + n belong to the tile.
+            unsafe {
+                let n = if left >= 4 {
+                    let s = rows::<F, 2>(&args, false);
+                    store(out, r, &[s[0][0], s[0][1], s[1][0], s[1][1]], first);
+                    4
+                } else if left >= 2 {
+                    let s = rows::<F, 1>(&args, false);
+                    store(out, r, &s[0], first);
+                    2
+                } else {
+                    let s = rows::<F, 1>(&args, true);
+                    store(out, r, &s[0][..1], first);
+                    1
+                };
+                r += n;
+            }
+        }
+        g0 += gn;
+    }
+}

@@ -1,0 +1,125 @@
+//! Q2_K two rows at a time. Element `128n + 32s + e` has its 2-bit quant at bits `2s` of
+//! `qs[32n + e]` and the 4-bit scale and minimum of group `8n + 2s + e / 16`: the element
+//! order of Q6_K, so Q6_K's activation layout and lane groups are reused
+//! ([`super::q6_k`]). Vector `4n + m` is one two-source permute of both rows' 64 quant
+//! bytes (lane `j = 4k + s`: dword `8n + m + 4k`) and a mask keeping bits `2s, 2s + 1`
+//! in place: the quant times `4^s`, at most 192, exactly undone in the f32 scale.
+//! `w = d * sc * q - dmin * m`: the minimums meet the activations' group sums in f32.
+
+use std::arch::x86_64::*;
+
+use super::lanes::{
+    chunk, d_and_bsums, f16_pairs, repack_chunks, row_bytes16, set_side, side, two_rows, KAct,
+    Q8K_BLOCK,
+};
+use super::q6_k::{group_lanes, ACT, GROUP};
+use super::PairFormat;
+use crate::cpu::avx512::tile::{per_column, vps};
+
+/// Bytes of a Q2_K block: 16 scale/min bytes, 64 quant bytes, f16 d, f16 dmin.
+const BLOCK: usize = 84;
+
+/// Permute index of vector `4n + m`: lane `h * 8 + j` = row `h`'s dword `8n + m + 4k`.
+const QS_DWORD: [__m512i; 8] = {
+    let mut out = [two_rows([0; 8], 16); 8];
+    let mut v = 0;
+    while v < 8 {
+        let (n, m) = ((v / 4) as i32, (v % 4) as i32);
+        let mut a = [0i32; 8];
+        let mut j = 0;
+        while j < 8 {
+            a[j] = 8 * n + m + 4 * (j / 4) as i32;
+            j += 1;
+        }
+        out[v] = two_rows(a, 16);
+        v += 1;
+    }
+    out
+};
+/// Bits `2s, 2s + 1` of every byte.
+const CRUMB: __m512i = per_column([
+    0x0303_0303,
+    0x0C0C_0C0C,
+    0x3030_3030,
+    0xC0C0_C0C0_u32 as i32,
+    0x0303_0303,
+    0x0C0C_0C0C,
+    0x3030_3030,
+    0xC0C0_C0C0_u32 as i32,
+]);
+/// Undoes the factor `4^s` of the quants left in place.
+const CRUMB_SCALE: __m512 = {
+    let f = [1.0, 0.25, 0.0625, 0.015625];
+    let mut a = [0f32; 16];
+    let mut l = 0;
+    while l < 16 {
+        a[l] = f[l % 4];
+        l += 1;
+    }
+    vps(a)
+};
+/// Byte shuffles putting group `8n + 2s + k`'s scale byte in the low byte of lane
+/// `h * 8 + j` (the others 0).
+const SCALE_SHUFFLE: [__m512i; 2] = [group_lanes(0, Some(0)), group_lanes(1, Some(0))];
+
+pub(in crate::cpu::avx512) struct Q2K;
+
+// SAFETY: pair reads bytes 0..84 of each block.
+unsafe impl PairFormat for Q2K {
+    const BLOCK: usize = BLOCK;
+    /// Side 0: `da / 4^s`; side 1 and 2: `da` times the group sums of accumulators 0, 1.
+    type Act = KAct;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn repack(a: *const u8, g: usize, _valid: usize, out: *mut KAct) {
+        // SAFETY: block g of the row (the caller's contract); out is writable.
+        unsafe {
+            let blk = a.add(g * Q8K_BLOCK);
+            repack_chunks(blk, &ACT, out);
+            let (da, bsums) = d_and_bsums(blk);
+            set_side(out, 0, _mm512_castps_si512(_mm512_mul_ps(da, CRUMB_SCALE)));
+            for (n, &group) in GROUP.iter().enumerate() {
+                let sums = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(group, bsums));
+                set_side(out, 1 + n, _mm512_castps_si512(_mm512_mul_ps(sums, da)));
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, _valid: usize, acc: __m512) -> __m512 {
+        // SAFETY: the quants at 16..80 of each block.
+        let q = unsafe {
+            [
+                _mm512_loadu_si512(w0.add(16).cast()),
+                _mm512_loadu_si512(w1.add(16).cast()),
+            ]
+        };
+        let mut sums = [_mm512_setzero_si512(); 2];
+        for (n, s) in sums.iter_mut().enumerate() {
+            for m in 0..4 {
+                let v = 4 * n + m;
+                let w = _mm512_and_si512(_mm512_permutex2var_epi32(q[0], QS_DWORD[v], q[1]), CRUMB);
+                *s = _mm512_dpbusd_epi32(*s, w, chunk(act, v));
+            }
+        }
+        // SAFETY: the scales at 0..16, d and dmin at 80..84 of each block.
+        let (bytes, (d, dmin)) =
+            unsafe { (row_bytes16(w0, w1), f16_pairs(w0.add(80), w1.add(80))) };
+        let dd = _mm512_mul_ps(d, _mm512_castsi512_ps(side(act, 0)));
+        let mut acc = acc;
+        for (n, &s) in sums.iter().enumerate() {
+            let b = _mm512_shuffle_epi8(bytes, SCALE_SHUFFLE[n]);
+            let sc = _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)));
+            let m = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(b));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(sc, dd), acc);
+            acc = _mm512_fnmadd_ps(
+                _mm512_mul_ps(m, dmin),
+                _mm512_castsi512_ps(side(act, 1 + n)),
+                acc,
+            );
+        }
+        acc
+    }
+}
