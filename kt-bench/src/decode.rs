@@ -92,6 +92,11 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// With hybrid rules that prefill the routed experts on the GPU: after the run, prefill
+    /// 128, 256, 512, 1024 and 2048 tokens with the GPU experts forced on and off (the
+    /// crossover) and measure the pinned host-to-device bandwidth.
+    #[arg(long)]
+    pub crossover: bool,
 }
 
 impl Args {
@@ -110,6 +115,7 @@ impl Args {
             rules: "cpu".into(),
             svg: None,
             json: false,
+            crossover: false,
         }
     }
 }
