@@ -16,8 +16,11 @@
 #      experts forced on and off (the CPU-expert hybrid), one JSON object
 #   4. kt-bench prefill --prompt-len 1024 and 2048, CPU rules (CPU-only engine)
 #   5. regression tests cuda_w4a16 (launch on views), hybrid_forward
-# Results under $OUT/gpu_prefill/: NAME.out / NAME.err, tests/*.log, summary.txt.
-# Env: THREADS (16), BUDGET_S (total wall budget, 200), TMP (/tmp), BIN.
+#   With CPU_LENS (e.g. "128 256 512 1024 2048"), step 4 runs those prompt lengths instead.
+# Results under $OUT/gpu_prefill/ (few files: the device call returns only a handful):
+# NAME.out (stdout; the CPU runs all append to prefill_cpu.out), err.log (every stderr),
+# tests/*.log, summary.txt.
+# Env: THREADS (16), BUDGET_S (total wall budget, 200), TESTS (1), CPU_LENS, TMP (/tmp), BIN.
 set -uo pipefail
 bin=${BIN:-.device-carry/lwprefill}
 threads=${THREADS:-16}
@@ -38,7 +41,7 @@ step() {
     if [ "$l" -lt 10 ]; then note "$name: skipped (${l}s of the budget left)"; return 1; fi
     [ "$limit" -gt "$l" ] && limit=$l
     local t0=$SECONDS
-    timeout "$limit" "$@" >"$out/$name.out" 2>"$out/$name.err"
+    timeout "$limit" "$@" >>"$out/${OUTFILE:-$name}.out" 2>>"$out/err.log"
     local rc=$?
     note "$name: rc $rc in $((SECONDS - t0)) s (limit ${limit}s): $*"
     return $rc
@@ -59,20 +62,24 @@ if [ ! -x "$bin/kt-bench" ]; then note "missing $bin/kt-bench"; exit 1; fi
 note "device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cpus; threads $threads; budget ${budget}s"
 nvidia-smi --query-gpu=name,pcie.link.gen.current,pcie.link.width.current --format=csv > "$out/nvidia-smi.txt" 2>&1
 
-run_test hybrid_prefill 60
-run_test cuda_moe_experts 30
+if [ "${TESTS:-1}" != 0 ]; then
+    run_test hybrid_prefill 60
+    run_test cuda_moe_experts 30
+fi
 
 gguf=$tmp/kt-v2l-gpu-prefill.gguf
 rules_gpu=$bin/rules/deepseek-v2-lite-gpu-prefill-hybrid.yaml
 if step gen_v2l 60 "$bin/kt-bench" gen-gguf --preset deepseek-v2-lite --out "$gguf" --threads "$threads"; then
     step crossover 120 "$bin/kt-bench" prefill --model "$gguf" --rules "$rules_gpu" \
         --prompt-len 1024 --threads "$threads" --crossover --json
-    for len in 1024 2048; do
-        step "prefill_cpu_$len" 40 "$bin/kt-bench" prefill --model "$gguf" \
+    for len in ${CPU_LENS:-1024 2048}; do
+        OUTFILE=prefill_cpu step "prefill_cpu_$len" 40 "$bin/kt-bench" prefill --model "$gguf" \
             --rules rules/deepseek-v2-lite-cpu.yaml --prompt-len "$len" --threads "$threads" --json
     done
 fi
 rm -f "$gguf"
-run_test cuda_w4a16 30
-run_test hybrid_forward 40
+if [ "${TESTS:-1}" != 0 ]; then
+    run_test cuda_w4a16 30
+    run_test hybrid_forward 40
+fi
 note "total ${SECONDS}s"

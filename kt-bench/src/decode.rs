@@ -93,7 +93,7 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// With hybrid rules that prefill the routed experts on the GPU: after the run, prefill
-    /// 128, 256, 512, 1024 and 2048 tokens with the GPU experts forced on and off (the
+    /// 32, 64, 128, 256, 512, 1024 and 2048 tokens with the GPU experts forced on and off (the
     /// crossover) and measure the pinned host-to-device bandwidth.
     #[arg(long)]
     pub crossover: bool,

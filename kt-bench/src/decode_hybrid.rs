@@ -220,7 +220,7 @@ impl HybridRun<'_> {
 }
 
 /// Prompt lengths of `--crossover`.
-const CROSSOVER_LENS: [usize; 5] = [128, 256, 512, 1024, 2048];
+const CROSSOVER_LENS: [usize; 7] = [32, 64, 128, 256, 512, 1024, 2048];
 /// Copies of one layer's expert slabs in the bandwidth measurement.
 const H2D_REPS: usize = 8;
 
