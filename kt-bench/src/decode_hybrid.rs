@@ -247,7 +247,9 @@ fn crossover(
     seed: u64,
 ) -> Result<Value, Box<dyn std::error::Error>> {
     let Some(rules_threshold) = model.gpu_prefill_threshold() else {
-        return Err("--crossover needs rules whose routed experts have a prefill_device option".into());
+        return Err(
+            "--crossover needs rules whose routed experts have a prefill_device option".into(),
+        );
     };
     let h2d_gbps = model.measure_h2d_gbps(H2D_REPS)?;
     let mut runs = Vec::new();

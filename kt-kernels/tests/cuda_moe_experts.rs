@@ -72,7 +72,9 @@ fn gathered_expert_gemms_and_combine_match_the_reference() {
     let s = gpu.stream();
     let mut rng = SplitMix64::new(0x6d6f_6578);
     let ids = choices(&mut rng);
-    let weights: Vec<f32> = (0..TOKENS * TOP_K).map(|_| 0.1 + rng.below(100) as f32 / 100.0).collect();
+    let weights: Vec<f32> = (0..TOKENS * TOP_K)
+        .map(|_| 0.1 + rng.below(100) as f32 / 100.0)
+        .collect();
     let x: Vec<bf16> = random(&mut rng, TOKENS * HIDDEN, 1.0);
     let gate_up_shape = SlabShape::new(EXPERTS, 2 * WIDTH, HIDDEN).unwrap();
     let down_shape = SlabShape::new(EXPERTS, HIDDEN, WIDTH).unwrap();
@@ -80,7 +82,9 @@ fn gathered_expert_gemms_and_combine_match_the_reference() {
         let w: Vec<f32> = (0..n * k).map(|_| rng.normal() * scale).collect();
         Int4Weights::<bf16>::quantize(&w, n, k).unwrap().0
     };
-    let gate_up: Vec<_> = (0..EXPERTS).map(|_| quant(2 * WIDTH, HIDDEN, 0.1)).collect();
+    let gate_up: Vec<_> = (0..EXPERTS)
+        .map(|_| quant(2 * WIDTH, HIDDEN, 0.1))
+        .collect();
     let down: Vec<_> = (0..EXPERTS).map(|_| quant(HIDDEN, WIDTH, 0.1)).collect();
     let mut host_gu = HostExpertSlab::new(&gpu, gate_up_shape).unwrap();
     let mut host_down = HostExpertSlab::new(&gpu, down_shape).unwrap();
@@ -138,16 +142,19 @@ fn gathered_expert_gemms_and_combine_match_the_reference() {
     s.moe_gather(&dx, &d_rows, &mut xg, HIDDEN).unwrap();
     for (e, r) in ranges.iter().enumerate() {
         if !r.is_empty() {
-            s.w4a16_gemm_expert(&dev_gu, e, &xg, r.clone(), &mut gu, &mut ws).unwrap();
+            s.w4a16_gemm_expert(&dev_gu, e, &xg, r.clone(), &mut gu, &mut ws)
+                .unwrap();
         }
     }
     s.silu_mul(&gu, &mut act, pairs, WIDTH).unwrap();
     for (e, r) in ranges.iter().enumerate() {
         if !r.is_empty() {
-            s.w4a16_gemm_expert(&dev_down, e, &act, r.clone(), &mut y, &mut ws).unwrap();
+            s.w4a16_gemm_expert(&dev_down, e, &act, r.clone(), &mut y, &mut ws)
+                .unwrap();
         }
     }
-    s.moe_combine(&y, &d_slot, &d_w, TOP_K, &mut out, HIDDEN).unwrap();
+    s.moe_combine(&y, &d_slot, &d_w, TOP_K, &mut out, HIDDEN)
+        .unwrap();
     let got = s.download(&out).unwrap();
     let got_xg = s.download(&xg).unwrap();
     // Bad shapes are refused before any launch.
@@ -157,7 +164,9 @@ fn gathered_expert_gemms_and_combine_match_the_reference() {
     assert!(s
         .w4a16_gemm_expert(&dev_gu, 0, &xg, 0..pairs + 1, &mut gu, &mut ws)
         .is_err());
-    assert!(s.moe_combine(&y, &d_slot, &d_w, 2, &mut out, HIDDEN).is_err());
+    assert!(s
+        .moe_combine(&y, &d_slot, &d_w, 2, &mut out, HIDDEN)
+        .is_err());
 
     // the gather is a copy
     for (i, &r) in rows.iter().enumerate() {

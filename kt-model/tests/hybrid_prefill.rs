@@ -124,8 +124,12 @@ fn gpu_prefill_experts_match_cpu_experts_within_int4_error() {
         load.relative_rms
     );
     let mut rng = SplitMix64::new(0x7072_6566);
-    let ids: Vec<u32> = (0..PROMPT).map(|_| rng.below(c.vocab_size) as u32).collect();
-    let next: Vec<u32> = (0..DECODE).map(|_| rng.below(c.vocab_size) as u32).collect();
+    let ids: Vec<u32> = (0..PROMPT)
+        .map(|_| rng.below(c.vocab_size) as u32)
+        .collect();
+    let next: Vec<u32> = (0..DECODE)
+        .map(|_| rng.below(c.vocab_size) as u32)
+        .collect();
     let vocab = c.vocab_size;
 
     h.set_gpu_prefill_threshold(usize::MAX).unwrap();
@@ -151,38 +155,61 @@ fn gpu_prefill_experts_match_cpu_experts_within_int4_error() {
     {
         assert!(gr.iter().all(|v| v.is_finite()), "row {i} not finite");
         let d = rel_l2(gr, cr);
-        assert!(d <= bound, "prefill row {i}: relative L2 {d:.4} > {bound:.4}");
+        assert!(
+            d <= bound,
+            "prefill row {i}: relative L2 {d:.4} > {bound:.4}"
+        );
         worst = worst.max(d);
         least = least.min(d);
     }
     // the int4 weights differ from the GGUF's: every row moves (the GPU path ran)
-    assert!(least > 1e-4, "prefill rows equal to the CPU experts' ({least:e})");
+    assert!(
+        least > 1e-4,
+        "prefill rows equal to the CPU experts' ({least:e})"
+    );
     // Decode runs the CPU experts after either prefill, and the MoE layer's cache rows
     // come from the dense layer's output (the same in both runs): the caches and so the
     // decode logits agree to f32 rounding.
     for (step, (gs, cs)) in gpu_steps.iter().zip(&cpu_steps).enumerate() {
         let d = rel_l2(gs, cs);
         eprintln!("decode step {step} after each prefill: relative L2 {d:e}");
-        assert!(d <= 1e-5, "decode step {step}: relative L2 {d:e} after the GPU experts' prefill");
+        assert!(
+            d <= 1e-5,
+            "decode step {step}: relative L2 {d:e} after the GPU experts' prefill"
+        );
     }
-    eprintln!("prefill rows: relative L2 to the CPU experts {least:.4}..{worst:.4}, bound {bound:.4}");
+    eprintln!(
+        "prefill rows: relative L2 to the CPU experts {least:.4}..{worst:.4}, bound {bound:.4}"
+    );
 }
 
 /// GPU prefill rules the executor refuses, without a GPU.
 #[test]
 fn check_refuses_other_prefill_formats_and_mixed_layers() {
     let c = Preset::DeepSeekV2Lite.config();
-    let place = |yaml: &str| RuleSet::from_yaml_str(yaml, "test").unwrap().place(&c).unwrap();
+    let place = |yaml: &str| {
+        RuleSet::from_yaml_str(yaml, "test")
+            .unwrap()
+            .place(&c)
+            .unwrap()
+    };
     HybridModel::check(&c, &place(GPU_PREFILL)).unwrap();
 
     let bf16 = GPU_PREFILL.replace("prefill_format: int4_g128", "prefill_format: bf16");
-    let err = HybridModel::check(&c, &place(&bf16)).unwrap_err().to_string();
-    assert!(err.contains("in bf16") && err.contains("int4_g128"), "{err}");
+    let err = HybridModel::check(&c, &place(&bf16))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("in bf16") && err.contains("int4_g128"),
+        "{err}"
+    );
 
     let mixed = GPU_PREFILL.replace(
         "  - match: {kind: routed_experts}\n",
         "  - match: {name: 'blk\\.1\\.ffn_exps', kind: routed_experts}\n    replace: {device: cpu, format: gguf}\n  - match: {kind: routed_experts}\n",
     );
-    let err = HybridModel::check(&c, &place(&mixed)).unwrap_err().to_string();
+    let err = HybridModel::check(&c, &place(&mixed))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("the same rule for all layers"), "{err}");
 }

@@ -262,9 +262,10 @@ impl GpuStream {
         // out (n x width, checked); each rows[i] indexes a row of x (the caller's
         // grouping, built from token indices < x.len() / width); 16-byte accesses only when
         // width % 8 == 0, on buffers the driver aligns to 256 bytes.
-        unsafe { b.launch(cfg) }
-            .map(drop)
-            .map_err(launch_err("kt_moe_gather_bf16".into(), format!("{n} rows of {width}")))
+        unsafe { b.launch(cfg) }.map(drop).map_err(launch_err(
+            "kt_moe_gather_bf16".into(),
+            format!("{n} rows of {width}"),
+        ))
     }
 
     /// `out[t, :] = sum_j weights[t, j] * y[slot[t, j], :]` for every token t (j in order,
@@ -302,9 +303,11 @@ impl GpuStream {
         if tokens == 0 {
             return Ok(());
         }
-        if tokens > GRID_X_MAX || i32::try_from(width).is_err() || i32::try_from(top_k).is_err()
-        {
-            return Err(shape(OP, format!("{tokens} tokens of {width} for one launch")));
+        if tokens > GRID_X_MAX || i32::try_from(width).is_err() || i32::try_from(top_k).is_err() {
+            return Err(shape(
+                OP,
+                format!("{tokens} tokens of {width} for one launch"),
+            ));
         }
         let f = self.kernels.get(&MOE_EXPERTS, "kt_moe_combine_bf16")?;
         let (k, w) = (top_k as i32, width as i32);
@@ -324,8 +327,9 @@ impl GpuStream {
         // block per token of out (tokens x width, checked); slot and weights hold tokens x
         // top_k entries (checked) and every slot indexes a row of y (the caller's grouping,
         // a permutation of 0..pairs, and y holds at least pairs rows, checked).
-        unsafe { b.launch(cfg) }
-            .map(drop)
-            .map_err(launch_err("kt_moe_combine_bf16".into(), format!("{tokens} tokens of {width}")))
+        unsafe { b.launch(cfg) }.map(drop).map_err(launch_err(
+            "kt_moe_combine_bf16".into(),
+            format!("{tokens} tokens of {width}"),
+        ))
     }
 }

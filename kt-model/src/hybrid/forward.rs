@@ -478,7 +478,15 @@ impl Step<'_> {
         copied.synchronize()?;
         m.cpu_wait_s = wait.elapsed().as_secs_f64();
         let ids = sc.host_ids.as_slice()?;
-        g.forward_layer(li, s, &sc.xn, ids, &sc.weights, &mut sc.routed, &mut ws.gemm)?;
+        g.forward_layer(
+            li,
+            s,
+            &sc.xn,
+            ids,
+            &sc.weights,
+            &mut sc.routed,
+            &mut ws.gemm,
+        )?;
         s.add_f32(&mut sc.x, &sc.routed)?;
         if let (Some(_), Some((_, _, out))) = (shared, sc.shared.as_ref()) {
             s.add_f32(&mut sc.x, out)?;

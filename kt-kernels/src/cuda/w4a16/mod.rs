@@ -259,11 +259,7 @@ impl GpuStream {
         if plan.splits == 1 {
             let null: u64 = 0;
             let mut b = self.stream.launch_builder(&f);
-            b.arg(&x)
-                .arg(&packed)
-                .arg(&scales)
-                .arg(&mut out)
-                .arg(&null);
+            b.arg(&x).arg(&packed).arg(&scales).arg(&mut out).arg(&null);
             b.arg(&mi).arg(&ni).arg(&ki).arg(&gps);
             // SAFETY: arguments match kt_w4a16_gemm_<T>_m<tile> (x, packed, scales, out, no
             // partials, M, N, K, groups per split); x is m x k, out m x n, packed and scales
@@ -305,10 +301,7 @@ impl GpuStream {
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(&rf);
-        b.arg(&partial.slice)
-            .arg(&mut out)
-            .arg(&splits)
-            .arg(&mn);
+        b.arg(&partial.slice).arg(&mut out).arg(&splits).arg(&mn);
         // SAFETY: matches kt_w4a16_reduce_<T> (partial, out, splits, m * n); partial holds
         // splits x m x n values written by the GEMM above (same stream, so in order).
         unsafe { b.launch(rcfg) }

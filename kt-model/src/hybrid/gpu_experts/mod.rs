@@ -53,7 +53,10 @@ pub(crate) fn prefill_threshold(placement: &Placement) -> HybridResult<Option<us
             )));
         }
         let threshold = o.prefill_threshold.ok_or_else(|| {
-            HybridError::Unsupported(format!("module {}: prefill_device without prefill_threshold", m.name))
+            HybridError::Unsupported(format!(
+                "module {}: prefill_device without prefill_threshold",
+                m.name
+            ))
         })?;
         match found {
             Some((t, first)) if t != threshold => {
@@ -244,9 +247,11 @@ impl GpuExperts {
         out: &mut DeviceBuf<f32>,
         ws: &mut GemmWorkspace,
     ) -> HybridResult<()> {
-        let i = self.moe_layers.iter().position(|&l| l == li).ok_or_else(|| {
-            HybridError::Input(format!("layer {li} has no routed experts"))
-        })?;
+        let i = self
+            .moe_layers
+            .iter()
+            .position(|&l| l == li)
+            .ok_or_else(|| HybridError::Input(format!("layer {li} has no routed experts")))?;
         let slot = i % 2;
         match &self.staged[slot] {
             Some((l, copied)) if *l == li => s.wait_event(copied)?,
