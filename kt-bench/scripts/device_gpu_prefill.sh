@@ -7,7 +7,7 @@
 #   tests/*    GPU test binaries (cargo test --release --no-run --features cuda: kt-kernels'
 #              cuda_moe_experts and cuda_w4a16, kt-model's hybrid_prefill and hybrid_forward),
 #              run with KT_REQUIRE_GPU=1
-#   rules/deepseek-v2-lite-gpu-prefill-hybrid.yaml (the rules with the prefill option)
+#   rules/gpu-prefill/deepseek-v2-lite-hybrid.yaml (the rules with the prefill option)
 # Steps, each bounded by `timeout` and the budget, in order of importance:
 #   1. tests hybrid_prefill, cuda_moe_experts
 #   2. kt-bench gen-gguf --preset deepseek-v2-lite (27 layers, Q4_K_M-like mix)
@@ -68,7 +68,7 @@ if [ "${TESTS:-1}" != 0 ]; then
 fi
 
 gguf=$tmp/kt-v2l-gpu-prefill.gguf
-rules_gpu=$bin/rules/deepseek-v2-lite-gpu-prefill-hybrid.yaml
+rules_gpu=$bin/rules/gpu-prefill/deepseek-v2-lite-hybrid.yaml
 if step gen_v2l 60 "$bin/kt-bench" gen-gguf --preset deepseek-v2-lite --out "$gguf" --threads "$threads"; then
     step crossover 120 "$bin/kt-bench" prefill --model "$gguf" --rules "$rules_gpu" \
         --prompt-len 1024 --threads "$threads" --crossover --json

@@ -27,7 +27,7 @@ use kt_kernels::util::SplitMix64;
 use kt_model::deepseek::{ForwardTrace, LogitRows};
 use kt_model::gguf::Gguf;
 use kt_model::hybrid::HybridModel;
-use kt_model::placement::{Placement, RuleSet};
+use kt_model::placement::{Device, ModuleKind, Placement, RuleSet};
 use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 
 /// Every GPU module in bf16; the routed experts on the CPU, and on the GPU in int4 for
@@ -183,7 +183,8 @@ fn gpu_prefill_experts_match_cpu_experts_within_int4_error() {
     );
 }
 
-/// GPU prefill rules the executor refuses, without a GPU.
+/// GPU prefill rules the executor takes (the test's and `rules/gpu-prefill/`'s) and those
+/// it refuses, without a GPU.
 #[test]
 fn check_refuses_other_prefill_formats_and_mixed_layers() {
     let c = Preset::DeepSeekV2Lite.config();
@@ -194,6 +195,32 @@ fn check_refuses_other_prefill_formats_and_mixed_layers() {
             .unwrap()
     };
     HybridModel::check(&c, &place(GPU_PREFILL)).unwrap();
+    // beside this crate when built here, else under the working directory (a test binary
+    // carried to the device runs in a copy of the repository root)
+    let name = "rules/gpu-prefill/deepseek-v2-lite-hybrid.yaml";
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(name);
+    let file = if here.exists() {
+        here
+    } else {
+        std::path::PathBuf::from(name)
+    };
+    let shipped = RuleSet::from_file(&file).unwrap().place(&c).unwrap();
+    HybridModel::check(&c, &shipped).unwrap();
+    let experts = shipped
+        .modules()
+        .iter()
+        .filter(|m| m.kind == ModuleKind::RoutedExperts);
+    for m in experts {
+        assert_eq!(m.device, Device::Cpu, "{}", m.name);
+        assert_eq!(
+            m.options.prefill_device,
+            Some(Device::Cuda(0)),
+            "{}",
+            m.name
+        );
+    }
 
     let bf16 = GPU_PREFILL.replace("prefill_format: int4_g128", "prefill_format: bf16");
     let err = HybridModel::check(&c, &place(&bf16))
