@@ -168,6 +168,7 @@ impl GpuStream {
         plan: &GemvPlan,
     ) -> CudaResult<()> {
         const OP: &str = "w4a16_gemv";
+        ops.check(OP)?;
         let Operands {
             x,
             packed,
@@ -217,11 +218,11 @@ impl GpuStream {
             b.arg(&mi).arg(&ni).arg(&ki).arg(&steps).arg(&slices);
             // SAFETY: arguments match kt_w4a16_gemv_<T>_t<tiles>_k<ways> (x, packed, scales,
             // out, no partials, no counters, M, N, K, k steps per slice, slices); x is m x k
-            // and out m x n, packed and scales hold n x k weights (checked by every caller,
-            // see Operands), 1 <= m <= 16 and the plan is this shape's (checked), n % 64 == 0
-            // and k % 128 == 0 (upload_w4a16 / the expert slab checked them); the grid covers every column group, the dynamic
-            // shared memory is the kernel's for m rows, and one slice never touches partials
-            // or counters.
+            // and out m x n, packed and scales hold n x k weights (Operands::check), 1 <= m
+            // <= 16 and the plan is this shape's (checked), n % 64 == 0 and k % 128 == 0
+            // (upload_w4a16 / the expert slab checked them); the grid covers every column
+            // group, the dynamic shared memory is the kernel's for m rows, and one slice never
+            // touches partials or counters.
             return unsafe { b.launch(cfg) }
                 .map(drop)
                 .map_err(launch_err(kernel, dims));

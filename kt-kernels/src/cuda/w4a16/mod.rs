@@ -59,8 +59,8 @@ pub struct W4A16Weights<T> {
 
 /// What one launch reads and writes, as views: whole buffers for [`GpuStream::w4a16_gemm`],
 /// one expert's weights inside a layer's slab and a run of rows of larger activation
-/// buffers for the MoE path (`cuda::moe_experts`). Callers check the lengths: `x` holds
-/// m x k, `out` m x n, `packed` n x k / 2 bytes and `scales` (k / 128) x n values.
+/// buffers for the MoE path (`cuda::moe_experts`): `x` holds m x k, `out` m x n, `packed`
+/// n x k / 2 bytes and `scales` (k / 128) x n values (checked before every launch).
 pub(crate) struct Operands<'a, T> {
     pub x: CudaView<'a, T>,
     pub packed: CudaView<'a, u8>,
@@ -69,6 +69,31 @@ pub(crate) struct Operands<'a, T> {
     pub m: usize,
     pub n: usize,
     pub k: usize,
+}
+
+impl<T> Operands<'_, T> {
+    /// The views hold exactly what m, n and k call for, and n, k fit the packed layout.
+    fn check(&self, op: &'static str) -> CudaResult<()> {
+        let (m, n, k) = (self.m, self.n, self.k);
+        quant::check_shape(op, n, k)?;
+        if self.x.len() != m * k
+            || self.out.len() != m * n
+            || self.packed.len() != n * k / 2
+            || self.scales.len() != (k / GROUP) * n
+        {
+            return Err(shape(
+                op,
+                format!(
+                    "x {}, out {}, packed {} and scales {} elements for m {m}, n {n}, k {k}",
+                    self.x.len(),
+                    self.out.len(),
+                    self.packed.len(),
+                    self.scales.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// f32 scratch for the k-split partial sums, grown on demand and reused across calls, and
@@ -200,6 +225,7 @@ impl GpuStream {
         force_splits: Option<usize>,
     ) -> CudaResult<()> {
         const OP: &str = "w4a16_gemm";
+        ops.check(OP)?;
         let Operands {
             x,
             packed,
@@ -263,8 +289,8 @@ impl GpuStream {
             b.arg(&mi).arg(&ni).arg(&ki).arg(&gps);
             // SAFETY: arguments match kt_w4a16_gemm_<T>_m<tile> (x, packed, scales, out, no
             // partials, M, N, K, groups per split); x is m x k, out m x n, packed and scales
-            // hold n x k weights (checked by every caller, see Operands), and n % 64 == 0,
-            // k % 128 == 0 (upload_w4a16 / the expert slab checked them); the grid covers n / 64 tiles and all m rows.
+            // hold n x k weights, n % 64 == 0 and k % 128 == 0 (Operands::check); the grid
+            // covers n / 64 tiles and all m rows.
             return unsafe { b.launch(cfg) }
                 .map(drop)
                 .map_err(launch_err(kernel, dims));
