@@ -280,6 +280,9 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         };
         return run.run(&w, placement, sampler);
     }
+    if a.crossover {
+        return Err("--crossover needs hybrid rules whose routed experts prefill on the GPU (and a cuda build)".into());
+    }
     let rules = w.rules.clone();
     let mut model = DeepSeekModel::new(&w.gguf, w.config.clone(), matmul)?;
     model.set_max_batch(prompt_len.min(MAX_MOE_BATCH))?;
