@@ -92,6 +92,11 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// With hybrid rules that prefill the routed experts on the GPU: after the run, prefill
+    /// 32, 64, 128, 256, 512, 1024 and 2048 tokens with the GPU experts forced on and off (the
+    /// crossover) and measure the pinned host-to-device bandwidth.
+    #[arg(long)]
+    pub crossover: bool,
 }
 
 impl Args {
@@ -110,6 +115,7 @@ impl Args {
             rules: "cpu".into(),
             svg: None,
             json: false,
+            crossover: false,
         }
     }
 }
@@ -273,6 +279,9 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
             dram_gbps: membw::measure_read_bandwidth(pool, MEMBW_BYTES, MEMBW_PASSES).gbps,
         };
         return run.run(&w, placement, sampler);
+    }
+    if a.crossover {
+        return Err("--crossover needs hybrid rules whose routed experts prefill on the GPU (and a cuda build)".into());
     }
     let rules = w.rules.clone();
     let mut model = DeepSeekModel::new(&w.gguf, w.config.clone(), matmul)?;

@@ -130,6 +130,11 @@ impl HybridRun<'_> {
             return Err("the model produced non-finite logits".into());
         }
 
+        let crossover = if a.crossover {
+            Some(crossover(&mut model, &w.config, a.seed)?)
+        } else {
+            None
+        };
         let prefill_tps = prompt_len as f64 / prefill_s;
         let decode_tps = (gen_len > 0).then(|| gen_len as f64 / decode_s);
         let headline = match self.mode {
@@ -166,6 +171,8 @@ impl HybridRun<'_> {
                     "decode": (gen_len > 0).then(|| phase_json(&decode_times, decode_s)),
                 },
                 "tokens": tokens,
+                "gpu_prefill": gpu_prefill_json(&model),
+                "crossover": crossover,
             });
             println!("{j}");
             return Ok(());
@@ -191,10 +198,78 @@ impl HybridRun<'_> {
                 1e3 * decode_s / gen_len as f64
             );
         }
+        if let Some(l) = model.gpu_prefill_load() {
+            println!(
+                "gpu prefill experts: calls of more than {} tokens; {:.2} GB pinned, repacked in {:.1} s, int4 relative RMS error {:.4} (worst matrix {:.4})",
+                model.gpu_prefill_threshold().unwrap_or(0),
+                l.pinned_bytes as f64 / 1e9,
+                l.seconds,
+                l.relative_rms,
+                l.worst_relative_rms
+            );
+        }
+        if let Some(c) = &crossover {
+            println!("crossover: {c}");
+        }
         print_phase("prefill", &prefill_times, prefill_s);
         if gen_len > 0 {
             print_phase("decode", &decode_times, decode_s);
         }
         Ok(())
     }
+}
+
+/// Prompt lengths of `--crossover`.
+const CROSSOVER_LENS: [usize; 7] = [32, 64, 128, 256, 512, 1024, 2048];
+/// Copies of one layer's expert slabs in the bandwidth measurement.
+const H2D_REPS: usize = 8;
+
+fn gpu_prefill_json(model: &HybridModel) -> Option<Value> {
+    model.gpu_prefill_load().map(|l| {
+        json!({
+            "threshold": model.gpu_prefill_threshold(),
+            "repack_s": l.seconds,
+            "pinned_bytes": l.pinned_bytes,
+            "layer_bytes": l.layer_bytes,
+            "relative_rms": l.relative_rms,
+            "worst_relative_rms": l.worst_relative_rms,
+        })
+    })
+}
+
+/// Prefill tokens/s at each of [`CROSSOVER_LENS`] with the routed experts on the GPU
+/// (threshold 0) and on the CPU (threshold `usize::MAX`), each on a fresh cache after one
+/// untimed call of the same path, and the pinned host-to-device bandwidth. Restores the
+/// rules' threshold.
+fn crossover(
+    model: &mut HybridModel,
+    config: &kt_model::config::DeepSeekConfig,
+    seed: u64,
+) -> Result<Value, Box<dyn std::error::Error>> {
+    let Some(rules_threshold) = model.gpu_prefill_threshold() else {
+        return Err(
+            "--crossover needs rules whose routed experts have a prefill_device option".into(),
+        );
+    };
+    let h2d_gbps = model.measure_h2d_gbps(H2D_REPS)?;
+    let mut runs = Vec::new();
+    for (path, threshold) in [("gpu", 0usize), ("cpu", usize::MAX)] {
+        model.set_gpu_prefill_threshold(threshold)?;
+        let warm = prompt_ids(config, WARMUP_TOKENS * 4, seed ^ 1);
+        let mut cache = model.new_cache(warm.len())?;
+        model.forward(&warm, &mut cache, LogitRows::Last)?;
+        for len in CROSSOVER_LENS {
+            let prompt = prompt_ids(config, len, seed);
+            let mut cache = model.new_cache(len)?;
+            let t = Instant::now();
+            let logits = model.forward(&prompt, &mut cache, LogitRows::Last)?;
+            let s = t.elapsed().as_secs_f64();
+            if logits.iter().any(|v| !v.is_finite()) {
+                return Err(format!("{path} experts, {len} tokens: non-finite logits").into());
+            }
+            runs.push(json!({"experts": path, "prompt_len": len, "prefill_s": s, "tokens_per_s": len as f64 / s}));
+        }
+    }
+    model.set_gpu_prefill_threshold(rules_threshold)?;
+    Ok(json!({"h2d_gbps": h2d_gbps, "runs": runs}))
 }

@@ -12,7 +12,9 @@
 //!   cores, with its host-side quantizer and repacker), [`mla`] (MLA attention over a paged
 //!   latent cache: decode with split keys, causal prefill; wgmma on compute capability 9.0),
 //!   [`linear`] (bf16 and f32 batched GEMM with f32 accumulation, the norms, cache writes,
-//!   copies and casts of the hybrid forward pass).
+//!   copies and casts of the hybrid forward pass), [`moe_experts`] (a layer's routed experts
+//!   as one int4 slab staged from pinned memory, gather, per-expert W4A16 GEMM, weighted
+//!   combine: the hybrid executor's GPU prefill).
 //!
 //! Shapes and lengths are checked before any launch and reported as [`CudaError::Shape`];
 //! a failed launch names the kernel and the shape.
@@ -25,6 +27,7 @@ mod runtime;
 pub mod gating;
 pub mod linear;
 pub mod mla;
+pub mod moe_experts;
 pub mod small_ops;
 pub mod w4a16;
 

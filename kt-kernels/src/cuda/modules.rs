@@ -51,7 +51,13 @@ pub(crate) const HYBRID_OPS: Embedded = Embedded {
     image: include_bytes!(concat!(env!("OUT_DIR"), "/hybrid_ops.fatbin")),
 };
 
-const ALL: [Embedded; 7] = [
+/// The GPU prefill's routed-expert gather and weighted combine.
+pub(crate) const MOE_EXPERTS: Embedded = Embedded {
+    name: "moe_experts",
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/moe_experts.fatbin")),
+};
+
+const ALL: [Embedded; 8] = [
     SMALL_OPS,
     MOE_GATING,
     W4A16_GEMM,
@@ -59,6 +65,7 @@ const ALL: [Embedded; 7] = [
     MLA_ATTN_SM90,
     TOP_P,
     HYBRID_OPS,
+    MOE_EXPERTS,
 ];
 
 /// Every embedded module loaded into one context, with kernels looked up once by name.

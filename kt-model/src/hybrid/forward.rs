@@ -11,6 +11,7 @@ use kt_kernels::cuda::{DeviceBuf, GpuStream};
 use kt_kernels::ops::RouterConfig;
 
 use super::error::{HybridError, HybridResult};
+use super::gpu_experts::GpuExperts;
 use super::layer::{GpuFfn, GpuLayer, GpuMlp, GpuQuery, GpuRouter};
 use super::scratch::Scratch;
 use super::timing::{accumulate, HybridTimes, LayerMarks};
@@ -85,6 +86,7 @@ impl HybridModel<'_> {
             scale,
             scratch,
             ws,
+            gpu_experts,
             ..
         } = self;
         let s = gpu.stream();
@@ -109,6 +111,11 @@ impl HybridModel<'_> {
             timing,
         };
 
+        // long chunks: the routed experts on the GPU, their weights streamed per layer
+        let mut gpu_experts = gpu_experts.as_mut().filter(|g| t_n > g.threshold);
+        if let Some(g) = gpu_experts.as_deref_mut() {
+            g.begin(s)?;
+        }
         let mut marks: Vec<LayerMarks> = Vec::with_capacity(layers.len());
         for (li, layer) in layers.iter().enumerate() {
             let mut m = LayerMarks {
@@ -146,6 +153,7 @@ impl HybridModel<'_> {
                         &mut m,
                         ws,
                         want,
+                        gpu_experts.as_deref_mut(),
                     )?;
                     if let (Some(tr), Some(r)) = (trace.as_deref_mut(), routing) {
                         tr.routing.push((li, r));
@@ -354,7 +362,8 @@ impl Step<'_> {
 
     /// `x += routed(xn) + shared(xn)` for MoE layer `li` (`sc.xn` / `sc.xn32` hold the
     /// normalized hidden state): router and gating on the GPU, the routed experts on the
-    /// CPU while the GPU runs the shared experts. Returns the routing when `want_routing`.
+    /// CPU while the GPU runs the shared experts, or with `gpu_experts` on the GPU after
+    /// them. Returns the routing when `want_routing`.
     #[allow(clippy::too_many_arguments)]
     fn moe(
         &self,
@@ -366,6 +375,7 @@ impl Step<'_> {
         m: &mut LayerMarks,
         ws: &mut Workspaces,
         want_routing: bool,
+        gpu_experts: Option<&mut GpuExperts>,
     ) -> HybridResult<Option<Routing>> {
         let (s, t_n, c) = (self.s, self.t_n, self.c);
         let fused = self.fused.ok_or_else(|| {
@@ -393,6 +403,9 @@ impl Step<'_> {
             &mut sc.ids,
             &mut sc.weights,
         )?;
+        if let Some(g) = gpu_experts {
+            return self.moe_on_gpu(g, li, shared, sc, m, ws, want_routing);
+        }
         m.routed = LayerMarks::mark(self.timing, s)?;
         s.copy_to_pinned(&sc.xn32, &mut sc.host_x)?;
         s.copy_to_pinned(&sc.ids, &mut sc.host_ids)?;
@@ -439,5 +452,52 @@ impl Step<'_> {
             r.logits = s.download(&sc.router)?;
         }
         Ok(routing)
+    }
+
+    /// The rest of [`Self::moe`] with the routed experts on the GPU: the shared experts
+    /// queued while the host waits for the router's choices, then the experts of
+    /// `gpu_experts` (layer `li`'s weights staged by then), both added to the residual.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_on_gpu(
+        &self,
+        g: &mut GpuExperts,
+        li: usize,
+        shared: Option<&GpuMlp>,
+        sc: &mut Scratch,
+        m: &mut LayerMarks,
+        ws: &mut Workspaces,
+        want_routing: bool,
+    ) -> HybridResult<Option<Routing>> {
+        let s = self.s;
+        s.copy_to_pinned(&sc.ids, &mut sc.host_ids)?;
+        let copied = s.record_event()?;
+        if let (Some(mlp), Some((gu, act, out))) = (shared, sc.shared.as_mut()) {
+            self.mlp(mlp, &sc.xn, gu, act, out, ws)?;
+        }
+        let wait = Instant::now();
+        copied.synchronize()?;
+        m.cpu_wait_s = wait.elapsed().as_secs_f64();
+        let ids = sc.host_ids.as_slice()?;
+        g.forward_layer(
+            li,
+            s,
+            &sc.xn,
+            ids,
+            &sc.weights,
+            &mut sc.routed,
+            &mut ws.gemm,
+        )?;
+        s.add_f32(&mut sc.x, &sc.routed)?;
+        if let (Some(_), Some((_, _, out))) = (shared, sc.shared.as_ref()) {
+            s.add_f32(&mut sc.x, out)?;
+        }
+        if !want_routing {
+            return Ok(None);
+        }
+        Ok(Some(Routing {
+            logits: s.download(&sc.router)?,
+            ids: ids.to_vec(),
+            weights: s.download(&sc.weights)?,
+        }))
     }
 }

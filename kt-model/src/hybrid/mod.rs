@@ -21,17 +21,23 @@
 //! back and added. The residual stream stays in f32 on the GPU; GEMM inputs and outputs are
 //! bf16 with f32 sums.
 //!
+//! With a `prefill_device: cuda:0` option on the routed experts' rule, calls of more than
+//! its `prefill_threshold` tokens run the routed experts on the GPU too, their weights
+//! streamed layer by layer from pinned host memory (`gpu_experts`).
+//!
 //! The MLA kernel fixes `kv_lora_rank` 512 and rope 64 (every real V2-Lite / V2 / V3); other
 //! shapes are refused.
 
 mod error;
 mod forward;
+mod gpu_experts;
 mod layer;
 mod scratch;
 mod timing;
 mod weights;
 
 pub use error::{HybridError, HybridResult};
+pub use gpu_experts::GpuPrefillLoad;
 pub use timing::{HybridTimes, LayerSplit};
 
 use half::bf16;
@@ -49,6 +55,7 @@ use crate::deepseek::{rope_of, router_config};
 use crate::gguf::Gguf;
 use crate::placement::Placement;
 use crate::tensors::{Ffn, ModelTensors};
+use gpu_experts::GpuExperts;
 use layer::{GpuFfn, GpuLayer};
 use scratch::{Scratch, Widths};
 use weights::{Formats, GpuLinear};
@@ -97,6 +104,8 @@ pub struct HybridModel<'a> {
     widths: Widths,
     scratch: Option<Scratch>,
     ws: Workspaces,
+    /// The routed experts for long prefill chunks on the GPU, when the rules ask for it.
+    gpu_experts: Option<GpuExperts>,
 }
 
 /// The GEMM's k-split and the attention's key-split scratch, grown on demand.
@@ -160,6 +169,10 @@ impl<'a> HybridModel<'a> {
         } else {
             None
         };
+        let gpu_experts = match gpu_experts::prefill_threshold(placement)? {
+            Some(threshold) => Some(GpuExperts::load(&gpu, &tensors, &config, threshold)?),
+            None => None,
+        };
         let rope = rope_of(&config)?;
         let scale = rope.softmax_scale(config.qk_nope_head_dim + config.qk_rope_head_dim);
         s.synchronize()?;
@@ -177,6 +190,7 @@ impl<'a> HybridModel<'a> {
             config,
             scratch: None,
             ws: Workspaces::default(),
+            gpu_experts,
         })
     }
 
@@ -191,7 +205,44 @@ impl<'a> HybridModel<'a> {
                 config.kv_lora_rank, config.qk_rope_head_dim
             )));
         }
-        Formats::new(placement).map(drop)
+        Formats::new(placement)?;
+        gpu_experts::prefill_threshold(placement).map(drop)
+    }
+
+    /// Calls of more than this many tokens run the routed experts on the GPU (`None`: the
+    /// rules keep them on the CPU for every call).
+    pub fn gpu_prefill_threshold(&self) -> Option<usize> {
+        self.gpu_experts.as_ref().map(|g| g.threshold)
+    }
+
+    /// Moves the threshold of [`Self::gpu_prefill_threshold`] (0: every call, including
+    /// decode steps, on the GPU experts; `usize::MAX`: none); an error when the rules did
+    /// not load GPU prefill experts.
+    pub fn set_gpu_prefill_threshold(&mut self, threshold: usize) -> HybridResult<()> {
+        match self.gpu_experts.as_mut() {
+            Some(g) => {
+                g.threshold = threshold;
+                Ok(())
+            }
+            None => Err(HybridError::Input(
+                "the rules keep the routed experts on the CPU (no prefill_device option)".into(),
+            )),
+        }
+    }
+
+    /// What loading the GPU prefill experts cost (repack time, pinned bytes, int4 error).
+    pub fn gpu_prefill_load(&self) -> Option<GpuPrefillLoad> {
+        self.gpu_experts.as_ref().map(|g| g.load)
+    }
+
+    /// Host-to-device bandwidth (GB/s) of the GPU prefill experts' copies from pinned
+    /// memory: one layer's slabs copied `reps` times. `None` without GPU prefill experts.
+    pub fn measure_h2d_gbps(&mut self, reps: usize) -> HybridResult<Option<f64>> {
+        let s = self.gpu.stream();
+        self.gpu_experts
+            .as_mut()
+            .map(|g| g.measure_h2d(s, reps))
+            .transpose()
     }
 
     pub fn config(&self) -> &DeepSeekConfig {

@@ -6,7 +6,7 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::quant::{GROUP, TILE_N};
-use super::{GemmWorkspace, W4A16Weights};
+use super::{GemmWorkspace, Operands, W4A16Weights};
 use crate::cuda::dtype::MmaFloat;
 use crate::cuda::error::{launch_err, shape, CudaResult};
 use crate::cuda::modules::W4A16_GEMM;
@@ -137,11 +137,10 @@ impl GpuStream {
         ws: &mut GemmWorkspace,
         plan: &GemvPlan,
     ) -> CudaResult<()> {
-        const OP: &str = "w4a16_gemv";
         let (n, k) = (w.n, w.k);
         if x.len() != m * k || out.len() != m * n {
             return Err(shape(
-                OP,
+                "w4a16_gemv",
                 format!(
                     "x has {}, out {} elements; expected m {m} x k {k} and m {m} x n {n}",
                     x.len(),
@@ -149,6 +148,36 @@ impl GpuStream {
                 ),
             ));
         }
+        let ops = Operands {
+            x: x.slice.as_view(),
+            packed: w.packed.slice.as_view(),
+            scales: w.scales.slice.as_view(),
+            out: out.slice.as_view_mut(),
+            m,
+            n,
+            k,
+        };
+        self.w4a16_gemv_launch(ops, ws, plan)
+    }
+
+    /// Launches the small-m kernel on `ops` (lengths checked by the caller) with `plan`.
+    pub(crate) fn w4a16_gemv_launch<T: MmaFloat>(
+        &self,
+        ops: Operands<'_, T>,
+        ws: &mut GemmWorkspace,
+        plan: &GemvPlan,
+    ) -> CudaResult<()> {
+        const OP: &str = "w4a16_gemv";
+        ops.check(OP)?;
+        let Operands {
+            x,
+            packed,
+            scales,
+            mut out,
+            m,
+            n,
+            k,
+        } = ops;
         if i32::try_from(m * k.max(n)).is_err() {
             return Err(shape(
                 OP,
@@ -180,20 +209,20 @@ impl GpuStream {
         if plan.slices == 1 {
             let null: u64 = 0;
             let mut b = self.stream.launch_builder(&f);
-            b.arg(&x.slice)
-                .arg(&w.packed.slice)
-                .arg(&w.scales.slice)
-                .arg(&mut out.slice)
+            b.arg(&x)
+                .arg(&packed)
+                .arg(&scales)
+                .arg(&mut out)
                 .arg(&null)
                 .arg(&null);
             b.arg(&mi).arg(&ni).arg(&ki).arg(&steps).arg(&slices);
             // SAFETY: arguments match kt_w4a16_gemv_<T>_t<tiles>_k<ways> (x, packed, scales,
             // out, no partials, no counters, M, N, K, k steps per slice, slices); x is m x k
-            // and out m x n (checked), 1 <= m <= 16 and the plan is this shape's (checked),
-            // the packed weights and scales were sized for n x k by upload_w4a16 with
-            // n % 64 == 0 and k % 128 == 0; the grid covers every column group, the dynamic
-            // shared memory is the kernel's for m rows, and one slice never touches partials
-            // or counters.
+            // and out m x n, packed and scales hold n x k weights (Operands::check), 1 <= m
+            // <= 16 and the plan is this shape's (checked), n % 64 == 0 and k % 128 == 0
+            // (upload_w4a16 / the expert slab checked them); the grid covers every column
+            // group, the dynamic shared memory is the kernel's for m rows, and one slice never
+            // touches partials or counters.
             return unsafe { b.launch(cfg) }
                 .map(drop)
                 .map_err(launch_err(kernel, dims));
@@ -213,10 +242,10 @@ impl GpuStream {
         let partial = ws.buf.as_mut().expect("allocated above");
         let counters = ws.counters.as_mut().expect("allocated above");
         let mut b = self.stream.launch_builder(&f);
-        b.arg(&x.slice)
-            .arg(&w.packed.slice)
-            .arg(&w.scales.slice)
-            .arg(&mut out.slice)
+        b.arg(&x)
+            .arg(&packed)
+            .arg(&scales)
+            .arg(&mut out)
             .arg(&mut partial.slice)
             .arg(&mut counters.slice);
         b.arg(&mi).arg(&ni).arg(&ki).arg(&steps).arg(&slices);

@@ -8,7 +8,7 @@ mod gemv;
 mod pack;
 mod quant;
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::dtype::MmaFloat;
 use super::error::{launch_err, shape, CudaResult};
@@ -55,6 +55,45 @@ pub struct W4A16Weights<T> {
     pub k: usize,
     packed: DeviceBuf<u8>,
     scales: DeviceBuf<T>,
+}
+
+/// What one launch reads and writes, as views: whole buffers for [`GpuStream::w4a16_gemm`],
+/// one expert's weights inside a layer's slab and a run of rows of larger activation
+/// buffers for the MoE path (`cuda::moe_experts`): `x` holds m x k, `out` m x n, `packed`
+/// n x k / 2 bytes and `scales` (k / 128) x n values (checked before every launch).
+pub(crate) struct Operands<'a, T> {
+    pub x: CudaView<'a, T>,
+    pub packed: CudaView<'a, u8>,
+    pub scales: CudaView<'a, T>,
+    pub out: CudaViewMut<'a, T>,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+impl<T> Operands<'_, T> {
+    /// The views hold exactly what m, n and k call for, and n, k fit the packed layout.
+    fn check(&self, op: &'static str) -> CudaResult<()> {
+        let (m, n, k) = (self.m, self.n, self.k);
+        quant::check_shape(op, n, k)?;
+        if self.x.len() != m * k
+            || self.out.len() != m * n
+            || self.packed.len() != n * k / 2
+            || self.scales.len() != (k / GROUP) * n
+        {
+            return Err(shape(
+                op,
+                format!(
+                    "x {}, out {}, packed {} and scales {} elements for m {m}, n {n}, k {k}",
+                    self.x.len(),
+                    self.out.len(),
+                    self.packed.len(),
+                    self.scales.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// f32 scratch for the k-split partial sums, grown on demand and reused across calls, and
@@ -154,11 +193,10 @@ impl GpuStream {
         ws: &mut GemmWorkspace,
         force_splits: Option<usize>,
     ) -> CudaResult<()> {
-        const OP: &str = "w4a16_gemm";
         let (n, k) = (w.n, w.k);
         if x.len() != m * k || out.len() != m * n {
             return Err(shape(
-                OP,
+                "w4a16_gemm",
                 format!(
                     "x has {}, out {} elements; expected m {m} x k {k} and m {m} x n {n}",
                     x.len(),
@@ -166,6 +204,37 @@ impl GpuStream {
                 ),
             ));
         }
+        let ops = Operands {
+            x: x.slice.as_view(),
+            packed: w.packed.slice.as_view(),
+            scales: w.scales.slice.as_view(),
+            out: out.slice.as_view_mut(),
+            m,
+            n,
+            k,
+        };
+        self.w4a16_launch(ops, ws, force_splits)
+    }
+
+    /// Launches the GEMM on `ops` (lengths checked by the caller, see [`Operands`]): the
+    /// small-m kernel up to 16 rows, the tiled one past that.
+    pub(crate) fn w4a16_launch<T: MmaFloat>(
+        &self,
+        ops: Operands<'_, T>,
+        ws: &mut GemmWorkspace,
+        force_splits: Option<usize>,
+    ) -> CudaResult<()> {
+        const OP: &str = "w4a16_gemm";
+        ops.check(OP)?;
+        let Operands {
+            x,
+            packed,
+            scales,
+            mut out,
+            m,
+            n,
+            k,
+        } = ops;
         if m == 0 {
             return Ok(());
         }
@@ -178,7 +247,16 @@ impl GpuStream {
         }
         if m <= GemvPlan::MAX_ROWS {
             let plan = self.w4a16_gemv_plan(m, n, k, force_splits)?;
-            return self.w4a16_gemv_planned(w, x, m, out, ws, &plan);
+            let ops = Operands {
+                x,
+                packed,
+                scales,
+                out,
+                m,
+                n,
+                k,
+            };
+            return self.w4a16_gemv_launch(ops, ws, &plan);
         }
         let m_tile = GemmPlan::m_tile_for(m);
         let kernel = format!("kt_w4a16_gemm_{}_m{}", T::SUFFIX, m_tile);
@@ -207,16 +285,12 @@ impl GpuStream {
         if plan.splits == 1 {
             let null: u64 = 0;
             let mut b = self.stream.launch_builder(&f);
-            b.arg(&x.slice)
-                .arg(&w.packed.slice)
-                .arg(&w.scales.slice)
-                .arg(&mut out.slice)
-                .arg(&null);
+            b.arg(&x).arg(&packed).arg(&scales).arg(&mut out).arg(&null);
             b.arg(&mi).arg(&ni).arg(&ki).arg(&gps);
             // SAFETY: arguments match kt_w4a16_gemm_<T>_m<tile> (x, packed, scales, out, no
-            // partials, M, N, K, groups per split); x is m x k, out m x n (checked), the packed
-            // weights and scales were sized for n x k by upload_w4a16, and n % 64 == 0,
-            // k % 128 == 0 there; the grid covers n / 64 tiles and all m rows.
+            // partials, M, N, K, groups per split); x is m x k, out m x n, packed and scales
+            // hold n x k weights, n % 64 == 0 and k % 128 == 0 (Operands::check); the grid
+            // covers n / 64 tiles and all m rows.
             return unsafe { b.launch(cfg) }
                 .map(drop)
                 .map_err(launch_err(kernel, dims));
@@ -229,10 +303,10 @@ impl GpuStream {
         let partial = ws.buf.as_mut().expect("allocated above");
         {
             let mut b = self.stream.launch_builder(&f);
-            b.arg(&x.slice)
-                .arg(&w.packed.slice)
-                .arg(&w.scales.slice)
-                .arg(&mut out.slice)
+            b.arg(&x)
+                .arg(&packed)
+                .arg(&scales)
+                .arg(&mut out)
                 .arg(&mut partial.slice);
             b.arg(&mi).arg(&ni).arg(&ki).arg(&gps);
             // SAFETY: as above, with partials: the workspace holds at least splits x m x n
@@ -253,10 +327,7 @@ impl GpuStream {
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(&rf);
-        b.arg(&partial.slice)
-            .arg(&mut out.slice)
-            .arg(&splits)
-            .arg(&mn);
+        b.arg(&partial.slice).arg(&mut out).arg(&splits).arg(&mn);
         // SAFETY: matches kt_w4a16_reduce_<T> (partial, out, splits, m * n); partial holds
         // splits x m x n values written by the GEMM above (same stream, so in order).
         unsafe { b.launch(rcfg) }

@@ -1,0 +1,335 @@
+//! The routed experts of a long prompt chunk on the GPU (`cuda/moe_experts.cu`): a layer's
+//! experts as one int4 slab (every expert's W4A16 weights back to back) that is staged from
+//! pinned host memory ([`HostExpertSlab`]) into a device slot ([`ExpertSlab`]) while the
+//! previous layer computes, the token rows gathered in expert order, one W4A16 GEMM per
+//! expert on its run of rows ([`GpuStream::w4a16_gemm_expert`]), and each token's expert
+//! outputs weighted and summed in a fixed order ([`GpuStream::moe_combine`]).
+
+use std::ops::Range;
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use half::bf16;
+
+use super::dtype::MmaFloat;
+use super::error::{launch_err, shape, CudaResult};
+use super::modules::MOE_EXPERTS;
+use super::runtime::{DeviceBuf, Gpu, GpuStream, PinnedBuf};
+use super::w4a16::{GemmWorkspace, Int4Weights, Operands, GROUP, TILE_N};
+
+const THREADS: u32 = 256;
+const GRID_X_MAX: usize = i32::MAX as usize;
+
+/// Sizes of a slab of `experts` matrices of `[n, k]` int4 weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlabShape {
+    pub experts: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+impl SlabShape {
+    pub fn new(experts: usize, n: usize, k: usize) -> CudaResult<Self> {
+        if experts == 0 || n == 0 || k == 0 || !n.is_multiple_of(TILE_N) || !k.is_multiple_of(GROUP)
+        {
+            return Err(shape(
+                "expert slab",
+                format!(
+                    "{experts} experts of n {n}, k {k}: need at least one expert, n a positive multiple of {TILE_N}, k of {GROUP}"
+                ),
+            ));
+        }
+        Ok(SlabShape { experts, n, k })
+    }
+
+    /// Packed bytes of one expert.
+    pub fn packed_bytes(&self) -> usize {
+        self.n * self.k / 2
+    }
+
+    /// Scales of one expert.
+    pub fn scales(&self) -> usize {
+        (self.k / GROUP) * self.n
+    }
+
+    /// Bytes of the whole slab with scales of `scale_bytes` each.
+    pub fn bytes(&self, scale_bytes: usize) -> usize {
+        self.experts * (self.packed_bytes() + self.scales() * scale_bytes)
+    }
+}
+
+/// One layer's experts in pinned host memory, in the GEMM's packed layout.
+pub struct HostExpertSlab<T> {
+    pub shape: SlabShape,
+    packed: PinnedBuf<u8>,
+    scales: PinnedBuf<T>,
+}
+
+/// Expert `e`'s packed bytes and scales inside a slab, to be filled (from any thread).
+pub struct ExpertPart<'a, T> {
+    pub expert: usize,
+    pub packed: &'a mut [u8],
+    pub scales: &'a mut [T],
+}
+
+impl<T: MmaFloat> ExpertPart<'_, T> {
+    /// Writes `w` (the expert's `[n, k]` int4 weights) into this part.
+    pub fn set(&mut self, w: &Int4Weights<T>) -> CudaResult<()> {
+        let packed = w.pack();
+        if packed.len() != self.packed.len() || w.scales.len() != self.scales.len() {
+            return Err(shape(
+                "expert slab part",
+                format!(
+                    "expert {}: weights of n {}, k {} ({} bytes, {} scales) into a part of {} bytes and {} scales",
+                    self.expert,
+                    w.n,
+                    w.k,
+                    packed.len(),
+                    w.scales.len(),
+                    self.packed.len(),
+                    self.scales.len()
+                ),
+            ));
+        }
+        self.packed.copy_from_slice(&packed);
+        self.scales.copy_from_slice(&w.scales);
+        Ok(())
+    }
+}
+
+impl<T: MmaFloat> HostExpertSlab<T> {
+    /// A zeroed slab of pinned memory for `shape`.
+    pub fn new(gpu: &Gpu, shape: SlabShape) -> CudaResult<Self> {
+        Ok(HostExpertSlab {
+            shape,
+            packed: gpu.alloc_pinned(shape.experts * shape.packed_bytes())?,
+            scales: gpu.alloc_pinned(shape.experts * shape.scales())?,
+        })
+    }
+
+    /// Every expert's part, in expert order, for filling on several threads.
+    pub fn parts_mut(&mut self) -> CudaResult<Vec<ExpertPart<'_, T>>> {
+        let (pb, sc) = (self.shape.packed_bytes(), self.shape.scales());
+        let packed = self.packed.as_mut_slice()?;
+        let scales = self.scales.as_mut_slice()?;
+        Ok(packed
+            .chunks_exact_mut(pb)
+            .zip(scales.chunks_exact_mut(sc))
+            .enumerate()
+            .map(|(expert, (packed, scales))| ExpertPart {
+                expert,
+                packed,
+                scales,
+            })
+            .collect())
+    }
+}
+
+/// A device slot holding one layer's experts.
+pub struct ExpertSlab<T> {
+    pub shape: SlabShape,
+    packed: DeviceBuf<u8>,
+    scales: DeviceBuf<T>,
+}
+
+impl GpuStream {
+    /// A device slot for slabs of `shape`.
+    pub fn alloc_expert_slab<T: MmaFloat>(&self, shape: SlabShape) -> CudaResult<ExpertSlab<T>> {
+        Ok(ExpertSlab {
+            shape,
+            packed: self.alloc_zeroed(shape.experts * shape.packed_bytes())?,
+            scales: self.alloc_zeroed(shape.experts * shape.scales())?,
+        })
+    }
+
+    /// Queues the copy of `src` into `dst` (same shape); returns at once.
+    pub fn copy_expert_slab<T: MmaFloat>(
+        &self,
+        src: &HostExpertSlab<T>,
+        dst: &mut ExpertSlab<T>,
+    ) -> CudaResult<()> {
+        if src.shape != dst.shape {
+            return Err(shape(
+                "copy_expert_slab",
+                format!("host slab {:?}, device slot {:?}", src.shape, dst.shape),
+            ));
+        }
+        self.copy_from_pinned(&src.packed, &mut dst.packed)?;
+        self.copy_from_pinned(&src.scales, &mut dst.scales)
+    }
+
+    /// Another stream of this device whose work overlaps this one's (a non-blocking stream).
+    /// It turns cudarc's per-buffer cross-stream tracking off for the whole context, as it
+    /// is while a context has a single stream (the hybrid executor's decode relies on that
+    /// for its launch rate): the caller orders the streams with events.
+    pub fn new_untracked_stream(&self) -> CudaResult<GpuStream> {
+        let ctx = self.stream.context();
+        // SAFETY: with tracking off cudarc no longer orders buffers shared between streams;
+        // the callers (kt_model's GPU prefill experts) share only the expert slots and
+        // order every write and read of them with recorded events, allocate the slots on
+        // the default stream before the copy stream first touches them (synchronized), and
+        // never free a slot while a copy into it may run (they synchronize first).
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(super::error::driver("cuStreamCreate"))?;
+        Ok(GpuStream {
+            stream,
+            kernels: self.kernels.clone(),
+            info: self.info.clone(),
+        })
+    }
+
+    /// `out[rows] = x[rows] W_e^T` for expert `e` of `slab`: rows `rows` of `x` (`[*, k]`)
+    /// into the same rows of `out` (`[*, n]`); f32 sums, one rounding to T.
+    pub fn w4a16_gemm_expert<T: MmaFloat>(
+        &self,
+        slab: &ExpertSlab<T>,
+        e: usize,
+        x: &DeviceBuf<T>,
+        rows: Range<usize>,
+        out: &mut DeviceBuf<T>,
+        ws: &mut GemmWorkspace,
+    ) -> CudaResult<()> {
+        let SlabShape { experts, n, k } = slab.shape;
+        if e >= experts
+            || rows.start > rows.end
+            || rows.end * k > x.len()
+            || rows.end * n > out.len()
+            || !x.len().is_multiple_of(k)
+            || !out.len().is_multiple_of(n)
+        {
+            return Err(shape(
+                "w4a16_gemm_expert",
+                format!(
+                    "expert {e} of {experts} (n {n}, k {k}), rows {rows:?} of x with {} and out with {} elements",
+                    x.len(),
+                    out.len()
+                ),
+            ));
+        }
+        let m = rows.len();
+        let (pb, sc) = (slab.shape.packed_bytes(), slab.shape.scales());
+        let ops = Operands {
+            x: x.slice.slice(rows.start * k..rows.end * k),
+            packed: slab.packed.slice.slice(e * pb..(e + 1) * pb),
+            scales: slab.scales.slice.slice(e * sc..(e + 1) * sc),
+            out: out.slice.slice_mut(rows.start * n..rows.end * n),
+            m,
+            n,
+            k,
+        };
+        self.w4a16_launch(ops, ws, None)
+    }
+
+    /// `out[i, :] = x[rows[i], :]` for the `rows.len()` rows of `out` (`[*, width]` bf16):
+    /// each (token, expert) pair's input in expert order. Row indices are checked by the
+    /// caller that built them (`rows` must index rows of `x`).
+    pub fn moe_gather(
+        &self,
+        x: &DeviceBuf<bf16>,
+        rows: &DeviceBuf<i32>,
+        out: &mut DeviceBuf<bf16>,
+        width: usize,
+    ) -> CudaResult<()> {
+        const OP: &str = "moe_gather";
+        let n = rows.len();
+        if width == 0 || !x.len().is_multiple_of(width) || out.len() != n * width {
+            return Err(shape(
+                OP,
+                format!(
+                    "x has {}, out {} elements for {n} rows of width {width}",
+                    x.len(),
+                    out.len()
+                ),
+            ));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        if n > GRID_X_MAX || i32::try_from(width).is_err() {
+            return Err(shape(OP, format!("{n} rows of {width} for one launch")));
+        }
+        let f = self.kernels.get(&MOE_EXPERTS, "kt_moe_gather_bf16")?;
+        let w = width as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.slice).arg(&rows.slice).arg(&mut out.slice).arg(&w);
+        // SAFETY: matches kt_moe_gather_bf16 (x, rows, out, width); one block per row of
+        // out (n x width, checked); each rows[i] indexes a row of x (the caller's
+        // grouping, built from token indices < x.len() / width); 16-byte accesses only when
+        // width % 8 == 0, on buffers the driver aligns to 256 bytes.
+        unsafe { b.launch(cfg) }.map(drop).map_err(launch_err(
+            "kt_moe_gather_bf16".into(),
+            format!("{n} rows of {width}"),
+        ))
+    }
+
+    /// `out[t, :] = sum_j weights[t, j] * y[slot[t, j], :]` for every token t (j in order,
+    /// f32 sums): `slot` and `weights` are `[tokens, top_k]`, y `[*, width]` bf16, out
+    /// `[tokens, width]` f32. Slots are checked by the caller that built them.
+    pub fn moe_combine(
+        &self,
+        y: &DeviceBuf<bf16>,
+        slot: &DeviceBuf<i32>,
+        weights: &DeviceBuf<f32>,
+        top_k: usize,
+        out: &mut DeviceBuf<f32>,
+        width: usize,
+    ) -> CudaResult<()> {
+        const OP: &str = "moe_combine";
+        let pairs = slot.len();
+        if top_k == 0
+            || width == 0
+            || weights.len() != pairs
+            || !pairs.is_multiple_of(top_k)
+            || out.len() != (pairs / top_k) * width
+            || y.len() < pairs * width
+        {
+            return Err(shape(
+                OP,
+                format!(
+                    "{pairs} slots, {} weights, y {} and out {} elements for top {top_k} of width {width}",
+                    weights.len(),
+                    y.len(),
+                    out.len()
+                ),
+            ));
+        }
+        let tokens = pairs / top_k;
+        if tokens == 0 {
+            return Ok(());
+        }
+        if tokens > GRID_X_MAX || i32::try_from(width).is_err() || i32::try_from(top_k).is_err() {
+            return Err(shape(
+                OP,
+                format!("{tokens} tokens of {width} for one launch"),
+            ));
+        }
+        let f = self.kernels.get(&MOE_EXPERTS, "kt_moe_combine_bf16")?;
+        let (k, w) = (top_k as i32, width as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (tokens as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&y.slice)
+            .arg(&slot.slice)
+            .arg(&weights.slice)
+            .arg(&mut out.slice)
+            .arg(&k)
+            .arg(&w);
+        // SAFETY: matches kt_moe_combine_bf16 (y, slot, weights, out, top_k, width); one
+        // block per token of out (tokens x width, checked); slot and weights hold tokens x
+        // top_k entries (checked) and every slot indexes a row of y (the caller's grouping,
+        // a permutation of 0..pairs, and y holds at least pairs rows, checked).
+        unsafe { b.launch(cfg) }.map(drop).map_err(launch_err(
+            "kt_moe_combine_bf16".into(),
+            format!("{tokens} tokens of {width}"),
+        ))
+    }
+}

@@ -1,0 +1,231 @@
+//! The GPU prefill experts' pieces (`kt_kernels::cuda::moe_experts`) against a scalar f64
+//! reference: a layer of int4 experts staged from pinned memory through a second stream,
+//! the token rows gathered in expert order, gate+up and down W4A16 GEMMs per expert on
+//! their runs of rows, SiLU-and-multiply, and the weighted combine. 37 tokens (no multiple
+//! of any tile), top 3 of 6 experts with one expert nobody chose and runs of rows both at
+//! most 16 (small-m kernel) and past it (tiled kernel); outputs poisoned with NaN.
+//!
+//! The reference multiplies the bf16 inputs with the weights each kernel uses
+//! (`Int4Weights::kernel_weights` past 16 rows, the exact `dequantize` up to 16), in f64,
+//! and rounds to bf16 where the GPU stores bf16 (gate+up, the activation, the expert
+//! outputs). A bf16 rounding is 2^-9 relative; the bound per element is 2^-7 of the
+//! element's magnitude plus 2^-7 of the row's RMS (rounding of the stored intermediates
+//! that feed it, a few ulps at most, and f32 sums of 256-long products).
+#![cfg(feature = "cuda")]
+
+mod cuda_common;
+
+use cuda_common::{gpu_or_skip, nan_buf, random};
+use half::bf16;
+use kt_kernels::cuda::moe_experts::{HostExpertSlab, SlabShape};
+use kt_kernels::cuda::w4a16::{GemmWorkspace, GemvPlan, Int4Weights};
+use kt_kernels::util::SplitMix64;
+
+const TOKENS: usize = 37;
+const TOP_K: usize = 3;
+const EXPERTS: usize = 6;
+const HIDDEN: usize = 256;
+const WIDTH: usize = 128;
+
+fn silu(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+fn round_bf16(x: f64) -> f64 {
+    bf16::from_f64(x).to_f64()
+}
+
+/// Router choices: expert 4 never chosen, expert 0 by nearly every token (a run past 16
+/// rows), the others by few (runs of at most 16).
+fn choices(rng: &mut SplitMix64) -> Vec<u32> {
+    let mut ids = Vec::with_capacity(TOKENS * TOP_K);
+    for t in 0..TOKENS {
+        let mut picked: Vec<u32> = Vec::new();
+        if t % 5 != 0 {
+            picked.push(0);
+        }
+        while picked.len() < TOP_K {
+            let e = [1u32, 2, 3, 5][rng.below(4)];
+            if !picked.contains(&e) {
+                picked.push(e);
+            }
+        }
+        ids.extend(picked);
+    }
+    ids
+}
+
+/// The weights the kernel for a run of `m` rows multiplies with.
+fn used(w: &Int4Weights<bf16>, m: usize) -> Vec<f32> {
+    if m <= GemvPlan::MAX_ROWS {
+        w.dequantize()
+    } else {
+        w.kernel_weights()
+    }
+}
+
+#[test]
+fn gathered_expert_gemms_and_combine_match_the_reference() {
+    let Some(gpu) = gpu_or_skip("moe experts") else {
+        return;
+    };
+    let s = gpu.stream();
+    let mut rng = SplitMix64::new(0x6d6f_6578);
+    let ids = choices(&mut rng);
+    let weights: Vec<f32> = (0..TOKENS * TOP_K)
+        .map(|_| 0.1 + rng.below(100) as f32 / 100.0)
+        .collect();
+    let x: Vec<bf16> = random(&mut rng, TOKENS * HIDDEN, 1.0);
+    let gate_up_shape = SlabShape::new(EXPERTS, 2 * WIDTH, HIDDEN).unwrap();
+    let down_shape = SlabShape::new(EXPERTS, HIDDEN, WIDTH).unwrap();
+    let mut quant = |n: usize, k: usize, scale: f32| {
+        let w: Vec<f32> = (0..n * k).map(|_| rng.normal() * scale).collect();
+        Int4Weights::<bf16>::quantize(&w, n, k).unwrap().0
+    };
+    let gate_up: Vec<_> = (0..EXPERTS)
+        .map(|_| quant(2 * WIDTH, HIDDEN, 0.1))
+        .collect();
+    let down: Vec<_> = (0..EXPERTS).map(|_| quant(HIDDEN, WIDTH, 0.1)).collect();
+    let mut host_gu = HostExpertSlab::new(&gpu, gate_up_shape).unwrap();
+    let mut host_down = HostExpertSlab::new(&gpu, down_shape).unwrap();
+    for (mut p, w) in host_gu.parts_mut().unwrap().into_iter().zip(&gate_up) {
+        p.set(w).unwrap();
+    }
+    for (mut p, w) in host_down.parts_mut().unwrap().into_iter().zip(&down) {
+        p.set(w).unwrap();
+    }
+    // A wrong-shaped expert is refused.
+    let mut parts = host_down.parts_mut().unwrap();
+    assert!(parts[0].set(&gate_up[0]).is_err());
+    drop(parts);
+
+    // Stage through a second stream, ordered by an event.
+    let mut dev_gu = s.alloc_expert_slab::<bf16>(gate_up_shape).unwrap();
+    let mut dev_down = s.alloc_expert_slab::<bf16>(down_shape).unwrap();
+    s.synchronize().unwrap();
+    let copy = s.new_untracked_stream().unwrap();
+    copy.copy_expert_slab(&host_gu, &mut dev_gu).unwrap();
+    copy.copy_expert_slab(&host_down, &mut dev_down).unwrap();
+    assert!(copy.copy_expert_slab(&host_gu, &mut dev_down).is_err());
+    let staged = copy.record_event().unwrap();
+    s.wait_event(&staged).unwrap();
+
+    // Group by expert (token order inside each), as kt_model's GPU prefill does.
+    let pairs = TOKENS * TOP_K;
+    let mut order: Vec<usize> = (0..pairs).collect();
+    order.sort_by_key(|&p| (ids[p], p));
+    let rows: Vec<i32> = order.iter().map(|&p| (p / TOP_K) as i32).collect();
+    let mut slot = vec![0i32; pairs];
+    for (i, &p) in order.iter().enumerate() {
+        slot[p] = i as i32;
+    }
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    for e in 0..EXPERTS as u32 {
+        let n = ids.iter().filter(|&&i| i == e).count();
+        ranges.push(start..start + n);
+        start += n;
+    }
+    assert!(ranges[4].is_empty() && ranges[0].len() > 16);
+    assert!(ranges.iter().any(|r| (1..=16).contains(&r.len())));
+
+    let dx = s.upload(&x).unwrap();
+    let d_rows = s.upload(&rows).unwrap();
+    let d_slot = s.upload(&slot).unwrap();
+    let d_w = s.upload(&weights).unwrap();
+    let mut xg = nan_buf::<bf16>(s, pairs * HIDDEN);
+    let mut gu = nan_buf::<bf16>(s, pairs * 2 * WIDTH);
+    let mut act = nan_buf::<bf16>(s, pairs * WIDTH);
+    let mut y = nan_buf::<bf16>(s, pairs * HIDDEN);
+    let mut out = nan_buf::<f32>(s, TOKENS * HIDDEN);
+    let mut ws = GemmWorkspace::default();
+    s.moe_gather(&dx, &d_rows, &mut xg, HIDDEN).unwrap();
+    for (e, r) in ranges.iter().enumerate() {
+        if !r.is_empty() {
+            s.w4a16_gemm_expert(&dev_gu, e, &xg, r.clone(), &mut gu, &mut ws)
+                .unwrap();
+        }
+    }
+    s.silu_mul(&gu, &mut act, pairs, WIDTH).unwrap();
+    for (e, r) in ranges.iter().enumerate() {
+        if !r.is_empty() {
+            s.w4a16_gemm_expert(&dev_down, e, &act, r.clone(), &mut y, &mut ws)
+                .unwrap();
+        }
+    }
+    s.moe_combine(&y, &d_slot, &d_w, TOP_K, &mut out, HIDDEN)
+        .unwrap();
+    let got = s.download(&out).unwrap();
+    let got_xg = s.download(&xg).unwrap();
+    // Bad shapes are refused before any launch.
+    assert!(s
+        .w4a16_gemm_expert(&dev_gu, EXPERTS, &xg, 0..1, &mut gu, &mut ws)
+        .is_err());
+    assert!(s
+        .w4a16_gemm_expert(&dev_gu, 0, &xg, 0..pairs + 1, &mut gu, &mut ws)
+        .is_err());
+    assert!(s
+        .moe_combine(&y, &d_slot, &d_w, 2, &mut out, HIDDEN)
+        .is_err());
+
+    // the gather is a copy
+    for (i, &r) in rows.iter().enumerate() {
+        let r = r as usize;
+        assert_eq!(
+            &got_xg[i * HIDDEN..(i + 1) * HIDDEN],
+            &x[r * HIDDEN..(r + 1) * HIDDEN],
+            "gathered row {i}"
+        );
+    }
+
+    // reference, per pair
+    let mut y_ref = vec![0.0f64; pairs * HIDDEN];
+    for (e, r) in ranges.iter().enumerate() {
+        if r.is_empty() {
+            continue;
+        }
+        let wgu = used(&gate_up[e], r.len());
+        let wd = used(&down[e], r.len());
+        for i in r.clone() {
+            let t = rows[i] as usize;
+            let xr = &x[t * HIDDEN..(t + 1) * HIDDEN];
+            let h: Vec<f64> = (0..2 * WIDTH)
+                .map(|c| {
+                    let s: f64 = (0..HIDDEN)
+                        .map(|k| xr[k].to_f64() * wgu[c * HIDDEN + k] as f64)
+                        .sum();
+                    round_bf16(s)
+                })
+                .collect();
+            let a: Vec<f64> = (0..WIDTH)
+                .map(|c| round_bf16(silu(h[c]) * h[WIDTH + c]))
+                .collect();
+            for c in 0..HIDDEN {
+                let s: f64 = (0..WIDTH).map(|k| a[k] * wd[c * WIDTH + k] as f64).sum();
+                y_ref[i * HIDDEN + c] = round_bf16(s);
+            }
+        }
+    }
+    let mut want = vec![0.0f64; TOKENS * HIDDEN];
+    for t in 0..TOKENS {
+        for j in 0..TOP_K {
+            let (p, w) = (slot[t * TOP_K + j] as usize, weights[t * TOP_K + j] as f64);
+            for c in 0..HIDDEN {
+                want[t * HIDDEN + c] += w * y_ref[p * HIDDEN + c];
+            }
+        }
+    }
+    for t in 0..TOKENS {
+        let row = &want[t * HIDDEN..(t + 1) * HIDDEN];
+        let rms = (row.iter().map(|v| v * v).sum::<f64>() / HIDDEN as f64).sqrt();
+        assert!(rms > 0.0, "token {t}: all-zero reference row");
+        for c in 0..HIDDEN {
+            let (g, w) = (got[t * HIDDEN + c] as f64, row[c]);
+            let tol = (w.abs() + rms) / 128.0;
+            assert!(
+                (g - w).abs() <= tol,
+                "token {t}, column {c}: got {g}, want {w} (tol {tol:e})"
+            );
+        }
+    }
+}

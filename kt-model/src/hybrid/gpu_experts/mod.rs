@@ -1,0 +1,391 @@
+//! Routed experts of long prompt chunks on the GPU (KTransformers' layer-wise prefill).
+//!
+//! When the rule of the routed experts names `prefill_device: cuda:0` with
+//! `prefill_format: int4_g128` and a `prefill_threshold`, every MoE layer's experts are
+//! repacked at load to the W4A16 layout (one slab per layer for gate+up, one for down) in
+//! PINNED host memory, not on the GPU: the point is models whose experts do not fit it.
+//! A forward call of more than `threshold` tokens then runs each MoE layer's experts on the
+//! GPU: the layer's slabs are copied into one of two device slots on a second stream while
+//! the previous layer computes (the copy of layer i + 2 waits only for layer i to be done
+//! with the slot), the router's choices are grouped by expert on the host
+//! ([`group::ExpertGroups`]), the normalized rows gathered in that order, one W4A16 GEMM per
+//! expert for gate+up and one for down with SiLU-and-multiply between, and each token's
+//! expert outputs weighted and summed in choice order (deterministic). Shorter calls (decode)
+//! keep the CPU experts.
+
+mod group;
+
+use std::time::Instant;
+
+use half::bf16;
+use kt_kernels::cuda::moe_experts::{ExpertSlab, HostExpertSlab, SlabShape};
+use kt_kernels::cuda::w4a16::{GemmWorkspace, Int4Weights};
+use kt_kernels::cuda::{DeviceBuf, Gpu, GpuEvent, GpuStream};
+
+use super::error::{HybridError, HybridResult};
+use crate::config::DeepSeekConfig;
+use crate::deepseek::linear::Linear;
+use crate::placement::{Device, ModuleKind, Placement, WeightFormat};
+use crate::tensors::{Ffn, ModelTensors};
+use group::ExpertGroups;
+
+/// The GPU prefill the placement asks of the routed experts: calls of more than `threshold`
+/// tokens. `None` when no routed-expert rule names a prefill device; an error when the
+/// rules ask for something this executor does not run (another device or format, rules
+/// that differ between layers).
+pub(crate) fn prefill_threshold(placement: &Placement) -> HybridResult<Option<usize>> {
+    let mut found: Option<(usize, &str)> = None;
+    let mut without: Option<&str> = None;
+    for m in placement.modules() {
+        if m.kind != ModuleKind::RoutedExperts {
+            continue;
+        }
+        let o = &m.options;
+        let Some(device) = o.prefill_device else {
+            without = Some(&m.name);
+            continue;
+        };
+        let format = o.prefill_format.unwrap_or(m.format);
+        if device != Device::Cuda(0) || format != WeightFormat::Int4G128 {
+            return Err(HybridError::Unsupported(format!(
+                "module {}: prefill on {device} in {format}; the hybrid executor prefills routed experts on cuda:0 in int4_g128",
+                m.name
+            )));
+        }
+        let threshold = o.prefill_threshold.ok_or_else(|| {
+            HybridError::Unsupported(format!(
+                "module {}: prefill_device without prefill_threshold",
+                m.name
+            ))
+        })?;
+        match found {
+            Some((t, first)) if t != threshold => {
+                return Err(HybridError::Unsupported(format!(
+                    "modules {first} and {}: prefill thresholds {t} and {threshold}; the hybrid executor takes one for all layers",
+                    m.name
+                )))
+            }
+            _ => found = Some((threshold, &m.name)),
+        }
+    }
+    match (found, without) {
+        (Some((_, with)), Some(without)) => Err(HybridError::Unsupported(format!(
+            "module {with} prefills on the GPU, {without} does not; the hybrid executor takes the same rule for all layers"
+        ))),
+        (found, _) => Ok(found.map(|(t, _)| t)),
+    }
+}
+
+/// What the load of the GPU prefill experts cost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpuPrefillLoad {
+    /// Wall time of the repack (dequantize, int4 quantize, pack) into pinned memory.
+    pub seconds: f64,
+    /// Pinned host bytes of all layers' slabs, and of one layer (one copy).
+    pub pinned_bytes: usize,
+    pub layer_bytes: usize,
+    /// Relative RMS error of the int4 weights against the GGUF's dequantized ones: the
+    /// worst matrix and over all of them.
+    pub worst_relative_rms: f64,
+    pub relative_rms: f64,
+}
+
+/// One layer's gate+up (`[2 width, hidden]` per expert, gate rows first) and down
+/// (`[hidden, width]`) slabs.
+struct Slabs<S> {
+    gate_up: S,
+    down: S,
+}
+
+/// The activations of one call's `pairs = tokens x top_k` (token, expert) pairs.
+struct Pairs {
+    pairs: usize,
+    x: DeviceBuf<bf16>,
+    gate_up: DeviceBuf<bf16>,
+    act: DeviceBuf<bf16>,
+    y: DeviceBuf<bf16>,
+    rows: DeviceBuf<i32>,
+    slot: DeviceBuf<i32>,
+}
+
+pub(crate) struct GpuExperts {
+    /// Calls of more than this many tokens take the GPU path.
+    pub threshold: usize,
+    /// By layer index (`None` for dense layers).
+    host: Vec<Option<Slabs<HostExpertSlab<bf16>>>>,
+    moe_layers: Vec<usize>,
+    slots: [Slabs<ExpertSlab<bf16>>; 2],
+    /// The layer each slot holds (or is receiving) and the event after its copy.
+    staged: [Option<(usize, GpuEvent)>; 2],
+    copy: GpuStream,
+    experts: usize,
+    top_k: usize,
+    hidden: usize,
+    width: usize,
+    pairs: Option<Pairs>,
+    pub load: GpuPrefillLoad,
+}
+
+impl Drop for GpuExperts {
+    fn drop(&mut self) {
+        // The slots must outlive the copies into them; a failure here has nowhere to go.
+        let _ = self.copy.synchronize();
+    }
+}
+
+impl GpuExperts {
+    /// Repacks every MoE layer's experts of `tensors` into pinned memory and allocates the
+    /// two device slots.
+    pub fn load(
+        gpu: &Gpu,
+        tensors: &ModelTensors<'_>,
+        config: &DeepSeekConfig,
+        threshold: usize,
+    ) -> HybridResult<Self> {
+        let t0 = Instant::now();
+        let (experts, hidden) = (config.n_routed_experts, config.hidden_size);
+        let width = config.moe_intermediate_size;
+        let shapes = Slabs {
+            gate_up: SlabShape::new(experts, 2 * width, hidden)?,
+            down: SlabShape::new(experts, hidden, width)?,
+        };
+        let mut host = Vec::with_capacity(tensors.layers.len());
+        let mut moe_layers = Vec::new();
+        let (mut worst, mut sum_sq, mut matrices) = (0.0f64, 0.0f64, 0usize);
+        for (li, layer) in tensors.layers.iter().enumerate() {
+            let Ffn::Moe(moe) = &layer.ffn else {
+                host.push(None);
+                continue;
+            };
+            let mut slabs = Slabs {
+                gate_up: HostExpertSlab::new(gpu, shapes.gate_up)?,
+                down: HostExpertSlab::new(gpu, shapes.down)?,
+            };
+            let errors = repack_layer(&mut slabs, moe, experts)?;
+            for e in errors {
+                worst = worst.max(e);
+                sum_sq += e * e;
+                matrices += 1;
+            }
+            host.push(Some(slabs));
+            moe_layers.push(li);
+        }
+        if moe_layers.is_empty() {
+            return Err(HybridError::Unsupported(
+                "the rules prefill routed experts on the GPU but the model has no MoE layer".into(),
+            ));
+        }
+        let layer_bytes = shapes.gate_up.bytes(2) + shapes.down.bytes(2);
+        let pinned_bytes = layer_bytes * moe_layers.len();
+        let seconds = t0.elapsed().as_secs_f64();
+        let s = gpu.stream();
+        let slot = || -> HybridResult<Slabs<ExpertSlab<bf16>>> {
+            Ok(Slabs {
+                gate_up: s.alloc_expert_slab(shapes.gate_up)?,
+                down: s.alloc_expert_slab(shapes.down)?,
+            })
+        };
+        let slots = [slot()?, slot()?];
+        // the slots exist before the copy stream first writes them
+        s.synchronize()?;
+        let copy = s.new_untracked_stream()?;
+        Ok(GpuExperts {
+            threshold,
+            host,
+            moe_layers,
+            slots,
+            staged: [None, None],
+            copy,
+            experts,
+            top_k: config.experts_per_tok,
+            hidden,
+            width,
+            pairs: None,
+            load: GpuPrefillLoad {
+                seconds,
+                pinned_bytes,
+                layer_bytes,
+                worst_relative_rms: worst,
+                relative_rms: (sum_sq / matrices.max(1) as f64).sqrt(),
+            },
+        })
+    }
+
+    /// Starts a GPU-expert call on compute stream `s`: the first two MoE layers' copies,
+    /// after everything `s` has queued so far (the previous call's use of the slots).
+    pub fn begin(&mut self, s: &GpuStream) -> HybridResult<()> {
+        let start = s.record_event()?;
+        self.copy.wait_event(&start)?;
+        for i in 0..self.moe_layers.len().min(2) {
+            self.stage(i)?;
+        }
+        Ok(())
+    }
+
+    /// Queues the copy of MoE layer number `i` into slot `i % 2` on the copy stream.
+    fn stage(&mut self, i: usize) -> HybridResult<()> {
+        let li = self.moe_layers[i];
+        let src = self.host[li].as_ref().expect("MoE layers have slabs");
+        let dst = &mut self.slots[i % 2];
+        self.copy.copy_expert_slab(&src.gate_up, &mut dst.gate_up)?;
+        self.copy.copy_expert_slab(&src.down, &mut dst.down)?;
+        self.staged[i % 2] = Some((li, self.copy.record_event()?));
+        Ok(())
+    }
+
+    /// `out = sum_j weights[t, j] expert_{ids[t, j]}(x[t])` for MoE layer `li` on stream
+    /// `s`: `x` the normalized hidden state `[T, hidden]`, `ids` the router's choices (on
+    /// the host), `weights` theirs (on the GPU), `out` `[T, hidden]` f32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_layer(
+        &mut self,
+        li: usize,
+        s: &GpuStream,
+        x: &DeviceBuf<bf16>,
+        ids: &[u32],
+        weights: &DeviceBuf<f32>,
+        out: &mut DeviceBuf<f32>,
+        ws: &mut GemmWorkspace,
+    ) -> HybridResult<()> {
+        let i = self
+            .moe_layers
+            .iter()
+            .position(|&l| l == li)
+            .ok_or_else(|| HybridError::Input(format!("layer {li} has no routed experts")))?;
+        let slot = i % 2;
+        match &self.staged[slot] {
+            Some((l, copied)) if *l == li => s.wait_event(copied)?,
+            _ => {
+                return Err(HybridError::Input(format!(
+                    "layer {li}'s experts were not staged (MoE layers run in order after begin)"
+                )))
+            }
+        }
+        let groups = ExpertGroups::new(ids, self.top_k, self.experts)?;
+        let (hidden, width) = (self.hidden, self.width);
+        let pairs = ids.len();
+        if self.pairs.as_ref().is_none_or(|p| p.pairs != pairs) {
+            self.pairs = None; // free the old set first
+            let bf = |n: usize| s.alloc_zeroed::<bf16>(n);
+            self.pairs = Some(Pairs {
+                pairs,
+                x: bf(pairs * hidden)?,
+                gate_up: bf(pairs * 2 * width)?,
+                act: bf(pairs * width)?,
+                y: bf(pairs * hidden)?,
+                rows: s.alloc_zeroed(pairs)?,
+                slot: s.alloc_zeroed(pairs)?,
+            });
+        }
+        let p = self.pairs.as_mut().expect("sized above");
+        s.copy_from_host(&groups.rows, &mut p.rows)?;
+        s.copy_from_host(&groups.slot, &mut p.slot)?;
+        s.moe_gather(x, &p.rows, &mut p.x, hidden)?;
+        let w = &self.slots[slot];
+        for e in 0..self.experts {
+            let r = groups.range(e);
+            if !r.is_empty() {
+                s.w4a16_gemm_expert(&w.gate_up, e, &p.x, r, &mut p.gate_up, ws)?;
+            }
+        }
+        s.silu_mul(&p.gate_up, &mut p.act, pairs, width)?;
+        for e in 0..self.experts {
+            let r = groups.range(e);
+            if !r.is_empty() {
+                s.w4a16_gemm_expert(&w.down, e, &p.act, r, &mut p.y, ws)?;
+            }
+        }
+        s.moe_combine(&p.y, &p.slot, weights, self.top_k, out, hidden)?;
+        if i + 2 < self.moe_layers.len() {
+            let used = s.record_event()?;
+            self.copy.wait_event(&used)?;
+            self.stage(i + 2)?;
+        }
+        Ok(())
+    }
+
+    /// Host-to-device bandwidth from the pinned slabs, GB/s: the first MoE layer's slabs
+    /// copied `reps` times into slot 0 on the copy stream, timed by events there. Waits for
+    /// everything queued before.
+    pub fn measure_h2d(&mut self, s: &GpuStream, reps: usize) -> HybridResult<f64> {
+        s.synchronize()?;
+        self.copy.synchronize()?;
+        let start = self.copy.record_event()?;
+        for _ in 0..reps.max(1) {
+            self.stage(0)?;
+        }
+        let end = self.copy.record_event()?;
+        let ms = f64::from(start.elapsed_ms(&end)?);
+        // slot 0 now holds layer 0 again: the next call re-stages in begin anyway
+        Ok((self.load.layer_bytes * reps.max(1)) as f64 / (ms * 1e6))
+    }
+}
+
+/// Repacks one layer's experts into `slabs` on all cores (experts split between threads);
+/// returns each matrix's relative RMS error.
+fn repack_layer(
+    slabs: &mut Slabs<HostExpertSlab<bf16>>,
+    moe: &crate::tensors::MoeFfn<'_>,
+    experts: usize,
+) -> HybridResult<Vec<f64>> {
+    let gate_up = slabs.gate_up.parts_mut()?;
+    let down = slabs.down.parts_mut()?;
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let per = experts.div_ceil(threads).max(1);
+    let mut jobs: Vec<Vec<_>> = Vec::new();
+    for (g, d) in gate_up.into_iter().zip(down) {
+        if jobs.last().is_none_or(|j| j.len() == per) {
+            jobs.push(Vec::with_capacity(per));
+        }
+        jobs.last_mut().expect("pushed above").push((g, d));
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                scope.spawn(move || -> HybridResult<Vec<f64>> {
+                    let mut errors = Vec::with_capacity(2 * job.len());
+                    for (mut g, mut d) in job {
+                        let e = g.expert;
+                        let gate = Linear::from_stacked(&moe.gate_exps, e)?;
+                        let up = Linear::from_stacked(&moe.up_exps, e)?;
+                        let down = Linear::from_stacked(&moe.down_exps, e)?;
+                        errors.push(repack(&[gate, up], &mut |q| g.set(q))?);
+                        errors.push(repack(&[down], &mut |q| d.set(q))?);
+                    }
+                    Ok(errors)
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(2 * experts);
+        for h in handles {
+            match h.join() {
+                Ok(r) => all.extend(r?),
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        Ok(all)
+    })
+}
+
+/// The rows of `parts` stacked, dequantized, quantized to int4 g128 and handed to `store`;
+/// returns the relative RMS error.
+fn repack(
+    parts: &[Linear<'_>],
+    store: &mut dyn FnMut(&Int4Weights<bf16>) -> kt_kernels::cuda::CudaResult<()>,
+) -> HybridResult<f64> {
+    let k = parts[0].cols;
+    let n: usize = parts.iter().map(|p| p.rows).sum();
+    let mut w = vec![0.0f32; n * k];
+    let mut rows = w.chunks_exact_mut(k);
+    for p in parts {
+        for r in 0..p.rows {
+            p.dequantize_row(r, rows.next().expect("n rows"))?;
+        }
+    }
+    let (q, err) = Int4Weights::<bf16>::quantize(&w, n, k).map_err(|e| {
+        HybridError::Unsupported(format!("{} in int4_g128 ({n} x {k}): {e}", parts[0].name))
+    })?;
+    store(&q)?;
+    Ok(err.relative_rms())
+}

@@ -1,0 +1,242 @@
+//! The hybrid executor's GPU prefill experts (`prefill_device: cuda:0` on the routed
+//! experts' rule) against the same executor with the routed experts on the CPU, on one
+//! model (a synthetic DeepSeek-V2-Lite at its real shapes cut to 2 layers, one dense and
+//! one MoE), so that only the routed experts differ: a 37-token prefill (no multiple of any
+//! GEMM tile; with 64 experts and 6 choices per token some experts get no token, some one
+//! run of at most 16 rows, some more) and 2 decode steps on each cache (decode keeps the CPU
+//! experts, and the caches must agree). Needs a GPU: skips with a message without one, unless KT_REQUIRE_GPU is set.
+//!
+//! Tolerance. The GPU experts multiply with the GGUF's weights requantized to int4 with one
+//! scale per 128 (the load reports their relative RMS error e, about 0.107 for Gaussian-like
+//! weights: max|w| / 7 steps, uniform rounding). An expert is two products in series
+//! (gate/up, then down), each adding about e of relative error to its output, so the routed
+//! sum is about sqrt(2) e from the CPU's (whose own Q8_K activations add 0.64% per product,
+//! negligible beside it). The routed sum is one of the updates of the residual stream, so
+//! the final hidden state and the logits (norm and a linear head) move by at most about as
+//! much relative to them when the routed update is no larger than the residual: the bound
+//! per logits row is 2 sqrt(2) e (twice that estimate: the per-row spread of a 2048-wide
+//! estimate and rows where the routed update is a larger share). Routing is the same in
+//! both runs (the router sees the same hidden state: the experts come after it).
+#![cfg(feature = "cuda")]
+
+#[path = "../../kt-kernels/tests/cuda_common/mod.rs"]
+mod cuda_common;
+
+use kt_kernels::cpu;
+use kt_kernels::util::SplitMix64;
+use kt_model::deepseek::{ForwardTrace, LogitRows};
+use kt_model::gguf::Gguf;
+use kt_model::hybrid::HybridModel;
+use kt_model::placement::{Device, ModuleKind, Placement, RuleSet};
+use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
+
+/// Every GPU module in bf16; the routed experts on the CPU, and on the GPU in int4 for
+/// calls of more than 16 tokens.
+const GPU_PREFILL: &str = r#"
+description: test placement, GPU prefill experts, every other GPU module in bf16
+models: [deepseek-v2-lite]
+devices: [cpu, "cuda:0"]
+rules:
+  - match: {kind: routed_experts}
+    replace:
+      device: cpu
+      format: gguf
+      options: {prefill_device: "cuda:0", prefill_format: int4_g128, prefill_threshold: 16}
+  - match: {kind: embedding}
+    replace: {device: "cuda:0", format: bf16}
+  - match: {kind: norm}
+    replace: {device: "cuda:0", format: f32}
+  - match: {kind: gate}
+    replace: {device: "cuda:0", format: f32}
+  - match: {kind: attention}
+    replace: {device: "cuda:0", format: bf16}
+  - match: {kind: shared_experts}
+    replace: {device: "cuda:0", format: bf16}
+  - match: {kind: dense_mlp}
+    replace: {device: "cuda:0", format: bf16}
+  - match: {kind: lm_head}
+    replace: {device: "cuda:0", format: bf16}
+"#;
+
+const PROMPT: usize = 37;
+const DECODE: usize = 2;
+
+fn model() -> (SyntheticModel, Gguf) {
+    let opts = SyntheticOptions {
+        layers: Some(2),
+        seed: 11,
+        ..SyntheticOptions::default()
+    };
+    let m = SyntheticModel::new(Preset::DeepSeekV2Lite, &opts).unwrap();
+    let g = m.to_gguf(&mut |_| {}).unwrap();
+    (m, g)
+}
+
+fn placement(yaml: &str, m: &SyntheticModel) -> Placement {
+    RuleSet::from_yaml_str(yaml, "test")
+        .unwrap()
+        .place(m.config())
+        .unwrap()
+}
+
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let (mut d, mut n) = (0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        d += (g as f64 - w as f64).powi(2);
+        n += (w as f64).powi(2);
+    }
+    (d / n.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// Prefill (all logits rows, routing traced) then one decode step per token of `next`
+/// (the same tokens for every run); returns the prefill logits, the routing ids and the
+/// decode logits.
+fn run(h: &mut HybridModel, ids: &[u32], next: &[u32]) -> (Vec<f32>, Vec<u32>, Vec<Vec<f32>>) {
+    let mut cache = h.new_cache(PROMPT + next.len()).unwrap();
+    let mut tr = ForwardTrace::default();
+    let logits = h
+        .forward_timed(ids, &mut cache, LogitRows::All, Some(&mut tr), None)
+        .unwrap();
+    let (_, routing) = tr.routing.last().expect("a MoE layer");
+    let steps = next
+        .iter()
+        .map(|&t| h.forward(&[t], &mut cache, LogitRows::Last).unwrap())
+        .collect();
+    (logits, routing.ids.clone(), steps)
+}
+
+#[test]
+fn gpu_prefill_experts_match_cpu_experts_within_int4_error() {
+    let Some(gpu) = cuda_common::gpu_or_skip("hybrid gpu prefill") else {
+        return;
+    };
+    let (m, g) = model();
+    let c = m.config().clone();
+    let isa = cpu::isa::selected().unwrap();
+    let p = placement(GPU_PREFILL, &m);
+    let mut h = HybridModel::new(gpu, &g, c.clone(), &p, isa).unwrap();
+    assert_eq!(h.gpu_prefill_threshold(), Some(16));
+    let load = h.gpu_prefill_load().expect("GPU prefill experts loaded");
+    eprintln!("gpu prefill experts: {load:?}");
+    assert!(
+        (0.05..0.2).contains(&load.relative_rms),
+        "int4 g128 error {} of Gaussian-like weights",
+        load.relative_rms
+    );
+    let mut rng = SplitMix64::new(0x7072_6566);
+    let ids: Vec<u32> = (0..PROMPT)
+        .map(|_| rng.below(c.vocab_size) as u32)
+        .collect();
+    let next: Vec<u32> = (0..DECODE)
+        .map(|_| rng.below(c.vocab_size) as u32)
+        .collect();
+    let vocab = c.vocab_size;
+
+    h.set_gpu_prefill_threshold(usize::MAX).unwrap();
+    let (cpu_logits, cpu_routes, cpu_steps) = run(&mut h, &ids, &next);
+    h.set_gpu_prefill_threshold(16).unwrap();
+    let (gpu_logits, gpu_routes, gpu_steps) = run(&mut h, &ids, &next);
+    let (again, _, _) = run(&mut h, &ids, &next);
+    assert!(
+        again == gpu_logits,
+        "the GPU experts' prefill differs between two runs"
+    );
+    assert_eq!(gpu_routes, cpu_routes, "routing comes before the experts");
+    let used: std::collections::BTreeSet<u32> = gpu_routes.iter().copied().collect();
+    eprintln!("experts chosen: {} of {}", used.len(), c.n_routed_experts);
+    assert!(used.len() < c.n_routed_experts, "some expert gets no token");
+
+    let bound = 2.0 * 2f64.sqrt() * load.relative_rms;
+    let (mut worst, mut least) = (0.0f64, f64::MAX);
+    for (i, (gr, cr)) in gpu_logits
+        .chunks_exact(vocab)
+        .zip(cpu_logits.chunks_exact(vocab))
+        .enumerate()
+    {
+        assert!(gr.iter().all(|v| v.is_finite()), "row {i} not finite");
+        let d = rel_l2(gr, cr);
+        assert!(
+            d <= bound,
+            "prefill row {i}: relative L2 {d:.4} > {bound:.4}"
+        );
+        worst = worst.max(d);
+        least = least.min(d);
+    }
+    // the int4 weights differ from the GGUF's: every row moves (the GPU path ran)
+    assert!(
+        least > 1e-4,
+        "prefill rows equal to the CPU experts' ({least:e})"
+    );
+    // Decode runs the CPU experts after either prefill, and the MoE layer's cache rows
+    // come from the dense layer's output (the same in both runs): the caches and so the
+    // decode logits agree to f32 rounding.
+    for (step, (gs, cs)) in gpu_steps.iter().zip(&cpu_steps).enumerate() {
+        let d = rel_l2(gs, cs);
+        eprintln!("decode step {step} after each prefill: relative L2 {d:e}");
+        assert!(
+            d <= 1e-5,
+            "decode step {step}: relative L2 {d:e} after the GPU experts' prefill"
+        );
+    }
+    eprintln!(
+        "prefill rows: relative L2 to the CPU experts {least:.4}..{worst:.4}, bound {bound:.4}"
+    );
+}
+
+/// GPU prefill rules the executor takes (the test's and `rules/gpu-prefill/`'s) and those
+/// it refuses, without a GPU.
+#[test]
+fn check_refuses_other_prefill_formats_and_mixed_layers() {
+    let c = Preset::DeepSeekV2Lite.config();
+    let place = |yaml: &str| {
+        RuleSet::from_yaml_str(yaml, "test")
+            .unwrap()
+            .place(&c)
+            .unwrap()
+    };
+    HybridModel::check(&c, &place(GPU_PREFILL)).unwrap();
+    // beside this crate when built here, else under the working directory (a test binary
+    // carried to the device runs in a copy of the repository root)
+    let name = "rules/gpu-prefill/deepseek-v2-lite-hybrid.yaml";
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(name);
+    let file = if here.exists() {
+        here
+    } else {
+        std::path::PathBuf::from(name)
+    };
+    let shipped = RuleSet::from_file(&file).unwrap().place(&c).unwrap();
+    HybridModel::check(&c, &shipped).unwrap();
+    let experts = shipped
+        .modules()
+        .iter()
+        .filter(|m| m.kind == ModuleKind::RoutedExperts);
+    for m in experts {
+        assert_eq!(m.device, Device::Cpu, "{}", m.name);
+        assert_eq!(
+            m.options.prefill_device,
+            Some(Device::Cuda(0)),
+            "{}",
+            m.name
+        );
+    }
+
+    let bf16 = GPU_PREFILL.replace("prefill_format: int4_g128", "prefill_format: bf16");
+    let err = HybridModel::check(&c, &place(&bf16))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("in bf16") && err.contains("int4_g128"),
+        "{err}"
+    );
+
+    let mixed = GPU_PREFILL.replace(
+        "  - match: {kind: routed_experts}\n",
+        "  - match: {name: 'blk\\.1\\.ffn_exps', kind: routed_experts}\n    replace: {device: cpu, format: gguf}\n  - match: {kind: routed_experts}\n",
+    );
+    let err = HybridModel::check(&c, &place(&mixed))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the same rule for all layers"), "{err}");
+}
