@@ -195,31 +195,39 @@ fn check_refuses_other_prefill_formats_and_mixed_layers() {
             .unwrap()
     };
     HybridModel::check(&c, &place(GPU_PREFILL)).unwrap();
-    // beside this crate when built here, else under the working directory (a test binary
-    // carried to the device runs in a copy of the repository root)
-    let name = "rules/gpu-prefill/deepseek-v2-lite-hybrid.yaml";
-    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(name);
-    let file = if here.exists() {
-        here
-    } else {
-        std::path::PathBuf::from(name)
-    };
-    let shipped = RuleSet::from_file(&file).unwrap().place(&c).unwrap();
-    HybridModel::check(&c, &shipped).unwrap();
-    let experts = shipped
-        .modules()
-        .iter()
-        .filter(|m| m.kind == ModuleKind::RoutedExperts);
-    for m in experts {
-        assert_eq!(m.device, Device::Cpu, "{}", m.name);
-        assert_eq!(
-            m.options.prefill_device,
-            Some(Device::Cuda(0)),
-            "{}",
-            m.name
-        );
+    for (preset, name) in [
+        (Preset::DeepSeekV2Lite, "rules/gpu-prefill/deepseek-v2-lite-hybrid.yaml"),
+        (Preset::DeepSeekV3, "rules/gpu-prefill/deepseek-v3-hybrid.yaml"),
+    ] {
+        let config = preset.config();
+        // beside this crate when built here, else under the working directory (a test binary
+        // carried to the device runs in a copy of the repository root)
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(name);
+        let file = if here.exists() {
+            here
+        } else {
+            std::path::PathBuf::from(name)
+        };
+        let shipped = RuleSet::from_file(&file).unwrap().place(&config).unwrap();
+        HybridModel::check(&config, &shipped).unwrap();
+        let experts = shipped
+            .modules()
+            .iter()
+            .filter(|m| m.kind == ModuleKind::RoutedExperts);
+        let mut n = 0;
+        for m in experts {
+            n += 1;
+            assert_eq!(m.device, Device::Cpu, "{name}: {}", m.name);
+            assert_eq!(
+                m.options.prefill_device,
+                Some(Device::Cuda(0)),
+                "{name}: {}",
+                m.name
+            );
+        }
+        assert!(n > 0, "{name}: no routed experts matched");
     }
 
     let bf16 = GPU_PREFILL.replace("prefill_format: int4_g128", "prefill_format: bf16");
