@@ -27,6 +27,7 @@
 mod error;
 mod forward;
 mod layer;
+mod pipeline;
 mod scratch;
 mod timing;
 mod weights;
@@ -97,6 +98,8 @@ pub struct HybridModel<'a> {
     widths: Widths,
     scratch: Option<Scratch>,
     ws: Workspaces,
+    /// Whether untraced, untimed calls pipeline the layers (`pipeline.rs`); on by default.
+    pipelined: bool,
 }
 
 /// The GEMM's k-split and the attention's key-split scratch, grown on demand.
@@ -177,6 +180,7 @@ impl<'a> HybridModel<'a> {
             config,
             scratch: None,
             ws: Workspaces::default(),
+            pipelined: true,
         })
     }
 
