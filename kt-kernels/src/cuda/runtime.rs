@@ -126,8 +126,22 @@ impl Gpu {
 
     /// A counter in pinned host memory that streams can wait on ([`GpuStream::wait_flag`]):
     /// the host queues work behind it and releases it by raising the counter. Starts at 0.
-    /// A device without stream memory operations fails at the first wait.
+    /// A device without stream memory operations fails at the first wait. Refused (a
+    /// `CUDA_ERROR_NOT_SUPPORTED` driver error) where the device has no stream-ordered
+    /// allocator: there freeing a buffer synchronizes its stream, which would wait forever
+    /// for a flag the host raises only later.
     pub fn host_flag(&self) -> CudaResult<HostFlag> {
+        const POOLS: &str = "cuDeviceGetAttribute(MEMORY_POOLS_SUPPORTED)";
+        let pools = self
+            .ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)
+            .map_err(driver(POOLS))?;
+        if pools == 0 {
+            return Err(CudaError::Driver {
+                op: POOLS,
+                source: cudarc::driver::DriverError(sys::cudaError_enum::CUDA_ERROR_NOT_SUPPORTED),
+            });
+        }
         let buf = self.alloc_pinned::<u32>(1)?;
         let mut dev: sys::CUdeviceptr = 0;
         // SAFETY: `buf.host` is the start of a live cuMemHostAlloc block of this context;

@@ -38,6 +38,13 @@ impl HybridModel<'_> {
         self.pipelined = on;
     }
 
+    /// Whether the next call without trace or timing will pipeline its layers: pipelining is
+    /// on and the device took the probe wait of the current batch size's scratch (false
+    /// before the first call).
+    pub fn pipelines(&self) -> bool {
+        self.pipelined && self.scratch.as_ref().is_some_and(|s| s.flag.is_some())
+    }
+
     /// [`Self::forward`], recording each layer's residual stream and each MoE layer's
     /// routing in `trace` (downloads: for tests) and adding the time split to `times`
     /// (events on the stream: only when given).
