@@ -406,7 +406,13 @@ fn gemm_small_m_paths_match_reference() {
             },
             ..g
         };
-        gemm_case::<bf16, bf16, bf16>(s, &format!("small batched vec m{m}"), &g, len, 995 + m as u64);
+        gemm_case::<bf16, bf16, bf16>(
+            s,
+            &format!("small batched vec m{m}"),
+            &g,
+            len,
+            995 + m as u64,
+        );
     }
 }
 
@@ -453,12 +459,20 @@ fn add_rmsnorm_w32_matches_add_then_norm() {
             assert_eq!(gx, sum, "{what}: residual");
             assert_eq!(gx, s.download(&x2).unwrap(), "{what}: residual vs add_f32");
             let bits = |v: &[bf16]| v.iter().map(|b| b.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&go), bits(&s.download(&o2).unwrap()), "{what}: bf16 out");
+            assert_eq!(
+                bits(&go),
+                bits(&s.download(&o2).unwrap()),
+                "{what}: bf16 out"
+            );
             let g32 = s.download(&f1).unwrap();
             if with32 {
                 assert_eq!(
                     g32.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    s.download(&f2).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    s.download(&f2)
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>(),
                     "{what}: f32 out"
                 );
             } else {

@@ -33,7 +33,10 @@ fn pinned_reads_and_writes_wait_for_queued_copies() {
         // no stream synchronize: the read itself must wait
         let got = pin.as_slice().unwrap();
         let bad = got.iter().zip(&data).position(|(a, b)| a != b);
-        assert_eq!(bad, None, "round {round}: pinned read before its copy finished");
+        assert_eq!(
+            bad, None,
+            "round {round}: pinned read before its copy finished"
+        );
 
         // copy out of pinned memory, then overwrite it at once: the device gets the old data
         let mut dst = s.alloc_zeroed::<u32>(LEN).unwrap();
@@ -41,6 +44,9 @@ fn pinned_reads_and_writes_wait_for_queued_copies() {
         pin.as_mut_slice().unwrap().fill(0xdead_beef);
         let back = s.download(&dst).unwrap();
         let bad = back.iter().zip(&data).position(|(a, b)| a != b);
-        assert_eq!(bad, None, "round {round}: pinned write overtook its copy out");
+        assert_eq!(
+            bad, None,
+            "round {round}: pinned write overtook its copy out"
+        );
     }
 }

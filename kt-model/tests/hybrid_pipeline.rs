@@ -97,7 +97,10 @@ fn pipelined_layers_match_sequential_bit_for_bit() {
 
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for (i, ((p, s), t)) in pipelined.iter().zip(&sequential).zip(&timed).enumerate() {
-        assert!(p.iter().all(|v| v.is_finite()), "call {i}: non-finite logits");
+        assert!(
+            p.iter().all(|v| v.is_finite()),
+            "call {i}: non-finite logits"
+        );
         assert!(
             p.iter().any(|&v| v != p[0]),
             "call {i}: constant logits (nothing computed?)"

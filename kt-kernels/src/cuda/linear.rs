@@ -398,7 +398,10 @@ impl GpuStream {
         let nn = to_i32(OP, "n", n)?;
         let null: u64 = 0;
         let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut x.slice).arg(&d.slice).arg(&w.slice).arg(&mut out.slice);
+        b.arg(&mut x.slice)
+            .arg(&d.slice)
+            .arg(&w.slice)
+            .arg(&mut out.slice);
         match out32 {
             Some(o) => b.arg(&mut o.slice),
             None => b.arg(&null),

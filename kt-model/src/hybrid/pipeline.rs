@@ -86,7 +86,15 @@ impl Step<'_> {
                     shared,
                 } => {
                     let copied = self
-                        .moe_gpu(router, bias.as_ref(), shared.as_ref(), sc, &mut none, ws, true)?
+                        .moe_gpu(
+                            router,
+                            bias.as_ref(),
+                            shared.as_ref(),
+                            sc,
+                            &mut none,
+                            ws,
+                            true,
+                        )?
                         .expect("asked for the event");
                     Some(Pending {
                         li,
