@@ -133,41 +133,15 @@ impl HybridModel<'_> {
                 sc.flag = Some(flag);
                 run?;
             }
-            None => {
-                for (li, layer) in layers.iter().enumerate() {
-                    let mut m = LayerMarks {
-                        start: LayerMarks::mark(timing, s)?,
-                        ..Default::default()
-                    };
-                    step.layer_front(layer, sc, cache, li, &batch, ws)?;
-                    if let GpuFfn::Moe {
-                        router,
-                        bias,
-                        shared,
-                    } = &layer.ffn
-                    {
-                        let want = trace.is_some();
-                        let routing = step.moe(
-                            li,
-                            router,
-                            bias.as_ref(),
-                            shared.as_ref(),
-                            sc,
-                            &mut m,
-                            ws,
-                            want,
-                        )?;
-                        if let (Some(tr), Some(r)) = (trace.as_deref_mut(), routing) {
-                            tr.routing.push((li, r));
-                        }
-                    }
-                    m.end = LayerMarks::mark(timing, s)?;
-                    if let Some(tr) = trace.as_deref_mut() {
-                        tr.layer_outputs.push(s.download(&sc.x)?);
-                    }
-                    marks.push(m);
-                }
-            }
+            None => step.layers_sequential(
+                layers,
+                sc,
+                cache,
+                &batch,
+                ws,
+                trace.as_deref_mut(),
+                &mut marks,
+            )?,
         }
         cache.len += t_n;
 
@@ -220,8 +194,8 @@ impl HybridModel<'_> {
 /// What every stage of one call shares.
 pub(super) struct Step<'s> {
     pub(super) s: &'s GpuStream,
-    pub(super) c: &'s DeepSeekConfig,
-    pub(super) t_n: usize,
+    c: &'s DeepSeekConfig,
+    t_n: usize,
     start: usize,
     scale: f32,
     router: &'s RouterConfig,
@@ -230,6 +204,57 @@ pub(super) struct Step<'s> {
 }
 
 impl Step<'_> {
+    /// Every layer of the call, one after the other: each MoE layer's GPU half, its routed
+    /// experts, then the rest; per-layer marks when timing, residuals and routing into
+    /// `trace` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn layers_sequential(
+        &self,
+        layers: &[GpuLayer],
+        sc: &mut Scratch,
+        cache: &mut HybridCache,
+        batch: &MlaBatch,
+        ws: &mut Workspaces,
+        mut trace: Option<&mut ForwardTrace>,
+        marks: &mut Vec<LayerMarks>,
+    ) -> HybridResult<()> {
+        let s = self.s;
+        for (li, layer) in layers.iter().enumerate() {
+            let mut m = LayerMarks {
+                start: LayerMarks::mark(self.timing, s)?,
+                ..Default::default()
+            };
+            self.layer_front(layer, sc, cache, li, batch, ws)?;
+            if let GpuFfn::Moe {
+                router,
+                bias,
+                shared,
+            } = &layer.ffn
+            {
+                let want = trace.is_some();
+                let routing = self.moe(
+                    li,
+                    router,
+                    bias.as_ref(),
+                    shared.as_ref(),
+                    sc,
+                    &mut m,
+                    ws,
+                    want,
+                )?;
+                if let (Some(tr), Some(r)) = (trace.as_deref_mut(), routing) {
+                    tr.routing.push((li, r));
+                }
+            }
+            m.end = LayerMarks::mark(self.timing, s)?;
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.layer_outputs.push(s.download(&sc.x)?);
+            }
+            marks.push(m);
+        }
+        Ok(())
+    }
+
     /// Layer `li` up to its routed experts: `x += attention`, the FFN's norm into `sc.xn`
     /// / `sc.xn32`, and for a dense layer `x += mlp` (a MoE layer continues in `moe`).
     pub(super) fn layer_front(
