@@ -53,7 +53,7 @@ impl HybridModel<'_> {
         tokens: &[u32],
         cache: &mut HybridCache,
         rows: LogitRows,
-        mut trace: Option<&mut ForwardTrace>,
+        trace: Option<&mut ForwardTrace>,
         times: Option<&mut HybridTimes>,
     ) -> HybridResult<Vec<f32>> {
         let c = &self.config;
@@ -139,7 +139,7 @@ impl HybridModel<'_> {
                 cache,
                 &batch,
                 ws,
-                trace.as_deref_mut(),
+                trace,
                 &mut marks,
             )?,
         }
