@@ -39,7 +39,8 @@ for name in ${TESTS_LIST:-cuda_pinned cuda_linear hybrid_pipeline hybrid_forward
 done
 gguf=$tmp/kt-v2l-graph.gguf
 if step gen_v2l 60 "$bin/kt-bench" gen-gguf --preset deepseek-v2-lite --out "$gguf" --threads "$threads"; then
-    dec() { # name binary rules prompt gen
+    dec() { # name binary rules prompt gen (skipped when the binary is not carried)
+        [ -x "$2" ] || { note "$1: no $2"; return 0; }
         step "$1" 60 "$2" decode --model "$gguf" --rules "rules/deepseek-v2-lite-$3.yaml" \
             --prompt-len "$4" --gen-len "$5" --threads "$threads" --json
     }
