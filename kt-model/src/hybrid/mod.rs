@@ -19,7 +19,9 @@
 //! weights copied to pinned host memory, the shared experts queued on the stream while the
 //! CPU computes the routed experts (so both sides work at once), and the routed sum copied
 //! back and added. The residual stream stays in f32 on the GPU; GEMM inputs and outputs are
-//! bf16 with f32 sums.
+//! bf16 with f32 sums. Calls without trace or timing pipeline the layers (`pipeline.rs`): the
+//! host queues layer `L + 1`'s GPU work behind a host flag before it runs layer `L`'s routed
+//! experts, so the GPU does not wait for kernel launches (the same logits bit for bit).
 //!
 //! The MLA kernel fixes `kv_lora_rank` 512 and rope 64 (every real V2-Lite / V2 / V3); other
 //! shapes are refused.
