@@ -2,7 +2,10 @@
 // - kt_gemm_nt_<A>_<B>_<O>: batched, strided out[b, m, n] = sum_k A[b, m, k] * B[b, n, k]
 //   with f32 accumulation (the bf16 `linear` of the placement rules at batch 1, and the
 //   per-head MLA absorption products W_uk^T q_nope and W_uv o_lat at batch = heads);
+// - kt_gemv_nt_{s,v}_<A>_<B>_<O>: the same product for m <= GEMV_MAX_M rows (decode), one
+//   warp per output column streaming its weight row once (v: 16-byte loads);
 // - kt_rmsnorm_w32_<X>: RMSNorm with f32 weights, bf16 output and an optional f32 copy;
+// - kt_add_rmsnorm_w32_<D>: the residual add x += d fused with the RMSNorm of the new x;
 // - kt_mla_cache_write: normalize the latent half of new kv rows into the bf16 cache;
 // - kt_copy_cols_bf16, kt_add_f32_<X>, kt_cast_<X>_<Y>: strided copies, residual add, casts.
 // All arithmetic is f32; each stored value is rounded once.
@@ -82,10 +85,107 @@ KT_GEMM_NT(bf16, __nv_bfloat16, bf16, __nv_bfloat16, bf16, __nv_bfloat16)
 KT_GEMM_NT(bf16, __nv_bfloat16, bf16, __nv_bfloat16, f32, float)
 KT_GEMM_NT(f32, float, f32, float, f32, float)
 
+// ---- small-m NT GEMM (decode) ---------------------------------------------------------
+// The tiled kernel above wastes 63 of its 64 rows at m = 1 and reads each weight row through
+// shared memory in 32-wide strips; decode products are bound by the weight stream, so here
+// each warp owns one output column n of one batch, reads B[b, n, :] once (coalesced, 16 bytes
+// per lane when VEC), multiplies it with all m (<= GEMV_MAX_M) rows of A (small, cached)
+// and reduces across the warp. Each lane sums its k slice in k order, then the warp's
+// butterfly adds the 32 partial sums: a different order than the tiled kernel's, same bound.
+constexpr int GEMV_MAX_M = 8;
+constexpr int GEMV_WARPS = 8;
+
+// 16 bytes at p (aligned) as f32 values.
+template <typename T, int N>
+__device__ __forceinline__ void kt_load16(const T* __restrict__ p, float (&v)[N]) {
+    static_assert(N * sizeof(T) == 16, "16-byte loads");
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = kt_to_f32(e[i]);
+}
+
+template <typename TA, typename TB, typename TO, bool VEC>
+__device__ void gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b, TO* __restrict__ out,
+                        GemmNtArgs p) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int n = blockIdx.x * GEMV_WARPS + warp;
+    if (n >= p.n) return; // the whole warp leaves together
+    const long long batch = blockIdx.z;
+    const TA* ab = a + p.a_off + batch * p.a_batch;
+    const TB* br = b + batch * p.b_batch + (long long)n * p.b_row;
+    float acc[GEMV_MAX_M] = {};
+    if constexpr (VEC) {
+        static_assert(sizeof(TA) == sizeof(TB), "one vector width for A and B");
+        constexpr int V = 16 / sizeof(TB);
+        for (int k0 = lane * V; k0 < p.k; k0 += 32 * V) {
+            float wv[V];
+            kt_load16<TB, V>(br + k0, wv);
+#pragma unroll
+            for (int r = 0; r < GEMV_MAX_M; ++r) {
+                if (r < p.m) {
+                    float av[V];
+                    kt_load16<TA, V>(ab + r * p.a_row + k0, av);
+#pragma unroll
+                    for (int i = 0; i < V; ++i) acc[r] = fmaf(av[i], wv[i], acc[r]);
+                }
+            }
+        }
+    } else {
+        for (int k = lane; k < p.k; k += 32) {
+            const float w = kt_to_f32(br[k]);
+#pragma unroll
+            for (int r = 0; r < GEMV_MAX_M; ++r)
+                if (r < p.m) acc[r] = fmaf(kt_to_f32(ab[r * p.a_row + k]), w, acc[r]);
+        }
+    }
+    TO* ob = out + p.o_off + batch * p.o_batch + n;
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_M; ++r) {
+        if (r < p.m) { // uniform over the warp: every lane joins the shuffle
+            const float s = kt_warp_sum(acc[r]);
+            if (lane == 0) ob[r * p.o_row] = kt_from_f32<TO>(s);
+        }
+    }
+}
+
+#define KT_GEMV_NT(SA, TA, SB, TB, SO, TO)                                                         \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                  \
+        kt_gemv_nt_s_##SA##_##SB##_##SO(const TA* a, const TB* b, TO* out, GemmNtArgs p) {         \
+        gemv_nt<TA, TB, TO, false>(a, b, out, p);                                                  \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                  \
+        kt_gemv_nt_v_##SA##_##SB##_##SO(const TA* a, const TB* b, TO* out, GemmNtArgs p) {         \
+        gemv_nt<TA, TB, TO, true>(a, b, out, p);                                                   \
+    }
+
+KT_GEMV_NT(bf16, __nv_bfloat16, bf16, __nv_bfloat16, bf16, __nv_bfloat16)
+KT_GEMV_NT(bf16, __nv_bfloat16, bf16, __nv_bfloat16, f32, float)
+KT_GEMV_NT(f32, float, f32, float, f32, float)
+
 // ---- RMSNorm with f32 weights ----------------------------------------------------------
 // out[t, :] = w * x[t, :] / sqrt(mean(x[t, :]^2) + eps), stored as bf16 and, when out32 is
 // not null, also as f32. Rows are x_row apart in x (the norm of a slice of a wider row).
 // One block per row.
+
+// The second half of a row's norm: ss is this thread's sum of squares of its elements
+// (i = threadIdx.x, += blockDim.x); reduces it and stores w * xr * inv for the block's row.
+template <typename TX>
+__device__ __forceinline__ void rms_store(const TX* __restrict__ xr, float ss,
+                                          const float* __restrict__ w,
+                                          __nv_bfloat16* __restrict__ out,
+                                          float* __restrict__ out32, int n, float eps,
+                                          float* scratch) {
+    ss = kt_block_sum(ss, scratch);
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    const long long base = (long long)blockIdx.x * n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float y = w[i] * (kt_to_f32(xr[i]) * inv);
+        out[base + i] = __float2bfloat16_rn(y);
+        if (out32 != nullptr) out32[base + i] = y;
+    }
+}
+
 template <typename TX>
 __device__ void rmsnorm_w32(const TX* __restrict__ x, long long x_row, const float* __restrict__ w,
                             __nv_bfloat16* __restrict__ out, float* __restrict__ out32, int n,
@@ -97,14 +197,7 @@ __device__ void rmsnorm_w32(const TX* __restrict__ x, long long x_row, const flo
         const float v = kt_to_f32(xr[i]);
         ss += v * v;
     }
-    ss = kt_block_sum(ss, scratch);
-    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
-    const long long base = (long long)blockIdx.x * n;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float y = w[i] * (kt_to_f32(xr[i]) * inv);
-        out[base + i] = __float2bfloat16_rn(y);
-        if (out32 != nullptr) out32[base + i] = y;
-    }
+    rms_store(xr, ss, w, out, out32, n, eps, scratch);
 }
 
 extern "C" __global__ void __launch_bounds__(1024)
@@ -116,6 +209,36 @@ extern "C" __global__ void __launch_bounds__(1024)
     kt_rmsnorm_w32_bf16(const __nv_bfloat16* x, long long x_row, const float* w,
                         __nv_bfloat16* out, float* out32, int n, float eps) {
     rmsnorm_w32<__nv_bfloat16>(x, x_row, w, out, out32, n, eps);
+}
+
+// x[t, :] += d[t, :] (the residual add of kt_add_f32_<D>), then the norm of the new row as
+// kt_rmsnorm_w32_f32 computes it: the same per-thread elements and sum order, so the result
+// is bit for bit the unfused pair's at the same block size. x rows are contiguous (n).
+template <typename TD>
+__device__ void add_rmsnorm_w32(float* __restrict__ x, const TD* __restrict__ d,
+                                const float* __restrict__ w, __nv_bfloat16* __restrict__ out,
+                                float* __restrict__ out32, int n, float eps) {
+    __shared__ float scratch[32];
+    float* xr = x + (long long)blockIdx.x * n;
+    const TD* dr = d + (long long)blockIdx.x * n;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = xr[i] + kt_to_f32(dr[i]);
+        xr[i] = v;
+        ss += v * v;
+    }
+    rms_store<float>(xr, ss, w, out, out32, n, eps, scratch);
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    kt_add_rmsnorm_w32_bf16(float* x, const __nv_bfloat16* d, const float* w, __nv_bfloat16* out,
+                            float* out32, int n, float eps) {
+    add_rmsnorm_w32<__nv_bfloat16>(x, d, w, out, out32, n, eps);
+}
+extern "C" __global__ void __launch_bounds__(1024)
+    kt_add_rmsnorm_w32_f32(float* x, const float* d, const float* w, __nv_bfloat16* out,
+                           float* out32, int n, float eps) {
+    add_rmsnorm_w32<float>(x, d, w, out, out32, n, eps);
 }
 
 // ---- MLA cache rows --------------------------------------------------------------------
@@ -169,6 +292,21 @@ extern "C" __global__ void kt_add_f32_bf16(float* acc, const __nv_bfloat16* x, l
 }
 extern "C" __global__ void kt_add_f32_f32(float* acc, const float* x, long long n) {
     add_f32<float>(acc, x, n);
+}
+
+// acc[i] = (acc[i] + x[i]) + y[i]: two residual adds in one pass, rounded as two add_f32.
+template <typename TX, typename TY>
+__device__ void add2_f32(float* __restrict__ acc, const TX* __restrict__ x,
+                         const TY* __restrict__ y, long long n) {
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (long long)gridDim.x * blockDim.x) {
+        const float s = acc[e] + kt_to_f32(x[e]);
+        acc[e] = s + kt_to_f32(y[e]);
+    }
+}
+extern "C" __global__ void kt_add2_f32_f32_bf16(float* acc, const float* x,
+                                                const __nv_bfloat16* y, long long n) {
+    add2_f32<float, __nv_bfloat16>(acc, x, y, n);
 }
 
 template <typename TI, typename TO>

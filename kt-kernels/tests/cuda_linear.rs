@@ -346,3 +346,186 @@ fn copies_adds_and_casts_are_exact() {
         }
     }
 }
+
+/// The warp-per-column path (m <= GEMV_MAX_M) and its neighbour: 16-byte loads (k and every
+/// stride a multiple of the vector) and scalar loads (odd k, an A offset off the vector
+/// grid), a batch of strided products, output rows wider than n (the gaps stay NaN), and
+/// m = GEMV_MAX_M + 1 on the tiled kernel.
+#[test]
+fn gemm_small_m_paths_match_reference() {
+    let Some(gpu) = gpu_or_skip("gemm_small_m_paths_match_reference") else {
+        return;
+    };
+    let s = gpu.stream();
+    let max = kt_kernels::cuda::linear::GEMV_MAX_M;
+    for m in [1usize, 2, 5, max, max + 1] {
+        for &(n, k) in &[(37usize, 40usize), (37, 41), (257, 1024), (9, 3)] {
+            let seed = 900 + (m * 31 + n + k) as u64;
+            let g = GemmNt {
+                out: Strides {
+                    offset: 2,
+                    batch: 0,
+                    row: n + 3,
+                },
+                ..GemmNt::linear(m, n, k)
+            };
+            let len = 2 + (m - 1) * (n + 3) + n + 1;
+            let what = format!("small m{m} n{n} k{k}");
+            gemm_case::<bf16, bf16, bf16>(s, &format!("{what} bf16"), &g, len, seed);
+            gemm_case::<bf16, bf16, f32>(s, &format!("{what} bf16->f32"), &g, len, seed + 1);
+            gemm_case::<f32, f32, f32>(s, &format!("{what} f32"), &g, len, seed + 2);
+        }
+        // batched, A starting off the vector grid (scalar loads), B rows padded
+        let (batch, n, k) = (5usize, 19usize, 64usize);
+        let g = GemmNt {
+            batch,
+            m,
+            n,
+            k,
+            a: Strides {
+                offset: 3,
+                batch: k + 5,
+                row: batch * (k + 5),
+            },
+            b_batch: n * (k + 8),
+            b_row: k + 8,
+            out: Strides {
+                offset: 0,
+                batch: n + 1,
+                row: batch * (n + 1),
+            },
+        };
+        let len = m * batch * (n + 1);
+        gemm_case::<bf16, bf16, bf16>(s, &format!("small batched m{m}"), &g, len, 990 + m as u64);
+        // the same with aligned strides (16-byte loads)
+        let g = GemmNt {
+            a: Strides {
+                offset: 8,
+                batch: k + 8,
+                row: batch * (k + 8),
+            },
+            ..g
+        };
+        gemm_case::<bf16, bf16, bf16>(
+            s,
+            &format!("small batched vec m{m}"),
+            &g,
+            len,
+            995 + m as u64,
+        );
+    }
+}
+
+/// The fused residual add + RMSNorm: bit for bit `add_f32` then `rmsnorm_w32` (what the
+/// forward pass ran before), and within the f32 work of the scalar reference on `x + d`.
+#[test]
+fn add_rmsnorm_w32_matches_add_then_norm() {
+    let Some(gpu) = gpu_or_skip("add_rmsnorm_w32_matches_add_then_norm") else {
+        return;
+    };
+    let s = gpu.stream();
+    let (n, eps) = (2048usize + 13, 1e-6f32);
+    for (i, &t) in TOKENS.iter().enumerate() {
+        let mut rng = SplitMix64::new(1100 + i as u64);
+        let x: Vec<f32> = random(&mut rng, t * n, 2.0);
+        let db: Vec<bf16> = random(&mut rng, t * n, 1.0);
+        let df: Vec<f32> = random(&mut rng, t * n, 1.0);
+        let w: Vec<f32> = (0..n).map(|_| 1.0 + 0.3 * rng.normal()).collect();
+        let wd = s.upload(&w).unwrap();
+        // bf16 d with the f32 copy, f32 d without
+        for with32 in [true, false] {
+            let (mut x1, mut x2) = (s.upload(&x).unwrap(), s.upload(&x).unwrap());
+            let (mut o1, mut o2) = (nan_buf::<bf16>(s, t * n), nan_buf::<bf16>(s, t * n));
+            let (mut f1, mut f2) = (nan_buf::<f32>(s, t * n), nan_buf::<f32>(s, t * n));
+            let sum: Vec<f32>;
+            if with32 {
+                let dd = s.upload(&db).unwrap();
+                s.add_rmsnorm_w32(&mut x1, &dd, t, &wd, &mut o1, Some(&mut f1), eps)
+                    .unwrap();
+                s.add_f32(&mut x2, &dd).unwrap();
+                s.rmsnorm_w32(&x2, n, t, &wd, &mut o2, Some(&mut f2), eps)
+                    .unwrap();
+                sum = x.iter().zip(&db).map(|(a, b)| a + b.to_f32()).collect();
+            } else {
+                let dd = s.upload(&df).unwrap();
+                s.add_rmsnorm_w32(&mut x1, &dd, t, &wd, &mut o1, None, eps)
+                    .unwrap();
+                s.add_f32(&mut x2, &dd).unwrap();
+                s.rmsnorm_w32(&x2, n, t, &wd, &mut o2, None, eps).unwrap();
+                sum = x.iter().zip(&df).map(|(a, b)| a + b).collect();
+            }
+            let what = format!("add_rmsnorm t{t} f32 copy {with32}");
+            let (gx, go) = (s.download(&x1).unwrap(), s.download(&o1).unwrap());
+            assert_eq!(gx, sum, "{what}: residual");
+            assert_eq!(gx, s.download(&x2).unwrap(), "{what}: residual vs add_f32");
+            let bits = |v: &[bf16]| v.iter().map(|b| b.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&go),
+                bits(&s.download(&o2).unwrap()),
+                "{what}: bf16 out"
+            );
+            let g32 = s.download(&f1).unwrap();
+            if with32 {
+                assert_eq!(
+                    g32.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    s.download(&f2)
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>(),
+                    "{what}: f32 out"
+                );
+            } else {
+                assert!(g32.iter().all(|v| v.is_nan()), "{what}: f32 copy written");
+            }
+            let mut want = vec![0.0f32; t * n];
+            for r in 0..t {
+                let row = r * n..(r + 1) * n;
+                ops::rmsnorm(&sum[row.clone()], &w, eps, &mut want[row]).unwrap();
+            }
+            let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+            assert_close(&what, &go, &want64, |_, r| {
+                (bf16::UNIT_ROUNDOFF + 4e-6) * r.abs() + 1e-30
+            });
+        }
+    }
+    // shapes are checked
+    let mut x = s.alloc_zeroed::<f32>(10).unwrap();
+    let d = s.alloc_zeroed::<f32>(9).unwrap();
+    let w = s.alloc_zeroed::<f32>(5).unwrap();
+    let mut o = s.alloc_zeroed::<bf16>(10).unwrap();
+    let err = s
+        .add_rmsnorm_w32(&mut x, &d, 2, &w, &mut o, None, eps)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("add_rmsnorm_w32"), "{err}");
+}
+
+/// Two residual adds in one launch, rounded as two single adds.
+#[test]
+fn add2_f32_is_two_adds() {
+    let Some(gpu) = gpu_or_skip("add2_f32_is_two_adds") else {
+        return;
+    };
+    let s = gpu.stream();
+    for (i, &t) in TOKENS.iter().enumerate() {
+        let mut rng = SplitMix64::new(1200 + i as u64);
+        let n = t * 2053;
+        let acc: Vec<f32> = random(&mut rng, n, 3.0);
+        let x: Vec<f32> = random(&mut rng, n, 1.0);
+        let y: Vec<bf16> = random(&mut rng, n, 1.0);
+        let mut accd = s.upload(&acc).unwrap();
+        s.add2_f32(&mut accd, &s.upload(&x).unwrap(), &s.upload(&y).unwrap())
+            .unwrap();
+        let got = s.download(&accd).unwrap();
+        for j in 0..n {
+            assert_eq!(got[j], (acc[j] + x[j]) + y[j].to_f32(), "add2 t{t} {j}");
+        }
+        let short = s.alloc_zeroed::<bf16>(n - 1).unwrap();
+        let err = s
+            .add2_f32(&mut accd, &s.upload(&x).unwrap(), &short)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("add2_f32"), "{err}");
+    }
+}

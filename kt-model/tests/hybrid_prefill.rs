@@ -196,8 +196,14 @@ fn check_refuses_other_prefill_formats_and_mixed_layers() {
     };
     HybridModel::check(&c, &place(GPU_PREFILL)).unwrap();
     for (preset, name) in [
-        (Preset::DeepSeekV2Lite, "rules/gpu-prefill/deepseek-v2-lite-hybrid.yaml"),
-        (Preset::DeepSeekV3, "rules/gpu-prefill/deepseek-v3-hybrid.yaml"),
+        (
+            Preset::DeepSeekV2Lite,
+            "rules/gpu-prefill/deepseek-v2-lite-hybrid.yaml",
+        ),
+        (
+            Preset::DeepSeekV3,
+            "rules/gpu-prefill/deepseek-v3-hybrid.yaml",
+        ),
     ] {
         let config = preset.config();
         // beside this crate when built here, else under the working directory (a test binary

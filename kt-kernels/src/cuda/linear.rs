@@ -8,10 +8,14 @@
 //!   on the strided query and output rows. Instantiated for (A, B, out) = (bf16, bf16, bf16),
 //!   (bf16, bf16, f32) and (f32, f32, f32); another combination is a
 //!   [`super::CudaError::MissingKernel`]. [`GemmNt::reference`] is its scalar reference.
-//! - [`GpuStream::rmsnorm_w32`]: RMSNorm with f32 weights, bf16 out (plus an f32 copy).
+//!   Products of at most [`GEMV_MAX_M`] rows (decode) run on a warp-per-column kernel that
+//!   streams each weight row once; larger ones on the tiled kernel.
+//! - [`GpuStream::rmsnorm_w32`]: RMSNorm with f32 weights, bf16 out (plus an f32 copy);
+//!   [`GpuStream::add_rmsnorm_w32`] fuses the residual add before it.
 //! - [`GpuStream::mla_cache_write`]: new rows of the bf16 latent cache (normalized latent,
 //!   the rotated rope key as given).
-//! - [`GpuStream::copy_cols_bf16`], [`GpuStream::add_f32`], [`GpuStream::cast`].
+//! - [`GpuStream::copy_cols_bf16`], [`GpuStream::add_f32`], [`GpuStream::add2_f32`],
+//!   [`GpuStream::cast`].
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
@@ -25,6 +29,13 @@ use super::runtime::{DeviceBuf, GpuStream};
 const GEMM_TILE: usize = 64;
 const GEMM_THREADS: u32 = 256;
 const GRID_YZ_MAX: usize = 65_535;
+/// The most rows the warp-per-column kernel takes (`GEMV_MAX_M` in the .cu), its output
+/// columns per block and block size.
+pub const GEMV_MAX_M: usize = 8;
+const GEMV_COLS: usize = 8;
+const GEMV_THREADS: u32 = 32 * GEMV_COLS as u32;
+/// The warp-per-column kernel's vector loads: 16 bytes.
+const VEC_BYTES: usize = 16;
 const ROW_THREADS: u32 = 256;
 const ELEM_THREADS: u32 = 256;
 const ELEM_MAX_BLOCKS: usize = 65_535;
@@ -218,6 +229,9 @@ impl GpuStream {
             return Ok(());
         }
         let args = g.args(OP)?;
+        if g.m <= GEMV_MAX_M {
+            return self.gemv_nt(g, args, a, w, out);
+        }
         let (gx, gy) = (g.n.div_ceil(GEMM_TILE), g.m.div_ceil(GEMM_TILE));
         if gy > GRID_YZ_MAX || g.batch > GRID_YZ_MAX {
             return Err(shape(
@@ -237,6 +251,57 @@ impl GpuStream {
         // SAFETY: matches kt_gemm_nt_* (a, b, out, GemmNtArgs by value); check() proved every
         // element the grid reads or writes lies inside the buffers, and the kernel masks rows
         // and columns past m and n.
+        unsafe { b.launch(cfg) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("{g:?}")))
+    }
+
+    /// [`Self::gemm_nt`] for `g.m <= GEMV_MAX_M` (checked by the caller): one warp per
+    /// output column, 16-byte loads where every row of A and B starts 16-byte aligned
+    /// (offsets, strides and k multiples of the vector; device buffers start aligned).
+    fn gemv_nt<A: GpuFloat, B: GpuFloat, O: GpuFloat>(
+        &self,
+        g: &GemmNt,
+        args: GemmNtArgs,
+        a: &DeviceBuf<A>,
+        w: &DeviceBuf<B>,
+        out: &mut DeviceBuf<O>,
+    ) -> CudaResult<()> {
+        let (va, vb) = (
+            VEC_BYTES / std::mem::size_of::<A>(),
+            VEC_BYTES / std::mem::size_of::<B>(),
+        );
+        let vec = va == vb
+            && [g.k, g.a.offset, g.a.batch, g.a.row, g.b_batch, g.b_row]
+                .iter()
+                .all(|v| v % va == 0);
+        let kind = if vec { "v" } else { "s" };
+        let kernel = format!(
+            "kt_gemv_nt_{kind}_{}_{}_{}",
+            A::SUFFIX,
+            B::SUFFIX,
+            O::SUFFIX
+        );
+        if g.batch > GRID_YZ_MAX {
+            return Err(shape(
+                "gemm_nt",
+                format!("{g:?}: batch too large for one launch"),
+            ));
+        }
+        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let blocks = u32::try_from(g.n.div_ceil(GEMV_COLS))
+            .map_err(|_| shape("gemm_nt", format!("{g:?}: n too large for one launch")))?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, g.batch as u32),
+            block_dim: (GEMV_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&a.slice).arg(&w.slice).arg(&mut out.slice).arg(&args);
+        // SAFETY: matches kt_gemv_nt_* (a, b, out, GemmNtArgs by value); the caller's check()
+        // proved every element of the product inside the buffers, each warp touches only its
+        // column's and the m <= GEMV_MAX_M rows' elements, and the vector kernel runs only
+        // when every row start is a multiple of 16 bytes from the (aligned) buffer start.
         unsafe { b.launch(cfg) }
             .map(drop)
             .map_err(launch_err(kernel, format!("{g:?}")))
@@ -293,6 +358,62 @@ impl GpuStream {
                 kernel,
                 format!("rows {rows}, n {n}, x_row {x_row}"),
             ))
+    }
+
+    /// `x[r, :] += d[r, :]` (the residual add, as [`Self::add_f32`]) and then
+    /// [`Self::rmsnorm_w32`] of the new rows into `out` (and `out32`), in one launch and bit
+    /// for bit the two calls' result. `x` and `d` are `[rows, n]` (`n = w.len()`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_rmsnorm_w32<D: GpuFloat>(
+        &self,
+        x: &mut DeviceBuf<f32>,
+        d: &DeviceBuf<D>,
+        rows: usize,
+        w: &DeviceBuf<f32>,
+        out: &mut DeviceBuf<bf16>,
+        out32: Option<&mut DeviceBuf<f32>>,
+        eps: f32,
+    ) -> CudaResult<()> {
+        const OP: &str = "add_rmsnorm_w32";
+        let n = w.len();
+        let len = rows * n;
+        let out32_ok = out32.as_ref().is_none_or(|o| o.len() == len);
+        if n == 0 || x.len() != len || d.len() != len || out.len() != len || !out32_ok {
+            return Err(shape(
+                OP,
+                format!(
+                    "{rows} rows of {n} (the weight's length, > 0): x {}, d {}, out {}, f32 copy {:?} elements",
+                    x.len(),
+                    d.len(),
+                    out.len(),
+                    out32.as_ref().map(|o| o.len())
+                ),
+            ));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let kernel = format!("kt_add_rmsnorm_w32_{}", D::SUFFIX);
+        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let nn = to_i32(OP, "n", n)?;
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.slice)
+            .arg(&d.slice)
+            .arg(&w.slice)
+            .arg(&mut out.slice);
+        match out32 {
+            Some(o) => b.arg(&mut o.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&nn).arg(&eps);
+        // SAFETY: matches kt_add_rmsnorm_w32_* (x, d, w, out, out32 or null, n, eps); one
+        // block of ROW_THREADS (the block size rmsnorm_w32 uses, which the bit-for-bit match
+        // needs) per row reads and writes x and reads d at [r * n, r * n + n), inside the
+        // buffers of rows * n elements (checked).
+        unsafe { b.launch(row_config(OP, rows)?) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("rows {rows}, n {n}")))
     }
 
     /// Writes `tokens` new rows of an MLA latent cache (`[rows, rank + rope]`, bf16) from
@@ -421,6 +542,42 @@ impl GpuStream {
         let mut b = self.stream.launch_builder(&f);
         b.arg(&mut acc.slice).arg(&x.slice).arg(&nn);
         // SAFETY: matches kt_add_f32_* (acc, x, n); both hold n elements.
+        unsafe { b.launch(elem_config(n)) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("n {n}")))
+    }
+
+    /// `acc[i] = (acc[i] + x[i]) + y[i]`: two residual adds in one launch, rounded as two
+    /// [`Self::add_f32`] calls. Instantiated for `x` f32, `y` bf16 (the routed experts' sum
+    /// and the shared experts' output).
+    pub fn add2_f32<X: GpuFloat, Y: GpuFloat>(
+        &self,
+        acc: &mut DeviceBuf<f32>,
+        x: &DeviceBuf<X>,
+        y: &DeviceBuf<Y>,
+    ) -> CudaResult<()> {
+        const OP: &str = "add2_f32";
+        if acc.len() != x.len() || acc.len() != y.len() {
+            return Err(shape(
+                OP,
+                format!(
+                    "acc has {} elements, x {}, y {}",
+                    acc.len(),
+                    x.len(),
+                    y.len()
+                ),
+            ));
+        }
+        let n = acc.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let kernel = format!("kt_add2_f32_{}_{}", X::SUFFIX, Y::SUFFIX);
+        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let nn = n as i64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut acc.slice).arg(&x.slice).arg(&y.slice).arg(&nn);
+        // SAFETY: matches kt_add2_f32_* (acc, x, y, n); all three hold n elements.
         unsafe { b.launch(elem_config(n)) }
             .map(drop)
             .map_err(launch_err(kernel, format!("n {n}")))

@@ -2,6 +2,7 @@
 //! A thin layer over cudarc that turns its errors into [`CudaError`] and keeps the loaded
 //! kernels with the context.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::{
@@ -109,7 +110,72 @@ impl Gpu {
         // SAFETY: `ptr` points to `len` elements of T just allocated; all-zero bits are a
         // valid T (ValidAsZeroBits).
         unsafe { std::ptr::write_bytes(ptr, 0, len) };
-        Ok(PinnedBuf { slice })
+        let host = ptr as usize;
+        // Spin-waited (not blocking-sync) like the stream's events: the hybrid decode reads
+        // these buffers once per layer and a sleeping wait costs tens of microseconds.
+        let copies_done = self
+            .ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
+            .map_err(driver("cuEventCreate"))?;
+        Ok(PinnedBuf {
+            slice,
+            copies_done,
+            host,
+        })
+    }
+
+    /// A counter in pinned host memory that streams can wait on ([`GpuStream::wait_flag`]):
+    /// the host queues work behind it and releases it by raising the counter. Starts at 0.
+    /// A device without stream memory operations fails at the first wait. Refused (a
+    /// `CUDA_ERROR_NOT_SUPPORTED` driver error) where the device has no stream-ordered
+    /// allocator: there freeing a buffer synchronizes its stream, which would wait forever
+    /// for a flag the host raises only later.
+    pub fn host_flag(&self) -> CudaResult<HostFlag> {
+        const POOLS: &str = "cuDeviceGetAttribute(MEMORY_POOLS_SUPPORTED)";
+        let pools = self
+            .ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)
+            .map_err(driver(POOLS))?;
+        if pools == 0 {
+            return Err(CudaError::Driver {
+                op: POOLS,
+                source: cudarc::driver::DriverError(sys::cudaError_enum::CUDA_ERROR_NOT_SUPPORTED),
+            });
+        }
+        let buf = self.alloc_pinned::<u32>(1)?;
+        let mut dev: sys::CUdeviceptr = 0;
+        // SAFETY: `buf.host` is the start of a live cuMemHostAlloc block of this context;
+        // the driver writes its device address into `dev`.
+        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, buf.host as *mut _, 0) }
+            .result()
+            .map_err(driver("cuMemHostGetDevicePointer"))?;
+        Ok(HostFlag { buf, dev })
+    }
+}
+
+/// See [`Gpu::host_flag`]. The counter compares cyclically (as `cuStreamWaitValue32`'s
+/// "greater or equal" does), so it may wrap.
+pub struct HostFlag {
+    buf: PinnedBuf<u32>,
+    dev: sys::CUdeviceptr,
+}
+
+impl HostFlag {
+    fn cell(&self) -> &AtomicU32 {
+        // SAFETY: the buffer holds one u32, 4-byte aligned (page-locked allocations are page
+        // aligned), alive as long as self; no copy ever targets it, so the host and the
+        // device's wait are its only users, and the host side goes through this atomic.
+        unsafe { &*(self.buf.host as *const AtomicU32) }
+    }
+
+    /// Sets the counter to `value`, after every write this thread made before (release):
+    /// work waiting for `value` or less may start and sees those writes.
+    pub fn raise(&self, value: u32) {
+        self.cell().store(value, Ordering::Release);
+    }
+
+    pub fn value(&self) -> u32 {
+        self.cell().load(Ordering::Acquire)
     }
 }
 
@@ -182,11 +248,12 @@ impl GpuStream {
         check_len("copy_from_pinned", src.len(), dst.len())?;
         self.stream
             .memcpy_htod(&src.slice, &mut dst.slice)
-            .map_err(driver("cuMemcpyHtoDAsync"))
+            .map_err(driver("cuMemcpyHtoDAsync"))?;
+        src.mark_copies(&self.stream)
     }
 
-    /// Queues a copy from `src` into pinned host memory (same length); the data is there once
-    /// the stream is synchronized (reading the buffer waits for it).
+    /// Queues a copy from `src` into pinned host memory (same length); returns at once.
+    /// Reading the buffer ([`PinnedBuf::as_slice`]) waits for the copy.
     pub fn copy_to_pinned<T: DeviceRepr + ValidAsZeroBits>(
         &self,
         src: &DeviceBuf<T>,
@@ -195,7 +262,21 @@ impl GpuStream {
         check_len("copy_to_pinned", src.len(), dst.len())?;
         self.stream
             .memcpy_dtoh(&src.slice, &mut dst.slice)
-            .map_err(driver("cuMemcpyDtoHAsync"))
+            .map_err(driver("cuMemcpyDtoHAsync"))?;
+        dst.mark_copies(&self.stream)
+    }
+
+    /// Makes later work on this stream wait until `flag` reaches `value` (compared
+    /// cyclically). The host must raise it eventually: until then the stream, and anything
+    /// that synchronizes with it, waits.
+    pub fn wait_flag(&self, flag: &HostFlag, value: u32) -> CudaResult<()> {
+        let geq = sys::CUstreamWaitValue_flags::CU_STREAM_WAIT_VALUE_GEQ as u32;
+        // SAFETY: `flag.dev` is the device address of a live page-locked u32 of this
+        // context (HostFlag keeps it alive; the stream's users keep the flag alive while
+        // work waits on it, see the doc).
+        unsafe { sys::cuStreamWaitValue32_v2(self.stream.cu_stream(), flag.dev, value, geq) }
+            .result()
+            .map_err(driver("cuStreamWaitValue32"))
     }
 
     /// Records an event (with timing) at the current end of the stream.
@@ -252,8 +333,33 @@ impl<T> DeviceBuf<T> {
 }
 
 /// Page-locked host memory, freed on drop.
+///
+/// cudarc's own per-buffer event is recorded only while its context tracks several streams,
+/// so with the single default stream [`PinnedHostSlice::as_slice`] would not wait for a
+/// queued copy. `copies_done` is ours: recorded after every copy into or out of the buffer
+/// on the stream that queued it, and waited for before the host reads or writes. One event:
+/// copies queued on two streams at once are covered for the later stream only (order the
+/// streams with an event, as for any buffer they share).
 pub struct PinnedBuf<T> {
     slice: PinnedHostSlice<T>,
+    copies_done: CudaEvent,
+    /// The host address of the first element (for the unsynchronized views).
+    host: usize,
+}
+
+impl<T> PinnedBuf<T> {
+    /// Marks the end of the copies `stream` queued so far on this buffer.
+    fn mark_copies(&self, stream: &CudaStream) -> CudaResult<()> {
+        self.copies_done
+            .record(stream)
+            .map_err(driver("cuEventRecord"))
+    }
+
+    fn wait_copies(&self) -> CudaResult<()> {
+        self.copies_done
+            .synchronize()
+            .map_err(driver("cuEventSynchronize"))
+    }
 }
 
 impl<T: ValidAsZeroBits> PinnedBuf<T> {
@@ -265,16 +371,41 @@ impl<T: ValidAsZeroBits> PinnedBuf<T> {
         self.slice.is_empty()
     }
 
-    /// The contents, after every queued copy into it finished.
+    /// The contents, after every queued copy into it finished (on any stream, also with
+    /// the context's single default stream).
     pub fn as_slice(&self) -> CudaResult<&[T]> {
+        self.wait_copies()?;
         self.slice.as_slice().map_err(driver("cuEventSynchronize"))
     }
 
-    /// The contents for writing, after every queued copy out of it finished.
+    /// The contents for writing, after every queued copy into or out of it finished.
     pub fn as_mut_slice(&mut self) -> CudaResult<&mut [T]> {
+        self.wait_copies()?;
         self.slice
             .as_mut_slice()
             .map_err(driver("cuEventSynchronize"))
+    }
+
+    /// The contents without waiting: for a caller that queued copies behind work the host
+    /// has not released yet (so this buffer's own event would wait for them) and waited for
+    /// the copies it needs by another event.
+    ///
+    /// # Safety
+    /// No copy into the buffer may run while the slice lives, and every copy into it whose
+    /// data the caller reads must have finished.
+    pub unsafe fn as_slice_unsynced(&self) -> &[T] {
+        // SAFETY: `host` is the start of `len` initialized elements (zeroed at allocation)
+        // alive as long as self; the caller excludes concurrent device writes.
+        unsafe { std::slice::from_raw_parts(self.host as *const T, self.slice.len()) }
+    }
+
+    /// [`Self::as_slice_unsynced`] for writing.
+    ///
+    /// # Safety
+    /// No copy into or out of the buffer may run while the slice lives.
+    pub unsafe fn as_mut_slice_unsynced(&mut self) -> &mut [T] {
+        // SAFETY: as as_slice_unsynced, and &mut self excludes other host views.
+        unsafe { std::slice::from_raw_parts_mut(self.host as *mut T, self.slice.len()) }
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use half::bf16;
 use kt_kernels::cuda::linear::{GemmNt, Strides};
 use kt_kernels::cuda::mla::{MlaBatch, CACHE_ROW, KV_LORA_RANK, ROPE_DIM};
-use kt_kernels::cuda::{DeviceBuf, GpuStream};
+use kt_kernels::cuda::{DeviceBuf, GpuEvent, GpuStream};
 use kt_kernels::ops::RouterConfig;
 
 use super::error::{HybridError, HybridResult};
@@ -32,6 +32,20 @@ impl HybridModel<'_> {
         self.forward_timed(tokens, cache, rows, None, None)
     }
 
+    /// Whether calls without trace or timing pipeline the layers: the host queues the next
+    /// layer's GPU work before it runs the current layer's routed experts (the default; the
+    /// same logits bit for bit). Off, every call runs the layers one after the other.
+    pub fn set_pipelined(&mut self, on: bool) {
+        self.pipelined = on;
+    }
+
+    /// Whether the next call without trace or timing will pipeline its layers: pipelining is
+    /// on and the device took the probe wait of the current batch size's scratch (false
+    /// before the first call).
+    pub fn pipelines(&self) -> bool {
+        self.pipelined && self.scratch.as_ref().is_some_and(|s| s.flag.is_some())
+    }
+
     /// [`Self::forward`], recording each layer's residual stream and each MoE layer's
     /// routing in `trace` (downloads: for tests) and adding the time split to `times`
     /// (events on the stream: only when given).
@@ -40,7 +54,7 @@ impl HybridModel<'_> {
         tokens: &[u32],
         cache: &mut HybridCache,
         rows: LogitRows,
-        mut trace: Option<&mut ForwardTrace>,
+        trace: Option<&mut ForwardTrace>,
         times: Option<&mut HybridTimes>,
     ) -> HybridResult<Vec<f32>> {
         let c = &self.config;
@@ -74,6 +88,7 @@ impl HybridModel<'_> {
             let sc = Scratch::new(&self.gpu, self.gpu.stream(), c, &self.widths, t_n)?;
             self.scratch = Some(sc);
         }
+        let pipelined = self.pipelined && trace.is_none() && !timing;
         let HybridModel {
             gpu,
             config: c,
@@ -117,54 +132,25 @@ impl HybridModel<'_> {
             g.begin(s)?;
         }
         let mut marks: Vec<LayerMarks> = Vec::with_capacity(layers.len());
-        for (li, layer) in layers.iter().enumerate() {
-            let mut m = LayerMarks {
-                start: LayerMarks::mark(timing, s)?,
-                ..Default::default()
-            };
-            step.attention(layer, sc, cache, li, &batch, ws)?;
-            s.rmsnorm_w32(
-                &sc.x,
-                hidden,
-                t_n,
-                &layer.ffn_norm,
-                &mut sc.xn,
-                Some(&mut sc.xn32),
-                c.rms_norm_eps,
-            )?;
-            match &layer.ffn {
-                GpuFfn::Dense(mlp) => {
-                    let (gu, act) = sc.dense.as_mut().expect("sized for the dense MLP");
-                    step.mlp(mlp, &sc.xn, gu, act, &mut sc.out, ws)?;
-                    s.add_f32(&mut sc.x, &sc.out)?;
-                }
-                GpuFfn::Moe {
-                    router,
-                    bias,
-                    shared,
-                } => {
-                    let want = trace.is_some();
-                    let routing = step.moe(
-                        li,
-                        router,
-                        bias.as_ref(),
-                        shared.as_ref(),
-                        sc,
-                        &mut m,
-                        ws,
-                        want,
-                        gpu_experts.as_deref_mut(),
-                    )?;
-                    if let (Some(tr), Some(r)) = (trace.as_deref_mut(), routing) {
-                        tr.routing.push((li, r));
-                    }
-                }
+        // Without trace or timing, the layers run pipelined (see `pipeline.rs`) when the
+        // device can make the stream wait for a host flag. Chunks with the routed experts on
+        // the GPU have no CPU work to overlap: they run layer after layer.
+        match sc.flag.take_if(|_| pipelined && gpu_experts.is_none()) {
+            Some(flag) => {
+                let run = step.layers_pipelined(layers, sc, cache, &batch, ws, &flag);
+                sc.flag = Some(flag);
+                run?;
             }
-            m.end = LayerMarks::mark(timing, s)?;
-            if let Some(tr) = trace.as_deref_mut() {
-                tr.layer_outputs.push(s.download(&sc.x)?);
-            }
-            marks.push(m);
+            None => step.layers_sequential(
+                layers,
+                sc,
+                cache,
+                &batch,
+                ws,
+                trace,
+                &mut marks,
+                gpu_experts,
+            )?,
         }
         cache.len += t_n;
 
@@ -215,8 +201,8 @@ impl HybridModel<'_> {
 }
 
 /// What every stage of one call shares.
-struct Step<'s> {
-    s: &'s GpuStream,
+pub(super) struct Step<'s> {
+    pub(super) s: &'s GpuStream,
     c: &'s DeepSeekConfig,
     t_n: usize,
     start: usize,
@@ -227,7 +213,92 @@ struct Step<'s> {
 }
 
 impl Step<'_> {
-    /// `x += W_o attn(rmsnorm(x))`, writing this call's rows of layer `li`'s cache.
+    /// Every layer of the call, one after the other: each MoE layer's GPU half, its routed
+    /// experts, then the rest; per-layer marks when timing, residuals and routing into
+    /// `trace` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn layers_sequential(
+        &self,
+        layers: &[GpuLayer],
+        sc: &mut Scratch,
+        cache: &mut HybridCache,
+        batch: &MlaBatch,
+        ws: &mut Workspaces,
+        mut trace: Option<&mut ForwardTrace>,
+        marks: &mut Vec<LayerMarks>,
+        mut gpu_experts: Option<&mut GpuExperts>,
+    ) -> HybridResult<()> {
+        let s = self.s;
+        for (li, layer) in layers.iter().enumerate() {
+            let mut m = LayerMarks {
+                start: LayerMarks::mark(self.timing, s)?,
+                ..Default::default()
+            };
+            self.layer_front(layer, sc, cache, li, batch, ws)?;
+            if let GpuFfn::Moe {
+                router,
+                bias,
+                shared,
+            } = &layer.ffn
+            {
+                let want = trace.is_some();
+                let routing = self.moe(
+                    li,
+                    router,
+                    bias.as_ref(),
+                    shared.as_ref(),
+                    sc,
+                    &mut m,
+                    ws,
+                    want,
+                    gpu_experts.as_deref_mut(),
+                )?;
+                if let (Some(tr), Some(r)) = (trace.as_deref_mut(), routing) {
+                    tr.routing.push((li, r));
+                }
+            }
+            m.end = LayerMarks::mark(self.timing, s)?;
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.layer_outputs.push(s.download(&sc.x)?);
+            }
+            marks.push(m);
+        }
+        Ok(())
+    }
+
+    /// Layer `li` up to its routed experts: `x += attention`, the FFN's norm into `sc.xn`
+    /// / `sc.xn32`, and for a dense layer `x += mlp` (a MoE layer continues in `moe`).
+    pub(super) fn layer_front(
+        &self,
+        layer: &GpuLayer,
+        sc: &mut Scratch,
+        cache: &mut HybridCache,
+        li: usize,
+        batch: &MlaBatch,
+        ws: &mut Workspaces,
+    ) -> HybridResult<()> {
+        let s = self.s;
+        self.attention(layer, sc, cache, li, batch, ws)?;
+        // x += the attention block's output (sc.out), then the FFN's norm: one launch
+        s.add_rmsnorm_w32(
+            &mut sc.x,
+            &sc.out,
+            self.t_n,
+            &layer.ffn_norm,
+            &mut sc.xn,
+            Some(&mut sc.xn32),
+            self.c.rms_norm_eps,
+        )?;
+        if let GpuFfn::Dense(mlp) = &layer.ffn {
+            let (gu, act) = sc.dense.as_mut().expect("sized for the dense MLP");
+            self.mlp(mlp, &sc.xn, gu, act, &mut sc.out, ws)?;
+            s.add_f32(&mut sc.x, &sc.out)?;
+        }
+        Ok(())
+    }
+
+    /// `sc.out = W_o attn(rmsnorm(x))` (the caller adds it to `x`), writing this call's rows
+    /// of layer `li`'s cache.
     fn attention(
         &self,
         layer: &GpuLayer,
@@ -340,7 +411,6 @@ impl Step<'_> {
         s.gemm_nt(&expand, &sc.o_lat, &a.v_b, &mut sc.heads)?;
         a.output
             .apply(s, &sc.heads, t_n, &mut sc.out, &mut ws.gemm)?;
-        s.add_f32(&mut sc.x, &sc.out)?;
         Ok(())
     }
 
@@ -377,12 +447,84 @@ impl Step<'_> {
         want_routing: bool,
         gpu_experts: Option<&mut GpuExperts>,
     ) -> HybridResult<Option<Routing>> {
-        let (s, t_n, c) = (self.s, self.t_n, self.c);
-        let fused = self.fused.ok_or_else(|| {
+        if let Some(g) = gpu_experts {
+            self.route(router, bias, sc)?;
+            return self.moe_on_gpu(g, li, shared, sc, m, ws, want_routing);
+        }
+        let fused = self.fused_for(li)?;
+        m.copied_out = self.moe_gpu(router, bias, shared, sc, m, ws, self.timing)?;
+        // each read waits for its copy
+        let wait = Instant::now();
+        let (hx, hids, hw) = (
+            sc.host_x.as_slice()?,
+            sc.host_ids.as_slice()?,
+            sc.host_weights.as_slice()?,
+        );
+        m.cpu_wait_s = wait.elapsed().as_secs_f64();
+        let cpu = Instant::now();
+        let routed = sc.host_routed.as_mut_slice()?;
+        fused.forward(li, hx, hids, hw, routed)?;
+        m.cpu_experts_s = cpu.elapsed().as_secs_f64();
+        let routing = want_routing.then(|| Routing {
+            logits: Vec::new(),
+            ids: hids.to_vec(),
+            weights: hw.to_vec(),
+        });
+        self.moe_back(shared.is_some(), sc, m)?;
+        let mut routing = routing;
+        if let Some(r) = routing.as_mut() {
+            r.logits = self.s.download(&sc.router)?;
+        }
+        Ok(routing)
+    }
+
+    /// The CPU experts of MoE layer `li`.
+    pub(super) fn fused_for(&self, li: usize) -> HybridResult<&FusedMoe> {
+        self.fused.ok_or_else(|| {
             HybridError::Input(format!(
                 "layer {li} is MoE but the model has no routed experts"
             ))
-        })?;
+        })
+    }
+
+    /// The GPU half of a MoE layer before the CPU experts: router and gating, the copies of
+    /// the normalized hidden state, ids and weights to pinned memory, then the shared
+    /// experts. Returns an event recorded right after the copies when `copied_event`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn moe_gpu(
+        &self,
+        router: &GpuRouter,
+        bias: Option<&DeviceBuf<f32>>,
+        shared: Option<&GpuMlp>,
+        sc: &mut Scratch,
+        m: &mut LayerMarks,
+        ws: &mut Workspaces,
+        copied_event: bool,
+    ) -> HybridResult<Option<GpuEvent>> {
+        let s = self.s;
+        self.route(router, bias, sc)?;
+        m.routed = LayerMarks::mark(self.timing, s)?;
+        s.copy_to_pinned(&sc.xn32, &mut sc.host_x)?;
+        s.copy_to_pinned(&sc.ids, &mut sc.host_ids)?;
+        s.copy_to_pinned(&sc.weights, &mut sc.host_weights)?;
+        let copied = LayerMarks::mark(copied_event, s)?;
+        // queued now, run while the CPU computes the routed experts
+        if let (Some(mlp), Some((gu, act, out))) = (shared, sc.shared.as_mut()) {
+            self.mlp(mlp, &sc.xn, gu, act, out, ws)?;
+        }
+        m.shared_done = LayerMarks::mark(self.timing, s)?;
+        Ok(copied)
+    }
+
+    /// The router's logits of `sc.xn` / `sc.xn32` and the gating's choices into `sc.ids` /
+    /// `sc.weights`.
+    fn route(
+        &self,
+        router: &GpuRouter,
+        bias: Option<&DeviceBuf<f32>>,
+        sc: &mut Scratch,
+    ) -> HybridResult<()> {
+        let (s, t_n, c) = (self.s, self.t_n, self.c);
         let (e_n, hidden) = (self.router.n_experts, c.hidden_size);
         match router {
             GpuRouter::F32(w) => s.gemm_nt(
@@ -403,55 +545,26 @@ impl Step<'_> {
             &mut sc.ids,
             &mut sc.weights,
         )?;
-        if let Some(g) = gpu_experts {
-            return self.moe_on_gpu(g, li, shared, sc, m, ws, want_routing);
-        }
-        m.routed = LayerMarks::mark(self.timing, s)?;
-        s.copy_to_pinned(&sc.xn32, &mut sc.host_x)?;
-        s.copy_to_pinned(&sc.ids, &mut sc.host_ids)?;
-        s.copy_to_pinned(&sc.weights, &mut sc.host_weights)?;
-        // Always recorded: the host waits for it before reading the pinned copies (a
-        // PinnedBuf read waits for its copies only while the context tracks several streams).
-        let copied = s.record_event()?;
-        // queued now, run while the CPU computes the routed experts
-        if let (Some(mlp), Some((gu, act, out))) = (shared, sc.shared.as_mut()) {
-            self.mlp(mlp, &sc.xn, gu, act, out, ws)?;
-        }
-        m.shared_done = LayerMarks::mark(self.timing, s)?;
+        Ok(())
+    }
 
-        let wait = Instant::now();
-        copied.synchronize()?;
-        if self.timing {
-            m.copied_out = Some(copied);
-        }
-        let (hx, hids, hw) = (
-            sc.host_x.as_slice()?,
-            sc.host_ids.as_slice()?,
-            sc.host_weights.as_slice()?,
-        );
-        m.cpu_wait_s = wait.elapsed().as_secs_f64();
-        let cpu = Instant::now();
-        let routed = sc.host_routed.as_mut_slice()?;
-        fused.forward(li, hx, hids, hw, routed)?;
-        m.cpu_experts_s = cpu.elapsed().as_secs_f64();
-        let routing = want_routing.then(|| Routing {
-            logits: Vec::new(),
-            ids: hids.to_vec(),
-            weights: hw.to_vec(),
-        });
-
+    /// The GPU half after the CPU experts: the routed sum (in `sc.host_routed`) copied back
+    /// and added to the residual stream with the shared experts' output.
+    pub(super) fn moe_back(
+        &self,
+        has_shared: bool,
+        sc: &mut Scratch,
+        m: &mut LayerMarks,
+    ) -> HybridResult<()> {
+        let s = self.s;
         m.back_queued = LayerMarks::mark(self.timing, s)?;
         s.copy_from_pinned(&sc.host_routed, &mut sc.routed)?;
         m.back_done = LayerMarks::mark(self.timing, s)?;
-        s.add_f32(&mut sc.x, &sc.routed)?;
-        if let (Some(_), Some((_, _, out))) = (shared, sc.shared.as_ref()) {
-            s.add_f32(&mut sc.x, out)?;
+        match (has_shared, sc.shared.as_ref()) {
+            (true, Some((_, _, out))) => s.add2_f32(&mut sc.x, &sc.routed, out)?,
+            _ => s.add_f32(&mut sc.x, &sc.routed)?,
         }
-        let mut routing = routing;
-        if let Some(r) = routing.as_mut() {
-            r.logits = s.download(&sc.router)?;
-        }
-        Ok(routing)
+        Ok(())
     }
 
     /// The rest of [`Self::moe`] with the routed experts on the GPU: the shared experts
@@ -470,14 +583,13 @@ impl Step<'_> {
     ) -> HybridResult<Option<Routing>> {
         let s = self.s;
         s.copy_to_pinned(&sc.ids, &mut sc.host_ids)?;
-        let copied = s.record_event()?;
         if let (Some(mlp), Some((gu, act, out))) = (shared, sc.shared.as_mut()) {
             self.mlp(mlp, &sc.xn, gu, act, out, ws)?;
         }
+        // the read waits for the copy of the ids
         let wait = Instant::now();
-        copied.synchronize()?;
-        m.cpu_wait_s = wait.elapsed().as_secs_f64();
         let ids = sc.host_ids.as_slice()?;
+        m.cpu_wait_s = wait.elapsed().as_secs_f64();
         g.forward_layer(
             li,
             s,
@@ -487,9 +599,9 @@ impl Step<'_> {
             &mut sc.routed,
             &mut ws.gemm,
         )?;
-        s.add_f32(&mut sc.x, &sc.routed)?;
-        if let (Some(_), Some((_, _, out))) = (shared, sc.shared.as_ref()) {
-            s.add_f32(&mut sc.x, out)?;
+        match (shared, sc.shared.as_ref()) {
+            (Some(_), Some((_, _, out))) => s.add2_f32(&mut sc.x, &sc.routed, out)?,
+            _ => s.add_f32(&mut sc.x, &sc.routed)?,
         }
         if !want_routing {
             return Ok(None);

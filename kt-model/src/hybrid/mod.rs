@@ -19,7 +19,9 @@
 //! weights copied to pinned host memory, the shared experts queued on the stream while the
 //! CPU computes the routed experts (so both sides work at once), and the routed sum copied
 //! back and added. The residual stream stays in f32 on the GPU; GEMM inputs and outputs are
-//! bf16 with f32 sums.
+//! bf16 with f32 sums. Calls without trace or timing pipeline the layers (`pipeline.rs`): the
+//! host queues layer `L + 1`'s GPU work behind a host flag before it runs layer `L`'s routed
+//! experts, so the GPU does not wait for kernel launches (the same logits bit for bit).
 //!
 //! With a `prefill_device: cuda:0` option on the routed experts' rule, calls of more than
 //! its `prefill_threshold` tokens run the routed experts on the GPU too, their weights
@@ -32,6 +34,7 @@ mod error;
 mod forward;
 mod gpu_experts;
 mod layer;
+mod pipeline;
 mod scratch;
 mod timing;
 mod weights;
@@ -106,6 +109,8 @@ pub struct HybridModel<'a> {
     ws: Workspaces,
     /// The routed experts for long prefill chunks on the GPU, when the rules ask for it.
     gpu_experts: Option<GpuExperts>,
+    /// Whether untraced, untimed calls pipeline the layers (`pipeline.rs`); on by default.
+    pipelined: bool,
 }
 
 /// The GEMM's k-split and the attention's key-split scratch, grown on demand.
@@ -191,6 +196,7 @@ impl<'a> HybridModel<'a> {
             scratch: None,
             ws: Workspaces::default(),
             gpu_experts,
+            pipelined: true,
         })
     }
 

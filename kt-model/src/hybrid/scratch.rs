@@ -5,7 +5,7 @@
 
 use half::bf16;
 use kt_kernels::cuda::mla::{CACHE_ROW, KV_LORA_RANK};
-use kt_kernels::cuda::{DeviceBuf, Gpu, GpuStream, PinnedBuf};
+use kt_kernels::cuda::{DeviceBuf, Gpu, GpuStream, HostFlag, PinnedBuf};
 
 use super::error::HybridResult;
 use crate::config::DeepSeekConfig;
@@ -54,6 +54,9 @@ pub(crate) struct Scratch {
     pub positions: DeviceBuf<u32>,
     /// Final norm `[T, hidden]`.
     pub fin: DeviceBuf<bf16>,
+    /// The host flag of the pipelined layers (`pipeline.rs`); None where the device cannot
+    /// make a stream wait for one (the layers then run one after the other).
+    pub flag: Option<HostFlag>,
 }
 
 impl Scratch {
@@ -104,6 +107,15 @@ impl Scratch {
             host_routed: gpu.alloc_pinned(t * hidden)?,
             positions: s.alloc_zeroed(t)?,
             fin: bf(t * hidden)?,
+            flag: pipeline_flag(gpu, s),
         })
     }
+}
+
+/// A host flag the stream can wait on, probed with a wait it already satisfies (value 0);
+/// None when the device refuses stream memory operations.
+fn pipeline_flag(gpu: &Gpu, s: &GpuStream) -> Option<HostFlag> {
+    let flag = gpu.host_flag().ok()?;
+    s.wait_flag(&flag, 0).ok()?;
+    Some(flag)
 }

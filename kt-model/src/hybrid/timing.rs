@@ -9,6 +9,10 @@
 //! experts until that copy starts (zero when the CPU finished first); the host is idle while
 //! it waits for the first copy (it needs the router's choice) and at the end of the call.
 //! GPU time spent waiting on the host's kernel launches inside a stretch counts as compute.
+//! A timed call always runs its layers one after the other: the pipelined order of untimed
+//! calls (`pipeline.rs`) queues a layer's work before the host is done with the previous
+//! one, where these events would time the queue rather than the work; its rate is measured
+//! by an untimed run over the same tokens (`kt-bench decode`).
 
 use kt_kernels::cuda::{GpuEvent, GpuStream};
 
