@@ -359,13 +359,13 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
             .layers
             .iter()
             .enumerate()
-            .map(|(l, s)| (format!("L{l}"), *s))
+            .map(|(l, s)| (format!("L{l}"), svg::stage_series(s)))
             .collect();
-        bars.push(("head".into(), shown.times.head));
+        bars.push(("head".into(), svg::stage_series(&shown.times.head)));
         let scale = 1e3 / shown.times.tokens.max(1) as f64;
         std::fs::write(
             path,
-            svg::stacked_bars(&title, "ms per token", &bars, scale),
+            svg::stacked_bars(&title, "ms per token", &svg::stage_names(), &bars, scale),
         )
         .map_err(|e| format!("--svg {}: {e}", path.display()))?;
     }

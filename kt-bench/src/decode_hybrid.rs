@@ -34,6 +34,34 @@ pub(crate) struct HybridRun<'a> {
     pub dram_gbps: f64,
 }
 
+/// The series of `--svg` for hybrid runs: what a layer's timed run spends, one side after
+/// the other (the timed run does not pipeline layers); the shared experts' GPU time that
+/// overlaps the CPU experts is inside "gpu compute".
+const SVG_SERIES: [&str; 3] = ["gpu compute", "cpu routed experts", "transfers"];
+
+fn svg_values(s: &LayerSplit) -> Vec<f64> {
+    vec![s.gpu_s, s.cpu_experts_s, s.transfer_s]
+}
+
+/// `--svg`: the per-layer split of `times` (the decode's when there is one, else the
+/// prefill's) as stacked bars in ms per token.
+fn write_svg(
+    path: &std::path::Path,
+    title: &str,
+    times: &HybridTimes,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut bars: Vec<_> = times
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(l, s)| (format!("L{l}"), svg_values(s)))
+        .collect();
+    bars.push(("head".into(), svg_values(&times.head)));
+    let scale = 1e3 / times.tokens.max(1) as f64;
+    let chart = crate::svg::stacked_bars(title, "ms per token", &SVG_SERIES, &bars, scale);
+    std::fs::write(path, chart).map_err(|e| format!("--svg {}: {e}", path.display()).into())
+}
+
 fn split_json(s: &LayerSplit) -> Value {
     json!({
         "gpu_s": s.gpu_s,
@@ -166,6 +194,18 @@ impl HybridRun<'_> {
             Mode::Prefill => prefill_tps,
         };
         let weight_bytes: usize = w.gguf.files().iter().map(|f| f.len()).sum();
+        if let Some(path) = &a.svg {
+            let (phase, times) = if gen_len > 0 {
+                ("decode", &decode_times)
+            } else {
+                ("prefill", &prefill_times)
+            };
+            let title = format!(
+                "kt-bench {phase} (hybrid, {device}): {} | {} threads | timed run, ms per token by layer",
+                w.label, self.threads
+            );
+            write_svg(path, &title, times)?;
+        }
         if a.json {
             let j = json!({
                 "mode": self.mode.name(),
@@ -243,6 +283,9 @@ impl HybridRun<'_> {
         print_phase("prefill", &prefill_times, prefill_s);
         if gen_len > 0 {
             print_phase("decode (timed run)", &decode_times, decode_timed_s);
+        }
+        if let Some(path) = &a.svg {
+            println!("split per layer written to {}", path.display());
         }
         Ok(())
     }

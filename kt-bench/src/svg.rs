@@ -1,14 +1,25 @@
 //! A stacked bar chart as a standalone SVG: one bar per layer (and one for the head),
-//! one colored segment per stage, for `kt-bench decode/prefill --svg`.
+//! one colored segment per series (the CPU engine's stages, or the hybrid executor's GPU /
+//! CPU / transfer times), for `kt-bench decode/prefill --svg`.
 
 use std::fmt::Write as _;
 
 use kt_model::deepseek::{Split, Stage};
 
-/// A fill color per stage, in `Stage::ALL` order.
+/// Fill colors of the series, in order (a chart has at most this many series).
 const COLORS: [&str; 6] = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#bab0ac", "#59a14f",
 ];
+
+/// The CPU engine's stages of `split` as the series of [`stacked_bars`].
+pub fn stage_series(split: &Split) -> Vec<f64> {
+    Stage::ALL.iter().map(|st| split.get(*st)).collect()
+}
+
+/// The names of the CPU engine's stages, the series of [`stage_series`].
+pub fn stage_names() -> Vec<&'static str> {
+    Stage::ALL.iter().map(|st| st.name()).collect()
+}
 
 const BAR_W: f64 = 18.0;
 const GAP: f64 = 6.0;
@@ -17,12 +28,19 @@ const LEFT: f64 = 70.0;
 const TOP: f64 = 40.0;
 const LEGEND_W: f64 = 190.0;
 
-/// The SVG of `bars` (label, split in seconds), scaled to `scale` (e.g. 1e3 / tokens for
-/// ms per token) and titled `title`; the y axis is labelled `unit`.
-pub fn stacked_bars(title: &str, unit: &str, bars: &[(String, Split)], scale: f64) -> String {
+/// The SVG of `bars` (label, one value in seconds per name of `series`; at most
+/// `COLORS.len()` series, extra ones are not drawn), scaled to `scale` (e.g. 1e3 / tokens
+/// for ms per token) and titled `title`; the y axis is labelled `unit`.
+pub fn stacked_bars(
+    title: &str,
+    unit: &str,
+    series: &[&str],
+    bars: &[(String, Vec<f64>)],
+    scale: f64,
+) -> String {
     let max = bars
         .iter()
-        .map(|(_, s)| s.total() * scale)
+        .map(|(_, s)| s.iter().sum::<f64>() * scale)
         .fold(0.0f64, f64::max)
         .max(f64::MIN_POSITIVE);
     let plot_w = bars.len() as f64 * (BAR_W + GAP) + GAP;
@@ -64,11 +82,11 @@ pub fn stacked_bars(title: &str, unit: &str, bars: &[(String, Split)], scale: f6
         TOP + PLOT_H / 2.0,
         escape(unit)
     );
-    for (i, (label, split)) in bars.iter().enumerate() {
+    for (i, (label, values)) in bars.iter().enumerate() {
         let x = LEFT + GAP + i as f64 * (BAR_W + GAP);
         let mut y = base;
-        for (st, color) in Stage::ALL.iter().zip(COLORS) {
-            let v = split.get(*st) * scale;
+        for ((name, color), v) in series.iter().zip(COLORS).zip(values) {
+            let v = v * scale;
             let hgt = PLOT_H * v / max;
             if hgt > 0.0 {
                 y -= hgt;
@@ -76,7 +94,7 @@ pub fn stacked_bars(title: &str, unit: &str, bars: &[(String, Split)], scale: f6
                     o,
                     r#"<rect x="{x:.1}" y="{y:.2}" width="{BAR_W}" height="{hgt:.2}" fill="{color}"><title>{} {}: {}</title></rect>"#,
                     escape(label),
-                    st.name(),
+                    escape(name),
                     tick(v)
                 );
             }
@@ -89,7 +107,7 @@ pub fn stacked_bars(title: &str, unit: &str, bars: &[(String, Split)], scale: f6
             escape(label)
         );
     }
-    for (i, (st, color)) in Stage::ALL.iter().zip(COLORS).enumerate() {
+    for (i, (name, color)) in series.iter().zip(COLORS).enumerate() {
         let y = TOP + 18.0 * i as f64;
         let x = LEFT + plot_w + 16.0;
         let _ = writeln!(
@@ -97,7 +115,7 @@ pub fn stacked_bars(title: &str, unit: &str, bars: &[(String, Split)], scale: f6
             r#"<rect x="{x:.1}" y="{y:.1}" width="12" height="12" fill="{color}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
             x + 18.0,
             y + 10.0,
-            st.name()
+            escape(name)
         );
     }
     o.push_str("</svg>\n");
@@ -132,7 +150,11 @@ mod tests {
     fn bars_are_stacked_to_scale_and_labels_escaped() {
         let a = Split([1.0, 0.5, 2.0, 0.25, 0.25, 0.0]);
         let b = Split([0.0, 0.0, 0.0, 0.0, 0.5, 1.5]);
-        let svg = stacked_bars("t <1>", "ms", &[("L0".into(), a), ("head&".into(), b)], 1.0);
+        let bars = [
+            ("L0".to_string(), stage_series(&a)),
+            ("head&".to_string(), stage_series(&b)),
+        ];
+        let svg = stacked_bars("t <1>", "ms", &stage_names(), &bars, 1.0);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("t &lt;1&gt;") && svg.contains("head&amp;"));
         // The tallest bar (4.0) spans the whole plot height; a 2.0 segment half of it.
