@@ -1,35 +1,42 @@
 #!/usr/bin/env bash
-# One device call: kt's CPU engine next to llama.cpp on the SAME synthetic GGUF.
-# Builds nothing; binaries carried in .device-carry/:
-#   kt-bench        (cargo build -p kt-bench --release)
+# One device call: llama.cpp, kt's CPU engine and (when kt-bench was built with `--features
+# cuda` and the machine has a GPU) kt's hybrid executor, all on the SAME synthetic GGUF.
+# Builds nothing; binaries carried in $BIN (default .device-carry):
+#   kt-bench        (cargo build -p kt-bench --release [--features cuda])
 #   llamacpp-bench  (kt-bench/peers/llamacpp_bench/build.sh: llama.cpp's pp/tg tests over
-#                    a static libllama, AVX512/VNNI/BF16 + AMX, no OpenMP)
-# Steps (each bounded by `timeout`; the V3 part only runs while time is left):
+#                    a static libllama, AVX512/VNNI/BF16, no OpenMP)
+#   tests/*         optional GPU test binaries, run first with KT_REQUIRE_GPU=1 when TESTS=1
+# Steps (each bounded by `timeout` and the budget; later ones only run while time is left):
 #   1. kt-bench gen-gguf --preset deepseek-v2-lite (all 27 layers, Q4_K_M-like mix)
 #   2. llamacpp-bench -p 1024 -n 128 -t THREADS on it
-#   3. kt-bench prefill --prompt-len 1024 and decode --gen-len 128, --threads THREADS --json,
-#      with --svg charts of the per-layer split
+#   3. kt-bench prefill --prompt-len 1024 and decode --gen-len 128, --threads THREADS --json
+#      --svg, with the cpu rules; with HYBRID=1 also prefill with the GPU-prefill rules
+#      (rules/gpu-prefill/) and decode with the hybrid rules
 #   4. the same for a DeepSeek-V3-shaped file of V3_LAYERS layers (3 dense + MoE layers),
-#      shorter runs (V3 layers are ~6.5 GB each)
-# Results under $OUT/engine/: NAME.out (stdout: one JSON object per run), NAME.err, *.svg and
-# summary.txt (what ran, how long each step took).
-# Env: THREADS (16), BUDGET_S (total wall budget, 330), V3_LAYERS (5), TMP (/tmp).
+#      prompt V3_PROMPT, 64 generated tokens
+# Results under $OUT/engine/: NAME.out (stdout: one JSON object per kt run, llama-bench's
+# table), NAME.err, *.svg, tests/*.log and summary.txt (what ran, how long, exit status);
+# all of it also packed into $OUT/engine.tgz.
+# Env: THREADS (16), BUDGET_S (330), V3_LAYERS (5), V3_PROMPT (1024), HYBRID (1 when
+# kt-bench has cuda and nvidia-smi sees a GPU), TESTS (1), TMP (/tmp).
 set -uo pipefail
 bin=${BIN:-.device-carry}
 threads=${THREADS:-16}
 budget=${BUDGET_S:-330}
 v3_layers=${V3_LAYERS:-5}
+v3_prompt=${V3_PROMPT:-1024}
 tmp=${TMP:-/tmp}
-out=${OUT:-/tmp/kt-out}/engine
-mkdir -p "$out"
+root=${OUT:-/tmp/kt-out}
+out=$root/engine
+mkdir -p "$out/tests"
 summary="$out/summary.txt"
 : > "$summary"
 
 note() { echo "$*" | tee -a "$summary"; }
 left() { echo $((budget - SECONDS)); }
 
-# step NAME LIMIT_S CMD...: runs CMD with stdout to NAME.jsonl (or .log), stderr to NAME.err,
-# at most min(LIMIT_S, time left) seconds; notes the time and exit status.
+# step NAME LIMIT_S CMD...: runs CMD with stdout to NAME.out, stderr to NAME.err, at most
+# min(LIMIT_S, time left) seconds; notes the time and exit status.
 step() {
     local name=$1 limit=$2; shift 2
     local l; l=$(left)
@@ -42,29 +49,60 @@ step() {
     return $rc
 }
 
+pack() { tar czf "$root/engine.tgz" -C "$root" engine; }
+trap pack EXIT
+
 for b in kt-bench llamacpp-bench; do
     if [ ! -x "$bin/$b" ]; then note "missing $bin/$b"; exit 1; fi
 done
-note "device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cpus; threads $threads; budget ${budget}s"
+if [ -z "${HYBRID:-}" ]; then
+    HYBRID=0
+    if nvidia-smi -L >/dev/null 2>&1 && grep -aq 'no CUDA driver' "$bin/kt-bench"; then HYBRID=1; fi
+fi
+note "device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cpus; threads $threads; budget ${budget}s; hybrid $HYBRID"
+nvidia-smi > "$out/nvidia-smi.txt" 2>&1
+
+if [ "${TESTS:-1}" != 0 ] && [ -d "$bin/tests" ]; then
+    for t in "$bin"/tests/*; do
+        [ -x "$t" ] || continue
+        name=$(basename "$t")
+        l=$(left)
+        if [ "$l" -lt 90 ]; then note "test $name: skipped (${l}s left)"; continue; fi
+        t0=$SECONDS
+        KT_REQUIRE_GPU=1 timeout 120 "$t" --test-threads 1 > "$out/tests/$name.log" 2>&1
+        rc=$?
+        note "test $name: rc $rc in $((SECONDS - t0)) s; $(grep -E '^test result' "$out/tests/$name.log" | tail -1)"
+    done
+fi
+
+# engine MODEL_TAG GGUF PROMPT GEN LLAMA_REPS: llama.cpp, then kt cpu, then kt hybrid
+engine() {
+    local tag=$1 gguf=$2 prompt=$3 gen=$4 reps=$5 rules_name=$6
+    step "llamacpp_$tag" 150 "$bin/llamacpp-bench" -m "$gguf" -p "$prompt" -n "$gen" -t "$threads" -r "$reps"
+    step "kt_prefill_$tag" 120 "$bin/kt-bench" prefill --model "$gguf" --prompt-len "$prompt" \
+        --threads "$threads" --json --svg "$out/kt_prefill_$tag.svg"
+    step "kt_decode_$tag" 90 "$bin/kt-bench" decode --model "$gguf" --prompt-len 32 --gen-len "$gen" \
+        --threads "$threads" --json --svg "$out/kt_decode_$tag.svg"
+    if [ "$HYBRID" = 1 ]; then
+        step "hybrid_prefill_$tag" 180 "$bin/kt-bench" prefill --model "$gguf" \
+            --rules "rules/gpu-prefill/$rules_name-hybrid.yaml" --prompt-len "$prompt" \
+            --threads "$threads" --json --svg "$out/hybrid_prefill_$tag.svg"
+        step "hybrid_decode_$tag" 120 "$bin/kt-bench" decode --model "$gguf" \
+            --rules "rules/$rules_name-hybrid.yaml" --prompt-len 32 --gen-len "$gen" \
+            --threads "$threads" --json --svg "$out/hybrid_decode_$tag.svg"
+    fi
+}
 
 v2=$tmp/kt-v2l.gguf
 if step gen_v2l 150 "$bin/kt-bench" gen-gguf --preset deepseek-v2-lite --out "$v2" --threads "$threads"; then
-    step llamacpp_v2l 120 "$bin/llamacpp-bench" -m "$v2" -p 1024 -n 128 -t "$threads" -r 2
-    step kt_prefill_v2l 120 "$bin/kt-bench" prefill --model "$v2" --prompt-len 1024 --threads "$threads" \
-        --json --svg "$out/kt_prefill_v2l.svg"
-    step kt_decode_v2l 90 "$bin/kt-bench" decode --model "$v2" --prompt-len 32 --gen-len 128 --threads "$threads" \
-        --json --svg "$out/kt_decode_v2l.svg"
+    engine v2l "$v2" 1024 128 2 deepseek-v2-lite
 fi
 rm -f "$v2"
 
 v3=$tmp/kt-v3.gguf
-if [ "$(left)" -gt 120 ] && step gen_v3 120 "$bin/kt-bench" gen-gguf --preset deepseek-v3 --layers "$v3_layers" \
+if [ "$(left)" -gt 150 ] && step gen_v3 150 "$bin/kt-bench" gen-gguf --preset deepseek-v3 --layers "$v3_layers" \
         --out "$v3" --threads "$threads"; then
-    step llamacpp_v3 60 "$bin/llamacpp-bench" -m "$v3" -p 256 -n 32 -t "$threads" -r 1
-    step kt_prefill_v3 60 "$bin/kt-bench" prefill --model "$v3" --prompt-len 256 --threads "$threads" \
-        --json --svg "$out/kt_prefill_v3.svg"
-    step kt_decode_v3 60 "$bin/kt-bench" decode --model "$v3" --prompt-len 16 --gen-len 32 --threads "$threads" \
-        --json --svg "$out/kt_decode_v3.svg"
+    engine v3 "$v3" "$v3_prompt" 64 1 deepseek-v3
 fi
 rm -f "$v3"
 note "total ${SECONDS}s"
