@@ -20,7 +20,7 @@ pub(crate) const GEMV_MIN_ROW_BLOCK: usize = 32;
 pub(crate) const MIN_GEMV_ITEMS: usize = 64;
 /// Rows and positions per item for busy experts (prefill): a 64-row weight block stays in
 /// L2 while up to 64 positions' activations stream by (as the matmul driver does).
-pub(crate) const GEMM_ROW_BLOCK: usize = 64;
+pub(crate) const GEMM_ROW_BLOCK: usize = 128;
 pub(crate) const GEMM_TOKEN_BLOCK: usize = 64;
 /// The largest item (rows x positions), for the per-thread tile scratch.
 pub(crate) const MAX_ITEM_FLOATS: usize = {
