@@ -103,6 +103,9 @@ struct Pending {
     wbuf: usize,
     act: usize,
     group: usize,
+    /// Its row block, and whether it is that block's last step in the K chunk.
+    block: usize,
+    last: bool,
 }
 
 /// # Safety
@@ -127,8 +130,9 @@ unsafe fn gemm_amx(t: &GemmTile) {
     let wbuf = wbuf.as_mut_ptr().cast::<WeightBlock>();
     let mut cbuf = MaybeUninit::<[CTiles; 2]>::uninit();
     let cbuf = cbuf.as_mut_ptr().cast::<CTiles>();
-    // Accumulators of one row block: group g, row n at [g][n] (16 tokens each).
-    let mut acc = [[_mm512_setzero_ps(); TR]; GROUPS];
+    // Accumulators of the row blocks in flight (by parity): group g, row n at
+    // [g][n] (16 tokens each).
+    let mut acc = [[[_mm512_setzero_ps(); TR]; GROUPS]; 2];
     let mut loaded_rows = 0;
     for t0 in (0..t.tokens).step_by(GROUPS * TG) {
         let ntb = (GROUPS * TG).min(t.tokens - t0);
@@ -153,117 +157,142 @@ unsafe fn gemm_amx(t: &GemmTile) {
                     };
                 }
             }
-            for r0 in (0..t.rows).step_by(TR) {
-                let nr = TR.min(t.rows - r0);
-                if loaded_rows != nr {
-                    let mut c = TileConfig::new();
-                    for tile in 0..4 {
-                        c.set(tile, nr, 64);
-                    }
-                    c.set(4, nr, 32);
-                    c.set(5, nr, 32);
-                    c.set(6, 8, 64);
-                    c.set(7, 8, 64);
-                    // SAFETY: AMX usable (caller); a valid palette-1 configuration.
-                    unsafe { c.load() };
-                    loaded_rows = nr;
-                }
-                for a in acc.iter_mut().take(ng) {
-                    *a = [_mm512_setzero_ps(); TR];
-                }
-                let mut pending: Option<Pending> = None;
-                // SAFETY: rows r0..r0 + nr, super-block c0 of the weights are inside the
-                // tile; buffer 0 is inside `wbuf`.
-                unsafe { unpack_weights(t.w.add(r0 * t.w_stride + c0 * W_BLOCK), t.w_stride, nr, wbuf) };
-                for i in 0..kc * ng {
-                    let (s, g) = (i / ng, i % ng);
-                    // SAFETY (whole block): rows r0..r0 + nr and super-blocks up to
-                    // c0 + kc of the weights are inside the tile; the scratch indices are
-                    // in bounds (% 3, & 1; g * chunk + s < RECORDS). Weight buffers
-                    // rotate over three: step i's products read buffer s % 3 (unpacked
-                    // one super-block earlier, so its stores have drained before the
-                    // tile loads), super-block s + 1 goes to (s + 1) % 3, and the step
-                    // scaled here (i - 1, of super-block s or s - 1) reads neither that
-                    // nor the C buffer written now.
-                    unsafe {
-                        let ab = acts.add(g * chunk + s);
-                        products(wbuf.add(s % 3), ab, cbuf.add(i & 1));
-                        if g == 0 {
-                            let ahead = s + PREFETCH;
-                            if ahead < kc {
-                                prefetch_rows(t.w.add(r0 * t.w_stride + (c0 + ahead) * W_BLOCK), t.w_stride, nr);
-                            } else if r0 + TR < t.rows && ahead - kc < kc {
-                                let nr_next = TR.min(t.rows - r0 - TR);
-                                prefetch_rows(
-                                    t.w.add((r0 + TR) * t.w_stride + (c0 + ahead - kc) * W_BLOCK),
-                                    t.w_stride,
-                                    nr_next,
-                                );
-                            }
+            // One pipeline over every (row block, super-block, token group) step of
+            // the chunk, so neither the first unpacking nor the last scaling of a row
+            // block waits: step i's products overlap step i - 1's scaling, and
+            // super-block L (counted over row blocks) is unpacked one step ahead into
+            // weight buffer L % 3. Accumulators alternate by row block parity.
+            let steps_rb = kc * ng;
+            let nrb = t.rows.div_ceil(TR);
+            let rows_of = |rb: usize| TR.min(t.rows - rb * TR);
+            let wblock = |l: usize| {
+                let (rb, s) = (l / kc, l % kc);
+                // SAFETY (for callers): rb < nrb, s < kc: inside the tile's weights.
+                t.w.wrapping_add(rb * TR * t.w_stride + (c0 + s) * W_BLOCK)
+            };
+            // SAFETY: super-block 0 of row block 0 is inside the weights; buffer 0 is
+            // inside `wbuf`.
+            unsafe { unpack_weights(wblock(0), t.w_stride, rows_of(0), wbuf) };
+            let mut pending: Option<Pending> = None;
+            for step in 0..nrb * steps_rb {
+                let (rb, i) = (step / steps_rb, step % steps_rb);
+                let (s, g) = (i / ng, i % ng);
+                let l = rb * kc + s;
+                let nr = rows_of(rb);
+                if i == 0 {
+                    acc[rb & 1][..ng].iter_mut().for_each(|a| *a = [_mm512_setzero_ps(); TR]);
+                    if loaded_rows != nr {
+                        let mut c = TileConfig::new();
+                        for tile in 0..4 {
+                            c.set(tile, nr, 64);
                         }
-                        if g == 0 && s + 1 < kc {
-                            unpack_weights(
-                                t.w.add(r0 * t.w_stride + (c0 + s + 1) * W_BLOCK),
-                                t.w_stride,
-                                nr,
-                                wbuf.add((s + 1) % 3),
-                            );
-                        }
-                        let step = Pending {
-                            cbuf: i & 1,
-                            wbuf: s % 3,
-                            act: g * chunk + s,
-                            group: g,
-                        };
-                        if let Some(p) = pending.replace(step) {
-                            scale(
-                                cbuf.add(p.cbuf),
-                                wbuf.add(p.wbuf),
-                                acts.add(p.act),
-                                nr,
-                                &mut acc[p.group],
-                            );
-                        }
+                        c.set(4, nr, 32);
+                        c.set(5, nr, 32);
+                        c.set(6, 8, 64);
+                        c.set(7, 8, 64);
+                        // SAFETY: AMX usable (caller); a valid palette-1 configuration
+                        // (loading it zeroes the tiles: the previous step stored its C).
+                        unsafe { c.load() };
+                        loaded_rows = nr;
                     }
                 }
-                if let Some(p) = pending {
-                    // SAFETY: as above.
-                    unsafe {
-                        scale(
-                            cbuf.add(p.cbuf),
-                            wbuf.add(p.wbuf),
-                            acts.add(p.act),
-                            nr,
-                            &mut acc[p.group],
-                        )
+                // SAFETY (whole block): every weight block named is inside the tile
+                // (row block < nrb, super-block < c0 + kc); scratch indices are in
+                // bounds (% 3, & 1; g * chunk + s < RECORDS). Products read weight
+                // buffer l % 3 (unpacked a step earlier, so its stores have drained
+                // before the tile loads), the next super-block goes to (l + 1) % 3, and
+                // the step scaled here (step - 1: super-block l or l - 1) reads neither
+                // that nor the C buffer written now.
+                unsafe {
+                    products(wbuf.add(l % 3), acts.add(g * chunk + s), cbuf.add(step & 1));
+                    if g == 0 {
+                        let ahead = l + PREFETCH;
+                        if ahead < nrb * kc {
+                            prefetch_rows(wblock(ahead), t.w_stride, rows_of(ahead / kc));
+                        }
+                        if l + 1 < nrb * kc {
+                            let next = l + 1;
+                            unpack_weights(wblock(next), t.w_stride, rows_of(next / kc), wbuf.add(next % 3));
+                        }
+                    }
+                    let now = Pending {
+                        cbuf: step & 1,
+                        wbuf: l % 3,
+                        act: g * chunk + s,
+                        group: g,
+                        block: rb,
+                        last: i + 1 == steps_rb,
                     };
-                }
-                // The block's sums into the output: stored by the first K chunk, added
-                // by the others.
-                for (g, a) in acc.iter().enumerate().take(ng) {
-                    let first = t0 + g * TG;
-                    let n_tok = TG.min(t.tokens - first);
-                    let mut lanes = [[0f32; TG]; TR];
-                    for (n, v) in a.iter().enumerate().take(nr) {
-                        // SAFETY: a 64-byte store into a local array row.
-                        unsafe { _mm512_storeu_ps(lanes[n].as_mut_ptr(), *v) };
-                    }
-                    for tok in 0..n_tok {
-                        for (n, row) in lanes.iter().enumerate().take(nr) {
-                            // SAFETY: token first + tok < tokens, row r0 + n < rows:
-                            // inside the caller's output tile.
-                            unsafe {
-                                let o = t.out.add((first + tok) * t.ldo + r0 + n);
-                                *o = if c0 == 0 { row[tok] } else { *o + row[tok] };
-                            }
-                        }
+                    if let Some(p) = pending.replace(now) {
+                        finish_step(t, p, cbuf, wbuf, acts, &mut acc, t0, ng, c0 == 0);
                     }
                 }
+            }
+            if let Some(p) = pending {
+                // SAFETY: as above.
+                unsafe { finish_step(t, p, cbuf, wbuf, acts, &mut acc, t0, ng, c0 == 0) };
             }
         }
     }
     // SAFETY: AMX is enabled (caller); ends this call's use of the tiles.
     unsafe { super::tiles::release() };
+}
+
+/// Scales step `p` into its row block's accumulators; after the block's last step, adds
+/// them to the output (stores them for the first K chunk).
+///
+/// # Safety
+/// As the steps of [`gemm_amx`]: `p` names initialised scratch, and the output rows of
+/// its row block and tokens `t0..t0 + 16 * ng` are the caller's.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn finish_step(
+    t: &GemmTile,
+    p: Pending,
+    cbuf: *const CTiles,
+    wbuf: *const WeightBlock,
+    acts: *const ActBlock,
+    acc: &mut [[[__m512; TR]; GROUPS]; 2],
+    t0: usize,
+    ng: usize,
+    first_chunk: bool,
+) {
+    let r0 = p.block * TR;
+    let nr = TR.min(t.rows - r0);
+    let acc = &mut acc[p.block & 1];
+    // SAFETY: the caller's contract.
+    unsafe {
+        scale(
+            cbuf.add(p.cbuf),
+            wbuf.add(p.wbuf),
+            acts.add(p.act),
+            nr,
+            &mut acc[p.group],
+        )
+    };
+    if !p.last {
+        return;
+    }
+    for (g, a) in acc.iter().enumerate().take(ng) {
+        let first = t0 + g * TG;
+        let n_tok = TG.min(t.tokens - first);
+        let mut lanes = [[0f32; TG]; TR];
+        for (n, v) in a.iter().enumerate().take(nr) {
+            // SAFETY: a 64-byte store into a local array row.
+            unsafe { _mm512_storeu_ps(lanes[n].as_mut_ptr(), *v) };
+        }
+        for tok in 0..n_tok {
+            for (n, row) in lanes.iter().enumerate().take(nr) {
+                // SAFETY: token first + tok < tokens, row r0 + n < rows: inside the
+                // caller's output tile.
+                unsafe {
+                    let o = t.out.add((first + tok) * t.ldo + r0 + n);
+                    *o = if first_chunk { row[tok] } else { *o + row[tok] };
+                }
+            }
+        }
+    }
 }
 
 /// Prefetches one Q4_K block of `nr` rows (`stride` bytes apart) into L1.
