@@ -180,7 +180,9 @@ unsafe fn gemm_amx(t: &GemmTile) {
                 let l = rb * kc + s;
                 let nr = rows_of(rb);
                 if i == 0 {
-                    acc[rb & 1][..ng].iter_mut().for_each(|a| *a = [_mm512_setzero_ps(); TR]);
+                    acc[rb & 1][..ng]
+                        .iter_mut()
+                        .for_each(|a| *a = [_mm512_setzero_ps(); TR]);
                     if loaded_rows != nr {
                         let mut c = TileConfig::new();
                         for tile in 0..4 {
@@ -212,7 +214,12 @@ unsafe fn gemm_amx(t: &GemmTile) {
                         }
                         if l + 1 < nrb * kc {
                             let next = l + 1;
-                            unpack_weights(wblock(next), t.w_stride, rows_of(next / kc), wbuf.add(next % 3));
+                            unpack_weights(
+                                wblock(next),
+                                t.w_stride,
+                                rows_of(next / kc),
+                                wbuf.add(next % 3),
+                            );
                         }
                     }
                     let now = Pending {
@@ -492,11 +499,7 @@ unsafe fn scale(
             let mut v = _mm512_setzero_ps();
             for (j, s) in sums.iter().enumerate() {
                 let ci = _mm512_load_si512((*c).0[j][n].as_ptr().cast());
-                v = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(ci),
-                    _mm512_set1_ps((*wb).scale[n][j]),
-                    v,
-                );
+                v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ci), _mm512_set1_ps((*wb).scale[n][j]), v);
                 v = _mm512_fnmadd_ps(*s, _mm512_set1_ps((*wb).min[n][j]), v);
             }
             *acc = _mm512_fmadd_ps(v, da, *acc);

@@ -249,7 +249,10 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                         next_buf ^= 1;
                     }
                     if INT4 && g + 1 < groups {
-                        let dst = unpacked.0.as_mut_ptr().add(((g + 1) & 1) * NB * group * PANEL);
+                        let dst = unpacked
+                            .0
+                            .as_mut_ptr()
+                            .add(((g + 1) & 1) * NB * group * PANEL);
                         unpack_group(t, p0, nt, g + 1, group, dst);
                     }
                 }
@@ -290,7 +293,8 @@ unsafe fn unpack_group(t: &Tile, p0: usize, nt: usize, g: usize, group: usize, d
             for i in 0..group / 8 {
                 let line = _mm512_loadu_si512(panel.add((g * group / 8 + i) * 64) as *const _);
                 let lo = _mm512_sub_epi8(_mm512_and_si512(line, nib), eight);
-                let hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(line), nib), eight);
+                let hi =
+                    _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(line), nib), eight);
                 _mm512_store_si512(out.add(128 * i) as *mut _, lo);
                 _mm512_store_si512(out.add(128 * i + 64) as *mut _, hi);
             }
