@@ -45,10 +45,14 @@ const TG: usize = 16;
 /// row block streams its rows from start to end.
 const GROUPS: usize = 4;
 const RECORDS: usize = 32;
-/// Weight prefetch distance, in super-blocks of the row block (16 rows x 144 bytes):
-/// the weights stream from DRAM once per call, so they must be requested well before
-/// the unpacking reads them. Near a row block's end it continues with the next one.
-const PREFETCH: usize = 4;
+/// Weight prefetch distance, in super-blocks of the row block (16 rows x 144 bytes), into
+/// L2: the weights stream from DRAM once per call, so they must be requested before the
+/// unpacking reads them (one super-block step is ~0.4 µs of work). L2 rather than L1: a
+/// step's 16 rows are ~50 lines, more than the L1 miss buffers hold. Dev VM, 1 thread,
+/// `kt-bench matmul --formats q4_k --tokens 16` (from DRAM), 2048x7168 / 7168x2048:
+/// L1 at 4 steps 1.50 / 1.59 ms, L2 at 4: 1.46 / 1.52, L2 at 2: 1.42 / 1.47 (best of 3).
+/// Near a row block's end it continues with the next one.
+const PREFETCH: usize = 2;
 
 /// Below this many tokens the AVX512 kernel is used: a C tile's 16 token columns would
 /// be mostly empty.
@@ -302,7 +306,7 @@ unsafe fn finish_step(
     }
 }
 
-/// Prefetches one Q4_K block of `nr` rows (`stride` bytes apart) into L1.
+/// Prefetches one Q4_K block of `nr` rows (`stride` bytes apart) into L2.
 ///
 /// # Safety
 /// The blocks lie inside the weights (a prefetch never faults, but the address
@@ -314,10 +318,10 @@ unsafe fn prefetch_rows(w: *const u8, stride: usize, nr: usize) {
         // SAFETY: bytes 0..W_BLOCK of block n are inside the weights (caller).
         unsafe {
             let b = w.add(n * stride);
-            _mm_prefetch::<_MM_HINT_T0>(b.cast());
-            _mm_prefetch::<_MM_HINT_T0>(b.add(64).cast());
-            _mm_prefetch::<_MM_HINT_T0>(b.add(128).cast());
-            _mm_prefetch::<_MM_HINT_T0>(b.add(W_BLOCK - 1).cast());
+            _mm_prefetch::<_MM_HINT_T1>(b.cast());
+            _mm_prefetch::<_MM_HINT_T1>(b.add(64).cast());
+            _mm_prefetch::<_MM_HINT_T1>(b.add(128).cast());
+            _mm_prefetch::<_MM_HINT_T1>(b.add(W_BLOCK - 1).cast());
         }
     }
 }
