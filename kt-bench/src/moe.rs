@@ -63,6 +63,11 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also report the CPU time per call of all the process's threads (Linux
+    /// `/proc/self/task/*/schedstat`): on a machine shared with other work, wall time
+    /// grows with the time slices lost to it, CPU time much less.
+    #[arg(long)]
+    pub cpu_time: bool,
 }
 
 struct Shape {
@@ -217,6 +222,9 @@ struct Report {
     peak_tops: f64,
     peak_kind: &'static str,
     peak_fraction: f64,
+    /// CPU time per call, all threads (with --cpu-time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_ms_per_call: Option<f64>,
 }
 
 pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -393,6 +401,26 @@ struct Timed {
     secs: f64,
     weight_gbps: f64,
     distinct_per_call: f64,
+    /// Mean CPU seconds per timed call, all threads (with --cpu-time).
+    cpu_secs: Option<f64>,
+}
+
+/// CPU seconds the process's threads have run so far: the sum of the first field (run
+/// time in ns) of every `/proc/self/task/*/schedstat`.
+fn process_cpu_secs() -> Result<f64, Box<dyn std::error::Error>> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let path = task?.path().join("schedstat");
+        // A thread may exit between the listing and the read: it no longer runs.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let first = text.split_whitespace().next().unwrap_or("");
+        ns += first
+            .parse::<u64>()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(ns as f64 / 1e9)
 }
 
 /// Calls `call(i, ids, weights, x, out)` (which returns the bytes of one expert of the
@@ -418,12 +446,16 @@ fn time_calls(
     let warmup = copies.max(3);
     let (mut times, mut gbps, mut distinct_sum) = (Vec::new(), Vec::new(), 0usize);
     let start = Instant::now();
+    let mut cpu_start = None;
     let mut n = 0usize;
     while n < warmup
         || ((start.elapsed().as_secs_f64() < a.seconds || times.len() < 10)
             && times.len() < 100_000)
     {
         let (ids, w, distinct) = draw_routing(&mut rng, a.tokens, k, e);
+        if a.cpu_time && n == warmup {
+            cpu_start = Some(process_cpu_secs()?);
+        }
         let t = Instant::now();
         let expert_bytes = call(n, &ids, &w, &x, &mut out)?;
         let secs = t.elapsed().as_secs_f64();
@@ -434,6 +466,10 @@ fn time_calls(
         }
         n += 1;
     }
+    let cpu_secs = match cpu_start {
+        Some(c0) => Some((process_cpu_secs()? - c0) / times.len() as f64),
+        None => None,
+    };
     if out.iter().any(|v| !v.is_finite()) {
         return Err("the MoE output has non-finite values".into());
     }
@@ -445,6 +481,7 @@ fn time_calls(
         secs: median(&mut times),
         weight_gbps: median(&mut gbps),
         distinct_per_call: distinct_sum as f64 / times.len() as f64,
+        cpu_secs,
     })
 }
 
@@ -484,6 +521,7 @@ fn report(
         peak_tops: m.peak_gops / 1e3,
         peak_kind: m.peak_kind,
         peak_fraction: flops / t.secs / 1e9 / m.peak_gops,
+        cpu_ms_per_call: t.cpu_secs.map(|c| c * 1e3),
     };
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
@@ -510,5 +548,8 @@ fn report(
         r.tflops,
         100.0 * r.peak_fraction
     );
+    if let Some(c) = r.cpu_ms_per_call {
+        println!("cpu time {c:.2} ms per call (all threads)");
+    }
     Ok(())
 }

@@ -1,15 +1,31 @@
-//! AMX kernels. The GGUF-native formats keep their AVX512 kernels (`register` adds
-//! nothing to their table); AMX serves the repacked expert layouts of
-//! [`crate::cpu::moe::repack`] through [`repack::gemm`].
+//! AMX kernels: the repacked expert layouts of [`crate::cpu::moe::repack`] through
+//! [`repack::gemm`], and of the GGUF-native formats Q4_K with many tokens
+//! ([`q4_k`]: `register` replaces the AVX512 table's Q4_K GEMM with one that keeps the
+//! AVX512 kernel for fewer than [`q4_k::AMX_MIN_TOKENS`] tokens). The other GGUF formats
+//! keep their AVX512 kernels.
 //!
 //! AMX needs the Linux permission request ([`crate::cpu::isa`]'s `amx_permission`), made
 //! once per process by `Isa::Amx.check()`; every entry here is reached only after it
 //! passed. Each work item loads its own tile configuration on the thread that runs it and
 //! releases the tiles at its end, so pool threads never share tile state.
 
-use super::dispatch::KernelTable;
+use super::dispatch::{FormatKernels, KernelTable};
+use super::isa::Isa;
+use crate::quant::QType;
 
+pub(crate) mod q4_k;
 pub(crate) mod repack;
 mod tiles;
 
-pub(crate) fn register(_t: &mut KernelTable) {}
+pub(crate) fn register(t: &mut KernelTable) {
+    if let Ok(&lower) = t.get(QType::Q4_K) {
+        t.set(
+            QType::Q4_K,
+            FormatKernels {
+                gemm: q4_k::install(lower.gemm),
+                gemm_isa: Isa::Amx,
+                ..lower
+            },
+        );
+    }
+}

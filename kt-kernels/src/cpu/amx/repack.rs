@@ -107,9 +107,7 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
     const LDC: usize = NB * PANEL;
     let mut cbuf = Block::<i32, { 2 * MB * LDC }>([0; 2 * MB * LDC]);
     let mut acc = Block::<f32, { SB * LDC }>([0.0; SB * LDC]);
-    let mut unpacked = Block::<u8, { NB * 128 * PANEL }>([0; NB * 128 * PANEL]);
-    let nib = _mm512_set1_epi8(0x0F);
-    let eight = _mm512_set1_epi8(8);
+    let mut unpacked = Block::<u8, { 2 * NB * 128 * PANEL }>([0; 2 * NB * 128 * PANEL]);
     // Rows of the two A tiles in the loaded configuration.
     let mut loaded: Option<(usize, usize)> = None;
     for s0 in (0..t.tokens).step_by(SB) {
@@ -173,28 +171,20 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                         prefetch_group(t, p0 + NB, ahead - groups, group);
                     }
                     // B source of each panel for this group: the packed lines (INT8) or
-                    // the unpacked buffer (INT4), 64 bytes per K-step row.
+                    // the unpacked buffer (INT4), 64 bytes per K-step row. INT4 groups
+                    // are unpacked one group ahead into the other half of a double
+                    // buffer: a tile load right after the vector stores that wrote its
+                    // bytes waits for them to reach L1, a group later they are there.
+                    if INT4 && g == 0 {
+                        unpack_group(t, p0, nt, 0, group, unpacked.0.as_mut_ptr());
+                    }
                     let mut b = [std::ptr::null::<u8>(); NB];
                     for (ni, bp) in b.iter_mut().enumerate().take(nt) {
-                        let panel = t.w.add((p0 + ni) * pb);
-                        if INT4 {
-                            let dst = unpacked.0.as_mut_ptr().add(ni * group * PANEL);
-                            for i in 0..group / 8 {
-                                let line = _mm512_loadu_si512(
-                                    panel.add((g * group / 8 + i) * 64) as *const _
-                                );
-                                let lo = _mm512_sub_epi8(_mm512_and_si512(line, nib), eight);
-                                let hi = _mm512_sub_epi8(
-                                    _mm512_and_si512(_mm512_srli_epi16::<4>(line), nib),
-                                    eight,
-                                );
-                                _mm512_store_si512(dst.add(128 * i) as *mut _, lo);
-                                _mm512_store_si512(dst.add(128 * i + 64) as *mut _, hi);
-                            }
-                            *bp = dst;
+                        *bp = if INT4 {
+                            unpacked.0.as_ptr().add(((g & 1) * NB + ni) * group * PANEL)
                         } else {
-                            *bp = panel.add(g * group * PANEL);
-                        }
+                            t.w.add((p0 + ni) * pb + g * group * PANEL)
+                        };
                     }
                     for m0 in (s0..s0 + sm).step_by(MB) {
                         let m = MB.min(s0 + sm - m0);
@@ -258,6 +248,13 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                         }
                         next_buf ^= 1;
                     }
+                    if INT4 && g + 1 < groups {
+                        let dst = unpacked
+                            .0
+                            .as_mut_ptr()
+                            .add(((g + 1) & 1) * NB * group * PANEL);
+                        unpack_group(t, p0, nt, g + 1, group, dst);
+                    }
                 }
                 if let Some(p) = pending.take() {
                     scale_block(&mut acc, &cbuf, p);
@@ -273,6 +270,36 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
     }
     // SAFETY: AMX is enabled (caller); ends this item's use of the tiles.
     unsafe { super::tiles::release() };
+}
+
+/// Unpacks group `g` of panels `p0..p0 + nt` (INT4, `q + 8` nibbles) to int8 at `dst`:
+/// panel `ni`'s group at `dst + ni * group * PANEL`, 64 bytes per K-step row.
+///
+/// # Safety
+/// The panels lie inside the tile's weights and `dst` holds `nt * group * PANEL` bytes,
+/// 64-byte aligned.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn unpack_group(t: &Tile, p0: usize, nt: usize, g: usize, group: usize, dst: *mut u8) {
+    let pb = t.format.panel_bytes(t.k);
+    let nib = _mm512_set1_epi8(0x0F);
+    let eight = _mm512_set1_epi8(8);
+    for ni in 0..nt {
+        // SAFETY: panel p0 + ni's group g (group / 8 lines of 64 bytes) is inside the
+        // weights, its unpacked bytes inside `dst` (caller).
+        unsafe {
+            let panel = t.w.add((p0 + ni) * pb);
+            let out = dst.add(ni * group * PANEL);
+            for i in 0..group / 8 {
+                let line = _mm512_loadu_si512(panel.add((g * group / 8 + i) * 64) as *const _);
+                let lo = _mm512_sub_epi8(_mm512_and_si512(line, nib), eight);
+                let hi =
+                    _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(line), nib), eight);
+                _mm512_store_si512(out.add(128 * i) as *mut _, lo);
+                _mm512_store_si512(out.add(128 * i + 64) as *mut _, hi);
+            }
+        }
+    }
 }
 
 unsafe fn gemm_bf16(t: &Tile) {

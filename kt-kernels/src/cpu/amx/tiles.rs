@@ -95,6 +95,23 @@ macro_rules! tile_dp_i8 {
     };
 }
 
+/// `tdpbusd tmmC, tmmA, tmmB`: C (i32) += A (u8, rows x 4k) . B (s8, VNNI form).
+macro_rules! tile_dp_u8i8 {
+    ($c:literal, $a:literal, $b:literal) => {
+        std::arch::asm!(
+            concat!(
+                "tdpbusd tmm",
+                stringify!($c),
+                ", tmm",
+                stringify!($a),
+                ", tmm",
+                stringify!($b)
+            ),
+            options(nostack, nomem, preserves_flags)
+        )
+    };
+}
+
 /// `tdpbf16ps tmmC, tmmA, tmmB`: C (f32) += A (bf16 pairs) . B (bf16 pairs, VNNI form).
 macro_rules! tile_dp_bf16 {
     ($c:literal, $a:literal, $b:literal) => {
@@ -112,4 +129,4 @@ macro_rules! tile_dp_bf16 {
     };
 }
 
-pub(crate) use {tile_dp_bf16, tile_dp_i8, tile_load, tile_store, tile_zero};
+pub(crate) use {tile_dp_bf16, tile_dp_i8, tile_dp_u8i8, tile_load, tile_store, tile_zero};

@@ -12,7 +12,7 @@ mod act;
 mod bf16;
 mod gemv;
 mod q2_k;
-mod q4_k;
+pub(crate) mod q4_k;
 mod q5_k;
 mod q6_k;
 mod q8_0;

@@ -65,7 +65,7 @@ const MIN_SHIFT: __m512i = per_column([0, 0, 0, 0, 4, 4, 4, 4]);
 /// 16 bytes are readable at `p` (the 12 scale bytes and 4 more of the same block).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-pub(super) unsafe fn scales_mins(p: *const u8) -> (__m512i, __m512i) {
+pub(crate) unsafe fn scales_mins(p: *const u8) -> (__m512i, __m512i) {
     // SAFETY: 16 readable bytes (the caller's contract).
     let bytes = unsafe { _mm_loadu_si128(p.cast()) };
     scales_mins_of(_mm512_broadcast_i32x4(bytes))

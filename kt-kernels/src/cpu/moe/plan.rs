@@ -18,9 +18,12 @@ use crate::cpu::GEMV_MAX_TOKENS;
 pub(crate) const GEMV_ROW_BLOCK: usize = 128;
 pub(crate) const GEMV_MIN_ROW_BLOCK: usize = 32;
 pub(crate) const MIN_GEMV_ITEMS: usize = 64;
-/// Rows and positions per item for busy experts (prefill): a 64-row weight block stays in
-/// L2 while up to 64 positions' activations stream by (as the matmul driver does).
-pub(crate) const GEMM_ROW_BLOCK: usize = 64;
+/// Rows and positions per item for busy experts (prefill): a 128-row weight block stays
+/// in L2 while up to 64 positions' activations stream by. 128 rather than 64: the AMX
+/// kernels rearrange an item's activations once (Q4_K: transposed to VNNI form; INT4:
+/// per super-block) and share that over the item's rows; V3 still has 16 row blocks per
+/// expert (4096 gate/up items at 512 tokens), V2-Lite 11.
+pub(crate) const GEMM_ROW_BLOCK: usize = 128;
 pub(crate) const GEMM_TOKEN_BLOCK: usize = 64;
 /// The largest item (rows x positions), for the per-thread tile scratch.
 pub(crate) const MAX_ITEM_FLOATS: usize = {
