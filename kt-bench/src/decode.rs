@@ -294,37 +294,22 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     let n_layers = w.config.n_layers;
     let (mut prefill_times, mut decode_times) =
         (StageTimes::new(n_layers), StageTimes::new(n_layers));
-    let bar = phase_bar(!a.json, None, format!("prefill {prompt_len} tokens"));
-    let t = Instant::now();
-    let mut logits = model.forward_timed(
+    let run = prompt_then_decode(
+        !a.json,
+        "",
         &prompt,
-        &mut cache,
-        LogitRows::Last,
-        None,
-        Some(&mut prefill_times),
+        gen_len,
+        &mut sampler,
+        |tokens, prefill| {
+            let times = if prefill {
+                &mut prefill_times
+            } else {
+                &mut decode_times
+            };
+            model.forward_timed(tokens, &mut cache, LogitRows::Last, None, Some(times))
+        },
     )?;
-    let prefill_s = t.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    let mut tokens = Vec::with_capacity(gen_len);
-    let bar = phase_bar(!a.json, Some(gen_len as u64), "decode".into());
-    let t = Instant::now();
-    for _ in 0..gen_len {
-        let next = sampler.sample(&logits)?;
-        tokens.push(next);
-        logits = model.forward_timed(
-            &[next],
-            &mut cache,
-            LogitRows::Last,
-            None,
-            Some(&mut decode_times),
-        )?;
-        bar.inc(1);
-    }
-    let decode_s = t.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    if logits.iter().any(|v| !v.is_finite()) {
-        return Err("the model produced non-finite logits".into());
-    }
+    let (tokens, prefill_s, decode_s) = (run.tokens, run.prefill_s, run.decode_s);
 
     let prefill = PhaseSplit {
         name: "prefill",
@@ -422,6 +407,56 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         println!("split per layer written to {}", path.display());
     }
     Ok(())
+}
+
+/// What [`prompt_then_decode`] measured.
+pub(crate) struct TimedRun {
+    /// The sampled tokens, in order.
+    pub tokens: Vec<u32>,
+    pub prefill_s: f64,
+    pub decode_s: f64,
+}
+
+/// The run both engines time: `prompt` in one `forward` call (`prefill` true), then
+/// `gen_len` single-token calls on tokens `sampler` draws from the last logits, with
+/// progress bars (shown when `show`, labelled with `suffix`). `forward` returns the last
+/// row's logits; non-finite final logits are an error.
+pub(crate) fn prompt_then_decode<E: Into<Box<dyn std::error::Error>>>(
+    show: bool,
+    suffix: &str,
+    prompt: &[u32],
+    gen_len: usize,
+    sampler: &mut Sampler,
+    mut forward: impl FnMut(&[u32], bool) -> Result<Vec<f32>, E>,
+) -> Result<TimedRun, Box<dyn std::error::Error>> {
+    let bar = phase_bar(
+        show,
+        None,
+        format!("prefill {} tokens{suffix}", prompt.len()),
+    );
+    let t = Instant::now();
+    let mut logits = forward(prompt, true).map_err(Into::into)?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let mut tokens = Vec::with_capacity(gen_len);
+    let bar = phase_bar(show, Some(gen_len as u64), format!("decode{suffix}"));
+    let t = Instant::now();
+    for _ in 0..gen_len {
+        let next = sampler.sample(&logits)?;
+        tokens.push(next);
+        logits = forward(&[next], false).map_err(Into::into)?;
+        bar.inc(1);
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    if logits.iter().any(|v| !v.is_finite()) {
+        return Err("the model produced non-finite logits".into());
+    }
+    Ok(TimedRun {
+        tokens,
+        prefill_s,
+        decode_s,
+    })
 }
 
 /// A progress bar over `len` steps, or a spinner when `len` is `None`; hidden unless `show`.

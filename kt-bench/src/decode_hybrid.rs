@@ -18,7 +18,7 @@ use kt_model::hybrid::{HybridModel, HybridTimes, LayerSplit};
 use kt_model::placement::Placement;
 use serde_json::{json, Value};
 
-use crate::decode::{phase_bar, prompt_ids, Args, Mode, Weights, MAX_MOE_BATCH};
+use crate::decode::{prompt_ids, prompt_then_decode, Args, Mode, Weights, MAX_MOE_BATCH};
 
 /// Tokens of the warm-up call (a short prompt on a throwaway cache): loads every kernel
 /// and sizes the GEMM and attention workspaces before anything is timed.
@@ -127,41 +127,22 @@ impl HybridRun<'_> {
         let n_layers = w.config.n_layers;
         let (mut prefill_times, mut decode_times) =
             (HybridTimes::new(n_layers), HybridTimes::new(n_layers));
-        let bar = phase_bar(
+        let run = prompt_then_decode(
             !a.json,
-            None,
-            format!("prefill {prompt_len} tokens (hybrid)"),
-        );
-        let t = Instant::now();
-        let mut logits = model.forward_timed(
+            " (hybrid)",
             &prompt,
-            &mut cache,
-            LogitRows::Last,
-            None,
-            Some(&mut prefill_times),
+            gen_len,
+            &mut sampler,
+            |tokens, prefill| {
+                let times = if prefill {
+                    &mut prefill_times
+                } else {
+                    &mut decode_times
+                };
+                model.forward_timed(tokens, &mut cache, LogitRows::Last, None, Some(times))
+            },
         )?;
-        let prefill_s = t.elapsed().as_secs_f64();
-        bar.finish_and_clear();
-        let mut tokens = Vec::with_capacity(gen_len);
-        let bar = phase_bar(!a.json, Some(gen_len as u64), "decode (hybrid)".into());
-        let t = Instant::now();
-        for _ in 0..gen_len {
-            let next = sampler.sample(&logits)?;
-            tokens.push(next);
-            logits = model.forward_timed(
-                &[next],
-                &mut cache,
-                LogitRows::Last,
-                None,
-                Some(&mut decode_times),
-            )?;
-            bar.inc(1);
-        }
-        let decode_timed_s = t.elapsed().as_secs_f64();
-        bar.finish_and_clear();
-        if logits.iter().any(|v| !v.is_finite()) {
-            return Err("the model produced non-finite logits".into());
-        }
+        let (tokens, prefill_s, decode_timed_s) = (run.tokens, run.prefill_s, run.decode_s);
         drop(cache);
         // the same tokens again without events: layers one after the other, then pipelined
         let mut untimed = |pipelined: bool| -> Result<f64, Box<dyn std::error::Error>> {

@@ -273,7 +273,7 @@ fn wait_for_epoch(s: &Shared, seen: u64) -> bool {
             return false;
         }
         polls += 1;
-        if polls % SPIN_CHECK != 0 || start.elapsed() < SPIN {
+        if !polls.is_multiple_of(SPIN_CHECK) || start.elapsed() < SPIN {
             std::hint::spin_loop();
             continue;
         }

@@ -152,7 +152,7 @@ impl QType {
     /// number of blocks.
     pub fn row_bytes(self, n_elems: usize) -> Result<usize> {
         let block = self.block_elems();
-        if n_elems % block != 0 {
+        if !n_elems.is_multiple_of(block) {
             return Err(KtError::NotBlockMultiple {
                 qtype: self,
                 len: n_elems,
