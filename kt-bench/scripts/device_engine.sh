@@ -32,22 +32,8 @@ mkdir -p "$out/tests"
 summary="$out/summary.txt"
 : > "$summary"
 
-note() { echo "$*" | tee -a "$summary"; }
-left() { echo $((budget - SECONDS)); }
-
-# step NAME LIMIT_S CMD...: runs CMD with stdout to NAME.out, stderr to NAME.err, at most
-# min(LIMIT_S, time left) seconds; notes the time and exit status.
-step() {
-    local name=$1 limit=$2; shift 2
-    local l; l=$(left)
-    if [ "$l" -lt 20 ]; then note "$name: skipped (${l}s of the budget left)"; return 1; fi
-    [ "$limit" -gt "$l" ] && limit=$l
-    local t0=$SECONDS
-    timeout "$limit" "$@" >"$out/$name.out" 2>"$out/$name.err"
-    local rc=$?
-    note "$name: rc $rc in $((SECONDS - t0)) s (limit ${limit}s): $*"
-    return $rc
-}
+# note, left, step (the budgeted runs)
+source "$(dirname "${BASH_SOURCE[0]}")/lib/steps.sh"
 
 pack() { tar czf "$root/engine.tgz" -C "$root" engine; }
 trap pack EXIT

@@ -32,20 +32,10 @@ mkdir -p "$out/tests"
 summary="$out/summary.txt"
 : > "$summary"
 
-note() { echo "$*" | tee -a "$summary"; }
-left() { echo $((budget - SECONDS)); }
-
-step() {
-    local name=$1 limit=$2; shift 2
-    local l; l=$(left)
-    if [ "$l" -lt 10 ]; then note "$name: skipped (${l}s of the budget left)"; return 1; fi
-    [ "$limit" -gt "$l" ] && limit=$l
-    local t0=$SECONDS
-    timeout "$limit" "$@" >>"$out/${OUTFILE:-$name}.out" 2>>"$out/err.log"
-    local rc=$?
-    note "$name: rc $rc in $((SECONDS - t0)) s (limit ${limit}s): $*"
-    return $rc
-}
+# note, left, step (the budgeted runs; every stderr into err.log)
+STEP_MIN_LEFT=10
+STEP_ERR=err.log
+source "$(dirname "${BASH_SOURCE[0]}")/lib/steps.sh"
 
 run_test() {
     local name=$1 limit=$2 t="$bin/tests/$1"
