@@ -24,84 +24,23 @@
 
 #[path = "../../kt-kernels/tests/cuda_common/mod.rs"]
 mod cuda_common;
+mod hybrid_common;
 
-use std::sync::OnceLock;
-
+use hybrid_common::{rel_l2, rules_file, v2_lite_two_layers as model, ALL_BF16};
 use kt_kernels::cpu;
 use kt_kernels::util::SplitMix64;
 use kt_model::deepseek::{argmax, DeepSeekModel, ForwardTrace, LogitRows, MatmulMode};
-use kt_model::gguf::Gguf;
 use kt_model::hybrid::{HybridModel, HybridTimes};
 use kt_model::placement::{Placement, RuleSet};
-use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
-
-/// Every GPU module in bf16 (the tolerance above), the router in f32.
-const ALL_BF16: &str = r#"
-description: test placement, every GPU module in bf16
-models: [deepseek-v2-lite]
-devices: [cpu, "cuda:0"]
-rules:
-  - match: {kind: routed_experts}
-    replace: {device: cpu, format: gguf}
-  - match: {kind: embedding}
-    replace: {device: "cuda:0", format: bf16}
-  - match: {kind: norm}
-    replace: {device: "cuda:0", format: f32}
-  - match: {kind: gate}
-    replace: {device: "cuda:0", format: f32}
-  - match: {kind: attention}
-    replace: {device: "cuda:0", format: bf16}
-  - match: {kind: shared_experts}
-    replace: {device: "cuda:0", format: bf16}
-  - match: {kind: dense_mlp}
-    replace: {device: "cuda:0", format: bf16}
-  - match: {kind: lm_head}
-    replace: {device: "cuda:0", format: bf16}
-"#;
+use kt_model::synthetic::Preset;
 
 const BF16_TOL: f64 = 0.01;
 const INT4_TOL: f64 = 0.45;
 const PROMPT: usize = 17;
 const DECODE: usize = 3;
 
-fn model() -> &'static (SyntheticModel, Gguf) {
-    static MODEL: OnceLock<(SyntheticModel, Gguf)> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let opts = SyntheticOptions {
-            layers: Some(2),
-            seed: 11,
-            ..SyntheticOptions::default()
-        };
-        let m = SyntheticModel::new(Preset::DeepSeekV2Lite, &opts).unwrap();
-        let g = m.to_gguf(&mut |_| {}).unwrap();
-        (m, g)
-    })
-}
-
-/// A shipped rules file: beside this crate when built here, else under the working
-/// directory (a test binary carried to the device runs in a copy of the repository root).
-fn rules_file(name: &str) -> std::path::PathBuf {
-    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../rules")
-        .join(name);
-    if here.exists() {
-        here
-    } else {
-        std::path::Path::new("rules").join(name)
-    }
-}
-
 fn shipped_rules() -> RuleSet {
     RuleSet::from_file(rules_file("deepseek-v2-lite-hybrid.yaml")).unwrap()
-}
-
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    let (mut d, mut n) = (0.0f64, 0.0f64);
-    for (&g, &w) in got.iter().zip(want) {
-        d += (g as f64 - w as f64).powi(2);
-        n += (w as f64).powi(2);
-    }
-    (d / n.max(f64::MIN_POSITIVE)).sqrt()
 }
 
 fn rms(v: &[f32]) -> f64 {

@@ -9,6 +9,7 @@
 
 #[path = "../../kt-kernels/tests/cuda_common/mod.rs"]
 mod cuda_common;
+mod hybrid_common;
 
 use kt_kernels::cpu;
 use kt_kernels::util::SplitMix64;
@@ -20,16 +21,6 @@ use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 const PROMPT: usize = 13;
 const CHUNK: usize = 5;
 const DECODE: usize = 4;
-
-fn rules() -> std::path::PathBuf {
-    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../rules/deepseek-v2-lite-hybrid.yaml");
-    if here.exists() {
-        here
-    } else {
-        std::path::Path::new("rules").join("deepseek-v2-lite-hybrid.yaml")
-    }
-}
 
 /// Logits of every call: the prompt (all rows), the chunk (all rows), then greedy decode
 /// steps (last row) from the chunk's last row; `timed` runs every call through
@@ -76,7 +67,10 @@ fn pipelined_layers_match_sequential_bit_for_bit() {
     let g = m.to_gguf(&mut |_| {}).unwrap();
     let c = m.config().clone();
     assert!(c.n_layers == 4 && c.first_k_dense_replace == 1, "{c:?}");
-    let placement = RuleSet::from_file(rules()).unwrap().place(&c).unwrap();
+    let placement = RuleSet::from_file(hybrid_common::rules_file("deepseek-v2-lite-hybrid.yaml"))
+        .unwrap()
+        .place(&c)
+        .unwrap();
     let isa = cpu::isa::selected().unwrap();
     let mut model = HybridModel::new(gpu, &g, c.clone(), &placement, isa).unwrap();
     let cap = PROMPT + CHUNK + DECODE;

@@ -21,71 +21,39 @@
 
 #[path = "../../kt-kernels/tests/cuda_common/mod.rs"]
 mod cuda_common;
+mod hybrid_common;
 
 use kt_kernels::cpu;
 use kt_kernels::util::SplitMix64;
 use kt_model::deepseek::{ForwardTrace, LogitRows};
-use kt_model::gguf::Gguf;
 use kt_model::hybrid::HybridModel;
 use kt_model::placement::{Device, ModuleKind, Placement, RuleSet};
-use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
+use kt_model::synthetic::{Preset, SyntheticModel};
 
-/// Every GPU module in bf16; the routed experts on the CPU, and on the GPU in int4 for
-/// calls of more than 16 tokens.
-const GPU_PREFILL: &str = r#"
-description: test placement, GPU prefill experts, every other GPU module in bf16
-models: [deepseek-v2-lite]
-devices: [cpu, "cuda:0"]
-rules:
-  - match: {kind: routed_experts}
-    replace:
-      device: cpu
-      format: gguf
-      options: {prefill_device: "cuda:0", prefill_format: int4_g128, prefill_threshold: 16}
-  - match: {kind: embedding}
-    replace: {device: "cuda:0", format: bf16}
-  - match: {kind: norm}
-    replace: {device: "cuda:0", format: f32}
-  - match: {kind: gate}
-    replace: {device: "cuda:0", format: f32}
-  - match: {kind: attention}
-    replace: {device: "cuda:0", format: bf16}
-  - match: {kind: shared_experts}
-    replace: {device: "cuda:0", format: bf16}
-  - match: {kind: dense_mlp}
-    replace: {device: "cuda:0", format: bf16}
-  - match: {kind: lm_head}
-    replace: {device: "cuda:0", format: bf16}
-"#;
+use hybrid_common::{rel_l2, rules_file, v2_lite_two_layers, ALL_BF16};
+
+/// [`ALL_BF16`] with the routed experts on the GPU, in int4, for calls of more than 16 tokens.
+fn gpu_prefill() -> String {
+    let old = "    replace: {device: cpu, format: gguf}\n";
+    assert!(
+        ALL_BF16.contains(old),
+        "ALL_BF16 places the routed experts first"
+    );
+    ALL_BF16.replacen(
+        old,
+        "    replace:\n      device: cpu\n      format: gguf\n      options: {prefill_device: \"cuda:0\", prefill_format: int4_g128, prefill_threshold: 16}\n",
+        1,
+    )
+}
 
 const PROMPT: usize = 37;
 const DECODE: usize = 2;
-
-fn model() -> (SyntheticModel, Gguf) {
-    let opts = SyntheticOptions {
-        layers: Some(2),
-        seed: 11,
-        ..SyntheticOptions::default()
-    };
-    let m = SyntheticModel::new(Preset::DeepSeekV2Lite, &opts).unwrap();
-    let g = m.to_gguf(&mut |_| {}).unwrap();
-    (m, g)
-}
 
 fn placement(yaml: &str, m: &SyntheticModel) -> Placement {
     RuleSet::from_yaml_str(yaml, "test")
         .unwrap()
         .place(m.config())
         .unwrap()
-}
-
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    let (mut d, mut n) = (0.0f64, 0.0f64);
-    for (&g, &w) in got.iter().zip(want) {
-        d += (g as f64 - w as f64).powi(2);
-        n += (w as f64).powi(2);
-    }
-    (d / n.max(f64::MIN_POSITIVE)).sqrt()
 }
 
 /// Prefill (all logits rows, routing traced) then one decode step per token of `next`
@@ -110,10 +78,10 @@ fn gpu_prefill_experts_match_cpu_experts_within_int4_error() {
     let Some(gpu) = cuda_common::gpu_or_skip("hybrid gpu prefill") else {
         return;
     };
-    let (m, g) = model();
+    let (m, g) = v2_lite_two_layers();
     let c = m.config().clone();
     let isa = cpu::isa::selected().unwrap();
-    let p = placement(GPU_PREFILL, &m);
+    let p = placement(&gpu_prefill(), m);
     let mut h = HybridModel::new(gpu, &g, c.clone(), &p, isa).unwrap();
     assert_eq!(h.gpu_prefill_threshold(), Some(16));
     let load = h.gpu_prefill_load().expect("GPU prefill experts loaded");
@@ -194,29 +162,20 @@ fn check_refuses_other_prefill_formats_and_mixed_layers() {
             .place(&c)
             .unwrap()
     };
-    HybridModel::check(&c, &place(GPU_PREFILL)).unwrap();
+    let gpu_prefill = gpu_prefill();
+    HybridModel::check(&c, &place(&gpu_prefill)).unwrap();
     for (preset, name) in [
         (
             Preset::DeepSeekV2Lite,
-            "rules/gpu-prefill/deepseek-v2-lite-hybrid.yaml",
+            "gpu-prefill/deepseek-v2-lite-hybrid.yaml",
         ),
-        (
-            Preset::DeepSeekV3,
-            "rules/gpu-prefill/deepseek-v3-hybrid.yaml",
-        ),
+        (Preset::DeepSeekV3, "gpu-prefill/deepseek-v3-hybrid.yaml"),
     ] {
         let config = preset.config();
-        // beside this crate when built here, else under the working directory (a test binary
-        // carried to the device runs in a copy of the repository root)
-        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(name);
-        let file = if here.exists() {
-            here
-        } else {
-            std::path::PathBuf::from(name)
-        };
-        let shipped = RuleSet::from_file(&file).unwrap().place(&config).unwrap();
+        let shipped = RuleSet::from_file(rules_file(name))
+            .unwrap()
+            .place(&config)
+            .unwrap();
         HybridModel::check(&config, &shipped).unwrap();
         let experts = shipped
             .modules()
@@ -236,7 +195,7 @@ fn check_refuses_other_prefill_formats_and_mixed_layers() {
         assert!(n > 0, "{name}: no routed experts matched");
     }
 
-    let bf16 = GPU_PREFILL.replace("prefill_format: int4_g128", "prefill_format: bf16");
+    let bf16 = gpu_prefill.replace("prefill_format: int4_g128", "prefill_format: bf16");
     let err = HybridModel::check(&c, &place(&bf16))
         .unwrap_err()
         .to_string();
@@ -245,7 +204,7 @@ fn check_refuses_other_prefill_formats_and_mixed_layers() {
         "{err}"
     );
 
-    let mixed = GPU_PREFILL.replace(
+    let mixed = gpu_prefill.replace(
         "  - match: {kind: routed_experts}\n",
         "  - match: {name: 'blk\\.1\\.ffn_exps', kind: routed_experts}\n    replace: {device: cpu, format: gguf}\n  - match: {kind: routed_experts}\n",
     );

@@ -1,0 +1,74 @@
+//! Helpers of the hybrid executor's tests: the all-bf16 test placement, the shortened
+//! synthetic V2-Lite they run on, shipped rules files (found on the device too) and the
+//! relative L2 distance.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use kt_model::gguf::Gguf;
+use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
+
+/// Every GPU module in bf16, the router in f32, the routed experts on the CPU as stored.
+pub const ALL_BF16: &str = r#"
+description: test placement, every GPU module in bf16
+models: [deepseek-v2-lite]
+devices: [cpu, "cuda:0"]
+rules:
+  - match: {kind: routed_experts}
+    replace: {device: cpu, format: gguf}
+  - match: {kind: embedding}
+    replace: {device: "cuda:0", format: bf16}
+  - match: {kind: norm}
+    replace: {device: "cuda:0", format: f32}
+  - match: {kind: gate}
+    replace: {device: "cuda:0", format: f32}
+  - match: {kind: attention}
+    replace: {device: "cuda:0", format: bf16}
+  - match: {kind: shared_experts}
+    replace: {device: "cuda:0", format: bf16}
+  - match: {kind: dense_mlp}
+    replace: {device: "cuda:0", format: bf16}
+  - match: {kind: lm_head}
+    replace: {device: "cuda:0", format: bf16}
+"#;
+
+/// A synthetic DeepSeek-V2-Lite of 2 layers (one dense, one MoE) and its GGUF, built once
+/// per test binary.
+pub fn v2_lite_two_layers() -> &'static (SyntheticModel, Gguf) {
+    static MODEL: OnceLock<(SyntheticModel, Gguf)> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let opts = SyntheticOptions {
+            layers: Some(2),
+            seed: 11,
+            ..SyntheticOptions::default()
+        };
+        let m = SyntheticModel::new(Preset::DeepSeekV2Lite, &opts).unwrap();
+        let g = m.to_gguf(&mut |_| {}).unwrap();
+        (m, g)
+    })
+}
+
+/// A rules file by its path under `rules/`: beside this crate when built here, else under
+/// the working directory (a test binary carried to the device runs in a copy of the
+/// repository root).
+pub fn rules_file(name: &str) -> PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../rules")
+        .join(name);
+    if here.exists() {
+        here
+    } else {
+        std::path::Path::new("rules").join(name)
+    }
+}
+
+/// `||got - want|| / ||want||`.
+pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let (mut d, mut n) = (0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        d += (g as f64 - w as f64).powi(2);
+        n += (w as f64).powi(2);
+    }
+    (d / n.max(f64::MIN_POSITIVE)).sqrt()
+}
