@@ -13,11 +13,13 @@
 #      --svg, with the cpu rules; with HYBRID=1 also prefill with the GPU-prefill rules
 #      (rules/gpu-prefill/) and decode with the hybrid rules
 #   4. the same for a DeepSeek-V3-shaped file of V3_LAYERS layers (3 dense + MoE layers),
-#      prompt V3_PROMPT, 64 generated tokens
+#      prompt V3_PROMPT, 64 generated tokens; with V3_SLOPE_LAYERS, again for a file of that
+#      many layers (tag v3s), so per-MoE-layer costs follow from the difference
 # Results under $OUT/engine/: NAME.out (stdout: one JSON object per kt run, llama-bench's
 # table), NAME.err, *.svg, tests/*.log and summary.txt (what ran, how long, exit status);
 # all of it also packed into $OUT/engine.tgz.
-# Env: THREADS (16), BUDGET_S (330), V3_LAYERS (5), V3_PROMPT (1024), HYBRID (1 when
+# Env: THREADS (16), BUDGET_S (330), V3_LAYERS (5), V3_SLOPE_LAYERS (unset), V3_PROMPT (1024), CROSSOVER (unset: set, the
+# hybrid prefill runs also measure the GPU/CPU experts crossover), HYBRID (1 when
 # kt-bench has cuda and nvidia-smi sees a GPU), TESTS (1), TMP (/tmp).
 set -uo pipefail
 bin=${BIN:-.device-carry}
@@ -72,7 +74,7 @@ engine() {
     if [ "$HYBRID" = 1 ]; then
         step "hybrid_prefill_$tag" 180 "$bin/kt-bench" prefill --model "$gguf" \
             --rules "rules/gpu-prefill/$rules_name-hybrid.yaml" --prompt-len "$prompt" \
-            --threads "$threads" --json --svg "$out/hybrid_prefill_$tag.svg"
+            --threads "$threads" --json --svg "$out/hybrid_prefill_$tag.svg" ${CROSSOVER:+--crossover}
         step "hybrid_decode_$tag" 120 "$bin/kt-bench" decode --model "$gguf" \
             --rules "rules/$rules_name-hybrid.yaml" --prompt-len 32 --gen-len "$gen" \
             --threads "$threads" --json --svg "$out/hybrid_decode_$tag.svg"
@@ -85,10 +87,17 @@ if step gen_v2l 150 "$bin/kt-bench" gen-gguf --preset deepseek-v2-lite --out "$v
 fi
 rm -f "$v2"
 
-v3=$tmp/kt-v3.gguf
-if [ "$(left)" -gt 150 ] && step gen_v3 150 "$bin/kt-bench" gen-gguf --preset deepseek-v3 --layers "$v3_layers" \
-        --out "$v3" --threads "$threads"; then
-    engine v3 "$v3" "$v3_prompt" 64 1 deepseek-v3
-fi
-rm -f "$v3"
+# v3_file TAG LAYERS: one V3-shaped file through every engine
+v3_file() {
+    local tag=$1 layers=$2 v3=$tmp/kt-$1.gguf
+    if [ "$(left)" -gt 150 ] && step "gen_$tag" 150 "$bin/kt-bench" gen-gguf --preset deepseek-v3 \
+            --layers "$layers" --out "$v3" --threads "$threads"; then
+        engine "$tag" "$v3" "$v3_prompt" 64 1 deepseek-v3
+    fi
+    rm -f "$v3"
+}
+v3_file v3 "$v3_layers"
+# A second V3 file with fewer MoE layers: the difference of the two runs gives each engine's cost
+# per MoE layer (llama.cpp reports no per-layer split), the basis of a labelled 61-layer estimate.
+if [ -n "${V3_SLOPE_LAYERS:-}" ]; then v3_file v3s "$V3_SLOPE_LAYERS"; fi
 note "total ${SECONDS}s"
