@@ -18,7 +18,7 @@
 # Results under $OUT/engine/: NAME.out (stdout: one JSON object per kt run, llama-bench's
 # table), NAME.err, *.svg, tests/*.log and summary.txt (what ran, how long, exit status);
 # all of it also packed into $OUT/engine.tgz.
-# Env: THREADS (16), BUDGET_S (330), V3_LAYERS (5), V3_SLOPE_LAYERS (unset), V3_PROMPT (1024), CROSSOVER (unset: set, the
+# Env: THREADS (16), BUDGET_S (330), V2L (1; 0 skips the V2-Lite file), V3_LAYERS (5; 0 skips), V3_SLOPE_LAYERS (unset), V3_PROMPT (1024), CROSSOVER (unset: set, the
 # hybrid prefill runs also measure the GPU/CPU experts crossover), HYBRID (1 when
 # kt-bench has cuda and nvidia-smi sees a GPU), TESTS (1), TMP (/tmp).
 set -uo pipefail
@@ -82,7 +82,7 @@ engine() {
 }
 
 v2=$tmp/kt-v2l.gguf
-if step gen_v2l 150 "$bin/kt-bench" gen-gguf --preset deepseek-v2-lite --out "$v2" --threads "$threads"; then
+if [ "${V2L:-1}" != 0 ] && step gen_v2l 150 "$bin/kt-bench" gen-gguf --preset deepseek-v2-lite --out "$v2" --threads "$threads"; then
     engine v2l "$v2" 1024 128 2 deepseek-v2-lite
 fi
 rm -f "$v2"
@@ -96,7 +96,7 @@ v3_file() {
     fi
     rm -f "$v3"
 }
-v3_file v3 "$v3_layers"
+if [ "$v3_layers" != 0 ]; then v3_file v3 "$v3_layers"; fi
 # A second V3 file with fewer MoE layers: the difference of the two runs gives each engine's cost
 # per MoE layer (llama.cpp reports no per-layer split), the basis of a labelled 61-layer estimate.
 if [ -n "${V3_SLOPE_LAYERS:-}" ]; then v3_file v3s "$V3_SLOPE_LAYERS"; fi
