@@ -252,17 +252,18 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 // k steps per warp (8 KiB of weights per block whatever KW is), the k-ways of a tile taking
 // consecutive kGvSteps-step chunks. The units are numbered column group by column group
 // (each group's stages in k order) and every block takes an equal run of consecutive units
-// ("stream-K"): the host launches one block per resident slot, so all blocks start at once,
-// stream the same number of bytes and finish together, with no second wave and no tail of
-// idle multiprocessors whatever the shape. A run may begin or end inside a column group.
+// ("stream-K"; a run may begin or end inside a column group), so any block count works. The
+// host picks runs of ~32 KiB over several waves (gemv.rs): one wave of equal runs, one block
+// per resident slot, measured slower, as multiprocessors do not get equal shares of memory
+// bandwidth and the hardware's dynamic block scheduling evens that out.
 // cp.async keeps kGvStages - 1 units in flight, across column-group boundaries. Shared
 // memory holds, per stage, the weights, each warp's 64 scales of its chunk's group, and the
 // M rows of x of the stage's k range (dynamic: the size follows M).
 // The mma runs transposed, out^T = W x^T: the 16 columns of sub-tiles 2w and 2w + 1 of a
 // lane's packed word w form exactly the mma A fragment (rows g and g + 8 at k pairs 2q and
 // 2q + 8, g = lane / 4, q = lane % 4), and the rows of x are the n = 8 side, so m <= 8 costs
-// 4 mma per tile and k step (NT = 1 token tile) and m <= 16 costs 8 (NT = 2). Rows past m
-// are zero registers, never loaded.
+// 4 mma per tile and k step (NT = 1 token tile) and m <= 16 costs 8 (NT = 2). Lanes of rows
+// past m read row m - 1 (no branch): their output columns are discarded.
 // The A fragments are the integers q themselves (exact in f16 and bf16; the products with x
 // are exact in the f32 accumulators): a chunk (within one group) is summed unscaled and then
 // added to the output sums as scale * sum in f32, one fused rounding per chunk. This is the
@@ -381,6 +382,15 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     const int u_begin = (int)((long long)block * units / blocks);
     const int n_it = (int)((long long)(block + 1) * units / blocks) - u_begin;
 
+    // Byte offsets in a stage of this lane's x values (B fragments) per token tile: row 8 t + g,
+    // clamped to M - 1 so that every read stays inside the loaded rows; columns past M of the
+    // transposed product are never written out, so what they read does not matter. (A
+    // branch per row would cost a divergent branch and address arithmetic per k step.)
+    int x_off[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        x_off[t] = kGvWBytes + kGvSBytes + min(8 * t + g, M - 1) * kXRow + (kway * kGvSteps * 16 + 2 * q) * 2;
+    }
     const uint32_t s_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
     const uint32_t w_dst = s_base + warp * kGvSteps * kGvStepBytes + lane * 16;
     const uint32_t s_dst = s_base + kGvWBytes + warp * kBN * 2 + lane * 16;
@@ -448,7 +458,6 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 
         if (w.nt < tiles && w.step < k_steps) {
             const uint8_t* st = smem + (it % kGvStages) * stage_bytes;
-            const uint8_t* xs = st + kGvWBytes + kGvSBytes + (kway * kGvSteps * 16 + 2 * q) * 2;
             float sum[NT][4][4]; // this chunk's unscaled sums
 #pragma unroll
             for (int t = 0; t < NT; ++t)
@@ -462,10 +471,9 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
                 uint32_t b[NT][2];
 #pragma unroll
                 for (int t = 0; t < NT; ++t) {
-                    const int row = 8 * t + g;
-                    const uint8_t* xr = xs + row * kXRow + u * 32;
-                    b[t][0] = row < M ? *reinterpret_cast<const uint32_t*>(xr) : 0u;
-                    b[t][1] = row < M ? *reinterpret_cast<const uint32_t*>(xr + 16) : 0u;
+                    const uint8_t* xr = st + x_off[t] + u * 32;
+                    b[t][0] = *reinterpret_cast<const uint32_t*>(xr);
+                    b[t][1] = *reinterpret_cast<const uint32_t*>(xr + 16);
                 }
                 const uint4 bq = *reinterpret_cast<const uint4*>(st + (warp * kGvSteps + u) * kGvStepBytes + lane * 16);
                 const uint32_t words[4] = {bq.x, bq.y, bq.z, bq.w};
@@ -628,9 +636,11 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
     w4a16_reduce<__nv_bfloat16>(partial, out, splits, (size_t)mn);
 }
 
-// Blocks per multiprocessor the registers must allow: 6 at one token tile (80 registers); at
-// two, 4 for two k-ways (128 registers) and 3 for one or four (they need ~150 without spills).
-#define KT_GV_MIN_BLOCKS(NT, KW) ((NT) == 1 ? 6 : ((KW) == 2 ? 4 : 3))
+// Blocks per multiprocessor the registers must allow: 5 at one token tile (102 registers: at
+// 6, i.e. 80, ptxas recomputes addresses in every stage, ~10% more instructions, and 4-6
+// resident blocks measured the same); at two, 4 for two k-ways (128 registers) and 3 for one
+// or four (they need ~150 without spills).
+#define KT_GV_MIN_BLOCKS(NT, KW) ((NT) == 1 ? 5 : ((KW) == 2 ? 4 : 3))
 #define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
     extern "C" __global__ void __launch_bounds__(kGvThreads, KT_GV_MIN_BLOCKS(NT, KW))            \
         kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW(const T* x, const uint4* qw, const T* scales, T* out, \

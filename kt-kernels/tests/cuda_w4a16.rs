@@ -147,39 +147,47 @@ fn gemm_plan_fills_one_wave_with_nonempty_splits() {
 }
 
 #[test]
-fn gemv_plan_shares_units_among_blocks() {
-    // H100-like: 132 multiprocessors x 6 resident blocks.
-    let slots = 132 * 6;
-    // o_proj at decode: 112 tiles in 28 groups of 4 (one tile per warp), 16384 / 64 = 256
-    // stages each; one block per slot.
-    let p = GemvPlan::choose(1, 7168, 16384, slots, None).unwrap();
+fn gemv_plan_sizes_blocks() {
+    let sms = 132;
+    let plan = |m, n, k| GemvPlan::choose(m, n, k, sms, None).unwrap();
+    // o_proj at decode: a tile's 512 KiB over k in 16 blocks of 32 KiB, one tile per block
+    // (4 k-ways): 1024 k steps in 64 stages of 16 per tile, 4 stages per block.
+    let p = plan(1, 7168, 16384);
     assert_eq!(
         (p.k_ways, p.token_tiles, p.column_groups, p.stages_per_group, p.blocks),
-        (1, 1, 28, 256, slots),
+        (4, 1, 112, 64, 112 * 16),
         "{p:?}"
     );
-    // 16 rows: two token tiles, the same units.
-    let p = GemvPlan::choose(16, 7168, 16384, slots, None).unwrap();
-    assert_eq!((p.k_ways, p.token_tiles, p.units()), (1, 2, 28 * 256), "{p:?}");
-    // Fewer units than slots: one unit per block.
-    let p = GemvPlan::choose(1, 256, 512, slots, None).unwrap();
-    assert_eq!((p.column_groups, p.stages_per_group, p.blocks), (1, 8, 8), "{p:?}");
-    // Under 4 tiles the warps share a tile's k range: 2 tiles, 2 k-ways, stages of 128.
-    let p = GemvPlan::choose(3, 128, 1408, slots, None).unwrap();
-    assert_eq!((p.k_ways, p.column_groups, p.stages_per_group), (2, 1, 11), "{p:?}");
-    let p = GemvPlan::choose(3, 64, 1408, slots, None).unwrap();
-    assert_eq!((p.k_ways, p.stages_per_group), (4, 6), "{p:?}"); // 88 steps in 16s
+    // kv_b: 16 KiB per tile, so two tiles per block (2 k-ways each), one block per group.
+    let p = plan(1, 32768, 512);
+    assert_eq!((p.k_ways, p.column_groups, p.blocks), (2, 256, 256), "{p:?}");
+    let p = plan(16, 32768, 512);
+    assert_eq!((p.k_ways, p.token_tiles, p.blocks), (2, 2, 256), "{p:?}");
+    // 16 rows, few columns: 14 blocks per group would fill 32 KiB, the partial sums cap them
+    // at k / (64 m) = 7, but 16 column groups need 9 for a block per multiprocessor.
+    let p = plan(16, 2048, 7168);
+    assert_eq!((p.k_ways, p.column_groups, p.blocks), (2, 16, 16 * 9), "{p:?}");
+    // With enough columns the cap holds: o_proj at 16 rows, 2 k-ways, 16 blocks per group.
+    let p = plan(16, 7168, 16384);
+    assert_eq!((p.k_ways, p.column_groups, p.blocks), (2, 56, 56 * 16), "{p:?}");
+    // A small matrix: 8 KiB per tile, so 4 tiles per block; 33 blocks per group wanted for
+    // one per multiprocessor, clamped to the 4 groups x 4 stages.
+    let p = plan(1, 1024, 256);
+    assert_eq!((p.k_ways, p.column_groups, p.blocks, p.units()), (1, 4, 16, 16), "{p:?}");
+    // 32 KiB per tile: one tile per block, 9 blocks per group wanted, 4 stages each.
+    let p = plan(1, 1024, 1024);
+    assert_eq!((p.k_ways, p.column_groups, p.blocks), (4, 16, 64), "{p:?}");
     // Forced: that many blocks per column group.
-    let p = GemvPlan::choose(1, 7168, 16384, slots, Some(3)).unwrap();
-    assert_eq!(p.blocks, 3 * 28, "{p:?}");
+    let p = GemvPlan::choose(1, 7168, 16384, sms, Some(3)).unwrap();
+    assert_eq!(p.blocks, 3 * 112, "{p:?}");
     assert!(GemvPlan::with(0, 64, 128, 4, 1).is_err());
     assert!(GemvPlan::with(17, 64, 128, 4, 1).is_err());
     assert!(GemvPlan::with(1, 64, 128, 3, 1).is_err());
     for m in 1..=GemvPlan::MAX_ROWS {
         for (n, k) in [(64, 128), (320, 384), (7168, 18432), (2048, 1408)] {
-            let auto = GemvPlan::choose(m, n, k, slots, None).unwrap();
+            let auto = plan(m, n, k);
             assert!(GemvPlan::K_WAYS.contains(&auto.k_ways), "{auto:?}");
-            assert_eq!(auto.blocks, slots.min(auto.units()), "{auto:?}");
+            assert!(auto.blocks >= sms.min(auto.units()), "{auto:?}");
             for kw in GemvPlan::K_WAYS {
                 for blocks in [0, 1, 3, 1_000_000] {
                     let p = GemvPlan::with(m, n, k, kw, blocks).unwrap();

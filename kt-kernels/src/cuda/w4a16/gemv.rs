@@ -1,14 +1,14 @@
 //! The small-m path of the W4A16 GEMM (`kt_w4a16_gemv_*` in `cuda/w4a16_gemm.cu`): for up
 //! to [`GemvPlan::MAX_ROWS`] rows the product is a stream over the packed weights, cut into
 //! work units (one pipeline stage of one column group: 8 KiB of weights) that the blocks
-//! share out evenly ("stream-K"), one block per resident slot of the device.
+//! share out in equal runs ("stream-K": a run may start and end inside a column group).
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::quant::{GROUP, TILE_N};
+use super::quant::TILE_N;
 use super::{GemmWorkspace, Operands, W4A16Weights};
 use crate::cuda::dtype::MmaFloat;
-use crate::cuda::error::{launch_err, shape, CudaError, CudaResult};
+use crate::cuda::error::{launch_err, shape, CudaResult};
 use crate::cuda::modules::W4A16_GEMM;
 use crate::cuda::runtime::{DeviceBuf, GpuStream};
 
@@ -20,6 +20,13 @@ const THREADS: u32 = 32 * WARPS as u32;
 const STAGES: usize = 4;
 const STEPS: usize = 4;
 const STAGE_FIXED_BYTES: usize = WARPS * STEPS * 512 + WARPS * TILE_N * 2;
+/// Packed weight bytes per block the automatic plan aims at. Measured on an H100 (timing
+/// example, sweeps at 1 and 16 rows, 2026-11-21): the fastest plans of all seven DeepSeek-V3
+/// shapes gave each block 28-64 KiB and several waves of blocks; less leaves the pipeline's
+/// start-up latency unhidden, more leaves too few blocks for the hardware to even out the
+/// multiprocessors' unequal share of memory bandwidth (one wave of equal blocks, one per
+/// resident slot, measured 5-50% slower).
+const BLOCK_BYTES: usize = 32 << 10;
 
 /// How the small-m kernel is cut: the work units are the `stages_per_group` pipeline stages
 /// of each of the `column_groups` groups of 4 / k_ways column tiles, numbered group by group,
@@ -68,32 +75,33 @@ impl GemvPlan {
         })
     }
 
-    /// The k-way count of the automatic plan: one tile per warp (4 tiles per block, which
-    /// share each stage's rows of x) unless n has fewer than 4 tiles. Stream-K needs no
-    /// k-ways to make enough blocks: it cuts along k anyway.
-    pub fn k_ways_for(n: usize) -> usize {
-        match n / TILE_N {
-            0 | 1 => 4,
-            2 | 3 => 2,
-            _ => 1,
-        }
-    }
-
-    /// The automatic plan: [`Self::k_ways_for`] and one block per resident slot of the device
-    /// (`block_slots` = multiprocessors x resident blocks of that kernel instance), so every
-    /// block starts at once and streams the same number of units. `force_slices` asks for
-    /// about that many blocks per column group instead (clamped as in [`Self::with`]).
+    /// The automatic plan: blocks of about 32 KiB of weights (`BLOCK_BYTES`). Tiles per block (4 /
+    /// k_ways) start at 1 (2 past 8 rows, whose x tile costs twice the shared memory) and
+    /// double while a block's tiles hold less; each column group is cut into as many blocks
+    /// ("slices") as that byte count allows, but no more than keep the partial sums (8 m n
+    /// bytes per slice, written and read) within a quarter of the weight bytes (n k / 2),
+    /// slices <= k / (64 m), unless that leaves fewer blocks than multiprocessors.
+    /// `force_slices` overrides the slices per column group (clamped as in [`Self::with`]).
     pub fn choose(
         m: usize,
         n: usize,
         k: usize,
-        block_slots: usize,
+        multiprocessors: usize,
         force_slices: Option<usize>,
     ) -> CudaResult<Self> {
-        let k_ways = Self::k_ways_for(n);
-        let groups = (n / TILE_N).div_ceil(WARPS / k_ways).max(1);
-        let blocks = force_slices.map_or(block_slots, |s| s.saturating_mul(groups));
-        Self::with(m, n, k, k_ways, blocks)
+        let tile_bytes = k * TILE_N / 2; // one tile's packed weights over all of k
+        let mut tiles_per_block = if m > 8 { 2 } else { 1 };
+        while tiles_per_block < WARPS && tiles_per_block * tile_bytes < BLOCK_BYTES {
+            tiles_per_block *= 2;
+        }
+        let column_groups = (n / TILE_N).div_ceil(tiles_per_block).max(1);
+        let slices = force_slices.unwrap_or_else(|| {
+            (tiles_per_block * tile_bytes / BLOCK_BYTES)
+                .min(k / (64 * m))
+                .max(multiprocessors.div_ceil(column_groups))
+        });
+        let blocks = slices.max(1).saturating_mul(column_groups);
+        Self::with(m, n, k, WARPS / tiles_per_block, blocks)
     }
 
     /// Work units: column groups x stages per group.
@@ -118,67 +126,16 @@ impl GemvPlan {
     }
 }
 
-impl GemmWorkspace {
-    /// Resident blocks per multiprocessor of `kernel` with `smem` bytes of dynamic shared
-    /// memory, asked of the driver once per workspace.
-    fn resident_blocks(
-        &mut self,
-        s: &GpuStream,
-        kernel: &str,
-        smem: usize,
-    ) -> CudaResult<usize> {
-        if let Some(&(_, _, n)) = self
-            .resident
-            .iter()
-            .find(|(name, bytes, _)| name == kernel && *bytes == smem)
-        {
-            return Ok(n);
-        }
-        let f = s
-            .kernels
-            .get_with_smem(&W4A16_GEMM, kernel, smem as u32)?;
-        let n = f
-            .occupancy_max_active_blocks_per_multiprocessor(THREADS, smem, None)
-            .map_err(|source| CudaError::Driver {
-                op: "cuOccupancyMaxActiveBlocksPerMultiprocessor",
-                source,
-            })?
-            .max(1) as usize;
-        self.resident.push((kernel.to_string(), smem, n));
-        Ok(n)
-    }
-}
-
 impl GpuStream {
-    /// Resident blocks per multiprocessor of the small-m kernel for m rows and `k_ways`.
-    pub fn w4a16_gemv_resident<T: MmaFloat>(
-        &self,
-        m: usize,
-        k_ways: usize,
-        ws: &mut GemmWorkspace,
-    ) -> CudaResult<usize> {
-        let plan = GemvPlan::with(m, TILE_N, GROUP, k_ways, 1)?;
-        let kernel = GemvPlan::kernel::<T>(plan.token_tiles, k_ways);
-        ws.resident_blocks(self, &kernel, GemvPlan::shared_bytes(m, k_ways))
-    }
-
     /// The plan [`GpuStream::w4a16_gemm_planned`] uses for m <= 16 rows.
-    pub fn w4a16_gemv_plan<T: MmaFloat>(
+    pub fn w4a16_gemv_plan(
         &self,
         m: usize,
         n: usize,
         k: usize,
         force_slices: Option<usize>,
-        ws: &mut GemmWorkspace,
     ) -> CudaResult<GemvPlan> {
-        let resident = self.w4a16_gemv_resident::<T>(m, GemvPlan::k_ways_for(n), ws)?;
-        GemvPlan::choose(
-            m,
-            n,
-            k,
-            resident * self.info.multiprocessors,
-            force_slices,
-        )
+        GemvPlan::choose(m, n, k, self.info.multiprocessors, force_slices)
     }
 
     /// `out = x W^T` for 1..=16 rows on the small-m kernel with an explicit `plan` (made

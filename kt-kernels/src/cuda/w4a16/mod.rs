@@ -133,14 +133,12 @@ impl<'a, T> Operands<'a, T> {
     }
 }
 
-/// f32 scratch for the k-split partial sums, grown on demand and reused across calls, the
-/// small-m kernel's per-column-group arrival counters (zero between launches) and its
-/// resident blocks per multiprocessor by (kernel, dynamic shared memory), asked once.
+/// f32 scratch for the k-split partial sums, grown on demand and reused across calls, and
+/// the small-m kernel's per-column-group arrival counters (zero between launches).
 #[derive(Default)]
 pub struct GemmWorkspace {
     buf: Option<DeviceBuf<f32>>,
     counters: Option<DeviceBuf<u32>>,
-    resident: Vec<(String, usize, usize)>,
 }
 
 impl GemmWorkspace {
@@ -281,7 +279,7 @@ impl GpuStream {
             return Ok(());
         }
         if m <= GemvPlan::MAX_ROWS {
-            let plan = self.w4a16_gemv_plan::<T>(m, n, k, force_splits, ws)?;
+            let plan = self.w4a16_gemv_plan(m, n, k, force_splits)?;
             let ops = Operands {
                 x,
                 packed,
