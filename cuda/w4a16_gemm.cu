@@ -247,33 +247,25 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 //
 // At a few rows the GEMM is a matrix-vector product bound by reading each weight byte once,
 // so the kernel is built around that stream and keeps its instruction count per byte low.
-// A block's 4 warps cover TW = 4 / KW consecutive 64-column tiles (a column group), KW warps
-// per tile (k-ways); one pipeline stage of a column group is a work unit: kGvSteps 16-deep
-// k steps per warp (8 KiB of weights per block whatever KW is), the k-ways of a tile taking
-// consecutive kGvSteps-step chunks. The units are numbered column group by column group
-// (each group's stages in k order) and every block takes an equal run of consecutive units
-// ("stream-K"; a run may begin or end inside a column group), so any block count works. The
-// host picks runs of ~32 KiB over several waves (gemv.rs): one wave of equal runs, one block
-// per resident slot, measured slower, as multiprocessors do not get equal shares of memory
-// bandwidth and the hardware's dynamic block scheduling evens that out.
-// cp.async keeps kGvStages - 1 units in flight, across column-group boundaries. Shared
-// memory holds, per stage, the weights, each warp's 64 scales of its chunk's group, and the
-// M rows of x of the stage's k range (dynamic: the size follows M).
+// A block's 4 warps cover TW = 4 / KW consecutive 64-column tiles, KW warps per tile
+// (k-ways), over one slice of k (whole 128-groups): each stage brings kGvSteps 16-deep k
+// steps per warp (8 KiB of weights per block) with cp.async, the k-ways of a tile taking
+// consecutive kGvSteps-step chunks, and kGvStages - 1 stages stay in flight. Shared memory
+// holds, per stage, the weights, each warp's 64 scales of its chunk's group, and the M rows
+// of x of the stage's k range (dynamic: the size follows M).
 // The mma runs transposed, out^T = W x^T: the 16 columns of sub-tiles 2w and 2w + 1 of a
 // lane's packed word w form exactly the mma A fragment (rows g and g + 8 at k pairs 2q and
 // 2q + 8, g = lane / 4, q = lane % 4), and the rows of x are the n = 8 side, so m <= 8 costs
-// 4 mma per tile and k step (NT = 1 token tile) and m <= 16 costs 8 (NT = 2). Lanes of rows
-// past m read row m - 1 (no branch): their output columns are discarded.
+// 4 mma per tile and k step (NT = 1 token tile) and m <= 16 costs 8 (NT = 2). Rows past m
+// are zero registers, never loaded.
 // The A fragments are the integers q themselves (exact in f16 and bf16; the products with x
-// are exact in the f32 accumulators): a chunk (within one group) is summed unscaled and then
-// added to the output sums as scale * sum in f32, one fused rounding per chunk. This is the
-// exact int4 weight q * scale, where the tiled kernel multiplies with q * scale rounded to T.
-// When a block's run leaves a column group (or ends), the k-ways of each tile are summed
-// through shared memory in k-way order. A group inside one block's run is written to `out`
-// directly; a group shared by several blocks (consecutive ones, b_first..b_last) gets one f32
-// partial slot per block, slot (group + block), and the last of them to finish (an arrival
-// counter per group, reset by that block for the next launch) adds the slots in block order:
-// deterministic, and no second launch.
+// are exact in the f32 accumulators): a chunk (one group) is summed unscaled and then added
+// to the output sums as scale * sum in f32, one fused rounding per group. This is the exact
+// int4 weight q * scale, where the tiled kernel multiplies with q * scale rounded to T.
+// The k-ways of a tile are summed through shared memory in k-way order. With one k slice the
+// block then writes `out`; with several it writes f32 partials [slice][M][N], and the last
+// block of its column group to finish (an atomic counter per group, reset by that block for
+// the next launch) adds the slices in slice order: deterministic, and no second launch.
 constexpr int kGvWarps = 4;
 constexpr int kGvThreads = 32 * kGvWarps;
 constexpr int kGvSteps = 4;                   // 16-deep k steps per warp and stage
@@ -343,26 +335,20 @@ template <typename T> __device__ __forceinline__ float to_f32(T v);
 template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
 template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-// The block whose run of units [floor(b U / B), floor((b + 1) U / B)) holds unit u.
-__device__ __forceinline__ int gv_block_of(int u, int units, int blocks) {
-    return (int)(((long long)(u + 1) * blocks - 1) / units);
-}
-
 template <typename T, int NT, int KW>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
-                                           int M, int N, int K) {
+                                           int M, int N, int K, int steps_per_slice, int slices) {
     constexpr int TW = kGvWarps / KW;
     constexpr int kXRow = gv_x_row<KW>();
     constexpr int kStageSteps = KW * kGvSteps;
     constexpr int kChunks = kStageSteps * 2;      // 16-byte chunks of x per row and stage
     constexpr int kXItems = (8 * NT * kChunks + kGvThreads - 1) / kGvThreads; // per thread
     constexpr int kAcc = NT * 16;                 // accumulators per lane
-    constexpr int kGroupCols = TW * kBN;          // columns of a column group (a partial slot row)
+    static_assert(TW * kAcc * 32 * 4 <= kGvStages * (kGvWBytes + kGvSBytes), "k-way sums fit");
     extern __shared__ uint4 gv_smem[];
     uint8_t* smem = reinterpret_cast<uint8_t*>(gv_smem);
-    __shared__ float red[KW > 1 ? TW * kAcc * 32 : 1]; // k-way sums [TW][kAcc][32 lanes]
     __shared__ unsigned is_last;
 
     const int stage_bytes = kGvWBytes + kGvSBytes + M * kXRow;
@@ -373,63 +359,43 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     const int q = lane & 3;
     const int tile_in = warp % TW;
     const int kway = warp / TW;
-    const int tiles = N / kBN;
+    const int group = blockIdx.x / slices; // column group: TW tiles
+    const int slice = blockIdx.x % slices;
+    const int nt = group * TW + tile_in;
+    const bool tile_ok = nt < N / kBN;
     const int k_steps = K / 16;
-    const int stages = (k_steps + kStageSteps - 1) / kStageSteps; // units per column group
-    const int units = ((tiles + TW - 1) / TW) * stages;
-    const int blocks = gridDim.x;
-    const int block = blockIdx.x;
-    const int u_begin = (int)((long long)block * units / blocks);
-    const int n_it = (int)((long long)(block + 1) * units / blocks) - u_begin;
+    const int ks_begin = slice * steps_per_slice;
+    const int ks_end = min(ks_begin + steps_per_slice, k_steps);
+    const int n_stages = (ks_end - ks_begin + kStageSteps - 1) / kStageSteps;
 
-    // Byte offsets in a stage of this lane's x values (B fragments) per token tile: row 8 t + g,
-    // clamped to M - 1 so that every read stays inside the loaded rows; columns past M of the
-    // transposed product are never written out, so what they read does not matter. (A
-    // branch per row would cost a divergent branch and address arithmetic per k step.)
-    int x_off[NT];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-        x_off[t] = kGvWBytes + kGvSBytes + min(8 * t + g, M - 1) * kXRow + (kway * kGvSteps * 16 + 2 * q) * 2;
-    }
+    // First k step of this warp's chunk in stage `stage`; a slice is a whole number of groups
+    // and chunks start at multiples of kGvSteps, so a chunk is wholly inside or past the end.
+    auto chunk = [&](int stage) { return ks_begin + stage * kStageSteps + kway * kGvSteps; };
+
+    // Copy sources and shared-memory destinations, advanced by whole stages below.
     const uint32_t s_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    const uint4* w_src = qw + ((size_t)nt * k_steps + ks_begin + kway * kGvSteps) * 32 + lane;
     const uint32_t w_dst = s_base + warp * kGvSteps * kGvStepBytes + lane * 16;
+    const T* s_src = scales + nt * kBN + lane * 8;
     const uint32_t s_dst = s_base + kGvWBytes + warp * kBN * 2 + lane * 16;
     const uint32_t x_dst = s_base + kGvWBytes + kGvSBytes;
 
-    // A unit as (column group, stage), stepped through the block's run without divisions; this
-    // warp's tile and the first k step of its chunk (a chunk is wholly inside k or past its
-    // end: k % 128 == 0). One cursor for the loads, which run kGvStages - 1 units ahead, and
-    // one for the compute.
-    struct Unit {
-        int group, stage, nt, step;
-    };
-    auto at = [&](int group, int stage) {
-        return Unit{group, stage, group * TW + tile_in, stage * kStageSteps + kway * kGvSteps};
-    };
-    auto next = [&](const Unit& w) { return w.stage + 1 < stages ? at(w.group, w.stage + 1) : at(w.group + 1, 0); };
-    const Unit first_unit = at(u_begin / stages, u_begin % stages);
-    Unit load_unit = first_unit;
-
-    // Copies unit `load_unit` into pipeline slot `slot`, then steps the cursor.
-    auto load_stage = [&](int slot) {
+    auto load_stage = [&](int slot, int stage) {
         const uint32_t so = slot * stage_bytes;
-        const Unit w = load_unit;
-        load_unit = next(w);
-        if (w.nt < tiles && w.step < k_steps) {
-            const uint4* src = qw + ((size_t)w.nt * k_steps + w.step) * 32 + lane;
+        const int my0 = chunk(stage);
+        if (tile_ok && my0 < ks_end) {
+            const uint4* src = w_src + (size_t)stage * kStageSteps * 32;
 #pragma unroll
             for (int u = 0; u < kGvSteps; ++u) cp_async16_to(w_dst + so + u * kGvStepBytes, src + u * 32);
-            if (lane < kBN * 2 / 16) {
-                cp_async16_to(s_dst + so, scales + (size_t)(w.step / (kGroup / 16)) * N + w.nt * kBN + lane * 8);
-            }
+            if (lane < kBN * 2 / 16) cp_async16_to(s_dst + so, s_src + (size_t)(my0 / (kGroup / 16)) * N);
         }
-        const int ks0 = w.stage * kStageSteps;
+        const int ks0 = ks_begin + stage * kStageSteps;
 #pragma unroll
         for (int i = 0; i < kXItems; ++i) {
             const int c = tid + i * kGvThreads;
             const int r = c / kChunks;
             const int ch = c % kChunks;
-            if (r < M && ks0 + ch / 2 < k_steps) {
+            if (r < M && ks0 + ch / 2 < ks_end) {
                 cp_async16_to(x_dst + so + r * kXRow + ch * 16, x + (size_t)r * K + ks0 * 16 + ch * 8);
             }
         }
@@ -445,170 +411,155 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 
 #pragma unroll
     for (int s = 0; s < kGvStages - 1; ++s) {
-        if (s < n_it) load_stage(s);
+        if (s < n_stages) load_stage(s, s);
         cp_async_commit(); // empty groups keep the wait counts uniform
     }
 
-    Unit w = first_unit;
-    for (int it = 0; it < n_it; ++it, w = next(w)) {
+    for (int it = 0; it < n_stages; ++it) {
         cp_async_wait<kGvStages - 2>();
-        __syncthreads(); // unit `it` landed for all threads; slot (it - 1) % kGvStages is free
-        if (it + kGvStages - 1 < n_it) load_stage((it + kGvStages - 1) % kGvStages);
+        __syncthreads(); // stage `it` landed for all threads; slot (it - 1) % kGvStages is free
+        if (it + kGvStages - 1 < n_stages) load_stage((it + kGvStages - 1) % kGvStages, it + kGvStages - 1);
         cp_async_commit();
+        if (!tile_ok || chunk(it) >= ks_end) continue;
 
-        if (w.nt < tiles && w.step < k_steps) {
-            const uint8_t* st = smem + (it % kGvStages) * stage_bytes;
-            float sum[NT][4][4]; // this chunk's unscaled sums
-#pragma unroll
-            for (int t = 0; t < NT; ++t)
-#pragma unroll
-                for (int v = 0; v < 4; ++v)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) sum[t][v][e] = 0.0f;
-#pragma unroll
-            for (int u = 0; u < kGvSteps; ++u) {
-                // B fragments: x[row][16 u + 2 q + {0, 1}] and [.. + 8 + {0, 1}] for row 8 t + g.
-                uint32_t b[NT][2];
-#pragma unroll
-                for (int t = 0; t < NT; ++t) {
-                    const uint8_t* xr = st + x_off[t] + u * 32;
-                    b[t][0] = *reinterpret_cast<const uint32_t*>(xr);
-                    b[t][1] = *reinterpret_cast<const uint32_t*>(xr + 16);
-                }
-                const uint4 bq = *reinterpret_cast<const uint4*>(st + (warp * kGvSteps + u) * kGvStepBytes + lane * 16);
-                const uint32_t words[4] = {bq.x, bq.y, bq.z, bq.w};
-#pragma unroll
-                for (int v = 0; v < 4; ++v) {
-                    // A fragment of columns 16 v .. 16 v + 15: rows g (sub-tile 2v) and g + 8
-                    // (sub-tile 2v + 1), k pair 2q then 2q + 8.
-                    uint32_t a[4];
-                    Int4<T>::frag(words[v], a);
-#pragma unroll
-                    for (int t = 0; t < NT; ++t) Kind<T>::mma(sum[t][v], a, b[t][0], b[t][1]);
-                }
-            }
-            // sum[t][v][e] belongs to column 16 v + g (e < 2) or 16 v + 8 + g (e >= 2).
-            const T* s_tile = reinterpret_cast<const T*>(st + kGvWBytes) + warp * kBN;
-#pragma unroll
-            for (int v = 0; v < 4; ++v) {
-                const float s0 = to_f32<T>(s_tile[16 * v + g]);
-                const float s1 = to_f32<T>(s_tile[16 * v + 8 + g]);
-#pragma unroll
-                for (int t = 0; t < NT; ++t) {
-                    acc[t][v][0] = fmaf(s0, sum[t][v][0], acc[t][v][0]);
-                    acc[t][v][1] = fmaf(s0, sum[t][v][1], acc[t][v][1]);
-                    acc[t][v][2] = fmaf(s1, sum[t][v][2], acc[t][v][2]);
-                    acc[t][v][3] = fmaf(s1, sum[t][v][3], acc[t][v][3]);
-                }
-            }
-        }
-        if (it + 1 < n_it && w.stage + 1 < stages) continue; // the column group goes on
-
-        // ---- The run leaves column group w.group: sum its k-ways, then write it out ----
-        // (Every thread gets here at the same iterations: the condition is block-uniform.)
-        if constexpr (KW > 1) {
-            // The last k-way's warp ends up with the sum. `red` is free: the previous group's
-            // reads of it came before the __syncthreads at the top of this iteration.
-            float* r = red + tile_in * kAcc * 32 + lane;
-#pragma unroll
-            for (int j = 0; j < KW - 1; ++j) {
-                if (kway == j) {
-#pragma unroll
-                    for (int t = 0; t < NT; ++t)
-#pragma unroll
-                        for (int v = 0; v < 4; ++v)
-#pragma unroll
-                            for (int e = 0; e < 4; ++e) {
-                                float* d = r + ((t * 4 + v) * 4 + e) * 32;
-                                *d = j == 0 ? acc[t][v][e] : *d + acc[t][v][e];
-                            }
-                }
-                __syncthreads();
-            }
-            if (kway == KW - 1) {
-#pragma unroll
-                for (int t = 0; t < NT; ++t)
-#pragma unroll
-                    for (int v = 0; v < 4; ++v)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) acc[t][v][e] = r[((t * 4 + v) * 4 + e) * 32] + acc[t][v][e];
-            }
-        }
-        const bool writer = w.nt < tiles && kway == KW - 1;
-        const int first = gv_block_of(w.group * stages, units, blocks);
-        const int last = gv_block_of(w.group * stages + stages - 1, units, blocks);
-
-        // acc[t][v][e] is out[row 8 t + 2 q + e % 2][column 64 nt + 16 v + g + 8 (e / 2)].
-        if (first == last) {
-            if (writer) {
-#pragma unroll
-                for (int t = 0; t < NT; ++t)
-#pragma unroll
-                    for (int v = 0; v < 4; ++v)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            const int row = 8 * t + 2 * q + (e & 1);
-                            const int col = w.nt * kBN + 16 * v + g + 8 * (e >> 1);
-                            if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(acc[t][v][e]);
-                        }
-            }
-        } else {
-            if (writer) {
-                float* slot = partial + (size_t)(w.group + block) * M * kGroupCols + tile_in * kBN;
-#pragma unroll
-                for (int t = 0; t < NT; ++t)
-#pragma unroll
-                    for (int v = 0; v < 4; ++v)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            const int row = 8 * t + 2 * q + (e & 1);
-                            const int col = 16 * v + g + 8 * (e >> 1);
-                            if (row < M) slot[(size_t)row * kGroupCols + col] = acc[t][v][e];
-                        }
-            }
-            // Publish this block's slot, then count it; the block that completes the group
-            // adds the slots up in block order.
-            __threadfence();
-            __syncthreads();
-            if (tid == 0) is_last = atomicAdd(&counters[w.group], 1u) == (unsigned)(last - first);
-            __syncthreads();
-            if (is_last) {
-                __threadfence(); // the other blocks' slots, published before their count, are visible
-                // Four columns per item, every slot's load of an item issued before the sums.
-                const int c0 = w.group * kGroupCols;
-                const int quads = min(kGroupCols, N - c0) / 4;
-                const size_t stride = (size_t)M * kGroupCols;
-                const float* base = partial + (size_t)(w.group + first) * stride;
-                for (int e = tid; e < M * quads; e += kGvThreads) {
-                    const int row = e / quads;
-                    const int col = 4 * (e % quads);
-                    const float* p = base + (size_t)row * kGroupCols + col;
-                    float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 4
-                    for (int j = 0; j <= last - first; ++j) {
-                        const float4 ps = __ldcg(reinterpret_cast<const float4*>(p + j * stride));
-                        s.x += ps.x;
-                        s.y += ps.y;
-                        s.z += ps.z;
-                        s.w += ps.w;
-                    }
-                    T* o = out + (size_t)row * N + c0 + col;
-                    o[0] = kt_from_f32<T>(s.x);
-                    o[1] = kt_from_f32<T>(s.y);
-                    o[2] = kt_from_f32<T>(s.z);
-                    o[3] = kt_from_f32<T>(s.w);
-                }
-                if (tid == 0) counters[w.group] = 0; // ready for the next launch on this workspace
-            }
-        }
+        const uint8_t* st = smem + (it % kGvStages) * stage_bytes;
+        const uint8_t* xs = st + kGvWBytes + kGvSBytes + (kway * kGvSteps * 16 + 2 * q) * 2;
+        float sum[NT][4][4]; // this chunk's unscaled sums
 #pragma unroll
         for (int t = 0; t < NT; ++t)
 #pragma unroll
-            for (int v = 0; v < 4; ++v)
+            for (int w = 0; w < 4; ++w)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[t][v][e] = 0.0f;
+                for (int e = 0; e < 4; ++e) sum[t][w][e] = 0.0f;
+#pragma unroll
+        for (int u = 0; u < kGvSteps; ++u) {
+            // B fragments: x[row][16 u + 2 q + {0, 1}] and [.. + 8 + {0, 1}] for row 8 t + g.
+            uint32_t b[NT][2];
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                const int row = 8 * t + g;
+                const uint8_t* xr = xs + row * kXRow + u * 32;
+                b[t][0] = row < M ? *reinterpret_cast<const uint32_t*>(xr) : 0u;
+                b[t][1] = row < M ? *reinterpret_cast<const uint32_t*>(xr + 16) : 0u;
+            }
+            const uint4 bq = *reinterpret_cast<const uint4*>(st + (warp * kGvSteps + u) * kGvStepBytes + lane * 16);
+            const uint32_t words[4] = {bq.x, bq.y, bq.z, bq.w};
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                // A fragment of columns 16 w .. 16 w + 15: rows g (sub-tile 2w) and g + 8
+                // (sub-tile 2w + 1), k pair 2q then 2q + 8.
+                uint32_t a[4];
+                Int4<T>::frag(words[w], a);
+#pragma unroll
+                for (int t = 0; t < NT; ++t) Kind<T>::mma(sum[t][w], a, b[t][0], b[t][1]);
+            }
+        }
+        // sum[t][w][e] belongs to column 16 w + g (e < 2) or 16 w + 8 + g (e >= 2).
+        const T* s_tile = reinterpret_cast<const T*>(st + kGvWBytes) + warp * kBN;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            const float s0 = to_f32<T>(s_tile[16 * w + g]);
+            const float s1 = to_f32<T>(s_tile[16 * w + 8 + g]);
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                acc[t][w][0] = fmaf(s0, sum[t][w][0], acc[t][w][0]);
+                acc[t][w][1] = fmaf(s0, sum[t][w][1], acc[t][w][1]);
+                acc[t][w][2] = fmaf(s1, sum[t][w][2], acc[t][w][2]);
+                acc[t][w][3] = fmaf(s1, sum[t][w][3], acc[t][w][3]);
+            }
+        }
     }
     cp_async_wait<0>();
+
+    // Sum the k-ways of each tile in k-way order; the last k-way's warp ends up with the sum.
+    if constexpr (KW > 1) {
+        __syncthreads(); // the pipeline buffers become the sum buffer [TW][kAcc][32 lanes]
+        float* red = reinterpret_cast<float*>(smem) + tile_in * kAcc * 32 + lane;
+#pragma unroll
+        for (int j = 0; j < KW - 1; ++j) {
+            if (kway == j) {
+#pragma unroll
+                for (int t = 0; t < NT; ++t)
+#pragma unroll
+                    for (int w = 0; w < 4; ++w)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            float* d = red + ((t * 4 + w) * 4 + e) * 32;
+                            *d = j == 0 ? acc[t][w][e] : *d + acc[t][w][e];
+                        }
+            }
+            __syncthreads();
+        }
+        if (kway == KW - 1) {
+#pragma unroll
+            for (int t = 0; t < NT; ++t)
+#pragma unroll
+                for (int w = 0; w < 4; ++w)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc[t][w][e] = red[((t * 4 + w) * 4 + e) * 32] + acc[t][w][e];
+        }
+    }
+    const bool writer = tile_ok && kway == KW - 1;
+
+    // acc[t][w][e] is out[row 8 t + 2 q + e % 2][column 64 nt + 16 w + g + 8 (e / 2)].
+    if (slices == 1) {
+        if (!writer) return;
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int row = 8 * t + 2 * q + (e & 1);
+                    const int col = nt * kBN + 16 * w + g + 8 * (e >> 1);
+                    if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(acc[t][w][e]);
+                }
+        return;
+    }
+
+    if (writer) {
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int row = 8 * t + 2 * q + (e & 1);
+                    const int col = nt * kBN + 16 * w + g + 8 * (e >> 1);
+                    if (row < M) partial[((size_t)slice * M + row) * N + col] = acc[t][w][e];
+                }
+    }
+    // Publish this slice, then count it; the block that completes the group sums it up.
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) is_last = atomicAdd(&counters[group], 1u) == (unsigned)slices - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence(); // the other slices' partials, published before their count, are visible
+    // Four columns per item, every slice's load of an item issued before the sums.
+    const int c0 = group * TW * kBN;
+    const int quads = min(TW * kBN, N - c0) / 4;
+    for (int e = tid; e < M * quads; e += kGvThreads) {
+        const int row = e / quads;
+        const int col = c0 + 4 * (e % quads);
+        const float* p = partial + (size_t)row * N + col;
+        const size_t stride = (size_t)M * N;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+        for (int s = 0; s < slices; ++s) {
+            const float4 ps = __ldcg(reinterpret_cast<const float4*>(p + s * stride));
+            v.x += ps.x;
+            v.y += ps.y;
+            v.z += ps.z;
+            v.w += ps.w;
+        }
+        T* o = out + (size_t)row * N + col;
+        o[0] = kt_from_f32<T>(v.x);
+        o[1] = kt_from_f32<T>(v.y);
+        o[2] = kt_from_f32<T>(v.z);
+        o[3] = kt_from_f32<T>(v.w);
+    }
+    if (tid == 0) counters[group] = 0; // ready for the next launch on this workspace
 }
 
 } // namespace
@@ -636,16 +587,12 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
     w4a16_reduce<__nv_bfloat16>(partial, out, splits, (size_t)mn);
 }
 
-// Blocks per multiprocessor the registers must allow: 5 at one token tile (102 registers: at
-// 6, i.e. 80, ptxas recomputes addresses in every stage, ~10% more instructions, and 4-6
-// resident blocks measured the same); at two, 4 for two k-ways (128 registers) and 3 for one
-// or four (they need ~150 without spills).
-#define KT_GV_MIN_BLOCKS(NT, KW) ((NT) == 1 ? 5 : ((KW) == 2 ? 4 : 3))
 #define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
-    extern "C" __global__ void __launch_bounds__(kGvThreads, KT_GV_MIN_BLOCKS(NT, KW))            \
-        kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW(const T* x, const uint4* qw, const T* scales, T* out, \
-                                               float* partial, unsigned* counters, int M, int N, int K) { \
-        w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K);                     \
+    extern "C" __global__ void __launch_bounds__(kGvThreads, 6 / NT) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
+        const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
+        int M, int N, int K, int steps_per_slice, int slices) {                                    \
+        w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,     \
+                              slices);                                                             \
     }
 #define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT) \
     KT_W4A16_GEMV(SUFFIX, T, NT, 1)        \

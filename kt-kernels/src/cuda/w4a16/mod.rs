@@ -242,7 +242,7 @@ impl GpuStream {
     }
 
     /// [`Self::w4a16_gemm`] with the number of k splits forced (clamped to 1..=k/128); for
-    /// m <= 16 the small-m kernel gets that many blocks per column group ([`GemvPlan`]).
+    /// m <= 16 they are the small-m kernel's k slices ([`GemvPlan`]).
     pub fn w4a16_gemm_planned<T: MmaFloat>(
         &self,
         w: &W4A16Weights<T>,
