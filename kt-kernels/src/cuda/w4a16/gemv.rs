@@ -137,30 +137,11 @@ impl GpuStream {
         ws: &mut GemmWorkspace,
         plan: &GemvPlan,
     ) -> CudaResult<()> {
-        let (n, k) = (w.n, w.k);
-        if x.len() != m * k || out.len() != m * n {
-            return Err(shape(
-                "w4a16_gemv",
-                format!(
-                    "x has {}, out {} elements; expected m {m} x k {k} and m {m} x n {n}",
-                    x.len(),
-                    out.len()
-                ),
-            ));
-        }
-        let ops = Operands {
-            x: x.slice.as_view(),
-            packed: w.packed.slice.as_view(),
-            scales: w.scales.slice.as_view(),
-            out: out.slice.as_view_mut(),
-            m,
-            n,
-            k,
-        };
+        let ops = Operands::of("w4a16_gemv", w, x, m, out)?;
         self.w4a16_gemv_launch(ops, ws, plan)
     }
 
-    /// Launches the small-m kernel on `ops` (lengths checked by the caller) with `plan`.
+    /// Launches the small-m kernel on `ops` with `plan`.
     pub(crate) fn w4a16_gemv_launch<T: MmaFloat>(
         &self,
         ops: Operands<'_, T>,
@@ -178,12 +159,6 @@ impl GpuStream {
             n,
             k,
         } = ops;
-        if i32::try_from(m * k.max(n)).is_err() {
-            return Err(shape(
-                OP,
-                format!("m {m} x k {k} or n {n} overflows the kernel's 32-bit indices"),
-            ));
-        }
         let expect = GemvPlan::with(m, n, k, plan.k_ways, plan.slices)?;
         if *plan != expect {
             return Err(shape(
@@ -228,19 +203,8 @@ impl GpuStream {
                 .map_err(launch_err(kernel, dims));
         }
 
-        let need = plan.slices * m * n;
-        if ws.buf.as_ref().is_none_or(|b| b.len() < need) {
-            ws.buf = Some(self.alloc_zeroed::<f32>(need)?);
-        }
-        if ws
-            .counters
-            .as_ref()
-            .is_none_or(|c| c.len() < plan.column_groups)
-        {
-            ws.counters = Some(self.alloc_zeroed::<u32>(plan.column_groups)?);
-        }
-        let partial = ws.buf.as_mut().expect("allocated above");
-        let counters = ws.counters.as_mut().expect("allocated above");
+        ws.grow(self, plan.slices * m * n, plan.column_groups)?;
+        let (partial, counters) = ws.buffers();
         let mut b = self.stream.launch_builder(&f);
         b.arg(&x)
             .arg(&packed)

@@ -71,11 +71,48 @@ pub(crate) struct Operands<'a, T> {
     pub k: usize,
 }
 
-impl<T> Operands<'_, T> {
-    /// The views hold exactly what m, n and k call for, and n, k fit the packed layout.
+impl<'a, T> Operands<'a, T> {
+    /// Whole buffers: `w`'s weights, m rows of `x` into `out` (lengths checked here).
+    fn of(
+        op: &'static str,
+        w: &'a W4A16Weights<T>,
+        x: &'a DeviceBuf<T>,
+        m: usize,
+        out: &'a mut DeviceBuf<T>,
+    ) -> CudaResult<Self> {
+        let (n, k) = (w.n, w.k);
+        if x.len() != m * k || out.len() != m * n {
+            return Err(shape(
+                op,
+                format!(
+                    "x has {}, out {} elements; expected m {m} x k {k} and m {m} x n {n}",
+                    x.len(),
+                    out.len()
+                ),
+            ));
+        }
+        Ok(Operands {
+            x: x.slice.as_view(),
+            packed: w.packed.slice.as_view(),
+            scales: w.scales.slice.as_view(),
+            out: out.slice.as_view_mut(),
+            m,
+            n,
+            k,
+        })
+    }
+
+    /// The views hold exactly what m, n and k call for, n and k fit the packed layout, and
+    /// rows of x and out fit the kernels' 32-bit index products.
     fn check(&self, op: &'static str) -> CudaResult<()> {
         let (m, n, k) = (self.m, self.n, self.k);
         quant::check_shape(op, n, k)?;
+        if i32::try_from(m * k.max(n)).is_err() {
+            return Err(shape(
+                op,
+                format!("m {m} is too large for one launch (k {k}, n {n})"),
+            ));
+        }
         if self.x.len() != m * k
             || self.out.len() != m * n
             || self.packed.len() != n * k / 2
@@ -102,6 +139,28 @@ impl<T> Operands<'_, T> {
 pub struct GemmWorkspace {
     buf: Option<DeviceBuf<f32>>,
     counters: Option<DeviceBuf<u32>>,
+}
+
+impl GemmWorkspace {
+    /// Makes the partial sums hold at least `partials` f32 and the counters `counters`
+    /// (zeroed when allocated).
+    fn grow(&mut self, s: &GpuStream, partials: usize, counters: usize) -> CudaResult<()> {
+        if self.buf.as_ref().is_none_or(|b| b.len() < partials) {
+            self.buf = Some(s.alloc_zeroed::<f32>(partials)?);
+        }
+        if self.counters.as_ref().is_none_or(|c| c.len() < counters) {
+            self.counters = Some(s.alloc_zeroed::<u32>(counters.max(1))?);
+        }
+        Ok(())
+    }
+
+    /// The partial sums and counters ([`Self::grow`] made them).
+    fn buffers(&mut self) -> (&mut DeviceBuf<f32>, &mut DeviceBuf<u32>) {
+        (
+            self.buf.as_mut().expect("grown before use"),
+            self.counters.as_mut().expect("grown before use"),
+        )
+    }
 }
 
 /// How a GEMM is cut into blocks: the k splits and the row-tile height (16 * m_tile).
@@ -193,26 +252,7 @@ impl GpuStream {
         ws: &mut GemmWorkspace,
         force_splits: Option<usize>,
     ) -> CudaResult<()> {
-        let (n, k) = (w.n, w.k);
-        if x.len() != m * k || out.len() != m * n {
-            return Err(shape(
-                "w4a16_gemm",
-                format!(
-                    "x has {}, out {} elements; expected m {m} x k {k} and m {m} x n {n}",
-                    x.len(),
-                    out.len()
-                ),
-            ));
-        }
-        let ops = Operands {
-            x: x.slice.as_view(),
-            packed: w.packed.slice.as_view(),
-            scales: w.scales.slice.as_view(),
-            out: out.slice.as_view_mut(),
-            m,
-            n,
-            k,
-        };
+        let ops = Operands::of("w4a16_gemm", w, x, m, out)?;
         self.w4a16_launch(ops, ws, force_splits)
     }
 
@@ -237,13 +277,6 @@ impl GpuStream {
         } = ops;
         if m == 0 {
             return Ok(());
-        }
-        // The kernels index rows of x and out with 32-bit products.
-        if i32::try_from(m * k.max(n)).is_err() {
-            return Err(shape(
-                OP,
-                format!("m {m} is too large for one launch (k {k}, n {n})"),
-            ));
         }
         if m <= GemvPlan::MAX_ROWS {
             let plan = self.w4a16_gemv_plan(m, n, k, force_splits)?;
@@ -296,11 +329,8 @@ impl GpuStream {
                 .map_err(launch_err(kernel, dims));
         }
 
-        let need = plan.splits * m * n;
-        if ws.buf.as_ref().is_none_or(|b| b.len() < need) {
-            ws.buf = Some(self.alloc_zeroed::<f32>(need)?);
-        }
-        let partial = ws.buf.as_mut().expect("allocated above");
+        ws.grow(self, plan.splits * m * n, 0)?;
+        let (partial, _) = ws.buffers();
         {
             let mut b = self.stream.launch_builder(&f);
             b.arg(&x)
