@@ -243,16 +243,21 @@ extern "C" __global__ void __launch_bounds__(1024)
 
 // ---- MLA cache rows --------------------------------------------------------------------
 // kv is [tokens, rank + rope] (the kv_a projection, its rope part already rotated); token t
-// becomes cache row `first_row + t`: rmsnorm(kv[t, :rank]) * w, then kv[t, rank:] as is.
+// becomes cache row `rows[t]` when `rows` is given (read on the device, so a captured graph
+// writes each step's row; rows past `cache_rows` are skipped, the host checks them before it
+// uploads), else `first_row + t`: rmsnorm(kv[t, :rank]) * w, then kv[t, rank:] as is.
 // One block per token.
 extern "C" __global__ void __launch_bounds__(1024)
     kt_mla_cache_write(const __nv_bfloat16* __restrict__ kv, const float* __restrict__ w,
-                       __nv_bfloat16* __restrict__ cache, long long first_row, int rank, int rope,
+                       __nv_bfloat16* __restrict__ cache, long long first_row,
+                       const unsigned* __restrict__ rows, long long cache_rows, int rank, int rope,
                        float eps) {
     __shared__ float scratch[32];
     const int width = rank + rope;
+    const long long row = rows != nullptr ? (long long)rows[blockIdx.x] : first_row + blockIdx.x;
+    if (row >= cache_rows) return;
     const __nv_bfloat16* src = kv + (long long)blockIdx.x * width;
-    __nv_bfloat16* dst = cache + (first_row + blockIdx.x) * width;
+    __nv_bfloat16* dst = cache + row * width;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < rank; i += blockDim.x) {
         const float v = __bfloat162float(src[i]);

@@ -13,7 +13,8 @@
 //! - [`GpuStream::rmsnorm_w32`]: RMSNorm with f32 weights, bf16 out (plus an f32 copy);
 //!   [`GpuStream::add_rmsnorm_w32`] fuses the residual add before it.
 //! - [`GpuStream::mla_cache_write`]: new rows of the bf16 latent cache (normalized latent,
-//!   the rotated rope key as given).
+//!   the rotated rope key as given); [`GpuStream::mla_cache_write_rows`] reads the rows on
+//!   the device.
 //! - [`GpuStream::copy_cols_bf16`], [`GpuStream::add_f32`], [`GpuStream::add2_f32`],
 //!   [`GpuStream::cast`].
 
@@ -24,6 +25,12 @@ use super::dtype::GpuFloat;
 use super::error::{launch_err, shape, CudaResult};
 use super::modules::HYBRID_OPS;
 use super::runtime::{DeviceBuf, GpuStream};
+
+/// Where `cache_write` puts token `t`: row `first + t`, or the row a device buffer names.
+enum CacheRows<'a> {
+    From(usize),
+    At(&'a DeviceBuf<u32>),
+}
 
 /// Tile of the GEMM kernel (rows and columns per block) and its block size.
 const GEMM_TILE: usize = 64;
@@ -433,18 +440,57 @@ impl GpuStream {
         const OP: &str = "mla_cache_write";
         let rank = w.len();
         let width = rank + rope;
-        if rank == 0
-            || kv.len() != tokens * width
-            || !cache.len().is_multiple_of(width)
-            || first_row + tokens > cache.len() / width
-        {
+        if width > 0 && first_row + tokens > cache.len() / width {
             return Err(shape(
                 OP,
                 format!(
-                    "kv has {} elements for {tokens} rows of {rank} + {rope}; cache of {} elements, rows {first_row}..{}",
+                    "rows {first_row}..{} of a cache of {} elements ({} rows of {width})",
+                    first_row + tokens,
+                    cache.len(),
+                    cache.len() / width
+                ),
+            ));
+        }
+        self.cache_write(kv, tokens, w, cache, CacheRows::From(first_row), rope, eps)
+    }
+
+    /// [`Self::mla_cache_write`] with token `t` to cache row `rows[t]`, read on the device
+    /// (so a captured graph writes each step's row from a buffer updated between launches).
+    /// Rows past the cache are skipped on the device: the caller checks them before it
+    /// uploads them.
+    pub fn mla_cache_write_rows(
+        &self,
+        kv: &DeviceBuf<bf16>,
+        w: &DeviceBuf<f32>,
+        cache: &mut DeviceBuf<bf16>,
+        rows: &DeviceBuf<u32>,
+        rope: usize,
+        eps: f32,
+    ) -> CudaResult<()> {
+        self.cache_write(kv, rows.len(), w, cache, CacheRows::At(rows), rope, eps)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cache_write(
+        &self,
+        kv: &DeviceBuf<bf16>,
+        tokens: usize,
+        w: &DeviceBuf<f32>,
+        cache: &mut DeviceBuf<bf16>,
+        rows: CacheRows<'_>,
+        rope: usize,
+        eps: f32,
+    ) -> CudaResult<()> {
+        const OP: &str = "mla_cache_write";
+        let rank = w.len();
+        let width = rank + rope;
+        if rank == 0 || kv.len() != tokens * width || !cache.len().is_multiple_of(width) {
+            return Err(shape(
+                OP,
+                format!(
+                    "kv has {} elements for {tokens} rows of {rank} + {rope}; cache of {} elements",
                     kv.len(),
                     cache.len(),
-                    first_row + tokens
                 ),
             ));
         }
@@ -453,17 +499,28 @@ impl GpuStream {
         }
         let kernel = "kt_mla_cache_write".to_string();
         let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
-        let (first, r, p) = (
-            first_row as i64,
+        let (cache_rows, r, p) = (
+            (cache.len() / width) as i64,
             to_i32(OP, "rank", rank)?,
             to_i32(OP, "rope", rope)?,
         );
+        let null: u64 = 0;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&kv.slice).arg(&w.slice).arg(&mut cache.slice);
-        b.arg(&first).arg(&r).arg(&p).arg(&eps);
-        // SAFETY: matches kt_mla_cache_write (kv, w, cache, first_row, rank, rope, eps); one
-        // block per token reads its kv row and writes cache row first_row + t, both inside
-        // their buffers (checked above).
+        let first = match rows {
+            CacheRows::From(first) => first as i64,
+            CacheRows::At(_) => 0,
+        };
+        b.arg(&first);
+        match rows {
+            CacheRows::From(_) => b.arg(&null),
+            CacheRows::At(at) => b.arg(&at.slice),
+        };
+        b.arg(&cache_rows).arg(&r).arg(&p).arg(&eps);
+        // SAFETY: matches kt_mla_cache_write (kv, w, cache, first_row, rows or null,
+        // cache_rows, rank, rope, eps); one block per token reads its kv row (inside kv,
+        // checked) and writes one cache row, skipped on the device unless below cache_rows
+        // (the cache's whole rows, checked); `rows` holds one entry per token.
         unsafe { b.launch(row_config(OP, tokens)?) }
             .map(drop)
             .map_err(launch_err(
