@@ -249,36 +249,63 @@ fn mla_cache_write_matches_reference() {
         let kv: Vec<bf16> = random(&mut rng, t * width, 1.5);
         let w: Vec<f32> = (0..rank).map(|_| 1.0 + 0.2 * rng.normal()).collect();
         let rows = first + t + 2;
-        let kvf = f32s(&kv);
-        let mut want = vec![f64::NAN; rows * width];
-        for r in 0..t {
-            let mut c = vec![0.0f32; rank];
-            ops::rmsnorm(&kvf[r * width..r * width + rank], &w, eps, &mut c).unwrap();
-            let at = (first + r) * width;
-            for (j, &v) in c.iter().enumerate() {
-                want[at + j] = v as f64;
+        // contiguous rows from `first`, and rows read on the device: the tokens scattered
+        // backwards from the cache's end (mla_cache_write_rows)
+        let scattered: Vec<u32> = (0..t).map(|r| (rows - 1 - r) as u32).collect();
+        for on_device in [false, true] {
+            let row_of = |r: usize| {
+                if on_device {
+                    scattered[r] as usize
+                } else {
+                    first + r
+                }
+            };
+            let kvf = f32s(&kv);
+            let mut want = vec![f64::NAN; rows * width];
+            for r in 0..t {
+                let mut c = vec![0.0f32; rank];
+                ops::rmsnorm(&kvf[r * width..r * width + rank], &w, eps, &mut c).unwrap();
+                let at = row_of(r) * width;
+                for (j, &v) in c.iter().enumerate() {
+                    want[at + j] = v as f64;
+                }
+                for j in 0..rope {
+                    want[at + rank + j] = kvf[r * width + rank + j] as f64;
+                }
             }
-            for j in 0..rope {
-                want[at + rank + j] = kvf[r * width + rank + j] as f64;
+            let (kvd, wd) = (s.upload(&kv).unwrap(), s.upload(&w).unwrap());
+            let mut cache = nan_buf::<bf16>(s, rows * width);
+            if on_device {
+                let at = s.upload(&scattered).unwrap();
+                s.mla_cache_write_rows(&kvd, &wd, &mut cache, &at, rope, eps)
+                    .unwrap();
+            } else {
+                s.mla_cache_write(&kvd, t, &wd, &mut cache, first, rope, eps)
+                    .unwrap();
             }
+            let got = s.download(&cache).unwrap();
+            let what = format!("mla_cache_write t{t} rows on the device {on_device}");
+            for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                if w.is_nan() {
+                    assert!(g.to_f32().is_nan(), "{what}: row element {j} written");
+                }
+            }
+            let idx: Vec<usize> = (0..want.len()).filter(|&j| !want[j].is_nan()).collect();
+            let g: Vec<bf16> = idx.iter().map(|&j| got[j]).collect();
+            let wv: Vec<f64> = idx.iter().map(|&j| want[j]).collect();
+            assert_close(&what, &g, &wv, |_, r| {
+                (bf16::UNIT_ROUNDOFF + 4e-6) * r.abs() + 1e-30
+            });
         }
-        let (kvd, wd) = (s.upload(&kv).unwrap(), s.upload(&w).unwrap());
-        let mut cache = nan_buf::<bf16>(s, rows * width);
-        s.mla_cache_write(&kvd, t, &wd, &mut cache, first, rope, eps)
-            .unwrap();
-        let got = s.download(&cache).unwrap();
-        for (j, (g, w)) in got.iter().zip(&want).enumerate() {
-            if w.is_nan() {
-                assert!(g.to_f32().is_nan(), "cache t{t}: row element {j} written");
-            }
-        }
-        let idx: Vec<usize> = (0..want.len()).filter(|&j| !want[j].is_nan()).collect();
-        let g: Vec<bf16> = idx.iter().map(|&j| got[j]).collect();
-        let wv: Vec<f64> = idx.iter().map(|&j| want[j]).collect();
-        assert_close(&format!("mla_cache_write t{t}"), &g, &wv, |_, r| {
-            (bf16::UNIT_ROUNDOFF + 4e-6) * r.abs() + 1e-30
-        });
     }
+    // contiguous rows past the cache are a shape error
+    let kvd = s.upload(&vec![bf16::ONE; width]).unwrap();
+    let wd = s.upload(&vec![1.0f32; rank]).unwrap();
+    let mut cache = nan_buf::<bf16>(s, 2 * width);
+    assert!(matches!(
+        s.mla_cache_write(&kvd, 1, &wd, &mut cache, 2, rope, eps),
+        Err(kt_kernels::cuda::CudaError::Shape { .. })
+    ));
 }
 
 #[test]

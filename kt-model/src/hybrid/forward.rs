@@ -12,6 +12,7 @@ use kt_kernels::ops::RouterConfig;
 
 use super::error::{HybridError, HybridResult};
 use super::gpu_experts::GpuExperts;
+use super::graph::{DecodeGraph, Head};
 use super::layer::{GpuFfn, GpuLayer, GpuMlp, GpuQuery, GpuRouter};
 use super::scratch::Scratch;
 use super::timing::{accumulate, HybridTimes, LayerMarks};
@@ -83,6 +84,17 @@ impl HybridModel<'_> {
             )));
         }
         let timing = times.is_some();
+        // A single-token call without trace or timing replays the decode graph of this cache
+        // (`graph.rs`), captured after the first such call ran eagerly; any other call drops
+        // the graph first, since it may reallocate the buffers the graph names.
+        let graphable = self.graphed
+            && t_n == 1
+            && trace.is_none()
+            && !timing
+            && self.gpu_experts.as_ref().is_none_or(|g| t_n <= g.threshold);
+        if !(graphable && self.graph.as_ref().is_some_and(|g| g.cache_id == cache.id)) {
+            self.graph = None;
+        }
         if self.scratch.as_ref().is_none_or(|x| x.tokens != t_n) {
             self.scratch = None; // free the old set first
             let sc = Scratch::new(&self.gpu, self.gpu.stream(), c, &self.widths, t_n)?;
@@ -102,6 +114,9 @@ impl HybridModel<'_> {
             scratch,
             ws,
             gpu_experts,
+            graph,
+            graph_error,
+            graph_launches,
             ..
         } = self;
         let s = gpu.stream();
@@ -112,6 +127,12 @@ impl HybridModel<'_> {
             token_embd.dequantize_row(tok as usize, row)?;
         }
         s.copy_from_host(&x, &mut sc.x)?;
+        if let Some(g) = graph.as_mut() {
+            let out = g.replay(s, fused.as_ref(), sc, cache)?;
+            cache.len += 1;
+            *graph_launches += 1;
+            return Ok(out);
+        }
         let positions: Vec<u32> = (start..start + t_n).map(|p| p as u32).collect();
         s.copy_from_host(&positions, &mut sc.positions)?;
         let batch = s.mla_batch(c.n_heads, &[t_n], &[start + t_n], &cache.table, BLOCK_SIZE)?;
@@ -119,7 +140,6 @@ impl HybridModel<'_> {
             s,
             c,
             t_n,
-            start,
             scale: *scale,
             router,
             fused: fused.as_ref(),
@@ -196,23 +216,43 @@ impl HybridModel<'_> {
         if let Some(t) = times {
             accumulate(t, &marks, &head, t_n)?;
         }
+        // the workspaces now fit a single-token step: capture it for the next calls (a
+        // device that refuses a piece keeps the eager steps; the reason is kept)
+        if graphable && graph_error.is_none() && sc.flag.is_some() {
+            let head = Head {
+                norm: output_norm,
+                output,
+            };
+            match DecodeGraph::capture(gpu, &step, layers, head, sc, cache, ws) {
+                Ok(g) => *graph = Some(g),
+                Err(e) => *graph_error = Some(e.to_string()),
+            }
+        }
         Ok(out)
     }
 }
 
 /// What every stage of one call shares.
+#[derive(Clone, Copy)]
 pub(super) struct Step<'s> {
     pub(super) s: &'s GpuStream,
-    c: &'s DeepSeekConfig,
+    pub(super) c: &'s DeepSeekConfig,
     t_n: usize,
-    start: usize,
     scale: f32,
     router: &'s RouterConfig,
     fused: Option<&'s FusedMoe>,
     timing: bool,
 }
 
-impl Step<'_> {
+impl<'s> Step<'s> {
+    /// The same step queued on stream `s` (a graph's capture stream).
+    pub(super) fn on<'a>(&self, s: &'a GpuStream) -> Step<'a>
+    where
+        's: 'a,
+    {
+        Step { s, ..*self }
+    }
+
     /// Every layer of the call, one after the other: each MoE layer's GPU half, its routed
     /// experts, then the rest; per-layer marks when timing, residuals and routing into
     /// `trace` when given.
@@ -341,12 +381,13 @@ impl Step<'_> {
             KV_LORA_RANK,
         )?;
         let layer_cache = &mut cache.layers[li];
-        s.mla_cache_write(
+        // the rows are the positions (one sequence, pages in order), read on the device so
+        // a captured decode step writes each token's row
+        s.mla_cache_write_rows(
             &sc.kv,
-            t_n,
             &a.kv_a_norm,
             layer_cache,
-            self.start,
+            &sc.positions,
             ROPE_DIM,
             eps,
         )?;
@@ -415,7 +456,7 @@ impl Step<'_> {
     }
 
     /// `out = down(silu(gate x) * up x)` for `x` `[T, hidden]`.
-    fn mlp(
+    pub(super) fn mlp(
         &self,
         mlp: &GpuMlp,
         x: &DeviceBuf<bf16>,
@@ -518,7 +559,7 @@ impl Step<'_> {
 
     /// The router's logits of `sc.xn` / `sc.xn32` and the gating's choices into `sc.ids` /
     /// `sc.weights`.
-    fn route(
+    pub(super) fn route(
         &self,
         router: &GpuRouter,
         bias: Option<&DeviceBuf<f32>>,
