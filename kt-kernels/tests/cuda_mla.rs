@@ -586,12 +586,23 @@ fn live_batch_matches_plain_batch_bit_for_bit() {
             let plain = s.mla_batch(16, &[1; 3], lens, &table, 64).unwrap();
             let mut want = nan_buf::<bf16>(s, b.rows() * RANK);
             let mut ws = MlaWorkspace::default();
-            s.mla_attention_with(&plain, &q, &cache, b.scale, &mut want, &mut ws, None, kernel)
-                .unwrap();
+            s.mla_attention_with(
+                &plain, &q, &cache, b.scale, &mut want, &mut ws, None, kernel,
+            )
+            .unwrap();
             s.mla_set_kv_lens(&mut live, lens).unwrap();
             let mut got = nan_buf::<bf16>(s, b.rows() * RANK);
-            s.mla_attention_with(&live, &q, &cache, b.scale, &mut got, &mut ws_live, None, kernel)
-                .unwrap();
+            s.mla_attention_with(
+                &live,
+                &q,
+                &cache,
+                b.scale,
+                &mut got,
+                &mut ws_live,
+                None,
+                kernel,
+            )
+            .unwrap();
             let (want, got) = (s.download(&want).unwrap(), s.download(&got).unwrap());
             assert!(
                 want.iter().all(|v| v.to_f32().is_finite()),
@@ -605,7 +616,10 @@ fn live_batch_matches_plain_batch_bit_for_bit() {
             shape_err(s.mla_set_kv_lens(&mut live, &[701, 1, 1])),
             "past the largest length"
         );
-        assert!(shape_err(s.mla_set_kv_lens(&mut live, &[0, 1, 1])), "below q_len");
+        assert!(
+            shape_err(s.mla_set_kv_lens(&mut live, &[0, 1, 1])),
+            "below q_len"
+        );
         assert!(shape_err(s.mla_set_kv_lens(&mut live, &[5, 5])), "count");
         let mut out = nan_buf::<bf16>(s, b.rows() * RANK);
         assert!(
@@ -622,7 +636,9 @@ fn live_batch_matches_plain_batch_bit_for_bit() {
             "forced splits on a live batch"
         );
     }
-    let mut plain = s.mla_batch(16, &[1], &[5], &table[..table.len() / 3], 64).unwrap();
+    let mut plain = s
+        .mla_batch(16, &[1], &[5], &table[..table.len() / 3], 64)
+        .unwrap();
     assert!(
         matches!(
             s.mla_set_kv_lens(&mut plain, &[4]),
