@@ -25,6 +25,7 @@
 
 use std::time::Duration;
 
+use half::bf16;
 use kt_kernels::cuda::mla::{MlaBatch, MlaKernel};
 use kt_kernels::cuda::{DeviceBuf, Gpu, GpuGraph, GpuStream, HostFlag};
 
@@ -48,6 +49,8 @@ pub(crate) struct DecodeGraph {
     graph: GpuGraph,
     batch: MlaBatch,
     logits: DeviceBuf<f32>,
+    /// The int4 output head's bf16 rows before they widen to the logits.
+    _staging: Option<DeviceBuf<bf16>>,
     ready: HostFlag,
     done: HostFlag,
     /// The MoE layers in order: the `k`-th (0-based) is released by flag value `k + 1`.
@@ -87,6 +90,10 @@ impl DecodeGraph {
         )?;
         s.mla_reserve(&batch, &mut ws.mla)?;
         let mut logits = s.alloc_zeroed::<f32>(c.vocab_size)?;
+        let mut staging = match head.output.f32_staging_len(1) {
+            0 => None,
+            n => Some(s.alloc_zeroed::<bf16>(n)?),
+        };
         let (ready, done) = (gpu.host_flag()?, gpu.host_flag()?);
         let capture = s.new_untracked_stream()?;
         s.synchronize()?; // every buffer allocated and written before the capture
@@ -101,6 +108,7 @@ impl DecodeGraph {
             &batch,
             ws,
             &mut logits,
+            staging.as_mut(),
             &ready,
             &done,
         );
@@ -112,6 +120,7 @@ impl DecodeGraph {
             graph: graph?,
             batch,
             logits,
+            _staging: staging,
             ready,
             done,
             moe_layers,
@@ -179,6 +188,7 @@ fn record(
     batch: &MlaBatch,
     ws: &mut Workspaces,
     logits: &mut DeviceBuf<f32>,
+    staging: Option<&mut DeviceBuf<bf16>>,
     ready: &HostFlag,
     done: &HostFlag,
 ) -> HybridResult<Vec<usize>> {
@@ -229,6 +239,7 @@ fn record(
         None,
         c.rms_norm_eps,
     )?;
-    head.output.apply_f32(s, &sc.fin, 1, logits, &mut ws.gemm)?;
+    head.output
+        .apply_f32_staged(s, &sc.fin, 1, logits, staging, &mut ws.gemm)?;
     Ok(moe_layers)
 }
