@@ -370,25 +370,21 @@ impl<'s> Step<'s> {
                 b.apply(s, qan, t_n, &mut sc.q, &mut ws.gemm)?;
             }
         }
-        s.rope_inplace(&mut sc.q, &sc.positions, &cache.rope, h_n, qk, nope)?;
         a.kv_a.apply(s, &sc.xn, t_n, &mut sc.kv, &mut ws.gemm)?;
-        s.rope_inplace(
-            &mut sc.kv,
-            &sc.positions,
-            &cache.rope,
-            1,
-            CACHE_ROW,
-            KV_LORA_RANK,
-        )?;
         let layer_cache = &mut cache.layers[li];
-        // the rows are the positions (one sequence, pages in order), read on the device so
-        // a captured decode step writes each token's row
-        s.mla_cache_write_rows(
+        // One launch: the cache rows (normalized latent, rotated k_pe) at the positions (one
+        // sequence, pages in order; read on the device so a captured decode step writes each
+        // token's row) and the rotated q_pe into the MLA query rows beside q_lat.
+        s.mla_rope_cache_write(
+            &sc.q,
+            h_n,
+            nope,
+            &mut sc.q_lat,
             &sc.kv,
             &a.kv_a_norm,
             layer_cache,
             &sc.positions,
-            ROPE_DIM,
+            &cache.rope,
             eps,
         )?;
         // q_lat[t, h] = W_uk(h)^T q_nope[t, h], with q_pe beside it: the MLA query rows
@@ -411,17 +407,6 @@ impl<'s> Step<'s> {
             },
         };
         s.gemm_nt(&absorb, &sc.q, &a.k_b, &mut sc.q_lat)?;
-        let rows = t_n * h_n;
-        s.copy_cols_bf16(
-            &sc.q,
-            nope,
-            qk,
-            &mut sc.q_lat,
-            KV_LORA_RANK,
-            CACHE_ROW,
-            rows,
-            ROPE_DIM,
-        )?;
         s.mla_attention(
             batch,
             &sc.q_lat,
