@@ -5,7 +5,8 @@
 # eager pipelined and sequential rates of the same binary beside them), same file, same call;
 # then, when nsys exists, a kernel-time profile of the new binary's graph decode (per node).
 # Binaries come packed in $BIN/bins.tar.xz (kt-bench, old/kt-bench, tests/NAME).
-# Env: BIN (.device-carry/graph4), THREADS (16), BUDGET_S (200), TESTS_LIST, NSYS (1), TMP.
+# Env: BIN (.device-carry/graph4), THREADS (16), BUDGET_S (200), TESTS_LIST, REPS (2), LONG (1),
+# NSYS (1), TMP.
 set -uo pipefail
 carry=${BIN:-.device-carry/graph4}
 tmp=${TMP:-/tmp}
@@ -40,11 +41,12 @@ if step gen_v2l 60 "$bin/kt-bench" gen-gguf --preset deepseek-v2-lite --out "$gg
         step "$1" 60 "$2" decode --model "$gguf" --rules rules/deepseek-v2-lite-hybrid.yaml \
             --prompt-len "$3" --gen-len "$4" --threads "$threads" --json
     }
-    dec decode_old "$bin/old/kt-bench" 32 128
-    dec decode_new "$bin/kt-bench" 32 128
-    dec decode_old_b "$bin/old/kt-bench" 32 128
-    dec decode_new_b "$bin/kt-bench" 32 128
-    dec decode_long_new "$bin/kt-bench" 1024 64
+    # old and new alternate, REPS times each (the CPU experts' time varies from run to run)
+    for r in $(seq 1 "${REPS:-2}"); do
+        dec "decode_old_$r" "$bin/old/kt-bench" 32 128
+        dec "decode_new_$r" "$bin/kt-bench" 32 128
+    done
+    [ "${LONG:-1}" != 0 ] && dec decode_long_new "$bin/kt-bench" 1024 64
     nsys=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
     if [ "${NSYS:-1}" != 0 ] && [ -n "$nsys" ]; then
         step nsys 70 "$nsys" profile --cuda-graph-trace=node --trace=cuda -o "$tmp/g4prof" -f true \
