@@ -22,6 +22,9 @@
 //! bf16 with f32 sums. Calls without trace or timing pipeline the layers (`pipeline.rs`): the
 //! host queues layer `L + 1`'s GPU work behind a host flag before it runs layer `L`'s routed
 //! experts, so the GPU does not wait for kernel launches (the same logits bit for bit).
+//! Single-token calls without trace or timing replay a CUDA graph of the whole step instead
+//! (`graph.rs`): one launch per token, the CPU's routed experts ordered by host flags the graph
+//! writes and waits on (the same logits bit for bit again).
 //!
 //! With a `prefill_device: cuda:0` option on the routed experts' rule, calls of more than
 //! its `prefill_threshold` tokens run the routed experts on the GPU too, their weights
