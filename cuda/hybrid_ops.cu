@@ -243,16 +243,21 @@ extern "C" __global__ void __launch_bounds__(1024)
 
 // ---- MLA cache rows --------------------------------------------------------------------
 // kv is [tokens, rank + rope] (the kv_a projection, its rope part already rotated); token t
-// becomes cache row `first_row + t`: rmsnorm(kv[t, :rank]) * w, then kv[t, rank:] as is.
+// becomes cache row `rows[t]` when `rows` is given (read on the device, so a captured graph
+// writes each step's row; rows past `cache_rows` are skipped, the host checks them before it
+// uploads), else `first_row + t`: rmsnorm(kv[t, :rank]) * w, then kv[t, rank:] as is.
 // One block per token.
 extern "C" __global__ void __launch_bounds__(1024)
     kt_mla_cache_write(const __nv_bfloat16* __restrict__ kv, const float* __restrict__ w,
-                       __nv_bfloat16* __restrict__ cache, long long first_row, int rank, int rope,
+                       __nv_bfloat16* __restrict__ cache, long long first_row,
+                       const unsigned* __restrict__ rows, long long cache_rows, int rank, int rope,
                        float eps) {
     __shared__ float scratch[32];
     const int width = rank + rope;
+    const long long row = rows != nullptr ? (long long)rows[blockIdx.x] : first_row + blockIdx.x;
+    if (row >= cache_rows) return;
     const __nv_bfloat16* src = kv + (long long)blockIdx.x * width;
-    __nv_bfloat16* dst = cache + (first_row + blockIdx.x) * width;
+    __nv_bfloat16* dst = cache + row * width;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < rank; i += blockDim.x) {
         const float v = __bfloat162float(src[i]);
@@ -262,6 +267,66 @@ extern "C" __global__ void __launch_bounds__(1024)
     const float inv = 1.0f / sqrtf(ss / (float)rank + eps);
     for (int i = threadIdx.x; i < width; i += blockDim.x) {
         dst[i] = i < rank ? __float2bfloat16_rn(w[i] * (__bfloat162float(src[i]) * inv)) : src[i];
+    }
+}
+
+// The MLA step between the projections and the attention, in one launch (decode's critical
+// path is a chain of small launches): blocks [0, tokens) write token t's cache row pos[t]
+// (rmsnorm(kv[t, :rank]) * w, then kv[t, rank:] rotated), blocks [tokens, 2 tokens) write
+// the rotated q_pe of token t's heads into the rope slot of their absorbed query rows
+// (q_lat[t * heads + h, rank:]; the latent slot is the absorption GEMM's). Rotation as
+// kt_rope_*: pairs (2i, 2i + 1) by the tables' row pos[t], NaN past the tables. Rows past
+// `cache_rows` are skipped (the host checks the positions before it uploads them).
+__device__ __forceinline__ void rope_pair(const __nv_bfloat16* src, __nv_bfloat16* dst,
+                                          const float* cos_t, const float* sin_t, uint32_t p,
+                                          int i, int half, uint32_t rope_rows) {
+    if (p >= rope_rows) {
+        dst[0] = dst[1] = __float2bfloat16_rn(__int_as_float(0x7fc00000));
+        return;
+    }
+    const float c = cos_t[(size_t)p * half + i];
+    const float s = sin_t[(size_t)p * half + i];
+    const float a = __bfloat162float(src[0]), b = __bfloat162float(src[1]);
+    dst[0] = __float2bfloat16_rn(a * c - b * s);
+    dst[1] = __float2bfloat16_rn(a * s + b * c);
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    kt_mla_rope_cache_write(const __nv_bfloat16* __restrict__ q, int heads, int q_dim, int nope,
+                            __nv_bfloat16* __restrict__ q_lat, const __nv_bfloat16* __restrict__ kv,
+                            const float* __restrict__ w, __nv_bfloat16* __restrict__ cache,
+                            const unsigned* __restrict__ pos, long long cache_rows,
+                            const float* __restrict__ cos_t, const float* __restrict__ sin_t,
+                            int half, unsigned rope_rows, int rank, int tokens, float eps) {
+    __shared__ float scratch[32];
+    const int width = rank + 2 * half;
+    const bool query = blockIdx.x >= (unsigned)tokens;
+    const int t = query ? blockIdx.x - tokens : blockIdx.x;
+    const uint32_t p = pos[t];
+    if (query) {
+        for (int e = threadIdx.x; e < heads * half; e += blockDim.x) {
+            const int h = e / half, i = e % half;
+            const size_t r = (size_t)t * heads + h;
+            rope_pair(q + r * q_dim + nope + 2 * i, q_lat + r * width + rank + 2 * i, cos_t, sin_t,
+                      p, i, half, rope_rows);
+        }
+        return;
+    }
+    if ((long long)p >= cache_rows) return; // the whole block: before the block sum
+    const __nv_bfloat16* src = kv + (long long)t * width;
+    __nv_bfloat16* dst = cache + (long long)p * width;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < rank; i += blockDim.x) {
+        const float v = __bfloat162float(src[i]);
+        ss += v * v;
+    }
+    ss = kt_block_sum(ss, scratch);
+    const float inv = 1.0f / sqrtf(ss / (float)rank + eps);
+    for (int i = threadIdx.x; i < rank; i += blockDim.x) {
+        dst[i] = __float2bfloat16_rn(w[i] * (__bfloat162float(src[i]) * inv));
+    }
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        rope_pair(src + rank + 2 * i, dst + rank + 2 * i, cos_t, sin_t, p, i, half, rope_rows);
     }
 }
 

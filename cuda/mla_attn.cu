@@ -94,7 +94,8 @@ __device__ void mla_attn(const __nv_bfloat16* __restrict__ q, const __nv_bfloat1
                          const int* __restrict__ table, const int* __restrict__ cu_q,
                          const int* __restrict__ kv_lens, int heads, int block_size, int max_blocks,
                          float scale_log2, __nv_bfloat16* __restrict__ out,
-                         float* __restrict__ part_o, float* __restrict__ part_lse, int rows_total) {
+                         float* __restrict__ part_o, float* __restrict__ part_lse, int rows_total,
+                         const int* __restrict__ live_splits) {
     extern __shared__ __align__(128) uint8_t smem[];
     __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem);
     __nv_bfloat16* ks0 = reinterpret_cast<__nv_bfloat16*>(smem + kQBytes);
@@ -111,7 +112,10 @@ __device__ void mla_attn(const __nv_bfloat16* __restrict__ q, const __nv_bfloat1
     const int wq = warp >> 1; // quarter of the dims (S) or of the output columns (O)
     const int b = blockIdx.z;
     const int split = blockIdx.y;
-    const int splits = gridDim.y;
+    // A graph replays one grid for every step: then the step's split count is read here and
+    // the grid's extra splits exit (the same key ranges as a launch of exactly that many).
+    const int splits = live_splits != nullptr ? *live_splits : (int)gridDim.y;
+    if (split >= splits) return;
 
     const int tok0 = cu_q[b];
     const int ntok = cu_q[b + 1] - tok0;
@@ -342,7 +346,12 @@ __device__ void mla_attn(const __nv_bfloat16* __restrict__ q, const __nv_bfloat1
 // out[r, :] = sum_s w_s part_o[s, r, :] / sum_s w_s with w_s = 2^(lse_s - max lse): the
 // splits' softmaxes merged into one. One block of 128 threads per row, 4 columns each.
 __device__ void mla_combine(const float* __restrict__ part_o, const float* __restrict__ part_lse,
-                            __nv_bfloat16* __restrict__ out, int splits, int rows_total) {
+                            __nv_bfloat16* __restrict__ out, int splits, int rows_total,
+                            const int* __restrict__ live_splits) {
+    if (live_splits != nullptr) {
+        splits = *live_splits;
+        if (splits == 1) return; // the attention kernel wrote `out` itself
+    }
     const size_t r = blockIdx.x;
     const int c = 4 * threadIdx.x;
     float mx = kNegInf;
@@ -373,13 +382,13 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     kt_mla_attn_bf16(const __nv_bfloat16* q, const __nv_bfloat16* cache, const int* table,
                      const int* cu_q, const int* kv_lens, int heads, int block_size, int max_blocks,
                      float scale_log2, __nv_bfloat16* out, float* part_o, float* part_lse,
-                     int rows_total) {
+                     int rows_total, const int* live_splits) {
     mla_attn(q, cache, table, cu_q, kv_lens, heads, block_size, max_blocks, scale_log2, out, part_o,
-             part_lse, rows_total);
+             part_lse, rows_total, live_splits);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     kt_mla_combine_bf16(const float* part_o, const float* part_lse, __nv_bfloat16* out, int splits,
-                        int rows_total) {
-    mla_combine(part_o, part_lse, out, splits, rows_total);
+                        int rows_total, const int* live_splits) {
+    mla_combine(part_o, part_lse, out, splits, rows_total, live_splits);
 }

@@ -61,7 +61,8 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
                               const int* __restrict__ table, const int* __restrict__ cu_q,
                               const int* __restrict__ kv_lens, int heads, int block_size, int max_blocks,
                               float scale_log2, __nv_bfloat16* __restrict__ out, float* __restrict__ part_o,
-                              float* __restrict__ part_lse, int rows_total) {
+                              float* __restrict__ part_lse, int rows_total,
+                              const int* __restrict__ live_splits) {
     extern __shared__ __align__(16) uint8_t smem_raw[];
     uint8_t* smem = smem_raw + ((1024 - (kt_smem_addr(smem_raw) & 1023)) & 1023);
     const uint32_t s_base = kt_smem_addr(smem);
@@ -76,7 +77,10 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     const int qc = 2 * (lane & 3);        // its column pair within each 8-wide column group
     const int b = blockIdx.z;
     const int split = blockIdx.y;
-    const int splits = gridDim.y;
+    // A graph replays one grid for every step: then the step's split count is read here and
+    // the grid's extra splits exit (the same key ranges as a launch of exactly that many).
+    const int splits = live_splits != nullptr ? *live_splits : (int)gridDim.y;
+    if (split >= splits) return;
 
     const int tok0 = cu_q[b];
     const int ntok = cu_q[b + 1] - tok0;
@@ -274,10 +278,10 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     kt_mla_attn_sm90_bf16(const __nv_bfloat16* q, const __nv_bfloat16* cache, const int* table,
                           const int* cu_q, const int* kv_lens, int heads, int block_size, int max_blocks,
                           float scale_log2, __nv_bfloat16* out, float* part_o, float* part_lse,
-                          int rows_total) {
+                          int rows_total, const int* live_splits) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     mla_attn_sm90(q, cache, table, cu_q, kv_lens, heads, block_size, max_blocks, scale_log2, out, part_o,
-                  part_lse, rows_total);
+                  part_lse, rows_total, live_splits);
 #else
     __trap();
 #endif

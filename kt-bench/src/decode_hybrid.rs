@@ -5,9 +5,11 @@
 //! per layer and phase, GPU compute, CPU experts, transfers and each side's idle time.
 //! The split's events (seven per MoE layer, read back after each call) cost host time and
 //! keep the layers sequential, so the decode rate (`decode_tokens_per_s`) comes from a
-//! decode without them over the same tokens on a fresh cache, layers pipelined;
-//! `decode_sequential_tokens_per_s` is the same without the pipeline and
-//! `decode_timed_tokens_per_s` the timed run's.
+//! decode without them over the same tokens on a fresh cache, each step one CUDA graph
+//! launch (`decode_graph_launches` of them: the first step runs eagerly and captures;
+//! `decode_graph_error` says why not, if the device refused); `decode_pipelined_tokens_per_s`
+//! is the same with eager steps, layers pipelined, `decode_sequential_tokens_per_s` without
+//! the pipeline either, and `decode_timed_tokens_per_s` the timed run's.
 
 use std::time::Instant;
 
@@ -144,22 +146,32 @@ impl HybridRun<'_> {
         )?;
         let (tokens, prefill_s, decode_timed_s) = (run.tokens, run.prefill_s, run.decode_s);
         drop(cache);
-        // the same tokens again without events: layers one after the other, then pipelined
-        let mut untimed = |pipelined: bool| -> Result<f64, Box<dyn std::error::Error>> {
-            model.set_pipelined(pipelined);
-            let mut cache = model.new_cache(prompt_len + gen_len)?;
-            model.forward(&prompt, &mut cache, LogitRows::Last)?;
-            let t = Instant::now();
-            for &tok in &tokens {
-                model.forward(&[tok], &mut cache, LogitRows::Last)?;
-            }
-            Ok(t.elapsed().as_secs_f64())
-        };
-        let (decode_seq_s, decode_s) = if gen_len > 0 {
-            (untimed(false)?, untimed(true)?)
+        // the same tokens again without events: layers one after the other, pipelined, then
+        // graph launches
+        let launches_before = model.graph_launches();
+        let mut untimed =
+            |pipelined: bool, graphed: bool| -> Result<f64, Box<dyn std::error::Error>> {
+                model.set_pipelined(pipelined);
+                model.set_graphed(graphed);
+                let mut cache = model.new_cache(prompt_len + gen_len)?;
+                model.forward(&prompt, &mut cache, LogitRows::Last)?;
+                let t = Instant::now();
+                for &tok in &tokens {
+                    model.forward(&[tok], &mut cache, LogitRows::Last)?;
+                }
+                Ok(t.elapsed().as_secs_f64())
+            };
+        let (decode_seq_s, decode_pipe_s, decode_s) = if gen_len > 0 {
+            (
+                untimed(false, false)?,
+                untimed(true, false)?,
+                untimed(true, true)?,
+            )
         } else {
-            (decode_timed_s, decode_timed_s)
+            (decode_timed_s, decode_timed_s, decode_timed_s)
         };
+        let graph_launches = model.graph_launches() - launches_before;
+        let graph_error = model.graph_error().map(str::to_string);
 
         let crossover = if a.crossover {
             Some(crossover(&mut model, &w.config, a.seed)?)
@@ -170,6 +182,7 @@ impl HybridRun<'_> {
         let decode_tps = (gen_len > 0).then(|| gen_len as f64 / decode_s);
         let decode_timed_tps = (gen_len > 0).then(|| gen_len as f64 / decode_timed_s);
         let decode_seq_tps = (gen_len > 0).then(|| gen_len as f64 / decode_seq_s);
+        let decode_pipe_tps = (gen_len > 0).then(|| gen_len as f64 / decode_pipe_s);
         let headline = match self.mode {
             Mode::Decode => decode_tps.unwrap_or(0.0),
             Mode::Prefill => prefill_tps,
@@ -197,6 +210,9 @@ impl HybridRun<'_> {
                 "decode_tokens_per_s": decode_tps,
                 "decode_timed_tokens_per_s": decode_timed_tps,
                 "decode_sequential_tokens_per_s": decode_seq_tps,
+                "decode_pipelined_tokens_per_s": decode_pipe_tps,
+                "decode_graph_launches": graph_launches,
+                "decode_graph_error": graph_error,
                 "prompt_len": prompt_len,
                 "gen_len": gen_len,
                 "threads": self.threads,
@@ -242,11 +258,15 @@ impl HybridRun<'_> {
         println!("prefill: {prompt_len} tokens in {prefill_s:.3} s = {prefill_tps:.1} tokens/s");
         if let Some(tps) = decode_tps {
             println!(
-                "decode:  {gen_len} tokens in {decode_s:.3} s = {tps:.2} tokens/s ({:.1} ms/token); layers one after the other {:.2} tokens/s, with the split's events {:.2} tokens/s",
+                "decode:  {gen_len} tokens in {decode_s:.3} s = {tps:.2} tokens/s ({:.1} ms/token, {graph_launches} graph launches); eager pipelined {:.2} tokens/s, layers one after the other {:.2} tokens/s, with the split's events {:.2} tokens/s",
                 1e3 * decode_s / gen_len as f64,
+                gen_len as f64 / decode_pipe_s,
                 gen_len as f64 / decode_seq_s,
                 gen_len as f64 / decode_timed_s
             );
+            if let Some(e) = &graph_error {
+                println!("decode graph not captured: {e}");
+            }
         }
         if let Some(l) = model.gpu_prefill_load() {
             println!(

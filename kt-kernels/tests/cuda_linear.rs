@@ -249,36 +249,161 @@ fn mla_cache_write_matches_reference() {
         let kv: Vec<bf16> = random(&mut rng, t * width, 1.5);
         let w: Vec<f32> = (0..rank).map(|_| 1.0 + 0.2 * rng.normal()).collect();
         let rows = first + t + 2;
-        let kvf = f32s(&kv);
-        let mut want = vec![f64::NAN; rows * width];
-        for r in 0..t {
-            let mut c = vec![0.0f32; rank];
-            ops::rmsnorm(&kvf[r * width..r * width + rank], &w, eps, &mut c).unwrap();
-            let at = (first + r) * width;
-            for (j, &v) in c.iter().enumerate() {
-                want[at + j] = v as f64;
+        // contiguous rows from `first`, and rows read on the device: the tokens scattered
+        // backwards from the cache's end (mla_cache_write_rows)
+        let scattered: Vec<u32> = (0..t).map(|r| (rows - 1 - r) as u32).collect();
+        for on_device in [false, true] {
+            let row_of = |r: usize| {
+                if on_device {
+                    scattered[r] as usize
+                } else {
+                    first + r
+                }
+            };
+            let kvf = f32s(&kv);
+            let mut want = vec![f64::NAN; rows * width];
+            for r in 0..t {
+                let mut c = vec![0.0f32; rank];
+                ops::rmsnorm(&kvf[r * width..r * width + rank], &w, eps, &mut c).unwrap();
+                let at = row_of(r) * width;
+                for (j, &v) in c.iter().enumerate() {
+                    want[at + j] = v as f64;
+                }
+                for j in 0..rope {
+                    want[at + rank + j] = kvf[r * width + rank + j] as f64;
+                }
             }
-            for j in 0..rope {
-                want[at + rank + j] = kvf[r * width + rank + j] as f64;
+            let (kvd, wd) = (s.upload(&kv).unwrap(), s.upload(&w).unwrap());
+            let mut cache = nan_buf::<bf16>(s, rows * width);
+            if on_device {
+                let at = s.upload(&scattered).unwrap();
+                s.mla_cache_write_rows(&kvd, &wd, &mut cache, &at, rope, eps)
+                    .unwrap();
+            } else {
+                s.mla_cache_write(&kvd, t, &wd, &mut cache, first, rope, eps)
+                    .unwrap();
             }
+            let got = s.download(&cache).unwrap();
+            let what = format!("mla_cache_write t{t} rows on the device {on_device}");
+            for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                if w.is_nan() {
+                    assert!(g.to_f32().is_nan(), "{what}: row element {j} written");
+                }
+            }
+            let idx: Vec<usize> = (0..want.len()).filter(|&j| !want[j].is_nan()).collect();
+            let g: Vec<bf16> = idx.iter().map(|&j| got[j]).collect();
+            let wv: Vec<f64> = idx.iter().map(|&j| want[j]).collect();
+            assert_close(&what, &g, &wv, |_, r| {
+                (bf16::UNIT_ROUNDOFF + 4e-6) * r.abs() + 1e-30
+            });
         }
-        let (kvd, wd) = (s.upload(&kv).unwrap(), s.upload(&w).unwrap());
-        let mut cache = nan_buf::<bf16>(s, rows * width);
-        s.mla_cache_write(&kvd, t, &wd, &mut cache, first, rope, eps)
-            .unwrap();
-        let got = s.download(&cache).unwrap();
-        for (j, (g, w)) in got.iter().zip(&want).enumerate() {
-            if w.is_nan() {
-                assert!(g.to_f32().is_nan(), "cache t{t}: row element {j} written");
-            }
-        }
-        let idx: Vec<usize> = (0..want.len()).filter(|&j| !want[j].is_nan()).collect();
-        let g: Vec<bf16> = idx.iter().map(|&j| got[j]).collect();
-        let wv: Vec<f64> = idx.iter().map(|&j| want[j]).collect();
-        assert_close(&format!("mla_cache_write t{t}"), &g, &wv, |_, r| {
-            (bf16::UNIT_ROUNDOFF + 4e-6) * r.abs() + 1e-30
-        });
     }
+    // contiguous rows past the cache are a shape error
+    let kvd = s.upload(&vec![bf16::ONE; width]).unwrap();
+    let wd = s.upload(&vec![1.0f32; rank]).unwrap();
+    let mut cache = nan_buf::<bf16>(s, 2 * width);
+    assert!(matches!(
+        s.mla_cache_write(&kvd, 1, &wd, &mut cache, 2, rope, eps),
+        Err(kt_kernels::cuda::CudaError::Shape { .. })
+    ));
+}
+
+/// The fused MLA step (cache rows with the key's rope, the queries' rope into the absorbed
+/// query rows, one launch) against the unfused chain it replaces (`rope_inplace` on copies,
+/// `mla_cache_write_rows`, `copy_cols_bf16`), each of which the tests above and `cuda_mla`
+/// hold to the CPU references. Both round the same f32 values to bf16 once; a contraction of
+/// the rotation's products into an FMA in one of them may move a value across a rounding
+/// boundary, so they agree within one bf16 ulp (2^-7 relative). Outputs start as NaN: the
+/// latent slots of the query rows and the cache rows not at a position must stay NaN.
+#[test]
+fn mla_rope_cache_write_matches_the_unfused_chain() {
+    let Some(gpu) = gpu_or_skip("mla_rope_cache_write_matches_the_unfused_chain") else {
+        return;
+    };
+    let s = gpu.stream();
+    let (rank, rope_dim, nope, heads, eps) = (512usize, 64usize, 128usize, 16usize, 1e-6f32);
+    let (width, qd) = (rank + rope_dim, nope + rope_dim);
+    let scaling = kt_kernels::ops::YarnScaling {
+        factor: 40.0,
+        original_max_pos: 4096,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        mscale: 1.0,
+        mscale_all_dim: 1.0,
+    };
+    let yarn = kt_kernels::ops::RopeYarn::new(rope_dim, 10_000.0, Some(scaling)).unwrap();
+    for (i, &t) in TOKENS.iter().enumerate() {
+        let mut rng = SplitMix64::new(900 + i as u64);
+        let rows = 2 * t + 70;
+        let tables = s.upload_rope_tables(&yarn, rows).unwrap();
+        let q: Vec<bf16> = random(&mut rng, t * heads * qd, 1.5);
+        let kv: Vec<bf16> = random(&mut rng, t * width, 1.5);
+        let w: Vec<f32> = (0..rank).map(|_| 1.0 + 0.2 * rng.normal()).collect();
+        // distinct positions, not in order, spread over the cache
+        let pos: Vec<u32> = (0..t).map(|r| (rows - 1 - 2 * r) as u32).collect();
+        let (qd_buf, kvd, wd, pd) = (
+            s.upload(&q).unwrap(),
+            s.upload(&kv).unwrap(),
+            s.upload(&w).unwrap(),
+            s.upload(&pos).unwrap(),
+        );
+        let mut q_lat = nan_buf::<bf16>(s, t * heads * width);
+        let mut cache = nan_buf::<bf16>(s, rows * width);
+        s.mla_rope_cache_write(
+            &qd_buf, heads, nope, &mut q_lat, &kvd, &wd, &mut cache, &pd, &tables, eps,
+        )
+        .unwrap();
+        let (got_q, got_c) = (s.download(&q_lat).unwrap(), s.download(&cache).unwrap());
+
+        let mut q2 = s.upload(&q).unwrap();
+        let mut kv2 = s.upload(&kv).unwrap();
+        s.rope_inplace(&mut q2, &pd, &tables, heads, qd, nope)
+            .unwrap();
+        s.rope_inplace(&mut kv2, &pd, &tables, 1, width, rank)
+            .unwrap();
+        let mut want_q = nan_buf::<bf16>(s, t * heads * width);
+        let mut want_c = nan_buf::<bf16>(s, rows * width);
+        s.mla_cache_write_rows(&kv2, &wd, &mut want_c, &pd, rope_dim, eps)
+            .unwrap();
+        s.copy_cols_bf16(&q2, nope, qd, &mut want_q, rank, width, t * heads, rope_dim)
+            .unwrap();
+        let (want_q, want_c) = (s.download(&want_q).unwrap(), s.download(&want_c).unwrap());
+        for (what, got, want) in [("q_lat", &got_q, &want_q), ("cache", &got_c, &want_c)] {
+            for (j, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+                let (g, w) = (g.to_f32(), w.to_f32());
+                if w.is_nan() {
+                    assert!(g.is_nan(), "t{t} {what}: element {j} written ({g})");
+                    continue;
+                }
+                assert!(
+                    (g - w).abs() <= 2f32.powi(-7) * w.abs(),
+                    "t{t} {what}: element {j}: fused {g}, unfused {w}"
+                );
+            }
+        }
+        let written = got_q.iter().filter(|v| !v.to_f32().is_nan()).count();
+        assert_eq!(
+            written,
+            t * heads * rope_dim,
+            "t{t}: query rope slots written"
+        );
+    }
+    let tables = s.upload_rope_tables(&yarn, 4).unwrap();
+    let one = |n: usize| s.upload(&vec![bf16::ONE; n]).unwrap();
+    let (q, kv, wd, pd) = (
+        one(heads * qd),
+        one(width),
+        s.upload(&vec![1.0f32; rank]).unwrap(),
+        s.upload(&[0u32]).unwrap(),
+    );
+    let mut short = nan_buf::<bf16>(s, heads * width - 1);
+    let mut cache = nan_buf::<bf16>(s, 4 * width);
+    assert!(matches!(
+        s.mla_rope_cache_write(
+            &q, heads, nope, &mut short, &kv, &wd, &mut cache, &pd, &tables, eps
+        ),
+        Err(kt_kernels::cuda::CudaError::Shape { .. })
+    ));
 }
 
 #[test]

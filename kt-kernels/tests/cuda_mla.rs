@@ -553,3 +553,97 @@ fn rope_matches_the_yarn_reference() {
         "x length"
     );
 }
+
+/// A live batch (the lengths and split count on the device, the grid of the largest
+/// lengths: what a captured decode graph replays) gives, step after step, the very bits of a
+/// plain batch of the step's lengths (which the tests above hold to the reference): the
+/// split counts differ from the grid's and change between steps.
+#[test]
+fn live_batch_matches_plain_batch_bit_for_bit() {
+    let Some(gpu) = gpu_or_skip("mla live batch") else {
+        return;
+    };
+    let s = gpu.stream();
+    let max_lens = [700usize, 300, 65];
+    let steps: [[usize; 3]; 5] = [
+        [1, 1, 1],
+        [33, 129, 64],
+        [257, 300, 5],
+        [700, 1, 65],
+        [64, 65, 2],
+    ];
+    let b = Batch::decode(77, 16, &max_lens);
+    let (pool, table) = paged(&b, 64, 5);
+    let q = s.upload(&b.q).unwrap();
+    let cache = s.upload(&pool).unwrap();
+    for kernel in MlaKernel::all_for(s.info()) {
+        let mut live = s
+            .mla_batch_live(16, &[1; 3], &max_lens, &table, 64, kernel)
+            .unwrap();
+        let mut ws_live = MlaWorkspace::default();
+        s.mla_reserve(&live, &mut ws_live).unwrap();
+        for lens in &steps {
+            let plain = s.mla_batch(16, &[1; 3], lens, &table, 64).unwrap();
+            let mut want = nan_buf::<bf16>(s, b.rows() * RANK);
+            let mut ws = MlaWorkspace::default();
+            s.mla_attention_with(
+                &plain, &q, &cache, b.scale, &mut want, &mut ws, None, kernel,
+            )
+            .unwrap();
+            s.mla_set_kv_lens(&mut live, lens).unwrap();
+            let mut got = nan_buf::<bf16>(s, b.rows() * RANK);
+            s.mla_attention_with(
+                &live,
+                &q,
+                &cache,
+                b.scale,
+                &mut got,
+                &mut ws_live,
+                None,
+                kernel,
+            )
+            .unwrap();
+            let (want, got) = (s.download(&want).unwrap(), s.download(&got).unwrap());
+            assert!(
+                want.iter().all(|v| v.to_f32().is_finite()),
+                "{kernel:?} {lens:?}: plain batch left a row unwritten"
+            );
+            let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{kernel:?} lengths {lens:?}");
+        }
+        let shape_err = |r: Result<(), CudaError>| matches!(r, Err(CudaError::Shape { .. }));
+        assert!(
+            shape_err(s.mla_set_kv_lens(&mut live, &[701, 1, 1])),
+            "past the largest length"
+        );
+        assert!(
+            shape_err(s.mla_set_kv_lens(&mut live, &[0, 1, 1])),
+            "below q_len"
+        );
+        assert!(shape_err(s.mla_set_kv_lens(&mut live, &[5, 5])), "count");
+        let mut out = nan_buf::<bf16>(s, b.rows() * RANK);
+        assert!(
+            shape_err(s.mla_attention_with(
+                &live,
+                &q,
+                &cache,
+                b.scale,
+                &mut out,
+                &mut ws_live,
+                Some(2),
+                kernel
+            )),
+            "forced splits on a live batch"
+        );
+    }
+    let mut plain = s
+        .mla_batch(16, &[1], &[5], &table[..table.len() / 3], 64)
+        .unwrap();
+    assert!(
+        matches!(
+            s.mla_set_kv_lens(&mut plain, &[4]),
+            Err(CudaError::Shape { .. })
+        ),
+        "a plain batch has no live lengths"
+    );
+}

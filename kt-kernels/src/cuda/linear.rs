@@ -13,7 +13,9 @@
 //! - [`GpuStream::rmsnorm_w32`]: RMSNorm with f32 weights, bf16 out (plus an f32 copy);
 //!   [`GpuStream::add_rmsnorm_w32`] fuses the residual add before it.
 //! - [`GpuStream::mla_cache_write`]: new rows of the bf16 latent cache (normalized latent,
-//!   the rotated rope key as given).
+//!   the rotated rope key as given); [`GpuStream::mla_cache_write_rows`] reads the rows on
+//!   the device; [`GpuStream::mla_rope_cache_write`] fuses it with the rope of the key and
+//!   of the queries (into the absorbed query rows).
 //! - [`GpuStream::copy_cols_bf16`], [`GpuStream::add_f32`], [`GpuStream::add2_f32`],
 //!   [`GpuStream::cast`].
 
@@ -24,6 +26,13 @@ use super::dtype::GpuFloat;
 use super::error::{launch_err, shape, CudaResult};
 use super::modules::HYBRID_OPS;
 use super::runtime::{DeviceBuf, GpuStream};
+use super::small_ops::RopeTables;
+
+/// Where `cache_write` puts token `t`: row `first + t`, or the row a device buffer names.
+enum CacheRows<'a> {
+    From(usize),
+    At(&'a DeviceBuf<u32>),
+}
 
 /// Tile of the GEMM kernel (rows and columns per block) and its block size.
 const GEMM_TILE: usize = 64;
@@ -433,18 +442,145 @@ impl GpuStream {
         const OP: &str = "mla_cache_write";
         let rank = w.len();
         let width = rank + rope;
+        if width > 0 && first_row + tokens > cache.len() / width {
+            return Err(shape(
+                OP,
+                format!(
+                    "rows {first_row}..{} of a cache of {} elements ({} rows of {width})",
+                    first_row + tokens,
+                    cache.len(),
+                    cache.len() / width
+                ),
+            ));
+        }
+        self.cache_write(kv, tokens, w, cache, CacheRows::From(first_row), rope, eps)
+    }
+
+    /// [`Self::mla_cache_write`] with token `t` to cache row `rows[t]`, read on the device
+    /// (so a captured graph writes each step's row from a buffer updated between launches).
+    /// Rows past the cache are skipped on the device: the caller checks them before it
+    /// uploads them.
+    pub fn mla_cache_write_rows(
+        &self,
+        kv: &DeviceBuf<bf16>,
+        w: &DeviceBuf<f32>,
+        cache: &mut DeviceBuf<bf16>,
+        rows: &DeviceBuf<u32>,
+        rope: usize,
+        eps: f32,
+    ) -> CudaResult<()> {
+        self.cache_write(kv, rows.len(), w, cache, CacheRows::At(rows), rope, eps)
+    }
+
+    /// The MLA step between the projections and the attention for `T = positions.len()`
+    /// tokens of one sequence, in one launch: [`Self::mla_cache_write_rows`] (rows =
+    /// positions) with the rope part `kv[t, rank:]` rotated on the way (as
+    /// [`Self::rope_inplace`] would, `kv` itself unchanged), and each query head's rope part
+    /// `q[t, h, nope:]` rotated into the rope slot of its absorbed row `q_lat[t * heads + h,
+    /// rank:]` (`q` unchanged; the latent slot is left to the absorption GEMM). `q` is
+    /// `[T, heads, nope + rope]`, `q_lat` `[T * heads, rank + rope]`, `kv` `[T, rank + rope]`
+    /// with `rank = w.len()` and `rope = tables.rope_dim()`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mla_rope_cache_write(
+        &self,
+        q: &DeviceBuf<bf16>,
+        heads: usize,
+        nope: usize,
+        q_lat: &mut DeviceBuf<bf16>,
+        kv: &DeviceBuf<bf16>,
+        w: &DeviceBuf<f32>,
+        cache: &mut DeviceBuf<bf16>,
+        positions: &DeviceBuf<u32>,
+        tables: &RopeTables,
+        eps: f32,
+    ) -> CudaResult<()> {
+        const OP: &str = "mla_rope_cache_write";
+        let (tokens, rank, rope) = (positions.len(), w.len(), tables.rope_dim());
+        let width = rank + rope;
         if rank == 0
+            || heads == 0
+            || q.len() != tokens * heads * (nope + rope)
+            || q_lat.len() != tokens * heads * width
             || kv.len() != tokens * width
             || !cache.len().is_multiple_of(width)
-            || first_row + tokens > cache.len() / width
         {
             return Err(shape(
                 OP,
                 format!(
-                    "kv has {} elements for {tokens} rows of {rank} + {rope}; cache of {} elements, rows {first_row}..{}",
+                    "{tokens} tokens, {heads} heads, rank {rank}, rope {rope}, nope {nope}: q {}, q_lat {}, kv {}, cache {} elements",
+                    q.len(),
+                    q_lat.len(),
+                    kv.len(),
+                    cache.len()
+                ),
+            ));
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let kernel = "kt_mla_rope_cache_write".to_string();
+        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let (h, qd, np, r, t_i) = (
+            to_i32(OP, "heads", heads)?,
+            to_i32(OP, "q row", nope + rope)?,
+            to_i32(OP, "nope", nope)?,
+            to_i32(OP, "rank", rank)?,
+            to_i32(OP, "tokens", tokens)?,
+        );
+        to_i32(OP, "heads x half", heads * tables.half)?;
+        let (cache_rows, half, rope_rows) = (
+            (cache.len() / width) as i64,
+            tables.half as i32,
+            tables.rows as u32,
+        );
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&q.slice)
+            .arg(&h)
+            .arg(&qd)
+            .arg(&np)
+            .arg(&mut q_lat.slice);
+        b.arg(&kv.slice).arg(&w.slice).arg(&mut cache.slice);
+        b.arg(&positions.slice).arg(&cache_rows);
+        b.arg(&tables.cos.slice)
+            .arg(&tables.sin.slice)
+            .arg(&half)
+            .arg(&rope_rows);
+        b.arg(&r).arg(&t_i).arg(&eps);
+        // SAFETY: matches kt_mla_rope_cache_write (q, heads, q_dim, nope, q_lat, kv, w, cache,
+        // pos, cache_rows, cos, sin, half, rope_rows, rank, tokens, eps). Blocks [0, T) read
+        // kv row t and write cache row pos[t] only below cache_rows (whole rows of the cache,
+        // checked); blocks [T, 2T) read q's rows of token t and write the rope slots of its
+        // q_lat rows (the lengths are checked above); the tables hold rope_rows x half and are
+        // read only below row rope_rows; positions hold T entries.
+        unsafe { b.launch(row_config(OP, 2 * tokens)?) }
+            .map(drop)
+            .map_err(launch_err(
+                kernel,
+                format!("tokens {tokens}, heads {heads}, rank {rank}, rope {rope}"),
+            ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cache_write(
+        &self,
+        kv: &DeviceBuf<bf16>,
+        tokens: usize,
+        w: &DeviceBuf<f32>,
+        cache: &mut DeviceBuf<bf16>,
+        rows: CacheRows<'_>,
+        rope: usize,
+        eps: f32,
+    ) -> CudaResult<()> {
+        const OP: &str = "mla_cache_write";
+        let rank = w.len();
+        let width = rank + rope;
+        if rank == 0 || kv.len() != tokens * width || !cache.len().is_multiple_of(width) {
+            return Err(shape(
+                OP,
+                format!(
+                    "kv has {} elements for {tokens} rows of {rank} + {rope}; cache of {} elements",
                     kv.len(),
                     cache.len(),
-                    first_row + tokens
                 ),
             ));
         }
@@ -453,17 +589,28 @@ impl GpuStream {
         }
         let kernel = "kt_mla_cache_write".to_string();
         let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
-        let (first, r, p) = (
-            first_row as i64,
+        let (cache_rows, r, p) = (
+            (cache.len() / width) as i64,
             to_i32(OP, "rank", rank)?,
             to_i32(OP, "rope", rope)?,
         );
+        let null: u64 = 0;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&kv.slice).arg(&w.slice).arg(&mut cache.slice);
-        b.arg(&first).arg(&r).arg(&p).arg(&eps);
-        // SAFETY: matches kt_mla_cache_write (kv, w, cache, first_row, rank, rope, eps); one
-        // block per token reads its kv row and writes cache row first_row + t, both inside
-        // their buffers (checked above).
+        let first = match rows {
+            CacheRows::From(first) => first as i64,
+            CacheRows::At(_) => 0,
+        };
+        b.arg(&first);
+        match rows {
+            CacheRows::From(_) => b.arg(&null),
+            CacheRows::At(at) => b.arg(&at.slice),
+        };
+        b.arg(&cache_rows).arg(&r).arg(&p).arg(&eps);
+        // SAFETY: matches kt_mla_cache_write (kv, w, cache, first_row, rows or null,
+        // cache_rows, rank, rope, eps); one block per token reads its kv row (inside kv,
+        // checked) and writes one cache row, skipped on the device unless below cache_rows
+        // (the cache's whole rows, checked); `rows` holds one entry per token.
         unsafe { b.launch(row_config(OP, tokens)?) }
             .map(drop)
             .map_err(launch_err(

@@ -15,6 +15,12 @@
 //!
 //! Two kernels compute the same thing ([`MlaKernel`]): warpgroup MMAs (`wgmma`) on compute
 //! capability 9.0 (H100/H200), warp-level `mma.sync` everywhere else (sm_80+).
+//!
+//! A live batch ([`GpuStream::mla_batch_live`]) is one a captured CUDA graph replays: its kv
+//! lengths and its split count live on the device and change between launches
+//! ([`GpuStream::mla_set_kv_lens`]); the grid is sized for the most splits its largest
+//! lengths plan and the splits past the step's count exit at once, so a step computes the
+//! same key ranges, bit for bit, as a plain batch of the same lengths.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
@@ -106,6 +112,17 @@ pub struct MlaBatch {
     cu_q: DeviceBuf<i32>,
     kv_lens: DeviceBuf<i32>,
     table: DeviceBuf<i32>,
+    /// A live batch's step state (None: lengths fixed at upload).
+    live: Option<LiveLens>,
+}
+
+/// What a live batch keeps to plan each step: the kernel its split count is planned for,
+/// each sequence's new tokens and largest kv length, and the split count on the device.
+struct LiveLens {
+    kernel: MlaKernel,
+    q_lens: Vec<usize>,
+    max_kv_lens: Vec<usize>,
+    splits: DeviceBuf<i32>,
 }
 
 impl MlaBatch {
@@ -125,6 +142,11 @@ impl MlaBatch {
     pub fn block_size(&self) -> usize {
         self.block_size
     }
+
+    /// Blocks of one key split (query row tiles times sequences).
+    fn blocks_per_split(&self) -> usize {
+        (self.max_q_len * self.heads).div_ceil(ROWS_PER_BLOCK) * self.batch()
+    }
 }
 
 /// f32 scratch of the key splits (partial outputs and log-sum-exps), grown on demand.
@@ -132,6 +154,20 @@ impl MlaBatch {
 pub struct MlaWorkspace {
     part_o: Option<DeviceBuf<f32>>,
     part_lse: Option<DeviceBuf<f32>>,
+}
+
+impl MlaWorkspace {
+    /// Room for `split_rows` (splits x rows) partial rows.
+    fn reserve(&mut self, s: &GpuStream, split_rows: usize) -> CudaResult<()> {
+        let (need_o, need_l) = (split_rows * KV_LORA_RANK, split_rows);
+        if self.part_o.as_ref().is_none_or(|b| b.len() < need_o) {
+            self.part_o = Some(s.alloc_zeroed::<f32>(need_o)?);
+        }
+        if self.part_lse.as_ref().is_none_or(|b| b.len() < need_l) {
+            self.part_lse = Some(s.alloc_zeroed::<f32>(need_l)?);
+        }
+        Ok(())
+    }
 }
 
 /// How many key splits a launch uses: enough blocks to fill the device twice when the batch
@@ -173,6 +209,7 @@ impl GpuStream {
     ) -> CudaResult<MlaBatch> {
         const OP: &str = "mla_batch";
         let batch = kv_lens.len();
+        // (the checks below are shared with mla_batch_live, whose kv_lens are the largest)
         if heads == 0 || block_size == 0 || batch == 0 || q_lens.len() != batch {
             return Err(shape(
                 OP,
@@ -232,7 +269,99 @@ impl GpuStream {
             cu_q: self.upload(&cu_q)?,
             kv_lens: self.upload(&kv)?,
             table: self.upload(&table)?,
+            live: None,
         })
+    }
+
+    /// A live batch for `kernel` (see the module doc): shaped as [`Self::mla_batch`] with
+    /// each sequence's largest kv length `max_kv_lens` (the table must cover it), its
+    /// lengths starting there; set each step's with [`Self::mla_set_kv_lens`].
+    pub fn mla_batch_live(
+        &self,
+        heads: usize,
+        q_lens: &[usize],
+        max_kv_lens: &[usize],
+        block_table: &[u32],
+        block_size: usize,
+        kernel: MlaKernel,
+    ) -> CudaResult<MlaBatch> {
+        let mut batch = self.mla_batch(heads, q_lens, max_kv_lens, block_table, block_size)?;
+        let splits = plan_splits(
+            batch.blocks_per_split(),
+            batch.max_kv_len,
+            kernel.launch_params().2,
+            self.info.multiprocessors,
+            None,
+        );
+        batch.live = Some(LiveLens {
+            kernel,
+            q_lens: q_lens.to_vec(),
+            max_kv_lens: max_kv_lens.to_vec(),
+            splits: self.upload(&[splits as i32])?,
+        });
+        Ok(batch)
+    }
+
+    /// Sets a live batch's kv lengths for the next launches (each `q_len <= kv_len <=` its
+    /// largest) and the split count a plain batch of these lengths would use: two small
+    /// copies queued on this stream.
+    pub fn mla_set_kv_lens(&self, batch: &mut MlaBatch, kv_lens: &[usize]) -> CudaResult<()> {
+        const OP: &str = "mla_set_kv_lens";
+        let bps = batch.blocks_per_split();
+        let live = batch
+            .live
+            .as_mut()
+            .ok_or_else(|| shape(OP, "not a live batch (mla_batch_live)"))?;
+        if kv_lens.len() != live.q_lens.len() {
+            return Err(shape(
+                OP,
+                format!(
+                    "{} kv lengths for a batch of {}",
+                    kv_lens.len(),
+                    live.q_lens.len()
+                ),
+            ));
+        }
+        for (b, ((&kv, &q), &max)) in kv_lens
+            .iter()
+            .zip(&live.q_lens)
+            .zip(&live.max_kv_lens)
+            .enumerate()
+        {
+            if kv < q || kv > max {
+                return Err(shape(
+                    OP,
+                    format!("sequence {b}: kv_len {kv}; need {q} (its q_len) ..= {max}"),
+                ));
+            }
+        }
+        let longest = *kv_lens.iter().max().expect("batch > 0");
+        let splits = plan_splits(
+            bps,
+            longest,
+            live.kernel.launch_params().2,
+            self.info.multiprocessors,
+            None,
+        );
+        let kv: Vec<i32> = kv_lens.iter().map(|&l| l as i32).collect();
+        self.copy_from_host(&kv, &mut batch.kv_lens)?;
+        self.copy_from_host(&[splits as i32], &mut live.splits)
+    }
+
+    /// Grows `ws` to the partials a live batch's grid writes, so its launches allocate
+    /// nothing (a graph capture may not). Plain batches need no call.
+    pub fn mla_reserve(&self, batch: &MlaBatch, ws: &mut MlaWorkspace) -> CudaResult<()> {
+        if let Some(live) = &batch.live {
+            let splits = plan_splits(
+                batch.blocks_per_split(),
+                batch.max_kv_len,
+                live.kernel.launch_params().2,
+                self.info.multiprocessors,
+                None,
+            );
+            ws.reserve(self, splits * batch.rows)?;
+        }
+        Ok(())
     }
 
     /// `out[r, :] = softmax(scale * q[r, :] . cache_k) . cache_k[:512]` for every query row of
@@ -317,8 +446,20 @@ impl GpuStream {
         if !scale.is_finite() {
             return Err(shape(OP, format!("softmax scale {scale} is not finite")));
         }
+        if let Some(live) = &batch.live {
+            if live.kernel != which || force_splits.is_some() {
+                return Err(shape(
+                    OP,
+                    format!(
+                        "a live batch planned for {:?} launched as {which:?} with forced splits {force_splits:?} (it plans its own)",
+                        live.kernel
+                    ),
+                ));
+            }
+        }
         let row_tiles = (batch.max_q_len * batch.heads).div_ceil(ROWS_PER_BLOCK);
         let blocks_per_split = row_tiles * batch.batch();
+        // a live batch: the grid of its largest lengths (the step's count is on the device)
         let splits = plan_splits(
             blocks_per_split,
             batch.max_kv_len,
@@ -352,9 +493,9 @@ impl GpuStream {
         );
         let scale_log2 = scale * std::f32::consts::LOG2_E;
         let rows_i = rows as i32;
+        let null: u64 = 0;
 
-        if splits == 1 {
-            let null: u64 = 0;
+        if splits == 1 && batch.live.is_none() {
             let mut b = self.stream.launch_builder(&f);
             b.arg(&q.slice)
                 .arg(&cache.slice)
@@ -363,9 +504,10 @@ impl GpuStream {
                 .arg(&batch.kv_lens.slice);
             b.arg(&heads).arg(&bs).arg(&mb).arg(&scale_log2);
             b.arg(&mut out.slice).arg(&null).arg(&null).arg(&rows_i);
+            b.arg(&null);
             // SAFETY: arguments match kt_mla_attn_bf16 and kt_mla_attn_sm90_bf16 (the same
             // signature: q, cache, table, cu_q, kv_lens, heads,
-            // block_size, max_blocks, scale_log2, out, no partials, rows). mla_batch checked
+            // block_size, max_blocks, scale_log2, out, no partials, rows, no live splits). mla_batch checked
             // every sequence's lengths against the table and the ints; above, q and out hold
             // `rows` rows and the cache holds every block the table names. The grid covers the
             // longest sequence's row tiles; blocks past a shorter one return at once.
@@ -374,13 +516,7 @@ impl GpuStream {
                 .map_err(launch_err(kernel, dims));
         }
 
-        let (need_o, need_l) = (splits * rows * KV_LORA_RANK, splits * rows);
-        if ws.part_o.as_ref().is_none_or(|b| b.len() < need_o) {
-            ws.part_o = Some(self.alloc_zeroed::<f32>(need_o)?);
-        }
-        if ws.part_lse.as_ref().is_none_or(|b| b.len() < need_l) {
-            ws.part_lse = Some(self.alloc_zeroed::<f32>(need_l)?);
-        }
+        ws.reserve(self, splits * rows)?;
         let part_o = ws.part_o.as_mut().expect("allocated above");
         let part_lse = ws.part_lse.as_mut().expect("allocated above");
         {
@@ -395,9 +531,15 @@ impl GpuStream {
                 .arg(&mut part_o.slice)
                 .arg(&mut part_lse.slice)
                 .arg(&rows_i);
+            match &batch.live {
+                Some(live) => b.arg(&live.splits.slice),
+                None => b.arg(&null),
+            };
             // SAFETY: as above, with partials: part_o holds splits x rows x 512 and part_lse
             // splits x rows f32, and every (split, row) pair is written by exactly one block
-            // (an empty split writes an empty partial).
+            // (an empty split writes an empty partial). A live batch's count (device) is at
+            // most the grid's: mla_set_kv_lens plans it for lengths up to those planned here
+            // and the plan grows with the length; splits past it exit.
             unsafe { b.launch(cfg) }
                 .map(drop)
                 .map_err(launch_err(kernel, dims.clone()))?;
@@ -416,7 +558,12 @@ impl GpuStream {
             .arg(&mut out.slice)
             .arg(&splits_i)
             .arg(&rows_i);
-        // SAFETY: matches kt_mla_combine_bf16 (part_o, part_lse, out, splits, rows): one block
+        match &batch.live {
+            Some(live) => b.arg(&live.splits.slice),
+            None => b.arg(&null),
+        };
+        // SAFETY: matches kt_mla_combine_bf16 (part_o, part_lse, out, splits, rows, live
+        // splits or null; at one live split it returns at once): one block
         // of 128 threads x 4 columns per row of 512; the partials were written by the launch
         // above on this stream.
         unsafe { b.launch(ccfg) }

@@ -4,10 +4,11 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cudarc::driver::{
-    sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DeviceRepr, PinnedHostSlice,
-    ValidAsZeroBits,
+    sys, CudaContext, CudaEvent, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    DriverError, PinnedHostSlice, ValidAsZeroBits,
 };
 
 use super::error::{driver, shape, CudaError, CudaResult};
@@ -177,6 +178,25 @@ impl HostFlag {
     pub fn value(&self) -> u32 {
         self.cell().load(Ordering::Acquire)
     }
+
+    /// Spins until the counter reaches `value` (compared cyclically), the device's writes
+    /// before it ([`GpuStream::write_flag`]) visible (acquire). A driver error
+    /// `CUDA_ERROR_TIMEOUT` after `timeout`: the work that should raise it failed or hangs.
+    pub fn wait_at_least(&self, value: u32, timeout: Duration) -> CudaResult<()> {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while (self.value().wrapping_sub(value) as i32) < 0 {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(4096) && start.elapsed() > timeout {
+                return Err(CudaError::Driver {
+                    op: "host flag wait",
+                    source: DriverError(sys::cudaError_enum::CUDA_ERROR_TIMEOUT),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A queue of work on one device. Every kernel wrapper is a method of a stream; work on one
@@ -279,6 +299,99 @@ impl GpuStream {
             .map_err(driver("cuStreamWaitValue32"))
     }
 
+    /// Makes the stream set `flag` to `value` once the work queued before is done, after a
+    /// system-wide fence (so a host that sees the value sees that work's copies to pinned
+    /// memory). Capturable into a graph.
+    pub fn write_flag(&self, flag: &HostFlag, value: u32) -> CudaResult<()> {
+        let fenced = sys::CUstreamWriteValue_flags::CU_STREAM_WRITE_VALUE_DEFAULT as u32;
+        // SAFETY: `flag.dev` is the device address of a live page-locked u32 of this context
+        // (HostFlag keeps it alive; the caller keeps the flag alive while the write is queued
+        // or in a graph that may run).
+        unsafe { sys::cuStreamWriteValue32_v2(self.stream.cu_stream(), flag.dev, value, fenced) }
+            .result()
+            .map_err(driver("cuStreamWriteValue32"))
+    }
+
+    /// Queues a copy of `src` into pinned `dst` (same length) that marks nothing: no event
+    /// of `dst` is recorded, so it may be captured into a graph.
+    ///
+    /// # Safety
+    /// [`PinnedBuf::as_slice`] does not wait for this copy: the caller orders every host
+    /// access to `dst` with the copy by other means (a [`HostFlag`] the stream writes after
+    /// it, for reads; for writes, a flag the stream waits for before it), and keeps both
+    /// buffers alive while the copy is queued or in a graph that may run.
+    pub unsafe fn copy_to_pinned_unordered<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        src: &DeviceBuf<T>,
+        dst: &mut PinnedBuf<T>,
+    ) -> CudaResult<()> {
+        check_len("copy_to_pinned_unordered", src.len(), dst.len())?;
+        let (ptr, _read) = src.slice.device_ptr(&self.stream);
+        // SAFETY: dst.host is the start of dst.len() page-locked elements, src holds as many
+        // (checked); the caller's contract above covers the host's accesses and lifetimes.
+        unsafe {
+            sys::cuMemcpyDtoHAsync_v2(
+                dst.host as *mut _,
+                ptr,
+                src.len() * std::mem::size_of::<T>(),
+                self.stream.cu_stream(),
+            )
+        }
+        .result()
+        .map_err(driver("cuMemcpyDtoHAsync"))
+    }
+
+    /// Queues a copy of pinned `src` into `dst` (same length) that marks nothing (see
+    /// [`Self::copy_to_pinned_unordered`]).
+    ///
+    /// # Safety
+    /// As [`Self::copy_to_pinned_unordered`]: the caller orders the host's writes of `src`
+    /// with the copy (the stream waits for a flag the host raises after them).
+    pub unsafe fn copy_from_pinned_unordered<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        src: &PinnedBuf<T>,
+        dst: &mut DeviceBuf<T>,
+    ) -> CudaResult<()> {
+        check_len("copy_from_pinned_unordered", src.len(), dst.len())?;
+        let (ptr, _write) = dst.slice.device_ptr(&self.stream);
+        // SAFETY: as copy_to_pinned_unordered, the other way.
+        unsafe {
+            sys::cuMemcpyHtoDAsync_v2(
+                ptr,
+                src.host as *const _,
+                src.len() * std::mem::size_of::<T>(),
+                self.stream.cu_stream(),
+            )
+        }
+        .result()
+        .map_err(driver("cuMemcpyHtoDAsync"))
+    }
+
+    /// Starts capturing this stream's work into a graph instead of running it (this thread
+    /// may make no call that is unsafe during a capture, such as allocating). Not on the
+    /// context's default stream, which cannot be captured: use a stream of
+    /// [`GpuStream::new_untracked_stream`]. Ends with [`Self::end_capture`], also on error
+    /// paths (until then the stream is unusable).
+    pub fn begin_capture(&self) -> CudaResult<()> {
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(driver("cuStreamBeginCapture"))
+    }
+
+    /// Ends a capture begun by [`Self::begin_capture`] and instantiates what it recorded.
+    pub fn end_capture(&self) -> CudaResult<GpuGraph> {
+        let graph = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(driver("cuStreamEndCapture"))?;
+        graph.map(|graph| GpuGraph { graph }).ok_or_else(|| {
+            shape(
+                "end_capture",
+                "the capture recorded no work (or the stream was not capturing)",
+            )
+        })
+    }
+
     /// Records an event (with timing) at the current end of the stream.
     pub fn record_event(&self) -> CudaResult<GpuEvent> {
         let event = self
@@ -293,6 +406,23 @@ impl GpuStream {
         self.stream
             .wait(&event.event)
             .map_err(driver("cuStreamWaitEvent"))
+    }
+}
+
+/// A captured, instantiated CUDA graph ([`GpuStream::end_capture`]): the recorded work, with
+/// the buffers and values it was captured with, replayed by each launch.
+pub struct GpuGraph {
+    graph: CudaGraph,
+}
+
+impl GpuGraph {
+    /// Queues one replay on `stream` (any stream of the context, the default one too).
+    pub fn launch(&self, stream: &GpuStream) -> CudaResult<()> {
+        // SAFETY: the executable graph is alive (self); the buffers and flags it names are
+        // kept alive by its owner as long as it may be launched (see the capture's users).
+        unsafe { sys::cuGraphLaunch(self.graph.cu_graph_exec(), stream.stream.cu_stream()) }
+            .result()
+            .map_err(driver("cuGraphLaunch"))
     }
 }
 

@@ -46,10 +46,10 @@ fn elem_config(n: usize) -> LaunchConfig {
 /// Rope cos and sin (magnitude included) for positions `0..rows`, `[rows, rope_dim / 2]` each,
 /// on the device: computed once on the host by [`RopeYarn`] in f64.
 pub struct RopeTables {
-    half: usize,
-    rows: usize,
-    cos: DeviceBuf<f32>,
-    sin: DeviceBuf<f32>,
+    pub(crate) half: usize,
+    pub(crate) rows: usize,
+    pub(crate) cos: DeviceBuf<f32>,
+    pub(crate) sin: DeviceBuf<f32>,
 }
 
 impl RopeTables {

@@ -12,6 +12,7 @@ use kt_kernels::ops::RouterConfig;
 
 use super::error::{HybridError, HybridResult};
 use super::gpu_experts::GpuExperts;
+use super::graph::{DecodeGraph, Head};
 use super::layer::{GpuFfn, GpuLayer, GpuMlp, GpuQuery, GpuRouter};
 use super::scratch::Scratch;
 use super::timing::{accumulate, HybridTimes, LayerMarks};
@@ -83,6 +84,17 @@ impl HybridModel<'_> {
             )));
         }
         let timing = times.is_some();
+        // A single-token call without trace or timing replays the decode graph of this cache
+        // (`graph.rs`), captured after the first such call ran eagerly; any other call drops
+        // the graph first, since it may reallocate the buffers the graph names.
+        let graphable = self.graphed
+            && t_n == 1
+            && trace.is_none()
+            && !timing
+            && self.gpu_experts.as_ref().is_none_or(|g| t_n <= g.threshold);
+        if !(graphable && self.graph.as_ref().is_some_and(|g| g.cache_id == cache.id)) {
+            self.graph = None;
+        }
         if self.scratch.as_ref().is_none_or(|x| x.tokens != t_n) {
             self.scratch = None; // free the old set first
             let sc = Scratch::new(&self.gpu, self.gpu.stream(), c, &self.widths, t_n)?;
@@ -102,6 +114,9 @@ impl HybridModel<'_> {
             scratch,
             ws,
             gpu_experts,
+            graph,
+            graph_error,
+            graph_launches,
             ..
         } = self;
         let s = gpu.stream();
@@ -112,6 +127,12 @@ impl HybridModel<'_> {
             token_embd.dequantize_row(tok as usize, row)?;
         }
         s.copy_from_host(&x, &mut sc.x)?;
+        if let Some(g) = graph.as_mut() {
+            let out = g.replay(s, fused.as_ref(), sc, cache)?;
+            cache.len += 1;
+            *graph_launches += 1;
+            return Ok(out);
+        }
         let positions: Vec<u32> = (start..start + t_n).map(|p| p as u32).collect();
         s.copy_from_host(&positions, &mut sc.positions)?;
         let batch = s.mla_batch(c.n_heads, &[t_n], &[start + t_n], &cache.table, BLOCK_SIZE)?;
@@ -119,7 +140,6 @@ impl HybridModel<'_> {
             s,
             c,
             t_n,
-            start,
             scale: *scale,
             router,
             fused: fused.as_ref(),
@@ -196,23 +216,43 @@ impl HybridModel<'_> {
         if let Some(t) = times {
             accumulate(t, &marks, &head, t_n)?;
         }
+        // the workspaces now fit a single-token step: capture it for the next calls (a
+        // device that refuses a piece keeps the eager steps; the reason is kept)
+        if graphable && graph_error.is_none() && sc.flag.is_some() {
+            let head = Head {
+                norm: output_norm,
+                output,
+            };
+            match DecodeGraph::capture(gpu, &step, layers, head, sc, cache, ws) {
+                Ok(g) => *graph = Some(g),
+                Err(e) => *graph_error = Some(e.to_string()),
+            }
+        }
         Ok(out)
     }
 }
 
 /// What every stage of one call shares.
+#[derive(Clone, Copy)]
 pub(super) struct Step<'s> {
     pub(super) s: &'s GpuStream,
-    c: &'s DeepSeekConfig,
+    pub(super) c: &'s DeepSeekConfig,
     t_n: usize,
-    start: usize,
     scale: f32,
     router: &'s RouterConfig,
     fused: Option<&'s FusedMoe>,
     timing: bool,
 }
 
-impl Step<'_> {
+impl<'s> Step<'s> {
+    /// The same step queued on stream `s` (a graph's capture stream).
+    pub(super) fn on<'a>(&self, s: &'a GpuStream) -> Step<'a>
+    where
+        's: 'a,
+    {
+        Step { s, ..*self }
+    }
+
     /// Every layer of the call, one after the other: each MoE layer's GPU half, its routed
     /// experts, then the rest; per-layer marks when timing, residuals and routing into
     /// `trace` when given.
@@ -330,24 +370,21 @@ impl Step<'_> {
                 b.apply(s, qan, t_n, &mut sc.q, &mut ws.gemm)?;
             }
         }
-        s.rope_inplace(&mut sc.q, &sc.positions, &cache.rope, h_n, qk, nope)?;
         a.kv_a.apply(s, &sc.xn, t_n, &mut sc.kv, &mut ws.gemm)?;
-        s.rope_inplace(
-            &mut sc.kv,
-            &sc.positions,
-            &cache.rope,
-            1,
-            CACHE_ROW,
-            KV_LORA_RANK,
-        )?;
         let layer_cache = &mut cache.layers[li];
-        s.mla_cache_write(
+        // One launch: the cache rows (normalized latent, rotated k_pe) at the positions (one
+        // sequence, pages in order; read on the device so a captured decode step writes each
+        // token's row) and the rotated q_pe into the MLA query rows beside q_lat.
+        s.mla_rope_cache_write(
+            &sc.q,
+            h_n,
+            nope,
+            &mut sc.q_lat,
             &sc.kv,
-            t_n,
             &a.kv_a_norm,
             layer_cache,
-            self.start,
-            ROPE_DIM,
+            &sc.positions,
+            &cache.rope,
             eps,
         )?;
         // q_lat[t, h] = W_uk(h)^T q_nope[t, h], with q_pe beside it: the MLA query rows
@@ -370,17 +407,6 @@ impl Step<'_> {
             },
         };
         s.gemm_nt(&absorb, &sc.q, &a.k_b, &mut sc.q_lat)?;
-        let rows = t_n * h_n;
-        s.copy_cols_bf16(
-            &sc.q,
-            nope,
-            qk,
-            &mut sc.q_lat,
-            KV_LORA_RANK,
-            CACHE_ROW,
-            rows,
-            ROPE_DIM,
-        )?;
         s.mla_attention(
             batch,
             &sc.q_lat,
@@ -415,7 +441,7 @@ impl Step<'_> {
     }
 
     /// `out = down(silu(gate x) * up x)` for `x` `[T, hidden]`.
-    fn mlp(
+    pub(super) fn mlp(
         &self,
         mlp: &GpuMlp,
         x: &DeviceBuf<bf16>,
@@ -518,7 +544,7 @@ impl Step<'_> {
 
     /// The router's logits of `sc.xn` / `sc.xn32` and the gating's choices into `sc.ids` /
     /// `sc.weights`.
-    fn route(
+    pub(super) fn route(
         &self,
         router: &GpuRouter,
         bias: Option<&DeviceBuf<f32>>,

@@ -22,6 +22,9 @@
 //! bf16 with f32 sums. Calls without trace or timing pipeline the layers (`pipeline.rs`): the
 //! host queues layer `L + 1`'s GPU work behind a host flag before it runs layer `L`'s routed
 //! experts, so the GPU does not wait for kernel launches (the same logits bit for bit).
+//! Single-token calls without trace or timing replay a CUDA graph of the whole step instead
+//! (`graph.rs`): one launch per token, the CPU's routed experts ordered by host flags the graph
+//! writes and waits on (the same logits bit for bit again).
 //!
 //! With a `prefill_device: cuda:0` option on the routed experts' rule, calls of more than
 //! its `prefill_threshold` tokens run the routed experts on the GPU too, their weights
@@ -33,6 +36,7 @@
 mod error;
 mod forward;
 mod gpu_experts;
+mod graph;
 mod layer;
 mod pipeline;
 mod scratch;
@@ -42,6 +46,8 @@ mod weights;
 pub use error::{HybridError, HybridResult};
 pub use gpu_experts::GpuPrefillLoad;
 pub use timing::{HybridTimes, LayerSplit};
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use half::bf16;
 use kt_kernels::cpu::Isa;
@@ -59,6 +65,7 @@ use crate::gguf::Gguf;
 use crate::placement::Placement;
 use crate::tensors::{Ffn, ModelTensors};
 use gpu_experts::GpuExperts;
+use graph::DecodeGraph;
 use layer::{GpuFfn, GpuLayer};
 use scratch::{Scratch, Widths};
 use weights::{Formats, GpuLinear};
@@ -69,6 +76,8 @@ pub const BLOCK_SIZE: usize = 64;
 /// The latent KV cache of one sequence on the GPU: per layer `[pages * BLOCK_SIZE, 576]`
 /// bf16, pages used in order, and the rope tables for its positions.
 pub struct HybridCache {
+    /// Unique per cache: a decode graph is captured for one cache's buffers.
+    id: u64,
     layers: Vec<DeviceBuf<bf16>>,
     table: Vec<u32>,
     rope: RopeTables,
@@ -111,6 +120,13 @@ pub struct HybridModel<'a> {
     gpu_experts: Option<GpuExperts>,
     /// Whether untraced, untimed calls pipeline the layers (`pipeline.rs`); on by default.
     pipelined: bool,
+    /// Whether untraced, untimed single-token calls replay a decode graph (`graph.rs`); on
+    /// by default.
+    graphed: bool,
+    /// The captured decode step, and why capturing failed if it did (then calls stay eager).
+    graph: Option<DecodeGraph>,
+    graph_error: Option<String>,
+    graph_launches: u64,
 }
 
 /// The GEMM's k-split and the attention's key-split scratch, grown on demand.
@@ -197,6 +213,10 @@ impl<'a> HybridModel<'a> {
             ws: Workspaces::default(),
             gpu_experts,
             pipelined: true,
+            graphed: true,
+            graph: None,
+            graph_error: None,
+            graph_launches: 0,
         })
     }
 
@@ -274,6 +294,25 @@ impl<'a> HybridModel<'a> {
         Ok(())
     }
 
+    /// Whether untraced, untimed single-token calls replay a captured decode graph (the
+    /// default; the same logits bit for bit). Off, they run eagerly (pipelined or not).
+    pub fn set_graphed(&mut self, on: bool) {
+        self.graphed = on;
+        if !on {
+            self.graph = None;
+        }
+    }
+
+    /// How many calls replayed a decode graph so far.
+    pub fn graph_launches(&self) -> u64 {
+        self.graph_launches
+    }
+
+    /// Why capturing the decode graph failed, if it did (the calls then stay eager).
+    pub fn graph_error(&self) -> Option<&str> {
+        self.graph_error.as_deref()
+    }
+
     /// An empty GPU cache for `capacity` positions.
     pub fn new_cache(&self, capacity: usize) -> HybridResult<HybridCache> {
         if capacity == 0 {
@@ -287,7 +326,9 @@ impl<'a> HybridModel<'a> {
         let layers = (0..self.config.n_layers)
             .map(|_| s.alloc_zeroed::<bf16>(rows * (KV_LORA_RANK + ROPE_DIM)))
             .collect::<Result<Vec<_>, _>>()?;
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(HybridCache {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             layers,
             table: (0..pages as u32).collect(),
             rope: s.upload_rope_tables(&self.rope, rows)?,

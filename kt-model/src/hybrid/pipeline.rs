@@ -37,12 +37,17 @@ struct Pending {
 
 /// The values waits were queued for; raises the flag to the last on drop (every queued
 /// wait released, also on an error path).
-struct Gate<'f> {
+pub(super) struct Gate<'f> {
     flag: &'f HostFlag,
     last: u32,
 }
 
-impl Gate<'_> {
+impl<'f> Gate<'f> {
+    /// A gate that raises `flag` to `last` on drop.
+    pub(super) fn new(flag: &'f HostFlag, last: u32) -> Self {
+        Gate { flag, last }
+    }
+
     fn next(&mut self) -> u32 {
         self.last = self.last.wrapping_add(1);
         self.last
@@ -66,10 +71,7 @@ impl Step<'_> {
         ws: &mut Workspaces,
         flag: &HostFlag,
     ) -> HybridResult<()> {
-        let mut gate = Gate {
-            flag,
-            last: flag.value(),
-        };
+        let mut gate = Gate::new(flag, flag.value());
         let mut none = LayerMarks::default();
         let mut pending: Option<Pending> = None;
         for (li, layer) in layers.iter().enumerate() {

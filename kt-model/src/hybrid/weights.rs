@@ -98,15 +98,45 @@ impl GpuLinear {
         out: &mut DeviceBuf<f32>,
         ws: &mut GemmWorkspace,
     ) -> HybridResult<()> {
-        match self {
-            GpuLinear::Int4(w) => {
-                let mut tmp = s.alloc_zeroed::<bf16>(m * w.n)?;
-                s.w4a16_gemm(w, x, m, &mut tmp, ws)?;
-                s.cast(&tmp, out)?;
+        let mut staging = match self {
+            GpuLinear::Int4(w) => Some(s.alloc_zeroed::<bf16>(m * w.n)?),
+            GpuLinear::Bf16 { .. } => None,
+        };
+        self.apply_f32_staged(s, x, m, out, staging.as_mut(), ws)
+    }
+
+    /// [`Self::apply_f32`] with the int4 matrix's bf16 rows in `staging` (`[m, n]`, given by
+    /// the caller so the call allocates nothing: a captured graph); bf16 matrices need none.
+    pub fn apply_f32_staged(
+        &self,
+        s: &GpuStream,
+        x: &DeviceBuf<bf16>,
+        m: usize,
+        out: &mut DeviceBuf<f32>,
+        staging: Option<&mut DeviceBuf<bf16>>,
+        ws: &mut GemmWorkspace,
+    ) -> HybridResult<()> {
+        match (self, staging) {
+            (GpuLinear::Int4(w), Some(tmp)) => {
+                s.w4a16_gemm(w, x, m, tmp, ws)?;
+                s.cast(tmp, out)?;
             }
-            GpuLinear::Bf16 { w, n, k } => s.gemm_nt(&GemmNt::linear(m, *n, *k), x, w, out)?,
+            (GpuLinear::Int4(_), None) => {
+                return Err(HybridError::Input(
+                    "an int4 output head needs bf16 staging rows".into(),
+                ))
+            }
+            (GpuLinear::Bf16 { w, n, k }, _) => s.gemm_nt(&GemmNt::linear(m, *n, *k), x, w, out)?,
         }
         Ok(())
+    }
+
+    /// The bf16 staging rows [`Self::apply_f32_staged`] needs for `m` rows (0: none).
+    pub fn f32_staging_len(&self, m: usize) -> usize {
+        match self {
+            GpuLinear::Int4(w) => m * w.n,
+            GpuLinear::Bf16 { .. } => 0,
+        }
     }
 }
 

@@ -1,0 +1,111 @@
+//! The decode step replayed as one CUDA graph (the CPU's routed experts ordered by host
+//! flags) against the same calls run eagerly: the same kernels in the same order, with the
+//! per-token inputs (position, cache row, rope row, MLA kv length and split count) read from
+//! device buffers, so the logits must agree bit for bit. The calls: a prompt of 188 tokens,
+//! 5 decode steps (crossing the cache page boundary at position 192, where the wgmma MLA
+//! kernel also goes from one key split to two), a 3-token chunk (which drops the graph), then
+//! 5 more decode steps (captured again); on a synthetic DeepSeek-V2-Lite cut to 3 layers
+//! (one dense, two MoE), with the shipped hybrid rules (int4 linears) and all-bf16 ones.
+//! Needs a GPU: skips with a message without one, unless KT_REQUIRE_GPU is set.
+#![cfg(feature = "cuda")]
+
+#[path = "../../kt-kernels/tests/cuda_common/mod.rs"]
+mod cuda_common;
+mod hybrid_common;
+
+use kt_kernels::cpu;
+use kt_kernels::util::SplitMix64;
+use kt_model::deepseek::{argmax, LogitRows};
+use kt_model::hybrid::{HybridCache, HybridModel};
+use kt_model::placement::RuleSet;
+use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
+
+const PROMPT: usize = 188;
+const DECODE: usize = 5;
+const CHUNK: usize = 3;
+/// Replays per run: each decode run's first step is eager (and captures), the rest replay.
+const REPLAYS: u64 = 2 * (DECODE as u64 - 1);
+
+fn decode(model: &mut HybridModel<'_>, cache: &mut HybridCache, first: u32) -> Vec<Vec<f32>> {
+    let mut next = first;
+    (0..DECODE)
+        .map(|_| {
+            let l = model.forward(&[next], cache, LogitRows::Last).unwrap();
+            next = argmax(&l);
+            l
+        })
+        .collect()
+}
+
+/// Logits of every call, in order.
+fn run(model: &mut HybridModel<'_>) -> Vec<Vec<f32>> {
+    let vocab = model.config().vocab_size;
+    let mut cache = model.new_cache(PROMPT + 2 * DECODE + CHUNK).unwrap();
+    let mut rng = SplitMix64::new(0x6772_6170);
+    let prompt: Vec<u32> = (0..PROMPT).map(|_| rng.below(vocab) as u32).collect();
+    let chunk: Vec<u32> = (0..CHUNK).map(|_| rng.below(vocab) as u32).collect();
+    let mut out = vec![model.forward(&prompt, &mut cache, LogitRows::Last).unwrap()];
+    out.extend(decode(model, &mut cache, argmax(&out[0])));
+    out.push(model.forward(&chunk, &mut cache, LogitRows::All).unwrap());
+    let last = argmax(&out.last().unwrap()[(CHUNK - 1) * vocab..]);
+    out.extend(decode(model, &mut cache, last));
+    out
+}
+
+#[test]
+fn graph_decode_matches_eager_bit_for_bit() {
+    let Some(gpu) = cuda_common::gpu_or_skip("graph_decode_matches_eager_bit_for_bit") else {
+        return;
+    };
+    let opts = SyntheticOptions {
+        layers: Some(3),
+        seed: 29,
+        ..SyntheticOptions::default()
+    };
+    let m = SyntheticModel::new(Preset::DeepSeekV2Lite, &opts).unwrap();
+    let g = m.to_gguf(&mut |_| {}).unwrap();
+    let c = m.config().clone();
+    assert!(c.n_layers == 3 && c.first_k_dense_replace == 1, "{c:?}");
+    let isa = cpu::isa::selected().unwrap();
+    let hybrid =
+        RuleSet::from_file(hybrid_common::rules_file("deepseek-v2-lite-hybrid.yaml")).unwrap();
+    let bf16 = RuleSet::from_yaml_str(hybrid_common::ALL_BF16, "test").unwrap();
+    let mut gpu = Some(gpu);
+    for (name, rules) in [("hybrid rules", hybrid), ("all bf16", bf16)] {
+        let placement = rules.place(&c).unwrap();
+        let dev = match gpu.take() {
+            Some(d) => d,
+            None => kt_kernels::cuda::Gpu::new(0).unwrap(),
+        };
+        let mut model = HybridModel::new(dev, &g, c.clone(), &placement, isa).unwrap();
+        let graphed = run(&mut model);
+        assert_eq!(
+            model.graph_error(),
+            None,
+            "{name}: the decode graph was not captured"
+        );
+        assert_eq!(model.graph_launches(), REPLAYS, "{name}: graph replays");
+        model.set_graphed(false);
+        let eager = run(&mut model);
+        assert_eq!(model.graph_launches(), REPLAYS, "{name}: replays while off");
+
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(graphed.len(), eager.len());
+        for (i, (gr, ea)) in graphed.iter().zip(&eager).enumerate() {
+            assert!(
+                gr.iter().all(|v| v.is_finite()),
+                "{name} call {i}: non-finite logits"
+            );
+            assert!(
+                gr.iter().any(|&v| v != gr[0]),
+                "{name} call {i}: constant logits (nothing computed?)"
+            );
+            assert_eq!(bits(gr), bits(ea), "{name} call {i}: graph vs eager");
+        }
+        eprintln!(
+            "{name}: {} calls agree bit for bit, {} of them graph replays",
+            graphed.len(),
+            model.graph_launches()
+        );
+    }
+}
