@@ -1,8 +1,9 @@
 //! AMX kernels: the repacked expert layouts of [`crate::cpu::moe::repack`] through
 //! [`repack::gemm`], and of the GGUF-native formats Q4_K with many tokens
 //! ([`q4_k`]: `register` replaces the AVX512 table's Q4_K GEMM with one that keeps the
-//! AVX512 kernel for fewer than [`q4_k::AMX_MIN_TOKENS`] tokens). The other GGUF formats
-//! keep their AVX512 kernels.
+//! AVX512 kernel for fewer than [`q4_k::AMX_MIN_TOKENS`] tokens) and BF16 ([`bf16`]:
+//! `tdpbf16ps`, from [`bf16::AMX_MIN_TOKENS`] tokens). The other GGUF formats keep their
+//! AVX512 kernels.
 //!
 //! AMX needs the Linux permission request ([`crate::cpu::isa`]'s `amx_permission`), made
 //! once per process by `Isa::Amx.check()`; every entry here is reached only after it
@@ -13,6 +14,7 @@ use super::dispatch::{FormatKernels, KernelTable};
 use super::isa::Isa;
 use crate::quant::QType;
 
+mod bf16;
 pub(crate) mod q4_k;
 pub(crate) mod repack;
 mod tiles;
@@ -23,6 +25,16 @@ pub(crate) fn register(t: &mut KernelTable) {
             QType::Q4_K,
             FormatKernels {
                 gemm: q4_k::install(lower.gemm),
+                gemm_isa: Isa::Amx,
+                ..lower
+            },
+        );
+    }
+    if let Ok(&lower) = t.get(QType::BF16) {
+        t.set(
+            QType::BF16,
+            FormatKernels {
+                gemm: bf16::install(lower.gemm),
                 gemm_isa: Isa::Amx,
                 ..lower
             },
