@@ -10,23 +10,20 @@
 //! per (32-row block, K chunk) into a stack panel and reused by every token of the tile;
 //! C = A . B is then `out[token][row]` in the output's own layout.
 //!
-//! Tiles: 0..4 C (token half `i`, row half `j` at `2i + j`), 4 and 5 A (the two token
-//! halves), 6 and 7 B (the two row halves): a 32-token x 32-row step is four
-//! `tdpbf16ps` over four tile loads. A partial token or row half gets tiles of fewer
-//! rows or columns; the last, partial 32-element step of K reads zero-padded copies.
+//! Blocks of 32 tokens x 32 rows ([`super::blocks`]): a K step is four `tdpbf16ps` over
+//! four tile loads; the last, partial 32-element step of K reads zero-padded copies.
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use super::tiles::{tile_dp_bf16, tile_load, tile_store, tile_zero, TileConfig};
+use super::blocks::{transpose16, Shape, TILE};
+use super::tiles::{tile_dp_bf16, tile_load, tile_store, tile_zero};
 use crate::cpu::dispatch::{GemmFn, GemmTile};
 use crate::cpu::GEMV_MAX_TOKENS;
 
 /// Elements of K per `tdpbf16ps` (one 64-byte tile row of bf16).
 const STEP: usize = 32;
-/// Rows and tokens of a tile.
-const TILE: usize = 16;
 /// K steps transposed at a time: two row halves x 64 steps x 1 KiB = 128 KiB of stack,
 /// in L2 while every token pair of the tile passes over them (with the 32 tokens'
 /// activations of the same K range, another 128 KiB).
@@ -78,40 +75,6 @@ fn lanes(n: usize) -> __mmask32 {
     }
 }
 
-/// Transposes 16 rows of 16 dwords: `out[c]` dword `r` = `rows[r]` dword `c`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn transpose16(rows: &[__m512i; 16]) -> [__m512i; 16] {
-    // Within each 128-bit lane L (dwords 4L..4L + 4 of each row): interleave dwords of
-    // row pairs, then qwords of row quartets; u[4i + j] lane L is column 4L + j of rows
-    // 4i..4i + 4.
-    let mut t = [_mm512_setzero_si512(); 16];
-    for m in 0..8 {
-        t[2 * m] = _mm512_unpacklo_epi32(rows[2 * m], rows[2 * m + 1]);
-        t[2 * m + 1] = _mm512_unpackhi_epi32(rows[2 * m], rows[2 * m + 1]);
-    }
-    let mut u = [_mm512_setzero_si512(); 16];
-    for i in 0..4 {
-        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    // Gather lane L of the four row quartets into output row 4L + j.
-    let mut out = [_mm512_setzero_si512(); 16];
-    for j in 0..4 {
-        let v0 = _mm512_shuffle_i32x4::<0x88>(u[j], u[4 + j]);
-        let v1 = _mm512_shuffle_i32x4::<0xDD>(u[j], u[4 + j]);
-        let w0 = _mm512_shuffle_i32x4::<0x88>(u[8 + j], u[12 + j]);
-        let w1 = _mm512_shuffle_i32x4::<0xDD>(u[8 + j], u[12 + j]);
-        out[j] = _mm512_shuffle_i32x4::<0x88>(v0, w0);
-        out[4 + j] = _mm512_shuffle_i32x4::<0x88>(v1, w1);
-        out[8 + j] = _mm512_shuffle_i32x4::<0xDD>(v0, w0);
-        out[12 + j] = _mm512_shuffle_i32x4::<0xDD>(v1, w1);
-    }
-    out
-}
-
 /// Transposes `nr` (<= 16) weight rows of K steps `s0..s0 + sn` into B tiles
 /// (`dst[s]`), reading only elements below `k`; missing rows and elements are zero.
 ///
@@ -147,40 +110,6 @@ unsafe fn transpose_weights(
     }
 }
 
-/// Which tiles a (token pair, row pair) block uses: tokens and rows of each half (the
-/// second may be 0, and then its tiles are left unconfigured and unused).
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Shape {
-    nt: [usize; 2],
-    nr: [usize; 2],
-}
-
-impl Shape {
-    fn config(self) -> TileConfig {
-        let mut c = TileConfig::new();
-        for i in 0..2 {
-            for j in 0..2 {
-                if self.nt[i] > 0 && self.nr[j] > 0 {
-                    c.set(2 * i + j, self.nt[i], 4 * self.nr[j]);
-                }
-            }
-            if self.nt[i] > 0 {
-                c.set(4 + i, self.nt[i], 64);
-            }
-            if self.nr[i] > 0 {
-                c.set(6 + i, TILE, 4 * self.nr[i]);
-            }
-        }
-        c
-    }
-}
-
-/// Halves of a block of up to 32: `[min(n, 16), rest]`.
-fn halves(n: usize) -> [usize; 2] {
-    let first = n.min(TILE);
-    [first, (n - first).min(TILE)]
-}
-
 /// The products of one K step: A tiles at `a` (token halves `a_half` bytes apart,
 /// rows `a_stride` apart), B tiles `b[0]`, `b[1]`.
 ///
@@ -189,7 +118,7 @@ fn halves(n: usize) -> [usize; 2] {
 /// `shape` uses are readable.
 #[inline(always)]
 unsafe fn step(shape: Shape, a: *const u8, a_half: usize, a_stride: usize, b: [*const BTile; 2]) {
-    let (two_t, two_r) = (shape.nt[1] > 0, shape.nr[1] > 0);
+    let (two_t, two_r) = (shape.two_token_halves(), shape.two_row_halves());
     // SAFETY: the caller's contract; each tile used is configured by `shape`.
     unsafe {
         tile_load!(4, a, a_stride);
@@ -217,7 +146,7 @@ unsafe fn step(shape: Shape, a: *const u8, a_half: usize, a_stride: usize, b: [*
 unsafe fn c_tiles_in(shape: Shape, out: *mut f32, ldo: usize, load: bool) {
     let stride = 4 * ldo;
     let at = |i: usize, j: usize| out.wrapping_add(TILE * i * ldo + TILE * j) as *const f32;
-    let (two_t, two_r) = (shape.nt[1] > 0, shape.nr[1] > 0);
+    let (two_t, two_r) = (shape.two_token_halves(), shape.two_row_halves());
     // SAFETY: the caller's contract; only the configured tiles are touched.
     unsafe {
         if load {
@@ -253,7 +182,7 @@ unsafe fn c_tiles_in(shape: Shape, out: *mut f32, ldo: usize, load: bool) {
 unsafe fn c_tiles_out(shape: Shape, out: *mut f32, ldo: usize) {
     let stride = 4 * ldo;
     let at = |i: usize, j: usize| out.wrapping_add(TILE * i * ldo + TILE * j);
-    let (two_t, two_r) = (shape.nt[1] > 0, shape.nr[1] > 0);
+    let (two_t, two_r) = (shape.two_token_halves(), shape.two_row_halves());
     // SAFETY: the caller's contract; each store writes nt[i] rows of nr[j] floats.
     unsafe {
         tile_store!(0, at(0, 0), stride);
@@ -286,7 +215,7 @@ unsafe fn gemm_amx(t: &GemmTile) {
     let tail = tail.as_mut_ptr().cast::<u16>();
     let mut loaded: Option<Shape> = None;
     for r0 in (0..t.rows).step_by(2 * TILE) {
-        let nr = halves(t.rows - r0);
+        let nr = Shape::at(0, 1, r0, t.rows).nr;
         for s0 in (0..steps).step_by(CHUNK_STEPS) {
             let sn = CHUNK_STEPS.min(steps - s0);
             for (j, &n) in nr.iter().enumerate() {
@@ -308,15 +237,12 @@ unsafe fn gemm_amx(t: &GemmTile) {
             let partial = s0 + sn == steps && last_len < STEP;
             let full = sn - partial as usize;
             for t0 in (0..t.tokens).step_by(2 * TILE) {
-                let shape = Shape {
-                    nt: halves(t.tokens - t0),
-                    nr,
-                };
+                let shape = Shape::at(t0, t.tokens, r0, t.rows);
                 if loaded != Some(shape) {
                     // SAFETY: AMX usable (the caller); a valid palette-1 configuration
                     // (rows <= 16, colsb <= 64). Loading it zeroes the tiles, whose
                     // contents were stored already.
-                    unsafe { shape.config().load() };
+                    unsafe { shape.config(2 * STEP).load() };
                     loaded = Some(shape);
                 }
                 let out = t.out.wrapping_add(t0 * t.ldo + r0);
