@@ -33,6 +33,10 @@ const BLOCK: usize = 34;
 /// stack, in L2 while every token pair of the tile passes over them.
 const CHUNK: usize = 64;
 
+/// Blocks between the `tdpbssd`s of a block and its epilogue: the epilogue's loads
+/// would otherwise wait for the tile stores, and those for the products.
+const LAG: usize = 3;
+
 /// From this many tokens on the AMX kernel runs (fewer are a GEMV: the AVX512 kernel).
 pub(crate) const AMX_MIN_TOKENS: usize = GEMV_MAX_TOKENS + 1;
 
@@ -230,7 +234,7 @@ unsafe fn gemm_amx(t: &GemmTile) {
     // Zeroed once: the epilogue reads whole C rows, of which a partial row half's tile
     // stores only the first columns.
     // SAFETY: CTiles is plain integers; all zero is a valid value.
-    let mut cbuf: [CTiles; 2] = unsafe { std::mem::zeroed() };
+    let mut cbuf: [CTiles; LAG + 1] = unsafe { std::mem::zeroed() };
     let cbuf = cbuf.as_mut_ptr();
     let mut loaded: Option<Shape> = None;
     for r0 in (0..t.rows).step_by(2 * TILE) {
@@ -271,21 +275,23 @@ unsafe fn gemm_amx(t: &GemmTile) {
                 let wt = |s: usize| -> [*const WeightTile; 2] {
                     [panel.wrapping_add(s), panel.wrapping_add(CHUNK + s)]
                 };
-                for s in 0..n {
-                    let b = b0 + s;
-                    // SAFETY: the shape's tokens and block b are inside the
-                    // activations (the quants 2 bytes into the block); the panel's
-                    // tiles s were transposed above; C buffer s & 1 is not the one the
-                    // epilogue below reads.
+                let cb = |s: usize| cbuf.wrapping_add(s % (LAG + 1));
+                for s in 0..n + LAG {
+                    // SAFETY: the shape's tokens and block b0 + s < blocks are inside
+                    // the activations (the quants 2 bytes into the block); the panel's
+                    // tiles s were transposed above; block s - LAG's C buffer is not
+                    // the one written now, and was stored by `products` LAG blocks ago.
                     unsafe {
-                        products(shape, a.add(b * BLOCK + 2), t.a_stride, wt(s), cbuf.add(s & 1));
-                        if s > 0 {
-                            scale_into(shape, cbuf.add((s - 1) & 1), wt(s - 1), &da, s - 1, &mut acc);
+                        if s < n {
+                            let a = a.add((b0 + s) * BLOCK + 2);
+                            products(shape, a, t.a_stride, wt(s), cb(s));
+                        }
+                        if s >= LAG {
+                            let p = s - LAG;
+                            scale_into(shape, cb(p), wt(p), &da, p, &mut acc);
                         }
                     }
                 }
-                // SAFETY: the last block's C tiles were stored by `products` above.
-                unsafe { scale_into(shape, cbuf.add((n - 1) & 1), wt(n - 1), &da, n - 1, &mut acc) };
                 for (tok, sums) in acc.iter().enumerate().take(nt) {
                     for (j, &rows) in nr.iter().enumerate() {
                         if rows == 0 {
