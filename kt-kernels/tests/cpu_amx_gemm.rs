@@ -142,7 +142,9 @@ const FORMATS: [QType; 2] = [QType::BF16, QType::Q8_0];
 fn ks(q: QType) -> [usize; 12] {
     match q {
         QType::BF16 => [1, 2, 31, 32, 33, 64, 97, 1000, 2047, 2048, 2049, 4133],
-        _ => [32, 64, 96, 128, 480, 1024, 1408, 2016, 2048, 2080, 4096, 4128],
+        _ => [
+            32, 64, 96, 128, 480, 1024, 1408, 2016, 2048, 2080, 4096, 4128,
+        ],
     }
 }
 
@@ -191,7 +193,13 @@ fn every_block_edge_matches_scalar() {
             (47, 11, 40),
             (130, 7, 513),
         ] {
-            check(q, rows, ks[kp], tokens, (rows * 1009 + kp * 7 + tokens) as u64);
+            check(
+                q,
+                rows,
+                ks[kp],
+                tokens,
+                (rows * 1009 + kp * 7 + tokens) as u64,
+            );
         }
     }
 }

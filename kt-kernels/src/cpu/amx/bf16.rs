@@ -258,13 +258,7 @@ unsafe fn gemm_amx(t: &GemmTile) {
                     c_tiles_in(shape, out, t.ldo, s0 > 0);
                     for s in 0..full {
                         let e0 = (s0 + s) * STEP;
-                        step(
-                            shape,
-                            a.add(2 * e0),
-                            TILE * t.a_stride,
-                            t.a_stride,
-                            b(s),
-                        );
+                        step(shape, a.add(2 * e0), TILE * t.a_stride, t.a_stride, b(s));
                     }
                     if partial {
                         let e0 = (steps - 1) * STEP;

@@ -131,7 +131,13 @@ unsafe fn transpose_weights(
 /// AMX with `shape`'s configuration loaded; the A rows and B tiles of the halves used
 /// are readable, `c` is writable.
 #[inline(always)]
-unsafe fn products(shape: Shape, a: *const u8, a_stride: usize, b: [*const WeightTile; 2], c: *mut CTiles) {
+unsafe fn products(
+    shape: Shape,
+    a: *const u8,
+    a_stride: usize,
+    b: [*const WeightTile; 2],
+    c: *mut CTiles,
+) {
     let (two_t, two_r) = (shape.two_token_halves(), shape.two_row_halves());
     let ct = |i: usize| c.cast::<[[i32; TILE]; TILE]>().wrapping_add(i);
     // SAFETY: the caller's contract; each tile used is configured by `shape`; a C tile
@@ -176,11 +182,16 @@ unsafe fn token_scales(a: *const u8, n: usize, out: &mut [f32; CHUNK]) {
     );
     for s in (0..n).step_by(TILE) {
         let left = n - s;
-        let mask = if left >= TILE { 0xFFFF } else { ((1u32 << left) - 1) as __mmask16 };
+        let mask = if left >= TILE {
+            0xFFFF
+        } else {
+            ((1u32 << left) - 1) as __mmask16
+        };
         // SAFETY: the unmasked lanes read the first 4 bytes of blocks s.. < n (a block is
         // 34 bytes); masked lanes read nothing.
-        let bits =
-            unsafe { _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, idx, a.cast()) };
+        let bits = unsafe {
+            _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, idx, a.cast())
+        };
         let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(bits));
         // SAFETY: out has CHUNK >= s + 16 elements (CHUNK is a multiple of 16).
         unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(s), d) };
