@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use super::blocks::{transpose16, Shape, TILE};
+use super::blocks::{halves, transpose16, Shape, TILE};
 use super::tiles::{tile_dp_bf16, tile_load, tile_store, tile_zero};
 use crate::cpu::dispatch::{GemmFn, GemmTile};
 use crate::cpu::GEMV_MAX_TOKENS;
@@ -215,7 +215,7 @@ unsafe fn gemm_amx(t: &GemmTile) {
     let tail = tail.as_mut_ptr().cast::<u16>();
     let mut loaded: Option<Shape> = None;
     for r0 in (0..t.rows).step_by(2 * TILE) {
-        let nr = Shape::at(0, 1, r0, t.rows).nr;
+        let nr = halves(t.rows - r0);
         for s0 in (0..steps).step_by(CHUNK_STEPS) {
             let sn = CHUNK_STEPS.min(steps - s0);
             for (j, &n) in nr.iter().enumerate() {

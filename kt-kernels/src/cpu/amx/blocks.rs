@@ -61,7 +61,7 @@ impl Shape {
 }
 
 /// Halves of a block of up to 32: `[min(n, 16), rest]`.
-fn halves(n: usize) -> [usize; 2] {
+pub(super) fn halves(n: usize) -> [usize; 2] {
     let first = n.min(TILE);
     [first, (n - first).min(TILE)]
 }

@@ -21,7 +21,7 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use super::blocks::{transpose16, Shape, TILE};
+use super::blocks::{halves, transpose16, Shape, TILE};
 use super::tiles::{tile_dp_i8, tile_load, tile_store, tile_zero};
 use crate::cpu::dispatch::{GemmFn, GemmTile};
 use crate::cpu::GEMV_MAX_TOKENS;
@@ -249,7 +249,7 @@ unsafe fn gemm_amx(t: &GemmTile) {
     let cbuf = cbuf.as_mut_ptr();
     let mut loaded: Option<Shape> = None;
     for r0 in (0..t.rows).step_by(2 * TILE) {
-        let nr = Shape::at(0, 1, r0, t.rows).nr;
+        let nr = halves(t.rows - r0);
         for b0 in (0..blocks).step_by(CHUNK) {
             let n = CHUNK.min(blocks - b0);
             for (j, &rows) in nr.iter().enumerate() {
