@@ -12,9 +12,9 @@
 //! panel together with their scales as f32; C is `[token][row]`, so the epilogue of
 //! one C row is one token against 16 rows: `acc += cvt(C) * (dw[16 rows] * da)`.
 //!
-//! The C tiles of a block are stored to a double buffer and scaled while the next
-//! block's `tdpbssd`s run (AVX512 loads right behind the tile stores would wait for
-//! them). The partial sums of a 32 x 32 block stay in a 4 KiB buffer in L1 and reach the
+//! The C tiles of a block are stored to a ring of buffers and scaled [`LAG`] blocks
+//! later, while later blocks' `tdpbssd`s run (AVX512 loads right behind the tile stores
+//! would wait for them: with a lag of 1, 1408x2048 ran 25% slower). The partial sums of a 32 x 32 block stay in a 4 KiB buffer in L1 and reach the
 //! output at the end of each K chunk.
 
 use std::arch::x86_64::*;
