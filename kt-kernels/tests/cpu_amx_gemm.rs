@@ -1,0 +1,257 @@
+//! The AMX GEMMs of the GGUF formats without a repack, BF16 (`cpu/amx/bf16.rs`,
+//! `tdpbf16ps`) and Q8_0 (`cpu/amx/q8_0.rs`, `tdpbssd` per block), against the scalar
+//! backend: token counts on both sides of their threshold and past one 32-token block,
+//! rows around the 16-row tiles, K around the 32-element steps (BF16 with odd K: the
+//! zero-padded last step) and past one transposed K chunk (2048 elements: partial sums
+//! added into the output).
+//!
+//! Every test skips (saying so) when this CPU has no AMX.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::poisoned;
+use half::{bf16, f16};
+use kt_kernels::cpu::dispatch::{self, GemmTile};
+use kt_kernels::cpu::{self, Isa, ThreadPool};
+use kt_kernels::quant::{self, QType};
+use kt_kernels::util::SplitMix64;
+use proptest::prelude::*;
+
+fn amx_here(test: &str) -> bool {
+    let here = Isa::available().contains(&Isa::Amx);
+    if !here {
+        eprintln!("{test}: skipped, this CPU has no AMX");
+    }
+    here
+}
+
+fn pool() -> &'static ThreadPool {
+    static POOL: OnceLock<ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| ThreadPool::new(2).expect("2-thread pool"))
+}
+
+/// Random weight rows of `q` at varied scales (no row all zero): BF16 values, or Q8_0
+/// blocks of random quants (every byte, -128 included) with finite f16 scales.
+fn weights(q: QType, rows: usize, k: usize, rng: &mut SplitMix64) -> Vec<u8> {
+    let mut w = Vec::with_capacity(rows * q.row_bytes(k).unwrap());
+    for r in 0..rows {
+        let scale = [1.0f32, 0.01, 40.0][r % 3];
+        match q {
+            QType::BF16 => {
+                for _ in 0..k {
+                    w.extend(bf16::from_f32(scale * rng.normal()).to_le_bytes());
+                }
+            }
+            QType::Q8_0 => {
+                for _ in 0..k / 32 {
+                    let d = scale * 1e-2 * rng.uniform(0.1, 1.0);
+                    w.extend(f16::from_f32(d).to_le_bytes());
+                    w.extend((0..32).map(|_| rng.next_u64() as u8));
+                }
+            }
+            other => panic!("no generator for {other}"),
+        }
+    }
+    w
+}
+
+/// Random activations at varied scales, with an all-zero and a tiny token.
+fn activations(tokens: usize, k: usize, rng: &mut SplitMix64) -> Vec<f32> {
+    let mut x = Vec::with_capacity(tokens * k);
+    for t in 0..tokens {
+        let scale = match t % 7 {
+            3 => 0.0,
+            5 => 1e-6,
+            _ => [0.1f32, 1.0, 30.0][rng.below(3)],
+        };
+        x.extend((0..k).map(|_| scale * rng.normal()));
+    }
+    x
+}
+
+/// Dequantized rows of `q` (weights, or activations in their format).
+fn dequantized(q: QType, bytes: &[u8], k: usize) -> Vec<f32> {
+    let mut f = vec![0f32; bytes.len() / q.row_bytes(k).unwrap() * k];
+    quant::dequantize(q, bytes, &mut f).unwrap();
+    f
+}
+
+/// Bound on the rounding of one output, in units of 2^-24 (half an f32 ulp) times
+/// `sum |w| |a|`. BF16: `tdpbf16ps` adds the K products (each exact in f32) one after the
+/// other into an f32, each addition rounding by at most that much of a partial sum, and
+/// the scalar backend sums in f64. Q8_0: per block both sides round the scale product,
+/// the scaled block sum and its addition (the kernel adds K chunks into the output: one
+/// more), so each is within (blocks + 3) units.
+fn rounding_units(q: QType, k: usize) -> f64 {
+    match q {
+        QType::BF16 => k as f64 + 1.0,
+        QType::Q8_0 => 2.0 * (k / 32) as f64 + 6.0,
+        other => panic!("no bound for {other}"),
+    }
+}
+
+/// `got` (tokens x rows) against the scalar backend on the same quantized activations.
+fn assert_matches_scalar(
+    what: &str,
+    q: QType,
+    w: &[u8],
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    got: &[f32],
+) {
+    let tokens = x.len() / k;
+    let mut want = poisoned(tokens * rows);
+    cpu::matmul_with(Isa::Scalar, pool(), q, w, rows, k, x, tokens, &mut want).unwrap();
+    let mut xq = vec![0u8; tokens * cpu::act_row_bytes(q, k).unwrap()];
+    cpu::quantize_activations_with(Isa::Scalar, pool(), q, x, k, tokens, &mut xq).unwrap();
+    let (wf, af) = (dequantized(q, w, k), dequantized(q.vec_dot_type(), &xq, k));
+    let unit = f64::from(f32::EPSILON) / 2.0 * rounding_units(q, k);
+    for t in 0..tokens {
+        for r in 0..rows {
+            let (g, s) = (got[t * rows + r], want[t * rows + r]);
+            let mag: f64 = (0..k)
+                .map(|i| (wf[r * k + i].abs() * af[t * k + i].abs()) as f64)
+                .sum();
+            let tol = unit * mag + 1e-30;
+            assert!(
+                g.is_finite() && ((g - s).abs() as f64) <= tol,
+                "{what}: token {t} row {r}: got {g}, want {s} (|diff| {}, tol {tol})",
+                (g - s).abs()
+            );
+        }
+    }
+}
+
+fn check(q: QType, rows: usize, k: usize, tokens: usize, seed: u64) {
+    let mut rng = SplitMix64::new(seed);
+    let w = weights(q, rows, k, &mut rng);
+    let x = activations(tokens, k, &mut rng);
+    let mut got = poisoned(tokens * rows);
+    cpu::matmul_with(Isa::Amx, pool(), q, &w, rows, k, &x, tokens, &mut got).unwrap();
+    let what = format!("{q} amx rows {rows} k {k} tokens {tokens}");
+    assert_matches_scalar(&what, q, &w, &x, rows, k, &got);
+}
+
+const FORMATS: [QType; 2] = [QType::BF16, QType::Q8_0];
+
+/// K lengths of `q` around the 32-element steps and the 2048-element chunks (Q8_0:
+/// whole blocks only).
+fn ks(q: QType) -> [usize; 12] {
+    match q {
+        QType::BF16 => [1, 2, 31, 32, 33, 64, 97, 1000, 2047, 2048, 2049, 4133],
+        _ => [
+            32, 64, 96, 128, 480, 1024, 1408, 2016, 2048, 2080, 4096, 4128,
+        ],
+    }
+}
+
+#[test]
+fn the_amx_table_runs_bf16_and_q8_0_on_amx() {
+    if !amx_here("the_amx_table_runs_bf16_and_q8_0_on_amx") {
+        return;
+    }
+    for q in FORMATS {
+        let k = dispatch::table(Isa::Amx).unwrap().get(q).unwrap();
+        assert_eq!(k.gemm_isa, Isa::Amx, "{q}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn gemm_matches_scalar(f in 0usize..FORMATS.len(), kp in 0usize..12, rows in 1usize..=70,
+                           tp in 1usize..=18, seed in any::<u64>()) {
+        if amx_here("gemm_matches_scalar") {
+            // 1..=17 tokens (the AVX512 kernel below 9, AMX from 9), or 513.
+            let tokens = if tp == 18 { 513 } else { tp };
+            let q = FORMATS[f];
+            check(q, rows, ks(q)[kp], tokens, seed);
+        }
+    }
+}
+
+/// Every block edge deterministically: token halves (9, 16, 17, 31, 32, 33, 513), row
+/// halves (1, 15, 16, 17, 32, 33) and K steps and chunks.
+#[test]
+fn every_block_edge_matches_scalar() {
+    if !amx_here("every_block_edge_matches_scalar") {
+        return;
+    }
+    for q in FORMATS {
+        let ks = ks(q);
+        for (rows, kp, tokens) in [
+            (1, 3, 9),
+            (15, 4, 16),
+            (16, 2, 17),
+            (17, 5, 31),
+            (32, 0, 32),
+            (33, 10, 33),
+            (47, 11, 40),
+            (130, 7, 513),
+        ] {
+            check(
+                q,
+                rows,
+                ks[kp],
+                tokens,
+                (rows * 1009 + kp * 7 + tokens) as u64,
+            );
+        }
+    }
+}
+
+/// One tile through the table's `gemm` directly, inside a larger NaN-poisoned output
+/// (`ldo` > rows, an offset): more rows and tokens than the driver's items, K over
+/// several chunks ending in a partial step; elements outside the tile stay untouched.
+#[test]
+fn one_large_tile_leaves_the_rest_of_the_output_alone() {
+    if !amx_here("one_large_tile_leaves_the_rest_of_the_output_alone") {
+        return;
+    }
+    for q in FORMATS {
+        one_large_tile(q);
+    }
+}
+
+fn one_large_tile(q: QType) {
+    let (rows, tokens, ldo, off) = (203, 37, 211, 3);
+    let k = ks(q)[11];
+    let mut rng = SplitMix64::new(77);
+    let w = weights(q, rows, k, &mut rng);
+    let x = activations(tokens, k, &mut rng);
+    let act_row = cpu::act_row_bytes(q, k).unwrap();
+    let mut xq = vec![0u8; tokens * act_row];
+    cpu::quantize_activations_with(Isa::Amx, pool(), q, &x, k, tokens, &mut xq).unwrap();
+    let mut big = poisoned(off + tokens * ldo);
+    let tile = GemmTile {
+        qtype: q,
+        k,
+        w: w.as_ptr(),
+        w_stride: q.row_bytes(k).unwrap(),
+        rows,
+        a: xq.as_ptr(),
+        a_stride: act_row,
+        tokens,
+        out: big[off..].as_mut_ptr(),
+        ldo,
+    };
+    let kernels = dispatch::table(Isa::Amx).unwrap().get(q).unwrap();
+    // SAFETY: the tile describes the weights (rows x row_bytes), the quantized
+    // activations (tokens x act_row) and output elements inside `big`; the AMX table
+    // exists only when this CPU runs AMX (checked above).
+    unsafe { (kernels.gemm)(&tile) };
+    let mut got = vec![0f32; tokens * rows];
+    for (i, v) in big.iter().enumerate() {
+        let inside = i >= off && (i - off) % ldo < rows && (i - off) / ldo < tokens;
+        if inside {
+            got[(i - off) / ldo * rows + (i - off) % ldo] = *v;
+        } else {
+            assert!(v.is_nan(), "{q}: element {i} outside the tile was written");
+        }
+    }
+    assert_matches_scalar(&format!("{q} amx one tile"), q, &w, &x, rows, k, &got);
+}
