@@ -26,6 +26,12 @@ pub(super) const MAX_PAIRS: usize = 8;
 /// A format's microkernel: computes `out[(t0 + t) * ldo + r0 + r]` for `r < RM`,
 /// `t < RN` over the whole `k` of the tile.
 pub(super) trait Microkernel {
+    /// The kernel has `1 x RN` register tiles for `RN` up to [`MAX_PAIRS`] tokens (its
+    /// activations are loaded where they are used, not held in registers). A GEMV of 5 to
+    /// 8 tokens (a MoE expert's share of a 64-token batch) then unpacks each weight block
+    /// once for all of its tokens instead of once per group of [`MAX_RN`].
+    const WIDE_TOKEN_TILE: bool = false;
+
     /// # Safety
     /// `r0 + RM <= tile.rows`, `t0 + RN <= tile.tokens`, the tile's pointers are valid
     /// as [`GemmTile`] documents, and the CPU has AVX2, FMA and F16C.
@@ -57,10 +63,17 @@ pub(super) unsafe fn gemm<M: Microkernel>(tile: &GemmTile) {
     let mut r0 = 0;
     while r0 < tile.rows {
         let chunk_end = (r0 + chunk).min(tile.rows);
+        let wide = M::WIDE_TOKEN_TILE
+            && tile.tokens > MAX_RN
+            && tile.tokens <= MAX_PAIRS.min(GEMV_MAX_TOKENS);
         let mut t0 = 0;
         while t0 < tile.tokens {
-            let rn = (tile.tokens - t0).min(MAX_RN);
-            let rm_max = max_rm(rn);
+            let (rn, rm_max) = if wide {
+                (tile.tokens, 1)
+            } else {
+                let rn = (tile.tokens - t0).min(MAX_RN);
+                (rn, max_rm(rn))
+            };
             let mut r = r0;
             while r < chunk_end {
                 let left = chunk_end - r;
@@ -101,6 +114,10 @@ unsafe fn run<M: Microkernel>(rm: usize, rn: usize, tile: &GemmTile, r0: usize, 
             (1, 3) => M::tile::<1, 3>(tile, r0, t0),
             (2, 4) => M::tile::<2, 4>(tile, r0, t0),
             (1, 4) => M::tile::<1, 4>(tile, r0, t0),
+            (1, 5) => M::tile::<1, 5>(tile, r0, t0),
+            (1, 6) => M::tile::<1, 6>(tile, r0, t0),
+            (1, 7) => M::tile::<1, 7>(tile, r0, t0),
+            (1, 8) => M::tile::<1, 8>(tile, r0, t0),
             _ => unreachable!("register tile {rm}x{rn} is not in the shape menu"),
         }
     }
@@ -159,13 +176,6 @@ pub(super) fn hsum8_ps<const N: usize>(v: &[__m256; N]) -> __m256 {
         _mm256_permute2f128_ps::<0x20>(s0123, s4567),
         _mm256_permute2f128_ps::<0x31>(s0123, s4567),
     )
-}
-
-/// f16 `bits` to f32, in all 8 lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn broadcast_f16(bits: u16) -> __m256 {
-    _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
 }
 
 /// Up to 8 f16 values (missing ones 0) as f32 lanes.
