@@ -118,7 +118,7 @@ impl<F: Float> Microkernel for FloatKernel<F> {
         for i in 0..full {
             let off = 8 * i * F::BYTES;
             if gemv && i.is_multiple_of(per_line) {
-                // The next register tile's rows, one line each (see prefetch_next_rows).
+                // A later register tile's rows, one line each (see prefetch_next_rows).
                 prefetch_next_rows::<RM>(w[0].wrapping_add(off), tile.w_stride, 1);
             }
             // SAFETY: elements 8i..8i+8 < k of each row.

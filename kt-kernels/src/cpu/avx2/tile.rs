@@ -248,15 +248,20 @@ pub(super) unsafe fn store_pairs<const RM: usize, const RN: usize>(
     }
 }
 
-/// Prefetches the `block_bytes` block at `block0` in the `RM` rows after the register
-/// tile's (the rows the next register tile of a GEMV reads). Shared by the K-quant and the
-/// small-block kernels. A GEMV streams its weights from DRAM once, in
-/// rows shorter than a page for the DeepSeek expert matrices, so the hardware prefetcher
-/// has to find every new row's stream anew. Measured on the dev Xeon (2026-11-21,
+/// Prefetches the `block_bytes` block at `block0` in the `RM` rows two register tiles
+/// after the current one (rows `2RM .. 3RM` from it), into L2. Shared by every AVX2
+/// kernel's GEMV. A GEMV streams its weights from DRAM once, in rows shorter than a page
+/// for the DeepSeek expert matrices, so the hardware prefetcher has to find every new
+/// row's stream anew. Measured on the dev Xeon (2026-11-21,
 /// `KT_ISA=avx2 kt-bench matmul --threads 1 --tokens 1`, GB/s of weights from DRAM,
-/// without -> with): Q4_K 1408x2048 5.5-5.8 -> 10.2-11.2, 2048x7168 8.2-8.3 -> 12.3-14.0;
-/// Q2_K 1408x2048 3.6-4.6 -> 7.9-8.8, 2048x7168 4.8-5.7 -> 9.1-9.8. The small-block
-/// formats call it once per 64 bytes of row (every block would ask for the same line).
+/// without -> with the next tile's rows into L1): Q4_K 1408x2048 5.5-5.8 -> 10.2-11.2,
+/// 2048x7168 8.2-8.3 -> 12.3-14.0; Q2_K 1408x2048 3.6-4.6 -> 7.9-8.8, 2048x7168
+/// 4.8-5.7 -> 9.1-9.8. Two tiles ahead into L2 rather than one into L1 (session 4, same
+/// command, best of 4 interleaved, ms): Q4_K 7168x2048 0.755 -> 0.748, 1408x2048 0.156
+/// -> 0.147, 2048x7168 0.636 -> 0.613; Q5_0 2048x1408 0.210 -> 0.204, 7168x2048 1.172
+/// -> 1.146: a longer lead with more lines in flight, which an L1 prefetch's fill buffer
+/// would hold until the line arrives. The small-block and float formats call it once per
+/// 64 bytes of row (every block would ask for the same line).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn prefetch_next_rows<const RM: usize>(
@@ -264,13 +269,13 @@ pub(super) fn prefetch_next_rows<const RM: usize>(
     w_stride: usize,
     block_bytes: usize,
 ) {
-    for r in RM..2 * RM {
+    for r in 2 * RM..3 * RM {
         let p = block0.wrapping_add(r * w_stride);
         let mut off = 0;
         while off < block_bytes + 63 {
             // A prefetch never faults, whatever the address; wrapping_add keeps the
             // pointer arithmetic defined past the end of the weights.
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(off).cast());
             off += 64;
         }
     }
