@@ -395,13 +395,16 @@ fn check_vs_scalar(t: QType, k: usize, rows: usize, tokens: usize, seed: u64) {
 
 macro_rules! vs_scalar {
     ($name:ident, $t:expr, $ks:expr, $cases:expr) => {
+        vs_scalar!($name, $t, $ks, $cases, 1usize..=70);
+    };
+    ($name:ident, $t:expr, $ks:expr, $cases:expr, $tokens:expr) => {
         proptest! {
             #![proptest_config(ProptestConfig { cases: $cases, ..ProptestConfig::default() })]
             #[test]
             fn $name(
                 k in prop::sample::select(&$ks[..]),
                 rows in 1usize..=70,
-                tokens in 1usize..=70,
+                tokens in $tokens,
                 seed in any::<u64>(),
             ) {
                 check_vs_scalar($t, k, rows, tokens, seed);
@@ -423,6 +426,26 @@ vs_scalar!(q5_1_matches_scalar, QType::Q5_1, SMALL_BLOCK_KS, 16);
 vs_scalar!(f32_matches_scalar, QType::F32, FLOAT_KS, 16);
 vs_scalar!(f16_matches_scalar, QType::F16, FLOAT_KS, 16);
 vs_scalar!(bf16_matches_scalar, QType::BF16, FLOAT_KS, 16);
+
+// GEMV token counts only (1..=8): the 8x1 .. 2x4 register tiles and the K-quants' 1x5 ..
+// 1x8 ones, with the GEMV prefetch of later tiles' rows.
+macro_rules! gemv_vs_scalar {
+    ($name:ident, $t:expr, $ks:expr) => {
+        vs_scalar!($name, $t, $ks, 16, 1usize..=8);
+    };
+}
+
+gemv_vs_scalar!(q2_k_gemv_matches_scalar, QType::Q2_K, K_QUANT_KS);
+gemv_vs_scalar!(q3_k_gemv_matches_scalar, QType::Q3_K, K_QUANT_KS);
+gemv_vs_scalar!(q4_k_gemv_matches_scalar, QType::Q4_K, K_QUANT_KS);
+gemv_vs_scalar!(q5_k_gemv_matches_scalar, QType::Q5_K, K_QUANT_KS);
+gemv_vs_scalar!(q6_k_gemv_matches_scalar, QType::Q6_K, K_QUANT_KS);
+gemv_vs_scalar!(q4_0_gemv_matches_scalar, QType::Q4_0, SMALL_BLOCK_KS);
+gemv_vs_scalar!(q4_1_gemv_matches_scalar, QType::Q4_1, SMALL_BLOCK_KS);
+gemv_vs_scalar!(q5_0_gemv_matches_scalar, QType::Q5_0, SMALL_BLOCK_KS);
+gemv_vs_scalar!(q8_0_gemv_matches_scalar, QType::Q8_0, SMALL_BLOCK_KS);
+gemv_vs_scalar!(bf16_gemv_matches_scalar, QType::BF16, FLOAT_KS);
+gemv_vs_scalar!(f32_gemv_matches_scalar, QType::F32, FLOAT_KS);
 
 /// Every GEMV token count (the driver's row-block tiles) over a few hundred rows.
 #[test]

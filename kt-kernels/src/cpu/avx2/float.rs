@@ -2,13 +2,15 @@
 //! widened to f32 (exactly: F16C for f16, a 16-bit shift for bf16) and multiplied with
 //! FMA into one 8-lane f32 accumulator per (row, token) pair, summed at the end. Each
 //! row's 8 widened weights are reused by the RN tokens, each token's by the RM rows.
-//! `k` need not be a multiple of 8: the last partial group is zero-padded.
+//! `k` need not be a multiple of 8: the last partial group is zero-padded. A GEMV
+//! prefetches the next register tile's rows line by line, as the quantized kernels do.
 
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
-use super::tile::{hsum8_ps, store_pairs, Microkernel, MAX_PAIRS};
+use super::tile::{hsum8_ps, prefetch_next_rows, store_pairs, Microkernel, MAX_PAIRS};
 use crate::cpu::dispatch::GemmTile;
+use crate::cpu::matmul::GEMV_MAX_TOKENS;
 
 /// A float element format.
 pub(super) trait Float {
@@ -110,8 +112,15 @@ impl<F: Float> Microkernel for FloatKernel<F> {
             std::array::from_fn(|t| unsafe { tile.a.add((t0 + t) * tile.a_stride) });
         let mut acc = [[_mm256_setzero_ps(); RN]; RM];
         let full = tile.k / 8;
+        let gemv = tile.tokens <= GEMV_MAX_TOKENS;
+        // Groups of 8 elements per 64-byte line of a row.
+        let per_line = 64 / (8 * F::BYTES);
         for i in 0..full {
             let off = 8 * i * F::BYTES;
+            if gemv && i.is_multiple_of(per_line) {
+                // A later register tile's rows, one line each (see prefetch_next_rows).
+                prefetch_next_rows::<RM>(w[0].wrapping_add(off), tile.w_stride, 1);
+            }
             // SAFETY: elements 8i..8i+8 < k of each row.
             step(&mut acc, &w, &a, |p: *const u8| unsafe {
                 F::load8(p.add(off))

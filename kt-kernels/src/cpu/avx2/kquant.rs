@@ -185,7 +185,15 @@ unsafe fn chunk_products<K: KQuant, const J: usize, const RM: usize, const RN: u
     sumi: &mut [[__m256i; RN]; RM],
 ) {
     // SAFETY: the activation block holds 256 quants from ACT_QS; chunk J < 8.
-    let act: [__m256i; RN] = std::array::from_fn(|t| unsafe { load32(a[t].add(ACT_QS + 32 * J)) });
+    let load_act = |t: usize| unsafe { load32(a[t].add(ACT_QS + 32 * J)) };
+    // Several rows share each token's vector: load it once. A single row (the 1 x RN
+    // tiles, up to 8 tokens) uses each once: it is loaded at its use below, so it need
+    // not occupy a register next to the 8 accumulators.
+    let act: [__m256i; RN] = if RM > 1 {
+        std::array::from_fn(load_act)
+    } else {
+        [_mm256_setzero_si256(); RN]
+    };
     // Opaque to the optimiser: without this LLVM hoists every row's unpacked bytes and
     // scales out of the 8 chunks and merges the loads chunks share, keeps all of those
     // live in registers and spills the accumulators instead; with it, chunk J's weights
@@ -194,7 +202,8 @@ unsafe fn chunk_products<K: KQuant, const J: usize, const RM: usize, const RN: u
     for (r, row_sums) in sumi.iter_mut().enumerate() {
         // SAFETY: row r's block and decoded scales (the caller's contract).
         let (q, s) = unsafe { K::chunk::<J>(w0.add(r * w_stride), &(*scales)[r]) };
-        for (sum, &x) in row_sums.iter_mut().zip(&act) {
+        for (t, sum) in row_sums.iter_mut().enumerate() {
+            let x = if RM > 1 { act[t] } else { load_act(t) };
             *sum = accumulate(*sum, _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), s));
         }
     }
@@ -244,16 +253,25 @@ unsafe fn pair_scales<K: KQuant, const RM: usize, const RN: usize>(
         };
         (spread_rows::<RN>(pick(even)), spread_rows::<RN>(pick(odd)))
     };
-    let da = spread_tokens::<RN>(_mm256_castps128_ps256(_mm_setr_ps(
-        da(0),
-        da(1),
-        da(2),
-        da(3),
-    )));
+    let da = if RN <= 4 {
+        spread_tokens::<RN>(_mm256_castps128_ps256(_mm_setr_ps(
+            da(0),
+            da(1),
+            da(2),
+            da(3),
+        )))
+    } else {
+        // A 1 x RN tile: the pair lane is the token.
+        _mm256_setr_ps(da(0), da(1), da(2), da(3), da(4), da(5), da(6), da(7))
+    };
     (_mm256_mul_ps(d, da), _mm256_mul_ps(dmin, da))
 }
 
 impl<K: KQuant> Microkernel for KQuantKernel<K> {
+    // `chunk_products` loads each token's activations where a row's product uses them,
+    // so a 1 x 8 tile holds only the 8 accumulators and one row's chunk in registers.
+    const WIDE_TOKEN_TILE: bool = true;
+
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize) {
         debug_assert!(RM * RN <= MAX_PAIRS);

@@ -1,27 +1,28 @@
 //! The one microkernel of the 32-element block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 //! against Q8_0 / Q8_1 activations).
 //!
-//! Every block has its own f16 scale on both sides, so the int sum of one block of a
-//! (row, token) pair is converted and scaled right away: per block and pair one
-//! `maddubs` (plus a sign fix or an offset correction), one `madd` with ones, a cvt, a
-//! multiply by the row's scale and an fma with the token's into that pair's f32
-//! accumulator (8 lanes, summed once at the end). A format only says how its 32 quants
-//! unpack ([`SmallBlock`]).
+//! Every block has its own f16 scale on both sides. Per block and (row, token) pair: one
+//! `maddubs` (plus a sign fix or an offset correction) and one `madd` with ones give 8
+//! i32 partial sums; the pairs' sums of the register tile are then reduced together into
+//! the 8 pair lanes of one vector (`row * RN + token`), converted once and multiplied
+//! with the pairs' `d_w * d_a` with one fma. Converting and scaling each pair's vector
+//! instead costs a cvt, a mul and an fma per pair and block, all on the two ports that
+//! also run `maddubs` and `madd`; the reduction's shuffles run beside them. A format only
+//! says how its 32 quants unpack ([`SmallBlock`]).
 //!
 //! - `q - OFFSET` formats (Q4_0: 8, Q5_0: 16): `maddubs(q, a) - maddubs(OFFSET, a)`;
 //!   the correction depends on the token only and is shared by the RM rows.
 //! - Q8_0 (signed weights): `maddubs(|w|, sign(a, w))`.
 //! - `d * q + m` formats (Q4_1, Q5_1): `maddubs(q, a)`, and the `m * s` term of the
-//!   Q8_1 activation's `s = d * sum(a)` is accumulated for all pairs at once, in the
-//!   pair lanes `row * RN + token` of one vector.
+//!   Q8_1 activation's `s = d * sum(a)` is accumulated into the same pair lanes.
 
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::kquant::load32;
 use super::tile::{
-    broadcast_f16, f16_lanes, hsum8_ps, prefetch_next_rows, spread_rows, spread_tokens,
-    store_pairs, Microkernel, MAX_PAIRS,
+    f16_lanes, hsum8_epi32, prefetch_next_rows, spread_rows, spread_tokens, store_pairs,
+    Microkernel, MAX_PAIRS,
 };
 use crate::cpu::dispatch::GemmTile;
 use crate::cpu::matmul::GEMV_MAX_TOKENS;
@@ -75,8 +76,8 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
         let (act_block, act_qs) = act_layout(B::HAS_MIN);
         let ones = _mm256_set1_epi16(1);
         let offset = _mm256_set1_epi8(B::OFFSET);
-        let mut acc = [[_mm256_setzero_ps(); RN]; RM];
-        let mut acc_min = _mm256_setzero_ps();
+        // Pair lanes `row * RN + token`.
+        let mut acc = _mm256_setzero_ps();
         let gemv = tile.tokens <= GEMV_MAX_TOKENS;
         let ws = tile.w_stride;
         let mut next_line = 0;
@@ -98,10 +99,8 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
             let a: [*const u8; RN] = std::array::from_fn(|t| unsafe {
                 tile.a.add((t0 + t) * tile.a_stride + b * act_block)
             });
-            // SAFETY: whole activation blocks: 32 quants at act_qs, d first.
+            // SAFETY: whole activation blocks: 32 quants at act_qs.
             let act: [__m256i; RN] = std::array::from_fn(|t| unsafe { load32(a[t].add(act_qs)) });
-            let da: [__m256; RN] =
-                std::array::from_fn(|t| unsafe { broadcast_f16(f16_bits(a[t])) });
             let correction: [__m256i; RN] = std::array::from_fn(|t| {
                 if B::OFFSET != 0 {
                     _mm256_maddubs_epi16(offset, act[t])
@@ -109,9 +108,11 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
                     _mm256_setzero_si256()
                 }
             });
+            // The integer dot of every pair, as 8 i32 partial sums.
+            let mut pairs = [_mm256_setzero_si256(); MAX_PAIRS];
             for r in 0..RM {
-                // SAFETY: w[r] is a whole block, d first.
-                let (q, dw) = unsafe { (B::quants(w[r]), broadcast_f16(f16_bits(w[r]))) };
+                // SAFETY: w[r] is a whole block.
+                let q = unsafe { B::quants(w[r]) };
                 let uq = if B::SIGNED { _mm256_abs_epi8(q) } else { q };
                 for t in 0..RN {
                     let p = if B::SIGNED {
@@ -124,26 +125,27 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
                     } else {
                         p
                     };
-                    let sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(sum, dw), da[t], acc[r][t]);
+                    pairs[r * RN + t] = _mm256_madd_epi16(p, ones);
                 }
             }
+            // One reduction and one scaling for all pairs: the int sums are exact (at
+            // most 32 * 128 * 127 < 2^24, so the conversion is too), and the block's
+            // `d_w * d_a` products are formed once in the pair lanes.
+            // SAFETY: whole blocks, d first.
+            let dw = f16_lanes::<RM>(std::array::from_fn(|r| unsafe { f16_bits(w[r]) }));
+            // SAFETY: as above.
+            let da = f16_lanes::<RN>(std::array::from_fn(|t| unsafe { f16_bits(a[t]) }));
+            let scale = _mm256_mul_ps(spread_rows::<RN>(dw), spread_tokens::<RN>(da));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum8_epi32(&pairs)), scale, acc);
             if B::HAS_MIN {
                 // m of each row (after d) and s of each token (after d), in pair lanes.
                 // SAFETY: whole blocks, as above.
                 let m = f16_lanes::<RM>(std::array::from_fn(|r| unsafe { f16_bits(w[r].add(2)) }));
                 let s = f16_lanes::<RN>(std::array::from_fn(|t| unsafe { f16_bits(a[t].add(2)) }));
-                acc_min = _mm256_fmadd_ps(spread_rows::<RN>(m), spread_tokens::<RN>(s), acc_min);
+                acc = _mm256_fmadd_ps(spread_rows::<RN>(m), spread_tokens::<RN>(s), acc);
             }
         }
-        let mut pairs = [_mm256_setzero_ps(); MAX_PAIRS];
-        for r in 0..RM {
-            for t in 0..RN {
-                pairs[r * RN + t] = acc[r][t];
-            }
-        }
-        let total = _mm256_add_ps(hsum8_ps(&pairs), acc_min);
         // SAFETY: the caller's contract covers these output elements.
-        unsafe { store_pairs::<RM, RN>(total, tile, r0, t0) };
+        unsafe { store_pairs::<RM, RN>(acc, tile, r0, t0) };
     }
 }

@@ -26,6 +26,12 @@ pub(super) const MAX_PAIRS: usize = 8;
 /// A format's microkernel: computes `out[(t0 + t) * ldo + r0 + r]` for `r < RM`,
 /// `t < RN` over the whole `k` of the tile.
 pub(super) trait Microkernel {
+    /// The kernel has `1 x RN` register tiles for `RN` up to [`MAX_PAIRS`] tokens (its
+    /// activations are loaded where they are used, not held in registers). A GEMV of 5 to
+    /// 8 tokens (a MoE expert's share of a 64-token batch) then unpacks each weight block
+    /// once for all of its tokens instead of once per group of [`MAX_RN`].
+    const WIDE_TOKEN_TILE: bool = false;
+
     /// # Safety
     /// `r0 + RM <= tile.rows`, `t0 + RN <= tile.tokens`, the tile's pointers are valid
     /// as [`GemmTile`] documents, and the CPU has AVX2, FMA and F16C.
@@ -57,10 +63,17 @@ pub(super) unsafe fn gemm<M: Microkernel>(tile: &GemmTile) {
     let mut r0 = 0;
     while r0 < tile.rows {
         let chunk_end = (r0 + chunk).min(tile.rows);
+        let wide = M::WIDE_TOKEN_TILE
+            && tile.tokens > MAX_RN
+            && tile.tokens <= MAX_PAIRS.min(GEMV_MAX_TOKENS);
         let mut t0 = 0;
         while t0 < tile.tokens {
-            let rn = (tile.tokens - t0).min(MAX_RN);
-            let rm_max = max_rm(rn);
+            let (rn, rm_max) = if wide {
+                (tile.tokens, 1)
+            } else {
+                let rn = (tile.tokens - t0).min(MAX_RN);
+                (rn, max_rm(rn))
+            };
             let mut r = r0;
             while r < chunk_end {
                 let left = chunk_end - r;
@@ -101,6 +114,10 @@ unsafe fn run<M: Microkernel>(rm: usize, rn: usize, tile: &GemmTile, r0: usize, 
             (1, 3) => M::tile::<1, 3>(tile, r0, t0),
             (2, 4) => M::tile::<2, 4>(tile, r0, t0),
             (1, 4) => M::tile::<1, 4>(tile, r0, t0),
+            (1, 5) => M::tile::<1, 5>(tile, r0, t0),
+            (1, 6) => M::tile::<1, 6>(tile, r0, t0),
+            (1, 7) => M::tile::<1, 7>(tile, r0, t0),
+            (1, 8) => M::tile::<1, 8>(tile, r0, t0),
             _ => unreachable!("register tile {rm}x{rn} is not in the shape menu"),
         }
     }
@@ -159,13 +176,6 @@ pub(super) fn hsum8_ps<const N: usize>(v: &[__m256; N]) -> __m256 {
         _mm256_permute2f128_ps::<0x20>(s0123, s4567),
         _mm256_permute2f128_ps::<0x31>(s0123, s4567),
     )
-}
-
-/// f16 `bits` to f32, in all 8 lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn broadcast_f16(bits: u16) -> __m256 {
-    _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
 }
 
 /// Up to 8 f16 values (missing ones 0) as f32 lanes.
@@ -238,15 +248,20 @@ pub(super) unsafe fn store_pairs<const RM: usize, const RN: usize>(
     }
 }
 
-/// Prefetches the `block_bytes` block at `block0` in the `RM` rows after the register
-/// tile's (the rows the next register tile of a GEMV reads). Shared by the K-quant and the
-/// small-block kernels. A GEMV streams its weights from DRAM once, in
-/// rows shorter than a page for the DeepSeek expert matrices, so the hardware prefetcher
-/// has to find every new row's stream anew. Measured on the dev Xeon (2026-11-21,
+/// Prefetches the `block_bytes` block at `block0` in the `RM` rows two register tiles
+/// after the current one (rows `2RM .. 3RM` from it), into L2. Shared by every AVX2
+/// kernel's GEMV. A GEMV streams its weights from DRAM once, in rows shorter than a page
+/// for the DeepSeek expert matrices, so the hardware prefetcher has to find every new
+/// row's stream anew. Measured on the dev Xeon (2026-11-21,
 /// `KT_ISA=avx2 kt-bench matmul --threads 1 --tokens 1`, GB/s of weights from DRAM,
-/// without -> with): Q4_K 1408x2048 5.5-5.8 -> 10.2-11.2, 2048x7168 8.2-8.3 -> 12.3-14.0;
-/// Q2_K 1408x2048 3.6-4.6 -> 7.9-8.8, 2048x7168 4.8-5.7 -> 9.1-9.8. The small-block
-/// formats call it once per 64 bytes of row (every block would ask for the same line).
+/// without -> with the next tile's rows into L1): Q4_K 1408x2048 5.5-5.8 -> 10.2-11.2,
+/// 2048x7168 8.2-8.3 -> 12.3-14.0; Q2_K 1408x2048 3.6-4.6 -> 7.9-8.8, 2048x7168
+/// 4.8-5.7 -> 9.1-9.8. Two tiles ahead into L2 rather than one into L1 (session 4, same
+/// command, best of 4 interleaved, ms): Q4_K 7168x2048 0.755 -> 0.748, 1408x2048 0.156
+/// -> 0.147, 2048x7168 0.636 -> 0.613; Q5_0 2048x1408 0.210 -> 0.204, 7168x2048 1.172
+/// -> 1.146: a longer lead with more lines in flight, which an L1 prefetch's fill buffer
+/// would hold until the line arrives. The small-block and float formats call it once per
+/// 64 bytes of row (every block would ask for the same line).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn prefetch_next_rows<const RM: usize>(
@@ -254,13 +269,13 @@ pub(super) fn prefetch_next_rows<const RM: usize>(
     w_stride: usize,
     block_bytes: usize,
 ) {
-    for r in RM..2 * RM {
+    for r in 2 * RM..3 * RM {
         let p = block0.wrapping_add(r * w_stride);
         let mut off = 0;
         while off < block_bytes + 63 {
             // A prefetch never faults, whatever the address; wrapping_add keeps the
             // pointer arithmetic defined past the end of the weights.
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(off).cast());
             off += 64;
         }
     }
