@@ -481,11 +481,7 @@ impl<'s> Step<'s> {
         m.copied_out = self.moe_gpu(router, bias, shared, sc, m, ws, self.timing)?;
         // each read waits for its copy
         let wait = Instant::now();
-        let (hx, hids, hw) = (
-            sc.host_x.as_slice()?,
-            sc.host_ids.as_slice()?,
-            sc.host_weights.as_slice()?,
-        );
+        let (hx, hids, hw) = sc.unpack(sc.host_pack.as_slice()?);
         m.cpu_wait_s = wait.elapsed().as_secs_f64();
         let cpu = Instant::now();
         let routed = sc.host_routed.as_mut_slice()?;
@@ -513,9 +509,9 @@ impl<'s> Step<'s> {
         })
     }
 
-    /// The GPU half of a MoE layer before the CPU experts: router and gating, the copies of
-    /// the normalized hidden state, ids and weights to pinned memory, then the shared
-    /// experts. Returns an event recorded right after the copies when `copied_event`.
+    /// The GPU half of a MoE layer before the CPU experts: router and gating, the copy of
+    /// the normalized hidden state, ids and weights (packed) to pinned memory, then the
+    /// shared experts. Returns an event recorded right after the copies when `copied_event`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn moe_gpu(
         &self,
@@ -528,11 +524,9 @@ impl<'s> Step<'s> {
         copied_event: bool,
     ) -> HybridResult<Option<GpuEvent>> {
         let s = self.s;
-        self.route(router, bias, sc)?;
+        self.route_packed(router, bias, sc)?;
         m.routed = LayerMarks::mark(self.timing, s)?;
-        s.copy_to_pinned(&sc.xn32, &mut sc.host_x)?;
-        s.copy_to_pinned(&sc.ids, &mut sc.host_ids)?;
-        s.copy_to_pinned(&sc.weights, &mut sc.host_weights)?;
+        s.copy_to_pinned(&sc.pack, &mut sc.host_pack)?;
         let copied = LayerMarks::mark(copied_event, s)?;
         // queued now, run while the CPU computes the routed experts
         if let (Some(mlp), Some((gu, act, out))) = (shared, sc.shared.as_mut()) {
@@ -544,12 +538,46 @@ impl<'s> Step<'s> {
 
     /// The router's logits of `sc.xn` / `sc.xn32` and the gating's choices into `sc.ids` /
     /// `sc.weights`.
-    pub(super) fn route(
+    fn route(
         &self,
         router: &GpuRouter,
         bias: Option<&DeviceBuf<f32>>,
         sc: &mut Scratch,
     ) -> HybridResult<()> {
+        self.router_logits(router, sc)?;
+        self.s.moe_gating(
+            self.router,
+            &sc.router,
+            bias,
+            self.t_n,
+            &mut sc.ids,
+            &mut sc.weights,
+        )?;
+        Ok(())
+    }
+
+    /// The router's logits and the gating's choices as [`Self::route`], written with
+    /// `sc.xn32` into `sc.pack` (the CPU experts' inputs, one copy to the host).
+    pub(super) fn route_packed(
+        &self,
+        router: &GpuRouter,
+        bias: Option<&DeviceBuf<f32>>,
+        sc: &mut Scratch,
+    ) -> HybridResult<()> {
+        self.router_logits(router, sc)?;
+        self.s.moe_gating_packed(
+            self.router,
+            &sc.router,
+            bias,
+            self.t_n,
+            &sc.xn32,
+            &mut sc.pack,
+        )?;
+        Ok(())
+    }
+
+    /// The router's logits of `sc.xn` / `sc.xn32` into `sc.router`.
+    fn router_logits(&self, router: &GpuRouter, sc: &mut Scratch) -> HybridResult<()> {
         let (s, t_n, c) = (self.s, self.t_n, self.c);
         let (e_n, hidden) = (self.router.n_experts, c.hidden_size);
         match router {
@@ -563,14 +591,6 @@ impl<'s> Step<'s> {
                 s.gemm_nt(&GemmNt::linear(t_n, e_n, hidden), &sc.xn, w, &mut sc.router)?
             }
         }
-        s.moe_gating(
-            self.router,
-            &sc.router,
-            bias,
-            t_n,
-            &mut sc.ids,
-            &mut sc.weights,
-        )?;
         Ok(())
     }
 
