@@ -13,7 +13,7 @@ use kt_kernels::ops::RouterConfig;
 use super::error::{HybridError, HybridResult};
 use super::gpu_experts::GpuExperts;
 use super::graph::{DecodeGraph, Head};
-use super::layer::{GpuFfn, GpuLayer, GpuMlp, GpuQuery, GpuRouter};
+use super::layer::{GpuFfn, GpuLayer, GpuMlp, GpuQkv, GpuQuery, GpuRouter};
 use super::scratch::Scratch;
 use super::timing::{accumulate, HybridTimes, LayerMarks};
 use super::{HybridCache, HybridModel, Workspaces, BLOCK_SIZE};
@@ -361,32 +361,54 @@ impl<'s> Step<'s> {
             None,
             eps,
         )?;
-        match &a.q {
-            GpuQuery::Direct(w) => w.apply(s, &sc.xn, t_n, &mut sc.q, &mut ws.gemm)?,
-            GpuQuery::LoRA { a: wa, a_norm, b } => {
-                let (qa, qan) = sc.q_a.as_mut().expect("sized for the query LoRA");
-                wa.apply(s, &sc.xn, t_n, qa, &mut ws.gemm)?;
-                s.rmsnorm_w32(qa, a_norm.len(), t_n, a_norm, qan, None, eps)?;
-                b.apply(s, qan, t_n, &mut sc.q, &mut ws.gemm)?;
-            }
-        }
-        a.kv_a.apply(s, &sc.xn, t_n, &mut sc.kv, &mut ws.gemm)?;
         let layer_cache = &mut cache.layers[li];
-        // One launch: the cache rows (normalized latent, rotated k_pe) at the positions (one
-        // sequence, pages in order; read on the device so a captured decode step writes each
-        // token's row) and the rotated q_pe into the MLA query rows beside q_lat.
-        s.mla_rope_cache_write(
-            &sc.q,
-            h_n,
-            nope,
-            &mut sc.q_lat,
-            &sc.kv,
-            &a.kv_a_norm,
-            layer_cache,
-            &sc.positions,
-            &cache.rope,
-            eps,
-        )?;
+        // The projections, then one launch: the cache rows (normalized latent, rotated k_pe)
+        // at the positions (one sequence, pages in order; read on the device so a captured
+        // decode step writes each token's row) and the rotated q_pe into the MLA query rows
+        // beside q_lat. `q_row`: the elements per token of the buffer the queries are in.
+        let (q, q_row) = match &a.qkv {
+            GpuQkv::Stacked(w) => {
+                let qkv = sc.qkv.as_mut().expect("sized for the stacked projection");
+                w.apply(s, &sc.xn, t_n, qkv, &mut ws.gemm)?;
+                s.mla_rope_cache_write_stacked(
+                    qkv,
+                    h_n,
+                    nope,
+                    &mut sc.q_lat,
+                    &a.kv_a_norm,
+                    layer_cache,
+                    &sc.positions,
+                    &cache.rope,
+                    eps,
+                )?;
+                (&*qkv, h_n * qk + CACHE_ROW)
+            }
+            GpuQkv::Separate { q, kv_a } => {
+                match q {
+                    GpuQuery::Direct(w) => w.apply(s, &sc.xn, t_n, &mut sc.q, &mut ws.gemm)?,
+                    GpuQuery::LoRA { a: wa, a_norm, b } => {
+                        let (qa, qan) = sc.q_a.as_mut().expect("sized for the query LoRA");
+                        wa.apply(s, &sc.xn, t_n, qa, &mut ws.gemm)?;
+                        s.rmsnorm_w32(qa, a_norm.len(), t_n, a_norm, qan, None, eps)?;
+                        b.apply(s, qan, t_n, &mut sc.q, &mut ws.gemm)?;
+                    }
+                }
+                kv_a.apply(s, &sc.xn, t_n, &mut sc.kv, &mut ws.gemm)?;
+                s.mla_rope_cache_write(
+                    &sc.q,
+                    h_n,
+                    nope,
+                    &mut sc.q_lat,
+                    &sc.kv,
+                    &a.kv_a_norm,
+                    layer_cache,
+                    &sc.positions,
+                    &cache.rope,
+                    eps,
+                )?;
+                (&sc.q, h_n * qk)
+            }
+        };
         // q_lat[t, h] = W_uk(h)^T q_nope[t, h], with q_pe beside it: the MLA query rows
         let absorb = GemmNt {
             batch: h_n,
@@ -396,7 +418,7 @@ impl<'s> Step<'s> {
             a: Strides {
                 offset: 0,
                 batch: qk,
-                row: h_n * qk,
+                row: q_row,
             },
             b_batch: KV_LORA_RANK * nope,
             b_row: nope,
@@ -406,7 +428,7 @@ impl<'s> Step<'s> {
                 row: h_n * CACHE_ROW,
             },
         };
-        s.gemm_nt(&absorb, &sc.q, &a.k_b, &mut sc.q_lat)?;
+        s.gemm_nt(&absorb, q, &a.k_b, &mut sc.q_lat)?;
         s.mla_attention(
             batch,
             &sc.q_lat,

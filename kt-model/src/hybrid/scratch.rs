@@ -15,6 +15,8 @@ use crate::config::DeepSeekConfig;
 pub(crate) struct Widths {
     pub dense: Option<usize>,
     pub shared: Option<usize>,
+    /// Whether a layer runs q_proj and kv_a as one stacked GEMV (`sc.qkv`).
+    pub stacked_qkv: bool,
 }
 
 pub(crate) struct Scratch {
@@ -31,6 +33,9 @@ pub(crate) struct Scratch {
     pub q: DeviceBuf<bf16>,
     /// The kv projection `[T, rank + rope]`.
     pub kv: DeviceBuf<bf16>,
+    /// Queries and kv projection of the stacked GEMV, `[T, heads * (nope + rope) + rank +
+    /// rope]`, when a layer has one.
+    pub qkv: Option<DeviceBuf<bf16>>,
     /// Absorbed query rows `[T * heads, rank + rope]` and the attention's latent output
     /// `[T * heads, rank]`.
     pub q_lat: DeviceBuf<bf16>,
@@ -90,6 +95,10 @@ impl Scratch {
             },
             q: bf(t * heads * qk)?,
             kv: bf(t * CACHE_ROW)?,
+            qkv: match w.stacked_qkv {
+                true => Some(bf(t * (heads * qk + CACHE_ROW))?),
+                false => None,
+            },
             q_lat: bf(t * heads * CACHE_ROW)?,
             o_lat: bf(t * heads * KV_LORA_RANK)?,
             heads: bf(t * heads * c.v_head_dim)?,
