@@ -28,14 +28,14 @@ trap pack EXIT
 
 note "device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cpus; threads $threads; budget ${budget}s"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
-for name in ${TESTS_LIST:-hybrid_graph cuda_mla cuda_linear hybrid_pipeline hybrid_forward cuda_runtime cuda_pinned}; do
-    t=$bin/tests/$name
-    [ -x "$t" ] || { note "test $name: missing"; continue; }
-    l=$(left); if [ "$l" -lt 100 ]; then note "test $name: skipped (${l}s left)"; continue; fi
+for tname in ${TESTS_LIST:-hybrid_graph cuda_mla cuda_linear hybrid_pipeline hybrid_forward cuda_runtime cuda_pinned}; do
+    t=$bin/tests/$tname
+    [ -x "$t" ] || { note "test $tname: missing"; continue; }
+    l=$(left); if [ "$l" -lt 100 ]; then note "test $tname: skipped (${l}s left)"; continue; fi
     t0=$SECONDS
-    KT_REQUIRE_GPU=1 timeout 60 "$t" --test-threads 1 --nocapture > "$out/tests/$name.log" 2>&1
-    note "test $name: rc $? in $((SECONDS - t0)) s; $(grep -E '^test result' "$out/tests/$name.log" | tail -1)"
-    grep -E "panicked|FAILED|failed" "$out/tests/$name.log" | head -5 >> "$summary"
+    KT_REQUIRE_GPU=1 timeout 60 "$t" --test-threads 1 --nocapture > "$out/tests/$tname.log" 2>&1
+    note "test $tname: rc $? in $((SECONDS - t0)) s; $(grep -E '^test result' "$out/tests/$tname.log" | tail -1)"
+    grep -E "panicked|FAILED|failed" "$out/tests/$tname.log" | head -5 >> "$summary"
 done
 gguf=$tmp/kt-v2l-$name.gguf
 if step gen_v2l 60 "$bin/kt-bench" gen-gguf --preset deepseek-v2-lite --out "$gguf" --threads "$threads"; then
