@@ -296,7 +296,12 @@ fn packed_gating_matches_unpacked_bit_for_bit() {
                 &s.download(&ids).unwrap()[..],
                 "{name}, {tokens} tokens: ids"
             );
-            let want_w: Vec<u32> = s.download(&w).unwrap().iter().map(|v| v.to_bits()).collect();
+            let want_w: Vec<u32> = s
+                .download(&w)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
             assert_eq!(gw, &want_w[..], "{name}, {tokens} tokens: weights");
         }
     }
@@ -308,7 +313,15 @@ fn packed_gating_rejects_bad_lengths() {
         return;
     };
     let s = gpu.stream();
-    let cfg = router(64, 6, (1, 1), Scoring::Softmax, TopkMethod::Greedy, false, 1.0);
+    let cfg = router(
+        64,
+        6,
+        (1, 1),
+        Scoring::Softmax,
+        TopkMethod::Greedy,
+        false,
+        1.0,
+    );
     let logits = s.upload(&[0.5f32; 128]).unwrap();
     let x = s.upload(&[1.0f32; 2 * 16]).unwrap();
     let mut pack = s.upload(&vec![0u32; packed_len(2, 16, 6)]).unwrap();

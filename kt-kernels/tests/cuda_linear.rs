@@ -411,8 +411,7 @@ fn mla_rope_cache_write_matches_the_unfused_chain() {
 /// above); outputs start as NaN, so a slot one layout leaves unwritten differs in bits.
 #[test]
 fn mla_rope_cache_write_stacked_matches_separate_bit_for_bit() {
-    let Some(gpu) = gpu_or_skip("mla_rope_cache_write_stacked_matches_separate_bit_for_bit")
-    else {
+    let Some(gpu) = gpu_or_skip("mla_rope_cache_write_stacked_matches_separate_bit_for_bit") else {
         return;
     };
     let s = gpu.stream();
@@ -428,7 +427,10 @@ fn mla_rope_cache_write_stacked_matches_separate_bit_for_bit() {
         let kv: Vec<bf16> = random(&mut rng, t * width, 1.5);
         let qkv: Vec<bf16> = (0..t)
             .flat_map(|r| {
-                let (qr, kr) = (&q[r * q_width..(r + 1) * q_width], &kv[r * width..(r + 1) * width]);
+                let (qr, kr) = (
+                    &q[r * q_width..(r + 1) * q_width],
+                    &kv[r * width..(r + 1) * width],
+                );
                 qr.iter().chain(kr).copied().collect::<Vec<_>>()
             })
             .collect();
@@ -444,7 +446,16 @@ fn mla_rope_cache_write_stacked_matches_separate_bit_for_bit() {
         let mut want_q = nan_buf::<bf16>(s, t * heads * width);
         let mut want_c = nan_buf::<bf16>(s, rows * width);
         s.mla_rope_cache_write(
-            &qb, heads, nope, &mut want_q, &kvb, &wd, &mut want_c, &pd, &tables, eps,
+            &qb,
+            heads,
+            nope,
+            &mut want_q,
+            &kvb,
+            &wd,
+            &mut want_c,
+            &pd,
+            &tables,
+            eps,
         )
         .unwrap();
         let mut got_q = nan_buf::<bf16>(s, t * heads * width);

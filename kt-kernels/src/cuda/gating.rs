@@ -193,10 +193,13 @@ impl GpuStream {
     ) -> CudaResult<()> {
         const OP: &str = "moe_gating_packed";
         let k = cfg.top_k;
-        if tokens == 0 || x.len() % tokens != 0 {
+        if tokens == 0 || !x.len().is_multiple_of(tokens) {
             return Err(shape(
                 OP,
-                format!("x has {} elements, not whole rows of {tokens} tokens", x.len()),
+                format!(
+                    "x has {} elements, not whole rows of {tokens} tokens",
+                    x.len()
+                ),
             ));
         }
         let hidden = x.len() / tokens;
@@ -233,8 +236,9 @@ impl GpuStream {
         // x, pack, hidden, then kt_moe_gating's tokens .. scale); plan() checked the limits
         // and the logits / bias lengths, x is tokens x hidden and pack holds the rows, ids
         // and weights the kernel writes (checked above).
-        unsafe { b.launch(l.config) }
-            .map(drop)
-            .map_err(launch_err(kernel, format!("tokens {tokens}, hidden {hidden}, {cfg:?}")))
+        unsafe { b.launch(l.config) }.map(drop).map_err(launch_err(
+            kernel,
+            format!("tokens {tokens}, hidden {hidden}, {cfg:?}"),
+        ))
     }
 }

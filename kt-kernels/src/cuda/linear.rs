@@ -514,7 +514,9 @@ impl GpuStream {
             kv_offset: 0,
             kv_row: width,
         };
-        self.rope_cache_launch(OP, rows, heads, nope, q_lat, w, cache, positions, tables, eps)
+        self.rope_cache_launch(
+            OP, rows, heads, nope, q_lat, w, cache, positions, tables, eps,
+        )
     }
 
     /// [`Self::mla_rope_cache_write`] with the queries and the kv row of each token in one
@@ -555,7 +557,9 @@ impl GpuStream {
             kv_offset: q_width,
             kv_row: row,
         };
-        self.rope_cache_launch(OP, rows, heads, nope, q_lat, w, cache, positions, tables, eps)
+        self.rope_cache_launch(
+            OP, rows, heads, nope, q_lat, w, cache, positions, tables, eps,
+        )
     }
 
     /// The launch of kt_mla_rope_cache_write for both layouts; `rows` has passed its

@@ -25,11 +25,15 @@ pub(crate) enum GpuQuery {
 }
 
 /// The projections of the normalized hidden state: the queries and the compressed kv.
+#[allow(clippy::large_enum_variant)] // one per layer: its size does not matter
 pub(crate) enum GpuQkv {
     /// q_proj and kv_a_mqa (same input, same format, no query LoRA) stacked into one GEMV:
     /// each token's output row is `[q | kv]`.
     Stacked(GpuLinear),
-    Separate { q: GpuQuery, kv_a: GpuLinear },
+    Separate {
+        q: GpuQuery,
+        kv_a: GpuLinear,
+    },
 }
 
 pub(crate) struct GpuAttention {

@@ -66,8 +66,8 @@ use crate::placement::Placement;
 use crate::tensors::{Ffn, ModelTensors};
 use gpu_experts::GpuExperts;
 use graph::DecodeGraph;
-use layer::{GpuFfn, GpuLayer};
 use layer::GpuQkv;
+use layer::{GpuFfn, GpuLayer};
 use scratch::{Scratch, Widths};
 use weights::{Formats, GpuLinear};
 
