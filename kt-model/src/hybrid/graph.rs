@@ -2,16 +2,16 @@
 //! ordered on the stream by host flags.
 //!
 //! Once a single-token call has run eagerly (which sizes every workspace), the same work is
-//! captured on a side stream into a graph, per (model, cache): every layer, then the final
-//! norm and the output head into a preallocated logits buffer. Per MoE layer `k` (1-based)
-//! the graph copies the normalized hidden state, ids and weights (one packed buffer) to pinned memory, writes
-//! `k` into the pinned `ready` flag (after a fence), queues the shared experts, then waits
-//! until the pinned `done` flag reaches `k`, copies the routed sum back and adds it. Each
-//! token the host resets both flags, updates what changes per token in device buffers the
-//! kernels read (the embedding row, the position, which is also the cache row and the rope
-//! row, the MLA kv length and split count), launches the graph, and for each MoE layer waits
-//! for `ready`, runs the routed experts and raises `done`. The flags' values are the same
-//! every launch, so the graph never changes.
+//! captured on a side stream into a graph, per (model, cache): every layer, then the final norm and
+//! the output head into a preallocated logits buffer. Per MoE layer `k` (1-based) the graph copies
+//! the normalized hidden state, ids and weights (one packed buffer) to pinned memory, writes `k`
+//! into the pinned `ready` flag (after a fence), queues the shared experts, then waits until the
+//! pinned `done` flag reaches `k`, copies the routed sum back and adds it. Each token the host
+//! resets both flags, updates what changes per token in device buffers the kernels read (the
+//! embedding row, the position, which is also the cache row and the rope row, the MLA kv length and
+//! split count), launches the graph, and for each MoE layer waits for `ready`, runs the routed
+//! experts and raises `done`. The flags' values are the same every launch, so the graph never
+//! changes.
 //!
 //! The kernels, their order and their inputs are those of the eager loop (the MLA launch of
 //! a live batch reads the split count the eager launch would plan), so the logits are the

@@ -1,7 +1,8 @@
-//! One decoder layer's GPU weights, loaded from the GGUF tensors in the placement's formats:
-//! norms (f32), the query path and `kv_a` (one stacked matrix where they can), the per-head absorbed key/value up-projections
-//! (bf16, laid out for the batched GEMM), the output projection, and the dense MLP or the
-//! router (f32 or bf16 weights, f32 logits), its score bias and the shared experts.
+//! One decoder layer's GPU weights, loaded from the GGUF tensors in the placement's formats: norms
+//! (f32), the query path and `kv_a` (one stacked matrix where they can), the per-head absorbed
+//! key/value up-projections (bf16, laid out for the batched GEMM), the output projection, and the
+//! dense MLP or the router (f32 or bf16 weights, f32 logits), its score bias and the shared
+//! experts.
 
 use half::bf16;
 use kt_kernels::cuda::{DeviceBuf, GpuStream};

@@ -4,8 +4,8 @@
 //!
 //! Layer `L + 1`'s queued work starts with a wait on a host flag (`cuStreamWaitValue32` on
 //! pinned memory), then copies layer `L`'s routed sum back, adds it, and runs layer `L + 1`
-//! up to its shared experts; the host then waits for layer `L`'s copies (an event recorded
-//! after them), runs the experts, writes the sum and raises the flag. The kernels, their
+//! up to its shared experts; the host then waits for layer `L`'s copy out (an event recorded
+//! after it), runs the experts, writes the sum and raises the flag. The kernels, their
 //! order and their inputs are those of the sequential loop, so the logits are bit for bit
 //! the same (a test checks it). Without trace or timing only: per-layer events would
 //! measure the queue, not the work.
