@@ -276,7 +276,9 @@ extern "C" __global__ void __launch_bounds__(1024)
 // the rotated q_pe of token t's heads into the rope slot of their absorbed query rows
 // (q_lat[t * heads + h, rank:]; the latent slot is the absorption GEMM's). Rotation as
 // kt_rope_*: pairs (2i, 2i + 1) by the tables' row pos[t], NaN past the tables. Rows past
-// `cache_rows` are skipped (the host checks the positions before it uploads them).
+// `cache_rows` are skipped (the host checks the positions before it uploads them). Token t's
+// query heads start at q + t * q_row, its kv row at kv + t * kv_row: separate buffers, or one
+// buffer of [q | kv] rows where q_proj and kv_a ran as one stacked GEMV.
 __device__ __forceinline__ void rope_pair(const __nv_bfloat16* src, __nv_bfloat16* dst,
                                           const float* cos_t, const float* sin_t, uint32_t p,
                                           int i, int half, uint32_t rope_rows) {
@@ -292,8 +294,9 @@ __device__ __forceinline__ void rope_pair(const __nv_bfloat16* src, __nv_bfloat1
 }
 
 extern "C" __global__ void __launch_bounds__(1024)
-    kt_mla_rope_cache_write(const __nv_bfloat16* __restrict__ q, int heads, int q_dim, int nope,
-                            __nv_bfloat16* __restrict__ q_lat, const __nv_bfloat16* __restrict__ kv,
+    kt_mla_rope_cache_write(const __nv_bfloat16* __restrict__ q, long long q_row, int heads,
+                            int q_dim, int nope, __nv_bfloat16* __restrict__ q_lat,
+                            const __nv_bfloat16* __restrict__ kv, long long kv_row,
                             const float* __restrict__ w, __nv_bfloat16* __restrict__ cache,
                             const unsigned* __restrict__ pos, long long cache_rows,
                             const float* __restrict__ cos_t, const float* __restrict__ sin_t,
@@ -307,13 +310,13 @@ extern "C" __global__ void __launch_bounds__(1024)
         for (int e = threadIdx.x; e < heads * half; e += blockDim.x) {
             const int h = e / half, i = e % half;
             const size_t r = (size_t)t * heads + h;
-            rope_pair(q + r * q_dim + nope + 2 * i, q_lat + r * width + rank + 2 * i, cos_t, sin_t,
-                      p, i, half, rope_rows);
+            rope_pair(q + t * q_row + (size_t)h * q_dim + nope + 2 * i,
+                      q_lat + r * width + rank + 2 * i, cos_t, sin_t, p, i, half, rope_rows);
         }
         return;
     }
     if ((long long)p >= cache_rows) return; // the whole block: before the block sum
-    const __nv_bfloat16* src = kv + (long long)t * width;
+    const __nv_bfloat16* src = kv + (long long)t * kv_row;
     __nv_bfloat16* dst = cache + (long long)p * width;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < rank; i += blockDim.x) {

@@ -15,18 +15,15 @@
 enum { KT_SCORE_SOFTMAX = 0, KT_SCORE_SIGMOID = 1 };
 enum { KT_GROUP_MAX = 0, KT_GROUP_TOP2_SUM = 1 };
 
-// One warp per token. Shared memory per warp: scores[E] (unbiased, give the weights),
-// choice[E] (what experts are ranked by) and gscore[n_group].
-extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
-    kt_moe_gating(const float* __restrict__ logits, const float* __restrict__ bias,
-                  uint32_t* __restrict__ ids, float* __restrict__ weights, int tokens, int n_experts,
-                  int top_k, int n_group, int topk_group, int scoring, int group_score,
-                  int normalize, float scale) {
-    extern __shared__ float smem[];
+// Token t's routing by one warp (lane = threadIdx.x & 31). Shared memory per warp:
+// scores[E] (unbiased, give the weights), choice[E] (what experts are ranked by) and
+// gscore[n_group]. Uses warp-level sync only: the callers' warps leave independently.
+__device__ __forceinline__ void kt_gating_token(
+    float* smem, const float* __restrict__ logits, const float* __restrict__ bias,
+    uint32_t* __restrict__ ids, float* __restrict__ weights, int t, int n_experts, int top_k,
+    int n_group, int topk_group, int scoring, int group_score, int normalize, float scale) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
-    const int t = blockIdx.x * KT_GATING_WARPS + warp;
-    if (t >= tokens) return; // whole warps leave together: no block-level barrier below
     const int E = n_experts;
     float* scores = smem + (size_t)warp * (2 * E + n_group);
     float* choice = scores + E;
@@ -114,4 +111,39 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
         ids[(size_t)t * top_k + lane] = my_id;
         weights[(size_t)t * top_k + lane] = w * scale;
     }
+}
+
+// One warp per token.
+extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
+    kt_moe_gating(const float* __restrict__ logits, const float* __restrict__ bias,
+                  uint32_t* __restrict__ ids, float* __restrict__ weights, int tokens, int n_experts,
+                  int top_k, int n_group, int topk_group, int scoring, int group_score,
+                  int normalize, float scale) {
+    extern __shared__ float smem[];
+    const int t = blockIdx.x * KT_GATING_WARPS + (threadIdx.x >> 5);
+    if (t >= tokens) return; // whole warps leave together: no block-level barrier below
+    kt_gating_token(smem, logits, bias, ids, weights, t, n_experts, top_k, n_group, topk_group,
+                    scoring, group_score, normalize, scale);
+}
+
+// kt_moe_gating writing into one packed buffer of 32-bit words, so the hybrid decode copies
+// the routed experts' inputs to the host in one transfer: [tokens, hidden] rows of x (copied
+// as they are), then ids [tokens, top_k], then weights [tokens, top_k] (f32 bits). Each warp
+// copies its own token's row of x.
+extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
+    kt_moe_gating_packed(const float* __restrict__ logits, const float* __restrict__ bias,
+                         const float* __restrict__ x, uint32_t* __restrict__ pack, int hidden,
+                         int tokens, int n_experts, int top_k, int n_group, int topk_group,
+                         int scoring, int group_score, int normalize, float scale) {
+    extern __shared__ float smem[];
+    const int t = blockIdx.x * KT_GATING_WARPS + (threadIdx.x >> 5);
+    if (t >= tokens) return; // whole warps leave together: no block-level barrier below
+    const int lane = threadIdx.x & 31;
+    const float* src = x + (size_t)t * hidden;
+    float* dst = reinterpret_cast<float*>(pack) + (size_t)t * hidden;
+    for (int i = lane; i < hidden; i += 32) dst[i] = src[i];
+    uint32_t* ids = pack + (size_t)tokens * hidden;
+    float* weights = reinterpret_cast<float*>(ids + (size_t)tokens * top_k);
+    kt_gating_token(smem, logits, bias, ids, weights, t, n_experts, top_k, n_group, topk_group,
+                    scoring, group_score, normalize, scale);
 }

@@ -5,37 +5,39 @@
 # eager pipelined and sequential rates of the same binary beside them), same file, same call;
 # then, when nsys exists, a kernel-time profile of the new binary's graph decode (per node).
 # Binaries come packed in $BIN/bins.tar.xz (kt-bench, old/kt-bench, tests/NAME).
-# Env: BIN (.device-carry/graph4), THREADS (16), BUDGET_S (200), TESTS_LIST, REPS (2), LONG (1),
-# NSYS (1), TMP.
+# Env: BIN (.device-carry/graph4), NAME (graph4: the results folder under $OUT), THREADS (16),
+# BUDGET_S (200), TESTS_LIST, REPS (2), LONG (1), NSYS (1), TMP. Reused by branch fuse4
+# (NAME=fuse4).
 set -uo pipefail
 carry=${BIN:-.device-carry/graph4}
 tmp=${TMP:-/tmp}
-bin=$tmp/graph4-bin
+name=${NAME:-graph4}
+bin=$tmp/$name-bin
 mkdir -p "$bin" && tar xJf "$carry/bins.tar.xz" -C "$bin"
 threads=${THREADS:-16}
 budget=${BUDGET_S:-200}
 root=${OUT:-/tmp/kt-out}
-out=$root/graph4
+out=$root/$name
 mkdir -p "$out/tests"
 summary="$out/summary.txt"
 : > "$summary"
 STEP_MIN_LEFT=10
 source "$(dirname "${BASH_SOURCE[0]}")/lib/steps.sh"
-pack() { tar czf "$root/graph4.tgz" -C "$root" graph4; }
+pack() { tar czf "$root/$name.tgz" -C "$root" "$name"; }
 trap pack EXIT
 
 note "device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cpus; threads $threads; budget ${budget}s"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
-for name in ${TESTS_LIST:-hybrid_graph cuda_mla cuda_linear hybrid_pipeline hybrid_forward cuda_runtime cuda_pinned}; do
-    t=$bin/tests/$name
-    [ -x "$t" ] || { note "test $name: missing"; continue; }
-    l=$(left); if [ "$l" -lt 100 ]; then note "test $name: skipped (${l}s left)"; continue; fi
+for tname in ${TESTS_LIST:-hybrid_graph cuda_mla cuda_linear hybrid_pipeline hybrid_forward cuda_runtime cuda_pinned}; do
+    t=$bin/tests/$tname
+    [ -x "$t" ] || { note "test $tname: missing"; continue; }
+    l=$(left); if [ "$l" -lt 100 ]; then note "test $tname: skipped (${l}s left)"; continue; fi
     t0=$SECONDS
-    KT_REQUIRE_GPU=1 timeout 60 "$t" --test-threads 1 --nocapture > "$out/tests/$name.log" 2>&1
-    note "test $name: rc $? in $((SECONDS - t0)) s; $(grep -E '^test result' "$out/tests/$name.log" | tail -1)"
-    grep -E "panicked|FAILED|failed" "$out/tests/$name.log" | head -5 >> "$summary"
+    KT_REQUIRE_GPU=1 timeout 60 "$t" --test-threads 1 --nocapture > "$out/tests/$tname.log" 2>&1
+    note "test $tname: rc $? in $((SECONDS - t0)) s; $(grep -E '^test result' "$out/tests/$tname.log" | tail -1)"
+    grep -E "panicked|FAILED|failed" "$out/tests/$tname.log" | head -5 >> "$summary"
 done
-gguf=$tmp/kt-v2l-graph4.gguf
+gguf=$tmp/kt-v2l-$name.gguf
 if step gen_v2l 60 "$bin/kt-bench" gen-gguf --preset deepseek-v2-lite --out "$gguf" --threads "$threads"; then
     dec() { # name binary prompt gen
         step "$1" 60 "$2" decode --model "$gguf" --rules rules/deepseek-v2-lite-hybrid.yaml \

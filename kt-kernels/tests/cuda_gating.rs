@@ -6,6 +6,7 @@
 mod cuda_common;
 
 use cuda_common::gpu_or_skip;
+use kt_kernels::cuda::gating::packed_len;
 use kt_kernels::cuda::GpuStream;
 use kt_kernels::ops::{route, sigmoid, softmax_rows, RouterConfig, Scoring, TopkMethod};
 use kt_kernels::util::SplitMix64;
@@ -252,5 +253,89 @@ fn gating_rejects_bad_configs() {
     let mut short = s.upload(&[0u32; 7]).unwrap();
     assert!(s
         .moe_gating(&cfg, &logits, Some(&bias), 1, &mut short, &mut w)
+        .is_err());
+}
+
+/// The packed gating (the hybrid decode's one copy out) writes the rows of x unchanged and
+/// the same ids and weights, bit for bit, as the unpacked kernel (itself checked against the
+/// reference above), into a buffer poisoned with NaN bits so unwritten words show.
+#[test]
+fn packed_gating_matches_unpacked_bit_for_bit() {
+    let Some(gpu) = gpu_or_skip("packed_gating_matches_unpacked_bit_for_bit") else {
+        return;
+    };
+    let s = gpu.stream();
+    let hidden = 200; // not a multiple of the warp: the row copy's tail
+    for (ci, (name, cfg, with_bias)) in configs().into_iter().enumerate() {
+        for tokens in [1usize, 5, 33] {
+            let mut rng = SplitMix64::new(900 + ci as u64 * 100 + tokens as u64);
+            let logits: Vec<f32> = (0..tokens * cfg.n_experts)
+                .map(|_| rng.normal() * 2.0)
+                .collect();
+            let bias: Vec<f32> = (0..cfg.n_experts).map(|_| rng.normal() * 0.1).collect();
+            let x: Vec<f32> = (0..tokens * hidden).map(|_| rng.normal()).collect();
+            let ld = s.upload(&logits).unwrap();
+            let bd = with_bias.then(|| s.upload(&bias).unwrap());
+            let xd = s.upload(&x).unwrap();
+            let k = cfg.top_k;
+            let mut ids = s.upload(&vec![u32::MAX; tokens * k]).unwrap();
+            let mut w = s.upload(&vec![f32::NAN; tokens * k]).unwrap();
+            s.moe_gating(&cfg, &ld, bd.as_ref(), tokens, &mut ids, &mut w)
+                .unwrap();
+            let len = packed_len(tokens, hidden, k);
+            let mut pack = s.upload(&vec![f32::NAN.to_bits(); len]).unwrap();
+            s.moe_gating_packed(&cfg, &ld, bd.as_ref(), tokens, &xd, &mut pack)
+                .unwrap();
+            let got = s.download(&pack).unwrap();
+            let (gx, rest) = got.split_at(tokens * hidden);
+            let (gids, gw) = rest.split_at(tokens * k);
+            let want_x: Vec<u32> = x.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(gx, &want_x[..], "{name}, {tokens} tokens: rows of x");
+            assert_eq!(
+                gids,
+                &s.download(&ids).unwrap()[..],
+                "{name}, {tokens} tokens: ids"
+            );
+            let want_w: Vec<u32> = s
+                .download(&w)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            assert_eq!(gw, &want_w[..], "{name}, {tokens} tokens: weights");
+        }
+    }
+}
+
+#[test]
+fn packed_gating_rejects_bad_lengths() {
+    let Some(gpu) = gpu_or_skip("packed_gating_rejects_bad_lengths") else {
+        return;
+    };
+    let s = gpu.stream();
+    let cfg = router(
+        64,
+        6,
+        (1, 1),
+        Scoring::Softmax,
+        TopkMethod::Greedy,
+        false,
+        1.0,
+    );
+    let logits = s.upload(&[0.5f32; 128]).unwrap();
+    let x = s.upload(&[1.0f32; 2 * 16]).unwrap();
+    let mut pack = s.upload(&vec![0u32; packed_len(2, 16, 6)]).unwrap();
+    s.moe_gating_packed(&cfg, &logits, None, 2, &x, &mut pack)
+        .unwrap();
+    let mut short = s.upload(&vec![0u32; packed_len(2, 16, 6) - 1]).unwrap();
+    assert!(s
+        .moe_gating_packed(&cfg, &logits, None, 2, &x, &mut short)
+        .is_err());
+    let odd_x = s.upload(&[1.0f32; 33]).unwrap();
+    assert!(s
+        .moe_gating_packed(&cfg, &logits, None, 2, &odd_x, &mut pack)
+        .is_err());
+    assert!(s
+        .moe_gating_packed(&cfg, &logits, None, 0, &x, &mut pack)
         .is_err());
 }

@@ -406,6 +406,88 @@ fn mla_rope_cache_write_matches_the_unfused_chain() {
     ));
 }
 
+/// The stacked layout (q_proj and kv_a as one GEMV, each token's row `[q | kv]`) writes the
+/// same q_lat and cache bits as the separate buffers (checked against the unfused chain
+/// above); outputs start as NaN, so a slot one layout leaves unwritten differs in bits.
+#[test]
+fn mla_rope_cache_write_stacked_matches_separate_bit_for_bit() {
+    let Some(gpu) = gpu_or_skip("mla_rope_cache_write_stacked_matches_separate_bit_for_bit") else {
+        return;
+    };
+    let s = gpu.stream();
+    let (rank, rope_dim, nope, heads, eps) = (512usize, 64usize, 128usize, 16usize, 1e-6f32);
+    let (width, qd) = (rank + rope_dim, nope + rope_dim);
+    let yarn = kt_kernels::ops::RopeYarn::new(rope_dim, 10_000.0, None).unwrap();
+    let q_width = heads * qd;
+    for (i, &t) in TOKENS.iter().enumerate() {
+        let mut rng = SplitMix64::new(1300 + i as u64);
+        let rows = 2 * t + 9;
+        let tables = s.upload_rope_tables(&yarn, rows).unwrap();
+        let q: Vec<bf16> = random(&mut rng, t * q_width, 1.5);
+        let kv: Vec<bf16> = random(&mut rng, t * width, 1.5);
+        let qkv: Vec<bf16> = (0..t)
+            .flat_map(|r| {
+                let (qr, kr) = (
+                    &q[r * q_width..(r + 1) * q_width],
+                    &kv[r * width..(r + 1) * width],
+                );
+                qr.iter().chain(kr).copied().collect::<Vec<_>>()
+            })
+            .collect();
+        let w: Vec<f32> = (0..rank).map(|_| 1.0 + 0.2 * rng.normal()).collect();
+        let pos: Vec<u32> = (0..t).map(|r| (2 * r + 1) as u32).collect();
+        let (qb, kvb, qkvb, wd, pd) = (
+            s.upload(&q).unwrap(),
+            s.upload(&kv).unwrap(),
+            s.upload(&qkv).unwrap(),
+            s.upload(&w).unwrap(),
+            s.upload(&pos).unwrap(),
+        );
+        let mut want_q = nan_buf::<bf16>(s, t * heads * width);
+        let mut want_c = nan_buf::<bf16>(s, rows * width);
+        s.mla_rope_cache_write(
+            &qb,
+            heads,
+            nope,
+            &mut want_q,
+            &kvb,
+            &wd,
+            &mut want_c,
+            &pd,
+            &tables,
+            eps,
+        )
+        .unwrap();
+        let mut got_q = nan_buf::<bf16>(s, t * heads * width);
+        let mut got_c = nan_buf::<bf16>(s, rows * width);
+        s.mla_rope_cache_write_stacked(
+            &qkvb, heads, nope, &mut got_q, &wd, &mut got_c, &pd, &tables, eps,
+        )
+        .unwrap();
+        for (what, got, want) in [("q_lat", &got_q, &want_q), ("cache", &got_c, &want_c)] {
+            let (got, want) = (s.download(got).unwrap(), s.download(want).unwrap());
+            let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "t{t} {what}");
+            assert!(
+                want.iter().any(|v| !v.to_f32().is_nan()),
+                "t{t} {what}: nothing written"
+            );
+        }
+    }
+    let tables = s.upload_rope_tables(&yarn, 4).unwrap();
+    let wd = s.upload(&vec![1.0f32; rank]).unwrap();
+    let pd = s.upload(&[0u32]).unwrap();
+    let short = s.upload(&vec![bf16::ONE; q_width + width - 1]).unwrap();
+    let mut q_lat = nan_buf::<bf16>(s, heads * width);
+    let mut cache = nan_buf::<bf16>(s, 4 * width);
+    assert!(matches!(
+        s.mla_rope_cache_write_stacked(
+            &short, heads, nope, &mut q_lat, &wd, &mut cache, &pd, &tables, eps
+        ),
+        Err(kt_kernels::cuda::CudaError::Shape { .. })
+    ));
+}
+
 #[test]
 fn copies_adds_and_casts_are_exact() {
     let Some(gpu) = gpu_or_skip("copies_adds_and_casts_are_exact") else {

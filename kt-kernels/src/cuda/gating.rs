@@ -61,6 +61,83 @@ fn kernel_params(cfg: &RouterConfig, has_bias: bool) -> CudaResult<[i32; 4]> {
     Ok([n_group as i32, topk_group as i32, scoring, group_score])
 }
 
+/// The validated launch of one gating call: the grid and the kernel's integer arguments
+/// from `tokens` on (tokens, n_experts, top_k, n_group, topk_group, scoring, group_score,
+/// normalize).
+struct Launch {
+    config: LaunchConfig,
+    ints: [i32; 8],
+}
+
+/// Checks the logits, bias and output lengths of a gating call of `tokens` rows whose ids
+/// and weights hold `outputs` elements each (`None` when there are no tokens to route).
+fn plan(
+    op: &'static str,
+    cfg: &RouterConfig,
+    logits: &DeviceBuf<f32>,
+    bias: Option<&DeviceBuf<f32>>,
+    tokens: usize,
+    outputs: (usize, usize),
+) -> CudaResult<Option<Launch>> {
+    let [n_group, topk_group, scoring, group_score] = kernel_params(cfg, bias.is_some())?;
+    let e = cfg.n_experts;
+    if logits.len() != tokens * e {
+        return Err(shape(
+            op,
+            format!(
+                "logits have {} elements, expected tokens {tokens} x n_experts {e}",
+                logits.len()
+            ),
+        ));
+    }
+    if let Some(b) = bias {
+        if b.len() != e {
+            return Err(shape(
+                op,
+                format!("bias has {} elements, expected n_experts {e}", b.len()),
+            ));
+        }
+    }
+    if outputs.0 != tokens * cfg.top_k || outputs.1 != tokens * cfg.top_k {
+        return Err(shape(
+            op,
+            format!(
+                "ids have {}, weights {} elements; expected tokens {tokens} x top_k {}",
+                outputs.0, outputs.1, cfg.top_k
+            ),
+        ));
+    }
+    if tokens == 0 {
+        return Ok(None);
+    }
+    let blocks = u32::try_from(tokens.div_ceil(WARPS_PER_BLOCK))
+        .map_err(|_| shape(op, format!("{tokens} tokens exceed the grid")))?;
+    let smem = (WARPS_PER_BLOCK * (2 * e + n_group as usize) * 4) as u32;
+    let config = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (WARPS_PER_BLOCK as u32 * 32, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    let ints = [
+        i32::try_from(tokens)
+            .map_err(|_| shape(op, format!("{tokens} tokens do not fit in an i32")))?,
+        e as i32,
+        cfg.top_k as i32,
+        n_group,
+        topk_group,
+        scoring,
+        group_score,
+        cfg.norm_topk_prob as i32,
+    ];
+    Ok(Some(Launch { config, ints }))
+}
+
+/// The length in 32-bit words of [`GpuStream::moe_gating_packed`]'s output: `tokens` rows
+/// of `hidden`, then `tokens * top_k` ids and as many weights.
+pub fn packed_len(tokens: usize, hidden: usize, top_k: usize) -> usize {
+    tokens * (hidden + 2 * top_k)
+}
+
 impl GpuStream {
     /// Routes `tokens` rows of `logits` (`[tokens, n_experts]`, f32): writes `ids` and
     /// `weights` (`[tokens, top_k]`, best first). `bias` is V3's `e_score_correction_bias`
@@ -74,61 +151,12 @@ impl GpuStream {
         ids: &mut DeviceBuf<u32>,
         weights: &mut DeviceBuf<f32>,
     ) -> CudaResult<()> {
-        const OP: &str = "moe_gating";
-        let [n_group, topk_group, scoring, group_score] = kernel_params(cfg, bias.is_some())?;
-        let e = cfg.n_experts;
-        if logits.len() != tokens * e {
-            return Err(shape(
-                OP,
-                format!(
-                    "logits have {} elements, expected tokens {tokens} x n_experts {e}",
-                    logits.len()
-                ),
-            ));
-        }
-        if let Some(b) = bias {
-            if b.len() != e {
-                return Err(shape(
-                    OP,
-                    format!("bias has {} elements, expected n_experts {e}", b.len()),
-                ));
-            }
-        }
-        if ids.len() != tokens * cfg.top_k || weights.len() != tokens * cfg.top_k {
-            return Err(shape(
-                OP,
-                format!(
-                    "ids have {}, weights {} elements; expected tokens {tokens} x top_k {}",
-                    ids.len(),
-                    weights.len(),
-                    cfg.top_k
-                ),
-            ));
-        }
-        if tokens == 0 {
+        let outputs = (ids.len(), weights.len());
+        let Some(l) = plan("moe_gating", cfg, logits, bias, tokens, outputs)? else {
             return Ok(());
-        }
-        let blocks = u32::try_from(tokens.div_ceil(WARPS_PER_BLOCK))
-            .map_err(|_| shape(OP, format!("{tokens} tokens exceed the grid")))?;
-        let smem = (WARPS_PER_BLOCK * (2 * e + n_group as usize) * 4) as u32;
-        let cfg_launch = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (WARPS_PER_BLOCK as u32 * 32, 1, 1),
-            shared_mem_bytes: smem,
         };
         let kernel = "kt_moe_gating".to_string();
         let f = self.kernels.get(&MOE_GATING, &kernel)?;
-        let ints = [
-            i32::try_from(tokens)
-                .map_err(|_| shape(OP, format!("{tokens} tokens do not fit in an i32")))?,
-            e as i32,
-            cfg.top_k as i32,
-            n_group,
-            topk_group,
-            scoring,
-            group_score,
-            cfg.norm_topk_prob as i32,
-        ];
         let null: u64 = 0;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&logits.slice);
@@ -137,16 +165,80 @@ impl GpuStream {
             None => b.arg(&null),
         };
         b.arg(&mut ids.slice).arg(&mut weights.slice);
-        for v in &ints {
+        for v in &l.ints {
             b.arg(v);
         }
         b.arg(&cfg.routed_scaling_factor);
         // SAFETY: the arguments match kt_moe_gating (logits, bias or a null pointer, ids,
         // weights, tokens, n_experts, top_k, n_group, topk_group, scoring, group_score,
-        // normalize, scale); kernel_params() checked the kernel's limits, lengths are checked above,
-        // and the dynamic shared memory is what the kernel indexes per warp.
-        unsafe { b.launch(cfg_launch) }
+        // normalize, scale); plan() checked the kernel's limits and the lengths, and the
+        // dynamic shared memory is what the kernel indexes per warp.
+        unsafe { b.launch(l.config) }
             .map(drop)
             .map_err(launch_err(kernel, format!("tokens {tokens}, {cfg:?}")))
+    }
+
+    /// [`Self::moe_gating`] into one packed buffer of 32-bit words (`pack`, of
+    /// [`packed_len`]`(tokens, hidden, top_k)`): the rows of `x` (`[tokens, hidden]`, f32
+    /// bits, copied unchanged), then the ids, then the weights (f32 bits), each
+    /// `[tokens, top_k]`. One copy then moves all the routed experts' inputs to the host.
+    pub fn moe_gating_packed(
+        &self,
+        cfg: &RouterConfig,
+        logits: &DeviceBuf<f32>,
+        bias: Option<&DeviceBuf<f32>>,
+        tokens: usize,
+        x: &DeviceBuf<f32>,
+        pack: &mut DeviceBuf<u32>,
+    ) -> CudaResult<()> {
+        const OP: &str = "moe_gating_packed";
+        let k = cfg.top_k;
+        if tokens == 0 || !x.len().is_multiple_of(tokens) {
+            return Err(shape(
+                OP,
+                format!(
+                    "x has {} elements, not whole rows of {tokens} tokens",
+                    x.len()
+                ),
+            ));
+        }
+        let hidden = x.len() / tokens;
+        let want = packed_len(tokens, hidden, k);
+        if pack.len() != want {
+            return Err(shape(
+                OP,
+                format!(
+                    "pack has {} words, expected tokens {tokens} x (hidden {hidden} + 2 top_k {k}) = {want}",
+                    pack.len()
+                ),
+            ));
+        }
+        let hidden_i = i32::try_from(hidden)
+            .map_err(|_| shape(OP, format!("hidden {hidden} does not fit in an i32")))?;
+        let Some(l) = plan(OP, cfg, logits, bias, tokens, (tokens * k, tokens * k))? else {
+            return Ok(());
+        };
+        let kernel = "kt_moe_gating_packed".to_string();
+        let f = self.kernels.get(&MOE_GATING, &kernel)?;
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&logits.slice);
+        match bias {
+            Some(bias) => b.arg(&bias.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&x.slice).arg(&mut pack.slice).arg(&hidden_i);
+        for v in &l.ints {
+            b.arg(v);
+        }
+        b.arg(&cfg.routed_scaling_factor);
+        // SAFETY: the arguments match kt_moe_gating_packed (logits, bias or a null pointer,
+        // x, pack, hidden, then kt_moe_gating's tokens .. scale); plan() checked the limits
+        // and the logits / bias lengths, x is tokens x hidden and pack holds the rows, ids
+        // and weights the kernel writes (checked above).
+        unsafe { b.launch(l.config) }.map(drop).map_err(launch_err(
+            kernel,
+            format!("tokens {tokens}, hidden {hidden}, {cfg:?}"),
+        ))
     }
 }

@@ -496,21 +496,100 @@ impl GpuStream {
     ) -> CudaResult<()> {
         const OP: &str = "mla_rope_cache_write";
         let (tokens, rank, rope) = (positions.len(), w.len(), tables.rope_dim());
-        let width = rank + rope;
-        if rank == 0
-            || heads == 0
-            || q.len() != tokens * heads * (nope + rope)
-            || q_lat.len() != tokens * heads * width
-            || kv.len() != tokens * width
-            || !cache.len().is_multiple_of(width)
-        {
+        let (width, q_row) = (rank + rope, heads * (nope + rope));
+        if q.len() != tokens * q_row || kv.len() != tokens * width {
             return Err(shape(
                 OP,
                 format!(
-                    "{tokens} tokens, {heads} heads, rank {rank}, rope {rope}, nope {nope}: q {}, q_lat {}, kv {}, cache {} elements",
+                    "{tokens} tokens, {heads} heads, rank {rank}, rope {rope}, nope {nope}: q {}, kv {} elements",
                     q.len(),
+                    kv.len()
+                ),
+            ));
+        }
+        let rows = RopeRows {
+            q,
+            q_row,
+            kv,
+            kv_offset: 0,
+            kv_row: width,
+        };
+        self.rope_cache_launch(
+            OP, rows, heads, nope, q_lat, w, cache, positions, tables, eps,
+        )
+    }
+
+    /// [`Self::mla_rope_cache_write`] with the queries and the kv row of each token in one
+    /// buffer `qkv` `[T, heads * (nope + rope) + rank + rope]` (q_proj and kv_a stacked
+    /// into one GEMV): the same kernel, reading token `t`'s queries at row `t` and its kv
+    /// row right after them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mla_rope_cache_write_stacked(
+        &self,
+        qkv: &DeviceBuf<bf16>,
+        heads: usize,
+        nope: usize,
+        q_lat: &mut DeviceBuf<bf16>,
+        w: &DeviceBuf<f32>,
+        cache: &mut DeviceBuf<bf16>,
+        positions: &DeviceBuf<u32>,
+        tables: &RopeTables,
+        eps: f32,
+    ) -> CudaResult<()> {
+        const OP: &str = "mla_rope_cache_write_stacked";
+        let (tokens, rank, rope) = (positions.len(), w.len(), tables.rope_dim());
+        let q_width = heads * (nope + rope);
+        let row = q_width + rank + rope;
+        if qkv.len() != tokens * row {
+            return Err(shape(
+                OP,
+                format!(
+                    "{tokens} tokens, {heads} heads, rank {rank}, rope {rope}, nope {nope}: qkv {} elements, expected {tokens} x {row}",
+                    qkv.len()
+                ),
+            ));
+        }
+        // the kv rows are the same buffer from column q_width on
+        let rows = RopeRows {
+            q: qkv,
+            q_row: row,
+            kv: qkv,
+            kv_offset: q_width,
+            kv_row: row,
+        };
+        self.rope_cache_launch(
+            OP, rows, heads, nope, q_lat, w, cache, positions, tables, eps,
+        )
+    }
+
+    /// The launch of kt_mla_rope_cache_write for both layouts; `rows` has passed its
+    /// caller's length checks.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_cache_launch(
+        &self,
+        op: &'static str,
+        rows: RopeRows<'_>,
+        heads: usize,
+        nope: usize,
+        q_lat: &mut DeviceBuf<bf16>,
+        w: &DeviceBuf<f32>,
+        cache: &mut DeviceBuf<bf16>,
+        positions: &DeviceBuf<u32>,
+        tables: &RopeTables,
+        eps: f32,
+    ) -> CudaResult<()> {
+        let (tokens, rank, rope) = (positions.len(), w.len(), tables.rope_dim());
+        let width = rank + rope;
+        if rank == 0
+            || heads == 0
+            || q_lat.len() != tokens * heads * width
+            || !cache.len().is_multiple_of(width)
+        {
+            return Err(shape(
+                op,
+                format!(
+                    "{tokens} tokens, {heads} heads, rank {rank}, rope {rope}, nope {nope}: q_lat {}, cache {} elements",
                     q_lat.len(),
-                    kv.len(),
                     cache.len()
                 ),
             ));
@@ -521,38 +600,43 @@ impl GpuStream {
         let kernel = "kt_mla_rope_cache_write".to_string();
         let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
         let (h, qd, np, r, t_i) = (
-            to_i32(OP, "heads", heads)?,
-            to_i32(OP, "q row", nope + rope)?,
-            to_i32(OP, "nope", nope)?,
-            to_i32(OP, "rank", rank)?,
-            to_i32(OP, "tokens", tokens)?,
+            to_i32(op, "heads", heads)?,
+            to_i32(op, "q row", nope + rope)?,
+            to_i32(op, "nope", nope)?,
+            to_i32(op, "rank", rank)?,
+            to_i32(op, "tokens", tokens)?,
         );
-        to_i32(OP, "heads x half", heads * tables.half)?;
+        to_i32(op, "heads x half", heads * tables.half)?;
         let (cache_rows, half, rope_rows) = (
             (cache.len() / width) as i64,
             tables.half as i32,
             tables.rows as u32,
         );
         let mut b = self.stream.launch_builder(&f);
-        b.arg(&q.slice)
+        let (q_row, kv_row) = (rows.q_row as i64, rows.kv_row as i64);
+        let kv = rows.kv.slice.slice(rows.kv_offset..);
+        b.arg(&rows.q.slice)
+            .arg(&q_row)
             .arg(&h)
             .arg(&qd)
             .arg(&np)
             .arg(&mut q_lat.slice);
-        b.arg(&kv.slice).arg(&w.slice).arg(&mut cache.slice);
+        b.arg(&kv).arg(&kv_row).arg(&w.slice).arg(&mut cache.slice);
         b.arg(&positions.slice).arg(&cache_rows);
         b.arg(&tables.cos.slice)
             .arg(&tables.sin.slice)
             .arg(&half)
             .arg(&rope_rows);
         b.arg(&r).arg(&t_i).arg(&eps);
-        // SAFETY: matches kt_mla_rope_cache_write (q, heads, q_dim, nope, q_lat, kv, w, cache,
-        // pos, cache_rows, cos, sin, half, rope_rows, rank, tokens, eps). Blocks [0, T) read
-        // kv row t and write cache row pos[t] only below cache_rows (whole rows of the cache,
+        // SAFETY: matches kt_mla_rope_cache_write (q, q_row, heads, q_dim, nope, q_lat, kv,
+        // kv_row, w, cache, pos, cache_rows, cos, sin, half, rope_rows, rank, tokens, eps).
+        // The callers checked that q holds T rows of q_row (heads x q_dim read from each) and
+        // kv from kv_offset T rows of kv_row (width read from each; the view starts there).
+        // Blocks [0, T) read kv row t and write cache row pos[t] only below cache_rows (whole rows of the cache,
         // checked); blocks [T, 2T) read q's rows of token t and write the rope slots of its
         // q_lat rows (the lengths are checked above); the tables hold rope_rows x half and are
         // read only below row rope_rows; positions hold T entries.
-        unsafe { b.launch(row_config(OP, 2 * tokens)?) }
+        unsafe { b.launch(row_config(op, 2 * tokens)?) }
             .map(drop)
             .map_err(launch_err(
                 kernel,
@@ -757,4 +841,15 @@ impl GpuStream {
             .map(drop)
             .map_err(launch_err(kernel, format!("n {n}")))
     }
+}
+
+/// The query and kv rows [`GpuStream::mla_rope_cache_write`] reads: token `t`'s heads at
+/// `q[t * q_row..]`, its kv row at `kv[kv_offset + t * kv_row..]` (one stacked buffer:
+/// `kv` is `q` and `kv_offset` its query columns).
+struct RopeRows<'a> {
+    q: &'a DeviceBuf<bf16>,
+    q_row: usize,
+    kv: &'a DeviceBuf<bf16>,
+    kv_offset: usize,
+    kv_row: usize,
 }

@@ -13,7 +13,7 @@ use kt_kernels::ops::RouterConfig;
 use super::error::{HybridError, HybridResult};
 use super::gpu_experts::GpuExperts;
 use super::graph::{DecodeGraph, Head};
-use super::layer::{GpuFfn, GpuLayer, GpuMlp, GpuQuery, GpuRouter};
+use super::layer::{GpuFfn, GpuLayer, GpuMlp, GpuQkv, GpuQuery, GpuRouter};
 use super::scratch::Scratch;
 use super::timing::{accumulate, HybridTimes, LayerMarks};
 use super::{HybridCache, HybridModel, Workspaces, BLOCK_SIZE};
@@ -361,32 +361,54 @@ impl<'s> Step<'s> {
             None,
             eps,
         )?;
-        match &a.q {
-            GpuQuery::Direct(w) => w.apply(s, &sc.xn, t_n, &mut sc.q, &mut ws.gemm)?,
-            GpuQuery::LoRA { a: wa, a_norm, b } => {
-                let (qa, qan) = sc.q_a.as_mut().expect("sized for the query LoRA");
-                wa.apply(s, &sc.xn, t_n, qa, &mut ws.gemm)?;
-                s.rmsnorm_w32(qa, a_norm.len(), t_n, a_norm, qan, None, eps)?;
-                b.apply(s, qan, t_n, &mut sc.q, &mut ws.gemm)?;
-            }
-        }
-        a.kv_a.apply(s, &sc.xn, t_n, &mut sc.kv, &mut ws.gemm)?;
         let layer_cache = &mut cache.layers[li];
-        // One launch: the cache rows (normalized latent, rotated k_pe) at the positions (one
-        // sequence, pages in order; read on the device so a captured decode step writes each
-        // token's row) and the rotated q_pe into the MLA query rows beside q_lat.
-        s.mla_rope_cache_write(
-            &sc.q,
-            h_n,
-            nope,
-            &mut sc.q_lat,
-            &sc.kv,
-            &a.kv_a_norm,
-            layer_cache,
-            &sc.positions,
-            &cache.rope,
-            eps,
-        )?;
+        // The projections, then one launch: the cache rows (normalized latent, rotated k_pe)
+        // at the positions (one sequence, pages in order; read on the device so a captured
+        // decode step writes each token's row) and the rotated q_pe into the MLA query rows
+        // beside q_lat. `q_row`: the elements per token of the buffer the queries are in.
+        let (q, q_row) = match &a.qkv {
+            GpuQkv::Stacked(w) => {
+                let qkv = sc.qkv.as_mut().expect("sized for the stacked projection");
+                w.apply(s, &sc.xn, t_n, qkv, &mut ws.gemm)?;
+                s.mla_rope_cache_write_stacked(
+                    qkv,
+                    h_n,
+                    nope,
+                    &mut sc.q_lat,
+                    &a.kv_a_norm,
+                    layer_cache,
+                    &sc.positions,
+                    &cache.rope,
+                    eps,
+                )?;
+                (&*qkv, h_n * qk + CACHE_ROW)
+            }
+            GpuQkv::Separate { q, kv_a } => {
+                match q {
+                    GpuQuery::Direct(w) => w.apply(s, &sc.xn, t_n, &mut sc.q, &mut ws.gemm)?,
+                    GpuQuery::LoRA { a: wa, a_norm, b } => {
+                        let (qa, qan) = sc.q_a.as_mut().expect("sized for the query LoRA");
+                        wa.apply(s, &sc.xn, t_n, qa, &mut ws.gemm)?;
+                        s.rmsnorm_w32(qa, a_norm.len(), t_n, a_norm, qan, None, eps)?;
+                        b.apply(s, qan, t_n, &mut sc.q, &mut ws.gemm)?;
+                    }
+                }
+                kv_a.apply(s, &sc.xn, t_n, &mut sc.kv, &mut ws.gemm)?;
+                s.mla_rope_cache_write(
+                    &sc.q,
+                    h_n,
+                    nope,
+                    &mut sc.q_lat,
+                    &sc.kv,
+                    &a.kv_a_norm,
+                    layer_cache,
+                    &sc.positions,
+                    &cache.rope,
+                    eps,
+                )?;
+                (&sc.q, h_n * qk)
+            }
+        };
         // q_lat[t, h] = W_uk(h)^T q_nope[t, h], with q_pe beside it: the MLA query rows
         let absorb = GemmNt {
             batch: h_n,
@@ -396,7 +418,7 @@ impl<'s> Step<'s> {
             a: Strides {
                 offset: 0,
                 batch: qk,
-                row: h_n * qk,
+                row: q_row,
             },
             b_batch: KV_LORA_RANK * nope,
             b_row: nope,
@@ -406,7 +428,7 @@ impl<'s> Step<'s> {
                 row: h_n * CACHE_ROW,
             },
         };
-        s.gemm_nt(&absorb, &sc.q, &a.k_b, &mut sc.q_lat)?;
+        s.gemm_nt(&absorb, q, &a.k_b, &mut sc.q_lat)?;
         s.mla_attention(
             batch,
             &sc.q_lat,
@@ -481,11 +503,7 @@ impl<'s> Step<'s> {
         m.copied_out = self.moe_gpu(router, bias, shared, sc, m, ws, self.timing)?;
         // each read waits for its copy
         let wait = Instant::now();
-        let (hx, hids, hw) = (
-            sc.host_x.as_slice()?,
-            sc.host_ids.as_slice()?,
-            sc.host_weights.as_slice()?,
-        );
+        let (hx, hids, hw) = sc.unpack(sc.host_pack.as_slice()?);
         m.cpu_wait_s = wait.elapsed().as_secs_f64();
         let cpu = Instant::now();
         let routed = sc.host_routed.as_mut_slice()?;
@@ -513,9 +531,9 @@ impl<'s> Step<'s> {
         })
     }
 
-    /// The GPU half of a MoE layer before the CPU experts: router and gating, the copies of
-    /// the normalized hidden state, ids and weights to pinned memory, then the shared
-    /// experts. Returns an event recorded right after the copies when `copied_event`.
+    /// The GPU half of a MoE layer before the CPU experts: router and gating, the copy of
+    /// the normalized hidden state, ids and weights (packed) to pinned memory, then the
+    /// shared experts. Returns an event recorded right after the copies when `copied_event`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn moe_gpu(
         &self,
@@ -528,11 +546,9 @@ impl<'s> Step<'s> {
         copied_event: bool,
     ) -> HybridResult<Option<GpuEvent>> {
         let s = self.s;
-        self.route(router, bias, sc)?;
+        self.route_packed(router, bias, sc)?;
         m.routed = LayerMarks::mark(self.timing, s)?;
-        s.copy_to_pinned(&sc.xn32, &mut sc.host_x)?;
-        s.copy_to_pinned(&sc.ids, &mut sc.host_ids)?;
-        s.copy_to_pinned(&sc.weights, &mut sc.host_weights)?;
+        s.copy_to_pinned(&sc.pack, &mut sc.host_pack)?;
         let copied = LayerMarks::mark(copied_event, s)?;
         // queued now, run while the CPU computes the routed experts
         if let (Some(mlp), Some((gu, act, out))) = (shared, sc.shared.as_mut()) {
@@ -544,12 +560,46 @@ impl<'s> Step<'s> {
 
     /// The router's logits of `sc.xn` / `sc.xn32` and the gating's choices into `sc.ids` /
     /// `sc.weights`.
-    pub(super) fn route(
+    fn route(
         &self,
         router: &GpuRouter,
         bias: Option<&DeviceBuf<f32>>,
         sc: &mut Scratch,
     ) -> HybridResult<()> {
+        self.router_logits(router, sc)?;
+        self.s.moe_gating(
+            self.router,
+            &sc.router,
+            bias,
+            self.t_n,
+            &mut sc.ids,
+            &mut sc.weights,
+        )?;
+        Ok(())
+    }
+
+    /// The router's logits and the gating's choices as [`Self::route`], written with
+    /// `sc.xn32` into `sc.pack` (the CPU experts' inputs, one copy to the host).
+    pub(super) fn route_packed(
+        &self,
+        router: &GpuRouter,
+        bias: Option<&DeviceBuf<f32>>,
+        sc: &mut Scratch,
+    ) -> HybridResult<()> {
+        self.router_logits(router, sc)?;
+        self.s.moe_gating_packed(
+            self.router,
+            &sc.router,
+            bias,
+            self.t_n,
+            &sc.xn32,
+            &mut sc.pack,
+        )?;
+        Ok(())
+    }
+
+    /// The router's logits of `sc.xn` / `sc.xn32` into `sc.router`.
+    fn router_logits(&self, router: &GpuRouter, sc: &mut Scratch) -> HybridResult<()> {
         let (s, t_n, c) = (self.s, self.t_n, self.c);
         let (e_n, hidden) = (self.router.n_experts, c.hidden_size);
         match router {
@@ -563,14 +613,6 @@ impl<'s> Step<'s> {
                 s.gemm_nt(&GemmNt::linear(t_n, e_n, hidden), &sc.xn, w, &mut sc.router)?
             }
         }
-        s.moe_gating(
-            self.router,
-            &sc.router,
-            bias,
-            t_n,
-            &mut sc.ids,
-            &mut sc.weights,
-        )?;
         Ok(())
     }
 

@@ -2,16 +2,16 @@
 //! ordered on the stream by host flags.
 //!
 //! Once a single-token call has run eagerly (which sizes every workspace), the same work is
-//! captured on a side stream into a graph, per (model, cache): every layer, then the final
-//! norm and the output head into a preallocated logits buffer. Per MoE layer `k` (1-based)
-//! the graph copies the normalized hidden state, ids and weights to pinned memory, writes
-//! `k` into the pinned `ready` flag (after a fence), queues the shared experts, then waits
-//! until the pinned `done` flag reaches `k`, copies the routed sum back and adds it. Each
-//! token the host resets both flags, updates what changes per token in device buffers the
-//! kernels read (the embedding row, the position, which is also the cache row and the rope
-//! row, the MLA kv length and split count), launches the graph, and for each MoE layer waits
-//! for `ready`, runs the routed experts and raises `done`. The flags' values are the same
-//! every launch, so the graph never changes.
+//! captured on a side stream into a graph, per (model, cache): every layer, then the final norm and
+//! the output head into a preallocated logits buffer. Per MoE layer `k` (1-based) the graph copies
+//! the normalized hidden state, ids and weights (one packed buffer) to pinned memory, writes `k`
+//! into the pinned `ready` flag (after a fence), queues the shared experts, then waits until the
+//! pinned `done` flag reaches `k`, copies the routed sum back and adds it. Each token the host
+//! resets both flags, updates what changes per token in device buffers the kernels read (the
+//! embedding row, the position, which is also the cache row and the rope row, the MLA kv length and
+//! split count), launches the graph, and for each MoE layer waits for `ready`, runs the routed
+//! experts and raises `done`. The flags' values are the same every launch, so the graph never
+//! changes.
 //!
 //! The kernels, their order and their inputs are those of the eager loop (the MLA launch of
 //! a live batch reads the split count the eager launch would plan), so the logits are the
@@ -155,16 +155,10 @@ impl DecodeGraph {
                     "layer {li} is MoE but the model has no routed experts"
                 ))
             })?;
-            // SAFETY: `ready` reached `release` after the copies of layer li into host_x /
-            // host_ids / host_weights (the stream's write is fenced), and the next copies
-            // into them wait for `done` >= release, raised only after these views end.
-            let (hx, hids, hw) = unsafe {
-                (
-                    sc.host_x.as_slice_unsynced(),
-                    sc.host_ids.as_slice_unsynced(),
-                    sc.host_weights.as_slice_unsynced(),
-                )
-            };
+            // SAFETY: `ready` reached `release` after the copy of layer li into host_pack
+            // (the stream's write is fenced), and the next copy into it waits for `done` >=
+            // release, raised only after this view ends.
+            let (hx, hids, hw) = sc.unpack(unsafe { sc.host_pack.as_slice_unsynced() });
             // SAFETY: the previous copy out of host_routed (layer k - 1's) precedes the
             // `ready` write of this layer on the stream, so it is done; this layer's waits
             // for `done` >= release, raised after this write.
@@ -206,17 +200,13 @@ fn record(
         };
         moe_layers.push(li);
         let release = moe_layers.len() as u32;
-        step.route(router, bias.as_ref(), sc)?;
-        // SAFETY (the three copies out and the one back): the host reads host_x / host_ids
-        // / host_weights only between `ready` >= release (written after these copies) and
-        // raising `done` to release (which the next copies into them wait for), and writes
-        // host_routed only in that window too, before the copy back that waits for it
-        // (`DecodeGraph::replay`); the scratch outlives the graph (it is dropped first).
-        unsafe {
-            s.copy_to_pinned_unordered(&sc.xn32, &mut sc.host_x)?;
-            s.copy_to_pinned_unordered(&sc.ids, &mut sc.host_ids)?;
-            s.copy_to_pinned_unordered(&sc.weights, &mut sc.host_weights)?;
-        }
+        step.route_packed(router, bias.as_ref(), sc)?;
+        // SAFETY (the copy out and the one back): the host reads host_pack only between
+        // `ready` >= release (written after this copy) and raising `done` to release (which
+        // the next copy into it waits for), and writes host_routed only in that window too,
+        // before the copy back that waits for it (`DecodeGraph::replay`); the scratch
+        // outlives the graph (it is dropped first).
+        unsafe { s.copy_to_pinned_unordered(&sc.pack, &mut sc.host_pack)? };
         s.write_flag(ready, release)?;
         if let (Some(mlp), Some((gu, act, out))) = (shared, sc.shared.as_mut()) {
             step.mlp(mlp, &sc.xn, gu, act, out, ws)?;

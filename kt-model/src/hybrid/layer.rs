@@ -1,7 +1,8 @@
-//! One decoder layer's GPU weights, loaded from the GGUF tensors in the placement's formats:
-//! norms (f32), the query path, `kv_a`, the per-head absorbed key/value up-projections
-//! (bf16, laid out for the batched GEMM), the output projection, and the dense MLP or the
-//! router (f32 or bf16 weights, f32 logits), its score bias and the shared experts.
+//! One decoder layer's GPU weights, loaded from the GGUF tensors in the placement's formats: norms
+//! (f32), the query path and `kv_a` (one stacked matrix where they can), the per-head absorbed
+//! key/value up-projections (bf16, laid out for the batched GEMM), the output projection, and the
+//! dense MLP or the router (f32 or bf16 weights, f32 logits), its score bias and the shared
+//! experts.
 
 use half::bf16;
 use kt_kernels::cuda::{DeviceBuf, GpuStream};
@@ -24,9 +25,20 @@ pub(crate) enum GpuQuery {
     },
 }
 
+/// The projections of the normalized hidden state: the queries and the compressed kv.
+#[allow(clippy::large_enum_variant)] // one per layer: its size does not matter
+pub(crate) enum GpuQkv {
+    /// q_proj and kv_a_mqa (same input, same format, no query LoRA) stacked into one GEMV:
+    /// each token's output row is `[q | kv]`.
+    Stacked(GpuLinear),
+    Separate {
+        q: GpuQuery,
+        kv_a: GpuLinear,
+    },
+}
+
 pub(crate) struct GpuAttention {
-    pub q: GpuQuery,
-    pub kv_a: GpuLinear,
+    pub qkv: GpuQkv,
     pub kv_a_norm: DeviceBuf<f32>,
     /// Per head `W_uk^T` `[rank, nope]` (what `attn_k_b` stores), heads one after the other.
     pub k_b: DeviceBuf<bf16>,
@@ -160,18 +172,30 @@ fn attention(
     t: &Attention<'_>,
     c: &DeepSeekConfig,
 ) -> HybridResult<GpuAttention> {
-    let q = match &t.q {
-        QueryProj::Direct { q } => GpuQuery::Direct(linear(s, f, q)?),
-        QueryProj::LoRA { a, a_norm, b } => GpuQuery::LoRA {
-            a: linear(s, f, a)?,
-            a_norm: vector(s, a_norm)?,
-            b: linear(s, f, b)?,
+    let kv_a = &t.kv_a_mqa;
+    let qkv = match &t.q {
+        // one GEMV instead of two on decode's chain (the rows and their int4 groups are
+        // those of the separate matrices)
+        QueryProj::Direct { q } if f.of_tensor(q.name)? == f.of_tensor(kv_a.name)? => {
+            let parts = [Linear::from_2d(q)?, Linear::from_2d(kv_a)?];
+            GpuQkv::Stacked(GpuLinear::load(s, &parts, f.of_tensor(q.name)?, q.name)?)
+        }
+        QueryProj::Direct { q } => GpuQkv::Separate {
+            q: GpuQuery::Direct(linear(s, f, q)?),
+            kv_a: linear(s, f, kv_a)?,
+        },
+        QueryProj::LoRA { a, a_norm, b } => GpuQkv::Separate {
+            q: GpuQuery::LoRA {
+                a: linear(s, f, a)?,
+                a_norm: vector(s, a_norm)?,
+                b: linear(s, f, b)?,
+            },
+            kv_a: linear(s, f, kv_a)?,
         },
     };
     let (k_b, v_b) = kv_up(s, f, &t.kv_b, c)?;
     Ok(GpuAttention {
-        q,
-        kv_a: linear(s, f, &t.kv_a_mqa)?,
+        qkv,
         kv_a_norm: vector(s, &t.kv_a_norm)?,
         k_b,
         v_b,

@@ -66,6 +66,7 @@ use crate::placement::Placement;
 use crate::tensors::{Ffn, ModelTensors};
 use gpu_experts::GpuExperts;
 use graph::DecodeGraph;
+use layer::GpuQkv;
 use layer::{GpuFfn, GpuLayer};
 use scratch::{Scratch, Widths};
 use weights::{Formats, GpuLinear};
@@ -177,6 +178,9 @@ impl<'a> HybridModel<'a> {
                 } => Some(m.width()),
                 _ => None,
             }),
+            stacked_qkv: layers
+                .iter()
+                .any(|l| matches!(l.attn.qkv, GpuQkv::Stacked(_))),
         };
         let has_moe = tensors.layers.iter().any(|l| matches!(l.ffn, Ffn::Moe(_)));
         let fused = if has_moe {

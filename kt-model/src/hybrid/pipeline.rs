@@ -4,8 +4,8 @@
 //!
 //! Layer `L + 1`'s queued work starts with a wait on a host flag (`cuStreamWaitValue32` on
 //! pinned memory), then copies layer `L`'s routed sum back, adds it, and runs layer `L + 1`
-//! up to its shared experts; the host then waits for layer `L`'s copies (an event recorded
-//! after them), runs the experts, writes the sum and raises the flag. The kernels, their
+//! up to its shared experts; the host then waits for layer `L`'s copy out (an event recorded
+//! after it), runs the experts, writes the sum and raises the flag. The kernels, their
 //! order and their inputs are those of the sequential loop, so the logits are bit for bit
 //! the same (a test checks it). Without trace or timing only: per-layer events would
 //! measure the queue, not the work.
@@ -127,17 +127,11 @@ impl Step<'_> {
     fn experts_unsynced(&self, p: &Pending, sc: &mut Scratch) -> HybridResult<()> {
         let fused = self.fused_for(p.li)?;
         p.copied.synchronize()?;
-        // SAFETY: `p.copied` was recorded after the copies into host_x / host_ids /
-        // host_weights of layer p.li and has completed; the next copies into them (the next
-        // MoE layer's) are queued behind the flag value `p.release`, which is raised only
-        // after this function returns, so no copy writes them while these views live.
-        let (hx, hids, hw) = unsafe {
-            (
-                sc.host_x.as_slice_unsynced(),
-                sc.host_ids.as_slice_unsynced(),
-                sc.host_weights.as_slice_unsynced(),
-            )
-        };
+        // SAFETY: `p.copied` was recorded after the copy into host_pack of layer p.li and
+        // has completed; the next copy into it (the next MoE layer's) is queued behind the
+        // flag value `p.release`, which is raised only after this function returns, so no
+        // copy writes it while this view lives.
+        let (hx, hids, hw) = sc.unpack(unsafe { sc.host_pack.as_slice_unsynced() });
         // SAFETY: the last copy out of host_routed before `p.copied` (the previous MoE
         // layer's copy back) precedes it on the stream and is done; the next one (this
         // layer's) waits for `p.release`, raised after this write.

@@ -4,6 +4,7 @@
 //! that size (every decode step reuses the same one).
 
 use half::bf16;
+use kt_kernels::cuda::gating::packed_len;
 use kt_kernels::cuda::mla::{CACHE_ROW, KV_LORA_RANK};
 use kt_kernels::cuda::{DeviceBuf, Gpu, GpuStream, HostFlag, PinnedBuf};
 
@@ -14,6 +15,8 @@ use crate::config::DeepSeekConfig;
 pub(crate) struct Widths {
     pub dense: Option<usize>,
     pub shared: Option<usize>,
+    /// Whether a layer runs q_proj and kv_a as one stacked GEMV (`sc.qkv`).
+    pub stacked_qkv: bool,
 }
 
 pub(crate) struct Scratch {
@@ -30,6 +33,9 @@ pub(crate) struct Scratch {
     pub q: DeviceBuf<bf16>,
     /// The kv projection `[T, rank + rope]`.
     pub kv: DeviceBuf<bf16>,
+    /// Queries and kv projection of the stacked GEMV, `[T, heads * (nope + rope) + rank +
+    /// rope]`, when a layer has one.
+    pub qkv: Option<DeviceBuf<bf16>>,
     /// Absorbed query rows `[T * heads, rank + rope]` and the attention's latent output
     /// `[T * heads, rank]`.
     pub q_lat: DeviceBuf<bf16>,
@@ -41,15 +47,19 @@ pub(crate) struct Scratch {
     pub dense: Option<(DeviceBuf<bf16>, DeviceBuf<bf16>)>,
     /// Shared experts: gate/up, activation, output `[T, hidden]`.
     pub shared: Option<(DeviceBuf<bf16>, DeviceBuf<bf16>, DeviceBuf<bf16>)>,
-    /// Router logits `[T, n_experts]`, chosen ids and weights `[T, top_k]`.
+    /// Router logits `[T, n_experts]`, chosen ids and weights `[T, top_k]` (these two for
+    /// the routed experts on the GPU; the CPU experts' come in `pack`).
     pub router: DeviceBuf<f32>,
     pub ids: DeviceBuf<u32>,
     pub weights: DeviceBuf<f32>,
     /// The routed experts' sum back on the GPU `[T, hidden]`.
     pub routed: DeviceBuf<f32>,
-    pub host_x: PinnedBuf<f32>,
+    /// The CPU experts' inputs as 32-bit words, written by the packed gating: `xn32`'s rows,
+    /// ids, weights (see [`Scratch::unpack`]); and its host copy (one transfer per layer).
+    pub pack: DeviceBuf<u32>,
+    pub host_pack: PinnedBuf<u32>,
+    /// The ids' host copy for the routed experts on the GPU.
     pub host_ids: PinnedBuf<u32>,
-    pub host_weights: PinnedBuf<f32>,
     pub host_routed: PinnedBuf<f32>,
     pub positions: DeviceBuf<u32>,
     /// Final norm `[T, hidden]`.
@@ -85,6 +95,10 @@ impl Scratch {
             },
             q: bf(t * heads * qk)?,
             kv: bf(t * CACHE_ROW)?,
+            qkv: match w.stacked_qkv {
+                true => Some(bf(t * (heads * qk + CACHE_ROW))?),
+                false => None,
+            },
             q_lat: bf(t * heads * CACHE_ROW)?,
             o_lat: bf(t * heads * KV_LORA_RANK)?,
             heads: bf(t * heads * c.v_head_dim)?,
@@ -101,14 +115,24 @@ impl Scratch {
             ids: s.alloc_zeroed(t * k)?,
             weights: s.alloc_zeroed(t * k)?,
             routed: s.alloc_zeroed(t * hidden)?,
-            host_x: gpu.alloc_pinned(t * hidden)?,
+            pack: s.alloc_zeroed(packed_len(t, hidden, k))?,
+            host_pack: gpu.alloc_pinned(packed_len(t, hidden, k))?,
             host_ids: gpu.alloc_pinned(t * k)?,
-            host_weights: gpu.alloc_pinned(t * k)?,
             host_routed: gpu.alloc_pinned(t * hidden)?,
             positions: s.alloc_zeroed(t)?,
             fin: bf(t * hidden)?,
             flag: pipeline_flag(gpu, s),
         })
+    }
+}
+
+impl Scratch {
+    /// The normalized rows `[T, hidden]`, ids and weights `[T, top_k]` in `words`, a copy
+    /// of `pack` (the layout of `moe_gating_packed`).
+    pub fn unpack<'a>(&self, words: &'a [u32]) -> (&'a [f32], &'a [u32], &'a [f32]) {
+        let (x, rest) = words.split_at(self.xn32.len().min(words.len()));
+        let (ids, weights) = rest.split_at(self.ids.len().min(rest.len()));
+        (bytemuck::cast_slice(x), ids, bytemuck::cast_slice(weights))
     }
 }
 

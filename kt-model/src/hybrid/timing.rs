@@ -2,12 +2,12 @@
 //! the CPU, the transfers between them, and each side's idle time. GPU intervals come from
 //! CUDA events recorded on the stream, host intervals from the host clock.
 //!
-//! Per MoE layer the stream holds: attention, norm and router (GPU), the copy of the
-//! normalized hidden state, ids and weights to pinned memory (transfer), the shared experts
-//! (GPU), then, queued by the host once the CPU experts are done, the copy of their sum back
-//! (transfer) and the residual adds (GPU). The GPU is idle from the end of the shared
-//! experts until that copy starts (zero when the CPU finished first); the host is idle while
-//! it waits for the first copy (it needs the router's choice) and at the end of the call.
+//! Per MoE layer the stream holds: attention, norm and router (GPU), the one copy of the normalized
+//! hidden state, ids and weights (packed) to pinned memory (transfer), the shared experts (GPU),
+//! then, queued by the host once the CPU experts are done, the copy of their sum back (transfer)
+//! and the residual adds (GPU). The GPU is idle from the end of the shared experts until that copy
+//! starts (zero when the CPU finished first); the host is idle while it waits for the first copy
+//! (it needs the router's choice) and at the end of the call.
 //! GPU time spent waiting on the host's kernel launches inside a stretch counts as compute.
 //! A timed call always runs its layers one after the other: the pipelined order of untimed
 //! calls (`pipeline.rs`) queues a layer's work before the host is done with the previous
