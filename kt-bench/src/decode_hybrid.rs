@@ -74,18 +74,35 @@ fn split_json(s: &LayerSplit) -> Value {
     })
 }
 
-fn phase_json(times: &HybridTimes, wall_s: f64) -> Value {
+/// The CPU routed experts' weight bytes per token, their GB/s and its fraction of the DRAM
+/// read bandwidth measured in the same run (the timed run's experts, as `kt-bench decode`
+/// reports for the CPU engine).
+fn routed_json(times: &HybridTimes, dram_gbps: f64) -> Value {
+    let t = times.total();
+    let gbps = t.routed_gbps();
     json!({
+        "routed_bytes_per_token": t.routed_bytes as f64 / times.tokens.max(1) as f64,
+        "routed_gbps": gbps,
+        "routed_bandwidth_fraction": gbps.map(|g| g / dram_gbps),
+    })
+}
+
+fn phase_json(times: &HybridTimes, wall_s: f64, dram_gbps: f64) -> Value {
+    let mut j = json!({
         "wall_s": wall_s,
         "calls": times.calls,
         "tokens": times.tokens,
         "total": split_json(&times.total()),
         "per_layer": times.layers.iter().map(split_json).collect::<Vec<_>>(),
         "head": split_json(&times.head),
-    })
+    });
+    if let (Value::Object(m), Value::Object(r)) = (&mut j, routed_json(times, dram_gbps)) {
+        m.extend(r);
+    }
+    j
 }
 
-fn print_phase(name: &str, times: &HybridTimes, wall_s: f64) {
+fn print_phase(name: &str, times: &HybridTimes, wall_s: f64, dram_gbps: f64) {
     let t = times.total();
     let per = 1e3 / times.tokens.max(1) as f64;
     println!(
@@ -100,6 +117,13 @@ fn print_phase(name: &str, times: &HybridTimes, wall_s: f64) {
         t.gpu_idle_s * per,
         t.cpu_idle_s * per
     );
+    if let Some(g) = t.routed_gbps() {
+        println!(
+            "  cpu routed experts: {:.1} MB of weights per token at {g:.1} GB/s = {:.0}% of the {dram_gbps:.1} GB/s DRAM read bandwidth",
+            t.routed_bytes as f64 / times.tokens.max(1) as f64 / 1e6,
+            100.0 * g / dram_gbps
+        );
+    }
 }
 
 impl HybridRun<'_> {
@@ -231,8 +255,8 @@ impl HybridRun<'_> {
                     "measured": true,
                     "kind": "hybrid",
                     "total_s": prefill_s + decode_timed_s,
-                    "prefill": phase_json(&prefill_times, prefill_s),
-                    "decode": (gen_len > 0).then(|| phase_json(&decode_times, decode_timed_s)),
+                    "prefill": phase_json(&prefill_times, prefill_s, self.dram_gbps),
+                    "decode": (gen_len > 0).then(|| phase_json(&decode_times, decode_timed_s, self.dram_gbps)),
                 },
                 "tokens": tokens,
                 "gpu_prefill": gpu_prefill_json(&model),
@@ -281,9 +305,9 @@ impl HybridRun<'_> {
         if let Some(c) = &crossover {
             println!("crossover: {c}");
         }
-        print_phase("prefill", &prefill_times, prefill_s);
+        print_phase("prefill", &prefill_times, prefill_s, self.dram_gbps);
         if gen_len > 0 {
-            print_phase("decode (timed run)", &decode_times, decode_timed_s);
+            print_phase("decode (timed run)", &decode_times, decode_timed_s, self.dram_gbps);
         }
         if let Some(path) = &a.svg {
             println!("split per layer written to {}", path.display());

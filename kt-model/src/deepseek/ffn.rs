@@ -161,10 +161,7 @@ impl<'a> Moe<'a> {
         let here = Place::Layer(layer);
         clock.lap(here, Stage::Router);
         if clock.is_on() {
-            let mut touched = vec![false; e_n];
-            r.ids.iter().for_each(|&e| touched[e as usize] = true);
-            let distinct = touched.iter().filter(|&&t| t).count() as u64;
-            clock.add_routed_bytes(layer, distinct * self.expert_bytes);
+            clock.add_routed_bytes(layer, distinct_experts(&r.ids, e_n) * self.expert_bytes);
         }
 
         match fused {
@@ -252,5 +249,30 @@ pub(crate) fn router_config(c: &DeepSeekConfig) -> RouterConfig {
         method: c.topk_method,
         norm_topk_prob: c.norm_topk_prob,
         routed_scaling_factor: c.routed_scaling_factor,
+    }
+}
+
+/// How many distinct experts (ids below `experts`) `ids` names: each is read once per call.
+pub(crate) fn distinct_experts(ids: &[u32], experts: usize) -> u64 {
+    let mut touched = vec![false; experts];
+    for &e in ids {
+        if let Some(t) = touched.get_mut(e as usize) {
+            *t = true;
+        }
+    }
+    touched.iter().filter(|&&t| t).count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::distinct_experts;
+
+    #[test]
+    fn distinct_experts_counts_each_expert_once() {
+        assert_eq!(distinct_experts(&[3, 1, 3, 0, 1, 3], 8), 3);
+        assert_eq!(distinct_experts(&[], 8), 0);
+        assert_eq!(distinct_experts(&[7, 6, 5, 4, 3, 2, 1, 0], 8), 8);
+        // an id past the expert count is not an expert (the router never emits one)
+        assert_eq!(distinct_experts(&[2, 9], 8), 1);
     }
 }

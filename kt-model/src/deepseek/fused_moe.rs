@@ -75,6 +75,19 @@ impl FusedMoe {
         self.ctx.max_tokens()
     }
 
+    /// Weight bytes of the distinct experts of layer `layer` that `ids` name (each read once
+    /// per call): what a call's routed experts stream from memory (the hybrid executor's
+    /// timing). 0 for a dense layer.
+    #[cfg(feature = "cuda")]
+    pub fn routed_bytes(&self, layer: usize, ids: &[u32]) -> u64 {
+        self.layers
+            .get(layer)
+            .and_then(Option::as_ref)
+            .map_or(0, |l| {
+                super::ffn::distinct_experts(ids, l.experts()) * l.expert_bytes() as u64
+            })
+    }
+
     /// `out[t] = sum_s weights[t,s] * expert_{ids[t,s]}(x[t])` for layer `layer`'s routed
     /// experts; `x`, `out` `[T, hidden]`, `ids`, `weights` `[T, k]`.
     pub fn forward(

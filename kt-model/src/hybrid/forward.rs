@@ -509,6 +509,9 @@ impl<'s> Step<'s> {
         let routed = sc.host_routed.as_mut_slice()?;
         fused.forward(li, hx, hids, hw, routed)?;
         m.cpu_experts_s = cpu.elapsed().as_secs_f64();
+        if self.timing {
+            m.routed_bytes = fused.routed_bytes(li, hids);
+        }
         let routing = want_routing.then(|| Routing {
             logits: Vec::new(),
             ids: hids.to_vec(),

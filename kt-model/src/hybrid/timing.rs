@@ -27,6 +27,8 @@ pub struct LayerSplit {
     pub transfer_s: f64,
     pub gpu_idle_s: f64,
     pub cpu_idle_s: f64,
+    /// Weight bytes the CPU's routed experts read (the distinct experts of each call).
+    pub routed_bytes: u64,
 }
 
 impl LayerSplit {
@@ -36,6 +38,13 @@ impl LayerSplit {
         self.transfer_s += o.transfer_s;
         self.gpu_idle_s += o.gpu_idle_s;
         self.cpu_idle_s += o.cpu_idle_s;
+        self.routed_bytes += o.routed_bytes;
+    }
+
+    /// The CPU routed experts' effective weight bandwidth, GB/s (None without CPU experts).
+    pub fn routed_gbps(&self) -> Option<f64> {
+        (self.cpu_experts_s > 0.0 && self.routed_bytes > 0)
+            .then(|| self.routed_bytes as f64 / self.cpu_experts_s / 1e9)
     }
 }
 
@@ -79,6 +88,7 @@ pub(crate) struct LayerMarks {
     pub end: Option<GpuEvent>,
     pub cpu_experts_s: f64,
     pub cpu_wait_s: f64,
+    pub routed_bytes: u64,
 }
 
 fn span(a: &Option<GpuEvent>, b: &Option<GpuEvent>) -> HybridResult<f64> {
@@ -111,6 +121,7 @@ impl LayerMarks {
             gpu_idle_s: span(&self.shared_done, &self.back_queued)?,
             cpu_experts_s: self.cpu_experts_s,
             cpu_idle_s: self.cpu_wait_s,
+            routed_bytes: self.routed_bytes,
         })
     }
 }
