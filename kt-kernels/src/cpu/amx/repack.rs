@@ -84,8 +84,23 @@ fn config(m: usize, kb: usize, brows: usize) -> TileConfig {
     c
 }
 
-/// Panels per INT block: tiles 0..4 are their C tiles for one 16-token row block.
+/// Panels per INT block (at most): tiles 0..4 are their C tiles for one 16-token row
+/// block.
 const NQ: usize = 4;
+/// Panels per INT block for a tile of `tokens` tokens: 4 from two 16-token row blocks
+/// on, else 2. Measured on one core of the dev VM, INT4 g128 (best of 20): with 16 or
+/// 24 tokens 4 panels were 10-20% slower than 2 on 7168 x 2048 (weights streamed from
+/// L3/DRAM: four panels' groups are unpacked and prefetched at once) and 10% slower on
+/// 1408 x 2048; with 32 tokens level on 7168 x 2048 and 11% faster on 1408 x 2048; with
+/// 48 tokens 6% and 11% faster.
+fn panels_per_block(tokens: usize) -> usize {
+    if tokens >= 32 {
+        NQ
+    } else {
+        2
+    }
+}
+
 /// Tokens per INT super-block: each group of a block of panels is unpacked once for all
 /// of them. 64 rather than 32 (unpacking twice as often costs ~20%); a larger span of
 /// panels per pass (8: 32 KiB of accumulators) was ~25% slower on the dev VM, the
@@ -122,11 +137,12 @@ struct Pending {
     nt: usize,
 }
 
-/// INT8/INT4 GEMM over blocks of 16 tokens x 4 panels (1 x 4 C tiles). Per group and
-/// row block the A tiles (the group's one or two K-steps) are loaded once and the four
-/// panels' B lines stream through tiles 6 and 7: an A tile is loaded once per 4 (or 8)
-/// `tdpbssd`s rather than once per 2 as with 2 x 2 blocks of 32 tokens x 2 panels, and
-/// the four C tiles still give four independent accumulation chains. Measured on one
+/// INT8/INT4 GEMM over blocks of 16 tokens x 4 panels (1 x 4 C tiles; 2 panels for
+/// fewer than 32 tokens, see [`panels_per_block`]). Per group and row block the A tiles
+/// (the group's one or two K-steps) are loaded once and the four panels' B lines stream
+/// through tiles 6 and 7: an A tile is loaded once per 4 (or 8) `tdpbssd`s rather than
+/// once per 2 as with 2 x 2 blocks of 32 tokens x 2 panels, and the four C tiles still
+/// give four independent accumulation chains. Measured on one
 /// core of the dev VM (1408 x 2048, 48 tokens, INT4 g128): ~12% faster than the 2 x 2
 /// blocking, which spent about a third of its time in A tile loads (activation rows
 /// streamed from L2 once per panel pair).
@@ -143,6 +159,7 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
     // Token rows of the loaded configuration.
     let mut loaded: Option<usize> = None;
     let pf = t.prefetch.groups;
+    let nq = panels_per_block(t.tokens);
     // SAFETY (whole body): the tile's extents (caller) cover every pointer formed here:
     // activation rows (A tiles load at most the rows the caller says are readable),
     // panels q0..q0+nt and their scales, and outputs; AMX is enabled (caller). The
@@ -182,12 +199,12 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
             }
         };
         for g in 0..pf.min(groups) {
-            prefetch_group(t, 0, NQ, g, group);
+            prefetch_group(t, 0, nq, g, group);
         }
         for s0 in (0..t.tokens).step_by(SB) {
             let sm = SB.min(t.tokens - s0);
-            for q0 in (0..t.panels).step_by(NQ) {
-                let nt = NQ.min(t.panels - q0);
+            for q0 in (0..t.panels).step_by(nq) {
+                let nt = nq.min(t.panels - q0);
                 acc.0[..sm * LDC].fill(0.0);
                 let mut pending: Option<Pending> = None;
                 let mut next_buf = 0;
@@ -202,11 +219,11 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                     if pf == 0 {
                         // Hardware prefetchers only.
                     } else if ahead < groups {
-                        prefetch_group(t, q0, NQ, ahead, group);
-                    } else if q0 + NQ < t.panels {
-                        prefetch_group(t, q0 + NQ, NQ, ahead - groups, group);
+                        prefetch_group(t, q0, nq, ahead, group);
+                    } else if q0 + nq < t.panels {
+                        prefetch_group(t, q0 + nq, nq, ahead - groups, group);
                     } else if s0 + SB < t.tokens {
-                        prefetch_group(t, 0, NQ, ahead - groups, group);
+                        prefetch_group(t, 0, nq, ahead - groups, group);
                     }
                     // B lines of each panel for this group: the packed lines (INT8) or
                     // the unpacked buffer (INT4), 64 bytes per K-step row. INT4 groups
