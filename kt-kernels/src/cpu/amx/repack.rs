@@ -306,7 +306,10 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                         next_buf ^= 1;
                     }
                     if INT4 && g + 1 < groups {
-                        let dst = unpacked.0.as_mut_ptr().add(((g + 1) & 1) * NQ * group * PANEL);
+                        let dst = unpacked
+                            .0
+                            .as_mut_ptr()
+                            .add(((g + 1) & 1) * NQ * group * PANEL);
                         unpack_group(t, q0, nt, g + 1, group, dst);
                     }
                 }

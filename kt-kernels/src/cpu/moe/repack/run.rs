@@ -439,8 +439,7 @@ fn gather(
         // SAFETY: positions are a permutation of 0..tokens * k, so token t's rows belong
         // to this item only, each inside `dst` (pairs rows of `row <= stride` bytes,
         // `stride` apart).
-        let first_row =
-            unsafe { std::slice::from_raw_parts_mut(dst.at(first * stride), row) };
+        let first_row = unsafe { std::slice::from_raw_parts_mut(dst.at(first * stride), row) };
         quantize_row_with(isa, f, &x[t * h..(t + 1) * h], first_row);
         for &p in &slots[1..] {
             // SAFETY: as above; distinct positions' rows do not overlap.
