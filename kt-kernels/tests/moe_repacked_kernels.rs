@@ -164,8 +164,10 @@ fn fast_kernels_match_the_scalar_reference() {
                 100 + i as u64 * 17 + tokens as u64,
             );
             let k_len = c.stack.cols();
-            // Rows 16..80: 4 panels; rows 32..80: 3 (an odd count leaves a lone panel).
-            for (r0, r1) in [(16, 80), (32, 80)] {
+            // Rows 16..80: 4 panels; rows 32..80: 3 (an odd count leaves a lone panel);
+            // 0..80: 5 (the INT AMX kernel's blocks of 4 panels, then a lone one);
+            // 48..80: 2.
+            for (r0, r1) in [(16, 80), (32, 80), (0, 80), (48, 80)] {
                 let (want, _, mag) = run(&c, Kernel::Scalar, 2, r0, r1, tokens, false);
                 for (kern, padded) in kernels.iter().flat_map(|&k| [(k, false), (k, true)]) {
                     let (got, _, _) = run(&c, kern, 2, r0, r1, tokens, padded);

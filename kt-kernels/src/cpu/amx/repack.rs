@@ -1,20 +1,22 @@
 //! AMX GEMM over the repacked expert layouts (prefill: many tokens per expert).
 //!
-//! Blocks of 32 tokens x 32 outputs: tiles 0..4 are the C blocks `C[mi][ni]`
+//! BF16: blocks of 32 tokens x 32 outputs: tiles 0..4 are the C blocks `C[mi][ni]`
 //! (`2 * mi + ni`), tiles 4, 5 the activation rows (A, 16 tokens each), tiles 6, 7 the
-//! weight panels (B, already in VNNI form in memory: one 64-byte line per tile row).
-//!
-//! INT8/INT4: per group of G reduction elements, `tdpbssd` accumulates the group's
-//! integer dot in C (G/64 K-steps of 64, or one of 32 for G=32), the C tiles are stored
-//! and scaled in f32 by `d_w[n] * d_a[t]` into an f32 accumulator block; INT4 panels are
-//! first unpacked to int8 (`q + 8` nibbles minus 8) into an on-stack B buffer. BF16:
+//! weight panels (B, already in VNNI form in memory: one 64-byte line per tile row);
 //! `tdpbf16ps` accumulates all of K in C and C is stored straight to the output.
+//!
+//! INT8/INT4: blocks of 16 tokens x 64 outputs (tiles 0..4: four panels' C tiles, 4, 5:
+//! the group's A K-steps, 6, 7: B; see `gemm_int`). Per group of G reduction elements,
+//! `tdpbssd` accumulates the group's integer dot in C (G/64 K-steps of 64, or one of 32
+//! for G=32), the C tiles are stored and scaled in f32 by `d_w[n] * d_a[t]` into an f32
+//! accumulator block; INT4 panels are first unpacked to int8 (`q + 8` nibbles minus 8)
+//! into an on-stack B buffer.
 //! Rows past the last token are never loaded or stored: the A and C tiles of the last
 //! block are configured with the rows that remain.
 //!
 //! The weights stream from DRAM once per item (at prefill each expert's tokens fit one
 //! item's token block): the kernel prefetches the stream `Tile::prefetch` groups ahead,
-//! continuing into the next panel pair near a pair's end and starting at the item's
+//! continuing into the next panels near their end and starting at the item's
 //! first groups, so no group of the item is left to demand misses.
 
 use std::arch::x86_64::*;
@@ -22,19 +24,19 @@ use std::arch::x86_64::*;
 use super::tiles::{tile_dp_bf16, tile_dp_i8, tile_load, tile_store, tile_zero, TileConfig};
 use crate::cpu::moe::repack::{PrefetchLevel, RepackFormat, Tile, PANEL};
 
-/// Tokens and panels per block.
+/// Tokens and panels per BF16 block.
 const MB: usize = 32;
 const NB: usize = 2;
-/// Prefetches group `g` of panels `p..p + NB` (those inside the tile) to the tile's
+/// Prefetches group `g` of panels `p..p + n` (those inside the tile) to the tile's
 /// prefetch level.
 ///
 /// # Safety
 /// As `gemm`: the tile's panels are valid memory (a prefetch never faults, but the
 /// address arithmetic must stay inside the allocation).
 #[target_feature(enable = "sse")]
-unsafe fn prefetch_group(t: &Tile, p: usize, g: usize, group: usize) {
+unsafe fn prefetch_group(t: &Tile, p: usize, n: usize, g: usize, group: usize) {
     let (pb, gb) = (t.format.panel_bytes(t.k), t.format.panel_bytes(group));
-    for ni in p..(p + NB).min(t.panels) {
+    for ni in p..(p + n).min(t.panels) {
         // SAFETY: panel ni < panels and group g < k / group lie inside the tile's data.
         let base = unsafe { t.w.add(ni * pb + g * gb) };
         for l in (0..gb).step_by(64) {
@@ -65,7 +67,7 @@ pub(crate) unsafe fn gemm(t: &Tile) {
     }
 }
 
-/// The configuration of one 32-token block with `m` (1..=32) tokens: A/C rows follow
+/// The BF16 configuration of one 32-token block with `m` (1..=32) tokens: A/C rows follow
 /// the tokens; `kb` bytes per A row and `kb / 4` B rows per K-step.
 fn config(m: usize, kb: usize, brows: usize) -> TileConfig {
     let mut c = TileConfig::new();
@@ -82,160 +84,214 @@ fn config(m: usize, kb: usize, brows: usize) -> TileConfig {
     c
 }
 
-/// One 32-token block's C tiles waiting in `cbuf[buf]` to be scaled into the
-/// accumulators: scaling runs while the next block's `tdpbssd`s execute.
+/// Panels per INT block (at most): tiles 0..4 are their C tiles for one 16-token row
+/// block.
+const NQ: usize = 4;
+/// Panels per INT block for a tile of `tokens` tokens: 4 from two 16-token row blocks
+/// on, else 2. Measured on one core of the dev VM, INT4 g128 (best of 20): with 16 or
+/// 24 tokens 4 panels were 10-20% slower than 2 on 7168 x 2048 (weights streamed from
+/// L3/DRAM: four panels' groups are unpacked and prefetched at once) and 10% slower on
+/// 1408 x 2048; with 32 tokens level on 7168 x 2048 and 11% faster on 1408 x 2048; with
+/// 48 tokens 6% and 11% faster.
+fn panels_per_block(tokens: usize) -> usize {
+    if tokens >= 32 {
+        NQ
+    } else {
+        2
+    }
+}
+
+/// Tokens per INT super-block: each group of a block of panels is unpacked once for all
+/// of them. 64 rather than 32 (unpacking twice as often costs ~20%); a larger span of
+/// panels per pass (8: 32 KiB of accumulators) was ~25% slower on the dev VM, the
+/// accumulators then crowding the A and B lines out of L1.
+const SB: usize = 64;
+/// Row stride (floats) of the INT accumulators and of one stored C block.
+const LDC: usize = NQ * PANEL;
+
+/// The INT kernel's tile configuration for `rows` (1..=16) token rows: C tiles 0..4
+/// (`rows` x 16 i32), A tiles 4, 5 (`rows` x `kb` bytes: the group's first and second
+/// K-step), B tiles 6, 7 (`kb / 4` lines of 64 bytes).
+fn config_int(rows: usize, kb: usize) -> TileConfig {
+    let mut c = TileConfig::new();
+    for t in 0..4 {
+        c.set(t, rows, 64);
+    }
+    c.set(4, rows, kb);
+    c.set(5, rows, kb);
+    c.set(6, kb / 4, 64);
+    c.set(7, kb / 4, 64);
+    c
+}
+
+/// One stored C block (a group's integer dots of up to 16 tokens x `nt` panels) in
+/// `cbuf[buf]`, waiting to be scaled into the accumulators: scaling runs while the next
+/// block's `tdpbssd`s execute, and its vector loads come a block after the tile store.
 #[derive(Clone, Copy)]
 struct Pending {
     buf: usize,
-    /// First token of the block (relative to the super-block) and its token count.
+    /// First token (relative to the super-block), token count, group, panel count.
     m0: usize,
     m: usize,
     g: usize,
+    nt: usize,
 }
 
+/// INT8/INT4 GEMM over blocks of 16 tokens x 4 panels (1 x 4 C tiles; 2 panels for
+/// fewer than 32 tokens, see [`panels_per_block`]). Per group and row block the A tiles
+/// (the group's one or two K-steps) are loaded once and the four panels' B lines stream
+/// through tiles 6 and 7: an A tile is loaded once per 4 (or 8) `tdpbssd`s rather than
+/// once per 2 as with 2 x 2 blocks of 32 tokens x 2 panels, and the four C tiles still
+/// give four independent accumulation chains. Measured on one
+/// core of the dev VM (1408 x 2048, 48 tokens, INT4 g128): ~12% faster than the 2 x 2
+/// blocking, which spent about a third of its time in A tile loads (activation rows
+/// streamed from L2 once per panel pair).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
 unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
     let (f, k) = (t.format, t.k);
     let groups = k / group;
     let kstep = group.min(64);
+    let two_k = group / kstep == 2;
     let (pb, ps) = (f.panel_bytes(k), f.panel_scales(k));
-    // Per super-block of up to SB tokens x 2 panels: the f32 accumulators; per 32-token
-    // block the i32 C tiles (double-buffered, see `Pending`); per group, for INT4, each
-    // panel's group unpacked to int8 (G x 16 bytes per panel) once for all the
-    // super-block's tokens.
-    const SB: usize = 2 * MB;
-    const LDC: usize = NB * PANEL;
-    let mut cbuf = Block::<i32, { 2 * MB * LDC }>([0; 2 * MB * LDC]);
+    let mut cbuf = Block::<i32, { 2 * 16 * LDC }>([0; 2 * 16 * LDC]);
     let mut acc = Block::<f32, { SB * LDC }>([0.0; SB * LDC]);
-    let mut unpacked = Block::<u8, { 2 * NB * 128 * PANEL }>([0; 2 * NB * 128 * PANEL]);
-    // Rows of the two A tiles in the loaded configuration.
-    let mut loaded: Option<(usize, usize)> = None;
-    for s0 in (0..t.tokens).step_by(SB) {
-        let sm = SB.min(t.tokens - s0);
-        // SAFETY (whole block): the tile's extents (caller) cover every pointer formed
-        // here: activation rows s0..s0+sm (A tiles load at most the rows the caller says
-        // are readable), panels p0..p0+nt, their scales, and outputs; AMX is enabled
-        // (caller). The buffers are locals of sufficient size (asserted by their types).
-        unsafe {
-            // The first groups of the stream; the loop below prefetches the rest.
-            let pf = t.prefetch.groups;
-            for g in 0..pf.min(groups) {
-                prefetch_group(t, 0, g, group);
+    let mut unpacked = Block::<u8, { 2 * NQ * 128 * PANEL }>([0; 2 * NQ * 128 * PANEL]);
+    // Token rows of the loaded configuration.
+    let mut loaded: Option<usize> = None;
+    let pf = t.prefetch.groups;
+    let nq = panels_per_block(t.tokens);
+    // SAFETY (whole body): the tile's extents (caller) cover every pointer formed here:
+    // activation rows (A tiles load at most the rows the caller says are readable),
+    // panels q0..q0+nt and their scales, and outputs; AMX is enabled (caller). The
+    // buffers are locals of the sizes their indices need (NQ panels, SB tokens, 16-row
+    // C blocks, groups of at most 128).
+    unsafe {
+        // Scales a stored C block (`cbuf[p.buf]`) of panels q0.. into the accumulators.
+        let scale = |acc: &mut Block<f32, { SB * LDC }>,
+                     cbuf: &Block<i32, { 2 * 16 * LDC }>,
+                     s0: usize,
+                     q0: usize,
+                     p: Pending| {
+            let wsc = [0, 1, 2, 3].map(|ni| {
+                _mm512_cvtph_ps(_mm256_loadu_si256(
+                    t.scales.add((q0 + ni.min(p.nt - 1)) * ps + p.g * PANEL) as *const __m256i,
+                ))
+            });
+            for r in 0..p.m {
+                let row = s0 + p.m0 + r;
+                let ascale = _mm512_set1_ps(
+                    (t.a.add(row * t.a_stride + k + 4 * p.g) as *const f32).read_unaligned(),
+                );
+                for (ni, w) in wsc.iter().enumerate().take(p.nt) {
+                    let ci = _mm512_load_si512(
+                        cbuf.0.as_ptr().add(p.buf * 16 * LDC + r * LDC + ni * PANEL) as *const _,
+                    );
+                    let ap = acc.0.as_mut_ptr().add((p.m0 + r) * LDC + ni * PANEL);
+                    _mm512_store_ps(
+                        ap,
+                        _mm512_fmadd_ps(
+                            _mm512_cvtepi32_ps(ci),
+                            _mm512_mul_ps(*w, ascale),
+                            _mm512_load_ps(ap),
+                        ),
+                    );
+                }
             }
-            for p0 in (0..t.panels).step_by(NB) {
-                let nt = if p0 + 1 < t.panels { 2 } else { 1 };
+        };
+        for g in 0..pf.min(groups) {
+            prefetch_group(t, 0, nq, g, group);
+        }
+        for s0 in (0..t.tokens).step_by(SB) {
+            let sm = SB.min(t.tokens - s0);
+            for q0 in (0..t.panels).step_by(nq) {
+                let nt = nq.min(t.panels - q0);
                 acc.0[..sm * LDC].fill(0.0);
-                // Scales `pending`'s C block into the accumulators.
-                let scale_block = |acc: &mut Block<f32, { SB * LDC }>,
-                                   cbuf: &Block<i32, { 2 * MB * LDC }>,
-                                   p: Pending| {
-                    let wsc = [0, nt - 1].map(|ni| {
-                        _mm512_cvtph_ps(_mm256_loadu_si256(
-                            t.scales.add((p0 + ni) * ps + p.g * PANEL) as *const __m256i,
-                        ))
-                    });
-                    for r in 0..p.m {
-                        let row = s0 + p.m0 + r;
-                        let ascale = _mm512_set1_ps(
-                            (t.a.add(row * t.a_stride + k + 4 * p.g) as *const f32)
-                                .read_unaligned(),
-                        );
-                        for (ni, w) in wsc.iter().enumerate().take(nt) {
-                            let ci = _mm512_load_si512(
-                                cbuf.0.as_ptr().add(p.buf * MB * LDC + r * LDC + ni * PANEL)
-                                    as *const _,
-                            );
-                            let ap = acc.0.as_mut_ptr().add((p.m0 + r) * LDC + ni * PANEL);
-                            _mm512_store_ps(
-                                ap,
-                                _mm512_fmadd_ps(
-                                    _mm512_cvtepi32_ps(ci),
-                                    _mm512_mul_ps(*w, ascale),
-                                    _mm512_load_ps(ap),
-                                ),
-                            );
-                        }
-                    }
-                };
                 let mut pending: Option<Pending> = None;
                 let mut next_buf = 0;
+                if INT4 {
+                    unpack_group(t, q0, nt, 0, group, unpacked.0.as_mut_ptr());
+                }
                 for g in 0..groups {
-                    // Prefetch `pf` groups ahead in the item's weight stream; past this
-                    // panel pair's last group the stream goes on in the next pair.
+                    // Prefetch `pf` groups ahead in the weight stream; past these
+                    // panels' last group the stream goes on in the next panels (or,
+                    // after the last, the next super-block's first).
                     let ahead = g + pf;
                     if pf == 0 {
                         // Hardware prefetchers only.
                     } else if ahead < groups {
-                        prefetch_group(t, p0, ahead, group);
-                    } else if p0 + NB < t.panels {
-                        prefetch_group(t, p0 + NB, ahead - groups, group);
+                        prefetch_group(t, q0, nq, ahead, group);
+                    } else if q0 + nq < t.panels {
+                        prefetch_group(t, q0 + nq, nq, ahead - groups, group);
+                    } else if s0 + SB < t.tokens {
+                        prefetch_group(t, 0, nq, ahead - groups, group);
                     }
-                    // B source of each panel for this group: the packed lines (INT8) or
+                    // B lines of each panel for this group: the packed lines (INT8) or
                     // the unpacked buffer (INT4), 64 bytes per K-step row. INT4 groups
                     // are unpacked one group ahead into the other half of a double
                     // buffer: a tile load right after the vector stores that wrote its
                     // bytes waits for them to reach L1, a group later they are there.
-                    if INT4 && g == 0 {
-                        unpack_group(t, p0, nt, 0, group, unpacked.0.as_mut_ptr());
-                    }
-                    let mut b = [std::ptr::null::<u8>(); NB];
-                    for (ni, bp) in b.iter_mut().enumerate().take(nt) {
-                        *bp = if INT4 {
-                            unpacked.0.as_ptr().add(((g & 1) * NB + ni) * group * PANEL)
+                    // Panels past `nt` repeat the last one (never multiplied).
+                    let b = [0, 1, 2, 3].map(|ni| {
+                        let ni = ni.min(nt - 1);
+                        if INT4 {
+                            unpacked.0.as_ptr().add(((g & 1) * NQ + ni) * group * PANEL)
                         } else {
-                            t.w.add((p0 + ni) * pb + g * group * PANEL)
-                        };
-                    }
-                    for m0 in (s0..s0 + sm).step_by(MB) {
-                        let m = MB.min(s0 + sm - m0);
-                        let rows = (m.min(16), m.saturating_sub(16));
-                        // Whole tiles when 32 rows are readable from m0 on (the extra
+                            t.w.add((q0 + ni) * pb + g * group * PANEL)
+                        }
+                    });
+                    for m0 in (s0..s0 + sm).step_by(16) {
+                        let m = 16.min(s0 + sm - m0);
+                        // Whole tiles when 16 rows are readable from m0 on (the extra
                         // rows' results are never scaled), else exactly the rows left.
-                        let whole =
-                            (rows.0 == 16 && rows.1.is_multiple_of(16)) || t.a_rows - m0 >= MB;
-                        let want = if whole { (16, 16) } else { rows };
+                        let want = if t.a_rows - m0 >= 16 { 16 } else { m };
                         if loaded != Some(want) {
-                            config(want.0 + want.1, kstep, kstep / 4).load();
+                            config_int(want, kstep).load();
                             loaded = Some(want);
                         }
-                        let two_m = rows.1 > 0;
-                        let a0 = t.a.add(m0 * t.a_stride);
-                        let a1 = a0.wrapping_add(16 * t.a_stride);
+                        let a = t.a.add(m0 * t.a_stride + g * group);
+                        tile_load!(4, a, t.a_stride);
+                        if two_k {
+                            tile_load!(5, a.add(kstep), t.a_stride);
+                        }
                         tile_zero!(0);
                         tile_zero!(1);
-                        if two_m {
-                            tile_zero!(2);
-                            tile_zero!(3);
-                        }
-                        for s in 0..group / kstep {
-                            let ka = g * group + s * kstep;
-                            let kb = s * kstep * PANEL;
-                            tile_load!(4, a0.add(ka), t.a_stride);
-                            tile_load!(6, b[0].add(kb), 64usize);
-                            tile_dp_i8!(0, 4, 6);
-                            if nt == 2 {
-                                tile_load!(7, b[1].add(kb), 64usize);
-                                tile_dp_i8!(1, 4, 7);
-                            }
-                            if two_m {
-                                tile_load!(5, a1.add(ka), t.a_stride);
-                                tile_dp_i8!(2, 5, 6);
-                                if nt == 2 {
-                                    tile_dp_i8!(3, 5, 7);
+                        tile_zero!(2);
+                        tile_zero!(3);
+                        // One K-step: each panel's B lines into tile 6 or 7 (alternating,
+                        // so a load never waits on the multiply just issued), times A.
+                        macro_rules! kstep {
+                            ($a:literal, $kb:expr) => {
+                                tile_load!(6, b[0].add($kb), 64usize);
+                                tile_dp_i8!(0, $a, 6);
+                                if nt > 1 {
+                                    tile_load!(7, b[1].add($kb), 64usize);
+                                    tile_dp_i8!(1, $a, 7);
                                 }
-                            }
+                                if nt > 2 {
+                                    tile_load!(6, b[2].add($kb), 64usize);
+                                    tile_dp_i8!(2, $a, 6);
+                                }
+                                if nt > 3 {
+                                    tile_load!(7, b[3].add($kb), 64usize);
+                                    tile_dp_i8!(3, $a, 7);
+                                }
+                            };
                         }
-                        let c = cbuf.0.as_mut_ptr().add(next_buf * MB * LDC) as *mut u8;
+                        kstep!(4, 0);
+                        if two_k {
+                            kstep!(5, kstep * PANEL);
+                        }
+                        let c = cbuf.0.as_mut_ptr().add(next_buf * 16 * LDC) as *mut u8;
                         let ldc_b = LDC * 4;
                         tile_store!(0, c, ldc_b);
-                        if nt == 2 {
+                        if nt > 1 {
                             tile_store!(1, c.add(64), ldc_b);
                         }
-                        if two_m {
-                            tile_store!(2, c.add(16 * ldc_b), ldc_b);
-                            if nt == 2 {
-                                tile_store!(3, c.add(16 * ldc_b + 64), ldc_b);
-                            }
+                        if nt > 2 {
+                            tile_store!(2, c.add(128), ldc_b);
+                        }
+                        if nt > 3 {
+                            tile_store!(3, c.add(192), ldc_b);
                         }
                         // The previous block's scaling overlaps this block's tile work.
                         if let Some(p) = pending.replace(Pending {
@@ -243,8 +299,9 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                             m0: m0 - s0,
                             m,
                             g,
+                            nt,
                         }) {
-                            scale_block(&mut acc, &cbuf, p);
+                            scale(&mut acc, &cbuf, s0, q0, p);
                         }
                         next_buf ^= 1;
                     }
@@ -252,24 +309,24 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                         let dst = unpacked
                             .0
                             .as_mut_ptr()
-                            .add(((g + 1) & 1) * NB * group * PANEL);
-                        unpack_group(t, p0, nt, g + 1, group, dst);
+                            .add(((g + 1) & 1) * NQ * group * PANEL);
+                        unpack_group(t, q0, nt, g + 1, group, dst);
                     }
                 }
                 if let Some(p) = pending.take() {
-                    scale_block(&mut acc, &cbuf, p);
+                    scale(&mut acc, &cbuf, s0, q0, p);
                 }
                 for r in 0..sm {
                     for ni in 0..nt {
                         let v = _mm512_load_ps(acc.0.as_ptr().add(r * LDC + ni * PANEL));
-                        _mm512_storeu_ps(t.out.add((s0 + r) * t.ldo + (p0 + ni) * PANEL), v);
+                        _mm512_storeu_ps(t.out.add((s0 + r) * t.ldo + (q0 + ni) * PANEL), v);
                     }
                 }
             }
         }
+        // Ends this item's use of the tiles.
+        super::tiles::release();
     }
-    // SAFETY: AMX is enabled (caller); ends this item's use of the tiles.
-    unsafe { super::tiles::release() };
 }
 
 /// Unpacks group `g` of panels `p0..p0 + nt` (INT4, `q + 8` nibbles) to int8 at `dst`:

@@ -337,7 +337,7 @@ fn compute(
     let i_dim = layer.intermediate();
     let pairs = tokens * k;
     let (fg, fd) = (l.gate.format(), l.down.format());
-    let (act_g, act_d) = (fg.act_row_bytes(h), fd.act_row_bytes(i_dim));
+    let (act_g, act_d) = (act_stride(fg, h), act_stride(fd, i_dim));
 
     s.routing.route(ids, e_count);
     plan::build(&mut s.items_up, &s.routing, 0..i_dim);
@@ -382,16 +382,25 @@ fn compute(
     Ok(())
 }
 
-/// (hidden, intermediate, experts, act row bytes of gate/up and of down).
+/// (hidden, intermediate, experts, act row strides of gate/up and of down).
 fn needs(layer: &RepackedLayer) -> [usize; 5] {
     let (h, i) = (layer.hidden(), layer.intermediate());
     [
         h,
         i,
         layer.experts(),
-        layer.gate().format().act_row_bytes(h),
-        layer.down().format().act_row_bytes(i),
+        act_stride(layer.gate().format(), h),
+        act_stride(layer.down().format(), i),
     ]
+}
+
+/// Bytes from one quantized activation row to the next: the row's bytes rounded up to
+/// a whole number of 64-byte lines, so each row of an AMX A tile (64 bytes of one
+/// K-step, at a multiple of 64 in the row) is one cache line. V2-Lite's down rows
+/// (1408 int8 + 11 f32 scales = 1452 bytes) otherwise make every A tile row straddle
+/// two lines.
+fn act_stride(f: RepackFormat, cols: usize) -> usize {
+    f.act_row_bytes(cols).next_multiple_of(64)
 }
 
 fn grow<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
@@ -419,21 +428,27 @@ fn gather(
     k: usize,
     pos_of: &[u32],
     dst: &mut [u8],
-    row: usize,
+    stride: usize,
 ) {
     let tokens = x.len() / h;
+    let row = f.act_row_bytes(h);
     let dst = Raw::new(dst.as_mut_ptr());
     phase(pool, tokens, tokens * h, &|t, _| {
         let slots = &pos_of[t * k..(t + 1) * k];
         let first = slots[0] as usize;
         // SAFETY: positions are a permutation of 0..tokens * k, so token t's rows belong
-        // to this item only, each inside `dst` (pairs rows of `row` bytes).
-        let first_row = unsafe { std::slice::from_raw_parts_mut(dst.at(first * row), row) };
+        // to this item only, each inside `dst` (pairs rows of `row <= stride` bytes,
+        // `stride` apart).
+        let first_row = unsafe { std::slice::from_raw_parts_mut(dst.at(first * stride), row) };
         quantize_row_with(isa, f, &x[t * h..(t + 1) * h], first_row);
         for &p in &slots[1..] {
             // SAFETY: as above; distinct positions' rows do not overlap.
             unsafe {
-                std::ptr::copy_nonoverlapping(dst.at(first * row), dst.at(p as usize * row), row)
+                std::ptr::copy_nonoverlapping(
+                    dst.at(first * stride),
+                    dst.at(p as usize * stride),
+                    row,
+                )
             };
         }
     });
@@ -585,15 +600,17 @@ fn quantize_rows(
     inter: &[f32],
     n: usize,
     dst: &mut [u8],
-    row: usize,
+    stride: usize,
 ) {
     let rows = inter.len() / n;
+    let row = f.act_row_bytes(n);
     let per_item = (SERIAL_ELEMS / 4 / n).max(1);
     let dst = Raw::new(dst.as_mut_ptr());
     phase(pool, rows.div_ceil(per_item), inter.len(), &|i, _| {
         for p in i * per_item..((i + 1) * per_item).min(rows) {
-            // SAFETY: row p of `dst` (rows x `row` bytes) belongs to item i only.
-            let out = unsafe { std::slice::from_raw_parts_mut(dst.at(p * row), row) };
+            // SAFETY: row p of `dst` (rows of `row <= stride` bytes, `stride` apart)
+            // belongs to item i only.
+            let out = unsafe { std::slice::from_raw_parts_mut(dst.at(p * stride), row) };
             quantize_row_with(isa, f, &inter[p * n..(p + 1) * n], out);
         }
     });
