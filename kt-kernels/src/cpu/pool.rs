@@ -36,6 +36,11 @@ use crate::error::{KtError, Result};
 /// How long an idle worker spins before it sleeps: long enough to cover the gap between
 /// two kernels of a decode step, short enough not to burn a core between steps.
 const SPIN: Duration = Duration::from_micros(200);
+/// How long workers spin after [`ThreadPool::wake`]: a caller that knows a job is coming
+/// after a wait of its own (the hybrid executor's routed experts, posted once the GPU has
+/// finished a layer: 0.1-1 ms later) keeps the workers off the sleep path, whose wake-up
+/// costs far more than the spin on a VM whose idle vCPUs halt.
+const WOKEN_SPIN: Duration = Duration::from_millis(2);
 /// Polls of the job word between two clock reads while spinning (a `pause` is ~40 ns on
 /// the Xeons measured, so the clock is read every few microseconds).
 const SPIN_CHECK: u32 = 64;
@@ -77,6 +82,8 @@ struct Shared {
     /// Written only when a job panicked (and when the next job clears that).
     panicked: AtomicBool,
     stop: AtomicBool,
+    /// Bumped by [`ThreadPool::wake`]: sleeping workers go back to spinning.
+    nudge: AtomicU64,
     sleepers: AtomicUsize,
     sleep_lock: Mutex<()>,
     wake: Condvar,
@@ -118,6 +125,7 @@ impl ThreadPool {
             job: Padded(UnsafeCell::new(None)),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            nudge: AtomicU64::new(0),
             sleepers: AtomicUsize::new(0),
             sleep_lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -210,6 +218,19 @@ impl ThreadPool {
         }
     }
 
+    /// Gets the workers spinning for the next [`WOKEN_SPIN`] without posting a job, so that
+    /// a job posted within that window finds them awake. For a caller about to wait for
+    /// something else (a GPU stream) before its next job; cheap when nobody sleeps.
+    pub fn wake(&self) {
+        let s = &*self.shared;
+        // SeqCst: against a worker that counts itself a sleeper, then reads `nudge`.
+        s.nudge.fetch_add(1, Ordering::SeqCst);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            let _l = s.sleep_lock.lock().unwrap_or_else(|p| p.into_inner());
+            s.wake.notify_all();
+        }
+    }
+
     /// Calls `f(i, thread)` for every `i` in `0..n`, items handed out one at a time by
     /// an atomic counter, so no thread idles while items remain.
     pub fn for_each(&self, n: usize, f: &(dyn Fn(usize, usize) + Sync)) {
@@ -262,29 +283,47 @@ fn worker_loop(s: &Shared, id: usize) {
     }
 }
 
-/// Waits until `state` carries an epoch other than `seen`: spins for [`SPIN`], then
-/// sleeps on the condition variable. False when the pool is stopping.
+/// Waits until `state` carries an epoch other than `seen`: spins for [`SPIN`] (for
+/// [`WOKEN_SPIN`] after a [`ThreadPool::wake`]), then sleeps on the condition variable.
+/// False when the pool is stopping.
 fn wait_for_epoch(s: &Shared, seen: u64) -> bool {
     let fresh = || s.state.load(Ordering::Acquire) >> 32 != seen;
-    let start = Instant::now();
+    let mut start = Instant::now();
+    let mut spin = SPIN;
+    let mut nudge = s.nudge.load(Ordering::Relaxed);
     let mut polls = 0u32;
     while !fresh() {
         if s.stop.load(Ordering::Relaxed) {
             return false;
         }
         polls += 1;
-        if !polls.is_multiple_of(SPIN_CHECK) || start.elapsed() < SPIN {
+        if !polls.is_multiple_of(SPIN_CHECK) {
+            std::hint::spin_loop();
+            continue;
+        }
+        let n = s.nudge.load(Ordering::Relaxed);
+        if n != nudge {
+            (nudge, start, spin) = (n, Instant::now(), WOKEN_SPIN);
+        }
+        if start.elapsed() < spin {
             std::hint::spin_loop();
             continue;
         }
         s.sleepers.fetch_add(1, Ordering::SeqCst);
+        // A nudge since the one this spin began with means: spin again, do not sleep.
+        // (SeqCst: the loads below and `ThreadPool::wake` cannot both miss each other.)
+        let slept_at = nudge;
         let mut g = s.sleep_lock.lock().unwrap_or_else(|p| p.into_inner());
         // SeqCst: see the post in `ThreadPool::run`.
-        while s.state.load(Ordering::SeqCst) >> 32 == seen && !s.stop.load(Ordering::Relaxed) {
+        while s.state.load(Ordering::SeqCst) >> 32 == seen
+            && s.nudge.load(Ordering::SeqCst) == slept_at
+            && !s.stop.load(Ordering::Relaxed)
+        {
             g = s.wake.wait(g).unwrap_or_else(|p| p.into_inner());
         }
         drop(g);
         s.sleepers.fetch_sub(1, Ordering::SeqCst);
+        // woken by a job, a nudge or the stop: the loop's checks tell which
     }
     !s.stop.load(Ordering::Relaxed)
 }
@@ -417,6 +456,36 @@ mod tests {
             total.fetch_add(i, Ordering::Relaxed);
         });
         assert_eq!(total.load(Ordering::Relaxed), 64 * 63 / 2);
+    }
+
+    #[test]
+    fn wake_gets_sleeping_workers_spinning_and_jobs_still_run() {
+        let pool = ThreadPool::new(3).unwrap();
+        let sleepers = || pool.shared.sleepers.load(Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // the two workers fall asleep once their spin is over
+        while sleepers() < 2 {
+            assert!(Instant::now() < deadline, "workers never slept");
+            std::thread::sleep(SPIN);
+        }
+        // A nudge (no job) takes them off the condition variable; each then spins for
+        // WOKEN_SPIN and sleeps again. On 2 cores this thread may not run during that window,
+        // so it nudges again until it sees a worker awake (without nudges they never wake).
+        while sleepers() == 2 {
+            assert!(Instant::now() < deadline, "wake left the workers asleep");
+            pool.wake();
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        for round in 0..50 {
+            if round % 10 == 0 {
+                pool.wake();
+            }
+            let total = AtomicUsize::new(0);
+            pool.for_each(33, &|i, _| {
+                total.fetch_add(i, Ordering::Relaxed);
+            });
+            assert_eq!(total.load(Ordering::Relaxed), 33 * 32 / 2, "round {round}");
+        }
     }
 
     #[test]

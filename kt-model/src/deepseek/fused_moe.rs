@@ -75,6 +75,14 @@ impl FusedMoe {
         self.ctx.max_tokens()
     }
 
+    /// Gets the operator's threads spinning for the next couple of milliseconds: for a
+    /// caller that waits on something else (the GPU's layer) right before its next call,
+    /// so that call does not pay the workers' wake-up from sleep.
+    #[cfg(feature = "cuda")]
+    pub fn wake_threads(&self) {
+        cpu::pool::global().wake();
+    }
+
     /// Weight bytes of the distinct experts of layer `layer` that `ids` name (each read once
     /// per call): what a call's routed experts stream from memory (the hybrid executor's
     /// timing). 0 for a dense layer.

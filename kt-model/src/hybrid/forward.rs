@@ -501,7 +501,8 @@ impl<'s> Step<'s> {
         }
         let fused = self.fused_for(li)?;
         m.copied_out = self.moe_gpu(router, bias, shared, sc, m, ws, self.timing)?;
-        // each read waits for its copy
+        // each read waits for its copy; the experts follow: keep the CPU threads spinning
+        fused.wake_threads();
         let wait = Instant::now();
         let (hx, hids, hw) = sc.unpack(sc.host_pack.as_slice()?);
         m.cpu_wait_s = wait.elapsed().as_secs_f64();

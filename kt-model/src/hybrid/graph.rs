@@ -149,12 +149,14 @@ impl DecodeGraph {
         let gate = Gate::new(&self.done, self.moe_layers.len() as u32);
         for (k, &li) in self.moe_layers.iter().enumerate() {
             let release = k as u32 + 1;
-            self.ready.wait_at_least(release, READY_TIMEOUT)?;
             let fused = fused.ok_or_else(|| {
                 HybridError::Input(format!(
                     "layer {li} is MoE but the model has no routed experts"
                 ))
             })?;
+            // the experts follow this wait: keep the CPU threads off their sleep path
+            fused.wake_threads();
+            self.ready.wait_at_least(release, READY_TIMEOUT)?;
             // SAFETY: `ready` reached `release` after the copy of layer li into host_pack
             // (the stream's write is fenced), and the next copy into it waits for `done` >=
             // release, raised only after this view ends.

@@ -126,6 +126,8 @@ impl Step<'_> {
     /// copies are done.
     fn experts_unsynced(&self, p: &Pending, sc: &mut Scratch) -> HybridResult<()> {
         let fused = self.fused_for(p.li)?;
+        // the experts follow this wait: keep the CPU threads off their sleep path
+        fused.wake_threads();
         p.copied.synchronize()?;
         // SAFETY: `p.copied` was recorded after the copy into host_pack of layer p.li and
         // has completed; the next copy into it (the next MoE layer's) is queued behind the
