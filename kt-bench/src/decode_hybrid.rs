@@ -307,7 +307,12 @@ impl HybridRun<'_> {
         }
         print_phase("prefill", &prefill_times, prefill_s, self.dram_gbps);
         if gen_len > 0 {
-            print_phase("decode (timed run)", &decode_times, decode_timed_s, self.dram_gbps);
+            print_phase(
+                "decode (timed run)",
+                &decode_times,
+                decode_timed_s,
+                self.dram_gbps,
+            );
         }
         if let Some(path) = &a.svg {
             println!("split per layer written to {}", path.display());
