@@ -11,9 +11,9 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::poisoned;
+use common::{poisoned, strided_gemm_tile};
 use half::{bf16, f16};
-use kt_kernels::cpu::dispatch::{self, GemmTile};
+use kt_kernels::cpu::dispatch;
 use kt_kernels::cpu::{self, Isa, ThreadPool};
 use kt_kernels::quant::{self, QType};
 use kt_kernels::util::SplitMix64;
@@ -226,32 +226,6 @@ fn one_large_tile(q: QType) {
     let act_row = cpu::act_row_bytes(q, k).unwrap();
     let mut xq = vec![0u8; tokens * act_row];
     cpu::quantize_activations_with(Isa::Amx, pool(), q, &x, k, tokens, &mut xq).unwrap();
-    let mut big = poisoned(off + tokens * ldo);
-    let tile = GemmTile {
-        qtype: q,
-        k,
-        w: w.as_ptr(),
-        w_stride: q.row_bytes(k).unwrap(),
-        rows,
-        a: xq.as_ptr(),
-        a_stride: act_row,
-        tokens,
-        out: big[off..].as_mut_ptr(),
-        ldo,
-    };
-    let kernels = dispatch::table(Isa::Amx).unwrap().get(q).unwrap();
-    // SAFETY: the tile describes the weights (rows x row_bytes), the quantized
-    // activations (tokens x act_row) and output elements inside `big`; the AMX table
-    // exists only when this CPU runs AMX (checked above).
-    unsafe { (kernels.gemm)(&tile) };
-    let mut got = vec![0f32; tokens * rows];
-    for (i, v) in big.iter().enumerate() {
-        let inside = i >= off && (i - off) % ldo < rows && (i - off) / ldo < tokens;
-        if inside {
-            got[(i - off) / ldo * rows + (i - off) % ldo] = *v;
-        } else {
-            assert!(v.is_nan(), "{q}: element {i} outside the tile was written");
-        }
-    }
+    let got = strided_gemm_tile(Isa::Amx, q, &w, rows, k, &xq, act_row, tokens, (off, ldo));
     assert_matches_scalar(&format!("{q} amx one tile"), q, &w, &x, rows, k, &got);
 }

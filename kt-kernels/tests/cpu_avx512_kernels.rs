@@ -413,7 +413,6 @@ fn every_tile_edge_matches_scalar() {
 /// whose other elements must stay untouched.
 #[test]
 fn one_large_gemm_tile_matches_scalar() {
-    use kt_kernels::cpu::dispatch::{self, GemmTile};
     if !avx512() {
         return;
     }
@@ -431,24 +430,17 @@ fn one_large_gemm_tile_matches_scalar() {
         let x = random_acts(tokens, k, &mut rng);
         let xq = quantize_acts(Isa::Avx512, q, &x, k);
         let act_row = cpu::act_row_bytes(q, k).unwrap();
-        let mut big = poisoned(off + tokens * ldo);
-        let tile = GemmTile {
-            qtype: q,
-            k,
-            w: w.as_ptr(),
-            w_stride: q.row_bytes(k).unwrap(),
+        let fast = strided_gemm_tile(
+            Isa::Avx512,
+            q,
+            &w,
             rows,
-            a: xq.as_ptr(),
-            a_stride: act_row,
+            k,
+            &xq,
+            act_row,
             tokens,
-            out: big[off..].as_mut_ptr(),
-            ldo,
-        };
-        let kernels = dispatch::table(Isa::Avx512).unwrap().get(q).unwrap();
-        // SAFETY: the tile describes the weights (rows x row_bytes), the quantized
-        // activations (tokens x act_row) and output elements inside `big`; the table
-        // only holds kernels this CPU runs (checked above).
-        unsafe { (kernels.gemm)(&tile) };
+            (off, ldo),
+        );
         let mut slow = poisoned(tokens * rows);
         cpu::matmul_with(Isa::Scalar, pool(), q, &w, rows, k, &x, tokens, &mut slow).unwrap();
         let mut wf = vec![0f32; rows * k];
@@ -457,15 +449,6 @@ fn one_large_gemm_tile_matches_scalar() {
             .chunks(act_row)
             .flat_map(|r| dequant_act(q.vec_dot_type(), r))
             .collect();
-        let mut fast = vec![0f32; tokens * rows];
-        for (i, v) in big.iter().enumerate() {
-            let inside = i >= off && (i - off) % ldo < rows && (i - off) / ldo < tokens;
-            if inside {
-                fast[(i - off) / ldo * rows + (i - off) % ldo] = *v;
-            } else {
-                assert!(v.is_nan(), "{q}: element {i} outside the tile was written");
-            }
-        }
         assert_close(
             &format!("{q} one tile {rows}x{tokens} k {k}"),
             &fast,

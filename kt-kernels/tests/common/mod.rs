@@ -74,3 +74,53 @@ pub fn rmse(a: &[f32], b: &[f32]) -> f64 {
         .sum();
     (s / a.len().max(1) as f64).sqrt()
 }
+
+/// Runs `isa`'s GEMM kernel for `q` directly on one tile of `rows` weight rows (`w`) and
+/// `tokens` quantized activation rows (`xq`, `act_row` bytes each) whose output lies at
+/// offset `off` with row stride `ldo` (> rows) inside a NaN-poisoned buffer; checks that
+/// nothing outside the tile was written and returns the tile `[tokens, rows]`.
+/// The caller has checked that this CPU runs `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn strided_gemm_tile(
+    isa: kt_kernels::cpu::Isa,
+    q: QType,
+    w: &[u8],
+    rows: usize,
+    k: usize,
+    xq: &[u8],
+    act_row: usize,
+    tokens: usize,
+    (off, ldo): (usize, usize),
+) -> Vec<f32> {
+    use kt_kernels::cpu::dispatch::{self, GemmTile};
+    assert!(ldo > rows && w.len() == rows * q.row_bytes(k).unwrap());
+    assert_eq!(xq.len(), tokens * act_row);
+    let mut big = poisoned(off + tokens * ldo);
+    let tile = GemmTile {
+        qtype: q,
+        k,
+        w: w.as_ptr(),
+        w_stride: q.row_bytes(k).unwrap(),
+        rows,
+        a: xq.as_ptr(),
+        a_stride: act_row,
+        tokens,
+        out: big[off..].as_mut_ptr(),
+        ldo,
+    };
+    let kernels = dispatch::table(isa).unwrap().get(q).unwrap();
+    // SAFETY: the tile describes the weights (rows x row_bytes, checked above), the
+    // quantized activations (tokens x act_row, checked above) and output elements inside
+    // `big`; the caller checked that this CPU runs `isa`.
+    unsafe { (kernels.gemm)(&tile) };
+    let mut got = vec![0f32; tokens * rows];
+    for (i, v) in big.iter().enumerate() {
+        let inside = i >= off && (i - off) % ldo < rows && (i - off) / ldo < tokens;
+        if inside {
+            got[(i - off) / ldo * rows + (i - off) % ldo] = *v;
+        } else {
+            assert!(v.is_nan(), "{q}: element {i} outside the tile was written");
+        }
+    }
+    got
+}
