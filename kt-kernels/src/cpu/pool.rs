@@ -77,6 +77,9 @@ struct Slot {
     /// The next unclaimed item of the thread's share in [`ThreadPool::for_each`]
     /// (claimed with `fetch_add` by the owner and by thieves alike).
     next: AtomicUsize,
+    /// The end of that share, set with `next` when the job is posted (so a thief reads
+    /// both from one line and divides nothing).
+    end: AtomicUsize,
     /// The epoch of the job the worker is in, or [`IDLE`] (unused for the caller).
     busy: AtomicU64,
 }
@@ -127,10 +130,16 @@ thread_local! {
     static IN_POOL: Cell<usize> = const { Cell::new(OUTSIDE) };
 }
 
-/// First item of thread `t`'s share of `n` items over `threads` (`share_start(threads) =
-/// n`): shares differ by at most one item.
-fn share_start(t: usize, n: usize, threads: usize) -> usize {
-    (t as u128 * n as u128 / threads as u128) as usize
+/// The shares of `n` items over `threads`, thread 0's first: contiguous, covering
+/// `0..n`, the first `n % threads` of them one item longer than the rest. One division
+/// per job (the caller computes every bound of every job).
+fn shares(n: usize, threads: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let (q, r) = (n / threads, n % threads);
+    (0..threads).scan(0, move |start, t| {
+        let share = *start..*start + q + usize::from(t < r);
+        *start = share.end;
+        Some(share)
+    })
 }
 
 impl ThreadPool {
@@ -149,6 +158,7 @@ impl ThreadPool {
                 .map(|_| {
                     Padded(Slot {
                         next: AtomicUsize::new(0),
+                        end: AtomicUsize::new(0),
                         busy: AtomicU64::new(IDLE),
                     })
                 })
@@ -267,7 +277,7 @@ impl ThreadPool {
     }
 
     /// Calls `f(i, thread)` once for every `i` in `0..n`, in no particular order. Thread
-    /// `t` starts on its own contiguous share of the items (`t * n / threads ..`), so
+    /// `t` starts on its own contiguous share of the items ([`shares`]), so
     /// threads starting together read adjacent blocks; a thread done with its share takes
     /// what is left of the others', so no thread idles while items remain. Items must
     /// not wait on one another (see [`ThreadPool::for_each_in_order`]). A call from
@@ -280,22 +290,22 @@ impl ThreadPool {
         let slots = &self.shared.slots;
         let body = |me: usize| {
             // Own share first: our counter stays in our cache while nobody steals.
-            let mine = &slots[me].next;
-            let end = share_start(me + 1, n, threads);
+            let mine = &slots[me];
+            let end = mine.end.load(Ordering::Relaxed);
             loop {
-                let i = mine.fetch_add(1, Ordering::Relaxed);
+                let i = mine.next.fetch_add(1, Ordering::Relaxed);
                 if i >= end {
                     break;
                 }
                 f(i, me);
             }
-            // Then the others', starting with the next thread's (thieves spread out). A
-            // plain load first: a finished share's line is then only read, not written.
+            // Then the others', starting with the next thread's (thieves spread out). Plain
+            // loads first: a finished share's line is then only read, not written.
             for k in 1..threads {
-                let v = (me + k) % threads;
-                let (next, end) = (&slots[v].next, share_start(v + 1, n, threads));
-                while next.load(Ordering::Relaxed) < end {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
+                let v = &slots[(me + k) % threads];
+                let end = v.end.load(Ordering::Relaxed);
+                while v.next.load(Ordering::Relaxed) < end {
+                    let i = v.next.fetch_add(1, Ordering::Relaxed);
                     if i >= end {
                         break;
                     }
@@ -304,9 +314,9 @@ impl ThreadPool {
             }
         };
         let prepare = |s: &Shared| {
-            for (t, slot) in s.slots.iter().enumerate() {
-                slot.next
-                    .store(share_start(t, n, threads), Ordering::Relaxed);
+            for (slot, share) in s.slots.iter().zip(shares(n, threads)) {
+                slot.next.store(share.start, Ordering::Relaxed);
+                slot.end.store(share.end, Ordering::Relaxed);
             }
         };
         self.run(prepare, &body);
@@ -581,9 +591,9 @@ mod tests {
                 ran_on[i].store(t, Ordering::Relaxed);
             });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
-            let share0 = share_start(0, n, threads)..share_start(1, n, threads);
+            let share0 = shares(n, threads).next().unwrap();
             stolen_seen = share0
-                .clone()
+                .into_iter()
                 .any(|i| ran_on[i].load(Ordering::Relaxed) != 0);
             if stolen_seen {
                 break;
@@ -596,14 +606,18 @@ mod tests {
     fn shares_cover_the_items_once_in_contiguous_runs() {
         for threads in [1, 2, 3, 16, 64] {
             for n in [0, 1, 2, 15, 16, 17, 100, 1000] {
-                assert_eq!(share_start(0, n, threads), 0);
-                assert_eq!(share_start(threads, n, threads), n);
-                for t in 0..threads {
-                    let len = share_start(t + 1, n, threads) - share_start(t, n, threads);
+                let v: Vec<_> = shares(n, threads).collect();
+                assert_eq!(v.len(), threads);
+                assert_eq!(v[0].start, 0);
+                assert_eq!(v[threads - 1].end, n);
+                for (t, s) in v.iter().enumerate() {
                     assert!(
-                        len == n / threads || len == n / threads + 1,
+                        s.len() == n / threads || s.len() == n / threads + 1,
                         "{threads} {n} {t}"
                     );
+                    if t > 0 {
+                        assert_eq!(s.start, v[t - 1].end);
+                    }
                 }
             }
         }
