@@ -18,16 +18,20 @@
 //! the OS puts it (pinning a caller such as a test harness thread would serialise tests).
 //!
 //! Round-trip cost: at 16 threads a cache line that every thread writes costs a transfer
-//! per write, one after the other (~50-100 ns each on the device's VM): one shared item
-//! counter made a job of 128 empty items cost ~12 us against ~3.7 us for the bare round
-//! trip. So in [`ThreadPool::for_each`] thread `t` takes items from a share of its own
-//! (a counter on its own cache line, which stays in its core while nobody steals), and
-//! only a thread whose share is done reads the other counters and takes items from
-//! them; joining and leaving a job write only the worker's own line (a busy flag the
-//! caller polls), and the caller writes the job word twice (post, close). A spinning
-//! worker reads the clock only every [`SPIN_CHECK`] polls (a clock read per poll delays
-//! its reaction to a new job). [`ThreadPool::for_each_in_order`] keeps the one shared
-//! counter for jobs whose items wait on earlier items.
+//! per write, one after the other (~50-100 ns each on the device's VM). So joining and
+//! leaving a job write only the worker's own line (a busy flag the caller polls) and the
+//! caller writes the job word twice (post, close): that took 1.7-2.3 us off every job on
+//! the device against a `fetch_add`/`fetch_sub` per worker on the job word (bare round
+//! trip 4.0-4.2 -> 1.6-1.9 us with one counter; BENCHMARKS.md, session 5). In
+//! [`ThreadPool::for_each`] thread `t` takes items from a share of its own (a counter on
+//! its own cache line, which stays in its core while nobody steals) and only then steals
+//! from the others': no contended line while shares last, and a late worker's share is
+//! taken by the threads that are there. Measured on empty items it did not beat one
+//! counter (the caller steals the late joiners' shares one remote `fetch_add` at a time)
+//! and its end-of-job scan of the other counters costs ~1.5 us at 16 threads;
+//! [`ThreadPool::for_each_in_order`] keeps the one shared counter (and is required for
+//! jobs whose items wait on earlier items). A spinning worker reads the clock only every
+//! [`SPIN_CHECK`] polls (a clock read per poll delays its reaction to a new job).
 
 use std::cell::{Cell, UnsafeCell};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
