@@ -5,7 +5,9 @@
 //! Each job is `threads * --items-per-thread` items (8 by default); an item sums
 //! `--item-floats` floats of a buffer that stays in cache, so the time measured is
 //! dispatch, hand-out and join, plus fixed work. `--items-per-thread 1 --item-floats 0`
-//! is the bare round trip of a job (post, every thread joins, join back).
+//! is the bare round trip of a job (post, every thread joins, join back). `kt pool` is
+//! `for_each` (a share per thread, then stealing), `in order` is `for_each_in_order`
+//! (one shared counter, the hand-out the MoE decode job needs).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -38,6 +40,7 @@ struct Row {
     items: usize,
     item_floats: usize,
     kt_pool_us: f64,
+    kt_in_order_us: f64,
     rayon_us: f64,
 }
 
@@ -62,7 +65,10 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let items = threads * a.items_per_thread;
     if !a.json {
         println!("kt-bench pool | {} | {threads} threads | {items} items per job | median microseconds per job", machine::cpu_model());
-        println!("{:>12} {:>10} {:>10}", "floats/item", "kt pool", "rayon");
+        println!(
+            "{:>12} {:>10} {:>10} {:>10}",
+            "floats/item", "kt pool", "in order", "rayon"
+        );
     }
     for &n in &a.item_floats {
         let bufs: Vec<Vec<f32>> = (0..items).map(|i| vec![1.0 + i as f32; n]).collect();
@@ -85,6 +91,11 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 sink.fetch_add(work(&bufs[i]), Ordering::Relaxed);
             })
         });
+        let ordered = time_jobs(&|| {
+            pool.for_each_in_order(items, &|i, _| {
+                sink.fetch_add(work(&bufs[i]), Ordering::Relaxed);
+            })
+        });
         std::thread::sleep(std::time::Duration::from_millis(50));
         let ry = time_jobs(&|| {
             rayon_pool.install(|| {
@@ -100,12 +111,16 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             items,
             item_floats: n,
             kt_pool_us: median(kt) * 1e6,
+            kt_in_order_us: median(ordered) * 1e6,
             rayon_us: median(ry) * 1e6,
         };
         if a.json {
             println!("{}", serde_json::to_string(&row)?);
         } else {
-            println!("{:>12} {:>10.2} {:>10.2}", n, row.kt_pool_us, row.rayon_us);
+            println!(
+                "{:>12} {:>10.2} {:>10.2} {:>10.2}",
+                n, row.kt_pool_us, row.kt_in_order_us, row.rayon_us
+            );
         }
     }
     Ok(())

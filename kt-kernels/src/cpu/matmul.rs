@@ -25,13 +25,19 @@ pub const GEMV_MAX_TOKENS: usize = 8;
 const GEMM_ROW_BLOCK: usize = 128;
 const GEMM_TOKEN_BLOCK: usize = 128;
 
-/// GEMV work items per thread. A decode GEMV of a V2-Lite expert matrix (1.6 MB) is
-/// ~100 KB per thread on 16 threads, a few microseconds: every item restarts the
-/// kernel's weight prefetch and the activation repack and costs a shared counter
-/// increment, so items are few and large, but enough that the atomic hand-out evens out
-/// threads that start late or get descheduled (on the 2-core dev VM with other load, 3
-/// per thread measured 10-20% slower than 8 on Q4_K 1408x2048; 4 is the compromise).
+/// GEMV work items per thread: at most [`GEMV_ITEMS_PER_THREAD`], fewer (down to
+/// [`GEMV_MIN_ITEMS_PER_THREAD`]) when a thread's share of the weights is small. Every
+/// item restarts the kernel (the activation repack, the weight prefetch's ramp), so a
+/// small matrix gets few, large items: a V2-Lite expert matrix (1.6 MB of Q4_K) is ~100
+/// KB per thread on 16 threads, a few microseconds. More than one per thread, so that a
+/// thread that starts late or gets descheduled loses its share to several thieves (the
+/// pool starts each thread on a contiguous share and lets the others steal from it); on
+/// the 2-core dev VM with other load, 3 per thread measured 10-20% slower than 8 on Q4_K
+/// 1408x2048 (800 KB per thread: 4 items).
 const GEMV_ITEMS_PER_THREAD: usize = 4;
+const GEMV_MIN_ITEMS_PER_THREAD: usize = 2;
+/// Weight bytes of a GEMV item above which a share is cut into more items.
+const GEMV_ITEM_BYTES: usize = 48 << 10;
 /// Fewest rows of a GEMV item (smaller matrices get fewer items), and the row multiple
 /// item boundaries fall on (the widest register tile of the kernels is 4 rows).
 const GEMV_MIN_ROWS: usize = 16;
@@ -293,7 +299,7 @@ fn run_tiles(
         unsafe { (kernels.gemm)(&tile) };
     };
     if tokens <= GEMV_MAX_TOKENS {
-        let items = gemv_items(rows, pool.threads());
+        let items = gemv_items(rows, w_stride, pool.threads());
         pool.for_each(items, &|i, _| {
             let (r0, r1) = (gemv_bound(i, items, rows), gemv_bound(i + 1, items, rows));
             run(r0, r1 - r0, 0, tokens);
@@ -316,12 +322,20 @@ fn run_tiles(
     });
 }
 
-/// Items of a GEMV over `rows` rows: [`GEMV_ITEMS_PER_THREAD`] per thread, fewer when
-/// that would make items smaller than [`GEMV_MIN_ROWS`].
-fn gemv_items(rows: usize, threads: usize) -> usize {
-    (threads * GEMV_ITEMS_PER_THREAD)
-        .min(rows / GEMV_MIN_ROWS)
-        .max(1)
+/// Items of a GEMV over `rows` rows of `row_bytes` on `threads`: per thread, one per
+/// [`GEMV_ITEM_BYTES`] of its share within [`GEMV_MIN_ITEMS_PER_THREAD`]..=
+/// [`GEMV_ITEMS_PER_THREAD`], fewer when items would be smaller than [`GEMV_MIN_ROWS`];
+/// a multiple of `threads` whenever there are at least as many items as threads (every
+/// share then holds whole items).
+fn gemv_items(rows: usize, row_bytes: usize, threads: usize) -> usize {
+    let most = (rows / GEMV_MIN_ROWS).max(1);
+    if most < threads {
+        return most;
+    }
+    let share = rows.saturating_mul(row_bytes) / threads;
+    let per_thread =
+        (share / GEMV_ITEM_BYTES).clamp(GEMV_MIN_ITEMS_PER_THREAD, GEMV_ITEMS_PER_THREAD);
+    threads * per_thread.min(most / threads)
 }
 
 /// First row of GEMV item `i` of `items`: the rows cut evenly (item sizes differ by at
@@ -357,9 +371,12 @@ mod tests {
 
     #[test]
     fn gemv_items_cut_the_rows_evenly_on_aligned_bounds() {
-        for threads in [1, 2, 3, 15, 16, 64] {
+        for (threads, row_bytes) in [1, 2, 3, 15, 16, 64]
+            .into_iter()
+            .flat_map(|t| [(t, 34), (t, 1152), (t, 4032), (t, 1 << 20)])
+        {
             for rows in [1, 3, 15, 16, 17, 100, 1408, 2048, 7168, 18432] {
-                let items = gemv_items(rows, threads);
+                let items = gemv_items(rows, row_bytes, threads);
                 assert!(items >= 1 && items <= threads * GEMV_ITEMS_PER_THREAD);
                 assert_eq!(gemv_bound(0, items, rows), 0);
                 assert_eq!(gemv_bound(items, items, rows), rows);
@@ -367,6 +384,10 @@ mod tests {
                     .map(|i| gemv_bound(i + 1, items, rows) - gemv_bound(i, items, rows))
                     .collect();
                 let (lo, hi) = (*sizes.iter().min().unwrap(), *sizes.iter().max().unwrap());
+                if items >= threads {
+                    // every thread's share holds whole items
+                    assert_eq!(items % threads, 0, "rows {rows} threads {threads}");
+                }
                 assert!(lo >= 1, "rows {rows} threads {threads}: an empty item");
                 assert!(
                     hi - lo <= 2 * GEMV_ROW_ALIGN,
@@ -383,5 +404,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn gemv_items_grow_with_the_share_of_weights() {
+        // V2-Lite expert, Q4_K (1152 bytes a row of 2048), 16 threads: 100 KB a thread
+        assert_eq!(gemv_items(1408, 1152, 16), 16 * GEMV_MIN_ITEMS_PER_THREAD);
+        // V3 expert, Q4_K (4032 bytes a row of 7168), 16 threads: 516 KB a thread
+        assert_eq!(gemv_items(2048, 4032, 16), 16 * GEMV_ITEMS_PER_THREAD);
+        // in between: 3 items of ~50 KB
+        let rows = 3 * GEMV_ITEM_BYTES * 16 / 1152 + 1;
+        assert_eq!(gemv_items(rows, 1152, 16), 16 * 3);
     }
 }

@@ -1,27 +1,36 @@
 //! A small thread pool for the kernels: workers pinned to cores, one job posted to all of
-//! them, work handed out by an atomic counter.
+//! them; each thread works through a contiguous share of the items and then steals what
+//! is left of the others' shares.
 //!
 //! Job protocol: the caller posts a job (a new epoch), works on it itself, then closes it
 //! and waits only for the workers that *joined* it. A worker that wakes after the job was
-//! closed skips it. So one descheduled or slow-to-wake worker never stalls a call: with
-//! atomic hand-out, the threads that are awake simply take its share (measured on the
-//! device's 16-vCPU VM, where waiting for every worker cost ~230 us per call).
+//! closed skips it. So one descheduled or slow-to-wake worker never stalls a call: the
+//! threads that are awake steal its share (measured on the device's 16-vCPU VM, where
+//! waiting for every worker cost ~230 us per call).
 //!
 //! Why not rayon: a decode-step GEMV is a few to a few tens of microseconds of work per
 //! thread, and the cost that matters is the latency from "job posted" to "every core
 //! busy" and back. Here workers spin briefly on an epoch counter before sleeping, so
-//! back-to-back kernel calls find them awake; the caller takes part in the work; and the
-//! hand-out is one `fetch_add` per work item. BENCHMARKS.md has the measurement.
+//! back-to-back kernel calls find them awake, and the caller takes part in the work.
+//! BENCHMARKS.md has the measurement.
 //!
 //! Pinning: worker `i` (1-based) is pinned to core `i`; the calling thread is left where
 //! the OS puts it (pinning a caller such as a test harness thread would serialise tests).
 //!
-//! Round-trip cost: every step of a job touches as few shared cache lines as it can, and
-//! no step can fail and retry. Joining and leaving are one `fetch_add`/`fetch_sub` each on
-//! the job word (a compare-and-swap join made 16 workers that wake together retry ~120
-//! times, each retry a cache-line transfer: most of the ~13 us an empty job cost on the
-//! device); the job word, the job pointer and the item counter sit on lines of their own,
-//! away from anything written per job; a spinning worker reads the clock only every
+//! Round-trip cost: at 16 threads a cache line that every thread writes costs a transfer
+//! per write, one after the other (~50-100 ns each on the device's VM). So joining and
+//! leaving a job write only the worker's own line (a busy flag the caller polls) and the
+//! caller writes the job word twice (post, close): that took 1.7-2.3 us off every job on
+//! the device against a `fetch_add`/`fetch_sub` per worker on the job word (bare round
+//! trip 4.0-4.2 -> 1.6-1.9 us with one counter; BENCHMARKS.md, session 5). In
+//! [`ThreadPool::for_each`] thread `t` takes items from a share of its own (a counter on
+//! its own cache line, which stays in its core while nobody steals) and only then steals
+//! from the others': no contended line while shares last, and a late worker's share is
+//! taken by the threads that are there. Measured on empty items it did not beat one
+//! counter (the caller steals the late joiners' shares one remote `fetch_add` at a time)
+//! and its end-of-job scan of the other counters costs ~1.5 us at 16 threads;
+//! [`ThreadPool::for_each_in_order`] keeps the one shared counter (and is required for
+//! jobs whose items wait on earlier items). A spinning worker reads the clock only every
 //! [`SPIN_CHECK`] polls (a clock read per poll delays its reaction to a new job).
 
 use std::cell::{Cell, UnsafeCell};
@@ -47,18 +56,13 @@ const SPIN_CHECK: u32 = 64;
 
 type Job = *const (dyn Fn(usize) + Sync);
 
-/// `state` packs the job's epoch (high 32 bits), a closed flag and the number of workers
-/// counted in the job (low 31 bits), so posting, joining, leaving and closing are one
-/// atomic step each.
-///
-/// A worker joins with `fetch_add(1)` whatever the state; if the job turns out closed, it
-/// did not join: it takes its 1 back with `fetch_sub` and never reads the job. Posting
-/// therefore keeps the count (such a worker may still be on its way out) and only bumps
-/// the epoch and clears the flag, so every increment is matched by its own decrement.
+/// `state` is the job's epoch (high 32 bits) and a closed flag; only the caller writes it
+/// (post: epoch + 1 and the flag cleared; close: the flag set).
 const CLOSED: u64 = 1 << 31;
-const ACTIVE: u64 = CLOSED - 1;
 /// Added to a closed `state` to post the next job: epoch + 1 (wrapping), flag cleared.
 const POST: u64 = (1u64 << 32).wrapping_sub(CLOSED);
+/// A worker's `busy` value while it is in no job (epochs fit in 32 bits).
+const IDLE: u64 = u64::MAX;
 
 /// A value on a cache-line pair of its own (the adjacent-line prefetcher fetches lines
 /// in pairs), so that writes to its neighbours do not steal it from readers.
@@ -72,13 +76,29 @@ impl<T> std::ops::Deref for Padded<T> {
     }
 }
 
+/// What one thread writes during a job, on a line of its own.
+struct Slot {
+    /// The next unclaimed item of the thread's share in [`ThreadPool::for_each`]
+    /// (claimed with `fetch_add` by the owner and by thieves alike).
+    next: AtomicUsize,
+    /// The end of that share, set with `next` when the job is posted (so a thief reads
+    /// both from one line and divides nothing).
+    end: AtomicUsize,
+    /// The epoch of the job the worker is in, or [`IDLE`] (unused for the caller).
+    busy: AtomicU64,
+}
+
 struct Shared {
-    /// Written per job by the caller (post, close) and by each worker (join, leave); read
-    /// by spinning workers.
+    /// Written per job by the caller (post, close); read by spinning workers.
     state: Padded<AtomicU64>,
     /// The posted job. Written by the caller before it posts the epoch (SeqCst RMW) and
-    /// read by workers after they joined (an AcqRel RMW later in `state`'s order).
+    /// read by workers after they saw the job open (a SeqCst load later in `state`'s
+    /// order).
     job: Padded<UnsafeCell<Option<Job>>>,
+    /// One per thread, the caller's first.
+    slots: Box<[Padded<Slot>]>,
+    /// The shared counter of [`ThreadPool::for_each_in_order`].
+    ordered: Padded<AtomicUsize>,
     /// Written only when a job panicked (and when the next job clears that).
     panicked: AtomicBool,
     stop: AtomicBool,
@@ -105,10 +125,25 @@ pub struct ThreadPool {
     threads: usize,
 }
 
+/// Not in a job: [`IN_POOL`]'s value outside the pool's threads.
+const OUTSIDE: usize = usize::MAX;
+
 thread_local! {
-    /// Set inside pool workers and inside a running job, so a nested call runs inline
-    /// instead of deadlocking on the pool.
-    static IN_POOL: Cell<bool> = const { Cell::new(false) };
+    /// The pool thread index inside pool workers and inside a running job, so a nested
+    /// call runs inline (on that thread's index) instead of deadlocking on the pool.
+    static IN_POOL: Cell<usize> = const { Cell::new(OUTSIDE) };
+}
+
+/// The shares of `n` items over `threads`, thread 0's first: contiguous, covering
+/// `0..n`, the first `n % threads` of them one item longer than the rest. One division
+/// per job (the caller computes every bound of every job).
+fn shares(n: usize, threads: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let (q, r) = (n / threads, n % threads);
+    (0..threads).scan(0, move |start, t| {
+        let share = *start..*start + q + usize::from(t < r);
+        *start = share.end;
+        Some(share)
+    })
 }
 
 impl ThreadPool {
@@ -123,6 +158,16 @@ impl ThreadPool {
         let shared = Arc::new(Shared {
             state: Padded(AtomicU64::new(CLOSED)),
             job: Padded(UnsafeCell::new(None)),
+            slots: (0..threads)
+                .map(|_| {
+                    Padded(Slot {
+                        next: AtomicUsize::new(0),
+                        end: AtomicUsize::new(0),
+                        busy: AtomicU64::new(IDLE),
+                    })
+                })
+                .collect(),
+            ordered: Padded(AtomicUsize::new(0)),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             nudge: AtomicU64::new(0),
@@ -168,18 +213,16 @@ impl ThreadPool {
 
     /// Runs `f(thread)` on the caller (thread 0) and on every worker that joins before the
     /// caller's own `f(0)` returns, then waits for those workers. Workers that come later
-    /// do not run `f`: callers share work through an atomic counter that `f` drains
-    /// ([`ThreadPool::for_each`]), so by then nothing is left. Nested calls run inline.
-    fn run(&self, f: &(dyn Fn(usize) + Sync)) {
-        if self.threads == 1 || IN_POOL.with(|c| c.get()) {
-            f(0);
-            return;
-        }
+    /// do not run `f`: the callers' `f` leaves no item undone when it returns on any one
+    /// thread (the caller's included), so by then nothing is left. `prepare` runs first,
+    /// under the submit lock (it resets the job's counters). Not for nested calls.
+    fn run(&self, prepare: impl FnOnce(&Shared), f: &(dyn Fn(usize) + Sync)) {
         let _guard = self.submit.lock().unwrap_or_else(|p| p.into_inner());
         let s = &*self.shared;
+        prepare(s);
         // SAFETY: lifetime erasure. Workers only use the pointer between joining and
         // leaving the job, and we neither return nor unwind before every joined worker
-        // has left (active == 0 after the job is closed).
+        // has left (its busy flag no longer names this epoch after the job is closed).
         let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
         // SAFETY: we hold `submit` and the previous job is closed with every worker that
         // joined it gone (a late one leaves without reading `job`), so no worker reads
@@ -189,25 +232,31 @@ impl ThreadPool {
             s.panicked.store(false, Ordering::Relaxed);
         }
         // SeqCst: ordered before the `sleepers` load below, against a worker that counts
-        // itself a sleeper and then re-reads `state` (neither may miss the other).
-        s.state.fetch_add(POST, Ordering::SeqCst);
+        // itself a sleeper and then re-reads `state` (neither may miss the other). Also a
+        // release of `job` and of what `prepare` wrote.
+        let epoch = (s.state.fetch_add(POST, Ordering::SeqCst).wrapping_add(POST)) >> 32;
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _l = s.sleep_lock.lock().unwrap_or_else(|p| p.into_inner());
             s.wake.notify_all();
         }
 
-        IN_POOL.with(|c| c.set(true));
+        IN_POOL.with(|c| c.set(0));
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
-        IN_POOL.with(|c| c.set(false));
+        IN_POOL.with(|c| c.set(OUTSIDE));
 
-        s.state.fetch_or(CLOSED, Ordering::AcqRel);
-        let mut spins = 0u32;
-        while s.state.load(Ordering::Acquire) & ACTIVE != 0 {
-            spins += 1;
-            if spins < 1 << 16 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
+        // SeqCst: against a worker that announces itself (busy = epoch) and then re-reads
+        // `state`: either it sees the job closed and leaves without reading `job`, or we
+        // see its flag below and wait.
+        s.state.fetch_or(CLOSED, Ordering::SeqCst);
+        for slot in &s.slots[1..] {
+            let mut spins = 0u32;
+            while slot.busy.load(Ordering::SeqCst) == epoch {
+                spins += 1;
+                if spins < 1 << 16 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
             }
         }
         if let Err(p) = mine {
@@ -231,55 +280,119 @@ impl ThreadPool {
         }
     }
 
-    /// Calls `f(i, thread)` for every `i` in `0..n`, items handed out one at a time by
-    /// an atomic counter, so no thread idles while items remain.
+    /// Calls `f(i, thread)` once for every `i` in `0..n`, in no particular order. Thread
+    /// `t` starts on its own contiguous share of the items ([`shares`]), so
+    /// threads starting together read adjacent blocks; a thread done with its share takes
+    /// what is left of the others', so no thread idles while items remain. Items must
+    /// not wait on one another (see [`ThreadPool::for_each_in_order`]). A call from
+    /// inside a job runs inline on that thread.
     pub fn for_each(&self, n: usize, f: &(dyn Fn(usize, usize) + Sync)) {
-        if n == 0 {
+        if self.inline(n, f) {
             return;
         }
-        // Padded: every thread hammers this counter, and the caller's other locals
-        // (written while it works on items) must not share its line.
-        let next = Padded(AtomicUsize::new(0));
-        let body = |thread: usize| loop {
+        let threads = self.threads;
+        let slots = &self.shared.slots;
+        let body = |me: usize| {
+            // Own share first: our counter stays in our cache while nobody steals.
+            let mine = &slots[me];
+            let end = mine.end.load(Ordering::Relaxed);
+            loop {
+                let i = mine.next.fetch_add(1, Ordering::Relaxed);
+                if i >= end {
+                    break;
+                }
+                f(i, me);
+            }
+            // Then the others', starting with the next thread's (thieves spread out). Plain
+            // loads first: a finished share's line is then only read, not written.
+            for k in 1..threads {
+                let v = &slots[(me + k) % threads];
+                let end = v.end.load(Ordering::Relaxed);
+                while v.next.load(Ordering::Relaxed) < end {
+                    let i = v.next.fetch_add(1, Ordering::Relaxed);
+                    if i >= end {
+                        break;
+                    }
+                    f(i, me);
+                }
+            }
+        };
+        let prepare = |s: &Shared| {
+            for (slot, share) in s.slots.iter().zip(shares(n, threads)) {
+                slot.next.store(share.start, Ordering::Relaxed);
+                slot.end.store(share.end, Ordering::Relaxed);
+            }
+        };
+        self.run(prepare, &body);
+    }
+
+    /// Calls `f(i, thread)` for every `i` in `0..n`, items handed out one at a time in
+    /// increasing order by one shared counter: every item below `i` has been handed to a
+    /// running thread before `i` is, so an item may wait for earlier ones (the MoE
+    /// decode job's down items wait for their expert's gate+up items). Dearer per item
+    /// than [`ThreadPool::for_each`] at many threads (every claim moves the counter's
+    /// cache line).
+    pub fn for_each_in_order(&self, n: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        if self.inline(n, f) {
+            return;
+        }
+        let next = &self.shared.ordered;
+        let body = |me: usize| loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= n {
                 break;
             }
-            f(i, thread);
+            f(i, me);
         };
-        if n == 1 {
-            body(0);
-        } else {
-            self.run(&body);
+        self.run(|s| s.ordered.store(0, Ordering::Relaxed), &body);
+    }
+
+    /// Runs the items on this thread when a job would not pay (at most one item, one
+    /// thread) or cannot be posted (a call from inside a job); true if it did.
+    fn inline(&self, n: usize, f: &(dyn Fn(usize, usize) + Sync)) -> bool {
+        let inside = IN_POOL.with(|c| c.get());
+        if n > 1 && self.threads > 1 && inside == OUTSIDE {
+            return false;
         }
+        let me = if inside == OUTSIDE { 0 } else { inside };
+        (0..n).for_each(|i| f(i, me));
+        true
     }
 }
 
 fn worker_loop(s: &Shared, id: usize) {
-    IN_POOL.with(|c| c.set(true));
+    IN_POOL.with(|c| c.set(id));
+    let busy = &s.slots[id].busy;
     let mut seen = s.state.load(Ordering::Acquire) >> 32;
     loop {
         if !wait_for_epoch(s, seen) {
             return;
         }
-        // Join whatever job is posted now (one RMW that cannot fail, see `CLOSED`).
-        let prev = s.state.fetch_add(1, Ordering::AcqRel);
-        seen = prev >> 32;
-        if prev & CLOSED != 0 {
-            // Closed before we came: we are not part of it.
-            s.state.fetch_sub(1, Ordering::Release);
+        let st = s.state.load(Ordering::Acquire);
+        seen = st >> 32;
+        if st & CLOSED != 0 {
+            // Closed before we came: not ours.
             continue;
         }
-        // SAFETY: we joined the open job of epoch `seen` (our AcqRel RMW follows its
-        // SeqCst post in `state`'s modification order, and the post follows the write of
-        // `job`), and the caller keeps the closure alive until we leave.
+        // Announce, then check the job is still open (SeqCst store then load, against the
+        // caller's close then load of our flag: one of us sees the other).
+        busy.store(seen, Ordering::SeqCst);
+        if s.state.load(Ordering::SeqCst) != st {
+            // Closed meanwhile (or already the next job): leave without reading `job`.
+            busy.store(IDLE, Ordering::Release);
+            continue;
+        }
+        // SAFETY: the job of epoch `seen` was open after we announced ourselves, so the
+        // caller waits for our flag before it returns (the closure outlives our use), and
+        // it wrote `job` before posting the epoch we loaded (SeqCst RMW, then our load).
         let job = unsafe { (*s.job.0.get()).expect("job posted with the epoch") };
         // SAFETY: see above: the pointee outlives this call.
         let r = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(id) }));
         if r.is_err() {
             s.panicked.store(true, Ordering::Relaxed);
         }
-        s.state.fetch_sub(1, Ordering::Release);
+        // Release: our writes (and the panic flag) before the caller sees us gone.
+        busy.store(IDLE, Ordering::Release);
     }
 }
 
@@ -407,8 +520,12 @@ mod tests {
                     assert!(t < threads);
                     hits[i].fetch_add(1, Ordering::Relaxed);
                 });
+                pool.for_each_in_order(n, &|i, t| {
+                    assert!(t < threads);
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
                 assert!(
-                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 2),
                     "threads {threads} n {n}"
                 );
             }
@@ -436,15 +553,107 @@ mod tests {
     }
 
     #[test]
-    fn nested_calls_run_inline() {
+    fn nested_calls_run_inline_on_the_outer_thread() {
         let pool = ThreadPool::new(3).unwrap();
         let total = AtomicUsize::new(0);
-        pool.for_each(4, &|_, _| {
-            pool.for_each(5, &|_, _| {
-                total.fetch_add(1, Ordering::Relaxed);
+        for round in 0..200 {
+            let outer = |_: usize, t: usize| {
+                let inner = |_: usize, u: usize| {
+                    // per-thread scratch indexed by `thread` stays private to the thread
+                    assert_eq!(u, t, "round {round}");
+                    total.fetch_add(1, Ordering::Relaxed);
+                };
+                if round % 2 == 0 {
+                    pool.for_each(5, &inner);
+                } else {
+                    pool.for_each_in_order(5, &inner);
+                }
+            };
+            pool.for_each(4, &outer);
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 200 * 20);
+    }
+
+    #[test]
+    fn stolen_items_still_run_exactly_once() {
+        // Item 0 stalls its thread (thread 0, unless a worker stole it before the caller
+        // began), so the workers finish their own shares and then take the rest of
+        // thread 0's share. Retried because on a loaded 2-core
+        // machine a worker may not get to run during the stall.
+        let threads = 3;
+        let n = 60;
+        let pool = ThreadPool::new(threads).unwrap();
+        let mut stolen_seen = false;
+        for _ in 0..50 {
+            let ran_on: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(usize::MAX)).collect();
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.for_each(n, &|i, t| {
+                if i == 0 {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                hits[i].fetch_add(1, Ordering::Relaxed);
+                ran_on[i].store(t, Ordering::Relaxed);
             });
-        });
-        assert_eq!(total.load(Ordering::Relaxed), 20);
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            let share0 = shares(n, threads).next().unwrap();
+            stolen_seen = share0
+                .into_iter()
+                .any(|i| ran_on[i].load(Ordering::Relaxed) != 0);
+            if stolen_seen {
+                break;
+            }
+        }
+        assert!(stolen_seen, "no worker ever took part of a stalled share");
+    }
+
+    #[test]
+    fn shares_cover_the_items_once_in_contiguous_runs() {
+        for threads in [1, 2, 3, 16, 64] {
+            for n in [0, 1, 2, 15, 16, 17, 100, 1000] {
+                let v: Vec<_> = shares(n, threads).collect();
+                assert_eq!(v.len(), threads);
+                assert_eq!(v[0].start, 0);
+                assert_eq!(v[threads - 1].end, n);
+                for (t, s) in v.iter().enumerate() {
+                    assert!(
+                        s.len() == n / threads || s.len() == n / threads + 1,
+                        "{threads} {n} {t}"
+                    );
+                    if t > 0 {
+                        assert_eq!(s.start, v[t - 1].end);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn in_order_items_may_wait_for_earlier_items() {
+        // The MoE decode pattern: the second half of the items waits for the first half.
+        // Any thread that took a waiting item has seen every earlier item handed out, so
+        // this ends; the deadline turns a hang into a failure.
+        let pool = ThreadPool::new(4).unwrap();
+        for round in 0..200 {
+            let half = 2 + round % 13;
+            let done = AtomicUsize::new(0);
+            let hits: Vec<AtomicUsize> = (0..2 * half).map(|_| AtomicUsize::new(0)).collect();
+            pool.for_each_in_order(2 * half, &|i, _| {
+                if i >= half {
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    while done.load(Ordering::Acquire) < half {
+                        assert!(Instant::now() < deadline, "round {round}: item {i} starved");
+                        std::thread::yield_now();
+                    }
+                } else {
+                    done.fetch_add(1, Ordering::Release);
+                }
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "round {round}"
+            );
+        }
     }
 
     #[test]
@@ -504,6 +713,43 @@ mod tests {
             total.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(total.load(Ordering::Relaxed), 10);
+    }
+
+    #[test]
+    fn panics_on_the_caller_or_a_worker_propagate_in_both_hand_outs() {
+        let pool = ThreadPool::new(3).unwrap();
+        for in_order in [false, true] {
+            for on_worker in [false, true] {
+                // A worker may not join a given job on a loaded machine: retry until one
+                // ran an item (then it panicked).
+                let mut panicked = false;
+                for _ in 0..200 {
+                    let job = |_: usize, t: usize| {
+                        std::thread::sleep(Duration::from_micros(200));
+                        if (t != 0) == on_worker {
+                            panic!("boom on thread {t}");
+                        }
+                    };
+                    let r = catch_unwind(AssertUnwindSafe(|| {
+                        if in_order {
+                            pool.for_each_in_order(12, &job)
+                        } else {
+                            pool.for_each(12, &job)
+                        }
+                    }));
+                    if r.is_err() {
+                        panicked = true;
+                        break;
+                    }
+                }
+                assert!(panicked, "in_order {in_order} on_worker {on_worker}");
+                let hits: Vec<AtomicUsize> = (0..40).map(|_| AtomicUsize::new(0)).collect();
+                pool.for_each(40, &|i, _| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            }
+        }
     }
 
     #[test]

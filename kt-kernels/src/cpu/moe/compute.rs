@@ -457,10 +457,11 @@ const READY: u32 = u32::MAX;
 /// are gate+up items, the rest down items, both in the same expert order. The thread
 /// that finishes an expert's last gate+up item quantizes that expert's intermediate
 /// rows (at most 8 x I elements) and marks it ready; a down item waits for its expert's
-/// mark. All gate+up items are handed out before any down item and none waits on
-/// anything, so the wait always ends; and since the counter hands the down items out in
-/// expert order, they mostly find their expert ready: the phase barriers, the driver's
-/// serial quantize between them and one pool round trip go away. The arithmetic is the
+/// mark. All gate+up items are handed out before any down item
+/// ([`ThreadPool::for_each_in_order`]) and none waits on anything, so the wait always
+/// ends; and since the counter hands the down items out in expert order, they mostly
+/// find their expert ready: the phase barriers, the driver's serial quantize between
+/// them and one pool round trip go away. The arithmetic is the
 /// phased path's, item for item.
 #[allow(clippy::too_many_arguments)]
 fn fused(
@@ -491,7 +492,9 @@ fn fused(
         Raw::new(b.down_out.as_mut_ptr()),
         Raw::new(b.tiles.as_mut_ptr()),
     );
-    pool.for_each(up.len() + down.len(), &|i, thread| {
+    // In order: a down item waits for its expert's gate+up items, so those must have been
+    // handed out first (plain `for_each` starts every thread on a share of its own).
+    pool.for_each_in_order(up.len() + down.len(), &|i, thread| {
         if let Some(&it) = up.get(i) {
             // SAFETY: as in `gate_up`: up items partition (position, row) and `thread`
             // owns its tile scratch.
