@@ -68,6 +68,10 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+// kChains: independent accumulator chains the scores' 36 MMAs are dealt over (64-dim block
+// b goes to chain b % kChains; the chains are added in order at the end), so consecutive
+// MMAs of one warpgroup do not each wait for the previous one's sum.
+template <int kChains, int kDiag>
 __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ cache,
                               const int* __restrict__ table, const int* __restrict__ cu_q,
                               const int* __restrict__ kv_lens, int heads, int block_size, int max_blocks,
@@ -142,21 +146,21 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
             kt_cp_async16(dst + (ch >> 3) * kKBlockBytes + kt_swz128(r, ch & 7), src, key < kv_len ? 16 : 0);
         }
     };
-    // S of tile i's 32 keys for all 64 rows, issued (not waited for).
-    auto issue_scores = [&](float* s, int i) {
+    // S of tile i's 32 keys for all 64 rows into the chains sc, issued (not waited for).
+    auto issue_scores = [&](float (&sc)[kChains][16], int i) {
         const uint32_t qa = s_base + kQOff;
         const uint32_t kb = s_base + kKOff + (i % kStages) * kTileBytes;
 #pragma unroll
         for (int blk = 0; blk < kDimBlocks; ++blk)
 #pragma unroll
             for (int kk = 0; kk < 4; ++kk)
-                wgmma_m64n32k16<0>(s, kt_wgmma_desc(qa + blk * kQBlockBytes + 32 * kk, 16, 1024),
+                wgmma_m64n32k16<0>(sc[blk % kChains], kt_wgmma_desc(qa + blk * kQBlockBytes + 32 * kk, 16, 1024),
                                    kt_wgmma_desc(kb + blk * kKBlockBytes + 32 * kk, 16, 1024),
-                                   blk + kk > 0);
+                                   blk >= kChains || kk > 0);
         kt_wgmma_commit();
     };
     float o[128]; // rows r0, r0 + 8; columns 256 wg + 8 j + qc (+1), j = 0..31
-    float s[16];  // rows r0, r0 + 8; keys 8 j + qc (+1) of the owned tile, j = 0..3
+    float sc[kChains][16]; // partial scores: rows r0, r0 + 8; keys 8 j + qc (+1), j = 0..3
 #pragma unroll
     for (int i = 0; i < 128; ++i) o[i] = 0.0f;
     float l_part[2] = {0.0f, 0.0f}; // this thread's share of its warpgroup's softmax sums
@@ -177,7 +181,16 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     // slot i & 1 for the other warpgroup.
     auto softmax = [&](int i) {
 #pragma unroll
-        for (int k = 0; k < 16; ++k) kt_reg_fence(s[k]);
+        for (int k = 0; k < 16; ++k)
+#pragma unroll
+            for (int c = 0; c < kChains; ++c) kt_reg_fence(sc[c][k]);
+        float s[16];
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+            s[k] = sc[0][k];
+#pragma unroll
+            for (int c = 1; c < kChains; ++c) s[k] += sc[c][k];
+        }
         const int t = t_begin + i;
         float mx[2] = {kNegInf, kNegInf};
 #pragma unroll
@@ -229,7 +242,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     __syncthreads();
     if (wg == 0 && n > 0) {
         kt_wgmma_fence();
-        issue_scores(s, 0);
+        issue_scores(sc, 0);
         kt_wgmma_wait<0>();
         softmax(0);
     }
@@ -259,16 +272,16 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         // (i + 3) % 4, which held tile i - 1: both warpgroups were done with it at the barrier.
         kt_wgmma_fence();
         if (next) {
-            issue_scores(s, i + 1);
-            issue_pv(i);
-            load_tile(i + 3); // while the tensor cores run the scores
+            if (kDiag != 2) issue_scores(sc, i + 1);
+            if (kDiag != 3) issue_pv(i);
+            if (kDiag != 1) load_tile(i + 3); // while the tensor cores run the scores
             kt_cp_async_commit();
             kt_wgmma_wait<1>(); // the scores (P V may still run)
             softmax(i + 1);
             kt_wgmma_wait<0>();
         } else {
-            issue_pv(i);
-            load_tile(i + 3);
+            if (kDiag != 3) issue_pv(i);
+            if (kDiag != 1) load_tile(i + 3);
             kt_cp_async_commit();
             kt_wgmma_wait<0>();
         }
@@ -321,8 +334,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                           float scale_log2, __nv_bfloat16* out, float* part_o, float* part_lse,
                           int rows_total, const int* live_splits) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    mla_attn_sm90(q, cache, table, cu_q, kv_lens, heads, block_size, max_blocks, scale_log2, out, part_o,
-                  part_lse, rows_total, live_splits);
+    mla_attn_sm90<2, 0>(q, cache, table, cu_q, kv_lens, heads, block_size, max_blocks, scale_log2, out,
+                        part_o, part_lse, rows_total, live_splits);
 #else
     __trap();
 #endif
