@@ -45,10 +45,9 @@ const THREADS: u32 = 256;
 /// query tile, two cache tiles, partial scores, P and the rows' softmax state. More than an
 /// sm_80 block may have (164 KiB): there the opt-in fails with a typed driver error.
 const SMEM_BYTES: u32 = 192_256;
-/// Dynamic shared memory of kt_mla_attn_sm90_bf16 (static_assert there): query tile, a ring
-/// of four 32-key cache tiles, P, the rows' maxima, rescale factors and sums, and 1 KiB to
-/// align the swizzled tiles.
-const SMEM_BYTES_SM90: u32 = 231_936;
+/// Dynamic shared memory of kt_mla_attn_sm90_bf16 (static_assert there): query tile, two
+/// 64-key cache tiles, P, the rows' maxima and sums, and 1 KiB to align the swizzled tiles.
+const SMEM_BYTES_SM90: u32 = 231_424;
 
 /// Which MLA attention kernel a launch uses; both give results within the same error bound
 /// and each is deterministic.
@@ -57,7 +56,7 @@ pub enum MlaKernel {
     /// Warp-level `mma.sync`, 32-key tiles (`cuda/mla_attn.cu`): any sm_80+ device with
     /// 188 KiB of shared memory per block.
     MmaSync,
-    /// Warpgroup `wgmma`, 32-key tiles (`cuda/mla_attn_sm90.cu`, sm_90a machine code):
+    /// Warpgroup `wgmma`, 64-key tiles (`cuda/mla_attn_sm90.cu`, sm_90a machine code):
     /// compute capability 9.0 only.
     Wgmma,
 }
@@ -92,7 +91,7 @@ impl MlaKernel {
     fn launch_params(self) -> (&'static Embedded, &'static str, usize, u32) {
         match self {
             MlaKernel::MmaSync => (&MLA_ATTN, "kt_mla_attn_bf16", 32, SMEM_BYTES),
-            MlaKernel::Wgmma => (&MLA_ATTN_SM90, "kt_mla_attn_sm90_bf16", 32, SMEM_BYTES_SM90),
+            MlaKernel::Wgmma => (&MLA_ATTN_SM90, "kt_mla_attn_sm90_bf16", 64, SMEM_BYTES_SM90),
         }
     }
 }
