@@ -7,6 +7,7 @@
 // Selection order: descending choice score, ties to the lowest index (experts and groups).
 // Weights: w = (normalize ? w / (sum(w) + 1e-20) : w) * scale.
 #include "include/kt_common.cuh"
+#include "include/kt_host_flag.cuh"
 
 #define KT_GATING_WARPS 4
 // Host-checked limits: n_experts <= 512 (32 lanes x 16 bits of a lane's taken mask),
@@ -146,4 +147,30 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
     float* weights = reinterpret_cast<float*>(ids + (size_t)tokens * top_k);
     kt_gating_token(smem, logits, bias, ids, weights, t, n_experts, top_k, n_group, topk_group,
                     scoring, group_score, normalize, scale);
+}
+
+// kt_moe_gating_packed for the hybrid decode graph, without a copy or a flag write after it:
+// `pack` is the device address of page-locked host memory (the routed experts' inputs land
+// there directly), and once every word is written the kernel raises the host flag `flag` to
+// `value`, which the CPU side spins on. One block: its warps take the tokens in turn (the
+// same per-token work as kt_moe_gating_packed, so the same words bit for bit).
+extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
+    kt_moe_gating_packed_signal(const float* __restrict__ logits, const float* __restrict__ bias,
+                                const float* __restrict__ x, uint32_t* __restrict__ pack,
+                                int hidden, int tokens, int n_experts, int top_k, int n_group,
+                                int topk_group, int scoring, int group_score, int normalize,
+                                float scale, uint32_t* flag, uint32_t value) {
+    extern __shared__ float smem[];
+    const int lane = threadIdx.x & 31;
+    uint32_t* ids = pack + (size_t)tokens * hidden;
+    float* weights = reinterpret_cast<float*>(ids + (size_t)tokens * top_k);
+    for (int t = threadIdx.x >> 5; t < tokens; t += KT_GATING_WARPS) {
+        const float* src = x + (size_t)t * hidden;
+        float* dst = reinterpret_cast<float*>(pack) + (size_t)t * hidden;
+        for (int i = lane; i < hidden; i += 32) dst[i] = src[i];
+        kt_gating_token(smem, logits, bias, ids, weights, t, n_experts, top_k, n_group,
+                        topk_group, scoring, group_score, normalize, scale);
+        __syncwarp(); // the warp's scores are reused by its next token
+    }
+    kt_block_signal_flag(flag, value);
 }

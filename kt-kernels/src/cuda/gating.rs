@@ -11,7 +11,7 @@ use crate::ops::{RouterConfig, Scoring, TopkMethod};
 
 use super::error::{launch_err, shape, CudaResult};
 use super::modules::MOE_GATING;
-use super::runtime::{DeviceBuf, GpuStream};
+use super::runtime::{DeviceBuf, GpuStream, HostFlag, PinnedBuf};
 
 /// Kernel limits (see cuda/moe_gating.cu).
 pub const MAX_EXPERTS: usize = 512;
@@ -132,6 +132,44 @@ fn plan(
     Ok(Some(Launch { config, ints }))
 }
 
+/// Checks a packed gating call (`x` whole rows of `tokens`, `pack_len` words of
+/// [`packed_len`]); returns hidden, hidden as the kernel's i32, and the launch.
+fn plan_packed(
+    op: &'static str,
+    cfg: &RouterConfig,
+    logits: &DeviceBuf<f32>,
+    bias: Option<&DeviceBuf<f32>>,
+    tokens: usize,
+    x: &DeviceBuf<f32>,
+    pack_len: usize,
+) -> CudaResult<(usize, i32, Launch)> {
+    let k = cfg.top_k;
+    if tokens == 0 || !x.len().is_multiple_of(tokens) {
+        return Err(shape(
+            op,
+            format!(
+                "x has {} elements, not whole rows of {tokens} tokens",
+                x.len()
+            ),
+        ));
+    }
+    let hidden = x.len() / tokens;
+    let want = packed_len(tokens, hidden, k);
+    if pack_len != want {
+        return Err(shape(
+            op,
+            format!(
+                "pack has {pack_len} words, expected tokens {tokens} x (hidden {hidden} + 2 top_k {k}) = {want}"
+            ),
+        ));
+    }
+    let hidden_i = i32::try_from(hidden)
+        .map_err(|_| shape(op, format!("hidden {hidden} does not fit in an i32")))?;
+    let l = plan(op, cfg, logits, bias, tokens, (tokens * k, tokens * k))?
+        .ok_or_else(|| shape(op, "no tokens to route"))?;
+    Ok((hidden, hidden_i, l))
+}
+
 /// The length in 32-bit words of [`GpuStream::moe_gating_packed`]'s output: `tokens` rows
 /// of `hidden`, then `tokens * top_k` ids and as many weights.
 pub fn packed_len(tokens: usize, hidden: usize, top_k: usize) -> usize {
@@ -192,32 +230,7 @@ impl GpuStream {
         pack: &mut DeviceBuf<u32>,
     ) -> CudaResult<()> {
         const OP: &str = "moe_gating_packed";
-        let k = cfg.top_k;
-        if tokens == 0 || !x.len().is_multiple_of(tokens) {
-            return Err(shape(
-                OP,
-                format!(
-                    "x has {} elements, not whole rows of {tokens} tokens",
-                    x.len()
-                ),
-            ));
-        }
-        let hidden = x.len() / tokens;
-        let want = packed_len(tokens, hidden, k);
-        if pack.len() != want {
-            return Err(shape(
-                OP,
-                format!(
-                    "pack has {} words, expected tokens {tokens} x (hidden {hidden} + 2 top_k {k}) = {want}",
-                    pack.len()
-                ),
-            ));
-        }
-        let hidden_i = i32::try_from(hidden)
-            .map_err(|_| shape(OP, format!("hidden {hidden} does not fit in an i32")))?;
-        let Some(l) = plan(OP, cfg, logits, bias, tokens, (tokens * k, tokens * k))? else {
-            return Ok(());
-        };
+        let (hidden, hidden_i, l) = plan_packed(OP, cfg, logits, bias, tokens, x, pack.len())?;
         let kernel = "kt_moe_gating_packed".to_string();
         let f = self.kernels.get(&MOE_GATING, &kernel)?;
         let null: u64 = 0;
@@ -236,6 +249,58 @@ impl GpuStream {
         // x, pack, hidden, then kt_moe_gating's tokens .. scale); plan() checked the limits
         // and the logits / bias lengths, x is tokens x hidden and pack holds the rows, ids
         // and weights the kernel writes (checked above).
+        unsafe { b.launch(l.config) }.map(drop).map_err(launch_err(
+            kernel,
+            format!("tokens {tokens}, hidden {hidden}, {cfg:?}"),
+        ))
+    }
+
+    /// [`Self::moe_gating_packed`] straight into page-locked host memory (`pack`, written
+    /// through its device address: no copy), then raises `flag` to `value` once every word
+    /// is written and fenced, so a host that sees the value reads the whole pack. One block
+    /// routes all tokens (the decode graph's single token); the words are those of
+    /// [`Self::moe_gating_packed`] bit for bit. Capturable into a graph.
+    ///
+    /// # Safety
+    /// The kernel writes `pack` while the host may look at it: the caller keeps host
+    /// accesses to `pack` out of the window from this launch until `flag` reaches `value`
+    /// (and out of the next such launch's window), and keeps `pack` and `flag` alive while
+    /// the launch is queued or in a graph that may run.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn moe_gating_packed_signal(
+        &self,
+        cfg: &RouterConfig,
+        logits: &DeviceBuf<f32>,
+        bias: Option<&DeviceBuf<f32>>,
+        tokens: usize,
+        x: &DeviceBuf<f32>,
+        pack: &mut PinnedBuf<u32>,
+        flag: &HostFlag,
+        value: u32,
+    ) -> CudaResult<()> {
+        const OP: &str = "moe_gating_packed_signal";
+        let (hidden, hidden_i, mut l) = plan_packed(OP, cfg, logits, bias, tokens, x, pack.len())?;
+        l.config.grid_dim = (1, 1, 1);
+        let pack_dev = pack.device_ptr()?;
+        let flag_dev = flag.device_ptr();
+        let kernel = "kt_moe_gating_packed_signal".to_string();
+        let f = self.kernels.get(&MOE_GATING, &kernel)?;
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&logits.slice);
+        match bias {
+            Some(bias) => b.arg(&bias.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&x.slice).arg(&pack_dev).arg(&hidden_i);
+        for v in &l.ints {
+            b.arg(v);
+        }
+        b.arg(&cfg.routed_scaling_factor).arg(&flag_dev).arg(&value);
+        // SAFETY: the arguments match kt_moe_gating_packed_signal (kt_moe_gating_packed's,
+        // then the flag's device address and value); plan_packed() checked the limits and
+        // lengths (pack holds the rows, ids and weights), the block loops over the tokens;
+        // the caller's contract covers the host's accesses to pack and the lifetimes.
         unsafe { b.launch(l.config) }.map(drop).map_err(launch_err(
             kernel,
             format!("tokens {tokens}, hidden {hidden}, {cfg:?}"),
