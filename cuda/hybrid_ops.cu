@@ -121,6 +121,7 @@ __device__ void gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b, TO* 
     if constexpr (VEC) {
         static_assert(sizeof(TA) == sizeof(TB), "one vector width for A and B");
         constexpr int V = 16 / sizeof(TB);
+#pragma unroll 4 // independent loads in flight: decode GEMVs are latency bound
         for (int k0 = lane * V; k0 < p.k; k0 += 32 * V) {
             float wv[V];
             kt_load16<TB, V>(br + k0, wv);
@@ -135,6 +136,7 @@ __device__ void gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b, TO* 
             }
         }
     } else {
+#pragma unroll 4 // independent loads in flight: decode GEMVs are latency bound
         for (int k = lane; k < p.k; k += 32) {
             const float w = kt_to_f32(br[k]);
 #pragma unroll
@@ -182,6 +184,7 @@ __device__ __forceinline__ void rms_store(const TX* __restrict__ xr, float ss,
     ss = kt_block_sum(ss, scratch);
     const float inv = 1.0f / sqrtf(ss / (float)n + eps);
     const long long base = (long long)blockIdx.x * n;
+#pragma unroll 8 // the row's loads in flight together (same order of sums)
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float y = w[i] * (kt_to_f32(xr[i]) * inv);
         out[base + i] = __float2bfloat16_rn(y);
@@ -196,6 +199,7 @@ __device__ void rmsnorm_w32(const TX* __restrict__ x, long long x_row, const flo
     __shared__ float scratch[32];
     const TX* xr = x + (long long)blockIdx.x * x_row;
     float ss = 0.0f;
+#pragma unroll 8 // the row's loads in flight together (same order of sums)
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = kt_to_f32(xr[i]);
         ss += v * v;
@@ -225,6 +229,7 @@ __device__ void add_rmsnorm_w32(float* __restrict__ x, const TD* __restrict__ d,
     float* xr = x + (long long)blockIdx.x * n;
     const TD* dr = d + (long long)blockIdx.x * n;
     float ss = 0.0f;
+#pragma unroll 8 // the row's loads in flight together (same order of sums)
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = xr[i] + kt_to_f32(dr[i]);
         xr[i] = v;
@@ -263,6 +268,7 @@ extern "C" __global__ void __launch_bounds__(1024)
     const volatile float* rr = routed + (long long)blockIdx.x * n;
     const __nv_bfloat16* sr = shared != nullptr ? shared + (long long)blockIdx.x * n : nullptr;
     float ss = 0.0f;
+#pragma unroll 8 // the row's loads in flight together (same order of sums)
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float s = xr[i] + rr[i];
         const float v = sr != nullptr ? s + __bfloat162float(sr[i]) : s;

@@ -152,8 +152,9 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
 // kt_moe_gating_packed for the hybrid decode graph, without a copy or a flag write after it:
 // `pack` is the device address of page-locked host memory (the routed experts' inputs land
 // there directly), and once every word is written the kernel raises the host flag `flag` to
-// `value`, which the CPU side spins on. One block: its warps take the tokens in turn (the
-// same per-token work as kt_moe_gating_packed, so the same words bit for bit).
+// `value`, which the CPU side spins on. One block: all its threads copy the rows of x (16-byte
+// stores, several in flight: one warp copying a row alone is latency bound), then its warps
+// route the tokens in turn (kt_moe_gating_packed's per-token work: the same words bit for bit).
 extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
     kt_moe_gating_packed_signal(const float* __restrict__ logits, const float* __restrict__ bias,
                                 const float* __restrict__ x, uint32_t* __restrict__ pack,
@@ -161,16 +162,112 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
                                 int topk_group, int scoring, int group_score, int normalize,
                                 float scale, uint32_t* flag, uint32_t value) {
     extern __shared__ float smem[];
-    const int lane = threadIdx.x & 31;
     uint32_t* ids = pack + (size_t)tokens * hidden;
     float* weights = reinterpret_cast<float*>(ids + (size_t)tokens * top_k);
+    // the rows are contiguous in x and in pack, both 16-byte aligned (allocation starts)
+    const size_t total = (size_t)tokens * hidden, total4 = total / 4;
+    const float4* src4 = reinterpret_cast<const float4*>(x);
+    float4* dst4 = reinterpret_cast<float4*>(pack);
+#pragma unroll 4
+    for (size_t i = threadIdx.x; i < total4; i += blockDim.x) dst4[i] = src4[i];
+    for (size_t i = total4 * 4 + threadIdx.x; i < total; i += blockDim.x)
+        reinterpret_cast<float*>(pack)[i] = x[i];
     for (int t = threadIdx.x >> 5; t < tokens; t += KT_GATING_WARPS) {
-        const float* src = x + (size_t)t * hidden;
-        float* dst = reinterpret_cast<float*>(pack) + (size_t)t * hidden;
-        for (int i = lane; i < hidden; i += 32) dst[i] = src[i];
         kt_gating_token(smem, logits, bias, ids, weights, t, n_experts, top_k, n_group,
                         topk_group, scoring, group_score, normalize, scale);
         __syncwarp(); // the warp's scores are reused by its next token
     }
+    kt_block_signal_flag(flag, value);
+}
+
+// The decode graph's whole FFN entry of a MoE layer for one token, one launch instead of three
+// (kt_add_rmsnorm_w32_bf16, the router's kt_gemv_nt_v_f32_f32_f32, kt_moe_gating_packed_signal):
+//   x += d; xn, xn32 = RMSNorm(x) * norm_w; logits = router_w xn32; route; pack; raise flag.
+// Every block (KT_ROUTE_THREADS threads) computes the norm of the row itself, as
+// kt_add_rmsnorm_w32 does at the same block size (the same per-thread elements and sum order),
+// keeps it in shared memory, writes its slice of xn / xn32 / the pack's row, and each of its
+// warps computes one expert's logit in the order of kt_gemv_nt_v_f32_f32_f32 (lane-strided
+// 4-float steps, fmaf chain, warp butterfly sum). The last block to finish (a device counter,
+// reset for the next launch) updates x (every block has read it by then), routes on the
+// logits and raises `flag` to `value`. So the outputs equal the three kernels' bit for bit.
+// pack is the device address of page-locked host memory: [n] row, top_k ids, top_k weights.
+// n % 4 == 0 (host-checked). Dynamic shared memory: n + n_experts + 2 n_experts + n_group floats.
+#define KT_ROUTE_THREADS 256
+extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS)
+    kt_add_norm_route_signal(float* __restrict__ x, const __nv_bfloat16* __restrict__ d,
+                             const float* __restrict__ norm_w, __nv_bfloat16* __restrict__ xn,
+                             float* __restrict__ xn32, const float* __restrict__ router_w,
+                             float* logits, uint32_t* counter, const float* __restrict__ bias,
+                             uint32_t* __restrict__ pack, int n, float eps, int n_experts,
+                             int top_k, int n_group, int topk_group, int scoring,
+                             int group_score, int normalize, float scale, uint32_t* flag,
+                             uint32_t value) {
+    extern __shared__ float smem[];
+    __shared__ float scratch[32];
+    __shared__ bool last;
+    float* row = smem;                // the normalized row, f32
+    float* lsm = smem + n;            // the logits, for the routing
+    float* gsm = lsm + n_experts;     // kt_gating_token's scratch (warp 0)
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+    float ss = 0.0f;
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = x[i] + __bfloat162float(d[i]);
+        ss += v * v;
+    }
+    ss = kt_block_sum(ss, scratch);
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = x[i] + __bfloat162float(d[i]);
+        row[i] = norm_w[i] * (v * inv);
+    }
+    __syncthreads();
+    // this block's slice of the outputs that no block reads back
+    const int per = (n + gridDim.x - 1) / gridDim.x;
+    const int lo = blockIdx.x * per, hi = min(n, lo + per);
+    float* pack_row = reinterpret_cast<float*>(pack);
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const float y = row[i];
+        xn[i] = __float2bfloat16_rn(y);
+        xn32[i] = y;
+        pack_row[i] = y;
+    }
+    // one expert per warp, in kt_gemv_nt_v_f32_f32_f32's order
+    const int e = blockIdx.x * (KT_ROUTE_THREADS / 32) + warp;
+    if (e < n_experts) {
+        const float* wr = router_w + (size_t)e * n;
+        float acc = 0.0f;
+#pragma unroll 4
+        for (int k0 = lane * 4; k0 < n; k0 += 32 * 4) {
+            const float4 wv = *reinterpret_cast<const float4*>(wr + k0);
+            const float4 av = *reinterpret_cast<const float4*>(row + k0);
+            acc = fmaf(av.x, wv.x, acc);
+            acc = fmaf(av.y, wv.y, acc);
+            acc = fmaf(av.z, wv.z, acc);
+            acc = fmaf(av.w, wv.w, acc);
+        }
+        const float sum = kt_warp_sum(acc);
+        if (lane == 0) logits[e] = sum;
+    }
+    // publish the logits and the slices, then count this block in
+    __threadfence_system();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] = x[i] + __bfloat162float(d[i]);
+    for (int i = threadIdx.x; i < n_experts; i += blockDim.x) lsm[i] = __ldcg(logits + i);
+    __syncthreads();
+    uint32_t* ids = pack + n;
+    float* weights = reinterpret_cast<float*>(ids + top_k);
+    if (warp == 0) {
+        kt_gating_token(gsm, lsm, bias, ids, weights, 0, n_experts, top_k, n_group, topk_group,
+                        scoring, group_score, normalize, scale);
+    }
+    if (threadIdx.x == 0) *counter = 0; // for the next launch, which follows this one
     kt_block_signal_flag(flag, value);
 }

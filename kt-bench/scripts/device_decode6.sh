@@ -7,7 +7,8 @@
 #   bin.tar.xz    new kt-bench + tests/* (stripped), cupti_trace/ (tracer sources + analyze.py)
 #   and $BASE (default .device-carry/s5base/kt-bench): the old kt-bench.
 # Results under $OUT/d6/ and packed into $OUT/d6.tgz.
-# Env: REPS (2), PROMPT (1024), GEN (128), THREADS (16), TRACE (1), TESTS (1), BUDGET_S (440).
+# Env: REPS (2), PROMPT (1024), GEN (128), THREADS (16), TRACE (1), TRACE_WHICH ("old new"),
+# TESTS (1), BUDGET_S (440).
 set -uo pipefail
 D=${D:-.device-carry/decode6}
 BASE=${BASE:-.device-carry/s5base/kt-bench}
@@ -46,7 +47,7 @@ done
 if [ "${TRACE:-1}" != 0 ] && [ "$(left)" -gt 120 ]; then
     if so_lib=$(bash "$D/cupti_trace/build.sh" /tmp/kt-cupti 2> "$out/cupti_build.log"); then
         so=$(echo "$so_lib" | head -1); lib=$(echo "$so_lib" | tail -1)
-        for which in old new; do
+        for which in ${TRACE_WHICH:-old new}; do
             [ "$(left)" -gt 60 ] || break
             run "$which" "trace_$which" CUDA_INJECTION64_PATH="$so" KT_TRACE_OUT="/tmp/trace_$which.csv" \
                 LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"

@@ -13,6 +13,7 @@ use std::time::Duration;
 use cuda_common::{gpu_or_skip, nan_buf, random};
 use half::bf16;
 use kt_kernels::cuda::gating::packed_len;
+use kt_kernels::cuda::linear::GemmNt;
 use kt_kernels::ops::{RouterConfig, Scoring, TopkMethod};
 use kt_kernels::util::SplitMix64;
 
@@ -187,6 +188,118 @@ fn wait_return_matches_add_then_norm_after_the_flag() {
     }
 }
 
+/// add_norm_route_signal (the fused FFN entry) writes what add_rmsnorm_w32, the router's
+/// gemm_nt and the packed gating write, bit for bit: the residual, both norms, the logits and
+/// the pack; it raises the flag, and leaves its block counter at 0 (two launches in a row, the
+/// second on the first's residual, as consecutive layers do).
+#[test]
+fn fused_ffn_entry_matches_norm_router_gating() {
+    let Some(gpu) = gpu_or_skip("fused_ffn_entry_matches_norm_router_gating") else {
+        return;
+    };
+    let s = gpu.stream();
+    let flag = gpu.host_flag().unwrap();
+    let eps = 1e-6f32;
+    let configs = [
+        // V2-Lite: 64 experts over 8 blocks; V3: 256 experts, groups, bias; 60 experts: a
+        // last block with idle warps
+        (
+            "v2-lite greedy",
+            router(64, (1, 1), Scoring::Softmax, TopkMethod::Greedy),
+            false,
+            2048,
+        ),
+        (
+            "v3 noaux_tc g8/4",
+            router(256, (8, 4), Scoring::Sigmoid, TopkMethod::NoauxTc),
+            true,
+            1024,
+        ),
+        (
+            "60 experts greedy",
+            router(60, (1, 1), Scoring::Softmax, TopkMethod::Greedy),
+            false,
+            516,
+        ),
+    ];
+    let mut value = 100u32;
+    for (ci, (name, cfg, with_bias, n)) in configs.iter().enumerate() {
+        let (n, e, k) = (*n, cfg.n_experts, cfg.top_k);
+        let mut rng = SplitMix64::new(6100 + ci as u64);
+        let x: Vec<f32> = random(&mut rng, n, 2.0);
+        let norm: Vec<f32> = (0..n).map(|_| 1.0 + 0.3 * rng.normal()).collect();
+        let rw: Vec<f32> = random(&mut rng, e * n, 0.05);
+        let bias: Vec<f32> = (0..e).map(|_| rng.normal() * 0.1).collect();
+        let (nd, rwd) = (s.upload(&norm).unwrap(), s.upload(&rw).unwrap());
+        let bd = with_bias.then(|| s.upload(&bias).unwrap());
+        let (mut x1, mut x2) = (s.upload(&x).unwrap(), s.upload(&x).unwrap());
+        let mut counter = s.alloc_zeroed::<u32>(1).unwrap();
+        for step in 0..2 {
+            let d: Vec<bf16> = random(&mut rng, n, 1.0);
+            let dd = s.upload(&d).unwrap();
+            // the unfused chain
+            let mut xn1 = nan_buf::<bf16>(s, n);
+            let mut f1 = nan_buf::<f32>(s, n);
+            let mut l1 = nan_buf::<f32>(s, e);
+            s.add_rmsnorm_w32(&mut x1, &dd, 1, &nd, &mut xn1, Some(&mut f1), eps)
+                .unwrap();
+            s.gemm_nt(&GemmNt::linear(1, e, n), &f1, &rwd, &mut l1)
+                .unwrap();
+            let mut p1 = s
+                .upload(&vec![f32::NAN.to_bits(); packed_len(1, n, k)])
+                .unwrap();
+            s.moe_gating_packed(cfg, &l1, bd.as_ref(), 1, &f1, &mut p1)
+                .unwrap();
+            // the fused launch
+            let mut xn2 = nan_buf::<bf16>(s, n);
+            let mut f2 = nan_buf::<f32>(s, n);
+            let mut l2 = nan_buf::<f32>(s, e);
+            let mut host = gpu.alloc_pinned::<u32>(packed_len(1, n, k)).unwrap();
+            host.as_mut_slice().unwrap().fill(f32::NAN.to_bits());
+            value += 1;
+            // SAFETY: the host reads `host` only after the flag; all buffers outlive the
+            // synchronize below.
+            unsafe {
+                s.add_norm_route_signal(
+                    cfg,
+                    &mut x2,
+                    &dd,
+                    &nd,
+                    eps,
+                    &mut xn2,
+                    &mut f2,
+                    &rwd,
+                    &mut l2,
+                    &mut counter,
+                    bd.as_ref(),
+                    &mut host,
+                    &flag,
+                    value,
+                )
+                .unwrap()
+            };
+            flag.wait_at_least(value, WAIT).unwrap();
+            // SAFETY: the kernel raised the flag after its fenced writes; nothing else writes.
+            let got = unsafe { host.as_slice_unsynced() }.to_vec();
+            s.synchronize().unwrap();
+            let what = format!("{name}, launch {step}");
+            let bits32 = |v: &[f32]| v.iter().map(|b| b.to_bits()).collect::<Vec<_>>();
+            let bits16 = |v: &[bf16]| v.iter().map(|b| b.to_bits()).collect::<Vec<_>>();
+            let dl = |b: &kt_kernels::cuda::DeviceBuf<f32>| bits32(&s.download(b).unwrap());
+            assert_eq!(dl(&x2), dl(&x1), "{what}: residual");
+            assert_eq!(
+                bits16(&s.download(&xn2).unwrap()),
+                bits16(&s.download(&xn1).unwrap()),
+                "{what}: bf16 norm"
+            );
+            assert_eq!(dl(&f2), dl(&f1), "{what}: f32 norm");
+            assert_eq!(dl(&l2), dl(&l1), "{what}: logits");
+            assert_eq!(got, s.download(&p1).unwrap(), "{what}: pack");
+            assert_eq!(s.download(&counter).unwrap(), vec![0], "{what}: counter");
+        }
+    }
+}
+
 /// Bad lengths are refused before any launch, naming the operation.
 #[test]
 fn host_link_ops_reject_bad_lengths() {
@@ -216,5 +329,34 @@ fn host_link_ops_reject_bad_lengths() {
             .unwrap_err()
             .to_string();
     assert!(err.contains("wait_add2_rmsnorm_w32"), "{err}");
+    let mut counter = s.alloc_zeroed::<u32>(1).unwrap();
+    let (mut xn, mut f) = (nan_buf::<bf16>(s, 16), nan_buf::<f32>(s, 16));
+    let mut logits64 = nan_buf::<f32>(s, 64);
+    let router_w = s.upload(&vec![0.1f32; 64 * 15]).unwrap(); // one row short
+    let mut x16 = s.upload(&vec![1.0f32; 16]).unwrap();
+    let d = nan_buf::<bf16>(s, 16);
+    let mut pack = gpu.alloc_pinned::<u32>(packed_len(1, 16, 6)).unwrap();
+    // SAFETY: refused before any launch.
+    let err = unsafe {
+        s.add_norm_route_signal(
+            &cfg,
+            &mut x16,
+            &d,
+            &w,
+            1e-6,
+            &mut xn,
+            &mut f,
+            &router_w,
+            &mut logits64,
+            &mut counter,
+            None,
+            &mut pack,
+            &flag,
+            1,
+        )
+    }
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("add_norm_route_signal"), "{err}");
     assert_eq!(flag.value(), 0, "nothing ran");
 }

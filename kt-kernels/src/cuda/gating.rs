@@ -12,12 +12,16 @@ use crate::ops::{RouterConfig, Scoring, TopkMethod};
 use super::error::{launch_err, shape, CudaResult};
 use super::modules::MOE_GATING;
 use super::runtime::{DeviceBuf, GpuStream, HostFlag, PinnedBuf};
+use half::bf16;
 
 /// Kernel limits (see cuda/moe_gating.cu).
 pub const MAX_EXPERTS: usize = 512;
 pub const MAX_GROUPS: usize = 64;
 pub const MAX_TOP_K: usize = 32;
 const WARPS_PER_BLOCK: usize = 4;
+/// Threads per block of `kt_add_norm_route_signal` (`KT_ROUTE_THREADS`): also the block size
+/// of `add_rmsnorm_w32`, whose sum order it repeats.
+const ROUTE_THREADS: u32 = 256;
 
 /// The kernel's integer parameters for `cfg` (n_group, topk_group, scoring, group score),
 /// after the reference's own validation and the kernel's limits.
@@ -305,5 +309,105 @@ impl GpuStream {
             kernel,
             format!("tokens {tokens}, hidden {hidden}, {cfg:?}"),
         ))
+    }
+
+    /// The decode graph's FFN entry of a MoE layer for one token in one launch: `x += d`,
+    /// `xn` / `xn32` = the RMSNorm of the new `x` with `norm_w` (bf16 and f32), the router's
+    /// f32 `logits` = `router_w` (`[n_experts, n]`, f32) times `xn32`, then the routing of
+    /// [`Self::moe_gating_packed_signal`] into the pinned `pack` (the row `xn32`, ids,
+    /// weights) and `flag` raised to `value`. Bit for bit what `add_rmsnorm_w32`, `gemm_nt`
+    /// (its warp-per-column GEMV) and the packed gating write. `counter` is one zeroed word
+    /// the launch's blocks count themselves in (left at 0 for the next launch). Needs
+    /// `n % 4 == 0`. Capturable into a graph.
+    ///
+    /// # Safety
+    /// As [`Self::moe_gating_packed_signal`] for `pack` and `flag`; `counter` is used by no
+    /// other work running at the same time.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn add_norm_route_signal(
+        &self,
+        cfg: &RouterConfig,
+        x: &mut DeviceBuf<f32>,
+        d: &DeviceBuf<bf16>,
+        norm_w: &DeviceBuf<f32>,
+        eps: f32,
+        xn: &mut DeviceBuf<bf16>,
+        xn32: &mut DeviceBuf<f32>,
+        router_w: &DeviceBuf<f32>,
+        logits: &mut DeviceBuf<f32>,
+        counter: &mut DeviceBuf<u32>,
+        bias: Option<&DeviceBuf<f32>>,
+        pack: &mut PinnedBuf<u32>,
+        flag: &HostFlag,
+        value: u32,
+    ) -> CudaResult<()> {
+        const OP: &str = "add_norm_route_signal";
+        let n = norm_w.len();
+        let e = cfg.n_experts;
+        let rows_ok = [x.len(), d.len(), xn.len(), xn32.len()]
+            .iter()
+            .all(|&l| l == n);
+        if n == 0
+            || !n.is_multiple_of(4)
+            || !rows_ok
+            || router_w.len() != e * n
+            || counter.len() != 1
+        {
+            return Err(shape(
+                OP,
+                format!(
+                    "one row of n = {n} (the norm's length, a multiple of 4): x {}, d {}, xn {}, xn32 {}; router {} (n_experts {e} x n); counter {}",
+                    x.len(),
+                    d.len(),
+                    xn.len(),
+                    xn32.len(),
+                    router_w.len(),
+                    counter.len()
+                ),
+            ));
+        }
+        let (_, _, l) = plan_packed(OP, cfg, logits, bias, 1, xn32, pack.len())?;
+        let [_, _, top_k, n_group, topk_group, scoring, group_score, normalize] = l.ints;
+        let n_i =
+            i32::try_from(n).map_err(|_| shape(OP, format!("n {n} does not fit in an i32")))?;
+        let blocks = e.div_ceil(ROUTE_THREADS as usize / 32) as u32;
+        let smem = ((n + 3 * e + n_group as usize) * 4) as u32;
+        let kernel = "kt_add_norm_route_signal".to_string();
+        let f = self.kernels.get_with_smem(&MOE_GATING, &kernel, smem)?;
+        let (pack_dev, flag_dev) = (pack.device_ptr()?, flag.device_ptr());
+        let null: u64 = 0;
+        let e_i = e as i32;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.slice)
+            .arg(&d.slice)
+            .arg(&norm_w.slice)
+            .arg(&mut xn.slice)
+            .arg(&mut xn32.slice)
+            .arg(&router_w.slice)
+            .arg(&mut logits.slice)
+            .arg(&mut counter.slice);
+        match bias {
+            Some(bias) => b.arg(&bias.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&pack_dev).arg(&n_i).arg(&eps).arg(&e_i);
+        let ints = [top_k, n_group, topk_group, scoring, group_score, normalize];
+        for v in &ints {
+            b.arg(v);
+        }
+        b.arg(&cfg.routed_scaling_factor).arg(&flag_dev).arg(&value);
+        let config = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (ROUTE_THREADS, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        // SAFETY: the arguments match kt_add_norm_route_signal; the rows, the router, the
+        // logits (plan_packed: n_experts) and the pack (one row, ids, weights) have the lengths
+        // the kernel indexes (checked), n % 4 == 0 for its 16-byte loads of 16-byte aligned
+        // buffers, the dynamic shared memory holds the row, the logits and the routing's
+        // scratch; the caller's contract covers pack, flag and counter.
+        unsafe { b.launch(config) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("n {n}, {cfg:?}")))
     }
 }

@@ -320,8 +320,19 @@ impl<'s> Step<'s> {
         ws: &mut Workspaces,
         normed: bool,
     ) -> HybridResult<()> {
-        let s = self.s;
         self.attention(layer, sc, cache, li, batch, ws, normed)?;
+        self.ffn_front(layer, sc, ws)
+    }
+
+    /// Layer `li`'s part after the attention up to its routed experts: `x += sc.out`, the
+    /// FFN's norm into `sc.xn` / `sc.xn32`, and for a dense layer `x += mlp`.
+    pub(super) fn ffn_front(
+        &self,
+        layer: &GpuLayer,
+        sc: &mut Scratch,
+        ws: &mut Workspaces,
+    ) -> HybridResult<()> {
+        let s = self.s;
         // x += the attention block's output (sc.out), then the FFN's norm: one launch
         s.add_rmsnorm_w32(
             &mut sc.x,
@@ -343,7 +354,7 @@ impl<'s> Step<'s> {
     /// `sc.out = W_o attn(rmsnorm(x))` (the caller adds it to `x`), writing this call's rows
     /// of layer `li`'s cache; with `normed`, `sc.xn` holds `rmsnorm(x)` already.
     #[allow(clippy::too_many_arguments)]
-    fn attention(
+    pub(super) fn attention(
         &self,
         layer: &GpuLayer,
         sc: &mut Scratch,
@@ -634,6 +645,46 @@ impl<'s> Step<'s> {
                 bias,
                 self.t_n,
                 &sc.xn32,
+                &mut sc.host_pack,
+                ready,
+                value,
+            )?
+        };
+        Ok(())
+    }
+
+    /// The decode graph's FFN entry of a MoE layer with an f32 router in one launch (after
+    /// the attention, instead of [`Self::ffn_front`] and [`Self::route_signal`]): `x +=
+    /// sc.out`, the FFN's norm `ffn_norm` into `sc.xn` / `sc.xn32`, the router's logits, the
+    /// routing into the pinned `sc.host_pack`, and `ready` raised to `value`. The same values
+    /// bit for bit.
+    ///
+    /// # Safety
+    /// As [`Self::route_signal`].
+    pub(super) unsafe fn add_norm_route_signal(
+        &self,
+        ffn_norm: &DeviceBuf<f32>,
+        router: &DeviceBuf<f32>,
+        bias: Option<&DeviceBuf<f32>>,
+        sc: &mut Scratch,
+        ready: &HostFlag,
+        value: u32,
+    ) -> HybridResult<()> {
+        // SAFETY: the caller's contract is the kernel's; sc.route_counter serves only this
+        // launch at a time (the stream runs them in order).
+        unsafe {
+            self.s.add_norm_route_signal(
+                self.router,
+                &mut sc.x,
+                &sc.out,
+                ffn_norm,
+                self.c.rms_norm_eps,
+                &mut sc.xn,
+                &mut sc.xn32,
+                router,
+                &mut sc.router,
+                &mut sc.route_counter,
+                bias,
                 &mut sc.host_pack,
                 ready,
                 value,

@@ -36,7 +36,7 @@ use kt_kernels::cuda::{DeviceBuf, Gpu, GpuGraph, GpuStream, HostFlag};
 
 use super::error::{HybridError, HybridResult};
 use super::forward::Step;
-use super::layer::{GpuFfn, GpuLayer};
+use super::layer::{GpuFfn, GpuLayer, GpuRouter};
 use super::pipeline::Gate;
 use super::scratch::Scratch;
 use super::weights::GpuLinear;
@@ -200,7 +200,18 @@ fn record(
     // layer's experts computes it)
     let mut normed = false;
     for (li, layer) in layers.iter().enumerate() {
-        step.layer_front(layer, sc, cache, li, batch, ws, normed)?;
+        // a MoE layer with an f32 router enters its FFN with one fused launch
+        let fused_router = match &layer.ffn {
+            GpuFfn::Moe {
+                router: GpuRouter::F32(w),
+                ..
+            } if c.hidden_size % 4 == 0 => Some(w),
+            _ => None,
+        };
+        match fused_router {
+            Some(_) => step.attention(layer, sc, cache, li, batch, ws, normed)?,
+            None => step.layer_front(layer, sc, cache, li, batch, ws, normed)?,
+        }
         normed = false;
         let GpuFfn::Moe {
             router,
@@ -219,7 +230,19 @@ fn record(
         // host_routed in that window too, before raising `done`, and the return's reads
         // finish before the next layer's gating raises `ready` (`DecodeGraph::replay`).
         // The scratch and the flags outlive the graph (it is dropped first).
-        unsafe { step.route_signal(router, bias.as_ref(), sc, ready, release)? };
+        unsafe {
+            match fused_router {
+                Some(w) => step.add_norm_route_signal(
+                    &layer.ffn_norm,
+                    w,
+                    bias.as_ref(),
+                    sc,
+                    ready,
+                    release,
+                )?,
+                None => step.route_signal(router, bias.as_ref(), sc, ready, release)?,
+            }
+        };
         if let (Some(mlp), Some((gu, act, out))) = (shared, sc.shared.as_mut()) {
             step.mlp(mlp, &sc.xn, gu, act, out, ws)?;
         }
