@@ -121,7 +121,6 @@ __device__ void gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b, TO* 
     if constexpr (VEC) {
         static_assert(sizeof(TA) == sizeof(TB), "one vector width for A and B");
         constexpr int V = 16 / sizeof(TB);
-#pragma unroll 4 // independent loads in flight: decode GEMVs are latency bound
         for (int k0 = lane * V; k0 < p.k; k0 += 32 * V) {
             float wv[V];
             kt_load16<TB, V>(br + k0, wv);
@@ -136,7 +135,6 @@ __device__ void gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b, TO* 
             }
         }
     } else {
-#pragma unroll 4 // independent loads in flight: decode GEMVs are latency bound
         for (int k = lane; k < p.k; k += 32) {
             const float w = kt_to_f32(br[k]);
 #pragma unroll

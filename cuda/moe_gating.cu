@@ -185,15 +185,19 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
 //   x += d; xn, xn32 = RMSNorm(x) * norm_w; logits = router_w xn32; route; pack; raise flag.
 // Every block (KT_ROUTE_THREADS threads) computes the norm of the row itself, as
 // kt_add_rmsnorm_w32 does at the same block size (the same per-thread elements and sum order),
-// keeps it in shared memory, writes its slice of xn / xn32 / the pack's row, and each of its
-// warps computes one expert's logit in the order of kt_gemv_nt_v_f32_f32_f32 (lane-strided
-// 4-float steps, fmaf chain, warp butterfly sum). The last block to finish (a device counter,
-// reset for the next launch) updates x (every block has read it by then), routes on the
-// logits and raises `flag` to `value`. So the outputs equal the three kernels' bit for bit.
-// pack is the device address of page-locked host memory: [n] row, top_k ids, top_k weights.
-// n % 4 == 0 (host-checked). Dynamic shared memory: n + n_experts + 2 n_experts + n_group floats.
+// keeps it in shared memory, writes its slice of xn / xn32, and each of its warps computes one
+// expert's logit in the order of kt_gemv_nt_v_f32_f32_f32 (lane-strided 4-float steps, fmaf
+// chain, warp butterfly sum); the first KT_ROUTE_PREFETCH steps of the router row are loaded
+// before the norm, which they do not depend on, so their latency hides behind it. The last
+// block to finish (a device counter, reset for the next launch) updates x (every block has
+// read it by then), writes the pack (the row from its shared memory, then the routing of the
+// logits) and raises `flag` to `value`: one system-wide fence per launch. So the outputs
+// equal the three kernels' bit for bit. pack is the device address of page-locked host
+// memory: [n] row, top_k ids, top_k weights. n % 4 == 0 (host-checked). Dynamic shared
+// memory: n + n_experts + 2 n_experts + n_group floats.
 #define KT_ROUTE_THREADS 256
-extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS)
+#define KT_ROUTE_PREFETCH 16
+extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS, 1)
     kt_add_norm_route_signal(float* __restrict__ x, const __nv_bfloat16* __restrict__ d,
                              const float* __restrict__ norm_w, __nv_bfloat16* __restrict__ xn,
                              float* __restrict__ xn32, const float* __restrict__ router_w,
@@ -209,38 +213,54 @@ extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS)
     float* lsm = smem + n;            // the logits, for the routing
     float* gsm = lsm + n_experts;     // kt_gating_token's scratch (warp 0)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int e = blockIdx.x * (KT_ROUTE_THREADS / 32) + warp;
+    const float* wr = router_w + (size_t)(e < n_experts ? e : 0) * n;
+
+    float4 wpre[KT_ROUTE_PREFETCH];
+#pragma unroll
+    for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
+        const int k0 = lane * 4 + j * 128;
+        if (e < n_experts && k0 < n) wpre[j] = *reinterpret_cast<const float4*>(wr + k0);
+    }
 
     float ss = 0.0f;
-#pragma unroll 8
+#pragma unroll 4
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = x[i] + __bfloat162float(d[i]);
         ss += v * v;
     }
     ss = kt_block_sum(ss, scratch);
     const float inv = 1.0f / sqrtf(ss / (float)n + eps);
-#pragma unroll 8
+#pragma unroll 4
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = x[i] + __bfloat162float(d[i]);
         row[i] = norm_w[i] * (v * inv);
     }
     __syncthreads();
-    // this block's slice of the outputs that no block reads back
+    // this block's slice of the device outputs that no block reads back
     const int per = (n + gridDim.x - 1) / gridDim.x;
     const int lo = blockIdx.x * per, hi = min(n, lo + per);
-    float* pack_row = reinterpret_cast<float*>(pack);
     for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
         const float y = row[i];
         xn[i] = __float2bfloat16_rn(y);
         xn32[i] = y;
-        pack_row[i] = y;
     }
     // one expert per warp, in kt_gemv_nt_v_f32_f32_f32's order
-    const int e = blockIdx.x * (KT_ROUTE_THREADS / 32) + warp;
     if (e < n_experts) {
-        const float* wr = router_w + (size_t)e * n;
         float acc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
+            const int k0 = lane * 4 + j * 128;
+            if (k0 < n) {
+                const float4 av = *reinterpret_cast<const float4*>(row + k0);
+                acc = fmaf(av.x, wpre[j].x, acc);
+                acc = fmaf(av.y, wpre[j].y, acc);
+                acc = fmaf(av.z, wpre[j].z, acc);
+                acc = fmaf(av.w, wpre[j].w, acc);
+            }
+        }
 #pragma unroll 4
-        for (int k0 = lane * 4; k0 < n; k0 += 32 * 4) {
+        for (int k0 = lane * 4 + KT_ROUTE_PREFETCH * 128; k0 < n; k0 += 32 * 4) {
             const float4 wv = *reinterpret_cast<const float4*>(wr + k0);
             const float4 av = *reinterpret_cast<const float4*>(row + k0);
             acc = fmaf(av.x, wv.x, acc);
@@ -251,15 +271,19 @@ extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS)
         const float sum = kt_warp_sum(acc);
         if (lane == 0) logits[e] = sum;
     }
-    // publish the logits and the slices, then count this block in
-    __threadfence_system();
+    // publish the logits (device scope: only the last block reads them), count this block in
+    __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
+    float* pack_row = reinterpret_cast<float*>(pack);
 #pragma unroll 8
-    for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] = x[i] + __bfloat162float(d[i]);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        x[i] = x[i] + __bfloat162float(d[i]);
+        pack_row[i] = row[i];
+    }
     for (int i = threadIdx.x; i < n_experts; i += blockDim.x) lsm[i] = __ldcg(logits + i);
     __syncthreads();
     uint32_t* ids = pack + n;

@@ -53,7 +53,7 @@ if [ "${TRACE:-1}" != 0 ] && [ "$(left)" -gt 120 ]; then
                 LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"
             python3 "$D/cupti_trace/analyze.py" "/tmp/trace_$which.csv" --skip 40 --replays 40 \
                 > "$out/trace_$which.txt" 2>&1
-            head -c 6000000 "/tmp/trace_$which.csv" | xz -T4 > "$out/trace_$which.csv.xz"
+            xz -T4 -c "/tmp/trace_$which.csv" > "$out/trace_$which.csv.xz"
             grep "per MoE layer\|replay span" "$out/trace_$which.txt" | tee -a "$out/summary.txt"
         done
     else

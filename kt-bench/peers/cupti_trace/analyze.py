@@ -21,7 +21,8 @@ def load(path):
     recs = []
     with open(path, newline="") as f:
         for row in csv.reader(f):
-            if not row or row[0].startswith("#") or row[0] == "what":
+            # comments, the header, and a last line cut short (the trace may be truncated)
+            if len(row) < 8 or row[0].startswith("#") or row[0] == "what":
                 continue
             what, start, end, graph, node, corr, stream = row[:7]
             name = ",".join(row[7:])
@@ -56,7 +57,7 @@ def short(name):
     return name[:48]
 
 
-HANDOFF = ("kt_moe_gating_packed", "kt_moe_gating_packed_signal")
+HANDOFF = ("kt_moe_gating_packed", "kt_moe_gating_packed_signal", "kt_add_norm_route_signal")
 RETURN_NEW = "kt_wait_add2_rmsnorm_w32"
 
 
