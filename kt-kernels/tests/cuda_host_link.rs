@@ -310,7 +310,7 @@ fn host_link_ops_reject_bad_lengths() {
     let flag = gpu.host_flag().unwrap();
     let cfg = router(64, (1, 1), Scoring::Softmax, TopkMethod::Greedy);
     let logits = s.upload(&vec![0.5f32; 2 * 64]).unwrap();
-    let x = s.upload(&vec![1.0f32; 2 * 16]).unwrap();
+    let x = s.upload(&[1.0f32; 2 * 16]).unwrap();
     let mut short = gpu.alloc_pinned::<u32>(packed_len(2, 16, 6) - 1).unwrap();
     // SAFETY: refused before any launch.
     let err =
@@ -319,8 +319,8 @@ fn host_link_ops_reject_bad_lengths() {
             .to_string();
     assert!(err.contains("moe_gating_packed_signal"), "{err}");
 
-    let w = s.upload(&vec![1.0f32; 16]).unwrap();
-    let mut xr = s.upload(&vec![1.0f32; 32]).unwrap();
+    let w = s.upload(&[1.0f32; 16]).unwrap();
+    let mut xr = s.upload(&[1.0f32; 32]).unwrap();
     let routed = gpu.alloc_pinned::<f32>(31).unwrap();
     let mut out = nan_buf::<bf16>(s, 32);
     // SAFETY: refused before any launch.
@@ -333,7 +333,7 @@ fn host_link_ops_reject_bad_lengths() {
     let (mut xn, mut f) = (nan_buf::<bf16>(s, 16), nan_buf::<f32>(s, 16));
     let mut logits64 = nan_buf::<f32>(s, 64);
     let router_w = s.upload(&vec![0.1f32; 64 * 15]).unwrap(); // one row short
-    let mut x16 = s.upload(&vec![1.0f32; 16]).unwrap();
+    let mut x16 = s.upload(&[1.0f32; 16]).unwrap();
     let d = nan_buf::<bf16>(s, 16);
     let mut pack = gpu.alloc_pinned::<u32>(packed_len(1, 16, 6)).unwrap();
     // SAFETY: refused before any launch.

@@ -779,10 +779,10 @@ impl GpuStream {
     }
 
     /// The hybrid decode graph's return from the CPU's routed experts, one launch: waits
-    /// (on the device) until `flag` reaches `value` (compared cyclically), then `x += routed
-    /// + shared` (`routed` read from page-locked host memory through its device address, no
-    /// copy; without `shared`, `x += routed`) and `out` = the RMSNorm of the new `x` with the
-    /// f32 weight `w`. Bit for bit [`Self::add2_f32`] (or [`Self::add_f32`]) then
+    /// (on the device) until `flag` reaches `value` (compared cyclically), then
+    /// `x += routed + shared` (`routed` read from page-locked host memory through its device
+    /// address, no copy; without `shared`, `x += routed`) and `out` = the RMSNorm of the new
+    /// `x` with the f32 weight `w`. Bit for bit [`Self::add2_f32`] (or [`Self::add_f32`]) then
     /// [`Self::rmsnorm_w32`] (no f32 copy): the same roundings, block size and sum order.
     /// Capturable into a graph.
     ///

@@ -310,6 +310,7 @@ impl<'s> Step<'s> {
     /// / `sc.xn32`, and for a dense layer `x += mlp` (a MoE layer continues in `moe`).
     /// `normed`: `sc.xn` already holds the attention's norm of `x` (the decode graph's
     /// fused return from the previous layer's experts wrote it).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn layer_front(
         &self,
         layer: &GpuLayer,

@@ -208,7 +208,7 @@ fn record(
             GpuFfn::Moe {
                 router: GpuRouter::F32(w),
                 ..
-            } if c.hidden_size % 4 == 0 => Some(w),
+            } if c.hidden_size.is_multiple_of(4) => Some(w),
             _ => None,
         };
         match fused_router {
