@@ -6,10 +6,13 @@
 //   warp per output column streaming its weight row once (v: 16-byte loads);
 // - kt_rmsnorm_w32_<X>: RMSNorm with f32 weights, bf16 output and an optional f32 copy;
 // - kt_add_rmsnorm_w32_<D>: the residual add x += d fused with the RMSNorm of the new x;
+// - kt_wait_add2_rmsnorm_w32: the hybrid decode graph's return from the CPU experts: wait for a
+//   host flag, x += routed (page-locked host memory) + shared, then the next RMSNorm;
 // - kt_mla_cache_write: normalize the latent half of new kv rows into the bf16 cache;
 // - kt_copy_cols_bf16, kt_add_f32_<X>, kt_cast_<X>_<Y>: strided copies, residual add, casts.
 // All arithmetic is f32; each stored value is rounded once.
 #include "include/kt_common.cuh"
+#include "include/kt_host_flag.cuh"
 
 // ---- batched NT GEMM -------------------------------------------------------------------
 // Block tile 64 (m) x 64 (n), k steps of 32, 256 threads; thread (tx, ty) owns rows
@@ -179,6 +182,7 @@ __device__ __forceinline__ void rms_store(const TX* __restrict__ xr, float ss,
     ss = kt_block_sum(ss, scratch);
     const float inv = 1.0f / sqrtf(ss / (float)n + eps);
     const long long base = (long long)blockIdx.x * n;
+#pragma unroll 8 // the row's loads in flight together (same order of sums)
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float y = w[i] * (kt_to_f32(xr[i]) * inv);
         out[base + i] = __float2bfloat16_rn(y);
@@ -193,6 +197,7 @@ __device__ void rmsnorm_w32(const TX* __restrict__ x, long long x_row, const flo
     __shared__ float scratch[32];
     const TX* xr = x + (long long)blockIdx.x * x_row;
     float ss = 0.0f;
+#pragma unroll 8 // the row's loads in flight together (same order of sums)
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = kt_to_f32(xr[i]);
         ss += v * v;
@@ -222,6 +227,7 @@ __device__ void add_rmsnorm_w32(float* __restrict__ x, const TD* __restrict__ d,
     float* xr = x + (long long)blockIdx.x * n;
     const TD* dr = d + (long long)blockIdx.x * n;
     float ss = 0.0f;
+#pragma unroll 8 // the row's loads in flight together (same order of sums)
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = xr[i] + kt_to_f32(dr[i]);
         xr[i] = v;
@@ -239,6 +245,35 @@ extern "C" __global__ void __launch_bounds__(1024)
     kt_add_rmsnorm_w32_f32(float* x, const float* d, const float* w, __nv_bfloat16* out,
                            float* out32, int n, float eps) {
     add_rmsnorm_w32<float>(x, d, w, out, out32, n, eps);
+}
+
+// The hybrid decode graph's return from the CPU's routed experts, in one launch instead of a
+// stream wait, a copy and two kernels: waits until the host flag `flag` reaches `value` (the
+// CPU has written `routed`, page-locked host memory read through its device address), then
+// x[t, :] = (x[t, :] + routed[t, :]) + shared[t, :] (shared may be null: x += routed), rounded
+// as kt_add2_f32 / kt_add_f32 round, then out = the RMSNorm of the new row as
+// kt_rmsnorm_w32_f32 computes it at the same block size (the same per-thread elements and sum
+// order): bit for bit the unfused chain. One block per row, x rows contiguous (n).
+extern "C" __global__ void __launch_bounds__(1024)
+    kt_wait_add2_rmsnorm_w32(const uint32_t* flag, uint32_t value, float* __restrict__ x,
+                             const float* routed, const __nv_bfloat16* __restrict__ shared,
+                             const float* __restrict__ w, __nv_bfloat16* __restrict__ out, int n,
+                             float eps) {
+    __shared__ float scratch[32];
+    kt_block_wait_flag(flag, value);
+    float* xr = x + (long long)blockIdx.x * n;
+    // volatile: the host wrote these after the last launch; no cached line may serve them
+    const volatile float* rr = routed + (long long)blockIdx.x * n;
+    const __nv_bfloat16* sr = shared != nullptr ? shared + (long long)blockIdx.x * n : nullptr;
+    float ss = 0.0f;
+#pragma unroll 8 // the row's loads in flight together (same order of sums)
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float s = xr[i] + rr[i];
+        const float v = sr != nullptr ? s + __bfloat162float(sr[i]) : s;
+        xr[i] = v;
+        ss += v * v;
+    }
+    rms_store<float>(xr, ss, w, out, nullptr, n, eps, scratch);
 }
 
 // ---- MLA cache rows --------------------------------------------------------------------

@@ -7,6 +7,7 @@
 // Selection order: descending choice score, ties to the lowest index (experts and groups).
 // Weights: w = (normalize ? w / (sum(w) + 1e-20) : w) * scale.
 #include "include/kt_common.cuh"
+#include "include/kt_host_flag.cuh"
 
 #define KT_GATING_WARPS 4
 // Host-checked limits: n_experts <= 512 (32 lanes x 16 bits of a lane's taken mask),
@@ -146,4 +147,151 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
     float* weights = reinterpret_cast<float*>(ids + (size_t)tokens * top_k);
     kt_gating_token(smem, logits, bias, ids, weights, t, n_experts, top_k, n_group, topk_group,
                     scoring, group_score, normalize, scale);
+}
+
+// kt_moe_gating_packed for the hybrid decode graph, without a copy or a flag write after it:
+// `pack` is the device address of page-locked host memory (the routed experts' inputs land
+// there directly), and once every word is written the kernel raises the host flag `flag` to
+// `value`, which the CPU side spins on. One block: all its threads copy the rows of x (16-byte
+// stores, several in flight: one warp copying a row alone is latency bound), then its warps
+// route the tokens in turn (kt_moe_gating_packed's per-token work: the same words bit for bit).
+extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
+    kt_moe_gating_packed_signal(const float* __restrict__ logits, const float* __restrict__ bias,
+                                const float* __restrict__ x, uint32_t* __restrict__ pack,
+                                int hidden, int tokens, int n_experts, int top_k, int n_group,
+                                int topk_group, int scoring, int group_score, int normalize,
+                                float scale, uint32_t* flag, uint32_t value) {
+    extern __shared__ float smem[];
+    uint32_t* ids = pack + (size_t)tokens * hidden;
+    float* weights = reinterpret_cast<float*>(ids + (size_t)tokens * top_k);
+    // the rows are contiguous in x and in pack, both 16-byte aligned (allocation starts)
+    const size_t total = (size_t)tokens * hidden, total4 = total / 4;
+    const float4* src4 = reinterpret_cast<const float4*>(x);
+    float4* dst4 = reinterpret_cast<float4*>(pack);
+#pragma unroll 4
+    for (size_t i = threadIdx.x; i < total4; i += blockDim.x) dst4[i] = src4[i];
+    for (size_t i = total4 * 4 + threadIdx.x; i < total; i += blockDim.x)
+        reinterpret_cast<float*>(pack)[i] = x[i];
+    for (int t = threadIdx.x >> 5; t < tokens; t += KT_GATING_WARPS) {
+        kt_gating_token(smem, logits, bias, ids, weights, t, n_experts, top_k, n_group,
+                        topk_group, scoring, group_score, normalize, scale);
+        __syncwarp(); // the warp's scores are reused by its next token
+    }
+    kt_block_signal_flag(flag, value);
+}
+
+// The decode graph's whole FFN entry of a MoE layer for one token, one launch instead of three
+// (kt_add_rmsnorm_w32_bf16, the router's kt_gemv_nt_v_f32_f32_f32, kt_moe_gating_packed_signal):
+//   x += d; xn, xn32 = RMSNorm(x) * norm_w; logits = router_w xn32; route; pack; raise flag.
+// Every block (KT_ROUTE_THREADS threads) computes the norm of the row itself, as
+// kt_add_rmsnorm_w32 does at the same block size (the same per-thread elements and sum order),
+// keeps it in shared memory, writes its slice of xn / xn32, and each of its warps computes one
+// expert's logit in the order of kt_gemv_nt_v_f32_f32_f32 (lane-strided 4-float steps, fmaf
+// chain, warp butterfly sum); the first KT_ROUTE_PREFETCH steps of the router row are loaded
+// before the norm, which they do not depend on, so their latency hides behind it. The last
+// block to finish (a device counter, reset for the next launch) updates x (every block has
+// read it by then), writes the pack (the row from its shared memory, then the routing of the
+// logits) and raises `flag` to `value`: one system-wide fence per launch. So the outputs
+// equal the three kernels' bit for bit. pack is the device address of page-locked host
+// memory: [n] row, top_k ids, top_k weights. n % 4 == 0 (host-checked). Dynamic shared
+// memory: n + n_experts + 2 n_experts + n_group floats.
+#define KT_ROUTE_THREADS 256
+#define KT_ROUTE_PREFETCH 16
+extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS, 1)
+    kt_add_norm_route_signal(float* __restrict__ x, const __nv_bfloat16* __restrict__ d,
+                             const float* __restrict__ norm_w, __nv_bfloat16* __restrict__ xn,
+                             float* __restrict__ xn32, const float* __restrict__ router_w,
+                             float* logits, uint32_t* counter, const float* __restrict__ bias,
+                             uint32_t* __restrict__ pack, int n, float eps, int n_experts,
+                             int top_k, int n_group, int topk_group, int scoring,
+                             int group_score, int normalize, float scale, uint32_t* flag,
+                             uint32_t value) {
+    extern __shared__ float smem[];
+    __shared__ float scratch[32];
+    __shared__ bool last;
+    float* row = smem;                // the normalized row, f32
+    float* lsm = smem + n;            // the logits, for the routing
+    float* gsm = lsm + n_experts;     // kt_gating_token's scratch (warp 0)
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int e = blockIdx.x * (KT_ROUTE_THREADS / 32) + warp;
+    const float* wr = router_w + (size_t)(e < n_experts ? e : 0) * n;
+
+    float4 wpre[KT_ROUTE_PREFETCH];
+#pragma unroll
+    for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
+        const int k0 = lane * 4 + j * 128;
+        if (e < n_experts && k0 < n) wpre[j] = *reinterpret_cast<const float4*>(wr + k0);
+    }
+
+    float ss = 0.0f;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = x[i] + __bfloat162float(d[i]);
+        ss += v * v;
+    }
+    ss = kt_block_sum(ss, scratch);
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = x[i] + __bfloat162float(d[i]);
+        row[i] = norm_w[i] * (v * inv);
+    }
+    __syncthreads();
+    // this block's slice of the device outputs that no block reads back
+    const int per = (n + gridDim.x - 1) / gridDim.x;
+    const int lo = blockIdx.x * per, hi = min(n, lo + per);
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const float y = row[i];
+        xn[i] = __float2bfloat16_rn(y);
+        xn32[i] = y;
+    }
+    // one expert per warp, in kt_gemv_nt_v_f32_f32_f32's order
+    if (e < n_experts) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
+            const int k0 = lane * 4 + j * 128;
+            if (k0 < n) {
+                const float4 av = *reinterpret_cast<const float4*>(row + k0);
+                acc = fmaf(av.x, wpre[j].x, acc);
+                acc = fmaf(av.y, wpre[j].y, acc);
+                acc = fmaf(av.z, wpre[j].z, acc);
+                acc = fmaf(av.w, wpre[j].w, acc);
+            }
+        }
+#pragma unroll 4
+        for (int k0 = lane * 4 + KT_ROUTE_PREFETCH * 128; k0 < n; k0 += 32 * 4) {
+            const float4 wv = *reinterpret_cast<const float4*>(wr + k0);
+            const float4 av = *reinterpret_cast<const float4*>(row + k0);
+            acc = fmaf(av.x, wv.x, acc);
+            acc = fmaf(av.y, wv.y, acc);
+            acc = fmaf(av.z, wv.z, acc);
+            acc = fmaf(av.w, wv.w, acc);
+        }
+        const float sum = kt_warp_sum(acc);
+        if (lane == 0) logits[e] = sum;
+    }
+    // publish the logits (device scope: only the last block reads them), count this block in
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    float* pack_row = reinterpret_cast<float*>(pack);
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        x[i] = x[i] + __bfloat162float(d[i]);
+        pack_row[i] = row[i];
+    }
+    for (int i = threadIdx.x; i < n_experts; i += blockDim.x) lsm[i] = __ldcg(logits + i);
+    __syncthreads();
+    uint32_t* ids = pack + n;
+    float* weights = reinterpret_cast<float*>(ids + top_k);
+    if (warp == 0) {
+        kt_gating_token(gsm, lsm, bias, ids, weights, 0, n_experts, top_k, n_group, topk_group,
+                        scoring, group_score, normalize, scale);
+    }
+    if (threadIdx.x == 0) *counter = 0; // for the next launch, which follows this one
+    kt_block_signal_flag(flag, value);
 }

@@ -11,13 +11,17 @@ use crate::ops::{RouterConfig, Scoring, TopkMethod};
 
 use super::error::{launch_err, shape, CudaResult};
 use super::modules::MOE_GATING;
-use super::runtime::{DeviceBuf, GpuStream};
+use super::runtime::{DeviceBuf, GpuStream, HostFlag, PinnedBuf};
+use half::bf16;
 
 /// Kernel limits (see cuda/moe_gating.cu).
 pub const MAX_EXPERTS: usize = 512;
 pub const MAX_GROUPS: usize = 64;
 pub const MAX_TOP_K: usize = 32;
 const WARPS_PER_BLOCK: usize = 4;
+/// Threads per block of `kt_add_norm_route_signal` (`KT_ROUTE_THREADS`): also the block size
+/// of `add_rmsnorm_w32`, whose sum order it repeats.
+const ROUTE_THREADS: u32 = 256;
 
 /// The kernel's integer parameters for `cfg` (n_group, topk_group, scoring, group score),
 /// after the reference's own validation and the kernel's limits.
@@ -132,6 +136,44 @@ fn plan(
     Ok(Some(Launch { config, ints }))
 }
 
+/// Checks a packed gating call (`x` whole rows of `tokens`, `pack_len` words of
+/// [`packed_len`]); returns hidden, hidden as the kernel's i32, and the launch.
+fn plan_packed(
+    op: &'static str,
+    cfg: &RouterConfig,
+    logits: &DeviceBuf<f32>,
+    bias: Option<&DeviceBuf<f32>>,
+    tokens: usize,
+    x: &DeviceBuf<f32>,
+    pack_len: usize,
+) -> CudaResult<(usize, i32, Launch)> {
+    let k = cfg.top_k;
+    if tokens == 0 || !x.len().is_multiple_of(tokens) {
+        return Err(shape(
+            op,
+            format!(
+                "x has {} elements, not whole rows of {tokens} tokens",
+                x.len()
+            ),
+        ));
+    }
+    let hidden = x.len() / tokens;
+    let want = packed_len(tokens, hidden, k);
+    if pack_len != want {
+        return Err(shape(
+            op,
+            format!(
+                "pack has {pack_len} words, expected tokens {tokens} x (hidden {hidden} + 2 top_k {k}) = {want}"
+            ),
+        ));
+    }
+    let hidden_i = i32::try_from(hidden)
+        .map_err(|_| shape(op, format!("hidden {hidden} does not fit in an i32")))?;
+    let l = plan(op, cfg, logits, bias, tokens, (tokens * k, tokens * k))?
+        .ok_or_else(|| shape(op, "no tokens to route"))?;
+    Ok((hidden, hidden_i, l))
+}
+
 /// The length in 32-bit words of [`GpuStream::moe_gating_packed`]'s output: `tokens` rows
 /// of `hidden`, then `tokens * top_k` ids and as many weights.
 pub fn packed_len(tokens: usize, hidden: usize, top_k: usize) -> usize {
@@ -192,32 +234,7 @@ impl GpuStream {
         pack: &mut DeviceBuf<u32>,
     ) -> CudaResult<()> {
         const OP: &str = "moe_gating_packed";
-        let k = cfg.top_k;
-        if tokens == 0 || !x.len().is_multiple_of(tokens) {
-            return Err(shape(
-                OP,
-                format!(
-                    "x has {} elements, not whole rows of {tokens} tokens",
-                    x.len()
-                ),
-            ));
-        }
-        let hidden = x.len() / tokens;
-        let want = packed_len(tokens, hidden, k);
-        if pack.len() != want {
-            return Err(shape(
-                OP,
-                format!(
-                    "pack has {} words, expected tokens {tokens} x (hidden {hidden} + 2 top_k {k}) = {want}",
-                    pack.len()
-                ),
-            ));
-        }
-        let hidden_i = i32::try_from(hidden)
-            .map_err(|_| shape(OP, format!("hidden {hidden} does not fit in an i32")))?;
-        let Some(l) = plan(OP, cfg, logits, bias, tokens, (tokens * k, tokens * k))? else {
-            return Ok(());
-        };
+        let (hidden, hidden_i, l) = plan_packed(OP, cfg, logits, bias, tokens, x, pack.len())?;
         let kernel = "kt_moe_gating_packed".to_string();
         let f = self.kernels.get(&MOE_GATING, &kernel)?;
         let null: u64 = 0;
@@ -240,5 +257,157 @@ impl GpuStream {
             kernel,
             format!("tokens {tokens}, hidden {hidden}, {cfg:?}"),
         ))
+    }
+
+    /// [`Self::moe_gating_packed`] straight into page-locked host memory (`pack`, written
+    /// through its device address: no copy), then raises `flag` to `value` once every word
+    /// is written and fenced, so a host that sees the value reads the whole pack. One block
+    /// routes all tokens (the decode graph's single token); the words are those of
+    /// [`Self::moe_gating_packed`] bit for bit. Capturable into a graph.
+    ///
+    /// # Safety
+    /// The kernel writes `pack` while the host may look at it: the caller keeps host
+    /// accesses to `pack` out of the window from this launch until `flag` reaches `value`
+    /// (and out of the next such launch's window), and keeps `pack` and `flag` alive while
+    /// the launch is queued or in a graph that may run.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn moe_gating_packed_signal(
+        &self,
+        cfg: &RouterConfig,
+        logits: &DeviceBuf<f32>,
+        bias: Option<&DeviceBuf<f32>>,
+        tokens: usize,
+        x: &DeviceBuf<f32>,
+        pack: &mut PinnedBuf<u32>,
+        flag: &HostFlag,
+        value: u32,
+    ) -> CudaResult<()> {
+        const OP: &str = "moe_gating_packed_signal";
+        let (hidden, hidden_i, mut l) = plan_packed(OP, cfg, logits, bias, tokens, x, pack.len())?;
+        l.config.grid_dim = (1, 1, 1);
+        let pack_dev = pack.device_ptr()?;
+        let flag_dev = flag.device_ptr();
+        let kernel = "kt_moe_gating_packed_signal".to_string();
+        let f = self.kernels.get(&MOE_GATING, &kernel)?;
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&logits.slice);
+        match bias {
+            Some(bias) => b.arg(&bias.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&x.slice).arg(&pack_dev).arg(&hidden_i);
+        for v in &l.ints {
+            b.arg(v);
+        }
+        b.arg(&cfg.routed_scaling_factor).arg(&flag_dev).arg(&value);
+        // SAFETY: the arguments match kt_moe_gating_packed_signal (kt_moe_gating_packed's,
+        // then the flag's device address and value); plan_packed() checked the limits and
+        // lengths (pack holds the rows, ids and weights), the block loops over the tokens;
+        // the caller's contract covers the host's accesses to pack and the lifetimes.
+        unsafe { b.launch(l.config) }.map(drop).map_err(launch_err(
+            kernel,
+            format!("tokens {tokens}, hidden {hidden}, {cfg:?}"),
+        ))
+    }
+
+    /// The decode graph's FFN entry of a MoE layer for one token in one launch: `x += d`,
+    /// `xn` / `xn32` = the RMSNorm of the new `x` with `norm_w` (bf16 and f32), the router's
+    /// f32 `logits` = `router_w` (`[n_experts, n]`, f32) times `xn32`, then the routing of
+    /// [`Self::moe_gating_packed_signal`] into the pinned `pack` (the row `xn32`, ids,
+    /// weights) and `flag` raised to `value`. Bit for bit what `add_rmsnorm_w32`, `gemm_nt`
+    /// (its warp-per-column GEMV) and the packed gating write. `counter` is one zeroed word
+    /// the launch's blocks count themselves in (left at 0 for the next launch). Needs
+    /// `n % 4 == 0`. Capturable into a graph.
+    ///
+    /// # Safety
+    /// As [`Self::moe_gating_packed_signal`] for `pack` and `flag`; `counter` is used by no
+    /// other work running at the same time.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn add_norm_route_signal(
+        &self,
+        cfg: &RouterConfig,
+        x: &mut DeviceBuf<f32>,
+        d: &DeviceBuf<bf16>,
+        norm_w: &DeviceBuf<f32>,
+        eps: f32,
+        xn: &mut DeviceBuf<bf16>,
+        xn32: &mut DeviceBuf<f32>,
+        router_w: &DeviceBuf<f32>,
+        logits: &mut DeviceBuf<f32>,
+        counter: &mut DeviceBuf<u32>,
+        bias: Option<&DeviceBuf<f32>>,
+        pack: &mut PinnedBuf<u32>,
+        flag: &HostFlag,
+        value: u32,
+    ) -> CudaResult<()> {
+        const OP: &str = "add_norm_route_signal";
+        let n = norm_w.len();
+        let e = cfg.n_experts;
+        let rows_ok = [x.len(), d.len(), xn.len(), xn32.len()]
+            .iter()
+            .all(|&l| l == n);
+        if n == 0
+            || !n.is_multiple_of(4)
+            || !rows_ok
+            || router_w.len() != e * n
+            || counter.len() != 1
+        {
+            return Err(shape(
+                OP,
+                format!(
+                    "one row of n = {n} (the norm's length, a multiple of 4): x {}, d {}, xn {}, xn32 {}; router {} (n_experts {e} x n); counter {}",
+                    x.len(),
+                    d.len(),
+                    xn.len(),
+                    xn32.len(),
+                    router_w.len(),
+                    counter.len()
+                ),
+            ));
+        }
+        let (_, _, l) = plan_packed(OP, cfg, logits, bias, 1, xn32, pack.len())?;
+        let [_, _, top_k, n_group, topk_group, scoring, group_score, normalize] = l.ints;
+        let n_i =
+            i32::try_from(n).map_err(|_| shape(OP, format!("n {n} does not fit in an i32")))?;
+        let blocks = e.div_ceil(ROUTE_THREADS as usize / 32) as u32;
+        let smem = ((n + 3 * e + n_group as usize) * 4) as u32;
+        let kernel = "kt_add_norm_route_signal".to_string();
+        let f = self.kernels.get_with_smem(&MOE_GATING, &kernel, smem)?;
+        let (pack_dev, flag_dev) = (pack.device_ptr()?, flag.device_ptr());
+        let null: u64 = 0;
+        let e_i = e as i32;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.slice)
+            .arg(&d.slice)
+            .arg(&norm_w.slice)
+            .arg(&mut xn.slice)
+            .arg(&mut xn32.slice)
+            .arg(&router_w.slice)
+            .arg(&mut logits.slice)
+            .arg(&mut counter.slice);
+        match bias {
+            Some(bias) => b.arg(&bias.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&pack_dev).arg(&n_i).arg(&eps).arg(&e_i);
+        let ints = [top_k, n_group, topk_group, scoring, group_score, normalize];
+        for v in &ints {
+            b.arg(v);
+        }
+        b.arg(&cfg.routed_scaling_factor).arg(&flag_dev).arg(&value);
+        let config = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (ROUTE_THREADS, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        // SAFETY: the arguments match kt_add_norm_route_signal; the rows, the router, the
+        // logits (plan_packed: n_experts) and the pack (one row, ids, weights) have the lengths
+        // the kernel indexes (checked), n % 4 == 0 for its 16-byte loads of 16-byte aligned
+        // buffers, the dynamic shared memory holds the row, the logits and the routing's
+        // scratch; the caller's contract covers pack, flag and counter.
+        unsafe { b.launch(config) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("n {n}, {cfg:?}")))
     }
 }

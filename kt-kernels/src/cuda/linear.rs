@@ -25,7 +25,7 @@ use half::bf16;
 use super::dtype::GpuFloat;
 use super::error::{launch_err, shape, CudaResult};
 use super::modules::HYBRID_OPS;
-use super::runtime::{DeviceBuf, GpuStream};
+use super::runtime::{DeviceBuf, GpuStream, HostFlag, PinnedBuf};
 use super::small_ops::RopeTables;
 
 /// Where `cache_write` puts token `t`: row `first + t`, or the row a device buffer names.
@@ -776,6 +776,77 @@ impl GpuStream {
         unsafe { b.launch(elem_config(n)) }
             .map(drop)
             .map_err(launch_err(kernel, format!("n {n}")))
+    }
+
+    /// The hybrid decode graph's return from the CPU's routed experts, one launch: waits
+    /// (on the device) until `flag` reaches `value` (compared cyclically), then
+    /// `x += routed + shared` (`routed` read from page-locked host memory through its device
+    /// address, no copy; without `shared`, `x += routed`) and `out` = the RMSNorm of the new
+    /// `x` with the f32 weight `w`. Bit for bit [`Self::add2_f32`] (or [`Self::add_f32`]) then
+    /// [`Self::rmsnorm_w32`] (no f32 copy): the same roundings, block size and sum order.
+    /// Capturable into a graph.
+    ///
+    /// # Safety
+    /// Until `flag` reaches `value` the stream stalls in this kernel (and everything that
+    /// synchronizes with it waits): the host must raise it, also on its error paths. The
+    /// caller writes `routed` only before raising the flag and not again until the kernel is
+    /// done (a later point of the stream it knows of), and keeps `routed` and `flag` alive
+    /// while the launch is queued or in a graph that may run.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn wait_add2_rmsnorm_w32(
+        &self,
+        flag: &HostFlag,
+        value: u32,
+        x: &mut DeviceBuf<f32>,
+        routed: &PinnedBuf<f32>,
+        shared: Option<&DeviceBuf<bf16>>,
+        w: &DeviceBuf<f32>,
+        out: &mut DeviceBuf<bf16>,
+        eps: f32,
+    ) -> CudaResult<()> {
+        const OP: &str = "wait_add2_rmsnorm_w32";
+        let n = w.len();
+        let len = x.len();
+        let shared_ok = shared.is_none_or(|y| y.len() == len);
+        if n == 0 || !len.is_multiple_of(n) || routed.len() != len || out.len() != len || !shared_ok
+        {
+            return Err(shape(
+                OP,
+                format!(
+                    "rows of {n} (the weight's length, > 0): x {len}, routed {}, shared {:?}, out {} elements",
+                    routed.len(),
+                    shared.map(|y| y.len()),
+                    out.len()
+                ),
+            ));
+        }
+        let rows = len / n;
+        if rows == 0 {
+            return Ok(());
+        }
+        let kernel = "kt_wait_add2_rmsnorm_w32".to_string();
+        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let nn = to_i32(OP, "n", n)?;
+        let (flag_dev, routed_dev) = (flag.device_ptr(), routed.device_ptr()?);
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&flag_dev)
+            .arg(&value)
+            .arg(&mut x.slice)
+            .arg(&routed_dev);
+        match shared {
+            Some(y) => b.arg(&y.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&w.slice).arg(&mut out.slice).arg(&nn).arg(&eps);
+        // SAFETY: matches kt_wait_add2_rmsnorm_w32 (flag, value, x, routed, shared or null,
+        // w, out, n, eps); one block of ROW_THREADS (rmsnorm_w32's block size, which the bit
+        // for bit match needs) per row touches [r * n, r * n + n) of x, routed, shared and
+        // out, all of rows * n elements (checked); the caller's contract covers the flag,
+        // the host's writes of routed and the lifetimes.
+        unsafe { b.launch(row_config(OP, rows)?) }
+            .map(drop)
+            .map_err(launch_err(kernel, format!("rows {rows}, n {n}")))
     }
 
     /// `acc[i] = (acc[i] + x[i]) + y[i]`: two residual adds in one launch, rounded as two

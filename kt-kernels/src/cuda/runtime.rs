@@ -162,6 +162,11 @@ pub struct HostFlag {
 }
 
 impl HostFlag {
+    /// The counter's device address, for kernels that wait on it or raise it themselves.
+    pub(crate) fn device_ptr(&self) -> sys::CUdeviceptr {
+        self.dev
+    }
+
     fn cell(&self) -> &AtomicU32 {
         // SAFETY: the buffer holds one u32, 4-byte aligned (page-locked allocations are page
         // aligned), alive as long as self; no copy ever targets it, so the host and the
@@ -493,6 +498,18 @@ impl<T> PinnedBuf<T> {
 }
 
 impl<T: ValidAsZeroBits> PinnedBuf<T> {
+    /// The device address of the first element: kernels read or write the host memory
+    /// through it directly (no copy).
+    pub(crate) fn device_ptr(&self) -> CudaResult<sys::CUdeviceptr> {
+        let mut dev: sys::CUdeviceptr = 0;
+        // SAFETY: `host` is the start of a live cuMemHostAlloc block of this buffer's
+        // context; the driver writes its device address into `dev`.
+        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, self.host as *mut _, 0) }
+            .result()
+            .map_err(driver("cuMemHostGetDevicePointer"))?;
+        Ok(dev)
+    }
+
     pub fn len(&self) -> usize {
         self.slice.len()
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use half::bf16;
 use kt_kernels::cuda::linear::{GemmNt, Strides};
 use kt_kernels::cuda::mla::{MlaBatch, CACHE_ROW, KV_LORA_RANK, ROPE_DIM};
-use kt_kernels::cuda::{DeviceBuf, GpuEvent, GpuStream};
+use kt_kernels::cuda::{DeviceBuf, GpuEvent, GpuStream, HostFlag};
 use kt_kernels::ops::RouterConfig;
 
 use super::error::{HybridError, HybridResult};
@@ -274,7 +274,7 @@ impl<'s> Step<'s> {
                 start: LayerMarks::mark(self.timing, s)?,
                 ..Default::default()
             };
-            self.layer_front(layer, sc, cache, li, batch, ws)?;
+            self.layer_front(layer, sc, cache, li, batch, ws, false)?;
             if let GpuFfn::Moe {
                 router,
                 bias,
@@ -308,6 +308,9 @@ impl<'s> Step<'s> {
 
     /// Layer `li` up to its routed experts: `x += attention`, the FFN's norm into `sc.xn`
     /// / `sc.xn32`, and for a dense layer `x += mlp` (a MoE layer continues in `moe`).
+    /// `normed`: `sc.xn` already holds the attention's norm of `x` (the decode graph's
+    /// fused return from the previous layer's experts wrote it).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn layer_front(
         &self,
         layer: &GpuLayer,
@@ -316,9 +319,21 @@ impl<'s> Step<'s> {
         li: usize,
         batch: &MlaBatch,
         ws: &mut Workspaces,
+        normed: bool,
+    ) -> HybridResult<()> {
+        self.attention(layer, sc, cache, li, batch, ws, normed)?;
+        self.ffn_front(layer, sc, ws)
+    }
+
+    /// Layer `li`'s part after the attention up to its routed experts: `x += sc.out`, the
+    /// FFN's norm into `sc.xn` / `sc.xn32`, and for a dense layer `x += mlp`.
+    pub(super) fn ffn_front(
+        &self,
+        layer: &GpuLayer,
+        sc: &mut Scratch,
+        ws: &mut Workspaces,
     ) -> HybridResult<()> {
         let s = self.s;
-        self.attention(layer, sc, cache, li, batch, ws)?;
         // x += the attention block's output (sc.out), then the FFN's norm: one launch
         s.add_rmsnorm_w32(
             &mut sc.x,
@@ -338,8 +353,9 @@ impl<'s> Step<'s> {
     }
 
     /// `sc.out = W_o attn(rmsnorm(x))` (the caller adds it to `x`), writing this call's rows
-    /// of layer `li`'s cache.
-    fn attention(
+    /// of layer `li`'s cache; with `normed`, `sc.xn` holds `rmsnorm(x)` already.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention(
         &self,
         layer: &GpuLayer,
         sc: &mut Scratch,
@@ -347,20 +363,23 @@ impl<'s> Step<'s> {
         li: usize,
         batch: &MlaBatch,
         ws: &mut Workspaces,
+        normed: bool,
     ) -> HybridResult<()> {
         let (s, t_n, c) = (self.s, self.t_n, self.c);
         let (h_n, nope, v, eps) = (c.n_heads, c.qk_nope_head_dim, c.v_head_dim, c.rms_norm_eps);
         let qk = nope + ROPE_DIM;
         let a = &layer.attn;
-        s.rmsnorm_w32(
-            &sc.x,
-            c.hidden_size,
-            t_n,
-            &layer.attn_norm,
-            &mut sc.xn,
-            None,
-            eps,
-        )?;
+        if !normed {
+            s.rmsnorm_w32(
+                &sc.x,
+                c.hidden_size,
+                t_n,
+                &layer.attn_norm,
+                &mut sc.xn,
+                None,
+                eps,
+            )?;
+        }
         let layer_cache = &mut cache.layers[li];
         // The projections, then one launch: the cache rows (normalized latent, rotated k_pe)
         // at the positions (one sequence, pages in order; read on the device so a captured
@@ -599,6 +618,79 @@ impl<'s> Step<'s> {
             &sc.xn32,
             &mut sc.pack,
         )?;
+        Ok(())
+    }
+
+    /// [`Self::route_packed`] straight into the pinned `sc.host_pack` (no copy), then
+    /// `ready` raised to `value` by the gating kernel (the decode graph's hand-off to the
+    /// CPU experts).
+    ///
+    /// # Safety
+    /// As [`GpuStream::moe_gating_packed_signal`]: the host reads `sc.host_pack` only
+    /// between `ready` >= `value` and the point the next such launch waits for, and the
+    /// scratch and flag outlive the graph that may replay this launch.
+    pub(super) unsafe fn route_signal(
+        &self,
+        router: &GpuRouter,
+        bias: Option<&DeviceBuf<f32>>,
+        sc: &mut Scratch,
+        ready: &HostFlag,
+        value: u32,
+    ) -> HybridResult<()> {
+        self.router_logits(router, sc)?;
+        // SAFETY: the caller's contract is the kernel's.
+        unsafe {
+            self.s.moe_gating_packed_signal(
+                self.router,
+                &sc.router,
+                bias,
+                self.t_n,
+                &sc.xn32,
+                &mut sc.host_pack,
+                ready,
+                value,
+            )?
+        };
+        Ok(())
+    }
+
+    /// The decode graph's FFN entry of a MoE layer with an f32 router in one launch (after
+    /// the attention, instead of [`Self::ffn_front`] and [`Self::route_signal`]): `x +=
+    /// sc.out`, the FFN's norm `ffn_norm` into `sc.xn` / `sc.xn32`, the router's logits, the
+    /// routing into the pinned `sc.host_pack`, and `ready` raised to `value`. The same values
+    /// bit for bit.
+    ///
+    /// # Safety
+    /// As [`Self::route_signal`].
+    pub(super) unsafe fn add_norm_route_signal(
+        &self,
+        ffn_norm: &DeviceBuf<f32>,
+        router: &DeviceBuf<f32>,
+        bias: Option<&DeviceBuf<f32>>,
+        sc: &mut Scratch,
+        ready: &HostFlag,
+        value: u32,
+    ) -> HybridResult<()> {
+        // SAFETY: the caller's contract is the kernel's; sc.route_counter serves only this
+        // launch at a time (the stream runs them in order).
+        unsafe {
+            self.s.add_norm_route_signal(
+                self.router,
+                &mut sc.x,
+                &sc.out,
+                ffn_norm,
+                self.c.rms_norm_eps,
+                &mut sc.xn,
+                &mut sc.xn32,
+                router,
+                &mut sc.router,
+                &mut sc.route_counter,
+                bias,
+                &mut sc.host_pack,
+                ready,
+                value,
+            )?
+        };
         Ok(())
     }
 

@@ -3,21 +3,29 @@
 //!
 //! Once a single-token call has run eagerly (which sizes every workspace), the same work is
 //! captured on a side stream into a graph, per (model, cache): every layer, then the final norm and
-//! the output head into a preallocated logits buffer. Per MoE layer `k` (1-based) the graph copies
-//! the normalized hidden state, ids and weights (one packed buffer) to pinned memory, writes `k`
-//! into the pinned `ready` flag (after a fence), queues the shared experts, then waits until the
-//! pinned `done` flag reaches `k`, copies the routed sum back and adds it. Each token the host
+//! the output head into a preallocated logits buffer. Per MoE layer `k` (1-based) the gating kernel
+//! writes the normalized hidden state, ids and weights (one packed buffer) straight into pinned
+//! host memory and then raises the pinned `ready` flag to `k` itself (after a system-wide fence);
+//! with an f32 router one kernel also does the residual add, the FFN norm and the router before it
+//! (`add_norm_route_signal`). The shared experts follow, then one kernel waits until the pinned
+//! `done` flag reaches `k`, adds the routed sum (read from pinned memory) and the shared experts'
+//! output to the residual and computes the norm that comes next (the next layer's attention norm,
+//! or the final norm). So the hand-off costs no copy and no stream memory operation: per MoE layer
+//! two kernels replace add + norm, the router, the gating, two copies, a flag write, a stream
+//! wait, the add and the next norm (the chain between two layers' experts measured 88 -> 64 us on
+//! the device; bench-results/2026-11-22-s5-decode6). Each token the host
 //! resets both flags, updates what changes per token in device buffers the kernels read (the
 //! embedding row, the position, which is also the cache row and the rope row, the MLA kv length and
 //! split count), launches the graph, and for each MoE layer waits for `ready`, runs the routed
 //! experts and raises `done`. The flags' values are the same every launch, so the graph never
 //! changes.
 //!
-//! The kernels, their order and their inputs are those of the eager loop (the MLA launch of
-//! a live batch reads the split count the eager launch would plan), so the logits are the
-//! same bit for bit (a test checks it). Buffer safety is the pipelined loop's (see
-//! `pipeline.rs`): the host touches the pinned buffers of layer `k` between `ready >= k`
-//! (the copies out are done) and raising `done` to `k` (the next copies wait for it).
+//! The kernels' arithmetic and inputs are those of the eager loop (the fused gating and return
+//! round and sum as the unfused kernels do; the MLA launch of a live batch reads the split
+//! count the eager launch would plan), so the logits are the same bit for bit (a test checks
+//! it). Buffer safety: the host touches the pinned buffers of layer `k` between `ready >= k`
+//! (the gating's writes are done and fenced) and raising `done` to `k` (the return waits for
+//! it, and the next layer's gating follows the return on the stream).
 //!
 //! The graph names the scratch, the workspaces and the cache by address: any call that does
 //! not replay it drops it first (it may reallocate them), and a call with another cache
@@ -31,7 +39,7 @@ use kt_kernels::cuda::{DeviceBuf, Gpu, GpuGraph, GpuStream, HostFlag};
 
 use super::error::{HybridError, HybridResult};
 use super::forward::Step;
-use super::layer::{GpuFfn, GpuLayer};
+use super::layer::{GpuFfn, GpuLayer, GpuRouter};
 use super::pipeline::Gate;
 use super::scratch::Scratch;
 use super::weights::GpuLinear;
@@ -157,13 +165,13 @@ impl DecodeGraph {
             // the experts follow this wait: keep the CPU threads off their sleep path
             fused.wake_threads();
             self.ready.wait_at_least(release, READY_TIMEOUT)?;
-            // SAFETY: `ready` reached `release` after the copy of layer li into host_pack
-            // (the stream's write is fenced), and the next copy into it waits for `done` >=
-            // release, raised only after this view ends.
+            // SAFETY: `ready` reached `release` after layer li's gating wrote host_pack
+            // (fenced at system scope before the flag), and the next gating into it follows
+            // the wait for `done` >= release on the stream, raised only after this view ends.
             let (hx, hids, hw) = sc.unpack(unsafe { sc.host_pack.as_slice_unsynced() });
-            // SAFETY: the previous copy out of host_routed (layer k - 1's) precedes the
-            // `ready` write of this layer on the stream, so it is done; this layer's waits
-            // for `done` >= release, raised after this write.
+            // SAFETY: the previous read of host_routed (layer k - 1's return) precedes this
+            // layer's gating, which raised `ready`, on the stream, so it is done; this
+            // layer's return waits for `done` >= release, raised after this write.
             let routed = unsafe { sc.host_routed.as_mut_slice_unsynced() };
             fused.forward(li, hx, hids, hw, routed)?;
             self.done.raise(release);
@@ -189,9 +197,25 @@ fn record(
     done: &HostFlag,
 ) -> HybridResult<Vec<usize>> {
     let s = step.s;
+    let c = step.c;
     let mut moe_layers = Vec::new();
+    // whether sc.xn holds the attention norm of the next layer (the return from a MoE
+    // layer's experts computes it)
+    let mut normed = false;
     for (li, layer) in layers.iter().enumerate() {
-        step.layer_front(layer, sc, cache, li, batch, ws)?;
+        // a MoE layer with an f32 router enters its FFN with one fused launch
+        let fused_router = match &layer.ffn {
+            GpuFfn::Moe {
+                router: GpuRouter::F32(w),
+                ..
+            } if c.hidden_size.is_multiple_of(4) => Some(w),
+            _ => None,
+        };
+        match fused_router {
+            Some(_) => step.attention(layer, sc, cache, li, batch, ws, normed)?,
+            None => step.layer_front(layer, sc, cache, li, batch, ws, normed)?,
+        }
+        normed = false;
         let GpuFfn::Moe {
             router,
             bias,
@@ -202,35 +226,65 @@ fn record(
         };
         moe_layers.push(li);
         let release = moe_layers.len() as u32;
-        step.route_packed(router, bias.as_ref(), sc)?;
-        // SAFETY (the copy out and the one back): the host reads host_pack only between
-        // `ready` >= release (written after this copy) and raising `done` to release (which
-        // the next copy into it waits for), and writes host_routed only in that window too,
-        // before the copy back that waits for it (`DecodeGraph::replay`); the scratch
-        // outlives the graph (it is dropped first).
-        unsafe { s.copy_to_pinned_unordered(&sc.pack, &mut sc.host_pack)? };
-        s.write_flag(ready, release)?;
+        // SAFETY (the gating into host_pack and the return reading host_routed): the host
+        // reads host_pack only between `ready` >= release (raised by the gating kernel once
+        // the pack is written) and raising `done` to release, which this layer's return
+        // waits for and the next layer's gating follows on the stream; it writes
+        // host_routed in that window too, before raising `done`, and the return's reads
+        // finish before the next layer's gating raises `ready` (`DecodeGraph::replay`).
+        // The scratch and the flags outlive the graph (it is dropped first).
+        unsafe {
+            match fused_router {
+                Some(w) => step.add_norm_route_signal(
+                    &layer.ffn_norm,
+                    w,
+                    bias.as_ref(),
+                    sc,
+                    ready,
+                    release,
+                )?,
+                None => step.route_signal(router, bias.as_ref(), sc, ready, release)?,
+            }
+        };
         if let (Some(mlp), Some((gu, act, out))) = (shared, sc.shared.as_mut()) {
             step.mlp(mlp, &sc.xn, gu, act, out, ws)?;
         }
-        s.wait_flag(done, release)?;
+        // x += routed + shared, then the norm that comes next: the next layer's attention
+        // norm into sc.xn, or after the last layer the final norm into sc.fin
+        let (norm, out) = match layers.get(li + 1) {
+            Some(next) => (&next.attn_norm, &mut sc.xn),
+            None => (head.norm, &mut sc.fin),
+        };
+        let shared_out = match (shared.is_some(), sc.shared.as_ref()) {
+            (true, Some((_, _, out))) => Some(out),
+            _ => None,
+        };
         // SAFETY: see above.
-        unsafe { s.copy_from_pinned_unordered(&sc.host_routed, &mut sc.routed)? };
-        match (shared.is_some(), sc.shared.as_ref()) {
-            (true, Some((_, _, out))) => s.add2_f32(&mut sc.x, &sc.routed, out)?,
-            _ => s.add_f32(&mut sc.x, &sc.routed)?,
-        }
+        unsafe {
+            s.wait_add2_rmsnorm_w32(
+                done,
+                release,
+                &mut sc.x,
+                &sc.host_routed,
+                shared_out,
+                norm,
+                out,
+                c.rms_norm_eps,
+            )?
+        };
+        normed = true;
     }
-    let c = step.c;
-    s.rmsnorm_w32(
-        &sc.x,
-        c.hidden_size,
-        1,
-        head.norm,
-        &mut sc.fin,
-        None,
-        c.rms_norm_eps,
-    )?;
+    if !normed {
+        s.rmsnorm_w32(
+            &sc.x,
+            c.hidden_size,
+            1,
+            head.norm,
+            &mut sc.fin,
+            None,
+            c.rms_norm_eps,
+        )?;
+    }
     head.output
         .apply_f32_staged(s, &sc.fin, 1, logits, staging, &mut ws.gemm)?;
     Ok(moe_layers)

@@ -79,7 +79,7 @@ impl Step<'_> {
                 self.s.wait_flag(flag, p.release)?;
                 self.moe_back(p.has_shared, sc, &mut none)?;
             }
-            self.layer_front(layer, sc, cache, li, batch, ws)?;
+            self.layer_front(layer, sc, cache, li, batch, ws, false)?;
             let queued = match &layer.ffn {
                 GpuFfn::Dense(_) => None,
                 GpuFfn::Moe {

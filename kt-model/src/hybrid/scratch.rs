@@ -61,6 +61,9 @@ pub(crate) struct Scratch {
     /// The ids' host copy for the routed experts on the GPU.
     pub host_ids: PinnedBuf<u32>,
     pub host_routed: PinnedBuf<f32>,
+    /// The block counter of the decode graph's fused FFN entry (one word, zero between
+    /// launches).
+    pub route_counter: DeviceBuf<u32>,
     pub positions: DeviceBuf<u32>,
     /// Final norm `[T, hidden]`.
     pub fin: DeviceBuf<bf16>,
@@ -119,6 +122,7 @@ impl Scratch {
             host_pack: gpu.alloc_pinned(packed_len(t, hidden, k))?,
             host_ids: gpu.alloc_pinned(t * k)?,
             host_routed: gpu.alloc_pinned(t * hidden)?,
+            route_counter: s.alloc_zeroed(1)?,
             positions: s.alloc_zeroed(t)?,
             fin: bf(t * hidden)?,
             flag: pipeline_flag(gpu, s),
