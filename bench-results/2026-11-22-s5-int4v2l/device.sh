@@ -17,11 +17,16 @@ for rep in 1 2 3; do
   done
   echo "round $rep done at $((SECONDS-t0))s"
 done
+# If time remains: the AMX kernel's weight prefetch on V2-Lite (new binary; default 2:l1).
+for pf in 4:l1 2:l2 none; do
+  [ $((SECONDS-t0)) -gt 420 ] && { echo "prefetch $pf skipped"; continue; }
+  m new-pf-$pf $NEW --shape deepseek-v2-lite --format int4 --group 128 --tokens 512 --threads 16 --seconds 1 --prefetch $pf
+done
 python3 - $OUT/moe.jsonl <<'PY' | tee $OUT/summary.txt
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 for shape in ('deepseek-v2-lite', 'deepseek-v3'):
-    for b in ('old', 'new'):
+    for b in ['old', 'new'] + ['new-pf-' + p for p in ('4:l1', '2:l2', 'none')]:
         ms = [r['ms_per_call'] for r in rows if r['bin'] == b and r['shape'] == shape]
         if ms: print(shape, b, 'ms per call:', ' '.join('%.2f' % v for v in ms), '| best %.2f' % min(ms))
 PY
