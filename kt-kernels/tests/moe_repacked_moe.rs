@@ -8,7 +8,10 @@
 //! ISAs use the scalar kernel). T in {1, 2, 7, 64, 513}, k in {6, 8}, uniform routing
 //! with an unused expert, skewed routing (a few experts get most tokens: multi-block
 //! AMX items) and repeated experts within a token. Outputs start as NaN. Every case also
-//! runs through `submit` + `sync` (bit-identical to `forward`).
+//! runs through `submit` + `sync` (bit-identical to `forward`). Both ways of quantizing
+//! the intermediate run: by the gate/up items themselves (busy experts' 128-row items;
+//! every item for int8-g32 and bf16) and by the separate pass (light experts' 32-row items
+//! with groups of 64 and 128: T=1, 2, 7 and the skewed calls' light experts).
 
 mod moe_support;
 

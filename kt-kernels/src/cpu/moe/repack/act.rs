@@ -31,6 +31,40 @@ pub fn quantize_row_with(isa: crate::cpu::Isa, format: RepackFormat, src: &[f32]
     quantize_row(format, src, dst);
 }
 
+/// Quantizes the columns `c0..c0 + src.len()` of a row whose other columns are written
+/// elsewhere (the gate/up items each own a block of the intermediate's columns), with the
+/// bytes [`quantize_row_with`] gives for the whole row: `vals` gets the segment's values
+/// (bytes `c0..` of an INT row, `2 * c0..` of a BF16 one) and `scales` its groups' scales
+/// (bytes `cols + 4 * c0 / G..` of an INT row; empty for BF16). `c0` and the length are
+/// whole groups (the caller checks; a group's scale needs all of it).
+pub(crate) fn quantize_segment_with(
+    isa: crate::cpu::Isa,
+    format: RepackFormat,
+    src: &[f32],
+    vals: &mut [u8],
+    scales: &mut [u8],
+) {
+    let Some(g) = format.group() else {
+        quantize_row_with(isa, format, src, vals);
+        return;
+    };
+    debug_assert!(src.len().is_multiple_of(g) && vals.len() == src.len());
+    debug_assert_eq!(scales.len(), 4 * (src.len() / g));
+    // One group at a time through the row quantizer: a group's row is its `g` values
+    // then its scale (GROUPS is ascending).
+    let mut one = [0u8; super::format::GROUPS[super::format::GROUPS.len() - 1] + 4];
+    for ((x, v), s) in src
+        .chunks_exact(g)
+        .zip(vals.chunks_exact_mut(g))
+        .zip(scales.chunks_exact_mut(4))
+    {
+        let row = &mut one[..g + 4];
+        quantize_row_with(isa, format, x, row);
+        v.copy_from_slice(&row[..g]);
+        s.copy_from_slice(&row[g..]);
+    }
+}
+
 /// Quantizes one row (`src.len()` = cols) into `dst` (`format.act_row_bytes(cols)` bytes).
 /// The scalar reference; lengths are checked by the callers.
 pub fn quantize_row(format: RepackFormat, src: &[f32], dst: &mut [u8]) {
@@ -80,4 +114,49 @@ pub fn dequantize_row(format: RepackFormat, src: &[u8], cols: usize, out: &mut [
 pub fn act_scale(row: &[u8], cols: usize, g: usize) -> f32 {
     let o = cols + 4 * g;
     f32::from_le_bytes([row[o], row[o + 1], row[o + 2], row[o + 3]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::Isa;
+    use crate::util::SplitMix64;
+
+    /// A row quantized block by block (as the gate/up items do) is the row quantized
+    /// whole, byte for byte, whatever the block sizes (whole groups).
+    #[test]
+    fn segments_give_the_bytes_of_the_whole_row() {
+        let cols = 384;
+        let mut x = vec![0f32; cols];
+        SplitMix64::new(11).fill_normal(&mut x, 1.0);
+        x[70] = 9.0; // one outlier group
+        for isa in Isa::available() {
+            for f in [
+                RepackFormat::Int8 { group: 32 },
+                RepackFormat::Int4 { group: 64 },
+                RepackFormat::Int4 { group: 128 },
+                RepackFormat::Bf16,
+            ] {
+                let row_bytes = f.act_row_bytes(cols);
+                let mut whole = vec![0u8; row_bytes];
+                quantize_row(f, &x, &mut whole);
+                let g = f.group().unwrap_or(32);
+                for block in [g, 2 * g, 128.max(g)] {
+                    let mut parts = vec![0xA5u8; row_bytes];
+                    for c0 in (0..cols).step_by(block) {
+                        let n = block.min(cols - c0);
+                        let (vals, scales) = match f.group() {
+                            Some(g) => {
+                                let (v, s) = parts.split_at_mut(cols);
+                                (&mut v[c0..c0 + n], &mut s[4 * c0 / g..4 * (c0 + n) / g])
+                            }
+                            None => (&mut parts[2 * c0..2 * (c0 + n)], &mut [][..]),
+                        };
+                        quantize_segment_with(isa, f, &x[c0..c0 + n], vals, scales);
+                    }
+                    assert_eq!(parts, whole, "{f:?} on {isa} in blocks of {block}");
+                }
+            }
+        }
+    }
 }

@@ -6,12 +6,20 @@
 //! AVX512 kernel for light ones. Tile sizes depend only on the routing, so results do not
 //! depend on the number of threads.
 //!
+//! The intermediate is quantized by the gate/up items themselves where an item's rows
+//! are whole groups of the down format (every busy expert's 128-row items, and light
+//! ones unless the planner halved their row blocks below a group): each item quantizes
+//! its block of columns of its positions' rows straight from `silu(g) * u`, so the
+//! `[pairs, I]` f32 intermediate is neither written nor read back (at V2-Lite's 512
+//! tokens 17 MB each way). Other experts' positions go through the f32 buffer and a
+//! separate pass; both give the bytes the row quantizer gives.
+//!
 //! Calls run as the GGUF-native operator's do (`driver.rs`): [`RepackedMoe::submit`]
 //! hands the call to a driver thread and returns a [`MoeHandle`] at once,
 //! [`RepackedMoe::forward`] runs it on the calling thread. Every buffer is sized by
 //! [`RepackedMoe::new`] / [`RepackedMoe::reserve`]; a call allocates nothing.
 
-use super::act::quantize_row_with;
+use super::act::{quantize_row_with, quantize_segment_with};
 use super::format::{RepackFormat, PANEL};
 use super::kernel::{Kernel, Prefetch, Tile};
 use super::layer::RepackedLayer;
@@ -64,6 +72,9 @@ struct Work {
     routing: Routing,
     items_up: Vec<Item>,
     items_down: Vec<Item>,
+    /// Position ranges of the experts whose gate/up items leave the intermediate in f32
+    /// (rows not whole groups of the down format), quantized by a separate pass.
+    unfused: Vec<(u32, u32)>,
     act: AlignedBuf,
     inter: Vec<f32>,
     inter_q: AlignedBuf,
@@ -161,6 +172,7 @@ impl RepackedMoe {
         let (h, i, e, ag, ad) = (n[0], n[1], n[2], n[3], n[4]);
         let pairs = self.max_tokens * self.max_top_k;
         s.routing.reserve(e, pairs);
+        s.unfused.reserve_exact(e.saturating_sub(s.unfused.len()));
         let items = plan::max_items(i.max(h), pairs, e);
         for v in [&mut s.items_up, &mut s.items_down] {
             v.reserve_exact(items.saturating_sub(v.len()));
@@ -342,6 +354,16 @@ fn compute(
     s.routing.route(ids, e_count);
     plan::build(&mut s.items_up, &s.routing, 0..i_dim);
     plan::build(&mut s.items_down, &s.routing, 0..h);
+    // An expert's items all have one row block size: record each unfused expert once.
+    s.unfused.clear();
+    for it in &s.items_up {
+        let e = it.expert as usize;
+        let range = (s.routing.offsets[e], s.routing.offsets[e + 1]);
+        if !fuses_quantize(fd, it) && s.unfused.last() != Some(&range) {
+            debug_assert!(s.unfused.len() < s.unfused.capacity());
+            s.unfused.push(range);
+        }
+    }
     let inter = &mut s.inter[..pairs * i_dim];
     let down_out = &mut s.down_out[..pairs * h];
     if cfg!(debug_assertions) {
@@ -354,6 +376,8 @@ fn compute(
     let act_all = &mut s.act.as_mut_slice()[..(pairs + PAD_ROWS) * act_g];
     let (act, _) = act_all.split_at_mut(pairs * act_g);
     gather(pool, isa, fg, x, h, k, pos_of, act, act_g);
+    let inter_q_all = &mut s.inter_q.as_mut_slice()[..(pairs + PAD_ROWS) * act_d];
+    let (inter_q, _) = inter_q_all.split_at_mut(pairs * act_d);
     gate_up(
         pool,
         isa,
@@ -363,11 +387,13 @@ fn compute(
         act_all,
         act_g,
         inter,
+        Inter {
+            q: inter_q,
+            stride: act_d,
+        },
         &mut s.tiles,
     );
-    let inter_q_all = &mut s.inter_q.as_mut_slice()[..(pairs + PAD_ROWS) * act_d];
-    let (inter_q, _) = inter_q_all.split_at_mut(pairs * act_d);
-    quantize_rows(pool, isa, fd, inter, i_dim, inter_q, act_d);
+    quantize_rows(pool, isa, fd, &s.unfused, inter, i_dim, inter_q, act_d);
     down(
         pool,
         isa,
@@ -401,6 +427,27 @@ fn needs(layer: &RepackedLayer) -> [usize; 5] {
 /// two lines.
 fn act_stride(f: RepackFormat, cols: usize) -> usize {
     f.act_row_bytes(cols).next_multiple_of(64)
+}
+
+/// The quantized intermediate: `pairs` rows `stride` bytes apart.
+struct Inter<'a> {
+    q: &'a mut [u8],
+    stride: usize,
+}
+
+/// The most rows of one item (the per-item `silu(g) * u` row on the stack).
+const ITEM_ROWS: usize = if plan::GEMM_ROW_BLOCK > plan::GEMV_ROW_BLOCK {
+    plan::GEMM_ROW_BLOCK
+} else {
+    plan::GEMV_ROW_BLOCK
+};
+
+/// True when a gate/up item's rows are whole groups of the down format `fd`, so it can
+/// quantize its block of the intermediate itself.
+fn fuses_quantize(fd: RepackFormat, it: &Item) -> bool {
+    fd.group().is_none_or(|g| {
+        (it.row0 as usize).is_multiple_of(g) && (it.rows as usize).is_multiple_of(g)
+    })
 }
 
 fn grow<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
@@ -500,13 +547,19 @@ fn gate_up(
     act: &[u8],
     act_row: usize,
     inter: &mut [f32],
+    inter_q: Inter,
     tiles: &mut [f32],
 ) {
     let a_rows = act.len() / act_row;
     let i_dim = l.gate.rows();
     let h = l.gate.cols();
+    let fd = l.down.format();
     let a = Raw::new(act.as_ptr());
     let (inter, tiles) = (Raw::new(inter.as_mut_ptr()), Raw::new(tiles.as_mut_ptr()));
+    let (q, q_stride) = (Raw::new(inter_q.q.as_mut_ptr()), inter_q.stride);
+    // Where the scale of the group holding column `c` lies in a quantized intermediate
+    // row (INT formats).
+    let scale_at = |c: usize| i_dim + 4 * (c / fd.group().unwrap_or(1));
     let work = items
         .iter()
         .map(|it| it.rows as usize * it.tokens as usize)
@@ -558,17 +611,48 @@ fn gate_up(
                 nr,
             ));
         }
+        let fused = fuses_quantize(fd, &it);
+        let mut row = [0f32; ITEM_ROWS];
         for t in 0..nt {
-            // SAFETY: the tiles were just written (nt x nr each); the intermediate part
-            // (position p0+t, rows r0..r0+nr) belongs to this item.
-            let (g, u, hrow) = unsafe {
+            // SAFETY: the tiles were just written (nt x nr each).
+            let (g, u) = unsafe {
                 (
                     std::slice::from_raw_parts(g_out.add(t * nr), nr),
                     std::slice::from_raw_parts(u_out.add(t * nr), nr),
-                    std::slice::from_raw_parts_mut(inter.at((p0 + t) * i_dim + r0), nr),
                 )
             };
+            if !fused {
+                // SAFETY: the intermediate part (position p0+t, rows r0..r0+nr) belongs
+                // to this item.
+                let hrow =
+                    unsafe { std::slice::from_raw_parts_mut(inter.at((p0 + t) * i_dim + r0), nr) };
+                silu_mul_with(isa, g, u, hrow);
+                continue;
+            }
+            let hrow = &mut row[..nr];
             silu_mul_with(isa, g, u, hrow);
+            let p = p0 + t;
+            // SAFETY: position p's quantized row (`q_stride` bytes at p * q_stride) holds
+            // the values of columns r0..r0+nr (bytes r0.. of an INT row, 2 * r0.. of a
+            // BF16 one) and their groups' scales at `scale_at`: both belong to this item
+            // (its rows are whole groups), and no other byte of the row is touched here.
+            let (vals, scales) = unsafe {
+                let base = q.at(p * q_stride);
+                match fd.group() {
+                    Some(_) => (
+                        std::slice::from_raw_parts_mut(base.add(r0), nr),
+                        std::slice::from_raw_parts_mut(
+                            base.add(scale_at(r0)),
+                            scale_at(r0 + nr) - scale_at(r0),
+                        ),
+                    ),
+                    None => (
+                        std::slice::from_raw_parts_mut(base.add(2 * r0), 2 * nr),
+                        &mut [][..],
+                    ),
+                }
+            };
+            quantize_segment_with(isa, fd, hrow, vals, scales);
         }
     });
 }
@@ -593,23 +677,27 @@ pub(crate) fn silu(g: f32) -> f32 {
     g / (1.0 + (-g).exp())
 }
 
+/// Quantizes the intermediate rows of the positions in `ranges` (disjoint) from `inter`
+/// (`n` floats per position) into `dst` (`stride` bytes per position), one item per range.
+#[allow(clippy::too_many_arguments)]
 fn quantize_rows(
     pool: &ThreadPool,
     isa: Isa,
     f: RepackFormat,
+    ranges: &[(u32, u32)],
     inter: &[f32],
     n: usize,
     dst: &mut [u8],
     stride: usize,
 ) {
-    let rows = inter.len() / n;
     let row = f.act_row_bytes(n);
-    let per_item = (SERIAL_ELEMS / 4 / n).max(1);
+    let positions: usize = ranges.iter().map(|&(a, b)| (b - a) as usize).sum();
     let dst = Raw::new(dst.as_mut_ptr());
-    phase(pool, rows.div_ceil(per_item), inter.len(), &|i, _| {
-        for p in i * per_item..((i + 1) * per_item).min(rows) {
+    phase(pool, ranges.len(), positions * n, &|i, _| {
+        let (a, b) = ranges[i];
+        for p in a as usize..b as usize {
             // SAFETY: row p of `dst` (rows of `row <= stride` bytes, `stride` apart)
-            // belongs to item i only.
+            // belongs to range i only (the ranges are disjoint).
             let out = unsafe { std::slice::from_raw_parts_mut(dst.at(p * stride), row) };
             quantize_row_with(isa, f, &inter[p * n..(p + 1) * n], out);
         }
