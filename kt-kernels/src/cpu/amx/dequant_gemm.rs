@@ -1,0 +1,410 @@
+//! Block-format weights dequantized to bf16 on the fly, times the activations converted
+//! to bf16, on AMX-BF16 (`tdpbf16ps`): the table's [`Bf16GemmFn`], with the format's
+//! [`DequantBf16Fn`] as a parameter.
+//!
+//! Why: the integer kernels (`q4_k.rs`) multiply each 32-element sub-block in its own C
+//! tile and scale it in f32 afterwards, because every sub-block has its own scale; that
+//! epilogue costs about as much as the products. Folding the scales into bf16 weights
+//! lets one C tile accumulate the whole K and be stored once, at one rounding per weight
+//! (2^-9 relative, well below a 4-bit format's own error) and per activation element.
+//!
+//! Operand orientation: the weights are the A operand (16 rows x 32 bf16, as dequantized:
+//! row-major, no transpose), the activations the B operand, which AMX wants in VNNI form
+//! (line `p` = elements `2p, 2p + 1` of each of 16 tokens): converted and transposed once
+//! per token block and K chunk and shared by every weight row. C is then
+//! `[weight row][token]`, kept in a per-call accumulator across K chunks and transposed
+//! into the output at the end.
+//!
+//! Order: blocks of 32 tokens (two B tiles); groups of up to 128 rows (the accumulator);
+//! K chunks of [`CHUNK_STEPS`] steps (the activation panel, 128 KiB, in L2); pairs of 16-row
+//! A tiles; units of up to 256 elements dequantized into a double buffer (the next unit
+//! while the current one's `tdpbf16ps` run), each eight 32-element steps of up to four
+//! products. Tiles: 0..4 C (row half `i`, token half `j` at `2i + j`), 4 and 5 A, 6 and 7
+//! B; a missing second half leaves its tiles unconfigured and unused.
+//!
+//! Activation types: Q8_K (the K-quants') and Q8_0 (the 32-blocks'), `d * q` in f32
+//! rounded to the nearest-even bf16.
+
+use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+
+use super::blocks::{halves, transpose16, TILE};
+use super::tiles::{tile_dp_bf16, tile_load, tile_store, tile_zero, TileConfig};
+use crate::cpu::dispatch::{DequantBf16Fn, GemmTile};
+use crate::quant::QType;
+
+/// Elements of K per `tdpbf16ps` (one 64-byte tile row of bf16).
+const STEP: usize = 32;
+/// Elements of K dequantized at a time (one K-quant super-block: 32 rows x 256 bf16 =
+/// 16 KiB, two of them in L1).
+const UNIT: usize = 256;
+/// K steps per activation panel: 2 token halves x 64 steps x 1 KiB = 128 KiB.
+const CHUNK_STEPS: usize = 64;
+/// Tokens per token block and rows per accumulator group.
+const TOKENS: usize = 2 * TILE;
+const GROUP_ROWS: usize = 128;
+/// Rows per pass (two A tiles).
+const PAIR: usize = 2 * TILE;
+/// Weight prefetch distance, in units (into L2): the weights stream from DRAM once per
+/// call and must be requested before the dequantization reads them.
+const PREFETCH: usize = 2;
+
+/// One B tile: line `p`, dword `n` = elements `2p, 2p + 1` of token `n`.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct BTile([[u32; TILE]; TILE]);
+
+/// Two units of dequantized rows (the double buffer).
+#[repr(C, align(64))]
+struct WeightBuf([[[u16; UNIT]; PAIR]; 2]);
+
+/// The C tiles of one row group and token block: `[row][token]` f32.
+#[repr(C, align(64))]
+struct Acc([[f32; TOKENS]; GROUP_ROWS]);
+
+/// Whether [`gemm`] can run `t`: K whole 32-element steps and a supported activation type.
+pub(crate) fn supports(t: &GemmTile) -> bool {
+    t.k > 0
+        && t.k.is_multiple_of(STEP)
+        && matches!(t.qtype.vec_dot_type(), QType::Q8_K | QType::Q8_0)
+}
+
+/// # Safety
+/// As [`crate::cpu::dispatch::Bf16GemmFn`]: valid tile extents, exclusive output,
+/// `Isa::Amx.check()` passed and AVX512-BF16 present (the table registers this kernel
+/// only then), `dequant` the table's function of `t.qtype`, and [`supports`]`(t)`.
+pub(crate) unsafe fn gemm(t: &GemmTile, dequant: DequantBf16Fn) {
+    debug_assert!(supports(t));
+    // SAFETY: forwarded.
+    unsafe { gemm_amx(t, dequant) };
+}
+
+/// The tile configuration of one row pair (`nr` rows per half) and token block (`nt`).
+fn config(nr: [usize; 2], nt: [usize; 2]) -> TileConfig {
+    let mut c = TileConfig::new();
+    for i in 0..2 {
+        for j in 0..2 {
+            if nr[i] > 0 && nt[j] > 0 {
+                c.set(2 * i + j, nr[i], 4 * nt[j]);
+            }
+        }
+        if nr[i] > 0 {
+            c.set(4 + i, nr[i], 2 * STEP);
+        }
+        if nt[i] > 0 {
+            c.set(6 + i, STEP / 2, 4 * nt[i]);
+        }
+    }
+    c
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
+unsafe fn gemm_amx(t: &GemmTile, dequant: DequantBf16Fn) {
+    let steps = t.k / STEP;
+    let mut panel = MaybeUninit::<[[BTile; CHUNK_STEPS]; 2]>::uninit();
+    let panel = panel.as_mut_ptr().cast::<BTile>();
+    let mut wbuf = MaybeUninit::<WeightBuf>::uninit();
+    let wbuf = wbuf.as_mut_ptr().cast::<u16>();
+    // Zeroed once: rows and tokens a partial tile leaves out are read (and dropped) by the
+    // transposition at the end, never uninitialised memory.
+    let mut acc = Acc([[0.0; TOKENS]; GROUP_ROWS]);
+    let acc = acc.0.as_mut_ptr().cast::<f32>();
+    let mut loaded: Option<([usize; 2], [usize; 2])> = None;
+    let wb = |buf: usize| wbuf.wrapping_add(buf * PAIR * UNIT);
+    for t0 in (0..t.tokens).step_by(TOKENS) {
+        let nt = halves(t.tokens - t0);
+        for g0 in (0..t.rows).step_by(GROUP_ROWS) {
+            let g_rows = GROUP_ROWS.min(t.rows - g0);
+            let pairs = g_rows.div_ceil(PAIR);
+            for s0 in (0..steps).step_by(CHUNK_STEPS) {
+                let sn = CHUNK_STEPS.min(steps - s0);
+                let (c0, clen) = (s0 * STEP, sn * STEP);
+                for (j, &n) in nt.iter().enumerate() {
+                    if n > 0 {
+                        // SAFETY: tokens t0 + 16 j .. + n are activation rows of the
+                        // tile; elements c0..c0 + clen lie in them; the panel holds
+                        // CHUNK_STEPS tiles per half.
+                        unsafe {
+                            convert_acts(
+                                t,
+                                t0 + TILE * j,
+                                n,
+                                c0,
+                                sn,
+                                panel.add(j * CHUNK_STEPS),
+                            )
+                        };
+                    }
+                }
+                let units = clen.div_ceil(UNIT);
+                let unit_len = |u: usize| UNIT.min(clen - u * UNIT);
+                let pair_rows = |rp: usize| PAIR.min(g_rows - rp * PAIR);
+                // Unit `l` of the chunk, counted over row pairs: (pair, unit).
+                let at = |l: usize| (l / units, l % units);
+                let w_of = |rp: usize, u: usize| {
+                    let k0 = c0 + u * UNIT;
+                    t.w.wrapping_add(
+                        (g0 + rp * PAIR) * t.w_stride
+                            + k0 / t.qtype.block_elems() * t.qtype.block_bytes(),
+                    )
+                };
+                let fill = |l: usize| {
+                    let (rp, u) = at(l);
+                    // SAFETY: pair rp's rows and unit u's elements lie in the tile's
+                    // weights; buffer l % 2 holds PAIR rows of UNIT elements.
+                    unsafe {
+                        dequant(
+                            w_of(rp, u),
+                            t.w_stride,
+                            pair_rows(rp),
+                            0,
+                            unit_len(u),
+                            wb(l % 2),
+                            UNIT,
+                        )
+                    }
+                };
+                let prefetch = |l: usize| {
+                    let (rp, u) = at(l);
+                    let bytes = unit_len(u) / t.qtype.block_elems() * t.qtype.block_bytes();
+                    // SAFETY: the rows' byte ranges lie in the tile's weights.
+                    unsafe { prefetch_rows(w_of(rp, u), t.w_stride, pair_rows(rp), bytes) };
+                };
+                let total = pairs * units;
+                for l in 0..PREFETCH.min(total) {
+                    prefetch(l);
+                }
+                fill(0);
+                for rp in 0..pairs {
+                    let nr = halves(pair_rows(rp));
+                    if loaded != Some((nr, nt)) {
+                        // SAFETY: AMX usable (the caller); a valid palette-1
+                        // configuration. Loading it zeroes the tiles: the previous pair
+                        // stored its C tiles.
+                        unsafe { config(nr, nt).load() };
+                        loaded = Some((nr, nt));
+                    }
+                    let c = acc.wrapping_add(rp * PAIR * TOKENS);
+                    // SAFETY: the configured C tiles; the accumulator rows of this pair.
+                    unsafe { c_tiles_in(nr, nt, c, s0 > 0) };
+                    for u in 0..units {
+                        let l = rp * units + u;
+                        if l + PREFETCH < total {
+                            prefetch(l + PREFETCH);
+                        }
+                        let a = wb(l % 2).cast::<u8>();
+                        for s in 0..unit_len(u) / STEP {
+                            let b = panel.wrapping_add(u * UNIT / STEP + s);
+                            // SAFETY: buffer l % 2 holds this unit (dequantized one unit
+                            // earlier: its stores precede these loads in program order);
+                            // step s of it and panel step u * 8 + s < sn are initialised.
+                            unsafe {
+                                products(
+                                    nr,
+                                    nt,
+                                    a.add(s * 2 * STEP),
+                                    b,
+                                    b.wrapping_add(CHUNK_STEPS),
+                                )
+                            };
+                        }
+                        // The next unit into the other buffer while these products run.
+                        if l + 1 < total {
+                            fill(l + 1);
+                        }
+                    }
+                    // SAFETY: as c_tiles_in.
+                    unsafe { c_tiles_out(nr, nt, c) };
+                }
+            }
+            // SAFETY: rows g0.. of the group and tokens t0.. of the block are the tile's.
+            unsafe { write_out(t, acc, g0, g_rows, t0, nt[0] + nt[1]) };
+        }
+    }
+    // SAFETY: AMX is enabled (the caller); ends this call's use of the tiles.
+    unsafe { super::tiles::release() };
+}
+
+/// Up to four `tdpbf16ps` of one K step: A rows at `a` (row halves 16 rows apart, rows
+/// `2 * UNIT` bytes apart), B tiles at `b0`, `b1`.
+///
+/// # Safety
+/// The configuration of `(nr, nt)` is loaded; the A rows and B tiles used are readable.
+#[inline(always)]
+unsafe fn products(nr: [usize; 2], nt: [usize; 2], a: *const u8, b0: *const BTile, b1: *const BTile) {
+    let sa = 2 * UNIT;
+    // SAFETY: the caller's contract; only configured tiles are used.
+    unsafe {
+        tile_load!(4, a, sa);
+        tile_load!(6, b0, 64usize);
+        tile_dp_bf16!(0, 4, 6);
+        if nt[1] > 0 {
+            tile_load!(7, b1, 64usize);
+            tile_dp_bf16!(1, 4, 7);
+        }
+        if nr[1] > 0 {
+            tile_load!(5, a.add(TILE * sa), sa);
+            tile_dp_bf16!(2, 5, 6);
+            if nt[1] > 0 {
+                tile_dp_bf16!(3, 5, 7);
+            }
+        }
+    }
+}
+
+/// Zeroes (`load` false) or loads the C tiles of a row pair from the accumulator rows at
+/// `c` (C tile `(i, j)` at row `16 i`, token `16 j`).
+///
+/// # Safety
+/// The configuration of `(nr, nt)` is loaded; `c` has 32 rows of [`TOKENS`] floats.
+unsafe fn c_tiles_in(nr: [usize; 2], nt: [usize; 2], c: *mut f32, load: bool) {
+    let stride = 4 * TOKENS;
+    let at = |i: usize, j: usize| c.wrapping_add(TILE * i * TOKENS + TILE * j).cast_const();
+    // SAFETY: the caller's contract.
+    unsafe {
+        if !load {
+            tile_zero!(0);
+            if nt[1] > 0 {
+                tile_zero!(1);
+            }
+            if nr[1] > 0 {
+                tile_zero!(2);
+                if nt[1] > 0 {
+                    tile_zero!(3);
+                }
+            }
+            return;
+        }
+        tile_load!(0, at(0, 0), stride);
+        if nt[1] > 0 {
+            tile_load!(1, at(0, 1), stride);
+        }
+        if nr[1] > 0 {
+            tile_load!(2, at(1, 0), stride);
+            if nt[1] > 0 {
+                tile_load!(3, at(1, 1), stride);
+            }
+        }
+    }
+}
+
+/// Stores the C tiles of a row pair (the layout of [`c_tiles_in`]).
+///
+/// # Safety
+/// As [`c_tiles_in`].
+unsafe fn c_tiles_out(nr: [usize; 2], nt: [usize; 2], c: *mut f32) {
+    let stride = 4 * TOKENS;
+    let at = |i: usize, j: usize| c.wrapping_add(TILE * i * TOKENS + TILE * j);
+    // SAFETY: the caller's contract.
+    unsafe {
+        tile_store!(0, at(0, 0), stride);
+        if nt[1] > 0 {
+            tile_store!(1, at(0, 1), stride);
+        }
+        if nr[1] > 0 {
+            tile_store!(2, at(1, 0), stride);
+            if nt[1] > 0 {
+                tile_store!(3, at(1, 1), stride);
+            }
+        }
+    }
+}
+
+/// `out[t0 + tok][g0 + r] = acc[r][tok]` for `r < rows`, `tok < tokens`, by 16 x 16
+/// transposes.
+///
+/// # Safety
+/// Those output elements are the caller's; `acc` is the (initialised) accumulator.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn write_out(t: &GemmTile, acc: *const f32, g0: usize, rows: usize, t0: usize, tokens: usize) {
+    for r in (0..rows).step_by(TILE) {
+        let nr = TILE.min(rows - r);
+        let mask: __mmask16 = if nr == TILE { !0 } else { (1 << nr) - 1 };
+        for j in (0..tokens).step_by(TILE) {
+            let n = TILE.min(tokens - j);
+            // SAFETY: accumulator rows r..r + 16 <= GROUP_ROWS (initialised), tokens
+            // j..j + 16 <= TOKENS.
+            let lines: [__m512i; TILE] = std::array::from_fn(|i| unsafe {
+                _mm512_loadu_si512(acc.add((r + i) * TOKENS + j).cast())
+            });
+            let cols = transpose16(&lines);
+            for (tok, v) in cols.iter().enumerate().take(n) {
+                // SAFETY: token t0 + j + tok < tokens of the tile, rows g0 + r .. + nr
+                // inside its rows (masked).
+                unsafe {
+                    _mm512_mask_storeu_epi32(
+                        t.out.add((t0 + j + tok) * t.ldo + g0 + r).cast(),
+                        mask,
+                        *v,
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// Prefetches `bytes` bytes of `nr` rows (`stride` apart) into L2.
+///
+/// # Safety
+/// The ranges lie inside the weights.
+#[inline]
+#[target_feature(enable = "sse")]
+unsafe fn prefetch_rows(w: *const u8, stride: usize, nr: usize, bytes: usize) {
+    for n in 0..nr {
+        // SAFETY: inside row n's range (the caller).
+        unsafe {
+            let row = w.add(n * stride);
+            for off in (0..bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T1>(row.add(off).cast());
+            }
+            _mm_prefetch::<_MM_HINT_T1>(row.add(bytes - 1).cast());
+        }
+    }
+}
+
+/// Converts `n` (1..=16) tokens' activations (rows `first..first + n` of the tile,
+/// elements `c0..c0 + 32 sn`) to bf16 B tiles `dst[0..sn]`; missing tokens are zero.
+///
+/// # Safety
+/// Those rows and elements are readable (whole blocks of the activation type); `dst` is
+/// writable for `sn` tiles.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c")]
+unsafe fn convert_acts(t: &GemmTile, first: usize, n: usize, c0: usize, sn: usize, dst: *mut BTile) {
+    let act = t.qtype.vec_dot_type();
+    let (be, bb) = (act.block_elems(), act.block_bytes());
+    for s in 0..sn {
+        let e0 = c0 + s * STEP;
+        let (blk, off) = (e0 / be, e0 % be);
+        let mut rows = [_mm512_setzero_si512(); TILE];
+        for (tok, row) in rows.iter_mut().enumerate().take(n) {
+            // SAFETY: block `blk` of token first + tok is readable (the caller); a step
+            // of 32 lies inside one block (Q8_K: 256 elements, Q8_0: 32).
+            unsafe {
+                let b = t.a.add((first + tok) * t.a_stride + blk * bb);
+                let (d, q) = match act {
+                    QType::Q8_K => (b.cast::<f32>().read_unaligned(), b.add(4 + off)),
+                    _ => (
+                        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                            b.cast::<u16>().read_unaligned() as i32,
+                        ))),
+                        b.add(2),
+                    ),
+                };
+                let d = _mm512_set1_ps(d);
+                let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast())));
+                let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast())));
+                *row = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
+                    _mm512_mul_ps(hi, d),
+                    _mm512_mul_ps(lo, d),
+                ));
+            }
+        }
+        let cols = transpose16(&rows);
+        // SAFETY: dst[s] is inside dst (s < sn) and 64-byte aligned.
+        let line = unsafe { dst.add(s).cast::<__m512i>() };
+        for (p, c) in cols.iter().enumerate() {
+            // SAFETY: line p of the B tile dst[s].
+            unsafe { _mm512_store_si512(line.add(p), *c) };
+        }
+    }
+}
