@@ -54,9 +54,12 @@ const PREFETCH: usize = 2;
 #[derive(Clone, Copy)]
 struct BTile([[u32; TILE]; TILE]);
 
-/// Two units of dequantized rows (the double buffer).
+/// Units of dequantized rows in flight: the one being multiplied, the one dequantized
+/// before it (whose stores must have drained before its tile loads: loading a tile from
+/// lines still in the store buffer stalls), and the one being dequantized.
+const BUFS: usize = 3;
 #[repr(C, align(64))]
-struct WeightBuf([[[u16; UNIT]; PAIR]; 2]);
+struct WeightBuf([[[u16; UNIT]; PAIR]; BUFS]);
 
 /// The C tiles of one row group and token block: `[row][token]` f32.
 #[repr(C, align(64))]
@@ -79,23 +82,48 @@ pub(crate) unsafe fn gemm(t: &GemmTile, dequant: DequantBf16Fn) {
     unsafe { gemm_amx(t, dequant) };
 }
 
-/// The tile configuration of one row pair (`nr` rows per half) and token block (`nt`).
-fn config(nr: [usize; 2], nt: [usize; 2]) -> TileConfig {
-    let mut c = TileConfig::new();
-    for i in 0..2 {
-        for j in 0..2 {
-            if nr[i] > 0 && nt[j] > 0 {
-                c.set(2 * i + j, nr[i], 4 * nt[j]);
-            }
-        }
-        if nr[i] > 0 {
-            c.set(4 + i, nr[i], 2 * STEP);
-        }
-        if nt[i] > 0 {
-            c.set(6 + i, STEP / 2, 4 * nt[i]);
+/// The tiles of one row pair (`nr` rows per half) and token block (`nt` tokens per half).
+///
+/// With one token half (`split`), the C tiles and B tile of the missing half take the odd
+/// K steps instead: four independent accumulators rather than two, so consecutive
+/// `tdpbf16ps` do not wait on each other's result (their latency is several times their
+/// issue interval); the odd sums are added to the even ones when the pair's C tiles are
+/// stored.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    nr: [usize; 2],
+    nt: [usize; 2],
+}
+
+impl Shape {
+    fn split(self) -> bool {
+        self.nt[1] == 0
+    }
+
+    /// Tokens of the C and B tiles of column `j` (the odd steps' when split).
+    fn cols(self, j: usize) -> usize {
+        if self.split() {
+            self.nt[0]
+        } else {
+            self.nt[j]
         }
     }
-    c
+
+    fn config(self) -> TileConfig {
+        let mut c = TileConfig::new();
+        for i in 0..2 {
+            for j in 0..2 {
+                if self.nr[i] > 0 {
+                    c.set(2 * i + j, self.nr[i], 4 * self.cols(j));
+                }
+            }
+            if self.nr[i] > 0 {
+                c.set(4 + i, self.nr[i], 2 * STEP);
+            }
+            c.set(6 + i, STEP / 2, 4 * self.cols(i));
+        }
+        c
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
@@ -109,7 +137,9 @@ unsafe fn gemm_amx(t: &GemmTile, dequant: DequantBf16Fn) {
     // transposition at the end, never uninitialised memory.
     let mut acc = Acc([[0.0; TOKENS]; GROUP_ROWS]);
     let acc = acc.0.as_mut_ptr().cast::<f32>();
-    let mut loaded: Option<([usize; 2], [usize; 2])> = None;
+    let mut loaded: Option<Shape> = None;
+    // The odd steps' sums of a split pair, added to the accumulator at its end.
+    let mut odd = [[0f32; TILE]; PAIR];
     let wb = |buf: usize| wbuf.wrapping_add(buf * PAIR * UNIT);
     for t0 in (0..t.tokens).step_by(TOKENS) {
         let nt = halves(t.tokens - t0);
@@ -148,18 +178,19 @@ unsafe fn gemm_amx(t: &GemmTile, dequant: DequantBf16Fn) {
                             + k0 / t.qtype.block_elems() * t.qtype.block_bytes(),
                     )
                 };
-                let fill = |l: usize| {
+                // Rows r0..r1 of unit l into buffer l % BUFS.
+                let fill = |l: usize, r0: usize, r1: usize| {
                     let (rp, u) = at(l);
-                    // SAFETY: pair rp's rows and unit u's elements lie in the tile's
-                    // weights; buffer l % 2 holds PAIR rows of UNIT elements.
+                    // SAFETY: rows r0..r1 <= PAIR of pair rp and unit u's elements lie in
+                    // the tile's weights; buffer l % BUFS holds PAIR rows of UNIT elements.
                     unsafe {
                         dequant(
-                            w_of(rp, u),
+                            w_of(rp, u).wrapping_add(r0 * t.w_stride),
                             t.w_stride,
-                            pair_rows(rp),
+                            r1 - r0,
                             0,
                             unit_len(u),
-                            wb(l % 2),
+                            wb(l % BUFS).wrapping_add(r0 * UNIT),
                             UNIT,
                         )
                     }
@@ -174,47 +205,59 @@ unsafe fn gemm_amx(t: &GemmTile, dequant: DequantBf16Fn) {
                 for l in 0..PREFETCH.min(total) {
                     prefetch(l);
                 }
-                fill(0);
+                for l in 0..2.min(total) {
+                    fill(l, 0, pair_rows(at(l).0));
+                }
                 for rp in 0..pairs {
-                    let nr = halves(pair_rows(rp));
-                    if loaded != Some((nr, nt)) {
+                    let shape = Shape {
+                        nr: halves(pair_rows(rp)),
+                        nt,
+                    };
+                    if loaded != Some(shape) {
                         // SAFETY: AMX usable (the caller); a valid palette-1
                         // configuration. Loading it zeroes the tiles: the previous pair
                         // stored its C tiles.
-                        unsafe { config(nr, nt).load() };
-                        loaded = Some((nr, nt));
+                        unsafe { shape.config().load() };
+                        loaded = Some(shape);
                     }
                     let c = acc.wrapping_add(rp * PAIR * TOKENS);
                     // SAFETY: the configured C tiles; the accumulator rows of this pair.
-                    unsafe { c_tiles_in(nr, nt, c, s0 > 0) };
+                    unsafe { c_tiles_in(shape, c, s0 > 0) };
                     for u in 0..units {
                         let l = rp * units + u;
                         if l + PREFETCH < total {
                             prefetch(l + PREFETCH);
                         }
-                        let a = wb(l % 2).cast::<u8>();
-                        for s in 0..unit_len(u) / STEP {
-                            let b = panel.wrapping_add(u * UNIT / STEP + s);
-                            // SAFETY: buffer l % 2 holds this unit (dequantized one unit
-                            // earlier: its stores precede these loads in program order);
-                            // step s of it and panel step u * 8 + s < sn are initialised.
+                        let a = wb(l % BUFS).cast::<u8>();
+                        let steps_u = unit_len(u) / STEP;
+                        // The unit after next is dequantized into the free buffer in
+                        // slices of rows between these products, so both overlap.
+                        let next = (l + 2 < total).then(|| (l + 2, pair_rows(at(l + 2).0)));
+                        let slice = next.map_or(0, |(_, n)| n.div_ceil(steps_u));
+                        for st in 0..steps_u {
+                            let step = u * UNIT / STEP + st;
+                            let b = panel.wrapping_add(step);
+                            // SAFETY: buffer l % BUFS holds this unit (dequantized during
+                            // the unit before last: its stores precede these loads in
+                            // program order); step st of it and panel step `step` < sn are
+                            // initialised.
                             unsafe {
                                 products(
-                                    nr,
-                                    nt,
-                                    a.add(s * 2 * STEP),
+                                    shape,
+                                    step % 2 == 1,
+                                    a.add(st * 2 * STEP),
                                     b,
                                     b.wrapping_add(CHUNK_STEPS),
                                 )
                             };
-                        }
-                        // The next unit into the other buffer while these products run.
-                        if l + 1 < total {
-                            fill(l + 1);
+                            if let Some((n, rows)) = next {
+                                let r0 = (st * slice).min(rows);
+                                fill(n, r0, ((st + 1) * slice).min(rows));
+                            }
                         }
                     }
-                    // SAFETY: as c_tiles_in.
-                    unsafe { c_tiles_out(nr, nt, c) };
+                    // SAFETY: as c_tiles_in; `odd` is this call's.
+                    unsafe { c_tiles_out(shape, c, odd.as_mut_ptr()) };
                 }
             }
             // SAFETY: rows g0.. of the group and tokens t0.. of the block are the tile's.
@@ -226,86 +269,117 @@ unsafe fn gemm_amx(t: &GemmTile, dequant: DequantBf16Fn) {
 }
 
 /// Up to four `tdpbf16ps` of one K step: A rows at `a` (row halves 16 rows apart, rows
-/// `2 * UNIT` bytes apart), B tiles at `b0`, `b1`.
+/// `2 * UNIT` bytes apart), B tiles at `b0`, `b1` (token halves). Split (one token half):
+/// an `odd` step goes to C tiles 1 and 3 with its B tile (`b0`) in tile 7.
 ///
 /// # Safety
-/// The configuration of `(nr, nt)` is loaded; the A rows and B tiles used are readable.
+/// The configuration of `shape` is loaded; the A rows and B tiles used are readable.
 #[inline(always)]
-unsafe fn products(nr: [usize; 2], nt: [usize; 2], a: *const u8, b0: *const BTile, b1: *const BTile) {
+unsafe fn products(shape: Shape, odd: bool, a: *const u8, b0: *const BTile, b1: *const BTile) {
     let sa = 2 * UNIT;
+    let two_r = shape.nr[1] > 0;
     // SAFETY: the caller's contract; only configured tiles are used.
     unsafe {
+        if shape.split() {
+            tile_load!(4, a, sa);
+            if odd {
+                tile_load!(7, b0, 64usize);
+                tile_dp_bf16!(1, 4, 7);
+                if two_r {
+                    tile_load!(5, a.add(TILE * sa), sa);
+                    tile_dp_bf16!(3, 5, 7);
+                }
+            } else {
+                tile_load!(6, b0, 64usize);
+                tile_dp_bf16!(0, 4, 6);
+                if two_r {
+                    tile_load!(5, a.add(TILE * sa), sa);
+                    tile_dp_bf16!(2, 5, 6);
+                }
+            }
+            return;
+        }
         tile_load!(4, a, sa);
         tile_load!(6, b0, 64usize);
         tile_dp_bf16!(0, 4, 6);
-        if nt[1] > 0 {
-            tile_load!(7, b1, 64usize);
-            tile_dp_bf16!(1, 4, 7);
-        }
-        if nr[1] > 0 {
+        tile_load!(7, b1, 64usize);
+        tile_dp_bf16!(1, 4, 7);
+        if two_r {
             tile_load!(5, a.add(TILE * sa), sa);
             tile_dp_bf16!(2, 5, 6);
-            if nt[1] > 0 {
-                tile_dp_bf16!(3, 5, 7);
-            }
+            tile_dp_bf16!(3, 5, 7);
         }
     }
 }
 
 /// Zeroes (`load` false) or loads the C tiles of a row pair from the accumulator rows at
-/// `c` (C tile `(i, j)` at row `16 i`, token `16 j`).
+/// `c` (C tile `(i, j)` at row `16 i`, token `16 j`); split, the odd tiles start at zero.
 ///
 /// # Safety
-/// The configuration of `(nr, nt)` is loaded; `c` has 32 rows of [`TOKENS`] floats.
-unsafe fn c_tiles_in(nr: [usize; 2], nt: [usize; 2], c: *mut f32, load: bool) {
+/// The configuration of `shape` is loaded; `c` has 32 rows of [`TOKENS`] floats.
+unsafe fn c_tiles_in(shape: Shape, c: *mut f32, load: bool) {
     let stride = 4 * TOKENS;
     let at = |i: usize, j: usize| c.wrapping_add(TILE * i * TOKENS + TILE * j).cast_const();
+    let two_r = shape.nr[1] > 0;
     // SAFETY: the caller's contract.
     unsafe {
-        if !load {
+        if load {
+            tile_load!(0, at(0, 0), stride);
+        } else {
             tile_zero!(0);
-            if nt[1] > 0 {
-                tile_zero!(1);
-            }
-            if nr[1] > 0 {
-                tile_zero!(2);
-                if nt[1] > 0 {
-                    tile_zero!(3);
-                }
-            }
-            return;
         }
-        tile_load!(0, at(0, 0), stride);
-        if nt[1] > 0 {
+        if load && !shape.split() {
             tile_load!(1, at(0, 1), stride);
+        } else {
+            tile_zero!(1);
         }
-        if nr[1] > 0 {
-            tile_load!(2, at(1, 0), stride);
-            if nt[1] > 0 {
+        if two_r {
+            if load {
+                tile_load!(2, at(1, 0), stride);
+            } else {
+                tile_zero!(2);
+            }
+            if load && !shape.split() {
                 tile_load!(3, at(1, 1), stride);
+            } else {
+                tile_zero!(3);
             }
         }
     }
 }
 
-/// Stores the C tiles of a row pair (the layout of [`c_tiles_in`]).
+/// Stores the C tiles of a row pair (the layout of [`c_tiles_in`]); split, the odd tiles
+/// go through `odd` (32 rows of 16 floats) and are added to the even ones.
 ///
 /// # Safety
-/// As [`c_tiles_in`].
-unsafe fn c_tiles_out(nr: [usize; 2], nt: [usize; 2], c: *mut f32) {
+/// As [`c_tiles_in`]; `odd` is writable for 32 rows.
+#[target_feature(enable = "avx512f")]
+unsafe fn c_tiles_out(shape: Shape, c: *mut f32, odd: *mut [f32; TILE]) {
     let stride = 4 * TOKENS;
     let at = |i: usize, j: usize| c.wrapping_add(TILE * i * TOKENS + TILE * j);
+    let two_r = shape.nr[1] > 0;
     // SAFETY: the caller's contract.
     unsafe {
         tile_store!(0, at(0, 0), stride);
-        if nt[1] > 0 {
-            tile_store!(1, at(0, 1), stride);
-        }
-        if nr[1] > 0 {
+        if two_r {
             tile_store!(2, at(1, 0), stride);
-            if nt[1] > 0 {
+        }
+        if !shape.split() {
+            tile_store!(1, at(0, 1), stride);
+            if two_r {
                 tile_store!(3, at(1, 1), stride);
             }
+            return;
+        }
+        let so = 4 * TILE;
+        tile_store!(1, odd, so);
+        if two_r {
+            tile_store!(3, odd.add(TILE), so);
+        }
+        for r in 0..shape.nr[0] + shape.nr[1] {
+            let e = c.add(r * TOKENS);
+            let v = _mm512_add_ps(_mm512_loadu_ps(e), _mm512_loadu_ps((*odd.add(r)).as_ptr()));
+            _mm512_storeu_ps(e, v);
         }
     }
 }

@@ -65,6 +65,9 @@ pub(crate) unsafe fn dequant(
                     neg_min.as_mut_ptr(),
                     _mm512_mul_ps(_mm512_cvtepi32_ps(m), neg_dmin),
                 );
+                // Read back through memory: the per-sub-block broadcasts then come from
+                // loads (no shuffle port) rather than from registers.
+                let (scale, neg_min) = (std::hint::black_box(&scale), std::hint::black_box(&neg_min));
                 for p in 0..4 {
                     let (lo, hi) = (2 * p, 2 * p + 1);
                     let t_lo = _mm512_add_ps(
