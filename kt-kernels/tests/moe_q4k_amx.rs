@@ -1,7 +1,7 @@
 //! The AMX Q4_K GEMM (`cpu/amx/q4_k.rs`, the GGUF blocks as stored) through the MoE
 //! operator, against `moe_support::expected_on` (the same quantized activations in f64;
-//! experts with more than `GEMV_MAX_TOKENS` positions take the dequantize-to-bf16 path,
-//! `moe_q4k_bf16.rs`, unless `KT_MOE_BF16=0`: run with it to keep them on `q4_k.rs`):
+//! with `KT_MOE_BF16=1`, experts with more than `GEMV_MAX_TOKENS` positions take the
+//! dequantize-to-bf16 path of `moe_q4k_bf16.rs` instead, checked as there):
 //! token counts on both sides of the kernel's AMX threshold (1, 2, 7 run the AVX512
 //! kernel; 12 and up AMX), partial 16-token groups, several K chunks per row block
 //! (H = 2304: nine super-blocks, while a 64-token block's chunk holds eight), experts

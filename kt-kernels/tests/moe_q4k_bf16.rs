@@ -1,6 +1,7 @@
 //! The dequantize-to-bf16 AMX path (`cpu/amx/dequant_gemm.rs`, Q4_K's dequantizer in
-//! `cpu/amx/q4_k_bf16.rs`), which the MoE operator runs for experts with more than
-//! `GEMV_MAX_TOKENS` positions:
+//! `cpu/amx/q4_k_bf16.rs`), which the MoE operator runs, when enabled
+//! (`dispatch::set_bf16_gemm_enabled`, on for this whole test binary), for experts with
+//! more than `GEMV_MAX_TOKENS` positions:
 //! - the dequantizer: bit for bit the bf16 rounding (nearest-even) of the scalar
 //!   dequantization, at a K offset, into a strided destination whose margins stay
 //!   untouched;
@@ -31,7 +32,9 @@ use kt_kernels::util::SplitMix64;
 use moe_support::{bf16_round, Routing, Spec};
 
 /// The table's bf16 GEMM of Q4_K, or `None` (with a message) where this CPU has none.
+/// Turns the MoE operator's use of it on for this process (every test here wants it).
 fn bf16_q4_k(test: &str) -> Option<Bf16Gemm> {
+    dispatch::set_bf16_gemm_enabled(true);
     let k = Isa::available()
         .contains(&Isa::Amx)
         .then(|| dispatch::table(Isa::Amx).unwrap().bf16_gemm(QType::Q4_K))
@@ -209,7 +212,13 @@ fn moe_on_the_bf16_path_every_token_count() {
     let b = q4_k_layer(512, 256, QType::Q4_K, 51);
     for (i, tokens) in [1, 2, 7, 64, 513].into_iter().enumerate() {
         for k in [6, 8] {
-            run(&b, tokens, k, Routing::Uniform, 5000 + 10 * i as u64 + k as u64);
+            run(
+                &b,
+                tokens,
+                k,
+                Routing::Uniform,
+                5000 + 10 * i as u64 + k as u64,
+            );
         }
     }
 }

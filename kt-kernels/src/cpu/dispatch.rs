@@ -3,6 +3,7 @@
 //! below and overrides the formats it has hand-tuned kernels for, so every format always
 //! has a kernel and the matmul driver never names a format.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use super::isa::Isa;
@@ -77,6 +78,38 @@ pub struct Bf16Gemm {
     pub gemm: Bf16GemmFn,
     pub dequant: DequantBf16Fn,
 }
+
+/// Whether callers that may use [`KernelTable::bf16_gemm`] (the MoE operator, for its
+/// experts with many positions) do: off by default, since on the machines measured so far
+/// it is no faster than the integer kernels (BENCHMARKS.md); on with `KT_MOE_BF16=1` in
+/// the environment (read once) or [`set_bf16_gemm_enabled`].
+pub fn bf16_gemm_enabled() -> bool {
+    match BF16_GEMM.load(Ordering::Relaxed) {
+        BF16_UNSET => {
+            let on = std::env::var("KT_MOE_BF16").is_ok_and(|v| v == "1");
+            // A concurrent `set_bf16_gemm_enabled` wins over the environment.
+            let _ = BF16_GEMM.compare_exchange(
+                BF16_UNSET,
+                if on { BF16_ON } else { BF16_OFF },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            BF16_GEMM.load(Ordering::Relaxed) == BF16_ON
+        }
+        v => v == BF16_ON,
+    }
+}
+
+/// Turns the bf16 GEMM path on or off for the whole process (overrides `KT_MOE_BF16`);
+/// calls already running keep the choice they started with.
+pub fn set_bf16_gemm_enabled(on: bool) {
+    BF16_GEMM.store(if on { BF16_ON } else { BF16_OFF }, Ordering::Relaxed);
+}
+
+const BF16_UNSET: u8 = 0;
+const BF16_OFF: u8 = 1;
+const BF16_ON: u8 = 2;
+static BF16_GEMM: AtomicU8 = AtomicU8::new(BF16_UNSET);
 
 /// The kernels of one weight format on one ISA.
 #[derive(Clone, Copy)]

@@ -92,7 +92,10 @@ pub fn strided_gemm_tile(
     tokens: usize,
     (off, ldo): (usize, usize),
 ) -> Vec<f32> {
-    let kernels = kt_kernels::cpu::dispatch::table(isa).unwrap().get(q).unwrap();
+    let kernels = kt_kernels::cpu::dispatch::table(isa)
+        .unwrap()
+        .get(q)
+        .unwrap();
     // SAFETY: the caller checked that this CPU runs `isa`; the tile is the runner's.
     strided_tile_with(
         |t| unsafe { (kernels.gemm)(t) },

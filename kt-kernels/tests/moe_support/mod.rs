@@ -171,11 +171,12 @@ pub fn bf16_dot_eps(k: usize) -> f64 {
 
 /// Whether the MoE operator on `isa` runs format `q` of an expert with `count` positions
 /// through the dequantize-to-bf16 GEMM: the table has one for `q`, the expert has more
-/// than `GEMV_MAX_TOKENS` positions (`compute.rs`'s `BF16_MIN_TOKENS`), and
-/// `KT_MOE_BF16=0` does not turn it off.
+/// than `GEMV_MAX_TOKENS` positions (`compute.rs`'s `BF16_MIN_TOKENS`), and the path is
+/// enabled (`dispatch::bf16_gemm_enabled`: off unless `KT_MOE_BF16=1` or a test turns it
+/// on).
 pub fn takes_bf16(isa: Isa, q: QType, count: usize) -> bool {
-    let on = std::env::var("KT_MOE_BF16").map_or(true, |v| v != "0");
-    on && count > GEMV_MAX_TOKENS
+    dispatch::bf16_gemm_enabled()
+        && count > GEMV_MAX_TOKENS
         && dispatch::table(isa)
             .map(|t| t.bf16_gemm(q).is_some())
             .unwrap_or(false)
@@ -187,9 +188,11 @@ pub fn uses_bf16(isa: Isa, b: &Built, ids: &[u32]) -> bool {
     let s = b.spec;
     let mut counts = vec![0usize; s.experts];
     ids.iter().for_each(|&e| counts[e as usize] += 1);
-    counts
-        .iter()
-        .any(|&n| [s.gate, s.up, s.down].iter().any(|&q| takes_bf16(isa, q, n)))
+    counts.iter().any(|&n| {
+        [s.gate, s.up, s.down]
+            .iter()
+            .any(|&q| takes_bf16(isa, q, n))
+    })
 }
 
 /// The largest tolerance, as a fraction of the outputs' rms, at which a check against
@@ -302,9 +305,21 @@ pub fn expected_on(
     // The bf16 copies of the weights (only where some expert takes the bf16 path).
     let any = |q: QType| (0..s.experts).any(|e| bf(q, e));
     let (gate16, up16, down16) = (
-        if any(s.gate) { rounded(&b.gate) } else { Vec::new() },
-        if any(s.up) { rounded(&b.up) } else { Vec::new() },
-        if any(s.down) { rounded(&b.down) } else { Vec::new() },
+        if any(s.gate) {
+            rounded(&b.gate)
+        } else {
+            Vec::new()
+        },
+        if any(s.up) {
+            rounded(&b.up)
+        } else {
+            Vec::new()
+        },
+        if any(s.down) {
+            rounded(&b.down)
+        } else {
+            Vec::new()
+        },
     );
     let (gate_norms, up_norms) = (row_norms(&b.gate), row_norms(&b.up));
     let (gate16_norms, up16_norms) = (row_norms(&gate16), row_norms(&up16));
@@ -350,8 +365,16 @@ pub fn expected_on(
                 let abs_dot = |row: &[f32], a: &[f64]| -> f64 {
                     row.iter().zip(a).map(|(&w, &c)| (w as f64 * c).abs()).sum()
                 };
-                let gn = if g16 { abs_dot(grow, &xg) } else { gate_n[e * i_all + r] * ng };
-                let un = if u16 { abs_dot(urow, &xu) } else { up_n[e * i_all + r] * nu };
+                let gn = if g16 {
+                    abs_dot(grow, &xg)
+                } else {
+                    gate_n[e * i_all + r] * ng
+                };
+                let un = if u16 {
+                    abs_dot(urow, &xu)
+                } else {
+                    up_n[e * i_all + r] * nu
+                };
                 // d silu / dg = sigmoid(g) (1 + g (1 - sigmoid(g))), at most 1.1 in magnitude.
                 let hval = silu(g) * u;
                 hv[j] = hval as f32;

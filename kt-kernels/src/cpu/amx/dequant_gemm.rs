@@ -155,14 +155,7 @@ unsafe fn gemm_amx(t: &GemmTile, dequant: DequantBf16Fn) {
                         // tile; elements c0..c0 + clen lie in them; the panel holds
                         // CHUNK_STEPS tiles per half.
                         unsafe {
-                            convert_acts(
-                                t,
-                                t0 + TILE * j,
-                                n,
-                                c0,
-                                sn,
-                                panel.add(j * CHUNK_STEPS),
-                            )
+                            convert_acts(t, t0 + TILE * j, n, c0, sn, panel.add(j * CHUNK_STEPS))
                         };
                     }
                 }
@@ -390,7 +383,14 @@ unsafe fn c_tiles_out(shape: Shape, c: *mut f32, odd: *mut [f32; TILE]) {
 /// # Safety
 /// Those output elements are the caller's; `acc` is the (initialised) accumulator.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn write_out(t: &GemmTile, acc: *const f32, g0: usize, rows: usize, t0: usize, tokens: usize) {
+unsafe fn write_out(
+    t: &GemmTile,
+    acc: *const f32,
+    g0: usize,
+    rows: usize,
+    t0: usize,
+    tokens: usize,
+) {
     for r in (0..rows).step_by(TILE) {
         let nr = TILE.min(rows - r);
         let mask: __mmask16 = if nr == TILE { !0 } else { (1 << nr) - 1 };
@@ -443,7 +443,14 @@ unsafe fn prefetch_rows(w: *const u8, stride: usize, nr: usize, bytes: usize) {
 /// Those rows and elements are readable (whole blocks of the activation type); `dst` is
 /// writable for `sn` tiles.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c")]
-unsafe fn convert_acts(t: &GemmTile, first: usize, n: usize, c0: usize, sn: usize, dst: *mut BTile) {
+unsafe fn convert_acts(
+    t: &GemmTile,
+    first: usize,
+    n: usize,
+    c0: usize,
+    sn: usize,
+    dst: *mut BTile,
+) {
     let act = t.qtype.vec_dot_type();
     let (be, bb) = (act.block_elems(), act.block_bytes());
     for s in 0..sn {
@@ -466,7 +473,8 @@ unsafe fn convert_acts(t: &GemmTile, first: usize, n: usize, c0: usize, sn: usiz
                 };
                 let d = _mm512_set1_ps(d);
                 let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast())));
-                let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast())));
+                let hi =
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast())));
                 *row = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
                     _mm512_mul_ps(hi, d),
                     _mm512_mul_ps(lo, d),

@@ -15,7 +15,7 @@
 //! passed. Each work item loads its own tile configuration on the thread that runs it and
 //! releases the tiles at its end, so pool threads never share tile state.
 
-use super::dispatch::{Bf16Gemm, DequantBf16Fn, FormatKernels, GemmFn, KernelTable};
+use super::dispatch::{Bf16Gemm, FormatKernels, GemmFn, KernelTable};
 use super::isa::Isa;
 use crate::quant::QType;
 
@@ -31,15 +31,13 @@ mod tiles;
 pub(crate) fn register(t: &mut KernelTable) {
     // The dequantize-to-bf16 GEMM (`tdpbf16ps`; the dequantizers need AVX512-BF16).
     if super::Isa::Amx.has_avx512_bf16() {
-        for (q, dequant) in [(QType::Q4_K, q4_k_bf16::dequant as DequantBf16Fn)] {
-            t.set_bf16_gemm(
-                q,
-                Bf16Gemm {
-                    gemm: dequant_gemm::gemm,
-                    dequant,
-                },
-            );
-        }
+        t.set_bf16_gemm(
+            QType::Q4_K,
+            Bf16Gemm {
+                gemm: dequant_gemm::gemm,
+                dequant: q4_k_bf16::dequant,
+            },
+        );
     }
     if let Ok(&lower) = t.get(QType::Q4_K) {
         t.set(

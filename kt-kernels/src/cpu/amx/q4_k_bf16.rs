@@ -36,7 +36,7 @@ pub(crate) unsafe fn dequant(
     dst: *mut u16,
     dst_stride: usize,
 ) {
-    debug_assert!(k0 % QK_K == 0 && kn % QK_K == 0);
+    debug_assert!(k0.is_multiple_of(QK_K) && kn.is_multiple_of(QK_K));
     let iota = _mm512_setr_ps(
         0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
     );
@@ -55,10 +55,8 @@ pub(crate) unsafe fn dequant(
                 let out = dst.add(r * dst_stride + b * QK_K);
                 let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(blk.cast::<i32>().read_unaligned()));
                 let d = _mm512_broadcastss_ps(dd);
-                let neg_dmin = _mm512_broadcastss_ps(_mm_sub_ps(
-                    _mm_setzero_ps(),
-                    _mm_movehdup_ps(dd),
-                ));
+                let neg_dmin =
+                    _mm512_broadcastss_ps(_mm_sub_ps(_mm_setzero_ps(), _mm_movehdup_ps(dd)));
                 let (sc, m) = scales_mins(blk.add(4));
                 _mm512_storeu_ps(scale.as_mut_ptr(), _mm512_mul_ps(_mm512_cvtepi32_ps(sc), d));
                 _mm512_storeu_ps(
@@ -67,7 +65,8 @@ pub(crate) unsafe fn dequant(
                 );
                 // Read back through memory: the per-sub-block broadcasts then come from
                 // loads (no shuffle port) rather than from registers.
-                let (scale, neg_min) = (std::hint::black_box(&scale), std::hint::black_box(&neg_min));
+                let (scale, neg_min) =
+                    (std::hint::black_box(&scale), std::hint::black_box(&neg_min));
                 for p in 0..4 {
                     let (lo, hi) = (2 * p, 2 * p + 1);
                     let t_lo = _mm512_add_ps(

@@ -8,7 +8,6 @@
 //! partition its output (positions x rows), which `plan.rs` tests.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 
 use super::layer::LayerInner;
 use super::plan::{Item, MAX_ITEM_FLOATS};
@@ -26,19 +25,13 @@ const SERIAL_ELEMS: usize = 1 << 16;
 const COMBINE_COLS: usize = 1024;
 
 /// From this many positions an expert's projections run the table's dequantize-to-bf16
-/// GEMM where it has one (AMX: weights rounded to bf16 on the fly, no per-block scaling;
-/// see `cpu/amx/dequant_gemm.rs`) instead of the format's integer kernel. Its cost is the
+/// GEMM where it has one and it is enabled ([`dispatch::bf16_gemm_enabled`]; AMX: weights
+/// rounded to bf16 on the fly, no per-block scaling; see `cpu/amx/dequant_gemm.rs`)
+/// instead of the format's integer kernel. Its cost is the
 /// dequantization, the same per weight at any token count, so it pays once a weight
 /// serves enough tokens; decode-sized experts keep the integer kernels (and so do
 /// calls where every expert is decode-sized, whose arithmetic follows ggml's).
 const BF16_MIN_TOKENS: usize = GEMV_MAX_TOKENS + 1;
-
-/// `KT_MOE_BF16=0` turns the dequantize-to-bf16 path off (for A/B measurements against
-/// the integer kernels); read once.
-fn bf16_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KT_MOE_BF16").map_or(true, |v| v != "0"))
-}
 
 /// Runs the call described by `s` (layer, tokens, inputs) on `pool`, leaving the result
 /// in `s.out[..tokens * hidden]`.
@@ -183,7 +176,8 @@ struct Bf16Path<'a> {
 
 impl<'a> Bf16Path<'a> {
     fn of(table: &KernelTable, l: &LayerInner, counts: &'a [u32]) -> Bf16Path<'a> {
-        let get = |q| table.bf16_gemm(q).filter(|_| bf16_enabled());
+        let on = dispatch::bf16_gemm_enabled();
+        let get = |q| table.bf16_gemm(q).filter(|_| on);
         Bf16Path {
             gate: get(l.gate.qtype()),
             up: get(l.up.qtype()),
@@ -442,6 +436,7 @@ unsafe fn quantize_inter_rows(
 }
 
 /// Down of each item straight into the positions' rows of `down_out`.
+#[allow(clippy::too_many_arguments)]
 fn down(
     pool: &ThreadPool,
     l: &LayerInner,
@@ -567,9 +562,10 @@ fn fused(
     );
     pool.for_each(up.len() + down.len(), &|i, thread| {
         if let Some(&it) = up.get(i) {
+            // Decode-sized experts only: the integer kernels.
+            let none = Bf16Path::none();
             // SAFETY: as in `gate_up`: up items partition (position, row) and `thread`
             // owns its tile scratch.
-            let none = Bf16Path::none();
             unsafe { gate_up_item(l, k.gate, k.up, &none, d, it, ag, au, inter, tiles, thread) };
             let e = it.expert as usize;
             // AcqRel: the last one out sees every other item's intermediate rows.
