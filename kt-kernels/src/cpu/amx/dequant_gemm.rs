@@ -17,13 +17,18 @@
 //!
 //! Order: blocks of 32 tokens (two B tiles); groups of up to 128 rows (the accumulator);
 //! K chunks of [`CHUNK_STEPS`] steps (the activation panel, 128 KiB, in L2); pairs of 16-row
-//! A tiles; units of up to 256 elements dequantized into a double buffer (the next unit
-//! while the current one's `tdpbf16ps` run), each eight 32-element steps of up to four
-//! products. Tiles: 0..4 C (row half `i`, token half `j` at `2i + j`), 4 and 5 A, 6 and 7
-//! B; a missing second half leaves its tiles unconfigured and unused.
+//! A tiles; units of up to 256 elements, each eight 32-element steps of up to four
+//! products, with the unit after next dequantized in slices of rows between the steps
+//! (three buffers). Tiles: 0..4 C (row half `i`, token half `j` at `2i + j`), 4 and 5 A,
+//! 6 and 7 B; with one token half the second half's tiles take the odd K steps
+//! ([`Shape`]).
 //!
-//! Activation types: Q8_K (the K-quants') and Q8_0 (the 32-blocks'), `d * q` in f32
-//! rounded to the nearest-even bf16.
+//! Measured on the dev VM (BENCHMARKS.md, session 5): the AVX512 dequantization and the
+//! `tdpbf16ps` do not overlap (a unit costs their sum), and the dequantization alone
+//! (~0.07 ns per weight) costs as much as the integer kernel at 8 tokens, so this path is
+//! level with `q4_k.rs` at best and off by default ([`crate::cpu::dispatch::bf16_gemm_enabled`]).
+//!
+//! Activation type: Q8_K (the K-quants'), `d * q` in f32 rounded to the nearest-even bf16.
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
@@ -54,9 +59,8 @@ const PREFETCH: usize = 2;
 #[derive(Clone, Copy)]
 struct BTile([[u32; TILE]; TILE]);
 
-/// Units of dequantized rows in flight: the one being multiplied, the one dequantized
-/// before it (whose stores must have drained before its tile loads: loading a tile from
-/// lines still in the store buffer stalls), and the one being dequantized.
+/// Units of dequantized rows in flight: the one being multiplied, the next one (complete),
+/// and the one after, being dequantized in slices meanwhile.
 const BUFS: usize = 3;
 #[repr(C, align(64))]
 struct WeightBuf([[[u16; UNIT]; PAIR]; BUFS]);
@@ -65,11 +69,10 @@ struct WeightBuf([[[u16; UNIT]; PAIR]; BUFS]);
 #[repr(C, align(64))]
 struct Acc([[f32; TOKENS]; GROUP_ROWS]);
 
-/// Whether [`gemm`] can run `t`: K whole 32-element steps and a supported activation type.
-pub(crate) fn supports(t: &GemmTile) -> bool {
-    t.k > 0
-        && t.k.is_multiple_of(STEP)
-        && matches!(t.qtype.vec_dot_type(), QType::Q8_K | QType::Q8_0)
+/// Whether [`gemm`] can run `t`: K whole 32-element steps and Q8_K activations (the table
+/// registers it only for formats where that always holds).
+fn supports(t: &GemmTile) -> bool {
+    t.k > 0 && t.k.is_multiple_of(STEP) && t.qtype.vec_dot_type() == QType::Q8_K
 }
 
 /// # Safety
@@ -440,9 +443,9 @@ unsafe fn prefetch_rows(w: *const u8, stride: usize, nr: usize, bytes: usize) {
 /// elements `c0..c0 + 32 sn`) to bf16 B tiles `dst[0..sn]`; missing tokens are zero.
 ///
 /// # Safety
-/// Those rows and elements are readable (whole blocks of the activation type); `dst` is
+/// Those rows and elements are readable (whole Q8_K blocks); `dst` is
 /// writable for `sn` tiles.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
 unsafe fn convert_acts(
     t: &GemmTile,
     first: usize,
@@ -451,27 +454,19 @@ unsafe fn convert_acts(
     sn: usize,
     dst: *mut BTile,
 ) {
-    let act = t.qtype.vec_dot_type();
+    let act = QType::Q8_K;
     let (be, bb) = (act.block_elems(), act.block_bytes());
     for s in 0..sn {
         let e0 = c0 + s * STEP;
         let (blk, off) = (e0 / be, e0 % be);
         let mut rows = [_mm512_setzero_si512(); TILE];
         for (tok, row) in rows.iter_mut().enumerate().take(n) {
-            // SAFETY: block `blk` of token first + tok is readable (the caller); a step
-            // of 32 lies inside one block (Q8_K: 256 elements, Q8_0: 32).
+            // SAFETY: block `blk` of token first + tok is readable (the caller): its f32
+            // scale at 0, its 256 int8 at 4; a step of 32 lies inside the block.
             unsafe {
                 let b = t.a.add((first + tok) * t.a_stride + blk * bb);
-                let (d, q) = match act {
-                    QType::Q8_K => (b.cast::<f32>().read_unaligned(), b.add(4 + off)),
-                    _ => (
-                        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                            b.cast::<u16>().read_unaligned() as i32,
-                        ))),
-                        b.add(2),
-                    ),
-                };
-                let d = _mm512_set1_ps(d);
+                let q = b.add(4 + off);
+                let d = _mm512_set1_ps(b.cast::<f32>().read_unaligned());
                 let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast())));
                 let hi =
                     _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast())));
