@@ -239,8 +239,7 @@ fn layers_of_different_shapes_share_one_context() {
             let x = moe_support::activations(tokens, built.spec.hidden, seed);
             let (ids, w) =
                 moe_support::routing(Routing::Uniform, tokens, 8, built.spec.experts, seed);
-            let (y, tol, _) =
-                moe_support::expected_on(Isa::best(), built, 0..built.spec.inter, &x, &ids, &w);
+            let (y, tol, _) = moe_support::expected(built, 0..built.spec.inter, &x, &ids, &w);
             let mut out = moe_support::poisoned(tokens * built.spec.hidden);
             ctx.forward(&built.layer, &x, &ids, &w, &mut out).unwrap();
             moe_support::check(&format!("{:?} T={tokens}", built.spec), &out, &y, &tol);
@@ -287,14 +286,8 @@ fn intermediate_slices_add_up_to_the_full_layer() {
             for (n, part) in parts.iter().enumerate() {
                 let mut out = moe_support::poisoned(full.len());
                 ctx.forward(part, &x, &ids, &w, &mut out).unwrap();
-                let (y, tol, _) = moe_support::expected_on(
-                    Isa::best(),
-                    &b,
-                    part.intermediate_slice(),
-                    &x,
-                    &ids,
-                    &w,
-                );
+                let (y, tol, _) =
+                    moe_support::expected(&b, part.intermediate_slice(), &x, &ids, &w);
                 moe_support::check(
                     &format!("{gate}/{down} slice {n} T={tokens}"),
                     &out,

@@ -3,7 +3,6 @@
 //! below and overrides the formats it has hand-tuned kernels for, so every format always
 //! has a kernel and the matmul driver never names a format.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use super::isa::Isa;
@@ -45,72 +44,6 @@ pub type GemmFn = unsafe fn(&GemmTile);
 /// The CPU must support the ISA the function was compiled for (guaranteed by the table).
 pub type QuantizeActFn = unsafe fn(src: &[f32], dst: &mut [u8]);
 
-/// Dequantizes weight rows to bf16: elements `k0..k0 + kn` (whole blocks of the format,
-/// `kn` a multiple of 32) of `rows` rows (row `r` at `w + r * w_stride` bytes) into
-/// `dst[r * dst_stride..][..kn]` (bf16 bits, `dst_stride` in elements), each element
-/// rounded once from its f32 value.
-///
-/// # Safety
-/// The rows' blocks are readable, `dst` is writable for those rows, and the CPU supports
-/// the ISA the function was compiled for (guaranteed by the table).
-pub type DequantBf16Fn = unsafe fn(
-    w: *const u8,
-    w_stride: usize,
-    rows: usize,
-    k0: usize,
-    kn: usize,
-    dst: *mut u16,
-    dst_stride: usize,
-);
-
-/// A GEMM that dequantizes the weights with `dequant` to bf16 on the fly and multiplies
-/// them with the activations (the format's `vec_dot_type`) converted to bf16: one
-/// rounding per weight and per activation element instead of the integer kernels'
-/// exact block products, and no per-block scaling. Same tile contract as [`GemmFn`].
-///
-/// # Safety
-/// As [`GemmFn`]; `dequant` is the table's function of `t.qtype`.
-pub type Bf16GemmFn = unsafe fn(t: &GemmTile, dequant: DequantBf16Fn);
-
-/// The dequantize-to-bf16 GEMM of one format (see [`KernelTable::bf16_gemm`]).
-#[derive(Clone, Copy)]
-pub struct Bf16Gemm {
-    pub gemm: Bf16GemmFn,
-    pub dequant: DequantBf16Fn,
-}
-
-/// Whether callers that may use [`KernelTable::bf16_gemm`] (the MoE operator, for its
-/// experts with many positions) do: off by default, since on the machines measured so far
-/// it is no faster than the integer kernels (BENCHMARKS.md); on with `KT_MOE_BF16=1` in
-/// the environment (read once) or [`set_bf16_gemm_enabled`].
-pub fn bf16_gemm_enabled() -> bool {
-    match BF16_GEMM.load(Ordering::Relaxed) {
-        BF16_UNSET => {
-            let on = std::env::var("KT_MOE_BF16").is_ok_and(|v| v == "1");
-            // A concurrent `set_bf16_gemm_enabled` wins over the environment.
-            let _ = BF16_GEMM.compare_exchange(
-                BF16_UNSET,
-                if on { BF16_ON } else { BF16_OFF },
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            BF16_GEMM.load(Ordering::Relaxed) == BF16_ON
-        }
-        v => v == BF16_ON,
-    }
-}
-
-/// Turns the bf16 GEMM path on or off for the whole process (overrides `KT_MOE_BF16`);
-/// calls already running keep the choice they started with.
-pub fn set_bf16_gemm_enabled(on: bool) {
-    BF16_GEMM.store(if on { BF16_ON } else { BF16_OFF }, Ordering::Relaxed);
-}
-
-const BF16_UNSET: u8 = 0;
-const BF16_OFF: u8 = 1;
-const BF16_ON: u8 = 2;
-static BF16_GEMM: AtomicU8 = AtomicU8::new(BF16_UNSET);
-
 /// The kernels of one weight format on one ISA.
 #[derive(Clone, Copy)]
 pub struct FormatKernels {
@@ -126,8 +59,6 @@ pub struct FormatKernels {
 pub struct KernelTable {
     isa: Isa,
     formats: [Option<FormatKernels>; 31],
-    /// The dequantize-to-bf16 path per format (AMX only, so far).
-    bf16: [Option<Bf16Gemm>; 31],
 }
 
 impl KernelTable {
@@ -160,23 +91,10 @@ impl KernelTable {
         }
     }
 
-    /// The dequantize-to-bf16 GEMM of `qtype`, where this ISA has one: for callers that
-    /// accept bf16 rounding of weights and activations (the MoE operator's busy experts),
-    /// never the plain matmul, whose results follow ggml's quantized arithmetic.
-    pub fn bf16_gemm(&self, qtype: QType) -> Option<Bf16Gemm> {
-        self.bf16[qtype.ggml_id() as usize]
-    }
-
-    /// Installs the dequantize-to-bf16 GEMM of `qtype`.
-    pub fn set_bf16_gemm(&mut self, qtype: QType, k: Bf16Gemm) {
-        self.bf16[qtype.ggml_id() as usize] = Some(k);
-    }
-
     fn build(isa: Isa) -> KernelTable {
         let mut t = KernelTable {
             isa,
             formats: [None; 31],
-            bf16: [None; 31],
         };
         super::scalar::register(&mut t);
         #[cfg(target_arch = "x86_64")]

@@ -92,39 +92,7 @@ pub fn strided_gemm_tile(
     tokens: usize,
     (off, ldo): (usize, usize),
 ) -> Vec<f32> {
-    let kernels = kt_kernels::cpu::dispatch::table(isa)
-        .unwrap()
-        .get(q)
-        .unwrap();
-    // SAFETY: the caller checked that this CPU runs `isa`; the tile is the runner's.
-    strided_tile_with(
-        |t| unsafe { (kernels.gemm)(t) },
-        q,
-        w,
-        rows,
-        k,
-        xq,
-        act_row,
-        tokens,
-        (off, ldo),
-    )
-}
-
-/// [`strided_gemm_tile`] with the kernel as a parameter: `kernel` must compute the tile it
-/// is given (and may assume it describes valid memory).
-#[allow(clippy::too_many_arguments)]
-pub fn strided_tile_with(
-    kernel: impl Fn(&kt_kernels::cpu::dispatch::GemmTile),
-    q: QType,
-    w: &[u8],
-    rows: usize,
-    k: usize,
-    xq: &[u8],
-    act_row: usize,
-    tokens: usize,
-    (off, ldo): (usize, usize),
-) -> Vec<f32> {
-    use kt_kernels::cpu::dispatch::GemmTile;
+    use kt_kernels::cpu::dispatch::{self, GemmTile};
     assert!(ldo > rows && w.len() == rows * q.row_bytes(k).unwrap());
     assert_eq!(xq.len(), tokens * act_row);
     let mut big = poisoned(off + tokens * ldo);
@@ -140,9 +108,11 @@ pub fn strided_tile_with(
         out: big[off..].as_mut_ptr(),
         ldo,
     };
-    // The tile describes the weights (rows x row_bytes, checked above), the quantized
-    // activations (tokens x act_row, checked above) and output elements inside `big`.
-    kernel(&tile);
+    let kernels = dispatch::table(isa).unwrap().get(q).unwrap();
+    // SAFETY: the tile describes the weights (rows x row_bytes, checked above), the
+    // quantized activations (tokens x act_row, checked above) and output elements inside
+    // `big`; the caller checked that this CPU runs `isa`.
+    unsafe { (kernels.gemm)(&tile) };
     let mut got = vec![0f32; tokens * rows];
     for (i, v) in big.iter().enumerate() {
         let inside = i >= off && (i - off) % ldo < rows && (i - off) / ldo < tokens;

@@ -5,7 +5,6 @@
 use std::ops::Range;
 
 use kt_kernels::cpu::moe::{ExpertStack, MoeLayer};
-use kt_kernels::cpu::{dispatch, Isa, GEMV_MAX_TOKENS};
 use kt_kernels::quant::{self, QType};
 use kt_kernels::util::SplitMix64;
 
@@ -159,92 +158,6 @@ fn roundtrip(act: QType, v: &[f32]) -> Vec<f32> {
 /// the f64 side uses (1 ulp). 2e-6 is ~30 ulps.
 pub const DOT_EPS: f64 = 2e-6;
 
-/// The same bound for a dot of the bf16 path (`cpu/amx/dequant_gemm.rs`) over `k`
-/// elements, against the f64 dot of the same bf16 operands (the expected side rounds the
-/// dequantized weights and activations to bf16 exactly as the kernel does: the products of
-/// two bf16 are exact in f32, so only the f32 accumulation rounds): at most `k` roundings
-/// of a partial sum, each <= 2^-24 of it, so `k 2^-24 sum |w a| <= k 2^-24 |w|_2 |a|_2`
-/// (Cauchy-Schwarz), in any order the hardware adds in. 1.01 covers the second-order term.
-pub fn bf16_dot_eps(k: usize) -> f64 {
-    1.01 * k as f64 * 2f64.powi(-24)
-}
-
-/// Whether the MoE operator on `isa` runs format `q` of an expert with `count` positions
-/// through the dequantize-to-bf16 GEMM: the table has one for `q`, the expert has more
-/// than `GEMV_MAX_TOKENS` positions (`compute.rs`'s `BF16_MIN_TOKENS`), and the path is
-/// enabled (`dispatch::bf16_gemm_enabled`: off unless `KT_MOE_BF16=1` or a test turns it
-/// on).
-pub fn takes_bf16(isa: Isa, q: QType, count: usize) -> bool {
-    dispatch::bf16_gemm_enabled()
-        && count > GEMV_MAX_TOKENS
-        && dispatch::table(isa)
-            .map(|t| t.bf16_gemm(q).is_some())
-            .unwrap_or(false)
-}
-
-/// Whether the MoE operator on `isa` runs any projection of `b` through the bf16 path for
-/// the routing `ids`.
-pub fn uses_bf16(isa: Isa, b: &Built, ids: &[u32]) -> bool {
-    let s = b.spec;
-    let mut counts = vec![0usize; s.experts];
-    ids.iter().for_each(|&e| counts[e as usize] += 1);
-    counts.iter().any(|&n| {
-        [s.gate, s.up, s.down]
-            .iter()
-            .any(|&q| takes_bf16(isa, q, n))
-    })
-}
-
-/// The largest tolerance, as a fraction of the outputs' rms, at which a check against
-/// [`expected_on`] still sees what matters (a lost slot, a wrong expert, token or tile
-/// moves outputs by tens of percent): 5% where every projection takes an integer path.
-/// `None` where the bf16 path runs: its rigorous dot bound ([`bf16_dot_eps`],
-/// `k 2^-24 sum |w a|`, grows as K^1.5 against a dot's K^0.5: 15x the integer path's at
-/// K = 512, 40x at 2304) widens the band of intermediate elements whose quantization may
-/// flip until the per-element check is only a sanity bound (10-25% of the rms). Those runs
-/// get their power from the per-token check against the f32 reference
-/// ([`Q8_BF16_PATH_TOL`]), and the bf16 arithmetic is checked tightly, against the same
-/// bf16 operands, by `moe_q4k_bf16.rs`'s GEMM test.
-pub fn tightness_guard(isa: Isa, b: &Built, ids: &[u32]) -> Option<f64> {
-    (!uses_bf16(isa, b, ids)).then_some(0.05)
-}
-
-/// Relative L2 error per token allowed between the MoE operator and the f32 reference
-/// (dequantized weights, f32 activations, f64 sums) where the bf16 path runs.
-///
-/// The path rounds x to Q8_K (<= 1.1% relative rms per stage: block maxima up to ~5x the
-/// rms, half a step of amax / 127 spread uniformly, `moe_correctness.rs`'s
-/// `Q8_STAGES_TOL`), then to bf16 (half an ulp <= 2^-9 relative, rms 2^-9 / sqrt(3) =
-/// 0.11%); every weight to bf16 (0.11% rms, independent per weight, so a dot over random
-/// weights moves by 0.11% rms too); the intermediate to Q8_K and bf16 again. The x stage
-/// reaches the output through gate and up, the weights' rounding through gate, up and
-/// down, the intermediate's once: 3 x 1.1% + 3 x 0.11% + 3 x 0.11% = 4.0% (the integer
-/// path's 3.4% plus the bf16 terms), summed linearly; 4.5% leaves the integer path's room
-/// for a token's few hundred outputs to fluctuate. A wrong expert, slot, tile, sub-block
-/// scale or minimum moves a token by tens of percent.
-pub const Q8_BF16_PATH_TOL: f64 = 0.045;
-
-/// `v` rounded to the nearest-even bf16.
-pub fn bf16_round(v: f32) -> f32 {
-    half::bf16::from_f32(v).to_f32()
-}
-
-/// One bf16 ulp at `v` (2^(e - 7) for `|v|` in [2^e, 2^(e + 1))).
-fn bf16_ulp(v: f64) -> f64 {
-    2f64.powi(v.abs().log2().floor() as i32 - 7)
-}
-
-/// How far `v` lies from the nearest bf16 rounding boundary (a midpoint between two bf16
-/// values), in absolute terms.
-fn bf16_boundary_distance(v: f64) -> f64 {
-    if v == 0.0 {
-        return f64::INFINITY;
-    }
-    let ulp = bf16_ulp(v);
-    let frac = (v.abs() / ulp).fract();
-    (frac - 0.5).abs() * ulp
-}
-
 /// The expected output of the fast path, computed the way the fast path computes it
 /// but in f64 over dequantized operands: activations go through the reference quantizer
 /// of their activation type (the fast path's quantizers produce the same bytes), the
@@ -257,23 +170,6 @@ fn bf16_boundary_distance(v: f64) -> f64 {
 /// margin of a rounding boundary). Such an element moves the output by one quantization
 /// step times its down weight. Everything else quantizes to the same value on both sides.
 pub fn expected(
-    b: &Built,
-    slice: Range<usize>,
-    x: &[f32],
-    ids: &[u32],
-    weights: &[f32],
-) -> (Vec<f64>, Vec<f64>, f64) {
-    expected_on(Isa::Scalar, b, slice, x, ids, weights)
-}
-
-/// [`expected`] for the MoE operator on `isa`: where it runs a projection of an expert
-/// through the dequantize-to-bf16 GEMM ([`takes_bf16`]), that projection's weights and
-/// activations are rounded to bf16 here too (after the activation quantizer, as the
-/// kernel converts the quantized activations) and its dots get [`bf16_dot_eps`]; an
-/// intermediate element the down projection takes in bf16 may also round to the
-/// neighbouring bf16 where the margin of its quantized value reaches a bf16 boundary.
-pub fn expected_on(
-    isa: Isa,
     b: &Built,
     slice: Range<usize>,
     x: &[f32],
@@ -298,110 +194,35 @@ pub fn expected_on(
             .map(|r| r.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt())
             .collect()
     };
-    let mut counts = vec![0usize; s.experts];
-    ids.iter().for_each(|&e| counts[e as usize] += 1);
-    let bf = |q: QType, e: usize| takes_bf16(isa, q, counts[e]);
-    let rounded = |m: &[f32]| m.iter().map(|&v| bf16_round(v)).collect::<Vec<f32>>();
-    // The bf16 copies of the weights (only where some expert takes the bf16 path).
-    let any = |q: QType| (0..s.experts).any(|e| bf(q, e));
-    let (gate16, up16, down16) = (
-        if any(s.gate) {
-            rounded(&b.gate)
-        } else {
-            Vec::new()
-        },
-        if any(s.up) {
-            rounded(&b.up)
-        } else {
-            Vec::new()
-        },
-        if any(s.down) {
-            rounded(&b.down)
-        } else {
-            Vec::new()
-        },
-    );
     let (gate_norms, up_norms) = (row_norms(&b.gate), row_norms(&b.up));
-    let (gate16_norms, up16_norms) = (row_norms(&gate16), row_norms(&up16));
     for t in 0..tokens {
         let xt = &x[t * h..(t + 1) * h];
-        let xg_q = roundtrip(ag, xt);
-        let xu_q = roundtrip(au, xt);
-        let to64 = |v: &[f32], bf16: bool| -> Vec<f64> {
-            v.iter()
-                .map(|&a| if bf16 { bf16_round(a) } else { a } as f64)
-                .collect()
-        };
+        let xg: Vec<f64> = roundtrip(ag, xt).iter().map(|&v| v as f64).collect();
+        let xu: Vec<f64> = roundtrip(au, xt).iter().map(|&v| v as f64).collect();
+        let (ng, nu) = (norm(&xg), norm(&xu));
         for sl in 0..k {
             let e = ids[t * k + sl] as usize;
             let w = weights[t * k + sl] as f64;
-            let (g16, u16, d16) = (bf(s.gate, e), bf(s.up, e), bf(s.down, e));
-            let (xg, xu) = (to64(&xg_q, g16), to64(&xu_q, u16));
-            let (ng, nu) = (norm(&xg), norm(&xu));
-            let (gate_m, gate_n, g_eps) = if g16 {
-                (&gate16, &gate16_norms, bf16_dot_eps(h))
-            } else {
-                (&b.gate, &gate_norms, DOT_EPS)
-            };
-            let (up_m, up_n, u_eps) = if u16 {
-                (&up16, &up16_norms, bf16_dot_eps(h))
-            } else {
-                (&b.up, &up_norms, DOT_EPS)
-            };
-            let (down_m, d_eps) = if d16 {
-                (&down16, bf16_dot_eps(n))
-            } else {
-                (&b.down, DOT_EPS)
-            };
             let mut hv = vec![0f32; n];
             let mut dh = vec![0f64; n];
             for (j, r) in slice.clone().enumerate() {
-                let grow = &gate_m[(e * i_all + r) * h..(e * i_all + r + 1) * h];
-                let urow = &up_m[(e * i_all + r) * h..(e * i_all + r + 1) * h];
+                let grow = &b.gate[(e * i_all + r) * h..(e * i_all + r + 1) * h];
+                let urow = &b.up[(e * i_all + r) * h..(e * i_all + r + 1) * h];
                 let g: f64 = grow.iter().zip(&xg).map(|(&a, &c)| a as f64 * c).sum();
                 let u: f64 = urow.iter().zip(&xu).map(|(&a, &c)| a as f64 * c).sum();
-                // What the dot's rounding bound scales with: `sum |w a|` itself on the
-                // bf16 path (its bound is per term), `|w|_2 |a|_2 >= sum |w a|` otherwise.
-                let abs_dot = |row: &[f32], a: &[f64]| -> f64 {
-                    row.iter().zip(a).map(|(&w, &c)| (w as f64 * c).abs()).sum()
-                };
-                let gn = if g16 {
-                    abs_dot(grow, &xg)
-                } else {
-                    gate_n[e * i_all + r] * ng
-                };
-                let un = if u16 {
-                    abs_dot(urow, &xu)
-                } else {
-                    up_n[e * i_all + r] * nu
-                };
+                let gn = gate_norms[e * i_all + r] * ng;
+                let un = up_norms[e * i_all + r] * nu;
                 // d silu / dg = sigmoid(g) (1 + g (1 - sigmoid(g))), at most 1.1 in magnitude.
                 let hval = silu(g) * u;
                 hv[j] = hval as f32;
-                dh[j] = g_eps * 1.1 * u.abs() * gn + u_eps * silu(g).abs() * un + 1e-6 * hval.abs();
+                dh[j] = DOT_EPS * (1.1 * u.abs() * gn + silu(g).abs() * un) + 1e-6 * hval.abs();
             }
-            let mut hq = roundtrip(ad, &hv);
+            let hq = roundtrip(ad, &hv);
             let (step, amb) = quant_steps(ad, &hv, &dh);
-            let mut flip16 = vec![0f64; n];
-            if d16 {
-                // The kernel rounds each quantized element to bf16. Where the element is
-                // certain (no flip, no scale move) both sides round the same value; where
-                // it may move (by a flip's step, or by its scale's slack), the bf16
-                // rounding may land one bf16 ulp further (past a boundary the margin
-                // reaches): that ulp joins its step.
-                for (j, v) in hq.iter_mut().enumerate() {
-                    let q = *v as f64;
-                    let reach = if amb[j] { step[j].0 } else { 0.0 } + step[j].1 * q.abs();
-                    if reach > 0.0 && bf16_boundary_distance(q) <= reach {
-                        flip16[j] = bf16_ulp(q.abs() + reach);
-                    }
-                    *v = bf16_round(*v);
-                }
-            }
             let hq_norm = hq.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
             for r in 0..h {
                 let drow =
-                    &down_m[(e * h + r) * i_all + slice.start..(e * h + r) * i_all + slice.end];
+                    &b.down[(e * h + r) * i_all + slice.start..(e * h + r) * i_all + slice.end];
                 let mut dotv = 0f64;
                 let mut slack = 0f64;
                 let mut dn = 0f64;
@@ -410,16 +231,14 @@ pub fn expected_on(
                     dotv += d * hq[j] as f64;
                     dn += d * d;
                     slack += d.abs()
-                        * (if amb[j] { step[j].0 } else { 0.0 }
-                            + step[j].1 * (hq[j] as f64).abs()
-                            + flip16[j]);
+                        * (if amb[j] { step[j].0 } else { 0.0 } + step[j].1 * (hq[j] as f64).abs());
                     if ad == QType::F32 {
                         slack += d.abs() * dh[j];
                     }
                 }
                 y[t * h + r] += w * dotv;
                 tol[t * h + r] +=
-                    w.abs() * (d_eps * dn.sqrt() * hq_norm + slack) + 1e-6 * (w * dotv).abs();
+                    w.abs() * (DOT_EPS * dn.sqrt() * hq_norm + slack) + 1e-6 * (w * dotv).abs();
             }
         }
     }

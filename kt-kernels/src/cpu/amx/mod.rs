@@ -6,39 +6,23 @@
 //! [`q8_0::AMX_MIN_TOKENS`]); those two share [`blocks`]. The other GGUF formats keep
 //! their AVX512 kernels.
 //!
-//! [`dequant_gemm`] is the other way to the GGUF formats: weights dequantized to bf16 on
-//! the fly (per format: [`q4_k_bf16`]) into `tdpbf16ps`, the table's `bf16_gemm`, which
-//! the MoE operator uses for its busy experts.
-//!
 //! AMX needs the Linux permission request ([`crate::cpu::isa`]'s `amx_permission`), made
 //! once per process by `Isa::Amx.check()`; every entry here is reached only after it
 //! passed. Each work item loads its own tile configuration on the thread that runs it and
 //! releases the tiles at its end, so pool threads never share tile state.
 
-use super::dispatch::{Bf16Gemm, FormatKernels, GemmFn, KernelTable};
+use super::dispatch::{FormatKernels, GemmFn, KernelTable};
 use super::isa::Isa;
 use crate::quant::QType;
 
 mod bf16;
 mod blocks;
-mod dequant_gemm;
 pub(crate) mod q4_k;
-mod q4_k_bf16;
 mod q8_0;
 pub(crate) mod repack;
 mod tiles;
 
 pub(crate) fn register(t: &mut KernelTable) {
-    // The dequantize-to-bf16 GEMM (`tdpbf16ps`; the dequantizers need AVX512-BF16).
-    if super::Isa::Amx.has_avx512_bf16() {
-        t.set_bf16_gemm(
-            QType::Q4_K,
-            Bf16Gemm {
-                gemm: dequant_gemm::gemm,
-                dequant: q4_k_bf16::dequant,
-            },
-        );
-    }
     if let Ok(&lower) = t.get(QType::Q4_K) {
         t.set(
             QType::Q4_K,

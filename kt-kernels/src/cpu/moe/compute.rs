@@ -13,7 +13,7 @@ use super::layer::LayerInner;
 use super::plan::{Item, MAX_ITEM_FLOATS};
 use super::scratch::{Scratch, TILE_FLOATS};
 use super::{plan, routing::Routing};
-use crate::cpu::dispatch::{self, Bf16Gemm, FormatKernels, GemmTile, KernelTable};
+use crate::cpu::dispatch::{self, FormatKernels, GemmTile};
 use crate::cpu::shared_ptr::Raw;
 use crate::cpu::{Isa, ThreadPool, GEMV_MAX_TOKENS};
 use crate::error::Result;
@@ -23,15 +23,6 @@ use crate::error::Result;
 const SERIAL_ELEMS: usize = 1 << 16;
 /// Output columns per combine item.
 const COMBINE_COLS: usize = 1024;
-
-/// From this many positions an expert's projections run the table's dequantize-to-bf16
-/// GEMM where it has one and it is enabled ([`dispatch::bf16_gemm_enabled`]; AMX: weights
-/// rounded to bf16 on the fly, no per-block scaling; see `cpu/amx/dequant_gemm.rs`)
-/// instead of the format's integer kernel. Its cost is the
-/// dequantization, the same per weight at any token count, so it pays once a weight
-/// serves enough tokens; decode-sized experts keep the integer kernels (and so do
-/// calls where every expert is decode-sized, whose arithmetic follows ggml's).
-const BF16_MIN_TOKENS: usize = GEMV_MAX_TOKENS + 1;
 
 /// Runs the call described by `s` (layer, tokens, inputs) on `pool`, leaving the result
 /// in `s.out[..tokens * hidden]`.
@@ -114,7 +105,6 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
         buf
     };
     let inter_q = &mut inter_q.as_mut_slice()[..pairs * dims.act_d];
-    let bf16 = Bf16Path::of(table, l, &routing.counts);
     let decode = routing
         .active()
         .iter()
@@ -148,10 +138,10 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
         );
     } else {
         gate_up(
-            pool, l, kg, ku, &bf16, &dims, items_up, act_gate, act_up, inter, tiles,
+            pool, l, kg, ku, &dims, items_up, act_gate, act_up, inter, tiles,
         );
         quantize_rows(pool, kd, inter, n_inter, inter_q, dims.act_d);
-        down(pool, l, kd, &bf16, &dims, items_down, inter_q, down_out);
+        down(pool, l, kd, &dims, items_down, inter_q, down_out);
     }
     combine(
         pool,
@@ -163,59 +153,6 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
         &mut out[..tokens * h],
     );
     Ok(())
-}
-
-/// The dequantize-to-bf16 GEMMs of a call's projections (where the table has them and
-/// they are enabled) and the positions per expert that pick them.
-struct Bf16Path<'a> {
-    gate: Option<Bf16Gemm>,
-    up: Option<Bf16Gemm>,
-    down: Option<Bf16Gemm>,
-    counts: &'a [u32],
-}
-
-impl<'a> Bf16Path<'a> {
-    fn of(table: &KernelTable, l: &LayerInner, counts: &'a [u32]) -> Bf16Path<'a> {
-        let on = dispatch::bf16_gemm_enabled();
-        let get = |q| table.bf16_gemm(q).filter(|_| on);
-        Bf16Path {
-            gate: get(l.gate.qtype()),
-            up: get(l.up.qtype()),
-            down: get(l.down.qtype()),
-            counts,
-        }
-    }
-
-    /// No bf16 path (the fused decode job, whose experts are all decode-sized).
-    fn none() -> Bf16Path<'static> {
-        Bf16Path {
-            gate: None,
-            up: None,
-            down: None,
-            counts: &[],
-        }
-    }
-
-    /// Whether `expert` has enough positions for the bf16 path.
-    fn busy(&self, expert: u32) -> bool {
-        self.counts
-            .get(expert as usize)
-            .is_some_and(|&n| n as usize >= BF16_MIN_TOKENS)
-    }
-}
-
-/// Runs `tile` on the integer kernel `k`, or on `bf` when the expert is busy.
-///
-/// # Safety
-/// As [`dispatch::GemmFn`] for `tile`; `bf` is the table's bf16 GEMM of the tile's format.
-unsafe fn run_tile(k: &FormatKernels, bf: Option<Bf16Gemm>, busy: bool, tile: &GemmTile) {
-    // SAFETY: the caller's contract; both kernels come from the table of this CPU.
-    unsafe {
-        match bf {
-            Some(b) if busy => (b.gemm)(tile, b.dequant),
-            _ => (k.gemm)(tile),
-        }
-    }
 }
 
 /// Row sizes of one call: hidden and intermediate (slice) lengths, the slice's first
@@ -279,7 +216,6 @@ fn gate_up(
     l: &LayerInner,
     kg: &FormatKernels,
     ku: &FormatKernels,
-    bf: &Bf16Path,
     d: &Dims,
     items: &[Item],
     act_g: &[u8],
@@ -297,7 +233,7 @@ fn gate_up(
     phase(pool, items.len(), work, &|i, thread| {
         // SAFETY: the buffers are the call's (sized for its positions by the caller);
         // items partition (position, row) and `thread` owns its tile scratch.
-        unsafe { gate_up_item(l, kg, ku, bf, d, items[i], ag, au, inter, tiles, thread) };
+        unsafe { gate_up_item(l, kg, ku, d, items[i], ag, au, inter, tiles, thread) };
     });
 }
 
@@ -313,7 +249,6 @@ unsafe fn gate_up_item(
     l: &LayerInner,
     kg: &FormatKernels,
     ku: &FormatKernels,
-    bf: &Bf16Path,
     d: &Dims,
     it: Item,
     ag: Raw<u8>,
@@ -352,15 +287,14 @@ unsafe fn gate_up_item(
                 ldo: nr,
             }
         };
-    let busy = bf.busy(it.expert);
     // SAFETY: expert e < experts (checked at submit) and rows r0..r0+nr < I, so the
     // weight rows lie in the stack; positions p0..p0+nt lie in the gathered
     // activations; the thread's tile scratch holds MAX_ITEM_FLOATS >= nr x nt
     // floats per projection and only this thread uses it; the table only holds
     // kernels this CPU can run.
     unsafe {
-        run_tile(kg, bf.gate, busy, &tile(&l.gate, gate, ag, d.act_g, g_out));
-        run_tile(ku, bf.up, busy, &tile(&l.up, up, au, d.act_u, u_out));
+        (kg.gemm)(&tile(&l.gate, gate, ag, d.act_g, g_out));
+        (ku.gemm)(&tile(&l.up, up, au, d.act_u, u_out));
     }
     for t in 0..nt {
         // SAFETY: the tiles were just written (nt x nr each); the intermediate row
@@ -436,12 +370,10 @@ unsafe fn quantize_inter_rows(
 }
 
 /// Down of each item straight into the positions' rows of `down_out`.
-#[allow(clippy::too_many_arguments)]
 fn down(
     pool: &ThreadPool,
     l: &LayerInner,
     kd: &FormatKernels,
-    bf: &Bf16Path,
     d: &Dims,
     items: &[Item],
     act: &[u8],
@@ -457,7 +389,7 @@ fn down(
     phase(pool, items.len(), work, &|i, _| {
         // SAFETY: `act` holds every position's quantized intermediate and `down_out`
         // every position's output row; items partition (position, row).
-        unsafe { down_item(l, kd, bf, d, items[i], a, out) };
+        unsafe { down_item(l, kd, d, items[i], a, out) };
     });
 }
 
@@ -471,7 +403,6 @@ fn down(
 unsafe fn down_item(
     l: &LayerInner,
     kd: &FormatKernels,
-    bf: &Bf16Path,
     d: &Dims,
     it: Item,
     a: Raw<u8>,
@@ -497,7 +428,7 @@ unsafe fn down_item(
     // columns in each row; positions p0.. lie in the quantized intermediate and in
     // down_out (pairs x h), where this item's (position, row) block is its own (the
     // caller's contract); the table only holds kernels this CPU can run.
-    unsafe { run_tile(kd, bf.down, bf.busy(it.expert), &tile) };
+    unsafe { (kd.gemm)(&tile) };
 }
 
 /// The kernels of a call's three projections.
@@ -565,11 +496,9 @@ fn fused(
     // handed out first (plain `for_each` starts every thread on a share of its own).
     pool.for_each_in_order(up.len() + down.len(), &|i, thread| {
         if let Some(&it) = up.get(i) {
-            // Decode-sized experts only: the integer kernels.
-            let none = Bf16Path::none();
             // SAFETY: as in `gate_up`: up items partition (position, row) and `thread`
             // owns its tile scratch.
-            unsafe { gate_up_item(l, k.gate, k.up, &none, d, it, ag, au, inter, tiles, thread) };
+            unsafe { gate_up_item(l, k.gate, k.up, d, it, ag, au, inter, tiles, thread) };
             let e = it.expert as usize;
             // AcqRel: the last one out sees every other item's intermediate rows.
             if state[e].fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -589,7 +518,7 @@ fn fused(
             }
             // SAFETY: the expert's quantized intermediate is complete (READY, Acquire);
             // down items partition (position, row) of `down_out`.
-            unsafe { down_item(l, k.down, &Bf16Path::none(), d, it, inter_q, down_out) };
+            unsafe { down_item(l, k.down, d, it, inter_q, down_out) };
         }
     });
 }
