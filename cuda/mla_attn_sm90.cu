@@ -111,17 +111,29 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         const __nv_bfloat16* src = ok ? q + (grow0 + r) * kDim + ch * 8 : q;
         kt_cp_async16(smem + kQOff + (ch >> 3) * kBlockBytes + kt_swz128(r, ch & 7), src, ok ? 16 : 0);
     }
+    // Cache tile copies: 8 threads per key row (one 16-byte chunk of each 64-dim block each),
+    // rows ld_row and ld_row + 32. Per tile a thread reads the block table once per row and
+    // issues its 18 copies back to back at fixed offsets from two row addresses: no table read
+    // or index arithmetic per copy. Rows ld_row and ld_row + 32 share the swizzle phase.
+    constexpr int kLdRows = kThreads / 8; // rows per pass
+    static_assert(kKeys == 2 * kLdRows && kChunks == 8 * kDimBlocks, "two passes of 8 chunks per block");
+    const int ld_row = tid >> 3;
+    const int ld_chunk = tid & 7;
+    const uint32_t ld_dst = kt_swz128(ld_row, ld_chunk);
     auto load_tile = [&](int t, int buf) {
-        uint8_t* dst = smem + kKOff + buf * kTileBytes;
-        for (int c = tid; c < kKeys * kChunks; c += kThreads) {
-            const int r = c / kChunks, ch = c % kChunks;
-            const int key = t * kKeys + r;
-            const __nv_bfloat16* src = cache;
-            if (key < kv_len) {
+        uint8_t* dst = smem + kKOff + buf * kTileBytes + ld_dst;
+#pragma unroll
+        for (int pass = 0; pass < 2; ++pass) {
+            const int key = t * kKeys + ld_row + pass * kLdRows;
+            const bool ok = key < kv_len;
+            const __nv_bfloat16* row = cache;
+            if (ok) {
                 const int blk = table[(size_t)b * max_blocks + key / block_size];
-                src = cache + ((size_t)blk * block_size + key % block_size) * kDim + ch * 8;
+                row = cache + ((size_t)blk * block_size + key % block_size) * kDim + ld_chunk * 8;
             }
-            kt_cp_async16(dst + (ch >> 3) * kBlockBytes + kt_swz128(r, ch & 7), src, key < kv_len ? 16 : 0);
+#pragma unroll
+            for (int blk = 0; blk < kDimBlocks; ++blk)
+                kt_cp_async16(dst + pass * kLdRows * 128 + blk * kBlockBytes, row + (ok ? blk * 64 : 0), ok ? 16 : 0);
         }
     };
     // S for keys 32 wg .. + 31 of the tile in buffer `buf`, issued (not waited for).
