@@ -35,6 +35,12 @@ pub(super) trait KQuant {
     /// (Q3_K, Q6_K): it is then subtracted from the int sums directly. False when it is
     /// a minimum with its own scale `dmin` (Q2_K, Q4_K, Q5_K).
     const OFFSET_BY_D: bool;
+    /// The integer sums of [`KQuant::chunk`]'s products are `2^SUM_SHIFT` times the true
+    /// ones (quants left where they lie in their byte, the scales widened to one common
+    /// factor: fewer unpacking shifts). Every product carries the factor, so an
+    /// arithmetic shift of a super-block's sum removes it exactly. Only with
+    /// `OFFSET_BY_D` false (the `bsums` term is not scaled).
+    const SUM_SHIFT: i32 = 0;
     /// A super-block's decoded sub-block scales, in whatever form [`KQuant::chunk`] wants.
     type Scales: Copy;
 
@@ -329,7 +335,14 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
             }
             // SAFETY: whole blocks, as above.
             let (dd, ddmin) = unsafe { pair_scales::<K, RM, RN>(&w, &a) };
-            acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(hsum8_epi32(&pairs)), acc);
+            const { assert!(!K::OFFSET_BY_D || K::SUM_SHIFT == 0) };
+            let sums = hsum8_epi32(&pairs);
+            let sums = if K::SUM_SHIFT > 0 {
+                _mm256_sra_epi32(sums, _mm_cvtsi32_si128(K::SUM_SHIFT))
+            } else {
+                sums
+            };
+            acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sums), acc);
             if !K::OFFSET_BY_D {
                 acc = _mm256_fnmadd_ps(ddmin, _mm256_cvtepi32_ps(hsum8_epi32(&mins)), acc);
             }
