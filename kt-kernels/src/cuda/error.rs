@@ -60,11 +60,15 @@ pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> CudaError {
     }
 }
 
-/// Wraps a launch error with the kernel's name and the shape it was launched for.
-pub(crate) fn launch_err(kernel: String, shape: String) -> impl FnOnce(DriverError) -> CudaError {
+/// Wraps a launch error with the kernel's name and the shape it was launched for. Both
+/// strings are built only when a launch fails: a launch that succeeds allocates nothing.
+pub(crate) fn launch_err<K: Into<String>, S: FnOnce() -> String>(
+    kernel: K,
+    shape: S,
+) -> impl FnOnce(DriverError) -> CudaError {
     move |source| CudaError::Launch {
-        kernel,
-        shape,
+        kernel: kernel.into(),
+        shape: shape(),
         source,
     }
 }

@@ -197,8 +197,8 @@ impl GpuStream {
         let Some(l) = plan("moe_gating", cfg, logits, bias, tokens, outputs)? else {
             return Ok(());
         };
-        let kernel = "kt_moe_gating".to_string();
-        let f = self.kernels.get(&MOE_GATING, &kernel)?;
+        let kernel = "kt_moe_gating";
+        let f = self.kernels.get(&MOE_GATING, kernel)?;
         let null: u64 = 0;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&logits.slice);
@@ -217,7 +217,7 @@ impl GpuStream {
         // dynamic shared memory is what the kernel indexes per warp.
         unsafe { b.launch(l.config) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("tokens {tokens}, {cfg:?}")))
+            .map_err(launch_err(kernel, || format!("tokens {tokens}, {cfg:?}")))
     }
 
     /// [`Self::moe_gating`] into one packed buffer of 32-bit words (`pack`, of
@@ -235,8 +235,8 @@ impl GpuStream {
     ) -> CudaResult<()> {
         const OP: &str = "moe_gating_packed";
         let (hidden, hidden_i, l) = plan_packed(OP, cfg, logits, bias, tokens, x, pack.len())?;
-        let kernel = "kt_moe_gating_packed".to_string();
-        let f = self.kernels.get(&MOE_GATING, &kernel)?;
+        let kernel = "kt_moe_gating_packed";
+        let f = self.kernels.get(&MOE_GATING, kernel)?;
         let null: u64 = 0;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&logits.slice);
@@ -253,10 +253,11 @@ impl GpuStream {
         // x, pack, hidden, then kt_moe_gating's tokens .. scale); plan() checked the limits
         // and the logits / bias lengths, x is tokens x hidden and pack holds the rows, ids
         // and weights the kernel writes (checked above).
-        unsafe { b.launch(l.config) }.map(drop).map_err(launch_err(
-            kernel,
-            format!("tokens {tokens}, hidden {hidden}, {cfg:?}"),
-        ))
+        unsafe { b.launch(l.config) }
+            .map(drop)
+            .map_err(launch_err(kernel, || {
+                format!("tokens {tokens}, hidden {hidden}, {cfg:?}")
+            }))
     }
 
     /// [`Self::moe_gating_packed`] straight into page-locked host memory (`pack`, written
@@ -287,8 +288,8 @@ impl GpuStream {
         l.config.grid_dim = (1, 1, 1);
         let pack_dev = pack.device_ptr()?;
         let flag_dev = flag.device_ptr();
-        let kernel = "kt_moe_gating_packed_signal".to_string();
-        let f = self.kernels.get(&MOE_GATING, &kernel)?;
+        let kernel = "kt_moe_gating_packed_signal";
+        let f = self.kernels.get(&MOE_GATING, kernel)?;
         let null: u64 = 0;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&logits.slice);
@@ -305,10 +306,11 @@ impl GpuStream {
         // then the flag's device address and value); plan_packed() checked the limits and
         // lengths (pack holds the rows, ids and weights), the block loops over the tokens;
         // the caller's contract covers the host's accesses to pack and the lifetimes.
-        unsafe { b.launch(l.config) }.map(drop).map_err(launch_err(
-            kernel,
-            format!("tokens {tokens}, hidden {hidden}, {cfg:?}"),
-        ))
+        unsafe { b.launch(l.config) }
+            .map(drop)
+            .map_err(launch_err(kernel, || {
+                format!("tokens {tokens}, hidden {hidden}, {cfg:?}")
+            }))
     }
 
     /// The decode graph's FFN entry of a MoE layer for one token in one launch: `x += d`,
@@ -372,8 +374,8 @@ impl GpuStream {
             i32::try_from(n).map_err(|_| shape(OP, format!("n {n} does not fit in an i32")))?;
         let blocks = e.div_ceil(ROUTE_THREADS as usize / 32) as u32;
         let smem = ((n + 3 * e + n_group as usize) * 4) as u32;
-        let kernel = "kt_add_norm_route_signal".to_string();
-        let f = self.kernels.get_with_smem(&MOE_GATING, &kernel, smem)?;
+        let kernel = "kt_add_norm_route_signal";
+        let f = self.kernels.get_with_smem(&MOE_GATING, kernel, smem)?;
         let (pack_dev, flag_dev) = (pack.device_ptr()?, flag.device_ptr());
         let null: u64 = 0;
         let e_i = e as i32;
@@ -408,6 +410,6 @@ impl GpuStream {
         // scratch; the caller's contract covers pack, flag and counter.
         unsafe { b.launch(config) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("n {n}, {cfg:?}")))
+            .map_err(launch_err(kernel, || format!("n {n}, {cfg:?}")))
     }
 }

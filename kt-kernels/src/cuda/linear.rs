@@ -262,7 +262,7 @@ impl GpuStream {
         // and columns past m and n.
         unsafe { b.launch(cfg) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("{g:?}")))
+            .map_err(launch_err(kernel, || format!("{g:?}")))
     }
 
     /// [`Self::gemm_nt`] for `g.m <= GEMV_MAX_M` (checked by the caller): one warp per
@@ -313,7 +313,7 @@ impl GpuStream {
         // when every row start is a multiple of 16 bytes from the (aligned) buffer start.
         unsafe { b.launch(cfg) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("{g:?}")))
+            .map_err(launch_err(kernel, || format!("{g:?}")))
     }
 
     /// `out[r, :] = w * x[r, :n] / sqrt(mean(x[r, :n]^2) + eps)` for `rows` rows that start
@@ -363,10 +363,9 @@ impl GpuStream {
         // per row reads x[r * x_row .. + n] (inside x, checked) and writes out rows of n.
         unsafe { b.launch(row_config(OP, rows)?) }
             .map(drop)
-            .map_err(launch_err(
-                kernel,
-                format!("rows {rows}, n {n}, x_row {x_row}"),
-            ))
+            .map_err(launch_err(kernel, || {
+                format!("rows {rows}, n {n}, x_row {x_row}")
+            }))
     }
 
     /// `x[r, :] += d[r, :]` (the residual add, as [`Self::add_f32`]) and then
@@ -422,7 +421,7 @@ impl GpuStream {
         // buffers of rows * n elements (checked).
         unsafe { b.launch(row_config(OP, rows)?) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("rows {rows}, n {n}")))
+            .map_err(launch_err(kernel, || format!("rows {rows}, n {n}")))
     }
 
     /// Writes `tokens` new rows of an MLA latent cache (`[rows, rank + rope]`, bf16) from
@@ -597,8 +596,8 @@ impl GpuStream {
         if tokens == 0 {
             return Ok(());
         }
-        let kernel = "kt_mla_rope_cache_write".to_string();
-        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let kernel = "kt_mla_rope_cache_write";
+        let f = self.kernels.get(&HYBRID_OPS, kernel)?;
         let (h, qd, np, r, t_i) = (
             to_i32(op, "heads", heads)?,
             to_i32(op, "q row", nope + rope)?,
@@ -638,10 +637,9 @@ impl GpuStream {
         // read only below row rope_rows; positions hold T entries.
         unsafe { b.launch(row_config(op, 2 * tokens)?) }
             .map(drop)
-            .map_err(launch_err(
-                kernel,
-                format!("tokens {tokens}, heads {heads}, rank {rank}, rope {rope}"),
-            ))
+            .map_err(launch_err(kernel, || {
+                format!("tokens {tokens}, heads {heads}, rank {rank}, rope {rope}")
+            }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -671,8 +669,8 @@ impl GpuStream {
         if tokens == 0 {
             return Ok(());
         }
-        let kernel = "kt_mla_cache_write".to_string();
-        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let kernel = "kt_mla_cache_write";
+        let f = self.kernels.get(&HYBRID_OPS, kernel)?;
         let (cache_rows, r, p) = (
             (cache.len() / width) as i64,
             to_i32(OP, "rank", rank)?,
@@ -697,10 +695,9 @@ impl GpuStream {
         // (the cache's whole rows, checked); `rows` holds one entry per token.
         unsafe { b.launch(row_config(OP, tokens)?) }
             .map(drop)
-            .map_err(launch_err(
-                kernel,
-                format!("tokens {tokens}, rank {rank}, rope {rope}"),
-            ))
+            .map_err(launch_err(kernel, || {
+                format!("tokens {tokens}, rank {rank}, rope {rope}")
+            }))
     }
 
     /// `dst[dst_off + r * dst_row + c] = src[src_off + r * src_row + c]` for `rows` rows of
@@ -735,8 +732,8 @@ impl GpuStream {
                 ),
             ));
         }
-        let kernel = "kt_copy_cols_bf16".to_string();
-        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let kernel = "kt_copy_cols_bf16";
+        let f = self.kernels.get(&HYBRID_OPS, kernel)?;
         let longs = [src_off, src_row, dst_off, dst_row, rows].map(|v| v as i64);
         let c = to_i32(OP, "cols", cols)?;
         let mut b = self.stream.launch_builder(&f);
@@ -747,7 +744,7 @@ impl GpuStream {
         // rows, cols); the last element of each side lies inside its buffer (checked).
         unsafe { b.launch(elem_config(rows * cols)) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("rows {rows}, cols {cols}")))
+            .map_err(launch_err(kernel, || format!("rows {rows}, cols {cols}")))
     }
 
     /// `acc[i] += x[i]` with an f32 accumulator (the residual stream); `x` f32 or bf16.
@@ -775,7 +772,7 @@ impl GpuStream {
         // SAFETY: matches kt_add_f32_* (acc, x, n); both hold n elements.
         unsafe { b.launch(elem_config(n)) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("n {n}")))
+            .map_err(launch_err(kernel, || format!("n {n}")))
     }
 
     /// The hybrid decode graph's return from the CPU's routed experts, one launch: waits
@@ -824,8 +821,8 @@ impl GpuStream {
         if rows == 0 {
             return Ok(());
         }
-        let kernel = "kt_wait_add2_rmsnorm_w32".to_string();
-        let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
+        let kernel = "kt_wait_add2_rmsnorm_w32";
+        let f = self.kernels.get(&HYBRID_OPS, kernel)?;
         let nn = to_i32(OP, "n", n)?;
         let (flag_dev, routed_dev) = (flag.device_ptr(), routed.device_ptr()?);
         let null: u64 = 0;
@@ -846,7 +843,7 @@ impl GpuStream {
         // the host's writes of routed and the lifetimes.
         unsafe { b.launch(row_config(OP, rows)?) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("rows {rows}, n {n}")))
+            .map_err(launch_err(kernel, || format!("rows {rows}, n {n}")))
     }
 
     /// `acc[i] = (acc[i] + x[i]) + y[i]`: two residual adds in one launch, rounded as two
@@ -882,7 +879,7 @@ impl GpuStream {
         // SAFETY: matches kt_add2_f32_* (acc, x, y, n); all three hold n elements.
         unsafe { b.launch(elem_config(n)) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("n {n}")))
+            .map_err(launch_err(kernel, || format!("n {n}")))
     }
 
     /// `y[i] = x[i]` converted (f32 to bf16 rounds to nearest even).
@@ -910,7 +907,7 @@ impl GpuStream {
         // SAFETY: matches kt_cast_* (x, y, n); both hold n elements.
         unsafe { b.launch(elem_config(n)) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("n {n}")))
+            .map_err(launch_err(kernel, || format!("n {n}")))
     }
 }
 

@@ -467,19 +467,21 @@ impl GpuStream {
             self.info.multiprocessors,
             force_splits,
         );
-        let kernel = kernel_name.to_string();
-        let f = self.kernels.get_with_smem(module, &kernel, smem)?;
-        let dims = format!(
+        let kernel = kernel_name;
+        let f = self.kernels.get_with_smem(module, kernel, smem)?;
+        let dims = || {
+            format!(
             "{which:?}: batch {}, heads {}, rows {rows}, max q_len {}, max kv_len {}, block size {}, splits {splits}",
             batch.batch(),
             batch.heads,
             batch.max_q_len,
             batch.max_kv_len,
             batch.block_size
-        );
+        )
+        };
         let cfg = LaunchConfig {
             grid_dim: (
-                u32::try_from(row_tiles).map_err(|_| shape(OP, dims.clone()))?,
+                u32::try_from(row_tiles).map_err(|_| shape(OP, dims()))?,
                 splits as u32,
                 batch.batch() as u32,
             ),
@@ -542,10 +544,10 @@ impl GpuStream {
             // and the plan grows with the length; splits past it exit.
             unsafe { b.launch(cfg) }
                 .map(drop)
-                .map_err(launch_err(kernel, dims.clone()))?;
+                .map_err(launch_err(kernel, dims))?;
         }
-        let combine = "kt_mla_combine_bf16".to_string();
-        let cf = self.kernels.get(&MLA_ATTN, &combine)?;
+        let combine = "kt_mla_combine_bf16";
+        let cf = self.kernels.get(&MLA_ATTN, combine)?;
         let ccfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
             block_dim: (COMBINE_THREADS, 1, 1),

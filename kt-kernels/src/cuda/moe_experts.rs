@@ -262,10 +262,11 @@ impl GpuStream {
         // out (n x width, checked); each rows[i] indexes a row of x (the caller's
         // grouping, built from token indices < x.len() / width); 16-byte accesses only when
         // width % 8 == 0, on buffers the driver aligns to 256 bytes.
-        unsafe { b.launch(cfg) }.map(drop).map_err(launch_err(
-            "kt_moe_gather_bf16".into(),
-            format!("{n} rows of {width}"),
-        ))
+        unsafe { b.launch(cfg) }
+            .map(drop)
+            .map_err(launch_err("kt_moe_gather_bf16", || {
+                format!("{n} rows of {width}")
+            }))
     }
 
     /// `out[t, :] = sum_j weights[t, j] * y[slot[t, j], :]` for every token t (j in order,
@@ -327,9 +328,10 @@ impl GpuStream {
         // block per token of out (tokens x width, checked); slot and weights hold tokens x
         // top_k entries (checked) and every slot indexes a row of y (the caller's grouping,
         // a permutation of 0..pairs, and y holds at least pairs rows, checked).
-        unsafe { b.launch(cfg) }.map(drop).map_err(launch_err(
-            "kt_moe_combine_bf16".into(),
-            format!("{tokens} tokens of {width}"),
-        ))
+        unsafe { b.launch(cfg) }
+            .map(drop)
+            .map_err(launch_err("kt_moe_combine_bf16", || {
+                format!("{tokens} tokens of {width}")
+            }))
     }
 }

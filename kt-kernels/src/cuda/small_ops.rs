@@ -147,10 +147,11 @@ impl GpuStream {
         // SAFETY: matches kt_rope_* (x, pos, cos, sin, heads, head_dim, offset, half, rows); one
         // block per position, x holds tokens x heads x head_dim with the rope slice inside each
         // head (checked above), the tables hold rows x half and are read only below row `rows`.
-        unsafe { b.launch(cfg) }.map(drop).map_err(launch_err(
-            kernel,
-            format!("tokens {tokens}, heads {heads}, head_dim {head_dim}, offset {offset}"),
-        ))
+        unsafe { b.launch(cfg) }
+            .map(drop)
+            .map_err(launch_err(kernel, || {
+                format!("tokens {tokens}, heads {heads}, head_dim {head_dim}, offset {offset}")
+            }))
     }
 
     /// `out[t, :] = w * x[t, :] / sqrt(mean(x[t, :]^2) + eps)` for `tokens` rows of
@@ -192,7 +193,7 @@ impl GpuStream {
         // tokens * n elements and w holds n (checked above), one block per token.
         unsafe { b.launch(cfg) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("tokens {tokens}, dim {dim}")))
+            .map_err(launch_err(kernel, || format!("tokens {tokens}, dim {dim}")))
     }
 
     /// `out[t, i] = silu(gate_up[t, i]) * gate_up[t, d + i]`: `gate_up` is `[tokens, 2 d]`
@@ -228,7 +229,7 @@ impl GpuStream {
         // kernel's grid-stride loop stays below tokens * d.
         unsafe { b.launch(elem_config(tokens * d)) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("tokens {tokens}, d {d}")))
+            .map_err(launch_err(kernel, || format!("tokens {tokens}, d {d}")))
     }
 
     /// `acc[i] += x[i]` (the residual update).
@@ -256,7 +257,7 @@ impl GpuStream {
         // SAFETY: matches kt_add_inplace_* (acc, x, n); both hold n elements.
         unsafe { b.launch(elem_config(n)) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("n {n}")))
+            .map_err(launch_err(kernel, || format!("n {n}")))
     }
 
     /// `out[t, :] = table[ids[t], :]` with `table` `[vocab, dim]`. An id `>= vocab` gives a
@@ -310,10 +311,11 @@ impl GpuStream {
             .arg(&d);
         // SAFETY: matches kt_embedding_* (table, ids, out, vocab, dim); one block per id, the
         // kernel reads table rows only for ids < vocab and out holds tokens * dim.
-        unsafe { b.launch(cfg) }.map(drop).map_err(launch_err(
-            kernel,
-            format!("tokens {tokens}, vocab {vocab}, dim {dim}"),
-        ))
+        unsafe { b.launch(cfg) }
+            .map(drop)
+            .map_err(launch_err(kernel, || {
+                format!("tokens {tokens}, vocab {vocab}, dim {dim}")
+            }))
     }
 
     /// `out[r] =` index of the largest of `x[r, :]` for `rows` rows of `x.len() / rows`
@@ -349,7 +351,7 @@ impl GpuStream {
         // SAFETY: matches kt_argmax_* (x, out, n); one block per row, x holds rows * n.
         unsafe { b.launch(cfg) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("rows {rows}, n {n}")))
+            .map_err(launch_err(kernel, || format!("rows {rows}, n {n}")))
     }
 
     /// `out[r] =` the token top-p sampling picks from logit row `r` of `rows` equal rows with
@@ -385,8 +387,8 @@ impl GpuStream {
             ));
         }
         let n = logits.len() / rows;
-        let kernel = "kt_top_p_f32".to_string();
-        let f = self.kernels.get(&TOP_P, &kernel)?;
+        let kernel = "kt_top_p_f32";
+        let f = self.kernels.get(&TOP_P, kernel)?;
         let nn = to_i32(OP, "row length", n)?;
         let cfg = LaunchConfig {
             grid_dim: (grid_rows(OP, rows)?, 1, 1),
@@ -404,6 +406,6 @@ impl GpuStream {
         // block of 512 threads per row; logits hold rows * n, uniforms and out rows.
         unsafe { b.launch(cfg) }
             .map(drop)
-            .map_err(launch_err(kernel, format!("rows {rows}, n {n}")))
+            .map_err(launch_err(kernel, || format!("rows {rows}, n {n}")))
     }
 }

@@ -171,7 +171,7 @@ impl GpuStream {
         let f = self
             .kernels
             .get_with_smem(&W4A16_GEMM, &kernel, smem as u32)?;
-        let dims = format!("m {m}, n {n}, k {k}, {plan:?}");
+        let dims = || format!("m {m}, n {n}, k {k}, {plan:?}");
         let cfg = LaunchConfig {
             grid_dim: ((plan.column_groups * plan.slices) as u32, 1, 1),
             block_dim: (THREADS, 1, 1),

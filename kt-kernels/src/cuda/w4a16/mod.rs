@@ -306,7 +306,7 @@ impl GpuStream {
                 format!("m {m} is too large for one launch (k {k}, n {n})"),
             ));
         }
-        let dims = format!("m {m}, n {n}, k {k}, {plan:?}");
+        let dims = || format!("m {m}, n {n}, k {k}, {plan:?}");
         let grid = ((n / TILE_N) as u32, plan.splits as u32, m_tiles as u32);
         let (mi, ni, ki, gps) = (m as i32, n as i32, k as i32, plan.groups_per_split as i32);
         let cfg = LaunchConfig {
@@ -344,7 +344,7 @@ impl GpuStream {
             // its own rows of partial[split].
             unsafe { b.launch(cfg) }
                 .map(drop)
-                .map_err(launch_err(kernel, dims.clone()))?;
+                .map_err(launch_err(kernel, dims))?;
         }
         let reduce = format!("kt_w4a16_reduce_{}", T::SUFFIX);
         let rf = self.kernels.get(&W4A16_GEMM, &reduce)?;
