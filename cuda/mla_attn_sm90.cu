@@ -15,9 +15,10 @@
 // full tile is 64 consecutive pool rows and one thread fetches it with nine bulk tensor
 // copies (TMA, one [64 keys x 64 dims] box each, swizzled by the copy engine), completion
 // counted on the buffer's mbarrier; otherwise, and for a sequence's last partial tile (whose
-// keys past kv_len must read as zeros), every thread issues 16-byte cp.async copies. Both operands are stored
-// as nine [64 x 64] blocks (64 dims each) of 128-byte swizzled rows, so the same tile is the
-// K-major B of the scores and the MN-major (transposed) B of the output. Two warpgroups:
+// keys past kv_len must read as zeros), every thread issues 16-byte cp.async copies. Both
+// operands are stored as nine [64 x 64] blocks (64 dims each) of 128-byte swizzled rows, so the
+// same tile is the K-major B of the scores and the MN-major (transposed) B of the output. Two
+// warpgroups:
 //  - scores: warpgroup g computes S = Q K^T for the tile's keys 32 g .. 32 g + 31 over all 576
 //    dims (36 m64n32k16 MMAs, accumulators in registers);
 //  - softmax: row maxima are exchanged through shared memory so both warpgroups use the same
@@ -337,29 +338,6 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                           float scale_log2, __nv_bfloat16* out, float* part_o, float* part_lse,
                           int rows_total, const int* live_splits, const __grid_constant__ KtTensorMap cache_map,
                           int use_tma) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    mla_attn_sm90(q, cache, table, cu_q, kv_lens, heads, block_size, max_blocks, scale_log2, out, part_o,
-                  part_lse, rows_total, live_splits, &cache_map, use_tma);
-#else
-    __trap();
-#endif
-}
-
-// The same kernel in clusters of two blocks along x (for 128 heads, the two 64-row halves of a
-// token; the host launches it when the row tiles are even). A cluster runs on one GPC, so both
-// blocks of a pair read the cache through the same L2 partition and the second finds each
-// tile the first fetched; scheduled apart, they may each bring it from memory.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-#define KT_MLA_PAIR_CLUSTER // (no clusters before sm_90: there it only traps)
-#else
-#define KT_MLA_PAIR_CLUSTER __cluster_dims__(2, 1, 1)
-#endif
-extern "C" __global__ void KT_MLA_PAIR_CLUSTER __launch_bounds__(kThreads, 1)
-    kt_mla_attn_sm90_pair_bf16(const __nv_bfloat16* q, const __nv_bfloat16* cache, const int* table,
-                               const int* cu_q, const int* kv_lens, int heads, int block_size, int max_blocks,
-                               float scale_log2, __nv_bfloat16* out, float* part_o, float* part_lse,
-                               int rows_total, const int* live_splits,
-                               const __grid_constant__ KtTensorMap cache_map, int use_tma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     mla_attn_sm90(q, cache, table, cu_q, kv_lens, heads, block_size, max_blocks, scale_log2, out, part_o,
                   part_lse, rows_total, live_splits, &cache_map, use_tma);

@@ -49,8 +49,6 @@ const SMEM_BYTES: u32 = 192_256;
 /// 64-key cache tiles, P, the rows' maxima and sums, the tiles' two barriers, and 1 KiB to
 /// align the swizzled tiles.
 const SMEM_BYTES_SM90: u32 = 231_440;
-/// kt_mla_attn_sm90_bf16 compiled for clusters of two blocks along x (same parameters).
-const SM90_PAIR_KERNEL: &str = "kt_mla_attn_sm90_pair_bf16";
 
 /// Which MLA attention kernel a launch uses; both give results within the same error bound
 /// and each is deterministic.
@@ -471,13 +469,7 @@ impl GpuStream {
             self.info.multiprocessors,
             force_splits,
         );
-        // Even row tiles (for 128 heads, a token's two halves) run the wgmma kernel in clusters
-        // of two blocks, which share an L2 partition and so each cache tile's fetch.
-        let kernel = if which == MlaKernel::Wgmma && row_tiles.is_multiple_of(2) {
-            SM90_PAIR_KERNEL
-        } else {
-            kernel_name
-        };
+        let kernel = kernel_name;
         let f = self.kernels.get_with_smem(module, kernel, smem)?;
         let dims = || {
             format!(
@@ -535,8 +527,7 @@ impl GpuStream {
             // block_size, max_blocks, scale_log2, out, no partials, rows, no live splits; the
             // sm90 kernel also the cache's tensor map, encoded just above over the whole
             // cache buffer, and whether to use it: only with pages of whole tiles, where a full
-            // tile's 64 rows lie in one page; its pair variant has the same parameters and gets
-            // an even grid x, as its clusters of two need). mla_batch checked
+            // tile's 64 rows lie in one page). mla_batch checked
             // every sequence's lengths against the table and the ints; above, q and out hold
             // `rows` rows and the cache holds every block the table names. The grid covers the
             // longest sequence's row tiles; blocks past a shorter one return at once.

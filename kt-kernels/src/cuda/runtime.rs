@@ -591,7 +591,7 @@ impl GpuStream {
         const OP: &str = "tensor_map_bf16_swizzled";
         let elem = std::mem::size_of::<half::bf16>();
         let box_cols = SWIZZLE_128B_ROW / elem;
-        let rows = if cols == 0 { 0 } else { buf.len() / cols };
+        let rows = buf.len().checked_div(cols).unwrap_or(0);
         if cols < box_cols
             || !(cols * elem).is_multiple_of(16)
             || rows == 0
