@@ -2,14 +2,23 @@
 // contract as kt_mla_attn_bf16 in mla_attn.cu (read its header for q, cache, table, cu_q,
 // kv_lens, out and the split partials, which kt_mla_combine_bf16 merges), for devices of
 // compute capability 9.0; kt-kernels/src/cuda/mla.rs picks it there and the mma.sync kernel
-// elsewhere.
+// elsewhere. Two more parameters: `cache_map`, a tensor map over the whole cache pool as
+// [blocks x block_size rows, 576] bf16 with boxes of [64 rows, 64 dims] and the 128-byte
+// swizzle, and `use_tma` (nonzero: the map is valid and block_size % 64 == 0; zero: the map
+// is not read).
 //
 // One block takes 64 query rows of one sequence (half the heads of a decode token for 128
 // heads; the two halves are adjacent blocks, so a cache tile is fetched from memory once and
-// found in L2 by the other) and one key split. Cache tiles of 64 keys are staged with
-// cp.async, double-buffered; the query tile stays in shared memory. Both operands are stored
-// as nine [64 x 64] blocks (64 dims each) of 128-byte swizzled rows, so the same tile is the
-// K-major B of the scores and the MN-major (transposed) B of the output. Two warpgroups:
+// found in L2 by the other) and one key split. Cache tiles of 64 keys are double-buffered in
+// shared memory; the query tile stays there. When the pages hold a whole number of tiles
+// (block_size % 64 == 0) and the host passes a tensor map over the pool as [rows, 576], a
+// full tile is 64 consecutive pool rows and one thread fetches it with nine bulk tensor
+// copies (TMA, one [64 keys x 64 dims] box each, swizzled by the copy engine), completion
+// counted on the buffer's mbarrier; otherwise, and for a sequence's last partial tile (whose
+// keys past kv_len must read as zeros), every thread issues 16-byte cp.async copies. Both
+// operands are stored as nine [64 x 64] blocks (64 dims each) of 128-byte swizzled rows, so the
+// same tile is the K-major B of the scores and the MN-major (transposed) B of the output. Two
+// warpgroups:
 //  - scores: warpgroup g computes S = Q K^T for the tile's keys 32 g .. 32 g + 31 over all 576
 //    dims (36 m64n32k16 MMAs, accumulators in registers);
 //  - softmax: row maxima are exchanged through shared memory so both warpgroups use the same
@@ -21,6 +30,7 @@
 #include "include/kt_common.cuh"
 
 #include "include/kt_async.cuh"
+#include "include/kt_tma.cuh"
 #include "include/kt_wgmma.cuh"
 
 namespace {
@@ -41,11 +51,12 @@ constexpr int kQOff = 0;
 constexpr int kKOff = kTileBytes;         // two cache tiles
 constexpr int kPOff = 3 * kTileBytes;     // P [64 rows x 64 keys]
 constexpr int kRedOff = kPOff + kBlockBytes; // [2 warpgroups][64 rows] f32 maxima, then sums
-constexpr int kUsedBytes = kRedOff + 2 * 2 * kRows * 4;
+constexpr int kBarOff = kRedOff + 2 * 2 * kRows * 4; // an mbarrier per cache buffer
+constexpr int kUsedBytes = kBarOff + 2 * 8;
 // The dynamic shared memory base is only 16-byte aligned; the swizzle needs 1024.
 constexpr int kSmemBytes = kUsedBytes + 1024;
 // kt-kernels/src/cuda/mla.rs launches with this much dynamic shared memory (SMEM_BYTES_SM90).
-static_assert(kSmemBytes == 231424, "update SMEM_BYTES_SM90 in kt-kernels/src/cuda/mla.rs");
+static_assert(kSmemBytes == 231440, "update SMEM_BYTES_SM90 in kt-kernels/src/cuda/mla.rs");
 constexpr float kNegInf = -__builtin_huge_valf();
 
 __device__ __forceinline__ float quad_max(float v) {
@@ -62,12 +73,13 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
                               const int* __restrict__ kv_lens, int heads, int block_size, int max_blocks,
                               float scale_log2, __nv_bfloat16* __restrict__ out, float* __restrict__ part_o,
                               float* __restrict__ part_lse, int rows_total,
-                              const int* __restrict__ live_splits) {
+                              const int* __restrict__ live_splits, const KtTensorMap* cache_map, int use_tma) {
     extern __shared__ __align__(16) uint8_t smem_raw[];
     uint8_t* smem = smem_raw + ((1024 - (kt_smem_addr(smem_raw) & 1023)) & 1023);
     const uint32_t s_base = kt_smem_addr(smem);
     float* red_max = reinterpret_cast<float*>(smem + kRedOff); // [2][64]
     float* red_sum = red_max + 2 * kRows;                      // [2][64]
+    const uint32_t bar0 = s_base + kBarOff;                    // buffer i's barrier: bar0 + 8 i
 
     const int tid = threadIdx.x;
     const int wg = tid >> 7;          // warpgroup
@@ -105,6 +117,14 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         vis[h] = row0 + r < nrows ? first_key_row + (row0 + r) / heads + 1 : 0;
     }
 
+    if (tid == 0) {
+        kt_mbar_init(bar0, 1);
+        kt_mbar_init(bar0 + 8, 1);
+        kt_mbar_init_fence();
+        if (use_tma) kt_tma_prefetch(cache_map);
+    }
+    __syncthreads(); // the barriers are initialized before any copy counts on them
+
     for (int c = tid; c < kRows * kChunks; c += kThreads) {
         const int r = c / kChunks, ch = c % kChunks;
         const bool ok = row0 + r < nrows;
@@ -120,7 +140,24 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     const int ld_row = tid >> 3;
     const int ld_chunk = tid & 7;
     const uint32_t ld_dst = kt_swz128(ld_row, ld_chunk);
+    // Tiles fetched by TMA: every tile of a TMA launch but a sequence's last partial one. Each
+    // such fetch completes one phase of its buffer's barrier; bit i of `phases` is the parity
+    // of buffer i's next phase.
+    auto by_tma = [&](int t) { return use_tma != 0 && (t + 1) * kKeys <= kv_len; };
+    uint32_t phases = 0;
     auto load_tile = [&](int t, int buf) {
+        if (by_tma(t)) {
+            if (tid == 0) {
+                const int key = t * kKeys; // the tile's 64 keys are consecutive rows of one page
+                const int row = table[(size_t)b * max_blocks + key / block_size] * block_size + key % block_size;
+                const uint32_t bar = bar0 + 8 * buf;
+                kt_mbar_arrive_expect_tx(bar, kTileBytes);
+#pragma unroll
+                for (int blk = 0; blk < kDimBlocks; ++blk)
+                    kt_tma_load_2d(s_base + kKOff + buf * kTileBytes + blk * kBlockBytes, cache_map, 64 * blk, row, bar);
+            }
+            return;
+        }
         uint8_t* dst = smem + kKOff + buf * kTileBytes + ld_dst;
 #pragma unroll
         for (int pass = 0; pass < 2; ++pass) {
@@ -134,6 +171,13 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
 #pragma unroll
             for (int blk = 0; blk < kDimBlocks; ++blk)
                 kt_cp_async16(dst + pass * kLdRows * 128 + blk * kBlockBytes, row + (ok ? blk * 64 : 0), ok ? 16 : 0);
+        }
+    };
+    // Waits for tile t in buffer `buf` (cp.async copies: the caller waits for its groups).
+    auto wait_tile = [&](int t, int buf) {
+        if (by_tma(t)) {
+            kt_mbar_wait(bar0 + 8 * buf, (phases >> buf) & 1);
+            phases ^= 1u << buf;
         }
     };
     // S for keys 32 wg .. + 31 of the tile in buffer `buf`, issued (not waited for).
@@ -162,6 +206,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     if (t_begin + 1 < t_end) load_tile(t_begin + 1, 1);
     kt_cp_async_commit();
     asm volatile("cp.async.wait_group 1;\n" ::: "memory"); // Q and the first tile
+    if (t_begin < t_end) wait_tile(t_begin, 0);
     kt_fence_proxy_async();
     __syncthreads();
     if (t_begin < t_end) {
@@ -225,6 +270,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
             }
         }
         kt_cp_async_wait_all(); // tile t + 1
+        if (t + 1 < t_end) wait_tile(t + 1, buf ^ 1);
         kt_fence_proxy_async();
         __syncthreads(); // (B) P complete, tile t + 1 visible to the tensor cores
         kt_wgmma_fence();
@@ -290,10 +336,11 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     kt_mla_attn_sm90_bf16(const __nv_bfloat16* q, const __nv_bfloat16* cache, const int* table,
                           const int* cu_q, const int* kv_lens, int heads, int block_size, int max_blocks,
                           float scale_log2, __nv_bfloat16* out, float* part_o, float* part_lse,
-                          int rows_total, const int* live_splits) {
+                          int rows_total, const int* live_splits, const __grid_constant__ KtTensorMap cache_map,
+                          int use_tma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     mla_attn_sm90(q, cache, table, cu_q, kv_lens, heads, block_size, max_blocks, scale_log2, out, part_o,
-                  part_lse, rows_total, live_splits);
+                  part_lse, rows_total, live_splits, &cache_map, use_tma);
 #else
     __trap();
 #endif

@@ -6,7 +6,9 @@
 //! shapes of batch 64 and 32. One line per case: microseconds per call, the cache bytes read per
 //! microsecond (each sequence's cache once; the figure the 70%-of-HBM target is about) and
 //! the tensor-core rate. `cuda/bench_torch_mla.py` times torch on the same decode shapes.
-//! (A benchmark, so not a test.)
+//! Arguments, if any, pick cases by the start of their names (`decode 64x4096`,
+//! `splits 64x4096/2`, `prefill 512x512`, `MmaSync decode 64x4096`, ...): a device call with
+//! little time times only the shapes it compares. (A benchmark, so not a test.)
 
 #[path = "../tests/cuda_common/mod.rs"]
 mod cuda_common;
@@ -33,14 +35,29 @@ fn time_us(s: &GpuStream, iters: usize, mut f: impl FnMut()) -> f64 {
     start.elapsed_ms(&end).unwrap() as f64 * 1000.0 / iters as f64
 }
 
+/// Case names that the command line picks (empty: all).
+struct Pick(Vec<String>);
+
+impl Pick {
+    fn wants(&self, name: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|p| name.starts_with(p.as_str()))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn case(
     s: &GpuStream,
+    pick: &Pick,
+    name: &str,
     kernel: MlaKernel,
     q_len: usize,
     batch: usize,
     kv: usize,
     splits: Option<usize>,
 ) {
+    if !pick.wants(name) {
+        return;
+    }
     let mut rng = SplitMix64::new((batch * kv) as u64);
     let blocks_per_seq = kv.div_ceil(BLOCK);
     // Sequences' blocks interleaved in the pool, as an allocator serving many would leave them.
@@ -90,6 +107,7 @@ fn main() {
     };
     let s = gpu.stream();
     eprintln!("device: {:?}", gpu.info());
+    let pick = Pick(std::env::args().skip(1).collect());
     let best = MlaKernel::best_for(s.info());
     for &(batch, kv) in &[
         (64usize, 4096usize),
@@ -99,18 +117,22 @@ fn main() {
         (64, 1024),
         (16, 16384),
     ] {
-        case(s, best, 1, batch, kv, None);
+        let name = format!("decode {batch}x{kv}");
+        case(s, &pick, &name, best, 1, batch, kv, None);
     }
     for splits in [1, 2, 4] {
-        case(s, best, 1, 64, 4096, Some(splits));
+        let name = format!("splits 64x4096/{splits}");
+        case(s, &pick, &name, best, 1, 64, 4096, Some(splits));
     }
-    case(s, best, 512, 1, 512, None);
-    case(s, best, 1024, 1, 4096, None);
+    case(s, &pick, "prefill 512x512", best, 512, 1, 512, None);
+    case(s, &pick, "prefill 1024x4096", best, 1024, 1, 4096, None);
     // The other kernels on the headline shape, for comparison.
     for kernel in MlaKernel::all_for(s.info()) {
         if kernel != best {
-            case(s, kernel, 1, 64, 4096, None);
-            case(s, kernel, 1, 32, 4096, None);
+            for batch in [64, 32] {
+                let name = format!("{kernel:?} decode {batch}x4096");
+                case(s, &pick, &name, kernel, 1, batch, 4096, None);
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ use half::bf16;
 
 use super::error::{launch_err, shape, CudaResult};
 use super::modules::{Embedded, MLA_ATTN, MLA_ATTN_SM90};
-use super::runtime::{DeviceBuf, DeviceInfo, GpuStream};
+use super::runtime::{DeviceBuf, DeviceInfo, GpuStream, TensorMap};
 
 /// Latent (compressed kv) width per token: the output row and the value part of a cache row.
 pub const KV_LORA_RANK: usize = 512;
@@ -46,8 +46,9 @@ const THREADS: u32 = 256;
 /// sm_80 block may have (164 KiB): there the opt-in fails with a typed driver error.
 const SMEM_BYTES: u32 = 192_256;
 /// Dynamic shared memory of kt_mla_attn_sm90_bf16 (static_assert there): query tile, two
-/// 64-key cache tiles, P, the rows' maxima and sums, and 1 KiB to align the swizzled tiles.
-const SMEM_BYTES_SM90: u32 = 231_424;
+/// 64-key cache tiles, P, the rows' maxima and sums, the tiles' two barriers, and 1 KiB to
+/// align the swizzled tiles.
+const SMEM_BYTES_SM90: u32 = 231_440;
 
 /// Which MLA attention kernel a launch uses; both give results within the same error bound
 /// and each is deterministic.
@@ -57,7 +58,8 @@ pub enum MlaKernel {
     /// 188 KiB of shared memory per block.
     MmaSync,
     /// Warpgroup `wgmma`, 64-key tiles (`cuda/mla_attn_sm90.cu`, sm_90a machine code):
-    /// compute capability 9.0 only.
+    /// compute capability 9.0 only. With pages of a multiple of 64 tokens it fetches whole
+    /// tiles with bulk tensor copies (TMA), else with per-thread `cp.async`.
     Wgmma,
 }
 
@@ -496,6 +498,16 @@ impl GpuStream {
         let scale_log2 = scale * std::f32::consts::LOG2_E;
         let rows_i = rows as i32;
         let null: u64 = 0;
+        // The wgmma kernel's last two parameters: when a page holds whole tiles, a tensor map
+        // over the pool as [rows, 576] with a box of one tile's 64 rows x 64 dims, so a tile
+        // is nine bulk copies; otherwise no map, and it loads with cp.async.
+        let tma = which == MlaKernel::Wgmma && batch.block_size.is_multiple_of(keys_per_tile);
+        let cache_map = if tma {
+            self.tensor_map_bf16_swizzled(cache, CACHE_ROW, keys_per_tile as u32)?
+        } else {
+            TensorMap::unused()
+        };
+        let use_tma = i32::from(tma);
 
         if splits == 1 && batch.live.is_none() {
             let mut b = self.stream.launch_builder(&f);
@@ -507,9 +519,15 @@ impl GpuStream {
             b.arg(&heads).arg(&bs).arg(&mb).arg(&scale_log2);
             b.arg(&mut out.slice).arg(&null).arg(&null).arg(&rows_i);
             b.arg(&null);
+            if which == MlaKernel::Wgmma {
+                b.arg(&cache_map).arg(&use_tma);
+            }
             // SAFETY: arguments match kt_mla_attn_bf16 and kt_mla_attn_sm90_bf16 (the same
             // signature: q, cache, table, cu_q, kv_lens, heads,
-            // block_size, max_blocks, scale_log2, out, no partials, rows, no live splits). mla_batch checked
+            // block_size, max_blocks, scale_log2, out, no partials, rows, no live splits; the
+            // sm90 kernel also the cache's tensor map, encoded just above over the whole
+            // cache buffer, and whether to use it: only with pages of whole tiles, where a full
+            // tile's 64 rows lie in one page). mla_batch checked
             // every sequence's lengths against the table and the ints; above, q and out hold
             // `rows` rows and the cache holds every block the table names. The grid covers the
             // longest sequence's row tiles; blocks past a shorter one return at once.
@@ -537,6 +555,9 @@ impl GpuStream {
                 Some(live) => b.arg(&live.splits.slice),
                 None => b.arg(&null),
             };
+            if which == MlaKernel::Wgmma {
+                b.arg(&cache_map).arg(&use_tma);
+            }
             // SAFETY: as above, with partials: part_o holds splits x rows x 512 and part_lse
             // splits x rows f32, and every (split, row) pair is written by exactly one block
             // (an empty split writes an empty partial). A live batch's count (device) is at

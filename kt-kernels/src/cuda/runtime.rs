@@ -556,6 +556,90 @@ impl<T: ValidAsZeroBits> PinnedBuf<T> {
     }
 }
 
+/// A bulk tensor copy (TMA) descriptor: the driver's 128-byte `CUtensorMap`, passed by value
+/// to a kernel's `const __grid_constant__ KtTensorMap` parameter (`cuda/include/kt_tma.cuh`).
+/// It holds a device address: build it for each launch from the buffer it describes.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub(crate) struct TensorMap(sys::CUtensorMap);
+
+// SAFETY: plain bytes (16 u64, no pointers Rust follows) that the kernel parameter of the same
+// size reads by value; the driver copies them into the launch's parameter space.
+unsafe impl DeviceRepr for TensorMap {}
+
+impl TensorMap {
+    /// All zeros, for a kernel told not to read its map.
+    pub(crate) fn unused() -> TensorMap {
+        TensorMap(sys::CUtensorMap { opaque: [0; 16] })
+    }
+}
+
+/// Bytes of one box row under the 128-byte swizzle (the swizzle's span).
+const SWIZZLE_128B_ROW: usize = 128;
+
+impl GpuStream {
+    /// A map over `buf` as a row-major bf16 matrix of `cols` columns, copied in boxes of
+    /// `box_rows` rows x 64 columns (128 bytes) stored with the 128-byte swizzle, the layout of
+    /// `kt_swz128`; boxes past the last row read as zeros. Row coordinates must fit the
+    /// kernel's int: at most `i32::MAX` rows.
+    pub(crate) fn tensor_map_bf16_swizzled(
+        &self,
+        buf: &DeviceBuf<half::bf16>,
+        cols: usize,
+        box_rows: u32,
+    ) -> CudaResult<TensorMap> {
+        const OP: &str = "tensor_map_bf16_swizzled";
+        let elem = std::mem::size_of::<half::bf16>();
+        let box_cols = SWIZZLE_128B_ROW / elem;
+        let rows = buf.len().checked_div(cols).unwrap_or(0);
+        if cols < box_cols
+            || !(cols * elem).is_multiple_of(16)
+            || rows == 0
+            || rows * cols != buf.len()
+            || rows > i32::MAX as usize
+            || !(1..=256).contains(&box_rows)
+        {
+            return Err(shape(
+                OP,
+                format!(
+                    "{} elements as rows of {cols} (need whole rows, at most {} of them, of a multiple of 16 bytes and at least {box_cols} columns), boxes of {box_rows} rows (1 to 256)",
+                    buf.len(),
+                    i32::MAX
+                ),
+            ));
+        }
+        let (ptr, _read) = buf.slice.device_ptr(&self.stream);
+        let dims = [cols as u64, rows as u64];
+        let strides = [(cols * elem) as u64]; // bytes between rows (the outer dimension)
+        let boxes = [box_cols as u32, box_rows];
+        let element_strides = [1u32, 1];
+        let mut map = TensorMap::unused();
+        // SAFETY: `map` is a writable CUtensorMap; the arrays hold rank (2) entries for the
+        // dimensions, boxes and element strides and rank - 1 for the strides; the address is
+        // the start of `buf`, which holds rows x cols elements (checked). The call only
+        // encodes the descriptor; nothing is read or written on the device.
+        unsafe {
+            sys::cuTensorMapEncodeTiled(
+                &mut map.0,
+                sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                2,
+                ptr as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                element_strides.as_ptr(),
+                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        }
+        .result()
+        .map_err(driver("cuTensorMapEncodeTiled"))?;
+        Ok(map)
+    }
+}
+
 pub(crate) fn check_len(op: &'static str, src: usize, dst: usize) -> CudaResult<()> {
     if src != dst {
         return Err(shape(
