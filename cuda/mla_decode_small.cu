@@ -47,7 +47,8 @@ constexpr int kSmemBytes = kQBytes + 2 * kKBytes + kPBytes + kRedBytes;
 static_assert(kSmemBytes == 95232, "update SMEM_BYTES in kt-kernels/src/cuda/mla_small.rs");
 // The combine keeps one weight per split in shared memory.
 constexpr int kMaxSplits = 1024;
-constexpr int kCombineThreads = 128; // 4 warps x 32 lanes x 4 columns = 512 columns
+constexpr int kCombineThreads = 256; // 8 warps over the splits, 32 lanes x 4 columns
+static_assert(kMaxSplits % kCombineThreads == 0, "the combine reads the splits' lse in whole rounds");
 constexpr float kNegInf = -__builtin_huge_valf();
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
@@ -100,26 +101,29 @@ extern "C" __global__ void __launch_bounds__(kThreads)
     float* red_max = reinterpret_cast<float*>(smem + kQBytes + 2 * kKBytes + kPBytes); // [warp][row]
     float* red_sum = red_max + kWarps * kRows;
 
-    const int kv_len = kv_lens[0];
-    int splits, per;
-    plan(kv_len, max_splits, splits, per);
-    const int split = blockIdx.y;
-    if (split >= splits) return;
-    const int tiles = (kv_len + kKeys - 1) / kKeys;
-    const int t_begin = split * per;
-    const int t_end = min(t_begin + per, tiles);
-
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int row0 = blockIdx.x * kRows;
     const int g = lane >> 2;         // accumulator rows g and g + 8
     const int qc = 2 * (lane & 3);   // accumulator column pair
 
-    // The query rows (zeros past the heads), then the first tile: one cp.async group each.
+    // The query rows (zeros past the heads) first: they do not depend on the length, so their
+    // copies are in flight while it is read. They and the first tile form one cp.async group.
     for (int c = tid; c < kRows * kChunks; c += kThreads) {
         const int r = c / kChunks, ch = c % kChunks;
         const bool ok = row0 + r < heads;
         kt_cp_async16(qs + r * kStride + ch * 8, ok ? q + (size_t)(row0 + r) * kDim + ch * 8 : q, ok ? 16 : 0);
     }
+    const int kv_len = kv_lens[0];
+    int splits, per;
+    plan(kv_len, max_splits, splits, per);
+    const int split = blockIdx.y;
+    if (split >= splits) {
+        kt_cp_async_wait_all();
+        return;
+    }
+    const int tiles = (kv_len + kKeys - 1) / kKeys;
+    const int t_begin = split * per;
+    const int t_end = min(t_begin + per, tiles);
     auto load_tile = [&](int t, int buf) {
         __nv_bfloat16* dst = ks0 + buf * (kKBytes / 2);
         for (int c = tid; c < kKeys * kChunks; c += kThreads) {
@@ -240,24 +244,33 @@ extern "C" __global__ void __launch_bounds__(kThreads)
 }
 
 // out[h, :] = sum_s w_s part_o[s, h, :] / sum_s w_s, w_s = 2^(lse_s - max lse), over the splits
-// kt_mla_decode_small_bf16 used for kv_lens[0] (the same plan). One block per head; warp w adds
-// splits w, w + 4, ... for its lanes' 4 columns each, then the 4 warps' sums are added in
-// order. Every split holds a visible key, so every weight is positive and max lse is finite.
+// kt_mla_decode_small_bf16 used for kv_lens[0] (the same plan). Block (h, c): head h, columns
+// 128 c .. 128 c + 127 (4 per lane); warp w adds splits w, w + 8, ... (their loads in flight
+// together), then the 8 warps' sums are added in order. Every split holds a visible key, so
+// every weight is positive and max lse is finite.
 extern "C" __global__ void __launch_bounds__(kCombineThreads)
     kt_mla_decode_small_combine(const float* __restrict__ part_o, const float* __restrict__ part_lse,
                                 const int* __restrict__ kv_lens, int heads, int max_splits,
                                 __nv_bfloat16* __restrict__ out) {
+    constexpr int kW = kCombineThreads / 32;
     __shared__ float w_s[kMaxSplits];
-    __shared__ float4 acc_s[kCombineThreads / 32 - 1][32 * 4];
-    __shared__ float red[32];
+    __shared__ float4 acc_s[kW][32];
+    __shared__ float red[kW];
     int splits, per;
     plan(kv_lens[0], max_splits, splits, per);
-    const int h = blockIdx.x;
+    const int h = blockIdx.x, col0 = 128 * blockIdx.y;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    constexpr int kW = kCombineThreads / 32;
 
+    // each thread's lse values stay in registers between the max and the weights
+    constexpr int kPer = kMaxSplits / kCombineThreads;
+    float lse[kPer];
     float mx = kNegInf;
-    for (int s = tid; s < splits; s += kCombineThreads) mx = fmaxf(mx, part_lse[(size_t)s * heads + h]);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+        const int s = tid + i * kCombineThreads;
+        lse[i] = s < splits ? part_lse[(size_t)s * heads + h] : kNegInf;
+        mx = fmaxf(mx, lse[i]);
+    }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
     if (lane == 0) red[warp] = mx;
@@ -265,52 +278,41 @@ extern "C" __global__ void __launch_bounds__(kCombineThreads)
     mx = red[0];
 #pragma unroll
     for (int w = 1; w < kW; ++w) mx = fmaxf(mx, red[w]);
-    for (int s = tid; s < splits; s += kCombineThreads) w_s[s] = exp2f(part_lse[(size_t)s * heads + h] - mx);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+        const int s = tid + i * kCombineThreads;
+        if (s < splits) w_s[s] = exp2f(lse[i] - mx);
+    }
     __syncthreads();
 
-    // columns 4 lane .. + 3 of each 128-column quarter q (4 quarters per lane)
-    float4 acc[4];
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float wsum = 0.0f;
-#pragma unroll
-    for (int qq = 0; qq < 4; ++qq) acc[qq] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 2
+    const float* src = part_o + (size_t)h * kLat + col0 + 4 * lane;
+#pragma unroll 4
     for (int s = warp; s < splits; s += kW) {
         const float w = w_s[s];
-        const float4* src = reinterpret_cast<const float4*>(part_o + ((size_t)s * heads + h) * kLat) + lane;
+        const float4 v = *reinterpret_cast<const float4*>(src + (size_t)s * heads * kLat);
         wsum += w;
-#pragma unroll
-        for (int qq = 0; qq < 4; ++qq) {
-            const float4 v = src[32 * qq];
-            acc[qq].x += w * v.x;
-            acc[qq].y += w * v.y;
-            acc[qq].z += w * v.z;
-            acc[qq].w += w * v.w;
-        }
+        acc.x += w * v.x;
+        acc.y += w * v.y;
+        acc.z += w * v.z;
+        acc.w += w * v.w;
     }
-    if (warp > 0) {
-#pragma unroll
-        for (int qq = 0; qq < 4; ++qq) acc_s[warp - 1][32 * qq + lane] = acc[qq];
-        if (lane == 0) red[warp] = wsum;
-    }
+    acc_s[warp][lane] = acc;
+    if (lane == 0) red[warp] = wsum; // every thread read red (the maxima) before the barrier above
     __syncthreads();
     if (warp != 0) return;
 #pragma unroll
     for (int w = 1; w < kW; ++w) {
+        const float4 v = acc_s[w][lane];
         wsum += red[w];
-#pragma unroll
-        for (int qq = 0; qq < 4; ++qq) {
-            const float4 v = acc_s[w - 1][32 * qq + lane];
-            acc[qq].x += v.x;
-            acc[qq].y += v.y;
-            acc[qq].z += v.z;
-            acc[qq].w += v.w;
-        }
+        acc.x += v.x;
+        acc.y += v.y;
+        acc.z += v.z;
+        acc.w += v.w;
     }
     const float inv = 1.0f / wsum;
-#pragma unroll
-    for (int qq = 0; qq < 4; ++qq) {
-        __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(out + (size_t)h * kLat + 128 * qq + 4 * lane);
-        dst[0] = __floats2bfloat162_rn(acc[qq].x * inv, acc[qq].y * inv);
-        dst[1] = __floats2bfloat162_rn(acc[qq].z * inv, acc[qq].w * inv);
-    }
+    __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(out + (size_t)h * kLat + col0 + 4 * lane);
+    dst[0] = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
+    dst[1] = __floats2bfloat162_rn(acc.z * inv, acc.w * inv);
 }

@@ -22,7 +22,7 @@ const MAX_HEADS: usize = 16;
 /// Keys per cache tile (kKeys in the kernel).
 const KEYS_PER_TILE: usize = 32;
 const THREADS: u32 = 128;
-const COMBINE_THREADS: u32 = 128;
+const COMBINE_THREADS: u32 = 256;
 /// Dynamic shared memory of kt_mla_decode_small_bf16 (a static_assert there keeps the two
 /// equal): the query rows, two cache tiles, P and the per-warp row maxima and sums.
 const SMEM_BYTES: u32 = 95_232;
@@ -110,7 +110,7 @@ impl GpuStream {
         let combine = "kt_mla_decode_small_combine";
         let cf = self.kernels.get(&MLA_DECODE_SMALL, combine)?;
         let ccfg = LaunchConfig {
-            grid_dim: (batch.heads as u32, 1, 1),
+            grid_dim: (batch.heads as u32, (KV_LORA_RANK / 128) as u32, 1),
             block_dim: (COMBINE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -121,11 +121,10 @@ impl GpuStream {
             .arg(&heads)
             .arg(&max_sp)
             .arg(&mut out.slice);
-        debug_assert_eq!(out.len(), batch.rows * KV_LORA_RANK);
         // SAFETY: matches kt_mla_decode_small_combine (part_o, part_lse, kv_lens, heads,
-        // max_splits, out): one block per head reads the splits the kernel above wrote for the
-        // same length (the same plan) on this stream and writes the head's 512 outputs; out
-        // holds heads x 512 (checked by the caller).
+        // max_splits, out): block (head, quarter) reads the splits the kernel above wrote for
+        // the same length (the same plan) on this stream and writes the head's 128 outputs of
+        // that quarter; out holds heads x 512 (checked by the caller).
         unsafe { b.launch(ccfg) }
             .map(drop)
             .map_err(launch_err(combine, dims))
