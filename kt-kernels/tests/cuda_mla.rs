@@ -710,14 +710,7 @@ fn small_decode_path_live_and_paging_bit_for_bit() {
     let (pool17, table17) = paged(&b, 17, 8);
     let cache17 = s.upload(&pool17).unwrap();
     let mut live = s
-        .mla_batch_live(
-            16,
-            &[1],
-            &[max],
-            &table,
-            64,
-            MlaKernel::best_for(s.info()),
-        )
+        .mla_batch_live(16, &[1], &[max], &table, 64, MlaKernel::best_for(s.info()))
         .unwrap();
     let mut ws_live = MlaWorkspace::default();
     s.mla_reserve(&live, &mut ws_live).unwrap();
