@@ -185,18 +185,16 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
 //   x += d; xn, xn32 = RMSNorm(x) * norm_w; logits = router_w xn32; route; pack; raise flag.
 // Every block (KT_ROUTE_THREADS threads) computes the norm of the row itself, as
 // kt_add_rmsnorm_w32 does at the same block size (the same per-thread elements and sum order),
-// keeps it (and x + d) in shared memory, writes its slice of xn / xn32 and of the pack's row,
-// and each of its warps computes one expert's logit in the order of kt_gemv_nt_v_f32_f32_f32
-// (lane-strided 4-float steps, fmaf chain, warp butterfly sum); the first KT_ROUTE_PREFETCH
-// steps of the router row are loaded before the norm, which they do not depend on, so their
-// latency hides behind it. Each block fences at system scope before it counts itself in, so
-// its slice of the row has reached host memory while the other blocks finish; the last block
-// to finish (a device counter, reset for the next launch) updates x from its shared x + d
-// (every block has read x by then), writes the routing of the logits into the pack and raises
-// `flag` to `value` (its system fence orders the other blocks' slices too: they fenced before
-// the count it observed). So the outputs equal the three kernels' bit for bit. pack is the
-// device address of page-locked host memory: [n] row, top_k ids, top_k weights. n % 4 == 0
-// (host-checked). Dynamic shared memory: 2 n + n_experts + 2 n_experts + n_group floats.
+// keeps it in shared memory, writes its slice of xn / xn32, and each of its warps computes one
+// expert's logit in the order of kt_gemv_nt_v_f32_f32_f32 (lane-strided 4-float steps, fmaf
+// chain, warp butterfly sum); the first KT_ROUTE_PREFETCH steps of the router row are loaded
+// before the norm, which they do not depend on, so their latency hides behind it. The last
+// block to finish (a device counter, reset for the next launch) updates x (every block has
+// read it by then), writes the pack (the row from its shared memory, then the routing of the
+// logits) and raises `flag` to `value`: one system-wide fence per launch. So the outputs
+// equal the three kernels' bit for bit. pack is the device address of page-locked host
+// memory: [n] row, top_k ids, top_k weights. n % 4 == 0 (host-checked). Dynamic shared
+// memory: n + n_experts + 2 n_experts + n_group floats.
 #define KT_ROUTE_THREADS 256
 #define KT_ROUTE_PREFETCH 16
 extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS, 1)
@@ -212,8 +210,7 @@ extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS, 1)
     __shared__ float scratch[32];
     __shared__ bool last;
     float* row = smem;                // the normalized row, f32
-    float* xd = smem + n;             // x + d, f32 (the new residual)
-    float* lsm = smem + 2 * n;        // the logits, for the routing
+    float* lsm = smem + n;            // the logits, for the routing
     float* gsm = lsm + n_experts;     // kt_gating_token's scratch (warp 0)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int e = blockIdx.x * (KT_ROUTE_THREADS / 32) + warp;
@@ -237,19 +234,16 @@ extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS, 1)
 #pragma unroll 4
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = x[i] + __bfloat162float(d[i]);
-        xd[i] = v;
         row[i] = norm_w[i] * (v * inv);
     }
     __syncthreads();
-    // this block's slice of the outputs that no block reads back: xn, xn32, the pack's row
-    float* pack_row = reinterpret_cast<float*>(pack);
+    // this block's slice of the device outputs that no block reads back
     const int per = (n + gridDim.x - 1) / gridDim.x;
     const int lo = blockIdx.x * per, hi = min(n, lo + per);
     for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
         const float y = row[i];
         xn[i] = __float2bfloat16_rn(y);
         xn32[i] = y;
-        pack_row[i] = y;
     }
     // one expert per warp, in kt_gemv_nt_v_f32_f32_f32's order
     if (e < n_experts) {
@@ -277,16 +271,19 @@ extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS, 1)
         const float sum = kt_warp_sum(acc);
         if (lane == 0) logits[e] = sum;
     }
-    // publish the logits (read by the last block) and the pack's slice (read by the host once
-    // the last block raises the flag), then count this block in
-    __threadfence_system();
+    // publish the logits (device scope: only the last block reads them), count this block in
+    __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
+    float* pack_row = reinterpret_cast<float*>(pack);
 #pragma unroll 8
-    for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] = xd[i];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        x[i] = x[i] + __bfloat162float(d[i]);
+        pack_row[i] = row[i];
+    }
     for (int i = threadIdx.x; i < n_experts; i += blockDim.x) lsm[i] = __ldcg(logits + i);
     __syncthreads();
     uint32_t* ids = pack + n;

@@ -373,8 +373,7 @@ impl GpuStream {
         let n_i =
             i32::try_from(n).map_err(|_| shape(OP, format!("n {n} does not fit in an i32")))?;
         let blocks = e.div_ceil(ROUTE_THREADS as usize / 32) as u32;
-        // the row and x + d, the logits, the routing's scratch (kt_add_norm_route_signal)
-        let smem = ((2 * n + 3 * e + n_group as usize) * 4) as u32;
+        let smem = ((n + 3 * e + n_group as usize) * 4) as u32;
         let kernel = "kt_add_norm_route_signal";
         let f = self.kernels.get_with_smem(&MOE_GATING, kernel, smem)?;
         let (pack_dev, flag_dev) = (pack.device_ptr()?, flag.device_ptr());

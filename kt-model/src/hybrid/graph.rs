@@ -18,9 +18,7 @@
 //! embedding row, the position, which is also the cache row and the rope row, the MLA kv length and
 //! split count), launches the graph, and for each MoE layer waits for `ready`, runs the routed
 //! experts and raises `done`. The flags' values are the same every launch, so the graph never
-//! changes. The capture forks each layer's rope + cache write onto a second stream, so that
-//! launch and the query absorption (independent: other columns of the query rows) are parallel
-//! nodes, joined before the attention; the eager loop runs them one after the other.
+//! changes.
 //!
 //! The kernels' arithmetic and inputs are those of the eager loop (the fused gating and return
 //! round and sum as the unfused kernels do; the MLA launch of a live batch reads the split
@@ -65,9 +63,8 @@ pub(crate) struct DecodeGraph {
     done: HostFlag,
     /// The MoE layers in order: the `k`-th (0-based) is released by flag value `k + 1`.
     moe_layers: Vec<usize>,
-    /// The streams it was captured on (kept with the graph).
+    /// The stream it was captured on (kept with the graph).
     _capture: GpuStream,
-    _side: GpuStream,
 }
 
 /// The output head the graph ends with.
@@ -107,10 +104,8 @@ impl DecodeGraph {
         };
         let (ready, done) = (gpu.host_flag()?, gpu.host_flag()?);
         let capture = s.new_untracked_stream()?;
-        // the rope + cache write runs on it beside the absorption: parallel graph nodes
-        let side = s.new_untracked_stream()?;
         s.synchronize()?; // every buffer allocated and written before the capture
-        let step = step.on(&capture).with_side(&side);
+        let step = step.on(&capture);
         capture.begin_capture()?;
         let recorded = record(
             &step,
@@ -138,7 +133,6 @@ impl DecodeGraph {
             done,
             moe_layers,
             _capture: capture,
-            _side: side,
         })
     }
 
