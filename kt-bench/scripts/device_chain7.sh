@@ -6,7 +6,8 @@
 # graph's replays); then the GPU test binaries of each variant. Builds nothing but the tracer.
 # Carried in $D: bin.tar.xz with <variant>/kt-bench, tests_<variant>/* (stripped) and
 # cupti_trace/; $BASE: the old kt-bench. Results in $OUT/c7/, packed into $OUT/c7.tgz at exit.
-# Env: VARIANTS ("a b"), REPS (3), TRACE_WHICH ("b a"), PROMPT (1024), GEN (128), THREADS (16),
+# Env: VARIANTS ("a b"), REPS (3), TRACE_WHICH (the variants; add old to trace it too; on a slow
+# instance lower REPS so the traces fit), PROMPT (1024), GEN (128), THREADS (16),
 # BUDGET_S (390).
 set -uo pipefail
 D=${D:-.device-carry/chain7}
@@ -41,7 +42,7 @@ for r in $(seq 1 "$reps"); do
 done
 if so_lib=$(bash "$D/cupti_trace/build.sh" /tmp/kt-cupti 2> "$out/cupti_build.log"); then
     so=$(echo "$so_lib" | head -1); lib=$(echo "$so_lib" | tail -1)
-    for v in ${TRACE_WHICH:-b a}; do
+    for v in ${TRACE_WHICH:-$variants}; do
         [ "$(left)" -gt 75 ] || { note "budget: trace $v skipped"; continue; }
         run "$v" "trace_$v" CUDA_INJECTION64_PATH="$so" KT_TRACE_OUT="/tmp/trace_$v.csv" \
             LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"
