@@ -21,6 +21,11 @@
 //! ([`GpuStream::mla_set_kv_lens`]); the grid is sized for the most splits its largest
 //! lengths plan and the splits past the step's count exit at once, so a step computes the
 //! same key ranges, bit for bit, as a plain batch of the same lengths.
+//!
+//! [`GpuStream::mla_attention`] sends a decode of one sequence with at most 16 heads (one
+//! token) to a third kernel that spreads the keys over one block per multiprocessor
+//! (`mla_small.rs`, `cuda/mla_decode_small.cu`); a forced split count or an explicit kernel
+//! ([`GpuStream::mla_attention_with`]) keeps the 64-row kernels.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
@@ -28,6 +33,10 @@ use half::bf16;
 use super::error::{launch_err, shape, CudaResult};
 use super::modules::{Embedded, MLA_ATTN, MLA_ATTN_SM90};
 use super::runtime::{DeviceBuf, DeviceInfo, GpuStream, TensorMap};
+
+// The batch-1, one-token, few-heads decode path (a child module: it reads the batch's fields).
+#[path = "mla_small.rs"]
+mod small;
 
 /// Latent (compressed kv) width per token: the output row and the value part of a cache row.
 pub const KV_LORA_RANK: usize = 512;
@@ -362,6 +371,9 @@ impl GpuStream {
                 None,
             );
             ws.reserve(self, splits * batch.rows)?;
+            if small::takes(batch, &self.info) {
+                ws.reserve(self, small::partial_rows(batch, &self.info))?;
+            }
         }
         Ok(())
     }
@@ -392,6 +404,10 @@ impl GpuStream {
         ws: &mut MlaWorkspace,
         force_splits: Option<usize>,
     ) -> CudaResult<()> {
+        if force_splits.is_none() && small::takes(batch, &self.info) {
+            self.check_operands(batch, q, cache, scale, out)?;
+            return self.mla_decode_small(batch, q, cache, scale, out, ws);
+        }
         let kernel = MlaKernel::best_for(&self.info);
         self.mla_attention_with(batch, q, cache, scale, out, ws, force_splits, kernel)
     }
@@ -420,34 +436,7 @@ impl GpuStream {
         }
         let (module, kernel_name, keys_per_tile, smem) = which.launch_params();
         let rows = batch.rows;
-        let block_elems = batch.block_size * CACHE_ROW;
-        if q.len() != rows * CACHE_ROW || out.len() != rows * KV_LORA_RANK {
-            return Err(shape(
-                OP,
-                format!(
-                    "q has {}, out {} elements; the batch has {rows} rows of {CACHE_ROW} and {KV_LORA_RANK}",
-                    q.len(),
-                    out.len()
-                ),
-            ));
-        }
-        if cache.is_empty()
-            || !cache.len().is_multiple_of(block_elems)
-            || cache.len() / block_elems <= batch.max_block_used
-        {
-            return Err(shape(
-                OP,
-                format!(
-                    "cache of {} elements is not whole blocks of {} x {CACHE_ROW} up to block {} (the table's largest)",
-                    cache.len(),
-                    batch.block_size,
-                    batch.max_block_used
-                ),
-            ));
-        }
-        if !scale.is_finite() {
-            return Err(shape(OP, format!("softmax scale {scale} is not finite")));
-        }
+        self.check_operands(batch, q, cache, scale, out)?;
         if let Some(live) = &batch.live {
             if live.kernel != which || force_splits.is_some() {
                 return Err(shape(
@@ -592,5 +581,48 @@ impl GpuStream {
         unsafe { b.launch(ccfg) }
             .map(drop)
             .map_err(launch_err(combine, dims))
+    }
+
+    /// The operand checks every MLA launch makes: q and out hold the batch's rows, the cache
+    /// holds whole blocks up to the table's largest, the scale is finite.
+    fn check_operands(
+        &self,
+        batch: &MlaBatch,
+        q: &DeviceBuf<bf16>,
+        cache: &DeviceBuf<bf16>,
+        scale: f32,
+        out: &DeviceBuf<bf16>,
+    ) -> CudaResult<()> {
+        const OP: &str = "mla_attention";
+        let rows = batch.rows;
+        let block_elems = batch.block_size * CACHE_ROW;
+        if q.len() != rows * CACHE_ROW || out.len() != rows * KV_LORA_RANK {
+            return Err(shape(
+                OP,
+                format!(
+                    "q has {}, out {} elements; the batch has {rows} rows of {CACHE_ROW} and {KV_LORA_RANK}",
+                    q.len(),
+                    out.len()
+                ),
+            ));
+        }
+        if cache.is_empty()
+            || !cache.len().is_multiple_of(block_elems)
+            || cache.len() / block_elems <= batch.max_block_used
+        {
+            return Err(shape(
+                OP,
+                format!(
+                    "cache of {} elements is not whole blocks of {} x {CACHE_ROW} up to block {} (the table's largest)",
+                    cache.len(),
+                    batch.block_size,
+                    batch.max_block_used
+                ),
+            ));
+        }
+        if !scale.is_finite() {
+            return Err(shape(OP, format!("softmax scale {scale} is not finite")));
+        }
+        Ok(())
     }
 }

@@ -40,6 +40,12 @@ pub(crate) const MLA_ATTN_SM90: Embedded = Embedded {
     image: include_bytes!(concat!(env!("OUT_DIR"), "/mla_attn_sm90.fatbin")),
 };
 
+/// The batch-1 few-heads MLA decode and its combine (mla.rs's small path).
+pub(crate) const MLA_DECODE_SMALL: Embedded = Embedded {
+    name: "mla_decode_small",
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/mla_decode_small.fatbin")),
+};
+
 pub(crate) const TOP_P: Embedded = Embedded {
     name: "top_p",
     image: include_bytes!(concat!(env!("OUT_DIR"), "/top_p.fatbin")),
@@ -57,12 +63,13 @@ pub(crate) const MOE_EXPERTS: Embedded = Embedded {
     image: include_bytes!(concat!(env!("OUT_DIR"), "/moe_experts.fatbin")),
 };
 
-const ALL: [Embedded; 8] = [
+const ALL: [Embedded; 9] = [
     SMALL_OPS,
     MOE_GATING,
     W4A16_GEMM,
     MLA_ATTN,
     MLA_ATTN_SM90,
+    MLA_DECODE_SMALL,
     TOP_P,
     HYBRID_OPS,
     MOE_EXPERTS,

@@ -1,0 +1,132 @@
+//! MLA decode for one sequence, one new token and few heads (`cuda/mla_decode_small.cu`): the
+//! path [`GpuStream::mla_attention`] takes for such a batch (DeepSeek V2-Lite's 16 heads in the
+//! hybrid decode) instead of the 64-row kernels, which pad the 16 rows to a 64-row tile and
+//! give a ~1k-key decode ~9 blocks. Here a block takes 16 rows and whole 32-key tiles, with
+//! as many key splits as the device has multiprocessors, and a combine merges the splits.
+//!
+//! The split plan depends only on the sequence's length, which the kernels read on the device:
+//! a live batch (a graph replaying one grid, sized for its largest length) and a plain batch of
+//! the same length compute the same key ranges in the same order, bit for bit.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use half::bf16;
+
+use super::{MlaBatch, MlaWorkspace, KV_LORA_RANK};
+use crate::cuda::error::{launch_err, CudaResult};
+use crate::cuda::modules::MLA_DECODE_SMALL;
+use crate::cuda::runtime::{DeviceBuf, DeviceInfo, GpuStream};
+
+/// Largest head count this path takes (one 16-row block per key split). More heads fill the
+/// 64-row tiles of the other kernels, which were not measured against this one.
+const MAX_HEADS: usize = 16;
+/// Keys per cache tile (kKeys in the kernel).
+const KEYS_PER_TILE: usize = 32;
+const THREADS: u32 = 128;
+const COMBINE_THREADS: u32 = 256;
+/// Dynamic shared memory of kt_mla_decode_small_bf16 (a static_assert there keeps the two
+/// equal): the query rows, two cache tiles, P and the per-warp row maxima and sums.
+const SMEM_BYTES: u32 = 95_232;
+/// The combine's shared weights per split (kMaxSplits in the kernel).
+const MAX_SPLITS_CAP: usize = 1024;
+
+/// Whether `batch` takes this path on `info`'s device (mma.sync needs compute capability 8.0+).
+pub(super) fn takes(batch: &MlaBatch, info: &DeviceInfo) -> bool {
+    batch.batch() == 1
+        && batch.max_q_len == 1
+        && batch.heads <= MAX_HEADS
+        && info.compute_capability.0 >= 8
+}
+
+/// The most key splits of one launch: one per multiprocessor.
+fn max_splits(info: &DeviceInfo) -> usize {
+    info.multiprocessors.clamp(1, MAX_SPLITS_CAP)
+}
+
+/// Key splits of the grid for lengths up to `max_kv_len`: at least the kernel's plan for any
+/// of them (ceil(tiles / ceil(tiles / max)) <= min(tiles, max)).
+fn grid_splits(max_kv_len: usize, info: &DeviceInfo) -> usize {
+    max_kv_len
+        .div_ceil(KEYS_PER_TILE)
+        .clamp(1, max_splits(info))
+}
+
+/// Partial rows (splits x rows) a launch for `batch` writes.
+pub(super) fn partial_rows(batch: &MlaBatch, info: &DeviceInfo) -> usize {
+    grid_splits(batch.max_kv_len, info) * batch.rows
+}
+
+impl GpuStream {
+    /// [`GpuStream::mla_attention`] for a batch that [`takes`] this path; the caller checked
+    /// the operands against the batch (`check_operands`).
+    pub(super) fn mla_decode_small(
+        &self,
+        batch: &MlaBatch,
+        q: &DeviceBuf<bf16>,
+        cache: &DeviceBuf<bf16>,
+        scale: f32,
+        out: &mut DeviceBuf<bf16>,
+        ws: &mut MlaWorkspace,
+    ) -> CudaResult<()> {
+        let splits = grid_splits(batch.max_kv_len, &self.info);
+        ws.reserve(self, splits * batch.rows)?;
+        let part_o = ws.part_o.as_mut().expect("allocated above");
+        let part_lse = ws.part_lse.as_mut().expect("allocated above");
+        let kernel = "kt_mla_decode_small_bf16";
+        let f = self
+            .kernels
+            .get_with_smem(&MLA_DECODE_SMALL, kernel, SMEM_BYTES)?;
+        let dims = || {
+            format!(
+                "heads {}, max kv_len {}, block size {}, grid splits {splits}",
+                batch.heads, batch.max_kv_len, batch.block_size
+            )
+        };
+        let heads = batch.heads as i32;
+        let bs = batch.block_size as i32;
+        let max_sp = max_splits(&self.info) as i32;
+        let scale_log2 = scale * std::f32::consts::LOG2_E;
+        let cfg = LaunchConfig {
+            grid_dim: (batch.heads.div_ceil(16) as u32, splits as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: SMEM_BYTES,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&q.slice)
+            .arg(&cache.slice)
+            .arg(&batch.table.slice)
+            .arg(&batch.kv_lens.slice);
+        b.arg(&heads).arg(&bs).arg(&scale_log2).arg(&max_sp);
+        b.arg(&mut part_o.slice).arg(&mut part_lse.slice);
+        // SAFETY: arguments match kt_mla_decode_small_bf16 (q, cache, table, kv_lens, heads,
+        // block_size, scale_log2, max_splits, part_o, part_lse). The batch is one sequence of
+        // one token (takes) whose lengths mla_batch / mla_set_kv_lens checked against its table
+        // row and the ints; the caller checked q (heads rows of 576), the cache (every block the
+        // table names) and out. part_o / part_lse hold `splits` x heads rows, and the kernel's
+        // plan for the device's length never exceeds the grid's splits (grid_splits).
+        unsafe { b.launch(cfg) }
+            .map(drop)
+            .map_err(launch_err(kernel, dims))?;
+
+        let combine = "kt_mla_decode_small_combine";
+        let cf = self.kernels.get(&MLA_DECODE_SMALL, combine)?;
+        let ccfg = LaunchConfig {
+            grid_dim: (batch.heads as u32, (KV_LORA_RANK / 128) as u32, 1),
+            block_dim: (COMBINE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&cf);
+        b.arg(&part_o.slice)
+            .arg(&part_lse.slice)
+            .arg(&batch.kv_lens.slice)
+            .arg(&heads)
+            .arg(&max_sp)
+            .arg(&mut out.slice);
+        // SAFETY: matches kt_mla_decode_small_combine (part_o, part_lse, kv_lens, heads,
+        // max_splits, out): block (head, quarter) reads the splits the kernel above wrote for
+        // the same length (the same plan) on this stream and writes the head's 128 outputs of
+        // that quarter; out holds heads x 512 (checked by the caller).
+        unsafe { b.launch(ccfg) }
+            .map(drop)
+            .map_err(launch_err(combine, dims))
+    }
+}
