@@ -60,10 +60,20 @@ fn program(layouts: &[Layout]) -> String {
     src + "    return 0;\n}\n"
 }
 
+/// `cuda/include` of the source tree: where this crate was built, else under the working
+/// directory (a test binary carried to another machine runs from the repository root there).
+fn include_dir() -> PathBuf {
+    let built_here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cuda/include");
+    [built_here.clone(), PathBuf::from("cuda/include"), PathBuf::from("../cuda/include")]
+        .into_iter()
+        .find(|d| d.join("kt_blocks.cuh").is_file())
+        .unwrap_or(built_here)
+}
+
 #[test]
 fn header_matches_rust_block_layouts() {
     let layouts = rust_layouts();
-    let include = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cuda/include");
+    let include = include_dir();
     let dir = std::env::temp_dir().join(format!("kt_cuda_layouts_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join("layouts.cpp");
