@@ -1,30 +1,44 @@
-//! Q4_K weights as stored in the GGUF (no repack), many tokens: AMX `tdpbusd` per
-//! 32-element sub-block, scaled in f32 with AVX512.
+//! Q4_K weights as stored in the GGUF (no repack), many tokens: AMX `tdpbusd` over a
+//! whole super-block in int32, one f32 epilogue per super-block.
 //!
 //! A Q4_K row block (256 weights) is `w = d * sc_j * q - dmin * m_j` for sub-block `j`
-//! (32 weights, `q` in 0..16); a Q8_K activation block is `a = da * s` (`s` int8) with
-//! the sums of its 16-element groups. So one block's dot is
-//! `da * (sum_j d * sc_j * I_j - dmin * sum_j m_j * S_j)` with `I_j` the int8 dot of
-//! sub-block `j` and `S_j` the activations' sum over it. `tdpbusd` computes `I_j` for 16
-//! weight rows x 16 tokens at once (A = the unpacked quants, unsigned; B = the
-//! activations, signed), with K = 32 so each sub-block gets its own C tile; the f32
-//! epilogue applies `d * sc_j`, the minimum term and `da`.
+//! (32 weights, `q` in 0..16, `sc_j` and `m_j` in 0..64); a Q8_K activation block is
+//! `a = da * s` (`s` int8). So one block's dot is
+//! `da * (d * sum_j sc_j * I_j - dmin * sum_j m_j * S_j)` with `I_j` the int dot of
+//! sub-block `j` and `S_j` the activations' sum over it.
+//!
+//! The sub-block scales are folded into the unpacked weights, so the first sum is one
+//! integer dot over the whole super-block: `q * sc_j` (up to 945) does not fit
+//! `tdpbusd`'s unsigned byte operand, but with `sc_j = 8 * hi_j + lo_j` (both in 0..8)
+//! `q * hi_j` and `q * lo_j` (up to 105) do. Two C tiles accumulate
+//! `C_hi = sum q * hi * s` and `C_lo = sum q * lo * s` over the super-block's K = 256 (four
+//! `tdpbusd` each, K = 64), and `8 * C_hi + C_lo` is `sum_j sc_j * I_j` exactly (at most
+//! 256 * 945 * 128 < 2^31). The minimum term `sum_j m_j * S_j` (at most 8 * 63 * 4096)
+//! is four `vpdpwssd` per row in the epilogue: the `S_j` as int16 pairs per token, the
+//! `m_j` pairs broadcast. The epilogue thus runs once per super-block, on two C tiles
+//! instead of eight (the previous kernel's per-sub-block tiles, whose f32 scaling bounded
+//! it).
 //!
 //! Operand orientation: the weights are the A operand (one 16-row tile per row block,
-//! rows in their natural layout: unpacking the nibbles to bytes is two masks and a
-//! shift), the activations the B operand, which AMX wants in VNNI form (one 64-byte
+//! rows in their natural layout: unpacking is masks, shifts and one `vpmullw` per 64
+//! bytes and factor, the low byte's product never carrying into the high byte), the
+//! activations the B operand, which AMX wants in VNNI form (one 64-byte
 //! line = dword `q` of each of 16 tokens). That transposition is done once per token
 //! group and K chunk and shared by every row block of the call; transposing the weights
-//! instead would cost it per weight, used by only ~16 tokens at V3 prefill.
+//! instead would cost it per weight, used by only ~16 tokens at V3 prefill. Both operands
+//! keep the unpacked order of the sub-blocks ([`sub_offset`]): the activation lines are
+//! placed to match.
 //!
-//! Tiles: 0..4 the C tiles of four sub-blocks, 4 and 5 the A tiles, 6 and 7 the B tiles.
-//! The eight C tiles of one (row block, super-block, token group) step are stored to a
-//! double buffer and scaled while the next step's `tdpbusd`s run.
+//! Tiles: 0 and 1 the C tiles (hi, lo), 2..6 the A tiles (two hi/lo pairs, alternating
+//! by K step), 6 and 7 the B tiles (alternating). The two C tiles of one (row block,
+//! super-block, token group) step are stored to a double buffer and scaled while the
+//! next step's `tdpbusd`s run.
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
+use super::blocks::transpose16;
 use super::tiles::{tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
 use crate::cpu::avx512::q4_k::scales_mins;
 use crate::cpu::dispatch::{GemmFn, GemmTile};
@@ -54,6 +68,14 @@ const RECORDS: usize = 32;
 /// Near a row block's end it continues with the next one.
 const PREFETCH: usize = 2;
 
+/// How many super-blocks ahead of the products the weights are unpacked: the tile loads
+/// stall on the unpacking's 8 KiB of stores when these have not yet left the store
+/// buffer, which one step (with a single token group: one epilogue) does not cover.
+/// The weight buffers: the one read by the products, the one of the step being scaled
+/// and those unpacked ahead.
+const UNPACK_AHEAD: usize = 2;
+const WBUFS: usize = UNPACK_AHEAD + 2;
+
 /// Below this many tokens the AVX512 kernel is used: a C tile's 16 token columns would
 /// be mostly empty.
 pub(crate) const AMX_MIN_TOKENS: usize = 12;
@@ -70,10 +92,11 @@ pub(crate) fn install(lower: GemmFn) -> GemmFn {
 /// One token group's activations of one super-block, ready for the B tiles.
 #[repr(C, align(64))]
 struct ActBlock {
-    /// Line `q`: dword `q` (elements `4q..4q + 4`) of each of the 16 tokens.
+    /// Line `l`: 4 elements of each of the 16 tokens; sub-block `j`'s elements
+    /// `4i..4i + 4` on line `sub_offset(j) / 4 + i`, matching the unpacked weights.
     q: [[i32; TG]; QK_K / 4],
-    /// `S_j` per token, as f32.
-    sums: [[f32; TG]; SUBS],
+    /// Per token: `S_2p` in the low and `S_2p+1` in the high int16 of dword `p`.
+    sums: [[i32; TG]; SUBS / 2],
     /// `da` per token (0 for the group's missing tokens).
     d: [f32; TG],
 }
@@ -81,11 +104,14 @@ struct ActBlock {
 /// One row block's super-block, unpacked for the A tiles.
 #[repr(C, align(64))]
 struct WeightBlock {
-    /// Row `n`: the quants as bytes, sub-block `j` at [`sub_offset`]`(j)`.
-    q: [[u8; QK_K]; TR],
-    /// `d * sc_j` and `dmin * m_j` per row.
-    scale: [[f32; SUBS]; TR],
-    min: [[f32; SUBS]; TR],
+    /// Row `n`: `q * hi_j` and `q * lo_j` as bytes, sub-block `j` at [`sub_offset`]`(j)`.
+    hi: [[u8; QK_K]; TR],
+    lo: [[u8; QK_K]; TR],
+    /// `d` and `dmin` per row.
+    d: [f32; TR],
+    dmin: [f32; TR],
+    /// Per row: `m_2p` in the low and `m_2p+1` in the high int16 of dword `p`.
+    mins: [[i32; SUBS / 2]; TR],
 }
 
 /// Where sub-block `j` sits in an unpacked row: quant byte `i` of pair `p = j / 2` holds
@@ -96,9 +122,9 @@ const fn sub_offset(j: usize) -> usize {
     (p / 2) * 128 + (j % 2) * 64 + (p % 2) * 32
 }
 
-/// The eight int32 C tiles of one step: sub-block `j`, weight row `n` at `[j][n]`.
+/// The two int32 C tiles of one step: hi at `[0]`, lo at `[1]`, weight row `n` at `[.][n]`.
 #[repr(C, align(64))]
-struct CTiles([[[i32; TG]; TR]; SUBS]);
+struct CTiles([[[i32; TG]; TR]; 2]);
 
 /// One step whose C tiles wait to be scaled.
 #[derive(Clone, Copy)]
@@ -130,7 +156,7 @@ unsafe fn gemm_amx(t: &GemmTile) {
     let nsb = t.k / QK_K;
     let mut acts = MaybeUninit::<[ActBlock; RECORDS]>::uninit();
     let acts = acts.as_mut_ptr().cast::<ActBlock>();
-    let mut wbuf = MaybeUninit::<[WeightBlock; 3]>::uninit();
+    let mut wbuf = MaybeUninit::<[WeightBlock; WBUFS]>::uninit();
     let wbuf = wbuf.as_mut_ptr().cast::<WeightBlock>();
     let mut cbuf = MaybeUninit::<[CTiles; 2]>::uninit();
     let cbuf = cbuf.as_mut_ptr().cast::<CTiles>();
@@ -164,8 +190,9 @@ unsafe fn gemm_amx(t: &GemmTile) {
             // One pipeline over every (row block, super-block, token group) step of
             // the chunk, so neither the first unpacking nor the last scaling of a row
             // block waits: step i's products overlap step i - 1's scaling, and
-            // super-block L (counted over row blocks) is unpacked one step ahead into
-            // weight buffer L % 3. Accumulators alternate by row block parity.
+            // super-block L (counted over row blocks) is unpacked UNPACK_AHEAD
+            // super-blocks ahead into weight buffer L % WBUFS. Accumulators alternate by
+            // row block parity.
             let steps_rb = kc * ng;
             let nrb = t.rows.div_ceil(TR);
             let rows_of = |rb: usize| TR.min(t.rows - rb * TR);
@@ -174,9 +201,11 @@ unsafe fn gemm_amx(t: &GemmTile) {
                 // SAFETY (for callers): rb < nrb, s < kc: inside the tile's weights.
                 t.w.wrapping_add(rb * TR * t.w_stride + (c0 + s) * W_BLOCK)
             };
-            // SAFETY: super-block 0 of row block 0 is inside the weights; buffer 0 is
-            // inside `wbuf`.
-            unsafe { unpack_weights(wblock(0), t.w_stride, rows_of(0), wbuf) };
+            for l in 0..UNPACK_AHEAD.min(nrb * kc) {
+                // SAFETY: super-block l of the chunk (counted over row blocks) is inside
+                // the weights; buffer l is inside `wbuf`.
+                unsafe { unpack_weights(wblock(l), t.w_stride, rows_of(l / kc), wbuf.add(l)) };
+            }
             let mut pending: Option<Pending> = None;
             for step in 0..nrb * steps_rb {
                 let (rb, i) = (step / steps_rb, step % steps_rb);
@@ -189,13 +218,11 @@ unsafe fn gemm_amx(t: &GemmTile) {
                         .for_each(|a| *a = [_mm512_setzero_ps(); TR]);
                     if loaded_rows != nr {
                         let mut c = TileConfig::new();
-                        for tile in 0..4 {
+                        for tile in 0..6 {
                             c.set(tile, nr, 64);
                         }
-                        c.set(4, nr, 32);
-                        c.set(5, nr, 32);
-                        c.set(6, 8, 64);
-                        c.set(7, 8, 64);
+                        c.set(6, 16, 64);
+                        c.set(7, 16, 64);
                         // SAFETY: AMX usable (caller); a valid palette-1 configuration
                         // (loading it zeroes the tiles: the previous step stored its C).
                         unsafe { c.load() };
@@ -204,31 +231,34 @@ unsafe fn gemm_amx(t: &GemmTile) {
                 }
                 // SAFETY (whole block): every weight block named is inside the tile
                 // (row block < nrb, super-block < c0 + kc); scratch indices are in
-                // bounds (% 3, & 1; g * chunk + s < RECORDS). Products read weight
-                // buffer l % 3 (unpacked a step earlier, so its stores have drained
-                // before the tile loads), the next super-block goes to (l + 1) % 3, and
+                // bounds (% WBUFS, & 1; g * chunk + s < RECORDS). Products read weight
+                // buffer l % WBUFS, super-block l + UNPACK_AHEAD goes to its buffer, and
                 // the step scaled here (step - 1: super-block l or l - 1) reads neither
                 // that nor the C buffer written now.
                 unsafe {
-                    products(wbuf.add(l % 3), acts.add(g * chunk + s), cbuf.add(step & 1));
+                    products(
+                        wbuf.add(l % WBUFS),
+                        acts.add(g * chunk + s),
+                        cbuf.add(step & 1),
+                    );
                     if g == 0 {
                         let ahead = l + PREFETCH;
                         if ahead < nrb * kc {
                             prefetch_rows(wblock(ahead), t.w_stride, rows_of(ahead / kc));
                         }
-                        if l + 1 < nrb * kc {
-                            let next = l + 1;
+                        let next = l + UNPACK_AHEAD;
+                        if next < nrb * kc {
                             unpack_weights(
                                 wblock(next),
                                 t.w_stride,
                                 rows_of(next / kc),
-                                wbuf.add(next % 3),
+                                wbuf.add(next % WBUFS),
                             );
                         }
                     }
                     let now = Pending {
                         cbuf: step & 1,
-                        wbuf: l % 3,
+                        wbuf: l % WBUFS,
                         act: g * chunk + s,
                         group: g,
                         block: rb,
@@ -335,29 +365,34 @@ unsafe fn prefetch_rows(w: *const u8, stride: usize, nr: usize) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, dst: *mut ActBlock) {
     let ones = _mm512_set1_epi8(1);
+    let low_half = _mm512_set1_epi32(0xFFFF);
     // SAFETY (whole body): rows tok < n of the block are readable (caller); `dst` is a
-    // valid, 64-byte aligned ActBlock.
+    // valid, 64-byte aligned ActBlock; line sub_offset(j) / 4 + 8 <= 64.
     unsafe {
         for quarter in 0..4 {
             let mut r = [_mm512_setzero_si512(); TG];
             for (tok, v) in r.iter_mut().enumerate().take(n) {
                 *v = _mm512_loadu_si512(a.add(tok * stride + 4 + 64 * quarter).cast());
             }
-            let r = transpose16(r);
-            let q = (*dst).q.as_mut_ptr().add(16 * quarter);
-            for (i, v) in r.iter().enumerate() {
-                _mm512_store_si512(q.add(i).cast(), *v);
-            }
+            let r = transpose16(&r);
             // Lines 0..8 of the quarter are sub-block 2 * quarter, 8..16 the next.
+            let mut sums = [_mm512_setzero_si512(); 2];
             for (half, lines) in r.chunks_exact(8).enumerate() {
-                let sum = lines.iter().fold(_mm512_setzero_si512(), |acc, &l| {
+                let j = 2 * quarter + half;
+                let q = (*dst).q.as_mut_ptr().add(sub_offset(j) / 4);
+                for (i, v) in lines.iter().enumerate() {
+                    _mm512_store_si512(q.add(i).cast(), *v);
+                }
+                sums[half] = lines.iter().fold(_mm512_setzero_si512(), |acc, &l| {
                     _mm512_dpbusd_epi32(acc, ones, l)
                 });
-                _mm512_store_ps(
-                    (*dst).sums[2 * quarter + half].as_mut_ptr(),
-                    _mm512_cvtepi32_ps(sum),
-                );
             }
+            // |S_j| <= 32 * 128: an int16 each.
+            let pair = _mm512_or_si512(
+                _mm512_and_si512(sums[0], low_half),
+                _mm512_slli_epi32::<16>(sums[1]),
+            );
+            _mm512_store_si512((*dst).sums[quarter].as_mut_ptr().cast(), pair);
         }
         let d = &mut (*dst).d;
         for (tok, d) in d.iter_mut().enumerate() {
@@ -370,35 +405,16 @@ unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, dst: *mut ActBlo
     }
 }
 
-/// Transposes 16 x 16 dwords: row `i` of the result holds dword `i` of every input.
+/// `vpermw` indices putting word `2 * a` (int32 lane `a`'s low word) in words 0..16 and
+/// word `2 * b` in words 16..32.
 #[inline]
-#[target_feature(enable = "avx512f")]
-fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
-    let mut a = [_mm512_setzero_si512(); 16];
-    for i in 0..8 {
-        a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    // b[4i + e], 128-bit lane L: rows 4i..4i + 4 of dword 4L + e.
-    let mut b = [_mm512_setzero_si512(); 16];
-    for i in 0..4 {
-        b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
-        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
-        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
-        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
-    }
-    let mut out = [_mm512_setzero_si512(); 16];
-    for e in 0..4 {
-        let c0 = _mm512_shuffle_i32x4::<0x88>(b[e], b[4 + e]);
-        let c1 = _mm512_shuffle_i32x4::<0xDD>(b[e], b[4 + e]);
-        let d0 = _mm512_shuffle_i32x4::<0x88>(b[8 + e], b[12 + e]);
-        let d1 = _mm512_shuffle_i32x4::<0xDD>(b[8 + e], b[12 + e]);
-        out[e] = _mm512_shuffle_i32x4::<0x88>(c0, d0);
-        out[4 + e] = _mm512_shuffle_i32x4::<0x88>(c1, d1);
-        out[8 + e] = _mm512_shuffle_i32x4::<0xDD>(c0, d0);
-        out[12 + e] = _mm512_shuffle_i32x4::<0xDD>(c1, d1);
-    }
-    out
+#[target_feature(enable = "avx512f,avx512bw")]
+fn two_lanes(a: usize, b: usize) -> __m512i {
+    _mm512_mask_blend_epi16(
+        0xFFFF_0000,
+        _mm512_set1_epi16(2 * a as i16),
+        _mm512_set1_epi16(2 * b as i16),
+    )
 }
 
 /// Unpacks `nr` weight rows' Q4_K block (`w`, rows `stride` bytes apart) into `dst`.
@@ -408,86 +424,108 @@ fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
 unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut WeightBlock) {
     let nib = _mm512_set1_epi8(0x0F);
+    let seven = _mm512_set1_epi16(7);
+    // Nibble plane `nib` of quant half `h` holds sub-blocks 4h + nib (bytes 0..32) and
+    // 4h + 2 + nib (bytes 32..64): its multiplier words come from those scale lanes.
+    let pick = [
+        [two_lanes(0, 2), two_lanes(1, 3)],
+        [two_lanes(4, 6), two_lanes(5, 7)],
+    ];
+    // Words 0..8: the mins' int32 lanes 0..8, packed in pairs.
+    let pack = _mm512_set_epi64(
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0x000E_000C_000A_0008,
+        0x0006_0004_0002_0000,
+    );
     for n in 0..nr {
         // SAFETY: block n is readable (caller): d, dmin at 0..4, scales at 4..16 (and
         // scales_mins reads 4 quant bytes past them), quants at 16..144; row n of `dst`.
         unsafe {
             let b = w.add(n * stride);
             let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(b.cast::<i32>().read_unaligned()));
-            let (d, dmin) = (
-                _mm256_broadcastss_ps(dd),
-                _mm256_broadcastss_ps(_mm_movehdup_ps(dd)),
-            );
+            (*dst).d[n] = _mm_cvtss_f32(dd);
+            (*dst).dmin[n] = _mm_cvtss_f32(_mm_movehdup_ps(dd));
             let (sc, m) = scales_mins(b.add(4));
-            let sc = _mm256_cvtepi32_ps(_mm512_castsi512_si256(sc));
-            let m = _mm256_cvtepi32_ps(_mm512_castsi512_si256(m));
-            _mm256_store_ps((*dst).scale[n].as_mut_ptr(), _mm256_mul_ps(sc, d));
-            _mm256_store_ps((*dst).min[n].as_mut_ptr(), _mm256_mul_ps(m, dmin));
-            let q = (*dst).q[n].as_mut_ptr();
-            for half in 0..2 {
+            _mm_storeu_si128(
+                (*dst).mins[n].as_mut_ptr().cast(),
+                _mm512_castsi512_si128(_mm512_permutexvar_epi16(pack, m)),
+            );
+            let (hi, lo) = ((*dst).hi[n].as_mut_ptr(), (*dst).lo[n].as_mut_ptr());
+            for (half, pick) in pick.iter().enumerate() {
                 let v = _mm512_loadu_si512(b.add(16 + 64 * half).cast());
-                _mm512_store_si512(q.add(128 * half).cast(), _mm512_and_si512(v, nib));
-                _mm512_store_si512(
-                    q.add(128 * half + 64).cast(),
+                let planes = [
+                    _mm512_and_si512(v, nib),
                     _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib),
-                );
+                ];
+                for (plane, (&q, &idx)) in planes.iter().zip(pick).enumerate() {
+                    // Each word is q0 + 256 q1 with q < 16: times a multiplier < 8 the
+                    // low byte's product stays below 256, so the bytes are q0 * x, q1 * x.
+                    let x = _mm512_permutexvar_epi16(idx, sc);
+                    let at = 128 * half + 64 * plane;
+                    _mm512_store_si512(
+                        hi.add(at).cast(),
+                        _mm512_mullo_epi16(q, _mm512_srli_epi16::<3>(x)),
+                    );
+                    _mm512_store_si512(
+                        lo.add(at).cast(),
+                        _mm512_mullo_epi16(q, _mm512_and_si512(x, seven)),
+                    );
+                }
             }
         }
     }
 }
 
-/// The eight sub-blocks' int32 products of one row block and token group into `c`.
+/// One row block and token group's super-block products into `c`: `C_hi` and `C_lo`.
 ///
 /// # Safety
 /// The tile configuration of [`gemm_amx`] is loaded (A and C rows = the rows unpacked
 /// in `wb`); `wb`, `ab` are initialised and `c` writable.
 #[inline]
 unsafe fn products(wb: *const WeightBlock, ab: *const ActBlock, c: *mut CTiles) {
-    // SAFETY (whole body): every address is inside `wb` (A rows of 256 bytes, 32 read
-    // from sub_offset(j) <= 224), `ab` (8 lines of 64 bytes from line 8j) or `c` (one
-    // 16 x 64-byte tile per sub-block); AMX state is configured (caller).
+    // SAFETY (whole body): every address is inside `wb` (A rows of 256 bytes, 64 read
+    // from 64 * step <= 192), `ab` (16 lines of 64 bytes from line 16 * step) or `c`
+    // (two 16 x 64-byte tiles); AMX state is configured (caller).
     unsafe {
-        let a = (*wb).q.as_ptr().cast::<u8>();
+        let hi = (*wb).hi.as_ptr().cast::<u8>();
+        let lo = (*wb).lo.as_ptr().cast::<u8>();
         let b = (*ab).q.as_ptr().cast::<u8>();
         let c = (*c).0.as_mut_ptr().cast::<u8>();
         let (sa, sb, sc) = (QK_K, 64usize, 64usize);
-        let bl = |j: usize| b.add(512 * j);
-        let al = |j: usize| a.add(sub_offset(j));
-        let cl = |j: usize| c.add(1024 * j);
-        for round in 0..2 {
-            let j = 4 * round;
-            tile_zero!(0);
-            tile_zero!(1);
-            tile_zero!(2);
-            tile_zero!(3);
-            tile_load!(4, al(j), sa);
-            tile_load!(6, bl(j), sb);
-            tile_dp_u8i8!(0, 4, 6);
-            tile_load!(5, al(j + 1), sa);
-            tile_load!(7, bl(j + 1), sb);
+        tile_zero!(0);
+        tile_zero!(1);
+        // K steps alternate between two sets of A and B tiles, so a step's loads need
+        // not wait for the previous step's products to release their tiles.
+        for step in [0usize, 2] {
+            tile_load!(2, hi.add(64 * step), sa);
+            tile_load!(3, lo.add(64 * step), sa);
+            tile_load!(6, b.add(1024 * step), sb);
+            tile_dp_u8i8!(0, 2, 6);
+            tile_dp_u8i8!(1, 3, 6);
+            tile_load!(4, hi.add(64 * step + 64), sa);
+            tile_load!(5, lo.add(64 * step + 64), sa);
+            tile_load!(7, b.add(1024 * step + 1024), sb);
+            tile_dp_u8i8!(0, 4, 7);
             tile_dp_u8i8!(1, 5, 7);
-            tile_load!(4, al(j + 2), sa);
-            tile_load!(6, bl(j + 2), sb);
-            tile_dp_u8i8!(2, 4, 6);
-            tile_load!(5, al(j + 3), sa);
-            tile_load!(7, bl(j + 3), sb);
-            tile_dp_u8i8!(3, 5, 7);
-            tile_store!(0, cl(j), sc);
-            tile_store!(1, cl(j + 1), sc);
-            tile_store!(2, cl(j + 2), sc);
-            tile_store!(3, cl(j + 3), sc);
         }
+        tile_store!(0, c, sc);
+        tile_store!(1, c.add(1024), sc);
     }
 }
 
 /// Adds one step's scaled products to the accumulators of its token group:
-/// `acc[n] += da * (sum_j d sc_j[n] I_j[n] - sum_j dmin m_j[n] S_j)`.
+/// `acc[n] += da * (d[n] * (8 C_hi[n] + C_lo[n]) - dmin[n] * sum_j m_j[n] S_j)`.
 ///
 /// # Safety
 /// `c` holds the step's products for `nr` rows, `wb` and `ab` its unpacked weights and
 /// activations.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 unsafe fn scale(
     c: *const CTiles,
     wb: *const WeightBlock,
@@ -498,24 +536,22 @@ unsafe fn scale(
     // SAFETY (whole body): rows n < nr of the initialised buffers (caller).
     unsafe {
         let da = _mm512_load_ps((*ab).d.as_ptr());
-        let sums: [__m512; SUBS] = std::array::from_fn(|j| _mm512_load_ps((*ab).sums[j].as_ptr()));
+        let sums: [__m512i; SUBS / 2] =
+            std::array::from_fn(|p| _mm512_load_si512((*ab).sums[p].as_ptr().cast()));
         for (n, acc) in acc.iter_mut().enumerate().take(nr) {
-            // Four independent sums (products and minimums of even and odd sub-blocks):
-            // a row's dependency chain is 4 FMAs and 2 adds instead of 16 FMAs, so less
-            // of the epilogue waits on latency while the AMX products of the next step
-            // hold the reorder window.
-            let (mut ps, mut ms) = ([_mm512_setzero_ps(); 2], [_mm512_setzero_ps(); 2]);
-            for (j, s) in sums.iter().enumerate() {
-                let ci = _mm512_load_si512((*c).0[j][n].as_ptr().cast());
-                let (p, m) = (&mut ps[j % 2], &mut ms[j % 2]);
-                *p = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(ci),
-                    _mm512_set1_ps((*wb).scale[n][j]),
-                    *p,
-                );
-                *m = _mm512_fmadd_ps(*s, _mm512_set1_ps((*wb).min[n][j]), *m);
-            }
-            let v = _mm512_sub_ps(_mm512_add_ps(ps[0], ps[1]), _mm512_add_ps(ms[0], ms[1]));
+            let hi = _mm512_load_si512((*c).0[0][n].as_ptr().cast());
+            let lo = _mm512_load_si512((*c).0[1][n].as_ptr().cast());
+            let dot = _mm512_add_epi32(_mm512_slli_epi32::<3>(hi), lo);
+            let m = &(*wb).mins[n];
+            // Two chains of two, so a row waits on fewer dependent `vpdpwssd`s.
+            let zero = _mm512_setzero_si512();
+            let even = _mm512_dpwssd_epi32(zero, sums[0], _mm512_set1_epi32(m[0]));
+            let even = _mm512_dpwssd_epi32(even, sums[2], _mm512_set1_epi32(m[2]));
+            let odd = _mm512_dpwssd_epi32(zero, sums[1], _mm512_set1_epi32(m[1]));
+            let odd = _mm512_dpwssd_epi32(odd, sums[3], _mm512_set1_epi32(m[3]));
+            let mins = _mm512_add_epi32(even, odd);
+            let v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps((*wb).d[n]));
+            let v = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_set1_ps((*wb).dmin[n]), v);
             *acc = _mm512_fmadd_ps(v, da, *acc);
         }
     }
