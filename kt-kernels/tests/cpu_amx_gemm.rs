@@ -299,14 +299,15 @@ fn one_large_tile(q: QType) {
     assert_matches_scalar(&format!("{q} amx one tile"), q, &w, &x, rows, k, &got);
 }
 
-/// Q4_K at the token counts around its 16-token groups and 64-token blocks, on rows
-/// around the 16-row tiles and K past both chunk sizes.
+/// Q4_K at the token counts around its 16-token groups, its switch from the per-sub-block
+/// to the folded step kernel (above 32) and its 64-token blocks, on rows around the
+/// 16-row tiles and K past both chunk sizes.
 #[test]
 fn q4_k_token_counts_match_scalar() {
     if !amx_here("q4_k_token_counts_match_scalar") {
         return;
     }
-    for (i, tokens) in [1, 2, 7, 16, 17, 64, 513].into_iter().enumerate() {
+    for (i, tokens) in [1, 2, 7, 16, 17, 32, 33, 64, 513].into_iter().enumerate() {
         for (rows, k) in [(33, 2304), (16, 8448)] {
             check(QType::Q4_K, rows, k, tokens, 900 + i as u64);
         }

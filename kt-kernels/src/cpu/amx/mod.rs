@@ -18,6 +18,8 @@ use crate::quant::QType;
 mod bf16;
 mod blocks;
 pub(crate) mod q4_k;
+mod q4_k_folded;
+mod q4_k_per_sub;
 mod q8_0;
 pub(crate) mod repack;
 mod tiles;

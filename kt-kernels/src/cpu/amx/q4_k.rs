@@ -1,59 +1,57 @@
-//! Q4_K weights as stored in the GGUF (no repack), many tokens: AMX `tdpbusd` over a
-//! whole super-block in int32, one f32 epilogue per super-block.
+//! Q4_K weights as stored in the GGUF (no repack), many tokens, on AMX `tdpbusd`: the
+//! pipeline shared by two step kernels that differ in where the sub-block scales go.
 //!
 //! A Q4_K row block (256 weights) is `w = d * sc_j * q - dmin * m_j` for sub-block `j`
 //! (32 weights, `q` in 0..16, `sc_j` and `m_j` in 0..64); a Q8_K activation block is
-//! `a = da * s` (`s` int8). So one block's dot is
-//! `da * (d * sum_j sc_j * I_j - dmin * sum_j m_j * S_j)` with `I_j` the int dot of
+//! `a = da * s` (`s` int8) with the sums of its 16-element groups. So one block's dot is
+//! `da * (d * sum_j sc_j * I_j - dmin * sum_j m_j * S_j)` with `I_j` the int8 dot of
 //! sub-block `j` and `S_j` the activations' sum over it.
 //!
-//! The sub-block scales are folded into the unpacked weights, so the first sum is one
-//! integer dot over the whole super-block: `q * sc_j` (up to 945) does not fit
-//! `tdpbusd`'s unsigned byte operand, but with `sc_j = 8 * hi_j + lo_j` (both in 0..8)
-//! `q * hi_j` and `q * lo_j` (up to 105) do. Two C tiles accumulate
-//! `C_hi = sum q * hi * s` and `C_lo = sum q * lo * s` over the super-block's K = 256 (four
-//! `tdpbusd` each, K = 64), and `8 * C_hi + C_lo` is `sum_j sc_j * I_j` exactly (at most
-//! 256 * 945 * 128 < 2^31). The minimum term `sum_j m_j * S_j` (at most 8 * 63 * 4096)
-//! is four `vpdpwssd` per row in the epilogue: the `S_j` as int16 pairs per token, the
-//! `m_j` pairs broadcast. The epilogue thus runs once per super-block, on two C tiles
-//! instead of eight (the previous kernel's per-sub-block tiles, whose f32 scaling bounded
-//! it).
+//! - [`q4_k_per_sub`](super::q4_k_per_sub): one C tile per sub-block (`tdpbusd` with
+//!   K = 32 on the plain quants), the scales applied in the f32 epilogue: eight C tiles
+//!   stored and scaled per step, but a cheap unpacking.
+//! - [`q4_k_folded`](super::q4_k_folded): the scales folded into the unpacked weights
+//!   (`q * hi_j`, `q * lo_j` with `sc_j = 8 hi_j + lo_j`), two C tiles accumulating the
+//!   whole super-block in int32: a quarter of the C stores and a lighter epilogue, for
+//!   twice the unpacking (two A operands, one multiply each).
+//!
+//! The unpacking is per row block and super-block, shared by the token groups of a token
+//! block, the epilogue per token group: with one or two groups (the ~16 tokens per expert
+//! of V3 prefill) the folded kernel's dearer unpacking cancels its lighter epilogue (dev
+//! VM, 1 thread, 2048x7168 at 16 / 32 tokens: 1.30 / 1.96 ms folded, 1.21 / 1.95 per
+//! sub-block), with more it wins (64 tokens: 3.68 against 4.16 ms). So calls of more
+//! than [`FOLD_MIN_TOKENS`] tokens take the folded kernel.
 //!
 //! Operand orientation: the weights are the A operand (one 16-row tile per row block,
-//! rows in their natural layout: unpacking is masks, shifts and one `vpmullw` per 64
-//! bytes and factor, the low byte's product never carrying into the high byte), the
-//! activations the B operand, which AMX wants in VNNI form (one 64-byte
-//! line = dword `q` of each of 16 tokens). That transposition is done once per token
-//! group and K chunk and shared by every row block of the call; transposing the weights
-//! instead would cost it per weight, used by only ~16 tokens at V3 prefill. Both operands
-//! keep the unpacked order of the sub-blocks ([`sub_offset`]): the activation lines are
-//! placed to match.
+//! rows in their natural layout), the activations the B operand, which AMX wants in VNNI
+//! form (one 64-byte line = dword `q` of each of 16 tokens). That transposition is done
+//! once per token group and K chunk and shared by every row block of the call;
+//! transposing the weights instead would cost it per weight, used by only ~16 tokens at
+//! V3 prefill.
 //!
-//! Tiles: 0 and 1 the C tiles (hi, lo), 2..6 the A tiles (two hi/lo pairs, alternating
-//! by K step), 6 and 7 the B tiles (alternating). The two C tiles of one (row block,
-//! super-block, token group) step are stored to a double buffer and scaled while the
-//! next step's `tdpbusd`s run.
+//! The C tiles of one (row block, super-block, token group) step are stored to a double
+//! buffer and scaled while the next step's `tdpbusd`s run.
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use super::blocks::transpose16;
-use super::tiles::{tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
-use crate::cpu::avx512::q4_k::scales_mins;
+use super::q4_k_folded::Folded;
+use super::q4_k_per_sub::PerSub;
+use super::tiles::TileConfig;
 use crate::cpu::dispatch::{GemmFn, GemmTile};
 
 /// Elements per super-block, bytes of a Q4_K and of a Q8_K block.
-const QK_K: usize = 256;
+pub(super) const QK_K: usize = 256;
 const W_BLOCK: usize = 144;
 const A_BLOCK: usize = 292;
 /// Sub-blocks per super-block.
-const SUBS: usize = 8;
+pub(super) const SUBS: usize = 8;
 /// Weight rows per tile and tokens per group (the C tile is 16 x 16).
-const TR: usize = 16;
-const TG: usize = 16;
+pub(super) const TR: usize = 16;
+pub(super) const TG: usize = 16;
 /// Token groups per token block, and the transposed activation records (one per token
-/// group and super-block, 4.6 KiB each) of one token block and K chunk: 147 KiB, in L2
+/// group and super-block, ~4.5 KiB each) of one token block and K chunk: 147 KiB, in L2
 /// while every row block passes over them. A chunk holds `RECORDS / groups`
 /// super-blocks: the whole of a 7168-long row for one token group (V3 prefill), so each
 /// row block streams its rows from start to end.
@@ -69,7 +67,7 @@ const RECORDS: usize = 32;
 const PREFETCH: usize = 2;
 
 /// How many super-blocks ahead of the products the weights are unpacked: the tile loads
-/// stall on the unpacking's 8 KiB of stores when these have not yet left the store
+/// stall on the unpacking's stores (8 KiB folded) when these have not yet left the store
 /// buffer, which one step (with a single token group: one epilogue) does not cover.
 /// The weight buffers: the one read by the products, the one of the step being scaled
 /// and those unpacked ahead.
@@ -80,6 +78,9 @@ const WBUFS: usize = UNPACK_AHEAD + 2;
 /// be mostly empty.
 pub(crate) const AMX_MIN_TOKENS: usize = 12;
 
+/// Above this many tokens the folded step kernel is used (see the module comment).
+pub(crate) const FOLD_MIN_TOKENS: usize = 32;
+
 /// The kernel of the level below (AVX512), for small token counts.
 static LOWER: OnceLock<GemmFn> = OnceLock::new();
 
@@ -89,42 +90,65 @@ pub(crate) fn install(lower: GemmFn) -> GemmFn {
     gemm
 }
 
-/// One token group's activations of one super-block, ready for the B tiles.
-#[repr(C, align(64))]
-struct ActBlock {
-    /// Line `l`: 4 elements of each of the 16 tokens; sub-block `j`'s elements
-    /// `4i..4i + 4` on line `sub_offset(j) / 4 + i`, matching the unpacked weights.
-    q: [[i32; TG]; QK_K / 4],
-    /// Per token: `S_2p` in the low and `S_2p+1` in the high int16 of dword `p`.
-    sums: [[i32; TG]; SUBS / 2],
-    /// `da` per token (0 for the group's missing tokens).
-    d: [f32; TG],
-}
+/// What the pipeline of [`gemm_amx`] needs of a step kernel: its scratch records and the
+/// four stages of a step.
+///
+/// # Safety
+/// Implementations read and write only the records and rows they are given, and
+/// `products` issues tile instructions valid under the configuration of `config`.
+pub(super) unsafe trait StepKernel {
+    /// One token group's activations of one super-block, ready for the B tiles.
+    type Acts;
+    /// One row block's super-block, unpacked for the A tiles.
+    type Weights;
+    /// The int32 C tiles of one step.
+    type Products;
 
-/// One row block's super-block, unpacked for the A tiles.
-#[repr(C, align(64))]
-struct WeightBlock {
-    /// Row `n`: `q * hi_j` and `q * lo_j` as bytes, sub-block `j` at [`sub_offset`]`(j)`.
-    hi: [[u8; QK_K]; TR],
-    lo: [[u8; QK_K]; TR],
-    /// `d` and `dmin` per row.
-    d: [f32; TR],
-    dmin: [f32; TR],
-    /// Per row: `m_2p` in the low and `m_2p+1` in the high int16 of dword `p`.
-    mins: [[i32; SUBS / 2]; TR],
+    /// The tile configuration for row blocks of `nr` rows.
+    fn config(nr: usize) -> TileConfig;
+
+    /// Transposes one super-block of `n` (1..=16) tokens' Q8_K rows (`a`, `stride` bytes
+    /// apart) into `dst`; missing tokens read as zero.
+    ///
+    /// # Safety
+    /// `n` rows of a whole Q8_K block are readable at `a`; `dst` is writable.
+    unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, dst: *mut Self::Acts);
+
+    /// Unpacks `nr` (<= 16) weight rows' Q4_K block (`w`, rows `stride` bytes apart).
+    ///
+    /// # Safety
+    /// `nr` blocks are readable at `w`; `dst` is writable.
+    unsafe fn unpack(w: *const u8, stride: usize, nr: usize, dst: *mut Self::Weights);
+
+    /// The step's tile products into `c`.
+    ///
+    /// # Safety
+    /// `config` of the rows unpacked in `wb` is loaded; `wb`, `ab` are initialised and
+    /// `c` writable.
+    unsafe fn products(wb: *const Self::Weights, ab: *const Self::Acts, c: *mut Self::Products);
+
+    /// Adds the step's scaled products to the token group's accumulators (`acc[n]`: row
+    /// `n`, 16 tokens).
+    ///
+    /// # Safety
+    /// `c` holds the step's products for `nr` rows, `wb` and `ab` its weights and
+    /// activations.
+    unsafe fn scale(
+        c: *const Self::Products,
+        wb: *const Self::Weights,
+        ab: *const Self::Acts,
+        nr: usize,
+        acc: &mut [__m512; TR],
+    );
 }
 
 /// Where sub-block `j` sits in an unpacked row: quant byte `i` of pair `p = j / 2` holds
 /// element `i` of sub-block `2p` (low nibble) and `2p + 1` (high nibble); each 64 bytes
 /// of quants unpack to their 64 low nibbles, then their 64 high nibbles.
-const fn sub_offset(j: usize) -> usize {
+pub(super) const fn sub_offset(j: usize) -> usize {
     let p = j / 2;
     (p / 2) * 128 + (j % 2) * 64 + (p % 2) * 32
 }
-
-/// The two int32 C tiles of one step: hi at `[0]`, lo at `[1]`, weight row `n` at `[.][n]`.
-#[repr(C, align(64))]
-struct CTiles([[[i32; TG]; TR]; 2]);
 
 /// One step whose C tiles wait to be scaled.
 #[derive(Clone, Copy)]
@@ -148,18 +172,24 @@ pub(crate) unsafe fn gemm(t: &GemmTile) {
         return;
     }
     // SAFETY: forwarded.
-    unsafe { gemm_amx(t) };
+    unsafe {
+        if t.tokens > FOLD_MIN_TOKENS {
+            gemm_amx::<Folded>(t)
+        } else {
+            gemm_amx::<PerSub>(t)
+        }
+    };
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-unsafe fn gemm_amx(t: &GemmTile) {
+unsafe fn gemm_amx<K: StepKernel>(t: &GemmTile) {
     let nsb = t.k / QK_K;
-    let mut acts = MaybeUninit::<[ActBlock; RECORDS]>::uninit();
-    let acts = acts.as_mut_ptr().cast::<ActBlock>();
-    let mut wbuf = MaybeUninit::<[WeightBlock; WBUFS]>::uninit();
-    let wbuf = wbuf.as_mut_ptr().cast::<WeightBlock>();
-    let mut cbuf = MaybeUninit::<[CTiles; 2]>::uninit();
-    let cbuf = cbuf.as_mut_ptr().cast::<CTiles>();
+    let mut acts = MaybeUninit::<[K::Acts; RECORDS]>::uninit();
+    let acts = acts.as_mut_ptr().cast::<K::Acts>();
+    let mut wbuf = MaybeUninit::<[K::Weights; WBUFS]>::uninit();
+    let wbuf = wbuf.as_mut_ptr().cast::<K::Weights>();
+    let mut cbuf = MaybeUninit::<[K::Products; 2]>::uninit();
+    let cbuf = cbuf.as_mut_ptr().cast::<K::Products>();
     // Accumulators of the row blocks in flight (by parity): group g, row n at
     // [g][n] (16 tokens each).
     let mut acc = [[[_mm512_setzero_ps(); TR]; GROUPS]; 2];
@@ -178,7 +208,7 @@ unsafe fn gemm_amx(t: &GemmTile) {
                     // the tile, super-block c0 + s < nsb of each; the record is inside
                     // `acts` (g * chunk + s < ng * chunk <= RECORDS).
                     unsafe {
-                        transpose_acts(
+                        K::transpose_acts(
                             t.a.add(first * t.a_stride + (c0 + s) * A_BLOCK),
                             t.a_stride,
                             n,
@@ -204,7 +234,7 @@ unsafe fn gemm_amx(t: &GemmTile) {
             for l in 0..UNPACK_AHEAD.min(nrb * kc) {
                 // SAFETY: super-block l of the chunk (counted over row blocks) is inside
                 // the weights; buffer l is inside `wbuf`.
-                unsafe { unpack_weights(wblock(l), t.w_stride, rows_of(l / kc), wbuf.add(l)) };
+                unsafe { K::unpack(wblock(l), t.w_stride, rows_of(l / kc), wbuf.add(l)) };
             }
             let mut pending: Option<Pending> = None;
             for step in 0..nrb * steps_rb {
@@ -217,15 +247,9 @@ unsafe fn gemm_amx(t: &GemmTile) {
                         .iter_mut()
                         .for_each(|a| *a = [_mm512_setzero_ps(); TR]);
                     if loaded_rows != nr {
-                        let mut c = TileConfig::new();
-                        for tile in 0..6 {
-                            c.set(tile, nr, 64);
-                        }
-                        c.set(6, 16, 64);
-                        c.set(7, 16, 64);
                         // SAFETY: AMX usable (caller); a valid palette-1 configuration
                         // (loading it zeroes the tiles: the previous step stored its C).
-                        unsafe { c.load() };
+                        unsafe { K::config(nr).load() };
                         loaded_rows = nr;
                     }
                 }
@@ -236,7 +260,7 @@ unsafe fn gemm_amx(t: &GemmTile) {
                 // the step scaled here (step - 1: super-block l or l - 1) reads neither
                 // that nor the C buffer written now.
                 unsafe {
-                    products(
+                    K::products(
                         wbuf.add(l % WBUFS),
                         acts.add(g * chunk + s),
                         cbuf.add(step & 1),
@@ -248,7 +272,7 @@ unsafe fn gemm_amx(t: &GemmTile) {
                         }
                         let next = l + UNPACK_AHEAD;
                         if next < nrb * kc {
-                            unpack_weights(
+                            K::unpack(
                                 wblock(next),
                                 t.w_stride,
                                 rows_of(next / kc),
@@ -265,13 +289,13 @@ unsafe fn gemm_amx(t: &GemmTile) {
                         last: i + 1 == steps_rb,
                     };
                     if let Some(p) = pending.replace(now) {
-                        finish_step(t, p, cbuf, wbuf, acts, &mut acc, t0, ng, c0 == 0);
+                        finish_step::<K>(t, p, cbuf, wbuf, acts, &mut acc, t0, ng, c0 == 0);
                     }
                 }
             }
             if let Some(p) = pending {
                 // SAFETY: as above.
-                unsafe { finish_step(t, p, cbuf, wbuf, acts, &mut acc, t0, ng, c0 == 0) };
+                unsafe { finish_step::<K>(t, p, cbuf, wbuf, acts, &mut acc, t0, ng, c0 == 0) };
             }
         }
     }
@@ -288,12 +312,12 @@ unsafe fn gemm_amx(t: &GemmTile) {
 #[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-unsafe fn finish_step(
+unsafe fn finish_step<K: StepKernel>(
     t: &GemmTile,
     p: Pending,
-    cbuf: *const CTiles,
-    wbuf: *const WeightBlock,
-    acts: *const ActBlock,
+    cbuf: *const K::Products,
+    wbuf: *const K::Weights,
+    acts: *const K::Acts,
     acc: &mut [[[__m512; TR]; GROUPS]; 2],
     t0: usize,
     ng: usize,
@@ -304,7 +328,7 @@ unsafe fn finish_step(
     let acc = &mut acc[p.block & 1];
     // SAFETY: the caller's contract.
     unsafe {
-        scale(
+        K::scale(
             cbuf.add(p.cbuf),
             wbuf.add(p.wbuf),
             acts.add(p.act),
@@ -352,207 +376,6 @@ unsafe fn prefetch_rows(w: *const u8, stride: usize, nr: usize) {
             _mm_prefetch::<_MM_HINT_T1>(b.add(64).cast());
             _mm_prefetch::<_MM_HINT_T1>(b.add(128).cast());
             _mm_prefetch::<_MM_HINT_T1>(b.add(W_BLOCK - 1).cast());
-        }
-    }
-}
-
-/// Transposes one super-block of `n` (1..=16) tokens' Q8_K rows (`a`, `stride` bytes
-/// apart) into `dst`; missing tokens read as zero. The sub-block sums come from the
-/// transposed lines (one `vpdpbusd` with ones per line sums each token's 4 bytes).
-///
-/// # Safety
-/// `n` rows of a whole Q8_K block are readable at `a`; `dst` is writable.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, dst: *mut ActBlock) {
-    let ones = _mm512_set1_epi8(1);
-    let low_half = _mm512_set1_epi32(0xFFFF);
-    // SAFETY (whole body): rows tok < n of the block are readable (caller); `dst` is a
-    // valid, 64-byte aligned ActBlock; line sub_offset(j) / 4 + 8 <= 64.
-    unsafe {
-        for quarter in 0..4 {
-            let mut r = [_mm512_setzero_si512(); TG];
-            for (tok, v) in r.iter_mut().enumerate().take(n) {
-                *v = _mm512_loadu_si512(a.add(tok * stride + 4 + 64 * quarter).cast());
-            }
-            let r = transpose16(&r);
-            // Lines 0..8 of the quarter are sub-block 2 * quarter, 8..16 the next.
-            let mut sums = [_mm512_setzero_si512(); 2];
-            for (half, lines) in r.chunks_exact(8).enumerate() {
-                let j = 2 * quarter + half;
-                let q = (*dst).q.as_mut_ptr().add(sub_offset(j) / 4);
-                for (i, v) in lines.iter().enumerate() {
-                    _mm512_store_si512(q.add(i).cast(), *v);
-                }
-                sums[half] = lines.iter().fold(_mm512_setzero_si512(), |acc, &l| {
-                    _mm512_dpbusd_epi32(acc, ones, l)
-                });
-            }
-            // |S_j| <= 32 * 128: an int16 each.
-            let pair = _mm512_or_si512(
-                _mm512_and_si512(sums[0], low_half),
-                _mm512_slli_epi32::<16>(sums[1]),
-            );
-            _mm512_store_si512((*dst).sums[quarter].as_mut_ptr().cast(), pair);
-        }
-        let d = &mut (*dst).d;
-        for (tok, d) in d.iter_mut().enumerate() {
-            *d = if tok < n {
-                a.add(tok * stride).cast::<f32>().read_unaligned()
-            } else {
-                0.0
-            };
-        }
-    }
-}
-
-/// `vpermw` indices putting word `2 * a` (int32 lane `a`'s low word) in words 0..16 and
-/// word `2 * b` in words 16..32.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn two_lanes(a: usize, b: usize) -> __m512i {
-    _mm512_mask_blend_epi16(
-        0xFFFF_0000,
-        _mm512_set1_epi16(2 * a as i16),
-        _mm512_set1_epi16(2 * b as i16),
-    )
-}
-
-/// Unpacks `nr` weight rows' Q4_K block (`w`, rows `stride` bytes apart) into `dst`.
-///
-/// # Safety
-/// `nr` (<= 16) blocks are readable at `w`; `dst` is writable.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut WeightBlock) {
-    let nib = _mm512_set1_epi8(0x0F);
-    let seven = _mm512_set1_epi16(7);
-    // Nibble plane `nib` of quant half `h` holds sub-blocks 4h + nib (bytes 0..32) and
-    // 4h + 2 + nib (bytes 32..64): its multiplier words come from those scale lanes.
-    let pick = [
-        [two_lanes(0, 2), two_lanes(1, 3)],
-        [two_lanes(4, 6), two_lanes(5, 7)],
-    ];
-    // Words 0..8: the mins' int32 lanes 0..8, packed in pairs.
-    let pack = _mm512_set_epi64(
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0x000E_000C_000A_0008,
-        0x0006_0004_0002_0000,
-    );
-    for n in 0..nr {
-        // SAFETY: block n is readable (caller): d, dmin at 0..4, scales at 4..16 (and
-        // scales_mins reads 4 quant bytes past them), quants at 16..144; row n of `dst`.
-        unsafe {
-            let b = w.add(n * stride);
-            let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(b.cast::<i32>().read_unaligned()));
-            (*dst).d[n] = _mm_cvtss_f32(dd);
-            (*dst).dmin[n] = _mm_cvtss_f32(_mm_movehdup_ps(dd));
-            let (sc, m) = scales_mins(b.add(4));
-            _mm_storeu_si128(
-                (*dst).mins[n].as_mut_ptr().cast(),
-                _mm512_castsi512_si128(_mm512_permutexvar_epi16(pack, m)),
-            );
-            let (hi, lo) = ((*dst).hi[n].as_mut_ptr(), (*dst).lo[n].as_mut_ptr());
-            for (half, pick) in pick.iter().enumerate() {
-                let v = _mm512_loadu_si512(b.add(16 + 64 * half).cast());
-                let planes = [
-                    _mm512_and_si512(v, nib),
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib),
-                ];
-                for (plane, (&q, &idx)) in planes.iter().zip(pick).enumerate() {
-                    // Each word is q0 + 256 q1 with q < 16: times a multiplier < 8 the
-                    // low byte's product stays below 256, so the bytes are q0 * x, q1 * x.
-                    let x = _mm512_permutexvar_epi16(idx, sc);
-                    let at = 128 * half + 64 * plane;
-                    _mm512_store_si512(
-                        hi.add(at).cast(),
-                        _mm512_mullo_epi16(q, _mm512_srli_epi16::<3>(x)),
-                    );
-                    _mm512_store_si512(
-                        lo.add(at).cast(),
-                        _mm512_mullo_epi16(q, _mm512_and_si512(x, seven)),
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// One row block and token group's super-block products into `c`: `C_hi` and `C_lo`.
-///
-/// # Safety
-/// The tile configuration of [`gemm_amx`] is loaded (A and C rows = the rows unpacked
-/// in `wb`); `wb`, `ab` are initialised and `c` writable.
-#[inline]
-unsafe fn products(wb: *const WeightBlock, ab: *const ActBlock, c: *mut CTiles) {
-    // SAFETY (whole body): every address is inside `wb` (A rows of 256 bytes, 64 read
-    // from 64 * step <= 192), `ab` (16 lines of 64 bytes from line 16 * step) or `c`
-    // (two 16 x 64-byte tiles); AMX state is configured (caller).
-    unsafe {
-        let hi = (*wb).hi.as_ptr().cast::<u8>();
-        let lo = (*wb).lo.as_ptr().cast::<u8>();
-        let b = (*ab).q.as_ptr().cast::<u8>();
-        let c = (*c).0.as_mut_ptr().cast::<u8>();
-        let (sa, sb, sc) = (QK_K, 64usize, 64usize);
-        tile_zero!(0);
-        tile_zero!(1);
-        // K steps alternate between two sets of A and B tiles, so a step's loads need
-        // not wait for the previous step's products to release their tiles.
-        for step in [0usize, 2] {
-            tile_load!(2, hi.add(64 * step), sa);
-            tile_load!(3, lo.add(64 * step), sa);
-            tile_load!(6, b.add(1024 * step), sb);
-            tile_dp_u8i8!(0, 2, 6);
-            tile_dp_u8i8!(1, 3, 6);
-            tile_load!(4, hi.add(64 * step + 64), sa);
-            tile_load!(5, lo.add(64 * step + 64), sa);
-            tile_load!(7, b.add(1024 * step + 1024), sb);
-            tile_dp_u8i8!(0, 4, 7);
-            tile_dp_u8i8!(1, 5, 7);
-        }
-        tile_store!(0, c, sc);
-        tile_store!(1, c.add(1024), sc);
-    }
-}
-
-/// Adds one step's scaled products to the accumulators of its token group:
-/// `acc[n] += da * (d[n] * (8 C_hi[n] + C_lo[n]) - dmin[n] * sum_j m_j[n] S_j)`.
-///
-/// # Safety
-/// `c` holds the step's products for `nr` rows, `wb` and `ab` its unpacked weights and
-/// activations.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-unsafe fn scale(
-    c: *const CTiles,
-    wb: *const WeightBlock,
-    ab: *const ActBlock,
-    nr: usize,
-    acc: &mut [__m512; TR],
-) {
-    // SAFETY (whole body): rows n < nr of the initialised buffers (caller).
-    unsafe {
-        let da = _mm512_load_ps((*ab).d.as_ptr());
-        let sums: [__m512i; SUBS / 2] =
-            std::array::from_fn(|p| _mm512_load_si512((*ab).sums[p].as_ptr().cast()));
-        for (n, acc) in acc.iter_mut().enumerate().take(nr) {
-            let hi = _mm512_load_si512((*c).0[0][n].as_ptr().cast());
-            let lo = _mm512_load_si512((*c).0[1][n].as_ptr().cast());
-            let dot = _mm512_add_epi32(_mm512_slli_epi32::<3>(hi), lo);
-            let m = &(*wb).mins[n];
-            // Two chains of two, so a row waits on fewer dependent `vpdpwssd`s.
-            let zero = _mm512_setzero_si512();
-            let even = _mm512_dpwssd_epi32(zero, sums[0], _mm512_set1_epi32(m[0]));
-            let even = _mm512_dpwssd_epi32(even, sums[2], _mm512_set1_epi32(m[2]));
-            let odd = _mm512_dpwssd_epi32(zero, sums[1], _mm512_set1_epi32(m[1]));
-            let odd = _mm512_dpwssd_epi32(odd, sums[3], _mm512_set1_epi32(m[3]));
-            let mins = _mm512_add_epi32(even, odd);
-            let v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps((*wb).d[n]));
-            let v = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_set1_ps((*wb).dmin[n]), v);
-            *acc = _mm512_fmadd_ps(v, da, *acc);
         }
     }
 }
