@@ -66,12 +66,11 @@ const RECORDS: usize = 32;
 /// Near a row block's end it continues with the next one.
 const PREFETCH: usize = 2;
 
-/// How many super-blocks ahead of the products the weights are unpacked: the tile loads
-/// stall on the unpacking's stores (8 KiB folded) when these have not yet left the store
-/// buffer, which one step (with a single token group: one epilogue) does not cover.
-/// The weight buffers: the one read by the products, the one of the step being scaled
-/// and those unpacked ahead.
-const UNPACK_AHEAD: usize = 2;
+/// How many super-blocks ahead of the products the weights are unpacked, and the weight
+/// buffers: the one read by the products, the one of the step being scaled and those
+/// unpacked ahead. Two ahead cost both step kernels 3-10% (dev VM, 1 thread, 7168x2048
+/// per sub-block at 16 tokens, folded at 64).
+const UNPACK_AHEAD: usize = 1;
 const WBUFS: usize = UNPACK_AHEAD + 2;
 
 /// Below this many tokens the AVX512 kernel is used: a C tile's 16 token columns would
