@@ -17,10 +17,11 @@
 //!
 //! The unpacking is per row block and super-block, shared by the token groups of a token
 //! block, the epilogue per token group: with one or two groups (the ~16 tokens per expert
-//! of V3 prefill) the folded kernel's dearer unpacking cancels its lighter epilogue (dev
-//! VM, 1 thread, 2048x7168 at 16 / 32 tokens: 1.30 / 1.96 ms folded, 1.21 / 1.95 per
-//! sub-block), with more it wins (64 tokens: 3.68 against 4.16 ms). So calls of more
-//! than [`FOLD_MIN_TOKENS`] tokens take the folded kernel.
+//! of V3 prefill) the folded kernel's dearer unpacking outweighs its lighter epilogue, with
+//! three or more it wins (dev VM, 1 thread, one 2048x7168 tile, weights resident: 16 / 32
+//! / 64 / 512 tokens 1.32 / 2.20 / 3.78 / 31.8 ms folded, 1.20 / 2.13 / 4.31 / 48.8 per
+//! sub-block; `bench-results/2026-11-22-s6-kqamx`). So calls of more than
+//! [`FOLD_MIN_TOKENS`] tokens take the folded kernel.
 //!
 //! Operand orientation: the weights are the A operand (one 16-row tile per row block,
 //! rows in their natural layout), the activations the B operand, which AMX wants in VNNI
