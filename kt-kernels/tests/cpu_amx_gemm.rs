@@ -1,9 +1,11 @@
 //! The AMX GEMMs of the GGUF formats without a repack, BF16 (`cpu/amx/bf16.rs`,
-//! `tdpbf16ps`) and Q8_0 (`cpu/amx/q8_0.rs`, `tdpbssd` per block), against the scalar
-//! backend: token counts on both sides of their threshold and past one 32-token block,
-//! rows around the 16-row tiles, K around the 32-element steps (BF16 with odd K: the
-//! zero-padded last step) and past one transposed K chunk (2048 elements: partial sums
-//! added into the output).
+//! `tdpbf16ps`), Q8_0 (`cpu/amx/q8_0.rs`, `tdpbssd` per block) and Q4_K
+//! (`cpu/amx/q4_k.rs`, `tdpbusd` over super-blocks with the sub-block scales folded into
+//! the weights), against the scalar backend: token counts on both sides of their
+//! threshold and past one 32- or 64-token block, rows around the 16-row tiles, K around
+//! the 32-element steps (BF16 with odd K: the zero-padded last step) and past one
+//! transposed K chunk (partial sums added into the output). Q4_K weights cycle their
+//! 6-bit scales and mins through every value (0 and 63, every `8 * hi + lo` split).
 //!
 //! Every test skips (saying so) when this CPU has no AMX.
 
@@ -15,6 +17,7 @@ use common::{poisoned, strided_gemm_tile};
 use half::{bf16, f16};
 use kt_kernels::cpu::dispatch;
 use kt_kernels::cpu::{self, Isa, ThreadPool};
+use kt_kernels::quant::reference::common::get_scale_min_k4;
 use kt_kernels::quant::{self, QType};
 use kt_kernels::util::SplitMix64;
 use proptest::prelude::*;
@@ -32,10 +35,13 @@ fn pool() -> &'static ThreadPool {
     POOL.get_or_init(|| ThreadPool::new(2).expect("2-thread pool"))
 }
 
-/// Random weight rows of `q` at varied scales (no row all zero): BF16 values, or Q8_0
-/// blocks of random quants (every byte, -128 included) with finite f16 scales.
+/// Random weight rows of `q` at varied scales (no row all zero): BF16 values, Q8_0
+/// blocks of random quants (every byte, -128 included) with finite f16 scales, or Q4_K
+/// blocks of random quants whose scales and mins run through every 6-bit value.
 fn weights(q: QType, rows: usize, k: usize, rng: &mut SplitMix64) -> Vec<u8> {
     let mut w = Vec::with_capacity(rows * q.row_bytes(k).unwrap());
+    // Where the Q4_K scales' cycle starts (so different calls see different pairings).
+    let phase = rng.below(64);
     for r in 0..rows {
         let scale = [1.0f32, 0.01, 40.0][r % 3];
         match q {
@@ -51,10 +57,63 @@ fn weights(q: QType, rows: usize, k: usize, rng: &mut SplitMix64) -> Vec<u8> {
                     w.extend((0..32).map(|_| rng.next_u64() as u8));
                 }
             }
+            QType::Q4_K => {
+                for b in 0..k / 256 {
+                    let n = phase + 8 * (r * (k / 256) + b);
+                    let sc: [u8; 8] = std::array::from_fn(|j| ((n + j) % 64) as u8);
+                    let m: [u8; 8] = std::array::from_fn(|j| ((n + 5 * j + 17) % 64) as u8);
+                    for _ in 0..2 {
+                        let d = scale * 1e-3 * rng.uniform(0.1, 1.0);
+                        w.extend(f16::from_f32(d).to_le_bytes());
+                    }
+                    w.extend(q4_k_scales(&sc, &m));
+                    w.extend((0..128).map(|_| rng.next_u64() as u8));
+                }
+            }
             other => panic!("no generator for {other}"),
         }
     }
     w
+}
+
+/// The 12 scale bytes of a Q4_K block with 6-bit scales `sc` and mins `m` (the inverse
+/// of `get_scale_min_k4`): sub-blocks 0..4 in the low 6 bits of bytes 0..8, 4..8 split
+/// into a low nibble in bytes 8..12 and the top 2 bits in bytes 0..8.
+fn q4_k_scales(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
+    let mut s = [0u8; 12];
+    for j in 0..4 {
+        s[j] = sc[j] | (sc[j + 4] >> 4) << 6;
+        s[j + 4] = m[j] | (m[j + 4] >> 4) << 6;
+        s[j + 8] = (sc[j + 4] & 15) | (m[j + 4] & 15) << 4;
+    }
+    for j in 0..8 {
+        assert_eq!(get_scale_min_k4(j, &s), (sc[j], m[j]), "scale encoding");
+    }
+    s
+}
+
+/// Per weight, the magnitude its rounding is relative to: `|w|`, and for Q4_K the sum of
+/// its two terms' magnitudes `|d sc q| + |dmin m|` (both kernels round the two sums of a
+/// block before subtracting them).
+fn magnitudes(q: QType, w: &[u8], k: usize) -> Vec<f32> {
+    if q != QType::Q4_K {
+        return dequantized(q, w, k).iter().map(|v| v.abs()).collect();
+    }
+    let mut out = Vec::with_capacity(w.len() / 144 * 256);
+    for b in w.chunks_exact(144) {
+        let d = f16::from_le_bytes([b[0], b[1]]).to_f32().abs();
+        let dmin = f16::from_le_bytes([b[2], b[3]]).to_f32().abs();
+        let scales: &[u8; 12] = b[4..16].try_into().unwrap();
+        for j in 0..8 {
+            let (sc, m) = get_scale_min_k4(j, scales);
+            let qs = &b[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
+            out.extend(qs.iter().map(|&v| {
+                let q = if j % 2 == 0 { v & 15 } else { v >> 4 };
+                d * f32::from(sc) * f32::from(q) + dmin * f32::from(m)
+            }));
+        }
+    }
+    out
 }
 
 /// Random activations at varied scales, with an all-zero and a tiny token.
@@ -83,11 +142,16 @@ fn dequantized(q: QType, bytes: &[u8], k: usize) -> Vec<f32> {
 /// other into an f32, each addition rounding by at most that much of a partial sum, and
 /// the scalar backend sums in f64. Q8_0: per block both sides round the scale product,
 /// the scaled block sum and its addition (the kernel adds K chunks into the output: one
-/// more), so each is within (blocks + 3) units.
+/// more), so each is within (blocks + 3) units. Q4_K: per super-block the scalar
+/// backend rounds the two scale products, the integer sum's conversion, the two
+/// products, their difference and its addition; the AMX kernel the conversion, the two
+/// (fused) scalings by the weight's `d` and `dmin`, the fused scaling by `da` with its
+/// addition, and the K chunks' addition: each within (blocks + 5) units.
 fn rounding_units(q: QType, k: usize) -> f64 {
     match q {
         QType::BF16 => k as f64 + 1.0,
         QType::Q8_0 => 2.0 * (k / 32) as f64 + 6.0,
+        QType::Q4_K => 2.0 * (k / 256) as f64 + 10.0,
         other => panic!("no bound for {other}"),
     }
 }
@@ -107,7 +171,7 @@ fn assert_matches_scalar(
     cpu::matmul_with(Isa::Scalar, pool(), q, w, rows, k, x, tokens, &mut want).unwrap();
     let mut xq = vec![0u8; tokens * cpu::act_row_bytes(q, k).unwrap()];
     cpu::quantize_activations_with(Isa::Scalar, pool(), q, x, k, tokens, &mut xq).unwrap();
-    let (wf, af) = (dequantized(q, w, k), dequantized(q.vec_dot_type(), &xq, k));
+    let (wf, af) = (magnitudes(q, w, k), dequantized(q.vec_dot_type(), &xq, k));
     let unit = f64::from(f32::EPSILON) / 2.0 * rounding_units(q, k);
     for t in 0..tokens {
         for r in 0..rows {
@@ -135,13 +199,17 @@ fn check(q: QType, rows: usize, k: usize, tokens: usize, seed: u64) {
     assert_matches_scalar(&what, q, &w, &x, rows, k, &got);
 }
 
-const FORMATS: [QType; 2] = [QType::BF16, QType::Q8_0];
+const FORMATS: [QType; 3] = [QType::BF16, QType::Q8_0, QType::Q4_K];
 
 /// K lengths of `q` around the 32-element steps and the 2048-element chunks (Q8_0:
-/// whole blocks only).
+/// whole blocks only; Q4_K: whole super-blocks, around its chunks of 8 (four token
+/// groups) and 32 (one group) super-blocks).
 fn ks(q: QType) -> [usize; 12] {
     match q {
         QType::BF16 => [1, 2, 31, 32, 33, 64, 97, 1000, 2047, 2048, 2049, 4133],
+        QType::Q4_K => [
+            256, 512, 768, 1792, 2048, 2304, 4096, 7168, 8192, 8448, 2560, 16640,
+        ],
         _ => [
             32, 64, 96, 128, 480, 1024, 1408, 2016, 2048, 2080, 4096, 4128,
         ],
@@ -149,8 +217,8 @@ fn ks(q: QType) -> [usize; 12] {
 }
 
 #[test]
-fn the_amx_table_runs_bf16_and_q8_0_on_amx() {
-    if !amx_here("the_amx_table_runs_bf16_and_q8_0_on_amx") {
+fn the_amx_table_runs_bf16_q8_0_and_q4_k_on_amx() {
+    if !amx_here("the_amx_table_runs_bf16_q8_0_and_q4_k_on_amx") {
         return;
     }
     for q in FORMATS {
@@ -166,7 +234,8 @@ proptest! {
     fn gemm_matches_scalar(f in 0usize..FORMATS.len(), kp in 0usize..12, rows in 1usize..=70,
                            tp in 1usize..=18, seed in any::<u64>()) {
         if amx_here("gemm_matches_scalar") {
-            // 1..=17 tokens (the AVX512 kernel below 9, AMX from 9), or 513.
+            // 1..=17 tokens (the AVX512 kernel below 9, for Q4_K below 12; AMX from
+            // there), or 513.
             let tokens = if tp == 18 { 513 } else { tp };
             let q = FORMATS[f];
             check(q, rows, ks(q)[kp], tokens, seed);
@@ -228,4 +297,80 @@ fn one_large_tile(q: QType) {
     cpu::quantize_activations_with(Isa::Amx, pool(), q, &x, k, tokens, &mut xq).unwrap();
     let got = strided_gemm_tile(Isa::Amx, q, &w, rows, k, &xq, act_row, tokens, (off, ldo));
     assert_matches_scalar(&format!("{q} amx one tile"), q, &w, &x, rows, k, &got);
+}
+
+/// Q4_K at the token counts around its 16-token groups, its switch from the per-sub-block
+/// to the folded step kernel (above 32) and its 64-token blocks, on rows around the
+/// 16-row tiles and K past both chunk sizes.
+#[test]
+fn q4_k_token_counts_match_scalar() {
+    if !amx_here("q4_k_token_counts_match_scalar") {
+        return;
+    }
+    for (i, tokens) in [1, 2, 7, 16, 17, 32, 33, 64, 513].into_iter().enumerate() {
+        for (rows, k) in [(33, 2304), (16, 8448)] {
+            check(QType::Q4_K, rows, k, tokens, 900 + i as u64);
+        }
+    }
+}
+
+/// Q4_K blocks at the edges of the integer arithmetic: every quant 15 with scale 63
+/// (`q * hi` = 105 and `q * lo` = 105, the largest A bytes; a super-block's sum near
+/// 256 * 945 * 127) or scale 0, mins 63 or 0, against activations of one sign (every
+/// quantized byte near 127) and mixed signs.
+#[test]
+fn q4_k_extreme_scales_match_scalar() {
+    if !amx_here("q4_k_extreme_scales_match_scalar") {
+        return;
+    }
+    let (rows, k) = (19, 2304);
+    let cases: [(u8, u8, u8); 6] = [
+        (0xFF, 63, 0),
+        (0xFF, 63, 63),
+        (0xFF, 0, 63),
+        (0x00, 63, 63),
+        (0xF0, 7, 56),
+        (0x0F, 56, 7),
+    ];
+    let mut rng = SplitMix64::new(31);
+    let mut w = Vec::new();
+    for r in 0..rows {
+        for b in 0..k / 256 {
+            let (qs, sc, m) = cases[(r + b) % cases.len()];
+            for _ in 0..2 {
+                w.extend(f16::from_f32(rng.uniform(0.01, 0.02)).to_le_bytes());
+            }
+            w.extend(q4_k_scales(&[sc; 8], &[m; 8]));
+            w.extend(std::iter::repeat_n(qs, 128));
+        }
+    }
+    for tokens in [16, 33] {
+        let mut x = Vec::with_capacity(tokens * k);
+        for t in 0..tokens {
+            let sign = if t % 2 == 0 { 1.0 } else { -1.0 };
+            x.extend((0..k).map(|i| {
+                let v = 1.0 + 0.001 * (i % 7) as f32;
+                if t % 3 == 2 && i % 5 == 0 {
+                    -v
+                } else {
+                    sign * v
+                }
+            }));
+        }
+        let mut got = poisoned(tokens * rows);
+        cpu::matmul_with(
+            Isa::Amx,
+            pool(),
+            QType::Q4_K,
+            &w,
+            rows,
+            k,
+            &x,
+            tokens,
+            &mut got,
+        )
+        .unwrap();
+        let what = format!("q4_K extremes tokens {tokens}");
+        assert_matches_scalar(&what, QType::Q4_K, &w, &x, rows, k, &got);
+    }
 }

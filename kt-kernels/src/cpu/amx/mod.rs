@@ -1,7 +1,8 @@
 //! AMX kernels: the repacked expert layouts of [`crate::cpu::moe::repack`] through
 //! [`repack::gemm`], and of the GGUF-native formats Q4_K with many tokens
 //! ([`q4_k`]: `register` replaces the AVX512 table's Q4_K GEMM with one that keeps the
-//! AVX512 kernel for fewer than [`q4_k::AMX_MIN_TOKENS`] tokens), BF16 ([`bf16`]:
+//! AVX512 kernel for fewer than [`q4_k::AMX_MIN_TOKENS`] tokens; its two step kernels are
+//! [`q4_k_per_sub`] and [`q4_k_folded`]), BF16 ([`bf16`]:
 //! `tdpbf16ps`, from [`bf16::AMX_MIN_TOKENS`] tokens) and Q8_0 ([`q8_0`]: `tdpbssd`, from
 //! [`q8_0::AMX_MIN_TOKENS`]); those two share [`blocks`]. The other GGUF formats keep
 //! their AVX512 kernels.
@@ -18,6 +19,8 @@ use crate::quant::QType;
 mod bf16;
 mod blocks;
 pub(crate) mod q4_k;
+mod q4_k_folded;
+mod q4_k_per_sub;
 mod q8_0;
 pub(crate) mod repack;
 mod tiles;
