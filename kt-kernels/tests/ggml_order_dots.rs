@@ -1,7 +1,12 @@
-//! The scalar models of ggml's AVX2 K-quant dot order (`cpu::scalar::ggml_order`)
-//! against ggml's own `vec_dot` outputs in `tests/fixtures/quant` (made by an x86 build
-//! of ggml, whose Q5_K / Q6_K dots take the AVX2 code): bit for bit, every row kind
-//! (zeros, constants, outliers, tiny values) and every activation row.
+//! ggml's AVX2 f32 order of the Q5_K and Q6_K dot products, bit for bit:
+//!
+//! - the scalar models (`cpu::scalar::ggml_order`) against ggml's own `vec_dot` outputs
+//!   in `tests/fixtures/quant` (made by an x86 build of ggml, whose Q5_K / Q6_K dots take
+//!   the AVX2 code; the FMA of Q5_K's minimums shows there): every row kind (zeros,
+//!   constants, outliers, tiny values) and every activation row;
+//! - every SIMD backend this CPU runs (AVX2, AVX512, AMX) against the models, on the
+//!   fixtures and on random blocks (every quant and sub-scale bit pattern) over shapes
+//!   that hit every register tile and the one-token GEMV, outputs poisoned with NaN.
 
 mod common;
 
@@ -9,7 +14,11 @@ use common::*;
 use kt_kernels::cpu::scalar::ggml_order::{
     hsum_float_8, vec_dot_q5_k_q8_k_ggml_order, vec_dot_q6_k_q8_k_ggml_order,
 };
+use kt_kernels::cpu::{matmul_quantized_with, quantize_activations_with, Isa, ThreadPool};
 use kt_kernels::quant::{self, QType};
+use kt_kernels::util::SplitMix64;
+use proptest::prelude::*;
+use std::sync::OnceLock;
 
 /// The fixture activations quantized to Q8_K by the reference quantizer (ggml's bytes,
 /// checked by `quant_fixtures_kquants`).
@@ -77,4 +86,118 @@ fn hsum_float_8_adds_halves_then_pairs() {
     // In lane order the four leading tinies sum exactly to 4 tiny and each later one
     // is lost to rounding to even: 1 + 4 tiny.
     assert_eq!(y.iter().sum::<f32>(), 1.0 + 4.0 * tiny);
+}
+
+fn pool() -> &'static ThreadPool {
+    static POOL: OnceLock<ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| ThreadPool::new(2).expect("a 2-thread pool"))
+}
+
+/// The ggml-order model of `t`.
+fn model(t: QType) -> fn(usize, &[u8], &[u8]) -> f32 {
+    match t {
+        QType::Q5_K => vec_dot_q5_k_q8_k_ggml_order,
+        QType::Q6_K => vec_dot_q6_k_q8_k_ggml_order,
+        other => unreachable!("no ggml-order model of {other}"),
+    }
+}
+
+/// The SIMD backends this CPU runs.
+fn simd_isas() -> Vec<Isa> {
+    let isas: Vec<Isa> = Isa::available()
+        .into_iter()
+        .filter(|&i| i >= Isa::Avx2)
+        .collect();
+    if isas.is_empty() {
+        eprintln!("skipping: this CPU runs no SIMD backend");
+    }
+    isas
+}
+
+/// Every SIMD backend's `[tokens, rows]` product of `w` with `x` equals the model's
+/// dots bit for bit.
+fn check_kernels(t: QType, w: &[u8], rows: usize, k: usize, x: &[f32], tokens: usize, what: &str) {
+    let rb = t.row_bytes(k).unwrap();
+    let ab = QType::Q8_K.row_bytes(k).unwrap();
+    let mut xq_ref = vec![0u8; tokens * ab];
+    quantize_activations_with(Isa::Scalar, pool(), t, x, k, tokens, &mut xq_ref).unwrap();
+    let f = model(t);
+    for isa in simd_isas() {
+        let mut xq = vec![0u8; tokens * ab];
+        quantize_activations_with(isa, pool(), t, x, k, tokens, &mut xq).unwrap();
+        assert!(xq == xq_ref, "{isa:?} {t}: activation bytes differ from the reference");
+        let mut out = poisoned(tokens * rows);
+        matmul_quantized_with(isa, pool(), t, w, rows, k, &xq, tokens, &mut out).unwrap();
+        for tk in 0..tokens {
+            for r in 0..rows {
+                let want = f(k, &w[r * rb..(r + 1) * rb], &xq[tk * ab..(tk + 1) * ab]);
+                let got = out[tk * rows + r];
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{isa:?} {t} {what}: token {tk} row {r}: kernel {got:e}, ggml order {want:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn kernels_reproduce_ggmls_fixture_dots() {
+    for t in [QType::Q5_K, QType::Q6_K] {
+        let x = activations();
+        // One token (the GEMV), then all four.
+        check_kernels(t, &ggml_quant(t), ROWS, COLS, &x[..COLS], 1, "fixture");
+        check_kernels(t, &ggml_quant(t), ROWS, COLS, &x, ACT_ROWS, "fixture");
+    }
+}
+
+/// Random activation rows: normal values with a random scale per token.
+fn random_activations(tokens: usize, k: usize, rng: &mut SplitMix64) -> Vec<f32> {
+    let mut x = vec![0f32; tokens * k];
+    for row in x.chunks_exact_mut(k) {
+        let scale = rng.uniform(0.01, 10.0);
+        rng.fill_normal(row, scale);
+    }
+    x
+}
+
+fn check_random(t: QType, k: usize, rows: usize, tokens: usize, seed: u64) {
+    let mut rng = SplitMix64::new(seed);
+    let w = random_weights(t, rows, k, &mut rng);
+    let x = random_activations(tokens, k, &mut rng);
+    check_kernels(t, &w, rows, k, &x, tokens, &format!("k {k} rows {rows} seed {seed}"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn q5_k_kernels_follow_ggmls_order(
+        k in prop::sample::select(&[256usize, 512, 2048][..]),
+        rows in 1usize..=40,
+        tokens in 1usize..=40,
+        seed in any::<u64>(),
+    ) {
+        check_random(QType::Q5_K, k, rows, tokens, seed);
+    }
+
+    #[test]
+    fn q6_k_kernels_follow_ggmls_order(
+        k in prop::sample::select(&[256usize, 512, 2048][..]),
+        rows in 1usize..=40,
+        tokens in 1usize..=40,
+        seed in any::<u64>(),
+    ) {
+        check_random(QType::Q6_K, k, rows, tokens, seed);
+    }
+}
+
+/// Every GEMV token count (1..=8) over rows that need every register tile.
+#[test]
+fn gemv_token_counts_follow_ggmls_order() {
+    for t in [QType::Q5_K, QType::Q6_K] {
+        for tokens in 1..=8 {
+            check_random(t, 512, 37, tokens, 7 + tokens as u64);
+        }
+    }
 }

@@ -19,6 +19,7 @@ use super::tile::{
     MAX_PAIRS,
 };
 use crate::cpu::dispatch::GemmTile;
+use crate::cpu::scalar::ggml_order::hsum_float_8;
 use crate::cpu::matmul::GEMV_MAX_TOKENS;
 use crate::quant::QK_K;
 
@@ -41,6 +42,13 @@ pub(super) trait KQuant {
     /// arithmetic shift of a super-block's sum removes it exactly. Only with
     /// `OFFSET_BY_D` false (the `bsums` term is not scaled).
     const SUM_SHIFT: i32 = 0;
+    /// The f32 order of ggml's AVX2 `vec_dot` of the format (Q5_K, Q6_K; modelled by
+    /// [`crate::cpu::scalar::ggml_order`]): every (row, token) pair keeps its super-block
+    /// int sums in 8 lanes, each converted and FMA'd into an 8-lane f32 accumulator, the
+    /// lanes added by `hsum_float_8` at the end; a minimum term goes into one f32 of its
+    /// own. False: one exact int sum per pair and super-block, FMA'd into one f32 (the
+    /// order of ggml's REPACK Q4_K kernels). Only with `SUM_SHIFT` 0.
+    const GGML_LANES: bool = false;
     /// A super-block's decoded sub-block scales, in whatever form [`KQuant::chunk`] wants.
     type Scales: Copy;
 
@@ -284,7 +292,11 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
         let nb = tile.k / QK_K;
         let ws = tile.w_stride;
         let gemv = tile.tokens <= GEMV_MAX_TOKENS;
+        const { assert!(!K::GGML_LANES || K::SUM_SHIFT == 0) };
+        // Pair lanes (`row * RN + token`): the f32 sums, or with GGML_LANES the minimums'.
         let mut acc = _mm256_setzero_ps();
+        // GGML_LANES: the 8-lane f32 accumulator of each pair.
+        let mut lane_acc = [_mm256_setzero_ps(); MAX_PAIRS];
         for b in 0..nb {
             if gemv {
                 prefetch_next_rows::<RM>(
@@ -336,16 +348,43 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
             // SAFETY: whole blocks, as above.
             let (dd, ddmin) = unsafe { pair_scales::<K, RM, RN>(&w, &a) };
             const { assert!(!K::OFFSET_BY_D || K::SUM_SHIFT == 0) };
-            let sums = hsum8_epi32(&pairs);
-            let sums = if K::SUM_SHIFT > 0 {
-                _mm256_sra_epi32(sums, _mm_cvtsi32_si128(K::SUM_SHIFT))
+            if K::GGML_LANES {
+                for (p, lanes) in lane_acc.iter_mut().enumerate().take(RM * RN) {
+                    let d = _mm256_permutevar8x32_ps(dd, _mm256_set1_epi32(p as i32));
+                    *lanes = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(pairs[p]), *lanes);
+                }
             } else {
-                sums
-            };
-            acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sums), acc);
+                let sums = hsum8_epi32(&pairs);
+                let sums = if K::SUM_SHIFT > 0 {
+                    _mm256_sra_epi32(sums, _mm_cvtsi32_si128(K::SUM_SHIFT))
+                } else {
+                    sums
+                };
+                acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sums), acc);
+            }
+            // With GGML_LANES this is ggml's `summs += (-da * dmin) * mins`, one FMA too.
             if !K::OFFSET_BY_D {
                 acc = _mm256_fnmadd_ps(ddmin, _mm256_cvtepi32_ps(hsum8_epi32(&mins)), acc);
             }
+        }
+        if K::GGML_LANES {
+            // ggml's result: hsum_float_8 of the lanes, plus the minimums' sum.
+            let mut summs = [0f32; 8];
+            // SAFETY: `summs` is 8 f32 = 32 bytes; storeu has no alignment requirement.
+            unsafe { _mm256_storeu_ps(summs.as_mut_ptr(), acc) };
+            let mut out = [0f32; 8];
+            for (p, o) in out.iter_mut().enumerate().take(RM * RN) {
+                let mut l = [0f32; 8];
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_ps(l.as_mut_ptr(), lane_acc[p]) };
+                *o = if K::OFFSET_BY_D {
+                    hsum_float_8(l)
+                } else {
+                    hsum_float_8(l) + summs[p]
+                };
+            }
+            // SAFETY: `out` is 8 f32.
+            acc = unsafe { _mm256_loadu_ps(out.as_ptr()) };
         }
         // SAFETY: the caller's contract covers these output elements.
         unsafe { store_pairs::<RM, RN>(acc, tile, r0, t0) };

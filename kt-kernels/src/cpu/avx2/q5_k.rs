@@ -17,6 +17,7 @@ pub(super) struct Q5K;
 impl KQuant for Q5K {
     const BLOCK_BYTES: usize = 176;
     const OFFSET_BY_D: bool = false;
+    const GGML_LANES: bool = true;
     type Scales = [u32; 8];
 
     #[inline]

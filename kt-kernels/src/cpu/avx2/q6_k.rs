@@ -21,6 +21,7 @@ pub(super) struct Q6K;
 impl KQuant for Q6K {
     const BLOCK_BYTES: usize = 210;
     const OFFSET_BY_D: bool = true;
+    const GGML_LANES: bool = true;
     type Scales = [__m256i; 2];
 
     #[inline]
