@@ -1,8 +1,8 @@
-//! ggml's AVX2 f32 order of the Q5_K and Q6_K dot products, bit for bit:
+//! ggml's AVX2 f32 order of the Q5_K, Q6_K, Q4_1 and Q5_1 dot products, bit for bit:
 //!
 //! - the scalar models (`cpu::scalar::ggml_order`) against ggml's own `vec_dot` outputs
-//!   in `tests/fixtures/quant` (made by an x86 build of ggml, whose Q5_K / Q6_K dots take
-//!   the AVX2 code; the FMA of Q5_K's minimums shows there): every row kind (zeros,
+//!   in `tests/fixtures/quant` (made by an x86 build of ggml, whose dots take the AVX2
+//!   code; the FMA of the minimums' sum shows there): every row kind (zeros,
 //!   constants, outliers, tiny values) and every activation row;
 //! - every SIMD backend this CPU runs (AVX2, AVX512, AMX) against the models, on the
 //!   fixtures and on random blocks (every quant and sub-scale bit pattern) over shapes
@@ -12,7 +12,8 @@ mod common;
 
 use common::*;
 use kt_kernels::cpu::scalar::ggml_order::{
-    hsum_float_8, vec_dot_q5_k_q8_k_ggml_order, vec_dot_q6_k_q8_k_ggml_order,
+    hsum_float_8, vec_dot_q4_1_q8_1_ggml_order, vec_dot_q5_1_q8_1_ggml_order,
+    vec_dot_q5_k_q8_k_ggml_order, vec_dot_q6_k_q8_k_ggml_order,
 };
 use kt_kernels::cpu::{matmul_quantized_with, quantize_activations_with, Isa, ThreadPool};
 use kt_kernels::quant::{self, QType};
@@ -20,15 +21,16 @@ use kt_kernels::util::SplitMix64;
 use proptest::prelude::*;
 use std::sync::OnceLock;
 
-/// The fixture activations quantized to Q8_K by the reference quantizer (ggml's bytes,
-/// checked by `quant_fixtures_kquants`).
-fn q8k_activations() -> Vec<Vec<u8>> {
-    let rb = QType::Q8_K.row_bytes(COLS).unwrap();
+/// The fixture activations quantized to `t`'s activation type by the reference
+/// quantizer (ggml's bytes, checked by the `quant_fixtures_*` tests).
+fn fixture_activations(t: QType) -> Vec<Vec<u8>> {
+    let act = t.vec_dot_type();
+    let rb = act.row_bytes(COLS).unwrap();
     activations()
         .chunks_exact(COLS)
         .map(|row| {
             let mut q = vec![0u8; rb];
-            quant::quantize(QType::Q8_K, row, &mut q).unwrap();
+            quant::quantize(act, row, &mut q).unwrap();
             q
         })
         .collect()
@@ -41,7 +43,7 @@ fn check_bits(t: QType, model: fn(usize, &[u8], &[u8]) -> f32) -> usize {
     let w = ggml_quant(t);
     let rb = t.row_bytes(COLS).unwrap();
     let want = ggml_dot(t);
-    let acts = q8k_activations();
+    let acts = fixture_activations(t);
     let mut reference_exact = 0;
     for r in 0..ROWS {
         let row = &w[r * rb..(r + 1) * rb];
@@ -76,6 +78,20 @@ fn q6_k_model_is_ggmls_dot_bit_for_bit() {
 }
 
 #[test]
+fn q4_1_model_is_ggmls_dot_bit_for_bit() {
+    let plain = check_bits(QType::Q4_1, vec_dot_q4_1_q8_1_ggml_order);
+    eprintln!("Q4_1: the plain reference matches {plain} of {} ggml dots", ROWS * ACT_ROWS);
+    assert!(plain < ROWS * ACT_ROWS, "the fixture does not tell the orders apart");
+}
+
+#[test]
+fn q5_1_model_is_ggmls_dot_bit_for_bit() {
+    let plain = check_bits(QType::Q5_1, vec_dot_q5_1_q8_1_ggml_order);
+    eprintln!("Q5_1: the plain reference matches {plain} of {} ggml dots", ROWS * ACT_ROWS);
+    assert!(plain < ROWS * ACT_ROWS, "the fixture does not tell the orders apart");
+}
+
+#[test]
 fn hsum_float_8_adds_halves_then_pairs() {
     // 1 + 2^-24 lies halfway between two f32: which values meet first decides.
     let tiny = f32::EPSILON / 2.0;
@@ -98,6 +114,8 @@ fn model(t: QType) -> fn(usize, &[u8], &[u8]) -> f32 {
     match t {
         QType::Q5_K => vec_dot_q5_k_q8_k_ggml_order,
         QType::Q6_K => vec_dot_q6_k_q8_k_ggml_order,
+        QType::Q4_1 => vec_dot_q4_1_q8_1_ggml_order,
+        QType::Q5_1 => vec_dot_q5_1_q8_1_ggml_order,
         other => unreachable!("no ggml-order model of {other}"),
     }
 }
@@ -118,7 +136,7 @@ fn simd_isas() -> Vec<Isa> {
 /// dots bit for bit.
 fn check_kernels(t: QType, w: &[u8], rows: usize, k: usize, x: &[f32], tokens: usize, what: &str) {
     let rb = t.row_bytes(k).unwrap();
-    let ab = QType::Q8_K.row_bytes(k).unwrap();
+    let ab = t.vec_dot_type().row_bytes(k).unwrap();
     let mut xq_ref = vec![0u8; tokens * ab];
     quantize_activations_with(Isa::Scalar, pool(), t, x, k, tokens, &mut xq_ref).unwrap();
     let f = model(t);
@@ -144,7 +162,7 @@ fn check_kernels(t: QType, w: &[u8], rows: usize, k: usize, x: &[f32], tokens: u
 
 #[test]
 fn kernels_reproduce_ggmls_fixture_dots() {
-    for t in [QType::Q5_K, QType::Q6_K] {
+    for t in [QType::Q5_K, QType::Q6_K, QType::Q4_1, QType::Q5_1] {
         let x = activations();
         // One token (the GEMV), then all four.
         check_kernels(t, &ggml_quant(t), ROWS, COLS, &x[..COLS], 1, "fixture");
@@ -182,6 +200,18 @@ proptest! {
     }
 
     #[test]
+    fn q4_1_and_q5_1_kernels_follow_ggmls_order(
+        five in any::<bool>(),
+        k in prop::sample::select(&[32usize, 64, 96, 1024][..]),
+        rows in 1usize..=40,
+        tokens in 1usize..=40,
+        seed in any::<u64>(),
+    ) {
+        let t = if five { QType::Q5_1 } else { QType::Q4_1 };
+        check_random(t, k, rows, tokens, seed);
+    }
+
+    #[test]
     fn q6_k_kernels_follow_ggmls_order(
         k in prop::sample::select(&[256usize, 512, 2048][..]),
         rows in 1usize..=40,
@@ -195,7 +225,7 @@ proptest! {
 /// Every GEMV token count (1..=8) over rows that need every register tile.
 #[test]
 fn gemv_token_counts_follow_ggmls_order() {
-    for t in [QType::Q5_K, QType::Q6_K] {
+    for t in [QType::Q5_K, QType::Q6_K, QType::Q4_1, QType::Q5_1] {
         for tokens in 1..=8 {
             check_random(t, 512, 37, tokens, 7 + tokens as u64);
         }

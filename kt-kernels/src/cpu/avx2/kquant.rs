@@ -15,11 +15,10 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::tile::{
-    hsum8_epi32, prefetch_next_rows, spread_rows, spread_tokens, store_pairs, Microkernel,
-    MAX_PAIRS,
+    fma_ggml_lanes, hsum8_epi32, prefetch_next_rows, spread_rows, spread_tokens,
+    store_ggml_lanes, store_pairs, Microkernel, MAX_PAIRS,
 };
 use crate::cpu::dispatch::GemmTile;
-use crate::cpu::scalar::ggml_order::hsum_float_8;
 use crate::cpu::matmul::GEMV_MAX_TOKENS;
 use crate::quant::QK_K;
 
@@ -349,10 +348,7 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
             let (dd, ddmin) = unsafe { pair_scales::<K, RM, RN>(&w, &a) };
             const { assert!(!K::OFFSET_BY_D || K::SUM_SHIFT == 0) };
             if K::GGML_LANES {
-                for (p, lanes) in lane_acc.iter_mut().enumerate().take(RM * RN) {
-                    let d = _mm256_permutevar8x32_ps(dd, _mm256_set1_epi32(p as i32));
-                    *lanes = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(pairs[p]), *lanes);
-                }
+                fma_ggml_lanes::<RM, RN>(&mut lane_acc, &pairs, dd);
             } else {
                 let sums = hsum8_epi32(&pairs);
                 let sums = if K::SUM_SHIFT > 0 {
@@ -367,26 +363,12 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
                 acc = _mm256_fnmadd_ps(ddmin, _mm256_cvtepi32_ps(hsum8_epi32(&mins)), acc);
             }
         }
+        // SAFETY (both): the caller's contract covers these output elements.
         if K::GGML_LANES {
-            // ggml's result: hsum_float_8 of the lanes, plus the minimums' sum.
-            let mut summs = [0f32; 8];
-            // SAFETY: `summs` is 8 f32 = 32 bytes; storeu has no alignment requirement.
-            unsafe { _mm256_storeu_ps(summs.as_mut_ptr(), acc) };
-            let mut out = [0f32; 8];
-            for (p, o) in out.iter_mut().enumerate().take(RM * RN) {
-                let mut l = [0f32; 8];
-                // SAFETY: as above.
-                unsafe { _mm256_storeu_ps(l.as_mut_ptr(), lane_acc[p]) };
-                *o = if K::OFFSET_BY_D {
-                    hsum_float_8(l)
-                } else {
-                    hsum_float_8(l) + summs[p]
-                };
-            }
-            // SAFETY: `out` is 8 f32.
-            acc = unsafe { _mm256_loadu_ps(out.as_ptr()) };
+            let minimums = (!K::OFFSET_BY_D).then_some(acc);
+            unsafe { store_ggml_lanes::<RM, RN>(&lane_acc, minimums, tile, r0, t0) };
+        } else {
+            unsafe { store_pairs::<RM, RN>(acc, tile, r0, t0) };
         }
-        // SAFETY: the caller's contract covers these output elements.
-        unsafe { store_pairs::<RM, RN>(acc, tile, r0, t0) };
     }
 }

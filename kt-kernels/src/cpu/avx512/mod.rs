@@ -35,8 +35,10 @@ pub(crate) fn register(t: &mut KernelTable) {
     };
     t.set(QType::Q2_K, k_quant(by_tokens::<gemv::Q2K, q2_k::Q2K>));
     t.set(QType::Q4_K, k_quant(by_tokens::<gemv::Q4K, q4_k::Q4K>));
-    t.set(QType::Q5_K, k_quant(by_tokens::<gemv::Q5K, q5_k::Q5K>));
-    t.set(QType::Q6_K, k_quant(by_tokens::<gemv::Q6K, q6_k::Q6K>));
+    // Q5_K and Q6_K keep the AVX2 kernels, which follow ggml's AVX2 f32 order (the
+    // order llama.cpp's fixtures were made in; see `avx2::kquant`).
+    t.set_quantize_act(QType::Q5_K, quantize::q8_k);
+    t.set_quantize_act(QType::Q6_K, quantize::q8_k);
     t.set(
         QType::Q8_0,
         FormatKernels {

@@ -1,5 +1,6 @@
-//! Scalar models of the f32 order of ggml's AVX2 K-quant dot products (`vec_dot` of a
-//! weight row with a Q8_K activation row), the order llama.cpp's fixtures were made in.
+//! Scalar models of the f32 order of ggml's AVX2 dot products (`vec_dot` of a weight row
+//! with an activation row: Q5_K and Q6_K with Q8_K, Q4_1 and Q5_1 with Q8_1), the order
+//! llama.cpp's fixtures were made in.
 //!
 //! The references of [`crate::quant::reference`] compute each super-block's integer sum
 //! exactly and add `d * sum` to one f32; ggml's AVX2 kernels instead keep per super-block
@@ -15,9 +16,9 @@
 //! These are models, written to be read, and the bit-for-bit target of the SIMD
 //! kernels that follow ggml's order; they are tested against ggml's own dot outputs.
 
-use crate::quant::blocks::{read_block, BlockQ5K, BlockQ6K, BlockQ8K};
+use crate::quant::blocks::{read_block, BlockQ4_1, BlockQ5K, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_1};
 use crate::quant::reference::common::get_scale_min_k4;
-use crate::quant::QK_K;
+use crate::quant::{QK, QK_K};
 
 /// ggml's `hsum_float_8`: the high half added to the low half, then lanes `0 + 2` and
 /// `1 + 3`, then those two.
@@ -109,4 +110,59 @@ pub fn vec_dot_q6_k_q8_k_ggml_order(n: usize, w: &[u8], act: &[u8]) -> f32 {
         }
     }
     hsum_float_8(acc)
+}
+
+/// ggml's AVX2 dot of a `d * q + m` format (Q4_1, Q5_1) with Q8_1: per 32-element block
+/// lane `m` is `sum q * a` over elements `4m .. 4m + 4` (exact), and
+/// `acc[m] = fma(lane[m], x.d * y.d, acc[m])`; `summs = fma(x.m, y.s, summs)` (ggml's
+/// `summs += m * s`, contracted); the result is `hsum_float_8(acc) + summs`. `block`
+/// gives a weight block's `(d, m, quants in element order)`.
+fn dot_with_min_q8_1(
+    n: usize,
+    act: &[u8],
+    block: impl Fn(usize) -> (f32, f32, [i32; QK]),
+) -> f32 {
+    assert_eq!(n % QK, 0, "n = {n} is not a multiple of {QK}");
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
+    for i in 0..n / QK {
+        let (d, m, q) = block(i);
+        let a: BlockQ8_1 = read_block(act, i);
+        summs = m.mul_add(a.s.to_f32(), summs);
+        let dd = d * a.d.to_f32();
+        for (l, acc) in acc.iter_mut().enumerate() {
+            let lane: i32 = (4 * l..4 * l + 4).map(|e| q[e] * a.qs[e] as i32).sum();
+            *acc = (lane as f32).mul_add(dd, *acc);
+        }
+    }
+    hsum_float_8(acc) + summs
+}
+
+/// ggml's AVX2 `ggml_vec_dot_q4_1_q8_1` in its f32 order ([`dot_with_min_q8_1`]).
+///
+/// # Panics
+/// If `n` is not a multiple of 32 or `w` / `act` hold fewer than `n / 32` blocks.
+pub fn vec_dot_q4_1_q8_1_ggml_order(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    dot_with_min_q8_1(n, act, |i| {
+        let b: BlockQ4_1 = read_block(w, i);
+        // Element e: the low nibble of qs[e] for e < 16, the high one of qs[e - 16].
+        let q = std::array::from_fn(|e| (b.qs[e % 16] >> (4 * (e / 16)) & 0x0F) as i32);
+        (b.d.to_f32(), b.m.to_f32(), q)
+    })
+}
+
+/// ggml's AVX2 `ggml_vec_dot_q5_1_q8_1` in its f32 order ([`dot_with_min_q8_1`]).
+///
+/// # Panics
+/// If `n` is not a multiple of 32 or `w` / `act` hold fewer than `n / 32` blocks.
+pub fn vec_dot_q5_1_q8_1_ggml_order(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    dot_with_min_q8_1(n, act, |i| {
+        let b: BlockQ5_1 = read_block(w, i);
+        let qh = u32::from_le_bytes(b.qh);
+        // Element e: Q4_1's nibble plus bit e of qh as bit 4.
+        let q = std::array::from_fn(|e| {
+            ((b.qs[e % 16] >> (4 * (e / 16)) & 0x0F) as u32 | ((qh >> e) & 1) << 4) as i32
+        });
+        (b.d.to_f32(), b.m.to_f32(), q)
+    })
 }
