@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kquant::{load32, read_u32, KQuant};
+use super::kquant::{load32, read_u32, KQuant, Order};
 use super::q4_k::{mins_32, scale_pairs_32, unpack_scales_mins};
 
 /// Byte offsets in the 176-byte block: `d, dmin: f16`, 12 bytes of packed scales, 32
@@ -17,7 +17,7 @@ pub(super) struct Q5K;
 impl KQuant for Q5K {
     const BLOCK_BYTES: usize = 176;
     const OFFSET_BY_D: bool = false;
-    const GGML_LANES: bool = true;
+    const ORDER: Order = Order::GgmlLanes;
     type Scales = [u32; 8];
 
     #[inline]

@@ -34,9 +34,10 @@ pub(crate) fn register(t: &mut KernelTable) {
         gemm_isa: Isa::Avx512,
     };
     t.set(QType::Q2_K, k_quant(by_tokens::<gemv::Q2K, q2_k::Q2K>));
-    t.set(QType::Q4_K, k_quant(by_tokens::<gemv::Q4K, q4_k::Q4K>));
-    // Q5_K and Q6_K keep the AVX2 kernels, which follow ggml's AVX2 f32 order (the
-    // order llama.cpp's fixtures were made in; see `avx2::kquant`).
+    // Q4_K, Q5_K and Q6_K keep the AVX2 kernels, which follow llama.cpp's f32 order on
+    // x86 (its REPACK kernels for Q4_K, ggml's AVX2 vec_dot for Q5_K / Q6_K; see
+    // `avx2::kquant`).
+    t.set_quantize_act(QType::Q4_K, quantize::q8_k);
     t.set_quantize_act(QType::Q5_K, quantize::q8_k);
     t.set_quantize_act(QType::Q6_K, quantize::q8_k);
     t.set(

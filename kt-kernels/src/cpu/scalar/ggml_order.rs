@@ -1,6 +1,6 @@
 //! Scalar models of the f32 order of ggml's AVX2 dot products (`vec_dot` of a weight row
-//! with an activation row: Q5_K and Q6_K with Q8_K, Q4_1 and Q5_1 with Q8_1), the order
-//! llama.cpp's fixtures were made in.
+//! with an activation row: Q5_K and Q6_K with Q8_K, Q4_1 and Q5_1 with Q8_1) and of its
+//! REPACK Q4_K kernels, the orders llama.cpp's fixtures were made in.
 //!
 //! The references of [`crate::quant::reference`] compute each super-block's integer sum
 //! exactly and add `d * sum` to one f32; ggml's AVX2 kernels instead keep per super-block
@@ -16,7 +16,7 @@
 //! These are models, written to be read, and the bit-for-bit target of the SIMD
 //! kernels that follow ggml's order; they are tested against ggml's own dot outputs.
 
-use crate::quant::blocks::{read_block, BlockQ4_1, BlockQ5K, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_1};
+use crate::quant::blocks::{read_block, BlockQ4K, BlockQ4_1, BlockQ5K, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_1};
 use crate::quant::reference::common::get_scale_min_k4;
 use crate::quant::{QK, QK_K};
 
@@ -165,4 +165,37 @@ pub fn vec_dot_q5_1_q8_1_ggml_order(n: usize, w: &[u8], act: &[u8]) -> f32 {
         });
         (b.d.to_f32(), b.m.to_f32(), q)
     })
+}
+
+/// ggml's REPACK Q4_K kernels (`ggml_gemv_q4_K_8x8_q8_K`, `ggml_gemm_q4_K_8x8_q8_K`: what
+/// llama.cpp runs for Q4_K weights of 8 | rows on x86) in their f32 order, per (weight
+/// row, token): each super-block's exact int sums `sum scale * q * a` and
+/// `sum min * bsums` FMA'd with `x.d * a.d` and `x.dmin * a.d` into two f32, the second
+/// subtracted from the first at the end.
+///
+/// # Panics
+/// If `n` is not a multiple of 256 or `w` / `act` hold fewer than `n / 256` blocks.
+pub fn vec_dot_q4_k_q8_k_repack_order(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    assert_eq!(n % QK_K, 0, "n = {n} is not a multiple of {QK_K}");
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for i in 0..n / QK_K {
+        let b: BlockQ4K = read_block(w, i);
+        let a: BlockQ8K = read_block(act, i);
+        let (mut sum, mut mins) = (0i32, 0i32);
+        for j in 0..8 {
+            let (sc, m) = get_scale_min_k4(j, &b.scales);
+            // Sub-block j: nibble j % 2 of qs[32 (j / 2) ..].
+            let sub: i32 = (0..32)
+                .map(|l| {
+                    let q = (b.qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 0x0F;
+                    q as i32 * a.qs[32 * j + l] as i32
+                })
+                .sum();
+            sum += sc as i32 * sub;
+            mins += m as i32 * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32);
+        }
+        acc = (sum as f32).mul_add(b.d.to_f32() * a.d, acc);
+        acc_min = (mins as f32).mul_add(b.dmin.to_f32() * a.d, acc_min);
+    }
+    acc - acc_min
 }
