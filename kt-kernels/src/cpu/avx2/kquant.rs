@@ -24,13 +24,13 @@ use crate::quant::QK_K;
 
 /// Bytes of a Q8_K activation block and the offsets of its fields
 /// (`d: f32, qs: [i8; 256], bsums: [i16; 16]`).
-const ACT_BLOCK: usize = 292;
-const ACT_QS: usize = 4;
-const ACT_BSUMS: usize = 260;
+pub(crate) const ACT_BLOCK: usize = 292;
+pub(crate) const ACT_QS: usize = 4;
+pub(crate) const ACT_BSUMS: usize = 260;
 
 /// The f32 order of a K-quant's dot products: which roundings happen where. The int sums
 /// of a super-block are exact in every order; llama.cpp's results depend on the rest.
-pub(super) enum Order {
+pub(crate) enum Order {
     /// kt's own: one exact int sum per (row, token) pair and super-block, FMA'd with
     /// `d * da` into one f32, the minimum term FNMADD'd into the same f32 (Q2_K, Q3_K).
     OneSum,
@@ -46,7 +46,7 @@ pub(super) enum Order {
 }
 
 /// How a K-quant super-block unpacks for the shared microkernel.
-pub(super) trait KQuant {
+pub(crate) trait KQuant {
     const BLOCK_BYTES: usize;
     /// True when the term taken from `bsums` is an offset of the quants scaled by `d`
     /// (Q3_K, Q6_K): it is then subtracted from the int sums directly. False when it is

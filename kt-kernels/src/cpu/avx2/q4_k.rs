@@ -11,7 +11,7 @@ use super::kquant::{load32, read_u32, KQuant, Order};
 const SCALES: usize = 4;
 const QS: usize = 16;
 
-pub(super) struct Q4K;
+pub(crate) struct Q4K;
 
 /// Unpacks the 12 bytes of 6-bit scales and minimums of Q4_K / Q5_K into
 /// `[scale 0..8, min 0..8]` (one byte each).

@@ -12,7 +12,7 @@ const SCALES: usize = 4;
 const QH: usize = 16;
 const QS: usize = 48;
 
-pub(super) struct Q5K;
+pub(crate) struct Q5K;
 
 impl KQuant for Q5K {
     const BLOCK_BYTES: usize = 176;

@@ -16,7 +16,7 @@ const QH: usize = 128;
 const SCALES: usize = 192;
 const D: usize = 208;
 
-pub(super) struct Q6K;
+pub(crate) struct Q6K;
 
 impl KQuant for Q6K {
     const BLOCK_BYTES: usize = 210;

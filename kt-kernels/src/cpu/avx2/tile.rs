@@ -128,7 +128,7 @@ unsafe fn run<M: Microkernel>(rm: usize, rn: usize, tile: &GemmTile, r0: usize, 
 /// 8 i32 lanes of `v[q]` (missing vectors count as zero).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn hsum8_epi32<const N: usize>(v: &[__m256i; N]) -> __m256i {
+pub(crate) fn hsum8_epi32<const N: usize>(v: &[__m256i; N]) -> __m256i {
     let z = _mm256_setzero_si256();
     let g = |q: usize| if q < N { v[q] } else { z };
     // Transpose-and-add in three steps: pairs of 32-bit lanes, pairs of 64-bit lanes,

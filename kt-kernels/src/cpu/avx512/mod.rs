@@ -11,6 +11,7 @@
 mod act;
 mod bf16;
 mod gemv;
+mod kquant_rows;
 mod q2_k;
 pub(crate) mod q4_k;
 mod q5_k;
@@ -34,12 +35,13 @@ pub(crate) fn register(t: &mut KernelTable) {
         gemm_isa: Isa::Avx512,
     };
     t.set(QType::Q2_K, k_quant(by_tokens::<gemv::Q2K, q2_k::Q2K>));
-    // Q4_K, Q5_K and Q6_K keep the AVX2 kernels, which follow llama.cpp's f32 order on
-    // x86 (its REPACK kernels for Q4_K, ggml's AVX2 vec_dot for Q5_K / Q6_K; see
-    // `avx2::kquant`).
-    t.set_quantize_act(QType::Q4_K, quantize::q8_k);
-    t.set_quantize_act(QType::Q5_K, quantize::q8_k);
-    t.set_quantize_act(QType::Q6_K, quantize::q8_k);
+    // Q4_K, Q5_K and Q6_K in llama.cpp's f32 order on x86 (its REPACK kernels for Q4_K,
+    // ggml's AVX2 vec_dot for Q5_K / Q6_K): the AVX2 kernels' arithmetic, two rows per
+    // vector ([`kquant_rows`]).
+    use super::avx2::{q4_k::Q4K, q5_k::Q5K, q6_k::Q6K};
+    t.set(QType::Q4_K, k_quant(kquant_rows::gemm::<Q4K>));
+    t.set(QType::Q5_K, k_quant(kquant_rows::gemm::<Q5K>));
+    t.set(QType::Q6_K, k_quant(kquant_rows::gemm::<Q6K>));
     t.set(
         QType::Q8_0,
         FormatKernels {
