@@ -247,3 +247,12 @@ fn gemv_token_counts_follow_ggmls_order() {
         }
     }
 }
+
+/// Many tokens with a K longer than the AVX512 kernel's unpacked scratch (32 super-blocks):
+/// the path that unpacks per register tile.
+#[test]
+fn long_k_gemm_follows_ggmls_order() {
+    for t in [QType::Q4_K, QType::Q5_K, QType::Q6_K] {
+        check_random(t, 33 * 256, 5, 13, 99);
+    }
+}

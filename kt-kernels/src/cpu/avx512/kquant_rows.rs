@@ -14,8 +14,14 @@
 //! A register tile is `RP` row pairs x `RN` tokens (at most 8 pair vectors: 16 (row,
 //! token) sums, the "slots" `s = 2 (p * RN + t) + half`). An odd last row is paired with
 //! itself and its second half dropped.
+//!
+//! With more tokens than a GEMV has, unpacking every chunk again for each group of 4
+//! tokens would cost as much as the products: there a row pair's chunks are unpacked once
+//! per block of [`TOKEN_BLOCK`] tokens into a stack scratch ([`Unpacked`], up to
+//! [`SCRATCH_BLOCKS`] super-blocks of K), and 1 x 8 register tiles read them from there.
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use crate::cpu::avx2::kquant::{KQuant, Order, ACT_BLOCK, ACT_BSUMS, ACT_QS};
 use crate::cpu::avx2::tile::hsum8_epi32;
@@ -29,8 +35,23 @@ const MAX_VECS: usize = 8;
 /// Most (row, token) slots: two per vector.
 const MAX_SLOTS: usize = 2 * MAX_VECS;
 
-/// Most tokens of a register tile.
+/// Most tokens of a register tile that unpacks its own chunks.
 const MAX_RN: usize = 4;
+/// Tokens of a register tile that reads unpacked chunks.
+const SCRATCH_RN: usize = 8;
+/// Super-blocks of K whose unpacked chunks the scratch holds (32 KiB: one row pair's
+/// 8192 elements, in L1 while a token block passes over them).
+const SCRATCH_BLOCKS: usize = 32;
+/// Tokens per pass over the unpacked chunks: their activations (about 9 KiB each at
+/// K = 8192) stay in L2 while every row pair of the tile passes.
+const TOKEN_BLOCK: usize = 64;
+
+/// One row pair's unpacked 32-weight chunk: both rows' quants and their scales, joined.
+#[derive(Clone, Copy)]
+struct Unpacked {
+    q: __m512i,
+    s: __m512i,
+}
 
 /// The largest row-pair count used with `rn` tokens (a power of two).
 fn max_rp(rn: usize) -> usize {
@@ -47,6 +68,10 @@ fn max_rp(rn: usize) -> usize {
 /// As [`crate::cpu::dispatch::GemmFn`]; `K` is `tile.qtype`'s unpacking.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 pub(super) unsafe fn gemm<K: KQuant>(tile: &GemmTile) {
+    if tile.tokens > GEMV_MAX_TOKENS && tile.k / QK_K <= SCRATCH_BLOCKS {
+        // SAFETY: forwarded contract.
+        return unsafe { gemm_unpacked::<K>(tile) };
+    }
     // GEMV: rows outer in chunks of one full tile, so a chunk's weights stay in L1
     // while every token group passes; GEMM: token groups outer.
     let chunk = if tile.tokens <= GEMV_MAX_TOKENS {
@@ -67,7 +92,7 @@ pub(super) unsafe fn gemm<K: KQuant>(tile: &GemmTile) {
                 let rows = (2 * rp).min(chunk_end - r);
                 // SAFETY: rows r..r + rows and tokens t0..t0 + rn are inside the tile; the
                 // rest is the caller's contract.
-                unsafe { run::<K>(rp, rn, tile, r, rows, t0) };
+                unsafe { run::<K>(rp, rn, tile, r, rows, t0, std::ptr::null()) };
                 r += rows;
             }
             t0 += rn;
@@ -82,23 +107,117 @@ pub(super) unsafe fn gemm<K: KQuant>(tile: &GemmTile) {
 /// As [`tile`].
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-unsafe fn run<K: KQuant>(rp: usize, rn: usize, t: &GemmTile, r0: usize, rows: usize, t0: usize) {
+unsafe fn run<K: KQuant>(
+    rp: usize,
+    rn: usize,
+    t: &GemmTile,
+    r0: usize,
+    rows: usize,
+    t0: usize,
+    u: *const Unpacked,
+) {
     // SAFETY (every arm): forwarded contract.
     unsafe {
         match (rp, rn) {
-            (8, 1) => tile::<K, 8, 1>(t, r0, rows, t0),
-            (4, 1) => tile::<K, 4, 1>(t, r0, rows, t0),
-            (2, 1) => tile::<K, 2, 1>(t, r0, rows, t0),
-            (1, 1) => tile::<K, 1, 1>(t, r0, rows, t0),
-            (4, 2) => tile::<K, 4, 2>(t, r0, rows, t0),
-            (2, 2) => tile::<K, 2, 2>(t, r0, rows, t0),
-            (1, 2) => tile::<K, 1, 2>(t, r0, rows, t0),
-            (2, 3) => tile::<K, 2, 3>(t, r0, rows, t0),
-            (1, 3) => tile::<K, 1, 3>(t, r0, rows, t0),
-            (2, 4) => tile::<K, 2, 4>(t, r0, rows, t0),
-            (1, 4) => tile::<K, 1, 4>(t, r0, rows, t0),
+            (8, 1) => tile::<K, 8, 1>(t, r0, rows, t0, u),
+            (4, 1) => tile::<K, 4, 1>(t, r0, rows, t0, u),
+            (2, 1) => tile::<K, 2, 1>(t, r0, rows, t0, u),
+            (1, 1) => tile::<K, 1, 1>(t, r0, rows, t0, u),
+            (4, 2) => tile::<K, 4, 2>(t, r0, rows, t0, u),
+            (2, 2) => tile::<K, 2, 2>(t, r0, rows, t0, u),
+            (1, 2) => tile::<K, 1, 2>(t, r0, rows, t0, u),
+            (2, 3) => tile::<K, 2, 3>(t, r0, rows, t0, u),
+            (1, 3) => tile::<K, 1, 3>(t, r0, rows, t0, u),
+            (2, 4) => tile::<K, 2, 4>(t, r0, rows, t0, u),
+            (1, 4) => tile::<K, 1, 4>(t, r0, rows, t0, u),
+            (1, 5) => tile::<K, 1, 5>(t, r0, rows, t0, u),
+            (1, 6) => tile::<K, 1, 6>(t, r0, rows, t0, u),
+            (1, 7) => tile::<K, 1, 7>(t, r0, rows, t0, u),
+            (1, 8) => tile::<K, 1, 8>(t, r0, rows, t0, u),
             _ => unreachable!("register tile {rp}x{rn} is not in the shape menu"),
         }
+    }
+}
+
+/// The GEMM of [`gemm`] with unpacked chunks: token blocks outer, then row pairs (each
+/// unpacked once per token block), then 1 x [`SCRATCH_RN`] register tiles.
+///
+/// # Safety
+/// As [`gemm`]; `tile.k / 256 <= SCRATCH_BLOCKS`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn gemm_unpacked<K: KQuant>(tile: &GemmTile) {
+    let nb = tile.k / QK_K;
+    debug_assert!(nb <= SCRATCH_BLOCKS);
+    let mut scratch = [const { MaybeUninit::<Unpacked>::uninit() }; 8 * SCRATCH_BLOCKS];
+    let mut tb0 = 0;
+    while tb0 < tile.tokens {
+        let tb_end = (tb0 + TOKEN_BLOCK).min(tile.tokens);
+        let mut r = 0;
+        while r < tile.rows {
+            let rows = (tile.rows - r).min(2);
+            // SAFETY: rows r..r + rows exist; the scratch holds 8 * nb records.
+            unsafe { unpack_pair::<K>(tile, r, rows, nb, scratch.as_mut_ptr().cast()) };
+            let mut t0 = tb0;
+            while t0 < tb_end {
+                let rn = (tb_end - t0).min(SCRATCH_RN);
+                // SAFETY: rows r..r + rows and tokens t0..t0 + rn are inside the tile;
+                // records 0..8 nb were written by unpack_pair.
+                unsafe { run::<K>(1, rn, tile, r, rows, t0, scratch.as_ptr().cast()) };
+                t0 += rn;
+            }
+            r += rows;
+        }
+        tb0 = tb_end;
+    }
+}
+
+/// Unpacks every chunk of rows `r0, r0 + 1` (`rows` = 1: row `r0` twice) into
+/// `out[8 b + J]`.
+///
+/// # Safety
+/// The rows exist in the tile; `out` is valid for `8 * nb` writes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn unpack_pair<K: KQuant>(
+    tile: &GemmTile,
+    r0: usize,
+    rows: usize,
+    nb: usize,
+    out: *mut Unpacked,
+) {
+    for b in 0..nb {
+        // SAFETY: block b of both rows exists (the caller's contract).
+        let w: [*const u8; 2] = std::array::from_fn(|h| unsafe {
+            tile.w.add((r0 + h.min(rows - 1)) * tile.w_stride + b * K::BLOCK_BYTES)
+        });
+        // SAFETY: whole blocks.
+        let sc: [K::Scales; 2] = std::array::from_fn(|h| unsafe { K::decode(w[h]) });
+        // SAFETY: whole blocks and their scales; out + 8b + J < out + 8 nb.
+        unsafe {
+            let o = out.add(8 * b);
+            o.write(unpack::<K, 0>(&w, &sc));
+            o.add(1).write(unpack::<K, 1>(&w, &sc));
+            o.add(2).write(unpack::<K, 2>(&w, &sc));
+            o.add(3).write(unpack::<K, 3>(&w, &sc));
+            o.add(4).write(unpack::<K, 4>(&w, &sc));
+            o.add(5).write(unpack::<K, 5>(&w, &sc));
+            o.add(6).write(unpack::<K, 6>(&w, &sc));
+            o.add(7).write(unpack::<K, 7>(&w, &sc));
+        }
+    }
+}
+
+/// Chunk `J` of a row pair's blocks `w` (decoded scales `sc`), joined.
+///
+/// # Safety
+/// `w[h]` are whole blocks; AVX512 BW/VL.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn unpack<K: KQuant, const J: usize>(w: &[*const u8; 2], sc: &[K::Scales; 2]) -> Unpacked {
+    // SAFETY: forwarded contract.
+    let ((q0, s0), (q1, s1)) = unsafe { (K::chunk::<J>(w[0], &sc[0]), K::chunk::<J>(w[1], &sc[1])) };
+    Unpacked {
+        q: join(q0, q1),
+        s: join(s0, s1),
     }
 }
 
@@ -174,19 +293,22 @@ unsafe fn slot_scales<K: KQuant, const RP: usize, const RN: usize>(
 }
 
 /// One register tile: rows `r0 .. r0 + rows` (`rows` is `2 RP` or `2 RP - 1`) x tokens
-/// `t0 .. t0 + RN` over the whole `k`.
+/// `t0 .. t0 + RN` over the whole `k`. `unpacked`: null, or (with `RP` = 1) the row
+/// pair's chunks unpacked by [`unpack_pair`].
 ///
 /// # Safety
 /// The rows and tokens are inside the tile, whose pointers are valid as [`GemmTile`]
-/// documents; the CPU has AVX512 BW/VL/DQ and VNNI.
+/// documents; a non-null `unpacked` holds the pair's `8 * k / 256` chunks; the CPU has
+/// AVX512 BW/VL/DQ and VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 unsafe fn tile<K: KQuant, const RP: usize, const RN: usize>(
     tile: &GemmTile,
     r0: usize,
     rows: usize,
     t0: usize,
+    unpacked: *const Unpacked,
 ) {
-    const { assert!(RP * RN <= MAX_VECS && RN <= MAX_RN) };
+    const { assert!(RP * RN <= MAX_VECS && RN <= SCRATCH_RN) };
     const { assert!(!matches!(K::ORDER, Order::GgmlLanes) || K::SUM_SHIFT == 0) };
     let ws = tile.w_stride;
     let gemv = tile.tokens <= GEMV_MAX_TOKENS;
@@ -218,20 +340,30 @@ unsafe fn tile<K: KQuant, const RP: usize, const RN: usize>(
         let a: [*const u8; RN] = std::array::from_fn(|t| unsafe {
             tile.a.add((t0 + t) * tile.a_stride + b * ACT_BLOCK)
         });
-        // SAFETY: whole blocks.
-        let scales: [[K::Scales; 2]; RP] =
-            std::array::from_fn(|p| std::array::from_fn(|h| unsafe { K::decode(w[p][h]) }));
         let mut sumi = [_mm512_setzero_si512(); MAX_VECS];
-        // SAFETY: whole blocks, as above.
-        unsafe {
-            chunk::<K, 0, RP, RN>(&w, &scales, &a, &mut sumi);
-            chunk::<K, 1, RP, RN>(&w, &scales, &a, &mut sumi);
-            chunk::<K, 2, RP, RN>(&w, &scales, &a, &mut sumi);
-            chunk::<K, 3, RP, RN>(&w, &scales, &a, &mut sumi);
-            chunk::<K, 4, RP, RN>(&w, &scales, &a, &mut sumi);
-            chunk::<K, 5, RP, RN>(&w, &scales, &a, &mut sumi);
-            chunk::<K, 6, RP, RN>(&w, &scales, &a, &mut sumi);
-            chunk::<K, 7, RP, RN>(&w, &scales, &a, &mut sumi);
+        if unpacked.is_null() {
+            // SAFETY: whole blocks.
+            let scales: [[K::Scales; 2]; RP] =
+                std::array::from_fn(|p| std::array::from_fn(|h| unsafe { K::decode(w[p][h]) }));
+            // SAFETY: whole blocks, as above.
+            unsafe {
+                chunk::<K, 0, RP, RN>(&w, &scales, &a, &mut sumi);
+                chunk::<K, 1, RP, RN>(&w, &scales, &a, &mut sumi);
+                chunk::<K, 2, RP, RN>(&w, &scales, &a, &mut sumi);
+                chunk::<K, 3, RP, RN>(&w, &scales, &a, &mut sumi);
+                chunk::<K, 4, RP, RN>(&w, &scales, &a, &mut sumi);
+                chunk::<K, 5, RP, RN>(&w, &scales, &a, &mut sumi);
+                chunk::<K, 6, RP, RN>(&w, &scales, &a, &mut sumi);
+                chunk::<K, 7, RP, RN>(&w, &scales, &a, &mut sumi);
+            }
+        } else {
+            debug_assert_eq!(RP, 1);
+            for j in 0..8 {
+                // SAFETY: record 8b + j was written (the caller's contract).
+                let u = unsafe { *unpacked.add(8 * b + j) };
+                // SAFETY: whole activation blocks.
+                unsafe { products::<RN>(0, &u, &a, j, &mut sumi) };
+            }
         }
         // The bsums term of each (row, token): in its half's 8 lanes, as in AVX2.
         let mut mins = [_mm512_setzero_si512(); MAX_VECS];
@@ -329,22 +461,31 @@ unsafe fn chunk<K: KQuant, const J: usize, const RP: usize, const RN: usize>(
     a: &[*const u8; RN],
     sumi: &mut [__m512i; MAX_VECS],
 ) {
-    // SAFETY: the activation block holds 256 quants from ACT_QS; J < 8.
-    let act: [__m512i; RN] = std::array::from_fn(|t| unsafe {
-        _mm512_broadcast_i64x4(_mm256_loadu_si256(a[t].add(ACT_QS + 32 * J).cast()))
-    });
     for p in 0..RP {
         // SAFETY: whole blocks and their decoded scales.
-        let ((q0, s0), (q1, s1)) = unsafe {
-            (
-                K::chunk::<J>(w[p][0], &scales[p][0]),
-                K::chunk::<J>(w[p][1], &scales[p][1]),
-            )
-        };
-        let (q, s) = (join(q0, q1), join(s0, s1));
-        for t in 0..RN {
-            let v = p * RN + t;
-            sumi[v] = _mm512_dpwssd_epi32(sumi[v], _mm512_maddubs_epi16(q, act[t]), s);
-        }
+        let u = unsafe { unpack::<K, J>(&w[p], &scales[p]) };
+        // SAFETY: whole activation blocks.
+        unsafe { products::<RN>(p * RN, &u, a, J, sumi) };
+    }
+}
+
+/// `sumi[v0 + t] += madd(maddubs(q, a_t), s)` for chunk `j` of every token `t`, its 32
+/// activations in both halves.
+///
+/// # Safety
+/// `a[t]` point to whole activation blocks; `j < 8`; AVX512 BW/VL/VNNI.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn products<const RN: usize>(
+    v0: usize,
+    u: &Unpacked,
+    a: &[*const u8; RN],
+    j: usize,
+    sumi: &mut [__m512i; MAX_VECS],
+) {
+    for (t, &at) in a.iter().enumerate() {
+        // SAFETY: the activation block holds 256 quants from ACT_QS; j < 8.
+        let x = unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(at.add(ACT_QS + 32 * j).cast())) };
+        sumi[v0 + t] = _mm512_dpwssd_epi32(sumi[v0 + t], _mm512_maddubs_epi16(u.q, x), u.s);
     }
 }
