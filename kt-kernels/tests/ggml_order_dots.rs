@@ -12,8 +12,8 @@ mod common;
 
 use common::*;
 use kt_kernels::cpu::scalar::ggml_order::{
-    hsum_float_8, vec_dot_q4_1_q8_1_ggml_order, vec_dot_q4_k_q8_k_repack_order, vec_dot_q5_1_q8_1_ggml_order,
-    vec_dot_q5_k_q8_k_ggml_order, vec_dot_q6_k_q8_k_ggml_order,
+    hsum_float_8, vec_dot_q4_1_q8_1_ggml_order, vec_dot_q4_k_q8_k_repack_order,
+    vec_dot_q5_1_q8_1_ggml_order, vec_dot_q5_k_q8_k_ggml_order, vec_dot_q6_k_q8_k_ggml_order,
 };
 use kt_kernels::cpu::{matmul_quantized_with, quantize_activations_with, Isa, ThreadPool};
 use kt_kernels::quant::{self, QType};
@@ -66,29 +66,53 @@ fn check_bits(t: QType, model: fn(usize, &[u8], &[u8]) -> f32) -> usize {
 #[test]
 fn q5_k_model_is_ggmls_dot_bit_for_bit() {
     let plain = check_bits(QType::Q5_K, vec_dot_q5_k_q8_k_ggml_order);
-    eprintln!("Q5_K: the plain reference matches {plain} of {} ggml dots", ROWS * ACT_ROWS);
-    assert!(plain < ROWS * ACT_ROWS, "the fixture does not tell the orders apart");
+    eprintln!(
+        "Q5_K: the plain reference matches {plain} of {} ggml dots",
+        ROWS * ACT_ROWS
+    );
+    assert!(
+        plain < ROWS * ACT_ROWS,
+        "the fixture does not tell the orders apart"
+    );
 }
 
 #[test]
 fn q6_k_model_is_ggmls_dot_bit_for_bit() {
     let plain = check_bits(QType::Q6_K, vec_dot_q6_k_q8_k_ggml_order);
-    eprintln!("Q6_K: the plain reference matches {plain} of {} ggml dots", ROWS * ACT_ROWS);
-    assert!(plain < ROWS * ACT_ROWS, "the fixture does not tell the orders apart");
+    eprintln!(
+        "Q6_K: the plain reference matches {plain} of {} ggml dots",
+        ROWS * ACT_ROWS
+    );
+    assert!(
+        plain < ROWS * ACT_ROWS,
+        "the fixture does not tell the orders apart"
+    );
 }
 
 #[test]
 fn q4_1_model_is_ggmls_dot_bit_for_bit() {
     let plain = check_bits(QType::Q4_1, vec_dot_q4_1_q8_1_ggml_order);
-    eprintln!("Q4_1: the plain reference matches {plain} of {} ggml dots", ROWS * ACT_ROWS);
-    assert!(plain < ROWS * ACT_ROWS, "the fixture does not tell the orders apart");
+    eprintln!(
+        "Q4_1: the plain reference matches {plain} of {} ggml dots",
+        ROWS * ACT_ROWS
+    );
+    assert!(
+        plain < ROWS * ACT_ROWS,
+        "the fixture does not tell the orders apart"
+    );
 }
 
 #[test]
 fn q5_1_model_is_ggmls_dot_bit_for_bit() {
     let plain = check_bits(QType::Q5_1, vec_dot_q5_1_q8_1_ggml_order);
-    eprintln!("Q5_1: the plain reference matches {plain} of {} ggml dots", ROWS * ACT_ROWS);
-    assert!(plain < ROWS * ACT_ROWS, "the fixture does not tell the orders apart");
+    eprintln!(
+        "Q5_1: the plain reference matches {plain} of {} ggml dots",
+        ROWS * ACT_ROWS
+    );
+    assert!(
+        plain < ROWS * ACT_ROWS,
+        "the fixture does not tell the orders apart"
+    );
 }
 
 #[test]
@@ -149,7 +173,10 @@ fn check_kernels(t: QType, w: &[u8], rows: usize, k: usize, x: &[f32], tokens: u
         }
         let mut xq = vec![0u8; tokens * ab];
         quantize_activations_with(isa, pool(), t, x, k, tokens, &mut xq).unwrap();
-        assert!(xq == xq_ref, "{isa:?} {t}: activation bytes differ from the reference");
+        assert!(
+            xq == xq_ref,
+            "{isa:?} {t}: activation bytes differ from the reference"
+        );
         let mut out = poisoned(tokens * rows);
         matmul_quantized_with(isa, pool(), t, w, rows, k, &xq, tokens, &mut out).unwrap();
         for tk in 0..tokens {
@@ -168,7 +195,13 @@ fn check_kernels(t: QType, w: &[u8], rows: usize, k: usize, x: &[f32], tokens: u
 
 #[test]
 fn kernels_follow_the_models_on_the_fixtures() {
-    for t in [QType::Q4_K, QType::Q5_K, QType::Q6_K, QType::Q4_1, QType::Q5_1] {
+    for t in [
+        QType::Q4_K,
+        QType::Q5_K,
+        QType::Q6_K,
+        QType::Q4_1,
+        QType::Q5_1,
+    ] {
         let x = activations();
         // One token (the GEMV), then all four.
         check_kernels(t, &ggml_quant(t), ROWS, COLS, &x[..COLS], 1, "fixture");
@@ -190,7 +223,15 @@ fn check_random(t: QType, k: usize, rows: usize, tokens: usize, seed: u64) {
     let mut rng = SplitMix64::new(seed);
     let w = random_weights(t, rows, k, &mut rng);
     let x = random_activations(tokens, k, &mut rng);
-    check_kernels(t, &w, rows, k, &x, tokens, &format!("k {k} rows {rows} seed {seed}"));
+    check_kernels(
+        t,
+        &w,
+        rows,
+        k,
+        &x,
+        tokens,
+        &format!("k {k} rows {rows} seed {seed}"),
+    );
 }
 
 proptest! {
@@ -241,7 +282,13 @@ proptest! {
 /// Every GEMV token count (1..=8) over rows that need every register tile.
 #[test]
 fn gemv_token_counts_follow_ggmls_order() {
-    for t in [QType::Q4_K, QType::Q5_K, QType::Q6_K, QType::Q4_1, QType::Q5_1] {
+    for t in [
+        QType::Q4_K,
+        QType::Q5_K,
+        QType::Q6_K,
+        QType::Q4_1,
+        QType::Q5_1,
+    ] {
         for tokens in 1..=8 {
             check_random(t, 512, 37, tokens, 7 + tokens as u64);
         }

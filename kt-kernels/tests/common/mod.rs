@@ -142,7 +142,12 @@ pub fn f16_fields(t: QType) -> &'static [usize] {
 /// `rows` random weight rows of `k` elements: random bytes for every quant and packed
 /// sub-block scale (so every bit pattern occurs), random normal f16 block scales; the
 /// float formats get normal values.
-pub fn random_weights(t: QType, rows: usize, k: usize, rng: &mut kt_kernels::util::SplitMix64) -> Vec<u8> {
+pub fn random_weights(
+    t: QType,
+    rows: usize,
+    k: usize,
+    rng: &mut kt_kernels::util::SplitMix64,
+) -> Vec<u8> {
     let n = rows * k;
     match t {
         QType::F32 => (0..n).flat_map(|_| rng.normal().to_le_bytes()).collect(),

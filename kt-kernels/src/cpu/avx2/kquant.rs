@@ -15,8 +15,8 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::tile::{
-    fma_ggml_lanes, hsum8_epi32, prefetch_next_rows, spread_rows, spread_tokens,
-    store_ggml_lanes, store_pairs, Microkernel, MAX_PAIRS,
+    fma_ggml_lanes, hsum8_epi32, prefetch_next_rows, spread_rows, spread_tokens, store_ggml_lanes,
+    store_pairs, Microkernel, MAX_PAIRS,
 };
 use crate::cpu::dispatch::GemmTile;
 use crate::cpu::matmul::GEMV_MAX_TOKENS;

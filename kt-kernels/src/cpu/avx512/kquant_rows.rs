@@ -187,7 +187,8 @@ unsafe fn unpack_pair<K: KQuant>(
     for b in 0..nb {
         // SAFETY: block b of both rows exists (the caller's contract).
         let w: [*const u8; 2] = std::array::from_fn(|h| unsafe {
-            tile.w.add((r0 + h.min(rows - 1)) * tile.w_stride + b * K::BLOCK_BYTES)
+            tile.w
+                .add((r0 + h.min(rows - 1)) * tile.w_stride + b * K::BLOCK_BYTES)
         });
         // SAFETY: whole blocks.
         let sc: [K::Scales; 2] = std::array::from_fn(|h| unsafe { K::decode(w[h]) });
@@ -214,7 +215,8 @@ unsafe fn unpack_pair<K: KQuant>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 unsafe fn unpack<K: KQuant, const J: usize>(w: &[*const u8; 2], sc: &[K::Scales; 2]) -> Unpacked {
     // SAFETY: forwarded contract.
-    let ((q0, s0), (q1, s1)) = unsafe { (K::chunk::<J>(w[0], &sc[0]), K::chunk::<J>(w[1], &sc[1])) };
+    let ((q0, s0), (q1, s1)) =
+        unsafe { (K::chunk::<J>(w[0], &sc[0]), K::chunk::<J>(w[1], &sc[1])) };
     Unpacked {
         q: join(q0, q1),
         s: join(s0, s1),
@@ -369,12 +371,12 @@ unsafe fn tile<K: KQuant, const RP: usize, const RN: usize>(
         let mut mins = [_mm512_setzero_si512(); MAX_VECS];
         for p in 0..RP {
             // SAFETY: whole blocks.
-            let m16 = unsafe {
-                join(K::bsums_multipliers(w[p][0]), K::bsums_multipliers(w[p][1]))
-            };
+            let m16 = unsafe { join(K::bsums_multipliers(w[p][0]), K::bsums_multipliers(w[p][1])) };
             for t in 0..RN {
                 // SAFETY: the activation block holds 16 i16 bsums at ACT_BSUMS.
-                let bs = unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(a[t].add(ACT_BSUMS).cast())) };
+                let bs = unsafe {
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(a[t].add(ACT_BSUMS).cast()))
+                };
                 let m = _mm512_madd_epi16(m16, bs);
                 let v = p * RN + t;
                 if K::OFFSET_BY_D {
@@ -485,7 +487,8 @@ unsafe fn products<const RN: usize>(
 ) {
     for (t, &at) in a.iter().enumerate() {
         // SAFETY: the activation block holds 256 quants from ACT_QS; j < 8.
-        let x = unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(at.add(ACT_QS + 32 * j).cast())) };
+        let x =
+            unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(at.add(ACT_QS + 32 * j).cast())) };
         sumi[v0 + t] = _mm512_dpwssd_epi32(sumi[v0 + t], _mm512_maddubs_epi16(u.q, x), u.s);
     }
 }

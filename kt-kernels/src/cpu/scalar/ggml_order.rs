@@ -16,7 +16,9 @@
 //! These are models, written to be read, and the bit-for-bit target of the SIMD
 //! kernels that follow ggml's order; they are tested against ggml's own dot outputs.
 
-use crate::quant::blocks::{read_block, BlockQ4K, BlockQ4_1, BlockQ5K, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_1};
+use crate::quant::blocks::{
+    read_block, BlockQ4K, BlockQ4_1, BlockQ5K, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_1,
+};
 use crate::quant::reference::common::get_scale_min_k4;
 use crate::quant::{QK, QK_K};
 
@@ -117,11 +119,7 @@ pub fn vec_dot_q6_k_q8_k_ggml_order(n: usize, w: &[u8], act: &[u8]) -> f32 {
 /// `acc[m] = fma(lane[m], x.d * y.d, acc[m])`; `summs = fma(x.m, y.s, summs)` (ggml's
 /// `summs += m * s`, contracted); the result is `hsum_float_8(acc) + summs`. `block`
 /// gives a weight block's `(d, m, quants in element order)`.
-fn dot_with_min_q8_1(
-    n: usize,
-    act: &[u8],
-    block: impl Fn(usize) -> (f32, f32, [i32; QK]),
-) -> f32 {
+fn dot_with_min_q8_1(n: usize, act: &[u8], block: impl Fn(usize) -> (f32, f32, [i32; QK])) -> f32 {
     assert_eq!(n % QK, 0, "n = {n} is not a multiple of {QK}");
     let mut acc = [0f32; 8];
     let mut summs = 0f32;
