@@ -15,7 +15,9 @@ use kt_kernels::cpu::scalar::ggml_order::{
     hsum_float_8, vec_dot_q4_1_q8_1_ggml_order, vec_dot_q4_k_q8_k_repack_order,
     vec_dot_q5_1_q8_1_ggml_order, vec_dot_q5_k_q8_k_ggml_order, vec_dot_q6_k_q8_k_ggml_order,
 };
-use kt_kernels::cpu::{matmul_quantized_with, quantize_activations_with, Isa, ThreadPool};
+use kt_kernels::cpu::{
+    kquant_order, matmul_quantized_with, quantize_activations_with, Isa, KquantOrder, ThreadPool,
+};
 use kt_kernels::quant::{self, QType};
 use kt_kernels::util::SplitMix64;
 use proptest::prelude::*;
@@ -145,6 +147,14 @@ fn model(t: QType) -> fn(usize, &[u8], &[u8]) -> f32 {
     }
 }
 
+/// Switches llama.cpp's order on for the AVX512 K-quant kernels (`KT_KQUANT_ORDER=ggml`,
+/// read once per process): every kernel check of this file calls it before its first kernel
+/// call, so whichever thread builds the first kernel table sees it.
+fn ggml_order_on() {
+    std::env::set_var("KT_KQUANT_ORDER", "ggml");
+    assert_eq!(kquant_order().unwrap(), KquantOrder::Ggml);
+}
+
 /// The SIMD backends this CPU runs.
 fn simd_isas() -> Vec<Isa> {
     let isas: Vec<Isa> = Isa::available()
@@ -160,6 +170,7 @@ fn simd_isas() -> Vec<Isa> {
 /// Every SIMD backend's `[tokens, rows]` product of `w` with `x` equals the model's
 /// dots bit for bit.
 fn check_kernels(t: QType, w: &[u8], rows: usize, k: usize, x: &[f32], tokens: usize, what: &str) {
+    ggml_order_on();
     let rb = t.row_bytes(k).unwrap();
     let ab = t.vec_dot_type().row_bytes(k).unwrap();
     let mut xq_ref = vec![0u8; tokens * ab];

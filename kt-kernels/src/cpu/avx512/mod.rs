@@ -1,14 +1,13 @@
 //! AVX512 kernels (F/BW/VL/DQ + VNNI; BF16 dot products with AVX512-BF16 where the CPU
-//! has it). Q4_K, Q5_K and Q6_K follow llama.cpp's f32 order ([`kquant_rows`]: the AVX2
-//! kernels' arithmetic with two rows per vector). Q2_K and Q8_0 share one register-tile
-//! driver over a "column" layout
+//! has it). The integer formats share one register-tile driver over a "column" layout
 //! ([`tile`]) in which `vpdpbusd` sums whole 32-element columns, so each format only
 //! says how to rearrange its weight bytes ([`tile::ColumnFormat`]); with many tokens the
 //! weights are rearranged once per tile into a scratch first ([`unpacked`]). BF16 has its own
 //! small tile ([`bf16`]). Formats not registered here fall through to AVX2; the formats
 //! whose activations are Q8_K or Q8_0 get the AVX512 activation quantizers either way.
-//! One-token products of Q2_K and Q8_0 take [`gemv`] instead, which puts two weight rows
-//! (not two tokens) in the halves of every vector.
+//! One-token products of the integer formats take [`gemv`] instead, which puts two
+//! weight rows (not two tokens) in the halves of every vector. With `KT_KQUANT_ORDER=ggml`
+//! Q4_K, Q5_K and Q6_K take [`kquant_rows`] instead (llama.cpp's f32 order; `cpu::order`).
 
 mod act;
 mod bf16;
@@ -16,6 +15,8 @@ mod gemv;
 mod kquant_rows;
 mod q2_k;
 pub(crate) mod q4_k;
+mod q5_k;
+mod q6_k;
 mod q8_0;
 mod quantize;
 mod tile;
@@ -23,6 +24,7 @@ mod unpacked;
 
 use super::dispatch::{FormatKernels, GemmTile, KernelTable};
 use super::isa::Isa;
+use super::order::KquantOrder;
 use crate::quant::QType;
 use gemv::PairFormat;
 use tile::ColumnFormat;
@@ -35,13 +37,20 @@ pub(crate) fn register(t: &mut KernelTable) {
         gemm_isa: Isa::Avx512,
     };
     t.set(QType::Q2_K, k_quant(by_tokens::<gemv::Q2K, q2_k::Q2K>));
-    // Q4_K, Q5_K and Q6_K in llama.cpp's f32 order on x86 (its REPACK kernels for Q4_K,
-    // ggml's AVX2 vec_dot for Q5_K / Q6_K): the AVX2 kernels' arithmetic, two rows per
-    // vector ([`kquant_rows`]).
-    use super::avx2::{q4_k::Q4K, q5_k::Q5K, q6_k::Q6K};
-    t.set(QType::Q4_K, k_quant(kquant_rows::gemm::<Q4K>));
-    t.set(QType::Q5_K, k_quant(kquant_rows::gemm::<Q5K>));
-    t.set(QType::Q6_K, k_quant(kquant_rows::gemm::<Q6K>));
+    // `KT_KQUANT_ORDER=ggml`: Q4_K, Q5_K and Q6_K in llama.cpp's f32 order (its REPACK
+    // kernels for Q4_K, ggml's AVX2 vec_dot for Q5_K / Q6_K: the AVX2 kernels' arithmetic,
+    // two rows per vector, [`kquant_rows`]); by default kt's own, faster order.
+    // `dispatch::table` has parsed the variable before any table is built.
+    if super::order::kquant_order() == Ok(KquantOrder::Ggml) {
+        use super::avx2::{q4_k::Q4K, q5_k::Q5K, q6_k::Q6K};
+        t.set(QType::Q4_K, k_quant(kquant_rows::gemm::<Q4K>));
+        t.set(QType::Q5_K, k_quant(kquant_rows::gemm::<Q5K>));
+        t.set(QType::Q6_K, k_quant(kquant_rows::gemm::<Q6K>));
+    } else {
+        t.set(QType::Q4_K, k_quant(by_tokens::<gemv::Q4K, q4_k::Q4K>));
+        t.set(QType::Q5_K, k_quant(by_tokens::<gemv::Q5K, q5_k::Q5K>));
+        t.set(QType::Q6_K, k_quant(by_tokens::<gemv::Q6K, q6_k::Q6K>));
+    }
     t.set(
         QType::Q8_0,
         FormatKernels {
@@ -78,8 +87,7 @@ pub(crate) fn register(t: &mut KernelTable) {
 /// weights, column layout / AVX2 kernel / row pairs: Q2_K 10.9 / 10.6 / 16.3, Q4_K
 /// 18.0 / 18.1 / 26.9, Q5_K 13.2 / 16.2 / 22.9, Q6_K 14.8 / 18.5 / 29.3, Q8_0 21.3 / 24.0
 /// / 30.1. From DRAM one core reads only 10-13 GB/s whatever the kernel; there the row
-/// pairs are level or ahead (Q2_K 8.9 -> 10.6 on 2048x7168). (Q4_K, Q5_K and Q6_K have
-/// since moved to [`kquant_rows`] for llama.cpp's order.)
+/// pairs are level or ahead (Q2_K 8.9 -> 10.6 on 2048x7168).
 ///
 /// # Safety
 /// As [`crate::cpu::dispatch::GemmFn`]; `P` and `C` implement `tile.qtype`.

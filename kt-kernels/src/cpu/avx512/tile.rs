@@ -179,6 +179,15 @@ pub(super) unsafe fn f16_pair(p: *const u8) -> (__m512, __m512) {
     )
 }
 
+/// Converts the f16 at `p` to an f32 broadcast.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(super) unsafe fn f16_one(p: *const u8) -> __m512 {
+    // SAFETY: the caller guarantees 2 readable bytes at p.
+    let bits = unsafe { p.cast::<u16>().read_unaligned() };
+    _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
 /// Sums of the low and the high 8 lanes (the two tokens of a pair).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]

@@ -175,3 +175,18 @@ pub(super) unsafe fn f16_pairs(p0: *const u8, p1: *const u8) -> (__m512, __m512)
         _mm512_permutexvar_ps(SECOND_OF_ROW, f),
     )
 }
+
+/// The f16 at `p0` (row 0) and `p1` (row 1) as f32 in lanes `h * 8 + j`.
+///
+/// # Safety
+/// 2 bytes are readable at each pointer; AVX512+VNNI.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(super) unsafe fn f16_rows(p0: *const u8, p1: *const u8) -> __m512 {
+    // SAFETY: the caller's contract.
+    let bits = unsafe {
+        p0.cast::<u16>().read_unaligned() as u32 | (p1.cast::<u16>().read_unaligned() as u32) << 16
+    };
+    let f = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+    _mm512_permutexvar_ps(two_rows([0; 8], 1), f)
+}

@@ -1,6 +1,7 @@
 //! Q2_K two rows at a time. Element `128n + 32s + e` has its 2-bit quant at bits `2s` of
 //! `qs[32n + e]` and the 4-bit scale and minimum of group `8n + 2s + e / 16`: the element
-//! order of Q6_K (whose AVX512 kernel this layout came from). Vector `4n + m` is one two-source permute of both rows' 64 quant
+//! order of Q6_K, so Q6_K's activation layout and lane groups are reused
+//! ([`super::q6_k`]). Vector `4n + m` is one two-source permute of both rows' 64 quant
 //! bytes (lane `j = 4k + s`: dword `8n + m + 4k`) and a mask keeping bits `2s, 2s + 1`
 //! in place: the quant times `4^s`, at most 192, undone on the integer sums by an exact
 //! shift. `w = d * sc * q - dmin * m`: the sums, then 16-bit, meet the scales and the
@@ -17,51 +18,15 @@
 use std::arch::x86_64::*;
 
 use super::lanes::{
-    chunk, chunk_table, d_and_bsums, f16_pairs, repack_chunks, row_bytes16, set_side, side,
-    two_rows, ChunkTable, KAct, Q8K_BLOCK,
+    chunk, d_and_bsums, f16_pairs, repack_chunks, row_bytes16, set_side, side, two_rows, KAct,
+    Q8K_BLOCK,
 };
+use super::q6_k::{ACT, GROUP};
 use super::PairFormat;
 use crate::cpu::avx512::tile::{per_column, v32};
 
 /// Bytes of a Q2_K block: 16 scale/min bytes, 64 quant bytes, f16 d, f16 dmin.
 const BLOCK: usize = 84;
-
-/// Activation dword of lane `j` of vector `4n + m`: element `128n + 32s + 4(m + 4k)`.
-const ACT: ChunkTable = {
-    let mut d = [[0i32; 8]; 8];
-    let mut v = 0;
-    while v < 8 {
-        let (n, m) = ((v / 4) as i32, (v % 4) as i32);
-        let mut j = 0;
-        while j < 8 {
-            let (k, s) = ((j / 4) as i32, (j % 4) as i32);
-            d[v][j] = 32 * n + 8 * s + m + 4 * k;
-            j += 1;
-        }
-        v += 1;
-    }
-    chunk_table(d)
-};
-/// Lane `h * 8 + j` of accumulator `n` (the same in both halves): scale group
-/// `8n + 2s + k`, as an index into the 16 block sums.
-const GROUP: [__m512i; 2] = [group_lanes(0, None), group_lanes(1, None)];
-/// Lane `h * 8 + j` = the scale group of accumulator `n`'s lane `j`, or with `byte`, a
-/// byte shuffle control placing that group's byte at byte `byte` of the lane.
-const fn group_lanes(n: i32, byte: Option<i32>) -> __m512i {
-    let mut a = [0i32; 8];
-    let mut j = 0;
-    while j < 8 {
-        let (k, s) = ((j / 4) as i32, (j % 4) as i32);
-        let g = 8 * n + 2 * s + k;
-        a[j] = match byte {
-            // 0x80: a zero byte.
-            Some(b) => (0x8080_8080_u32 as i32 & !(0xFF << (8 * b))) | g << (8 * b),
-            None => g,
-        };
-        j += 1;
-    }
-    per_column(a)
-}
 
 /// Permute index of vector `4n + m`: lane `h * 8 + j` = row `h`'s dword `8n + m + 4k`.
 const QS_DWORD: [__m512i; 8] = {
