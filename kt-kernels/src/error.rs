@@ -30,6 +30,9 @@ pub enum KtError {
     #[error("KT_ISA={0:?} is not one of scalar, avx2, avx512, amx")]
     UnknownIsa(String),
 
+    #[error("KT_KQUANT_ORDER={0:?} is not one of fast, ggml")]
+    UnknownKquantOrder(String),
+
     #[error("ISA {isa} was requested but this CPU cannot run it: {reason}")]
     IsaUnavailable { isa: &'static str, reason: String },
 }

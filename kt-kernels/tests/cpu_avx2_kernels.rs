@@ -14,7 +14,6 @@ mod common;
 
 use std::sync::OnceLock;
 
-use half::{bf16, f16};
 use kt_kernels::cpu::{
     matmul_quantized_with, matmul_with, quantize_activations_with, Isa, ThreadPool,
 };
@@ -41,47 +40,6 @@ fn have_avx2() -> bool {
 
 // ---------------------------------------------------------------------------------
 // Test data.
-
-/// Offsets of the f16 scale fields inside a block of `t` (random bytes there would make
-/// NaN / infinite scales; every other byte of a block is a valid quant or sub-scale).
-fn f16_fields(t: QType) -> &'static [usize] {
-    match t {
-        QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => &[0],
-        QType::Q4_1 | QType::Q5_1 => &[0, 2],
-        QType::Q2_K => &[80, 82],
-        QType::Q3_K => &[108],
-        QType::Q4_K | QType::Q5_K => &[0, 2],
-        QType::Q6_K => &[208],
-        _ => &[],
-    }
-}
-
-/// `rows` random weight rows of `k` elements: random bytes for every quant and packed
-/// sub-block scale (so every bit pattern occurs), random normal f16 block scales; the
-/// float formats get normal values.
-fn random_weights(t: QType, rows: usize, k: usize, rng: &mut SplitMix64) -> Vec<u8> {
-    let n = rows * k;
-    match t {
-        QType::F32 => (0..n).flat_map(|_| rng.normal().to_le_bytes()).collect(),
-        QType::F16 => (0..n)
-            .flat_map(|_| f16::from_f32(rng.normal()).to_le_bytes())
-            .collect(),
-        QType::BF16 => (0..n)
-            .flat_map(|_| bf16::from_f32(rng.normal()).to_le_bytes())
-            .collect(),
-        _ => {
-            let bytes = t.row_bytes(k).unwrap() * rows;
-            let mut w: Vec<u8> = (0..bytes).map(|_| rng.next_u64() as u8).collect();
-            for block in w.chunks_exact_mut(t.block_bytes()) {
-                for &off in f16_fields(t) {
-                    let d = f16::from_f32(0.01 * rng.normal());
-                    block[off..off + 2].copy_from_slice(&d.to_le_bytes());
-                }
-            }
-            w
-        }
-    }
-}
 
 /// `tokens` activation rows of `k` elements: normal values with a per-token scale, one
 /// all-zero token when there are several, and a token of tiny values when there are

@@ -118,5 +118,6 @@ impl KernelTable {
 pub fn table(isa: Isa) -> Result<&'static KernelTable> {
     static TABLES: [OnceLock<KernelTable>; 4] = [const { OnceLock::new() }; 4];
     isa.check()?;
+    super::order::kquant_order()?;
     Ok(TABLES[isa as usize].get_or_init(|| KernelTable::build(isa)))
 }

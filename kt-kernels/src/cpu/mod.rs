@@ -11,6 +11,7 @@ pub mod isa;
 pub mod matmul;
 pub mod membw;
 pub mod moe;
+pub mod order;
 pub mod peak;
 pub mod pool;
 pub mod scalar;
@@ -28,4 +29,5 @@ pub use matmul::{
     act_row_bytes, matmul, matmul_f32_reference, matmul_quantized_with, matmul_with,
     quantize_activations_with, GEMV_MAX_TOKENS,
 };
+pub use order::{kquant_order, KquantOrder};
 pub use pool::ThreadPool;

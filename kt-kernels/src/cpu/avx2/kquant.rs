@@ -15,8 +15,8 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::tile::{
-    hsum8_epi32, prefetch_next_rows, spread_rows, spread_tokens, store_pairs, Microkernel,
-    MAX_PAIRS,
+    fma_ggml_lanes, hsum8_epi32, prefetch_next_rows, spread_rows, spread_tokens, store_ggml_lanes,
+    store_pairs, Microkernel, MAX_PAIRS,
 };
 use crate::cpu::dispatch::GemmTile;
 use crate::cpu::matmul::GEMV_MAX_TOKENS;
@@ -24,12 +24,29 @@ use crate::quant::QK_K;
 
 /// Bytes of a Q8_K activation block and the offsets of its fields
 /// (`d: f32, qs: [i8; 256], bsums: [i16; 16]`).
-const ACT_BLOCK: usize = 292;
-const ACT_QS: usize = 4;
-const ACT_BSUMS: usize = 260;
+pub(crate) const ACT_BLOCK: usize = 292;
+pub(crate) const ACT_QS: usize = 4;
+pub(crate) const ACT_BSUMS: usize = 260;
+
+/// The f32 order of a K-quant's dot products: which roundings happen where. The int sums
+/// of a super-block are exact in every order; llama.cpp's results depend on the rest.
+pub(crate) enum Order {
+    /// kt's own: one exact int sum per (row, token) pair and super-block, FMA'd with
+    /// `d * da` into one f32, the minimum term FNMADD'd into the same f32 (Q2_K, Q3_K).
+    OneSum,
+    /// ggml's REPACK Q4_K kernels (`ggml_gemv/gemm_q4_K_8x8_q8_K`, llama.cpp's Q4_K on
+    /// x86): the block's int sum FMA'd with `d * da` into one f32 and the minimum term's
+    /// int sum with `dmin * da` into another; the second is subtracted at the end.
+    Repack,
+    /// ggml's AVX2 `vec_dot` (Q5_K, Q6_K; modelled by [`crate::cpu::scalar::ggml_order`]):
+    /// every pair keeps its block's int sums in 8 lanes, each converted and FMA'd into an
+    /// 8-lane f32 accumulator, the lanes added by `hsum_float_8` at the end; a minimum
+    /// term goes into one f32 of its own (`fma(-dmin * da, mins, summs)`).
+    GgmlLanes,
+}
 
 /// How a K-quant super-block unpacks for the shared microkernel.
-pub(super) trait KQuant {
+pub(crate) trait KQuant {
     const BLOCK_BYTES: usize;
     /// True when the term taken from `bsums` is an offset of the quants scaled by `d`
     /// (Q3_K, Q6_K): it is then subtracted from the int sums directly. False when it is
@@ -41,6 +58,8 @@ pub(super) trait KQuant {
     /// arithmetic shift of a super-block's sum removes it exactly. Only with
     /// `OFFSET_BY_D` false (the `bsums` term is not scaled).
     const SUM_SHIFT: i32 = 0;
+    /// The f32 order the super-block sums are scaled and added in.
+    const ORDER: Order = Order::OneSum;
     /// A super-block's decoded sub-block scales, in whatever form [`KQuant::chunk`] wants.
     type Scales: Copy;
 
@@ -284,7 +303,13 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
         let nb = tile.k / QK_K;
         let ws = tile.w_stride;
         let gemv = tile.tokens <= GEMV_MAX_TOKENS;
+        const { assert!(!matches!(K::ORDER, Order::GgmlLanes) || K::SUM_SHIFT == 0) };
+        // Pair lanes (`row * RN + token`): the f32 sums (GgmlLanes: the minimums' sums).
         let mut acc = _mm256_setzero_ps();
+        // Repack: the minimum terms' sums, in pair lanes.
+        let mut acc_min = _mm256_setzero_ps();
+        // GgmlLanes: the 8-lane f32 accumulator of each pair.
+        let mut lane_acc = [_mm256_setzero_ps(); MAX_PAIRS];
         for b in 0..nb {
             if gemv {
                 prefetch_next_rows::<RM>(
@@ -336,18 +361,37 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
             // SAFETY: whole blocks, as above.
             let (dd, ddmin) = unsafe { pair_scales::<K, RM, RN>(&w, &a) };
             const { assert!(!K::OFFSET_BY_D || K::SUM_SHIFT == 0) };
-            let sums = hsum8_epi32(&pairs);
-            let sums = if K::SUM_SHIFT > 0 {
-                _mm256_sra_epi32(sums, _mm_cvtsi32_si128(K::SUM_SHIFT))
+            if matches!(K::ORDER, Order::GgmlLanes) {
+                fma_ggml_lanes::<RM, RN>(&mut lane_acc, &pairs, dd);
             } else {
-                sums
-            };
-            acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sums), acc);
+                let sums = hsum8_epi32(&pairs);
+                let sums = if K::SUM_SHIFT > 0 {
+                    _mm256_sra_epi32(sums, _mm_cvtsi32_si128(K::SUM_SHIFT))
+                } else {
+                    sums
+                };
+                acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sums), acc);
+            }
             if !K::OFFSET_BY_D {
-                acc = _mm256_fnmadd_ps(ddmin, _mm256_cvtepi32_ps(hsum8_epi32(&mins)), acc);
+                let m = _mm256_cvtepi32_ps(hsum8_epi32(&mins));
+                if matches!(K::ORDER, Order::Repack) {
+                    acc_min = _mm256_fmadd_ps(ddmin, m, acc_min);
+                } else {
+                    // OneSum: into the sums' f32; GgmlLanes: ggml's own f32 for them,
+                    // `summs += (-da * dmin) * mins` (one FMA).
+                    acc = _mm256_fnmadd_ps(ddmin, m, acc);
+                }
             }
         }
-        // SAFETY: the caller's contract covers these output elements.
-        unsafe { store_pairs::<RM, RN>(acc, tile, r0, t0) };
+        // SAFETY (both): the caller's contract covers these output elements.
+        if matches!(K::ORDER, Order::GgmlLanes) {
+            let minimums = (!K::OFFSET_BY_D).then_some(acc);
+            unsafe { store_ggml_lanes::<RM, RN>(&lane_acc, minimums, tile, r0, t0) };
+        } else {
+            if matches!(K::ORDER, Order::Repack) {
+                acc = _mm256_sub_ps(acc, acc_min);
+            }
+            unsafe { store_pairs::<RM, RN>(acc, tile, r0, t0) };
+        }
     }
 }

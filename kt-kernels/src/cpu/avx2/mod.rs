@@ -13,19 +13,19 @@
 //! [`Isa::Avx2`](super::isa::Isa)'s check passed.
 
 mod float;
-mod kquant;
+pub(crate) mod kquant;
 mod q2_k;
 mod q3_k;
 mod q4_0;
-mod q4_k;
+pub(crate) mod q4_k;
 mod q5_0;
-mod q5_k;
-mod q6_k;
+pub(crate) mod q5_k;
+pub(crate) mod q6_k;
 mod q8_0;
 mod q8_0_act;
 mod q8_k;
 mod small_block;
-mod tile;
+pub(crate) mod tile;
 
 use super::dispatch::{FormatKernels, KernelTable};
 use super::isa::Isa;

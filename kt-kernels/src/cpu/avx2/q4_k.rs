@@ -4,14 +4,14 @@
 
 use std::arch::x86_64::*;
 
-use super::kquant::{load32, read_u32, KQuant};
+use super::kquant::{load32, read_u32, KQuant, Order};
 
 /// Byte offsets in the 144-byte block: `d, dmin: f16`, 12 bytes of packed scales, 128
 /// bytes of nibbles.
 const SCALES: usize = 4;
 const QS: usize = 16;
 
-pub(super) struct Q4K;
+pub(crate) struct Q4K;
 
 /// Unpacks the 12 bytes of 6-bit scales and minimums of Q4_K / Q5_K into
 /// `[scale 0..8, min 0..8]` (one byte each).
@@ -74,6 +74,7 @@ pub(super) fn mins_32(sm: __m128i) -> __m256i {
 impl KQuant for Q4K {
     const BLOCK_BYTES: usize = 144;
     const OFFSET_BY_D: bool = false;
+    const ORDER: Order = Order::Repack;
     type Scales = [u32; 8];
 
     #[inline]

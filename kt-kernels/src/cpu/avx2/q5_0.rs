@@ -55,6 +55,7 @@ impl SmallBlock for Q5_1 {
     const OFFSET: i8 = 0;
     const SIGNED: bool = false;
     const HAS_MIN: bool = true;
+    const GGML_LANES: bool = true;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kquant::{load32, read_u32, KQuant};
+use super::kquant::{load32, read_u32, KQuant, Order};
 use super::q4_k::{mins_32, scale_pairs_32, unpack_scales_mins};
 
 /// Byte offsets in the 176-byte block: `d, dmin: f16`, 12 bytes of packed scales, 32
@@ -12,11 +12,12 @@ const SCALES: usize = 4;
 const QH: usize = 16;
 const QS: usize = 48;
 
-pub(super) struct Q5K;
+pub(crate) struct Q5K;
 
 impl KQuant for Q5K {
     const BLOCK_BYTES: usize = 176;
     const OFFSET_BY_D: bool = false;
+    const ORDER: Order = Order::GgmlLanes;
     type Scales = [u32; 8];
 
     #[inline]

@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kquant::{load32, scale_16, scales_16, KQuant};
+use super::kquant::{load32, scale_16, scales_16, KQuant, Order};
 
 /// Byte offsets in the 210-byte block: 128 bytes of low nibbles, 64 bytes of high bit
 /// pairs, 16 signed scales, `d: f16`.
@@ -16,11 +16,12 @@ const QH: usize = 128;
 const SCALES: usize = 192;
 const D: usize = 208;
 
-pub(super) struct Q6K;
+pub(crate) struct Q6K;
 
 impl KQuant for Q6K {
     const BLOCK_BYTES: usize = 210;
     const OFFSET_BY_D: bool = true;
+    const ORDER: Order = Order::GgmlLanes;
     type Scales = [__m256i; 2];
 
     #[inline]

@@ -14,15 +14,19 @@
 //!   the correction depends on the token only and is shared by the RM rows.
 //! - Q8_0 (signed weights): `maddubs(|w|, sign(a, w))`.
 //! - `d * q + m` formats (Q4_1, Q5_1): `maddubs(q, a)`, and the `m * s` term of the
-//!   Q8_1 activation's `s = d * sum(a)` is accumulated into the same pair lanes.
+//!   Q8_1 activation's `s = d * sum(a)`. These follow ggml's AVX2 f32 order instead of
+//!   the reduction above ([`SmallBlock::GGML_LANES`]): llama.cpp computes them with its
+//!   `vec_dot` on every batch size (its tinyBLAS has no Q4_1 / Q5_1 kernel), and they
+//!   are the fallback of K-quant files for rows that are no multiple of 256 (DeepSeek's
+//!   `attn_k_b` in Q5_K_M files is Q5_1).
 
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::kquant::load32;
 use super::tile::{
-    f16_lanes, hsum8_epi32, prefetch_next_rows, spread_rows, spread_tokens, store_pairs,
-    Microkernel, MAX_PAIRS,
+    f16_lanes, fma_ggml_lanes, hsum8_epi32, prefetch_next_rows, spread_rows, spread_tokens,
+    store_ggml_lanes, store_pairs, Microkernel, MAX_PAIRS,
 };
 use crate::cpu::dispatch::GemmTile;
 use crate::cpu::matmul::GEMV_MAX_TOKENS;
@@ -38,6 +42,12 @@ pub(super) trait SmallBlock {
     const SIGNED: bool;
     /// Weights are `d * q + m`; the activations are Q8_1 (with `s`), not Q8_0.
     const HAS_MIN: bool;
+    /// The f32 order of ggml's AVX2 `vec_dot` (Q4_1, Q5_1; modelled by
+    /// [`crate::cpu::scalar::ggml_order`]): each pair's 8 int32 partial sums of a block
+    /// are converted and FMA'd into an 8-lane f32 accumulator, `m * s` goes into one f32
+    /// beside it, and `hsum_float_8` adds the lanes at the end. False: the pairs' int
+    /// sums reduced exactly per block and FMA'd into one f32 with the `m * s` term.
+    const GGML_LANES: bool = false;
 
     /// The 32 quants in element order: unsigned `q` (or signed for [`SmallBlock::SIGNED`]).
     ///
@@ -76,8 +86,10 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
         let (act_block, act_qs) = act_layout(B::HAS_MIN);
         let ones = _mm256_set1_epi16(1);
         let offset = _mm256_set1_epi8(B::OFFSET);
-        // Pair lanes `row * RN + token`.
+        // Pair lanes `row * RN + token` (with GGML_LANES: the `m * s` sums only).
         let mut acc = _mm256_setzero_ps();
+        // GGML_LANES: the 8-lane f32 accumulator of each pair.
+        let mut lane_acc = [_mm256_setzero_ps(); MAX_PAIRS];
         let gemv = tile.tokens <= GEMV_MAX_TOKENS;
         let ws = tile.w_stride;
         let mut next_line = 0;
@@ -136,7 +148,11 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
             // SAFETY: as above.
             let da = f16_lanes::<RN>(std::array::from_fn(|t| unsafe { f16_bits(a[t]) }));
             let scale = _mm256_mul_ps(spread_rows::<RN>(dw), spread_tokens::<RN>(da));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum8_epi32(&pairs)), scale, acc);
+            if B::GGML_LANES {
+                fma_ggml_lanes::<RM, RN>(&mut lane_acc, &pairs, scale);
+            } else {
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum8_epi32(&pairs)), scale, acc);
+            }
             if B::HAS_MIN {
                 // m of each row (after d) and s of each token (after d), in pair lanes.
                 // SAFETY: whole blocks, as above.
@@ -145,7 +161,12 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
                 acc = _mm256_fmadd_ps(spread_rows::<RN>(m), spread_tokens::<RN>(s), acc);
             }
         }
-        // SAFETY: the caller's contract covers these output elements.
-        unsafe { store_pairs::<RM, RN>(acc, tile, r0, t0) };
+        // SAFETY (both): the caller's contract covers these output elements.
+        if B::GGML_LANES {
+            let mins = B::HAS_MIN.then_some(acc);
+            unsafe { store_ggml_lanes::<RM, RN>(&lane_acc, mins, tile, r0, t0) };
+        } else {
+            unsafe { store_pairs::<RM, RN>(acc, tile, r0, t0) };
+        }
     }
 }

@@ -16,6 +16,7 @@ use std::arch::x86_64::*;
 
 use crate::cpu::dispatch::GemmTile;
 use crate::cpu::matmul::GEMV_MAX_TOKENS;
+use crate::cpu::scalar::ggml_order::hsum_float_8;
 
 /// Most tokens of one register tile.
 pub(super) const MAX_RN: usize = 4;
@@ -127,7 +128,7 @@ unsafe fn run<M: Microkernel>(rm: usize, rn: usize, tile: &GemmTile, r0: usize, 
 /// 8 i32 lanes of `v[q]` (missing vectors count as zero).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn hsum8_epi32<const N: usize>(v: &[__m256i; N]) -> __m256i {
+pub(crate) fn hsum8_epi32<const N: usize>(v: &[__m256i; N]) -> __m256i {
     let z = _mm256_setzero_si256();
     let g = |q: usize| if q < N { v[q] } else { z };
     // Transpose-and-add in three steps: pairs of 32-bit lanes, pairs of 64-bit lanes,
@@ -244,6 +245,59 @@ pub(super) unsafe fn store_pairs<const RM: usize, const RN: usize>(
         for t in 0..RN {
             // SAFETY: the caller's contract.
             unsafe { *tile.out.add((t0 + t) * tile.ldo + r0 + r) = lanes[r * RN + t] };
+        }
+    }
+}
+
+/// ggml's per-block step of each pair of a register tile: `lanes[p] += pairs[p] * scale[p]`
+/// lane by lane, one FMA (`pairs[p]`: the pair's 8 exact int32 partial sums of the block,
+/// `scale`: the pairs' `d_w * d_a` in pair lanes `p = row * RN + token`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn fma_ggml_lanes<const RM: usize, const RN: usize>(
+    lanes: &mut [__m256; MAX_PAIRS],
+    pairs: &[__m256i; MAX_PAIRS],
+    scale: __m256,
+) {
+    for p in 0..RM * RN {
+        let d = _mm256_permutevar8x32_ps(scale, _mm256_set1_epi32(p as i32));
+        lanes[p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pairs[p]), d, lanes[p]);
+    }
+}
+
+/// Writes ggml's result of each pair: `hsum_float_8` of its 8-lane accumulator
+/// `lanes[row * RN + token]`, plus the pair's lane of `extra` (a sum ggml keeps beside
+/// the lanes: the minimums' term) when there is one.
+///
+/// # Safety
+/// As [`store_pairs`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn store_ggml_lanes<const RM: usize, const RN: usize>(
+    lanes: &[__m256; MAX_PAIRS],
+    extra: Option<__m256>,
+    tile: &GemmTile,
+    r0: usize,
+    t0: usize,
+) {
+    let mut beside = [0f32; 8];
+    if let Some(e) = extra {
+        // SAFETY: `beside` is 8 f32 = 32 bytes; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(beside.as_mut_ptr(), e) };
+    }
+    for r in 0..RM {
+        for t in 0..RN {
+            let mut l = [0f32; 8];
+            // SAFETY: as above.
+            unsafe { _mm256_storeu_ps(l.as_mut_ptr(), lanes[r * RN + t]) };
+            let sum = hsum_float_8(l);
+            let v = if extra.is_some() {
+                sum + beside[r * RN + t]
+            } else {
+                sum
+            };
+            // SAFETY: the caller's contract.
+            unsafe { *tile.out.add((t0 + t) * tile.ldo + r0 + r) = v };
         }
     }
 }

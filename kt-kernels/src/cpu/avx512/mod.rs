@@ -6,11 +6,13 @@
 //! small tile ([`bf16`]). Formats not registered here fall through to AVX2; the formats
 //! whose activations are Q8_K or Q8_0 get the AVX512 activation quantizers either way.
 //! One-token products of the integer formats take [`gemv`] instead, which puts two
-//! weight rows (not two tokens) in the halves of every vector.
+//! weight rows (not two tokens) in the halves of every vector. With `KT_KQUANT_ORDER=ggml`
+//! Q4_K, Q5_K and Q6_K take [`kquant_rows`] instead (llama.cpp's f32 order; `cpu::order`).
 
 mod act;
 mod bf16;
 mod gemv;
+mod kquant_rows;
 mod q2_k;
 pub(crate) mod q4_k;
 mod q5_k;
@@ -22,6 +24,7 @@ mod unpacked;
 
 use super::dispatch::{FormatKernels, GemmTile, KernelTable};
 use super::isa::Isa;
+use super::order::KquantOrder;
 use crate::quant::QType;
 use gemv::PairFormat;
 use tile::ColumnFormat;
@@ -34,9 +37,20 @@ pub(crate) fn register(t: &mut KernelTable) {
         gemm_isa: Isa::Avx512,
     };
     t.set(QType::Q2_K, k_quant(by_tokens::<gemv::Q2K, q2_k::Q2K>));
-    t.set(QType::Q4_K, k_quant(by_tokens::<gemv::Q4K, q4_k::Q4K>));
-    t.set(QType::Q5_K, k_quant(by_tokens::<gemv::Q5K, q5_k::Q5K>));
-    t.set(QType::Q6_K, k_quant(by_tokens::<gemv::Q6K, q6_k::Q6K>));
+    // `KT_KQUANT_ORDER=ggml`: Q4_K, Q5_K and Q6_K in llama.cpp's f32 order (its REPACK
+    // kernels for Q4_K, ggml's AVX2 vec_dot for Q5_K / Q6_K: the AVX2 kernels' arithmetic,
+    // two rows per vector, [`kquant_rows`]); by default kt's own, faster order.
+    // `dispatch::table` has parsed the variable before any table is built.
+    if super::order::kquant_order() == Ok(KquantOrder::Ggml) {
+        use super::avx2::{q4_k::Q4K, q5_k::Q5K, q6_k::Q6K};
+        t.set(QType::Q4_K, k_quant(kquant_rows::gemm::<Q4K>));
+        t.set(QType::Q5_K, k_quant(kquant_rows::gemm::<Q5K>));
+        t.set(QType::Q6_K, k_quant(kquant_rows::gemm::<Q6K>));
+    } else {
+        t.set(QType::Q4_K, k_quant(by_tokens::<gemv::Q4K, q4_k::Q4K>));
+        t.set(QType::Q5_K, k_quant(by_tokens::<gemv::Q5K, q5_k::Q5K>));
+        t.set(QType::Q6_K, k_quant(by_tokens::<gemv::Q6K, q6_k::Q6K>));
+    }
     t.set(
         QType::Q8_0,
         FormatKernels {

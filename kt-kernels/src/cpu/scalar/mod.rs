@@ -2,6 +2,8 @@
 //! (row, token) pair at a time. Never optimized: it is what the SIMD backends are
 //! tested against, and what runs on a CPU without AVX2.
 
+pub mod ggml_order;
+
 use super::dispatch::{FormatKernels, GemmTile, KernelTable, QuantizeActFn};
 use super::isa::Isa;
 use crate::quant::{reference, QType};
