@@ -269,10 +269,9 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
                 o[4 * j + 3] *= alpha[1];
             }
         }
-        kt_cp_async_wait_all(); // tile t + 1
-        if (t + 1 < t_end) wait_tile(t + 1, buf ^ 1);
+        kt_cp_async_wait_all(); // tile t + 1 if cp.async brings it
         kt_fence_proxy_async();
-        __syncthreads(); // (B) P complete, tile t + 1 visible to the tensor cores
+        __syncthreads(); // (B) P complete (and a cp.async tile t + 1 visible to the tensor cores)
         kt_wgmma_fence();
         {
             const uint32_t pa = s_base + kPOff;
@@ -283,7 +282,12 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
                                     kt_wgmma_desc(vb + 16 * ks * 128, kBlockBytes, 1024), 1);
             kt_wgmma_commit();
         }
-        if (t + 1 < t_end) issue_scores(s, buf ^ 1);
+        if (t + 1 < t_end) {
+            // A TMA tile t + 1 is waited for only now, while P V runs: its copies get the P V
+            // time on top of the previous scores and softmax.
+            wait_tile(t + 1, buf ^ 1);
+            issue_scores(s, buf ^ 1);
+        }
         kt_wgmma_wait<1>(); // P V done (the scores may still run)
 #pragma unroll
         for (int i = 0; i < 128; ++i) kt_reg_fence(o[i]);
