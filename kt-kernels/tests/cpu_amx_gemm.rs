@@ -300,14 +300,14 @@ fn one_large_tile(q: QType) {
 }
 
 /// Q4_K at the token counts around its 16-token groups, its switch from the per-sub-block
-/// to the folded step kernel (above 32) and its 64-token blocks, on rows around the
+/// to the folded step kernel (above 64) and its 64-token blocks, on rows around the
 /// 16-row tiles and K past both chunk sizes.
 #[test]
 fn q4_k_token_counts_match_scalar() {
     if !amx_here("q4_k_token_counts_match_scalar") {
         return;
     }
-    for (i, tokens) in [1, 2, 7, 16, 17, 32, 33, 64, 513].into_iter().enumerate() {
+    for (i, tokens) in [1, 2, 7, 16, 17, 32, 33, 64, 65, 513].into_iter().enumerate() {
         for (rows, k) in [(33, 2304), (16, 8448)] {
             check(QType::Q4_K, rows, k, tokens, 900 + i as u64);
         }
@@ -344,7 +344,7 @@ fn q4_k_extreme_scales_match_scalar() {
             w.extend(std::iter::repeat_n(qs, 128));
         }
     }
-    for tokens in [16, 33] {
+    for tokens in [16, 65] {
         let mut x = Vec::with_capacity(tokens * k);
         for t in 0..tokens {
             let sign = if t % 2 == 0 { 1.0 } else { -1.0 };

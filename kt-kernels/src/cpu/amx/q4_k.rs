@@ -21,7 +21,7 @@
 //! three or more it wins (dev VM, 1 thread, one 2048x7168 tile, weights resident: 16 / 32
 //! / 64 / 512 tokens 1.32 / 2.20 / 3.78 / 31.8 ms folded, 1.20 / 2.13 / 4.31 / 48.8 per
 //! sub-block; `bench-results/2026-11-22-s6-kqamx`). So calls of more than
-//! [`FOLD_MIN_TOKENS`] tokens take the folded kernel.
+//! [`FOLD_MIN_TOKENS`] tokens take the folded kernel (a threshold set on the device).
 //!
 //! Operand orientation: the weights are the A operand (one 16-row tile per row block,
 //! rows in their natural layout), the activations the B operand, which AMX wants in VNNI
@@ -78,8 +78,13 @@ const WBUFS: usize = UNPACK_AHEAD + 2;
 /// be mostly empty.
 pub(crate) const AMX_MIN_TOKENS: usize = 12;
 
-/// Above this many tokens the folded step kernel is used (see the module comment).
-pub(crate) const FOLD_MIN_TOKENS: usize = 32;
+/// Above this many tokens the folded step kernel is used (see the module comment). 64, not
+/// the dev VM's crossover of 32: on the device (16 threads, two calls, session 6) the MoE
+/// prefill, whose calls carry at most 64 tokens per expert, ran V3 Q4_K at 512 tokens
+/// 10-14% slower with folded calls above 32 tokens (191-241 ms vs 174-213 per sub-block
+/// only) and V2-Lite no faster, while one 512-token GEMM gained 4-6%
+/// (`bench-results/2026-11-22-s6-final`). So the MoE keeps the per-sub-block kernel.
+pub(crate) const FOLD_MIN_TOKENS: usize = 64;
 
 /// The kernel of the level below (AVX512), for small token counts.
 static LOWER: OnceLock<GemmFn> = OnceLock::new();
