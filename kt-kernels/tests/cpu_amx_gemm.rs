@@ -307,7 +307,10 @@ fn q4_k_token_counts_match_scalar() {
     if !amx_here("q4_k_token_counts_match_scalar") {
         return;
     }
-    for (i, tokens) in [1, 2, 7, 16, 17, 32, 33, 64, 65, 513].into_iter().enumerate() {
+    for (i, tokens) in [1, 2, 7, 16, 17, 32, 33, 64, 65, 513]
+        .into_iter()
+        .enumerate()
+    {
         for (rows, k) in [(33, 2304), (16, 8448)] {
             check(QType::Q4_K, rows, k, tokens, 900 + i as u64);
         }

@@ -64,10 +64,14 @@ fn program(layouts: &[Layout]) -> String {
 /// directory (a test binary carried to another machine runs from the repository root there).
 fn include_dir() -> PathBuf {
     let built_here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cuda/include");
-    [built_here.clone(), PathBuf::from("cuda/include"), PathBuf::from("../cuda/include")]
-        .into_iter()
-        .find(|d| d.join("kt_blocks.cuh").is_file())
-        .unwrap_or(built_here)
+    [
+        built_here.clone(),
+        PathBuf::from("cuda/include"),
+        PathBuf::from("../cuda/include"),
+    ]
+    .into_iter()
+    .find(|d| d.join("kt_blocks.cuh").is_file())
+    .unwrap_or(built_here)
 }
 
 #[test]
