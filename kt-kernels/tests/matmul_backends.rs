@@ -40,6 +40,7 @@ fn activations(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
 
 /// Max over outputs of |a - b| / (|W row| · |x token|): the error relative to the scale of
 /// the dot product, so rows whose dot cancels to ~0 are judged fairly.
+#[allow(clippy::too_many_arguments)]
 fn max_scaled_err(
     q: QType,
     w: &[u8],

@@ -11,6 +11,7 @@
 //! - the GPU rounds activations and weights to bf16 (2^-9 / sqrt(3) = 0.11% RMS each, 0.16%
 //!   per product), about 4-6 times finer per element, so its logits should land about 0.4%
 //!   from the reference through the same network: the bound is 1% per row (`BF16_TOL`).
+//!
 //! The comparison with the CPU quantized path then follows from the triangle inequality:
 //! `|gpu - cpu| <= |cpu - ref| + |gpu - ref|`, each row within its own measured CPU distance
 //! plus `BF16_TOL`. Where the reference's top-two margin exceeds twice an element bound

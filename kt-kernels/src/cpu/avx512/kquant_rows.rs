@@ -369,14 +369,13 @@ unsafe fn tile<K: KQuant, const RP: usize, const RN: usize>(
         }
         // The bsums term of each (row, token): in its half's 8 lanes, as in AVX2.
         let mut mins = [_mm512_setzero_si512(); MAX_VECS];
-        for p in 0..RP {
+        for (p, wp) in w.iter().enumerate().take(RP) {
             // SAFETY: whole blocks.
-            let m16 = unsafe { join(K::bsums_multipliers(w[p][0]), K::bsums_multipliers(w[p][1])) };
-            for t in 0..RN {
+            let m16 = unsafe { join(K::bsums_multipliers(wp[0]), K::bsums_multipliers(wp[1])) };
+            for (t, at) in a.iter().enumerate().take(RN) {
                 // SAFETY: the activation block holds 16 i16 bsums at ACT_BSUMS.
-                let bs = unsafe {
-                    _mm512_broadcast_i64x4(_mm256_loadu_si256(a[t].add(ACT_BSUMS).cast()))
-                };
+                let bs =
+                    unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(at.add(ACT_BSUMS).cast())) };
                 let m = _mm512_madd_epi16(m16, bs);
                 let v = p * RN + t;
                 if K::OFFSET_BY_D {
