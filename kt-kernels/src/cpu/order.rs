@@ -1,5 +1,7 @@
 //! Which summation order the AVX512 K-quant kernels (Q4_K, Q5_K, Q6_K; AMX inherits them
-//! below its own token thresholds) follow: `KT_KQUANT_ORDER=fast` (the default) or `ggml`.
+//! below its own token thresholds) and the scalar backend's Q4_K, Q5_K, Q6_K, Q4_1 and Q5_1
+//! products follow: `KT_KQUANT_ORDER=fast` (the default; the scalar backend's plain reference
+//! order) or `ggml`.
 //!
 //! Why a choice: llama.cpp's x86 order for these formats (its REPACK kernels for Q4_K,
 //! ggml's AVX2 `vec_dot` for Q5_K / Q6_K) scales every chunk's products in integers and keeps

@@ -1,24 +1,48 @@
 //! The scalar backend: every weight format through the reference dot product, one
 //! (row, token) pair at a time. Never optimized: it is what the SIMD backends are
-//! tested against, and what runs on a CPU without AVX2.
+//! tested against, and what runs on a CPU without AVX2. With `KT_KQUANT_ORDER=ggml`
+//! (`cpu::order`) the formats whose llama.cpp order [`ggml_order`] models (Q4_K, Q5_K,
+//! Q6_K, Q4_1, Q5_1) take those plain loops instead, as the SIMD backends do.
 
 pub mod ggml_order;
 
 use super::dispatch::{FormatKernels, GemmTile, KernelTable, QuantizeActFn};
 use super::isa::Isa;
+use super::order::KquantOrder;
 use crate::quant::{reference, QType};
 
 pub(crate) fn register(t: &mut KernelTable) {
+    // `dispatch::table` has parsed the variable before any table is built.
+    let ggml = super::order::kquant_order() == Ok(KquantOrder::Ggml);
     for q in QType::WEIGHTS {
         t.set(
             q,
             FormatKernels {
                 act: q.vec_dot_type(),
                 quantize_act: quantize_act_fn(q.vec_dot_type()),
-                gemm,
+                gemm: if ggml && ggml_order_dot(q).is_some() {
+                    gemm_ggml_order
+                } else {
+                    gemm
+                },
                 gemm_isa: Isa::Scalar,
             },
         );
+    }
+}
+
+/// A dot product of `n` elements of one weight row and one activation row.
+type DotFn = fn(usize, &[u8], &[u8]) -> f32;
+
+/// The model of llama.cpp's x86 order for `q`, where [`ggml_order`] has one.
+fn ggml_order_dot(q: QType) -> Option<DotFn> {
+    match q {
+        QType::Q4_K => Some(ggml_order::vec_dot_q4_k_q8_k_repack_order),
+        QType::Q5_K => Some(ggml_order::vec_dot_q5_k_q8_k_ggml_order),
+        QType::Q6_K => Some(ggml_order::vec_dot_q6_k_q8_k_ggml_order),
+        QType::Q4_1 => Some(ggml_order::vec_dot_q4_1_q8_1_ggml_order),
+        QType::Q5_1 => Some(ggml_order::vec_dot_q5_1_q8_1_ggml_order),
+        _ => None,
     }
 }
 
@@ -54,6 +78,25 @@ act_quantizer!(f32, QType::F32);
 /// # Safety
 /// See [`super::dispatch::GemmFn`].
 unsafe fn gemm(tile: &GemmTile) {
+    // SAFETY: the caller's contract is this function's.
+    unsafe { gemm_by(tile, |q, n, w, a| reference::vec_dot(q, n, w, a)) }
+}
+
+/// [`gemm`] in llama.cpp's order ([`ggml_order_dot`]; registered only for those formats).
+///
+/// # Safety
+/// See [`super::dispatch::GemmFn`].
+unsafe fn gemm_ggml_order(tile: &GemmTile) {
+    let dot = ggml_order_dot(tile.qtype).expect("registered only for modelled formats");
+    // SAFETY: the caller's contract is this function's.
+    unsafe { gemm_by(tile, |_, n, w, a| dot(n, w, a)) }
+}
+
+/// Every (row, token) product of the tile through `dot`.
+///
+/// # Safety
+/// See [`super::dispatch::GemmFn`].
+unsafe fn gemm_by(tile: &GemmTile, dot: impl Fn(QType, usize, &[u8], &[u8]) -> f32) {
     let wb = tile
         .qtype
         .row_bytes(tile.k)
@@ -72,7 +115,7 @@ unsafe fn gemm(tile: &GemmTile) {
             // `w_stride`, and exclusive access to the output tile.
             unsafe {
                 let w = std::slice::from_raw_parts(tile.w.add(r * tile.w_stride), wb);
-                *tile.out.add(t * tile.ldo + r) = reference::vec_dot(tile.qtype, tile.k, w, a);
+                *tile.out.add(t * tile.ldo + r) = dot(tile.qtype, tile.k, w, a);
             }
         }
     }
