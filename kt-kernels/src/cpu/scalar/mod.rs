@@ -79,7 +79,7 @@ act_quantizer!(f32, QType::F32);
 /// See [`super::dispatch::GemmFn`].
 unsafe fn gemm(tile: &GemmTile) {
     // SAFETY: the caller's contract is this function's.
-    unsafe { gemm_by(tile, |q, n, w, a| reference::vec_dot(q, n, w, a)) }
+    unsafe { gemm_by(tile, reference::vec_dot) }
 }
 
 /// [`gemm`] in llama.cpp's order ([`ggml_order_dot`]; registered only for those formats).
