@@ -16,7 +16,7 @@ use std::time::Instant;
 use kt_kernels::cpu::Isa;
 use kt_kernels::cuda::Gpu;
 use kt_model::deepseek::{LogitRows, Sampler};
-use kt_model::hybrid::{HybridModel, HybridTimes, LayerSplit};
+use kt_model::hybrid::{GraphTimeline, HybridModel, HybridTimes, LayerSplit};
 use kt_model::placement::Placement;
 use serde_json::{json, Value};
 
@@ -126,6 +126,82 @@ fn print_phase(name: &str, times: &HybridTimes, wall_s: f64, dram_gbps: f64) {
     }
 }
 
+/// The graph replays' host-side timeline per token (`GraphTimeline`), with the routed
+/// experts' bandwidth from the timed run's bytes per token (the same tokens).
+struct TimelineSummary {
+    launches: u64,
+    ms_per_token: f64,
+    setup_ms: f64,
+    /// The GPU stretch before the first MoE layer's experts, and the mean before each later one.
+    first_gpu_ms: f64,
+    gpu_between_ms: f64,
+    experts_ms: f64,
+    tail_ms: f64,
+    moe_layers: usize,
+    routed_gbps: Option<f64>,
+    dram_gbps: f64,
+}
+
+impl TimelineSummary {
+    fn new(t: &GraphTimeline, timed: &HybridTimes, dram_gbps: f64) -> Self {
+        let per = 1e3 / t.launches.max(1) as f64;
+        let n = t.experts_s.len();
+        let experts_s: f64 = t.experts_s.iter().sum();
+        let between: f64 = t.gpu_before_s.iter().skip(1).sum();
+        let bytes_per_token = timed.total().routed_bytes as f64 / timed.tokens.max(1) as f64;
+        let experts_per_token_s = experts_s / t.launches.max(1) as f64;
+        TimelineSummary {
+            launches: t.launches,
+            ms_per_token: t.per_launch_s() * 1e3,
+            setup_ms: t.setup_s * per,
+            first_gpu_ms: t.gpu_before_s.first().copied().unwrap_or(0.0) * per,
+            gpu_between_ms: between * per / n.saturating_sub(1).max(1) as f64,
+            experts_ms: experts_s * per / n.max(1) as f64,
+            tail_ms: t.tail_s * per,
+            moe_layers: n,
+            routed_gbps: (bytes_per_token > 0.0 && experts_per_token_s > 0.0)
+                .then(|| bytes_per_token / experts_per_token_s / 1e9),
+            dram_gbps,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "launches": self.launches,
+            "ms_per_token": self.ms_per_token,
+            "setup_ms": self.setup_ms,
+            "first_gpu_ms": self.first_gpu_ms,
+            "gpu_between_moe_ms": self.gpu_between_ms,
+            "experts_per_moe_layer_ms": self.experts_ms,
+            "tail_ms": self.tail_ms,
+            "moe_layers": self.moe_layers,
+            "routed_gbps": self.routed_gbps,
+            "routed_bandwidth_fraction": self.routed_gbps.map(|g| g / self.dram_gbps),
+        })
+    }
+
+    fn print(&self) {
+        println!(
+            "decode graph, host timeline ({} launches, {:.3} ms per token): setup {:.3} ms, GPU to the first experts {:.3} ms, then per MoE layer ({}): GPU between experts {:.1} us, routed experts {:.1} us; tail {:.3} ms",
+            self.launches,
+            self.ms_per_token,
+            self.setup_ms,
+            self.first_gpu_ms,
+            self.moe_layers,
+            self.gpu_between_ms * 1e3,
+            self.experts_ms * 1e3,
+            self.tail_ms
+        );
+        if let Some(g) = self.routed_gbps {
+            println!(
+                "  routed experts in the graph run: {g:.1} GB/s = {:.0}% of the {:.1} GB/s DRAM read bandwidth",
+                100.0 * g / self.dram_gbps,
+                self.dram_gbps
+            );
+        }
+    }
+}
+
 impl HybridRun<'_> {
     pub fn run(
         &self,
@@ -196,6 +272,10 @@ impl HybridRun<'_> {
         };
         let graph_launches = model.graph_launches() - launches_before;
         let graph_error = model.graph_error().map(str::to_string);
+        let timeline = (gen_len > 0)
+            .then(|| model.graph_timeline().cloned())
+            .flatten()
+            .map(|t| TimelineSummary::new(&t, &decode_times, self.dram_gbps));
 
         let crossover = if a.crossover {
             Some(crossover(&mut model, &w.config, a.seed)?)
@@ -237,6 +317,7 @@ impl HybridRun<'_> {
                 "decode_pipelined_tokens_per_s": decode_pipe_tps,
                 "decode_graph_launches": graph_launches,
                 "decode_graph_error": graph_error,
+                "decode_graph_timeline": timeline.as_ref().map(TimelineSummary::json),
                 "prompt_len": prompt_len,
                 "gen_len": gen_len,
                 "threads": self.threads,
@@ -290,6 +371,9 @@ impl HybridRun<'_> {
             );
             if let Some(e) = &graph_error {
                 println!("decode graph not captured: {e}");
+            }
+            if let Some(t) = &timeline {
+                t.print();
             }
         }
         if let Some(l) = model.gpu_prefill_load() {

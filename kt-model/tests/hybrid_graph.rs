@@ -85,6 +85,17 @@ fn graph_decode_matches_eager_bit_for_bit() {
             "{name}: the decode graph was not captured"
         );
         assert_eq!(model.graph_launches(), REPLAYS, "{name}: graph replays");
+        // the host timeline of the last graph (the second decode run's replays)
+        let tl = model.graph_timeline().expect("the last decode run's graph");
+        assert_eq!(tl.launches, DECODE as u64 - 1, "{name}: timeline launches");
+        assert_eq!(tl.experts_s.len(), 2, "{name}: one entry per MoE layer");
+        assert_eq!(tl.gpu_before_s.len(), 2, "{name}: one entry per MoE layer");
+        assert!(
+            tl.experts_s.iter().chain(&tl.gpu_before_s).all(|&s| s > 0.0)
+                && tl.setup_s > 0.0
+                && tl.tail_s > 0.0,
+            "{name}: every stretch of the timeline was timed: {tl:?}"
+        );
         model.set_graphed(false);
         let eager = run(&mut model);
         assert_eq!(model.graph_launches(), REPLAYS, "{name}: replays while off");

@@ -31,7 +31,7 @@
 //! not replay it drops it first (it may reallocate them), and a call with another cache
 //! recaptures.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use half::bf16;
 use kt_kernels::cuda::mla::{MlaBatch, MlaKernel};
@@ -42,6 +42,7 @@ use super::forward::Step;
 use super::layer::{GpuFfn, GpuLayer, GpuRouter};
 use super::pipeline::Gate;
 use super::scratch::Scratch;
+use super::timing::GraphTimeline;
 use super::weights::GpuLinear;
 use super::{HybridCache, Workspaces, BLOCK_SIZE};
 use crate::deepseek::fused_moe::FusedMoe;
@@ -65,6 +66,8 @@ pub(crate) struct DecodeGraph {
     moe_layers: Vec<usize>,
     /// The stream it was captured on (kept with the graph).
     _capture: GpuStream,
+    /// Where the replays' time went, seen from the host.
+    timeline: GraphTimeline,
 }
 
 /// The output head the graph ends with.
@@ -123,6 +126,7 @@ impl DecodeGraph {
         // end the capture on every path: until then the stream is unusable
         let graph = capture.end_capture();
         let moe_layers = recorded?;
+        let timeline = GraphTimeline::new(moe_layers.len());
         Ok(DecodeGraph {
             cache_id: cache.id,
             graph: graph?,
@@ -133,7 +137,13 @@ impl DecodeGraph {
             done,
             moe_layers,
             _capture: capture,
+            timeline,
         })
+    }
+
+    /// Where this graph's replays spent their time so far.
+    pub fn timeline(&self) -> &GraphTimeline {
+        &self.timeline
     }
 
     /// One decode step at position `cache.len` whose embedding row is already in `sc.x`:
@@ -146,6 +156,7 @@ impl DecodeGraph {
         sc: &mut Scratch,
         cache: &HybridCache,
     ) -> HybridResult<Vec<f32>> {
+        let entered = Instant::now();
         let pos = cache.len;
         s.copy_from_host(&[pos as u32], &mut sc.positions)?;
         s.mla_set_kv_lens(&mut self.batch, &[pos + 1])?;
@@ -153,6 +164,9 @@ impl DecodeGraph {
         self.ready.raise(0);
         self.done.raise(0);
         self.graph.launch(s)?;
+        let mut mark = Instant::now();
+        let tl = &mut self.timeline;
+        tl.setup_s += (mark - entered).as_secs_f64();
         // on any error below, release every wait so the graph completes
         let gate = Gate::new(&self.done, self.moe_layers.len() as u32);
         for (k, &li) in self.moe_layers.iter().enumerate() {
@@ -165,6 +179,8 @@ impl DecodeGraph {
             // the experts follow this wait: keep the CPU threads off their sleep path
             fused.wake_threads();
             self.ready.wait_at_least(release, READY_TIMEOUT)?;
+            let ready = Instant::now();
+            tl.gpu_before_s[k] += (ready - mark).as_secs_f64();
             // SAFETY: `ready` reached `release` after layer li's gating wrote host_pack
             // (fenced at system scope before the flag), and the next gating into it follows
             // the wait for `done` >= release on the stream, raised only after this view ends.
@@ -175,9 +191,14 @@ impl DecodeGraph {
             let routed = unsafe { sc.host_routed.as_mut_slice_unsynced() };
             fused.forward(li, hx, hids, hw, routed)?;
             self.done.raise(release);
+            mark = Instant::now();
+            tl.experts_s[k] += (mark - ready).as_secs_f64();
         }
         drop(gate);
-        Ok(s.download(&self.logits)?)
+        let logits = s.download(&self.logits)?;
+        tl.tail_s += mark.elapsed().as_secs_f64();
+        tl.launches += 1;
+        Ok(logits)
     }
 }
 

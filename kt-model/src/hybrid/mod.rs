@@ -45,7 +45,7 @@ mod weights;
 
 pub use error::{HybridError, HybridResult};
 pub use gpu_experts::GpuPrefillLoad;
-pub use timing::{HybridTimes, LayerSplit};
+pub use timing::{GraphTimeline, HybridTimes, LayerSplit};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -310,6 +310,12 @@ impl<'a> HybridModel<'a> {
     /// How many calls replayed a decode graph so far.
     pub fn graph_launches(&self) -> u64 {
         self.graph_launches
+    }
+
+    /// Where the current decode graph's replays spent their time (None without a graph;
+    /// a new cache or an eager call drops the graph and its timeline with it).
+    pub fn graph_timeline(&self) -> Option<&GraphTimeline> {
+        self.graph.as_ref().map(|g| g.timeline())
     }
 
     /// Why capturing the decode graph failed, if it did (the calls then stay eager).

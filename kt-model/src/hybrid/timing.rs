@@ -141,3 +141,46 @@ pub(crate) fn accumulate(
     times.calls += 1;
     Ok(())
 }
+
+/// Where replayed decode graphs spend their time, seen from the host (a graph carries no
+/// events, so this is the only split of the headline decode rate). Per MoE layer: the GPU
+/// stretch before its routed experts (from the host raising the previous MoE layer's
+/// `done`, or from the launch for the first, until the host sees this layer's `ready`:
+/// the return of the previous experts, the layers between, the gating and both flags'
+/// trips over PCIe) and the routed experts themselves (from `ready` until the host raises
+/// `done`). Summed over launches; the vectors are sized at capture, so replays allocate
+/// nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GraphTimeline {
+    /// Replays the sums cover.
+    pub launches: u64,
+    /// From the replay's start to the graph's launch (the step's inputs uploaded).
+    pub setup_s: f64,
+    /// Per MoE layer, in order: the GPU stretch before its experts.
+    pub gpu_before_s: Vec<f64>,
+    /// Per MoE layer, in order: its routed experts on the CPU.
+    pub experts_s: Vec<f64>,
+    /// From the last MoE layer's `done` until the logits are downloaded (its return, the
+    /// layers after it, the output head and the copy).
+    pub tail_s: f64,
+}
+
+impl GraphTimeline {
+    /// An empty timeline for a graph with `moe_layers` MoE layers.
+    pub(crate) fn new(moe_layers: usize) -> Self {
+        GraphTimeline {
+            gpu_before_s: vec![0.0; moe_layers],
+            experts_s: vec![0.0; moe_layers],
+            ..Default::default()
+        }
+    }
+
+    /// Seconds per launch: setup + every GPU stretch + every experts' stretch + tail.
+    pub fn per_launch_s(&self) -> f64 {
+        let sum = self.setup_s
+            + self.gpu_before_s.iter().sum::<f64>()
+            + self.experts_s.iter().sum::<f64>()
+            + self.tail_s;
+        sum / self.launches.max(1) as f64
+    }
+}
