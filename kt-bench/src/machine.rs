@@ -50,15 +50,12 @@ pub fn measure(pool: &ThreadPool, isa: Isa) -> Result<Machine, kt_kernels::KtErr
     })
 }
 
-/// The global pool sized by `--threads` (or KT_THREADS / all cores), with this (main)
-/// thread pinned to the core its workers leave free where they are pinned.
+/// The global pool sized by `--threads` (or KT_THREADS / all cores).
 pub fn pool(threads: Option<usize>) -> Result<&'static ThreadPool, kt_kernels::KtError> {
-    let pool = match threads {
-        Some(n) => cpu::pool::init_global(n)?,
-        None => cpu::pool::global(),
-    };
-    pool.pin_caller();
-    Ok(pool)
+    match threads {
+        Some(n) => cpu::pool::init_global(n),
+        None => Ok(cpu::pool::global()),
+    }
 }
 
 pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {

@@ -15,8 +15,7 @@
 //! BENCHMARKS.md has the measurement.
 //!
 //! Pinning: worker `i` (1-based) is pinned to core `i`; the calling thread is left where
-//! the OS puts it (pinning a caller such as a test harness thread would serialise tests)
-//! unless it asks for core 0 itself ([`ThreadPool::pin_caller`], what `kt-bench` does).
+//! the OS puts it (pinning a caller such as a test harness thread would serialise tests).
 //!
 //! Round-trip cost: at 16 threads a cache line that every thread writes costs a transfer
 //! per write, one after the other (~50-100 ns each on the device's VM). So joining and
@@ -205,20 +204,6 @@ impl ThreadPool {
             submit: Mutex::new(()),
             threads,
         })
-    }
-
-    /// Pins the calling thread to the core the workers leave free (core 0) when the pool
-    /// pinned its workers (as many cores as threads, or more); returns whether it did. For
-    /// a program's main thread, which takes part in every job as thread 0: left to the
-    /// OS, it can share a core with a spinning worker, and a job then waits for whichever
-    /// of the two the scheduler parks. Not for a thread that calls in from among others
-    /// (a test harness's), which would all pile onto one core.
-    pub fn pin_caller(&self) -> bool {
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        match cores.first() {
-            Some(&core) if cores.len() >= self.threads => core_affinity::set_for_current(core),
-            _ => false,
-        }
     }
 
     /// Threads taking part in a job, the caller included.
@@ -524,43 +509,6 @@ pub fn init_global(threads: usize) -> Result<&'static ThreadPool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The CPUs the calling thread may run on (Linux `/proc/thread-self/status`).
-    #[cfg(target_os = "linux")]
-    fn allowed_cpus() -> String {
-        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("Cpus_allowed_list:"))
-            .unwrap();
-        line.split(':').nth(1).unwrap().trim().to_string()
-    }
-
-    #[test]
-    #[cfg(target_os = "linux")]
-    fn pin_caller_takes_core_0_only_where_workers_are_pinned() {
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        // in threads of their own: the harness's thread stays unpinned
-        let first = cores.first().map(|c| c.id.to_string());
-        std::thread::spawn(move || {
-            let pool = ThreadPool::new(1).unwrap();
-            assert_eq!(pool.pin_caller(), first.is_some());
-            if let Some(id) = first {
-                assert_eq!(allowed_cpus(), id, "the caller's affinity after pinning");
-            }
-        })
-        .join()
-        .unwrap();
-        let more = cores.len() + 1;
-        std::thread::spawn(move || {
-            let before = allowed_cpus();
-            let pool = ThreadPool::new(more).unwrap();
-            assert!(!pool.pin_caller(), "more threads than cores: workers unpinned");
-            assert_eq!(allowed_cpus(), before, "the caller's affinity unchanged");
-        })
-        .join()
-        .unwrap();
-    }
 
     #[test]
     fn every_item_runs_exactly_once() {
