@@ -2,8 +2,8 @@
 //! reference over the weights the kernel multiplies with, for f16 and bf16: token counts 1,
 //! 3, 17, 129 and both the single-pass and the k-split paths of the tiled kernel, and 1..=16
 //! tokens of the small-m kernel with column counts that leave its 256-column blocks partly
-//! empty, forced and automatic k slices, repeat calls on one workspace (its arrival counters
-//! must reset) and bit-identical results from repeated calls.
+//! empty, forced and automatic k slices, both pipeline depths, repeat calls on one workspace
+//! (its arrival counters must reset) and bit-identical results from repeated calls.
 #![cfg(feature = "cuda")]
 
 mod cuda_common;
@@ -214,7 +214,11 @@ fn gemv_plan_sizes_blocks_and_slices() {
 #[derive(Clone, Copy, Debug)]
 enum Path {
     Auto(Option<usize>),
-    Gemv { k_ways: usize, slices: usize },
+    Gemv {
+        k_ways: usize,
+        slices: usize,
+        depth: usize,
+    },
 }
 
 /// Runs one GEMM and compares with the f64 reference over the kernel's weights. The kernel's
@@ -261,8 +265,14 @@ fn gemm_case<T: MmaFloat>(
     let xd = s.upload(&x).unwrap();
     let run = |out: &mut DeviceBuf<T>, ws: &mut GemmWorkspace| match path {
         Path::Auto(splits) => s.w4a16_gemm_planned(&wd, &xd, m, out, ws, splits).unwrap(),
-        Path::Gemv { k_ways, slices } => {
-            let plan = GemvPlan::with(m, n, k, k_ways, slices).unwrap();
+        Path::Gemv {
+            k_ways,
+            slices,
+            depth,
+        } => {
+            let plan = GemvPlan::with(m, n, k, k_ways, slices)
+                .and_then(|p| p.with_depth(depth))
+                .unwrap();
             s.w4a16_gemv_planned(&wd, &xd, m, out, ws, &plan).unwrap()
         }
     };
@@ -322,10 +332,13 @@ fn gemm_all<T: MmaFloat>(s: &GpuStream) {
 }
 
 /// The small-m kernel at every row count (automatic plan), and at 1, 2, 7, 8 (full token
-/// tile), 9 (second tile begins) and 16 rows with every k-way count and 1, 4 and 11 slices
-/// of k = 11 groups: the last stage of 4 k-ways is half empty, 4 slices are uneven (3 + 3 +
-/// 3 + 2), and 448 columns (7 tiles) leave the last block with 3 of 4 tiles (one k-way) or
-/// 1 of 2 (two k-ways). Then DeepSeek-like depths: a long k in many slices, a short k.
+/// tile), 9 (second tile begins) and 16 rows with every k-way count, 1, 4 and 11 slices of
+/// k = 11 groups and both pipeline depths: with 4 k-ways the warps of one slice get 3, 3, 3
+/// and 2 groups (1 slice: fewer than the 3-buffer rotation of depth 2, so its loop ends
+/// mid-rotation), 1 or 0 (4 and 11 slices: warps with nothing to add), 4 slices are uneven
+/// (3 + 3 + 3 + 2), and 448 columns (7 tiles) leave the last block with 3 of 4 tiles (one
+/// k-way) or 1 of 2 (two k-ways). Then DeepSeek-like depths: a long k in many slices, a short
+/// k, and one slice of 56 groups per warp.
 fn gemv_all<T: MmaFloat>(s: &GpuStream) {
     let mut ws = GemmWorkspace::default();
     for m in 1..=GemvPlan::MAX_ROWS {
@@ -334,8 +347,15 @@ fn gemv_all<T: MmaFloat>(s: &GpuStream) {
         if [1, 2, 7, 8, 9, 16].contains(&m) {
             for (i, k_ways) in GemvPlan::K_WAYS.into_iter().enumerate() {
                 for (j, slices) in [1, 4, 11].into_iter().enumerate() {
-                    let path = Path::Gemv { k_ways, slices };
-                    gemm_case::<T>(s, &mut ws, m, 448, 1408, path, seed + (3 * i + j) as u64);
+                    for depth in GemvPlan::DEPTHS {
+                        let path = Path::Gemv {
+                            k_ways,
+                            slices,
+                            depth,
+                        };
+                        let seed = seed + (3 * i + j) as u64 + 20 * depth as u64;
+                        gemm_case::<T>(s, &mut ws, m, 448, 1408, path, seed);
+                    }
                 }
             }
             gemm_case::<T>(s, &mut ws, m, 1024, 512, Path::Auto(None), seed + 50);
@@ -344,6 +364,14 @@ fn gemv_all<T: MmaFloat>(s: &GpuStream) {
     gemm_case::<T>(s, &mut ws, 1, 512, 18432, Path::Auto(None), 3000);
     gemm_case::<T>(s, &mut ws, 4, 4096, 512, Path::Auto(None), 3001);
     gemm_case::<T>(s, &mut ws, 16, 192, 4096, Path::Auto(Some(32)), 3002);
+    for depth in GemvPlan::DEPTHS {
+        let path = Path::Gemv {
+            k_ways: 1,
+            slices: 1,
+            depth,
+        };
+        gemm_case::<T>(s, &mut ws, 3, 128, 7168, path, 3003 + depth as u64);
+    }
 }
 
 #[test]
@@ -399,6 +427,14 @@ fn w4a16_gemm_checks_shapes() {
         .w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &other)
         .is_err());
     let mut plan = GemvPlan::with(2, 64, 128, 4, 1).unwrap();
+    s.w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &plan)
+        .unwrap();
+    plan.depth = 3; // no such kernel
+    assert!(s
+        .w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &plan)
+        .is_err());
+    assert!(plan.with_depth(0).is_err());
+    plan.depth = 2;
     s.w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &plan)
         .unwrap();
     plan.slices = 2; // more slices than k / 128 groups

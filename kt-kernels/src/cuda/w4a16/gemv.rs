@@ -1,7 +1,9 @@
 //! The small-m path of the W4A16 GEMM (`kt_w4a16_gemv_*` in `cuda/w4a16_gemm.cu`): for up
-//! to [`GemvPlan::MAX_ROWS`] rows the product is a stream over the packed weights. The plan
-//! cuts it into blocks: several warps may share a column tile's k range (k-ways, summed in
-//! shared memory) and k may be cut into slices, whose f32 partial sums the kernel adds up.
+//! to [`GemvPlan::MAX_ROWS`] rows the product is a stream over the packed weights, loaded
+//! straight into registers. The plan cuts it into blocks: several warps may share a column
+//! tile's k range (k-ways, summed in shared memory) and k may be cut into slices, whose f32
+//! partial sums the kernel adds up; it also picks how many groups of 128 each warp keeps in
+//! flight (depth).
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -15,11 +17,6 @@ use crate::cuda::runtime::{DeviceBuf, GpuStream};
 /// Warps per block (`kGvWarps`); with `k_ways` warps per tile a block covers 4 / k_ways tiles.
 const WARPS: usize = 4;
 const THREADS: u32 = 32 * WARPS as u32;
-/// Pipeline stages, k steps of 16 per warp and stage, and a stage's weight and scale bytes
-/// (`kGvStages`, `kGvSteps`, `kGvWBytes + kGvSBytes`).
-const STAGES: usize = 4;
-const STEPS: usize = 4;
-const STAGE_FIXED_BYTES: usize = WARPS * STEPS * 512 + WARPS * TILE_N * 2;
 /// Packed weight bytes per block the automatic plan aims at. Measured on an H100 (timing
 /// example, k-ways x slices sweeps at 1 and 16 rows, 2026-11-21): the fastest plans of all
 /// seven DeepSeek-V3 shapes gave each block 28-64 KiB; less leaves the pipeline's start-up
@@ -38,6 +35,10 @@ pub struct GemvPlan {
     pub column_groups: usize,
     /// 1 for m <= 8, 2 for m <= 16: the 8-row token tiles of the transposed mma.
     pub token_tiles: usize,
+    /// Groups of 128 (4 KiB of weights) each warp keeps in flight ahead of the one it
+    /// multiplies: 1 or 2 ([`Self::DEPTHS`]). Two hide more latency per warp but take ~30
+    /// more registers, so fewer warps fit on a multiprocessor.
+    pub depth: usize,
 }
 
 impl GemvPlan {
@@ -45,9 +46,11 @@ impl GemvPlan {
     pub const MAX_ROWS: usize = 16;
     /// The k-way counts the kernel is instantiated for.
     pub const K_WAYS: [usize; 3] = [1, 2, 4];
+    /// The depths the kernel is instantiated for.
+    pub const DEPTHS: [usize; 2] = [1, 2];
 
     /// The plan with `k_ways` warps per tile and about `slices` k slices (clamped to
-    /// 1..=k/128, then evened out so that every slice holds at least one group).
+    /// 1..=k/128, then evened out so that every slice holds at least one group), depth 1.
     pub fn with(m: usize, n: usize, k: usize, k_ways: usize, slices: usize) -> CudaResult<Self> {
         if !(1..=Self::MAX_ROWS).contains(&m) || !Self::K_WAYS.contains(&k_ways) {
             return Err(shape(
@@ -67,7 +70,19 @@ impl GemvPlan {
             groups_per_slice,
             column_groups: (n / TILE_N).div_ceil(WARPS / k_ways).max(1),
             token_tiles: m.div_ceil(8),
+            depth: 1,
         })
+    }
+
+    /// This plan with `depth` groups in flight per warp (one of [`Self::DEPTHS`]).
+    pub fn with_depth(self, depth: usize) -> CudaResult<Self> {
+        if !Self::DEPTHS.contains(&depth) {
+            return Err(shape(
+                "w4a16 gemv plan",
+                format!("depth {depth} must be one of {:?}", Self::DEPTHS),
+            ));
+        }
+        Ok(GemvPlan { depth, ..self })
     }
 
     /// The automatic plan: blocks of about 32 KiB of weights (`BLOCK_BYTES`). Tiles per block (4 /
@@ -98,18 +113,13 @@ impl GemvPlan {
         Self::with(m, n, k, WARPS / tiles_per_block, slices)
     }
 
-    /// Dynamic shared memory of the kernel for m rows with k_ways: the stages' weights,
-    /// scales and m rows of x (`gv_x_row` bytes each).
-    pub fn shared_bytes(m: usize, k_ways: usize) -> usize {
-        STAGES * (STAGE_FIXED_BYTES + m * (k_ways * STEPS * 32 + 16))
-    }
-
     fn kernel<T: MmaFloat>(&self) -> String {
         format!(
-            "kt_w4a16_gemv_{}_t{}_k{}",
+            "kt_w4a16_gemv_{}_t{}_k{}_d{}",
             T::SUFFIX,
             self.token_tiles,
-            self.k_ways
+            self.k_ways,
+            self.depth
         )
     }
 }
@@ -159,7 +169,7 @@ impl GpuStream {
             n,
             k,
         } = ops;
-        let expect = GemvPlan::with(m, n, k, plan.k_ways, plan.slices)?;
+        let expect = GemvPlan::with(m, n, k, plan.k_ways, plan.slices)?.with_depth(plan.depth)?;
         if *plan != expect {
             return Err(shape(
                 OP,
@@ -167,15 +177,12 @@ impl GpuStream {
             ));
         }
         let kernel = plan.kernel::<T>();
-        let smem = GemvPlan::shared_bytes(m, plan.k_ways);
-        let f = self
-            .kernels
-            .get_with_smem(&W4A16_GEMM, &kernel, smem as u32)?;
+        let f = self.kernels.get(&W4A16_GEMM, &kernel)?;
         let dims = || format!("m {m}, n {n}, k {k}, {plan:?}");
         let cfg = LaunchConfig {
             grid_dim: ((plan.column_groups * plan.slices) as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: smem as u32,
+            shared_mem_bytes: 0,
         };
         let (mi, ni, ki) = (m as i32, n as i32, k as i32);
         let steps = (plan.groups_per_slice * GROUP / 16) as i32;
@@ -191,13 +198,12 @@ impl GpuStream {
                 .arg(&null)
                 .arg(&null);
             b.arg(&mi).arg(&ni).arg(&ki).arg(&steps).arg(&slices);
-            // SAFETY: arguments match kt_w4a16_gemv_<T>_t<tiles>_k<ways> (x, packed, scales,
+            // SAFETY: arguments match kt_w4a16_gemv_<T>_t<tiles>_k<ways>_d<depth> (x, packed, scales,
             // out, no partials, no counters, M, N, K, k steps per slice, slices); x is m x k
             // and out m x n, packed and scales hold n x k weights (Operands::check), 1 <= m
             // <= 16 and the plan is this shape's (checked), n % 64 == 0 and k % 128 == 0
             // (upload_w4a16 / the expert slab checked them); the grid covers every column
-            // group, the dynamic shared memory is the kernel's for m rows, and one slice never
-            // touches partials or counters.
+            // group, and one slice never touches partials or counters.
             return unsafe { b.launch(cfg) }
                 .map(drop)
                 .map_err(launch_err(kernel, dims));
