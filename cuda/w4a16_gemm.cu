@@ -248,9 +248,12 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 // At a few rows the GEMM is a matrix-vector product bound by reading each weight byte once.
 // The packed layout already holds, per lane, ready mma fragments, so the weights never touch
 // shared memory: each warp streams its 64-column tile along k with 128-bit loads straight
-// into registers (one uint4 per lane and 16-deep k step = four 16 x 16 A fragments), keeping
-// the next kGvDepth groups of 128 (kGvDepth x 4 KiB per warp) in flight while it multiplies
-// the current one; no barrier until the end.
+// into registers (one uint4 per lane and 16-deep k step = four 16 x 16 A fragments), the next
+// group of 128 (4 KiB per warp) in flight while it multiplies the current one; no barrier
+// until the end. Per group and warp that is 8 weight loads, 16 NT loads of x, 8 of scales,
+// 9 (f16) or 11 (bf16) dequantizing instructions per 256 weights and 4 NT mma per k step:
+// ~390 SASS instructions per group at m <= 8 in f16 (12 per 256 weights; the shared-memory
+// pipeline this replaced issued 21).
 // A block's 4 warps cover TW = 4 / KW consecutive 64-column tiles, KW warps per tile
 // (k-ways), over one slice of k (whole groups); k-way j takes groups j, j + KW, ... of the
 // slice, so a tile's k-ways together read it front to back.
@@ -259,7 +262,7 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 // 2q + 8, g = lane / 4, q = lane % 4), and the rows of x are the n = 8 side (B), so m <= 8
 // costs 4 mma per tile and k step (NT = 1 token tile) and m <= 16 costs 8 (NT = 2). A lane's B
 // registers are x[8 t + g][16 s + 2 q + {0, 1}] and [.. + 8 + {0, 1}], read from global memory
-// (L1-cached: the block's warps share them) one group ahead; lanes of rows past m hold zeros.
+// (through L1) one group ahead like the weights.
 // The A fragments are the integers q themselves (exact in f16 and bf16; the products with x
 // are exact in the f32 accumulators): a group is summed unscaled and then added to the output
 // sums as scale * sum in f32, one fused rounding per group. This is the exact int4 weight
@@ -332,7 +335,7 @@ template <> struct Int4<__nv_bfloat16> {
     }
 };
 
-template <typename T, int NT, int KW, int D>
+template <typename T, int NT, int KW>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
@@ -367,13 +370,12 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
             for (int e = 0; e < 4; ++e) acc[t][w][e] = 0.0f;
 
     if (n_mine > 0) {
-        // The three streams, each advanced by KW groups per group of this warp: weights (read
-        // D groups ahead), x and scales (read at the start of their group: x is mostly an L1
-        // hit, the scales are needed only at its end).
+        // The three streams, each advanced by KW groups per group of this warp: weights and x
+        // are read one group ahead, the scales at the start of their group (needed at its end).
         constexpr int kWStride = KW * kGvSteps * 32; // uint4
         const int x_stride = KW * kGroup / 2;        // uint32 (pairs of x)
         const size_t s_stride = (size_t)KW * N;
-        const uint4* wf = qw + ((size_t)nt * (K / 16) + (size_t)g_first * kGvSteps) * 32 + lane;
+        const uint4* wp = qw + ((size_t)nt * (K / 16) + (size_t)g_first * kGvSteps) * 32 + lane;
         const T* sp = scales + (size_t)g_first * N + nt * kBN + g;
         const uint32_t* xp[NT];
 #pragma unroll
@@ -384,42 +386,39 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
             xp[t] = reinterpret_cast<const uint32_t*>(x + (size_t)row * K + g_first * kGroup + 2 * q);
         }
 
-        // D + 1 register buffers of one group each, in rotation: group j's loads go out at the
-        // start of group j - D, into the buffer that group j - D - 1 has just consumed. The
-        // loop is unrolled by D + 1 so that every buffer index is a compile-time constant.
-        constexpr int kBufs = D + 1;
-        uint4 wb[kBufs][kGvSteps];
+        // Two register buffers of one group each: group j + 1's weights and x go out at the
+        // start of group j, into the buffer that group j - 1 has just consumed. The loop is
+        // unrolled by two so that the buffer index is a compile-time constant.
+        uint4 wb[2][kGvSteps];
+        uint32_t xb[2][NT][kGvSteps][2]; // [buffer][token tile t][step u]: the B registers
+        auto load = [&](int buf, bool pred) {
 #pragma unroll
-        for (int d = 0; d < D; ++d) {
+            for (int u = 0; u < kGvSteps; ++u) wb[buf][u] = ld_stream_if(wp + u * 32, pred);
 #pragma unroll
-            for (int u = 0; u < kGvSteps; ++u) wb[d][u] = ld_stream_if(wf + u * 32, d < n_mine);
-            wf += kWStride;
-        }
-        for (int j0 = 0; j0 < n_mine; j0 += kBufs) {
+            for (int t = 0; t < NT; ++t)
 #pragma unroll
-            for (int b = 0; b < kBufs; ++b) {
+                for (int u = 0; u < kGvSteps; ++u)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) xb[buf][t][u][h] = __ldg(xp[t] + u * 8 + h * 4);
+        };
+        load(0, true);
+        for (int j0 = 0; j0 < n_mine; j0 += 2) {
+#pragma unroll
+            for (int b = 0; b < 2; ++b) {
                 const int j = j0 + b;
                 if (j >= n_mine) break;
-                const int next = (b + D) % kBufs; // a constant after unrolling
+                // After the last group x is read again where it is (no load past the end).
+                const bool more = j + 1 < n_mine;
+                wp += kWStride;
 #pragma unroll
-                for (int u = 0; u < kGvSteps; ++u) wb[next][u] = ld_stream_if(wf + u * 32, j + D < n_mine);
-                wf += kWStride;
-                // xb[t][u] = the B registers of token tile t at step u; sc[w][h] = the scale of
-                // column 16 w + 8 h + g.
-                uint32_t xb[NT][kGvSteps][2];
-#pragma unroll
-                for (int t = 0; t < NT; ++t)
-#pragma unroll
-                    for (int u = 0; u < kGvSteps; ++u)
-#pragma unroll
-                        for (int h = 0; h < 2; ++h) xb[t][u][h] = __ldg(xp[t] + u * 8 + h * 4);
+                for (int t = 0; t < NT; ++t) xp[t] += more ? x_stride : 0;
+                load(b ^ 1, more);
+                // sc[w][h] = the scale of column 16 w + 8 h + g.
                 T sc[4][2];
 #pragma unroll
                 for (int w = 0; w < 4; ++w)
 #pragma unroll
                     for (int h = 0; h < 2; ++h) sc[w][h] = __ldg(sp + 16 * w + 8 * h);
-#pragma unroll
-                for (int t = 0; t < NT; ++t) xp[t] += x_stride;
                 sp += s_stride;
 
                 float sum[NT][4][4]; // this group's unscaled sums
@@ -438,7 +437,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
                         uint32_t a[4];
                         Int4<T>::frag(words[w], a);
 #pragma unroll
-                        for (int t = 0; t < NT; ++t) Kind<T>::mma(sum[t][w], a, xb[t][u][0], xb[t][u][1]);
+                        for (int t = 0; t < NT; ++t) Kind<T>::mma(sum[t][w], a, xb[b][t][u][0], xb[b][t][u][1]);
                     }
                 }
                 // sum[t][w][e] belongs to column 16 w + g (e < 2) or 16 w + 8 + g (e >= 2).
@@ -572,24 +571,19 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
     w4a16_reduce<__nv_bfloat16>(partial, out, splits, (size_t)mn);
 }
 
-#define KT_W4A16_GEMV(SUFFIX, T, NT, KW, D)                                                        \
-    extern "C" __global__ void __launch_bounds__(kGvThreads, NT + D == 2 ? 3 : 2)                            \
-        kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW##_d##D(const T* x, const uint4* qw, const T* scales, \
-                                                     T* out, float* partial, unsigned* counters,    \
-                                                     int M, int N, int K, int steps_per_slice,      \
-                                                     int slices) {                                  \
-        w4a16_gemv<T, NT, KW, D>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,  \
-                                 slices);                                                           \
+#define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
+    extern "C" __global__ void __launch_bounds__(kGvThreads, 4 - NT) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
+        const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
+        int M, int N, int K, int steps_per_slice, int slices) {                                    \
+        w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,     \
+                              slices);                                                             \
     }
-#define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT, D) \
-    KT_W4A16_GEMV(SUFFIX, T, NT, 1, D)        \
-    KT_W4A16_GEMV(SUFFIX, T, NT, 2, D)        \
-    KT_W4A16_GEMV(SUFFIX, T, NT, 4, D)
-#define KT_W4A16_GEMV_DEPTHS(SUFFIX, T, NT) \
-    KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT, 1)   \
-    KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT, 2)
+#define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT) \
+    KT_W4A16_GEMV(SUFFIX, T, NT, 1)        \
+    KT_W4A16_GEMV(SUFFIX, T, NT, 2)        \
+    KT_W4A16_GEMV(SUFFIX, T, NT, 4)
 
-KT_W4A16_GEMV_DEPTHS(f16, __half, 1)
-KT_W4A16_GEMV_DEPTHS(f16, __half, 2)
-KT_W4A16_GEMV_DEPTHS(bf16, __nv_bfloat16, 1)
-KT_W4A16_GEMV_DEPTHS(bf16, __nv_bfloat16, 2)
+KT_W4A16_GEMV_KWAYS(f16, __half, 1)
+KT_W4A16_GEMV_KWAYS(f16, __half, 2)
+KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 1)
+KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 2)

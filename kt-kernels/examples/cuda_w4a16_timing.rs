@@ -7,8 +7,8 @@
 //! - `cold`: all seven shapes called in turn, like one layer of a decode step, an event
 //!   between consecutive calls, 20 rounds: each GEMM finds the others' ~240 MB of weights
 //!   in L2 instead of its own, so this is the HBM-bound time;
-//! - `plan` (m = 1 and 16, hot): the small-m kernel with its k-ways, k slices and depth
-//!   forced, to check the automatic choice (printed as `auto`).
+//! - `plan` (m = 1 and 16, hot): the small-m kernel with its k-ways and k slices forced, to
+//!   check the automatic choice (printed as `auto`).
 //!
 //! GB/s counts the packed weights and scales once (n k / 2 + n k / 64 bytes).
 //! `KT_W4A16_TOKENS=1,16` limits the token counts (for a profiler run).
@@ -121,10 +121,7 @@ fn main() {
             let us = hot(s, || s.w4a16_gemm(&c.w, x, m, out, &mut ws).unwrap());
             let plan = if m <= GemvPlan::MAX_ROWS {
                 let p = s.w4a16_gemv_plan(m, c.n, c.k, None).unwrap();
-                format!(
-                    " auto k_ways={} slices={} depth={}",
-                    p.k_ways, p.slices, p.depth
-                )
+                format!(" auto k_ways={} slices={}", p.k_ways, p.slices)
             } else {
                 String::new()
             };
@@ -163,18 +160,13 @@ fn main() {
                         if slices > c.k / GROUP {
                             break;
                         }
-                        for depth in GemvPlan::DEPTHS {
-                            let plan = GemvPlan::with(m, c.n, c.k, k_ways, slices)
-                                .and_then(|p| p.with_depth(depth))
-                                .unwrap();
-                            let us = hot(s, || {
-                                s.w4a16_gemv_planned(&c.w, x, m, out, &mut ws, &plan)
-                                    .unwrap()
-                            });
-                            let extra =
-                                format!(" k_ways={k_ways} slices={} depth={depth}", plan.slices);
-                            line("plan", c, m, &extra, us);
-                        }
+                        let plan = GemvPlan::with(m, c.n, c.k, k_ways, slices).unwrap();
+                        let us = hot(s, || {
+                            s.w4a16_gemv_planned(&c.w, x, m, out, &mut ws, &plan)
+                                .unwrap()
+                        });
+                        let extra = format!(" k_ways={k_ways} slices={}", plan.slices);
+                        line("plan", c, m, &extra, us);
                     }
                 }
             }

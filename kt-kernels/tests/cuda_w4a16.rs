@@ -2,8 +2,8 @@
 //! reference over the weights the kernel multiplies with, for f16 and bf16: token counts 1,
 //! 3, 17, 129 and both the single-pass and the k-split paths of the tiled kernel, and 1..=16
 //! tokens of the small-m kernel with column counts that leave its 256-column blocks partly
-//! empty, forced and automatic k slices, both pipeline depths, repeat calls on one workspace
-//! (its arrival counters must reset) and bit-identical results from repeated calls.
+//! empty, forced and automatic k slices, repeat calls on one workspace (its arrival counters
+//! must reset) and bit-identical results from repeated calls.
 #![cfg(feature = "cuda")]
 
 mod cuda_common;
@@ -149,33 +149,35 @@ fn gemm_plan_fills_one_wave_with_nonempty_splits() {
 fn gemv_plan_sizes_blocks_and_slices() {
     let sms = 132;
     let plan = |m, n, k| GemvPlan::choose(m, n, k, sms, None).unwrap();
-    // o_proj at decode: a tile's 512 KiB over k in 16 slices of 32 KiB, one tile per block.
-    let p = plan(1, 7168, 16384);
-    assert_eq!(
-        (p.k_ways, p.slices, p.column_groups, p.token_tiles),
-        (4, 16, 112, 1),
-        "{p:?}"
-    );
-    // kv_b: 16 KiB per tile, so two tiles per block (2 k-ways each), unsplit.
+    // o_proj at decode: 112 tiles of 128 groups, one per block (4 k-ways); 2 slices give a
+    // block per multiprocessor and still 16 groups per warp. The same at 16 rows.
+    for m in [1, 16] {
+        let p = plan(m, 7168, 16384);
+        assert_eq!(
+            (p.k_ways, p.slices, p.column_groups, p.token_tiles),
+            (4, 2, 112, m.div_ceil(8)),
+            "{p:?}"
+        );
+    }
+    // kv_b: 4 groups, so 2 k-ways (two groups per warp), two tiles per block, unsplit.
     let p = plan(1, 32768, 512);
     assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 256), "{p:?}");
     let p = plan(16, 32768, 512);
     assert_eq!((p.k_ways, p.slices, p.token_tiles), (2, 1, 2), "{p:?}");
-    // 16 rows, few columns: 14 slices would fill blocks, the partial sums cap them at
-    // k / (64 m) = 7, but 16 column groups need 9 for a block per multiprocessor (evened
-    // out to 8 slices of 7 groups).
+    // Shared expert down: 112 tiles of 16 groups; 2 slices would leave 2 groups per warp.
+    let p = plan(1, 7168, 2048);
+    assert_eq!((p.k_ways, p.slices), (4, 1), "{p:?}");
+    // Shared expert in: 32 tiles fill a quarter of the device, so k is cut toward two
+    // blocks per multiprocessor: 9 slices wanted, evened out to 8 of 7 groups.
     let p = plan(16, 2048, 7168);
-    assert_eq!((p.k_ways, p.column_groups, p.slices), (2, 16, 8), "{p:?}");
-    // With enough columns the cap holds: o_proj at 16 rows, 2 k-ways.
-    let p = plan(16, 7168, 16384);
-    assert_eq!((p.k_ways, p.slices), (2, 16), "{p:?}");
-    // A small matrix: 8 KiB per tile, so 4 tiles per block; slices raised toward one block
-    // per multiprocessor, then capped by k / (64 m) = 4 and by the 2 groups of k.
+    assert_eq!((p.k_ways, p.column_groups, p.slices), (4, 32, 8), "{p:?}");
+    // A small matrix: 2 groups, so one k-way and 4 tiles per block; the slices wanted for
+    // two blocks per multiprocessor are capped at one group each.
     let p = plan(1, 1024, 256);
     assert_eq!((p.k_ways, p.column_groups, p.slices), (1, 4, 2), "{p:?}");
-    // 32 KiB per tile: one tile per block, 9 slices wanted for 132 blocks, k has 8 groups.
+    // 8 groups: 4 k-ways, 16 blocks; slices capped at 8 / 4 = 2 (a group per warp).
     let p = plan(1, 1024, 1024);
-    assert_eq!((p.k_ways, p.column_groups, p.slices), (4, 16, 8), "{p:?}");
+    assert_eq!((p.k_ways, p.column_groups, p.slices), (4, 16, 2), "{p:?}");
     // Forced slices win.
     assert_eq!(
         GemvPlan::choose(1, 7168, 16384, sms, Some(3))
@@ -214,11 +216,7 @@ fn gemv_plan_sizes_blocks_and_slices() {
 #[derive(Clone, Copy, Debug)]
 enum Path {
     Auto(Option<usize>),
-    Gemv {
-        k_ways: usize,
-        slices: usize,
-        depth: usize,
-    },
+    Gemv { k_ways: usize, slices: usize },
 }
 
 /// Runs one GEMM and compares with the f64 reference over the kernel's weights. The kernel's
@@ -265,14 +263,8 @@ fn gemm_case<T: MmaFloat>(
     let xd = s.upload(&x).unwrap();
     let run = |out: &mut DeviceBuf<T>, ws: &mut GemmWorkspace| match path {
         Path::Auto(splits) => s.w4a16_gemm_planned(&wd, &xd, m, out, ws, splits).unwrap(),
-        Path::Gemv {
-            k_ways,
-            slices,
-            depth,
-        } => {
-            let plan = GemvPlan::with(m, n, k, k_ways, slices)
-                .and_then(|p| p.with_depth(depth))
-                .unwrap();
+        Path::Gemv { k_ways, slices } => {
+            let plan = GemvPlan::with(m, n, k, k_ways, slices).unwrap();
             s.w4a16_gemv_planned(&wd, &xd, m, out, ws, &plan).unwrap()
         }
     };
@@ -332,13 +324,12 @@ fn gemm_all<T: MmaFloat>(s: &GpuStream) {
 }
 
 /// The small-m kernel at every row count (automatic plan), and at 1, 2, 7, 8 (full token
-/// tile), 9 (second tile begins) and 16 rows with every k-way count, 1, 4 and 11 slices of
-/// k = 11 groups and both pipeline depths: with 4 k-ways the warps of one slice get 3, 3, 3
-/// and 2 groups (1 slice: fewer than the 3-buffer rotation of depth 2, so its loop ends
-/// mid-rotation), 1 or 0 (4 and 11 slices: warps with nothing to add), 4 slices are uneven
-/// (3 + 3 + 3 + 2), and 448 columns (7 tiles) leave the last block with 3 of 4 tiles (one
-/// k-way) or 1 of 2 (two k-ways). Then DeepSeek-like depths: a long k in many slices, a short
-/// k, and one slice of 56 groups per warp.
+/// tile), 9 (second tile begins) and 16 rows with every k-way count and 1, 4 and 11 slices
+/// of k = 11 groups: with 4 k-ways the warps of one slice get 3, 3, 3 and 2 groups (odd and
+/// even counts end the two-buffer loop at either buffer), 1 or 0 (4 and 11 slices: warps
+/// with nothing to add), 4 slices are uneven (3 + 3 + 3 + 2), and 448 columns (7 tiles) leave
+/// the last block with 3 of 4 tiles (one k-way) or 1 of 2 (two k-ways). Then DeepSeek-like
+/// depths: a long k in many slices, a short k, and one warp streaming 56 groups.
 fn gemv_all<T: MmaFloat>(s: &GpuStream) {
     let mut ws = GemmWorkspace::default();
     for m in 1..=GemvPlan::MAX_ROWS {
@@ -347,15 +338,8 @@ fn gemv_all<T: MmaFloat>(s: &GpuStream) {
         if [1, 2, 7, 8, 9, 16].contains(&m) {
             for (i, k_ways) in GemvPlan::K_WAYS.into_iter().enumerate() {
                 for (j, slices) in [1, 4, 11].into_iter().enumerate() {
-                    for depth in GemvPlan::DEPTHS {
-                        let path = Path::Gemv {
-                            k_ways,
-                            slices,
-                            depth,
-                        };
-                        let seed = seed + (3 * i + j) as u64 + 20 * depth as u64;
-                        gemm_case::<T>(s, &mut ws, m, 448, 1408, path, seed);
-                    }
+                    let path = Path::Gemv { k_ways, slices };
+                    gemm_case::<T>(s, &mut ws, m, 448, 1408, path, seed + (3 * i + j) as u64);
                 }
             }
             gemm_case::<T>(s, &mut ws, m, 1024, 512, Path::Auto(None), seed + 50);
@@ -364,14 +348,11 @@ fn gemv_all<T: MmaFloat>(s: &GpuStream) {
     gemm_case::<T>(s, &mut ws, 1, 512, 18432, Path::Auto(None), 3000);
     gemm_case::<T>(s, &mut ws, 4, 4096, 512, Path::Auto(None), 3001);
     gemm_case::<T>(s, &mut ws, 16, 192, 4096, Path::Auto(Some(32)), 3002);
-    for depth in GemvPlan::DEPTHS {
-        let path = Path::Gemv {
-            k_ways: 1,
-            slices: 1,
-            depth,
-        };
-        gemm_case::<T>(s, &mut ws, 3, 128, 7168, path, 3003 + depth as u64);
-    }
+    let path = Path::Gemv {
+        k_ways: 1,
+        slices: 1,
+    };
+    gemm_case::<T>(s, &mut ws, 3, 128, 7168, path, 3003);
 }
 
 #[test]
@@ -427,14 +408,6 @@ fn w4a16_gemm_checks_shapes() {
         .w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &other)
         .is_err());
     let mut plan = GemvPlan::with(2, 64, 128, 4, 1).unwrap();
-    s.w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &plan)
-        .unwrap();
-    plan.depth = 3; // no such kernel
-    assert!(s
-        .w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &plan)
-        .is_err());
-    assert!(plan.with_depth(0).is_err());
-    plan.depth = 2;
     s.w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &plan)
         .unwrap();
     plan.slices = 2; // more slices than k / 128 groups

@@ -2,8 +2,7 @@
 //! to [`GemvPlan::MAX_ROWS`] rows the product is a stream over the packed weights, loaded
 //! straight into registers. The plan cuts it into blocks: several warps may share a column
 //! tile's k range (k-ways, summed in shared memory) and k may be cut into slices, whose f32
-//! partial sums the kernel adds up; it also picks how many groups of 128 each warp keeps in
-//! flight (depth).
+//! partial sums the kernel adds up.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -17,11 +16,13 @@ use crate::cuda::runtime::{DeviceBuf, GpuStream};
 /// Warps per block (`kGvWarps`); with `k_ways` warps per tile a block covers 4 / k_ways tiles.
 const WARPS: usize = 4;
 const THREADS: u32 = 32 * WARPS as u32;
-/// Packed weight bytes per block the automatic plan aims at. Measured on an H100 (timing
-/// example, k-ways x slices sweeps at 1 and 16 rows, 2026-11-21): the fastest plans of all
-/// seven DeepSeek-V3 shapes gave each block 28-64 KiB; less leaves the pipeline's start-up
-/// latency unhidden, more leaves too few blocks to spread over the device.
-const BLOCK_BYTES: usize = 32 << 10;
+/// Groups of 128 per warp under which the automatic plan does not cut k into slices unless
+/// the device is far from full. Measured on an H100 (timing example, k-ways x slices sweeps at
+/// 1 and 16 rows, 2026-11-22): a warp streams best over long runs (the fastest plans gave the
+/// large matrices 14-18 groups per warp, one tile per block, ~1.7-2.2 blocks per
+/// multiprocessor); a slice that halves a 4-group run to 2 costs more than the idle
+/// multiprocessors it fills (shared expert down: 5.5 us unsplit, 7.0 in two slices).
+const MIN_RUN: usize = 8;
 
 /// How the small-m kernel is cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,10 +36,6 @@ pub struct GemvPlan {
     pub column_groups: usize,
     /// 1 for m <= 8, 2 for m <= 16: the 8-row token tiles of the transposed mma.
     pub token_tiles: usize,
-    /// Groups of 128 (4 KiB of weights) each warp keeps in flight ahead of the one it
-    /// multiplies: 1 or 2 ([`Self::DEPTHS`]). Two hide more latency per warp but take ~30
-    /// more registers, so fewer warps fit on a multiprocessor.
-    pub depth: usize,
 }
 
 impl GemvPlan {
@@ -46,11 +43,9 @@ impl GemvPlan {
     pub const MAX_ROWS: usize = 16;
     /// The k-way counts the kernel is instantiated for.
     pub const K_WAYS: [usize; 3] = [1, 2, 4];
-    /// The depths the kernel is instantiated for.
-    pub const DEPTHS: [usize; 2] = [1, 2];
 
     /// The plan with `k_ways` warps per tile and about `slices` k slices (clamped to
-    /// 1..=k/128, then evened out so that every slice holds at least one group), depth 1.
+    /// 1..=k/128, then evened out so that every slice holds at least one group).
     pub fn with(m: usize, n: usize, k: usize, k_ways: usize, slices: usize) -> CudaResult<Self> {
         if !(1..=Self::MAX_ROWS).contains(&m) || !Self::K_WAYS.contains(&k_ways) {
             return Err(shape(
@@ -70,28 +65,15 @@ impl GemvPlan {
             groups_per_slice,
             column_groups: (n / TILE_N).div_ceil(WARPS / k_ways).max(1),
             token_tiles: m.div_ceil(8),
-            depth: 1,
         })
     }
 
-    /// This plan with `depth` groups in flight per warp (one of [`Self::DEPTHS`]).
-    pub fn with_depth(self, depth: usize) -> CudaResult<Self> {
-        if !Self::DEPTHS.contains(&depth) {
-            return Err(shape(
-                "w4a16 gemv plan",
-                format!("depth {depth} must be one of {:?}", Self::DEPTHS),
-            ));
-        }
-        Ok(GemvPlan { depth, ..self })
-    }
-
-    /// The automatic plan: blocks of about 32 KiB of weights (`BLOCK_BYTES`). Tiles per block (4 /
-    /// k_ways) start at 1 (2 past 8 rows, whose x tile costs twice the shared memory) and
-    /// double while a block's tiles hold less; k is cut into as many slices as that byte
-    /// count allows, but no more than keep the partial sums (8 m n bytes each, written and
-    /// read) within a quarter of the weight bytes (n k / 2), slices <= k / (64 m), unless
-    /// that leaves fewer blocks than multiprocessors. `force_slices` overrides the slice
-    /// count (clamped as in [`Self::with`]).
+    /// The automatic plan. k-ways: 4 (one tile per block, the tile's warps interleaving its
+    /// groups), fewer where k has under two groups per warp. Slices: where the column groups
+    /// fill less than half of the multiprocessors, enough for two blocks per multiprocessor
+    /// (at most one per group and k-way); otherwise one block per multiprocessor at least,
+    /// if that leaves every warp a run of `MIN_RUN` groups, else no split. `force_slices`
+    /// overrides the slice count (clamped as in [`Self::with`]).
     pub fn choose(
         m: usize,
         n: usize,
@@ -99,27 +81,36 @@ impl GemvPlan {
         multiprocessors: usize,
         force_slices: Option<usize>,
     ) -> CudaResult<Self> {
-        let tile_bytes = k * TILE_N / 2; // one tile's packed weights over all of k
-        let mut tiles_per_block = if m > 8 { 2 } else { 1 };
-        while tiles_per_block < WARPS && tiles_per_block * tile_bytes < BLOCK_BYTES {
-            tiles_per_block *= 2;
-        }
-        let column_groups = (n / TILE_N).div_ceil(tiles_per_block).max(1);
+        let groups = (k / GROUP).max(1);
+        let k_ways = Self::K_WAYS
+            .into_iter()
+            .rev()
+            .find(|&kw| groups >= 2 * kw)
+            .unwrap_or(1);
+        let column_groups = (n / TILE_N).div_ceil(WARPS / k_ways).max(1);
         let slices = force_slices.unwrap_or_else(|| {
-            (tiles_per_block * tile_bytes / BLOCK_BYTES)
-                .min(k / (64 * m))
-                .max(multiprocessors.div_ceil(column_groups))
+            if 2 * column_groups < multiprocessors {
+                (2 * multiprocessors)
+                    .div_ceil(column_groups)
+                    .min(groups / k_ways)
+            } else {
+                let s = multiprocessors.div_ceil(column_groups);
+                if groups / (s * k_ways) >= MIN_RUN {
+                    s
+                } else {
+                    1
+                }
+            }
         });
-        Self::with(m, n, k, WARPS / tiles_per_block, slices)
+        Self::with(m, n, k, k_ways, slices)
     }
 
     fn kernel<T: MmaFloat>(&self) -> String {
         format!(
-            "kt_w4a16_gemv_{}_t{}_k{}_d{}",
+            "kt_w4a16_gemv_{}_t{}_k{}",
             T::SUFFIX,
             self.token_tiles,
-            self.k_ways,
-            self.depth
+            self.k_ways
         )
     }
 }
@@ -169,7 +160,7 @@ impl GpuStream {
             n,
             k,
         } = ops;
-        let expect = GemvPlan::with(m, n, k, plan.k_ways, plan.slices)?.with_depth(plan.depth)?;
+        let expect = GemvPlan::with(m, n, k, plan.k_ways, plan.slices)?;
         if *plan != expect {
             return Err(shape(
                 OP,
@@ -198,7 +189,7 @@ impl GpuStream {
                 .arg(&null)
                 .arg(&null);
             b.arg(&mi).arg(&ni).arg(&ki).arg(&steps).arg(&slices);
-            // SAFETY: arguments match kt_w4a16_gemv_<T>_t<tiles>_k<ways>_d<depth> (x, packed, scales,
+            // SAFETY: arguments match kt_w4a16_gemv_<T>_t<tiles>_k<ways> (x, packed, scales,
             // out, no partials, no counters, M, N, K, k steps per slice, slices); x is m x k
             // and out m x n, packed and scales hold n x k weights (Operands::check), 1 <= m
             // <= 16 and the plan is this shape's (checked), n % 64 == 0 and k % 128 == 0
