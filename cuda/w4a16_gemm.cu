@@ -262,7 +262,7 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 // 2q + 8, g = lane / 4, q = lane % 4), and the rows of x are the n = 8 side (B), so m <= 8
 // costs 4 mma per tile and k step (NT = 1 token tile) and m <= 16 costs 8 (NT = 2). A lane's B
 // registers are x[8 t + g][16 s + 2 q + {0, 1}] and [.. + 8 + {0, 1}], read from global memory
-// (through L1) one group ahead like the weights.
+// (through L1) at the start of their group.
 // The A fragments are the integers q themselves (exact in f16 and bf16; the products with x
 // are exact in the f32 accumulators): a group is summed unscaled and then added to the output
 // sums as scale * sum in f32, one fused rounding per group. This is the exact int4 weight
@@ -370,12 +370,13 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
             for (int e = 0; e < 4; ++e) acc[t][w][e] = 0.0f;
 
     if (n_mine > 0) {
-        // The three streams, each advanced by KW groups per group of this warp: weights and x
-        // are read one group ahead, the scales at the start of their group (needed at its end).
+        // The three streams, each advanced by KW groups per group of this warp: weights (read
+        // one group ahead), x and scales (read at the start of their group; the scales are
+        // needed only at its end).
         constexpr int kWStride = KW * kGvSteps * 32; // uint4
         const int x_stride = KW * kGroup / 2;        // uint32 (pairs of x)
         const size_t s_stride = (size_t)KW * N;
-        const uint4* wp = qw + ((size_t)nt * (K / 16) + (size_t)g_first * kGvSteps) * 32 + lane;
+        const uint4* wf = qw + ((size_t)nt * (K / 16) + (size_t)g_first * kGvSteps) * 32 + lane;
         const T* sp = scales + (size_t)g_first * N + nt * kBN + g;
         const uint32_t* xp[NT];
 #pragma unroll
@@ -386,39 +387,37 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
             xp[t] = reinterpret_cast<const uint32_t*>(x + (size_t)row * K + g_first * kGroup + 2 * q);
         }
 
-        // Two register buffers of one group each: group j + 1's weights and x go out at the
-        // start of group j, into the buffer that group j - 1 has just consumed. The loop is
-        // unrolled by two so that the buffer index is a compile-time constant.
+        // Two register buffers of one group each: group j + 1's weights go out at the start of
+        // group j, into the buffer that group j - 1 has just consumed. The loop is unrolled by
+        // two so that the buffer index is a compile-time constant.
         uint4 wb[2][kGvSteps];
-        uint32_t xb[2][NT][kGvSteps][2]; // [buffer][token tile t][step u]: the B registers
-        auto load = [&](int buf, bool pred) {
 #pragma unroll
-            for (int u = 0; u < kGvSteps; ++u) wb[buf][u] = ld_stream_if(wp + u * 32, pred);
-#pragma unroll
-            for (int t = 0; t < NT; ++t)
-#pragma unroll
-                for (int u = 0; u < kGvSteps; ++u)
-#pragma unroll
-                    for (int h = 0; h < 2; ++h) xb[buf][t][u][h] = __ldg(xp[t] + u * 8 + h * 4);
-        };
-        load(0, true);
+        for (int u = 0; u < kGvSteps; ++u) wb[0][u] = ld_stream_if(wf + u * 32, true);
+        wf += kWStride;
         for (int j0 = 0; j0 < n_mine; j0 += 2) {
 #pragma unroll
             for (int b = 0; b < 2; ++b) {
                 const int j = j0 + b;
                 if (j >= n_mine) break;
-                // After the last group x is read again where it is (no load past the end).
-                const bool more = j + 1 < n_mine;
-                wp += kWStride;
 #pragma unroll
-                for (int t = 0; t < NT; ++t) xp[t] += more ? x_stride : 0;
-                load(b ^ 1, more);
-                // sc[w][h] = the scale of column 16 w + 8 h + g.
+                for (int u = 0; u < kGvSteps; ++u) wb[b ^ 1][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
+                wf += kWStride;
+                // xb[t][u] = the B registers of token tile t at step u; sc[w][h] = the scale of
+                // column 16 w + 8 h + g.
+                uint32_t xb[NT][kGvSteps][2];
+#pragma unroll
+                for (int t = 0; t < NT; ++t)
+#pragma unroll
+                    for (int u = 0; u < kGvSteps; ++u)
+#pragma unroll
+                        for (int h = 0; h < 2; ++h) xb[t][u][h] = __ldg(xp[t] + u * 8 + h * 4);
                 T sc[4][2];
 #pragma unroll
                 for (int w = 0; w < 4; ++w)
 #pragma unroll
                     for (int h = 0; h < 2; ++h) sc[w][h] = __ldg(sp + 16 * w + 8 * h);
+#pragma unroll
+                for (int t = 0; t < NT; ++t) xp[t] += x_stride;
                 sp += s_stride;
 
                 float sum[NT][4][4]; // this group's unscaled sums
@@ -437,7 +436,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
                         uint32_t a[4];
                         Int4<T>::frag(words[w], a);
 #pragma unroll
-                        for (int t = 0; t < NT; ++t) Kind<T>::mma(sum[t][w], a, xb[b][t][u][0], xb[b][t][u][1]);
+                        for (int t = 0; t < NT; ++t) Kind<T>::mma(sum[t][w], a, xb[t][u][0], xb[t][u][1]);
                     }
                 }
                 // sum[t][w][e] belongs to column 16 w + g (e < 2) or 16 w + 8 + g (e >= 2).
