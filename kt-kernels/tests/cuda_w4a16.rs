@@ -159,6 +159,12 @@ fn gemv_plan_sizes_blocks_and_slices() {
             "{p:?}"
         );
     }
+    // q_b: 384 tiles of 12 groups. At one row a block per tile fits in one wave (3 per
+    // multiprocessor); at 16 rows (2 per multiprocessor) 2 k-ways halve the blocks to 192.
+    let p = plan(1, 24576, 1536);
+    assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 384), "{p:?}");
+    let p = plan(16, 24576, 1536);
+    assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 192), "{p:?}");
     // kv_b: 4 groups, so 2 k-ways (two groups per warp), two tiles per block, unsplit.
     let p = plan(1, 32768, 512);
     assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 256), "{p:?}");

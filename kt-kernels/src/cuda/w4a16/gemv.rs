@@ -23,6 +23,9 @@ const THREADS: u32 = 32 * WARPS as u32;
 /// multiprocessor); a slice that halves a 4-group run to 2 costs more than the idle
 /// multiprocessors it fills (shared expert down: 5.5 us unsplit, 7.0 in two slices).
 const MIN_RUN: usize = 8;
+/// Blocks of the kernel resident per multiprocessor at m <= 8 and at m <= 16: its launch
+/// bounds (`4 - NT` blocks) hold it to ~150 and ~200 registers per thread.
+const RESIDENT_BLOCKS: [usize; 2] = [3, 2];
 
 /// How the small-m kernel is cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,11 +72,14 @@ impl GemvPlan {
     }
 
     /// The automatic plan. k-ways: 4 (one tile per block, the tile's warps interleaving its
-    /// groups), fewer where k has under two groups per warp. Slices: where the column groups
-    /// fill less than half of the multiprocessors, enough for two blocks per multiprocessor
-    /// (at most one per group and k-way); otherwise one block per multiprocessor at least,
-    /// if that leaves every warp a run of `MIN_RUN` groups, else no split. `force_slices`
-    /// overrides the slice count (clamped as in [`Self::with`]).
+    /// groups), fewer where k has under two groups per warp or where the column groups would
+    /// not all be resident at once (`RESIDENT_BLOCKS` per multiprocessor): a second wave of
+    /// a few blocks costs more than longer runs per warp (q_b_proj at 16 rows: 384 blocks
+    /// 16.6 us, 2 k-ways' 192 blocks 14.9). Slices: where the column groups fill less than
+    /// half of the multiprocessors, enough for two blocks per multiprocessor (at most one
+    /// per group and k-way); otherwise one block per multiprocessor at least, if that leaves
+    /// every warp a run of `MIN_RUN` groups, else no split. `force_slices` overrides the
+    /// slice count (clamped as in [`Self::with`]).
     pub fn choose(
         m: usize,
         n: usize,
@@ -82,12 +88,14 @@ impl GemvPlan {
         force_slices: Option<usize>,
     ) -> CudaResult<Self> {
         let groups = (k / GROUP).max(1);
+        let tiles = (n / TILE_N).max(1);
+        let resident = multiprocessors * RESIDENT_BLOCKS[usize::from(m > 8)];
         let k_ways = Self::K_WAYS
             .into_iter()
             .rev()
-            .find(|&kw| groups >= 2 * kw)
+            .find(|&kw| groups >= 2 * kw && tiles.div_ceil(WARPS / kw) <= resident)
             .unwrap_or(1);
-        let column_groups = (n / TILE_N).div_ceil(WARPS / k_ways).max(1);
+        let column_groups = tiles.div_ceil(WARPS / k_ways);
         let slices = force_slices.unwrap_or_else(|| {
             if 2 * column_groups < multiprocessors {
                 (2 * multiprocessors)
