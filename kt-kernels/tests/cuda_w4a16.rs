@@ -160,11 +160,18 @@ fn gemv_plan_sizes_blocks_and_slices() {
         );
     }
     // q_b: 384 tiles of 12 groups. At one row a block per tile fits in one wave (3 per
-    // multiprocessor); at 16 rows (2 per multiprocessor) 2 k-ways halve the blocks to 192.
+    // multiprocessor); at 16 rows (2 per multiprocessor) it is past one wave and a k split
+    // would leave 1.5 groups per warp, so 2 k-ways halve the blocks to 192.
     let p = plan(1, 24576, 1536);
     assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 384), "{p:?}");
     let p = plan(16, 24576, 1536);
     assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 192), "{p:?}");
+    // Dense in: 288 tiles of 56 groups, one wave at one row; past it at 16 rows, where k is
+    // cut in two (7 groups per warp).
+    let p = plan(1, 18432, 7168);
+    assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 288), "{p:?}");
+    let p = plan(16, 18432, 7168);
+    assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 2, 288), "{p:?}");
     // kv_b: 4 groups, so 2 k-ways (two groups per warp), two tiles per block, unsplit.
     let p = plan(1, 32768, 512);
     assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 256), "{p:?}");

@@ -72,13 +72,14 @@ impl GemvPlan {
     }
 
     /// The automatic plan. k-ways: 4 (one tile per block, the tile's warps interleaving its
-    /// groups), fewer where k has under two groups per warp or where the column groups would
-    /// not all be resident at once (`RESIDENT_BLOCKS` per multiprocessor): a second wave of
-    /// a few blocks costs more than longer runs per warp (q_b_proj at 16 rows: 384 blocks
-    /// 16.6 us, 2 k-ways' 192 blocks 14.9). Slices: where the column groups fill less than
-    /// half of the multiprocessors, enough for two blocks per multiprocessor (at most one
-    /// per group and k-way); otherwise one block per multiprocessor at least, if that leaves
-    /// every warp a run of `MIN_RUN` groups, else no split. `force_slices` overrides the
+    /// groups), fewer where k has under two groups per warp. Slices: where the column groups
+    /// fill less than half of the multiprocessors, enough for two blocks per multiprocessor
+    /// (at most one per group and k-way); otherwise one block per multiprocessor at least, if
+    /// that leaves every warp a run of `MIN_RUN` groups, else no split. A grid just past one
+    /// wave of resident blocks (`RESIDENT_BLOCKS` per multiprocessor) runs its last blocks
+    /// alone, so there k is cut in two where every warp keeps `MIN_RUN / 2` groups (dense
+    /// in at 16 rows: 288 blocks 48.8 us, 576 44.3), else the k-ways are halved (q_b_proj at
+    /// 16 rows: 384 blocks 16.6 us, 192 of two tiles 14.9). `force_slices` overrides the
     /// slice count (clamped as in [`Self::with`]).
     pub fn choose(
         m: usize,
@@ -89,15 +90,23 @@ impl GemvPlan {
     ) -> CudaResult<Self> {
         let groups = (k / GROUP).max(1);
         let tiles = (n / TILE_N).max(1);
-        let resident = multiprocessors * RESIDENT_BLOCKS[usize::from(m > 8)];
-        let k_ways = Self::K_WAYS
+        let mut k_ways = Self::K_WAYS
             .into_iter()
             .rev()
-            .find(|&kw| groups >= 2 * kw && tiles.div_ceil(WARPS / kw) <= resident)
+            .find(|&kw| groups >= 2 * kw)
             .unwrap_or(1);
+        let mut min_slices = 1;
+        let resident = multiprocessors * RESIDENT_BLOCKS[usize::from(m > 8)];
+        if tiles.div_ceil(WARPS / k_ways) > resident {
+            if groups / (2 * k_ways) >= MIN_RUN / 2 {
+                min_slices = 2;
+            } else {
+                k_ways = (k_ways / 2).max(1);
+            }
+        }
         let column_groups = tiles.div_ceil(WARPS / k_ways);
         let slices = force_slices.unwrap_or_else(|| {
-            if 2 * column_groups < multiprocessors {
+            min_slices.max(if 2 * column_groups < multiprocessors {
                 (2 * multiprocessors)
                     .div_ceil(column_groups)
                     .min(groups / k_ways)
@@ -108,7 +117,7 @@ impl GemvPlan {
                 } else {
                     1
                 }
-            }
+            })
         });
         Self::with(m, n, k, k_ways, slices)
     }
