@@ -243,45 +243,49 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
     }
 }
 
-// ---- Small-m path: out = x W^T for m <= 16 rows, as a stream over the packed weights ----
+// ---- Small-m path: out = x W^T for m <= 16 rows, a register-direct stream over the weights ----
 //
-// At a few rows the GEMM is a matrix-vector product bound by reading each weight byte once,
-// so the kernel is built around that stream and keeps its instruction count per byte low.
+// At a few rows the GEMM is a matrix-vector product bound by reading each weight byte once.
+// The packed layout already holds, per lane, ready mma fragments, so the weights never touch
+// shared memory: each warp streams its 64-column tile along k with 128-bit loads straight
+// into registers (one uint4 per lane and 16-deep k step = four 16 x 16 A fragments), the next
+// group of 128 (4 KiB per warp) in flight while it multiplies the current one; no barrier
+// until the end. Per group and warp that is 8 weight loads, 16 NT loads of x, 8 of scales,
+// 9 (f16) or 11 (bf16) dequantizing instructions per 256 weights and 4 NT mma per k step:
+// ~390 SASS instructions per group at m <= 8 in f16 (12 per 256 weights; the shared-memory
+// pipeline this replaced issued 21).
 // A block's 4 warps cover TW = 4 / KW consecutive 64-column tiles, KW warps per tile
-// (k-ways), over one slice of k (whole 128-groups): each stage brings kGvSteps 16-deep k
-// steps per warp (8 KiB of weights per block) with cp.async, the k-ways of a tile taking
-// consecutive kGvSteps-step chunks, and kGvStages - 1 stages stay in flight. Shared memory
-// holds, per stage, the weights, each warp's 64 scales of its chunk's group, and the M rows
-// of x of the stage's k range (dynamic: the size follows M).
+// (k-ways), over one slice of k (whole groups); k-way j takes groups j, j + KW, ... of the
+// slice, so a tile's k-ways together read it front to back.
 // The mma runs transposed, out^T = W x^T: the 16 columns of sub-tiles 2w and 2w + 1 of a
 // lane's packed word w form exactly the mma A fragment (rows g and g + 8 at k pairs 2q and
-// 2q + 8, g = lane / 4, q = lane % 4), and the rows of x are the n = 8 side, so m <= 8 costs
-// 4 mma per tile and k step (NT = 1 token tile) and m <= 16 costs 8 (NT = 2). Rows past m
-// are zero registers, never loaded.
+// 2q + 8, g = lane / 4, q = lane % 4), and the rows of x are the n = 8 side (B), so m <= 8
+// costs 4 mma per tile and k step (NT = 1 token tile) and m <= 16 costs 8 (NT = 2). A lane's B
+// registers are x[8 t + g][16 s + 2 q + {0, 1}] and [.. + 8 + {0, 1}], read from global memory
+// (through L1) at the start of their group.
 // The A fragments are the integers q themselves (exact in f16 and bf16; the products with x
-// are exact in the f32 accumulators): a chunk (one group) is summed unscaled and then added
-// to the output sums as scale * sum in f32, one fused rounding per group. This is the exact
-// int4 weight q * scale, where the tiled kernel multiplies with q * scale rounded to T.
+// are exact in the f32 accumulators): a group is summed unscaled and then added to the output
+// sums as scale * sum in f32, one fused rounding per group. This is the exact int4 weight
+// q * scale, where the tiled kernel multiplies with q * scale rounded to T.
 // The k-ways of a tile are summed through shared memory in k-way order. With one k slice the
 // block then writes `out`; with several it writes f32 partials [slice][M][N], and the last
 // block of its column group to finish (an atomic counter per group, reset by that block for
 // the next launch) adds the slices in slice order: deterministic, and no second launch.
 constexpr int kGvWarps = 4;
 constexpr int kGvThreads = 32 * kGvWarps;
-constexpr int kGvSteps = 4;                   // 16-deep k steps per warp and stage
-constexpr int kGvStages = 4;
-constexpr int kGvStepBytes = 32 * 16;         // one tile's packed weights for one k step
-constexpr int kGvWBytes = kGvWarps * kGvSteps * kGvStepBytes;
-constexpr int kGvSBytes = kGvWarps * kBN * 2; // each warp's 64 scales
-static_assert(kGroup / 16 % kGvSteps == 0, "a warp's chunk never straddles a scale group");
+constexpr int kGvSteps = kGroup / 16; // 16-deep k steps per group
 
-// Bytes per row of x in a stage: the stage's KW * kGvSteps * 16 values, plus 16 bytes that
-// spread the 8 rows g of a fragment load over all banks. Mirrored by gemv.rs.
-template <int KW> __host__ __device__ constexpr int gv_x_row() { return KW * kGvSteps * 32 + 16; }
-
-// 16-byte async copy to a shared-memory address.
-__device__ __forceinline__ void cp_async16_to(uint32_t dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+// A 16-byte load of data read once (served from L2 without allocating in L1, which keeps x),
+// issued only if `pred`. The result is an output-only operand: where `pred` is false the
+// registers hold garbage that the caller never reads, and the compiler need not keep (copy)
+// their previous value as it must for a plain conditional load.
+__device__ __forceinline__ uint4 ld_stream_if(const uint4* p, bool pred) {
+    uint4 r;
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n"
+                 " @p ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n}\n"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p), "r"((int)pred));
+    return r;
 }
 
 // (a & MASK) | MAGIC in one lop3 (plain C++ becomes two: SASS takes one immediate).
@@ -331,27 +335,16 @@ template <> struct Int4<__nv_bfloat16> {
     }
 };
 
-template <typename T> __device__ __forceinline__ float to_f32(T v);
-template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
 template <typename T, int NT, int KW>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
                                            int M, int N, int K, int steps_per_slice, int slices) {
     constexpr int TW = kGvWarps / KW;
-    constexpr int kXRow = gv_x_row<KW>();
-    constexpr int kStageSteps = KW * kGvSteps;
-    constexpr int kChunks = kStageSteps * 2;      // 16-byte chunks of x per row and stage
-    constexpr int kXItems = (8 * NT * kChunks + kGvThreads - 1) / kGvThreads; // per thread
-    constexpr int kAcc = NT * 16;                 // accumulators per lane
-    static_assert(TW * kAcc * 32 * 4 <= kGvStages * (kGvWBytes + kGvSBytes), "k-way sums fit");
-    extern __shared__ uint4 gv_smem[];
-    uint8_t* smem = reinterpret_cast<uint8_t*>(gv_smem);
+    constexpr int kAcc = NT * 16; // accumulators per lane
+    __shared__ float red[KW > 1 ? TW * kAcc * 32 : 1];
     __shared__ unsigned is_last;
 
-    const int stage_bytes = kGvWBytes + kGvSBytes + M * kXRow;
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
@@ -363,43 +356,10 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     const int slice = blockIdx.x % slices;
     const int nt = group * TW + tile_in;
     const bool tile_ok = nt < N / kBN;
-    const int k_steps = K / 16;
-    const int ks_begin = slice * steps_per_slice;
-    const int ks_end = min(ks_begin + steps_per_slice, k_steps);
-    const int n_stages = (ks_end - ks_begin + kStageSteps - 1) / kStageSteps;
-
-    // First k step of this warp's chunk in stage `stage`; a slice is a whole number of groups
-    // and chunks start at multiples of kGvSteps, so a chunk is wholly inside or past the end.
-    auto chunk = [&](int stage) { return ks_begin + stage * kStageSteps + kway * kGvSteps; };
-
-    // Copy sources and shared-memory destinations, advanced by whole stages below.
-    const uint32_t s_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-    const uint4* w_src = qw + ((size_t)nt * k_steps + ks_begin + kway * kGvSteps) * 32 + lane;
-    const uint32_t w_dst = s_base + warp * kGvSteps * kGvStepBytes + lane * 16;
-    const T* s_src = scales + nt * kBN + lane * 8;
-    const uint32_t s_dst = s_base + kGvWBytes + warp * kBN * 2 + lane * 16;
-    const uint32_t x_dst = s_base + kGvWBytes + kGvSBytes;
-
-    auto load_stage = [&](int slot, int stage) {
-        const uint32_t so = slot * stage_bytes;
-        const int my0 = chunk(stage);
-        if (tile_ok && my0 < ks_end) {
-            const uint4* src = w_src + (size_t)stage * kStageSteps * 32;
-#pragma unroll
-            for (int u = 0; u < kGvSteps; ++u) cp_async16_to(w_dst + so + u * kGvStepBytes, src + u * 32);
-            if (lane < kBN * 2 / 16) cp_async16_to(s_dst + so, s_src + (size_t)(my0 / (kGroup / 16)) * N);
-        }
-        const int ks0 = ks_begin + stage * kStageSteps;
-#pragma unroll
-        for (int i = 0; i < kXItems; ++i) {
-            const int c = tid + i * kGvThreads;
-            const int r = c / kChunks;
-            const int ch = c % kChunks;
-            if (r < M && ks0 + ch / 2 < ks_end) {
-                cp_async16_to(x_dst + so + r * kXRow + ch * 16, x + (size_t)r * K + ks0 * 16 + ch * 8);
-            }
-        }
-    };
+    const int per_slice = steps_per_slice / kGvSteps; // groups
+    const int g_first = slice * per_slice + kway;
+    const int g_end = min((slice + 1) * per_slice, K / kGroup);
+    const int n_mine = tile_ok && g_first < g_end ? (g_end - g_first + KW - 1) / KW : 0;
 
     float acc[NT][4][4];
 #pragma unroll
@@ -409,72 +369,95 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[t][w][e] = 0.0f;
 
+    if (n_mine > 0) {
+        // The three streams, each advanced by KW groups per group of this warp: weights (read
+        // one group ahead), x and scales (read at the start of their group; the scales are
+        // needed only at its end).
+        constexpr int kWStride = KW * kGvSteps * 32; // uint4
+        const int x_stride = KW * kGroup / 2;        // uint32 (pairs of x)
+        const size_t s_stride = (size_t)KW * N;
+        const uint4* wf = qw + ((size_t)nt * (K / 16) + (size_t)g_first * kGvSteps) * 32 + lane;
+        const T* sp = scales + (size_t)g_first * N + nt * kBN + g;
+        const uint32_t* xp[NT];
 #pragma unroll
-    for (int s = 0; s < kGvStages - 1; ++s) {
-        if (s < n_stages) load_stage(s, s);
-        cp_async_commit(); // empty groups keep the wait counts uniform
-    }
+        for (int t = 0; t < NT; ++t) {
+            // Lanes of rows past m read row m - 1: their products land in output rows that are
+            // never written, and every load stays unconditional.
+            const int row = min(8 * t + g, M - 1);
+            xp[t] = reinterpret_cast<const uint32_t*>(x + (size_t)row * K + g_first * kGroup + 2 * q);
+        }
 
-    for (int it = 0; it < n_stages; ++it) {
-        cp_async_wait<kGvStages - 2>();
-        __syncthreads(); // stage `it` landed for all threads; slot (it - 1) % kGvStages is free
-        if (it + kGvStages - 1 < n_stages) load_stage((it + kGvStages - 1) % kGvStages, it + kGvStages - 1);
-        cp_async_commit();
-        if (!tile_ok || chunk(it) >= ks_end) continue;
+        // Two register buffers of one group each: group j + 1's weights go out at the start of
+        // group j, into the buffer that group j - 1 has just consumed. The loop is unrolled by
+        // two so that the buffer index is a compile-time constant.
+        uint4 wb[2][kGvSteps];
+#pragma unroll
+        for (int u = 0; u < kGvSteps; ++u) wb[0][u] = ld_stream_if(wf + u * 32, true);
+        wf += kWStride;
+        for (int j0 = 0; j0 < n_mine; j0 += 2) {
+#pragma unroll
+            for (int b = 0; b < 2; ++b) {
+                const int j = j0 + b;
+                if (j >= n_mine) break;
+#pragma unroll
+                for (int u = 0; u < kGvSteps; ++u) wb[b ^ 1][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
+                wf += kWStride;
+                // xb[t][u] = the B registers of token tile t at step u; sc[w][h] = the scale of
+                // column 16 w + 8 h + g.
+                uint32_t xb[NT][kGvSteps][2];
+#pragma unroll
+                for (int t = 0; t < NT; ++t)
+#pragma unroll
+                    for (int u = 0; u < kGvSteps; ++u)
+#pragma unroll
+                        for (int h = 0; h < 2; ++h) xb[t][u][h] = __ldg(xp[t] + u * 8 + h * 4);
+                T sc[4][2];
+#pragma unroll
+                for (int w = 0; w < 4; ++w)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) sc[w][h] = __ldg(sp + 16 * w + 8 * h);
+#pragma unroll
+                for (int t = 0; t < NT; ++t) xp[t] += x_stride;
+                sp += s_stride;
 
-        const uint8_t* st = smem + (it % kGvStages) * stage_bytes;
-        const uint8_t* xs = st + kGvWBytes + kGvSBytes + (kway * kGvSteps * 16 + 2 * q) * 2;
-        float sum[NT][4][4]; // this chunk's unscaled sums
+                float sum[NT][4][4]; // this group's unscaled sums
 #pragma unroll
-        for (int t = 0; t < NT; ++t)
+                for (int t = 0; t < NT; ++t)
 #pragma unroll
-            for (int w = 0; w < 4; ++w)
+                    for (int w = 0; w < 4; ++w)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) sum[t][w][e] = 0.0f;
+                        for (int e = 0; e < 4; ++e) sum[t][w][e] = 0.0f;
 #pragma unroll
-        for (int u = 0; u < kGvSteps; ++u) {
-            // B fragments: x[row][16 u + 2 q + {0, 1}] and [.. + 8 + {0, 1}] for row 8 t + g.
-            uint32_t b[NT][2];
+                for (int u = 0; u < kGvSteps; ++u) {
+                    const uint4 v = wb[b][u];
+                    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-            for (int t = 0; t < NT; ++t) {
-                const int row = 8 * t + g;
-                const uint8_t* xr = xs + row * kXRow + u * 32;
-                b[t][0] = row < M ? *reinterpret_cast<const uint32_t*>(xr) : 0u;
-                b[t][1] = row < M ? *reinterpret_cast<const uint32_t*>(xr + 16) : 0u;
-            }
-            const uint4 bq = *reinterpret_cast<const uint4*>(st + (warp * kGvSteps + u) * kGvStepBytes + lane * 16);
-            const uint32_t words[4] = {bq.x, bq.y, bq.z, bq.w};
+                    for (int w = 0; w < 4; ++w) {
+                        uint32_t a[4];
+                        Int4<T>::frag(words[w], a);
 #pragma unroll
-            for (int w = 0; w < 4; ++w) {
-                // A fragment of columns 16 w .. 16 w + 15: rows g (sub-tile 2w) and g + 8
-                // (sub-tile 2w + 1), k pair 2q then 2q + 8.
-                uint32_t a[4];
-                Int4<T>::frag(words[w], a);
+                        for (int t = 0; t < NT; ++t) Kind<T>::mma(sum[t][w], a, xb[t][u][0], xb[t][u][1]);
+                    }
+                }
+                // sum[t][w][e] belongs to column 16 w + g (e < 2) or 16 w + 8 + g (e >= 2).
 #pragma unroll
-                for (int t = 0; t < NT; ++t) Kind<T>::mma(sum[t][w], a, b[t][0], b[t][1]);
+                for (int w = 0; w < 4; ++w) {
+                    const float s0 = kt_to_f32(sc[w][0]);
+                    const float s1 = kt_to_f32(sc[w][1]);
+#pragma unroll
+                    for (int t = 0; t < NT; ++t) {
+                        acc[t][w][0] = fmaf(s0, sum[t][w][0], acc[t][w][0]);
+                        acc[t][w][1] = fmaf(s0, sum[t][w][1], acc[t][w][1]);
+                        acc[t][w][2] = fmaf(s1, sum[t][w][2], acc[t][w][2]);
+                        acc[t][w][3] = fmaf(s1, sum[t][w][3], acc[t][w][3]);
+                    }
+                }
             }
         }
-        // sum[t][w][e] belongs to column 16 w + g (e < 2) or 16 w + 8 + g (e >= 2).
-        const T* s_tile = reinterpret_cast<const T*>(st + kGvWBytes) + warp * kBN;
-#pragma unroll
-        for (int w = 0; w < 4; ++w) {
-            const float s0 = to_f32<T>(s_tile[16 * w + g]);
-            const float s1 = to_f32<T>(s_tile[16 * w + 8 + g]);
-#pragma unroll
-            for (int t = 0; t < NT; ++t) {
-                acc[t][w][0] = fmaf(s0, sum[t][w][0], acc[t][w][0]);
-                acc[t][w][1] = fmaf(s0, sum[t][w][1], acc[t][w][1]);
-                acc[t][w][2] = fmaf(s1, sum[t][w][2], acc[t][w][2]);
-                acc[t][w][3] = fmaf(s1, sum[t][w][3], acc[t][w][3]);
-            }
-        }
     }
-    cp_async_wait<0>();
-
     // Sum the k-ways of each tile in k-way order; the last k-way's warp ends up with the sum.
     if constexpr (KW > 1) {
-        __syncthreads(); // the pipeline buffers become the sum buffer [TW][kAcc][32 lanes]
-        float* red = reinterpret_cast<float*>(smem) + tile_in * kAcc * 32 + lane;
+        float* r = red + tile_in * kAcc * 32 + lane; // [TW][kAcc][32 lanes]
 #pragma unroll
         for (int j = 0; j < KW - 1; ++j) {
             if (kway == j) {
@@ -484,7 +467,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
                     for (int w = 0; w < 4; ++w)
 #pragma unroll
                         for (int e = 0; e < 4; ++e) {
-                            float* d = red + ((t * 4 + w) * 4 + e) * 32;
+                            float* d = r + ((t * 4 + w) * 4 + e) * 32;
                             *d = j == 0 ? acc[t][w][e] : *d + acc[t][w][e];
                         }
             }
@@ -496,7 +479,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
                 for (int w = 0; w < 4; ++w)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[t][w][e] = red[((t * 4 + w) * 4 + e) * 32] + acc[t][w][e];
+                    for (int e = 0; e < 4; ++e) acc[t][w][e] = r[((t * 4 + w) * 4 + e) * 32] + acc[t][w][e];
         }
     }
     const bool writer = tile_ok && kway == KW - 1;
@@ -588,7 +571,7 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
 }
 
 #define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
-    extern "C" __global__ void __launch_bounds__(kGvThreads, 6 / NT) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
+    extern "C" __global__ void __launch_bounds__(kGvThreads, 4 - NT) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
         const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
         int M, int N, int K, int steps_per_slice, int slices) {                                    \
         w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,     \

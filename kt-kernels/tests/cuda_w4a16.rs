@@ -149,33 +149,48 @@ fn gemm_plan_fills_one_wave_with_nonempty_splits() {
 fn gemv_plan_sizes_blocks_and_slices() {
     let sms = 132;
     let plan = |m, n, k| GemvPlan::choose(m, n, k, sms, None).unwrap();
-    // o_proj at decode: a tile's 512 KiB over k in 16 slices of 32 KiB, one tile per block.
-    let p = plan(1, 7168, 16384);
-    assert_eq!(
-        (p.k_ways, p.slices, p.column_groups, p.token_tiles),
-        (4, 16, 112, 1),
-        "{p:?}"
-    );
-    // kv_b: 16 KiB per tile, so two tiles per block (2 k-ways each), unsplit.
+    // o_proj at decode: 112 tiles of 128 groups, one per block (4 k-ways); 2 slices give a
+    // block per multiprocessor and still 16 groups per warp. The same at 16 rows.
+    for m in [1, 16] {
+        let p = plan(m, 7168, 16384);
+        assert_eq!(
+            (p.k_ways, p.slices, p.column_groups, p.token_tiles),
+            (4, 2, 112, m.div_ceil(8)),
+            "{p:?}"
+        );
+    }
+    // q_b: 384 tiles of 12 groups. At one row a block per tile fits in one wave (3 per
+    // multiprocessor); at 16 rows (2 per multiprocessor) it is past one wave and a k split
+    // would leave 1.5 groups per warp, so 2 k-ways halve the blocks to 192.
+    let p = plan(1, 24576, 1536);
+    assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 384), "{p:?}");
+    let p = plan(16, 24576, 1536);
+    assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 192), "{p:?}");
+    // Dense in: 288 tiles of 56 groups, one wave at one row; past it at 16 rows, where k is
+    // cut in two (7 groups per warp).
+    let p = plan(1, 18432, 7168);
+    assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 288), "{p:?}");
+    let p = plan(16, 18432, 7168);
+    assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 2, 288), "{p:?}");
+    // kv_b: 4 groups, so 2 k-ways (two groups per warp), two tiles per block, unsplit.
     let p = plan(1, 32768, 512);
     assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 256), "{p:?}");
     let p = plan(16, 32768, 512);
     assert_eq!((p.k_ways, p.slices, p.token_tiles), (2, 1, 2), "{p:?}");
-    // 16 rows, few columns: 14 slices would fill blocks, the partial sums cap them at
-    // k / (64 m) = 7, but 16 column groups need 9 for a block per multiprocessor (evened
-    // out to 8 slices of 7 groups).
+    // Shared expert down: 112 tiles of 16 groups; 2 slices would leave 2 groups per warp.
+    let p = plan(1, 7168, 2048);
+    assert_eq!((p.k_ways, p.slices), (4, 1), "{p:?}");
+    // Shared expert in: 32 tiles fill a quarter of the device, so k is cut toward two
+    // blocks per multiprocessor: 9 slices wanted, evened out to 8 of 7 groups.
     let p = plan(16, 2048, 7168);
-    assert_eq!((p.k_ways, p.column_groups, p.slices), (2, 16, 8), "{p:?}");
-    // With enough columns the cap holds: o_proj at 16 rows, 2 k-ways.
-    let p = plan(16, 7168, 16384);
-    assert_eq!((p.k_ways, p.slices), (2, 16), "{p:?}");
-    // A small matrix: 8 KiB per tile, so 4 tiles per block; slices raised toward one block
-    // per multiprocessor, then capped by k / (64 m) = 4 and by the 2 groups of k.
+    assert_eq!((p.k_ways, p.column_groups, p.slices), (4, 32, 8), "{p:?}");
+    // A small matrix: 2 groups, so one k-way and 4 tiles per block; the slices wanted for
+    // two blocks per multiprocessor are capped at one group each.
     let p = plan(1, 1024, 256);
     assert_eq!((p.k_ways, p.column_groups, p.slices), (1, 4, 2), "{p:?}");
-    // 32 KiB per tile: one tile per block, 9 slices wanted for 132 blocks, k has 8 groups.
+    // 8 groups: 4 k-ways, 16 blocks; slices capped at 8 / 4 = 2 (a group per warp).
     let p = plan(1, 1024, 1024);
-    assert_eq!((p.k_ways, p.column_groups, p.slices), (4, 16, 8), "{p:?}");
+    assert_eq!((p.k_ways, p.column_groups, p.slices), (4, 16, 2), "{p:?}");
     // Forced slices win.
     assert_eq!(
         GemvPlan::choose(1, 7168, 16384, sms, Some(3))
@@ -323,9 +338,11 @@ fn gemm_all<T: MmaFloat>(s: &GpuStream) {
 
 /// The small-m kernel at every row count (automatic plan), and at 1, 2, 7, 8 (full token
 /// tile), 9 (second tile begins) and 16 rows with every k-way count and 1, 4 and 11 slices
-/// of k = 11 groups: the last stage of 4 k-ways is half empty, 4 slices are uneven (3 + 3 +
-/// 3 + 2), and 448 columns (7 tiles) leave the last block with 3 of 4 tiles (one k-way) or
-/// 1 of 2 (two k-ways). Then DeepSeek-like depths: a long k in many slices, a short k.
+/// of k = 11 groups: with 4 k-ways the warps of one slice get 3, 3, 3 and 2 groups (odd and
+/// even counts end the two-buffer loop at either buffer), 1 or 0 (4 and 11 slices: warps
+/// with nothing to add), 4 slices are uneven (3 + 3 + 3 + 2), and 448 columns (7 tiles) leave
+/// the last block with 3 of 4 tiles (one k-way) or 1 of 2 (two k-ways). Then DeepSeek-like
+/// depths: a long k in many slices, a short k, and one warp streaming 56 groups.
 fn gemv_all<T: MmaFloat>(s: &GpuStream) {
     let mut ws = GemmWorkspace::default();
     for m in 1..=GemvPlan::MAX_ROWS {
@@ -344,6 +361,11 @@ fn gemv_all<T: MmaFloat>(s: &GpuStream) {
     gemm_case::<T>(s, &mut ws, 1, 512, 18432, Path::Auto(None), 3000);
     gemm_case::<T>(s, &mut ws, 4, 4096, 512, Path::Auto(None), 3001);
     gemm_case::<T>(s, &mut ws, 16, 192, 4096, Path::Auto(Some(32)), 3002);
+    let path = Path::Gemv {
+        k_ways: 1,
+        slices: 1,
+    };
+    gemm_case::<T>(s, &mut ws, 3, 128, 7168, path, 3003);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The small-m path of the W4A16 GEMM (`kt_w4a16_gemv_*` in `cuda/w4a16_gemm.cu`): for up
-//! to [`GemvPlan::MAX_ROWS`] rows the product is a stream over the packed weights. The plan
-//! cuts it into blocks: several warps may share a column tile's k range (k-ways, summed in
-//! shared memory) and k may be cut into slices, whose f32 partial sums the kernel adds up.
+//! to [`GemvPlan::MAX_ROWS`] rows the product is a stream over the packed weights, loaded
+//! straight into registers. The plan cuts it into blocks: several warps may share a column
+//! tile's k range (k-ways, summed in shared memory) and k may be cut into slices, whose f32
+//! partial sums the kernel adds up.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -15,16 +16,16 @@ use crate::cuda::runtime::{DeviceBuf, GpuStream};
 /// Warps per block (`kGvWarps`); with `k_ways` warps per tile a block covers 4 / k_ways tiles.
 const WARPS: usize = 4;
 const THREADS: u32 = 32 * WARPS as u32;
-/// Pipeline stages, k steps of 16 per warp and stage, and a stage's weight and scale bytes
-/// (`kGvStages`, `kGvSteps`, `kGvWBytes + kGvSBytes`).
-const STAGES: usize = 4;
-const STEPS: usize = 4;
-const STAGE_FIXED_BYTES: usize = WARPS * STEPS * 512 + WARPS * TILE_N * 2;
-/// Packed weight bytes per block the automatic plan aims at. Measured on an H100 (timing
-/// example, k-ways x slices sweeps at 1 and 16 rows, 2026-11-21): the fastest plans of all
-/// seven DeepSeek-V3 shapes gave each block 28-64 KiB; less leaves the pipeline's start-up
-/// latency unhidden, more leaves too few blocks to spread over the device.
-const BLOCK_BYTES: usize = 32 << 10;
+/// Groups of 128 per warp under which the automatic plan does not cut k into slices unless
+/// the device is far from full. Measured on an H100 (timing example, k-ways x slices sweeps at
+/// 1 and 16 rows, 2026-11-22): a warp streams best over long runs (the fastest plans gave the
+/// large matrices 14-18 groups per warp, one tile per block, ~1.7-2.2 blocks per
+/// multiprocessor); a slice that halves a 4-group run to 2 costs more than the idle
+/// multiprocessors it fills (shared expert down: 5.5 us unsplit, 7.0 in two slices).
+const MIN_RUN: usize = 8;
+/// Blocks of the kernel resident per multiprocessor at m <= 8 and at m <= 16: its launch
+/// bounds (`4 - NT` blocks) hold it to ~150 and ~200 registers per thread.
+const RESIDENT_BLOCKS: [usize; 2] = [3, 2];
 
 /// How the small-m kernel is cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,13 +71,16 @@ impl GemvPlan {
         })
     }
 
-    /// The automatic plan: blocks of about 32 KiB of weights (`BLOCK_BYTES`). Tiles per block (4 /
-    /// k_ways) start at 1 (2 past 8 rows, whose x tile costs twice the shared memory) and
-    /// double while a block's tiles hold less; k is cut into as many slices as that byte
-    /// count allows, but no more than keep the partial sums (8 m n bytes each, written and
-    /// read) within a quarter of the weight bytes (n k / 2), slices <= k / (64 m), unless
-    /// that leaves fewer blocks than multiprocessors. `force_slices` overrides the slice
-    /// count (clamped as in [`Self::with`]).
+    /// The automatic plan. k-ways: 4 (one tile per block, the tile's warps interleaving its
+    /// groups), fewer where k has under two groups per warp. Slices: where the column groups
+    /// fill less than half of the multiprocessors, enough for two blocks per multiprocessor
+    /// (at most one per group and k-way); otherwise one block per multiprocessor at least, if
+    /// that leaves every warp a run of `MIN_RUN` groups, else no split. A grid just past one
+    /// wave of resident blocks (`RESIDENT_BLOCKS` per multiprocessor) runs its last blocks
+    /// alone, so there k is cut in two where every warp keeps `MIN_RUN / 2` groups (dense
+    /// in at 16 rows: 288 blocks 48.8 us, 576 44.3), else the k-ways are halved (q_b_proj at
+    /// 16 rows: 384 blocks 16.6 us, 192 of two tiles 14.9). `force_slices` overrides the
+    /// slice count (clamped as in [`Self::with`]).
     pub fn choose(
         m: usize,
         n: usize,
@@ -84,24 +88,38 @@ impl GemvPlan {
         multiprocessors: usize,
         force_slices: Option<usize>,
     ) -> CudaResult<Self> {
-        let tile_bytes = k * TILE_N / 2; // one tile's packed weights over all of k
-        let mut tiles_per_block = if m > 8 { 2 } else { 1 };
-        while tiles_per_block < WARPS && tiles_per_block * tile_bytes < BLOCK_BYTES {
-            tiles_per_block *= 2;
+        let groups = (k / GROUP).max(1);
+        let tiles = (n / TILE_N).max(1);
+        let mut k_ways = Self::K_WAYS
+            .into_iter()
+            .rev()
+            .find(|&kw| groups >= 2 * kw)
+            .unwrap_or(1);
+        let mut min_slices = 1;
+        let resident = multiprocessors * RESIDENT_BLOCKS[usize::from(m > 8)];
+        if tiles.div_ceil(WARPS / k_ways) > resident {
+            if groups / (2 * k_ways) >= MIN_RUN / 2 {
+                min_slices = 2;
+            } else {
+                k_ways = (k_ways / 2).max(1);
+            }
         }
-        let column_groups = (n / TILE_N).div_ceil(tiles_per_block).max(1);
+        let column_groups = tiles.div_ceil(WARPS / k_ways);
         let slices = force_slices.unwrap_or_else(|| {
-            (tiles_per_block * tile_bytes / BLOCK_BYTES)
-                .min(k / (64 * m))
-                .max(multiprocessors.div_ceil(column_groups))
+            min_slices.max(if 2 * column_groups < multiprocessors {
+                (2 * multiprocessors)
+                    .div_ceil(column_groups)
+                    .min(groups / k_ways)
+            } else {
+                let s = multiprocessors.div_ceil(column_groups);
+                if groups / (s * k_ways) >= MIN_RUN {
+                    s
+                } else {
+                    1
+                }
+            })
         });
-        Self::with(m, n, k, WARPS / tiles_per_block, slices)
-    }
-
-    /// Dynamic shared memory of the kernel for m rows with k_ways: the stages' weights,
-    /// scales and m rows of x (`gv_x_row` bytes each).
-    pub fn shared_bytes(m: usize, k_ways: usize) -> usize {
-        STAGES * (STAGE_FIXED_BYTES + m * (k_ways * STEPS * 32 + 16))
+        Self::with(m, n, k, k_ways, slices)
     }
 
     fn kernel<T: MmaFloat>(&self) -> String {
@@ -167,15 +185,12 @@ impl GpuStream {
             ));
         }
         let kernel = plan.kernel::<T>();
-        let smem = GemvPlan::shared_bytes(m, plan.k_ways);
-        let f = self
-            .kernels
-            .get_with_smem(&W4A16_GEMM, &kernel, smem as u32)?;
+        let f = self.kernels.get(&W4A16_GEMM, &kernel)?;
         let dims = || format!("m {m}, n {n}, k {k}, {plan:?}");
         let cfg = LaunchConfig {
             grid_dim: ((plan.column_groups * plan.slices) as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: smem as u32,
+            shared_mem_bytes: 0,
         };
         let (mi, ni, ki) = (m as i32, n as i32, k as i32);
         let steps = (plan.groups_per_slice * GROUP / 16) as i32;
@@ -196,8 +211,7 @@ impl GpuStream {
             // and out m x n, packed and scales hold n x k weights (Operands::check), 1 <= m
             // <= 16 and the plan is this shape's (checked), n % 64 == 0 and k % 128 == 0
             // (upload_w4a16 / the expert slab checked them); the grid covers every column
-            // group, the dynamic shared memory is the kernel's for m rows, and one slice never
-            // touches partials or counters.
+            // group, and one slice never touches partials or counters.
             return unsafe { b.launch(cfg) }
                 .map(drop)
                 .map_err(launch_err(kernel, dims));
