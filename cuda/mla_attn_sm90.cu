@@ -8,14 +8,18 @@
 // is not read).
 //
 // One block takes 64 query rows of one sequence (half the heads of a decode token for 128
-// heads; the two halves are adjacent blocks, so a cache tile is fetched from memory once and
-// found in L2 by the other) and one key split. Cache tiles of 64 keys are double-buffered in
-// shared memory; the query tile stays there. When the pages hold a whole number of tiles
-// (block_size % 64 == 0) and the host passes a tensor map over the pool as [rows, 576], a
-// full tile is 64 consecutive pool rows and one thread fetches it with nine bulk tensor
-// copies (TMA, one [64 keys x 64 dims] box each, swizzled by the copy engine), completion
-// counted on the buffer's mbarrier; otherwise, and for a sequence's last partial tile (whose
-// keys past kv_len must read as zeros), every thread issues 16-byte cp.async copies. Both
+// heads) and one key split; blocks run in clusters of two along x, so the two halves of such a
+// token are one cluster (the host makes grid x even). Cache tiles of 64 keys are
+// double-buffered in shared memory; the query tile stays there. When the pages hold a whole
+// number of tiles (block_size % 64 == 0) and the host passes a tensor map over the pool as
+// [rows, 576], a full tile is 64 consecutive pool rows, fetched with nine bulk tensor copies
+// (TMA, one [64 keys x 64 dims] box each, swizzled by the copy engine), completion counted on
+// the buffer's mbarrier ("full"); otherwise, and for a sequence's last partial tile (whose
+// keys past kv_len must read as zeros), every thread issues 16-byte cp.async copies. When the
+// two blocks of a cluster run the same tiles (always for a decode token's two halves), each
+// fetches only its share of a tile's boxes and multicasts them to both blocks, halving the
+// traffic into the multiprocessors; a buffer is then refilled only after both blocks are done
+// with it (each block arrives on the other's "empty" barrier of that buffer). Both
 // operands are stored as nine [64 x 64] blocks (64 dims each) of 128-byte swizzled rows, so the
 // same tile is the K-major B of the scores and the MN-major (transposed) B of the output. Two
 // warpgroups:
@@ -51,12 +55,13 @@ constexpr int kQOff = 0;
 constexpr int kKOff = kTileBytes;         // two cache tiles
 constexpr int kPOff = 3 * kTileBytes;     // P [64 rows x 64 keys]
 constexpr int kRedOff = kPOff + kBlockBytes; // [2 warpgroups][64 rows] f32 maxima, then sums
-constexpr int kBarOff = kRedOff + 2 * 2 * kRows * 4; // an mbarrier per cache buffer
-constexpr int kUsedBytes = kBarOff + 2 * 8;
+constexpr int kBarOff = kRedOff + 2 * 2 * kRows * 4; // per cache buffer: "full", then "empty"
+constexpr int kUsedBytes = kBarOff + 4 * 8;
+constexpr int kMcastBoxes = 5; // boxes of a shared tile the cluster's block 0 fetches (block 1: the rest)
 // The dynamic shared memory base is only 16-byte aligned; the swizzle needs 1024.
 constexpr int kSmemBytes = kUsedBytes + 1024;
 // kt-kernels/src/cuda/mla.rs launches with this much dynamic shared memory (SMEM_BYTES_SM90).
-static_assert(kSmemBytes == 231440, "update SMEM_BYTES_SM90 in kt-kernels/src/cuda/mla.rs");
+static_assert(kSmemBytes == 231456, "update SMEM_BYTES_SM90 in kt-kernels/src/cuda/mla.rs");
 constexpr float kNegInf = -__builtin_huge_valf();
 
 __device__ __forceinline__ float quad_max(float v) {
@@ -79,7 +84,8 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     const uint32_t s_base = kt_smem_addr(smem);
     float* red_max = reinterpret_cast<float*>(smem + kRedOff); // [2][64]
     float* red_sum = red_max + 2 * kRows;                      // [2][64]
-    const uint32_t bar0 = s_base + kBarOff;                    // buffer i's barrier: bar0 + 8 i
+    const uint32_t bar0 = s_base + kBarOff;                    // buffer i's "full" barrier: bar0 + 8 i
+    const uint32_t empty0 = bar0 + 16;                         // its "empty" barrier: empty0 + 8 i
 
     const int tid = threadIdx.x;
     const int wg = tid >> 7;          // warpgroup
@@ -101,12 +107,20 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     if (row0 >= nrows) return;
     const int kv_len = kv_lens[b];
     const int first_key_row = kv_len - ntok;
-    const int last_row = min(row0 + kRows, nrows) - 1;
-    const int vis_max = first_key_row + last_row / heads + 1;
     const int tiles_seq = (kv_len + kKeys - 1) / kKeys;
     const int per_split = (tiles_seq + splits - 1) / splits;
     const int t_begin = split * per_split;
-    const int t_end = min(min(t_begin + per_split, tiles_seq), (vis_max + kKeys - 1) / kKeys);
+    // The split's tiles that row tile x needs: t_begin .. end - 1 (t_begin itself: none).
+    auto tiles_end = [&](int x) {
+        if (x * kRows >= nrows) return t_begin;
+        const int vis_max = first_key_row + (min(x * kRows + kRows, nrows) - 1) / heads + 1;
+        return max(t_begin, min(min(t_begin + per_split, tiles_seq), (vis_max + kKeys - 1) / kKeys));
+    };
+    const int t_end = tiles_end(blockIdx.x);
+    // Both blocks of the cluster find the same answer here (the other's range is computed the
+    // same way), so either both share tiles, or neither does and each fetches its own.
+    const uint32_t rank = kt_cluster_rank();
+    const bool share = use_tma != 0 && t_begin < t_end && tiles_end(blockIdx.x ^ 1) == t_end;
     const size_t grow0 = (size_t)tok0 * heads + row0;
 
     // Keys row r sees (0: a row past the sequence sees none).
@@ -120,10 +134,18 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     if (tid == 0) {
         kt_mbar_init(bar0, 1);
         kt_mbar_init(bar0 + 8, 1);
+        kt_mbar_init(empty0, 2);
+        kt_mbar_init(empty0 + 8, 2);
         kt_mbar_init_fence();
         if (use_tma) kt_tma_prefetch(cache_map);
     }
-    __syncthreads(); // the barriers are initialized before any copy counts on them
+    // The barriers are initialized before any copy counts on them (with shared tiles, the
+    // other block's too).
+    if (share) {
+        kt_cluster_sync();
+    } else {
+        __syncthreads();
+    }
 
     for (int c = tid; c < kRows * kChunks; c += kThreads) {
         const int r = c / kChunks, ch = c % kChunks;
@@ -151,10 +173,19 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
                 const int key = t * kKeys; // the tile's 64 keys are consecutive rows of one page
                 const int row = table[(size_t)b * max_blocks + key / block_size] * block_size + key % block_size;
                 const uint32_t bar = bar0 + 8 * buf;
+                // The whole tile lands here either way (shared: half of it from the other block,
+                // whose bytes may complete on this barrier before this arrival; the phase cannot
+                // complete without it).
                 kt_mbar_arrive_expect_tx(bar, kTileBytes);
 #pragma unroll
-                for (int blk = 0; blk < kDimBlocks; ++blk)
-                    kt_tma_load_2d(s_base + kKOff + buf * kTileBytes + blk * kBlockBytes, cache_map, 64 * blk, row, bar);
+                for (int blk = 0; blk < kDimBlocks; ++blk) {
+                    const uint32_t dst = s_base + kKOff + buf * kTileBytes + blk * kBlockBytes;
+                    if (!share) {
+                        kt_tma_load_2d(dst, cache_map, 64 * blk, row, bar);
+                    } else if ((blk < kMcastBoxes) == (rank == 0)) {
+                        kt_tma_load_2d_multicast(dst, cache_map, 64 * blk, row, bar, 0x3);
+                    }
+                }
             }
             return;
         }
@@ -199,6 +230,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
 #pragma unroll
     for (int i = 0; i < 128; ++i) o[i] = 0.0f;
     float m_run[2] = {kNegInf, kNegInf};
+    uint32_t empty_phases = 0; // bit i: parity of buffer i's next "empty" phase (thread 0)
     float l_part[2] = {0.0f, 0.0f}; // this thread's share of the rows' softmax sums
 
     if (t_begin < t_end) load_tile(t_begin, 0);
@@ -292,13 +324,27 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
 #pragma unroll
         for (int i = 0; i < 128; ++i) kt_reg_fence(o[i]);
         __syncthreads();    // (C) both warpgroups are done with buffer `buf` and P
-        if (t + 2 < t_end) load_tile(t + 2, buf);
+        if (t + 2 < t_end) {
+            if (share && by_tma(t + 2) && tid == 0) {
+                // The other block writes half of tile t + 2 into this buffer, and this one into
+                // its: each tells both it is done with the buffer and waits for both.
+                const uint32_t empty = empty0 + 8 * buf;
+                kt_mbar_arrive_cluster(empty, 0);
+                kt_mbar_arrive_cluster(empty, 1);
+                kt_mbar_wait_cluster(empty, (empty_phases >> buf) & 1);
+                empty_phases ^= 1u << buf;
+            }
+            load_tile(t + 2, buf);
+        }
         kt_cp_async_commit();
         kt_wgmma_wait<0>();
     }
 #pragma unroll
     for (int i = 0; i < 128; ++i) kt_reg_fence(o[i]);
     kt_cp_async_wait_all();
+    // Neither block of a sharing pair leaves while copies it issued may still be landing in
+    // the other (each has received all of its tiles once both are here).
+    if (share) kt_cluster_sync();
 
     // Row sums: the quad's share, then the two warpgroups' halves in a fixed order.
 #pragma unroll
@@ -335,8 +381,13 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
 } // namespace
 
 // Compiled to a real body only for sm_90a; on other targets it traps (the host never
-// launches it there).
-extern "C" __global__ void __launch_bounds__(kThreads, 1)
+// launches it there). Clusters exist from sm_90 on: the attribute only where the body is.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define KT_MLA_SM90_CLUSTER __cluster_dims__(2, 1, 1)
+#else
+#define KT_MLA_SM90_CLUSTER
+#endif
+extern "C" __global__ void KT_MLA_SM90_CLUSTER __launch_bounds__(kThreads, 1)
     kt_mla_attn_sm90_bf16(const __nv_bfloat16* q, const __nv_bfloat16* cache, const int* table,
                           const int* cu_q, const int* kv_lens, int heads, int block_size, int max_blocks,
                           float scale_log2, __nv_bfloat16* out, float* part_o, float* part_lse,
