@@ -213,15 +213,15 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     };
     // S for keys 32 wg .. + 31 of the tile in buffer `buf`, issued (not waited for).
     auto issue_scores = [&](float* s, int buf) {
-        const uint32_t qa = s_base + kQOff;
-        const uint32_t kb = s_base + kKOff + buf * kTileBytes + 32 * wg * 128;
+        const uint64_t qd = kt_wgmma_desc(s_base + kQOff, 16, 1024);
+        const uint64_t kd = kt_wgmma_desc(s_base + kKOff + buf * kTileBytes + 32 * wg * 128, 16, 1024);
 #pragma unroll
         for (int blk = 0; blk < kDimBlocks; ++blk)
 #pragma unroll
-            for (int kk = 0; kk < 4; ++kk)
-                wgmma_m64n32k16<0>(s, kt_wgmma_desc(qa + blk * kBlockBytes + 32 * kk, 16, 1024),
-                                   kt_wgmma_desc(kb + blk * kBlockBytes + 32 * kk, 16, 1024),
-                                   blk + kk > 0);
+            for (int kk = 0; kk < 4; ++kk) {
+                const uint32_t step = blk * kBlockBytes + 32 * kk;
+                wgmma_m64n32k16<0>(s, kt_wgmma_desc_step(qd, step), kt_wgmma_desc_step(kd, step), blk + kk > 0);
+            }
         kt_wgmma_commit();
     };
 
@@ -306,12 +306,11 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         __syncthreads(); // (B) P complete (and a cp.async tile t + 1 visible to the tensor cores)
         kt_wgmma_fence();
         {
-            const uint32_t pa = s_base + kPOff;
-            const uint32_t vb = s_base + kKOff + buf * kTileBytes + 4 * wg * kBlockBytes;
+            const uint64_t pd = kt_wgmma_desc(s_base + kPOff, 16, 1024);
+            const uint64_t vd = kt_wgmma_desc(s_base + kKOff + buf * kTileBytes + 4 * wg * kBlockBytes, kBlockBytes, 1024);
 #pragma unroll
             for (int ks = 0; ks < kKeys / 16; ++ks)
-                wgmma_m64n256k16<1>(o, kt_wgmma_desc(pa + 32 * ks, 16, 1024),
-                                    kt_wgmma_desc(vb + 16 * ks * 128, kBlockBytes, 1024), 1);
+                wgmma_m64n256k16<1>(o, kt_wgmma_desc_step(pd, 32 * ks), kt_wgmma_desc_step(vd, 16 * ks * 128), 1);
             kt_wgmma_commit();
         }
         if (t + 1 < t_end) {

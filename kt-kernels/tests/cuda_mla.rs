@@ -624,7 +624,11 @@ fn live_batch_matches_plain_batch_bit_for_bit() {
                     "{kernel:?} {lens:?}: plain batch left a row unwritten"
                 );
                 let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "{kernel:?} heads {heads} lengths {lens:?}");
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{kernel:?} heads {heads} lengths {lens:?}"
+                );
             }
             let shape_err = |r: Result<(), CudaError>| matches!(r, Err(CudaError::Shape { .. }));
             assert!(
