@@ -134,8 +134,9 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     if (tid == 0) {
         kt_mbar_init(bar0, 1);
         kt_mbar_init(bar0 + 8, 1);
-        kt_mbar_init(empty0, 2);
-        kt_mbar_init(empty0 + 8, 2);
+        // a buffer is free once each warp that reads it (both blocks' with shared tiles) arrived
+        kt_mbar_init(empty0, (share ? 2 : 1) * kThreads / 32);
+        kt_mbar_init(empty0 + 8, (share ? 2 : 1) * kThreads / 32);
         kt_mbar_init_fence();
         if (use_tma) kt_tma_prefetch(cache_map);
     }
@@ -322,18 +323,24 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         kt_wgmma_wait<1>(); // P V done (the scores may still run)
 #pragma unroll
         for (int i = 0; i < 128; ++i) kt_reg_fence(o[i]);
-        __syncthreads();    // (C) both warpgroups are done with buffer `buf` and P
-        if (t + 2 < t_end) {
-            if (share && by_tma(t + 2) && tid == 0) {
-                // The other block writes half of tile t + 2 into this buffer, and this one into
-                // its: each tells both it is done with the buffer and waits for both.
-                const uint32_t empty = empty0 + 8 * buf;
-                kt_mbar_arrive_cluster(empty, 0);
-                kt_mbar_arrive_cluster(empty, 1);
-                kt_mbar_wait_cluster(empty, (empty_phases >> buf) & 1);
-                empty_phases ^= 1u << buf;
+        if (t + 2 < t_end && by_tma(t + 2)) {
+            // (C) Tile t + 2 comes by bulk copies into buffer `buf` once every warp that reads
+            // it is done: each warp arrives on the buffer's "empty" barrier (with shared tiles,
+            // on both blocks' barriers, as the other block writes half of the tile here), and
+            // only the thread that issues the copies waits.
+            __syncwarp();
+            if (lane == 0) {
+                kt_mbar_arrive_cluster(empty0 + 8 * buf, rank);
+                if (share) kt_mbar_arrive_cluster(empty0 + 8 * buf, rank ^ 1);
             }
-            load_tile(t + 2, buf);
+            if (tid == 0) {
+                kt_mbar_wait_cluster(empty0 + 8 * buf, (empty_phases >> buf) & 1);
+                empty_phases ^= 1u << buf;
+                load_tile(t + 2, buf);
+            }
+        } else {
+            __syncthreads(); // (C) both warpgroups are done with buffer `buf` (cp.async refill)
+            if (t + 2 < t_end) load_tile(t + 2, buf);
         }
         kt_cp_async_commit();
         kt_wgmma_wait<0>();
