@@ -8,18 +8,14 @@
 // is not read).
 //
 // One block takes 64 query rows of one sequence (half the heads of a decode token for 128
-// heads) and one key split; blocks run in clusters of two along x, so the two halves of such a
-// token are one cluster (the host makes grid x even). Cache tiles of 64 keys are
-// double-buffered in shared memory; the query tile stays there. When the pages hold a whole
-// number of tiles (block_size % 64 == 0) and the host passes a tensor map over the pool as
-// [rows, 576], a full tile is 64 consecutive pool rows, fetched with nine bulk tensor copies
-// (TMA, one [64 keys x 64 dims] box each, swizzled by the copy engine), completion counted on
-// the buffer's mbarrier ("full"); otherwise, and for a sequence's last partial tile (whose
-// keys past kv_len must read as zeros), every thread issues 16-byte cp.async copies. When the
-// two blocks of a cluster run the same tiles (always for a decode token's two halves), each
-// fetches only its share of a tile's boxes and multicasts them to both blocks, halving the
-// traffic into the multiprocessors; a buffer is then refilled only after both blocks are done
-// with it (each block arrives on the other's "empty" barrier of that buffer). Both
+// heads; the two halves are adjacent blocks, so a cache tile is fetched from memory once and
+// found in L2 by the other) and one key split. Cache tiles of 64 keys are double-buffered in
+// shared memory; the query tile stays there. When the pages hold a whole number of tiles
+// (block_size % 64 == 0) and the host passes a tensor map over the pool as [rows, 576], a
+// full tile is 64 consecutive pool rows and one thread fetches it with nine bulk tensor
+// copies (TMA, one [64 keys x 64 dims] box each, swizzled by the copy engine), completion
+// counted on the buffer's mbarrier; otherwise, and for a sequence's last partial tile (whose
+// keys past kv_len must read as zeros), every thread issues 16-byte cp.async copies. Both
 // operands are stored as nine [64 x 64] blocks (64 dims each) of 128-byte swizzled rows, so the
 // same tile is the K-major B of the scores and the MN-major (transposed) B of the output. Two
 // warpgroups:
@@ -55,13 +51,12 @@ constexpr int kQOff = 0;
 constexpr int kKOff = kTileBytes;         // two cache tiles
 constexpr int kPOff = 3 * kTileBytes;     // P [64 rows x 64 keys]
 constexpr int kRedOff = kPOff + kBlockBytes; // [2 warpgroups][64 rows] f32 maxima, then sums
-constexpr int kBarOff = kRedOff + 2 * 2 * kRows * 4; // per cache buffer: "full", then "empty"
-constexpr int kUsedBytes = kBarOff + 4 * 8;
-constexpr int kMcastBoxes = 5; // boxes of a shared tile the cluster's block 0 fetches (block 1: the rest)
+constexpr int kBarOff = kRedOff + 2 * 2 * kRows * 4; // an mbarrier per box of each cache buffer
+constexpr int kUsedBytes = kBarOff + 2 * kDimBlocks * 8;
 // The dynamic shared memory base is only 16-byte aligned; the swizzle needs 1024.
 constexpr int kSmemBytes = kUsedBytes + 1024;
 // kt-kernels/src/cuda/mla.rs launches with this much dynamic shared memory (SMEM_BYTES_SM90).
-static_assert(kSmemBytes == 231456, "update SMEM_BYTES_SM90 in kt-kernels/src/cuda/mla.rs");
+static_assert(kSmemBytes == 231568, "update SMEM_BYTES_SM90 in kt-kernels/src/cuda/mla.rs");
 constexpr float kNegInf = -__builtin_huge_valf();
 
 __device__ __forceinline__ float quad_max(float v) {
@@ -84,8 +79,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     const uint32_t s_base = kt_smem_addr(smem);
     float* red_max = reinterpret_cast<float*>(smem + kRedOff); // [2][64]
     float* red_sum = red_max + 2 * kRows;                      // [2][64]
-    const uint32_t bar0 = s_base + kBarOff;                    // buffer i's "full" barrier: bar0 + 8 i
-    const uint32_t empty0 = bar0 + 16;                         // its "empty" barrier: empty0 + 8 i
+    const uint32_t bar0 = s_base + kBarOff; // box j of buffer i: barrier bar0 + 8 (9 i + j)
 
     const int tid = threadIdx.x;
     const int wg = tid >> 7;          // warpgroup
@@ -107,20 +101,12 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     if (row0 >= nrows) return;
     const int kv_len = kv_lens[b];
     const int first_key_row = kv_len - ntok;
+    const int last_row = min(row0 + kRows, nrows) - 1;
+    const int vis_max = first_key_row + last_row / heads + 1;
     const int tiles_seq = (kv_len + kKeys - 1) / kKeys;
     const int per_split = (tiles_seq + splits - 1) / splits;
     const int t_begin = split * per_split;
-    // The split's tiles that row tile x needs: t_begin .. end - 1 (t_begin itself: none).
-    auto tiles_end = [&](int x) {
-        if (x * kRows >= nrows) return t_begin;
-        const int vis_max = first_key_row + (min(x * kRows + kRows, nrows) - 1) / heads + 1;
-        return max(t_begin, min(min(t_begin + per_split, tiles_seq), (vis_max + kKeys - 1) / kKeys));
-    };
-    const int t_end = tiles_end(blockIdx.x);
-    // Both blocks of the cluster find the same answer here (the other's range is computed the
-    // same way), so either both share tiles, or neither does and each fetches its own.
-    const uint32_t rank = kt_cluster_rank();
-    const bool share = use_tma != 0 && t_begin < t_end && tiles_end(blockIdx.x ^ 1) == t_end;
+    const int t_end = min(min(t_begin + per_split, tiles_seq), (vis_max + kKeys - 1) / kKeys);
     const size_t grow0 = (size_t)tok0 * heads + row0;
 
     // Keys row r sees (0: a row past the sequence sees none).
@@ -132,21 +118,11 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     }
 
     if (tid == 0) {
-        kt_mbar_init(bar0, 1);
-        kt_mbar_init(bar0 + 8, 1);
-        // a buffer is free once each warp that reads it (both blocks' with shared tiles) arrived
-        kt_mbar_init(empty0, (share ? 2 : 1) * kThreads / 32);
-        kt_mbar_init(empty0 + 8, (share ? 2 : 1) * kThreads / 32);
+        for (int i = 0; i < 2 * kDimBlocks; ++i) kt_mbar_init(bar0 + 8 * i, 1);
         kt_mbar_init_fence();
         if (use_tma) kt_tma_prefetch(cache_map);
     }
-    // The barriers are initialized before any copy counts on them (with shared tiles, the
-    // other block's too).
-    if (share) {
-        kt_cluster_sync();
-    } else {
-        __syncthreads();
-    }
+    __syncthreads(); // the barriers are initialized before any copy counts on them
 
     for (int c = tid; c < kRows * kChunks; c += kThreads) {
         const int r = c / kChunks, ch = c % kChunks;
@@ -164,8 +140,8 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     const int ld_chunk = tid & 7;
     const uint32_t ld_dst = kt_swz128(ld_row, ld_chunk);
     // Tiles fetched by TMA: every tile of a TMA launch but a sequence's last partial one. Each
-    // such fetch completes one phase of its buffer's barrier; bit i of `phases` is the parity
-    // of buffer i's next phase.
+    // such fetch completes one phase of each of its buffer's nine box barriers; bit i of
+    // `phases` is the parity of buffer i's next phase.
     auto by_tma = [&](int t) { return use_tma != 0 && (t + 1) * kKeys <= kv_len; };
     uint32_t phases = 0;
     auto load_tile = [&](int t, int buf) {
@@ -173,19 +149,11 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
             if (tid == 0) {
                 const int key = t * kKeys; // the tile's 64 keys are consecutive rows of one page
                 const int row = table[(size_t)b * max_blocks + key / block_size] * block_size + key % block_size;
-                const uint32_t bar = bar0 + 8 * buf;
-                // The whole tile lands here either way (shared: half of it from the other block,
-                // whose bytes may complete on this barrier before this arrival; the phase cannot
-                // complete without it).
-                kt_mbar_arrive_expect_tx(bar, kTileBytes);
 #pragma unroll
                 for (int blk = 0; blk < kDimBlocks; ++blk) {
-                    const uint32_t dst = s_base + kKOff + buf * kTileBytes + blk * kBlockBytes;
-                    if (!share) {
-                        kt_tma_load_2d(dst, cache_map, 64 * blk, row, bar);
-                    } else if ((blk < kMcastBoxes) == (rank == 0)) {
-                        kt_tma_load_2d_multicast(dst, cache_map, 64 * blk, row, bar, 0x3);
-                    }
+                    const uint32_t bar = bar0 + 8 * (buf * kDimBlocks + blk);
+                    kt_mbar_arrive_expect_tx(bar, kBlockBytes);
+                    kt_tma_load_2d(s_base + kKOff + buf * kTileBytes + blk * kBlockBytes, cache_map, 64 * blk, row, bar);
                 }
             }
             return;
@@ -205,24 +173,23 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
                 kt_cp_async16(dst + pass * kLdRows * 128 + blk * kBlockBytes, row + (ok ? blk * 64 : 0), ok ? 16 : 0);
         }
     };
-    // Waits for tile t in buffer `buf` (cp.async copies: the caller waits for its groups).
-    auto wait_tile = [&](int t, int buf) {
-        if (by_tma(t)) {
-            kt_mbar_wait(bar0 + 8 * buf, (phases >> buf) & 1);
-            phases ^= 1u << buf;
-        }
-    };
-    // S for keys 32 wg .. + 31 of the tile in buffer `buf`, issued (not waited for).
-    auto issue_scores = [&](float* s, int buf) {
+    // S for keys 32 wg .. + 31 of tile t in buffer `buf`, issued (not waited for). A tile that
+    // bulk copies bring is waited for here, box by box.
+    auto issue_scores = [&](float* s, int t, int buf) {
         const uint64_t qd = kt_wgmma_desc(s_base + kQOff, 16, 1024);
         const uint64_t kd = kt_wgmma_desc(s_base + kKOff + buf * kTileBytes + 32 * wg * 128, 16, 1024);
+        const bool wait_boxes = by_tma(t);
 #pragma unroll
-        for (int blk = 0; blk < kDimBlocks; ++blk)
+        for (int blk = 0; blk < kDimBlocks; ++blk) {
+            // The MMAs of the boxes already in run while the next one is waited for.
+            if (wait_boxes) kt_mbar_wait(bar0 + 8 * (buf * kDimBlocks + blk), (phases >> buf) & 1);
 #pragma unroll
             for (int kk = 0; kk < 4; ++kk) {
                 const uint32_t step = blk * kBlockBytes + 32 * kk;
                 wgmma_m64n32k16<0>(s, kt_wgmma_desc_step(qd, step), kt_wgmma_desc_step(kd, step), blk + kk > 0);
             }
+        }
+        if (wait_boxes) phases ^= 1u << buf;
         kt_wgmma_commit();
     };
 
@@ -231,7 +198,6 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
 #pragma unroll
     for (int i = 0; i < 128; ++i) o[i] = 0.0f;
     float m_run[2] = {kNegInf, kNegInf};
-    uint32_t empty_phases = 0; // bit i: parity of buffer i's next "empty" phase (thread 0)
     float l_part[2] = {0.0f, 0.0f}; // this thread's share of the rows' softmax sums
 
     if (t_begin < t_end) load_tile(t_begin, 0);
@@ -239,12 +205,11 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     if (t_begin + 1 < t_end) load_tile(t_begin + 1, 1);
     kt_cp_async_commit();
     asm volatile("cp.async.wait_group 1;\n" ::: "memory"); // Q and the first tile
-    if (t_begin < t_end) wait_tile(t_begin, 0);
     kt_fence_proxy_async();
     __syncthreads();
     if (t_begin < t_end) {
         kt_wgmma_fence();
-        issue_scores(s, 0);
+        issue_scores(s, t_begin, 0);
         kt_wgmma_wait<0>();
     }
 
@@ -308,49 +273,30 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         kt_wgmma_fence();
         {
             const uint64_t pd = kt_wgmma_desc(s_base + kPOff, 16, 1024);
-            const uint64_t vd = kt_wgmma_desc(s_base + kKOff + buf * kTileBytes + 4 * wg * kBlockBytes, kBlockBytes, 1024);
+            const uint64_t vd =
+                kt_wgmma_desc(s_base + kKOff + buf * kTileBytes + 4 * wg * kBlockBytes, kBlockBytes, 1024);
 #pragma unroll
             for (int ks = 0; ks < kKeys / 16; ++ks)
                 wgmma_m64n256k16<1>(o, kt_wgmma_desc_step(pd, 32 * ks), kt_wgmma_desc_step(vd, 16 * ks * 128), 1);
             kt_wgmma_commit();
         }
         if (t + 1 < t_end) {
-            // A TMA tile t + 1 is waited for only now, while P V runs: its copies get the P V
-            // time on top of the previous scores and softmax.
-            wait_tile(t + 1, buf ^ 1);
-            issue_scores(s, buf ^ 1);
+            // A TMA tile t + 1 is waited for only now, while P V runs, and box by box as its
+            // scores are issued: its copies get the P V time on top of the previous scores and
+            // softmax, and the last boxes also the MMAs of the first.
+            issue_scores(s, t + 1, buf ^ 1);
         }
         kt_wgmma_wait<1>(); // P V done (the scores may still run)
 #pragma unroll
         for (int i = 0; i < 128; ++i) kt_reg_fence(o[i]);
-        if (t + 2 < t_end && by_tma(t + 2)) {
-            // (C) Tile t + 2 comes by bulk copies into buffer `buf` once every warp that reads
-            // it is done: each warp arrives on the buffer's "empty" barrier (with shared tiles,
-            // on both blocks' barriers, as the other block writes half of the tile here), and
-            // only the thread that issues the copies waits.
-            __syncwarp();
-            if (lane == 0) {
-                kt_mbar_arrive_cluster(empty0 + 8 * buf, rank);
-                if (share) kt_mbar_arrive_cluster(empty0 + 8 * buf, rank ^ 1);
-            }
-            if (tid == 0) {
-                kt_mbar_wait_cluster(empty0 + 8 * buf, (empty_phases >> buf) & 1);
-                empty_phases ^= 1u << buf;
-                load_tile(t + 2, buf);
-            }
-        } else {
-            __syncthreads(); // (C) both warpgroups are done with buffer `buf` (cp.async refill)
-            if (t + 2 < t_end) load_tile(t + 2, buf);
-        }
+        __syncthreads();    // (C) both warpgroups are done with buffer `buf` and P
+        if (t + 2 < t_end) load_tile(t + 2, buf);
         kt_cp_async_commit();
         kt_wgmma_wait<0>();
     }
 #pragma unroll
     for (int i = 0; i < 128; ++i) kt_reg_fence(o[i]);
     kt_cp_async_wait_all();
-    // Neither block of a sharing pair leaves while copies it issued may still be landing in
-    // the other (each has received all of its tiles once both are here).
-    if (share) kt_cluster_sync();
 
     // Row sums: the quad's share, then the two warpgroups' halves in a fixed order.
 #pragma unroll
@@ -387,13 +333,8 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
 } // namespace
 
 // Compiled to a real body only for sm_90a; on other targets it traps (the host never
-// launches it there). Clusters exist from sm_90 on: the attribute only where the body is.
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define KT_MLA_SM90_CLUSTER __cluster_dims__(2, 1, 1)
-#else
-#define KT_MLA_SM90_CLUSTER
-#endif
-extern "C" __global__ void KT_MLA_SM90_CLUSTER __launch_bounds__(kThreads, 1)
+// launches it there).
+extern "C" __global__ void __launch_bounds__(kThreads, 1)
     kt_mla_attn_sm90_bf16(const __nv_bfloat16* q, const __nv_bfloat16* cache, const int* table,
                           const int* cu_q, const int* kv_lens, int heads, int block_size, int max_blocks,
                           float scale_log2, __nv_bfloat16* out, float* part_o, float* part_lse,

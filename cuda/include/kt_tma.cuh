@@ -3,10 +3,7 @@
 // cuTensorMapEncodeTiled) describes a global tensor and a box shape; one thread issues a copy
 // of one box into shared memory, and the barrier's phase completes once every byte it was told
 // to expect has landed. KtTensorMap may appear in any kernel's signature; call the functions
-// only from code compiled for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL). The cluster helpers at the
-// end serve kernels whose blocks share copies: a multicast copy lands at the same offset in
-// the shared memory of every block of a cluster mask and completes bytes on the barrier at
-// the same offset in each.
+// only from code compiled for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL).
 #pragma once
 
 #include <stdint.h>
@@ -57,50 +54,4 @@ __device__ __forceinline__ void kt_tma_load_2d(uint32_t dst, const KtTensorMap* 
             dst),
         "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
         : "memory");
-}
-
-// This block's rank within its cluster.
-__device__ __forceinline__ uint32_t kt_cluster_rank() {
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
-
-// Every thread of every block of the cluster arrives, then waits for all the others (release /
-// acquire: shared-memory writes before it, barrier inits included, are visible cluster-wide).
-// All threads of each warp must execute it together.
-__device__ __forceinline__ void kt_cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-
-// One arrival (release, cluster scope) on the barrier at this block's shared offset `bar` in
-// the shared memory of cluster block `cta` (this block's own included).
-__device__ __forceinline__ void kt_mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
-    asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
-                 "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
-                 "r"(cta)
-                 : "memory");
-}
-
-// kt_mbar_wait with cluster-scope acquire: what other blocks of the cluster did before their
-// (release) arrivals on `bar` is ordered before what this thread does next.
-__device__ __forceinline__ void kt_mbar_wait_cluster(uint32_t bar, uint32_t parity) {
-    uint32_t done = 0;
-    while (!done) {
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-                     "selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(bar), "r"(parity)
-                     : "memory");
-    }
-}
-
-// kt_tma_load_2d into every block of the cluster whose bit is set in `cta_mask`: the box lands
-// at shared offset `dst` in each, and its bytes complete on the barrier at offset `bar` in each.
-__device__ __forceinline__ void kt_tma_load_2d_multicast(uint32_t dst, const KtTensorMap* map, int c0, int c1,
-                                                         uint32_t bar, uint16_t cta_mask) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-                 " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask)
-                 : "memory");
 }

@@ -55,9 +55,9 @@ const THREADS: u32 = 256;
 /// sm_80 block may have (164 KiB): there the opt-in fails with a typed driver error.
 const SMEM_BYTES: u32 = 192_256;
 /// Dynamic shared memory of kt_mla_attn_sm90_bf16 (static_assert there): query tile, two
-/// 64-key cache tiles, P, the rows' maxima and sums, the tiles' four barriers, and 1 KiB to
-/// align the swizzled tiles.
-const SMEM_BYTES_SM90: u32 = 231_456;
+/// 64-key cache tiles, P, the rows' maxima and sums, a barrier per 64-dim box of each tile,
+/// and 1 KiB to align the swizzled tiles.
+const SMEM_BYTES_SM90: u32 = 231_568;
 
 /// Which MLA attention kernel a launch uses; both give results within the same error bound
 /// and each is deterministic.
@@ -68,9 +68,7 @@ pub enum MlaKernel {
     MmaSync,
     /// Warpgroup `wgmma`, 64-key tiles (`cuda/mla_attn_sm90.cu`, sm_90a machine code):
     /// compute capability 9.0 only. With pages of a multiple of 64 tokens it fetches whole
-    /// tiles with bulk tensor copies (TMA), else with per-thread `cp.async`. Its blocks run in
-    /// clusters of two row tiles (the two head halves of a decode token with 128 heads), which
-    /// share each tile they both need through multicast copies.
+    /// tiles with bulk tensor copies (TMA), else with per-thread `cp.async`.
     Wgmma,
 }
 
@@ -472,16 +470,9 @@ impl GpuStream {
             batch.block_size
         )
         };
-        // The wgmma kernel is compiled for clusters of two blocks along x: an even count (a
-        // block past the rows returns at once, and its partner then fetches alone).
-        let grid_x = if which == MlaKernel::Wgmma {
-            row_tiles.next_multiple_of(2)
-        } else {
-            row_tiles
-        };
         let cfg = LaunchConfig {
             grid_dim: (
-                u32::try_from(grid_x).map_err(|_| shape(OP, dims()))?,
+                u32::try_from(row_tiles).map_err(|_| shape(OP, dims()))?,
                 splits as u32,
                 batch.batch() as u32,
             ),
