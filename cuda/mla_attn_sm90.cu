@@ -14,7 +14,8 @@
 // (block_size % 64 == 0) and the host passes a tensor map over the pool as [rows, 576], a
 // full tile is 64 consecutive pool rows and one thread fetches it with nine bulk tensor
 // copies (TMA, one [64 keys x 64 dims] box each, swizzled by the copy engine), completion
-// counted on the buffer's mbarrier; otherwise, and for a sequence's last partial tile (whose
+// counted on one mbarrier per box, so a tile's score MMAs start on its first boxes while the
+// last are still arriving; otherwise, and for a sequence's last partial tile (whose
 // keys past kv_len must read as zeros), every thread issues 16-byte cp.async copies. Both
 // operands are stored as nine [64 x 64] blocks (64 dims each) of 128-byte swizzled rows, so the
 // same tile is the K-major B of the scores and the MN-major (transposed) B of the output. Two
@@ -144,19 +145,18 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     // `phases` is the parity of buffer i's next phase.
     auto by_tma = [&](int t) { return use_tma != 0 && (t + 1) * kKeys <= kv_len; };
     uint32_t phases = 0;
-    // Boxes blk0 .. blk1 - 1 of TMA tile t into buffer `buf` (one thread issues them).
-    auto load_boxes = [&](int t, int buf, int blk0, int blk1) {
-        const int key = t * kKeys; // the tile's 64 keys are consecutive rows of one page
-        const int row = table[(size_t)b * max_blocks + key / block_size] * block_size + key % block_size;
-        for (int blk = blk0; blk < blk1; ++blk) {
-            const uint32_t bar = bar0 + 8 * (buf * kDimBlocks + blk);
-            kt_mbar_arrive_expect_tx(bar, kBlockBytes);
-            kt_tma_load_2d(s_base + kKOff + buf * kTileBytes + blk * kBlockBytes, cache_map, 64 * blk, row, bar);
-        }
-    };
     auto load_tile = [&](int t, int buf) {
         if (by_tma(t)) {
-            if (tid == 0) load_boxes(t, buf, 0, kDimBlocks);
+            if (tid == 0) {
+                const int key = t * kKeys; // the tile's 64 keys are consecutive rows of one page
+                const int row = table[(size_t)b * max_blocks + key / block_size] * block_size + key % block_size;
+#pragma unroll
+                for (int blk = 0; blk < kDimBlocks; ++blk) {
+                    const uint32_t bar = bar0 + 8 * (buf * kDimBlocks + blk);
+                    kt_mbar_arrive_expect_tx(bar, kBlockBytes);
+                    kt_tma_load_2d(s_base + kKOff + buf * kTileBytes + blk * kBlockBytes, cache_map, 64 * blk, row, bar);
+                }
+            }
             return;
         }
         uint8_t* dst = smem + kKOff + buf * kTileBytes + ld_dst;
@@ -181,15 +181,13 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         const uint64_t kd = kt_wgmma_desc(s_base + kKOff + buf * kTileBytes + 32 * wg * 128, 16, 1024);
         const bool wait_boxes = by_tma(t);
 #pragma unroll
-        for (int i = 0; i < kDimBlocks; ++i) {
-            // The rope box first (it is fetched earliest); the MMAs of the boxes already in run
-            // while the next one is waited for.
-            const int blk = (i + kDimBlocks - 1) % kDimBlocks;
+        for (int blk = 0; blk < kDimBlocks; ++blk) {
+            // The MMAs of the boxes already in run while the next one is waited for.
             if (wait_boxes) kt_mbar_wait(bar0 + 8 * (buf * kDimBlocks + blk), (phases >> buf) & 1);
 #pragma unroll
             for (int kk = 0; kk < 4; ++kk) {
                 const uint32_t step = blk * kBlockBytes + 32 * kk;
-                wgmma_m64n32k16<0>(s, kt_wgmma_desc_step(qd, step), kt_wgmma_desc_step(kd, step), i + kk > 0);
+                wgmma_m64n32k16<0>(s, kt_wgmma_desc_step(qd, step), kt_wgmma_desc_step(kd, step), blk + kk > 0);
             }
         }
         if (wait_boxes) phases ^= 1u << buf;
@@ -238,9 +236,6 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
             if ((lane & 3) == 0) red_max[wg * kRows + r0 + 8 * h] = mx[h];
         }
         __syncthreads(); // (A) both halves' maxima are in
-        // Only the scores read a tile's rope box, and both warpgroups' scores of tile t are done:
-        // tile t + 2's rope box can come now, a softmax and a P V ahead of its other boxes.
-        if (t + 2 < t_end && by_tma(t + 2) && tid == 0) load_boxes(t + 2, buf, kDimBlocks - 1, kDimBlocks);
         float alpha[2], base[2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -296,13 +291,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
 #pragma unroll
         for (int i = 0; i < 128; ++i) kt_reg_fence(o[i]);
         __syncthreads();    // (C) both warpgroups are done with buffer `buf` and P
-        if (t + 2 < t_end) {
-            if (!by_tma(t + 2)) {
-                load_tile(t + 2, buf);
-            } else if (tid == 0) {
-                load_boxes(t + 2, buf, 0, kDimBlocks - 1); // (its rope box is on its way)
-            }
-        }
+        if (t + 2 < t_end) load_tile(t + 2, buf);
         kt_cp_async_commit();
         kt_wgmma_wait<0>();
     }

@@ -261,8 +261,8 @@ fn causal_prefill() {
     };
     let s = gpu.stream();
     // (heads, q_lens, kv_lens): a fresh prompt, prompts after cached tokens, ragged, 3 heads
-    // (row blocks mixing tokens), and 128 heads (a token's two head halves: the wgmma
-    // kernel's cluster pairs, which share the cache tiles they both read).
+    // (row blocks mixing tokens), and 128 heads (row blocks of one token's head halves, as in
+    // DeepSeek V3; the 200 keys include three tiles of bulk copies).
     let cases: [(usize, Vec<usize>, Vec<usize>); 4] = [
         (16, vec![70], vec![70]),
         (16, vec![5, 1, 33], vec![69, 1, 33]),
@@ -288,9 +288,10 @@ fn causal_prefill() {
 
 /// Paging only changes where rows are read from: any block size and block order gives the
 /// same bits. For the wgmma kernel, pages of 64 and 256 tokens take bulk tensor copies and
-/// pages of 1 and 17 per-thread copies; with 128 heads a token's two head halves share tiles
-/// (multicast), and with 96 heads and two tokens the first pair of row tiles needs different
-/// tile counts (65 keys: 64 for the first block's rows, 65 for the second's) and fetches alone.
+/// pages of 1 and 17 per-thread copies; the batches cover 16 heads (row blocks mixing
+/// tokens), 128 heads (DeepSeek V3: a block per head half of a token, several bulk-copied
+/// tiles) and 96 heads over two tokens, where adjacent row blocks need different tile counts
+/// (65 keys: 64 for the first block's rows, 65 for the second's).
 #[test]
 fn paging_does_not_change_the_result() {
     let Some(gpu) = gpu_or_skip("mla paging") else {
@@ -584,8 +585,7 @@ fn live_batch_matches_plain_batch_bit_for_bit() {
         [700, 1, 65],
         [64, 65, 2],
     ];
-    // 16 heads: row tiles mixing tokens; 128 heads: a token's two head halves, which the
-    // wgmma kernel's cluster pairs share tiles for.
+    // 16 heads: row tiles mixing tokens; 128 heads: a row tile per head half of a token.
     for heads in [16, 128] {
         let b = Batch::decode(77, heads, &max_lens);
         let (pool, table) = paged(&b, 64, 5);
