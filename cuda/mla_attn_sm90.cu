@@ -14,7 +14,8 @@
 // (block_size % 64 == 0) and the host passes a tensor map over the pool as [rows, 576], a
 // full tile is 64 consecutive pool rows and one thread fetches it with nine bulk tensor
 // copies (TMA, one [64 keys x 64 dims] box each, swizzled by the copy engine), completion
-// counted on the buffer's mbarrier; otherwise, and for a sequence's last partial tile (whose
+// counted on one mbarrier per box, so a tile's score MMAs start on its first boxes while the
+// last are still arriving; otherwise, and for a sequence's last partial tile (whose
 // keys past kv_len must read as zeros), every thread issues 16-byte cp.async copies. Both
 // operands are stored as nine [64 x 64] blocks (64 dims each) of 128-byte swizzled rows, so the
 // same tile is the K-major B of the scores and the MN-major (transposed) B of the output. Two
@@ -51,12 +52,12 @@ constexpr int kQOff = 0;
 constexpr int kKOff = kTileBytes;         // two cache tiles
 constexpr int kPOff = 3 * kTileBytes;     // P [64 rows x 64 keys]
 constexpr int kRedOff = kPOff + kBlockBytes; // [2 warpgroups][64 rows] f32 maxima, then sums
-constexpr int kBarOff = kRedOff + 2 * 2 * kRows * 4; // an mbarrier per cache buffer
-constexpr int kUsedBytes = kBarOff + 2 * 8;
+constexpr int kBarOff = kRedOff + 2 * 2 * kRows * 4; // an mbarrier per box of each cache buffer
+constexpr int kUsedBytes = kBarOff + 2 * kDimBlocks * 8;
 // The dynamic shared memory base is only 16-byte aligned; the swizzle needs 1024.
 constexpr int kSmemBytes = kUsedBytes + 1024;
 // kt-kernels/src/cuda/mla.rs launches with this much dynamic shared memory (SMEM_BYTES_SM90).
-static_assert(kSmemBytes == 231440, "update SMEM_BYTES_SM90 in kt-kernels/src/cuda/mla.rs");
+static_assert(kSmemBytes == 231568, "update SMEM_BYTES_SM90 in kt-kernels/src/cuda/mla.rs");
 constexpr float kNegInf = -__builtin_huge_valf();
 
 __device__ __forceinline__ float quad_max(float v) {
@@ -79,7 +80,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     const uint32_t s_base = kt_smem_addr(smem);
     float* red_max = reinterpret_cast<float*>(smem + kRedOff); // [2][64]
     float* red_sum = red_max + 2 * kRows;                      // [2][64]
-    const uint32_t bar0 = s_base + kBarOff;                    // buffer i's barrier: bar0 + 8 i
+    const uint32_t bar0 = s_base + kBarOff; // box j of buffer i: barrier bar0 + 8 (9 i + j)
 
     const int tid = threadIdx.x;
     const int wg = tid >> 7;          // warpgroup
@@ -118,8 +119,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     }
 
     if (tid == 0) {
-        kt_mbar_init(bar0, 1);
-        kt_mbar_init(bar0 + 8, 1);
+        for (int i = 0; i < 2 * kDimBlocks; ++i) kt_mbar_init(bar0 + 8 * i, 1);
         kt_mbar_init_fence();
         if (use_tma) kt_tma_prefetch(cache_map);
     }
@@ -141,8 +141,8 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     const int ld_chunk = tid & 7;
     const uint32_t ld_dst = kt_swz128(ld_row, ld_chunk);
     // Tiles fetched by TMA: every tile of a TMA launch but a sequence's last partial one. Each
-    // such fetch completes one phase of its buffer's barrier; bit i of `phases` is the parity
-    // of buffer i's next phase.
+    // such fetch completes one phase of each of its buffer's nine box barriers; bit i of
+    // `phases` is the parity of buffer i's next phase.
     auto by_tma = [&](int t) { return use_tma != 0 && (t + 1) * kKeys <= kv_len; };
     uint32_t phases = 0;
     auto load_tile = [&](int t, int buf) {
@@ -150,11 +150,12 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
             if (tid == 0) {
                 const int key = t * kKeys; // the tile's 64 keys are consecutive rows of one page
                 const int row = table[(size_t)b * max_blocks + key / block_size] * block_size + key % block_size;
-                const uint32_t bar = bar0 + 8 * buf;
-                kt_mbar_arrive_expect_tx(bar, kTileBytes);
 #pragma unroll
-                for (int blk = 0; blk < kDimBlocks; ++blk)
+                for (int blk = 0; blk < kDimBlocks; ++blk) {
+                    const uint32_t bar = bar0 + 8 * (buf * kDimBlocks + blk);
+                    kt_mbar_arrive_expect_tx(bar, kBlockBytes);
                     kt_tma_load_2d(s_base + kKOff + buf * kTileBytes + blk * kBlockBytes, cache_map, 64 * blk, row, bar);
+                }
             }
             return;
         }
@@ -173,24 +174,23 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
                 kt_cp_async16(dst + pass * kLdRows * 128 + blk * kBlockBytes, row + (ok ? blk * 64 : 0), ok ? 16 : 0);
         }
     };
-    // Waits for tile t in buffer `buf` (cp.async copies: the caller waits for its groups).
-    auto wait_tile = [&](int t, int buf) {
-        if (by_tma(t)) {
-            kt_mbar_wait(bar0 + 8 * buf, (phases >> buf) & 1);
-            phases ^= 1u << buf;
+    // S for keys 32 wg .. + 31 of tile t in buffer `buf`, issued (not waited for). A tile that
+    // bulk copies bring is waited for here, box by box.
+    auto issue_scores = [&](float* s, int t, int buf) {
+        const uint64_t qd = kt_wgmma_desc(s_base + kQOff, 16, 1024);
+        const uint64_t kd = kt_wgmma_desc(s_base + kKOff + buf * kTileBytes + 32 * wg * 128, 16, 1024);
+        const bool wait_boxes = by_tma(t);
+#pragma unroll
+        for (int blk = 0; blk < kDimBlocks; ++blk) {
+            // The MMAs of the boxes already in run while the next one is waited for.
+            if (wait_boxes) kt_mbar_wait(bar0 + 8 * (buf * kDimBlocks + blk), (phases >> buf) & 1);
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                const uint32_t step = blk * kBlockBytes + 32 * kk;
+                wgmma_m64n32k16<0>(s, kt_wgmma_desc_step(qd, step), kt_wgmma_desc_step(kd, step), blk + kk > 0);
+            }
         }
-    };
-    // S for keys 32 wg .. + 31 of the tile in buffer `buf`, issued (not waited for).
-    auto issue_scores = [&](float* s, int buf) {
-        const uint32_t qa = s_base + kQOff;
-        const uint32_t kb = s_base + kKOff + buf * kTileBytes + 32 * wg * 128;
-#pragma unroll
-        for (int blk = 0; blk < kDimBlocks; ++blk)
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk)
-                wgmma_m64n32k16<0>(s, kt_wgmma_desc(qa + blk * kBlockBytes + 32 * kk, 16, 1024),
-                                   kt_wgmma_desc(kb + blk * kBlockBytes + 32 * kk, 16, 1024),
-                                   blk + kk > 0);
+        if (wait_boxes) phases ^= 1u << buf;
         kt_wgmma_commit();
     };
 
@@ -206,12 +206,11 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     if (t_begin + 1 < t_end) load_tile(t_begin + 1, 1);
     kt_cp_async_commit();
     asm volatile("cp.async.wait_group 1;\n" ::: "memory"); // Q and the first tile
-    if (t_begin < t_end) wait_tile(t_begin, 0);
     kt_fence_proxy_async();
     __syncthreads();
     if (t_begin < t_end) {
         kt_wgmma_fence();
-        issue_scores(s, 0);
+        issue_scores(s, t_begin, 0);
         kt_wgmma_wait<0>();
     }
 
@@ -274,19 +273,19 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         __syncthreads(); // (B) P complete (and a cp.async tile t + 1 visible to the tensor cores)
         kt_wgmma_fence();
         {
-            const uint32_t pa = s_base + kPOff;
-            const uint32_t vb = s_base + kKOff + buf * kTileBytes + 4 * wg * kBlockBytes;
+            const uint64_t pd = kt_wgmma_desc(s_base + kPOff, 16, 1024);
+            const uint64_t vd =
+                kt_wgmma_desc(s_base + kKOff + buf * kTileBytes + 4 * wg * kBlockBytes, kBlockBytes, 1024);
 #pragma unroll
             for (int ks = 0; ks < kKeys / 16; ++ks)
-                wgmma_m64n256k16<1>(o, kt_wgmma_desc(pa + 32 * ks, 16, 1024),
-                                    kt_wgmma_desc(vb + 16 * ks * 128, kBlockBytes, 1024), 1);
+                wgmma_m64n256k16<1>(o, kt_wgmma_desc_step(pd, 32 * ks), kt_wgmma_desc_step(vd, 16 * ks * 128), 1);
             kt_wgmma_commit();
         }
         if (t + 1 < t_end) {
-            // A TMA tile t + 1 is waited for only now, while P V runs: its copies get the P V
-            // time on top of the previous scores and softmax.
-            wait_tile(t + 1, buf ^ 1);
-            issue_scores(s, buf ^ 1);
+            // A TMA tile t + 1 is waited for only now, while P V runs, and box by box as its
+            // scores are issued: its copies get the P V time on top of the previous scores and
+            // softmax, and the last boxes also the MMAs of the first.
+            issue_scores(s, t + 1, buf ^ 1);
         }
         kt_wgmma_wait<1>(); // P V done (the scores may still run)
 #pragma unroll

@@ -22,6 +22,15 @@ __device__ __forceinline__ uint64_t kt_wgmma_desc(uint32_t addr, uint32_t lbo, u
            (static_cast<uint64_t>(sbo >> 4) << 32) | (1ull << 62);
 }
 
+// The descriptor of the operand `bytes` past `desc`'s (same layout): only the start address
+// field (the low 14 bits, in 16-byte units) changes, and it cannot carry out of them while
+// both addresses lie in the 256 KiB shared window. Stepping along an operand this way costs
+// one integer add per MMA instead of rebuilding the descriptor.
+__device__ __forceinline__ uint64_t kt_wgmma_desc_step(uint64_t desc, uint32_t bytes) {
+    const uint32_t lo = static_cast<uint32_t>(desc) + (bytes >> 4);
+    return (desc & 0xFFFFFFFF00000000ull) | lo;
+}
+
 // Orders this thread's register and shared-memory accesses before the next wgmma.
 __device__ __forceinline__ void kt_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void kt_wgmma_commit() {

@@ -260,12 +260,14 @@ fn causal_prefill() {
         return;
     };
     let s = gpu.stream();
-    // (heads, q_lens, kv_lens): a fresh prompt, prompts after cached tokens, ragged, and
-    // 3 heads (row blocks mixing tokens).
-    let cases: [(usize, Vec<usize>, Vec<usize>); 3] = [
+    // (heads, q_lens, kv_lens): a fresh prompt, prompts after cached tokens, ragged, 3 heads
+    // (row blocks mixing tokens), and 128 heads (row blocks of one token's head halves, as in
+    // DeepSeek V3; the 200 keys include three tiles of bulk copies).
+    let cases: [(usize, Vec<usize>, Vec<usize>); 4] = [
         (16, vec![70], vec![70]),
         (16, vec![5, 1, 33], vec![69, 1, 33]),
         (3, vec![40, 9], vec![40, 100]),
+        (128, vec![3, 1], vec![200, 130]),
     ];
     for (ci, (heads, ql, kl)) in cases.iter().enumerate() {
         let b = Batch::random(20 + ci as u64, *heads, ql, kl);
@@ -285,26 +287,37 @@ fn causal_prefill() {
 }
 
 /// Paging only changes where rows are read from: any block size and block order gives the
-/// same bits.
+/// same bits. For the wgmma kernel, pages of 64 and 256 tokens take bulk tensor copies and
+/// pages of 1 and 17 per-thread copies; the batches cover 16 heads (row blocks mixing
+/// tokens), 128 heads (DeepSeek V3: a block per head half of a token, several bulk-copied
+/// tiles) and 96 heads over two tokens, where adjacent row blocks need different tile counts
+/// (65 keys: 64 for the first block's rows, 65 for the second's).
 #[test]
 fn paging_does_not_change_the_result() {
     let Some(gpu) = gpu_or_skip("mla paging") else {
         return;
     };
     let s = gpu.stream();
-    let b = Batch::random(30, 16, &[1, 4, 1], &[150, 77, 1]);
-    for kernel in MlaKernel::all_for(s.info()) {
-        for splits in [Some(1), Some(3)] {
-            let first = run(s, &b, 64, 1, splits, kernel).unwrap();
-            for (bs, seed) in [(64, 2), (1, 3), (17, 4), (256, 5)] {
-                let other = run(s, &b, bs, seed, splits, kernel).unwrap();
-                assert!(
-                    first
-                        .iter()
-                        .zip(&other)
-                        .all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "{kernel:?} block size {bs}, splits {splits:?}: result differs from block size 64"
-                );
+    let batches = [
+        Batch::random(30, 16, &[1, 4, 1], &[150, 77, 1]),
+        Batch::random(31, 128, &[1, 2, 1], &[300, 129, 64]),
+        Batch::random(32, 96, &[2], &[65]),
+    ];
+    for b in &batches {
+        for kernel in MlaKernel::all_for(s.info()) {
+            for splits in [Some(1), Some(3)] {
+                let first = run(s, b, 64, 1, splits, kernel).unwrap();
+                for (bs, seed) in [(64, 2), (1, 3), (17, 4), (256, 5)] {
+                    let other = run(s, b, bs, seed, splits, kernel).unwrap();
+                    assert!(
+                        first
+                            .iter()
+                            .zip(&other)
+                            .all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{kernel:?} heads {} block size {bs}, splits {splits:?}: result differs from block size 64",
+                        b.heads
+                    );
+                }
             }
         }
     }
@@ -572,73 +585,78 @@ fn live_batch_matches_plain_batch_bit_for_bit() {
         [700, 1, 65],
         [64, 65, 2],
     ];
-    let b = Batch::decode(77, 16, &max_lens);
-    let (pool, table) = paged(&b, 64, 5);
-    let q = s.upload(&b.q).unwrap();
-    let cache = s.upload(&pool).unwrap();
-    for kernel in MlaKernel::all_for(s.info()) {
-        let mut live = s
-            .mla_batch_live(16, &[1; 3], &max_lens, &table, 64, kernel)
-            .unwrap();
-        let mut ws_live = MlaWorkspace::default();
-        s.mla_reserve(&live, &mut ws_live).unwrap();
-        for lens in &steps {
-            let plain = s.mla_batch(16, &[1; 3], lens, &table, 64).unwrap();
-            let mut want = nan_buf::<bf16>(s, b.rows() * RANK);
-            let mut ws = MlaWorkspace::default();
-            s.mla_attention_with(
-                &plain, &q, &cache, b.scale, &mut want, &mut ws, None, kernel,
-            )
-            .unwrap();
-            s.mla_set_kv_lens(&mut live, lens).unwrap();
-            let mut got = nan_buf::<bf16>(s, b.rows() * RANK);
-            s.mla_attention_with(
-                &live,
-                &q,
-                &cache,
-                b.scale,
-                &mut got,
-                &mut ws_live,
-                None,
-                kernel,
-            )
-            .unwrap();
-            let (want, got) = (s.download(&want).unwrap(), s.download(&got).unwrap());
+    // 16 heads: row tiles mixing tokens; 128 heads: a row tile per head half of a token.
+    for heads in [16, 128] {
+        let b = Batch::decode(77, heads, &max_lens);
+        let (pool, table) = paged(&b, 64, 5);
+        let q = s.upload(&b.q).unwrap();
+        let cache = s.upload(&pool).unwrap();
+        for kernel in MlaKernel::all_for(s.info()) {
+            let mut live = s
+                .mla_batch_live(heads, &[1; 3], &max_lens, &table, 64, kernel)
+                .unwrap();
+            let mut ws_live = MlaWorkspace::default();
+            s.mla_reserve(&live, &mut ws_live).unwrap();
+            for lens in &steps {
+                let plain = s.mla_batch(heads, &[1; 3], lens, &table, 64).unwrap();
+                let mut want = nan_buf::<bf16>(s, b.rows() * RANK);
+                let mut ws = MlaWorkspace::default();
+                s.mla_attention_with(
+                    &plain, &q, &cache, b.scale, &mut want, &mut ws, None, kernel,
+                )
+                .unwrap();
+                s.mla_set_kv_lens(&mut live, lens).unwrap();
+                let mut got = nan_buf::<bf16>(s, b.rows() * RANK);
+                s.mla_attention_with(
+                    &live,
+                    &q,
+                    &cache,
+                    b.scale,
+                    &mut got,
+                    &mut ws_live,
+                    None,
+                    kernel,
+                )
+                .unwrap();
+                let (want, got) = (s.download(&want).unwrap(), s.download(&got).unwrap());
+                assert!(
+                    want.iter().all(|v| v.to_f32().is_finite()),
+                    "{kernel:?} {lens:?}: plain batch left a row unwritten"
+                );
+                let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{kernel:?} heads {heads} lengths {lens:?}"
+                );
+            }
+            let shape_err = |r: Result<(), CudaError>| matches!(r, Err(CudaError::Shape { .. }));
             assert!(
-                want.iter().all(|v| v.to_f32().is_finite()),
-                "{kernel:?} {lens:?}: plain batch left a row unwritten"
+                shape_err(s.mla_set_kv_lens(&mut live, &[701, 1, 1])),
+                "past the largest length"
             );
-            let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got), bits(&want), "{kernel:?} lengths {lens:?}");
+            assert!(
+                shape_err(s.mla_set_kv_lens(&mut live, &[0, 1, 1])),
+                "below q_len"
+            );
+            assert!(shape_err(s.mla_set_kv_lens(&mut live, &[5, 5])), "count");
+            let mut out = nan_buf::<bf16>(s, b.rows() * RANK);
+            assert!(
+                shape_err(s.mla_attention_with(
+                    &live,
+                    &q,
+                    &cache,
+                    b.scale,
+                    &mut out,
+                    &mut ws_live,
+                    Some(2),
+                    kernel
+                )),
+                "forced splits on a live batch"
+            );
         }
-        let shape_err = |r: Result<(), CudaError>| matches!(r, Err(CudaError::Shape { .. }));
-        assert!(
-            shape_err(s.mla_set_kv_lens(&mut live, &[701, 1, 1])),
-            "past the largest length"
-        );
-        assert!(
-            shape_err(s.mla_set_kv_lens(&mut live, &[0, 1, 1])),
-            "below q_len"
-        );
-        assert!(shape_err(s.mla_set_kv_lens(&mut live, &[5, 5])), "count");
-        let mut out = nan_buf::<bf16>(s, b.rows() * RANK);
-        assert!(
-            shape_err(s.mla_attention_with(
-                &live,
-                &q,
-                &cache,
-                b.scale,
-                &mut out,
-                &mut ws_live,
-                Some(2),
-                kernel
-            )),
-            "forced splits on a live batch"
-        );
     }
-    let mut plain = s
-        .mla_batch(16, &[1], &[5], &table[..table.len() / 3], 64)
-        .unwrap();
+    let mut plain = s.mla_batch(16, &[1], &[5], &[0], 64).unwrap();
     assert!(
         matches!(
             s.mla_set_kv_lens(&mut plain, &[4]),

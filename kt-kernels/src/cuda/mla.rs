@@ -55,9 +55,9 @@ const THREADS: u32 = 256;
 /// sm_80 block may have (164 KiB): there the opt-in fails with a typed driver error.
 const SMEM_BYTES: u32 = 192_256;
 /// Dynamic shared memory of kt_mla_attn_sm90_bf16 (static_assert there): query tile, two
-/// 64-key cache tiles, P, the rows' maxima and sums, the tiles' two barriers, and 1 KiB to
-/// align the swizzled tiles.
-const SMEM_BYTES_SM90: u32 = 231_440;
+/// 64-key cache tiles, P, the rows' maxima and sums, a barrier per 64-dim box of each tile,
+/// and 1 KiB to align the swizzled tiles.
+const SMEM_BYTES_SM90: u32 = 231_568;
 
 /// Which MLA attention kernel a launch uses; both give results within the same error bound
 /// and each is deterministic.
