@@ -31,12 +31,16 @@ const A_BLOCK: usize = 292;
 pub(super) const TR: usize = 16;
 pub(super) const TG: usize = 16;
 /// Token groups per token block, and the transposed activation records (one per token
-/// group and super-block, ~4.5 KiB each) of one token block and K chunk: 147 KiB, in L2
+/// group and super-block, ~4.5 KiB each) of one token block and K chunk: 290 KiB, in L2
 /// while every row block passes over them. A chunk holds `RECORDS / groups`
 /// super-blocks: the whole of a 7168-long row for one token group (V3 prefill), so each
-/// row block streams its rows from start to end.
-const GROUPS: usize = 4;
-const RECORDS: usize = 32;
+/// row block streams its rows from start to end. Eight groups (the driver's 128-token
+/// blocks) share each unpacked weight block: against four (and 32 records), dev VM, 1
+/// thread, 2048x7168 at 512 tokens, resident weights, CPU time, min of 6: Q4_K 31.2 ->
+/// 30.3 ms, Q5_K 32.4 -> 29.1, Q2_K 30.7 -> 28.4, Q6_K 46.9 -> 37.7 (whose unpacking is
+/// the dearest); 16 tokens (one group) unchanged.
+const GROUPS: usize = 8;
+const RECORDS: usize = 64;
 /// Weight prefetch distance, in super-blocks of the row block (16 rows x 144 bytes), into
 /// L2: the weights stream from DRAM once per call, so they must be requested before the
 /// unpacking reads them (one super-block step is ~0.4 µs of work). L2 rather than L1: a
