@@ -173,6 +173,7 @@ unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut Weigh
     let nib = _mm512_set1_epi8(0x0F);
     let top_bits = _mm512_set1_epi8(0x30);
     let offset = _mm512_set1_epi8(32);
+    let high_bytes = _mm512_set1_epi16(0xFF00u16 as i16);
     // Plane `m = 2n + h` (elements 128n + 64h..128n + 64h + 64): bytes 0..32 take `qh`
     // bits 2s.. with s = 2h, bytes 32..64 bits 2s + 2..; rotating each dword left by
     // 4 - 2s (mod 32) brings them to bits 4 and 5 of each byte.
@@ -216,16 +217,17 @@ unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut Weigh
                         _mm512_and_si512(top, top_bits),
                     );
                     let q = _mm512_sub_epi8(u, offset);
-                    // Words of the even and odd bytes, sign-extended: their products with
-                    // a digit are exact, and each keeps its own byte of the result.
-                    let even = _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(q));
-                    let odd = _mm512_srai_epi16::<8>(q);
+                    // A word times a digit has the right low byte (the even element's
+                    // product mod 256), but the low byte's carry spoils the high one; the
+                    // word with its low byte cleared gives the odd element's product in
+                    // its high byte.
+                    let odd = _mm512_and_si512(q, high_bytes);
                     for (k, c) in c.iter().enumerate() {
                         let x = _mm512_permutexvar_epi16(pick[plane], *c);
                         let v = _mm512_mask_blend_epi8(
                             0xAAAA_AAAA_AAAA_AAAA,
-                            _mm512_mullo_epi16(even, x),
-                            _mm512_slli_epi16::<8>(_mm512_mullo_epi16(odd, x)),
+                            _mm512_mullo_epi16(q, x),
+                            _mm512_mullo_epi16(odd, x),
                         );
                         _mm512_store_si512((*dst).a[k][n].as_mut_ptr().add(64 * plane).cast(), v);
                     }
