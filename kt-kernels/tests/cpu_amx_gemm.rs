@@ -259,11 +259,16 @@ proptest! {
 
     #[test]
     fn gemm_matches_scalar(f in 0usize..FORMATS.len(), kp in 0usize..12, rows in 1usize..=70,
-                           tp in 1usize..=18, seed in any::<u64>()) {
+                           tp in 1usize..=20, seed in any::<u64>()) {
         if amx_here("gemm_matches_scalar") {
-            // 1..=17 tokens (the AVX512 kernel below 9, for the K-quants below 12; AMX
-            // from there), or 513.
-            let tokens = if tp == 18 { 513 } else { tp };
+            // 1..=17 tokens (the AVX512 kernel below 9, for the K-quants below 12 and
+            // Q6_K below 32; AMX from there), 32, 40 or 513.
+            let tokens = match tp {
+                18 => 513,
+                19 => 32,
+                20 => 40,
+                t => t,
+            };
             let q = FORMATS[f];
             check(q, rows, ks(q)[kp], tokens, seed);
         }
@@ -326,16 +331,17 @@ fn one_large_tile(q: QType) {
     assert_matches_scalar(&format!("{q} amx one tile"), q, &w, &x, rows, k, &got);
 }
 
-/// The K-quants at the token counts around their AMX threshold (12), 16-token groups,
-/// Q4_K's switch from the per-sub-block to the folded step kernel (above 64) and the
-/// 64-token blocks, on rows around the 16-row tiles and K past both chunk sizes.
+/// The K-quants at the token counts around their AMX thresholds (12, Q6_K 32), the
+/// 16-token groups, Q4_K's switch from the per-sub-block to the folded step kernel (above
+/// 64) and the 128-token blocks, on rows around the 16-row tiles and K past both chunk
+/// sizes.
 #[test]
 fn k_quant_token_counts_match_scalar() {
     if !amx_here("k_quant_token_counts_match_scalar") {
         return;
     }
     for q in KQUANTS {
-        for (i, tokens) in [1, 7, 11, 12, 16, 17, 32, 33, 64, 65, 513]
+        for (i, tokens) in [1, 7, 11, 12, 16, 17, 31, 32, 33, 64, 65, 513]
             .into_iter()
             .enumerate()
         {
@@ -390,7 +396,13 @@ fn extreme_block(q: QType, i: usize, rng: &mut SplitMix64) -> Vec<u8> {
             b.extend([qs; 128]);
         }
         QType::Q2_K => {
-            let cases: [(u8, u8); 5] = [(0xFF, 0xFF), (0xFF, 0x0F), (0xFF, 0xF0), (0x00, 0xFF), (0xAA, 0x00)];
+            let cases: [(u8, u8); 5] = [
+                (0xFF, 0xFF),
+                (0xFF, 0x0F),
+                (0xFF, 0xF0),
+                (0x00, 0xFF),
+                (0xAA, 0x00),
+            ];
             let (qs, sc) = cases[i % cases.len()];
             b.extend([sc; 16]);
             b.extend([qs; 64]);
@@ -399,7 +411,15 @@ fn extreme_block(q: QType, i: usize, rng: &mut SplitMix64) -> Vec<u8> {
         }
         QType::Q6_K => {
             // (ql, qh) bytes 0 give every quant -32, 0xFF every quant 31.
-            let cases: [(u8, i8); 7] = [(0x00, -128), (0xFF, 127), (0x00, 36), (0xFF, 36), (0x00, -27), (0xFF, -128), (0x00, 0)];
+            let cases: [(u8, i8); 7] = [
+                (0x00, -128),
+                (0xFF, 127),
+                (0x00, 36),
+                (0xFF, 36),
+                (0x00, -27),
+                (0xFF, -128),
+                (0x00, 0),
+            ];
             let (bits, sc) = cases[i % cases.len()];
             b.extend([bits; 192]);
             b.extend([sc as u8; 16]);

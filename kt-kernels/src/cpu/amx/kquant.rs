@@ -231,7 +231,12 @@ pub(super) unsafe fn gemm_amx<K: StepKernel>(t: &GemmTile) {
                     if g == 0 {
                         let ahead = l + PREFETCH;
                         if ahead < nrb * kc {
-                            prefetch_rows(wblock(ahead), K::W_BLOCK, t.w_stride, rows_of(ahead / kc));
+                            prefetch_rows(
+                                wblock(ahead),
+                                K::W_BLOCK,
+                                t.w_stride,
+                                rows_of(ahead / kc),
+                            );
                         }
                         let next = l + UNPACK_AHEAD;
                         if next < nrb * kc {

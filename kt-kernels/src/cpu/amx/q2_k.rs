@@ -192,10 +192,7 @@ unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut Weigh
                     // Each word is q0 + 256 q1 with q < 4: times a scale < 16 the low
                     // byte's product stays below 256, so the bytes are q0 * sc, q1 * sc.
                     let x = _mm512_permutexvar_epi16(pick[plane], sc);
-                    _mm512_store_si512(
-                        q.add(64 * plane).cast(),
-                        _mm512_mullo_epi16(crumbs, x),
-                    );
+                    _mm512_store_si512(q.add(64 * plane).cast(), _mm512_mullo_epi16(crumbs, x));
                 }
             }
         }
