@@ -21,6 +21,7 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
+use super::blocks::transpose16;
 use super::tiles::TileConfig;
 use crate::cpu::dispatch::{GemmFn, GemmTile};
 
@@ -307,22 +308,25 @@ unsafe fn finish_step<K: StepKernel>(
     if !p.last {
         return;
     }
+    // The accumulators hold 16 rows of 16 tokens; the output is token-major: one
+    // transpose gives each token's 16 rows as a vector (masked to the block's rows).
+    let rows: u16 = if nr == TR { u16::MAX } else { (1 << nr) - 1 };
     for (g, a) in acc.iter().enumerate().take(ng) {
         let first = t0 + g * TG;
         let n_tok = TG.min(t.tokens - first);
-        let mut lanes = [[0f32; TG]; TR];
-        for (n, v) in a.iter().enumerate().take(nr) {
-            // SAFETY: a 64-byte store into a local array row.
-            unsafe { _mm512_storeu_ps(lanes[n].as_mut_ptr(), *v) };
-        }
-        for tok in 0..n_tok {
-            for (n, row) in lanes.iter().enumerate().take(nr) {
-                // SAFETY: token first + tok < tokens, row r0 + n < rows: inside the
-                // caller's output tile.
-                unsafe {
-                    let o = t.out.add((first + tok) * t.ldo + r0 + n);
-                    *o = if first_chunk { row[tok] } else { *o + row[tok] };
-                }
+        let by_token = transpose16(&a.map(|v| _mm512_castps_si512(v)));
+        for (tok, v) in by_token.iter().enumerate().take(n_tok) {
+            let v = _mm512_castsi512_ps(*v);
+            // SAFETY: token first + tok < tokens and rows r0..r0 + nr < rows (the mask):
+            // inside the caller's output tile.
+            unsafe {
+                let o = t.out.add((first + tok) * t.ldo + r0);
+                let v = if first_chunk {
+                    v
+                } else {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(rows, o), v)
+                };
+                _mm512_mask_storeu_ps(o, rows, v);
             }
         }
     }
