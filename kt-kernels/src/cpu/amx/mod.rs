@@ -3,7 +3,8 @@
 //! through one pipeline ([`kquant`]) with a step kernel per format, Q4_K ([`q4_k`]: two
 //! step kernels, [`q4_k_per_sub`] and [`q4_k_folded`]), Q5_K ([`q5_k`], Q4_K's folded
 //! kernel with a fifth bit), Q2_K ([`q2_k`]) and Q6_K ([`q6_k`]), each keeping the AVX512
-//! kernel below its `AMX_MIN_TOKENS`; BF16 ([`bf16`]: `tdpbf16ps`, from
+//! kernel below its `AMX_MIN_TOKENS` (Q5_K and Q6_K only in kt's own f32 order, not with
+//! `KT_KQUANT_ORDER=ggml`); BF16 ([`bf16`]: `tdpbf16ps`, from
 //! [`bf16::AMX_MIN_TOKENS`] tokens) and Q8_0 ([`q8_0`]: `tdpbssd`, from
 //! [`q8_0::AMX_MIN_TOKENS`]); those two share [`blocks`]. The other GGUF formats keep
 //! their AVX512 kernels.
@@ -15,6 +16,7 @@
 
 use super::dispatch::{FormatKernels, GemmFn, KernelTable};
 use super::isa::Isa;
+use super::order::KquantOrder;
 use crate::quant::QType;
 
 mod bf16;
@@ -32,6 +34,10 @@ pub(crate) mod repack;
 mod tiles;
 
 pub(crate) fn register(t: &mut KernelTable) {
+    // `KT_KQUANT_ORDER=ggml` asks for llama.cpp's f32 order bit for bit, which the lower
+    // table's Q5_K and Q6_K kernels follow and the AMX ones (exact int32 super-block sums)
+    // do not: they stay. (Q4_K's AMX kernel keeps its own order in both modes, as before.)
+    let ggml_order = super::order::kquant_order() == Ok(KquantOrder::Ggml);
     for (q, install) in [
         (QType::Q4_K, q4_k::install as fn(GemmFn) -> GemmFn),
         (QType::Q5_K, q5_k::install),
@@ -40,6 +46,9 @@ pub(crate) fn register(t: &mut KernelTable) {
         (QType::BF16, bf16::install),
         (QType::Q8_0, q8_0::install),
     ] {
+        if ggml_order && matches!(q, QType::Q5_K | QType::Q6_K) {
+            continue;
+        }
         if let Ok(&lower) = t.get(q) {
             t.set(
                 q,
