@@ -229,8 +229,8 @@ const FORMATS: [QType; 6] = [
 const KQUANTS: [QType; 4] = [QType::Q4_K, QType::Q5_K, QType::Q2_K, QType::Q6_K];
 
 /// K lengths of `q` around the 32-element steps and the 2048-element chunks (Q8_0:
-/// whole blocks only; K-quants: whole super-blocks, around their chunks of 8 (four token
-/// groups) and 32 (one group) super-blocks).
+/// whole blocks only; K-quants: whole super-blocks, around their chunks of 8 (eight token
+/// groups) and 64 (one group) super-blocks, cut evenly).
 fn ks(q: QType) -> [usize; 12] {
     match q {
         QType::BF16 => [1, 2, 31, 32, 33, 64, 97, 1000, 2047, 2048, 2049, 4133],

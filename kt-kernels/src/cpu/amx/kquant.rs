@@ -161,7 +161,9 @@ pub(super) unsafe fn gemm_amx<K: StepKernel>(t: &GemmTile) {
     for t0 in (0..t.tokens).step_by(GROUPS * TG) {
         let ntb = (GROUPS * TG).min(t.tokens - t0);
         let ng = ntb.div_ceil(TG);
-        let chunk = RECORDS / ng;
+        // As few K chunks as the records allow, of even length (7168 = 28 super-blocks in
+        // 7 + 7 + 7 + 7 for eight groups, not 8 + 8 + 8 + 4).
+        let chunk = nsb.div_ceil(nsb.div_ceil(RECORDS / ng));
         for c0 in (0..nsb).step_by(chunk) {
             let kc = chunk.min(nsb - c0);
             for g in 0..ng {
