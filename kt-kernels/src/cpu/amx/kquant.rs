@@ -31,17 +31,26 @@ const A_BLOCK: usize = 292;
 /// Weight rows per tile and tokens per group (the C tile is 16 x 16).
 pub(super) const TR: usize = 16;
 pub(super) const TG: usize = 16;
-/// Token groups per token block, and the transposed activation records (one per token
-/// group and super-block, ~4.5 KiB each) of one token block and K chunk: 290 KiB, in L2
-/// while every row block passes over them. A chunk holds `RECORDS / groups`
+/// Token groups per token block (`G` of [`gemm_amx`]), and the transposed activation
+/// records (`R`: one per token group and super-block, ~4.5 KiB each) of one token block
+/// and K chunk, in L2 while every row block passes over them. A chunk holds `R / groups`
 /// super-blocks: the whole of a 7168-long row for one token group (V3 prefill), so each
-/// row block streams its rows from start to end. Eight groups (the driver's 128-token
-/// blocks) share each unpacked weight block: against four (and 32 records), dev VM, 1
-/// thread, 2048x7168 at 512 tokens, resident weights, CPU time, min of 6: Q4_K 31.2 ->
-/// 30.3 ms, Q5_K 32.4 -> 29.1, Q2_K 30.7 -> 28.4, Q6_K 46.9 -> 37.7 (whose unpacking is
-/// the dearest); 16 tokens (one group) unchanged.
-const GROUPS: usize = 8;
-const RECORDS: usize = 64;
+/// row block streams its rows from start to end.
+///
+/// Above [`SMALL_TOKENS`] tokens eight groups (the driver's 128-token blocks) share each
+/// unpacked weight block: against four (and 32 records), dev VM, 1 thread, 2048x7168 at
+/// 512 tokens, resident weights, CPU time, min of 6: Q4_K 31.2 -> 30.3 ms, Q5_K 32.4 ->
+/// 29.1, Q2_K 30.7 -> 28.4, Q6_K 46.9 -> 37.7 (whose unpacking is the dearest); device
+/// (16 threads, one call, session 7), Q4_K 512 tokens 0.42-0.58 of the int8 peak against
+/// 0.36-0.52 with four. Up to 64 tokens (the MoE's calls) four groups and 32 records, as
+/// before: in that call one 16-token Q4_K GEMM (7168x2048, 112 items of 64 rows) ran 34%
+/// slower with eight (0.232 vs 0.173 ms, the other shapes level), not reproduced on the
+/// dev VM, so the small calls keep the smaller frame.
+const LARGE_GROUPS: usize = 8;
+const LARGE_RECORDS: usize = 64;
+const SMALL_GROUPS: usize = 4;
+const SMALL_RECORDS: usize = 32;
+const SMALL_TOKENS: usize = SMALL_GROUPS * TG;
 /// Weight prefetch distance, in super-blocks of the row block (16 rows x 144 bytes), into
 /// L2: the weights stream from DRAM once per call, so they must be requested before the
 /// unpacking reads them (one super-block step is ~0.4 µs of work). L2 rather than L1: a
@@ -139,16 +148,23 @@ pub(super) unsafe fn gemm_or_lower<K: StepKernel>(
         let lower = lower.get().expect("installed with the AMX table");
         // SAFETY: forwarded contract; the lower kernel is the AVX512 table's.
         unsafe { lower(t) };
+    } else if t.tokens <= SMALL_TOKENS {
+        // SAFETY: forwarded.
+        unsafe { gemm_amx::<K, SMALL_GROUPS, SMALL_RECORDS>(t) };
     } else {
         // SAFETY: forwarded.
-        unsafe { gemm_amx::<K>(t) };
+        unsafe { gemm_amx::<K, LARGE_GROUPS, LARGE_RECORDS>(t) };
     }
 }
 
+/// The pipeline with `G` token groups per token block and `R` activation records.
+///
+/// # Safety
+/// As [`GemmFn`]: valid tile extents, exclusive output, `Isa::Amx.check()` passed.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-pub(super) unsafe fn gemm_amx<K: StepKernel>(t: &GemmTile) {
+unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(t: &GemmTile) {
     let nsb = t.k / QK_K;
-    let mut acts = MaybeUninit::<[K::Acts; RECORDS]>::uninit();
+    let mut acts = MaybeUninit::<[K::Acts; R]>::uninit();
     let acts = acts.as_mut_ptr().cast::<K::Acts>();
     let mut wbuf = MaybeUninit::<[K::Weights; WBUFS]>::uninit();
     let wbuf = wbuf.as_mut_ptr().cast::<K::Weights>();
@@ -156,14 +172,14 @@ pub(super) unsafe fn gemm_amx<K: StepKernel>(t: &GemmTile) {
     let cbuf = cbuf.as_mut_ptr().cast::<K::Products>();
     // Accumulators of the row blocks in flight (by parity): group g, row n at
     // [g][n] (16 tokens each).
-    let mut acc = [[[_mm512_setzero_ps(); TR]; GROUPS]; 2];
+    let mut acc = [[[_mm512_setzero_ps(); TR]; G]; 2];
     let mut loaded_rows = 0;
-    for t0 in (0..t.tokens).step_by(GROUPS * TG) {
-        let ntb = (GROUPS * TG).min(t.tokens - t0);
+    for t0 in (0..t.tokens).step_by(G * TG) {
+        let ntb = (G * TG).min(t.tokens - t0);
         let ng = ntb.div_ceil(TG);
         // As few K chunks as the records allow, of even length (7168 = 28 super-blocks in
         // 7 + 7 + 7 + 7 for eight groups, not 8 + 8 + 8 + 4).
-        let chunk = nsb.div_ceil(nsb.div_ceil(RECORDS / ng));
+        let chunk = nsb.div_ceil(nsb.div_ceil(R / ng));
         for c0 in (0..nsb).step_by(chunk) {
             let kc = chunk.min(nsb - c0);
             for g in 0..ng {
@@ -172,7 +188,7 @@ pub(super) unsafe fn gemm_amx<K: StepKernel>(t: &GemmTile) {
                 for s in 0..kc {
                     // SAFETY: tokens first..first + n are readable activation rows of
                     // the tile, super-block c0 + s < nsb of each; the record is inside
-                    // `acts` (g * chunk + s < ng * chunk <= RECORDS).
+                    // `acts` (g * chunk + s < ng * chunk <= R).
                     unsafe {
                         K::transpose_acts(
                             t.a.add(first * t.a_stride + (c0 + s) * A_BLOCK),
@@ -221,7 +237,7 @@ pub(super) unsafe fn gemm_amx<K: StepKernel>(t: &GemmTile) {
                 }
                 // SAFETY (whole block): every weight block named is inside the tile
                 // (row block < nrb, super-block < c0 + kc); scratch indices are in
-                // bounds (% WBUFS, & 1; g * chunk + s < RECORDS). Products read weight
+                // bounds (% WBUFS, & 1; g * chunk + s < R). Products read weight
                 // buffer l % WBUFS, super-block l + UNPACK_AHEAD goes to its buffer, and
                 // the step scaled here (step - 1: super-block l or l - 1) reads neither
                 // that nor the C buffer written now.
@@ -260,13 +276,13 @@ pub(super) unsafe fn gemm_amx<K: StepKernel>(t: &GemmTile) {
                         last: i + 1 == steps_rb,
                     };
                     if let Some(p) = pending.replace(now) {
-                        finish_step::<K>(t, p, cbuf, wbuf, acts, &mut acc, t0, ng, c0 == 0);
+                        finish_step::<K, G>(t, p, cbuf, wbuf, acts, &mut acc, t0, ng, c0 == 0);
                     }
                 }
             }
             if let Some(p) = pending {
                 // SAFETY: as above.
-                unsafe { finish_step::<K>(t, p, cbuf, wbuf, acts, &mut acc, t0, ng, c0 == 0) };
+                unsafe { finish_step::<K, G>(t, p, cbuf, wbuf, acts, &mut acc, t0, ng, c0 == 0) };
             }
         }
     }
@@ -283,13 +299,13 @@ pub(super) unsafe fn gemm_amx<K: StepKernel>(t: &GemmTile) {
 #[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-unsafe fn finish_step<K: StepKernel>(
+unsafe fn finish_step<K: StepKernel, const G: usize>(
     t: &GemmTile,
     p: Pending,
     cbuf: *const K::Products,
     wbuf: *const K::Weights,
     acts: *const K::Acts,
-    acc: &mut [[[__m512; TR]; GROUPS]; 2],
+    acc: &mut [[[__m512; TR]; G]; 2],
     t0: usize,
     ng: usize,
     first_chunk: bool,

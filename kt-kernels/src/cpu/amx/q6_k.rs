@@ -24,11 +24,12 @@ use super::q8_k_lines::{transpose_lines, Lines};
 use super::tiles::{tile_dp_i8, tile_load, tile_store, tile_zero, TileConfig};
 use crate::cpu::dispatch::{GemmFn, GemmTile};
 
-/// Below this many tokens the AVX512 kernel is used: with one 16-token group the three
-/// digit products of the unpacking are not shared, and the AVX512 kernel is as fast
-/// (dev VM, 1 thread, 2048x7168, resident, CPU time, min of 3: 16 tokens 2.7-3.1 ms on
-/// either; 64 tokens AMX 5.0-5.6, AVX512 8.7).
-pub(crate) const AMX_MIN_TOKENS: usize = 32;
+/// Below this many tokens the AVX512 kernel is used: with few token groups the three
+/// digit products of the unpacking are shared by too few tokens. Device (16 threads,
+/// session 7, before the unpacking lost its sign extensions), AMX / AVX512 ms,
+/// 7168x2048 and 2048x7168: 16 tokens 0.307 / 0.243 and 0.326 / 0.299, 32 tokens 0.429 /
+/// 0.399 and 0.546 / 0.475, 64 tokens 0.629 / 0.666 and 0.830 / 0.824.
+pub(crate) const AMX_MIN_TOKENS: usize = 64;
 
 /// The kernel of the level below (AVX512), for small token counts.
 static LOWER: OnceLock<GemmFn> = OnceLock::new();
