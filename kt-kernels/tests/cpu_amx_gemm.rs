@@ -1,11 +1,13 @@
 //! The AMX GEMMs of the GGUF formats without a repack, BF16 (`cpu/amx/bf16.rs`,
-//! `tdpbf16ps`), Q8_0 (`cpu/amx/q8_0.rs`, `tdpbssd` per block) and Q4_K
-//! (`cpu/amx/q4_k.rs`, `tdpbusd` over super-blocks with the sub-block scales folded into
-//! the weights), against the scalar backend: token counts on both sides of their
-//! threshold and past one 32- or 64-token block, rows around the 16-row tiles, K around
-//! the 32-element steps (BF16 with odd K: the zero-padded last step) and past one
-//! transposed K chunk (partial sums added into the output). Q4_K weights cycle their
-//! 6-bit scales and mins through every value (0 and 63, every `8 * hi + lo` split).
+//! `tdpbf16ps`), Q8_0 (`cpu/amx/q8_0.rs`, `tdpbssd` per block) and the K-quants Q4_K,
+//! Q5_K, Q2_K, Q6_K (`cpu/amx/kquant.rs` and a step kernel per format, with the scales
+//! folded into the unpacked weights), against the scalar backend: token counts on both
+//! sides of their threshold and past one 32- or 64-token block, rows around the 16-row
+//! tiles, K around the 32-element steps (BF16 with odd K: the zero-padded last step) and
+//! past one transposed K chunk (partial sums added into the output). Q4_K and Q5_K
+//! weights cycle their 6-bit scales and mins through every value (0 and 63, every
+//! `8 * hi + lo` split), Q2_K its scale bytes through all 256 (scale, min) pairs, Q6_K its
+//! int8 scales through all 256 values (every balanced base-8 digit).
 //!
 //! Every test skips (saying so) when this CPU has no AMX.
 
@@ -36,12 +38,13 @@ fn pool() -> &'static ThreadPool {
 }
 
 /// Random weight rows of `q` at varied scales (no row all zero): BF16 values, Q8_0
-/// blocks of random quants (every byte, -128 included) with finite f16 scales, or Q4_K
-/// blocks of random quants whose scales and mins run through every 6-bit value.
+/// blocks of random quants (every byte, -128 included) with finite f16 scales, or
+/// K-quant blocks of random quants whose scales (and mins) run through every value.
 fn weights(q: QType, rows: usize, k: usize, rng: &mut SplitMix64) -> Vec<u8> {
     let mut w = Vec::with_capacity(rows * q.row_bytes(k).unwrap());
-    // Where the Q4_K scales' cycle starts (so different calls see different pairings).
-    let phase = rng.below(64);
+    // Where the K-quant scales' cycle starts (so different calls see different pairings).
+    let phase = rng.below(256);
+    let f16_of = |x: f32| f16::from_f32(x).to_le_bytes();
     for r in 0..rows {
         let scale = [1.0f32, 0.01, 40.0][r % 3];
         match q {
@@ -57,17 +60,36 @@ fn weights(q: QType, rows: usize, k: usize, rng: &mut SplitMix64) -> Vec<u8> {
                     w.extend((0..32).map(|_| rng.next_u64() as u8));
                 }
             }
-            QType::Q4_K => {
+            QType::Q4_K | QType::Q5_K => {
                 for b in 0..k / 256 {
                     let n = phase + 8 * (r * (k / 256) + b);
                     let sc: [u8; 8] = std::array::from_fn(|j| ((n + j) % 64) as u8);
                     let m: [u8; 8] = std::array::from_fn(|j| ((n + 5 * j + 17) % 64) as u8);
                     for _ in 0..2 {
-                        let d = scale * 1e-3 * rng.uniform(0.1, 1.0);
-                        w.extend(f16::from_f32(d).to_le_bytes());
+                        w.extend(f16_of(scale * 1e-3 * rng.uniform(0.1, 1.0)));
                     }
                     w.extend(q4_k_scales(&sc, &m));
-                    w.extend((0..128).map(|_| rng.next_u64() as u8));
+                    // Q5_K: the 32 high-bit bytes, then the nibbles as Q4_K.
+                    let quant_bytes = if q == QType::Q5_K { 160 } else { 128 };
+                    w.extend((0..quant_bytes).map(|_| rng.next_u64() as u8));
+                }
+            }
+            QType::Q2_K => {
+                for b in 0..k / 256 {
+                    let n = phase + 16 * (r * (k / 256) + b);
+                    w.extend((0..16).map(|g| ((n + g) % 256) as u8));
+                    w.extend((0..64).map(|_| rng.next_u64() as u8));
+                    for _ in 0..2 {
+                        w.extend(f16_of(scale * 1e-2 * rng.uniform(0.1, 1.0)));
+                    }
+                }
+            }
+            QType::Q6_K => {
+                for b in 0..k / 256 {
+                    let n = phase + 16 * (r * (k / 256) + b);
+                    w.extend((0..192).map(|_| rng.next_u64() as u8));
+                    w.extend((0..16).map(|g| ((n + g) % 256) as u8));
+                    w.extend(f16_of(scale * 1e-3 * rng.uniform(0.1, 1.0)));
                 }
             }
             other => panic!("no generator for {other}"),
@@ -92,28 +114,24 @@ fn q4_k_scales(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
     s
 }
 
-/// Per weight, the magnitude its rounding is relative to: `|w|`, and for Q4_K the sum of
-/// its two terms' magnitudes `|d sc q| + |dmin m|` (both kernels round the two sums of a
-/// block before subtracting them).
+/// Per weight, the magnitude its rounding is relative to: `|w|`, and for the K-quants
+/// with minimums the sum of its two terms' magnitudes `|d sc q| + |dmin m|` (both kernels
+/// round the two sums of a block before subtracting them): the dequantization with `dmin`
+/// negated (every generator writes `d, dmin >= 0`).
 fn magnitudes(q: QType, w: &[u8], k: usize) -> Vec<f32> {
-    if q != QType::Q4_K {
-        return dequantized(q, w, k).iter().map(|v| v.abs()).collect();
-    }
-    let mut out = Vec::with_capacity(w.len() / 144 * 256);
-    for b in w.chunks_exact(144) {
-        let d = f16::from_le_bytes([b[0], b[1]]).to_f32().abs();
-        let dmin = f16::from_le_bytes([b[2], b[3]]).to_f32().abs();
-        let scales: &[u8; 12] = b[4..16].try_into().unwrap();
-        for j in 0..8 {
-            let (sc, m) = get_scale_min_k4(j, scales);
-            let qs = &b[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
-            out.extend(qs.iter().map(|&v| {
-                let q = if j % 2 == 0 { v & 15 } else { v >> 4 };
-                d * f32::from(sc) * f32::from(q) + dmin * f32::from(m)
-            }));
+    let dmin_sign_byte = match q {
+        QType::Q4_K | QType::Q5_K => Some(3),
+        QType::Q2_K => Some(83),
+        _ => None,
+    };
+    let mut w = w.to_vec();
+    if let Some(at) = dmin_sign_byte {
+        for b in w.chunks_exact_mut(q.block_bytes()) {
+            assert_eq!(b[at] & 0x80, 0, "{q}: dmin must be >= 0");
+            b[at] |= 0x80;
         }
     }
-    out
+    dequantized(q, &w, k).iter().map(|v| v.abs()).collect()
 }
 
 /// Random activations at varied scales, with an all-zero and a tiny token.
@@ -146,12 +164,13 @@ fn dequantized(q: QType, bytes: &[u8], k: usize) -> Vec<f32> {
 /// backend rounds the two scale products, the integer sum's conversion, the two
 /// products, their difference and its addition; the AMX kernel the conversion, the two
 /// (fused) scalings by the weight's `d` and `dmin`, the fused scaling by `da` with its
-/// addition, and the K chunks' addition: each within (blocks + 5) units.
+/// addition, and the K chunks' addition: each within (blocks + 5) units. Q5_K and Q2_K
+/// round as Q4_K; Q6_K (no minimum term) in fewer steps, inside the same bound.
 fn rounding_units(q: QType, k: usize) -> f64 {
     match q {
         QType::BF16 => k as f64 + 1.0,
         QType::Q8_0 => 2.0 * (k / 32) as f64 + 6.0,
-        QType::Q4_K => 2.0 * (k / 256) as f64 + 10.0,
+        QType::Q4_K | QType::Q5_K | QType::Q2_K | QType::Q6_K => 2.0 * (k / 256) as f64 + 10.0,
         other => panic!("no bound for {other}"),
     }
 }
@@ -199,15 +218,23 @@ fn check(q: QType, rows: usize, k: usize, tokens: usize, seed: u64) {
     assert_matches_scalar(&what, q, &w, &x, rows, k, &got);
 }
 
-const FORMATS: [QType; 3] = [QType::BF16, QType::Q8_0, QType::Q4_K];
+const FORMATS: [QType; 6] = [
+    QType::BF16,
+    QType::Q8_0,
+    QType::Q4_K,
+    QType::Q5_K,
+    QType::Q2_K,
+    QType::Q6_K,
+];
+const KQUANTS: [QType; 4] = [QType::Q4_K, QType::Q5_K, QType::Q2_K, QType::Q6_K];
 
 /// K lengths of `q` around the 32-element steps and the 2048-element chunks (Q8_0:
-/// whole blocks only; Q4_K: whole super-blocks, around its chunks of 8 (four token
-/// groups) and 32 (one group) super-blocks).
+/// whole blocks only; K-quants: whole super-blocks, around their chunks of 8 (eight token
+/// groups) and 64 (one group) super-blocks, cut evenly).
 fn ks(q: QType) -> [usize; 12] {
     match q {
         QType::BF16 => [1, 2, 31, 32, 33, 64, 97, 1000, 2047, 2048, 2049, 4133],
-        QType::Q4_K => [
+        QType::Q4_K | QType::Q5_K | QType::Q2_K | QType::Q6_K => [
             256, 512, 768, 1792, 2048, 2304, 4096, 7168, 8192, 8448, 2560, 16640,
         ],
         _ => [
@@ -217,8 +244,8 @@ fn ks(q: QType) -> [usize; 12] {
 }
 
 #[test]
-fn the_amx_table_runs_bf16_q8_0_and_q4_k_on_amx() {
-    if !amx_here("the_amx_table_runs_bf16_q8_0_and_q4_k_on_amx") {
+fn the_amx_table_runs_bf16_q8_0_and_the_k_quants_on_amx() {
+    if !amx_here("the_amx_table_runs_bf16_q8_0_and_the_k_quants_on_amx") {
         return;
     }
     for q in FORMATS {
@@ -228,15 +255,20 @@ fn the_amx_table_runs_bf16_q8_0_and_q4_k_on_amx() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 36, ..ProptestConfig::default() })]
 
     #[test]
     fn gemm_matches_scalar(f in 0usize..FORMATS.len(), kp in 0usize..12, rows in 1usize..=70,
-                           tp in 1usize..=18, seed in any::<u64>()) {
+                           tp in 1usize..=20, seed in any::<u64>()) {
         if amx_here("gemm_matches_scalar") {
-            // 1..=17 tokens (the AVX512 kernel below 9, for Q4_K below 12; AMX from
-            // there), or 513.
-            let tokens = if tp == 18 { 513 } else { tp };
+            // 1..=17 tokens (the AVX512 kernel below 9, for Q4_K and Q2_K below 12, Q5_K
+            // below 32, Q6_K below 64; AMX from there), 32, 64 or 513.
+            let tokens = match tp {
+                18 => 513,
+                19 => 32,
+                20 => 64,
+                t => t,
+            };
             let q = FORMATS[f];
             check(q, rows, ks(q)[kp], tokens, seed);
         }
@@ -299,52 +331,113 @@ fn one_large_tile(q: QType) {
     assert_matches_scalar(&format!("{q} amx one tile"), q, &w, &x, rows, k, &got);
 }
 
-/// Q4_K at the token counts around its 16-token groups, its switch from the per-sub-block
-/// to the folded step kernel (above 64) and its 64-token blocks, on rows around the
-/// 16-row tiles and K past both chunk sizes.
+/// The K-quants at the token counts around their AMX thresholds (12, Q5_K 32, Q6_K 64), the
+/// 16-token groups, Q4_K's switch from the per-sub-block to the folded step kernel (above
+/// 64) and the 128-token blocks, on rows around the 16-row tiles and K past both chunk
+/// sizes.
 #[test]
-fn q4_k_token_counts_match_scalar() {
-    if !amx_here("q4_k_token_counts_match_scalar") {
+fn k_quant_token_counts_match_scalar() {
+    if !amx_here("k_quant_token_counts_match_scalar") {
         return;
     }
-    for (i, tokens) in [1, 2, 7, 16, 17, 32, 33, 64, 65, 513]
-        .into_iter()
-        .enumerate()
-    {
-        for (rows, k) in [(33, 2304), (16, 8448)] {
-            check(QType::Q4_K, rows, k, tokens, 900 + i as u64);
+    for q in KQUANTS {
+        for (i, tokens) in [1, 7, 11, 12, 16, 17, 31, 32, 33, 63, 64, 65, 513]
+            .into_iter()
+            .enumerate()
+        {
+            for (rows, k) in [(33, 2304), (16, 8448)] {
+                check(q, rows, k, tokens, 900 + i as u64);
+            }
         }
     }
 }
 
-/// Q4_K blocks at the edges of the integer arithmetic: every quant 15 with scale 63
-/// (`q * hi` = 105 and `q * lo` = 105, the largest A bytes; a super-block's sum near
-/// 256 * 945 * 127) or scale 0, mins 63 or 0, against activations of one sign (every
-/// quantized byte near 127) and mixed signs.
+/// K-quant blocks at the edges of the integer arithmetic (the largest A bytes and
+/// super-block sums), against activations of one sign (every quantized byte near 127) and
+/// mixed signs, on both sides of Q4_K's switch to the folded kernel:
+/// - Q4_K: every quant 15 with scale 63 (`q * hi` = `q * lo` = 105; a sum near
+///   256 * 945 * 127) or 0, mins 63 or 0, split scales (7, 56);
+/// - Q5_K: the same with the fifth bit set (quants 31: `q * hi` = 217) or clear;
+/// - Q2_K: every quant 3 with scale and min bytes 0xFF (`q * sc` = 45), 0x0F, 0xF0, 0;
+/// - Q6_K: every quant -32 or 31 with int8 scales -128, 127, 36 (digits 4, 4: the A
+///   byte -128) and -27 (digits -3, -3), and 0.
 #[test]
-fn q4_k_extreme_scales_match_scalar() {
-    if !amx_here("q4_k_extreme_scales_match_scalar") {
+fn k_quant_extreme_scales_match_scalar() {
+    if !amx_here("k_quant_extreme_scales_match_scalar") {
         return;
     }
+    for q in KQUANTS {
+        extremes(q);
+    }
+}
+
+/// Block `i` of the extreme cases of `q` (cycling), with f16 factors from `rng`.
+fn extreme_block(q: QType, i: usize, rng: &mut SplitMix64) -> Vec<u8> {
+    let mut f16_of = |lo: f32, hi: f32| f16::from_f32(rng.uniform(lo, hi)).to_le_bytes();
+    let mut b = Vec::with_capacity(q.block_bytes());
+    match q {
+        QType::Q4_K | QType::Q5_K => {
+            let cases: [(u8, u8, u8, u8); 7] = [
+                (0xFF, 0xFF, 63, 0),
+                (0xFF, 0xFF, 63, 63),
+                (0xFF, 0x00, 0, 63),
+                (0x00, 0xFF, 63, 63),
+                (0xF0, 0xAA, 7, 56),
+                (0x0F, 0x55, 56, 7),
+                (0xFF, 0x00, 63, 0),
+            ];
+            let (qs, qh, sc, m) = cases[i % cases.len()];
+            b.extend(f16_of(0.01, 0.02));
+            b.extend(f16_of(0.01, 0.02));
+            b.extend(q4_k_scales(&[sc; 8], &[m; 8]));
+            if q == QType::Q5_K {
+                b.extend([qh; 32]);
+            }
+            b.extend([qs; 128]);
+        }
+        QType::Q2_K => {
+            let cases: [(u8, u8); 5] = [
+                (0xFF, 0xFF),
+                (0xFF, 0x0F),
+                (0xFF, 0xF0),
+                (0x00, 0xFF),
+                (0xAA, 0x00),
+            ];
+            let (qs, sc) = cases[i % cases.len()];
+            b.extend([sc; 16]);
+            b.extend([qs; 64]);
+            b.extend(f16_of(0.01, 0.02));
+            b.extend(f16_of(0.01, 0.02));
+        }
+        QType::Q6_K => {
+            // (ql, qh) bytes 0 give every quant -32, 0xFF every quant 31.
+            let cases: [(u8, i8); 7] = [
+                (0x00, -128),
+                (0xFF, 127),
+                (0x00, 36),
+                (0xFF, 36),
+                (0x00, -27),
+                (0xFF, -128),
+                (0x00, 0),
+            ];
+            let (bits, sc) = cases[i % cases.len()];
+            b.extend([bits; 192]);
+            b.extend([sc as u8; 16]);
+            b.extend(f16_of(0.001, 0.002));
+        }
+        other => panic!("no extreme blocks for {other}"),
+    }
+    assert_eq!(b.len(), q.block_bytes());
+    b
+}
+
+fn extremes(q: QType) {
     let (rows, k) = (19, 2304);
-    let cases: [(u8, u8, u8); 6] = [
-        (0xFF, 63, 0),
-        (0xFF, 63, 63),
-        (0xFF, 0, 63),
-        (0x00, 63, 63),
-        (0xF0, 7, 56),
-        (0x0F, 56, 7),
-    ];
     let mut rng = SplitMix64::new(31);
     let mut w = Vec::new();
     for r in 0..rows {
         for b in 0..k / 256 {
-            let (qs, sc, m) = cases[(r + b) % cases.len()];
-            for _ in 0..2 {
-                w.extend(f16::from_f32(rng.uniform(0.01, 0.02)).to_le_bytes());
-            }
-            w.extend(q4_k_scales(&[sc; 8], &[m; 8]));
-            w.extend(std::iter::repeat_n(qs, 128));
+            w.extend(extreme_block(q, r + b, &mut rng));
         }
     }
     for tokens in [16, 65] {
@@ -361,19 +454,8 @@ fn q4_k_extreme_scales_match_scalar() {
             }));
         }
         let mut got = poisoned(tokens * rows);
-        cpu::matmul_with(
-            Isa::Amx,
-            pool(),
-            QType::Q4_K,
-            &w,
-            rows,
-            k,
-            &x,
-            tokens,
-            &mut got,
-        )
-        .unwrap();
-        let what = format!("q4_K extremes tokens {tokens}");
-        assert_matches_scalar(&what, QType::Q4_K, &w, &x, rows, k, &got);
+        cpu::matmul_with(Isa::Amx, pool(), q, &w, rows, k, &x, tokens, &mut got).unwrap();
+        let what = format!("{q} extremes tokens {tokens}");
+        assert_matches_scalar(&what, q, &w, &x, rows, k, &got);
     }
 }

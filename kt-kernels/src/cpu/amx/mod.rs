@@ -1,9 +1,11 @@
 //! AMX kernels: the repacked expert layouts of [`crate::cpu::moe::repack`] through
-//! [`repack::gemm`], and of the GGUF-native formats Q4_K with many tokens
-//! ([`q4_k`]: `register` replaces the AVX512 table's Q4_K GEMM with one that keeps the
-//! AVX512 kernel for fewer than [`q4_k::AMX_MIN_TOKENS`] tokens; its two step kernels are
-//! [`q4_k_per_sub`] and [`q4_k_folded`]), BF16 ([`bf16`]:
-//! `tdpbf16ps`, from [`bf16::AMX_MIN_TOKENS`] tokens) and Q8_0 ([`q8_0`]: `tdpbssd`, from
+//! [`repack::gemm`], and of the GGUF-native formats with many tokens: the K-quants
+//! through one pipeline ([`kquant`]) with a step kernel per format, Q4_K ([`q4_k`]: two
+//! step kernels, [`q4_k_per_sub`] and [`q4_k_folded`]), Q5_K ([`q5_k`], Q4_K's folded
+//! kernel with a fifth bit), Q2_K ([`q2_k`]) and Q6_K ([`q6_k`]), each keeping the AVX512
+//! kernel below its `AMX_MIN_TOKENS` (Q5_K and Q6_K only in kt's own f32 order, not with
+//! `KT_KQUANT_ORDER=ggml`); BF16 ([`bf16`]: `tdpbf16ps`, from
+//! [`bf16::AMX_MIN_TOKENS`] tokens) and Q8_0 ([`q8_0`]: `tdpbssd`, from
 //! [`q8_0::AMX_MIN_TOKENS`]); those two share [`blocks`]. The other GGUF formats keep
 //! their AVX512 kernels.
 //!
@@ -14,32 +16,39 @@
 
 use super::dispatch::{FormatKernels, GemmFn, KernelTable};
 use super::isa::Isa;
+use super::order::KquantOrder;
 use crate::quant::QType;
 
 mod bf16;
 mod blocks;
+mod kquant;
+mod q2_k;
 pub(crate) mod q4_k;
 mod q4_k_folded;
 mod q4_k_per_sub;
+mod q5_k;
+mod q6_k;
 mod q8_0;
+mod q8_k_lines;
 pub(crate) mod repack;
 mod tiles;
 
 pub(crate) fn register(t: &mut KernelTable) {
-    if let Ok(&lower) = t.get(QType::Q4_K) {
-        t.set(
-            QType::Q4_K,
-            FormatKernels {
-                gemm: q4_k::install(lower.gemm),
-                gemm_isa: Isa::Amx,
-                ..lower
-            },
-        );
-    }
+    // `KT_KQUANT_ORDER=ggml` asks for llama.cpp's f32 order bit for bit, which the lower
+    // table's Q5_K and Q6_K kernels follow and the AMX ones (exact int32 super-block sums)
+    // do not: they stay. (Q4_K's AMX kernel keeps its own order in both modes, as before.)
+    let ggml_order = super::order::kquant_order() == Ok(KquantOrder::Ggml);
     for (q, install) in [
-        (QType::BF16, bf16::install as fn(GemmFn) -> GemmFn),
+        (QType::Q4_K, q4_k::install as fn(GemmFn) -> GemmFn),
+        (QType::Q5_K, q5_k::install),
+        (QType::Q2_K, q2_k::install),
+        (QType::Q6_K, q6_k::install),
+        (QType::BF16, bf16::install),
         (QType::Q8_0, q8_0::install),
     ] {
+        if ggml_order && matches!(q, QType::Q5_K | QType::Q6_K) {
+            continue;
+        }
         if let Ok(&lower) = t.get(q) {
             t.set(
                 q,

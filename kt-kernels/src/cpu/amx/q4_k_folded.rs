@@ -1,38 +1,82 @@
-//! The Q4_K step kernel with the sub-block scales folded into the unpacked weights (see
-//! [`super::q4_k`] for the pipeline and the choice between the two step kernels).
+//! The Q4_K and Q5_K step kernel with the sub-block scales folded into the unpacked
+//! weights (see [`super::q4_k`] for the choice between Q4_K's two step kernels). The two
+//! formats differ only in their quants ([`FoldedQuants`]: Q4_K's 4 bits, Q5_K's 5), with
+//! the same scales, minimums and sub-block order.
 //!
-//! `q * sc_j` (up to 945) does not fit `tdpbusd`'s unsigned byte operand, but with
-//! `sc_j = 8 * hi_j + lo_j` (both in 0..8) `q * hi_j` and `q * lo_j` (up to 105) do. Two C
-//! tiles accumulate `C_hi = sum q * hi * s` and `C_lo = sum q * lo * s` over the
-//! super-block's K = 256 (four `tdpbusd` each, K = 64), and `8 * C_hi + C_lo` is
-//! `sum_j sc_j * I_j` exactly (at most 256 * 945 * 128 < 2^31). The minimum term
+//! `q * sc_j` (up to 945, Q5_K 1953) does not fit `tdpbusd`'s unsigned byte operand, but
+//! with `sc_j = 8 * hi_j + lo_j` (both in 0..8) `q * hi_j` and `q * lo_j` (up to 105, Q5_K
+//! 217) do. Two C tiles accumulate `C_hi = sum q * hi * s` and `C_lo = sum q * lo * s` over
+//! the super-block's K = 256 (four `tdpbusd` each, K = 64), and `8 * C_hi + C_lo` is
+//! `sum_j sc_j * I_j` exactly (at most 256 * 1953 * 128 < 2^31). The minimum term
 //! `sum_j m_j * S_j` (at most 8 * 63 * 4096) is four `vpdpwssd` per row in the epilogue:
 //! the `S_j` as int16 pairs per token, the `m_j` pairs broadcast. The epilogue thus runs
 //! once per super-block, on two C tiles.
 //!
 //! Unpacking: masks, shifts and one `vpmullw` per 64 bytes and factor (each word is
-//! `q0 + 256 q1`: times a factor below 8 the low byte's product does not carry into the
-//! high byte). Both operands keep the unpacked order of the sub-blocks ([`sub_offset`]):
+//! `q0 + 256 q1`: a quant below 32 times a factor below 8 is below 256, so the low byte's
+//! product does not carry into the high byte). Both operands keep the unpacked order of the sub-blocks ([`sub_offset`]):
 //! the activation lines are placed to match.
 //!
 //! Tiles: 0 and 1 the C tiles (hi, lo), 2..6 the A tiles (two hi/lo pairs, alternating
 //! by K step), 6 and 7 the B tiles (alternating).
 
 use std::arch::x86_64::*;
+use std::marker::PhantomData;
 
 use super::blocks::transpose16;
-use super::q4_k::{sub_offset, StepKernel, QK_K, SUBS, TG, TR};
+use super::kquant::{StepKernel, QK_K, TG, TR};
+use super::q4_k::{sub_offset, SUBS};
 use super::tiles::{tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
 use crate::cpu::avx512::q4_k::scales_mins;
 
-pub(super) struct Folded;
+/// The quants of a format with Q4_K's scales: `d`, `dmin` (f16) at bytes 0..4 of a block,
+/// the 12 bytes of 6-bit scales and minimums at 4..16, quants after them.
+///
+/// # Safety
+/// `planes` reads only the block at `b`.
+pub(super) unsafe trait FoldedQuants {
+    /// Bytes of one block.
+    const W_BLOCK: usize;
+
+    /// The quants (each below 32) of half `h` (0 or 1) of the block at `b`, in two 64-byte
+    /// planes: plane `p` holds element `e` of sub-block `4h + p` at byte `e` and of
+    /// sub-block `4h + 2 + p` at byte `32 + e` (the layout of Q4_K's nibbles).
+    ///
+    /// # Safety
+    /// The whole block is readable at `b`.
+    unsafe fn planes(b: *const u8, h: usize) -> [__m512i; 2];
+}
+
+/// Q4_K: the low and high nibbles of quant bytes `64h..64h + 64`.
+pub(super) struct Q4K;
+
+// SAFETY: reads bytes 16..144 of the block.
+unsafe impl FoldedQuants for Q4K {
+    const W_BLOCK: usize = 144;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn planes(b: *const u8, h: usize) -> [__m512i; 2] {
+        let nib = _mm512_set1_epi8(0x0F);
+        // SAFETY: quant bytes 16 + 64h..80 + 64h of the block (h < 2).
+        let v = unsafe { _mm512_loadu_si512(b.add(16 + 64 * h).cast()) };
+        [
+            _mm512_and_si512(v, nib),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib),
+        ]
+    }
+}
+
+/// The folded step kernel of the quants `F`.
+pub(super) struct Folded<F>(PhantomData<F>);
 
 // SAFETY: each stage touches only the records and rows it is given (see the
 // functions' contracts); `products` uses tiles 0..8 as `config` sets them up.
-unsafe impl StepKernel for Folded {
+unsafe impl<F: FoldedQuants> StepKernel for Folded<F> {
     type Acts = ActBlock;
     type Weights = WeightBlock;
     type Products = CTiles;
+    const W_BLOCK: usize = F::W_BLOCK;
 
     fn config(nr: usize) -> TileConfig {
         let mut c = TileConfig::new();
@@ -55,7 +99,7 @@ unsafe impl StepKernel for Folded {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
     unsafe fn unpack(w: *const u8, stride: usize, nr: usize, dst: *mut WeightBlock) {
         // SAFETY: the trait's contract is this function's.
-        unsafe { unpack_weights(w, stride, nr, dst) }
+        unsafe { unpack_weights::<F>(w, stride, nr, dst) }
     }
 
     #[inline]
@@ -168,13 +212,18 @@ fn two_lanes(a: usize, b: usize) -> __m512i {
     )
 }
 
-/// Unpacks `nr` weight rows' Q4_K block (`w`, rows `stride` bytes apart) into `dst`.
+/// Unpacks `nr` weight rows' block (`w`, rows `stride` bytes apart) into `dst`.
 ///
 /// # Safety
 /// `nr` (<= 16) blocks are readable at `w`; `dst` is writable.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut WeightBlock) {
-    let nib = _mm512_set1_epi8(0x0F);
+unsafe fn unpack_weights<F: FoldedQuants>(
+    w: *const u8,
+    stride: usize,
+    nr: usize,
+    dst: *mut WeightBlock,
+) {
     let seven = _mm512_set1_epi16(7);
     // Nibble plane `nib` of quant half `h` holds sub-blocks 4h + nib (bytes 0..32) and
     // 4h + 2 + nib (bytes 32..64): its multiplier words come from those scale lanes.
@@ -195,7 +244,7 @@ unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut Weigh
     );
     for n in 0..nr {
         // SAFETY: block n is readable (caller): d, dmin at 0..4, scales at 4..16 (and
-        // scales_mins reads 4 quant bytes past them), quants at 16..144; row n of `dst`.
+        // scales_mins reads 4 bytes past them), quants after; row n of `dst`.
         unsafe {
             let b = w.add(n * stride);
             let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(b.cast::<i32>().read_unaligned()));
@@ -208,13 +257,9 @@ unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut Weigh
             );
             let (hi, lo) = ((*dst).hi[n].as_mut_ptr(), (*dst).lo[n].as_mut_ptr());
             for (half, pick) in pick.iter().enumerate() {
-                let v = _mm512_loadu_si512(b.add(16 + 64 * half).cast());
-                let planes = [
-                    _mm512_and_si512(v, nib),
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib),
-                ];
+                let planes = F::planes(b, half);
                 for (plane, (&q, &idx)) in planes.iter().zip(pick).enumerate() {
-                    // Each word is q0 + 256 q1 with q < 16: times a multiplier < 8 the
+                    // Each word is q0 + 256 q1 with q < 32: times a multiplier < 8 the
                     // low byte's product stays below 256, so the bytes are q0 * x, q1 * x.
                     let x = _mm512_permutexvar_epi16(idx, sc);
                     let at = 128 * half + 64 * plane;

@@ -12,7 +12,8 @@
 use std::arch::x86_64::*;
 
 use super::blocks::transpose16;
-use super::q4_k::{sub_offset, StepKernel, QK_K, SUBS, TG, TR};
+use super::kquant::{StepKernel, QK_K, TG, TR};
+use super::q4_k::{sub_offset, SUBS};
 use super::tiles::{tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
 use crate::cpu::avx512::q4_k::scales_mins;
 
@@ -24,6 +25,7 @@ unsafe impl StepKernel for PerSub {
     type Acts = ActBlock;
     type Weights = WeightBlock;
     type Products = CTiles;
+    const W_BLOCK: usize = 144;
 
     fn config(nr: usize) -> TileConfig {
         let mut c = TileConfig::new();

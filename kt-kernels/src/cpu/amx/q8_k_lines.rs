@@ -1,0 +1,79 @@
+//! Q8_K activation blocks of a token group in VNNI form for the B tiles, in the natural
+//! element order (line `l` = elements `4l..4l + 4` of each token), and their 16-element
+//! group sums: what the Q2_K and Q6_K step kernels share (their unpacked weights keep the
+//! natural order too).
+
+use std::arch::x86_64::*;
+
+use super::blocks::transpose16;
+use super::kquant::{QK_K, TG};
+
+/// Bytes of a Q8_K block: `d` (f32), 256 int8 quants, 16 int16 group sums.
+const QS: usize = 4;
+const BSUMS: usize = 4 + QK_K;
+
+/// One token group's quants of one super-block, transposed.
+#[repr(C, align(64))]
+pub(super) struct Lines {
+    /// Line `l`: dword `l` (elements `4l..4l + 4`) of each of the 16 tokens.
+    pub q: [[i32; TG]; QK_K / 4],
+    /// `da` per token (0 for the group's missing tokens).
+    pub d: [f32; TG],
+}
+
+/// The 16 group sums of each token as int16 pairs: line `p` holds `(S_2p, S_2p+1)` of
+/// every token (low, high half of its dword).
+pub(super) type SumPairs = [[i32; TG]; QK_K / 32];
+
+/// Transposes one super-block of `n` (1..=16) tokens' Q8_K rows (`a`, `stride` bytes
+/// apart) into `dst`; missing tokens read as zero.
+///
+/// # Safety
+/// `n` rows of a whole Q8_K block are readable at `a`; `dst` is writable.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+pub(super) unsafe fn transpose_lines(a: *const u8, stride: usize, n: usize, dst: *mut Lines) {
+    // SAFETY (whole body): rows tok < n of the block are readable (caller); `dst` is a
+    // valid, 64-byte aligned record.
+    unsafe {
+        for quarter in 0..4 {
+            let mut r = [_mm512_setzero_si512(); TG];
+            for (tok, v) in r.iter_mut().enumerate().take(n) {
+                *v = _mm512_loadu_si512(a.add(tok * stride + QS + 64 * quarter).cast());
+            }
+            let q = (*dst).q.as_mut_ptr().add(16 * quarter);
+            for (i, v) in transpose16(&r).iter().enumerate() {
+                _mm512_store_si512(q.add(i).cast(), *v);
+            }
+        }
+        for (tok, d) in (*dst).d.iter_mut().enumerate() {
+            *d = if tok < n {
+                a.add(tok * stride).cast::<f32>().read_unaligned()
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+/// Transposes the group sums of one super-block of `n` (1..=16) tokens (as
+/// [`transpose_lines`]) into `dst`.
+///
+/// # Safety
+/// As [`transpose_lines`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+pub(super) unsafe fn transpose_sums(a: *const u8, stride: usize, n: usize, dst: *mut SumPairs) {
+    // SAFETY (whole body): the masked loads read only the 32 sum bytes at 260..292 of
+    // each block (masked-off lanes never fault); `dst` is valid.
+    unsafe {
+        let mut r = [_mm512_setzero_si512(); TG];
+        for (tok, v) in r.iter_mut().enumerate().take(n) {
+            *v = _mm512_maskz_loadu_epi32(0x00FF, a.add(tok * stride + BSUMS).cast());
+        }
+        let t = transpose16(&r);
+        for (p, line) in (*dst).iter_mut().enumerate() {
+            _mm512_storeu_si512(line.as_mut_ptr().cast(), t[p]);
+        }
+    }
+}
