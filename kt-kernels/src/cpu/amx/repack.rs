@@ -188,7 +188,7 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                 );
                 for (ni, w) in wsc.iter().enumerate().take(p.nt) {
                     let ci = _mm512_load_si512(
-                        cbuf.add(p.buf * 16 * LDC + r * LDC + ni * PANEL) as *const _,
+                        cbuf.add(p.buf * 16 * LDC + r * LDC + ni * PANEL) as *const _
                     );
                     let ap = acc.add((p.m0 + r) * LDC + ni * PANEL);
                     _mm512_store_ps(
@@ -238,7 +238,9 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                     let b = [0, 1, 2, 3].map(|ni| {
                         let ni = ni.min(nt - 1);
                         if INT4 {
-                            unpacked.add(((g & 1) * NQ + ni) * group * PANEL).cast_const()
+                            unpacked
+                                .add(((g & 1) * NQ + ni) * group * PANEL)
+                                .cast_const()
                         } else {
                             t.w.add((q0 + ni) * pb + g * group * PANEL)
                         }

@@ -1,10 +1,17 @@
 //! [`RepackedMoe`]: runs [`RepackedLayer`]s on the pool. The phases are those of the
 //! GGUF-native operator (`compute.rs`): route, quantize and gather, gate+up with
 //! `silu(g) * u`, quantize the intermediate, down, combine; the work split is the same
-//! (`plan.rs`: 64 x 64 items for busy experts, one item per light expert), and each item
+//! (`plan.rs`: 128 x 64 items for busy experts, one item per light expert), and each item
 //! picks its kernel by its token count ([`Kernel::pick`]): AMX for busy experts, the
 //! AVX512 kernel for light ones. Tile sizes depend only on the routing, so results do not
 //! depend on the number of threads.
+//!
+//! In prefill (some expert with more than `GEMV_MAX_TOKENS` positions) down and combine
+//! are one phase (`down_combine`): an item owns a block of hidden rows of every token's
+//! output and adds each expert's weighted down rows into it, so no `[pairs, H]` f32 buffer
+//! is written and read back; a token's outputs are then summed in expert order (slot
+//! order within a repeated expert), still independent of the thread count. Decode keeps
+//! the (expert, row block) down items and the separate combine in slot order.
 //!
 //! The intermediate is quantized by the gate/up items themselves where an item's rows
 //! are whole groups of the down format (every busy expert's 128-row items, and light
@@ -825,58 +832,63 @@ fn down_combine(
     let tiles = Raw::new(tiles.as_mut_ptr());
     let pair_of = &routing.pair_of[..pairs];
     let active = routing.active();
-    phase(pool, h.div_ceil(rows), pairs * h * stack.cols(), &|i, thread| {
-        let (r0, nr) = (i * rows, rows.min(h - i * rows));
-        for t in 0..tokens {
-            // SAFETY: columns r0..r0+nr of every token's output row belong to item i.
-            unsafe { std::slice::from_raw_parts_mut(o.at(t * h + r0), nr) }.fill(0.0);
-        }
-        let scratch = tiles.at(thread * 2 * MAX_ITEM_FLOATS);
-        for &e in active {
-            let (first, end) = (
-                routing.offsets[e as usize] as usize,
-                routing.offsets[e as usize + 1] as usize,
-            );
-            for p0 in (first..end).step_by(plan::GEMM_TOKEN_BLOCK) {
-                let nt = plan::GEMM_TOKEN_BLOCK.min(end - p0);
-                let kern = Kernel::pick(isa, stack.format(), nt);
-                // SAFETY: e < experts (checked by forward), rows r0..r0+nr are whole
-                // panels of the down stack (h and the row block are multiples of 16),
-                // positions p0..p0+nt lie in the quantized intermediate with a_rows - p0
-                // rows readable, and the thread's tile buffer (MAX_ITEM_FLOATS >=
-                // 128 x 64 floats) is this thread's alone; `pick` only returns kernels
-                // the checked ISA runs.
-                unsafe {
-                    kern.run(&tile(
-                        stack,
-                        pf,
-                        e as usize,
-                        r0,
-                        nr,
-                        a.at(p0 * d.act_row),
-                        d.act_row,
-                        nt,
-                        a_rows - p0,
-                        scratch,
-                        nr,
-                    ))
-                };
-                for j in 0..nt {
-                    let pair = pair_of[p0 + j] as usize;
-                    let (t, w) = (pair / d.k, d.weights[pair]);
-                    // SAFETY: the tile row was just written (nt x nr); columns r0..r0+nr
-                    // of token t's output row belong to item i.
-                    let (src, dst) = unsafe {
-                        (
-                            std::slice::from_raw_parts(scratch.add(j * nr), nr),
-                            std::slice::from_raw_parts_mut(o.at(t * h + r0), nr),
-                        )
+    phase(
+        pool,
+        h.div_ceil(rows),
+        pairs * h * stack.cols(),
+        &|i, thread| {
+            let (r0, nr) = (i * rows, rows.min(h - i * rows));
+            for t in 0..tokens {
+                // SAFETY: columns r0..r0+nr of every token's output row belong to item i.
+                unsafe { std::slice::from_raw_parts_mut(o.at(t * h + r0), nr) }.fill(0.0);
+            }
+            let scratch = tiles.at(thread * 2 * MAX_ITEM_FLOATS);
+            for &e in active {
+                let (first, end) = (
+                    routing.offsets[e as usize] as usize,
+                    routing.offsets[e as usize + 1] as usize,
+                );
+                for p0 in (first..end).step_by(plan::GEMM_TOKEN_BLOCK) {
+                    let nt = plan::GEMM_TOKEN_BLOCK.min(end - p0);
+                    let kern = Kernel::pick(isa, stack.format(), nt);
+                    // SAFETY: e < experts (checked by forward), rows r0..r0+nr are whole
+                    // panels of the down stack (h and the row block are multiples of 16),
+                    // positions p0..p0+nt lie in the quantized intermediate with a_rows - p0
+                    // rows readable, and the thread's tile buffer (MAX_ITEM_FLOATS >=
+                    // 128 x 64 floats) is this thread's alone; `pick` only returns kernels
+                    // the checked ISA runs.
+                    unsafe {
+                        kern.run(&tile(
+                            stack,
+                            pf,
+                            e as usize,
+                            r0,
+                            nr,
+                            a.at(p0 * d.act_row),
+                            d.act_row,
+                            nt,
+                            a_rows - p0,
+                            scratch,
+                            nr,
+                        ))
                     };
-                    add_scaled(isa, w, src, dst);
+                    for j in 0..nt {
+                        let pair = pair_of[p0 + j] as usize;
+                        let (t, w) = (pair / d.k, d.weights[pair]);
+                        // SAFETY: the tile row was just written (nt x nr); columns r0..r0+nr
+                        // of token t's output row belong to item i.
+                        let (src, dst) = unsafe {
+                            (
+                                std::slice::from_raw_parts(scratch.add(j * nr), nr),
+                                std::slice::from_raw_parts_mut(o.at(t * h + r0), nr),
+                            )
+                        };
+                        add_scaled(isa, w, src, dst);
+                    }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 /// `dst[i] += w * src[i]` (the product rounded, then the sum, as written), in AVX512
