@@ -11,8 +11,6 @@ pub(crate) struct Routing {
     pub offsets: Vec<u32>,
     /// Position of pair `t * k + s`, `[pairs]`.
     pub pos_of: Vec<u32>,
-    /// The inverse: pair `t * k + s` at each position, `[pairs]`.
-    pub pair_of: Vec<u32>,
     /// Experts with at least one pair, ascending; `active_len` of them are valid.
     pub active: Vec<u32>,
     pub active_len: usize,
@@ -24,7 +22,6 @@ impl Routing {
         grow(&mut self.offsets, experts + 1);
         grow(&mut self.active, experts);
         grow(&mut self.pos_of, pairs);
-        grow(&mut self.pair_of, pairs);
     }
 
     /// Sorts `ids` (`[pairs]`, every id `< experts`, checked by the caller).
@@ -46,11 +43,10 @@ impl Routing {
         }
         self.offsets[experts] = next;
         // Reuse `counts` as the running fill of each expert.
-        for (pair, (p, &e)) in self.pos_of.iter_mut().zip(ids).enumerate() {
+        for (p, &e) in self.pos_of.iter_mut().zip(ids) {
             let e = e as usize;
             *p = self.offsets[e + 1] - counts[e];
             counts[e] -= 1;
-            self.pair_of[*p as usize] = pair as u32;
         }
         // `counts` is now zero; restore it for the planner.
         for (e, n) in counts.iter_mut().enumerate() {
@@ -84,8 +80,5 @@ mod tests {
         assert_eq!(r.active(), &[0, 1, 3]);
         // Expert 3's pairs (0, 2, 5) take positions 3, 4, 5 in pair order.
         assert_eq!(&r.pos_of[..6], &[3, 1, 4, 0, 2, 5]);
-        for pair in 0..6 {
-            assert_eq!(r.pair_of[r.pos_of[pair] as usize] as usize, pair);
-        }
     }
 }

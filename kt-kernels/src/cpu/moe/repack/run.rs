@@ -6,13 +6,6 @@
 //! AVX512 kernel for light ones. Tile sizes depend only on the routing, so results do not
 //! depend on the number of threads.
 //!
-//! In prefill (some expert with more than `GEMV_MAX_TOKENS` positions) down and combine
-//! are one phase (`down_combine`): an item owns a block of hidden rows of every token's
-//! output and adds each expert's weighted down rows into it, so no `[pairs, H]` f32 buffer
-//! is written and read back; a token's outputs are then summed in expert order (slot
-//! order within a repeated expert), still independent of the thread count. Decode keeps
-//! the (expert, row block) down items and the separate combine in slot order.
-//!
 //! The intermediate is quantized by the gate/up items themselves where an item's rows
 //! are whole groups of the down format (every busy expert's 128-row items, and light
 //! ones unless the planner halved their row blocks below a group): each item quantizes
@@ -36,7 +29,7 @@ use crate::cpu::moe::plan::{self, Item, MAX_ITEM_FLOATS};
 use crate::cpu::moe::routing::Routing;
 use crate::cpu::moe::PoolRef;
 use crate::cpu::shared_ptr::Raw;
-use crate::cpu::{Isa, ThreadPool, GEMV_MAX_TOKENS};
+use crate::cpu::{Isa, ThreadPool};
 use crate::error::{KtError, Result};
 use crate::util::AlignedBuf;
 
@@ -401,40 +394,17 @@ fn compute(
         &mut s.tiles,
     );
     quantize_rows(pool, isa, fd, &s.unfused, inter, i_dim, inter_q, act_d);
-    let prefill = s
-        .routing
-        .active()
-        .iter()
-        .any(|&e| s.routing.counts[e as usize] as usize > GEMV_MAX_TOKENS);
-    if prefill {
-        down_combine(
-            pool,
-            isa,
-            s.prefetch,
-            &l.down,
-            &s.routing,
-            Down {
-                act: inter_q_all,
-                act_row: act_d,
-                weights,
-                k,
-            },
-            out,
-            &mut s.tiles,
-        );
-    } else {
-        down(
-            pool,
-            isa,
-            s.prefetch,
-            &l.down,
-            &s.items_down,
-            inter_q_all,
-            act_d,
-            down_out,
-        );
-        combine(pool, pos_of, down_out, h, k, weights, out);
-    }
+    down(
+        pool,
+        isa,
+        s.prefetch,
+        &l.down,
+        &s.items_down,
+        inter_q_all,
+        act_d,
+        down_out,
+    );
+    combine(pool, pos_of, down_out, h, k, weights, out);
     Ok(())
 }
 
@@ -782,140 +752,6 @@ fn down(
             ))
         };
     });
-}
-
-/// Down's inputs besides the weights: the quantized intermediate (`act_row` bytes per
-/// position, padded for whole AMX tiles) and the call's routing weights (`[T, k]`).
-struct Down<'a> {
-    act: &'a [u8],
-    act_row: usize,
-    weights: &'a [f32],
-    k: usize,
-}
-
-/// Hidden rows per [`down_combine`] item: 128, halved (down to one panel) while there
-/// would be fewer than two items per thread. Any size gives the same results: a row's
-/// output depends only on its own weights, never on the rows beside it.
-fn combine_rows(h: usize, threads: usize) -> usize {
-    let mut rows = plan::GEMM_ROW_BLOCK;
-    while rows > PANEL && h.div_ceil(rows) < 2 * threads {
-        rows /= 2;
-    }
-    rows
-}
-
-/// Down and combine in one phase (prefill): an item owns a block of hidden rows of the
-/// output for every token and runs every active expert's down tile over it (in blocks of
-/// [`plan::GEMM_TOKEN_BLOCK`] positions, into the thread's tile scratch), adding each
-/// position's row times its routing weight to its token's output row. So the
-/// `[pairs, H]` f32 down output is neither written nor read back (at V2-Lite's 512
-/// tokens 25 MB each way, ~10% of a one-thread call), and the combine phase's pool
-/// round trip goes away. A token's outputs are summed over its experts in ascending
-/// order (slot order within a repeated expert), whatever the thread count.
-#[allow(clippy::too_many_arguments)]
-fn down_combine(
-    pool: &ThreadPool,
-    isa: Isa,
-    pf: Prefetch,
-    stack: &RepackedStack,
-    routing: &Routing,
-    d: Down,
-    out: &mut [f32],
-    tiles: &mut [f32],
-) {
-    let h = stack.rows();
-    let tokens = out.len() / h;
-    let pairs = tokens * d.k;
-    let a_rows = d.act.len() / d.act_row;
-    let rows = combine_rows(h, pool.threads());
-    let (a, o) = (Raw::new(d.act.as_ptr()), Raw::new(out.as_mut_ptr()));
-    let tiles = Raw::new(tiles.as_mut_ptr());
-    let pair_of = &routing.pair_of[..pairs];
-    let active = routing.active();
-    phase(
-        pool,
-        h.div_ceil(rows),
-        pairs * h * stack.cols(),
-        &|i, thread| {
-            let (r0, nr) = (i * rows, rows.min(h - i * rows));
-            for t in 0..tokens {
-                // SAFETY: columns r0..r0+nr of every token's output row belong to item i.
-                unsafe { std::slice::from_raw_parts_mut(o.at(t * h + r0), nr) }.fill(0.0);
-            }
-            let scratch = tiles.at(thread * 2 * MAX_ITEM_FLOATS);
-            for &e in active {
-                let (first, end) = (
-                    routing.offsets[e as usize] as usize,
-                    routing.offsets[e as usize + 1] as usize,
-                );
-                for p0 in (first..end).step_by(plan::GEMM_TOKEN_BLOCK) {
-                    let nt = plan::GEMM_TOKEN_BLOCK.min(end - p0);
-                    let kern = Kernel::pick(isa, stack.format(), nt);
-                    // SAFETY: e < experts (checked by forward), rows r0..r0+nr are whole
-                    // panels of the down stack (h and the row block are multiples of 16),
-                    // positions p0..p0+nt lie in the quantized intermediate with a_rows - p0
-                    // rows readable, and the thread's tile buffer (MAX_ITEM_FLOATS >=
-                    // 128 x 64 floats) is this thread's alone; `pick` only returns kernels
-                    // the checked ISA runs.
-                    unsafe {
-                        kern.run(&tile(
-                            stack,
-                            pf,
-                            e as usize,
-                            r0,
-                            nr,
-                            a.at(p0 * d.act_row),
-                            d.act_row,
-                            nt,
-                            a_rows - p0,
-                            scratch,
-                            nr,
-                        ))
-                    };
-                    for j in 0..nt {
-                        let pair = pair_of[p0 + j] as usize;
-                        let (t, w) = (pair / d.k, d.weights[pair]);
-                        // SAFETY: the tile row was just written (nt x nr); columns r0..r0+nr
-                        // of token t's output row belong to item i.
-                        let (src, dst) = unsafe {
-                            (
-                                std::slice::from_raw_parts(scratch.add(j * nr), nr),
-                                std::slice::from_raw_parts_mut(o.at(t * h + r0), nr),
-                            )
-                        };
-                        add_scaled(isa, w, src, dst);
-                    }
-                }
-            }
-        },
-    );
-}
-
-/// `dst[i] += w * src[i]` (the product rounded, then the sum, as written), in AVX512
-/// vectors where `isa` allows: the same bits either way. The plain build's SSE loop made
-/// `down_combine`'s accumulation ~4% of a one-thread V2-Lite prefill call.
-fn add_scaled(isa: Isa, w: f32, src: &[f32], dst: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX512F was detected.
-        unsafe { add_scaled_avx512(w, src, dst) };
-        return;
-    }
-    let _ = isa;
-    add_scaled_plain(w, src, dst);
-}
-
-#[inline(always)]
-fn add_scaled_plain(w: f32, src: &[f32], dst: &mut [f32]) {
-    dst.iter_mut().zip(src).for_each(|(o, &v)| *o += w * v);
-}
-
-/// # Safety
-/// The CPU has AVX512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn add_scaled_avx512(w: f32, src: &[f32], dst: &mut [f32]) {
-    add_scaled_plain(w, src, dst);
 }
 
 /// `out[t] = sum_s w[t,s] * down_out[pos(t,s)]`, summed in slot order.
