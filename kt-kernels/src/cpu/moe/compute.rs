@@ -167,11 +167,16 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
 /// prefill's ~16 tokens per expert about a fifth of the experts have 17-20.
 fn amx_q4k_tail(kern: &FormatKernels, qtype: QType) -> usize {
     if kern.gemm_isa == Isa::Amx && qtype == QType::Q4_K {
-        4
+        AMX_Q4K_TAIL
     } else {
         0
     }
 }
+
+const AMX_Q4K_TAIL: usize = 4;
+// A tail item must stay below the AMX kernel's threshold, so that it runs on AVX512.
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(AMX_Q4K_TAIL < crate::cpu::amx::q4_k::AMX_MIN_TOKENS);
 
 /// Row sizes of one call: hidden and intermediate (slice) lengths, the slice's first
 /// intermediate row, and the activation row bytes of gate, up and down.

@@ -64,7 +64,7 @@ pub(crate) fn max_items(rows: usize, pairs: usize, experts: usize) -> usize {
 /// past a multiple of 16 (and longer than 16), those positions get a block of their own.
 /// The AMX Q4_K kernel pays ~60% of a full C tile group for a group holding 1-4 tokens,
 /// while a separate 1-4-token item on the AVX512 kernel (weights still in L2 from the
-/// block before it) costs less (see `compute.rs`'s `AMX_Q4K_TAIL`).
+/// block before it) costs less (`compute.rs`'s `amx_q4k_tail` has the measurements).
 fn token_blocks(n: usize, tail: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n).step_by(GEMM_TOKEN_BLOCK).flat_map(move |t0| {
         let len = GEMM_TOKEN_BLOCK.min(n - t0);
