@@ -17,6 +17,7 @@ use crate::cpu::dispatch::{self, FormatKernels, GemmTile};
 use crate::cpu::shared_ptr::Raw;
 use crate::cpu::{Isa, ThreadPool, GEMV_MAX_TOKENS};
 use crate::error::Result;
+use crate::quant::QType;
 
 /// Below this many elements a phase runs on the driver thread alone: waking the pool
 /// would cost more than the work.
@@ -75,8 +76,9 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
         ..
     } = s;
     routing.route(&ids[..pairs], l.experts);
-    plan::build(items_up, routing, l.slice.clone());
-    plan::build(items_down, routing, 0..h);
+    let tail_g = amx_q4k_tail(kg, l.gate.qtype()).min(amx_q4k_tail(ku, l.up.qtype()));
+    plan::build(items_up, routing, l.slice.clone(), tail_g);
+    plan::build(items_down, routing, 0..h, amx_q4k_tail(kd, l.down.qtype()));
     let inter = &mut inter[..pairs * n_inter];
     let down_out = &mut down_out[..pairs * h];
     if cfg!(debug_assertions) {
@@ -154,6 +156,27 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
     );
     Ok(())
 }
+
+/// The longest tail of a busy expert's positions given an item of its own when the
+/// projection runs the AMX Q4_K GEMM (0 otherwise; see `plan::token_blocks`). That
+/// kernel works in groups of 16 tokens; below `AMX_MIN_TOKENS` (12) it hands a tile to
+/// the AVX512 kernel. One thread, one 2048 x 7168 tile, weights resident (dev VM, best
+/// of 5): AMX 1.42 ms at 16 tokens and 2.32-2.40 at 17-32; AVX512 0.33 / 0.58 / 0.75 /
+/// 0.75 / 0.92 ms at 1 / 2 / 3 / 4 / 5 tokens. So 16 + r tokens cost 1.75 / 2.00 / 2.17
+/// / 2.17 ms split against 2.32 in one tile for r = 1..4, and the same at r = 5: at V3
+/// prefill's ~16 tokens per expert about a fifth of the experts have 17-20.
+fn amx_q4k_tail(kern: &FormatKernels, qtype: QType) -> usize {
+    if kern.gemm_isa == Isa::Amx && qtype == QType::Q4_K {
+        AMX_Q4K_TAIL
+    } else {
+        0
+    }
+}
+
+const AMX_Q4K_TAIL: usize = 4;
+// A tail item must stay below the AMX kernel's threshold, so that it runs on AVX512.
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(AMX_Q4K_TAIL < crate::cpu::amx::q4_k::AMX_MIN_TOKENS);
 
 /// Row sizes of one call: hidden and intermediate (slice) lengths, the slice's first
 /// intermediate row, and the activation row bytes of gate, up and down.

@@ -47,18 +47,40 @@ pub(crate) struct Item {
     pub tokens: u32,
 }
 
+/// Tokens per C tile of the AMX kernels: a busy expert's positions past a multiple of it
+/// start a C tile that costs as much as a full one.
+const AMX_TOKEN_GROUP: usize = 16;
+
 /// An upper bound on the items of one projection with `rows` rows, `pairs` positions and
 /// `experts` experts (for reserving the item list).
 pub(crate) fn max_items(rows: usize, pairs: usize, experts: usize) -> usize {
-    // Each active expert has at most ceil(n / 64) <= n / 64 + 1 position blocks and at
-    // most ceil(rows / 32) row blocks.
-    rows.div_ceil(GEMV_MIN_ROW_BLOCK) * (experts.min(pairs) + pairs / GEMM_TOKEN_BLOCK + 1)
+    // Each active expert has at most ceil(n / 64) <= n / 64 + 1 position blocks, one more
+    // when a tail is split off, and at most ceil(rows / 32) row blocks.
+    rows.div_ceil(GEMV_MIN_ROW_BLOCK) * (2 * experts.min(pairs) + pairs / GEMM_TOKEN_BLOCK + 1)
+}
+
+/// The position blocks `(first, len)` of an expert with `n` busy positions: blocks of
+/// [`GEMM_TOKEN_BLOCK`]; with `tail > 0`, when the last block is one to `tail` positions
+/// past a multiple of 16 (and longer than 16), those positions get a block of their own.
+/// The AMX Q4_K kernel pays ~60% of a full C tile group for a group holding 1-4 tokens,
+/// while a separate 1-4-token item on the AVX512 kernel (weights still in L2 from the
+/// block before it) costs less (`compute.rs`'s `amx_q4k_tail` has the measurements).
+fn token_blocks(n: usize, tail: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n).step_by(GEMM_TOKEN_BLOCK).flat_map(move |t0| {
+        let len = GEMM_TOKEN_BLOCK.min(n - t0);
+        let r = len % AMX_TOKEN_GROUP;
+        let split = len > AMX_TOKEN_GROUP && (1..=tail).contains(&r);
+        let head = if split { len - r } else { len };
+        std::iter::once((t0, head)).chain(split.then_some((t0 + head, r)))
+    })
 }
 
 /// Fills `items` (cleared first; never grows past the reserved capacity) for rows
 /// `rows` of every active expert. Busy experts' items come first: they are the large
-/// ones, and the small decode-sized items then fill the gaps at the end.
-pub(crate) fn build(items: &mut Vec<Item>, routing: &Routing, rows: Range<usize>) {
+/// ones, and the small decode-sized items then fill the gaps at the end. `tail` is the
+/// longest tail of a busy expert's positions split off into an item of its own (0: none;
+/// see [`token_blocks`]).
+pub(crate) fn build(items: &mut Vec<Item>, routing: &Routing, rows: Range<usize>, tail: usize) {
     items.clear();
     let light = routing
         .active()
@@ -76,15 +98,16 @@ pub(crate) fn build(items: &mut Vec<Item>, routing: &Routing, rows: Range<usize>
             if (n > GEMV_MAX_TOKENS) != busy {
                 continue;
             }
-            let (row_block, token_block) = if busy {
-                (GEMM_ROW_BLOCK, GEMM_TOKEN_BLOCK)
-            } else {
-                (gemv_rows, n)
-            };
+            let row_block = if busy { GEMM_ROW_BLOCK } else { gemv_rows };
             let first = routing.offsets[e as usize] as usize;
             // Row block outer, position block inner: consecutive items share weights.
             for r0 in rows.clone().step_by(row_block) {
-                for t0 in (0..n).step_by(token_block) {
+                let blocks: &mut dyn Iterator<Item = (usize, usize)> = if busy {
+                    &mut token_blocks(n, tail)
+                } else {
+                    &mut std::iter::once((0, n))
+                };
+                for (t0, len) in blocks {
                     debug_assert!(
                         items.len() < items.capacity(),
                         "item list reserved too small"
@@ -94,7 +117,7 @@ pub(crate) fn build(items: &mut Vec<Item>, routing: &Routing, rows: Range<usize>
                         row0: r0 as u32,
                         rows: row_block.min(rows.end - r0) as u32,
                         pos0: (first + t0) as u32,
-                        tokens: token_block.min(n - t0) as u32,
+                        tokens: len as u32,
                     });
                 }
             }
@@ -139,11 +162,27 @@ mod tests {
         let mut r = Routing::default();
         r.reserve(6, ids.len());
         r.route(&ids, 6);
-        for rows in [0..200, 32..100] {
-            let mut items = Vec::with_capacity(max_items(rows.end, ids.len(), 6));
-            build(&mut items, &r, rows.clone());
-            assert!(items.len() <= max_items(rows.end, ids.len(), 6));
-            covered(&items, &r, rows, ids.len());
+        for tail in [0, 4] {
+            for rows in [0..200, 32..100] {
+                let mut items = Vec::with_capacity(max_items(rows.end, ids.len(), 6));
+                build(&mut items, &r, rows.clone(), tail);
+                assert!(items.len() <= max_items(rows.end, ids.len(), 6));
+                covered(&items, &r, rows, ids.len());
+            }
         }
+    }
+
+    #[test]
+    fn tails_past_a_token_group_get_their_own_block() {
+        let blocks = |n, tail| token_blocks(n, tail).collect::<Vec<_>>();
+        assert_eq!(blocks(17, 4), [(0, 16), (16, 1)]);
+        assert_eq!(blocks(20, 4), [(0, 16), (16, 4)]);
+        assert_eq!(blocks(21, 4), [(0, 21)]);
+        assert_eq!(blocks(16, 4), [(0, 16)]);
+        assert_eq!(blocks(12, 4), [(0, 12)]);
+        assert_eq!(blocks(17, 0), [(0, 17)]);
+        assert_eq!(blocks(130, 4), [(0, 64), (64, 64), (128, 2)]);
+        assert_eq!(blocks(99, 4), [(0, 64), (64, 32), (96, 3)]);
+        assert_eq!(blocks(99, 2), [(0, 64), (64, 35)]);
     }
 }

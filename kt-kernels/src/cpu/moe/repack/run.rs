@@ -1,7 +1,7 @@
 //! [`RepackedMoe`]: runs [`RepackedLayer`]s on the pool. The phases are those of the
 //! GGUF-native operator (`compute.rs`): route, quantize and gather, gate+up with
 //! `silu(g) * u`, quantize the intermediate, down, combine; the work split is the same
-//! (`plan.rs`: 64 x 64 items for busy experts, one item per light expert), and each item
+//! (`plan.rs`: 128 x 64 items for busy experts, one item per light expert), and each item
 //! picks its kernel by its token count ([`Kernel::pick`]): AMX for busy experts, the
 //! AVX512 kernel for light ones. Tile sizes depend only on the routing, so results do not
 //! depend on the number of threads.
@@ -352,8 +352,8 @@ fn compute(
     let (act_g, act_d) = (act_stride(fg, h), act_stride(fd, i_dim));
 
     s.routing.route(ids, e_count);
-    plan::build(&mut s.items_up, &s.routing, 0..i_dim);
-    plan::build(&mut s.items_down, &s.routing, 0..h);
+    plan::build(&mut s.items_up, &s.routing, 0..i_dim, 0);
+    plan::build(&mut s.items_down, &s.routing, 0..h, 0);
     // An expert's items all have one row block size: record each unfused expert once.
     s.unfused.clear();
     for it in &s.items_up {
