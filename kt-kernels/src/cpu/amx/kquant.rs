@@ -133,6 +133,19 @@ struct Pending {
     last: bool,
 }
 
+/// The tile configuration the folded step kernels share: tiles `row_tiles` hold `nr`
+/// weight rows (A operands) or their C products, 64 bytes wide; tiles 6 and 7 are the
+/// activations' B operands (16 lines of 16 tokens).
+pub(super) fn folded_config(row_tiles: &[usize], nr: usize) -> TileConfig {
+    let mut c = TileConfig::new();
+    for &tile in row_tiles {
+        c.set(tile, nr, 64);
+    }
+    c.set(6, 16, 64);
+    c.set(7, 16, 64);
+    c
+}
+
 /// The AMX GEMM of step kernel `K` for tiles of at least `min_tokens` tokens and whole
 /// super-blocks; other tiles go to `lower` (the AVX512 table's kernel, recorded by the
 /// format's `install`).

@@ -18,7 +18,7 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::kquant::{gemm_or_lower, StepKernel, QK_K, TG, TR};
+use super::kquant::{folded_config, gemm_or_lower, StepKernel, QK_K, TG, TR};
 use super::q8_k_lines::{transpose_lines, transpose_sums, Lines, SumPairs};
 use super::tiles::{tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
 use crate::cpu::dispatch::{GemmFn, GemmTile};
@@ -79,13 +79,7 @@ unsafe impl StepKernel for Q2K {
     const W_BLOCK: usize = 84;
 
     fn config(nr: usize) -> TileConfig {
-        let mut c = TileConfig::new();
-        for tile in [0, 2, 3] {
-            c.set(tile, nr, 64);
-        }
-        c.set(6, 16, 64);
-        c.set(7, 16, 64);
-        c
+        folded_config(&[0, 2, 3], nr)
     }
 
     #[inline]

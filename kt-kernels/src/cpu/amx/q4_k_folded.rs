@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::blocks::transpose16;
-use super::kquant::{StepKernel, QK_K, TG, TR};
+use super::kquant::{folded_config, StepKernel, QK_K, TG, TR};
 use super::q4_k::{sub_offset, SUBS};
 use super::tiles::{tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
 use crate::cpu::avx512::q4_k::scales_mins;
@@ -79,13 +79,7 @@ unsafe impl<F: FoldedQuants> StepKernel for Folded<F> {
     const W_BLOCK: usize = F::W_BLOCK;
 
     fn config(nr: usize) -> TileConfig {
-        let mut c = TileConfig::new();
-        for tile in 0..6 {
-            c.set(tile, nr, 64);
-        }
-        c.set(6, 16, 64);
-        c.set(7, 16, 64);
-        c
+        folded_config(&[0, 1, 2, 3, 4, 5], nr)
     }
 
     #[inline]

@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::kquant::{gemm_or_lower, StepKernel, QK_K, TG, TR};
+use super::kquant::{folded_config, gemm_or_lower, StepKernel, QK_K, TG, TR};
 use super::q8_k_lines::{transpose_lines, Lines};
 use super::tiles::{tile_dp_i8, tile_load, tile_store, tile_zero, TileConfig};
 use crate::cpu::dispatch::{GemmFn, GemmTile};
@@ -74,13 +74,7 @@ unsafe impl StepKernel for Q6K {
     const W_BLOCK: usize = 210;
 
     fn config(nr: usize) -> TileConfig {
-        let mut c = TileConfig::new();
-        for tile in 0..6 {
-            c.set(tile, nr, 64);
-        }
-        c.set(6, 16, 64);
-        c.set(7, 16, 64);
-        c
+        folded_config(&[0, 1, 2, 3, 4, 5], nr)
     }
 
     #[inline]
