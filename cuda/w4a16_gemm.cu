@@ -39,20 +39,28 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 }
 
 // 16-byte async copy; src_bytes 0 fills the destination with zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-                 "r"(src_bytes));
+    cp_async16(smem_addr(dst), src, src_bytes);
+}
+// A 16-byte async copy issued only if `pred` (no branch around it).
+__device__ __forceinline__ void cp_async16_if(uint32_t dst, const void* src, bool pred) {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n"
+                 " @p cp.async.cg.shared.global [%0], [%1], 16;\n}\n" ::"r"(dst), "l"(src), "r"((int)pred));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
+                 : "r"(addr));
 }
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) { ldmatrix_x4(r, smem_addr(p)); }
 
 template <typename T> struct Kind;
 
@@ -335,15 +343,30 @@ template <> struct Int4<__nv_bfloat16> {
     }
 };
 
-template <typename T, int NT, int KW>
+// m > 8 (XS): x goes through shared memory. Each warp copies its next group's 16 rows of x
+// (4 KiB) with cp.async into one of two buffers of its own while it multiplies the current
+// group, and takes each k step's four B registers (both token tiles) with one ldmatrix.x4.
+// The 32 x registers per group that the m <= 8 form keeps live (and the wait on their load
+// at the start of every group) would cost 50 registers at m = 16: 200 instead of ~150, two
+// blocks per multiprocessor instead of three. Rows past m are zero-filled (never written).
+// Buffer layout: row r's 16-byte chunk c (k 8c..8c+7 of the group) at r * 256 + 16 (c ^ (r % 8)),
+// so that the eight rows of an ldmatrix 8 x 8 matrix and the 8 chunks of a cp.async row hit
+// eight different bank groups.
+constexpr int kXsRowBytes = kGroup * 2;
+constexpr int kXsBytes = 16 * kXsRowBytes;
+
+template <typename T, int NT, int KW, bool XS>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
                                            int M, int N, int K, int steps_per_slice, int slices) {
     constexpr int TW = kGvWarps / KW;
     constexpr int kAcc = NT * 16; // accumulators per lane
+    static_assert(!XS || NT == 2, "x through shared memory is the 16-row form");
     __shared__ float red[KW > 1 ? TW * kAcc * 32 : 1];
     __shared__ unsigned is_last;
+    __shared__ __align__(1024) uint8_t xs[XS ? kGvWarps * 2 * kXsBytes : 1];
+    __shared__ __align__(16) T xs_scales[XS ? kGvWarps * 2 * kBN : 1];
 
     const int tid = threadIdx.x;
     const int lane = tid & 31;
@@ -377,48 +400,99 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         const int x_stride = KW * kGroup / 2;        // uint32 (pairs of x)
         const size_t s_stride = (size_t)KW * N;
         const uint4* wf = qw + ((size_t)nt * (K / 16) + (size_t)g_first * kGvSteps) * 32 + lane;
-        const T* sp = scales + (size_t)g_first * N + nt * kBN + g;
-        const uint32_t* xp[NT];
+        // m <= 8: this lane's first scale; XS: lanes 0-7 copy the group's 64 scales, 8 each.
+        const T* sp = scales + (size_t)g_first * N + nt * kBN + (XS ? (lane & 7) * 8 : g);
+        const uint32_t* xp[XS ? 1 : NT];
+        // XS: lane l copies row r = l / 2, chunks 2 c + l % 2 (c = 0..7; two lanes fill one
+        // 32-byte sector), from xsrc + 16 c to xs_st ^ 32 c (+ the buffer); rows past m copy
+        // nothing and are zero-filled (xsrc then points at row m - 1, a valid address). Its
+        // ldmatrix row address for k step u is xs_ld ^ 32 u: matrix l / 8 is rows
+        // 8 (l / 16) .. + 7 at k chunk 2 u + l / 8 % 2, and lane l gives its row l % 8. The XOR
+        // touches only the chunk bits (256-byte rows, buffers aligned to 1024 bytes).
+        const T* xsrc = x;
+        uint32_t xs_st = 0, xs_ld = 0;
+        int x_bytes = 16;
+        if constexpr (XS) {
+            const int r = lane >> 1;
+            const int mi = lane >> 3;
+            const uint32_t base = smem_addr(xs) + warp * 2 * kXsBytes;
+            x_bytes = r < M ? 16 : 0;
+            xsrc = x + (size_t)min(r, M - 1) * K + g_first * kGroup + (lane & 1) * 8;
+            xs_st = base + r * kXsRowBytes + (((lane & 1) ^ (r & 7)) << 4);
+            xs_ld = base + ((mi >> 1) * 8 + (lane & 7)) * kXsRowBytes + (((mi & 1) ^ (lane & 7)) << 4);
+        } else {
 #pragma unroll
-        for (int t = 0; t < NT; ++t) {
-            // Lanes of rows past m read row m - 1: their products land in output rows that are
-            // never written, and every load stays unconditional.
-            const int row = min(8 * t + g, M - 1);
-            xp[t] = reinterpret_cast<const uint32_t*>(x + (size_t)row * K + g_first * kGroup + 2 * q);
+            for (int t = 0; t < NT; ++t) {
+                // Lanes of rows past m read row m - 1: their products land in output rows that
+                // are never written, and every load stays unconditional.
+                const int row = min(8 * t + g, M - 1);
+                xp[t] = reinterpret_cast<const uint32_t*>(x + (size_t)row * K + g_first * kGroup + 2 * q);
+            }
         }
+        // XS: issues the copies of the next group's x and scales (lanes 0-7, 8 each) into
+        // buffer `buf` and moves on by KW groups.
+        T* const ss = xs_scales + warp * 2 * kBN;
+        auto stage_x = [&](int buf) {
+            cp_async16_if(smem_addr(ss + buf * kBN + lane * 8), sp, lane < 8);
+            sp += s_stride;
+#pragma unroll
+            for (int c = 0; c < 8; ++c) cp_async16((xs_st ^ (32u * c)) + buf * kXsBytes, xsrc + 16 * c, x_bytes);
+            xsrc += x_stride * 2;
+        };
 
         // Two register buffers of one group each: group j + 1's weights go out at the start of
         // group j, into the buffer that group j - 1 has just consumed. The loop is unrolled by
         // two so that the buffer index is a compile-time constant.
-        uint4 wb[2][kGvSteps];
+        // XS: one buffer; step u of the next group is loaded into it as soon as step u of
+        // this group has been read (the same group in flight, 32 registers fewer).
+        uint4 wb[XS ? 1 : 2][kGvSteps];
 #pragma unroll
         for (int u = 0; u < kGvSteps; ++u) wb[0][u] = ld_stream_if(wf + u * 32, true);
         wf += kWStride;
+        if constexpr (XS) {
+            stage_x(0);
+            cp_async_commit();
+        }
         for (int j0 = 0; j0 < n_mine; j0 += 2) {
 #pragma unroll
             for (int b = 0; b < 2; ++b) {
                 const int j = j0 + b;
                 if (j >= n_mine) break;
+                if constexpr (!XS) {
 #pragma unroll
-                for (int u = 0; u < kGvSteps; ++u) wb[b ^ 1][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
-                wf += kWStride;
-                // xb[t][u] = the B registers of token tile t at step u; sc[w][h] = the scale of
-                // column 16 w + 8 h + g.
-                uint32_t xb[NT][kGvSteps][2];
+                    for (int u = 0; u < kGvSteps; ++u) wb[b ^ 1][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
+                    wf += kWStride;
+                }
+                // xb[t][u] = the B registers of token tile t at step u (m <= 8: loaded here;
+                // XS: the next group's copy goes out into the other buffer, which every lane
+                // has finished reading, and this group's copy is waited for); sc[w][h] = the
+                // scale of column 16 w + 8 h + g.
+                uint32_t xb[XS ? 1 : NT][kGvSteps][2];
+                if constexpr (XS) {
+                    __syncwarp();
+                    if (j + 1 < n_mine) stage_x(b ^ 1);
+                    cp_async_commit();
+                } else {
 #pragma unroll
-                for (int t = 0; t < NT; ++t)
+                    for (int t = 0; t < NT; ++t)
 #pragma unroll
-                    for (int u = 0; u < kGvSteps; ++u)
+                        for (int u = 0; u < kGvSteps; ++u)
 #pragma unroll
-                        for (int h = 0; h < 2; ++h) xb[t][u][h] = __ldg(xp[t] + u * 8 + h * 4);
+                            for (int h = 0; h < 2; ++h) xb[t][u][h] = __ldg(xp[t] + u * 8 + h * 4);
+                }
                 T sc[4][2];
+                if constexpr (!XS) {
 #pragma unroll
-                for (int w = 0; w < 4; ++w)
+                    for (int w = 0; w < 4; ++w)
 #pragma unroll
-                    for (int h = 0; h < 2; ++h) sc[w][h] = __ldg(sp + 16 * w + 8 * h);
+                        for (int h = 0; h < 2; ++h) sc[w][h] = __ldg(sp + 16 * w + 8 * h);
 #pragma unroll
-                for (int t = 0; t < NT; ++t) xp[t] += x_stride;
-                sp += s_stride;
+                    for (int t = 0; t < NT; ++t) xp[t] += x_stride;
+                    sp += s_stride;
+                } else {
+                    cp_async_wait<1>();
+                    __syncwarp(); // every lane's copies of this group have landed
+                }
 
                 float sum[NT][4][4]; // this group's unscaled sums
 #pragma unroll
@@ -429,15 +503,33 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
                         for (int e = 0; e < 4; ++e) sum[t][w][e] = 0.0f;
 #pragma unroll
                 for (int u = 0; u < kGvSteps; ++u) {
-                    const uint4 v = wb[b][u];
+                    const uint4 v = wb[XS ? 0 : b][u];
+                    if constexpr (XS) wb[0][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
                     const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+                    uint32_t xr[2 * NT]; // B registers of token tile t: xr[2 t], xr[2 t + 1]
+                    if constexpr (XS) {
+                        ldmatrix_x4(xr, (xs_ld ^ (32u * u)) + b * kXsBytes);
+                    } else {
+#pragma unroll
+                        for (int t = 0; t < NT; ++t) {
+                            xr[2 * t] = xb[t][u][0];
+                            xr[2 * t + 1] = xb[t][u][1];
+                        }
+                    }
 #pragma unroll
                     for (int w = 0; w < 4; ++w) {
                         uint32_t a[4];
                         Int4<T>::frag(words[w], a);
 #pragma unroll
-                        for (int t = 0; t < NT; ++t) Kind<T>::mma(sum[t][w], a, xb[t][u][0], xb[t][u][1]);
+                        for (int t = 0; t < NT; ++t) Kind<T>::mma(sum[t][w], a, xr[2 * t], xr[2 * t + 1]);
                     }
+                }
+                if constexpr (XS) { // read only now: no registers held across the group
+                    wf += kWStride;
+#pragma unroll
+                    for (int w = 0; w < 4; ++w)
+#pragma unroll
+                        for (int h = 0; h < 2; ++h) sc[w][h] = ss[b * kBN + 16 * w + 8 * h + g];
                 }
                 // sum[t][w][e] belongs to column 16 w + g (e < 2) or 16 w + 8 + g (e >= 2).
 #pragma unroll
@@ -570,12 +662,13 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
     w4a16_reduce<__nv_bfloat16>(partial, out, splits, (size_t)mn);
 }
 
+// Both forms fit three blocks per multiprocessor (<= 168 registers).
 #define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
-    extern "C" __global__ void __launch_bounds__(kGvThreads, 4 - NT) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
+    extern "C" __global__ void __launch_bounds__(kGvThreads, 3) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
         const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
         int M, int N, int K, int steps_per_slice, int slices) {                                    \
-        w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,     \
-                              slices);                                                             \
+        w4a16_gemv<T, NT, KW, NT == 2>(x, qw, scales, out, partial, counters, M, N, K,             \
+                                       steps_per_slice, slices);                                   \
     }
 #define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT) \
     KT_W4A16_GEMV(SUFFIX, T, NT, 1)        \
