@@ -343,30 +343,152 @@ template <> struct Int4<__nv_bfloat16> {
     }
 };
 
-// m > 8 (XS): x goes through shared memory. Each warp copies its next group's 16 rows of x
-// (4 KiB) with cp.async into one of two buffers of its own while it multiplies the current
-// group, and takes each k step's four B registers (both token tiles) with one ldmatrix.x4.
-// The 32 x registers per group that the m <= 8 form keeps live (and the wait on their load
-// at the start of every group) would cost 50 registers at m = 16: 200 instead of ~150, two
-// blocks per multiprocessor instead of three. Rows past m are zero-filled (never written).
-// Buffer layout: row r's 16-byte chunk c (k 8c..8c+7 of the group) at r * 256 + 16 (c ^ (r % 8)),
-// so that the eight rows of an ldmatrix 8 x 8 matrix and the 8 chunks of a cp.async row hit
-// eight different bank groups.
+// acc[t][w][e] += scale * sum[t][w][e] for a group, in f32: sum[t][w][e] belongs to column
+// 16 w + g (e < 2) or 16 w + 8 + g (e >= 2), whose scale is sc[w][e / 2].
+template <typename T, int NT>
+__device__ __forceinline__ void gemv_scale_add(float (&acc)[NT][4][4], const float (&sum)[NT][4][4],
+                                               const T (&sc)[4][2]) {
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+        const float s0 = kt_to_f32(sc[w][0]);
+        const float s1 = kt_to_f32(sc[w][1]);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            acc[t][w][0] = fmaf(s0, sum[t][w][0], acc[t][w][0]);
+            acc[t][w][1] = fmaf(s0, sum[t][w][1], acc[t][w][1]);
+            acc[t][w][2] = fmaf(s1, sum[t][w][2], acc[t][w][2]);
+            acc[t][w][3] = fmaf(s1, sum[t][w][3], acc[t][w][3]);
+        }
+    }
+}
+
+// 9-16 rows: x through shared memory, shared by the block. At 16 rows a warp's x for one group
+// (16 x 128 values, 4 KiB) is as large as its weights, so when every warp reads its own x from
+// L2 (as the m <= 8 form does), x doubles the L2-to-SM traffic, and the 16-row kernel ran at
+// the same ~3.5 TB/s of L2 reads as the 8-row one (H100, session 8). Here the block reads
+// each group's x once for all of its TW = 4 / KW tiles: round r stages groups g0 + r KW ..
+// + KW - 1 (cp.async, two 16-byte chunks per thread and group, one round ahead, two buffers)
+// and each warp's scales of its next group; k-way j of every tile multiplies group
+// g0 + r KW + j, its B registers from one ldmatrix.x4 per k step (both 8-row token tiles).
+// One barrier per round: all warps run every round (tiles past n and k-ways past the
+// slice's end only help staging). Weights: one register buffer; step u of the warp's next
+// group is loaded as soon as step u of this one has been read (~165 registers, 3 blocks per
+// multiprocessor; the m <= 8 form's two buffers and 32 live x registers took 200).
+// Buffer layout: group j of buffer b at (b KW + j) 4 KiB; row r's 16-byte chunk c (k 8c..8c+7)
+// at r * 256 + 16 (c ^ (r % 8)), so that the eight rows of an ldmatrix 8 x 8 matrix and the
+// sixteen chunks of a row hit different bank groups. Rows past m are zero-filled.
 constexpr int kXsRowBytes = kGroup * 2;
 constexpr int kXsBytes = 16 * kXsRowBytes;
 
-template <typename T, int NT, int KW, bool XS>
+template <typename T, int KW>
+__device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* __restrict__ x,
+                                               const uint4* __restrict__ qw, const T* __restrict__ scales,
+                                               int M, int N, int K, int nt, bool tile_ok, int kway, int g0,
+                                               int g_end) {
+    __shared__ __align__(128) uint8_t xs[2 * KW * kXsBytes];
+    __shared__ __align__(16) T xs_scales[kGvWarps * 2 * kBN];
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int g = lane >> 2;
+    const int rounds = (g_end - g0 + KW - 1) / KW; // >= 1: every slice has a group
+
+    // Staging: thread t copies chunk t % 16 of rows t / 16 and t / 16 + 8 of each group (16
+    // threads read one 256-byte row); (r + 8) % 8 == r % 8, so the second row's place is the
+    // first's + 8 rows. Row t / 16 < 8 < m always holds here (m > 8).
+    const int r0 = tid >> 4;
+    const int ch = tid & 15;
+    const uint32_t x_base = smem_addr(xs);
+    const uint32_t x_st = x_base + r0 * kXsRowBytes + ((ch ^ r0) << 4);
+    const int hi_bytes = r0 + 8 < M ? 16 : 0;
+    const T* x_lo = x + (size_t)r0 * K + (size_t)g0 * kGroup + ch * 8;
+    const T* x_hi = hi_bytes ? x_lo + (size_t)8 * K : x_lo; // a valid address either way
+    T* const ss = xs_scales + warp * 2 * kBN;
+    const T* s_lane = scales + (size_t)(g0 + kway) * N + nt * kBN + (lane & 7) * 8;
+    const bool s_copier = lane < 8 && tile_ok;
+    // Issues round rr's copies into buffer `buf`.
+    auto stage = [&](int rr, int buf) {
+#pragma unroll
+        for (int j = 0; j < KW; ++j) {
+            if (g0 + rr * KW + j < g_end) {
+                const uint32_t d = x_st + (buf * KW + j) * kXsBytes;
+                const size_t off = (size_t)(rr * KW + j) * kGroup;
+                cp_async16(d, x_lo + off, 16);
+                cp_async16(d + 8 * kXsRowBytes, x_hi + off, hi_bytes);
+            }
+        }
+        cp_async16_if(smem_addr(ss + buf * kBN + (lane & 7) * 8), s_lane + (size_t)rr * KW * N,
+                      s_copier && g0 + rr * KW + kway < g_end);
+    };
+    // This lane's ldmatrix row for k step u of a group is at x_ld ^ 32 u from the group's
+    // place: matrix l / 8 is rows 8 (l / 16) .. + 7 at k chunk 2 u + l / 8 % 2, lane l gives
+    // row l % 8, and (2 u + s) ^ r == 2 u ^ (s ^ r) for s < 2 (the XOR changes only the chunk).
+    const int mi = lane >> 3;
+    const uint32_t x_ld = ((mi >> 1) * 8 + (lane & 7)) * kXsRowBytes + (((mi & 1) ^ (lane & 7)) << 4);
+
+    constexpr int kWStride = KW * kGvSteps * 32; // uint4
+    const uint4* wf = qw + ((size_t)nt * (K / 16) + (size_t)(g0 + kway) * kGvSteps) * 32 + lane;
+    uint4 wb[kGvSteps];
+    const bool first = tile_ok && g0 + kway < g_end;
+#pragma unroll
+    for (int u = 0; u < kGvSteps; ++u) wb[u] = ld_stream_if(wf + u * 32, first);
+    wf += kWStride;
+    stage(0, 0);
+    cp_async_commit();
+
+    for (int rr = 0; rr < rounds; ++rr) {
+        const int buf = rr & 1;
+        cp_async_wait<0>();
+        __syncthreads(); // round rr landed for all; every warp is done with buffer buf ^ 1
+        if (rr + 1 < rounds) stage(rr + 1, buf ^ 1);
+        cp_async_commit();
+        const int gw = g0 + rr * KW + kway;
+        if (!tile_ok || gw >= g_end) continue; // nothing of this warp's in this round
+        const bool next = gw + KW < g_end;
+        const uint32_t x_grp = x_base + (buf * KW + kway) * kXsBytes;
+
+        float sum[2][4][4]; // this group's unscaled sums
+#pragma unroll
+        for (int t = 0; t < 2; ++t)
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) sum[t][w][e] = 0.0f;
+#pragma unroll
+        for (int u = 0; u < kGvSteps; ++u) {
+            const uint4 v = wb[u];
+            wb[u] = ld_stream_if(wf + u * 32, next);
+            const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+            uint32_t xr[4]; // B registers of token tile t: xr[2 t], xr[2 t + 1]
+            ldmatrix_x4(xr, (x_ld ^ (32u * u)) + x_grp);
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                uint32_t a[4];
+                Int4<T>::frag(words[w], a);
+#pragma unroll
+                for (int t = 0; t < 2; ++t) Kind<T>::mma(sum[t][w], a, xr[2 * t], xr[2 * t + 1]);
+            }
+        }
+        wf += kWStride;
+        T sc[4][2]; // read only now: no registers held across the group
+#pragma unroll
+        for (int w = 0; w < 4; ++w)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) sc[w][h] = ss[buf * kBN + 16 * w + 8 * h + g];
+        gemv_scale_add<T, 2>(acc, sum, sc);
+    }
+}
+
+// The k stream and the sums; m <= 8 (NT = 1) streams x itself, m > 8 calls gemv_stream_xs.
+template <typename T, int NT, int KW>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
                                            int M, int N, int K, int steps_per_slice, int slices) {
     constexpr int TW = kGvWarps / KW;
     constexpr int kAcc = NT * 16; // accumulators per lane
-    static_assert(!XS || NT == 2, "x through shared memory is the 16-row form");
     __shared__ float red[KW > 1 ? TW * kAcc * 32 : 1];
     __shared__ unsigned is_last;
-    __shared__ __align__(1024) uint8_t xs[XS ? kGvWarps * 2 * kXsBytes : 1];
-    __shared__ __align__(16) T xs_scales[XS ? kGvWarps * 2 * kBN : 1];
 
     const int tid = threadIdx.x;
     const int lane = tid & 31;
@@ -392,7 +514,9 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[t][w][e] = 0.0f;
 
-    if (n_mine > 0) {
+    if constexpr (NT == 2) {
+        gemv_stream_xs<T, KW>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
+    } else if (n_mine > 0) {
         // The three streams, each advanced by KW groups per group of this warp: weights (read
         // one group ahead), x and scales (read at the start of their group; the scales are
         // needed only at its end).
@@ -400,99 +524,48 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         const int x_stride = KW * kGroup / 2;        // uint32 (pairs of x)
         const size_t s_stride = (size_t)KW * N;
         const uint4* wf = qw + ((size_t)nt * (K / 16) + (size_t)g_first * kGvSteps) * 32 + lane;
-        // m <= 8: this lane's first scale; XS: lanes 0-7 copy the group's 64 scales, 8 each.
-        const T* sp = scales + (size_t)g_first * N + nt * kBN + (XS ? (lane & 7) * 8 : g);
-        const uint32_t* xp[XS ? 1 : NT];
-        // XS: lane l copies row r = l / 2, chunks 2 c + l % 2 (c = 0..7; two lanes fill one
-        // 32-byte sector), from xsrc + 16 c to xs_st ^ 32 c (+ the buffer); rows past m copy
-        // nothing and are zero-filled (xsrc then points at row m - 1, a valid address). Its
-        // ldmatrix row address for k step u is xs_ld ^ 32 u: matrix l / 8 is rows
-        // 8 (l / 16) .. + 7 at k chunk 2 u + l / 8 % 2, and lane l gives its row l % 8. The XOR
-        // touches only the chunk bits (256-byte rows, buffers aligned to 1024 bytes).
-        const T* xsrc = x;
-        uint32_t xs_st = 0, xs_ld = 0;
-        int x_bytes = 16;
-        if constexpr (XS) {
-            const int r = lane >> 1;
-            const int mi = lane >> 3;
-            const uint32_t base = smem_addr(xs) + warp * 2 * kXsBytes;
-            x_bytes = r < M ? 16 : 0;
-            xsrc = x + (size_t)min(r, M - 1) * K + g_first * kGroup + (lane & 1) * 8;
-            xs_st = base + r * kXsRowBytes + (((lane & 1) ^ (r & 7)) << 4);
-            xs_ld = base + ((mi >> 1) * 8 + (lane & 7)) * kXsRowBytes + (((mi & 1) ^ (lane & 7)) << 4);
-        } else {
+        const T* sp = scales + (size_t)g_first * N + nt * kBN + g;
+        const uint32_t* xp[NT];
 #pragma unroll
-            for (int t = 0; t < NT; ++t) {
-                // Lanes of rows past m read row m - 1: their products land in output rows that
-                // are never written, and every load stays unconditional.
-                const int row = min(8 * t + g, M - 1);
-                xp[t] = reinterpret_cast<const uint32_t*>(x + (size_t)row * K + g_first * kGroup + 2 * q);
-            }
+        for (int t = 0; t < NT; ++t) {
+            // Lanes of rows past m read row m - 1: their products land in output rows that are
+            // never written, and every load stays unconditional.
+            const int row = min(8 * t + g, M - 1);
+            xp[t] = reinterpret_cast<const uint32_t*>(x + (size_t)row * K + g_first * kGroup + 2 * q);
         }
-        // XS: issues the copies of the next group's x and scales (lanes 0-7, 8 each) into
-        // buffer `buf` and moves on by KW groups.
-        T* const ss = xs_scales + warp * 2 * kBN;
-        auto stage_x = [&](int buf) {
-            cp_async16_if(smem_addr(ss + buf * kBN + lane * 8), sp, lane < 8);
-            sp += s_stride;
-#pragma unroll
-            for (int c = 0; c < 8; ++c) cp_async16((xs_st ^ (32u * c)) + buf * kXsBytes, xsrc + 16 * c, x_bytes);
-            xsrc += x_stride * 2;
-        };
 
         // Two register buffers of one group each: group j + 1's weights go out at the start of
         // group j, into the buffer that group j - 1 has just consumed. The loop is unrolled by
         // two so that the buffer index is a compile-time constant.
-        // XS: one buffer; step u of the next group is loaded into it as soon as step u of
-        // this group has been read (the same group in flight, 32 registers fewer).
-        uint4 wb[XS ? 1 : 2][kGvSteps];
+        uint4 wb[2][kGvSteps];
 #pragma unroll
         for (int u = 0; u < kGvSteps; ++u) wb[0][u] = ld_stream_if(wf + u * 32, true);
         wf += kWStride;
-        if constexpr (XS) {
-            stage_x(0);
-            cp_async_commit();
-        }
         for (int j0 = 0; j0 < n_mine; j0 += 2) {
 #pragma unroll
             for (int b = 0; b < 2; ++b) {
                 const int j = j0 + b;
                 if (j >= n_mine) break;
-                if constexpr (!XS) {
 #pragma unroll
-                    for (int u = 0; u < kGvSteps; ++u) wb[b ^ 1][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
-                    wf += kWStride;
-                }
-                // xb[t][u] = the B registers of token tile t at step u (m <= 8: loaded here;
-                // XS: the next group's copy goes out into the other buffer, which every lane
-                // has finished reading, and this group's copy is waited for); sc[w][h] = the
-                // scale of column 16 w + 8 h + g.
-                uint32_t xb[XS ? 1 : NT][kGvSteps][2];
-                if constexpr (XS) {
-                    __syncwarp();
-                    if (j + 1 < n_mine) stage_x(b ^ 1);
-                    cp_async_commit();
-                } else {
+                for (int u = 0; u < kGvSteps; ++u) wb[b ^ 1][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
+                wf += kWStride;
+                // xb[t][u] = the B registers of token tile t at step u; sc[w][h] = the scale of
+                // column 16 w + 8 h + g.
+                uint32_t xb[NT][kGvSteps][2];
 #pragma unroll
-                    for (int t = 0; t < NT; ++t)
+                for (int t = 0; t < NT; ++t)
 #pragma unroll
-                        for (int u = 0; u < kGvSteps; ++u)
+                    for (int u = 0; u < kGvSteps; ++u)
 #pragma unroll
-                            for (int h = 0; h < 2; ++h) xb[t][u][h] = __ldg(xp[t] + u * 8 + h * 4);
-                }
+                        for (int h = 0; h < 2; ++h) xb[t][u][h] = __ldg(xp[t] + u * 8 + h * 4);
                 T sc[4][2];
-                if constexpr (!XS) {
 #pragma unroll
-                    for (int w = 0; w < 4; ++w)
+                for (int w = 0; w < 4; ++w)
 #pragma unroll
-                        for (int h = 0; h < 2; ++h) sc[w][h] = __ldg(sp + 16 * w + 8 * h);
+                    for (int h = 0; h < 2; ++h) sc[w][h] = __ldg(sp + 16 * w + 8 * h);
 #pragma unroll
-                    for (int t = 0; t < NT; ++t) xp[t] += x_stride;
-                    sp += s_stride;
-                } else {
-                    cp_async_wait<1>();
-                    __syncwarp(); // every lane's copies of this group have landed
-                }
+                for (int t = 0; t < NT; ++t) xp[t] += x_stride;
+                sp += s_stride;
 
                 float sum[NT][4][4]; // this group's unscaled sums
 #pragma unroll
@@ -503,47 +576,17 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
                         for (int e = 0; e < 4; ++e) sum[t][w][e] = 0.0f;
 #pragma unroll
                 for (int u = 0; u < kGvSteps; ++u) {
-                    const uint4 v = wb[XS ? 0 : b][u];
-                    if constexpr (XS) wb[0][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
+                    const uint4 v = wb[b][u];
                     const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-                    uint32_t xr[2 * NT]; // B registers of token tile t: xr[2 t], xr[2 t + 1]
-                    if constexpr (XS) {
-                        ldmatrix_x4(xr, (xs_ld ^ (32u * u)) + b * kXsBytes);
-                    } else {
-#pragma unroll
-                        for (int t = 0; t < NT; ++t) {
-                            xr[2 * t] = xb[t][u][0];
-                            xr[2 * t + 1] = xb[t][u][1];
-                        }
-                    }
 #pragma unroll
                     for (int w = 0; w < 4; ++w) {
                         uint32_t a[4];
                         Int4<T>::frag(words[w], a);
 #pragma unroll
-                        for (int t = 0; t < NT; ++t) Kind<T>::mma(sum[t][w], a, xr[2 * t], xr[2 * t + 1]);
+                        for (int t = 0; t < NT; ++t) Kind<T>::mma(sum[t][w], a, xb[t][u][0], xb[t][u][1]);
                     }
                 }
-                if constexpr (XS) { // read only now: no registers held across the group
-                    wf += kWStride;
-#pragma unroll
-                    for (int w = 0; w < 4; ++w)
-#pragma unroll
-                        for (int h = 0; h < 2; ++h) sc[w][h] = ss[b * kBN + 16 * w + 8 * h + g];
-                }
-                // sum[t][w][e] belongs to column 16 w + g (e < 2) or 16 w + 8 + g (e >= 2).
-#pragma unroll
-                for (int w = 0; w < 4; ++w) {
-                    const float s0 = kt_to_f32(sc[w][0]);
-                    const float s1 = kt_to_f32(sc[w][1]);
-#pragma unroll
-                    for (int t = 0; t < NT; ++t) {
-                        acc[t][w][0] = fmaf(s0, sum[t][w][0], acc[t][w][0]);
-                        acc[t][w][1] = fmaf(s0, sum[t][w][1], acc[t][w][1]);
-                        acc[t][w][2] = fmaf(s1, sum[t][w][2], acc[t][w][2]);
-                        acc[t][w][3] = fmaf(s1, sum[t][w][3], acc[t][w][3]);
-                    }
-                }
+                gemv_scale_add<T, NT>(acc, sum, sc);
             }
         }
     }
@@ -662,13 +705,12 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
     w4a16_reduce<__nv_bfloat16>(partial, out, splits, (size_t)mn);
 }
 
-// Both forms fit three blocks per multiprocessor (<= 168 registers).
 #define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
     extern "C" __global__ void __launch_bounds__(kGvThreads, 3) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
         const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
         int M, int N, int K, int steps_per_slice, int slices) {                                    \
-        w4a16_gemv<T, NT, KW, NT == 2>(x, qw, scales, out, partial, counters, M, N, K,             \
-                                       steps_per_slice, slices);                                   \
+        w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,     \
+                              slices);                                                             \
     }
 #define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT) \
     KT_W4A16_GEMV(SUFFIX, T, NT, 1)        \

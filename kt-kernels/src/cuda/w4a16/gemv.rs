@@ -91,11 +91,16 @@ impl GemvPlan {
     ) -> CudaResult<Self> {
         let groups = (k / GROUP).max(1);
         let tiles = (n / TILE_N).max(1);
-        let mut k_ways = Self::K_WAYS
-            .into_iter()
-            .rev()
-            .find(|&kw| groups >= 2 * kw)
-            .unwrap_or(1);
+        // Past 8 rows the block reads x once for its 4 / k_ways tiles: one k-way, four tiles.
+        let mut k_ways = if m > 8 {
+            1
+        } else {
+            Self::K_WAYS
+                .into_iter()
+                .rev()
+                .find(|&kw| groups >= 2 * kw)
+                .unwrap_or(1)
+        };
         let mut min_slices = 1;
         let resident = multiprocessors * RESIDENT_BLOCKS;
         if tiles.div_ceil(WARPS / k_ways) > resident {
