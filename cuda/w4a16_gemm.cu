@@ -367,12 +367,12 @@ __device__ __forceinline__ void gemv_scale_add(float (&acc)[NT][4][4], const flo
 // L2 (as the m <= 8 form does), x doubles the L2-to-SM traffic, and the 16-row kernel ran at
 // the same ~3.5 TB/s of L2 reads as the 8-row one (H100, session 8). Here the block reads
 // each group's x once for all of its TW = 4 / KW tiles: round r stages groups g0 + r KW ..
-// + KW - 1 (cp.async, two 16-byte chunks per thread and group, one round ahead, two buffers)
-// and each warp's scales of its next group; k-way j of every tile multiplies group
+// + KW - 1 (cp.async, two 16-byte chunks per thread and group, S - 1 rounds ahead in S
+// buffers) and each warp's scales of its group in that round; k-way j of every tile multiplies group
 // g0 + r KW + j, its B registers from one ldmatrix.x4 per k step (both 8-row token tiles).
 // One barrier per round: all warps run every round (tiles past n and k-ways past the
 // slice's end only help staging). Weights: one register buffer; step u of the warp's next
-// group is loaded as soon as step u of this one has been read (~165 registers, 3 blocks per
+// group is loaded as soon as step u of this one has been read (~160 registers, 3 blocks per
 // multiprocessor; the m <= 8 form's two buffers and 32 live x registers took 200).
 // Buffer layout: group j of buffer b at (b KW + j) 4 KiB; row r's 16-byte chunk c (k 8c..8c+7)
 // at r * 256 + 16 (c ^ (r % 8)), so that the eight rows of an ldmatrix 8 x 8 matrix and the
@@ -385,8 +385,10 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
                                                const uint4* __restrict__ qw, const T* __restrict__ scales,
                                                int M, int N, int K, int nt, bool tile_ok, int kway, int g0,
                                                int g_end) {
-    __shared__ __align__(128) uint8_t xs[2 * KW * kXsBytes];
-    __shared__ __align__(16) T xs_scales[kGvWarps * 2 * kBN];
+    // Rounds in flight: S - 1 (S buffers), as far as the 48 KiB of static shared memory allow.
+    constexpr int S = KW == 4 ? 2 : 3;
+    __shared__ __align__(128) uint8_t xs[S * KW * kXsBytes];
+    __shared__ __align__(16) T xs_scales[kGvWarps * S * kBN];
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
@@ -403,7 +405,7 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
     const int hi_bytes = r0 + 8 < M ? 16 : 0;
     const T* x_lo = x + (size_t)r0 * K + (size_t)g0 * kGroup + ch * 8;
     const T* x_hi = hi_bytes ? x_lo + (size_t)8 * K : x_lo; // a valid address either way
-    T* const ss = xs_scales + warp * 2 * kBN;
+    T* const ss = xs_scales + warp * S * kBN;
     const T* s_lane = scales + (size_t)(g0 + kway) * N + nt * kBN + (lane & 7) * 8;
     const bool s_copier = lane < 8 && tile_ok;
     // Issues round rr's copies into buffer `buf`.
@@ -433,14 +435,17 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
 #pragma unroll
     for (int u = 0; u < kGvSteps; ++u) wb[u] = ld_stream_if(wf + u * 32, first);
     wf += kWStride;
-    stage(0, 0);
-    cp_async_commit();
+#pragma unroll
+    for (int rr = 0; rr < S - 1; ++rr) {
+        if (rr < rounds) stage(rr, rr);
+        cp_async_commit(); // empty groups keep the wait count uniform
+    }
 
-    for (int rr = 0; rr < rounds; ++rr) {
-        const int buf = rr & 1;
-        cp_async_wait<0>();
-        __syncthreads(); // round rr landed for all; every warp is done with buffer buf ^ 1
-        if (rr + 1 < rounds) stage(rr + 1, buf ^ 1);
+    int buf = 0; // rr % S
+    for (int rr = 0; rr < rounds; ++rr, buf = buf == S - 1 ? 0 : buf + 1) {
+        cp_async_wait<S - 2>();
+        __syncthreads(); // round rr landed for all; every warp is done with round rr - 1's buffer
+        if (rr + S - 1 < rounds) stage(rr + S - 1, buf == 0 ? S - 1 : buf - 1);
         cp_async_commit();
         const int gw = g0 + rr * KW + kway;
         if (!tile_ok || gw >= g_end) continue; // nothing of this warp's in this round
