@@ -149,55 +149,41 @@ fn gemm_plan_fills_one_wave_with_nonempty_splits() {
 fn gemv_plan_sizes_blocks_and_slices() {
     let sms = 132;
     let plan = |m, n, k| GemvPlan::choose(m, n, k, sms, None).unwrap();
-    // o_proj at decode: 112 tiles of 128 groups, one per block (4 k-ways); 2 slices give a
-    // block per multiprocessor and still 16 groups per warp.
-    let p = plan(1, 7168, 16384);
-    assert_eq!(
-        (p.k_ways, p.slices, p.column_groups, p.token_tiles),
-        (4, 2, 112, 1),
-        "{p:?}"
-    );
-    // q_b: 384 tiles of 12 groups; a block per tile fits in one wave (3 per multiprocessor).
-    let p = plan(1, 24576, 1536);
-    assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 384), "{p:?}");
-    // Dense in: 288 tiles of 56 groups, one wave.
-    let p = plan(1, 18432, 7168);
-    assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 288), "{p:?}");
-    // Past one wave (more than 3 x 132 blocks): k cut in two where every warp keeps 4
-    // groups (1024 tiles of 64 groups), else half the k-ways (1024 tiles of 12 groups).
-    let p = plan(1, 65536, 8192);
-    assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 2, 1024), "{p:?}");
-    let p = plan(1, 65536, 1536);
-    assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 512), "{p:?}");
-    // Past 8 rows: one k-way (a block's x serves four tiles), slices as above. o_proj: 28
-    // column groups fill under half the device, so 10 slices (two blocks per multiprocessor);
-    // dense in: 72 column groups, 2 slices of 28 groups; q_b: 96 column groups and 12 groups
-    // (a slice would leave 6 per warp), unsplit.
-    let p = plan(16, 7168, 16384);
-    assert_eq!(
-        (p.k_ways, p.slices, p.column_groups, p.token_tiles),
-        (1, 10, 28, 2),
-        "{p:?}"
-    );
-    let p = plan(9, 18432, 7168);
-    assert_eq!((p.k_ways, p.slices, p.column_groups), (1, 2, 72), "{p:?}");
-    let p = plan(16, 24576, 1536);
-    assert_eq!((p.k_ways, p.slices, p.column_groups), (1, 1, 96), "{p:?}");
+    // The same plans at 1 and at 9-16 rows (3 blocks per multiprocessor either way).
+    for m in [1, 9, 16] {
+        // o_proj: 112 tiles of 128 groups, one per block (4 k-ways); 2 slices give a block
+        // per multiprocessor and still 16 groups per warp.
+        let p = plan(m, 7168, 16384);
+        assert_eq!(
+            (p.k_ways, p.slices, p.column_groups, p.token_tiles),
+            (4, 2, 112, m.div_ceil(8)),
+            "{p:?}"
+        );
+        // q_b: 384 tiles of 12 groups; a block per tile fits in one wave.
+        let p = plan(m, 24576, 1536);
+        assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 384), "{p:?}");
+        // Dense in: 288 tiles of 56 groups, one wave.
+        let p = plan(m, 18432, 7168);
+        assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 288), "{p:?}");
+        // Past one wave (more than 3 x 132 blocks): k cut in two where every warp keeps 4
+        // groups (1024 tiles of 64 groups), else half the k-ways (1024 tiles of 12 groups).
+        let p = plan(m, 65536, 8192);
+        assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 2, 1024), "{p:?}");
+        let p = plan(m, 65536, 1536);
+        assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 512), "{p:?}");
+    }
     // kv_b: 4 groups, so 2 k-ways (two groups per warp), two tiles per block, unsplit.
     let p = plan(1, 32768, 512);
     assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 256), "{p:?}");
     let p = plan(16, 32768, 512);
-    assert_eq!((p.k_ways, p.slices, p.token_tiles), (1, 1, 2), "{p:?}");
+    assert_eq!((p.k_ways, p.slices, p.token_tiles), (2, 1, 2), "{p:?}");
     // Shared expert down: 112 tiles of 16 groups; 2 slices would leave 2 groups per warp.
     let p = plan(1, 7168, 2048);
     assert_eq!((p.k_ways, p.slices), (4, 1), "{p:?}");
     // Shared expert in: 32 tiles fill a quarter of the device, so k is cut toward two
-    // blocks per multiprocessor: 9 slices wanted, evened out to 8 of 7 groups. At 16 rows
-    // (8 column groups of one k-way) 33 wanted, evened out to 28 of 2 groups.
-    let p = plan(1, 2048, 7168);
-    assert_eq!((p.k_ways, p.column_groups, p.slices), (4, 32, 8), "{p:?}");
+    // blocks per multiprocessor: 9 slices wanted, evened out to 8 of 7 groups.
     let p = plan(16, 2048, 7168);
-    assert_eq!((p.k_ways, p.column_groups, p.slices), (1, 8, 28), "{p:?}");
+    assert_eq!((p.k_ways, p.column_groups, p.slices), (4, 32, 8), "{p:?}");
     // A small matrix: 2 groups, so one k-way and 4 tiles per block; the slices wanted for
     // two blocks per multiprocessor are capped at one group each.
     let p = plan(1, 1024, 256);

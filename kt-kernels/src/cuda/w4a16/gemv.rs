@@ -1,6 +1,6 @@
 //! The small-m path of the W4A16 GEMM (`kt_w4a16_gemv_*` in `cuda/w4a16_gemm.cu`): for up
 //! to [`GemvPlan::MAX_ROWS`] rows the product is a stream over the packed weights, loaded
-//! straight into registers. The plan cuts it into blocks: several warps may share a column
+//! straight into registers (x too up to 8 rows; past 8 the block stages x in shared memory). The plan cuts it into blocks: several warps may share a column
 //! tile's k range (k-ways, summed in shared memory) and k may be cut into slices, whose f32
 //! partial sums the kernel adds up.
 
@@ -24,8 +24,10 @@ const THREADS: u32 = 32 * WARPS as u32;
 /// multiprocessors it fills (shared expert down: 5.5 us unsplit, 7.0 in two slices).
 const MIN_RUN: usize = 8;
 /// Blocks of the kernel resident per multiprocessor: its launch bounds hold both token-tile
-/// forms to <= 168 registers per thread (m <= 8: ~150; m > 8, with x through shared memory
-/// and one weight buffer: ~165, and 34-42 KiB of shared memory per block).
+/// forms to <= 168 registers per thread (m <= 8: ~150; m > 8, with x staged through shared
+/// memory and one weight buffer: ~160, and 14-38 KiB of shared memory per block). The plan
+/// rule below, fitted at 1 and 16 rows on an H100 (session 7 and 8 sweeps), picks the best
+/// or a near-best k-ways x slices cell at both.
 const RESIDENT_BLOCKS: usize = 3;
 
 /// How the small-m kernel is cut.
@@ -91,16 +93,11 @@ impl GemvPlan {
     ) -> CudaResult<Self> {
         let groups = (k / GROUP).max(1);
         let tiles = (n / TILE_N).max(1);
-        // Past 8 rows the block reads x once for its 4 / k_ways tiles: one k-way, four tiles.
-        let mut k_ways = if m > 8 {
-            1
-        } else {
-            Self::K_WAYS
-                .into_iter()
-                .rev()
-                .find(|&kw| groups >= 2 * kw)
-                .unwrap_or(1)
-        };
+        let mut k_ways = Self::K_WAYS
+            .into_iter()
+            .rev()
+            .find(|&kw| groups >= 2 * kw)
+            .unwrap_or(1);
         let mut min_slices = 1;
         let resident = multiprocessors * RESIDENT_BLOCKS;
         if tiles.div_ceil(WARPS / k_ways) > resident {
