@@ -362,18 +362,22 @@ __device__ __forceinline__ void gemv_scale_add(float (&acc)[NT][4][4], const flo
     }
 }
 
-// 9-16 rows: x through shared memory, shared by the block. At 16 rows a warp's x for one group
-// (16 x 128 values, 4 KiB) is as large as its weights, so when every warp reads its own x from
-// L2 (as the m <= 8 form does), x doubles the L2-to-SM traffic, and the 16-row kernel ran at
-// the same ~3.5 TB/s of L2 reads as the 8-row one (H100, session 8). Here the block reads
-// each group's x once for all of its TW = 4 / KW tiles: round r stages groups g0 + r KW ..
-// + KW - 1 (cp.async, two 16-byte chunks per thread and group, S - 1 rounds ahead in S
-// buffers) and each warp's scales of its group in that round; k-way j of every tile multiplies group
-// g0 + r KW + j, its B registers from one ldmatrix.x4 per k step (both 8-row token tiles).
-// One barrier per round: all warps run every round (tiles past n and k-ways past the
-// slice's end only help staging). Weights: one register buffer; step u of the warp's next
-// group is loaded as soon as step u of this one has been read (~160 registers, 3 blocks per
-// multiprocessor; the m <= 8 form's two buffers and 32 live x registers took 200).
+// 9-16 rows: x through shared memory. The m <= 8 form reads x itself: 32 4-byte loads per
+// group and warp (each touching 8 rows' 32-byte sectors) whose 32 registers stay live for
+// the whole group, 200 registers at 16 rows (2 blocks per multiprocessor). Here the block
+// stages round r's x, groups g0 + r KW .. + KW - 1 as 16 full 256-byte rows each (16 threads
+// per row, two 16-byte cp.async per thread and group), S - 1 rounds ahead in S buffers,
+// plus each warp's scales of its group in that round; k-way j of every tile multiplies group
+// g0 + r KW + j, its B registers from one ldmatrix.x4 per k step (both 8-row token tiles),
+// and the block's TW = 4 / KW tiles share each group's x. One barrier per round: all warps
+// run every round (tiles past n and k-ways past the slice's end only help staging).
+// Weights: one register buffer; step u of the warp's next group is loaded as soon as step u
+// of this one has been read (~160 registers, 3 blocks per multiprocessor).
+// Measured (H100, session 8): 8-31% faster than the m <= 8 form at 16 rows on the DeepSeek
+// shapes, best with 4 k-ways (no x shared between warps), and a first version in which each
+// warp staged its own x (16 rows x 32 bytes per copy instruction) was no faster than the
+// register form: the gain seems to come from x requested in whole rows, not from fewer x
+// bytes (not profiled).
 // Buffer layout: group j of buffer b at (b KW + j) 4 KiB; row r's 16-byte chunk c (k 8c..8c+7)
 // at r * 256 + 16 (c ^ (r % 8)), so that the eight rows of an ldmatrix 8 x 8 matrix and the
 // sixteen chunks of a row hit different bank groups. Rows past m are zero-filled.
