@@ -270,7 +270,8 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 // 2q + 8, g = lane / 4, q = lane % 4), and the rows of x are the n = 8 side (B), so m <= 8
 // costs 4 mma per tile and k step (NT = 1 token tile) and m <= 16 costs 8 (NT = 2). A lane's B
 // registers are x[8 t + g][16 s + 2 q + {0, 1}] and [.. + 8 + {0, 1}], read from global memory
-// (through L1) at the start of their group.
+// (through L1) at the start of their group at m <= 8; past 8 rows the block stages x in
+// shared memory (gemv_stream_xs below) and the weights use one register buffer, not two.
 // The A fragments are the integers q themselves (exact in f16 and bf16; the products with x
 // are exact in the f32 accumulators): a group is summed unscaled and then added to the output
 // sums as scale * sum in f32, one fused rounding per group. This is the exact int4 weight
