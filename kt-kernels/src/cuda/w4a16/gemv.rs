@@ -1,8 +1,9 @@
 //! The small-m path of the W4A16 GEMM (`kt_w4a16_gemv_*` in `cuda/w4a16_gemm.cu`): for up
 //! to [`GemvPlan::MAX_ROWS`] rows the product is a stream over the packed weights, loaded
-//! straight into registers (x too up to 8 rows; past 8 the block stages x in shared memory). The plan cuts it into blocks: several warps may share a column
-//! tile's k range (k-ways, summed in shared memory) and k may be cut into slices, whose f32
-//! partial sums the kernel adds up.
+//! straight into registers (x too up to 8 rows; past 8 the block stages x in shared memory).
+//! The plan cuts it into blocks: several warps may share a column tile's k range (k-ways,
+//! summed in shared memory) and k may be cut into slices, whose f32 partial sums the kernel
+//! adds up.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
