@@ -39,20 +39,28 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 }
 
 // 16-byte async copy; src_bytes 0 fills the destination with zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-                 "r"(src_bytes));
+    cp_async16(smem_addr(dst), src, src_bytes);
+}
+// A 16-byte async copy issued only if `pred` (no branch around it).
+__device__ __forceinline__ void cp_async16_if(uint32_t dst, const void* src, bool pred) {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n"
+                 " @p cp.async.cg.shared.global [%0], [%1], 16;\n}\n" ::"r"(dst), "l"(src), "r"((int)pred));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
+                 : "r"(addr));
 }
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) { ldmatrix_x4(r, smem_addr(p)); }
 
 template <typename T> struct Kind;
 
@@ -262,7 +270,8 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 // 2q + 8, g = lane / 4, q = lane % 4), and the rows of x are the n = 8 side (B), so m <= 8
 // costs 4 mma per tile and k step (NT = 1 token tile) and m <= 16 costs 8 (NT = 2). A lane's B
 // registers are x[8 t + g][16 s + 2 q + {0, 1}] and [.. + 8 + {0, 1}], read from global memory
-// (through L1) at the start of their group.
+// (through L1) at the start of their group at m <= 8; past 8 rows the block stages x in
+// shared memory (gemv_stream_xs below) and the weights use one register buffer, not two.
 // The A fragments are the integers q themselves (exact in f16 and bf16; the products with x
 // are exact in the f32 accumulators): a group is summed unscaled and then added to the output
 // sums as scale * sum in f32, one fused rounding per group. This is the exact int4 weight
@@ -335,6 +344,152 @@ template <> struct Int4<__nv_bfloat16> {
     }
 };
 
+// acc[t][w][e] += scale * sum[t][w][e] for a group, in f32: sum[t][w][e] belongs to column
+// 16 w + g (e < 2) or 16 w + 8 + g (e >= 2), whose scale is sc[w][e / 2].
+template <typename T, int NT>
+__device__ __forceinline__ void gemv_scale_add(float (&acc)[NT][4][4], const float (&sum)[NT][4][4],
+                                               const T (&sc)[4][2]) {
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+        const float s0 = kt_to_f32(sc[w][0]);
+        const float s1 = kt_to_f32(sc[w][1]);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            acc[t][w][0] = fmaf(s0, sum[t][w][0], acc[t][w][0]);
+            acc[t][w][1] = fmaf(s0, sum[t][w][1], acc[t][w][1]);
+            acc[t][w][2] = fmaf(s1, sum[t][w][2], acc[t][w][2]);
+            acc[t][w][3] = fmaf(s1, sum[t][w][3], acc[t][w][3]);
+        }
+    }
+}
+
+// 9-16 rows: x through shared memory. The m <= 8 form reads x itself: 32 4-byte loads per
+// group and warp (each touching 8 rows' 32-byte sectors) whose 32 registers stay live for
+// the whole group, 200 registers at 16 rows (2 blocks per multiprocessor). Here the block
+// stages round r's x, groups g0 + r KW .. + KW - 1 as 16 full 256-byte rows each (16 threads
+// per row, two 16-byte cp.async per thread and group), S - 1 rounds ahead in S buffers,
+// plus each warp's scales of its group in that round; k-way j of every tile multiplies group
+// g0 + r KW + j, its B registers from one ldmatrix.x4 per k step (both 8-row token tiles),
+// and the block's TW = 4 / KW tiles share each group's x. One barrier per round: all warps
+// run every round (tiles past n and k-ways past the slice's end only help staging).
+// Weights: one register buffer; step u of the warp's next group is loaded as soon as step u
+// of this one has been read (~160 registers, 3 blocks per multiprocessor).
+// Measured (H100, session 8): 8-31% faster than the m <= 8 form at 16 rows on the DeepSeek
+// shapes, best with 4 k-ways (no x shared between warps), and a first version in which each
+// warp staged its own x (16 rows x 32 bytes per copy instruction) was no faster than the
+// register form: the gain seems to come from x requested in whole rows, not from fewer x
+// bytes (not profiled).
+// Buffer layout: group j of buffer b at (b KW + j) 4 KiB; row r's 16-byte chunk c (k 8c..8c+7)
+// at r * 256 + 16 (c ^ (r % 8)), so that the eight rows of an ldmatrix 8 x 8 matrix and the
+// sixteen chunks of a row hit different bank groups. Rows past m are zero-filled.
+constexpr int kXsRowBytes = kGroup * 2;
+constexpr int kXsBytes = 16 * kXsRowBytes;
+
+template <typename T, int KW>
+__device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* __restrict__ x,
+                                               const uint4* __restrict__ qw, const T* __restrict__ scales,
+                                               int M, int N, int K, int nt, bool tile_ok, int kway, int g0,
+                                               int g_end) {
+    // Rounds in flight: S - 1 (S buffers), as far as the 48 KiB of static shared memory allow.
+    constexpr int S = KW == 4 ? 2 : 3;
+    __shared__ __align__(128) uint8_t xs[S * KW * kXsBytes];
+    __shared__ __align__(16) T xs_scales[kGvWarps * S * kBN];
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int g = lane >> 2;
+    const int rounds = (g_end - g0 + KW - 1) / KW; // >= 1: every slice has a group
+
+    // Staging: thread t copies chunk t % 16 of rows t / 16 and t / 16 + 8 of each group (16
+    // threads read one 256-byte row); (r + 8) % 8 == r % 8, so the second row's place is the
+    // first's + 8 rows. Row t / 16 < 8 < m always holds here (m > 8).
+    const int r0 = tid >> 4;
+    const int ch = tid & 15;
+    const uint32_t x_base = smem_addr(xs);
+    const uint32_t x_st = x_base + r0 * kXsRowBytes + ((ch ^ r0) << 4);
+    const int hi_bytes = r0 + 8 < M ? 16 : 0;
+    const T* x_lo = x + (size_t)r0 * K + (size_t)g0 * kGroup + ch * 8;
+    const T* x_hi = hi_bytes ? x_lo + (size_t)8 * K : x_lo; // a valid address either way
+    T* const ss = xs_scales + warp * S * kBN;
+    const T* s_lane = scales + (size_t)(g0 + kway) * N + nt * kBN + (lane & 7) * 8;
+    const bool s_copier = lane < 8 && tile_ok;
+    // Issues round rr's copies into buffer `buf`.
+    auto stage = [&](int rr, int buf) {
+#pragma unroll
+        for (int j = 0; j < KW; ++j) {
+            if (g0 + rr * KW + j < g_end) {
+                const uint32_t d = x_st + (buf * KW + j) * kXsBytes;
+                const size_t off = (size_t)(rr * KW + j) * kGroup;
+                cp_async16(d, x_lo + off, 16);
+                cp_async16(d + 8 * kXsRowBytes, x_hi + off, hi_bytes);
+            }
+        }
+        cp_async16_if(smem_addr(ss + buf * kBN + (lane & 7) * 8), s_lane + (size_t)rr * KW * N,
+                      s_copier && g0 + rr * KW + kway < g_end);
+    };
+    // This lane's ldmatrix row for k step u of a group is at x_ld ^ 32 u from the group's
+    // place: matrix l / 8 is rows 8 (l / 16) .. + 7 at k chunk 2 u + l / 8 % 2, lane l gives
+    // row l % 8, and (2 u + s) ^ r == 2 u ^ (s ^ r) for s < 2 (the XOR changes only the chunk).
+    const int mi = lane >> 3;
+    const uint32_t x_ld = ((mi >> 1) * 8 + (lane & 7)) * kXsRowBytes + (((mi & 1) ^ (lane & 7)) << 4);
+
+    constexpr int kWStride = KW * kGvSteps * 32; // uint4
+    const uint4* wf = qw + ((size_t)nt * (K / 16) + (size_t)(g0 + kway) * kGvSteps) * 32 + lane;
+    uint4 wb[kGvSteps];
+    const bool first = tile_ok && g0 + kway < g_end;
+#pragma unroll
+    for (int u = 0; u < kGvSteps; ++u) wb[u] = ld_stream_if(wf + u * 32, first);
+    wf += kWStride;
+#pragma unroll
+    for (int rr = 0; rr < S - 1; ++rr) {
+        if (rr < rounds) stage(rr, rr);
+        cp_async_commit(); // empty groups keep the wait count uniform
+    }
+
+    int buf = 0; // rr % S
+    for (int rr = 0; rr < rounds; ++rr, buf = buf == S - 1 ? 0 : buf + 1) {
+        cp_async_wait<S - 2>();
+        __syncthreads(); // round rr landed for all; every warp is done with round rr - 1's buffer
+        if (rr + S - 1 < rounds) stage(rr + S - 1, buf == 0 ? S - 1 : buf - 1);
+        cp_async_commit();
+        const int gw = g0 + rr * KW + kway;
+        if (!tile_ok || gw >= g_end) continue; // nothing of this warp's in this round
+        const bool next = gw + KW < g_end;
+        const uint32_t x_grp = x_base + (buf * KW + kway) * kXsBytes;
+
+        float sum[2][4][4]; // this group's unscaled sums
+#pragma unroll
+        for (int t = 0; t < 2; ++t)
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) sum[t][w][e] = 0.0f;
+#pragma unroll
+        for (int u = 0; u < kGvSteps; ++u) {
+            const uint4 v = wb[u];
+            wb[u] = ld_stream_if(wf + u * 32, next);
+            const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+            uint32_t xr[4]; // B registers of token tile t: xr[2 t], xr[2 t + 1]
+            ldmatrix_x4(xr, (x_ld ^ (32u * u)) + x_grp);
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                uint32_t a[4];
+                Int4<T>::frag(words[w], a);
+#pragma unroll
+                for (int t = 0; t < 2; ++t) Kind<T>::mma(sum[t][w], a, xr[2 * t], xr[2 * t + 1]);
+            }
+        }
+        wf += kWStride;
+        T sc[4][2]; // read only now: no registers held across the group
+#pragma unroll
+        for (int w = 0; w < 4; ++w)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) sc[w][h] = ss[buf * kBN + 16 * w + 8 * h + g];
+        gemv_scale_add<T, 2>(acc, sum, sc);
+    }
+}
+
+// The k stream and the sums; m <= 8 (NT = 1) streams x itself, m > 8 calls gemv_stream_xs.
 template <typename T, int NT, int KW>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
@@ -369,7 +524,9 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[t][w][e] = 0.0f;
 
-    if (n_mine > 0) {
+    if constexpr (NT == 2) {
+        gemv_stream_xs<T, KW>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
+    } else if (n_mine > 0) {
         // The three streams, each advanced by KW groups per group of this warp: weights (read
         // one group ahead), x and scales (read at the start of their group; the scales are
         // needed only at its end).
@@ -439,19 +596,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
                         for (int t = 0; t < NT; ++t) Kind<T>::mma(sum[t][w], a, xb[t][u][0], xb[t][u][1]);
                     }
                 }
-                // sum[t][w][e] belongs to column 16 w + g (e < 2) or 16 w + 8 + g (e >= 2).
-#pragma unroll
-                for (int w = 0; w < 4; ++w) {
-                    const float s0 = kt_to_f32(sc[w][0]);
-                    const float s1 = kt_to_f32(sc[w][1]);
-#pragma unroll
-                    for (int t = 0; t < NT; ++t) {
-                        acc[t][w][0] = fmaf(s0, sum[t][w][0], acc[t][w][0]);
-                        acc[t][w][1] = fmaf(s0, sum[t][w][1], acc[t][w][1]);
-                        acc[t][w][2] = fmaf(s1, sum[t][w][2], acc[t][w][2]);
-                        acc[t][w][3] = fmaf(s1, sum[t][w][3], acc[t][w][3]);
-                    }
-                }
+                gemv_scale_add<T, NT>(acc, sum, sc);
             }
         }
     }
@@ -571,7 +716,7 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
 }
 
 #define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
-    extern "C" __global__ void __launch_bounds__(kGvThreads, 4 - NT) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
+    extern "C" __global__ void __launch_bounds__(kGvThreads, 3) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
         const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
         int M, int N, int K, int steps_per_slice, int slices) {                                    \
         w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,     \

@@ -149,29 +149,29 @@ fn gemm_plan_fills_one_wave_with_nonempty_splits() {
 fn gemv_plan_sizes_blocks_and_slices() {
     let sms = 132;
     let plan = |m, n, k| GemvPlan::choose(m, n, k, sms, None).unwrap();
-    // o_proj at decode: 112 tiles of 128 groups, one per block (4 k-ways); 2 slices give a
-    // block per multiprocessor and still 16 groups per warp. The same at 16 rows.
-    for m in [1, 16] {
+    // The same plans at 1 and at 9-16 rows (3 blocks per multiprocessor either way).
+    for m in [1, 9, 16] {
+        // o_proj: 112 tiles of 128 groups, one per block (4 k-ways); 2 slices give a block
+        // per multiprocessor and still 16 groups per warp.
         let p = plan(m, 7168, 16384);
         assert_eq!(
             (p.k_ways, p.slices, p.column_groups, p.token_tiles),
             (4, 2, 112, m.div_ceil(8)),
             "{p:?}"
         );
+        // q_b: 384 tiles of 12 groups; a block per tile fits in one wave.
+        let p = plan(m, 24576, 1536);
+        assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 384), "{p:?}");
+        // Dense in: 288 tiles of 56 groups, one wave.
+        let p = plan(m, 18432, 7168);
+        assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 288), "{p:?}");
+        // Past one wave (more than 3 x 132 blocks): k cut in two where every warp keeps 4
+        // groups (1024 tiles of 64 groups), else half the k-ways (1024 tiles of 12 groups).
+        let p = plan(m, 65536, 8192);
+        assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 2, 1024), "{p:?}");
+        let p = plan(m, 65536, 1536);
+        assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 512), "{p:?}");
     }
-    // q_b: 384 tiles of 12 groups. At one row a block per tile fits in one wave (3 per
-    // multiprocessor); at 16 rows (2 per multiprocessor) it is past one wave and a k split
-    // would leave 1.5 groups per warp, so 2 k-ways halve the blocks to 192.
-    let p = plan(1, 24576, 1536);
-    assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 384), "{p:?}");
-    let p = plan(16, 24576, 1536);
-    assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 192), "{p:?}");
-    // Dense in: 288 tiles of 56 groups, one wave at one row; past it at 16 rows, where k is
-    // cut in two (7 groups per warp).
-    let p = plan(1, 18432, 7168);
-    assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 288), "{p:?}");
-    let p = plan(16, 18432, 7168);
-    assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 2, 288), "{p:?}");
     // kv_b: 4 groups, so 2 k-ways (two groups per warp), two tiles per block, unsplit.
     let p = plan(1, 32768, 512);
     assert_eq!((p.k_ways, p.slices, p.column_groups), (2, 1, 256), "{p:?}");
@@ -337,7 +337,8 @@ fn gemm_all<T: MmaFloat>(s: &GpuStream) {
 }
 
 /// The small-m kernel at every row count (automatic plan), and at 1, 2, 7, 8 (full token
-/// tile), 9 (second tile begins) and 16 rows with every k-way count and 1, 4 and 11 slices
+/// tile), 9 (second tile begins; x through shared memory, rows past m zero-filled), 13 and
+/// 16 rows with every k-way count and 1, 4 and 11 slices
 /// of k = 11 groups: with 4 k-ways the warps of one slice get 3, 3, 3 and 2 groups (odd and
 /// even counts end the two-buffer loop at either buffer), 1 or 0 (4 and 11 slices: warps
 /// with nothing to add), 4 slices are uneven (3 + 3 + 3 + 2), and 448 columns (7 tiles) leave
@@ -348,7 +349,7 @@ fn gemv_all<T: MmaFloat>(s: &GpuStream) {
     for m in 1..=GemvPlan::MAX_ROWS {
         let seed = 1000 + 100 * m as u64;
         gemm_case::<T>(s, &mut ws, m, 320, 1408, Path::Auto(None), seed);
-        if [1, 2, 7, 8, 9, 16].contains(&m) {
+        if [1, 2, 7, 8, 9, 13, 16].contains(&m) {
             for (i, k_ways) in GemvPlan::K_WAYS.into_iter().enumerate() {
                 for (j, slices) in [1, 4, 11].into_iter().enumerate() {
                     let path = Path::Gemv { k_ways, slices };

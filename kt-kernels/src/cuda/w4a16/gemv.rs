@@ -1,8 +1,9 @@
 //! The small-m path of the W4A16 GEMM (`kt_w4a16_gemv_*` in `cuda/w4a16_gemm.cu`): for up
 //! to [`GemvPlan::MAX_ROWS`] rows the product is a stream over the packed weights, loaded
-//! straight into registers. The plan cuts it into blocks: several warps may share a column
-//! tile's k range (k-ways, summed in shared memory) and k may be cut into slices, whose f32
-//! partial sums the kernel adds up.
+//! straight into registers (x too up to 8 rows; past 8 the block stages x in shared memory).
+//! The plan cuts it into blocks: several warps may share a column tile's k range (k-ways,
+//! summed in shared memory) and k may be cut into slices, whose f32 partial sums the kernel
+//! adds up.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -23,9 +24,12 @@ const THREADS: u32 = 32 * WARPS as u32;
 /// multiprocessor); a slice that halves a 4-group run to 2 costs more than the idle
 /// multiprocessors it fills (shared expert down: 5.5 us unsplit, 7.0 in two slices).
 const MIN_RUN: usize = 8;
-/// Blocks of the kernel resident per multiprocessor at m <= 8 and at m <= 16: its launch
-/// bounds (`4 - NT` blocks) hold it to ~150 and ~200 registers per thread.
-const RESIDENT_BLOCKS: [usize; 2] = [3, 2];
+/// Blocks of the kernel resident per multiprocessor: its launch bounds hold both token-tile
+/// forms to <= 168 registers per thread (m <= 8: ~150; m > 8, with x staged through shared
+/// memory and one weight buffer: ~160, and 14-38 KiB of shared memory per block). The plan
+/// rule below, fitted at 1 and 16 rows on an H100 (session 7 and 8 sweeps), picks the best
+/// or a near-best k-ways x slices cell at both.
+const RESIDENT_BLOCKS: usize = 3;
 
 /// How the small-m kernel is cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,10 +81,10 @@ impl GemvPlan {
     /// (at most one per group and k-way); otherwise one block per multiprocessor at least, if
     /// that leaves every warp a run of `MIN_RUN` groups, else no split. A grid just past one
     /// wave of resident blocks (`RESIDENT_BLOCKS` per multiprocessor) runs its last blocks
-    /// alone, so there k is cut in two where every warp keeps `MIN_RUN / 2` groups (dense
-    /// in at 16 rows: 288 blocks 48.8 us, 576 44.3), else the k-ways are halved (q_b_proj at
-    /// 16 rows: 384 blocks 16.6 us, 192 of two tiles 14.9). `force_slices` overrides the
-    /// slice count (clamped as in [`Self::with`]).
+    /// alone, so there k is cut in two where every warp keeps `MIN_RUN / 2` groups, else the
+    /// k-ways are halved (session 7, when the 16-row kernel fit two blocks per multiprocessor:
+    /// dense in 288 blocks 48.8 us, 576 44.3; q_b_proj 384 blocks 16.6 us, 192 of two tiles
+    /// 14.9). `force_slices` overrides the slice count (clamped as in [`Self::with`]).
     pub fn choose(
         m: usize,
         n: usize,
@@ -96,7 +100,7 @@ impl GemvPlan {
             .find(|&kw| groups >= 2 * kw)
             .unwrap_or(1);
         let mut min_slices = 1;
-        let resident = multiprocessors * RESIDENT_BLOCKS[usize::from(m > 8)];
+        let resident = multiprocessors * RESIDENT_BLOCKS;
         if tiles.div_ceil(WARPS / k_ways) > resident {
             if groups / (2 * k_ways) >= MIN_RUN / 2 {
                 min_slices = 2;
