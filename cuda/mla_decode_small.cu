@@ -244,6 +244,16 @@ extern "C" __global__ void __launch_bounds__(kCombineThreads)
     plan(kv_lens[0], max_splits, splits, per);
     const int h = blockIdx.x, col0 = 128 * blockIdx.y;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    // the first kPre partials of each warp's splits load beside the lse values (they do not
+    // depend on the weights): one trip to memory instead of two before the sums
+    constexpr int kPre = 8;
+    const float* src = part_o + (size_t)h * kLat + col0 + 4 * lane;
+    float4 pre[kPre];
+#pragma unroll
+    for (int j = 0; j < kPre; ++j) {
+        const int s = warp + j * kW;
+        if (s < splits) pre[j] = *reinterpret_cast<const float4*>(src + (size_t)s * heads * kLat);
+    }
 
     // each thread's lse values stay in registers between the max and the weights
     constexpr int kPer = kMaxSplits / kCombineThreads;
@@ -269,19 +279,25 @@ extern "C" __global__ void __launch_bounds__(kCombineThreads)
     }
     __syncthreads();
 
+    // splits warp, warp + kW, ... in order: the prefetched ones, then the rest
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float wsum = 0.0f;
-    const float* src = part_o + (size_t)h * kLat + col0 + 4 * lane;
-#pragma unroll 4
-    for (int s = warp; s < splits; s += kW) {
+    auto add = [&](int s, const float4 v) {
         const float w = w_s[s];
-        const float4 v = *reinterpret_cast<const float4*>(src + (size_t)s * heads * kLat);
         wsum += w;
         acc.x += w * v.x;
         acc.y += w * v.y;
         acc.z += w * v.z;
         acc.w += w * v.w;
+    };
+#pragma unroll
+    for (int j = 0; j < kPre; ++j) {
+        const int s = warp + j * kW;
+        if (s < splits) add(s, pre[j]);
     }
+#pragma unroll 4
+    for (int s = warp + kPre * kW; s < splits; s += kW)
+        add(s, *reinterpret_cast<const float4*>(src + (size_t)s * heads * kLat));
     acc_s[warp][lane] = acc;
     if (lane == 0) red[warp] = wsum; // every thread read red (the maxima) before the barrier above
     __syncthreads();

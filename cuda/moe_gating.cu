@@ -198,7 +198,7 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
 // computes its logits), so after the ticket only the ids and weights cross PCIe; otherwise
 // the last block writes the whole row from its shared copy. The words are those of the three
 // kernels bit for bit either way. pack is the device address of page-locked host memory: [n]
-// row, top_k ids, top_k weights. n % 4 == 0 (host-checked). Dynamic shared memory (smem): n +
+// row, top_k ids, top_k weights. n % 4 == 0 (host-checked). Dynamic shared memory (smem): 2 n +
 // n_experts + 2 n_experts + n_group floats.
 #define KT_ROUTE_THREADS 256
 #define KT_ROUTE_PREFETCH 16
@@ -213,7 +213,8 @@ __device__ __forceinline__ void add_norm_route_signal(
     __shared__ float scratch[32];
     __shared__ bool last;
     float* row = smem;                // the normalized row, f32
-    float* lsm = smem + n;            // the logits, for the routing
+    float* nw = smem + n;             // norm_w
+    float* lsm = nw + n;              // the logits, for the routing
     float* gsm = lsm + n_experts;     // kt_gating_token's scratch (warp 0)
     float* pack_row = reinterpret_cast<float*>(pack);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -228,19 +229,21 @@ __device__ __forceinline__ void add_norm_route_signal(
         if (has_expert && k0 < n) wpre[j] = *reinterpret_cast<const float4*>(wr + k0);
     }
 
+    // x + d and the norm's weights, all loads in flight together, staged in shared memory:
+    // after the block sum the row is scaled without another trip to memory (each thread
+    // touches only its own elements, so no barrier between the passes)
     float ss = 0.0f;
-#pragma unroll 4
+#pragma unroll 8
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = x[i] + __bfloat162float(d[i]);
+        row[i] = v;
+        nw[i] = norm_w[i];
         ss += v * v;
     }
     ss = kt_block_sum(ss, scratch);
     const float inv = 1.0f / sqrtf(ss / (float)n + eps);
-#pragma unroll 4
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float v = x[i] + __bfloat162float(d[i]);
-        row[i] = norm_w[i] * (v * inv);
-    }
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] = nw[i] * (row[i] * inv);
     __syncthreads();
     // this block's slice of the outputs that no block reads back
     const int per = (n + gridDim.x - 1) / gridDim.x;
@@ -324,6 +327,6 @@ __device__ __forceinline__ void add_norm_route_signal(
                                            topk_group, scoring, group_score, normalize, scale,     \
                                            flag, value, smem);                                     \
     }
-#define KT_ROUTE_EPB 8
+#define KT_ROUTE_EPB 2
 #define KT_ROUTE_SPREAD false
 KT_ADD_NORM_ROUTE_SIGNAL(kt_add_norm_route_signal, KT_ROUTE_EPB, KT_ROUTE_SPREAD)

@@ -114,7 +114,12 @@ impl Probe {
     }
 
     /// Mean microseconds per launch of `launch(i)` for i in 0..LAUNCHES, captured as one graph.
-    fn time(&self, name: &str, per_graph: usize, mut launch: impl FnMut(usize) -> Res<()>) -> Res<()> {
+    fn time(
+        &self,
+        name: &str,
+        per_graph: usize,
+        mut launch: impl FnMut(usize) -> Res<()>,
+    ) -> Res<()> {
         self.s
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
         let captured = (0..LAUNCHES).try_for_each(&mut launch);
@@ -124,11 +129,15 @@ impl Probe {
         for _ in 0..3 {
             graph.launch()?;
         }
-        let t0 = self.s.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+        let t0 = self
+            .s
+            .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?;
         for _ in 0..REPLAYS {
             graph.launch()?;
         }
-        let t1 = self.s.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+        let t1 = self
+            .s
+            .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?;
         t1.synchronize()?;
         let us = t0.elapsed_ms(&t1)? as f64 * 1e3 / (REPLAYS * LAUNCHES) as f64;
         println!(
@@ -191,15 +200,27 @@ fn entry_cases(p: &mut Probe) -> Res<()> {
             block_dim: (256, 1, 1),
             shared_mem_bytes: smem,
         };
-        for (place, pack, flag) in [("pinned", pack_pinned.dev, flag_pinned.dev), ("device", pack_dev, flag_dev)] {
+        for (place, pack, flag) in [
+            ("pinned", pack_pinned.dev, flag_pinned.dev),
+            ("device", pack_dev, flag_dev),
+        ] {
             let name = format!("entry {tag} ({blocks} blocks), pack {place}");
             let s = p.s.clone();
             p.time(&name, 1, |i| {
                 let mut b = s.launch_builder(&f);
-                b.arg(&mut x).arg(&d).arg(&norm_w).arg(&mut xn).arg(&mut xn32);
-                b.arg(&routers[i % routers.len()]).arg(&mut logits).arg(&mut counter);
+                b.arg(&mut x)
+                    .arg(&d)
+                    .arg(&norm_w)
+                    .arg(&mut xn)
+                    .arg(&mut xn32);
+                b.arg(&routers[i % routers.len()])
+                    .arg(&mut logits)
+                    .arg(&mut counter);
                 b.arg(&null).arg(&pack).arg(&n).arg(&eps).arg(&e).arg(&k);
-                b.arg(&n_group).arg(&topk_group).arg(&scoring).arg(&group_score);
+                b.arg(&n_group)
+                    .arg(&topk_group)
+                    .arg(&scoring)
+                    .arg(&group_score);
                 let value = i as u32 + 1;
                 b.arg(&normalize).arg(&scale).arg(&flag).arg(&value);
                 // SAFETY: the arguments of kt_add_norm_route_signal's signature; buffers sized
@@ -224,19 +245,44 @@ fn entry_cases(p: &mut Probe) -> Res<()> {
     let (mut ids_w, mut wts) = (ids_w, wts);
     p.time("routing alone (kt_moe_gating, 1 token)", 1, |_| {
         let mut b = s.launch_builder(&f);
-        b.arg(&logits).arg(&null).arg(&mut ids_w).arg(&mut wts).arg(&one).arg(&e).arg(&k);
-        b.arg(&n_group).arg(&topk_group).arg(&scoring).arg(&group_score).arg(&normalize).arg(&scale);
+        b.arg(&logits)
+            .arg(&null)
+            .arg(&mut ids_w)
+            .arg(&mut wts)
+            .arg(&one)
+            .arg(&e)
+            .arg(&k);
+        b.arg(&n_group)
+            .arg(&topk_group)
+            .arg(&scoring)
+            .arg(&group_score)
+            .arg(&normalize)
+            .arg(&scale);
         // SAFETY: kt_moe_gating's arguments for one token of 64 logits, top 6.
         unsafe { b.launch(cfg) }?;
         Ok(())
     })?;
     let f = Probe::func(&p.gating, "kt_moe_gating_packed_signal")?;
-    for (place, pack, flag) in [("pinned", pack_pinned.dev, flag_pinned.dev), ("device", pack_dev, flag_dev)] {
+    for (place, pack, flag) in [
+        ("pinned", pack_pinned.dev, flag_pinned.dev),
+        ("device", pack_dev, flag_dev),
+    ] {
         let name = format!("packed gating + signal, pack {place}");
         p.time(&name, 1, |i| {
             let mut b = s.launch_builder(&f);
-            b.arg(&logits).arg(&null).arg(&xn32).arg(&pack).arg(&n).arg(&one).arg(&e).arg(&k);
-            b.arg(&n_group).arg(&topk_group).arg(&scoring).arg(&group_score).arg(&normalize);
+            b.arg(&logits)
+                .arg(&null)
+                .arg(&xn32)
+                .arg(&pack)
+                .arg(&n)
+                .arg(&one)
+                .arg(&e)
+                .arg(&k);
+            b.arg(&n_group)
+                .arg(&topk_group)
+                .arg(&scoring)
+                .arg(&group_score)
+                .arg(&normalize);
             let value = i as u32 + 1;
             b.arg(&scale).arg(&flag).arg(&value);
             // SAFETY: kt_moe_gating_packed_signal's arguments, one token; pack holds the row,
@@ -273,7 +319,12 @@ fn return_cases(p: &mut Probe) -> Res<()> {
         let name = format!("return (flag raised), routed {place}");
         p.time(&name, 1, |_| {
             let mut b = s.launch_builder(&f);
-            b.arg(&flag.dev).arg(&value).arg(&mut x).arg(&routed).arg(&shared).arg(&w);
+            b.arg(&flag.dev)
+                .arg(&value)
+                .arg(&mut x)
+                .arg(&routed)
+                .arg(&shared)
+                .arg(&w);
             b.arg(&mut out).arg(&n).arg(&eps);
             // SAFETY: kt_wait_add2_rmsnorm_w32's arguments for one row of 2048; the flag (0)
             // is already at the value, so the kernel does not wait.
@@ -319,26 +370,47 @@ fn mla_cases(p: &mut Probe, sms: usize) -> Res<()> {
         shared_mem_bytes: 0,
     };
     let s = p.s.clone();
-    let launch_attn = |i: usize, part_o: &mut CudaSlice<f32>, part_lse: &mut CudaSlice<f32>| -> Res<()> {
-        let mut b = s.launch_builder(&attn);
-        b.arg(&q).arg(&caches[i % caches.len()]).arg(&table).arg(&kv_lens).arg(&heads);
-        b.arg(&bs).arg(&scale_log2).arg(&max_splits).arg(part_o).arg(part_lse);
-        // SAFETY: kt_mla_decode_small_bf16's arguments: 16 heads, 1100 keys in 18 pages of 64
-        // (table 0..18), part_o / part_lse for `splits` = the grid's splits.
-        unsafe { b.launch(attn_cfg) }?;
-        Ok(())
-    };
-    let launch_comb = |part_o: &CudaSlice<f32>, part_lse: &CudaSlice<f32>, o_lat: &mut CudaSlice<bf16>| -> Res<()> {
+    let launch_attn =
+        |i: usize, part_o: &mut CudaSlice<f32>, part_lse: &mut CudaSlice<f32>| -> Res<()> {
+            let mut b = s.launch_builder(&attn);
+            b.arg(&q)
+                .arg(&caches[i % caches.len()])
+                .arg(&table)
+                .arg(&kv_lens)
+                .arg(&heads);
+            b.arg(&bs)
+                .arg(&scale_log2)
+                .arg(&max_splits)
+                .arg(part_o)
+                .arg(part_lse);
+            // SAFETY: kt_mla_decode_small_bf16's arguments: 16 heads, 1100 keys in 18 pages of 64
+            // (table 0..18), part_o / part_lse for `splits` = the grid's splits.
+            unsafe { b.launch(attn_cfg) }?;
+            Ok(())
+        };
+    let launch_comb = |part_o: &CudaSlice<f32>,
+                       part_lse: &CudaSlice<f32>,
+                       o_lat: &mut CudaSlice<bf16>|
+     -> Res<()> {
         let mut b = s.launch_builder(&comb);
-        b.arg(part_o).arg(part_lse).arg(&kv_lens).arg(&heads).arg(&max_splits).arg(o_lat);
+        b.arg(part_o)
+            .arg(part_lse)
+            .arg(&kv_lens)
+            .arg(&heads)
+            .arg(&max_splits)
+            .arg(o_lat);
         // SAFETY: kt_mla_decode_small_combine's arguments for the partials above.
         unsafe { b.launch(comb_cfg) }?;
         Ok(())
     };
-    p.time(&format!("mla small ({splits} splits, {KV_LEN} keys)"), 1, |i| {
-        launch_attn(i, &mut part_o, &mut part_lse)
+    p.time(
+        &format!("mla small ({splits} splits, {KV_LEN} keys)"),
+        1,
+        |i| launch_attn(i, &mut part_o, &mut part_lse),
+    )?;
+    p.time("mla combine", 1, |_| {
+        launch_comb(&part_o, &part_lse, &mut o_lat)
     })?;
-    p.time("mla combine", 1, |_| launch_comb(&part_o, &part_lse, &mut o_lat))?;
     p.time("mla small + combine (pair)", 2, |i| {
         launch_attn(i, &mut part_o, &mut part_lse)?;
         launch_comb(&part_o, &part_lse, &mut o_lat)
@@ -391,15 +463,32 @@ fn mla_cases(p: &mut Probe, sms: usize) -> Res<()> {
         k: NOPE as i32,
     };
     let gemv_cfg = LaunchConfig {
-        grid_dim: ((RANK / 8) as u32, 1, HEADS as u32),
+        // 8 warps of 4 columns (k = 128: the short-row kernel)
+        grid_dim: ((RANK / 32) as u32, 1, HEADS as u32),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
     let launch_rope = |q_lat: &mut CudaSlice<bf16>, cache: &mut CudaSlice<bf16>| -> Res<()> {
         let mut b = s.launch_builder(&rope_f);
-        b.arg(&qkv).arg(&row_i).arg(&hh).arg(&qd).arg(&np).arg(q_lat);
-        b.arg(&kv_off).arg(&row_i).arg(&kv_norm).arg(cache).arg(&pos).arg(&cache_rows);
-        b.arg(&cos).arg(&sin).arg(&half).arg(&rope_rows).arg(&rank).arg(&toks).arg(&eps);
+        b.arg(&qkv)
+            .arg(&row_i)
+            .arg(&hh)
+            .arg(&qd)
+            .arg(&np)
+            .arg(q_lat);
+        b.arg(&kv_off)
+            .arg(&row_i)
+            .arg(&kv_norm)
+            .arg(cache)
+            .arg(&pos)
+            .arg(&cache_rows);
+        b.arg(&cos)
+            .arg(&sin)
+            .arg(&half)
+            .arg(&rope_rows)
+            .arg(&rank)
+            .arg(&toks)
+            .arg(&eps);
         // SAFETY: kt_mla_rope_cache_write's arguments, one token of the stacked layout; the
         // position is below the cache's rows and the tables' 4096 rows.
         unsafe { b.launch(rope_cfg) }?;
@@ -413,7 +502,9 @@ fn mla_cases(p: &mut Probe, sms: usize) -> Res<()> {
         unsafe { b.launch(gemv_cfg) }?;
         Ok(())
     };
-    p.time("rope + cache write", 1, |_| launch_rope(&mut q_lat, &mut cache))?;
+    p.time("rope + cache write", 1, |_| {
+        launch_rope(&mut q_lat, &mut cache)
+    })?;
     p.time("absorption gemv", 1, |i| launch_gemv(i, &mut q_lat))?;
     p.time("rope + absorption (pair)", 2, |i| {
         launch_rope(&mut q_lat, &mut cache)?;
@@ -423,9 +514,15 @@ fn mla_cases(p: &mut Probe, sms: usize) -> Res<()> {
 }
 
 fn main() -> Res<()> {
-    let dir = std::env::args().nth(1).ok_or("usage: chain_probe CUBIN_DIR")?;
+    let dir = std::env::args()
+        .nth(1)
+        .ok_or("usage: chain_probe CUBIN_DIR")?;
     let ctx = CudaContext::new(0)?;
-    let sms = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
+    // SAFETY: every buffer of the probe is allocated, written and used on its one stream, so
+    // cudarc's per-buffer events (which a capture cannot wait on) are not needed.
+    unsafe { ctx.disable_event_tracking() };
+    let sms =
+        ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
     println!("device {} ({sms} SMs)", ctx.name()?);
     let load = |f: &str| -> Res<Arc<CudaModule>> {
         let bytes = std::fs::read(format!("{dir}/{f}"))?;
