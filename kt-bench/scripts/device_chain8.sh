@@ -10,6 +10,8 @@
 #  3. one CUPTI-traced decode of each traced binary (kt-bench/peers/cupti_trace: per-node
 #     timeline of the graph's replays);
 #  4. the GPU test binaries of each variant with KT_REQUIRE_GPU=1.
+# A variant's programmatic dependent launches (the MLA combine) can be turned off with KT_PDL=0:
+# one run of each variant is made so, and a variant whose first run fails is rerun so.
 # Carried in $D: bin.tar.xz with probe/{chain_probe,*.cubin} (optional), <variant>/kt-bench,
 # tests_<variant>/* (stripped) and cupti_trace/; $BASE: the base kt-bench. Results in $OUT/c8/,
 # packed into $OUT/c8.tgz at exit (also when a step is cut short).
@@ -48,16 +50,31 @@ run() { # which tag [env...]
     note "$tag: rc $rc in $((SECONDS - t0)) s; $(grep -oE '"(decode_tokens_per_s|gpu_between_moe_ms|experts_per_moe_layer_ms|dram_gbps)":[^,]*' "$out/$tag.json" | tr '\n' ' ')"
     pack
 }
+# per variant: extra env of its runs (a variant whose first run fails with programmatic
+# dependent launches on is rerun with KT_PDL=0 from then on, and so are its tests)
+declare -A venv
 for r in $(seq 1 "$reps"); do
     [ "$(left)" -gt 150 ] || { note "budget: A/B stopped before round $r"; break; }
-    for v in base $variants; do run "$v" "${v}_$r"; done
+    for v in base $variants; do
+        run "$v" "${v}_$r" ${venv[$v]:-}
+        if [ "$v" != base ] && [ -z "${venv[$v]:-}" ] && ! grep -q decode_tokens_per_s "$out/${v}_$r.json"; then
+            venv[$v]="KT_PDL=0"; note "$v: no result with PDL; KT_PDL=0 from here on"
+            run "$v" "${v}_${r}_nopdl" KT_PDL=0
+        fi
+    done
+done
+# one run of each variant without the programmatic launches (what they add to the stretch)
+for v in $variants; do
+    [ -z "${venv[$v]:-}" ] || continue
+    [ "$(left)" -gt 140 ] || { note "budget: $v without PDL skipped"; continue; }
+    run "$v" "${v}_nopdl" KT_PDL=0
 done
 if so_lib=$(bash "$B/cupti_trace/build.sh" /tmp/kt-cupti 2> "$out/cupti_build.log"); then
     so=$(echo "$so_lib" | head -1); lib=$(echo "$so_lib" | tail -1)
     for v in ${TRACE_WHICH:-$variants}; do
         [ "$(left)" -gt 70 ] || { note "budget: trace $v skipped"; continue; }
         run "$v" "trace_$v" CUDA_INJECTION64_PATH="$so" KT_TRACE_OUT="/tmp/trace_$v.csv" \
-            LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"
+            LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}" ${venv[$v]:-}
         timeout 60 python3 "$B/cupti_trace/analyze.py" "/tmp/trace_$v.csv" --skip 40 --replays 40 \
             > "$out/trace_$v.txt" 2>&1
         grep "per MoE layer\|replay span" "$out/trace_$v.txt" | tee -a "$out/summary.txt"
@@ -72,8 +89,9 @@ for v in $variants; do
         name=$(basename "$t")
         [ "$(left)" -gt 15 ] || { note "test $v/$name: skipped"; continue; }
         t0=$SECONDS
-        KT_REQUIRE_GPU=1 timeout 60 "$t" --test-threads 1 > "$out/tests/${v}_$name.log" 2>&1
+        env ${venv[$v]:-} KT_REQUIRE_GPU=1 timeout 60 "$t" --test-threads 1 > "$out/tests/${v}_$name.log" 2>&1
         note "test $v/$name: rc $? in $((SECONDS - t0)) s; $(grep -E '^test result' "$out/tests/${v}_$name.log" | tail -1)"
+        pack
     done
 done
 rm -f "$gguf"

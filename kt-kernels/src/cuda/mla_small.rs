@@ -9,6 +9,7 @@
 //! the same length compute the same key ranges in the same order, bit for bit.
 
 use std::ffi::c_void;
+use std::sync::OnceLock;
 
 use cudarc::driver::{
     sys, CudaFunction, CudaStream, DevicePtr, DevicePtrMut, DriverError, LaunchConfig,
@@ -119,7 +120,7 @@ impl GpuStream {
             block_dim: (COMBINE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        if self.info.compute_capability.0 < 9 {
+        if self.info.compute_capability.0 < 9 || !programmatic_launch_enabled() {
             let mut b = self.stream.launch_builder(&cf);
             b.arg(&part_o.slice)
                 .arg(&part_lse.slice)
@@ -155,6 +156,14 @@ impl GpuStream {
         unsafe { launch_programmatic(&self.stream, &cf, ccfg, &mut params) }
             .map_err(launch_err(combine, dims))
     }
+}
+
+/// Whether the combine may be launched as a programmatic dependent (compute capability 9.0+):
+/// yes unless the environment sets `KT_PDL=0` (read once; for A/B runs and as a way out on a
+/// driver that refuses such launches).
+fn programmatic_launch_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KT_PDL").map_or(true, |v| v.trim() != "0"))
 }
 
 /// Launches `f` on `stream` with programmatic stream serialization (compute capability 9.0+):
