@@ -16,7 +16,7 @@
 # tests_<variant>/* (stripped) and cupti_trace/; $BASE: the base kt-bench. Results in $OUT/c8/,
 # packed into $OUT/c8.tgz at exit (also when a step is cut short).
 # Env: VARIANTS ("a"), REPS (3), TRACE_WHICH (the variants; add base to trace it too), PROMPT
-# (1024), GEN (128), THREADS (16), BUDGET_S (380).
+# (1024), GEN (128), THREADS (16), BUDGET_S (380), PROBE_ONLY (1: the probe alone, ~30 s).
 set -uo pipefail
 D=${D:-.device-carry/chain8}
 BASE=${BASE:-.device-carry/s8base/kt-bench}
@@ -36,6 +36,7 @@ if [ -x "$B/probe/chain_probe" ]; then
     note "probe: rc $? at ${SECONDS}s"
     pack
 fi
+[ "${PROBE_ONLY:-0}" = 1 ] && exit 0
 gguf=/tmp/kt-v2l.gguf
 timeout 150 "$B/base/kt-bench" gen-gguf --preset deepseek-v2-lite --out "$gguf" --threads "$threads" \
     > "$out/gen.log" 2>&1 || { note "gen-gguf failed"; exit 1; }

@@ -179,7 +179,9 @@ fn entry_cases(p: &mut Probe) -> Res<()> {
     let (n, e, k) = (HIDDEN as i32, EXPERTS as i32, TOP_K as i32);
     let (n_group, topk_group, scoring, group_score, normalize) = (1i32, 1i32, 0i32, 0i32, 0i32);
     let (eps, scale) = (1e-6f32, 1.0f32);
-    let smem = ((HIDDEN + 3 * EXPERTS + 1) * 4) as u32;
+    // the template's layout (the row, the norm's weights, the logits, the routing's scratch);
+    // the session-start kernel uses the first n + 3 e + 1 floats of it
+    let smem = ((2 * HIDDEN + 3 * EXPERTS + 1) * 4) as u32;
     let names = [
         ("old", 8usize),
         ("e8", 8),
