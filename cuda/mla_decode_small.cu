@@ -260,7 +260,9 @@ extern "C" __global__ void __launch_bounds__(kCombineThreads)
     __shared__ float4 acc_s[kW][32];
     __shared__ float red[kW];
     int splits, per;
-    plan(kv_lens[0], max_splits, splits, per); // the host wrote kv_lens before the attention
+    // kv_lens is complete before the wait: the attention kernel (an ordinary launch) started
+    // after whatever wrote it, and lets this kernel start only from its own first instruction
+    plan(kv_lens[0], max_splits, splits, per);
     // launched as a programmatic dependent of the attention kernel: its partials are complete
     // and visible only after this
     kt_wait_prerequisites();

@@ -122,7 +122,10 @@ fn wait_return_matches_add_then_norm_after_the_flag() {
     let eps = 1e-6f32;
     let mut value = 0u32;
     // 4356: past the 16 x 256 elements a thread stages before the flag (the rest is read after)
-    for (ci, &(rows, n)) in [(1usize, 2048usize), (3, 200), (2, 4356)].iter().enumerate() {
+    for (ci, &(rows, n)) in [(1usize, 2048usize), (3, 200), (2, 4356)]
+        .iter()
+        .enumerate()
+    {
         for with_shared in [true, false] {
             let mut rng = SplitMix64::new(5100 + ci as u64 * 2 + with_shared as u64);
             let x: Vec<f32> = random(&mut rng, rows * n, 2.0);

@@ -7,6 +7,10 @@
 //! The split plan depends only on the sequence's length, which the kernels read on the device:
 //! a live batch (a graph replaying one grid, sized for its largest length) and a plain batch of
 //! the same length compute the same key ranges in the same order, bit for bit.
+//!
+//! On compute capability 9.0+ the combine is a programmatic dependent launch of the attention
+//! kernel (its blocks wait on the device for the attention's end instead of being launched after
+//! it: ~0.5 us less per layer in the hybrid decode); `KT_PDL=0` in the environment turns that off.
 
 use std::ffi::c_void;
 use std::sync::OnceLock;
