@@ -108,9 +108,66 @@ __device__ __forceinline__ void kt_load16(const T* __restrict__ p, float (&v)[N]
     for (int i = 0; i < N; ++i) v[i] = kt_to_f32(e[i]);
 }
 
+// Rows of B of at most 16 vectors (k <= 16 V; the MLA query absorption's k = 128 in bf16):
+// with one column per warp, lanes 16..31 would load nothing, and the many small blocks cost
+// more than their loads. Here a warp takes GEMV_SHORT_COLS = 4 columns, two per half-warp, a
+// lane loading one vector of each (both in flight together). Lane l of a half holds what lane
+// l holds in gemv_nt below (the same products in the same order), and the sums skip only the
+// butterfly step that adds the idle lanes' zeros: gemv_nt's results bit for bit. The host
+// sizes the grid for 4 columns per warp when k <= 16 V (kt-kernels/src/cuda/linear.rs).
+constexpr int GEMV_SHORT_COLS = 4;
+template <typename TA, typename TB, typename TO>
+__device__ void gemv_nt_short(const TA* __restrict__ a, const TB* __restrict__ b,
+                              TO* __restrict__ out, GemmNtArgs p) {
+    constexpr int V = 16 / sizeof(TB);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = lane % 16;
+    const int n0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_SHORT_COLS + (lane / 16) * 2;
+    const long long batch = blockIdx.z;
+    const TA* ab = a + p.a_off + batch * p.a_batch;
+    const int k0 = sub * V;
+    const bool k_in = k0 < p.k;
+    float wv[2][V];
+    float acc[2][GEMV_MAX_M] = {};
+#pragma unroll
+    for (int c = 0; c < 2; ++c)
+        if (k_in && n0 + c < p.n)
+            kt_load16<TB, V>(b + batch * p.b_batch + (long long)(n0 + c) * p.b_row + k0, wv[c]);
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_M; ++r) {
+        if (r < p.m && k_in) {
+            float av[V];
+            kt_load16<TA, V>(ab + r * p.a_row + k0, av);
+#pragma unroll
+            for (int c = 0; c < 2; ++c)
+                if (n0 + c < p.n)
+#pragma unroll
+                    for (int i = 0; i < V; ++i) acc[c][r] = fmaf(av[i], wv[c][i], acc[c][r]);
+        }
+    }
+    TO* ob = out + p.o_off + batch * p.o_batch;
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+#pragma unroll
+        for (int r = 0; r < GEMV_MAX_M; ++r) {
+            if (r < p.m) { // uniform over the warp: every lane joins the shuffle
+                float s = acc[c][r];
+#pragma unroll
+                for (int off = 8; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+                if (sub == 0 && n0 + c < p.n) ob[r * p.o_row + n0 + c] = kt_from_f32<TO>(s);
+            }
+        }
+    }
+}
+
 template <typename TA, typename TB, typename TO, bool VEC>
 __device__ void gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b, TO* __restrict__ out,
                         GemmNtArgs p) {
+    if constexpr (VEC) {
+        if (p.k <= 16 * (16 / (int)sizeof(TB))) {
+            gemv_nt_short<TA, TB, TO>(a, b, out, p);
+            return;
+        }
+    }
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int n = blockIdx.x * GEMV_WARPS + warp;
     if (n >= p.n) return; // the whole warp leaves together
@@ -253,27 +310,73 @@ extern "C" __global__ void __launch_bounds__(1024)
 // x[t, :] = (x[t, :] + routed[t, :]) + shared[t, :] (shared may be null: x += routed), rounded
 // as kt_add2_f32 / kt_add_f32 round, then out = the RMSNorm of the new row as
 // kt_rmsnorm_w32_f32 computes it at the same block size (the same per-thread elements and sum
-// order): bit for bit the unfused chain. One block per row, x rows contiguous (n).
-extern "C" __global__ void __launch_bounds__(1024)
+// order): bit for bit the unfused chain. One block of at most KT_RETURN_THREADS threads per
+// row, x rows contiguous (n).
+// Only `routed` depends on the host: while thread 0 waits for the flag, every thread loads its
+// first KT_RETURN_STAGED elements of x, shared and the norm's weights into registers, so after
+// the flag one trip over PCIe (the routed sum) and the block sum remain before the output.
+// Elements past the staged ones (rows longer than KT_RETURN_STAGED x the block) are read after
+// the flag, in the same per-thread order.
+#define KT_RETURN_THREADS 256
+#define KT_RETURN_STAGED 16
+extern "C" __global__ void __launch_bounds__(KT_RETURN_THREADS)
     kt_wait_add2_rmsnorm_w32(const uint32_t* flag, uint32_t value, float* __restrict__ x,
                              const float* routed, const __nv_bfloat16* __restrict__ shared,
                              const float* __restrict__ w, __nv_bfloat16* __restrict__ out, int n,
                              float eps) {
     __shared__ float scratch[32];
-    kt_block_wait_flag(flag, value);
     float* xr = x + (long long)blockIdx.x * n;
+    const __nv_bfloat16* sr = shared != nullptr ? shared + (long long)blockIdx.x * n : nullptr;
+    const int tid = threadIdx.x, bd = blockDim.x;
+    float xv[KT_RETURN_STAGED], sv[KT_RETURN_STAGED], wv[KT_RETURN_STAGED];
+#pragma unroll
+    for (int j = 0; j < KT_RETURN_STAGED; ++j) {
+        const int i = tid + j * bd;
+        if (i < n) {
+            xv[j] = xr[i];
+            sv[j] = sr != nullptr ? __bfloat162float(sr[i]) : 0.0f;
+            wv[j] = w[i];
+        }
+    }
+    kt_block_wait_flag(flag, value);
     // volatile: the host wrote these after the last launch; no cached line may serve them
     const volatile float* rr = routed + (long long)blockIdx.x * n;
-    const __nv_bfloat16* sr = shared != nullptr ? shared + (long long)blockIdx.x * n : nullptr;
+    float rv[KT_RETURN_STAGED];
+#pragma unroll
+    for (int j = 0; j < KT_RETURN_STAGED; ++j) {
+        const int i = tid + j * bd;
+        if (i < n) rv[j] = rr[i];
+    }
     float ss = 0.0f;
-#pragma unroll 8 // the row's loads in flight together (same order of sums)
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+#pragma unroll
+    for (int j = 0; j < KT_RETURN_STAGED; ++j) {
+        const int i = tid + j * bd;
+        if (i < n) {
+            const float s = xv[j] + rv[j];
+            const float v = sr != nullptr ? s + sv[j] : s;
+            xr[i] = v;
+            xv[j] = v;
+            ss += v * v;
+        }
+    }
+#pragma unroll 8
+    for (int i = tid + KT_RETURN_STAGED * bd; i < n; i += bd) {
         const float s = xr[i] + rr[i];
         const float v = sr != nullptr ? s + __bfloat162float(sr[i]) : s;
         xr[i] = v;
         ss += v * v;
     }
-    rms_store<float>(xr, ss, w, out, nullptr, n, eps, scratch);
+    ss = kt_block_sum(ss, scratch);
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    const long long base = (long long)blockIdx.x * n;
+#pragma unroll
+    for (int j = 0; j < KT_RETURN_STAGED; ++j) {
+        const int i = tid + j * bd;
+        if (i < n) out[base + i] = __float2bfloat16_rn(wv[j] * (xv[j] * inv));
+    }
+#pragma unroll 8
+    for (int i = tid + KT_RETURN_STAGED * bd; i < n; i += bd)
+        out[base + i] = __float2bfloat16_rn(w[i] * (xr[i] * inv));
 }
 
 // ---- MLA cache rows --------------------------------------------------------------------

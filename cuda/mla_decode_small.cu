@@ -20,7 +20,9 @@
 //  - output: warp w keeps O[16 rows, 128 w .. 128 w + 127] and adds P V (V = the latents).
 // Tiles are double-buffered with cp.async. Each split writes its normalized partial output and
 // log2-sum-exp (f32); kt_mla_decode_small_combine merges them in a fixed order (always, also
-// for one split), so the result does not depend on timing.
+// for one split), so the result does not depend on timing. On compute capability 9.0+ the host
+// launches the combine as a programmatic dependent of the attention kernel (its blocks are
+// scheduled while the attention runs and wait for its end), which hides the combine's launch.
 #include "include/kt_common.cuh"
 
 #include "include/kt_async.cuh"
@@ -51,6 +53,20 @@ constexpr int kMaxSplits = 1024;
 constexpr int kCombineThreads = 256; // 8 warps over the splits, 32 lanes x 4 columns
 static_assert(kMaxSplits % kCombineThreads == 0, "the combine reads the splits' lse in whole rounds");
 constexpr float kNegInf = -__builtin_huge_valf();
+
+// Programmatic dependent launch (compute capability 9.0+; no-ops below, where the host
+// launches the combine the ordinary way): the attention kernel lets the combine's blocks be
+// scheduled early, the combine waits for the attention grid's completion and its memory.
+__device__ __forceinline__ void kt_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void kt_wait_prerequisites() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 
 __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
@@ -87,6 +103,9 @@ extern "C" __global__ void __launch_bounds__(kThreads)
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int row0 = blockIdx.x * kRows;
+    // the combine (launched as a programmatic dependent) may be scheduled from here on; it
+    // waits for this grid's end before it reads what this grid writes
+    kt_launch_dependents();
     const int g = lane >> 2;         // accumulator rows g and g + 8
     const int qc = 2 * (lane & 3);   // accumulator column pair
 
@@ -241,9 +260,24 @@ extern "C" __global__ void __launch_bounds__(kCombineThreads)
     __shared__ float4 acc_s[kW][32];
     __shared__ float red[kW];
     int splits, per;
+    // kv_lens is complete before the wait: the attention kernel (an ordinary launch) started
+    // after whatever wrote it, and lets this kernel start only from its own first instruction
     plan(kv_lens[0], max_splits, splits, per);
+    // launched as a programmatic dependent of the attention kernel: its partials are complete
+    // and visible only after this
+    kt_wait_prerequisites();
     const int h = blockIdx.x, col0 = 128 * blockIdx.y;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    // the first kPre partials of each warp's splits load beside the lse values (they do not
+    // depend on the weights): one trip to memory instead of two before the sums
+    constexpr int kPre = 8;
+    const float* src = part_o + (size_t)h * kLat + col0 + 4 * lane;
+    float4 pre[kPre];
+#pragma unroll
+    for (int j = 0; j < kPre; ++j) {
+        const int s = warp + j * kW;
+        if (s < splits) pre[j] = *reinterpret_cast<const float4*>(src + (size_t)s * heads * kLat);
+    }
 
     // each thread's lse values stay in registers between the max and the weights
     constexpr int kPer = kMaxSplits / kCombineThreads;
@@ -269,19 +303,25 @@ extern "C" __global__ void __launch_bounds__(kCombineThreads)
     }
     __syncthreads();
 
+    // splits warp, warp + kW, ... in order: the prefetched ones, then the rest
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float wsum = 0.0f;
-    const float* src = part_o + (size_t)h * kLat + col0 + 4 * lane;
-#pragma unroll 4
-    for (int s = warp; s < splits; s += kW) {
+    auto add = [&](int s, const float4 v) {
         const float w = w_s[s];
-        const float4 v = *reinterpret_cast<const float4*>(src + (size_t)s * heads * kLat);
         wsum += w;
         acc.x += w * v.x;
         acc.y += w * v.y;
         acc.z += w * v.z;
         acc.w += w * v.w;
+    };
+#pragma unroll
+    for (int j = 0; j < kPre; ++j) {
+        const int s = warp + j * kW;
+        if (s < splits) add(s, pre[j]);
     }
+#pragma unroll 4
+    for (int s = warp + kPre * kW; s < splits; s += kW)
+        add(s, *reinterpret_cast<const float4*>(src + (size_t)s * heads * kLat));
     acc_s[warp][lane] = acc;
     if (lane == 0) red[warp] = wsum; // every thread read red (the maxima) before the barrier above
     __syncthreads();

@@ -185,68 +185,77 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
 //   x += d; xn, xn32 = RMSNorm(x) * norm_w; logits = router_w xn32; route; pack; raise flag.
 // Every block (KT_ROUTE_THREADS threads) computes the norm of the row itself, as
 // kt_add_rmsnorm_w32 does at the same block size (the same per-thread elements and sum order),
-// keeps it in shared memory, writes its slice of xn / xn32, and each of its warps computes one
-// expert's logit in the order of kt_gemv_nt_v_f32_f32_f32 (lane-strided 4-float steps, fmaf
-// chain, warp butterfly sum); the first KT_ROUTE_PREFETCH steps of the router row are loaded
-// before the norm, which they do not depend on, so their latency hides behind it. The last
-// block to finish (a device counter, reset for the next launch) updates x (every block has
-// read it by then), writes the pack (the row from its shared memory, then the routing of the
-// logits) and raises `flag` to `value`: one system-wide fence per launch. So the outputs
-// equal the three kernels' bit for bit. pack is the device address of page-locked host
-// memory: [n] row, top_k ids, top_k weights. n % 4 == 0 (host-checked). Dynamic shared
-// memory: n + n_experts + 2 n_experts + n_group floats.
+// keeps it in shared memory and writes its slice of xn / xn32; its first EPB warps compute one
+// expert's logit each in the order of kt_gemv_nt_v_f32_f32_f32 (lane-strided 4-float steps,
+// fmaf chain, warp butterfly sum). The first KT_ROUTE_PREFETCH steps of each router row are
+// loaded before the norm, which they do not depend on, so their latency hides behind it; fewer
+// experts per block spread the router's bytes over more multiprocessors (one SM keeps only so
+// many loads in flight). The last block to finish (a device counter, reset for the next
+// launch) routes the logits into the pack and raises `flag` to `value`; only then does it
+// update x (every block has read it by then; nothing on the host side waits for x).
+// SPREAD: each block writes its slice of the pack's row to host memory right after the norm
+// and fences it at system scope before it counts in (the PCIe writes drain while the block
+// computes its logits), so after the ticket only the ids and weights cross PCIe; otherwise
+// the last block writes the whole row from its shared copy. The words are those of the three
+// kernels bit for bit either way. pack is the device address of page-locked host memory: [n]
+// row, top_k ids, top_k weights. n % 4 == 0 (host-checked). Dynamic shared memory (smem): 2 n +
+// n_experts + 2 n_experts + n_group floats.
 #define KT_ROUTE_THREADS 256
 #define KT_ROUTE_PREFETCH 16
-extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS, 1)
-    kt_add_norm_route_signal(float* __restrict__ x, const __nv_bfloat16* __restrict__ d,
-                             const float* __restrict__ norm_w, __nv_bfloat16* __restrict__ xn,
-                             float* __restrict__ xn32, const float* __restrict__ router_w,
-                             float* logits, uint32_t* counter, const float* __restrict__ bias,
-                             uint32_t* __restrict__ pack, int n, float eps, int n_experts,
-                             int top_k, int n_group, int topk_group, int scoring,
-                             int group_score, int normalize, float scale, uint32_t* flag,
-                             uint32_t value) {
-    extern __shared__ float smem[];
+template <int EPB, bool SPREAD>
+__device__ __forceinline__ void add_norm_route_signal(
+    float* __restrict__ x, const __nv_bfloat16* __restrict__ d, const float* __restrict__ norm_w,
+    __nv_bfloat16* __restrict__ xn, float* __restrict__ xn32, const float* __restrict__ router_w,
+    float* logits, uint32_t* counter, const float* __restrict__ bias, uint32_t* __restrict__ pack,
+    int n, float eps, int n_experts, int top_k, int n_group, int topk_group, int scoring,
+    int group_score, int normalize, float scale, uint32_t* flag, uint32_t value, float* smem) {
+    static_assert(EPB >= 1 && EPB <= KT_ROUTE_THREADS / 32, "experts per block: 1 .. warps");
     __shared__ float scratch[32];
     __shared__ bool last;
     float* row = smem;                // the normalized row, f32
-    float* lsm = smem + n;            // the logits, for the routing
+    float* nw = smem + n;             // norm_w
+    float* lsm = nw + n;              // the logits, for the routing
     float* gsm = lsm + n_experts;     // kt_gating_token's scratch (warp 0)
+    float* pack_row = reinterpret_cast<float*>(pack);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int e = blockIdx.x * (KT_ROUTE_THREADS / 32) + warp;
-    const float* wr = router_w + (size_t)(e < n_experts ? e : 0) * n;
+    const int e = blockIdx.x * EPB + warp;
+    const bool has_expert = warp < EPB && e < n_experts;
+    const float* wr = router_w + (size_t)(has_expert ? e : 0) * n;
 
     float4 wpre[KT_ROUTE_PREFETCH];
 #pragma unroll
     for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
         const int k0 = lane * 4 + j * 128;
-        if (e < n_experts && k0 < n) wpre[j] = *reinterpret_cast<const float4*>(wr + k0);
+        if (has_expert && k0 < n) wpre[j] = *reinterpret_cast<const float4*>(wr + k0);
     }
 
+    // x + d and the norm's weights, all loads in flight together, staged in shared memory:
+    // after the block sum the row is scaled without another trip to memory (each thread
+    // touches only its own elements, so no barrier between the passes)
     float ss = 0.0f;
-#pragma unroll 4
+#pragma unroll 8
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = x[i] + __bfloat162float(d[i]);
+        row[i] = v;
+        nw[i] = norm_w[i];
         ss += v * v;
     }
     ss = kt_block_sum(ss, scratch);
     const float inv = 1.0f / sqrtf(ss / (float)n + eps);
-#pragma unroll 4
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float v = x[i] + __bfloat162float(d[i]);
-        row[i] = norm_w[i] * (v * inv);
-    }
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] = nw[i] * (row[i] * inv);
     __syncthreads();
-    // this block's slice of the device outputs that no block reads back
+    // this block's slice of the outputs that no block reads back
     const int per = (n + gridDim.x - 1) / gridDim.x;
     const int lo = blockIdx.x * per, hi = min(n, lo + per);
     for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
         const float y = row[i];
         xn[i] = __float2bfloat16_rn(y);
         xn32[i] = y;
+        if (SPREAD) pack_row[i] = y;
     }
     // one expert per warp, in kt_gemv_nt_v_f32_f32_f32's order
-    if (e < n_experts) {
+    if (has_expert) {
         float acc = 0.0f;
 #pragma unroll
         for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
@@ -271,18 +280,21 @@ extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS, 1)
         const float sum = kt_warp_sum(acc);
         if (lane == 0) logits[e] = sum;
     }
-    // publish the logits (device scope: only the last block reads them), count this block in
-    __threadfence();
+    // publish the logits (device scope: only the last block reads them) and, when spread, the
+    // pack's slice (system scope: the host reads it), then count this block in
+    if (SPREAD) {
+        __threadfence_system();
+    } else {
+        __threadfence();
+    }
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
-    float* pack_row = reinterpret_cast<float*>(pack);
+    if (!SPREAD) {
 #pragma unroll 8
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        x[i] = x[i] + __bfloat162float(d[i]);
-        pack_row[i] = row[i];
+        for (int i = threadIdx.x; i < n; i += blockDim.x) pack_row[i] = row[i];
     }
     for (int i = threadIdx.x; i < n_experts; i += blockDim.x) lsm[i] = __ldcg(logits + i);
     __syncthreads();
@@ -294,4 +306,27 @@ extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS, 1)
     }
     if (threadIdx.x == 0) *counter = 0; // for the next launch, which follows this one
     kt_block_signal_flag(flag, value);
+    // the residual update, after the flag: the host's experts do not wait for it
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] = x[i] + __bfloat162float(d[i]);
 }
+
+// One instantiation per (experts per block, spread) as an extern "C" kernel;
+// kt-kernels/src/cuda/gating.rs launches kt_add_norm_route_signal with KT_ROUTE_EPB.
+#define KT_ADD_NORM_ROUTE_SIGNAL(NAME, EPB, SPREAD)                                                \
+    extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS, 1) NAME(                        \
+        float* __restrict__ x, const __nv_bfloat16* __restrict__ d,                                \
+        const float* __restrict__ norm_w, __nv_bfloat16* __restrict__ xn,                          \
+        float* __restrict__ xn32, const float* __restrict__ router_w, float* logits,               \
+        uint32_t* counter, const float* __restrict__ bias, uint32_t* __restrict__ pack, int n,     \
+        float eps, int n_experts, int top_k, int n_group, int topk_group, int scoring,             \
+        int group_score, int normalize, float scale, uint32_t* flag, uint32_t value) {             \
+        extern __shared__ float smem[];                                                            \
+        add_norm_route_signal<EPB, SPREAD>(x, d, norm_w, xn, xn32, router_w, logits, counter,      \
+                                           bias, pack, n, eps, n_experts, top_k, n_group,          \
+                                           topk_group, scoring, group_score, normalize, scale,     \
+                                           flag, value, smem);                                     \
+    }
+#define KT_ROUTE_EPB 2
+#define KT_ROUTE_SPREAD false
+KT_ADD_NORM_ROUTE_SIGNAL(kt_add_norm_route_signal, KT_ROUTE_EPB, KT_ROUTE_SPREAD)

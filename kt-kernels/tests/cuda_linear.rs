@@ -554,7 +554,8 @@ fn copies_adds_and_casts_are_exact() {
     }
 }
 
-/// The warp-per-column path (m <= GEMV_MAX_M) and its neighbour: 16-byte loads (k and every
+/// The warp-per-column path (m <= GEMV_MAX_M; rows of at most 16 vectors 4 columns per warp)
+/// and its neighbour: 16-byte loads (k and every
 /// stride a multiple of the vector) and scalar loads (odd k, an A offset off the vector
 /// grid), a batch of strided products, output rows wider than n (the gaps stay NaN), and
 /// m = GEMV_MAX_M + 1 on the tiled kernel.
@@ -566,7 +567,16 @@ fn gemm_small_m_paths_match_reference() {
     let s = gpu.stream();
     let max = kt_kernels::cuda::linear::GEMV_MAX_M;
     for m in [1usize, 2, 5, max, max + 1] {
-        for &(n, k) in &[(37usize, 40usize), (37, 41), (257, 1024), (9, 3)] {
+        // k 40 and 128 (MLA's absorption: 16 vectors of bf16) take the 4-columns-per-warp
+        // kernel in bf16, 136 the next size up the warp-per-column one
+        for &(n, k) in &[
+            (37usize, 40usize),
+            (37, 41),
+            (37, 128),
+            (37, 136),
+            (257, 1024),
+            (9, 3),
+        ] {
             let seed = 900 + (m * 31 + n + k) as u64;
             let g = GemmNt {
                 out: Strides {

@@ -22,6 +22,10 @@ const WARPS_PER_BLOCK: usize = 4;
 /// Threads per block of `kt_add_norm_route_signal` (`KT_ROUTE_THREADS`): also the block size
 /// of `add_rmsnorm_w32`, whose sum order it repeats.
 const ROUTE_THREADS: u32 = 256;
+/// Router rows (experts) per block of `kt_add_norm_route_signal` (`KT_ROUTE_EPB`): few, so the
+/// router's bytes stream through many multiprocessors at once (each block also normalizes
+/// the row, which is small).
+const ROUTE_EXPERTS_PER_BLOCK: usize = 2;
 
 /// The kernel's integer parameters for `cfg` (n_group, topk_group, scoring, group score),
 /// after the reference's own validation and the kernel's limits.
@@ -372,8 +376,9 @@ impl GpuStream {
         let [_, _, top_k, n_group, topk_group, scoring, group_score, normalize] = l.ints;
         let n_i =
             i32::try_from(n).map_err(|_| shape(OP, format!("n {n} does not fit in an i32")))?;
-        let blocks = e.div_ceil(ROUTE_THREADS as usize / 32) as u32;
-        let smem = ((n + 3 * e + n_group as usize) * 4) as u32;
+        let blocks = u32::try_from(e.div_ceil(ROUTE_EXPERTS_PER_BLOCK))
+            .map_err(|_| shape(OP, format!("{e} experts exceed the grid")))?;
+        let smem = ((2 * n + 3 * e + n_group as usize) * 4) as u32;
         let kernel = "kt_add_norm_route_signal";
         let f = self.kernels.get_with_smem(&MOE_GATING, kernel, smem)?;
         let (pack_dev, flag_dev) = (pack.device_ptr()?, flag.device_ptr());
@@ -406,8 +411,9 @@ impl GpuStream {
         // SAFETY: the arguments match kt_add_norm_route_signal; the rows, the router, the
         // logits (plan_packed: n_experts) and the pack (one row, ids, weights) have the lengths
         // the kernel indexes (checked), n % 4 == 0 for its 16-byte loads of 16-byte aligned
-        // buffers, the dynamic shared memory holds the row, the logits and the routing's
-        // scratch; the caller's contract covers pack, flag and counter.
+        // buffers, the grid covers the experts at KT_ROUTE_EPB per block, the dynamic shared
+        // memory holds the row, the norm's weights, the logits and the routing's scratch; the
+        // caller's contract covers pack, flag and counter.
         unsafe { b.launch(config) }
             .map(drop)
             .map_err(launch_err(kernel, || format!("n {n}, {cfg:?}")))

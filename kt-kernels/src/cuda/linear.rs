@@ -298,7 +298,9 @@ impl GpuStream {
             ));
         }
         let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
-        let blocks = u32::try_from(g.n.div_ceil(GEMV_COLS))
+        // rows of at most 16 vectors: 4 columns per warp (gemv_nt_short in hybrid_ops.cu)
+        let per_warp = if vec && g.k <= 16 * vb { 4 } else { 1 };
+        let blocks = u32::try_from(g.n.div_ceil(GEMV_COLS * per_warp))
             .map_err(|_| shape("gemm_nt", format!("{g:?}: n too large for one launch")))?;
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, g.batch as u32),
@@ -309,7 +311,8 @@ impl GpuStream {
         b.arg(&a.slice).arg(&w.slice).arg(&mut out.slice).arg(&args);
         // SAFETY: matches kt_gemv_nt_* (a, b, out, GemmNtArgs by value); the caller's check()
         // proved every element of the product inside the buffers, each warp touches only its
-        // column's and the m <= GEMV_MAX_M rows' elements, and the vector kernel runs only
+        // columns' (one, or 4 for short rows; columns past n are skipped) and the
+        // m <= GEMV_MAX_M rows' elements, and the vector kernel runs only
         // when every row start is a multiple of 16 bytes from the (aligned) buffer start.
         unsafe { b.launch(cfg) }
             .map(drop)

@@ -144,6 +144,7 @@ impl HybridModel<'_> {
             router,
             fused: fused.as_ref(),
             timing,
+            side: None,
         };
 
         // long chunks: the routed experts on the GPU, their weights streamed per layer
@@ -242,6 +243,11 @@ pub(super) struct Step<'s> {
     router: &'s RouterConfig,
     fused: Option<&'s FusedMoe>,
     timing: bool,
+    /// A second stream the step may fork work onto that is independent of the main chain
+    /// (the decode graph's capture: the two branches become parallel graph nodes); None:
+    /// everything runs on `s`, in the same order within each branch, so the values are the
+    /// same.
+    side: Option<&'s GpuStream>,
 }
 
 impl<'s> Step<'s> {
@@ -251,6 +257,37 @@ impl<'s> Step<'s> {
         's: 'a,
     {
         Step { s, ..*self }
+    }
+
+    /// This step with `side` to fork independent work onto (see the field).
+    pub(super) fn with_side<'a>(&self, side: &'a GpuStream) -> Step<'a>
+    where
+        's: 'a,
+    {
+        Step {
+            side: Some(side),
+            ..*self
+        }
+    }
+
+    /// The stream for work that may run beside the main chain from here on: the side stream,
+    /// ordered after everything queued on `s` so far, or `s` itself.
+    fn fork(&self) -> HybridResult<&'s GpuStream> {
+        match self.side {
+            Some(side) => {
+                side.wait_event(&self.s.record_event()?)?;
+                Ok(side)
+            }
+            None => Ok(self.s),
+        }
+    }
+
+    /// Orders what comes next on `s` after the work forked onto `branch` ([`Self::fork`]).
+    fn join(&self, branch: &GpuStream) -> HybridResult<()> {
+        if self.side.is_some() {
+            self.s.wait_event(&branch.record_event()?)?;
+        }
+        Ok(())
     }
 
     /// Every layer of the call, one after the other: each MoE layer's GPU half, its routed
@@ -385,11 +422,15 @@ impl<'s> Step<'s> {
         // at the positions (one sequence, pages in order; read on the device so a captured
         // decode step writes each token's row) and the rotated q_pe into the MLA query rows
         // beside q_lat. `q_row`: the elements per token of the buffer the queries are in.
+        // The rope launch is independent of the absorption below (other columns of q_lat):
+        // with a side stream the two run side by side, joined before the attention.
+        let rope;
         let (q, q_row) = match &a.qkv {
             GpuQkv::Stacked(w) => {
                 let qkv = sc.qkv.as_mut().expect("sized for the stacked projection");
                 w.apply(s, &sc.xn, t_n, qkv, &mut ws.gemm)?;
-                s.mla_rope_cache_write_stacked(
+                rope = self.fork()?;
+                rope.mla_rope_cache_write_stacked(
                     qkv,
                     h_n,
                     nope,
@@ -413,7 +454,8 @@ impl<'s> Step<'s> {
                     }
                 }
                 kv_a.apply(s, &sc.xn, t_n, &mut sc.kv, &mut ws.gemm)?;
-                s.mla_rope_cache_write(
+                rope = self.fork()?;
+                rope.mla_rope_cache_write(
                     &sc.q,
                     h_n,
                     nope,
@@ -448,6 +490,7 @@ impl<'s> Step<'s> {
             },
         };
         s.gemm_nt(&absorb, q, &a.k_b, &mut sc.q_lat)?;
+        self.join(rope)?;
         s.mla_attention(
             batch,
             &sc.q_lat,

@@ -18,7 +18,9 @@
 //! embedding row, the position, which is also the cache row and the rope row, the MLA kv length and
 //! split count), launches the graph, and for each MoE layer waits for `ready`, runs the routed
 //! experts and raises `done`. The flags' values are the same every launch, so the graph never
-//! changes.
+//! changes. The capture forks each layer's rope + cache write onto a second stream, so that
+//! launch and the query absorption (independent: other columns of the query rows) are parallel
+//! nodes, joined before the attention; the eager loop runs them one after the other.
 //!
 //! The kernels' arithmetic and inputs are those of the eager loop (the fused gating and return
 //! round and sum as the unfused kernels do; the MLA launch of a live batch reads the split
@@ -64,8 +66,9 @@ pub(crate) struct DecodeGraph {
     done: HostFlag,
     /// The MoE layers in order: the `k`-th (0-based) is released by flag value `k + 1`.
     moe_layers: Vec<usize>,
-    /// The stream it was captured on (kept with the graph).
+    /// The streams it was captured on (kept with the graph).
     _capture: GpuStream,
+    _side: GpuStream,
     /// Where the replays' time went, seen from the host.
     timeline: GraphTimeline,
 }
@@ -107,8 +110,10 @@ impl DecodeGraph {
         };
         let (ready, done) = (gpu.host_flag()?, gpu.host_flag()?);
         let capture = s.new_untracked_stream()?;
+        // the rope + cache write runs on it beside the absorption: parallel graph nodes
+        let side = s.new_untracked_stream()?;
         s.synchronize()?; // every buffer allocated and written before the capture
-        let step = step.on(&capture);
+        let step = step.on(&capture).with_side(&side);
         capture.begin_capture()?;
         let recorded = record(
             &step,
@@ -137,6 +142,7 @@ impl DecodeGraph {
             done,
             moe_layers,
             _capture: capture,
+            _side: side,
             timeline,
         })
     }

@@ -1,0 +1,118 @@
+// Kernels of the chain probe (kt-kernels/examples/chain_probe.rs): cuda/moe_gating.cu as it is,
+// the FFN entry (kt_add_norm_route_signal) in its other configurations, and the entry as it was
+// at the session's start (kt_probe_entry_old, the baseline of the A/B). Compiled by
+// kt-kernels/examples/chain_probe/build.sh (nvcc -cubin, sm_90a), not by build.rs: the probe's
+// variants are no part of the library. The other kernels the probe times are the library's
+// own sources, compiled beside this file by the same script.
+#include "../../../cuda/moe_gating.cu"
+
+// experts per block 8 (8 blocks for 64 experts), 4, 2, 1; row written by the last block or
+// spread over the blocks
+KT_ADD_NORM_ROUTE_SIGNAL(kt_probe_entry_e8, 8, false)
+KT_ADD_NORM_ROUTE_SIGNAL(kt_probe_entry_e8s, 8, true)
+KT_ADD_NORM_ROUTE_SIGNAL(kt_probe_entry_e4, 4, false)
+KT_ADD_NORM_ROUTE_SIGNAL(kt_probe_entry_e4s, 4, true)
+KT_ADD_NORM_ROUTE_SIGNAL(kt_probe_entry_e2, 2, false)
+KT_ADD_NORM_ROUTE_SIGNAL(kt_probe_entry_e2s, 2, true)
+KT_ADD_NORM_ROUTE_SIGNAL(kt_probe_entry_e1, 1, false)
+KT_ADD_NORM_ROUTE_SIGNAL(kt_probe_entry_e1s, 1, true)
+
+// The entry kernel of main at e0c5c5d (x updated before the pack, 8 experts per block).
+extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS, 1)
+    kt_probe_entry_old(float* __restrict__ x, const __nv_bfloat16* __restrict__ d,
+                             const float* __restrict__ norm_w, __nv_bfloat16* __restrict__ xn,
+                             float* __restrict__ xn32, const float* __restrict__ router_w,
+                             float* logits, uint32_t* counter, const float* __restrict__ bias,
+                             uint32_t* __restrict__ pack, int n, float eps, int n_experts,
+                             int top_k, int n_group, int topk_group, int scoring,
+                             int group_score, int normalize, float scale, uint32_t* flag,
+                             uint32_t value) {
+    extern __shared__ float smem[];
+    __shared__ float scratch[32];
+    __shared__ bool last;
+    float* row = smem;                // the normalized row, f32
+    float* lsm = smem + n;            // the logits, for the routing
+    float* gsm = lsm + n_experts;     // kt_gating_token's scratch (warp 0)
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int e = blockIdx.x * (KT_ROUTE_THREADS / 32) + warp;
+    const float* wr = router_w + (size_t)(e < n_experts ? e : 0) * n;
+
+    float4 wpre[KT_ROUTE_PREFETCH];
+#pragma unroll
+    for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
+        const int k0 = lane * 4 + j * 128;
+        if (e < n_experts && k0 < n) wpre[j] = *reinterpret_cast<const float4*>(wr + k0);
+    }
+
+    float ss = 0.0f;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = x[i] + __bfloat162float(d[i]);
+        ss += v * v;
+    }
+    ss = kt_block_sum(ss, scratch);
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = x[i] + __bfloat162float(d[i]);
+        row[i] = norm_w[i] * (v * inv);
+    }
+    __syncthreads();
+    // this block's slice of the device outputs that no block reads back
+    const int per = (n + gridDim.x - 1) / gridDim.x;
+    const int lo = blockIdx.x * per, hi = min(n, lo + per);
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const float y = row[i];
+        xn[i] = __float2bfloat16_rn(y);
+        xn32[i] = y;
+    }
+    // one expert per warp, in kt_gemv_nt_v_f32_f32_f32's order
+    if (e < n_experts) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
+            const int k0 = lane * 4 + j * 128;
+            if (k0 < n) {
+                const float4 av = *reinterpret_cast<const float4*>(row + k0);
+                acc = fmaf(av.x, wpre[j].x, acc);
+                acc = fmaf(av.y, wpre[j].y, acc);
+                acc = fmaf(av.z, wpre[j].z, acc);
+                acc = fmaf(av.w, wpre[j].w, acc);
+            }
+        }
+#pragma unroll 4
+        for (int k0 = lane * 4 + KT_ROUTE_PREFETCH * 128; k0 < n; k0 += 32 * 4) {
+            const float4 wv = *reinterpret_cast<const float4*>(wr + k0);
+            const float4 av = *reinterpret_cast<const float4*>(row + k0);
+            acc = fmaf(av.x, wv.x, acc);
+            acc = fmaf(av.y, wv.y, acc);
+            acc = fmaf(av.z, wv.z, acc);
+            acc = fmaf(av.w, wv.w, acc);
+        }
+        const float sum = kt_warp_sum(acc);
+        if (lane == 0) logits[e] = sum;
+    }
+    // publish the logits (device scope: only the last block reads them), count this block in
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    float* pack_row = reinterpret_cast<float*>(pack);
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        x[i] = x[i] + __bfloat162float(d[i]);
+        pack_row[i] = row[i];
+    }
+    for (int i = threadIdx.x; i < n_experts; i += blockDim.x) lsm[i] = __ldcg(logits + i);
+    __syncthreads();
+    uint32_t* ids = pack + n;
+    float* weights = reinterpret_cast<float*>(ids + top_k);
+    if (warp == 0) {
+        kt_gating_token(gsm, lsm, bias, ids, weights, 0, n_experts, top_k, n_group, topk_group,
+                        scoring, group_score, normalize, scale);
+    }
+    if (threadIdx.x == 0) *counter = 0; // for the next launch, which follows this one
+    kt_block_signal_flag(flag, value);
+}
