@@ -390,20 +390,16 @@ __device__ __forceinline__ void gemv_scale_add(float (&acc)[NT][4][4], const flo
 // sixteen chunks of a row hit different bank groups. Rows past m are zero-filled.
 constexpr int kXsRowBytes = kGroup * 2;
 constexpr int kXsBytes = 16 * kXsRowBytes;
-// Buffers of the x staging ring (rounds in flight: kXsStages - 1). The buffers live in dynamic
-// shared memory, kXsStages * KW * kXsBytes of x then kGvWarps * kXsStages * kBN scales (the
-// host's `xs_smem_bytes` in kt-kernels/src/cuda/w4a16/gemv.rs: 50 KiB at 4 k-ways, past the
-// 48 KiB of static shared memory, which held only two buffers there).
-constexpr int kXsStages = 3;
 
 template <typename T, int KW>
 __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* __restrict__ x,
                                                const uint4* __restrict__ qw, const T* __restrict__ scales,
                                                int M, int N, int K, int nt, bool tile_ok, int kway, int g0,
                                                int g_end) {
-    constexpr int S = kXsStages;
-    extern __shared__ __align__(128) uint8_t xs[]; // gemv_xs_smem_bytes(KW): x, then scales
-    T* const xs_scales = reinterpret_cast<T*>(xs + S * KW * kXsBytes);
+    // Rounds in flight: S - 1 (S buffers), as far as the 48 KiB of static shared memory allow.
+    constexpr int S = KW == 4 ? 2 : 3;
+    __shared__ __align__(128) uint8_t xs[S * KW * kXsBytes];
+    __shared__ __align__(16) T xs_scales[kGvWarps * S * kBN];
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;

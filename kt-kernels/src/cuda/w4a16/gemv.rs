@@ -30,17 +30,6 @@ const MIN_RUN: usize = 8;
 /// rule below, fitted at 1 and 16 rows on an H100 (session 7 and 8 sweeps), picks the best
 /// or a near-best k-ways x slices cell at both.
 const RESIDENT_BLOCKS: usize = 3;
-/// Buffers of the 9-16-row kernels' x staging ring (`kXsStages` in the kernel).
-const XS_STAGES: usize = 3;
-
-/// Dynamic shared memory of the 9-16-row kernels with `k_ways` k-ways (`gemv_stream_xs`):
-/// `XS_STAGES` buffers of one 16-row x 128 group of x (2-byte values) per k-way, then each
-/// warp's scales of its 64 columns per buffer. 50 KiB at 4 k-ways.
-fn xs_smem_bytes(k_ways: usize) -> u32 {
-    let x = XS_STAGES * k_ways * 16 * GROUP * 2;
-    let scales = WARPS * XS_STAGES * TILE_N * 2;
-    (x + scales) as u32
-}
 
 /// How the small-m kernel is cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,17 +189,12 @@ impl GpuStream {
             ));
         }
         let kernel = plan.kernel::<T>();
-        let smem = if plan.token_tiles > 1 {
-            xs_smem_bytes(plan.k_ways)
-        } else {
-            0
-        };
-        let f = self.kernels.get_with_smem(&W4A16_GEMM, &kernel, smem)?;
+        let f = self.kernels.get(&W4A16_GEMM, &kernel)?;
         let dims = || format!("m {m}, n {n}, k {k}, {plan:?}");
         let cfg = LaunchConfig {
             grid_dim: ((plan.column_groups * plan.slices) as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: smem,
+            shared_mem_bytes: 0,
         };
         let (mi, ni, ki) = (m as i32, n as i32, k as i32);
         let steps = (plan.groups_per_slice * GROUP / 16) as i32;
