@@ -163,7 +163,11 @@ fn gemv_plan_sizes_blocks_and_slices() {
         );
         // Dense out: the same with 144 groups (12 per warp in 3 slices).
         let p = plan(m, 7168, 18432);
-        assert_eq!((p.k_ways, p.slices), (4, if m > 8 { 3 } else { 2 }), "{p:?}");
+        assert_eq!(
+            (p.k_ways, p.slices),
+            (4, if m > 8 { 3 } else { 2 }),
+            "{p:?}"
+        );
         // q_b: 384 tiles of 12 groups; a block per tile fits in one wave.
         let p = plan(m, 24576, 1536);
         assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 384), "{p:?}");
