@@ -85,9 +85,11 @@ impl GemvPlan {
     /// k-ways are halved (session 7, when the 16-row kernel fit two blocks per multiprocessor:
     /// dense in 288 blocks 48.8 us, 576 44.3; q_b_proj 384 blocks 16.6 us, 192 of two tiles
     /// 14.9). Past 8 rows the slices grow to what one wave of resident blocks holds where
-    /// every warp keeps `MIN_RUN` groups (o_proj and dense out: 3 instead of 2; timed in
-    /// the session-8 sweep, `bench-results/2026-11-22-s8-w4a16s8b/`). `force_slices`
-    /// overrides the slice count (clamped as in [`Self::with`]).
+    /// every warp keeps `MIN_RUN` groups (o_proj and dense out: 3 instead of 2; session-8
+    /// sweep at 16 rows, `bench-results/2026-11-22-s8-w4a16s8b/`: dense out 29.4 vs 29.8 us,
+    /// o_proj 27.1-27.3 either way; at 1 row 3 slices were 1-2% faster too, but 2-8 rows
+    /// were not timed, so m <= 8 keeps its rule). `force_slices` overrides the slice count
+    /// (clamped as in [`Self::with`]).
     pub fn choose(
         m: usize,
         n: usize,
