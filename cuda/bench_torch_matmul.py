@@ -3,7 +3,10 @@ DeepSeek-V3 shapes as a plain fp16 matmul through PyTorch (cuBLAS),
 out[m, n] = x[m, k] @ W[n, k]^T, timed the same two ways: `hot` (5 warm-ups, CUDA events
 around 100 back-to-back calls of one shape) and `cold` (the seven shapes in turn, an event
 between consecutive calls, 20 rounds after one warm-up round). Also the device-to-device
-copy bandwidth, the HBM reference for the GB/s figures. Run on the GPU machine."""
+copy bandwidth, the HBM reference for the GB/s figures. Run on the GPU machine.
+`KT_W4A16_TOKENS=1,16` limits the token counts, as for the kt example."""
+import os
+
 import torch
 
 SHAPES = [
@@ -16,6 +19,8 @@ SHAPES = [
     ("dense_down", 7168, 18432),
 ]
 TOKENS = (1, 2, 4, 8, 16, 64, 128)
+if os.environ.get("KT_W4A16_TOKENS"):
+    TOKENS = tuple(int(t) for t in os.environ["KT_W4A16_TOKENS"].split(","))
 
 
 def line(kind, name, m, n, k, us):

@@ -50,6 +50,12 @@ __device__ __forceinline__ void cp_async16_if(uint32_t dst, const void* src, boo
     asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n"
                  " @p cp.async.cg.shared.global [%0], [%1], 16;\n}\n" ::"r"(dst), "l"(src), "r"((int)pred));
 }
+// A 16-byte async copy of src_bytes (the rest zero-filled) issued only if `pred`.
+__device__ __forceinline__ void cp_async16_zfill_if(uint32_t dst, const void* src, int src_bytes, bool pred) {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n"
+                 " @p cp.async.cg.shared.global [%0], [%1], 16, %2;\n}\n" ::"r"(dst), "l"(src), "r"(src_bytes),
+                 "r"((int)pred));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
@@ -408,24 +414,32 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
     const uint32_t x_base = smem_addr(xs);
     const uint32_t x_st = x_base + r0 * kXsRowBytes + ((ch ^ r0) << 4);
     const int hi_bytes = r0 + 8 < M ? 16 : 0;
-    const T* x_lo = x + (size_t)r0 * K + (size_t)g0 * kGroup + ch * 8;
-    const T* x_hi = hi_bytes ? x_lo + (size_t)8 * K : x_lo; // a valid address either way
+    // The next round to stage: its x rows (the high row a valid address even past m), the
+    // warp's scales and how many of the slice's groups are left from it on. The staging
+    // advances these by one round per call, so that a round's copies cost one predicate and
+    // one 16-byte copy each, at immediate offsets from two pointers (indexing by the round
+    // made ptxas rebuild every 64-bit address each round: 639 SASS instructions per round at
+    // 4 k-ways in f16 then, 552 now).
+    const T* xn_lo = x + (size_t)r0 * K + (size_t)g0 * kGroup + ch * 8;
+    const T* xn_hi = hi_bytes ? xn_lo + (size_t)8 * K : xn_lo;
+    const T* sn = scales + (size_t)(g0 + kway) * N + nt * kBN + (lane & 7) * 8;
+    int left = g_end - g0;
     T* const ss = xs_scales + warp * S * kBN;
-    const T* s_lane = scales + (size_t)(g0 + kway) * N + nt * kBN + (lane & 7) * 8;
+    const uint32_t ss_st = smem_addr(ss + (lane & 7) * 8);
     const bool s_copier = lane < 8 && tile_ok;
-    // Issues round rr's copies into buffer `buf`.
-    auto stage = [&](int rr, int buf) {
+    // Issues the next round's copies into buffer `buf`.
+    auto stage = [&](int buf) {
+        const uint32_t d = x_st + buf * (KW * kXsBytes);
 #pragma unroll
         for (int j = 0; j < KW; ++j) {
-            if (g0 + rr * KW + j < g_end) {
-                const uint32_t d = x_st + (buf * KW + j) * kXsBytes;
-                const size_t off = (size_t)(rr * KW + j) * kGroup;
-                cp_async16(d, x_lo + off, 16);
-                cp_async16(d + 8 * kXsRowBytes, x_hi + off, hi_bytes);
-            }
+            cp_async16_if(d + j * kXsBytes, xn_lo + j * kGroup, j < left);
+            cp_async16_zfill_if(d + j * kXsBytes + 8 * kXsRowBytes, xn_hi + j * kGroup, hi_bytes, j < left);
         }
-        cp_async16_if(smem_addr(ss + buf * kBN + (lane & 7) * 8), s_lane + (size_t)rr * KW * N,
-                      s_copier && g0 + rr * KW + kway < g_end);
+        cp_async16_if(ss_st + buf * (kBN * (int)sizeof(T)), sn, s_copier && kway < left);
+        xn_lo += KW * kGroup;
+        xn_hi += KW * kGroup;
+        sn += (size_t)KW * N;
+        left -= KW;
     };
     // This lane's ldmatrix row for k step u of a group is at x_ld ^ 32 u from the group's
     // place: matrix l / 8 is rows 8 (l / 16) .. + 7 at k chunk 2 u + l / 8 % 2, lane l gives
@@ -442,7 +456,7 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
     wf += kWStride;
 #pragma unroll
     for (int rr = 0; rr < S - 1; ++rr) {
-        if (rr < rounds) stage(rr, rr);
+        if (rr < rounds) stage(rr);
         cp_async_commit(); // empty groups keep the wait count uniform
     }
 
@@ -450,7 +464,7 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
     for (int rr = 0; rr < rounds; ++rr, buf = buf == S - 1 ? 0 : buf + 1) {
         cp_async_wait<S - 2>();
         __syncthreads(); // round rr landed for all; every warp is done with round rr - 1's buffer
-        if (rr + S - 1 < rounds) stage(rr + S - 1, buf == 0 ? S - 1 : buf - 1);
+        if (rr + S - 1 < rounds) stage(buf == 0 ? S - 1 : buf - 1);
         cp_async_commit();
         const int gw = g0 + rr * KW + kway;
         if (!tile_ok || gw >= g_end) continue; // nothing of this warp's in this round

@@ -156,7 +156,7 @@ fn main() {
             for (i, c) in cases.iter().enumerate() {
                 let (x, out) = (&xs[i], &mut outs[i]);
                 for k_ways in GemvPlan::K_WAYS {
-                    for slices in [1usize, 2, 4, 8, 16, 32] {
+                    for slices in [1usize, 2, 3, 4, 6, 8, 16, 32] {
                         if slices > c.k / GROUP {
                             break;
                         }

@@ -149,14 +149,23 @@ fn gemm_plan_fills_one_wave_with_nonempty_splits() {
 fn gemv_plan_sizes_blocks_and_slices() {
     let sms = 132;
     let plan = |m, n, k| GemvPlan::choose(m, n, k, sms, None).unwrap();
-    // The same plans at 1 and at 9-16 rows (3 blocks per multiprocessor either way).
+    // The same plans at 1 and at 9-16 rows (3 blocks per multiprocessor either way), but
+    // for the slices past 8 rows that fill one wave.
     for m in [1, 9, 16] {
         // o_proj: 112 tiles of 128 groups, one per block (4 k-ways); 2 slices give a block
-        // per multiprocessor and still 16 groups per warp.
+        // per multiprocessor and still 16 groups per warp; past 8 rows 3 (336 of the 396
+        // resident blocks, 10-11 groups per warp).
         let p = plan(m, 7168, 16384);
         assert_eq!(
             (p.k_ways, p.slices, p.column_groups, p.token_tiles),
-            (4, 2, 112, m.div_ceil(8)),
+            (4, if m > 8 { 3 } else { 2 }, 112, m.div_ceil(8)),
+            "{p:?}"
+        );
+        // Dense out: the same with 144 groups (12 per warp in 3 slices).
+        let p = plan(m, 7168, 18432);
+        assert_eq!(
+            (p.k_ways, p.slices),
+            (4, if m > 8 { 3 } else { 2 }),
             "{p:?}"
         );
         // q_b: 384 tiles of 12 groups; a block per tile fits in one wave.

@@ -84,7 +84,12 @@ impl GemvPlan {
     /// alone, so there k is cut in two where every warp keeps `MIN_RUN / 2` groups, else the
     /// k-ways are halved (session 7, when the 16-row kernel fit two blocks per multiprocessor:
     /// dense in 288 blocks 48.8 us, 576 44.3; q_b_proj 384 blocks 16.6 us, 192 of two tiles
-    /// 14.9). `force_slices` overrides the slice count (clamped as in [`Self::with`]).
+    /// 14.9). Past 8 rows the slices grow to what one wave of resident blocks holds where
+    /// every warp keeps `MIN_RUN` groups (o_proj and dense out: 3 instead of 2; session-8
+    /// sweep at 16 rows, `bench-results/2026-11-22-s8-w4a16s8b/`: dense out 29.4 vs 29.8 us,
+    /// o_proj 27.1-27.3 either way; at 1 row 3 slices were 1-2% faster too, but 2-8 rows
+    /// were not timed, so m <= 8 keeps its rule). `force_slices` overrides the slice count
+    /// (clamped as in [`Self::with`]).
     pub fn choose(
         m: usize,
         n: usize,
@@ -110,7 +115,7 @@ impl GemvPlan {
         }
         let column_groups = tiles.div_ceil(WARPS / k_ways);
         let slices = force_slices.unwrap_or_else(|| {
-            min_slices.max(if 2 * column_groups < multiprocessors {
+            let s = min_slices.max(if 2 * column_groups < multiprocessors {
                 (2 * multiprocessors)
                     .div_ceil(column_groups)
                     .min(groups / k_ways)
@@ -121,7 +126,15 @@ impl GemvPlan {
                 } else {
                     1
                 }
-            })
+            });
+            // Past 8 rows: as many slices as one wave of resident blocks holds, where every
+            // warp keeps a run of MIN_RUN groups.
+            let wave = resident / column_groups;
+            if m > 8 && wave > s && groups / (wave * k_ways) >= MIN_RUN {
+                wave
+            } else {
+                s
+            }
         });
         Self::with(m, n, k, k_ways, slices)
     }
