@@ -9,6 +9,8 @@
 #include "include/kt_common.cuh"
 #include "include/kt_host_flag.cuh"
 
+#include <cooperative_groups.h>
+
 #define KT_GATING_WARPS 4
 // Host-checked limits: n_experts <= 512 (32 lanes x 16 bits of a lane's taken mask),
 // n_group <= 64 (bits of the allowed-groups mask), top_k <= 32 (one pick per lane).
@@ -202,6 +204,97 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
 // n_experts + 2 n_experts + n_group floats.
 #define KT_ROUTE_THREADS 256
 #define KT_ROUTE_PREFETCH 16
+
+// The entry's first part, shared by its variants: loads the first KT_ROUTE_PREFETCH steps of
+// router row `wr` (when `has_expert`; they do not depend on the norm, so their latency hides
+// behind it), then x + d and the norm's weights (all loads in flight together, staged in
+// shared memory: after the block sum the row is scaled without another trip to memory; each
+// thread touches only its own elements, so no barrier between the passes) into row = the
+// normalized row (f32, shared, `nw` beside it), then writes the slice [lo, hi) of xn / xn32
+// (and of the pack's row when `pack_row` is not null). Ends with the block's threads past a
+// barrier after the row is complete.
+__device__ __forceinline__ void route_entry_norm(
+    const float* __restrict__ x, const __nv_bfloat16* __restrict__ d,
+    const float* __restrict__ norm_w, __nv_bfloat16* __restrict__ xn, float* __restrict__ xn32,
+    float* pack_row, const float* __restrict__ wr, bool has_expert, int n, float eps, int lo,
+    int hi, float* row, float* nw, float* scratch, float4 (&wpre)[KT_ROUTE_PREFETCH]) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
+        const int k0 = lane * 4 + j * 128;
+        if (has_expert && k0 < n) wpre[j] = *reinterpret_cast<const float4*>(wr + k0);
+    }
+    float ss = 0.0f;
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = x[i] + __bfloat162float(d[i]);
+        row[i] = v;
+        nw[i] = norm_w[i];
+        ss += v * v;
+    }
+    ss = kt_block_sum(ss, scratch);
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] = nw[i] * (row[i] * inv);
+    __syncthreads();
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const float y = row[i];
+        xn[i] = __float2bfloat16_rn(y);
+        xn32[i] = y;
+        if (pack_row) pack_row[i] = y;
+    }
+}
+
+// One router row's logit by one warp in kt_gemv_nt_v_f32_f32_f32's order (lane-strided
+// 4-float steps, fmaf chain, warp butterfly sum); the first KT_ROUTE_PREFETCH steps come from
+// `wpre` when `pre` (loaded by route_entry_norm), the rest from `wr`. Every lane gets the sum.
+__device__ __forceinline__ float route_entry_logit(const float* __restrict__ wr,
+                                                   const float* row, int n, bool pre,
+                                                   const float4 (&wpre)[KT_ROUTE_PREFETCH]) {
+    const int lane = threadIdx.x & 31;
+    float acc = 0.0f;
+#pragma unroll
+    for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
+        const int k0 = lane * 4 + j * 128;
+        if (k0 < n) {
+            const float4 wv = pre ? wpre[j] : *reinterpret_cast<const float4*>(wr + k0);
+            const float4 av = *reinterpret_cast<const float4*>(row + k0);
+            acc = fmaf(av.x, wv.x, acc);
+            acc = fmaf(av.y, wv.y, acc);
+            acc = fmaf(av.z, wv.z, acc);
+            acc = fmaf(av.w, wv.w, acc);
+        }
+    }
+#pragma unroll 4
+    for (int k0 = lane * 4 + KT_ROUTE_PREFETCH * 128; k0 < n; k0 += 32 * 4) {
+        const float4 wv = *reinterpret_cast<const float4*>(wr + k0);
+        const float4 av = *reinterpret_cast<const float4*>(row + k0);
+        acc = fmaf(av.x, wv.x, acc);
+        acc = fmaf(av.y, wv.y, acc);
+        acc = fmaf(av.z, wv.z, acc);
+        acc = fmaf(av.w, wv.w, acc);
+    }
+    return kt_warp_sum(acc);
+}
+
+// The decode graph's whole FFN entry of a MoE layer for one token, one launch instead of three
+// (kt_add_rmsnorm_w32_bf16, the router's kt_gemv_nt_v_f32_f32_f32, kt_moe_gating_packed_signal):
+//   x += d; xn, xn32 = RMSNorm(x) * norm_w; logits = router_w xn32; route; pack; raise flag.
+// Every block (KT_ROUTE_THREADS threads) computes the norm of the row itself, as
+// kt_add_rmsnorm_w32 does at the same block size (the same per-thread elements and sum order),
+// keeps it in shared memory and writes its slice of xn / xn32; its first EPB warps compute one
+// expert's logit each (route_entry_logit); fewer experts per block spread the router's bytes
+// over more multiprocessors (one SM keeps only so many loads in flight). The last block to
+// finish (a device counter, reset for the next launch) routes the logits into the pack and
+// raises `flag` to `value`; only then does it update x (every block has read it by then;
+// nothing on the host side waits for x).
+// SPREAD: each block writes its slice of the pack's row to host memory right after the norm
+// and fences it at system scope before it counts in (the PCIe writes drain while the block
+// computes its logits), so after the ticket only the ids and weights cross PCIe; otherwise
+// the last block writes the whole row from its shared copy. The words are those of the three
+// kernels bit for bit either way. pack is the device address of page-locked host memory: [n]
+// row, top_k ids, top_k weights. n % 4 == 0 (host-checked). Dynamic shared memory (smem): 2 n +
+// n_experts + 2 n_experts + n_group floats.
 template <int EPB, bool SPREAD>
 __device__ __forceinline__ void add_norm_route_signal(
     float* __restrict__ x, const __nv_bfloat16* __restrict__ d, const float* __restrict__ norm_w,
@@ -217,68 +310,19 @@ __device__ __forceinline__ void add_norm_route_signal(
     float* lsm = nw + n;              // the logits, for the routing
     float* gsm = lsm + n_experts;     // kt_gating_token's scratch (warp 0)
     float* pack_row = reinterpret_cast<float*>(pack);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int warp = threadIdx.x >> 5;
     const int e = blockIdx.x * EPB + warp;
     const bool has_expert = warp < EPB && e < n_experts;
     const float* wr = router_w + (size_t)(has_expert ? e : 0) * n;
-
-    float4 wpre[KT_ROUTE_PREFETCH];
-#pragma unroll
-    for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
-        const int k0 = lane * 4 + j * 128;
-        if (has_expert && k0 < n) wpre[j] = *reinterpret_cast<const float4*>(wr + k0);
-    }
-
-    // x + d and the norm's weights, all loads in flight together, staged in shared memory:
-    // after the block sum the row is scaled without another trip to memory (each thread
-    // touches only its own elements, so no barrier between the passes)
-    float ss = 0.0f;
-#pragma unroll 8
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float v = x[i] + __bfloat162float(d[i]);
-        row[i] = v;
-        nw[i] = norm_w[i];
-        ss += v * v;
-    }
-    ss = kt_block_sum(ss, scratch);
-    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
-#pragma unroll 8
-    for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] = nw[i] * (row[i] * inv);
-    __syncthreads();
     // this block's slice of the outputs that no block reads back
     const int per = (n + gridDim.x - 1) / gridDim.x;
     const int lo = blockIdx.x * per, hi = min(n, lo + per);
-    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        const float y = row[i];
-        xn[i] = __float2bfloat16_rn(y);
-        xn32[i] = y;
-        if (SPREAD) pack_row[i] = y;
-    }
-    // one expert per warp, in kt_gemv_nt_v_f32_f32_f32's order
+    float4 wpre[KT_ROUTE_PREFETCH];
+    route_entry_norm(x, d, norm_w, xn, xn32, SPREAD ? pack_row : nullptr, wr, has_expert, n, eps,
+                     lo, hi, row, nw, scratch, wpre);
     if (has_expert) {
-        float acc = 0.0f;
-#pragma unroll
-        for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
-            const int k0 = lane * 4 + j * 128;
-            if (k0 < n) {
-                const float4 av = *reinterpret_cast<const float4*>(row + k0);
-                acc = fmaf(av.x, wpre[j].x, acc);
-                acc = fmaf(av.y, wpre[j].y, acc);
-                acc = fmaf(av.z, wpre[j].z, acc);
-                acc = fmaf(av.w, wpre[j].w, acc);
-            }
-        }
-#pragma unroll 4
-        for (int k0 = lane * 4 + KT_ROUTE_PREFETCH * 128; k0 < n; k0 += 32 * 4) {
-            const float4 wv = *reinterpret_cast<const float4*>(wr + k0);
-            const float4 av = *reinterpret_cast<const float4*>(row + k0);
-            acc = fmaf(av.x, wv.x, acc);
-            acc = fmaf(av.y, wv.y, acc);
-            acc = fmaf(av.z, wv.z, acc);
-            acc = fmaf(av.w, wv.w, acc);
-        }
-        const float sum = kt_warp_sum(acc);
-        if (lane == 0) logits[e] = sum;
+        const float sum = route_entry_logit(wr, row, n, true, wpre);
+        if ((threadIdx.x & 31) == 0) logits[e] = sum;
     }
     // publish the logits (device scope: only the last block reads them) and, when spread, the
     // pack's slice (system scope: the host reads it), then count this block in
@@ -330,3 +374,88 @@ __device__ __forceinline__ void add_norm_route_signal(
 #define KT_ROUTE_EPB 2
 #define KT_ROUTE_SPREAD false
 KT_ADD_NORM_ROUTE_SIGNAL(kt_add_norm_route_signal, KT_ROUTE_EPB, KT_ROUTE_SPREAD)
+
+// The FFN entry as one thread-block cluster of CL blocks (sm_90): the same words as
+// kt_add_norm_route_signal bit for bit (route_entry_norm / route_entry_logit per block and
+// warp), without its ticket: each warp's logits go straight into the shared memory of the
+// cluster's block 0 (distributed shared memory), one cluster barrier (release / acquire at
+// cluster scope) replaces the global fence, the counter's atomic round trip and the logits'
+// reload. Block 0 writes the pack's row from its own copy right after the norm (the PCIe
+// writes drain while it computes its logits and waits), then routes and raises the flag. Warp
+// w of block b takes experts b * warps + w + k * (CL * warps). Every block has read x before
+// the barrier, so after it each block adds d into its own slice of x (block 0 after the flag).
+// Launched with exactly CL blocks (the compile-time cluster shape; above 8 the function needs
+// the non-portable cluster size attribute); `counter` is not used (the ticket
+// kernel's parameters; the logits are also written to `logits`, which nothing waits for).
+// Dynamic shared memory: as kt_add_norm_route_signal.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+template <int CL>
+__device__ __forceinline__ void add_norm_route_signal_cluster(
+    float* __restrict__ x, const __nv_bfloat16* __restrict__ d, const float* __restrict__ norm_w,
+    __nv_bfloat16* __restrict__ xn, float* __restrict__ xn32, const float* __restrict__ router_w,
+    const float* __restrict__ bias, uint32_t* __restrict__ pack, int n, float eps, int n_experts,
+    int top_k, int n_group, int topk_group, int scoring, int group_score, int normalize,
+    float scale, uint32_t* flag, uint32_t value, float* logits, float* smem) {
+    __shared__ float scratch[32];
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    const int rank = (int)cluster.block_rank();
+    float* row = smem;            // the normalized row, f32
+    float* nw = smem + n;         // norm_w
+    float* lsm = nw + n;          // the logits (block 0's are the ones routed)
+    float* gsm = lsm + n_experts; // kt_gating_token's scratch (warp 0)
+    float* lsm0 = cluster.map_shared_rank(lsm, 0);
+    float* pack_row = reinterpret_cast<float*>(pack);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int warps = KT_ROUTE_THREADS / 32;
+    const int first = rank * warps + warp, stride = CL * warps;
+    const bool has_expert = first < n_experts;
+    const float* wr0 = router_w + (size_t)(has_expert ? first : 0) * n;
+    const int per = (n + CL - 1) / CL;
+    const int lo = rank * per, hi = min(n, lo + per);
+    float4 wpre[KT_ROUTE_PREFETCH];
+    route_entry_norm(x, d, norm_w, xn, xn32, nullptr, wr0, has_expert, n, eps, lo, hi, row, nw,
+                     scratch, wpre);
+    if (rank == 0) {
+#pragma unroll 8
+        for (int i = threadIdx.x; i < n; i += blockDim.x) pack_row[i] = row[i];
+    }
+    for (int e = first; e < n_experts; e += stride) {
+        const float sum = route_entry_logit(router_w + (size_t)e * n, row, n, e == first, wpre);
+        if (lane == 0) {
+            lsm0[e] = sum;
+            logits[e] = sum;
+        }
+    }
+    cluster.sync();
+    if (rank == 0) {
+        uint32_t* ids = pack + n;
+        float* weights = reinterpret_cast<float*>(ids + top_k);
+        if (warp == 0) {
+            kt_gating_token(gsm, lsm, bias, ids, weights, 0, n_experts, top_k, n_group,
+                            topk_group, scoring, group_score, normalize, scale);
+        }
+        kt_block_signal_flag(flag, value);
+    }
+    // the residual update of this block's slice (after the flag in block 0)
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) x[i] = x[i] + __bfloat162float(d[i]);
+}
+#define KT_ADD_NORM_ROUTE_SIGNAL_CLUSTER(NAME, CL)                                                 \
+    extern "C" __global__ void __cluster_dims__(CL, 1, 1)                                         \
+        __launch_bounds__(KT_ROUTE_THREADS, 1) NAME(                                               \
+            float* __restrict__ x, const __nv_bfloat16* __restrict__ d,                            \
+            const float* __restrict__ norm_w, __nv_bfloat16* __restrict__ xn,                      \
+            float* __restrict__ xn32, const float* __restrict__ router_w, float* logits,           \
+            uint32_t* counter, const float* __restrict__ bias, uint32_t* __restrict__ pack,        \
+            int n, float eps, int n_experts, int top_k, int n_group, int topk_group, int scoring,  \
+            int group_score, int normalize, float scale, uint32_t* flag, uint32_t value) {         \
+        (void)counter;                                                                             \
+        extern __shared__ float smem[];                                                            \
+        add_norm_route_signal_cluster<CL>(x, d, norm_w, xn, xn32, router_w, bias, pack, n, eps,    \
+                                          n_experts, top_k, n_group, topk_group, scoring,          \
+                                          group_score, normalize, scale, flag, value, logits,      \
+                                          smem);                                                   \
+    }
+KT_ADD_NORM_ROUTE_SIGNAL_CLUSTER(kt_add_norm_route_signal_cluster, 8)
+KT_ADD_NORM_ROUTE_SIGNAL_CLUSTER(kt_add_norm_route_signal_cluster16, 16)
+#endif
