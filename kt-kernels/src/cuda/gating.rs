@@ -27,19 +27,6 @@ const ROUTE_THREADS: u32 = 256;
 /// the row, which is small).
 const ROUTE_EXPERTS_PER_BLOCK: usize = 2;
 
-/// Which FFN entry kernel runs: `KT_ENTRY=cluster` (8 blocks) or `cluster16` (16) in the
-/// environment picks `kt_add_norm_route_signal_cluster[16]` (one thread-block cluster, sm_90),
-/// else the ticket kernel. Read once; for the A/B of the entry kernels on an sm_90 device.
-/// Returns the cluster's blocks (0: the ticket kernel).
-fn entry_cluster() -> u32 {
-    static ON: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| match std::env::var("KT_ENTRY").as_deref().map(str::trim) {
-        Ok("cluster") => 8,
-        Ok("cluster16") => 16,
-        _ => 0,
-    })
-}
-
 /// The kernel's integer parameters for `cfg` (n_group, topk_group, scoring, group score),
 /// after the reference's own validation and the kernel's limits.
 fn kernel_params(cfg: &RouterConfig, has_bias: bool) -> CudaResult<[i32; 4]> {
@@ -392,20 +379,8 @@ impl GpuStream {
         let blocks = u32::try_from(e.div_ceil(ROUTE_EXPERTS_PER_BLOCK))
             .map_err(|_| shape(OP, format!("{e} experts exceed the grid")))?;
         let smem = ((2 * n + 3 * e + n_group as usize) * 4) as u32;
-        let cluster = entry_cluster();
-        let (kernel, blocks) = match cluster {
-            8 => ("kt_add_norm_route_signal_cluster", cluster),
-            16 => ("kt_add_norm_route_signal_cluster16", cluster),
-            _ => ("kt_add_norm_route_signal", blocks),
-        };
+        let kernel = "kt_add_norm_route_signal";
         let f = self.kernels.get_with_smem(&MOE_GATING, kernel, smem)?;
-        if cluster > 8 {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
-                1,
-            )
-            .map_err(launch_err(kernel, || "non-portable cluster size".to_string()))?;
-        }
         let (pack_dev, flag_dev) = (pack.device_ptr()?, flag.device_ptr());
         let null: u64 = 0;
         let e_i = e as i32;
