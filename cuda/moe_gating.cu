@@ -16,6 +16,33 @@
 enum { KT_SCORE_SOFTMAX = 0, KT_SCORE_SIGMOID = 1 };
 enum { KT_GROUP_MAX = 0, KT_GROUP_TOP2_SUM = 1 };
 
+// kt_argmax_better's order as one unsigned key (larger = better; equal keys: the lower index
+// wins, as there): numbers map monotonically above 0 (-0 as +0, so they tie as they compare),
+// NaN to 0, below every number.
+__device__ __forceinline__ uint32_t kt_argmax_key(float v) {
+    if (v != v) return 0u;
+    const uint32_t b = __float_as_uint(v == 0.0f ? 0.0f : v);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// The best (largest key, then lowest index) of a lane's candidates: experts lane + 32 s for
+// the set bits s of `avail`, in ascending order; (0, UINT32_MAX) when none is left, which
+// loses against every candidate (a NaN one has key 0 and a lower index).
+__device__ __forceinline__ void kt_lane_best(const uint32_t* keys, uint32_t avail, int lane,
+                                             uint32_t& best_key, uint32_t& best_i) {
+    best_key = 0u;
+    best_i = 0xffffffffu;
+    while (avail) {
+        const uint32_t e = (uint32_t)lane + 32u * (uint32_t)(__ffs(avail) - 1);
+        avail &= avail - 1u;
+        const uint32_t k = keys[e];
+        if (k > best_key || (k == best_key && e < best_i)) {
+            best_key = k;
+            best_i = e;
+        }
+    }
+}
+
 // Token t's routing by one warp (lane = threadIdx.x & 31). Shared memory per warp:
 // scores[E] (unbiased, give the weights), choice[E] (what experts are ranked by) and
 // gscore[n_group]. Uses warp-level sync only: the callers' warps leave independently.
@@ -84,27 +111,36 @@ __device__ __forceinline__ void kt_gating_token(
         }
     }
 
-    uint32_t taken = 0; // bit s: expert lane + 32 s already chosen
+    // Top-k: repeated warp arg-max in kt_argmax_better's order (the same picks as a shuffle
+    // butterfly over (choice, index)), each round two single-instruction warp reductions: the
+    // largest order key (kt_argmax_key), then the lowest index among the lanes holding it.
+    // Each lane keeps the best of its own candidates (experts lane + 32 s; the keys overwrite
+    // its entries of `choice`, which nothing reads afterwards) and only the round's winner
+    // rescans: one warp runs this alone, so the dependent instructions per round set its time.
+    __syncwarp(); // the group scores above read other lanes' entries of choice
+    uint32_t* keys = reinterpret_cast<uint32_t*>(choice);
+    uint32_t avail = 0; // bit s: expert lane + 32 s is allowed and not yet chosen
+    for (int e = lane, s = 0; e < E; e += 32, ++s) {
+        keys[e] = kt_argmax_key(choice[e]);
+        if ((allowed >> (e / gsize)) & 1ull) avail |= 1u << s;
+    }
+    uint32_t best_key, best_i;
+    kt_lane_best(keys, avail, lane, best_key, best_i);
     float wsum = 0.0f;
     float my_w = 0.0f; // lane `it` keeps pick `it` (top_k <= 32, checked by the host)
     uint32_t my_id = 0;
     for (int it = 0; it < top_k; ++it) {
-        float v = __int_as_float(0x7fc00000);
-        uint32_t ei = 0xffffffffu;
-        for (int e = lane, s = 0; e < E; e += 32, ++s) {
-            if (((taken >> s) & 1u) || !((allowed >> (e / gsize)) & 1ull)) continue;
-            if (kt_argmax_better(choice[e], (uint32_t)e, v, ei)) {
-                v = choice[e];
-                ei = (uint32_t)e;
-            }
-        }
-        kt_warp_argmax(v, ei);
-        if ((int)(ei & 31u) == lane) taken |= 1u << (ei >> 5);
+        const uint32_t top = __reduce_max_sync(0xffffffffu, best_key);
+        const uint32_t ei = __reduce_min_sync(0xffffffffu, best_key == top ? best_i : 0xffffffffu);
         const float w = scores[ei];
         wsum += w;
         if (lane == it) {
             my_w = w;
             my_id = ei;
+        }
+        if ((int)(ei & 31u) == lane) {
+            avail &= ~(1u << (ei >> 5));
+            kt_lane_best(keys, avail, lane, best_key, best_i);
         }
     }
     if (lane < top_k) {
