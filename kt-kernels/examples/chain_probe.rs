@@ -14,6 +14,9 @@
 //!   pack's row written by every block before its ticket), with the pack and the flag in pinned
 //!   host memory (as in the decode) and in device memory (what the PCIe writes and the system
 //!   fence cost);
+//! - the library's entry cut short after each of its steps (`stageN`, probe.cu) and the entry as
+//!   one thread-block cluster of 8 / 16 blocks (`cluster`, `cluster16`, probe.cu), beside an
+//!   empty kernel (the graph's floor per node);
 //! - the routing alone (`kt_moe_gating`, one token, one warp) and the unfused packed gating;
 //! - the return kernel (`kt_wait_add2_rmsnorm_w32`) with its flag already raised, the routed sum
 //!   in pinned memory (as in the decode) and in device memory;
@@ -200,10 +203,14 @@ fn entry_cases(p: &mut Probe) -> Res<()> {
             Ok(())
         })?;
     }
-    // (tag, kernel, blocks): the library's cluster kernel, the cut-short stages of the ticket
+    // (tag, kernel, blocks): the cluster kernel (probe.cu), the cut-short stages of the ticket
     // kernel (2 experts per block), then the template's configurations
     let names: Vec<(String, String, usize)> = [
-        ("cluster", "kt_add_norm_route_signal_cluster".to_string(), 8usize),
+        (
+            "cluster",
+            "kt_add_norm_route_signal_cluster".to_string(),
+            8usize,
+        ),
         ("stage1 norm", "kt_probe_entry_stage1".into(), 32),
         ("stage2 +logits", "kt_probe_entry_stage2".into(), 32),
         ("stage3 +ticket", "kt_probe_entry_stage3".into(), 32),
