@@ -16,6 +16,33 @@
 enum { KT_SCORE_SOFTMAX = 0, KT_SCORE_SIGMOID = 1 };
 enum { KT_GROUP_MAX = 0, KT_GROUP_TOP2_SUM = 1 };
 
+// kt_argmax_better's order as one unsigned key (larger = better; equal keys: the lower index
+// wins, as there): numbers map monotonically above 0 (-0 as +0, so they tie as they compare),
+// NaN to 0, below every number.
+__device__ __forceinline__ uint32_t kt_argmax_key(float v) {
+    if (v != v) return 0u;
+    const uint32_t b = __float_as_uint(v == 0.0f ? 0.0f : v);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// The best (largest key, then lowest index) of a lane's candidates: experts lane + 32 s for
+// the set bits s of `avail`, in ascending order; (0, UINT32_MAX) when none is left, which
+// loses against every candidate (a NaN one has key 0 and a lower index).
+__device__ __forceinline__ void kt_lane_best(const uint32_t* keys, uint32_t avail, int lane,
+                                             uint32_t& best_key, uint32_t& best_i) {
+    best_key = 0u;
+    best_i = 0xffffffffu;
+    while (avail) {
+        const uint32_t e = (uint32_t)lane + 32u * (uint32_t)(__ffs(avail) - 1);
+        avail &= avail - 1u;
+        const uint32_t k = keys[e];
+        if (k > best_key || (k == best_key && e < best_i)) {
+            best_key = k;
+            best_i = e;
+        }
+    }
+}
+
 // Token t's routing by one warp (lane = threadIdx.x & 31). Shared memory per warp:
 // scores[E] (unbiased, give the weights), choice[E] (what experts are ranked by) and
 // gscore[n_group]. Uses warp-level sync only: the callers' warps leave independently.
@@ -84,27 +111,36 @@ __device__ __forceinline__ void kt_gating_token(
         }
     }
 
-    uint32_t taken = 0; // bit s: expert lane + 32 s already chosen
+    // Top-k: repeated warp arg-max in kt_argmax_better's order (the same picks as a shuffle
+    // butterfly over (choice, index)), each round two single-instruction warp reductions: the
+    // largest order key (kt_argmax_key), then the lowest index among the lanes holding it.
+    // Each lane keeps the best of its own candidates (experts lane + 32 s; the keys overwrite
+    // its entries of `choice`, which nothing reads afterwards) and only the round's winner
+    // rescans: one warp runs this alone, so the dependent instructions per round set its time.
+    __syncwarp(); // the group scores above read other lanes' entries of choice
+    uint32_t* keys = reinterpret_cast<uint32_t*>(choice);
+    uint32_t avail = 0; // bit s: expert lane + 32 s is allowed and not yet chosen
+    for (int e = lane, s = 0; e < E; e += 32, ++s) {
+        keys[e] = kt_argmax_key(choice[e]);
+        if ((allowed >> (e / gsize)) & 1ull) avail |= 1u << s;
+    }
+    uint32_t best_key, best_i;
+    kt_lane_best(keys, avail, lane, best_key, best_i);
     float wsum = 0.0f;
     float my_w = 0.0f; // lane `it` keeps pick `it` (top_k <= 32, checked by the host)
     uint32_t my_id = 0;
     for (int it = 0; it < top_k; ++it) {
-        float v = __int_as_float(0x7fc00000);
-        uint32_t ei = 0xffffffffu;
-        for (int e = lane, s = 0; e < E; e += 32, ++s) {
-            if (((taken >> s) & 1u) || !((allowed >> (e / gsize)) & 1ull)) continue;
-            if (kt_argmax_better(choice[e], (uint32_t)e, v, ei)) {
-                v = choice[e];
-                ei = (uint32_t)e;
-            }
-        }
-        kt_warp_argmax(v, ei);
-        if ((int)(ei & 31u) == lane) taken |= 1u << (ei >> 5);
+        const uint32_t top = __reduce_max_sync(0xffffffffu, best_key);
+        const uint32_t ei = __reduce_min_sync(0xffffffffu, best_key == top ? best_i : 0xffffffffu);
         const float w = scores[ei];
         wsum += w;
         if (lane == it) {
             my_w = w;
             my_id = ei;
+        }
+        if ((int)(ei & 31u) == lane) {
+            avail &= ~(1u << (ei >> 5));
+            kt_lane_best(keys, avail, lane, best_key, best_i);
         }
     }
     if (lane < top_k) {
@@ -202,6 +238,97 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
 // n_experts + 2 n_experts + n_group floats.
 #define KT_ROUTE_THREADS 256
 #define KT_ROUTE_PREFETCH 16
+
+// The entry's first part, shared by its variants: loads the first KT_ROUTE_PREFETCH steps of
+// router row `wr` (when `has_expert`; they do not depend on the norm, so their latency hides
+// behind it), then x + d and the norm's weights (all loads in flight together, staged in
+// shared memory: after the block sum the row is scaled without another trip to memory; each
+// thread touches only its own elements, so no barrier between the passes) into row = the
+// normalized row (f32, shared, `nw` beside it), then writes the slice [lo, hi) of xn / xn32
+// (and of the pack's row when `pack_row` is not null). Ends with the block's threads past a
+// barrier after the row is complete.
+__device__ __forceinline__ void route_entry_norm(
+    const float* __restrict__ x, const __nv_bfloat16* __restrict__ d,
+    const float* __restrict__ norm_w, __nv_bfloat16* __restrict__ xn, float* __restrict__ xn32,
+    float* pack_row, const float* __restrict__ wr, bool has_expert, int n, float eps, int lo,
+    int hi, float* row, float* nw, float* scratch, float4 (&wpre)[KT_ROUTE_PREFETCH]) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
+        const int k0 = lane * 4 + j * 128;
+        if (has_expert && k0 < n) wpre[j] = *reinterpret_cast<const float4*>(wr + k0);
+    }
+    float ss = 0.0f;
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = x[i] + __bfloat162float(d[i]);
+        row[i] = v;
+        nw[i] = norm_w[i];
+        ss += v * v;
+    }
+    ss = kt_block_sum(ss, scratch);
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] = nw[i] * (row[i] * inv);
+    __syncthreads();
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const float y = row[i];
+        xn[i] = __float2bfloat16_rn(y);
+        xn32[i] = y;
+        if (pack_row) pack_row[i] = y;
+    }
+}
+
+// One router row's logit by one warp in kt_gemv_nt_v_f32_f32_f32's order (lane-strided
+// 4-float steps, fmaf chain, warp butterfly sum); the first KT_ROUTE_PREFETCH steps come from
+// `wpre` when `pre` (loaded by route_entry_norm), the rest from `wr`. Every lane gets the sum.
+__device__ __forceinline__ float route_entry_logit(const float* __restrict__ wr,
+                                                   const float* row, int n, bool pre,
+                                                   const float4 (&wpre)[KT_ROUTE_PREFETCH]) {
+    const int lane = threadIdx.x & 31;
+    float acc = 0.0f;
+#pragma unroll
+    for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
+        const int k0 = lane * 4 + j * 128;
+        if (k0 < n) {
+            const float4 wv = pre ? wpre[j] : *reinterpret_cast<const float4*>(wr + k0);
+            const float4 av = *reinterpret_cast<const float4*>(row + k0);
+            acc = fmaf(av.x, wv.x, acc);
+            acc = fmaf(av.y, wv.y, acc);
+            acc = fmaf(av.z, wv.z, acc);
+            acc = fmaf(av.w, wv.w, acc);
+        }
+    }
+#pragma unroll 4
+    for (int k0 = lane * 4 + KT_ROUTE_PREFETCH * 128; k0 < n; k0 += 32 * 4) {
+        const float4 wv = *reinterpret_cast<const float4*>(wr + k0);
+        const float4 av = *reinterpret_cast<const float4*>(row + k0);
+        acc = fmaf(av.x, wv.x, acc);
+        acc = fmaf(av.y, wv.y, acc);
+        acc = fmaf(av.z, wv.z, acc);
+        acc = fmaf(av.w, wv.w, acc);
+    }
+    return kt_warp_sum(acc);
+}
+
+// The decode graph's whole FFN entry of a MoE layer for one token, one launch instead of three
+// (kt_add_rmsnorm_w32_bf16, the router's kt_gemv_nt_v_f32_f32_f32, kt_moe_gating_packed_signal):
+//   x += d; xn, xn32 = RMSNorm(x) * norm_w; logits = router_w xn32; route; pack; raise flag.
+// Every block (KT_ROUTE_THREADS threads) computes the norm of the row itself, as
+// kt_add_rmsnorm_w32 does at the same block size (the same per-thread elements and sum order),
+// keeps it in shared memory and writes its slice of xn / xn32; its first EPB warps compute one
+// expert's logit each (route_entry_logit); fewer experts per block spread the router's bytes
+// over more multiprocessors (one SM keeps only so many loads in flight). The last block to
+// finish (a device counter, reset for the next launch) routes the logits into the pack and
+// raises `flag` to `value`; only then does it update x (every block has read it by then;
+// nothing on the host side waits for x).
+// SPREAD: each block writes its slice of the pack's row to host memory right after the norm
+// and fences it at system scope before it counts in (the PCIe writes drain while the block
+// computes its logits), so after the ticket only the ids and weights cross PCIe; otherwise
+// the last block writes the whole row from its shared copy. The words are those of the three
+// kernels bit for bit either way. pack is the device address of page-locked host memory: [n]
+// row, top_k ids, top_k weights. n % 4 == 0 (host-checked). Dynamic shared memory (smem): 2 n +
+// n_experts + 2 n_experts + n_group floats.
 template <int EPB, bool SPREAD>
 __device__ __forceinline__ void add_norm_route_signal(
     float* __restrict__ x, const __nv_bfloat16* __restrict__ d, const float* __restrict__ norm_w,
@@ -217,68 +344,19 @@ __device__ __forceinline__ void add_norm_route_signal(
     float* lsm = nw + n;              // the logits, for the routing
     float* gsm = lsm + n_experts;     // kt_gating_token's scratch (warp 0)
     float* pack_row = reinterpret_cast<float*>(pack);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int warp = threadIdx.x >> 5;
     const int e = blockIdx.x * EPB + warp;
     const bool has_expert = warp < EPB && e < n_experts;
     const float* wr = router_w + (size_t)(has_expert ? e : 0) * n;
-
-    float4 wpre[KT_ROUTE_PREFETCH];
-#pragma unroll
-    for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
-        const int k0 = lane * 4 + j * 128;
-        if (has_expert && k0 < n) wpre[j] = *reinterpret_cast<const float4*>(wr + k0);
-    }
-
-    // x + d and the norm's weights, all loads in flight together, staged in shared memory:
-    // after the block sum the row is scaled without another trip to memory (each thread
-    // touches only its own elements, so no barrier between the passes)
-    float ss = 0.0f;
-#pragma unroll 8
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float v = x[i] + __bfloat162float(d[i]);
-        row[i] = v;
-        nw[i] = norm_w[i];
-        ss += v * v;
-    }
-    ss = kt_block_sum(ss, scratch);
-    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
-#pragma unroll 8
-    for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] = nw[i] * (row[i] * inv);
-    __syncthreads();
     // this block's slice of the outputs that no block reads back
     const int per = (n + gridDim.x - 1) / gridDim.x;
     const int lo = blockIdx.x * per, hi = min(n, lo + per);
-    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        const float y = row[i];
-        xn[i] = __float2bfloat16_rn(y);
-        xn32[i] = y;
-        if (SPREAD) pack_row[i] = y;
-    }
-    // one expert per warp, in kt_gemv_nt_v_f32_f32_f32's order
+    float4 wpre[KT_ROUTE_PREFETCH];
+    route_entry_norm(x, d, norm_w, xn, xn32, SPREAD ? pack_row : nullptr, wr, has_expert, n, eps,
+                     lo, hi, row, nw, scratch, wpre);
     if (has_expert) {
-        float acc = 0.0f;
-#pragma unroll
-        for (int j = 0; j < KT_ROUTE_PREFETCH; ++j) {
-            const int k0 = lane * 4 + j * 128;
-            if (k0 < n) {
-                const float4 av = *reinterpret_cast<const float4*>(row + k0);
-                acc = fmaf(av.x, wpre[j].x, acc);
-                acc = fmaf(av.y, wpre[j].y, acc);
-                acc = fmaf(av.z, wpre[j].z, acc);
-                acc = fmaf(av.w, wpre[j].w, acc);
-            }
-        }
-#pragma unroll 4
-        for (int k0 = lane * 4 + KT_ROUTE_PREFETCH * 128; k0 < n; k0 += 32 * 4) {
-            const float4 wv = *reinterpret_cast<const float4*>(wr + k0);
-            const float4 av = *reinterpret_cast<const float4*>(row + k0);
-            acc = fmaf(av.x, wv.x, acc);
-            acc = fmaf(av.y, wv.y, acc);
-            acc = fmaf(av.z, wv.z, acc);
-            acc = fmaf(av.w, wv.w, acc);
-        }
-        const float sum = kt_warp_sum(acc);
-        if (lane == 0) logits[e] = sum;
+        const float sum = route_entry_logit(wr, row, n, true, wpre);
+        if ((threadIdx.x & 31) == 0) logits[e] = sum;
     }
     // publish the logits (device scope: only the last block reads them) and, when spread, the
     // pack's slice (system scope: the host reads it), then count this block in

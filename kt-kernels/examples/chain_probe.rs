@@ -14,6 +14,9 @@
 //!   pack's row written by every block before its ticket), with the pack and the flag in pinned
 //!   host memory (as in the decode) and in device memory (what the PCIe writes and the system
 //!   fence cost);
+//! - the library's entry cut short after each of its steps (`stageN`, probe.cu) and the entry as
+//!   one thread-block cluster of 8 / 16 blocks (`cluster`, `cluster16`, probe.cu), beside an
+//!   empty kernel (the graph's floor per node);
 //! - the routing alone (`kt_moe_gating`, one token, one warp) and the unfused packed gating;
 //! - the return kernel (`kt_wait_add2_rmsnorm_w32`) with its flag already raised, the routed sum
 //!   in pinned memory (as in the decode) and in device memory;
@@ -182,21 +185,76 @@ fn entry_cases(p: &mut Probe) -> Res<()> {
     // the template's layout (the row, the norm's weights, the logits, the routing's scratch);
     // the session-start kernel uses the first n + 3 e + 1 floats of it
     let smem = ((2 * HIDDEN + 3 * EXPERTS + 1) * 4) as u32;
-    let names = [
-        ("old", 8usize),
-        ("e8", 8),
-        ("e8s", 8),
-        ("e4", 4),
-        ("e4s", 4),
-        ("e2", 2),
-        ("e2s", 2),
-        ("e1", 1),
-        ("e1s", 1),
-    ];
-    for (tag, epb) in names {
-        let kernel = format!("kt_probe_entry_{tag}");
+    // the graph's floor per node: an empty kernel of 32 blocks
+    {
+        let f = Probe::func(&p.gating, "kt_probe_empty")?;
+        let s = p.s.clone();
+        let zero = 0i32;
+        p.time("empty kernel (32 blocks)", 1, |_| {
+            let mut b = s.launch_builder(&f);
+            b.arg(&zero);
+            let cfg = LaunchConfig {
+                grid_dim: (32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: kt_probe_empty takes one int and touches no memory.
+            unsafe { b.launch(cfg) }?;
+            Ok(())
+        })?;
+    }
+    // (tag, kernel, blocks): the cluster kernel (probe.cu), the cut-short stages of the ticket
+    // kernel (2 experts per block), then the template's configurations
+    let names: Vec<(String, String, usize)> = [
+        (
+            "cluster",
+            "kt_add_norm_route_signal_cluster".to_string(),
+            8usize,
+        ),
+        ("stage1 norm", "kt_probe_entry_stage1".into(), 32),
+        ("stage2 +logits", "kt_probe_entry_stage2".into(), 32),
+        ("stage3 +ticket", "kt_probe_entry_stage3".into(), 32),
+        ("stage4 +routing", "kt_probe_entry_stage4".into(), 32),
+        ("stage5 +pack+flag", "kt_probe_entry_stage5".into(), 32),
+    ]
+    .into_iter()
+    .map(|(t, k, b)| (t.to_string(), k, b))
+    .chain(
+        [
+            ("old", 8usize),
+            ("e8", 8),
+            ("e8s", 8),
+            ("e4", 4),
+            ("e4s", 4),
+            ("e2", 2),
+            ("e2s", 2),
+            ("e1", 1),
+            ("e1s", 1),
+        ]
+        .into_iter()
+        .map(|(t, epb)| {
+            (
+                t.to_string(),
+                format!("kt_probe_entry_{t}"),
+                EXPERTS.div_ceil(epb),
+            )
+        }),
+    )
+    .chain(std::iter::once((
+        "cluster16".to_string(),
+        "kt_add_norm_route_signal_cluster16".to_string(),
+        16,
+    )))
+    .collect();
+    for (tag, kernel, blocks) in names {
         let f = Probe::func(&p.gating, &kernel)?;
-        let blocks = EXPERTS.div_ceil(epb) as u32;
+        if kernel.ends_with("cluster16") {
+            f.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                1,
+            )?;
+        }
+        let blocks = blocks as u32;
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (256, 1, 1),
@@ -208,7 +266,9 @@ fn entry_cases(p: &mut Probe) -> Res<()> {
         ] {
             let name = format!("entry {tag} ({blocks} blocks), pack {place}");
             let s = p.s.clone();
-            p.time(&name, 1, |i| {
+            // a variant that cannot launch (a cluster shape the device refuses) is reported
+            // and the probe goes on
+            let timed = p.time(&name, 1, |i| {
                 let mut b = s.launch_builder(&f);
                 b.arg(&mut x)
                     .arg(&d)
@@ -229,7 +289,10 @@ fn entry_cases(p: &mut Probe) -> Res<()> {
                 // for n = 2048, 64 experts, top 6 (pack: row, ids, weights).
                 unsafe { b.launch(cfg) }?;
                 Ok(())
-            })?;
+            });
+            if let Err(err) = timed {
+                println!("{name}: failed: {err}");
+            }
         }
     }
     // the routing alone: one token, one warp (kt_moe_gating), and the unfused packed gating
