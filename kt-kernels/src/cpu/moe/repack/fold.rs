@@ -85,8 +85,9 @@ fn row_scale_near(x: f32) -> Option<f32> {
     (r.is_finite() && r != 0.0).then_some(r)
 }
 
-/// Row scale divisors tried: `max|s| / r`, so the largest group gets `|m|` near `r`.
-const ROW_DIVISORS: [f32; 5] = [16.0, 15.5, 15.0, 14.5, 14.0];
+/// Row scale divisors tried: `max|s| / r`, so the largest group gets `|m|` near `r`
+/// (three: each costs a multiplier search over the whole row at load).
+const ROW_DIVISORS: [f32; 3] = [16.0, 15.0, 14.0];
 /// Group scale magnitudes searched around: `amax / r` for r in this range (the per-group
 /// quantizer's divisors, `matrix.rs`).
 const GROUP_DIV_RANGE: (f32, f32) = (6.5, 8.0);
@@ -110,22 +111,19 @@ fn sq_err(src: &[f32], sc: f32) -> f32 {
 }
 
 /// Quantizes one INT4 row (`src`, whole groups) with folded scales: `scales[g]` gets
-/// `d * m[g]` (exact in f16) and `q` the integers. `independent[g]` are the groups' own
-/// best f16 scales (the per-group quantizer's), whose largest magnitude sets the row
-/// scale candidates; for each candidate `d` every group picks the multiplier (either
-/// sign) with the least squared error, and the `d` with the least row error is kept.
-/// Returns false, writing nothing, when no candidate is exact in f16 (the caller keeps
-/// the independent scales: the stack then has no fold).
+/// `d * m[g]` (exact in f16) and `q` the integers. `smax` is the largest group scale
+/// magnitude the row wants (the per-group quantizer's choice for its largest group): it
+/// sets the row scale candidates; for each candidate `d` every group picks the
+/// multiplier (either sign) with the least squared error, and the `d` with the least
+/// row error is kept. Returns false, writing nothing, when no candidate is exact in f16
+/// (the caller then uses per-group scales: the stack has no fold).
 pub(crate) fn quantize_row_folded(
     src: &[f32],
     group: usize,
-    independent: &[f16],
+    smax: f32,
     scales: &mut [f16],
     q: &mut [i8],
 ) -> bool {
-    let smax = independent
-        .iter()
-        .fold(0f32, |a, v| a.max(v.to_f32().abs()));
     if smax == 0.0 {
         scales.fill(f16::ZERO);
         q.fill(0);
@@ -214,16 +212,10 @@ mod tests {
             if trial % 7 == 0 {
                 x[..group].fill(0.0);
             }
-            let independent: Vec<f16> = x
-                .chunks_exact(group)
-                .map(|g| {
-                    let a = g.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    f16::from_f32(a / 7.0)
-                })
-                .collect();
+            let smax = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 7.0;
             let mut s = vec![f16::NAN; groups];
             let mut q = vec![0i8; cols];
-            assert!(quantize_row_folded(&x, group, &independent, &mut s, &mut q));
+            assert!(quantize_row_folded(&x, group, smax, &mut s, &mut q));
             let sf: Vec<f32> = s.iter().map(|v| v.to_f32()).collect();
             let mut m = vec![0i8; groups];
             let d = factor(&sf, &mut m).expect("a folded row factors");

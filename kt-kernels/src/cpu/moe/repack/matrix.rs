@@ -222,22 +222,34 @@ impl RepackedStack {
                 }
                 RepackFormat::Int8 { group } | RepackFormat::Int4 { group } => {
                     let int4 = matches!(format, RepackFormat::Int4 { .. });
-                    for (g, (src, dst)) in row
-                        .chunks_exact(group)
-                        .zip(q.chunks_exact_mut(group))
-                        .enumerate()
-                    {
-                        row_scales[g] = if int4 {
-                            quantize_int4_group(src, dst)
-                        } else {
-                            quantize_int8_group(src, dst)
-                        };
-                    }
-                    if int4 {
-                        // The groups' own scales set the row scale; refolded in place
-                        // (kept as they are if no row scale is exact in f16).
-                        let indep = row_scales.clone();
-                        quantize_row_folded(row, group, &indep, &mut row_scales, &mut q);
+                    // INT4: scales folded over the row (`fold.rs`), the row scale set by
+                    // the best own scale of the group with the largest magnitude; the
+                    // groups' own scales only where no row scale is exact in f16.
+                    let folded = int4 && {
+                        let gmax = row
+                            .chunks_exact(group)
+                            .map(|x| x.iter().fold(0f32, |m, v| m.max(v.abs())))
+                            .enumerate()
+                            .fold((0, -1f32), |b, (g, a)| if a > b.1 { (g, a) } else { b })
+                            .0;
+                        let own = quantize_int4_group(
+                            &row[gmax * group..(gmax + 1) * group],
+                            &mut q[..group],
+                        );
+                        quantize_row_folded(row, group, own.to_f32().abs(), &mut row_scales, &mut q)
+                    };
+                    if !folded {
+                        for (g, (src, dst)) in row
+                            .chunks_exact(group)
+                            .zip(q.chunks_exact_mut(group))
+                            .enumerate()
+                        {
+                            row_scales[g] = if int4 {
+                                quantize_int4_group(src, dst)
+                            } else {
+                                quantize_int8_group(src, dst)
+                            };
+                        }
                     }
                     for (g, &d) in row_scales.iter().enumerate() {
                         scales[p * ps + g * PANEL + n] = d;
