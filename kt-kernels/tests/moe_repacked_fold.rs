@@ -47,9 +47,7 @@ fn build(
 ) -> Case {
     let f = RepackFormat::Int4 { group };
     let groups = cols / group;
-    let d: Vec<f32> = (0..rows)
-        .map(|r| (64 + r % 64) as f32 / 4096.0)
-        .collect();
+    let d: Vec<f32> = (0..rows).map(|r| (64 + r % 64) as f32 / 4096.0).collect();
     let m: Vec<i32> = (0..rows * groups)
         .map(|i| mult(i / groups, i % groups))
         .collect();
@@ -88,7 +86,12 @@ fn build(
     for t in 0..tokens + PAD {
         rng.fill_normal(&mut x, [1.0, 0.02, 7.0][t % 3]);
         x[rng.below(cols)] *= 9.0;
-        quantize_act_row(f, ActScales::PerToken, &x, &mut act[t * arow..(t + 1) * arow]);
+        quantize_act_row(
+            f,
+            ActScales::PerToken,
+            &x,
+            &mut act[t * arow..(t + 1) * arow],
+        );
     }
     let a = (0..tokens * cols)
         .map(|i| act[(i / cols) * arow + i % cols] as i8 as i32)
@@ -191,7 +194,10 @@ fn every_multiplier_and_nibble() {
                     seen[(q + 8) as usize] = true;
                 }
             }
-            assert!(v == 0 || seen.iter().all(|&s| s), "m = {v}: nibbles {seen:?}");
+            assert!(
+                v == 0 || seen.iter().all(|&s| s),
+                "m = {v}: nibbles {seen:?}"
+            );
             assert!(c.m.contains(&v), "m = {v} missing");
         }
         check(&c, tokens, &format!("all m, T={tokens}")).unwrap();

@@ -7,8 +7,8 @@
 //! reference is checked against the dequantized dot products like the per-group one).
 
 use kt_kernels::cpu::moe::repack::{
-    dequantize_act_row, kernel, quantize_act_row, quantize_act_row_with, silu_mul_with,
-    ActScales, Kernel, RepackFormat, RepackedStack,
+    dequantize_act_row, kernel, quantize_act_row, quantize_act_row_with, silu_mul_with, ActScales,
+    Kernel, RepackFormat, RepackedStack,
 };
 use kt_kernels::cpu::Isa;
 use kt_kernels::util::SplitMix64;
@@ -306,9 +306,39 @@ fn unavailable_or_bad_calls_are_errors() {
         ActScales::PerGroup,
     );
     let mut out = vec![0f32; 2 * 32];
-    assert!(kernel::gemm(Kernel::Scalar, &c.stack, 1, 0..32, &c.act, c.scales, 2, &mut out).is_err());
-    assert!(kernel::gemm(Kernel::Scalar, &c.stack, 0, 8..32, &c.act, c.scales, 2, &mut out).is_err());
-    assert!(kernel::gemm(Kernel::Scalar, &c.stack, 0, 0..32, &c.act[1..], c.scales, 2, &mut out).is_err());
+    assert!(kernel::gemm(
+        Kernel::Scalar,
+        &c.stack,
+        1,
+        0..32,
+        &c.act,
+        c.scales,
+        2,
+        &mut out
+    )
+    .is_err());
+    assert!(kernel::gemm(
+        Kernel::Scalar,
+        &c.stack,
+        0,
+        8..32,
+        &c.act,
+        c.scales,
+        2,
+        &mut out
+    )
+    .is_err());
+    assert!(kernel::gemm(
+        Kernel::Scalar,
+        &c.stack,
+        0,
+        0..32,
+        &c.act[1..],
+        c.scales,
+        2,
+        &mut out
+    )
+    .is_err());
     assert!(kernel::gemm(
         Kernel::Scalar,
         &c.stack,
@@ -336,6 +366,16 @@ fn unavailable_or_bad_calls_are_errors() {
     if let Err(e) = Kernel::Amx.check(RepackFormat::Int8 { group: 64 }) {
         let msg = e.to_string();
         assert!(msg.contains("amx"), "{msg}");
-        assert!(kernel::gemm(Kernel::Amx, &c.stack, 0, 0..32, &c.act, c.scales, 2, &mut out).is_err());
+        assert!(kernel::gemm(
+            Kernel::Amx,
+            &c.stack,
+            0,
+            0..32,
+            &c.act,
+            c.scales,
+            2,
+            &mut out
+        )
+        .is_err());
     }
 }

@@ -48,7 +48,8 @@ fn per_element_errors_stay_within_the_rounding_bounds() {
     for g in [32, 64, 128] {
         let q8 = roundtrip(RepackFormat::Int8 { group: g }, &w, e, rows, cols);
         let q4 = roundtrip(RepackFormat::Int4 { group: g }, &w, e, rows, cols);
-        let s4 = RepackedStack::from_f32(RepackFormat::Int4 { group: g }, &w, e, rows, cols).unwrap();
+        let s4 =
+            RepackedStack::from_f32(RepackFormat::Int4 { group: g }, &w, e, rows, cols).unwrap();
         for (grp, ((a, b8), b4)) in w.chunks(g).zip(q8.chunks(g)).zip(q4.chunks(g)).enumerate() {
             let amax = a.iter().fold(0f32, |m, v| m.max(v.abs()));
             // INT8: half a step of amax/127, plus the f16 rounding of the step (2^-11
@@ -75,18 +76,15 @@ fn per_element_errors_stay_within_the_rounding_bounds() {
             // INT4 scales are folded (`d_n * m`, m integer): per group the multiplier
             // search covers both integers around amax / (7 d_n), so the result is never
             // worse than the plain symmetric quantizer (+amax/7) on that grid.
-            let plain = [
-                (amax / (7.0 * dn)).floor(),
-                (amax / (7.0 * dn)).ceil(),
-            ]
-            .into_iter()
-            .map(|m| m.clamp(1.0, 16.0) * dn)
-            .map(|d| {
-                a.iter()
-                    .map(|&x| (x - d * (x / d).round().clamp(-8.0, 7.0)).powi(2))
-                    .sum::<f32>()
-            })
-            .fold(f32::INFINITY, f32::min);
+            let plain = [(amax / (7.0 * dn)).floor(), (amax / (7.0 * dn)).ceil()]
+                .into_iter()
+                .map(|m| m.clamp(1.0, 16.0) * dn)
+                .map(|d| {
+                    a.iter()
+                        .map(|&x| (x - d * (x / d).round().clamp(-8.0, 7.0)).powi(2))
+                        .sum::<f32>()
+                })
+                .fold(f32::INFINITY, f32::min);
             let ours: f32 = a.iter().zip(b4).map(|(&x, &y)| (x - y).powi(2)).sum();
             assert!(
                 ours <= plain * 1.0001 + 1e-12,

@@ -112,7 +112,9 @@ fn run_format(f: RepackFormat, down_q: QType) {
             exact
         };
         let exact_plain = exact_for(Isa::Scalar);
-        let exact_amx = Isa::available().contains(&Isa::Amx).then(|| exact_for(Isa::Amx));
+        let exact_amx = Isa::available()
+            .contains(&Isa::Amx)
+            .then(|| exact_for(Isa::Amx));
         let mut orig = moe_support::poisoned(tokens * h);
         moe::reference(&b.layer, &x, &ids, &w, &mut orig).unwrap();
         // The scalar kernel at 513 tokens only repeats what T=64 showed, slowly.

@@ -504,9 +504,8 @@ unsafe fn gemm_int4_folded(t: &Tile, group: usize, (row_scales, mults): (*const 
                         unpack_folded(t, mults, (q0, nt), c + 1, chunk, group, dst);
                     }
                 }
-                let d = [0, 1, 2, 3].map(|ni| {
-                    _mm512_loadu_ps(row_scales.add((q0 + ni.min(nt - 1)) * PANEL))
-                });
+                let d = [0, 1, 2, 3]
+                    .map(|ni| _mm512_loadu_ps(row_scales.add((q0 + ni.min(nt - 1)) * PANEL)));
                 for r in 0..sm {
                     // The row's one scale (every group slot holds it).
                     let ascale = _mm512_set1_ps(

@@ -232,7 +232,15 @@ pub(crate) unsafe fn scalar(t: &Tile) {
 
 /// The prefill arithmetic of folded INT4 with a per-token activation row: the integer
 /// dot of `m * q` with the row over all of K, scaled once by `d_n * d_a`, in f64.
-fn dot_folded(f: RepackFormat, k: usize, panel: &[u8], d: f32, m: &[i8], n: usize, a: &[u8]) -> f64 {
+fn dot_folded(
+    f: RepackFormat,
+    k: usize,
+    panel: &[u8],
+    d: f32,
+    m: &[i8],
+    n: usize,
+    a: &[u8],
+) -> f64 {
     let g = f.group().expect("folded weights are INT4");
     let idot: i64 = (0..k)
         .map(|c| {
@@ -339,9 +347,12 @@ pub fn gemm(
         k,
         w: stack.expert_data(e)[p0 * f.panel_bytes(k)..].as_ptr(),
         scales: stack.expert_scales(e)[p0 * f.panel_scales(k)..].as_ptr(),
-        fold: stack
-            .expert_fold(e)
-            .map(|(d, m)| (d[rows.start..].as_ptr(), m[p0 * f.panel_scales(k)..].as_ptr())),
+        fold: stack.expert_fold(e).map(|(d, m)| {
+            (
+                d[rows.start..].as_ptr(),
+                m[p0 * f.panel_scales(k)..].as_ptr(),
+            )
+        }),
         panels: rows.len() / PANEL,
         a: act.as_ptr(),
         a_stride: arow,

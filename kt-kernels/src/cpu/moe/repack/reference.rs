@@ -5,9 +5,9 @@
 
 use super::act::quantize_row;
 use super::kernel::{act_scales, gemm, Kernel};
-use crate::cpu::Isa;
 use super::layer::RepackedLayer;
 use super::run::silu;
+use crate::cpu::Isa;
 use crate::error::{KtError, Result};
 
 /// Shapes as in [`super::RepackedMoe::forward`]; `isa` is the operator's (it decides
@@ -68,7 +68,16 @@ pub fn reference_exact(
         let mut acc = vec![0f64; h];
         for s in 0..k {
             let e = ids[t * k + s] as usize;
-            gemm(Kernel::Scalar, layer.gate(), e, 0..i_dim, &xa, sg, 1, &mut g)?;
+            gemm(
+                Kernel::Scalar,
+                layer.gate(),
+                e,
+                0..i_dim,
+                &xa,
+                sg,
+                1,
+                &mut g,
+            )?;
             gemm(Kernel::Scalar, layer.up(), e, 0..i_dim, &xa, sg, 1, &mut u)?;
             for ((o, &g), &u) in inter.iter_mut().zip(&g).zip(&u) {
                 *o = silu(g) * u;

@@ -356,7 +356,11 @@ fn compute(
     let (act_g, act_d) = (act_stride(fg, h), act_stride(fd, i_dim));
 
     s.routing.route(ids, e_count);
-    let busiest = s.routing.counts[..e_count].iter().max().copied().unwrap_or(0) as usize;
+    let busiest = s.routing.counts[..e_count]
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(0) as usize;
     let (sg, sd) = (
         act_scales(isa, &l.gate, busiest),
         act_scales(isa, &l.down, busiest),
@@ -403,7 +407,16 @@ fn compute(
         },
         (&mut s.tiles, sg),
     );
-    quantize_rows(pool, isa, (fd, sd), &s.unfused, inter, i_dim, inter_q, act_d);
+    quantize_rows(
+        pool,
+        isa,
+        (fd, sd),
+        &s.unfused,
+        inter,
+        i_dim,
+        inter_q,
+        act_d,
+    );
     down(
         pool,
         isa,
