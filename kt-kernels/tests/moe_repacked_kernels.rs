@@ -2,11 +2,13 @@
 //! (f64), and the AVX512 and AMX kernels against the scalar reference, for every layout,
 //! odd panel counts and token counts around the 16-row AMX tile and 4-token VNNI pass.
 //! AVX512/AMX cases are skipped with a message where the CPU lacks them (CI may be
-//! AVX2-only). Outputs start as NaN so unwritten elements fail.
+//! AVX2-only). Outputs start as NaN so unwritten elements fail. INT rows are quantized
+//! per group and per token (the folded INT4 AMX kernel's prefill arithmetic; its scalar
+//! reference is checked against the dequantized dot products like the per-group one).
 
 use kt_kernels::cpu::moe::repack::{
-    dequantize_act_row, kernel, quantize_act_row, quantize_act_row_with, silu_mul_with, Kernel,
-    RepackFormat, RepackedStack,
+    dequantize_act_row, kernel, quantize_act_row, quantize_act_row_with, silu_mul_with, ActScales,
+    Kernel, RepackFormat, RepackedStack,
 };
 use kt_kernels::cpu::Isa;
 use kt_kernels::util::SplitMix64;
@@ -25,6 +27,7 @@ const FORMATS: [RepackFormat; 7] = [
 
 struct Case {
     stack: RepackedStack,
+    scales: ActScales,
     w: Vec<f32>,
     act: Vec<u8>,
     a: Vec<f32>,
@@ -37,6 +40,7 @@ fn case(
     cols: usize,
     tokens: usize,
     seed: u64,
+    scales: ActScales,
 ) -> Case {
     let mut rng = SplitMix64::new(seed);
     let mut wf = vec![0f32; experts * rows * cols];
@@ -62,6 +66,7 @@ fn case(
     for t in 0..tokens {
         quantize_act_row(
             f,
+            scales,
             &x[t * cols..(t + 1) * cols],
             &mut act[t * arow..(t + 1) * arow],
         );
@@ -75,7 +80,13 @@ fn case(
     for (i, b) in act[tokens * arow..].iter_mut().enumerate() {
         *b = (i * 37 % 251) as u8;
     }
-    Case { stack, w, act, a }
+    Case {
+        stack,
+        scales,
+        w,
+        act,
+        a,
+    }
 }
 
 /// Runs `kern` on rows `r0..r1` of expert `e`; returns the outputs and, per output,
@@ -98,7 +109,7 @@ fn run(
     } else {
         &c.act[..tokens * arow]
     };
-    kernel::gemm(kern, &c.stack, e, r0..r1, act, tokens, &mut out).unwrap();
+    kernel::gemm(kern, &c.stack, e, r0..r1, act, c.scales, tokens, &mut out).unwrap();
     let mut exact = Vec::new();
     let mut mag = Vec::new();
     for t in 0..tokens {
@@ -122,10 +133,28 @@ fn run(
     (out, exact, mag)
 }
 
+/// The activation scalings a format's rows take (BF16 has no scales).
+fn scalings(f: RepackFormat) -> &'static [ActScales] {
+    if f.group().is_some() {
+        &[ActScales::PerGroup, ActScales::PerToken]
+    } else {
+        &[ActScales::PerGroup]
+    }
+}
+
 #[test]
 fn scalar_reference_matches_dequantized_dot_products() {
-    for (i, f) in FORMATS.into_iter().enumerate() {
-        let c = case(f, 2, 48, 512, 5, 10 + i as u64);
+    for ((i, f), &sc) in FORMATS
+        .into_iter()
+        .enumerate()
+        .flat_map(|f| scalings(f.1).iter().map(move |s| (f, s)))
+    {
+        let c = case(f, 2, 48, 512, 5, 10 + i as u64, sc);
+        assert_eq!(
+            c.stack.folded(),
+            matches!(f, RepackFormat::Int4 { .. }),
+            "{f:?}: INT4 stacks of this repacker always fold"
+        );
         let (out, exact, mag) = run(&c, Kernel::Scalar, 1, 16, 48, 5, false);
         for (j, ((&o, &x), &m)) in out.iter().zip(&exact).zip(&mag).enumerate() {
             // Both sides are f64 sums of the same products, rounded once to f32; the
@@ -133,7 +162,7 @@ fn scalar_reference_matches_dequantized_dot_products() {
             let tol = 2f64.powi(-24) * (x.abs() + 2.0 * m) + 1e-30;
             assert!(
                 o.is_finite() && (o as f64 - x).abs() <= tol,
-                "{} output {j}: {o} vs {x}",
+                "{} {sc:?} output {j}: {o} vs {x}",
                 f.name()
             );
         }
@@ -153,7 +182,11 @@ fn fast_kernels_match_the_scalar_reference() {
         }
     }
     let cols = 384;
-    for (i, f) in FORMATS.into_iter().enumerate() {
+    for ((i, f), &sc) in FORMATS
+        .into_iter()
+        .enumerate()
+        .flat_map(|f| scalings(f.1).iter().map(move |s| (f, s)))
+    {
         for tokens in [1, 2, 5, 7, 16, 17, 21, 33, 48, 70] {
             let c = case(
                 f,
@@ -162,6 +195,7 @@ fn fast_kernels_match_the_scalar_reference() {
                 cols.max(f.group().unwrap_or(0) * 3),
                 tokens,
                 100 + i as u64 * 17 + tokens as u64,
+                sc,
             );
             let k_len = c.stack.cols();
             // Rows 16..80: 4 panels; rows 32..80: 3 (an odd count leaves a lone panel);
@@ -178,7 +212,7 @@ fn fast_kernels_match_the_scalar_reference() {
                         let tol = (terms + 2.0) * 2f64.powi(-24) * m + 1e-30;
                         assert!(
                             g.is_finite() && (g as f64 - w as f64).abs() <= tol,
-                            "{kern:?} (padded {padded}) {} T={tokens} rows {r0}..{r1} output {j} (token {}, row {}): {g} vs {w} +- {tol:e}",
+                            "{kern:?} (padded {padded}) {} {sc:?} T={tokens} rows {r0}..{r1} output {j} (token {}, row {}): {g} vs {w} +- {tol:e}",
                             f.name(),
                             j / (r1 - r0),
                             r0 + j % (r1 - r0)
@@ -204,11 +238,13 @@ fn fast_activation_quantizer_gives_the_reference_bytes() {
                 .iter_mut()
                 .enumerate()
                 .for_each(|(i, v)| *v = i as f32 * 0.5 - 2.0);
-            let mut want = vec![0u8; f.act_row_bytes(cols)];
-            let mut got = vec![0xAAu8; f.act_row_bytes(cols)];
-            quantize_act_row(f, &x, &mut want);
-            quantize_act_row_with(isa, f, &x, &mut got);
-            assert_eq!(got, want, "{isa} {}", f.name());
+            for &sc in scalings(f) {
+                let mut want = vec![0u8; f.act_row_bytes(cols)];
+                let mut got = vec![0xAAu8; f.act_row_bytes(cols)];
+                quantize_act_row(f, sc, &x, &mut want);
+                quantize_act_row_with(isa, f, sc, &x, &mut got);
+                assert_eq!(got, want, "{isa} {} {sc:?}", f.name());
+            }
         }
     }
 }
@@ -260,17 +296,69 @@ fn fast_silu_is_within_a_few_ulp_of_the_scalar_formula() {
 
 #[test]
 fn unavailable_or_bad_calls_are_errors() {
-    let c = case(RepackFormat::Int4 { group: 64 }, 1, 32, 128, 2, 5);
+    let c = case(
+        RepackFormat::Int4 { group: 64 },
+        1,
+        32,
+        128,
+        2,
+        5,
+        ActScales::PerGroup,
+    );
     let mut out = vec![0f32; 2 * 32];
-    assert!(kernel::gemm(Kernel::Scalar, &c.stack, 1, 0..32, &c.act, 2, &mut out).is_err());
-    assert!(kernel::gemm(Kernel::Scalar, &c.stack, 0, 8..32, &c.act, 2, &mut out).is_err());
-    assert!(kernel::gemm(Kernel::Scalar, &c.stack, 0, 0..32, &c.act[1..], 2, &mut out).is_err());
+    assert!(kernel::gemm(
+        Kernel::Scalar,
+        &c.stack,
+        1,
+        0..32,
+        &c.act,
+        c.scales,
+        2,
+        &mut out
+    )
+    .is_err());
+    assert!(kernel::gemm(
+        Kernel::Scalar,
+        &c.stack,
+        0,
+        8..32,
+        &c.act,
+        c.scales,
+        2,
+        &mut out
+    )
+    .is_err());
+    assert!(kernel::gemm(
+        Kernel::Scalar,
+        &c.stack,
+        0,
+        0..32,
+        &c.act[1..],
+        c.scales,
+        2,
+        &mut out
+    )
+    .is_err());
     assert!(kernel::gemm(
         Kernel::Scalar,
         &c.stack,
         0,
         0..32,
         &c.act[..c.act.len() / 34],
+        c.scales,
+        2,
+        &mut out
+    )
+    .is_err());
+    // Per-group rows declared per token are refused (the folded kernel would read one
+    // scale of each).
+    assert!(kernel::gemm(
+        Kernel::Scalar,
+        &c.stack,
+        0,
+        0..32,
+        &c.act,
+        ActScales::PerToken,
         2,
         &mut out
     )
@@ -278,6 +366,16 @@ fn unavailable_or_bad_calls_are_errors() {
     if let Err(e) = Kernel::Amx.check(RepackFormat::Int8 { group: 64 }) {
         let msg = e.to_string();
         assert!(msg.contains("amx"), "{msg}");
-        assert!(kernel::gemm(Kernel::Amx, &c.stack, 0, 0..32, &c.act, 2, &mut out).is_err());
+        assert!(kernel::gemm(
+            Kernel::Amx,
+            &c.stack,
+            0,
+            0..32,
+            &c.act,
+            c.scales,
+            2,
+            &mut out
+        )
+        .is_err());
     }
 }

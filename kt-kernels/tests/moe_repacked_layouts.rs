@@ -48,14 +48,21 @@ fn per_element_errors_stay_within_the_rounding_bounds() {
     for g in [32, 64, 128] {
         let q8 = roundtrip(RepackFormat::Int8 { group: g }, &w, e, rows, cols);
         let q4 = roundtrip(RepackFormat::Int4 { group: g }, &w, e, rows, cols);
+        let s4 =
+            RepackedStack::from_f32(RepackFormat::Int4 { group: g }, &w, e, rows, cols).unwrap();
         for (grp, ((a, b8), b4)) in w.chunks(g).zip(q8.chunks(g)).zip(q4.chunks(g)).enumerate() {
             let amax = a.iter().fold(0f32, |m, v| m.max(v.abs()));
             // INT8: half a step of amax/127, plus the f16 rounding of the step (2^-11
             // relative) times |q| <= 127: 0.5 + 127 * 2^-11 < 0.57 steps.
             let step8 = amax / 127.0;
-            // INT4: the chosen step is at most amax/6.5; an element is off by at most
-            // half a step, or (clamped at +7 with a step of amax/8) one step: amax/6.5.
-            let bound4 = amax / 6.5 * 1.001;
+            // INT4, folded scales `d_n * m` (`fold.rs`): the multiplier search keeps |m|
+            // within [floor(amax / 8 d_n), ceil(amax / 6.5 d_n)] (at least 1, at most
+            // 16): the step is at most amax/6.5 + d_n (half of it per element) and at
+            // least amax/8 - d_n, so +amax clamped at +7 steps is off by at most
+            // amax/8 + 7 d_n (16 d_n, the top, is above amax/8 up to the f16 rounding).
+            let r = grp * g / cols;
+            let dn = s4.row_scale(r / rows, r % rows).expect("INT4 stacks fold");
+            let bound4 = (amax / 8.0 + 8.0 * dn).max(amax / 13.0 + dn / 2.0) * 1.001;
             for ((&x, &y8), &y4) in a.iter().zip(b8).zip(b4) {
                 assert!(
                     (x - y8).abs() <= 0.57 * step8,
@@ -66,13 +73,18 @@ fn per_element_errors_stay_within_the_rounding_bounds() {
                     "int4 g{g} group {grp}: {x} -> {y4}"
                 );
             }
-            // The scale search includes +amax/7, the plain symmetric quantizer, and keeps
-            // the least squared error: never worse than it.
-            let d = half::f16::from_f32(amax / 7.0).to_f32();
-            let plain: f32 = a
-                .iter()
-                .map(|&x| (x - d * (x / d).round().clamp(-8.0, 7.0)).powi(2))
-                .sum();
+            // INT4 scales are folded (`d_n * m`, m integer): per group the multiplier
+            // search covers both integers around amax / (7 d_n), so the result is never
+            // worse than the plain symmetric quantizer (+amax/7) on that grid.
+            let plain = [(amax / (7.0 * dn)).floor(), (amax / (7.0 * dn)).ceil()]
+                .into_iter()
+                .map(|m| m.clamp(1.0, 16.0) * dn)
+                .map(|d| {
+                    a.iter()
+                        .map(|&x| (x - d * (x / d).round().clamp(-8.0, 7.0)).powi(2))
+                        .sum::<f32>()
+                })
+                .fold(f32::INFINITY, f32::min);
             let ours: f32 = a.iter().zip(b4).map(|(&x, &y)| (x - y).powi(2)).sum();
             assert!(
                 ours <= plain * 1.0001 + 1e-12,

@@ -11,6 +11,11 @@
 //! for G=32), the C tiles are stored and scaled in f32 by `d_w[n] * d_a[t]` into an f32
 //! accumulator block; INT4 panels are first unpacked to int8 (`q + 8` nibbles minus 8)
 //! into an on-stack B buffer.
+//! INT4 with folded scales (`moe::repack::fold`) and per-token activation rows: the
+//! unpack writes `m[n, g] * q` (int8) instead of `q`, so C accumulates a row's integer
+//! dot across groups; it makes a round trip through an int32 block per K chunk of 128
+//! (tile load, `tdpbssd`s, tile store: no vector work) and is scaled once at the end by
+//! `d_n * d_a[t]` (see `gemm_int4_folded`).
 //! Rows past the last token are never loaded or stored: the A and C tiles of the last
 //! block are configured with the rows that remain.
 //!
@@ -23,7 +28,7 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
 use super::tiles::{tile_dp_bf16, tile_dp_i8, tile_load, tile_store, tile_zero, TileConfig};
-use crate::cpu::moe::repack::{PrefetchLevel, RepackFormat, Tile, PANEL};
+use crate::cpu::moe::repack::{ActScales, PrefetchLevel, RepackFormat, Tile, PANEL};
 
 /// Tokens and panels per BF16 block.
 const MB: usize = 32;
@@ -62,7 +67,10 @@ pub(crate) unsafe fn gemm(t: &Tile) {
     unsafe {
         match t.format {
             RepackFormat::Bf16 => gemm_bf16(t),
-            RepackFormat::Int4 { group } => gemm_int::<true>(t, group),
+            RepackFormat::Int4 { group } => match t.fold {
+                Some(fold) if t.act == ActScales::PerToken => gemm_int4_folded(t, group, fold),
+                _ => gemm_int::<true>(t, group),
+            },
             RepackFormat::Int8 { group } => gemm_int::<false>(t, group),
         }
     }
@@ -357,6 +365,216 @@ unsafe fn unpack_group(t: &Tile, p0: usize, nt: usize, g: usize, group: usize, d
                     _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(line), nib), eight);
                 _mm512_store_si512(out.add(128 * i) as *mut _, lo);
                 _mm512_store_si512(out.add(128 * i + 64) as *mut _, hi);
+            }
+        }
+    }
+}
+
+/// Reduction elements per C round trip of the folded kernel: 128 (two K-steps) where K
+/// allows, else 64 or 32. A multiple of the group (all are powers of two dividing K).
+fn fold_chunk(k: usize) -> usize {
+    if k.is_multiple_of(128) {
+        128
+    } else if k.is_multiple_of(64) {
+        64
+    } else {
+        32
+    }
+}
+
+/// INT4 over folded scales with per-token activations: the blocking of `gemm_int` (16
+/// tokens x 4 panels per tile pass, super-blocks of 64 tokens, chunks unpacked once for
+/// all row blocks into a double buffer), but the C tiles are never scaled per group:
+/// per chunk of K they are loaded from an int32 block (zeroed at the first), take the
+/// chunk's `tdpbssd`s and are stored back; after the last chunk each int32 dot is
+/// scaled by `d_n * d_a[t]` into the output. `sum m * q * a` over K fits i32 (at most
+/// 128 * 128 * K, K < 2^17).
+///
+/// # Safety
+/// As `gemm`; `fold` points at the tile's first panel's row scales and multipliers.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn gemm_int4_folded(t: &Tile, group: usize, (row_scales, mults): (*const f32, *const i8)) {
+    let k = t.k;
+    let chunk = fold_chunk(k);
+    let chunks = k / chunk;
+    let kstep = chunk.min(64);
+    let two_k = chunk / kstep == 2;
+    // Uninitialised as in gemm_int: each row block's int32 dots are written (zeroed C
+    // tiles stored) at the first chunk before any load, chunks unpacked before use.
+    let mut acc = MaybeUninit::<Block<i32, { SB * LDC }>>::uninit();
+    let acc = acc.as_mut_ptr().cast::<i32>();
+    let mut unpacked = MaybeUninit::<Block<u8, { 2 * NQ * 128 * PANEL }>>::uninit();
+    let unpacked = unpacked.as_mut_ptr().cast::<u8>();
+    let mut loaded: Option<usize> = None;
+    let pf = t.prefetch.groups;
+    let nq = panels_per_block(t.tokens);
+    let ldc_b = LDC * 4;
+    // SAFETY (whole body): as in gemm_int; the row scales and multipliers of panels
+    // q0..q0+nt lie behind `row_scales` / `mults` (caller).
+    unsafe {
+        for c in 0..pf.min(chunks) {
+            prefetch_group(t, 0, nq, c, chunk);
+        }
+        for s0 in (0..t.tokens).step_by(SB) {
+            let sm = SB.min(t.tokens - s0);
+            for q0 in (0..t.panels).step_by(nq) {
+                let nt = nq.min(t.panels - q0);
+                unpack_folded(t, mults, (q0, nt), 0, chunk, group, unpacked);
+                for c in 0..chunks {
+                    let ahead = c + pf;
+                    if pf == 0 {
+                    } else if ahead < chunks {
+                        prefetch_group(t, q0, nq, ahead, chunk);
+                    } else if q0 + nq < t.panels {
+                        prefetch_group(t, q0 + nq, nq, ahead - chunks, chunk);
+                    } else if s0 + SB < t.tokens {
+                        prefetch_group(t, 0, nq, ahead - chunks, chunk);
+                    }
+                    let b = [0, 1, 2, 3].map(|ni| {
+                        unpacked
+                            .add(((c & 1) * NQ + ni.min(nt - 1)) * chunk * PANEL)
+                            .cast_const()
+                    });
+                    for m0 in (s0..s0 + sm).step_by(16) {
+                        let m = 16.min(s0 + sm - m0);
+                        let want = if t.a_rows - m0 >= 16 { 16 } else { m };
+                        if loaded != Some(want) {
+                            config_int(want, kstep).load();
+                            loaded = Some(want);
+                        }
+                        let a = t.a.add(m0 * t.a_stride + c * chunk);
+                        tile_load!(4, a, t.a_stride);
+                        if two_k {
+                            tile_load!(5, a.add(kstep), t.a_stride);
+                        }
+                        // This row block's int32 dots (rows m0 - s0.., at most SB).
+                        let cp = acc.add((m0 - s0) * LDC) as *mut u8;
+                        if c == 0 {
+                            tile_zero!(0);
+                            tile_zero!(1);
+                            tile_zero!(2);
+                            tile_zero!(3);
+                        } else {
+                            tile_load!(0, cp, ldc_b);
+                            if nt > 1 {
+                                tile_load!(1, cp.add(64), ldc_b);
+                            }
+                            if nt > 2 {
+                                tile_load!(2, cp.add(128), ldc_b);
+                            }
+                            if nt > 3 {
+                                tile_load!(3, cp.add(192), ldc_b);
+                            }
+                        }
+                        macro_rules! kstep {
+                            ($a:literal, $kb:expr) => {
+                                tile_load!(6, b[0].add($kb), 64usize);
+                                tile_dp_i8!(0, $a, 6);
+                                if nt > 1 {
+                                    tile_load!(7, b[1].add($kb), 64usize);
+                                    tile_dp_i8!(1, $a, 7);
+                                }
+                                if nt > 2 {
+                                    tile_load!(6, b[2].add($kb), 64usize);
+                                    tile_dp_i8!(2, $a, 6);
+                                }
+                                if nt > 3 {
+                                    tile_load!(7, b[3].add($kb), 64usize);
+                                    tile_dp_i8!(3, $a, 7);
+                                }
+                            };
+                        }
+                        kstep!(4, 0);
+                        if two_k {
+                            kstep!(5, kstep * PANEL);
+                        }
+                        tile_store!(0, cp, ldc_b);
+                        if nt > 1 {
+                            tile_store!(1, cp.add(64), ldc_b);
+                        }
+                        if nt > 2 {
+                            tile_store!(2, cp.add(128), ldc_b);
+                        }
+                        if nt > 3 {
+                            tile_store!(3, cp.add(192), ldc_b);
+                        }
+                    }
+                    if c + 1 < chunks {
+                        let dst = unpacked.add(((c + 1) & 1) * NQ * chunk * PANEL);
+                        unpack_folded(t, mults, (q0, nt), c + 1, chunk, group, dst);
+                    }
+                }
+                let d = [0, 1, 2, 3]
+                    .map(|ni| _mm512_loadu_ps(row_scales.add((q0 + ni.min(nt - 1)) * PANEL)));
+                for r in 0..sm {
+                    // The row's one scale (every group slot holds it).
+                    let ascale = _mm512_set1_ps(
+                        (t.a.add((s0 + r) * t.a_stride + k) as *const f32).read_unaligned(),
+                    );
+                    for (ni, dn) in d.iter().enumerate().take(nt) {
+                        let ci = _mm512_load_si512(acc.add(r * LDC + ni * PANEL) as *const _);
+                        _mm512_storeu_ps(
+                            t.out.add((s0 + r) * t.ldo + (q0 + ni) * PANEL),
+                            _mm512_mul_ps(_mm512_cvtepi32_ps(ci), _mm512_mul_ps(*dn, ascale)),
+                        );
+                    }
+                }
+            }
+        }
+        super::tiles::release();
+    }
+}
+
+/// Unpacks chunk `c` (`chunk` elements of K) of panels `p0..p0 + nt` of folded INT4 to
+/// int8 `m * q` at `dst` (panel `ni` at `dst + ni * chunk * PANEL`, 64 bytes per K-step
+/// row). Per group, the 16 rows' multipliers as words `|m|` (one per 2 bytes of a
+/// row's 4-byte unit) and bytes `8 |m|`: `|m| * (q + 8)` is below 256 in each byte of a
+/// `vpmullw` word (no carry), `- 8 |m|` makes `|m| * q`, negated in the rows whose `m`
+/// is negative.
+///
+/// # Safety
+/// As `unpack_group`; `mults` covers the panels' multipliers.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn unpack_folded(
+    t: &Tile,
+    mults: *const i8,
+    (p0, nt): (usize, usize),
+    c: usize,
+    chunk: usize,
+    group: usize,
+    dst: *mut u8,
+) {
+    let (pb, ps) = (t.format.panel_bytes(t.k), t.format.panel_scales(t.k));
+    let nib = _mm512_set1_epi8(0x0F);
+    let bytes = _mm512_set1_epi32(0x0101_0101);
+    let zero = _mm512_setzero_si512();
+    for ni in 0..nt {
+        // SAFETY: panel p0 + ni's chunk c and its groups' multipliers are inside the
+        // weights and `mults`, its unpacked bytes inside `dst` (caller).
+        unsafe {
+            let panel = t.w.add((p0 + ni) * pb);
+            let out = dst.add(ni * chunk * PANEL);
+            for g in c * chunk / group..(c + 1) * chunk / group {
+                let m = _mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    mults.add((p0 + ni) * ps + g * PANEL) as *const __m128i,
+                ));
+                let ma = _mm512_abs_epi32(m);
+                let mw = _mm512_or_si512(ma, _mm512_slli_epi32::<16>(ma));
+                let off = _mm512_mullo_epi32(_mm512_slli_epi32::<3>(ma), bytes);
+                let neg = _mm512_movepi8_mask(m);
+                let fold = |u: __m512i| {
+                    let p = _mm512_sub_epi8(_mm512_mullo_epi16(u, mw), off);
+                    _mm512_mask_sub_epi8(p, neg, zero, p)
+                };
+                for i in g * group / 8..(g + 1) * group / 8 {
+                    let line = _mm512_loadu_si512(panel.add(i * 64) as *const _);
+                    let lo = _mm512_and_si512(line, nib);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(line), nib);
+                    let o = out.add(128 * (i - c * chunk / 8));
+                    _mm512_store_si512(o as *mut _, fold(lo));
+                    _mm512_store_si512(o.add(64) as *mut _, fold(hi));
+                }
             }
         }
     }

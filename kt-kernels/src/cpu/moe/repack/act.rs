@@ -9,6 +9,12 @@
 //! coarsens its own group (DeepSeek's hidden states have a few large channels). The
 //! VNNI kernels (`vpdpbusd` is u8 x s8) handle the sign on the weight side instead.
 //!
+//! [`ActScales::PerToken`] (INT4 prefill on AMX with folded weight scales, `fold.rs`):
+//! one scale for the whole row, `d = absmax(row) / 127`, written into every group's
+//! scale slot, so the row has the per-group layout and every kernel reads it as before;
+//! the folded AMX kernel reads one. A row's outlier then coarsens all of it: the price
+//! of accumulating the whole row's integer dot in the AMX tiles.
+//!
 //! Row layout: `cols` int8 values, then `cols / G` f32 scales (little endian).
 //! BF16 weights: the row in bf16, round to nearest even.
 
@@ -16,19 +22,50 @@ use half::bf16;
 
 use super::format::RepackFormat;
 
+/// How an INT activation row is scaled (BF16 rows ignore it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActScales {
+    /// One scale per group of the weights' group size.
+    PerGroup,
+    /// One scale per row, repeated in each group's slot.
+    PerToken,
+}
+
 /// Quantizes one row with the fastest quantizer `isa` allows (same bytes as
 /// [`quantize_row`]).
-pub fn quantize_row_with(isa: crate::cpu::Isa, format: RepackFormat, src: &[f32], dst: &mut [u8]) {
+pub fn quantize_row_with(
+    isa: crate::cpu::Isa,
+    format: RepackFormat,
+    scales: ActScales,
+    src: &[f32],
+    dst: &mut [u8],
+) {
     #[cfg(target_arch = "x86_64")]
     let avx512 = isa >= crate::cpu::Isa::Avx512
         && std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw");
     if let (true, Some(g)) = (avx512, format.group()) {
-        // SAFETY: AVX512 F/BW were detected; quantize_int8 checks the lengths.
-        unsafe { super::act_avx512::quantize_int8(src, dst, g) };
+        let n = src.len();
+        // SAFETY: AVX512 F/BW were detected; quantize_int8 checks the lengths (a
+        // per-token row is one group of n, its scale at n, then copied to the others).
+        match scales {
+            ActScales::PerGroup => unsafe { super::act_avx512::quantize_int8(src, dst, g) },
+            ActScales::PerToken => {
+                unsafe { super::act_avx512::quantize_int8(src, &mut dst[..n + 4], n) };
+                repeat_scale(dst, n, g);
+            }
+        }
         return;
     }
-    quantize_row(format, src, dst);
+    quantize_row(format, scales, src, dst);
+}
+
+/// Copies the first group's scale of an INT row of `n` values into the other slots.
+fn repeat_scale(dst: &mut [u8], n: usize, g: usize) {
+    let (first, rest) = dst[n..n + 4 * (n / g)].split_at_mut(4);
+    for s in rest.chunks_exact_mut(4) {
+        s.copy_from_slice(first);
+    }
 }
 
 /// Quantizes the columns `c0..c0 + src.len()` of a row whose other columns are written
@@ -45,7 +82,7 @@ pub(crate) fn quantize_segment_with(
     scales: &mut [u8],
 ) {
     let Some(g) = format.group() else {
-        quantize_row_with(isa, format, src, vals);
+        quantize_row_with(isa, format, ActScales::PerGroup, src, vals);
         return;
     };
     debug_assert!(src.len().is_multiple_of(g) && vals.len() == src.len());
@@ -59,7 +96,7 @@ pub(crate) fn quantize_segment_with(
         .zip(scales.chunks_exact_mut(4))
     {
         let row = &mut one[..g + 4];
-        quantize_row_with(isa, format, x, row);
+        quantize_row_with(isa, format, ActScales::PerGroup, x, row);
         v.copy_from_slice(&row[..g]);
         s.copy_from_slice(&row[g..]);
     }
@@ -67,7 +104,7 @@ pub(crate) fn quantize_segment_with(
 
 /// Quantizes one row (`src.len()` = cols) into `dst` (`format.act_row_bytes(cols)` bytes).
 /// The scalar reference; lengths are checked by the callers.
-pub fn quantize_row(format: RepackFormat, src: &[f32], dst: &mut [u8]) {
+pub fn quantize_row(format: RepackFormat, scales: ActScales, src: &[f32], dst: &mut [u8]) {
     debug_assert_eq!(dst.len(), format.act_row_bytes(src.len()));
     match format.group() {
         None => {
@@ -76,22 +113,36 @@ pub fn quantize_row(format: RepackFormat, src: &[f32], dst: &mut [u8]) {
             }
         }
         Some(g) => {
-            let (vals, scales) = dst.split_at_mut(src.len());
-            for ((x, q), s) in src
-                .chunks_exact(g)
-                .zip(vals.chunks_exact_mut(g))
-                .zip(scales.chunks_exact_mut(4))
-            {
-                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                for (q, &v) in q.iter_mut().zip(x) {
-                    *q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8 as u8;
+            let n = src.len();
+            let (vals, sc) = dst.split_at_mut(n);
+            match scales {
+                ActScales::PerGroup => {
+                    for ((x, q), s) in src
+                        .chunks_exact(g)
+                        .zip(vals.chunks_exact_mut(g))
+                        .zip(sc.chunks_exact_mut(4))
+                    {
+                        s.copy_from_slice(&quantize_group(x, q).to_le_bytes());
+                    }
                 }
-                s.copy_from_slice(&d.to_le_bytes());
+                ActScales::PerToken => {
+                    sc[..4].copy_from_slice(&quantize_group(src, vals).to_le_bytes());
+                    repeat_scale(dst, n, g);
+                }
             }
         }
     }
+}
+
+/// `x` to int8 with `d = absmax / 127`, `x * (1/d)` rounded to nearest even; returns `d`.
+fn quantize_group(x: &[f32], q: &mut [u8]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8 as u8;
+    }
+    d
 }
 
 /// The f32 values a quantized row stands for (tests and the exact reference).
@@ -139,7 +190,7 @@ mod tests {
             ] {
                 let row_bytes = f.act_row_bytes(cols);
                 let mut whole = vec![0u8; row_bytes];
-                quantize_row(f, &x, &mut whole);
+                quantize_row(f, ActScales::PerGroup, &x, &mut whole);
                 let g = f.group().unwrap_or(32);
                 for block in [g, 2 * g, 128.max(g)] {
                     let mut parts = vec![0xA5u8; row_bytes];

@@ -4,7 +4,9 @@
 //! (quantized by `act.rs`): `out[t * ldo + 16 * p + n] = W[16 p + n, :] . a_t`. Three
 //! kernels compute it:
 //! - [`scalar`]: the reference. Integer dot per group, then `d_w * d_a * dot` summed over
-//!   groups in f64 (BF16: products summed in f64). Never optimized.
+//!   groups in f64 (BF16: products summed in f64); for per-token activations over folded
+//!   INT4 weights (`fold.rs`) the prefill arithmetic instead: the row's integer dot
+//!   `sum m * q * a`, times `d_n * d_a`, in f64. Never optimized.
 //! - `vnni` (AVX512-VNNI, AVX512-BF16): few tokens (decode), and prefill without AMX.
 //! - `cpu::amx::repack` (AMX `tdpbssd` / `tdpbf16ps`): prefill, chosen when an item has at
 //!   least [`amx_min_tokens`] tokens and the ISA is AMX.
@@ -13,7 +15,7 @@ use std::ops::Range;
 
 use half::f16;
 
-use super::act::act_scale;
+use super::act::{act_scale, ActScales};
 use super::format::{RepackFormat, PANEL};
 use super::matrix::{int_weight, RepackedStack};
 use crate::cpu::Isa;
@@ -31,6 +33,18 @@ pub fn amx_min_tokens(format: RepackFormat) -> usize {
         RepackFormat::Int4 { .. } => 6,
         RepackFormat::Int8 { .. } => 2,
         RepackFormat::Bf16 => 1,
+    }
+}
+
+/// How the activation rows of a call are scaled for `stack` when its busiest expert has
+/// `busiest` positions: one scale per token when AMX items will run over folded INT4
+/// weights (the folded kernel needs it; the other kernels read such rows as they read
+/// per-group ones), else one per group (finer: decode and machines without AMX keep it).
+pub fn act_scales(isa: Isa, stack: &RepackedStack, busiest: usize) -> ActScales {
+    if isa >= Isa::Amx && stack.folded() && busiest >= amx_min_tokens(stack.format()) {
+        ActScales::PerToken
+    } else {
+        ActScales::PerGroup
     }
 }
 
@@ -98,10 +112,16 @@ pub(crate) struct Tile {
     /// bytes and `p * panel_scales(k)` scales further.
     pub w: *const u8,
     pub scales: *const f16,
+    /// INT4 folded scales of the tile's first panel (row scales, `[panel][16]`; group
+    /// multipliers, indexed as `scales`), when the stack has them.
+    pub fold: Option<(*const f32, *const i8)>,
     pub panels: usize,
     /// Activation row `t` at `a + t * a_stride` (`act_row_bytes(k)` bytes each).
     pub a: *const u8,
     pub a_stride: usize,
+    /// How the activation rows are scaled (per token: every group slot holds the row's
+    /// scale).
+    pub act: ActScales,
     pub tokens: usize,
     /// Rows readable from `a` (>= tokens). With 32 or more rows readable past a block's
     /// first token, AMX loads whole 16-row tiles and drops the extra rows' results
@@ -179,24 +199,55 @@ pub(crate) unsafe fn scalar(t: &Tile) {
     let f = t.format;
     let (pb, ps) = (f.panel_bytes(t.k), f.panel_scales(t.k));
     let arow = f.act_row_bytes(t.k);
+    let folded = t.fold.filter(|_| t.act == ActScales::PerToken);
     for p in 0..t.panels {
-        // SAFETY: the caller guarantees the tile's panels, activation rows and outputs.
-        let (panel, scales) = unsafe {
+        // SAFETY: the caller guarantees the tile's panels, activation rows and outputs
+        // (and the fold's row scales and multipliers, indexed as panels and scales).
+        let (panel, scales, fold) = unsafe {
             (
                 std::slice::from_raw_parts(t.w.add(p * pb), pb),
                 std::slice::from_raw_parts(t.scales.add(p * ps), ps),
+                folded.map(|(d, m)| {
+                    (
+                        std::slice::from_raw_parts(d.add(p * PANEL), PANEL),
+                        std::slice::from_raw_parts(m.add(p * ps), ps),
+                    )
+                }),
             )
         };
         for tok in 0..t.tokens {
             // SAFETY: as above.
             let a = unsafe { std::slice::from_raw_parts(t.a.add(tok * t.a_stride), arow) };
             for n in 0..PANEL {
-                let v = dot_reference(f, t.k, panel, scales, n, a);
+                let v = match fold {
+                    Some((d, m)) => dot_folded(f, t.k, panel, d[n], m, n, a),
+                    None => dot_reference(f, t.k, panel, scales, n, a),
+                };
                 // SAFETY: as above.
                 unsafe { *t.out.add(tok * t.ldo + p * PANEL + n) = v as f32 };
             }
         }
     }
+}
+
+/// The prefill arithmetic of folded INT4 with a per-token activation row: the integer
+/// dot of `m * q` with the row over all of K, scaled once by `d_n * d_a`, in f64.
+fn dot_folded(
+    f: RepackFormat,
+    k: usize,
+    panel: &[u8],
+    d: f32,
+    m: &[i8],
+    n: usize,
+    a: &[u8],
+) -> f64 {
+    let g = f.group().expect("folded weights are INT4");
+    let idot: i64 = (0..k)
+        .map(|c| {
+            m[(c / g) * PANEL + n] as i64 * int_weight(f, panel, n, c) as i64 * a[c] as i8 as i64
+        })
+        .sum();
+    idot as f64 * d as f64 * act_scale(a, k, 0) as f64
 }
 
 /// Row `n` of one panel against one quantized activation row, in f64.
@@ -233,13 +284,16 @@ fn dot_reference(
 /// Safe entry for tests and tools: rows `rows` (whole panels) of expert `e` against the
 /// first `tokens` activation rows of `act` (`act_row_bytes(cols)` bytes each; rows after
 /// them are padding the AMX kernel may load whole tiles from) into
-/// `out[tokens x rows.len()]`, with `kernel`.
+/// `out[tokens x rows.len()]`, with `kernel`. `scales` says how the rows were quantized
+/// (per token: an error unless each INT row's group scales are equal).
+#[allow(clippy::too_many_arguments)]
 pub fn gemm(
     kernel: Kernel,
     stack: &RepackedStack,
     e: usize,
     rows: Range<usize>,
     act: &[u8],
+    scales: ActScales,
     tokens: usize,
     out: &mut [f32],
 ) -> Result<()> {
@@ -274,6 +328,16 @@ pub fn gemm(
             rows.len()
         )));
     }
+    if let (ActScales::PerToken, Some(g)) = (scales, f.group()) {
+        if let Some(t) = (0..tokens).find(|&t| {
+            let row = &act[t * arow..(t + 1) * arow];
+            (1..k / g).any(|gi| act_scale(row, k, gi).to_bits() != act_scale(row, k, 0).to_bits())
+        }) {
+            return Err(bad(format!(
+                "activation row {t} has different group scales: not a per-token row"
+            )));
+        }
+    }
     if tokens == 0 || rows.is_empty() {
         return Ok(());
     }
@@ -283,9 +347,16 @@ pub fn gemm(
         k,
         w: stack.expert_data(e)[p0 * f.panel_bytes(k)..].as_ptr(),
         scales: stack.expert_scales(e)[p0 * f.panel_scales(k)..].as_ptr(),
+        fold: stack.expert_fold(e).map(|(d, m)| {
+            (
+                d[rows.start..].as_ptr(),
+                m[p0 * f.panel_scales(k)..].as_ptr(),
+            )
+        }),
         panels: rows.len() / PANEL,
         a: act.as_ptr(),
         a_stride: arow,
+        act: scales,
         tokens,
         a_rows: act.len() / arow,
         out: out.as_mut_ptr(),

@@ -4,6 +4,7 @@
 
 use half::f16;
 
+use super::fold::{quant4, quantize_row_folded, Fold};
 use super::format::{locate, RepackFormat, PANEL};
 use crate::cpu::moe::ExpertStack;
 use crate::error::{KtError, Result};
@@ -18,6 +19,9 @@ pub struct RepackedStack {
     cols: usize,
     data: AlignedBuf,
     scales: Vec<f16>,
+    /// INT4: the scales as row scales times integer multipliers (`fold.rs`), for the AMX
+    /// prefill kernel; `None` for other formats or scales that do not factor.
+    fold: Option<Fold>,
 }
 
 /// Candidate INT4 scale divisors: the absmax element maps to +-r. Searching a few
@@ -51,6 +55,7 @@ impl RepackedStack {
         for e in 0..experts {
             s.pack_expert(e, &w[e * rows * cols..(e + 1) * rows * cols]);
         }
+        s.derive_fold();
         Ok(s)
     }
 
@@ -64,6 +69,7 @@ impl RepackedStack {
             quant_ref::dequantize(stack.qtype(), stack.expert(e), &mut f);
             s.pack_expert(e, &f);
         }
+        s.derive_fold();
         Ok(s)
     }
 
@@ -89,6 +95,7 @@ impl RepackedStack {
         }
         s.data.as_mut_slice().copy_from_slice(data);
         s.scales = scales;
+        s.derive_fold();
         Ok(s)
     }
 
@@ -115,7 +122,42 @@ impl RepackedStack {
             cols,
             data: AlignedBuf::with_len(bytes),
             scales: vec![f16::ZERO; panels * format.panel_scales(cols)],
+            fold: None,
         })
+    }
+
+    fn derive_fold(&mut self) {
+        if let RepackFormat::Int4 { group } = self.format {
+            self.fold = Fold::derive(&self.scales, self.cols / group);
+        }
+    }
+
+    /// True when the INT4 scales factor into row scales and group multipliers (always
+    /// for stacks this repacker quantized, see `fold.rs`): the AMX prefill kernel then
+    /// accumulates whole rows in integers.
+    pub fn folded(&self) -> bool {
+        self.fold.is_some()
+    }
+
+    /// The row scale `d_n` of row `r` of expert `e` of a folded INT4 stack (its group
+    /// scales are `d_n` times integers in `MIN_MULT..=MAX_MULT`); `None` when not folded
+    /// or out of range.
+    pub fn row_scale(&self, e: usize, r: usize) -> Option<f32> {
+        if e >= self.experts || r >= self.rows {
+            return None;
+        }
+        Some(self.fold.as_ref()?.row_scales[e * self.rows + r])
+    }
+
+    /// Expert `e`'s row scales (`rows` f32) and group multipliers (indexed as its
+    /// scales), if folded; panics if `e >= experts`.
+    pub(crate) fn expert_fold(&self, e: usize) -> Option<(&[f32], &[i8])> {
+        let f = self.fold.as_ref()?;
+        let n = self.expert_scales_len();
+        Some((
+            &f.row_scales[e * self.rows..(e + 1) * self.rows],
+            &f.mults[e * n..(e + 1) * n],
+        ))
     }
 
     pub fn format(&self) -> RepackFormat {
@@ -165,6 +207,7 @@ impl RepackedStack {
         let data = &mut self.data.as_mut_slice()[e * dn..(e + 1) * dn];
         let scales = &mut self.scales[e * sn..(e + 1) * sn];
         let mut q = vec![0i8; cols];
+        let mut row_scales = vec![f16::ZERO; format.group().map_or(0, |g| cols / g)];
         for r in 0..self.rows {
             let (p, n) = (r / PANEL, r % PANEL);
             let panel = &mut data[p * pb..(p + 1) * pb];
@@ -179,16 +222,36 @@ impl RepackedStack {
                 }
                 RepackFormat::Int8 { group } | RepackFormat::Int4 { group } => {
                     let int4 = matches!(format, RepackFormat::Int4 { .. });
-                    for (g, (src, dst)) in row
-                        .chunks_exact(group)
-                        .zip(q.chunks_exact_mut(group))
-                        .enumerate()
-                    {
-                        let d = if int4 {
-                            quantize_int4_group(src, dst)
-                        } else {
-                            quantize_int8_group(src, dst)
-                        };
+                    // INT4: scales folded over the row (`fold.rs`), the row scale set by
+                    // the best own scale of the group with the largest magnitude; the
+                    // groups' own scales only where no row scale is exact in f16.
+                    let folded = int4 && {
+                        let gmax = row
+                            .chunks_exact(group)
+                            .map(|x| x.iter().fold(0f32, |m, v| m.max(v.abs())))
+                            .enumerate()
+                            .fold((0, -1f32), |b, (g, a)| if a > b.1 { (g, a) } else { b })
+                            .0;
+                        let own = quantize_int4_group(
+                            &row[gmax * group..(gmax + 1) * group],
+                            &mut q[..group],
+                        );
+                        quantize_row_folded(row, group, own.to_f32().abs(), &mut row_scales, &mut q)
+                    };
+                    if !folded {
+                        for (g, (src, dst)) in row
+                            .chunks_exact(group)
+                            .zip(q.chunks_exact_mut(group))
+                            .enumerate()
+                        {
+                            row_scales[g] = if int4 {
+                                quantize_int4_group(src, dst)
+                            } else {
+                                quantize_int8_group(src, dst)
+                            };
+                        }
+                    }
+                    for (g, &d) in row_scales.iter().enumerate() {
                         scales[p * ps + g * PANEL + n] = d;
                     }
                     for (k, &v) in q.iter().enumerate() {
@@ -275,13 +338,7 @@ fn quantize_int4_group(src: &[f32], dst: &mut [i8]) -> f16 {
         dst.fill(0);
         return f16::ZERO;
     }
-    let quant = |d: f32, v: f32| {
-        if d == 0.0 {
-            0.0
-        } else {
-            (v / d).round().clamp(-8.0, 7.0)
-        }
-    };
+    let quant = quant4;
     let mut best = (f32::INFINITY, f16::ZERO);
     for r in INT4_DIVISORS {
         for sign in [1.0f32, -1.0] {

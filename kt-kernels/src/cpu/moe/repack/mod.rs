@@ -5,7 +5,8 @@
 //! - [`RepackFormat`], [`RepackedStack`]: the layouts, the converter from f32 or a GGUF
 //!   [`ExpertStack`](super::ExpertStack), and [`repack_error`] (relative Frobenius error
 //!   against the original's reference dequantization).
-//! - `act.rs`: per-token activation rows (int8 with one scale per group, or bf16).
+//! - `act.rs`: per-token activation rows (int8 with one scale per group or one per
+//!   token, or bf16); `fold.rs`: INT4 scales as row scales x integer multipliers.
 //! - [`kernel`]: one GEMM tile; the scalar reference, the AVX512 kernel (decode and the
 //!   fallback without AMX) and AMX (`cpu::amx::repack`), picked per work item by tokens.
 //! - [`RepackedLayer`], [`RepackedMoe`]: the layer kind and its runner. The routing and
@@ -47,6 +48,7 @@
 mod act;
 #[cfg(target_arch = "x86_64")]
 mod act_avx512;
+mod fold;
 mod format;
 pub mod kernel;
 mod layer;
@@ -60,11 +62,12 @@ mod vnni;
 
 pub use act::{
     dequantize_row as dequantize_act_row, quantize_row as quantize_act_row,
-    quantize_row_with as quantize_act_row_with,
+    quantize_row_with as quantize_act_row_with, ActScales,
 };
+pub use fold::{MAX_MULT, MIN_MULT};
 pub use format::{RepackFormat, GROUPS, PANEL};
 pub(crate) use kernel::Tile;
-pub use kernel::{amx_min_tokens, Kernel, Prefetch, PrefetchLevel};
+pub use kernel::{act_scales, amx_min_tokens, Kernel, Prefetch, PrefetchLevel};
 pub use layer::RepackedLayer;
 pub use matrix::{relative_error, repack_error, RepackedStack};
 pub use reference::reference_exact;

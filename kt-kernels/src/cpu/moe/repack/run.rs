@@ -14,14 +14,18 @@
 //! tokens 17 MB each way). Other experts' positions go through the f32 buffer and a
 //! separate pass; both give the bytes the row quantizer gives.
 //!
+//! Activations are scaled per token (`act.rs`) for a projection whose busy experts run
+//! the folded INT4 AMX kernel ([`act_scales`]): the intermediate's per-token scale needs
+//! the whole row, so those calls leave it in f32 and quantize it in the separate pass.
+//!
 //! Calls run as the GGUF-native operator's do (`driver.rs`): [`RepackedMoe::submit`]
 //! hands the call to a driver thread and returns a [`MoeHandle`] at once,
 //! [`RepackedMoe::forward`] runs it on the calling thread. Every buffer is sized by
 //! [`RepackedMoe::new`] / [`RepackedMoe::reserve`]; a call allocates nothing.
 
-use super::act::{quantize_row_with, quantize_segment_with};
+use super::act::{quantize_row_with, quantize_segment_with, ActScales};
 use super::format::{RepackFormat, PANEL};
-use super::kernel::{Kernel, Prefetch, Tile};
+use super::kernel::{act_scales, Kernel, Prefetch, Tile};
 use super::layer::RepackedLayer;
 use super::matrix::RepackedStack;
 use crate::cpu::moe::driver::{Driver, Job, MoeHandle};
@@ -352,6 +356,15 @@ fn compute(
     let (act_g, act_d) = (act_stride(fg, h), act_stride(fd, i_dim));
 
     s.routing.route(ids, e_count);
+    let busiest = s.routing.counts[..e_count]
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(0) as usize;
+    let (sg, sd) = (
+        act_scales(isa, &l.gate, busiest),
+        act_scales(isa, &l.down, busiest),
+    );
     plan::build(&mut s.items_up, &s.routing, 0..i_dim, 0);
     plan::build(&mut s.items_down, &s.routing, 0..h, 0);
     // An expert's items all have one row block size: record each unfused expert once.
@@ -359,7 +372,7 @@ fn compute(
     for it in &s.items_up {
         let e = it.expert as usize;
         let range = (s.routing.offsets[e], s.routing.offsets[e + 1]);
-        if !fuses_quantize(fd, it) && s.unfused.last() != Some(&range) {
+        if !fuses_quantize(fd, sd, it) && s.unfused.last() != Some(&range) {
             debug_assert!(s.unfused.len() < s.unfused.capacity());
             s.unfused.push(range);
         }
@@ -375,7 +388,7 @@ fn compute(
     // so AMX can load whole tiles; their results are dropped.
     let act_all = &mut s.act.as_mut_slice()[..(pairs + PAD_ROWS) * act_g];
     let (act, _) = act_all.split_at_mut(pairs * act_g);
-    gather(pool, isa, fg, x, h, k, pos_of, act, act_g);
+    gather(pool, isa, (fg, sg), x, h, k, pos_of, act, act_g);
     let inter_q_all = &mut s.inter_q.as_mut_slice()[..(pairs + PAD_ROWS) * act_d];
     let (inter_q, _) = inter_q_all.split_at_mut(pairs * act_d);
     gate_up(
@@ -390,15 +403,25 @@ fn compute(
         Inter {
             q: inter_q,
             stride: act_d,
+            scales: sd,
         },
-        &mut s.tiles,
+        (&mut s.tiles, sg),
     );
-    quantize_rows(pool, isa, fd, &s.unfused, inter, i_dim, inter_q, act_d);
+    quantize_rows(
+        pool,
+        isa,
+        (fd, sd),
+        &s.unfused,
+        inter,
+        i_dim,
+        inter_q,
+        act_d,
+    );
     down(
         pool,
         isa,
         s.prefetch,
-        &l.down,
+        (&l.down, sd),
         &s.items_down,
         inter_q_all,
         act_d,
@@ -429,10 +452,11 @@ fn act_stride(f: RepackFormat, cols: usize) -> usize {
     f.act_row_bytes(cols).next_multiple_of(64)
 }
 
-/// The quantized intermediate: `pairs` rows `stride` bytes apart.
+/// The quantized intermediate: `pairs` rows `stride` bytes apart, scaled `scales`.
 struct Inter<'a> {
     q: &'a mut [u8],
     stride: usize,
+    scales: ActScales,
 }
 
 /// The most rows of one item (the per-item `silu(g) * u` row on the stack).
@@ -442,12 +466,14 @@ const ITEM_ROWS: usize = if plan::GEMM_ROW_BLOCK > plan::GEMV_ROW_BLOCK {
     plan::GEMV_ROW_BLOCK
 };
 
-/// True when a gate/up item's rows are whole groups of the down format `fd`, so it can
-/// quantize its block of the intermediate itself.
-fn fuses_quantize(fd: RepackFormat, it: &Item) -> bool {
-    fd.group().is_none_or(|g| {
-        (it.row0 as usize).is_multiple_of(g) && (it.rows as usize).is_multiple_of(g)
-    })
+/// True when a gate/up item's rows are whole groups of the down format `fd` scaled per
+/// group, so it can quantize its block of the intermediate itself (a per-token scale
+/// needs the whole row).
+fn fuses_quantize(fd: RepackFormat, sd: ActScales, it: &Item) -> bool {
+    sd == ActScales::PerGroup
+        && fd.group().is_none_or(|g| {
+            (it.row0 as usize).is_multiple_of(g) && (it.rows as usize).is_multiple_of(g)
+        })
 }
 
 fn grow<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
@@ -469,7 +495,7 @@ fn phase(pool: &ThreadPool, n: usize, elems: usize, body: &(dyn Fn(usize, usize)
 fn gather(
     pool: &ThreadPool,
     isa: Isa,
-    f: RepackFormat,
+    (f, scales): (RepackFormat, ActScales),
     x: &[f32],
     h: usize,
     k: usize,
@@ -487,7 +513,7 @@ fn gather(
         // to this item only, each inside `dst` (pairs rows of `row <= stride` bytes,
         // `stride` apart).
         let first_row = unsafe { std::slice::from_raw_parts_mut(dst.at(first * stride), row) };
-        quantize_row_with(isa, f, &x[t * h..(t + 1) * h], first_row);
+        quantize_row_with(isa, f, scales, &x[t * h..(t + 1) * h], first_row);
         for &p in &slots[1..] {
             // SAFETY: as above; distinct positions' rows do not overlap.
             unsafe {
@@ -509,7 +535,7 @@ fn tile(
     e: usize,
     r0: usize,
     rows: usize,
-    a: *const u8,
+    (a, act): (*const u8, ActScales),
     a_stride: usize,
     tokens: usize,
     a_rows: usize,
@@ -526,9 +552,16 @@ fn tile(
         k,
         w: stack.data().as_ptr().wrapping_add(p * pb),
         scales: stack.scales().as_ptr().wrapping_add(p * ps),
+        fold: stack.expert_fold(e).map(|(d, m)| {
+            (
+                d.as_ptr().wrapping_add(r0),
+                m.as_ptr().wrapping_add(r0 / PANEL * ps),
+            )
+        }),
         panels: rows / PANEL,
         a,
         a_stride,
+        act,
         tokens,
         a_rows,
         out,
@@ -548,7 +581,7 @@ fn gate_up(
     act_row: usize,
     inter: &mut [f32],
     inter_q: Inter,
-    tiles: &mut [f32],
+    (tiles, sg): (&mut [f32], ActScales),
 ) {
     let a_rows = act.len() / act_row;
     let i_dim = l.gate.rows();
@@ -556,7 +589,11 @@ fn gate_up(
     let fd = l.down.format();
     let a = Raw::new(act.as_ptr());
     let (inter, tiles) = (Raw::new(inter.as_mut_ptr()), Raw::new(tiles.as_mut_ptr()));
-    let (q, q_stride) = (Raw::new(inter_q.q.as_mut_ptr()), inter_q.stride);
+    let (q, q_stride, sd) = (
+        Raw::new(inter_q.q.as_mut_ptr()),
+        inter_q.stride,
+        inter_q.scales,
+    );
     // Where the scale of the group holding column `c` lies in a quantized intermediate
     // row (INT formats).
     let scale_at = |c: usize| i_dim + 4 * (c / fd.group().unwrap_or(1));
@@ -590,7 +627,7 @@ fn gate_up(
                 e,
                 r0,
                 nr,
-                ap,
+                (ap, sg),
                 act_row,
                 nt,
                 a_rows - p0,
@@ -603,7 +640,7 @@ fn gate_up(
                 e,
                 r0,
                 nr,
-                ap,
+                (ap, sg),
                 act_row,
                 nt,
                 a_rows - p0,
@@ -611,7 +648,7 @@ fn gate_up(
                 nr,
             ));
         }
-        let fused = fuses_quantize(fd, &it);
+        let fused = fuses_quantize(fd, sd, &it);
         let mut row = [0f32; ITEM_ROWS];
         for t in 0..nt {
             // SAFETY: the tiles were just written (nt x nr each).
@@ -683,7 +720,7 @@ pub(crate) fn silu(g: f32) -> f32 {
 fn quantize_rows(
     pool: &ThreadPool,
     isa: Isa,
-    f: RepackFormat,
+    (f, scales): (RepackFormat, ActScales),
     ranges: &[(u32, u32)],
     inter: &[f32],
     n: usize,
@@ -699,7 +736,7 @@ fn quantize_rows(
             // SAFETY: row p of `dst` (rows of `row <= stride` bytes, `stride` apart)
             // belongs to range i only (the ranges are disjoint).
             let out = unsafe { std::slice::from_raw_parts_mut(dst.at(p * stride), row) };
-            quantize_row_with(isa, f, &inter[p * n..(p + 1) * n], out);
+            quantize_row_with(isa, f, scales, &inter[p * n..(p + 1) * n], out);
         }
     });
 }
@@ -709,7 +746,7 @@ fn down(
     pool: &ThreadPool,
     isa: Isa,
     pf: Prefetch,
-    stack: &RepackedStack,
+    (stack, sd): (&RepackedStack, ActScales),
     items: &[Item],
     act: &[u8],
     act_row: usize,
@@ -743,7 +780,7 @@ fn down(
                 e,
                 r0,
                 nr,
-                a.at(p0 * act_row),
+                (a.at(p0 * act_row), sd),
                 act_row,
                 nt,
                 a_rows - p0,
