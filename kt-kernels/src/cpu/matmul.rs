@@ -43,9 +43,17 @@ const GEMV_ITEM_BYTES: usize = 48 << 10;
 const GEMV_MIN_ROWS: usize = 16;
 const GEMV_ROW_ALIGN: usize = 4;
 
+/// Records (AMX K-quant activations in the tile layout) per item of the pass that makes
+/// them: ~2 µs of work.
+#[cfg(target_arch = "x86_64")]
+const RECORDS_PER_ITEM: usize = 8;
+
 thread_local! {
     /// Quantized activations of the current call (grows once, then reused).
     static ACT_SCRATCH: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
+    /// The AMX K-quant pipeline's activation records of the current call (grows once).
+    #[cfg(target_arch = "x86_64")]
+    static RECORD_SCRATCH: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
 }
 
 /// `out[t*rows + r] = sum_c W[r,c] * x[t*cols + c]` on the selected ISA
@@ -308,17 +316,113 @@ fn run_tiles(
     }
     let (row_block, token_block) = gemm_tile_sizes(rows, tokens, pool.threads());
     let token_blocks = tokens.div_ceil(token_block);
-    pool.for_each(rows.div_ceil(row_block) * token_blocks, &|item, _| {
-        // Consecutive items share a weight block, so threads working side by side read
-        // the same weights from the shared cache.
-        let (rb, tb) = (item / token_blocks, item % token_blocks);
+    let items = rows.div_ceil(row_block) * token_blocks;
+    // Consecutive items share a weight block, so threads working side by side read the
+    // same weights from the shared cache.
+    let item = |i: usize| {
+        let (rb, tb) = (i / token_blocks, i % token_blocks);
         let (r0, t0) = (rb * row_block, tb * token_block);
-        run(
+        (
             r0,
             row_block.min(rows - r0),
             t0,
             token_block.min(tokens - t0),
-        );
+        )
+    };
+    #[cfg(target_arch = "x86_64")]
+    if kernels.gemm_isa == Isa::Amx {
+        if let Some(p) = super::amx::kquant::Pretransposed::for_format(qtype, token_block) {
+            let tile = |r0, nr, t0, nt| GemmTile {
+                qtype,
+                k: cols,
+                w: (w_ptr + r0 * w_stride) as *const u8,
+                w_stride,
+                rows: nr,
+                a: (a_ptr + t0 * act_row) as *const u8,
+                a_stride: act_row,
+                tokens: nt,
+                out: out_ptr.get().wrapping_add(t0 * rows + r0),
+                ldo: rows,
+            };
+            run_pretransposed(
+                pool,
+                &p,
+                kernels.act,
+                cols,
+                xq,
+                act_row,
+                tokens,
+                items,
+                &|i| {
+                    let (r0, nr, t0, nt) = item(i);
+                    (tile(r0, nr, t0, nt), t0)
+                },
+            );
+            return;
+        }
+    }
+    pool.for_each(items, &|i, _| {
+        let (r0, nr, t0, nt) = item(i);
+        run(r0, nr, t0, nt);
+    });
+}
+
+/// The GEMM items of an AMX K-quant product over activations transposed once for the
+/// call ([`Pretransposed`](super::amx::kquant::Pretransposed)): one parallel pass makes
+/// the records of every (16-token group, super-block), then `items` tiles (`tile(i)`:
+/// the tile and its first token, a multiple of 16) run over them.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn run_pretransposed(
+    pool: &ThreadPool,
+    p: &super::amx::kquant::Pretransposed,
+    act: QType,
+    cols: usize,
+    xq: &[u8],
+    act_row: usize,
+    tokens: usize,
+    items: usize,
+    tile: &(dyn Fn(usize) -> (GemmTile, usize) + Sync),
+) {
+    const TG: usize = 16;
+    // Super-blocks: the activation format's blocks (Q8_K, 256 elements).
+    let (nsb, a_block) = (cols / act.block_elems(), act.block_bytes());
+    let groups = tokens.div_ceil(TG);
+    let chunks = nsb.div_ceil(RECORDS_PER_ITEM);
+    RECORD_SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        scratch.resize(groups * nsb * p.record_bytes);
+        let rec = Raw::new(scratch.as_mut_slice().as_mut_ptr());
+        let a_ptr = xq.as_ptr() as usize;
+        pool.for_each(groups * chunks, &|i, _| {
+            let (g, c) = (i / chunks, i % chunks);
+            let s0 = c * RECORDS_PER_ITEM;
+            let ns = RECORDS_PER_ITEM.min(nsb - s0);
+            let n = TG.min(tokens - g * TG);
+            // SAFETY: tokens g*16..g*16 + n are rows of xq (tokens x act_row bytes, checked
+            // by the caller), super-blocks s0..s0 + ns < nsb of each; the records
+            // (g, s0..s0 + ns) lie inside the scratch (groups x nsb records), written by
+            // this item only, 64-byte aligned (AlignedBuf, record_bytes a multiple of 64).
+            unsafe {
+                (p.transpose)(
+                    (a_ptr + g * TG * act_row + s0 * a_block) as *const u8,
+                    act_row,
+                    n,
+                    ns,
+                    rec.get().add((g * nsb + s0) * p.record_bytes),
+                )
+            };
+        });
+        let rec = rec.get().cast_const() as usize;
+        pool.for_each(items, &|i, _| {
+            let (t, t0) = tile(i);
+            debug_assert!(t0.is_multiple_of(TG));
+            // SAFETY: the tile lies inside the checked weights, activations and output,
+            // tiles of different items are disjoint, the table holds AMX kernels (so AMX
+            // passed its check); the records of its token groups (from t0 / 16) were all
+            // written by the pass above, which returned before this one started.
+            unsafe { (p.gemm)(&t, (rec + t0 / TG * nsb * p.record_bytes) as *const u8) };
+        });
     });
 }
 
