@@ -288,23 +288,23 @@ fn run_tiles(
     let w_ptr = weights.as_ptr() as usize;
     let a_ptr = xq.as_ptr() as usize;
     // Rows r0..r0+nr against tokens t0..t0+nt.
+    let tile = |r0: usize, nr: usize, t0: usize, nt: usize| GemmTile {
+        qtype,
+        k: cols,
+        w: (w_ptr + r0 * w_stride) as *const u8,
+        w_stride,
+        rows: nr,
+        a: (a_ptr + t0 * act_row) as *const u8,
+        a_stride: act_row,
+        tokens: nt,
+        out: out_ptr.get().wrapping_add(t0 * rows + r0),
+        ldo: rows,
+    };
     let run = |r0: usize, nr: usize, t0: usize, nt: usize| {
-        let tile = GemmTile {
-            qtype,
-            k: cols,
-            w: (w_ptr + r0 * w_stride) as *const u8,
-            w_stride,
-            rows: nr,
-            a: (a_ptr + t0 * act_row) as *const u8,
-            a_stride: act_row,
-            tokens: nt,
-            out: out_ptr.get().wrapping_add(t0 * rows + r0),
-            ldo: rows,
-        };
         // SAFETY: the tile lies inside the checked weights (rows x w_stride), activations
         // (tokens x act_row) and output (tokens x rows); tiles of different items are
         // disjoint; the table only holds kernels this CPU can run.
-        unsafe { (kernels.gemm)(&tile) };
+        unsafe { (kernels.gemm)(&tile(r0, nr, t0, nt)) };
     };
     if tokens <= GEMV_MAX_TOKENS {
         let items = gemv_items(rows, w_stride, pool.threads());
@@ -313,6 +313,18 @@ fn run_tiles(
             run(r0, r1 - r0, 0, tokens);
         });
         return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernels.gemm_isa == Isa::Amx {
+        let items = AmxItems::new(rows, tokens, pool.threads());
+        if let Some(p) = super::amx::kquant::Pretransposed::for_format(qtype, items.token_block) {
+            let n = items.count();
+            run_pretransposed(pool, &p, kernels.act, cols, xq, act_row, tokens, n, &|i| {
+                let (r0, nr, t0, nt) = items.item(i);
+                (tile(r0, nr, t0, nt), t0)
+            });
+            return;
+        }
     }
     let (row_block, token_block) = gemm_tile_sizes(rows, tokens, pool.threads());
     let token_blocks = tokens.div_ceil(token_block);
@@ -329,38 +341,6 @@ fn run_tiles(
             token_block.min(tokens - t0),
         )
     };
-    #[cfg(target_arch = "x86_64")]
-    if kernels.gemm_isa == Isa::Amx {
-        if let Some(p) = super::amx::kquant::Pretransposed::for_format(qtype, token_block) {
-            let tile = |r0, nr, t0, nt| GemmTile {
-                qtype,
-                k: cols,
-                w: (w_ptr + r0 * w_stride) as *const u8,
-                w_stride,
-                rows: nr,
-                a: (a_ptr + t0 * act_row) as *const u8,
-                a_stride: act_row,
-                tokens: nt,
-                out: out_ptr.get().wrapping_add(t0 * rows + r0),
-                ldo: rows,
-            };
-            run_pretransposed(
-                pool,
-                &p,
-                kernels.act,
-                cols,
-                xq,
-                act_row,
-                tokens,
-                items,
-                &|i| {
-                    let (r0, nr, t0, nt) = item(i);
-                    (tile(r0, nr, t0, nt), t0)
-                },
-            );
-            return;
-        }
-    }
     pool.for_each(items, &|i, _| {
         let (r0, nr, t0, nt) = item(i);
         run(r0, nr, t0, nt);
@@ -452,6 +432,78 @@ fn gemv_bound(i: usize, items: usize, rows: usize) -> usize {
     }
 }
 
+/// The work items of an AMX K-quant GEMM over shared activation records: token blocks of
+/// [`GEMM_TOKEN_BLOCK`] (the pipeline's widest frame: each unpacked weight block serves
+/// eight 16-token groups), the rows cut into `ranges` near-equal runs of 16-row blocks.
+/// With the activations transposed once per call an item's fixed cost is small (the
+/// pipeline's first unpacking, the tile configuration: [`AMX_ITEM_COST_ROWS`]), so the
+/// ranges are chosen for the shortest critical path: rounds of items per thread times the
+/// largest item, at least two items per thread where the rows allow (a late thread's
+/// share can then be stolen), at most [`GEMM_ROW_BLOCK`] rows an item.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug)]
+struct AmxItems {
+    rows: usize,
+    tokens: usize,
+    token_block: usize,
+    token_blocks: usize,
+    /// 16-row blocks of the matrix, and the ranges they are cut into.
+    blocks: usize,
+    ranges: usize,
+}
+
+/// What one AMX GEMM item's fixed costs weigh, in rows of its work.
+#[cfg(target_arch = "x86_64")]
+const AMX_ITEM_COST_ROWS: usize = 8;
+
+#[cfg(target_arch = "x86_64")]
+impl AmxItems {
+    const BLOCK: usize = 16;
+
+    fn new(rows: usize, tokens: usize, threads: usize) -> AmxItems {
+        let token_block = GEMM_TOKEN_BLOCK.min(tokens.next_multiple_of(Self::BLOCK));
+        let token_blocks = tokens.div_ceil(token_block);
+        let blocks = rows.div_ceil(Self::BLOCK).max(1);
+        let fewest = blocks.div_ceil(GEMM_ROW_BLOCK / Self::BLOCK);
+        let want = (2 * threads).min(blocks * token_blocks);
+        let cost = |ranges: usize| {
+            let rounds = (ranges * token_blocks).div_ceil(threads);
+            rounds * (blocks.div_ceil(ranges) * Self::BLOCK + AMX_ITEM_COST_ROWS)
+        };
+        let ranges = (fewest..=blocks)
+            .filter(|&r| r * token_blocks >= want)
+            .min_by_key(|&r| (cost(r), r))
+            .unwrap_or(blocks);
+        AmxItems {
+            rows,
+            tokens,
+            token_block,
+            token_blocks,
+            blocks,
+            ranges,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.ranges * self.token_blocks
+    }
+
+    /// Item `i`'s rows `r0..r0 + nr` and tokens `t0..t0 + nt` (`t0` a multiple of 16).
+    /// Consecutive items share a row range, so threads working side by side read the same
+    /// weights from the shared cache.
+    fn item(&self, i: usize) -> (usize, usize, usize, usize) {
+        let (r, tb) = (i / self.token_blocks, i % self.token_blocks);
+        let bound = |r: usize| (r * self.blocks / self.ranges * Self::BLOCK).min(self.rows);
+        let (r0, t0) = (bound(r), tb * self.token_block);
+        (
+            r0,
+            bound(r + 1) - r0,
+            t0,
+            self.token_block.min(self.tokens - t0),
+        )
+    }
+}
+
 /// Row and token block of a GEMM work item: the largest blocks that still give about 4
 /// items per thread.
 fn gemm_tile_sizes(rows: usize, tokens: usize, threads: usize) -> (usize, usize) {
@@ -507,6 +559,52 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_items_cover_the_product_once_in_aligned_items() {
+        for threads in [1, 2, 3, 15, 16, 64] {
+            for rows in [1, 15, 16, 17, 100, 1408, 2048, 7168, 18432] {
+                for tokens in [9, 16, 17, 64, 65, 128, 129, 512, 513] {
+                    let items = AmxItems::new(rows, tokens, threads);
+                    let what = format!("rows {rows} tokens {tokens} threads {threads}: {items:?}");
+                    let mut seen = vec![0u8; rows * tokens];
+                    for i in 0..items.count() {
+                        let (r0, nr, t0, nt) = items.item(i);
+                        assert!(nr >= 1 && nr <= GEMM_ROW_BLOCK && nt >= 1, "{what}");
+                        assert!(nt <= GEMM_TOKEN_BLOCK, "{what}");
+                        assert_eq!((r0 % 16, t0 % 16), (0, 0), "{what}");
+                        for t in t0..t0 + nt {
+                            for r in r0..r0 + nr {
+                                seen[t * rows + r] += 1;
+                            }
+                        }
+                    }
+                    assert!(seen.iter().all(|&c| c == 1), "{what}");
+                    let blocks = rows.div_ceil(16) * tokens.div_ceil(GEMM_TOKEN_BLOCK);
+                    assert!(items.count() >= (2 * threads).min(blocks), "{what}");
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_items_balance_the_device_shapes() {
+        // (rows, tokens) -> (items, largest rows) on 16 threads
+        for (rows, tokens, want) in [
+            (1408, 512, (44, 128)),
+            (2048, 512, (64, 128)),
+            (7168, 512, (224, 128)),
+            (7168, 16, (64, 112)),
+            (2048, 16, (32, 64)),
+            (1408, 16, (32, 48)),
+        ] {
+            let items = AmxItems::new(rows, tokens, 16);
+            let largest = (0..items.count()).map(|i| items.item(i).1).max().unwrap();
+            assert_eq!((items.count(), largest), want, "{rows}x{tokens}: {items:?}");
         }
     }
 
