@@ -98,23 +98,31 @@ pub fn matmul_with(
     check_weights(qtype, weights, rows, cols)?;
     check_len("activations x", x.len(), tokens * cols, qtype)?;
     check_len("output", out.len(), tokens * rows, qtype)?;
-    let act_row = act_row_bytes(qtype, cols)?;
+    let kernels = dispatch::table(isa)?.get(qtype)?;
+    let act_row = kernels.act.row_bytes(cols)?;
+    if rows == 0 || tokens == 0 {
+        return Ok(());
+    }
     ACT_SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         scratch.resize(tokens * act_row);
-        quantize_activations_with(isa, pool, qtype, x, cols, tokens, scratch.as_mut_slice())?;
-        matmul_quantized_with(
-            isa,
-            pool,
-            qtype,
-            weights,
-            rows,
-            cols,
-            scratch.as_slice(),
-            tokens,
-            out,
-        )
-    })
+        let xq = Activations::Quantize {
+            x,
+            xq: scratch.as_mut_slice(),
+        };
+        run_tiles(
+            pool, kernels, qtype, weights, rows, cols, xq, act_row, tokens, out,
+        );
+    });
+    Ok(())
+}
+
+/// The activations of a product: quantized by the caller, or to be quantized into `xq`
+/// (by the driver first, or by the AMX K-quant records pass, one 16-token group an item,
+/// so the rows are transposed while still in cache).
+enum Activations<'a> {
+    Quantized(&'a [u8]),
+    Quantize { x: &'a [f32], xq: &'a mut [u8] },
 }
 
 /// Bytes of one activation row of `cols` elements for weights of `qtype`.
@@ -171,6 +179,7 @@ pub fn matmul_quantized_with(
     )?;
     check_len("output", out.len(), tokens * rows, qtype)?;
     if rows > 0 && tokens > 0 {
+        let xq = Activations::Quantized(xq);
         run_tiles(
             pool, kernels, qtype, weights, rows, cols, xq, act_row, tokens, out,
         );
@@ -256,18 +265,32 @@ fn quantize_activations(
     xq: &mut [u8],
 ) {
     let xq_ptr = Raw::new(xq.as_mut_ptr());
-    let quantize_row = |t: usize| {
-        // SAFETY: row t of xq is [t*act_row, (t+1)*act_row), disjoint per t, inside xq
-        // (xq.len() == tokens * act_row was checked by the caller).
-        let dst = unsafe { std::slice::from_raw_parts_mut(xq_ptr.get().add(t * act_row), act_row) };
-        // SAFETY: the table only holds quantizers this CPU can run.
-        unsafe { (kernels.quantize_act)(&x[t * cols..(t + 1) * cols], dst) };
-    };
+    // SAFETY: xq holds `tokens` rows (checked by the caller); each row is quantized once.
+    let quantize_row = |t: usize| unsafe { quantize_row(kernels, x, cols, act_row, xq_ptr, t) };
     if tokens * cols < 1 << 16 {
         (0..tokens).for_each(quantize_row);
     } else {
         pool.for_each(tokens, &|t, _| quantize_row(t));
     }
+}
+
+/// Quantizes token `t` of `x` (rows of `cols`) into row `t` of `xq` (rows of `act_row`).
+///
+/// # Safety
+/// Row `t` of `x` exists and row `t` of `xq` is writable and written by no one else
+/// meanwhile.
+unsafe fn quantize_row(
+    kernels: &FormatKernels,
+    x: &[f32],
+    cols: usize,
+    act_row: usize,
+    xq: Raw<u8>,
+    t: usize,
+) {
+    // SAFETY: row t of xq is [t*act_row, (t+1)*act_row), the caller's to write.
+    let dst = unsafe { std::slice::from_raw_parts_mut(xq.get().add(t * act_row), act_row) };
+    // SAFETY: the table only holds quantizers this CPU can run.
+    unsafe { (kernels.quantize_act)(&x[t * cols..(t + 1) * cols], dst) };
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -278,33 +301,45 @@ fn run_tiles(
     weights: &[u8],
     rows: usize,
     cols: usize,
-    xq: &[u8],
+    xq: Activations,
     act_row: usize,
     tokens: usize,
     out: &mut [f32],
 ) {
-    let w_stride = qtype.row_bytes(cols).expect("checked by the caller");
-    let out_ptr = Raw::new(out.as_mut_ptr());
-    let w_ptr = weights.as_ptr() as usize;
-    let a_ptr = xq.as_ptr() as usize;
-    // Rows r0..r0+nr against tokens t0..t0+nt.
-    let tile = |r0: usize, nr: usize, t0: usize, nt: usize| GemmTile {
+    let (xq_ptr, x) = match xq {
+        Activations::Quantized(xq) => (Raw::new(xq.as_ptr()), None),
+        Activations::Quantize { x, xq } => (Raw::new(xq.as_mut_ptr().cast_const()), Some(x)),
+    };
+    let tiles = Tiles {
         qtype,
         k: cols,
-        w: (w_ptr + r0 * w_stride) as *const u8,
-        w_stride,
-        rows: nr,
-        a: (a_ptr + t0 * act_row) as *const u8,
+        w: Raw::new(weights.as_ptr()),
+        w_stride: qtype.row_bytes(cols).expect("checked by the caller"),
+        a: xq_ptr,
         a_stride: act_row,
-        tokens: nt,
-        out: out_ptr.get().wrapping_add(t0 * rows + r0),
+        out: Raw::new(out.as_mut_ptr()),
         ldo: rows,
     };
+    #[cfg(target_arch = "x86_64")]
+    if tokens > GEMV_MAX_TOKENS && kernels.gemm_isa == Isa::Amx {
+        let items = AmxItems::new(rows, tokens, pool.threads());
+        if let Some(p) = super::amx::kquant::Pretransposed::for_format(qtype, items.token_block) {
+            run_pretransposed(pool, kernels, &p, &tiles, x, tokens, &items);
+            return;
+        }
+    }
+    if let Some(x) = x {
+        // SAFETY: xq came as `&mut [u8]` of `tokens` rows of act_row (checked), borrowed
+        // for this whole call.
+        let xq = unsafe { std::slice::from_raw_parts_mut(xq_ptr.get(), tokens * act_row) };
+        quantize_activations(pool, kernels, x, cols, tokens, act_row, xq);
+    }
+    let w_stride = tiles.w_stride;
     let run = |r0: usize, nr: usize, t0: usize, nt: usize| {
         // SAFETY: the tile lies inside the checked weights (rows x w_stride), activations
         // (tokens x act_row) and output (tokens x rows); tiles of different items are
         // disjoint; the table only holds kernels this CPU can run.
-        unsafe { (kernels.gemm)(&tile(r0, nr, t0, nt)) };
+        unsafe { (kernels.gemm)(&tiles.tile(r0, nr, t0, nt)) };
     };
     if tokens <= GEMV_MAX_TOKENS {
         let items = gemv_items(rows, w_stride, pool.threads());
@@ -313,18 +348,6 @@ fn run_tiles(
             run(r0, r1 - r0, 0, tokens);
         });
         return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if kernels.gemm_isa == Isa::Amx {
-        let items = AmxItems::new(rows, tokens, pool.threads());
-        if let Some(p) = super::amx::kquant::Pretransposed::for_format(qtype, items.token_block) {
-            let n = items.count();
-            run_pretransposed(pool, &p, kernels.act, cols, xq, act_row, tokens, n, &|i| {
-                let (r0, nr, t0, nt) = items.item(i);
-                (tile(r0, nr, t0, nt), t0)
-            });
-            return;
-        }
     }
     let (row_block, token_block) = gemm_tile_sizes(rows, tokens, pool.threads());
     let token_blocks = tokens.div_ceil(token_block);
@@ -347,45 +370,58 @@ fn run_tiles(
     });
 }
 
-/// The GEMM items of an AMX K-quant product over activations transposed once for the
-/// call ([`Pretransposed`](super::amx::kquant::Pretransposed)): one parallel pass makes
-/// the records of every (16-token group, super-block), then `items` tiles (`tile(i)`:
-/// the tile and its first token, a multiple of 16) run over them.
+/// An AMX K-quant product over activations transposed once for the call
+/// ([`Pretransposed`](super::amx::kquant::Pretransposed)): one parallel pass makes the
+/// records of every (16-token group, super-block), quantizing each group's rows first when
+/// they come in f32, then the `items` tiles run over them.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn run_pretransposed(
     pool: &ThreadPool,
+    kernels: &FormatKernels,
     p: &super::amx::kquant::Pretransposed,
-    act: QType,
-    cols: usize,
-    xq: &[u8],
-    act_row: usize,
+    tiles: &Tiles,
+    x: Option<&[f32]>,
     tokens: usize,
-    items: usize,
-    tile: &(dyn Fn(usize) -> (GemmTile, usize) + Sync),
+    items: &AmxItems,
 ) {
-    const TG: usize = 16;
+    const TG: usize = AmxItems::BLOCK;
     // Super-blocks: the activation format's blocks (Q8_K, 256 elements).
-    let (nsb, a_block) = (cols / act.block_elems(), act.block_bytes());
+    let (cols, act_row) = (tiles.k, tiles.a_stride);
+    let (nsb, a_block) = (cols / kernels.act.block_elems(), kernels.act.block_bytes());
     let groups = tokens.div_ceil(TG);
-    let chunks = nsb.div_ceil(RECORDS_PER_ITEM);
+    // Items of the records pass: a whole group when it also quantizes the group's rows,
+    // else runs of about RECORDS_PER_ITEM super-blocks.
+    let chunks = if x.is_some() {
+        1
+    } else {
+        nsb.div_ceil(RECORDS_PER_ITEM)
+    };
+    let per_chunk = nsb.div_ceil(chunks);
     RECORD_SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         scratch.resize(groups * nsb * p.record_bytes);
         let rec = Raw::new(scratch.as_mut_slice().as_mut_ptr());
-        let a_ptr = xq.as_ptr() as usize;
         pool.for_each(groups * chunks, &|i, _| {
             let (g, c) = (i / chunks, i % chunks);
-            let s0 = c * RECORDS_PER_ITEM;
-            let ns = RECORDS_PER_ITEM.min(nsb - s0);
+            let s0 = c * per_chunk;
+            let ns = per_chunk.min(nsb - s0);
             let n = TG.min(tokens - g * TG);
+            if let Some(x) = x {
+                for t in g * TG..g * TG + n {
+                    // SAFETY: xq holds `tokens` rows (checked by the callers); the group's
+                    // rows are this item's alone (one item a group when quantizing).
+                    unsafe { quantize_row(kernels, x, cols, act_row, tiles.a, t) };
+                }
+            }
             // SAFETY: tokens g*16..g*16 + n are rows of xq (tokens x act_row bytes, checked
-            // by the caller), super-blocks s0..s0 + ns < nsb of each; the records
-            // (g, s0..s0 + ns) lie inside the scratch (groups x nsb records), written by
-            // this item only, 64-byte aligned (AlignedBuf, record_bytes a multiple of 64).
+            // by the callers; quantized above or by the caller), super-blocks s0..s0 + ns <
+            // nsb of each; the records (g, s0..s0 + ns) lie inside the scratch (groups x nsb
+            // records), written by this item only, 64-byte aligned (AlignedBuf,
+            // record_bytes a multiple of 64).
             unsafe {
                 (p.transpose)(
-                    (a_ptr + g * TG * act_row + s0 * a_block) as *const u8,
+                    tiles.a.at(g * TG * act_row + s0 * a_block),
                     act_row,
                     n,
                     ns,
@@ -394,14 +430,15 @@ fn run_pretransposed(
             };
         });
         let rec = rec.get().cast_const() as usize;
-        pool.for_each(items, &|i, _| {
-            let (t, t0) = tile(i);
-            debug_assert!(t0.is_multiple_of(TG));
+        pool.for_each(items.count(), &|i, _| {
+            let (r0, nr, t0, nt) = items.item(i);
+            let tile = tiles.tile(r0, nr, t0, nt);
             // SAFETY: the tile lies inside the checked weights, activations and output,
             // tiles of different items are disjoint, the table holds AMX kernels (so AMX
-            // passed its check); the records of its token groups (from t0 / 16) were all
-            // written by the pass above, which returned before this one started.
-            unsafe { (p.gemm)(&t, (rec + t0 / TG * nsb * p.record_bytes) as *const u8) };
+            // passed its check); the records of its token groups (from t0 / 16, t0 a
+            // multiple of 16) were all written by the pass above, which returned before
+            // this one started.
+            unsafe { (p.gemm)(&tile, (rec + t0 / TG * nsb * p.record_bytes) as *const u8) };
         });
     });
 }
@@ -429,6 +466,36 @@ fn gemv_bound(i: usize, items: usize, rows: usize) -> usize {
         rows
     } else {
         i * rows / items / GEMV_ROW_ALIGN * GEMV_ROW_ALIGN
+    }
+}
+
+/// What every tile of one product shares: the weights, activation rows and output.
+struct Tiles {
+    qtype: QType,
+    k: usize,
+    w: Raw<u8>,
+    w_stride: usize,
+    a: Raw<u8>,
+    a_stride: usize,
+    out: Raw<f32>,
+    ldo: usize,
+}
+
+impl Tiles {
+    /// Rows `r0..r0 + nr` against tokens `t0..t0 + nt`.
+    fn tile(&self, r0: usize, nr: usize, t0: usize, nt: usize) -> GemmTile {
+        GemmTile {
+            qtype: self.qtype,
+            k: self.k,
+            w: self.w.at(r0 * self.w_stride).cast_const(),
+            w_stride: self.w_stride,
+            rows: nr,
+            a: self.a.at(t0 * self.a_stride).cast_const(),
+            a_stride: self.a_stride,
+            tokens: nt,
+            out: self.out.at(t0 * self.ldo + r0),
+            ldo: self.ldo,
+        }
     }
 }
 
