@@ -640,7 +640,7 @@ mod tests {
                     let mut seen = vec![0u8; rows * tokens];
                     for i in 0..items.count() {
                         let (r0, nr, t0, nt) = items.item(i);
-                        assert!(nr >= 1 && nr <= GEMM_ROW_BLOCK && nt >= 1, "{what}");
+                        assert!((1..=GEMM_ROW_BLOCK).contains(&nr) && nt >= 1, "{what}");
                         assert!(nt <= GEMM_TOKEN_BLOCK, "{what}");
                         assert_eq!((r0 % 16, t0 % 16), (0, 0), "{what}");
                         for t in t0..t0 + nt {
