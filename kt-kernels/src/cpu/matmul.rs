@@ -323,7 +323,9 @@ fn run_tiles(
     #[cfg(target_arch = "x86_64")]
     if tokens > GEMV_MAX_TOKENS && kernels.gemm_isa == Isa::Amx {
         let items = AmxItems::new(rows, tokens, pool.threads());
-        if let Some(p) = super::amx::kquant::Pretransposed::for_format(qtype, items.token_block) {
+        // The widest tile's tokens pick the step kernel, as in the per-tile kernels.
+        let widest = items.token_block.min(tokens);
+        if let Some(p) = super::amx::kquant::Pretransposed::for_format(qtype, widest) {
             run_pretransposed(pool, kernels, &p, &tiles, x, tokens, &items);
             return;
         }
