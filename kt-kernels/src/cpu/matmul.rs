@@ -507,8 +507,9 @@ impl Tiles {
 /// With the activations transposed once per call an item's fixed cost is small (the
 /// pipeline's first unpacking, the tile configuration: [`AMX_ITEM_COST_ROWS`]), so the
 /// ranges are chosen for the shortest critical path: rounds of items per thread times the
-/// largest item, at least two items per thread where the rows allow (a late thread's
-/// share can then be stolen), at most [`GEMM_ROW_BLOCK`] rows an item.
+/// largest item, at least [`AMX_ITEMS_PER_THREAD`] items per thread where the rows allow
+/// (a late thread's share is then stolen in small parts), at most [`GEMM_ROW_BLOCK`] rows
+/// an item.
 #[cfg(target_arch = "x86_64")]
 #[derive(Debug)]
 struct AmxItems {
@@ -524,6 +525,13 @@ struct AmxItems {
 /// What one AMX GEMM item's fixed costs weigh, in rows of its work.
 #[cfg(target_arch = "x86_64")]
 const AMX_ITEM_COST_ROWS: usize = 8;
+/// Fewest AMX GEMM items per thread (where the rows allow). Four, not two: device (16
+/// threads, one call, session 8), 16 tokens 2048x7168 in 32 items of 64 rows took Q4_K
+/// 0.327 / 0.261 ms and Q2_K 0.222 / 0.215 against 0.229 / 0.222 and 0.143 / 0.146 in 64
+/// of 32 (each item ~0.1 ms: a thread that starts late holds up the call), while
+/// 7168x2048 in 64 items of 112 rows (four a thread) was level with 112 of 64.
+#[cfg(target_arch = "x86_64")]
+const AMX_ITEMS_PER_THREAD: usize = 4;
 
 #[cfg(target_arch = "x86_64")]
 impl AmxItems {
@@ -534,7 +542,7 @@ impl AmxItems {
         let token_blocks = tokens.div_ceil(token_block);
         let blocks = rows.div_ceil(Self::BLOCK).max(1);
         let fewest = blocks.div_ceil(GEMM_ROW_BLOCK / Self::BLOCK);
-        let want = (2 * threads).min(blocks * token_blocks);
+        let want = (AMX_ITEMS_PER_THREAD * threads).min(blocks * token_blocks);
         let cost = |ranges: usize| {
             let rounds = (ranges * token_blocks).div_ceil(threads);
             rounds * (blocks.div_ceil(ranges) * Self::BLOCK + AMX_ITEM_COST_ROWS)
@@ -653,7 +661,8 @@ mod tests {
                     }
                     assert!(seen.iter().all(|&c| c == 1), "{what}");
                     let blocks = rows.div_ceil(16) * tokens.div_ceil(GEMM_TOKEN_BLOCK);
-                    assert!(items.count() >= (2 * threads).min(blocks), "{what}");
+                    let most = (AMX_ITEMS_PER_THREAD * threads).min(blocks);
+                    assert!(items.count() >= most, "{what}");
                 }
             }
         }
@@ -664,12 +673,12 @@ mod tests {
     fn amx_items_balance_the_device_shapes() {
         // (rows, tokens) -> (items, largest rows) on 16 threads
         for (rows, tokens, want) in [
-            (1408, 512, (44, 128)),
+            (1408, 512, (64, 96)),
             (2048, 512, (64, 128)),
             (7168, 512, (224, 128)),
             (7168, 16, (64, 112)),
-            (2048, 16, (32, 64)),
-            (1408, 16, (32, 48)),
+            (2048, 16, (64, 32)),
+            (1408, 16, (88, 16)),
         ] {
             let items = AmxItems::new(rows, tokens, 16);
             let largest = (0..items.count()).map(|i| items.item(i).1).max().unwrap();
