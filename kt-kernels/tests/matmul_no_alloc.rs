@@ -12,6 +12,9 @@ use kt_kernels::util::SplitMix64;
 #[global_allocator]
 static GLOBAL: alloc_counter::Counting = alloc_counter::Counting;
 
+/// One call's format, weights, activations, output and tokens.
+type Case = (QType, Vec<u8>, Vec<f32>, Vec<f32>, usize);
+
 #[test]
 fn calls_allocate_nothing() {
     alloc_counter::assert_counting();
@@ -41,7 +44,7 @@ fn calls_allocate_nothing() {
     }
     let mut counts = Vec::new();
     for isa in Isa::available() {
-        let mut run = |cases: &mut Vec<(QType, Vec<u8>, Vec<f32>, Vec<f32>, usize)>| {
+        let run = |cases: &mut Vec<Case>| {
             for (q, w, x, out, tokens) in cases.iter_mut() {
                 cpu::matmul_with(isa, &pool, *q, w, rows, cols, x, *tokens, out).unwrap();
             }
