@@ -8,9 +8,11 @@
 //! [`super::q6_k`].
 //!
 //! Operand orientation: the activations must be in VNNI form (one 64-byte line = dword
-//! `q` of each of 16 tokens). That transposition is done once per token group and K chunk
-//! and shared by every row block of the call; transposing the weights instead would cost
-//! it per weight, used by only ~16 tokens at V3 prefill.
+//! `q` of each of 16 tokens). That transposition is done once per (token group,
+//! super-block): by the matmul driver for the whole call ([`Pretransposed`]), shared by all
+//! its work items, or, for a tile called on its own (the MoE's experts), by the tile once
+//! per token group and K chunk, shared by its row blocks. Transposing the weights instead
+//! would cost it per weight, used by only ~16 tokens at V3 prefill.
 //!
 //! The unpacking is per row block and super-block, shared by the token groups of a token
 //! block, the epilogue per token group. The C tiles of one (row block, super-block, token
@@ -292,15 +294,13 @@ unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(
             let (rec_base, rec_group) = if records.is_null() {
                 (acts.cast_const(), chunk)
             } else {
-                // SAFETY (for the reads below): group t0 / 16 + g < tokens.div_ceil(16)
-                // and super-block c0 + s < nsb name one of the caller's records.
+                // Group t0 / 16 + g < tokens.div_ceil(16) and super-block c0 + s < nsb:
+                // one of the caller's records.
                 (records.wrapping_add(t0 / TG * nsb + c0), nsb)
             };
             let rec = |g: usize, s: usize| rec_base.wrapping_add(g * rec_group + s);
-            for g in 0..ng {
-                if !records.is_null() {
-                    break;
-                }
+            // Transposed here only without the call's records.
+            for g in (0..ng).filter(|_| records.is_null()) {
                 let first = t0 + g * TG;
                 let n = TG.min(t.tokens - first);
                 for s in 0..kc {
