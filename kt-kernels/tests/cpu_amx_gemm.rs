@@ -352,6 +352,55 @@ fn k_quant_token_counts_match_scalar() {
     }
 }
 
+/// The driver's two entries over the K-quants' shared activation records: f32
+/// activations (quantized in the records pass, one 16-token group an item) and
+/// activations quantized beforehand (a records pass of its own, in runs of super-blocks:
+/// K of 9 and 17 super-blocks splits them unevenly) give the same bits, and match scalar.
+#[test]
+fn k_quant_quantized_entry_matches_the_f32_entry() {
+    if !amx_here("k_quant_quantized_entry_matches_the_f32_entry") {
+        return;
+    }
+    for q in KQUANTS {
+        for (i, (rows, k, tokens)) in [(70, 2304, 40), (33, 4352, 130), (16, 7168, 65)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut rng = SplitMix64::new(1300 + i as u64);
+            let w = weights(q, rows, k, &mut rng);
+            let x = activations(tokens, k, &mut rng);
+            // First a product over other activations, so that records a call failed to
+            // write would hold other values.
+            let other = activations(tokens, k, &mut rng);
+            let mut from_f32 = poisoned(tokens * rows);
+            cpu::matmul_with(
+                Isa::Amx,
+                pool(),
+                q,
+                &w,
+                rows,
+                k,
+                &other,
+                tokens,
+                &mut from_f32,
+            )
+            .unwrap();
+            let mut xq = vec![0u8; tokens * cpu::act_row_bytes(q, k).unwrap()];
+            cpu::quantize_activations_with(Isa::Amx, pool(), q, &x, k, tokens, &mut xq).unwrap();
+            let mut got = poisoned(tokens * rows);
+            cpu::matmul_quantized_with(Isa::Amx, pool(), q, &w, rows, k, &xq, tokens, &mut got)
+                .unwrap();
+            let mut from_f32 = poisoned(tokens * rows);
+            cpu::matmul_with(Isa::Amx, pool(), q, &w, rows, k, &x, tokens, &mut from_f32).unwrap();
+            let what = format!("{q} quantized entry rows {rows} k {k} tokens {tokens}");
+            assert_matches_scalar(&what, q, &w, &x, rows, k, &got);
+            for (j, (a, b)) in got.iter().zip(&from_f32).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{what}: element {j}: {a} vs {b}");
+            }
+        }
+    }
+}
+
 /// K-quant blocks at the edges of the integer arithmetic (the largest A bytes and
 /// super-block sums), against activations of one sign (every quantized byte near 127) and
 /// mixed signs, on both sides of Q4_K's switch to the folded kernel:

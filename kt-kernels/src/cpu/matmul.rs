@@ -43,9 +43,17 @@ const GEMV_ITEM_BYTES: usize = 48 << 10;
 const GEMV_MIN_ROWS: usize = 16;
 const GEMV_ROW_ALIGN: usize = 4;
 
+/// Records (AMX K-quant activations in the tile layout) per item of the pass that makes
+/// them: ~2 µs of work.
+#[cfg(target_arch = "x86_64")]
+const RECORDS_PER_ITEM: usize = 8;
+
 thread_local! {
     /// Quantized activations of the current call (grows once, then reused).
     static ACT_SCRATCH: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
+    /// The AMX K-quant pipeline's activation records of the current call (grows once).
+    #[cfg(target_arch = "x86_64")]
+    static RECORD_SCRATCH: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
 }
 
 /// `out[t*rows + r] = sum_c W[r,c] * x[t*cols + c]` on the selected ISA
@@ -90,23 +98,31 @@ pub fn matmul_with(
     check_weights(qtype, weights, rows, cols)?;
     check_len("activations x", x.len(), tokens * cols, qtype)?;
     check_len("output", out.len(), tokens * rows, qtype)?;
-    let act_row = act_row_bytes(qtype, cols)?;
+    let kernels = dispatch::table(isa)?.get(qtype)?;
+    let act_row = kernels.act.row_bytes(cols)?;
+    if rows == 0 || tokens == 0 {
+        return Ok(());
+    }
     ACT_SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         scratch.resize(tokens * act_row);
-        quantize_activations_with(isa, pool, qtype, x, cols, tokens, scratch.as_mut_slice())?;
-        matmul_quantized_with(
-            isa,
-            pool,
-            qtype,
-            weights,
-            rows,
-            cols,
-            scratch.as_slice(),
-            tokens,
-            out,
-        )
-    })
+        let xq = Activations::Quantize {
+            x,
+            xq: scratch.as_mut_slice(),
+        };
+        run_tiles(
+            pool, kernels, qtype, weights, rows, cols, xq, act_row, tokens, out,
+        );
+    });
+    Ok(())
+}
+
+/// The activations of a product: quantized by the caller, or to be quantized into `xq`
+/// (by the driver first, or by the AMX K-quant records pass, one 16-token group an item,
+/// so the rows are transposed while still in cache).
+enum Activations<'a> {
+    Quantized(&'a [u8]),
+    Quantize { x: &'a [f32], xq: &'a mut [u8] },
 }
 
 /// Bytes of one activation row of `cols` elements for weights of `qtype`.
@@ -163,6 +179,7 @@ pub fn matmul_quantized_with(
     )?;
     check_len("output", out.len(), tokens * rows, qtype)?;
     if rows > 0 && tokens > 0 {
+        let xq = Activations::Quantized(xq);
         run_tiles(
             pool, kernels, qtype, weights, rows, cols, xq, act_row, tokens, out,
         );
@@ -248,18 +265,32 @@ fn quantize_activations(
     xq: &mut [u8],
 ) {
     let xq_ptr = Raw::new(xq.as_mut_ptr());
-    let quantize_row = |t: usize| {
-        // SAFETY: row t of xq is [t*act_row, (t+1)*act_row), disjoint per t, inside xq
-        // (xq.len() == tokens * act_row was checked by the caller).
-        let dst = unsafe { std::slice::from_raw_parts_mut(xq_ptr.get().add(t * act_row), act_row) };
-        // SAFETY: the table only holds quantizers this CPU can run.
-        unsafe { (kernels.quantize_act)(&x[t * cols..(t + 1) * cols], dst) };
-    };
+    // SAFETY: xq holds `tokens` rows (checked by the caller); each row is quantized once.
+    let quantize_row = |t: usize| unsafe { quantize_row(kernels, x, cols, act_row, xq_ptr, t) };
     if tokens * cols < 1 << 16 {
         (0..tokens).for_each(quantize_row);
     } else {
         pool.for_each(tokens, &|t, _| quantize_row(t));
     }
+}
+
+/// Quantizes token `t` of `x` (rows of `cols`) into row `t` of `xq` (rows of `act_row`).
+///
+/// # Safety
+/// Row `t` of `x` exists and row `t` of `xq` is writable and written by no one else
+/// meanwhile.
+unsafe fn quantize_row(
+    kernels: &FormatKernels,
+    x: &[f32],
+    cols: usize,
+    act_row: usize,
+    xq: Raw<u8>,
+    t: usize,
+) {
+    // SAFETY: row t of xq is [t*act_row, (t+1)*act_row), the caller's to write.
+    let dst = unsafe { std::slice::from_raw_parts_mut(xq.get().add(t * act_row), act_row) };
+    // SAFETY: the table only holds quantizers this CPU can run.
+    unsafe { (kernels.quantize_act)(&x[t * cols..(t + 1) * cols], dst) };
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -270,33 +301,47 @@ fn run_tiles(
     weights: &[u8],
     rows: usize,
     cols: usize,
-    xq: &[u8],
+    xq: Activations,
     act_row: usize,
     tokens: usize,
     out: &mut [f32],
 ) {
-    let w_stride = qtype.row_bytes(cols).expect("checked by the caller");
-    let out_ptr = Raw::new(out.as_mut_ptr());
-    let w_ptr = weights.as_ptr() as usize;
-    let a_ptr = xq.as_ptr() as usize;
-    // Rows r0..r0+nr against tokens t0..t0+nt.
+    let (xq_ptr, x) = match xq {
+        Activations::Quantized(xq) => (Raw::new(xq.as_ptr()), None),
+        Activations::Quantize { x, xq } => (Raw::new(xq.as_mut_ptr().cast_const()), Some(x)),
+    };
+    let tiles = Tiles {
+        qtype,
+        k: cols,
+        w: Raw::new(weights.as_ptr()),
+        w_stride: qtype.row_bytes(cols).expect("checked by the caller"),
+        a: xq_ptr,
+        a_stride: act_row,
+        out: Raw::new(out.as_mut_ptr()),
+        ldo: rows,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if tokens > GEMV_MAX_TOKENS && kernels.gemm_isa == Isa::Amx {
+        let items = AmxItems::new(rows, tokens, pool.threads());
+        // The widest tile's tokens pick the step kernel, as in the per-tile kernels.
+        let widest = items.token_block.min(tokens);
+        if let Some(p) = super::amx::kquant::Pretransposed::for_format(qtype, widest) {
+            run_pretransposed(pool, kernels, &p, &tiles, x, tokens, &items);
+            return;
+        }
+    }
+    if let Some(x) = x {
+        // SAFETY: xq came as `&mut [u8]` of `tokens` rows of act_row (checked), borrowed
+        // for this whole call.
+        let xq = unsafe { std::slice::from_raw_parts_mut(xq_ptr.get(), tokens * act_row) };
+        quantize_activations(pool, kernels, x, cols, tokens, act_row, xq);
+    }
+    let w_stride = tiles.w_stride;
     let run = |r0: usize, nr: usize, t0: usize, nt: usize| {
-        let tile = GemmTile {
-            qtype,
-            k: cols,
-            w: (w_ptr + r0 * w_stride) as *const u8,
-            w_stride,
-            rows: nr,
-            a: (a_ptr + t0 * act_row) as *const u8,
-            a_stride: act_row,
-            tokens: nt,
-            out: out_ptr.get().wrapping_add(t0 * rows + r0),
-            ldo: rows,
-        };
         // SAFETY: the tile lies inside the checked weights (rows x w_stride), activations
         // (tokens x act_row) and output (tokens x rows); tiles of different items are
         // disjoint; the table only holds kernels this CPU can run.
-        unsafe { (kernels.gemm)(&tile) };
+        unsafe { (kernels.gemm)(&tiles.tile(r0, nr, t0, nt)) };
     };
     if tokens <= GEMV_MAX_TOKENS {
         let items = gemv_items(rows, w_stride, pool.threads());
@@ -308,17 +353,95 @@ fn run_tiles(
     }
     let (row_block, token_block) = gemm_tile_sizes(rows, tokens, pool.threads());
     let token_blocks = tokens.div_ceil(token_block);
-    pool.for_each(rows.div_ceil(row_block) * token_blocks, &|item, _| {
-        // Consecutive items share a weight block, so threads working side by side read
-        // the same weights from the shared cache.
-        let (rb, tb) = (item / token_blocks, item % token_blocks);
+    let items = rows.div_ceil(row_block) * token_blocks;
+    // Consecutive items share a weight block, so threads working side by side read the
+    // same weights from the shared cache.
+    let item = |i: usize| {
+        let (rb, tb) = (i / token_blocks, i % token_blocks);
         let (r0, t0) = (rb * row_block, tb * token_block);
-        run(
+        (
             r0,
             row_block.min(rows - r0),
             t0,
             token_block.min(tokens - t0),
-        );
+        )
+    };
+    pool.for_each(items, &|i, _| {
+        let (r0, nr, t0, nt) = item(i);
+        run(r0, nr, t0, nt);
+    });
+}
+
+/// An AMX K-quant product over activations transposed once for the call
+/// ([`Pretransposed`](super::amx::kquant::Pretransposed)): one parallel pass makes the
+/// records of every (16-token group, super-block), quantizing each group's rows first when
+/// they come in f32, then the `items` tiles run over them.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn run_pretransposed(
+    pool: &ThreadPool,
+    kernels: &FormatKernels,
+    p: &super::amx::kquant::Pretransposed,
+    tiles: &Tiles,
+    x: Option<&[f32]>,
+    tokens: usize,
+    items: &AmxItems,
+) {
+    const TG: usize = AmxItems::BLOCK;
+    // Super-blocks: the activation format's blocks (Q8_K, 256 elements).
+    let (cols, act_row) = (tiles.k, tiles.a_stride);
+    let (nsb, a_block) = (cols / kernels.act.block_elems(), kernels.act.block_bytes());
+    let groups = tokens.div_ceil(TG);
+    // Items of the records pass: a whole group when it also quantizes the group's rows,
+    // else runs of about RECORDS_PER_ITEM super-blocks.
+    let chunks = if x.is_some() {
+        1
+    } else {
+        nsb.div_ceil(RECORDS_PER_ITEM)
+    };
+    let per_chunk = nsb.div_ceil(chunks);
+    RECORD_SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        scratch.resize(groups * nsb * p.record_bytes);
+        let rec = Raw::new(scratch.as_mut_slice().as_mut_ptr());
+        pool.for_each(groups * chunks, &|i, _| {
+            let (g, c) = (i / chunks, i % chunks);
+            let s0 = c * per_chunk;
+            let ns = per_chunk.min(nsb - s0);
+            let n = TG.min(tokens - g * TG);
+            if let Some(x) = x {
+                for t in g * TG..g * TG + n {
+                    // SAFETY: xq holds `tokens` rows (checked by the callers); the group's
+                    // rows are this item's alone (one item a group when quantizing).
+                    unsafe { quantize_row(kernels, x, cols, act_row, tiles.a, t) };
+                }
+            }
+            // SAFETY: tokens g*16..g*16 + n are rows of xq (tokens x act_row bytes, checked
+            // by the callers; quantized above or by the caller), super-blocks s0..s0 + ns <
+            // nsb of each; the records (g, s0..s0 + ns) lie inside the scratch (groups x nsb
+            // records), written by this item only, 64-byte aligned (AlignedBuf,
+            // record_bytes a multiple of 64).
+            unsafe {
+                (p.transpose)(
+                    tiles.a.at(g * TG * act_row + s0 * a_block),
+                    act_row,
+                    n,
+                    ns,
+                    rec.get().add((g * nsb + s0) * p.record_bytes),
+                )
+            };
+        });
+        let rec = rec.get().cast_const() as usize;
+        pool.for_each(items.count(), &|i, _| {
+            let (r0, nr, t0, nt) = items.item(i);
+            let tile = tiles.tile(r0, nr, t0, nt);
+            // SAFETY: the tile lies inside the checked weights, activations and output,
+            // tiles of different items are disjoint, the table holds AMX kernels (so AMX
+            // passed its check); the records of its token groups (from t0 / 16, t0 a
+            // multiple of 16) were all written by the pass above, which returned before
+            // this one started.
+            unsafe { (p.gemm)(&tile, (rec + t0 / TG * nsb * p.record_bytes) as *const u8) };
+        });
     });
 }
 
@@ -345,6 +468,116 @@ fn gemv_bound(i: usize, items: usize, rows: usize) -> usize {
         rows
     } else {
         i * rows / items / GEMV_ROW_ALIGN * GEMV_ROW_ALIGN
+    }
+}
+
+/// What every tile of one product shares: the weights, activation rows and output.
+struct Tiles {
+    qtype: QType,
+    k: usize,
+    w: Raw<u8>,
+    w_stride: usize,
+    a: Raw<u8>,
+    a_stride: usize,
+    out: Raw<f32>,
+    ldo: usize,
+}
+
+impl Tiles {
+    /// Rows `r0..r0 + nr` against tokens `t0..t0 + nt`.
+    fn tile(&self, r0: usize, nr: usize, t0: usize, nt: usize) -> GemmTile {
+        GemmTile {
+            qtype: self.qtype,
+            k: self.k,
+            w: self.w.at(r0 * self.w_stride).cast_const(),
+            w_stride: self.w_stride,
+            rows: nr,
+            a: self.a.at(t0 * self.a_stride).cast_const(),
+            a_stride: self.a_stride,
+            tokens: nt,
+            out: self.out.at(t0 * self.ldo + r0),
+            ldo: self.ldo,
+        }
+    }
+}
+
+/// The work items of an AMX K-quant GEMM over shared activation records: token blocks of
+/// [`GEMM_TOKEN_BLOCK`] (the pipeline's widest frame: each unpacked weight block serves
+/// eight 16-token groups), the rows cut into `ranges` near-equal runs of 16-row blocks.
+/// With the activations transposed once per call an item's fixed cost is small (the
+/// pipeline's first unpacking, the tile configuration: [`AMX_ITEM_COST_ROWS`]), so the
+/// ranges are chosen for the shortest critical path: rounds of items per thread times the
+/// largest item, at least [`AMX_ITEMS_PER_THREAD`] items per thread where the rows allow
+/// (a late thread's share is then stolen in small parts), at most [`GEMM_ROW_BLOCK`] rows
+/// an item.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug)]
+struct AmxItems {
+    rows: usize,
+    tokens: usize,
+    token_block: usize,
+    token_blocks: usize,
+    /// 16-row blocks of the matrix, and the ranges they are cut into.
+    blocks: usize,
+    ranges: usize,
+}
+
+/// What one AMX GEMM item's fixed costs weigh, in rows of its work.
+#[cfg(target_arch = "x86_64")]
+const AMX_ITEM_COST_ROWS: usize = 8;
+/// Fewest AMX GEMM items per thread (where the rows allow). Four, not two: device (16
+/// threads, one call, session 8), 16 tokens 2048x7168 in 32 items of 64 rows took Q4_K
+/// 0.327 / 0.261 ms and Q2_K 0.222 / 0.215 against 0.229 / 0.222 and 0.143 / 0.146 in 64
+/// of 32 (each item ~0.1 ms: a thread that starts late holds up the call), while
+/// 7168x2048 in 64 items of 112 rows (four a thread) was level with 112 of 64.
+#[cfg(target_arch = "x86_64")]
+const AMX_ITEMS_PER_THREAD: usize = 4;
+
+#[cfg(target_arch = "x86_64")]
+impl AmxItems {
+    const BLOCK: usize = 16;
+
+    fn new(rows: usize, tokens: usize, threads: usize) -> AmxItems {
+        let token_block = GEMM_TOKEN_BLOCK.min(tokens.next_multiple_of(Self::BLOCK));
+        let token_blocks = tokens.div_ceil(token_block);
+        let blocks = rows.div_ceil(Self::BLOCK).max(1);
+        let fewest = blocks.div_ceil(GEMM_ROW_BLOCK / Self::BLOCK);
+        let want = (AMX_ITEMS_PER_THREAD * threads).min(blocks * token_blocks);
+        let cost = |ranges: usize| {
+            let rounds = (ranges * token_blocks).div_ceil(threads);
+            rounds * (blocks.div_ceil(ranges) * Self::BLOCK + AMX_ITEM_COST_ROWS)
+        };
+        let ranges = (fewest..=blocks)
+            .filter(|&r| r * token_blocks >= want)
+            .min_by_key(|&r| (cost(r), r))
+            .unwrap_or(blocks);
+        AmxItems {
+            rows,
+            tokens,
+            token_block,
+            token_blocks,
+            blocks,
+            ranges,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.ranges * self.token_blocks
+    }
+
+    /// Item `i`'s rows `r0..r0 + nr` and tokens `t0..t0 + nt` (`t0` a multiple of 16).
+    /// Consecutive items share a row range, so threads working side by side read the same
+    /// weights from the shared cache.
+    fn item(&self, i: usize) -> (usize, usize, usize, usize) {
+        let (r, tb) = (i / self.token_blocks, i % self.token_blocks);
+        let bound = |r: usize| (r * self.blocks / self.ranges * Self::BLOCK).min(self.rows);
+        let (r0, t0) = (bound(r), tb * self.token_block);
+        (
+            r0,
+            bound(r + 1) - r0,
+            t0,
+            self.token_block.min(self.tokens - t0),
+        )
     }
 }
 
@@ -403,6 +636,53 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_items_cover_the_product_once_in_aligned_items() {
+        for threads in [1, 2, 3, 15, 16, 64] {
+            for rows in [1, 15, 16, 17, 100, 1408, 2048, 7168, 18432] {
+                for tokens in [9, 16, 17, 64, 65, 128, 129, 512, 513] {
+                    let items = AmxItems::new(rows, tokens, threads);
+                    let what = format!("rows {rows} tokens {tokens} threads {threads}: {items:?}");
+                    let mut seen = vec![0u8; rows * tokens];
+                    for i in 0..items.count() {
+                        let (r0, nr, t0, nt) = items.item(i);
+                        assert!((1..=GEMM_ROW_BLOCK).contains(&nr) && nt >= 1, "{what}");
+                        assert!(nt <= GEMM_TOKEN_BLOCK, "{what}");
+                        assert_eq!((r0 % 16, t0 % 16), (0, 0), "{what}");
+                        for t in t0..t0 + nt {
+                            for r in r0..r0 + nr {
+                                seen[t * rows + r] += 1;
+                            }
+                        }
+                    }
+                    assert!(seen.iter().all(|&c| c == 1), "{what}");
+                    let blocks = rows.div_ceil(16) * tokens.div_ceil(GEMM_TOKEN_BLOCK);
+                    let most = (AMX_ITEMS_PER_THREAD * threads).min(blocks);
+                    assert!(items.count() >= most, "{what}");
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_items_balance_the_device_shapes() {
+        // (rows, tokens) -> (items, largest rows) on 16 threads
+        for (rows, tokens, want) in [
+            (1408, 512, (64, 96)),
+            (2048, 512, (64, 128)),
+            (7168, 512, (224, 128)),
+            (7168, 16, (64, 112)),
+            (2048, 16, (64, 32)),
+            (1408, 16, (88, 16)),
+        ] {
+            let items = AmxItems::new(rows, tokens, 16);
+            let largest = (0..items.count()).map(|i| items.item(i).1).max().unwrap();
+            assert_eq!((items.count(), largest), want, "{rows}x{tokens}: {items:?}");
         }
     }
 

@@ -8,9 +8,11 @@
 //! [`super::q6_k`].
 //!
 //! Operand orientation: the activations must be in VNNI form (one 64-byte line = dword
-//! `q` of each of 16 tokens). That transposition is done once per token group and K chunk
-//! and shared by every row block of the call; transposing the weights instead would cost
-//! it per weight, used by only ~16 tokens at V3 prefill.
+//! `q` of each of 16 tokens). That transposition is done once per (token group,
+//! super-block): by the matmul driver for the whole call ([`Pretransposed`]), shared by all
+//! its work items, or, for a tile called on its own (the MoE's experts), by the tile once
+//! per token group and K chunk, shared by its row blocks. Transposing the weights instead
+//! would cost it per weight, used by only ~16 tokens at V3 prefill.
 //!
 //! The unpacking is per row block and super-block, shared by the token groups of a token
 //! block, the epilogue per token group. The C tiles of one (row block, super-block, token
@@ -24,6 +26,7 @@ use std::sync::OnceLock;
 use super::blocks::transpose16;
 use super::tiles::TileConfig;
 use crate::cpu::dispatch::{GemmFn, GemmTile};
+use crate::quant::QType;
 
 /// Elements per super-block, bytes of a Q8_K block.
 pub(super) const QK_K: usize = 256;
@@ -122,11 +125,11 @@ pub(super) unsafe trait StepKernel {
 }
 
 /// One step whose C tiles wait to be scaled.
-#[derive(Clone, Copy)]
-struct Pending {
+struct Pending<A> {
     cbuf: usize,
     wbuf: usize,
-    act: usize,
+    /// Its activation record.
+    act: *const A,
     group: usize,
     /// Its row block, and whether it is that block's last step in the K chunk.
     block: usize,
@@ -161,21 +164,112 @@ pub(super) unsafe fn gemm_or_lower<K: StepKernel>(
         let lower = lower.get().expect("installed with the AMX table");
         // SAFETY: forwarded contract; the lower kernel is the AVX512 table's.
         unsafe { lower(t) };
-    } else if t.tokens <= SMALL_TOKENS {
-        // SAFETY: forwarded.
-        unsafe { gemm_amx::<K, SMALL_GROUPS, SMALL_RECORDS>(t) };
     } else {
-        // SAFETY: forwarded.
-        unsafe { gemm_amx::<K, LARGE_GROUPS, LARGE_RECORDS>(t) };
+        // SAFETY: forwarded; a null record pointer makes the pipeline transpose.
+        unsafe { gemm_sized::<K>(t, std::ptr::null()) };
     }
 }
 
-/// The pipeline with `G` token groups per token block and `R` activation records.
+/// The pipeline in the frame that fits the tile's tokens.
 ///
 /// # Safety
-/// As [`GemmFn`]: valid tile extents, exclusive output, `Isa::Amx.check()` passed.
+/// As [`gemm_amx`].
+unsafe fn gemm_sized<K: StepKernel>(t: &GemmTile, records: *const K::Acts) {
+    // SAFETY (both): forwarded.
+    if t.tokens <= SMALL_TOKENS {
+        unsafe { gemm_amx::<K, SMALL_GROUPS, SMALL_RECORDS>(t, records) };
+    } else {
+        unsafe { gemm_amx::<K, LARGE_GROUPS, LARGE_RECORDS>(t, records) };
+    }
+}
+
+/// A step kernel's pipeline over activations transposed once per call instead of once
+/// per work item: the driver makes the records of every (token group, super-block) with
+/// `transpose` in one parallel pass, and every item of the product reads them through
+/// `gemm`. Items of few rows (1408x2048 at 16 threads: 64 rows, four row blocks per
+/// 128-token block) otherwise spend a quarter of their time re-transposing.
+#[derive(Clone, Copy)]
+pub(crate) struct Pretransposed {
+    /// Bytes of one record (a multiple of 64, the records' alignment).
+    pub record_bytes: usize,
+    /// Transposes super-blocks `s0..s0 + ns` of one token group (`n` tokens, 1..=16) into
+    /// `ns` records.
+    pub transpose: TransposeFn,
+    /// The product of one tile over its records: those of its first token group (a
+    /// multiple of 16 tokens into the call) onwards, `k / 256` records a group.
+    pub gemm: RecordsGemmFn,
+}
+
+/// `transpose(a, a_stride, n, ns, dst)`: `a` points at super-block `s0` of the group's
+/// first Q8_K row, `dst` at the record of (group, `s0`).
+pub(crate) type TransposeFn = unsafe fn(*const u8, usize, usize, usize, *mut u8);
+/// `gemm(tile, records)`.
+pub(crate) type RecordsGemmFn = unsafe fn(&GemmTile, *const u8);
+
+impl Pretransposed {
+    /// The pipeline of the K-quant `qtype` over records for tiles of up to `tokens` tokens,
+    /// `None` where that format's AMX kernel would hand such tiles to the AVX512 one (or
+    /// has no AMX kernel). Only for the AMX table's kernels of `qtype` (the caller checks
+    /// that the table has them).
+    pub(crate) fn for_format(qtype: QType, tokens: usize) -> Option<Pretransposed> {
+        match qtype {
+            QType::Q4_K => super::q4_k::pretransposed(tokens),
+            QType::Q5_K => super::q5_k::pretransposed(tokens),
+            QType::Q2_K => super::q2_k::pretransposed(tokens),
+            QType::Q6_K => super::q6_k::pretransposed(tokens),
+            _ => None,
+        }
+    }
+
+    pub(super) fn of<K: StepKernel>() -> Pretransposed {
+        Pretransposed {
+            record_bytes: size_of::<K::Acts>(),
+            transpose: transpose_records::<K>,
+            gemm: gemm_records::<K>,
+        }
+    }
+}
+
+/// # Safety
+/// `n` (1..=16) Q8_K rows `stride` bytes apart hold `ns` whole blocks from `a`; `dst` is
+/// 64-byte aligned and writable for `ns` records of `K`.
+unsafe fn transpose_records<K: StepKernel>(
+    a: *const u8,
+    stride: usize,
+    n: usize,
+    ns: usize,
+    dst: *mut u8,
+) {
+    debug_assert!((1..=TG).contains(&n) && dst.align_offset(align_of::<K::Acts>()) == 0);
+    for s in 0..ns {
+        // SAFETY: block s < ns of each of the n rows is readable, record s is writable
+        // (caller).
+        unsafe { K::transpose_acts(a.add(s * A_BLOCK), stride, n, dst.cast::<K::Acts>().add(s)) };
+    }
+}
+
+/// # Safety
+/// As [`GemmFn`] for AMX and whole super-blocks; `records` holds the initialised records
+/// of the tile's token groups (`tokens.div_ceil(16)` groups of `k / 256`), 64-byte
+/// aligned.
+unsafe fn gemm_records<K: StepKernel>(t: &GemmTile, records: *const u8) {
+    debug_assert!(t.k.is_multiple_of(QK_K) && !records.is_null());
+    // SAFETY: forwarded.
+    unsafe { gemm_sized::<K>(t, records.cast()) };
+}
+
+/// The pipeline with `G` token groups per token block and `R` activation records. With
+/// `records` null it transposes each token block's activations into its own `R` records
+/// per K chunk; otherwise it reads the call's records (see [`Pretransposed`]).
+///
+/// # Safety
+/// As [`GemmFn`]: valid tile extents, exclusive output, `Isa::Amx.check()` passed;
+/// `records` null or as [`gemm_records`] says.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(t: &GemmTile) {
+unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(
+    t: &GemmTile,
+    records: *const K::Acts,
+) {
     let nsb = t.k / QK_K;
     let mut acts = MaybeUninit::<[K::Acts; R]>::uninit();
     let acts = acts.as_mut_ptr().cast::<K::Acts>();
@@ -195,7 +289,18 @@ unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(t: &GemmTile) 
         let chunk = nsb.div_ceil(nsb.div_ceil(R / ng));
         for c0 in (0..nsb).step_by(chunk) {
             let kc = chunk.min(nsb - c0);
-            for g in 0..ng {
+            // The record of (token group g of this block, super-block c0 + s): in the
+            // call's records, or in `acts` after the transposes below.
+            let (rec_base, rec_group) = if records.is_null() {
+                (acts.cast_const(), chunk)
+            } else {
+                // Group t0 / 16 + g < tokens.div_ceil(16) and super-block c0 + s < nsb:
+                // one of the caller's records.
+                (records.wrapping_add(t0 / TG * nsb + c0), nsb)
+            };
+            let rec = |g: usize, s: usize| rec_base.wrapping_add(g * rec_group + s);
+            // Transposed here only without the call's records.
+            for g in (0..ng).filter(|_| records.is_null()) {
                 let first = t0 + g * TG;
                 let n = TG.min(t.tokens - first);
                 for s in 0..kc {
@@ -231,7 +336,7 @@ unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(t: &GemmTile) 
                 // the weights; buffer l is inside `wbuf`.
                 unsafe { K::unpack(wblock(l), t.w_stride, rows_of(l / kc), wbuf.add(l)) };
             }
-            let mut pending: Option<Pending> = None;
+            let mut pending: Option<Pending<K::Acts>> = None;
             for step in 0..nrb * steps_rb {
                 let (rb, i) = (step / steps_rb, step % steps_rb);
                 let (s, g) = (i / ng, i % ng);
@@ -255,11 +360,7 @@ unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(t: &GemmTile) 
                 // the step scaled here (step - 1: super-block l or l - 1) reads neither
                 // that nor the C buffer written now.
                 unsafe {
-                    K::products(
-                        wbuf.add(l % WBUFS),
-                        acts.add(g * chunk + s),
-                        cbuf.add(step & 1),
-                    );
+                    K::products(wbuf.add(l % WBUFS), rec(g, s), cbuf.add(step & 1));
                     if g == 0 {
                         let ahead = l + PREFETCH;
                         if ahead < nrb * kc {
@@ -283,19 +384,19 @@ unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(t: &GemmTile) 
                     let now = Pending {
                         cbuf: step & 1,
                         wbuf: l % WBUFS,
-                        act: g * chunk + s,
+                        act: rec(g, s),
                         group: g,
                         block: rb,
                         last: i + 1 == steps_rb,
                     };
                     if let Some(p) = pending.replace(now) {
-                        finish_step::<K, G>(t, p, cbuf, wbuf, acts, &mut acc, t0, ng, c0 == 0);
+                        finish_step::<K, G>(t, p, cbuf, wbuf, &mut acc, t0, ng, c0 == 0);
                     }
                 }
             }
             if let Some(p) = pending {
                 // SAFETY: as above.
-                unsafe { finish_step::<K, G>(t, p, cbuf, wbuf, acts, &mut acc, t0, ng, c0 == 0) };
+                unsafe { finish_step::<K, G>(t, p, cbuf, wbuf, &mut acc, t0, ng, c0 == 0) };
             }
         }
     }
@@ -314,10 +415,9 @@ unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(t: &GemmTile) 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
 unsafe fn finish_step<K: StepKernel, const G: usize>(
     t: &GemmTile,
-    p: Pending,
+    p: Pending<K::Acts>,
     cbuf: *const K::Products,
     wbuf: *const K::Weights,
-    acts: *const K::Acts,
     acc: &mut [[[__m512; TR]; G]; 2],
     t0: usize,
     ng: usize,
@@ -331,7 +431,7 @@ unsafe fn finish_step<K: StepKernel, const G: usize>(
         K::scale(
             cbuf.add(p.cbuf),
             wbuf.add(p.wbuf),
-            acts.add(p.act),
+            p.act,
             nr,
             &mut acc[p.group],
         )

@@ -21,7 +21,7 @@ use crate::quant::QType;
 
 mod bf16;
 mod blocks;
-mod kquant;
+pub(crate) mod kquant;
 mod q2_k;
 pub(crate) mod q4_k;
 mod q4_k_folded;

@@ -26,7 +26,7 @@
 
 use std::sync::OnceLock;
 
-use super::kquant::gemm_or_lower;
+use super::kquant::{gemm_or_lower, Pretransposed};
 use super::q4_k_folded::{Folded, Q4K};
 use super::q4_k_per_sub::PerSub;
 use crate::cpu::dispatch::{GemmFn, GemmTile};
@@ -61,6 +61,18 @@ pub(crate) fn install(lower: GemmFn) -> GemmFn {
 pub(super) const fn sub_offset(j: usize) -> usize {
     let p = j / 2;
     (p / 2) * 128 + (j % 2) * 64 + (p % 2) * 32
+}
+
+/// The pipeline over call-wide records for tiles of up to `tokens` tokens (the same step
+/// kernel choice as [`gemm`]), `None` where [`gemm`] takes the AVX512 kernel.
+pub(super) fn pretransposed(tokens: usize) -> Option<Pretransposed> {
+    if tokens < AMX_MIN_TOKENS {
+        None
+    } else if tokens > FOLD_MIN_TOKENS {
+        Some(Pretransposed::of::<Folded<Q4K>>())
+    } else {
+        Some(Pretransposed::of::<PerSub>())
+    }
 }
 
 /// # Safety

@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::kquant::gemm_or_lower;
+use super::kquant::{gemm_or_lower, Pretransposed};
 use super::q4_k_folded::{Folded, FoldedQuants};
 use crate::cpu::dispatch::{GemmFn, GemmTile};
 
@@ -29,6 +29,12 @@ static LOWER: OnceLock<GemmFn> = OnceLock::new();
 pub(crate) fn install(lower: GemmFn) -> GemmFn {
     let _ = LOWER.set(lower);
     gemm
+}
+
+/// The pipeline over call-wide records for tiles of up to `tokens` tokens, `None` where
+/// [`gemm`] takes the AVX512 kernel.
+pub(super) fn pretransposed(tokens: usize) -> Option<Pretransposed> {
+    (tokens >= AMX_MIN_TOKENS).then(Pretransposed::of::<Folded<Q5K>>)
 }
 
 /// # Safety

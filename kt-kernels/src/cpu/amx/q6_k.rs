@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::kquant::{folded_config, gemm_or_lower, StepKernel, QK_K, TG, TR};
+use super::kquant::{folded_config, gemm_or_lower, Pretransposed, StepKernel, QK_K, TG, TR};
 use super::q8_k_lines::{transpose_lines, Lines};
 use super::tiles::{tile_dp_i8, tile_load, tile_store, tile_zero, TileConfig};
 use crate::cpu::dispatch::{GemmFn, GemmTile};
@@ -38,6 +38,12 @@ static LOWER: OnceLock<GemmFn> = OnceLock::new();
 pub(crate) fn install(lower: GemmFn) -> GemmFn {
     let _ = LOWER.set(lower);
     gemm
+}
+
+/// The pipeline over call-wide records for tiles of up to `tokens` tokens, `None` where
+/// [`gemm`] takes the AVX512 kernel.
+pub(super) fn pretransposed(tokens: usize) -> Option<Pretransposed> {
+    (tokens >= AMX_MIN_TOKENS).then(Pretransposed::of::<Q6K>)
 }
 
 /// # Safety
