@@ -30,6 +30,29 @@ use std::mem::MaybeUninit;
 use super::tiles::{tile_dp_bf16, tile_dp_i8, tile_load, tile_store, tile_zero, TileConfig};
 use crate::cpu::moe::repack::{ActScales, PrefetchLevel, RepackFormat, Tile, PANEL};
 
+/// One K-step of the INT kernels over up to four panels: each panel's B lines (`$b[i]`,
+/// offset `$kb`) into tile 6 or 7, alternating so a load never waits on the multiply just
+/// issued, times the A tile `$a`, into C tile `i`. Expands inside the kernels' unsafe
+/// blocks (the tile macros' safety conditions are theirs).
+macro_rules! panel_kstep {
+    ($b:expr, $nt:expr, $a:literal, $kb:expr) => {
+        tile_load!(6, $b[0].add($kb), 64usize);
+        tile_dp_i8!(0, $a, 6);
+        if $nt > 1 {
+            tile_load!(7, $b[1].add($kb), 64usize);
+            tile_dp_i8!(1, $a, 7);
+        }
+        if $nt > 2 {
+            tile_load!(6, $b[2].add($kb), 64usize);
+            tile_dp_i8!(2, $a, 6);
+        }
+        if $nt > 3 {
+            tile_load!(7, $b[3].add($kb), 64usize);
+            tile_dp_i8!(3, $a, 7);
+        }
+    };
+}
+
 /// Tokens and panels per BF16 block.
 const MB: usize = 32;
 const NB: usize = 2;
@@ -271,29 +294,9 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                         tile_zero!(1);
                         tile_zero!(2);
                         tile_zero!(3);
-                        // One K-step: each panel's B lines into tile 6 or 7 (alternating,
-                        // so a load never waits on the multiply just issued), times A.
-                        macro_rules! kstep {
-                            ($a:literal, $kb:expr) => {
-                                tile_load!(6, b[0].add($kb), 64usize);
-                                tile_dp_i8!(0, $a, 6);
-                                if nt > 1 {
-                                    tile_load!(7, b[1].add($kb), 64usize);
-                                    tile_dp_i8!(1, $a, 7);
-                                }
-                                if nt > 2 {
-                                    tile_load!(6, b[2].add($kb), 64usize);
-                                    tile_dp_i8!(2, $a, 6);
-                                }
-                                if nt > 3 {
-                                    tile_load!(7, b[3].add($kb), 64usize);
-                                    tile_dp_i8!(3, $a, 7);
-                                }
-                            };
-                        }
-                        kstep!(4, 0);
+                        panel_kstep!(b, nt, 4, 0);
                         if two_k {
-                            kstep!(5, kstep * PANEL);
+                            panel_kstep!(b, nt, 5, kstep * PANEL);
                         }
                         let c = cbuf.add(next_buf * 16 * LDC) as *mut u8;
                         let ldc_b = LDC * 4;
@@ -466,27 +469,9 @@ unsafe fn gemm_int4_folded(t: &Tile, group: usize, (row_scales, mults): (*const 
                                 tile_load!(3, cp.add(192), ldc_b);
                             }
                         }
-                        macro_rules! kstep {
-                            ($a:literal, $kb:expr) => {
-                                tile_load!(6, b[0].add($kb), 64usize);
-                                tile_dp_i8!(0, $a, 6);
-                                if nt > 1 {
-                                    tile_load!(7, b[1].add($kb), 64usize);
-                                    tile_dp_i8!(1, $a, 7);
-                                }
-                                if nt > 2 {
-                                    tile_load!(6, b[2].add($kb), 64usize);
-                                    tile_dp_i8!(2, $a, 6);
-                                }
-                                if nt > 3 {
-                                    tile_load!(7, b[3].add($kb), 64usize);
-                                    tile_dp_i8!(3, $a, 7);
-                                }
-                            };
-                        }
-                        kstep!(4, 0);
+                        panel_kstep!(b, nt, 4, 0);
                         if two_k {
-                            kstep!(5, kstep * PANEL);
+                            panel_kstep!(b, nt, 5, kstep * PANEL);
                         }
                         tile_store!(0, cp, ldc_b);
                         if nt > 1 {
