@@ -91,7 +91,10 @@ fn graph_decode_matches_eager_bit_for_bit() {
         assert_eq!(tl.experts_s.len(), 2, "{name}: one entry per MoE layer");
         assert_eq!(tl.gpu_before_s.len(), 2, "{name}: one entry per MoE layer");
         assert!(
-            tl.experts_s.iter().chain(&tl.gpu_before_s).all(|&s| s > 0.0)
+            tl.experts_s
+                .iter()
+                .chain(&tl.gpu_before_s)
+                .all(|&s| s > 0.0)
                 && tl.setup_s > 0.0
                 && tl.tail_s > 0.0,
             "{name}: every stretch of the timeline was timed: {tl:?}"
