@@ -11,7 +11,8 @@
 //! - INT4 (group G): two consecutive 64-byte INT8 lines `2i`, `2i+1` share one 64-byte
 //!   line `i`: low nibble from line `2i`, high nibble from `2i+1`, each stored as `q + 8`
 //!   (0..=15) for `q` in -8..=7; byte `(k/8)*64 + n*4 + k%4`, nibble `(k/4)%2`. Scales as
-//!   for INT8.
+//!   for INT8; the repacker picks each row's scales as one row scale times small integers
+//!   (`fold.rs`), which the AMX prefill kernel folds into the weight bytes.
 //! - BF16: element `(k/2)*32 + n*2 + k%2` (u16) of the panel; no scales.
 //!
 //! Scales of one expert are `[panel][group][16]` f16. Groups never straddle a 64-byte
