@@ -80,6 +80,35 @@ unsafe fn prefetch_group(t: &Tile, p: usize, n: usize, g: usize, group: usize) {
     }
 }
 
+/// Prefetches unit `ahead` (a group or fold chunk of `unit` reduction elements, `units`
+/// per row) of the weight stream of panels `q0..q0 + nq` in super-block `s0`: past these
+/// panels' last unit the stream goes on in the next panels or, after the last panels, in
+/// the next super-block's first. `pf == 0` leaves it to the hardware prefetchers.
+///
+/// # Safety
+/// As [`prefetch_group`].
+#[inline(always)]
+unsafe fn prefetch_ahead(
+    t: &Tile,
+    (q0, nq): (usize, usize),
+    s0: usize,
+    pf: usize,
+    ahead: usize,
+    (units, unit): (usize, usize),
+) {
+    // SAFETY: every branch names panels and units inside the tile (caller).
+    unsafe {
+        if pf == 0 {
+        } else if ahead < units {
+            prefetch_group(t, q0, nq, ahead, unit);
+        } else if q0 + nq < t.panels {
+            prefetch_group(t, q0 + nq, nq, ahead - units, unit);
+        } else if s0 + SB < t.tokens {
+            prefetch_group(t, 0, nq, ahead - units, unit);
+        }
+    }
+}
+
 #[repr(C, align(64))]
 struct Block<T: Copy, const N: usize>([T; N]);
 
@@ -247,19 +276,8 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                     unpack_group(t, q0, nt, 0, group, unpacked);
                 }
                 for g in 0..groups {
-                    // Prefetch `pf` groups ahead in the weight stream; past these
-                    // panels' last group the stream goes on in the next panels (or,
-                    // after the last, the next super-block's first).
-                    let ahead = g + pf;
-                    if pf == 0 {
-                        // Hardware prefetchers only.
-                    } else if ahead < groups {
-                        prefetch_group(t, q0, nq, ahead, group);
-                    } else if q0 + nq < t.panels {
-                        prefetch_group(t, q0 + nq, nq, ahead - groups, group);
-                    } else if s0 + SB < t.tokens {
-                        prefetch_group(t, 0, nq, ahead - groups, group);
-                    }
+                    // Prefetch `pf` groups ahead in the weight stream.
+                    prefetch_ahead(t, (q0, nq), s0, pf, g + pf, (groups, group));
                     // B lines of each panel for this group: the packed lines (INT8) or
                     // the unpacked buffer (INT4), 64 bytes per K-step row. INT4 groups
                     // are unpacked one group ahead into the other half of a double
@@ -424,15 +442,7 @@ unsafe fn gemm_int4_folded(t: &Tile, group: usize, (row_scales, mults): (*const 
                 let nt = nq.min(t.panels - q0);
                 unpack_folded(t, mults, (q0, nt), 0, chunk, group, unpacked);
                 for c in 0..chunks {
-                    let ahead = c + pf;
-                    if pf == 0 {
-                    } else if ahead < chunks {
-                        prefetch_group(t, q0, nq, ahead, chunk);
-                    } else if q0 + nq < t.panels {
-                        prefetch_group(t, q0 + nq, nq, ahead - chunks, chunk);
-                    } else if s0 + SB < t.tokens {
-                        prefetch_group(t, 0, nq, ahead - chunks, chunk);
-                    }
+                    prefetch_ahead(t, (q0, nq), s0, pf, c + pf, (chunks, chunk));
                     let b = [0, 1, 2, 3].map(|ni| {
                         unpacked
                             .add(((c & 1) * NQ + ni.min(nt - 1)) * chunk * PANEL)
