@@ -170,6 +170,45 @@ pub(super) unsafe fn gemm_or_lower<K: StepKernel>(
     }
 }
 
+/// The entry points of a format whose AMX path is one step kernel `$kernel` from `$min`
+/// tokens (Q2_K, Q5_K, Q6_K; Q4_K picks between two kernels and writes its own):
+/// `install` (records the AVX512 kernel for smaller tiles, returns the AMX one),
+/// `pretransposed` (the call-wide records for tiles of up to `tokens` tokens, `None` where
+/// `gemm` takes the AVX512 kernel) and `gemm` itself. One static per format holds the
+/// lower kernel, hence a macro rather than a generic function.
+macro_rules! single_step_entry_points {
+    ($kernel:ty, $min:expr) => {
+        /// The kernel of the level below (AVX512), for small token counts.
+        static LOWER: std::sync::OnceLock<$crate::cpu::dispatch::GemmFn> =
+            std::sync::OnceLock::new();
+
+        /// Records `lower` as the kernel for tiles with few tokens; returns the AMX kernel.
+        pub(crate) fn install(
+            lower: $crate::cpu::dispatch::GemmFn,
+        ) -> $crate::cpu::dispatch::GemmFn {
+            let _ = LOWER.set(lower);
+            gemm
+        }
+
+        /// The pipeline over call-wide records for tiles of up to `tokens` tokens, `None`
+        /// where [`gemm`] takes the AVX512 kernel.
+        pub(super) fn pretransposed(
+            tokens: usize,
+        ) -> Option<$crate::cpu::amx::kquant::Pretransposed> {
+            (tokens >= $min).then($crate::cpu::amx::kquant::Pretransposed::of::<$kernel>)
+        }
+
+        /// # Safety
+        /// As [`GemmFn`]($crate::cpu::dispatch::GemmFn): valid tile extents, exclusive
+        /// output, `Isa::Amx.check()` passed.
+        pub(crate) unsafe fn gemm(t: &$crate::cpu::dispatch::GemmTile) {
+            // SAFETY: forwarded.
+            unsafe { $crate::cpu::amx::kquant::gemm_or_lower::<$kernel>(t, &LOWER, $min) };
+        }
+    };
+}
+pub(super) use single_step_entry_points;
+
 /// The pipeline in the frame that fits the tile's tokens.
 ///
 /// # Safety

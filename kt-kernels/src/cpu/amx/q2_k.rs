@@ -16,37 +16,15 @@
 //! step).
 
 use std::arch::x86_64::*;
-use std::sync::OnceLock;
 
-use super::kquant::{folded_config, gemm_or_lower, Pretransposed, StepKernel, QK_K, TG, TR};
+use super::kquant::{folded_config, single_step_entry_points, StepKernel, QK_K, TG, TR};
 use super::q8_k_lines::{transpose_lines, transpose_sums, Lines, SumPairs};
 use super::tiles::{tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
-use crate::cpu::dispatch::{GemmFn, GemmTile};
 
 /// Below this many tokens the AVX512 kernel is used.
 pub(crate) const AMX_MIN_TOKENS: usize = 12;
 
-/// The kernel of the level below (AVX512), for small token counts.
-static LOWER: OnceLock<GemmFn> = OnceLock::new();
-
-/// Records `lower` as the kernel for tiles with few tokens; returns the AMX kernel.
-pub(crate) fn install(lower: GemmFn) -> GemmFn {
-    let _ = LOWER.set(lower);
-    gemm
-}
-
-/// The pipeline over call-wide records for tiles of up to `tokens` tokens, `None` where
-/// [`gemm`] takes the AVX512 kernel.
-pub(super) fn pretransposed(tokens: usize) -> Option<Pretransposed> {
-    (tokens >= AMX_MIN_TOKENS).then(Pretransposed::of::<Q2K>)
-}
-
-/// # Safety
-/// As [`GemmFn`]: valid tile extents, exclusive output, `Isa::Amx.check()` passed.
-pub(crate) unsafe fn gemm(t: &GemmTile) {
-    // SAFETY: forwarded.
-    unsafe { gemm_or_lower::<Q2K>(t, &LOWER, AMX_MIN_TOKENS) };
-}
+single_step_entry_points!(Q2K, AMX_MIN_TOKENS);
 
 /// Groups (of 16 elements) per super-block.
 const GROUPS: usize = QK_K / 16;

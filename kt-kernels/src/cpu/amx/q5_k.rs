@@ -9,11 +9,9 @@
 //! kernel.
 
 use std::arch::x86_64::*;
-use std::sync::OnceLock;
 
-use super::kquant::{gemm_or_lower, Pretransposed};
+use super::kquant::single_step_entry_points;
 use super::q4_k_folded::{Folded, FoldedQuants};
-use crate::cpu::dispatch::{GemmFn, GemmTile};
 
 /// Below this many tokens the AVX512 kernel is used: with one 16-token group the folded
 /// unpacking (two products and the fifth bit) is not shared. Device (16 threads, session
@@ -22,27 +20,7 @@ use crate::cpu::dispatch::{GemmFn, GemmTile};
 /// the tokens, the AMX one's with the groups: they cross near 27 tokens).
 pub(crate) const AMX_MIN_TOKENS: usize = 32;
 
-/// The kernel of the level below (AVX512), for small token counts.
-static LOWER: OnceLock<GemmFn> = OnceLock::new();
-
-/// Records `lower` as the kernel for tiles with few tokens; returns the AMX kernel.
-pub(crate) fn install(lower: GemmFn) -> GemmFn {
-    let _ = LOWER.set(lower);
-    gemm
-}
-
-/// The pipeline over call-wide records for tiles of up to `tokens` tokens, `None` where
-/// [`gemm`] takes the AVX512 kernel.
-pub(super) fn pretransposed(tokens: usize) -> Option<Pretransposed> {
-    (tokens >= AMX_MIN_TOKENS).then(Pretransposed::of::<Folded<Q5K>>)
-}
-
-/// # Safety
-/// As [`GemmFn`]: valid tile extents, exclusive output, `Isa::Amx.check()` passed.
-pub(crate) unsafe fn gemm(t: &GemmTile) {
-    // SAFETY: forwarded.
-    unsafe { gemm_or_lower::<Folded<Q5K>>(t, &LOWER, AMX_MIN_TOKENS) };
-}
+single_step_entry_points!(Folded<Q5K>, AMX_MIN_TOKENS);
 
 /// Q5_K's quants: Q4_K's nibbles (bytes 48..176) plus 16 where the `qh` bit is set.
 pub(super) struct Q5K;

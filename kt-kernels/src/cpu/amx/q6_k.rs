@@ -17,12 +17,10 @@
 //! Tiles: 0..3 the C tiles, 3..6 the A tiles, 6 and 7 the B tiles (alternating by K step).
 
 use std::arch::x86_64::*;
-use std::sync::OnceLock;
 
-use super::kquant::{folded_config, gemm_or_lower, Pretransposed, StepKernel, QK_K, TG, TR};
+use super::kquant::{folded_config, single_step_entry_points, StepKernel, QK_K, TG, TR};
 use super::q8_k_lines::{transpose_lines, Lines};
 use super::tiles::{tile_dp_i8, tile_load, tile_store, tile_zero, TileConfig};
-use crate::cpu::dispatch::{GemmFn, GemmTile};
 
 /// Below this many tokens the AVX512 kernel is used: with few token groups the three
 /// digit products of the unpacking are shared by too few tokens. Device (16 threads,
@@ -31,27 +29,7 @@ use crate::cpu::dispatch::{GemmFn, GemmTile};
 /// 0.399 and 0.546 / 0.475, 64 tokens 0.629 / 0.666 and 0.830 / 0.824.
 pub(crate) const AMX_MIN_TOKENS: usize = 64;
 
-/// The kernel of the level below (AVX512), for small token counts.
-static LOWER: OnceLock<GemmFn> = OnceLock::new();
-
-/// Records `lower` as the kernel for tiles with few tokens; returns the AMX kernel.
-pub(crate) fn install(lower: GemmFn) -> GemmFn {
-    let _ = LOWER.set(lower);
-    gemm
-}
-
-/// The pipeline over call-wide records for tiles of up to `tokens` tokens, `None` where
-/// [`gemm`] takes the AVX512 kernel.
-pub(super) fn pretransposed(tokens: usize) -> Option<Pretransposed> {
-    (tokens >= AMX_MIN_TOKENS).then(Pretransposed::of::<Q6K>)
-}
-
-/// # Safety
-/// As [`GemmFn`]: valid tile extents, exclusive output, `Isa::Amx.check()` passed.
-pub(crate) unsafe fn gemm(t: &GemmTile) {
-    // SAFETY: forwarded.
-    unsafe { gemm_or_lower::<Q6K>(t, &LOWER, AMX_MIN_TOKENS) };
-}
+single_step_entry_points!(Q6K, AMX_MIN_TOKENS);
 
 /// Digits of each scale.
 const DIGITS: usize = 3;
