@@ -109,6 +109,38 @@ unsafe fn prefetch_ahead(
     }
 }
 
+/// Loads the A tiles of the INT kernels: tile 4 with token rows `m0..m0 + m` at reduction
+/// offset `k0` and, for a two-step unit, tile 5 with the next `kstep` bytes. The tiles are
+/// configured for whole 16-row tiles when 16 rows are readable from `m0` on (the extra
+/// rows' results are never used), else for exactly the `m` rows left; `loaded` holds the
+/// configured row count, so the configuration is reloaded only when it changes.
+///
+/// # Safety
+/// AMX enabled; rows `m0..m0 + m` and bytes `k0..k0 + kstep * (1 + two_k)` of the
+/// activations lie inside `t.a` (`t.a_rows` rows of `t.a_stride` bytes).
+#[inline(always)]
+unsafe fn load_a_tiles(
+    t: &Tile,
+    (m0, m): (usize, usize),
+    k0: usize,
+    (kstep, two_k): (usize, bool),
+    loaded: &mut Option<usize>,
+) {
+    let want = if t.a_rows - m0 >= 16 { 16 } else { m };
+    // SAFETY: AMX is enabled and the rows and bytes lie inside the activations (caller).
+    unsafe {
+        if *loaded != Some(want) {
+            config_int(want, kstep).load();
+            *loaded = Some(want);
+        }
+        let a = t.a.add(m0 * t.a_stride + k0);
+        tile_load!(4, a, t.a_stride);
+        if two_k {
+            tile_load!(5, a.add(kstep), t.a_stride);
+        }
+    }
+}
+
 #[repr(C, align(64))]
 struct Block<T: Copy, const N: usize>([T; N]);
 
@@ -296,18 +328,7 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                     });
                     for m0 in (s0..s0 + sm).step_by(16) {
                         let m = 16.min(s0 + sm - m0);
-                        // Whole tiles when 16 rows are readable from m0 on (the extra
-                        // rows' results are never scaled), else exactly the rows left.
-                        let want = if t.a_rows - m0 >= 16 { 16 } else { m };
-                        if loaded != Some(want) {
-                            config_int(want, kstep).load();
-                            loaded = Some(want);
-                        }
-                        let a = t.a.add(m0 * t.a_stride + g * group);
-                        tile_load!(4, a, t.a_stride);
-                        if two_k {
-                            tile_load!(5, a.add(kstep), t.a_stride);
-                        }
+                        load_a_tiles(t, (m0, m), g * group, (kstep, two_k), &mut loaded);
                         tile_zero!(0);
                         tile_zero!(1);
                         tile_zero!(2);
@@ -450,16 +471,7 @@ unsafe fn gemm_int4_folded(t: &Tile, group: usize, (row_scales, mults): (*const 
                     });
                     for m0 in (s0..s0 + sm).step_by(16) {
                         let m = 16.min(s0 + sm - m0);
-                        let want = if t.a_rows - m0 >= 16 { 16 } else { m };
-                        if loaded != Some(want) {
-                            config_int(want, kstep).load();
-                            loaded = Some(want);
-                        }
-                        let a = t.a.add(m0 * t.a_stride + c * chunk);
-                        tile_load!(4, a, t.a_stride);
-                        if two_k {
-                            tile_load!(5, a.add(kstep), t.a_stride);
-                        }
+                        load_a_tiles(t, (m0, m), c * chunk, (kstep, two_k), &mut loaded);
                         // This row block's int32 dots (rows m0 - s0.., at most SB).
                         let cp = acc.add((m0 - s0) * LDC) as *mut u8;
                         if c == 0 {
