@@ -23,6 +23,7 @@
 // order through shared memory, so results are reproducible. With one split the block
 // writes `out`; with several, f32 partials [split][M][N] that kt_w4a16_reduce_* adds up.
 #include "include/kt_common.cuh"
+#include "include/kt_pdl.cuh"
 
 namespace {
 
@@ -303,6 +304,16 @@ __device__ __forceinline__ uint4 ld_stream_if(const uint4* p, bool pred) {
     return r;
 }
 
+// An L2 prefetch of `bytes` (a multiple of 16) from `p` (16-byte aligned), issued only if
+// `pred`: one instruction for a whole 4 KiB group (compute capability 9.0+; nothing below).
+__device__ __forceinline__ void l2_prefetch_if(const void* p, uint32_t bytes, bool pred) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n"
+                 " @p cp.async.bulk.prefetch.L2.global [%0], %1;\n}\n" ::"l"(p), "r"(bytes), "r"((int)pred)
+                 : "memory");
+#endif
+}
+
 // (a & MASK) | MAGIC in one lop3 (plain C++ becomes two: SASS takes one immediate).
 template <uint32_t MASK, uint32_t MAGIC> __device__ __forceinline__ uint32_t and_or(uint32_t a) {
     uint32_t r;
@@ -454,6 +465,7 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
 #pragma unroll
     for (int u = 0; u < kGvSteps; ++u) wb[u] = ld_stream_if(wf + u * 32, first);
     wf += kWStride;
+    kt_wait_prerequisites(); // x is the previous kernel's output: staged only from here on
 #pragma unroll
     for (int rr = 0; rr < S - 1; ++rr) {
         if (rr < rounds) stage(rr);
@@ -508,7 +520,8 @@ template <typename T, int NT, int KW>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
-                                           int M, int N, int K, int steps_per_slice, int slices) {
+                                           int M, int N, int K, int steps_per_slice, int slices,
+                                           int l2_ahead) {
     constexpr int TW = kGvWarps / KW;
     constexpr int kAcc = NT * 16; // accumulators per lane
     __shared__ float red[KW > 1 ? TW * kAcc * 32 : 1];
@@ -538,9 +551,14 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[t][w][e] = 0.0f;
 
+    // Programmatic dependent launch: the next kernel's blocks may be scheduled as soon as all of
+    // ours run (they wait for our end before touching our output). Each stream below loads its
+    // first weights, which no kernel writes, before it waits for the previous kernel; x, the
+    // workspace and the output are touched only after the wait.
+    kt_launch_dependents();
     if constexpr (NT == 2) {
         gemv_stream_xs<T, KW>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
-    } else if (n_mine > 0) {
+    } else {
         // The three streams, each advanced by KW groups per group of this warp: weights (read
         // one group ahead), x and scales (read at the start of their group; the scales are
         // needed only at its end).
@@ -563,8 +581,15 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         // two so that the buffer index is a compile-time constant.
         uint4 wb[2][kGvSteps];
 #pragma unroll
-        for (int u = 0; u < kGvSteps; ++u) wb[0][u] = ld_stream_if(wf + u * 32, true);
+        for (int u = 0; u < kGvSteps; ++u) wb[0][u] = ld_stream_if(wf + u * 32, n_mine > 0);
         wf += kWStride;
+        // With l2_ahead = D > 0, lane 0 asks L2 for this warp's group j + D while group j is
+        // multiplied (groups 1 .. D - 1 up front): more bytes in flight from HBM than the two
+        // register buffers hold, at one instruction per group.
+        const uint4* pf = qw + ((size_t)nt * (K / 16) + (size_t)g_first * kGvSteps) * 32;
+        for (int j = 1; j < l2_ahead && j < n_mine; ++j) l2_prefetch_if(pf + j * kWStride, 4096, lane == 0);
+        pf += (size_t)l2_ahead * kWStride;
+        kt_wait_prerequisites();
         for (int j0 = 0; j0 < n_mine; j0 += 2) {
 #pragma unroll
             for (int b = 0; b < 2; ++b) {
@@ -573,6 +598,8 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
                 for (int u = 0; u < kGvSteps; ++u) wb[b ^ 1][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
                 wf += kWStride;
+                l2_prefetch_if(pf, 4096, lane == 0 && l2_ahead > 0 && j + l2_ahead < n_mine);
+                pf += kWStride;
                 // xb[t][u] = the B registers of token tile t at step u; sc[w][h] = the scale of
                 // column 16 w + 8 h + g.
                 uint32_t xb[NT][kGvSteps][2];
@@ -732,9 +759,9 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
 #define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
     extern "C" __global__ void __launch_bounds__(kGvThreads, 3) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
         const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
-        int M, int N, int K, int steps_per_slice, int slices) {                                    \
+        int M, int N, int K, int steps_per_slice, int slices, int l2_ahead) {                      \
         w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,     \
-                              slices);                                                             \
+                              slices, l2_ahead);                                                   \
     }
 #define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT) \
     KT_W4A16_GEMV(SUFFIX, T, NT, 1)        \

@@ -4,15 +4,24 @@
 //! The plan cuts it into blocks: several warps may share a column tile's k range (k-ways,
 //! summed in shared memory) and k may be cut into slices, whose f32 partial sums the kernel
 //! adds up.
+//!
+//! With [`LaunchOrder::Programmatic`] (compute capability 9.0+) the kernel is a programmatic
+//! dependent launch: its blocks may start while the kernel before it runs, load their first
+//! group of weights, and wait for that kernel's end before reading x or the scales or writing
+//! anything (partials, counters, out). So the weights and scales must not be
+//! written by the kernel just before; x may be (that is the point).
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::ffi::c_void;
+use std::sync::OnceLock;
+
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::quant::{GROUP, TILE_N};
 use super::{GemmWorkspace, Operands, W4A16Weights};
 use crate::cuda::dtype::MmaFloat;
 use crate::cuda::error::{launch_err, shape, CudaResult};
 use crate::cuda::modules::W4A16_GEMM;
-use crate::cuda::runtime::{DeviceBuf, GpuStream};
+use crate::cuda::runtime::{launch_raw, DeviceBuf, GpuStream, LaunchOrder};
 
 /// Warps per block (`kGvWarps`); with `k_ways` warps per tile a block covers 4 / k_ways tiles.
 const WARPS: usize = 4;
@@ -162,7 +171,8 @@ impl GpuStream {
     }
 
     /// `out = x W^T` for 1..=16 rows on the small-m kernel with an explicit `plan` (made
-    /// by [`GemvPlan::with`] or [`GpuStream::w4a16_gemv_plan`] for this m, n and k).
+    /// by [`GemvPlan::with`] or [`GpuStream::w4a16_gemv_plan`] for this m, n and k),
+    /// launched in `order` (see the module's doc).
     pub fn w4a16_gemv_planned<T: MmaFloat>(
         &self,
         w: &W4A16Weights<T>,
@@ -171,17 +181,19 @@ impl GpuStream {
         out: &mut DeviceBuf<T>,
         ws: &mut GemmWorkspace,
         plan: &GemvPlan,
+        order: LaunchOrder,
     ) -> CudaResult<()> {
         let ops = Operands::of("w4a16_gemv", w, x, m, out)?;
-        self.w4a16_gemv_launch(ops, ws, plan)
+        self.w4a16_gemv_launch(ops, ws, plan, order)
     }
 
-    /// Launches the small-m kernel on `ops` with `plan`.
+    /// Launches the small-m kernel on `ops` with `plan`, in `order`.
     pub(crate) fn w4a16_gemv_launch<T: MmaFloat>(
         &self,
         ops: Operands<'_, T>,
         ws: &mut GemmWorkspace,
         plan: &GemvPlan,
+        order: LaunchOrder,
     ) -> CudaResult<()> {
         const OP: &str = "w4a16_gemv";
         ops.check(OP)?;
@@ -203,7 +215,7 @@ impl GpuStream {
         }
         let kernel = plan.kernel::<T>();
         let f = self.kernels.get(&W4A16_GEMM, &kernel)?;
-        let dims = || format!("m {m}, n {n}, k {k}, {plan:?}");
+        let dims = || format!("m {m}, n {n}, k {k}, {plan:?}, {order:?}");
         let cfg = LaunchConfig {
             grid_dim: ((plan.column_groups * plan.slices) as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -212,44 +224,68 @@ impl GpuStream {
         let (mi, ni, ki) = (m as i32, n as i32, k as i32);
         let steps = (plan.groups_per_slice * GROUP / 16) as i32;
         let slices = plan.slices as i32;
+        let l2_ahead = l2_ahead();
 
-        if plan.slices == 1 {
-            let null: u64 = 0;
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&x)
-                .arg(&packed)
-                .arg(&scales)
-                .arg(&mut out)
-                .arg(&null)
-                .arg(&null);
-            b.arg(&mi).arg(&ni).arg(&ki).arg(&steps).arg(&slices);
-            // SAFETY: arguments match kt_w4a16_gemv_<T>_t<tiles>_k<ways> (x, packed, scales,
-            // out, no partials, no counters, M, N, K, k steps per slice, slices); x is m x k
-            // and out m x n, packed and scales hold n x k weights (Operands::check), 1 <= m
-            // <= 16 and the plan is this shape's (checked), n % 64 == 0 and k % 128 == 0
-            // (upload_w4a16 / the expert slab checked them); the grid covers every column
-            // group, and one slice never touches partials or counters.
-            return unsafe { b.launch(cfg) }
-                .map(drop)
-                .map_err(launch_err(kernel, dims));
-        }
-
-        ws.grow(self, plan.slices * m * n, plan.column_groups)?;
-        let (partial, counters) = ws.buffers();
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&x)
-            .arg(&packed)
-            .arg(&scales)
-            .arg(&mut out)
-            .arg(&mut partial.slice)
-            .arg(&mut counters.slice);
-        b.arg(&mi).arg(&ni).arg(&ki).arg(&steps).arg(&slices);
-        // SAFETY: as above, with partials and counters: the workspace holds at least slices x
-        // m x n f32 and one u32 per column group; the counters are zero (freshly allocated,
-        // or reset by the last block of every earlier launch on this stream), and every
-        // slice has at least one group (GemvPlan::with), so each group's last block sees all.
-        unsafe { b.launch(cfg) }
-            .map(drop)
+        // One slice never touches the partials or the counters (null pointers).
+        let buffers = if plan.slices > 1 {
+            ws.grow(self, plan.slices * m * n, plan.column_groups)?;
+            Some(ws.buffers())
+        } else {
+            None
+        };
+        let st = &self.stream;
+        let (xp, _gx) = x.device_ptr(st);
+        let (wp, _gw) = packed.device_ptr(st);
+        let (sp, _gs) = scales.device_ptr(st);
+        let (op, _go) = out.device_ptr_mut(st);
+        let (pp, cp, _gp, _gc) = match buffers {
+            Some((partial, counters)) => {
+                let (pp, gp) = partial.slice.device_ptr_mut(st);
+                let (cp, gc) = counters.slice.device_ptr_mut(st);
+                (pp, cp, Some(gp), Some(gc))
+            }
+            None => (0, 0, None, None),
+        };
+        let mut params: [*mut c_void; 12] = [
+            &xp as *const _ as *mut c_void,
+            &wp as *const _ as *mut c_void,
+            &sp as *const _ as *mut c_void,
+            &op as *const _ as *mut c_void,
+            &pp as *const _ as *mut c_void,
+            &cp as *const _ as *mut c_void,
+            &mi as *const _ as *mut c_void,
+            &ni as *const _ as *mut c_void,
+            &ki as *const _ as *mut c_void,
+            &steps as *const _ as *mut c_void,
+            &slices as *const _ as *mut c_void,
+            &l2_ahead as *const _ as *mut c_void,
+        ];
+        // SAFETY: the parameters are kt_w4a16_gemv_<T>_t<tiles>_k<ways>'s (x, packed, scales,
+        // out, partials, counters, M, N, K, k steps per slice, slices, L2 look-ahead), each a
+        // pointer to a live value of its type; x is m x k and out m x n, packed and scales hold
+        // n x k weights (Operands::check), 1 <= m <= 16 and the plan is this shape's
+        // (checked), n % 64 == 0 and k % 128 == 0 (upload_w4a16 / the expert slab checked
+        // them); the grid covers every column group. One slice never touches partials or
+        // counters (null); with several, the workspace holds at least slices x m x n f32 and
+        // one u32 per column group, the counters are zero (freshly allocated, or reset by the
+        // last block of every earlier launch on this stream), and every slice has at least
+        // one group (GemvPlan::with), so each group's last block sees all. Programmatic: the
+        // kernel reads only weights (which the caller vouches the previous kernel does not
+        // write) before griddepcontrol.wait, and x, the workspace and out after it.
+        unsafe { launch_raw(st, &f, cfg, &mut params, self.programmatic(order)) }
             .map_err(launch_err(kernel, dims))
     }
+}
+
+/// Groups of its own a warp of the m <= 8 kernel asks L2 for ahead of the two it holds in
+/// registers (`KT_W4A16_L2_AHEAD`, read once; 0, none, by default): a timing knob.
+fn l2_ahead() -> i32 {
+    static AHEAD: OnceLock<i32> = OnceLock::new();
+    *AHEAD.get_or_init(|| {
+        std::env::var("KT_W4A16_L2_AHEAD")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+            .clamp(0, 64)
+    })
 }
