@@ -25,6 +25,8 @@
 #include "include/kt_common.cuh"
 #include "include/kt_pdl.cuh"
 
+#include <cooperative_groups.h>
+
 namespace {
 
 constexpr int kThreads = 128; // 4 warps
@@ -304,16 +306,6 @@ __device__ __forceinline__ uint4 ld_stream_if(const uint4* p, bool pred) {
     return r;
 }
 
-// An L2 prefetch of `bytes` (a multiple of 16) from `p` (16-byte aligned), issued only if
-// `pred`: one instruction for a whole 4 KiB group (compute capability 9.0+; nothing below).
-__device__ __forceinline__ void l2_prefetch_if(const void* p, uint32_t bytes, bool pred) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n"
-                 " @p cp.async.bulk.prefetch.L2.global [%0], %1;\n}\n" ::"l"(p), "r"(bytes), "r"((int)pred)
-                 : "memory");
-#endif
-}
-
 // (a & MASK) | MAGIC in one lop3 (plain C++ becomes two: SASS takes one immediate).
 template <uint32_t MASK, uint32_t MAGIC> __device__ __forceinline__ uint32_t and_or(uint32_t a) {
     uint32_t r;
@@ -521,7 +513,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
                                            int M, int N, int K, int steps_per_slice, int slices,
-                                           int l2_ahead) {
+                                           int trigger, int clustered) {
     constexpr int TW = kGvWarps / KW;
     constexpr int kAcc = NT * 16; // accumulators per lane
     __shared__ float red[KW > 1 ? TW * kAcc * 32 : 1];
@@ -551,13 +543,16 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[t][w][e] = 0.0f;
 
-    // Programmatic dependent launch: the next kernel's blocks may be scheduled as soon as all of
-    // ours run (they wait for our end before touching our output). Each stream below loads its
-    // first weights, which no kernel writes, before it waits for the previous kernel; x, the
-    // workspace and the output are touched only after the wait.
-    kt_launch_dependents();
+    // Programmatic dependent launch: each stream below loads its first weights, which no kernel
+    // writes, before it waits for the previous kernel; x, the scales, the workspace and the
+    // output are touched only after the wait. `trigger` says when the next kernel's blocks may
+    // be scheduled (they wait for our end before touching our output anyway): 0 as soon as all
+    // of ours run, 1 once all have streamed their k range, else when they exit.
+    if (trigger == 0) kt_launch_dependents();
     if constexpr (NT == 2) {
         gemv_stream_xs<T, KW>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
+    } else if (n_mine == 0) {
+        kt_wait_prerequisites(); // before the writes below (this warp may be the writer)
     } else {
         // The three streams, each advanced by KW groups per group of this warp: weights (read
         // one group ahead), x and scales (read at the start of their group; the scales are
@@ -581,15 +576,9 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         // two so that the buffer index is a compile-time constant.
         uint4 wb[2][kGvSteps];
 #pragma unroll
-        for (int u = 0; u < kGvSteps; ++u) wb[0][u] = ld_stream_if(wf + u * 32, n_mine > 0);
+        for (int u = 0; u < kGvSteps; ++u) wb[0][u] = ld_stream_if(wf + u * 32, true);
         wf += kWStride;
-        // With l2_ahead = D > 0, lane 0 asks L2 for this warp's group j + D while group j is
-        // multiplied (groups 1 .. D - 1 up front): more bytes in flight from HBM than the two
-        // register buffers hold, at one instruction per group.
-        const uint4* pf = qw + ((size_t)nt * (K / 16) + (size_t)g_first * kGvSteps) * 32;
-        for (int j = 1; j < l2_ahead && j < n_mine; ++j) l2_prefetch_if(pf + j * kWStride, 4096, lane == 0);
-        pf += (size_t)l2_ahead * kWStride;
-        kt_wait_prerequisites();
+        kt_wait_prerequisites(); // x is the previous kernel's output: read only from here on
         for (int j0 = 0; j0 < n_mine; j0 += 2) {
 #pragma unroll
             for (int b = 0; b < 2; ++b) {
@@ -598,8 +587,6 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
                 for (int u = 0; u < kGvSteps; ++u) wb[b ^ 1][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
                 wf += kWStride;
-                l2_prefetch_if(pf, 4096, lane == 0 && l2_ahead > 0 && j + l2_ahead < n_mine);
-                pf += kWStride;
                 // xb[t][u] = the B registers of token tile t at step u; sc[w][h] = the scale of
                 // column 16 w + 8 h + g.
                 uint32_t xb[NT][kGvSteps][2];
@@ -641,6 +628,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
             }
         }
     }
+    if (trigger == 1) kt_launch_dependents();
     // Sum the k-ways of each tile in k-way order; the last k-way's warp ends up with the sum.
     if constexpr (KW > 1) {
         float* r = red + tile_in * kAcc * 32 + lane; // [TW][kAcc][32 lanes]
@@ -686,6 +674,46 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         return;
     }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (clustered) {
+        // The column group's slices are one thread-block cluster, block rank = slice (the
+        // host launched it so): each writer leaves its sums in its shared memory, and rank 0
+        // adds all ranks' through distributed shared memory in slice order (the same sums in
+        // the same order as the partials path below, so the same bits), with two cluster
+        // barriers instead of partials in global memory, a fence and an arrival counter.
+        __shared__ float cred[TW * kAcc * 32]; // [TW][kAcc][32 lanes]
+        namespace cg = cooperative_groups;
+        cg::cluster_group cluster = cg::this_cluster();
+        float* mine = cred + tile_in * kAcc * 32 + lane;
+        if (writer) {
+#pragma unroll
+            for (int i = 0; i < kAcc; ++i) mine[i * 32] = (&acc[0][0][0])[i];
+        }
+        cluster.sync(); // every rank's sums written and visible to the cluster
+        if (writer && cluster.block_rank() == 0) {
+            float v[kAcc];
+#pragma unroll
+            for (int i = 0; i < kAcc; ++i) v[i] = 0.0f;
+            for (int r = 0; r < slices; ++r) {
+                const float* theirs = cluster.map_shared_rank(mine, r);
+#pragma unroll
+                for (int i = 0; i < kAcc; ++i) v[i] += theirs[i * 32];
+            }
+#pragma unroll
+            for (int t = 0; t < NT; ++t)
+#pragma unroll
+                for (int w = 0; w < 4; ++w)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int row = 8 * t + 2 * q + (e & 1);
+                        const int col = nt * kBN + 16 * w + g + 8 * (e >> 1);
+                        if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(v[(t * 4 + w) * 4 + e]);
+                    }
+        }
+        cluster.sync(); // no rank exits (freeing its shared memory) before rank 0 has read it
+        return;
+    }
+#endif
     if (writer) {
 #pragma unroll
         for (int t = 0; t < NT; ++t)
@@ -759,9 +787,9 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
 #define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
     extern "C" __global__ void __launch_bounds__(kGvThreads, 3) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
         const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
-        int M, int N, int K, int steps_per_slice, int slices, int l2_ahead) {                      \
+        int M, int N, int K, int steps_per_slice, int slices, int trigger, int clustered) {        \
         w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,     \
-                              slices, l2_ahead);                                                   \
+                              slices, trigger, clustered);                                         \
     }
 #define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT) \
     KT_W4A16_GEMV(SUFFIX, T, NT, 1)        \

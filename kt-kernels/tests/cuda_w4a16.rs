@@ -304,7 +304,11 @@ fn gemm_case<T: MmaFloat>(
         let mut again = nan_buf::<T>(s, m * n);
         run(&mut again, ws, order);
         let again = s.download(&again).unwrap();
-        assert_same_bits(&got, &again, &format!("w4a16 m{m} n{n} k{k} {path:?} {order:?}"));
+        assert_same_bits(
+            &got,
+            &again,
+            &format!("w4a16 m{m} n{n} k{k} {path:?} {order:?}"),
+        );
     }
     let steps = (k / 16 + 4 + 2 * (k / GROUP)) as f64;
     let u32 = 2f64.powi(-23); // tensor-core accumulation may truncate instead of rounding
@@ -344,7 +348,10 @@ fn assert_same_bits<T: MmaFloat>(want: &[T], got: &[T], what: &str) {
 /// chains back to back.
 fn gemv_chain<T: MmaFloat>(s: &GpuStream, m: usize) {
     let (n1, k1, n2) = (512, 9216, 2048);
-    let (w1, w2) = (random_int4::<T>(n1, k1, 40 + m as u64), random_int4::<T>(n2, n1, 41));
+    let (w1, w2) = (
+        random_int4::<T>(n1, k1, 40 + m as u64),
+        random_int4::<T>(n2, n1, 41),
+    );
     let (w1, w2) = (s.upload_w4a16(&w1).unwrap(), s.upload_w4a16(&w2).unwrap());
     let mut rng = SplitMix64::new(42 + m as u64);
     let xs: Vec<DeviceBuf<T>> = (0..8)
@@ -375,7 +382,11 @@ fn gemv_chain<T: MmaFloat>(s: &GpuStream, m: usize) {
         results.push(got);
     }
     for (i, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
-        assert_same_bits(a, b, &format!("chained gemv m{m}, chain {i}, programmatic vs serial"));
+        assert_same_bits(
+            a,
+            b,
+            &format!("chained gemv m{m}, chain {i}, programmatic vs serial"),
+        );
     }
 }
 

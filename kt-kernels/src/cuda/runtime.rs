@@ -680,29 +680,45 @@ pub(crate) fn programmatic_launch_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("KT_PDL").map_or(true, |v| v.trim() != "0"))
 }
 
-/// Launches `f` on `stream` through cuLaunchKernelEx, with programmatic stream serialization
-/// if `programmatic` (compute capability 9.0+): then its blocks may be scheduled once every
-/// block of the kernel before it on the stream has run `griddepcontrol.launch_dependents` (or
-/// exited), instead of after that kernel's end, so its launch and set-up overlap the previous
-/// kernel's tail. Also in a captured graph (a programmatic edge).
+/// Launches `f` on `stream` through cuLaunchKernelEx (compute capability 9.0+ for either
+/// attribute):
+/// - with programmatic stream serialization if `programmatic`: then its blocks may be
+///   scheduled once every block of the kernel before it on the stream has run
+///   `griddepcontrol.launch_dependents` (or exited), instead of after that kernel's end, so
+///   its launch and set-up overlap the previous kernel's tail. Also in a captured graph (a
+///   programmatic edge);
+/// - in thread-block clusters of `cluster` consecutive blocks along x if `cluster` > 1.
 ///
 /// # Safety
 /// `params` are `f`'s parameters as cuLaunchKernelEx takes them (each a pointer to a live
-/// value of the parameter's type), the launch is within `f`'s bounds, and if `programmatic`,
+/// value of the parameter's type), the launch is within `f`'s bounds, if `programmatic`,
 /// `f` runs `griddepcontrol.wait` before it touches anything the previous kernel writes or
-/// reads.
+/// reads, and if `cluster` > 1, it divides the grid's x and `f` expects such clusters.
 pub(crate) unsafe fn launch_raw(
     stream: &CudaStream,
     f: &CudaFunction,
     cfg: LaunchConfig,
     params: &mut [*mut c_void],
     programmatic: bool,
+    cluster: u32,
 ) -> Result<(), DriverError> {
     // SAFETY: an all-zero CUlaunchAttribute is a valid value (an id and a plain union); the
     // fields used are set below.
-    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attr.value.programmaticStreamSerializationAllowed = 1;
+    let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+    let mut used = 0;
+    if programmatic {
+        attrs[used].id =
+            sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attrs[used].value.programmaticStreamSerializationAllowed = 1;
+        used += 1;
+    }
+    if cluster > 1 {
+        attrs[used].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attrs[used].value.clusterDim.x = cluster;
+        attrs[used].value.clusterDim.y = 1;
+        attrs[used].value.clusterDim.z = 1;
+        used += 1;
+    }
     let config = sys::CUlaunchConfig {
         gridDimX: cfg.grid_dim.0,
         gridDimY: cfg.grid_dim.1,
@@ -712,11 +728,11 @@ pub(crate) unsafe fn launch_raw(
         blockDimZ: cfg.block_dim.2,
         sharedMemBytes: cfg.shared_mem_bytes,
         hStream: stream.cu_stream(),
-        attrs: &mut attr,
-        numAttrs: u32::from(programmatic),
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: used as u32,
     };
     stream.context().bind_to_thread()?;
-    // SAFETY: config and attr live across the call; the caller vouches for f and params.
+    // SAFETY: config and attrs live across the call; the caller vouches for f and params.
     unsafe {
         sys::cuLaunchKernelEx(
             &config,

@@ -224,10 +224,13 @@ impl GpuStream {
         let (mi, ni, ki) = (m as i32, n as i32, k as i32);
         let steps = (plan.groups_per_slice * GROUP / 16) as i32;
         let slices = plan.slices as i32;
-        let l2_ahead = l2_ahead();
+        let trigger = pdl_trigger();
+        let cluster = self.gemv_cluster(plan);
+        let clustered = i32::from(cluster > 1);
 
-        // One slice never touches the partials or the counters (null pointers).
-        let buffers = if plan.slices > 1 {
+        // One slice, or slices in a cluster, never touch the partials or the counters (null
+        // pointers).
+        let buffers = if plan.slices > 1 && cluster == 1 {
             ws.grow(self, plan.slices * m * n, plan.column_groups)?;
             Some(ws.buffers())
         } else {
@@ -246,7 +249,7 @@ impl GpuStream {
             }
             None => (0, 0, None, None),
         };
-        let mut params: [*mut c_void; 12] = [
+        let mut params: [*mut c_void; 13] = [
             &xp as *const _ as *mut c_void,
             &wp as *const _ as *mut c_void,
             &sp as *const _ as *mut c_void,
@@ -258,10 +261,11 @@ impl GpuStream {
             &ki as *const _ as *mut c_void,
             &steps as *const _ as *mut c_void,
             &slices as *const _ as *mut c_void,
-            &l2_ahead as *const _ as *mut c_void,
+            &trigger as *const _ as *mut c_void,
+            &clustered as *const _ as *mut c_void,
         ];
         // SAFETY: the parameters are kt_w4a16_gemv_<T>_t<tiles>_k<ways>'s (x, packed, scales,
-        // out, partials, counters, M, N, K, k steps per slice, slices, L2 look-ahead), each a
+        // out, partials, counters, M, N, K, k steps per slice, slices, trigger, clustered), each a
         // pointer to a live value of its type; x is m x k and out m x n, packed and scales hold
         // n x k weights (Operands::check), 1 <= m <= 16 and the plan is this shape's
         // (checked), n % 64 == 0 and k % 128 == 0 (upload_w4a16 / the expert slab checked
@@ -269,23 +273,55 @@ impl GpuStream {
         // counters (null); with several, the workspace holds at least slices x m x n f32 and
         // one u32 per column group, the counters are zero (freshly allocated, or reset by the
         // last block of every earlier launch on this stream), and every slice has at least
-        // one group (GemvPlan::with), so each group's last block sees all. Programmatic: the
+        // one group (GemvPlan::with), so each group's last block sees all. Clustered: the
+        // slices of a column group are consecutive blocks (block = group x slices + slice),
+        // one cluster of `slices` <= 8 blocks (compute capability 9.0+, gemv_cluster), and
+        // the kernel then uses neither partials nor counters. Programmatic: the
         // kernel reads only weights (which the caller vouches the previous kernel does not
         // write) before griddepcontrol.wait, and x, the workspace and out after it.
-        unsafe { launch_raw(st, &f, cfg, &mut params, self.programmatic(order)) }
+        unsafe { launch_raw(st, &f, cfg, &mut params, self.programmatic(order), cluster) }
             .map_err(launch_err(kernel, dims))
     }
 }
 
-/// Groups of its own a warp of the m <= 8 kernel asks L2 for ahead of the two it holds in
-/// registers (`KT_W4A16_L2_AHEAD`, read once; 0, none, by default): a timing knob.
-fn l2_ahead() -> i32 {
-    static AHEAD: OnceLock<i32> = OnceLock::new();
-    *AHEAD.get_or_init(|| {
-        std::env::var("KT_W4A16_L2_AHEAD")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-            .clamp(0, 64)
+impl GpuStream {
+    /// The cluster size of a launch of `plan`: its slices where they are 2..=8 (a portable
+    /// cluster) on compute capability 9.0+, the slices of a column group then summed through
+    /// distributed shared memory instead of global partials (same bits); else 1.
+    /// `KT_W4A16_CLUSTER=0` (read once) keeps the partials, for A/B timing runs.
+    fn gemv_cluster(&self, plan: &GemvPlan) -> u32 {
+        static ON: OnceLock<bool> = OnceLock::new();
+        let on =
+            *ON.get_or_init(|| std::env::var("KT_W4A16_CLUSTER").map_or(true, |v| v.trim() != "0"));
+        if on && self.info.compute_capability.0 >= 9 && (2..=MAX_CLUSTER).contains(&plan.slices) {
+            plan.slices as u32
+        } else {
+            1
+        }
+    }
+}
+
+/// The largest portable thread-block cluster.
+const MAX_CLUSTER: usize = 8;
+
+/// When the kernel lets the next kernel on the stream (if launched programmatically) be
+/// scheduled, as `trigger` in the kernel: 0 as soon as all its blocks run, 1 once all have
+/// streamed their k range (the default), 2 when they exit. `KT_W4A16_PDL_TRIGGER=start`,
+/// `streamed` or `exit` (read once) picks another, for A/B timing runs. Early triggers
+/// overlap more of the next kernel's start with this one's tail, but the next kernel's blocks
+/// then take the multiprocessors' free slots while this one still holds some, which packs a
+/// grid of under ~2 blocks per multiprocessor unevenly (measured on an H100, see
+/// `cuda/README.md`).
+fn pdl_trigger() -> i32 {
+    static TRIGGER: OnceLock<i32> = OnceLock::new();
+    *TRIGGER.get_or_init(|| {
+        match std::env::var("KT_W4A16_PDL_TRIGGER")
+            .as_deref()
+            .map(str::trim)
+        {
+            Ok("start") => 0,
+            Ok("exit") => 2,
+            _ => 1,
+        }
     })
 }
