@@ -341,11 +341,11 @@ fn assert_same_bits<T: MmaFloat>(want: &[T], got: &[T], what: &str) {
 
 /// Two chained small-m GEMMs, y = W2 (W1 x), on one workspace, every launch programmatic
 /// (compute capability 9.0+) against every launch ordinary: the same bits, and no NaN of the
-/// poisoned buffers. The first GEMM is long (36 groups per warp) and narrow (16 blocks), the
-/// second short with k slices, so the second's blocks are resident while the first still
-/// runs and would read the poisoned (or partly written) middle buffer, or race for the
-/// workspace's partials and counters (both are sliced), if they did not wait for it; 8
-/// chains back to back.
+/// poisoned buffers. The first GEMM is long (36 groups per warp, 2 slices: summed in a
+/// cluster on 9.0+), the second short with 4 slices (global partials and counters, which the
+/// first's launch on the same workspace used too where it had no cluster), so a second GEMM
+/// that did not wait for the first would read the poisoned or partly written middle buffer,
+/// or race for the workspace; 8 chains back to back.
 fn gemv_chain<T: MmaFloat>(s: &GpuStream, m: usize) {
     let (n1, k1, n2) = (512, 9216, 2048);
     let (w1, w2) = (

@@ -3,12 +3,14 @@
 //! straight into registers (x too up to 8 rows; past 8 the block stages x in shared memory).
 //! The plan cuts it into blocks: several warps may share a column tile's k range (k-ways,
 //! summed in shared memory) and k may be cut into slices, whose f32 partial sums the kernel
-//! adds up.
+//! adds up: through global f32 partials and an arrival counter per column group, or (2-3
+//! slices, compute capability 9.0+) within a thread-block cluster's shared memory.
 //!
 //! With [`LaunchOrder::Programmatic`] (compute capability 9.0+) the kernel is a programmatic
-//! dependent launch: its blocks may start while the kernel before it runs, load their first
-//! group of weights, and wait for that kernel's end before reading x or the scales or writing
-//! anything (partials, counters, out). So the weights and scales must not be
+//! dependent launch: its blocks may start before the kernel before it has completed (as soon
+//! as that kernel lets them; this kernel lets its own dependents start at its exit), load
+//! their first group of weights, and wait for that kernel's completion before reading x or
+//! the scales or writing anything (partials, counters, out). So the weights must not be
 //! written by the kernel just before; x may be (that is the point).
 
 use std::ffi::c_void;
@@ -173,6 +175,7 @@ impl GpuStream {
     /// `out = x W^T` for 1..=16 rows on the small-m kernel with an explicit `plan` (made
     /// by [`GemvPlan::with`] or [`GpuStream::w4a16_gemv_plan`] for this m, n and k),
     /// launched in `order` (see the module's doc).
+    #[allow(clippy::too_many_arguments)] // the operands, workspace, plan and launch order
     pub fn w4a16_gemv_planned<T: MmaFloat>(
         &self,
         w: &W4A16Weights<T>,
@@ -224,7 +227,6 @@ impl GpuStream {
         let (mi, ni, ki) = (m as i32, n as i32, k as i32);
         let steps = (plan.groups_per_slice * GROUP / 16) as i32;
         let slices = plan.slices as i32;
-        let trigger = pdl_trigger();
         let cluster = self.gemv_cluster(plan);
         let clustered = i32::from(cluster > 1);
 
@@ -249,7 +251,7 @@ impl GpuStream {
             }
             None => (0, 0, None, None),
         };
-        let mut params: [*mut c_void; 13] = [
+        let mut params: [*mut c_void; 12] = [
             &xp as *const _ as *mut c_void,
             &wp as *const _ as *mut c_void,
             &sp as *const _ as *mut c_void,
@@ -261,11 +263,10 @@ impl GpuStream {
             &ki as *const _ as *mut c_void,
             &steps as *const _ as *mut c_void,
             &slices as *const _ as *mut c_void,
-            &trigger as *const _ as *mut c_void,
             &clustered as *const _ as *mut c_void,
         ];
         // SAFETY: the parameters are kt_w4a16_gemv_<T>_t<tiles>_k<ways>'s (x, packed, scales,
-        // out, partials, counters, M, N, K, k steps per slice, slices, trigger, clustered), each a
+        // out, partials, counters, M, N, K, k steps per slice, slices, clustered), each a
         // pointer to a live value of its type; x is m x k and out m x n, packed and scales hold
         // n x k weights (Operands::check), 1 <= m <= 16 and the plan is this shape's
         // (checked), n % 64 == 0 and k % 128 == 0 (upload_w4a16 / the expert slab checked
@@ -275,7 +276,7 @@ impl GpuStream {
         // last block of every earlier launch on this stream), and every slice has at least
         // one group (GemvPlan::with), so each group's last block sees all. Clustered: the
         // slices of a column group are consecutive blocks (block = group x slices + slice),
-        // one cluster of `slices` <= 8 blocks (compute capability 9.0+, gemv_cluster), and
+        // one cluster of `slices` <= 3 blocks (compute capability 9.0+, gemv_cluster), and
         // the kernel then uses neither partials nor counters. Programmatic: the
         // kernel reads only weights (which the caller vouches the previous kernel does not
         // write) before griddepcontrol.wait, and x, the workspace and out after it.
@@ -285,10 +286,14 @@ impl GpuStream {
 }
 
 impl GpuStream {
-    /// The cluster size of a launch of `plan`: its slices where they are 2..=8 (a portable
-    /// cluster) on compute capability 9.0+, the slices of a column group then summed through
-    /// distributed shared memory instead of global partials (same bits); else 1.
-    /// `KT_W4A16_CLUSTER=0` (read once) keeps the partials, for A/B timing runs.
+    /// The cluster size of a launch of `plan`: its slices where they are 2 or 3, on compute
+    /// capability 9.0+, the slices of a column group then summed through distributed shared
+    /// memory instead of global partials (same bits); else 1. Measured on an H100 (timing
+    /// example, 2026-11-22): o_proj and dense out (2 slices at 1 row, 3 at 16) 2-4% faster;
+    /// the shared expert's in projection (8 slices) 17-26% slower as one cluster of 8 (a
+    /// cluster's blocks must share one GPC, and rank 0 reads 8 blocks' sums one by one); 4-7
+    /// slices were not timed. `KT_W4A16_CLUSTER=0` (read once) keeps the partials everywhere,
+    /// for A/B runs.
     fn gemv_cluster(&self, plan: &GemvPlan) -> u32 {
         static ON: OnceLock<bool> = OnceLock::new();
         let on =
@@ -301,27 +306,5 @@ impl GpuStream {
     }
 }
 
-/// The largest portable thread-block cluster.
-const MAX_CLUSTER: usize = 8;
-
-/// When the kernel lets the next kernel on the stream (if launched programmatically) be
-/// scheduled, as `trigger` in the kernel: 0 as soon as all its blocks run, 1 once all have
-/// streamed their k range (the default), 2 when they exit. `KT_W4A16_PDL_TRIGGER=start`,
-/// `streamed` or `exit` (read once) picks another, for A/B timing runs. Early triggers
-/// overlap more of the next kernel's start with this one's tail, but the next kernel's blocks
-/// then take the multiprocessors' free slots while this one still holds some, which packs a
-/// grid of under ~2 blocks per multiprocessor unevenly (measured on an H100, see
-/// `cuda/README.md`).
-fn pdl_trigger() -> i32 {
-    static TRIGGER: OnceLock<i32> = OnceLock::new();
-    *TRIGGER.get_or_init(|| {
-        match std::env::var("KT_W4A16_PDL_TRIGGER")
-            .as_deref()
-            .map(str::trim)
-        {
-            Ok("start") => 0,
-            Ok("exit") => 2,
-            _ => 1,
-        }
-    })
-}
+/// The most slices summed in a cluster.
+const MAX_CLUSTER: usize = 3;
