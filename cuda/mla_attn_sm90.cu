@@ -10,24 +10,35 @@
 // One block takes 64 query rows of one sequence (half the heads of a decode token for 128
 // heads; the two halves are adjacent blocks, so a cache tile is fetched from memory once and
 // found in L2 by the other) and one key split. Cache tiles of 64 keys are double-buffered in
-// shared memory; the query tile stays there. When the pages hold a whole number of tiles
-// (block_size % 64 == 0) and the host passes a tensor map over the pool as [rows, 576], a
-// full tile is 64 consecutive pool rows and one thread fetches it with nine bulk tensor
-// copies (TMA, one [64 keys x 64 dims] box each, swizzled by the copy engine), completion
-// counted on one mbarrier per box, so a tile's score MMAs start on its first boxes while the
-// last are still arriving; otherwise, and for a sequence's last partial tile (whose
-// keys past kv_len must read as zeros), every thread issues 16-byte cp.async copies. Both
-// operands are stored as nine [64 x 64] blocks (64 dims each) of 128-byte swizzled rows, so the
-// same tile is the K-major B of the scores and the MN-major (transposed) B of the output. Two
-// warpgroups:
-//  - scores: warpgroup g computes S = Q K^T for the tile's keys 32 g .. 32 g + 31 over all 576
-//    dims (36 m64n32k16 MMAs, accumulators in registers);
-//  - softmax: row maxima are exchanged through shared memory so both warpgroups use the same
-//    running max; each writes its half of P (bf16) into a swizzled [64 x 64] block;
-//  - output: warpgroup g keeps O[64 rows, 256 g .. 256 g + 255] (128 f32 per thread) and adds
-//    P V over the 64 keys (4 m64n256k16 MMAs, B = the tile's latents, transposed).
-// The next tile's scores are issued right behind this tile's P V, and the tile after next
-// starts loading as soon as P V is done with its buffer.
+// shared memory; the query tile stays there. Both operands are stored as nine [64 x 64]
+// blocks (64 dims each) of 128-byte swizzled rows, so the same tile is the K-major B of the
+// scores and the MN-major (transposed) B of the output.
+//
+// Two warpgroups take turns: tile i of the split belongs to warpgroup i % 2 and sits in its
+// buffer. Warpgroup g keeps O[64 rows, 256 g .. 256 g + 255] (128 f32 per thread). For its
+// own tile a warpgroup
+//  - computes S = Q K^T for all 64 keys (36 m64n64k16 MMAs: the 72 KiB query tile is read
+//    from shared memory once per tile, not once per warpgroup);
+//  - runs the softmax against the running max the other warpgroup published with the tile
+//    before (each row's 64 scores sit in one quad: no exchange), writes P (bf16) and the new
+//    row maxima to shared memory and signals the other warpgroup (a named barrier);
+//  - rescales its O half and adds P V from P in registers (4 m64n256k16 MMAs, A from the
+//    softmax's registers).
+// For the other's tile it waits for that signal, rescales its O half to the published max
+// and adds P V from P in shared memory, then issues its own next tile's scores. So one
+// warpgroup's softmax runs while the other's MMAs keep the tensor cores busy. Both end at the
+// same running max; the softmax sums of the two warpgroups' tiles add at the end.
+//
+// Loads: when the pages hold a whole number of tiles (block_size % 64 == 0) and the host
+// passes a tensor map over the pool as [rows, 576], a full tile is 64 consecutive pool rows,
+// fetched by one thread of the owning warpgroup with nine bulk tensor copies (TMA, one
+// [64 keys x 64 dims] box each, swizzled by the copy engine), completion counted on one
+// mbarrier per box. A buffer is refilled in three parts as its previous tile frees them: the
+// rope box once the scores are done, the owner's output half once its P V is done, the other
+// half once the other warpgroup's P V is; the scores take the boxes in that order, so their
+// first MMAs run while the last boxes are still arriving. Otherwise, and for a sequence's
+// last partial tile (whose keys past kv_len must read as zeros), the owning warpgroup's
+// threads issue 16-byte cp.async copies.
 #include "include/kt_common.cuh"
 
 #include "include/kt_async.cuh"
@@ -82,6 +93,10 @@ constexpr int kBarGroup = 3;   // + w: warpgroup w's own cp.async tile is in
 // Diagnostic switch (never on in a build that is tested): no cache tile is fetched after the
 // first two, so the kernel runs its compute schedule on stale tiles (wrong results).
 constexpr bool kNoRefill = false;
+// Where the other warpgroup says it is done with a tile's V (variant switch for the device
+// call): 1 after issuing its next scores, 2 before.
+constexpr int kFreeSignal = 1;
+constexpr int kBarFree = 5;    // + w: warpgroup w's P V of the other's last tile is done
 
 __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ cache,
                               const int* __restrict__ table, const int* __restrict__ cu_q,
@@ -332,9 +347,9 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         const int u = v + 1;
         const bool refill = !kNoRefill && u < t_end && u - t_begin >= 2;
         if (refill && by_tma(u) && wtid == 0) tma_boxes(next_row, 1, 5);
-        named_bar_sync(kBarPublish + (wg ^ 1), kThreads); // P and m_pub of tile v
-        // The other warpgroup published tile v after its P V of tile v - 1 was done: the rest
-        // of this buffer is free.
+        // The other warpgroup's P V of this warpgroup's tile v - 1 is done: the rest of the
+        // buffer is free.
+        if (v - 1 >= t_begin) named_bar_sync(kBarFree + (wg ^ 1), kThreads);
         if (refill) {
             if (by_tma(u)) {
                 if (wtid == 0) tma_boxes(next_row, 5, kDimBlocks);
@@ -345,6 +360,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
                 named_bar_sync(kBarGroup + wg, 128);
             }
         }
+        named_bar_sync(kBarPublish + (wg ^ 1), kThreads); // P and m_pub of tile v
         float alpha[2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -363,7 +379,19 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
                 wgmma_m64n256k16<1>(o, kt_wgmma_desc_step(pd, 32 * ks), kt_wgmma_desc_step(vd, 16 * ks * 128), 1);
             kt_wgmma_commit();
         }
-        if (u < t_end) issue_scores(u);
+        // The owner of tile v refills its buffer with tile v + 2 once this P V is done: say
+        // so (only when that tile exists, so every arrival has its wait).
+        if (u < t_end) {
+            if (kFreeSignal == 2) {
+                kt_wgmma_wait<0>();
+                named_bar_arrive(kBarFree + wg, kThreads);
+            }
+            issue_scores(u);
+            if (kFreeSignal == 1) {
+                kt_wgmma_wait<1>();
+                named_bar_arrive(kBarFree + wg, kThreads);
+            }
+        }
     };
 
     // Whole pipelines per warpgroup (a branch on the warp-uniform `wg`).

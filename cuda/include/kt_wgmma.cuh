@@ -1,5 +1,5 @@
 // Hopper warpgroup MMA (wgmma, sm_90a only): shared-memory matrix descriptors, the fences and
-// group waits around the asynchronous MMAs, and the two shapes MLA uses. Operands live in
+// group waits around the asynchronous MMAs, and the shapes MLA uses. Operands live in
 // shared memory as blocks of 128-byte rows with the 128-byte swizzle (16-byte chunk c of row
 // r stored at chunk c ^ (r % 8), 8-row atoms of 1024 bytes, atoms 1024-byte aligned): the
 // layout kt_swz128 computes. Include only from code compiled for sm_90a
@@ -51,20 +51,6 @@ __device__ __forceinline__ void kt_reg_fence(float& v) { asm volatile("" : "+f"(
 // The same for a register an MMA reads asynchronously (an A fragment): it stays this value,
 // in its register, up to this point.
 __device__ __forceinline__ void kt_reg_fence_u32(uint32_t& v) { asm volatile("" : "+r"(v)::"memory"); }
-
-// D[64 x 32] (+)= A[64 x 16] B[16 x 32], both from shared memory (descriptors); D in
-// the 16 f32 accumulators of each thread of the warpgroup. `accumulate` 0 overwrites D.
-template <int TransB>
-__device__ __forceinline__ void wgmma_m64n32k16(float* d, uint64_t a, uint64_t b, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
-        "}, %16, %17, p, 1, 1, 0, %19;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-        : "l"(a), "l"(b), "r"(accumulate), "n"(TransB));
-}
 
 // D[64 x 64] (+)= A[64 x 16] B[16 x 64], both from shared memory (descriptors); D in the 32
 // f32 accumulators of each thread of the warpgroup. `accumulate` 0 overwrites D.
