@@ -96,6 +96,8 @@ constexpr bool kNoRefill = false;
 // Where the other warpgroup says it is done with a tile's V (variant switch for the device
 // call): 1 after issuing its next scores, 2 before.
 constexpr int kFreeSignal = 1;
+// Tile t + 3 brought into L2 while tile t is computed (variant switch for the device call).
+constexpr bool kL2Prefetch = true;
 constexpr int kBarFree = 5;    // + w: warpgroup w's P V of the other's last tile is done
 
 __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ cache,
@@ -184,6 +186,10 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
             kt_tma_load_2d(kbuf + blk * kBlockBytes, cache_map, 64 * blk, row, box_bar(blk));
         }
     };
+    auto l2_prefetch = [&](int row) {
+#pragma unroll
+        for (int blk = 0; blk < kDimBlocks; ++blk) kt_tma_prefetch_l2_2d(cache_map, 64 * blk, row);
+    };
     auto tile_row = [&](int t) { // the tile's 64 keys are consecutive rows of one page
         const int key = t * kKeys;
         return table[(size_t)b * max_blocks + key / block_size] * block_size + key % block_size;
@@ -218,6 +224,8 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     if (t_first < t_end) {
         if (by_tma(t_first)) {
             if (wtid == 0) tma_boxes(tile_row(t_first), 0, kDimBlocks);
+            // The first own steps prefetch tiles t_begin + 3 on; tile t_begin + 2 here.
+            if (kL2Prefetch && tid == 0 && t_begin + 2 < t_end && by_tma(t_begin + 2)) l2_prefetch(tile_row(t_begin + 2));
         } else {
             cp_tile(t_first);
         }
@@ -329,10 +337,13 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
             wgmma_m64n256k16_rs<1>(o, pa + 4 * ks, kt_wgmma_desc_step(vd, 16 * ks * 128), 1);
         kt_wgmma_commit();
         // The scores are done with the rope box: tile u + 2's may come now.
-        const int u2 = u + 2;
-        if (!kNoRefill && wtid == 0 && u2 < t_end && by_tma(u2)) {
-            next_row = tile_row(u2);
-            tma_boxes(next_row, 0, 1);
+        if (wtid == 0) {
+            const int u2 = u + 2;
+            if (!kNoRefill && u2 < t_end && by_tma(u2)) {
+                next_row = tile_row(u2);
+                tma_boxes(next_row, 0, 1);
+            }
+            if (kL2Prefetch && u + 3 < t_end && by_tma(u + 3)) l2_prefetch(tile_row(u + 3));
         }
     };
 
