@@ -55,12 +55,3 @@ __device__ __forceinline__ void kt_tma_load_2d(uint32_t dst, const KtTensorMap* 
         "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
         : "memory");
 }
-
-// Asks for the box at element coordinates (c0, c1) of the 2-D map to be brought into L2 (no
-// shared memory, no barrier): a later copy of it then finds it there.
-__device__ __forceinline__ void kt_tma_prefetch_l2_2d(const KtTensorMap* map, int c0, int c1) {
-    asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n" ::"l"(
-                     reinterpret_cast<uint64_t>(map)),
-                 "r"(c0), "r"(c1)
-                 : "memory");
-}
