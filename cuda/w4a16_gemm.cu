@@ -406,14 +406,17 @@ __device__ __forceinline__ void gemv_scale_add(float (&acc)[NT][4][4], const flo
 // shapes, best with 4 k-ways (no x shared between warps), and a first version in which each
 // warp staged its own x (16 rows x 32 bytes per copy instruction) was no faster than the
 // register form: the gain seems to come from x requested in whole rows, not from fewer x
-// bytes (not profiled).
+// bytes (not profiled). x is staged with cp.async.ca, so that it stays in L1 too, where the
+// other blocks of the multiprocessor (which read the same rows of x) hit it: H100, session
+// 9, against L2-only copies (.cg), 1-2% at 9-16 rows on q_b_proj and kv_b_proj, the rest
+// within noise (the blocks of a multiprocessor need not be in the same k range at once).
 // Buffer layout: group j of buffer b at (b KW + j) 4 KiB; row r's 16-byte chunk c (k 8c..8c+7)
 // at r * 256 + 16 (c ^ (r % 8)), so that the eight rows of an ldmatrix 8 x 8 matrix and the
 // sixteen chunks of a row hit different bank groups. Rows past m are zero-filled.
 constexpr int kXsRowBytes = kGroup * 2;
 constexpr int kXsBytes = 16 * kXsRowBytes;
 
-template <typename T, int KW, bool XL1>
+template <typename T, int KW>
 __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* __restrict__ x,
                                                const uint4* __restrict__ qw, const T* __restrict__ scales,
                                                int M, int N, int K, int nt, bool tile_ok, int kway, int g0,
@@ -454,8 +457,8 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
         const uint32_t d = x_st + buf * (KW * kXsBytes);
 #pragma unroll
         for (int j = 0; j < KW; ++j) {
-            cp_async16_if<XL1>(d + j * kXsBytes, xn_lo + j * kGroup, j < left);
-            cp_async16_zfill_if<XL1>(d + j * kXsBytes + 8 * kXsRowBytes, xn_hi + j * kGroup, hi_bytes, j < left);
+            cp_async16_if<true>(d + j * kXsBytes, xn_lo + j * kGroup, j < left);
+            cp_async16_zfill_if<true>(d + j * kXsBytes + 8 * kXsRowBytes, xn_hi + j * kGroup, hi_bytes, j < left);
         }
         cp_async16_if(ss_st + buf * (kBN * (int)sizeof(T)), sn, s_copier && kway < left);
         xn_lo += KW * kGroup;
@@ -527,7 +530,7 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
 }
 
 // The k stream and the sums; m <= 8 (NT = 1) streams x itself, m > 8 calls gemv_stream_xs.
-template <typename T, int NT, int KW, bool XL1>
+template <typename T, int NT, int KW>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
@@ -570,7 +573,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     // multiprocessors still busy with this one and packed a grid of under ~2 blocks per
     // multiprocessor unevenly (H100: shared expert down at 16 rows 8.5 us instead of 5.0).
     if constexpr (NT == 2) {
-        gemv_stream_xs<T, KW, XL1>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
+        gemv_stream_xs<T, KW>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
     } else if (n_mine == 0) {
         kt_wait_prerequisites(); // before the writes below (this warp may be the writer)
     } else {
@@ -696,16 +699,10 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (clustered) {
         // The column group's slices are one thread-block cluster, block rank = slice (the
-        // host launched it so, at most kMaxCluster): each writer leaves its sums in its shared
-        // memory; then every warp of every rank adds a share of its tile's sums, element i
-        // (of kAcc, per lane) going to the warp kway of rank r with i % (slices KW) ==
-        // r KW + kway. A share is all ranks' values of i read through distributed shared
-        // memory (every load issued before the sum) and added in slice order: the same sums
-        // in the same order as the partials path below, so the same bits, with two cluster
+        // host launched it so): each writer leaves its sums in its shared memory, and rank 0
+        // adds all ranks' through distributed shared memory in slice order (the same sums in
+        // the same order as the partials path below, so the same bits), with two cluster
         // barriers instead of partials in global memory, a fence and an arrival counter.
-        // (Rank 0's writer alone adding everything cost one distributed-shared-memory round
-        // trip per rank: with 8 slices, slower than the partials.)
-        constexpr int kMaxCluster = 8; // the portable cluster size limit
         __shared__ float cred[TW * kAcc * 32]; // [TW][kAcc][32 lanes]
         namespace cg = cooperative_groups;
         cg::cluster_group cluster = cg::this_cluster();
@@ -715,27 +712,27 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
             for (int i = 0; i < kAcc; ++i) mine[i * 32] = (&acc[0][0][0])[i];
         }
         cluster.sync(); // every rank's sums written and visible to the cluster
-        if (tile_ok) {
-            const float* theirs[kMaxCluster];
+        if (writer && cluster.block_rank() == 0) {
+            float v[kAcc];
 #pragma unroll
-            for (int r = 0; r < kMaxCluster; ++r) theirs[r] = cluster.map_shared_rank(mine, r < slices ? r : 0);
-            const int workers = slices * KW;
-            for (int i = (int)cluster.block_rank() * KW + kway; i < kAcc; i += workers) {
-                float part[kMaxCluster];
+            for (int i = 0; i < kAcc; ++i) v[i] = 0.0f;
+            for (int r = 0; r < slices; ++r) {
+                const float* theirs = cluster.map_shared_rank(mine, r);
 #pragma unroll
-                for (int r = 0; r < kMaxCluster; ++r) part[r] = r < slices ? theirs[r][i * 32] : 0.0f;
-                float v = 0.0f;
-#pragma unroll
-                for (int r = 0; r < kMaxCluster; ++r)
-                    if (r < slices) v += part[r];
-                // i = (t 4 + w) 4 + e, as acc[t][w][e] (see the layout above).
-                const int t = i >> 4, w = (i >> 2) & 3, e = i & 3;
-                const int row = 8 * t + 2 * q + (e & 1);
-                const int col = nt * kBN + 16 * w + g + 8 * (e >> 1);
-                if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(v);
+                for (int i = 0; i < kAcc; ++i) v[i] += theirs[i * 32];
             }
+#pragma unroll
+            for (int t = 0; t < NT; ++t)
+#pragma unroll
+                for (int w = 0; w < 4; ++w)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int row = 8 * t + 2 * q + (e & 1);
+                        const int col = nt * kBN + 16 * w + g + 8 * (e >> 1);
+                        if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(v[(t * 4 + w) * 4 + e]);
+                    }
         }
-        cluster.sync(); // no rank exits (freeing its shared memory) before all have read it
+        cluster.sync(); // no rank exits (freeing its shared memory) before rank 0 has read it
         return;
     }
 #endif
@@ -758,27 +755,35 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     __syncthreads();
     if (!is_last) return;
     __threadfence(); // the other slices' partials, published before their count, are visible
-    // Four columns per item, two items per thread and pass (16 rows x 64 columns are 256
-    // items: one pass at 16 rows, where one item per pass took two L2 round trips in turn),
-    // every slice's loads of both items issued before the sums.
+    // Four columns per item, NT items per thread and pass (16 rows x 64 columns are 256
+    // items: one pass at 16 rows, where one item per pass took two L2 round trips in turn:
+    // H100, shared expert in at 16 rows 8.04 instead of 8.51 us), every slice's loads of a
+    // pass's items issued before the sums.
     const int c0 = group * TW * kBN;
     const int quads = min(TW * kBN, N - c0) / 4;
     const int items = M * quads;
     const size_t stride = (size_t)M * N;
-    auto at = [&](int e) { return (size_t)(e / quads) * N + c0 + 4 * (e % quads); };
-    for (int e0 = tid; e0 < items; e0 += 2 * kGvThreads) {
-        const bool two = e0 + kGvThreads < items;
-        const size_t o0 = at(e0);
-        const size_t o1 = at(two ? e0 + kGvThreads : e0); // without a second item: e0 again
-        float4 v[2];
+    for (int e0 = tid; e0 < items; e0 += NT * kGvThreads) {
+        bool ok[NT];
+        size_t o[NT];
+        float4 v[NT];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) v[h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int h = 0; h < NT; ++h) {
+            // An item past the end reads item e0 again (no predicate on the loads) and is
+            // not written.
+            ok[h] = h == 0 || e0 + h * kGvThreads < items;
+            const int e = ok[h] ? e0 + h * kGvThreads : e0;
+            o[h] = (size_t)(e / quads) * N + c0 + 4 * (e % quads);
+            v[h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
 #pragma unroll 8
         for (int s = 0; s < slices; ++s) {
-            const float4 ps[2] = {__ldcg(reinterpret_cast<const float4*>(partial + o0 + s * stride)),
-                                  __ldcg(reinterpret_cast<const float4*>(partial + o1 + s * stride))};
+            float4 ps[NT];
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
+            for (int h = 0; h < NT; ++h)
+                ps[h] = __ldcg(reinterpret_cast<const float4*>(partial + o[h] + s * stride));
+#pragma unroll
+            for (int h = 0; h < NT; ++h) {
                 v[h].x += ps[h].x;
                 v[h].y += ps[h].y;
                 v[h].z += ps[h].z;
@@ -786,13 +791,13 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
             }
         }
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            if (h == 1 && !two) break;
-            T* o = out + (h == 0 ? o0 : o1);
-            o[0] = kt_from_f32<T>(v[h].x);
-            o[1] = kt_from_f32<T>(v[h].y);
-            o[2] = kt_from_f32<T>(v[h].z);
-            o[3] = kt_from_f32<T>(v[h].w);
+        for (int h = 0; h < NT; ++h) {
+            if (!ok[h]) continue;
+            T* out_h = out + o[h];
+            out_h[0] = kt_from_f32<T>(v[h].x);
+            out_h[1] = kt_from_f32<T>(v[h].y);
+            out_h[2] = kt_from_f32<T>(v[h].z);
+            out_h[3] = kt_from_f32<T>(v[h].w);
         }
     }
     if (tid == 0) counters[group] = 0; // ready for the next launch on this workspace
@@ -823,25 +828,19 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
     w4a16_reduce<__nv_bfloat16>(partial, out, splits, (size_t)mn);
 }
 
-// NAME_TAIL "" is the kernel the host uses; "_l2" (9-16 rows only) stages x through L2 only,
-// as before session 9's second round, for A/B timing (KT_W4A16_XS_L2=1).
-#define KT_W4A16_GEMV(SUFFIX, T, NT, KW, XL1, NAME_TAIL)                                           \
-    extern "C" __global__ void __launch_bounds__(kGvThreads, 3)                                     \
-        kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW##NAME_TAIL(const T* x, const uint4* qw, const T* scales, \
-                                                          T* out, float* partial, unsigned* counters, \
-                                                          int M, int N, int K, int steps_per_slice,   \
-                                                          int slices, int clustered) {                \
-        w4a16_gemv<T, NT, KW, XL1>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice, \
-                                   slices, clustered);                                              \
+#define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
+    extern "C" __global__ void __launch_bounds__(kGvThreads, 3) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
+        const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
+        int M, int N, int K, int steps_per_slice, int slices, int clustered) {                     \
+        w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,     \
+                              slices, clustered);                                                  \
     }
-#define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT, XL1, NAME_TAIL) \
-    KT_W4A16_GEMV(SUFFIX, T, NT, 1, XL1, NAME_TAIL)        \
-    KT_W4A16_GEMV(SUFFIX, T, NT, 2, XL1, NAME_TAIL)        \
-    KT_W4A16_GEMV(SUFFIX, T, NT, 4, XL1, NAME_TAIL)
+#define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT) \
+    KT_W4A16_GEMV(SUFFIX, T, NT, 1)        \
+    KT_W4A16_GEMV(SUFFIX, T, NT, 2)        \
+    KT_W4A16_GEMV(SUFFIX, T, NT, 4)
 
-KT_W4A16_GEMV_KWAYS(f16, __half, 1, false, )
-KT_W4A16_GEMV_KWAYS(f16, __half, 2, true, )
-KT_W4A16_GEMV_KWAYS(f16, __half, 2, false, _l2)
-KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 1, false, )
-KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 2, true, )
-KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 2, false, _l2)
+KT_W4A16_GEMV_KWAYS(f16, __half, 1)
+KT_W4A16_GEMV_KWAYS(f16, __half, 2)
+KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 1)
+KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 2)

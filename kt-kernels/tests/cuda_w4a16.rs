@@ -429,8 +429,8 @@ fn gemm_all<T: MmaFloat>(s: &GpuStream) {
 /// of k = 11 groups: with 4 k-ways the warps of one slice get 3, 3, 3 and 2 groups (odd and
 /// even counts end the two-buffer loop at either buffer), 1 or 0 (3 to 11 slices: warps
 /// with nothing to add), 3 and 4 slices are uneven (4 + 4 + 3, 3 + 3 + 3 + 2), 8 become 6 of
-/// 2 groups (+ 1); on compute capability 9.0+ 3 slices are summed in a cluster (4 and 6 too
-/// with `KT_W4A16_CLUSTER=8`, the rest through partials), and 448 columns (7 tiles) leave
+/// 2 groups (+ 1); on compute capability 9.0+ 3 slices are summed in a cluster, the rest
+/// through partials (at 9-16 rows two items per thread), and 448 columns (7 tiles) leave
 /// the last block with 3 of 4 tiles (one k-way) or 1 of 2 (two k-ways). Then DeepSeek-like
 /// depths: a long k in many slices, a short k, and one warp streaming 56 groups.
 fn gemv_all<T: MmaFloat>(s: &GpuStream) {

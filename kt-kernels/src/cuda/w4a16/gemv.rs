@@ -150,19 +150,12 @@ impl GemvPlan {
         Self::with(m, n, k, k_ways, slices)
     }
 
-    /// The kernel's name. Past 8 rows the block stages x through L1 (`cp.async.ca`: the
-    /// blocks of a multiprocessor share it there); `KT_W4A16_XS_L2=1` (read once) picks the
-    /// kernels that stage it through L2 only, as before, for A/B timing.
     fn kernel<T: MmaFloat>(&self) -> String {
-        static XS_L2: OnceLock<bool> = OnceLock::new();
-        let xs_l2 = self.token_tiles == 2
-            && *XS_L2.get_or_init(|| std::env::var("KT_W4A16_XS_L2").is_ok_and(|v| v.trim() == "1"));
         format!(
-            "kt_w4a16_gemv_{}_t{}_k{}{}",
+            "kt_w4a16_gemv_{}_t{}_k{}",
             T::SUFFIX,
             self.token_tiles,
-            self.k_ways,
-            if xs_l2 { "_l2" } else { "" }
+            self.k_ways
         )
     }
 }
@@ -283,7 +276,7 @@ impl GpuStream {
         // last block of every earlier launch on this stream), and every slice has at least
         // one group (GemvPlan::with), so each group's last block sees all. Clustered: the
         // slices of a column group are consecutive blocks (block = group x slices + slice),
-        // one cluster of `slices` <= 8 blocks (compute capability 9.0+, gemv_cluster), and
+        // one cluster of `slices` <= 3 blocks (compute capability 9.0+, gemv_cluster), and
         // the kernel then uses neither partials nor counters. Programmatic: the
         // kernel reads only weights (which the caller vouches the previous kernel does not
         // write) before griddepcontrol.wait, and x, the workspace and out after it.
@@ -293,23 +286,19 @@ impl GpuStream {
 }
 
 impl GpuStream {
-    /// The cluster size of a launch of `plan`: its slices where they are 2..=`max` (below),
-    /// on compute capability 9.0+, the slices of a column group then summed through
-    /// distributed shared memory instead of global partials (same bits); else 1. Measured on
-    /// an H100 (timing example, 2026-11-22, when rank 0 alone added the ranks' sums): o_proj
-    /// and dense out (2 slices at 1 row, 3 at 16) 2-4% faster; the shared expert's in
-    /// projection (8 slices) 17-26% slower as one cluster of 8. `KT_W4A16_CLUSTER=N` (read
-    /// once) sets `max` (default [`MAX_CLUSTER`], at most 8; 0 or 1: the partials
-    /// everywhere), for A/B runs.
+    /// The cluster size of a launch of `plan`: its slices where they are 2 or 3, on compute
+    /// capability 9.0+, the slices of a column group then summed through distributed shared
+    /// memory instead of global partials (same bits); else 1. Measured on an H100 (timing
+    /// example, 2026-11-22): o_proj and dense out (2 slices at 1 row, 3 at 16) 2-4% faster;
+    /// the shared expert's in projection (8 slices) 17-26% slower as one cluster of 8 (a
+    /// cluster's blocks must share one GPC, and rank 0 reads 8 blocks' sums one by one); 4-7
+    /// slices were not timed. `KT_W4A16_CLUSTER=0` (read once) keeps the partials everywhere,
+    /// for A/B runs.
     fn gemv_cluster(&self, plan: &GemvPlan) -> u32 {
-        static MAX: OnceLock<usize> = OnceLock::new();
-        let max = *MAX.get_or_init(|| {
-            std::env::var("KT_W4A16_CLUSTER")
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .map_or(MAX_CLUSTER, |n| n.min(PORTABLE_CLUSTER))
-        });
-        if self.info.compute_capability.0 >= 9 && (2..=max).contains(&plan.slices) {
+        static ON: OnceLock<bool> = OnceLock::new();
+        let on =
+            *ON.get_or_init(|| std::env::var("KT_W4A16_CLUSTER").map_or(true, |v| v.trim() != "0"));
+        if on && self.info.compute_capability.0 >= 9 && (2..=MAX_CLUSTER).contains(&plan.slices) {
             plan.slices as u32
         } else {
             1
@@ -317,8 +306,5 @@ impl GpuStream {
     }
 }
 
-/// The most slices summed in a cluster by default.
+/// The most slices summed in a cluster.
 const MAX_CLUSTER: usize = 3;
-/// The largest cluster every compute capability 9.0+ device launches (the kernel's
-/// `kMaxCluster`).
-const PORTABLE_CLUSTER: usize = 8;
