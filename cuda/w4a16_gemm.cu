@@ -48,16 +48,30 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int sr
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
     cp_async16(smem_addr(dst), src, src_bytes);
 }
-// A 16-byte async copy issued only if `pred` (no branch around it).
-__device__ __forceinline__ void cp_async16_if(uint32_t dst, const void* src, bool pred) {
-    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n"
-                 " @p cp.async.cg.shared.global [%0], [%1], 16;\n}\n" ::"r"(dst), "l"(src), "r"((int)pred));
+// A 16-byte async copy issued only if `pred` (no branch around it); L1: also kept in L1
+// (.ca: other blocks of the multiprocessor that read the same bytes hit there), else read
+// from L2 only (.cg).
+template <bool L1 = false> __device__ __forceinline__ void cp_async16_if(uint32_t dst, const void* src, bool pred) {
+    if constexpr (L1) {
+        asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n"
+                     " @p cp.async.ca.shared.global [%0], [%1], 16;\n}\n" ::"r"(dst), "l"(src), "r"((int)pred));
+    } else {
+        asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n"
+                     " @p cp.async.cg.shared.global [%0], [%1], 16;\n}\n" ::"r"(dst), "l"(src), "r"((int)pred));
+    }
 }
-// A 16-byte async copy of src_bytes (the rest zero-filled) issued only if `pred`.
+// A 16-byte async copy of src_bytes (the rest zero-filled) issued only if `pred`; L1 as above.
+template <bool L1 = false>
 __device__ __forceinline__ void cp_async16_zfill_if(uint32_t dst, const void* src, int src_bytes, bool pred) {
-    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n"
-                 " @p cp.async.cg.shared.global [%0], [%1], 16, %2;\n}\n" ::"r"(dst), "l"(src), "r"(src_bytes),
-                 "r"((int)pred));
+    if constexpr (L1) {
+        asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n"
+                     " @p cp.async.ca.shared.global [%0], [%1], 16, %2;\n}\n" ::"r"(dst), "l"(src),
+                     "r"(src_bytes), "r"((int)pred));
+    } else {
+        asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n"
+                     " @p cp.async.cg.shared.global [%0], [%1], 16, %2;\n}\n" ::"r"(dst), "l"(src),
+                     "r"(src_bytes), "r"((int)pred));
+    }
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
@@ -392,7 +406,10 @@ __device__ __forceinline__ void gemv_scale_add(float (&acc)[NT][4][4], const flo
 // shapes, best with 4 k-ways (no x shared between warps), and a first version in which each
 // warp staged its own x (16 rows x 32 bytes per copy instruction) was no faster than the
 // register form: the gain seems to come from x requested in whole rows, not from fewer x
-// bytes (not profiled).
+// bytes (not profiled). x is staged with cp.async.ca, so that it stays in L1 too, where the
+// other blocks of the multiprocessor (which read the same rows of x) hit it: H100, session
+// 9, against L2-only copies (.cg), 1-2% at 9-16 rows on q_b_proj and kv_b_proj, the rest
+// within noise (the blocks of a multiprocessor need not be in the same k range at once).
 // Buffer layout: group j of buffer b at (b KW + j) 4 KiB; row r's 16-byte chunk c (k 8c..8c+7)
 // at r * 256 + 16 (c ^ (r % 8)), so that the eight rows of an ldmatrix 8 x 8 matrix and the
 // sixteen chunks of a row hit different bank groups. Rows past m are zero-filled.
@@ -440,8 +457,8 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
         const uint32_t d = x_st + buf * (KW * kXsBytes);
 #pragma unroll
         for (int j = 0; j < KW; ++j) {
-            cp_async16_if(d + j * kXsBytes, xn_lo + j * kGroup, j < left);
-            cp_async16_zfill_if(d + j * kXsBytes + 8 * kXsRowBytes, xn_hi + j * kGroup, hi_bytes, j < left);
+            cp_async16_if<true>(d + j * kXsBytes, xn_lo + j * kGroup, j < left);
+            cp_async16_zfill_if<true>(d + j * kXsBytes + 8 * kXsRowBytes, xn_hi + j * kGroup, hi_bytes, j < left);
         }
         cp_async16_if(ss_st + buf * (kBN * (int)sizeof(T)), sn, s_copier && kway < left);
         xn_lo += KW * kGroup;
@@ -738,28 +755,50 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     __syncthreads();
     if (!is_last) return;
     __threadfence(); // the other slices' partials, published before their count, are visible
-    // Four columns per item, every slice's load of an item issued before the sums.
+    // Four columns per item, NT items per thread and pass (16 rows x 64 columns are 256
+    // items: one pass at 16 rows, where one item per pass took two L2 round trips in turn:
+    // H100, shared expert in at 16 rows 8.04 instead of 8.51 us), every slice's loads of a
+    // pass's items issued before the sums.
     const int c0 = group * TW * kBN;
     const int quads = min(TW * kBN, N - c0) / 4;
-    for (int e = tid; e < M * quads; e += kGvThreads) {
-        const int row = e / quads;
-        const int col = c0 + 4 * (e % quads);
-        const float* p = partial + (size_t)row * N + col;
-        const size_t stride = (size_t)M * N;
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const int items = M * quads;
+    const size_t stride = (size_t)M * N;
+    for (int e0 = tid; e0 < items; e0 += NT * kGvThreads) {
+        bool ok[NT];
+        size_t o[NT];
+        float4 v[NT];
+#pragma unroll
+        for (int h = 0; h < NT; ++h) {
+            // An item past the end reads item e0 again (no predicate on the loads) and is
+            // not written.
+            ok[h] = h == 0 || e0 + h * kGvThreads < items;
+            const int e = ok[h] ? e0 + h * kGvThreads : e0;
+            o[h] = (size_t)(e / quads) * N + c0 + 4 * (e % quads);
+            v[h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
 #pragma unroll 8
         for (int s = 0; s < slices; ++s) {
-            const float4 ps = __ldcg(reinterpret_cast<const float4*>(p + s * stride));
-            v.x += ps.x;
-            v.y += ps.y;
-            v.z += ps.z;
-            v.w += ps.w;
+            float4 ps[NT];
+#pragma unroll
+            for (int h = 0; h < NT; ++h)
+                ps[h] = __ldcg(reinterpret_cast<const float4*>(partial + o[h] + s * stride));
+#pragma unroll
+            for (int h = 0; h < NT; ++h) {
+                v[h].x += ps[h].x;
+                v[h].y += ps[h].y;
+                v[h].z += ps[h].z;
+                v[h].w += ps[h].w;
+            }
         }
-        T* o = out + (size_t)row * N + col;
-        o[0] = kt_from_f32<T>(v.x);
-        o[1] = kt_from_f32<T>(v.y);
-        o[2] = kt_from_f32<T>(v.z);
-        o[3] = kt_from_f32<T>(v.w);
+#pragma unroll
+        for (int h = 0; h < NT; ++h) {
+            if (!ok[h]) continue;
+            T* out_h = out + o[h];
+            out_h[0] = kt_from_f32<T>(v[h].x);
+            out_h[1] = kt_from_f32<T>(v[h].y);
+            out_h[2] = kt_from_f32<T>(v[h].z);
+            out_h[3] = kt_from_f32<T>(v[h].w);
+        }
     }
     if (tid == 0) counters[group] = 0; // ready for the next launch on this workspace
 }

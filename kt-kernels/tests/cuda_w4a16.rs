@@ -425,10 +425,12 @@ fn gemm_all<T: MmaFloat>(s: &GpuStream) {
 
 /// The small-m kernel at every row count (automatic plan), and at 1, 2, 7, 8 (full token
 /// tile), 9 (second tile begins; x through shared memory, rows past m zero-filled), 13 and
-/// 16 rows with every k-way count and 1, 4 and 11 slices
+/// 16 rows with every k-way count and 1, 3, 4, 8 and 11 slices
 /// of k = 11 groups: with 4 k-ways the warps of one slice get 3, 3, 3 and 2 groups (odd and
-/// even counts end the two-buffer loop at either buffer), 1 or 0 (4 and 11 slices: warps
-/// with nothing to add), 4 slices are uneven (3 + 3 + 3 + 2), and 448 columns (7 tiles) leave
+/// even counts end the two-buffer loop at either buffer), 1 or 0 (3 to 11 slices: warps
+/// with nothing to add), 3 and 4 slices are uneven (4 + 4 + 3, 3 + 3 + 3 + 2), 8 become 6 of
+/// 2 groups (+ 1); on compute capability 9.0+ 3 slices are summed in a cluster, the rest
+/// through partials (at 9-16 rows two items per thread), and 448 columns (7 tiles) leave
 /// the last block with 3 of 4 tiles (one k-way) or 1 of 2 (two k-ways). Then DeepSeek-like
 /// depths: a long k in many slices, a short k, and one warp streaming 56 groups.
 fn gemv_all<T: MmaFloat>(s: &GpuStream) {
@@ -438,9 +440,9 @@ fn gemv_all<T: MmaFloat>(s: &GpuStream) {
         gemm_case::<T>(s, &mut ws, m, 320, 1408, Path::Auto(None), seed);
         if [1, 2, 7, 8, 9, 13, 16].contains(&m) {
             for (i, k_ways) in GemvPlan::K_WAYS.into_iter().enumerate() {
-                for (j, slices) in [1, 4, 11].into_iter().enumerate() {
+                for (j, slices) in [1, 3, 4, 8, 11].into_iter().enumerate() {
                     let path = Path::Gemv { k_ways, slices };
-                    gemm_case::<T>(s, &mut ws, m, 448, 1408, path, seed + (3 * i + j) as u64);
+                    gemm_case::<T>(s, &mut ws, m, 448, 1408, path, seed + (5 * i + j) as u64);
                 }
             }
             gemm_case::<T>(s, &mut ws, m, 1024, 512, Path::Auto(None), seed + 50);
