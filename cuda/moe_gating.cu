@@ -7,10 +7,13 @@
 // Selection order: descending choice score, ties to the lowest index (experts and groups).
 // Weights: w = (normalize ? w / (sum(w) + 1e-20) : w) * scale.
 #include "include/kt_common.cuh"
+
+#include <cooperative_groups.h>
 #include "include/kt_host_flag.cuh"
+#include "include/kt_pdl.cuh"
 
 #define KT_GATING_WARPS 4
-// Host-checked limits: n_experts <= 512 (32 lanes x 16 bits of a lane's taken mask),
+// Host-checked limits: n_experts <= 256 (32 lanes x 8 registers of kt_gating_token_r),
 // n_group <= 64 (bits of the allowed-groups mask), top_k <= 32 (one pick per lane).
 
 enum { KT_SCORE_SOFTMAX = 0, KT_SCORE_SIGMOID = 1 };
@@ -25,62 +28,72 @@ __device__ __forceinline__ uint32_t kt_argmax_key(float v) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// The best (largest key, then lowest index) of a lane's candidates: experts lane + 32 s for
-// the set bits s of `avail`, in ascending order; (0, UINT32_MAX) when none is left, which
-// loses against every candidate (a NaN one has key 0 and a lower index).
-__device__ __forceinline__ void kt_lane_best(const uint32_t* keys, uint32_t avail, int lane,
-                                             uint32_t& best_key, uint32_t& best_i) {
-    best_key = 0u;
-    best_i = 0xffffffffu;
-    while (avail) {
-        const uint32_t e = (uint32_t)lane + 32u * (uint32_t)(__ffs(avail) - 1);
-        avail &= avail - 1u;
-        const uint32_t k = keys[e];
-        if (k > best_key || (k == best_key && e < best_i)) {
-            best_key = k;
-            best_i = e;
-        }
-    }
-}
-
-// Token t's routing by one warp (lane = threadIdx.x & 31). Shared memory per warp:
-// scores[E] (unbiased, give the weights), choice[E] (what experts are ranked by) and
-// gscore[n_group]. Uses warp-level sync only: the callers' warps leave independently.
-__device__ __forceinline__ void kt_gating_token(
+// Token t's routing by one warp (lane = threadIdx.x & 31), PER = experts per lane rounded up
+// (E <= 32 PER): lane l holds experts l + 32 s (s < PER) in registers: their scores, order keys
+// and whether they are still available, so a pick touches no memory. Shared memory per warp
+// (used only with grouped selection, which ranks groups over other lanes' experts): scores[E]
+// (unused), choice[E] and gscore[n_group]. Uses warp-level sync only: the callers' warps leave
+// independently.
+template <int PER>
+__device__ __forceinline__ void kt_gating_token_r(
     float* smem, const float* __restrict__ logits, const float* __restrict__ bias,
     uint32_t* __restrict__ ids, float* __restrict__ weights, int t, int n_experts, int top_k,
     int n_group, int topk_group, int scoring, int group_score, int normalize, float scale) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int E = n_experts;
-    float* scores = smem + (size_t)warp * (2 * E + n_group);
-    float* choice = scores + E;
-    float* gscore = choice + E;
     const float* row = logits + (size_t)t * E;
-
+    float sc[PER]; // the logits, then the scores (unbiased: they give the weights)
     if (scoring == KT_SCORE_SOFTMAX) {
         float mx = -INFINITY;
-        for (int e = lane; e < E; e += 32) mx = fmaxf(mx, row[e]);
+#pragma unroll
+        for (int s = 0; s < PER; ++s) {
+            const int e = lane + 32 * s;
+            if (e < E) {
+                sc[s] = row[e];
+                mx = fmaxf(mx, sc[s]);
+            }
+        }
 #pragma unroll
         for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
         float sum = 0.0f;
-        for (int e = lane; e < E; e += 32) {
-            const float p = expf(row[e] - mx);
-            scores[e] = p;
-            sum += p;
+#pragma unroll
+        for (int s = 0; s < PER; ++s) {
+            if (lane + 32 * s < E) {
+                sc[s] = expf(sc[s] - mx);
+                sum += sc[s];
+            }
         }
         sum = kt_warp_sum(sum);
-        for (int e = lane; e < E; e += 32) scores[e] = scores[e] / sum;
+        // one call site of the division's slow path (a call: PER unrolled ones spill the
+        // lane's registers around them): the scores rotate through sc[PER - 1]
+#pragma unroll 1
+        for (int s = 0; s < PER; ++s) {
+            const float q = lane + 32 * s < E ? sc[0] / sum : sc[0];
+#pragma unroll
+            for (int j = 0; j + 1 < PER; ++j) sc[j] = sc[j + 1];
+            sc[PER - 1] = q;
+        }
     } else {
-        for (int e = lane; e < E; e += 32) scores[e] = 1.0f / (1.0f + expf(-row[e]));
+#pragma unroll
+        for (int s = 0; s < PER; ++s) {
+            const int e = lane + 32 * s;
+            if (e < E) sc[s] = 1.0f / (1.0f + expf(-row[e]));
+        }
     }
-    for (int e = lane; e < E; e += 32) choice[e] = bias ? scores[e] + bias[e] : scores[e];
-    __syncwarp();
+    // what expert e is ranked by (s: its slot in this lane)
+    auto choice_of = [&](int s, int e) { return bias ? sc[s] + bias[e] : sc[s]; };
 
     // Groups allowed to supply experts (all of them without grouping).
     unsigned long long allowed = n_group >= 64 ? ~0ull : ((1ull << n_group) - 1ull);
     const int gsize = E / n_group;
     if (n_group > 1 && topk_group < n_group) {
+        float* choice = smem + (size_t)warp * (2 * E + n_group) + E;
+        float* gscore = choice + E;
+#pragma unroll
+        for (int s = 0; s < PER; ++s)
+            if (lane + 32 * s < E) choice[lane + 32 * s] = choice_of(s, lane + 32 * s);
+        __syncwarp();
         for (int g = lane; g < n_group; g += 32) {
             float b1 = -INFINITY, b2 = -INFINITY; // the two best (equal values count twice)
             for (int e = g * gsize; e < (g + 1) * gsize; ++e) {
@@ -109,30 +122,50 @@ __device__ __forceinline__ void kt_gating_token(
             kt_warp_argmax(v, gi);
             allowed |= 1ull << gi;
         }
+        __syncwarp(); // the next token of this warp rewrites choice
     }
 
     // Top-k: repeated warp arg-max in kt_argmax_better's order (the same picks as a shuffle
     // butterfly over (choice, index)), each round two single-instruction warp reductions: the
-    // largest order key (kt_argmax_key), then the lowest index among the lanes holding it.
-    // Each lane keeps the best of its own candidates (experts lane + 32 s; the keys overwrite
-    // its entries of `choice`, which nothing reads afterwards) and only the round's winner
-    // rescans: one warp runs this alone, so the dependent instructions per round set its time.
-    __syncwarp(); // the group scores above read other lanes' entries of choice
-    uint32_t* keys = reinterpret_cast<uint32_t*>(choice);
+    // largest order key (kt_argmax_key), then the lowest index among the lanes holding it; the
+    // pick's score comes from the winning lane by one shuffle. Each lane keeps the best of its
+    // own candidates and only the round's winner rescans (registers): one warp runs this
+    // alone, so the dependent instructions per round set its time.
+    uint32_t key[PER];
     uint32_t avail = 0; // bit s: expert lane + 32 s is allowed and not yet chosen
-    for (int e = lane, s = 0; e < E; e += 32, ++s) {
-        keys[e] = kt_argmax_key(choice[e]);
-        if ((allowed >> (e / gsize)) & 1ull) avail |= 1u << s;
+#pragma unroll
+    for (int s = 0; s < PER; ++s) {
+        const int e = lane + 32 * s;
+        key[s] = e < E ? kt_argmax_key(choice_of(s, e)) : 0u;
+        if (e < E && ((allowed >> (e / gsize)) & 1ull)) avail |= 1u << s;
     }
+    // the best (largest key, then lowest index) of the lane's available candidates, in
+    // ascending order; (0, UINT32_MAX) when none is left, which loses against every
+    // candidate (a NaN one has key 0 and a lower index)
     uint32_t best_key, best_i;
-    kt_lane_best(keys, avail, lane, best_key, best_i);
+    float best_w;
+    auto lane_best = [&]() {
+        best_key = 0u;
+        best_i = 0xffffffffu;
+        best_w = 0.0f;
+#pragma unroll
+        for (int s = 0; s < PER; ++s) {
+            const uint32_t e = (uint32_t)(lane + 32 * s);
+            if (((avail >> s) & 1u) && (key[s] > best_key || (key[s] == best_key && e < best_i))) {
+                best_key = key[s];
+                best_i = e;
+                best_w = sc[s];
+            }
+        }
+    };
+    lane_best();
     float wsum = 0.0f;
     float my_w = 0.0f; // lane `it` keeps pick `it` (top_k <= 32, checked by the host)
     uint32_t my_id = 0;
     for (int it = 0; it < top_k; ++it) {
         const uint32_t top = __reduce_max_sync(0xffffffffu, best_key);
         const uint32_t ei = __reduce_min_sync(0xffffffffu, best_key == top ? best_i : 0xffffffffu);
-        const float w = scores[ei];
+        const float w = __shfl_sync(0xffffffffu, best_w, (int)(ei & 31u));
         wsum += w;
         if (lane == it) {
             my_w = w;
@@ -140,13 +173,28 @@ __device__ __forceinline__ void kt_gating_token(
         }
         if ((int)(ei & 31u) == lane) {
             avail &= ~(1u << (ei >> 5));
-            kt_lane_best(keys, avail, lane, best_key, best_i);
+            lane_best();
         }
     }
     if (lane < top_k) {
         const float w = normalize ? my_w / (wsum + 1e-20f) : my_w;
         ids[(size_t)t * top_k + lane] = my_id;
         weights[(size_t)t * top_k + lane] = w * scale;
+    }
+}
+
+// kt_gating_token_r with the fewest registers per lane that hold n_experts (<= 256: checked by
+// the host; 16 per lane would spill around the division's slow-path calls). Shared memory per warp: 2 n_experts + n_group floats (see there).
+__device__ __forceinline__ void kt_gating_token(
+    float* smem, const float* __restrict__ logits, const float* __restrict__ bias,
+    uint32_t* __restrict__ ids, float* __restrict__ weights, int t, int n_experts, int top_k,
+    int n_group, int topk_group, int scoring, int group_score, int normalize, float scale) {
+    if (n_experts <= 64) {
+        kt_gating_token_r<2>(smem, logits, bias, ids, weights, t, n_experts, top_k, n_group,
+                             topk_group, scoring, group_score, normalize, scale);
+    } else {
+        kt_gating_token_r<8>(smem, logits, bias, ids, weights, t, n_experts, top_k, n_group,
+                             topk_group, scoring, group_score, normalize, scale);
     }
 }
 
@@ -258,12 +306,16 @@ __device__ __forceinline__ void route_entry_norm(
         const int k0 = lane * 4 + j * 128;
         if (has_expert && k0 < n) wpre[j] = *reinterpret_cast<const float4*>(wr + k0);
     }
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n; i += blockDim.x) nw[i] = norm_w[i];
+    // launched as a programmatic dependent of the kernel that writes d (the attention's output
+    // projection): the weights above load while it ends; x and d only after its grid is done
+    kt_wait_prerequisites();
     float ss = 0.0f;
 #pragma unroll 8
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = x[i] + __bfloat162float(d[i]);
         row[i] = v;
-        nw[i] = norm_w[i];
         ss += v * v;
     }
     ss = kt_block_sum(ss, scratch);
@@ -370,17 +422,18 @@ __device__ __forceinline__ void add_norm_route_signal(
     __syncthreads();
     if (!last) return;
     __threadfence();
-    if (!SPREAD) {
-#pragma unroll 8
-        for (int i = threadIdx.x; i < n; i += blockDim.x) pack_row[i] = row[i];
-    }
-    for (int i = threadIdx.x; i < n_experts; i += blockDim.x) lsm[i] = __ldcg(logits + i);
-    __syncthreads();
+    // warp 0 reloads the logits and routes them while the other warps write the pack's row
+    // (the routing's warp waits for no one but itself)
     uint32_t* ids = pack + n;
     float* weights = reinterpret_cast<float*>(ids + top_k);
     if (warp == 0) {
+        for (int i = threadIdx.x; i < n_experts; i += 32) lsm[i] = __ldcg(logits + i);
+        __syncwarp();
         kt_gating_token(gsm, lsm, bias, ids, weights, 0, n_experts, top_k, n_group, topk_group,
                         scoring, group_score, normalize, scale);
+    } else if (!SPREAD) {
+#pragma unroll 8
+        for (int i = threadIdx.x - 32; i < n; i += blockDim.x - 32) pack_row[i] = row[i];
     }
     if (threadIdx.x == 0) *counter = 0; // for the next launch, which follows this one
     kt_block_signal_flag(flag, value);
@@ -408,3 +461,89 @@ __device__ __forceinline__ void add_norm_route_signal(
 #define KT_ROUTE_EPB 2
 #define KT_ROUTE_SPREAD false
 KT_ADD_NORM_ROUTE_SIGNAL(kt_add_norm_route_signal, KT_ROUTE_EPB, KT_ROUTE_SPREAD)
+
+// (Session 8, chain8b's probe: 11.85 us against the ticket kernel's 13.20, a stretch 0.1-0.6 us
+// shorter in the decode; chosen with KT_ENTRY=cluster on compute capability 9.0+, gating.rs.)
+// The FFN entry as one thread-block cluster of CL blocks (sm_90): the same words as
+// kt_add_norm_route_signal bit for bit (route_entry_norm / route_entry_logit per block and
+// warp), without its ticket: each warp's logits go straight into the shared memory of the
+// cluster's block 0 (distributed shared memory), one cluster barrier (release / acquire at
+// cluster scope) replaces the global fence, the counter's atomic round trip and the logits'
+// reload. Block 0 writes the pack's row from its own copy right after the norm (the PCIe
+// writes drain while it computes its logits and waits), then routes and raises the flag. Warp
+// w of block b takes experts b * warps + w + k * (CL * warps). Every block has read x before
+// the barrier, so after it each block adds d into its own slice of x (block 0 after the flag).
+// Launched with exactly CL blocks (the compile-time cluster shape; above 8 the function needs
+// the non-portable cluster size attribute); `counter` is not used (the ticket
+// kernel's parameters; the logits are also written to `logits`, which nothing waits for).
+// Dynamic shared memory: as kt_add_norm_route_signal.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+template <int CL>
+__device__ __forceinline__ void add_norm_route_signal_cluster(
+    float* __restrict__ x, const __nv_bfloat16* __restrict__ d, const float* __restrict__ norm_w,
+    __nv_bfloat16* __restrict__ xn, float* __restrict__ xn32, const float* __restrict__ router_w,
+    const float* __restrict__ bias, uint32_t* __restrict__ pack, int n, float eps, int n_experts,
+    int top_k, int n_group, int topk_group, int scoring, int group_score, int normalize,
+    float scale, uint32_t* flag, uint32_t value, float* logits, float* smem) {
+    __shared__ float scratch[32];
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    const int rank = (int)cluster.block_rank();
+    float* row = smem;            // the normalized row, f32
+    float* nw = smem + n;         // norm_w
+    float* lsm = nw + n;          // the logits (block 0's are the ones routed)
+    float* gsm = lsm + n_experts; // kt_gating_token's scratch (warp 0)
+    float* lsm0 = cluster.map_shared_rank(lsm, 0);
+    float* pack_row = reinterpret_cast<float*>(pack);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int warps = KT_ROUTE_THREADS / 32;
+    const int first = rank * warps + warp, stride = CL * warps;
+    const bool has_expert = first < n_experts;
+    const float* wr0 = router_w + (size_t)(has_expert ? first : 0) * n;
+    const int per = (n + CL - 1) / CL;
+    const int lo = rank * per, hi = min(n, lo + per);
+    float4 wpre[KT_ROUTE_PREFETCH];
+    route_entry_norm(x, d, norm_w, xn, xn32, nullptr, wr0, has_expert, n, eps, lo, hi, row, nw,
+                     scratch, wpre);
+    if (rank == 0) {
+#pragma unroll 8
+        for (int i = threadIdx.x; i < n; i += blockDim.x) pack_row[i] = row[i];
+    }
+    for (int e = first; e < n_experts; e += stride) {
+        const float sum = route_entry_logit(router_w + (size_t)e * n, row, n, e == first, wpre);
+        if (lane == 0) {
+            lsm0[e] = sum;
+            logits[e] = sum;
+        }
+    }
+    cluster.sync();
+    if (rank == 0) {
+        uint32_t* ids = pack + n;
+        float* weights = reinterpret_cast<float*>(ids + top_k);
+        if (warp == 0) {
+            kt_gating_token(gsm, lsm, bias, ids, weights, 0, n_experts, top_k, n_group,
+                            topk_group, scoring, group_score, normalize, scale);
+        }
+        kt_block_signal_flag(flag, value);
+    }
+    // the residual update of this block's slice (after the flag in block 0)
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) x[i] = x[i] + __bfloat162float(d[i]);
+}
+#define KT_ADD_NORM_ROUTE_SIGNAL_CLUSTER(NAME, CL)                                                 \
+    extern "C" __global__ void __cluster_dims__(CL, 1, 1)                                         \
+        __launch_bounds__(KT_ROUTE_THREADS, 1) NAME(                                               \
+            float* __restrict__ x, const __nv_bfloat16* __restrict__ d,                            \
+            const float* __restrict__ norm_w, __nv_bfloat16* __restrict__ xn,                      \
+            float* __restrict__ xn32, const float* __restrict__ router_w, float* logits,           \
+            uint32_t* counter, const float* __restrict__ bias, uint32_t* __restrict__ pack,        \
+            int n, float eps, int n_experts, int top_k, int n_group, int topk_group, int scoring,  \
+            int group_score, int normalize, float scale, uint32_t* flag, uint32_t value) {         \
+        (void)counter;                                                                             \
+        extern __shared__ float smem[];                                                            \
+        add_norm_route_signal_cluster<CL>(x, d, norm_w, xn, xn32, router_w, bias, pack, n, eps,    \
+                                          n_experts, top_k, n_group, topk_group, scoring,          \
+                                          group_score, normalize, scale, flag, value, logits,      \
+                                          smem);                                                   \
+    }
+KT_ADD_NORM_ROUTE_SIGNAL_CLUSTER(kt_add_norm_route_signal_cluster, 8)
+#endif

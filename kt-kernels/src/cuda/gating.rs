@@ -5,17 +5,22 @@
 //! keep the `topk_group` best groups, ties go to the lowest index, ids come best first, and
 //! weights are `(norm_topk_prob ? w / (sum(w) + 1e-20) : w) * routed_scaling_factor`.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::ffi::c_void;
+use std::sync::OnceLock;
+
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use crate::ops::{RouterConfig, Scoring, TopkMethod};
 
 use super::error::{launch_err, shape, CudaResult};
+use super::mla::{launch_programmatic, programmatic_launch_enabled, Pdl};
 use super::modules::MOE_GATING;
-use super::runtime::{DeviceBuf, GpuStream, HostFlag, PinnedBuf};
+use super::runtime::{DeviceBuf, DeviceInfo, GpuStream, HostFlag, PinnedBuf};
 use half::bf16;
 
 /// Kernel limits (see cuda/moe_gating.cu).
-pub const MAX_EXPERTS: usize = 512;
+/// (n_experts: a warp holds the scores in 8 registers per lane; DeepSeek V3 has 256.)
+pub const MAX_EXPERTS: usize = 256;
 pub const MAX_GROUPS: usize = 64;
 pub const MAX_TOP_K: usize = 32;
 const WARPS_PER_BLOCK: usize = 4;
@@ -26,6 +31,19 @@ const ROUTE_THREADS: u32 = 256;
 /// router's bytes stream through many multiprocessors at once (each block also normalizes
 /// the row, which is small).
 const ROUTE_EXPERTS_PER_BLOCK: usize = 2;
+
+/// Blocks of `kt_add_norm_route_signal_cluster`: its compile-time cluster shape.
+const ROUTE_CLUSTER_BLOCKS: u32 = 8;
+
+/// Whether the FFN entry runs as one thread-block cluster (`kt_add_norm_route_signal_cluster`:
+/// the logits meet in block 0's shared memory, no ticket) instead of the ticket kernel:
+/// compute capability 9.0+ and `KT_ENTRY=cluster` in the environment (read once; an A/B
+/// switch: both give the same words bit for bit).
+fn entry_cluster(info: &DeviceInfo) -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    info.compute_capability.0 >= 9
+        && *ON.get_or_init(|| std::env::var("KT_ENTRY").is_ok_and(|v| v.trim() == "cluster"))
+}
 
 /// The kernel's integer parameters for `cfg` (n_group, topk_group, scoring, group score),
 /// after the reference's own validation and the kernel's limits.
@@ -376,14 +394,76 @@ impl GpuStream {
         let [_, _, top_k, n_group, topk_group, scoring, group_score, normalize] = l.ints;
         let n_i =
             i32::try_from(n).map_err(|_| shape(OP, format!("n {n} does not fit in an i32")))?;
-        let blocks = u32::try_from(e.div_ceil(ROUTE_EXPERTS_PER_BLOCK))
-            .map_err(|_| shape(OP, format!("{e} experts exceed the grid")))?;
+        let (kernel, blocks) = if entry_cluster(&self.info) {
+            ("kt_add_norm_route_signal_cluster", ROUTE_CLUSTER_BLOCKS)
+        } else {
+            let blocks = u32::try_from(e.div_ceil(ROUTE_EXPERTS_PER_BLOCK))
+                .map_err(|_| shape(OP, format!("{e} experts exceed the grid")))?;
+            ("kt_add_norm_route_signal", blocks)
+        };
         let smem = ((2 * n + 3 * e + n_group as usize) * 4) as u32;
-        let kernel = "kt_add_norm_route_signal";
         let f = self.kernels.get_with_smem(&MOE_GATING, kernel, smem)?;
         let (pack_dev, flag_dev) = (pack.device_ptr()?, flag.device_ptr());
         let null: u64 = 0;
         let e_i = e as i32;
+        let config = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (ROUTE_THREADS, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let dims = || format!("n {n}, {cfg:?}");
+        // SAFETY (both launches): the arguments match kt_add_norm_route_signal (and its cluster
+        // form, which takes the same ones); the rows, the router, the logits (plan_packed:
+        // n_experts) and the pack (one row, ids, weights) have the lengths the kernel indexes
+        // (checked), n % 4 == 0 for its 16-byte loads of 16-byte aligned buffers, the grid
+        // covers the experts at KT_ROUTE_EPB per block (the cluster kernel: exactly its
+        // compile-time cluster of 8 blocks, each warp looping over its experts), the dynamic
+        // shared memory holds the row, the norm's weights, the logits and the routing's
+        // scratch; the caller's contract covers pack, flag and counter. As a programmatic
+        // dependent the kernel reads only the router and the norm's weights (which no kernel
+        // writes) before griddepcontrol.wait, and writes nothing before it.
+        if programmatic_launch_enabled(Pdl::Entry, &self.info) {
+            let s = &self.stream;
+            let (xp, _g1) = x.slice.device_ptr_mut(s);
+            let (dp, _g2) = d.slice.device_ptr(s);
+            let (nwp, _g3) = norm_w.slice.device_ptr(s);
+            let (xnp, _g4) = xn.slice.device_ptr_mut(s);
+            let (xn32p, _g5) = xn32.slice.device_ptr_mut(s);
+            let (rp, _g6) = router_w.slice.device_ptr(s);
+            let (lp, _g7) = logits.slice.device_ptr_mut(s);
+            let (cp, _g8) = counter.slice.device_ptr_mut(s);
+            let bp = match bias {
+                Some(bias) => bias.slice.device_ptr(s).0,
+                None => null,
+            };
+            let mut params: [*mut c_void; 22] = [
+                &xp as *const _ as *mut c_void,
+                &dp as *const _ as *mut c_void,
+                &nwp as *const _ as *mut c_void,
+                &xnp as *const _ as *mut c_void,
+                &xn32p as *const _ as *mut c_void,
+                &rp as *const _ as *mut c_void,
+                &lp as *const _ as *mut c_void,
+                &cp as *const _ as *mut c_void,
+                &bp as *const _ as *mut c_void,
+                &pack_dev as *const _ as *mut c_void,
+                &n_i as *const _ as *mut c_void,
+                &eps as *const _ as *mut c_void,
+                &e_i as *const _ as *mut c_void,
+                &top_k as *const _ as *mut c_void,
+                &n_group as *const _ as *mut c_void,
+                &topk_group as *const _ as *mut c_void,
+                &scoring as *const _ as *mut c_void,
+                &group_score as *const _ as *mut c_void,
+                &normalize as *const _ as *mut c_void,
+                &cfg.routed_scaling_factor as *const _ as *mut c_void,
+                &flag_dev as *const _ as *mut c_void,
+                &value as *const _ as *mut c_void,
+            ];
+            // SAFETY: see above; each pointer names a live value of the kernel's type.
+            return unsafe { launch_programmatic(s, &f, config, &mut params) }
+                .map_err(launch_err(kernel, dims));
+        }
         let mut b = self.stream.launch_builder(&f);
         b.arg(&mut x.slice)
             .arg(&d.slice)
@@ -403,19 +483,9 @@ impl GpuStream {
             b.arg(v);
         }
         b.arg(&cfg.routed_scaling_factor).arg(&flag_dev).arg(&value);
-        let config = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (ROUTE_THREADS, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        // SAFETY: the arguments match kt_add_norm_route_signal; the rows, the router, the
-        // logits (plan_packed: n_experts) and the pack (one row, ids, weights) have the lengths
-        // the kernel indexes (checked), n % 4 == 0 for its 16-byte loads of 16-byte aligned
-        // buffers, the grid covers the experts at KT_ROUTE_EPB per block, the dynamic shared
-        // memory holds the row, the norm's weights, the logits and the routing's scratch; the
-        // caller's contract covers pack, flag and counter.
+        // SAFETY: see above.
         unsafe { b.launch(config) }
             .map(drop)
-            .map_err(launch_err(kernel, || format!("n {n}, {cfg:?}")))
+            .map_err(launch_err(kernel, dims))
     }
 }
