@@ -13,7 +13,6 @@
 // All arithmetic is f32; each stored value is rounded once.
 #include "include/kt_common.cuh"
 #include "include/kt_host_flag.cuh"
-#include "include/kt_pdl.cuh"
 
 // ---- batched NT GEMM -------------------------------------------------------------------
 // Block tile 64 (m) x 64 (n), k steps of 32, 256 threads; thread (tx, ty) owns rows
@@ -210,17 +209,13 @@ __device__ void gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b, TO* 
     }
 }
 
-// Each lets a programmatic dependent (the MLA attention after the query absorption) be
-// scheduled from its start: the dependent waits for this grid's end before it reads its output.
 #define KT_GEMV_NT(SA, TA, SB, TB, SO, TO)                                                         \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                  \
         kt_gemv_nt_s_##SA##_##SB##_##SO(const TA* a, const TB* b, TO* out, GemmNtArgs p) {         \
-        kt_launch_dependents();                                                                    \
         gemv_nt<TA, TB, TO, false>(a, b, out, p);                                                  \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                  \
         kt_gemv_nt_v_##SA##_##SB##_##SO(const TA* a, const TB* b, TO* out, GemmNtArgs p) {         \
-        kt_launch_dependents();                                                                    \
         gemv_nt<TA, TB, TO, true>(a, b, out, p);                                                   \
     }
 
@@ -322,25 +317,14 @@ extern "C" __global__ void __launch_bounds__(1024)
 // the flag one trip over PCIe (the routed sum) and the block sum remain before the output.
 // Elements past the staged ones (rows longer than KT_RETURN_STAGED x the block) are read after
 // the flag, in the same per-thread order.
-// The flag is polled by KT_RETURN_POLLERS warps KT_RETURN_STAGGER_NS apart
-// (kt_block_wait_flag_spread: a poll is a ~1 us round trip over PCIe).
 #define KT_RETURN_THREADS 256
 #define KT_RETURN_STAGED 16
-#ifndef KT_RETURN_POLLERS
-#define KT_RETURN_POLLERS 4
-#endif
-#define KT_RETURN_STAGGER_NS 200
 extern "C" __global__ void __launch_bounds__(KT_RETURN_THREADS)
     kt_wait_add2_rmsnorm_w32(const uint32_t* flag, uint32_t value, float* __restrict__ x,
                              const float* routed, const __nv_bfloat16* __restrict__ shared,
                              const float* __restrict__ w, __nv_bfloat16* __restrict__ out, int n,
                              float eps) {
     __shared__ float scratch[32];
-    __shared__ volatile int seen;
-    // the next kernel (the next layer's query projection), if launched as a programmatic
-    // dependent, may start loading its weights while this one waits for the host
-    kt_launch_dependents();
-    if (threadIdx.x == 0) seen = 0;
     float* xr = x + (long long)blockIdx.x * n;
     const __nv_bfloat16* sr = shared != nullptr ? shared + (long long)blockIdx.x * n : nullptr;
     const int tid = threadIdx.x, bd = blockDim.x;
@@ -354,8 +338,7 @@ extern "C" __global__ void __launch_bounds__(KT_RETURN_THREADS)
             wv[j] = w[i];
         }
     }
-    __syncthreads(); // `seen` is zeroed
-    kt_block_wait_flag_spread(flag, value, &seen, KT_RETURN_POLLERS, KT_RETURN_STAGGER_NS);
+    kt_block_wait_flag(flag, value);
     // volatile: the host wrote these after the last launch; no cached line may serve them
     const volatile float* rr = routed + (long long)blockIdx.x * n;
     float rv[KT_RETURN_STAGED];
@@ -457,9 +440,6 @@ extern "C" __global__ void __launch_bounds__(1024)
                             const float* __restrict__ cos_t, const float* __restrict__ sin_t,
                             int half, unsigned rope_rows, int rank, int tokens, float eps) {
     __shared__ float scratch[32];
-    // a programmatic dependent (the MLA attention) may be scheduled from here on; it waits for
-    // this grid's end before it reads the rows this one writes
-    kt_launch_dependents();
     const int width = rank + 2 * half;
     const bool query = blockIdx.x >= (unsigned)tokens;
     const int t = query ? blockIdx.x - tokens : blockIdx.x;

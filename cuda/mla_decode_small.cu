@@ -96,13 +96,21 @@ extern "C" __global__ void __launch_bounds__(kThreads)
     const int g = lane >> 2;         // accumulator rows g and g + 8
     const int qc = 2 * (lane & 3);   // accumulator column pair
 
-    // kv_lens and the table are set before the step's kernels run (host copies, ordered
-    // before them): read before the wait for the previous kernels
+    // The query rows (zeros past the heads) first: they do not depend on the length, so their
+    // copies are in flight while it is read. They and the first tile form one cp.async group.
+    for (int c = tid; c < kRows * kChunks; c += kThreads) {
+        const int r = c / kChunks, ch = c % kChunks;
+        const bool ok = row0 + r < heads;
+        kt_cp_async16(qs + r * kStride + ch * 8, ok ? q + (size_t)(row0 + r) * kDim + ch * 8 : q, ok ? 16 : 0);
+    }
     const int kv_len = kv_lens[0];
     int splits, per;
     plan(kv_len, max_splits, splits, per);
     const int split = blockIdx.y;
-    if (split >= splits) return;
+    if (split >= splits) {
+        kt_cp_async_wait_all();
+        return;
+    }
     const int tiles = (kv_len + kKeys - 1) / kKeys;
     const int t_begin = split * per;
     const int t_end = min(t_begin + per, tiles);
@@ -120,20 +128,7 @@ extern "C" __global__ void __launch_bounds__(kThreads)
             kt_cp_async16(dst + r * kStride + ch * 8, src, ok ? 16 : 0);
         }
     };
-    // Launched as a programmatic dependent of the query's kernels (the absorption GEMV, the
-    // rope + cache write), this block may run before they end. The cache rows before the newest
-    // key are earlier steps' (nothing in flight writes them), so a first tile without the newest
-    // key loads before the wait; the query rows and the newest key's tile (this step's rope
-    // writes its row) after it. The query rows and the first tile form one cp.async group.
-    const bool early = (t_begin + 1) * kKeys < kv_len;
-    if (early) load_tile(t_begin, 0);
-    kt_wait_prerequisites();
-    for (int c = tid; c < kRows * kChunks; c += kThreads) {
-        const int r = c / kChunks, ch = c % kChunks;
-        const bool ok = row0 + r < heads;
-        kt_cp_async16(qs + r * kStride + ch * 8, ok ? q + (size_t)(row0 + r) * kDim + ch * 8 : q, ok ? 16 : 0);
-    }
-    if (!early) load_tile(t_begin, 0);
+    load_tile(t_begin, 0);
     kt_cp_async_commit();
 
     float o[16][4]; // n-tiles of 8 columns: 128 warp + 8 j

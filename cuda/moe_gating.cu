@@ -13,6 +13,8 @@
 #include "include/kt_pdl.cuh"
 
 #define KT_GATING_WARPS 4
+// (The gating kernels declare one block per multiprocessor: with ptxas' default register cap
+// the division's slow-path calls spill the routing's registers.)
 // Host-checked limits: n_experts <= 256 (32 lanes x 8 registers of kt_gating_token_r),
 // n_group <= 64 (bits of the allowed-groups mask), top_k <= 32 (one pick per lane).
 
@@ -127,55 +129,62 @@ __device__ __forceinline__ void kt_gating_token_r(
 
     // Top-k: repeated warp arg-max in kt_argmax_better's order (the same picks as a shuffle
     // butterfly over (choice, index)), each round two single-instruction warp reductions: the
-    // largest order key (kt_argmax_key), then the lowest index among the lanes holding it; the
-    // pick's score comes from the winning lane by one shuffle. Each lane keeps the best of its
-    // own candidates and only the round's winner rescans (registers): one warp runs this
-    // alone, so the dependent instructions per round set its time.
-    uint32_t key[PER];
-    uint32_t avail = 0; // bit s: expert lane + 32 s is allowed and not yet chosen
+    // largest order key (kt_argmax_key), then the lowest index among the lanes holding it. Each
+    // lane keeps its candidates sorted best first (key descending, index ascending; the ones not
+    // allowed as (0, UINT32_MAX), which lose against every candidate, a NaN one having key 0
+    // and a lower index), so the round's winner only shifts its list by one: no branch, no
+    // rescan. One warp runs this alone: the dependent instructions per round set its time.
+    uint32_t ck[PER], ci[PER];
+    float cw[PER];
 #pragma unroll
     for (int s = 0; s < PER; ++s) {
         const int e = lane + 32 * s;
-        key[s] = e < E ? kt_argmax_key(choice_of(s, e)) : 0u;
-        if (e < E && ((allowed >> (e / gsize)) & 1ull)) avail |= 1u << s;
+        const bool ok = e < E && ((allowed >> (e / gsize)) & 1ull);
+        ck[s] = ok ? kt_argmax_key(choice_of(s, e)) : 0u;
+        ci[s] = ok ? (uint32_t)e : 0xffffffffu;
+        cw[s] = ok ? sc[s] : 0.0f;
     }
-    // the best (largest key, then lowest index) of the lane's available candidates, in
-    // ascending order; (0, UINT32_MAX) when none is left, which loses against every
-    // candidate (a NaN one has key 0 and a lower index)
-    uint32_t best_key, best_i;
-    float best_w;
-    auto lane_best = [&]() {
-        best_key = 0u;
-        best_i = 0xffffffffu;
-        best_w = 0.0f;
+    // insertion sort in the same order
 #pragma unroll
-        for (int s = 0; s < PER; ++s) {
-            const uint32_t e = (uint32_t)(lane + 32 * s);
-            if (((avail >> s) & 1u) && (key[s] > best_key || (key[s] == best_key && e < best_i))) {
-                best_key = key[s];
-                best_i = e;
-                best_w = sc[s];
-            }
+    for (int s = 1; s < PER; ++s) {
+#pragma unroll
+        for (int j = s; j > 0; --j) {
+            const bool up = ck[j] > ck[j - 1] || (ck[j] == ck[j - 1] && ci[j] < ci[j - 1]);
+            const uint32_t k0 = ck[j - 1], i0 = ci[j - 1];
+            const float w0 = cw[j - 1];
+            ck[j - 1] = up ? ck[j] : k0;
+            ci[j - 1] = up ? ci[j] : i0;
+            cw[j - 1] = up ? cw[j] : w0;
+            ck[j] = up ? k0 : ck[j];
+            ci[j] = up ? i0 : ci[j];
+            cw[j] = up ? w0 : cw[j];
         }
-    };
-    lane_best();
-    float wsum = 0.0f;
+    }
     float my_w = 0.0f; // lane `it` keeps pick `it` (top_k <= 32, checked by the host)
     uint32_t my_id = 0;
     for (int it = 0; it < top_k; ++it) {
-        const uint32_t top = __reduce_max_sync(0xffffffffu, best_key);
-        const uint32_t ei = __reduce_min_sync(0xffffffffu, best_key == top ? best_i : 0xffffffffu);
-        const float w = __shfl_sync(0xffffffffu, best_w, (int)(ei & 31u));
-        wsum += w;
+        const uint32_t top = __reduce_max_sync(0xffffffffu, ck[0]);
+        const uint32_t ei = __reduce_min_sync(0xffffffffu, ck[0] == top ? ci[0] : 0xffffffffu);
+        const float w = __shfl_sync(0xffffffffu, cw[0], (int)(ei & 31u));
         if (lane == it) {
             my_w = w;
             my_id = ei;
         }
-        if ((int)(ei & 31u) == lane) {
-            avail &= ~(1u << (ei >> 5));
-            lane_best();
+        const bool won = ci[0] == ei; // the winner's list moves up by one
+#pragma unroll
+        for (int j = 0; j + 1 < PER; ++j) {
+            ck[j] = won ? ck[j + 1] : ck[j];
+            ci[j] = won ? ci[j + 1] : ci[j];
+            cw[j] = won ? cw[j + 1] : cw[j];
+        }
+        if (won) {
+            ck[PER - 1] = 0u;
+            ci[PER - 1] = 0xffffffffu;
         }
     }
+    // the sum of the picked weights in pick order (lane j holds pick j)
+    float wsum = 0.0f;
+    for (int j = 0; j < top_k; ++j) wsum += __shfl_sync(0xffffffffu, my_w, j);
     if (lane < top_k) {
         const float w = normalize ? my_w / (wsum + 1e-20f) : my_w;
         ids[(size_t)t * top_k + lane] = my_id;
@@ -184,7 +193,8 @@ __device__ __forceinline__ void kt_gating_token_r(
 }
 
 // kt_gating_token_r with the fewest registers per lane that hold n_experts (<= 256: checked by
-// the host; 16 per lane would spill around the division's slow-path calls). Shared memory per warp: 2 n_experts + n_group floats (see there).
+// the host; 16 per lane would spill around the division's slow-path calls). Shared memory per
+// warp: 2 n_experts + n_group floats (see there).
 __device__ __forceinline__ void kt_gating_token(
     float* smem, const float* __restrict__ logits, const float* __restrict__ bias,
     uint32_t* __restrict__ ids, float* __restrict__ weights, int t, int n_experts, int top_k,
@@ -199,7 +209,7 @@ __device__ __forceinline__ void kt_gating_token(
 }
 
 // One warp per token.
-extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32, 1)
     kt_moe_gating(const float* __restrict__ logits, const float* __restrict__ bias,
                   uint32_t* __restrict__ ids, float* __restrict__ weights, int tokens, int n_experts,
                   int top_k, int n_group, int topk_group, int scoring, int group_score,
@@ -215,7 +225,7 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
 // the routed experts' inputs to the host in one transfer: [tokens, hidden] rows of x (copied
 // as they are), then ids [tokens, top_k], then weights [tokens, top_k] (f32 bits). Each warp
 // copies its own token's row of x.
-extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32, 1)
     kt_moe_gating_packed(const float* __restrict__ logits, const float* __restrict__ bias,
                          const float* __restrict__ x, uint32_t* __restrict__ pack, int hidden,
                          int tokens, int n_experts, int top_k, int n_group, int topk_group,
@@ -239,7 +249,7 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
 // `value`, which the CPU side spins on. One block: all its threads copy the rows of x (16-byte
 // stores, several in flight: one warp copying a row alone is latency bound), then its warps
 // route the tokens in turn (kt_moe_gating_packed's per-token work: the same words bit for bit).
-extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32, 1)
     kt_moe_gating_packed_signal(const float* __restrict__ logits, const float* __restrict__ bias,
                                 const float* __restrict__ x, uint32_t* __restrict__ pack,
                                 int hidden, int tokens, int n_experts, int top_k, int n_group,
@@ -306,16 +316,17 @@ __device__ __forceinline__ void route_entry_norm(
         const int k0 = lane * 4 + j * 128;
         if (has_expert && k0 < n) wpre[j] = *reinterpret_cast<const float4*>(wr + k0);
     }
-#pragma unroll 8
-    for (int i = threadIdx.x; i < n; i += blockDim.x) nw[i] = norm_w[i];
     // launched as a programmatic dependent of the kernel that writes d (the attention's output
-    // projection): the weights above load while it ends; x and d only after its grid is done
+    // projection): the router rows above load while it ends; x and d only after its grid is
+    // done (the norm's weights load beside them: a separate trip before the wait measured
+    // slower than the one trip for all three after it)
     kt_wait_prerequisites();
     float ss = 0.0f;
 #pragma unroll 8
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = x[i] + __bfloat162float(d[i]);
         row[i] = v;
+        nw[i] = norm_w[i];
         ss += v * v;
     }
     ss = kt_block_sum(ss, scratch);

@@ -37,25 +37,3 @@ __device__ __forceinline__ void kt_block_signal_flag(uint32_t* flag, uint32_t va
     __syncthreads();
     if (threadIdx.x == 0) kt_flag_store_release(flag, value);
 }
-
-// kt_block_wait_flag with the polls spread over time: lane 0 of warps 0 .. pollers - 1 each
-// poll in a loop, warp w starting w * stagger_ns later, so a poll leaves for host memory every
-// round trip / pollers instead of every round trip and the block sees the flag that much
-// sooner after the host raised it. The first poller to see it tells the others through shared
-// memory (`seen`, zeroed by the caller before a barrier); every thread is ordered after its
-// acquire by the barrier at the end. Every thread of the block must call it.
-__device__ __forceinline__ void kt_block_wait_flag_spread(const uint32_t* flag, uint32_t value,
-                                                          volatile int* seen, int pollers,
-                                                          unsigned stagger_ns) {
-    const int warp = threadIdx.x >> 5;
-    if ((threadIdx.x & 31) == 0 && warp < pollers) {
-        if (warp > 0) __nanosleep(stagger_ns * (unsigned)warp);
-        while (!*seen) {
-            if ((int32_t)(kt_flag_load_acquire(flag) - value) >= 0) {
-                *seen = 1;
-                break;
-            }
-        }
-    }
-    __syncthreads();
-}

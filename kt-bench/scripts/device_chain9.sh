@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One device call of the GPU chain work (branch chain9, session 9; chain8 / chain8b in session 8): the GPU chain of
-# the hybrid decode between two MoE layers' CPU experts. In order, each step under its own
-# timeout and the call's budget:
+# One device call of the GPU chain work (branch chain9, session 9; from chain8's script): the
+# GPU chain of the hybrid decode between two MoE layers' CPU experts. In order, each step under
+# its own timeout and the call's budget:
 #  1. the chain probe (kt-kernels/examples/chain_probe.rs: the FFN entry's variants and cut-short
 #     stages, the return kernel, the MLA pair, rope + absorption; standalone, graph-timed);
 #  2. a synthetic V2-Lite GGUF (27 layers, Q4_K_M-like mix) and `kt-bench decode` with
@@ -18,13 +18,14 @@
 # Carried in $D: bin.tar.xz with probe/{chain_probe,*.cubin}, <bindir>/kt-bench,
 # tests_<bindir>/* (stripped) and cupti_trace/; $BASE: the base kt-bench. Results in $OUT/c9/,
 # packed into $OUT/c9.tgz at exit (also when a step is cut short).
-# Env: VARIANTS ("a=a"), QUICK_TESTS (test names run for every variant; the rest only for the
-# first), REPS (2), TRACE_WHICH (""), PROMPT (1024), GEN (128), THREADS (16), BUDGET_S (330),
-# PROBE_ONLY (1: the probe alone, ~30 s).
+# Env: VARIANTS ("a=a"), EXTRA (variants run in round 1 only, after the others), QUICK_TESTS
+# (test names run for every variant; the rest only for the first), REPS (2), ROUND_S (100: the
+# budget left that a round needs to start), TRACE_WHICH (""), PROMPT (1024), GEN (128), THREADS
+# (16), BUDGET_S (330), PROBE_ONLY (1: the probe alone, ~30 s).
 set -uo pipefail
 D=${D:-.device-carry/chain9}
 BASE=${BASE:-.device-carry/s9base/kt-bench}
-variants=${VARIANTS:-a=a}; reps=${REPS:-2}
+variants=${VARIANTS:-a=a}; extra=${EXTRA:-}; reps=${REPS:-2}; round_s=${ROUND_S:-100}
 quick=${QUICK_TESTS:-"cuda_host_link hybrid_graph hybrid_forward"}
 prompt=${PROMPT:-1024}; gen=${GEN:-128}; threads=${THREADS:-16}; budget=${BUDGET_S:-330}
 out=$OUT/c9; mkdir -p "$out/tests"
@@ -36,15 +37,15 @@ B=/tmp/kt-c9; mkdir -p "$B/base"
 tar xJf "$D/bin.tar.xz" -C "$B" || { note "cannot unpack $D/bin.tar.xz"; exit 1; }
 cp "$BASE" "$B/base/kt-bench"
 declare -A vbin venv
-tags=()
-for spec in base=base $variants; do
+tags=(); extra_tags=()
+for spec in base=base $variants $extra; do
     tag=${spec%%=*}; rest=${spec#*=}
     vbin[$tag]=${rest%%:*}
     if [[ "$rest" == *:* ]]; then venv[$tag]=$(echo "${rest#*:}" | tr ',' ' '); else venv[$tag]=""; fi
-    tags+=("$tag")
+    if [[ " $extra " == *" $spec "* ]]; then extra_tags+=("$tag"); else tags+=("$tag"); fi
 done
 note "device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(nproc) cpus; $(nvidia-smi -L | head -1)"
-note "variants: $(for t in "${tags[@]}"; do printf '%s=%s[%s] ' "$t" "${vbin[$t]}" "${venv[$t]}"; done)"
+note "variants: $(for t in "${tags[@]}" "${extra_tags[@]}"; do printf '%s=%s[%s] ' "$t" "${vbin[$t]}" "${venv[$t]}"; done)"
 if [ -x "$B/probe/chain_probe" ]; then
     timeout 60 "$B/probe/chain_probe" "$B/probe" > "$out/probe.txt" 2>&1
     note "probe: rc $? at ${SECONDS}s"
@@ -79,14 +80,16 @@ tests() { # tag names...
 }
 declare -A dead
 for r in $(seq 1 "$reps"); do
-    [ "$(left)" -gt 100 ] || { note "budget: A/B stopped before round $r"; break; }
-    for v in "${tags[@]}"; do
+    [ "$(left)" -gt "$round_s" ] || { note "budget: A/B stopped before round $r"; break; }
+    round=("${tags[@]}")
+    [ "$r" = 1 ] && round+=("${extra_tags[@]}")
+    for v in "${round[@]}"; do
         [ -z "${dead[$v]:-}" ] || continue
         run "$v" "${v}_$r"
         grep -q decode_tokens_per_s "$out/${v}_$r.json" || { dead[$v]=1; note "$v: no result, dropped"; }
     done
     if [ "$r" = 1 ]; then
-        for v in "${tags[@]}"; do [ "$v" = base ] || tests "$v" $quick; done
+        for v in "${tags[@]}" "${extra_tags[@]}"; do [ "$v" = base ] || tests "$v" $quick; done
         first=${tags[1]}
         rest=$(ls "$B/tests_${vbin[$first]}" 2>/dev/null | grep -vxF -f <(echo $quick | tr ' ' '\n'))
         tests "$first" $rest

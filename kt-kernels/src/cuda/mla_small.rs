@@ -10,9 +10,8 @@
 //!
 //! On compute capability 9.0+ the combine is a programmatic dependent launch of the attention
 //! kernel (its blocks wait on the device for the attention's end instead of being launched after
-//! it: ~0.5 us less per layer in the hybrid decode), and the attention one of the query's kernels
-//! (it loads its first cache tile before it waits for them); `KT_PDL=0` in the environment turns
-//! that off ([`programmatic_launch_enabled`]).
+//! it: ~0.5 us less per layer in the hybrid decode); `KT_PDL=0` in the environment turns that off
+//! ([`programmatic_launch_enabled`]).
 
 use std::ffi::c_void;
 use std::sync::OnceLock;
@@ -102,50 +101,22 @@ impl GpuStream {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: SMEM_BYTES,
         };
-        // SAFETY (both launches): arguments match kt_mla_decode_small_bf16 (q, cache, table,
-        // kv_lens, heads, block_size, scale_log2, max_splits, part_o, part_lse). The batch is
-        // one sequence of one token (takes) whose lengths mla_batch / mla_set_kv_lens checked
-        // against its table row and the ints; the caller checked q (heads rows of 576), the
-        // cache (every block the table names) and out. part_o / part_lse hold `splits` x heads
-        // rows, and the kernel's plan for the device's length never exceeds the grid's splits
-        // (grid_splits). As a programmatic dependent the kernel reads only kv_lens, the table
-        // and cache rows older than the newest key before griddepcontrol.wait, and writes
-        // nothing before it.
-        if programmatic_launch_enabled(Pdl::Attention, &self.info) {
-            let (qp, _g1) = q.slice.device_ptr(&self.stream);
-            let (cp, _g2) = cache.slice.device_ptr(&self.stream);
-            let (tp, _g3) = batch.table.slice.device_ptr(&self.stream);
-            let (kp, _g4) = batch.kv_lens.slice.device_ptr(&self.stream);
-            let (po, _g5) = part_o.slice.device_ptr_mut(&self.stream);
-            let (pl, _g6) = part_lse.slice.device_ptr_mut(&self.stream);
-            let mut params: [*mut c_void; 10] = [
-                &qp as *const _ as *mut c_void,
-                &cp as *const _ as *mut c_void,
-                &tp as *const _ as *mut c_void,
-                &kp as *const _ as *mut c_void,
-                &heads as *const _ as *mut c_void,
-                &bs as *const _ as *mut c_void,
-                &scale_log2 as *const _ as *mut c_void,
-                &max_sp as *const _ as *mut c_void,
-                &po as *const _ as *mut c_void,
-                &pl as *const _ as *mut c_void,
-            ];
-            // SAFETY: see above; each pointer names a live value of the kernel's type.
-            unsafe { launch_programmatic(&self.stream, &f, cfg, &mut params) }
-                .map_err(launch_err(kernel, dims))?;
-        } else {
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&q.slice)
-                .arg(&cache.slice)
-                .arg(&batch.table.slice)
-                .arg(&batch.kv_lens.slice);
-            b.arg(&heads).arg(&bs).arg(&scale_log2).arg(&max_sp);
-            b.arg(&mut part_o.slice).arg(&mut part_lse.slice);
-            // SAFETY: see above.
-            unsafe { b.launch(cfg) }
-                .map(drop)
-                .map_err(launch_err(kernel, dims))?;
-        }
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&q.slice)
+            .arg(&cache.slice)
+            .arg(&batch.table.slice)
+            .arg(&batch.kv_lens.slice);
+        b.arg(&heads).arg(&bs).arg(&scale_log2).arg(&max_sp);
+        b.arg(&mut part_o.slice).arg(&mut part_lse.slice);
+        // SAFETY: arguments match kt_mla_decode_small_bf16 (q, cache, table, kv_lens, heads,
+        // block_size, scale_log2, max_splits, part_o, part_lse). The batch is one sequence of
+        // one token (takes) whose lengths mla_batch / mla_set_kv_lens checked against its table
+        // row and the ints; the caller checked q (heads rows of 576), the cache (every block the
+        // table names) and out. part_o / part_lse hold `splits` x heads rows, and the kernel's
+        // plan for the device's length never exceeds the grid's splits (grid_splits).
+        unsafe { b.launch(cfg) }
+            .map(drop)
+            .map_err(launch_err(kernel, dims))?;
 
         let combine = "kt_mla_decode_small_combine";
         let cf = self.kernels.get(&MLA_DECODE_SMALL, combine)?;
@@ -198,8 +169,6 @@ impl GpuStream {
 pub(crate) enum Pdl {
     /// The MLA combine after the attention kernel (this file).
     Combine,
-    /// The MLA attention kernel after the query's kernels (this file).
-    Attention,
     /// The FFN entry `kt_add_norm_route_signal` after the attention's output projection
     /// (`gating.rs`).
     Entry,
@@ -209,7 +178,6 @@ impl Pdl {
     fn name(self) -> &'static str {
         match self {
             Pdl::Combine => "combine",
-            Pdl::Attention => "attention",
             Pdl::Entry => "entry",
         }
     }
@@ -217,7 +185,7 @@ impl Pdl {
 
 /// Whether `which` may be launched as a programmatic dependent on `info`'s device: compute
 /// capability 9.0+, unless the environment sets `KT_PDL=0` (all off) or names it in
-/// `KT_PDL_OFF` (a list of `combine`, `attention`, `entry`, split by `,` or `+`). Read once;
+/// `KT_PDL_OFF` (a list of `combine`, `entry`, split by `,` or `+`). Read once;
 /// for A/B runs and as a way out on a driver that refuses such launches.
 pub(crate) fn programmatic_launch_enabled(which: Pdl, info: &DeviceInfo) -> bool {
     static OFF: OnceLock<(bool, Vec<String>)> = OnceLock::new();
