@@ -23,6 +23,9 @@
 // order through shared memory, so results are reproducible. With one split the block
 // writes `out`; with several, f32 partials [split][M][N] that kt_w4a16_reduce_* adds up.
 #include "include/kt_common.cuh"
+#include "include/kt_pdl.cuh"
+
+#include <cooperative_groups.h>
 
 namespace {
 
@@ -285,7 +288,12 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 // The k-ways of a tile are summed through shared memory in k-way order. With one k slice the
 // block then writes `out`; with several it writes f32 partials [slice][M][N], and the last
 // block of its column group to finish (an atomic counter per group, reset by that block for
-// the next launch) adds the slices in slice order: deterministic, and no second launch.
+// the next launch) adds the slices in slice order: deterministic, and no second launch. With
+// 2-3 slices on compute capability 9.0+ the host launches each column group's slices as one
+// thread-block cluster instead (`clustered`): the slices' sums meet in distributed shared
+// memory and rank 0 adds them in the same order (the same bits), no partials, fence or counter.
+// Launched as a programmatic dependent (host's choice, 9.0+), the kernel loads its first
+// weights before griddepcontrol.wait and reads x only after it (see w4a16_gemv).
 constexpr int kGvWarps = 4;
 constexpr int kGvThreads = 32 * kGvWarps;
 constexpr int kGvSteps = kGroup / 16; // 16-deep k steps per group
@@ -454,6 +462,7 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
 #pragma unroll
     for (int u = 0; u < kGvSteps; ++u) wb[u] = ld_stream_if(wf + u * 32, first);
     wf += kWStride;
+    kt_wait_prerequisites(); // x is the previous kernel's output: staged only from here on
 #pragma unroll
     for (int rr = 0; rr < S - 1; ++rr) {
         if (rr < rounds) stage(rr);
@@ -508,7 +517,8 @@ template <typename T, int NT, int KW>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
-                                           int M, int N, int K, int steps_per_slice, int slices) {
+                                           int M, int N, int K, int steps_per_slice, int slices,
+                                           int clustered) {
     constexpr int TW = kGvWarps / KW;
     constexpr int kAcc = NT * 16; // accumulators per lane
     __shared__ float red[KW > 1 ? TW * kAcc * 32 : 1];
@@ -538,9 +548,18 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[t][w][e] = 0.0f;
 
+    // Programmatic dependent launch: each stream below loads its first weights, which no kernel
+    // writes, before it waits for the previous kernel; x, the scales, the workspace and the
+    // output are touched only after the wait. The kernel lets its own dependents start only at
+    // its exit (no griddepcontrol.launch_dependents): triggered as soon as all blocks ran, or
+    // once all had streamed their k range, the next kernel's blocks took the free slots of
+    // multiprocessors still busy with this one and packed a grid of under ~2 blocks per
+    // multiprocessor unevenly (H100: shared expert down at 16 rows 8.5 us instead of 5.0).
     if constexpr (NT == 2) {
         gemv_stream_xs<T, KW>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
-    } else if (n_mine > 0) {
+    } else if (n_mine == 0) {
+        kt_wait_prerequisites(); // before the writes below (this warp may be the writer)
+    } else {
         // The three streams, each advanced by KW groups per group of this warp: weights (read
         // one group ahead), x and scales (read at the start of their group; the scales are
         // needed only at its end).
@@ -565,6 +584,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
         for (int u = 0; u < kGvSteps; ++u) wb[0][u] = ld_stream_if(wf + u * 32, true);
         wf += kWStride;
+        kt_wait_prerequisites(); // x is the previous kernel's output: read only from here on
         for (int j0 = 0; j0 < n_mine; j0 += 2) {
 #pragma unroll
             for (int b = 0; b < 2; ++b) {
@@ -659,6 +679,46 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         return;
     }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (clustered) {
+        // The column group's slices are one thread-block cluster, block rank = slice (the
+        // host launched it so): each writer leaves its sums in its shared memory, and rank 0
+        // adds all ranks' through distributed shared memory in slice order (the same sums in
+        // the same order as the partials path below, so the same bits), with two cluster
+        // barriers instead of partials in global memory, a fence and an arrival counter.
+        __shared__ float cred[TW * kAcc * 32]; // [TW][kAcc][32 lanes]
+        namespace cg = cooperative_groups;
+        cg::cluster_group cluster = cg::this_cluster();
+        float* mine = cred + tile_in * kAcc * 32 + lane;
+        if (writer) {
+#pragma unroll
+            for (int i = 0; i < kAcc; ++i) mine[i * 32] = (&acc[0][0][0])[i];
+        }
+        cluster.sync(); // every rank's sums written and visible to the cluster
+        if (writer && cluster.block_rank() == 0) {
+            float v[kAcc];
+#pragma unroll
+            for (int i = 0; i < kAcc; ++i) v[i] = 0.0f;
+            for (int r = 0; r < slices; ++r) {
+                const float* theirs = cluster.map_shared_rank(mine, r);
+#pragma unroll
+                for (int i = 0; i < kAcc; ++i) v[i] += theirs[i * 32];
+            }
+#pragma unroll
+            for (int t = 0; t < NT; ++t)
+#pragma unroll
+                for (int w = 0; w < 4; ++w)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int row = 8 * t + 2 * q + (e & 1);
+                        const int col = nt * kBN + 16 * w + g + 8 * (e >> 1);
+                        if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(v[(t * 4 + w) * 4 + e]);
+                    }
+        }
+        cluster.sync(); // no rank exits (freeing its shared memory) before rank 0 has read it
+        return;
+    }
+#endif
     if (writer) {
 #pragma unroll
         for (int t = 0; t < NT; ++t)
@@ -732,9 +792,9 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
 #define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
     extern "C" __global__ void __launch_bounds__(kGvThreads, 3) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
         const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
-        int M, int N, int K, int steps_per_slice, int slices) {                                    \
+        int M, int N, int K, int steps_per_slice, int slices, int clustered) {                     \
         w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,     \
-                              slices);                                                             \
+                              slices, clustered);                                                  \
     }
 #define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT) \
     KT_W4A16_GEMV(SUFFIX, T, NT, 1)        \

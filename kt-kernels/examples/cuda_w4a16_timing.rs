@@ -10,6 +10,15 @@
 //! - `plan` (m = 1 and 16, hot): the small-m kernel with its k-ways and k slices forced, to
 //!   check the automatic choice (printed as `auto`).
 //!
+//! And what a programmatic dependent launch ([`LaunchOrder::Programmatic`]) gains (kt only):
+//! - `hot_pdl`: `hot` with every call a programmatic launch (each call's start and first
+//!   weight loads overlap the previous call's tail);
+//! - `pair` / `pair_pdl`: two chained GEMMs (the shared expert's and the dense MLP's in and
+//!   out projections, the second reading the first's output), 100 pairs back to back;
+//! - `seq` / `seq_pdl`: the seven GEMMs in turn with no event between them (20 rounds);
+//! - `graph` / `graph_pdl`: `hot`'s 100 calls captured in a graph and replayed (no host launch
+//!   cost), also for `floor`, a 64 x 128 weight: the fixed cost of a launch.
+//!
 //! GB/s counts the packed weights and scales once (n k / 2 + n k / 64 bytes).
 //! `KT_W4A16_TOKENS=1,16` limits the token counts (for a profiler run).
 
@@ -19,7 +28,7 @@ mod cuda_common;
 use cuda_common::{gpu_or_skip, random};
 use half::f16;
 use kt_kernels::cuda::w4a16::{GemmWorkspace, GemvPlan, Int4Weights, W4A16Weights, GROUP};
-use kt_kernels::cuda::{DeviceBuf, GpuStream};
+use kt_kernels::cuda::{DeviceBuf, GpuStream, LaunchOrder};
 use kt_kernels::util::SplitMix64;
 
 /// DeepSeek-V3 projections as (name, n = out, k = in).
@@ -33,6 +42,12 @@ const SHAPES: [(&str, usize, usize); 7] = [
     ("dense_down", 7168, 18432),
 ];
 const TOKENS: [usize; 7] = [1, 2, 4, 8, 16, 64, 128];
+/// The chained pairs (in projection, out projection) as indices into SHAPES.
+const PAIRS: [(&str, usize, usize); 2] = [("shared", 3, 4), ("dense", 5, 6)];
+const ORDERS: [(&str, LaunchOrder); 2] = [
+    ("", LaunchOrder::Serial),
+    ("_pdl", LaunchOrder::Programmatic),
+];
 
 struct Case {
     name: &'static str,
@@ -54,6 +69,26 @@ fn line(kind: &str, c: &Case, m: usize, extra: &str, us: f64) {
         weight_bytes(c.n, c.k) / (us * 1e3),
         2.0 * (m * c.n * c.k) as f64 / (us * 1e6)
     );
+}
+
+/// Mean microseconds per call of `call` (which queues `calls` kernels' worth of work) captured
+/// 20 times into a graph on `cap` and replayed 5 times after one warm-up replay (`call` ran
+/// once outside the capture before, so that the workspace has grown).
+fn graphed(cap: &GpuStream, calls: usize, mut call: impl FnMut(&GpuStream)) -> f64 {
+    call(cap);
+    cap.synchronize().unwrap();
+    cap.begin_capture().unwrap();
+    for _ in 0..20 {
+        call(cap);
+    }
+    let graph = cap.end_capture().unwrap();
+    graph.launch(cap).unwrap();
+    let start = cap.record_event().unwrap();
+    for _ in 0..5 {
+        graph.launch(cap).unwrap();
+    }
+    let end = cap.record_event().unwrap();
+    start.elapsed_ms(&end).unwrap() as f64 * 1000.0 / (100 * calls) as f64
 }
 
 /// Mean microseconds of 100 back-to-back calls of `call` after 5 warm-ups.
@@ -118,14 +153,44 @@ fn main() {
             .collect();
         for (i, c) in cases.iter().enumerate() {
             let (x, out) = (&xs[i], &mut outs[i]);
-            let us = hot(s, || s.w4a16_gemm(&c.w, x, m, out, &mut ws).unwrap());
             let plan = if m <= GemvPlan::MAX_ROWS {
                 let p = s.w4a16_gemv_plan(m, c.n, c.k, None).unwrap();
                 format!(" auto k_ways={} slices={}", p.k_ways, p.slices)
             } else {
                 String::new()
             };
-            line("hot", c, m, &plan, us);
+            for (suffix, order) in ORDERS {
+                let us = hot(s, || {
+                    s.w4a16_gemm_ordered(&c.w, x, m, out, &mut ws, order)
+                        .unwrap()
+                });
+                line(&format!("hot{suffix}"), c, m, &plan, us);
+            }
+        }
+        // Chained pairs: out projection reading the in projection's output.
+        for (name, a, b) in PAIRS {
+            let (ca, cb) = (&cases[a], &cases[b]);
+            let mut mid = s.alloc_zeroed::<f16>(m * ca.n).unwrap();
+            let mut out = s.alloc_zeroed::<f16>(m * cb.n).unwrap();
+            for (suffix, order) in ORDERS {
+                let us = hot(s, || {
+                    s.w4a16_gemm_ordered(&ca.w, &xs[a], m, &mut mid, &mut ws, order)
+                        .unwrap();
+                    s.w4a16_gemm_ordered(&cb.w, &mid, m, &mut out, &mut ws, order)
+                        .unwrap();
+                });
+                println!("KT_W4A16 pair{suffix} {name} m={m} us={us:.2}");
+            }
+        }
+        // The seven GEMMs in turn, timed as a whole (no event between two launches).
+        for (suffix, order) in ORDERS {
+            let us = hot(s, || {
+                for (i, c) in cases.iter().enumerate() {
+                    s.w4a16_gemm_ordered(&c.w, &xs[i], m, &mut outs[i], &mut ws, order)
+                        .unwrap();
+                }
+            });
+            println!("KT_W4A16 seq{suffix} layer m={m} us={us:.2}");
         }
         // Cold: the seven GEMMs in turn, an event before each and one after the last.
         let rounds = 20;
@@ -162,13 +227,65 @@ fn main() {
                         }
                         let plan = GemvPlan::with(m, c.n, c.k, k_ways, slices).unwrap();
                         let us = hot(s, || {
-                            s.w4a16_gemv_planned(&c.w, x, m, out, &mut ws, &plan)
-                                .unwrap()
+                            s.w4a16_gemv_planned(
+                                &c.w,
+                                x,
+                                m,
+                                out,
+                                &mut ws,
+                                &plan,
+                                LaunchOrder::Serial,
+                            )
+                            .unwrap()
                         });
                         let extra = format!(" k_ways={k_ways} slices={}", plan.slices);
                         line("plan", c, m, &extra, us);
                     }
                 }
+            }
+        }
+    }
+    graphs(&gpu, &cases, &tokens, &mut rng);
+}
+
+/// `graph` / `graph_pdl` lines: the small-m counts of `tokens` on `floor` (64 x 128) and the
+/// seven shapes, on a capture stream (which turns cudarc's event tracking off, so it runs
+/// last; every buffer is made and synchronized before).
+fn graphs(gpu: &kt_kernels::cuda::Gpu, cases: &[Case], tokens: &[usize], rng: &mut SplitMix64) {
+    let s = gpu.stream();
+    let floor_q = Int4Weights::<f16> {
+        n: 64,
+        k: 128,
+        q: (0..64 * 128).map(|i| (i % 16) as i8 - 8).collect(),
+        scales: vec![f16::from_f32(0.01); 64],
+    };
+    let floor = Case {
+        name: "floor",
+        n: 64,
+        k: 128,
+        w: s.upload_w4a16(&floor_q).unwrap(),
+    };
+    let all: Vec<&Case> = std::iter::once(&floor).chain(cases).collect();
+    for &m in tokens.iter().filter(|&&m| m <= GemvPlan::MAX_ROWS) {
+        let xs: Vec<DeviceBuf<f16>> = all
+            .iter()
+            .map(|c| s.upload(&random::<f16>(rng, m * c.k, 1.0)).unwrap())
+            .collect();
+        let mut outs: Vec<DeviceBuf<f16>> = all
+            .iter()
+            .map(|c| s.alloc_zeroed::<f16>(m * c.n).unwrap())
+            .collect();
+        s.synchronize().unwrap();
+        let cap = s.new_untracked_stream().unwrap();
+        let mut ws = GemmWorkspace::default();
+        for (i, c) in all.iter().enumerate() {
+            for (suffix, order) in ORDERS {
+                let (x, out) = (&xs[i], &mut outs[i]);
+                let us = graphed(&cap, 1, |st| {
+                    st.w4a16_gemm_ordered(&c.w, x, m, out, &mut ws, order)
+                        .unwrap()
+                });
+                line(&format!("graph{suffix}"), c, m, "", us);
             }
         }
     }

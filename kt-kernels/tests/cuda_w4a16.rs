@@ -3,7 +3,9 @@
 //! 3, 17, 129 and both the single-pass and the k-split paths of the tiled kernel, and 1..=16
 //! tokens of the small-m kernel with column counts that leave its 256-column blocks partly
 //! empty, forced and automatic k slices, repeat calls on one workspace (its arrival counters
-//! must reset) and bit-identical results from repeated calls.
+//! must reset) and bit-identical results from repeated calls, from programmatic dependent
+//! launches (also of two chained GEMMs, the second reading the first's output) and ordinary
+//! ones.
 #![cfg(feature = "cuda")]
 
 mod cuda_common;
@@ -11,7 +13,7 @@ mod cuda_common;
 use cuda_common::{gpu_or_skip, nan_buf, random, to_f64};
 use half::{bf16, f16};
 use kt_kernels::cuda::w4a16::{GemmPlan, GemmWorkspace, GemvPlan, Int4Weights, GROUP};
-use kt_kernels::cuda::{DeviceBuf, GpuStream, MmaFloat};
+use kt_kernels::cuda::{DeviceBuf, GpuStream, LaunchOrder, MmaFloat};
 use kt_kernels::quant::{quantize, QType};
 use kt_kernels::util::SplitMix64;
 
@@ -283,28 +285,29 @@ fn gemm_case<T: MmaFloat>(
     }
     let wd = s.upload_w4a16(&q).unwrap();
     let xd = s.upload(&x).unwrap();
-    let run = |out: &mut DeviceBuf<T>, ws: &mut GemmWorkspace| match path {
+    let run = |out: &mut DeviceBuf<T>, ws: &mut GemmWorkspace, order| match path {
+        Path::Auto(None) => s.w4a16_gemm_ordered(&wd, &xd, m, out, ws, order).unwrap(),
         Path::Auto(splits) => s.w4a16_gemm_planned(&wd, &xd, m, out, ws, splits).unwrap(),
         Path::Gemv { k_ways, slices } => {
             let plan = GemvPlan::with(m, n, k, k_ways, slices).unwrap();
-            s.w4a16_gemv_planned(&wd, &xd, m, out, ws, &plan).unwrap()
+            s.w4a16_gemv_planned(&wd, &xd, m, out, ws, &plan, order)
+                .unwrap()
         }
     };
     let mut out = nan_buf::<T>(s, m * n);
-    run(&mut out, ws);
+    run(&mut out, ws, LaunchOrder::Serial);
     let got = s.download(&out).unwrap();
     // A second call on the same workspace (the k-split counters were reset by the first)
-    // into a fresh poisoned buffer gives the same bits: the slice sums have a fixed order.
-    let mut again = nan_buf::<T>(s, m * n);
-    run(&mut again, ws);
-    let again = s.download(&again).unwrap();
-    for (i, (a, b)) in got.iter().zip(&again).enumerate() {
-        assert!(
-            a.to_f32().to_bits() == b.to_f32().to_bits(),
-            "w4a16 {} m{m} n{n} k{k} {path:?}: element {i} differs between calls: {} vs {}",
-            T::SUFFIX,
-            a.to_f32(),
-            b.to_f32()
+    // into a fresh poisoned buffer gives the same bits: the slice sums have a fixed order;
+    // and so does a programmatic dependent launch (right after the poisoning copy here).
+    for order in [LaunchOrder::Serial, LaunchOrder::Programmatic] {
+        let mut again = nan_buf::<T>(s, m * n);
+        run(&mut again, ws, order);
+        let again = s.download(&again).unwrap();
+        assert_same_bits(
+            &got,
+            &again,
+            &format!("w4a16 m{m} n{n} k{k} {path:?} {order:?}"),
         );
     }
     let steps = (k / 16 + 4 + 2 * (k / GROUP)) as f64;
@@ -320,6 +323,81 @@ fn gemm_case<T: MmaFloat>(
             i % n,
             want[i]
         );
+    }
+}
+
+fn assert_same_bits<T: MmaFloat>(want: &[T], got: &[T], what: &str) {
+    assert_eq!(want.len(), got.len(), "{what}: length");
+    for (i, (a, b)) in want.iter().zip(got).enumerate() {
+        assert!(
+            a.to_f32().to_bits() == b.to_f32().to_bits(),
+            "{} {what}: element {i} differs: {} vs {}",
+            T::SUFFIX,
+            a.to_f32(),
+            b.to_f32()
+        );
+    }
+}
+
+/// Two chained small-m GEMMs, y = W2 (W1 x), on one workspace, every launch programmatic
+/// (compute capability 9.0+) against every launch ordinary: the same bits, and no NaN of the
+/// poisoned buffers. The first GEMM is long (36 groups per warp, 2 slices: summed in a
+/// cluster on 9.0+), the second short with 4 slices (global partials and counters, which the
+/// first's launch on the same workspace used too where it had no cluster), so a second GEMM
+/// that did not wait for the first would read the poisoned or partly written middle buffer,
+/// or race for the workspace; 8 chains back to back.
+fn gemv_chain<T: MmaFloat>(s: &GpuStream, m: usize) {
+    let (n1, k1, n2) = (512, 9216, 2048);
+    let (w1, w2) = (
+        random_int4::<T>(n1, k1, 40 + m as u64),
+        random_int4::<T>(n2, n1, 41),
+    );
+    let (w1, w2) = (s.upload_w4a16(&w1).unwrap(), s.upload_w4a16(&w2).unwrap());
+    let mut rng = SplitMix64::new(42 + m as u64);
+    let xs: Vec<DeviceBuf<T>> = (0..8)
+        .map(|_| s.upload(&random::<T>(&mut rng, m * k1, 1.0)).unwrap())
+        .collect();
+    // 8 column groups x 2 slices of 36 groups; 32 tiles of one k-way x 4 slices of 1 group.
+    let first = GemvPlan::with(m, n1, k1, 4, 2).unwrap();
+    let second = GemvPlan::with(m, n2, n1, 1, 4).unwrap();
+    let mut ws = GemmWorkspace::default();
+    let mut results = Vec::new();
+    for order in [LaunchOrder::Serial, LaunchOrder::Programmatic] {
+        let mut mids: Vec<DeviceBuf<T>> = (0..8).map(|_| nan_buf::<T>(s, m * n1)).collect();
+        let mut outs: Vec<DeviceBuf<T>> = (0..8).map(|_| nan_buf::<T>(s, m * n2)).collect();
+        for ((x, mid), out) in xs.iter().zip(&mut mids).zip(&mut outs) {
+            s.w4a16_gemv_planned(&w1, x, m, mid, &mut ws, &first, order)
+                .unwrap();
+            s.w4a16_gemv_planned(&w2, mid, m, out, &mut ws, &second, order)
+                .unwrap();
+        }
+        let got: Vec<Vec<T>> = outs.iter().map(|o| s.download(o).unwrap()).collect();
+        for (i, y) in got.iter().enumerate() {
+            assert!(
+                y.iter().all(|v| v.to_f32().is_finite()),
+                "{} m{m} chain {i} {order:?}: a NaN or infinity in the output",
+                T::SUFFIX
+            );
+        }
+        results.push(got);
+    }
+    for (i, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
+        assert_same_bits(
+            a,
+            b,
+            &format!("chained gemv m{m}, chain {i}, programmatic vs serial"),
+        );
+    }
+}
+
+#[test]
+fn w4a16_gemv_programmatic_chain() {
+    let Some(gpu) = gpu_or_skip("w4a16_gemv_programmatic_chain") else {
+        return;
+    };
+    for m in [1, 3, 9, 16] {
+        gemv_chain::<f16>(gpu.stream(), m);
+        gemv_chain::<bf16>(gpu.stream(), m);
     }
 }
 
@@ -427,14 +505,15 @@ fn w4a16_gemm_checks_shapes() {
     // A small-m plan made for another shape is refused.
     let mut out = s.upload(&vec![f16::ZERO; 2 * 64]).unwrap();
     let other = GemvPlan::with(2, 128, 128, 4, 1).unwrap();
+    let serial = LaunchOrder::Serial;
     assert!(s
-        .w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &other)
+        .w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &other, serial)
         .is_err());
     let mut plan = GemvPlan::with(2, 64, 128, 4, 1).unwrap();
-    s.w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &plan)
+    s.w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &plan, serial)
         .unwrap();
     plan.slices = 2; // more slices than k / 128 groups
     assert!(s
-        .w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &plan)
+        .w4a16_gemv_planned(&wd, &x, 2, &mut out, &mut ws, &plan, serial)
         .is_err());
 }

@@ -33,4 +33,6 @@ pub mod w4a16;
 
 pub use dtype::{GpuFloat, MmaFloat};
 pub use error::{CudaError, CudaResult};
-pub use runtime::{DeviceBuf, DeviceInfo, Gpu, GpuEvent, GpuGraph, GpuStream, HostFlag, PinnedBuf};
+pub use runtime::{
+    DeviceBuf, DeviceInfo, Gpu, GpuEvent, GpuGraph, GpuStream, HostFlag, LaunchOrder, PinnedBuf,
+};

@@ -2,13 +2,14 @@
 //! A thin layer over cudarc that turns its errors into [`CudaError`] and keeps the loaded
 //! kernels with the context.
 
+use std::ffi::c_void;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use cudarc::driver::{
-    sys, CudaContext, CudaEvent, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
-    DriverError, PinnedHostSlice, ValidAsZeroBits,
+    sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr,
+    DeviceRepr, DriverError, LaunchConfig, PinnedHostSlice, ValidAsZeroBits,
 };
 
 use super::error::{driver, shape, CudaError, CudaResult};
@@ -212,9 +213,31 @@ pub struct GpuStream {
     pub(crate) info: Arc<DeviceInfo>,
 }
 
+/// How a kernel that supports it is launched after the kernel before it on its stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LaunchOrder {
+    /// An ordinary launch: the kernel starts once the one before it has finished.
+    #[default]
+    Serial,
+    /// A programmatic dependent launch (compute capability 9.0+; elsewhere, or with `KT_PDL=0`
+    /// in the environment, an ordinary launch): the kernel's blocks may start while the kernel
+    /// before it runs, do what does not depend on it (the wrapper says what: e.g. load
+    /// weights), and wait on the device for its end before reading its results or writing
+    /// anything. The caller vouches that the kernel before does not write what the wrapper
+    /// names as read early. Results are the same bits as with [`LaunchOrder::Serial`].
+    Programmatic,
+}
+
 impl GpuStream {
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// Whether a launch in `order` is programmatic on this device (see [`LaunchOrder`]).
+    pub(crate) fn programmatic(&self, order: LaunchOrder) -> bool {
+        order == LaunchOrder::Programmatic
+            && self.info.compute_capability.0 >= 9
+            && programmatic_launch_enabled()
     }
 
     /// Waits for all work queued so far; asynchronous kernel faults surface here.
@@ -648,4 +671,75 @@ pub(crate) fn check_len(op: &'static str, src: usize, dst: usize) -> CudaResult<
         ));
     }
     Ok(())
+}
+
+/// Whether programmatic dependent launches are allowed: yes unless the environment sets
+/// `KT_PDL=0` (read once; for A/B runs and as a way out on a driver that refuses them).
+pub(crate) fn programmatic_launch_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KT_PDL").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Launches `f` on `stream` through cuLaunchKernelEx (compute capability 9.0+ for either
+/// attribute):
+/// - with programmatic stream serialization if `programmatic`: then its blocks may be
+///   scheduled once every block of the kernel before it on the stream has run
+///   `griddepcontrol.launch_dependents` (or exited), instead of after that kernel's end, so
+///   its launch and set-up overlap the previous kernel's tail. Also in a captured graph (a
+///   programmatic edge);
+/// - in thread-block clusters of `cluster` consecutive blocks along x if `cluster` > 1.
+///
+/// # Safety
+/// `params` are `f`'s parameters as cuLaunchKernelEx takes them (each a pointer to a live
+/// value of the parameter's type), the launch is within `f`'s bounds, if `programmatic`,
+/// `f` runs `griddepcontrol.wait` before it touches anything the previous kernel writes or
+/// reads, and if `cluster` > 1, it divides the grid's x and `f` expects such clusters.
+pub(crate) unsafe fn launch_raw(
+    stream: &CudaStream,
+    f: &CudaFunction,
+    cfg: LaunchConfig,
+    params: &mut [*mut c_void],
+    programmatic: bool,
+    cluster: u32,
+) -> Result<(), DriverError> {
+    // SAFETY: an all-zero CUlaunchAttribute is a valid value (an id and a plain union); the
+    // fields used are set below.
+    let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+    let mut used = 0;
+    if programmatic {
+        attrs[used].id =
+            sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attrs[used].value.programmaticStreamSerializationAllowed = 1;
+        used += 1;
+    }
+    if cluster > 1 {
+        attrs[used].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attrs[used].value.clusterDim.x = cluster;
+        attrs[used].value.clusterDim.y = 1;
+        attrs[used].value.clusterDim.z = 1;
+        used += 1;
+    }
+    let config = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: stream.cu_stream(),
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: used as u32,
+    };
+    stream.context().bind_to_thread()?;
+    // SAFETY: config and attrs live across the call; the caller vouches for f and params.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            f.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
 }

@@ -3,16 +3,27 @@
 //! straight into registers (x too up to 8 rows; past 8 the block stages x in shared memory).
 //! The plan cuts it into blocks: several warps may share a column tile's k range (k-ways,
 //! summed in shared memory) and k may be cut into slices, whose f32 partial sums the kernel
-//! adds up.
+//! adds up: through global f32 partials and an arrival counter per column group, or (2-3
+//! slices, compute capability 9.0+) within a thread-block cluster's shared memory.
+//!
+//! With [`LaunchOrder::Programmatic`] (compute capability 9.0+) the kernel is a programmatic
+//! dependent launch: its blocks may start before the kernel before it has completed (as soon
+//! as that kernel lets them; this kernel lets its own dependents start at its exit), load
+//! their first group of weights, and wait for that kernel's completion before reading x or
+//! the scales or writing anything (partials, counters, out). So the weights must not be
+//! written by the kernel just before; x may be (that is the point).
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::ffi::c_void;
+use std::sync::OnceLock;
+
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::quant::{GROUP, TILE_N};
 use super::{GemmWorkspace, Operands, W4A16Weights};
 use crate::cuda::dtype::MmaFloat;
 use crate::cuda::error::{launch_err, shape, CudaResult};
 use crate::cuda::modules::W4A16_GEMM;
-use crate::cuda::runtime::{DeviceBuf, GpuStream};
+use crate::cuda::runtime::{launch_raw, DeviceBuf, GpuStream, LaunchOrder};
 
 /// Warps per block (`kGvWarps`); with `k_ways` warps per tile a block covers 4 / k_ways tiles.
 const WARPS: usize = 4;
@@ -162,7 +173,9 @@ impl GpuStream {
     }
 
     /// `out = x W^T` for 1..=16 rows on the small-m kernel with an explicit `plan` (made
-    /// by [`GemvPlan::with`] or [`GpuStream::w4a16_gemv_plan`] for this m, n and k).
+    /// by [`GemvPlan::with`] or [`GpuStream::w4a16_gemv_plan`] for this m, n and k),
+    /// launched in `order` (see the module's doc).
+    #[allow(clippy::too_many_arguments)] // the operands, workspace, plan and launch order
     pub fn w4a16_gemv_planned<T: MmaFloat>(
         &self,
         w: &W4A16Weights<T>,
@@ -171,17 +184,19 @@ impl GpuStream {
         out: &mut DeviceBuf<T>,
         ws: &mut GemmWorkspace,
         plan: &GemvPlan,
+        order: LaunchOrder,
     ) -> CudaResult<()> {
         let ops = Operands::of("w4a16_gemv", w, x, m, out)?;
-        self.w4a16_gemv_launch(ops, ws, plan)
+        self.w4a16_gemv_launch(ops, ws, plan, order)
     }
 
-    /// Launches the small-m kernel on `ops` with `plan`.
+    /// Launches the small-m kernel on `ops` with `plan`, in `order`.
     pub(crate) fn w4a16_gemv_launch<T: MmaFloat>(
         &self,
         ops: Operands<'_, T>,
         ws: &mut GemmWorkspace,
         plan: &GemvPlan,
+        order: LaunchOrder,
     ) -> CudaResult<()> {
         const OP: &str = "w4a16_gemv";
         ops.check(OP)?;
@@ -203,7 +218,7 @@ impl GpuStream {
         }
         let kernel = plan.kernel::<T>();
         let f = self.kernels.get(&W4A16_GEMM, &kernel)?;
-        let dims = || format!("m {m}, n {n}, k {k}, {plan:?}");
+        let dims = || format!("m {m}, n {n}, k {k}, {plan:?}, {order:?}");
         let cfg = LaunchConfig {
             grid_dim: ((plan.column_groups * plan.slices) as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -212,44 +227,84 @@ impl GpuStream {
         let (mi, ni, ki) = (m as i32, n as i32, k as i32);
         let steps = (plan.groups_per_slice * GROUP / 16) as i32;
         let slices = plan.slices as i32;
+        let cluster = self.gemv_cluster(plan);
+        let clustered = i32::from(cluster > 1);
 
-        if plan.slices == 1 {
-            let null: u64 = 0;
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&x)
-                .arg(&packed)
-                .arg(&scales)
-                .arg(&mut out)
-                .arg(&null)
-                .arg(&null);
-            b.arg(&mi).arg(&ni).arg(&ki).arg(&steps).arg(&slices);
-            // SAFETY: arguments match kt_w4a16_gemv_<T>_t<tiles>_k<ways> (x, packed, scales,
-            // out, no partials, no counters, M, N, K, k steps per slice, slices); x is m x k
-            // and out m x n, packed and scales hold n x k weights (Operands::check), 1 <= m
-            // <= 16 and the plan is this shape's (checked), n % 64 == 0 and k % 128 == 0
-            // (upload_w4a16 / the expert slab checked them); the grid covers every column
-            // group, and one slice never touches partials or counters.
-            return unsafe { b.launch(cfg) }
-                .map(drop)
-                .map_err(launch_err(kernel, dims));
-        }
-
-        ws.grow(self, plan.slices * m * n, plan.column_groups)?;
-        let (partial, counters) = ws.buffers();
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&x)
-            .arg(&packed)
-            .arg(&scales)
-            .arg(&mut out)
-            .arg(&mut partial.slice)
-            .arg(&mut counters.slice);
-        b.arg(&mi).arg(&ni).arg(&ki).arg(&steps).arg(&slices);
-        // SAFETY: as above, with partials and counters: the workspace holds at least slices x
-        // m x n f32 and one u32 per column group; the counters are zero (freshly allocated,
-        // or reset by the last block of every earlier launch on this stream), and every
-        // slice has at least one group (GemvPlan::with), so each group's last block sees all.
-        unsafe { b.launch(cfg) }
-            .map(drop)
+        // One slice, or slices in a cluster, never touch the partials or the counters (null
+        // pointers).
+        let buffers = if plan.slices > 1 && cluster == 1 {
+            ws.grow(self, plan.slices * m * n, plan.column_groups)?;
+            Some(ws.buffers())
+        } else {
+            None
+        };
+        let st = &self.stream;
+        let (xp, _gx) = x.device_ptr(st);
+        let (wp, _gw) = packed.device_ptr(st);
+        let (sp, _gs) = scales.device_ptr(st);
+        let (op, _go) = out.device_ptr_mut(st);
+        let (pp, cp, _gp, _gc) = match buffers {
+            Some((partial, counters)) => {
+                let (pp, gp) = partial.slice.device_ptr_mut(st);
+                let (cp, gc) = counters.slice.device_ptr_mut(st);
+                (pp, cp, Some(gp), Some(gc))
+            }
+            None => (0, 0, None, None),
+        };
+        let mut params: [*mut c_void; 12] = [
+            &xp as *const _ as *mut c_void,
+            &wp as *const _ as *mut c_void,
+            &sp as *const _ as *mut c_void,
+            &op as *const _ as *mut c_void,
+            &pp as *const _ as *mut c_void,
+            &cp as *const _ as *mut c_void,
+            &mi as *const _ as *mut c_void,
+            &ni as *const _ as *mut c_void,
+            &ki as *const _ as *mut c_void,
+            &steps as *const _ as *mut c_void,
+            &slices as *const _ as *mut c_void,
+            &clustered as *const _ as *mut c_void,
+        ];
+        // SAFETY: the parameters are kt_w4a16_gemv_<T>_t<tiles>_k<ways>'s (x, packed, scales,
+        // out, partials, counters, M, N, K, k steps per slice, slices, clustered), each a
+        // pointer to a live value of its type; x is m x k and out m x n, packed and scales hold
+        // n x k weights (Operands::check), 1 <= m <= 16 and the plan is this shape's
+        // (checked), n % 64 == 0 and k % 128 == 0 (upload_w4a16 / the expert slab checked
+        // them); the grid covers every column group. One slice never touches partials or
+        // counters (null); with several, the workspace holds at least slices x m x n f32 and
+        // one u32 per column group, the counters are zero (freshly allocated, or reset by the
+        // last block of every earlier launch on this stream), and every slice has at least
+        // one group (GemvPlan::with), so each group's last block sees all. Clustered: the
+        // slices of a column group are consecutive blocks (block = group x slices + slice),
+        // one cluster of `slices` <= 3 blocks (compute capability 9.0+, gemv_cluster), and
+        // the kernel then uses neither partials nor counters. Programmatic: the
+        // kernel reads only weights (which the caller vouches the previous kernel does not
+        // write) before griddepcontrol.wait, and x, the workspace and out after it.
+        unsafe { launch_raw(st, &f, cfg, &mut params, self.programmatic(order), cluster) }
             .map_err(launch_err(kernel, dims))
     }
 }
+
+impl GpuStream {
+    /// The cluster size of a launch of `plan`: its slices where they are 2 or 3, on compute
+    /// capability 9.0+, the slices of a column group then summed through distributed shared
+    /// memory instead of global partials (same bits); else 1. Measured on an H100 (timing
+    /// example, 2026-11-22): o_proj and dense out (2 slices at 1 row, 3 at 16) 2-4% faster;
+    /// the shared expert's in projection (8 slices) 17-26% slower as one cluster of 8 (a
+    /// cluster's blocks must share one GPC, and rank 0 reads 8 blocks' sums one by one); 4-7
+    /// slices were not timed. `KT_W4A16_CLUSTER=0` (read once) keeps the partials everywhere,
+    /// for A/B runs.
+    fn gemv_cluster(&self, plan: &GemvPlan) -> u32 {
+        static ON: OnceLock<bool> = OnceLock::new();
+        let on =
+            *ON.get_or_init(|| std::env::var("KT_W4A16_CLUSTER").map_or(true, |v| v.trim() != "0"));
+        if on && self.info.compute_capability.0 >= 9 && (2..=MAX_CLUSTER).contains(&plan.slices) {
+            plan.slices as u32
+        } else {
+            1
+        }
+    }
+}
+
+/// The most slices summed in a cluster.
+const MAX_CLUSTER: usize = 3;

@@ -13,7 +13,7 @@ use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use super::dtype::MmaFloat;
 use super::error::{launch_err, shape, CudaResult};
 use super::modules::W4A16_GEMM;
-use super::runtime::{DeviceBuf, GpuStream};
+use super::runtime::{DeviceBuf, GpuStream, LaunchOrder};
 
 pub use gemv::GemvPlan;
 pub use quant::{Int4Weights, QuantError, GROUP, TILE_N};
@@ -241,6 +241,24 @@ impl GpuStream {
         self.w4a16_gemm_planned(w, x, m, out, ws, None)
     }
 
+    /// [`Self::w4a16_gemm`] launched in `order`: [`LaunchOrder::Programmatic`] makes the
+    /// small-m kernel (m <= 16) a programmatic dependent launch, which overlaps its start and
+    /// first weight loads with the end of the kernel before it (that kernel may write x, not
+    /// `w`); the tiled kernel (m > 16) is launched the ordinary way either way. Same bits as
+    /// [`LaunchOrder::Serial`].
+    pub fn w4a16_gemm_ordered<T: MmaFloat>(
+        &self,
+        w: &W4A16Weights<T>,
+        x: &DeviceBuf<T>,
+        m: usize,
+        out: &mut DeviceBuf<T>,
+        ws: &mut GemmWorkspace,
+        order: LaunchOrder,
+    ) -> CudaResult<()> {
+        let ops = Operands::of("w4a16_gemm", w, x, m, out)?;
+        self.w4a16_launch_ordered(ops, ws, None, order)
+    }
+
     /// [`Self::w4a16_gemm`] with the number of k splits forced (clamped to 1..=k/128); for
     /// m <= 16 they are the small-m kernel's k slices ([`GemvPlan`]).
     pub fn w4a16_gemm_planned<T: MmaFloat>(
@@ -263,6 +281,17 @@ impl GpuStream {
         ops: Operands<'_, T>,
         ws: &mut GemmWorkspace,
         force_splits: Option<usize>,
+    ) -> CudaResult<()> {
+        self.w4a16_launch_ordered(ops, ws, force_splits, LaunchOrder::Serial)
+    }
+
+    /// [`Self::w4a16_launch`] with the small-m kernel launched in `order`.
+    fn w4a16_launch_ordered<T: MmaFloat>(
+        &self,
+        ops: Operands<'_, T>,
+        ws: &mut GemmWorkspace,
+        force_splits: Option<usize>,
+        order: LaunchOrder,
     ) -> CudaResult<()> {
         const OP: &str = "w4a16_gemm";
         ops.check(OP)?;
@@ -289,7 +318,7 @@ impl GpuStream {
                 n,
                 k,
             };
-            return self.w4a16_gemv_launch(ops, ws, &plan);
+            return self.w4a16_gemv_launch(ops, ws, &plan, order);
         }
         let m_tile = GemmPlan::m_tile_for(m);
         let kernel = format!("kt_w4a16_gemm_{}_m{}", T::SUFFIX, m_tile);
