@@ -13,9 +13,10 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use crate::ops::{RouterConfig, Scoring, TopkMethod};
 
 use super::error::{launch_err, shape, CudaResult};
-use super::mla::{launch_programmatic, programmatic_launch_enabled, Pdl};
 use super::modules::MOE_GATING;
-use super::runtime::{DeviceBuf, DeviceInfo, GpuStream, HostFlag, PinnedBuf};
+use super::runtime::{
+    launch_raw, DeviceBuf, DeviceInfo, GpuStream, HostFlag, LaunchOrder, PinnedBuf,
+};
 use half::bf16;
 
 /// Kernel limits (see cuda/moe_gating.cu).
@@ -422,7 +423,7 @@ impl GpuStream {
         // scratch; the caller's contract covers pack, flag and counter. As a programmatic
         // dependent the kernel reads only the router and the norm's weights (which no kernel
         // writes) before griddepcontrol.wait, and writes nothing before it.
-        if programmatic_launch_enabled(Pdl::Entry, &self.info) {
+        if self.programmatic(LaunchOrder::Programmatic) {
             let s = &self.stream;
             let (xp, _g1) = x.slice.device_ptr_mut(s);
             let (dp, _g2) = d.slice.device_ptr(s);
@@ -461,7 +462,7 @@ impl GpuStream {
                 &value as *const _ as *mut c_void,
             ];
             // SAFETY: see above; each pointer names a live value of the kernel's type.
-            return unsafe { launch_programmatic(s, &f, config, &mut params) }
+            return unsafe { launch_raw(s, &f, config, &mut params, true, 1) }
                 .map_err(launch_err(kernel, dims));
         }
         let mut b = self.stream.launch_builder(&f);

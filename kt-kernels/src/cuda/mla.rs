@@ -34,11 +34,9 @@ use super::error::{launch_err, shape, CudaResult};
 use super::modules::{Embedded, MLA_ATTN, MLA_ATTN_SM90};
 use super::runtime::{DeviceBuf, DeviceInfo, GpuStream, TensorMap};
 
-// The batch-1, one-token, few-heads decode path (a child module: it reads the batch's fields);
-// its programmatic-launch helpers serve the decode chain's other kernels too.
+// The batch-1, one-token, few-heads decode path (a child module: it reads the batch's fields).
 #[path = "mla_small.rs"]
 mod small;
-pub(crate) use small::{launch_programmatic, programmatic_launch_enabled, Pdl};
 
 /// Latent (compressed kv) width per token: the output row and the value part of a cache row.
 pub const KV_LORA_RANK: usize = 512;
