@@ -7,8 +7,6 @@
 // Selection order: descending choice score, ties to the lowest index (experts and groups).
 // Weights: w = (normalize ? w / (sum(w) + 1e-20) : w) * scale.
 #include "include/kt_common.cuh"
-
-#include <cooperative_groups.h>
 #include "include/kt_host_flag.cuh"
 #include "include/kt_pdl.cuh"
 
@@ -472,89 +470,3 @@ __device__ __forceinline__ void add_norm_route_signal(
 #define KT_ROUTE_EPB 2
 #define KT_ROUTE_SPREAD false
 KT_ADD_NORM_ROUTE_SIGNAL(kt_add_norm_route_signal, KT_ROUTE_EPB, KT_ROUTE_SPREAD)
-
-// (Session 8, chain8b's probe: 11.85 us against the ticket kernel's 13.20, a stretch 0.1-0.6 us
-// shorter in the decode; chosen with KT_ENTRY=cluster on compute capability 9.0+, gating.rs.)
-// The FFN entry as one thread-block cluster of CL blocks (sm_90): the same words as
-// kt_add_norm_route_signal bit for bit (route_entry_norm / route_entry_logit per block and
-// warp), without its ticket: each warp's logits go straight into the shared memory of the
-// cluster's block 0 (distributed shared memory), one cluster barrier (release / acquire at
-// cluster scope) replaces the global fence, the counter's atomic round trip and the logits'
-// reload. Block 0 writes the pack's row from its own copy right after the norm (the PCIe
-// writes drain while it computes its logits and waits), then routes and raises the flag. Warp
-// w of block b takes experts b * warps + w + k * (CL * warps). Every block has read x before
-// the barrier, so after it each block adds d into its own slice of x (block 0 after the flag).
-// Launched with exactly CL blocks (the compile-time cluster shape; above 8 the function needs
-// the non-portable cluster size attribute); `counter` is not used (the ticket
-// kernel's parameters; the logits are also written to `logits`, which nothing waits for).
-// Dynamic shared memory: as kt_add_norm_route_signal.
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-template <int CL>
-__device__ __forceinline__ void add_norm_route_signal_cluster(
-    float* __restrict__ x, const __nv_bfloat16* __restrict__ d, const float* __restrict__ norm_w,
-    __nv_bfloat16* __restrict__ xn, float* __restrict__ xn32, const float* __restrict__ router_w,
-    const float* __restrict__ bias, uint32_t* __restrict__ pack, int n, float eps, int n_experts,
-    int top_k, int n_group, int topk_group, int scoring, int group_score, int normalize,
-    float scale, uint32_t* flag, uint32_t value, float* logits, float* smem) {
-    __shared__ float scratch[32];
-    namespace cg = cooperative_groups;
-    cg::cluster_group cluster = cg::this_cluster();
-    const int rank = (int)cluster.block_rank();
-    float* row = smem;            // the normalized row, f32
-    float* nw = smem + n;         // norm_w
-    float* lsm = nw + n;          // the logits (block 0's are the ones routed)
-    float* gsm = lsm + n_experts; // kt_gating_token's scratch (warp 0)
-    float* lsm0 = cluster.map_shared_rank(lsm, 0);
-    float* pack_row = reinterpret_cast<float*>(pack);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int warps = KT_ROUTE_THREADS / 32;
-    const int first = rank * warps + warp, stride = CL * warps;
-    const bool has_expert = first < n_experts;
-    const float* wr0 = router_w + (size_t)(has_expert ? first : 0) * n;
-    const int per = (n + CL - 1) / CL;
-    const int lo = rank * per, hi = min(n, lo + per);
-    float4 wpre[KT_ROUTE_PREFETCH];
-    route_entry_norm(x, d, norm_w, xn, xn32, nullptr, wr0, has_expert, n, eps, lo, hi, row, nw,
-                     scratch, wpre);
-    if (rank == 0) {
-#pragma unroll 8
-        for (int i = threadIdx.x; i < n; i += blockDim.x) pack_row[i] = row[i];
-    }
-    for (int e = first; e < n_experts; e += stride) {
-        const float sum = route_entry_logit(router_w + (size_t)e * n, row, n, e == first, wpre);
-        if (lane == 0) {
-            lsm0[e] = sum;
-            logits[e] = sum;
-        }
-    }
-    cluster.sync();
-    if (rank == 0) {
-        uint32_t* ids = pack + n;
-        float* weights = reinterpret_cast<float*>(ids + top_k);
-        if (warp == 0) {
-            kt_gating_token(gsm, lsm, bias, ids, weights, 0, n_experts, top_k, n_group,
-                            topk_group, scoring, group_score, normalize, scale);
-        }
-        kt_block_signal_flag(flag, value);
-    }
-    // the residual update of this block's slice (after the flag in block 0)
-    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) x[i] = x[i] + __bfloat162float(d[i]);
-}
-#define KT_ADD_NORM_ROUTE_SIGNAL_CLUSTER(NAME, CL)                                                 \
-    extern "C" __global__ void __cluster_dims__(CL, 1, 1)                                         \
-        __launch_bounds__(KT_ROUTE_THREADS, 1) NAME(                                               \
-            float* __restrict__ x, const __nv_bfloat16* __restrict__ d,                            \
-            const float* __restrict__ norm_w, __nv_bfloat16* __restrict__ xn,                      \
-            float* __restrict__ xn32, const float* __restrict__ router_w, float* logits,           \
-            uint32_t* counter, const float* __restrict__ bias, uint32_t* __restrict__ pack,        \
-            int n, float eps, int n_experts, int top_k, int n_group, int topk_group, int scoring,  \
-            int group_score, int normalize, float scale, uint32_t* flag, uint32_t value) {         \
-        (void)counter;                                                                             \
-        extern __shared__ float smem[];                                                            \
-        add_norm_route_signal_cluster<CL>(x, d, norm_w, xn, xn32, router_w, bias, pack, n, eps,    \
-                                          n_experts, top_k, n_group, topk_group, scoring,          \
-                                          group_score, normalize, scale, flag, value, logits,      \
-                                          smem);                                                   \
-    }
-KT_ADD_NORM_ROUTE_SIGNAL_CLUSTER(kt_add_norm_route_signal_cluster, 8)
-#endif

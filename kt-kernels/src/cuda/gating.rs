@@ -6,7 +6,6 @@
 //! weights are `(norm_topk_prob ? w / (sum(w) + 1e-20) : w) * routed_scaling_factor`.
 
 use std::ffi::c_void;
-use std::sync::OnceLock;
 
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
@@ -14,9 +13,7 @@ use crate::ops::{RouterConfig, Scoring, TopkMethod};
 
 use super::error::{launch_err, shape, CudaResult};
 use super::modules::MOE_GATING;
-use super::runtime::{
-    launch_raw, DeviceBuf, DeviceInfo, GpuStream, HostFlag, LaunchOrder, PinnedBuf,
-};
+use super::runtime::{launch_raw, DeviceBuf, GpuStream, HostFlag, LaunchOrder, PinnedBuf};
 use half::bf16;
 
 /// Kernel limits (see cuda/moe_gating.cu).
@@ -32,19 +29,6 @@ const ROUTE_THREADS: u32 = 256;
 /// router's bytes stream through many multiprocessors at once (each block also normalizes
 /// the row, which is small).
 const ROUTE_EXPERTS_PER_BLOCK: usize = 2;
-
-/// Blocks of `kt_add_norm_route_signal_cluster`: its compile-time cluster shape.
-const ROUTE_CLUSTER_BLOCKS: u32 = 8;
-
-/// Whether the FFN entry runs as one thread-block cluster (`kt_add_norm_route_signal_cluster`:
-/// the logits meet in block 0's shared memory, no ticket) instead of the ticket kernel:
-/// compute capability 9.0+ and `KT_ENTRY=cluster` in the environment (read once; an A/B
-/// switch: both give the same words bit for bit).
-fn entry_cluster(info: &DeviceInfo) -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    info.compute_capability.0 >= 9
-        && *ON.get_or_init(|| std::env::var("KT_ENTRY").is_ok_and(|v| v.trim() == "cluster"))
-}
 
 /// The kernel's integer parameters for `cfg` (n_group, topk_group, scoring, group score),
 /// after the reference's own validation and the kernel's limits.
@@ -395,14 +379,10 @@ impl GpuStream {
         let [_, _, top_k, n_group, topk_group, scoring, group_score, normalize] = l.ints;
         let n_i =
             i32::try_from(n).map_err(|_| shape(OP, format!("n {n} does not fit in an i32")))?;
-        let (kernel, blocks) = if entry_cluster(&self.info) {
-            ("kt_add_norm_route_signal_cluster", ROUTE_CLUSTER_BLOCKS)
-        } else {
-            let blocks = u32::try_from(e.div_ceil(ROUTE_EXPERTS_PER_BLOCK))
-                .map_err(|_| shape(OP, format!("{e} experts exceed the grid")))?;
-            ("kt_add_norm_route_signal", blocks)
-        };
+        let blocks = u32::try_from(e.div_ceil(ROUTE_EXPERTS_PER_BLOCK))
+            .map_err(|_| shape(OP, format!("{e} experts exceed the grid")))?;
         let smem = ((2 * n + 3 * e + n_group as usize) * 4) as u32;
+        let kernel = "kt_add_norm_route_signal";
         let f = self.kernels.get_with_smem(&MOE_GATING, kernel, smem)?;
         let (pack_dev, flag_dev) = (pack.device_ptr()?, flag.device_ptr());
         let null: u64 = 0;
@@ -413,12 +393,10 @@ impl GpuStream {
             shared_mem_bytes: smem,
         };
         let dims = || format!("n {n}, {cfg:?}");
-        // SAFETY (both launches): the arguments match kt_add_norm_route_signal (and its cluster
-        // form, which takes the same ones); the rows, the router, the logits (plan_packed:
-        // n_experts) and the pack (one row, ids, weights) have the lengths the kernel indexes
-        // (checked), n % 4 == 0 for its 16-byte loads of 16-byte aligned buffers, the grid
-        // covers the experts at KT_ROUTE_EPB per block (the cluster kernel: exactly its
-        // compile-time cluster of 8 blocks, each warp looping over its experts), the dynamic
+        // SAFETY (both launches): the arguments match kt_add_norm_route_signal; the rows, the
+        // router, the logits (plan_packed: n_experts) and the pack (one row, ids, weights) have
+        // the lengths the kernel indexes (checked), n % 4 == 0 for its 16-byte loads of 16-byte
+        // aligned buffers, the grid covers the experts at KT_ROUTE_EPB per block, the dynamic
         // shared memory holds the row, the norm's weights, the logits and the routing's
         // scratch; the caller's contract covers pack, flag and counter. As a programmatic
         // dependent the kernel reads only the router and the norm's weights (which no kernel
