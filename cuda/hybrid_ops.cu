@@ -13,6 +13,7 @@
 // All arithmetic is f32; each stored value is rounded once.
 #include "include/kt_common.cuh"
 #include "include/kt_host_flag.cuh"
+#include "include/kt_pdl.cuh"
 
 // ---- batched NT GEMM -------------------------------------------------------------------
 // Block tile 64 (m) x 64 (n), k steps of 32, 256 threads; thread (tx, ty) owns rows
@@ -209,13 +210,18 @@ __device__ void gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b, TO* 
     }
 }
 
+// Each lets a programmatic dependent (the int4 output projection after the MLA expansion) be
+// scheduled from its start: it loads its weights while this runs and waits for this grid's
+// end before it reads the output.
 #define KT_GEMV_NT(SA, TA, SB, TB, SO, TO)                                                         \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                  \
         kt_gemv_nt_s_##SA##_##SB##_##SO(const TA* a, const TB* b, TO* out, GemmNtArgs p) {         \
+        kt_launch_dependents();                                                                    \
         gemv_nt<TA, TB, TO, false>(a, b, out, p);                                                  \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                  \
         kt_gemv_nt_v_##SA##_##SB##_##SO(const TA* a, const TB* b, TO* out, GemmNtArgs p) {         \
+        kt_launch_dependents();                                                                    \
         gemv_nt<TA, TB, TO, true>(a, b, out, p);                                                   \
     }
 
@@ -325,6 +331,10 @@ extern "C" __global__ void __launch_bounds__(KT_RETURN_THREADS)
                              const float* __restrict__ w, __nv_bfloat16* __restrict__ out, int n,
                              float eps) {
     __shared__ float scratch[32];
+    // the next kernel (the next layer's int4 query projection, a programmatic dependent) may
+    // start loading its weights while this one waits for the host; it waits for this grid's
+    // end before it reads the norm
+    kt_launch_dependents();
     float* xr = x + (long long)blockIdx.x * n;
     const __nv_bfloat16* sr = shared != nullptr ? shared + (long long)blockIdx.x * n : nullptr;
     const int tid = threadIdx.x, bd = blockDim.x;

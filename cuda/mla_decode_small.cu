@@ -26,6 +26,7 @@
 #include "include/kt_common.cuh"
 
 #include "include/kt_async.cuh"
+#include "include/kt_pdl.cuh"
 #include "include/kt_mma.cuh"
 
 namespace {
@@ -53,20 +54,6 @@ constexpr int kMaxSplits = 1024;
 constexpr int kCombineThreads = 256; // 8 warps over the splits, 32 lanes x 4 columns
 static_assert(kMaxSplits % kCombineThreads == 0, "the combine reads the splits' lse in whole rounds");
 constexpr float kNegInf = -__builtin_huge_valf();
-
-// Programmatic dependent launch (compute capability 9.0+; no-ops below, where the host
-// launches the combine the ordinary way): the attention kernel lets the combine's blocks be
-// scheduled early, the combine waits for the attention grid's completion and its memory.
-__device__ __forceinline__ void kt_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void kt_wait_prerequisites() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
 
 __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));

@@ -8,9 +8,12 @@
 // Weights: w = (normalize ? w / (sum(w) + 1e-20) : w) * scale.
 #include "include/kt_common.cuh"
 #include "include/kt_host_flag.cuh"
+#include "include/kt_pdl.cuh"
 
 #define KT_GATING_WARPS 4
-// Host-checked limits: n_experts <= 512 (32 lanes x 16 bits of a lane's taken mask),
+// (The gating kernels declare one block per multiprocessor: with ptxas' default register cap
+// the division's slow-path calls spill the routing's registers.)
+// Host-checked limits: n_experts <= 256 (32 lanes x 8 registers of kt_gating_token_r),
 // n_group <= 64 (bits of the allowed-groups mask), top_k <= 32 (one pick per lane).
 
 enum { KT_SCORE_SOFTMAX = 0, KT_SCORE_SIGMOID = 1 };
@@ -25,62 +28,72 @@ __device__ __forceinline__ uint32_t kt_argmax_key(float v) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// The best (largest key, then lowest index) of a lane's candidates: experts lane + 32 s for
-// the set bits s of `avail`, in ascending order; (0, UINT32_MAX) when none is left, which
-// loses against every candidate (a NaN one has key 0 and a lower index).
-__device__ __forceinline__ void kt_lane_best(const uint32_t* keys, uint32_t avail, int lane,
-                                             uint32_t& best_key, uint32_t& best_i) {
-    best_key = 0u;
-    best_i = 0xffffffffu;
-    while (avail) {
-        const uint32_t e = (uint32_t)lane + 32u * (uint32_t)(__ffs(avail) - 1);
-        avail &= avail - 1u;
-        const uint32_t k = keys[e];
-        if (k > best_key || (k == best_key && e < best_i)) {
-            best_key = k;
-            best_i = e;
-        }
-    }
-}
-
-// Token t's routing by one warp (lane = threadIdx.x & 31). Shared memory per warp:
-// scores[E] (unbiased, give the weights), choice[E] (what experts are ranked by) and
-// gscore[n_group]. Uses warp-level sync only: the callers' warps leave independently.
-__device__ __forceinline__ void kt_gating_token(
+// Token t's routing by one warp (lane = threadIdx.x & 31), PER = experts per lane rounded up
+// (E <= 32 PER): lane l holds experts l + 32 s (s < PER) in registers: their scores, order keys
+// and whether they are still available, so a pick touches no memory. Shared memory per warp
+// (used only with grouped selection, which ranks groups over other lanes' experts): scores[E]
+// (unused), choice[E] and gscore[n_group]. Uses warp-level sync only: the callers' warps leave
+// independently.
+template <int PER>
+__device__ __forceinline__ void kt_gating_token_r(
     float* smem, const float* __restrict__ logits, const float* __restrict__ bias,
     uint32_t* __restrict__ ids, float* __restrict__ weights, int t, int n_experts, int top_k,
     int n_group, int topk_group, int scoring, int group_score, int normalize, float scale) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int E = n_experts;
-    float* scores = smem + (size_t)warp * (2 * E + n_group);
-    float* choice = scores + E;
-    float* gscore = choice + E;
     const float* row = logits + (size_t)t * E;
-
+    float sc[PER]; // the logits, then the scores (unbiased: they give the weights)
     if (scoring == KT_SCORE_SOFTMAX) {
         float mx = -INFINITY;
-        for (int e = lane; e < E; e += 32) mx = fmaxf(mx, row[e]);
+#pragma unroll
+        for (int s = 0; s < PER; ++s) {
+            const int e = lane + 32 * s;
+            if (e < E) {
+                sc[s] = row[e];
+                mx = fmaxf(mx, sc[s]);
+            }
+        }
 #pragma unroll
         for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
         float sum = 0.0f;
-        for (int e = lane; e < E; e += 32) {
-            const float p = expf(row[e] - mx);
-            scores[e] = p;
-            sum += p;
+#pragma unroll
+        for (int s = 0; s < PER; ++s) {
+            if (lane + 32 * s < E) {
+                sc[s] = expf(sc[s] - mx);
+                sum += sc[s];
+            }
         }
         sum = kt_warp_sum(sum);
-        for (int e = lane; e < E; e += 32) scores[e] = scores[e] / sum;
+        // one call site of the division's slow path (a call: PER unrolled ones spill the
+        // lane's registers around them): the scores rotate through sc[PER - 1]
+#pragma unroll 1
+        for (int s = 0; s < PER; ++s) {
+            const float q = lane + 32 * s < E ? sc[0] / sum : sc[0];
+#pragma unroll
+            for (int j = 0; j + 1 < PER; ++j) sc[j] = sc[j + 1];
+            sc[PER - 1] = q;
+        }
     } else {
-        for (int e = lane; e < E; e += 32) scores[e] = 1.0f / (1.0f + expf(-row[e]));
+#pragma unroll
+        for (int s = 0; s < PER; ++s) {
+            const int e = lane + 32 * s;
+            if (e < E) sc[s] = 1.0f / (1.0f + expf(-row[e]));
+        }
     }
-    for (int e = lane; e < E; e += 32) choice[e] = bias ? scores[e] + bias[e] : scores[e];
-    __syncwarp();
+    // what expert e is ranked by (s: its slot in this lane)
+    auto choice_of = [&](int s, int e) { return bias ? sc[s] + bias[e] : sc[s]; };
 
     // Groups allowed to supply experts (all of them without grouping).
     unsigned long long allowed = n_group >= 64 ? ~0ull : ((1ull << n_group) - 1ull);
     const int gsize = E / n_group;
     if (n_group > 1 && topk_group < n_group) {
+        float* choice = smem + (size_t)warp * (2 * E + n_group) + E;
+        float* gscore = choice + E;
+#pragma unroll
+        for (int s = 0; s < PER; ++s)
+            if (lane + 32 * s < E) choice[lane + 32 * s] = choice_of(s, lane + 32 * s);
+        __syncwarp();
         for (int g = lane; g < n_group; g += 32) {
             float b1 = -INFINITY, b2 = -INFINITY; // the two best (equal values count twice)
             for (int e = g * gsize; e < (g + 1) * gsize; ++e) {
@@ -109,40 +122,67 @@ __device__ __forceinline__ void kt_gating_token(
             kt_warp_argmax(v, gi);
             allowed |= 1ull << gi;
         }
+        __syncwarp(); // the next token of this warp rewrites choice
     }
 
     // Top-k: repeated warp arg-max in kt_argmax_better's order (the same picks as a shuffle
     // butterfly over (choice, index)), each round two single-instruction warp reductions: the
-    // largest order key (kt_argmax_key), then the lowest index among the lanes holding it.
-    // Each lane keeps the best of its own candidates (experts lane + 32 s; the keys overwrite
-    // its entries of `choice`, which nothing reads afterwards) and only the round's winner
-    // rescans: one warp runs this alone, so the dependent instructions per round set its time.
-    __syncwarp(); // the group scores above read other lanes' entries of choice
-    uint32_t* keys = reinterpret_cast<uint32_t*>(choice);
-    uint32_t avail = 0; // bit s: expert lane + 32 s is allowed and not yet chosen
-    for (int e = lane, s = 0; e < E; e += 32, ++s) {
-        keys[e] = kt_argmax_key(choice[e]);
-        if ((allowed >> (e / gsize)) & 1ull) avail |= 1u << s;
+    // largest order key (kt_argmax_key), then the lowest index among the lanes holding it. Each
+    // lane keeps its candidates sorted best first (key descending, index ascending; the ones not
+    // allowed as (0, UINT32_MAX), which lose against every candidate, a NaN one having key 0
+    // and a lower index), so the round's winner only shifts its list by one: no branch, no
+    // rescan. One warp runs this alone: the dependent instructions per round set its time.
+    uint32_t ck[PER], ci[PER];
+    float cw[PER];
+#pragma unroll
+    for (int s = 0; s < PER; ++s) {
+        const int e = lane + 32 * s;
+        const bool ok = e < E && ((allowed >> (e / gsize)) & 1ull);
+        ck[s] = ok ? kt_argmax_key(choice_of(s, e)) : 0u;
+        ci[s] = ok ? (uint32_t)e : 0xffffffffu;
+        cw[s] = ok ? sc[s] : 0.0f;
     }
-    uint32_t best_key, best_i;
-    kt_lane_best(keys, avail, lane, best_key, best_i);
-    float wsum = 0.0f;
+    // insertion sort in the same order
+#pragma unroll
+    for (int s = 1; s < PER; ++s) {
+#pragma unroll
+        for (int j = s; j > 0; --j) {
+            const bool up = ck[j] > ck[j - 1] || (ck[j] == ck[j - 1] && ci[j] < ci[j - 1]);
+            const uint32_t k0 = ck[j - 1], i0 = ci[j - 1];
+            const float w0 = cw[j - 1];
+            ck[j - 1] = up ? ck[j] : k0;
+            ci[j - 1] = up ? ci[j] : i0;
+            cw[j - 1] = up ? cw[j] : w0;
+            ck[j] = up ? k0 : ck[j];
+            ci[j] = up ? i0 : ci[j];
+            cw[j] = up ? w0 : cw[j];
+        }
+    }
     float my_w = 0.0f; // lane `it` keeps pick `it` (top_k <= 32, checked by the host)
     uint32_t my_id = 0;
     for (int it = 0; it < top_k; ++it) {
-        const uint32_t top = __reduce_max_sync(0xffffffffu, best_key);
-        const uint32_t ei = __reduce_min_sync(0xffffffffu, best_key == top ? best_i : 0xffffffffu);
-        const float w = scores[ei];
-        wsum += w;
+        const uint32_t top = __reduce_max_sync(0xffffffffu, ck[0]);
+        const uint32_t ei = __reduce_min_sync(0xffffffffu, ck[0] == top ? ci[0] : 0xffffffffu);
+        const float w = __shfl_sync(0xffffffffu, cw[0], (int)(ei & 31u));
         if (lane == it) {
             my_w = w;
             my_id = ei;
         }
-        if ((int)(ei & 31u) == lane) {
-            avail &= ~(1u << (ei >> 5));
-            kt_lane_best(keys, avail, lane, best_key, best_i);
+        const bool won = ci[0] == ei; // the winner's list moves up by one
+#pragma unroll
+        for (int j = 0; j + 1 < PER; ++j) {
+            ck[j] = won ? ck[j + 1] : ck[j];
+            ci[j] = won ? ci[j + 1] : ci[j];
+            cw[j] = won ? cw[j + 1] : cw[j];
+        }
+        if (won) {
+            ck[PER - 1] = 0u;
+            ci[PER - 1] = 0xffffffffu;
         }
     }
+    // the sum of the picked weights in pick order (lane j holds pick j)
+    float wsum = 0.0f;
+    for (int j = 0; j < top_k; ++j) wsum += __shfl_sync(0xffffffffu, my_w, j);
     if (lane < top_k) {
         const float w = normalize ? my_w / (wsum + 1e-20f) : my_w;
         ids[(size_t)t * top_k + lane] = my_id;
@@ -150,8 +190,24 @@ __device__ __forceinline__ void kt_gating_token(
     }
 }
 
+// kt_gating_token_r with the fewest registers per lane that hold n_experts (<= 256: checked by
+// the host; 16 per lane would spill around the division's slow-path calls). Shared memory per
+// warp: 2 n_experts + n_group floats (see there).
+__device__ __forceinline__ void kt_gating_token(
+    float* smem, const float* __restrict__ logits, const float* __restrict__ bias,
+    uint32_t* __restrict__ ids, float* __restrict__ weights, int t, int n_experts, int top_k,
+    int n_group, int topk_group, int scoring, int group_score, int normalize, float scale) {
+    if (n_experts <= 64) {
+        kt_gating_token_r<2>(smem, logits, bias, ids, weights, t, n_experts, top_k, n_group,
+                             topk_group, scoring, group_score, normalize, scale);
+    } else {
+        kt_gating_token_r<8>(smem, logits, bias, ids, weights, t, n_experts, top_k, n_group,
+                             topk_group, scoring, group_score, normalize, scale);
+    }
+}
+
 // One warp per token.
-extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32, 1)
     kt_moe_gating(const float* __restrict__ logits, const float* __restrict__ bias,
                   uint32_t* __restrict__ ids, float* __restrict__ weights, int tokens, int n_experts,
                   int top_k, int n_group, int topk_group, int scoring, int group_score,
@@ -167,7 +223,7 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
 // the routed experts' inputs to the host in one transfer: [tokens, hidden] rows of x (copied
 // as they are), then ids [tokens, top_k], then weights [tokens, top_k] (f32 bits). Each warp
 // copies its own token's row of x.
-extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32, 1)
     kt_moe_gating_packed(const float* __restrict__ logits, const float* __restrict__ bias,
                          const float* __restrict__ x, uint32_t* __restrict__ pack, int hidden,
                          int tokens, int n_experts, int top_k, int n_group, int topk_group,
@@ -191,7 +247,7 @@ extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
 // `value`, which the CPU side spins on. One block: all its threads copy the rows of x (16-byte
 // stores, several in flight: one warp copying a row alone is latency bound), then its warps
 // route the tokens in turn (kt_moe_gating_packed's per-token work: the same words bit for bit).
-extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(KT_GATING_WARPS * 32, 1)
     kt_moe_gating_packed_signal(const float* __restrict__ logits, const float* __restrict__ bias,
                                 const float* __restrict__ x, uint32_t* __restrict__ pack,
                                 int hidden, int tokens, int n_experts, int top_k, int n_group,
@@ -258,6 +314,11 @@ __device__ __forceinline__ void route_entry_norm(
         const int k0 = lane * 4 + j * 128;
         if (has_expert && k0 < n) wpre[j] = *reinterpret_cast<const float4*>(wr + k0);
     }
+    // launched as a programmatic dependent of the kernel that writes d (the attention's output
+    // projection): the router rows above load while it ends; x and d only after its grid is
+    // done (the norm's weights load beside them: a separate trip before the wait measured
+    // slower than the one trip for all three after it)
+    kt_wait_prerequisites();
     float ss = 0.0f;
 #pragma unroll 8
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
@@ -370,17 +431,18 @@ __device__ __forceinline__ void add_norm_route_signal(
     __syncthreads();
     if (!last) return;
     __threadfence();
-    if (!SPREAD) {
-#pragma unroll 8
-        for (int i = threadIdx.x; i < n; i += blockDim.x) pack_row[i] = row[i];
-    }
-    for (int i = threadIdx.x; i < n_experts; i += blockDim.x) lsm[i] = __ldcg(logits + i);
-    __syncthreads();
+    // warp 0 reloads the logits and routes them while the other warps write the pack's row
+    // (the routing's warp waits for no one but itself)
     uint32_t* ids = pack + n;
     float* weights = reinterpret_cast<float*>(ids + top_k);
     if (warp == 0) {
+        for (int i = threadIdx.x; i < n_experts; i += 32) lsm[i] = __ldcg(logits + i);
+        __syncwarp();
         kt_gating_token(gsm, lsm, bias, ids, weights, 0, n_experts, top_k, n_group, topk_group,
                         scoring, group_score, normalize, scale);
+    } else if (!SPREAD) {
+#pragma unroll 8
+        for (int i = threadIdx.x - 32; i < n; i += blockDim.x - 32) pack_row[i] = row[i];
     }
     if (threadIdx.x == 0) *counter = 0; // for the next launch, which follows this one
     kt_block_signal_flag(flag, value);

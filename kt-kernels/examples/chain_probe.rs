@@ -327,6 +327,36 @@ fn entry_cases(p: &mut Probe) -> Res<()> {
         unsafe { b.launch(cfg) }?;
         Ok(())
     })?;
+    // the routing inside one warp by the SM's clock (no launch, no memory trip)
+    {
+        let f = Probe::func(&p.gating, "kt_probe_routing_cycles")?;
+        let rows = p.f32s(2 * EXPERTS, 4.0)?;
+        let mut ids2 = p.s.alloc_zeros::<u32>(2 * TOP_K)?;
+        let mut w2 = p.s.alloc_zeros::<f32>(2 * TOP_K)?;
+        let mut cycles = p.s.alloc_zeros::<i64>(1)?;
+        let reps = 1000i32;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (32, 1, 1),
+            shared_mem_bytes: ((4 * EXPERTS + 1) * 4) as u32,
+        };
+        let mut b = p.s.launch_builder(&f);
+        b.arg(&rows).arg(&e).arg(&k).arg(&reps);
+        b.arg(&mut ids2).arg(&mut w2).arg(&mut cycles);
+        // SAFETY: kt_probe_routing_cycles' arguments: two rows of 64 logits, top 6, one warp,
+        // shared memory for the rows and the routing's scratch.
+        unsafe { b.launch(cfg) }?;
+        let c = p.s.clone_dtoh(&cycles)?[0] as f64 / reps as f64;
+        let khz = p
+            .ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)?
+            as f64;
+        println!(
+            "routing in one warp (64 logits, top 6): {c:.0} cycles = {:.3} us at {:.0} MHz",
+            c / khz * 1e3,
+            khz / 1e3
+        );
+    }
     let f = Probe::func(&p.gating, "kt_moe_gating_packed_signal")?;
     for (place, pack, flag) in [
         ("pinned", pack_pinned.dev, flag_pinned.dev),

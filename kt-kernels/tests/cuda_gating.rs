@@ -254,6 +254,21 @@ fn gating_rejects_bad_configs() {
     assert!(s
         .moe_gating(&cfg, &logits, Some(&bias), 1, &mut short, &mut w)
         .is_err());
+    // past the kernel's 256 experts (8 scores per lane), with every length right
+    let wide = router(
+        320,
+        8,
+        (1, 1),
+        Scoring::Softmax,
+        TopkMethod::Greedy,
+        false,
+        1.0,
+    );
+    let wide_logits = s.upload(&[0.5f32; 320]).unwrap();
+    let err = s
+        .moe_gating(&wide, &wide_logits, None, 1, &mut ids, &mut w)
+        .expect_err("320 experts exceed the kernel's limit");
+    assert!(err.to_string().contains("256"), "{err}");
 }
 
 /// The packed gating (the hybrid decode's one copy out) writes the rows of x unchanged and

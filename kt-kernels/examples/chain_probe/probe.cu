@@ -205,7 +205,8 @@ KT_PROBE_STAGE(kt_probe_entry_stage5, 5)
 extern "C" __global__ void kt_probe_empty(int unused) { (void)unused; }
 
 // (Measured in session 8, chain8b: 11.85 us against the ticket kernel's 13.20 in this probe,
-// but a stretch only 0.1-0.6 us shorter in the decode; not in the library.)
+// but a stretch only 0.1-0.6 us shorter in the decode; session 9, chain9: 8.49 against 9.72;
+// not in the library.)
 // The FFN entry as one thread-block cluster of CL blocks (sm_90): the same words as
 // kt_add_norm_route_signal bit for bit (route_entry_norm / route_entry_logit per block and
 // warp), without its ticket: each warp's logits go straight into the shared memory of the
@@ -290,3 +291,25 @@ __device__ __forceinline__ void add_norm_route_signal_cluster(
 KT_ADD_NORM_ROUTE_SIGNAL_CLUSTER(kt_add_norm_route_signal_cluster, 8)
 KT_ADD_NORM_ROUTE_SIGNAL_CLUSTER(kt_add_norm_route_signal_cluster16, 16)
 #endif
+
+// The routing alone inside one warp, timed by the SM's clock: `reps` routings of 64 logits
+// (kt_gating_token as the library has it, softmax, top_k), alternating between two rows in
+// shared memory so no routing can be reused; cycles[0] = the clock ticks of the whole loop.
+// Dynamic shared memory: 2 n_experts (the rows) + 2 n_experts + 1 (the routing's scratch).
+extern "C" __global__ void kt_probe_routing_cycles(const float* __restrict__ logits, int n_experts,
+                                                   int top_k, int reps, uint32_t* ids,
+                                                   float* weights, long long* cycles) {
+    extern __shared__ float smem[];
+    float* rows = smem;
+    float* gsm = smem + 2 * n_experts;
+    for (int i = threadIdx.x; i < 2 * n_experts; i += 32) rows[i] = logits[i];
+    __syncwarp();
+    const long long t0 = clock64();
+    for (int r = 0; r < reps; ++r) {
+        kt_gating_token(gsm, rows, nullptr, ids, weights, r & 1, n_experts, top_k, 1, 1,
+                        KT_SCORE_SOFTMAX, KT_GROUP_MAX, 0, 1.0f);
+        __syncwarp();
+    }
+    const long long t1 = clock64();
+    if (threadIdx.x == 0) cycles[0] = t1 - t0;
+}

@@ -13,18 +13,14 @@
 //! it: ~0.5 us less per layer in the hybrid decode); `KT_PDL=0` in the environment turns that off.
 
 use std::ffi::c_void;
-use std::sync::OnceLock;
 
-use cudarc::driver::{
-    sys, CudaFunction, CudaStream, DevicePtr, DevicePtrMut, DriverError, LaunchConfig,
-    PushKernelArg,
-};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::{MlaBatch, MlaWorkspace, KV_LORA_RANK};
 use crate::cuda::error::{launch_err, CudaResult};
 use crate::cuda::modules::MLA_DECODE_SMALL;
-use crate::cuda::runtime::{DeviceBuf, DeviceInfo, GpuStream};
+use crate::cuda::runtime::{launch_raw, DeviceBuf, DeviceInfo, GpuStream, LaunchOrder};
 
 /// Largest head count this path takes (one 16-row block per key split). More heads fill the
 /// 64-row tiles of the other kernels, which were not measured against this one.
@@ -124,7 +120,7 @@ impl GpuStream {
             block_dim: (COMBINE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        if self.info.compute_capability.0 < 9 || !programmatic_launch_enabled() {
+        if !self.programmatic(LaunchOrder::Programmatic) {
             let mut b = self.stream.launch_builder(&cf);
             b.arg(&part_o.slice)
                 .arg(&part_lse.slice)
@@ -157,60 +153,7 @@ impl GpuStream {
         // duration of the call), with the bounds argued for the launch above; the kernel
         // waits for the attention kernel's grid (griddepcontrol.wait) before it reads
         // part_o / part_lse, so starting early is safe.
-        unsafe { launch_programmatic(&self.stream, &cf, ccfg, &mut params) }
+        unsafe { launch_raw(&self.stream, &cf, ccfg, &mut params, true, 1) }
             .map_err(launch_err(combine, dims))
     }
-}
-
-/// Whether the combine may be launched as a programmatic dependent (compute capability 9.0+):
-/// yes unless the environment sets `KT_PDL=0` (read once; for A/B runs and as a way out on a
-/// driver that refuses such launches).
-fn programmatic_launch_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KT_PDL").map_or(true, |v| v.trim() != "0"))
-}
-
-/// Launches `f` on `stream` with programmatic stream serialization (compute capability 9.0+):
-/// its blocks may be scheduled once every block of the kernel before it on the stream has run
-/// `griddepcontrol.launch_dependents` (or exited), instead of after that kernel's end, so its
-/// launch and set-up overlap the previous kernel's tail. Also in a captured graph (a
-/// programmatic edge).
-///
-/// # Safety
-/// `params` are `f`'s parameters as cuLaunchKernelEx takes them, and `f` runs
-/// `griddepcontrol.wait` before it touches anything the previous kernel writes.
-unsafe fn launch_programmatic(
-    stream: &CudaStream,
-    f: &CudaFunction,
-    cfg: LaunchConfig,
-    params: &mut [*mut c_void],
-) -> Result<(), DriverError> {
-    // SAFETY: an all-zero CUlaunchAttribute is a valid value (an id and a plain union); the
-    // fields used are set below.
-    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attr.value.programmaticStreamSerializationAllowed = 1;
-    let config = sys::CUlaunchConfig {
-        gridDimX: cfg.grid_dim.0,
-        gridDimY: cfg.grid_dim.1,
-        gridDimZ: cfg.grid_dim.2,
-        blockDimX: cfg.block_dim.0,
-        blockDimY: cfg.block_dim.1,
-        blockDimZ: cfg.block_dim.2,
-        sharedMemBytes: cfg.shared_mem_bytes,
-        hStream: stream.cu_stream(),
-        attrs: &mut attr,
-        numAttrs: 1,
-    };
-    stream.context().bind_to_thread()?;
-    // SAFETY: config and attr live across the call; the caller vouches for f and params.
-    unsafe {
-        sys::cuLaunchKernelEx(
-            &config,
-            f.cu_function(),
-            params.as_mut_ptr(),
-            std::ptr::null_mut(),
-        )
-    }
-    .result()
 }

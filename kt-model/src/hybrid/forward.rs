@@ -7,7 +7,7 @@ use std::time::Instant;
 use half::bf16;
 use kt_kernels::cuda::linear::{GemmNt, Strides};
 use kt_kernels::cuda::mla::{MlaBatch, CACHE_ROW, KV_LORA_RANK, ROPE_DIM};
-use kt_kernels::cuda::{DeviceBuf, GpuEvent, GpuStream, HostFlag};
+use kt_kernels::cuda::{DeviceBuf, GpuEvent, GpuStream, HostFlag, LaunchOrder};
 use kt_kernels::ops::RouterConfig;
 
 use super::error::{HybridError, HybridResult};
@@ -418,6 +418,10 @@ impl<'s> Step<'s> {
             )?;
         }
         let layer_cache = &mut cache.layers[li];
+        // The int4 projections are programmatic dependents of the kernel before each (a norm,
+        // the decode graph's return from the CPU experts, the expansion GEMV): their first
+        // weight loads overlap its end; none of those kernels writes weights.
+        let pdl = LaunchOrder::Programmatic;
         // The projections, then one launch: the cache rows (normalized latent, rotated k_pe)
         // at the positions (one sequence, pages in order; read on the device so a captured
         // decode step writes each token's row) and the rotated q_pe into the MLA query rows
@@ -428,7 +432,7 @@ impl<'s> Step<'s> {
         let (q, q_row) = match &a.qkv {
             GpuQkv::Stacked(w) => {
                 let qkv = sc.qkv.as_mut().expect("sized for the stacked projection");
-                w.apply(s, &sc.xn, t_n, qkv, &mut ws.gemm)?;
+                w.apply_ordered(s, &sc.xn, t_n, qkv, &mut ws.gemm, pdl)?;
                 rope = self.fork()?;
                 rope.mla_rope_cache_write_stacked(
                     qkv,
@@ -445,7 +449,9 @@ impl<'s> Step<'s> {
             }
             GpuQkv::Separate { q, kv_a } => {
                 match q {
-                    GpuQuery::Direct(w) => w.apply(s, &sc.xn, t_n, &mut sc.q, &mut ws.gemm)?,
+                    GpuQuery::Direct(w) => {
+                        w.apply_ordered(s, &sc.xn, t_n, &mut sc.q, &mut ws.gemm, pdl)?
+                    }
                     GpuQuery::LoRA { a: wa, a_norm, b } => {
                         let (qa, qan) = sc.q_a.as_mut().expect("sized for the query LoRA");
                         wa.apply(s, &sc.xn, t_n, qa, &mut ws.gemm)?;
@@ -520,7 +526,7 @@ impl<'s> Step<'s> {
         };
         s.gemm_nt(&expand, &sc.o_lat, &a.v_b, &mut sc.heads)?;
         a.output
-            .apply(s, &sc.heads, t_n, &mut sc.out, &mut ws.gemm)?;
+            .apply_ordered(s, &sc.heads, t_n, &mut sc.out, &mut ws.gemm, pdl)?;
         Ok(())
     }
 

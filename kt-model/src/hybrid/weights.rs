@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use half::bf16;
 use kt_kernels::cuda::linear::GemmNt;
 use kt_kernels::cuda::w4a16::{GemmWorkspace, Int4Weights, W4A16Weights, GROUP, TILE_N};
-use kt_kernels::cuda::{CudaError, DeviceBuf, GpuStream};
+use kt_kernels::cuda::{CudaError, DeviceBuf, GpuStream, LaunchOrder};
 use kt_kernels::quant::QType;
 
 use super::error::{HybridError, HybridResult};
@@ -81,8 +81,23 @@ impl GpuLinear {
         out: &mut DeviceBuf<bf16>,
         ws: &mut GemmWorkspace,
     ) -> HybridResult<()> {
+        self.apply_ordered(s, x, m, out, ws, LaunchOrder::Serial)
+    }
+
+    /// [`Self::apply`] with an int4 matrix's small-m kernel launched in `order` (see
+    /// [`LaunchOrder`]: with `Programmatic` its first weight loads overlap the end of the
+    /// kernel before it, which must not write these weights); the same bits either way.
+    pub fn apply_ordered(
+        &self,
+        s: &GpuStream,
+        x: &DeviceBuf<bf16>,
+        m: usize,
+        out: &mut DeviceBuf<bf16>,
+        ws: &mut GemmWorkspace,
+        order: LaunchOrder,
+    ) -> HybridResult<()> {
         match self {
-            GpuLinear::Int4(w) => s.w4a16_gemm(w, x, m, out, ws)?,
+            GpuLinear::Int4(w) => s.w4a16_gemm_ordered(w, x, m, out, ws, order)?,
             GpuLinear::Bf16 { w, n, k } => s.gemm_nt(&GemmNt::linear(m, *n, *k), x, w, out)?,
         }
         Ok(())
