@@ -55,3 +55,59 @@ __device__ __forceinline__ void kt_tma_load_2d(uint32_t dst, const KtTensorMap* 
         "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
         : "memory");
 }
+
+// ---- Pairs of blocks in a thread-block cluster (sm_90a) ----
+
+// This block's rank within its cluster.
+__device__ __forceinline__ uint32_t kt_cluster_rank() {
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+// Every thread of every block of the cluster meets here (all threads of the block must call
+// it): writes before it, shared-memory barriers initialized with kt_mbar_init_fence included,
+// are visible to the whole cluster after it.
+__device__ __forceinline__ void kt_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// One arrival on the barrier at shared address `bar` of the cluster's block `rank` (this
+// block's own included), releasing this thread's earlier accesses to the cluster: e.g. "my
+// reads of this buffer are done, yours may overwrite it".
+__device__ __forceinline__ void kt_mbar_arrive_remote(uint32_t bar, uint32_t rank) {
+    asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
+                 "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
+                 "r"(rank)
+                 : "memory");
+}
+// Whether the barrier's phase of parity `parity` has completed (no waiting), acquiring what
+// the arrivals of other blocks of the cluster released.
+__device__ __forceinline__ bool kt_mbar_test_cluster(uint32_t bar, uint32_t parity) {
+    uint32_t done;
+    asm volatile("{\n.reg .pred p;\nmbarrier.test_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+                 "selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(bar), "r"(parity)
+                 : "memory");
+    return done != 0;
+}
+// Waits as kt_mbar_wait, acquiring what the arrivals of other blocks of the cluster released.
+__device__ __forceinline__ void kt_mbar_wait_cluster(uint32_t bar, uint32_t parity) {
+    uint32_t done = 0;
+    while (!done) {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+    }
+}
+// kt_tma_load_2d into the same shared-memory offset `dst` of every block of the cluster in
+// `mask` (bit i: rank i); the bytes complete on the barrier at offset `bar` of each of them.
+__device__ __forceinline__ void kt_tma_load_2d_multicast(uint32_t dst, const KtTensorMap* map, int c0, int c1,
+                                                         uint32_t bar, uint16_t mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, "
+        "{%2, %3}], [%4], %5;\n" ::"r"(dst),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
+        : "memory");
+}
