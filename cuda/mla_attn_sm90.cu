@@ -64,8 +64,9 @@ constexpr int kKOff = kTileBytes;         // two cache tiles
 constexpr int kPOff = 3 * kTileBytes;     // P [64 rows x 64 keys]
 constexpr int kRedOff = kPOff + kBlockBytes; // [2 warpgroups][64 rows] f32 maxima, then sums
 constexpr int kBarOff = kRedOff + 2 * 2 * kRows * 4; // an mbarrier per box of each cache buffer
-// Then, for a cluster pair (`pair`), an mbarrier per part (rope box, owner's half, other half)
-// of each buffer: both blocks' arrivals say the part is free in both.
+// Then, for a cluster pair (`pair`), a slot per part (rope box, owner's half, other half) of
+// each buffer: an mbarrier both blocks' arrivals complete when the part is free in both
+// (pair 1), or a count of the blocks that freed it (pair 2, rank 0's).
 constexpr int kUsedBytes = kBarOff + 2 * kDimBlocks * 8 + 2 * 3 * 8;
 // The dynamic shared memory base is only 16-byte aligned; the swizzle needs 1024.
 constexpr int kSmemBytes = kUsedBytes + 1024;
@@ -149,7 +150,13 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
 
     if (tid == 0) {
         for (int i = 0; i < 2 * kDimBlocks; ++i) kt_mbar_init(bar0 + 8 * i, 1);
-        for (int i = 0; i < 2 * 3; ++i) kt_mbar_init(bar0 + 8 * (2 * kDimBlocks + i), 2);
+        for (int i = 0; i < 2 * 3; ++i) {
+            if (pair == 2) {
+                *reinterpret_cast<uint64_t*>(smem + kBarOff + 8 * (2 * kDimBlocks + i)) = 0;
+            } else {
+                kt_mbar_init(bar0 + 8 * (2 * kDimBlocks + i), 2);
+            }
+        }
         kt_mbar_init_fence();
         if (use_tma) kt_tma_prefetch(cache_map);
     }
@@ -189,12 +196,15 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         }
     };
     // A cluster pair (the two head halves of the same tokens: the same tiles): each tile is
-    // fetched once and multicast into both blocks, each block issuing its share of each part
-    // (rank 0 the rope box, rank r boxes 2r, 2r + 1 of each half). A part may be refilled
-    // once both blocks have freed it: each says so on both blocks' part barrier as it frees
-    // the part (after telling its box barriers how many bytes to expect), then issues its
-    // share if the peer's arrival is in, else keeps it pending and tries again at the next
-    // refill point, waiting only where the tile's scores need it.
+    // fetched once and multicast into both blocks. A part may be refilled once both blocks
+    // have freed it; as a block frees it, it first tells its box barriers how many bytes to
+    // expect, then
+    //  - pair 1: says so on both blocks' part barrier (its own first) and issues its share
+    //    (rank 0 the rope box, rank r boxes 2r, 2r + 1 of each half) if the peer's arrival
+    //    is in, else keeps it pending and tries again at the next refill point, waiting only
+    //    where the tile's scores need it;
+    //  - pair 2: counts itself on rank 0's count of the part; the second to count issues the
+    //    whole part at once (no waiting anywhere).
     const uint32_t rank = pair ? kt_cluster_rank() : 0;
     uint32_t pending = 0; // parts of this warpgroup's next refill not yet issued (thread wtid 0)
     uint32_t rphase = 0;  // parity of that refill on the part barriers
@@ -227,8 +237,18 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
             return;
         }
         for (int k = part_k(p); k < part_k(p + 1); ++k) kt_mbar_arrive_expect_tx(box_bar(box_of(k)), kBlockBytes);
-        kt_mbar_arrive_remote(part_bar(p), 0);
-        kt_mbar_arrive_remote(part_bar(p), 1);
+        if (pair == 2) {
+            if (kt_atom_add_cluster(part_bar(p), 0, 1) & 1u) {
+                for (int k = part_k(p); k < part_k(p + 1); ++k) {
+                    const int blk = box_of(k);
+                    kt_tma_load_2d_multicast(kbuf + blk * kBlockBytes, cache_map, 64 * blk, row, box_bar(blk), 3);
+                }
+            }
+            return;
+        }
+        // Its own first: the peer's next arrival here can then only follow this one.
+        kt_mbar_arrive_remote(part_bar(p), rank);
+        kt_mbar_arrive_remote(part_bar(p), rank ^ 1);
         pending |= 1u << p;
         flush(false);
     };

@@ -111,3 +111,15 @@ __device__ __forceinline__ void kt_tma_load_2d_multicast(uint32_t dst, const KtT
         "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
         : "memory");
 }
+// Adds `v` to the u32 at shared address `addr` of the cluster's block `rank` and returns the
+// old value; acquires what earlier additions released and releases this thread's earlier
+// accesses (e.g. "the last of us to free this buffer refills it").
+__device__ __forceinline__ uint32_t kt_atom_add_cluster(uint32_t addr, uint32_t rank, uint32_t v) {
+    uint32_t old;
+    asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %1, %2;\n"
+                 "atom.acq_rel.cluster.shared::cluster.add.u32 %0, [ra], %3;\n}\n"
+                 : "=r"(old)
+                 : "r"(addr), "r"(rank), "r"(v)
+                 : "memory");
+    return old;
+}

@@ -66,15 +66,20 @@ const SMEM_BYTES_SM90: u32 = 231_616;
 struct Sm90Launch<'a> {
     cache_map: &'a TensorMap,
     use_tma: i32,
-    pair: bool,
+    pair: i32,
 }
 
-/// Whether the wgmma kernel may run the two head halves of a token as a cluster pair that
-/// fetches each cache tile once for both (see [`GpuStream::mla_attention_with`]): yes unless
-/// the environment sets `KT_MLA_PAIR=0` (read once; for A/B runs, the same results).
-fn mla_pair_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KT_MLA_PAIR").map_or(true, |v| v.trim() != "0"))
+/// How the wgmma kernel may run the two head halves of a token as a cluster pair that
+/// fetches each cache tile once for both (see [`GpuStream::mla_attention_with`]): 0 not,
+/// 1 or 2 two ways to agree on a refill (`pair` in `cuda/mla_attn_sm90.cu`). The environment's
+/// `KT_MLA_PAIR` (read once; for A/B runs, the same results) or 2.
+fn mla_pair_mode() -> i32 {
+    static MODE: OnceLock<i32> = OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("KT_MLA_PAIR").as_deref().map(str::trim) {
+        Ok("0") => 0,
+        Ok("1") => 1,
+        _ => 2,
+    })
 }
 
 /// Which MLA attention kernel a launch uses; both give results within the same error bound
@@ -518,7 +523,11 @@ impl GpuStream {
         // With TMA and whole 128-head groups, blocks 2i and 2i + 1 are the two head halves of
         // the same tokens (the same tiles, key ranges and exits): they run as a cluster pair
         // and each tile is fetched once, multicast into both.
-        let pair = tma && batch.heads.is_multiple_of(2 * ROWS_PER_BLOCK) && mla_pair_enabled();
+        let pair = if tma && batch.heads.is_multiple_of(2 * ROWS_PER_BLOCK) {
+            mla_pair_mode()
+        } else {
+            0
+        };
         let sm90 = Sm90Launch {
             cache_map: &cache_map,
             use_tma,
@@ -619,7 +628,7 @@ impl GpuStream {
     /// The operand checks every MLA launch makes: q and out hold the batch's rows, the cache
     /// holds whole blocks up to the table's largest, the scale is finite.
     /// Launches kt_mla_attn_sm90_bf16 through cuLaunchKernelEx: as a grid of cluster pairs
-    /// along x when `sm90.pair`.
+    /// along x when `sm90.pair` is nonzero.
     ///
     /// # Safety
     /// The parameters are those the mma.sync launch passes (q, cache, table, cu_q, kv_lens,
@@ -665,7 +674,6 @@ impl GpuStream {
             }
             None => (0, None),
         };
-        let pair = i32::from(sm90.pair);
         let mut params: [*mut c_void; 17] = [
             &qp as *const _ as *mut c_void,
             &cp as *const _ as *mut c_void,
@@ -683,9 +691,9 @@ impl GpuStream {
             &lp as *const _ as *mut c_void,
             sm90.cache_map as *const _ as *mut c_void,
             &sm90.use_tma as *const _ as *mut c_void,
-            &pair as *const _ as *mut c_void,
+            &sm90.pair as *const _ as *mut c_void,
         ];
-        let cluster = if sm90.pair { 2 } else { 1 };
+        let cluster = if sm90.pair != 0 { 2 } else { 1 };
         // SAFETY: the caller vouches for the parameters (each a pointer to a live value of
         // the kernel parameter's type, held through the call) and the pairing.
         unsafe { launch_raw(st, f, cfg, &mut params, false, cluster) }
