@@ -64,14 +64,11 @@ constexpr int kKOff = kTileBytes;         // two cache tiles
 constexpr int kPOff = 3 * kTileBytes;     // P [64 rows x 64 keys]
 constexpr int kRedOff = kPOff + kBlockBytes; // [2 warpgroups][64 rows] f32 maxima, then sums
 constexpr int kBarOff = kRedOff + 2 * 2 * kRows * 4; // an mbarrier per box of each cache buffer
-// Then, for a cluster pair (`pair`), a slot per part (rope box, owner's half, other half) of
-// each buffer: an mbarrier both blocks' arrivals complete when the part is free in both
-// (pair 1), or a count of the blocks that freed it (pair 2, rank 0's).
-constexpr int kUsedBytes = kBarOff + 2 * kDimBlocks * 8 + 2 * 3 * 8;
+constexpr int kUsedBytes = kBarOff + 2 * kDimBlocks * 8;
 // The dynamic shared memory base is only 16-byte aligned; the swizzle needs 1024.
 constexpr int kSmemBytes = kUsedBytes + 1024;
 // kt-kernels/src/cuda/mla.rs launches with this much dynamic shared memory (SMEM_BYTES_SM90).
-static_assert(kSmemBytes == 231616, "update SMEM_BYTES_SM90 in kt-kernels/src/cuda/mla.rs");
+static_assert(kSmemBytes == 231568, "update SMEM_BYTES_SM90 in kt-kernels/src/cuda/mla.rs");
 constexpr float kNegInf = -__builtin_huge_valf();
 
 __device__ __forceinline__ float quad_max(float v) {
@@ -100,8 +97,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
                               const int* __restrict__ kv_lens, int heads, int block_size, int max_blocks,
                               float scale_log2, __nv_bfloat16* __restrict__ out, float* __restrict__ part_o,
                               float* __restrict__ part_lse, int rows_total,
-                              const int* __restrict__ live_splits, const KtTensorMap* cache_map, int use_tma,
-                              int pair) {
+                              const int* __restrict__ live_splits, const KtTensorMap* cache_map, int use_tma) {
     extern __shared__ __align__(16) uint8_t smem_raw[];
     uint8_t* smem = smem_raw + ((1024 - (kt_smem_addr(smem_raw) & 1023)) & 1023);
     const uint32_t s_base = kt_smem_addr(smem);
@@ -150,22 +146,10 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
 
     if (tid == 0) {
         for (int i = 0; i < 2 * kDimBlocks; ++i) kt_mbar_init(bar0 + 8 * i, 1);
-        for (int i = 0; i < 2 * 3; ++i) {
-            if (pair == 2) {
-                *reinterpret_cast<uint64_t*>(smem + kBarOff + 8 * (2 * kDimBlocks + i)) = 0;
-            } else {
-                kt_mbar_init(bar0 + 8 * (2 * kDimBlocks + i), 2);
-            }
-        }
         kt_mbar_init_fence();
         if (use_tma) kt_tma_prefetch(cache_map);
     }
-    // The barriers are initialized before any copy counts on them (the peer's too).
-    if (pair) {
-        kt_cluster_sync();
-    } else {
-        __syncthreads();
-    }
+    __syncthreads(); // the barriers are initialized before any copy counts on them
 
     for (int c = tid; c < kRows * kChunks; c += kThreads) {
         const int r = c / kChunks, ch = c % kChunks;
@@ -186,7 +170,6 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     // the scores), this warpgroup's output half (free once its own P V is done), the other's.
     auto box_of = [&](int k) { return k == 0 ? kDimBlocks - 1 : (4 * wg + k - 1) & 7; };
     auto by_tma = [&](int t) { return use_tma != 0 && (t + 1) * kKeys <= kv_len; };
-    int next_row = 0; // pool row of this warpgroup's next bulk-copied tile (thread wtid 0)
     // Boxes box_of(k0 .. k1 - 1) of a tile whose first pool row is `row`, by one thread.
     auto tma_boxes = [&](int row, int k0, int k1) {
         for (int k = k0; k < k1; ++k) {
@@ -194,63 +177,6 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
             kt_mbar_arrive_expect_tx(box_bar(blk), kBlockBytes);
             kt_tma_load_2d(kbuf + blk * kBlockBytes, cache_map, 64 * blk, row, box_bar(blk));
         }
-    };
-    // A cluster pair (the two head halves of the same tokens: the same tiles): each tile is
-    // fetched once and multicast into both blocks. A part may be refilled once both blocks
-    // have freed it; as a block frees it, it first tells its box barriers how many bytes to
-    // expect, then
-    //  - pair 1: says so on both blocks' part barrier (its own first) and issues its share
-    //    (rank 0 the rope box, rank r boxes 2r, 2r + 1 of each half) if the peer's arrival
-    //    is in, else keeps it pending and tries again at the next refill point, waiting only
-    //    where the tile's scores need it;
-    //  - pair 2: counts itself on rank 0's count of the part; the second to count issues the
-    //    whole part at once (no waiting anywhere).
-    const uint32_t rank = pair ? kt_cluster_rank() : 0;
-    uint32_t pending = 0; // parts of this warpgroup's next refill not yet issued (thread wtid 0)
-    uint32_t rphase = 0;  // parity of that refill on the part barriers
-    auto part_bar = [&](int p) { return bar0 + 8 * (2 * kDimBlocks + 3 * wg + p); };
-    auto part_k = [](int p) { return p == 0 ? 0 : 4 * p - 3; }; // k range of part p: part_k(p) ..
-    auto issue_share = [&](int row, int p) {
-        const int k0 = part_k(p), n = part_k(p + 1) - k0;
-        const int a = n == 1 ? (rank == 0 ? 0 : 1) : (int)rank * 2, e = n == 1 ? 1 : a + 2;
-        for (int k = k0 + a; k < k0 + e; ++k) {
-            const int blk = box_of(k);
-            kt_tma_load_2d_multicast(kbuf + blk * kBlockBytes, cache_map, 64 * blk, row, box_bar(blk), 3);
-        }
-    };
-    auto flush = [&](bool block) {
-        for (int p = 0; p < 3; ++p) {
-            if (!((pending >> p) & 1u)) continue;
-            if (block) {
-                kt_mbar_wait_cluster(part_bar(p), rphase);
-            } else if (!kt_mbar_test_cluster(part_bar(p), rphase)) {
-                continue;
-            }
-            issue_share(next_row, p);
-            pending &= ~(1u << p);
-        }
-    };
-    // Part p of this warpgroup's buffer is free here: refill it with the tile at `row`.
-    auto refill_part = [&](int row, int p) {
-        if (!pair) {
-            tma_boxes(row, part_k(p), part_k(p + 1));
-            return;
-        }
-        for (int k = part_k(p); k < part_k(p + 1); ++k) kt_mbar_arrive_expect_tx(box_bar(box_of(k)), kBlockBytes);
-        if (pair == 2) {
-            if (kt_atom_add_cluster(part_bar(p), 0, 1) & 1u) {
-                for (int k = part_k(p); k < part_k(p + 1); ++k) {
-                    const int blk = box_of(k);
-                    kt_tma_load_2d_multicast(kbuf + blk * kBlockBytes, cache_map, 64 * blk, row, box_bar(blk), 3);
-                }
-            }
-            return;
-        }
-        // Its own first: the peer's next arrival here can then only follow this one.
-        kt_mbar_arrive_remote(part_bar(p), rank);
-        kt_mbar_arrive_remote(part_bar(p), rank ^ 1);
-        pending |= 1u << p;
-        flush(false);
     };
     auto tile_row = [&](int t) { // the tile's 64 keys are consecutive rows of one page
         const int key = t * kKeys;
@@ -279,20 +205,13 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         kt_cp_async_commit();
     };
     uint32_t phase = 0; // parity of this warpgroup's buffer's next box phase
+    int next_row = 0;   // pool row of this warpgroup's next bulk-copied tile (thread wtid 0)
 
     // Each warpgroup's first tile.
     const int t_first = t_begin + wg;
     if (t_first < t_end) {
         if (by_tma(t_first)) {
-            if (wtid == 0) {
-                if (pair) {
-                    next_row = tile_row(t_first);
-                    for (int k = 0; k < kDimBlocks; ++k) kt_mbar_arrive_expect_tx(box_bar(box_of(k)), kBlockBytes);
-                    for (int p = 0; p < 3; ++p) issue_share(next_row, p);
-                } else {
-                    tma_boxes(tile_row(t_first), 0, kDimBlocks);
-                }
-            }
+            if (wtid == 0) tma_boxes(tile_row(t_first), 0, kDimBlocks);
         } else {
             cp_tile(t_first);
         }
@@ -336,11 +255,6 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         const uint64_t qd = kt_wgmma_desc(s_base + kQOff, 16, 1024);
         const uint64_t kd = kt_wgmma_desc(kbuf, 16, 1024);
         const bool wait_boxes = by_tma(t);
-        // A pair's refill of this buffer: the shares still pending are issued now.
-        if (pair && wait_boxes && t - t_begin >= 2) {
-            if (wtid == 0) flush(true);
-            rphase ^= 1u;
-        }
         kt_wgmma_fence();
 #pragma unroll
         for (int k = 0; k < kDimBlocks; ++k) {
@@ -412,7 +326,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         const int u2 = u + 2;
         if (wtid == 0 && u2 < t_end && by_tma(u2)) {
             next_row = tile_row(u2);
-            refill_part(next_row, 0);
+            tma_boxes(next_row, 0, 1);
         }
     };
 
@@ -426,13 +340,13 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         for (int i = 0; i < 16; ++i) kt_reg_fence_u32(pa[i]);
         const int u = v + 1;
         const bool refill = u < t_end && u - t_begin >= 2;
-        if (refill && by_tma(u) && wtid == 0) refill_part(next_row, 1);
+        if (refill && by_tma(u) && wtid == 0) tma_boxes(next_row, 1, 5);
         // The other warpgroup's P V of this warpgroup's tile v - 1 is done: the rest of the
         // buffer is free.
         if (v - 1 >= t_begin) named_bar_sync(kBarFree + (wg ^ 1), kThreads);
         if (refill) {
             if (by_tma(u)) {
-                if (wtid == 0) refill_part(next_row, 2);
+                if (wtid == 0) tma_boxes(next_row, 5, kDimBlocks);
             } else {
                 cp_tile(u);
                 kt_cp_async_wait_all();
@@ -441,7 +355,6 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
             }
         }
         named_bar_sync(kBarPublish + (wg ^ 1), kThreads); // P and m_pub of tile v
-        if (pair && wtid == 0 && pending != 0) flush(false); // a share the peer had not freed yet
         float alpha[2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -519,8 +432,6 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         if (splits > 1 && wg == 0 && (lane & 3) == 0)
             part_lse[(size_t)split * rows_total + g] = l > 0.0f ? m_run[h] + log2f(l) : kNegInf;
     }
-    // A pair's blocks may still arrive on each other's part barriers: neither exits first.
-    if (pair) kt_cluster_sync();
 }
 
 #endif // __CUDA_ARCH_FEAT_SM90_ALL
@@ -534,10 +445,10 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                           const int* cu_q, const int* kv_lens, int heads, int block_size, int max_blocks,
                           float scale_log2, __nv_bfloat16* out, float* part_o, float* part_lse,
                           int rows_total, const int* live_splits, const __grid_constant__ KtTensorMap cache_map,
-                          int use_tma, int pair) {
+                          int use_tma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     mla_attn_sm90(q, cache, table, cu_q, kv_lens, heads, block_size, max_blocks, scale_log2, out, part_o,
-                  part_lse, rows_total, live_splits, &cache_map, use_tma, pair);
+                  part_lse, rows_total, live_splits, &cache_map, use_tma);
 #else
     __trap();
 #endif

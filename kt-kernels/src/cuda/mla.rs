@@ -27,15 +27,12 @@
 //! (`mla_small.rs`, `cuda/mla_decode_small.cu`); a forced split count or an explicit kernel
 //! ([`GpuStream::mla_attention_with`]) keeps the 64-row kernels.
 
-use std::ffi::c_void;
-use std::sync::OnceLock;
-
-use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::error::{launch_err, shape, CudaResult};
 use super::modules::{Embedded, MLA_ATTN, MLA_ATTN_SM90};
-use super::runtime::{launch_raw, DeviceBuf, DeviceInfo, GpuStream, TensorMap};
+use super::runtime::{DeviceBuf, DeviceInfo, GpuStream, TensorMap};
 
 // The batch-1, one-token, few-heads decode path (a child module: it reads the batch's fields).
 #[path = "mla_small.rs"]
@@ -58,29 +55,9 @@ const THREADS: u32 = 256;
 /// sm_80 block may have (164 KiB): there the opt-in fails with a typed driver error.
 const SMEM_BYTES: u32 = 192_256;
 /// Dynamic shared memory of kt_mla_attn_sm90_bf16 (static_assert there): query tile, two
-/// 64-key cache tiles, P, the rows' maxima and sums, a barrier per 64-dim box of each tile
-/// and per refilled part of each tile, and 1 KiB to align the swizzled tiles.
-const SMEM_BYTES_SM90: u32 = 231_616;
-
-/// The wgmma kernel's parameters after the mma.sync kernel's.
-struct Sm90Launch<'a> {
-    cache_map: &'a TensorMap,
-    use_tma: i32,
-    pair: i32,
-}
-
-/// How the wgmma kernel may run the two head halves of a token as a cluster pair that
-/// fetches each cache tile once for both (see [`GpuStream::mla_attention_with`]): 0 not,
-/// 1 or 2 two ways to agree on a refill (`pair` in `cuda/mla_attn_sm90.cu`). The environment's
-/// `KT_MLA_PAIR` (read once; for A/B runs, the same results) or 2.
-fn mla_pair_mode() -> i32 {
-    static MODE: OnceLock<i32> = OnceLock::new();
-    *MODE.get_or_init(|| match std::env::var("KT_MLA_PAIR").as_deref().map(str::trim) {
-        Ok("0") => 0,
-        Ok("1") => 1,
-        _ => 2,
-    })
-}
+/// 64-key cache tiles, P, the rows' maxima and sums, a barrier per 64-dim box of each tile,
+/// and 1 KiB to align the swizzled tiles.
+const SMEM_BYTES_SM90: u32 = 231_568;
 
 /// Which MLA attention kernel a launch uses; both give results within the same error bound
 /// and each is deterministic.
@@ -520,28 +497,8 @@ impl GpuStream {
             TensorMap::unused()
         };
         let use_tma = i32::from(tma);
-        // With TMA and whole 128-head groups, blocks 2i and 2i + 1 are the two head halves of
-        // the same tokens (the same tiles, key ranges and exits): they run as a cluster pair
-        // and each tile is fetched once, multicast into both.
-        let pair = if tma && batch.heads.is_multiple_of(2 * ROWS_PER_BLOCK) {
-            mla_pair_mode()
-        } else {
-            0
-        };
-        let sm90 = Sm90Launch {
-            cache_map: &cache_map,
-            use_tma,
-            pair,
-        };
 
         if splits == 1 && batch.live.is_none() {
-            if which == MlaKernel::Wgmma {
-                let ints = (heads, bs, mb, scale_log2, rows_i);
-                // SAFETY: the mma.sync launch's parameters below, then the sm90 kernel's own
-                // (see launch_sm90).
-                return unsafe { self.launch_sm90(&f, cfg, batch, q, cache, out, None, ints, &sm90) }
-                    .map_err(launch_err(kernel, dims));
-            }
             let mut b = self.stream.launch_builder(&f);
             b.arg(&q.slice)
                 .arg(&cache.slice)
@@ -551,9 +508,15 @@ impl GpuStream {
             b.arg(&heads).arg(&bs).arg(&mb).arg(&scale_log2);
             b.arg(&mut out.slice).arg(&null).arg(&null).arg(&rows_i);
             b.arg(&null);
-            // SAFETY: arguments match kt_mla_attn_bf16 (q, cache, table, cu_q, kv_lens, heads,
-            // block_size, max_blocks, scale_log2, out, no partials, rows, no live splits;
-            // kt_mla_attn_sm90_bf16 takes the same, then its own, see launch_sm90). mla_batch checked
+            if which == MlaKernel::Wgmma {
+                b.arg(&cache_map).arg(&use_tma);
+            }
+            // SAFETY: arguments match kt_mla_attn_bf16 and kt_mla_attn_sm90_bf16 (the same
+            // signature: q, cache, table, cu_q, kv_lens, heads,
+            // block_size, max_blocks, scale_log2, out, no partials, rows, no live splits; the
+            // sm90 kernel also the cache's tensor map, encoded just above over the whole
+            // cache buffer, and whether to use it: only with pages of whole tiles, where a full
+            // tile's 64 rows lie in one page). mla_batch checked
             // every sequence's lengths against the table and the ints; above, q and out hold
             // `rows` rows and the cache holds every block the table names. The grid covers the
             // longest sequence's row tiles; blocks past a shorter one return at once.
@@ -565,15 +528,7 @@ impl GpuStream {
         ws.reserve(self, splits * rows)?;
         let part_o = ws.part_o.as_mut().expect("allocated above");
         let part_lse = ws.part_lse.as_mut().expect("allocated above");
-        if which == MlaKernel::Wgmma {
-            let ints = (heads, bs, mb, scale_log2, rows_i);
-            // SAFETY: the mma.sync launch's parameters below (with partials), then the sm90
-            // kernel's own (see launch_sm90).
-            unsafe {
-                self.launch_sm90(&f, cfg, batch, q, cache, out, Some((part_o, part_lse)), ints, &sm90)
-            }
-            .map_err(launch_err(kernel, dims))?;
-        } else {
+        {
             let mut b = self.stream.launch_builder(&f);
             b.arg(&q.slice)
                 .arg(&cache.slice)
@@ -589,6 +544,9 @@ impl GpuStream {
                 Some(live) => b.arg(&live.splits.slice),
                 None => b.arg(&null),
             };
+            if which == MlaKernel::Wgmma {
+                b.arg(&cache_map).arg(&use_tma);
+            }
             // SAFETY: as above, with partials: part_o holds splits x rows x 512 and part_lse
             // splits x rows f32, and every (split, row) pair is written by exactly one block
             // (an empty split writes an empty partial). A live batch's count (device) is at
@@ -627,78 +585,6 @@ impl GpuStream {
 
     /// The operand checks every MLA launch makes: q and out hold the batch's rows, the cache
     /// holds whole blocks up to the table's largest, the scale is finite.
-    /// Launches kt_mla_attn_sm90_bf16 through cuLaunchKernelEx: as a grid of cluster pairs
-    /// along x when `sm90.pair` is nonzero.
-    ///
-    /// # Safety
-    /// The parameters are those the mma.sync launch passes (q, cache, table, cu_q, kv_lens,
-    /// heads, block size, max blocks, scale, out, partials or null, rows, live splits or
-    /// null), checked as mla_attention_with checks them for it, and `cfg` is that launch's;
-    /// then the cache's tensor map (encoded over the whole cache buffer; read only if
-    /// `use_tma`: pages of whole tiles, where a tile's 64 rows lie in one page) and `pair`
-    /// (only with heads a multiple of 128: the grid's x is even and blocks 2i, 2i + 1 take
-    /// the same tokens, so both take the same tiles and exit together).
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn launch_sm90(
-        &self,
-        f: &CudaFunction,
-        cfg: LaunchConfig,
-        batch: &MlaBatch,
-        q: &DeviceBuf<bf16>,
-        cache: &DeviceBuf<bf16>,
-        out: &mut DeviceBuf<bf16>,
-        partials: Option<(&mut DeviceBuf<f32>, &mut DeviceBuf<f32>)>,
-        ints: (i32, i32, i32, f32, i32),
-        sm90: &Sm90Launch<'_>,
-    ) -> Result<(), cudarc::driver::DriverError> {
-        let st = &self.stream;
-        let (heads, bs, mb, scale_log2, rows) = ints;
-        let (qp, _g1) = q.slice.device_ptr(st);
-        let (cp, _g2) = cache.slice.device_ptr(st);
-        let (tp, _g3) = batch.table.slice.device_ptr(st);
-        let (up, _g4) = batch.cu_q.slice.device_ptr(st);
-        let (kp, _g5) = batch.kv_lens.slice.device_ptr(st);
-        let (op, _g6) = out.slice.device_ptr_mut(st);
-        let (pop, plp, _g7, _g8) = match partials {
-            Some((po, pl)) => {
-                let (a, ga) = po.slice.device_ptr_mut(st);
-                let (b, gb) = pl.slice.device_ptr_mut(st);
-                (a, b, Some(ga), Some(gb))
-            }
-            None => (0, 0, None, None),
-        };
-        let (lp, _g9) = match &batch.live {
-            Some(live) => {
-                let (a, g) = live.splits.slice.device_ptr(st);
-                (a, Some(g))
-            }
-            None => (0, None),
-        };
-        let mut params: [*mut c_void; 17] = [
-            &qp as *const _ as *mut c_void,
-            &cp as *const _ as *mut c_void,
-            &tp as *const _ as *mut c_void,
-            &up as *const _ as *mut c_void,
-            &kp as *const _ as *mut c_void,
-            &heads as *const _ as *mut c_void,
-            &bs as *const _ as *mut c_void,
-            &mb as *const _ as *mut c_void,
-            &scale_log2 as *const _ as *mut c_void,
-            &op as *const _ as *mut c_void,
-            &pop as *const _ as *mut c_void,
-            &plp as *const _ as *mut c_void,
-            &rows as *const _ as *mut c_void,
-            &lp as *const _ as *mut c_void,
-            sm90.cache_map as *const _ as *mut c_void,
-            &sm90.use_tma as *const _ as *mut c_void,
-            &sm90.pair as *const _ as *mut c_void,
-        ];
-        let cluster = if sm90.pair != 0 { 2 } else { 1 };
-        // SAFETY: the caller vouches for the parameters (each a pointer to a live value of
-        // the kernel parameter's type, held through the call) and the pairing.
-        unsafe { launch_raw(st, f, cfg, &mut params, false, cluster) }
-    }
-
     fn check_operands(
         &self,
         batch: &MlaBatch,
