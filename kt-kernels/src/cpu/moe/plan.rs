@@ -27,13 +27,15 @@ pub(crate) const GEMM_ROW_BLOCK: usize = 128;
 pub(crate) const GEMM_TOKEN_BLOCK: usize = 64;
 /// Rows per busy item where the projection runs the AMX K-quant GEMM (the GGUF layers'
 /// prefill on AMX). Each item transposes its positions' activations once per projection
-/// and starts its weight stream cold (the first super-blocks' prefetch has no lead), so
-/// larger items pay that over more rows. Dev VM, 1 thread, V3 Q4_K 512 tokens, CPU ms per
-/// call, 128 / 256 rows interleaved: 2435 / 1615, 1961 / 1665, 1717 / 1702
-/// (`bench-results/2026-11-22-s9-prefill9`). V3 still has 8 gate/up row blocks per
-/// expert (2048 items at 512 tokens). The repacked layers keep [`GEMM_ROW_BLOCK`]: V2-Lite
-/// int4 512 ran slower with 256 (CPU ms 74.0 / 100.9, 71.2 / 78.5): its gate/up has only
-/// 1408 rows, six items per expert.
+/// (~4% of a V3 Q4_K 512-token call at 128 rows) and starts its weight stream cold (the
+/// first super-blocks' prefetch has no lead), so larger items pay that over more rows.
+/// Dev VM, 1 thread, V3 Q4_K 512 tokens, CPU ms per call (a VM shared with four other
+/// builds: +-15% run to run): 128 rows 2435, 1961, 1717, 1847, 2047; 256 rows 1615, 1665,
+/// 1702, 1830, 1750; 512 rows 1790, 1696; the whole branch against its base, 1525-1768
+/// vs 1584-1867 (`bench-results/2026-11-22-s9-prefill9`). V3 keeps 8 gate/up row blocks
+/// per expert (2048 items at 512 tokens). The repacked layers keep [`GEMM_ROW_BLOCK`]:
+/// V2-Lite int4 512 ran slower with 256 (CPU ms 74.0 / 100.9, 71.2 / 78.5), its gate/up
+/// having only 1408 rows.
 pub(crate) const AMX_KQUANT_ROW_BLOCK: usize = 256;
 /// The largest item (rows x positions), for the per-thread tile scratch.
 pub(crate) const MAX_ITEM_FLOATS: usize = {
