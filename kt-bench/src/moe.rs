@@ -345,7 +345,10 @@ fn repacked_stack(
     let mut w = vec![0f32; rows * cols];
     SplitMix64::new(seed).fill_normal(&mut w, 0.05);
     let one = RepackedStack::from_f32(f, &w, 1, rows, cols).map_err(err)?;
-    let data = one.data().repeat(experts);
+    // As in `stack`: the copies fill freshly allocated pages in parallel.
+    let mut data = vec![0u8; experts * one.data().len()];
+    data.par_chunks_mut(one.data().len())
+        .for_each(|e| e.copy_from_slice(one.data()));
     let scales = one.scales().repeat(experts);
     RepackedStack::from_parts(f, experts, rows, cols, &data, scales).map_err(err)
 }
