@@ -2,7 +2,9 @@
 //!
 //! Weights are random (never zero): a few distinct rows per projection quantized with the
 //! reference quantizer and repeated to fill every expert (quantizing 256 experts x 44M
-//! weights would take minutes; repeated rows read the same from DRAM). Routing is
+//! weights would take minutes; repeated rows read the same from DRAM). The stacks of the
+//! layer copies are built in parallel ([`par_build`]), each from its own seed, so the bytes
+//! are those of a serial build. Routing is
 //! uniform, k distinct experts per token, drawn fresh for every call before timing, so
 //! the experts a call reads vary from call to call. To measure DRAM rather than the
 //! cache, calls also cycle through enough copies of the layer to exceed 1 GiB and 16
@@ -21,6 +23,8 @@
 
 use std::collections::HashSet;
 use std::time::Instant;
+
+use rayon::prelude::*;
 
 use kt_kernels::cpu::moe::repack::{
     Prefetch, RepackFormat, RepackedLayer, RepackedMoe, RepackedStack,
@@ -121,26 +125,46 @@ fn formats(format: &str, inter: usize) -> Result<(QType, QType, QType), String> 
 }
 
 /// `experts x rows x cols` weights in `q`: 64 distinct random rows, repeated.
-fn stack(
-    q: QType,
-    experts: usize,
-    rows: usize,
-    cols: usize,
-    seed: u64,
-) -> Result<ExpertStack, Box<dyn std::error::Error>> {
-    let row_bytes = q.row_bytes(cols)?;
+fn stack(q: QType, experts: usize, rows: usize, cols: usize, seed: u64) -> Built<ExpertStack> {
+    let err = |e: kt_kernels::KtError| e.to_string();
+    let row_bytes = q.row_bytes(cols).map_err(err)?;
     let distinct = 64;
     let mut f = vec![0f32; distinct * cols];
     SplitMix64::new(seed).fill_normal(&mut f, 0.05);
     let mut base = vec![0u8; distinct * row_bytes];
-    quant::quantize(q, &f, &mut base)?;
-    let total = experts * rows;
-    let mut w = Vec::with_capacity(total * row_bytes);
-    for r in 0..total {
-        let s = (r % distinct) * row_bytes;
-        w.extend_from_slice(&base[s..s + row_bytes]);
+    quant::quantize(q, &f, &mut base).map_err(err)?;
+    // Zeroed lazily by the allocator: the pages are first touched by the parallel copy.
+    let mut w = vec![0u8; experts * rows * row_bytes];
+    // Chunks of `distinct` rows: row r of a chunk is distinct row r.
+    w.par_chunks_mut(distinct * row_bytes)
+        .for_each(|chunk| chunk.copy_from_slice(&base[..chunk.len()]));
+    ExpertStack::from_vec(q, w, experts, rows, cols).map_err(err)
+}
+
+/// A stack built on a worker thread, or why it could not be.
+type Built<T> = Result<T, String>;
+
+/// `build(0..n)` on rayon's threads, in order. Each stack depends on its seed alone, so
+/// the result is that of a serial build; serially, building the V3 layers took ~25-30 s
+/// of each kt-bench process on the device (one core filling and quantizing gigabytes).
+fn par_build<T: Send>(
+    n: usize,
+    build: impl Fn(usize) -> Built<T> + Sync + Send,
+) -> Result<Vec<T>, Box<dyn std::error::Error>> {
+    Ok((0..n)
+        .into_par_iter()
+        .map(build)
+        .collect::<Built<Vec<T>>>()?)
+}
+
+/// The seed of projection `p` (0 gate, 1 up, 2 down) of layer copy `c` (copy 0 is the
+/// base layer).
+fn seed(c: usize, p: usize) -> u64 {
+    if c == 0 {
+        1 + p as u64
+    } else {
+        10 * c as u64 + p as u64
     }
-    Ok(ExpertStack::from_vec(q, w, experts, rows, cols)?)
 }
 
 fn last_level_cache_bytes() -> usize {
@@ -247,21 +271,33 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let m = machine::measure(pool, isa)?;
 
     let (h, i, e, k) = (sh.hidden, sh.inter, sh.experts, sh.top_k);
-    let base = MoeLayer::new(
-        stack(gate_q, e, i, h, 1)?,
-        stack(up_q, e, i, h, 2)?,
-        stack(down_q, e, h, i, 3)?,
-    )?;
+    // Stack `j` of the copies from `first`: projection j % 3 of copy first + j / 3.
+    let stacks = |first: usize, n: usize| {
+        par_build(3 * n, |j| {
+            let (c, p) = (first + j / 3, j % 3);
+            let s = seed(c, p);
+            match p {
+                0 => stack(gate_q, e, i, h, s),
+                1 => stack(up_q, e, i, h, s),
+                _ => stack(down_q, e, h, i, s),
+            }
+        })
+    };
+    let layer =
+        |mut s: std::vec::Drain<'_, ExpertStack>| -> Result<MoeLayer, Box<dyn std::error::Error>> {
+            let (g, u, d) = (s.next(), s.next(), s.next());
+            match (g, u, d) {
+                (Some(g), Some(u), Some(d)) => Ok(MoeLayer::new(g, u, d)?),
+                _ => Err("a layer copy lacks a projection".into()),
+            }
+        };
+    let base = layer(stacks(0, 1)?.drain(..))?;
     let layer_bytes = e * base.expert_bytes();
     let copies = layer_copies(layer_bytes, 2)?;
     let mut layers = vec![base];
-    for c in 1..copies {
-        let seed = 10 * c as u64;
-        layers.push(MoeLayer::new(
-            stack(gate_q, e, i, h, seed)?,
-            stack(up_q, e, i, h, seed + 1)?,
-            stack(down_q, e, h, i, seed + 2)?,
-        )?);
+    let mut rest = stacks(1, copies - 1)?;
+    while !rest.is_empty() {
+        layers.push(layer(rest.drain(..3))?);
     }
     let ctx = MoeContext::new(
         PoolRef::Static(pool),
@@ -304,15 +340,17 @@ fn repacked_stack(
     rows: usize,
     cols: usize,
     seed: u64,
-) -> Result<RepackedStack, Box<dyn std::error::Error>> {
+) -> Built<RepackedStack> {
+    let err = |e: kt_kernels::KtError| e.to_string();
     let mut w = vec![0f32; rows * cols];
     SplitMix64::new(seed).fill_normal(&mut w, 0.05);
-    let one = RepackedStack::from_f32(f, &w, 1, rows, cols)?;
-    let data = one.data().repeat(experts);
+    let one = RepackedStack::from_f32(f, &w, 1, rows, cols).map_err(err)?;
+    // As in `stack`: the copies fill freshly allocated pages in parallel.
+    let mut data = vec![0u8; experts * one.data().len()];
+    data.par_chunks_mut(one.data().len())
+        .for_each(|e| e.copy_from_slice(one.data()));
     let scales = one.scales().repeat(experts);
-    Ok(RepackedStack::from_parts(
-        f, experts, rows, cols, &data, scales,
-    )?)
+    RepackedStack::from_parts(f, experts, rows, cols, &data, scales).map_err(err)
 }
 
 /// `kt-bench moe --format int4|int8|bf16`: the same measurement over a repacked layer.
@@ -325,20 +363,29 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
     let isa: Isa = cpu::isa::selected()?;
     let m = machine::measure(pool, isa)?;
     let (h, i, e, k) = (sh.hidden, sh.inter, sh.experts, sh.top_k);
-    let build = |seed: u64| -> Result<RepackedLayer, Box<dyn std::error::Error>> {
-        Ok(RepackedLayer::new(
-            repacked_stack(f, e, i, h, seed)?,
-            repacked_stack(f, e, i, h, seed + 1)?,
-            repacked_stack(f, e, h, i, seed + 2)?,
-        )?)
+    // As in `run`: stack j of the copies from `first`.
+    let stacks = |first: usize, n: usize| {
+        par_build(3 * n, |j| {
+            let (c, p) = (first + j / 3, j % 3);
+            let (rows, cols) = if p < 2 { (i, h) } else { (h, i) };
+            repacked_stack(f, e, rows, cols, seed(c, p))
+        })
     };
-    let base = build(1)?;
+    let layer = |mut s: std::vec::Drain<'_, RepackedStack>| -> Result<RepackedLayer, Box<dyn std::error::Error>> {
+        match (s.next(), s.next(), s.next()) {
+            (Some(g), Some(u), Some(d)) => Ok(RepackedLayer::new(g, u, d)?),
+            _ => Err("a layer copy lacks a projection".into()),
+        }
+    };
+    let base = layer(stacks(0, 1)?.drain(..))?;
     let layer_bytes = e * base.expert_bytes();
-    // Building a copy holds its bytes twice for a moment: leave room for one more.
+    // Building a stack holds its bytes twice for a moment, on each of rayon's threads:
+    // leave room for it.
     let copies = layer_copies(layer_bytes, 3)?;
     let mut layers = vec![base];
-    for c in 1..copies {
-        layers.push(build(10 * c as u64)?);
+    let mut rest = stacks(1, copies - 1)?;
+    while !rest.is_empty() {
+        layers.push(layer(rest.drain(..3))?);
     }
     let runner = RepackedMoe::new(
         PoolRef::Static(pool),

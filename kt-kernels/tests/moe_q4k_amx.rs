@@ -111,3 +111,18 @@ fn skewed_routing_and_duplicate_experts() {
     run_amx(&b, 64, 8, Routing::Duplicates, 1201);
     run_amx(&b, 513, 6, Routing::Duplicates, 1202);
 }
+
+#[test]
+fn busy_items_of_256_rows_and_a_partial_last_one() {
+    if !amx_here("busy_items_of_256_rows_and_a_partial_last_one") {
+        return;
+    }
+    // Busy items on AMX K-quants have 256 rows: gate/up's 352 rows split 256 + 96 (the
+    // Q5_0 down keeps 128-row items), and a Q4_K down of 1280 rows makes five; 16 experts
+    // and 200 x 8 pairs give ~100 positions each (two token blocks, a partial one).
+    let b = q4_k_layer(768, 352, QType::Q5_0, 14);
+    run_amx(&b, 200, 8, Routing::Uniform, 1300);
+    run_amx(&b, 150, 6, Routing::Skewed, 1301);
+    let b = q4_k_layer(1280, 256, QType::Q4_K, 15);
+    run_amx(&b, 200, 8, Routing::Uniform, 1302);
+}

@@ -76,9 +76,12 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
         ..
     } = s;
     routing.route(&ids[..pairs], l.experts);
-    let tail_g = amx_q4k_tail(kg, l.gate.qtype()).min(amx_q4k_tail(ku, l.up.qtype()));
-    plan::build(items_up, routing, l.slice.clone(), tail_g);
-    plan::build(items_down, routing, 0..h, amx_q4k_tail(kd, l.down.qtype()));
+    let (qg, qu, qd) = (l.gate.qtype(), l.up.qtype(), l.down.qtype());
+    let tail_g = amx_q4k_tail(kg, qg).min(amx_q4k_tail(ku, qu));
+    let rows_g = busy_rows(kg, qg).min(busy_rows(ku, qu));
+    plan::build(items_up, routing, l.slice.clone(), rows_g, tail_g);
+    let (rows_d, tail_d) = (busy_rows(kd, qd), amx_q4k_tail(kd, qd));
+    plan::build(items_down, routing, 0..h, rows_d, tail_d);
     let inter = &mut inter[..pairs * n_inter];
     let down_out = &mut down_out[..pairs * h];
     if cfg!(debug_assertions) {
@@ -177,6 +180,16 @@ const AMX_Q4K_TAIL: usize = 4;
 // A tail item must stay below the AMX kernel's threshold, so that it runs on AVX512.
 #[cfg(target_arch = "x86_64")]
 const _: () = assert!(AMX_Q4K_TAIL < crate::cpu::amx::q4_k::AMX_MIN_TOKENS);
+
+/// Rows per busy item: larger where the projection's GEMM is the AMX K-quant pipeline
+/// (see `plan::AMX_KQUANT_ROW_BLOCK`); the other kernels keep the size they were tuned at.
+fn busy_rows(kern: &FormatKernels, qtype: QType) -> usize {
+    if kern.gemm_isa == Isa::Amx && qtype.is_k_quant() {
+        plan::AMX_KQUANT_ROW_BLOCK
+    } else {
+        plan::GEMM_ROW_BLOCK
+    }
+}
 
 /// Row sizes of one call: hidden and intermediate (slice) lengths, the slice's first
 /// intermediate row, and the activation row bytes of gate, up and down.

@@ -30,7 +30,9 @@
 //!    intermediate. Experts with at most [`GEMV_MAX_TOKENS`] positions take all of them
 //!    in one item (the weights are read once for all tokens that chose the expert: the
 //!    decode case); busier experts are cut into 128-row x 64-position tiles (the prefill
-//!    case), so a few experts that got most tokens still spread over every thread. With
+//!    case; 256 rows where the projection runs the AMX K-quant GEMM, which transposes an
+//!    item's activations once for all its rows), so a few experts that got most tokens
+//!    still spread over every thread. With
 //!    the AMX Q4_K GEMM (16-token groups) a busy expert's last 1-4 positions past a
 //!    multiple of 16 get tiles of their own, which that GEMM hands to the AVX512 kernel
 //!    (`plan::token_blocks`; cheaper than a mostly empty AMX token group).

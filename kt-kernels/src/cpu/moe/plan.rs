@@ -25,10 +25,27 @@ pub(crate) const MIN_GEMV_ITEMS: usize = 64;
 /// expert (4096 gate/up items at 512 tokens), V2-Lite 11.
 pub(crate) const GEMM_ROW_BLOCK: usize = 128;
 pub(crate) const GEMM_TOKEN_BLOCK: usize = 64;
+/// Rows per busy item where the projection runs the AMX K-quant GEMM (the GGUF layers'
+/// prefill on AMX). Each item transposes its positions' activations once per projection
+/// (~4% of a V3 Q4_K 512-token call at 128 rows) and starts its weight stream cold (the
+/// first super-blocks' prefetch has no lead), so larger items pay that over more rows.
+/// Dev VM, 1 thread, V3 Q4_K 512 tokens, CPU ms per call (a VM shared with four other
+/// builds: +-15% run to run): 128 rows 2435, 1961, 1717, 1847, 2047; 256 rows 1615, 1665,
+/// 1702, 1830, 1750; 512 rows 1790, 1696; the whole branch against its base, 1525-1768
+/// vs 1584-1867; device, 16 threads, one call: 224 / 219 ms vs base 222 / 238 (CPU -1%,
+/// -6%) (`bench-results/2026-11-22-s9-prefill9`). V3 keeps 8 gate/up row blocks
+/// per expert (2048 items at 512 tokens). The repacked layers keep [`GEMM_ROW_BLOCK`]:
+/// V2-Lite int4 512 ran slower with 256 (CPU ms 74.0 / 100.9, 71.2 / 78.5), its gate/up
+/// having only 1408 rows.
+pub(crate) const AMX_KQUANT_ROW_BLOCK: usize = 256;
 /// The largest item (rows x positions), for the per-thread tile scratch.
 pub(crate) const MAX_ITEM_FLOATS: usize = {
     let gemv = GEMV_ROW_BLOCK * GEMV_MAX_TOKENS;
-    let gemm = GEMM_ROW_BLOCK * GEMM_TOKEN_BLOCK;
+    let gemm = if AMX_KQUANT_ROW_BLOCK > GEMM_ROW_BLOCK {
+        AMX_KQUANT_ROW_BLOCK
+    } else {
+        GEMM_ROW_BLOCK
+    } * GEMM_TOKEN_BLOCK;
     if gemv > gemm {
         gemv
     } else {
@@ -77,10 +94,18 @@ fn token_blocks(n: usize, tail: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// Fills `items` (cleared first; never grows past the reserved capacity) for rows
 /// `rows` of every active expert. Busy experts' items come first: they are the large
-/// ones, and the small decode-sized items then fill the gaps at the end. `tail` is the
+/// ones, and the small decode-sized items then fill the gaps at the end. Busy items have
+/// `busy_rows` rows (at most [`MAX_ITEM_FLOATS`] / [`GEMM_TOKEN_BLOCK`]). `tail` is the
 /// longest tail of a busy expert's positions split off into an item of its own (0: none;
 /// see [`token_blocks`]).
-pub(crate) fn build(items: &mut Vec<Item>, routing: &Routing, rows: Range<usize>, tail: usize) {
+pub(crate) fn build(
+    items: &mut Vec<Item>,
+    routing: &Routing,
+    rows: Range<usize>,
+    busy_rows: usize,
+    tail: usize,
+) {
+    debug_assert!(busy_rows > 0 && busy_rows * GEMM_TOKEN_BLOCK <= MAX_ITEM_FLOATS);
     items.clear();
     let light = routing
         .active()
@@ -98,7 +123,7 @@ pub(crate) fn build(items: &mut Vec<Item>, routing: &Routing, rows: Range<usize>
             if (n > GEMV_MAX_TOKENS) != busy {
                 continue;
             }
-            let row_block = if busy { GEMM_ROW_BLOCK } else { gemv_rows };
+            let row_block = if busy { busy_rows } else { gemv_rows };
             let first = routing.offsets[e as usize] as usize;
             // Row block outer, position block inner: consecutive items share weights.
             for r0 in rows.clone().step_by(row_block) {
@@ -163,11 +188,14 @@ mod tests {
         r.reserve(6, ids.len());
         r.route(&ids, 6);
         for tail in [0, 4] {
-            for rows in [0..200, 32..100] {
-                let mut items = Vec::with_capacity(max_items(rows.end, ids.len(), 6));
-                build(&mut items, &r, rows.clone(), tail);
-                assert!(items.len() <= max_items(rows.end, ids.len(), 6));
-                covered(&items, &r, rows, ids.len());
+            for busy_rows in [GEMM_ROW_BLOCK, AMX_KQUANT_ROW_BLOCK] {
+                for rows in [0..200, 32..100, 0..600] {
+                    let mut items = Vec::with_capacity(max_items(rows.end, ids.len(), 6));
+                    build(&mut items, &r, rows.clone(), busy_rows, tail);
+                    assert!(items.len() <= max_items(rows.end, ids.len(), 6));
+                    assert!(items.iter().all(|it| it.rows as usize <= busy_rows));
+                    covered(&items, &r, rows, ids.len());
+                }
             }
         }
     }

@@ -365,8 +365,9 @@ fn compute(
         act_scales(isa, &l.gate, busiest),
         act_scales(isa, &l.down, busiest),
     );
-    plan::build(&mut s.items_up, &s.routing, 0..i_dim, 0);
-    plan::build(&mut s.items_down, &s.routing, 0..h, 0);
+    let rows = plan::GEMM_ROW_BLOCK;
+    plan::build(&mut s.items_up, &s.routing, 0..i_dim, rows, 0);
+    plan::build(&mut s.items_down, &s.routing, 0..h, rows, 0);
     // An expert's items all have one row block size: record each unfused expert once.
     s.unfused.clear();
     for it in &s.items_up {
