@@ -427,9 +427,7 @@ fn run_pretransposed(
     let (cols, act_row) = (tiles.k, tiles.a_stride);
     let (nsb, a_block) = (cols / kernels.act.block_elems(), kernels.act.block_bytes());
     let groups = tokens.div_ceil(TG);
-    // Equal runs of super-blocks, none empty.
-    let per_chunk = nsb.div_ceil(record_chunks(nsb, groups, pool.threads())).max(1);
-    let chunks = nsb.div_ceil(per_chunk).max(1);
+    let chunks = record_chunks(nsb, groups, pool.threads());
     RECORD_SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         scratch.resize(groups * nsb * p.record_bytes);
@@ -437,8 +435,8 @@ fn run_pretransposed(
         // Short items (a few µs), few a thread: one shared counter, as the GEMV's.
         pool.for_each_in_order(groups * chunks, &|i, _| {
             let (g, c) = (i / chunks, i % chunks);
-            let s0 = c * per_chunk;
-            let ns = per_chunk.min(nsb - s0);
+            let (s0, s1) = (run_bound(c, chunks, nsb), run_bound(c + 1, chunks, nsb));
+            let ns = s1 - s0;
             let n = TG.min(tokens - g * TG);
             if let Some(x) = x {
                 for t in g * TG..g * TG + n {
@@ -481,15 +479,30 @@ fn run_pretransposed(
 #[cfg(target_arch = "x86_64")]
 /// Super-block runs each token group's records are made in (one item each): runs of about
 /// [`RECORDS_PER_ITEM`] super-blocks, cut further (down to one super-block) until there
-/// are two items a thread. At 16 tokens a call has one group: whole-group items left one
-/// thread quantizing and transposing all of it (a 7168-long row: 16 x 28 super-blocks)
-/// while the others waited. An item quantizes its own super-blocks of the group's rows
-/// (the activation blocks are independent), so the rows it transposes are in its cache.
+/// are [`RECORD_ITEMS_PER_THREAD`] items a thread. At 16 tokens a call has one group:
+/// whole-group items left one thread quantizing and transposing all of it while the others
+/// waited (dev VM, one thread: 16 rows of 7168 take 43 µs to quantize, of 2048 13 µs,
+/// against a whole 16-token call of ~0.2 ms on the device's 16 threads, whose Q4_K was
+/// 0.174 / 0.195 ms before the records pass and 0.192 / 0.228 with it). An item quantizes
+/// its own super-blocks of the group's rows (the activation blocks are independent), so
+/// the rows it transposes are in its cache.
 fn record_chunks(nsb: usize, groups: usize, threads: usize) -> usize {
     nsb.div_ceil(RECORDS_PER_ITEM)
-        .max((2 * threads).div_ceil(groups))
+        .max((RECORD_ITEMS_PER_THREAD * threads).div_ceil(groups))
         .clamp(1, nsb.max(1))
 }
+
+/// First super-block of run `c` of `chunks` over `nsb`: near-equal runs, none empty while
+/// `chunks <= nsb`; `run_bound(chunks) = nsb`.
+#[cfg(target_arch = "x86_64")]
+fn run_bound(c: usize, chunks: usize, nsb: usize) -> usize {
+    c * nsb / chunks
+}
+
+/// Items of the records pass per thread where the super-blocks allow: four, as the AMX
+/// GEMM items, so that a thread that starts late loses its share in small parts.
+#[cfg(target_arch = "x86_64")]
+const RECORD_ITEMS_PER_THREAD: usize = 4;
 
 /// Items of a GEMV over `rows` rows of `row_bytes` on `threads`: per thread, one per
 /// [`GEMV_ITEM_BYTES`] of its share within [`GEMV_MIN_ITEMS_PER_THREAD`]..=
@@ -734,28 +747,32 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn record_chunks_cut_every_group_into_equal_nonempty_runs() {
+    fn record_chunks_cut_every_group_into_near_equal_nonempty_runs() {
         for threads in [1, 2, 16, 64] {
             for nsb in [0, 1, 5, 8, 9, 17, 28, 72] {
                 for groups in [1, 2, 3, 32, 33] {
                     let what = format!("nsb {nsb} groups {groups} threads {threads}");
                     let chunks = record_chunks(nsb, groups, threads);
                     assert!(chunks >= 1 && chunks <= nsb.max(1), "{what}: {chunks}");
-                    // the driver's runs: equal, none empty, covering 0..nsb
-                    let per = nsb.div_ceil(chunks).max(1);
-                    let runs = nsb.div_ceil(per).max(1);
-                    assert!((runs - 1) * per < nsb.max(1), "{what}: an empty run");
-                    assert!(runs * per >= nsb, "{what}: super-blocks left out");
-                    // two items a thread where the super-blocks allow, runs of <= 8
-                    assert!(groups * chunks >= (2 * threads).min(groups * nsb), "{what}");
-                    assert!(nsb.div_ceil(chunks) <= RECORDS_PER_ITEM, "{what}");
+                    // the driver's runs: contiguous, covering 0..nsb, near-equal, none empty
+                    assert_eq!(run_bound(0, chunks, nsb), 0, "{what}");
+                    assert_eq!(run_bound(chunks, chunks, nsb), nsb, "{what}");
+                    let sizes: Vec<usize> = (0..chunks)
+                        .map(|c| run_bound(c + 1, chunks, nsb) - run_bound(c, chunks, nsb))
+                        .collect();
+                    let (lo, hi) = (*sizes.iter().min().unwrap(), *sizes.iter().max().unwrap());
+                    assert!(hi - lo <= 1 && (lo >= 1 || nsb == 0), "{what}: {sizes:?}");
+                    assert!(hi <= RECORDS_PER_ITEM, "{what}: {sizes:?}");
+                    // four items a thread where the super-blocks allow
+                    let want = (RECORD_ITEMS_PER_THREAD * threads).min(groups * nsb);
+                    assert!(groups * chunks >= want, "{what}");
                 }
             }
         }
         // one 16-token group of a 7168-long row on 16 threads: one super-block an item
         assert_eq!(record_chunks(28, 1, 16), 28);
-        // 512 tokens of a 2048-long row: a whole group an item, as before
-        assert_eq!(record_chunks(8, 32, 16), 1);
+        // 512 tokens of a 2048-long row on 16 threads: two runs of four a group
+        assert_eq!(record_chunks(8, 32, 16), 2);
     }
 
     #[test]
