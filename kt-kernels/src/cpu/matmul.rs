@@ -442,9 +442,7 @@ fn run_pretransposed(
                 for t in g * TG..g * TG + n {
                     // SAFETY: xq holds `tokens` rows (checked by the callers); super-blocks
                     // s0..s0 + ns of the group's rows are this item's alone.
-                    unsafe {
-                        quantize_blocks(kernels, x, cols, act_row, tiles.a, t, s0..s0 + ns)
-                    };
+                    unsafe { quantize_blocks(kernels, x, cols, act_row, tiles.a, t, s0..s0 + ns) };
                 }
             }
             // SAFETY: tokens g*16..g*16 + n are rows of xq (tokens x act_row bytes, checked
