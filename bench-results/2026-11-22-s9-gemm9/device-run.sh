@@ -6,7 +6,7 @@
 #  - GEMV at 1 token, 1408x2048, K-quants (GEMV items on one shared counter)
 #  - Q4_K at 16 tokens, four shapes (records pass cut into super-block runs)
 #  - the pool's per-job cost (kt-bench pool: for_each vs for_each_in_order at 1 and 2 items a thread)
-#  - tests: cpu_amx_gemm, matmul_backends, matmul_no_alloc, cpu_avx512_kernels
+#  - tests: cpu_amx_gemm, matmul_backends, matmul_no_alloc, cpu_avx512_kernels, cpu_avx2_kernels
 # Carry: .device-carry/gemm9 and .device-carry/s9base. Whole script <= 200 s (a guard per step,
 # a timeout per sub-run); results in $OUT/gemm9.tgz (written at EXIT).
 set -uo pipefail
@@ -36,7 +36,7 @@ for i in 1 2; do for v in $([ $i = 1 ] && echo base new || echo new base); do le
 for i in 1 2; do for v in $([ $i = 1 ] && echo base new || echo new base); do left 80 || continue
   mm $v t16 14 --tokens 16 --formats q4_k --shapes $SH --seconds 0.2; done; done
 # 4. tests (before the GEMM: correctness first).
-for t in cpu_amx_gemm matmul_backends matmul_no_alloc cpu_avx512_kernels; do left 100 || { log "test $t skipped"; continue; }
+for t in cpu_amx_gemm matmul_backends matmul_no_alloc cpu_avx512_kernels cpu_avx2_kernels; do left 100 || { log "test $t skipped"; continue; }
   timeout 35 $B/$t --test-threads 16 > $o/test_$t.txt 2>&1
   log "test $t rc $? $(grep -E '^test result' $o/test_$t.txt | tail -1)"; done
 # 5. GEMM at 512 tokens, interleaved x2.
