@@ -287,10 +287,40 @@ unsafe fn quantize_row(
     xq: Raw<u8>,
     t: usize,
 ) {
-    // SAFETY: row t of xq is [t*act_row, (t+1)*act_row), the caller's to write.
-    let dst = unsafe { std::slice::from_raw_parts_mut(xq.get().add(t * act_row), act_row) };
-    // SAFETY: the table only holds quantizers this CPU can run.
-    unsafe { (kernels.quantize_act)(&x[t * cols..(t + 1) * cols], dst) };
+    let blocks = cols / kernels.act.block_elems();
+    // SAFETY: forwarded; all blocks of the row.
+    unsafe { quantize_blocks(kernels, x, cols, act_row, xq, t, 0..blocks) };
+}
+
+/// Quantizes activation blocks `blocks` of token `t` (elements `blocks.start * block ..
+/// blocks.end * block` of its row) into the same blocks of row `t` of `xq`. Every
+/// activation format quantizes each block on its own (a block carries its own scale), so
+/// a row quantized in parts is the row quantized whole.
+///
+/// # Safety
+/// Row `t` of `x` exists, `blocks.end <= cols / block`, and those blocks of row `t` of
+/// `xq` are writable and written by no one else meanwhile.
+unsafe fn quantize_blocks(
+    kernels: &FormatKernels,
+    x: &[f32],
+    cols: usize,
+    act_row: usize,
+    xq: Raw<u8>,
+    t: usize,
+    blocks: std::ops::Range<usize>,
+) {
+    let (elems, bytes) = (kernels.act.block_elems(), kernels.act.block_bytes());
+    let src = &x[t * cols + blocks.start * elems..t * cols + blocks.end * elems];
+    // SAFETY: bytes [blocks.start * bytes, blocks.end * bytes) of row t of xq lie inside
+    // the row (blocks.end * bytes <= act_row) and are the caller's to write.
+    let dst = unsafe {
+        std::slice::from_raw_parts_mut(
+            xq.get().add(t * act_row + blocks.start * bytes),
+            blocks.len() * bytes,
+        )
+    };
+    // SAFETY: the table only holds quantizers this CPU can run; src is whole blocks.
+    unsafe { (kernels.quantize_act)(src, dst) };
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -345,7 +375,12 @@ fn run_tiles(
     };
     if tokens <= GEMV_MAX_TOKENS {
         let items = gemv_items(rows, w_stride, pool.threads());
-        pool.for_each(items, &|i, _| {
+        // One shared counter, not per-thread shares: a GEMV has at most four items a
+        // thread, and there the shares' end-of-job scan of every other thread's counter
+        // costs more than the counter's line moving per claim (device, 16 threads, session
+        // 5: a job of 16 items 3.3 -> 1.6-1.9 us, of 32 items 4.2-4.3 -> 3.0-3.3 us; a
+        // 1408x2048 Q4_K GEMV is ~20 us).
+        pool.for_each_in_order(items, &|i, _| {
             let (r0, r1) = (gemv_bound(i, items, rows), gemv_bound(i + 1, items, rows));
             run(r0, r1 - r0, 0, tokens);
         });
@@ -392,28 +427,22 @@ fn run_pretransposed(
     let (cols, act_row) = (tiles.k, tiles.a_stride);
     let (nsb, a_block) = (cols / kernels.act.block_elems(), kernels.act.block_bytes());
     let groups = tokens.div_ceil(TG);
-    // Items of the records pass: a whole group when it also quantizes the group's rows,
-    // else runs of about RECORDS_PER_ITEM super-blocks.
-    let chunks = if x.is_some() {
-        1
-    } else {
-        nsb.div_ceil(RECORDS_PER_ITEM)
-    };
-    let per_chunk = nsb.div_ceil(chunks);
+    let chunks = record_chunks(nsb, groups, pool.threads());
     RECORD_SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         scratch.resize(groups * nsb * p.record_bytes);
         let rec = Raw::new(scratch.as_mut_slice().as_mut_ptr());
-        pool.for_each(groups * chunks, &|i, _| {
+        // Short items (a few µs), few a thread: one shared counter, as the GEMV's.
+        pool.for_each_in_order(groups * chunks, &|i, _| {
             let (g, c) = (i / chunks, i % chunks);
-            let s0 = c * per_chunk;
-            let ns = per_chunk.min(nsb - s0);
+            let (s0, s1) = (run_bound(c, chunks, nsb), run_bound(c + 1, chunks, nsb));
+            let ns = s1 - s0;
             let n = TG.min(tokens - g * TG);
             if let Some(x) = x {
                 for t in g * TG..g * TG + n {
-                    // SAFETY: xq holds `tokens` rows (checked by the callers); the group's
-                    // rows are this item's alone (one item a group when quantizing).
-                    unsafe { quantize_row(kernels, x, cols, act_row, tiles.a, t) };
+                    // SAFETY: xq holds `tokens` rows (checked by the callers); super-blocks
+                    // s0..s0 + ns of the group's rows are this item's alone.
+                    unsafe { quantize_blocks(kernels, x, cols, act_row, tiles.a, t, s0..s0 + ns) };
                 }
             }
             // SAFETY: tokens g*16..g*16 + n are rows of xq (tokens x act_row bytes, checked
@@ -444,6 +473,34 @@ fn run_pretransposed(
         });
     });
 }
+
+#[cfg(target_arch = "x86_64")]
+/// Super-block runs each token group's records are made in (one item each): runs of about
+/// [`RECORDS_PER_ITEM`] super-blocks, cut further (down to one super-block) until there
+/// are [`RECORD_ITEMS_PER_THREAD`] items a thread. At 16 tokens a call has one group:
+/// whole-group items left one thread quantizing and transposing all of it while the others
+/// waited (dev VM, one thread: 16 rows of 7168 take 43 µs to quantize, of 2048 13 µs,
+/// against a whole 16-token call of ~0.2 ms on the device's 16 threads, whose Q4_K was
+/// 0.174 / 0.195 ms before the records pass and 0.192 / 0.228 with it). An item quantizes
+/// its own super-blocks of the group's rows (the activation blocks are independent), so
+/// the rows it transposes are in its cache.
+fn record_chunks(nsb: usize, groups: usize, threads: usize) -> usize {
+    nsb.div_ceil(RECORDS_PER_ITEM)
+        .max((RECORD_ITEMS_PER_THREAD * threads).div_ceil(groups))
+        .clamp(1, nsb.max(1))
+}
+
+/// First super-block of run `c` of `chunks` over `nsb`: near-equal runs, none empty while
+/// `chunks <= nsb`; `run_bound(chunks) = nsb`.
+#[cfg(target_arch = "x86_64")]
+fn run_bound(c: usize, chunks: usize, nsb: usize) -> usize {
+    c * nsb / chunks
+}
+
+/// Items of the records pass per thread where the super-blocks allow: four, as the AMX
+/// GEMM items, so that a thread that starts late loses its share in small parts.
+#[cfg(target_arch = "x86_64")]
+const RECORD_ITEMS_PER_THREAD: usize = 4;
 
 /// Items of a GEMV over `rows` rows of `row_bytes` on `threads`: per thread, one per
 /// [`GEMV_ITEM_BYTES`] of its share within [`GEMV_MIN_ITEMS_PER_THREAD`]..=
@@ -684,6 +741,36 @@ mod tests {
             let largest = (0..items.count()).map(|i| items.item(i).1).max().unwrap();
             assert_eq!((items.count(), largest), want, "{rows}x{tokens}: {items:?}");
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn record_chunks_cut_every_group_into_near_equal_nonempty_runs() {
+        for threads in [1, 2, 16, 64] {
+            for nsb in [0, 1, 5, 8, 9, 17, 28, 72] {
+                for groups in [1, 2, 3, 32, 33] {
+                    let what = format!("nsb {nsb} groups {groups} threads {threads}");
+                    let chunks = record_chunks(nsb, groups, threads);
+                    assert!(chunks >= 1 && chunks <= nsb.max(1), "{what}: {chunks}");
+                    // the driver's runs: contiguous, covering 0..nsb, near-equal, none empty
+                    assert_eq!(run_bound(0, chunks, nsb), 0, "{what}");
+                    assert_eq!(run_bound(chunks, chunks, nsb), nsb, "{what}");
+                    let sizes: Vec<usize> = (0..chunks)
+                        .map(|c| run_bound(c + 1, chunks, nsb) - run_bound(c, chunks, nsb))
+                        .collect();
+                    let (lo, hi) = (*sizes.iter().min().unwrap(), *sizes.iter().max().unwrap());
+                    assert!(hi - lo <= 1 && (lo >= 1 || nsb == 0), "{what}: {sizes:?}");
+                    assert!(hi <= RECORDS_PER_ITEM, "{what}: {sizes:?}");
+                    // four items a thread where the super-blocks allow
+                    let want = (RECORD_ITEMS_PER_THREAD * threads).min(groups * nsb);
+                    assert!(groups * chunks >= want, "{what}");
+                }
+            }
+        }
+        // one 16-token group of a 7168-long row on 16 threads: one super-block an item
+        assert_eq!(record_chunks(28, 1, 16), 28);
+        // 512 tokens of a 2048-long row on 16 threads: two runs of four a group
+        assert_eq!(record_chunks(8, 32, 16), 2);
     }
 
     #[test]

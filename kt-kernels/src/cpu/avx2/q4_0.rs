@@ -6,7 +6,8 @@ use std::arch::x86_64::*;
 
 use super::small_block::SmallBlock;
 
-/// The 32 nibbles of the 16 bytes at `p`, in element order.
+/// The 32 nibbles of the 16 bytes at `p`, in element order: the bytes loaded into both
+/// halves (a broadcast load, no shuffle), the upper half shifted right by 4.
 ///
 /// # Safety
 /// `p .. p + 16` is readable; the CPU has AVX2.
@@ -14,8 +15,8 @@ use super::small_block::SmallBlock;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn nibbles_32(p: *const u8) -> __m256i {
     // SAFETY: the caller's contract.
-    let v = unsafe { _mm_loadu_si128(p as *const __m128i) };
-    let both = _mm256_setr_m128i(v, _mm_srli_epi16::<4>(v));
+    let v = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i)) };
+    let both = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
     _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
 }
 

@@ -79,6 +79,50 @@ unsafe fn f16_bits(p: *const u8) -> u16 {
     unsafe { std::ptr::read_unaligned(p as *const u16) }
 }
 
+/// The byte offsets of 8 rows `w_stride` apart, for [`row_scales`]'s gather: `None` for
+/// other tile heights, or when the last offset does not fit a gather's i32 index.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn row_offsets<const RM: usize>(w_stride: usize) -> Option<__m256i> {
+    let last = i32::try_from(w_stride.checked_mul(7)?).ok()?;
+    let ws = last / 7;
+    (RM == 8).then(|| _mm256_setr_epi32(0, ws, 2 * ws, 3 * ws, 4 * ws, 5 * ws, 6 * ws, last))
+}
+
+/// The f16 scales `d` (the first two bytes of every block) of the tile's `RM` rows at `w`,
+/// as f32 lanes. With `offsets` (8 rows, `w[r] = w[0] + offsets[r]`) one dword gather from
+/// the block starts and one byte shuffle bring them together: the eight word inserts of
+/// [`f16_lanes`] and their unpacks run on the port that the quants' shuffles and the
+/// pair reduction already keep busy (the 8-row GEMV tile spends most of its time there,
+/// `perf`, Q5_0 2048x1408).
+///
+/// # Safety
+/// Every `w[r]` points at a whole block (at least 4 bytes); with `offsets`, `w[r] = w[0] +
+/// offsets[r]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_scales<const RM: usize>(w: &[*const u8; RM], offsets: Option<__m256i>) -> __m256 {
+    match offsets {
+        Some(offsets) if RM == 8 => {
+            // SAFETY: 4 bytes at each w[r] = w[0] + offsets[r] (whole blocks, the caller).
+            let dwords = unsafe { _mm256_i32gather_epi32::<1>(w[0].cast::<i32>(), offsets) };
+            // The low word of each dword to the low 8 bytes of each 128-bit lane, then the
+            // two lanes' low halves together.
+            let words = _mm256_shuffle_epi8(
+                dwords,
+                _mm256_setr_epi8(
+                    0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12,
+                    13, -1, -1, -1, -1, -1, -1, -1, -1,
+                ),
+            );
+            let packed = _mm256_permute4x64_epi64::<0b1000>(words);
+            _mm256_cvtph_ps(_mm256_castsi256_si128(packed))
+        }
+        // SAFETY: whole blocks, d first.
+        _ => f16_lanes::<RM>(std::array::from_fn(|r| unsafe { f16_bits(w[r]) })),
+    }
+}
+
 impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize) {
@@ -92,6 +136,7 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
         let mut lane_acc = [_mm256_setzero_ps(); MAX_PAIRS];
         let gemv = tile.tokens <= GEMV_MAX_TOKENS;
         let ws = tile.w_stride;
+        let gather = row_offsets::<RM>(ws);
         let mut next_line = 0;
         for b in 0..tile.k / QK {
             if gemv && b * B::BLOCK_BYTES >= next_line {
@@ -143,8 +188,8 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
             // One reduction and one scaling for all pairs: the int sums are exact (at
             // most 32 * 128 * 127 < 2^24, so the conversion is too), and the block's
             // `d_w * d_a` products are formed once in the pair lanes.
-            // SAFETY: whole blocks, d first.
-            let dw = f16_lanes::<RM>(std::array::from_fn(|r| unsafe { f16_bits(w[r]) }));
+            // SAFETY: whole blocks, d first; the offsets are those of rows w[0]..w[RM].
+            let dw = unsafe { row_scales(&w, gather) };
             // SAFETY: as above.
             let da = f16_lanes::<RN>(std::array::from_fn(|t| unsafe { f16_bits(a[t]) }));
             let scale = _mm256_mul_ps(spread_rows::<RN>(dw), spread_tokens::<RN>(da));
