@@ -529,6 +529,20 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
     }
 }
 
+// Visits the accumulators of a warp's NT x 4 m16n8 fragments (acc[t][w][e] of a thread,
+// flattened as i = (t * 4 + w) * 4 + e): f(row, column, i) with row 8 t + 2 q + e % 2 and
+// column col0 + 16 w + g + 8 (e / 2), unrolled. One place for the fragment layout that
+// the direct store, the cluster sum and the partials share.
+template <int NT, typename F>
+__device__ __forceinline__ void kt_for_each_acc(int q, int g, int col0, F&& f) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int w = 0; w < 4; ++w)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) f(8 * t + 2 * q + (e & 1), col0 + 16 * w + g + 8 * (e >> 1), (t * 4 + w) * 4 + e);
+}
+
 // The k stream and the sums; m <= 8 (NT = 1) streams x itself, m > 8 calls gemv_stream_xs.
 template <typename T, int NT, int KW>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
@@ -683,16 +697,9 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     // acc[t][w][e] is out[row 8 t + 2 q + e % 2][column 64 nt + 16 w + g + 8 (e / 2)].
     if (slices == 1) {
         if (!writer) return;
-#pragma unroll
-        for (int t = 0; t < NT; ++t)
-#pragma unroll
-            for (int w = 0; w < 4; ++w)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int row = 8 * t + 2 * q + (e & 1);
-                    const int col = nt * kBN + 16 * w + g + 8 * (e >> 1);
-                    if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(acc[t][w][e]);
-                }
+        kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
+            if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>((&acc[0][0][0])[i]);
+        });
         return;
     }
 
@@ -721,32 +728,18 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
                 for (int i = 0; i < kAcc; ++i) v[i] += theirs[i * 32];
             }
-#pragma unroll
-            for (int t = 0; t < NT; ++t)
-#pragma unroll
-                for (int w = 0; w < 4; ++w)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int row = 8 * t + 2 * q + (e & 1);
-                        const int col = nt * kBN + 16 * w + g + 8 * (e >> 1);
-                        if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(v[(t * 4 + w) * 4 + e]);
-                    }
+            kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
+                if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(v[i]);
+            });
         }
         cluster.sync(); // no rank exits (freeing its shared memory) before rank 0 has read it
         return;
     }
 #endif
     if (writer) {
-#pragma unroll
-        for (int t = 0; t < NT; ++t)
-#pragma unroll
-            for (int w = 0; w < 4; ++w)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int row = 8 * t + 2 * q + (e & 1);
-                    const int col = nt * kBN + 16 * w + g + 8 * (e >> 1);
-                    if (row < M) partial[((size_t)slice * M + row) * N + col] = acc[t][w][e];
-                }
+        kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
+            if (row < M) partial[((size_t)slice * M + row) * N + col] = (&acc[0][0][0])[i];
+        });
     }
     // Publish this slice, then count it; the block that completes the group sums it up.
     __threadfence();
