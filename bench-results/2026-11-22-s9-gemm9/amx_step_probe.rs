@@ -1,6 +1,13 @@
 //! Scratch probe (gemm9, dev VM): what one Q6_K AMX step's tile sequence costs, in ns,
 //! against variants. Not part of the build: copy to kt-kernels/examples/ and
 //! `cargo run --release -p kt-kernels --example amx_step_probe` (AMX CPU).
+//!
+//! SAFETY (every `unsafe` block of this probe): it runs the library's AMX matmul first
+//! (`Isa::Amx`, which makes the Linux AMX permission request and fails cleanly without
+//! AMX), so the tile instructions are allowed; `ldtilecfg` configures all eight tiles
+//! (16 rows x 64 bytes) before any tile instruction; every tile load / store and vector
+//! access stays inside the three 16 KiB, 64-byte-aligned buffers (offsets below 8 KiB +
+//! 16 rows x 64 bytes); `tilerelease` ends the probe.
 use std::arch::asm;
 use std::time::Instant;
 
