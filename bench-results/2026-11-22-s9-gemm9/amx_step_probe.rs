@@ -6,8 +6,8 @@
 //! (`Isa::Amx`, which makes the Linux AMX permission request and fails cleanly without
 //! AMX), so the tile instructions are allowed; `ldtilecfg` configures all eight tiles
 //! (16 rows x 64 bytes) before any tile instruction; every tile load / store and vector
-//! access stays inside the three 16 KiB, 64-byte-aligned buffers (offsets below 8 KiB +
-//! 16 rows x 64 bytes); `tilerelease` ends the probe.
+//! access stays inside the three 16 KiB, 64-byte-aligned buffers (the largest reach is
+//! 8192 + 4 x 64 + a 16 x 64-byte tile, under 9.5 KiB); `tilerelease` ends the probe.
 use std::arch::asm;
 use std::time::Instant;
 
