@@ -353,9 +353,10 @@ fn k_quant_token_counts_match_scalar() {
 }
 
 /// The driver's two entries over the K-quants' shared activation records: f32
-/// activations (quantized in the records pass, one 16-token group an item) and
-/// activations quantized beforehand (a records pass of its own, in runs of super-blocks:
-/// K of 9 and 17 super-blocks splits them unevenly) give the same bits, and match scalar.
+/// activations (quantized in the records pass) and activations quantized beforehand
+/// (transposed by a records pass of their own) give the same bits, and match scalar. Both
+/// passes cut each 16-token group into runs of super-blocks: K of 9 and 17 super-blocks
+/// splits them unevenly.
 #[test]
 fn k_quant_quantized_entry_matches_the_f32_entry() {
     if !amx_here("k_quant_quantized_entry_matches_the_f32_entry") {

@@ -118,8 +118,8 @@ pub fn matmul_with(
 }
 
 /// The activations of a product: quantized by the caller, or to be quantized into `xq`
-/// (by the driver first, or by the AMX K-quant records pass, one 16-token group an item,
-/// so the rows are transposed while still in cache).
+/// (by the driver first, or by the AMX K-quant records pass, in runs of super-blocks of a
+/// 16-token group, so the rows are transposed while still in cache).
 enum Activations<'a> {
     Quantized(&'a [u8]),
     Quantize { x: &'a [f32], xq: &'a mut [u8] },
