@@ -5,6 +5,8 @@
 //!   `make_ops_fixtures.py` there from transformers' own DeepSeek V2/V3 modules
 //!   (manifest.json lists every case and its config).
 
+mod common;
+
 use std::path::PathBuf;
 
 use kt_kernels::ops::{
@@ -14,10 +16,7 @@ use kt_kernels::ops::{
 use kt_kernels::util::npy::{read_npy, NpyArray};
 
 fn fixture(dir: &str, name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(dir)
-        .join(name)
+    common::fixtures_root().join(dir).join(name)
 }
 
 fn npy(dir: &str, name: &str) -> NpyArray {

@@ -10,8 +10,17 @@ pub const ROWS: usize = 32;
 pub const COLS: usize = 1024;
 pub const ACT_ROWS: usize = 4;
 
+/// The root of the test fixtures: `$KT_TEST_FIXTURES` when set (for a test binary built in
+/// one checkout and run from another, e.g. on the device from the repository root:
+/// `KT_TEST_FIXTURES=kt-kernels/tests/fixtures`), else this crate's `tests/fixtures`.
+pub fn fixtures_root() -> PathBuf {
+    std::env::var_os("KT_TEST_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
+}
+
 pub fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant")
+    fixtures_root().join("quant")
 }
 
 pub fn read_bytes(name: &str) -> Vec<u8> {
