@@ -393,78 +393,54 @@ impl GpuStream {
             shared_mem_bytes: smem,
         };
         let dims = || format!("n {n}, {cfg:?}");
-        // SAFETY (both launches): the arguments match kt_add_norm_route_signal; the rows, the
-        // router, the logits (plan_packed: n_experts) and the pack (one row, ids, weights) have
-        // the lengths the kernel indexes (checked), n % 4 == 0 for its 16-byte loads of 16-byte
-        // aligned buffers, the grid covers the experts at KT_ROUTE_EPB per block, the dynamic
-        // shared memory holds the row, the norm's weights, the logits and the routing's
-        // scratch; the caller's contract covers pack, flag and counter. As a programmatic
-        // dependent the kernel reads only the router and the norm's weights (which no kernel
-        // writes) before griddepcontrol.wait, and writes nothing before it.
-        if self.programmatic(LaunchOrder::Programmatic) {
-            let s = &self.stream;
-            let (xp, _g1) = x.slice.device_ptr_mut(s);
-            let (dp, _g2) = d.slice.device_ptr(s);
-            let (nwp, _g3) = norm_w.slice.device_ptr(s);
-            let (xnp, _g4) = xn.slice.device_ptr_mut(s);
-            let (xn32p, _g5) = xn32.slice.device_ptr_mut(s);
-            let (rp, _g6) = router_w.slice.device_ptr(s);
-            let (lp, _g7) = logits.slice.device_ptr_mut(s);
-            let (cp, _g8) = counter.slice.device_ptr_mut(s);
-            let bp = match bias {
-                Some(bias) => bias.slice.device_ptr(s).0,
-                None => null,
-            };
-            let mut params: [*mut c_void; 22] = [
-                &xp as *const _ as *mut c_void,
-                &dp as *const _ as *mut c_void,
-                &nwp as *const _ as *mut c_void,
-                &xnp as *const _ as *mut c_void,
-                &xn32p as *const _ as *mut c_void,
-                &rp as *const _ as *mut c_void,
-                &lp as *const _ as *mut c_void,
-                &cp as *const _ as *mut c_void,
-                &bp as *const _ as *mut c_void,
-                &pack_dev as *const _ as *mut c_void,
-                &n_i as *const _ as *mut c_void,
-                &eps as *const _ as *mut c_void,
-                &e_i as *const _ as *mut c_void,
-                &top_k as *const _ as *mut c_void,
-                &n_group as *const _ as *mut c_void,
-                &topk_group as *const _ as *mut c_void,
-                &scoring as *const _ as *mut c_void,
-                &group_score as *const _ as *mut c_void,
-                &normalize as *const _ as *mut c_void,
-                &cfg.routed_scaling_factor as *const _ as *mut c_void,
-                &flag_dev as *const _ as *mut c_void,
-                &value as *const _ as *mut c_void,
-            ];
-            // SAFETY: see above; each pointer names a live value of the kernel's type.
-            return unsafe { launch_raw(s, &f, config, &mut params, true, 1) }
-                .map_err(launch_err(kernel, dims));
-        }
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut x.slice)
-            .arg(&d.slice)
-            .arg(&norm_w.slice)
-            .arg(&mut xn.slice)
-            .arg(&mut xn32.slice)
-            .arg(&router_w.slice)
-            .arg(&mut logits.slice)
-            .arg(&mut counter.slice);
-        match bias {
-            Some(bias) => b.arg(&bias.slice),
-            None => b.arg(&null),
+        // SAFETY: the arguments match kt_add_norm_route_signal; the rows, the router, the
+        // logits (plan_packed: n_experts) and the pack (one row, ids, weights) have the lengths
+        // the kernel indexes (checked), n % 4 == 0 for its 16-byte loads of 16-byte aligned
+        // buffers, the grid covers the experts at KT_ROUTE_EPB per block, the dynamic shared
+        // memory holds the row, the norm's weights, the logits and the routing's scratch; the
+        // caller's contract covers pack, flag and counter. As a programmatic dependent the
+        // kernel reads only the router and the norm's weights (which no kernel writes) before
+        // griddepcontrol.wait, and writes nothing before it.
+        let s = &self.stream;
+        let (xp, _g1) = x.slice.device_ptr_mut(s);
+        let (dp, _g2) = d.slice.device_ptr(s);
+        let (nwp, _g3) = norm_w.slice.device_ptr(s);
+        let (xnp, _g4) = xn.slice.device_ptr_mut(s);
+        let (xn32p, _g5) = xn32.slice.device_ptr_mut(s);
+        let (rp, _g6) = router_w.slice.device_ptr(s);
+        let (lp, _g7) = logits.slice.device_ptr_mut(s);
+        let (cp, _g8) = counter.slice.device_ptr_mut(s);
+        let bp = match bias {
+            Some(bias) => bias.slice.device_ptr(s).0,
+            None => null,
         };
-        b.arg(&pack_dev).arg(&n_i).arg(&eps).arg(&e_i);
-        let ints = [top_k, n_group, topk_group, scoring, group_score, normalize];
-        for v in &ints {
-            b.arg(v);
-        }
-        b.arg(&cfg.routed_scaling_factor).arg(&flag_dev).arg(&value);
-        // SAFETY: see above.
-        unsafe { b.launch(config) }
-            .map(drop)
+        let mut params: [*mut c_void; 22] = [
+            &xp as *const _ as *mut c_void,
+            &dp as *const _ as *mut c_void,
+            &nwp as *const _ as *mut c_void,
+            &xnp as *const _ as *mut c_void,
+            &xn32p as *const _ as *mut c_void,
+            &rp as *const _ as *mut c_void,
+            &lp as *const _ as *mut c_void,
+            &cp as *const _ as *mut c_void,
+            &bp as *const _ as *mut c_void,
+            &pack_dev as *const _ as *mut c_void,
+            &n_i as *const _ as *mut c_void,
+            &eps as *const _ as *mut c_void,
+            &e_i as *const _ as *mut c_void,
+            &top_k as *const _ as *mut c_void,
+            &n_group as *const _ as *mut c_void,
+            &topk_group as *const _ as *mut c_void,
+            &scoring as *const _ as *mut c_void,
+            &group_score as *const _ as *mut c_void,
+            &normalize as *const _ as *mut c_void,
+            &cfg.routed_scaling_factor as *const _ as *mut c_void,
+            &flag_dev as *const _ as *mut c_void,
+            &value as *const _ as *mut c_void,
+        ];
+        let programmatic = self.programmatic(LaunchOrder::Programmatic);
+        // SAFETY: see above; each pointer names a live value of the kernel's type.
+        unsafe { launch_raw(s, &f, config, &mut params, programmatic, 1) }
             .map_err(launch_err(kernel, dims))
     }
 }

@@ -120,22 +120,6 @@ impl GpuStream {
             block_dim: (COMBINE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        if !self.programmatic(LaunchOrder::Programmatic) {
-            let mut b = self.stream.launch_builder(&cf);
-            b.arg(&part_o.slice)
-                .arg(&part_lse.slice)
-                .arg(&batch.kv_lens.slice)
-                .arg(&heads)
-                .arg(&max_sp)
-                .arg(&mut out.slice);
-            // SAFETY: matches kt_mla_decode_small_combine (part_o, part_lse, kv_lens, heads,
-            // max_splits, out): block (head, quarter) reads the splits the kernel above wrote
-            // for the same length (the same plan) on this stream and writes the head's 128
-            // outputs of that quarter; out holds heads x 512 (checked by the caller).
-            return unsafe { b.launch(ccfg) }
-                .map(drop)
-                .map_err(launch_err(combine, dims));
-        }
         let (po, _g1) = part_o.slice.device_ptr(&self.stream);
         let (pl, _g2) = part_lse.slice.device_ptr(&self.stream);
         let (kl, _g3) = batch.kv_lens.slice.device_ptr(&self.stream);
@@ -148,12 +132,15 @@ impl GpuStream {
             &max_sp as *const _ as *mut c_void,
             &o as *const _ as *mut c_void,
         ];
+        let programmatic = self.programmatic(LaunchOrder::Programmatic);
         // SAFETY: the parameters are kt_mla_decode_small_combine's (part_o, part_lse, kv_lens,
         // heads, max_splits, out; each pointer names a live value of the kernel's type for the
-        // duration of the call), with the bounds argued for the launch above; the kernel
-        // waits for the attention kernel's grid (griddepcontrol.wait) before it reads
-        // part_o / part_lse, so starting early is safe.
-        unsafe { launch_raw(&self.stream, &cf, ccfg, &mut params, true, 1) }
+        // duration of the call): block (head, quarter) reads the splits the kernel above wrote
+        // for the same length (the same plan) on this stream and writes the head's 128 outputs
+        // of that quarter; out holds heads x 512 (checked by the caller). The kernel waits for
+        // the attention kernel's grid (griddepcontrol.wait) before it reads part_o / part_lse,
+        // so a programmatic (early) start is safe.
+        unsafe { launch_raw(&self.stream, &cf, ccfg, &mut params, programmatic, 1) }
             .map_err(launch_err(combine, dims))
     }
 }
