@@ -33,7 +33,9 @@ pub(crate) const GEMM_TOKEN_BLOCK: usize = 64;
 /// builds: +-15% run to run): 128 rows 2435, 1961, 1717, 1847, 2047; 256 rows 1615, 1665,
 /// 1702, 1830, 1750; 512 rows 1790, 1696; the whole branch against its base, 1525-1768
 /// vs 1584-1867; device, 16 threads, one call: 224 / 219 ms vs base 222 / 238 (CPU -1%,
-/// -6%) (`bench-results/2026-11-22-s9-prefill9`). V3 keeps 8 gate/up row blocks
+/// -6%) (`bench-results/2026-11-22-s9-prefill9`); a second call, 256 / 128 rows / base
+/// rotating x3: 202 / 197 / 190 vs 199 / 208 / 190 vs 205 / 188 / 193 ms, level
+/// (`bench-results/2026-11-22-s9-final/q`). V3 keeps 8 gate/up row blocks
 /// per expert (2048 items at 512 tokens). The repacked layers keep [`GEMM_ROW_BLOCK`]:
 /// V2-Lite int4 512 ran slower with 256 (CPU ms 74.0 / 100.9, 71.2 / 78.5), its gate/up
 /// having only 1408 rows.
