@@ -275,7 +275,7 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
             prompt_len,
             gen_len,
             isa,
-            threads: pool.threads(),
+            pool,
             dram_gbps: membw::measure_read_bandwidth(pool, MEMBW_BYTES, MEMBW_PASSES).gbps,
         };
         return run.run(&w, placement, sampler);

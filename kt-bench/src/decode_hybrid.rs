@@ -9,18 +9,23 @@
 //! launch (`decode_graph_launches` of them: the first step runs eagerly and captures;
 //! `decode_graph_error` says why not, if the device refused); `decode_pipelined_tokens_per_s`
 //! is the same with eager steps, layers pipelined, `decode_sequential_tokens_per_s` without
-//! the pipeline either, and `decode_timed_tokens_per_s` the timed run's.
+//! the pipeline either, and `decode_timed_tokens_per_s` the timed run's. `dram_gbps` is the
+//! best of three DRAM read probes of the run (`dram_gbps_readings`), and
+//! `decode_bound_fraction` the decode rate over the rate at which the routed experts'
+//! weight bytes per token stream at that bandwidth.
 
 use std::time::Instant;
 
-use kt_kernels::cpu::Isa;
+use kt_kernels::cpu::{membw, Isa, ThreadPool};
 use kt_kernels::cuda::Gpu;
 use kt_model::deepseek::{LogitRows, Sampler};
 use kt_model::hybrid::{GraphTimeline, HybridModel, HybridTimes, LayerSplit};
 use kt_model::placement::Placement;
 use serde_json::{json, Value};
 
-use crate::decode::{prompt_ids, prompt_then_decode, Args, Mode, Weights, MAX_MOE_BATCH};
+use crate::decode::{
+    prompt_ids, prompt_then_decode, Args, Mode, Weights, MAX_MOE_BATCH, MEMBW_BYTES, MEMBW_PASSES,
+};
 
 /// Tokens of the warm-up call (a short prompt on a throwaway cache): loads every kernel
 /// and sizes the GEMM and attention workspaces before anything is timed.
@@ -32,8 +37,40 @@ pub(crate) struct HybridRun<'a> {
     pub prompt_len: usize,
     pub gen_len: usize,
     pub isa: Isa,
-    pub threads: usize,
+    pub pool: &'a ThreadPool,
+    /// The DRAM read probe taken before the weights went to the GPU (the first of
+    /// [`DramReadings`]).
     pub dram_gbps: f64,
+}
+
+/// The DRAM read probe (1 GiB, best of [`MEMBW_PASSES`]) at three points of one run: before
+/// the model goes to the GPU, right before the graph decode whose rate is the headline,
+/// and after it. A VM's bandwidth drifts within a run (session 9's runs read 87-130 GB/s
+/// on one instance), so one reading can land far from what the experts saw; the bound
+/// takes the best of the three, the conservative choice (a higher bandwidth is a shorter
+/// bound), and the report keeps each reading so a reader sees the drift.
+struct DramReadings {
+    start: f64,
+    before_graph: f64,
+    after: f64,
+}
+
+impl DramReadings {
+    fn best(&self) -> f64 {
+        self.start.max(self.before_graph).max(self.after)
+    }
+
+    fn json(&self) -> Value {
+        json!({"start": self.start, "before_graph": self.before_graph, "after": self.after})
+    }
+}
+
+/// The decode's fraction of the DRAM bound: the rate at which the routed experts' weight
+/// bytes per token could stream at `dram_gbps`, over the measured rate (tokens/s over
+/// bound tokens/s).
+fn bound_fraction(tokens_per_s: f64, routed_bytes_per_token: f64, dram_gbps: f64) -> Option<f64> {
+    (routed_bytes_per_token > 0.0 && dram_gbps > 0.0)
+        .then(|| tokens_per_s * routed_bytes_per_token / (dram_gbps * 1e9))
 }
 
 /// The series of `--svg` for hybrid runs: what a layer's timed run spends, one side after
@@ -126,6 +163,9 @@ fn print_phase(name: &str, times: &HybridTimes, wall_s: f64, dram_gbps: f64) {
     }
 }
 
+/// The quantiles of the single experts' stretches the timeline reports.
+const EXPERTS_QUANTILES: [f64; 4] = [0.1, 0.5, 0.9, 0.99];
+
 /// The graph replays' host-side timeline per token (`GraphTimeline`), with the routed
 /// experts' bandwidth from the timed run's bytes per token (the same tokens).
 struct TimelineSummary {
@@ -136,6 +176,9 @@ struct TimelineSummary {
     first_gpu_ms: f64,
     gpu_between_ms: f64,
     experts_ms: f64,
+    /// Quantiles (10%, 50%, 90%, 99%) of the single experts' stretches (one MoE layer of
+    /// one replay), ms: a mean well above the median comes from a few long calls.
+    experts_quantiles_ms: [Option<f64>; 4],
     tail_ms: f64,
     moe_layers: usize,
     routed_gbps: Option<f64>,
@@ -157,6 +200,8 @@ impl TimelineSummary {
             first_gpu_ms: t.gpu_before_s.first().copied().unwrap_or(0.0) * per,
             gpu_between_ms: between * per / n.saturating_sub(1).max(1) as f64,
             experts_ms: experts_s * per / n.max(1) as f64,
+            experts_quantiles_ms: EXPERTS_QUANTILES
+                .map(|q| t.experts_quantile_s(q).map(|s| s * 1e3)),
             tail_ms: t.tail_s * per,
             moe_layers: n,
             routed_gbps: (bytes_per_token > 0.0 && experts_per_token_s > 0.0)
@@ -173,6 +218,8 @@ impl TimelineSummary {
             "first_gpu_ms": self.first_gpu_ms,
             "gpu_between_moe_ms": self.gpu_between_ms,
             "experts_per_moe_layer_ms": self.experts_ms,
+            "experts_quantiles": EXPERTS_QUANTILES,
+            "experts_quantiles_ms": self.experts_quantiles_ms,
             "tail_ms": self.tail_ms,
             "moe_layers": self.moe_layers,
             "routed_gbps": self.routed_gbps,
@@ -192,6 +239,15 @@ impl TimelineSummary {
             self.experts_ms * 1e3,
             self.tail_ms
         );
+        if let [Some(p10), Some(p50), Some(p90), Some(p99)] = self.experts_quantiles_ms {
+            println!(
+                "  one MoE layer's routed experts: 10% {:.0} us, median {:.0} us, 90% {:.0} us, 99% {:.0} us",
+                p10 * 1e3,
+                p50 * 1e3,
+                p90 * 1e3,
+                p99 * 1e3
+            );
+        }
         if let Some(g) = self.routed_gbps {
             println!(
                 "  routed experts in the graph run: {g:.1} GB/s = {:.0}% of the {:.1} GB/s DRAM read bandwidth",
@@ -261,21 +317,28 @@ impl HybridRun<'_> {
                 }
                 Ok(t.elapsed().as_secs_f64())
             };
+        let probe = || membw::measure_read_bandwidth(self.pool, MEMBW_BYTES, MEMBW_PASSES).gbps;
+        let mut before_graph = None;
         let (decode_seq_s, decode_pipe_s, decode_s) = if gen_len > 0 {
-            (
-                untimed(false, false)?,
-                untimed(true, false)?,
-                untimed(true, true)?,
-            )
+            let seq = untimed(false, false)?;
+            let pipe = untimed(true, false)?;
+            before_graph = Some(probe());
+            (seq, pipe, untimed(true, true)?)
         } else {
             (decode_timed_s, decode_timed_s, decode_timed_s)
         };
+        let dram = DramReadings {
+            start: self.dram_gbps,
+            before_graph: before_graph.unwrap_or_else(probe),
+            after: probe(),
+        };
+        let dram_gbps = dram.best();
         let graph_launches = model.graph_launches() - launches_before;
         let graph_error = model.graph_error().map(str::to_string);
         let timeline = (gen_len > 0)
             .then(|| model.graph_timeline().cloned())
             .flatten()
-            .map(|t| TimelineSummary::new(&t, &decode_times, self.dram_gbps));
+            .map(|t| TimelineSummary::new(&t, &decode_times, dram_gbps));
 
         let crossover = if a.crossover {
             Some(crossover(&mut model, &w.config, a.seed)?)
@@ -287,6 +350,10 @@ impl HybridRun<'_> {
         let decode_timed_tps = (gen_len > 0).then(|| gen_len as f64 / decode_timed_s);
         let decode_seq_tps = (gen_len > 0).then(|| gen_len as f64 / decode_seq_s);
         let decode_pipe_tps = (gen_len > 0).then(|| gen_len as f64 / decode_pipe_s);
+        let decode_bytes_per_token =
+            decode_times.total().routed_bytes as f64 / decode_times.tokens.max(1) as f64;
+        let decode_bound =
+            decode_tps.and_then(|t| bound_fraction(t, decode_bytes_per_token, dram_gbps));
         let headline = match self.mode {
             Mode::Decode => decode_tps.unwrap_or(0.0),
             Mode::Prefill => prefill_tps,
@@ -300,7 +367,7 @@ impl HybridRun<'_> {
             };
             let title = format!(
                 "kt-bench {phase} (hybrid, {device}): {} | {} threads | timed run, ms per token by layer",
-                w.label, self.threads
+                w.label, self.pool.threads()
             );
             write_svg(path, &title, times)?;
         }
@@ -320,7 +387,7 @@ impl HybridRun<'_> {
                 "decode_graph_timeline": timeline.as_ref().map(TimelineSummary::json),
                 "prompt_len": prompt_len,
                 "gen_len": gen_len,
-                "threads": self.threads,
+                "threads": self.pool.threads(),
                 "rules": w.rules,
                 "isa": self.isa.to_string(),
                 "matmul": "hybrid",
@@ -331,13 +398,15 @@ impl HybridRun<'_> {
                 "prefill_s": prefill_s,
                 "decode_s": decode_s,
                 "decode_timed_s": decode_timed_s,
-                "dram_gbps": self.dram_gbps,
+                "dram_gbps": dram_gbps,
+                "dram_gbps_readings": dram.json(),
+                "decode_bound_fraction": decode_bound,
                 "split": {
                     "measured": true,
                     "kind": "hybrid",
                     "total_s": prefill_s + decode_timed_s,
-                    "prefill": phase_json(&prefill_times, prefill_s, self.dram_gbps),
-                    "decode": (gen_len > 0).then(|| phase_json(&decode_times, decode_timed_s, self.dram_gbps)),
+                    "prefill": phase_json(&prefill_times, prefill_s, dram_gbps),
+                    "decode": (gen_len > 0).then(|| phase_json(&decode_times, decode_timed_s, dram_gbps)),
                 },
                 "tokens": tokens,
                 "gpu_prefill": gpu_prefill_json(&model),
@@ -351,14 +420,16 @@ impl HybridRun<'_> {
             self.mode.name(),
             w.label,
             self.isa,
-            self.threads,
+            self.pool.threads(),
             w.rules
         );
         println!(
-            "weights: {:.2} GB ready in {:.1} s, on the GPU in {gpu_load_s:.1} s; DRAM read bandwidth {:.1} GB/s",
+            "weights: {:.2} GB ready in {:.1} s, on the GPU in {gpu_load_s:.1} s; DRAM read bandwidth {dram_gbps:.1} GB/s (best of the probes at the start {:.1}, before the graph decode {:.1}, at the end {:.1})",
             weight_bytes as f64 / 1e9,
             w.seconds,
-            self.dram_gbps
+            dram.start,
+            dram.before_graph,
+            dram.after
         );
         println!("prefill: {prompt_len} tokens in {prefill_s:.3} s = {prefill_tps:.1} tokens/s");
         if let Some(tps) = decode_tps {
@@ -369,6 +440,13 @@ impl HybridRun<'_> {
                 gen_len as f64 / decode_seq_s,
                 gen_len as f64 / decode_timed_s
             );
+            if let Some(f) = decode_bound {
+                println!(
+                    "  {:.1}% of the DRAM bound ({:.1} MB of routed expert weights per token at {dram_gbps:.1} GB/s)",
+                    100.0 * f,
+                    decode_bytes_per_token / 1e6
+                );
+            }
             if let Some(e) = &graph_error {
                 println!("decode graph not captured: {e}");
             }
@@ -389,13 +467,13 @@ impl HybridRun<'_> {
         if let Some(c) = &crossover {
             println!("crossover: {c}");
         }
-        print_phase("prefill", &prefill_times, prefill_s, self.dram_gbps);
+        print_phase("prefill", &prefill_times, prefill_s, dram_gbps);
         if gen_len > 0 {
             print_phase(
                 "decode (timed run)",
                 &decode_times,
                 decode_timed_s,
-                self.dram_gbps,
+                dram_gbps,
             );
         }
         if let Some(path) = &a.svg {

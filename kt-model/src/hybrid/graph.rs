@@ -198,7 +198,7 @@ impl DecodeGraph {
             fused.forward(li, hx, hids, hw, routed)?;
             self.done.raise(release);
             mark = Instant::now();
-            tl.experts_s[k] += (mark - ready).as_secs_f64();
+            tl.add_experts(k, (mark - ready).as_secs_f64());
         }
         drop(gate);
         let logits = s.download(&self.logits)?;

@@ -163,7 +163,17 @@ pub struct GraphTimeline {
     /// From the last MoE layer's `done` until the logits are downloaded (its return, the
     /// layers after it, the output head and the copy).
     pub tail_s: f64,
+    /// Every single experts' stretch (one MoE layer of one replay) counted in buckets of
+    /// [`EXPERTS_HIST_BUCKET_S`], the last one also holding the longer ones: the sums
+    /// above hide whether a slow run is slow throughout or has a few very long calls (a
+    /// worker descheduled mid-call), which the quantiles tell apart.
+    pub experts_hist: Vec<u64>,
 }
+
+/// Width of one bucket of [`GraphTimeline::experts_hist`].
+pub const EXPERTS_HIST_BUCKET_S: f64 = 5e-6;
+/// Buckets of [`GraphTimeline::experts_hist`]: 0 to 2 ms, then one for the rest.
+const EXPERTS_HIST_BUCKETS: usize = 401;
 
 impl GraphTimeline {
     /// An empty timeline for a graph with `moe_layers` MoE layers.
@@ -171,8 +181,39 @@ impl GraphTimeline {
         GraphTimeline {
             gpu_before_s: vec![0.0; moe_layers],
             experts_s: vec![0.0; moe_layers],
+            experts_hist: vec![0; EXPERTS_HIST_BUCKETS],
             ..Default::default()
         }
+    }
+
+    /// Adds one experts' stretch of `seconds` to MoE layer `k`'s sum and to the histogram.
+    pub(crate) fn add_experts(&mut self, k: usize, seconds: f64) {
+        self.experts_s[k] += seconds;
+        let bucket = (seconds / EXPERTS_HIST_BUCKET_S) as usize;
+        let last = self.experts_hist.len() - 1;
+        self.experts_hist[bucket.min(last)] += 1;
+    }
+
+    /// The `q`-quantile (0..=1) of the single experts' stretches, seconds, to the bucket's
+    /// middle ([`EXPERTS_HIST_BUCKET_S`] wide); `None` before any replay. A quantile in
+    /// the overflow bucket reads as that bucket's start.
+    pub fn experts_quantile_s(&self, q: f64) -> Option<f64> {
+        let n: u64 = self.experts_hist.iter().sum();
+        if n == 0 {
+            return None;
+        }
+        // the rank of the quantile's sample, 1-based
+        let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        let last = self.experts_hist.len() - 1;
+        for (b, &c) in self.experts_hist.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                let mid = if b == last { 0.0 } else { 0.5 };
+                return Some((b as f64 + mid) * EXPERTS_HIST_BUCKET_S);
+            }
+        }
+        None
     }
 
     /// Seconds per launch: setup + every GPU stretch + every experts' stretch + tail.
