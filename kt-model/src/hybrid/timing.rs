@@ -225,3 +225,35 @@ impl GraphTimeline {
         sum / self.launches.max(1) as f64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Quantiles read from the histogram land in the bucket of the sample of that rank;
+    /// a stretch past the last bucket's start counts in the overflow bucket.
+    #[test]
+    fn experts_quantiles_from_the_histogram() {
+        let mut t = GraphTimeline::new(2);
+        assert_eq!(t.experts_quantile_s(0.5), None);
+        // 10 samples: 101 us .. 191 us in steps of 10 us, then one of 5 ms
+        for i in 0..10 {
+            t.add_experts(i % 2, (101 + 10 * i) as f64 * 1e-6);
+        }
+        t.add_experts(1, 5e-3);
+        let us = |q: f64| t.experts_quantile_s(q).map(|s| (s * 1e6 * 10.0).round() / 10.0);
+        // rank 1: 101 us in bucket [100, 105) -> its middle
+        assert_eq!(us(0.0), Some(102.5));
+        assert_eq!(us(0.05), Some(102.5));
+        // rank ceil(0.5 * 11) = 6: 151 us in [150, 155)
+        assert_eq!(us(0.5), Some(152.5));
+        // rank 10: 191 us in [190, 195)
+        assert_eq!(us(0.9), Some(192.5));
+        // rank 11: the 5 ms sample, in the overflow bucket starting at 2 ms
+        assert_eq!(us(1.0), Some(2000.0));
+        let sum: f64 = t.experts_s.iter().sum();
+        let expect = (0..10).map(|i| (101 + 10 * i) as f64 * 1e-6).sum::<f64>() + 5e-3;
+        assert!((sum - expect).abs() < 1e-12, "{sum} vs {expect}");
+        assert_eq!(t.experts_hist.iter().sum::<u64>(), 11);
+    }
+}
