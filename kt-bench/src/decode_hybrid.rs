@@ -537,3 +537,34 @@ fn crossover(
     model.set_gpu_prefill_threshold(rules_threshold)?;
     Ok(json!({"h2d_gbps": h2d_gbps, "runs": runs}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bound is the rate at which the bytes per token stream at the bandwidth: 893 MB per
+    /// token at 100 GB/s bounds the decode at 111.96 tokens/s, so 100 tokens/s is 89.3% of it.
+    #[test]
+    fn bound_fraction_is_the_rate_over_the_bandwidth_bound() {
+        let f = bound_fraction(100.0, 893e6, 100.0).expect("bytes and bandwidth given");
+        assert!((f - 0.893).abs() < 1e-12, "{f}");
+        assert_eq!(bound_fraction(100.0, 0.0, 100.0), None);
+        assert_eq!(bound_fraction(100.0, 893e6, 0.0), None);
+    }
+
+    /// The bound takes the highest reading wherever it came in the run.
+    #[test]
+    fn the_best_dram_reading_sets_the_bound() {
+        let r = |start, before_graph, after| {
+            DramReadings {
+                start,
+                before_graph,
+                after,
+            }
+            .best()
+        };
+        assert_eq!(r(120.0, 100.0, 90.0), 120.0);
+        assert_eq!(r(90.0, 125.5, 100.0), 125.5);
+        assert_eq!(r(90.0, 100.0, 114.9), 114.9);
+    }
+}

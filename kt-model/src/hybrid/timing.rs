@@ -241,7 +241,10 @@ mod tests {
             t.add_experts(i % 2, (101 + 10 * i) as f64 * 1e-6);
         }
         t.add_experts(1, 5e-3);
-        let us = |q: f64| t.experts_quantile_s(q).map(|s| (s * 1e6 * 10.0).round() / 10.0);
+        let us = |q: f64| {
+            t.experts_quantile_s(q)
+                .map(|s| (s * 1e6 * 10.0).round() / 10.0)
+        };
         // rank 1: 101 us in bucket [100, 105) -> its middle
         assert_eq!(us(0.0), Some(102.5));
         assert_eq!(us(0.05), Some(102.5));
