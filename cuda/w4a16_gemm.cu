@@ -325,6 +325,20 @@ __device__ __forceinline__ uint4 ld_stream_if(const uint4* p, bool pred) {
     return r;
 }
 
+// Asks L2 for one group of a tile's packed weights (4 KiB, contiguous) ahead of the register
+// loads, if `pred`: one bulk prefetch instruction (compute capability 9.0+; nothing before), so
+// that a warp keeps more of its stream in flight than its registers hold. `ahead` groups past
+// the one being loaded into registers are requested (the kernel's `prefetch` argument).
+__device__ __forceinline__ void prefetch_group_l2(const uint4* p, bool pred) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %1, 0;\n"
+                 " @p cp.async.bulk.prefetch.L2.global [%0], 4096;\n}\n" ::"l"(p), "r"((int)pred)
+                 : "memory");
+#endif
+}
+constexpr int kGroupUint4 = kGvSteps * 32; // one group of a tile's packed weights, 4 KiB
+static_assert(kGroupUint4 * 16 == 4096, "prefetch_group_l2's size");
+
 // (a & MASK) | MAGIC in one lop3 (plain C++ becomes two: SASS takes one immediate).
 template <uint32_t MASK, uint32_t MAGIC> __device__ __forceinline__ uint32_t and_or(uint32_t a) {
     uint32_t r;
@@ -420,7 +434,7 @@ template <typename T, int KW>
 __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* __restrict__ x,
                                                const uint4* __restrict__ qw, const T* __restrict__ scales,
                                                int M, int N, int K, int nt, bool tile_ok, int kway, int g0,
-                                               int g_end) {
+                                               int g_end, int prefetch) {
     // Rounds in flight: S - 1 (S buffers), as far as the 48 KiB of static shared memory allow.
     constexpr int S = KW == 4 ? 2 : 3;
     __shared__ __align__(128) uint8_t xs[S * KW * kXsBytes];
@@ -478,6 +492,10 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
     const bool first = tile_ok && g0 + kway < g_end;
 #pragma unroll
     for (int u = 0; u < kGvSteps; ++u) wb[u] = ld_stream_if(wf + u * 32, first);
+    // L2 prefetches: groups 1..prefetch of the warp now, then one per group (lane 0).
+    const uint4* pf = wf - lane + kWStride;
+    const bool pf_lane = lane == 0 && tile_ok;
+    for (int i = 1; i <= prefetch; ++i, pf += kWStride) prefetch_group_l2(pf, pf_lane && g0 + kway + i * KW < g_end);
     wf += kWStride;
     kt_wait_prerequisites(); // x is the previous kernel's output: staged only from here on
 #pragma unroll
@@ -495,6 +513,8 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
         const int gw = g0 + rr * KW + kway;
         if (!tile_ok || gw >= g_end) continue; // nothing of this warp's in this round
         const bool next = gw + KW < g_end;
+        if (prefetch > 0) prefetch_group_l2(pf, pf_lane && gw + (1 + prefetch) * KW < g_end);
+        pf += kWStride;
         const uint32_t x_grp = x_base + (buf * KW + kway) * kXsBytes;
 
         float sum[2][4][4]; // this group's unscaled sums
@@ -529,6 +549,124 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
     }
 }
 
+// 9-16 rows at 4 k-ways (one tile per block, so no two warps multiply the same x): each warp
+// stages its own groups' x, not the block a round of all k-ways' groups, so that no block
+// barrier ties the warps together and each runs its k range at its own pace (the warps of a
+// multiprocessor then spread their loads over time instead of waiting for the slowest at every
+// round). Per group the warp copies the 16 rows of 256 bytes (lanes 0-15 one row, 16-31 the
+// next, eight 16-byte cp.async per lane: whole rows, as in gemv_stream_xs) and lanes 0-7 its
+// 64 columns' scales, S - 1 groups ahead in S buffers of its own; a __syncwarp after the wait
+// makes every lane's copies visible to the warp (and frees the buffer the previous group used).
+// Same layout per group as gemv_stream_xs (the ldmatrix addresses are the same), same sums in
+// the same order.
+template <typename T>
+__device__ __forceinline__ void gemv_stream_xw(float (&acc)[2][4][4], const T* __restrict__ x,
+                                               const uint4* __restrict__ qw, const T* __restrict__ scales,
+                                               int M, int N, int K, int nt, bool tile_ok, int kway, int g0,
+                                               int g_end, int prefetch) {
+    constexpr int KW = 4;
+    constexpr int S = 2; // groups in flight: S - 1 ahead (4 warps x 2 x 4 KiB of static shared memory)
+    __shared__ __align__(128) uint8_t xs[kGvWarps * S * kXsBytes];
+    __shared__ __align__(16) T xs_scales[kGvWarps * S * kBN];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int g = lane >> 2;
+    const int gf = g0 + kway; // the warp's first group
+    const int n_mine = tile_ok && gf < g_end ? (g_end - gf + KW - 1) / KW : 0;
+
+    // Weights: the first group before the wait (no kernel writes them), as in gemv_stream_xs.
+    constexpr int kWStride = KW * kGvSteps * 32; // uint4
+    const uint4* wf = qw + ((size_t)nt * (K / 16) + (size_t)gf * kGvSteps) * 32 + lane;
+    uint4 wb[kGvSteps];
+#pragma unroll
+    for (int u = 0; u < kGvSteps; ++u) wb[u] = ld_stream_if(wf + u * 32, n_mine > 0);
+    // L2 prefetches: groups 1..prefetch of the warp now, then one per group (lane 0).
+    const uint4* pf = wf - lane + kWStride;
+    for (int i = 1; i <= prefetch; ++i, pf += kWStride) prefetch_group_l2(pf, lane == 0 && i < n_mine);
+    wf += kWStride;
+    kt_wait_prerequisites(); // x is the previous kernel's output: staged only from here on
+    if (n_mine == 0) return;
+
+    // Lane l copies chunk c = l % 16 of rows h + 2 i (h = l / 16, i = 0..7). Row r's chunk c
+    // lies at r * 256 + 16 (c ^ (r % 8)); with r = h + 2 i that is (h * 256 + 16 (c ^ h)) +
+    // 512 i, its chunk bits XORed with the constant 2 i % 8 (h and 2 i share no bit).
+    const int h = lane >> 4;
+    const int c = lane & 15;
+    const uint32_t x_mine = smem_addr(xs + warp * S * kXsBytes);
+    const uint32_t x_st = x_mine + h * kXsRowBytes + ((c ^ h) << 4);
+    unsigned row_ok = 0; // bit i: row h + 2 i < M (rows past m are zero-filled)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) row_ok |= (h + 2 * i < M ? 1u : 0u) << i;
+    const T* xn = x + (size_t)h * K + (size_t)gf * kGroup + c * 8; // row h of the next group
+    const T* sn = scales + (size_t)gf * N + nt * kBN + (lane & 7) * 8;
+    T* const ss = xs_scales + warp * S * kBN;
+    const uint32_t ss_st = smem_addr(ss + (lane & 7) * 8);
+    int left = n_mine; // groups not yet staged
+    auto stage = [&](int buf) {
+        const uint32_t d = x_st + buf * kXsBytes;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const bool ok = (row_ok >> i) & 1u;
+            const T* src = ok ? xn + (size_t)(2 * i) * K : xn; // a valid address either way
+            cp_async16_zfill_if<true>((d + 2 * i * kXsRowBytes) ^ (((2 * i) & 7) << 4), src, ok ? 16 : 0,
+                                      left > 0);
+        }
+        cp_async16_if(ss_st + buf * (kBN * (int)sizeof(T)), sn, lane < 8 && left > 0);
+        xn += KW * kGroup;
+        sn += (size_t)KW * N;
+        --left;
+    };
+    const int mi = lane >> 3;
+    const uint32_t x_ld = ((mi >> 1) * 8 + (lane & 7)) * kXsRowBytes + (((mi & 1) ^ (lane & 7)) << 4);
+
+#pragma unroll
+    for (int j = 0; j < S - 1; ++j) {
+        stage(j);
+        cp_async_commit();
+    }
+    int buf = 0; // j % S
+    for (int j = 0; j < n_mine; ++j, buf = buf == S - 1 ? 0 : buf + 1) {
+        cp_async_wait<S - 2>();
+        __syncwarp(); // group j's x landed for every lane; all lanes are done with group j - 1's buffer
+        stage(buf == 0 ? S - 1 : buf - 1); // nothing once all are staged (left <= 0)
+        cp_async_commit();
+        const bool next = j + 1 < n_mine;
+        if (prefetch > 0) prefetch_group_l2(pf, lane == 0 && j + 1 + prefetch < n_mine);
+        pf += kWStride;
+        const uint32_t x_grp = x_mine + buf * kXsBytes;
+
+        float sum[2][4][4]; // this group's unscaled sums
+#pragma unroll
+        for (int t = 0; t < 2; ++t)
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) sum[t][w][e] = 0.0f;
+#pragma unroll
+        for (int u = 0; u < kGvSteps; ++u) {
+            const uint4 v = wb[u];
+            wb[u] = ld_stream_if(wf + u * 32, next);
+            const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+            uint32_t xr[4]; // B registers of token tile t: xr[2 t], xr[2 t + 1]
+            ldmatrix_x4(xr, (x_ld ^ (32u * u)) + x_grp);
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                uint32_t a[4];
+                Int4<T>::frag(words[w], a);
+#pragma unroll
+                for (int t = 0; t < 2; ++t) Kind<T>::mma(sum[t][w], a, xr[2 * t], xr[2 * t + 1]);
+            }
+        }
+        wf += kWStride;
+        T sc[4][2];
+#pragma unroll
+        for (int w = 0; w < 4; ++w)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) sc[w][hh] = ss[buf * kBN + 16 * w + 8 * hh + g];
+        gemv_scale_add<T, 2>(acc, sum, sc);
+    }
+}
+
 // Visits the accumulators of a warp's NT x 4 m16n8 fragments (acc[t][w][e] of a thread,
 // flattened as i = (t * 4 + w) * 4 + e): f(row, column, i) with row 8 t + 2 q + e % 2 and
 // column col0 + 16 w + g + 8 (e / 2), unrolled. One place for the fragment layout that
@@ -543,13 +681,14 @@ __device__ __forceinline__ void kt_for_each_acc(int q, int g, int col0, F&& f) {
             for (int e = 0; e < 4; ++e) f(8 * t + 2 * q + (e & 1), col0 + 16 * w + g + 8 * (e >> 1), (t * 4 + w) * 4 + e);
 }
 
-// The k stream and the sums; m <= 8 (NT = 1) streams x itself, m > 8 calls gemv_stream_xs.
-template <typename T, int NT, int KW>
+// The k stream and the sums; m <= 8 (NT = 1) streams x itself, m > 8 calls gemv_stream_xs, or
+// gemv_stream_xw where XW (4 k-ways only).
+template <typename T, int NT, int KW, bool XW = false>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
                                            int M, int N, int K, int steps_per_slice, int slices,
-                                           int clustered) {
+                                           int clustered, int prefetch) {
     constexpr int TW = kGvWarps / KW;
     constexpr int kAcc = NT * 16; // accumulators per lane
     __shared__ float red[KW > 1 ? TW * kAcc * 32 : 1];
@@ -586,8 +725,12 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     // once all had streamed their k range, the next kernel's blocks took the free slots of
     // multiprocessors still busy with this one and packed a grid of under ~2 blocks per
     // multiprocessor unevenly (H100: shared expert down at 16 rows 8.5 us instead of 5.0).
-    if constexpr (NT == 2) {
-        gemv_stream_xs<T, KW>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
+    if constexpr (NT == 2 && XW) {
+        static_assert(KW == 4, "per-warp staging: one tile per block");
+        gemv_stream_xw<T>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end, prefetch);
+    } else if constexpr (NT == 2) {
+        gemv_stream_xs<T, KW>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end,
+                              prefetch);
     } else if (n_mine == 0) {
         kt_wait_prerequisites(); // before the writes below (this warp may be the writer)
     } else {
@@ -614,6 +757,9 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         uint4 wb[2][kGvSteps];
 #pragma unroll
         for (int u = 0; u < kGvSteps; ++u) wb[0][u] = ld_stream_if(wf + u * 32, true);
+        // L2 prefetches: groups 1..prefetch of the warp now, then one per group (lane 0).
+        const uint4* pf = wf - lane + kWStride;
+        for (int i = 1; i <= prefetch; ++i, pf += kWStride) prefetch_group_l2(pf, lane == 0 && i < n_mine);
         wf += kWStride;
         kt_wait_prerequisites(); // x is the previous kernel's output: read only from here on
         for (int j0 = 0; j0 < n_mine; j0 += 2) {
@@ -624,6 +770,8 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
                 for (int u = 0; u < kGvSteps; ++u) wb[b ^ 1][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
                 wf += kWStride;
+                if (prefetch > 0) prefetch_group_l2(pf, lane == 0 && j + 1 + prefetch < n_mine);
+                pf += kWStride;
                 // xb[t][u] = the B registers of token tile t at step u; sc[w][h] = the scale of
                 // column 16 w + 8 h + g.
                 uint32_t xb[NT][kGvSteps][2];
@@ -821,13 +969,14 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
     w4a16_reduce<__nv_bfloat16>(partial, out, splits, (size_t)mn);
 }
 
-#define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
-    extern "C" __global__ void __launch_bounds__(kGvThreads, 3) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
+#define KT_W4A16_GEMV_AS(NAME, T, NT, KW, XW)                                                      \
+    extern "C" __global__ void __launch_bounds__(kGvThreads, 3) NAME(                               \
         const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
-        int M, int N, int K, int steps_per_slice, int slices, int clustered) {                     \
-        w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,     \
-                              slices, clustered);                                                  \
+        int M, int N, int K, int steps_per_slice, int slices, int clustered, int prefetch) {       \
+        w4a16_gemv<T, NT, KW, XW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice, \
+                                  slices, clustered, prefetch);                                    \
     }
+#define KT_W4A16_GEMV(SUFFIX, T, NT, KW) KT_W4A16_GEMV_AS(kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW, T, NT, KW, false)
 #define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT) \
     KT_W4A16_GEMV(SUFFIX, T, NT, 1)        \
     KT_W4A16_GEMV(SUFFIX, T, NT, 2)        \
@@ -837,3 +986,5 @@ KT_W4A16_GEMV_KWAYS(f16, __half, 1)
 KT_W4A16_GEMV_KWAYS(f16, __half, 2)
 KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 1)
 KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 2)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t2_k4w, __half, 2, 4, true)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t2_k4w, __nv_bfloat16, 2, 4, true)
