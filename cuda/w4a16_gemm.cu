@@ -325,20 +325,6 @@ __device__ __forceinline__ uint4 ld_stream_if(const uint4* p, bool pred) {
     return r;
 }
 
-// Asks L2 for one group of a tile's packed weights (4 KiB, contiguous) ahead of the register
-// loads, if `pred`: one bulk prefetch instruction (compute capability 9.0+; nothing before), so
-// that a warp keeps more of its stream in flight than its registers hold. `ahead` groups past
-// the one being loaded into registers are requested (the kernel's `prefetch` argument).
-__device__ __forceinline__ void prefetch_group_l2(const uint4* p, bool pred) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %1, 0;\n"
-                 " @p cp.async.bulk.prefetch.L2.global [%0], 4096;\n}\n" ::"l"(p), "r"((int)pred)
-                 : "memory");
-#endif
-}
-constexpr int kGroupUint4 = kGvSteps * 32; // one group of a tile's packed weights, 4 KiB
-static_assert(kGroupUint4 * 16 == 4096, "prefetch_group_l2's size");
-
 // (a & MASK) | MAGIC in one lop3 (plain C++ becomes two: SASS takes one immediate).
 template <uint32_t MASK, uint32_t MAGIC> __device__ __forceinline__ uint32_t and_or(uint32_t a) {
     uint32_t r;
@@ -434,7 +420,7 @@ template <typename T, int KW>
 __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* __restrict__ x,
                                                const uint4* __restrict__ qw, const T* __restrict__ scales,
                                                int M, int N, int K, int nt, bool tile_ok, int kway, int g0,
-                                               int g_end, int prefetch) {
+                                               int g_end) {
     // Rounds in flight: S - 1 (S buffers), as far as the 48 KiB of static shared memory allow.
     constexpr int S = KW == 4 ? 2 : 3;
     __shared__ __align__(128) uint8_t xs[S * KW * kXsBytes];
@@ -492,10 +478,6 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
     const bool first = tile_ok && g0 + kway < g_end;
 #pragma unroll
     for (int u = 0; u < kGvSteps; ++u) wb[u] = ld_stream_if(wf + u * 32, first);
-    // L2 prefetches: groups 1..prefetch of the warp now, then one per group (lane 0).
-    const uint4* pf = wf - lane + kWStride;
-    const bool pf_lane = lane == 0 && tile_ok;
-    for (int i = 1; i <= prefetch; ++i, pf += kWStride) prefetch_group_l2(pf, pf_lane && g0 + kway + i * KW < g_end);
     wf += kWStride;
     kt_wait_prerequisites(); // x is the previous kernel's output: staged only from here on
 #pragma unroll
@@ -513,8 +495,6 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
         const int gw = g0 + rr * KW + kway;
         if (!tile_ok || gw >= g_end) continue; // nothing of this warp's in this round
         const bool next = gw + KW < g_end;
-        if (prefetch > 0) prefetch_group_l2(pf, pf_lane && gw + (1 + prefetch) * KW < g_end);
-        pf += kWStride;
         const uint32_t x_grp = x_base + (buf * KW + kway) * kXsBytes;
 
         float sum[2][4][4]; // this group's unscaled sums
@@ -563,7 +543,7 @@ template <typename T>
 __device__ __forceinline__ void gemv_stream_xw(float (&acc)[2][4][4], const T* __restrict__ x,
                                                const uint4* __restrict__ qw, const T* __restrict__ scales,
                                                int M, int N, int K, int nt, bool tile_ok, int kway, int g0,
-                                               int g_end, int prefetch) {
+                                               int g_end) {
     constexpr int KW = 4;
     constexpr int S = 2; // groups in flight: S - 1 ahead (4 warps x 2 x 4 KiB of static shared memory)
     __shared__ __align__(128) uint8_t xs[kGvWarps * S * kXsBytes];
@@ -580,9 +560,6 @@ __device__ __forceinline__ void gemv_stream_xw(float (&acc)[2][4][4], const T* _
     uint4 wb[kGvSteps];
 #pragma unroll
     for (int u = 0; u < kGvSteps; ++u) wb[u] = ld_stream_if(wf + u * 32, n_mine > 0);
-    // L2 prefetches: groups 1..prefetch of the warp now, then one per group (lane 0).
-    const uint4* pf = wf - lane + kWStride;
-    for (int i = 1; i <= prefetch; ++i, pf += kWStride) prefetch_group_l2(pf, lane == 0 && i < n_mine);
     wf += kWStride;
     kt_wait_prerequisites(); // x is the previous kernel's output: staged only from here on
     if (n_mine == 0) return;
@@ -631,8 +608,6 @@ __device__ __forceinline__ void gemv_stream_xw(float (&acc)[2][4][4], const T* _
         stage(buf == 0 ? S - 1 : buf - 1); // nothing once all are staged (left <= 0)
         cp_async_commit();
         const bool next = j + 1 < n_mine;
-        if (prefetch > 0) prefetch_group_l2(pf, lane == 0 && j + 1 + prefetch < n_mine);
-        pf += kWStride;
         const uint32_t x_grp = x_mine + buf * kXsBytes;
 
         float sum[2][4][4]; // this group's unscaled sums
@@ -688,7 +663,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
                                            int M, int N, int K, int steps_per_slice, int slices,
-                                           int clustered, int prefetch) {
+                                           int clustered) {
     constexpr int TW = kGvWarps / KW;
     constexpr int kAcc = NT * 16; // accumulators per lane
     __shared__ float red[KW > 1 ? TW * kAcc * 32 : 1];
@@ -727,10 +702,9 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     // multiprocessor unevenly (H100: shared expert down at 16 rows 8.5 us instead of 5.0).
     if constexpr (NT == 2 && XW) {
         static_assert(KW == 4, "per-warp staging: one tile per block");
-        gemv_stream_xw<T>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end, prefetch);
+        gemv_stream_xw<T>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
     } else if constexpr (NT == 2) {
-        gemv_stream_xs<T, KW>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end,
-                              prefetch);
+        gemv_stream_xs<T, KW>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
     } else if (n_mine == 0) {
         kt_wait_prerequisites(); // before the writes below (this warp may be the writer)
     } else {
@@ -757,9 +731,6 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         uint4 wb[2][kGvSteps];
 #pragma unroll
         for (int u = 0; u < kGvSteps; ++u) wb[0][u] = ld_stream_if(wf + u * 32, true);
-        // L2 prefetches: groups 1..prefetch of the warp now, then one per group (lane 0).
-        const uint4* pf = wf - lane + kWStride;
-        for (int i = 1; i <= prefetch; ++i, pf += kWStride) prefetch_group_l2(pf, lane == 0 && i < n_mine);
         wf += kWStride;
         kt_wait_prerequisites(); // x is the previous kernel's output: read only from here on
         for (int j0 = 0; j0 < n_mine; j0 += 2) {
@@ -770,8 +741,6 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
                 for (int u = 0; u < kGvSteps; ++u) wb[b ^ 1][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
                 wf += kWStride;
-                if (prefetch > 0) prefetch_group_l2(pf, lane == 0 && j + 1 + prefetch < n_mine);
-                pf += kWStride;
                 // xb[t][u] = the B registers of token tile t at step u; sc[w][h] = the scale of
                 // column 16 w + 8 h + g.
                 uint32_t xb[NT][kGvSteps][2];
@@ -972,9 +941,9 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
 #define KT_W4A16_GEMV_AS(NAME, T, NT, KW, XW)                                                      \
     extern "C" __global__ void __launch_bounds__(kGvThreads, 3) NAME(                               \
         const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
-        int M, int N, int K, int steps_per_slice, int slices, int clustered, int prefetch) {       \
+        int M, int N, int K, int steps_per_slice, int slices, int clustered) {                      \
         w4a16_gemv<T, NT, KW, XW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice, \
-                                  slices, clustered, prefetch);                                    \
+                                  slices, clustered);                                              \
     }
 #define KT_W4A16_GEMV(SUFFIX, T, NT, KW) KT_W4A16_GEMV_AS(kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW, T, NT, KW, false)
 #define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT) \

@@ -236,7 +236,6 @@ impl GpuStream {
         let slices = plan.slices as i32;
         let cluster = self.gemv_cluster(plan);
         let clustered = i32::from(cluster > 1);
-        let prefetch = gemv_prefetch();
 
         // One slice, or slices in a cluster, never touch the partials or the counters (null
         // pointers).
@@ -259,7 +258,7 @@ impl GpuStream {
             }
             None => (0, 0, None, None),
         };
-        let mut params: [*mut c_void; 13] = [
+        let mut params: [*mut c_void; 12] = [
             &xp as *const _ as *mut c_void,
             &wp as *const _ as *mut c_void,
             &sp as *const _ as *mut c_void,
@@ -272,11 +271,9 @@ impl GpuStream {
             &steps as *const _ as *mut c_void,
             &slices as *const _ as *mut c_void,
             &clustered as *const _ as *mut c_void,
-            &prefetch as *const _ as *mut c_void,
         ];
         // SAFETY: the parameters are kt_w4a16_gemv_<T>_t<tiles>_k<ways>'s (x, packed, scales,
-        // out, partials, counters, M, N, K, k steps per slice, slices, clustered, L2 prefetch
-        // distance in groups), each a
+        // out, partials, counters, M, N, K, k steps per slice, slices, clustered), each a
         // pointer to a live value of its type; x is m x k and out m x n, packed and scales hold
         // n x k weights (Operands::check), 1 <= m <= 16 and the plan is this shape's
         // (checked), n % 64 == 0 and k % 128 == 0 (upload_w4a16 / the expert slab checked
@@ -303,34 +300,17 @@ impl GpuStream {
     /// the shared expert's in projection (8 slices) 17-26% slower as one cluster of 8 (a
     /// cluster's blocks must share one GPC, and rank 0 reads 8 blocks' sums one by one); 4-7
     /// slices were not timed. `KT_W4A16_CLUSTER=0` (read once) keeps the partials everywhere,
-    /// `=n` (2..=8) clusters up to n slices, for A/B runs.
+    /// for A/B runs.
     fn gemv_cluster(&self, plan: &GemvPlan) -> u32 {
-        static MAX: OnceLock<usize> = OnceLock::new();
-        let max = *MAX.get_or_init(|| {
-            std::env::var("KT_W4A16_CLUSTER")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .map_or(MAX_CLUSTER, |v: usize| v.min(8))
-        });
-        if self.info.compute_capability.0 >= 9 && (2..=max).contains(&plan.slices) {
+        static ON: OnceLock<bool> = OnceLock::new();
+        let on =
+            *ON.get_or_init(|| std::env::var("KT_W4A16_CLUSTER").map_or(true, |v| v.trim() != "0"));
+        if on && self.info.compute_capability.0 >= 9 && (2..=MAX_CLUSTER).contains(&plan.slices) {
             plan.slices as u32
         } else {
             1
         }
     }
-}
-
-/// How many groups past the one being loaded into registers each warp asks L2 for
-/// (`cp.async.bulk.prefetch`, compute capability 9.0+; the kernel ignores it below):
-/// `KT_W4A16_PREFETCH` (read once), default 0.
-fn gemv_prefetch() -> i32 {
-    static AHEAD: OnceLock<i32> = OnceLock::new();
-    *AHEAD.get_or_init(|| {
-        std::env::var("KT_W4A16_PREFETCH")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .map_or(0, |v: i32| v.clamp(0, 16))
-    })
 }
 
 /// The most slices summed in a cluster.
