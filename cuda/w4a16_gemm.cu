@@ -539,28 +539,62 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
 // makes every lane's copies visible to the warp (and frees the buffer the previous group used).
 // Same layout per group as gemv_stream_xs (the ldmatrix addresses are the same), same sums in
 // the same order.
-template <typename T>
+// W1: the warp's second group of weights is requested at the start too, into a 4 KiB slot of
+// shared memory of its own (each lane copies the 16 bytes per step it later reads itself), and
+// read from there during the first group; so the first two groups' weights are in flight at
+// once, as in the m <= 8 form, where one register buffer alone had the second go out only as
+// the first arrived. The x buffers and the slot are then dynamic shared memory
+// (kXwDynBytes), over the 48 KiB of static shared memory.
+constexpr int kXwS = 2; // x buffers per warp: one group ahead
+constexpr int kXwDynBytes = kGvWarps * (kXwS + 1) * kXsBytes;
+static_assert(kXwDynBytes == 48 * 1024, "the host's dynamic shared memory size for W1");
+// One of a global load (ld_stream_if) and a shared one into the same registers, whichever is
+// predicated on (never both).
+__device__ __forceinline__ uint4 ld_stream_or_shared(const uint4* p, bool gpred, uint32_t addr, bool spred) {
+    uint4 r;
+    asm volatile("{\n .reg .pred p, q;\n setp.ne.b32 p, %5, 0;\n setp.ne.b32 q, %7, 0;\n"
+                 " @p ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 " @q ld.shared.v4.u32 {%0, %1, %2, %3}, [%6];\n}\n"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p), "r"((int)gpred), "r"(addr), "r"((int)spred));
+    return r;
+}
+template <typename T, bool W1>
 __device__ __forceinline__ void gemv_stream_xw(float (&acc)[2][4][4], const T* __restrict__ x,
                                                const uint4* __restrict__ qw, const T* __restrict__ scales,
                                                int M, int N, int K, int nt, bool tile_ok, int kway, int g0,
                                                int g_end) {
     constexpr int KW = 4;
-    constexpr int S = 2; // groups in flight: S - 1 ahead (4 warps x 2 x 4 KiB of static shared memory)
-    __shared__ __align__(128) uint8_t xs[kGvWarps * S * kXsBytes];
+    constexpr int S = kXwS;
     __shared__ __align__(16) T xs_scales[kGvWarps * S * kBN];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int g = lane >> 2;
     const int gf = g0 + kway; // the warp's first group
     const int n_mine = tile_ok && gf < g_end ? (g_end - gf + KW - 1) / KW : 0;
+    uint8_t* xs; // this block's x buffers: [warp][S] groups, then (W1) [warp] weight slots
+    if constexpr (W1) {
+        extern __shared__ __align__(128) uint8_t gv_dyn[];
+        xs = gv_dyn;
+    } else {
+        __shared__ __align__(128) uint8_t xs_static[kGvWarps * S * kXsBytes];
+        xs = xs_static;
+    }
 
-    // Weights: the first group before the wait (no kernel writes them), as in gemv_stream_xs.
+    // Weights: the first group before the wait (no kernel writes them), as in gemv_stream_xs,
+    // and with W1 the second into the warp's slot.
     constexpr int kWStride = KW * kGvSteps * 32; // uint4
     const uint4* wf = qw + ((size_t)nt * (K / 16) + (size_t)gf * kGvSteps) * 32 + lane;
     uint4 wb[kGvSteps];
 #pragma unroll
     for (int u = 0; u < kGvSteps; ++u) wb[u] = ld_stream_if(wf + u * 32, n_mine > 0);
     wf += kWStride;
+    const uint32_t w_slot = smem_addr(xs + kGvWarps * S * kXsBytes + warp * kXsBytes) + lane * 16;
+    if constexpr (W1) {
+#pragma unroll
+        for (int u = 0; u < kGvSteps; ++u) cp_async16_if(w_slot + u * 512, wf + u * 32, n_mine > 1);
+        cp_async_commit(); // waited for with group 0's x
+    }
     kt_wait_prerequisites(); // x is the previous kernel's output: staged only from here on
     if (n_mine == 0) return;
 
@@ -608,6 +642,7 @@ __device__ __forceinline__ void gemv_stream_xw(float (&acc)[2][4][4], const T* _
         stage(buf == 0 ? S - 1 : buf - 1); // nothing once all are staged (left <= 0)
         cp_async_commit();
         const bool next = j + 1 < n_mine;
+        const bool from_slot = W1 && j == 0; // group 1's weights are in the slot
         const uint32_t x_grp = x_mine + buf * kXsBytes;
 
         float sum[2][4][4]; // this group's unscaled sums
@@ -620,7 +655,11 @@ __device__ __forceinline__ void gemv_stream_xw(float (&acc)[2][4][4], const T* _
 #pragma unroll
         for (int u = 0; u < kGvSteps; ++u) {
             const uint4 v = wb[u];
-            wb[u] = ld_stream_if(wf + u * 32, next);
+            if constexpr (W1) {
+                wb[u] = ld_stream_or_shared(wf + u * 32, next && !from_slot, w_slot + u * 512, next && from_slot);
+            } else {
+                wb[u] = ld_stream_if(wf + u * 32, next);
+            }
             const uint32_t words[4] = {v.x, v.y, v.z, v.w};
             uint32_t xr[4]; // B registers of token tile t: xr[2 t], xr[2 t + 1]
             ldmatrix_x4(xr, (x_ld ^ (32u * u)) + x_grp);
@@ -658,7 +697,7 @@ __device__ __forceinline__ void kt_for_each_acc(int q, int g, int col0, F&& f) {
 
 // The k stream and the sums; m <= 8 (NT = 1) streams x itself, m > 8 calls gemv_stream_xs, or
 // gemv_stream_xw where XW (4 k-ways only).
-template <typename T, int NT, int KW, bool XW = false>
+template <typename T, int NT, int KW, bool XW = false, bool W1 = false, bool PR = false>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
@@ -702,7 +741,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     // multiprocessor unevenly (H100: shared expert down at 16 rows 8.5 us instead of 5.0).
     if constexpr (NT == 2 && XW) {
         static_assert(KW == 4, "per-warp staging: one tile per block");
-        gemv_stream_xw<T>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
+        gemv_stream_xw<T, W1>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
     } else if constexpr (NT == 2) {
         gemv_stream_xs<T, KW>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
     } else if (n_mine == 0) {
@@ -782,81 +821,150 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
             }
         }
     }
-    // Sum the k-ways of each tile in k-way order; the last k-way's warp ends up with the sum.
-    if constexpr (KW > 1) {
-        float* r = red + tile_in * kAcc * 32 + lane; // [TW][kAcc][32 lanes]
+    if constexpr (PR) {
+        // Every k-way leaves its sums in shared memory and, after one barrier, each warp adds a
+        // quarter of them over the k-ways (in k-way order: the same bits as the serial sum
+        // below) and writes them: one barrier instead of KW - 1 in turn, and the output's
+        // stores spread over the block's warps instead of one.
+        static_assert(KW == 4 && TW == 1, "the k-ways of one tile per block");
+        constexpr int kMine = kAcc / KW; // the sums this lane finishes
+        __shared__ float red4[KW * kAcc * 32]; // [k-way][kAcc][32 lanes]
 #pragma unroll
-        for (int j = 0; j < KW - 1; ++j) {
-            if (kway == j) {
+        for (int i = 0; i < kAcc; ++i) red4[(kway * kAcc + i) * 32 + lane] = (&acc[0][0][0])[i];
+        __syncthreads();
+        const int i0 = kway * kMine; // the first accumulator index of this warp's share
+        float v[kMine];
 #pragma unroll
-                for (int t = 0; t < NT; ++t)
+        for (int k = 0; k < kMine; ++k) {
+            const float* r4 = red4 + (i0 + k) * 32 + lane;
+            v[k] = r4[0];
 #pragma unroll
-                    for (int w = 0; w < 4; ++w)
+            for (int j = 1; j < KW; ++j) v[k] = v[k] + r4[j * kAcc * 32];
+        }
+        // Accumulator i = (t * 4 + w) * 4 + e is at row 8 t + 2 q + e % 2, column 64 nt + 16 w +
+        // g + 8 (e / 2) (kt_for_each_acc's layout).
+        auto for_mine = [&](auto&& f) {
 #pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            float* d = r + ((t * 4 + w) * 4 + e) * 32;
-                            *d = j == 0 ? acc[t][w][e] : *d + acc[t][w][e];
-                        }
+            for (int k = 0; k < kMine; ++k) {
+                const int i = i0 + k;
+                f(8 * (i >> 4) + 2 * q + (i & 1), nt * kBN + 16 * ((i >> 2) & 3) + g + 8 * ((i >> 1) & 1), k);
             }
-            __syncthreads();
+        };
+        if (slices == 1) {
+            if (!tile_ok) return;
+            for_mine([&](int row, int col, int k) {
+                if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(v[k]);
+            });
+            return;
         }
-        if (kway == KW - 1) {
-#pragma unroll
-            for (int t = 0; t < NT; ++t)
-#pragma unroll
-                for (int w = 0; w < 4; ++w)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[t][w][e] = r[((t * 4 + w) * 4 + e) * 32] + acc[t][w][e];
-        }
-    }
-    const bool writer = tile_ok && kway == KW - 1;
-
-    // acc[t][w][e] is out[row 8 t + 2 q + e % 2][column 64 nt + 16 w + g + 8 (e / 2)].
-    if (slices == 1) {
-        if (!writer) return;
-        kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
-            if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>((&acc[0][0][0])[i]);
-        });
-        return;
-    }
-
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (clustered) {
-        // The column group's slices are one thread-block cluster, block rank = slice (the
-        // host launched it so): each writer leaves its sums in its shared memory, and rank 0
-        // adds all ranks' through distributed shared memory in slice order (the same sums in
-        // the same order as the partials path below, so the same bits), with two cluster
-        // barriers instead of partials in global memory, a fence and an arrival counter.
-        __shared__ float cred[TW * kAcc * 32]; // [TW][kAcc][32 lanes]
-        namespace cg = cooperative_groups;
-        cg::cluster_group cluster = cg::this_cluster();
-        float* mine = cred + tile_in * kAcc * 32 + lane;
-        if (writer) {
+        if (clustered) {
+            // As below: rank 0 adds the ranks' sums in rank order, each warp its share.
+            __shared__ float cred4[kAcc * 32]; // [kAcc][32 lanes]
+            namespace cg = cooperative_groups;
+            cg::cluster_group cluster = cg::this_cluster();
 #pragma unroll
-            for (int i = 0; i < kAcc; ++i) mine[i * 32] = (&acc[0][0][0])[i];
-        }
-        cluster.sync(); // every rank's sums written and visible to the cluster
-        if (writer && cluster.block_rank() == 0) {
-            float v[kAcc];
+            for (int k = 0; k < kMine; ++k) cred4[(i0 + k) * 32 + lane] = v[k];
+            cluster.sync(); // every rank's sums written and visible to the cluster
+            if (tile_ok && cluster.block_rank() == 0) {
+                float c[kMine];
 #pragma unroll
-            for (int i = 0; i < kAcc; ++i) v[i] = 0.0f;
-            for (int r = 0; r < slices; ++r) {
-                const float* theirs = cluster.map_shared_rank(mine, r);
+                for (int k = 0; k < kMine; ++k) c[k] = 0.0f;
+                for (int r = 0; r < slices; ++r) {
+                    const float* theirs = cluster.map_shared_rank(cred4 + i0 * 32 + lane, r);
 #pragma unroll
-                for (int i = 0; i < kAcc; ++i) v[i] += theirs[i * 32];
+                    for (int k = 0; k < kMine; ++k) c[k] += theirs[k * 32];
+                }
+                for_mine([&](int row, int col, int k) {
+                    if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(c[k]);
+                });
             }
-            kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
-                if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(v[i]);
+            cluster.sync(); // no rank exits (freeing its shared memory) before rank 0 has read it
+            return;
+        }
+#endif
+        if (tile_ok) {
+            for_mine([&](int row, int col, int k) {
+                if (row < M) partial[((size_t)slice * M + row) * N + col] = v[k];
             });
         }
-        cluster.sync(); // no rank exits (freeing its shared memory) before rank 0 has read it
-        return;
-    }
+    } else {
+        // Sum the k-ways of each tile in k-way order; the last k-way's warp ends up with the sum.
+        if constexpr (KW > 1) {
+            float* r = red + tile_in * kAcc * 32 + lane; // [TW][kAcc][32 lanes]
+    #pragma unroll
+            for (int j = 0; j < KW - 1; ++j) {
+                if (kway == j) {
+    #pragma unroll
+                    for (int t = 0; t < NT; ++t)
+    #pragma unroll
+                        for (int w = 0; w < 4; ++w)
+    #pragma unroll
+                            for (int e = 0; e < 4; ++e) {
+                                float* d = r + ((t * 4 + w) * 4 + e) * 32;
+                                *d = j == 0 ? acc[t][w][e] : *d + acc[t][w][e];
+                            }
+                }
+                __syncthreads();
+            }
+            if (kway == KW - 1) {
+    #pragma unroll
+                for (int t = 0; t < NT; ++t)
+    #pragma unroll
+                    for (int w = 0; w < 4; ++w)
+    #pragma unroll
+                        for (int e = 0; e < 4; ++e) acc[t][w][e] = r[((t * 4 + w) * 4 + e) * 32] + acc[t][w][e];
+            }
+        }
+        const bool writer = tile_ok && kway == KW - 1;
+
+        // acc[t][w][e] is out[row 8 t + 2 q + e % 2][column 64 nt + 16 w + g + 8 (e / 2)].
+        if (slices == 1) {
+            if (!writer) return;
+            kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
+                if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>((&acc[0][0][0])[i]);
+            });
+            return;
+        }
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        if (clustered) {
+            // The column group's slices are one thread-block cluster, block rank = slice (the
+            // host launched it so): each writer leaves its sums in its shared memory, and rank 0
+            // adds all ranks' through distributed shared memory in slice order (the same sums in
+            // the same order as the partials path below, so the same bits), with two cluster
+            // barriers instead of partials in global memory, a fence and an arrival counter.
+            __shared__ float cred[TW * kAcc * 32]; // [TW][kAcc][32 lanes]
+            namespace cg = cooperative_groups;
+            cg::cluster_group cluster = cg::this_cluster();
+            float* mine = cred + tile_in * kAcc * 32 + lane;
+            if (writer) {
+    #pragma unroll
+                for (int i = 0; i < kAcc; ++i) mine[i * 32] = (&acc[0][0][0])[i];
+            }
+            cluster.sync(); // every rank's sums written and visible to the cluster
+            if (writer && cluster.block_rank() == 0) {
+                float v[kAcc];
+    #pragma unroll
+                for (int i = 0; i < kAcc; ++i) v[i] = 0.0f;
+                for (int r = 0; r < slices; ++r) {
+                    const float* theirs = cluster.map_shared_rank(mine, r);
+    #pragma unroll
+                    for (int i = 0; i < kAcc; ++i) v[i] += theirs[i * 32];
+                }
+                kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
+                    if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(v[i]);
+                });
+            }
+            cluster.sync(); // no rank exits (freeing its shared memory) before rank 0 has read it
+            return;
+        }
 #endif
-    if (writer) {
-        kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
-            if (row < M) partial[((size_t)slice * M + row) * N + col] = (&acc[0][0][0])[i];
-        });
+        if (writer) {
+            kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
+                if (row < M) partial[((size_t)slice * M + row) * N + col] = (&acc[0][0][0])[i];
+            });
+        }
     }
     // Publish this slice, then count it; the block that completes the group sums it up.
     __threadfence();
@@ -938,14 +1046,14 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
     w4a16_reduce<__nv_bfloat16>(partial, out, splits, (size_t)mn);
 }
 
-#define KT_W4A16_GEMV_AS(NAME, T, NT, KW, XW)                                                      \
+#define KT_W4A16_GEMV_AS(NAME, T, NT, KW, XW, W1, PR)                                              \
     extern "C" __global__ void __launch_bounds__(kGvThreads, 3) NAME(                               \
         const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
         int M, int N, int K, int steps_per_slice, int slices, int clustered) {                      \
-        w4a16_gemv<T, NT, KW, XW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice, \
+        w4a16_gemv<T, NT, KW, XW, W1, PR>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice, \
                                   slices, clustered);                                              \
     }
-#define KT_W4A16_GEMV(SUFFIX, T, NT, KW) KT_W4A16_GEMV_AS(kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW, T, NT, KW, false)
+#define KT_W4A16_GEMV(SUFFIX, T, NT, KW) KT_W4A16_GEMV_AS(kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW, T, NT, KW, false, false, false)
 #define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT) \
     KT_W4A16_GEMV(SUFFIX, T, NT, 1)        \
     KT_W4A16_GEMV(SUFFIX, T, NT, 2)        \
@@ -955,5 +1063,11 @@ KT_W4A16_GEMV_KWAYS(f16, __half, 1)
 KT_W4A16_GEMV_KWAYS(f16, __half, 2)
 KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 1)
 KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 2)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t2_k4w, __half, 2, 4, true)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t2_k4w, __nv_bfloat16, 2, 4, true)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t2_k4w, __half, 2, 4, true, false, false)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t2_k4w, __nv_bfloat16, 2, 4, true, false, false)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t2_k4w1, __half, 2, 4, true, true, false)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t2_k4w1, __nv_bfloat16, 2, 4, true, true, false)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t2_k4w1r, __half, 2, 4, true, true, true)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t2_k4w1r, __nv_bfloat16, 2, 4, true, true, true)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t1_k4r, __half, 1, 4, false, false, true)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t1_k4r, __nv_bfloat16, 1, 4, false, false, true)
