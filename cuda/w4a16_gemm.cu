@@ -311,6 +311,7 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 constexpr int kGvWarps = 4;
 constexpr int kGvThreads = 32 * kGvWarps;
 constexpr int kGvSteps = kGroup / 16; // 16-deep k steps per group
+constexpr int kGroupBytes = kGvSteps * 32 * 16; // one group of a 64-column tile's packed weights
 
 // A 16-byte load of data read once (served from L2 without allocating in L1, which keeps x),
 // issued only if `pred`. The result is an output-only operand: where `pred` is false the
@@ -697,7 +698,7 @@ __device__ __forceinline__ void kt_for_each_acc(int q, int g, int col0, F&& f) {
 
 // The k stream and the sums; m <= 8 (NT = 1) streams x itself, m > 8 calls gemv_stream_xs, or
 // gemv_stream_xw where XW (4 k-ways only).
-template <typename T, int NT, int KW, bool XW = false, bool W1 = false, bool PR = false>
+template <typename T, int NT, int KW, bool XW = false, bool W1 = false, bool PR = false, bool EA = false>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
@@ -770,6 +771,22 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         uint4 wb[2][kGvSteps];
 #pragma unroll
         for (int u = 0; u < kGvSteps; ++u) wb[0][u] = ld_stream_if(wf + u * 32, true);
+        // EA: groups 2 and 3 of the warp are requested now too, into two 4 KiB slots of shared
+        // memory of its own (each lane copies the 16 bytes per step it later reads itself), so
+        // that a warp of up to 4 groups has all its weights in flight at once; the register
+        // loads of those two groups then read the slots.
+        uint32_t ea_slot = 0;
+        if constexpr (EA) {
+            __shared__ __align__(128) uint8_t ea_slots[kGvWarps * 2 * kGroupBytes];
+            ea_slot = smem_addr(ea_slots + warp * 2 * kGroupBytes) + lane * 16;
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int u = 0; u < kGvSteps; ++u)
+                    cp_async16_if(ea_slot + h * kGroupBytes + u * 512, wf + (2 + h) * kWStride + u * 32,
+                                  2 + h < n_mine);
+            cp_async_commit();
+        }
         wf += kWStride;
         kt_wait_prerequisites(); // x is the previous kernel's output: read only from here on
         for (int j0 = 0; j0 < n_mine; j0 += 2) {
@@ -777,8 +794,19 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
             for (int b = 0; b < 2; ++b) {
                 const int j = j0 + b;
                 if (j >= n_mine) break;
+                if constexpr (EA) {
+                    const int nx = j + 1; // the group loaded now
+                    const bool slot = nx == 2 || nx == 3;
+                    if (nx == 2) cp_async_wait<0>(); // this lane's copies into the slots landed
 #pragma unroll
-                for (int u = 0; u < kGvSteps; ++u) wb[b ^ 1][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
+                    for (int u = 0; u < kGvSteps; ++u)
+                        wb[b ^ 1][u] = ld_stream_or_shared(wf + u * 32, nx < n_mine && !slot,
+                                                           ea_slot + (nx - 2) * kGroupBytes + u * 512,
+                                                           nx < n_mine && slot);
+                } else {
+#pragma unroll
+                    for (int u = 0; u < kGvSteps; ++u) wb[b ^ 1][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
+                }
                 wf += kWStride;
                 // xb[t][u] = the B registers of token tile t at step u; sc[w][h] = the scale of
                 // column 16 w + 8 h + g.
@@ -892,14 +920,14 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         // Sum the k-ways of each tile in k-way order; the last k-way's warp ends up with the sum.
         if constexpr (KW > 1) {
             float* r = red + tile_in * kAcc * 32 + lane; // [TW][kAcc][32 lanes]
-    #pragma unroll
+#pragma unroll
             for (int j = 0; j < KW - 1; ++j) {
                 if (kway == j) {
-    #pragma unroll
+#pragma unroll
                     for (int t = 0; t < NT; ++t)
-    #pragma unroll
+#pragma unroll
                         for (int w = 0; w < 4; ++w)
-    #pragma unroll
+#pragma unroll
                             for (int e = 0; e < 4; ++e) {
                                 float* d = r + ((t * 4 + w) * 4 + e) * 32;
                                 *d = j == 0 ? acc[t][w][e] : *d + acc[t][w][e];
@@ -908,11 +936,11 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
                 __syncthreads();
             }
             if (kway == KW - 1) {
-    #pragma unroll
+#pragma unroll
                 for (int t = 0; t < NT; ++t)
-    #pragma unroll
+#pragma unroll
                     for (int w = 0; w < 4; ++w)
-    #pragma unroll
+#pragma unroll
                         for (int e = 0; e < 4; ++e) acc[t][w][e] = r[((t * 4 + w) * 4 + e) * 32] + acc[t][w][e];
             }
         }
@@ -939,17 +967,17 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
             cg::cluster_group cluster = cg::this_cluster();
             float* mine = cred + tile_in * kAcc * 32 + lane;
             if (writer) {
-    #pragma unroll
+#pragma unroll
                 for (int i = 0; i < kAcc; ++i) mine[i * 32] = (&acc[0][0][0])[i];
             }
             cluster.sync(); // every rank's sums written and visible to the cluster
             if (writer && cluster.block_rank() == 0) {
                 float v[kAcc];
-    #pragma unroll
+#pragma unroll
                 for (int i = 0; i < kAcc; ++i) v[i] = 0.0f;
                 for (int r = 0; r < slices; ++r) {
                     const float* theirs = cluster.map_shared_rank(mine, r);
-    #pragma unroll
+#pragma unroll
                     for (int i = 0; i < kAcc; ++i) v[i] += theirs[i * 32];
                 }
                 kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
@@ -1046,14 +1074,14 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
     w4a16_reduce<__nv_bfloat16>(partial, out, splits, (size_t)mn);
 }
 
-#define KT_W4A16_GEMV_AS(NAME, T, NT, KW, XW, W1, PR)                                              \
+#define KT_W4A16_GEMV_AS(NAME, T, NT, KW, XW, W1, PR, EA)                                          \
     extern "C" __global__ void __launch_bounds__(kGvThreads, 3) NAME(                               \
         const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
         int M, int N, int K, int steps_per_slice, int slices, int clustered) {                      \
-        w4a16_gemv<T, NT, KW, XW, W1, PR>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice, \
+        w4a16_gemv<T, NT, KW, XW, W1, PR, EA>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice, \
                                   slices, clustered);                                              \
     }
-#define KT_W4A16_GEMV(SUFFIX, T, NT, KW) KT_W4A16_GEMV_AS(kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW, T, NT, KW, false, false, false)
+#define KT_W4A16_GEMV(SUFFIX, T, NT, KW) KT_W4A16_GEMV_AS(kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW, T, NT, KW, false, false, false, false)
 #define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT) \
     KT_W4A16_GEMV(SUFFIX, T, NT, 1)        \
     KT_W4A16_GEMV(SUFFIX, T, NT, 2)        \
@@ -1063,11 +1091,13 @@ KT_W4A16_GEMV_KWAYS(f16, __half, 1)
 KT_W4A16_GEMV_KWAYS(f16, __half, 2)
 KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 1)
 KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 2)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t2_k4w, __half, 2, 4, true, false, false)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t2_k4w, __nv_bfloat16, 2, 4, true, false, false)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t2_k4w1, __half, 2, 4, true, true, false)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t2_k4w1, __nv_bfloat16, 2, 4, true, true, false)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t2_k4w1r, __half, 2, 4, true, true, true)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t2_k4w1r, __nv_bfloat16, 2, 4, true, true, true)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t1_k4r, __half, 1, 4, false, false, true)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t1_k4r, __nv_bfloat16, 1, 4, false, false, true)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t2_k4w, __half, 2, 4, true, false, false, false)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t2_k4w, __nv_bfloat16, 2, 4, true, false, false, false)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t2_k4w1, __half, 2, 4, true, true, false, false)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t2_k4w1, __nv_bfloat16, 2, 4, true, true, false, false)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t2_k4w1r, __half, 2, 4, true, true, true, false)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t2_k4w1r, __nv_bfloat16, 2, 4, true, true, true, false)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t1_k4r, __half, 1, 4, false, false, true, false)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t1_k4r, __nv_bfloat16, 1, 4, false, false, true, false)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t1_k4re, __half, 1, 4, false, false, true, true)
+KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t1_k4re, __nv_bfloat16, 1, 4, false, false, true, true)

@@ -157,11 +157,13 @@ impl GemvPlan {
     fn kernel<T: MmaFloat>(&self) -> (String, u32) {
         // 9-16 rows at 4 k-ways: the warps stage their own x and request their first two
         // groups of weights at once (`gemv_stream_xw`, W1: 48 KiB of dynamic shared memory),
-        // and the k-ways are summed in parallel (PR). `KT_W4A16_XSW` (read once) = 0: the
-        // block-staged form, 1: per-warp x alone, 2: with W1; `KT_W4A16_RED=0`: 1-8 rows at 4
-        // k-ways without PR. For A/B runs.
+        // and the k-ways are summed in parallel (PR); 1-8 rows at 4 k-ways: PR, and groups 2-3
+        // requested at the start (EA). `KT_W4A16_XSW` (read once) = 0: the block-staged form,
+        // 1: per-warp x alone, 2: with W1; `KT_W4A16_RED=0`: 1-8 rows at 4 k-ways as before
+        // (neither PR nor EA), `KT_W4A16_EARLY=0`: PR alone. For A/B runs.
         static XW: OnceLock<u8> = OnceLock::new();
         static RED: OnceLock<bool> = OnceLock::new();
+        static EARLY: OnceLock<bool> = OnceLock::new();
         let (suffix, smem) = match (self.token_tiles, self.k_ways) {
             (2, 4) => match *XW.get_or_init(|| {
                 match std::env::var("KT_W4A16_XSW").as_deref().map(str::trim) {
@@ -180,7 +182,13 @@ impl GemvPlan {
                 std::env::var("KT_W4A16_RED").map_or(true, |v| v.trim() != "0")
             }) =>
             {
-                ("r", 0)
+                if *EARLY.get_or_init(|| {
+                    std::env::var("KT_W4A16_EARLY").map_or(true, |v| v.trim() != "0")
+                }) {
+                    ("re", 0)
+                } else {
+                    ("r", 0)
+                }
             }
             _ => ("", 0),
         };
