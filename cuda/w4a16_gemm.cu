@@ -299,10 +299,12 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 // are exact in the f32 accumulators): a group is summed unscaled and then added to the output
 // sums as scale * sum in f32, one fused rounding per group. This is the exact int4 weight
 // q * scale, where the tiled kernel multiplies with q * scale rounded to T.
-// The k-ways of a tile are summed through shared memory in k-way order. With one k slice the
-// block then writes `out`; with several it writes f32 partials [slice][M][N], and the last
-// block of its column group to finish (an atomic counter per group, reset by that block for
-// the next launch) adds the slices in slice order: deterministic, and no second launch. With
+// The k-ways of a tile are summed through shared memory in k-way order (at 1-8 rows and 4
+// k-ways all warps of the block add and write a quarter each, after one barrier; else the last
+// k-way's warp, after KW - 1 in turn). With one k slice the block then writes `out`; with
+// several it writes f32 partials [slice][M][N], and the last block of its column group to
+// finish (an atomic counter per group, reset by that block for the next launch) adds the
+// slices in slice order: deterministic, and no second launch. With
 // 2-3 slices on compute capability 9.0+ the host launches each column group's slices as one
 // thread-block cluster instead (`clustered`): the slices' sums meet in distributed shared
 // memory and rank 0 adds them in the same order (the same bits), no partials, fence or counter.
@@ -311,7 +313,6 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 constexpr int kGvWarps = 4;
 constexpr int kGvThreads = 32 * kGvWarps;
 constexpr int kGvSteps = kGroup / 16; // 16-deep k steps per group
-constexpr int kGroupBytes = kGvSteps * 32 * 16; // one group of a 64-column tile's packed weights
 
 // A 16-byte load of data read once (served from L2 without allocating in L1, which keeps x),
 // issued only if `pred`. The result is an output-only operand: where `pred` is false the
@@ -530,158 +531,6 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
     }
 }
 
-// 9-16 rows at 4 k-ways (one tile per block, so no two warps multiply the same x): each warp
-// stages its own groups' x, not the block a round of all k-ways' groups, so that no block
-// barrier ties the warps together and each runs its k range at its own pace (the warps of a
-// multiprocessor then spread their loads over time instead of waiting for the slowest at every
-// round). Per group the warp copies the 16 rows of 256 bytes (lanes 0-15 one row, 16-31 the
-// next, eight 16-byte cp.async per lane: whole rows, as in gemv_stream_xs) and lanes 0-7 its
-// 64 columns' scales, S - 1 groups ahead in S buffers of its own; a __syncwarp after the wait
-// makes every lane's copies visible to the warp (and frees the buffer the previous group used).
-// Same layout per group as gemv_stream_xs (the ldmatrix addresses are the same), same sums in
-// the same order.
-// W1: the warp's second group of weights is requested at the start too, into a 4 KiB slot of
-// shared memory of its own (each lane copies the 16 bytes per step it later reads itself), and
-// read from there during the first group; so the first two groups' weights are in flight at
-// once, as in the m <= 8 form, where one register buffer alone had the second go out only as
-// the first arrived. The x buffers and the slot are then dynamic shared memory
-// (kXwDynBytes), over the 48 KiB of static shared memory.
-constexpr int kXwS = 2; // x buffers per warp: one group ahead
-constexpr int kXwDynBytes = kGvWarps * (kXwS + 1) * kXsBytes;
-static_assert(kXwDynBytes == 48 * 1024, "the host's dynamic shared memory size for W1");
-// One of a global load (ld_stream_if) and a shared one into the same registers, whichever is
-// predicated on (never both).
-__device__ __forceinline__ uint4 ld_stream_or_shared(const uint4* p, bool gpred, uint32_t addr, bool spred) {
-    uint4 r;
-    asm volatile("{\n .reg .pred p, q;\n setp.ne.b32 p, %5, 0;\n setp.ne.b32 q, %7, 0;\n"
-                 " @p ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                 " @q ld.shared.v4.u32 {%0, %1, %2, %3}, [%6];\n}\n"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(p), "r"((int)gpred), "r"(addr), "r"((int)spred));
-    return r;
-}
-template <typename T, bool W1>
-__device__ __forceinline__ void gemv_stream_xw(float (&acc)[2][4][4], const T* __restrict__ x,
-                                               const uint4* __restrict__ qw, const T* __restrict__ scales,
-                                               int M, int N, int K, int nt, bool tile_ok, int kway, int g0,
-                                               int g_end) {
-    constexpr int KW = 4;
-    constexpr int S = kXwS;
-    __shared__ __align__(16) T xs_scales[kGvWarps * S * kBN];
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    const int g = lane >> 2;
-    const int gf = g0 + kway; // the warp's first group
-    const int n_mine = tile_ok && gf < g_end ? (g_end - gf + KW - 1) / KW : 0;
-    uint8_t* xs; // this block's x buffers: [warp][S] groups, then (W1) [warp] weight slots
-    if constexpr (W1) {
-        extern __shared__ __align__(128) uint8_t gv_dyn[];
-        xs = gv_dyn;
-    } else {
-        __shared__ __align__(128) uint8_t xs_static[kGvWarps * S * kXsBytes];
-        xs = xs_static;
-    }
-
-    // Weights: the first group before the wait (no kernel writes them), as in gemv_stream_xs,
-    // and with W1 the second into the warp's slot.
-    constexpr int kWStride = KW * kGvSteps * 32; // uint4
-    const uint4* wf = qw + ((size_t)nt * (K / 16) + (size_t)gf * kGvSteps) * 32 + lane;
-    uint4 wb[kGvSteps];
-#pragma unroll
-    for (int u = 0; u < kGvSteps; ++u) wb[u] = ld_stream_if(wf + u * 32, n_mine > 0);
-    wf += kWStride;
-    const uint32_t w_slot = smem_addr(xs + kGvWarps * S * kXsBytes + warp * kXsBytes) + lane * 16;
-    if constexpr (W1) {
-#pragma unroll
-        for (int u = 0; u < kGvSteps; ++u) cp_async16_if(w_slot + u * 512, wf + u * 32, n_mine > 1);
-        cp_async_commit(); // waited for with group 0's x
-    }
-    kt_wait_prerequisites(); // x is the previous kernel's output: staged only from here on
-    if (n_mine == 0) return;
-
-    // Lane l copies chunk c = l % 16 of rows h + 2 i (h = l / 16, i = 0..7). Row r's chunk c
-    // lies at r * 256 + 16 (c ^ (r % 8)); with r = h + 2 i that is (h * 256 + 16 (c ^ h)) +
-    // 512 i, its chunk bits XORed with the constant 2 i % 8 (h and 2 i share no bit).
-    const int h = lane >> 4;
-    const int c = lane & 15;
-    const uint32_t x_mine = smem_addr(xs + warp * S * kXsBytes);
-    const uint32_t x_st = x_mine + h * kXsRowBytes + ((c ^ h) << 4);
-    unsigned row_ok = 0; // bit i: row h + 2 i < M (rows past m are zero-filled)
-#pragma unroll
-    for (int i = 0; i < 8; ++i) row_ok |= (h + 2 * i < M ? 1u : 0u) << i;
-    const T* xn = x + (size_t)h * K + (size_t)gf * kGroup + c * 8; // row h of the next group
-    const T* sn = scales + (size_t)gf * N + nt * kBN + (lane & 7) * 8;
-    T* const ss = xs_scales + warp * S * kBN;
-    const uint32_t ss_st = smem_addr(ss + (lane & 7) * 8);
-    int left = n_mine; // groups not yet staged
-    auto stage = [&](int buf) {
-        const uint32_t d = x_st + buf * kXsBytes;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const bool ok = (row_ok >> i) & 1u;
-            const T* src = ok ? xn + (size_t)(2 * i) * K : xn; // a valid address either way
-            cp_async16_zfill_if<true>((d + 2 * i * kXsRowBytes) ^ (((2 * i) & 7) << 4), src, ok ? 16 : 0,
-                                      left > 0);
-        }
-        cp_async16_if(ss_st + buf * (kBN * (int)sizeof(T)), sn, lane < 8 && left > 0);
-        xn += KW * kGroup;
-        sn += (size_t)KW * N;
-        --left;
-    };
-    const int mi = lane >> 3;
-    const uint32_t x_ld = ((mi >> 1) * 8 + (lane & 7)) * kXsRowBytes + (((mi & 1) ^ (lane & 7)) << 4);
-
-#pragma unroll
-    for (int j = 0; j < S - 1; ++j) {
-        stage(j);
-        cp_async_commit();
-    }
-    int buf = 0; // j % S
-    for (int j = 0; j < n_mine; ++j, buf = buf == S - 1 ? 0 : buf + 1) {
-        cp_async_wait<S - 2>();
-        __syncwarp(); // group j's x landed for every lane; all lanes are done with group j - 1's buffer
-        stage(buf == 0 ? S - 1 : buf - 1); // nothing once all are staged (left <= 0)
-        cp_async_commit();
-        const bool next = j + 1 < n_mine;
-        const bool from_slot = W1 && j == 0; // group 1's weights are in the slot
-        const uint32_t x_grp = x_mine + buf * kXsBytes;
-
-        float sum[2][4][4]; // this group's unscaled sums
-#pragma unroll
-        for (int t = 0; t < 2; ++t)
-#pragma unroll
-            for (int w = 0; w < 4; ++w)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) sum[t][w][e] = 0.0f;
-#pragma unroll
-        for (int u = 0; u < kGvSteps; ++u) {
-            const uint4 v = wb[u];
-            if constexpr (W1) {
-                wb[u] = ld_stream_or_shared(wf + u * 32, next && !from_slot, w_slot + u * 512, next && from_slot);
-            } else {
-                wb[u] = ld_stream_if(wf + u * 32, next);
-            }
-            const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-            uint32_t xr[4]; // B registers of token tile t: xr[2 t], xr[2 t + 1]
-            ldmatrix_x4(xr, (x_ld ^ (32u * u)) + x_grp);
-#pragma unroll
-            for (int w = 0; w < 4; ++w) {
-                uint32_t a[4];
-                Int4<T>::frag(words[w], a);
-#pragma unroll
-                for (int t = 0; t < 2; ++t) Kind<T>::mma(sum[t][w], a, xr[2 * t], xr[2 * t + 1]);
-            }
-        }
-        wf += kWStride;
-        T sc[4][2];
-#pragma unroll
-        for (int w = 0; w < 4; ++w)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh) sc[w][hh] = ss[buf * kBN + 16 * w + 8 * hh + g];
-        gemv_scale_add<T, 2>(acc, sum, sc);
-    }
-}
-
 // Visits the accumulators of a warp's NT x 4 m16n8 fragments (acc[t][w][e] of a thread,
 // flattened as i = (t * 4 + w) * 4 + e): f(row, column, i) with row 8 t + 2 q + e % 2 and
 // column col0 + 16 w + g + 8 (e / 2), unrolled. One place for the fragment layout that
@@ -696,9 +545,8 @@ __device__ __forceinline__ void kt_for_each_acc(int q, int g, int col0, F&& f) {
             for (int e = 0; e < 4; ++e) f(8 * t + 2 * q + (e & 1), col0 + 16 * w + g + 8 * (e >> 1), (t * 4 + w) * 4 + e);
 }
 
-// The k stream and the sums; m <= 8 (NT = 1) streams x itself, m > 8 calls gemv_stream_xs, or
-// gemv_stream_xw where XW (4 k-ways only).
-template <typename T, int NT, int KW, bool XW = false, bool W1 = false, bool PR = false, bool EA = false>
+// The k stream and the sums; m <= 8 (NT = 1) streams x itself, m > 8 calls gemv_stream_xs.
+template <typename T, int NT, int KW>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
@@ -706,6 +554,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
                                            int clustered) {
     constexpr int TW = kGvWarps / KW;
     constexpr int kAcc = NT * 16; // accumulators per lane
+    constexpr bool PR = NT == 1 && KW == 4; // the k-ways summed in parallel (see below)
     __shared__ float red[KW > 1 ? TW * kAcc * 32 : 1];
     __shared__ unsigned is_last;
 
@@ -740,10 +589,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     // once all had streamed their k range, the next kernel's blocks took the free slots of
     // multiprocessors still busy with this one and packed a grid of under ~2 blocks per
     // multiprocessor unevenly (H100: shared expert down at 16 rows 8.5 us instead of 5.0).
-    if constexpr (NT == 2 && XW) {
-        static_assert(KW == 4, "per-warp staging: one tile per block");
-        gemv_stream_xw<T, W1>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
-    } else if constexpr (NT == 2) {
+    if constexpr (NT == 2) {
         gemv_stream_xs<T, KW>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
     } else if (n_mine == 0) {
         kt_wait_prerequisites(); // before the writes below (this warp may be the writer)
@@ -771,22 +617,6 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         uint4 wb[2][kGvSteps];
 #pragma unroll
         for (int u = 0; u < kGvSteps; ++u) wb[0][u] = ld_stream_if(wf + u * 32, true);
-        // EA: groups 2 and 3 of the warp are requested now too, into two 4 KiB slots of shared
-        // memory of its own (each lane copies the 16 bytes per step it later reads itself), so
-        // that a warp of up to 4 groups has all its weights in flight at once; the register
-        // loads of those two groups then read the slots.
-        uint32_t ea_slot = 0;
-        if constexpr (EA) {
-            __shared__ __align__(128) uint8_t ea_slots[kGvWarps * 2 * kGroupBytes];
-            ea_slot = smem_addr(ea_slots + warp * 2 * kGroupBytes) + lane * 16;
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-#pragma unroll
-                for (int u = 0; u < kGvSteps; ++u)
-                    cp_async16_if(ea_slot + h * kGroupBytes + u * 512, wf + (2 + h) * kWStride + u * 32,
-                                  2 + h < n_mine);
-            cp_async_commit();
-        }
         wf += kWStride;
         kt_wait_prerequisites(); // x is the previous kernel's output: read only from here on
         for (int j0 = 0; j0 < n_mine; j0 += 2) {
@@ -794,19 +624,8 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
             for (int b = 0; b < 2; ++b) {
                 const int j = j0 + b;
                 if (j >= n_mine) break;
-                if constexpr (EA) {
-                    const int nx = j + 1; // the group loaded now
-                    const bool slot = nx == 2 || nx == 3;
-                    if (nx == 2) cp_async_wait<0>(); // this lane's copies into the slots landed
 #pragma unroll
-                    for (int u = 0; u < kGvSteps; ++u)
-                        wb[b ^ 1][u] = ld_stream_or_shared(wf + u * 32, nx < n_mine && !slot,
-                                                           ea_slot + (nx - 2) * kGroupBytes + u * 512,
-                                                           nx < n_mine && slot);
-                } else {
-#pragma unroll
-                    for (int u = 0; u < kGvSteps; ++u) wb[b ^ 1][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
-                }
+                for (int u = 0; u < kGvSteps; ++u) wb[b ^ 1][u] = ld_stream_if(wf + u * 32, j + 1 < n_mine);
                 wf += kWStride;
                 // xb[t][u] = the B registers of token tile t at step u; sc[w][h] = the scale of
                 // column 16 w + 8 h + g.
@@ -849,73 +668,35 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
             }
         }
     }
+    // The sums this warp writes: own[k] is accumulator i0 + k of the tile (kt_for_each_acc's
+    // flat index), and `writes` says whether it writes them.
+    constexpr int kOwn = PR ? kAcc / KW : kAcc;
+    float pr_sums[PR ? kOwn : 1];
+    const float* own = PR ? pr_sums : &acc[0][0][0];
+    int i0 = 0;
+    bool writes;
     if constexpr (PR) {
-        // Every k-way leaves its sums in shared memory and, after one barrier, each warp adds a
-        // quarter of them over the k-ways (in k-way order: the same bits as the serial sum
-        // below) and writes them: one barrier instead of KW - 1 in turn, and the output's
-        // stores spread over the block's warps instead of one.
+        // 1-8 rows at 4 k-ways: every k-way leaves its sums in shared memory and, after one
+        // barrier, each warp adds a quarter of them over the k-ways (in k-way order: the same
+        // bits as the serial sum below) and writes them: one barrier instead of KW - 1 in turn,
+        // and the output's stores spread over the block's warps instead of one. H100, session
+        // 10 (same binary): 1-4% faster at 1 and 8 rows (shared expert down 5.76 -> 5.50 us at
+        // 1 row); past 8 rows the same, with 16 KiB more shared memory than the x staging's 42,
+        // was 1-13% slower (x is staged through L1, which the shared memory takes from).
         static_assert(KW == 4 && TW == 1, "the k-ways of one tile per block");
-        constexpr int kMine = kAcc / KW; // the sums this lane finishes
         __shared__ float red4[KW * kAcc * 32]; // [k-way][kAcc][32 lanes]
 #pragma unroll
         for (int i = 0; i < kAcc; ++i) red4[(kway * kAcc + i) * 32 + lane] = (&acc[0][0][0])[i];
         __syncthreads();
-        const int i0 = kway * kMine; // the first accumulator index of this warp's share
-        float v[kMine];
+        i0 = kway * kOwn;
 #pragma unroll
-        for (int k = 0; k < kMine; ++k) {
+        for (int k = 0; k < kOwn; ++k) {
             const float* r4 = red4 + (i0 + k) * 32 + lane;
-            v[k] = r4[0];
+            pr_sums[k] = r4[0];
 #pragma unroll
-            for (int j = 1; j < KW; ++j) v[k] = v[k] + r4[j * kAcc * 32];
+            for (int j = 1; j < KW; ++j) pr_sums[k] = pr_sums[k] + r4[j * kAcc * 32];
         }
-        // Accumulator i = (t * 4 + w) * 4 + e is at row 8 t + 2 q + e % 2, column 64 nt + 16 w +
-        // g + 8 (e / 2) (kt_for_each_acc's layout).
-        auto for_mine = [&](auto&& f) {
-#pragma unroll
-            for (int k = 0; k < kMine; ++k) {
-                const int i = i0 + k;
-                f(8 * (i >> 4) + 2 * q + (i & 1), nt * kBN + 16 * ((i >> 2) & 3) + g + 8 * ((i >> 1) & 1), k);
-            }
-        };
-        if (slices == 1) {
-            if (!tile_ok) return;
-            for_mine([&](int row, int col, int k) {
-                if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(v[k]);
-            });
-            return;
-        }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        if (clustered) {
-            // As below: rank 0 adds the ranks' sums in rank order, each warp its share.
-            __shared__ float cred4[kAcc * 32]; // [kAcc][32 lanes]
-            namespace cg = cooperative_groups;
-            cg::cluster_group cluster = cg::this_cluster();
-#pragma unroll
-            for (int k = 0; k < kMine; ++k) cred4[(i0 + k) * 32 + lane] = v[k];
-            cluster.sync(); // every rank's sums written and visible to the cluster
-            if (tile_ok && cluster.block_rank() == 0) {
-                float c[kMine];
-#pragma unroll
-                for (int k = 0; k < kMine; ++k) c[k] = 0.0f;
-                for (int r = 0; r < slices; ++r) {
-                    const float* theirs = cluster.map_shared_rank(cred4 + i0 * 32 + lane, r);
-#pragma unroll
-                    for (int k = 0; k < kMine; ++k) c[k] += theirs[k * 32];
-                }
-                for_mine([&](int row, int col, int k) {
-                    if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(c[k]);
-                });
-            }
-            cluster.sync(); // no rank exits (freeing its shared memory) before rank 0 has read it
-            return;
-        }
-#endif
-        if (tile_ok) {
-            for_mine([&](int row, int col, int k) {
-                if (row < M) partial[((size_t)slice * M + row) * N + col] = v[k];
-            });
-        }
+        writes = tile_ok;
     } else {
         // Sum the k-ways of each tile in k-way order; the last k-way's warp ends up with the sum.
         if constexpr (KW > 1) {
@@ -941,58 +722,71 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
 #pragma unroll
                     for (int w = 0; w < 4; ++w)
 #pragma unroll
-                        for (int e = 0; e < 4; ++e) acc[t][w][e] = r[((t * 4 + w) * 4 + e) * 32] + acc[t][w][e];
+                        for (int e = 0; e < 4; ++e)
+                            acc[t][w][e] = r[((t * 4 + w) * 4 + e) * 32] + acc[t][w][e];
             }
         }
-        const bool writer = tile_ok && kway == KW - 1;
-
-        // acc[t][w][e] is out[row 8 t + 2 q + e % 2][column 64 nt + 16 w + g + 8 (e / 2)].
-        if (slices == 1) {
-            if (!writer) return;
-            kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
-                if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>((&acc[0][0][0])[i]);
-            });
-            return;
+        writes = tile_ok && kway == KW - 1;
+    }
+    // f(row, column, k) for each own[k]: accumulator i = (t * 4 + w) * 4 + e is out[row 8 t + 2 q
+    // + e % 2][column 64 nt + 16 w + g + 8 (e / 2)].
+    auto for_own = [&](auto&& f) {
+        if constexpr (PR) {
+#pragma unroll
+            for (int k = 0; k < kOwn; ++k) {
+                const int i = i0 + k;
+                f(8 * (i >> 4) + 2 * q + (i & 1), nt * kBN + 16 * ((i >> 2) & 3) + g + 8 * ((i >> 1) & 1), k);
+            }
+        } else {
+            kt_for_each_acc<NT>(q, g, nt * kBN, f); // i0 = 0: k is the accumulator's index
         }
+    };
+
+    if (slices == 1) {
+        if (!writes) return;
+        for_own([&](int row, int col, int k) {
+            if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(own[k]);
+        });
+        return;
+    }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        if (clustered) {
-            // The column group's slices are one thread-block cluster, block rank = slice (the
-            // host launched it so): each writer leaves its sums in its shared memory, and rank 0
-            // adds all ranks' through distributed shared memory in slice order (the same sums in
-            // the same order as the partials path below, so the same bits), with two cluster
-            // barriers instead of partials in global memory, a fence and an arrival counter.
-            __shared__ float cred[TW * kAcc * 32]; // [TW][kAcc][32 lanes]
-            namespace cg = cooperative_groups;
-            cg::cluster_group cluster = cg::this_cluster();
-            float* mine = cred + tile_in * kAcc * 32 + lane;
-            if (writer) {
+    if (clustered) {
+        // The column group's slices are one thread-block cluster, block rank = slice (the
+        // host launched it so): each writer leaves its sums in its shared memory, and rank 0
+        // adds all ranks' through distributed shared memory in slice order (the same sums in
+        // the same order as the partials path below, so the same bits), with two cluster
+        // barriers instead of partials in global memory, a fence and an arrival counter.
+        __shared__ float cred[TW * kAcc * 32]; // [TW][kAcc][32 lanes]
+        namespace cg = cooperative_groups;
+        cg::cluster_group cluster = cg::this_cluster();
+        float* mine = cred + (tile_in * kAcc + i0) * 32 + lane;
+        if (PR || writes) { // with PR every warp (a tile past n is never read)
 #pragma unroll
-                for (int i = 0; i < kAcc; ++i) mine[i * 32] = (&acc[0][0][0])[i];
-            }
-            cluster.sync(); // every rank's sums written and visible to the cluster
-            if (writer && cluster.block_rank() == 0) {
-                float v[kAcc];
-#pragma unroll
-                for (int i = 0; i < kAcc; ++i) v[i] = 0.0f;
-                for (int r = 0; r < slices; ++r) {
-                    const float* theirs = cluster.map_shared_rank(mine, r);
-#pragma unroll
-                    for (int i = 0; i < kAcc; ++i) v[i] += theirs[i * 32];
-                }
-                kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
-                    if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(v[i]);
-                });
-            }
-            cluster.sync(); // no rank exits (freeing its shared memory) before rank 0 has read it
-            return;
+            for (int k = 0; k < kOwn; ++k) mine[k * 32] = own[k];
         }
-#endif
-        if (writer) {
-            kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
-                if (row < M) partial[((size_t)slice * M + row) * N + col] = (&acc[0][0][0])[i];
+        cluster.sync(); // every rank's sums written and visible to the cluster
+        if (writes && cluster.block_rank() == 0) {
+            float v[kOwn];
+#pragma unroll
+            for (int k = 0; k < kOwn; ++k) v[k] = 0.0f;
+            for (int r = 0; r < slices; ++r) {
+                const float* theirs = cluster.map_shared_rank(mine, r);
+#pragma unroll
+                for (int k = 0; k < kOwn; ++k) v[k] += theirs[k * 32];
+            }
+            for_own([&](int row, int col, int k) {
+                if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(v[k]);
             });
         }
+        cluster.sync(); // no rank exits (freeing its shared memory) before rank 0 has read it
+        return;
+    }
+#endif
+    if (writes) {
+        for_own([&](int row, int col, int k) {
+            if (row < M) partial[((size_t)slice * M + row) * N + col] = own[k];
+        });
     }
     // Publish this slice, then count it; the block that completes the group sums it up.
     __threadfence();
@@ -1074,14 +868,13 @@ extern "C" __global__ void kt_w4a16_reduce_bf16(const float* partial, __nv_bfloa
     w4a16_reduce<__nv_bfloat16>(partial, out, splits, (size_t)mn);
 }
 
-#define KT_W4A16_GEMV_AS(NAME, T, NT, KW, XW, W1, PR, EA)                                          \
-    extern "C" __global__ void __launch_bounds__(kGvThreads, 3) NAME(                               \
+#define KT_W4A16_GEMV(SUFFIX, T, NT, KW)                                                           \
+    extern "C" __global__ void __launch_bounds__(kGvThreads, 3) kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW( \
         const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
-        int M, int N, int K, int steps_per_slice, int slices, int clustered) {                      \
-        w4a16_gemv<T, NT, KW, XW, W1, PR, EA>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice, \
-                                  slices, clustered);                                              \
+        int M, int N, int K, int steps_per_slice, int slices, int clustered) {                     \
+        w4a16_gemv<T, NT, KW>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice,     \
+                              slices, clustered);                                                  \
     }
-#define KT_W4A16_GEMV(SUFFIX, T, NT, KW) KT_W4A16_GEMV_AS(kt_w4a16_gemv_##SUFFIX##_t##NT##_k##KW, T, NT, KW, false, false, false, false)
 #define KT_W4A16_GEMV_KWAYS(SUFFIX, T, NT) \
     KT_W4A16_GEMV(SUFFIX, T, NT, 1)        \
     KT_W4A16_GEMV(SUFFIX, T, NT, 2)        \
@@ -1091,13 +884,3 @@ KT_W4A16_GEMV_KWAYS(f16, __half, 1)
 KT_W4A16_GEMV_KWAYS(f16, __half, 2)
 KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 1)
 KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 2)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t2_k4w, __half, 2, 4, true, false, false, false)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t2_k4w, __nv_bfloat16, 2, 4, true, false, false, false)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t2_k4w1, __half, 2, 4, true, true, false, false)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t2_k4w1, __nv_bfloat16, 2, 4, true, true, false, false)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t2_k4w1r, __half, 2, 4, true, true, true, false)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t2_k4w1r, __nv_bfloat16, 2, 4, true, true, true, false)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t1_k4r, __half, 1, 4, false, false, true, false)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t1_k4r, __nv_bfloat16, 1, 4, false, false, true, false)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_f16_t1_k4re, __half, 1, 4, false, false, true, true)
-KT_W4A16_GEMV_AS(kt_w4a16_gemv_bf16_t1_k4re, __nv_bfloat16, 1, 4, false, false, true, true)

@@ -28,9 +28,6 @@ use crate::cuda::runtime::{launch_raw, DeviceBuf, GpuStream, LaunchOrder};
 /// Warps per block (`kGvWarps`); with `k_ways` warps per tile a block covers 4 / k_ways tiles.
 const WARPS: usize = 4;
 const THREADS: u32 = 32 * WARPS as u32;
-/// Dynamic shared memory of the per-warp x form with the second weight group in shared memory
-/// (`kXwDynBytes`: 4 warps x 3 groups of 16 rows x 256 bytes).
-const XW1_DYN_SMEM: u32 = 48 * 1024;
 /// Groups of 128 per warp under which the automatic plan does not cut k into slices unless
 /// the device is far from full. Measured on an H100 (timing example, k-ways x slices sweeps at
 /// 1 and 16 rows, 2026-11-22): a warp streams best over long runs (the fastest plans gave the
@@ -153,53 +150,12 @@ impl GemvPlan {
         Self::with(m, n, k, k_ways, slices)
     }
 
-    /// The kernel's name and the dynamic shared memory it takes.
-    fn kernel<T: MmaFloat>(&self) -> (String, u32) {
-        // 9-16 rows at 4 k-ways: the warps stage their own x and request their first two
-        // groups of weights at once (`gemv_stream_xw`, W1: 48 KiB of dynamic shared memory),
-        // and the k-ways are summed in parallel (PR); 1-8 rows at 4 k-ways: PR, and groups 2-3
-        // requested at the start (EA). `KT_W4A16_XSW` (read once) = 0: the block-staged form,
-        // 1: per-warp x alone, 2: with W1; `KT_W4A16_RED=0`: 1-8 rows at 4 k-ways as before
-        // (neither PR nor EA), `KT_W4A16_EARLY=0`: PR alone. For A/B runs.
-        static XW: OnceLock<u8> = OnceLock::new();
-        static RED: OnceLock<bool> = OnceLock::new();
-        static EARLY: OnceLock<bool> = OnceLock::new();
-        let (suffix, smem) = match (self.token_tiles, self.k_ways) {
-            (2, 4) => match *XW.get_or_init(|| {
-                match std::env::var("KT_W4A16_XSW").as_deref().map(str::trim) {
-                    Ok("0") => 0,
-                    Ok("1") => 1,
-                    Ok("2") => 2,
-                    _ => 3,
-                }
-            }) {
-                0 => ("", 0),
-                1 => ("w", 0),
-                2 => ("w1", XW1_DYN_SMEM),
-                _ => ("w1r", XW1_DYN_SMEM),
-            },
-            (1, 4) if *RED.get_or_init(|| {
-                std::env::var("KT_W4A16_RED").map_or(true, |v| v.trim() != "0")
-            }) =>
-            {
-                if *EARLY.get_or_init(|| {
-                    std::env::var("KT_W4A16_EARLY").map_or(true, |v| v.trim() != "0")
-                }) {
-                    ("re", 0)
-                } else {
-                    ("r", 0)
-                }
-            }
-            _ => ("", 0),
-        };
-        (
-            format!(
-                "kt_w4a16_gemv_{}_t{}_k{}{suffix}",
-                T::SUFFIX,
-                self.token_tiles,
-                self.k_ways
-            ),
-            smem,
+    fn kernel<T: MmaFloat>(&self) -> String {
+        format!(
+            "kt_w4a16_gemv_{}_t{}_k{}",
+            T::SUFFIX,
+            self.token_tiles,
+            self.k_ways
         )
     }
 }
@@ -260,17 +216,13 @@ impl GpuStream {
                 format!("plan {plan:?} is not one for m {m}, n {n}, k {k} (expected {expect:?})"),
             ));
         }
-        let (kernel, smem) = plan.kernel::<T>();
-        let f = if smem > 0 {
-            self.kernels.get_with_smem(&W4A16_GEMM, &kernel, smem)?
-        } else {
-            self.kernels.get(&W4A16_GEMM, &kernel)?
-        };
+        let kernel = plan.kernel::<T>();
+        let f = self.kernels.get(&W4A16_GEMM, &kernel)?;
         let dims = || format!("m {m}, n {n}, k {k}, {plan:?}, {order:?}");
         let cfg = LaunchConfig {
             grid_dim: ((plan.column_groups * plan.slices) as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: smem,
+            shared_mem_bytes: 0,
         };
         let (mi, ni, ki) = (m as i32, n as i32, k as i32);
         let steps = (plan.groups_per_slice * GROUP / 16) as i32;
