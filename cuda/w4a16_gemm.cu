@@ -299,10 +299,12 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 // are exact in the f32 accumulators): a group is summed unscaled and then added to the output
 // sums as scale * sum in f32, one fused rounding per group. This is the exact int4 weight
 // q * scale, where the tiled kernel multiplies with q * scale rounded to T.
-// The k-ways of a tile are summed through shared memory in k-way order. With one k slice the
-// block then writes `out`; with several it writes f32 partials [slice][M][N], and the last
-// block of its column group to finish (an atomic counter per group, reset by that block for
-// the next launch) adds the slices in slice order: deterministic, and no second launch. With
+// The k-ways of a tile are summed through shared memory in k-way order (at 1-8 rows and 4
+// k-ways all warps of the block add and write a quarter each, after one barrier; else the last
+// k-way's warp, after KW - 1 in turn). With one k slice the block then writes `out`; with
+// several it writes f32 partials [slice][M][N], and the last block of its column group to
+// finish (an atomic counter per group, reset by that block for the next launch) adds the
+// slices in slice order: deterministic, and no second launch. With
 // 2-3 slices on compute capability 9.0+ the host launches each column group's slices as one
 // thread-block cluster instead (`clustered`): the slices' sums meet in distributed shared
 // memory and rank 0 adds them in the same order (the same bits), no partials, fence or counter.
@@ -552,6 +554,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
                                            int clustered) {
     constexpr int TW = kGvWarps / KW;
     constexpr int kAcc = NT * 16; // accumulators per lane
+    constexpr bool PR = NT == 1 && KW == 4; // the k-ways summed in parallel (see below)
     __shared__ float red[KW > 1 ? TW * kAcc * 32 : 1];
     __shared__ unsigned is_last;
 
@@ -665,40 +668,84 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
             }
         }
     }
-    // Sum the k-ways of each tile in k-way order; the last k-way's warp ends up with the sum.
-    if constexpr (KW > 1) {
-        float* r = red + tile_in * kAcc * 32 + lane; // [TW][kAcc][32 lanes]
+    // The sums this warp writes: own[k] is accumulator i0 + k of the tile (kt_for_each_acc's
+    // flat index), and `writes` says whether it writes them.
+    constexpr int kOwn = PR ? kAcc / KW : kAcc;
+    float pr_sums[PR ? kOwn : 1];
+    const float* own = PR ? pr_sums : &acc[0][0][0];
+    int i0 = 0;
+    bool writes;
+    if constexpr (PR) {
+        // 1-8 rows at 4 k-ways: every k-way leaves its sums in shared memory and, after one
+        // barrier, each warp adds a quarter of them over the k-ways (in k-way order: the same
+        // bits as the serial sum below) and writes them: one barrier instead of KW - 1 in turn,
+        // and the output's stores spread over the block's warps instead of one. H100, session
+        // 10 (same binary): 1-4% faster at 1 and 8 rows (shared expert down 5.76 -> 5.50 us at
+        // 1 row); past 8 rows the same, with 16 KiB more shared memory than the x staging's 42,
+        // was 1-13% slower (x is staged through L1, which the shared memory takes from).
+        static_assert(KW == 4 && TW == 1, "the k-ways of one tile per block");
+        __shared__ float red4[KW * kAcc * 32]; // [k-way][kAcc][32 lanes]
 #pragma unroll
-        for (int j = 0; j < KW - 1; ++j) {
-            if (kway == j) {
+        for (int i = 0; i < kAcc; ++i) red4[(kway * kAcc + i) * 32 + lane] = (&acc[0][0][0])[i];
+        __syncthreads();
+        i0 = kway * kOwn;
+#pragma unroll
+        for (int k = 0; k < kOwn; ++k) {
+            const float* r4 = red4 + (i0 + k) * 32 + lane;
+            pr_sums[k] = r4[0];
+#pragma unroll
+            for (int j = 1; j < KW; ++j) pr_sums[k] = pr_sums[k] + r4[j * kAcc * 32];
+        }
+        writes = tile_ok;
+    } else {
+        // Sum the k-ways of each tile in k-way order; the last k-way's warp ends up with the sum.
+        if constexpr (KW > 1) {
+            float* r = red + tile_in * kAcc * 32 + lane; // [TW][kAcc][32 lanes]
+#pragma unroll
+            for (int j = 0; j < KW - 1; ++j) {
+                if (kway == j) {
+#pragma unroll
+                    for (int t = 0; t < NT; ++t)
+#pragma unroll
+                        for (int w = 0; w < 4; ++w)
+#pragma unroll
+                            for (int e = 0; e < 4; ++e) {
+                                float* d = r + ((t * 4 + w) * 4 + e) * 32;
+                                *d = j == 0 ? acc[t][w][e] : *d + acc[t][w][e];
+                            }
+                }
+                __syncthreads();
+            }
+            if (kway == KW - 1) {
 #pragma unroll
                 for (int t = 0; t < NT; ++t)
 #pragma unroll
                     for (int w = 0; w < 4; ++w)
 #pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            float* d = r + ((t * 4 + w) * 4 + e) * 32;
-                            *d = j == 0 ? acc[t][w][e] : *d + acc[t][w][e];
-                        }
+                        for (int e = 0; e < 4; ++e)
+                            acc[t][w][e] = r[((t * 4 + w) * 4 + e) * 32] + acc[t][w][e];
             }
-            __syncthreads();
         }
-        if (kway == KW - 1) {
-#pragma unroll
-            for (int t = 0; t < NT; ++t)
-#pragma unroll
-                for (int w = 0; w < 4; ++w)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[t][w][e] = r[((t * 4 + w) * 4 + e) * 32] + acc[t][w][e];
-        }
+        writes = tile_ok && kway == KW - 1;
     }
-    const bool writer = tile_ok && kway == KW - 1;
+    // f(row, column, k) for each own[k]: accumulator i = (t * 4 + w) * 4 + e is out[row 8 t + 2 q
+    // + e % 2][column 64 nt + 16 w + g + 8 (e / 2)].
+    auto for_own = [&](auto&& f) {
+        if constexpr (PR) {
+#pragma unroll
+            for (int k = 0; k < kOwn; ++k) {
+                const int i = i0 + k;
+                f(8 * (i >> 4) + 2 * q + (i & 1), nt * kBN + 16 * ((i >> 2) & 3) + g + 8 * ((i >> 1) & 1), k);
+            }
+        } else {
+            kt_for_each_acc<NT>(q, g, nt * kBN, f); // i0 = 0: k is the accumulator's index
+        }
+    };
 
-    // acc[t][w][e] is out[row 8 t + 2 q + e % 2][column 64 nt + 16 w + g + 8 (e / 2)].
     if (slices == 1) {
-        if (!writer) return;
-        kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
-            if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>((&acc[0][0][0])[i]);
+        if (!writes) return;
+        for_own([&](int row, int col, int k) {
+            if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(own[k]);
         });
         return;
     }
@@ -713,32 +760,32 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         __shared__ float cred[TW * kAcc * 32]; // [TW][kAcc][32 lanes]
         namespace cg = cooperative_groups;
         cg::cluster_group cluster = cg::this_cluster();
-        float* mine = cred + tile_in * kAcc * 32 + lane;
-        if (writer) {
+        float* mine = cred + (tile_in * kAcc + i0) * 32 + lane;
+        if (PR || writes) { // with PR every warp (a tile past n is never read)
 #pragma unroll
-            for (int i = 0; i < kAcc; ++i) mine[i * 32] = (&acc[0][0][0])[i];
+            for (int k = 0; k < kOwn; ++k) mine[k * 32] = own[k];
         }
         cluster.sync(); // every rank's sums written and visible to the cluster
-        if (writer && cluster.block_rank() == 0) {
-            float v[kAcc];
+        if (writes && cluster.block_rank() == 0) {
+            float v[kOwn];
 #pragma unroll
-            for (int i = 0; i < kAcc; ++i) v[i] = 0.0f;
+            for (int k = 0; k < kOwn; ++k) v[k] = 0.0f;
             for (int r = 0; r < slices; ++r) {
                 const float* theirs = cluster.map_shared_rank(mine, r);
 #pragma unroll
-                for (int i = 0; i < kAcc; ++i) v[i] += theirs[i * 32];
+                for (int k = 0; k < kOwn; ++k) v[k] += theirs[k * 32];
             }
-            kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
-                if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(v[i]);
+            for_own([&](int row, int col, int k) {
+                if (row < M) out[(size_t)row * N + col] = kt_from_f32<T>(v[k]);
             });
         }
         cluster.sync(); // no rank exits (freeing its shared memory) before rank 0 has read it
         return;
     }
 #endif
-    if (writer) {
-        kt_for_each_acc<NT>(q, g, nt * kBN, [&](int row, int col, int i) {
-            if (row < M) partial[((size_t)slice * M + row) * N + col] = (&acc[0][0][0])[i];
+    if (writes) {
+        for_own([&](int row, int col, int k) {
+            if (row < M) partial[((size_t)slice * M + row) * N + col] = own[k];
         });
     }
     // Publish this slice, then count it; the block that completes the group sums it up.
