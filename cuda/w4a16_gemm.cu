@@ -418,8 +418,11 @@ __device__ __forceinline__ void gemv_scale_add(float (&acc)[NT][4][4], const flo
 constexpr int kXsRowBytes = kGroup * 2;
 constexpr int kXsBytes = 16 * kXsRowBytes;
 
+// Returns the staging buffer (S KW 4 KiB), which the caller may reuse once every warp of the
+// block is past its last round (a barrier; the last round stages nothing, so only empty
+// cp.async groups can be pending).
 template <typename T, int KW>
-__device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* __restrict__ x,
+__device__ __forceinline__ uint8_t* gemv_stream_xs(float (&acc)[2][4][4], const T* __restrict__ x,
                                                const uint4* __restrict__ qw, const T* __restrict__ scales,
                                                int M, int N, int K, int nt, bool tile_ok, int kway, int g0,
                                                int g_end) {
@@ -529,6 +532,7 @@ __device__ __forceinline__ void gemv_stream_xs(float (&acc)[2][4][4], const T* _
             for (int h = 0; h < 2; ++h) sc[w][h] = ss[buf * kBN + 16 * w + 8 * h + g];
         gemv_scale_add<T, 2>(acc, sum, sc);
     }
+    return xs;
 }
 
 // Visits the accumulators of a warp's NT x 4 m16n8 fragments (acc[t][w][e] of a thread,
@@ -554,8 +558,8 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
                                            int clustered) {
     constexpr int TW = kGvWarps / KW;
     constexpr int kAcc = NT * 16; // accumulators per lane
-    constexpr bool PR = NT == 1 && KW == 4; // the k-ways summed in parallel (see below)
-    __shared__ float red[KW > 1 ? TW * kAcc * 32 : 1];
+    constexpr bool PR = KW == 4; // the k-ways summed in parallel (see below)
+    __shared__ float red[KW > 1 && !PR ? TW * kAcc * 32 : 1];
     __shared__ unsigned is_last;
 
     const int tid = threadIdx.x;
@@ -589,8 +593,9 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     // once all had streamed their k range, the next kernel's blocks took the free slots of
     // multiprocessors still busy with this one and packed a grid of under ~2 blocks per
     // multiprocessor unevenly (H100: shared expert down at 16 rows 8.5 us instead of 5.0).
+    uint8_t* x_staging = nullptr; // 9-16 rows: the x staging buffer, free after a barrier
     if constexpr (NT == 2) {
-        gemv_stream_xs<T, KW>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
+        x_staging = gemv_stream_xs<T, KW>(acc, x, qw, scales, M, N, K, nt, tile_ok, kway, slice * per_slice, g_end);
     } else if (n_mine == 0) {
         kt_wait_prerequisites(); // before the writes below (this warp may be the writer)
     } else {
@@ -683,8 +688,20 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         // 10 (same binary): 1-4% faster at 1 and 8 rows (shared expert down 5.76 -> 5.50 us at
         // 1 row); past 8 rows the same, with 16 KiB more shared memory than the x staging's 42,
         // was 1-13% slower (x is staged through L1, which the shared memory takes from).
+        // Past 8 rows the sums (16 KiB) go into the x staging buffer (32 KiB), behind a barrier
+        // that every warp's last ldmatrix is before: a separate buffer took that shared memory
+        // from L1, through which x is staged.
         static_assert(KW == 4 && TW == 1, "the k-ways of one tile per block");
-        __shared__ float red4[KW * kAcc * 32]; // [k-way][kAcc][32 lanes]
+        float* red4; // [k-way][kAcc][32 lanes]
+        if constexpr (NT == 1) {
+            __shared__ float red4_own[KW * kAcc * 32];
+            red4 = red4_own;
+        } else {
+            static_assert(KW * kAcc * 32 * sizeof(float) <= 2 * KW * kXsBytes, "the sums fit the x staging");
+            cp_async_wait<0>();
+            __syncthreads(); // every warp has read its last round's x
+            red4 = reinterpret_cast<float*>(x_staging);
+        }
 #pragma unroll
         for (int i = 0; i < kAcc; ++i) red4[(kway * kAcc + i) * 32 + lane] = (&acc[0][0][0])[i];
         __syncthreads();
