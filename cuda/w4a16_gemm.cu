@@ -299,9 +299,9 @@ __device__ __forceinline__ void w4a16_reduce(const float* __restrict__ partial, 
 // are exact in the f32 accumulators): a group is summed unscaled and then added to the output
 // sums as scale * sum in f32, one fused rounding per group. This is the exact int4 weight
 // q * scale, where the tiled kernel multiplies with q * scale rounded to T.
-// The k-ways of a tile are summed through shared memory in k-way order (at 1-8 rows and 4
-// k-ways all warps of the block add and write a quarter each, after one barrier; else the last
-// k-way's warp, after KW - 1 in turn). With one k slice the block then writes `out`; with
+// The k-ways of a tile are summed through shared memory in k-way order (at 4 k-ways all
+// warps of the block add and write a quarter each, after one barrier; else the last k-way's
+// warp, after KW - 1 in turn). With one k slice the block then writes `out`; with
 // several it writes f32 partials [slice][M][N], and the last block of its column group to
 // finish (an atomic counter per group, reset by that block for the next launch) adds the
 // slices in slice order: deterministic, and no second launch. With
@@ -681,16 +681,16 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     int i0 = 0;
     bool writes;
     if constexpr (PR) {
-        // 1-8 rows at 4 k-ways: every k-way leaves its sums in shared memory and, after one
-        // barrier, each warp adds a quarter of them over the k-ways (in k-way order: the same
-        // bits as the serial sum below) and writes them: one barrier instead of KW - 1 in turn,
-        // and the output's stores spread over the block's warps instead of one. H100, session
-        // 10 (same binary): 1-4% faster at 1 and 8 rows (shared expert down 5.76 -> 5.50 us at
-        // 1 row); past 8 rows the same, with 16 KiB more shared memory than the x staging's 42,
-        // was 1-13% slower (x is staged through L1, which the shared memory takes from).
-        // Past 8 rows the sums (16 KiB) go into the x staging buffer (32 KiB), behind a barrier
-        // that every warp's last ldmatrix is before: a separate buffer took that shared memory
-        // from L1, through which x is staged.
+        // 4 k-ways: every k-way leaves its sums in shared memory and, after one barrier, each
+        // warp adds a quarter of them over the k-ways (in k-way order: the same bits as the
+        // serial sum below) and writes them: one barrier instead of KW - 1 in turn, and the
+        // output's stores spread over the block's warps instead of one. H100, session 10 (same
+        // binary): 1-4% faster at 1 and 8 rows (shared expert down 5.76 -> 5.50 us at 1 row).
+        // Past 8 rows the sums (16 KiB) reuse the x staging buffer (32 KiB), after a barrier
+        // behind every warp's last ldmatrix: with a buffer of their own the block's shared
+        // memory grew from 42 to 58 KiB, taken from L1 (x is staged through L1), and dense in
+        // at 16 rows went 28.8 -> 31.6 us; overlaid (38 KiB, the serial sum's 4 KiB gone too):
+        // 0.7-4% faster at 9-16 rows than the serial sum (q_b 8.93 -> 8.56 us at 16 rows).
         static_assert(KW == 4 && TW == 1, "the k-ways of one tile per block");
         float* red4; // [k-way][kAcc][32 lanes]
         if constexpr (NT == 1) {
