@@ -690,7 +690,7 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
         // behind every warp's last ldmatrix: with a buffer of their own the block's shared
         // memory grew from 42 to 58 KiB, taken from L1 (x is staged through L1), and dense in
         // at 16 rows went 28.8 -> 31.6 us; overlaid (38 KiB, the serial sum's 4 KiB gone too):
-        // 0.7-4% faster at 9-16 rows than the serial sum (q_b 8.93 -> 8.56 us at 16 rows).
+        // 0-4% faster at 9-16 rows than the serial sum (q_b 8.93 -> 8.56 us at 16 rows).
         static_assert(KW == 4 && TW == 1, "the k-ways of one tile per block");
         float* red4; // [k-way][kAcc][32 lanes]
         if constexpr (NT == 1) {
