@@ -216,6 +216,7 @@ fn entry_cases(p: &mut Probe) -> Res<()> {
         ("stage3 +ticket", "kt_probe_entry_stage3".into(), 32),
         ("stage4 +routing", "kt_probe_entry_stage4".into(), 32),
         ("stage5 +pack+flag", "kt_probe_entry_stage5".into(), 32),
+        ("stage6 = 5, s9 ticket+signal", "kt_probe_entry_stage6".into(), 32),
     ]
     .into_iter()
     .map(|(t, k, b)| (t.to_string(), k, b))
