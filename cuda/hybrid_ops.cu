@@ -325,16 +325,6 @@ extern "C" __global__ void __launch_bounds__(1024)
 // the flag, in the same per-thread order.
 #define KT_RETURN_THREADS 256
 #define KT_RETURN_STAGED 16
-// Four floats that the host wrote, read in one 16-byte volatile load (not served from a cache
-// line). p 16-byte aligned.
-__device__ __forceinline__ float4 kt_load_volatile_f32x4(const volatile float* p) {
-    float4 v;
-    asm volatile("ld.volatile.global.v4.f32 {%0, %1, %2, %3}, [%4];"
-                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-                 : "l"(p)
-                 : "memory");
-    return v;
-}
 extern "C" __global__ void __launch_bounds__(KT_RETURN_THREADS)
     kt_wait_add2_rmsnorm_w32(const uint32_t* flag, uint32_t value, float* __restrict__ x,
                              const float* routed, const __nv_bfloat16* __restrict__ shared,
@@ -361,25 +351,11 @@ extern "C" __global__ void __launch_bounds__(KT_RETURN_THREADS)
     kt_block_wait_flag(flag, value);
     // volatile: the host wrote these after the last launch; no cached line may serve them
     const volatile float* rr = routed + (long long)blockIdx.x * n;
-    // the staged part of the routed row crosses PCIe in 16-byte reads (a quarter of the
-    // requests of one float per thread and step), all in flight at once, into shared memory;
-    // each thread then takes its own elements from there, so the sums below are unchanged
-    const int staged = min(n, KT_RETURN_STAGED * bd);
-    __shared__ float4 rsm4[KT_RETURN_THREADS * KT_RETURN_STAGED / 4];
-    float* rsm = reinterpret_cast<float*>(rsm4);
-    const int quads = (reinterpret_cast<uintptr_t>(rr) & 15) == 0 ? staged / 4 : 0;
-#pragma unroll
-    for (int j = 0; j < KT_RETURN_STAGED / 4; ++j) {
-        const int q = tid + j * bd;
-        if (q < quads) rsm4[q] = kt_load_volatile_f32x4(rr + 4 * q);
-    }
-    for (int i = 4 * quads + tid; i < staged; i += bd) rsm[i] = rr[i];
-    __syncthreads();
     float rv[KT_RETURN_STAGED];
 #pragma unroll
     for (int j = 0; j < KT_RETURN_STAGED; ++j) {
         const int i = tid + j * bd;
-        if (i < n) rv[j] = rsm[i];
+        if (i < n) rv[j] = rr[i];
     }
     float ss = 0.0f;
 #pragma unroll
