@@ -340,6 +340,29 @@ __device__ __forceinline__ void route_entry_norm(
     }
 }
 
+// Counts the block in on `counter` (one atomic add by thread 0) and tells every thread
+// whether the block was the grid's last. The barrier before the add orders all the block's
+// earlier writes before thread 0's, and its add is an acquire-release at GPU scope: cumulative,
+// it publishes them with its own; in the last block it acquires every other block's, and the
+// barrier after it passes that on to the block's threads (the pattern of cooperative groups'
+// grid barrier). A device fence in every thread before the barrier and another after the
+// ticket, as before session 10, put two more fence latencies on the last block's path (with
+// the flag's signal, kt_block_signal_flag: 1.06 us more in the chain probe on an H100).
+__device__ __forceinline__ bool kt_block_ticket_last(uint32_t* counter) {
+    __shared__ bool last;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        uint32_t old;
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
+                     : "=r"(old)
+                     : "l"(counter)
+                     : "memory");
+        last = old == gridDim.x - 1;
+    }
+    __syncthreads();
+    return last;
+}
+
 // One router row's logit by one warp in kt_gemv_nt_v_f32_f32_f32's order (lane-strided
 // 4-float steps, fmaf chain, warp butterfly sum); the first KT_ROUTE_PREFETCH steps come from
 // `wpre` when `pre` (loaded by route_entry_norm), the rest from `wr`. Every lane gets the sum.
@@ -399,7 +422,6 @@ __device__ __forceinline__ void add_norm_route_signal(
     int group_score, int normalize, float scale, uint32_t* flag, uint32_t value, float* smem) {
     static_assert(EPB >= 1 && EPB <= KT_ROUTE_THREADS / 32, "experts per block: 1 .. warps");
     __shared__ float scratch[32];
-    __shared__ bool last;
     float* row = smem;                // the normalized row, f32
     float* nw = smem + n;             // norm_w
     float* lsm = nw + n;              // the logits, for the routing
@@ -419,18 +441,10 @@ __device__ __forceinline__ void add_norm_route_signal(
         const float sum = route_entry_logit(wr, row, n, true, wpre);
         if ((threadIdx.x & 31) == 0) logits[e] = sum;
     }
-    // publish the logits (device scope: only the last block reads them) and, when spread, the
-    // pack's slice (system scope: the host reads it), then count this block in
-    if (SPREAD) {
-        __threadfence_system();
-    } else {
-        __threadfence();
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    // when spread, publish the pack's slice at system scope (the host reads it); the logits
+    // are published by the ticket (device scope: only the last block reads them)
+    if (SPREAD) __threadfence_system();
+    if (!kt_block_ticket_last(counter)) return;
     // warp 0 reloads the logits and routes them while the other warps write the pack's row
     // (the routing's warp waits for no one but itself)
     uint32_t* ids = pack + n;
@@ -441,8 +455,12 @@ __device__ __forceinline__ void add_norm_route_signal(
         kt_gating_token(gsm, lsm, bias, ids, weights, 0, n_experts, top_k, n_group, topk_group,
                         scoring, group_score, normalize, scale);
     } else if (!SPREAD) {
-#pragma unroll 8
-        for (int i = threadIdx.x - 32; i < n; i += blockDim.x - 32) pack_row[i] = row[i];
+        // 16-byte stores (n % 4 == 0, pack page-aligned): a quarter of the PCIe writes (the
+        // probe times the entry with a pinned and a device pack level: off the flag's path)
+        const float4* row4 = reinterpret_cast<const float4*>(row);
+        float4* pack4 = reinterpret_cast<float4*>(pack_row);
+#pragma unroll 4
+        for (int i = threadIdx.x - 32; i < n / 4; i += blockDim.x - 32) pack4[i] = row4[i];
     }
     if (threadIdx.x == 0) *counter = 0; // for the next launch, which follows this one
     kt_block_signal_flag(flag, value);

@@ -30,10 +30,12 @@ __device__ __forceinline__ void kt_block_wait_flag(const uint32_t* flag, uint32_
 }
 
 // Publishes the block's writes (to device or host memory) and then raises the flag to
-// `value`: every thread fences at system scope, the barrier gathers them, thread 0 stores.
-// Every thread of the block must call it.
+// `value`: the barrier orders every thread's writes before thread 0's, and thread 0's release
+// store at system scope is cumulative (it publishes what thread 0 has observed, the other
+// threads' writes included, as the grid barrier of cooperative groups relies on at GPU
+// scope). A system fence in every thread before the barrier as well (before session 10) is one
+// more serial fence on the flag's path. Every thread of the block must call it.
 __device__ __forceinline__ void kt_block_signal_flag(uint32_t* flag, uint32_t value) {
-    __threadfence_system();
     __syncthreads();
     if (threadIdx.x == 0) kt_flag_store_release(flag, value);
 }

@@ -14,9 +14,10 @@
 //!   pack's row written by every block before its ticket), with the pack and the flag in pinned
 //!   host memory (as in the decode) and in device memory (what the PCIe writes and the system
 //!   fence cost);
-//! - the library's entry cut short after each of its steps (`stageN`, probe.cu) and the entry as
-//!   one thread-block cluster of 8 / 16 blocks (`cluster`, `cluster16`, probe.cu), beside an
-//!   empty kernel (the graph's floor per node);
+//! - the library's entry cut short after each of its steps (`stageN`, probe.cu; `stage6` is
+//!   stage 5 with the ticket and the flag's signal of session 9, fences in every thread) and
+//!   the entry as one thread-block cluster of 8 / 16 blocks (`cluster`, `cluster16`,
+//!   probe.cu), beside an empty kernel (the graph's floor per node);
 //! - the routing alone (`kt_moe_gating`, one token, one warp) and the unfused packed gating;
 //! - the return kernel (`kt_wait_add2_rmsnorm_w32`) with its flag already raised, the routed sum
 //!   in pinned memory (as in the decode) and in device memory;
@@ -216,6 +217,11 @@ fn entry_cases(p: &mut Probe) -> Res<()> {
         ("stage3 +ticket", "kt_probe_entry_stage3".into(), 32),
         ("stage4 +routing", "kt_probe_entry_stage4".into(), 32),
         ("stage5 +pack+flag", "kt_probe_entry_stage5".into(), 32),
+        (
+            "stage6 = 5, s9 ticket+signal",
+            "kt_probe_entry_stage6".into(),
+            32,
+        ),
     ]
     .into_iter()
     .map(|(t, k, b)| (t.to_string(), k, b))

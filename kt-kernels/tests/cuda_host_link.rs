@@ -121,8 +121,9 @@ fn wait_return_matches_add_then_norm_after_the_flag() {
     let flag = gpu.host_flag().unwrap();
     let eps = 1e-6f32;
     let mut value = 0u32;
-    // 4356: past the 16 x 256 elements a thread stages before the flag (the rest is read after)
-    for (ci, &(rows, n)) in [(1usize, 2048usize), (3, 200), (2, 4356)]
+    // 4356: past the 16 x 256 elements a thread stages before the flag (the rest is read after);
+    // 202: rows of a length that is not a multiple of 4 (row 1 starts off 16-byte alignment)
+    for (ci, &(rows, n)) in [(1usize, 2048usize), (3, 200), (2, 4356), (2, 202)]
         .iter()
         .enumerate()
     {

@@ -122,7 +122,9 @@ extern "C" __global__ void __launch_bounds__(KT_ROUTE_THREADS, 1)
 // The library's entry (2 experts per block) cut short after each of its steps, to see where
 // its time goes: STOP 1 = the norm (and the router rows' prefetch), 2 = + the logits,
 // 3 = + the fence and the ticket, 4 = + the last block's logits reload and routing (no pack
-// row, no flag), 5 = + the pack row and the flag (everything but the residual update).
+// row, no flag), 5 = + the pack row and the flag (everything but the residual update), 6 = 5
+// with the ticket and the flag's signal as they were before session 10 (fences in every
+// thread: the A of this session's A/B).
 template <int STOP>
 __device__ __forceinline__ void probe_entry_stage(
     float* __restrict__ x, const __nv_bfloat16* __restrict__ d, const float* __restrict__ norm_w,
@@ -156,16 +158,21 @@ __device__ __forceinline__ void probe_entry_stage(
         if ((threadIdx.x & 31) == 0) logits[e] = sum;
     }
     if (STOP == 2) return;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
+    if (STOP == 6) {
+        // the ticket as it was before session 10: device fences before and after
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+    } else if (!kt_block_ticket_last(counter)) {
+        return;
+    }
     if (STOP == 3) {
         if (threadIdx.x == 0) *counter = 0;
         return;
     }
-    __threadfence();
     if (STOP >= 5) {
         float* pack_row = reinterpret_cast<float*>(pack);
 #pragma unroll 8
@@ -180,6 +187,9 @@ __device__ __forceinline__ void probe_entry_stage(
                         scoring, group_score, normalize, scale);
     }
     if (threadIdx.x == 0) *counter = 0;
+    // STOP 6: kt_block_signal_flag as it was before session 10 (a system fence in every
+    // thread before the barrier, then thread 0's release store)
+    if (STOP == 6) __threadfence_system();
     if (STOP >= 5) kt_block_signal_flag(flag, value);
 }
 #define KT_PROBE_STAGE(NAME, STOP)                                                                 \
@@ -200,6 +210,7 @@ KT_PROBE_STAGE(kt_probe_entry_stage2, 2)
 KT_PROBE_STAGE(kt_probe_entry_stage3, 3)
 KT_PROBE_STAGE(kt_probe_entry_stage4, 4)
 KT_PROBE_STAGE(kt_probe_entry_stage5, 5)
+KT_PROBE_STAGE(kt_probe_entry_stage6, 6)
 
 // An empty kernel of the same grid: the graph's per-node floor.
 extern "C" __global__ void kt_probe_empty(int unused) { (void)unused; }
