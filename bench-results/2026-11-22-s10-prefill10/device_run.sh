@@ -51,7 +51,7 @@ t() { # t NAME CAP: one test binary, at most CAP s and what is left before 166 s
 }
 for n in moe_q4k_amx cpu_amx_gemm moe_repacked_moe moe_api moe_no_alloc; do left 125 && t $n 25; done
 for v in "KT_X_FUSED=0" "KT_X_FUSED=1"; do left 132 && XENV="$v" m x x 15 $V2I; done
-for v in "KT_X_IL=0" "KT_X_IL=1" "KT_X_PF=4" "KT_X_FUSED=1" "KT_X_FOLD=16" "KT_X_TAIL=0" "KT_X_AMXMIN=10" "KT_X_PF=8"; do
+for v in "KT_X_IL=0" "KT_X_IL=1" "KT_X_PF=4" "KT_X_FUSED=1" "KT_X_FOLD=0" "KT_X_TAIL=0" "KT_X_AMXMIN=10" "KT_X_PF=8"; do
   left 140 && XENV="$v" m x x 20 $V3
 done
 for p in 4:l1 2:l2; do left 148 && m new "pf$p" 15 $V2I --prefetch $p; done
