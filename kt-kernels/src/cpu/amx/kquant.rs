@@ -102,6 +102,28 @@ pub(super) unsafe trait StepKernel {
     /// `nr` blocks are readable at `w`; `dst` is writable.
     unsafe fn unpack(w: *const u8, stride: usize, nr: usize, dst: *mut Self::Weights);
 
+    /// [`unpack`](Self::unpack), and a prefetch into L2 of the `ahead_nr` rows' block at
+    /// `ahead` (same stride; none when 0). Kernels may interleave the two row by row so
+    /// that the step's prefetches do not come as one burst (see [`PREFETCH`]).
+    ///
+    /// # Safety
+    /// As `unpack`; the `ahead_nr` rows' blocks at `ahead` lie inside the weights.
+    #[inline]
+    unsafe fn unpack_prefetching(
+        w: *const u8,
+        stride: usize,
+        nr: usize,
+        dst: *mut Self::Weights,
+        ahead: *const u8,
+        ahead_nr: usize,
+    ) {
+        // SAFETY: forwarded.
+        unsafe {
+            prefetch_rows(ahead, Self::W_BLOCK, stride, ahead_nr);
+            Self::unpack(w, stride, nr, dst);
+        }
+    }
+
     /// The step's tile products into `c`.
     ///
     /// # Safety
@@ -400,25 +422,22 @@ unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(
                 // that nor the C buffer written now.
                 unsafe {
                     K::products(wbuf.add(l % WBUFS), rec(g, s), cbuf.add(step & 1));
-                    if g == 0 {
+                    let next = l + UNPACK_AHEAD;
+                    if g == 0 && next < nrb * kc {
                         let ahead = l + PREFETCH;
-                        if ahead < nrb * kc {
-                            prefetch_rows(
-                                wblock(ahead),
-                                K::W_BLOCK,
-                                t.w_stride,
-                                rows_of(ahead / kc),
-                            );
-                        }
-                        let next = l + UNPACK_AHEAD;
-                        if next < nrb * kc {
-                            K::unpack(
-                                wblock(next),
-                                t.w_stride,
-                                rows_of(next / kc),
-                                wbuf.add(next % WBUFS),
-                            );
-                        }
+                        let (pf, pf_rows) = if ahead < nrb * kc {
+                            (wblock(ahead), rows_of(ahead / kc))
+                        } else {
+                            (std::ptr::null(), 0)
+                        };
+                        K::unpack_prefetching(
+                            wblock(next),
+                            t.w_stride,
+                            rows_of(next / kc),
+                            wbuf.add(next % WBUFS),
+                            pf,
+                            pf_rows,
+                        );
                     }
                     let now = Pending {
                         cbuf: step & 1,
@@ -511,13 +530,23 @@ unsafe fn finish_step<K: StepKernel, const G: usize>(
 #[target_feature(enable = "sse")]
 unsafe fn prefetch_rows(w: *const u8, bytes: usize, stride: usize, nr: usize) {
     for n in 0..nr {
-        // SAFETY: bytes 0..bytes of block n are inside the weights (caller).
-        unsafe {
-            let b = w.add(n * stride);
-            for off in (0..bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T1>(b.add(off).cast());
-            }
-            _mm_prefetch::<_MM_HINT_T1>(b.add(bytes - 1).cast());
+        // SAFETY: block n is inside the weights (caller).
+        unsafe { prefetch_block(w.add(n * stride), bytes) };
+    }
+}
+
+/// Prefetches the `bytes` (> 0) at `b` into L2: every line they touch.
+///
+/// # Safety
+/// `b..b + bytes` lies inside one allocation (a prefetch never faults).
+#[inline]
+#[target_feature(enable = "sse")]
+pub(super) unsafe fn prefetch_block(b: *const u8, bytes: usize) {
+    // SAFETY: offsets below `bytes` (caller).
+    unsafe {
+        for off in (0..bytes).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T1>(b.add(off).cast());
         }
+        _mm_prefetch::<_MM_HINT_T1>(b.add(bytes - 1).cast());
     }
 }

@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::blocks::transpose16;
-use super::kquant::{folded_config, StepKernel, QK_K, TG, TR};
+use super::kquant::{folded_config, prefetch_block, StepKernel, QK_K, TG, TR};
 use super::q4_k::{sub_offset, SUBS};
 use super::tiles::{tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
 use crate::cpu::avx512::q4_k::scales_mins;
@@ -93,7 +93,21 @@ unsafe impl<F: FoldedQuants> StepKernel for Folded<F> {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
     unsafe fn unpack(w: *const u8, stride: usize, nr: usize, dst: *mut WeightBlock) {
         // SAFETY: the trait's contract is this function's.
-        unsafe { unpack_weights::<F>(w, stride, nr, dst) }
+        unsafe { unpack_weights::<F>(w, stride, nr, dst, std::ptr::null(), 0) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
+    unsafe fn unpack_prefetching(
+        w: *const u8,
+        stride: usize,
+        nr: usize,
+        dst: *mut WeightBlock,
+        ahead: *const u8,
+        ahead_nr: usize,
+    ) {
+        // SAFETY: the trait's contract is this function's.
+        unsafe { unpack_weights::<F>(w, stride, nr, dst, ahead, ahead_nr) }
     }
 
     #[inline]
@@ -206,10 +220,12 @@ fn two_lanes(a: usize, b: usize) -> __m512i {
     )
 }
 
-/// Unpacks `nr` weight rows' block (`w`, rows `stride` bytes apart) into `dst`.
+/// Unpacks `nr` weight rows' block (`w`, rows `stride` bytes apart) into `dst`,
+/// prefetching row `n` of the `ahead_nr` rows' block at `ahead` with row `n`.
 ///
 /// # Safety
-/// `nr` (<= 16) blocks are readable at `w`; `dst` is writable.
+/// `nr` (<= 16) blocks are readable at `w`; `dst` is writable; the `ahead_nr` blocks at
+/// `ahead` lie inside the weights.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
 unsafe fn unpack_weights<F: FoldedQuants>(
@@ -217,6 +233,8 @@ unsafe fn unpack_weights<F: FoldedQuants>(
     stride: usize,
     nr: usize,
     dst: *mut WeightBlock,
+    ahead: *const u8,
+    ahead_nr: usize,
 ) {
     let seven = _mm512_set1_epi16(7);
     // Nibble plane `nib` of quant half `h` holds sub-blocks 4h + nib (bytes 0..32) and
@@ -236,7 +254,15 @@ unsafe fn unpack_weights<F: FoldedQuants>(
         0x000E_000C_000A_0008,
         0x0006_0004_0002_0000,
     );
+    for n in nr..ahead_nr {
+        // SAFETY: block n of `ahead` is inside the weights (caller).
+        unsafe { prefetch_block(ahead.add(n * stride), F::W_BLOCK) };
+    }
     for n in 0..nr {
+        if n < ahead_nr {
+            // SAFETY: as above.
+            unsafe { prefetch_block(ahead.add(n * stride), F::W_BLOCK) };
+        }
         // SAFETY: block n is readable (caller): d, dmin at 0..4, scales at 4..16 (and
         // scales_mins reads 4 bytes past them), quants after; row n of `dst`.
         unsafe {

@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::blocks::transpose16;
-use super::kquant::{StepKernel, QK_K, TG, TR};
+use super::kquant::{prefetch_block, StepKernel, QK_K, TG, TR};
 use super::q4_k::{sub_offset, SUBS};
 use super::tiles::{tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
 use crate::cpu::avx512::q4_k::scales_mins;
@@ -50,7 +50,21 @@ unsafe impl StepKernel for PerSub {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
     unsafe fn unpack(w: *const u8, stride: usize, nr: usize, dst: *mut WeightBlock) {
         // SAFETY: the trait's contract is this function's.
-        unsafe { unpack_weights(w, stride, nr, dst) }
+        unsafe { unpack_weights(w, stride, nr, dst, std::ptr::null(), 0) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
+    unsafe fn unpack_prefetching(
+        w: *const u8,
+        stride: usize,
+        nr: usize,
+        dst: *mut WeightBlock,
+        ahead: *const u8,
+        ahead_nr: usize,
+    ) {
+        // SAFETY: the trait's contract is this function's.
+        unsafe { unpack_weights(w, stride, nr, dst, ahead, ahead_nr) }
     }
 
     #[inline]
@@ -142,14 +156,31 @@ unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, dst: *mut ActBlo
     }
 }
 
-/// Unpacks `nr` weight rows' Q4_K block (`w`, rows `stride` bytes apart) into `dst`.
+/// Unpacks `nr` weight rows' Q4_K block (`w`, rows `stride` bytes apart) into `dst`,
+/// prefetching row `n` of the `ahead_nr` rows' block at `ahead` with row `n`.
 ///
 /// # Safety
-/// `nr` (<= 16) blocks are readable at `w`; `dst` is writable.
+/// `nr` (<= 16) blocks are readable at `w`; `dst` is writable; the `ahead_nr` blocks at
+/// `ahead` lie inside the weights.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut WeightBlock) {
+unsafe fn unpack_weights(
+    w: *const u8,
+    stride: usize,
+    nr: usize,
+    dst: *mut WeightBlock,
+    ahead: *const u8,
+    ahead_nr: usize,
+) {
     let nib = _mm512_set1_epi8(0x0F);
+    for n in nr..ahead_nr {
+        // SAFETY: block n of `ahead` is inside the weights (caller).
+        unsafe { prefetch_block(ahead.add(n * stride), PerSub::W_BLOCK) };
+    }
     for n in 0..nr {
+        if n < ahead_nr {
+            // SAFETY: as above.
+            unsafe { prefetch_block(ahead.add(n * stride), PerSub::W_BLOCK) };
+        }
         // SAFETY: block n is readable (caller): d, dmin at 0..4, scales at 4..16 (and
         // scales_mins reads 4 quant bytes past them), quants at 16..144; row n of `dst`.
         unsafe {
