@@ -51,6 +51,11 @@ constexpr int kThreads = 256; // two warpgroups
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
+// mla10 device-call variants (temporary): 1 table a tile ahead, 2 diag no box waits (traffic
+// kept, results wrong), 4 diag every tile from the split's first (L2 only), 8 evict-first hint,
+// 16 the non-owner refills its half of the owner's buffer itself, 32 softmax trimmed, 64 the
+// even head-half block prefetches tile u + 2's other boxes into L2 when its rope box is issued.
+constexpr int kVar = 0;
 constexpr int kLat = 512;
 constexpr int kDim = 576;
 constexpr int kRows = 64;                 // query rows per block (the wgmma M)
@@ -74,6 +79,13 @@ constexpr float kNegInf = -__builtin_huge_valf();
 __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+// 2^x by the special function unit alone (exp2f adds a range fix-up for denormal results,
+// which only round to zero in bf16 P anyway); 2^-inf = 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
 }
 __device__ __forceinline__ float quad_sum(float v) {
     v += __shfl_xor_sync(0xffffffffu, v, 1);
@@ -134,6 +146,8 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     const int per_split = (tiles_seq + splits - 1) / splits;
     const int t_begin = split * per_split;
     const int t_end = min(min(t_begin + per_split, tiles_seq), (vis_max + kKeys - 1) / kKeys);
+    // Keys every row of the block sees (a tile below it needs no mask).
+    const int vis_all = row0 + kRows <= nrows ? first_key_row + row0 / heads + 1 : 0;
     const size_t grow0 = (size_t)tok0 * heads + row0;
 
     // Keys row r sees (0: a row past the sequence sees none).
@@ -165,23 +179,34 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     // other's MMAs keep the tensor cores busy.
     const uint32_t kbuf = s_base + kKOff + wg * kTileBytes;       // this warpgroup's buffer
     const uint32_t kbuf_other = s_base + kKOff + (wg ^ 1) * kTileBytes;
-    auto box_bar = [&](int blk) { return bar0 + 8 * (wg * kDimBlocks + blk); };
+    auto box_bar_of = [&](int w, int blk) { return bar0 + 8 * (w * kDimBlocks + blk); };
+    auto box_bar = [&](int blk) { return box_bar_of(wg, blk); };
     // The scores take the boxes in the order a refill frees them: the rope dims (read only by
     // the scores), this warpgroup's output half (free once its own P V is done), the other's.
-    auto box_of = [&](int k) { return k == 0 ? kDimBlocks - 1 : (4 * wg + k - 1) & 7; };
+    auto box_of_w = [&](int w, int k) { return k == 0 ? kDimBlocks - 1 : (4 * w + k - 1) & 7; };
+    auto box_of = [&](int k) { return box_of_w(wg, k); };
     auto by_tma = [&](int t) { return use_tma != 0 && (t + 1) * kKeys <= kv_len; };
-    // Boxes box_of(k0 .. k1 - 1) of a tile whose first pool row is `row`, by one thread.
-    auto tma_boxes = [&](int row, int k0, int k1) {
+    // Boxes box_of_w(w, k0 .. k1 - 1) of a tile whose first pool row is `row` into warpgroup
+    // w's buffer, by one thread.
+    auto tma_boxes_to = [&](int w, int row, int k0, int k1) {
+        const uint32_t buf = s_base + kKOff + w * kTileBytes;
         for (int k = k0; k < k1; ++k) {
-            const int blk = box_of(k);
-            kt_mbar_arrive_expect_tx(box_bar(blk), kBlockBytes);
-            kt_tma_load_2d(kbuf + blk * kBlockBytes, cache_map, 64 * blk, row, box_bar(blk));
+            const int blk = box_of_w(w, k);
+            kt_mbar_arrive_expect_tx(box_bar_of(w, blk), kBlockBytes);
+            if (kVar & 8)
+                kt_tma_load_2d_hint(buf + blk * kBlockBytes, cache_map, 64 * blk, row, box_bar_of(w, blk), kt_l2_evict_first_policy());
+            else
+                kt_tma_load_2d(buf + blk * kBlockBytes, cache_map, 64 * blk, row, box_bar_of(w, blk));
         }
     };
+    auto tma_boxes = [&](int row, int k0, int k1) { tma_boxes_to(wg, row, k0, k1); };
     auto tile_row = [&](int t) { // the tile's 64 keys are consecutive rows of one page
-        const int key = t * kKeys;
+        const int key = ((kVar & 4) ? t_begin : t) * kKeys;
         return table[(size_t)b * max_blocks + key / block_size] * block_size + key % block_size;
     };
+    // The page of tile t (read a tile ahead of its copies) and the first pool row from it.
+    auto tile_page = [&](int t) { return table[(size_t)b * max_blocks + ((kVar & 4) ? t_begin : t) * kKeys / block_size]; };
+    auto page_row = [&](int page, int t) { return page * block_size + ((kVar & 4) ? t_begin : t) * kKeys % block_size; };
     // A tile by cp.async, issued by this warpgroup's threads (8 per key row, one 16-byte chunk
     // of each 64-dim block each, four passes of 16 rows); keys past kv_len read as zeros.
     constexpr int kLdRows = 128 / 8;
@@ -206,6 +231,9 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     };
     uint32_t phase = 0; // parity of this warpgroup's buffer's next box phase
     int next_row = 0;   // pool row of this warpgroup's next bulk-copied tile (thread wtid 0)
+    // Page of this warpgroup's tile after next (thread wtid 0, read a tile ahead).
+    int page_ahead = 0;
+    if ((kVar & 1) && wtid == 0 && t_begin + wg + 2 < t_end && by_tma(t_begin + wg + 2)) page_ahead = tile_page(t_begin + wg + 2);
 
     // Each warpgroup's first tile.
     const int t_first = t_begin + wg;
@@ -254,7 +282,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     auto issue_scores = [&](int t) {
         const uint64_t qd = kt_wgmma_desc(s_base + kQOff, 16, 1024);
         const uint64_t kd = kt_wgmma_desc(kbuf, 16, 1024);
-        const bool wait_boxes = by_tma(t);
+        const bool wait_boxes = !(kVar & 2) && by_tma(t);
         kt_wgmma_fence();
 #pragma unroll
         for (int k = 0; k < kDimBlocks; ++k) {
@@ -277,7 +305,28 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         kt_wgmma_wait<0>(); // the scores, and P V of the other's tile u - 1 (P's buffer is free)
 #pragma unroll
         for (int i = 0; i < 32; ++i) kt_reg_fence(s[i]);
+        if ((kVar & 2) && by_tma(u)) { // diag: the boxes' phases are completed here, after the MMAs
+            for (int blk = 0; blk < kDimBlocks; ++blk) kt_mbar_wait(box_bar(blk), phase);
+            phase ^= 1u;
+        }
         float mx[2] = {kNegInf, kNegInf};
+        if (kVar & 32) {
+            // Masks only where some row of the block does not see the whole tile (uniform);
+            // the maxima of the unscaled scores (scale_log2 > 0), scaled once per row.
+            if ((u + 1) * kKeys > vis_all) {
+#pragma unroll
+                for (int j = 0; j < 8; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int key = u * kKeys + 8 * j + qc + (e & 1);
+                        if (key >= vis[e >> 1]) s[4 * j + e] = kNegInf;
+                    }
+            }
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[4 * j + e]);
+        } else {
 #pragma unroll
         for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -288,13 +337,14 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
                 v = key < vis[h] ? v * scale_log2 : kNegInf;
                 mx[h] = fmaxf(mx[h], v);
             }
+        }
         float alpha[2], base[2], lsum[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const float m_new = fmaxf(m_run[h], quad_max(mx[h]));
+            const float m_new = fmaxf(m_run[h], (kVar & 32) ? quad_max(mx[h]) * scale_log2 : quad_max(mx[h]));
             // A row that has seen no key keeps m = -inf; subtracting 0 keeps exp2 at 0.
             base[h] = m_new == kNegInf ? 0.0f : m_new;
-            alpha[h] = exp2f(m_run[h] - base[h]);
+            alpha[h] = (kVar & 32) ? fast_exp2(m_run[h] - base[h]) : exp2f(m_run[h] - base[h]);
             m_run[h] = m_new;
             if ((lane & 3) == 0) m_pub[r0 + 8 * h] = m_new;
         }
@@ -304,8 +354,11 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         for (int j = 0; j < 8; ++j)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const __nv_bfloat162 p = __floats2bfloat162_rn(exp2f(s[4 * j + 2 * h] - base[h]),
-                                                               exp2f(s[4 * j + 2 * h + 1] - base[h]));
+                const __nv_bfloat162 p =
+                    (kVar & 32) ? __floats2bfloat162_rn(fast_exp2(fmaf(s[4 * j + 2 * h], scale_log2, -base[h])),
+                                                        fast_exp2(fmaf(s[4 * j + 2 * h + 1], scale_log2, -base[h])))
+                                : __floats2bfloat162_rn(exp2f(s[4 * j + 2 * h] - base[h]),
+                                                        exp2f(s[4 * j + 2 * h + 1] - base[h]));
                 lsum[h] += __low2float(p) + __high2float(p);
                 const int key = 8 * j + qc;
                 *reinterpret_cast<__nv_bfloat162*>(smem + kPOff + kt_swz128(r0 + 8 * h, j) + (key & 7) * 2) = p;
@@ -324,7 +377,17 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         kt_wgmma_commit();
         // The scores are done with the rope box: tile u + 2's may come now.
         const int u2 = u + 2;
-        if (wtid == 0 && u2 < t_end && by_tma(u2)) {
+        if (kVar & 1) {
+            if (wtid == 0) {
+                if (u2 < t_end && by_tma(u2)) {
+                    next_row = page_row(page_ahead, u2);
+                    tma_boxes(next_row, 0, 1);
+                    if ((kVar & 64) && (blockIdx.x & 1) == 0)
+                        for (int blk = 0; blk < kDimBlocks - 1; ++blk) kt_tma_prefetch_l2_2d(cache_map, 64 * blk, next_row);
+                }
+                page_ahead = u2 + 2 < t_end && by_tma(u2 + 2) ? tile_page(u2 + 2) : 0;
+            }
+        } else if (wtid == 0 && u2 < t_end && by_tma(u2)) {
             next_row = tile_row(u2);
             tma_boxes(next_row, 0, 1);
         }
@@ -333,6 +396,11 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     // The other warpgroup's tile v: this half's P V from the published P, then this
     // warpgroup's next tile v + 1 refilled (as its buffer frees) and its scores issued.
     auto other_step = [&](int v) {
+        // X: this warpgroup refills its half of the other's buffer with tile v + 2 itself, once
+        // its P V of tile v is done; the page is read now, used after that P V.
+        const bool x_refill = (kVar & 16) && v + 2 < t_end && by_tma(v + 2);
+        int x_page = 0;
+        if (x_refill && wtid == 0) x_page = tile_page(v + 2);
         kt_wgmma_wait<0>(); // own P V of tile v - 1: its half of the buffer and pa are free
 #pragma unroll
         for (int i = 0; i < 128; ++i) kt_reg_fence(o[i]);
@@ -343,10 +411,14 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         if (refill && by_tma(u) && wtid == 0) tma_boxes(next_row, 1, 5);
         // The other warpgroup's P V of this warpgroup's tile v - 1 is done: the rest of the
         // buffer is free.
-        if (v - 1 >= t_begin) named_bar_sync(kBarFree + (wg ^ 1), kThreads);
+        if (kVar & 16) {
+            if (refill && !by_tma(u)) named_bar_sync(kBarFree + (wg ^ 1), kThreads); // cp.async needs it all
+        } else if (v - 1 >= t_begin) {
+            named_bar_sync(kBarFree + (wg ^ 1), kThreads);
+        }
         if (refill) {
             if (by_tma(u)) {
-                if (wtid == 0) tma_boxes(next_row, 5, kDimBlocks);
+                if (!(kVar & 16) && wtid == 0) tma_boxes(next_row, 5, kDimBlocks);
             } else {
                 cp_tile(u);
                 kt_cp_async_wait_all();
@@ -359,7 +431,8 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const float m_new = m_pub[r0 + 8 * h];
-            alpha[h] = exp2f(m_run[h] - (m_new == kNegInf ? 0.0f : m_new));
+            alpha[h] = (kVar & 32) ? fast_exp2(m_run[h] - (m_new == kNegInf ? 0.0f : m_new))
+                                   : exp2f(m_run[h] - (m_new == kNegInf ? 0.0f : m_new));
             m_run[h] = m_new;
             l_part[h] *= alpha[h];
         }
@@ -380,7 +453,15 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         if (u < t_end) {
             issue_scores(u);
             kt_wgmma_wait<1>();
-            named_bar_arrive(kBarFree + wg, kThreads);
+            if (kVar & 16) {
+                if (x_refill) {
+                    if (wtid == 0) tma_boxes_to(wg ^ 1, page_row(x_page, v + 2), 5, kDimBlocks);
+                } else if (v + 2 < t_end) {
+                    named_bar_arrive(kBarFree + wg, kThreads);
+                }
+            } else {
+                named_bar_arrive(kBarFree + wg, kThreads);
+            }
         }
     };
 
