@@ -54,7 +54,11 @@ constexpr int kThreads = 256; // two warpgroups
 // mla10 device-call variants (temporary): 1 table a tile ahead, 2 diag no box waits (traffic
 // kept, results wrong), 4 diag every tile from the split's first (L2 only), 8 evict-first hint,
 // 16 the non-owner refills its half of the owner's buffer itself, 32 softmax trimmed, 64 the
-// even head-half block prefetches tile u + 2's other boxes into L2 when its rope box is issued.
+// even head-half block prefetches tile u + 2's other boxes into L2 when its rope box is issued,
+// 128 P stored with stmatrix, 256 the owner issues its P V before storing P and publishing,
+// 512 diag: no bulk copies after each warpgroup's first tile (results wrong), 1024 the even
+// head-half block prefetches tile u + 2 into L2 (one 72 KiB bulk prefetch) when its rope box
+// is issued.
 constexpr int kVar = 0;
 constexpr int kLat = 512;
 constexpr int kDim = 576;
@@ -80,6 +84,13 @@ __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
 }
+// Brings `bytes` (a multiple of 16) of global memory from `src` (16-byte aligned) into L2
+// without waiting (a hint: nothing lands in shared memory).
+__device__ __forceinline__ void kt_prefetch_l2_bulk(const void* src, uint32_t bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(reinterpret_cast<uint64_t>(src)), "r"(bytes)
+                 : "memory");
+}
+
 // 2^x by the special function unit alone (exp2f adds a range fix-up for denormal results,
 // which only round to zero in bf16 P anyway); 2^-inf = 0.
 __device__ __forceinline__ float fast_exp2(float x) {
@@ -186,6 +197,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     auto box_of_w = [&](int w, int k) { return k == 0 ? kDimBlocks - 1 : (4 * w + k - 1) & 7; };
     auto box_of = [&](int k) { return box_of_w(wg, k); };
     auto by_tma = [&](int t) { return use_tma != 0 && (t + 1) * kKeys <= kv_len; };
+    auto no_refill = [&](int t) { return (kVar & 512) && by_tma(t) && t - t_begin >= 2; };
     // Boxes box_of_w(w, k0 .. k1 - 1) of a tile whose first pool row is `row` into warpgroup
     // w's buffer, by one thread.
     auto tma_boxes_to = [&](int w, int row, int k0, int k1) {
@@ -282,7 +294,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     auto issue_scores = [&](int t) {
         const uint64_t qd = kt_wgmma_desc(s_base + kQOff, 16, 1024);
         const uint64_t kd = kt_wgmma_desc(kbuf, 16, 1024);
-        const bool wait_boxes = !(kVar & 2) && by_tma(t);
+        const bool wait_boxes = !(kVar & 2) && by_tma(t) && !no_refill(t);
         kt_wgmma_fence();
 #pragma unroll
         for (int k = 0; k < kDimBlocks; ++k) {
@@ -361,11 +373,33 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
                                                         exp2f(s[4 * j + 2 * h + 1] - base[h]));
                 lsum[h] += __low2float(p) + __high2float(p);
                 const int key = 8 * j + qc;
-                *reinterpret_cast<__nv_bfloat162*>(smem + kPOff + kt_swz128(r0 + 8 * h, j) + (key & 7) * 2) = p;
+                if (!(kVar & (128 | 256)))
+                    *reinterpret_cast<__nv_bfloat162*>(smem + kPOff + kt_swz128(r0 + 8 * h, j) + (key & 7) * 2) = p;
                 pa[4 * (j >> 1) + 2 * (j & 1) + h] = *reinterpret_cast<const uint32_t*>(&p);
             }
-        kt_fence_proxy_async();
-        named_bar_arrive(kBarPublish + wg, kThreads); // P and m_pub for the other warpgroup
+        // P to shared memory from its A fragments (pa[4 g .. 4 g + 3] are the 8 x 8 blocks of
+        // keys 16 g .. 16 g + 15, rows 16 wi .. 16 wi + 15).
+        auto store_p = [&]() {
+            if (kVar & 128) {
+                const int i = lane >> 3;
+                const uint32_t row_addr = s_base + kPOff + 0u;
+#pragma unroll
+                for (int g = 0; g < 4; ++g)
+                    kt_stmatrix_x4(row_addr + kt_swz128(16 * wi + 8 * (i & 1) + (lane & 7), 2 * g + (i >> 1)), pa + 4 * g);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; ++j)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+                        *reinterpret_cast<uint32_t*>(smem + kPOff + kt_swz128(r0 + 8 * h, j) + qc * 2) =
+                            pa[4 * (j >> 1) + 2 * (j & 1) + h];
+            }
+        };
+        if (!(kVar & 256)) {
+            if (kVar & 128) store_p();
+            kt_fence_proxy_async();
+            named_bar_arrive(kBarPublish + wg, kThreads); // P and m_pub for the other warpgroup
+        }
 #pragma unroll
         for (int h = 0; h < 2; ++h) l_part[h] = l_part[h] * alpha[h] + lsum[h];
         rescale(alpha);
@@ -375,21 +409,28 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         for (int ks = 0; ks < kKeys / 16; ++ks)
             wgmma_m64n256k16_rs<1>(o, pa + 4 * ks, kt_wgmma_desc_step(vd, 16 * ks * 128), 1);
         kt_wgmma_commit();
+        if (kVar & 256) { // P V runs while P is stored for the other warpgroup
+            store_p();
+            kt_fence_proxy_async();
+            named_bar_arrive(kBarPublish + wg, kThreads);
+        }
         // The scores are done with the rope box: tile u + 2's may come now.
         const int u2 = u + 2;
         if (kVar & 1) {
             if (wtid == 0) {
-                if (u2 < t_end && by_tma(u2)) {
+                if (u2 < t_end && by_tma(u2) && !no_refill(u2)) {
                     next_row = page_row(page_ahead, u2);
                     tma_boxes(next_row, 0, 1);
+                    if ((kVar & 1024) && (blockIdx.x & 1) == 0) kt_prefetch_l2_bulk(cache + (size_t)next_row * kDim, kTileBytes);
                     if ((kVar & 64) && (blockIdx.x & 1) == 0)
                         for (int blk = 0; blk < kDimBlocks - 1; ++blk) kt_tma_prefetch_l2_2d(cache_map, 64 * blk, next_row);
                 }
                 page_ahead = u2 + 2 < t_end && by_tma(u2 + 2) ? tile_page(u2 + 2) : 0;
             }
-        } else if (wtid == 0 && u2 < t_end && by_tma(u2)) {
+        } else if (wtid == 0 && u2 < t_end && by_tma(u2) && !no_refill(u2)) {
             next_row = tile_row(u2);
             tma_boxes(next_row, 0, 1);
+            if ((kVar & 1024) && (blockIdx.x & 1) == 0) kt_prefetch_l2_bulk(cache + (size_t)next_row * kDim, kTileBytes);
         }
     };
 
@@ -407,7 +448,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
 #pragma unroll
         for (int i = 0; i < 16; ++i) kt_reg_fence_u32(pa[i]);
         const int u = v + 1;
-        const bool refill = u < t_end && u - t_begin >= 2;
+        const bool refill = u < t_end && u - t_begin >= 2 && !no_refill(u);
         if (refill && by_tma(u) && wtid == 0) tma_boxes(next_row, 1, 5);
         // The other warpgroup's P V of this warpgroup's tile v - 1 is done: the rest of the
         // buffer is free.
