@@ -20,14 +20,17 @@
 //  - computes S = Q K^T for all 64 keys (36 m64n64k16 MMAs: the 72 KiB query tile is read
 //    from shared memory once per tile, not once per warpgroup);
 //  - runs the softmax against the running max the other warpgroup published with the tile
-//    before (each row's 64 scores sit in one quad: no exchange), writes P (bf16) and the new
-//    row maxima to shared memory and signals the other warpgroup (a named barrier);
-//  - rescales its O half and adds P V from P in registers (4 m64n256k16 MMAs, A from the
-//    softmax's registers).
+//    before (each row's 64 scores sit in one quad: no exchange);
+//  - rescales its O half and issues P V from P in registers (4 m64n256k16 MMAs, A from the
+//    softmax's registers), then, while those run, writes P (bf16, stmatrix) and the new row
+//    maxima to shared memory and signals the other warpgroup (a named barrier).
 // For the other's tile it waits for that signal, rescales its O half to the published max
-// and adds P V from P in shared memory, then issues its own next tile's scores. So one
-// warpgroup's softmax runs while the other's MMAs keep the tensor cores busy. Both end at the
-// same running max; the softmax sums of the two warpgroups' tiles add at the end.
+// and adds P V from P in shared memory, then issues its own next tile's scores. Both end at
+// the same running max; the softmax sums of the two warpgroups' tiles add at the end.
+// The owner's softmax is the stretch where the tensor cores have little queued (the next
+// scores need the other warpgroup's P V issued first, and the buffers leave no room to issue
+// them earlier), so it is kept short: masks only on tiles some row does not see whole, the
+// maxima taken before scaling, one FFMA and one ex2.approx per score.
 //
 // Loads: when the pages hold a whole number of tiles (block_size % 64 == 0) and the host
 // passes a tensor map over the pool as [rows, 576], a full tile is 64 consecutive pool rows,
@@ -36,7 +39,9 @@
 // mbarrier per box. A buffer is refilled in three parts as its previous tile frees them: the
 // rope box once the scores are done, the owner's output half once its P V is done, the other
 // half once the other warpgroup's P V is; the scores take the boxes in that order, so their
-// first MMAs run while the last boxes are still arriving. Otherwise, and for a sequence's
+// first MMAs run while the last boxes are still arriving. The copies mark their L2 lines
+// evict-first (the tile is read by this block and its head-half neighbour at about the same
+// time, then never again). Otherwise, and for a sequence's
 // last partial tile (whose keys past kv_len must read as zeros), the owning warpgroup's
 // threads issue 16-byte cp.async copies.
 #include "include/kt_common.cuh"
@@ -51,15 +56,6 @@ constexpr int kThreads = 256; // two warpgroups
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-// mla10 device-call variants (temporary): 1 table a tile ahead, 2 diag no box waits (traffic
-// kept, results wrong), 4 diag every tile from the split's first (L2 only), 8 evict-first hint,
-// 16 the non-owner refills its half of the owner's buffer itself, 32 softmax trimmed, 64 the
-// even head-half block prefetches tile u + 2's other boxes into L2 when its rope box is issued,
-// 128 P stored with stmatrix, 256 the owner issues its P V before storing P and publishing,
-// 512 diag: no bulk copies after each warpgroup's first tile (results wrong), 1024 the even
-// head-half block prefetches tile u + 2 into L2 (one 72 KiB bulk prefetch) when its rope box
-// is issued.
-constexpr int kVar = 0;
 constexpr int kLat = 512;
 constexpr int kDim = 576;
 constexpr int kRows = 64;                 // query rows per block (the wgmma M)
@@ -84,15 +80,9 @@ __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
 }
-// Brings `bytes` (a multiple of 16) of global memory from `src` (16-byte aligned) into L2
-// without waiting (a hint: nothing lands in shared memory).
-__device__ __forceinline__ void kt_prefetch_l2_bulk(const void* src, uint32_t bytes) {
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(reinterpret_cast<uint64_t>(src)), "r"(bytes)
-                 : "memory");
-}
-
-// 2^x by the special function unit alone (exp2f adds a range fix-up for denormal results,
-// which only round to zero in bf16 P anyway); 2^-inf = 0.
+// 2^x by the special function unit alone: exp2f adds a fix-up (three more instructions) for
+// results below 2^-126, which here are weights or rescale factors negligible beside the row's
+// largest weight, 1; flushed to zero instead. 2^-inf = 0.
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
@@ -186,8 +176,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     // Tile t (i = t - t_begin) belongs to warpgroup i & 1 and lives in buffer i & 1, where
     // tile t - 2 was before it. Its owner computes all 64 keys' scores (the query tile read
     // once), its softmax and the P V of its half of the output columns; the other warpgroup
-    // adds P V for its half from P in shared memory. One warpgroup's softmax runs while the
-    // other's MMAs keep the tensor cores busy.
+    // adds P V for its half from P in shared memory.
     const uint32_t kbuf = s_base + kKOff + wg * kTileBytes;       // this warpgroup's buffer
     const uint32_t kbuf_other = s_base + kKOff + (wg ^ 1) * kTileBytes;
     auto box_bar_of = [&](int w, int blk) { return bar0 + 8 * (w * kDimBlocks + blk); };
@@ -197,7 +186,6 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     auto box_of_w = [&](int w, int k) { return k == 0 ? kDimBlocks - 1 : (4 * w + k - 1) & 7; };
     auto box_of = [&](int k) { return box_of_w(wg, k); };
     auto by_tma = [&](int t) { return use_tma != 0 && (t + 1) * kKeys <= kv_len; };
-    auto no_refill = [&](int t) { return (kVar & 512) && by_tma(t) && t - t_begin >= 2; };
     // Boxes box_of_w(w, k0 .. k1 - 1) of a tile whose first pool row is `row` into warpgroup
     // w's buffer, by one thread.
     auto tma_boxes_to = [&](int w, int row, int k0, int k1) {
@@ -205,20 +193,14 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         for (int k = k0; k < k1; ++k) {
             const int blk = box_of_w(w, k);
             kt_mbar_arrive_expect_tx(box_bar_of(w, blk), kBlockBytes);
-            if (kVar & 8)
-                kt_tma_load_2d_hint(buf + blk * kBlockBytes, cache_map, 64 * blk, row, box_bar_of(w, blk), kt_l2_evict_first_policy());
-            else
-                kt_tma_load_2d(buf + blk * kBlockBytes, cache_map, 64 * blk, row, box_bar_of(w, blk));
+            kt_tma_load_2d_hint(buf + blk * kBlockBytes, cache_map, 64 * blk, row, box_bar_of(w, blk), kt_l2_evict_first_policy());
         }
     };
     auto tma_boxes = [&](int row, int k0, int k1) { tma_boxes_to(wg, row, k0, k1); };
     auto tile_row = [&](int t) { // the tile's 64 keys are consecutive rows of one page
-        const int key = ((kVar & 4) ? t_begin : t) * kKeys;
+        const int key = t * kKeys;
         return table[(size_t)b * max_blocks + key / block_size] * block_size + key % block_size;
     };
-    // The page of tile t (read a tile ahead of its copies) and the first pool row from it.
-    auto tile_page = [&](int t) { return table[(size_t)b * max_blocks + ((kVar & 4) ? t_begin : t) * kKeys / block_size]; };
-    auto page_row = [&](int page, int t) { return page * block_size + ((kVar & 4) ? t_begin : t) * kKeys % block_size; };
     // A tile by cp.async, issued by this warpgroup's threads (8 per key row, one 16-byte chunk
     // of each 64-dim block each, four passes of 16 rows); keys past kv_len read as zeros.
     constexpr int kLdRows = 128 / 8;
@@ -243,9 +225,6 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     };
     uint32_t phase = 0; // parity of this warpgroup's buffer's next box phase
     int next_row = 0;   // pool row of this warpgroup's next bulk-copied tile (thread wtid 0)
-    // Page of this warpgroup's tile after next (thread wtid 0, read a tile ahead).
-    int page_ahead = 0;
-    if ((kVar & 1) && wtid == 0 && t_begin + wg + 2 < t_end && by_tma(t_begin + wg + 2)) page_ahead = tile_page(t_begin + wg + 2);
 
     // Each warpgroup's first tile.
     const int t_first = t_begin + wg;
@@ -294,7 +273,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     auto issue_scores = [&](int t) {
         const uint64_t qd = kt_wgmma_desc(s_base + kQOff, 16, 1024);
         const uint64_t kd = kt_wgmma_desc(kbuf, 16, 1024);
-        const bool wait_boxes = !(kVar & 2) && by_tma(t) && !no_refill(t);
+        const bool wait_boxes = by_tma(t);
         kt_wgmma_fence();
 #pragma unroll
         for (int k = 0; k < kDimBlocks; ++k) {
@@ -317,89 +296,44 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         kt_wgmma_wait<0>(); // the scores, and P V of the other's tile u - 1 (P's buffer is free)
 #pragma unroll
         for (int i = 0; i < 32; ++i) kt_reg_fence(s[i]);
-        if ((kVar & 2) && by_tma(u)) { // diag: the boxes' phases are completed here, after the MMAs
-            for (int blk = 0; blk < kDimBlocks; ++blk) kt_mbar_wait(box_bar(blk), phase);
-            phase ^= 1u;
-        }
         float mx[2] = {kNegInf, kNegInf};
-        if (kVar & 32) {
-            // Masks only where some row of the block does not see the whole tile (uniform);
-            // the maxima of the unscaled scores (scale_log2 > 0), scaled once per row.
-            if ((u + 1) * kKeys > vis_all) {
-#pragma unroll
-                for (int j = 0; j < 8; ++j)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int key = u * kKeys + 8 * j + qc + (e & 1);
-                        if (key >= vis[e >> 1]) s[4 * j + e] = kNegInf;
-                    }
-            }
+        // Keys past a row's end read -inf where some row of the block does not see the whole
+        // tile (a uniform branch); the maxima are taken of the unscaled scores (scale_log2 > 0)
+        // and scaled once per row.
+        if ((u + 1) * kKeys > vis_all) {
 #pragma unroll
             for (int j = 0; j < 8; ++j)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[4 * j + e]);
-        } else {
+                for (int e = 0; e < 4; ++e) {
+                    const int key = u * kKeys + 8 * j + qc + (e & 1);
+                    if (key >= vis[e >> 1]) s[4 * j + e] = kNegInf;
+                }
+        }
 #pragma unroll
         for (int j = 0; j < 8; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int h = e >> 1;
-                const int key = u * kKeys + 8 * j + qc + (e & 1);
-                float& v = s[4 * j + e];
-                v = key < vis[h] ? v * scale_log2 : kNegInf;
-                mx[h] = fmaxf(mx[h], v);
-            }
-        }
+            for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[4 * j + e]);
         float alpha[2], base[2], lsum[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const float m_new = fmaxf(m_run[h], (kVar & 32) ? quad_max(mx[h]) * scale_log2 : quad_max(mx[h]));
+            const float m_new = fmaxf(m_run[h], quad_max(mx[h]) * scale_log2);
             // A row that has seen no key keeps m = -inf; subtracting 0 keeps exp2 at 0.
             base[h] = m_new == kNegInf ? 0.0f : m_new;
-            alpha[h] = (kVar & 32) ? fast_exp2(m_run[h] - base[h]) : exp2f(m_run[h] - base[h]);
+            alpha[h] = fast_exp2(m_run[h] - base[h]);
             m_run[h] = m_new;
             if ((lane & 3) == 0) m_pub[r0 + 8 * h] = m_new;
         }
-        // P = 2^(S - m) rounded to bf16 (the sums add the rounded weights the MMAs use): to
-        // shared memory for the other warpgroup, and as A fragments for this one.
+        // P = 2^(S scale - m), one FFMA and one ex2 each, rounded to bf16 (the sums add the
+        // rounded weights the MMAs use), as the A fragments of this warpgroup's P V.
 #pragma unroll
         for (int j = 0; j < 8; ++j)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const __nv_bfloat162 p =
-                    (kVar & 32) ? __floats2bfloat162_rn(fast_exp2(fmaf(s[4 * j + 2 * h], scale_log2, -base[h])),
-                                                        fast_exp2(fmaf(s[4 * j + 2 * h + 1], scale_log2, -base[h])))
-                                : __floats2bfloat162_rn(exp2f(s[4 * j + 2 * h] - base[h]),
-                                                        exp2f(s[4 * j + 2 * h + 1] - base[h]));
+                const __nv_bfloat162 p = __floats2bfloat162_rn(fast_exp2(fmaf(s[4 * j + 2 * h], scale_log2, -base[h])),
+                                                               fast_exp2(fmaf(s[4 * j + 2 * h + 1], scale_log2, -base[h])));
                 lsum[h] += __low2float(p) + __high2float(p);
-                const int key = 8 * j + qc;
-                if (!(kVar & (128 | 256)))
-                    *reinterpret_cast<__nv_bfloat162*>(smem + kPOff + kt_swz128(r0 + 8 * h, j) + (key & 7) * 2) = p;
                 pa[4 * (j >> 1) + 2 * (j & 1) + h] = *reinterpret_cast<const uint32_t*>(&p);
             }
-        // P to shared memory from its A fragments (pa[4 g .. 4 g + 3] are the 8 x 8 blocks of
-        // keys 16 g .. 16 g + 15, rows 16 wi .. 16 wi + 15).
-        auto store_p = [&]() {
-            if (kVar & 128) {
-                const int i = lane >> 3;
-                const uint32_t row_addr = s_base + kPOff + 0u;
-#pragma unroll
-                for (int g = 0; g < 4; ++g)
-                    kt_stmatrix_x4(row_addr + kt_swz128(16 * wi + 8 * (i & 1) + (lane & 7), 2 * g + (i >> 1)), pa + 4 * g);
-            } else {
-#pragma unroll
-                for (int j = 0; j < 8; ++j)
-#pragma unroll
-                    for (int h = 0; h < 2; ++h)
-                        *reinterpret_cast<uint32_t*>(smem + kPOff + kt_swz128(r0 + 8 * h, j) + qc * 2) =
-                            pa[4 * (j >> 1) + 2 * (j & 1) + h];
-            }
-        };
-        if (!(kVar & 256)) {
-            if (kVar & 128) store_p();
-            kt_fence_proxy_async();
-            named_bar_arrive(kBarPublish + wg, kThreads); // P and m_pub for the other warpgroup
-        }
 #pragma unroll
         for (int h = 0; h < 2; ++h) l_part[h] = l_part[h] * alpha[h] + lsum[h];
         rescale(alpha);
@@ -409,57 +343,44 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         for (int ks = 0; ks < kKeys / 16; ++ks)
             wgmma_m64n256k16_rs<1>(o, pa + 4 * ks, kt_wgmma_desc_step(vd, 16 * ks * 128), 1);
         kt_wgmma_commit();
-        if (kVar & 256) { // P V runs while P is stored for the other warpgroup
-            store_p();
-            kt_fence_proxy_async();
-            named_bar_arrive(kBarPublish + wg, kThreads);
+        // While those MMAs run (reading the A fragments of an MMA in flight is allowed, writing
+        // is not): P to shared memory for the other warpgroup by stmatrix, pa[4 g .. 4 g + 3]
+        // being the 8 x 8 blocks of keys 16 g .. 16 g + 15 in rows 16 wi .. 16 wi + 15 (lanes
+        // 8 i .. 8 i + 7 address block i's rows), then the signal.
+        {
+            const int i = lane >> 3;
+            const uint32_t row_addr = s_base + kPOff + 0u;
+#pragma unroll
+            for (int g = 0; g < 4; ++g)
+                kt_stmatrix_x4(row_addr + kt_swz128(16 * wi + 8 * (i & 1) + (lane & 7), 2 * g + (i >> 1)), pa + 4 * g);
         }
+        kt_fence_proxy_async();
+        named_bar_arrive(kBarPublish + wg, kThreads); // P and m_pub for the other warpgroup
         // The scores are done with the rope box: tile u + 2's may come now.
         const int u2 = u + 2;
-        if (kVar & 1) {
-            if (wtid == 0) {
-                if (u2 < t_end && by_tma(u2) && !no_refill(u2)) {
-                    next_row = page_row(page_ahead, u2);
-                    tma_boxes(next_row, 0, 1);
-                    if ((kVar & 1024) && (blockIdx.x & 1) == 0) kt_prefetch_l2_bulk(cache + (size_t)next_row * kDim, kTileBytes);
-                    if ((kVar & 64) && (blockIdx.x & 1) == 0)
-                        for (int blk = 0; blk < kDimBlocks - 1; ++blk) kt_tma_prefetch_l2_2d(cache_map, 64 * blk, next_row);
-                }
-                page_ahead = u2 + 2 < t_end && by_tma(u2 + 2) ? tile_page(u2 + 2) : 0;
-            }
-        } else if (wtid == 0 && u2 < t_end && by_tma(u2) && !no_refill(u2)) {
+        if (wtid == 0 && u2 < t_end && by_tma(u2)) {
             next_row = tile_row(u2);
             tma_boxes(next_row, 0, 1);
-            if ((kVar & 1024) && (blockIdx.x & 1) == 0) kt_prefetch_l2_bulk(cache + (size_t)next_row * kDim, kTileBytes);
         }
     };
 
     // The other warpgroup's tile v: this half's P V from the published P, then this
     // warpgroup's next tile v + 1 refilled (as its buffer frees) and its scores issued.
     auto other_step = [&](int v) {
-        // X: this warpgroup refills its half of the other's buffer with tile v + 2 itself, once
-        // its P V of tile v is done; the page is read now, used after that P V.
-        const bool x_refill = (kVar & 16) && v + 2 < t_end && by_tma(v + 2);
-        int x_page = 0;
-        if (x_refill && wtid == 0) x_page = tile_page(v + 2);
         kt_wgmma_wait<0>(); // own P V of tile v - 1: its half of the buffer and pa are free
 #pragma unroll
         for (int i = 0; i < 128; ++i) kt_reg_fence(o[i]);
 #pragma unroll
         for (int i = 0; i < 16; ++i) kt_reg_fence_u32(pa[i]);
         const int u = v + 1;
-        const bool refill = u < t_end && u - t_begin >= 2 && !no_refill(u);
+        const bool refill = u < t_end && u - t_begin >= 2;
         if (refill && by_tma(u) && wtid == 0) tma_boxes(next_row, 1, 5);
         // The other warpgroup's P V of this warpgroup's tile v - 1 is done: the rest of the
         // buffer is free.
-        if (kVar & 16) {
-            if (refill && !by_tma(u)) named_bar_sync(kBarFree + (wg ^ 1), kThreads); // cp.async needs it all
-        } else if (v - 1 >= t_begin) {
-            named_bar_sync(kBarFree + (wg ^ 1), kThreads);
-        }
+        if (v - 1 >= t_begin) named_bar_sync(kBarFree + (wg ^ 1), kThreads);
         if (refill) {
             if (by_tma(u)) {
-                if (!(kVar & 16) && wtid == 0) tma_boxes(next_row, 5, kDimBlocks);
+                if (wtid == 0) tma_boxes(next_row, 5, kDimBlocks);
             } else {
                 cp_tile(u);
                 kt_cp_async_wait_all();
@@ -472,8 +393,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const float m_new = m_pub[r0 + 8 * h];
-            alpha[h] = (kVar & 32) ? fast_exp2(m_run[h] - (m_new == kNegInf ? 0.0f : m_new))
-                                   : exp2f(m_run[h] - (m_new == kNegInf ? 0.0f : m_new));
+            alpha[h] = fast_exp2(m_run[h] - (m_new == kNegInf ? 0.0f : m_new));
             m_run[h] = m_new;
             l_part[h] *= alpha[h];
         }
@@ -494,15 +414,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         if (u < t_end) {
             issue_scores(u);
             kt_wgmma_wait<1>();
-            if (kVar & 16) {
-                if (x_refill) {
-                    if (wtid == 0) tma_boxes_to(wg ^ 1, page_row(x_page, v + 2), 5, kDimBlocks);
-                } else if (v + 2 < t_end) {
-                    named_bar_arrive(kBarFree + wg, kThreads);
-                }
-            } else {
-                named_bar_arrive(kBarFree + wg, kThreads);
-            }
+            named_bar_arrive(kBarFree + wg, kThreads);
         }
     };
 

@@ -7,6 +7,8 @@
 #   ssle = ssl + evict-first L2 hint on the tile copies (424);  tssl = ssl + table ahead (417);
 #   sslp = ssl + the even head-half block prefetches tile u + 2 into L2 (one 72 KiB bulk
 #          prefetch) when its rope box is issued (1440)
+#   (ssl and ssle are built from the knob-free sources folded_ssl.cu / folded_ssle.cu, the
+#    candidates for the commit; the others from mla_attn_sm90.cu with kVar set)
 #   snl = diagnostic: ssl without bulk copies after each warpgroup's first tile (928, results wrong)
 # Tests (KT_REQUIRE_GPU=1): cuda_mla of ssl, s, ssle, hybrid_graph of ssl, ssle; torch once; the
 # quick shapes (all once, the main candidates twice, interleaved); a few more shapes. Stops

@@ -72,11 +72,3 @@ __device__ __forceinline__ void kt_tma_load_2d_hint(uint32_t dst, const KtTensor
         "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "l"(policy)
         : "memory");
 }
-
-// Brings the box at (c0, c1) of the 2-D map into L2 without waiting (a hint: nothing lands in
-// shared memory).
-__device__ __forceinline__ void kt_tma_prefetch_l2_2d(const KtTensorMap* map, int c0, int c1) {
-    asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n" ::"l"(reinterpret_cast<uint64_t>(map)),
-                 "r"(c0), "r"(c1)
-                 : "memory");
-}
