@@ -290,8 +290,8 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     };
 
     // This warpgroup's tile u: its scores (issued before) are waited for, the softmax against
-    // the running max the other warpgroup published with tile u - 1 (already in m_run), P and
-    // the new maxima published, then P V for this half from registers.
+    // the running max the other warpgroup published with tile u - 1 (already in m_run), P V
+    // for this half from registers, then P and the new maxima published.
     auto own_step = [&](int u) {
         kt_wgmma_wait<0>(); // the scores, and P V of the other's tile u - 1 (P's buffer is free)
 #pragma unroll
@@ -349,10 +349,10 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         // 8 i .. 8 i + 7 address block i's rows), then the signal.
         {
             const int i = lane >> 3;
-            const uint32_t row_addr = s_base + kPOff + 0u;
+            const uint32_t p_addr = s_base + kPOff;
 #pragma unroll
             for (int g = 0; g < 4; ++g)
-                kt_stmatrix_x4(row_addr + kt_swz128(16 * wi + 8 * (i & 1) + (lane & 7), 2 * g + (i >> 1)), pa + 4 * g);
+                kt_stmatrix_x4(p_addr + kt_swz128(16 * wi + 8 * (i & 1) + (lane & 7), 2 * g + (i >> 1)), pa + 4 * g);
         }
         kt_fence_proxy_async();
         named_bar_arrive(kBarPublish + wg, kThreads); // P and m_pub for the other warpgroup
