@@ -20,14 +20,17 @@
 //  - computes S = Q K^T for all 64 keys (36 m64n64k16 MMAs: the 72 KiB query tile is read
 //    from shared memory once per tile, not once per warpgroup);
 //  - runs the softmax against the running max the other warpgroup published with the tile
-//    before (each row's 64 scores sit in one quad: no exchange), writes P (bf16) and the new
-//    row maxima to shared memory and signals the other warpgroup (a named barrier);
-//  - rescales its O half and adds P V from P in registers (4 m64n256k16 MMAs, A from the
-//    softmax's registers).
+//    before (each row's 64 scores sit in one quad: no exchange);
+//  - rescales its O half and issues P V from P in registers (4 m64n256k16 MMAs, A from the
+//    softmax's registers), then, while those run, writes P (bf16, stmatrix) and the new row
+//    maxima to shared memory and signals the other warpgroup (a named barrier).
 // For the other's tile it waits for that signal, rescales its O half to the published max
-// and adds P V from P in shared memory, then issues its own next tile's scores. So one
-// warpgroup's softmax runs while the other's MMAs keep the tensor cores busy. Both end at the
-// same running max; the softmax sums of the two warpgroups' tiles add at the end.
+// and adds P V from P in shared memory, then issues its own next tile's scores. Both end at
+// the same running max; the softmax sums of the two warpgroups' tiles add at the end.
+// The owner's softmax is the stretch where the tensor cores have little queued (the next
+// scores need the other warpgroup's P V issued first, and the buffers leave no room to issue
+// them earlier), so it is kept short: masks only on tiles some row does not see whole, the
+// maxima taken before scaling, one FFMA and one ex2.approx per score.
 //
 // Loads: when the pages hold a whole number of tiles (block_size % 64 == 0) and the host
 // passes a tensor map over the pool as [rows, 576], a full tile is 64 consecutive pool rows,
@@ -36,7 +39,9 @@
 // mbarrier per box. A buffer is refilled in three parts as its previous tile frees them: the
 // rope box once the scores are done, the owner's output half once its P V is done, the other
 // half once the other warpgroup's P V is; the scores take the boxes in that order, so their
-// first MMAs run while the last boxes are still arriving. Otherwise, and for a sequence's
+// first MMAs run while the last boxes are still arriving. The copies mark their L2 lines
+// evict-first (the tile is read by this block and its head-half neighbour at about the same
+// time, then never again). Otherwise, and for a sequence's
 // last partial tile (whose keys past kv_len must read as zeros), the owning warpgroup's
 // threads issue 16-byte cp.async copies.
 #include "include/kt_common.cuh"
@@ -74,6 +79,14 @@ constexpr float kNegInf = -__builtin_huge_valf();
 __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+// 2^x by the special function unit alone: exp2f adds a fix-up (three more instructions) for
+// results below 2^-126, which here are weights or rescale factors negligible beside the row's
+// largest weight, 1; flushed to zero instead. 2^-inf = 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
 }
 __device__ __forceinline__ float quad_sum(float v) {
     v += __shfl_xor_sync(0xffffffffu, v, 1);
@@ -134,6 +147,8 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     const int per_split = (tiles_seq + splits - 1) / splits;
     const int t_begin = split * per_split;
     const int t_end = min(min(t_begin + per_split, tiles_seq), (vis_max + kKeys - 1) / kKeys);
+    // Keys every row of the block sees (a tile below it needs no mask).
+    const int vis_all = row0 + kRows <= nrows ? first_key_row + row0 / heads + 1 : 0;
     const size_t grow0 = (size_t)tok0 * heads + row0;
 
     // Keys row r sees (0: a row past the sequence sees none).
@@ -161,23 +176,27 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     // Tile t (i = t - t_begin) belongs to warpgroup i & 1 and lives in buffer i & 1, where
     // tile t - 2 was before it. Its owner computes all 64 keys' scores (the query tile read
     // once), its softmax and the P V of its half of the output columns; the other warpgroup
-    // adds P V for its half from P in shared memory. One warpgroup's softmax runs while the
-    // other's MMAs keep the tensor cores busy.
+    // adds P V for its half from P in shared memory.
     const uint32_t kbuf = s_base + kKOff + wg * kTileBytes;       // this warpgroup's buffer
     const uint32_t kbuf_other = s_base + kKOff + (wg ^ 1) * kTileBytes;
-    auto box_bar = [&](int blk) { return bar0 + 8 * (wg * kDimBlocks + blk); };
+    auto box_bar_of = [&](int w, int blk) { return bar0 + 8 * (w * kDimBlocks + blk); };
+    auto box_bar = [&](int blk) { return box_bar_of(wg, blk); };
     // The scores take the boxes in the order a refill frees them: the rope dims (read only by
     // the scores), this warpgroup's output half (free once its own P V is done), the other's.
-    auto box_of = [&](int k) { return k == 0 ? kDimBlocks - 1 : (4 * wg + k - 1) & 7; };
+    auto box_of_w = [&](int w, int k) { return k == 0 ? kDimBlocks - 1 : (4 * w + k - 1) & 7; };
+    auto box_of = [&](int k) { return box_of_w(wg, k); };
     auto by_tma = [&](int t) { return use_tma != 0 && (t + 1) * kKeys <= kv_len; };
-    // Boxes box_of(k0 .. k1 - 1) of a tile whose first pool row is `row`, by one thread.
-    auto tma_boxes = [&](int row, int k0, int k1) {
+    // Boxes box_of_w(w, k0 .. k1 - 1) of a tile whose first pool row is `row` into warpgroup
+    // w's buffer, by one thread.
+    auto tma_boxes_to = [&](int w, int row, int k0, int k1) {
+        const uint32_t buf = s_base + kKOff + w * kTileBytes;
         for (int k = k0; k < k1; ++k) {
-            const int blk = box_of(k);
-            kt_mbar_arrive_expect_tx(box_bar(blk), kBlockBytes);
-            kt_tma_load_2d(kbuf + blk * kBlockBytes, cache_map, 64 * blk, row, box_bar(blk));
+            const int blk = box_of_w(w, k);
+            kt_mbar_arrive_expect_tx(box_bar_of(w, blk), kBlockBytes);
+            kt_tma_load_2d_hint(buf + blk * kBlockBytes, cache_map, 64 * blk, row, box_bar_of(w, blk), kt_l2_evict_first_policy());
         }
     };
+    auto tma_boxes = [&](int row, int k0, int k1) { tma_boxes_to(wg, row, k0, k1); };
     auto tile_row = [&](int t) { // the tile's 64 keys are consecutive rows of one page
         const int key = t * kKeys;
         return table[(size_t)b * max_blocks + key / block_size] * block_size + key % block_size;
@@ -271,48 +290,50 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
     };
 
     // This warpgroup's tile u: its scores (issued before) are waited for, the softmax against
-    // the running max the other warpgroup published with tile u - 1 (already in m_run), P and
-    // the new maxima published, then P V for this half from registers.
+    // the running max the other warpgroup published with tile u - 1 (already in m_run), P V
+    // for this half from registers, then P and the new maxima published.
     auto own_step = [&](int u) {
         kt_wgmma_wait<0>(); // the scores, and P V of the other's tile u - 1 (P's buffer is free)
 #pragma unroll
         for (int i = 0; i < 32; ++i) kt_reg_fence(s[i]);
         float mx[2] = {kNegInf, kNegInf};
+        // Keys past a row's end read -inf where some row of the block does not see the whole
+        // tile (a uniform branch); the maxima are taken of the unscaled scores (scale_log2 > 0)
+        // and scaled once per row.
+        if ((u + 1) * kKeys > vis_all) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int key = u * kKeys + 8 * j + qc + (e & 1);
+                    if (key >= vis[e >> 1]) s[4 * j + e] = kNegInf;
+                }
+        }
 #pragma unroll
         for (int j = 0; j < 8; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int h = e >> 1;
-                const int key = u * kKeys + 8 * j + qc + (e & 1);
-                float& v = s[4 * j + e];
-                v = key < vis[h] ? v * scale_log2 : kNegInf;
-                mx[h] = fmaxf(mx[h], v);
-            }
+            for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[4 * j + e]);
         float alpha[2], base[2], lsum[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const float m_new = fmaxf(m_run[h], quad_max(mx[h]));
+            const float m_new = fmaxf(m_run[h], quad_max(mx[h]) * scale_log2);
             // A row that has seen no key keeps m = -inf; subtracting 0 keeps exp2 at 0.
             base[h] = m_new == kNegInf ? 0.0f : m_new;
-            alpha[h] = exp2f(m_run[h] - base[h]);
+            alpha[h] = fast_exp2(m_run[h] - base[h]);
             m_run[h] = m_new;
             if ((lane & 3) == 0) m_pub[r0 + 8 * h] = m_new;
         }
-        // P = 2^(S - m) rounded to bf16 (the sums add the rounded weights the MMAs use): to
-        // shared memory for the other warpgroup, and as A fragments for this one.
+        // P = 2^(S scale - m), one FFMA and one ex2 each, rounded to bf16 (the sums add the
+        // rounded weights the MMAs use), as the A fragments of this warpgroup's P V.
 #pragma unroll
         for (int j = 0; j < 8; ++j)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const __nv_bfloat162 p = __floats2bfloat162_rn(exp2f(s[4 * j + 2 * h] - base[h]),
-                                                               exp2f(s[4 * j + 2 * h + 1] - base[h]));
+                const __nv_bfloat162 p = __floats2bfloat162_rn(fast_exp2(fmaf(s[4 * j + 2 * h], scale_log2, -base[h])),
+                                                               fast_exp2(fmaf(s[4 * j + 2 * h + 1], scale_log2, -base[h])));
                 lsum[h] += __low2float(p) + __high2float(p);
-                const int key = 8 * j + qc;
-                *reinterpret_cast<__nv_bfloat162*>(smem + kPOff + kt_swz128(r0 + 8 * h, j) + (key & 7) * 2) = p;
                 pa[4 * (j >> 1) + 2 * (j & 1) + h] = *reinterpret_cast<const uint32_t*>(&p);
             }
-        kt_fence_proxy_async();
-        named_bar_arrive(kBarPublish + wg, kThreads); // P and m_pub for the other warpgroup
 #pragma unroll
         for (int h = 0; h < 2; ++h) l_part[h] = l_part[h] * alpha[h] + lsum[h];
         rescale(alpha);
@@ -322,6 +343,19 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
         for (int ks = 0; ks < kKeys / 16; ++ks)
             wgmma_m64n256k16_rs<1>(o, pa + 4 * ks, kt_wgmma_desc_step(vd, 16 * ks * 128), 1);
         kt_wgmma_commit();
+        // While those MMAs run (reading the A fragments of an MMA in flight is allowed, writing
+        // is not): P to shared memory for the other warpgroup by stmatrix, pa[4 g .. 4 g + 3]
+        // being the 8 x 8 blocks of keys 16 g .. 16 g + 15 in rows 16 wi .. 16 wi + 15 (lanes
+        // 8 i .. 8 i + 7 address block i's rows), then the signal.
+        {
+            const int i = lane >> 3;
+            const uint32_t p_addr = s_base + kPOff;
+#pragma unroll
+            for (int g = 0; g < 4; ++g)
+                kt_stmatrix_x4(p_addr + kt_swz128(16 * wi + 8 * (i & 1) + (lane & 7), 2 * g + (i >> 1)), pa + 4 * g);
+        }
+        kt_fence_proxy_async();
+        named_bar_arrive(kBarPublish + wg, kThreads); // P and m_pub for the other warpgroup
         // The scores are done with the rope box: tile u + 2's may come now.
         const int u2 = u + 2;
         if (wtid == 0 && u2 < t_end && by_tma(u2)) {
@@ -359,7 +393,7 @@ __device__ void mla_attn_sm90(const __nv_bfloat16* __restrict__ q, const __nv_bf
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const float m_new = m_pub[r0 + 8 * h];
-            alpha[h] = exp2f(m_run[h] - (m_new == kNegInf ? 0.0f : m_new));
+            alpha[h] = fast_exp2(m_run[h] - (m_new == kNegInf ? 0.0f : m_new));
             m_run[h] = m_new;
             l_part[h] *= alpha[h];
         }

@@ -55,3 +55,20 @@ __device__ __forceinline__ void kt_tma_load_2d(uint32_t dst, const KtTensorMap* 
         "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
         : "memory");
 }
+
+// An L2 policy that marks the lines a copy brings in as the first to evict.
+__device__ __forceinline__ uint64_t kt_l2_evict_first_policy() {
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+    return policy;
+}
+
+// kt_tma_load_2d with an L2 cache policy (from createpolicy) for the lines it reads.
+__device__ __forceinline__ void kt_tma_load_2d_hint(uint32_t dst, const KtTensorMap* map, int c0, int c1, uint32_t bar,
+                                                    uint64_t policy) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, "
+        "%3}], [%4], %5;\n" ::"r"(dst),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "l"(policy)
+        : "memory");
+}

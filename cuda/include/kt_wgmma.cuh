@@ -126,3 +126,13 @@ __device__ __forceinline__ void wgmma_m64n256k16_rs(float* d, const uint32_t* a,
         : KT_WGMMA_D128_OPERANDS(d)
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate), "n"(TransB));
 }
+
+// Stores four 8 x 8 bf16 matrices to shared memory (stmatrix .x4): register i of every lane
+// holds its two elements of matrix i (row lane / 4, columns 2 (lane % 4) and + 1, the layout
+// of an m64nNk16 accumulator's 8-column group after packing to bf16); lanes 8 i .. 8 i + 7 give
+// the shared addresses of matrix i's rows 0 .. 7 (16 bytes each).
+__device__ __forceinline__ void kt_stmatrix_x4(uint32_t addr, const uint32_t* r) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r[0]), "r"(r[1]),
+                 "r"(r[2]), "r"(r[3])
+                 : "memory");
+}
