@@ -38,6 +38,12 @@ const GEMV_ITEMS_PER_THREAD: usize = 4;
 const GEMV_MIN_ITEMS_PER_THREAD: usize = 2;
 /// Weight bytes of a GEMV item above which a share is cut into more items.
 const GEMV_ITEM_BYTES: usize = 48 << 10;
+/// A thread's share of the weights below which it is one item (each thread streams one
+/// contiguous run): a share this small is a few microseconds of work, where the second
+/// item a thread costs more than it protects. Device (16 threads, session 9, `kt-bench
+/// pool`): one shared counter over 16 items of 2048 floats 4.7 µs a job, over 32 items
+/// 6.4, against a 1408x2048 Q4_K GEMV of ~22 µs (101 KB a thread; Q6_K 148 KB).
+const GEMV_ONE_ITEM_BYTES: usize = 160 << 10;
 /// Fewest rows of a GEMV item (smaller matrices get fewer items), and the row multiple
 /// item boundaries fall on (the widest register tile of the kernels is 4 rows).
 const GEMV_MIN_ROWS: usize = 16;
@@ -504,7 +510,8 @@ const RECORD_ITEMS_PER_THREAD: usize = 4;
 
 /// Items of a GEMV over `rows` rows of `row_bytes` on `threads`: per thread, one per
 /// [`GEMV_ITEM_BYTES`] of its share within [`GEMV_MIN_ITEMS_PER_THREAD`]..=
-/// [`GEMV_ITEMS_PER_THREAD`], fewer when items would be smaller than [`GEMV_MIN_ROWS`];
+/// [`GEMV_ITEMS_PER_THREAD`] (one below [`GEMV_ONE_ITEM_BYTES`]), fewer when items would
+/// be smaller than [`GEMV_MIN_ROWS`];
 /// a multiple of `threads` whenever there are at least as many items as threads (every
 /// share then holds whole items).
 fn gemv_items(rows: usize, row_bytes: usize, threads: usize) -> usize {
@@ -513,8 +520,11 @@ fn gemv_items(rows: usize, row_bytes: usize, threads: usize) -> usize {
         return most;
     }
     let share = rows.saturating_mul(row_bytes) / threads;
-    let per_thread =
-        (share / GEMV_ITEM_BYTES).clamp(GEMV_MIN_ITEMS_PER_THREAD, GEMV_ITEMS_PER_THREAD);
+    let per_thread = if share < GEMV_ONE_ITEM_BYTES {
+        1
+    } else {
+        (share / GEMV_ITEM_BYTES).clamp(GEMV_MIN_ITEMS_PER_THREAD, GEMV_ITEMS_PER_THREAD)
+    };
     threads * per_thread.min(most / threads)
 }
 
@@ -627,7 +637,16 @@ impl AmxItems {
     /// weights from the shared cache.
     fn item(&self, i: usize) -> (usize, usize, usize, usize) {
         let (r, tb) = (i / self.token_blocks, i % self.token_blocks);
-        let bound = |r: usize| (r * self.blocks / self.ranges * Self::BLOCK).min(self.rows);
+        // Where the blocks do not divide evenly into the ranges, the range bounds of token
+        // block `tb` move by `tb / token_blocks` of a range, so that the larger and smaller
+        // ranges alternate across the token blocks and every range's items together hold
+        // `token_blocks * blocks / ranges` blocks (+-1): a thread's share (consecutive
+        // items: one range's token blocks) is then as long as any other's. 1408x2048 at
+        // 512 tokens on 16 threads: 16 ranges of 5 or 6 blocks, shares of 20 or 24 blocks
+        // without the shift, 22 with it.
+        let shift = tb * self.ranges / self.token_blocks;
+        let bound =
+            |r: usize| ((r * self.blocks + shift) / self.ranges * Self::BLOCK).min(self.rows);
         let (r0, t0) = (bound(r), tb * self.token_block);
         (
             r0,
@@ -745,6 +764,43 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
+    fn amx_items_give_every_thread_an_equal_share() {
+        // The pool starts each thread on its contiguous share of the items (`shares`): the
+        // blocks of each share, for shapes whose blocks do not divide into the ranges.
+        for (rows, tokens, threads) in [
+            (1408, 512, 16),
+            (1408, 256, 16),
+            (1408, 512, 8),
+            (2816, 512, 16),
+            (1408, 512, 2),
+            (100, 512, 3),
+        ] {
+            let items = AmxItems::new(rows, tokens, threads);
+            let what = format!("{rows}x{tokens} on {threads}: {items:?}");
+            let shares: Vec<usize> = crate::cpu::pool::shares(items.count(), threads)
+                .map(|share| {
+                    share
+                        .map(|i| {
+                            let (_, nr, _, nt) = items.item(i);
+                            nr.div_ceil(16) * nt.div_ceil(16)
+                        })
+                        .sum()
+                })
+                .collect();
+            let (lo, hi) = (*shares.iter().min().unwrap(), *shares.iter().max().unwrap());
+            // one 16-row block of one token block (8 groups) apart at most
+            assert!(hi - lo <= GEMM_TOKEN_BLOCK / 16, "{what}: {shares:?}");
+        }
+        // 1408x2048 at 512 tokens on 16 threads: 22 blocks of 8 groups each
+        let items = AmxItems::new(1408, 512, 16);
+        for t in 0..16 {
+            let blocks: usize = (4 * t..4 * t + 4).map(|i| items.item(i).1 / 16).sum();
+            assert_eq!(blocks, 22, "thread {t}");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
     fn record_chunks_cut_every_group_into_near_equal_nonempty_runs() {
         for threads in [1, 2, 16, 64] {
             for nsb in [0, 1, 5, 8, 9, 17, 28, 72] {
@@ -775,12 +831,19 @@ mod tests {
 
     #[test]
     fn gemv_items_grow_with_the_share_of_weights() {
-        // V2-Lite expert, Q4_K (1152 bytes a row of 2048), 16 threads: 100 KB a thread
-        assert_eq!(gemv_items(1408, 1152, 16), 16 * GEMV_MIN_ITEMS_PER_THREAD);
+        // V2-Lite expert, Q4_K (1152 bytes a row of 2048), 16 threads: 100 KB a thread,
+        // one item each; Q6_K (1680 bytes) 148 KB, one item
+        assert_eq!(gemv_items(1408, 1152, 16), 16);
+        assert_eq!(gemv_items(1408, 1680, 16), 16);
+        // the same on 2 threads: 800 KB a thread, four items
+        assert_eq!(gemv_items(1408, 1152, 2), 2 * GEMV_ITEMS_PER_THREAD);
+        // just above the one-item share: the minimum of two or more
+        let rows = GEMV_ONE_ITEM_BYTES * 16 / 1152 + 16;
+        assert!(gemv_items(rows, 1152, 16) >= 16 * GEMV_MIN_ITEMS_PER_THREAD);
         // V3 expert, Q4_K (4032 bytes a row of 7168), 16 threads: 516 KB a thread
         assert_eq!(gemv_items(2048, 4032, 16), 16 * GEMV_ITEMS_PER_THREAD);
-        // in between: 3 items of ~50 KB
-        let rows = 3 * GEMV_ITEM_BYTES * 16 / 1152 + 1;
+        // in between: 3 items of ~56 KB (a share of 168 KB)
+        let rows = (GEMV_ONE_ITEM_BYTES + (8 << 10)) * 16 / 1152 + 1;
         assert_eq!(gemv_items(rows, 1152, 16), 16 * 3);
     }
 }
