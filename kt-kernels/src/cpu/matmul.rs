@@ -406,7 +406,7 @@ fn run_tiles(
                         unsafe { quantize_row(kernels, x, cols, act_row, xq_ptr, t) };
                     }
                 },
-                || prefetch_to_l2(tiles.w.at(r0 * w_stride), (r1 - r0) * w_stride),
+                |step| prefetch_to_l2(tiles.w.at(r0 * w_stride), (r1 - r0) * w_stride, step),
             );
             // Not ready: the quantizing thread panicked, and the pool reports it.
             if ready {
@@ -456,10 +456,11 @@ impl OneQuantizer {
     const DONE: u8 = 2;
     const FAILED: u8 = 3;
 
-    /// Runs `quantize` on the first caller and `meanwhile` on every later one, which then
-    /// waits for the first. True once what `quantize` wrote is visible to this thread,
-    /// false if the quantizing thread panicked.
-    fn run(&self, quantize: impl FnOnce(), meanwhile: impl FnOnce()) -> bool {
+    /// Runs `quantize` on the first caller; every later one waits for it, calling
+    /// `meanwhile(i)` for i = 0, 1, .. (small steps of other work) while it waits and
+    /// `meanwhile` returns true. True once what `quantize` wrote is visible to this
+    /// thread, false if the quantizing thread panicked.
+    fn run(&self, quantize: impl FnOnce(), mut meanwhile: impl FnMut(usize) -> bool) -> bool {
         use std::sync::atomic::{AtomicU8, Ordering};
         /// Marks the work failed if `quantize` unwinds.
         struct Unwinding<'a>(&'a AtomicU8);
@@ -479,27 +480,31 @@ impl OneQuantizer {
             self.state.store(Self::DONE, Ordering::Release);
             return true;
         }
-        if self.state.load(Ordering::Acquire) == Self::DONE {
-            return true;
-        }
-        meanwhile();
+        let mut step = Some(0);
         loop {
             match self.state.load(Ordering::Acquire) {
                 Self::DONE => return true,
                 Self::FAILED => return false,
-                _ => std::hint::spin_loop(),
+                _ => match step {
+                    Some(i) => step = meanwhile(i).then_some(i + 1),
+                    None => std::hint::spin_loop(),
+                },
             }
         }
     }
 }
 
-/// The first [`GEMV_WAIT_PREFETCH_BYTES`] of `bytes` at `p` (a GEMV item's weights, its
-/// rows contiguous) into L2, for a thread about to wait for the activations: the first
-/// DRAM touches of its item overlap the wait. A few kilobytes: software prefetches hold
-/// a line-fill buffer each, so more would stall the thread past the wait.
-fn prefetch_to_l2(p: *const u8, bytes: usize) {
+/// Step `step` of prefetching the first [`GEMV_WAIT_PREFETCH_BYTES`] of `bytes` at `p` (a
+/// GEMV item's weights, its rows contiguous) into L2, [`GEMV_PREFETCH_STEP`] bytes a step;
+/// true while more steps are left. For a thread waiting for the activations: the first DRAM
+/// touches of its item overlap the wait. A few kilobytes in small steps, the wait checked
+/// between them: a software prefetch holds a line-fill buffer until its line comes, so a
+/// long run of them would hold the thread past the wait.
+fn prefetch_to_l2(p: *const u8, bytes: usize, step: usize) -> bool {
+    let end = bytes.min(GEMV_WAIT_PREFETCH_BYTES);
+    let start = step * GEMV_PREFETCH_STEP;
     #[cfg(target_arch = "x86_64")]
-    for off in (0..bytes.min(GEMV_WAIT_PREFETCH_BYTES)).step_by(64) {
+    for off in (start..end.min(start + GEMV_PREFETCH_STEP)).step_by(64) {
         // SAFETY: SSE is part of the x86_64 baseline; a prefetch never faults, and
         // wrapping_add keeps the address arithmetic defined.
         unsafe {
@@ -509,11 +514,14 @@ fn prefetch_to_l2(p: *const u8, bytes: usize) {
         };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, bytes);
+    let _ = p;
+    start + GEMV_PREFETCH_STEP < end
 }
 
-/// Weight bytes a GEMV item prefetches while it waits for its activations.
+/// Weight bytes a GEMV item prefetches while it waits for its activations, and in steps
+/// of how many.
 const GEMV_WAIT_PREFETCH_BYTES: usize = 4 << 10;
+const GEMV_PREFETCH_STEP: usize = 512;
 
 /// An AMX K-quant product over activations transposed once for the call
 /// ([`Pretransposed`](super::amx::kquant::Pretransposed)): one parallel pass makes the
@@ -929,6 +937,43 @@ mod tests {
         assert_eq!(record_chunks(28, 1, 16), 28);
         // 512 tokens of a 2048-long row on 16 threads: two runs of four a group
         assert_eq!(record_chunks(8, 32, 16), 2);
+    }
+
+    #[test]
+    fn one_quantizer_runs_the_work_once_and_reports_a_panic() {
+        let q = OneQuantizer::default();
+        let mut runs = 0;
+        assert!(q.run(|| runs += 1, |_| unreachable!("the first caller does not wait")));
+        // later callers find it done: no second run, no waiting work
+        assert!(q.run(|| runs += 1, |_| true));
+        assert_eq!(runs, 1);
+        // a quantizer that panics marks the work failed for the waiters
+        let q = OneQuantizer::default();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            q.run(|| panic!("quantizer fails"), |_| true)
+        }));
+        assert!(unwound.is_err());
+        let mut steps = 0;
+        assert!(!q.run(|| unreachable!("already claimed"), |_| {
+            steps += 1;
+            false
+        }));
+        assert!(steps <= 1);
+    }
+
+    #[test]
+    fn the_wait_prefetch_ends_after_its_bytes() {
+        let w = vec![7u8; 3 * GEMV_WAIT_PREFETCH_BYTES];
+        for (bytes, steps) in [
+            (100, 1),
+            (GEMV_PREFETCH_STEP, 1),
+            (GEMV_PREFETCH_STEP + 1, 2),
+            (GEMV_WAIT_PREFETCH_BYTES, GEMV_WAIT_PREFETCH_BYTES / GEMV_PREFETCH_STEP),
+            (w.len(), GEMV_WAIT_PREFETCH_BYTES / GEMV_PREFETCH_STEP),
+        ] {
+            let n = (0..).take_while(|&i| prefetch_to_l2(w.as_ptr(), bytes, i)).count() + 1;
+            assert_eq!(n, steps, "{bytes} bytes");
+        }
     }
 
     #[test]
