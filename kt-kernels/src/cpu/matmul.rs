@@ -471,7 +471,12 @@ impl OneQuantizer {
         }
         let claimed = self
             .state
-            .compare_exchange(Self::FREE, Self::CLAIMED, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(
+                Self::FREE,
+                Self::CLAIMED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
             .is_ok();
         if claimed {
             let unwinding = Unwinding(&self.state);
@@ -943,7 +948,10 @@ mod tests {
     fn one_quantizer_runs_the_work_once_and_reports_a_panic() {
         let q = OneQuantizer::default();
         let mut runs = 0;
-        assert!(q.run(|| runs += 1, |_| unreachable!("the first caller does not wait")));
+        assert!(q.run(
+            || runs += 1,
+            |_| unreachable!("the first caller does not wait")
+        ));
         // later callers find it done: no second run, no waiting work
         assert!(q.run(|| runs += 1, |_| true));
         assert_eq!(runs, 1);
@@ -954,10 +962,13 @@ mod tests {
         }));
         assert!(unwound.is_err());
         let mut steps = 0;
-        assert!(!q.run(|| unreachable!("already claimed"), |_| {
-            steps += 1;
-            false
-        }));
+        assert!(!q.run(
+            || unreachable!("already claimed"),
+            |_| {
+                steps += 1;
+                false
+            }
+        ));
         assert!(steps <= 1);
     }
 
@@ -968,10 +979,16 @@ mod tests {
             (100, 1),
             (GEMV_PREFETCH_STEP, 1),
             (GEMV_PREFETCH_STEP + 1, 2),
-            (GEMV_WAIT_PREFETCH_BYTES, GEMV_WAIT_PREFETCH_BYTES / GEMV_PREFETCH_STEP),
+            (
+                GEMV_WAIT_PREFETCH_BYTES,
+                GEMV_WAIT_PREFETCH_BYTES / GEMV_PREFETCH_STEP,
+            ),
             (w.len(), GEMV_WAIT_PREFETCH_BYTES / GEMV_PREFETCH_STEP),
         ] {
-            let n = (0..).take_while(|&i| prefetch_to_l2(w.as_ptr(), bytes, i)).count() + 1;
+            let n = (0..)
+                .take_while(|&i| prefetch_to_l2(w.as_ptr(), bytes, i))
+                .count()
+                + 1;
             assert_eq!(n, steps, "{bytes} bytes");
         }
     }
