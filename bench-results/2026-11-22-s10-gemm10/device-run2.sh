@@ -30,7 +30,11 @@ for r in 1 2; do
   left 85 && pin 0-15 16 amx 8
 done
 for s in 0,1 0,8; do left 95 || continue; KT_ISA=avx512 pin $s 2 avx512 10; done
-for t in matmul_backends matmul_no_alloc cpu_amx_gemm; do left 105 || { log "test $t skipped"; continue; }
+# GEMV floor: 1408x2048 at 1 token with the weights resident (1.6 MB: in the L2s), against streamed.
+for res in --resident "" --resident; do left 100 || continue
+  timeout 8 $B/kt-bench matmul --tokens 1 --formats q4_k,q6_k --shapes 1408x2048 --threads 16 --seconds 0.3 --json $res \
+    2>>$o/err.txt >> $o/gemv.jsonl; log "gemv $res rc $?"; done
+for t in matmul_backends matmul_no_alloc cpu_amx_gemm; do left 108 || { log "test $t skipped"; continue; }
   KT_TEST_FIXTURES=kt-kernels/tests/fixtures timeout 14 $B/$t --test-threads 16 > $o/test_$t.txt 2>&1
   log "test $t rc $? $(grep -E '^test result' $o/test_$t.txt | tail -1)"; done
 python3 - "$o" <<'PY' > $o/summary.txt 2>&1
@@ -43,4 +47,9 @@ for l in open(f"{sys.argv[1]}/pin.jsonl"):
 print("== ms_per_call (peak GOP/s of the process) by pinning, in run order")
 for k, v in rows.items(): print(*k, " ".join(f"[{c}]:{ms}({p})" for c, ms, p in v))
 PY
+grep '^{' $o/gemv.jsonl | python3 -c "
+import sys, json
+for l in sys.stdin:
+    j = json.loads(l); print('gemv', j['format'], 'resident' if j['resident'] else 'streamed', round(1000 * j['ms_per_call'], 2), 'us')
+" >> $o/summary.txt 2>&1
 cat $o/summary.txt; log done
