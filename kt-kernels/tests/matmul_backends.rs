@@ -155,6 +155,31 @@ fn every_format_on_every_isa_gemv_and_gemm_edges() {
     }
 }
 
+#[test]
+fn gemv_items_read_the_activations_only_once_quantized() {
+    // A GEMV job's first thread quantizes the f32 activations into the caller's scratch
+    // while the other items wait: an item that ran early would read the previous call's
+    // activations (each case below has other ones), or the poison of none.
+    for threads in [2, 3, 5, 8] {
+        let pool = ThreadPool::new(threads).unwrap();
+        for isa in Isa::available() {
+            for (i, q) in [QType::Q4_K, QType::Q6_K, QType::Q8_0, QType::BF16]
+                .into_iter()
+                .enumerate()
+            {
+                for tokens in [1, 2, 8] {
+                    for rep in 0..3 {
+                        // an item a thread (rows / 16 >= threads), rows off the 4-row tile
+                        let rows = 32 * threads + 4 * rep + 2;
+                        let seed = (threads * 100 + i * 10 + tokens + 1000 * rep) as u64;
+                        run_case(isa, &pool, q, rows, 512, tokens, seed);
+                    }
+                }
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]

@@ -38,6 +38,12 @@ const GEMV_ITEMS_PER_THREAD: usize = 4;
 const GEMV_MIN_ITEMS_PER_THREAD: usize = 2;
 /// Weight bytes of a GEMV item above which a share is cut into more items.
 const GEMV_ITEM_BYTES: usize = 48 << 10;
+/// A thread's share of the weights below which it is one item (each thread streams one
+/// contiguous run): a share this small is a few microseconds of work, where the second
+/// item a thread costs more than it protects. Device (16 threads, session 9, `kt-bench
+/// pool`): one shared counter over 16 items of 2048 floats 4.7 µs a job, over 32 items
+/// 6.4, against a 1408x2048 Q4_K GEMV of ~22 µs (101 KB a thread; Q6_K 148 KB).
+const GEMV_ONE_ITEM_BYTES: usize = 160 << 10;
 /// Fewest rows of a GEMV item (smaller matrices get fewer items), and the row multiple
 /// item boundaries fall on (the widest register tile of the kernels is 4 rows).
 const GEMV_MIN_ROWS: usize = 16;
@@ -360,31 +366,60 @@ fn run_tiles(
             return;
         }
     }
+    let w_stride = tiles.w_stride;
+    let run = |r0: usize, nr: usize, t0: usize, nt: usize| {
+        // SAFETY: the tile lies inside the checked weights (rows x w_stride), activations
+        // (tokens x act_row) and output (tokens x rows); tiles of different items are
+        // disjoint; the table only holds kernels this CPU can run; the activations are
+        // quantized before any tile runs (below, or in the GEMV job before its items).
+        unsafe { (kernels.gemm)(&tiles.tile(r0, nr, t0, nt)) };
+    };
+    if tokens <= GEMV_MAX_TOKENS {
+        let items = gemv_items(rows, w_stride, pool.threads());
+        let bounds = |i: usize| (gemv_bound(i, items, rows), gemv_bound(i + 1, items, rows));
+        let Some(x) = x else {
+            // One shared counter, not per-thread shares: a GEMV has at most four items a
+            // thread, and there the shares' end-of-job scan of every other thread's
+            // counter costs more than the counter's line moving per claim (device, 16
+            // threads, session 5: a job of 16 items 3.3 -> 1.6-1.9 us, of 32 items 4.2-4.3
+            // -> 3.0-3.3 us; a 1408x2048 Q4_K GEMV is ~20 us).
+            pool.for_each_in_order(items, &|i, _| {
+                let (r0, r1) = bounds(i);
+                run(r0, r1 - r0, 0, tokens);
+            });
+            return;
+        };
+        // f32 activations: the first thread into the job quantizes them while the others
+        // prefetch the start of their items' weights and wait for it (items handed out
+        // in order may wait on a running one). Quantizing before posting the job kept every
+        // worker idle for it: a 2048-long row takes ~0.8 µs (dev VM, one thread), against
+        // a 1408x2048 GEMV of ~20 µs on 16 threads.
+        let quantized = OneQuantizer::default();
+        pool.for_each_in_order(items, &|i, _| {
+            let (r0, r1) = bounds(i);
+            let ready = quantized.run(
+                || {
+                    for t in 0..tokens {
+                        // SAFETY: xq holds `tokens` rows of act_row (checked by the caller);
+                        // only the first thread into `run` writes them, and no tile reads
+                        // them before `run` returned true on its thread.
+                        unsafe { quantize_row(kernels, x, cols, act_row, xq_ptr, t) };
+                    }
+                },
+                |step| prefetch_to_l2(tiles.w.at(r0 * w_stride), (r1 - r0) * w_stride, step),
+            );
+            // Not ready: the quantizing thread panicked, and the pool reports it.
+            if ready {
+                run(r0, r1 - r0, 0, tokens);
+            }
+        });
+        return;
+    }
     if let Some(x) = x {
         // SAFETY: xq came as `&mut [u8]` of `tokens` rows of act_row (checked), borrowed
         // for this whole call.
         let xq = unsafe { std::slice::from_raw_parts_mut(xq_ptr.get(), tokens * act_row) };
         quantize_activations(pool, kernels, x, cols, tokens, act_row, xq);
-    }
-    let w_stride = tiles.w_stride;
-    let run = |r0: usize, nr: usize, t0: usize, nt: usize| {
-        // SAFETY: the tile lies inside the checked weights (rows x w_stride), activations
-        // (tokens x act_row) and output (tokens x rows); tiles of different items are
-        // disjoint; the table only holds kernels this CPU can run.
-        unsafe { (kernels.gemm)(&tiles.tile(r0, nr, t0, nt)) };
-    };
-    if tokens <= GEMV_MAX_TOKENS {
-        let items = gemv_items(rows, w_stride, pool.threads());
-        // One shared counter, not per-thread shares: a GEMV has at most four items a
-        // thread, and there the shares' end-of-job scan of every other thread's counter
-        // costs more than the counter's line moving per claim (device, 16 threads, session
-        // 5: a job of 16 items 3.3 -> 1.6-1.9 us, of 32 items 4.2-4.3 -> 3.0-3.3 us; a
-        // 1408x2048 Q4_K GEMV is ~20 us).
-        pool.for_each_in_order(items, &|i, _| {
-            let (r0, r1) = (gemv_bound(i, items, rows), gemv_bound(i + 1, items, rows));
-            run(r0, r1 - r0, 0, tokens);
-        });
-        return;
     }
     let (row_block, token_block) = gemm_tile_sizes(rows, tokens, pool.threads());
     let token_blocks = tokens.div_ceil(token_block);
@@ -406,6 +441,92 @@ fn run_tiles(
         run(r0, nr, t0, nt);
     });
 }
+
+/// Who quantizes a GEMV's activations inside its job: the first thread into
+/// [`OneQuantizer::run`]; the others wait for it to finish (or to unwind, which marks the
+/// work failed so that nobody spins forever).
+#[derive(Default)]
+struct OneQuantizer {
+    state: std::sync::atomic::AtomicU8,
+}
+
+impl OneQuantizer {
+    const FREE: u8 = 0;
+    const CLAIMED: u8 = 1;
+    const DONE: u8 = 2;
+    const FAILED: u8 = 3;
+
+    /// Runs `quantize` on the first caller; every later one waits for it, calling
+    /// `meanwhile(i)` for i = 0, 1, .. (small steps of other work) while it waits and
+    /// `meanwhile` returns true. True once what `quantize` wrote is visible to this
+    /// thread, false if the quantizing thread panicked.
+    fn run(&self, quantize: impl FnOnce(), mut meanwhile: impl FnMut(usize) -> bool) -> bool {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        /// Marks the work failed if `quantize` unwinds.
+        struct Unwinding<'a>(&'a AtomicU8);
+        impl Drop for Unwinding<'_> {
+            fn drop(&mut self) {
+                self.0.store(OneQuantizer::FAILED, Ordering::Release);
+            }
+        }
+        let claimed = self
+            .state
+            .compare_exchange(
+                Self::FREE,
+                Self::CLAIMED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        if claimed {
+            let unwinding = Unwinding(&self.state);
+            quantize();
+            std::mem::forget(unwinding);
+            self.state.store(Self::DONE, Ordering::Release);
+            return true;
+        }
+        let mut step = Some(0);
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                Self::DONE => return true,
+                Self::FAILED => return false,
+                _ => match step {
+                    Some(i) => step = meanwhile(i).then_some(i + 1),
+                    None => std::hint::spin_loop(),
+                },
+            }
+        }
+    }
+}
+
+/// Step `step` of prefetching the first [`GEMV_WAIT_PREFETCH_BYTES`] of `bytes` at `p` (a
+/// GEMV item's weights, its rows contiguous) into L2, [`GEMV_PREFETCH_STEP`] bytes a step;
+/// true while more steps are left. For a thread waiting for the activations: the first DRAM
+/// touches of its item overlap the wait. A few kilobytes in small steps, the wait checked
+/// between them: a software prefetch holds a line-fill buffer until its line comes, so a
+/// long run of them would hold the thread past the wait.
+fn prefetch_to_l2(p: *const u8, bytes: usize, step: usize) -> bool {
+    let end = bytes.min(GEMV_WAIT_PREFETCH_BYTES);
+    let start = step * GEMV_PREFETCH_STEP;
+    #[cfg(target_arch = "x86_64")]
+    for off in (start..end.min(start + GEMV_PREFETCH_STEP)).step_by(64) {
+        // SAFETY: SSE is part of the x86_64 baseline; a prefetch never faults, and
+        // wrapping_add keeps the address arithmetic defined.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                p.wrapping_add(off).cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+    start + GEMV_PREFETCH_STEP < end
+}
+
+/// Weight bytes a GEMV item prefetches while it waits for its activations, and in steps
+/// of how many.
+const GEMV_WAIT_PREFETCH_BYTES: usize = 4 << 10;
+const GEMV_PREFETCH_STEP: usize = 512;
 
 /// An AMX K-quant product over activations transposed once for the call
 /// ([`Pretransposed`](super::amx::kquant::Pretransposed)): one parallel pass makes the
@@ -504,7 +625,8 @@ const RECORD_ITEMS_PER_THREAD: usize = 4;
 
 /// Items of a GEMV over `rows` rows of `row_bytes` on `threads`: per thread, one per
 /// [`GEMV_ITEM_BYTES`] of its share within [`GEMV_MIN_ITEMS_PER_THREAD`]..=
-/// [`GEMV_ITEMS_PER_THREAD`], fewer when items would be smaller than [`GEMV_MIN_ROWS`];
+/// [`GEMV_ITEMS_PER_THREAD`] (one below [`GEMV_ONE_ITEM_BYTES`]), fewer when items would
+/// be smaller than [`GEMV_MIN_ROWS`];
 /// a multiple of `threads` whenever there are at least as many items as threads (every
 /// share then holds whole items).
 fn gemv_items(rows: usize, row_bytes: usize, threads: usize) -> usize {
@@ -513,8 +635,11 @@ fn gemv_items(rows: usize, row_bytes: usize, threads: usize) -> usize {
         return most;
     }
     let share = rows.saturating_mul(row_bytes) / threads;
-    let per_thread =
-        (share / GEMV_ITEM_BYTES).clamp(GEMV_MIN_ITEMS_PER_THREAD, GEMV_ITEMS_PER_THREAD);
+    let per_thread = if share < GEMV_ONE_ITEM_BYTES {
+        1
+    } else {
+        (share / GEMV_ITEM_BYTES).clamp(GEMV_MIN_ITEMS_PER_THREAD, GEMV_ITEMS_PER_THREAD)
+    };
     threads * per_thread.min(most / threads)
 }
 
@@ -627,7 +752,16 @@ impl AmxItems {
     /// weights from the shared cache.
     fn item(&self, i: usize) -> (usize, usize, usize, usize) {
         let (r, tb) = (i / self.token_blocks, i % self.token_blocks);
-        let bound = |r: usize| (r * self.blocks / self.ranges * Self::BLOCK).min(self.rows);
+        // Where the blocks do not divide evenly into the ranges, the range bounds of token
+        // block `tb` move by `tb / token_blocks` of a range, so that the larger and smaller
+        // ranges alternate across the token blocks and every range's items together hold
+        // `token_blocks * blocks / ranges` blocks (+-1): a thread's share (consecutive
+        // items: one range's token blocks) is then as long as any other's. 1408x2048 at
+        // 512 tokens on 16 threads: 16 ranges of 5 or 6 blocks, shares of 20 or 24 blocks
+        // without the shift, 22 with it.
+        let shift = tb * self.ranges / self.token_blocks;
+        let bound =
+            |r: usize| ((r * self.blocks + shift) / self.ranges * Self::BLOCK).min(self.rows);
         let (r0, t0) = (bound(r), tb * self.token_block);
         (
             r0,
@@ -745,6 +879,43 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
+    fn amx_items_give_every_thread_an_equal_share() {
+        // The pool starts each thread on its contiguous share of the items (`shares`): the
+        // blocks of each share, for shapes whose blocks do not divide into the ranges.
+        for (rows, tokens, threads) in [
+            (1408, 512, 16),
+            (1408, 256, 16),
+            (1408, 512, 8),
+            (2816, 512, 16),
+            (1408, 512, 2),
+            (100, 512, 3),
+        ] {
+            let items = AmxItems::new(rows, tokens, threads);
+            let what = format!("{rows}x{tokens} on {threads}: {items:?}");
+            let shares: Vec<usize> = crate::cpu::pool::shares(items.count(), threads)
+                .map(|share| {
+                    share
+                        .map(|i| {
+                            let (_, nr, _, nt) = items.item(i);
+                            nr.div_ceil(16) * nt.div_ceil(16)
+                        })
+                        .sum()
+                })
+                .collect();
+            let (lo, hi) = (*shares.iter().min().unwrap(), *shares.iter().max().unwrap());
+            // one 16-row block of one token block (8 groups) apart at most
+            assert!(hi - lo <= GEMM_TOKEN_BLOCK / 16, "{what}: {shares:?}");
+        }
+        // 1408x2048 at 512 tokens on 16 threads: 22 blocks of 8 groups each
+        let items = AmxItems::new(1408, 512, 16);
+        for t in 0..16 {
+            let blocks: usize = (4 * t..4 * t + 4).map(|i| items.item(i).1 / 16).sum();
+            assert_eq!(blocks, 22, "thread {t}");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
     fn record_chunks_cut_every_group_into_near_equal_nonempty_runs() {
         for threads in [1, 2, 16, 64] {
             for nsb in [0, 1, 5, 8, 9, 17, 28, 72] {
@@ -774,13 +945,69 @@ mod tests {
     }
 
     #[test]
+    fn one_quantizer_runs_the_work_once_and_reports_a_panic() {
+        let q = OneQuantizer::default();
+        let mut runs = 0;
+        assert!(q.run(
+            || runs += 1,
+            |_| unreachable!("the first caller does not wait")
+        ));
+        // later callers find it done: no second run, no waiting work
+        assert!(q.run(|| runs += 1, |_| true));
+        assert_eq!(runs, 1);
+        // a quantizer that panics marks the work failed for the waiters
+        let q = OneQuantizer::default();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            q.run(|| panic!("quantizer fails"), |_| true)
+        }));
+        assert!(unwound.is_err());
+        let mut steps = 0;
+        assert!(!q.run(
+            || unreachable!("already claimed"),
+            |_| {
+                steps += 1;
+                false
+            }
+        ));
+        assert!(steps <= 1);
+    }
+
+    #[test]
+    fn the_wait_prefetch_ends_after_its_bytes() {
+        let w = vec![7u8; 3 * GEMV_WAIT_PREFETCH_BYTES];
+        for (bytes, steps) in [
+            (100, 1),
+            (GEMV_PREFETCH_STEP, 1),
+            (GEMV_PREFETCH_STEP + 1, 2),
+            (
+                GEMV_WAIT_PREFETCH_BYTES,
+                GEMV_WAIT_PREFETCH_BYTES / GEMV_PREFETCH_STEP,
+            ),
+            (w.len(), GEMV_WAIT_PREFETCH_BYTES / GEMV_PREFETCH_STEP),
+        ] {
+            let n = (0..)
+                .take_while(|&i| prefetch_to_l2(w.as_ptr(), bytes, i))
+                .count()
+                + 1;
+            assert_eq!(n, steps, "{bytes} bytes");
+        }
+    }
+
+    #[test]
     fn gemv_items_grow_with_the_share_of_weights() {
-        // V2-Lite expert, Q4_K (1152 bytes a row of 2048), 16 threads: 100 KB a thread
-        assert_eq!(gemv_items(1408, 1152, 16), 16 * GEMV_MIN_ITEMS_PER_THREAD);
+        // V2-Lite expert, Q4_K (1152 bytes a row of 2048), 16 threads: 100 KB a thread,
+        // one item each; Q6_K (1680 bytes) 148 KB, one item
+        assert_eq!(gemv_items(1408, 1152, 16), 16);
+        assert_eq!(gemv_items(1408, 1680, 16), 16);
+        // the same on 2 threads: 800 KB a thread, four items
+        assert_eq!(gemv_items(1408, 1152, 2), 2 * GEMV_ITEMS_PER_THREAD);
+        // just above the one-item share: the minimum of two or more
+        let rows = GEMV_ONE_ITEM_BYTES * 16 / 1152 + 16;
+        assert!(gemv_items(rows, 1152, 16) >= 16 * GEMV_MIN_ITEMS_PER_THREAD);
         // V3 expert, Q4_K (4032 bytes a row of 7168), 16 threads: 516 KB a thread
         assert_eq!(gemv_items(2048, 4032, 16), 16 * GEMV_ITEMS_PER_THREAD);
-        // in between: 3 items of ~50 KB
-        let rows = 3 * GEMV_ITEM_BYTES * 16 / 1152 + 1;
+        // in between: 3 items of ~56 KB (a share of 168 KB)
+        let rows = (GEMV_ONE_ITEM_BYTES + (8 << 10)) * 16 / 1152 + 1;
         assert_eq!(gemv_items(rows, 1152, 16), 16 * 3);
     }
 }

@@ -137,7 +137,7 @@ thread_local! {
 /// The shares of `n` items over `threads`, thread 0's first: contiguous, covering
 /// `0..n`, the first `n % threads` of them one item longer than the rest. One division
 /// per job (the caller computes every bound of every job).
-fn shares(n: usize, threads: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+pub(crate) fn shares(n: usize, threads: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
     let (q, r) = (n / threads, n % threads);
     (0..threads).scan(0, move |start, t| {
         let share = *start..*start + q + usize::from(t < r);
