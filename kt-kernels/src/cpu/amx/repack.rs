@@ -123,12 +123,12 @@ unsafe fn load_a_tiles(
     t: &Tile,
     (m0, m): (usize, usize),
     k0: usize,
-    (kstep, two_k): (usize, bool),
+    (rb, kstep, two_k): (usize, usize, bool),
     loaded: &mut Option<usize>,
 ) {
     // SAFETY: AMX is enabled and the rows and bytes lie inside the activations (caller).
     unsafe {
-        config_rows(t, (m0, m), kstep, loaded);
+        config_rows(t, (m0, m), (rb, kstep), loaded);
         let a = t.a.add(m0 * t.a_stride + k0);
         tile_load!(4, a, t.a_stride);
         if two_k {
@@ -144,8 +144,13 @@ unsafe fn load_a_tiles(
 /// # Safety
 /// AMX enabled.
 #[inline(always)]
-unsafe fn config_rows(t: &Tile, (m0, m): (usize, usize), kstep: usize, loaded: &mut Option<usize>) {
-    let want = if t.a_rows - m0 >= 16 { 16 } else { m };
+unsafe fn config_rows(
+    t: &Tile,
+    (m0, m): (usize, usize),
+    (rb, kstep): (usize, usize),
+    loaded: &mut Option<usize>,
+) {
+    let want = if t.a_rows - m0 >= rb { rb } else { m };
     if *loaded != Some(want) {
         // SAFETY: AMX is enabled (caller).
         unsafe { config_int(want, kstep).load() };
@@ -340,7 +345,7 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                     });
                     for m0 in (s0..s0 + sm).step_by(16) {
                         let m = 16.min(s0 + sm - m0);
-                        load_a_tiles(t, (m0, m), g * group, (kstep, two_k), &mut loaded);
+                        load_a_tiles(t, (m0, m), g * group, (16, kstep, two_k), &mut loaded);
                         tile_zero!(0);
                         tile_zero!(1);
                         tile_zero!(2);
@@ -485,6 +490,8 @@ unsafe fn gemm_int4_folded(t: &Tile, group: usize, (row_scales, mults): (*const 
         for s0 in (0..t.tokens).step_by(SB) {
             let sm = SB.min(t.tokens - s0);
             let blocks = sm.div_ceil(16);
+            // Rows per row block: the super-block's tokens spread evenly over its blocks.
+            let rb = sm.div_ceil(blocks);
             for q0 in (0..t.panels).step_by(nq) {
                 let nt = nq.min(t.panels - q0);
                 unpack_folded(t, mults, (q0, nt), (0, chunk.min(k)), group, (unpacked, pstride));
@@ -500,11 +507,11 @@ unsafe fn gemm_int4_folded(t: &Tile, group: usize, (row_scales, mults): (*const 
                         .map(|ni| buf.add(ni.min(nt - 1) * pstride).cast_const());
                     let next = (k0 + len, chunk.min(k.saturating_sub(k0 + len)));
                     let dst = unpacked.add(((c + 1) & 1) * half);
-                    for (j, m0) in (s0..s0 + sm).step_by(16).enumerate() {
-                        let m = 16.min(s0 + sm - m0);
+                    for (j, m0) in (s0..s0 + sm).step_by(rb).enumerate() {
+                        let m = rb.min(s0 + sm - m0);
                         // This row block's int32 dots (rows m0 - s0.., at most SB).
                         let cp = acc.add((m0 - s0) * LDC) as *mut u8;
-                        config_rows(t, (m0, m), kstep, &mut loaded);
+                        config_rows(t, (m0, m), (rb, kstep), &mut loaded);
                         if c == 0 {
                             tile_zero!(0);
                             tile_zero!(1);
@@ -524,7 +531,7 @@ unsafe fn gemm_int4_folded(t: &Tile, group: usize, (row_scales, mults): (*const 
                         }
                         for u in 0..len / unit {
                             let ku = u * unit;
-                            load_a_tiles(t, (m0, m), k0 + ku, (kstep, two_k), &mut loaded);
+                            load_a_tiles(t, (m0, m), k0 + ku, (rb, kstep, two_k), &mut loaded);
                             panel_kstep!(b, nt, 4, ku * PANEL);
                             if two_k {
                                 panel_kstep!(b, nt, 5, (ku + kstep) * PANEL);
