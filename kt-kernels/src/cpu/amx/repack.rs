@@ -15,7 +15,8 @@
 //! unpack writes `m[n, g] * q` (int8) instead of `q`, so C accumulates a row's integer
 //! dot across groups; it makes a round trip through an int32 block per K chunk of 128
 //! (tile load, `tdpbssd`s, tile store: no vector work) and is scaled once at the end by
-//! `d_n * d_a[t]` (see `gemm_int4_folded`).
+//! `d_n * d_a[t]` (see `gemm_int4_folded`); its row blocks share a super-block's tokens
+//! evenly (`ceil(T / blocks)` rows each), since `tdpbssd` time follows the configured rows.
 //! Rows past the last token are never loaded or stored: the A and C tiles of the last
 //! block are configured with the rows that remain.
 //!
@@ -110,10 +111,8 @@ unsafe fn prefetch_ahead(
 }
 
 /// Loads the A tiles of the INT kernels: tile 4 with token rows `m0..m0 + m` at reduction
-/// offset `k0` and, for a two-step unit, tile 5 with the next `kstep` bytes. The tiles are
-/// configured for whole 16-row tiles when 16 rows are readable from `m0` on (the extra
-/// rows' results are never used), else for exactly the `m` rows left; `loaded` holds the
-/// configured row count, so the configuration is reloaded only when it changes.
+/// offset `k0` and, for a two-step unit, tile 5 with the next `kstep` bytes, in row blocks
+/// of `rb` (<= 16) rows (see [`config_rows`]).
 ///
 /// # Safety
 /// AMX enabled; rows `m0..m0 + m` and bytes `k0..k0 + kstep * (1 + two_k)` of the
@@ -137,9 +136,11 @@ unsafe fn load_a_tiles(
     }
 }
 
-/// Loads the INT kernels' tile configuration for the row block at `m0` (`m` tokens; see
-/// [`load_a_tiles`]) unless `loaded` says it is in place. A new configuration zeroes
-/// every tile, so the folded kernel calls this before it fills its C tiles.
+/// Loads the INT kernels' tile configuration for the row block at `m0` (`m` tokens of a
+/// kernel whose row blocks hold `rb` rows) unless `loaded` (the configured row count)
+/// says it is in place: `rb` rows when that many are readable from `m0` on (the extra
+/// rows' results are never used), else exactly the `m` rows left. A new configuration
+/// zeroes every tile, so the folded kernel calls this before it fills its C tiles.
 ///
 /// # Safety
 /// AMX enabled.
@@ -429,10 +430,9 @@ unsafe fn unpack_group(t: &Tile, p0: usize, nt: usize, g: usize, group: usize, d
     }
 }
 
-/// Reduction elements per A-tile load pair of the folded kernel (its unit of K): 128
-/// (two K-steps) where K allows, else 64 or 32. A multiple of the group (all are powers
-/// of two dividing K).
-fn fold_unit(k: usize) -> usize {
+/// Reduction elements per C round trip of the folded kernel: 128 (two K-steps) where K
+/// allows, else 64 or 32. A multiple of the group (all are powers of two dividing K).
+fn fold_chunk(k: usize) -> usize {
     if k.is_multiple_of(128) {
         128
     } else if k.is_multiple_of(64) {
@@ -442,10 +442,6 @@ fn fold_unit(k: usize) -> usize {
     }
 }
 
-/// Units per C round trip of the folded kernel (chunks of `FOLD_UNITS * 128` elements;
-/// the last chunk of a K that is no multiple of it is shorter).
-const FOLD_UNITS: usize = 2;
-
 /// INT4 over folded scales with per-token activations: the blocking of `gemm_int` (16
 /// tokens x 4 panels per tile pass, super-blocks of 64 tokens, chunks unpacked once for
 /// all row blocks into a double buffer), but the C tiles are never scaled per group:
@@ -454,64 +450,54 @@ const FOLD_UNITS: usize = 2;
 /// scaled by `d_n * d_a[t]` into the output. `sum m * q * a` over K fits i32 (at most
 /// 128 * 128 * K, K < 2^17).
 ///
-/// The next chunk is unpacked in slices of panels between the row blocks of this one
-/// (row block `j` of `R` unpacks panels `j * nt / R..(j + 1) * nt / R`), so the vector
-/// work sits beside the tile instructions in flight instead of after all of them.
-///
 /// # Safety
 /// As `gemm`; `fold` points at the tile's first panel's row scales and multipliers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn gemm_int4_folded(t: &Tile, group: usize, (row_scales, mults): (*const f32, *const i8)) {
     let k = t.k;
-    let unit = fold_unit(k);
-    let (units_per_chunk, interleave) = fold_variant();
-    let chunk = unit * if unit == 128 { units_per_chunk } else { 1 };
-    let chunks = k.div_ceil(chunk);
-    let kstep = unit.min(64);
-    let two_k = unit / kstep == 2;
+    let chunk = fold_chunk(k);
+    let chunks = k / chunk;
+    let kstep = chunk.min(64);
+    let two_k = chunk / kstep == 2;
     // Uninitialised as in gemm_int: each row block's int32 dots are written (zeroed C
     // tiles stored) at the first chunk before any load, chunks unpacked before use.
     let mut acc = MaybeUninit::<Block<i32, { SB * LDC }>>::uninit();
     let acc = acc.as_mut_ptr().cast::<i32>();
-    let mut unpacked = MaybeUninit::<Block<u8, { 2 * NQ * FOLD_UNITS * 128 * PANEL }>>::uninit();
+    let mut unpacked = MaybeUninit::<Block<u8, { 2 * NQ * 128 * PANEL }>>::uninit();
     let unpacked = unpacked.as_mut_ptr().cast::<u8>();
-    let (pstride, half) = (chunk * PANEL, NQ * chunk * PANEL);
     let mut loaded: Option<usize> = None;
     let pf = t.prefetch.groups;
-    let units = k / unit;
     let nq = panels_per_block(t.tokens);
     let ldc_b = LDC * 4;
     // SAFETY (whole body): as in gemm_int; the row scales and multipliers of panels
     // q0..q0+nt lie behind `row_scales` / `mults` (caller).
     unsafe {
-        for u in 0..pf.min(units) {
-            prefetch_group(t, 0, nq, u, unit);
+        for c in 0..pf.min(chunks) {
+            prefetch_group(t, 0, nq, c, chunk);
         }
         for s0 in (0..t.tokens).step_by(SB) {
             let sm = SB.min(t.tokens - s0);
-            let blocks = sm.div_ceil(16);
-            // Rows per row block: the super-block's tokens spread evenly over its blocks.
-            let rb = sm.div_ceil(blocks);
+            // Rows per row block: the super-block's tokens spread evenly over the fewest
+            // 16-row blocks (50 tokens: 4 x 13 rows, not 16 + 16 + 16 + 2). `tdpbssd`
+            // takes time by the rows configured, so a short last block no longer costs a
+            // full one, and one configuration serves every block.
+            let rb = sm.div_ceil(sm.div_ceil(16));
             for q0 in (0..t.panels).step_by(nq) {
                 let nt = nq.min(t.panels - q0);
-                unpack_folded(t, mults, (q0, nt), (0, chunk.min(k)), group, (unpacked, pstride));
+                unpack_folded(t, mults, (q0, nt), 0, chunk, group, unpacked);
                 for c in 0..chunks {
-                    let k0 = c * chunk;
-                    let len = chunk.min(k - k0);
-                    // Prefetch `pf` units ahead of each unit of this chunk.
-                    for u in k0 / unit..(k0 + len) / unit {
-                        prefetch_ahead(t, (q0, nq), s0, pf, u + pf, (units, unit));
-                    }
-                    let buf = unpacked.add((c & 1) * half);
-                    let b = [0, 1, 2, 3]
-                        .map(|ni| buf.add(ni.min(nt - 1) * pstride).cast_const());
-                    let next = (k0 + len, chunk.min(k.saturating_sub(k0 + len)));
-                    let dst = unpacked.add(((c + 1) & 1) * half);
-                    for (j, m0) in (s0..s0 + sm).step_by(rb).enumerate() {
+                    prefetch_ahead(t, (q0, nq), s0, pf, c + pf, (chunks, chunk));
+                    let b = [0, 1, 2, 3].map(|ni| {
+                        unpacked
+                            .add(((c & 1) * NQ + ni.min(nt - 1)) * chunk * PANEL)
+                            .cast_const()
+                    });
+                    for m0 in (s0..s0 + sm).step_by(rb) {
                         let m = rb.min(s0 + sm - m0);
-                        // This row block's int32 dots (rows m0 - s0.., at most SB).
+                        load_a_tiles(t, (m0, m), c * chunk, (rb, kstep, two_k), &mut loaded);
+                        // This row block's int32 dots (rows m0 - s0.., at most SB: the
+                        // blocks' rows add up to at most 4 x 16).
                         let cp = acc.add((m0 - s0) * LDC) as *mut u8;
-                        config_rows(t, (m0, m), (rb, kstep), &mut loaded);
                         if c == 0 {
                             tile_zero!(0);
                             tile_zero!(1);
@@ -529,13 +515,9 @@ unsafe fn gemm_int4_folded(t: &Tile, group: usize, (row_scales, mults): (*const 
                                 tile_load!(3, cp.add(192), ldc_b);
                             }
                         }
-                        for u in 0..len / unit {
-                            let ku = u * unit;
-                            load_a_tiles(t, (m0, m), k0 + ku, (rb, kstep, two_k), &mut loaded);
-                            panel_kstep!(b, nt, 4, ku * PANEL);
-                            if two_k {
-                                panel_kstep!(b, nt, 5, (ku + kstep) * PANEL);
-                            }
+                        panel_kstep!(b, nt, 4, 0);
+                        if two_k {
+                            panel_kstep!(b, nt, 5, kstep * PANEL);
                         }
                         tile_store!(0, cp, ldc_b);
                         if nt > 1 {
@@ -547,16 +529,10 @@ unsafe fn gemm_int4_folded(t: &Tile, group: usize, (row_scales, mults): (*const 
                         if nt > 3 {
                             tile_store!(3, cp.add(192), ldc_b);
                         }
-                        if interleave && next.1 > 0 {
-                            let (lo, hi) = (j * nt / blocks, (j + 1) * nt / blocks);
-                            if hi > lo {
-                                let d = dst.add(lo * pstride);
-                                unpack_folded(t, mults, (q0 + lo, hi - lo), next, group, (d, pstride));
-                            }
-                        }
                     }
-                    if !interleave && next.1 > 0 {
-                        unpack_folded(t, mults, (q0, nt), next, group, (dst, pstride));
+                    if c + 1 < chunks {
+                        let dst = unpacked.add(((c + 1) & 1) * NQ * chunk * PANEL);
+                        unpack_folded(t, mults, (q0, nt), c + 1, chunk, group, dst);
                     }
                 }
                 let d = [0, 1, 2, 3]
@@ -580,50 +556,37 @@ unsafe fn gemm_int4_folded(t: &Tile, group: usize, (row_scales, mults): (*const 
     }
 }
 
-/// TEMPORARY (A/B on the dev VM): units per chunk and whether the unpack interleaves.
-fn fold_variant() -> (usize, bool) {
-    use std::sync::OnceLock;
-    static V: OnceLock<(usize, bool)> = OnceLock::new();
-    *V.get_or_init(|| match std::env::var("KT_INT4B10").as_deref() {
-        Ok("1i") => (1, true),
-        Ok("2n") => (2, false),
-        Ok("2i") => (2, true),
-        _ => (1, false),
-    })
-}
-
-/// Unpacks K elements `k0..k0 + len` (whole groups) of panels `p0..p0 + nt` of folded
-/// INT4 to int8 `m * q` at `dst`: panel `ni` at `dst + ni * stride` (the chunk size of
-/// the caller's buffer times `PANEL`, also for a shorter last chunk), 64 bytes per K-step
-/// row. Per group, the 16 rows' multipliers as words `|m|` (one per 2 bytes of a row's
-/// 4-byte unit) and bytes `8 |m|`: `|m| * (q + 8)` is below 256 in each byte of a
+/// Unpacks chunk `c` (`chunk` elements of K) of panels `p0..p0 + nt` of folded INT4 to
+/// int8 `m * q` at `dst` (panel `ni` at `dst + ni * chunk * PANEL`, 64 bytes per K-step
+/// row). Per group, the 16 rows' multipliers as words `|m|` (one per 2 bytes of a
+/// row's 4-byte unit) and bytes `8 |m|`: `|m| * (q + 8)` is below 256 in each byte of a
 /// `vpmullw` word (no carry), `- 8 |m|` makes `|m| * q`, negated in the rows whose `m`
 /// is negative.
 ///
 /// # Safety
-/// As `unpack_group`; `mults` covers the panels' multipliers, `dst` holds `nt` panels of
-/// `stride` bytes (`stride >= len * PANEL`).
+/// As `unpack_group`; `mults` covers the panels' multipliers.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn unpack_folded(
     t: &Tile,
     mults: *const i8,
     (p0, nt): (usize, usize),
-    (k0, len): (usize, usize),
+    c: usize,
+    chunk: usize,
     group: usize,
-    (dst, stride): (*mut u8, usize),
+    dst: *mut u8,
 ) {
     let (pb, ps) = (t.format.panel_bytes(t.k), t.format.panel_scales(t.k));
     let nib = _mm512_set1_epi8(0x0F);
     let bytes = _mm512_set1_epi32(0x0101_0101);
     let zero = _mm512_setzero_si512();
     for ni in 0..nt {
-        // SAFETY: panel p0 + ni's elements k0..k0 + len and their groups' multipliers are
-        // inside the weights and `mults`, its unpacked bytes inside `dst` (caller).
+        // SAFETY: panel p0 + ni's chunk c and its groups' multipliers are inside the
+        // weights and `mults`, its unpacked bytes inside `dst` (caller).
         unsafe {
             let panel = t.w.add((p0 + ni) * pb);
-            let out = dst.add(ni * stride);
-            for g in k0 / group..(k0 + len) / group {
+            let out = dst.add(ni * chunk * PANEL);
+            for g in c * chunk / group..(c + 1) * chunk / group {
                 let m = _mm512_cvtepi8_epi32(_mm_loadu_si128(
                     mults.add((p0 + ni) * ps + g * PANEL) as *const __m128i,
                 ));
@@ -639,7 +602,7 @@ unsafe fn unpack_folded(
                     let line = _mm512_loadu_si512(panel.add(i * 64) as *const _);
                     let lo = _mm512_and_si512(line, nib);
                     let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(line), nib);
-                    let o = out.add(128 * (i - k0 / 8));
+                    let o = out.add(128 * (i - c * chunk / 8));
                     _mm512_store_si512(o as *mut _, fold(lo));
                     _mm512_store_si512(o.add(64) as *mut _, fold(hi));
                 }
