@@ -6,8 +6,9 @@
 //! `MIN_MULT..=MAX_MULT` (0: an all-zero group) and every nibble appear in the
 //! deterministic case; the proptest varies groups, K (around the kernel's 32/64/128
 //! chunks), panels (around its blocks of 2 and 4) and token counts (around 16-row tiles
-//! and 64-token super-blocks). Outputs start as NaN. AMX/VNNI cases are skipped with a
-//! message where the CPU lacks them.
+//! and 64-token super-blocks; the AMX kernel spreads a super-block's tokens evenly over
+//! its row blocks), with and without readable rows after the tokens. Outputs start as
+//! NaN. AMX/VNNI cases are skipped with a message where the CPU lacks them.
 
 use half::f16;
 use kt_kernels::cpu::moe::repack::{
@@ -122,7 +123,14 @@ fn check(c: &Case, tokens: usize, label: &str) -> Result<(), TestCaseError> {
     let group = c.stack.format().group().unwrap();
     let groups = cols / group;
     prop_assert!(c.stack.folded(), "{label}: the stack did not fold");
-    for kern in [Kernel::Scalar, Kernel::Vnni, Kernel::Amx] {
+    // With padding rows after the tokens (AMX loads whole row blocks) and without (the
+    // last row block configured for the rows left).
+    let exact = tokens * c.stack.format().act_row_bytes(cols);
+    let kernels = [Kernel::Scalar, Kernel::Vnni, Kernel::Amx];
+    for (kern, act) in kernels
+        .into_iter()
+        .flat_map(|k| [(k, &c.act[..]), (k, &c.act[..exact])])
+    {
         if let Err(e) = kern.check(c.stack.format()) {
             eprintln!("{label}: skipping {kern:?}: {e}");
             continue;
@@ -133,7 +141,7 @@ fn check(c: &Case, tokens: usize, label: &str) -> Result<(), TestCaseError> {
             &c.stack,
             0,
             0..rows,
-            &c.act,
+            act,
             ActScales::PerToken,
             tokens,
             &mut out,

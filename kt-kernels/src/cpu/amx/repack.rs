@@ -15,7 +15,8 @@
 //! unpack writes `m[n, g] * q` (int8) instead of `q`, so C accumulates a row's integer
 //! dot across groups; it makes a round trip through an int32 block per K chunk of 128
 //! (tile load, `tdpbssd`s, tile store: no vector work) and is scaled once at the end by
-//! `d_n * d_a[t]` (see `gemm_int4_folded`).
+//! `d_n * d_a[t]` (see `gemm_int4_folded`); its row blocks share a super-block's tokens
+//! evenly (`ceil(T / blocks)` rows each), since `tdpbssd` time follows the configured rows.
 //! Rows past the last token are never loaded or stored: the A and C tiles of the last
 //! block are configured with the rows that remain.
 //!
@@ -110,10 +111,8 @@ unsafe fn prefetch_ahead(
 }
 
 /// Loads the A tiles of the INT kernels: tile 4 with token rows `m0..m0 + m` at reduction
-/// offset `k0` and, for a two-step unit, tile 5 with the next `kstep` bytes. The tiles are
-/// configured for whole 16-row tiles when 16 rows are readable from `m0` on (the extra
-/// rows' results are never used), else for exactly the `m` rows left; `loaded` holds the
-/// configured row count, so the configuration is reloaded only when it changes.
+/// offset `k0` and, for a two-step unit, tile 5 with the next `kstep` bytes, in row blocks
+/// of `rb` (<= 16) rows (see [`config_rows`]).
 ///
 /// # Safety
 /// AMX enabled; rows `m0..m0 + m` and bytes `k0..k0 + kstep * (1 + two_k)` of the
@@ -123,21 +122,40 @@ unsafe fn load_a_tiles(
     t: &Tile,
     (m0, m): (usize, usize),
     k0: usize,
-    (kstep, two_k): (usize, bool),
+    (rb, kstep, two_k): (usize, usize, bool),
     loaded: &mut Option<usize>,
 ) {
-    let want = if t.a_rows - m0 >= 16 { 16 } else { m };
     // SAFETY: AMX is enabled and the rows and bytes lie inside the activations (caller).
     unsafe {
-        if *loaded != Some(want) {
-            config_int(want, kstep).load();
-            *loaded = Some(want);
-        }
+        config_rows(t, (m0, m), (rb, kstep), loaded);
         let a = t.a.add(m0 * t.a_stride + k0);
         tile_load!(4, a, t.a_stride);
         if two_k {
             tile_load!(5, a.add(kstep), t.a_stride);
         }
+    }
+}
+
+/// Loads the INT kernels' tile configuration for the row block at `m0` (`m` tokens of a
+/// kernel whose row blocks hold `rb` rows) unless `loaded` (the configured row count)
+/// says it is in place: `rb` rows when that many are readable from `m0` on (the extra
+/// rows' results are never used), else exactly the `m` rows left. A new configuration
+/// zeroes every tile, so the folded kernel calls this before it fills its C tiles.
+///
+/// # Safety
+/// AMX enabled.
+#[inline(always)]
+unsafe fn config_rows(
+    t: &Tile,
+    (m0, m): (usize, usize),
+    (rb, kstep): (usize, usize),
+    loaded: &mut Option<usize>,
+) {
+    let want = if t.a_rows - m0 >= rb { rb } else { m };
+    if *loaded != Some(want) {
+        // SAFETY: AMX is enabled (caller).
+        unsafe { config_int(want, kstep).load() };
+        *loaded = Some(want);
     }
 }
 
@@ -328,7 +346,7 @@ unsafe fn gemm_int<const INT4: bool>(t: &Tile, group: usize) {
                     });
                     for m0 in (s0..s0 + sm).step_by(16) {
                         let m = 16.min(s0 + sm - m0);
-                        load_a_tiles(t, (m0, m), g * group, (kstep, two_k), &mut loaded);
+                        load_a_tiles(t, (m0, m), g * group, (16, kstep, two_k), &mut loaded);
                         tile_zero!(0);
                         tile_zero!(1);
                         tile_zero!(2);
@@ -459,6 +477,11 @@ unsafe fn gemm_int4_folded(t: &Tile, group: usize, (row_scales, mults): (*const 
         }
         for s0 in (0..t.tokens).step_by(SB) {
             let sm = SB.min(t.tokens - s0);
+            // Rows per row block: the super-block's tokens spread evenly over the fewest
+            // 16-row blocks (50 tokens: 4 x 13 rows, not 16 + 16 + 16 + 2). `tdpbssd`
+            // takes time by the rows configured, so a short last block no longer costs a
+            // full one, and one configuration serves every block.
+            let rb = sm.div_ceil(sm.div_ceil(16));
             for q0 in (0..t.panels).step_by(nq) {
                 let nt = nq.min(t.panels - q0);
                 unpack_folded(t, mults, (q0, nt), 0, chunk, group, unpacked);
@@ -469,10 +492,11 @@ unsafe fn gemm_int4_folded(t: &Tile, group: usize, (row_scales, mults): (*const 
                             .add(((c & 1) * NQ + ni.min(nt - 1)) * chunk * PANEL)
                             .cast_const()
                     });
-                    for m0 in (s0..s0 + sm).step_by(16) {
-                        let m = 16.min(s0 + sm - m0);
-                        load_a_tiles(t, (m0, m), c * chunk, (kstep, two_k), &mut loaded);
-                        // This row block's int32 dots (rows m0 - s0.., at most SB).
+                    for m0 in (s0..s0 + sm).step_by(rb) {
+                        let m = rb.min(s0 + sm - m0);
+                        load_a_tiles(t, (m0, m), c * chunk, (rb, kstep, two_k), &mut loaded);
+                        // This row block's int32 dots (rows m0 - s0.., at most SB: the
+                        // blocks' rows add up to at most 4 x 16).
                         let cp = acc.add((m0 - s0) * LDC) as *mut u8;
                         if c == 0 {
                             tile_zero!(0);
