@@ -432,6 +432,7 @@ pub(crate) fn prompt_then_decode<E: Into<Box<dyn std::error::Error>>>(
     let bar = phase_bar(
         show,
         None,
+        "tokens",
         format!("prefill {} tokens{suffix}", prompt.len()),
     );
     let t = Instant::now();
@@ -439,7 +440,12 @@ pub(crate) fn prompt_then_decode<E: Into<Box<dyn std::error::Error>>>(
     let prefill_s = t.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let mut tokens = Vec::with_capacity(gen_len);
-    let bar = phase_bar(show, Some(gen_len as u64), format!("decode{suffix}"));
+    let bar = phase_bar(
+        show,
+        Some(gen_len as u64),
+        "tokens",
+        format!("decode{suffix}"),
+    );
     let t = Instant::now();
     for _ in 0..gen_len {
         let next = sampler.sample(&logits)?;
@@ -459,17 +465,18 @@ pub(crate) fn prompt_then_decode<E: Into<Box<dyn std::error::Error>>>(
     })
 }
 
-/// A progress bar over `len` steps, or a spinner when `len` is `None`; hidden unless `show`.
-pub(crate) fn phase_bar(show: bool, len: Option<u64>, what: String) -> ProgressBar {
+/// A progress bar over `len` steps of `unit` (e.g. "tokens"), or a spinner when `len` is
+/// `None`; hidden unless `show` (and, as every indicatif bar, when stderr is no terminal).
+pub(crate) fn phase_bar(show: bool, len: Option<u64>, unit: &str, what: String) -> ProgressBar {
     if !show {
         return ProgressBar::with_draw_target(len, ProgressDrawTarget::hidden());
     }
     let bar = match len {
         Some(n) => {
             let b = ProgressBar::new(n);
-            let style = ProgressStyle::with_template(
-                "{msg} [{bar:40}] {pos}/{len} tokens {per_sec} eta {eta}",
-            )
+            let style = ProgressStyle::with_template(&format!(
+                "{{msg}} [{{bar:40}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}"
+            ))
             .expect("a valid template")
             .progress_chars("=> ");
             b.set_style(style);

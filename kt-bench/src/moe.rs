@@ -144,17 +144,32 @@ fn stack(q: QType, experts: usize, rows: usize, cols: usize, seed: u64) -> Built
 /// A stack built on a worker thread, or why it could not be.
 type Built<T> = Result<T, String>;
 
-/// `build(0..n)` on rayon's threads, in order. Each stack depends on its seed alone, so
+/// `build(0..n)` on rayon's threads, in order, with a progress bar on stderr when `show`
+/// (not with `--json`, as in `kt-bench decode`). Each stack depends on its seed alone, so
 /// the result is that of a serial build; serially, building the V3 layers took ~25-30 s
-/// of each kt-bench process on the device (one core filling and quantizing gigabytes).
+/// of each kt-bench process on the device (one core filling and quantizing gigabytes),
+/// and the parallel build still takes tens of seconds on two cores.
 fn par_build<T: Send>(
+    show: bool,
     n: usize,
     build: impl Fn(usize) -> Built<T> + Sync + Send,
 ) -> Result<Vec<T>, Box<dyn std::error::Error>> {
-    Ok((0..n)
+    let bar = crate::decode::phase_bar(
+        show,
+        Some(n as u64),
+        "stacks",
+        "building expert stacks".into(),
+    );
+    let built = (0..n)
         .into_par_iter()
-        .map(build)
-        .collect::<Built<Vec<T>>>()?)
+        .map(|j| {
+            let stack = build(j);
+            bar.inc(1);
+            stack
+        })
+        .collect::<Built<Vec<T>>>();
+    bar.finish_and_clear();
+    Ok(built?)
 }
 
 /// The seed of projection `p` (0 gate, 1 up, 2 down) of layer copy `c` (copy 0 is the
@@ -273,7 +288,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (h, i, e, k) = (sh.hidden, sh.inter, sh.experts, sh.top_k);
     // Stack `j` of the copies from `first`: projection j % 3 of copy first + j / 3.
     let stacks = |first: usize, n: usize| {
-        par_build(3 * n, |j| {
+        par_build(!a.json, 3 * n, |j| {
             let (c, p) = (first + j / 3, j % 3);
             let s = seed(c, p);
             match p {
@@ -365,7 +380,7 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
     let (h, i, e, k) = (sh.hidden, sh.inter, sh.experts, sh.top_k);
     // As in `run`: stack j of the copies from `first`.
     let stacks = |first: usize, n: usize| {
-        par_build(3 * n, |j| {
+        par_build(!a.json, 3 * n, |j| {
             let (c, p) = (first + j / 3, j % 3);
             let (rows, cols) = if p < 2 { (i, h) } else { (h, i) };
             repacked_stack(f, e, rows, cols, seed(c, p))
