@@ -156,10 +156,10 @@ fn every_format_on_every_isa_gemv_and_gemm_edges() {
 }
 
 #[test]
-fn gemv_items_read_the_activations_only_once_quantized() {
-    // A GEMV job's first thread quantizes the f32 activations into the caller's scratch
-    // while the other items wait: an item that ran early would read the previous call's
-    // activations (each case below has other ones), or the poison of none.
+fn successive_gemvs_on_several_threads_read_their_own_activations() {
+    // GEMVs of one item a thread, one after another on one pool, each with other
+    // activations: an item that read stale quantized activations (the previous call's, in
+    // the per-thread scratch) or ran before they were written would miss the reference.
     for threads in [2, 3, 5, 8] {
         let pool = ThreadPool::new(threads).unwrap();
         for isa in Isa::available() {

@@ -366,60 +366,31 @@ fn run_tiles(
             return;
         }
     }
-    let w_stride = tiles.w_stride;
-    let run = |r0: usize, nr: usize, t0: usize, nt: usize| {
-        // SAFETY: the tile lies inside the checked weights (rows x w_stride), activations
-        // (tokens x act_row) and output (tokens x rows); tiles of different items are
-        // disjoint; the table only holds kernels this CPU can run; the activations are
-        // quantized before any tile runs (below, or in the GEMV job before its items).
-        unsafe { (kernels.gemm)(&tiles.tile(r0, nr, t0, nt)) };
-    };
-    if tokens <= GEMV_MAX_TOKENS {
-        let items = gemv_items(rows, w_stride, pool.threads());
-        let bounds = |i: usize| (gemv_bound(i, items, rows), gemv_bound(i + 1, items, rows));
-        let Some(x) = x else {
-            // One shared counter, not per-thread shares: a GEMV has at most four items a
-            // thread, and there the shares' end-of-job scan of every other thread's
-            // counter costs more than the counter's line moving per claim (device, 16
-            // threads, session 5: a job of 16 items 3.3 -> 1.6-1.9 us, of 32 items 4.2-4.3
-            // -> 3.0-3.3 us; a 1408x2048 Q4_K GEMV is ~20 us).
-            pool.for_each_in_order(items, &|i, _| {
-                let (r0, r1) = bounds(i);
-                run(r0, r1 - r0, 0, tokens);
-            });
-            return;
-        };
-        // f32 activations: the first thread into the job quantizes them while the others
-        // prefetch the start of their items' weights and wait for it (items handed out
-        // in order may wait on a running one). Quantizing before posting the job kept every
-        // worker idle for it: a 2048-long row takes ~0.8 µs (dev VM, one thread), against
-        // a 1408x2048 GEMV of ~20 µs on 16 threads.
-        let quantized = OneQuantizer::default();
-        pool.for_each_in_order(items, &|i, _| {
-            let (r0, r1) = bounds(i);
-            let ready = quantized.run(
-                || {
-                    for t in 0..tokens {
-                        // SAFETY: xq holds `tokens` rows of act_row (checked by the caller);
-                        // only the first thread into `run` writes them, and no tile reads
-                        // them before `run` returned true on its thread.
-                        unsafe { quantize_row(kernels, x, cols, act_row, xq_ptr, t) };
-                    }
-                },
-                |step| prefetch_to_l2(tiles.w.at(r0 * w_stride), (r1 - r0) * w_stride, step),
-            );
-            // Not ready: the quantizing thread panicked, and the pool reports it.
-            if ready {
-                run(r0, r1 - r0, 0, tokens);
-            }
-        });
-        return;
-    }
     if let Some(x) = x {
         // SAFETY: xq came as `&mut [u8]` of `tokens` rows of act_row (checked), borrowed
         // for this whole call.
         let xq = unsafe { std::slice::from_raw_parts_mut(xq_ptr.get(), tokens * act_row) };
         quantize_activations(pool, kernels, x, cols, tokens, act_row, xq);
+    }
+    let w_stride = tiles.w_stride;
+    let run = |r0: usize, nr: usize, t0: usize, nt: usize| {
+        // SAFETY: the tile lies inside the checked weights (rows x w_stride), activations
+        // (tokens x act_row) and output (tokens x rows); tiles of different items are
+        // disjoint; the table only holds kernels this CPU can run.
+        unsafe { (kernels.gemm)(&tiles.tile(r0, nr, t0, nt)) };
+    };
+    if tokens <= GEMV_MAX_TOKENS {
+        let items = gemv_items(rows, w_stride, pool.threads());
+        // One shared counter, not per-thread shares: a GEMV has at most four items a
+        // thread, and there the shares' end-of-job scan of every other thread's counter
+        // costs more than the counter's line moving per claim (device, 16 threads, session
+        // 5: a job of 16 items 3.3 -> 1.6-1.9 us, of 32 items 4.2-4.3 -> 3.0-3.3 us; a
+        // 1408x2048 Q4_K GEMV is ~20 us).
+        pool.for_each_in_order(items, &|i, _| {
+            let (r0, r1) = (gemv_bound(i, items, rows), gemv_bound(i + 1, items, rows));
+            run(r0, r1 - r0, 0, tokens);
+        });
+        return;
     }
     let (row_block, token_block) = gemm_tile_sizes(rows, tokens, pool.threads());
     let token_blocks = tokens.div_ceil(token_block);
@@ -441,92 +412,6 @@ fn run_tiles(
         run(r0, nr, t0, nt);
     });
 }
-
-/// Who quantizes a GEMV's activations inside its job: the first thread into
-/// [`OneQuantizer::run`]; the others wait for it to finish (or to unwind, which marks the
-/// work failed so that nobody spins forever).
-#[derive(Default)]
-struct OneQuantizer {
-    state: std::sync::atomic::AtomicU8,
-}
-
-impl OneQuantizer {
-    const FREE: u8 = 0;
-    const CLAIMED: u8 = 1;
-    const DONE: u8 = 2;
-    const FAILED: u8 = 3;
-
-    /// Runs `quantize` on the first caller; every later one waits for it, calling
-    /// `meanwhile(i)` for i = 0, 1, .. (small steps of other work) while it waits and
-    /// `meanwhile` returns true. True once what `quantize` wrote is visible to this
-    /// thread, false if the quantizing thread panicked.
-    fn run(&self, quantize: impl FnOnce(), mut meanwhile: impl FnMut(usize) -> bool) -> bool {
-        use std::sync::atomic::{AtomicU8, Ordering};
-        /// Marks the work failed if `quantize` unwinds.
-        struct Unwinding<'a>(&'a AtomicU8);
-        impl Drop for Unwinding<'_> {
-            fn drop(&mut self) {
-                self.0.store(OneQuantizer::FAILED, Ordering::Release);
-            }
-        }
-        let claimed = self
-            .state
-            .compare_exchange(
-                Self::FREE,
-                Self::CLAIMED,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_ok();
-        if claimed {
-            let unwinding = Unwinding(&self.state);
-            quantize();
-            std::mem::forget(unwinding);
-            self.state.store(Self::DONE, Ordering::Release);
-            return true;
-        }
-        let mut step = Some(0);
-        loop {
-            match self.state.load(Ordering::Acquire) {
-                Self::DONE => return true,
-                Self::FAILED => return false,
-                _ => match step {
-                    Some(i) => step = meanwhile(i).then_some(i + 1),
-                    None => std::hint::spin_loop(),
-                },
-            }
-        }
-    }
-}
-
-/// Step `step` of prefetching the first [`GEMV_WAIT_PREFETCH_BYTES`] of `bytes` at `p` (a
-/// GEMV item's weights, its rows contiguous) into L2, [`GEMV_PREFETCH_STEP`] bytes a step;
-/// true while more steps are left. For a thread waiting for the activations: the first DRAM
-/// touches of its item overlap the wait. A few kilobytes in small steps, the wait checked
-/// between them: a software prefetch holds a line-fill buffer until its line comes, so a
-/// long run of them would hold the thread past the wait.
-fn prefetch_to_l2(p: *const u8, bytes: usize, step: usize) -> bool {
-    let end = bytes.min(GEMV_WAIT_PREFETCH_BYTES);
-    let start = step * GEMV_PREFETCH_STEP;
-    #[cfg(target_arch = "x86_64")]
-    for off in (start..end.min(start + GEMV_PREFETCH_STEP)).step_by(64) {
-        // SAFETY: SSE is part of the x86_64 baseline; a prefetch never faults, and
-        // wrapping_add keeps the address arithmetic defined.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
-                p.wrapping_add(off).cast(),
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-    start + GEMV_PREFETCH_STEP < end
-}
-
-/// Weight bytes a GEMV item prefetches while it waits for its activations, and in steps
-/// of how many.
-const GEMV_WAIT_PREFETCH_BYTES: usize = 4 << 10;
-const GEMV_PREFETCH_STEP: usize = 512;
 
 /// An AMX K-quant product over activations transposed once for the call
 /// ([`Pretransposed`](super::amx::kquant::Pretransposed)): one parallel pass makes the
@@ -942,55 +827,6 @@ mod tests {
         assert_eq!(record_chunks(28, 1, 16), 28);
         // 512 tokens of a 2048-long row on 16 threads: two runs of four a group
         assert_eq!(record_chunks(8, 32, 16), 2);
-    }
-
-    #[test]
-    fn one_quantizer_runs_the_work_once_and_reports_a_panic() {
-        let q = OneQuantizer::default();
-        let mut runs = 0;
-        assert!(q.run(
-            || runs += 1,
-            |_| unreachable!("the first caller does not wait")
-        ));
-        // later callers find it done: no second run, no waiting work
-        assert!(q.run(|| runs += 1, |_| true));
-        assert_eq!(runs, 1);
-        // a quantizer that panics marks the work failed for the waiters
-        let q = OneQuantizer::default();
-        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            q.run(|| panic!("quantizer fails"), |_| true)
-        }));
-        assert!(unwound.is_err());
-        let mut steps = 0;
-        assert!(!q.run(
-            || unreachable!("already claimed"),
-            |_| {
-                steps += 1;
-                false
-            }
-        ));
-        assert!(steps <= 1);
-    }
-
-    #[test]
-    fn the_wait_prefetch_ends_after_its_bytes() {
-        let w = vec![7u8; 3 * GEMV_WAIT_PREFETCH_BYTES];
-        for (bytes, steps) in [
-            (100, 1),
-            (GEMV_PREFETCH_STEP, 1),
-            (GEMV_PREFETCH_STEP + 1, 2),
-            (
-                GEMV_WAIT_PREFETCH_BYTES,
-                GEMV_WAIT_PREFETCH_BYTES / GEMV_PREFETCH_STEP,
-            ),
-            (w.len(), GEMV_WAIT_PREFETCH_BYTES / GEMV_PREFETCH_STEP),
-        ] {
-            let n = (0..)
-                .take_while(|&i| prefetch_to_l2(w.as_ptr(), bytes, i))
-                .count()
-                + 1;
-            assert_eq!(n, steps, "{bytes} bytes");
-        }
     }
 
     #[test]
