@@ -9,6 +9,8 @@
 //! - `driver`: `cpu::matmul_with`, what this binary ships;
 //! - `in_order`: the caller quantizes, then one shared counter hands out the items
 //!   (`for_each_in_order`, the hand-out before session 11);
+//! - `in_order2x`: as `in_order` with two items a thread (half the rows each: a thread
+//!   that starts late or streams slowly hands more of its work to the others);
 //! - `static`: the caller quantizes, item `i` on thread `i` (`for_each_static`);
 //! - `static_wq`: the job is posted at once and every thread quantizes the activations
 //!   into a buffer of its own before its item (no thread waits for another);
@@ -53,9 +55,10 @@ pub struct Args {
     pub json: bool,
 }
 
-const VARIANTS: [&str; 7] = [
+const VARIANTS: [&str; 8] = [
     "driver",
     "in_order",
+    "in_order2x",
     "static",
     "static_wq",
     "static_wq_pf",
@@ -175,7 +178,8 @@ struct Row {
     kernel_longest_us: f64,
     end_last_us: f64,
     return_us: f64,
-    /// Items run by the caller for a worker that did not join (per call, mean).
+    /// Items run by the caller for a worker that did not join (per call, mean; for the
+    /// static variants: in_order counts every item the caller took after its first).
     rescued_per_call: f64,
 }
 
@@ -233,7 +237,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 VARIANTS.iter().map(|_| vec![[0; 3]; a.calls]).collect();
             let out_p = out.as_mut_ptr() as usize;
             let x_ref = &x;
-            let run_item = |w: &[u8], i: usize, xq_p: usize| {
+            let run_item_of = |w: &[u8], i: usize, items: usize, xq_p: usize| {
                 let (r0, r1) = (bound(i, items, rows), bound(i + 1, items, rows));
                 let tile = GemmTile {
                     qtype: q,
@@ -253,6 +257,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 // this CPU runs.
                 unsafe { (kernels.gemm)(&tile) };
             };
+            let run_item = |w: &[u8], i: usize, xq_p: usize| run_item_of(w, i, items, xq_p);
             let quantize = |dst: &mut [u8]| {
                 // SAFETY: the table only holds quantizers this CPU runs; x is whole blocks
                 // and dst is its activation row.
@@ -297,20 +302,28 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                             c1 = c0;
                             cpu::matmul_with(isa, pool, q, w, rows, cols, &x, 1, &mut out)?;
                         }
-                        "in_order" | "static" => {
+                        "in_order" | "in_order2x" | "static" => {
                             quantize(&mut xq);
                             c1 = tsc();
                             let xq_p = xq.as_ptr() as usize;
+                            let n = if name == "in_order2x" {
+                                2 * items
+                            } else {
+                                items
+                            };
                             let job = |i: usize, t: usize| {
-                                stamp(st, t, call, 0, i);
-                                stamp(st, t, call, 1, i);
-                                run_item(w, i, xq_p);
+                                // the first item's entry and start, the last item's end
+                                if i < threads {
+                                    stamp(st, t, call, 0, i);
+                                    stamp(st, t, call, 1, i);
+                                }
+                                run_item_of(w, i, n, xq_p);
                                 stamp(st, t, call, 2, i);
                             };
                             if name == "static" {
-                                pool.for_each_static(items, &job);
+                                pool.for_each_static(n, &job);
                             } else {
-                                pool.for_each_in_order(items, &job);
+                                pool.for_each_in_order(n, &job);
                             }
                         }
                         "static_wq" | "static_wq_pf" => {
