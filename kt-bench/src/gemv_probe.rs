@@ -19,6 +19,10 @@
 //!   overlaps the first DRAM misses;
 //! - `read`: `static`'s hand-out with the kernel replaced by a plain read of the item's
 //!   bytes (sum of 64-bit words): the floor a kernel could reach with these fixed costs;
+//! - `read_pf1k` / `read_pf4k` / `read_pf16k`: `read` with a software prefetch (to L1)
+//!   of the line that far ahead of each line read: how far ahead a streaming kernel
+//!   should ask, with 16 threads streaming (the AVX512 GEMV kernels prefetch one
+//!   register tile of rows ahead: 4.6 KB for Q4_K 2048 columns);
 //! - `empty`: the round trip of a `for_each_static` job with no work.
 //!
 //! For the timed variants every thread stamps the TSC when it enters the job, when its
@@ -55,7 +59,7 @@ pub struct Args {
     pub json: bool,
 }
 
-const VARIANTS: [&str; 8] = [
+const VARIANTS: [&str; 11] = [
     "driver",
     "in_order",
     "in_order2x",
@@ -63,6 +67,9 @@ const VARIANTS: [&str; 8] = [
     "static_wq",
     "static_wq_pf",
     "read",
+    "read_pf1k",
+    "read_pf4k",
+    "read_pf16k",
     "empty",
 ];
 
@@ -133,11 +140,17 @@ fn prefetch_t0(b: &[u8]) {
     }
 }
 
-/// A plain read of `b`: the sum of its 64-bit words (eight independent sums).
-fn read_sum(b: &[u8]) -> u64 {
+/// A plain read of `b`: the sum of its 64-bit words (eight independent sums); with
+/// `ahead > 0`, each line read first prefetches the line `ahead` bytes further (inside `b`).
+fn read_sum(b: &[u8], ahead: usize) -> u64 {
     let mut acc = [0u64; 8];
     let mut chunks = b.chunks_exact(64);
+    let mut off = 0usize;
     for c in &mut chunks {
+        if ahead > 0 && off + ahead < b.len() {
+            prefetch_t0(&b[off + ahead..off + ahead + 1]);
+        }
+        off += 64;
         for (j, a) in acc.iter_mut().enumerate() {
             let w = u64::from_le_bytes(c[8 * j..8 * j + 8].try_into().expect("8 bytes"));
             *a = a.wrapping_add(w);
@@ -353,15 +366,21 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                             };
                             pool.for_each_static(items, &job);
                         }
-                        "read" => {
+                        "read" | "read_pf1k" | "read_pf4k" | "read_pf16k" => {
                             quantize(&mut xq);
                             c1 = tsc();
+                            let ahead = match name {
+                                "read_pf1k" => 1 << 10,
+                                "read_pf4k" => 4 << 10,
+                                "read_pf16k" => 16 << 10,
+                                _ => 0,
+                            };
                             let sink = std::sync::atomic::AtomicU64::new(0);
                             pool.for_each_static(items, &|i, t| {
                                 stamp(st, t, call, 0, i);
                                 stamp(st, t, call, 1, i);
                                 let (r0, r1) = (bound(i, items, rows), bound(i + 1, items, rows));
-                                let v = read_sum(&w[r0 * row_bytes..r1 * row_bytes]);
+                                let v = read_sum(&w[r0 * row_bytes..r1 * row_bytes], ahead);
                                 sink.fetch_add(v, std::sync::atomic::Ordering::Relaxed);
                                 stamp(st, t, call, 2, i);
                             });
