@@ -12,6 +12,12 @@
 //! - `in_order2x`: as `in_order` with two items a thread (half the rows each: a thread
 //!   that starts late or streams slowly hands more of its work to the others);
 //! - `static`: the caller quantizes, item `i` on thread `i` (`for_each_static`);
+//! - `static_rf`: the job is posted at once; the caller (item 0) quantizes into the shared
+//!   buffer and raises a flag, the other threads prefetch the first 1 KB of their item's
+//!   first four rows and wait for the flag (the wake-up overlaps the quantize);
+//! - `quant_priv`: `static`, the caller quantizing into a buffer no other thread reads
+//!   (the job reads the shared one, as the last call left it): the quantize's own cost,
+//!   without taking its lines back from the threads that read them last call;
 //! - `static_wq`: the job is posted at once and every thread quantizes the activations
 //!   into a buffer of its own before its item (no thread waits for another);
 //! - `static_wq_pf`: as `static_wq`, each thread first prefetching the first 1 KB of its
@@ -31,6 +37,7 @@
 //! post (TSC rate calibrated against the OS clock; the TSC is assumed synchronised across
 //! cores, as on the machines measured).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kt_kernels::cpu::dispatch::{self, GemmTile};
@@ -59,11 +66,13 @@ pub struct Args {
     pub json: bool,
 }
 
-const VARIANTS: [&str; 11] = [
+const VARIANTS: [&str; 13] = [
     "driver",
     "in_order",
     "in_order2x",
     "static",
+    "static_rf",
+    "quant_priv",
     "static_wq",
     "static_wq_pf",
     "read",
@@ -104,6 +113,17 @@ impl Stamps {
     fn get(&self, thread: usize, call: usize) -> Stamp {
         self.buf[thread * (self.calls + 2) + call]
     }
+}
+
+/// A value on a cache-line pair of its own.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// Quantizes `x` into `dst` with the format's activation quantizer.
+fn quantize_into(kernels: &dispatch::FormatKernels, x: &[f32], dst: &mut [u8]) {
+    // SAFETY: the table only holds quantizers this CPU runs; x is whole blocks and dst
+    // is its activation row.
+    unsafe { (kernels.quantize_act)(x, dst) };
 }
 
 fn tsc() -> u64 {
@@ -237,6 +257,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             rng.fill_normal(&mut x, 1.0);
             let mut out = vec![0f32; rows];
             let mut xq = vec![0u8; act_row];
+            let mut xq_priv = vec![0u8; act_row];
+            quantize_into(&kernels, &x, &mut xq);
             // Per-thread activation buffers of `static_wq`, a page apart.
             let stride = act_row.next_multiple_of(4096);
             let mut xq_own = vec![0u8; stride * threads + 4096];
@@ -338,6 +360,50 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                             } else {
                                 pool.for_each_in_order(n, &job);
                             }
+                        }
+                        "static_rf" => {
+                            c1 = tsc();
+                            let ready = Padded(AtomicBool::new(false));
+                            let xq_p = xq.as_mut_ptr() as usize;
+                            pool.for_each_static(items, &|i, t| {
+                                stamp(st, t, call, 0, i);
+                                if i == 0 {
+                                    // SAFETY: only item 0 writes the shared buffer, and the
+                                    // others read it only after the flag.
+                                    let dst = unsafe {
+                                        std::slice::from_raw_parts_mut(xq_p as *mut u8, act_row)
+                                    };
+                                    quantize(dst);
+                                    ready.0.store(true, Ordering::Release);
+                                } else {
+                                    let r0 = bound(i, items, rows);
+                                    let nr = (bound(i + 1, items, rows) - r0).min(4);
+                                    for r in r0..r0 + nr {
+                                        prefetch_t0(
+                                            &w[r * row_bytes..(r * row_bytes + 1024).min(w.len())],
+                                        );
+                                    }
+                                    // Item 0 runs first on the caller (also when it runs
+                                    // this item for a late worker): this ends.
+                                    while !ready.0.load(Ordering::Acquire) {
+                                        std::hint::spin_loop();
+                                    }
+                                }
+                                stamp(st, t, call, 1, i);
+                                run_item(w, i, xq_p);
+                                stamp(st, t, call, 2, i);
+                            });
+                        }
+                        "quant_priv" => {
+                            quantize(&mut xq_priv);
+                            c1 = tsc();
+                            let xq_p = xq.as_ptr() as usize;
+                            pool.for_each_static(items, &|i, t| {
+                                stamp(st, t, call, 0, i);
+                                stamp(st, t, call, 1, i);
+                                run_item(w, i, xq_p);
+                                stamp(st, t, call, 2, i);
+                            });
                         }
                         "static_wq" | "static_wq_pf" => {
                             c1 = tsc();

@@ -93,20 +93,14 @@ struct Slot {
     busy: AtomicU64,
 }
 
-/// The job word and the job, on one line: a worker that sees a new epoch has the job's
-/// pointer in the same line transfer (separate lines cost every worker a second miss on
-/// a line the caller had just written).
-struct Header {
+struct Shared {
     /// Written per job by the caller (post, close); read by spinning workers.
-    state: AtomicU64,
+    state: Padded<AtomicU64>,
     /// The posted job. Written by the caller before it posts the epoch (SeqCst RMW) and
     /// read by workers after they saw the job open (a SeqCst load later in `state`'s
-    /// order).
-    job: UnsafeCell<Option<Job>>,
-}
-
-struct Shared {
-    head: Padded<Header>,
+    /// order). On a line of its own: in the line workers poll, the caller's write of it
+    /// would pull the line away from them once more per job.
+    job: Padded<UnsafeCell<Option<Job>>>,
     /// One per thread, the caller's first.
     slots: Box<[Padded<Slot>]>,
     /// The shared counter of [`ThreadPool::for_each_in_order`].
@@ -168,10 +162,8 @@ impl ThreadPool {
             });
         }
         let shared = Arc::new(Shared {
-            head: Padded(Header {
-                state: AtomicU64::new(CLOSED),
-                job: UnsafeCell::new(None),
-            }),
+            state: Padded(AtomicU64::new(CLOSED)),
+            job: Padded(UnsafeCell::new(None)),
             slots: (0..threads)
                 .map(|_| {
                     Padded(Slot {
@@ -250,19 +242,14 @@ impl ThreadPool {
         // SAFETY: we hold `submit` and the previous job is closed with every worker that
         // joined it gone (a late one leaves without reading `job`), so no worker reads
         // `job` now.
-        unsafe { *s.head.job.get() = Some(job) };
+        unsafe { *s.job.0.get() = Some(job) };
         if s.panicked.load(Ordering::Relaxed) {
             s.panicked.store(false, Ordering::Relaxed);
         }
         // SeqCst: ordered before the `sleepers` load below, against a worker that counts
         // itself a sleeper and then re-reads `state` (neither may miss the other). Also a
         // release of `job` and of what `prepare` wrote.
-        let epoch = (s
-            .head
-            .state
-            .fetch_add(POST, Ordering::SeqCst)
-            .wrapping_add(POST))
-            >> 32;
+        let epoch = (s.state.fetch_add(POST, Ordering::SeqCst).wrapping_add(POST)) >> 32;
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _l = s.sleep_lock.lock().unwrap_or_else(|p| p.into_inner());
             s.wake.notify_all();
@@ -274,7 +261,7 @@ impl ThreadPool {
         // SeqCst: against a worker that announces itself (busy = epoch) and then re-reads
         // `state`: either it sees the job closed and leaves without reading `job`, or we
         // see its flag below and wait.
-        s.head.state.fetch_or(CLOSED, Ordering::SeqCst);
+        s.state.fetch_or(CLOSED, Ordering::SeqCst);
         let ran = epoch | RAN;
         // The usual case first: every worker ran and left. One pass of independent loads
         // (their misses overlap), where a loop that waits on each flag in turn would take
@@ -436,12 +423,12 @@ impl ThreadPool {
 fn worker_loop(s: &Shared, id: usize) {
     IN_POOL.with(|c| c.set(id));
     let busy = &s.slots[id].busy;
-    let mut seen = s.head.state.load(Ordering::Acquire) >> 32;
+    let mut seen = s.state.load(Ordering::Acquire) >> 32;
     loop {
         if !wait_for_epoch(s, seen) {
             return;
         }
-        let st = s.head.state.load(Ordering::Acquire);
+        let st = s.state.load(Ordering::Acquire);
         seen = st >> 32;
         if st & CLOSED != 0 {
             // Closed before we came: not ours.
@@ -450,7 +437,7 @@ fn worker_loop(s: &Shared, id: usize) {
         // Announce, then check the job is still open (SeqCst store then load, against the
         // caller's close then load of our flag: one of us sees the other).
         busy.store(seen, Ordering::SeqCst);
-        if s.head.state.load(Ordering::SeqCst) != st {
+        if s.state.load(Ordering::SeqCst) != st {
             // Closed meanwhile (or already the next job): leave without reading `job`.
             busy.store(IDLE, Ordering::Release);
             continue;
@@ -458,7 +445,7 @@ fn worker_loop(s: &Shared, id: usize) {
         // SAFETY: the job of epoch `seen` was open after we announced ourselves, so the
         // caller waits for our flag before it returns (the closure outlives our use), and
         // it wrote `job` before posting the epoch we loaded (SeqCst RMW, then our load).
-        let job = unsafe { (*s.head.job.get()).expect("job posted with the epoch") };
+        let job = unsafe { (*s.job.0.get()).expect("job posted with the epoch") };
         // SAFETY: see above: the pointee outlives this call.
         let r = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(id) }));
         if r.is_err() {
@@ -473,7 +460,7 @@ fn worker_loop(s: &Shared, id: usize) {
 /// [`WOKEN_SPIN`] after a [`ThreadPool::wake`]), then sleeps on the condition variable.
 /// False when the pool is stopping.
 fn wait_for_epoch(s: &Shared, seen: u64) -> bool {
-    let fresh = || s.head.state.load(Ordering::Acquire) >> 32 != seen;
+    let fresh = || s.state.load(Ordering::Acquire) >> 32 != seen;
     let mut start = Instant::now();
     let mut spin = SPIN;
     let mut nudge = s.nudge.load(Ordering::Relaxed);
@@ -501,7 +488,7 @@ fn wait_for_epoch(s: &Shared, seen: u64) -> bool {
         let slept_at = nudge;
         let mut g = s.sleep_lock.lock().unwrap_or_else(|p| p.into_inner());
         // SeqCst: see the post in `ThreadPool::run`.
-        while s.head.state.load(Ordering::SeqCst) >> 32 == seen
+        while s.state.load(Ordering::SeqCst) >> 32 == seen
             && s.nudge.load(Ordering::SeqCst) == slept_at
             && !s.stop.load(Ordering::Relaxed)
         {
