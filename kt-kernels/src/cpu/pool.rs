@@ -30,7 +30,12 @@
 //! counter (the caller steals the late joiners' shares one remote `fetch_add` at a time)
 //! and its end-of-job scan of the other counters costs ~1.5 us at 16 threads;
 //! [`ThreadPool::for_each_in_order`] keeps the one shared counter (and is required for
-//! jobs whose items wait on earlier items). A spinning worker reads the clock only every
+//! jobs whose items wait on earlier items). [`ThreadPool::for_each_static`] (one item a
+//! thread, item `i` on thread `i`) has no counter at all: a worker writes only its own
+//! busy flag, which says whether it ran its item, and the caller runs the items of the
+//! workers that had not joined when it closed the job; device, 16 threads, one GEMV item
+//! a thread: the last thread starts 0.8 us after the post instead of 1.5 with the counter
+//! (BENCHMARKS.md, session 11). A spinning worker reads the clock only every
 //! [`SPIN_CHECK`] polls (a clock read per poll delays its reaction to a new job).
 
 use std::cell::{Cell, UnsafeCell};
