@@ -268,31 +268,23 @@ impl ThreadPool {
         // see its flag below and wait.
         s.state.fetch_or(CLOSED, Ordering::SeqCst);
         let ran = epoch | RAN;
-        // The usual case first: every worker ran and left. One pass of independent loads
-        // (their misses overlap), where a loop that waits on each flag in turn would take
-        // one miss after the other.
-        let all_ran = s.slots[1..].iter().fold(true, |all, slot| {
-            all & (slot.busy.load(Ordering::SeqCst) == ran)
-        });
-        if !all_ran {
-            for (t, slot) in s.slots.iter().enumerate().skip(1) {
-                let mut spins = 0u32;
-                let b = loop {
-                    let b = slot.busy.load(Ordering::SeqCst);
-                    if b != epoch {
-                        break b;
-                    }
-                    spins += 1;
-                    if spins < 1 << 16 {
-                        std::hint::spin_loop();
-                    } else {
-                        std::thread::yield_now();
-                    }
-                };
-                // The worker is out of this job for good (closed): its work is ours.
-                if let (Some(rescue), true, true) = (rescue, b != ran, mine.is_ok()) {
-                    mine = catch_unwind(AssertUnwindSafe(|| rescue(t)));
+        for (t, slot) in s.slots.iter().enumerate().skip(1) {
+            let mut spins = 0u32;
+            let b = loop {
+                let b = slot.busy.load(Ordering::SeqCst);
+                if b != epoch {
+                    break b;
                 }
+                spins += 1;
+                if spins < 1 << 16 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            };
+            // The worker is out of this job for good (closed): its work is ours.
+            if let (Some(rescue), true, true) = (rescue, b != ran, mine.is_ok()) {
+                mine = catch_unwind(AssertUnwindSafe(|| rescue(t)));
             }
         }
         IN_POOL.with(|c| c.set(OUTSIDE));

@@ -55,8 +55,8 @@ pub(super) unsafe fn q8_k(src: &[f32], dst: &mut [u8]) {
         }
         let iscale = -127.0f32 / x[first];
         let scale = _mm512_set1_ps(iscale);
-        let mut q = [_mm512_setzero_si512(); 16];
-        for (i, (&vi, qi)) in v.iter().zip(q.iter_mut()).enumerate() {
+        let mut sums = [0i16; 16];
+        for (i, &vi) in v.iter().enumerate() {
             // The reference rounds to nearest even, converts saturating to i32 (NaN to
             // 0), caps at 127 and keeps the low byte. Clamping to [-2^31, 127] first
             // makes the default-rounding conversion agree, also for the infinite scaled
@@ -66,47 +66,13 @@ pub(super) unsafe fn q8_k(src: &[f32], dst: &mut [u8]) {
             let b = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(c));
             // SAFETY: bytes 4 + 16i .. 4 + 16(i + 1) of the 292-byte block.
             unsafe { _mm_storeu_si128(y.as_mut_ptr().add(4 + 16 * i).cast(), b) };
-            // the stored byte, sign-extended (the low byte of a capped or NaN element)
-            *qi = _mm512_cvtepi8_epi32(b);
+            sums[i] = _mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(b)) as i16;
         }
         y[..4].copy_from_slice(&(1.0f32 / iscale).to_le_bytes());
-        // The 16 sums (each fits an i16: at most 16 * 128 in magnitude), in one tree.
-        // SAFETY: bytes 260..292 of the 292-byte block.
-        unsafe {
-            _mm256_storeu_si256(
-                y.as_mut_ptr().add(260).cast(),
-                _mm512_cvtepi32_epi16(sum16(&q)),
-            )
-        };
+        for (i, s) in sums.iter().enumerate() {
+            y[260 + 2 * i..262 + 2 * i].copy_from_slice(&s.to_le_bytes());
+        }
     }
-}
-
-/// The sums of the 16 lanes of each of `q[0..16]`, lane `i` of the result holding `q[i]`'s:
-/// a reduction tree of 30 shuffles and 15 adds, where one horizontal sum per vector costs
-/// about 4 shuffles and 4 adds each, 64 shuffles in all, on port 5 alone for 512-bit
-/// vectors on the Xeons measured.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-fn sum16(q: &[__m512i; 16]) -> __m512i {
-    // Per 128-bit lane: [a0 + a2, b0 + b2, a1 + a3, b1 + b3] of a pair (a, b).
-    let p: [__m512i; 8] = std::array::from_fn(|j| {
-        let (a, b) = (q[2 * j], q[2 * j + 1]);
-        _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
-    });
-    // Per 128-bit lane: the lane's sums of q[4m..4m + 4], in order.
-    let v: [__m512i; 4] = std::array::from_fn(|m| {
-        let (a, b) = (p[2 * m], p[2 * m + 1]);
-        _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
-    });
-    // Lanes 0 + 1 and 2 + 3 of two such vectors: [a01, a23, b01, b23].
-    let fold = |a: __m512i, b: __m512i| {
-        _mm512_add_epi32(
-            _mm512_shuffle_i32x4::<0x88>(a, b),
-            _mm512_shuffle_i32x4::<0xDD>(a, b),
-        )
-    };
-    // Lane m: the whole sums of q[4m..4m + 4].
-    fold(fold(v[0], v[1]), fold(v[2], v[3]))
 }
 
 /// Quantizes `src` (a whole number of 32-element blocks) to Q8_0 the way ggml's x86
