@@ -357,8 +357,12 @@ impl ThreadPool {
     /// [`ThreadPool::for_each`] of the same items: thread `t` runs item `t` there when there
     /// are at most `threads` of them) is its own. The shared counter then hands out the
     /// items in increasing order, skipping the first ones already taken, and takes those of
-    /// threads that have not joined yet. So every item below `i` is still handed to a
-    /// running thread before `i` is, and a late worker never holds an item back.
+    /// threads that have not joined yet, so a late worker never holds an item back. Items
+    /// may wait on earlier items as in [`ThreadPool::for_each_in_order`]: an own item may
+    /// start before earlier ones are handed out, but the caller (always in the job) takes
+    /// item 0, which waits on nothing, and then goes through the counter, so whenever it
+    /// waits every earlier item has been taken by a thread in the job, and the lowest
+    /// unfinished item always has what it waits for.
     pub fn for_each_in_order_first_own(&self, n: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         if self.inline(n, f) {
             return;
