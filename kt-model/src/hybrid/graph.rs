@@ -234,7 +234,7 @@ impl DecodeGraph {
             if let (Some(ids), Some(&next_li)) = (ids, next) {
                 n_predicted = ids.len();
                 let arrived = &self.ready;
-                let stop = || arrived.value() >= release + 1;
+                let stop = || arrived.value() > release;
                 let bytes = fused.prefetch(next_li, ids, &stop)?;
                 tl.prefetch_s += mark.elapsed().as_secs_f64();
                 tl.prefetch_bytes += bytes as u64;
