@@ -181,7 +181,14 @@ fn gemv_plan_sizes_blocks_and_slices() {
         // multiprocessor), the 24 past them in 5 slices of 12 groups (one per multiprocessor).
         let p = plan(m, 18432, 7168);
         assert_eq!(
-            (p.k_ways, p.slices, p.groups_per_slice, p.column_groups, p.spread, p.blocks()),
+            (
+                p.k_ways,
+                p.slices,
+                p.groups_per_slice,
+                p.column_groups,
+                p.spread,
+                p.blocks()
+            ),
             (4, 5, 12, 288, 264, 384),
             "{p:?}"
         );
@@ -223,7 +230,11 @@ fn gemv_plan_sizes_blocks_and_slices() {
     assert!(GemvPlan::spread(1, 640, 1408, 0, 2).is_err());
     assert!(GemvPlan::spread(17, 640, 1408, 7, 2).is_err());
     let p = GemvPlan::spread(1, 640, 1408, 7, 2).unwrap();
-    assert_eq!((p.k_ways, p.slices, p.groups_per_slice, p.blocks()), (4, 2, 6, 13), "{p:?}");
+    assert_eq!(
+        (p.k_ways, p.slices, p.groups_per_slice, p.blocks()),
+        (4, 2, 6, 13),
+        "{p:?}"
+    );
     // Not spread: 364 tiles, the 100 past 2 per multiprocessor more than half of 132.
     let p = plan(1, 64 * 364, 7168);
     assert_eq!((p.spread, p.slices), (0, 1), "{p:?}");

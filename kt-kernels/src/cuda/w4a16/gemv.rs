@@ -4,7 +4,9 @@
 //! The plan cuts it into blocks: several warps may share a column tile's k range (k-ways,
 //! summed in shared memory) and k may be cut into slices, whose f32 partial sums the kernel
 //! adds up: through global f32 partials and an arrival counter per column group, or (2-3
-//! slices, compute capability 9.0+) within a thread-block cluster's shared memory.
+//! slices, compute capability 9.0+) within a thread-block cluster's shared memory. A spread
+//! plan ([`GemvPlan::spread`]) streams most tiles whole and cuts the rest into k slices, so
+//! that the multiprocessors stream about the same number of groups.
 //!
 //! With [`LaunchOrder::Programmatic`] (compute capability 9.0+) the kernel is a programmatic
 //! dependent launch: its blocks may start before the kernel before it has completed (as soon
@@ -129,8 +131,10 @@ impl GemvPlan {
     /// every warp keeps `MIN_RUN` groups (o_proj and dense out: 3 instead of 2; session-8
     /// sweep at 16 rows, `bench-results/2026-11-22-s8-w4a16s8b/`: dense out 29.4 vs 29.8 us,
     /// o_proj 27.1-27.3 either way; at 1 row 3 slices were 1-2% faster too, but 2-8 rows
-    /// were not timed, so m <= 8 keeps its rule). `force_slices` overrides the slice count
-    /// (clamped as in [`Self::with`]).
+    /// were not timed, so m <= 8 keeps its rule). A plan of one tile per block and 2-3 blocks
+    /// per multiprocessor becomes a spread plan where the tiles past 2 per multiprocessor are
+    /// at most half the multiprocessors (see the rule below; dense in). `force_slices`
+    /// overrides the slice count (clamped as in [`Self::with`]) and keeps the plain form.
     pub fn choose(
         m: usize,
         n: usize,
@@ -179,11 +183,16 @@ impl GemvPlan {
         });
         let plan = Self::with(m, n, k, k_ways, slices)?;
         // Between 2 and 3 blocks per multiprocessor of one tile each, some multiprocessors
-        // stream 3 tiles and the rest 2. Where the tiles past 2 per multiprocessor are at
-        // most half as many as the multiprocessors, those are cut into as many k slices as
-        // leaves one per multiprocessor (blocks start in index order, the sliced ones last):
-        // dense in, 288 tiles of 56 groups on 132: 264 whole tiles and 24 in 5 slices of 12
-        // groups, at most 56 + 56 + 12 groups per multiprocessor instead of 3 x 56.
+        // stream 3 tiles and the rest 2, and the kernel ends with the former alone. Where the
+        // tiles past 2 per multiprocessor are at most half as many as the multiprocessors,
+        // those are cut into as many k slices as leaves one per multiprocessor (blocks start
+        // in index order, the sliced ones last): dense in, 288 tiles of 56 groups on 132: 264
+        // whole tiles and 24 in 5 slices of 12 groups, at most 56 + 56 + 12 groups per
+        // multiprocessor instead of 3 x 56. H100, session 11 (interleaved, same binary):
+        // 16 rows 27.8 -> 26.6 us, 8 rows 27.1 -> 26.4, 1 row 25.6 -> 25.5 (kernel alone,
+        // CUPTI: 24.8 -> 24.3); ncu at 16 rows: the busiest multiprocessor's active cycles
+        // 49.9k -> 46.4k (mean 44.7k -> 44.2k). Two blocks per multiprocessor, each a whole
+        // tile plus a k slice of one past them, were slower (31.4 us: fewer warps in flight).
         let whole = 2 * multiprocessors;
         if force_slices.is_none()
             && plan.k_ways == 4
@@ -227,8 +236,9 @@ impl GpuStream {
         Ok(plan)
     }
 
-    /// `out = x W^T` for 1..=16 rows on the small-m kernel with an explicit `plan` (made
-    /// by [`GemvPlan::with`] or [`GpuStream::w4a16_gemv_plan`] for this m, n and k),
+    /// `out = x W^T` for 1..=16 rows on the small-m kernel with an explicit `plan` (made by
+    /// [`GemvPlan::with`], [`GemvPlan::spread`] or [`GpuStream::w4a16_gemv_plan`] for this m,
+    /// n and k),
     /// launched in `order` (see the module's doc).
     #[allow(clippy::too_many_arguments)] // the operands, workspace, plan and launch order
     pub fn w4a16_gemv_planned<T: MmaFloat>(
