@@ -550,12 +550,14 @@ __device__ __forceinline__ void kt_for_each_acc(int q, int g, int col0, F&& f) {
 }
 
 // The k stream and the sums; m <= 8 (NT = 1) streams x itself, m > 8 calls gemv_stream_xs.
-template <typename T, int NT, int KW>
+// The block works on column group blockIdx.x / slices, k slice blockIdx.x % slices, or with
+// SPREAD on column group `group_arg`, k slice `slice_arg` (see w4a16_gemv_spread).
+template <typename T, int NT, int KW, bool SPREAD = false>
 __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4* __restrict__ qw,
                                            const T* __restrict__ scales, T* __restrict__ out,
                                            float* __restrict__ partial, unsigned* __restrict__ counters,
                                            int M, int N, int K, int steps_per_slice, int slices,
-                                           int clustered) {
+                                           int clustered, int group_arg = 0, int slice_arg = 0) {
     constexpr int TW = kGvWarps / KW;
     constexpr int kAcc = NT * 16; // accumulators per lane
     constexpr bool PR = KW == 4; // the k-ways summed in parallel (see below)
@@ -569,8 +571,8 @@ __device__ __forceinline__ void w4a16_gemv(const T* __restrict__ x, const uint4*
     const int q = lane & 3;
     const int tile_in = warp % TW;
     const int kway = warp / TW;
-    const int group = blockIdx.x / slices; // column group: TW tiles
-    const int slice = blockIdx.x % slices;
+    const int group = SPREAD ? group_arg : blockIdx.x / slices; // column group: TW tiles
+    const int slice = SPREAD ? slice_arg : blockIdx.x % slices;
     const int nt = group * TW + tile_in;
     const bool tile_ok = nt < N / kBN;
     const int per_slice = steps_per_slice / kGvSteps; // groups
@@ -901,3 +903,35 @@ KT_W4A16_GEMV_KWAYS(f16, __half, 1)
 KT_W4A16_GEMV_KWAYS(f16, __half, 2)
 KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 1)
 KT_W4A16_GEMV_KWAYS(bf16, __nv_bfloat16, 2)
+
+// The spread form (4 k-ways, one tile per block): the first `whole` blocks stream tiles
+// 0..whole - 1 whole; the other blocks each stream one k slice (of `slices`) of a tile past
+// them, summed as in the plain form (partials, the last block of the tile adds them). The
+// host takes 2 blocks per multiprocessor as `whole` where a tile per block would leave some
+// multiprocessors with 3 tiles and the rest with 2: blocks start in index order, breadth-first
+// over the multiprocessors, so the short blocks are the third ones (see gemv.rs).
+template <typename T, int NT>
+__device__ __forceinline__ void w4a16_gemv_spread(const T* __restrict__ x, const uint4* __restrict__ qw,
+                                                  const T* __restrict__ scales, T* __restrict__ out,
+                                                  float* __restrict__ partial, unsigned* __restrict__ counters,
+                                                  int M, int N, int K, int steps_per_slice, int slices,
+                                                  int whole) {
+    const int b = blockIdx.x;
+    const int e = b - whole; // this block's place among the slices, if >= 0
+    const bool cut = e >= 0;
+    w4a16_gemv<T, NT, 4, true>(x, qw, scales, out, partial, counters, M, N, K, cut ? steps_per_slice : K / 16,
+                               cut ? slices : 1, 0, cut ? whole + e / slices : b, cut ? e % slices : 0);
+}
+
+#define KT_W4A16_GEMV_SPREAD(SUFFIX, T, NT)                                                        \
+    extern "C" __global__ void __launch_bounds__(kGvThreads, 3) kt_w4a16_gemv_##SUFFIX##_t##NT##_k4_spread( \
+        const T* x, const uint4* qw, const T* scales, T* out, float* partial, unsigned* counters,   \
+        int M, int N, int K, int steps_per_slice, int slices, int whole) {                         \
+        w4a16_gemv_spread<T, NT>(x, qw, scales, out, partial, counters, M, N, K, steps_per_slice, slices, \
+                                 whole);                                                            \
+    }
+
+KT_W4A16_GEMV_SPREAD(f16, __half, 1)
+KT_W4A16_GEMV_SPREAD(f16, __half, 2)
+KT_W4A16_GEMV_SPREAD(bf16, __nv_bfloat16, 1)
+KT_W4A16_GEMV_SPREAD(bf16, __nv_bfloat16, 2)

@@ -183,6 +183,12 @@ struct TimelineSummary {
     moe_layers: usize,
     routed_gbps: Option<f64>,
     dram_gbps: f64,
+    /// The next MoE layer's predicted-expert prefetch: per prefetching layer, the host time
+    /// (us) and the bytes (MB) issued; the share of the actual top-k the prediction named.
+    prefetches_per_token: f64,
+    prefetch_us: f64,
+    prefetch_mb: f64,
+    predicted_hit_rate: Option<f64>,
 }
 
 impl TimelineSummary {
@@ -207,6 +213,11 @@ impl TimelineSummary {
             routed_gbps: (bytes_per_token > 0.0 && experts_per_token_s > 0.0)
                 .then(|| bytes_per_token / experts_per_token_s / 1e9),
             dram_gbps,
+            prefetches_per_token: t.prefetches as f64 / t.launches.max(1) as f64,
+            prefetch_us: t.prefetch_s * 1e6 / t.prefetches.max(1) as f64,
+            prefetch_mb: t.prefetch_bytes as f64 / 1e6 / t.prefetches.max(1) as f64,
+            predicted_hit_rate: (t.predicted_slots > 0)
+                .then(|| t.predicted_hits as f64 / t.predicted_slots as f64),
         }
     }
 
@@ -224,6 +235,10 @@ impl TimelineSummary {
             "moe_layers": self.moe_layers,
             "routed_gbps": self.routed_gbps,
             "routed_bandwidth_fraction": self.routed_gbps.map(|g| g / self.dram_gbps),
+            "prefetches_per_token": self.prefetches_per_token,
+            "prefetch_us": self.prefetch_us,
+            "prefetch_mb": self.prefetch_mb,
+            "predicted_hit_rate": self.predicted_hit_rate,
         })
     }
 
@@ -255,6 +270,15 @@ impl TimelineSummary {
                 self.dram_gbps
             );
         }
+        if let Some(h) = self.predicted_hit_rate {
+            println!(
+                "  predicted experts: {:.1}% of the actual top-k named; prefetch on {:.1} layers per token, {:.1} us and {:.2} MB each",
+                100.0 * h,
+                self.prefetches_per_token,
+                self.prefetch_us,
+                self.prefetch_mb
+            );
+        }
     }
 }
 
@@ -270,6 +294,10 @@ impl HybridRun<'_> {
         let device = gpu.info().name.clone();
         let t = Instant::now();
         let mut model = HybridModel::new(gpu, &w.gguf, w.config.clone(), placement, self.isa)?;
+        // KT_PREFETCH=0: graph replays without the next MoE layer's predicted prefetch (the
+        // A/B of the same binary)
+        let prefetch = std::env::var("KT_PREFETCH").map_or(true, |v| v.trim() != "0");
+        model.set_prefetch(prefetch);
         model.set_max_batch(prompt_len.clamp(WARMUP_TOKENS, MAX_MOE_BATCH))?;
         let gpu_load_s = t.elapsed().as_secs_f64();
         let prompt = prompt_ids(&w.config, prompt_len, a.seed);
@@ -339,6 +367,43 @@ impl HybridRun<'_> {
             .then(|| model.graph_timeline().cloned())
             .flatten()
             .map(|t| TimelineSummary::new(&t, &decode_times, dram_gbps));
+
+        // KT_PREFETCH_AB=N: N more graph decodes of the same tokens with the prefetch off,
+        // then on (alternating; the A/B of one process on one instance)
+        let ab_rounds = std::env::var("KT_PREFETCH_AB")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|_| gen_len > 0)
+            .unwrap_or(0);
+        let mut prefetch_ab = Vec::new();
+        for on in (0..ab_rounds).flat_map(|_| [false, true]) {
+            model.set_prefetch(on);
+            let mut cache = model.new_cache(prompt_len + gen_len)?;
+            model.forward(&prompt, &mut cache, LogitRows::Last)?;
+            let t = Instant::now();
+            for &tok in &tokens {
+                model.forward(&[tok], &mut cache, LogitRows::Last)?;
+            }
+            let tps = gen_len as f64 / t.elapsed().as_secs_f64();
+            let tl = model
+                .graph_timeline()
+                .map(|t| TimelineSummary::new(t, &decode_times, dram_gbps));
+            if !a.json {
+                println!(
+                    "prefetch {}: decode {tps:.2} tokens/s",
+                    if on { "on " } else { "off" }
+                );
+                if let Some(t) = &tl {
+                    t.print();
+                }
+            }
+            prefetch_ab.push(json!({
+                "prefetch": on,
+                "decode_tokens_per_s": tps,
+                "decode_graph_timeline": tl.as_ref().map(TimelineSummary::json),
+            }));
+        }
+        model.set_prefetch(prefetch);
 
         let crossover = if a.crossover {
             Some(crossover(&mut model, &w.config, a.seed)?)
@@ -411,6 +476,8 @@ impl HybridRun<'_> {
                 "tokens": tokens,
                 "gpu_prefill": gpu_prefill_json(&model),
                 "crossover": crossover,
+                "prefetch": prefetch,
+                "prefetch_ab": prefetch_ab,
             });
             println!("{j}");
             return Ok(());

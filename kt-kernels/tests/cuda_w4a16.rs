@@ -172,10 +172,26 @@ fn gemv_plan_sizes_blocks_and_slices() {
         );
         // q_b: 384 tiles of 12 groups; a block per tile fits in one wave.
         let p = plan(m, 24576, 1536);
-        assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 384), "{p:?}");
-        // Dense in: 288 tiles of 56 groups, one wave.
+        assert_eq!(
+            (p.k_ways, p.slices, p.column_groups, p.spread),
+            (4, 1, 384, 0),
+            "{p:?}"
+        );
+        // Dense in: 288 tiles of 56 groups, one wave; spread: 264 tiles whole (2 per
+        // multiprocessor), the 24 past them in 5 slices of 12 groups (one per multiprocessor).
         let p = plan(m, 18432, 7168);
-        assert_eq!((p.k_ways, p.slices, p.column_groups), (4, 1, 288), "{p:?}");
+        assert_eq!(
+            (
+                p.k_ways,
+                p.slices,
+                p.groups_per_slice,
+                p.column_groups,
+                p.spread,
+                p.blocks()
+            ),
+            (4, 5, 12, 288, 264, 384),
+            "{p:?}"
+        );
         // Past one wave (more than 3 x 132 blocks): k cut in two where every warp keeps 4
         // groups (1024 tiles of 64 groups), else half the k-ways (1024 tiles of 12 groups).
         let p = plan(m, 65536, 8192);
@@ -209,6 +225,19 @@ fn gemv_plan_sizes_blocks_and_slices() {
             .slices,
         3
     );
+    // Spread plans: 1..tiles whole tiles; 3 tiles past 7 in 2 slices of 6 and 5 groups.
+    assert!(GemvPlan::spread(1, 640, 1408, 10, 2).is_err());
+    assert!(GemvPlan::spread(1, 640, 1408, 0, 2).is_err());
+    assert!(GemvPlan::spread(17, 640, 1408, 7, 2).is_err());
+    let p = GemvPlan::spread(1, 640, 1408, 7, 2).unwrap();
+    assert_eq!(
+        (p.k_ways, p.slices, p.groups_per_slice, p.blocks()),
+        (4, 2, 6, 13),
+        "{p:?}"
+    );
+    // Not spread: 364 tiles, the 100 past 2 per multiprocessor more than half of 132.
+    let p = plan(1, 64 * 364, 7168);
+    assert_eq!((p.spread, p.slices), (0, 1), "{p:?}");
     assert!(GemvPlan::with(0, 64, 128, 4, 1).is_err());
     assert!(GemvPlan::with(17, 64, 128, 4, 1).is_err());
     assert!(GemvPlan::with(1, 64, 128, 3, 1).is_err());
@@ -241,6 +270,7 @@ fn gemv_plan_sizes_blocks_and_slices() {
 enum Path {
     Auto(Option<usize>),
     Gemv { k_ways: usize, slices: usize },
+    Spread { whole: usize, slices: usize },
 }
 
 /// Runs one GEMM and compares with the f64 reference over the kernel's weights. The kernel's
@@ -261,7 +291,7 @@ fn gemm_case<T: MmaFloat>(
     let q = random_int4::<T>(n, k, seed);
     // The small-m kernel multiplies with the exact q * scale (scaling each group's sum in
     // f32), the tiled one with q * scale rounded to T.
-    let small_m = matches!(path, Path::Gemv { .. }) || m <= GemvPlan::MAX_ROWS;
+    let small_m = !matches!(path, Path::Auto(_)) || m <= GemvPlan::MAX_ROWS;
     let kw = if small_m {
         q.dequantize()
     } else {
@@ -290,6 +320,11 @@ fn gemm_case<T: MmaFloat>(
         Path::Auto(splits) => s.w4a16_gemm_planned(&wd, &xd, m, out, ws, splits).unwrap(),
         Path::Gemv { k_ways, slices } => {
             let plan = GemvPlan::with(m, n, k, k_ways, slices).unwrap();
+            s.w4a16_gemv_planned(&wd, &xd, m, out, ws, &plan, order)
+                .unwrap()
+        }
+        Path::Spread { whole, slices } => {
+            let plan = GemvPlan::spread(m, n, k, whole, slices).unwrap();
             s.w4a16_gemv_planned(&wd, &xd, m, out, ws, &plan, order)
                 .unwrap()
         }
@@ -446,6 +481,13 @@ fn gemv_all<T: MmaFloat>(s: &GpuStream) {
                 }
             }
             gemm_case::<T>(s, &mut ws, m, 1024, 512, Path::Auto(None), seed + 50);
+            // Spread over 10 tiles: 7 whole and 3 in 2 slices (6 + 5 groups), 5 whole and 5
+            // in 1 slice each, 9 whole and 1 in 6 slices of 2 groups (8 wanted), 1 whole
+            // and 9 in 11 slices of one group (warps with nothing to add).
+            for (i, (whole, slices)) in [(7, 2), (5, 1), (9, 8), (1, 11)].into_iter().enumerate() {
+                let path = Path::Spread { whole, slices };
+                gemm_case::<T>(s, &mut ws, m, 640, 1408, path, seed + 60 + i as u64);
+            }
         }
     }
     gemm_case::<T>(s, &mut ws, 1, 512, 18432, Path::Auto(None), 3000);

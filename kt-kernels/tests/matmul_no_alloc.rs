@@ -51,13 +51,14 @@ fn calls_allocate_nothing() {
         };
         // First calls: lazily built kernel tables, the scratch grown to its largest.
         run(&mut cases);
-        let before = alloc_counter::allocations();
+        let window = alloc_counter::Window::open();
         run(&mut cases);
         run(&mut cases);
-        counts.push((isa, alloc_counter::allocations() - before));
+        counts.push((isa, window.close()));
     }
     assert!(
-        counts.iter().all(|&(_, n)| n == 0),
-        "allocations in 48 matmul calls per ISA: {counts:?}"
+        counts.iter().all(|(_, seen)| seen.allocations == 0),
+        "allocations in 48 matmul calls per ISA (the test thread is tid {}): {counts:?}",
+        alloc_counter::this_tid()
     );
 }

@@ -6,6 +6,8 @@
 //! kernel also goes from one key split to two), a 3-token chunk (which drops the graph), then
 //! 5 more decode steps (captured again); on a synthetic DeepSeek-V2-Lite cut to 3 layers
 //! (one dense, two MoE), with the shipped hybrid rules (int4 linears) and all-bf16 ones.
+//! The graph predicts the second MoE layer's experts and the CPU prefetches them (on by
+//! default): that changes no value, and the predictions must be far better than chance.
 //! Needs a GPU: skips with a message without one, unless KT_REQUIRE_GPU is set.
 #![cfg(feature = "cuda")]
 
@@ -98,6 +100,23 @@ fn graph_decode_matches_eager_bit_for_bit() {
                 && tl.setup_s > 0.0
                 && tl.tail_s > 0.0,
             "{name}: every stretch of the timeline was timed: {tl:?}"
+        );
+        // the second MoE layer's experts are predicted during the first's (the prefetch is
+        // on by default): once per replay, naming well over chance's share of the actual
+        // top-6 of 64 (9%; the synthetic model's ~70%), which a wrong router, norm or
+        // residual would not
+        assert_eq!(tl.prefetches, DECODE as u64 - 1, "{name}: prefetches");
+        assert_eq!(
+            tl.predicted_slots,
+            6 * tl.prefetches,
+            "{name}: predicted slots"
+        );
+        assert!(
+            tl.predicted_hits * 4 >= tl.predicted_slots && tl.prefetch_bytes > 0,
+            "{name}: predictions name {} of {} actual experts, prefetch {} bytes",
+            tl.predicted_hits,
+            tl.predicted_slots,
+            tl.prefetch_bytes
         );
         model.set_graphed(false);
         let eager = run(&mut model);

@@ -280,6 +280,18 @@ impl GpuStream {
             .map_err(driver("cuMemcpyHtoD"))
     }
 
+    /// Queues a copy of `src` into `dst` on the device (same length); capturable.
+    pub fn copy_device<T: DeviceRepr>(
+        &self,
+        src: &DeviceBuf<T>,
+        dst: &mut DeviceBuf<T>,
+    ) -> CudaResult<()> {
+        check_len("copy_device", src.len(), dst.len())?;
+        self.stream
+            .memcpy_dtod(&src.slice, &mut dst.slice)
+            .map_err(driver("cuMemcpyDtoDAsync"))
+    }
+
     /// Copies `buf` back to the host (waits for the stream).
     pub fn download<T: DeviceRepr>(&self, buf: &DeviceBuf<T>) -> CudaResult<Vec<T>> {
         self.stream

@@ -96,6 +96,27 @@ impl FusedMoe {
             })
     }
 
+    /// Warms the caches for a decode call of layer `layer` routed to `ids` (a prediction):
+    /// `MoeContext::prefetch`, stopped once `stop()` says so; the bytes issued. 0 for a
+    /// dense layer.
+    #[cfg(feature = "cuda")]
+    pub fn prefetch(
+        &self,
+        layer: usize,
+        ids: &[u32],
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<usize> {
+        let Some(l) = self.layers.get(layer).and_then(Option::as_ref) else {
+            return Ok(0);
+        };
+        self.ctx
+            .prefetch(l, ids, stop)
+            .map_err(|source| ModelError::TensorKernel {
+                tensor: format!("blk.{layer}.ffn_*_exps"),
+                source,
+            })
+    }
+
     /// `out[t] = sum_s weights[t,s] * expert_{ids[t,s]}(x[t])` for layer `layer`'s routed
     /// experts; `x`, `out` `[T, hidden]`, `ids`, `weights` `[T, k]`.
     pub fn forward(

@@ -30,6 +30,9 @@ pub enum LogitRows {
 pub struct ForwardTrace {
     /// The residual stream after each layer, `[n_layers][T * hidden]`.
     pub layer_outputs: Vec<Vec<f32>>,
+    /// The residual stream after each layer's attention (its FFN's input before the norm),
+    /// `[n_layers][T * hidden]`.
+    pub ffn_inputs: Vec<Vec<f32>>,
     /// `(layer, routing)` of every MoE layer, in layer order.
     pub routing: Vec<(usize, Routing)>,
 }
@@ -205,6 +208,9 @@ impl<'a> DeepSeekModel<'a> {
             )?;
             clock.lap(here, Stage::Attention);
             add_into(&mut x, &delta);
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.ffn_inputs.push(x.clone());
+            }
 
             rms_norm(self.mode, &x, &layer.ffn_norm, c.rms_norm_eps, &mut xn)?;
             clock.lap(here, Stage::Other);

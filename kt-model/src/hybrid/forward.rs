@@ -117,6 +117,7 @@ impl HybridModel<'_> {
             graph,
             graph_error,
             graph_launches,
+            prefetch,
             ..
         } = self;
         let s = gpu.stream();
@@ -128,7 +129,7 @@ impl HybridModel<'_> {
         }
         s.copy_from_host(&x, &mut sc.x)?;
         if let Some(g) = graph.as_mut() {
-            let out = g.replay(s, fused.as_ref(), sc, cache)?;
+            let out = g.replay(s, fused.as_ref(), sc, cache, *prefetch)?;
             cache.len += 1;
             *graph_launches += 1;
             return Ok(out);
@@ -240,7 +241,7 @@ pub(super) struct Step<'s> {
     pub(super) c: &'s DeepSeekConfig,
     t_n: usize,
     scale: f32,
-    router: &'s RouterConfig,
+    pub(super) router: &'s RouterConfig,
     fused: Option<&'s FusedMoe>,
     timing: bool,
     /// A second stream the step may fork work onto that is independent of the main chain

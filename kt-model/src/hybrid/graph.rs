@@ -36,6 +36,7 @@
 use std::time::{Duration, Instant};
 
 use half::bf16;
+use kt_kernels::cuda::gating::MAX_TOP_K;
 use kt_kernels::cuda::mla::{MlaBatch, MlaKernel};
 use kt_kernels::cuda::{DeviceBuf, Gpu, GpuGraph, GpuStream, HostFlag};
 
@@ -43,6 +44,7 @@ use super::error::{HybridError, HybridResult};
 use super::forward::Step;
 use super::layer::{GpuFfn, GpuLayer, GpuRouter};
 use super::pipeline::Gate;
+use super::predict::Predict;
 use super::scratch::Scratch;
 use super::timing::GraphTimeline;
 use super::weights::GpuLinear;
@@ -66,6 +68,8 @@ pub(crate) struct DecodeGraph {
     done: HostFlag,
     /// The MoE layers in order: the `k`-th (0-based) is released by flag value `k + 1`.
     moe_layers: Vec<usize>,
+    /// The next MoE layer's predicted experts (`predict.rs`), for the CPU's prefetch.
+    predict: Option<Predict>,
     /// The streams it was captured on (kept with the graph).
     _capture: GpuStream,
     _side: GpuStream,
@@ -109,6 +113,7 @@ impl DecodeGraph {
             n => Some(s.alloc_zeroed::<bf16>(n)?),
         };
         let (ready, done) = (gpu.host_flag()?, gpu.host_flag()?);
+        let mut predict = Predict::new(gpu, s, c, layers)?;
         let capture = s.new_untracked_stream()?;
         // the rope + cache write runs on it beside the absorption: parallel graph nodes
         let side = s.new_untracked_stream()?;
@@ -127,6 +132,7 @@ impl DecodeGraph {
             staging.as_mut(),
             &ready,
             &done,
+            predict.as_mut(),
         );
         // end the capture on every path: until then the stream is unusable
         let graph = capture.end_capture();
@@ -141,6 +147,7 @@ impl DecodeGraph {
             ready,
             done,
             moe_layers,
+            predict,
             _capture: capture,
             _side: side,
             timeline,
@@ -154,13 +161,16 @@ impl DecodeGraph {
 
     /// One decode step at position `cache.len` whose embedding row is already in `sc.x`:
     /// sets the step's device inputs, launches the graph, runs the routed experts as the
-    /// graph reaches each MoE layer, and returns the logits (`[vocab]`).
+    /// graph reaches each MoE layer, and returns the logits (`[vocab]`). With `prefetch`,
+    /// after each MoE layer's experts the pool prefetches the first weights of the next
+    /// one's predicted experts until the GPU reaches it (`predict.rs`).
     pub fn replay(
         &mut self,
         s: &GpuStream,
         fused: Option<&FusedMoe>,
         sc: &mut Scratch,
         cache: &HybridCache,
+        prefetch: bool,
     ) -> HybridResult<Vec<f32>> {
         let entered = Instant::now();
         let pos = cache.len;
@@ -169,12 +179,18 @@ impl DecodeGraph {
         // the previous launch is done (its logits were downloaded): no wait reads these
         self.ready.raise(0);
         self.done.raise(0);
+        if let Some(p) = &self.predict {
+            p.flag.raise(0);
+        }
         self.graph.launch(s)?;
         let mut mark = Instant::now();
         let tl = &mut self.timeline;
         tl.setup_s += (mark - entered).as_secs_f64();
         // on any error below, release every wait so the graph completes
         let gate = Gate::new(&self.done, self.moe_layers.len() as u32);
+        // the prediction the pool prefetched for the current layer, if any
+        let mut predicted = [0u32; MAX_TOP_K];
+        let mut n_predicted = 0;
         for (k, &li) in self.moe_layers.iter().enumerate() {
             let release = k as u32 + 1;
             let fused = fused.ok_or_else(|| {
@@ -191,6 +207,14 @@ impl DecodeGraph {
             // (fenced at system scope before the flag), and the next gating into it follows
             // the wait for `done` >= release on the stream, raised only after this view ends.
             let (hx, hids, hw) = sc.unpack(unsafe { sc.host_pack.as_slice_unsynced() });
+            if n_predicted > 0 {
+                let named = hids
+                    .iter()
+                    .filter(|e| predicted[..n_predicted].contains(e))
+                    .count();
+                tl.predicted_hits += named as u64;
+                tl.predicted_slots += hids.len() as u64;
+            }
             // SAFETY: the previous read of host_routed (layer k - 1's return) precedes this
             // layer's gating, which raised `ready`, on the stream, so it is done; this
             // layer's return waits for `done` >= release, raised after this write.
@@ -199,6 +223,23 @@ impl DecodeGraph {
             self.done.raise(release);
             mark = Instant::now();
             tl.add_experts(k, (mark - ready).as_secs_f64());
+            // while the GPU works towards the next MoE layer: its predicted experts' first
+            // weights into the caches, until the GPU gets there
+            n_predicted = 0;
+            let next = self.moe_layers.get(k + 1);
+            let ids = match (&self.predict, next) {
+                (Some(p), Some(_)) if prefetch => p.ids(k + 1, &mut predicted),
+                _ => None,
+            };
+            if let (Some(ids), Some(&next_li)) = (ids, next) {
+                n_predicted = ids.len();
+                let arrived = &self.ready;
+                let stop = || arrived.value() > release;
+                let bytes = fused.prefetch(next_li, ids, &stop)?;
+                tl.prefetch_s += mark.elapsed().as_secs_f64();
+                tl.prefetch_bytes += bytes as u64;
+                tl.prefetches += 1;
+            }
         }
         drop(gate);
         let logits = s.download(&self.logits)?;
@@ -222,6 +263,7 @@ fn record(
     staging: Option<&mut DeviceBuf<bf16>>,
     ready: &HostFlag,
     done: &HostFlag,
+    mut predict: Option<&mut Predict>,
 ) -> HybridResult<Vec<usize>> {
     let s = step.s;
     let c = step.c;
@@ -273,18 +315,30 @@ fn record(
                 None => step.route_signal(router, bias.as_ref(), sc, ready, release)?,
             }
         };
+        // the residual the next MoE layer's prediction starts from (x after this layer's
+        // attention: the entry above updated it)
+        let k = release as usize - 1;
+        if let Some(p) = predict.as_deref_mut() {
+            p.copy_residual(s, k, &sc.x)?;
+        }
         if let (Some(mlp), Some((gu, act, out))) = (shared, sc.shared.as_mut()) {
             step.mlp(mlp, &sc.xn, gu, act, out, ws)?;
+        }
+        let shared_out = match (shared.is_some(), sc.shared.as_ref()) {
+            (true, Some((_, _, out))) => Some(out),
+            _ => None,
+        };
+        if let (Some(p), Some(next)) = (predict.as_deref_mut(), layers.get(li + 1)) {
+            // SAFETY: the host reads the pack of MoE layer k + 1 only once the prediction's
+            // flag reached k + 2 (`Predict::ids`); the graph owns `predict`, so its buffers
+            // and flag outlive every replay.
+            unsafe { p.queue(step, k, next, shared_out)? };
         }
         // x += routed + shared, then the norm that comes next: the next layer's attention
         // norm into sc.xn, or after the last layer the final norm into sc.fin
         let (norm, out) = match layers.get(li + 1) {
             Some(next) => (&next.attn_norm, &mut sc.xn),
             None => (head.norm, &mut sc.fin),
-        };
-        let shared_out = match (shared.is_some(), sc.shared.as_ref()) {
-            (true, Some((_, _, out))) => Some(out),
-            _ => None,
         };
         // SAFETY: see above.
         unsafe {

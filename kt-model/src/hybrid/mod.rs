@@ -24,7 +24,9 @@
 //! experts, so the GPU does not wait for kernel launches (the same logits bit for bit).
 //! Single-token calls without trace or timing replay a CUDA graph of the whole step instead
 //! (`graph.rs`): one launch per token, the CPU's routed experts ordered by host flags the graph
-//! writes and waits on (the same logits bit for bit again).
+//! writes and waits on (the same logits bit for bit again). The graph also predicts each MoE
+//! layer's routed experts during the previous layer's and the CPU prefetches their first
+//! weights while it waits for the GPU (`predict.rs`; no value changes).
 //!
 //! With a `prefill_device: cuda:0` option on the routed experts' rule, calls of more than
 //! its `prefill_threshold` tokens run the routed experts on the GPU too, their weights
@@ -39,6 +41,7 @@ mod gpu_experts;
 mod graph;
 mod layer;
 mod pipeline;
+mod predict;
 mod scratch;
 mod timing;
 mod weights;
@@ -124,6 +127,9 @@ pub struct HybridModel<'a> {
     /// Whether untraced, untimed single-token calls replay a decode graph (`graph.rs`); on
     /// by default.
     graphed: bool,
+    /// Whether graph replays prefetch the next MoE layer's predicted experts
+    /// (`predict.rs`); on by default.
+    prefetch: bool,
     /// The captured decode step, and why capturing failed if it did (then calls stay eager).
     graph: Option<DecodeGraph>,
     graph_error: Option<String>,
@@ -218,6 +224,7 @@ impl<'a> HybridModel<'a> {
             gpu_experts,
             pipelined: true,
             graphed: true,
+            prefetch: true,
             graph: None,
             graph_error: None,
             graph_launches: 0,
@@ -305,6 +312,12 @@ impl<'a> HybridModel<'a> {
         if !on {
             self.graph = None;
         }
+    }
+
+    /// Whether graph replays prefetch the first weights of the next MoE layer's predicted
+    /// experts while the CPU waits for the GPU (the default; changes no value).
+    pub fn set_prefetch(&mut self, on: bool) {
+        self.prefetch = on;
     }
 
     /// How many calls replayed a decode graph so far.

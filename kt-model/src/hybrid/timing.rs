@@ -168,6 +168,15 @@ pub struct GraphTimeline {
     /// above hide whether a slow run is slow throughout or has a few very long calls (a
     /// worker descheduled mid-call), which the quantiles tell apart.
     pub experts_hist: Vec<u64>,
+    /// The prefetch of the next MoE layer's predicted experts (`predict.rs`): how many ran,
+    /// the host time they took (inside the GPU stretches above) and the bytes they issued.
+    pub prefetches: u64,
+    pub prefetch_s: f64,
+    pub prefetch_bytes: u64,
+    /// Of the actual top-k slots of the layers that had a prediction, how many the
+    /// predicted top-k named, and how many slots there were.
+    pub predicted_hits: u64,
+    pub predicted_slots: u64,
 }
 
 /// Width of one bucket of [`GraphTimeline::experts_hist`].

@@ -529,8 +529,10 @@ fn fused(
         Raw::new(b.tiles.as_mut_ptr()),
     );
     // In order: a down item waits for its expert's gate+up items, so those must have been
-    // handed out first (plain `for_each` starts every thread on a share of its own).
-    pool.for_each_in_order(up.len() + down.len(), &|i, thread| {
+    // handed out first (plain `for_each` starts every thread on a share of its own). Thread
+    // t starts on gate+up item t: the item `prefetch.rs` warmed in that thread's L2 when
+    // the caller knew the experts ahead (the hybrid decode's prediction).
+    pool.for_each_in_order_first_own(up.len() + down.len(), &|i, thread| {
         if let Some(&it) = up.get(i) {
             // SAFETY: as in `gate_up`: up items partition (position, row) and `thread`
             // owns its tile scratch.

@@ -163,6 +163,21 @@ impl MoeContext {
         Ok(())
     }
 
+    /// Prefetches into the pool threads' L2 caches the weights a decode call of `layer`
+    /// routed to the experts `ids` would read first (its first gate+up items, one per
+    /// thread; `prefetch.rs`), for a caller that knows the next call's experts (or a
+    /// prediction of them) while the threads idle. Changes no result. Polls `stop` every
+    /// few KB and returns once it says so; returns the bytes it issued. Waits for a call in
+    /// flight on the pool first. An error for an id past the layer's experts.
+    pub fn prefetch(
+        &self,
+        layer: &MoeLayer,
+        ids: &[u32],
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<usize> {
+        super::prefetch::run(self.driver.pool(), &layer.inner, ids, stop)
+    }
+
     /// Checks a call's shapes; returns (tokens, k).
     fn check_call(
         &self,

@@ -79,6 +79,7 @@ mod context;
 mod driver;
 mod layer;
 mod plan;
+mod prefetch;
 pub mod reference;
 pub mod repack;
 mod routing;

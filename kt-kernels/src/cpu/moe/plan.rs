@@ -94,6 +94,17 @@ fn token_blocks(n: usize, tail: usize) -> impl Iterator<Item = (usize, usize)> {
     })
 }
 
+/// Rows per decode item of a projection with `rows` rows when `light` experts have at most
+/// [`GEMV_MAX_TOKENS`] positions: [`GEMV_ROW_BLOCK`], halved while that gives fewer than
+/// [`MIN_GEMV_ITEMS`] items (down to [`GEMV_MIN_ROW_BLOCK`]).
+pub(crate) fn gemv_row_block(light: usize, rows: usize) -> usize {
+    let mut gemv_rows = GEMV_ROW_BLOCK;
+    while gemv_rows > GEMV_MIN_ROW_BLOCK && light * rows.div_ceil(gemv_rows) < MIN_GEMV_ITEMS {
+        gemv_rows /= 2;
+    }
+    gemv_rows
+}
+
 /// Fills `items` (cleared first; never grows past the reserved capacity) for rows
 /// `rows` of every active expert. Busy experts' items come first: they are the large
 /// ones, and the small decode-sized items then fill the gaps at the end. Busy items have
@@ -114,11 +125,7 @@ pub(crate) fn build(
         .iter()
         .filter(|&&e| routing.counts[e as usize] as usize <= GEMV_MAX_TOKENS)
         .count();
-    let mut gemv_rows = GEMV_ROW_BLOCK;
-    while gemv_rows > GEMV_MIN_ROW_BLOCK && light * rows.len().div_ceil(gemv_rows) < MIN_GEMV_ITEMS
-    {
-        gemv_rows /= 2;
-    }
+    let gemv_rows = gemv_row_block(light, rows.len());
     for busy in [true, false] {
         for &e in routing.active() {
             let n = routing.counts[e as usize] as usize;

@@ -4,7 +4,9 @@
 //! The plan cuts it into blocks: several warps may share a column tile's k range (k-ways,
 //! summed in shared memory) and k may be cut into slices, whose f32 partial sums the kernel
 //! adds up: through global f32 partials and an arrival counter per column group, or (2-3
-//! slices, compute capability 9.0+) within a thread-block cluster's shared memory.
+//! slices, compute capability 9.0+) within a thread-block cluster's shared memory. A spread
+//! plan ([`GemvPlan::spread`]) streams most tiles whole and cuts the rest into k slices, so
+//! that the multiprocessors stream about the same number of groups.
 //!
 //! With [`LaunchOrder::Programmatic`] (compute capability 9.0+) the kernel is a programmatic
 //! dependent launch: its blocks may start before the kernel before it has completed (as soon
@@ -54,6 +56,10 @@ pub struct GemvPlan {
     pub column_groups: usize,
     /// 1 for m <= 8, 2 for m <= 16: the 8-row token tiles of the transposed mma.
     pub token_tiles: usize,
+    /// The spread form ([`Self::spread`]): the tiles streamed whole, one block each, the
+    /// others cut into `slices` k slices of `groups_per_slice`; 0 for the plain form, whose
+    /// grid is `column_groups` x `slices`.
+    pub spread: usize,
 }
 
 impl GemvPlan {
@@ -83,7 +89,33 @@ impl GemvPlan {
             groups_per_slice,
             column_groups: (n / TILE_N).div_ceil(WARPS / k_ways).max(1),
             token_tiles: m.div_ceil(8),
+            spread: 0,
         })
+    }
+
+    /// The spread plan: 4 k-ways, one tile per block; blocks 0..`whole` stream tiles
+    /// 0..`whole` whole, and each of the n / 64 - `whole` tiles past them is cut into
+    /// `slices` k slices (evened out as in [`Self::with`]), a block each, after those.
+    pub fn spread(m: usize, n: usize, k: usize, whole: usize, slices: usize) -> CudaResult<Self> {
+        let tiles = n / TILE_N;
+        if whole == 0 || whole >= tiles {
+            return Err(shape(
+                "w4a16 gemv plan",
+                format!("spread: {whole} whole tiles must be 1..{tiles} (n {n})"),
+            ));
+        }
+        let mut plan = Self::with(m, n, k, 4, slices)?;
+        plan.spread = whole;
+        Ok(plan)
+    }
+
+    /// The blocks the kernel is launched with.
+    pub fn blocks(&self) -> usize {
+        if self.spread > 0 {
+            self.spread + (self.column_groups - self.spread) * self.slices
+        } else {
+            self.column_groups * self.slices
+        }
     }
 
     /// The automatic plan. k-ways: 4 (one tile per block, the tile's warps interleaving its
@@ -99,8 +131,10 @@ impl GemvPlan {
     /// every warp keeps `MIN_RUN` groups (o_proj and dense out: 3 instead of 2; session-8
     /// sweep at 16 rows, `bench-results/2026-11-22-s8-w4a16s8b/`: dense out 29.4 vs 29.8 us,
     /// o_proj 27.1-27.3 either way; at 1 row 3 slices were 1-2% faster too, but 2-8 rows
-    /// were not timed, so m <= 8 keeps its rule). `force_slices` overrides the slice count
-    /// (clamped as in [`Self::with`]).
+    /// were not timed, so m <= 8 keeps its rule). A plan of one tile per block and 2-3 blocks
+    /// per multiprocessor becomes a spread plan where the tiles past 2 per multiprocessor are
+    /// at most half the multiprocessors (see the rule below; dense in). `force_slices`
+    /// overrides the slice count (clamped as in [`Self::with`]) and keeps the plain form.
     pub fn choose(
         m: usize,
         n: usize,
@@ -147,15 +181,37 @@ impl GemvPlan {
                 s
             }
         });
-        Self::with(m, n, k, k_ways, slices)
+        let plan = Self::with(m, n, k, k_ways, slices)?;
+        // Between 2 and 3 blocks per multiprocessor of one tile each, some multiprocessors
+        // stream 3 tiles and the rest 2, and the kernel ends with the former alone. Where the
+        // tiles past 2 per multiprocessor are at most half as many as the multiprocessors,
+        // those are cut into as many k slices as leaves one per multiprocessor (blocks start
+        // in index order, the sliced ones last): dense in, 288 tiles of 56 groups on 132: 264
+        // whole tiles and 24 in 5 slices of 12 groups, at most 56 + 56 + 12 groups per
+        // multiprocessor instead of 3 x 56. H100, session 11 (interleaved, same binary):
+        // 16 rows 27.8 -> 26.6 us, 8 rows 27.1 -> 26.4, 1 row 25.6 -> 25.5 (kernel alone,
+        // CUPTI: 24.8 -> 24.3); ncu at 16 rows: the busiest multiprocessor's active cycles
+        // 49.9k -> 46.4k (mean 44.7k -> 44.2k). Two blocks per multiprocessor, each a whole
+        // tile plus a k slice of one past them, were slower (31.4 us: fewer warps in flight).
+        let whole = 2 * multiprocessors;
+        if force_slices.is_none()
+            && plan.k_ways == 4
+            && plan.slices == 1
+            && tiles > whole
+            && 2 * (tiles - whole) <= multiprocessors
+        {
+            return Self::spread(m, n, k, whole, multiprocessors / (tiles - whole));
+        }
+        Ok(plan)
     }
 
     fn kernel<T: MmaFloat>(&self) -> String {
         format!(
-            "kt_w4a16_gemv_{}_t{}_k{}",
+            "kt_w4a16_gemv_{}_t{}_k{}{}",
             T::SUFFIX,
             self.token_tiles,
-            self.k_ways
+            self.k_ways,
+            if self.spread > 0 { "_spread" } else { "" }
         )
     }
 }
@@ -169,11 +225,20 @@ impl GpuStream {
         k: usize,
         force_slices: Option<usize>,
     ) -> CudaResult<GemvPlan> {
-        GemvPlan::choose(m, n, k, self.info.multiprocessors, force_slices)
+        // `KT_W4A16_SPREAD=0` (read once) keeps the plain form, for A/B runs.
+        static ON: OnceLock<bool> = OnceLock::new();
+        let on =
+            *ON.get_or_init(|| std::env::var("KT_W4A16_SPREAD").map_or(true, |v| v.trim() != "0"));
+        let plan = GemvPlan::choose(m, n, k, self.info.multiprocessors, force_slices)?;
+        if plan.spread > 0 && !on {
+            return GemvPlan::with(m, n, k, plan.k_ways, 1);
+        }
+        Ok(plan)
     }
 
-    /// `out = x W^T` for 1..=16 rows on the small-m kernel with an explicit `plan` (made
-    /// by [`GemvPlan::with`] or [`GpuStream::w4a16_gemv_plan`] for this m, n and k),
+    /// `out = x W^T` for 1..=16 rows on the small-m kernel with an explicit `plan` (made by
+    /// [`GemvPlan::with`], [`GemvPlan::spread`] or [`GpuStream::w4a16_gemv_plan`] for this m,
+    /// n and k),
     /// launched in `order` (see the module's doc).
     #[allow(clippy::too_many_arguments)] // the operands, workspace, plan and launch order
     pub fn w4a16_gemv_planned<T: MmaFloat>(
@@ -209,7 +274,11 @@ impl GpuStream {
             n,
             k,
         } = ops;
-        let expect = GemvPlan::with(m, n, k, plan.k_ways, plan.slices)?;
+        let expect = if plan.spread > 0 {
+            GemvPlan::spread(m, n, k, plan.spread, plan.slices)?
+        } else {
+            GemvPlan::with(m, n, k, plan.k_ways, plan.slices)?
+        };
         if *plan != expect {
             return Err(shape(
                 OP,
@@ -220,7 +289,7 @@ impl GpuStream {
         let f = self.kernels.get(&W4A16_GEMM, &kernel)?;
         let dims = || format!("m {m}, n {n}, k {k}, {plan:?}, {order:?}");
         let cfg = LaunchConfig {
-            grid_dim: ((plan.column_groups * plan.slices) as u32, 1, 1),
+            grid_dim: (plan.blocks() as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -228,7 +297,13 @@ impl GpuStream {
         let steps = (plan.groups_per_slice * GROUP / 16) as i32;
         let slices = plan.slices as i32;
         let cluster = self.gemv_cluster(plan);
-        let clustered = i32::from(cluster > 1);
+        // The last parameter: whether the slices are clustered, or for the spread form the
+        // tiles streamed whole.
+        let clustered = if plan.spread > 0 {
+            plan.spread as i32
+        } else {
+            i32::from(cluster > 1)
+        };
 
         // One slice, or slices in a cluster, never touch the partials or the counters (null
         // pointers).
@@ -277,7 +352,12 @@ impl GpuStream {
         // one group (GemvPlan::with), so each group's last block sees all. Clustered: the
         // slices of a column group are consecutive blocks (block = group x slices + slice),
         // one cluster of `slices` <= 3 blocks (compute capability 9.0+, gemv_cluster), and
-        // the kernel then uses neither partials nor counters. Programmatic: the
+        // the kernel then uses neither partials nor counters. Spread (kt_w4a16_gemv_<T>_t<tiles>
+        // _k4_spread, the last parameter the count w of tiles streamed whole): blocks 0..w take
+        // tiles 0..w whole and write `out`; the tiles - w tiles past them (column group = tile
+        // at 4 k-ways) take `slices` blocks each after those, through the partials and one
+        // counter per column group as above (GemvPlan::spread: 1 <= w < tiles; the grid is
+        // blocks()). Programmatic: the
         // kernel reads only weights (which the caller vouches the previous kernel does not
         // write) before griddepcontrol.wait, and x, the workspace and out after it.
         unsafe { launch_raw(st, &f, cfg, &mut params, self.programmatic(order), cluster) }
@@ -298,7 +378,11 @@ impl GpuStream {
         static ON: OnceLock<bool> = OnceLock::new();
         let on =
             *ON.get_or_init(|| std::env::var("KT_W4A16_CLUSTER").map_or(true, |v| v.trim() != "0"));
-        if on && self.info.compute_capability.0 >= 9 && (2..=MAX_CLUSTER).contains(&plan.slices) {
+        if on
+            && plan.spread == 0
+            && self.info.compute_capability.0 >= 9
+            && (2..=MAX_CLUSTER).contains(&plan.slices)
+        {
             plan.slices as u32
         } else {
             1

@@ -1,0 +1,140 @@
+//! Warming the caches for a decode call that has not been posted yet: the first gate+up
+//! items of a predicted set of experts, one item per pool thread, prefetched into L2.
+//!
+//! Why: in the hybrid decode the CPU threads wait ~40 us per layer for the GPU (the stretch
+//! between two layers' experts) while DRAM idles; if the next layer's experts are known
+//! early (predicted from the hidden state), the bytes its experts job reads first can stream
+//! in then, and the job starts on cached weights. A decode call hands out its gate+up items
+//! in order (experts ascending, row blocks ascending: `plan::build`), thread `t` starting on
+//! item `t` (`ThreadPool::for_each_in_order_first_own`), so the first `threads` items are
+//! the ones the whole pool starts on; those are what this prefetches, thread `t` item `t`
+//! into its own L2, in the same order for the predicted experts. Later items would be
+//! evicted from a thread's L2 by the job's own stream before their turn.
+//!
+//! The prefetch changes no value anywhere (it only issues prefetch hints); `stop` is polled
+//! every [`LINES_PER_POLL`] lines so that the caller can end it as soon as the real call
+//! can start (the hints already issued still land).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::layer::LayerInner;
+use super::plan;
+use crate::cpu::ThreadPool;
+use crate::error::{KtError, Result};
+
+/// Cache lines issued between two polls of `stop` (4 KB).
+const LINES_PER_POLL: usize = 64;
+const LINE: usize = 64;
+
+/// The `rank`-th smallest distinct id of `ids` (no allocation: `ids` holds one token's
+/// top-k, a few dozen at most).
+fn nth_distinct(ids: &[u32], rank: usize) -> Option<u32> {
+    let mut last: Option<u32> = None;
+    for _ in 0..=rank {
+        last = ids
+            .iter()
+            .copied()
+            .filter(|&e| last.is_none_or(|l| e > l))
+            .min();
+        last?;
+    }
+    last
+}
+
+/// How many distinct ids `ids` holds.
+fn distinct(ids: &[u32]) -> usize {
+    ids.iter()
+        .enumerate()
+        .filter(|&(i, e)| !ids[..i].contains(e))
+        .count()
+}
+
+/// Prefetches the first gate+up items (at most one per pool thread) that a decode call of
+/// `l` routed to the experts `ids` would hand out; returns the bytes issued. Stops early
+/// once `stop()` returns true. An error for an id past the layer's experts.
+pub(crate) fn run(
+    pool: &ThreadPool,
+    l: &LayerInner,
+    ids: &[u32],
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<usize> {
+    if let Some(&e) = ids.iter().find(|&&e| e as usize >= l.experts) {
+        return Err(KtError::Shape {
+            op: "MoeContext::prefetch",
+            detail: format!("expert id {e} but the layer has {} experts", l.experts),
+        });
+    }
+    let experts = distinct(ids);
+    let rows = l.slice.len();
+    let block = plan::gemv_row_block(experts, rows);
+    let per_expert = rows.div_ceil(block);
+    let items = (experts * per_expert).min(pool.threads());
+    let issued = AtomicUsize::new(0);
+    pool.for_each(items, &|i, _| {
+        let Some(e) = nth_distinct(ids, i / per_expert) else {
+            return;
+        };
+        let r0 = l.slice.start + (i % per_expert) * block;
+        let nr = block.min(l.slice.end - r0);
+        let mut bytes = 0;
+        for stack in [&l.gate, &l.up] {
+            let rb = stack.row_bytes();
+            let first = (e as usize * l.intermediate + r0) * rb;
+            let Some(part) = stack.bytes().get(first..first + nr * rb) else {
+                return;
+            };
+            match prefetch_l2(part, stop) {
+                Some(n) => bytes += n,
+                None => {
+                    issued.fetch_add(bytes, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        issued.fetch_add(bytes, Ordering::Relaxed);
+    });
+    Ok(issued.into_inner())
+}
+
+/// Issues an L2 prefetch for every cache line of `bytes`, polling `stop` every
+/// [`LINES_PER_POLL`] lines; the bytes covered, or `None` when stopped.
+fn prefetch_l2(bytes: &[u8], stop: &(dyn Fn() -> bool + Sync)) -> Option<usize> {
+    for (c, chunk) in bytes.chunks(LINES_PER_POLL * LINE).enumerate() {
+        if c > 0 && stop() {
+            return None;
+        }
+        for off in (0..chunk.len()).step_by(LINE) {
+            hint_l2(&chunk[off]);
+        }
+    }
+    Some(bytes.len())
+}
+
+/// A prefetch hint for the line holding `byte` into L2 (`prefetcht1`); nothing elsewhere.
+#[inline(always)]
+fn hint_l2(byte: &u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetcht1 is part of SSE (baseline on x86_64); a prefetch never faults and
+    // changes no value, and the address is that of a live byte.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        _mm_prefetch::<_MM_HINT_T1>((byte as *const u8).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = byte;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_ids_in_ascending_order() {
+        let ids = [9u32, 3, 9, 0, 3, 7];
+        assert_eq!(distinct(&ids), 4);
+        let got: Vec<_> = (0..5).map(|r| nth_distinct(&ids, r)).collect();
+        assert_eq!(got, [Some(0), Some(3), Some(7), Some(9), None]);
+        assert_eq!(distinct(&[]), 0);
+        assert_eq!(nth_distinct(&[], 0), None);
+    }
+}
