@@ -4,6 +4,7 @@
 mod decode;
 #[cfg(feature = "cuda")]
 mod decode_hybrid;
+mod gemv_probe;
 mod gen_gguf;
 mod logits;
 mod machine;
@@ -35,6 +36,8 @@ enum Command {
     Moe(moe::Args),
     /// Dispatch overhead of kt's pinned pool against rayon at decode granularity.
     Pool(pool_bench::Args),
+    /// Where a small GEMV's time goes on many threads: quantize, hand-out, kernel, join (TSC stamps).
+    GemvProbe(gemv_probe::Args),
     /// The machine's memory read bandwidth and arithmetic peak, as kt measures them.
     Machine(machine::Args),
     /// Logits of a GGUF model on given token ids (prompt rows, then greedy decode rows), as .npy.
@@ -55,6 +58,7 @@ fn main() {
         Some(Command::Matmul(a)) => matmul::run(a),
         Some(Command::Moe(a)) => moe::run(a),
         Some(Command::Pool(a)) => pool_bench::run(a),
+        Some(Command::GemvProbe(a)) => gemv_probe::run(a),
         Some(Command::Machine(a)) => machine::run(a),
         Some(Command::Logits(a)) => logits::run(a),
         Some(Command::GenGguf(a)) => gen_gguf::run(a),

@@ -71,7 +71,7 @@ struct Row {
     peak_fraction: f64,
 }
 
-fn parse_shape(s: &str) -> Result<(usize, usize), String> {
+pub(crate) fn parse_shape(s: &str) -> Result<(usize, usize), String> {
     let (r, c) = s
         .split_once('x')
         .ok_or_else(|| format!("shape {s:?} is not ROWSxCOLS"))?;
@@ -86,7 +86,7 @@ fn parse_shape(s: &str) -> Result<(usize, usize), String> {
 /// A `rows x cols` matrix of `q`: 64 distinct rows of random normal weights quantized
 /// with the reference quantizer, repeated (quantizing hundreds of millions of weights
 /// would take longer than the benchmark, and repeated rows read the same from DRAM).
-fn make_weights(
+pub(crate) fn make_weights(
     q: QType,
     rows: usize,
     cols: usize,

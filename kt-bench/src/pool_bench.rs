@@ -7,7 +7,9 @@
 //! dispatch, hand-out and join, plus fixed work. `--items-per-thread 1 --item-floats 0`
 //! is the bare round trip of a job (post, every thread joins, join back). `kt pool` is
 //! `for_each` (a share per thread, then stealing), `in order` is `for_each_in_order`
-//! (one shared counter, the hand-out the MoE decode job needs).
+//! (one shared counter, the hand-out the MoE decode job needs), `static` is
+//! `for_each_static` (item `i` on thread `i`, one item a thread: only with
+//! `--items-per-thread 1`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -41,6 +43,7 @@ struct Row {
     item_floats: usize,
     kt_pool_us: f64,
     kt_in_order_us: f64,
+    kt_static_us: Option<f64>,
     rayon_us: f64,
 }
 
@@ -66,8 +69,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if !a.json {
         println!("kt-bench pool | {} | {threads} threads | {items} items per job | median microseconds per job", machine::cpu_model());
         println!(
-            "{:>12} {:>10} {:>10} {:>10}",
-            "floats/item", "kt pool", "in order", "rayon"
+            "{:>12} {:>10} {:>10} {:>10} {:>10}",
+            "floats/item", "kt pool", "in order", "static", "rayon"
         );
     }
     for &n in &a.item_floats {
@@ -96,6 +99,13 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 sink.fetch_add(work(&bufs[i]), Ordering::Relaxed);
             })
         });
+        let fixed = (a.items_per_thread == 1).then(|| {
+            time_jobs(&|| {
+                pool.for_each_static(items, &|i, _| {
+                    sink.fetch_add(work(&bufs[i]), Ordering::Relaxed);
+                })
+            })
+        });
         std::thread::sleep(std::time::Duration::from_millis(50));
         let ry = time_jobs(&|| {
             rayon_pool.install(|| {
@@ -112,14 +122,19 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             item_floats: n,
             kt_pool_us: median(kt) * 1e6,
             kt_in_order_us: median(ordered) * 1e6,
+            kt_static_us: fixed.map(|v| median(v) * 1e6),
             rayon_us: median(ry) * 1e6,
         };
         if a.json {
             println!("{}", serde_json::to_string(&row)?);
         } else {
             println!(
-                "{:>12} {:>10.2} {:>10.2} {:>10.2}",
-                n, row.kt_pool_us, row.kt_in_order_us, row.rayon_us
+                "{:>12} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+                n,
+                row.kt_pool_us,
+                row.kt_in_order_us,
+                row.kt_static_us.unwrap_or(f64::NAN),
+                row.rayon_us
             );
         }
     }

@@ -381,15 +381,22 @@ fn run_tiles(
     };
     if tokens <= GEMV_MAX_TOKENS {
         let items = gemv_items(rows, w_stride, pool.threads());
-        // One shared counter, not per-thread shares: a GEMV has at most four items a
-        // thread, and there the shares' end-of-job scan of every other thread's counter
-        // costs more than the counter's line moving per claim (device, 16 threads, session
-        // 5: a job of 16 items 3.3 -> 1.6-1.9 us, of 32 items 4.2-4.3 -> 3.0-3.3 us; a
-        // 1408x2048 Q4_K GEMV is ~20 us).
-        pool.for_each_in_order(items, &|i, _| {
+        let item = |i: usize, _: usize| {
             let (r0, r1) = (gemv_bound(i, items, rows), gemv_bound(i + 1, items, rows));
             run(r0, r1 - r0, 0, tokens);
-        });
+        };
+        if items <= pool.threads() {
+            // One item a thread (small matrices): item i on thread i, no counter at all
+            // (every thread would otherwise take its turn on the counter's line twice).
+            pool.for_each_static(items, &item);
+        } else {
+            // One shared counter, not per-thread shares: a GEMV has at most four items a
+            // thread, and there the shares' end-of-job scan of every other thread's counter
+            // costs more than the counter's line moving per claim (device, 16 threads,
+            // session 5: a job of 16 items 3.3 -> 1.6-1.9 us, of 32 items 4.2-4.3 -> 3.0-3.3
+            // us; a 1408x2048 Q4_K GEMV is ~20 us).
+            pool.for_each_in_order(items, &item);
+        }
         return;
     }
     let (row_block, token_block) = gemm_tile_sizes(rows, tokens, pool.threads());

@@ -30,7 +30,12 @@
 //! counter (the caller steals the late joiners' shares one remote `fetch_add` at a time)
 //! and its end-of-job scan of the other counters costs ~1.5 us at 16 threads;
 //! [`ThreadPool::for_each_in_order`] keeps the one shared counter (and is required for
-//! jobs whose items wait on earlier items). A spinning worker reads the clock only every
+//! jobs whose items wait on earlier items). [`ThreadPool::for_each_static`] (one item a
+//! thread, item `i` on thread `i`) has no counter at all: a worker writes only its own
+//! busy flag, which says whether it ran its item, and the caller runs the items of the
+//! workers that had not joined when it closed the job; device, 16 threads, one GEMV item
+//! a thread: the last thread starts 0.8 us after the post instead of 1.5 with the counter
+//! (BENCHMARKS.md, session 11). A spinning worker reads the clock only every
 //! [`SPIN_CHECK`] polls (a clock read per poll delays its reaction to a new job).
 
 use std::cell::{Cell, UnsafeCell};
@@ -63,6 +68,10 @@ const CLOSED: u64 = 1 << 31;
 const POST: u64 = (1u64 << 32).wrapping_sub(CLOSED);
 /// A worker's `busy` value while it is in no job (epochs fit in 32 bits).
 const IDLE: u64 = u64::MAX;
+/// Or'ed into the epoch in a worker's `busy` once it has run its part of that job (kept
+/// until it joins another), so the caller can tell "ran and left" from "saw the job
+/// closed and left".
+const RAN: u64 = 1 << 32;
 
 /// A value on a cache-line pair of its own (the adjacent-line prefetcher fetches lines
 /// in pairs), so that writes to its neighbours do not steal it from readers.
@@ -84,7 +93,8 @@ struct Slot {
     /// The end of that share, set with `next` when the job is posted (so a thief reads
     /// both from one line and divides nothing).
     end: AtomicUsize,
-    /// The epoch of the job the worker is in, or [`IDLE`] (unused for the caller).
+    /// The epoch of the job the worker is in, that epoch `|` [`RAN`] once it has run its
+    /// part, or [`IDLE`] (unused for the caller).
     busy: AtomicU64,
     /// In [`ThreadPool::for_each_in_order_first_own`]: item `t` (this slot's thread's own)
     /// has been taken, by its thread or by the shared counter.
@@ -96,7 +106,8 @@ struct Shared {
     state: Padded<AtomicU64>,
     /// The posted job. Written by the caller before it posts the epoch (SeqCst RMW) and
     /// read by workers after they saw the job open (a SeqCst load later in `state`'s
-    /// order).
+    /// order). On a line of its own: in the line workers poll, the caller's write of it
+    /// would pull the line away from them once more per job.
     job: Padded<UnsafeCell<Option<Job>>>,
     /// One per thread, the caller's first.
     slots: Box<[Padded<Slot>]>,
@@ -220,7 +231,16 @@ impl ThreadPool {
     /// do not run `f`: the callers' `f` leaves no item undone when it returns on any one
     /// thread (the caller's included), so by then nothing is left. `prepare` runs first,
     /// under the submit lock (it resets the job's counters). Not for nested calls.
-    fn run(&self, prepare: impl FnOnce(&Shared), f: &(dyn Fn(usize) + Sync)) {
+    ///
+    /// With `rescue`, `f(t)` on a worker is its own work only (nobody else's items), and
+    /// the caller runs `rescue(t)` for every worker `t` that did not run `f(t)`: it had not
+    /// joined when the job was closed, or it joined and saw the job closed.
+    fn run(
+        &self,
+        prepare: impl FnOnce(&Shared),
+        f: &(dyn Fn(usize) + Sync),
+        rescue: Option<&(dyn Fn(usize) + Sync)>,
+    ) {
         let _guard = self.submit.lock().unwrap_or_else(|p| p.into_inner());
         let s = &*self.shared;
         prepare(s);
@@ -245,24 +265,33 @@ impl ThreadPool {
         }
 
         IN_POOL.with(|c| c.set(0));
-        let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
-        IN_POOL.with(|c| c.set(OUTSIDE));
+        let mut mine = catch_unwind(AssertUnwindSafe(|| f(0)));
 
         // SeqCst: against a worker that announces itself (busy = epoch) and then re-reads
         // `state`: either it sees the job closed and leaves without reading `job`, or we
         // see its flag below and wait.
         s.state.fetch_or(CLOSED, Ordering::SeqCst);
-        for slot in &s.slots[1..] {
+        let ran = epoch | RAN;
+        for (t, slot) in s.slots.iter().enumerate().skip(1) {
             let mut spins = 0u32;
-            while slot.busy.load(Ordering::SeqCst) == epoch {
+            let b = loop {
+                let b = slot.busy.load(Ordering::SeqCst);
+                if b != epoch {
+                    break b;
+                }
                 spins += 1;
                 if spins < 1 << 16 {
                     std::hint::spin_loop();
                 } else {
                     std::thread::yield_now();
                 }
+            };
+            // The worker is out of this job for good (closed): its work is ours.
+            if let (Some(rescue), true, true) = (rescue, b != ran, mine.is_ok()) {
+                mine = catch_unwind(AssertUnwindSafe(|| rescue(t)));
             }
         }
+        IN_POOL.with(|c| c.set(OUTSIDE));
         if let Err(p) = mine {
             resume_unwind(p);
         }
@@ -327,7 +356,7 @@ impl ThreadPool {
                 slot.end.store(share.end, Ordering::Relaxed);
             }
         };
-        self.run(prepare, &body);
+        self.run(prepare, &body, None);
     }
 
     /// Calls `f(i, thread)` for every `i` in `0..n`, items handed out one at a time in
@@ -348,7 +377,35 @@ impl ThreadPool {
             }
             f(i, me);
         };
-        self.run(|s| s.ordered.store(0, Ordering::Relaxed), &body);
+        self.run(|s| s.ordered.store(0, Ordering::Relaxed), &body, None);
+    }
+
+    /// Calls `f(i, thread)` once for every `i` in `0..n`, item `i` on thread `i` (the
+    /// caller is thread 0): for `n <= threads`, one item a thread. No counter: a worker
+    /// takes its item without writing any line but its own, and leaves without looking at
+    /// the others. The caller runs its item, closes the job, and then runs (as thread 0)
+    /// the item of every worker that had not joined by then, so a late or descheduled
+    /// worker costs one item's time on the caller rather than a stall. Items must not wait
+    /// on one another. Above `threads` items this is [`ThreadPool::for_each`]. A call
+    /// from inside a job runs inline on that thread.
+    pub fn for_each_static(&self, n: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        if n > self.threads {
+            return self.for_each(n, f);
+        }
+        if self.inline(n, f) {
+            return;
+        }
+        let body = |me: usize| {
+            if me < n {
+                f(me, me);
+            }
+        };
+        let rescue = |t: usize| {
+            if t < n {
+                f(t, 0);
+            }
+        };
+        self.run(|_| {}, &body, Some(&rescue));
     }
 
     /// [`ThreadPool::for_each_in_order`], except that each joining thread `t` first takes
@@ -391,7 +448,7 @@ impl ThreadPool {
                 slot.taken.store(false, Ordering::Relaxed);
             }
         };
-        self.run(prepare, &body);
+        self.run(prepare, &body, None);
     }
 
     /// Runs the items on this thread when a job would not pay (at most one item, one
@@ -439,7 +496,7 @@ fn worker_loop(s: &Shared, id: usize) {
             s.panicked.store(true, Ordering::Relaxed);
         }
         // Release: our writes (and the panic flag) before the caller sees us gone.
-        busy.store(IDLE, Ordering::Release);
+        busy.store(seen | RAN, Ordering::Release);
     }
 }
 
@@ -638,6 +695,65 @@ mod tests {
     }
 
     #[test]
+    fn static_items_run_once_on_their_own_thread_or_the_caller() {
+        // More threads than this machine's cores: workers often miss a job, and the caller
+        // must run their items (as thread 0) exactly once.
+        for threads in [1, 2, 3, 5] {
+            let pool = ThreadPool::new(threads).unwrap();
+            let hits: Vec<AtomicUsize> = (0..threads + 3).map(|_| AtomicUsize::new(0)).collect();
+            let jobs = 2000;
+            for j in 0..jobs {
+                let n = j % (threads + 1);
+                pool.for_each_static(n, &|i, t| {
+                    assert!(t == i || t == 0, "item {i} on thread {t}");
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+            }
+            for (i, h) in hits.iter().enumerate() {
+                let want = (0..jobs).filter(|j| i < j % (threads + 1)).count();
+                assert_eq!(
+                    h.load(Ordering::Relaxed),
+                    want,
+                    "threads {threads} item {i}"
+                );
+            }
+            // more items than threads: the shares and stealing of `for_each`
+            let n = 3 * threads + 1;
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.for_each_static(n, &|i, _| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+    }
+
+    #[test]
+    fn static_items_of_sleeping_workers_run_on_the_caller() {
+        // Workers asleep on the condition variable wake long after the caller's own item
+        // (which returns at once) closed the job: the caller runs their items. Retried: a
+        // worker may also wake in time.
+        let pool = ThreadPool::new(3).unwrap();
+        let mut rescued = false;
+        for _ in 0..50 {
+            std::thread::sleep(SPIN * 5);
+            let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+            let on_caller = AtomicUsize::new(0);
+            pool.for_each_static(3, &|i, t| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+                if t == 0 && i != 0 {
+                    on_caller.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            if on_caller.load(Ordering::Relaxed) > 0 {
+                rescued = true;
+                break;
+            }
+        }
+        assert!(rescued, "the caller never ran a late worker's item");
+    }
+
+    #[test]
     fn nested_calls_run_inline_on_the_outer_thread() {
         let pool = ThreadPool::new(3).unwrap();
         let total = AtomicUsize::new(0);
@@ -648,15 +764,23 @@ mod tests {
                     assert_eq!(u, t, "round {round}");
                     total.fetch_add(1, Ordering::Relaxed);
                 };
-                if round % 2 == 0 {
-                    pool.for_each(5, &inner);
-                } else {
-                    pool.for_each_in_order(5, &inner);
+                match round % 3 {
+                    0 => pool.for_each(5, &inner),
+                    1 => pool.for_each_in_order(5, &inner),
+                    _ => pool.for_each_static(2, &inner),
                 }
             };
-            pool.for_each(4, &outer);
+            if round % 2 == 0 {
+                pool.for_each(4, &outer);
+            } else {
+                pool.for_each_static(3, &outer);
+            }
         }
-        assert_eq!(total.load(Ordering::Relaxed), 200 * 20);
+        let per_round = |r: usize| [5, 5, 2][r % 3] * [4, 3][r % 2];
+        assert_eq!(
+            total.load(Ordering::Relaxed),
+            (0..200).map(per_round).sum::<usize>()
+        );
     }
 
     #[test]
@@ -801,9 +925,9 @@ mod tests {
     }
 
     #[test]
-    fn panics_on_the_caller_or_a_worker_propagate_in_both_hand_outs() {
+    fn panics_on_the_caller_or_a_worker_propagate_in_every_hand_out() {
         let pool = ThreadPool::new(3).unwrap();
-        for in_order in [false, true] {
+        for mode in 0..3 {
             for on_worker in [false, true] {
                 // A worker may not join a given job on a loaded machine: retry until one
                 // ran an item (then it panicked).
@@ -815,19 +939,17 @@ mod tests {
                             panic!("boom on thread {t}");
                         }
                     };
-                    let r = catch_unwind(AssertUnwindSafe(|| {
-                        if in_order {
-                            pool.for_each_in_order(12, &job)
-                        } else {
-                            pool.for_each(12, &job)
-                        }
+                    let r = catch_unwind(AssertUnwindSafe(|| match mode {
+                        0 => pool.for_each(12, &job),
+                        1 => pool.for_each_in_order(12, &job),
+                        _ => pool.for_each_static(3, &job),
                     }));
                     if r.is_err() {
                         panicked = true;
                         break;
                     }
                 }
-                assert!(panicked, "in_order {in_order} on_worker {on_worker}");
+                assert!(panicked, "mode {mode} on_worker {on_worker}");
                 let hits: Vec<AtomicUsize> = (0..40).map(|_| AtomicUsize::new(0)).collect();
                 pool.for_each(40, &|i, _| {
                     hits[i].fetch_add(1, Ordering::Relaxed);
