@@ -28,7 +28,7 @@ use super::blocks::transpose16;
 use super::kquant::{prefetch_block, StepKernel, QK_K, TG, TR};
 use super::q4_k::{sub_offset, SUBS};
 use super::tiles::{tile_dp_bf16, tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
-use crate::cpu::avx512::q4_k::scales_mins;
+use crate::cpu::avx512::q4_k::scales_mins_of;
 
 pub(super) struct PerSub;
 
@@ -194,7 +194,10 @@ fn bf16_split(s: __m512i) -> __m512i {
 }
 
 /// Unpacks `nr` weight rows' Q4_K block (`w`, rows `stride` bytes apart) into `dst`,
-/// prefetching row `n` of the `ahead_nr` rows' block at `ahead` with row `n`.
+/// prefetching row `n` of the `ahead_nr` rows' block at `ahead` with row `n`. Rows go in
+/// pairs: one 512-bit pass decodes both rows' scales and minimums (`scales_mins_of` takes
+/// two rows' scale bytes, one per 256-bit half) and converts and stores them, where one
+/// row per pass left half of each vector empty.
 ///
 /// # Safety
 /// `nr` (<= 16) blocks are readable at `w`; `dst` is writable; the `ahead_nr` blocks at
@@ -209,45 +212,73 @@ unsafe fn unpack_weights(
     ahead_nr: usize,
 ) {
     let nib = _mm512_set1_epi8(0x0F);
+    let upper = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+    // Lanes 0..8 from lane 0 (the first row's d), lanes 8..16 from lane 2 (the second's).
+    let d_lanes = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
     for n in nr..ahead_nr {
         // SAFETY: block n of `ahead` is inside the weights (caller).
         unsafe { prefetch_block(ahead.add(n * stride), PerSub::W_BLOCK) };
     }
-    for n in 0..nr {
-        if n < ahead_nr {
+    for n in (0..nr).step_by(2) {
+        // The pair's second row, or the first again for an odd last row (its results
+        // then go to the vectors' upper halves, which are not stored).
+        let pair = n + 1 < nr;
+        let n1 = if pair { n + 1 } else { n };
+        for r in [n, n1]
+            .into_iter()
+            .filter(|&r| r < ahead_nr)
+            .take(1 + usize::from(pair))
+        {
             // SAFETY: as above.
-            unsafe { prefetch_block(ahead.add(n * stride), PerSub::W_BLOCK) };
+            unsafe { prefetch_block(ahead.add(r * stride), PerSub::W_BLOCK) };
         }
-        // SAFETY: block n is readable (caller): d, dmin at 0..4, scales at 4..16 (and
-        // scales_mins reads 4 quant bytes past them), quants at 16..144; row n of `dst`.
+        // SAFETY: blocks n and n1 are readable (caller): d, dmin at 0..4, scales at 4..16
+        // (and 4 quant bytes past them are read with them), quants at 16..144; rows n and
+        // n1 of `dst`, and for a pair the 64 bytes of `scale` and `mins` from row n (n is
+        // even, so they are 64-byte aligned).
         unsafe {
-            let b = w.add(n * stride);
-            let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(b.cast::<i32>().read_unaligned()));
-            let (d, dmin) = (
-                _mm256_broadcastss_ps(dd),
-                _mm256_broadcastss_ps(_mm_movehdup_ps(dd)),
+            let (b0, b1) = (w.add(n * stride), w.add(n1 * stride));
+            let dd = _mm_cvtph_ps(_mm_set_epi32(
+                0,
+                0,
+                b1.cast::<i32>().read_unaligned(),
+                b0.cast::<i32>().read_unaligned(),
+            ));
+            let d = _mm512_permutexvar_ps(d_lanes, _mm512_castps128_ps512(dd));
+            let dd: [f32; 4] = std::mem::transmute(dd);
+            let bytes = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128(
+                    b0.add(4).cast(),
+                ))),
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(b1.add(4).cast())),
             );
-            let (sc, m) = scales_mins(b.add(4));
-            let sc = _mm256_cvtepi32_ps(_mm512_castsi512_si256(sc));
-            _mm256_store_ps((*dst).scale[n].as_mut_ptr(), _mm256_mul_ps(sc, d));
-            (*dst).dmin[n] = _mm256_cvtss_f32(dmin);
+            let (sc, m) = scales_mins_of(bytes);
+            let scale = _mm512_mul_ps(_mm512_cvtepi32_ps(sc), d);
             // m_j < 64: its f32 form's upper half is its exact bf16; twice per dword.
-            let m = _mm256_castps_si256(_mm256_cvtepi32_ps(_mm512_castsi512_si256(m)));
-            _mm256_store_si256(
-                (*dst).mins[n].as_mut_ptr().cast(),
-                _mm256_or_si256(
-                    _mm256_and_si256(m, _mm256_set1_epi32(0xFFFF_0000u32 as i32)),
-                    _mm256_srli_epi32::<16>(m),
-                ),
-            );
-            let q = (*dst).q[n].as_mut_ptr();
-            for half in 0..2 {
-                let v = _mm512_loadu_si512(b.add(16 + 64 * half).cast());
-                _mm512_store_si512(q.add(128 * half).cast(), _mm512_and_si512(v, nib));
-                _mm512_store_si512(
-                    q.add(128 * half + 64).cast(),
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib),
+            let m = _mm512_castps_si512(_mm512_cvtepi32_ps(m));
+            let mins = _mm512_or_si512(_mm512_and_si512(m, upper), _mm512_srli_epi32::<16>(m));
+            (*dst).dmin[n] = dd[1];
+            if pair {
+                _mm512_store_ps((*dst).scale[n].as_mut_ptr(), scale);
+                _mm512_store_si512((*dst).mins[n].as_mut_ptr().cast(), mins);
+                (*dst).dmin[n1] = dd[3];
+            } else {
+                _mm256_store_ps((*dst).scale[n].as_mut_ptr(), _mm512_castps512_ps256(scale));
+                _mm256_store_si256(
+                    (*dst).mins[n].as_mut_ptr().cast(),
+                    _mm512_castsi512_si256(mins),
                 );
+            }
+            for (r, b) in [(n, b0), (n1, b1)].into_iter().take(1 + usize::from(pair)) {
+                let q = (*dst).q[r].as_mut_ptr();
+                for half in 0..2 {
+                    let v = _mm512_loadu_si512(b.add(16 + 64 * half).cast());
+                    _mm512_store_si512(q.add(128 * half).cast(), _mm512_and_si512(v, nib));
+                    _mm512_store_si512(
+                        q.add(128 * half + 64).cast(),
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib),
+                    );
+                }
             }
         }
     }
