@@ -76,7 +76,7 @@ pub(crate) unsafe fn scales_mins(p: *const u8) -> (__m512i, __m512i) {
 /// `h * 8 + j` (the same block twice, or two rows' blocks).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-pub(crate) fn scales_mins_of(bc: __m512i) -> (__m512i, __m512i) {
+pub(super) fn scales_mins_of(bc: __m512i) -> (__m512i, __m512i) {
     // The top two bits sit in byte 1 at bits 14..16: shifting by 10 puts them at 4..6.
     let t = _mm512_shuffle_epi8(bc, SC_CTRL);
     let sc = _mm512_or_si512(
