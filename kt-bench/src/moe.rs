@@ -22,6 +22,7 @@
 //! for prefill) against the arithmetic peak measured in the same run.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -30,7 +31,7 @@ use kt_kernels::cpu::moe::repack::{
     Prefetch, RepackFormat, RepackedLayer, RepackedMoe, RepackedStack,
 };
 use kt_kernels::cpu::moe::{ExpertStack, MoeContext, MoeLayer, PoolRef};
-use kt_kernels::cpu::{self, Isa};
+use kt_kernels::cpu::{self, Isa, ThreadPool};
 use kt_kernels::quant::{self, QType};
 use kt_kernels::util::SplitMix64;
 
@@ -49,21 +50,29 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     pub group: usize,
     /// Weight prefetch of the repacked AMX kernel: none, or GROUPS:l1 / GROUPS:l2 (scale
-    /// groups ahead, into L1 or L2); default 2:l1. Repacked formats only.
-    #[arg(long)]
-    pub prefetch: Option<String>,
+    /// groups ahead, into L1 or L2); default 2:l1. Repacked formats only. A list (`2:l1,4:l1`)
+    /// runs the settings in turn, one call each, and reports each: an A/B within one
+    /// process, on the same memory and at the same time.
+    #[arg(long, value_delimiter = ',')]
+    pub prefetch: Vec<String>,
     /// Override the down projection's format (ggml name, e.g. q6_k, q8_0).
     #[arg(long)]
     pub down_format: Option<String>,
     /// Tokens per call.
     #[arg(long, default_value_t = 1)]
     pub tokens: usize,
-    /// Threads (default: all cores, or KT_THREADS).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// Threads (default: all cores, or KT_THREADS). A list (`1,2,4,8,16`) measures each
+    /// count in turn over the same layer copies (built once), each on a pool of its own
+    /// (workers pinned to cores 1..n as in the global pool), with its own bandwidth and
+    /// peak probes: a thread-scaling sweep in one process.
+    #[arg(long, value_delimiter = ',')]
+    pub threads: Vec<usize>,
     /// Minimum seconds of timed calls.
     #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
+    /// Minimum timed calls (per setting of --prefetch).
+    #[arg(long, default_value_t = 10)]
+    pub calls: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -271,7 +280,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if matches!(a.format.as_str(), "int4" | "int8" | "bf16") {
         return run_repacked(a, sh);
     }
-    if a.prefetch.is_some() {
+    if !a.prefetch.is_empty() {
         return Err("--prefetch applies to the repacked formats (int4, int8, bf16) only".into());
     }
     let (gate_q, up_q, mut down_q) = formats(&a.format, sh.inter)?;
@@ -281,9 +290,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if a.tokens == 0 {
         return Err("--tokens must be at least 1".into());
     }
-    let pool = machine::pool(a.threads)?;
     let isa: Isa = cpu::isa::selected()?;
-    let m = machine::measure(pool, isa)?;
+    let runs = Runs::new(&a.threads, isa)?;
 
     let (h, i, e, k) = (sh.hidden, sh.inter, sh.experts, sh.top_k);
     // Stack `j` of the copies from `first`: projection j % 3 of copy first + j / 3.
@@ -314,36 +322,85 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     while !rest.is_empty() {
         layers.push(layer(rest.drain(..3))?);
     }
-    let ctx = MoeContext::new(
-        PoolRef::Static(pool),
-        isa,
-        a.tokens,
-        k,
-        &layers.iter().collect::<Vec<_>>(),
-    )?;
-    let timed = time_calls(&a, &sh, copies, |call, ids, w, x, out| {
-        let layer = &layers[call % copies];
-        ctx.forward(layer, x, ids, w, out)?;
-        Ok(layer.expert_bytes())
-    })?;
     let names = [
         gate_q.name().to_string(),
         up_q.name().to_string(),
         down_q.name().to_string(),
     ];
     let label = format!("{}/{}/{}", names[0], names[1], names[2]);
-    report(
-        &a,
-        &sh,
-        &m,
-        isa,
-        pool.threads(),
-        names,
-        label,
-        copies,
-        layer_bytes,
-        timed,
-    )
+    let all: Vec<&MoeLayer> = layers.iter().collect();
+    runs.each(isa, copies, |pool, m, warmup| {
+        let threads = pool.threads();
+        let ctx = MoeContext::new(pool, isa, a.tokens, k, &all)?;
+        let timed = time_calls(&a, &sh, warmup, 1, |call, _, ids, w, x, out| {
+            let layer = &layers[call % copies];
+            ctx.forward(layer, x, ids, w, out)?;
+            Ok(layer.expert_bytes())
+        })?;
+        let run = Run {
+            m,
+            isa,
+            threads,
+            copies,
+            layer_bytes,
+        };
+        report(&a, &sh, &run, names.clone(), label.clone(), None, &timed[0])
+    })
+}
+
+/// Where the timed calls run: the global pool for one thread count (measured before the
+/// layers are built, as a single run always was), or for a `--threads` list a pool of
+/// its own per count, made and measured when its turn comes.
+struct Runs {
+    list: Vec<usize>,
+    single: Option<(PoolRef, machine::Machine)>,
+}
+
+impl Runs {
+    fn new(threads: &[usize], isa: Isa) -> Result<Runs, Box<dyn std::error::Error>> {
+        if threads.len() > 1 {
+            return Ok(Runs {
+                list: threads.to_vec(),
+                single: None,
+            });
+        }
+        let pool = machine::pool(threads.first().copied())?;
+        let m = machine::measure(pool, isa)?;
+        Ok(Runs {
+            list: Vec::new(),
+            single: Some((PoolRef::Static(pool), m)),
+        })
+    }
+
+    /// `f(pool, machine, warm-up calls)` for each count: `max(copies, 3)` warm-up calls
+    /// the first time (pages faulted in, caches and pool warm), `copies` later (one pass
+    /// over the copies at the new count).
+    fn each(
+        self,
+        isa: Isa,
+        copies: usize,
+        mut f: impl FnMut(PoolRef, &machine::Machine, usize) -> Result<(), Box<dyn std::error::Error>>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        if let Some((pool, m)) = self.single {
+            return f(pool, &m, copies.max(3));
+        }
+        for (j, &n) in self.list.iter().enumerate() {
+            let pool = Arc::new(ThreadPool::new(n)?);
+            let m = machine::measure(&pool, isa)?;
+            let warmup = if j == 0 { copies.max(3) } else { copies };
+            f(PoolRef::Shared(pool), &m, warmup)?;
+        }
+        Ok(())
+    }
+}
+
+/// The facts of one measured configuration that every report line carries.
+struct Run<'a> {
+    m: &'a machine::Machine,
+    isa: Isa,
+    threads: usize,
+    copies: usize,
+    layer_bytes: usize,
 }
 
 /// `experts x rows x cols` in a repacked format: one random expert packed, its bytes
@@ -374,9 +431,13 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
     if a.tokens == 0 {
         return Err("--tokens must be at least 1".into());
     }
-    let pool = machine::pool(a.threads)?;
     let isa: Isa = cpu::isa::selected()?;
-    let m = machine::measure(pool, isa)?;
+    let prefetch = a
+        .prefetch
+        .iter()
+        .map(|p| Prefetch::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let runs = Runs::new(&a.threads, isa)?;
     let (h, i, e, k) = (sh.hidden, sh.inter, sh.experts, sh.top_k);
     // As in `run`: stack j of the copies from `first`.
     let stacks = |first: usize, n: usize| {
@@ -402,35 +463,42 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
     while !rest.is_empty() {
         layers.push(layer(rest.drain(..3))?);
     }
-    let runner = RepackedMoe::new(
-        PoolRef::Static(pool),
-        isa,
-        a.tokens,
-        k,
-        &layers.iter().collect::<Vec<_>>(),
-    )?;
-    if let Some(p) = &a.prefetch {
-        runner.set_prefetch(Prefetch::parse(p)?)?;
-    }
-    let timed = time_calls(&a, &sh, copies, |call, ids, w, x, out| {
-        let layer = &layers[call % copies];
-        runner.forward(layer, x, ids, w, out)?;
-        Ok(layer.expert_bytes())
-    })?;
     let name = f.name();
     let label = format!("{name} ({:.2} bits/weight, repacked)", f.bits_per_weight());
-    report(
-        &a,
-        &sh,
-        &m,
-        isa,
-        pool.threads(),
-        [name.clone(), name.clone(), name],
-        label,
-        copies,
-        layer_bytes,
-        timed,
-    )
+    let all: Vec<&RepackedLayer> = layers.iter().collect();
+    runs.each(isa, copies, |pool, m, warmup| {
+        let threads = pool.threads();
+        let runner = RepackedMoe::new(pool, isa, a.tokens, k, &all)?;
+        let variants = prefetch.len().max(1);
+        let timed = time_calls(&a, &sh, warmup, variants, |call, v, ids, w, x, out| {
+            if let Some(&p) = prefetch.get(v) {
+                runner.set_prefetch(p)?;
+            }
+            let layer = &layers[call % copies];
+            runner.forward(layer, x, ids, w, out)?;
+            Ok(layer.expert_bytes())
+        })?;
+        let run = Run {
+            m,
+            isa,
+            threads,
+            copies,
+            layer_bytes,
+        };
+        for (v, t) in timed.iter().enumerate() {
+            let names = [name.clone(), name.clone(), name.clone()];
+            report(
+                &a,
+                &sh,
+                &run,
+                names,
+                label.clone(),
+                a.prefetch.get(v).cloned(),
+                t,
+            )?;
+        }
+        Ok(())
+    })
 }
 
 /// How many copies of a `layer_bytes` layer the timed calls cycle through. A call reads k
@@ -485,53 +553,77 @@ fn process_cpu_secs() -> Result<f64, Box<dyn std::error::Error>> {
     Ok(ns as f64 / 1e9)
 }
 
-/// Calls `call(i, ids, weights, x, out)` (which returns the bytes of one expert of the
-/// layer it ran) with fresh random routing each time, drawn before the clock starts:
-/// `max(copies, 3)` warm-up calls, then for `--seconds` (at least 10 calls).
+/// The timed calls of one setting.
+#[derive(Default)]
+struct Samples {
+    times: Vec<f64>,
+    gbps: Vec<f64>,
+    distinct: usize,
+    cpu_secs: f64,
+}
+
+/// Calls `call(i, v, ids, weights, x, out)` (which runs call `i` with setting `v` and
+/// returns the bytes of one expert of the layer it ran) with fresh random routing each
+/// time, drawn before the clock starts: `warmup` calls, then until `--seconds` have passed
+/// and every setting has `--calls` timed calls. The `variants` settings take turns, one
+/// call each, so they share the machine's state; one [`Timed`] per setting.
 fn time_calls(
     a: &Args,
     sh: &Shape,
-    copies: usize,
+    warmup: usize,
+    variants: usize,
     mut call: impl FnMut(
+        usize,
         usize,
         &[u32],
         &[f32],
         &[f32],
         &mut [f32],
     ) -> Result<usize, Box<dyn std::error::Error>>,
-) -> Result<Timed, Box<dyn std::error::Error>> {
+) -> Result<Vec<Timed>, Box<dyn std::error::Error>> {
     let (h, e, k) = (sh.hidden, sh.experts, sh.top_k);
     let mut rng = SplitMix64::new(7);
     let mut x = vec![0f32; a.tokens * h];
     rng.fill_normal(&mut x, 1.0);
     let mut out = vec![0f32; a.tokens * h];
-    let warmup = copies.max(3);
-    let (mut times, mut gbps, mut distinct_sum) = (Vec::new(), Vec::new(), 0usize);
+    let mut s: Vec<Samples> = (0..variants).map(|_| Samples::default()).collect();
     let start = Instant::now();
+    // One setting: CPU time over the whole timed stretch (as before settings existed);
+    // several: per call, read before and after it.
+    let per_call_cpu = a.cpu_time && variants > 1;
     let mut cpu_start = None;
     let mut n = 0usize;
-    while n < warmup
-        || ((start.elapsed().as_secs_f64() < a.seconds || times.len() < 10)
-            && times.len() < 100_000)
-    {
+    let enough = |s: &[Samples]| {
+        start.elapsed().as_secs_f64() >= a.seconds && s.iter().all(|v| v.times.len() >= a.calls)
+    };
+    while n < warmup || (!enough(&s) && s[0].times.len() < 100_000) {
+        let v = n % variants;
         let (ids, w, distinct) = draw_routing(&mut rng, a.tokens, k, e);
-        if a.cpu_time && n == warmup {
+        if a.cpu_time && !per_call_cpu && n == warmup {
             cpu_start = Some(process_cpu_secs()?);
         }
+        let c0 = if per_call_cpu && n >= warmup {
+            process_cpu_secs()?
+        } else {
+            0.0
+        };
         let t = Instant::now();
-        let expert_bytes = call(n, &ids, &w, &x, &mut out)?;
+        let expert_bytes = call(n, v, &ids, &w, &x, &mut out)?;
         let secs = t.elapsed().as_secs_f64();
         if n >= warmup {
-            times.push(secs);
-            gbps.push((distinct * expert_bytes) as f64 / secs / 1e9);
-            distinct_sum += distinct;
+            let s = &mut s[v];
+            if per_call_cpu {
+                s.cpu_secs += process_cpu_secs()? - c0;
+            }
+            s.times.push(secs);
+            s.gbps.push((distinct * expert_bytes) as f64 / secs / 1e9);
+            s.distinct += distinct;
         }
         n += 1;
     }
-    let cpu_secs = match cpu_start {
-        Some(c0) => Some((process_cpu_secs()? - c0) / times.len() as f64),
-        None => None,
-    };
+    if let Some(c0) = cpu_start {
+        s[0].cpu_secs = process_cpu_secs()? - c0;
+    }
     if out.iter().any(|v| !v.is_finite()) {
         return Err("the MoE output has non-finite values".into());
     }
@@ -539,28 +631,37 @@ fn time_calls(
         v.sort_by(|x, y| x.total_cmp(y));
         v[v.len() / 2]
     };
-    Ok(Timed {
-        secs: median(&mut times),
-        weight_gbps: median(&mut gbps),
-        distinct_per_call: distinct_sum as f64 / times.len() as f64,
-        cpu_secs,
-    })
+    Ok(s.into_iter()
+        .map(|mut s| {
+            let calls = s.times.len() as f64;
+            Timed {
+                secs: median(&mut s.times),
+                weight_gbps: median(&mut s.gbps),
+                distinct_per_call: s.distinct as f64 / calls,
+                cpu_secs: a.cpu_time.then_some(s.cpu_secs / calls),
+            }
+        })
+        .collect())
 }
 
-/// Prints one run (a table line, or JSON with `--json`).
-#[allow(clippy::too_many_arguments)]
+/// Prints one run (a table line, or JSON with `--json`); `prefetch`: the setting of
+/// `--prefetch` it ran with, if any.
 fn report(
     a: &Args,
     sh: &Shape,
-    m: &machine::Machine,
-    isa: Isa,
-    threads: usize,
+    run: &Run,
     [gate, up, down]: [String; 3],
     label: String,
-    copies: usize,
-    layer_bytes: usize,
-    t: Timed,
+    prefetch: Option<String>,
+    t: &Timed,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let Run {
+        m,
+        isa,
+        threads,
+        copies,
+        layer_bytes,
+    } = *run;
     let flops = 2.0 * (a.tokens * sh.top_k * 3 * sh.hidden * sh.inter) as f64;
     let r = Report {
         shape: sh.name,
@@ -571,7 +672,7 @@ fn report(
         top_k: sh.top_k,
         isa: isa.to_string(),
         threads,
-        prefetch: a.prefetch.clone(),
+        prefetch,
         layer_copies: copies,
         ms_per_call: t.secs * 1e3,
         tokens_per_s: a.tokens as f64 / t.secs,

@@ -292,3 +292,110 @@ unsafe fn scale(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The step kernel's vector stages (activation transpose, unpack, epilogue) against
+    //! the scalar reference, with the tile products done in scalar code from the same
+    //! buffers: runs on any AVX512 machine, AMX or not (the AMX products themselves are
+    //! covered by `tests/cpu_amx_gemm.rs` and `tests/moe_q4k_amx.rs` on AMX machines).
+    use super::*;
+    use crate::quant::{self, QType};
+    use crate::util::SplitMix64;
+
+    /// What `products` computes with `tdpbusd`, in scalar code, for rows `..nr`.
+    fn products_scalar(wb: &WeightBlock, ab: &ActBlock, nr: usize, c: &mut CTiles) {
+        for n in 0..nr {
+            for t in 0..TG {
+                for j in 0..SUBS {
+                    c.0[j][n][t] = (0..32)
+                        .map(|i| {
+                            let a = (ab.q[8 * j + i / 4][t] >> (8 * (i % 4))) as u8 as i8;
+                            wb.q[n][sub_offset(j) + i] as i32 * a as i32
+                        })
+                        .sum();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vector_stages_match_the_reference_dot() {
+        if !(std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("f16c"))
+        {
+            eprintln!("skipped: no AVX512-VNNI");
+            return;
+        }
+        let mut rng = SplitMix64::new(11);
+        let wrow = QType::Q4_K.row_bytes(QK_K).unwrap();
+        let arow = QType::Q8_K.row_bytes(QK_K).unwrap();
+        for (nr, n_tok, spread) in [(16, 16, 1.0), (13, 11, 0.02), (1, 1, 30.0), (16, 5, 1.0)] {
+            let mut wf = vec![0f32; TR * QK_K];
+            rng.fill_normal(&mut wf, spread);
+            // A positive offset on some rows: Q4_K's minimums then carry weight.
+            for (r, row) in wf.chunks_mut(QK_K).enumerate() {
+                row.iter_mut()
+                    .for_each(|v| *v += 0.3 * spread * (r % 3) as f32);
+            }
+            let mut w = vec![0u8; TR * wrow];
+            quant::quantize(QType::Q4_K, &wf, &mut w).unwrap();
+            let mut af = vec![0f32; TG * QK_K];
+            rng.fill_normal(&mut af, 1.0);
+            // One token at the Q8_K extremes (a quant of -128 in every sub-block).
+            af[..QK_K].iter_mut().for_each(|v| *v = -(v.abs() + 1.0));
+            let mut a = vec![0u8; TG * arow];
+            quant::quantize(QType::Q8_K, &af, &mut a).unwrap();
+            // SAFETY: plain integer and float arrays: all-zero bytes are valid values.
+            let (mut wb, mut ab, mut c) = unsafe {
+                (
+                    Box::<WeightBlock>::new(std::mem::zeroed()),
+                    Box::<ActBlock>::new(std::mem::zeroed()),
+                    Box::<CTiles>::new(std::mem::zeroed()),
+                )
+            };
+            // SAFETY: AVX512F was detected.
+            let mut acc = unsafe { [_mm512_set1_ps(f32::NAN); TR] };
+            // SAFETY: as above.
+            acc[..nr].fill(unsafe { _mm512_setzero_ps() });
+            // SAFETY: AVX512-VNNI and F16C were detected; `nr` weight rows and `n_tok`
+            // activation rows of one block each are readable; the buffers are writable.
+            unsafe {
+                transpose_acts(a.as_ptr(), arow, n_tok, &mut *ab);
+                unpack_weights(w.as_ptr(), wrow, nr, &mut *wb, std::ptr::null(), 0);
+                products_scalar(&wb, &ab, nr, &mut c);
+                scale(&*c, &*wb, &*ab, nr, &mut acc);
+            }
+            let mut deq_w = vec![0f32; QK_K];
+            let mut deq_a = vec![0f32; QK_K];
+            for (n, acc) in acc.iter().enumerate() {
+                // SAFETY: an __m512 is 16 f32.
+                let got: [f32; TG] = unsafe { std::mem::transmute(*acc) };
+                if n >= nr {
+                    assert!(got.iter().all(|v| v.is_nan()), "row {n} past nr written");
+                    continue;
+                }
+                let wn = &w[n * wrow..(n + 1) * wrow];
+                quant::dequantize(QType::Q4_K, wn, &mut deq_w).unwrap();
+                for (t, &g) in got.iter().enumerate() {
+                    if t >= n_tok {
+                        assert_eq!(g, 0.0, "missing token {t} of row {n}");
+                        continue;
+                    }
+                    let at = &a[t * arow..(t + 1) * arow];
+                    let want = quant::vec_dot(QType::Q4_K, QK_K, wn, at).unwrap();
+                    quant::dequantize(QType::Q8_K, at, &mut deq_a).unwrap();
+                    // f32 rounding of sums whose terms reach sum |w a|.
+                    let mag: f32 = deq_w.iter().zip(&deq_a).map(|(x, y)| (x * y).abs()).sum();
+                    assert!(
+                        (g - want).abs() <= 1e-5 * mag,
+                        "rows {nr} tokens {n_tok}: row {n} token {t}: {g} vs {want} (|w a| {mag})"
+                    );
+                }
+            }
+        }
+    }
+}
