@@ -7,7 +7,9 @@
 //! `maddubs` (u8 x i8 pair sums), one `madd` with the scales (i16 -> i32) and one add,
 //! and the `min` / `offset` term comes from Q8_K's `bsums` (sums of 16 activations) with
 //! one `madd` per super-block. Per super-block the int sums of all pairs of the register
-//! tile are reduced into the 8 lanes of one vector and scaled with one cvt + fma.
+//! tile are reduced into the 8 lanes of one vector and scaled with one cvt + fma. A format
+//! may decode the 8 rows of the one-token tile together, its `bsums` term included
+//! ([`KQuant::decode8`]; Q4_K).
 //!
 //! A format only says how to unpack ([`KQuant`]); the register tiling is here, once.
 
