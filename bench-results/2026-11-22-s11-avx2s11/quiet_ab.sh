@@ -17,7 +17,7 @@ for T in 1 64; do
     for v in base new; do
       f="$OUT/moe_T${T}_${v}_$i.json"
       ./$v-kt-bench moe --shape deepseek-v2-lite --format q4_k --tokens $T --threads 2 --json --cpu-time --seconds 1 > "$f" 2>/dev/null
-      echo "moe T=$T $v #$i: $(frac "$f")"
+      echo "moe T=$T $v #$i: $(frac "$f")  [load $(cut -d" " -f1,4 /proc/loadavg)]"
     done
   done
 done
@@ -25,7 +25,7 @@ for i in 1 2 3; do
   for v in base new; do
     f="$OUT/matmul_${v}_$i.txt"
     ./$v-kt-bench matmul --tokens 1 --threads 2 --seconds 0.25 > "$f" 2>&1
-    echo "matmul $v #$i: $(head -1 "$f" | grep -o 'read bandwidth [0-9.]* GB/s')"
+    echo "matmul $v #$i: $(head -1 "$f" | grep -o 'read bandwidth [0-9.]* GB/s')  [load $(cut -d" " -f1,4 /proc/loadavg)]"
   done
 done
 echo "GEMV at 1 token, 2 threads, % of each process's probe (base | new, runs 1-3):"
