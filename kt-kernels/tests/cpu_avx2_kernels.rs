@@ -405,6 +405,65 @@ gemv_vs_scalar!(q8_0_gemv_matches_scalar, QType::Q8_0, SMALL_BLOCK_KS);
 gemv_vs_scalar!(bf16_gemv_matches_scalar, QType::BF16, FLOAT_KS);
 gemv_vs_scalar!(f32_gemv_matches_scalar, QType::F32, FLOAT_KS);
 
+/// Q4_0 and Q5_0 blocks at their extremes (every quant 0 or every quant at its maximum)
+/// against activations at +-127: the block sums the AVX2 kernel reduces as i16 words reach
+/// their largest magnitude (16 products of 16 * 127 per word for Q5_0), where an overflow
+/// would show as an error of 65536 * d.
+#[test]
+fn offset_blocks_at_their_extremes_match_scalar() {
+    if !have_avx2() {
+        return;
+    }
+    for t in [QType::Q4_0, QType::Q5_0] {
+        // Both: the f16 d, then the quants (Q5_0: qh and qs) to the end of the block.
+        let (block, qs) = (t.block_bytes(), 2);
+        for (k, rows) in [(32, 8), (96, 13), (1408, 16)] {
+            let mut w = vec![0u8; rows * t.row_bytes(k).unwrap()];
+            for (i, b) in w.chunks_exact_mut(block).enumerate() {
+                b[..2].copy_from_slice(&half::f16::from_f32(1.0).to_le_bytes());
+                // Row-major blocks: all-max on odd rows, and on every third block.
+                let row = i / (k / 32);
+                let fill = if row % 2 == 1 || i % 3 == 0 { 0xff } else { 0 };
+                b[qs..].fill(fill);
+            }
+            for tokens in 1..=4 {
+                let mut x = vec![0f32; tokens * k];
+                for (tk, row) in x.chunks_exact_mut(k).enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = match tk {
+                            0 => 1.0,
+                            1 => -1.0,
+                            2 => {
+                                if j % 2 == 0 {
+                                    1.0
+                                } else {
+                                    -1.0
+                                }
+                            }
+                            _ => -0.5,
+                        };
+                    }
+                }
+                let mut got = poisoned(rows * tokens);
+                matmul_with(Isa::Avx2, pool(), t, &w, rows, k, &x, tokens, &mut got).unwrap();
+                let mut want = poisoned(rows * tokens);
+                matmul_with(Isa::Scalar, pool(), t, &w, rows, k, &x, tokens, &mut want).unwrap();
+                let act_row = t.vec_dot_type().row_bytes(k).unwrap();
+                let mut xq = vec![0u8; tokens * act_row];
+                quantize_activations_with(Isa::Scalar, pool(), t, &x, k, tokens, &mut xq).unwrap();
+                let mag = magnitudes(t, &w, rows, k, &xq, tokens);
+                assert_close(
+                    &format!("{t} extremes k {k} rows {rows} tokens {tokens}"),
+                    &got,
+                    &want,
+                    &mag,
+                    rows,
+                );
+            }
+        }
+    }
+}
+
 /// Every GEMV token count (the driver's row-block tiles) over a few hundred rows.
 #[test]
 fn gemv_token_counts_match_scalar() {

@@ -7,7 +7,9 @@
 //! `maddubs` (u8 x i8 pair sums), one `madd` with the scales (i16 -> i32) and one add,
 //! and the `min` / `offset` term comes from Q8_K's `bsums` (sums of 16 activations) with
 //! one `madd` per super-block. Per super-block the int sums of all pairs of the register
-//! tile are reduced into the 8 lanes of one vector and scaled with one cvt + fma.
+//! tile are reduced into the 8 lanes of one vector and scaled with one cvt + fma. A format
+//! may decode the 8 rows of the one-token tile together, its `bsums` term included
+//! ([`KQuant::decode8`]; Q4_K).
 //!
 //! A format only says how to unpack ([`KQuant`]); the register tiling is here, once.
 
@@ -90,6 +92,28 @@ pub(crate) trait KQuant {
     /// # Safety
     /// As [`KQuant::decode`].
     unsafe fn d_dmin_bits(x: *const u8) -> u32;
+
+    /// [`KQuant::decode8`] is the format's own: the one-token GEMV tile (8 rows) decodes its
+    /// rows together. Only with `OFFSET_BY_D` false.
+    const JOINT8: bool = false;
+
+    /// The decoded scales of the 8 rows at `w`, and each row's `bsums` term against the
+    /// activation block at `a` (the sum of [`KQuant::bsums_multipliers`] times the block's
+    /// `bsums`) in i32 lane `r` for row `r`. The default is the per-row path.
+    ///
+    /// # Safety
+    /// As [`KQuant::decode`] for every `w[r]`; `a` points to a whole Q8_K block.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode8(w: &[*const u8; 8], a: *const u8) -> ([Self::Scales; 8], __m256i) {
+        // SAFETY: the caller's contract; the activation block holds 16 i16 bsums at ACT_BSUMS.
+        unsafe {
+            let bsums = load32(a.add(ACT_BSUMS));
+            let m: [__m256i; 8] =
+                std::array::from_fn(|r| _mm256_madd_epi16(Self::bsums_multipliers(w[r]), bsums));
+            (std::array::from_fn(|r| Self::decode(w[r])), hsum8_epi32(&m))
+        }
+    }
 }
 
 /// Scales of 16-element sub-blocks (Q2_K, Q3_K, Q6_K) prepared for [`scale_16`]: the
@@ -229,7 +253,10 @@ unsafe fn chunk_products<K: KQuant, const J: usize, const RM: usize, const RN: u
         let (q, s) = unsafe { K::chunk::<J>(w0.add(r * w_stride), &(*scales)[r]) };
         for (t, sum) in row_sums.iter_mut().enumerate() {
             let x = if RM > 1 { act[t] } else { load_act(t) };
-            *sum = accumulate(*sum, _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), s));
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), s);
+            // Chunk 0 starts the sum (an add to the zeroed accumulator would stay: the
+            // asm of `accumulate` hides the zero).
+            *sum = if J == 0 { p } else { accumulate(*sum, p) };
         }
     }
 }
@@ -327,8 +354,19 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
             let a: [*const u8; RN] = std::array::from_fn(|t| unsafe {
                 tile.a.add((t0 + t) * tile.a_stride + b * ACT_BLOCK)
             });
-            // SAFETY: w[r] is a whole block.
-            let scales: [K::Scales; RM] = std::array::from_fn(|r| unsafe { K::decode(w[r]) });
+            // The one-token 8-row tile decodes its rows together, their minimums' term
+            // included (`joint_mins`, in row lanes).
+            let joint = RM == 8 && RN == 1 && K::JOINT8 && !K::OFFSET_BY_D;
+            let mut joint_mins = _mm256_setzero_si256();
+            // SAFETY: w[r] is a whole block (both arms); a[0] a whole activation block.
+            let scales: [K::Scales; RM] = match w.first_chunk::<8>() {
+                Some(w8) if joint => {
+                    let (s8, m) = unsafe { K::decode8(w8, a[0]) };
+                    joint_mins = m;
+                    std::array::from_fn(|r| s8[r % 8])
+                }
+                _ => std::array::from_fn(|r| unsafe { K::decode(w[r]) }),
+            };
             let mut sumi = [[_mm256_setzero_si256(); RN]; RM];
             // SAFETY: whole blocks, as above.
             unsafe {
@@ -345,6 +383,10 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
             let mut pairs = [_mm256_setzero_si256(); MAX_PAIRS];
             let mut mins = [_mm256_setzero_si256(); MAX_PAIRS];
             for r in 0..RM {
+                if joint {
+                    pairs[r] = sumi[r][0];
+                    continue;
+                }
                 // SAFETY: w[r] is a whole block.
                 let m16 = unsafe { K::bsums_multipliers(w[r]) };
                 for t in 0..RN {
@@ -373,7 +415,11 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
                 acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sums), acc);
             }
             if !K::OFFSET_BY_D {
-                let m = _mm256_cvtepi32_ps(hsum8_epi32(&mins));
+                let m = _mm256_cvtepi32_ps(if joint {
+                    joint_mins
+                } else {
+                    hsum8_epi32(&mins)
+                });
                 if matches!(K::ORDER, Order::Repack) {
                     acc_min = _mm256_fmadd_ps(ddmin, m, acc_min);
                 } else {

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kquant::{load32, read_u32, KQuant, Order};
+use super::kquant::{load32, read_u32, KQuant, Order, ACT_BSUMS};
 
 /// Byte offsets in the 144-byte block: `d, dmin: f16`, 12 bytes of packed scales, 128
 /// bytes of nibbles.
@@ -42,6 +42,117 @@ pub(super) unsafe fn unpack_scales_mins(p: *const u8) -> __m128i {
         _mm_setr_epi32(0, 0x3030_3030, 0, 0x3030_3030),
     );
     _mm_or_si128(low, high)
+}
+
+/// [`unpack_scales_mins`] of two blocks' 16 bytes, one per 128-bit half of `v` (the same
+/// steps, in-lane).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unpack_scales_mins_x2(v: __m256i) -> __m256i {
+    let low = _mm256_and_si256(
+        _mm256_srlv_epi32(
+            _mm256_shuffle_epi32::<0b10_01_10_00>(v),
+            _mm256_setr_epi32(0, 0, 0, 4, 0, 0, 0, 4),
+        ),
+        _mm256_setr_epi32(
+            0x3f3f_3f3f,
+            0x0f0f_0f0f,
+            0x3f3f_3f3f,
+            0x0f0f_0f0f,
+            0x3f3f_3f3f,
+            0x0f0f_0f0f,
+            0x3f3f_3f3f,
+            0x0f0f_0f0f,
+        ),
+    );
+    let high = _mm256_and_si256(
+        _mm256_srli_epi32::<2>(_mm256_shuffle_epi32::<0b01_00_00_00>(v)),
+        _mm256_setr_epi32(
+            0,
+            0x3030_3030,
+            0,
+            0x3030_3030,
+            0,
+            0x3030_3030,
+            0,
+            0x3030_3030,
+        ),
+    );
+    _mm256_or_si256(low, high)
+}
+
+/// [`KQuant::decode8`] of Q4_K: the scale pairs of [`scale_pairs_32`] and the minimums'
+/// `bsums` term of the 8 rows, without a per-row `madd` and reduction.
+///
+/// Rows `r` and `r + 4` share a vector through [`unpack_scales_mins_x2`]. The minimums
+/// (bytes 8..16 of each half), widened to words, are transposed by dword: `m[k]` holds in
+/// dword `r` the minimums `2k` and `2k + 1` of row `r`, so `madd(m[k], b_k)`, with `b_k`
+/// the broadcast pair of the activation's 32-element sums `bsums[4k] + bsums[4k + 1]`,
+/// `bsums[4k + 2] + bsums[4k + 3]` (each at most 32 * 128, an i16), puts sub-blocks `2k`
+/// and `2k + 1` of every row in its lane; four of them add up to the row's term, the same
+/// integers as the per-row path. On the dev VM's EPYC (1 thread, Q4_K 1408x2048 at one
+/// token, cache-resident) it and chunk 0's plain assignment take the 8-row step from ~498
+/// to ~390 vector instructions per super-block (`BENCHMARKS.md`, session 11). Q5_K, whose
+/// scales are packed the same way, measured 10-25% slower with it (its ggml-order tile
+/// keeps 8 f32 lane accumulators more) and keeps the per-row path.
+///
+/// # Safety
+/// Every `w[r]` points to a whole block; `a` points to a whole Q8_K block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode8_scales_mins(w: &[*const u8; 8], a: *const u8) -> ([[u32; 8]; 8], __m256i) {
+    let zero = _mm256_setzero_si256();
+    let mut out = [[0u32; 8]; 8];
+    let mut mins = [zero; 4];
+    for r in 0..4 {
+        // SAFETY: whole blocks: 12 scale bytes at SCALES and the nibbles after them.
+        let v = unsafe {
+            _mm256_inserti128_si256::<1>(
+                _mm256_castsi128_si256(_mm_loadu_si128(w[r].add(SCALES).cast())),
+                _mm_loadu_si128(w[r + 4].add(SCALES).cast()),
+            )
+        };
+        let sm = unpack_scales_mins_x2(v);
+        let sc = _mm256_unpacklo_epi8(sm, zero);
+        let (lo, hi) = (_mm256_unpacklo_epi16(sc, sc), _mm256_unpackhi_epi16(sc, sc));
+        // SAFETY: out[r] and out[r + 4] are 32 writable bytes each; storeu has no
+        // alignment requirement.
+        unsafe {
+            let (p, q) = (
+                out[r].as_mut_ptr().cast::<__m128i>(),
+                out[r + 4].as_mut_ptr().cast::<__m128i>(),
+            );
+            _mm_storeu_si128(p, _mm256_castsi256_si128(lo));
+            _mm_storeu_si128(p.add(1), _mm256_castsi256_si128(hi));
+            _mm_storeu_si128(q, _mm256_extracti128_si256::<1>(lo));
+            _mm_storeu_si128(q.add(1), _mm256_extracti128_si256::<1>(hi));
+        }
+        mins[r] = _mm256_unpackhi_epi8(sm, zero);
+    }
+    let (t0, t1) = (
+        _mm256_unpacklo_epi32(mins[0], mins[1]),
+        _mm256_unpackhi_epi32(mins[0], mins[1]),
+    );
+    let (t2, t3) = (
+        _mm256_unpacklo_epi32(mins[2], mins[3]),
+        _mm256_unpackhi_epi32(mins[2], mins[3]),
+    );
+    let m = [
+        _mm256_unpacklo_epi64(t0, t2),
+        _mm256_unpackhi_epi64(t0, t2),
+        _mm256_unpacklo_epi64(t1, t3),
+        _mm256_unpackhi_epi64(t1, t3),
+    ];
+    // SAFETY: the activation block holds 16 i16 bsums at ACT_BSUMS.
+    let bsums = unsafe { load32(a.add(ACT_BSUMS)) };
+    // Per 128-bit half: the four sub-block sums as words, twice (dwords 0, 1 and 4, 5 hold
+    // sub-blocks 0..4 and 4..8).
+    let sub = _mm256_madd_epi16(bsums, _mm256_set1_epi16(1));
+    let words = _mm256_packs_epi32(sub, sub);
+    let b = |i: i32| _mm256_permutevar8x32_epi32(words, _mm256_set1_epi32(i));
+    let s01 = _mm256_add_epi32(_mm256_madd_epi16(m[0], b(0)), _mm256_madd_epi16(m[1], b(1)));
+    let s23 = _mm256_add_epi32(_mm256_madd_epi16(m[2], b(4)), _mm256_madd_epi16(m[3], b(5)));
+    (out, _mm256_add_epi32(s01, s23))
 }
 
 /// 8 sub-block scales (bytes 0..8 of `sm`), each as the u32 `scale | scale << 16`:
@@ -103,6 +214,15 @@ impl KQuant for Q4K {
             _mm256_and_si256(_mm256_srli_epi16::<4>(raw), nib)
         };
         (q, _mm256_set1_epi32(sc[J] as i32))
+    }
+
+    const JOINT8: bool = true;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode8(w: &[*const u8; 8], a: *const u8) -> ([[u32; 8]; 8], __m256i) {
+        // SAFETY: whole blocks, the caller's contract.
+        unsafe { decode8_scales_mins(w, a) }
     }
 
     #[inline]

@@ -11,7 +11,9 @@
 //! says how its 32 quants unpack ([`SmallBlock`]).
 //!
 //! - `q - OFFSET` formats (Q4_0: 8, Q5_0: 16): `maddubs(q, a) - maddubs(OFFSET, a)`;
-//!   the correction depends on the token only and is shared by the RM rows.
+//!   the correction depends on the token only and is shared by the RM rows. Their sums
+//!   are small enough to be reduced as i16 words, with no `madd` per pair
+//!   ([`hsum8_words`]; Q5_0 is the down projection of V2-Lite's Q4_K_M experts).
 //! - Q8_0 (signed weights): `maddubs(|w|, sign(a, w))`.
 //! - `d * q + m` formats (Q4_1, Q5_1): `maddubs(q, a)`, and the `m * s` term of the
 //!   Q8_1 activation's `s = d * sum(a)`. These follow ggml's AVX2 f32 order instead of
@@ -79,48 +81,87 @@ unsafe fn f16_bits(p: *const u8) -> u16 {
     unsafe { std::ptr::read_unaligned(p as *const u16) }
 }
 
-/// The byte offsets of 8 rows `w_stride` apart, for [`row_scales`]'s gather: `None` for
-/// other tile heights, or when the last offset does not fit a gather's i32 index.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn row_offsets<const RM: usize>(w_stride: usize) -> Option<__m256i> {
-    let last = i32::try_from(w_stride.checked_mul(7)?).ok()?;
-    let ws = last / 7;
-    (RM == 8).then(|| _mm256_setr_epi32(0, ws, 2 * ws, 3 * ws, 4 * ws, 5 * ws, 6 * ws, last))
-}
-
 /// The f16 scales `d` (the first two bytes of every block) of the tile's `RM` rows at `w`,
-/// as f32 lanes. With `offsets` (8 rows, `w[r] = w[0] + offsets[r]`) one dword gather from
-/// the block starts and one byte shuffle bring them together: the eight word inserts of
-/// [`f16_lanes`] and their unpacks run on the port that the quants' shuffles and the
-/// pair reduction already keep busy (the 8-row GEMV tile spends most of its time there,
-/// `perf`, Q5_0 2048x1408).
+/// as f32 lanes. For 8 rows: eight 4-byte loads (`vmovd`, no ALU work) and a 3-level tree of
+/// word / dword / qword unpacks, whose steps are independent of each other. The eight word
+/// inserts of [`f16_lanes`] form one dependency chain, and session 9's `vpgatherdd` from
+/// the rows' block starts (faster than the inserts on the Xeon) is slow on AMD's Zen: on the
+/// dev VM's EPYC (Zen 5), 1 thread, Q5_0 2048x1408 cache-resident, the tree beat the gather
+/// by 8% and the inserts by 5% (`BENCHMARKS.md`, session 11).
 ///
 /// # Safety
-/// Every `w[r]` points at a whole block (at least 4 bytes); with `offsets`, `w[r] = w[0] +
-/// offsets[r]`.
+/// Every `w[r]` points at a whole block (at least 4 bytes).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row_scales<const RM: usize>(w: &[*const u8; RM], offsets: Option<__m256i>) -> __m256 {
-    match offsets {
-        Some(offsets) if RM == 8 => {
-            // SAFETY: 4 bytes at each w[r] = w[0] + offsets[r] (whole blocks, the caller).
-            let dwords = unsafe { _mm256_i32gather_epi32::<1>(w[0].cast::<i32>(), offsets) };
-            // The low word of each dword to the low 8 bytes of each 128-bit lane, then the
-            // two lanes' low halves together.
-            let words = _mm256_shuffle_epi8(
-                dwords,
-                _mm256_setr_epi8(
-                    0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12,
-                    13, -1, -1, -1, -1, -1, -1, -1, -1,
-                ),
-            );
-            let packed = _mm256_permute4x64_epi64::<0b1000>(words);
-            _mm256_cvtph_ps(_mm256_castsi256_si128(packed))
-        }
+unsafe fn row_scales<const RM: usize>(w: &[*const u8; RM]) -> __m256 {
+    if RM != 8 {
         // SAFETY: whole blocks, d first.
-        _ => f16_lanes::<RM>(std::array::from_fn(|r| unsafe { f16_bits(w[r]) })),
+        return f16_lanes::<RM>(std::array::from_fn(|r| unsafe { f16_bits(w[r]) }));
     }
+    // SAFETY: 4 readable bytes at each w[r] (whole blocks); only the low word is used.
+    let l = |r: usize| unsafe { _mm_loadu_si32(w[r]) };
+    let p01 = _mm_unpacklo_epi16(l(0), l(1));
+    let p23 = _mm_unpacklo_epi16(l(2), l(3));
+    let p45 = _mm_unpacklo_epi16(l(4), l(5));
+    let p67 = _mm_unpacklo_epi16(l(6), l(7));
+    let (q0, q1) = (_mm_unpacklo_epi32(p01, p23), _mm_unpacklo_epi32(p45, p67));
+    _mm256_cvtph_ps(_mm_unpacklo_epi64(q0, q1))
+}
+
+impl<B: SmallBlock> SmallBlockKernel<B> {
+    /// The `q - OFFSET` formats with unsigned `q` (Q4_0, Q5_0): a block's i16 pair sums are
+    /// reduced as i16 words ([`hsum8_words`]) instead of one `madd` per pair and an i32
+    /// reduction.
+    const WORD_SUMS: bool = B::OFFSET != 0 && !B::HAS_MIN && !B::SIGNED;
+}
+
+/// Level 1 of [`hsum8_words`]: the words of `a` and of `b` added pairwise, dword `i` with
+/// dword `i + 2` of each 128-bit half, the results interleaved:
+/// `[a.d0 + a.d2, b.d0 + b.d2, a.d1 + a.d3, b.d1 + b.d3]` (word by word).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pair32_words(a: __m256i, b: __m256i) -> __m256i {
+    _mm256_add_epi16(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b))
+}
+
+/// Lane `q` of the result is the sum of the 16 i16 lanes of `v[q]` (each `maddubs(q, a)` of
+/// a block), minus the same sum of the block's `OFFSET` correction when `c1` is given (its
+/// level-1 form, [`pair32_words`], subtracted from every level-1 vector: the same for every
+/// pair when the tile has one or two tokens), as i32.
+///
+/// Three transpose-and-add levels on i16 words leave, for each pair, the sum of its even and
+/// of its odd lanes in one dword; one `madd` with ones widens and adds the two. i16 adds wrap,
+/// so the result is exact whenever each of those two true sums fits in i16: 8 lanes of
+/// `(q - OFFSET) * a` pair products, at most 16 * 16 * 127 = 32512 for Q5_0 (|q - 16| <= 16)
+/// with activations in -127..=127 (what the Q8_0 quantizer makes: `round(x / (amax / 127))`),
+/// 16256 for Q4_0. 22 instructions for 8 pairs where a `madd` per pair and [`hsum8_epi32`]
+/// take 29 (and the per-pair correction 8 more).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum8_words(v: &[__m256i; MAX_PAIRS], c1: Option<__m256i>) -> __m256i {
+    let l1 = |a: __m256i, b: __m256i| {
+        let s = pair32_words(a, b);
+        match c1 {
+            Some(c) => _mm256_sub_epi16(s, c),
+            None => s,
+        }
+    };
+    let (s01, s23, s45, s67) = (
+        l1(v[0], v[1]),
+        l1(v[2], v[3]),
+        l1(v[4], v[5]),
+        l1(v[6], v[7]),
+    );
+    // Per 128-bit half: dword p = [even-lane sum, odd-lane sum] of pair p's half.
+    let l2 = |a: __m256i, b: __m256i| {
+        _mm256_add_epi16(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b))
+    };
+    let (s0123, s4567) = (l2(s01, s23), l2(s45, s67));
+    let words = _mm256_add_epi16(
+        _mm256_permute2x128_si256::<0x20>(s0123, s4567),
+        _mm256_permute2x128_si256::<0x31>(s0123, s4567),
+    );
+    _mm256_madd_epi16(words, _mm256_set1_epi16(1))
 }
 
 impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
@@ -136,7 +177,6 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
         let mut lane_acc = [_mm256_setzero_ps(); MAX_PAIRS];
         let gemv = tile.tokens <= GEMV_MAX_TOKENS;
         let ws = tile.w_stride;
-        let gather = row_offsets::<RM>(ws);
         let mut next_line = 0;
         for b in 0..tile.k / QK {
             if gemv && b * B::BLOCK_BYTES >= next_line {
@@ -177,6 +217,16 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
                     } else {
                         _mm256_maddubs_epi16(uq, act[t])
                     };
+                    if Self::WORD_SUMS {
+                        // Corrected in hsum8_words's first level when it is the same for
+                        // every pair (one or two tokens).
+                        pairs[r * RN + t] = if RN > 2 {
+                            _mm256_sub_epi16(p, correction[t])
+                        } else {
+                            p
+                        };
+                        continue;
+                    }
                     let p = if B::OFFSET != 0 {
                         _mm256_sub_epi16(p, correction[t])
                     } else {
@@ -188,15 +238,21 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
             // One reduction and one scaling for all pairs: the int sums are exact (at
             // most 32 * 128 * 127 < 2^24, so the conversion is too), and the block's
             // `d_w * d_a` products are formed once in the pair lanes.
-            // SAFETY: whole blocks, d first; the offsets are those of rows w[0]..w[RM].
-            let dw = unsafe { row_scales(&w, gather) };
+            // SAFETY: whole blocks, d first.
+            let dw = unsafe { row_scales(&w) };
             // SAFETY: as above.
             let da = f16_lanes::<RN>(std::array::from_fn(|t| unsafe { f16_bits(a[t]) }));
             let scale = _mm256_mul_ps(spread_rows::<RN>(dw), spread_tokens::<RN>(da));
             if B::GGML_LANES {
                 fma_ggml_lanes::<RM, RN>(&mut lane_acc, &pairs, scale);
             } else {
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum8_epi32(&pairs)), scale, acc);
+                let sums = if Self::WORD_SUMS {
+                    let c1 = (RN <= 2).then(|| pair32_words(correction[0], correction[RN - 1]));
+                    hsum8_words(&pairs, c1)
+                } else {
+                    hsum8_epi32(&pairs)
+                };
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
             }
             if B::HAS_MIN {
                 // m of each row (after d) and s of each token (after d), in pair lanes.
