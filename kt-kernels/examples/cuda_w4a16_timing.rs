@@ -20,7 +20,8 @@
 //!   cost), also for `floor`, a 64 x 128 weight: the fixed cost of a launch.
 //!
 //! GB/s counts the packed weights and scales once (n k / 2 + n k / 64 bytes).
-//! `KT_W4A16_TOKENS=1,16` limits the token counts (for a profiler run).
+//! `KT_W4A16_TOKENS=1,16` limits the token counts (for a profiler run); `KT_W4A16_SLICES=4,7,8`
+//! sets the `plan` sweep's k-slice counts.
 
 #[path = "../tests/cuda_common/mod.rs"]
 mod cuda_common;
@@ -218,10 +219,11 @@ fn main() {
             total.iter().sum::<f64>() / rounds as f64
         );
         if m == 1 || m == GemvPlan::MAX_ROWS {
+            let plan_slices = slice_counts();
             for (i, c) in cases.iter().enumerate() {
                 let (x, out) = (&xs[i], &mut outs[i]);
                 for k_ways in GemvPlan::K_WAYS {
-                    for slices in [1usize, 2, 3, 4, 6, 8, 16, 32] {
+                    for &slices in &plan_slices {
                         if slices > c.k / GROUP {
                             break;
                         }
@@ -246,6 +248,22 @@ fn main() {
         }
     }
     graphs(&gpu, &cases, &tokens, &mut rng);
+}
+
+/// The k-slice counts of the `plan` sweep: `KT_W4A16_SLICES` (comma-separated, ascending), else
+/// 1, 2, 3, 4, 6, 8, 16, 32.
+fn slice_counts() -> Vec<usize> {
+    match std::env::var("KT_W4A16_SLICES") {
+        Ok(v) => v
+            .split(',')
+            .map(|t| {
+                t.trim()
+                    .parse()
+                    .expect("KT_W4A16_SLICES: comma-separated counts")
+            })
+            .collect(),
+        Err(_) => vec![1, 2, 3, 4, 6, 8, 16, 32],
+    }
 }
 
 /// `graph` / `graph_pdl` lines: the small-m counts of `tokens` on `floor` (64 x 128) and the
