@@ -1,14 +1,38 @@
 #!/usr/bin/env bash
-# One device call of the hybrid decode's predicted-expert prefetch (branch chain11, session 11):
-# device_chain10.sh (which it copies, see there for the steps and the variant syntax) with
-#  - the base binary carried xz-compressed ($BASE may end in .xz);
-#  - each decode's summary line adding the prefetch figures of the graph timeline
-#    (predicted_hit_rate: share of the actual top-k the prediction named; prefetch_us /
-#    prefetch_mb per prefetching layer) and, for a variant run with KT_PREFETCH_AB=N, the
-#    in-process A/B (N graph decodes with the prefetch off, then on, alternating: tok/s,
-#    experts per layer and the stretch of each);
-#  - results in $OUT/c11/ (packed into $OUT/c11.tgz).
-# Env as device_chain10.sh; defaults D=.device-carry/chain11, BASE=.device-carry/s11base/kt-bench.xz.
+# One device call of the hybrid decode chain work (branch chain11, session 11; chain10's script
+# before it, removed at the session's end since this one does all it did). Beside chain10's steps
+# each decode's summary line adds the prefetch figures of the graph timeline (predicted_hit_rate:
+# share of the actual top-k the prediction named; prefetch_us / prefetch_mb per prefetching layer)
+# and, for a variant run with KT_PREFETCH_AB=N, the in-process A/B (N graph decodes with the
+# prefetch off, then on, alternating: tok/s, experts per layer and the stretch of each).
+# In order, each step under its own timeout and the call's budget:
+#  1. the chain probe (kt-kernels/examples/chain_probe.rs: the FFN entry's variants and cut-short
+#     stages, the return kernel, the MLA pair, rope + absorption; standalone, graph-timed), if
+#     carried;
+#  2. a synthetic V2-Lite GGUF (27 layers, Q4_K_M-like mix);
+#  3. `kt-bench moe --shape deepseek-v2-lite --format q4_k --tokens 1` for each of MOE_WHICH (the
+#     experts of one layer back to back, to set beside the decode's experts per layer);
+#  4. `kt-bench decode` with rules/deepseek-v2-lite-hybrid.yaml, the base binary and the variants
+#     interleaved per round (base, v1, v2, ...): tok/s, the decode graph's timeline
+#     (gpu_between_moe_ms: the GPU stretch between two layers' experts; experts per layer) and
+#     the DRAM probes; after round 1, the GPU test binaries of each variant with
+#     KT_REQUIRE_GPU=1 and the variant's environment (the quick ones first), then the
+#     remaining rounds;
+#  5. if the budget allows, one CUPTI-traced decode of each of TRACE_WHICH
+#     (kt-bench/peers/cupti_trace: per-node timeline of the graph's replays).
+# A variant is TAG=BINDIR[@THREADS][:ENV=VALUE,...]: $B/BINDIR/kt-bench run with that many
+# threads (default THREADS) and those variables (so one binary can be several variants, e.g. a
+# thread count or an env-selected kernel). A variant whose first run gives no result is dropped
+# from later rounds. The base variant is BASE_SPEC (base=base).
+# Carried in $D: bin.tar.xz with <bindir>/kt-bench, tests_<bindir>/* (stripped), optionally
+# probe/{chain_probe,*.cubin} and cupti_trace/; $BASE: the base kt-bench (or kt-bench.xz). Results in $OUT/c11/,
+# packed into $OUT/c11.tgz at exit (also when a step is cut short).
+# Env: VARIANTS ("a=a"), EXTRA (variants run in round 1 only, after the others), QUICK_TESTS
+# (test names run for every variant; the rest only for the first), REPS (2), ROUND_S (100: the
+# budget left that a round needs to start), MOE_WHICH ("": variants whose binary and threads run
+# the moe bench), TRACE_WHICH (""), PROMPT (1024), GEN (128), THREADS (16), BUDGET_S (330),
+# PROBE_ONLY (1: the probe alone, ~30 s), TESTS (1: run the test binaries after round 1).
+# Defaults: D=.device-carry/chain11, BASE=.device-carry/s11base/kt-bench.xz.
 set -uo pipefail
 D=${D:-.device-carry/chain11}
 BASE=${BASE:-.device-carry/s11base/kt-bench.xz}

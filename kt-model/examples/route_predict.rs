@@ -18,7 +18,9 @@ use kt_kernels::ops::{route, RouterConfig};
 use kt_kernels::util::SplitMix64;
 use kt_model::config::{DeepSeekConfig, TopkMethod};
 use kt_model::deepseek::linear::dequantize_vector;
-use kt_model::deepseek::{argmax, DeepSeekModel, ForwardTrace, Linear, LogitRows, MatmulMode};
+use kt_model::deepseek::{
+    argmax, router_config, DeepSeekModel, ForwardTrace, Linear, LogitRows, MatmulMode,
+};
 use kt_model::gguf::Gguf;
 use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 use kt_model::tensors::{Ffn, ModelTensors};
@@ -85,16 +87,7 @@ fn main() {
         path => Gguf::open(path).expect("open gguf"),
     };
     let c = DeepSeekConfig::from_gguf(&gguf).expect("config");
-    let rc = RouterConfig {
-        n_experts: c.n_routed_experts,
-        top_k: c.experts_per_tok,
-        n_group: c.n_group,
-        topk_group: c.topk_group,
-        scoring: c.scoring,
-        method: c.topk_method,
-        norm_topk_prob: c.norm_topk_prob,
-        routed_scaling_factor: c.routed_scaling_factor,
-    };
+    let rc = router_config(&c);
     let tensors = ModelTensors::from_gguf(&gguf, &c).expect("tensors");
     let routers: Vec<Option<Router>> = tensors
         .layers

@@ -239,7 +239,7 @@ impl<'a> Moe<'a> {
 }
 
 /// The router settings of the hyper-parameters.
-pub(crate) fn router_config(c: &DeepSeekConfig) -> RouterConfig {
+pub fn router_config(c: &DeepSeekConfig) -> RouterConfig {
     RouterConfig {
         n_experts: c.n_routed_experts,
         top_k: c.experts_per_tok,

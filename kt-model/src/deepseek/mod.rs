@@ -33,11 +33,11 @@ pub mod sampling;
 pub mod timing;
 
 pub use cache::KvCache;
-// What the hybrid executor (kt_model::hybrid) shares with this forward pass.
-#[cfg(feature = "cuda")]
-pub(crate) use ffn::router_config;
+// The router settings of a config (this forward pass, the hybrid executor, examples).
+pub use ffn::router_config;
 pub use ffn::Routing;
 pub use linear::{Linear, MatmulMode};
+// What the hybrid executor (kt_model::hybrid) shares with this forward pass.
 #[cfg(feature = "cuda")]
 pub(crate) use model::rope_of;
 pub use model::{argmax, DeepSeekModel, ForwardTrace, LogitRows};
