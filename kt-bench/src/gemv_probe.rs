@@ -46,6 +46,7 @@ use kt_kernels::quant::QType;
 use kt_kernels::util::SplitMix64;
 
 use crate::machine;
+use crate::stats::median;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -180,14 +181,6 @@ fn read_sum(b: &[u8], ahead: usize) -> u64 {
     acc.iter().fold(tail, |s, &a| s.wrapping_add(a))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 #[derive(serde::Serialize, Default)]
 struct Row {
     format: String,
@@ -214,15 +207,6 @@ struct Row {
     /// Items run by the caller for a worker that did not join (per call, mean; for the
     /// static variants: in_order counts every item the caller took after its first).
     rescued_per_call: f64,
-}
-
-/// The rows of item `i` of `items` (as the driver's GEMV bounds: multiples of 4).
-fn bound(i: usize, items: usize, rows: usize) -> usize {
-    if i >= items {
-        rows
-    } else {
-        i * rows / items / 4 * 4
-    }
 }
 
 pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -273,7 +257,10 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             let out_p = out.as_mut_ptr() as usize;
             let x_ref = &x;
             let run_item_of = |w: &[u8], i: usize, items: usize, xq_p: usize| {
-                let (r0, r1) = (bound(i, items, rows), bound(i + 1, items, rows));
+                let (r0, r1) = (
+                    cpu::gemv_bound(i, items, rows),
+                    cpu::gemv_bound(i + 1, items, rows),
+                );
                 let tile = GemmTile {
                     qtype: q,
                     k: cols,
@@ -376,8 +363,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                                     quantize(dst);
                                     ready.0.store(true, Ordering::Release);
                                 } else {
-                                    let r0 = bound(i, items, rows);
-                                    let nr = (bound(i + 1, items, rows) - r0).min(4);
+                                    let r0 = cpu::gemv_bound(i, items, rows);
+                                    let nr = (cpu::gemv_bound(i + 1, items, rows) - r0).min(4);
                                     for r in r0..r0 + nr {
                                         prefetch_t0(
                                             &w[r * row_bytes..(r * row_bytes + 1024).min(w.len())],
@@ -411,8 +398,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                             let job = |i: usize, t: usize| {
                                 stamp(st, t, call, 0, i);
                                 if pf {
-                                    let r0 = bound(i, items, rows);
-                                    let nr = (bound(i + 1, items, rows) - r0).min(4);
+                                    let r0 = cpu::gemv_bound(i, items, rows);
+                                    let nr = (cpu::gemv_bound(i + 1, items, rows) - r0).min(4);
                                     for r in r0..r0 + nr {
                                         prefetch_t0(
                                             &w[r * row_bytes..(r * row_bytes + 1024).min(w.len())],
@@ -445,7 +432,10 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                             pool.for_each_static(items, &|i, t| {
                                 stamp(st, t, call, 0, i);
                                 stamp(st, t, call, 1, i);
-                                let (r0, r1) = (bound(i, items, rows), bound(i + 1, items, rows));
+                                let (r0, r1) = (
+                                    cpu::gemv_bound(i, items, rows),
+                                    cpu::gemv_bound(i + 1, items, rows),
+                                );
                                 let v = read_sum(&w[r0 * row_bytes..r1 * row_bytes], ahead);
                                 sink.fetch_add(v, std::sync::atomic::Ordering::Relaxed);
                                 stamp(st, t, call, 2, i);

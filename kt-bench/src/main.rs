@@ -13,6 +13,7 @@ mod moe;
 mod plan;
 mod pool_bench;
 mod split;
+mod stats;
 mod svg;
 
 use clap::{Parser, Subcommand};

@@ -17,6 +17,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::machine;
+use crate::stats::median;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -49,11 +50,6 @@ struct Row {
 
 fn work(buf: &[f32]) -> u64 {
     buf.iter().fold(0f32, |a, &b| a + b).to_bits() as u64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -89,12 +85,12 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             v
         };
-        let kt = time_jobs(&|| {
+        let mut kt = time_jobs(&|| {
             pool.for_each(items, &|i, _| {
                 sink.fetch_add(work(&bufs[i]), Ordering::Relaxed);
             })
         });
-        let ordered = time_jobs(&|| {
+        let mut ordered = time_jobs(&|| {
             pool.for_each_in_order(items, &|i, _| {
                 sink.fetch_add(work(&bufs[i]), Ordering::Relaxed);
             })
@@ -107,7 +103,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             })
         });
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let ry = time_jobs(&|| {
+        let mut ry = time_jobs(&|| {
             rayon_pool.install(|| {
                 (0..items).into_par_iter().for_each(|i| {
                     sink.fetch_add(work(&bufs[i]), Ordering::Relaxed);
@@ -120,10 +116,10 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             threads,
             items,
             item_floats: n,
-            kt_pool_us: median(kt) * 1e6,
-            kt_in_order_us: median(ordered) * 1e6,
-            kt_static_us: fixed.map(|v| median(v) * 1e6),
-            rayon_us: median(ry) * 1e6,
+            kt_pool_us: median(&mut kt) * 1e6,
+            kt_in_order_us: median(&mut ordered) * 1e6,
+            kt_static_us: fixed.map(|mut v| median(&mut v) * 1e6),
+            rayon_us: median(&mut ry) * 1e6,
         };
         if a.json {
             println!("{}", serde_json::to_string(&row)?);

@@ -537,7 +537,8 @@ fn gemv_items(rows: usize, row_bytes: usize, threads: usize) -> usize {
 
 /// First row of GEMV item `i` of `items`: the rows cut evenly (item sizes differ by at
 /// most [`GEMV_ROW_ALIGN`]), boundaries on multiples of it; `gemv_bound(items) = rows`.
-fn gemv_bound(i: usize, items: usize, rows: usize) -> usize {
+/// Public for probes that split a GEMV the way the driver does (`kt-bench gemv-probe`).
+pub fn gemv_bound(i: usize, items: usize, rows: usize) -> usize {
     if i >= items {
         rows
     } else {

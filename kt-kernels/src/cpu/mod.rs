@@ -26,7 +26,7 @@ pub mod avx512;
 
 pub use isa::Isa;
 pub use matmul::{
-    act_row_bytes, matmul, matmul_f32_reference, matmul_quantized_with, matmul_with,
+    act_row_bytes, gemv_bound, matmul, matmul_f32_reference, matmul_quantized_with, matmul_with,
     quantize_activations_with, GEMV_MAX_TOKENS,
 };
 pub use order::{kquant_order, KquantOrder};
