@@ -7,7 +7,9 @@
 //! One run: a prompt of `--prompt-len` pseudo-random ids (BOS first) in one forward
 //! call (prefill), then `--gen-len` single-token forward calls, each on the token
 //! sampled from the previous logits (decode). `decode` reports decode tokens/s as its
-//! headline, `prefill` the prompt's. Both phases run with the model's stage timers on
+//! headline: the mean over `--repetitions` decodes of the same tokens without timers, each
+//! on a fresh cache after the prompt (`reps.rs`); `prefill` the prompt's. The first run's
+//! phases run with the model's stage timers on
 //! (a few clock reads per layer): the report splits each phase's time by stage and layer
 //! (`split.rs`, `--svg` draws it with `svg.rs`) and compares the routed experts' weight
 //! traffic with the DRAM read bandwidth measured in the same run.
@@ -24,6 +26,7 @@ use kt_model::placement::{Placement, RuleSet, WeightFormat};
 use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 
 use crate::gen_gguf::bytes_bar;
+use crate::reps::Rates;
 use crate::split::PhaseSplit;
 use crate::svg;
 
@@ -92,6 +95,12 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Decode repetitions behind the decode rate: after the run whose time split is reported
+    /// (and, for hybrid rules, a warm-up of the graph path), the same tokens are decoded this
+    /// many more times, each on a fresh cache after the prompt, without timers; the rate is
+    /// their mean, as llama-bench reports (`reps.rs`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repetitions: u32,
     /// With hybrid rules that prefill the routed experts on the GPU: after the run, prefill
     /// 32, 64, 128, 256, 512, 1024 and 2048 tokens with the GPU experts forced on and off (the
     /// crossover) and measure the pinned host-to-device bandwidth.
@@ -115,6 +124,7 @@ impl Args {
             rules: "cpu".into(),
             svg: None,
             json: false,
+            repetitions: 1,
             crossover: false,
         }
     }
@@ -310,6 +320,30 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         },
     )?;
     let (tokens, prefill_s, decode_s) = (run.tokens, run.prefill_s, run.decode_s);
+    drop(cache);
+    // the decode rate: the same tokens again without the stage timers, `--repetitions` times
+    let rates = if gen_len > 0 {
+        let bar = phase_bar(
+            !a.json,
+            Some(u64::from(a.repetitions)),
+            "runs",
+            "decode repetitions".into(),
+        );
+        let rates = Rates::measure(a.repetitions as usize, gen_len, || {
+            let mut cache = model.new_cache(prompt_len + gen_len)?;
+            model.forward(&prompt, &mut cache, LogitRows::Last, None)?;
+            let t = Instant::now();
+            for &tok in &tokens {
+                model.forward(&[tok], &mut cache, LogitRows::Last, None)?;
+            }
+            bar.inc(1);
+            Ok::<f64, kt_model::ModelError>(t.elapsed().as_secs_f64())
+        })?;
+        bar.finish_and_clear();
+        Some(rates)
+    } else {
+        None
+    };
 
     let prefill = PhaseSplit {
         name: "prefill",
@@ -322,7 +356,8 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         wall_s: decode_s,
     };
     let prefill_tps = prompt_len as f64 / prefill_s;
-    let decode_tps = (gen_len > 0).then(|| gen_len as f64 / decode_s);
+    let decode_tps = rates.as_ref().map(Rates::mean);
+    let decode_timed_tps = (gen_len > 0).then(|| gen_len as f64 / decode_s);
     let (headline, shown) = match mode {
         Mode::Decode => (decode_tps.unwrap_or(0.0), &decode),
         Mode::Prefill => (prefill_tps, &prefill),
@@ -362,6 +397,8 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
             "tokens_per_s": headline,
             "prefill_tokens_per_s": prefill_tps,
             "decode_tokens_per_s": decode_tps,
+            "decode_timed_tokens_per_s": decode_timed_tps,
+            "decode_repetitions": rates.as_ref().map(Rates::json),
             "prompt_len": prompt_len,
             "gen_len": gen_len,
             "threads": pool.threads(),
@@ -396,10 +433,11 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         w.seconds
     );
     println!("prefill: {prompt_len} tokens in {prefill_s:.3} s = {prefill_tps:.1} tokens/s");
-    if let Some(tps) = decode_tps {
+    if let (Some(tps), Some(rates)) = (decode_timed_tps, &rates) {
         println!(
-            "decode:  {gen_len} tokens in {decode_s:.3} s = {tps:.2} tokens/s ({:.1} ms/token)",
-            1e3 * decode_s / gen_len as f64
+            "decode:  {gen_len} tokens in {decode_s:.3} s = {tps:.2} tokens/s ({:.1} ms/token) with stage timers; without: {}",
+            1e3 * decode_s / gen_len as f64,
+            rates.describe()
         );
     }
     shown.print(dram_gbps);

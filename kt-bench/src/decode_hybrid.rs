@@ -4,10 +4,12 @@
 //! The report keeps the CPU run's fields and replaces the stage split by the hybrid one:
 //! per layer and phase, GPU compute, CPU experts, transfers and each side's idle time.
 //! The split's events (seven per MoE layer, read back after each call) cost host time and
-//! keep the layers sequential, so the decode rate (`decode_tokens_per_s`) comes from a
-//! decode without them over the same tokens on a fresh cache, each step one CUDA graph
-//! launch (`decode_graph_launches` of them: the first step runs eagerly and captures;
-//! `decode_graph_error` says why not, if the device refused); `decode_pipelined_tokens_per_s`
+//! keep the layers sequential, so the decode rate (`decode_tokens_per_s`) comes from
+//! decodes without them over the same tokens, each on a fresh cache after the prompt and each
+//! step one CUDA graph launch (`decode_graph_launches` of them: each run's first step runs
+//! eagerly and captures; `decode_graph_error` says why not, if the device refused): after a
+//! short graphed warm-up, `--repetitions` such runs, and the rate is their mean
+//! (`decode_repetitions` keeps each, `reps.rs`); `decode_pipelined_tokens_per_s`
 //! is the same with eager steps, layers pipelined, `decode_sequential_tokens_per_s` without
 //! the pipeline either, and `decode_timed_tokens_per_s` the timed run's. `dram_gbps` is the
 //! best of three DRAM read probes of the run (`dram_gbps_readings`), and
@@ -26,10 +28,14 @@ use serde_json::{json, Value};
 use crate::decode::{
     prompt_ids, prompt_then_decode, Args, Mode, Weights, MAX_MOE_BATCH, MEMBW_BYTES, MEMBW_PASSES,
 };
+use crate::reps::Rates;
 
 /// Tokens of the warm-up call (a short prompt on a throwaway cache): loads every kernel
 /// and sizes the GEMM and attention workspaces before anything is timed.
 const WARMUP_TOKENS: usize = 8;
+
+/// Decode steps of the graph path's warm-up before the repetitions (the first captures).
+const GRAPH_WARMUP_STEPS: usize = 4;
 
 pub(crate) struct HybridRun<'a> {
     pub args: &'a Args,
@@ -282,6 +288,26 @@ impl TimelineSummary {
     }
 }
 
+/// `steps` decoded one token a call after `prompt` on a fresh cache, without events (each
+/// call pipelined or not, replaying the decode graph or not); the steps' seconds.
+fn untimed(
+    model: &mut HybridModel,
+    pipelined: bool,
+    graphed: bool,
+    prompt: &[u32],
+    steps: &[u32],
+) -> Result<f64, Box<dyn std::error::Error>> {
+    model.set_pipelined(pipelined);
+    model.set_graphed(graphed);
+    let mut cache = model.new_cache(prompt.len() + steps.len())?;
+    model.forward(prompt, &mut cache, LogitRows::Last)?;
+    let t = Instant::now();
+    for &tok in steps {
+        model.forward(&[tok], &mut cache, LogitRows::Last)?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
 impl HybridRun<'_> {
     pub fn run(
         &self,
@@ -331,29 +357,41 @@ impl HybridRun<'_> {
         let (tokens, prefill_s, decode_timed_s) = (run.tokens, run.prefill_s, run.decode_s);
         drop(cache);
         // the same tokens again without events: layers one after the other, pipelined, then
-        // graph launches
-        let launches_before = model.graph_launches();
-        let mut untimed =
-            |pipelined: bool, graphed: bool| -> Result<f64, Box<dyn std::error::Error>> {
-                model.set_pipelined(pipelined);
-                model.set_graphed(graphed);
-                let mut cache = model.new_cache(prompt_len + gen_len)?;
-                model.forward(&prompt, &mut cache, LogitRows::Last)?;
-                let t = Instant::now();
-                for &tok in &tokens {
-                    model.forward(&[tok], &mut cache, LogitRows::Last)?;
-                }
-                Ok(t.elapsed().as_secs_f64())
-            };
+        // (after a short graphed warm-up) `--repetitions` runs of graph launches
         let probe = || membw::measure_read_bandwidth(self.pool, MEMBW_BYTES, MEMBW_PASSES).gbps;
         let mut before_graph = None;
-        let (decode_seq_s, decode_pipe_s, decode_s) = if gen_len > 0 {
-            let seq = untimed(false, false)?;
-            let pipe = untimed(true, false)?;
+        let mut launches_before = 0;
+        let (decode_seq_s, decode_pipe_s, rates) = if gen_len > 0 {
+            let seq = untimed(&mut model, false, false, &prompt, &tokens)?;
+            let pipe = untimed(&mut model, true, false, &prompt, &tokens)?;
             before_graph = Some(probe());
-            (seq, pipe, untimed(true, true)?)
+            // the graph path's warm-up (llama-bench's warm-up run): a capture and a few
+            // replays on a short prompt, so the first repetition is not the first graph work
+            // after the probe
+            let warm_steps = &tokens[..tokens.len().min(GRAPH_WARMUP_STEPS)];
+            untimed(
+                &mut model,
+                true,
+                true,
+                &prompt[..prompt_len.min(WARMUP_TOKENS)],
+                warm_steps,
+            )?;
+            launches_before = model.graph_launches();
+            let bar = crate::decode::phase_bar(
+                !a.json,
+                Some(u64::from(a.repetitions)),
+                "runs",
+                "graph decode repetitions (hybrid)".into(),
+            );
+            let rates = Rates::measure(a.repetitions as usize, gen_len, || {
+                let s = untimed(&mut model, true, true, &prompt, &tokens);
+                bar.inc(1);
+                s
+            })?;
+            bar.finish_and_clear();
+            (seq, pipe, Some(rates))
         } else {
-            (decode_timed_s, decode_timed_s, decode_timed_s)
+            (decode_timed_s, decode_timed_s, None)
         };
         let dram = DramReadings {
             start: self.dram_gbps,
@@ -378,13 +416,7 @@ impl HybridRun<'_> {
         let mut prefetch_ab = Vec::new();
         for on in (0..ab_rounds).flat_map(|_| [false, true]) {
             model.set_prefetch(on);
-            let mut cache = model.new_cache(prompt_len + gen_len)?;
-            model.forward(&prompt, &mut cache, LogitRows::Last)?;
-            let t = Instant::now();
-            for &tok in &tokens {
-                model.forward(&[tok], &mut cache, LogitRows::Last)?;
-            }
-            let tps = gen_len as f64 / t.elapsed().as_secs_f64();
+            let tps = gen_len as f64 / untimed(&mut model, true, true, &prompt, &tokens)?;
             let tl = model
                 .graph_timeline()
                 .map(|t| TimelineSummary::new(t, &decode_times, dram_gbps));
@@ -411,7 +443,9 @@ impl HybridRun<'_> {
             None
         };
         let prefill_tps = prompt_len as f64 / prefill_s;
-        let decode_tps = (gen_len > 0).then(|| gen_len as f64 / decode_s);
+        let decode_tps = rates.as_ref().map(Rates::mean);
+        // the seconds of `gen_len` tokens at that mean rate
+        let decode_s = decode_tps.map_or(decode_timed_s, |t| gen_len as f64 / t);
         let decode_timed_tps = (gen_len > 0).then(|| gen_len as f64 / decode_timed_s);
         let decode_seq_tps = (gen_len > 0).then(|| gen_len as f64 / decode_seq_s);
         let decode_pipe_tps = (gen_len > 0).then(|| gen_len as f64 / decode_pipe_s);
@@ -447,6 +481,7 @@ impl HybridRun<'_> {
                 "decode_timed_tokens_per_s": decode_timed_tps,
                 "decode_sequential_tokens_per_s": decode_seq_tps,
                 "decode_pipelined_tokens_per_s": decode_pipe_tps,
+                "decode_repetitions": rates.as_ref().map(Rates::json),
                 "decode_graph_launches": graph_launches,
                 "decode_graph_error": graph_error,
                 "decode_graph_timeline": timeline.as_ref().map(TimelineSummary::json),
@@ -499,9 +534,10 @@ impl HybridRun<'_> {
             dram.after
         );
         println!("prefill: {prompt_len} tokens in {prefill_s:.3} s = {prefill_tps:.1} tokens/s");
-        if let Some(tps) = decode_tps {
+        if let Some(rates) = &rates {
             println!(
-                "decode:  {gen_len} tokens in {decode_s:.3} s = {tps:.2} tokens/s ({:.1} ms/token, {graph_launches} graph launches); eager pipelined {:.2} tokens/s, layers one after the other {:.2} tokens/s, with the split's events {:.2} tokens/s",
+                "decode:  {gen_len} tokens a run: {} ({:.1} ms/token, {graph_launches} graph launches); eager pipelined {:.2} tokens/s, layers one after the other {:.2} tokens/s, with the split's events {:.2} tokens/s",
+                rates.describe(),
                 1e3 * decode_s / gen_len as f64,
                 gen_len as f64 / decode_pipe_s,
                 gen_len as f64 / decode_seq_s,

@@ -12,6 +12,7 @@ mod matmul;
 mod moe;
 mod plan;
 mod pool_bench;
+mod reps;
 mod split;
 mod stats;
 mod svg;

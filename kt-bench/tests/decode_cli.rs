@@ -58,6 +58,8 @@ fn decode_on_synthetic_v2_lite_reports_json() {
         "3",
         "--threads",
         "2",
+        "--repetitions",
+        "3",
         "--json",
     ]);
     assert_eq!(j["mode"], "decode");
@@ -70,6 +72,21 @@ fn decode_on_synthetic_v2_lite_reports_json() {
     let tps = j["tokens_per_s"].as_f64().unwrap();
     assert!(tps > 0.0 && tps.is_finite());
     assert_eq!(j["tokens_per_s"], j["decode_tokens_per_s"]);
+    // the rate is the mean of the three repetitions', each of them a real rate
+    let reps = &j["decode_repetitions"];
+    let samples: Vec<f64> = reps["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(samples.len(), 3);
+    assert!(samples.iter().all(|r| *r > 0.0 && r.is_finite()));
+    let mean = samples.iter().sum::<f64>() / 3.0;
+    assert!((reps["mean"].as_f64().unwrap() - mean).abs() <= 1e-9 * mean);
+    assert_eq!(reps["mean"], j["decode_tokens_per_s"]);
+    assert!(reps["sd"].as_f64().unwrap() >= 0.0);
+    assert!(j["decode_timed_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(j["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(j["split"]["total_s"].as_f64().unwrap() > 0.0);
     let t = tokens(&j);
@@ -91,6 +108,7 @@ fn prefill_reports_the_prompt_rate() {
     assert_eq!(j["gen_len"], 0);
     assert_eq!(j["tokens_per_s"], j["prefill_tokens_per_s"]);
     assert!(j["decode_tokens_per_s"].is_null());
+    assert!(j["decode_repetitions"].is_null());
     assert!(tokens(&j).is_empty());
 }
 
@@ -162,6 +180,10 @@ fn bad_arguments_are_errors() {
         (
             vec!["decode", "--model", "deepseek-v2-lite", "--temperature=-1"],
             "temperature",
+        ),
+        (
+            vec!["decode", "--model", "deepseek-v2-lite", "--repetitions", "0"],
+            "--repetitions",
         ),
     ] {
         let r = kt_bench(&args);
