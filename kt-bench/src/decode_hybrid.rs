@@ -5,11 +5,12 @@
 //! per layer and phase, GPU compute, CPU experts, transfers and each side's idle time.
 //! The split's events (seven per MoE layer, read back after each call) cost host time and
 //! keep the layers sequential, so the decode rate (`decode_tokens_per_s`) comes from
-//! decodes without them over the same tokens, each on a fresh cache after the prompt and each
-//! step one CUDA graph launch (`decode_graph_launches` of them: each run's first step runs
-//! eagerly and captures; `decode_graph_error` says why not, if the device refused): after a
-//! short graphed warm-up, `--repetitions` such runs, and the rate is their mean
-//! (`decode_repetitions` keeps each, `reps.rs`); `decode_pipelined_tokens_per_s`
+//! decodes without them over the same tokens, each after the prompt on the run's cache
+//! cleared, each step one CUDA graph launch: a warm-up of a few steps captures the decode
+//! graph for that cache (`decode_graph_error` says why not, if the device refused), then
+//! `--repetitions` runs replay it from their first step (`decode_graph_launches` replays,
+//! `decode_graph_captures` recaptures among them, 0 unless a call grew the workspaces), and the
+//! rate is their mean (`decode_repetitions` keeps each, `reps.rs`); `decode_pipelined_tokens_per_s`
 //! is the same with eager steps, layers pipelined, `decode_sequential_tokens_per_s` without
 //! the pipeline either, and `decode_timed_tokens_per_s` the timed run's. `dram_gbps` is the
 //! best of three DRAM read probes of the run (`dram_gbps_readings`), and
@@ -21,7 +22,7 @@ use std::time::Instant;
 use kt_kernels::cpu::{membw, Isa, ThreadPool};
 use kt_kernels::cuda::Gpu;
 use kt_model::deepseek::{LogitRows, Sampler};
-use kt_model::hybrid::{GraphTimeline, HybridModel, HybridTimes, LayerSplit};
+use kt_model::hybrid::{GraphTimeline, HybridCache, HybridModel, HybridTimes, LayerSplit};
 use kt_model::placement::Placement;
 use serde_json::{json, Value};
 
@@ -288,10 +289,12 @@ impl TimelineSummary {
     }
 }
 
-/// `steps` decoded one token a call after `prompt` on a fresh cache, without events (each
-/// call pipelined or not, replaying the decode graph or not); the steps' seconds.
+/// `steps` decoded one token a call after `prompt` on `cache`, cleared first (as llama-bench
+/// clears its memory between runs; a decode graph captured for the cache stays), without
+/// events (each call pipelined or not, replaying the decode graph or not); the steps' seconds.
 fn untimed(
     model: &mut HybridModel,
+    cache: &mut HybridCache,
     pipelined: bool,
     graphed: bool,
     prompt: &[u32],
@@ -299,11 +302,11 @@ fn untimed(
 ) -> Result<f64, Box<dyn std::error::Error>> {
     model.set_pipelined(pipelined);
     model.set_graphed(graphed);
-    let mut cache = model.new_cache(prompt.len() + steps.len())?;
-    model.forward(prompt, &mut cache, LogitRows::Last)?;
+    cache.clear();
+    model.forward(prompt, cache, LogitRows::Last)?;
     let t = Instant::now();
     for &tok in steps {
-        model.forward(&[tok], &mut cache, LogitRows::Last)?;
+        model.forward(&[tok], cache, LogitRows::Last)?;
     }
     Ok(t.elapsed().as_secs_f64())
 }
@@ -355,28 +358,23 @@ impl HybridRun<'_> {
             },
         )?;
         let (tokens, prefill_s, decode_timed_s) = (run.tokens, run.prefill_s, run.decode_s);
-        drop(cache);
-        // the same tokens again without events: layers one after the other, pipelined, then
-        // (after a short graphed warm-up) `--repetitions` runs of graph launches
+        // the same tokens again without events, on the same cache: layers one after the
+        // other, pipelined, then (after a graphed warm-up that captures the decode graph)
+        // `--repetitions` runs of graph launches, the first step of each a replay too
         let probe = || membw::measure_read_bandwidth(self.pool, MEMBW_BYTES, MEMBW_PASSES).gbps;
         let mut before_graph = None;
-        let mut launches_before = 0;
+        let (mut launches_before, mut captures_before) = (0, 0);
         let (decode_seq_s, decode_pipe_s, rates) = if gen_len > 0 {
-            let seq = untimed(&mut model, false, false, &prompt, &tokens)?;
-            let pipe = untimed(&mut model, true, false, &prompt, &tokens)?;
+            let seq = untimed(&mut model, &mut cache, false, false, &prompt, &tokens)?;
+            let pipe = untimed(&mut model, &mut cache, true, false, &prompt, &tokens)?;
             before_graph = Some(probe());
-            // the graph path's warm-up (llama-bench's warm-up run): a capture and a few
-            // replays on a short prompt, so the first repetition is not the first graph work
-            // after the probe
+            // the graph path's warm-up (llama-bench's warm-up run): the capture and a few
+            // replays, so the first repetition is not the first graph work after the probe
             let warm_steps = &tokens[..tokens.len().min(GRAPH_WARMUP_STEPS)];
-            untimed(
-                &mut model,
-                true,
-                true,
-                &prompt[..prompt_len.min(WARMUP_TOKENS)],
-                warm_steps,
-            )?;
+            untimed(&mut model, &mut cache, true, true, &prompt, warm_steps)?;
+            model.reset_graph_timeline();
             launches_before = model.graph_launches();
+            captures_before = model.graph_captures();
             let bar = crate::decode::phase_bar(
                 !a.json,
                 Some(u64::from(a.repetitions)),
@@ -384,7 +382,7 @@ impl HybridRun<'_> {
                 "graph decode repetitions (hybrid)".into(),
             );
             let rates = Rates::measure(a.repetitions as usize, gen_len, || {
-                let s = untimed(&mut model, true, true, &prompt, &tokens);
+                let s = untimed(&mut model, &mut cache, true, true, &prompt, &tokens);
                 bar.inc(1);
                 s
             })?;
@@ -400,6 +398,7 @@ impl HybridRun<'_> {
         };
         let dram_gbps = dram.best();
         let graph_launches = model.graph_launches() - launches_before;
+        let graph_captures = model.graph_captures() - captures_before;
         let graph_error = model.graph_error().map(str::to_string);
         let timeline = (gen_len > 0)
             .then(|| model.graph_timeline().cloned())
@@ -416,7 +415,9 @@ impl HybridRun<'_> {
         let mut prefetch_ab = Vec::new();
         for on in (0..ab_rounds).flat_map(|_| [false, true]) {
             model.set_prefetch(on);
-            let tps = gen_len as f64 / untimed(&mut model, true, true, &prompt, &tokens)?;
+            model.reset_graph_timeline();
+            let secs = untimed(&mut model, &mut cache, true, true, &prompt, &tokens)?;
+            let tps = gen_len as f64 / secs;
             let tl = model
                 .graph_timeline()
                 .map(|t| TimelineSummary::new(t, &decode_times, dram_gbps));
@@ -483,6 +484,7 @@ impl HybridRun<'_> {
                 "decode_pipelined_tokens_per_s": decode_pipe_tps,
                 "decode_repetitions": rates.as_ref().map(Rates::json),
                 "decode_graph_launches": graph_launches,
+                "decode_graph_captures": graph_captures,
                 "decode_graph_error": graph_error,
                 "decode_graph_timeline": timeline.as_ref().map(TimelineSummary::json),
                 "prompt_len": prompt_len,

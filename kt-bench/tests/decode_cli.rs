@@ -182,7 +182,13 @@ fn bad_arguments_are_errors() {
             "temperature",
         ),
         (
-            vec!["decode", "--model", "deepseek-v2-lite", "--repetitions", "0"],
+            vec![
+                "decode",
+                "--model",
+                "deepseek-v2-lite",
+                "--repetitions",
+                "0",
+            ],
             "--repetitions",
         ),
     ] {

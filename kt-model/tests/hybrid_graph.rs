@@ -3,9 +3,11 @@
 //! per-token inputs (position, cache row, rope row, MLA kv length and split count) read from
 //! device buffers, so the logits must agree bit for bit. The calls: a prompt of 188 tokens,
 //! 5 decode steps (crossing the cache page boundary at position 192, where the wgmma MLA
-//! kernel also goes from one key split to two), a 3-token chunk (which drops the graph), then
-//! 5 more decode steps (captured again); on a synthetic DeepSeek-V2-Lite cut to 3 layers
-//! (one dense, two MoE), with the shipped hybrid rules (int4 linears) and all-bf16 ones.
+//! kernel also goes from one key split to two), a 3-token chunk (eager; the graph stays unless
+//! the chunk grew the workspaces it names, then the next step recaptures), then 5 more decode
+//! steps; on a synthetic DeepSeek-V2-Lite cut to 3 layers (one dense, two MoE), with the
+//! shipped hybrid rules (int4 linears) and all-bf16 ones. A cache cleared for a new sequence
+//! keeps its graph: the new sequence's decode steps all replay it, again bit for bit.
 //! The graph predicts the second MoE layer's experts and the CPU prefetches them (on by
 //! default): that changes no value, and the predictions must be far better than chance.
 //! Needs a GPU: skips with a message without one, unless KT_REQUIRE_GPU is set.
@@ -25,8 +27,9 @@ use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 const PROMPT: usize = 188;
 const DECODE: usize = 5;
 const CHUNK: usize = 3;
-/// Replays per run: each decode run's first step is eager (and captures), the rest replay.
-const REPLAYS: u64 = 2 * (DECODE as u64 - 1);
+/// Decode steps per run: each replays the graph or, where there is none for the cache (or
+/// it went stale), runs eagerly and captures one.
+const STEPS: u64 = 2 * DECODE as u64;
 
 fn decode(model: &mut HybridModel<'_>, cache: &mut HybridCache, first: u32) -> Vec<Vec<f32>> {
     let mut next = first;
@@ -86,10 +89,20 @@ fn graph_decode_matches_eager_bit_for_bit() {
             None,
             "{name}: the decode graph was not captured"
         );
-        assert_eq!(model.graph_launches(), REPLAYS, "{name}: graph replays");
-        // the host timeline of the last graph (the second decode run's replays)
+        let (launches, captures) = (model.graph_launches(), model.graph_captures());
+        assert!(
+            (1..=2).contains(&captures) && launches + captures == STEPS,
+            "{name}: {launches} replays and {captures} captures for {STEPS} decode steps"
+        );
+        // the host timeline of the last graph: every replay when the chunk kept the graph,
+        // the second decode run's replays when it was recaptured
         let tl = model.graph_timeline().expect("the last decode run's graph");
-        assert_eq!(tl.launches, DECODE as u64 - 1, "{name}: timeline launches");
+        let last_graph = if captures == 1 {
+            launches
+        } else {
+            DECODE as u64 - 1
+        };
+        assert_eq!(tl.launches, last_graph, "{name}: timeline launches");
         assert_eq!(tl.experts_s.len(), 2, "{name}: one entry per MoE layer");
         assert_eq!(tl.gpu_before_s.len(), 2, "{name}: one entry per MoE layer");
         assert!(
@@ -105,7 +118,7 @@ fn graph_decode_matches_eager_bit_for_bit() {
         // on by default): once per replay, naming well over chance's share of the actual
         // top-6 of 64 (9%; the synthetic model's ~70%), which a wrong router, norm or
         // residual would not
-        assert_eq!(tl.prefetches, DECODE as u64 - 1, "{name}: prefetches");
+        assert_eq!(tl.prefetches, last_graph, "{name}: prefetches");
         assert_eq!(
             tl.predicted_slots,
             6 * tl.prefetches,
@@ -120,7 +133,11 @@ fn graph_decode_matches_eager_bit_for_bit() {
         );
         model.set_graphed(false);
         let eager = run(&mut model);
-        assert_eq!(model.graph_launches(), REPLAYS, "{name}: replays while off");
+        assert_eq!(
+            model.graph_launches(),
+            launches,
+            "{name}: replays while off"
+        );
 
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(graphed.len(), eager.len());
@@ -141,4 +158,88 @@ fn graph_decode_matches_eager_bit_for_bit() {
             model.graph_launches()
         );
     }
+}
+
+/// A second sequence on the same cache, cleared: every decode step replays the graph the
+/// first sequence captured (the same prompt length, so no call grows the workspaces), and its
+/// logits equal the eager calls' bit for bit; a sequence on another cache captures its own.
+#[test]
+fn a_cleared_cache_keeps_its_graph() {
+    let Some(gpu) = cuda_common::gpu_or_skip("a_cleared_cache_keeps_its_graph") else {
+        return;
+    };
+    let opts = SyntheticOptions {
+        layers: Some(3),
+        seed: 31,
+        ..SyntheticOptions::default()
+    };
+    let m = SyntheticModel::new(Preset::DeepSeekV2Lite, &opts).unwrap();
+    let g = m.to_gguf(&mut |_| {}).unwrap();
+    let c = m.config().clone();
+    let placement = RuleSet::from_file(hybrid_common::rules_file("deepseek-v2-lite-hybrid.yaml"))
+        .unwrap()
+        .place(&c)
+        .unwrap();
+    let isa = cpu::isa::selected().unwrap();
+    let mut model = HybridModel::new(gpu, &g, c.clone(), &placement, isa).unwrap();
+    let mut rng = SplitMix64::new(0x636c_6561);
+    let mut prompt = || {
+        (0..PROMPT)
+            .map(|_| rng.below(c.vocab_size) as u32)
+            .collect::<Vec<u32>>()
+    };
+    let (first, second) = (prompt(), prompt());
+    let sequence = |model: &mut HybridModel<'_>, cache: &mut HybridCache, p: &[u32]| {
+        cache.clear();
+        let mut out = vec![model.forward(p, cache, LogitRows::Last).unwrap()];
+        out.extend(decode(model, cache, argmax(&out[0])));
+        out
+    };
+    let steps = DECODE as u64;
+    let mut cache = model.new_cache(PROMPT + DECODE).unwrap();
+    sequence(&mut model, &mut cache, &first);
+    assert_eq!(
+        model.graph_error(),
+        None,
+        "the decode graph was not captured"
+    );
+    assert_eq!(
+        (model.graph_captures(), model.graph_launches()),
+        (1, steps - 1),
+        "first sequence: one capture, then replays"
+    );
+    let graphed = sequence(&mut model, &mut cache, &second);
+    assert_eq!(
+        (model.graph_captures(), model.graph_launches()),
+        (1, 2 * steps - 1),
+        "the second sequence replays from its first decode step"
+    );
+    let tl = model.graph_timeline().expect("the graph");
+    assert_eq!(
+        tl.launches,
+        2 * steps - 1,
+        "one timeline over both sequences"
+    );
+
+    model.set_graphed(false);
+    let eager = sequence(&mut model, &mut cache, &second);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(graphed.len(), eager.len());
+    for (i, (gr, ea)) in graphed.iter().zip(&eager).enumerate() {
+        assert!(
+            gr.iter().all(|v| v.is_finite()) && gr.iter().any(|&v| v != gr[0]),
+            "call {i}: non-finite or constant logits"
+        );
+        assert_eq!(bits(gr), bits(ea), "call {i}: graph vs eager");
+    }
+
+    // another cache: its first decode step runs eagerly and captures a graph of its own
+    model.set_graphed(true);
+    let mut other = model.new_cache(PROMPT + DECODE).unwrap();
+    sequence(&mut model, &mut other, &first);
+    assert_eq!(
+        (model.graph_captures(), model.graph_launches()),
+        (2, 3 * steps - 2),
+        "a new cache captures once, then replays"
+    );
 }

@@ -165,6 +165,7 @@ impl MlaBatch {
 pub struct MlaWorkspace {
     part_o: Option<DeviceBuf<f32>>,
     part_lse: Option<DeviceBuf<f32>>,
+    allocations: u64,
 }
 
 impl MlaWorkspace {
@@ -173,11 +174,19 @@ impl MlaWorkspace {
         let (need_o, need_l) = (split_rows * KV_LORA_RANK, split_rows);
         if self.part_o.as_ref().is_none_or(|b| b.len() < need_o) {
             self.part_o = Some(s.alloc_zeroed::<f32>(need_o)?);
+            self.allocations += 1;
         }
         if self.part_lse.as_ref().is_none_or(|b| b.len() < need_l) {
             self.part_lse = Some(s.alloc_zeroed::<f32>(need_l)?);
+            self.allocations += 1;
         }
         Ok(())
+    }
+
+    /// How many times a buffer was (re)allocated: a CUDA graph captured with this workspace
+    /// names its buffers by address and stays valid while this count does not change.
+    pub fn allocations(&self) -> u64 {
+        self.allocations
     }
 }
 

@@ -44,7 +44,11 @@ impl HybridModel<'_> {
     /// on and the device took the probe wait of the current batch size's scratch (false
     /// before the first call).
     pub fn pipelines(&self) -> bool {
-        self.pipelined && self.scratch.as_ref().is_some_and(|s| s.flag.is_some())
+        let last = match self.last_single {
+            true => &self.scratch_one,
+            false => &self.scratch_many,
+        };
+        self.pipelined && last.as_ref().is_some_and(|s| s.flag.is_some())
     }
 
     /// [`Self::forward`], recording each layer's residual stream and each MoE layer's
@@ -85,20 +89,37 @@ impl HybridModel<'_> {
         }
         let timing = times.is_some();
         // A single-token call without trace or timing replays the decode graph of this cache
-        // (`graph.rs`), captured after the first such call ran eagerly; any other call drops
-        // the graph first, since it may reallocate the buffers the graph names.
+        // (`graph.rs`), captured after the first such call ran eagerly. The graph names the
+        // cache, the single-token scratch and the workspaces by address: other calls leave
+        // the first two in place (multi-token calls have a scratch of their own), and a call
+        // that grew the workspaces makes the graph stale, so it goes.
         let graphable = self.graphed
             && t_n == 1
             && trace.is_none()
             && !timing
             && self.gpu_experts.as_ref().is_none_or(|g| t_n <= g.threshold);
-        if !(graphable && self.graph.as_ref().is_some_and(|g| g.cache_id == cache.id)) {
+        if self
+            .graph
+            .as_ref()
+            .is_some_and(|g| g.ws_allocations != self.ws.allocations())
+        {
             self.graph = None;
         }
-        if self.scratch.as_ref().is_none_or(|x| x.tokens != t_n) {
-            self.scratch = None; // free the old set first
-            let sc = Scratch::new(&self.gpu, self.gpu.stream(), c, &self.widths, t_n)?;
-            self.scratch = Some(sc);
+        let replay = graphable && self.graph.as_ref().is_some_and(|g| g.cache_id == cache.id);
+        self.last_single = t_n == 1;
+        let slot = match t_n {
+            1 => &mut self.scratch_one,
+            _ => &mut self.scratch_many,
+        };
+        if slot.as_ref().is_none_or(|x| x.tokens != t_n) {
+            *slot = None; // free the old set first
+            *slot = Some(Scratch::new(
+                &self.gpu,
+                self.gpu.stream(),
+                c,
+                &self.widths,
+                t_n,
+            )?);
         }
         let pipelined = self.pipelined && trace.is_none() && !timing;
         let HybridModel {
@@ -111,24 +132,31 @@ impl HybridModel<'_> {
             fused,
             router,
             scale,
-            scratch,
+            scratch_one,
+            scratch_many,
             ws,
             gpu_experts,
             graph,
             graph_error,
             graph_launches,
+            graph_captures,
             prefetch,
             ..
         } = self;
         let s = gpu.stream();
-        let sc = scratch.as_mut().expect("built above");
+        let sc = match t_n {
+            1 => scratch_one,
+            _ => scratch_many,
+        }
+        .as_mut()
+        .expect("built above");
 
         let mut x = vec![0.0f32; t_n * hidden];
         for (&tok, row) in tokens.iter().zip(x.chunks_exact_mut(hidden)) {
             token_embd.dequantize_row(tok as usize, row)?;
         }
         s.copy_from_host(&x, &mut sc.x)?;
-        if let Some(g) = graph.as_mut() {
+        if let Some(g) = graph.as_mut().filter(|_| replay) {
             let out = g.replay(s, fused.as_ref(), sc, cache, *prefetch)?;
             cache.len += 1;
             *graph_launches += 1;
@@ -225,8 +253,12 @@ impl HybridModel<'_> {
                 norm: output_norm,
                 output,
             };
+            *graph = None; // the old graph's buffers go before the new one's come
             match DecodeGraph::capture(gpu, &step, layers, head, sc, cache, ws) {
-                Ok(g) => *graph = Some(g),
+                Ok(g) => {
+                    *graph = Some(g);
+                    *graph_captures += 1;
+                }
                 Err(e) => *graph_error = Some(e.to_string()),
             }
         }

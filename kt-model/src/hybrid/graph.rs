@@ -29,9 +29,11 @@
 //! (the gating's writes are done and fenced) and raising `done` to `k` (the return waits for
 //! it, and the next layer's gating follows the return on the stream).
 //!
-//! The graph names the scratch, the workspaces and the cache by address: any call that does
-//! not replay it drops it first (it may reallocate them), and a call with another cache
-//! recaptures.
+//! The graph names the single-token scratch, the workspaces and the cache by address. Calls
+//! that do not replay it leave the first and the last in place (multi-token calls have their own
+//! scratch); a call that grew the workspaces drops it, and a single-token call on another
+//! cache recaptures. A cache cleared for a new sequence (`HybridCache::clear`) keeps its graph,
+//! so a new sequence after its prompt replays from its first decode step.
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +61,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct DecodeGraph {
     /// The cache it was captured for ([`HybridCache`]'s id).
     pub cache_id: u64,
+    /// The workspaces' allocation count it was captured at ([`Workspaces::allocations`]).
+    pub ws_allocations: u64,
     graph: GpuGraph,
     batch: MlaBatch,
     logits: DeviceBuf<f32>,
@@ -140,6 +144,7 @@ impl DecodeGraph {
         let timeline = GraphTimeline::new(moe_layers.len());
         Ok(DecodeGraph {
             cache_id: cache.id,
+            ws_allocations: ws.allocations(),
             graph: graph?,
             batch,
             logits,
@@ -157,6 +162,11 @@ impl DecodeGraph {
     /// Where this graph's replays spent their time so far.
     pub fn timeline(&self) -> &GraphTimeline {
         &self.timeline
+    }
+
+    /// Starts the timeline afresh.
+    pub fn reset_timeline(&mut self) {
+        self.timeline = GraphTimeline::new(self.moe_layers.len());
     }
 
     /// One decode step at position `cache.len` whose embedding row is already in `sc.x`:

@@ -102,6 +102,13 @@ impl HybridCache {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+
+    /// Empties the cache for a new sequence (llama.cpp's memory clear), keeping its buffers,
+    /// and with them a decode graph captured for it: the next sequence's decode steps replay
+    /// that graph from their first step.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
 }
 
 /// A DeepSeek model on one GPU plus the CPU's routed experts (see the module docs).
@@ -118,7 +125,12 @@ pub struct HybridModel<'a> {
     rope: RopeYarn,
     scale: f32,
     widths: Widths,
-    scratch: Option<Scratch>,
+    /// The single-token calls' scratch (the one a decode graph names: kept while it lives)
+    /// and the scratch of the last multi-token call (replaced when the token count changes).
+    scratch_one: Option<Scratch>,
+    scratch_many: Option<Scratch>,
+    /// Whether the last call was a single-token one (which scratch [`Self::pipelines`] reads).
+    last_single: bool,
     ws: Workspaces,
     /// The routed experts for long prefill chunks on the GPU, when the rules ask for it.
     gpu_experts: Option<GpuExperts>,
@@ -134,6 +146,7 @@ pub struct HybridModel<'a> {
     graph: Option<DecodeGraph>,
     graph_error: Option<String>,
     graph_launches: u64,
+    graph_captures: u64,
 }
 
 /// The GEMM's k-split and the attention's key-split scratch, grown on demand.
@@ -141,6 +154,14 @@ pub struct HybridModel<'a> {
 pub(crate) struct Workspaces {
     pub gemm: GemmWorkspace,
     pub mla: MlaWorkspace,
+}
+
+impl Workspaces {
+    /// Buffer (re)allocations so far: a decode graph captured at one count is stale at
+    /// another (it names the old buffers).
+    pub fn allocations(&self) -> u64 {
+        self.gemm.allocations() + self.mla.allocations()
+    }
 }
 
 impl<'a> HybridModel<'a> {
@@ -219,7 +240,9 @@ impl<'a> HybridModel<'a> {
             scale,
             widths,
             config,
-            scratch: None,
+            scratch_one: None,
+            scratch_many: None,
+            last_single: false,
             ws: Workspaces::default(),
             gpu_experts,
             pipelined: true,
@@ -228,6 +251,7 @@ impl<'a> HybridModel<'a> {
             graph: None,
             graph_error: None,
             graph_launches: 0,
+            graph_captures: 0,
         })
     }
 
@@ -325,10 +349,25 @@ impl<'a> HybridModel<'a> {
         self.graph_launches
     }
 
-    /// Where the current decode graph's replays spent their time (None without a graph;
-    /// a new cache or an eager call drops the graph and its timeline with it).
+    /// How many decode graphs were captured so far: one per cache, plus one each time a
+    /// call grew the workspaces a graph names.
+    pub fn graph_captures(&self) -> u64 {
+        self.graph_captures
+    }
+
+    /// Where the current decode graph's replays spent their time (None without a graph; a
+    /// graphed step on another cache, or after the workspaces grew, recaptures and starts a
+    /// new timeline).
     pub fn graph_timeline(&self) -> Option<&GraphTimeline> {
         self.graph.as_ref().map(|g| g.timeline())
+    }
+
+    /// Starts the current decode graph's timeline afresh (before a benchmark's measured
+    /// runs: the graph, and so its timeline, outlives a cleared cache).
+    pub fn reset_graph_timeline(&mut self) {
+        if let Some(g) = self.graph.as_mut() {
+            g.reset_timeline();
+        }
     }
 
     /// Why capturing the decode graph failed, if it did (the calls then stay eager).

@@ -139,6 +139,7 @@ impl<'a, T> Operands<'a, T> {
 pub struct GemmWorkspace {
     buf: Option<DeviceBuf<f32>>,
     counters: Option<DeviceBuf<u32>>,
+    allocations: u64,
 }
 
 impl GemmWorkspace {
@@ -147,11 +148,19 @@ impl GemmWorkspace {
     fn grow(&mut self, s: &GpuStream, partials: usize, counters: usize) -> CudaResult<()> {
         if self.buf.as_ref().is_none_or(|b| b.len() < partials) {
             self.buf = Some(s.alloc_zeroed::<f32>(partials)?);
+            self.allocations += 1;
         }
         if self.counters.as_ref().is_none_or(|c| c.len() < counters) {
             self.counters = Some(s.alloc_zeroed::<u32>(counters.max(1))?);
+            self.allocations += 1;
         }
         Ok(())
+    }
+
+    /// How many times a buffer was (re)allocated: a CUDA graph captured with this workspace
+    /// names its buffers by address and stays valid while this count does not change.
+    pub fn allocations(&self) -> u64 {
+        self.allocations
     }
 
     /// The partial sums and counters ([`Self::grow`] made them).
