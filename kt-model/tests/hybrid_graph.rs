@@ -22,7 +22,6 @@ use kt_kernels::util::SplitMix64;
 use kt_model::deepseek::{argmax, LogitRows};
 use kt_model::hybrid::{HybridCache, HybridModel};
 use kt_model::placement::RuleSet;
-use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 
 const PROMPT: usize = 188;
 const DECODE: usize = 5;
@@ -62,15 +61,8 @@ fn graph_decode_matches_eager_bit_for_bit() {
     let Some(gpu) = cuda_common::gpu_or_skip("graph_decode_matches_eager_bit_for_bit") else {
         return;
     };
-    let opts = SyntheticOptions {
-        layers: Some(3),
-        seed: 29,
-        ..SyntheticOptions::default()
-    };
-    let m = SyntheticModel::new(Preset::DeepSeekV2Lite, &opts).unwrap();
-    let g = m.to_gguf(&mut |_| {}).unwrap();
+    let (m, g) = hybrid_common::v2_lite(3, 29);
     let c = m.config().clone();
-    assert!(c.n_layers == 3 && c.first_k_dense_replace == 1, "{c:?}");
     let isa = cpu::isa::selected().unwrap();
     let hybrid =
         RuleSet::from_file(hybrid_common::rules_file("deepseek-v2-lite-hybrid.yaml")).unwrap();
@@ -168,18 +160,9 @@ fn a_cleared_cache_keeps_its_graph() {
     let Some(gpu) = cuda_common::gpu_or_skip("a_cleared_cache_keeps_its_graph") else {
         return;
     };
-    let opts = SyntheticOptions {
-        layers: Some(3),
-        seed: 31,
-        ..SyntheticOptions::default()
-    };
-    let m = SyntheticModel::new(Preset::DeepSeekV2Lite, &opts).unwrap();
-    let g = m.to_gguf(&mut |_| {}).unwrap();
+    let (m, g) = hybrid_common::v2_lite(3, 31);
     let c = m.config().clone();
-    let placement = RuleSet::from_file(hybrid_common::rules_file("deepseek-v2-lite-hybrid.yaml"))
-        .unwrap()
-        .place(&c)
-        .unwrap();
+    let placement = hybrid_common::v2_lite_hybrid_placement(&c);
     let isa = cpu::isa::selected().unwrap();
     let mut model = HybridModel::new(gpu, &g, c.clone(), &placement, isa).unwrap();
     let mut rng = SplitMix64::new(0x636c_6561);

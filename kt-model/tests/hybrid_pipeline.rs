@@ -15,8 +15,6 @@ use kt_kernels::cpu;
 use kt_kernels::util::SplitMix64;
 use kt_model::deepseek::{argmax, LogitRows};
 use kt_model::hybrid::{HybridCache, HybridModel, HybridTimes};
-use kt_model::placement::RuleSet;
-use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 
 const PROMPT: usize = 13;
 const CHUNK: usize = 5;
@@ -58,19 +56,9 @@ fn pipelined_layers_match_sequential_bit_for_bit() {
     else {
         return;
     };
-    let opts = SyntheticOptions {
-        layers: Some(4),
-        seed: 23,
-        ..SyntheticOptions::default()
-    };
-    let m = SyntheticModel::new(Preset::DeepSeekV2Lite, &opts).unwrap();
-    let g = m.to_gguf(&mut |_| {}).unwrap();
+    let (m, g) = hybrid_common::v2_lite(4, 23);
     let c = m.config().clone();
-    assert!(c.n_layers == 4 && c.first_k_dense_replace == 1, "{c:?}");
-    let placement = RuleSet::from_file(hybrid_common::rules_file("deepseek-v2-lite-hybrid.yaml"))
-        .unwrap()
-        .place(&c)
-        .unwrap();
+    let placement = hybrid_common::v2_lite_hybrid_placement(&c);
     let isa = cpu::isa::selected().unwrap();
     let mut model = HybridModel::new(gpu, &g, c.clone(), &placement, isa).unwrap();
     // eager steps only: the decode graph has its own test (hybrid_graph)

@@ -82,7 +82,7 @@ fn gpu_prefill_experts_match_cpu_experts_within_int4_error() {
     let c = m.config().clone();
     let isa = cpu::isa::selected().unwrap();
     let p = placement(&gpu_prefill(), m);
-    let mut h = HybridModel::new(gpu, &g, c.clone(), &p, isa).unwrap();
+    let mut h = HybridModel::new(gpu, g, c.clone(), &p, isa).unwrap();
     assert_eq!(h.gpu_prefill_threshold(), Some(16));
     let load = h.gpu_prefill_load().expect("GPU prefill experts loaded");
     eprintln!("gpu prefill experts: {load:?}");

@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use kt_model::config::DeepSeekConfig;
 use kt_model::gguf::Gguf;
+use kt_model::placement::{Placement, RuleSet};
 use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 
 /// Every GPU module in bf16, the router in f32, the routed experts on the CPU as stored.
@@ -33,20 +35,28 @@ rules:
     replace: {device: "cuda:0", format: bf16}
 "#;
 
-/// A synthetic DeepSeek-V2-Lite of 2 layers (one dense, one MoE) and its GGUF, built once
-/// per test binary.
+/// A synthetic DeepSeek-V2-Lite cut to `layers` layers (the first dense, the rest MoE) with
+/// weights of `seed`, and its GGUF.
+pub fn v2_lite(layers: usize, seed: u64) -> (SyntheticModel, Gguf) {
+    let opts = SyntheticOptions {
+        layers: Some(layers),
+        seed,
+        ..SyntheticOptions::default()
+    };
+    let m = SyntheticModel::new(Preset::DeepSeekV2Lite, &opts).unwrap();
+    let g = m.to_gguf(&mut |_| {}).unwrap();
+    assert!(
+        m.config().n_layers == layers && m.config().first_k_dense_replace == 1,
+        "{:?}",
+        m.config()
+    );
+    (m, g)
+}
+
+/// [`v2_lite`] of 2 layers (one dense, one MoE), built once per test binary.
 pub fn v2_lite_two_layers() -> &'static (SyntheticModel, Gguf) {
     static MODEL: OnceLock<(SyntheticModel, Gguf)> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let opts = SyntheticOptions {
-            layers: Some(2),
-            seed: 11,
-            ..SyntheticOptions::default()
-        };
-        let m = SyntheticModel::new(Preset::DeepSeekV2Lite, &opts).unwrap();
-        let g = m.to_gguf(&mut |_| {}).unwrap();
-        (m, g)
-    })
+    MODEL.get_or_init(|| v2_lite(2, 11))
 }
 
 /// A rules file by its path under `rules/`: beside this crate when built here, else under
@@ -61,6 +71,14 @@ pub fn rules_file(name: &str) -> PathBuf {
     } else {
         std::path::Path::new("rules").join(name)
     }
+}
+
+/// The shipped `rules/deepseek-v2-lite-hybrid.yaml` placed for `c`.
+pub fn v2_lite_hybrid_placement(c: &DeepSeekConfig) -> Placement {
+    RuleSet::from_file(rules_file("deepseek-v2-lite-hybrid.yaml"))
+        .unwrap()
+        .place(c)
+        .unwrap()
 }
 
 /// `||got - want|| / ||want||`.
