@@ -44,7 +44,7 @@ pub(crate) const AMX_MIN_TOKENS: usize = 12;
 /// 10-14% slower with folded calls above 32 tokens (191-241 ms vs 174-213 per sub-block
 /// only) and V2-Lite no faster, while one 512-token GEMM gained 4-6%
 /// (`bench-results/2026-11-22-s6-final`). So the MoE keeps the per-sub-block kernel.
-pub(crate) const FOLD_MIN_TOKENS: usize = 11;
+pub(crate) const FOLD_MIN_TOKENS: usize = 64;
 
 /// The kernel of the level below (AVX512), for small token counts.
 static LOWER: OnceLock<GemmFn> = OnceLock::new();
