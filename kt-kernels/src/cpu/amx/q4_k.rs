@@ -36,7 +36,7 @@ pub(super) const SUBS: usize = 8;
 
 /// Below this many tokens the AVX512 kernel is used: a C tile's 16 token columns would
 /// be mostly empty.
-pub(crate) const AMX_MIN_TOKENS: usize = 12;
+pub(crate) const AMX_MIN_TOKENS: usize = 10;
 
 /// Above this many tokens the folded step kernel is used (see the module comment). 64, not
 /// the dev VM's crossover of 32: on the device (16 threads, two calls, session 6) the MoE
