@@ -341,7 +341,7 @@ fn k_quant_token_counts_match_scalar() {
         return;
     }
     for q in KQUANTS {
-        for (i, tokens) in [1, 7, 11, 12, 16, 17, 31, 32, 33, 63, 64, 65, 513]
+        for (i, tokens) in [1, 7, 9, 10, 11, 12, 16, 17, 31, 32, 33, 63, 64, 65, 513]
             .into_iter()
             .enumerate()
         {

@@ -76,7 +76,7 @@ fn q4_k_everywhere_every_token_count() {
         return;
     }
     let b = q4_k_layer(512, 256, QType::Q4_K, 11);
-    for (i, tokens) in [1, 2, 7, 12, 64, 513].into_iter().enumerate() {
+    for (i, tokens) in [1, 2, 7, 9, 10, 12, 64, 513].into_iter().enumerate() {
         for k in [6, 8] {
             run_amx(
                 &b,

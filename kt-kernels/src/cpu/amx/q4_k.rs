@@ -35,8 +35,15 @@ use crate::cpu::dispatch::{GemmFn, GemmTile};
 pub(super) const SUBS: usize = 8;
 
 /// Below this many tokens the AVX512 kernel is used: a C tile's 16 token columns would
-/// be mostly empty.
-pub(crate) const AMX_MIN_TOKENS: usize = 12;
+/// be mostly empty. 10 since session 12 (12 before; the matmul driver's Q4_K tiles share
+/// it). Device, 16 threads, V3 Q4_K 512 tokens: in one process (variants taking turns per
+/// call, four processes) AMX from 10 / 8 / 6 tokens ran 1.6 / 1.4 / 2.5% faster than from
+/// 12 on average (from 10: -1.5 / -6.1 / -2.2 / +3.4%), in separate processes interleaved
+/// with base 203 / 195 / 179 ms against 217 / 192 / 196, and with the folded step kernel
+/// from 10 tokens 3-12% faster than from 12. Small, at this device's spread, but pointing
+/// one way (`bench-results/2026-11-22-s12-moe12`); session 11 had found 12 better than
+/// 14, 17 and 21.
+pub(crate) const AMX_MIN_TOKENS: usize = 10;
 
 /// Above this many tokens the folded step kernel is used (see the module comment). 64, not
 /// the dev VM's crossover of 32: on the device (16 threads, two calls, session 6) the MoE
@@ -44,6 +51,12 @@ pub(crate) const AMX_MIN_TOKENS: usize = 12;
 /// 10-14% slower with folded calls above 32 tokens (191-241 ms vs 174-213 per sub-block
 /// only) and V2-Lite no faster, while one 512-token GEMM gained 4-6%
 /// (`bench-results/2026-11-22-s6-final`). So the MoE keeps the per-sub-block kernel.
+/// Session 12 (device, 16 threads, V3 Q4_K 512 in one process, the two choices taking
+/// turns per call, three processes): the folded kernel for every AMX tile ran 4-14% slower
+/// (170.9 / 170.7 / 187.0 ms vs 180.3 / 194.5 / 193.9), though it issues 24 tile operations
+/// a 16 x 16 x 256 step against 40 (2 C stores against 8): with one token group the second
+/// A operand's unpacking is not shared, and at 16 threads that vector work costs more
+/// than the tile operations it saves (`bench-results/2026-11-22-s12-moe12`).
 pub(crate) const FOLD_MIN_TOKENS: usize = 64;
 
 /// The kernel of the level below (AVX512), for small token counts.

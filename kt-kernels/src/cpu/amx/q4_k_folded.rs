@@ -372,3 +372,121 @@ unsafe fn scale(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The step kernel's vector stages (activation transpose, unpack with the folded
+    //! scales, epilogue) against the scalar reference, with the tile products done in
+    //! scalar code from the same buffers: runs on any AVX512 machine, AMX or not (the AMX
+    //! products themselves are covered by `tests/cpu_amx_gemm.rs` and
+    //! `tests/moe_q4k_amx.rs` on AMX machines).
+    use super::*;
+    use crate::cpu::amx::q5_k::Q5K;
+    use crate::quant::{self, QType};
+    use crate::util::SplitMix64;
+
+    /// What `products` computes with `tdpbusd`, in scalar code, for rows `..nr`: C_hi and
+    /// C_lo over the whole super-block (A row bytes `e`, B line `e / 4` byte `e % 4`).
+    fn products_scalar(wb: &WeightBlock, ab: &ActBlock, nr: usize, c: &mut CTiles) {
+        for n in 0..nr {
+            for t in 0..TG {
+                let dot = |a: &[u8; QK_K]| -> i32 {
+                    (0..QK_K)
+                        .map(|e| a[e] as i32 * (ab.q[e / 4][t] >> (8 * (e % 4))) as u8 as i8 as i32)
+                        .sum()
+                };
+                c.0[0][n][t] = dot(&wb.hi[n]);
+                c.0[1][n][t] = dot(&wb.lo[n]);
+            }
+        }
+    }
+
+    fn stages_match<F: FoldedQuants>(q: QType) {
+        let mut rng = SplitMix64::new(12);
+        let wrow = q.row_bytes(QK_K).unwrap();
+        let arow = QType::Q8_K.row_bytes(QK_K).unwrap();
+        for (nr, n_tok, spread) in [(16, 16, 1.0), (13, 11, 0.02), (1, 1, 30.0), (16, 5, 1.0)] {
+            let mut wf = vec![0f32; TR * QK_K];
+            rng.fill_normal(&mut wf, spread);
+            // A positive offset on some rows: the minimums then carry weight; one row of
+            // a single large weight per sub-block (scales at 63 beside small ones).
+            for (r, row) in wf.chunks_mut(QK_K).enumerate() {
+                row.iter_mut()
+                    .for_each(|v| *v += 0.3 * spread * (r % 3) as f32);
+                if r == 4 {
+                    row.iter_mut().step_by(37).for_each(|v| *v = 40.0 * spread);
+                }
+            }
+            let mut w = vec![0u8; TR * wrow];
+            quant::quantize(q, &wf, &mut w).unwrap();
+            let mut af = vec![0f32; TG * QK_K];
+            rng.fill_normal(&mut af, 1.0);
+            // One token at the Q8_K extremes (a quant of -128 in every sub-block).
+            af[..QK_K].iter_mut().for_each(|v| *v = -(v.abs() + 1.0));
+            let mut a = vec![0u8; TG * arow];
+            quant::quantize(QType::Q8_K, &af, &mut a).unwrap();
+            // SAFETY: plain integer and float arrays: all-zero bytes are valid values.
+            let (mut wb, mut ab, mut c) = unsafe {
+                (
+                    Box::<WeightBlock>::new(std::mem::zeroed()),
+                    Box::<ActBlock>::new(std::mem::zeroed()),
+                    Box::<CTiles>::new(std::mem::zeroed()),
+                )
+            };
+            // SAFETY: AVX512F was detected (the caller).
+            let mut acc = unsafe { [_mm512_set1_ps(f32::NAN); TR] };
+            // SAFETY: as above.
+            acc[..nr].fill(unsafe { _mm512_setzero_ps() });
+            // SAFETY: AVX512-VNNI and F16C were detected; `nr` weight rows and `n_tok`
+            // activation rows of one block each are readable; the buffers are writable.
+            unsafe {
+                transpose_acts(a.as_ptr(), arow, n_tok, &mut *ab);
+                unpack_weights::<F>(w.as_ptr(), wrow, nr, &mut *wb, std::ptr::null(), 0);
+                products_scalar(&wb, &ab, nr, &mut c);
+                scale(&*c, &*wb, &*ab, nr, &mut acc);
+            }
+            let mut deq_w = vec![0f32; QK_K];
+            let mut deq_a = vec![0f32; QK_K];
+            for (n, acc) in acc.iter().enumerate() {
+                // SAFETY: an __m512 is 16 f32.
+                let got: [f32; TG] = unsafe { std::mem::transmute(*acc) };
+                if n >= nr {
+                    assert!(got.iter().all(|v| v.is_nan()), "row {n} past nr written");
+                    continue;
+                }
+                let wn = &w[n * wrow..(n + 1) * wrow];
+                quant::dequantize(q, wn, &mut deq_w).unwrap();
+                for (t, &g) in got.iter().enumerate() {
+                    if t >= n_tok {
+                        assert_eq!(g, 0.0, "missing token {t} of row {n}");
+                        continue;
+                    }
+                    let at = &a[t * arow..(t + 1) * arow];
+                    let want = quant::vec_dot(q, QK_K, wn, at).unwrap();
+                    quant::dequantize(QType::Q8_K, at, &mut deq_a).unwrap();
+                    // f32 rounding of sums whose terms reach sum |w a|.
+                    let mag: f32 = deq_w.iter().zip(&deq_a).map(|(x, y)| (x * y).abs()).sum();
+                    assert!(
+                        (g - want).abs() <= 1e-5 * mag,
+                        "{q:?} rows {nr} tokens {n_tok}: row {n} token {t}: {g} vs {want} (|w a| {mag})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vector_stages_match_the_reference_dot() {
+        if !(std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("f16c"))
+        {
+            eprintln!("skipped: no AVX512-VNNI");
+            return;
+        }
+        stages_match::<Q4K>(QType::Q4_K);
+        stages_match::<Q5K>(QType::Q5_K);
+    }
+}

@@ -162,12 +162,16 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
 
 /// The longest tail of a busy expert's positions given an item of its own when the
 /// projection runs the AMX Q4_K GEMM (0 otherwise; see `plan::token_blocks`). That
-/// kernel works in groups of 16 tokens; below `AMX_MIN_TOKENS` (12) it hands a tile to
+/// kernel works in groups of 16 tokens; below `AMX_MIN_TOKENS` (10) it hands a tile to
 /// the AVX512 kernel. One thread, one 2048 x 7168 tile, weights resident (dev VM, best
 /// of 5): AMX 1.42 ms at 16 tokens and 2.32-2.40 at 17-32; AVX512 0.33 / 0.58 / 0.75 /
 /// 0.75 / 0.92 ms at 1 / 2 / 3 / 4 / 5 tokens. So 16 + r tokens cost 1.75 / 2.00 / 2.17
 /// / 2.17 ms split against 2.32 in one tile for r = 1..4, and the same at r = 5: at V3
-/// prefill's ~16 tokens per expert about a fifth of the experts have 17-20.
+/// prefill's ~16 tokens per expert about a fifth of the experts have 17-20. At 16 threads,
+/// where the threads share the AMX units, longer tails pay: device, V3 Q4_K 512 tokens in
+/// one process (four processes, session 12), AMX from 10 tokens with tails up to 6 ran
+/// 2.9% faster than base (from 12, up to 4; -4.4 / -4.6 / -2.5 / -0.2%), up to 8 2.6%,
+/// up to 4 1.6%; no split at all (with the folded kernel) +9.3 / -3.0 / +2.6%.
 fn amx_q4k_tail(kern: &FormatKernels, qtype: QType) -> usize {
     if kern.gemm_isa == Isa::Amx && qtype == QType::Q4_K {
         AMX_Q4K_TAIL
@@ -176,7 +180,7 @@ fn amx_q4k_tail(kern: &FormatKernels, qtype: QType) -> usize {
     }
 }
 
-const AMX_Q4K_TAIL: usize = 4;
+const AMX_Q4K_TAIL: usize = 6;
 // A tail item must stay below the AMX kernel's threshold, so that it runs on AVX512.
 #[cfg(target_arch = "x86_64")]
 const _: () = assert!(AMX_Q4K_TAIL < crate::cpu::amx::q4_k::AMX_MIN_TOKENS);

@@ -81,8 +81,8 @@ pub(crate) fn max_items(rows: usize, pairs: usize, experts: usize) -> usize {
 /// The position blocks `(first, len)` of an expert with `n` busy positions: blocks of
 /// [`GEMM_TOKEN_BLOCK`]; with `tail > 0`, when the last block is one to `tail` positions
 /// past a multiple of 16 (and longer than 16), those positions get a block of their own.
-/// The AMX Q4_K kernel pays ~60% of a full C tile group for a group holding 1-4 tokens,
-/// while a separate 1-4-token item on the AVX512 kernel (weights still in L2 from the
+/// The AMX Q4_K kernel pays ~60% of a full C tile group for a group holding a few tokens,
+/// while a separate few-token item on the AVX512 kernel (weights still in L2 from the
 /// block before it) costs less (`compute.rs`'s `amx_q4k_tail` has the measurements).
 fn token_blocks(n: usize, tail: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n).step_by(GEMM_TOKEN_BLOCK).flat_map(move |t0| {
@@ -196,7 +196,7 @@ mod tests {
         let mut r = Routing::default();
         r.reserve(6, ids.len());
         r.route(&ids, 6);
-        for tail in [0, 4] {
+        for tail in [0, 4, 6] {
             for busy_rows in [GEMM_ROW_BLOCK, AMX_KQUANT_ROW_BLOCK] {
                 for rows in [0..200, 32..100, 0..600] {
                     let mut items = Vec::with_capacity(max_items(rows.end, ids.len(), 6));
@@ -221,5 +221,8 @@ mod tests {
         assert_eq!(blocks(130, 4), [(0, 64), (64, 64), (128, 2)]);
         assert_eq!(blocks(99, 4), [(0, 64), (64, 32), (96, 3)]);
         assert_eq!(blocks(99, 2), [(0, 64), (64, 35)]);
+        assert_eq!(blocks(22, 6), [(0, 16), (16, 6)]);
+        assert_eq!(blocks(23, 6), [(0, 23)]);
+        assert_eq!(blocks(38, 6), [(0, 32), (32, 6)]);
     }
 }
