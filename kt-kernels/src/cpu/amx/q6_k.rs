@@ -390,8 +390,8 @@ mod tests {
             let b = &w[n * 210..(n + 1) * 210];
             quant::dequantize(QType::Q6_K, b, &mut deq).unwrap();
             let d = half::f16::from_le_bytes([b[208], b[209]]).to_f32();
-            for e in 0..QK_K {
-                let v = i32::from(wb.a[0][n][e]) + 256 * i32::from(wb.a[1][n][e] as i8);
+            for (e, (&lo, &hi)) in wb.a[0][n].iter().zip(&wb.a[1][n]).enumerate() {
+                let v = i32::from(lo) + 256 * i32::from(hi as i8);
                 // d * v is the dequantized weight, bit for bit: `(d sc) q` and `d (sc q)` are
                 // exact in f32 (at most 11 + 8 + 5 significant bits).
                 assert_eq!(d * v as f32, deq[e], "row {n} element {e}: v {v}");
