@@ -261,8 +261,8 @@ proptest! {
     fn gemm_matches_scalar(f in 0usize..FORMATS.len(), kp in 0usize..12, rows in 1usize..=70,
                            tp in 1usize..=20, seed in any::<u64>()) {
         if amx_here("gemm_matches_scalar") {
-            // 1..=17 tokens (the AVX512 kernel below 9, for Q4_K and Q2_K below 12, Q5_K
-            // below 32, Q6_K below 64; AMX from there), 32, 64 or 513.
+            // 1..=17 tokens (the AVX512 kernel below 9, for Q4_K, Q2_K and Q6_K below 12,
+            // Q5_K below 32; AMX from there), 32, 64 or 513.
             let tokens = match tp {
                 18 => 513,
                 19 => 32,
@@ -331,7 +331,7 @@ fn one_large_tile(q: QType) {
     assert_matches_scalar(&format!("{q} amx one tile"), q, &w, &x, rows, k, &got);
 }
 
-/// The K-quants at the token counts around their AMX thresholds (12, Q5_K 32, Q6_K 64), the
+/// The K-quants at the token counts around their AMX thresholds (12, Q5_K 32), the
 /// 16-token groups, Q4_K's switch from the per-sub-block to the folded step kernel (above
 /// 64) and the 128-token blocks, on rows around the 16-row tiles and K past both chunk
 /// sizes.

@@ -461,9 +461,11 @@ const GEMV_WAIT_PREFETCH: usize = 1 << 10;
 /// runs first on the caller, and the caller runs a late worker's item only after it
 /// (or inline, all items in order). If the quantize panics the waiters give up (their
 /// items are not run) and the pool carries the panic to the caller.
-/// Device (16 threads, session 11, `kt-bench gemv-probe`, this hand-out as the probe's
-/// `static_rf` against the caller quantizing before the post): 1408x2048 -0.13 to -0.78
-/// µs a call, mean -0.46 (2.5%), six pairs.
+/// Device (16 threads, `kt-bench gemv-probe`, 1408x2048, against the caller quantizing
+/// before the post in the same process): session 11, as the probe's `static_rf`, -0.13 to
+/// -0.78 µs a call, mean -0.46 (2.5%), six pairs; session 12, this library path, Q4_K
+/// -0.63 and -0.16 µs (two processes). Quantizing in parts, part `i` by item `i`, every
+/// item waiting for all of them, read +1.04 and +0.48 µs there (dropped).
 fn gemv_quantizing_first(
     pool: &ThreadPool,
     items: usize,

@@ -26,12 +26,14 @@ use super::kquant::{folded_config, single_step_entry_points, StepKernel, QK_K, T
 use super::q8_k_lines::{transpose_lines, Lines};
 use super::tiles::{tile_dp_i8, tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
 
-/// Below this many tokens the AVX512 kernel is used: with few token groups the unpacking
-/// is shared by too few tokens. Device (16 threads, session 7, the three-digit split of
-/// the scales before the unpacking lost its sign extensions), AMX / AVX512 ms,
-/// 7168x2048 and 2048x7168: 16 tokens 0.307 / 0.243 and 0.326 / 0.299, 32 tokens 0.429 /
-/// 0.399 and 0.546 / 0.475, 64 tokens 0.629 / 0.666 and 0.830 / 0.824.
-pub(crate) const AMX_MIN_TOKENS: usize = 64;
+/// Below this many tokens the AVX512 kernel is used: with few tokens a 16-token group is
+/// mostly padding. Device (16 threads, session 12, one process each), ms, AMX (this
+/// kernel) / AVX512 at 16, 32, 48 tokens: 7168x2048 0.224 / 0.332, 0.335 / 0.781, 0.409 /
+/// 0.708; 2048x7168 0.223 / 0.328, 0.329 / 0.574, 0.535 / 0.808; 1408x2048 0.055 / 0.099,
+/// 0.085 / 0.138, 0.114 / 0.185 (session 7, the three-digit kernel: 0.94-1.26x AVX512's
+/// time at 16-64 tokens, hence a threshold of 64 until session 12). A partial group costs
+/// AMX a whole one, so AVX512 keeps the tiles below 12 tokens, as for Q4_K and Q2_K.
+pub(crate) const AMX_MIN_TOKENS: usize = 12;
 
 single_step_entry_points!(Q6K, AMX_MIN_TOKENS);
 
