@@ -463,9 +463,10 @@ const GEMV_WAIT_PREFETCH: usize = 1 << 10;
 /// items are not run) and the pool carries the panic to the caller.
 /// Device (16 threads, `kt-bench gemv-probe`, 1408x2048, against the caller quantizing
 /// before the post in the same process): session 11, as the probe's `static_rf`, -0.13 to
-/// -0.78 µs a call, mean -0.46 (2.5%), six pairs; session 12, this library path, Q4_K
-/// -0.63 and -0.16 µs (two processes). Quantizing in parts, part `i` by item `i`, every
-/// item waiting for all of them, read +1.04 and +0.48 µs there (dropped).
+/// -0.78 µs a call, mean -0.46 (2.5%), six pairs; session 12, this library path, -1.03 to
+/// +0.55 µs, mean -0.27 (1.4%), six of eight process-format pairs faster (Q4_K, Q6_K,
+/// Q2_K; by process: level). Quantizing in parts, part `i` by item `i`, every item waiting
+/// for all of them, read +1.04 and +0.48 µs there (dropped).
 fn gemv_quantizing_first(
     pool: &ThreadPool,
     items: usize,

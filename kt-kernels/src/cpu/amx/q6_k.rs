@@ -32,7 +32,9 @@ use super::tiles::{tile_dp_i8, tile_dp_u8i8, tile_load, tile_store, tile_zero, T
 /// 0.708; 2048x7168 0.223 / 0.328, 0.329 / 0.574, 0.535 / 0.808; 1408x2048 0.055 / 0.099,
 /// 0.085 / 0.138, 0.114 / 0.185 (session 7, the three-digit kernel: 0.94-1.26x AVX512's
 /// time at 16-64 tokens, hence a threshold of 64 until session 12). A partial group costs
-/// AMX a whole one, so AVX512 keeps the tiles below 12 tokens, as for Q4_K and Q2_K.
+/// AMX a whole one: AMX / AVX512 time (second call, means of two processes) at 12 and 14
+/// tokens 0.63-0.87 on the three shapes, at 9 and 10 tokens 0.84-1.10 (AVX512 ahead on
+/// 7168x2048), so AVX512 keeps the tiles below 12 tokens, as for Q4_K and Q2_K.
 pub(crate) const AMX_MIN_TOKENS: usize = 12;
 
 single_step_entry_points!(Q6K, AMX_MIN_TOKENS);
