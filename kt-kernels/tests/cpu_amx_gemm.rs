@@ -7,7 +7,7 @@
 //! past one transposed K chunk (partial sums added into the output). Q4_K and Q5_K
 //! weights cycle their 6-bit scales and mins through every value (0 and 63, every
 //! `8 * hi + lo` split), Q2_K its scale bytes through all 256 (scale, min) pairs, Q6_K its
-//! int8 scales through all 256 values (every balanced base-8 digit).
+//! int8 scales through all 256 values (every high byte of `sc * q`).
 //!
 //! Every test skips (saying so) when this CPU has no AMX.
 
@@ -261,8 +261,8 @@ proptest! {
     fn gemm_matches_scalar(f in 0usize..FORMATS.len(), kp in 0usize..12, rows in 1usize..=70,
                            tp in 1usize..=20, seed in any::<u64>()) {
         if amx_here("gemm_matches_scalar") {
-            // 1..=17 tokens (the AVX512 kernel below 9, for Q4_K and Q2_K below 12, Q5_K
-            // below 32, Q6_K below 64; AMX from there), 32, 64 or 513.
+            // 1..=17 tokens (the AVX512 kernel below 9, for Q4_K, Q2_K and Q6_K below 12,
+            // Q5_K below 32; AMX from there), 32, 64 or 513.
             let tokens = match tp {
                 18 => 513,
                 19 => 32,
@@ -331,7 +331,7 @@ fn one_large_tile(q: QType) {
     assert_matches_scalar(&format!("{q} amx one tile"), q, &w, &x, rows, k, &got);
 }
 
-/// The K-quants at the token counts around their AMX thresholds (12, Q5_K 32, Q6_K 64), the
+/// The K-quants at the token counts around their AMX thresholds (12, Q5_K 32), the
 /// 16-token groups, Q4_K's switch from the per-sub-block to the folded step kernel (above
 /// 64) and the 128-token blocks, on rows around the 16-row tiles and K past both chunk
 /// sizes.
@@ -409,8 +409,8 @@ fn k_quant_quantized_entry_matches_the_f32_entry() {
 ///   256 * 945 * 127) or 0, mins 63 or 0, split scales (7, 56);
 /// - Q5_K: the same with the fifth bit set (quants 31: `q * hi` = 217) or clear;
 /// - Q2_K: every quant 3 with scale and min bytes 0xFF (`q * sc` = 45), 0x0F, 0xF0, 0;
-/// - Q6_K: every quant -32 or 31 with int8 scales -128, 127, 36 (digits 4, 4: the A
-///   byte -128) and -27 (digits -3, -3), and 0.
+/// - Q6_K: every quant -32 or 31 with int8 scales -128, 127, 36 and -27, and 0 (`sc * q`
+///   at its extremes 4096 and -3968, high bytes 16 and -16; 3937, -4064).
 #[test]
 fn k_quant_extreme_scales_match_scalar() {
     if !amx_here("k_quant_extreme_scales_match_scalar") {

@@ -2,52 +2,64 @@
 //! the [`kquant`](super::kquant) pipeline).
 //!
 //! A Q6_K block (210 bytes: 128 `ql`, 64 `qh`, 16 int8 scales, f16 `d`) is
-//! `w = d * sc_g * q` for the 16-element group `g`, `q` in -32..32. `q * sc_g` reaches
-//! 4096, no byte; but each scale splits into three balanced base-8 digits,
-//! `sc = c0 + 8 c1 + 64 c2` with `c0, c1` in -3..=4 and `c2` in -2..=2, and `q * c` then
-//! lies in -128..=127: three signed A operands (`q * c_k` per element), three C tiles
-//! (four `tdpbssd` each, K = 64), and `C0 + 8 C1 + 64 C2 = sum_g sc_g * I_g` exactly (at
-//! most 256 * 4096 * 128 < 2^31). No minimum term.
+//! `w = d * sc_g * q` for the 16-element group `g`, `q` in -32..32. The unpacking
+//! computes each element's `v = sc_g * q` (-4064..=4096) as an int16 and splits it into
+//! its bytes, `v = lo + 256 hi` with `lo` unsigned (0..=255) and `hi` signed (-16..=16):
+//! two A operands, two C tiles (four `tdpbusd` into `C0`, four `tdpbssd` into `C1`, K =
+//! 64 each), and `C0 + 256 C1 = sum_g sc_g * I_g` exactly (at most 256 * 4096 * 128 <
+//! 2^31). No minimum term. Two products a K step are the fewest: one int8 operand cannot
+//! carry a product of 13 significant bits, and a per-group offset would need the group
+//! sums on the vector side (16 x 16 x 16 products a step). Until session 12 the split was
+//! of the scale into three base-8 digits (`q * c` in int8): three products a K step.
 //!
 //! Element `128n + 32s + e` has its low 4 bits in `ql[64n + 32(s & 1) + e]` (low nibble
 //! for `s < 2`, high otherwise) and its top 2 bits at bits `2s..2s + 2` of `qh[32n + e]`,
 //! stored as `q + 32`: the unpacked rows keep the natural element order, as do the
 //! activation lines ([`super::q8_k_lines`]).
 //!
-//! Tiles: 0..3 the C tiles, 3..6 the A tiles, 6 and 7 the B tiles (alternating by K step).
+//! Tiles: 0 and 1 the C tiles, 2..6 the A tiles (low and high bytes, alternating by K step
+//! so that a load need not wait for the product before), 6 and 7 the B tiles.
 
 use std::arch::x86_64::*;
 
 use super::kquant::{folded_config, single_step_entry_points, StepKernel, QK_K, TG, TR};
 use super::q8_k_lines::{transpose_lines, Lines};
-use super::tiles::{tile_dp_i8, tile_load, tile_store, tile_zero, TileConfig};
+use super::tiles::{tile_dp_i8, tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
 
-/// Below this many tokens the AVX512 kernel is used: with few token groups the three
-/// digit products of the unpacking are shared by too few tokens. Device (16 threads,
-/// session 7, before the unpacking lost its sign extensions), AMX / AVX512 ms,
-/// 7168x2048 and 2048x7168: 16 tokens 0.307 / 0.243 and 0.326 / 0.299, 32 tokens 0.429 /
-/// 0.399 and 0.546 / 0.475, 64 tokens 0.629 / 0.666 and 0.830 / 0.824.
-pub(crate) const AMX_MIN_TOKENS: usize = 64;
+/// Below this many tokens the AVX512 kernel is used: with few tokens a 16-token group is
+/// mostly padding. Device (16 threads, session 12, one process each), ms, AMX (this
+/// kernel) / AVX512 at 16, 32, 48 tokens: 7168x2048 0.224 / 0.332, 0.335 / 0.781, 0.409 /
+/// 0.708; 2048x7168 0.223 / 0.328, 0.329 / 0.574, 0.535 / 0.808; 1408x2048 0.055 / 0.099,
+/// 0.085 / 0.138, 0.114 / 0.185 (session 7, the three-digit kernel: 0.94-1.26x AVX512's
+/// time at 16-64 tokens, hence a threshold of 64 until session 12). A partial group costs
+/// AMX a whole one: AMX / AVX512 time (second call, means of two processes) at 12 and 14
+/// tokens 0.63-0.87 on the three shapes, at 9 and 10 tokens 0.84-1.10 (AVX512 ahead on
+/// 7168x2048), so AVX512 keeps the tiles below 12 tokens, as for Q4_K and Q2_K.
+pub(crate) const AMX_MIN_TOKENS: usize = 12;
 
 single_step_entry_points!(Q6K, AMX_MIN_TOKENS);
 
-/// Digits of each scale.
-const DIGITS: usize = 3;
+/// The operands (bytes of `sc * q`) of each element.
+const PARTS: usize = 2;
+
+/// Bytes whose lanes the blends below take from their second operand: the odd ones.
+const ODD_BYTES: u64 = 0xAAAA_AAAA_AAAA_AAAA;
 
 pub(super) struct Q6K;
 
 /// One row block's super-block, unpacked for the A tiles.
 #[repr(C, align(64))]
 pub(super) struct WeightBlock {
-    /// Digit `k`, row `n`: `q * c_k` of each element (int8), in element order.
-    a: [[[i8; QK_K]; TR]; DIGITS],
+    /// Row `n`'s `v = sc * q` of each element in element order: `[0]` its low byte
+    /// (unsigned, the `tdpbusd` operand), `[1]` its high byte (signed, -16..=16).
+    a: [[[u8; QK_K]; TR]; PARTS],
     /// `d` per row.
     d: [f32; TR],
 }
 
-/// The three int32 C tiles of one step: digit `k`, weight row `n` at `[k][n]`.
+/// The two int32 C tiles of one step: part `k`, weight row `n` at `[k][n]`.
 #[repr(C, align(64))]
-pub(super) struct CTiles([[[i32; TG]; TR]; DIGITS]);
+pub(super) struct CTiles([[[i32; TG]; TR]; PARTS]);
 
 // SAFETY: each stage touches only the records and rows it is given (see the
 // functions' contracts); `products` uses tiles 0..8 as `config` sets them up.
@@ -79,36 +91,29 @@ unsafe impl StepKernel for Q6K {
     unsafe fn products(wb: *const WeightBlock, ab: *const Lines, c: *mut CTiles) {
         // SAFETY (whole body): every address is inside `wb` (A rows of 256 bytes, 64 read
         // from 64 * step <= 192), `ab` (16 lines of 64 bytes from line 16 * step) or `c`
-        // (three 16 x 64-byte tiles); AMX state is configured (caller).
+        // (two 16 x 64-byte tiles); AMX state is configured (caller).
         unsafe {
-            let a0 = (*wb).a[0].as_ptr().cast::<u8>();
-            let a1 = (*wb).a[1].as_ptr().cast::<u8>();
-            let a2 = (*wb).a[2].as_ptr().cast::<u8>();
+            let lo = (*wb).a[0].as_ptr().cast::<u8>();
+            let hi = (*wb).a[1].as_ptr().cast::<u8>();
             let b = (*ab).q.as_ptr().cast::<u8>();
             let c = (*c).0.as_mut_ptr().cast::<u8>();
             let (sa, sb, sc) = (QK_K, 64usize, 64usize);
             tile_zero!(0);
             tile_zero!(1);
-            tile_zero!(2);
             for step in [0usize, 2] {
                 tile_load!(6, b.add(1024 * step), sb);
-                tile_load!(3, a0.add(64 * step), sa);
-                tile_dp_i8!(0, 3, 6);
-                tile_load!(4, a1.add(64 * step), sa);
-                tile_dp_i8!(1, 4, 6);
-                tile_load!(5, a2.add(64 * step), sa);
-                tile_dp_i8!(2, 5, 6);
+                tile_load!(2, lo.add(64 * step), sa);
+                tile_dp_u8i8!(0, 2, 6);
+                tile_load!(3, hi.add(64 * step), sa);
+                tile_dp_i8!(1, 3, 6);
                 tile_load!(7, b.add(1024 * step + 1024), sb);
-                tile_load!(3, a0.add(64 * step + 64), sa);
-                tile_dp_i8!(0, 3, 7);
-                tile_load!(4, a1.add(64 * step + 64), sa);
-                tile_dp_i8!(1, 4, 7);
-                tile_load!(5, a2.add(64 * step + 64), sa);
-                tile_dp_i8!(2, 5, 7);
+                tile_load!(4, lo.add(64 * step + 64), sa);
+                tile_dp_u8i8!(0, 4, 7);
+                tile_load!(5, hi.add(64 * step + 64), sa);
+                tile_dp_i8!(1, 5, 7);
             }
             tile_store!(0, c, sc);
             tile_store!(1, c.add(1024), sc);
-            tile_store!(2, c.add(2048), sc);
         }
     }
 
@@ -126,21 +131,6 @@ unsafe impl StepKernel for Q6K {
     }
 }
 
-/// The balanced base-8 digits of 16 int16 scales: `sc = c0 + 8 c1 + 64 c2` with
-/// `c0, c1` in -3..=4 (`((x + 3) & 7) - 3` is `x` mod 8 in that range) and `c2` the rest.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn digits(sc: __m256i) -> [__m256i; DIGITS] {
-    let (three, seven) = (_mm256_set1_epi16(3), _mm256_set1_epi16(7));
-    let low =
-        |x: __m256i| _mm256_sub_epi16(_mm256_and_si256(_mm256_add_epi16(x, three), seven), three);
-    let c0 = low(sc);
-    let r1 = _mm256_srai_epi16::<3>(_mm256_sub_epi16(sc, c0));
-    let c1 = low(r1);
-    let c2 = _mm256_srai_epi16::<3>(_mm256_sub_epi16(r1, c1));
-    [c0, c1, c2]
-}
-
 /// Unpacks `nr` weight rows' Q6_K block (`w`, rows `stride` bytes apart) into `dst`.
 ///
 /// # Safety
@@ -151,7 +141,6 @@ unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut Weigh
     let nib = _mm512_set1_epi8(0x0F);
     let top_bits = _mm512_set1_epi8(0x30);
     let offset = _mm512_set1_epi8(32);
-    let high_bytes = _mm512_set1_epi16(0xFF00u16 as i16);
     // Plane `m = 2n + h` (elements 128n + 64h..128n + 64h + 64): bytes 0..32 take `qh`
     // bits 2s.. with s = 2h, bytes 32..64 bits 2s + 2..; rotating each dword left by
     // 4 - 2s (mod 32) brings them to bits 4 and 5 of each byte.
@@ -162,7 +151,7 @@ unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut Weigh
             _mm256_set1_epi32((2 - 2 * s).rem_euclid(32)),
         )
     });
-    // Word `i` of plane `m` takes the digit of group 4m + i / 8.
+    // Word `i` of plane `m` takes the scale of group 4m + i / 8.
     let pick: [__m512i; 4] = std::array::from_fn(|m| {
         let mut idx = [0i16; 32];
         for (i, x) in idx.iter_mut().enumerate() {
@@ -180,8 +169,8 @@ unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut Weigh
                 b.add(208).cast::<u16>().read_unaligned(),
             )));
             (*dst).d[n] = _mm_cvtss_f32(d);
-            let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192).cast()));
-            let c = digits(sc).map(|v| _mm512_castsi256_si512(v));
+            let sc =
+                _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192).cast())));
             for half in 0..2 {
                 let ql = _mm512_loadu_si512(b.add(64 * half).cast());
                 let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(b.add(128 + 32 * half).cast()));
@@ -199,20 +188,18 @@ unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut Weigh
                         _mm512_and_si512(top, top_bits),
                     );
                     let q = _mm512_sub_epi8(u, offset);
-                    // A word times a digit has the right low byte (the even element's
-                    // product mod 256), but the low byte's carry spoils the high one; the
-                    // word with its low byte cleared gives the odd element's product in
-                    // its high byte.
-                    let odd = _mm512_and_si512(q, high_bytes);
-                    for (k, c) in c.iter().enumerate() {
-                        let x = _mm512_permutexvar_epi16(pick[plane], *c);
-                        let v = _mm512_mask_blend_epi8(
-                            0xAAAA_AAAA_AAAA_AAAA,
-                            _mm512_mullo_epi16(q, x),
-                            _mm512_mullo_epi16(odd, x),
-                        );
-                        _mm512_store_si512((*dst).a[k][n].as_mut_ptr().add(64 * plane).cast(), v);
-                    }
+                    // The even and the odd elements as int16 words, times their scales:
+                    // exact (|v| <= 4096).
+                    let even = _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(q));
+                    let odd = _mm512_srai_epi16::<8>(q);
+                    let x = _mm512_permutexvar_epi16(pick[plane], sc);
+                    let ve = _mm512_mullo_epi16(even, x);
+                    let vo = _mm512_mullo_epi16(odd, x);
+                    // Each element's low byte, then its high byte, back in element order.
+                    let lo = _mm512_mask_blend_epi8(ODD_BYTES, ve, _mm512_slli_epi16::<8>(vo));
+                    let hi = _mm512_mask_blend_epi8(ODD_BYTES, _mm512_srli_epi16::<8>(ve), vo);
+                    _mm512_store_si512((*dst).a[0][n].as_mut_ptr().add(64 * plane).cast(), lo);
+                    _mm512_store_si512((*dst).a[1][n].as_mut_ptr().add(64 * plane).cast(), hi);
                 }
             }
         }
@@ -220,7 +207,7 @@ unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut Weigh
 }
 
 /// Adds one step's scaled products to the accumulators of its token group:
-/// `acc[n] += da * d[n] * (C0[n] + 8 C1[n] + 64 C2[n])`.
+/// `acc[n] += da * d[n] * (C0[n] + 256 C1[n])`.
 ///
 /// # Safety
 /// `c` holds the step's products for `nr` rows, `wb` and `ab` its unpacked weights and
@@ -238,13 +225,181 @@ unsafe fn scale(
     unsafe {
         let da = _mm512_load_ps((*ab).d.as_ptr());
         for (n, acc) in acc.iter_mut().enumerate().take(nr) {
-            let [c0, c1, c2] = [0, 1, 2].map(|k| _mm512_load_si512((*c).0[k][n].as_ptr().cast()));
-            let dot = _mm512_add_epi32(
-                c0,
-                _mm512_add_epi32(_mm512_slli_epi32::<3>(c1), _mm512_slli_epi32::<6>(c2)),
-            );
+            let [c0, c1] = [0, 1].map(|k| _mm512_load_si512((*c).0[k][n].as_ptr().cast()));
+            let dot = _mm512_add_epi32(c0, _mm512_slli_epi32::<8>(c1));
             let v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps((*wb).d[n]));
             *acc = _mm512_fmadd_ps(v, da, *acc);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The step kernel's vector stages (activation transpose, unpack, epilogue) against
+    //! the scalar reference, with the tile products done in scalar code from the same
+    //! buffers: runs on any AVX512 machine, AMX or not (the AMX products themselves are
+    //! covered by `tests/cpu_amx_gemm.rs` on AMX machines).
+    use super::*;
+    use crate::quant::{self, QType};
+    use crate::util::SplitMix64;
+
+    /// What `products` computes (`tdpbusd` on the low bytes, `tdpbssd` on the high ones),
+    /// in scalar code, for rows `..nr`.
+    fn products_scalar(wb: &WeightBlock, ab: &Lines, nr: usize, c: &mut CTiles) {
+        for n in 0..nr {
+            for t in 0..TG {
+                let a = |e: usize| i32::from((ab.q[e / 4][t] >> (8 * (e % 4))) as u8 as i8);
+                c.0[0][n][t] = (0..QK_K).map(|e| i32::from(wb.a[0][n][e]) * a(e)).sum();
+                c.0[1][n][t] = (0..QK_K)
+                    .map(|e| i32::from(wb.a[1][n][e] as i8) * a(e))
+                    .sum();
+            }
+        }
+    }
+
+    /// Sixteen Q6_K blocks of random quants whose scales, over the 16 rows, take each of
+    /// the 256 int8 values once; every third row's quants all -32 or all 31 (`sc * q` at
+    /// its extremes 4096, -4064, -3968, 3937).
+    fn cycled_blocks(rng: &mut SplitMix64) -> Vec<u8> {
+        let mut w = Vec::with_capacity(TR * 210);
+        for n in 0..TR {
+            let bits = match n % 3 {
+                0 => rng.next_u64() as u8,
+                1 => 0x00,
+                _ => 0xFF,
+            };
+            w.extend((0..192).map(|_| {
+                if n % 3 == 0 {
+                    rng.next_u64() as u8
+                } else {
+                    bits
+                }
+            }));
+            w.extend((0..16).map(|g| (16 * n + g) as u8));
+            w.extend(half::f16::from_f32(rng.uniform(0.001, 0.002)).to_le_bytes());
+        }
+        w
+    }
+
+    #[test]
+    fn vector_stages_match_the_reference_dot() {
+        if !(std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("f16c"))
+        {
+            eprintln!("skipped: no AVX512-VNNI");
+            return;
+        }
+        let mut rng = SplitMix64::new(12);
+        let wrow = QType::Q6_K.row_bytes(QK_K).unwrap();
+        let arow = QType::Q8_K.row_bytes(QK_K).unwrap();
+        for (case, (nr, n_tok, spread)) in [
+            (16, 16, 1.0),
+            (13, 11, 0.02),
+            (1, 1, 30.0),
+            (16, 5, 1.0),
+            (16, 16, 0.0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // The last case: the scale-cycling blocks instead of quantized floats.
+            let w = if case == 4 {
+                cycled_blocks(&mut rng)
+            } else {
+                let mut wf = vec![0f32; TR * QK_K];
+                rng.fill_normal(&mut wf, spread);
+                let mut w = vec![0u8; TR * wrow];
+                quant::quantize(QType::Q6_K, &wf, &mut w).unwrap();
+                w
+            };
+            let mut af = vec![0f32; TG * QK_K];
+            rng.fill_normal(&mut af, 1.0);
+            // One token at the Q8_K extremes (a quant of -128 in every group).
+            af[..QK_K].iter_mut().for_each(|v| *v = -(v.abs() + 1.0));
+            let mut a = vec![0u8; TG * arow];
+            quant::quantize(QType::Q8_K, &af, &mut a).unwrap();
+            // SAFETY: plain integer and float arrays: all-zero bytes are valid values.
+            let (mut wb, mut ab, mut c) = unsafe {
+                (
+                    Box::<WeightBlock>::new(std::mem::zeroed()),
+                    Box::<Lines>::new(std::mem::zeroed()),
+                    Box::<CTiles>::new(std::mem::zeroed()),
+                )
+            };
+            // SAFETY: AVX512F was detected.
+            let mut acc = unsafe { [_mm512_set1_ps(f32::NAN); TR] };
+            // SAFETY: as above.
+            acc[..nr].fill(unsafe { _mm512_setzero_ps() });
+            // SAFETY: AVX512-VNNI and F16C were detected; `nr` weight rows and `n_tok`
+            // activation rows of one block each are readable; the buffers are writable.
+            unsafe {
+                transpose_lines(a.as_ptr(), arow, n_tok, &mut *ab);
+                unpack_weights(w.as_ptr(), wrow, nr, &mut *wb);
+                products_scalar(&wb, &ab, nr, &mut c);
+                scale(&*c, &*wb, &*ab, nr, &mut acc);
+            }
+            let mut deq_w = vec![0f32; QK_K];
+            let mut deq_a = vec![0f32; QK_K];
+            for (n, acc) in acc.iter().enumerate() {
+                // SAFETY: an __m512 is 16 f32.
+                let got: [f32; TG] = unsafe { std::mem::transmute(*acc) };
+                if n >= nr {
+                    assert!(got.iter().all(|v| v.is_nan()), "row {n} past nr written");
+                    continue;
+                }
+                let wn = &w[n * wrow..(n + 1) * wrow];
+                quant::dequantize(QType::Q6_K, wn, &mut deq_w).unwrap();
+                for (t, &g) in got.iter().enumerate() {
+                    if t >= n_tok {
+                        assert_eq!(g, 0.0, "missing token {t} of row {n}");
+                        continue;
+                    }
+                    let at = &a[t * arow..(t + 1) * arow];
+                    let want = quant::vec_dot(QType::Q6_K, QK_K, wn, at).unwrap();
+                    quant::dequantize(QType::Q8_K, at, &mut deq_a).unwrap();
+                    // f32 rounding of sums whose terms reach sum |w a|.
+                    let mag: f32 = deq_w.iter().zip(&deq_a).map(|(x, y)| (x * y).abs()).sum();
+                    assert!(
+                        (g - want).abs() <= 1e-5 * mag,
+                        "case {case}: row {n} token {t}: {g} vs {want} (|w a| {mag})"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The unpacked bytes are exactly `sc * q`, split: low byte unsigned, high signed.
+    #[test]
+    fn unpacked_bytes_recompose_sc_times_q() {
+        if !(std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("f16c"))
+        {
+            eprintln!("skipped: no AVX512-VNNI");
+            return;
+        }
+        let mut rng = SplitMix64::new(13);
+        let w = cycled_blocks(&mut rng);
+        // SAFETY: plain integer and float arrays: all-zero bytes are valid values.
+        let mut wb = unsafe { Box::<WeightBlock>::new(std::mem::zeroed()) };
+        // SAFETY: the features were detected; 16 blocks are readable; `wb` is writable.
+        unsafe { unpack_weights(w.as_ptr(), 210, TR, &mut *wb) };
+        let mut deq = vec![0f32; QK_K];
+        for n in 0..TR {
+            let b = &w[n * 210..(n + 1) * 210];
+            quant::dequantize(QType::Q6_K, b, &mut deq).unwrap();
+            let d = half::f16::from_le_bytes([b[208], b[209]]).to_f32();
+            for (e, (&lo, &hi)) in wb.a[0][n].iter().zip(&wb.a[1][n]).enumerate() {
+                let v = i32::from(lo) + 256 * i32::from(hi as i8);
+                // d * v is the dequantized weight, bit for bit: `(d sc) q` and `d (sc q)` are
+                // exact in f32 (at most 11 + 8 + 5 significant bits).
+                assert_eq!(d * v as f32, deq[e], "row {n} element {e}: v {v}");
+            }
         }
     }
 }
