@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 
+use super::cache_hint;
 use super::dispatch::{self, FormatKernels, GemmTile};
 use super::isa::{self, Isa};
 use super::pool::{self, ThreadPool};
@@ -388,7 +389,10 @@ fn run_tiles(
                 let r0 = gemv_bound(i, items, rows);
                 let nr = (gemv_bound(i + 1, items, rows) - r0).min(GEMV_ROW_ALIGN);
                 for r in r0..r0 + nr {
-                    prefetch_l1(tiles.w.at(r * w_stride), w_stride.min(GEMV_WAIT_PREFETCH));
+                    cache_hint::lines_l1(
+                        tiles.w.at(r * w_stride),
+                        w_stride.min(GEMV_WAIT_PREFETCH),
+                    );
                 }
             };
             let run_item = |i: usize| {
@@ -528,22 +532,6 @@ impl Ready {
             }
         }
     }
-}
-
-/// Asks for the `bytes` at `p` in L1 (a hint: no access, no fault; the address
-/// arithmetic wraps, so `p` need only point into the weights).
-fn prefetch_l1(p: *const u8, bytes: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for off in (0..bytes).step_by(64) {
-        // SAFETY: SSE is part of the x86_64 baseline; a prefetch never faults.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                p.wrapping_add(off).cast(),
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, bytes);
 }
 
 /// An AMX K-quant product over activations transposed once for the call

@@ -6,6 +6,7 @@
 //! per format family per ISA. Each backend registers what it has into the table of its
 //! level; everything it lacks falls through to the level below.
 
+mod cache_hint;
 pub mod dispatch;
 pub mod isa;
 pub mod matmul;

@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::layer::LayerInner;
 use super::plan;
+use crate::cpu::cache_hint::{self, LINE};
 use crate::cpu::ThreadPool;
 use crate::error::{KtError, Result};
 
 /// Cache lines issued between two polls of `stop` (4 KB).
 const LINES_PER_POLL: usize = 64;
-const LINE: usize = 64;
 
 /// The `rank`-th smallest distinct id of `ids` (no allocation: `ids` holds one token's
 /// top-k, a few dozen at most).
@@ -104,24 +104,10 @@ fn prefetch_l2(bytes: &[u8], stop: &(dyn Fn() -> bool + Sync)) -> Option<usize> 
             return None;
         }
         for off in (0..chunk.len()).step_by(LINE) {
-            hint_l2(&chunk[off]);
+            cache_hint::line_l2(&chunk[off]);
         }
     }
     Some(bytes.len())
-}
-
-/// A prefetch hint for the line holding `byte` into L2 (`prefetcht1`); nothing elsewhere.
-#[inline(always)]
-fn hint_l2(byte: &u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetcht1 is part of SSE (baseline on x86_64); a prefetch never faults and
-    // changes no value, and the address is that of a live byte.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        _mm_prefetch::<_MM_HINT_T1>((byte as *const u8).cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = byte;
 }
 
 #[cfg(test)]
