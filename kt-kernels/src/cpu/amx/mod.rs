@@ -31,6 +31,8 @@ mod q6_k;
 mod q8_0;
 mod q8_k_lines;
 pub(crate) mod repack;
+#[cfg(test)]
+mod stage_check;
 mod tiles;
 
 pub(crate) fn register(t: &mut KernelTable) {

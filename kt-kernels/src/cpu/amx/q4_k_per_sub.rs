@@ -300,6 +300,7 @@ mod tests {
     //! buffers: runs on any AVX512 machine, AMX or not (the AMX products themselves are
     //! covered by `tests/cpu_amx_gemm.rs` and `tests/moe_q4k_amx.rs` on AMX machines).
     use super::*;
+    use crate::cpu::amx::stage_check;
     use crate::quant::{self, QType};
     use crate::util::SplitMix64;
 
@@ -343,12 +344,7 @@ mod tests {
             }
             let mut w = vec![0u8; TR * wrow];
             quant::quantize(QType::Q4_K, &wf, &mut w).unwrap();
-            let mut af = vec![0f32; TG * QK_K];
-            rng.fill_normal(&mut af, 1.0);
-            // One token at the Q8_K extremes (a quant of -128 in every sub-block).
-            af[..QK_K].iter_mut().for_each(|v| *v = -(v.abs() + 1.0));
-            let mut a = vec![0u8; TG * arow];
-            quant::quantize(QType::Q8_K, &af, &mut a).unwrap();
+            let a = stage_check::q8k_rows(&mut rng);
             // SAFETY: plain integer and float arrays: all-zero bytes are valid values.
             let (mut wb, mut ab, mut c) = unsafe {
                 (
@@ -369,33 +365,15 @@ mod tests {
                 products_scalar(&wb, &ab, nr, &mut c);
                 scale(&*c, &*wb, &*ab, nr, &mut acc);
             }
-            let mut deq_w = vec![0f32; QK_K];
-            let mut deq_a = vec![0f32; QK_K];
-            for (n, acc) in acc.iter().enumerate() {
-                // SAFETY: an __m512 is 16 f32.
-                let got: [f32; TG] = unsafe { std::mem::transmute(*acc) };
-                if n >= nr {
-                    assert!(got.iter().all(|v| v.is_nan()), "row {n} past nr written");
-                    continue;
-                }
-                let wn = &w[n * wrow..(n + 1) * wrow];
-                quant::dequantize(QType::Q4_K, wn, &mut deq_w).unwrap();
-                for (t, &g) in got.iter().enumerate() {
-                    if t >= n_tok {
-                        assert_eq!(g, 0.0, "missing token {t} of row {n}");
-                        continue;
-                    }
-                    let at = &a[t * arow..(t + 1) * arow];
-                    let want = quant::vec_dot(QType::Q4_K, QK_K, wn, at).unwrap();
-                    quant::dequantize(QType::Q8_K, at, &mut deq_a).unwrap();
-                    // f32 rounding of sums whose terms reach sum |w a|.
-                    let mag: f32 = deq_w.iter().zip(&deq_a).map(|(x, y)| (x * y).abs()).sum();
-                    assert!(
-                        (g - want).abs() <= 1e-5 * mag,
-                        "rows {nr} tokens {n_tok}: row {n} token {t}: {g} vs {want} (|w a| {mag})"
-                    );
-                }
-            }
+            stage_check::check_step(
+                QType::Q4_K,
+                &acc,
+                nr,
+                n_tok,
+                &w,
+                &a,
+                &format!("rows {nr} tokens {n_tok}"),
+            );
         }
     }
 }

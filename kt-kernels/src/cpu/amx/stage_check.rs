@@ -1,0 +1,69 @@
+//! What the AMX step kernels' stage tests share (tests only; the stages run on AVX512 with
+//! the tile products in scalar code, so they run where AMX is missing): their activations
+//! and the check of one step's f32 accumulators against the scalar reference dot.
+
+use std::arch::x86_64::__m512;
+
+use super::kquant::{QK_K, TG};
+use crate::quant::{self, QType};
+use crate::util::SplitMix64;
+
+/// [`TG`] Q8_K activation rows of one super-block each, from normal floats; the first row
+/// at the format's extremes (a quant of -128 in every group).
+pub(super) fn q8k_rows(rng: &mut SplitMix64) -> Vec<u8> {
+    let mut af = vec![0f32; TG * QK_K];
+    rng.fill_normal(&mut af, 1.0);
+    af[..QK_K].iter_mut().for_each(|v| *v = -(v.abs() + 1.0));
+    let mut a = vec![0u8; TG * QType::Q8_K.row_bytes(QK_K).unwrap()];
+    quant::quantize(QType::Q8_K, &af, &mut a).unwrap();
+    a
+}
+
+/// Checks one step's accumulators: lane `t` of `acc[n]` holds weight row `n` of `w`
+/// (`qtype`, one super-block a row) times activation row `t` of `a` (Q8_K). Rows from `nr`
+/// on must be untouched (NaN, as the caller poisoned them), tokens from `n_tok` on zero,
+/// and every other lane within f32 rounding of `quant::vec_dot`: 1e-5 of the sum of
+/// `|w a|` over the block, the size of the terms the two summation orders round.
+pub(super) fn check_step(
+    qtype: QType,
+    acc: &[__m512],
+    nr: usize,
+    n_tok: usize,
+    w: &[u8],
+    a: &[u8],
+    case: &str,
+) {
+    let (wrow, arow) = (
+        qtype.row_bytes(QK_K).unwrap(),
+        QType::Q8_K.row_bytes(QK_K).unwrap(),
+    );
+    let mut deq_w = vec![0f32; QK_K];
+    let mut deq_a = vec![0f32; QK_K];
+    for (n, acc) in acc.iter().enumerate() {
+        // SAFETY: an __m512 is 16 f32.
+        let got: [f32; TG] = unsafe { std::mem::transmute(*acc) };
+        if n >= nr {
+            assert!(
+                got.iter().all(|v| v.is_nan()),
+                "{case}: row {n} past nr written"
+            );
+            continue;
+        }
+        let wn = &w[n * wrow..(n + 1) * wrow];
+        quant::dequantize(qtype, wn, &mut deq_w).unwrap();
+        for (t, &g) in got.iter().enumerate() {
+            if t >= n_tok {
+                assert_eq!(g, 0.0, "{case}: missing token {t} of row {n}");
+                continue;
+            }
+            let at = &a[t * arow..(t + 1) * arow];
+            let want = quant::vec_dot(qtype, QK_K, wn, at).unwrap();
+            quant::dequantize(QType::Q8_K, at, &mut deq_a).unwrap();
+            let mag: f32 = deq_w.iter().zip(&deq_a).map(|(x, y)| (x * y).abs()).sum();
+            assert!(
+                (g - want).abs() <= 1e-5 * mag,
+                "{case}: row {n} token {t}: {g} vs {want} (|w a| {mag})"
+            );
+        }
+    }
+}
