@@ -322,13 +322,7 @@ mod tests {
 
     #[test]
     fn vector_stages_match_the_reference_dot() {
-        if !(std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("f16c"))
-        {
-            eprintln!("skipped: no AVX512-VNNI");
+        if !stage_check::can_run() {
             return;
         }
         let mut rng = SplitMix64::new(11);
@@ -353,10 +347,7 @@ mod tests {
                     Box::<CTiles>::new(std::mem::zeroed()),
                 )
             };
-            // SAFETY: AVX512F was detected.
-            let mut acc = unsafe { [_mm512_set1_ps(f32::NAN); TR] };
-            // SAFETY: as above.
-            acc[..nr].fill(unsafe { _mm512_setzero_ps() });
+            let mut acc = stage_check::poisoned_acc(nr);
             // SAFETY: AVX512-VNNI and F16C were detected; `nr` weight rows and `n_tok`
             // activation rows of one block each are readable; the buffers are writable.
             unsafe {

@@ -2,9 +2,9 @@
 //! the tile products in scalar code, so they run where AMX is missing): their activations
 //! and the check of one step's f32 accumulators against the scalar reference dot.
 
-use std::arch::x86_64::__m512;
+use std::arch::x86_64::{__m512, _mm512_set1_ps, _mm512_setzero_ps};
 
-use super::kquant::{QK_K, TG};
+use super::kquant::{QK_K, TG, TR};
 use crate::quant::{self, QType};
 use crate::util::SplitMix64;
 
@@ -66,4 +66,27 @@ pub(super) fn check_step(
             );
         }
     }
+}
+
+/// Whether the stages can run here (AVX512 with VNNI, BW, DQ, VL and F16C); says why not.
+pub(super) fn can_run() -> bool {
+    let ok = std::arch::is_x86_feature_detected!("avx512vnni")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("f16c");
+    if !ok {
+        eprintln!("skipped: no AVX512-VNNI");
+    }
+    ok
+}
+
+/// A step's accumulators: rows `..nr` zero, the rest NaN (which [`check_step`] requires
+/// untouched). Only after [`can_run`].
+pub(super) fn poisoned_acc(nr: usize) -> [__m512; TR] {
+    // SAFETY: AVX512F is present (the caller checked `can_run`).
+    let mut acc = unsafe { [_mm512_set1_ps(f32::NAN); TR] };
+    // SAFETY: as above.
+    acc[..nr].fill(unsafe { _mm512_setzero_ps() });
+    acc
 }
