@@ -40,15 +40,14 @@ impl HybridModel<'_> {
         self.pipelined = on;
     }
 
-    /// Whether the next call without trace or timing will pipeline its layers: pipelining is
-    /// on and the device took the probe wait of the current batch size's scratch (false
-    /// before the first call).
+    /// Whether calls without trace or timing pipeline their layers: pipelining is on and the
+    /// device took the probe wait of a scratch's host flag (a property of the device, probed
+    /// when a call first built a scratch; false before the first call).
     pub fn pipelines(&self) -> bool {
-        let last = match self.last_single {
-            true => &self.scratch_one,
-            false => &self.scratch_many,
-        };
-        self.pipelined && last.as_ref().is_some_and(|s| s.flag.is_some())
+        let mut probed = [&self.scratch_one, &self.scratch_many]
+            .into_iter()
+            .flatten();
+        self.pipelined && probed.any(|s| s.flag.is_some())
     }
 
     /// [`Self::forward`], recording each layer's residual stream and each MoE layer's
@@ -106,7 +105,6 @@ impl HybridModel<'_> {
             self.graph = None;
         }
         let replay = graphable && self.graph.as_ref().is_some_and(|g| g.cache_id == cache.id);
-        self.last_single = t_n == 1;
         let slot = match t_n {
             1 => &mut self.scratch_one,
             _ => &mut self.scratch_many,

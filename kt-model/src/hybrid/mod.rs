@@ -129,8 +129,6 @@ pub struct HybridModel<'a> {
     /// and the scratch of the last multi-token call (replaced when the token count changes).
     scratch_one: Option<Scratch>,
     scratch_many: Option<Scratch>,
-    /// Whether the last call was a single-token one (which scratch [`Self::pipelines`] reads).
-    last_single: bool,
     ws: Workspaces,
     /// The routed experts for long prefill chunks on the GPU, when the rules ask for it.
     gpu_experts: Option<GpuExperts>,
@@ -242,7 +240,6 @@ impl<'a> HybridModel<'a> {
             config,
             scratch_one: None,
             scratch_many: None,
-            last_single: false,
             ws: Workspaces::default(),
             gpu_experts,
             pipelined: true,
