@@ -30,6 +30,7 @@ use crate::decode::{
     prompt_ids, prompt_then_decode, Args, Mode, Weights, MAX_MOE_BATCH, MEMBW_BYTES, MEMBW_PASSES,
 };
 use crate::reps::Rates;
+use crate::prefetch_env;
 
 /// Tokens of the warm-up call (a short prompt on a throwaway cache): loads every kernel
 /// and sizes the GEMM and attention workspaces before anything is timed.
@@ -327,6 +328,11 @@ impl HybridRun<'_> {
         // A/B of the same binary)
         let prefetch = std::env::var("KT_PREFETCH").map_or(true, |v| v.trim() != "0");
         model.set_prefetch(prefetch);
+        // KT_PREFETCH_ROUNDS=R: gate+up items per CPU thread the prefetch warms
+        if let Some(r) = prefetch_env::env_usize("KT_PREFETCH_ROUNDS")? {
+            model.set_prefetch_rounds(r)?;
+        }
+        let prefetch_rounds = model.prefetch_rounds();
         model.set_max_batch(prompt_len.clamp(WARMUP_TOKENS, MAX_MOE_BATCH))?;
         let gpu_load_s = t.elapsed().as_secs_f64();
         let prompt = prompt_ids(&w.config, prompt_len, a.seed);
@@ -405,16 +411,21 @@ impl HybridRun<'_> {
             .flatten()
             .map(|t| TimelineSummary::new(&t, &decode_times, dram_gbps));
 
-        // KT_PREFETCH_AB=N: N more graph decodes of the same tokens with the prefetch off,
-        // then on (alternating; the A/B of one process on one instance)
-        let ab_rounds = std::env::var("KT_PREFETCH_AB")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|_| gen_len > 0)
-            .unwrap_or(0);
+        // KT_PREFETCH_AB=N[:A,B,...]: N more rounds of graph decodes of the same tokens, one
+        // per setting (`off` or a number of prefetch rounds; default `off,` the rounds set
+        // above): the A/B of one process on one instance
+        let ab = std::env::var("KT_PREFETCH_AB").ok().filter(|_| gen_len > 0);
+        let (ab_rounds, settings) = match ab.as_deref() {
+            Some(v) => prefetch_env::parse_prefetch_ab(v, prefetch_rounds.unwrap_or(1))?,
+            None => (0, Vec::new()),
+        };
         let mut prefetch_ab = Vec::new();
-        for on in (0..ab_rounds).flat_map(|_| [false, true]) {
+        for setting in (0..ab_rounds).flat_map(|_| settings.iter().copied()) {
+            let on = setting.is_some();
             model.set_prefetch(on);
+            if let Some(r) = setting {
+                model.set_prefetch_rounds(r)?;
+            }
             model.reset_graph_timeline();
             let secs = untimed(&mut model, &mut cache, true, true, &prompt, &tokens)?;
             let tps = gen_len as f64 / secs;
@@ -422,21 +433,25 @@ impl HybridRun<'_> {
                 .graph_timeline()
                 .map(|t| TimelineSummary::new(t, &decode_times, dram_gbps));
             if !a.json {
-                println!(
-                    "prefetch {}: decode {tps:.2} tokens/s",
-                    if on { "on " } else { "off" }
-                );
+                match setting {
+                    Some(r) => println!("prefetch {r} rounds: decode {tps:.2} tokens/s"),
+                    None => println!("prefetch off: decode {tps:.2} tokens/s"),
+                }
                 if let Some(t) = &tl {
                     t.print();
                 }
             }
             prefetch_ab.push(json!({
                 "prefetch": on,
+                "prefetch_rounds": setting,
                 "decode_tokens_per_s": tps,
                 "decode_graph_timeline": tl.as_ref().map(TimelineSummary::json),
             }));
         }
         model.set_prefetch(prefetch);
+        if let Some(r) = prefetch_rounds {
+            model.set_prefetch_rounds(r)?;
+        }
 
         let crossover = if a.crossover {
             Some(crossover(&mut model, &w.config, a.seed)?)
@@ -514,6 +529,7 @@ impl HybridRun<'_> {
                 "gpu_prefill": gpu_prefill_json(&model),
                 "crossover": crossover,
                 "prefetch": prefetch,
+                "prefetch_rounds": prefetch_rounds,
                 "prefetch_ab": prefetch_ab,
             });
             println!("{j}");

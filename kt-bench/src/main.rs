@@ -12,6 +12,8 @@ mod matmul;
 mod moe;
 mod plan;
 mod pool_bench;
+#[cfg(any(feature = "cuda", test))]
+mod prefetch_env;
 mod reps;
 mod split;
 mod stats;

@@ -306,25 +306,36 @@ fn intermediate_slices_add_up_to_the_full_layer() {
     }
 }
 
-/// The prefetch of a predicted decode call: one gate+up item per thread (the first items a
-/// call of those experts hands out), stopped when asked, an error for a bad id, and no
-/// effect on the results.
+/// The prefetch of a predicted decode call: `prefetch_rounds` gate+up items per thread (the
+/// items a call of those experts hands to fixed threads first), stopped when asked, an
+/// error for a bad id or rounds, and no effect on the results.
 #[test]
 fn prefetch_issues_the_first_items_and_changes_nothing() {
     let b = small(QType::Q4_K, QType::Q5_0, 96, 11);
     let isa = Isa::available().last().copied().unwrap();
     let ctx = MoeContext::new(pool(3), isa, 1, 6, &[&b.layer]).unwrap();
+    assert_eq!(ctx.prefetch_rounds(), 2);
     let before = run(&ctx, &b, 1, 6, 12);
     // 3 distinct experts of 96 rows: 32-row items (fewer than 64 items at any larger
-    // size), 3 per expert; 3 threads take the first 3, gate and up rows of each
+    // size), 3 per expert; 3 threads take the first 2 x 3, gate and up rows of each
     let item = 32 * QType::Q4_K.row_bytes(256).unwrap() * 2;
     let never = || false;
     assert_eq!(
         ctx.prefetch(&b.layer, &[5, 2, 5, 9], &never).unwrap(),
-        3 * item
+        6 * item
     );
     // one expert: its 3 items
     assert_eq!(ctx.prefetch(&b.layer, &[7], &never).unwrap(), 3 * item);
+    // one round: one item per thread; more rounds than items: all 9
+    ctx.set_prefetch_rounds(1).unwrap();
+    assert_eq!(ctx.prefetch(&b.layer, &[5, 2, 9], &never).unwrap(), 3 * item);
+    ctx.set_prefetch_rounds(5).unwrap();
+    assert_eq!(ctx.prefetch(&b.layer, &[5, 2, 9], &never).unwrap(), 9 * item);
+    shape_err(ctx.set_prefetch_rounds(0), "prefetch rounds 0");
+    shape_err(ctx.set_prefetch_rounds(65), "prefetch rounds 65");
+    assert_eq!(ctx.prefetch_rounds(), 5);
+    let five = run(&ctx, &b, 1, 6, 12);
+    ctx.set_prefetch_rounds(2).unwrap();
     // stopped at once: only the part before the first poll, which counts nothing
     let now = || true;
     assert_eq!(ctx.prefetch(&b.layer, &[5, 2, 9], &now).unwrap(), 0);
@@ -337,5 +348,11 @@ fn prefetch_issues_the_first_items_and_changes_nothing() {
             .zip(&before)
             .all(|(a, b)| a.to_bits() == b.to_bits()),
         "a prefetch changed a result"
+    );
+    assert!(
+        five.iter()
+            .zip(&before)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "the own rounds of the hand-out changed a result"
     );
 }

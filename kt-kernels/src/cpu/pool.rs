@@ -47,6 +47,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::{KtError, Result};
 
+/// The most rounds of own items [`ThreadPool::for_each_in_order_first_own`] keeps (one
+/// bit per round in a slot's `taken`).
+const OWN_ROUNDS_MAX: usize = 64;
+
 /// How long an idle worker spins before it sleeps: long enough to cover the gap between
 /// two kernels of a decode step, short enough not to burn a core between steps.
 const SPIN: Duration = Duration::from_micros(200);
@@ -96,9 +100,10 @@ struct Slot {
     /// The epoch of the job the worker is in, that epoch `|` [`RAN`] once it has run its
     /// part, or [`IDLE`] (unused for the caller).
     busy: AtomicU64,
-    /// In [`ThreadPool::for_each_in_order_first_own`]: item `t` (this slot's thread's own)
-    /// has been taken, by its thread or by the shared counter.
-    taken: AtomicBool,
+    /// In [`ThreadPool::for_each_in_order_first_own`]: bit `r` set once the thread's own
+    /// item of round `r` (item `r * threads + t`) has been taken, by its thread or by the
+    /// shared counter.
+    taken: AtomicU64,
 }
 
 struct Shared {
@@ -178,7 +183,7 @@ impl ThreadPool {
                         next: AtomicUsize::new(0),
                         end: AtomicUsize::new(0),
                         busy: AtomicU64::new(IDLE),
-                        taken: AtomicBool::new(false),
+                        taken: AtomicU64::new(0),
                     })
                 })
                 .collect(),
@@ -408,29 +413,44 @@ impl ThreadPool {
         self.run(|_| {}, &body, Some(&rescue));
     }
 
-    /// [`ThreadPool::for_each_in_order`], except that each joining thread `t` first takes
-    /// item `t` (when nobody took it yet): the first items run on fixed threads, so what a
-    /// thread prepared for its item beforehand (weights prefetched into its own L2 by a
-    /// [`ThreadPool::for_each`] of the same items: thread `t` runs item `t` there when there
-    /// are at most `threads` of them) is its own. The shared counter then hands out the
-    /// items in increasing order, skipping the first ones already taken, and takes those of
-    /// threads that have not joined yet, so a late worker never holds an item back. Items
-    /// may wait on earlier items as in [`ThreadPool::for_each_in_order`]: an own item may
-    /// start before earlier ones are handed out, but the caller (always in the job) takes
-    /// item 0, which waits on nothing, and then goes through the counter, so whenever it
-    /// waits every earlier item has been taken by a thread in the job, and the lowest
-    /// unfinished item always has what it waits for.
-    pub fn for_each_in_order_first_own(&self, n: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+    /// [`ThreadPool::for_each_in_order`], except that the first `own` items belong to fixed
+    /// threads, item `i` to thread `i % threads`, and each joining thread first takes its own
+    /// items in increasing order (those nobody took yet): what a thread prepared for them
+    /// beforehand (weights prefetched into its own L2, `moe/prefetch.rs`) is its own. The
+    /// shared counter then hands out the items in increasing order, skipping the own ones
+    /// already taken, and takes those of threads that have not reached them yet, so a late
+    /// worker never holds an item back.
+    ///
+    /// Items may wait on earlier items as in [`ThreadPool::for_each_in_order`], except the
+    /// own items past the first round (`threads..own`), which must wait on nothing. Why that
+    /// always ends: the caller (always in the job) takes item 0, which waits on nothing, then
+    /// its own later items, which wait on nothing, and then goes through the counter, so
+    /// whenever it waits every earlier item has been taken; a thread takes its own items in
+    /// increasing order, so an untaken own item belongs to a thread that is on an earlier
+    /// item or has not joined; hence the lowest unfinished item is always taken and has what
+    /// it waits for. `own` is clamped to at least `min(n, threads)` (one round, as before)
+    /// and at most `n`.
+    pub fn for_each_in_order_first_own(
+        &self,
+        n: usize,
+        own: usize,
+        f: &(dyn Fn(usize, usize) + Sync),
+    ) {
         if self.inline(n, f) {
             return;
         }
-        let (next, slots) = (&self.shared.ordered, &self.shared.slots);
-        let own = n.min(self.threads);
-        // AcqRel swap: exactly one taker per item (no data travels with the flag)
-        let take = |i: usize| i >= own || !slots[i].taken.swap(true, Ordering::AcqRel);
+        let (next, slots, threads) = (&self.shared.ordered, &self.shared.slots, self.threads);
+        let own = own.clamp(n.min(threads), n.min(threads * OWN_ROUNDS_MAX));
+        // AcqRel fetch_or: exactly one taker per item (no data travels with the flag)
+        let take = |i: usize| {
+            let bit = 1u64 << (i / threads);
+            i >= own || slots[i % threads].taken.fetch_or(bit, Ordering::AcqRel) & bit == 0
+        };
         let body = |me: usize| {
-            if me < own && take(me) {
-                f(me, me);
+            for i in (me..own).step_by(threads) {
+                if take(i) {
+                    f(i, me);
+                }
             }
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -444,8 +464,8 @@ impl ThreadPool {
         };
         let prepare = |s: &Shared| {
             s.ordered.store(0, Ordering::Relaxed);
-            for slot in &s.slots[..own] {
-                slot.taken.store(false, Ordering::Relaxed);
+            for slot in &s.slots[..own.min(threads)] {
+                slot.taken.store(0, Ordering::Relaxed);
             }
         };
         self.run(prepare, &body, None);
@@ -628,12 +648,14 @@ mod tests {
                     assert!(t < threads);
                     hits[i].fetch_add(1, Ordering::Relaxed);
                 });
-                pool.for_each_in_order_first_own(n, &|i, t| {
-                    assert!(t < threads);
-                    hits[i].fetch_add(1, Ordering::Relaxed);
-                });
+                for own in [0, threads, 3 * threads + 1, usize::MAX] {
+                    pool.for_each_in_order_first_own(n, own, &|i, t| {
+                        assert!(t < threads);
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    });
+                }
                 assert!(
-                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 3),
+                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 6),
                     "threads {threads} n {n}"
                 );
             }
@@ -654,7 +676,7 @@ mod tests {
                 let done: Vec<AtomicBool> = (0..n).map(|_| AtomicBool::new(false)).collect();
                 let ran_on: Vec<AtomicUsize> =
                     (0..n).map(|_| AtomicUsize::new(usize::MAX)).collect();
-                pool.for_each_in_order_first_own(n, &|i, t| {
+                pool.for_each_in_order_first_own(n, 0, &|i, t| {
                     if i >= 3 {
                         while !done[i - 3].load(Ordering::Acquire) {
                             std::hint::spin_loop();
@@ -672,6 +694,45 @@ mod tests {
         }
         // which thread comes first is the scheduler's business; the owners do take part
         assert!(own > 0, "no thread ever ran its own item ({all} chances)");
+    }
+
+    #[test]
+    fn later_own_rounds_run_before_the_waiting_items() {
+        // As the MoE decode job with a two-round prefetch: the first 2 * threads items wait
+        // on nothing and belong to fixed threads; every later item waits until item i - 5
+        // is done (so the first round's items may be waited for by own items of no one). It
+        // always ends, every item runs once, and owners do take part in the later round.
+        let (mut own_later, mut all_later) = (0, 0);
+        for threads in [2, 3, 5] {
+            let pool = ThreadPool::new(threads).unwrap();
+            let own = 2 * threads;
+            for round in 0..200 {
+                let n = 1 + round % 40;
+                let done: Vec<AtomicBool> = (0..n).map(|_| AtomicBool::new(false)).collect();
+                let runs: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                let ran_on: Vec<AtomicUsize> =
+                    (0..n).map(|_| AtomicUsize::new(usize::MAX)).collect();
+                pool.for_each_in_order_first_own(n, own, &|i, t| {
+                    if i >= own.max(5) {
+                        while !done[i - 5].load(Ordering::Acquire) {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    runs[i].fetch_add(1, Ordering::Relaxed);
+                    ran_on[i].store(t, Ordering::Relaxed);
+                    done[i].store(true, Ordering::Release);
+                });
+                assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1));
+                own_later += (threads..own.min(n))
+                    .filter(|&i| ran_on[i].load(Ordering::Relaxed) == i % threads)
+                    .count();
+                all_later += own.min(n).saturating_sub(threads);
+            }
+        }
+        assert!(
+            own_later > 0,
+            "no thread ever ran its own later-round item ({all_later} chances)"
+        );
     }
 
     #[test]

@@ -64,6 +64,8 @@ impl FusedMoe {
         let pool = PoolRef::Static(cpu::pool::global());
         let ctx = MoeContext::new(pool, self.ctx.isa(), max_batch, self.top_k, &moe)
             .map_err(ModelError::Kernel)?;
+        ctx.set_prefetch_rounds(self.ctx.prefetch_rounds())
+            .map_err(ModelError::Kernel)?;
         Ok(FusedMoe {
             ctx,
             layers: self.layers.clone(),
@@ -115,6 +117,20 @@ impl FusedMoe {
                 tensor: format!("blk.{layer}.ffn_*_exps"),
                 source,
             })
+    }
+
+    /// `MoeContext::set_prefetch_rounds`: the gate+up items per thread [`FusedMoe::prefetch`]
+    /// warms and a decode call hands to their threads first.
+    #[cfg(feature = "cuda")]
+    pub fn set_prefetch_rounds(&self, rounds: usize) -> Result<()> {
+        self.ctx
+            .set_prefetch_rounds(rounds)
+            .map_err(ModelError::Kernel)
+    }
+
+    #[cfg(feature = "cuda")]
+    pub fn prefetch_rounds(&self) -> usize {
+        self.ctx.prefetch_rounds()
     }
 
     /// `out[t] = sum_s weights[t,s] * expert_{ids[t,s]}(x[t])` for layer `layer`'s routed

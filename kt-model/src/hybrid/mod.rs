@@ -341,6 +341,21 @@ impl<'a> HybridModel<'a> {
         self.prefetch = on;
     }
 
+    /// How many gate+up items per CPU thread that prefetch warms (and the experts job then
+    /// hands to those threads first): 2 unless set; 1 to 64. Changes no value.
+    pub fn set_prefetch_rounds(&mut self, rounds: usize) -> HybridResult<()> {
+        if let Some(f) = &self.fused {
+            f.set_prefetch_rounds(rounds)?;
+        }
+        Ok(())
+    }
+
+    /// The rounds [`HybridModel::set_prefetch_rounds`] set (`None` without routed experts
+    /// on the CPU).
+    pub fn prefetch_rounds(&self) -> Option<usize> {
+        self.fused.as_ref().map(FusedMoe::prefetch_rounds)
+    }
+
     /// How many calls replayed a decode graph so far.
     pub fn graph_launches(&self) -> u64 {
         self.graph_launches

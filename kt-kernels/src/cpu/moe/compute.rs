@@ -73,6 +73,7 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
         down_out,
         tiles,
         expert_state,
+        own_rounds,
         ..
     } = s;
     routing.route(&ids[..pairs], l.experts);
@@ -140,6 +141,7 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
             items_down,
             bufs,
             &mut expert_state[..l.experts],
+            *own_rounds,
         );
     } else {
         gate_up(
@@ -514,6 +516,7 @@ fn fused(
     down: &[Item],
     b: Bufs,
     state: &mut [AtomicU32],
+    own_rounds: usize,
 ) {
     // Plain writes: the pool's job post publishes them to the threads running items.
     for &e in routing.active() {
@@ -534,9 +537,11 @@ fn fused(
     );
     // In order: a down item waits for its expert's gate+up items, so those must have been
     // handed out first (plain `for_each` starts every thread on a share of its own). Thread
-    // t starts on gate+up item t: the item `prefetch.rs` warmed in that thread's L2 when
-    // the caller knew the experts ahead (the hybrid decode's prediction).
-    pool.for_each_in_order_first_own(up.len() + down.len(), &|i, thread| {
+    // t starts on gate+up items t, t + threads, ... (`own_rounds` of them, none of which
+    // waits): the items `prefetch.rs` warmed in that thread's L2 when the caller knew the
+    // experts ahead (the hybrid decode's prediction).
+    let own = up.len().min(own_rounds.saturating_mul(pool.threads()));
+    pool.for_each_in_order_first_own(up.len() + down.len(), own, &|i, thread| {
         if let Some(&it) = up.get(i) {
             // SAFETY: as in `gate_up`: up items partition (position, row) and `thread`
             // owns its tile scratch.

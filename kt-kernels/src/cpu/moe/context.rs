@@ -5,6 +5,7 @@
 //! with the repacked operator.
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::compute;
@@ -49,6 +50,9 @@ pub struct MoeContext {
     driver: Driver<Scratch>,
     max_tokens: usize,
     max_top_k: usize,
+    /// [`MoeContext::set_prefetch_rounds`]; the scratch holds the same value for the
+    /// decode job's hand-out.
+    prefetch_rounds: AtomicUsize,
 }
 
 impl Job for Scratch {
@@ -89,7 +93,9 @@ impl MoeContext {
             driver,
             max_tokens,
             max_top_k,
+            prefetch_rounds: AtomicUsize::new(0),
         };
+        ctx.set_prefetch_rounds(super::prefetch::DEFAULT_ROUNDS)?;
         for l in layers {
             ctx.reserve(l)?;
         }
@@ -164,18 +170,38 @@ impl MoeContext {
     }
 
     /// Prefetches into the pool threads' L2 caches the weights a decode call of `layer`
-    /// routed to the experts `ids` would read first (its first gate+up items, one per
-    /// thread; `prefetch.rs`), for a caller that knows the next call's experts (or a
-    /// prediction of them) while the threads idle. Changes no result. Polls `stop` every
-    /// few KB and returns once it says so; returns the bytes it issued. Waits for a call in
-    /// flight on the pool first. An error for an id past the layer's experts.
+    /// routed to the experts `ids` would read first (its first gate+up items, up to
+    /// [`MoeContext::prefetch_rounds`] per thread; `prefetch.rs`), for a caller that knows
+    /// the next call's experts (or a prediction of them) while the threads idle. Changes no
+    /// result. Polls `stop` every few KB and returns once it says so; returns the bytes it
+    /// issued. Waits for a call in flight on the pool first. An error for an id past the
+    /// layer's experts.
     pub fn prefetch(
         &self,
         layer: &MoeLayer,
         ids: &[u32],
         stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<usize> {
-        super::prefetch::run(self.driver.pool(), &layer.inner, ids, stop)
+        let rounds = self.prefetch_rounds();
+        super::prefetch::run(self.driver.pool(), &layer.inner, ids, rounds, stop)
+    }
+
+    /// How many gate+up items per thread [`MoeContext::prefetch`] warms and a decode call
+    /// hands to their fixed threads first (2 unless set).
+    pub fn prefetch_rounds(&self) -> usize {
+        self.prefetch_rounds.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`MoeContext::prefetch_rounds`] (1 to 64): more rounds fill a longer wait with
+    /// the next call's weights, as long as a thread's share fits its L2. Waits for a call in
+    /// flight. Changes no result.
+    pub fn set_prefetch_rounds(&self, rounds: usize) -> Result<()> {
+        if !(1..=64).contains(&rounds) {
+            return Err(shape(format!("prefetch rounds {rounds}, expected 1 to 64")));
+        }
+        self.driver.idle_scratch()?.own_rounds = rounds;
+        self.prefetch_rounds.store(rounds, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Checks a call's shapes; returns (tokens, k).

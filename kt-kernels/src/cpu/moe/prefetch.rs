@@ -1,15 +1,20 @@
 //! Warming the caches for a decode call that has not been posted yet: the first gate+up
-//! items of a predicted set of experts, one item per pool thread, prefetched into L2.
+//! items of a predicted set of experts, a few rounds of one item per pool thread,
+//! prefetched into L2.
 //!
 //! Why: in the hybrid decode the CPU threads wait ~40 us per layer for the GPU (the stretch
 //! between two layers' experts) while DRAM idles; if the next layer's experts are known
 //! early (predicted from the hidden state), the bytes its experts job reads first can stream
 //! in then, and the job starts on cached weights. A decode call hands out its gate+up items
 //! in order (experts ascending, row blocks ascending: `plan::build`), thread `t` starting on
-//! item `t` (`ThreadPool::for_each_in_order_first_own`), so the first `threads` items are
-//! the ones the whole pool starts on; those are what this prefetches, thread `t` item `t`
-//! into its own L2, in the same order for the predicted experts. Later items would be
-//! evicted from a thread's L2 by the job's own stream before their turn.
+//! items `t`, `t + threads`, ... for `rounds` rounds
+//! (`ThreadPool::for_each_in_order_first_own`), so those are the items each thread runs
+//! first; this prefetches them, thread `t` its own items into its own L2 in that order (the
+//! first round everywhere before any second). One round of V2-Lite's items is ~4.7 MB
+//! over 16 threads, streamed in ~25 us on a fast host, so a ~40 us stretch has room for
+//! part of a second; the rounds past the first are what a slower host cuts short. Items
+//! past the rounds would be evicted from a thread's L2 by the job's own stream before their
+//! turn.
 //!
 //! The prefetch changes no value anywhere (it only issues prefetch hints); `stop` is polled
 //! every [`LINES_PER_POLL`] lines so that the caller can end it as soon as the real call
@@ -49,13 +54,19 @@ fn distinct(ids: &[u32]) -> usize {
         .count()
 }
 
-/// Prefetches the first gate+up items (at most one per pool thread) that a decode call of
-/// `l` routed to the experts `ids` would hand out; returns the bytes issued. Stops early
-/// once `stop()` returns true. An error for an id past the layer's experts.
+/// The rounds of own items a context prefetches and hands out first unless told otherwise
+/// (`MoeContext::set_prefetch_rounds`).
+pub(crate) const DEFAULT_ROUNDS: usize = 2;
+
+/// Prefetches the first gate+up items (`rounds` per pool thread at most) that a decode call
+/// of `l` routed to the experts `ids` would hand out to fixed threads; returns the bytes
+/// issued. Stops early once `stop()` returns true. An error for an id past the layer's
+/// experts.
 pub(crate) fn run(
     pool: &ThreadPool,
     l: &LayerInner,
     ids: &[u32],
+    rounds: usize,
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<usize> {
     if let Some(&e) = ids.iter().find(|&&e| e as usize >= l.experts) {
@@ -68,32 +79,52 @@ pub(crate) fn run(
     let rows = l.slice.len();
     let block = plan::gemv_row_block(experts, rows);
     let per_expert = rows.div_ceil(block);
-    let items = (experts * per_expert).min(pool.threads());
+    let threads = pool.threads();
+    let items = (experts * per_expert).min(rounds.saturating_mul(threads));
     let issued = AtomicUsize::new(0);
-    pool.for_each(items, &|i, _| {
-        let Some(e) = nth_distinct(ids, i / per_expert) else {
-            return;
-        };
-        let r0 = l.slice.start + (i % per_expert) * block;
-        let nr = block.min(l.slice.end - r0);
+    // Thread t runs its own items t, t + threads, ...: the ones the call hands it first.
+    pool.for_each_static(items.min(threads), &|t, _| {
         let mut bytes = 0;
-        for stack in [&l.gate, &l.up] {
-            let rb = stack.row_bytes();
-            let first = (e as usize * l.intermediate + r0) * rb;
-            let Some(part) = stack.bytes().get(first..first + nr * rb) else {
-                return;
+        for i in (t..items).step_by(threads) {
+            let Some(e) = nth_distinct(ids, i / per_expert) else {
+                break;
             };
-            match prefetch_l2(part, stop) {
-                Some(n) => bytes += n,
-                None => {
-                    issued.fetch_add(bytes, Ordering::Relaxed);
-                    return;
+            let r0 = l.slice.start + (i % per_expert) * block;
+            let nr = block.min(l.slice.end - r0);
+            match prefetch_item(l, e as usize, r0, nr, stop) {
+                Ok(n) => bytes += n,
+                Err(n) => {
+                    bytes += n;
+                    break;
                 }
             }
         }
         issued.fetch_add(bytes, Ordering::Relaxed);
     });
     Ok(issued.into_inner())
+}
+
+/// Prefetches rows `r0..r0 + nr` of expert `e`'s gate and up: `Ok(bytes)`, or `Err(bytes
+/// issued)` once `stop` said so.
+fn prefetch_item(
+    l: &LayerInner,
+    e: usize,
+    r0: usize,
+    nr: usize,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> std::result::Result<usize, usize> {
+    let mut bytes = 0;
+    for stack in [&l.gate, &l.up] {
+        let rb = stack.row_bytes();
+        let first = (e * l.intermediate + r0) * rb;
+        // the rows lie inside the stack (the plan's rows of a checked expert id)
+        let part = stack.bytes().get(first..first + nr * rb).unwrap_or(&[]);
+        match prefetch_l2(part, stop) {
+            Some(n) => bytes += n,
+            None => return Err(bytes),
+        }
+    }
+    Ok(bytes)
 }
 
 /// Issues an L2 prefetch for every cache line of `bytes`, polling `stop` every

@@ -1,0 +1,53 @@
+//! The decode's prefetch knobs read from the environment (`KT_PREFETCH_ROUNDS`,
+//! `KT_PREFETCH_AB`): A/B switches for the device runs, not part of the command line.
+
+/// `name` parsed as a count, `None` when unset; an error naming the variable otherwise.
+pub fn env_usize(name: &str) -> Result<Option<usize>, String> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name}={v:?}: expected a whole number")),
+    }
+}
+
+/// `KT_PREFETCH_AB`'s value: `N` (N rounds of prefetch off, then on with `rounds`) or
+/// `N:A,B,...` (N rounds of the settings A, B, ... in turn, each `off` or a number of
+/// prefetch rounds). Returns N and the settings (`None` = off).
+pub fn parse_prefetch_ab(v: &str, rounds: usize) -> Result<(usize, Vec<Option<usize>>), String> {
+    let err = || format!("KT_PREFETCH_AB={v:?}: expected N or N:A,B,... (each `off` or rounds)");
+    let (n, list) = match v.trim().split_once(':') {
+        Some((n, list)) => (n, Some(list)),
+        None => (v.trim(), None),
+    };
+    let n = n.trim().parse::<usize>().map_err(|_| err())?;
+    let settings = match list {
+        None => vec![None, Some(rounds)],
+        Some(list) => list
+            .split(',')
+            .map(|s| match s.trim() {
+                "off" => Ok(None),
+                r => r.parse::<usize>().map(Some).map_err(|_| err()),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok((n, settings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ab_settings_parse() {
+        assert_eq!(parse_prefetch_ab("2", 3), Ok((2, vec![None, Some(3)])));
+        assert_eq!(
+            parse_prefetch_ab("1:1, 2,off", 3),
+            Ok((1, vec![Some(1), Some(2), None]))
+        );
+        assert!(parse_prefetch_ab("x", 2).is_err());
+        assert!(parse_prefetch_ab("2:1,two", 2).is_err());
+    }
+}
