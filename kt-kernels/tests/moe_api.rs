@@ -334,6 +334,7 @@ fn prefetch_issues_the_first_items_and_changes_nothing() {
     shape_err(ctx.set_prefetch_rounds(0), "prefetch rounds 0");
     shape_err(ctx.set_prefetch_rounds(65), "prefetch rounds 65");
     assert_eq!(ctx.prefetch_rounds(), 5);
+    // the call after a prefetch hands its first 5 rounds of items to fixed threads
     let five = run(&ctx, &b, 1, 6, 12);
     ctx.set_prefetch_rounds(2).unwrap();
     // stopped at once: only the part before the first poll, which counts nothing

@@ -108,8 +108,9 @@ pub(crate) struct Scratch {
     pub tiles: Vec<f32>,
     /// Per expert, in the fused decode job: gate+up items still running, then ready.
     pub expert_state: Vec<AtomicU32>,
-    /// Rounds of gate+up items the fused decode job hands to fixed threads first (item `i`
-    /// to thread `i % threads`): the items `prefetch.rs` warms in those threads' L2.
+    /// Rounds of gate+up items the call's fused decode job hands to fixed threads first
+    /// (item `i` to thread `i % threads`): those `prefetch.rs` warmed in the threads' L2
+    /// before the call, else one.
     pub own_rounds: usize,
 }
 
