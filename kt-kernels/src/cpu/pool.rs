@@ -443,8 +443,11 @@ impl ThreadPool {
         let own = own.clamp(n.min(threads), n.min(threads * OWN_ROUNDS_MAX));
         // AcqRel fetch_or: exactly one taker per item (no data travels with the flag)
         let take = |i: usize| {
+            if i >= own {
+                return true;
+            }
             let bit = 1u64 << (i / threads);
-            i >= own || slots[i % threads].taken.fetch_or(bit, Ordering::AcqRel) & bit == 0
+            slots[i % threads].taken.fetch_or(bit, Ordering::AcqRel) & bit == 0
         };
         let body = |me: usize| {
             for i in (me..own).step_by(threads) {
