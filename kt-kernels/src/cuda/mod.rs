@@ -22,7 +22,6 @@
 mod dtype;
 mod error;
 mod modules;
-mod host_ordered;
 mod runtime;
 
 pub mod gating;
@@ -34,7 +33,6 @@ pub mod w4a16;
 
 pub use dtype::{GpuFloat, MmaFloat};
 pub use error::{CudaError, CudaResult};
-pub use host_ordered::{host_ordered_work, HostOrderedWork};
 pub use runtime::{
     DeviceBuf, DeviceInfo, Gpu, GpuEvent, GpuGraph, GpuStream, HostFlag, LaunchOrder, PinnedBuf,
 };

@@ -85,17 +85,6 @@ pub(crate) struct Kernels {
     smem_limits: Mutex<HashMap<String, u32>>,
 }
 
-impl Drop for Kernels {
-    /// Unloads the modules (functions first, they hold the modules) the way page-locked
-    /// memory is freed (`host_ordered.rs`): an unload may wait for the device, so not
-    /// while another thread's flag-gated work is in flight.
-    fn drop(&mut self) {
-        let _free = super::host_ordered::synchronizing_free();
-        self.functions.get_mut().unwrap_or_else(|p| p.into_inner()).clear();
-        self.modules.clear();
-    }
-}
-
 impl Kernels {
     pub fn load(ctx: &Arc<CudaContext>) -> CudaResult<Self> {
         let mut modules = HashMap::new();

@@ -3,7 +3,6 @@
 //! kernels with the context.
 
 use std::ffi::c_void;
-use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -121,7 +120,7 @@ impl Gpu {
             .new_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
             .map_err(driver("cuEventCreate"))?;
         Ok(PinnedBuf {
-            slice: ManuallyDrop::new(slice),
+            slice,
             copies_done,
             host,
         })
@@ -308,7 +307,7 @@ impl GpuStream {
     ) -> CudaResult<()> {
         check_len("copy_from_pinned", src.len(), dst.len())?;
         self.stream
-            .memcpy_htod(&*src.slice, &mut dst.slice)
+            .memcpy_htod(&src.slice, &mut dst.slice)
             .map_err(driver("cuMemcpyHtoDAsync"))?;
         src.mark_copies(&self.stream)
     }
@@ -322,7 +321,7 @@ impl GpuStream {
     ) -> CudaResult<()> {
         check_len("copy_to_pinned", src.len(), dst.len())?;
         self.stream
-            .memcpy_dtoh(&src.slice, &mut *dst.slice)
+            .memcpy_dtoh(&src.slice, &mut dst.slice)
             .map_err(driver("cuMemcpyDtoHAsync"))?;
         dst.mark_copies(&self.stream)
     }
@@ -512,20 +511,10 @@ impl<T> DeviceBuf<T> {
 /// copies queued on two streams at once are covered for the later stream only (order the
 /// streams with an event, as for any buffer they share).
 pub struct PinnedBuf<T> {
-    /// Dropped by hand, under `host_ordered::synchronizing_free` (`cuMemFreeHost`
-    /// synchronizes the device).
-    slice: ManuallyDrop<PinnedHostSlice<T>>,
+    slice: PinnedHostSlice<T>,
     copies_done: CudaEvent,
     /// The host address of the first element (for the unsynchronized views).
     host: usize,
-}
-
-impl<T> Drop for PinnedBuf<T> {
-    fn drop(&mut self) {
-        let _free = super::host_ordered::synchronizing_free();
-        // SAFETY: dropped once, here; the field is not used after.
-        unsafe { ManuallyDrop::drop(&mut self.slice) };
-    }
 }
 
 impl<T> PinnedBuf<T> {

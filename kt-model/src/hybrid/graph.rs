@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use half::bf16;
 use kt_kernels::cuda::gating::MAX_TOP_K;
 use kt_kernels::cuda::mla::{MlaBatch, MlaKernel};
-use kt_kernels::cuda::{host_ordered_work, DeviceBuf, Gpu, GpuGraph, GpuStream, HostFlag};
+use kt_kernels::cuda::{DeviceBuf, Gpu, GpuGraph, GpuStream, HostFlag};
 
 use super::error::{HybridError, HybridResult};
 use super::forward::Step;
@@ -192,8 +192,6 @@ impl DecodeGraph {
         if let Some(p) = &self.predict {
             p.flag.raise(0);
         }
-        // held from before the launch: the graph's first wait is queued with it
-        let _work = host_ordered_work();
         self.graph.launch(s)?;
         let mut mark = Instant::now();
         let tl = &mut self.timeline;

@@ -17,7 +17,7 @@
 //! while work waits, the guard raises the flag so the stream never hangs.
 
 use kt_kernels::cuda::mla::MlaBatch;
-use kt_kernels::cuda::{host_ordered_work, GpuEvent, HostFlag, HostOrderedWork};
+use kt_kernels::cuda::{GpuEvent, HostFlag};
 
 use super::error::HybridResult;
 use super::forward::Step;
@@ -36,23 +36,16 @@ struct Pending {
 }
 
 /// The values waits were queued for; raises the flag to the last on drop (every queued
-/// wait released, also on an error path). Holds [`HostOrderedWork`] meanwhile, so that no
-/// other thread's page-locked free (which waits for the whole device) runs while the
-/// stream waits for this thread.
+/// wait released, also on an error path).
 pub(super) struct Gate<'f> {
     flag: &'f HostFlag,
     last: u32,
-    _work: HostOrderedWork,
 }
 
 impl<'f> Gate<'f> {
-    /// A gate that raises `flag` to `last` on drop. Make it before queuing the first wait.
+    /// A gate that raises `flag` to `last` on drop.
     pub(super) fn new(flag: &'f HostFlag, last: u32) -> Self {
-        Gate {
-            flag,
-            last,
-            _work: host_ordered_work(),
-        }
+        Gate { flag, last }
     }
 
     fn next(&mut self) -> u32 {
