@@ -34,6 +34,10 @@
 //!
 //! The MLA kernel fixes `kv_lora_rank` 512 and rope 64 (every real V2-Lite / V2 / V3); other
 //! shapes are refused.
+//!
+//! One decoding model per process: two models decoding at once on two threads of one
+//! process (streams that wait on host flags, side by side) hung at times on the device
+//! (`tests/hybrid_graph.rs` runs its tests one at a time for that reason).
 
 mod error;
 mod forward;
