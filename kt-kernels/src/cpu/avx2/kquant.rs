@@ -93,6 +93,9 @@ pub(crate) trait KQuant {
     /// As [`KQuant::decode`].
     unsafe fn d_dmin_bits(x: *const u8) -> u32;
 
+    /// [`Microkernel::GEMV_ROWS`] of the format.
+    const GEMV_ROWS: usize = 8;
+
     /// [`KQuant::decode8`] is the format's own: the one-token GEMV tile (8 rows) decodes its
     /// rows together. Only with `OFFSET_BY_D` false.
     const JOINT8: bool = false;
@@ -323,6 +326,7 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
     // `chunk_products` loads each token's activations where a row's product uses them,
     // so a 1 x 8 tile holds only the 8 accumulators and one row's chunk in registers.
     const WIDE_TOKEN_TILE: bool = true;
+    const GEMV_ROWS: usize = K::GEMV_ROWS;
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize) {

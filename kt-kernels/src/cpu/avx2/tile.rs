@@ -33,6 +33,11 @@ pub(super) trait Microkernel {
     /// once for all of its tokens instead of once per group of [`MAX_RN`].
     const WIDE_TOKEN_TILE: bool = false;
 
+    /// Rows of the one-token register tile (1 x RN tiles with RN = 1): 8, or 4 or 2 where
+    /// the format's 8-row tile holds more than the 16 ymm registers and spills (the tile's
+    /// shape does not change any row's sums or their order).
+    const GEMV_ROWS: usize = 8;
+
     /// # Safety
     /// `r0 + RM <= tile.rows`, `t0 + RN <= tile.tokens`, the tile's pointers are valid
     /// as [`GemmTile`] documents, and the CPU has AVX2, FMA and F16C.
@@ -89,7 +94,7 @@ pub(super) unsafe fn gemm<M: Microkernel>(tile: &GemmTile) {
                 (tile.tokens, 1)
             } else {
                 let rn = (tile.tokens - t0).min(MAX_RN);
-                (rn, max_rm(rn))
+                (rn, if rn == 1 { M::GEMV_ROWS } else { max_rm(rn) })
             };
             let mut r = r0;
             while r < chunk_end {
