@@ -67,7 +67,8 @@ impl SmallBlock for Q5_0 {
         // keeps its bits, NaN patterns included.
         // SAFETY: 16 nibble bytes at 6; the block's first 8 bytes are readable.
         unsafe {
-            let head = _mm256_castpd_si256(_mm256_set1_pd(std::ptr::read_unaligned(x as *const f64)));
+            let head =
+                _mm256_castpd_si256(_mm256_set1_pd(std::ptr::read_unaligned(x as *const f64)));
             (quants_5bit_at::<2>(head, x.add(6)), head)
         }
     }

@@ -87,7 +87,10 @@ pub(super) trait SmallBlock {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn head_scales(p: &[__m128i; 4]) -> __m256 {
-    let (q0, q1) = (_mm_unpacklo_epi32(p[0], p[1]), _mm_unpacklo_epi32(p[2], p[3]));
+    let (q0, q1) = (
+        _mm_unpacklo_epi32(p[0], p[1]),
+        _mm_unpacklo_epi32(p[2], p[3]),
+    );
     _mm256_cvtph_ps(_mm_unpacklo_epi64(q0, q1))
 }
 
@@ -226,7 +229,10 @@ unsafe fn act_terms<B: SmallBlock>(a: *const u8) -> (__m256i, f32) {
     // SAFETY: the caller's contract: 32 quants at act_qs, d first.
     let (act, d) = unsafe { (load32(a.add(act_qs)), f16_bits(a)) };
     let c = _mm256_maddubs_epi16(_mm256_set1_epi8(B::OFFSET), act);
-    (hsum8_words(&[c; MAX_PAIRS], None, true), half::f16::from_bits(d).to_f32())
+    (
+        hsum8_words(&[c; MAX_PAIRS], None, true),
+        half::f16::from_bits(d).to_f32(),
+    )
 }
 
 /// The one-token 8-row tile of the word-sum formats (Q4_0, Q5_0) with the activation terms
