@@ -9,9 +9,6 @@ pub(super) struct Q8_0;
 
 impl SmallBlock for Q8_0 {
     const BLOCK_BYTES: usize = 34;
-    /// 4 rows against 8 (dev VM's Zen 5, 1 thread, 2048x1408 one token): +7..8%
-    /// cache-resident, level from DRAM (`BENCHMARKS.md`, session 13).
-    const GEMV_ROWS: usize = 4;
     const OFFSET: i8 = 0;
     const SIGNED: bool = true;
     const HAS_MIN: bool = false;

@@ -51,8 +51,6 @@ pub(super) trait SmallBlock {
     /// beside it, and `hsum_float_8` adds the lanes at the end. False: the pairs' int
     /// sums reduced exactly per block and FMA'd into one f32 with the `m * s` term.
     const GGML_LANES: bool = false;
-    /// [`Microkernel::GEMV_ROWS`] of the format.
-    const GEMV_ROWS: usize = 8;
 
     /// The 32 quants in element order: unsigned `q` (or signed for [`SmallBlock::SIGNED`]).
     ///
@@ -297,8 +295,6 @@ unsafe fn gemv8_prepped<B: SmallBlock>(tile: &GemmTile, r0: usize, corr: &[__m25
 }
 
 impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
-    const GEMV_ROWS: usize = B::GEMV_ROWS;
-
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn gemv_rows(tile: &GemmTile) -> usize {
         let nb = tile.k / QK;
