@@ -405,6 +405,18 @@ gemv_vs_scalar!(q8_0_gemv_matches_scalar, QType::Q8_0, SMALL_BLOCK_KS);
 gemv_vs_scalar!(bf16_gemv_matches_scalar, QType::BF16, FLOAT_KS);
 gemv_vs_scalar!(f32_gemv_matches_scalar, QType::F32, FLOAT_KS);
 
+/// The one-token GEMV of Q4_0 / Q5_0 prepares its activation terms once per call for rows
+/// of up to 576 blocks (k 18432) and falls back to the register tiles beyond: both sides of
+/// that bound, with 8-row tiles and edge rows.
+#[test]
+fn offset_formats_one_token_at_the_prepared_row_bound_match_scalar() {
+    for t in [QType::Q4_0, QType::Q5_0] {
+        for (k, rows, seed) in [(576 * 32, 13, 1), (577 * 32, 11, 2), (64 * 32, 24, 3)] {
+            check_vs_scalar(t, k, rows, 1, seed);
+        }
+    }
+}
+
 /// Q4_0 and Q5_0 blocks at their extremes (every quant 0 or every quant at its maximum)
 /// against activations at +-127: the block sums the AVX2 kernel reduces as i16 words reach
 /// their largest magnitude (16 products of 16 * 127 per word for Q5_0), where an overflow

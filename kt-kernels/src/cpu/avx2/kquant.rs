@@ -93,6 +93,15 @@ pub(crate) trait KQuant {
     /// As [`KQuant::decode`].
     unsafe fn d_dmin_bits(x: *const u8) -> u32;
 
+    /// [`Microkernel::GEMV_ROWS`] of the format.
+    const GEMV_ROWS: usize = 8;
+
+    /// Tiles of up to 4 rows leave the decoded scales to the optimiser instead of reloading
+    /// them per chunk through `opaque` ([`chunk_products`]): with 4 rows there are registers
+    /// for them beside the 4 sums (Q2_K, Q6_K; Q5_K's scales, broadcast from memory, measured
+    /// 10-16% slower so).
+    const SCALES_IN_REGISTERS: bool = false;
+
     /// [`KQuant::decode8`] is the format's own: the one-token GEMV tile (8 rows) decodes its
     /// rows together. Only with `OFFSET_BY_D` false.
     const JOINT8: bool = false;
@@ -247,7 +256,15 @@ unsafe fn chunk_products<K: KQuant, const J: usize, const RM: usize, const RN: u
     // scales out of the 8 chunks and merges the loads chunks share, keeps all of those
     // live in registers and spills the accumulators instead; with it, chunk J's weights
     // and scales are loaded right where they are used (from L1).
-    let (w0, scales) = (opaque(w0), opaque(scales as *const [K::Scales; RM]));
+    let scales = scales as *const [K::Scales; RM];
+    let (w0, scales) = (
+        opaque(w0),
+        if K::SCALES_IN_REGISTERS && RM <= 4 {
+            scales
+        } else {
+            opaque(scales)
+        },
+    );
     for (r, row_sums) in sumi.iter_mut().enumerate() {
         // SAFETY: row r's block and decoded scales (the caller's contract).
         let (q, s) = unsafe { K::chunk::<J>(w0.add(r * w_stride), &(*scales)[r]) };
@@ -323,6 +340,7 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
     // `chunk_products` loads each token's activations where a row's product uses them,
     // so a 1 x 8 tile holds only the 8 accumulators and one row's chunk in registers.
     const WIDE_TOKEN_TILE: bool = true;
+    const GEMV_ROWS: usize = K::GEMV_ROWS;
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize) {

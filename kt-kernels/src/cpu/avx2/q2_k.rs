@@ -28,6 +28,11 @@ static WIDEN: [i16; 16] = [16, 16, 4, 4, 1, 1, 1, 1, 16, 16, 4, 4, 1, 1, 1, 1];
 
 impl KQuant for Q2K {
     const BLOCK_BYTES: usize = 84;
+    /// 4 rows with their scales in registers against the 8-row tile (dev VM's Zen 5, 1
+    /// thread, 1408x2048 one token): +9..14% cache-resident, level from DRAM; either alone
+    /// was level (`BENCHMARKS.md`, session 13).
+    const GEMV_ROWS: usize = 4;
+    const SCALES_IN_REGISTERS: bool = true;
     const OFFSET_BY_D: bool = false;
     const SUM_SHIFT: i32 = 4;
     /// As [`super::kquant::scales_16`] makes them (`[s0..s8 | s0..s8]`,

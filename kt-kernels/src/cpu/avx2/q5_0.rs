@@ -15,17 +15,23 @@ use super::small_block::SmallBlock;
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quants_5bit(qh: *const u8, qs: *const u8) -> __m256i {
     // SAFETY: the caller's contract.
-    let (bits, low) = unsafe { (std::ptr::read_unaligned(qh as *const i32), nibbles_32(qs)) };
+    let bits = unsafe { _mm256_set1_epi32(std::ptr::read_unaligned(qh as *const i32)) };
+    // SAFETY: as above.
+    unsafe { quants_5bit_at::<0>(bits, qs) }
+}
+
+/// [`quants_5bit`] with `qh` at byte `AT` of each 64-bit lane of `bits`.
+///
+/// # Safety
+/// `qs .. qs + 16` is readable; the CPU has AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quants_5bit_at<const AT: i64>(bits: __m256i, qs: *const u8) -> __m256i {
+    // SAFETY: the caller's contract.
+    let low = unsafe { nibbles_32(qs) };
     // Byte j takes byte j / 8 of qh and keeps bit j % 8 of it: 0 or 2^(j % 8).
-    let spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(bits),
-        _mm256_setr_epi64x(
-            0,
-            0x0101_0101_0101_0101,
-            0x0202_0202_0202_0202,
-            0x0303_0303_0303_0303,
-        ),
-    );
+    let pick = |b: i64| (AT + b) * 0x0101_0101_0101_0101;
+    let spread = _mm256_shuffle_epi8(bits, _mm256_setr_epi64x(pick(0), pick(1), pick(2), pick(3)));
     let bit = _mm256_and_si256(spread, _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64));
     // `sign(c, bit)` is 0 where the bit is clear, `c` where it is positive and `-c` where it
     // is 0x80 (bit 7, a negative byte): with c = 16 in bytes j % 8 < 7 and -16 in bytes
@@ -49,6 +55,22 @@ impl SmallBlock for Q5_0 {
     unsafe fn quants(x: *const u8) -> __m256i {
         // SAFETY: qh at 2, 16 nibble bytes at 6.
         unsafe { quants_5bit(x.add(2), x.add(6)) }
+    }
+
+    const HEAD: bool = true;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn quants_head(x: *const u8) -> (__m256i, __m256i) {
+        // One 8-byte broadcast load (`vbroadcastsd`, a pure load, where an i64 broadcast
+        // goes through a general register) for d (word 0) and qh (bytes 2..6); an f64 copy
+        // keeps its bits, NaN patterns included.
+        // SAFETY: 16 nibble bytes at 6; the block's first 8 bytes are readable.
+        unsafe {
+            let head =
+                _mm256_castpd_si256(_mm256_set1_pd(std::ptr::read_unaligned(x as *const f64)));
+            (quants_5bit_at::<2>(head, x.add(6)), head)
+        }
     }
 }
 

@@ -16,6 +16,8 @@ pub(crate) struct Q5K;
 
 impl KQuant for Q5K {
     const BLOCK_BYTES: usize = 176;
+    /// As Q6_K's (its 8-row tile spills): +15..16% cache-resident, +16..22% from DRAM.
+    const GEMV_ROWS: usize = 4;
     const OFFSET_BY_D: bool = false;
     const ORDER: Order = Order::GgmlLanes;
     type Scales = [u32; 8];

@@ -20,6 +20,12 @@ pub(crate) struct Q6K;
 
 impl KQuant for Q6K {
     const BLOCK_BYTES: usize = 210;
+    /// Its 8-row tile spills (8 f32 lane accumulators of ggml's order beside the 8 sums):
+    /// dev VM's Zen 5, 1 thread, 1408x2048 one token, 4 rows against 8: +26..29%
+    /// cache-resident, +35..38% streamed from DRAM; with the scales in registers too
+    /// +37..41% / +39..45% (`BENCHMARKS.md`, session 13).
+    const GEMV_ROWS: usize = 4;
+    const SCALES_IN_REGISTERS: bool = true;
     const OFFSET_BY_D: bool = true;
     const ORDER: Order = Order::GgmlLanes;
     type Scales = [__m256i; 2];

@@ -24,6 +24,7 @@
 
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 
 use super::kquant::load32;
 use super::tile::{
@@ -56,6 +57,46 @@ pub(super) trait SmallBlock {
     /// # Safety
     /// `x` points to a whole block; the CPU has AVX2.
     unsafe fn quants(x: *const u8) -> __m256i;
+
+    /// [`SmallBlock::quants_head`] returns the vector its loads left the block's `d` in
+    /// (word 0), so the one-token 8-row tile ([`gemv8_prepped`]) takes the scales from
+    /// registers ([`head_scales`]) instead of eight more loads.
+    const HEAD: bool = false;
+
+    /// [`SmallBlock::quants`] and, with [`SmallBlock::HEAD`], a vector whose word 0 is the
+    /// block's f16 `d` (else zero).
+    ///
+    /// # Safety
+    /// As [`SmallBlock::quants`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn quants_head(x: *const u8) -> (__m256i, __m256i) {
+        // SAFETY: the caller's contract.
+        (unsafe { Self::quants(x) }, _mm256_setzero_si256())
+    }
+}
+
+/// The f16 scales `d` of 8 rows from word 0 of each row's head vector
+/// ([`SmallBlock::quants_head`]), as f32 lanes: the word / dword / qword unpack tree of
+/// [`row_scales`] on registers the quants' loads filled, without its eight loads (the
+/// one-token GEMV issues about two vector loads per cycle on the dev VM's Zen 5, so the
+/// loads, not only the ALU work, bound these kernels). The word level is taken as the rows
+/// come ([`head_pair`]), so at most one head waits for its partner.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn head_scales(p: &[__m128i; 4]) -> __m256 {
+    let (q0, q1) = (
+        _mm_unpacklo_epi32(p[0], p[1]),
+        _mm_unpacklo_epi32(p[2], p[3]),
+    );
+    _mm256_cvtph_ps(_mm_unpacklo_epi64(q0, q1))
+}
+
+/// Level 1 of [`head_scales`]: the `d` words of rows `2i` and `2i + 1` side by side.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn head_pair(even: __m256i, odd: __m256i) -> __m128i {
+    _mm_unpacklo_epi16(_mm256_castsi256_si128(even), _mm256_castsi256_si128(odd))
 }
 
 /// The [`Microkernel`] of a 32-element block format.
@@ -135,10 +176,12 @@ fn pair32_words(a: __m256i, b: __m256i) -> __m256i {
 /// `(q - OFFSET) * a` pair products, at most 16 * 16 * 127 = 32512 for Q5_0 (|q - 16| <= 16)
 /// with activations in -127..=127 (what the Q8_0 quantizer makes: `round(x / (amax / 127))`),
 /// 16256 for Q4_0. 22 instructions for 8 pairs where a `madd` per pair and [`hsum8_epi32`]
-/// take 29 (and the per-pair correction 8 more).
+/// take 29 (and the per-pair correction 8 more). With `words_only` the `madd` is left out:
+/// the result is the dwords of i16 [even, odd] sums (wrapped), to which a correction in the
+/// same form can be applied once ([`act_terms`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum8_words(v: &[__m256i; MAX_PAIRS], c1: Option<__m256i>) -> __m256i {
+fn hsum8_words(v: &[__m256i; MAX_PAIRS], c1: Option<__m256i>, words_only: bool) -> __m256i {
     let l1 = |a: __m256i, b: __m256i| {
         let s = pair32_words(a, b);
         match c1 {
@@ -161,10 +204,130 @@ fn hsum8_words(v: &[__m256i; MAX_PAIRS], c1: Option<__m256i>) -> __m256i {
         _mm256_permute2x128_si256::<0x20>(s0123, s4567),
         _mm256_permute2x128_si256::<0x31>(s0123, s4567),
     );
+    if words_only {
+        return words;
+    }
     _mm256_madd_epi16(words, _mm256_set1_epi16(1))
 }
 
+/// Most blocks per row of [`SmallBlockKernel::gemv_rows`]'s per-call activation terms
+/// (k up to 18432, a DeepSeek-V3 dense down projection): 576 * 36 bytes on the stack.
+const PREP_BLOCKS: usize = 576;
+
+/// What the one-token 8-row tile of the word-sum formats needs of activation block `b`,
+/// computed once per call instead of once per 8 rows: the `OFFSET` correction in the form
+/// [`hsum8_words`]'s result takes it (every pair's words the same), and `d` as f32.
+///
+/// # Safety
+/// `a` points to a whole Q8_0 activation block; the CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn act_terms<B: SmallBlock>(a: *const u8) -> (__m256i, f32) {
+    let (_, act_qs) = act_layout(false);
+    // SAFETY: the caller's contract: 32 quants at act_qs, d first.
+    let (act, d) = unsafe { (load32(a.add(act_qs)), f16_bits(a)) };
+    let c = _mm256_maddubs_epi16(_mm256_set1_epi8(B::OFFSET), act);
+    (
+        hsum8_words(&[c; MAX_PAIRS], None, true),
+        half::f16::from_bits(d).to_f32(),
+    )
+}
+
+/// The one-token 8-row tile of the word-sum formats (Q4_0, Q5_0) with the activation terms
+/// of [`act_terms`] precomputed: per block one subtraction of the correction where the
+/// register tile forms it (a `maddubs`, two shuffles and an add) and subtracts it four
+/// times, and a broadcast load of `d` where it converts the f16. Bit-identical: the same
+/// integers (the correction subtracted from the reduced words instead of the level-1 ones
+/// is the same sum modulo 2^16, and the result fits in i16 as [`hsum8_words`] says) and the
+/// same f32 operations.
+///
+/// # Safety
+/// As [`Microkernel::tile`] with `RM = 8`, `RN = 1`, `t0 = 0`; `corr` and `da` hold the
+/// [`act_terms`] of the tile's `k / 32` activation blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv8_prepped<B: SmallBlock>(tile: &GemmTile, r0: usize, corr: &[__m256i], da: &[f32]) {
+    let ws = tile.w_stride;
+    let (act_block, act_qs) = act_layout(false);
+    let mut acc = _mm256_setzero_ps();
+    let mut next_line = 0;
+    for (b, (&c, &d)) in corr.iter().zip(da).enumerate() {
+        if b * B::BLOCK_BYTES >= next_line {
+            prefetch_next_rows::<8>(
+                tile.w.wrapping_add(r0 * ws + b * B::BLOCK_BYTES),
+                ws,
+                B::BLOCK_BYTES,
+            );
+            next_line = b * B::BLOCK_BYTES + 64;
+        }
+        // SAFETY: rows r0..r0+8 are inside the tile (the caller's contract), and block
+        // b < k / 32 of each row and of the token's activation row exists.
+        let w: [*const u8; 8] =
+            std::array::from_fn(|r| unsafe { tile.w.add((r0 + r) * ws + b * B::BLOCK_BYTES) });
+        // SAFETY: as above; 32 quants at act_qs.
+        let act = unsafe { load32(tile.a.add(b * act_block + act_qs)) };
+        let mut pairs = [_mm256_setzero_si256(); MAX_PAIRS];
+        let mut head_pairs = [_mm_setzero_si128(); 4];
+        let mut even_head = _mm256_setzero_si256();
+        for r in 0..8 {
+            // SAFETY: w[r] is a whole block.
+            let (q, head) = unsafe { B::quants_head(w[r]) };
+            if r % 2 == 0 {
+                even_head = head;
+            } else {
+                head_pairs[r / 2] = head_pair(even_head, head);
+            }
+            pairs[r] = _mm256_maddubs_epi16(q, act);
+        }
+        let sums = hsum8_words(&pairs, None, true);
+        let sums = _mm256_madd_epi16(_mm256_sub_epi16(sums, c), _mm256_set1_epi16(1));
+        let dw = if B::HEAD {
+            head_scales(&head_pairs)
+        } else {
+            // SAFETY: whole blocks, d first.
+            unsafe { row_scales(&w) }
+        };
+        let scale = _mm256_mul_ps(dw, _mm256_set1_ps(d));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
+    }
+    // SAFETY: the caller's contract covers these output elements.
+    unsafe { store_pairs::<8, 1>(acc, tile, r0, 0) };
+}
+
 impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn gemv_rows(tile: &GemmTile) -> usize {
+        let nb = tile.k / QK;
+        if !Self::WORD_SUMS || tile.rows < 8 || nb > PREP_BLOCKS {
+            return 0;
+        }
+        // Only the first nb entries are written and read (no 20 KB clear per call: a MoE
+        // item is a few dozen rows).
+        let mut corr = [const { MaybeUninit::<__m256i>::uninit() }; PREP_BLOCKS];
+        let mut da = [const { MaybeUninit::<f32>::uninit() }; PREP_BLOCKS];
+        let (act_block, _) = act_layout(false);
+        for b in 0..nb {
+            // SAFETY: block b of the token's activation row exists (the caller's contract).
+            let (c, d) = unsafe { act_terms::<B>(tile.a.add(b * act_block)) };
+            corr[b].write(c);
+            da[b].write(d);
+        }
+        // SAFETY: entries 0..nb were written above; MaybeUninit<T> has T's layout.
+        let (corr, da) = unsafe {
+            (
+                std::slice::from_raw_parts(corr.as_ptr().cast::<__m256i>(), nb),
+                std::slice::from_raw_parts(da.as_ptr().cast::<f32>(), nb),
+            )
+        };
+        let rows = tile.rows / 8 * 8;
+        for r0 in (0..rows).step_by(8) {
+            // SAFETY: rows r0..r0+8 lie in the tile, one token; the terms are those of
+            // its nb blocks.
+            unsafe { gemv8_prepped::<B>(tile, r0, corr, da) };
+        }
+        rows
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize) {
         debug_assert!(RM * RN <= MAX_PAIRS);
@@ -248,7 +411,7 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
             } else {
                 let sums = if Self::WORD_SUMS {
                     let c1 = (RN <= 2).then(|| pair32_words(correction[0], correction[RN - 1]));
-                    hsum8_words(&pairs, c1)
+                    hsum8_words(&pairs, c1, false)
                 } else {
                     hsum8_epi32(&pairs)
                 };

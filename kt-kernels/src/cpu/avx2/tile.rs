@@ -33,10 +33,26 @@ pub(super) trait Microkernel {
     /// once for all of its tokens instead of once per group of [`MAX_RN`].
     const WIDE_TOKEN_TILE: bool = false;
 
+    /// Rows of the one-token register tile (1 x RN tiles with RN = 1): 8, or 4 or 2 where
+    /// the format's 8-row tile holds more than the 16 ymm registers and spills (the tile's
+    /// shape does not change any row's sums or their order).
+    const GEMV_ROWS: usize = 8;
+
     /// # Safety
     /// `r0 + RM <= tile.rows`, `t0 + RN <= tile.tokens`, the tile's pointers are valid
     /// as [`GemmTile`] documents, and the CPU has AVX2, FMA and F16C.
     unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize);
+
+    /// A one-token tile's rows the format covers by itself, before the register tiles take
+    /// the rest: rows `0..n` for the returned `n` (a format that prepares per-call work from
+    /// the activations, shared by every row). The default covers none.
+    ///
+    /// # Safety
+    /// As [`gemm`], with `tile.tokens == 1`.
+    #[inline]
+    unsafe fn gemv_rows(_tile: &GemmTile) -> usize {
+        0
+    }
 }
 
 /// The largest row count used with `rn` tokens: the largest power of two with at most
@@ -61,7 +77,12 @@ pub(super) unsafe fn gemm<M: Microkernel>(tile: &GemmTile) {
     } else {
         tile.rows
     };
-    let mut r0 = 0;
+    let mut r0 = if tile.tokens == 1 {
+        // SAFETY: the caller's contract, with one token.
+        unsafe { M::gemv_rows(tile) }
+    } else {
+        0
+    };
     while r0 < tile.rows {
         let chunk_end = (r0 + chunk).min(tile.rows);
         let wide = M::WIDE_TOKEN_TILE
@@ -73,7 +94,7 @@ pub(super) unsafe fn gemm<M: Microkernel>(tile: &GemmTile) {
                 (tile.tokens, 1)
             } else {
                 let rn = (tile.tokens - t0).min(MAX_RN);
-                (rn, max_rm(rn))
+                (rn, if rn == 1 { M::GEMV_ROWS } else { max_rm(rn) })
             };
             let mut r = r0;
             while r < chunk_end {
