@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
 # Session 13 final call F: main at COMMIT (prefetch rounds, hybrid_graph one model at a time, avx2s13's kernels)
-# vs session 12's final kt-bench (aa575b7). Every GPU test binary (hybrid_graph three more times), every CPU test
+# vs session 12's final kt-bench (aa575b7). The host-side GPU test binaries (hybrid_*, cuda_host_link, cuda_pinned, cuda_runtime; the CUDA kernels are unchanged since aa575b7) (hybrid_graph three more times); no CPU test
 # binary, then V2-Lite 27-layer hybrid decode: the in-process prefetch A/B (2 rounds / off) and whole processes
 # new/base interleaved x2 with --repetitions 5, llama.cpp tg128 -r 5 before and after.
 set -uo pipefail
 E=$OUT/f; mkdir -p $E/tests; trap 'cd $OUT && tar czf f.tgz f && rm -rf f' EXIT
-B=/tmp/kt-bin; mkdir -p $B $B/cpu && tar xJf .device-carry/s13f/bin.tar.xz -C $B && tar xJf .device-carry/s13f2/bin.tar.xz -C $B/cpu
+B=/tmp/kt-bin; mkdir -p $B $B/cpu && tar xJf .device-carry/s13f/bin.tar.xz -C $B
 xz -dc .device-carry/s13base/kt-bench.xz > $B/kt-bench-base; chmod +x $B/kt-bench-base
 xz -dc .device-carry/s13f/llamacpp-bench.xz > $B/llamacpp-bench; chmod +x $B/llamacpp-bench
 t0=$SECONDS; log() { echo "$* $((SECONDS-t0))s" | tee -a $E/summary.txt; }
 log "device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2); $(nvidia-smi -L | head -1); $(cat .device-carry/s13f/COMMIT)"
 export KT_TEST_FIXTURES=kt-kernels/tests/fixtures
-for t in $B/tests/* $B/cpu/tests/*; do n=$(basename $t)
+for t in $B/tests/*; do n=$(basename $t)
   KT_REQUIRE_GPU=1 timeout 60 $t --test-threads 8 > $E/tests/$n.txt 2>&1; log "test $n rc $? $(grep -E '^test result' $E/tests/$n.txt | tail -1)"; done
 for i in 1 2 3; do KT_REQUIRE_GPU=1 timeout 40 $B/tests/hybrid_graph > $E/tests/hybrid_graph_$i.txt 2>&1; log "hybrid_graph again $i rc $? $(grep -E '^test result' $E/tests/hybrid_graph_$i.txt | tail -1)"; done
-KT_ISA=avx2 timeout 60 $B/cpu/tests/moe_correctness > $E/tests/moe_correctness_avx2.txt 2>&1; log "moe_correctness KT_ISA=avx2 rc $? $(grep -E '^test result' $E/tests/moe_correctness_avx2.txt | tail -1)"
 G=/tmp/v2l.gguf
 timeout 60 $B/kt-bench gen-gguf --preset deepseek-v2-lite --out $G --threads 16 > $E/gen.log 2>&1; log "gen rc $?"
 dec() { # tag exe [env]
