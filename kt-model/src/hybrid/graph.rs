@@ -173,8 +173,7 @@ impl DecodeGraph {
     /// sets the step's device inputs, launches the graph, runs the routed experts as the
     /// graph reaches each MoE layer, and returns the logits (`[vocab]`). With `prefetch`,
     /// after each MoE layer's experts the pool prefetches the first weights of the next
-    /// one's predicted experts until the GPU reaches it, and those of the first MoE layer
-    /// once the graph predicted it after the dense layers (`predict.rs`).
+    /// one's predicted experts until the GPU reaches it (`predict.rs`).
     pub fn replay(
         &mut self,
         s: &GpuStream,
@@ -202,24 +201,6 @@ impl DecodeGraph {
         // the prediction the pool prefetched for the current layer, if any
         let mut predicted = [0u32; MAX_TOP_K];
         let mut n_predicted = 0;
-        // the first MoE layer's, predicted after the dense layers (`predict.rs`): prefetched
-        // while the GPU works through its attention
-        if let (true, Some(p), Some(f), Some(&first)) =
-            (prefetch, &self.predict, fused, self.moe_layers.first())
-        {
-            if p.predicts(0) && wait_either(&p.flag, &self.ready, READY_TIMEOUT)? {
-                if let Some(ids) = p.ids(0, &mut predicted) {
-                    n_predicted = ids.len();
-                    f.wake_threads();
-                    let start = Instant::now();
-                    let arrived = &self.ready;
-                    let bytes = f.prefetch(first, ids, &|| arrived.value() >= 1)?;
-                    tl.prefetch_s += start.elapsed().as_secs_f64();
-                    tl.prefetch_bytes += bytes as u64;
-                    tl.prefetches += 1;
-                }
-            }
-        }
         for (k, &li) in self.moe_layers.iter().enumerate() {
             let release = k as u32 + 1;
             let fused = fused.ok_or_else(|| {
@@ -278,28 +259,6 @@ impl DecodeGraph {
     }
 }
 
-/// Spins until `first` reaches 1 (true) or `second` does (false, `first` came too late to
-/// be of use); a timeout error as [`HostFlag::wait_at_least`]'s when neither comes.
-fn wait_either(first: &HostFlag, second: &HostFlag, timeout: Duration) -> HybridResult<bool> {
-    let start = Instant::now();
-    let mut spins = 0u32;
-    loop {
-        if second.value() >= 1 {
-            return Ok(false);
-        }
-        if first.value() >= 1 {
-            return Ok(true);
-        }
-        std::hint::spin_loop();
-        spins = spins.wrapping_add(1);
-        if spins.is_multiple_of(4096) && start.elapsed() > timeout {
-            // the same error the plain wait gives
-            second.wait_at_least(1, Duration::ZERO)?;
-            return Ok(false);
-        }
-    }
-}
-
 /// The work of one decode step on `step`'s (capturing) stream; returns the MoE layers.
 #[allow(clippy::too_many_arguments)]
 fn record(
@@ -342,12 +301,6 @@ fn record(
             shared,
         } = &layer.ffn
         else {
-            // a dense layer: predict the MoE layer after it from its output
-            if let (Some(p), Some(next)) = (predict.as_deref_mut(), layers.get(li + 1)) {
-                // SAFETY: the host reads that MoE layer's pack only once the prediction's
-                // flag reached its value (`Predict::ids`); the graph owns `predict`.
-                unsafe { p.queue_after_dense(step, moe_layers.len(), &sc.x, next)? };
-            }
             continue;
         };
         moe_layers.push(li);

@@ -2,11 +2,6 @@
 //! prefetch their first weights while it waits for the GPU (issue 6: the GPU stretch
 //! between two layers' experts leaves DRAM idle for ~40 us per layer).
 //!
-//! The first MoE layer (after the dense ones) is predicted from the dense layer's output
-//! with its own router and norm, one launch between the dense layer and its attention
-//! (`Predict::queue_after_dense`): the host prefetches while the GPU runs that attention
-//! instead of idling through the step's whole first stretch.
-//!
 //! What is predicted: MoE layer `L + 1`'s router applied to its own FFN norm of the residual
 //! `x + shared_L`, i.e. the residual after layer `L` without layer `L`'s routed experts and
 //! before layer `L + 1`'s attention ("pre-gated" MoE). That is on the GPU as soon as layer
@@ -70,8 +65,8 @@ fn f32_router(
 }
 
 impl Predict {
-    /// Buffers for the MoE layers of `layers` that follow another layer (MoE or dense) and
-    /// have an f32 router; `None` when there is none.
+    /// Buffers for the MoE layers of `layers` that follow another MoE layer and have an f32
+    /// router; `None` when there is none.
     pub fn new(
         gpu: &Gpu,
         s: &GpuStream,
@@ -88,9 +83,7 @@ impl Predict {
             .enumerate()
             .map(|(k_i, &li)| {
                 let follows_moe = k_i > 0 && moe[k_i - 1] + 1 == li;
-                // the first MoE layer of DeepSeek models, after the dense ones
-                let follows_dense = li > 0 && !moe.contains(&(li - 1));
-                if (follows_moe || follows_dense) && f32_router(&layers[li], hidden).is_some() {
+                if follows_moe && f32_router(&layers[li], hidden).is_some() {
                     any = true;
                     gpu.alloc_pinned::<u32>(packed_len(1, hidden, k)).map(Some)
                 } else {
@@ -173,52 +166,6 @@ impl Predict {
                 pack,
                 &self.flag,
                 k as u32 + 2,
-            )?
-        };
-        Ok(())
-    }
-
-    /// Queues the prediction of MoE layer `k` (decoder layer `next`), which follows a dense
-    /// layer, from `x`, the residual after that dense layer (its whole input but for the
-    /// attention of `next`), raising [`Self::flag`] to `k + 1` once its pack is written.
-    /// Nothing when not predicted. It runs on the stream between the dense layer and the
-    /// attention of `next` (one launch, ~5-9 us), where the host would otherwise wait for
-    /// the first MoE layer's routing with DRAM idle for the whole first stretch of the step.
-    ///
-    /// # Safety
-    /// As [`Predict::queue`], for the pack of layer `k` and the flag value `k + 1`.
-    pub unsafe fn queue_after_dense(
-        &mut self,
-        step: &Step<'_>,
-        k: usize,
-        x: &DeviceBuf<f32>,
-        next: &GpuLayer,
-    ) -> HybridResult<()> {
-        let Some(Some(pack)) = self.packs.get_mut(k) else {
-            return Ok(());
-        };
-        let Some((w, bias)) = f32_router(next, self.hidden) else {
-            return Ok(());
-        };
-        step.s.copy_device(x, &mut self.x)?;
-        // SAFETY: the caller's contract covers the pack and the flag; the counter is this
-        // struct's own, used by one launch at a time (the stream runs them in order).
-        unsafe {
-            step.s.add_norm_route_signal(
-                step.router,
-                &mut self.x,
-                &self.zero,
-                &next.ffn_norm,
-                step.c.rms_norm_eps,
-                &mut self.xn,
-                &mut self.xn32,
-                w,
-                &mut self.logits,
-                &mut self.counter,
-                bias,
-                pack,
-                &self.flag,
-                k as u32 + 1,
             )?
         };
         Ok(())
