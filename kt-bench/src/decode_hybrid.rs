@@ -184,6 +184,9 @@ struct TimelineSummary {
     first_gpu_ms: f64,
     gpu_between_ms: f64,
     experts_ms: f64,
+    /// The first MoE layer's experts per token, ms (the one whose prediction comes from the
+    /// dense layer before it).
+    first_experts_ms: f64,
     /// Quantiles (10%, 50%, 90%, 99%) of the single experts' stretches (one MoE layer of
     /// one replay), ms: a mean well above the median comes from a few long calls.
     experts_quantiles_ms: [Option<f64>; 4],
@@ -214,6 +217,7 @@ impl TimelineSummary {
             first_gpu_ms: t.gpu_before_s.first().copied().unwrap_or(0.0) * per,
             gpu_between_ms: between * per / n.saturating_sub(1).max(1) as f64,
             experts_ms: experts_s * per / n.max(1) as f64,
+            first_experts_ms: t.experts_s.first().copied().unwrap_or(0.0) * per,
             experts_quantiles_ms: EXPERTS_QUANTILES
                 .map(|q| t.experts_quantile_s(q).map(|s| s * 1e3)),
             tail_ms: t.tail_s * per,
@@ -237,6 +241,7 @@ impl TimelineSummary {
             "first_gpu_ms": self.first_gpu_ms,
             "gpu_between_moe_ms": self.gpu_between_ms,
             "experts_per_moe_layer_ms": self.experts_ms,
+            "first_moe_layer_experts_ms": self.first_experts_ms,
             "experts_quantiles": EXPERTS_QUANTILES,
             "experts_quantiles_ms": self.experts_quantiles_ms,
             "tail_ms": self.tail_ms,
