@@ -184,8 +184,8 @@ struct TimelineSummary {
     first_gpu_ms: f64,
     gpu_between_ms: f64,
     experts_ms: f64,
-    /// The first MoE layer's experts per token, ms (the one whose prediction comes from the
-    /// dense layer before it).
+    /// The first MoE layer's experts per token, ms: the one layer with no prefetch before
+    /// it (session 13's call G read it 36-40 us above the mean of all).
     first_experts_ms: f64,
     /// Quantiles (10%, 50%, 90%, 99%) of the single experts' stretches (one MoE layer of
     /// one replay), ms: a mean well above the median comes from a few long calls.
@@ -417,8 +417,8 @@ impl HybridRun<'_> {
             .map(|t| TimelineSummary::new(&t, &decode_times, dram_gbps));
 
         // KT_PREFETCH_AB=N[:A,B,...]: N more rounds of graph decodes of the same tokens, one
-        // per setting (`off` or a number of prefetch rounds; default `off,` the rounds set
-        // above): the A/B of one process on one instance
+        // per setting (`off` or a number of prefetch rounds; by default `off` and the rounds
+        // set above): the A/B of one process on one instance
         let ab = std::env::var("KT_PREFETCH_AB").ok().filter(|_| gen_len > 0);
         let (ab_rounds, settings) = match ab.as_deref() {
             Some(v) => prefetch_env::parse_prefetch_ab(v, prefetch_rounds.unwrap_or(1))?,

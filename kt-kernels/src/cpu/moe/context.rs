@@ -53,9 +53,10 @@ pub struct MoeContext {
     /// [`MoeContext::set_prefetch_rounds`].
     prefetch_rounds: AtomicUsize,
     /// The rounds the last [`MoeContext::prefetch`] warmed, taken (reset to 0) by the next
-    /// call: only a call after a prefetch hands its items to fixed threads past the first
-    /// round (without one, the counter's order balances better: V3's one-token layer on
-    /// the device took 5-12% longer with two fixed rounds and nothing warmed).
+    /// call: only a call after a prefetch has items worth keeping on fixed threads past the
+    /// first round; the others keep the shared counter's order (with two fixed rounds on
+    /// every call, one device call read V3's one-token layer 5-12% slower; later ones with
+    /// this rule read new and old level within the noise).
     primed: AtomicUsize,
 }
 
