@@ -29,8 +29,8 @@ use serde_json::{json, Value};
 use crate::decode::{
     prompt_ids, prompt_then_decode, Args, Mode, Weights, MAX_MOE_BATCH, MEMBW_BYTES, MEMBW_PASSES,
 };
-use crate::reps::Rates;
 use crate::prefetch_env;
+use crate::reps::Rates;
 
 /// Tokens of the warm-up call (a short prompt on a throwaway cache): loads every kernel
 /// and sizes the GEMM and attention workspaces before anything is timed.

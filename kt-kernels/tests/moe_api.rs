@@ -328,9 +328,15 @@ fn prefetch_issues_the_first_items_and_changes_nothing() {
     assert_eq!(ctx.prefetch(&b.layer, &[7], &never).unwrap(), 3 * item);
     // one round: one item per thread; more rounds than items: all 9
     ctx.set_prefetch_rounds(1).unwrap();
-    assert_eq!(ctx.prefetch(&b.layer, &[5, 2, 9], &never).unwrap(), 3 * item);
+    assert_eq!(
+        ctx.prefetch(&b.layer, &[5, 2, 9], &never).unwrap(),
+        3 * item
+    );
     ctx.set_prefetch_rounds(5).unwrap();
-    assert_eq!(ctx.prefetch(&b.layer, &[5, 2, 9], &never).unwrap(), 9 * item);
+    assert_eq!(
+        ctx.prefetch(&b.layer, &[5, 2, 9], &never).unwrap(),
+        9 * item
+    );
     shape_err(ctx.set_prefetch_rounds(0), "prefetch rounds 0");
     shape_err(ctx.set_prefetch_rounds(65), "prefetch rounds 65");
     assert_eq!(ctx.prefetch_rounds(), 5);
