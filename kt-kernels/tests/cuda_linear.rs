@@ -654,23 +654,22 @@ fn add_rmsnorm_w32_matches_add_then_norm() {
             let (mut x1, mut x2) = (s.upload(&x).unwrap(), s.upload(&x).unwrap());
             let (mut o1, mut o2) = (nan_buf::<bf16>(s, t * n), nan_buf::<bf16>(s, t * n));
             let (mut f1, mut f2) = (nan_buf::<f32>(s, t * n), nan_buf::<f32>(s, t * n));
-            let sum: Vec<f32>;
-            if with32 {
+            let sum: Vec<f32> = if with32 {
                 let dd = s.upload(&db).unwrap();
                 s.add_rmsnorm_w32(&mut x1, &dd, t, &wd, &mut o1, Some(&mut f1), eps)
                     .unwrap();
                 s.add_f32(&mut x2, &dd).unwrap();
                 s.rmsnorm_w32(&x2, n, t, &wd, &mut o2, Some(&mut f2), eps)
                     .unwrap();
-                sum = x.iter().zip(&db).map(|(a, b)| a + b.to_f32()).collect();
+                x.iter().zip(&db).map(|(a, b)| a + b.to_f32()).collect()
             } else {
                 let dd = s.upload(&df).unwrap();
                 s.add_rmsnorm_w32(&mut x1, &dd, t, &wd, &mut o1, None, eps)
                     .unwrap();
                 s.add_f32(&mut x2, &dd).unwrap();
                 s.rmsnorm_w32(&x2, n, t, &wd, &mut o2, None, eps).unwrap();
-                sum = x.iter().zip(&df).map(|(a, b)| a + b).collect();
-            }
+                x.iter().zip(&df).map(|(a, b)| a + b).collect()
+            };
             let what = format!("add_rmsnorm t{t} f32 copy {with32}");
             let (gx, go) = (s.download(&x1).unwrap(), s.download(&o1).unwrap());
             assert_eq!(gx, sum, "{what}: residual");
