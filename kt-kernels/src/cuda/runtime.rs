@@ -26,7 +26,7 @@ pub struct DeviceInfo {
     pub total_memory: usize,
 }
 
-/// One device: its (primary) context, the embedded kernels loaded into it and a default stream.
+/// One device: its (primary) context, the embedded kernels loaded into it and a stream of its own.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     kernels: Arc<Kernels>,
@@ -63,12 +63,22 @@ impl Gpu {
         };
         let kernels = Arc::new(Kernels::load(&ctx)?);
         let info = Arc::new(info);
-        // The context's default stream: while it is the only one, cudarc skips its per-buffer
-        // cross-stream event tracking (two driver calls per buffer argument of every launch,
-        // which made small launches host-bound); a second stream turns it on, keeping buffers
-        // shared between streams safe.
+        // A stream of this `Gpu`'s own, not the context's legacy default stream: every `Gpu`
+        // of the process opens the same primary context and so would share that one, and the
+        // hybrid executor queues work behind waits on host flags. Two models on one stream
+        // then queue each one's work behind the other's waits: two decoding models in one
+        // process deadlocked at times on the device (6 of 16 runs of `hybrid_graph`'s two
+        // tests in parallel, session 13) with the GPU idle.
+        //
+        // SAFETY: with tracking off cudarc no longer inserts its per-buffer cross-stream
+        // events (two driver calls per buffer argument of every launch, which made small
+        // launches host-bound). Work that shares buffers between this stream and another
+        // orders them itself with recorded events: the graph capture's streams (forked and
+        // joined by events), the GPU prefill experts' copy stream and [`Self::new_stream`]'s
+        // callers (see there).
+        unsafe { ctx.disable_event_tracking() };
         let stream = GpuStream {
-            stream: ctx.default_stream(),
+            stream: ctx.new_stream().map_err(driver("cuStreamCreate"))?,
             kernels: kernels.clone(),
             info: info.clone(),
         };
@@ -84,12 +94,15 @@ impl Gpu {
         &self.info
     }
 
-    /// The context's default stream; enough for work that runs in order.
+    /// This `Gpu`'s stream (non-blocking, its own: not shared with another `Gpu` of the
+    /// process); enough for work that runs in order.
     pub fn stream(&self) -> &GpuStream {
         &self.stream
     }
 
-    /// Another stream of this device, for work that may overlap.
+    /// Another stream of this device, for work that may overlap. Untracked: work on it that
+    /// touches a buffer also used on another stream must be ordered with events
+    /// ([`GpuStream::record_event`], [`GpuStream::wait_event`]).
     pub fn new_stream(&self) -> CudaResult<GpuStream> {
         Ok(GpuStream {
             stream: self.ctx.new_stream().map_err(driver("cuStreamCreate"))?,
@@ -408,9 +421,9 @@ impl GpuStream {
     }
 
     /// Starts capturing this stream's work into a graph instead of running it (this thread
-    /// may make no call that is unsafe during a capture, such as allocating). Not on the
-    /// context's default stream, which cannot be captured: use a stream of
-    /// [`GpuStream::new_untracked_stream`]. Ends with [`Self::end_capture`], also on error
+    /// may make no call that is unsafe during a capture, such as allocating). The hybrid
+    /// executor captures on a stream of [`GpuStream::new_untracked_stream`], so that its own
+    /// stream stays usable. Ends with [`Self::end_capture`], also on error
     /// paths (until then the stream is unusable).
     pub fn begin_capture(&self) -> CudaResult<()> {
         self.stream
@@ -504,8 +517,8 @@ impl<T> DeviceBuf<T> {
 
 /// Page-locked host memory, freed on drop.
 ///
-/// cudarc's own per-buffer event is recorded only while its context tracks several streams,
-/// so with the single default stream [`PinnedHostSlice::as_slice`] would not wait for a
+/// cudarc's own per-buffer event is recorded only while its context tracks several streams
+/// (never: [`Gpu::new`] turns tracking off), so [`PinnedHostSlice::as_slice`] would not wait for a
 /// queued copy. `copies_done` is ours: recorded after every copy into or out of the buffer
 /// on the stream that queued it, and waited for before the host reads or writes. One event:
 /// copies queued on two streams at once are covered for the later stream only (order the
@@ -553,8 +566,7 @@ impl<T: ValidAsZeroBits> PinnedBuf<T> {
         self.slice.is_empty()
     }
 
-    /// The contents, after every queued copy into it finished (on any stream, also with
-    /// the context's single default stream).
+    /// The contents, after every queued copy into it finished (on any stream).
     pub fn as_slice(&self) -> CudaResult<&[T]> {
         self.wait_copies()?;
         self.slice.as_slice().map_err(driver("cuEventSynchronize"))
