@@ -10,10 +10,9 @@
 //! keeps its graph: the new sequence's decode steps all replay it, again bit for bit.
 //! The graph predicts the second MoE layer's experts and the CPU prefetches them (on by
 //! default): that changes no value, and the predictions must be far better than chance.
-//! The two tests run in parallel (the harness's default threads): two models decoding at once
-//! in one process, each on a stream of its own. When every `Gpu` used the context's shared
-//! legacy stream, each model's flag waits held up the other's work and the pair deadlocked in
-//! 6 of 16 runs on the device (session 13).
+//! The two tests run in parallel (the harness's default threads): two models decoding on two
+//! threads of one process, whose forward calls take turns (`FLAG_WAITS` in `hybrid/mod.rs`);
+//! without that the pair deadlocked at times on the device, the GPU idle.
 //! Needs a GPU: skips with a message without one, unless KT_REQUIRE_GPU is set.
 #![cfg(feature = "cuda")]
 

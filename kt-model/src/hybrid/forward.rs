@@ -16,7 +16,7 @@ use super::graph::{DecodeGraph, Head};
 use super::layer::{GpuFfn, GpuLayer, GpuMlp, GpuQkv, GpuQuery, GpuRouter};
 use super::scratch::Scratch;
 use super::timing::{accumulate, HybridTimes, LayerMarks};
-use super::{HybridCache, HybridModel, Workspaces, BLOCK_SIZE};
+use super::{flag_waits, HybridCache, HybridModel, Workspaces, BLOCK_SIZE};
 use crate::config::DeepSeekConfig;
 use crate::deepseek::fused_moe::FusedMoe;
 use crate::deepseek::{ForwardTrace, LogitRows, Routing};
@@ -86,6 +86,9 @@ impl HybridModel<'_> {
                 self.layers.len()
             )));
         }
+        // Until this call returns, no other model of the process queues GPU work (see
+        // `FLAG_WAITS`): held across the scratch's probe wait, the pipeline and the graph.
+        let _waits = flag_waits();
         let timing = times.is_some();
         // A single-token call without trace or timing replays the decode graph of this cache
         // (`graph.rs`), captured after the first such call ran eagerly. The graph names the
