@@ -11,7 +11,7 @@
 //! The graph predicts the second MoE layer's experts and the CPU prefetches them (on by
 //! default): that changes no value, and the predictions must be far better than chance.
 //! The two tests run in parallel (the harness's default threads): two models decoding on two
-//! threads of one process, whose forward calls take turns (`FLAG_WAITS` in `hybrid/mod.rs`);
+//! threads of one process, whose forward calls take turns (`device_exclusive`, `hybrid/mod.rs`);
 //! without that the pair deadlocked at times on the device, the GPU idle.
 //! Needs a GPU: skips with a message without one, unless KT_REQUIRE_GPU is set.
 #![cfg(feature = "cuda")]

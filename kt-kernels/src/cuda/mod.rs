@@ -21,6 +21,7 @@
 
 mod dtype;
 mod error;
+mod exclusive;
 mod modules;
 mod runtime;
 
@@ -33,6 +34,7 @@ pub mod w4a16;
 
 pub use dtype::{GpuFloat, MmaFloat};
 pub use error::{CudaError, CudaResult};
+pub use exclusive::{device_exclusive, DeviceExclusive};
 pub use runtime::{
     DeviceBuf, DeviceInfo, Gpu, GpuEvent, GpuGraph, GpuStream, HostFlag, LaunchOrder, PinnedBuf,
 };

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule};
+
+use super::exclusive::device_exclusive;
 use cudarc::nvrtc::Ptx;
 
 use super::error::{CudaError, CudaResult};
@@ -83,6 +85,18 @@ pub(crate) struct Kernels {
     occupancy: Mutex<HashMap<(String, u32), usize>>,
     /// Kernels whose dynamic shared memory limit was raised, and to how many bytes.
     smem_limits: Mutex<HashMap<String, u32>>,
+}
+
+impl Drop for Kernels {
+    /// Unloads the modules under [`device_exclusive`] (an unload waits for the device).
+    fn drop(&mut self) {
+        let _exclusive = device_exclusive();
+        self.functions
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.modules.clear();
+    }
 }
 
 impl Kernels {

@@ -3,6 +3,7 @@
 //! kernels with the context.
 
 use std::ffi::c_void;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use cudarc::driver::{
 };
 
 use super::error::{driver, shape, CudaError, CudaResult};
+use super::exclusive::device_exclusive;
 use super::modules::Kernels;
 
 /// What the kernels' launch heuristics need to know about the device.
@@ -61,7 +63,10 @@ impl Gpu {
                 .map_err(driver("cuDeviceGetAttribute"))? as usize,
             total_memory: ctx.total_mem().map_err(driver("cuDeviceTotalMem"))?,
         };
-        let kernels = Arc::new(Kernels::load(&ctx)?);
+        let kernels = Arc::new({
+            let _exclusive = device_exclusive();
+            Kernels::load(&ctx)?
+        });
         let info = Arc::new(info);
         // A stream of this `Gpu`'s own, not the context's legacy default stream: every `Gpu`
         // of the process opens the same primary context and so would share that one, and the
@@ -117,6 +122,7 @@ impl Gpu {
         &self,
         len: usize,
     ) -> CudaResult<PinnedBuf<T>> {
+        let _exclusive = device_exclusive();
         // SAFETY: flags 0 (cached, not write-combined: the host reads it back). The memory is
         // uninitialised until the write_bytes below, and nothing reads it before.
         let mut slice = unsafe { self.ctx.alloc_pinned_with_flags::<T>(len, 0) }
@@ -133,7 +139,7 @@ impl Gpu {
             .new_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
             .map_err(driver("cuEventCreate"))?;
         Ok(PinnedBuf {
-            slice,
+            slice: ManuallyDrop::new(slice),
             copies_done,
             host,
         })
@@ -320,7 +326,7 @@ impl GpuStream {
     ) -> CudaResult<()> {
         check_len("copy_from_pinned", src.len(), dst.len())?;
         self.stream
-            .memcpy_htod(&src.slice, &mut dst.slice)
+            .memcpy_htod(&*src.slice, &mut dst.slice)
             .map_err(driver("cuMemcpyHtoDAsync"))?;
         src.mark_copies(&self.stream)
     }
@@ -334,7 +340,7 @@ impl GpuStream {
     ) -> CudaResult<()> {
         check_len("copy_to_pinned", src.len(), dst.len())?;
         self.stream
-            .memcpy_dtoh(&src.slice, &mut dst.slice)
+            .memcpy_dtoh(&src.slice, &mut *dst.slice)
             .map_err(driver("cuMemcpyDtoHAsync"))?;
         dst.mark_copies(&self.stream)
     }
@@ -437,12 +443,16 @@ impl GpuStream {
             .stream
             .end_capture(sys::CUgraphInstantiate_flags(0))
             .map_err(driver("cuStreamEndCapture"))?;
-        graph.map(|graph| GpuGraph { graph }).ok_or_else(|| {
-            shape(
-                "end_capture",
-                "the capture recorded no work (or the stream was not capturing)",
-            )
-        })
+        graph
+            .map(|graph| GpuGraph {
+                graph: ManuallyDrop::new(graph),
+            })
+            .ok_or_else(|| {
+                shape(
+                    "end_capture",
+                    "the capture recorded no work (or the stream was not capturing)",
+                )
+            })
     }
 
     /// Records an event (with timing) at the current end of the stream.
@@ -465,7 +475,16 @@ impl GpuStream {
 /// A captured, instantiated CUDA graph ([`GpuStream::end_capture`]): the recorded work, with
 /// the buffers and values it was captured with, replayed by each launch.
 pub struct GpuGraph {
-    graph: CudaGraph,
+    /// Dropped under [`device_exclusive`].
+    graph: ManuallyDrop<CudaGraph>,
+}
+
+impl Drop for GpuGraph {
+    fn drop(&mut self) {
+        let _exclusive = device_exclusive();
+        // SAFETY: `graph` is dropped here only, once, and not used after.
+        unsafe { ManuallyDrop::drop(&mut self.graph) };
+    }
 }
 
 impl GpuGraph {
@@ -524,10 +543,19 @@ impl<T> DeviceBuf<T> {
 /// copies queued on two streams at once are covered for the later stream only (order the
 /// streams with an event, as for any buffer they share).
 pub struct PinnedBuf<T> {
-    slice: PinnedHostSlice<T>,
+    /// Dropped under [`device_exclusive`] (freeing page-locked memory waits for the device).
+    slice: ManuallyDrop<PinnedHostSlice<T>>,
     copies_done: CudaEvent,
     /// The host address of the first element (for the unsynchronized views).
     host: usize,
+}
+
+impl<T> Drop for PinnedBuf<T> {
+    fn drop(&mut self) {
+        let _exclusive = device_exclusive();
+        // SAFETY: `slice` is dropped here only, once, and not used after.
+        unsafe { ManuallyDrop::drop(&mut self.slice) };
+    }
 }
 
 impl<T> PinnedBuf<T> {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use half::bf16;
 use kt_kernels::cuda::linear::{GemmNt, Strides};
 use kt_kernels::cuda::mla::{MlaBatch, CACHE_ROW, KV_LORA_RANK, ROPE_DIM};
-use kt_kernels::cuda::{DeviceBuf, GpuEvent, GpuStream, HostFlag, LaunchOrder};
+use kt_kernels::cuda::{device_exclusive, DeviceBuf, GpuEvent, GpuStream, HostFlag, LaunchOrder};
 use kt_kernels::ops::RouterConfig;
 
 use super::error::{HybridError, HybridResult};
@@ -16,7 +16,7 @@ use super::graph::{DecodeGraph, Head};
 use super::layer::{GpuFfn, GpuLayer, GpuMlp, GpuQkv, GpuQuery, GpuRouter};
 use super::scratch::Scratch;
 use super::timing::{accumulate, HybridTimes, LayerMarks};
-use super::{flag_waits, HybridCache, HybridModel, Workspaces, BLOCK_SIZE};
+use super::{HybridCache, HybridModel, Workspaces, BLOCK_SIZE};
 use crate::config::DeepSeekConfig;
 use crate::deepseek::fused_moe::FusedMoe;
 use crate::deepseek::{ForwardTrace, LogitRows, Routing};
@@ -86,9 +86,10 @@ impl HybridModel<'_> {
                 self.layers.len()
             )));
         }
-        // Until this call returns, no other model of the process queues GPU work (see
-        // `FLAG_WAITS`): held across the scratch's probe wait, the pipeline and the graph.
-        let _waits = flag_waits();
+        // Until this call returns no other thread queues flag-gated work or waits for the
+        // whole device (module docs): held across the scratch's probe wait, the pipeline
+        // and the graph.
+        let _exclusive = device_exclusive();
         let timing = times.is_some();
         // A single-token call without trace or timing replays the decode graph of this cache
         // (`graph.rs`), captured after the first such call ran eagerly. The graph names the

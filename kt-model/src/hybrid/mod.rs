@@ -35,9 +35,18 @@
 //! The MLA kernel fixes `kv_lora_rank` 512 and rope 64 (every real V2-Lite / V2 / V3); other
 //! shapes are refused.
 //!
-//! Several models in one process: each `forward` call holds a process-wide lock
-//! ([`FLAG_WAITS`]) from before its first GPU work until it returns, so the calls of two
-//! models run one after the other (they share the CPU pool anyway).
+//! Several models in one process: each `forward` call holds the process's device lock
+//! ([`kt_kernels::cuda::device_exclusive`]) from before its first GPU work until it
+//! returns, so the calls of two models run one after the other (they share the CPU pool
+//! anyway), and no other thread frees page-locked memory or unloads kernels meanwhile.
+//! The GPU maps streams onto a few hardware queues, so one model's wait on a host flag can
+//! hold up another's work on a shared queue whatever stream it is on (CUDA's documentation
+//! of `cuStreamWaitValue32` warns of such deadlocks); and a free that waits for the whole
+//! device blocks the driver calls the waiting model needs to raise its flag. Without the
+//! lock two models on two threads deadlocked with the GPU idle (`tests/hybrid_graph.rs`: 6
+//! of 16 runs when every model used the context's legacy stream, 1 of 14 with a stream
+//! each, 4 of 29 with the decode steps alone serialized, the other thread then dropping
+//! its model).
 
 mod error;
 mod forward;
@@ -77,24 +86,6 @@ use layer::GpuQkv;
 use layer::{GpuFfn, GpuLayer};
 use scratch::{Scratch, Widths};
 use weights::{Formats, GpuLinear};
-
-/// Held by every [`HybridModel::forward_timed`] call while it may have GPU work queued
-/// behind a wait on a host flag. The GPU maps streams onto a few hardware queues, so one
-/// model's wait can hold up another model's work queued on a shared queue, whatever
-/// stream it is on (CUDA's documentation of `cuStreamWaitValue32` warns of such
-/// deadlocks): two models decoding on two threads deadlocked with the GPU idle in 6 of 16
-/// runs of `tests/hybrid_graph.rs` (session 13, on the legacy stream they then shared)
-/// and in 1 of 14 with a stream each (session 14). A call that queues waits therefore
-/// runs alone among the process's models; its waits are all released and its work
-/// finished when it returns (the logits are downloaded; on an error the pipeline's and
-/// the graph's guards raise every flag).
-static FLAG_WAITS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Takes [`FLAG_WAITS`] (also after a call that panicked while holding it: the lock
-/// guards no data).
-fn flag_waits() -> std::sync::MutexGuard<'static, ()> {
-    FLAG_WAITS.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Tokens per page of the GPU latent cache.
 pub const BLOCK_SIZE: usize = 64;
