@@ -16,6 +16,10 @@
 //!   as one int4 slab staged from pinned memory, gather, per-expert W4A16 GEMM, weighted
 //!   combine: the hybrid executor's GPU prefill).
 //!
+//! - [`device_exclusive`]: the process-wide lock that keeps work queued behind host-flag
+//!   waits apart from driver calls that wait for the whole device (two models on two
+//!   threads deadlocked without it).
+//!
 //! Shapes and lengths are checked before any launch and reported as [`CudaError::Shape`];
 //! a failed launch names the kernel and the shape.
 

@@ -347,7 +347,9 @@ impl GpuStream {
 
     /// Makes later work on this stream wait until `flag` reaches `value` (compared
     /// cyclically). The host must raise it eventually: until then the stream, and anything
-    /// that synchronizes with it, waits.
+    /// that synchronizes with it, waits. Where other threads of the process use the GPU,
+    /// hold [`device_exclusive`] from before the first such wait until every one queued
+    /// is released (see its module for the deadlock it prevents).
     pub fn wait_flag(&self, flag: &HostFlag, value: u32) -> CudaResult<()> {
         let geq = sys::CUstreamWaitValue_flags::CU_STREAM_WAIT_VALUE_GEQ as u32;
         // SAFETY: `flag.dev` is the device address of a live page-locked u32 of this
