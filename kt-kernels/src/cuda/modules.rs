@@ -5,11 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule};
-
-use super::exclusive::device_exclusive;
 use cudarc::nvrtc::Ptx;
 
 use super::error::{CudaError, CudaResult};
+use super::exclusive::device_exclusive;
 
 /// One embedded module: its name (the .cu file's stem) and fatbin bytes.
 pub(crate) struct Embedded {
