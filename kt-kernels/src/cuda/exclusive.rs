@@ -11,7 +11,7 @@
 //! the device: two hybrid models on two threads of one process (`kt-model`'s
 //! `tests/hybrid_graph.rs`), one thread dropping its model (running, in the driver) while the
 //! other, inside a decode step, slept on a futex of the driver's (session 14, 4 of 29 runs with
-//! the decode steps alone serialized).
+//! the forward calls alone serialized).
 //!
 //! The lock is re-entrant per thread: a decode step that holds it may free or allocate
 //! page-locked buffers itself (its own flag waits are not pending then).

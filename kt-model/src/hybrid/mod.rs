@@ -45,7 +45,7 @@
 //! device blocks the driver calls the waiting model needs to raise its flag. Without the
 //! lock two models on two threads deadlocked with the GPU idle (`tests/hybrid_graph.rs`: 6
 //! of 16 runs when every model used the context's legacy stream, 1 of 14 with a stream
-//! each, 4 of 29 with the decode steps alone serialized, the other thread then dropping
+//! each, 4 of 29 with the forward calls alone serialized, the other thread then dropping
 //! its model).
 
 mod error;
