@@ -10,7 +10,7 @@
 //! which waits for the driver's lock in its next call: a deadlock with the GPU idle. Seen on
 //! the device: two hybrid models on two threads of one process (`kt-model`'s
 //! `tests/hybrid_graph.rs`), one thread dropping its model (running, in the driver) while the
-//! other, inside a decode step, slept on a futex of the driver's (session 14, 4 of 29 runs with
+//! other, inside a forward call, slept on a futex of the driver's (session 14, 4 of 29 runs with
 //! the forward calls alone serialized).
 //!
 //! The lock is re-entrant per thread: a decode step that holds it may free or allocate
