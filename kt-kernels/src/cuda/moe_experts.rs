@@ -157,31 +157,6 @@ impl GpuStream {
         self.copy_from_pinned(&src.scales, &mut dst.scales)
     }
 
-    /// Another stream of this device whose work overlaps this one's (a non-blocking stream).
-    /// cudarc's per-buffer cross-stream tracking stays off for the whole context ([`Gpu::new`]
-    /// turns it off; repeated here for a stream of a context opened elsewhere; the hybrid
-    /// executor's decode relies on it for its launch rate): the caller orders the streams
-    /// with events.
-    ///
-    /// [`Gpu::new`]: super::Gpu::new
-    pub fn new_untracked_stream(&self) -> CudaResult<GpuStream> {
-        let ctx = self.stream.context();
-        // SAFETY: with tracking off cudarc no longer orders buffers shared between streams;
-        // the callers (kt_model's GPU prefill experts) share only the expert slots and
-        // order every write and read of them with recorded events, allocate the slots on
-        // the main stream before the copy stream first touches them (synchronized), and
-        // never free a slot while a copy into it may run (they synchronize first).
-        unsafe { ctx.disable_event_tracking() };
-        let stream = ctx
-            .new_stream()
-            .map_err(super::error::driver("cuStreamCreate"))?;
-        Ok(GpuStream {
-            stream,
-            kernels: self.kernels.clone(),
-            info: self.info.clone(),
-        })
-    }
-
     /// `out[rows] = x[rows] W_e^T` for expert `e` of `slab`: rows `rows` of `x` (`[*, k]`)
     /// into the same rows of `out` (`[*, n]`); f32 sums, one rounding to T.
     pub fn w4a16_gemm_expert<T: MmaFloat>(

@@ -31,7 +31,6 @@ pub struct DeviceInfo {
 /// One device: its (primary) context, the embedded kernels loaded into it and a stream of its own.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
-    kernels: Arc<Kernels>,
     info: Arc<DeviceInfo>,
     stream: GpuStream,
 }
@@ -70,29 +69,26 @@ impl Gpu {
         let info = Arc::new(info);
         // A stream of this `Gpu`'s own, not the context's legacy default stream: every `Gpu`
         // of the process opens the same primary context and so would share that one, and the
-        // hybrid executor queues work behind waits on host flags. Two models on one stream
-        // then queue each one's work behind the other's waits: two decoding models in one
-        // process deadlocked at times on the device (6 of 16 runs of `hybrid_graph`'s two
-        // tests in parallel, session 13) with the GPU idle.
+        // hybrid executor queues work behind waits on host flags, so one model's waits would
+        // hold up another's work. (Session 13's deadlocks of two models, 6 of 16 runs, were
+        // on that shared stream; a stream each still deadlocked, which `device_exclusive`
+        // ended.)
         //
         // SAFETY: with tracking off cudarc no longer inserts its per-buffer cross-stream
         // events (two driver calls per buffer argument of every launch, which made small
         // launches host-bound). Work that shares buffers between this stream and another
-        // orders them itself with recorded events: the graph capture's streams (forked and
-        // joined by events), the GPU prefill experts' copy stream and [`Self::new_stream`]'s
-        // callers (see there).
+        // (every other stream comes from `GpuStream::new_untracked_stream`) orders them
+        // itself with recorded events: the graph capture's streams (forked and joined by
+        // events), the GPU prefill experts' copy stream (it allocates the expert slots on
+        // this stream, synchronized, before copying into them, and synchronizes before
+        // freeing them) and `Self::new_stream`'s callers (see there).
         unsafe { ctx.disable_event_tracking() };
         let stream = GpuStream {
             stream: ctx.new_stream().map_err(driver("cuStreamCreate"))?,
-            kernels: kernels.clone(),
+            kernels,
             info: info.clone(),
         };
-        Ok(Gpu {
-            ctx,
-            kernels,
-            info,
-            stream,
-        })
+        Ok(Gpu { ctx, info, stream })
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -109,11 +105,7 @@ impl Gpu {
     /// touches a buffer also used on another stream must be ordered with events
     /// ([`GpuStream::record_event`], [`GpuStream::wait_event`]).
     pub fn new_stream(&self) -> CudaResult<GpuStream> {
-        Ok(GpuStream {
-            stream: self.ctx.new_stream().map_err(driver("cuStreamCreate"))?,
-            kernels: self.kernels.clone(),
-            info: self.info.clone(),
-        })
+        self.stream.new_untracked_stream()
     }
 
     /// A page-locked host buffer of `len` zeroed elements (the source or target of
@@ -426,6 +418,22 @@ impl GpuStream {
         }
         .result()
         .map_err(driver("cuMemcpyHtoDAsync"))
+    }
+
+    /// Another stream of this stream's device whose work overlaps this one's (non-blocking).
+    /// Untracked, as every stream of a [`Gpu`] (it turns cudarc's per-buffer cross-stream
+    /// tracking off; the hybrid decode relies on that for its launch rate): work that shares
+    /// a buffer with another stream orders the two with events.
+    pub fn new_untracked_stream(&self) -> CudaResult<GpuStream> {
+        Ok(GpuStream {
+            stream: self
+                .stream
+                .context()
+                .new_stream()
+                .map_err(driver("cuStreamCreate"))?,
+            kernels: self.kernels.clone(),
+            info: self.info.clone(),
+        })
     }
 
     /// Starts capturing this stream's work into a graph instead of running it (this thread
