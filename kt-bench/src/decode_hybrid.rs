@@ -171,6 +171,18 @@ fn print_phase(name: &str, times: &HybridTimes, wall_s: f64, dram_gbps: f64) {
     }
 }
 
+/// Routed bytes per token of each MoE layer of `timed` (layers with none left out: the
+/// graph timeline's MoE layers, in order).
+fn moe_layer_bytes_per_token(timed: &HybridTimes) -> Vec<f64> {
+    let tokens = timed.tokens.max(1) as f64;
+    timed
+        .layers
+        .iter()
+        .filter(|l| l.routed_bytes > 0)
+        .map(|l| l.routed_bytes as f64 / tokens)
+        .collect()
+}
+
 /// The quantiles of the single experts' stretches the timeline reports.
 const EXPERTS_QUANTILES: [f64; 4] = [0.1, 0.5, 0.9, 0.99];
 
@@ -184,9 +196,14 @@ struct TimelineSummary {
     first_gpu_ms: f64,
     gpu_between_ms: f64,
     experts_ms: f64,
-    /// The first MoE layer's experts per token, ms: the one layer with no prefetch before
-    /// it (session 13's call G read it 36-40 us above the mean of all).
+    /// The first MoE layer's experts per token, ms: the one layer with no prefetch before it.
     first_experts_ms: f64,
+    /// Per MoE layer, in order: its experts per token (ms) and the bytes of its routed
+    /// experts per token (the timed run's, the same tokens) over that time (GB/s). Layers
+    /// differ in bytes: llama.cpp's Q4_K_M gives some layers' `ffn_down` more bits (V2-Lite's
+    /// first MoE layer among them), so compare a layer's GB/s, not its time.
+    experts_per_layer_ms: Vec<f64>,
+    experts_per_layer_gbps: Vec<Option<f64>>,
     /// Quantiles (10%, 50%, 90%, 99%) of the single experts' stretches (one MoE layer of
     /// one replay), ms: a mean well above the median comes from a few long calls.
     experts_quantiles_ms: [Option<f64>; 4],
@@ -218,6 +235,16 @@ impl TimelineSummary {
             gpu_between_ms: between * per / n.saturating_sub(1).max(1) as f64,
             experts_ms: experts_s * per / n.max(1) as f64,
             first_experts_ms: t.experts_s.first().copied().unwrap_or(0.0) * per,
+            experts_per_layer_ms: t.experts_s.iter().map(|s| s * per).collect(),
+            experts_per_layer_gbps: t
+                .experts_s
+                .iter()
+                .zip(moe_layer_bytes_per_token(timed))
+                .map(|(&s, b)| {
+                    let secs = s / t.launches.max(1) as f64;
+                    (b > 0.0 && secs > 0.0).then(|| b / secs / 1e9)
+                })
+                .collect(),
             experts_quantiles_ms: EXPERTS_QUANTILES
                 .map(|q| t.experts_quantile_s(q).map(|s| s * 1e3)),
             tail_ms: t.tail_s * per,
@@ -242,6 +269,8 @@ impl TimelineSummary {
             "gpu_between_moe_ms": self.gpu_between_ms,
             "experts_per_moe_layer_ms": self.experts_ms,
             "first_moe_layer_experts_ms": self.first_experts_ms,
+            "experts_per_layer_ms": self.experts_per_layer_ms,
+            "experts_per_layer_gbps": self.experts_per_layer_gbps,
             "experts_quantiles": EXPERTS_QUANTILES,
             "experts_quantiles_ms": self.experts_quantiles_ms,
             "tail_ms": self.tail_ms,
@@ -676,6 +705,17 @@ mod tests {
         assert!((f - 0.893).abs() < 1e-12, "{f}");
         assert_eq!(bound_fraction(100.0, 0.0, 100.0), None);
         assert_eq!(bound_fraction(100.0, 893e6, 0.0), None);
+    }
+
+    /// Each MoE layer's routed bytes per token, dense layers (no routed bytes) left out.
+    #[test]
+    fn per_layer_bytes_skip_the_dense_layers() {
+        let mut t = HybridTimes::new(4);
+        t.tokens = 4;
+        t.layers[1].routed_bytes = 400;
+        t.layers[2].routed_bytes = 480;
+        t.layers[3].routed_bytes = 400;
+        assert_eq!(moe_layer_bytes_per_token(&t), [100.0, 120.0, 100.0]);
     }
 
     /// The bound takes the highest reading wherever it came in the run.
