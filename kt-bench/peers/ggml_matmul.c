@@ -1,7 +1,8 @@
 // Peer harness: times ggml's own CPU matmul (ggml_mul_mat through a ggml threadpool) on the
 // same shapes, formats and threads as `kt-bench matmul`, so both are measured in one run.
 // Weights: 64 distinct rows of N(0, 0.05) quantized by ggml_quantize_chunk, repeated to the
-// full shape; for GEMV the calls cycle through enough copies to exceed 1 GiB, as kt-bench does.
+// full shape; for GEMV the calls cycle through enough copies to exceed CYCLE_BYTES (default 1 GiB;
+// kt-bench's `cycled_bytes`, 16 x the last-level cache, at least 1 GiB), as kt-bench does.
 // Output: one JSON object per case.
 //   ggml_matmul FORMAT ROWSxCOLS TOKENS THREADS [SECONDS]
 #include <math.h>
@@ -46,7 +47,7 @@ static enum ggml_type parse_type(const char * s) {
 
 int main(int argc, char ** argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: ggml_matmul FORMAT ROWSxCOLS TOKENS THREADS [SECONDS]\n");
+        fprintf(stderr, "usage: ggml_matmul FORMAT ROWSxCOLS TOKENS THREADS [SECONDS [CYCLE_BYTES]]\n");
         return 2;
     }
     enum ggml_type type = parse_type(argv[1]);
@@ -54,11 +55,12 @@ int main(int argc, char ** argv) {
     if (sscanf(argv[2], "%ldx%ld", &rows, &cols) != 2) { fprintf(stderr, "bad shape\n"); return 2; }
     int tokens = atoi(argv[3]), threads = atoi(argv[4]);
     double seconds = argc > 5 ? atof(argv[5]) : 1.0;
+    unsigned long long cycle = argc > 6 ? strtoull(argv[6], NULL, 10) : (1ull << 30);
 
     size_t row_bytes = ggml_row_size(type, cols);
     size_t mat_bytes = row_bytes * rows;
     int copies = 1;
-    if (tokens <= 8) copies = (int)(((1ull << 30) + mat_bytes - 1) / mat_bytes);
+    if (tokens <= 8) copies = (int)((cycle + mat_bytes - 1) / mat_bytes);
 
     // 64 distinct quantized rows, repeated.
     long distinct = rows < 64 ? rows : 64;

@@ -11,6 +11,10 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also probe the read bandwidth over these buffer sizes (bytes; `cycle` = what the
+    /// DRAM-bound benchmarks cycle through): whether 1 GiB is past the last-level cache.
+    #[arg(long, value_delimiter = ',')]
+    pub probe_bytes: Vec<String>,
 }
 
 /// What was measured about the machine.
@@ -33,6 +37,46 @@ pub fn cpu_model() -> String {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// The largest cache of cpu 0 (`/sys/devices/system/cpu/cpu0/cache`), 32 MiB when unknown.
+pub fn last_level_cache_bytes() -> usize {
+    (0..8)
+        .filter_map(|i| {
+            std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cache/index{i}/size"))
+                .ok()
+        })
+        .filter_map(|s| {
+            let s = s.trim();
+            let (num, mul) = match s.chars().last() {
+                Some('K') => (&s[..s.len() - 1], 1 << 10),
+                Some('M') => (&s[..s.len() - 1], 1 << 20),
+                Some('G') => (&s[..s.len() - 1], 1 << 30),
+                _ => (s, 1),
+            };
+            num.parse::<usize>().ok().map(|n| n * mul)
+        })
+        .max()
+        .unwrap_or(32 << 20)
+}
+
+/// `MemAvailable` of `/proc/meminfo`.
+pub fn available_memory_bytes() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<usize>()
+        .ok()
+        .map(|kb| kb * 1024)
+}
+
+/// Bytes of weights a DRAM-bound benchmark cycles through so that a weight comes back to
+/// the last-level cache's window rarely enough to be read from DRAM: 16 x the last-level
+/// cache, at least 1 GiB. (The device's 300 MiB L3 served part of 1 GiB of cycled copies:
+/// GEMVs read up to 118% of the DRAM probe there.)
+pub fn cycle_bytes() -> usize {
+    (1usize << 30).max(16 * last_level_cache_bytes())
 }
 
 /// Measures the pool's read bandwidth over 1 GiB (well past any last-level cache) and
@@ -62,14 +106,37 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let pool = pool(a.threads)?;
     let isa = cpu::isa::selected()?;
     let m = measure(pool, isa)?;
+    let sizes = a
+        .probe_bytes
+        .iter()
+        .map(|s| match s.trim() {
+            "cycle" => Ok(cycle_bytes()),
+            n => n
+                .parse::<usize>()
+                .map_err(|_| format!("--probe-bytes {n:?}: expected a byte count or `cycle`")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let probes: Vec<(usize, f64)> = sizes
+        .iter()
+        .map(|&b| (b, membw::measure_read_bandwidth(pool, b, 5).gbps))
+        .collect();
     if a.json {
-        println!("{}", serde_json::to_string(&m)?);
+        let mut j = serde_json::to_value(&m)?;
+        j["last_level_cache_bytes"] = last_level_cache_bytes().into();
+        j["probes"] = probes
+            .iter()
+            .map(|&(b, g)| serde_json::json!({"bytes": b, "gbps": g}))
+            .collect();
+        println!("{j}");
     } else {
         println!("cpu: {}\nisa: {}  threads: {}", m.cpu, m.isa, m.threads);
         println!(
             "memory read bandwidth: {:.1} GB/s\npeak ({}): {:.1} GOP/s",
             m.dram_gbps, m.peak_kind, m.peak_gops
         );
+        for (b, g) in probes {
+            println!("read bandwidth over {:.2} GB: {g:.1} GB/s", b as f64 / 1e9);
+        }
     }
     Ok(())
 }

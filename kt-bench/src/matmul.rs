@@ -2,7 +2,8 @@
 //!
 //! GEMV (few tokens) is memory-bound: it is reported as effective weight bandwidth and
 //! its fraction of the read bandwidth measured in the same run. To measure DRAM and not
-//! the cache, calls cycle through enough copies of the matrix to exceed 1 GiB.
+//! the cache, calls cycle through enough copies of the matrix to exceed 16 x the
+//! last-level cache, at least 1 GiB ([`machine::cycle_bytes`]).
 //! GEMM is compute-bound: reported as GOP/s (2 per multiply-add) and its fraction of the
 //! arithmetic peak measured in the same run.
 //!
@@ -44,7 +45,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
     /// Time one copy of each matrix (cache-resident when it fits) instead of cycling
-    /// through 1 GiB of copies.
+    /// through copies totalling 16 x the last-level cache (at least 1 GiB).
     #[arg(long)]
     pub resident: bool,
     /// Print one JSON object per case.
@@ -61,6 +62,8 @@ struct Row {
     isa: String,
     threads: usize,
     resident: bool,
+    /// Bytes of weights the timed calls cycled through (copies of the matrix).
+    cycled_bytes: usize,
     ms_per_call: f64,
     weight_gbps: f64,
     dram_gbps: f64,
@@ -111,6 +114,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let pool = machine::pool(a.threads)?;
     let isa: Isa = cpu::isa::selected()?;
     let m = machine::measure(pool, isa)?;
+    let cycle = machine::cycle_bytes();
     if !a.json {
         println!(
             "kt-bench matmul | {} | isa {} | {} threads | read bandwidth {:.1} GB/s | peak {:.0} GOP/s ({})",
@@ -145,7 +149,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             let mat = make_weights(q, rows, cols, 1)?;
             for &tokens in &a.tokens {
                 let copies = if tokens <= cpu::GEMV_MAX_TOKENS && !a.resident {
-                    (1usize << 30).div_ceil(mat.len()).max(1)
+                    cycle.div_ceil(mat.len()).max(1)
                 } else {
                     1
                 };
@@ -196,6 +200,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                     isa: isa.to_string(),
                     threads: pool.threads(),
                     resident: a.resident,
+                    cycled_bytes: all.len() * mat.len(),
                     ms_per_call: secs * 1e3,
                     weight_gbps: gbps,
                     dram_gbps: m.dram_gbps,

@@ -191,36 +191,6 @@ fn seed(c: usize, p: usize) -> u64 {
     }
 }
 
-fn last_level_cache_bytes() -> usize {
-    (0..8)
-        .filter_map(|i| {
-            std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cache/index{i}/size"))
-                .ok()
-        })
-        .filter_map(|s| {
-            let s = s.trim();
-            let (num, mul) = match s.chars().last() {
-                Some('K') => (&s[..s.len() - 1], 1 << 10),
-                Some('M') => (&s[..s.len() - 1], 1 << 20),
-                Some('G') => (&s[..s.len() - 1], 1 << 30),
-                _ => (s, 1),
-            };
-            num.parse::<usize>().ok().map(|n| n * mul)
-        })
-        .max()
-        .unwrap_or(32 << 20)
-}
-
-fn available_memory_bytes() -> Option<usize> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    line.split_whitespace()
-        .nth(1)?
-        .parse::<usize>()
-        .ok()
-        .map(|kb| kb * 1024)
-}
-
 /// `tokens` tokens choosing `k` distinct experts uniformly, positive weights.
 fn draw_routing(
     rng: &mut SplitMix64,
@@ -506,8 +476,8 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
 /// With 16 x LLC of copies read in turn, an expert comes back to the cache's window rarely
 /// enough to measure DRAM. At most `1 / mem_share` of the available memory is used.
 fn layer_copies(layer_bytes: usize, mem_share: usize) -> Result<usize, Box<dyn std::error::Error>> {
-    let avail = available_memory_bytes();
-    let mut target = (1usize << 30).max(16 * last_level_cache_bytes());
+    let avail = machine::available_memory_bytes();
+    let mut target = machine::cycle_bytes();
     if let Some(avail) = avail {
         target = target.min(avail / mem_share);
     }
