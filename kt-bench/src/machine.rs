@@ -116,6 +116,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .map_err(|_| format!("--probe-bytes {n:?}: expected a byte count or `cycle`")),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let patterns = membw::measure_patterns(pool, 1 << 30, 5, &membw::PATTERNS);
     let probes: Vec<(usize, f64)> = sizes
         .iter()
         .map(|&b| (b, membw::measure_read_bandwidth(pool, b, 5).gbps))
@@ -123,6 +124,10 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if a.json {
         let mut j = serde_json::to_value(&m)?;
         j["last_level_cache_bytes"] = last_level_cache_bytes().into();
+        j["read_patterns"] = patterns
+            .iter()
+            .map(|b| serde_json::json!({"pattern": b.pattern, "gbps": b.gbps}))
+            .collect();
         j["probes"] = probes
             .iter()
             .map(|&(b, g)| serde_json::json!({"bytes": b, "gbps": g}))
@@ -134,6 +139,9 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             "memory read bandwidth: {:.1} GB/s\npeak ({}): {:.1} GOP/s",
             m.dram_gbps, m.peak_kind, m.peak_gops
         );
+        for b in &patterns {
+            println!("  read pattern {}: {:.1} GB/s", b.pattern, b.gbps);
+        }
         for (b, g) in probes {
             println!("read bandwidth over {:.2} GB: {g:.1} GB/s", b as f64 / 1e9);
         }

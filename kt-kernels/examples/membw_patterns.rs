@@ -1,0 +1,42 @@
+//! The read-bandwidth probe's patterns side by side (`cpu::membw`): which way of reading a
+//! 1 MiB slice pulls the most from DRAM on this machine.
+//!   cargo run --release -p kt-kernels --example membw_patterns -- THREADS [STREAMS:PREFETCH,...] [BYTES]
+//! Without a list it tries the probe's own patterns.
+
+use kt_kernels::cpu::membw::{self, Pattern};
+
+fn main() -> Result<(), String> {
+    let mut args = std::env::args().skip(1);
+    let threads: usize = match args.next() {
+        Some(t) => t.parse().map_err(|_| format!("threads {t:?}"))?,
+        None => 2,
+    };
+    let patterns: Vec<Pattern> = match args.next() {
+        None => membw::PATTERNS.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|p| {
+                let (s, pf) = p
+                    .split_once(':')
+                    .ok_or(format!("pattern {p:?}: STREAMS:PREFETCH"))?;
+                Ok(Pattern {
+                    name: Box::leak(p.to_string().into_boxed_str()),
+                    streams: s.parse().map_err(|_| format!("streams {s:?}"))?,
+                    prefetch: pf.parse().map_err(|_| format!("prefetch {pf:?}"))?,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+    };
+    let bytes: usize = match args.next() {
+        Some(b) => b.parse().map_err(|_| format!("bytes {b:?}"))?,
+        None => 1 << 30,
+    };
+    let pool = kt_kernels::cpu::ThreadPool::new(threads).map_err(|e| e.to_string())?;
+    for b in membw::measure_patterns(&pool, bytes, 5, &patterns) {
+        println!(
+            "{{\"threads\":{threads},\"bytes\":{},\"pattern\":\"{}\",\"gbps\":{:.2}}}",
+            b.bytes, b.pattern, b.gbps
+        );
+    }
+    Ok(())
+}
