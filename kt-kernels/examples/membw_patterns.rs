@@ -1,6 +1,6 @@
 //! The read-bandwidth probe's patterns side by side (`cpu::membw`): which way of reading a
 //! 1 MiB slice pulls the most from DRAM on this machine.
-//!   cargo run --release -p kt-kernels --example membw_patterns -- THREADS [STREAMS:PREFETCH,...] [BYTES]
+//!   cargo run --release -p kt-kernels --example membw_patterns -- THREADS [STREAMS:PREFETCH[l2],...] [BYTES]
 //! Without a list it tries the probe's own patterns.
 
 use kt_kernels::cpu::membw::{self, Pattern};
@@ -18,11 +18,17 @@ fn main() -> Result<(), String> {
             .map(|p| {
                 let (s, pf) = p
                     .split_once(':')
-                    .ok_or(format!("pattern {p:?}: STREAMS:PREFETCH"))?;
+                    .ok_or(format!("pattern {p:?}: STREAMS:PREFETCH[l2]"))?;
+                // `l2` after the distance: the prefetch goes to L2 (`prefetcht1`).
+                let (pf, l2) = match pf.strip_suffix("l2") {
+                    Some(pf) => (pf, true),
+                    None => (pf, false),
+                };
                 Ok(Pattern {
                     name: Box::leak(p.to_string().into_boxed_str()),
                     streams: s.parse().map_err(|_| format!("streams {s:?}"))?,
                     prefetch: pf.parse().map_err(|_| format!("prefetch {pf:?}"))?,
+                    l2,
                 })
             })
             .collect::<Result<_, String>>()?,

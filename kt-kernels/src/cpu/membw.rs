@@ -8,6 +8,8 @@
 //! 16-core Xeon (session 15) the single-stream probe read 104-110 GB/s while one-token
 //! GEMVs, cycling through 5 GB of copies (16 x its 300 MiB L3), streamed 120-136 GB/s:
 //! fractions of the single-stream figure overstated how close to the DRAM a kernel came.
+//! There, one stream read 90-105 GB/s, 4 streams 114-121, 8 streams with a 1 KiB prefetch
+//! 140-157 (into L2: 162); on the 2-core AMD dev VM one stream reads the most.
 
 use std::time::Instant;
 
@@ -27,35 +29,47 @@ pub struct Bandwidth {
 }
 
 /// How a thread reads its 1 MiB slice: `streams` equal parts read side by side, a line of
-/// each in turn, with a software prefetch `prefetch` bytes ahead in each (0: none).
+/// each in turn, with a software prefetch `prefetch` bytes ahead in each (0: none), into
+/// L1 (`prefetcht0`) or, with `l2`, into L2 (`prefetcht1`).
 #[derive(Clone, Copy, Debug)]
 pub struct Pattern {
     pub name: &'static str,
     pub streams: usize,
     pub prefetch: usize,
+    pub l2: bool,
 }
 
 /// The patterns every measurement tries; the best one counts.
-pub const PATTERNS: [Pattern; 4] = [
+pub const PATTERNS: [Pattern; 5] = [
     Pattern {
         name: "sequential",
         streams: 1,
         prefetch: 0,
+        l2: false,
     },
     Pattern {
         name: "4 streams",
         streams: 4,
         prefetch: 0,
+        l2: false,
     },
     Pattern {
         name: "8 streams, prefetch 1 KiB",
         streams: 8,
         prefetch: 1024,
+        l2: false,
     },
     Pattern {
         name: "8 streams, prefetch 4 KiB",
         streams: 8,
         prefetch: 4096,
+        l2: false,
+    },
+    Pattern {
+        name: "8 streams, prefetch 1 KiB into L2",
+        streams: 8,
+        prefetch: 1024,
+        l2: true,
     },
 ];
 

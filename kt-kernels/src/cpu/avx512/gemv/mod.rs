@@ -17,8 +17,14 @@
 //!
 //! The driver walks two row pairs at a time (their chains of `vpdpbusd` interleave) and
 //! prefetches the same super-block of the next four rows, which the next register tile
-//! reads: a GEMV streams its weights from DRAM once, and the rows of an expert matrix
-//! are too short for the hardware prefetcher to pick each one up in time.
+//! reads, into L1, and of the four after those into L2: a GEMV streams its weights from
+//! DRAM once, and the rows of an expert matrix are too short for the hardware prefetcher
+//! to pick each one up in time. The L2 lead is session 15's (device, 16 threads, `kt-bench
+//! moe --tokens 1`, the two schemes taking turns call by call in one process, two
+//! processes each): V2-Lite Q4_K_M 0.350 / 0.330 -> 0.321 / 0.315 ms, V3 Q4_K 1.788 /
+//! 1.736 -> 1.752 / 1.719 ms; the four rows after those into L2 as well read V3 at 1.845 /
+//! 1.817 ms. The machine's read probe shows why a longer lead pays: one stream per core
+//! read 90-105 GB/s there, eight side by side with a 1 KiB software prefetch 140-162.
 
 mod lanes;
 mod q2_k;
@@ -36,7 +42,7 @@ pub(super) use q8_0::Q8_0;
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use super::tile::{hsum_halves, prefetch_group, COLS};
+use super::tile::{hsum_halves, prefetch_group, prefetch_group_l2, COLS};
 use crate::cpu::dispatch::GemmTile;
 
 /// Super-blocks whose rearranged activations are kept at a time (at most 18 KiB of stack,
@@ -112,6 +118,11 @@ unsafe fn rows<F: PairFormat, const NP: usize>(
         for r in 2 * NP..4 * NP {
             // The same super-block of the rows the next register tile reads.
             prefetch_group(wg.wrapping_add(r * ws), F::BLOCK + 63);
+        }
+        for r in 4 * NP..6 * NP {
+            // And of the tile after it, into L2: more lines in flight than the L1 fill
+            // buffers hold (see the module docs).
+            prefetch_group_l2(wg.wrapping_add(r * ws), F::BLOCK + 63);
         }
         // SAFETY: super-block g of the tile's rows and record g exist (the caller's
         // contract); with `single` only row 0 is read.
