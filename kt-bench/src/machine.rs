@@ -79,8 +79,8 @@ pub fn cycle_bytes() -> usize {
     (1usize << 30).max(16 * last_level_cache_bytes())
 }
 
-/// Measures the pool's read bandwidth over 1 GiB (well past any last-level cache) and
-/// the arithmetic peak of `isa`.
+/// Measures the pool's read bandwidth over 1 GiB (well past any last-level cache; the best
+/// of `membw::PATTERNS`) and the arithmetic peak of `isa`.
 pub fn measure(pool: &ThreadPool, isa: Isa) -> Result<Machine, kt_kernels::KtError> {
     let bw = membw::measure_read_bandwidth(pool, 1 << 30, 5);
     let pk = peak::measure_peak(pool, isa)?;
