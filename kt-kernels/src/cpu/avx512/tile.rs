@@ -224,17 +224,11 @@ struct KernelArgs {
 }
 
 /// Bytes ahead of the current row block that the GEMV path prefetches: the same group
-/// of the rows `RM` further on, which the next register tile reads.
+/// of the rows `RM` further on, which the next register tile reads (into L1).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 pub(super) fn prefetch_group(p: *const u8, bytes: usize) {
-    let mut off = 0;
-    while off < bytes {
-        // A prefetch never faults, whatever the address; wrapping_add keeps the
-        // pointer arithmetic defined past the end of the weights.
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast());
-        off += 64;
-    }
+    prefetch_lines::<_MM_HINT_T0>(p, bytes);
 }
 
 /// [`prefetch_group`] into L2 (`prefetcht1`): for rows further ahead, whose lines would
@@ -242,10 +236,18 @@ pub(super) fn prefetch_group(p: *const u8, bytes: usize) {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 pub(super) fn prefetch_group_l2(p: *const u8, bytes: usize) {
+    prefetch_lines::<_MM_HINT_T1>(p, bytes);
+}
+
+/// A prefetch with hint `HINT` of each line of `bytes` from `p`.
+#[inline(always)]
+fn prefetch_lines<const HINT: i32>(p: *const u8, bytes: usize) {
     let mut off = 0;
     while off < bytes {
-        // As in `prefetch_group`: a hint never faults.
-        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(off).cast());
+        // A prefetch never faults, whatever the address; wrapping_add keeps the
+        // pointer arithmetic defined past the end of the weights.
+        // SAFETY: prefetch hints are SSE (baseline on x86_64) and touch no value.
+        unsafe { _mm_prefetch::<HINT>(p.wrapping_add(off).cast()) };
         off += 64;
     }
 }
