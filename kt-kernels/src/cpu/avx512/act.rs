@@ -307,10 +307,22 @@ pub(super) unsafe fn q8_0_chunks(row: *const u8, valid: usize) -> [__m512i; 4] {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 pub(super) unsafe fn q8_0_scales(row: *const u8, valid: usize) -> __m256 {
+    // SAFETY: forwarded.
+    unsafe { block_scales(row, Q80_BLOCK, valid) }
+}
+
+/// The f32 scales of the first `valid` (<= 8) blocks at `row`, `stride` bytes apart,
+/// each starting with its f16 scale (Q8_0, Q5_0); 0 for missing blocks.
+///
+/// # Safety
+/// The first two bytes of each of the `valid` blocks are readable; AVX512F, F16C.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(super) unsafe fn block_scales(row: *const u8, stride: usize, valid: usize) -> __m256 {
     let mut d = [0u16; 8];
     for (j, dj) in d.iter_mut().enumerate().take(valid) {
         // SAFETY: block j < valid is readable; its first two bytes are the f16 scale.
-        *dj = unsafe { row.add(j * Q80_BLOCK).cast::<u16>().read_unaligned() };
+        *dj = unsafe { row.add(j * stride).cast::<u16>().read_unaligned() };
     }
     // SAFETY: d is a live local of 16 bytes.
     _mm256_cvtph_ps(unsafe { _mm_loadu_si128(d.as_ptr().cast()) })
