@@ -73,8 +73,9 @@ pub fn available_memory_bytes() -> Option<usize> {
 
 /// Bytes of weights a DRAM-bound benchmark cycles through so that a weight comes back to
 /// the last-level cache's window rarely enough to be read from DRAM: 16 x the last-level
-/// cache, at least 1 GiB. (The device's 300 MiB L3 served part of 1 GiB of cycled copies:
-/// GEMVs read up to 118% of the DRAM probe there.)
+/// cache, at least 1 GiB. (On the device, with a 300 MiB L3, GEMVs cycling through 1 GiB
+/// read up to 118% of the old one-stream probe; through 5 GB still up to 130%: the probe
+/// was low, not the cache serving them, which `membw`'s read patterns now account for.)
 pub fn cycle_bytes() -> usize {
     (1usize << 30).max(16 * last_level_cache_bytes())
 }
