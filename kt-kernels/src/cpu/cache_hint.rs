@@ -26,13 +26,20 @@ pub(crate) fn lines_l1(p: *const u8, bytes: usize) {
 /// Asks for the line holding `byte` in L2 (`prefetcht1`).
 #[inline(always)]
 pub(crate) fn line_l2(byte: &u8) {
+    line_l2_at(byte);
+}
+
+/// Asks for the line holding `p` in L2 (`prefetcht1`). The address arithmetic may wrap:
+/// `p` need only be computed from a live pointer.
+#[inline(always)]
+pub(crate) fn line_l2_at(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetcht1 is part of SSE (baseline on x86_64); a prefetch never faults and
-    // changes no value, and the address is that of a live byte.
+    // changes no value, whatever the address.
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        _mm_prefetch::<_MM_HINT_T1>((byte as *const u8).cast());
+        _mm_prefetch::<_MM_HINT_T1>(p.cast());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = byte;
+    let _ = p;
 }

@@ -8,8 +8,9 @@
 //! 16-core Xeon (session 15) the single-stream probe read 104-110 GB/s while one-token
 //! GEMVs, cycling through 5 GB of copies (16 x its 300 MiB L3), streamed 120-136 GB/s:
 //! fractions of the single-stream figure overstated how close to the DRAM a kernel came.
-//! There, one stream read 90-105 GB/s, 4 streams 114-121, 8 streams with a 1 KiB prefetch
-//! 140-157 (into L2: 162); on the 2-core AMD dev VM one stream reads the most.
+//! There, one stream read 90-114 GB/s, 4 streams 114-146, 8 streams with a 1 KiB prefetch
+//! 140-173; on the 2-core AMD dev VM one stream reads the most. (The pattern prefetching
+//! into L2 was added later and is not measured there.)
 
 use std::time::Instant;
 
@@ -151,8 +152,9 @@ pub fn measure_patterns(
 fn read_slice(slice: &[u64], pattern: &Pattern) -> u64 {
     const LINE_WORDS: usize = LINE / 8;
     let streams = pattern.streams.max(1);
-    let part = slice.len() / streams;
-    debug_assert!(part.is_multiple_of(LINE_WORDS) && part * streams == slice.len());
+    // Whole lines per stream; what a stream count that does not divide the slice leaves
+    // over is read in order at the end.
+    let part = slice.len() / streams / LINE_WORDS * LINE_WORDS;
     let mut acc = [0u64; LINE_WORDS];
     for line in (0..part).step_by(LINE_WORDS) {
         for s in 0..streams {
@@ -160,20 +162,25 @@ fn read_slice(slice: &[u64], pattern: &Pattern) -> u64 {
             if pattern.prefetch > 0 {
                 // Ahead within this stream; past its end it asks for the next stream's
                 // (or, for the last, a line outside the slice: a hint never faults).
-                cache_hint::lines_l1(
-                    slice
-                        .as_ptr()
-                        .wrapping_add(at + pattern.prefetch / 8)
-                        .cast(),
-                    LINE,
-                );
+                let ahead = slice
+                    .as_ptr()
+                    .wrapping_add(at + pattern.prefetch / 8)
+                    .cast();
+                if pattern.l2 {
+                    cache_hint::line_l2_at(ahead);
+                } else {
+                    cache_hint::lines_l1(ahead, LINE);
+                }
             }
             for (a, &w) in acc.iter_mut().zip(&slice[at..at + LINE_WORDS]) {
                 *a = a.wrapping_add(w);
             }
         }
     }
-    acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+    let rest = slice[part * streams..]
+        .iter()
+        .fold(0u64, |a, &b| a.wrapping_add(b));
+    acc.iter().fold(rest, |a, &b| a.wrapping_add(b))
 }
 
 #[cfg(test)]
@@ -190,6 +197,14 @@ mod tests {
         for p in &PATTERNS {
             assert_eq!(read_slice(&slice, p), want, "{}", p.name);
         }
+        // A stream count that does not divide the slice into whole lines.
+        let odd = Pattern {
+            name: "3 streams",
+            streams: 3,
+            prefetch: 512,
+            l2: true,
+        };
+        assert_eq!(read_slice(&slice, &odd), want);
     }
 
     #[test]
