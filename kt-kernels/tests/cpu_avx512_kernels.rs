@@ -475,8 +475,10 @@ fn gemm_work_items_match_scalar() {
 }
 
 /// One-token products (the row-pair GEMV kernels of the integer formats): every row
-/// remainder of the 4-row register tile, K from one block to past one activation slice
-/// (32 super-blocks; Q8_0's 257 blocks end the second slice in a one-block group).
+/// remainder of the 4-row register tile, items long enough for the four row streams (37,
+/// 66: the pool's items of 16 rows and more) with rows left for adjacent tiles, K from one
+/// block to past one activation slice (32 super-blocks; Q8_0's 257 blocks end the second
+/// slice in a one-block group).
 #[test]
 fn one_token_rows_and_slices_match_scalar() {
     if !avx512() {
@@ -489,7 +491,7 @@ fn one_token_rows_and_slices_match_scalar() {
             &[32, 288, 1408, 257 * 32]
         };
         for &k in ks {
-            for rows in [1, 2, 3, 4, 5, 6, 7, 9, 13, 66] {
+            for rows in [1, 2, 3, 4, 5, 6, 7, 9, 13, 37, 66] {
                 check_against_scalar(q, rows, k, 1, (rows * 1009 + k) as u64);
             }
         }

@@ -16,10 +16,18 @@
 //! offsets are corrected with, so the per-row work is the weights' alone.
 //!
 //! The driver walks two row pairs at a time (their chains of `vpdpbusd` interleave) and
-//! prefetches the same super-block of the next four rows, which the next register tile
-//! reads, into L1, and of the four after those into L2: a GEMV streams its weights from
-//! DRAM once, and the rows of an expert matrix are too short for the hardware prefetcher
-//! to pick each one up in time. The L2 lead is session 15's (device, 16 threads, `kt-bench
+//! prefetches the same super-block of the rows the next register tile reads into L1, and
+//! of the rows of the tile after it into L2: a GEMV streams its weights from DRAM once,
+//! and the rows of an expert matrix are too short for the hardware prefetcher to pick
+//! each one up in time. A tile of 16 rows or more is cut into four runs of consecutive
+//! rows, and each register tile takes one row of each run (rows `i`, `i + q`, `i + 2q`,
+//! `i + 3q`), so a thread reads four separate streams, each prefetched one and two rows
+//! ahead, rather than one stream four rows wide; the rows past `4q` go in adjacent tiles.
+//! Session 16, device, 16 threads, `kt-bench moe --tokens 1`, the layouts taking turns
+//! call by call in one process, two processes: V3 Q4_K 1.768 / 1.664 ms (adjacent) ->
+//! 1.698 / 1.609 (four streams), V2-Lite Q4_K_M 0.304 / 0.301 -> 0.289 / 0.287; eight
+//! streams read 1.692 / 1.637 and 0.300 / 0.300, sixteen 1.809 / 1.745 and 0.335 / 0.334
+//! (runs of 8 rows in a 128-row decode item are too short). The L2 lead is session 15's (device, 16 threads, `kt-bench
 //! moe --tokens 1`, the two schemes taking turns call by call in one process, two
 //! processes each): V2-Lite Q4_K_M 0.350 / 0.330 -> 0.321 / 0.315 ms, V3 Q4_K 1.788 /
 //! 1.736 -> 1.752 / 1.719 ms; the four rows after those into L2 as well read V3 at 1.845 /
@@ -87,10 +95,18 @@ pub(super) unsafe trait PairFormat {
     ) -> __m512;
 }
 
-/// One register tile: `2 * NP` rows (the first at `w`) over `groups` super-blocks.
+/// Row streams of a GEMV tile: its four-row register tiles take one row from each of
+/// `STREAMS` runs of consecutive rows, when each run has at least [`MIN_STREAM_ROWS`]
+/// (see the module docs).
+const STREAMS: usize = 4;
+const MIN_STREAM_ROWS: usize = 4;
+
+/// One register tile: `2 * NP` rows (the first at `w`, each `pitch` bytes after the one
+/// before) over `groups` super-blocks; the next tile's rows start `next` bytes after `w`.
 struct Rows<A> {
     w: *const u8,
-    w_stride: usize,
+    pitch: usize,
+    next: usize,
     acts: *const A,
     groups: usize,
     valid_last: usize,
@@ -109,7 +125,7 @@ unsafe fn rows<F: PairFormat, const NP: usize>(
     single: bool,
 ) -> [[f32; 2]; NP] {
     let mut acc = [_mm512_setzero_ps(); NP];
-    let ws = args.w_stride;
+    let ws = args.pitch;
     for g in 0..args.groups {
         let valid = if g + 1 == args.groups {
             args.valid_last
@@ -117,14 +133,14 @@ unsafe fn rows<F: PairFormat, const NP: usize>(
             COLS
         };
         let wg = args.w.wrapping_add(g * F::BLOCK);
-        for r in 2 * NP..4 * NP {
+        for r in 0..2 * NP {
             // The same super-block of the rows the next register tile reads.
-            prefetch_group(wg.wrapping_add(r * ws), F::BLOCK + 63);
+            prefetch_group(wg.wrapping_add(args.next + r * ws), F::BLOCK + 63);
         }
-        for r in 4 * NP..6 * NP {
+        for r in 0..2 * NP {
             // And of the tile after it, into L2: more lines in flight than the L1 fill
             // buffers hold (see the module docs).
-            prefetch_group_l2(wg.wrapping_add(r * ws), F::BLOCK + 63);
+            prefetch_group_l2(wg.wrapping_add(2 * args.next + r * ws), F::BLOCK + 63);
         }
         // SAFETY: super-block g of the tile's rows and record g exist (the caller's
         // contract); with `single` only row 0 is read.
@@ -143,16 +159,16 @@ unsafe fn rows<F: PairFormat, const NP: usize>(
     })
 }
 
-/// Writes (first K slice) or adds (later slices) `sums` to outputs `r0..`.
+/// Writes (first K slice) or adds (later slices) `sums` to outputs `r0`, `r0 + step`, ...
 ///
 /// # Safety
-/// `out + r0 .. out + r0 + sums.len()` are the caller's output elements.
+/// Those outputs are the caller's elements.
 #[inline]
-unsafe fn store(out: *mut f32, r0: usize, sums: &[f32], first: bool) {
+unsafe fn store(out: *mut f32, r0: usize, step: usize, sums: &[f32], first: bool) {
     for (i, &s) in sums.iter().enumerate() {
         // SAFETY: the caller's contract.
         unsafe {
-            let o = out.add(r0 + i);
+            let o = out.add(r0 + i * step);
             *o = if first { s } else { *o + s };
         }
     }
@@ -180,9 +196,16 @@ pub(super) unsafe fn gemv<F: PairFormat>(tile: &GemmTile) {
     // The first super-blocks of the first register tile's rows start loading while the
     // activations are rearranged (the row loop prefetches each next tile's rows itself;
     // a few, so the prefetches do not fill the line-fill buffers the repack loads need).
-    for r in 0..tile.rows.min(4) {
+    let stream = tile.rows / STREAMS;
+    let first_rows = if stream >= MIN_STREAM_ROWS {
+        STREAMS
+    } else {
+        tile.rows.min(4)
+    };
+    let pitch = if stream >= MIN_STREAM_ROWS { stream } else { 1 };
+    for j in 0..first_rows {
         let bytes = groups.min(4) * F::BLOCK;
-        prefetch_group(tile.w.wrapping_add(r * tile.w_stride), bytes + 63);
+        prefetch_group(tile.w.wrapping_add(j * pitch * tile.w_stride), bytes + 63);
     }
     let mut acts = [const { MaybeUninit::<F::Act>::uninit() }; SLICE];
     let mut g0 = 0;
@@ -195,32 +218,49 @@ pub(super) unsafe fn gemv<F: PairFormat>(tile: &GemmTile) {
             unsafe { F::repack(tile.a, g, valid, rec.as_mut_ptr()) };
         }
         let first = g0 == 0;
+        let ws = tile.w_stride;
+        let tile_at = |r: usize, pitch: usize, next: usize| Rows {
+            w: tile.w.wrapping_add(r * ws + g0 * F::BLOCK),
+            pitch,
+            next,
+            acts: acts.as_ptr().cast::<F::Act>(),
+            groups: gn,
+            valid_last: if g0 + gn == groups { valid_last } else { COLS },
+        };
         let mut r = 0;
+        let stream = tile.rows / STREAMS;
+        if stream >= MIN_STREAM_ROWS {
+            // Register tile i: rows i, i + stream, i + 2 stream, i + 3 stream.
+            for i in 0..stream {
+                // SAFETY: those four rows exist (the tile has STREAMS * stream rows or
+                // more), records 0..gn were written, and the four outputs belong to the
+                // tile.
+                unsafe {
+                    let s = rows::<F, 2>(&tile_at(i, stream * ws, ws), false);
+                    let sums = [s[0][0], s[0][1], s[1][0], s[1][1]];
+                    store(out, i, stream, &sums, first);
+                }
+            }
+            r = STREAMS * stream;
+        }
+        // Adjacent rows: a tile too short for the streams, or the rows they leave.
         while r < tile.rows {
-            let args = Rows {
-                // SAFETY: row r and super-block g0 are inside the weights.
-                w: unsafe { tile.w.add(r * tile.w_stride + g0 * F::BLOCK) },
-                w_stride: tile.w_stride,
-                acts: acts.as_ptr().cast::<F::Act>(),
-                groups: gn,
-                valid_last: if g0 + gn == groups { valid_last } else { COLS },
-            };
             let left = tile.rows - r;
             // SAFETY: the rows r.. the tile shape reads exist (at least as many as it
             // names are left), records 0..gn were written, and the outputs of rows
             // r..r + n belong to the tile.
             unsafe {
                 let n = if left >= 4 {
-                    let s = rows::<F, 2>(&args, false);
-                    store(out, r, &[s[0][0], s[0][1], s[1][0], s[1][1]], first);
+                    let s = rows::<F, 2>(&tile_at(r, ws, 4 * ws), false);
+                    store(out, r, 1, &[s[0][0], s[0][1], s[1][0], s[1][1]], first);
                     4
                 } else if left >= 2 {
-                    let s = rows::<F, 1>(&args, false);
-                    store(out, r, &s[0], first);
+                    let s = rows::<F, 1>(&tile_at(r, ws, 2 * ws), false);
+                    store(out, r, 1, &s[0], first);
                     2
                 } else {
-                    let s = rows::<F, 1>(&args, true);
-                    store(out, r, &s[0][..1], first);
+                    let s = rows::<F, 1>(&tile_at(r, ws, 2 * ws), true);
+                    store(out, r, 1, &s[0][..1], first);
                     1
                 };
                 r += n;
