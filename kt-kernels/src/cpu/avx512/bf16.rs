@@ -233,7 +233,7 @@ unsafe fn load(p: *const u8, n: usize) -> __m512i {
 /// Writes the lane sums of the accumulators.
 ///
 /// # Safety
-/// `out` covers `RN` tokens x `RM` rows at `ldo`.
+/// `args.out` covers `RN` tokens x `RM` rows at `args.ldo` and `args.row_step`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 unsafe fn store<const RM: usize, const RN: usize>(acc: &[[__m512; RN]; RM], args: &Args) {
