@@ -14,17 +14,10 @@ use crate::cpu::GEMV_MAX_TOKENS;
 /// the kernels repack the activations and restart their weight prefetch once per tile,
 /// and on the 2-core and 16-core Xeons measured here 128-row items beat 32-row ones by
 /// 25-50% at one token. Halved (down to 32) only while a phase would have fewer than
-/// `MIN_GEMV_ITEMS` items, which depends on the routing alone, never on the threads: V3
-/// at one token runs its gate/up and its down in 512-row items (32 and 112 items),
-/// V2-Lite both in 256-row items (36 and 48). Session 16 (device, 16 threads, `kt-bench
-/// moe`, the plans taking turns call by call, three processes, ms) against 128 rows and 64
-/// items: V3 T=1 1.701 / 1.637 / 1.644 -> 1.561 / 1.516 / 1.555, V3 T=8 12.42 / 11.99 /
-/// 11.61 -> 11.12 / 10.76 / 10.61, V2-Lite T=1 0.312 / 0.289 / 0.283 -> 0.305 / 0.278 /
-/// 0.276; at least 16 items (V2-Lite's gate/up in 18 items of 512 rows) read V2-Lite at
-/// 0.328 / 0.299 / 0.298, one item a thread being too coarse to end evenly.
-pub(crate) const GEMV_ROW_BLOCK: usize = 512;
+/// `MIN_GEMV_ITEMS` items, which depends on the routing alone, never on the threads.
+pub(crate) const GEMV_ROW_BLOCK: usize = 128;
 pub(crate) const GEMV_MIN_ROW_BLOCK: usize = 32;
-pub(crate) const MIN_GEMV_ITEMS: usize = 32;
+pub(crate) const MIN_GEMV_ITEMS: usize = 64;
 /// Rows and positions per item for busy experts (prefill): a 128-row weight block stays
 /// in L2 while up to 64 positions' activations stream by. 128 rather than 64: the AMX
 /// kernels rearrange an item's activations once (Q4_K: transposed to VNNI form; INT4:

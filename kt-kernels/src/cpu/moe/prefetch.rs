@@ -10,11 +10,9 @@
 //! items `t`, `t + threads`, ... for `rounds` rounds
 //! (`ThreadPool::for_each_in_order_first_own`), so those are the items each thread runs
 //! first; this prefetches them, thread `t` its own items into its own L2 in that order (the
-//! first round everywhere before any second). One round of V2-Lite's items (256 rows of
-//! gate and of up each) is ~9.4 MB over 16 threads, streamed in ~55 us on a fast host, so
-//! a ~45 us stretch ends inside the first round (with the 128-row items before session
-//! 16, ~4.7 MB a round, it had room for part of a second); the rounds past the first are
-//! what the stretch cuts short. Items
+//! first round everywhere before any second). One round of V2-Lite's items is ~4.7 MB
+//! over 16 threads, streamed in ~25 us on a fast host, so a ~40 us stretch has room for
+//! part of a second; the rounds past the first are what a slower host cuts short. Items
 //! past the rounds would be evicted from a thread's L2 by the job's own stream before their
 //! turn.
 //!
