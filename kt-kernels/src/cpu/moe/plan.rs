@@ -18,9 +18,10 @@ use crate::cpu::GEMV_MAX_TOKENS;
 /// Larger items (session 16, device, up to 512 rows while a phase keeps 32 items) ran
 /// `kt-bench moe` at one token 2-8% faster (the plans taking turns call by call), but in
 /// separate processes taking turns the hybrid V2-Lite decode read 115.2 / 125.9 / 123.9
-/// tok/s against 126.4 / 132.8 / 130.0 (not chased; one candidate: the predicted experts'
-/// prefetch covers less of a larger first round) and the int4 g128 layer at one token 0.311-0.349 against
-/// 0.305-0.314 ms (V2-Lite), 2.05-2.23 against 1.96-2.04 (V3): 128 stays.
+/// tok/s against 126.4 / 132.8 / 130.0 (not chased; one candidate: the predicted
+/// experts' prefetch covers less of a larger first round) and the int4 g128 layer at one
+/// token 0.311-0.349 against 0.305-0.314 ms (V2-Lite), 2.05-2.23 against 1.96-2.04 (V3):
+/// 128 stays.
 pub(crate) const GEMV_ROW_BLOCK: usize = 128;
 pub(crate) const GEMV_MIN_ROW_BLOCK: usize = 32;
 pub(crate) const MIN_GEMV_ITEMS: usize = 64;

@@ -27,11 +27,11 @@
 //! call by call in one process, two processes: V3 Q4_K 1.768 / 1.664 ms (adjacent) ->
 //! 1.698 / 1.609 (four streams), V2-Lite Q4_K_M 0.304 / 0.301 -> 0.289 / 0.287; eight
 //! streams read 1.692 / 1.637 and 0.300 / 0.300, sixteen 1.809 / 1.745 and 0.335 / 0.334
-//! (runs of 8 rows in a 128-row decode item are too short). The L2 lead is session 15's (device, 16 threads, `kt-bench
-//! moe --tokens 1`, the two schemes taking turns call by call in one process, two
-//! processes each): V2-Lite Q4_K_M 0.350 / 0.330 -> 0.321 / 0.315 ms, V3 Q4_K 1.788 /
-//! 1.736 -> 1.752 / 1.719 ms; the four rows after those into L2 as well read V3 at 1.845 /
-//! 1.817 ms. The machine's read probe shows why a longer lead pays: one stream per core
+//! (runs of 8 rows in a 128-row decode item are too short). The L2 lead is session 15's
+//! (device, 16 threads, `kt-bench moe --tokens 1`, the two schemes taking turns call by
+//! call in one process, two processes each): V2-Lite Q4_K_M 0.350 / 0.330 -> 0.321 /
+//! 0.315 ms, V3 Q4_K 1.788 / 1.736 -> 1.752 / 1.719 ms; the four rows after those into L2
+//! as well read V3 at 1.845 / 1.817 ms. The machine's read probe shows why a longer lead pays: one stream per core
 //! read 90-114 GB/s there, eight side by side with a 1 KiB software prefetch 140-173.
 
 mod lanes;
@@ -201,13 +201,15 @@ pub(super) unsafe fn gemv<F: PairFormat>(tile: &GemmTile) {
     // The first super-blocks of the first register tile's rows start loading while the
     // activations are rearranged (the row loop prefetches each next tile's rows itself;
     // a few, so the prefetches do not fill the line-fill buffers the repack loads need).
-    let stream = tile.rows / STREAMS;
-    let first_rows = if stream >= MIN_STREAM_ROWS {
-        STREAMS
+    // Rows per stream, or 0 where the tile is too short for the streams.
+    let stream = Some(tile.rows / STREAMS)
+        .filter(|&q| q >= MIN_STREAM_ROWS)
+        .unwrap_or(0);
+    let (first_rows, pitch) = if stream > 0 {
+        (STREAMS, stream)
     } else {
-        tile.rows.min(4)
+        (tile.rows.min(4), 1)
     };
-    let pitch = if stream >= MIN_STREAM_ROWS { stream } else { 1 };
     for j in 0..first_rows {
         let bytes = groups.min(4) * F::BLOCK;
         prefetch_group(tile.w.wrapping_add(j * pitch * tile.w_stride), bytes + 63);
@@ -233,8 +235,7 @@ pub(super) unsafe fn gemv<F: PairFormat>(tile: &GemmTile) {
             valid_last: if g0 + gn == groups { valid_last } else { COLS },
         };
         let mut r = 0;
-        let stream = tile.rows / STREAMS;
-        if stream >= MIN_STREAM_ROWS {
+        if stream > 0 {
             // Register tile i: rows i, i + stream, i + 2 stream, i + 3 stream.
             for i in 0..stream {
                 // SAFETY: those four rows exist (the tile has STREAMS * stream rows or
