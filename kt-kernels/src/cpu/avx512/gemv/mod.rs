@@ -31,8 +31,9 @@
 //! (device, 16 threads, `kt-bench moe --tokens 1`, the two schemes taking turns call by
 //! call in one process, two processes each): V2-Lite Q4_K_M 0.350 / 0.330 -> 0.321 /
 //! 0.315 ms, V3 Q4_K 1.788 / 1.736 -> 1.752 / 1.719 ms; the four rows after those into L2
-//! as well read V3 at 1.845 / 1.817 ms. The machine's read probe shows why a longer lead pays: one stream per core
-//! read 90-114 GB/s there, eight side by side with a 1 KiB software prefetch 140-173.
+//! as well read V3 at 1.845 / 1.817 ms. The machine's read probe shows why a longer lead
+//! and several streams pay: one stream per core read 90-114 GB/s there, eight side by
+//! side with a 1 KiB software prefetch 140-173.
 
 mod lanes;
 mod q2_k;
