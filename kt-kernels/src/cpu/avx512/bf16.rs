@@ -10,6 +10,7 @@
 
 use std::arch::x86_64::*;
 
+use super::gemv::{stream_rows, STREAMS};
 use super::tile::prefetch_group;
 use crate::cpu::dispatch::GemmTile;
 use crate::cpu::isa::Isa;
@@ -112,10 +113,10 @@ unsafe fn gemm_with<const DPBF16: bool>(tile: &GemmTile) {
     }
 }
 
-/// One-token tiles of at least `STREAMS * MIN_STREAM_ROWS` rows: register tiles of rows
-/// `i`, `i + q`, `i + 2q`, `i + 3q` (`q` = rows / 4), four runs of consecutive rows that a
-/// thread streams side by side, each prefetched [`STREAM_LEAD`] bytes ahead into L1 (as
-/// the integer formats' GEMV, [`super::gemv`]). Returns the rows done (`4q`, or 0).
+/// One-token tiles long enough for the streams of the integer formats' GEMV
+/// ([`super::gemv`]): register tiles of rows `i`, `i + q`, `i + 2q`, `i + 3q`, four runs
+/// of consecutive rows that a thread streams side by side, each prefetched
+/// [`STREAM_LEAD`] bytes ahead into L1. Returns the rows done (`4q`, or 0).
 ///
 /// Adjacent tiles prefetch the next tile's rows, which for rows of 7168 bf16 is 57 KB
 /// ahead, more than L1 holds. Session 16 (device, 16 threads, `kt-bench matmul --tokens
@@ -131,8 +132,8 @@ unsafe fn gemm_with<const DPBF16: bool>(tile: &GemmTile) {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 unsafe fn gemv_streams<const DPBF16: bool>(tile: &GemmTile) -> usize {
-    let q = tile.rows / STREAMS;
-    if tile.tokens != 1 || q < MIN_STREAM_ROWS {
+    let q = stream_rows(tile.rows);
+    if tile.tokens != 1 || q == 0 {
         return 0;
     }
     for i in 0..q {
@@ -145,7 +146,7 @@ unsafe fn gemv_streams<const DPBF16: bool>(tile: &GemmTile) -> usize {
             out: tile.out.wrapping_add(i),
             ldo: tile.ldo,
             row_step: q,
-            prefetch: Prefetch::Ahead(STREAM_LEAD),
+            prefetch: Prefetch::Ahead,
         };
         // SAFETY: rows i + j q (j < 4) are inside the tile, as are their outputs.
         unsafe {
@@ -159,8 +160,7 @@ unsafe fn gemv_streams<const DPBF16: bool>(tile: &GemmTile) -> usize {
     STREAMS * q
 }
 
-const STREAMS: usize = 4;
-const MIN_STREAM_ROWS: usize = 4;
+/// Bytes ahead of each streamed row that a step prefetches.
 const STREAM_LEAD: usize = 1024;
 
 /// What a register tile prefetches each step.
@@ -169,8 +169,8 @@ enum Prefetch {
     None,
     /// The same 64 bytes of the `RM` rows after the tile's (adjacent tiles).
     NextTile,
-    /// The line this many bytes ahead in each of the tile's rows, into L1.
-    Ahead(usize),
+    /// The line [`STREAM_LEAD`] bytes ahead in each of the tile's rows, into L1.
+    Ahead,
 }
 
 /// A register tile: `RM` weight rows `ws` bytes apart from `w`, `RN` activation rows
@@ -196,9 +196,9 @@ fn prefetch_step<const RM: usize>(args: &Args, i: usize) {
     match args.prefetch {
         Prefetch::None => {}
         Prefetch::NextTile => prefetch_next::<RM>(args.w, args.ws, i),
-        Prefetch::Ahead(lead) => {
+        Prefetch::Ahead => {
             for r in 0..RM {
-                prefetch_group(args.w.wrapping_add(r * args.ws + 2 * i + lead), 64);
+                prefetch_group(args.w.wrapping_add(r * args.ws + 2 * i + STREAM_LEAD), 64);
             }
         }
     }
@@ -380,7 +380,7 @@ mod tests {
                 out: o[1..].as_mut_ptr(),
                 ldo: 12,
                 row_step: 3,
-                prefetch: Prefetch::Ahead(1024),
+                prefetch: Prefetch::Ahead,
             };
             // SAFETY: as above; rows 1, 4, 7, 10 of the 12 and their outputs exist.
             unsafe {

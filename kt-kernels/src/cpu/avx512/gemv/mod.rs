@@ -96,11 +96,19 @@ pub(super) unsafe trait PairFormat {
     ) -> __m512;
 }
 
-/// Row streams of a GEMV tile: its four-row register tiles take one row from each of
+/// Row streams of a one-token tile: its four-row register tiles take one row from each of
 /// `STREAMS` runs of consecutive rows, when each run has at least [`MIN_STREAM_ROWS`]
-/// (see the module docs).
-const STREAMS: usize = 4;
+/// (see the module docs; [`super::bf16`] streams the same way).
+pub(super) const STREAMS: usize = 4;
 const MIN_STREAM_ROWS: usize = 4;
+
+/// Rows per stream of a one-token tile of `rows` rows, or 0 where it is too short for the
+/// streams (its rows then go in adjacent register tiles).
+pub(super) fn stream_rows(rows: usize) -> usize {
+    Some(rows / STREAMS)
+        .filter(|&q| q >= MIN_STREAM_ROWS)
+        .unwrap_or(0)
+}
 
 /// One register tile: `2 * NP` rows (the first at `w`, each `pitch` bytes after the one
 /// before) over `groups` super-blocks; the next tile's rows start `next` bytes after `w`.
@@ -202,10 +210,7 @@ pub(super) unsafe fn gemv<F: PairFormat>(tile: &GemmTile) {
     // The first super-blocks of the first register tile's rows start loading while the
     // activations are rearranged (the row loop prefetches each next tile's rows itself;
     // a few, so the prefetches do not fill the line-fill buffers the repack loads need).
-    // Rows per stream, or 0 where the tile is too short for the streams.
-    let stream = Some(tile.rows / STREAMS)
-        .filter(|&q| q >= MIN_STREAM_ROWS)
-        .unwrap_or(0);
+    let stream = stream_rows(tile.rows);
     let (first_rows, pitch) = if stream > 0 {
         (STREAMS, stream)
     } else {
