@@ -286,15 +286,18 @@ pub(super) unsafe fn repack_q8_0(
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 pub(super) unsafe fn q8_0_chunks(row: *const u8, valid: usize) -> [__m512i; 4] {
+    // SAFETY: forwarded contract.
+    block_chunks(|j| unsafe { q8_0_quants(row, j, valid) })
+}
+
+/// Eight blocks of 32 byte quants (`quants(j)`: block `j`'s, zero past the valid ones)
+/// as transposed chunk pairs (see [`transpose_8x8`]).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(super) fn block_chunks(quants: impl Fn(usize) -> __m256i) -> [__m512i; 4] {
     let mut x = [_mm512_setzero_si512(); 4];
     for (k, xk) in x.iter_mut().enumerate() {
-        // SAFETY: forwarded contract.
-        let (lo, hi) = unsafe {
-            (
-                q8_0_quants(row, 2 * k, valid),
-                q8_0_quants(row, 2 * k + 1, valid),
-            )
-        };
+        let (lo, hi) = (quants(2 * k), quants(2 * k + 1));
         *xk = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
     }
     transpose_8x8(x)

@@ -15,6 +15,7 @@ mod gemv;
 mod kquant_rows;
 mod q2_k;
 pub(crate) mod q4_k;
+mod q5_0;
 mod q5_k;
 mod q6_k;
 mod q8_0;
@@ -75,44 +76,22 @@ pub(crate) fn register(t: &mut KernelTable) {
     }
     t.set_quantize_act(QType::Q3_K, quantize::q8_k);
     t.set_quantize_act(QType::Q4_0, quantize::q8_0);
-    if let Ok(lower) = t.get(QType::Q5_0) {
-        // One token: the row pairs; more: the lower level's kernel (AVX2), kept below.
-        let _ = Q5_0_LOWER.set(lower.gemm);
-        t.set(
-            QType::Q5_0,
-            FormatKernels {
-                act: QType::Q8_0,
-                quantize_act: quantize::q8_0,
-                gemm: q5_0_gemm,
-                gemm_isa: Isa::Avx512,
-            },
-        );
-    }
-}
-
-/// The Q5_0 kernel of the level below, for tiles of more than one token.
-static Q5_0_LOWER: std::sync::OnceLock<super::dispatch::GemmFn> = std::sync::OnceLock::new();
-
-/// Q5_0: the row pairs at one token, the lower level's kernel with more. Q5_0 is the
-/// `ffn_down` of V2-Lite's Q4_K_M layers without "more bits" (1408-wide rows take no
-/// K-quant): the AVX2 kernel read 26.9 GB/s of weights on one dev VM core (Zen 5,
-/// cache-resident 2048x1408) where AVX512's Q8_0 row pairs read 55.2; the row pairs read
-/// 30.3-32.4 there. Device (session 15, 16 threads, from DRAM): 7168x2048 79.6 / 82.8 ->
-/// 96.3 / 92.1 GB/s (2048x1408 level, 72-79); `kt-bench moe` V2-Lite one token, three
-/// interleaved pairs, 0.3032 / 0.3181 / 0.3108 -> 0.2858 / 0.2928 / 0.2764 ms.
-///
-/// # Safety
-/// As [`crate::cpu::dispatch::GemmFn`] for a Q5_0 tile.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-unsafe fn q5_0_gemm(t: &GemmTile) {
-    // SAFETY: forwarded contract; the lower kernel is the table's below this one.
-    unsafe {
-        if t.tokens == 1 {
-            gemv::gemv::<gemv::Q5_0>(t)
-        } else {
-            (Q5_0_LOWER.get().expect("set with the AVX512 table"))(t)
-        }
-    }
+    // Q5_0 is the `ffn_down` of V2-Lite's Q4_K_M layers without "more bits" (1408-wide
+    // rows take no K-quant). One token: the row pairs, which read 30.3-32.4 GB/s of
+    // weights on one dev VM core (Zen 5, cache-resident 2048x1408) where the AVX2 kernel
+    // read 26.9; device (session 15, 16 threads, from DRAM) 7168x2048 79.6 / 82.8 -> 96.3 /
+    // 92.1 GB/s, `kt-bench moe` V2-Lite one token 0.3032 / 0.3181 / 0.3108 -> 0.2858 /
+    // 0.2928 / 0.2764 ms. More tokens: the column layout (until session 17 the AVX2 tile
+    // kernel, which held V2-Lite's Q4_K_M prefill at half the speed of a Q8_0 down).
+    t.set(
+        QType::Q5_0,
+        FormatKernels {
+            act: QType::Q8_0,
+            quantize_act: quantize::q8_0,
+            gemm: by_tokens::<gemv::Q5_0, q5_0::Q5_0>,
+            gemm_isa: Isa::Avx512,
+        },
+    );
 }
 
 /// One token: the row-pair kernel `P`; more: the column layout `C` of the same format.
