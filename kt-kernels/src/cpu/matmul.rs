@@ -362,7 +362,7 @@ fn run_tiles(
         let items = AmxItems::new(rows, tokens, pool.threads());
         // The widest tile's tokens pick the step kernel, as in the per-tile kernels.
         let widest = items.token_block.min(tokens);
-        if let Some(p) = super::amx::kquant::Pretransposed::for_format(qtype, widest) {
+        if let Some(p) = super::amx::kquant::Pretransposed::for_format(qtype, cols, widest) {
             run_pretransposed(pool, kernels, &p, &tiles, x, tokens, &items);
             return;
         }
@@ -550,9 +550,11 @@ fn run_pretransposed(
     items: &AmxItems,
 ) {
     const TG: usize = AmxItems::BLOCK;
-    // Super-blocks: the activation format's blocks (Q8_K, 256 elements).
+    // Super-blocks: the pipeline's steps of `p.elems` (a Q8_K block, or several Q8_0
+    // ones), `per` activation blocks each.
     let (cols, act_row) = (tiles.k, tiles.a_stride);
-    let (nsb, a_block) = (cols / kernels.act.block_elems(), kernels.act.block_bytes());
+    let per = p.elems / kernels.act.block_elems();
+    let (nsb, a_block) = (cols / p.elems, per * kernels.act.block_bytes());
     let groups = tokens.div_ceil(TG);
     let chunks = record_chunks(nsb, groups, pool.threads());
     RECORD_SCRATCH.with(|scratch| {
@@ -567,9 +569,11 @@ fn run_pretransposed(
             let n = TG.min(tokens - g * TG);
             if let Some(x) = x {
                 for t in g * TG..g * TG + n {
+                    let blocks = s0 * per..(s0 + ns) * per;
                     // SAFETY: xq holds `tokens` rows (checked by the callers); super-blocks
-                    // s0..s0 + ns of the group's rows are this item's alone.
-                    unsafe { quantize_blocks(kernels, x, cols, act_row, tiles.a, t, s0..s0 + ns) };
+                    // s0..s0 + ns of the group's rows (those activation blocks) are this
+                    // item's alone.
+                    unsafe { quantize_blocks(kernels, x, cols, act_row, tiles.a, t, blocks) };
                 }
             }
             // SAFETY: tokens g*16..g*16 + n are rows of xq (tokens x act_row bytes, checked

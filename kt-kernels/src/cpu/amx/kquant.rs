@@ -5,7 +5,9 @@
 //! unpacks a row block's super-block, issues the tile products of one step and scales
 //! them into f32 accumulators. Step kernels: Q4_K [`super::q4_k_per_sub`] and
 //! [`super::q4_k_folded`] (the folded one also serves Q5_K), Q2_K [`super::q2_k`], Q6_K
-//! [`super::q6_k`].
+//! [`super::q6_k`], and the small-block formats Q8_0 and Q5_0 [`super::small_block`],
+//! whose "super-block" is four of their blocks against Q8_0 activations (a step kernel
+//! says its step's elements and activation bytes).
 //!
 //! Operand orientation: the activations must be in VNNI form (one 64-byte line = dword
 //! `q` of each of 16 tokens). That transposition is done once per (token group,
@@ -30,7 +32,7 @@ use crate::quant::QType;
 
 /// Elements per super-block, bytes of a Q8_K block.
 pub(super) const QK_K: usize = 256;
-const A_BLOCK: usize = 292;
+const Q8K_BLOCK: usize = 292;
 /// Weight rows per tile and tokens per group (the C tile is 16 x 16).
 pub(super) const TR: usize = 16;
 pub(super) const TG: usize = 16;
@@ -83,8 +85,13 @@ pub(super) unsafe trait StepKernel {
     type Weights;
     /// The int32 C tiles of one step.
     type Products;
-    /// Bytes of one weight block (256 elements).
+    /// Bytes of one weight block ([`ELEMS`](Self::ELEMS) elements).
     const W_BLOCK: usize;
+    /// Elements of K per step (the "super-block" of this module): a K-quant super-block
+    /// by default; the small-block formats take several of their blocks.
+    const ELEMS: usize = QK_K;
+    /// Bytes of the activations' blocks of one step (one Q8_K block by default).
+    const A_BYTES: usize = Q8K_BLOCK;
 
     /// The tile configuration for row blocks of `nr` rows.
     fn config(nr: usize) -> TileConfig;
@@ -182,7 +189,7 @@ pub(super) unsafe fn gemm_or_lower<K: StepKernel>(
     lower: &OnceLock<GemmFn>,
     min_tokens: usize,
 ) {
-    if t.tokens < min_tokens || !t.k.is_multiple_of(QK_K) {
+    if t.tokens < min_tokens || !t.k.is_multiple_of(K::ELEMS) {
         let lower = lower.get().expect("installed with the AMX table");
         // SAFETY: forwarded contract; the lower kernel is the AVX512 table's.
         unsafe { lower(t) };
@@ -253,11 +260,13 @@ unsafe fn gemm_sized<K: StepKernel>(t: &GemmTile, records: *const K::Acts) {
 pub(crate) struct Pretransposed {
     /// Bytes of one record (a multiple of 64, the records' alignment).
     pub record_bytes: usize,
-    /// Transposes super-blocks `s0..s0 + ns` of one token group (`n` tokens, 1..=16) into
-    /// `ns` records.
+    /// Elements of K per record (a multiple of the activation format's block).
+    pub elems: usize,
+    /// Transposes super-blocks (steps of `elems`) `s0..s0 + ns` of one token group (`n`
+    /// tokens, 1..=16) into `ns` records.
     pub transpose: TransposeFn,
     /// The product of one tile over its records: those of its first token group (a
-    /// multiple of 16 tokens into the call) onwards, `k / 256` records a group.
+    /// multiple of 16 tokens into the call) onwards, `k / elems` records a group.
     pub gemm: RecordsGemmFn,
 }
 
@@ -268,23 +277,27 @@ pub(crate) type TransposeFn = unsafe fn(*const u8, usize, usize, usize, *mut u8)
 pub(crate) type RecordsGemmFn = unsafe fn(&GemmTile, *const u8);
 
 impl Pretransposed {
-    /// The pipeline of the K-quant `qtype` over records for tiles of up to `tokens` tokens,
-    /// `None` where that format's AMX kernel would hand such tiles to the AVX512 one (or
-    /// has no AMX kernel). Only for the AMX table's kernels of `qtype` (the caller checks
-    /// that the table has them).
-    pub(crate) fn for_format(qtype: QType, tokens: usize) -> Option<Pretransposed> {
+    /// The pipeline of `qtype` over records for tiles of up to `tokens` tokens of `k`
+    /// elements, `None` where that format's AMX kernel would hand such tiles to the AVX512
+    /// one (or has no AMX kernel in this pipeline). Only for the AMX table's kernels of
+    /// `qtype` (the caller checks that the table has them).
+    pub(crate) fn for_format(qtype: QType, k: usize, tokens: usize) -> Option<Pretransposed> {
         match qtype {
             QType::Q4_K => super::q4_k::pretransposed(tokens),
             QType::Q5_K => super::q5_k::pretransposed(tokens),
             QType::Q2_K => super::q2_k::pretransposed(tokens),
             QType::Q6_K => super::q6_k::pretransposed(tokens),
+            QType::Q8_0 => super::q8_0::pretransposed(tokens),
+            QType::Q5_0 => super::q5_0::pretransposed(tokens),
             _ => None,
         }
+        .filter(|p| k.is_multiple_of(p.elems))
     }
 
     pub(super) fn of<K: StepKernel>() -> Pretransposed {
         Pretransposed {
             record_bytes: size_of::<K::Acts>(),
+            elems: K::ELEMS,
             transpose: transpose_records::<K>,
             gemm: gemm_records::<K>,
         }
@@ -305,7 +318,7 @@ unsafe fn transpose_records<K: StepKernel>(
     for s in 0..ns {
         // SAFETY: block s < ns of each of the n rows is readable, record s is writable
         // (caller).
-        unsafe { K::transpose_acts(a.add(s * A_BLOCK), stride, n, dst.cast::<K::Acts>().add(s)) };
+        unsafe { K::transpose_acts(a.add(s * K::A_BYTES), stride, n, dst.cast::<K::Acts>().add(s)) };
     }
 }
 
@@ -314,7 +327,7 @@ unsafe fn transpose_records<K: StepKernel>(
 /// of the tile's token groups (`tokens.div_ceil(16)` groups of `k / 256`), 64-byte
 /// aligned.
 unsafe fn gemm_records<K: StepKernel>(t: &GemmTile, records: *const u8) {
-    debug_assert!(t.k.is_multiple_of(QK_K) && !records.is_null());
+    debug_assert!(t.k.is_multiple_of(K::ELEMS) && !records.is_null());
     // SAFETY: forwarded.
     unsafe { gemm_sized::<K>(t, records.cast()) };
 }
@@ -331,7 +344,7 @@ unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(
     t: &GemmTile,
     records: *const K::Acts,
 ) {
-    let nsb = t.k / QK_K;
+    let nsb = t.k / K::ELEMS;
     let mut acts = MaybeUninit::<[K::Acts; R]>::uninit();
     let acts = acts.as_mut_ptr().cast::<K::Acts>();
     let mut wbuf = MaybeUninit::<[K::Weights; WBUFS]>::uninit();
@@ -370,7 +383,7 @@ unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(
                     // `acts` (g * chunk + s < ng * chunk <= R).
                     unsafe {
                         K::transpose_acts(
-                            t.a.add(first * t.a_stride + (c0 + s) * A_BLOCK),
+                            t.a.add(first * t.a_stride + (c0 + s) * K::A_BYTES),
                             t.a_stride,
                             n,
                             acts.add(g * chunk + s),

@@ -33,12 +33,26 @@ pub(super) fn check_step(
     a: &[u8],
     case: &str,
 ) {
-    let (wrow, arow) = (
-        qtype.row_bytes(QK_K).unwrap(),
-        QType::Q8_K.row_bytes(QK_K).unwrap(),
-    );
-    let mut deq_w = vec![0f32; QK_K];
-    let mut deq_a = vec![0f32; QK_K];
+    check_rows(qtype, QType::Q8_K, QK_K, acc, nr, n_tok, w, a, case);
+}
+
+/// [`check_step`] for a step of `k` elements with activations in `act` (the small-block
+/// formats' Q8_0).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn check_rows(
+    qtype: QType,
+    act: QType,
+    k: usize,
+    acc: &[__m512],
+    nr: usize,
+    n_tok: usize,
+    w: &[u8],
+    a: &[u8],
+    case: &str,
+) {
+    let (wrow, arow) = (qtype.row_bytes(k).unwrap(), act.row_bytes(k).unwrap());
+    let mut deq_w = vec![0f32; k];
+    let mut deq_a = vec![0f32; k];
     for (n, acc) in acc.iter().enumerate() {
         // SAFETY: an __m512 is 16 f32.
         let got: [f32; TG] = unsafe { std::mem::transmute(*acc) };
@@ -57,8 +71,8 @@ pub(super) fn check_step(
                 continue;
             }
             let at = &a[t * arow..(t + 1) * arow];
-            let want = quant::vec_dot(qtype, QK_K, wn, at).unwrap();
-            quant::dequantize(QType::Q8_K, at, &mut deq_a).unwrap();
+            let want = quant::vec_dot(qtype, k, wn, at).unwrap();
+            quant::dequantize(act, at, &mut deq_a).unwrap();
             let mag: f32 = deq_w.iter().zip(&deq_a).map(|(x, y)| (x * y).abs()).sum();
             assert!(
                 (g - want).abs() <= 1e-5 * mag,

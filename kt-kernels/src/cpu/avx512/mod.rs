@@ -15,7 +15,7 @@ mod gemv;
 mod kquant_rows;
 mod q2_k;
 pub(crate) mod q4_k;
-mod q5_0;
+pub(crate) mod q5_0;
 mod q5_k;
 mod q6_k;
 mod q8_0;

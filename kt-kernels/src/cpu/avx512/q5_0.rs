@@ -70,7 +70,7 @@ unsafe impl ColumnFormat for Q5_0 {
 /// `valid` blocks are readable at `w`; AVX512 BW/VL.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-unsafe fn quants(w: *const u8, j: usize, valid: usize) -> __m256i {
+pub(crate) unsafe fn quants(w: *const u8, j: usize, valid: usize) -> __m256i {
     if j >= valid {
         return _mm256_setzero_si256();
     }
