@@ -14,8 +14,9 @@ use kt_kernels::util::SplitMix64;
 use proptest::prelude::*;
 
 /// The weight formats the AVX512 backend registers.
-const FORMATS: [QType; 7] = [
+const FORMATS: [QType; 8] = [
     QType::Q2_K,
+    QType::Q3_K,
     QType::Q4_K,
     QType::Q5_K,
     QType::Q6_K,
@@ -182,6 +183,10 @@ fn q2_k_matches_ggml_dots() {
     check_against_ggml(QType::Q2_K);
 }
 #[test]
+fn q3_k_matches_ggml_dots() {
+    check_against_ggml(QType::Q3_K);
+}
+#[test]
 fn q4_k_matches_ggml_dots() {
     check_against_ggml(QType::Q4_K);
 }
@@ -222,6 +227,7 @@ fn random_weights(q: QType, rows: usize, cols: usize, rng: &mut SplitMix64) -> V
         QType::Q2_K => &[80, 82],
         QType::Q4_K | QType::Q5_K => &[0, 2],
         QType::Q6_K => &[208],
+        QType::Q3_K => &[108],
         QType::Q8_0 | QType::Q5_0 => &[0],
         other => panic!("no generator for {other}"),
     };

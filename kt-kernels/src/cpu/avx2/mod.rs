@@ -15,7 +15,7 @@
 mod float;
 pub(crate) mod kquant;
 mod q2_k;
-mod q3_k;
+pub(crate) mod q3_k;
 mod q4_0;
 pub(crate) mod q4_k;
 mod q5_0;

@@ -25,7 +25,7 @@ pub(super) struct Q3K;
 /// `p .. p + 12` is readable.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn unpack_scales(p: *const u8) -> __m128i {
+pub(crate) unsafe fn unpack_scales(p: *const u8) -> __m128i {
     // Three 4-byte words; reading 16 bytes could run past the end of the last block.
     // SAFETY: the caller's contract.
     let (a, b, c) = unsafe { (read_u32(p), read_u32(p.add(4)), read_u32(p.add(8))) };

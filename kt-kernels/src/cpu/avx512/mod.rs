@@ -14,6 +14,7 @@ mod bf16;
 mod gemv;
 mod kquant_rows;
 mod q2_k;
+mod q3_k;
 pub(crate) mod q4_k;
 pub(crate) mod q5_0;
 mod q5_k;
@@ -74,7 +75,7 @@ pub(crate) fn register(t: &mut KernelTable) {
             },
         );
     }
-    t.set_quantize_act(QType::Q3_K, quantize::q8_k);
+    t.set(QType::Q3_K, k_quant(by_tokens::<gemv::Q3K, q3_k::Q3K>));
     t.set_quantize_act(QType::Q4_0, quantize::q8_0);
     // Q5_0 is the `ffn_down` of V2-Lite's Q4_K_M layers without "more bits" (1408-wide
     // rows take no K-quant). One token: the row pairs, which read 30.3-32.4 GB/s of

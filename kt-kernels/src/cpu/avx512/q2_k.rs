@@ -15,7 +15,7 @@ use crate::quant::QType;
 const BLOCK: usize = 84;
 
 /// Chunk `c`, lane `j`: `qs` dword `8 * (j / 4) + c`.
-const QS_DWORD: [__m512i; 8] = {
+pub(super) const QS_DWORD: [__m512i; 8] = {
     let mut f = [[0i32; 8]; 8];
     let mut c = 0;
     while c < 8 {
@@ -28,7 +28,7 @@ const QS_DWORD: [__m512i; 8] = {
     }
     per_chunk_column(f)
 };
-const CRUMB_SHIFT: __m512i = per_column([0, 2, 4, 6, 0, 2, 4, 6]);
+pub(super) const CRUMB_SHIFT: __m512i = per_column([0, 2, 4, 6, 0, 2, 4, 6]);
 
 pub(super) struct Q2K;
 

@@ -37,8 +37,9 @@ const QL_DWORD: [__m512i; 4] = {
     }
     out
 };
-/// Permute index of `qh` for vector `4n + m`: row `h`'s dword `8n + m + 4k`.
-const QH_DWORD: [__m512i; 8] = {
+/// Permute index of `qh` for vector `4n + m`: row `h`'s dword `8n + m + 4k` (also Q3_K's
+/// `qs`, [`super::q3_k`]).
+pub(super) const QH_DWORD: [__m512i; 8] = {
     let mut out = [two_rows([0; 8], 16); 8];
     let mut v = 0;
     while v < 8 {
@@ -110,17 +111,8 @@ unsafe impl PairFormat for Q6K {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     unsafe fn repack(a: *const u8, g: usize, _valid: usize, out: *mut KAct) {
-        // SAFETY: block g of the row (the caller's contract); out is writable.
-        unsafe {
-            let blk = a.add(g * Q8K_BLOCK);
-            repack_chunks(blk, &ACT, out);
-            let (da, bsums) = d_and_bsums(blk);
-            set_side(out, 0, _mm512_castps_si512(da));
-            for (n, &group) in GROUP.iter().enumerate() {
-                let sums = _mm512_permutexvar_epi32(group, bsums);
-                set_side(out, 1 + n, _mm512_mullo_epi32(sums, _mm512_set1_epi32(-32)));
-            }
-        }
+        // SAFETY: forwarded contract.
+        unsafe { repack_with_offset(a, g, 32, out) }
     }
 
     #[inline]
@@ -161,14 +153,50 @@ unsafe impl PairFormat for Q6K {
                 f16_rows(w0.add(208), w1.add(208)),
             )
         };
-        let dd = _mm512_mul_ps(d, _mm512_castsi512_ps(side(act, 0)));
-        let mut acc = acc;
-        for (n, &s) in sums.iter().enumerate() {
-            // The scale byte in the lane's top byte, sign-extended down.
-            let sc = _mm512_srai_epi32::<24>(_mm512_shuffle_epi8(bytes, SCALE_SHUFFLE[n]));
-            let scale = _mm512_mul_ps(_mm512_cvtepi32_ps(sc), dd);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc);
-        }
-        acc
+        epilogue(bytes, d, act, sums, acc)
     }
+}
+
+/// The activations' repack of Q6_K and Q3_K, whose quants are stored as `q + offset`:
+/// side 0 = `da`, sides 1 and 2 = `-offset` times accumulator 0's and 1's group sums (the
+/// integer start of the accumulators).
+///
+/// # Safety
+/// As [`PairFormat::repack`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(super) unsafe fn repack_with_offset(a: *const u8, g: usize, offset: i32, out: *mut KAct) {
+    // SAFETY: block g of the row (the caller's contract); out is writable.
+    unsafe {
+        let blk = a.add(g * Q8K_BLOCK);
+        repack_chunks(blk, &ACT, out);
+        let (da, bsums) = d_and_bsums(blk);
+        set_side(out, 0, _mm512_castps_si512(da));
+        for (n, &group) in GROUP.iter().enumerate() {
+            let sums = _mm512_permutexvar_epi32(group, bsums);
+            set_side(out, 1 + n, _mm512_mullo_epi32(sums, _mm512_set1_epi32(-offset)));
+        }
+    }
+}
+
+/// `acc` plus the integer sums of both accumulators times their groups' int8 scales
+/// (`bytes`: each row's 16 scales as [`row_bytes16`] lays them out), `d` and `da`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(super) fn epilogue(
+    bytes: __m512i,
+    d: __m512,
+    act: &KAct,
+    sums: [__m512i; 2],
+    acc: __m512,
+) -> __m512 {
+    let dd = _mm512_mul_ps(d, _mm512_castsi512_ps(side(act, 0)));
+    let mut acc = acc;
+    for (n, &s) in sums.iter().enumerate() {
+        // The scale byte in the lane's top byte, sign-extended down.
+        let sc = _mm512_srai_epi32::<24>(_mm512_shuffle_epi8(bytes, SCALE_SHUFFLE[n]));
+        let scale = _mm512_mul_ps(_mm512_cvtepi32_ps(sc), dd);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc);
+    }
+    acc
 }
