@@ -1,5 +1,5 @@
 //! The AMX GEMMs of the GGUF formats without a repack, BF16 (`cpu/amx/bf16.rs`,
-//! `tdpbf16ps`), Q8_0 and Q5_0 (`cpu/amx/small_block.rs`, `tdpbssd` per block, in steps
+//! `tdpbf16ps`), Q8_0, Q4_0 and Q5_0 (`cpu/amx/small_block.rs`, `tdpbssd` per block, in steps
 //! of 128 elements: other K take the AVX512 kernel) and the K-quants Q4_K, Q5_K, Q2_K,
 //! Q6_K (`cpu/amx/kquant.rs`, the pipeline of all but BF16, and a step kernel per format,
 //! with the scales folded into the unpacked weights), against the scalar backend: token
@@ -39,7 +39,7 @@ fn pool() -> &'static ThreadPool {
     POOL.get_or_init(|| ThreadPool::new(2).expect("2-thread pool"))
 }
 
-/// Random weight rows of `q` at varied scales (no row all zero): BF16 values, Q8_0 and Q5_0
+/// Random weight rows of `q` at varied scales (no row all zero): BF16 values, Q8_0, Q4_0, Q5_0
 /// blocks of random quants (every byte, -128 included) with finite f16 scales, or
 /// K-quant blocks of random quants whose scales (and mins) run through every value.
 fn weights(q: QType, rows: usize, k: usize, rng: &mut SplitMix64) -> Vec<u8> {
@@ -55,9 +55,9 @@ fn weights(q: QType, rows: usize, k: usize, rng: &mut SplitMix64) -> Vec<u8> {
                     w.extend(bf16::from_f32(scale * rng.normal()).to_le_bytes());
                 }
             }
-            QType::Q8_0 | QType::Q5_0 => {
-                // Q5_0: the 4 bytes of fifth bits, then the 16 nibble bytes.
-                let quant_bytes = if q == QType::Q8_0 { 32 } else { 20 };
+            QType::Q8_0 | QType::Q4_0 | QType::Q5_0 => {
+                // Q4_0: the 16 nibble bytes; Q5_0: 4 bytes of fifth bits, then those.
+                let quant_bytes = q.block_bytes() - 2;
                 for _ in 0..k / 32 {
                     let d = scale * 1e-2 * rng.uniform(0.1, 1.0);
                     w.extend(f16::from_f32(d).to_le_bytes());
@@ -173,7 +173,7 @@ fn dequantized(q: QType, bytes: &[u8], k: usize) -> Vec<f32> {
 fn rounding_units(q: QType, k: usize) -> f64 {
     match q {
         QType::BF16 => k as f64 + 1.0,
-        QType::Q8_0 | QType::Q5_0 => 2.0 * (k / 32) as f64 + 6.0,
+        QType::Q8_0 | QType::Q4_0 | QType::Q5_0 => 2.0 * (k / 32) as f64 + 6.0,
         QType::Q4_K | QType::Q5_K | QType::Q2_K | QType::Q6_K => 2.0 * (k / 256) as f64 + 10.0,
         other => panic!("no bound for {other}"),
     }
@@ -222,9 +222,10 @@ fn check(q: QType, rows: usize, k: usize, tokens: usize, seed: u64) {
     assert_matches_scalar(&what, q, &w, &x, rows, k, &got);
 }
 
-const FORMATS: [QType; 7] = [
+const FORMATS: [QType; 8] = [
     QType::BF16,
     QType::Q8_0,
+    QType::Q4_0,
     QType::Q5_0,
     QType::Q4_K,
     QType::Q5_K,
@@ -233,9 +234,10 @@ const FORMATS: [QType; 7] = [
 ];
 const KQUANTS: [QType; 4] = [QType::Q4_K, QType::Q5_K, QType::Q2_K, QType::Q6_K];
 
-/// K lengths of `q` around the 32-element steps and the 2048-element chunks (Q8_0, Q5_0:
-/// whole blocks only, multiples of their 128-element steps or not; K-quants: whole super-blocks, around their chunks of 8 (eight token
-/// groups) and 64 (one group) super-blocks, cut evenly).
+/// K lengths of `q` around the 32-element steps and the 2048-element chunks (Q8_0, Q4_0,
+/// Q5_0: whole blocks only, multiples of their 128-element steps or not; K-quants: whole
+/// super-blocks, around their chunks of 8 (eight token groups) and 64 (one group)
+/// super-blocks, cut evenly).
 fn ks(q: QType) -> [usize; 12] {
     match q {
         QType::BF16 => [1, 2, 31, 32, 33, 64, 97, 1000, 2047, 2048, 2049, 4133],
@@ -358,7 +360,7 @@ fn k_quant_token_counts_match_scalar() {
 }
 
 /// The driver's two entries over the pipeline's shared activation records (K-quants,
-/// Q8_0, Q5_0): f32 activations (quantized in the records pass, several Q8_0 blocks per
+/// Q8_0, Q4_0, Q5_0): f32 activations (quantized in the records pass, several Q8_0 blocks per
 /// record) and activations quantized beforehand (transposed by a records pass of their
 /// own) give the same bits, and match scalar. Both passes cut each 16-token group into
 /// runs of super-blocks: K of 9 and 17 super-blocks splits them unevenly.
@@ -367,7 +369,10 @@ fn records_quantized_entry_matches_the_f32_entry() {
     if !amx_here("records_quantized_entry_matches_the_f32_entry") {
         return;
     }
-    for q in KQUANTS.into_iter().chain([QType::Q8_0, QType::Q5_0]) {
+    for q in KQUANTS
+        .into_iter()
+        .chain([QType::Q8_0, QType::Q4_0, QType::Q5_0])
+    {
         for (i, (rows, k, tokens)) in [(70, 2304, 40), (33, 4352, 130), (16, 7168, 65)]
             .into_iter()
             .enumerate()

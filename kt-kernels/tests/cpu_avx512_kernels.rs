@@ -14,13 +14,14 @@ use kt_kernels::util::SplitMix64;
 use proptest::prelude::*;
 
 /// The weight formats the AVX512 backend registers.
-const FORMATS: [QType; 8] = [
+const FORMATS: [QType; 9] = [
     QType::Q2_K,
     QType::Q3_K,
     QType::Q4_K,
     QType::Q5_K,
     QType::Q6_K,
     QType::Q8_0,
+    QType::Q4_0,
     QType::Q5_0,
     QType::BF16,
 ];
@@ -203,6 +204,10 @@ fn q8_0_matches_ggml_dots() {
     check_against_ggml(QType::Q8_0);
 }
 #[test]
+fn q4_0_matches_ggml_dots() {
+    check_against_ggml(QType::Q4_0);
+}
+#[test]
 fn q5_0_matches_ggml_dots() {
     check_against_ggml(QType::Q5_0);
 }
@@ -228,7 +233,7 @@ fn random_weights(q: QType, rows: usize, cols: usize, rng: &mut SplitMix64) -> V
         QType::Q4_K | QType::Q5_K => &[0, 2],
         QType::Q6_K => &[208],
         QType::Q3_K => &[108],
-        QType::Q8_0 | QType::Q5_0 => &[0],
+        QType::Q8_0 | QType::Q4_0 | QType::Q5_0 => &[0],
         other => panic!("no generator for {other}"),
     };
     for block in w.chunks_exact_mut(q.block_bytes()) {
@@ -431,7 +436,7 @@ fn one_large_gemm_tile_matches_scalar() {
     for q in FORMATS {
         let k = if q.is_k_quant() {
             28 * 256
-        } else if matches!(q, QType::Q8_0 | QType::Q5_0) {
+        } else if matches!(q, QType::Q8_0 | QType::Q4_0 | QType::Q5_0) {
             3104
         } else {
             1000

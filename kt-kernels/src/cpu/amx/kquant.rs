@@ -5,7 +5,7 @@
 //! unpacks a row block's super-block, issues the tile products of one step and scales
 //! them into f32 accumulators. Step kernels: Q4_K [`super::q4_k_per_sub`] and
 //! [`super::q4_k_folded`] (the folded one also serves Q5_K), Q2_K [`super::q2_k`], Q6_K
-//! [`super::q6_k`], and the small-block formats Q8_0 and Q5_0 [`super::small_block`],
+//! [`super::q6_k`], and the small-block formats Q8_0, Q4_0, Q5_0 [`super::small_block`],
 //! whose "super-block" is four of their blocks against Q8_0 activations (a step kernel
 //! says its step's elements and activation bytes).
 //!
@@ -221,7 +221,7 @@ macro_rules! single_step_entry_points {
 
         /// The pipeline over call-wide records for tiles of up to `tokens` tokens, `None`
         /// where [`gemm`] takes the AVX512 kernel.
-        pub(super) fn pretransposed(
+        pub(in $crate::cpu::amx) fn pretransposed(
             tokens: usize,
         ) -> Option<$crate::cpu::amx::kquant::Pretransposed> {
             (tokens >= $min).then($crate::cpu::amx::kquant::Pretransposed::of::<$kernel>)
@@ -288,7 +288,8 @@ impl Pretransposed {
             QType::Q2_K => super::q2_k::pretransposed(tokens),
             QType::Q6_K => super::q6_k::pretransposed(tokens),
             QType::Q8_0 => super::q8_0::pretransposed(tokens),
-            QType::Q5_0 => super::q5_0::pretransposed(tokens),
+            QType::Q4_0 => super::nibbles::q4_0::pretransposed(tokens),
+            QType::Q5_0 => super::nibbles::q5_0::pretransposed(tokens),
             _ => None,
         }
         .filter(|p| k.is_multiple_of(p.elems))

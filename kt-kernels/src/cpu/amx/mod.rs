@@ -1,13 +1,13 @@
 //! AMX kernels: the repacked expert layouts of [`crate::cpu::moe::repack`] through
 //! [`repack::gemm`], and of the GGUF-native formats with many tokens: the K-quants and
-//! the small-block Q8_0 and Q5_0 through one pipeline ([`kquant`]) with a step kernel per
-//! format, Q4_K ([`q4_k`]: two step kernels, [`q4_k_per_sub`] and [`q4_k_folded`]), Q5_K
-//! ([`q5_k`], Q4_K's folded kernel with a fifth bit), Q2_K ([`q2_k`]), Q6_K ([`q6_k`]),
-//! Q8_0 ([`q8_0`]) and Q5_0 ([`q5_0`]) (both [`small_block`]: `tdpbssd` per 32-element
-//! block), each keeping the AVX512 kernel below its `AMX_MIN_TOKENS` (Q5_K and Q6_K only in
-//! kt's own f32 order, not with `KT_KQUANT_ORDER=ggml`); BF16 ([`bf16`]: `tdpbf16ps`, from
-//! [`bf16::AMX_MIN_TOKENS`] tokens, over [`blocks`]). The other GGUF formats keep their
-//! AVX512 kernels.
+//! the small-block Q8_0, Q4_0 and Q5_0 through one pipeline ([`kquant`]) with a step
+//! kernel per format, Q4_K ([`q4_k`]: two step kernels, [`q4_k_per_sub`] and
+//! [`q4_k_folded`]), Q5_K ([`q5_k`], Q4_K's folded kernel with a fifth bit), Q2_K
+//! ([`q2_k`]), Q6_K ([`q6_k`]), Q8_0 ([`q8_0`]), Q4_0 and Q5_0 ([`nibbles`]) (all three
+//! [`small_block`]: `tdpbssd` per 32-element block), each keeping the AVX512 kernel below
+//! its `AMX_MIN_TOKENS` (Q5_K and Q6_K only in kt's own f32 order, not with
+//! `KT_KQUANT_ORDER=ggml`); BF16 ([`bf16`]: `tdpbf16ps`, from [`bf16::AMX_MIN_TOKENS`]
+//! tokens, over [`blocks`]). The other GGUF formats keep their AVX512 kernels.
 //!
 //! AMX needs the Linux permission request ([`crate::cpu::isa`]'s `amx_permission`), made
 //! once per process by `Isa::Amx.check()`; every entry here is reached only after it
@@ -22,11 +22,11 @@ use crate::quant::QType;
 mod bf16;
 mod blocks;
 pub(crate) mod kquant;
+mod nibbles;
 mod q2_k;
 pub(crate) mod q4_k;
 mod q4_k_folded;
 mod q4_k_per_sub;
-mod q5_0;
 mod q5_k;
 mod q6_k;
 mod q8_0;
@@ -49,7 +49,8 @@ pub(crate) fn register(t: &mut KernelTable) {
         (QType::Q6_K, q6_k::install),
         (QType::BF16, bf16::install),
         (QType::Q8_0, q8_0::install),
-        (QType::Q5_0, q5_0::install),
+        (QType::Q4_0, nibbles::q4_0::install),
+        (QType::Q5_0, nibbles::q5_0::install),
     ] {
         if ggml_order && matches!(q, QType::Q5_K | QType::Q6_K) {
             continue;

@@ -1,5 +1,5 @@
 //! The step kernel of the small-block formats (32 elements a block, an f16 scale first:
-//! Q8_0, Q5_0) in the [`kquant`](super::kquant) pipeline, against Q8_0 activations: a
+//! Q8_0, Q4_0, Q5_0) in the [`kquant`](super::kquant) pipeline, against Q8_0 activations: a
 //! step is [`BLOCKS`] blocks (128 elements, so V2-Lite's 1408-long rows are 11 steps).
 //!
 //! A block's dot is `dw * da * I` with `I` the int8 dot of its 32 quants, and each weight
@@ -13,7 +13,7 @@
 //! token block); the activations the B operand, transposed once per token group and step
 //! (by the matmul driver once per call). Before this kernel Q8_0 took its own loop with the
 //! weights transposed into B tiles per 32-row block and 64 accumulators spilled to the
-//! stack each block; Q5_0 had no AMX kernel.
+//! stack each block; Q4_0 and Q5_0 had no AMX kernel.
 //!
 //! Tiles: 0..4 the C tiles of the four blocks, 4 and 5 the A tiles, 6 and 7 the B tiles.
 
@@ -300,7 +300,9 @@ mod tests {
     //! buffers: runs on any AVX512 machine, AMX or not (the AMX products themselves are
     //! covered by `tests/cpu_amx_gemm.rs` on AMX machines).
     use super::*;
+    use crate::cpu::amx::nibbles::Signed;
     use crate::cpu::amx::stage_check;
+    use crate::cpu::avx512::nibbles::{Q4_0, Q5_0};
     use crate::quant::{self, QType};
     use crate::util::SplitMix64;
 
@@ -380,9 +382,10 @@ mod tests {
     }
 
     #[test]
-    fn q5_0_vector_stages_match_the_reference_dot() {
+    fn nibble_vector_stages_match_the_reference_dot() {
         if stage_check::can_run() {
-            check::<crate::cpu::amx::q5_0::Q5>(QType::Q5_0);
+            check::<Signed<Q4_0>>(QType::Q4_0);
+            check::<Signed<Q5_0>>(QType::Q5_0);
         }
     }
 }

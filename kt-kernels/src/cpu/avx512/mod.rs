@@ -13,10 +13,10 @@ mod act;
 mod bf16;
 mod gemv;
 mod kquant_rows;
+pub(crate) mod nibbles;
 mod q2_k;
 mod q3_k;
 pub(crate) mod q4_k;
-pub(crate) mod q5_0;
 mod q5_k;
 mod q6_k;
 mod q8_0;
@@ -76,20 +76,26 @@ pub(crate) fn register(t: &mut KernelTable) {
         );
     }
     t.set(QType::Q3_K, k_quant(by_tokens::<gemv::Q3K, q3_k::Q3K>));
-    t.set_quantize_act(QType::Q4_0, quantize::q8_0);
-    // Q5_0 is the `ffn_down` of V2-Lite's Q4_K_M layers without "more bits" (1408-wide
-    // rows take no K-quant). One token: the row pairs, which read 30.3-32.4 GB/s of
-    // weights on one dev VM core (Zen 5, cache-resident 2048x1408) where the AVX2 kernel
-    // read 26.9; device (session 15, 16 threads, from DRAM) 7168x2048 79.6 / 82.8 -> 96.3 /
-    // 92.1 GB/s, `kt-bench moe` V2-Lite one token 0.3032 / 0.3181 / 0.3108 -> 0.2858 /
-    // 0.2928 / 0.2764 ms. More tokens: the column layout (until session 17 the AVX2 tile
-    // kernel, which held V2-Lite's Q4_K_M prefill at half the speed of a Q8_0 down).
+    // The nibble formats: Q5_0 is the `ffn_down` of V2-Lite's Q4_K_M layers without "more
+    // bits" (1408-wide rows take no K-quant), Q4_0 the experts of Q4_0 files. One token:
+    // the row pairs, whose Q5_0 read 30.3-32.4 GB/s of weights on one dev VM core (Zen 5,
+    // cache-resident 2048x1408) where the AVX2 kernel read 26.9; device (session 15, 16
+    // threads, from DRAM) 7168x2048 79.6 / 82.8 -> 96.3 / 92.1 GB/s, `kt-bench moe` V2-Lite
+    // one token 0.3032 / 0.3181 / 0.3108 -> 0.2858 / 0.2928 / 0.2764 ms. More tokens: the
+    // column layout (until session 17 the AVX2 tile kernels, which held V2-Lite's Q4_K_M
+    // prefill at half the speed of a Q8_0 down).
+    nibble_format::<nibbles::Q4_0>(t, QType::Q4_0);
+    nibble_format::<nibbles::Q5_0>(t, QType::Q5_0);
+}
+
+/// Registers nibble format `N` as `q` (Q8_0 activations).
+fn nibble_format<N: nibbles::NibbleFormat>(t: &mut KernelTable, q: QType) {
     t.set(
-        QType::Q5_0,
+        q,
         FormatKernels {
             act: QType::Q8_0,
             quantize_act: quantize::q8_0,
-            gemm: by_tokens::<gemv::Q5_0, q5_0::Q5_0>,
+            gemm: by_tokens::<gemv::Nibbles<N>, nibbles::Column<N>>,
             gemm_isa: Isa::Avx512,
         },
     );

@@ -1,0 +1,51 @@
+//! The nibble formats Q4_0 and Q5_0 as stored ([`crate::cpu::avx512::nibbles`]), many
+//! tokens: the small-block step kernel ([`super::small_block`]) of the
+//! [`kquant`](super::kquant) pipeline with the quants unpacked to `q - offset` (signed),
+//! from [`AMX_MIN_TOKENS`] tokens; fewer take the AVX512 kernels. Q5_0 is the `ffn_down`
+//! of V2-Lite's Q4_K_M layers without "more bits", Q4_0 the experts of Q4_0 files.
+
+use std::arch::x86_64::*;
+use std::marker::PhantomData;
+
+use super::small_block::BlockFormat;
+use crate::cpu::avx512::nibbles::{quants, NibbleFormat};
+use crate::cpu::GEMV_MAX_TOKENS;
+
+/// From this many tokens on the AMX kernels run (as Q8_0's).
+pub(crate) const AMX_MIN_TOKENS: usize = GEMV_MAX_TOKENS + 1;
+
+/// Nibble format `N` as a block format of the step kernel.
+pub(super) struct Signed<N>(PhantomData<N>);
+
+// SAFETY: reads the block it is given.
+unsafe impl<N: NibbleFormat> BlockFormat for Signed<N> {
+    const BLOCK: usize = N::BLOCK;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn quants(b: *const u8) -> __m256i {
+        // SAFETY: one whole block at b (the caller's contract).
+        let q = unsafe { quants::<N>(b, 0, 1) };
+        _mm256_sub_epi8(q, _mm256_set1_epi8(N::OFFSET as i8))
+    }
+}
+
+/// Q4_0's entry points.
+pub(super) mod q4_0 {
+    use super::super::kquant::single_step_entry_points;
+    use super::super::small_block::SmallBlock;
+    use super::{Signed, AMX_MIN_TOKENS};
+    use crate::cpu::avx512::nibbles::Q4_0;
+
+    single_step_entry_points!(SmallBlock<Signed<Q4_0>>, AMX_MIN_TOKENS);
+}
+
+/// Q5_0's entry points.
+pub(super) mod q5_0 {
+    use super::super::kquant::single_step_entry_points;
+    use super::super::small_block::SmallBlock;
+    use super::{Signed, AMX_MIN_TOKENS};
+    use crate::cpu::avx512::nibbles::Q5_0;
+
+    single_step_entry_points!(SmallBlock<Signed<Q5_0>>, AMX_MIN_TOKENS);
+}
