@@ -42,8 +42,8 @@ pub struct Args {
     /// Layer shape: deepseek-v3 (H=7168, I=2048, E=256, k=8) or deepseek-v2-lite (H=2048, I=1408, E=64, k=6).
     #[arg(long, default_value = "deepseek-v2-lite")]
     pub shape: String,
-    /// Weight format: q4_k (llama.cpp's Q4_K_M mix), q2_k, q5_k (GGUF-native); int4, int8, bf16
-    /// (repacked at load for AMX / AVX512-VNNI, group-scaled with --group).
+    /// Weight format: q4_k (llama.cpp's Q4_K_M mix), q3_k (Q3_K_M), q2_k, q5_k (GGUF-native);
+    /// int4, int8, bf16 (repacked at load for AMX / AVX512-VNNI, group-scaled with --group).
     #[arg(long, default_value = "q4_k")]
     pub format: String,
     /// Scale group of the repacked int4/int8 formats: 32, 64 or 128.
@@ -123,10 +123,12 @@ fn formats(format: &str, inter: usize) -> Result<(QType, QType, QType), String> 
         // Q4_K_M: Q4_K gate/up; down Q4_K (Q6_K in the "more bits" layers, see --down-format).
         "q4_k" => (QType::Q4_K, if k_ok { QType::Q4_K } else { QType::Q5_0 }),
         "q2_k" => (QType::Q2_K, if k_ok { QType::Q2_K } else { QType::Q4_0 }),
+        // Q3_K_M: Q3_K gate/up, down Q4_K (Q5_K in the "more bits" layers).
+        "q3_k" => (QType::Q3_K, if k_ok { QType::Q4_K } else { QType::Q5_0 }),
         "q5_k" => (QType::Q5_K, if k_ok { QType::Q5_K } else { QType::Q5_1 }),
         other => {
             return Err(format!(
-                "unknown format {other:?}: q4_k, q2_k, q5_k, int4, int8, bf16"
+                "unknown format {other:?}: q4_k, q3_k, q2_k, q5_k, int4, int8, bf16"
             ))
         }
     };
