@@ -1,15 +1,15 @@
 //! The AMX GEMMs of the GGUF formats without a repack, BF16 (`cpu/amx/bf16.rs`,
-//! `tdpbf16ps`), Q8_0, Q4_0 and Q5_0 (`cpu/amx/small_block.rs`, `tdpbssd` per block, in steps
-//! of 128 elements: other K take the AVX512 kernel) and the K-quants Q4_K, Q5_K, Q2_K,
-//! Q6_K (`cpu/amx/kquant.rs`, the pipeline of all but BF16, and a step kernel per format,
-//! with the scales folded into the unpacked weights), against the scalar backend: token
-//! counts on both
-//! sides of their threshold and past one 32- or 64-token block, rows around the 16-row
-//! tiles, K around the 32-element steps (BF16 with odd K: the zero-padded last step) and
-//! past one transposed K chunk (partial sums added into the output). Q4_K and Q5_K
-//! weights cycle their 6-bit scales and mins through every value (0 and 63, every
-//! `8 * hi + lo` split), Q2_K its scale bytes through all 256 (scale, min) pairs, Q6_K its
-//! int8 scales through all 256 values (every high byte of `sc * q`).
+//! `tdpbf16ps`), Q8_0, Q4_0 and Q5_0 (`cpu/amx/small_block.rs`, `tdpbssd` per block, in
+//! steps of 128 elements: other K take the AVX512 kernel) and the K-quants Q4_K, Q5_K,
+//! Q2_K, Q3_K, Q6_K (`cpu/amx/kquant.rs`, the pipeline of all but BF16, and a step kernel
+//! per format, with the scales folded into the unpacked weights), against the scalar
+//! backend: token counts on both sides of their threshold and past one 32- or 64-token
+//! block, rows around the 16-row tiles, K around the 32-element steps (BF16 with odd K:
+//! the zero-padded last step) and past one transposed K chunk (partial sums added into
+//! the output). Q4_K and Q5_K weights cycle their 6-bit scales and mins through every
+//! value (0 and 63, every `8 * hi + lo` split), Q2_K its scale bytes through all 256
+//! (scale, min) pairs, Q3_K its 6-bit scales through all 64, Q6_K its int8 scales through
+//! all 256 values (every high byte of `sc * q`).
 //!
 //! Every test skips (saying so) when this CPU has no AMX.
 
@@ -21,7 +21,7 @@ use common::{poisoned, strided_gemm_tile};
 use half::{bf16, f16};
 use kt_kernels::cpu::dispatch;
 use kt_kernels::cpu::{self, Isa, ThreadPool};
-use kt_kernels::quant::reference::common::get_scale_min_k4;
+use kt_kernels::quant::reference::common::{get_scale_min_k4, put_q3_k_scales};
 use kt_kernels::quant::{self, QType};
 use kt_kernels::util::SplitMix64;
 use proptest::prelude::*;
@@ -86,6 +86,16 @@ fn weights(q: QType, rows: usize, k: usize, rng: &mut SplitMix64) -> Vec<u8> {
                     for _ in 0..2 {
                         w.extend(f16_of(scale * 1e-2 * rng.uniform(0.1, 1.0)));
                     }
+                }
+            }
+            QType::Q3_K => {
+                for b in 0..k / 256 {
+                    let n = phase + 16 * (r * (k / 256) + b);
+                    // hmask and qs, then the 16 biased 6-bit scales cycling through 0..64.
+                    w.extend((0..96).map(|_| rng.next_u64() as u8));
+                    let biased: [u8; 16] = std::array::from_fn(|g| ((n + g) % 64) as u8);
+                    w.extend(put_q3_k_scales(&biased));
+                    w.extend(f16_of(scale * 1e-3 * rng.uniform(0.1, 1.0)));
                 }
             }
             QType::Q6_K => {
@@ -174,7 +184,9 @@ fn rounding_units(q: QType, k: usize) -> f64 {
     match q {
         QType::BF16 => k as f64 + 1.0,
         QType::Q8_0 | QType::Q4_0 | QType::Q5_0 => 2.0 * (k / 32) as f64 + 6.0,
-        QType::Q4_K | QType::Q5_K | QType::Q2_K | QType::Q6_K => 2.0 * (k / 256) as f64 + 10.0,
+        QType::Q4_K | QType::Q5_K | QType::Q2_K | QType::Q3_K | QType::Q6_K => {
+            2.0 * (k / 256) as f64 + 10.0
+        }
         other => panic!("no bound for {other}"),
     }
 }
@@ -222,7 +234,7 @@ fn check(q: QType, rows: usize, k: usize, tokens: usize, seed: u64) {
     assert_matches_scalar(&what, q, &w, &x, rows, k, &got);
 }
 
-const FORMATS: [QType; 8] = [
+const FORMATS: [QType; 9] = [
     QType::BF16,
     QType::Q8_0,
     QType::Q4_0,
@@ -230,9 +242,16 @@ const FORMATS: [QType; 8] = [
     QType::Q4_K,
     QType::Q5_K,
     QType::Q2_K,
+    QType::Q3_K,
     QType::Q6_K,
 ];
-const KQUANTS: [QType; 4] = [QType::Q4_K, QType::Q5_K, QType::Q2_K, QType::Q6_K];
+const KQUANTS: [QType; 5] = [
+    QType::Q4_K,
+    QType::Q5_K,
+    QType::Q2_K,
+    QType::Q3_K,
+    QType::Q6_K,
+];
 
 /// K lengths of `q` around the 32-element steps and the 2048-element chunks (Q8_0, Q4_0,
 /// Q5_0: whole blocks only, multiples of their 128-element steps or not; K-quants: whole
@@ -241,7 +260,7 @@ const KQUANTS: [QType; 4] = [QType::Q4_K, QType::Q5_K, QType::Q2_K, QType::Q6_K]
 fn ks(q: QType) -> [usize; 12] {
     match q {
         QType::BF16 => [1, 2, 31, 32, 33, 64, 97, 1000, 2047, 2048, 2049, 4133],
-        QType::Q4_K | QType::Q5_K | QType::Q2_K | QType::Q6_K => [
+        QType::Q4_K | QType::Q5_K | QType::Q2_K | QType::Q3_K | QType::Q6_K => [
             256, 512, 768, 1792, 2048, 2304, 4096, 7168, 8192, 8448, 2560, 16640,
         ],
         _ => [
@@ -419,6 +438,8 @@ fn records_quantized_entry_matches_the_f32_entry() {
 ///   256 * 945 * 127) or 0, mins 63 or 0, split scales (7, 56);
 /// - Q5_K: the same with the fifth bit set (quants 31: `q * hi` = 217) or clear;
 /// - Q2_K: every quant 3 with scale and min bytes 0xFF (`q * sc` = 45), 0x0F, 0xF0, 0;
+/// - Q3_K: every quant -4 or 3 with scales -32 and 31 (the folded bytes -128 and 124, -93
+///   and 96), and mixed quants with scales -31 and 30;
 /// - Q6_K: every quant -32 or 31 with int8 scales -128, 127, 36 and -27, and 0 (`sc * q`
 ///   at its extremes 4096 and -3968, high bytes 16 and -16; 3937, -4064).
 #[test]
@@ -484,6 +505,23 @@ fn extreme_block(q: QType, i: usize, rng: &mut SplitMix64) -> Vec<u8> {
             b.extend([bits; 192]);
             b.extend([sc as u8; 16]);
             b.extend(f16_of(0.001, 0.002));
+        }
+        QType::Q3_K => {
+            // (qs, hmask) bytes 0 give every quant -4, 0xFF every quant 3; biased scales
+            // 0 (-32: with -4 the folded byte -128), 63 (31) and mixed.
+            let cases: [(u8, u8, u8); 6] = [
+                (0x00, 0x00, 0),
+                (0xFF, 0xFF, 63),
+                (0x00, 0x00, 63),
+                (0xFF, 0xFF, 0),
+                (0xAA, 0x0F, 1),
+                (0x55, 0xF0, 62),
+            ];
+            let (qs, hm, sc) = cases[i % cases.len()];
+            b.extend([hm; 32]);
+            b.extend([qs; 64]);
+            b.extend(put_q3_k_scales(&[sc; 16]));
+            b.extend(f16_of(0.01, 0.02));
         }
         other => panic!("no extreme blocks for {other}"),
     }

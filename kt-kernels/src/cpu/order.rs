@@ -1,5 +1,6 @@
-//! Which summation order the AVX512 K-quant kernels (Q4_K, Q5_K, Q6_K; AMX inherits them
-//! below its own token thresholds) and the scalar backend's Q4_K, Q5_K, Q6_K, Q4_1 and Q5_1
+//! Which summation order the AVX512 K-quant kernels (Q4_K, Q5_K, Q6_K, and Q3_K, which
+//! takes the AVX2 kernels in the ggml order; AMX inherits them below its own token
+//! thresholds) and the scalar backend's Q4_K, Q5_K, Q6_K, Q4_1 and Q5_1
 //! products follow: `KT_KQUANT_ORDER=fast` (the default; the scalar backend's plain reference
 //! order) or `ggml`.
 //!

@@ -4,8 +4,8 @@
 //! format plugs in as a [`StepKernel`]: how it transposes a token group's activations,
 //! unpacks a row block's super-block, issues the tile products of one step and scales
 //! them into f32 accumulators. Step kernels: Q4_K [`super::q4_k_per_sub`] and
-//! [`super::q4_k_folded`] (the folded one also serves Q5_K), Q2_K [`super::q2_k`], Q6_K
-//! [`super::q6_k`], and the small-block formats Q8_0, Q4_0, Q5_0 [`super::small_block`],
+//! [`super::q4_k_folded`] (the folded one also serves Q5_K), Q2_K [`super::q2_k`], Q3_K
+//! [`super::q3_k`], Q6_K [`super::q6_k`], and the small-block formats Q8_0, Q4_0, Q5_0 [`super::small_block`],
 //! whose "super-block" is four of their blocks against Q8_0 activations (a step kernel
 //! says its step's elements and activation bytes).
 //!
@@ -286,6 +286,7 @@ impl Pretransposed {
             QType::Q4_K => super::q4_k::pretransposed(tokens),
             QType::Q5_K => super::q5_k::pretransposed(tokens),
             QType::Q2_K => super::q2_k::pretransposed(tokens),
+            QType::Q3_K => super::q3_k::pretransposed(tokens),
             QType::Q6_K => super::q6_k::pretransposed(tokens),
             QType::Q8_0 => super::q8_0::pretransposed(tokens),
             QType::Q4_0 => super::nibbles::q4_0::pretransposed(tokens),
@@ -319,7 +320,14 @@ unsafe fn transpose_records<K: StepKernel>(
     for s in 0..ns {
         // SAFETY: block s < ns of each of the n rows is readable, record s is writable
         // (caller).
-        unsafe { K::transpose_acts(a.add(s * K::A_BYTES), stride, n, dst.cast::<K::Acts>().add(s)) };
+        unsafe {
+            K::transpose_acts(
+                a.add(s * K::A_BYTES),
+                stride,
+                n,
+                dst.cast::<K::Acts>().add(s),
+            )
+        };
     }
 }
 

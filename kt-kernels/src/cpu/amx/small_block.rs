@@ -172,7 +172,10 @@ unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, dst: *mut ActBlo
         for j in 0..BLOCKS {
             let mut h = [0u16; TG];
             for (tok, h) in h.iter_mut().enumerate().take(n) {
-                *h = a.add(tok * stride + j * A_BLOCK).cast::<u16>().read_unaligned();
+                *h = a
+                    .add(tok * stride + j * A_BLOCK)
+                    .cast::<u16>()
+                    .read_unaligned();
             }
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr().cast()));
             _mm512_store_ps((*dst).d[j].as_mut_ptr(), d);

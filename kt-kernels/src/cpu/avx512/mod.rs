@@ -52,6 +52,8 @@ pub(crate) fn register(t: &mut KernelTable) {
         t.set(QType::Q4_K, k_quant(by_tokens::<gemv::Q4K, q4_k::Q4K>));
         t.set(QType::Q5_K, k_quant(by_tokens::<gemv::Q5K, q5_k::Q5K>));
         t.set(QType::Q6_K, k_quant(by_tokens::<gemv::Q6K, q6_k::Q6K>));
+        // With the ggml order Q3_K keeps the AVX2 kernels, which follow it.
+        t.set(QType::Q3_K, k_quant(by_tokens::<gemv::Q3K, q3_k::Q3K>));
     }
     t.set(
         QType::Q8_0,
@@ -75,7 +77,6 @@ pub(crate) fn register(t: &mut KernelTable) {
             },
         );
     }
-    t.set(QType::Q3_K, k_quant(by_tokens::<gemv::Q3K, q3_k::Q3K>));
     // The nibble formats: Q5_0 is the `ffn_down` of V2-Lite's Q4_K_M layers without "more
     // bits" (1408-wide rows take no K-quant), Q4_0 the experts of Q4_0 files. One token:
     // the row pairs, whose Q5_0 read 30.3-32.4 GB/s of weights on one dev VM core (Zen 5,

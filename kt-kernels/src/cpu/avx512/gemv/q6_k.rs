@@ -174,7 +174,11 @@ pub(super) unsafe fn repack_with_offset(a: *const u8, g: usize, offset: i32, out
         set_side(out, 0, _mm512_castps_si512(da));
         for (n, &group) in GROUP.iter().enumerate() {
             let sums = _mm512_permutexvar_epi32(group, bsums);
-            set_side(out, 1 + n, _mm512_mullo_epi32(sums, _mm512_set1_epi32(-offset)));
+            set_side(
+                out,
+                1 + n,
+                _mm512_mullo_epi32(sums, _mm512_set1_epi32(-offset)),
+            );
         }
     }
 }
