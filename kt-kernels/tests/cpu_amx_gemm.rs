@@ -1,8 +1,8 @@
 //! The AMX GEMMs of the GGUF formats without a repack, BF16 (`cpu/amx/bf16.rs`,
-//! `tdpbf16ps`), Q8_0, Q4_0 and Q5_0 (`cpu/amx/small_block.rs`, `tdpbssd` per block, in
-//! steps of 128 elements: other K take the AVX512 kernel) and the K-quants Q4_K, Q5_K,
-//! Q2_K, Q3_K, Q6_K (`cpu/amx/kquant.rs`, the pipeline of all but BF16, and a step kernel
-//! per format, with the scales folded into the unpacked weights), against the scalar
+//! `tdpbf16ps`), Q8_0, Q4_0, Q5_0, Q4_1, Q5_1 (`cpu/amx/small_block.rs`, `tdpbssd` per
+//! block, in steps of 128 elements: other K take the AVX512 kernel) and the K-quants Q4_K,
+//! Q5_K, Q2_K, Q3_K, Q6_K (`cpu/amx/kquant.rs`, the pipeline of all but BF16, and a step
+//! kernel per format, with the scales folded into the unpacked weights), against the scalar
 //! backend: token counts on both sides of their threshold and past one 32- or 64-token
 //! block, rows around the 16-row tiles, K around the 32-element steps (BF16 with odd K:
 //! the zero-padded last step) and past one transposed K chunk (partial sums added into
@@ -55,12 +55,17 @@ fn weights(q: QType, rows: usize, k: usize, rng: &mut SplitMix64) -> Vec<u8> {
                     w.extend(bf16::from_f32(scale * rng.normal()).to_le_bytes());
                 }
             }
-            QType::Q8_0 | QType::Q4_0 | QType::Q5_0 => {
-                // Q4_0: the 16 nibble bytes; Q5_0: 4 bytes of fifth bits, then those.
-                let quant_bytes = q.block_bytes() - 2;
+            QType::Q8_0 | QType::Q4_0 | QType::Q5_0 | QType::Q4_1 | QType::Q5_1 => {
+                // Q4_0: the 16 nibble bytes; Q5_0: 4 bytes of fifth bits, then those; Q4_1,
+                // Q5_1: first the f16 minimum, of either sign.
+                let min = matches!(q, QType::Q4_1 | QType::Q5_1);
+                let quant_bytes = q.block_bytes() - if min { 4 } else { 2 };
                 for _ in 0..k / 32 {
                     let d = scale * 1e-2 * rng.uniform(0.1, 1.0);
                     w.extend(f16::from_f32(d).to_le_bytes());
+                    if min {
+                        w.extend(f16::from_f32(scale * 0.1 * rng.uniform(-1.0, 1.0)).to_le_bytes());
+                    }
                     w.extend((0..quant_bytes).map(|_| rng.next_u64() as u8));
                 }
             }
@@ -145,7 +150,38 @@ fn magnitudes(q: QType, w: &[u8], k: usize) -> Vec<f32> {
             b[at] |= 0x80;
         }
     }
+    if matches!(q, QType::Q4_1 | QType::Q5_1) {
+        // Their minimum meets the activations' stored sums apart: `min_terms` bounds it.
+        for b in w.chunks_exact_mut(q.block_bytes()) {
+            b[2..4].fill(0);
+        }
+    }
     dequantized(q, &w, k).iter().map(|v| v.abs()).collect()
+}
+
+/// For Q4_1 / Q5_1 (Q8_1 activations): `sum |m| * |s|` over the blocks of weight row `r`
+/// (`w`, rows of `k`) and activation row `t` (`xq`), per `[t][r]`: the minimum times the
+/// activations' stored `s = f16(d * sum(q))`, which the dequantized activations do not
+/// carry (a token whose `d` rounds to 0 in f16 can keep a nonzero `s`). Zero otherwise.
+fn min_terms(q: QType, w: &[u8], xq: &[u8], rows: usize, k: usize) -> Vec<f64> {
+    let act_row = QType::Q8_1.row_bytes(k).unwrap();
+    let tokens = xq.len() / cpu::act_row_bytes(q, k).unwrap();
+    let mut out = vec![0f64; tokens * rows];
+    if !matches!(q, QType::Q4_1 | QType::Q5_1) {
+        return out;
+    }
+    let f16_at = |b: &[u8]| f64::from(f16::from_le_bytes([b[2], b[3]]).to_f32().abs());
+    let w_row = q.row_bytes(k).unwrap();
+    for (t, at) in xq.chunks(act_row).enumerate() {
+        for r in 0..rows {
+            out[t * rows + r] = w[r * w_row..(r + 1) * w_row]
+                .chunks(q.block_bytes())
+                .zip(at.chunks(QType::Q8_1.block_bytes()))
+                .map(|(wb, ab)| f16_at(wb) * f16_at(ab))
+                .sum();
+        }
+    }
+    out
 }
 
 /// Random activations at varied scales, with an all-zero and a tiny token.
@@ -184,6 +220,8 @@ fn rounding_units(q: QType, k: usize) -> f64 {
     match q {
         QType::BF16 => k as f64 + 1.0,
         QType::Q8_0 | QType::Q4_0 | QType::Q5_0 => 2.0 * (k / 32) as f64 + 6.0,
+        // Two terms a block (the scaled dot and the minimum's), each rounded as Q8_0's.
+        QType::Q4_1 | QType::Q5_1 => 4.0 * (k / 32) as f64 + 6.0,
         QType::Q4_K | QType::Q5_K | QType::Q2_K | QType::Q3_K | QType::Q6_K => {
             2.0 * (k / 256) as f64 + 10.0
         }
@@ -207,13 +245,15 @@ fn assert_matches_scalar(
     let mut xq = vec![0u8; tokens * cpu::act_row_bytes(q, k).unwrap()];
     cpu::quantize_activations_with(Isa::Scalar, pool(), q, x, k, tokens, &mut xq).unwrap();
     let (wf, af) = (magnitudes(q, w, k), dequantized(q.vec_dot_type(), &xq, k));
+    let mins = min_terms(q, w, &xq, rows, k);
     let unit = f64::from(f32::EPSILON) / 2.0 * rounding_units(q, k);
     for t in 0..tokens {
         for r in 0..rows {
             let (g, s) = (got[t * rows + r], want[t * rows + r]);
             let mag: f64 = (0..k)
                 .map(|i| (wf[r * k + i].abs() * af[t * k + i].abs()) as f64)
-                .sum();
+                .sum::<f64>()
+                + mins[t * rows + r];
             let tol = unit * mag + 1e-30;
             assert!(
                 g.is_finite() && ((g - s).abs() as f64) <= tol,
@@ -234,11 +274,13 @@ fn check(q: QType, rows: usize, k: usize, tokens: usize, seed: u64) {
     assert_matches_scalar(&what, q, &w, &x, rows, k, &got);
 }
 
-const FORMATS: [QType; 9] = [
+const FORMATS: [QType; 11] = [
     QType::BF16,
     QType::Q8_0,
     QType::Q4_0,
     QType::Q5_0,
+    QType::Q4_1,
+    QType::Q5_1,
     QType::Q4_K,
     QType::Q5_K,
     QType::Q2_K,
@@ -253,8 +295,8 @@ const KQUANTS: [QType; 5] = [
     QType::Q6_K,
 ];
 
-/// K lengths of `q` around the 32-element steps and the 2048-element chunks (Q8_0, Q4_0,
-/// Q5_0: whole blocks only, multiples of their 128-element steps or not; K-quants: whole
+/// K lengths of `q` around the 32-element steps and the 2048-element chunks (small-block
+/// formats: whole blocks only, multiples of their 128-element steps or not; K-quants: whole
 /// super-blocks, around their chunks of 8 (eight token groups) and 64 (one group)
 /// super-blocks, cut evenly).
 fn ks(q: QType) -> [usize; 12] {
@@ -379,7 +421,7 @@ fn k_quant_token_counts_match_scalar() {
 }
 
 /// The driver's two entries over the pipeline's shared activation records (K-quants,
-/// Q8_0, Q4_0, Q5_0): f32 activations (quantized in the records pass, several Q8_0 blocks per
+/// the small-block formats): f32 activations (quantized in the records pass, several Q8_0 blocks per
 /// record) and activations quantized beforehand (transposed by a records pass of their
 /// own) give the same bits, and match scalar. Both passes cut each 16-token group into
 /// runs of super-blocks: K of 9 and 17 super-blocks splits them unevenly.
@@ -388,10 +430,13 @@ fn records_quantized_entry_matches_the_f32_entry() {
     if !amx_here("records_quantized_entry_matches_the_f32_entry") {
         return;
     }
-    for q in KQUANTS
-        .into_iter()
-        .chain([QType::Q8_0, QType::Q4_0, QType::Q5_0])
-    {
+    for q in KQUANTS.into_iter().chain([
+        QType::Q8_0,
+        QType::Q4_0,
+        QType::Q5_0,
+        QType::Q4_1,
+        QType::Q5_1,
+    ]) {
         for (i, (rows, k, tokens)) in [(70, 2304, 40), (33, 4352, 130), (16, 7168, 65)]
             .into_iter()
             .enumerate()

@@ -14,7 +14,7 @@ use kt_kernels::util::SplitMix64;
 use proptest::prelude::*;
 
 /// The weight formats the AVX512 backend registers.
-const FORMATS: [QType; 9] = [
+const FORMATS: [QType; 11] = [
     QType::Q2_K,
     QType::Q3_K,
     QType::Q4_K,
@@ -23,6 +23,8 @@ const FORMATS: [QType; 9] = [
     QType::Q8_0,
     QType::Q4_0,
     QType::Q5_0,
+    QType::Q4_1,
+    QType::Q5_1,
     QType::BF16,
 ];
 
@@ -60,11 +62,12 @@ fn dequant_act(act: QType, row: &[u8]) -> Vec<f32> {
                 b[4..260].iter().map(move |&q| d * q as i8 as f32)
             })
             .collect(),
-        QType::Q8_0 => row
-            .chunks_exact(34)
+        // Q8_1: Q8_0 with the f16 `s` after `d`.
+        QType::Q8_0 | QType::Q8_1 => row
+            .chunks_exact(act.block_bytes())
             .flat_map(|b| {
                 let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-                b[2..].iter().map(move |&q| d * q as i8 as f32)
+                b[b.len() - 32..].iter().map(move |&q| d * q as i8 as f32)
             })
             .collect(),
         QType::BF16 => row
@@ -75,7 +78,41 @@ fn dequant_act(act: QType, row: &[u8]) -> Vec<f32> {
     }
 }
 
-/// `sum |w| * |a|` for every (token, row): the scale the 1e-5 tolerance is relative to.
+/// The scale the 1e-5 tolerance is relative to, for every (token, row) of weights `w`
+/// (`rows` rows of `q`) against quantized activations `xq`: `sum |w| * |a|` over the
+/// dequantized values, plus, for Q8_1 activations (Q4_1, Q5_1), `sum |m| * |s|` over the
+/// blocks: their products add the weights' minimum `m` times the activations' stored sum
+/// `s`, which the dequantized activations do not carry (a token whose `d` rounds to 0 in
+/// f16 can keep a nonzero `s`).
+fn bound(q: QType, w: &[u8], xq: &[u8], rows: usize, cols: usize) -> Vec<f64> {
+    let mut wf = vec![0f32; rows * cols];
+    quant::dequantize(q, w, &mut wf).unwrap();
+    let act = q.vec_dot_type();
+    let act_row = cpu::act_row_bytes(q, cols).unwrap();
+    let a: Vec<f32> = xq
+        .chunks(act_row)
+        .flat_map(|r| dequant_act(act, r))
+        .collect();
+    let mut mag = magnitudes(&wf, &a, rows, cols);
+    if act == QType::Q8_1 {
+        let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32().abs();
+        let w_row = q.row_bytes(cols).unwrap();
+        for (t, at) in xq.chunks(act_row).enumerate() {
+            for r in 0..rows {
+                let wr = &w[r * w_row..(r + 1) * w_row];
+                let extra: f32 = wr
+                    .chunks(q.block_bytes())
+                    .zip(at.chunks(act.block_bytes()))
+                    .map(|(wb, ab)| f16_at(wb, 2) * f16_at(ab, 2))
+                    .sum();
+                mag[t * rows + r] += extra as f64;
+            }
+        }
+    }
+    mag
+}
+
+/// `sum |w| * |a|` for every (token, row).
 fn magnitudes(w: &[f32], a: &[f32], rows: usize, cols: usize) -> Vec<f64> {
     let tokens = a.len() / cols;
     let mut m = vec![0f64; rows * tokens];
@@ -170,12 +207,7 @@ fn check_against_ggml(q: QType) {
         .map(|i| dots[(i % ROWS) * ACT_ROWS + i / ROWS])
         .collect();
     let xq = quantize_acts(Isa::Avx512, q, &x, COLS);
-    let act_row = cpu::act_row_bytes(q, COLS).unwrap();
-    let a: Vec<f32> = xq
-        .chunks(act_row)
-        .flat_map(|r| dequant_act(q.vec_dot_type(), r))
-        .collect();
-    let mag = magnitudes(&ggml_dequant(q), &a, ROWS, COLS);
+    let mag = bound(q, &ggml_quant(q), &xq, ROWS, COLS);
     assert_close(q.name(), &out, &want, &mag, ROWS);
 }
 
@@ -212,6 +244,14 @@ fn q5_0_matches_ggml_dots() {
     check_against_ggml(QType::Q5_0);
 }
 #[test]
+fn q4_1_matches_ggml_dots() {
+    check_against_ggml(QType::Q4_1);
+}
+#[test]
+fn q5_1_matches_ggml_dots() {
+    check_against_ggml(QType::Q5_1);
+}
+#[test]
 fn bf16_matches_ggml_dots() {
     check_against_ggml(QType::BF16);
 }
@@ -234,6 +274,7 @@ fn random_weights(q: QType, rows: usize, cols: usize, rng: &mut SplitMix64) -> V
         QType::Q6_K => &[208],
         QType::Q3_K => &[108],
         QType::Q8_0 | QType::Q4_0 | QType::Q5_0 => &[0],
+        QType::Q4_1 | QType::Q5_1 => &[0, 2],
         other => panic!("no generator for {other}"),
     };
     for block in w.chunks_exact_mut(q.block_bytes()) {
@@ -291,16 +332,9 @@ fn check_against_scalar(q: QType, rows: usize, cols: usize, tokens: usize, seed:
         &mut slow,
     )
     .unwrap();
-    let mut wf = vec![0f32; rows * cols];
-    quant::dequantize(q, &w, &mut wf).unwrap();
     let xq = quantize_acts(Isa::Scalar, q, &x, cols);
-    let act_row = cpu::act_row_bytes(q, cols).unwrap();
-    let a: Vec<f32> = xq
-        .chunks(act_row)
-        .flat_map(|r| dequant_act(q.vec_dot_type(), r))
-        .collect();
     let what = format!("{q} rows {rows} cols {cols} tokens {tokens}");
-    assert_close(&what, &fast, &slow, &magnitudes(&wf, &a, rows, cols), rows);
+    assert_close(&what, &fast, &slow, &bound(q, &w, &xq, rows, cols), rows);
 }
 
 fn k_for(q: QType, pick: usize) -> usize {
@@ -436,7 +470,7 @@ fn one_large_gemm_tile_matches_scalar() {
     for q in FORMATS {
         let k = if q.is_k_quant() {
             28 * 256
-        } else if matches!(q, QType::Q8_0 | QType::Q4_0 | QType::Q5_0) {
+        } else if !q.is_k_quant() && q != QType::BF16 {
             3104
         } else {
             1000
@@ -459,17 +493,11 @@ fn one_large_gemm_tile_matches_scalar() {
         );
         let mut slow = poisoned(tokens * rows);
         cpu::matmul_with(Isa::Scalar, pool(), q, &w, rows, k, &x, tokens, &mut slow).unwrap();
-        let mut wf = vec![0f32; rows * k];
-        quant::dequantize(q, &w, &mut wf).unwrap();
-        let a: Vec<f32> = xq
-            .chunks(act_row)
-            .flat_map(|r| dequant_act(q.vec_dot_type(), r))
-            .collect();
         assert_close(
             &format!("{q} one tile {rows}x{tokens} k {k}"),
             &fast,
             &slow,
-            &magnitudes(&wf, &a, rows, k),
+            &bound(q, &w, &xq, rows, k),
             rows,
         );
     }
@@ -554,14 +582,11 @@ fn one_token_tile_writes_only_its_rows() {
                 assert!(v.is_nan(), "{q}: element {i} outside the tile was written");
             }
         }
-        let mut wf = vec![0f32; rows * k];
-        quant::dequantize(q, &w, &mut wf).unwrap();
-        let a = dequant_act(q.vec_dot_type(), &xq);
         assert_close(
             &format!("{q} one-token tile"),
             &big[off..off + rows],
             &slow,
-            &magnitudes(&wf, &a, rows, k),
+            &bound(q, &w, &xq, rows, k),
             rows,
         );
     }

@@ -5,9 +5,10 @@
 //! unpacks a row block's super-block, issues the tile products of one step and scales
 //! them into f32 accumulators. Step kernels: Q4_K [`super::q4_k_per_sub`] and
 //! [`super::q4_k_folded`] (the folded one also serves Q5_K), Q2_K [`super::q2_k`], Q3_K
-//! [`super::q3_k`], Q6_K [`super::q6_k`], and the small-block formats Q8_0, Q4_0, Q5_0 [`super::small_block`],
-//! whose "super-block" is four of their blocks against Q8_0 activations (a step kernel
-//! says its step's elements and activation bytes).
+//! [`super::q3_k`], Q6_K [`super::q6_k`], and the small-block formats Q8_0, Q4_0, Q5_0,
+//! Q4_1, Q5_1 [`super::small_block`], whose "super-block" is four of their blocks against
+//! Q8_0 or Q8_1 activations (a step kernel says its step's elements and activation
+//! bytes).
 //!
 //! Operand orientation: the activations must be in VNNI form (one 64-byte line = dword
 //! `q` of each of 16 tokens). That transposition is done once per (token group,
@@ -291,6 +292,8 @@ impl Pretransposed {
             QType::Q8_0 => super::q8_0::pretransposed(tokens),
             QType::Q4_0 => super::nibbles::q4_0::pretransposed(tokens),
             QType::Q5_0 => super::nibbles::q5_0::pretransposed(tokens),
+            QType::Q4_1 => super::nibbles::q4_1::pretransposed(tokens),
+            QType::Q5_1 => super::nibbles::q5_1::pretransposed(tokens),
             _ => None,
         }
         .filter(|p| k.is_multiple_of(p.elems))

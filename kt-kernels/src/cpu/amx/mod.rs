@@ -1,13 +1,14 @@
 //! AMX kernels: the repacked expert layouts of [`crate::cpu::moe::repack`] through
 //! [`repack::gemm`], and of the GGUF-native formats with many tokens: the K-quants and
-//! the small-block Q8_0, Q4_0 and Q5_0 through one pipeline ([`kquant`]) with a step
-//! kernel per format, Q4_K ([`q4_k`]: two step kernels, [`q4_k_per_sub`] and
-//! [`q4_k_folded`]), Q5_K ([`q5_k`], Q4_K's folded kernel with a fifth bit), Q2_K
-//! ([`q2_k`]), Q3_K ([`q3_k`]), Q6_K ([`q6_k`]), Q8_0 ([`q8_0`]), Q4_0 and Q5_0
-//! ([`nibbles`]) (all three [`small_block`]: `tdpbssd` per 32-element block), each
-//! keeping the AVX512 kernel below its `AMX_MIN_TOKENS` (Q3_K, Q5_K and Q6_K only in kt's
-//! own f32 order, not with `KT_KQUANT_ORDER=ggml`); BF16 ([`bf16`]: `tdpbf16ps`, from [`bf16::AMX_MIN_TOKENS`]
-//! tokens, over [`blocks`]). The other GGUF formats keep their AVX512 kernels.
+//! the small-block formats through one pipeline ([`kquant`]) with a step kernel per
+//! format, Q4_K ([`q4_k`]: two step kernels, [`q4_k_per_sub`] and [`q4_k_folded`]), Q5_K
+//! ([`q5_k`], Q4_K's folded kernel with a fifth bit), Q2_K ([`q2_k`]), Q3_K ([`q3_k`]),
+//! Q6_K ([`q6_k`]), Q8_0 ([`q8_0`]), Q4_0, Q5_0, Q4_1 and Q5_1 ([`nibbles`]) (all
+//! [`small_block`]: `tdpbssd` per 32-element block), each keeping the AVX512 kernel below
+//! its `AMX_MIN_TOKENS` (Q3_K, Q5_K, Q6_K, Q4_1 and Q5_1 only in kt's own f32 order, not
+//! with `KT_KQUANT_ORDER=ggml`); BF16 ([`bf16`]: `tdpbf16ps`, from
+//! [`bf16::AMX_MIN_TOKENS`] tokens, over [`blocks`]). The other GGUF formats keep their
+//! AVX512 kernels.
 //!
 //! AMX needs the Linux permission request ([`crate::cpu::isa`]'s `amx_permission`), made
 //! once per process by `Isa::Amx.check()`; every entry here is reached only after it
@@ -40,7 +41,7 @@ mod tiles;
 
 pub(crate) fn register(t: &mut KernelTable) {
     // `KT_KQUANT_ORDER=ggml` asks for llama.cpp's f32 order bit for bit, which the lower
-    // table's Q3_K, Q5_K and Q6_K kernels follow and the AMX ones (exact int32 super-block sums)
+    // table's Q3_K, Q5_K, Q6_K, Q4_1 and Q5_1 kernels follow and the AMX ones (exact int32 sums)
     // do not: they stay. (Q4_K's AMX kernel keeps its own order in both modes, as before.)
     let ggml_order = super::order::kquant_order() == Ok(KquantOrder::Ggml);
     for (q, install) in [
@@ -53,8 +54,17 @@ pub(crate) fn register(t: &mut KernelTable) {
         (QType::Q8_0, q8_0::install),
         (QType::Q4_0, nibbles::q4_0::install),
         (QType::Q5_0, nibbles::q5_0::install),
+        (QType::Q4_1, nibbles::q4_1::install),
+        (QType::Q5_1, nibbles::q5_1::install),
     ] {
-        if ggml_order && matches!(q, QType::Q3_K | QType::Q5_K | QType::Q6_K) {
+        let ggml_kept = [
+            QType::Q3_K,
+            QType::Q5_K,
+            QType::Q6_K,
+            QType::Q4_1,
+            QType::Q5_1,
+        ];
+        if ggml_order && ggml_kept.contains(&q) {
             continue;
         }
         if let Ok(&lower) = t.get(q) {

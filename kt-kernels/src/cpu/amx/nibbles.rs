@@ -1,8 +1,10 @@
-//! The nibble formats Q4_0 and Q5_0 as stored ([`crate::cpu::avx512::nibbles`]), many
-//! tokens: the small-block step kernel ([`super::small_block`]) of the
-//! [`kquant`](super::kquant) pipeline with the quants unpacked to `q - offset` (signed),
-//! from [`AMX_MIN_TOKENS`] tokens; fewer take the AVX512 kernels. Q5_0 is the `ffn_down`
-//! of V2-Lite's Q4_K_M layers without "more bits", Q4_0 the experts of Q4_0 files.
+//! The nibble formats Q4_0, Q5_0, Q4_1 and Q5_1 as stored
+//! ([`crate::cpu::avx512::nibbles`]), many tokens: the small-block step kernel
+//! ([`super::small_block`]) of the [`kquant`](super::kquant) pipeline with the quants
+//! unpacked to `q - offset` (signed; Q4_1 / Q5_1 keep `q` and their minimum), from
+//! [`AMX_MIN_TOKENS`] tokens; fewer take the AVX512 kernels. Q5_0 is the `ffn_down` of
+//! V2-Lite's Q4_K_M layers without "more bits", Q5_1 of its Q5_K_M layers, Q4_0 the experts
+//! of Q4_0 files.
 
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
@@ -20,6 +22,7 @@ pub(super) struct Signed<N>(PhantomData<N>);
 // SAFETY: reads the block it is given.
 unsafe impl<N: NibbleFormat> BlockFormat for Signed<N> {
     const BLOCK: usize = N::BLOCK;
+    const MIN: bool = N::MIN;
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
@@ -48,4 +51,24 @@ pub(super) mod q5_0 {
     use crate::cpu::avx512::nibbles::Q5_0;
 
     single_step_entry_points!(SmallBlock<Signed<Q5_0>>, AMX_MIN_TOKENS);
+}
+
+/// Q4_1's entry points.
+pub(super) mod q4_1 {
+    use super::super::kquant::single_step_entry_points;
+    use super::super::small_block::SmallBlock;
+    use super::{Signed, AMX_MIN_TOKENS};
+    use crate::cpu::avx512::nibbles::Q4_1;
+
+    single_step_entry_points!(SmallBlock<Signed<Q4_1>>, AMX_MIN_TOKENS);
+}
+
+/// Q5_1's entry points.
+pub(super) mod q5_1 {
+    use super::super::kquant::single_step_entry_points;
+    use super::super::small_block::SmallBlock;
+    use super::{Signed, AMX_MIN_TOKENS};
+    use crate::cpu::avx512::nibbles::Q5_1;
+
+    single_step_entry_points!(SmallBlock<Signed<Q5_1>>, AMX_MIN_TOKENS);
 }

@@ -1,12 +1,15 @@
 //! The step kernel of the small-block formats (32 elements a block, an f16 scale first:
-//! Q8_0, Q4_0, Q5_0) in the [`kquant`](super::kquant) pipeline, against Q8_0 activations: a
-//! step is [`BLOCKS`] blocks (128 elements, so V2-Lite's 1408-long rows are 11 steps).
+//! Q8_0, Q4_0, Q5_0 against Q8_0 activations; Q4_1, Q5_1, with an f16 minimum, against
+//! Q8_1) in the [`kquant`](super::kquant) pipeline: a step is [`BLOCKS`] blocks (128
+//! elements, so V2-Lite's 1408-long rows are 11 steps).
 //!
-//! A block's dot is `dw * da * I` with `I` the int8 dot of its 32 quants, and each weight
-//! row and each token has its own scale per block, so each block gets its own C tile
-//! (`tdpbssd` with K = 32, weights signed as unpacked, activations signed) and the f32
-//! epilogue adds `cvt(I) * (dw * da)` into the token group's accumulators, which stay in
-//! registers for the whole row block (the pipeline's `acc[n]`: row `n`, 16 tokens).
+//! A block's dot is `dw * da * I` with `I` the int8 dot of its 32 quants (plus `m * s`, the
+//! weights' minimum times the activations' stored `d * sum(q)`, for Q4_1 / Q5_1), and each
+//! weight row and each token has its own scale per block, so each block gets its own C
+//! tile (`tdpbssd` with K = 32, weights signed as unpacked, activations signed) and the f32
+//! epilogue adds `cvt(I) * (dw * da)` (and `m * s`) into the token group's accumulators,
+//! which stay in registers for the whole row block (the pipeline's `acc[n]`: row `n`, 16
+//! tokens).
 //!
 //! Operands as in the K-quant kernels: the weights are the A operand, unpacked once per
 //! row block and step into 16 rows of 128 signed bytes (shared by the token groups of a
@@ -28,17 +31,27 @@ use super::tiles::{tile_dp_i8, tile_load, tile_store, tile_zero, TileConfig};
 const QK: usize = 32;
 /// Blocks per step.
 pub(super) const BLOCKS: usize = 4;
-/// Bytes of a Q8_0 activation block (f16 scale, 32 int8).
-const A_BLOCK: usize = 34;
+
+/// Bytes of an activation block: Q8_0 (f16 `d`, 32 int8), or with `min` Q8_1 (`d`, `s`).
+const fn act_block(min: bool) -> usize {
+    if min {
+        36
+    } else {
+        34
+    }
+}
 
 /// A weight format of 32-element blocks that start with their f16 scale `d`, a weight
-/// being `d * q` with `q` a small signed integer.
+/// being `d * q` with `q` a small signed integer, or with [`MIN`](Self::MIN) `d * q + m`
+/// (`m` the block's second f16).
 ///
 /// # Safety
 /// `quants` reads only the block it is given.
 pub(super) unsafe trait BlockFormat {
     /// Bytes of a block.
     const BLOCK: usize;
+    /// Whether blocks carry the minimum `m` (against Q8_1 activations, not Q8_0).
+    const MIN: bool = false;
 
     /// The block's 32 quants `q` as signed bytes, in element order.
     ///
@@ -58,6 +71,8 @@ pub(super) struct ActBlock {
     q: [[i32; TG]; BLOCKS * QK / 4],
     /// `da` of block `j` per token (0 for the group's missing tokens).
     d: [[f32; TG]; BLOCKS],
+    /// Q8_1's `s` of block `j` per token (0 for Q8_0 and missing tokens).
+    s: [[f32; TG]; BLOCKS],
 }
 
 /// One row block's step, unpacked for the A tiles.
@@ -67,6 +82,8 @@ pub(super) struct WeightBlock {
     q: [[i8; BLOCKS * QK]; TR],
     /// `dw` of block `j` per row.
     d: [[f32; BLOCKS]; TR],
+    /// The minimum `m` of block `j` per row (formats with [`BlockFormat::MIN`] only).
+    m: [[f32; BLOCKS]; TR],
 }
 
 /// The four int32 C tiles of one step: block `j`, weight row `n` at `[j][n]`.
@@ -81,7 +98,7 @@ unsafe impl<F: BlockFormat> StepKernel for SmallBlock<F> {
     type Products = CTiles;
     const W_BLOCK: usize = BLOCKS * F::BLOCK;
     const ELEMS: usize = BLOCKS * QK;
-    const A_BYTES: usize = BLOCKS * A_BLOCK;
+    const A_BYTES: usize = BLOCKS * act_block(F::MIN);
 
     fn config(nr: usize) -> TileConfig {
         let mut c = TileConfig::new();
@@ -99,7 +116,7 @@ unsafe impl<F: BlockFormat> StepKernel for SmallBlock<F> {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
     unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, dst: *mut ActBlock) {
         // SAFETY: the trait's contract is this function's.
-        unsafe { transpose_acts(a, stride, n, dst) }
+        unsafe { transpose_acts(a, stride, n, F::MIN, dst) }
     }
 
     #[inline]
@@ -139,28 +156,41 @@ unsafe impl<F: BlockFormat> StepKernel for SmallBlock<F> {
         acc: &mut [__m512; TR],
     ) {
         // SAFETY: the trait's contract is this function's.
-        unsafe { scale(c, wb, ab, nr, acc) }
+        unsafe { scale::<F>(c, wb, ab, nr, acc) }
     }
 }
 
-/// Transposes one step of `n` (1..=16) tokens' Q8_0 rows (`a`: the step's first block,
-/// rows `stride` bytes apart) into `dst`; missing tokens read as zero.
+/// Transposes one step of `n` (1..=16) tokens' Q8_0 rows, or Q8_1 rows with `min` (`a`:
+/// the step's first block, rows `stride` bytes apart), into `dst`; missing tokens read as
+/// zero.
 ///
 /// # Safety
-/// `n` rows of [`BLOCKS`] whole Q8_0 blocks are readable at `a`; `dst` is writable;
-/// AVX512 F/BW, F16C.
+/// `n` rows of [`BLOCKS`] whole blocks are readable at `a`; `dst` is writable; AVX512
+/// F/BW, F16C.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, dst: *mut ActBlock) {
-    // SAFETY (whole body): blocks j < BLOCKS of rows tok < n are readable (caller): the
-    // f16 scale at 34j, the quants at 34j + 2..34j + 34; `dst` is a valid, 64-byte
-    // aligned ActBlock.
+unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, min: bool, dst: *mut ActBlock) {
+    let block = act_block(min);
+    // The f16 at byte `at` of each token's row, as f32 into the 16 floats at `out`.
+    let f16_line = |at: usize, out: *mut f32| {
+        let mut h = [0u16; TG];
+        for (tok, h) in h.iter_mut().enumerate().take(n) {
+            // SAFETY: bytes at..at + 2 of a block of row tok < n (the calls below).
+            *h = unsafe { a.add(tok * stride + at).cast::<u16>().read_unaligned() };
+        }
+        let v = _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr().cast()));
+        // SAFETY: `out` is 16 writable, 64-byte aligned f32 (the calls below).
+        unsafe { _mm512_store_ps(out, v) };
+    };
+    // SAFETY (whole body): blocks j < BLOCKS of rows tok < n are readable (caller): `d` at
+    // `block * j`, Q8_1's `s` 2 bytes on, the quants in the block's last 32 bytes; `dst` is
+    // a valid, 64-byte aligned ActBlock.
     unsafe {
         for pair in 0..BLOCKS / 2 {
             let mut r = [_mm512_setzero_si512(); TG];
             for (tok, v) in r.iter_mut().enumerate().take(n) {
-                let b = a.add(tok * stride + 2 * pair * A_BLOCK + 2);
+                let b = a.add(tok * stride + (2 * pair + 1) * block - QK);
                 let lo = _mm256_loadu_si256(b.cast());
-                let hi = _mm256_loadu_si256(b.add(A_BLOCK).cast());
+                let hi = _mm256_loadu_si256(b.add(block).cast());
                 *v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
             }
             let r = transpose16(&r);
@@ -170,15 +200,12 @@ unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, dst: *mut ActBlo
             }
         }
         for j in 0..BLOCKS {
-            let mut h = [0u16; TG];
-            for (tok, h) in h.iter_mut().enumerate().take(n) {
-                *h = a
-                    .add(tok * stride + j * A_BLOCK)
-                    .cast::<u16>()
-                    .read_unaligned();
+            f16_line(j * block, (*dst).d[j].as_mut_ptr());
+            if min {
+                f16_line(j * block + 2, (*dst).s[j].as_mut_ptr());
+            } else {
+                _mm512_store_ps((*dst).s[j].as_mut_ptr(), _mm512_setzero_ps());
             }
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr().cast()));
-            _mm512_store_ps((*dst).d[j].as_mut_ptr(), d);
         }
     }
 }
@@ -212,14 +239,21 @@ unsafe fn unpack_weights<F: BlockFormat>(
             }
             let b = w.add(n * stride);
             let q = (*dst).q[n].as_mut_ptr();
-            let mut h = [0u16; 8];
-            for (j, h) in h.iter_mut().enumerate().take(BLOCKS) {
+            // d of the four blocks in words 0..4, m (formats with minimums) in 4..8.
+            let mut h = [0u16; 2 * BLOCKS];
+            for j in 0..BLOCKS {
                 let blk = b.add(j * F::BLOCK);
                 _mm256_store_si256(q.add(QK * j).cast(), F::quants(blk));
-                *h = blk.cast::<u16>().read_unaligned();
+                h[j] = blk.cast::<u16>().read_unaligned();
+                if F::MIN {
+                    h[BLOCKS + j] = blk.add(2).cast::<u16>().read_unaligned();
+                }
             }
-            let d = _mm_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast()));
-            _mm_store_ps((*dst).d[n].as_mut_ptr(), d);
+            let dm = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast()));
+            _mm_store_ps((*dst).d[n].as_mut_ptr(), _mm256_castps256_ps128(dm));
+            if F::MIN {
+                _mm_store_ps((*dst).m[n].as_mut_ptr(), _mm256_extractf128_ps::<1>(dm));
+            }
         }
     }
 }
@@ -266,14 +300,14 @@ unsafe fn products(wb: *const WeightBlock, ab: *const ActBlock, c: *mut CTiles) 
 }
 
 /// Adds one step's scaled products to the accumulators of its token group:
-/// `acc[n] += sum_j cvt(I_j[n]) * (dw_j[n] * da_j)`.
+/// `acc[n] += sum_j cvt(I_j[n]) * (dw_j[n] * da_j)` (`+ m_j[n] * s_j` with minimums).
 ///
 /// # Safety
 /// `c` holds the step's products for `nr` rows, `wb` and `ab` its unpacked weights and
 /// activations.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-unsafe fn scale(
+unsafe fn scale<F: BlockFormat>(
     c: *const CTiles,
     wb: *const WeightBlock,
     ab: *const ActBlock,
@@ -283,13 +317,18 @@ unsafe fn scale(
     // SAFETY (whole body): rows n < nr of the initialised buffers (caller).
     unsafe {
         let da: [__m512; BLOCKS] = std::array::from_fn(|j| _mm512_load_ps((*ab).d[j].as_ptr()));
+        let sa: [__m512; BLOCKS] = std::array::from_fn(|j| _mm512_load_ps((*ab).s[j].as_ptr()));
         for (n, acc) in acc.iter_mut().enumerate().take(nr) {
             // Two chains (even and odd blocks), so a row waits on two FMAs, not four.
             let mut part = [*acc, _mm512_setzero_ps()];
             for (j, &da) in da.iter().enumerate() {
                 let ci = _mm512_load_si512((*c).0[j][n].as_ptr().cast());
                 let s = _mm512_mul_ps(da, _mm512_set1_ps((*wb).d[n][j]));
-                part[j % 2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ci), s, part[j % 2]);
+                let p = &mut part[j % 2];
+                *p = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ci), s, *p);
+                if F::MIN {
+                    *p = _mm512_fmadd_ps(sa[j], _mm512_set1_ps((*wb).m[n][j]), *p);
+                }
             }
             *acc = _mm512_add_ps(part[0], part[1]);
         }
@@ -305,7 +344,7 @@ mod tests {
     use super::*;
     use crate::cpu::amx::nibbles::Signed;
     use crate::cpu::amx::stage_check;
-    use crate::cpu::avx512::nibbles::{Q4_0, Q5_0};
+    use crate::cpu::avx512::nibbles::{Q4_0, Q4_1, Q5_0, Q5_1};
     use crate::quant::{self, QType};
     use crate::util::SplitMix64;
 
@@ -329,10 +368,8 @@ mod tests {
 
     fn check<F: BlockFormat>(qtype: QType) {
         let mut rng = SplitMix64::new(23);
-        let (wrow, arow) = (
-            qtype.row_bytes(K).unwrap(),
-            QType::Q8_0.row_bytes(K).unwrap(),
-        );
+        let act = qtype.vec_dot_type();
+        let (wrow, arow) = (qtype.row_bytes(K).unwrap(), act.row_bytes(K).unwrap());
         for (nr, n_tok, spread) in [(16, 16, 1.0), (13, 11, 0.02), (1, 1, 30.0), (16, 5, 1.0)] {
             let mut wf = vec![0f32; TR * K];
             rng.fill_normal(&mut wf, spread);
@@ -345,7 +382,7 @@ mod tests {
                 .iter_mut()
                 .for_each(|v| *v = v.signum() * (v.abs() + 1.0));
             let mut a = vec![0u8; TG * arow];
-            quant::quantize(QType::Q8_0, &af, &mut a).unwrap();
+            quant::quantize(act, &af, &mut a).unwrap();
             // SAFETY: plain integer and float arrays: all-zero bytes are valid values.
             let (mut wb, mut ab, mut c) = unsafe {
                 (
@@ -358,14 +395,14 @@ mod tests {
             // SAFETY: AVX512-VNNI and F16C were detected; `nr` weight rows and `n_tok`
             // activation rows of one step each are readable; the buffers are writable.
             unsafe {
-                transpose_acts(a.as_ptr(), arow, n_tok, &mut *ab);
+                transpose_acts(a.as_ptr(), arow, n_tok, F::MIN, &mut *ab);
                 unpack_weights::<F>(w.as_ptr(), wrow, nr, &mut *wb, std::ptr::null(), 0);
                 products_scalar(&wb, &ab, nr, &mut c);
-                scale(&*c, &*wb, &*ab, nr, &mut acc);
+                scale::<F>(&*c, &*wb, &*ab, nr, &mut acc);
             }
             stage_check::check_rows(
                 qtype,
-                QType::Q8_0,
+                act,
                 K,
                 &acc,
                 nr,
@@ -389,6 +426,8 @@ mod tests {
         if stage_check::can_run() {
             check::<Signed<Q4_0>>(QType::Q4_0);
             check::<Signed<Q5_0>>(QType::Q5_0);
+            check::<Signed<Q4_1>>(QType::Q4_1);
+            check::<Signed<Q5_1>>(QType::Q5_1);
         }
     }
 }

@@ -7,6 +7,7 @@ use std::arch::x86_64::*;
 use std::ptr::addr_of_mut;
 
 use super::tile::{v32, COLS};
+use crate::quant::QType;
 
 /// Bytes of one Q8_K block (f32 d, 256 int8, 16 int16 block sums).
 const Q8K_BLOCK: usize = 292;
@@ -218,15 +219,16 @@ pub(super) unsafe fn repack_q8_k(
     }
 }
 
-/// Repacks groups `g0..g0 + gn` of `tokens` Q8_0 rows of `total_cols` blocks into
-/// `recs` (layout and `offset` as [`repack_q8_k`]); columns past the row's end are zero.
+/// Repacks groups `g0..g0 + gn` of `tokens` activation rows in `act` (`total_cols`
+/// 32-element columns) into `recs`: [`repack_q8_k`] or [`repack_small`].
 ///
 /// # Safety
-/// The rows hold `total_cols` Q8_0 blocks and `g0 + gn` groups cover at most
-/// `total_cols.div_ceil(8)`; `recs` as in [`repack_q8_k`]; AVX512+VNNI.
+/// As the function called; `act` is Q8_K, Q8_0 or Q8_1.
 #[allow(clippy::too_many_arguments)]
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-pub(super) unsafe fn repack_q8_0(
+pub(super) unsafe fn repack(
+    act: QType,
     a: *const u8,
     a_stride: usize,
     tokens: usize,
@@ -236,6 +238,41 @@ pub(super) unsafe fn repack_q8_0(
     offset: i32,
     recs: *mut PairGroup,
 ) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match act {
+            QType::Q8_K => repack_q8_k(a, a_stride, tokens, g0, gn, offset, recs),
+            QType::Q8_0 | QType::Q8_1 => {
+                repack_small(a, a_stride, tokens, g0, gn, total_cols, offset, act, recs)
+            }
+            other => unreachable!("{other} activations have no column layout"),
+        }
+    }
+}
+
+/// Repacks groups `g0..g0 + gn` of `tokens` rows of `total_cols` blocks of `act` (Q8_0,
+/// or Q8_1: a second f16 `s = d * sum(q)` before the quants) into `recs` (layout and
+/// `offset` as [`repack_q8_k`]); columns past the row's end are zero. `fa` is Q8_1's
+/// stored `s` (what ggml's Q4_1 / Q5_1 products use), Q8_0's `da` times the quant sum.
+///
+/// # Safety
+/// The rows hold `total_cols` blocks of `act` and `g0 + gn` groups cover at most
+/// `total_cols.div_ceil(8)`; `recs` as in [`repack_q8_k`]; AVX512+VNNI.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(super) unsafe fn repack_small(
+    a: *const u8,
+    a_stride: usize,
+    tokens: usize,
+    g0: usize,
+    gn: usize,
+    total_cols: usize,
+    offset: i32,
+    act: QType,
+    recs: *mut PairGroup,
+) {
+    debug_assert!(matches!(act, QType::Q8_0 | QType::Q8_1));
+    let (block, quants) = (act.block_bytes(), act.block_bytes() - 32);
     let pairs = tokens.div_ceil(2);
     let neg_offset = _mm256_set1_epi32(-offset);
     let ones = _mm512_set1_epi8(1);
@@ -251,9 +288,15 @@ pub(super) unsafe fn repack_q8_0(
                     write_zero_half(rec, 1);
                     continue;
                 }
-                let row = a.add(t * a_stride + g * COLS * Q80_BLOCK);
-                let m = q8_0_chunks(row, valid);
-                let da = q8_0_scales(row, valid);
+                let row = a.add(t * a_stride + g * COLS * block);
+                let m = block_chunks(|j| {
+                    if j < valid {
+                        _mm256_loadu_si256(row.add(j * block + quants).cast())
+                    } else {
+                        _mm256_setzero_si256()
+                    }
+                });
+                let da = block_scales(row, block, valid);
                 let mut sums = _mm512_setzero_si512();
                 for &mi in &m {
                     sums = _mm512_dpbusd_epi32(sums, ones, mi);
@@ -263,9 +306,14 @@ pub(super) unsafe fn repack_q8_0(
                     _mm512_extracti64x4_epi64::<1>(sums),
                 );
                 let z = _mm256_setzero_ps();
+                let fa = if act == QType::Q8_1 {
+                    block_scales(row.add(2), block, valid)
+                } else {
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(sums), da)
+                };
                 let s = HalfScales {
                     da,
-                    fa: _mm256_mul_ps(_mm256_cvtepi32_ps(sums), da),
+                    fa,
                     flo: z,
                     fhi: z,
                     off_lo: _mm256_mullo_epi32(sums, neg_offset),
@@ -315,7 +363,8 @@ pub(super) unsafe fn q8_0_scales(row: *const u8, valid: usize) -> __m256 {
 }
 
 /// The f32 scales of the first `valid` (<= 8) blocks at `row`, `stride` bytes apart,
-/// each starting with its f16 scale (Q8_0, Q5_0); 0 for missing blocks.
+/// each starting with its f16 scale (Q8_0, Q5_0; with `row` 2 bytes in, the second f16 of
+/// Q4_1, Q5_1, Q8_1); 0 for missing blocks.
 ///
 /// # Safety
 /// The first two bytes of each of the `valid` blocks are readable; AVX512F, F16C.

@@ -24,7 +24,7 @@ mod quantize;
 mod tile;
 mod unpacked;
 
-use super::dispatch::{FormatKernels, GemmTile, KernelTable};
+use super::dispatch::{FormatKernels, GemmFn, GemmTile, KernelTable};
 use super::isa::Isa;
 use super::order::KquantOrder;
 use crate::quant::QType;
@@ -52,8 +52,28 @@ pub(crate) fn register(t: &mut KernelTable) {
         t.set(QType::Q4_K, k_quant(by_tokens::<gemv::Q4K, q4_k::Q4K>));
         t.set(QType::Q5_K, k_quant(by_tokens::<gemv::Q5K, q5_k::Q5K>));
         t.set(QType::Q6_K, k_quant(by_tokens::<gemv::Q6K, q6_k::Q6K>));
-        // With the ggml order Q3_K keeps the AVX2 kernels, which follow it.
+        // With the ggml order Q3_K, Q4_1 and Q5_1 keep the AVX2 kernels, which follow it.
         t.set(QType::Q3_K, k_quant(by_tokens::<gemv::Q3K, q3_k::Q3K>));
+        // Q8_1 activations: the lower level's quantizer; the column layout at every token
+        // count.
+        for (q, gemm) in [
+            (
+                QType::Q4_1,
+                tile::gemm::<nibbles::Column<nibbles::Q4_1>> as GemmFn,
+            ),
+            (QType::Q5_1, tile::gemm::<nibbles::Column<nibbles::Q5_1>>),
+        ] {
+            if let Ok(&lower) = t.get(q) {
+                t.set(
+                    q,
+                    FormatKernels {
+                        gemm,
+                        gemm_isa: Isa::Avx512,
+                        ..lower
+                    },
+                );
+            }
+        }
     }
     t.set(
         QType::Q8_0,

@@ -1,11 +1,13 @@
-//! The small-block nibble formats Q4_0 and Q5_0 in the column layout (the tiles of more
-//! than one token): a group is 8 blocks, column `j` is block `j`, as for [`super::q8_0`].
-//! A block is an f16 `d`, for Q5_0 32 fifth bits `qh`, then 16 nibble bytes: element `i <
-//! 16` in the low nibble of byte `i`, element `i + 16` in its high nibble, Q5_0's fifth
-//! bit of element `i` in bit `i` of `qh`; a weight is `d * (q - offset)` (8 or 16). The
-//! quants `q` are already unsigned bytes for `vpdpbusd`; the `offset * d * sum(a)` they
-//! carry is subtracted through the activations' block sums ([`ColumnFormat::OFFSET`]).
-//! The last group of a row may hold fewer than 8 blocks.
+//! The small-block nibble formats Q4_0, Q5_0, Q4_1 and Q5_1 in the column layout (the
+//! tiles of more than one token): a group is 8 blocks, column `j` is block `j`, as for
+//! [`super::q8_0`]. A block is an f16 `d`, for Q4_1 / Q5_1 an f16 minimum `m`, for Q5_0 /
+//! Q5_1 32 fifth bits `qh`, then 16 nibble bytes: element `i < 16` in the low nibble of
+//! byte `i`, element `i + 16` in its high nibble, the fifth bit of element `i` in bit `i`
+//! of `qh`. A weight is `d * (q - offset)` (Q4_0: 8, Q5_0: 16; Q8_0 activations) or `d * q
+//! + m` (Q8_1 activations). The quants `q` are already unsigned bytes for `vpdpbusd`; the
+//! `offset * d * sum(a)` they carry is subtracted through the activations' block sums
+//! ([`ColumnFormat::OFFSET`]), the minimum's `m * s` added through Q8_1's stored block sums
+//! `s` (the correction `c_lo = -m`). The last group of a row may hold fewer than 8 blocks.
 
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
@@ -20,8 +22,10 @@ pub(crate) trait NibbleFormat {
     const BLOCK: usize;
     /// Where its 16 nibble bytes start.
     const QS: usize;
-    /// The offset its quants are stored with.
+    /// The offset its quants are stored with (0 with a minimum).
     const OFFSET: i32;
+    /// Whether a block carries a minimum `m` (f16 at bytes 2..4) against Q8_1 activations.
+    const MIN: bool = false;
 
     /// The fifth bits of the block at `b` (bit `i` for element `i`), 0 where the format
     /// has none.
@@ -57,12 +61,40 @@ impl NibbleFormat for Q5_0 {
     }
 }
 
+pub(crate) struct Q4_1;
+pub(crate) struct Q5_1;
+
+impl NibbleFormat for Q4_1 {
+    const BLOCK: usize = 20;
+    const QS: usize = 4;
+    const OFFSET: i32 = 0;
+    const MIN: bool = true;
+
+    #[inline]
+    unsafe fn fifth(_b: *const u8) -> u32 {
+        0
+    }
+}
+
+impl NibbleFormat for Q5_1 {
+    const BLOCK: usize = 24;
+    const QS: usize = 8;
+    const OFFSET: i32 = 0;
+    const MIN: bool = true;
+
+    #[inline]
+    unsafe fn fifth(b: *const u8) -> u32 {
+        // SAFETY: qh is bytes 4..8 of the block (the caller's contract).
+        unsafe { b.add(4).cast::<u32>().read_unaligned() }
+    }
+}
+
 /// The column format of nibble format `N`.
 pub(super) struct Column<N>(PhantomData<N>);
 
 // SAFETY: reads only the `valid` blocks of the group at `w`.
 unsafe impl<N: NibbleFormat> ColumnFormat for Column<N> {
-    const ACT: QType = QType::Q8_0;
+    const ACT: QType = if N::MIN { QType::Q8_1 } else { QType::Q8_0 };
     const SPLIT: bool = false;
     const GROUP_BYTES: usize = COLS * N::BLOCK;
     const MAX_TILE: usize = 16;
@@ -92,14 +124,21 @@ unsafe impl<N: NibbleFormat> ColumnFormat for Column<N> {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     unsafe fn scales(w: *const u8, valid: usize) -> Scales {
-        // SAFETY: forwarded contract; each block starts with its f16 scale.
-        let d = unsafe { block_scales(w, N::BLOCK, valid) };
-        let s = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(d), d);
+        let both = |v: __m256| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(v), v);
+        // SAFETY: forwarded contract; each block starts with its f16 scale (and minimum).
+        let s = both(unsafe { block_scales(w, N::BLOCK, valid) });
+        let c = if N::MIN {
+            // SAFETY: as above.
+            let m = both(unsafe { block_scales(w.add(2), N::BLOCK, valid) });
+            _mm512_sub_ps(_mm512_setzero_ps(), m)
+        } else {
+            _mm512_mul_ps(s, _mm512_set1_ps(N::OFFSET as f32))
+        };
         let z = _mm512_setzero_ps();
         Scales {
             s_lo: s,
             s_hi: z,
-            c_lo: _mm512_mul_ps(s, _mm512_set1_ps(N::OFFSET as f32)),
+            c_lo: c,
             c_hi: z,
         }
     }

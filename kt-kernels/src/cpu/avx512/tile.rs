@@ -407,22 +407,17 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile) {
                     // gn * np <= SCRATCH_RECORDS records are written.
                     unsafe {
                         let a = tile.a.add(t0 * tile.a_stride);
-                        match F::ACT {
-                            QType::Q8_K => {
-                                act::repack_q8_k(a, tile.a_stride, nt, g0, gn, F::OFFSET, recs)
-                            }
-                            QType::Q8_0 => act::repack_q8_0(
-                                a,
-                                tile.a_stride,
-                                nt,
-                                g0,
-                                gn,
-                                total_cols,
-                                F::OFFSET,
-                                recs,
-                            ),
-                            other => unreachable!("{other} activations have no column layout"),
-                        }
+                        act::repack(
+                            F::ACT,
+                            a,
+                            tile.a_stride,
+                            nt,
+                            g0,
+                            gn,
+                            total_cols,
+                            F::OFFSET,
+                            recs,
+                        )
                     }
                     repacked = Some(g0);
                 }

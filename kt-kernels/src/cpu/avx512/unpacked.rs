@@ -19,7 +19,6 @@ use std::ptr::addr_of_mut;
 use super::act::{self, PairGroup};
 use super::tile::{ColumnFormat, COLS, TOKEN_GROUP};
 use crate::cpu::dispatch::GemmTile;
-use crate::quant::QType;
 
 /// Weight rows unpacked at a time (each unpacked row is shared by the tile's tokens,
 /// each repacked activation slice by these rows).
@@ -363,22 +362,17 @@ pub(super) unsafe fn gemm<F: ColumnFormat>(tile: &GemmTile, groups: usize, valid
                     unsafe {
                         let a = tile.a.add(t0 * tile.a_stride);
                         let ga = kc0 + g0;
-                        match F::ACT {
-                            QType::Q8_K => {
-                                act::repack_q8_k(a, tile.a_stride, nt, ga, gn, F::OFFSET, recs)
-                            }
-                            QType::Q8_0 => act::repack_q8_0(
-                                a,
-                                tile.a_stride,
-                                nt,
-                                ga,
-                                gn,
-                                total_cols,
-                                F::OFFSET,
-                                recs,
-                            ),
-                            other => unreachable!("{other} activations have no column layout"),
-                        }
+                        act::repack(
+                            F::ACT,
+                            a,
+                            tile.a_stride,
+                            nt,
+                            ga,
+                            gn,
+                            total_cols,
+                            F::OFFSET,
+                            recs,
+                        )
                     }
                     let mut r = 0;
                     while r < nr {
