@@ -164,12 +164,12 @@ fn magnitudes(q: QType, w: &[u8], k: usize) -> Vec<f32> {
 /// activations' stored `s = f16(d * sum(q))`, which the dequantized activations do not
 /// carry (a token whose `d` rounds to 0 in f16 can keep a nonzero `s`). Zero otherwise.
 fn min_terms(q: QType, w: &[u8], xq: &[u8], rows: usize, k: usize) -> Vec<f64> {
-    let act_row = QType::Q8_1.row_bytes(k).unwrap();
     let tokens = xq.len() / cpu::act_row_bytes(q, k).unwrap();
     let mut out = vec![0f64; tokens * rows];
     if !matches!(q, QType::Q4_1 | QType::Q5_1) {
         return out;
     }
+    let act_row = QType::Q8_1.row_bytes(k).unwrap();
     let f16_at = |b: &[u8]| f64::from(f16::from_le_bytes([b[2], b[3]]).to_f32().abs());
     let w_row = q.row_bytes(k).unwrap();
     for (t, at) in xq.chunks(act_row).enumerate() {
