@@ -60,8 +60,14 @@ pub(crate) fn register(t: &mut KernelTable) {
         // on the device (16 threads, session 17 call E), and held V2-Lite's q5_k layer at
         // one token at 0.392-0.422 ms against 0.441-0.453.
         let min_formats: [(QType, GemmFn); 2] = [
-            (QType::Q4_1, one_token_lower::<0, nibbles::Column<nibbles::Q4_1>>),
-            (QType::Q5_1, one_token_lower::<1, nibbles::Column<nibbles::Q5_1>>),
+            (
+                QType::Q4_1,
+                one_token_lower::<0, nibbles::Column<nibbles::Q4_1>>,
+            ),
+            (
+                QType::Q5_1,
+                one_token_lower::<1, nibbles::Column<nibbles::Q5_1>>,
+            ),
         ];
         for (i, (q, gemm)) in min_formats.into_iter().enumerate() {
             if let Ok(&lower) = t.get(q) {
