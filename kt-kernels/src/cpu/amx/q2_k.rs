@@ -18,8 +18,8 @@
 use std::arch::x86_64::*;
 
 use super::kquant::{folded_config, single_step_entry_points, StepKernel, QK_K, TG, TR};
-use super::q8_k_lines::{transpose_lines, transpose_sums, Lines, SumPairs};
-use super::tiles::{tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
+use super::q8_k_lines::{one_tile_products, transpose_lines, transpose_sums, Lines, SumPairs};
+use super::tiles::TileConfig;
 
 /// Below this many tokens the AVX512 kernel is used.
 pub(crate) const AMX_MIN_TOKENS: usize = 12;
@@ -85,26 +85,14 @@ unsafe impl StepKernel for Q2K {
 
     #[inline]
     unsafe fn products(wb: *const WeightBlock, ab: *const ActBlock, c: *mut CTile) {
-        // SAFETY (whole body): every address is inside `wb` (A rows of 256 bytes, 64 read
-        // from 64 * step <= 192), `ab` (16 lines of 64 bytes from line 16 * step) or `c`
-        // (one 16 x 64-byte tile); AMX state is configured (caller).
+        // SAFETY: the configuration of `config` is loaded (caller); `wb` holds 16 rows of
+        // 256 bytes, `ab` 64 lines, `c` one 16 x 64-byte tile.
         unsafe {
-            let a = (*wb).q.as_ptr().cast::<u8>();
-            let b = (*ab).lines.q.as_ptr().cast::<u8>();
-            let c = (*c).0.as_mut_ptr().cast::<u8>();
-            let (sa, sb) = (QK_K, 64usize);
-            tile_zero!(0);
-            // K steps alternate between two sets of A and B tiles, so a step's loads need
-            // not wait for the previous step's product to release its tiles.
-            for step in [0usize, 2] {
-                tile_load!(2, a.add(64 * step), sa);
-                tile_load!(6, b.add(1024 * step), sb);
-                tile_dp_u8i8!(0, 2, 6);
-                tile_load!(3, a.add(64 * step + 64), sa);
-                tile_load!(7, b.add(1024 * step + 1024), sb);
-                tile_dp_u8i8!(0, 3, 7);
-            }
-            tile_store!(0, c, 64usize);
+            one_tile_products::<false>(
+                (*wb).q.as_ptr().cast(),
+                (*ab).lines.q.as_ptr().cast(),
+                (*c).0.as_mut_ptr().cast(),
+            )
         }
     }
 

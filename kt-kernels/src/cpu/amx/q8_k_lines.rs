@@ -1,12 +1,13 @@
 //! Q8_K activation blocks of a token group in VNNI form for the B tiles, in the natural
 //! element order (line `l` = elements `4l..4l + 4` of each token), and their 16-element
-//! group sums: what the Q2_K and Q6_K step kernels share (their unpacked weights keep the
-//! natural order too).
+//! group sums: what the Q2_K, Q3_K and Q6_K step kernels share (their unpacked weights keep
+//! the natural order too), and the one-C-tile products of the Q2_K and Q3_K kernels.
 
 use std::arch::x86_64::*;
 
 use super::blocks::transpose16;
 use super::kquant::{QK_K, TG};
+use super::tiles::{tile_dp_i8, tile_dp_u8i8, tile_load, tile_store, tile_zero};
 
 /// Bytes of a Q8_K block: `d` (f32), 256 int8 quants, 16 int16 group sums.
 const QS: usize = 4;
@@ -75,5 +76,43 @@ pub(super) unsafe fn transpose_sums(a: *const u8, stride: usize, n: usize, dst: 
         for (p, line) in (*dst).iter_mut().enumerate() {
             _mm512_storeu_si512(line.as_mut_ptr().cast(), t[p]);
         }
+    }
+}
+
+/// The products of one row block's folded super-block with one token group's lines into
+/// one C tile stored at `c`: A = 16 rows of 256 bytes at `a` (unsigned with `tdpbusd`, or
+/// signed with `tdpbssd` when `SIGNED`), B = the 64 lines at `b`, four products of K = 64.
+/// Uses tiles 0 (C), 2 and 3 (A) and 6 and 7 (B), configured by the caller.
+///
+/// # Safety
+/// AMX is configured with those tiles; `a` holds 16 x 256 readable bytes (the configured
+/// rows), `b` 64 lines of 64 bytes, `c` one writable 16 x 64-byte tile.
+#[inline]
+pub(super) unsafe fn one_tile_products<const SIGNED: bool>(a: *const u8, b: *const u8, c: *mut u8) {
+    let (sa, sb) = (QK_K, 64usize);
+    // SAFETY (whole body): every address is inside `a` (A rows of 256 bytes, 64 read from
+    // 64 * step <= 192), `b` (16 lines of 64 bytes from line 16 * step) or `c` (the
+    // caller's contract).
+    unsafe {
+        tile_zero!(0);
+        // K steps alternate between two sets of A and B tiles, so a step's loads need not
+        // wait for the previous step's product to release its tiles.
+        for step in [0usize, 2] {
+            tile_load!(2, a.add(64 * step), sa);
+            tile_load!(6, b.add(1024 * step), sb);
+            if SIGNED {
+                tile_dp_i8!(0, 2, 6);
+            } else {
+                tile_dp_u8i8!(0, 2, 6);
+            }
+            tile_load!(3, a.add(64 * step + 64), sa);
+            tile_load!(7, b.add(1024 * step + 1024), sb);
+            if SIGNED {
+                tile_dp_i8!(0, 3, 7);
+            } else {
+                tile_dp_u8i8!(0, 3, 7);
+            }
+        }
+        tile_store!(0, c, 64usize);
     }
 }

@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::act::{block_chunks, block_scales};
-use super::tile::{ColumnFormat, Scales, COLS};
+use super::tile::{chunk_of_pairs, ColumnFormat, Scales, COLS};
 use crate::quant::QType;
 
 /// A nibble format's block layout.
@@ -113,12 +113,7 @@ unsafe impl<N: NibbleFormat> ColumnFormat for Column<N> {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     unsafe fn chunk(row: &[__m512i; 4], c: usize) -> __m512i {
-        let m = row[c / 2];
-        if c.is_multiple_of(2) {
-            _mm512_shuffle_i64x2::<0x44>(m, m)
-        } else {
-            _mm512_shuffle_i64x2::<0xEE>(m, m)
-        }
+        chunk_of_pairs(row, c)
     }
 
     #[inline]

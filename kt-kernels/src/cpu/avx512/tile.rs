@@ -127,6 +127,19 @@ pub(super) unsafe trait ColumnFormat {
     }
 }
 
+/// Chunk `c` of a row held as chunk pairs (`row[i]` = `[chunk 2i | chunk 2i + 1]`, as
+/// [`super::act::block_chunks`] makes them) in both halves: the small-block formats' `chunk`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(super) fn chunk_of_pairs(row: &[__m512i; 4], c: usize) -> __m512i {
+    let m = row[c / 2];
+    if c.is_multiple_of(2) {
+        _mm512_shuffle_i64x2::<0x44>(m, m)
+    } else {
+        _mm512_shuffle_i64x2::<0xEE>(m, m)
+    }
+}
+
 /// A constant vector of 16 int32 lanes.
 pub(super) const fn v32(a: [i32; 16]) -> __m512i {
     // SAFETY: [i32; 16] and __m512i have the same size and every bit pattern is valid.
