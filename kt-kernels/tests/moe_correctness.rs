@@ -149,6 +149,32 @@ fn q8_0_and_bf16() {
     }
 }
 
+/// The low-bit and small-block mixes of llama.cpp's Q3_K_M, Q2_K and Q5_K_M files: Q3_K
+/// gate/up, and 32-element-block down projections (Q5_1 and Q4_1 with Q8_1 activations,
+/// Q4_0) at intermediate sizes of whole 128-element AMX steps (384, 256) and not (96).
+#[test]
+fn q3_k_and_small_block_mixes() {
+    for (n, (gate_up, down, inter)) in [
+        (QType::Q3_K, QType::Q5_1, 384),
+        (QType::Q3_K, QType::Q4_0, 96),
+        (QType::Q4_0, QType::Q4_1, 256),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let b = moe_support::build(spec(gate_up, gate_up, down, inter), 50 + n as u64);
+        for (tokens, k) in [(1, 8), (7, 6), (64, 8)] {
+            run_case(
+                &b,
+                tokens,
+                k,
+                Routing::Uniform,
+                800 + 10 * n as u64 + tokens as u64,
+            );
+        }
+    }
+}
+
 #[test]
 fn mixed_formats_including_different_activation_types_for_gate_and_up() {
     // Gate and up in different formats with one activation type (Q8_K), and gate and up
