@@ -141,6 +141,7 @@ unsafe fn one_token_lower<const I: usize, C: ColumnFormat>(t: &GemmTile) {
 
 /// Registers nibble format `N` as `q` (Q8_0 activations).
 fn nibble_format<N: nibbles::NibbleFormat>(t: &mut KernelTable, q: QType) {
+    const { assert!(!N::MIN, "formats with a minimum take Q8_1 activations") };
     t.set(
         q,
         FormatKernels {

@@ -139,8 +139,8 @@ unsafe impl<N: NibbleFormat> ColumnFormat for Column<N> {
     }
 }
 
-/// The 32 quants (`0..2 * offset`) of block `j` at `w` as bytes in element order, or zeros
-/// when `j >= valid`.
+/// The 32 quants (0..16, or 0..32 with fifth bits) of block `j` at `w` as bytes in element
+/// order, or zeros when `j >= valid`.
 ///
 /// # Safety
 /// `valid` blocks of `N` are readable at `w`; AVX512 BW/VL.

@@ -25,6 +25,7 @@ unsafe impl<N: NibbleFormat> PairFormat for Nibbles<N> {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     unsafe fn repack(a: *const u8, g: usize, valid: usize, out: *mut Q80Act) {
+        const { assert!(!N::MIN, "formats with a minimum take Q8_1 activations") };
         // SAFETY: forwarded contract (the activations are Q8_0 rows).
         unsafe { repack_group(a, g, valid, -N::OFFSET, out) }
     }
