@@ -550,7 +550,7 @@ fn run_pretransposed(
     items: &AmxItems,
 ) {
     const TG: usize = AmxItems::BLOCK;
-    // Super-blocks: the pipeline's steps of `p.elems` (a Q8_K block, or several Q8_0
+    // Super-blocks: the pipeline's steps of `p.elems` (a Q8_K block, or several Q8_0 / Q8_1
     // ones), `per` activation blocks each.
     let (cols, act_row) = (tiles.k, tiles.a_stride);
     let per = p.elems / kernels.act.block_elems();

@@ -336,7 +336,7 @@ unsafe fn transpose_records<K: StepKernel>(
 
 /// # Safety
 /// As [`GemmFn`] for AMX and whole super-blocks; `records` holds the initialised records
-/// of the tile's token groups (`tokens.div_ceil(16)` groups of `k / 256`), 64-byte
+/// of the tile's token groups (`tokens.div_ceil(16)` groups of `k / K::ELEMS`), 64-byte
 /// aligned.
 unsafe fn gemm_records<K: StepKernel>(t: &GemmTile, records: *const u8) {
     debug_assert!(t.k.is_multiple_of(K::ELEMS) && !records.is_null());
