@@ -329,8 +329,8 @@ proptest! {
     fn gemm_matches_scalar(f in 0usize..FORMATS.len(), kp in 0usize..12, rows in 1usize..=70,
                            tp in 1usize..=20, seed in any::<u64>()) {
         if amx_here("gemm_matches_scalar") {
-            // 1..=17 tokens (the AVX512 kernel below 9, for Q4_K, Q2_K and Q6_K below 12,
-            // Q5_K below 32; AMX from there), 32, 64 or 513.
+            // 1..=17 tokens (the AVX512 kernel below 9, for Q4_K below 10, Q2_K and Q6_K
+            // below 12, Q3_K below 5, Q5_K below 32; AMX from there), 32, 64 or 513.
             let tokens = match tp {
                 18 => 513,
                 19 => 32,
@@ -399,19 +399,21 @@ fn one_large_tile(q: QType) {
     assert_matches_scalar(&format!("{q} amx one tile"), q, &w, &x, rows, k, &got);
 }
 
-/// The K-quants at the token counts around their AMX thresholds (12, Q5_K 32), the
-/// 16-token groups, Q4_K's switch from the per-sub-block to the folded step kernel (above
-/// 64) and the 128-token blocks, on rows around the 16-row tiles and K past both chunk
-/// sizes.
+/// The K-quants at the token counts around their AMX thresholds (Q3_K 5, Q4_K 10, Q2_K and
+/// Q6_K 12, Q5_K 32), the 16-token groups, Q4_K's switch from the per-sub-block to the
+/// folded step kernel (above 64) and the 128-token blocks, on rows around the 16-row tiles
+/// and K past both chunk sizes.
 #[test]
 fn k_quant_token_counts_match_scalar() {
     if !amx_here("k_quant_token_counts_match_scalar") {
         return;
     }
     for q in KQUANTS {
-        for (i, tokens) in [1, 7, 9, 10, 11, 12, 16, 17, 31, 32, 33, 63, 64, 65, 513]
-            .into_iter()
-            .enumerate()
+        for (i, tokens) in [
+            1, 4, 5, 7, 9, 10, 11, 12, 16, 17, 31, 32, 33, 63, 64, 65, 513,
+        ]
+        .into_iter()
+        .enumerate()
         {
             for (rows, k) in [(33, 2304), (16, 8448)] {
                 check(q, rows, k, tokens, 900 + i as u64);

@@ -25,8 +25,14 @@ use super::q8_k_lines::{one_tile_products, transpose_lines, Lines};
 use super::tiles::TileConfig;
 use crate::cpu::avx2::q3_k::unpack_scales;
 
-/// Below this many tokens the AVX512 kernel is used (as Q2_K's).
-pub(crate) const AMX_MIN_TOKENS: usize = 12;
+/// Below this many tokens the AVX512 kernel is used. 5, not Q2_K's 12: device (16 threads,
+/// session 17 call J, `kt-bench moe --format q3_k`, the thresholds taking turns call by call
+/// in one process, two processes for V3), ms for AMX from 12 / 8 / 5 / 2 tokens: V3 512
+/// tokens 138.2 / 125.4 / 122.7 / 121.3 and 127.4 / 119.0 / 119.4 / 124.4, V3 128 tokens
+/// 76.2 / 72.7 / 67.8 / 69.1 and 86.6 / 84.0 / 77.2 / 76.5, V2-Lite 64 tokens 5.50 / 5.28 /
+/// 4.96 / 4.90: one C tile of four products costs little even with most of its 16 token
+/// columns empty.
+pub(crate) const AMX_MIN_TOKENS: usize = 5;
 
 single_step_entry_points!(Q3K, AMX_MIN_TOKENS);
 
