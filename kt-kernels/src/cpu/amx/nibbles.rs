@@ -33,42 +33,20 @@ unsafe impl<N: NibbleFormat> BlockFormat for Signed<N> {
     }
 }
 
-/// Q4_0's entry points.
-pub(super) mod q4_0 {
-    use super::super::kquant::single_step_entry_points;
-    use super::super::small_block::SmallBlock;
-    use super::{Signed, AMX_MIN_TOKENS};
-    use crate::cpu::avx512::nibbles::Q4_0;
+/// The entry points of nibble format `$format` in module `$name` (one module each: every
+/// format keeps its own lower kernel in a static).
+macro_rules! nibble_entry_points {
+    ($($name:ident: $format:ident),*) => {$(
+        #[doc = concat!(stringify!($format), "'s entry points.")]
+        pub(super) mod $name {
+            use super::super::kquant::single_step_entry_points;
+            use super::super::small_block::SmallBlock;
+            use super::{Signed, AMX_MIN_TOKENS};
+            use crate::cpu::avx512::nibbles::$format;
 
-    single_step_entry_points!(SmallBlock<Signed<Q4_0>>, AMX_MIN_TOKENS);
+            single_step_entry_points!(SmallBlock<Signed<$format>>, AMX_MIN_TOKENS);
+        }
+    )*};
 }
 
-/// Q5_0's entry points.
-pub(super) mod q5_0 {
-    use super::super::kquant::single_step_entry_points;
-    use super::super::small_block::SmallBlock;
-    use super::{Signed, AMX_MIN_TOKENS};
-    use crate::cpu::avx512::nibbles::Q5_0;
-
-    single_step_entry_points!(SmallBlock<Signed<Q5_0>>, AMX_MIN_TOKENS);
-}
-
-/// Q4_1's entry points.
-pub(super) mod q4_1 {
-    use super::super::kquant::single_step_entry_points;
-    use super::super::small_block::SmallBlock;
-    use super::{Signed, AMX_MIN_TOKENS};
-    use crate::cpu::avx512::nibbles::Q4_1;
-
-    single_step_entry_points!(SmallBlock<Signed<Q4_1>>, AMX_MIN_TOKENS);
-}
-
-/// Q5_1's entry points.
-pub(super) mod q5_1 {
-    use super::super::kquant::single_step_entry_points;
-    use super::super::small_block::SmallBlock;
-    use super::{Signed, AMX_MIN_TOKENS};
-    use crate::cpu::avx512::nibbles::Q5_1;
-
-    single_step_entry_points!(SmallBlock<Signed<Q5_1>>, AMX_MIN_TOKENS);
-}
+nibble_entry_points!(q4_0: Q4_0, q5_0: Q5_0, q4_1: Q4_1, q5_1: Q5_1);
