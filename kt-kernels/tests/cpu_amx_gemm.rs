@@ -17,7 +17,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::{poisoned, strided_gemm_tile};
+use common::{poisoned, q8_1_min_terms, strided_gemm_tile};
 use half::{bf16, f16};
 use kt_kernels::cpu::dispatch;
 use kt_kernels::cpu::{self, Isa, ThreadPool};
@@ -151,37 +151,12 @@ fn magnitudes(q: QType, w: &[u8], k: usize) -> Vec<f32> {
         }
     }
     if matches!(q, QType::Q4_1 | QType::Q5_1) {
-        // Their minimum meets the activations' stored sums apart: `min_terms` bounds it.
+        // Their minimum meets the activations' stored sums apart: `q8_1_min_terms` bounds it.
         for b in w.chunks_exact_mut(q.block_bytes()) {
             b[2..4].fill(0);
         }
     }
     dequantized(q, &w, k).iter().map(|v| v.abs()).collect()
-}
-
-/// For Q4_1 / Q5_1 (Q8_1 activations): `sum |m| * |s|` over the blocks of weight row `r`
-/// (`w`, rows of `k`) and activation row `t` (`xq`), per `[t][r]`: the minimum times the
-/// activations' stored `s = f16(d * sum(q))`, which the dequantized activations do not
-/// carry (a token whose `d` rounds to 0 in f16 can keep a nonzero `s`). Zero otherwise.
-fn min_terms(q: QType, w: &[u8], xq: &[u8], rows: usize, k: usize) -> Vec<f64> {
-    let tokens = xq.len() / cpu::act_row_bytes(q, k).unwrap();
-    let mut out = vec![0f64; tokens * rows];
-    if !matches!(q, QType::Q4_1 | QType::Q5_1) {
-        return out;
-    }
-    let act_row = QType::Q8_1.row_bytes(k).unwrap();
-    let f16_at = |b: &[u8]| f64::from(f16::from_le_bytes([b[2], b[3]]).to_f32().abs());
-    let w_row = q.row_bytes(k).unwrap();
-    for (t, at) in xq.chunks(act_row).enumerate() {
-        for r in 0..rows {
-            out[t * rows + r] = w[r * w_row..(r + 1) * w_row]
-                .chunks(q.block_bytes())
-                .zip(at.chunks(QType::Q8_1.block_bytes()))
-                .map(|(wb, ab)| f16_at(wb) * f16_at(ab))
-                .sum();
-        }
-    }
-    out
 }
 
 /// Random activations at varied scales, with an all-zero and a tiny token.
@@ -245,7 +220,7 @@ fn assert_matches_scalar(
     let mut xq = vec![0u8; tokens * cpu::act_row_bytes(q, k).unwrap()];
     cpu::quantize_activations_with(Isa::Scalar, pool(), q, x, k, tokens, &mut xq).unwrap();
     let (wf, af) = (magnitudes(q, w, k), dequantized(q.vec_dot_type(), &xq, k));
-    let mins = min_terms(q, w, &xq, rows, k);
+    let mins = q8_1_min_terms(q, w, &xq, rows, k);
     let unit = f64::from(f32::EPSILON) / 2.0 * rounding_units(q, k);
     for t in 0..tokens {
         for r in 0..rows {

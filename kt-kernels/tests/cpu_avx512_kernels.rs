@@ -93,23 +93,9 @@ fn bound(q: QType, w: &[u8], xq: &[u8], rows: usize, cols: usize) -> Vec<f64> {
         .chunks(act_row)
         .flat_map(|r| dequant_act(act, r))
         .collect();
-    let mut mag = magnitudes(&wf, &a, rows, cols);
-    if act == QType::Q8_1 {
-        let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32().abs();
-        let w_row = q.row_bytes(cols).unwrap();
-        for (t, at) in xq.chunks(act_row).enumerate() {
-            for r in 0..rows {
-                let wr = &w[r * w_row..(r + 1) * w_row];
-                let extra: f32 = wr
-                    .chunks(q.block_bytes())
-                    .zip(at.chunks(act.block_bytes()))
-                    .map(|(wb, ab)| f16_at(wb, 2) * f16_at(ab, 2))
-                    .sum();
-                mag[t * rows + r] += extra as f64;
-            }
-        }
-    }
-    mag
+    let mins = q8_1_min_terms(q, w, xq, rows, cols);
+    let mag = magnitudes(&wf, &a, rows, cols);
+    mag.iter().zip(mins).map(|(m, e)| m + e).collect()
 }
 
 /// `sum |w| * |a|` for every (token, row).

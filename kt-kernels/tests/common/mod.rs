@@ -179,3 +179,31 @@ pub fn random_weights(
         }
     }
 }
+
+/// For weights with a minimum against Q8_1 activations (Q4_1, Q5_1): `sum |m| * |s|` over
+/// the blocks of weight row `r` (`w`, `rows` rows of `cols`) and activation row `t` (`xq`),
+/// per `[t * rows + r]`: the minimum times the activations' stored `s = f16(d * sum(q))`,
+/// which dequantized activations do not carry (a token whose `d` rounds to 0 in f16 can
+/// keep a nonzero `s`), so a tolerance relative to `sum |w| |a|` must add it. Zeros for
+/// every other format.
+pub fn q8_1_min_terms(q: QType, w: &[u8], xq: &[u8], rows: usize, cols: usize) -> Vec<f64> {
+    let act = q.vec_dot_type();
+    let act_row = act.row_bytes(cols).unwrap();
+    let mut out = vec![0f64; xq.len() / act_row * rows];
+    if act != QType::Q8_1 {
+        return out;
+    }
+    // Both blocks keep their second f16 (the weights' `m`, the activations' `s`) at 2..4.
+    let second = |b: &[u8]| f64::from(half::f16::from_le_bytes([b[2], b[3]]).to_f32().abs());
+    let w_row = q.row_bytes(cols).unwrap();
+    for (t, at) in xq.chunks(act_row).enumerate() {
+        for r in 0..rows {
+            out[t * rows + r] = w[r * w_row..(r + 1) * w_row]
+                .chunks(q.block_bytes())
+                .zip(at.chunks(act.block_bytes()))
+                .map(|(wb, ab)| second(wb) * second(ab))
+                .sum();
+        }
+    }
+    out
+}
