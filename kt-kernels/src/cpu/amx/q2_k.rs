@@ -18,7 +18,10 @@
 use std::arch::x86_64::*;
 
 use super::kquant::{folded_config, single_step_entry_points, StepKernel, QK_K, TG, TR};
-use super::q8_k_lines::{one_tile_products, transpose_lines, transpose_sums, Lines, SumPairs};
+use super::q8_k_lines::{
+    crumb_plane_shifts, group_scale_picks, one_tile_products, transpose_lines, transpose_sums,
+    Lines, SumPairs,
+};
 use super::tiles::TileConfig;
 
 /// Below this many tokens the AVX512 kernel is used.
@@ -121,22 +124,9 @@ unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut Weigh
     let nib = _mm_set1_epi8(0x0F);
     // Plane `jp` of a quant half: bits 4jp.. of each byte in bytes 0..32, bits 4jp + 2..
     // in bytes 32..64 (the quant half's 32 bytes are in both 256-bit halves).
-    let shift: [__m512i; 2] = std::array::from_fn(|jp| {
-        _mm512_inserti64x4::<1>(
-            _mm512_set1_epi16(4 * jp as i16),
-            _mm256_set1_epi16(4 * jp as i16 + 2),
-        )
-    });
-    // Plane `m` holds elements 64m..64m + 64, groups 4m..4m + 4: word `i` takes the scale
-    // of group 4m + i / 8.
-    let pick: [__m512i; 4] = std::array::from_fn(|m| {
-        let mut idx = [0i16; 32];
-        for (i, x) in idx.iter_mut().enumerate() {
-            *x = (4 * m + i / 8) as i16;
-        }
-        // SAFETY: a 64-byte read of a local array.
-        unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
-    });
+    let shift = crumb_plane_shifts();
+    // Plane `m` holds elements 64m..64m + 64, groups 4m..4m + 4.
+    let pick = group_scale_picks();
     for n in 0..nr {
         // SAFETY: block n is readable (caller): scales at 0..16, quants at 16..80, d and
         // dmin at 80..84; row n of `dst`.

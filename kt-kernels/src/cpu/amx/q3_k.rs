@@ -21,7 +21,9 @@
 use std::arch::x86_64::*;
 
 use super::kquant::{folded_config, single_step_entry_points, StepKernel, QK_K, TG, TR};
-use super::q8_k_lines::{one_tile_products, transpose_lines, Lines};
+use super::q8_k_lines::{
+    crumb_plane_shifts, group_scale_picks, one_tile_products, transpose_lines, Lines,
+};
 use super::tiles::TileConfig;
 use crate::cpu::avx2::q3_k::unpack_scales;
 
@@ -125,23 +127,11 @@ unsafe fn unpack_weights(w: *const u8, stride: usize, nr: usize, dst: *mut Weigh
     // halves; 16-bit shifts bring them down (a bit never leaves its byte once masked).
     let shifts =
         |lo: i16| _mm512_inserti64x4::<1>(_mm512_set1_epi16(lo), _mm256_set1_epi16(lo + 1));
-    let low_shift: [__m512i; 2] = std::array::from_fn(|jp| {
-        _mm512_inserti64x4::<1>(
-            _mm512_set1_epi16(4 * jp as i16),
-            _mm256_set1_epi16(4 * jp as i16 + 2),
-        )
-    });
+    let low_shift = crumb_plane_shifts();
     // Bit 4n + 2jp (+1 in the high half) of each hmask byte brought to bit 2.
     let high_shift: [__m512i; 4] = std::array::from_fn(|m| shifts(2 * m as i16 - 2));
-    // Plane `m`'s 128-bit lane `i` is group 4m + i: word `k` of the lane takes its scale.
-    let pick: [__m512i; 4] = std::array::from_fn(|m| {
-        let mut idx = [0i16; 32];
-        for (k, x) in idx.iter_mut().enumerate() {
-            *x = (4 * m + k / 8) as i16;
-        }
-        // SAFETY: a 64-byte read of a local array.
-        unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
-    });
+    // Plane `m`'s 128-bit lane `i` is group 4m + i.
+    let pick = group_scale_picks();
     // Word `u` (0..8) of every lane: the factor `4 - u` of the table entry `u`.
     let factor = {
         let mut f = [0i16; 32];

@@ -1,7 +1,8 @@
 //! Q8_K activation blocks of a token group in VNNI form for the B tiles, in the natural
 //! element order (line `l` = elements `4l..4l + 4` of each token), and their 16-element
 //! group sums: what the Q2_K, Q3_K and Q6_K step kernels share (their unpacked weights keep
-//! the natural order too), and the one-C-tile products of the Q2_K and Q3_K kernels.
+//! the natural order too), and what the Q2_K and Q3_K kernels share: their one-C-tile
+//! products and the shift and scale-pick constants of their 2-bit planes.
 
 use std::arch::x86_64::*;
 
@@ -115,4 +116,34 @@ pub(super) unsafe fn one_tile_products<const SIGNED: bool>(a: *const u8, b: *con
         }
         tile_store!(0, c, 64usize);
     }
+}
+
+/// The 2-bit planes of a Q2_K / Q3_K quant half (its 32 `qs` bytes in both 256-bit halves):
+/// plane `jp` shifts each 16-bit word right by `4jp` in bytes 0..32 and `4jp + 2` in bytes
+/// 32..64, bringing bits `2j..2j + 2` (`j = 2jp`, then `2jp + 1`) down.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) fn crumb_plane_shifts() -> [__m512i; 2] {
+    std::array::from_fn(|jp| {
+        _mm512_inserti64x4::<1>(
+            _mm512_set1_epi16(4 * jp as i16),
+            _mm256_set1_epi16(4 * jp as i16 + 2),
+        )
+    })
+}
+
+/// `vpermw` indices of plane `m` (elements `64m..64m + 64`, 16-element groups `4m..4m + 4`):
+/// word `i` takes the 16-bit scale of group `4m + i / 8`, so each 128-bit lane of a
+/// plane's bytes sees its own group's scale.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) fn group_scale_picks() -> [__m512i; 4] {
+    std::array::from_fn(|m| {
+        let mut idx = [0i16; 32];
+        for (i, x) in idx.iter_mut().enumerate() {
+            *x = (4 * m + i / 8) as i16;
+        }
+        // SAFETY: a 64-byte read of a local array.
+        unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
+    })
 }
