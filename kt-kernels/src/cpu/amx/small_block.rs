@@ -71,7 +71,7 @@ pub(super) struct ActBlock {
     q: [[i32; TG]; BLOCKS * QK / 4],
     /// `da` of block `j` per token (0 for the group's missing tokens).
     d: [[f32; TG]; BLOCKS],
-    /// Q8_1's `s` of block `j` per token (0 for Q8_0 and missing tokens).
+    /// Q8_1's `s` of block `j` per token (0 for missing tokens; not written for Q8_0).
     s: [[f32; TG]; BLOCKS],
 }
 
@@ -203,8 +203,6 @@ unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, min: bool, dst: 
             f16_line(j * block, (*dst).d[j].as_mut_ptr());
             if min {
                 f16_line(j * block + 2, (*dst).s[j].as_mut_ptr());
-            } else {
-                _mm512_store_ps((*dst).s[j].as_mut_ptr(), _mm512_setzero_ps());
             }
         }
     }
@@ -317,7 +315,14 @@ unsafe fn scale<F: BlockFormat>(
     // SAFETY (whole body): rows n < nr of the initialised buffers (caller).
     unsafe {
         let da: [__m512; BLOCKS] = std::array::from_fn(|j| _mm512_load_ps((*ab).d[j].as_ptr()));
-        let sa: [__m512; BLOCKS] = std::array::from_fn(|j| _mm512_load_ps((*ab).s[j].as_ptr()));
+        // Written by the transpose only for formats with a minimum.
+        let sa: [__m512; BLOCKS] = std::array::from_fn(|j| {
+            if F::MIN {
+                _mm512_load_ps((*ab).s[j].as_ptr())
+            } else {
+                _mm512_setzero_ps()
+            }
+        });
         for (n, acc) in acc.iter_mut().enumerate().take(nr) {
             // Two chains (even and odd blocks), so a row waits on two FMAs, not four.
             let mut part = [*acc, _mm512_setzero_ps()];
