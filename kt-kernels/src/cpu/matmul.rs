@@ -700,9 +700,9 @@ impl Tiles {
 /// With the activations transposed once per call an item's fixed cost is small (the
 /// pipeline's first unpacking, the tile configuration: [`AMX_ITEM_COST_ROWS`]), so the
 /// ranges are chosen for the shortest critical path: rounds of items per thread times the
-/// largest item, at least [`AMX_ITEMS_PER_THREAD`] items per thread where the rows allow
-/// (a late thread's share is then stolen in small parts), at most [`GEMM_ROW_BLOCK`] rows
-/// an item.
+/// largest item (plus [`AMX_TAIL_ITEMS`] where the call has several token blocks), at least
+/// [`AMX_ITEMS_PER_THREAD`] items per thread where the rows allow (a late thread's share is
+/// then stolen in small parts), at most [`GEMM_ROW_BLOCK`] rows an item.
 #[cfg(target_arch = "x86_64")]
 #[derive(Debug)]
 struct AmxItems {
@@ -725,6 +725,18 @@ const AMX_ITEM_COST_ROWS: usize = 8;
 /// 7168x2048 in 64 items of 112 rows (four a thread) was level with 112 of 64.
 #[cfg(target_arch = "x86_64")]
 const AMX_ITEMS_PER_THREAD: usize = 4;
+/// Items of slack in the critical path of a call with several token blocks: the threads do
+/// not end their last items together, so the call ends up to about one item after the
+/// rounds say. The items of such calls are long (128 tokens over the whole K), and so is
+/// that slack: at 512 tokens on 16 threads it cuts 2048 rows into 64-row items (128 of
+/// them) instead of 128-row ones (64), and 1408 into 32-row items (176) instead of 96
+/// (64); the larger shapes keep theirs. Device, session 18 (calls A and B, one process
+/// each, the partitions taking turns call by call), ms: Q8_0 2048x7168 5.15 -> 4.84 and
+/// 5.09 -> 4.89, 1408x2048 1.10 -> 1.01 and 1.09 -> 1.00, 2048x1408 1.03 -> 0.98 and
+/// 1.05 -> 1.00; Q4_K 2048x7168 4.57 -> 4.44 and 4.86 -> 4.59, 1408x2048 0.770 -> 0.739
+/// and 0.946 -> 0.877.
+#[cfg(target_arch = "x86_64")]
+const AMX_TAIL_ITEMS: usize = 1;
 
 #[cfg(target_arch = "x86_64")]
 impl AmxItems {
@@ -736,9 +748,10 @@ impl AmxItems {
         let blocks = rows.div_ceil(Self::BLOCK).max(1);
         let fewest = blocks.div_ceil(GEMM_ROW_BLOCK / Self::BLOCK);
         let want = (AMX_ITEMS_PER_THREAD * threads).min(blocks * token_blocks);
+        let tail = if token_blocks > 1 { AMX_TAIL_ITEMS } else { 0 };
         let cost = |ranges: usize| {
             let rounds = (ranges * token_blocks).div_ceil(threads);
-            rounds * (blocks.div_ceil(ranges) * Self::BLOCK + AMX_ITEM_COST_ROWS)
+            (rounds + tail) * (blocks.div_ceil(ranges) * Self::BLOCK + AMX_ITEM_COST_ROWS)
         };
         let ranges = (fewest..=blocks)
             .filter(|&r| r * token_blocks >= want)
@@ -768,8 +781,8 @@ impl AmxItems {
         // ranges alternate across the token blocks and every range's items together hold
         // `token_blocks * blocks / ranges` blocks (+-1): a thread's share (consecutive
         // items: one range's token blocks) is then as long as any other's. 1408x2048 at
-        // 512 tokens on 16 threads: 16 ranges of 5 or 6 blocks, shares of 20 or 24 blocks
-        // without the shift, 22 with it.
+        // 256 tokens on 16 threads: 32 ranges of 2 or 3 blocks, shares of 10 or 12 blocks
+        // without the shift, 11 with it.
         let shift = tb * self.ranges / self.token_blocks;
         let bound =
             |r: usize| ((r * self.blocks + shift) / self.ranges * Self::BLOCK).min(self.rows);
@@ -875,8 +888,9 @@ mod tests {
     fn amx_items_balance_the_device_shapes() {
         // (rows, tokens) -> (items, largest rows) on 16 threads
         for (rows, tokens, want) in [
-            (1408, 512, (64, 96)),
-            (2048, 512, (64, 128)),
+            (1408, 512, (176, 32)),
+            (2048, 512, (128, 64)),
+            (18432, 512, (576, 128)),
             (7168, 512, (224, 128)),
             (7168, 16, (64, 112)),
             (2048, 16, (64, 32)),
@@ -917,11 +931,13 @@ mod tests {
             // one 16-row block of one token block (8 groups) apart at most
             assert!(hi - lo <= GEMM_TOKEN_BLOCK / 16, "{what}: {shares:?}");
         }
-        // 1408x2048 at 512 tokens on 16 threads: 22 blocks of 8 groups each
-        let items = AmxItems::new(1408, 512, 16);
+        // 1408x2048 at 256 tokens on 16 threads: 32 ranges of 2 or 3 blocks, 4 items a
+        // thread, 11 blocks of 8 groups each
+        let items = AmxItems::new(1408, 256, 16);
+        assert_eq!(items.count(), 64, "{items:?}");
         for t in 0..16 {
             let blocks: usize = (4 * t..4 * t + 4).map(|i| items.item(i).1 / 16).sum();
-            assert_eq!(blocks, 22, "thread {t}");
+            assert_eq!(blocks, 11, "thread {t}");
         }
     }
 
