@@ -154,6 +154,83 @@ pub(super) unsafe trait StepKernel {
     );
 }
 
+/// The stage methods of a [`StepKernel`] impl that only hand their arguments on to the
+/// step kernel module's function of the same contract (written inside the impl: `$stage:
+/// function` pairs). `unpack` forwards to a function of `unpack`'s arguments;
+/// `unpack_prefetching` to one that also takes the prefetch rows after `dst` (and then
+/// writes `unpack` as that function without prefetches). The forwarders carry the
+/// stages' target features (none for the tile products), so the stages inline into the
+/// pipeline as before.
+macro_rules! forward_stages {
+    ($($stage:ident: $f:path),+ $(,)?) => {
+        $($crate::cpu::amx::kquant::forward_stages!(@stage $stage $f);)+
+    };
+    (@stage transpose_acts $f:path) => {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
+        unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, dst: *mut Self::Acts) {
+            // SAFETY: the trait's contract is this function's.
+            unsafe { $f(a, stride, n, dst) }
+        }
+    };
+    (@stage unpack $f:path) => {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
+        unsafe fn unpack(w: *const u8, stride: usize, nr: usize, dst: *mut Self::Weights) {
+            // SAFETY: the trait's contract is this function's.
+            unsafe { $f(w, stride, nr, dst) }
+        }
+    };
+    (@stage unpack_prefetching $f:path) => {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
+        unsafe fn unpack(w: *const u8, stride: usize, nr: usize, dst: *mut Self::Weights) {
+            // SAFETY: the trait's contract is this function's (no prefetch rows).
+            unsafe { $f(w, stride, nr, dst, std::ptr::null(), 0) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
+        unsafe fn unpack_prefetching(
+            w: *const u8,
+            stride: usize,
+            nr: usize,
+            dst: *mut Self::Weights,
+            ahead: *const u8,
+            ahead_nr: usize,
+        ) {
+            // SAFETY: the trait's contract is this function's.
+            unsafe { $f(w, stride, nr, dst, ahead, ahead_nr) }
+        }
+    };
+    (@stage products $f:path) => {
+        #[inline]
+        unsafe fn products(
+            wb: *const Self::Weights,
+            ab: *const Self::Acts,
+            c: *mut Self::Products,
+        ) {
+            // SAFETY: the trait's contract is this function's.
+            unsafe { $f(wb, ab, c) }
+        }
+    };
+    (@stage scale $f:path) => {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
+        unsafe fn scale(
+            c: *const Self::Products,
+            wb: *const Self::Weights,
+            ab: *const Self::Acts,
+            nr: usize,
+            acc: &mut [std::arch::x86_64::__m512; $crate::cpu::amx::kquant::TR],
+        ) {
+            // SAFETY: the trait's contract is this function's.
+            unsafe { $f(c, wb, ab, nr, acc) }
+        }
+    };
+}
+pub(super) use forward_stages;
+
 /// One step whose C tiles wait to be scaled.
 struct Pending<A> {
     cbuf: usize,

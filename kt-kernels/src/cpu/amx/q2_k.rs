@@ -17,7 +17,9 @@
 
 use std::arch::x86_64::*;
 
-use super::kquant::{folded_config, single_step_entry_points, StepKernel, QK_K, TG, TR};
+use super::kquant::{
+    folded_config, forward_stages, single_step_entry_points, StepKernel, QK_K, TG, TR,
+};
 use super::q8_k_lines::{
     crumb_plane_shifts, group_scale_picks, one_tile_products, transpose_lines, transpose_sums,
     Lines, SumPairs,
@@ -80,13 +82,6 @@ unsafe impl StepKernel for Q2K {
     }
 
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-    unsafe fn unpack(w: *const u8, stride: usize, nr: usize, dst: *mut WeightBlock) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { unpack_weights(w, stride, nr, dst) }
-    }
-
-    #[inline]
     unsafe fn products(wb: *const WeightBlock, ab: *const ActBlock, c: *mut CTile) {
         // SAFETY: the configuration of `config` is loaded (caller); `wb` holds 16 rows of
         // 256 bytes, `ab` 64 lines, `c` one 16 x 64-byte tile.
@@ -99,18 +94,7 @@ unsafe impl StepKernel for Q2K {
         }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn scale(
-        c: *const CTile,
-        wb: *const WeightBlock,
-        ab: *const ActBlock,
-        nr: usize,
-        acc: &mut [__m512; TR],
-    ) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { scale(c, wb, ab, nr, acc) }
-    }
+    forward_stages!(unpack: unpack_weights, scale: scale);
 }
 
 /// Unpacks `nr` weight rows' Q2_K block (`w`, rows `stride` bytes apart) into `dst`.

@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::blocks::transpose16;
-use super::kquant::{folded_config, prefetch_block, StepKernel, QK_K, TG, TR};
+use super::kquant::{folded_config, forward_stages, prefetch_block, StepKernel, QK_K, TG, TR};
 use super::q4_k::{sub_offset, SUBS};
 use super::tiles::{tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
 use crate::cpu::avx512::q4_k::scales_mins;
@@ -82,52 +82,12 @@ unsafe impl<F: FoldedQuants> StepKernel for Folded<F> {
         folded_config(&[0, 1, 2, 3, 4, 5], nr)
     }
 
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, dst: *mut ActBlock) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { transpose_acts(a, stride, n, dst) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-    unsafe fn unpack(w: *const u8, stride: usize, nr: usize, dst: *mut WeightBlock) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { unpack_weights::<F>(w, stride, nr, dst, std::ptr::null(), 0) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-    unsafe fn unpack_prefetching(
-        w: *const u8,
-        stride: usize,
-        nr: usize,
-        dst: *mut WeightBlock,
-        ahead: *const u8,
-        ahead_nr: usize,
-    ) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { unpack_weights::<F>(w, stride, nr, dst, ahead, ahead_nr) }
-    }
-
-    #[inline]
-    unsafe fn products(wb: *const WeightBlock, ab: *const ActBlock, c: *mut CTiles) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { products(wb, ab, c) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn scale(
-        c: *const CTiles,
-        wb: *const WeightBlock,
-        ab: *const ActBlock,
-        nr: usize,
-        acc: &mut [__m512; TR],
-    ) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { scale(c, wb, ab, nr, acc) }
-    }
+    forward_stages!(
+        transpose_acts: transpose_acts,
+        unpack_prefetching: unpack_weights::<F>,
+        products: products,
+        scale: scale,
+    );
 }
 
 /// One token group's activations of one super-block, ready for the B tiles.

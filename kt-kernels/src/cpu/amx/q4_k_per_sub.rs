@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::blocks::transpose16;
-use super::kquant::{prefetch_block, StepKernel, QK_K, TG, TR};
+use super::kquant::{forward_stages, prefetch_block, StepKernel, QK_K, TG, TR};
 use super::q4_k::{sub_offset, SUBS};
 use super::tiles::{tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
 use crate::cpu::avx512::q4_k::scales_mins;
@@ -39,52 +39,12 @@ unsafe impl StepKernel for PerSub {
         c
     }
 
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, dst: *mut ActBlock) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { transpose_acts(a, stride, n, dst) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-    unsafe fn unpack(w: *const u8, stride: usize, nr: usize, dst: *mut WeightBlock) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { unpack_weights(w, stride, nr, dst, std::ptr::null(), 0) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-    unsafe fn unpack_prefetching(
-        w: *const u8,
-        stride: usize,
-        nr: usize,
-        dst: *mut WeightBlock,
-        ahead: *const u8,
-        ahead_nr: usize,
-    ) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { unpack_weights(w, stride, nr, dst, ahead, ahead_nr) }
-    }
-
-    #[inline]
-    unsafe fn products(wb: *const WeightBlock, ab: *const ActBlock, c: *mut CTiles) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { products(wb, ab, c) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-    unsafe fn scale(
-        c: *const CTiles,
-        wb: *const WeightBlock,
-        ab: *const ActBlock,
-        nr: usize,
-        acc: &mut [__m512; TR],
-    ) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { scale(c, wb, ab, nr, acc) }
-    }
+    forward_stages!(
+        transpose_acts: transpose_acts,
+        unpack_prefetching: unpack_weights,
+        products: products,
+        scale: scale,
+    );
 }
 
 /// One token group's activations of one super-block, ready for the B tiles.

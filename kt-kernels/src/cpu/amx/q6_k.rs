@@ -22,7 +22,9 @@
 
 use std::arch::x86_64::*;
 
-use super::kquant::{folded_config, single_step_entry_points, StepKernel, QK_K, TG, TR};
+use super::kquant::{
+    folded_config, forward_stages, single_step_entry_points, StepKernel, QK_K, TG, TR,
+};
 use super::q8_k_lines::{transpose_lines, Lines};
 use super::tiles::{tile_dp_i8, tile_dp_u8i8, tile_load, tile_store, tile_zero, TileConfig};
 
@@ -74,20 +76,6 @@ unsafe impl StepKernel for Q6K {
     }
 
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, dst: *mut Lines) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { transpose_lines(a, stride, n, dst) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-    unsafe fn unpack(w: *const u8, stride: usize, nr: usize, dst: *mut WeightBlock) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { unpack_weights(w, stride, nr, dst) }
-    }
-
-    #[inline]
     unsafe fn products(wb: *const WeightBlock, ab: *const Lines, c: *mut CTiles) {
         // SAFETY (whole body): every address is inside `wb` (A rows of 256 bytes, 64 read
         // from 64 * step <= 192), `ab` (16 lines of 64 bytes from line 16 * step) or `c`
@@ -117,18 +105,11 @@ unsafe impl StepKernel for Q6K {
         }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-    unsafe fn scale(
-        c: *const CTiles,
-        wb: *const WeightBlock,
-        ab: *const Lines,
-        nr: usize,
-        acc: &mut [__m512; TR],
-    ) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { scale(c, wb, ab, nr, acc) }
-    }
+    forward_stages!(
+        transpose_acts: transpose_lines,
+        unpack: unpack_weights,
+        scale: scale,
+    );
 }
 
 /// Unpacks `nr` weight rows' Q6_K block (`w`, rows `stride` bytes apart) into `dst`.

@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::blocks::transpose16;
-use super::kquant::{prefetch_block, StepKernel, TG, TR};
+use super::kquant::{forward_stages, prefetch_block, StepKernel, TG, TR};
 use super::tiles::{tile_dp_i8, tile_load, tile_store, tile_zero, TileConfig};
 
 /// Elements of a block.
@@ -119,45 +119,11 @@ unsafe impl<F: BlockFormat> StepKernel for SmallBlock<F> {
         unsafe { transpose_acts(a, stride, n, F::MIN, dst) }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-    unsafe fn unpack(w: *const u8, stride: usize, nr: usize, dst: *mut WeightBlock) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { unpack_weights::<F>(w, stride, nr, dst, std::ptr::null(), 0) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
-    unsafe fn unpack_prefetching(
-        w: *const u8,
-        stride: usize,
-        nr: usize,
-        dst: *mut WeightBlock,
-        ahead: *const u8,
-        ahead_nr: usize,
-    ) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { unpack_weights::<F>(w, stride, nr, dst, ahead, ahead_nr) }
-    }
-
-    #[inline]
-    unsafe fn products(wb: *const WeightBlock, ab: *const ActBlock, c: *mut CTiles) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { products(wb, ab, c) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-    unsafe fn scale(
-        c: *const CTiles,
-        wb: *const WeightBlock,
-        ab: *const ActBlock,
-        nr: usize,
-        acc: &mut [__m512; TR],
-    ) {
-        // SAFETY: the trait's contract is this function's.
-        unsafe { scale::<F>(c, wb, ab, nr, acc) }
-    }
+    forward_stages!(
+        unpack_prefetching: unpack_weights::<F>,
+        products: products,
+        scale: scale::<F>,
+    );
 }
 
 /// Transposes one step of `n` (1..=16) tokens' Q8_0 rows, or Q8_1 rows with `min` (`a`:
