@@ -464,8 +464,12 @@ mod tests {
             r.apply(&mut k1, p).unwrap();
             r.apply(&mut q2, dp).unwrap();
             r.apply(&mut k2, 0).unwrap();
-            let scale = q.iter().zip(&k).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>() * m * m;
-            // angles up to ~1e5 rad: each f32 output carries ~6e-8 relative error
+            // Angles up to ~1e5 rad: each rotated f32 pair carries ~6e-8 of its norm as error
+            // in both coordinates, and a rotation mixes a pair's coordinates, so the dot's
+            // error scales with the pairs' norms, not with |q_i k_i| (which is 0 for q = (1, 0),
+            // k = (0, 1) while their rotated dot is not).
+            let norm = |v: &[f32], i: usize| (v[2 * i] as f64).hypot(v[2 * i + 1] as f64);
+            let scale = (0..half).map(|i| norm(&q, i) * norm(&k, i)).sum::<f64>() * m * m;
             prop_assert!((dot(&q1, &k1) - dot(&q2, &k2)).abs() <= 1e-6 * scale + 1e-12);
         }
     }
