@@ -388,7 +388,9 @@ impl Pretransposed {
 
 /// # Safety
 /// `n` (1..=16) Q8_K rows `stride` bytes apart hold `ns` whole blocks from `a`; `dst` is
-/// 64-byte aligned and writable for `ns` records of `K`.
+/// 64-byte aligned and writable for `ns` records of `K`; the CPU has AMX (so the
+/// pipeline's AVX512 features).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
 unsafe fn transpose_records<K: StepKernel>(
     a: *const u8,
     stride: usize,
@@ -572,7 +574,7 @@ unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(
 /// its row block and tokens `t0..t0 + 16 * ng` are the caller's.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
 unsafe fn finish_step<K: StepKernel, const G: usize>(
     t: &GemmTile,
     p: Pending<K::Acts>,
