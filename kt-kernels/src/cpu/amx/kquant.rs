@@ -158,16 +158,19 @@ pub(super) unsafe trait StepKernel {
 /// step kernel module's function of the same contract (written inside the impl: `$stage:
 /// function` pairs). `unpack` forwards to a function of `unpack`'s arguments;
 /// `unpack_prefetching` to one that also takes the prefetch rows after `dst` (and then
-/// writes `unpack` as that function without prefetches). The forwarders carry the
-/// stages' target features (none for the tile products), so the stages inline into the
-/// pipeline as before.
+/// writes `unpack` as that function without prefetches). Each forwarder carries the
+/// target features of the pipeline code that calls it (`scale`: those of `finish_step`;
+/// none for the tile products), so it inlines there; a stage function that needs more
+/// (the folded kernels' `scale`, with `vpdpwssd`) stays a call, as it was before this
+/// macro (inlining those into the epilogue made Q2_K / Q3_K GEMMs 6-20% slower on the
+/// device, session 18 call F).
 macro_rules! forward_stages {
     ($($stage:ident: $f:path),+ $(,)?) => {
         $($crate::cpu::amx::kquant::forward_stages!(@stage $stage $f);)+
     };
     (@stage transpose_acts $f:path) => {
         #[inline]
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
         unsafe fn transpose_acts(a: *const u8, stride: usize, n: usize, dst: *mut Self::Acts) {
             // SAFETY: the trait's contract is this function's.
             unsafe { $f(a, stride, n, dst) }
@@ -216,7 +219,7 @@ macro_rules! forward_stages {
     };
     (@stage scale $f:path) => {
         #[inline]
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
         unsafe fn scale(
             c: *const Self::Products,
             wb: *const Self::Weights,
@@ -388,9 +391,7 @@ impl Pretransposed {
 
 /// # Safety
 /// `n` (1..=16) Q8_K rows `stride` bytes apart hold `ns` whole blocks from `a`; `dst` is
-/// 64-byte aligned and writable for `ns` records of `K`; the CPU has AMX (so the
-/// pipeline's AVX512 features).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
+/// 64-byte aligned and writable for `ns` records of `K`.
 unsafe fn transpose_records<K: StepKernel>(
     a: *const u8,
     stride: usize,
@@ -574,7 +575,7 @@ unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(
 /// its row block and tokens `t0..t0 + 16 * ng` are the caller's.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
 unsafe fn finish_step<K: StepKernel, const G: usize>(
     t: &GemmTile,
     p: Pending<K::Acts>,
