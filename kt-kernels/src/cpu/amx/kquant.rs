@@ -162,8 +162,8 @@ pub(super) unsafe trait StepKernel {
 /// target features of the pipeline code that calls it (`scale`: those of `finish_step`;
 /// none for the tile products), so it inlines there; a stage function that needs more
 /// (the folded kernels' `scale`, with `vpdpwssd`) stays a call, as it was before this
-/// macro (inlining those into the epilogue made Q2_K / Q3_K GEMMs 6-20% slower on the
-/// device, session 18 call F).
+/// macro (with those inlined into the epilogue, Q2_K and Q3_K GEMMs read 2-23% slower in
+/// both rounds on the device, session 18 call F).
 macro_rules! forward_stages {
     ($($stage:ident: $f:path),+ $(,)?) => {
         $($crate::cpu::amx::kquant::forward_stages!(@stage $stage $f);)+
