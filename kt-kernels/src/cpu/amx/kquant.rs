@@ -159,11 +159,11 @@ pub(super) unsafe trait StepKernel {
 /// function` pairs). `unpack` forwards to a function of `unpack`'s arguments;
 /// `unpack_prefetching` to one that also takes the prefetch rows after `dst` (and then
 /// writes `unpack` as that function without prefetches). Each forwarder carries the
-/// target features of the pipeline code that calls it (`scale`: those of `finish_step`;
-/// none for the tile products), so it inlines there; a stage function that needs more
-/// (the folded kernels' `scale`, with `vpdpwssd`) stays a call, as it was before this
-/// macro (with those inlined into the epilogue, Q2_K and Q3_K GEMMs read 2-23% slower in
-/// both rounds on the device, session 18 call F).
+/// target features the hand-written ones had (`scale`: those of `finish_step`, which calls
+/// it; none for the tile products), so the code is what it was before this macro: a
+/// stage function that needs more than its forwarder (the folded kernels' `scale`, with
+/// `vpdpwssd`) stays a call. With those inlined into the epilogue, Q2_K and Q3_K GEMMs
+/// read 2-23% slower in both rounds on the device (session 18 call F).
 macro_rules! forward_stages {
     ($($stage:ident: $f:path),+ $(,)?) => {
         $($crate::cpu::amx::kquant::forward_stages!(@stage $stage $f);)+

@@ -250,14 +250,8 @@ mod tests {
         for (nr, n_tok) in [(16, 16), (13, 11), (1, 1), (16, 5)] {
             let w = blocks(&mut rng);
             let a = stage_check::q8k_rows(&mut rng);
-            // SAFETY: plain integer and float arrays: all-zero bytes are valid values.
-            let (mut wb, mut ab, mut c) = unsafe {
-                (
-                    Box::<WeightBlock>::new(std::mem::zeroed()),
-                    Box::<ActBlock>::new(std::mem::zeroed()),
-                    Box::<CTile>::new(std::mem::zeroed()),
-                )
-            };
+            // SAFETY: the kernel's records are plain integer and float arrays.
+            let (mut wb, mut ab, mut c) = unsafe { stage_check::zeroed_records::<Q3K>() };
             let mut acc = stage_check::poisoned_acc(nr);
             // SAFETY: AVX512-VNNI and F16C were detected; `nr` weight rows and `n_tok`
             // activation rows of one block each are readable; the buffers are writable.

@@ -299,14 +299,8 @@ mod tests {
             let mut w = vec![0u8; TR * wrow];
             quant::quantize(QType::Q4_K, &wf, &mut w).unwrap();
             let a = stage_check::q8k_rows(&mut rng);
-            // SAFETY: plain integer and float arrays: all-zero bytes are valid values.
-            let (mut wb, mut ab, mut c) = unsafe {
-                (
-                    Box::<WeightBlock>::new(std::mem::zeroed()),
-                    Box::<ActBlock>::new(std::mem::zeroed()),
-                    Box::<CTiles>::new(std::mem::zeroed()),
-                )
-            };
+            // SAFETY: the kernel's records are plain integer and float arrays.
+            let (mut wb, mut ab, mut c) = unsafe { stage_check::zeroed_records::<PerSub>() };
             let mut acc = stage_check::poisoned_acc(nr);
             // SAFETY: AVX512-VNNI and F16C were detected; `nr` weight rows and `n_tok`
             // activation rows of one block each are readable; the buffers are writable.

@@ -354,14 +354,8 @@ mod tests {
                 .for_each(|v| *v = v.signum() * (v.abs() + 1.0));
             let mut a = vec![0u8; TG * arow];
             quant::quantize(act, &af, &mut a).unwrap();
-            // SAFETY: plain integer and float arrays: all-zero bytes are valid values.
-            let (mut wb, mut ab, mut c) = unsafe {
-                (
-                    Box::<WeightBlock>::new(std::mem::zeroed()),
-                    Box::<ActBlock>::new(std::mem::zeroed()),
-                    Box::<CTiles>::new(std::mem::zeroed()),
-                )
-            };
+            // SAFETY: the kernel's records are plain integer and float arrays.
+            let (mut wb, mut ab, mut c) = unsafe { stage_check::zeroed_records::<SmallBlock<F>>() };
             let mut acc = stage_check::poisoned_acc(nr);
             // SAFETY: AVX512-VNNI and F16C were detected; `nr` weight rows and `n_tok`
             // activation rows of one step each are readable; the buffers are writable.

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::{__m512, _mm512_set1_ps, _mm512_setzero_ps};
 
-use super::kquant::{QK_K, TG, TR};
+use super::kquant::{StepKernel, QK_K, TG, TR};
 use crate::quant::{self, QType};
 use crate::util::SplitMix64;
 
@@ -79,6 +79,30 @@ pub(super) fn check_rows(
                 "{case}: row {n} token {t}: {g} vs {want} (|w a| {mag})"
             );
         }
+    }
+}
+
+/// One step's records of kernel `K`: unpacked weights, transposed activations, C tiles.
+pub(super) type Records<K> = (
+    Box<<K as StepKernel>::Weights>,
+    Box<<K as StepKernel>::Acts>,
+    Box<<K as StepKernel>::Products>,
+);
+
+/// Zeroed records of step kernel `K` on the heap: one step's unpacked weights, transposed
+/// activations and C tiles.
+///
+/// # Safety
+/// `K`'s record types hold only integers and floats (arrays of them), for which all-zero
+/// bytes are valid values.
+pub(super) unsafe fn zeroed_records<K: StepKernel>() -> Records<K> {
+    // SAFETY: the caller's contract.
+    unsafe {
+        (
+            Box::new(std::mem::zeroed()),
+            Box::new(std::mem::zeroed()),
+            Box::new(std::mem::zeroed()),
+        )
     }
 }
 
