@@ -39,9 +39,10 @@ pub(super) const TR: usize = 16;
 pub(super) const TG: usize = 16;
 /// Token groups per token block (`G` of [`gemm_amx`]), and the transposed activation
 /// records (`R`: one per token group and super-block, ~4.5 KiB each) of one token block
-/// and K chunk, in L2 while every row block passes over them. A chunk holds `R / groups`
-/// super-blocks: the whole of a 7168-long row for one token group (V3 prefill), so each
-/// row block streams its rows from start to end.
+/// and K chunk, in L2 while every row block passes over them, when a tile transposes its
+/// own (the call's records, made once by the driver, are read in one chunk). A chunk
+/// holds `R / groups` super-blocks: the whole of a 7168-long row for one token group (V3
+/// prefill), so each row block streams its rows from start to end.
 ///
 /// Above [`SMALL_TOKENS`] tokens eight groups (the driver's 128-token blocks) share each
 /// unpacked weight block: against four (and 32 records), dev VM, 1 thread, 2048x7168 at
@@ -451,8 +452,20 @@ unsafe fn gemm_amx<K: StepKernel, const G: usize, const R: usize>(
         let ntb = (G * TG).min(t.tokens - t0);
         let ng = ntb.div_ceil(TG);
         // As few K chunks as the records allow, of even length (7168 = 28 super-blocks in
-        // 7 + 7 + 7 + 7 for eight groups, not 8 + 8 + 8 + 4).
-        let chunk = nsb.div_ceil(nsb.div_ceil(R / ng));
+        // 7 + 7 + 7 + 7 for eight groups, not 8 + 8 + 8 + 4). Over the call's records one
+        // chunk: the chunks only bound this frame's records, and each one costs a pass of
+        // the accumulators through the output and a drained pipeline. Device, session 19
+        // (call A, one process a format, the two taking turns call by call, two rounds),
+        // Q8_0 at 512 tokens, ms: 2048x7168 4.58 -> 4.41 and 4.41 -> 4.16, 7168x2048 3.76
+        // -> 3.63 and 3.75 -> 3.61, 2048x1408 0.952 -> 0.917 and 0.890 -> 0.852; the
+        // K-quants (fewer, longer steps a chunk) level. Prefetching the records a step
+        // needs 2 or 4 steps ahead (L1 or L2) while the first row block passes read level;
+        // into L1 for every row block, 5-12% slower.
+        let chunk = if records.is_null() {
+            nsb.div_ceil(nsb.div_ceil(R / ng))
+        } else {
+            nsb
+        };
         for c0 in (0..nsb).step_by(chunk) {
             let kc = chunk.min(nsb - c0);
             // The record of (token group g of this block, super-block c0 + s): in the
