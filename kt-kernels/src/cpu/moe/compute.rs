@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use super::layer::LayerInner;
 use super::plan::{Item, MAX_ITEM_FLOATS};
 use super::scratch::{Scratch, TILE_FLOATS};
+use super::silu::silu_mul_with;
 use super::{plan, routing::Routing};
 use crate::cpu::dispatch::{self, FormatKernels, GemmTile};
 use crate::cpu::shared_ptr::Raw;
@@ -46,6 +47,7 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
     let h = l.hidden;
     let n_inter = l.slice.len();
     let dims = Dims {
+        isa,
         h,
         n_inter,
         slice0: l.slice.start,
@@ -198,8 +200,10 @@ fn busy_rows(kern: &FormatKernels, qtype: QType) -> usize {
 }
 
 /// Row sizes of one call: hidden and intermediate (slice) lengths, the slice's first
-/// intermediate row, and the activation row bytes of gate, up and down.
+/// intermediate row, and the activation row bytes of gate, up and down; and the ISA of
+/// the call's vector code outside the kernels (the SiLU).
 struct Dims {
+    isa: Isa,
     h: usize,
     n_inter: usize,
     slice0: usize,
@@ -348,16 +352,8 @@ unsafe fn gate_up_item(
                 std::slice::from_raw_parts_mut(inter.at((p0 + t) * d.n_inter + r0 - d.slice0), nr),
             )
         };
-        for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
-            *h = silu(g) * u;
-        }
+        silu_mul_with(d.isa, g, u, h);
     }
-}
-
-/// SiLU in f32: `g * sigmoid(g)`; for very negative g, exp overflows to inf and the
-/// result is -0, as it should be.
-fn silu(g: f32) -> f32 {
-    g / (1.0 + (-g).exp())
 }
 
 /// Quantizes every intermediate row to the down format's activation type.

@@ -84,6 +84,9 @@ pub mod reference;
 pub mod repack;
 mod routing;
 mod scratch;
+mod silu;
+#[cfg(target_arch = "x86_64")]
+mod silu_avx512;
 
 pub use context::{MoeContext, PoolRef};
 pub use driver::MoeHandle;

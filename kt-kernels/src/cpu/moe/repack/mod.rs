@@ -56,10 +56,9 @@ mod matrix;
 mod reference;
 mod run;
 #[cfg(target_arch = "x86_64")]
-mod silu_avx512;
-#[cfg(target_arch = "x86_64")]
 mod vnni;
 
+pub use super::silu::silu_mul_with;
 pub use act::{
     dequantize_row as dequantize_act_row, quantize_row as quantize_act_row,
     quantize_row_with as quantize_act_row_with, ActScales,
@@ -71,4 +70,4 @@ pub use kernel::{act_scales, amx_min_tokens, Kernel, Prefetch, PrefetchLevel};
 pub use layer::RepackedLayer;
 pub use matrix::{relative_error, repack_error, RepackedStack};
 pub use reference::reference_exact;
-pub use run::{silu_mul_with, RepackedMoe};
+pub use run::RepackedMoe;

@@ -6,7 +6,7 @@
 use super::act::quantize_row;
 use super::kernel::{act_scales, gemm, Kernel};
 use super::layer::RepackedLayer;
-use super::run::silu;
+use crate::cpu::moe::silu::silu;
 use crate::cpu::Isa;
 use crate::error::{KtError, Result};
 

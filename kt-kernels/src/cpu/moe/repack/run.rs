@@ -31,6 +31,7 @@ use super::matrix::RepackedStack;
 use crate::cpu::moe::driver::{Driver, Job, MoeHandle};
 use crate::cpu::moe::plan::{self, Item, MAX_ITEM_FLOATS};
 use crate::cpu::moe::routing::Routing;
+use crate::cpu::moe::silu::silu_mul_with;
 use crate::cpu::moe::PoolRef;
 use crate::cpu::shared_ptr::Raw;
 use crate::cpu::{Isa, ThreadPool};
@@ -693,26 +694,6 @@ fn gate_up(
             quantize_segment_with(isa, fd, hrow, vals, scales);
         }
     });
-}
-
-/// `out[i] = silu(g[i]) * u[i]` with the fastest code `isa` allows (the AVX512 one is
-/// within a few ulp of the scalar formula); slices of one length.
-pub fn silu_mul_with(isa: Isa, g: &[f32], u: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX512F was detected; silu_mul checks the lengths.
-        unsafe { super::silu_avx512::silu_mul(g, u, out) };
-        return;
-    }
-    let _ = isa;
-    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-        *o = silu(g) * u;
-    }
-}
-
-/// `g * sigmoid(g)` in f32 (the GGUF-native operator's formula).
-pub(crate) fn silu(g: f32) -> f32 {
-    g / (1.0 + (-g).exp())
 }
 
 /// Quantizes the intermediate rows of the positions in `ranges` (disjoint) from `inter`

@@ -37,7 +37,7 @@ pub(crate) unsafe fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
         }
     }
     for i in full..n {
-        out[i] = super::run::silu(g[i]) * u[i];
+        out[i] = super::silu::silu(g[i]) * u[i];
     }
 }
 
