@@ -172,6 +172,8 @@ unsafe fn by_tokens<P: PairFormat, C: ColumnFormat>(t: &GemmTile) {
     unsafe {
         if t.tokens == 1 {
             gemv::gemv::<P>(t)
+        } else if t.tokens <= P::MAX_TOKENS {
+            gemv::gemv_tokens::<P>(t)
         } else {
             tile::gemm::<C>(t)
         }

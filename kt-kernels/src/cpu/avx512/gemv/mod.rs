@@ -37,6 +37,7 @@
 
 mod lanes;
 mod nibbles;
+mod tokens;
 mod q2_k;
 mod q3_k;
 mod q4_k;
@@ -45,6 +46,7 @@ mod q6_k;
 mod q8_0;
 
 pub(super) use nibbles::Nibbles;
+pub(super) use tokens::gemv_tokens;
 pub(super) use q2_k::Q2K;
 pub(super) use q3_k::Q3K;
 pub(super) use q4_k::Q4K;
@@ -72,6 +74,10 @@ const SLICE: usize = 32;
 pub(super) unsafe trait PairFormat {
     /// Weight bytes of a whole super-block (Q8_0: a group of 8 blocks).
     const BLOCK: usize;
+    /// The most tokens [`pair_n`](Self::pair_n) shares its weight rearrangement across
+    /// (at most 4); 1 where it is `pair` token by token, and tiles of more than one
+    /// token take the column layout instead ([`tokens`]).
+    const MAX_TOKENS: usize = 1;
     /// One super-block of the activations, rearranged to match the weights' vectors.
     type Act;
 
@@ -96,6 +102,24 @@ pub(super) unsafe trait PairFormat {
         valid: usize,
         acc: __m512,
     ) -> __m512;
+
+    /// [`pair`](Self::pair) for `N` tokens at once: `acc[t]` plus the products with
+    /// `acts[t]`. A format that overrides it rearranges the weights once for all `N`.
+    ///
+    /// # Safety
+    /// As [`pair`](Self::pair).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn pair_n<const N: usize>(
+        w0: *const u8,
+        w1: *const u8,
+        acts: [&Self::Act; N],
+        valid: usize,
+        acc: [__m512; N],
+    ) -> [__m512; N] {
+        // SAFETY: forwarded contract.
+        std::array::from_fn(|t| unsafe { Self::pair(w0, w1, acts[t], valid, acc[t]) })
+    }
 }
 
 /// Row streams of a one-token tile: its four-row register tiles take one row from each of

@@ -120,6 +120,24 @@ pub(super) unsafe fn epilogue(
     sums: [__m512i; 2],
     acc: __m512,
 ) -> __m512 {
+    // SAFETY: forwarded contract.
+    unsafe { epilogue_n(w0, w1, [act], [sums], [acc])[0] }
+}
+
+/// [`epilogue`] for `N` tokens: the scales are decoded once, then each token's sums get
+/// them with its own side data.
+///
+/// # Safety
+/// As [`epilogue`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn epilogue_n<const N: usize>(
+    w0: *const u8,
+    w1: *const u8,
+    acts: [&KAct; N],
+    sums: [[__m512i; 2]; N],
+    acc: [__m512; N],
+) -> [__m512; N] {
     // SAFETY: d, dmin at 0..4 and the scales at 4..16 (+4 bytes) of each block.
     let ((d, dmin), (sc, m)) = unsafe {
         (
@@ -128,14 +146,18 @@ pub(super) unsafe fn epilogue(
         )
     };
     let scf = _mm512_cvtepi32_ps(sc);
-    let dd = _mm512_mul_ps(d, _mm512_castsi512_ps(side(act, 0)));
-    let mut acc = acc;
-    for (part, &s) in sums.iter().enumerate() {
-        let scale = _mm512_mul_ps(_mm512_permutexvar_ps(SCALE_OF_LANE[part], scf), dd);
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc);
-    }
+    let lane_scf = SCALE_OF_LANE.map(|idx| _mm512_permutexvar_ps(idx, scf));
     let mins = _mm512_mul_ps(_mm512_cvtepi32_ps(m), dmin);
-    _mm512_fnmadd_ps(mins, _mm512_castsi512_ps(side(act, 1)), acc)
+    // The same f32 steps as `epilogue`, token by token.
+    std::array::from_fn(|t| {
+        let dd = _mm512_mul_ps(d, _mm512_castsi512_ps(side(acts[t], 0)));
+        let mut a = acc[t];
+        for (part, &s) in sums[t].iter().enumerate() {
+            let scale = _mm512_mul_ps(lane_scf[part], dd);
+            a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, a);
+        }
+        _mm512_fnmadd_ps(mins, _mm512_castsi512_ps(side(acts[t], 1)), a)
+    })
 }
 
 pub(in crate::cpu::avx512) struct Q4K;
@@ -143,6 +165,7 @@ pub(in crate::cpu::avx512) struct Q4K;
 // SAFETY: pair reads bytes 0..144 of each block.
 unsafe impl PairFormat for Q4K {
     const BLOCK: usize = BLOCK;
+    const MAX_TOKENS: usize = 3;
     type Act = KAct;
 
     #[inline]
@@ -152,9 +175,16 @@ unsafe impl PairFormat for Q4K {
         unsafe { repack_with(a, g, NIBBLE_SCALE, out) }
     }
 
+    /// The weight vectors are rearranged once and meet each token's activations.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, _valid: usize, acc: __m512) -> __m512 {
+    unsafe fn pair_n<const N: usize>(
+        w0: *const u8,
+        w1: *const u8,
+        acts: [&KAct; N],
+        _valid: usize,
+        acc: [__m512; N],
+    ) -> [__m512; N] {
         // SAFETY: the quants at 16..144 of each block.
         let q = unsafe {
             [
@@ -164,17 +194,26 @@ unsafe impl PairFormat for Q4K {
                 _mm512_loadu_si512(w1.add(80).cast()),
             ]
         };
-        let mut sums = [_mm512_setzero_si512(); 2];
-        for (part, s) in sums.iter_mut().enumerate() {
+        let mut sums = [[_mm512_setzero_si512(); 2]; N];
+        for part in 0..2 {
             for (c, &idx) in QS_DWORD.iter().enumerate() {
                 let w = _mm512_and_si512(
                     _mm512_permutex2var_epi32(q[2 * part], idx, q[2 * part + 1]),
                     NIBBLE,
                 );
-                *s = _mm512_dpbusd_epi32(*s, w, chunk(act, 4 * part + c));
+                for (s, act) in sums.iter_mut().zip(acts) {
+                    s[part] = _mm512_dpbusd_epi32(s[part], w, chunk(act, 4 * part + c));
+                }
             }
         }
         // SAFETY: forwarded contract (whole blocks).
-        unsafe { epilogue(w0, w1, act, sums, acc) }
+        unsafe { epilogue_n(w0, w1, acts, sums, acc) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, valid: usize, acc: __m512) -> __m512 {
+        // SAFETY: forwarded contract.
+        unsafe { Self::pair_n(w0, w1, [act], valid, [acc])[0] }
     }
 }

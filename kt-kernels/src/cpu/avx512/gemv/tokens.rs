@@ -1,0 +1,113 @@
+//! Few-token products (2 to [`PairFormat::MAX_TOKENS`] tokens) of the pair formats whose
+//! [`PairFormat::pair_n`] rearranges each row pair's weights once for all the tokens.
+//!
+//! The column layout of [`super::super::tile`] puts a token pair in the halves of every
+//! vector and rearranges the weights once per register tile; at 2-4 tokens that is one
+//! or two pairs, and it costs 1.7-2.5x one token's row-pair GEMV (dev VM, Q4_K
+//! 2048x7168, one thread, resident weights: 0.158 ms at 1 token, 0.273 / 0.393 / 0.383
+//! at 2 / 3 / 4). Here a row pair's weight vectors meet each token's activations in
+//! turn, so a token adds only its `vpdpbusd`s and its f32 epilogue. These tiles are the
+//! MoE's few-position items: the tails of busy experts and the rest of the prefill's
+//! small experts.
+
+use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+
+use super::super::tile::{hsum_halves, prefetch_group, prefetch_group_l2, COLS};
+use super::{PairFormat, SLICE};
+use crate::cpu::dispatch::GemmTile;
+
+/// The table's `gemm` entry of a pair format for a tile of 2 to `F::MAX_TOKENS` tokens.
+///
+/// # Safety
+/// See [`crate::cpu::dispatch::GemmFn`]; `2 <= tile.tokens <= F::MAX_TOKENS <= 4` and
+/// `tile.qtype` is the format `F` implements.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(in crate::cpu::avx512) unsafe fn gemv_tokens<F: PairFormat>(tile: &GemmTile) {
+    debug_assert!((2..=F::MAX_TOKENS).contains(&tile.tokens));
+    // SAFETY (every arm): forwarded contract.
+    unsafe {
+        match tile.tokens {
+            2 => tokens::<F, 2>(tile),
+            3 => tokens::<F, 3>(tile),
+            4 => tokens::<F, 4>(tile),
+            n => unreachable!("{n} tokens is not a few-token tile"),
+        }
+    }
+}
+
+/// The product of `N` tokens: row pairs outer (one weight stream), super-blocks inner.
+///
+/// # Safety
+/// As [`gemv_tokens`], with `tile.tokens == N`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+unsafe fn tokens<F: PairFormat, const N: usize>(tile: &GemmTile) {
+    let total_cols = tile.k / 32;
+    let groups = total_cols.div_ceil(COLS);
+    let out = tile.out;
+    if groups == 0 {
+        for t in 0..N {
+            for r in 0..tile.rows {
+                // SAFETY: the tile's output elements.
+                unsafe { *out.add(t * tile.ldo + r) = 0.0 };
+            }
+        }
+        return;
+    }
+    let valid_last = total_cols - (groups - 1) * COLS;
+    let ws = tile.w_stride;
+    let mut acts = [const { [const { MaybeUninit::<F::Act>::uninit() }; SLICE] }; N];
+    let mut g0 = 0;
+    while g0 < groups {
+        let gn = SLICE.min(groups - g0);
+        for (t, recs) in acts.iter_mut().enumerate() {
+            for (i, rec) in recs.iter_mut().take(gn).enumerate() {
+                let g = g0 + i;
+                let valid = if g + 1 == groups { valid_last } else { COLS };
+                // SAFETY: super-block g of token t's activation row exists.
+                unsafe { F::repack(tile.a.add(t * tile.a_stride), g, valid, rec.as_mut_ptr()) };
+            }
+        }
+        let first = g0 == 0;
+        let mut r = 0;
+        while r < tile.rows {
+            let single = r + 1 == tile.rows;
+            let w0 = tile.w.wrapping_add(r * ws + g0 * F::BLOCK);
+            let w1 = if single { w0 } else { w0.wrapping_add(ws) };
+            let mut acc = [_mm512_setzero_ps(); N];
+            for g in 0..gn {
+                let valid = if g0 + g + 1 == groups {
+                    valid_last
+                } else {
+                    COLS
+                };
+                let off = g * F::BLOCK;
+                // The same super-block of the next row pair into L1, of the pair after it
+                // into L2 (as the one-token GEMV does).
+                for h in 0..2 {
+                    prefetch_group(w0.wrapping_add(off + (2 + h) * ws), F::BLOCK);
+                    prefetch_group_l2(w0.wrapping_add(off + (4 + h) * ws), F::BLOCK);
+                }
+                // SAFETY: super-block g0 + g of rows r, r + 1 (r alone when `single`) and
+                // record g of every token exist (written above).
+                unsafe {
+                    let recs: [&F::Act; N] = std::array::from_fn(|t| acts[t][g].assume_init_ref());
+                    acc = F::pair_n(w0.add(off), w1.add(off), recs, valid, acc);
+                }
+            }
+            for (t, &a) in acc.iter().enumerate() {
+                let (s0, s1) = hsum_halves(a);
+                let sums = [s0, s1];
+                for (h, &s) in sums.iter().enumerate().take(if single { 1 } else { 2 }) {
+                    // SAFETY: token t < N and row r + h < rows: the tile's output element.
+                    unsafe {
+                        let o = out.add(t * tile.ldo + r + h);
+                        *o = if first { s } else { *o + s };
+                    }
+                }
+            }
+            r += 2;
+        }
+        g0 += gn;
+    }
+}
