@@ -153,7 +153,9 @@ fn nibble_format<N: nibbles::NibbleFormat>(t: &mut KernelTable, q: QType) {
     );
 }
 
-/// One token: the row-pair kernel `P`; more: the column layout `C` of the same format.
+/// One token: the row-pair kernel `P`; up to `P::MAX_TOKENS` (where its weight
+/// rearrangement serves several tokens): `P` over all of them ([`gemv::gemv_tokens`]);
+/// more: the column layout `C` of the same format.
 ///
 /// At one token the column layout leaves half of each vector idle and lost to the AVX2
 /// kernels; the row pairs beat both. Dev Xeon (Sapphire Rapids class, shared with other

@@ -165,6 +165,8 @@ pub(in crate::cpu::avx512) struct Q4K;
 // SAFETY: pair reads bytes 0..144 of each block.
 unsafe impl PairFormat for Q4K {
     const BLOCK: usize = BLOCK;
+    /// 3, not 4: at 4 tokens the column layout's two full token pairs read faster (dev VM,
+    /// 2048x7168, one thread, resident: 0.383 ms against 0.428).
     const MAX_TOKENS: usize = 3;
     type Act = KAct;
 
