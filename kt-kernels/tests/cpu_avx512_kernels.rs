@@ -339,7 +339,10 @@ fn few_token_tiles_match_scalar() {
     if !avx512() {
         return;
     }
-    for (i, q) in [QType::Q4_K, QType::Q5_K, QType::Q8_0].into_iter().enumerate() {
+    for (i, q) in [QType::Q4_K, QType::Q5_K, QType::Q8_0]
+        .into_iter()
+        .enumerate()
+    {
         for tokens in 2..=4 {
             for rows in [1, 2, 3, 7, 16, 33] {
                 for blocks in [1, 7, 33] {

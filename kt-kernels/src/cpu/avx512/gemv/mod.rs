@@ -37,22 +37,22 @@
 
 mod lanes;
 mod nibbles;
-mod tokens;
 mod q2_k;
 mod q3_k;
 mod q4_k;
 mod q5_k;
 mod q6_k;
 mod q8_0;
+mod tokens;
 
 pub(super) use nibbles::Nibbles;
-pub(super) use tokens::gemv_tokens;
 pub(super) use q2_k::Q2K;
 pub(super) use q3_k::Q3K;
 pub(super) use q4_k::Q4K;
 pub(super) use q5_k::Q5K;
 pub(super) use q6_k::Q6K;
 pub(super) use q8_0::Q8_0;
+pub(super) use tokens::gemv_tokens;
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
