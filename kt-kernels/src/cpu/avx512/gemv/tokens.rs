@@ -59,14 +59,15 @@ unsafe fn tokens<F: PairFormat, const N: usize>(tile: &GemmTile) {
     }
     let valid_last = total_cols - (groups - 1) * COLS;
     let ws = tile.w_stride;
-    let mut acts = [const { [const { MaybeUninit::<F::Act>::uninit() }; SLICE] }; N];
+    // Super-block g's records of the N tokens side by side.
+    let mut acts = [const { [const { MaybeUninit::<F::Act>::uninit() }; N] }; SLICE];
     let mut g0 = 0;
     while g0 < groups {
         let gn = SLICE.min(groups - g0);
-        for (t, recs) in acts.iter_mut().enumerate() {
-            for (i, rec) in recs.iter_mut().take(gn).enumerate() {
-                let g = g0 + i;
-                let valid = if g + 1 == groups { valid_last } else { COLS };
+        for (i, recs) in acts.iter_mut().take(gn).enumerate() {
+            let g = g0 + i;
+            let valid = if g + 1 == groups { valid_last } else { COLS };
+            for (t, rec) in recs.iter_mut().enumerate() {
                 // SAFETY: super-block g of token t's activation row exists.
                 unsafe { F::repack(tile.a.add(t * tile.a_stride), g, valid, rec.as_mut_ptr()) };
             }
@@ -78,7 +79,7 @@ unsafe fn tokens<F: PairFormat, const N: usize>(tile: &GemmTile) {
             let w0 = tile.w.wrapping_add(r * ws + g0 * F::BLOCK);
             let w1 = if single { w0 } else { w0.wrapping_add(ws) };
             let mut acc = [_mm512_setzero_ps(); N];
-            for g in 0..gn {
+            for (g, recs) in acts.iter().take(gn).enumerate() {
                 let valid = if g0 + g + 1 == groups {
                     valid_last
                 } else {
@@ -94,7 +95,7 @@ unsafe fn tokens<F: PairFormat, const N: usize>(tile: &GemmTile) {
                 // SAFETY: super-block g0 + g of rows r, r + 1 (r alone when `single`) and
                 // record g of every token exist (written above).
                 unsafe {
-                    let recs: [&F::Act; N] = std::array::from_fn(|t| acts[t][g].assume_init_ref());
+                    let recs: [&F::Act; N] = std::array::from_fn(|t| recs[t].assume_init_ref());
                     acc = F::pair_n(w0.add(off), w1.add(off), recs, valid, acc);
                 }
             }
