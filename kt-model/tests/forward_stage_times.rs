@@ -5,7 +5,8 @@
 //!   split per layer: attention in every layer, router and routed experts only in MoE
 //!   layers, and the routed bytes of the experts the routing actually chose.
 //! - A fused-MoE context sized for fewer tokens than the prompt runs the routed experts in
-//!   pieces; each token's rows are independent, so the logits agree to f32 summation order.
+//!   pieces; each token's rows are independent, so the routing agrees exactly and the
+//!   logits up to the kernels' rounding (see the test for how far that goes).
 
 mod forward_common;
 mod gguf_common;
@@ -131,6 +132,13 @@ fn fused_moe_in_pieces_matches_one_call() {
         assert_eq!(la, lb);
         assert_eq!(x.ids, y.ids, "layer {la}: routing changed");
     }
+    // The expert kernels depend on a tile's token count (AVX512: one token or 2-3 on the
+    // row pairs, more on the column layout; AMX from 10), and their f32 orders differ by
+    // ~1e-7 of an output. The operator re-quantizes its intermediate to Q8_K, where such a
+    // difference can move an element across a rounding boundary: one quant step, 4.1e-4
+    // of the logits' L2 here. With session 18's kernels pieces of 1 or 3 tokens read
+    // exactly that (4.084e-4), pieces of 2, 4, 5 and 7 below 1e-5. A few such steps stay
+    // far below what a wrong piece would do (a token's rows mixed or lost: O(1)).
     let (rel, _) = rel_l2_and_max_abs(&a, &b);
-    assert!(rel <= 1e-5, "rel L2 {rel:.3e} between one call and pieces");
+    assert!(rel <= 2e-3, "rel L2 {rel:.3e} between one call and pieces");
 }

@@ -9,7 +9,7 @@
 //! turn, so a token adds only its `vpdpbusd`s and its f32 epilogue (Q4_K, 2 and 3
 //! tokens). Device (session 19 call L, the two taking turns call by call in one
 //! process), Q4_K at 2 / 3 tokens, ms: 16 threads 2048x7168 0.108 -> 0.097 / 0.142 ->
-//! 0.119, 7168x2048 0.106 -> 0.089 / 0.103 -> 0.083; one thread 11-24% faster. These
+//! 0.119, 7168x2048 0.106 -> 0.089 / 0.103 -> 0.083; one thread 14-24% faster. These
 //! tiles are the MoE's few-position items (busy experts' tails, small experts): V3 Q4_K
 //! at 128 tokens 77.4 -> 74.2 and 64.1 -> 62.5 ms, at 512 level.
 
