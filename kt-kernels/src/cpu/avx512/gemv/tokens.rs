@@ -27,6 +27,8 @@ use crate::cpu::dispatch::GemmTile;
 /// `tile.qtype` is the format `F` implements.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 pub(in crate::cpu::avx512) unsafe fn gemv_tokens<F: PairFormat>(tile: &GemmTile) {
+    // A format claiming more tokens than the arms below would reach `unreachable!`.
+    const { assert!(F::MAX_TOKENS <= 4, "PairFormat::MAX_TOKENS is at most 4") };
     debug_assert!((2..=F::MAX_TOKENS).contains(&tile.tokens));
     // SAFETY (every arm): forwarded contract.
     unsafe {
