@@ -331,18 +331,23 @@ fn k_for(q: QType, pick: usize) -> usize {
     }
 }
 
-/// Tiles of 2-4 tokens (Q4_K's row pairs share their weights across 2 or 3 tokens, 4
-/// take the column layout), odd and even row counts, one and two K slices of the
-/// row-pair kernels (33 super-blocks: past the 32 a slice holds).
+/// Tiles of 2-4 tokens (the K-quants' row pairs share their weights across 2 or 3 tokens,
+/// 4 take the column layout, Q8_0 always), odd and even row counts, one and two K slices
+/// of the row-pair kernels (33 super-blocks: past the 32 a slice holds).
 #[test]
 fn few_token_tiles_match_scalar() {
     if !avx512() {
         return;
     }
-    for (i, q) in [QType::Q4_K, QType::Q5_K, QType::Q8_0]
-        .into_iter()
-        .enumerate()
-    {
+    let formats = [
+        QType::Q2_K,
+        QType::Q3_K,
+        QType::Q4_K,
+        QType::Q5_K,
+        QType::Q6_K,
+        QType::Q8_0,
+    ];
+    for (i, q) in formats.into_iter().enumerate() {
         for tokens in 2..=4 {
             for rows in [1, 2, 3, 7, 16, 33] {
                 for blocks in [1, 7, 33] {

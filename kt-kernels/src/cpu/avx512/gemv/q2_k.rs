@@ -100,6 +100,7 @@ pub(in crate::cpu::avx512) struct Q2K;
 // SAFETY: pair reads bytes 0..84 of each block.
 unsafe impl PairFormat for Q2K {
     const BLOCK: usize = BLOCK;
+    const MAX_TOKENS: usize = 3;
     /// Side 0: `da`; side 1: the group sums of accumulator 0's lane (low word) and
     /// accumulator 1's (high word).
     type Act = KAct;
@@ -123,9 +124,17 @@ unsafe impl PairFormat for Q2K {
         }
     }
 
+    /// The weight vectors and the scales are unpacked once and meet each token's
+    /// activations.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, _valid: usize, acc: __m512) -> __m512 {
+    unsafe fn pair_n<const N: usize>(
+        w0: *const u8,
+        w1: *const u8,
+        acts: [&KAct; N],
+        _valid: usize,
+        acc: [__m512; N],
+    ) -> [__m512; N] {
         // SAFETY: the quants at 16..80 of each block.
         let q = unsafe {
             [
@@ -133,12 +142,14 @@ unsafe impl PairFormat for Q2K {
                 _mm512_loadu_si512(w1.add(16).cast()),
             ]
         };
-        let mut sums = [_mm512_setzero_si512(); 2];
-        for (n, s) in sums.iter_mut().enumerate() {
+        let mut sums = [[_mm512_setzero_si512(); 2]; N];
+        for n in 0..2 {
             for m in 0..4 {
                 let v = 4 * n + m;
                 let w = _mm512_and_si512(_mm512_permutex2var_epi32(q[0], QS_DWORD[v], q[1]), CRUMB);
-                *s = _mm512_dpbusd_epi32(*s, w, chunk(act, v));
+                for (s, act) in sums.iter_mut().zip(acts) {
+                    s[n] = _mm512_dpbusd_epi32(s[n], w, chunk(act, v));
+                }
             }
         }
         // SAFETY: the scales at 0..16, d and dmin at 80..84 of each block.
@@ -147,17 +158,26 @@ unsafe impl PairFormat for Q2K {
         let nib = _mm512_set1_epi8(15);
         let scales = _mm512_and_si512(bytes, nib);
         let mins = _mm512_and_si512(_mm512_srli_epi16::<4>(bytes), nib);
-        // The integer sums without the factor 4^s fit 16 bits (16 products of at most
-        // 3 * 128): both accumulators' in one vector, then scale times sum summed over
-        // the groups in one step; the same for minimum times group sum.
-        let exact = |v: __m512i| _mm512_srav_epi32(v, CRUMB_SHIFT);
-        let words = _mm512_packs_epi32(exact(sums[0]), exact(sums[1]));
         let sc = _mm512_shuffle_epi8(scales, PACKED_SCALES);
-        let si = _mm512_dpwssd_epi32(_mm512_setzero_si512(), words, sc);
         let m = _mm512_shuffle_epi8(mins, PACKED_SHUFFLE);
-        let mi = _mm512_dpwssd_epi32(_mm512_setzero_si512(), m, side(act, 1));
-        let da = _mm512_castsi512_ps(side(act, 0));
-        let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(si), _mm512_mul_ps(d, da), acc);
-        _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mi), _mm512_mul_ps(dmin, da), acc)
+        std::array::from_fn(|t| {
+            // The integer sums without the factor 4^s fit 16 bits (16 products of at most
+            // 3 * 128): both accumulators' in one vector, then scale times sum summed over
+            // the groups in one step; the same for minimum times group sum.
+            let exact = |v: __m512i| _mm512_srav_epi32(v, CRUMB_SHIFT);
+            let words = _mm512_packs_epi32(exact(sums[t][0]), exact(sums[t][1]));
+            let si = _mm512_dpwssd_epi32(_mm512_setzero_si512(), words, sc);
+            let mi = _mm512_dpwssd_epi32(_mm512_setzero_si512(), m, side(acts[t], 1));
+            let da = _mm512_castsi512_ps(side(acts[t], 0));
+            let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(si), _mm512_mul_ps(d, da), acc[t]);
+            _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mi), _mm512_mul_ps(dmin, da), acc)
+        })
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, valid: usize, acc: __m512) -> __m512 {
+        // SAFETY: forwarded contract.
+        unsafe { Self::pair_n(w0, w1, [act], valid, [acc])[0] }
     }
 }

@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 
 use super::lanes::{chunk, f16_rows, side, two_rows, KAct};
-use super::q6_k::{epilogue, repack_with_offset, QH_DWORD};
+use super::q6_k::{epilogue_n, repack_with_offset, QH_DWORD};
 use super::PairFormat;
 use crate::cpu::avx2::q3_k::unpack_scales;
 use crate::cpu::avx512::tile::per_column;
@@ -49,6 +49,7 @@ pub(in crate::cpu::avx512) struct Q3K;
 // SAFETY: pair reads bytes 0..110 of each block.
 unsafe impl PairFormat for Q3K {
     const BLOCK: usize = BLOCK;
+    const MAX_TOKENS: usize = 3;
     /// Side 0: `da`; side 1 and 2: the integer start of accumulators 0 and 1.
     type Act = KAct;
 
@@ -59,9 +60,16 @@ unsafe impl PairFormat for Q3K {
         unsafe { repack_with_offset(a, g, 4, out) }
     }
 
+    /// The weight vectors are rearranged once and meet each token's activations.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, _valid: usize, acc: __m512) -> __m512 {
+    unsafe fn pair_n<const N: usize>(
+        w0: *const u8,
+        w1: *const u8,
+        acts: [&KAct; N],
+        _valid: usize,
+        acc: [__m512; N],
+    ) -> [__m512; N] {
         // SAFETY: hmask at 0..32, qs at 32..96 of each block.
         let (qs, hm) = unsafe {
             (
@@ -76,8 +84,8 @@ unsafe impl PairFormat for Q3K {
             )
         };
         let (crumb, third) = (_mm512_set1_epi8(3), _mm512_set1_epi8(4));
-        let mut sums = [side(act, 1), side(act, 2)];
-        for (n, s) in sums.iter_mut().enumerate() {
+        let mut sums = acts.map(|act| [side(act, 1), side(act, 2)]);
+        for n in 0..2 {
             for (m, &hidx) in HM_DWORD.iter().enumerate() {
                 let v = 4 * n + m;
                 let low = _mm512_permutex2var_epi32(qs[0], QH_DWORD[v], qs[1]);
@@ -85,7 +93,9 @@ unsafe impl PairFormat for Q3K {
                 let high = _mm512_rorv_epi32(_mm512_permutexvar_epi32(hidx, hm), HIGH_ROTATE[n]);
                 // low | (high & 4)
                 let w = _mm512_ternarylogic_epi32::<0xF8>(low, high, third);
-                *s = _mm512_dpbusd_epi32(*s, w, chunk(act, v));
+                for (s, act) in sums.iter_mut().zip(acts) {
+                    s[n] = _mm512_dpbusd_epi32(s[n], w, chunk(act, v));
+                }
             }
         }
         // SAFETY: the packed scales at 96..108 and d at 108..110 of each block.
@@ -96,6 +106,13 @@ unsafe impl PairFormat for Q3K {
                 f16_rows(w0.add(108), w1.add(108)),
             )
         };
-        epilogue(bytes, d, act, sums, acc)
+        epilogue_n(bytes, d, acts, sums, acc)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, valid: usize, acc: __m512) -> __m512 {
+        // SAFETY: forwarded contract.
+        unsafe { Self::pair_n(w0, w1, [act], valid, [acc])[0] }
     }
 }

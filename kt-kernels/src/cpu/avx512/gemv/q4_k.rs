@@ -106,32 +106,15 @@ pub(super) unsafe fn repack_with(a: *const u8, g: usize, lane_factor: __m512, ou
     }
 }
 
-/// The f32 step of Q4_K/Q5_K: `acc + sum over parts of sums[part] * d * sc * side 0
-/// - dmin * m * side 1`, with the scales of the blocks at `w0`, `w1`.
+/// The f32 step of Q4_K/Q5_K for `N` tokens: `acc[t] + sum over parts of sums[t][part]
+/// * d * sc * side 0 - dmin * m * side 1` (token `t`'s side data), with the scales of the
+/// blocks at `w0`, `w1`, decoded once for all the tokens.
 ///
 /// # Safety
 /// `w0`, `w1` are whole Q4_K or Q5_K blocks (the same header); AVX512+VNNI.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-pub(super) unsafe fn epilogue(
-    w0: *const u8,
-    w1: *const u8,
-    act: &KAct,
-    sums: [__m512i; 2],
-    acc: __m512,
-) -> __m512 {
-    // SAFETY: forwarded contract.
-    unsafe { epilogue_n(w0, w1, [act], [sums], [acc])[0] }
-}
-
-/// [`epilogue`] for `N` tokens: the scales are decoded once, then each token's sums get
-/// them with its own side data.
-///
-/// # Safety
-/// As [`epilogue`].
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-unsafe fn epilogue_n<const N: usize>(
+pub(super) unsafe fn epilogue_n<const N: usize>(
     w0: *const u8,
     w1: *const u8,
     acts: [&KAct; N],
@@ -148,7 +131,6 @@ unsafe fn epilogue_n<const N: usize>(
     let scf = _mm512_cvtepi32_ps(sc);
     let lane_scf = SCALE_OF_LANE.map(|idx| _mm512_permutexvar_ps(idx, scf));
     let mins = _mm512_mul_ps(_mm512_cvtepi32_ps(m), dmin);
-    // The same f32 steps as `epilogue`, token by token.
     std::array::from_fn(|t| {
         let dd = _mm512_mul_ps(d, _mm512_castsi512_ps(side(acts[t], 0)));
         let mut a = acc[t];

@@ -8,7 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::lanes::{chunk, two_rows, KAct};
-use super::q4_k::{epilogue, repack_with, QS_DWORD};
+use super::q4_k::{epilogue_n, repack_with, QS_DWORD};
 use super::PairFormat;
 use crate::cpu::avx512::tile::per_column;
 
@@ -44,6 +44,7 @@ pub(in crate::cpu::avx512) struct Q5K;
 // SAFETY: pair reads bytes 0..176 of each block.
 unsafe impl PairFormat for Q5K {
     const BLOCK: usize = BLOCK;
+    const MAX_TOKENS: usize = 3;
     type Act = KAct;
 
     #[inline]
@@ -53,9 +54,16 @@ unsafe impl PairFormat for Q5K {
         unsafe { repack_with(a, g, _mm512_set1_ps(1.0), out) }
     }
 
+    /// The weight vectors are rearranged once and meet each token's activations.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, _valid: usize, acc: __m512) -> __m512 {
+    unsafe fn pair_n<const N: usize>(
+        w0: *const u8,
+        w1: *const u8,
+        acts: [&KAct; N],
+        _valid: usize,
+        acc: [__m512; N],
+    ) -> [__m512; N] {
         // SAFETY: qh at 16..48, the nibbles at 48..176 of each block.
         let (q, qh) = unsafe {
             (
@@ -72,19 +80,28 @@ unsafe impl PairFormat for Q5K {
             )
         };
         let (low4, bit4) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x10));
-        let mut sums = [_mm512_setzero_si512(); 2];
+        let mut sums = [[_mm512_setzero_si512(); 2]; N];
         for (c, &idx) in QS_DWORD.iter().enumerate() {
             let qhc = _mm512_permutexvar_epi32(QH_DWORD[c], qh);
-            for (part, s) in sums.iter_mut().enumerate() {
+            for part in 0..2 {
                 let nib = _mm512_permutex2var_epi32(q[2 * part], idx, q[2 * part + 1]);
                 let nib = _mm512_and_si512(_mm512_srlv_epi32(nib, NIBBLE_SHIFT), low4);
                 let high = _mm512_rolv_epi32(qhc, HIGH_BIT_ROTATE[part]);
                 // nib | (high & 0x10)
                 let w = _mm512_ternarylogic_epi32::<0xF8>(nib, high, bit4);
-                *s = _mm512_dpbusd_epi32(*s, w, chunk(act, 4 * part + c));
+                for (s, act) in sums.iter_mut().zip(acts) {
+                    s[part] = _mm512_dpbusd_epi32(s[part], w, chunk(act, 4 * part + c));
+                }
             }
         }
         // SAFETY: forwarded contract (whole blocks).
-        unsafe { epilogue(w0, w1, act, sums, acc) }
+        unsafe { epilogue_n(w0, w1, acts, sums, acc) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, valid: usize, acc: __m512) -> __m512 {
+        // SAFETY: forwarded contract.
+        unsafe { Self::pair_n(w0, w1, [act], valid, [acc])[0] }
     }
 }

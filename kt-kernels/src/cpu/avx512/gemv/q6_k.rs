@@ -105,6 +105,7 @@ pub(in crate::cpu::avx512) struct Q6K;
 // SAFETY: pair reads bytes 0..210 of each block.
 unsafe impl PairFormat for Q6K {
     const BLOCK: usize = BLOCK;
+    const MAX_TOKENS: usize = 3;
     /// Side 0: `da`; side 1 and 2: the integer start of accumulators 0 and 1.
     type Act = KAct;
 
@@ -115,9 +116,16 @@ unsafe impl PairFormat for Q6K {
         unsafe { repack_with_offset(a, g, 32, out) }
     }
 
+    /// The weight vectors are rearranged once and meet each token's activations.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, _valid: usize, acc: __m512) -> __m512 {
+    unsafe fn pair_n<const N: usize>(
+        w0: *const u8,
+        w1: *const u8,
+        acts: [&KAct; N],
+        _valid: usize,
+        acc: [__m512; N],
+    ) -> [__m512; N] {
         // SAFETY: ql at 0..128, qh at 128..192 of each block.
         let (ql, qh) = unsafe {
             (
@@ -134,8 +142,8 @@ unsafe impl PairFormat for Q6K {
             )
         };
         let (low4, top2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
-        let mut sums = [side(act, 1), side(act, 2)];
-        for (n, s) in sums.iter_mut().enumerate() {
+        let mut sums = acts.map(|act| [side(act, 1), side(act, 2)]);
+        for n in 0..2 {
             for (m, &idx) in QL_DWORD.iter().enumerate() {
                 let low = _mm512_permutex2var_epi32(ql[2 * n], idx, ql[2 * n + 1]);
                 let low = _mm512_and_si512(_mm512_srlv_epi32(low, NIBBLE_SHIFT), low4);
@@ -143,7 +151,9 @@ unsafe impl PairFormat for Q6K {
                 let top = _mm512_rolv_epi32(top, TOP_ROTATE);
                 // low | (top & 0x30)
                 let w = _mm512_ternarylogic_epi32::<0xF8>(low, top, top2);
-                *s = _mm512_dpbusd_epi32(*s, w, chunk(act, 4 * n + m));
+                for (s, act) in sums.iter_mut().zip(acts) {
+                    s[n] = _mm512_dpbusd_epi32(s[n], w, chunk(act, 4 * n + m));
+                }
             }
         }
         // SAFETY: the scales at 192..208 and d at 208..210 of each block.
@@ -153,7 +163,14 @@ unsafe impl PairFormat for Q6K {
                 f16_rows(w0.add(208), w1.add(208)),
             )
         };
-        epilogue(bytes, d, act, sums, acc)
+        epilogue_n(bytes, d, acts, sums, acc)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, valid: usize, acc: __m512) -> __m512 {
+        // SAFETY: forwarded contract.
+        unsafe { Self::pair_n(w0, w1, [act], valid, [acc])[0] }
     }
 }
 
@@ -183,24 +200,29 @@ pub(super) unsafe fn repack_with_offset(a: *const u8, g: usize, offset: i32, out
     }
 }
 
-/// `acc` plus the integer sums of both accumulators times their groups' int8 scales
-/// (`bytes`: each row's 16 scales as [`row_bytes16`] lays them out), `d` and `da`.
+/// `acc[t]` plus token `t`'s integer sums of both accumulators times their groups' int8
+/// scales (`bytes`: each row's 16 scales as [`row_bytes16`] lays them out, decoded once
+/// for all the tokens), `d` and the token's `da`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-pub(super) fn epilogue(
+pub(super) fn epilogue_n<const N: usize>(
     bytes: __m512i,
     d: __m512,
-    act: &KAct,
-    sums: [__m512i; 2],
-    acc: __m512,
-) -> __m512 {
-    let dd = _mm512_mul_ps(d, _mm512_castsi512_ps(side(act, 0)));
-    let mut acc = acc;
-    for (n, &s) in sums.iter().enumerate() {
-        // The scale byte in the lane's top byte, sign-extended down.
-        let sc = _mm512_srai_epi32::<24>(_mm512_shuffle_epi8(bytes, SCALE_SHUFFLE[n]));
-        let scale = _mm512_mul_ps(_mm512_cvtepi32_ps(sc), dd);
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc);
-    }
-    acc
+    acts: [&KAct; N],
+    sums: [[__m512i; 2]; N],
+    acc: [__m512; N],
+) -> [__m512; N] {
+    // The scale byte in the lane's top byte, sign-extended down.
+    let sc = SCALE_SHUFFLE.map(|shuffle| {
+        _mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(_mm512_shuffle_epi8(bytes, shuffle)))
+    });
+    std::array::from_fn(|t| {
+        let dd = _mm512_mul_ps(d, _mm512_castsi512_ps(side(acts[t], 0)));
+        let mut acc = acc[t];
+        for (&sc, &s) in sc.iter().zip(&sums[t]) {
+            let scale = _mm512_mul_ps(sc, dd);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc);
+        }
+        acc
+    })
 }
