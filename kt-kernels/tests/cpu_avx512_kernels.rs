@@ -331,9 +331,10 @@ fn k_for(q: QType, pick: usize) -> usize {
     }
 }
 
-/// Tiles of 2-4 tokens (the K-quants' row pairs share their weights across 2 or 3 tokens,
-/// 4 take the column layout, Q8_0 always), odd and even row counts, one and two K slices
-/// of the row-pair kernels (33 super-blocks: past the 32 a slice holds).
+/// Tiles of 2-4 tokens (the K-quants' row pairs share their weights across the tokens,
+/// Q4_K's at 2-3; Q8_0 and Q4_K at 4 take the column layout), odd and even row counts,
+/// one to three K slices of the row-pair kernels (33 super-blocks: past the 32, 21 and 16
+/// a slice holds at 2, 3 and 4 tokens).
 #[test]
 fn few_token_tiles_match_scalar() {
     if !avx512() {

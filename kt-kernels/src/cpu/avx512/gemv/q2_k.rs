@@ -100,7 +100,7 @@ pub(in crate::cpu::avx512) struct Q2K;
 // SAFETY: pair reads bytes 0..84 of each block.
 unsafe impl PairFormat for Q2K {
     const BLOCK: usize = BLOCK;
-    const MAX_TOKENS: usize = 3;
+    const MAX_TOKENS: usize = 4;
     /// Side 0: `da`; side 1: the group sums of accumulator 0's lane (low word) and
     /// accumulator 1's (high word).
     type Act = KAct;

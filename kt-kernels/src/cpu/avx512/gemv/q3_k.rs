@@ -49,7 +49,7 @@ pub(in crate::cpu::avx512) struct Q3K;
 // SAFETY: pair reads bytes 0..110 of each block.
 unsafe impl PairFormat for Q3K {
     const BLOCK: usize = BLOCK;
-    const MAX_TOKENS: usize = 3;
+    const MAX_TOKENS: usize = 4;
     /// Side 0: `da`; side 1 and 2: the integer start of accumulators 0 and 1.
     type Act = KAct;
 

@@ -44,7 +44,7 @@ pub(in crate::cpu::avx512) struct Q5K;
 // SAFETY: pair reads bytes 0..176 of each block.
 unsafe impl PairFormat for Q5K {
     const BLOCK: usize = BLOCK;
-    const MAX_TOKENS: usize = 3;
+    const MAX_TOKENS: usize = 4;
     type Act = KAct;
 
     #[inline]

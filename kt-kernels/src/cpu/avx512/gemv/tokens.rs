@@ -12,11 +12,11 @@
 //! 0.119, 7168x2048 0.106 -> 0.089 / 0.103 -> 0.083; one thread 14-24% faster. These
 //! tiles are the MoE's few-position items (busy experts' tails, small experts): V3 Q4_K
 //! at 128 tokens 77.4 -> 74.2 and 64.1 -> 62.5 ms, at 512 level. Session 20 gave Q2_K,
-//! Q3_K, Q5_K and Q6_K the same (dev VM, one thread, resident, 2048x7168 and 7168x2048,
-//! two rounds against the column layout: at 2 and 3 tokens 10-50% faster, at 4 tokens
-//! slower on 2048x7168, where four tokens' records of 28 super-blocks, 50 KB, pass the
-//! 48 KiB L1). Q8_0 and the nibble formats stay on the column layout: their weights need
-//! little rearranging, and the row pairs read Q8_0 at 2 tokens 1.5x slower.
+//! Q3_K, Q5_K and Q6_K the same at 2-4 tokens (device, in one process against the column
+//! layout, 16 threads: 9-35% faster at 2 and 3 tokens on 2048x7168, 7168x2048 and
+//! 1408x2048; 22-35% at one thread), with K cut into shorter slices as tokens are added
+//! ([`slice_len`]). Q8_0 and the nibble formats stay on the column layout: their weights
+//! need little rearranging, and the row pairs read Q8_0 at 2 tokens 1.5x slower (dev VM).
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
@@ -46,6 +46,19 @@ pub(in crate::cpu::avx512) unsafe fn gemv_tokens<F: PairFormat>(tile: &GemmTile)
     }
 }
 
+/// Super-blocks per K slice of an `N`-token product of `groups` super-blocks: at most
+/// `2 * SLICE / N` (32, 21, 16 for 2, 3, 4 tokens), so the `N` tokens' records of a slice
+/// (Q4_K: 448 bytes each) stay under ~29 KB and share the 48 KiB L1 with the weight
+/// stream, and the slices of a row are of even length. Dev VM (Zen 5), one thread,
+/// resident, in one process, 2048x7168 (28 super-blocks) at 3 / 4 tokens, ms: Q6_K 0.503
+/// / 0.644 with one 28-block slice -> 0.353 / 0.429 with two of 14, Q5_K 0.417 / 0.579 ->
+/// 0.364 / 0.440, Q4_K 0.308 / 0.474 -> 0.295 / 0.361; at 2048 columns (8 super-blocks)
+/// nothing changes.
+fn slice_len(groups: usize, n: usize) -> usize {
+    let most = (2 * SLICE / n).min(SLICE);
+    groups.div_ceil(groups.div_ceil(most))
+}
+
 /// The product of `N` tokens: row pairs outer (one weight stream), super-blocks inner.
 ///
 /// # Safety
@@ -68,9 +81,10 @@ unsafe fn tokens<F: PairFormat, const N: usize>(tile: &GemmTile) {
     let ws = tile.w_stride;
     // Super-block g's records of the N tokens side by side.
     let mut acts = [const { [const { MaybeUninit::<F::Act>::uninit() }; N] }; SLICE];
+    let slice = slice_len(groups, N);
     let mut g0 = 0;
     while g0 < groups {
-        let gn = SLICE.min(groups - g0);
+        let gn = slice.min(groups - g0);
         for (i, recs) in acts.iter_mut().take(gn).enumerate() {
             let g = g0 + i;
             let valid = if g + 1 == groups { valid_last } else { COLS };
