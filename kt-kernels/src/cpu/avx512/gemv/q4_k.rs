@@ -147,9 +147,11 @@ pub(in crate::cpu::avx512) struct Q4K;
 // SAFETY: pair reads bytes 0..144 of each block.
 unsafe impl PairFormat for Q4K {
     const BLOCK: usize = BLOCK;
-    /// 3, not 4: at 4 tokens the column layout's two full token pairs read faster (dev VM,
-    /// 2048x7168, one thread, resident: 0.383 ms against 0.428).
-    const MAX_TOKENS: usize = 3;
+    /// 4 since the K slices shrink with the tokens (`tokens::slice_len`): device, 16
+    /// threads, in one process, 4 tokens, ms: 2048x7168 0.167 -> 0.157, 7168x2048 0.154 ->
+    /// 0.137, 1408x2048 0.0380 -> 0.0345 against the column layout. (With one 32-block
+    /// slice, session 19 read the row pairs slower on the dev VM: 0.428 against 0.383.)
+    const MAX_TOKENS: usize = 4;
     type Act = KAct;
 
     #[inline]
