@@ -332,7 +332,7 @@ fn k_for(q: QType, pick: usize) -> usize {
 }
 
 /// Tiles of 2-4 tokens (the K-quants' row pairs share their weights across the tokens;
-/// Q8_0 takes the column layout), odd and even row counts,
+/// Q8_0 and Q4_K at 4 take the column layout), odd and even row counts,
 /// one to three K slices of the row-pair kernels (33 super-blocks: past the 32, 21 and 16
 /// a slice holds at 2, 3 and 4 tokens).
 #[test]

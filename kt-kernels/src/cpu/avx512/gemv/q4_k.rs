@@ -147,11 +147,12 @@ pub(in crate::cpu::avx512) struct Q4K;
 // SAFETY: pair reads bytes 0..144 of each block.
 unsafe impl PairFormat for Q4K {
     const BLOCK: usize = BLOCK;
-    /// 4 since the K slices shrink with the tokens (`tokens::slice_len`): device, 16
-    /// threads, in one process, 4 tokens, ms: 2048x7168 0.167 -> 0.157, 7168x2048 0.154 ->
-    /// 0.137, 1408x2048 0.0380 -> 0.0345 against the column layout. (With one 32-block
-    /// slice, session 19 read the row pairs slower on the dev VM: 0.428 against 0.383.)
-    const MAX_TOKENS: usize = 4;
+    /// 3, not 4: at 4 tokens the row pairs (with the K slices of `tokens::slice_len`)
+    /// read 6-12% faster than the column layout in GEMMs alone (device, 16 threads, in one
+    /// process: 2048x7168 0.167 -> 0.157 ms, 7168x2048 0.154 -> 0.137), but the V3 Q4_K
+    /// MoE at 512 tokens, whose 4-position tails find their weights in the caches, read
+    /// 1-4% slower in four of four in-process rounds.
+    const MAX_TOKENS: usize = 3;
     type Act = KAct;
 
     #[inline]

@@ -7,14 +7,14 @@
 //! 2048x7168, one thread, resident weights: 0.158 ms at 1 token, 0.273 / 0.393 / 0.383
 //! at 2 / 3 / 4). Here a row pair's weight vectors meet each token's activations in
 //! turn, so a token adds only its `vpdpbusd`s and its f32 epilogue (the K-quants, 2 to 4
-//! tokens). Device (session 19 call L, the two taking turns call by call in one
+//! tokens; Q4_K 2 and 3). Device (session 19 call L, the two taking turns call by call in one
 //! process), Q4_K at 2 / 3 tokens, ms: 16 threads 2048x7168 0.108 -> 0.097 / 0.142 ->
 //! 0.119, 7168x2048 0.106 -> 0.089 / 0.103 -> 0.083; one thread 14-24% faster. These
 //! tiles are the MoE's few-position items (busy experts' tails, small experts): V3 Q4_K
 //! at 128 tokens 77.4 -> 74.2 and 64.1 -> 62.5 ms, at 512 level. Session 20 gave Q2_K,
 //! Q3_K, Q5_K and Q6_K the same at 2-4 tokens (device, in one process against the column
 //! layout, 16 threads: 9-35% faster at 2 and 3 tokens on 2048x7168, 7168x2048 and
-//! 1408x2048; 22-35% at one thread; at 4 tokens 6-22% and 6-25%, Q4_K 6-11% and 10-12%),
+//! 1408x2048; 22-35% at one thread; at 4 tokens 6-22% and 6-25%),
 //! with K cut into shorter slices as tokens are added ([`slice_len`]). Q8_0 and the nibble formats stay on the column layout: their weights
 //! need little rearranging, and the row pairs read Q8_0 at 2 tokens 1.5x slower (dev VM).
 
