@@ -151,7 +151,7 @@ unsafe impl PairFormat for Q4K {
     /// read 6-12% faster than the column layout in GEMMs alone (device, 16 threads, in one
     /// process: 2048x7168 0.167 -> 0.157 ms, 7168x2048 0.154 -> 0.137), but the V3 Q4_K
     /// MoE at 512 tokens, whose 4-position tails find their weights in the caches, read
-    /// 1-4% slower in four of four in-process rounds.
+    /// 1-4% slower in all four in-process rounds (session 20, calls B and C).
     const MAX_TOKENS: usize = 3;
     type Act = KAct;
 
