@@ -14,9 +14,10 @@
 //! at 128 tokens 77.4 -> 74.2 and 64.1 -> 62.5 ms, at 512 level. Session 20 gave Q2_K,
 //! Q3_K, Q5_K and Q6_K the same at 2-4 tokens (device, in one process against the column
 //! layout: at 2 and 3 tokens on 2048x7168, 7168x2048 and 1408x2048 10-34% faster at 16
-//! threads and 20-36% at one; at 4 tokens 7-22% and 6-25%),
-//! with K cut into shorter slices as tokens are added ([`slice_len`]). Q8_0 and the nibble formats stay on the column layout: their weights
-//! need little rearranging, and the row pairs read Q8_0 at 2 tokens 1.5x slower (dev VM).
+//! threads and 20-36% at one; at 4 tokens 7-22% and 6-25%), with K cut into shorter
+//! slices as tokens are added ([`slice_len`]). Q8_0 and the nibble formats stay on the
+//! column layout: their weights need little rearranging, and the row pairs read Q8_0 at 2
+//! tokens 1.5x slower (dev VM).
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
