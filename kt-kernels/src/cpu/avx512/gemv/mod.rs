@@ -69,14 +69,14 @@ const SLICE: usize = 32;
 /// A weight format computed two rows at a time.
 ///
 /// # Safety
-/// [`PairFormat::pair`] may read only the `BLOCK` bytes of the super-block of each row it
+/// [`PairFormat::pair_n`] may read only the `BLOCK` bytes of the super-block of each row it
 /// is given (fewer for a partial Q8_0 group: `valid` whole blocks).
 pub(super) unsafe trait PairFormat {
     /// Weight bytes of a whole super-block (Q8_0: a group of 8 blocks).
     const BLOCK: usize;
     /// The most tokens [`pair_n`](Self::pair_n) shares its weight rearrangement across
-    /// (at most 4); 1 where it is `pair` token by token, and tiles of more than one
-    /// token take the column layout instead ([`tokens`]).
+    /// (at most 4); at 1, tiles of more than one token take the column layout instead
+    /// ([`tokens`]).
     const MAX_TOKENS: usize = 1;
     /// One super-block of the activations, rearranged to match the weights' vectors.
     type Act;
@@ -89,36 +89,37 @@ pub(super) unsafe trait PairFormat {
     /// AVX512+VNNI.
     unsafe fn repack(a: *const u8, g: usize, valid: usize, out: *mut Self::Act);
 
-    /// `acc` plus the products of one super-block of rows `w0` (lanes 0..8) and `w1`
-    /// (lanes 8..16) with `act`: the lanes of each half sum to the row's dot product.
+    /// `acc[t]` plus the products of one super-block of rows `w0` (lanes 0..8) and `w1`
+    /// (lanes 8..16) with token `t`'s `acts[t]`: the lanes of each half sum to the row's
+    /// dot product. A format with `MAX_TOKENS` above 1 rearranges the weights once for all
+    /// `N` tokens; the others run only `N` = 1.
     ///
     /// # Safety
     /// `w0` and `w1` point at the super-block (`valid` columns of it) of weight rows;
     /// AVX512+VNNI.
-    unsafe fn pair(
-        w0: *const u8,
-        w1: *const u8,
-        act: &Self::Act,
-        valid: usize,
-        acc: __m512,
-    ) -> __m512;
-
-    /// [`pair`](Self::pair) for `N` tokens at once: `acc[t]` plus the products with
-    /// `acts[t]`. A format that overrides it rearranges the weights once for all `N`.
-    ///
-    /// # Safety
-    /// As [`pair`](Self::pair).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     unsafe fn pair_n<const N: usize>(
         w0: *const u8,
         w1: *const u8,
         acts: [&Self::Act; N],
         valid: usize,
         acc: [__m512; N],
-    ) -> [__m512; N] {
+    ) -> [__m512; N];
+
+    /// [`pair_n`](Self::pair_n) for one token.
+    ///
+    /// # Safety
+    /// As [`pair_n`](Self::pair_n).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn pair(
+        w0: *const u8,
+        w1: *const u8,
+        act: &Self::Act,
+        valid: usize,
+        acc: __m512,
+    ) -> __m512 {
         // SAFETY: forwarded contract.
-        std::array::from_fn(|t| unsafe { Self::pair(w0, w1, acts[t], valid, acc[t]) })
+        unsafe { Self::pair_n(w0, w1, [act], valid, [acc])[0] }
     }
 }
 

@@ -30,15 +30,16 @@ unsafe impl<N: NibbleFormat> PairFormat for Nibbles<N> {
         unsafe { repack_group(a, g, valid, -N::OFFSET, out) }
     }
 
+    /// Token by token (`MAX_TOKENS` is 1: the column layout serves several tokens).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn pair(
+    unsafe fn pair_n<const M: usize>(
         w0: *const u8,
         w1: *const u8,
-        act: &Q80Act,
+        acts: [&Q80Act; M],
         valid: usize,
-        acc: __m512,
-    ) -> __m512 {
+        acc: [__m512; M],
+    ) -> [__m512; M] {
         let low = _mm512_set1_epi8(0x0f);
         let fifth = _mm512_set1_epi8(0x10);
         // 16-bit shift counts: 0 in 128-bit lanes 0 and 2, 4 in lanes 1 and 3.
@@ -46,22 +47,24 @@ unsafe impl<N: NibbleFormat> PairFormat for Nibbles<N> {
         let shift = _mm512_setr_epi64(0, 0, by4, by4, 0, 0, by4, by4);
         // SAFETY: the `valid` blocks of the group of each row (the caller's contract):
         // block j's nibbles at QS..QS + 16 (and qh, read by `fifth`).
-        unsafe {
-            block_pairs(w0, w1, N::BLOCK, act, valid, acc, |j| {
-                let at = j * N::BLOCK;
-                // 128-bit lanes: row 0's nibble bytes twice, then row 1's twice; lanes 0
-                // and 2 keep the low nibbles (elements 0..16), 1 and 3 the high ones
-                // (16..32), shifted down by a per-lane count.
-                let both = _mm512_mask_broadcast_i32x4(
-                    _mm512_broadcast_i32x4(_mm_loadu_si128(w0.add(at + N::QS).cast())),
-                    0xff00,
-                    _mm_loadu_si128(w1.add(at + N::QS).cast()),
-                );
-                let nib = _mm512_and_si512(_mm512_srlv_epi16(both, shift), low);
-                let qh0 = N::fifth(w0.add(at)) as u64;
-                let qh1 = N::fifth(w1.add(at)) as u64;
-                _mm512_mask_add_epi8(nib, _cvtu64_mask64(qh0 | qh1 << 32), nib, fifth)
-            })
-        }
+        let weights = |j: usize| unsafe {
+            let at = j * N::BLOCK;
+            // 128-bit lanes: row 0's nibble bytes twice, then row 1's twice; lanes 0 and 2
+            // keep the low nibbles (elements 0..16), 1 and 3 the high ones (16..32),
+            // shifted down by a per-lane count.
+            let both = _mm512_mask_broadcast_i32x4(
+                _mm512_broadcast_i32x4(_mm_loadu_si128(w0.add(at + N::QS).cast())),
+                0xff00,
+                _mm_loadu_si128(w1.add(at + N::QS).cast()),
+            );
+            let nib = _mm512_and_si512(_mm512_srlv_epi16(both, shift), low);
+            let qh0 = N::fifth(w0.add(at)) as u64;
+            let qh1 = N::fifth(w1.add(at)) as u64;
+            _mm512_mask_add_epi8(nib, _cvtu64_mask64(qh0 | qh1 << 32), nib, fifth)
+        };
+        // SAFETY: as above; `weights` reads only those blocks.
+        std::array::from_fn(|t| unsafe {
+            block_pairs(w0, w1, N::BLOCK, acts[t], valid, acc[t], weights)
+        })
     }
 }

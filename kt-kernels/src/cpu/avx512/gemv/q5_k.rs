@@ -97,11 +97,4 @@ unsafe impl PairFormat for Q5K {
         // SAFETY: forwarded contract (whole blocks).
         unsafe { epilogue_n(w0, w1, acts, sums, acc) }
     }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, valid: usize, acc: __m512) -> __m512 {
-        // SAFETY: forwarded contract.
-        unsafe { Self::pair_n(w0, w1, [act], valid, [acc])[0] }
-    }
 }

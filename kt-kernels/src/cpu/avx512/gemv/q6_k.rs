@@ -165,13 +165,6 @@ unsafe impl PairFormat for Q6K {
         };
         epilogue_n(bytes, d, acts, sums, acc)
     }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn pair(w0: *const u8, w1: *const u8, act: &KAct, valid: usize, acc: __m512) -> __m512 {
-        // SAFETY: forwarded contract.
-        unsafe { Self::pair_n(w0, w1, [act], valid, [acc])[0] }
-    }
 }
 
 /// The activations' repack of Q6_K and Q3_K, whose quants are stored as `q + offset`:

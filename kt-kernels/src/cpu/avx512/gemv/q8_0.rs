@@ -53,28 +53,31 @@ unsafe impl PairFormat for Q8_0 {
         unsafe { repack_group(a, g, valid, -128, out) }
     }
 
+    /// Token by token (`MAX_TOKENS` is 1: the weights need no rearranging to share).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn pair(
+    unsafe fn pair_n<const N: usize>(
         w0: *const u8,
         w1: *const u8,
-        act: &Q80Act,
+        acts: [&Q80Act; N],
         valid: usize,
-        acc: __m512,
-    ) -> __m512 {
+        acc: [__m512; N],
+    ) -> [__m512; N] {
         let offset = _mm512_set1_epi8(-128);
         // SAFETY: the `valid` blocks of the group of each row (the caller's contract);
         // block j's quants are the 32 bytes after its scale.
-        unsafe {
-            block_pairs(w0, w1, Q80_BLOCK, act, valid, acc, |j| {
-                let at = j * Q80_BLOCK + 2;
-                let w = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(_mm256_loadu_si256(w0.add(at).cast())),
-                    _mm256_loadu_si256(w1.add(at).cast()),
-                );
-                _mm512_xor_si512(w, offset)
-            })
-        }
+        let weights = |j: usize| unsafe {
+            let at = j * Q80_BLOCK + 2;
+            let w = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_loadu_si256(w0.add(at).cast())),
+                _mm256_loadu_si256(w1.add(at).cast()),
+            );
+            _mm512_xor_si512(w, offset)
+        };
+        // SAFETY: as above; `weights` reads only those blocks.
+        std::array::from_fn(|t| unsafe {
+            block_pairs(w0, w1, Q80_BLOCK, acts[t], valid, acc[t], weights)
+        })
     }
 }
 
