@@ -23,7 +23,7 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
 use super::super::tile::{hsum_halves, prefetch_group, prefetch_group_l2, COLS};
-use super::{PairFormat, SLICE};
+use super::{store, PairFormat, SLICE};
 use crate::cpu::dispatch::GemmTile;
 
 /// The table's `gemm` entry of a pair format for a tile of 2 to `F::MAX_TOKENS` tokens.
@@ -124,13 +124,9 @@ unsafe fn tokens<F: PairFormat, const N: usize>(tile: &GemmTile) {
             for (t, &a) in acc.iter().enumerate() {
                 let (s0, s1) = hsum_halves(a);
                 let sums = [s0, s1];
-                for (h, &s) in sums.iter().enumerate().take(if single { 1 } else { 2 }) {
-                    // SAFETY: token t < N and row r + h < rows: the tile's output element.
-                    unsafe {
-                        let o = out.add(t * tile.ldo + r + h);
-                        *o = if first { s } else { *o + s };
-                    }
-                }
+                let n = if single { 1 } else { 2 };
+                // SAFETY: token t < N and rows r..r + n < rows: the tile's output elements.
+                unsafe { store(out.add(t * tile.ldo), r, 1, &sums[..n], first) };
             }
             r += 2;
         }
