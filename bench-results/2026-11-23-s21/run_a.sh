@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Session 21 call A. s21xa = amxgemv-x: main + the AMX one-token Q4_K GEMV (amx/q4_k_gemv.rs) + a knob (x21a):
+# X 0 = AMX GEMV (prefetch 2 steps ahead, L1); 1 = the AVX512 row-pair GEMV (main's); 2 / 4 / 6 = AMX with 1 / 4 / 3
+# steps; +8 = prefetch into L2. Tests run with the knob at 0 (the AMX GEMV).
+set -uo pipefail
+E=$OUT/a; mkdir -p $E; trap 'cd $OUT && tar czf a.tgz a && rm -rf a' EXIT
+X=/tmp/ktx; mkdir -p $X && tar xJf .device-carry/s21xa/bin.tar.xz -C $X
+t0=$SECONDS; log() { echo "$* $((SECONDS-t0))s" | tee -a $E/summary.txt; }
+log "device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2); $(cat .device-carry/s21xa/COMMIT); $(nproc) cpus"
+export KT_TEST_FIXTURES=kt-kernels/tests/fixtures
+for n in cpu_amx_gemm lib_kt_kernels moe_q4k_amx moe_correctness matmul_backends cpu_avx512_kernels; do
+  timeout 150 $X/tests/$n --test-threads 16 > $E/test_$n.txt 2>&1; log "test $n rc $? $(grep -E '^test result' $E/test_$n.txt | tail -1)"; done
+grep -h -E "FAILED|panicked" $E/test_*.txt | head -20
+mm() { # name, knobs, args
+  local n=$1 ab=$2; shift 2
+  KT_X_AB=$ab timeout 150 $X/kt-bench matmul --formats q4_k --tokens 1 "$@" > $E/$n.txt 2>&1; log "$n rc $?"; }
+mm mm_t16 0,1,2,4,8,12 --threads 16 --shapes 2048x7168,7168x2048,1408x2048,18432x7168 --seconds 0.3
+mm mm_t16_res 0,1 --threads 16 --shapes 2048x7168,7168x2048 --seconds 0.3 --resident
+mm mm_t1 0,1,4 --threads 1 --shapes 2048x7168,7168x2048 --seconds 0.3
+mm mm_t1_res 0,1 --threads 1 --shapes 2048x7168,7168x2048 --seconds 0.3 --resident
+moe() { # name, knob list, args...
+  local n=$1 ab=$2; shift 2
+  KT_X_AB=$ab timeout 90 $X/kt-bench moe "$@" --threads 16 --json > $E/$n.json 2> $E/$n.err
+  log "$n rc $? $(grep x_variant $E/$n.err | tr '\n' ' ')"
+}
+for r in 1 2; do
+  moe v3_t1_$r 0,1,4,8 --shape deepseek-v3 --format q4_k --tokens 1 --seconds 3
+  moe v2l_t1_$r 0,1,4,8 --shape deepseek-v2-lite --format q4_k --tokens 1 --seconds 3
+done
+moe v3_t1_a 0,1 --shape deepseek-v3 --format q4_k --tokens 1 --seconds 4
+log done
