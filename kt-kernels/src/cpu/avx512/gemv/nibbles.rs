@@ -30,7 +30,7 @@ unsafe impl<N: NibbleFormat> PairFormat for Nibbles<N> {
         unsafe { repack_group(a, g, valid, -N::OFFSET, out) }
     }
 
-    /// Token by token (`MAX_TOKENS` is 1: the column layout serves several tokens).
+    /// One token in practice (`MAX_TOKENS` is 1: the column layout serves several tokens).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     unsafe fn pair_n<const M: usize>(
@@ -63,8 +63,6 @@ unsafe impl<N: NibbleFormat> PairFormat for Nibbles<N> {
             _mm512_mask_add_epi8(nib, _cvtu64_mask64(qh0 | qh1 << 32), nib, fifth)
         };
         // SAFETY: as above; `weights` reads only those blocks.
-        std::array::from_fn(|t| unsafe {
-            block_pairs(w0, w1, N::BLOCK, acts[t], valid, acc[t], weights)
-        })
+        unsafe { block_pairs(w0, w1, N::BLOCK, acts, valid, acc, weights) }
     }
 }

@@ -53,7 +53,7 @@ unsafe impl PairFormat for Q8_0 {
         unsafe { repack_group(a, g, valid, -128, out) }
     }
 
-    /// Token by token (`MAX_TOKENS` is 1: the weights need no rearranging to share).
+    /// One token in practice (`MAX_TOKENS` is 1: the weights need no rearranging to share).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     unsafe fn pair_n<const N: usize>(
@@ -75,46 +75,48 @@ unsafe impl PairFormat for Q8_0 {
             _mm512_xor_si512(w, offset)
         };
         // SAFETY: as above; `weights` reads only those blocks.
-        std::array::from_fn(|t| unsafe {
-            block_pairs(w0, w1, Q80_BLOCK, acts[t], valid, acc[t], weights)
-        })
+        unsafe { block_pairs(w0, w1, Q80_BLOCK, acts, valid, acc, weights) }
     }
 }
 
-/// `acc` plus the products of the `valid` blocks of rows `w0` and `w1` (blocks of
-/// `block_bytes`, each starting with its f16 scale) with `act`: `weights(j)` is block
-/// `j` of both rows as unsigned bytes (row 0 in the low half), biased by the offset
-/// [`repack_group`] took back from the activations' sums.
+/// `acc[t]` plus the products of the `valid` blocks of rows `w0` and `w1` (blocks of
+/// `block_bytes`, each starting with its f16 scale) with token `t`'s `acts[t]`:
+/// `weights(j)` is block `j` of both rows as unsigned bytes (row 0 in the low half), biased
+/// by the offset [`repack_group`] took back from the activations' sums. The weights and
+/// their scales are read once for all `N` tokens.
 ///
 /// # Safety
 /// The `valid` blocks of each row are readable and `weights` reads only those;
 /// AVX512+VNNI.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-pub(super) unsafe fn block_pairs(
+pub(super) unsafe fn block_pairs<const N: usize>(
     w0: *const u8,
     w1: *const u8,
     block_bytes: usize,
-    act: &Q80Act,
+    acts: [&Q80Act; N],
     valid: usize,
-    acc: __m512,
+    acc: [__m512; N],
     weights: impl Fn(usize) -> __m512i,
-) -> __m512 {
-    // SAFETY: the blocks' scales are readable (the caller's contract); the record's
+) -> [__m512; N] {
+    // SAFETY: the blocks' scales are readable (the caller's contract); the records'
     // fields are aligned.
     unsafe {
         let dw = _mm512_insertf32x8::<1>(
             _mm512_castps256_ps512(block_scales(w0, block_bytes, valid)),
             block_scales(w1, block_bytes, valid),
         );
-        let scales = _mm512_mul_ps(dw, _mm512_load_ps(act.da.as_ptr()));
+        let scales = acts.map(|act| _mm512_mul_ps(dw, _mm512_load_ps(act.da.as_ptr())));
         let mut acc = acc;
         for (j, &spread) in BLOCK_SCALE.iter().enumerate().take(valid) {
-            let start = _mm512_broadcast_i64x4(_mm256_load_si256(act.off[j].as_ptr().cast()));
-            let a = _mm512_broadcast_i64x4(_mm256_load_si256(act.q[j].as_ptr().cast()));
-            let s = _mm512_dpbusd_epi32(start, weights(j), a);
-            let scale = _mm512_permutexvar_ps(spread, scales);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc);
+            let w = weights(j);
+            for ((acc, act), scales) in acc.iter_mut().zip(acts).zip(scales) {
+                let start = _mm512_broadcast_i64x4(_mm256_load_si256(act.off[j].as_ptr().cast()));
+                let a = _mm512_broadcast_i64x4(_mm256_load_si256(act.q[j].as_ptr().cast()));
+                let s = _mm512_dpbusd_epi32(start, w, a);
+                let scale = _mm512_permutexvar_ps(spread, scales);
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, *acc);
+            }
         }
         acc
     }
