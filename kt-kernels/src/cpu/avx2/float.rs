@@ -3,12 +3,12 @@
 //! FMA into one 8-lane f32 accumulator per (row, token) pair, summed at the end. Each
 //! row's 8 widened weights are reused by the RN tokens, each token's by the RM rows.
 //! `k` need not be a multiple of 8: the last partial group is zero-padded. A GEMV
-//! prefetches the next register tile's rows line by line, as the quantized kernels do.
+//! prefetches a later register tile's rows line by line, as the quantized kernels do.
 
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
-use super::tile::{hsum8_ps, prefetch_next_rows, store_pairs, Microkernel, MAX_PAIRS};
+use super::tile::{hsum8_ps, prefetch_rows_ahead, store_pairs, Microkernel, MAX_PAIRS};
 use crate::cpu::dispatch::GemmTile;
 use crate::cpu::matmul::GEMV_MAX_TOKENS;
 
@@ -101,7 +101,12 @@ fn step<L: Fn(*const u8) -> __m256, const RM: usize, const RN: usize>(
 
 impl<F: Float> Microkernel for FloatKernel<F> {
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize) {
+    unsafe fn tile<const RM: usize, const RN: usize>(
+        tile: &GemmTile,
+        r0: usize,
+        t0: usize,
+        lead: usize,
+    ) {
         debug_assert!(RM * RN <= MAX_PAIRS);
         // SAFETY: rows r0..r0+RM and tokens t0..t0+RN are inside the tile (the
         // caller's contract); each row holds k elements.
@@ -118,8 +123,8 @@ impl<F: Float> Microkernel for FloatKernel<F> {
         for i in 0..full {
             let off = 8 * i * F::BYTES;
             if gemv && i.is_multiple_of(per_line) {
-                // A later register tile's rows, one line each (see prefetch_next_rows).
-                prefetch_next_rows::<RM>(w[0].wrapping_add(off), tile.w_stride, 1);
+                // A later register tile's rows, one line each (see prefetch_rows_ahead).
+                prefetch_rows_ahead::<RM>(w[0].wrapping_add(off), tile.w_stride, lead, 1);
             }
             // SAFETY: elements 8i..8i+8 < k of each row.
             step(&mut acc, &w, &a, |p: *const u8| unsafe {

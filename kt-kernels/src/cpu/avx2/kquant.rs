@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::tile::{
-    fma_ggml_lanes, hsum8_epi32, prefetch_next_rows, spread_rows, spread_tokens, store_ggml_lanes,
+    fma_ggml_lanes, hsum8_epi32, prefetch_rows_ahead, spread_rows, spread_tokens, store_ggml_lanes,
     store_pairs, Microkernel, MAX_PAIRS,
 };
 use crate::cpu::dispatch::GemmTile;
@@ -343,7 +343,12 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
     const GEMV_ROWS: usize = K::GEMV_ROWS;
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize) {
+    unsafe fn tile<const RM: usize, const RN: usize>(
+        tile: &GemmTile,
+        r0: usize,
+        t0: usize,
+        lead: usize,
+    ) {
         debug_assert!(RM * RN <= MAX_PAIRS);
         let nb = tile.k / QK_K;
         let ws = tile.w_stride;
@@ -357,9 +362,10 @@ impl<K: KQuant> Microkernel for KQuantKernel<K> {
         let mut lane_acc = [_mm256_setzero_ps(); MAX_PAIRS];
         for b in 0..nb {
             if gemv {
-                prefetch_next_rows::<RM>(
+                prefetch_rows_ahead::<RM>(
                     tile.w.wrapping_add(r0 * ws + b * K::BLOCK_BYTES),
                     ws,
+                    lead,
                     K::BLOCK_BYTES,
                 );
             }

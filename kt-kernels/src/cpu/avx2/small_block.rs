@@ -28,8 +28,8 @@ use std::mem::MaybeUninit;
 
 use super::kquant::load32;
 use super::tile::{
-    f16_lanes, fma_ggml_lanes, hsum8_epi32, prefetch_next_rows, spread_rows, spread_tokens,
-    store_ggml_lanes, store_pairs, Microkernel, MAX_PAIRS,
+    f16_lanes, fma_ggml_lanes, gemv_streams, hsum8_epi32, prefetch_rows_ahead, spread_rows,
+    spread_tokens, store_ggml_lanes, store_pairs, Microkernel, MAX_PAIRS,
 };
 use crate::cpu::dispatch::GemmTile;
 use crate::cpu::matmul::GEMV_MAX_TOKENS;
@@ -246,16 +246,23 @@ unsafe fn act_terms<B: SmallBlock>(a: *const u8) -> (__m256i, f32) {
 /// [`act_terms`] of the tile's `k / 32` activation blocks.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemv8_prepped<B: SmallBlock>(tile: &GemmTile, r0: usize, corr: &[__m256i], da: &[f32]) {
+unsafe fn gemv8_prepped<B: SmallBlock>(
+    tile: &GemmTile,
+    r0: usize,
+    corr: &[__m256i],
+    da: &[f32],
+    lead: usize,
+) {
     let ws = tile.w_stride;
     let (act_block, act_qs) = act_layout(false);
     let mut acc = _mm256_setzero_ps();
     let mut next_line = 0;
     for (b, (&c, &d)) in corr.iter().zip(da).enumerate() {
         if b * B::BLOCK_BYTES >= next_line {
-            prefetch_next_rows::<8>(
+            prefetch_rows_ahead::<8>(
                 tile.w.wrapping_add(r0 * ws + b * B::BLOCK_BYTES),
                 ws,
+                lead,
                 B::BLOCK_BYTES,
             );
             next_line = b * B::BLOCK_BYTES + 64;
@@ -319,17 +326,27 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
                 std::slice::from_raw_parts(da.as_ptr().cast::<f32>(), nb),
             )
         };
+        // SAFETY (both): rows r0..r0+8 of the tile or of a stream view of it, one token;
+        // the terms are those of its nb blocks.
+        let streamed = unsafe {
+            gemv_streams(tile, 0, 8, |sub, lead| {
+                gemv8_prepped::<B>(sub, 0, corr, da, lead)
+            })
+        };
         let rows = tile.rows / 8 * 8;
-        for r0 in (0..rows).step_by(8) {
-            // SAFETY: rows r0..r0+8 lie in the tile, one token; the terms are those of
-            // its nb blocks.
-            unsafe { gemv8_prepped::<B>(tile, r0, corr, da) };
+        for r0 in (streamed..rows).step_by(8) {
+            unsafe { gemv8_prepped::<B>(tile, r0, corr, da, 16 * tile.w_stride) };
         }
         rows
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize) {
+    unsafe fn tile<const RM: usize, const RN: usize>(
+        tile: &GemmTile,
+        r0: usize,
+        t0: usize,
+        lead: usize,
+    ) {
         debug_assert!(RM * RN <= MAX_PAIRS);
         let (act_block, act_qs) = act_layout(B::HAS_MIN);
         let ones = _mm256_set1_epi16(1);
@@ -343,9 +360,10 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
         let mut next_line = 0;
         for b in 0..tile.k / QK {
             if gemv && b * B::BLOCK_BYTES >= next_line {
-                prefetch_next_rows::<RM>(
+                prefetch_rows_ahead::<RM>(
                     tile.w.wrapping_add(r0 * ws + b * B::BLOCK_BYTES),
                     ws,
+                    lead,
                     B::BLOCK_BYTES,
                 );
                 next_line = b * B::BLOCK_BYTES + 64;

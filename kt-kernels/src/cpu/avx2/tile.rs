@@ -38,10 +38,18 @@ pub(super) trait Microkernel {
     /// shape does not change any row's sums or their order).
     const GEMV_ROWS: usize = 8;
 
+    /// The `RM x RN` register tile at row `r0`, token `t0`. A GEMV tile prefetches, for each
+    /// of its rows, the block `lead` bytes after it ([`prefetch_rows_ahead`]).
+    ///
     /// # Safety
     /// `r0 + RM <= tile.rows`, `t0 + RN <= tile.tokens`, the tile's pointers are valid
     /// as [`GemmTile`] documents, and the CPU has AVX2, FMA and F16C.
-    unsafe fn tile<const RM: usize, const RN: usize>(tile: &GemmTile, r0: usize, t0: usize);
+    unsafe fn tile<const RM: usize, const RN: usize>(
+        tile: &GemmTile,
+        r0: usize,
+        t0: usize,
+        lead: usize,
+    );
 
     /// A one-token tile's rows the format covers by itself, before the register tiles take
     /// the rest: rows `0..n` for the returned `n` (a format that prepares per-call work from
@@ -78,8 +86,13 @@ pub(super) unsafe fn gemm<M: Microkernel>(tile: &GemmTile) {
         tile.rows
     };
     let mut r0 = if tile.tokens == 1 {
-        // SAFETY: the caller's contract, with one token.
-        unsafe { M::gemv_rows(tile) }
+        // SAFETY: the caller's contract, with one token; the stream tiles are register
+        // tiles of GEMV_ROWS rows and one token, as `gemv_streams` requires.
+        unsafe {
+            let r = M::gemv_rows(tile);
+            let rm = M::GEMV_ROWS;
+            r + gemv_streams(tile, r, rm, |sub, lead| run::<M>(rm, 1, sub, 0, 0, lead))
+        }
     } else {
         0
     };
@@ -106,7 +119,7 @@ pub(super) unsafe fn gemm<M: Microkernel>(tile: &GemmTile) {
                 };
                 // SAFETY: r + rm <= chunk_end <= tile.rows and t0 + rn <= tile.tokens;
                 // the rest is the caller's contract.
-                unsafe { run::<M>(rm, rn, tile, r, t0) };
+                unsafe { run::<M>(rm, rn, tile, r, t0, 2 * rm * tile.w_stride) };
                 r += rm;
             }
             t0 += rn;
@@ -121,25 +134,32 @@ pub(super) unsafe fn gemm<M: Microkernel>(tile: &GemmTile) {
 /// As [`Microkernel::tile`] with `RM = rm`, `RN = rn`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn run<M: Microkernel>(rm: usize, rn: usize, tile: &GemmTile, r0: usize, t0: usize) {
+unsafe fn run<M: Microkernel>(
+    rm: usize,
+    rn: usize,
+    tile: &GemmTile,
+    r0: usize,
+    t0: usize,
+    lead: usize,
+) {
     // SAFETY (every arm): forwarded contract of this function.
     unsafe {
         match (rm, rn) {
-            (8, 1) => M::tile::<8, 1>(tile, r0, t0),
-            (4, 1) => M::tile::<4, 1>(tile, r0, t0),
-            (2, 1) => M::tile::<2, 1>(tile, r0, t0),
-            (1, 1) => M::tile::<1, 1>(tile, r0, t0),
-            (4, 2) => M::tile::<4, 2>(tile, r0, t0),
-            (2, 2) => M::tile::<2, 2>(tile, r0, t0),
-            (1, 2) => M::tile::<1, 2>(tile, r0, t0),
-            (2, 3) => M::tile::<2, 3>(tile, r0, t0),
-            (1, 3) => M::tile::<1, 3>(tile, r0, t0),
-            (2, 4) => M::tile::<2, 4>(tile, r0, t0),
-            (1, 4) => M::tile::<1, 4>(tile, r0, t0),
-            (1, 5) => M::tile::<1, 5>(tile, r0, t0),
-            (1, 6) => M::tile::<1, 6>(tile, r0, t0),
-            (1, 7) => M::tile::<1, 7>(tile, r0, t0),
-            (1, 8) => M::tile::<1, 8>(tile, r0, t0),
+            (8, 1) => M::tile::<8, 1>(tile, r0, t0, lead),
+            (4, 1) => M::tile::<4, 1>(tile, r0, t0, lead),
+            (2, 1) => M::tile::<2, 1>(tile, r0, t0, lead),
+            (1, 1) => M::tile::<1, 1>(tile, r0, t0, lead),
+            (4, 2) => M::tile::<4, 2>(tile, r0, t0, lead),
+            (2, 2) => M::tile::<2, 2>(tile, r0, t0, lead),
+            (1, 2) => M::tile::<1, 2>(tile, r0, t0, lead),
+            (2, 3) => M::tile::<2, 3>(tile, r0, t0, lead),
+            (1, 3) => M::tile::<1, 3>(tile, r0, t0, lead),
+            (2, 4) => M::tile::<2, 4>(tile, r0, t0, lead),
+            (1, 4) => M::tile::<1, 4>(tile, r0, t0, lead),
+            (1, 5) => M::tile::<1, 5>(tile, r0, t0, lead),
+            (1, 6) => M::tile::<1, 6>(tile, r0, t0, lead),
+            (1, 7) => M::tile::<1, 7>(tile, r0, t0, lead),
+            (1, 8) => M::tile::<1, 8>(tile, r0, t0, lead),
             _ => unreachable!("register tile {rm}x{rn} is not in the shape menu"),
         }
     }
@@ -323,11 +343,12 @@ pub(super) unsafe fn store_ggml_lanes<const RM: usize, const RN: usize>(
     }
 }
 
-/// Prefetches the `block_bytes` block at `block0` in the `RM` rows two register tiles
-/// after the current one (rows `2RM .. 3RM` from it), into L2. Shared by every AVX2
-/// kernel's GEMV. A GEMV streams its weights from DRAM once, in rows shorter than a page
-/// for the DeepSeek expert matrices, so the hardware prefetcher has to find every new
-/// row's stream anew. Measured on the dev Xeon (2026-11-21,
+/// Prefetches, into L2, the `block_bytes` block at `block0` in the rows `lead` bytes after
+/// the `RM` rows of the current register tile (rows `w_stride` bytes apart). Shared by
+/// every AVX2 kernel's GEMV: a GEMV streams its weights from DRAM once, in rows shorter
+/// than a page for the DeepSeek expert matrices, so the hardware prefetcher has to find
+/// every new row's stream anew. The lead is two register tiles on, in the order the tiles
+/// run ([`gemm`] and [`gemv_streams`] set it). Measured on the dev Xeon (2026-11-21,
 /// `KT_ISA=avx2 kt-bench matmul --threads 1 --tokens 1`, GB/s of weights from DRAM,
 /// without -> with the next tile's rows into L1): Q4_K 1408x2048 5.5-5.8 -> 10.2-11.2,
 /// 2048x7168 8.2-8.3 -> 12.3-14.0; Q2_K 1408x2048 3.6-4.6 -> 7.9-8.8, 2048x7168
@@ -339,13 +360,14 @@ pub(super) unsafe fn store_ggml_lanes<const RM: usize, const RN: usize>(
 /// 64 bytes of row (every block would ask for the same line).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn prefetch_next_rows<const RM: usize>(
+pub(super) fn prefetch_rows_ahead<const RM: usize>(
     block0: *const u8,
     w_stride: usize,
+    lead: usize,
     block_bytes: usize,
 ) {
-    for r in 2 * RM..3 * RM {
-        let p = block0.wrapping_add(r * w_stride);
+    for r in 0..RM {
+        let p = block0.wrapping_add(r * w_stride + lead);
         let mut off = 0;
         while off < block_bytes + 63 {
             // A prefetch never faults, whatever the address; wrapping_add keeps the
@@ -354,4 +376,59 @@ pub(super) fn prefetch_next_rows<const RM: usize>(
             off += 64;
         }
     }
+}
+
+/// Runs of consecutive rows a one-token tile's register tiles take their rows from, at
+/// the least: a shorter tile keeps its register tiles on adjacent rows.
+const MIN_STREAM_ROWS: usize = 4;
+
+/// The one-token rows `r0..r0 + rm * q` (`q` = the rows left over `rm`, at least
+/// [`MIN_STREAM_ROWS`]) as `q` register tiles of `rm` rows, tile `i` taking rows `i, i + q,
+/// ..., i + (rm - 1) q` from `r0`: `body(sub, lead)` computes the register tile of the
+/// view `sub` (its rows 0..rm, `q` rows apart, one token, into `sub.out[0..rm]`) with the
+/// prefetch lead of two tiles on. Returns the rows covered (0 when too few).
+///
+/// Why: a register tile on adjacent rows reads one short run of memory per tile (8 rows
+/// of a 2048-wide Q4_K matrix are 9 KiB), so the prefetch and the hardware restart every
+/// few microseconds; here each of the `rm` rows of a tile continues a long sequential run
+/// (`q` rows), as the AVX512 GEMV's row streams do. Dev Xeon, `KT_ISA=avx2 kt-bench
+/// matmul --threads 1 --tokens 1` from DRAM, adjacent -> streams, ms: Q4_K 1408x2048
+/// 0.134 -> 0.100, Q5_0 1408x2048 0.201 -> 0.125, Q6_K 7168x2048 0.927 -> 0.712, Q4_K
+/// 2048x7168 0.571 -> 0.553 (`BENCHMARKS.md`, session 22). Every row's sum is computed as
+/// before: bit-identical.
+///
+/// # Safety
+/// `body` is safe to call with a view of `rm` (at most 8) rows of `tile`, one token;
+/// `r0 <= tile.rows`, `tile.tokens == 1`, and the tile is valid as [`GemmTile`] documents.
+pub(super) unsafe fn gemv_streams(
+    tile: &GemmTile,
+    r0: usize,
+    rm: usize,
+    body: impl Fn(&GemmTile, usize),
+) -> usize {
+    debug_assert!(rm <= 8 && tile.tokens == 1);
+    let q = (tile.rows - r0) / rm;
+    if q < MIN_STREAM_ROWS {
+        return 0;
+    }
+    let ws = tile.w_stride;
+    // NaN until a register tile writes it: a row it skipped would show.
+    let mut sums = [f32::NAN; 8];
+    for i in 0..q {
+        let sub = GemmTile {
+            // SAFETY: row r0 + i < tile.rows lies in the weights.
+            w: unsafe { tile.w.add((r0 + i) * ws) },
+            w_stride: q * ws,
+            rows: rm,
+            out: sums.as_mut_ptr(),
+            ldo: rm,
+            ..*tile
+        };
+        body(&sub, 2 * ws);
+        for (j, &s) in sums[..rm].iter().enumerate() {
+            // SAFETY: row r0 + i + j q < r0 + rm q <= tile.rows: the tile's output.
+            unsafe { *tile.out.add(r0 + i + j * q) = s };
+        }
+    }
+    rm * q
 }
