@@ -8,6 +8,8 @@
 
 use half::f16;
 
+use crate::quant::blocks::{read_block, Block, BlockQ8K};
+
 /// Sub-blocks whose largest magnitude is below this are treated as all zeros.
 pub const GROUP_MAX_EPS: f32 = 1e-15;
 
@@ -276,6 +278,57 @@ pub fn put_scales_mins_k4(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
         out[j] |= ((m[j] >> 4) & 3) << 6;
     }
     out
+}
+
+/// A stored super-block with Q4_K's scales: `x = d * sc * q - dmin * m`, the 6-bit scale
+/// and minimum of each 32-element sub-block packed as [`get_scale_min_k4`] reads them
+/// (Q4_K, Q5_K; they differ only in where the quants' bits lie).
+pub trait ScaleMinBlock: Block {
+    /// `d` and `dmin`.
+    fn d_dmin(&self) -> (f32, f32);
+    /// The 12 packed scale bytes.
+    fn scales(&self) -> &[u8; 12];
+    /// The quant of element `e` (0..256).
+    fn quant(&self, e: usize) -> u8;
+}
+
+/// Dequantizes whole [`ScaleMinBlock`]s of type `B` from `src` into `dst`.
+pub fn dequantize_scale_min<B: ScaleMinBlock>(src: &[u8], dst: &mut [f32]) {
+    for (i, y) in dst.chunks_exact_mut(256).enumerate() {
+        let b: B = read_block(src, i);
+        let (d, dmin) = b.d_dmin();
+        for (e, o) in y.iter_mut().enumerate() {
+            let (sc, m) = get_scale_min_k4(e / 32, b.scales());
+            let (dl, ml) = (d * sc as f32, dmin * m as f32);
+            *o = dl * b.quant(e) as f32 - ml;
+        }
+    }
+}
+
+/// Weight row of [`ScaleMinBlock`]s `B` · Q8_K activation row (`n` elements): per block
+/// the integer sub-block dots times their 6-bit scales, the 6-bit minimums against the
+/// activation's `bsums` (two 16-sums per sub-block), then `d * act.d` and `dmin * act.d`
+/// once each.
+pub fn vec_dot_scale_min<B: ScaleMinBlock>(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let mut sum = 0f32;
+    for i in 0..n / 256 {
+        let b: B = read_block(w, i);
+        let a: BlockQ8K = read_block(act, i);
+        let mut isum = 0i32;
+        let mut msum = 0i32;
+        for j in 0..8 {
+            let (sc, m) = get_scale_min_k4(j, b.scales());
+            let sub: i32 = (32 * j..32 * j + 32)
+                .map(|e| b.quant(e) as i32 * a.qs[e] as i32)
+                .sum();
+            isum += sc as i32 * sub;
+            msum += m as i32 * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32);
+        }
+        let (d, dmin) = b.d_dmin();
+        let (d, dmin) = (d * a.d, dmin * a.d);
+        sum += d * isum as f32 - dmin * msum as f32;
+    }
+    sum
 }
 
 /// The quantized form of a Q4_K / Q5_K super-block before bit packing.

@@ -5,9 +5,13 @@
 //! and `dmin`: `x = d * sc * q - dmin * m` with 4-bit `q`. Quants come in 64-element
 //! chunks of 32 bytes: element `i` of a chunk in the low nibble of byte `i`, element
 //! `32 + i` in its high nibble.
+//!
+//! [`get_scale_min_k4`]: super::common::get_scale_min_k4
 
-use super::common::{get_scale_min_k4, quantize_scale_min_k4, ScaleMinSearch};
-use crate::quant::blocks::{read_block, write_block, BlockQ4K, BlockQ8K};
+use super::common::{
+    dequantize_scale_min, quantize_scale_min_k4, vec_dot_scale_min, ScaleMinBlock, ScaleMinSearch,
+};
+use crate::quant::blocks::{write_block, BlockQ4K};
 use crate::quant::QK_K;
 
 /// ggml's search for Q4_K sub-blocks: squared error, 21 candidate scales.
@@ -19,14 +23,24 @@ const SEARCH: ScaleMinSearch = ScaleMinSearch {
     use_mad: false,
 };
 
-/// The 4-bit quant of element `e`.
-#[inline]
-fn quant(b: &BlockQ4K, e: usize) -> u8 {
-    let byte = b.qs[32 * (e / 64) + e % 32];
-    if e % 64 < 32 {
-        byte & 0x0F
-    } else {
-        byte >> 4
+impl ScaleMinBlock for BlockQ4K {
+    fn d_dmin(&self) -> (f32, f32) {
+        (self.d.to_f32(), self.dmin.to_f32())
+    }
+
+    fn scales(&self) -> &[u8; 12] {
+        &self.scales
+    }
+
+    /// The quant of element `e`.
+    #[inline]
+    fn quant(&self, e: usize) -> u8 {
+        let byte = self.qs[32 * (e / 64) + e % 32];
+        if e % 64 < 32 {
+            byte & 0x0F
+        } else {
+            byte >> 4
+        }
     }
 }
 
@@ -54,45 +68,18 @@ pub fn quantize(src: &[f32], dst: &mut [u8]) {
 }
 
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
-    for (i, y) in dst.chunks_exact_mut(QK_K).enumerate() {
-        let b: BlockQ4K = read_block(src, i);
-        let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
-        for (e, o) in y.iter_mut().enumerate() {
-            let (sc, m) = get_scale_min_k4(e / 32, &b.scales);
-            let (dl, ml) = (d * sc as f32, dmin * m as f32);
-            *o = dl * quant(&b, e) as f32 - ml;
-        }
-    }
+    dequantize_scale_min::<BlockQ4K>(src, dst);
 }
 
-/// Weight row · Q8_K activation row: per block the integer sub-block dots times their
-/// 6-bit scales, the 6-bit mins against the activation's `bsums` (two 16-sums per
-/// sub-block), then `d * act.d` and `dmin * act.d` once each.
+/// Weight row · Q8_K activation row ([`vec_dot_scale_min`]).
 pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    let mut sum = 0f32;
-    for i in 0..n / QK_K {
-        let b: BlockQ4K = read_block(w, i);
-        let a: BlockQ8K = read_block(act, i);
-        let mut isum = 0i32;
-        let mut msum = 0i32;
-        for j in 0..8 {
-            let (sc, m) = get_scale_min_k4(j, &b.scales);
-            let sub: i32 = (32 * j..32 * j + 32)
-                .map(|e| quant(&b, e) as i32 * a.qs[e] as i32)
-                .sum();
-            isum += sc as i32 * sub;
-            msum += m as i32 * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32);
-        }
-        let d = b.d.to_f32() * a.d;
-        let dmin = b.dmin.to_f32() * a.d;
-        sum += d * isum as f32 - dmin * msum as f32;
-    }
-    sum
+    vec_dot_scale_min::<BlockQ4K>(n, w, act)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::blocks::BlockQ8K;
     use crate::quant::reference::common::test_support::check_roundtrip;
 
     #[test]

@@ -4,9 +4,13 @@
 //! [`get_scale_min_k4`]), the low 4 bits in the same nibble layout, and bit 4 of
 //! element `e` at bit `e / 32` of `qh[e % 32]`. `x = d * sc * q - dmin * m`, `q` in
 //! `0..32`.
+//!
+//! [`get_scale_min_k4`]: super::common::get_scale_min_k4
 
-use super::common::{get_scale_min_k4, quantize_scale_min_k4, ScaleMinSearch};
-use crate::quant::blocks::{read_block, write_block, BlockQ5K, BlockQ8K};
+use super::common::{
+    dequantize_scale_min, quantize_scale_min_k4, vec_dot_scale_min, ScaleMinBlock, ScaleMinSearch,
+};
+use crate::quant::blocks::{write_block, BlockQ5K};
 use crate::quant::QK_K;
 
 /// ggml's search for Q5_K sub-blocks: squared error, 16 candidate scales.
@@ -18,13 +22,23 @@ const SEARCH: ScaleMinSearch = ScaleMinSearch {
     use_mad: false,
 };
 
-/// The 5-bit quant of element `e`.
-#[inline]
-fn quant(b: &BlockQ5K, e: usize) -> u8 {
-    let byte = b.qs[32 * (e / 64) + e % 32];
-    let low = if e % 64 < 32 { byte & 0x0F } else { byte >> 4 };
-    let high = (b.qh[e % 32] >> (e / 32)) & 1;
-    low | (high << 4)
+impl ScaleMinBlock for BlockQ5K {
+    fn d_dmin(&self) -> (f32, f32) {
+        (self.d.to_f32(), self.dmin.to_f32())
+    }
+
+    fn scales(&self) -> &[u8; 12] {
+        &self.scales
+    }
+
+    /// The quant of element `e`.
+    #[inline]
+    fn quant(&self, e: usize) -> u8 {
+        let byte = self.qs[32 * (e / 64) + e % 32];
+        let low = if e % 64 < 32 { byte & 0x0F } else { byte >> 4 };
+        let high = (self.qh[e % 32] >> (e / 32)) & 1;
+        low | (high << 4)
+    }
 }
 
 /// Quantizes one super-block (ggml's `quantize_row_q5_K_ref`).
@@ -58,44 +72,18 @@ pub fn quantize(src: &[f32], dst: &mut [u8]) {
 }
 
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
-    for (i, y) in dst.chunks_exact_mut(QK_K).enumerate() {
-        let b: BlockQ5K = read_block(src, i);
-        let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
-        for (e, o) in y.iter_mut().enumerate() {
-            let (sc, m) = get_scale_min_k4(e / 32, &b.scales);
-            let (dl, ml) = (d * sc as f32, dmin * m as f32);
-            *o = dl * quant(&b, e) as f32 - ml;
-        }
-    }
+    dequantize_scale_min::<BlockQ5K>(src, dst);
 }
 
-/// Weight row · Q8_K activation row, as for Q4_K: integer sub-block dots times 6-bit
-/// scales, 6-bit mins against `bsums`, one float multiply each per block.
+/// Weight row · Q8_K activation row ([`vec_dot_scale_min`]).
 pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    let mut sum = 0f32;
-    for i in 0..n / QK_K {
-        let b: BlockQ5K = read_block(w, i);
-        let a: BlockQ8K = read_block(act, i);
-        let mut isum = 0i32;
-        let mut msum = 0i32;
-        for j in 0..8 {
-            let (sc, m) = get_scale_min_k4(j, &b.scales);
-            let sub: i32 = (32 * j..32 * j + 32)
-                .map(|e| quant(&b, e) as i32 * a.qs[e] as i32)
-                .sum();
-            isum += sc as i32 * sub;
-            msum += m as i32 * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32);
-        }
-        let d = b.d.to_f32() * a.d;
-        let dmin = b.dmin.to_f32() * a.d;
-        sum += d * isum as f32 - dmin * msum as f32;
-    }
-    sum
+    vec_dot_scale_min::<BlockQ5K>(n, w, act)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::blocks::BlockQ8K;
     use crate::quant::reference::common::test_support::check_roundtrip;
 
     #[test]
