@@ -410,7 +410,9 @@ pub(super) unsafe fn gemv_streams(
     rm: usize,
     body: impl Fn(&GemmTile, usize),
 ) -> usize {
-    debug_assert!(rm <= 8 && tile.tokens == 1);
+    // The register tiles write `rm` sums into `sums` below: a hard check, not a debug one.
+    assert!(rm <= 8, "a stream register tile of {rm} rows");
+    debug_assert_eq!(tile.tokens, 1);
     let q = (tile.rows - r0) / rm;
     if q < MIN_STREAM_ROWS {
         return 0;
