@@ -28,8 +28,8 @@ use std::mem::MaybeUninit;
 
 use super::kquant::load32;
 use super::tile::{
-    f16_lanes, fma_ggml_lanes, gemv_streams, hsum8_epi32, prefetch_rows_ahead, spread_rows,
-    spread_tokens, store_ggml_lanes, store_pairs, Microkernel, MAX_PAIRS,
+    adjacent_lead, f16_lanes, fma_ggml_lanes, gemv_streams, hsum8_epi32, prefetch_rows_ahead,
+    spread_rows, spread_tokens, store_ggml_lanes, store_pairs, Microkernel, MAX_PAIRS,
 };
 use crate::cpu::dispatch::GemmTile;
 use crate::cpu::matmul::GEMV_MAX_TOKENS;
@@ -326,8 +326,8 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
                 std::slice::from_raw_parts(da.as_ptr().cast::<f32>(), nb),
             )
         };
-        // SAFETY (both): rows r0..r0+8 of the tile or of a stream view of it, one token;
-        // the terms are those of its nb blocks.
+        // SAFETY: rows 0..8 of stream views of the tile, one token; the terms are those of
+        // its nb blocks.
         let streamed = unsafe {
             gemv_streams(tile, 0, 8, |sub, lead| {
                 gemv8_prepped::<B>(sub, 0, corr, da, lead)
@@ -335,7 +335,8 @@ impl<B: SmallBlock> Microkernel for SmallBlockKernel<B> {
         };
         let rows = tile.rows / 8 * 8;
         for r0 in (streamed..rows).step_by(8) {
-            unsafe { gemv8_prepped::<B>(tile, r0, corr, da, 16 * tile.w_stride) };
+            // SAFETY: rows r0..r0+8 lie in the tile, one token; the terms as above.
+            unsafe { gemv8_prepped::<B>(tile, r0, corr, da, adjacent_lead(8, tile.w_stride)) };
         }
         rows
     }

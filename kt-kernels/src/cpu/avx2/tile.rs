@@ -119,7 +119,7 @@ pub(super) unsafe fn gemm<M: Microkernel>(tile: &GemmTile) {
                 };
                 // SAFETY: r + rm <= chunk_end <= tile.rows and t0 + rn <= tile.tokens;
                 // the rest is the caller's contract.
-                unsafe { run::<M>(rm, rn, tile, r, t0, 2 * rm * tile.w_stride) };
+                unsafe { run::<M>(rm, rn, tile, r, t0, adjacent_lead(rm, tile.w_stride)) };
                 r += rm;
             }
             t0 += rn;
@@ -378,12 +378,20 @@ pub(super) fn prefetch_rows_ahead<const RM: usize>(
     }
 }
 
+/// The prefetch lead of register tiles of `rm` adjacent rows (`w_stride` bytes apart): the
+/// same rows two tiles on.
+pub(super) fn adjacent_lead(rm: usize, w_stride: usize) -> usize {
+    2 * rm * w_stride
+}
+
 /// Rows in each of the runs a one-token tile's register tiles take their rows from, at
 /// the least: a shorter tile keeps its register tiles on adjacent rows.
 const MIN_STREAM_ROWS: usize = 4;
-/// How many rows on in its runs a stream register tile prefetches (two tiles on). One row
-/// read level with two on the dev Xeon (within its +-3% between runs); three, four and six
-/// were slower (Q4_K 1408x2048 0.1048, 0.1070, 0.1133 against 0.1042 ms at two).
+/// How many rows on in its runs a stream register tile prefetches (two tiles on). Dev Xeon,
+/// one thread, before the runs' heads were prefetched: one row read 1-3% faster than two in
+/// one round (Q4_K 1408x2048 0.1007 / 0.1009 against 0.1042 / 0.1036 ms), inside the VM's
+/// spread between runs, and was not retried with the heads; three, four and six were
+/// slower (0.1048, 0.1070, 0.1133).
 const LEAD_ROWS: usize = 2;
 
 /// The one-token rows `r0..r0 + rm * q` (`q` = the rows left over `rm`, at least
@@ -431,9 +439,10 @@ pub(super) unsafe fn gemv_streams(
             }
         }
     }
-    // NaN until a register tile writes it: a row it skipped would show.
     let mut sums = [f32::NAN; 8];
     for i in 0..q {
+        // NaN until this register tile writes it: a row it skipped would show.
+        sums.fill(f32::NAN);
         let sub = GemmTile {
             // SAFETY: row r0 + i < tile.rows lies in the weights.
             w: unsafe { tile.w.add((r0 + i) * ws) },
