@@ -387,18 +387,20 @@ pub(super) fn adjacent_lead(rm: usize, w_stride: usize) -> usize {
 /// Rows in each of the runs a one-token tile's register tiles take their rows from, at
 /// the least: a shorter tile keeps its register tiles on adjacent rows.
 const MIN_STREAM_ROWS: usize = 4;
-/// How many rows on in its runs a stream register tile prefetches (two tiles on). Dev Xeon,
-/// one thread, before the runs' heads were prefetched: one row read 1-3% faster than two in
-/// one round (Q4_K 1408x2048 0.1007 / 0.1009 against 0.1042 / 0.1036 ms), inside the VM's
-/// spread between runs, and was not retried with the heads; three, four and six were
-/// slower (0.1048, 0.1070, 0.1133).
-const LEAD_ROWS: usize = 2;
+/// How many rows on in its runs a stream register tile prefetches (the next tile's rows).
+/// One row, not two (session 23, 2-core AMD EPYC dev VM, `KT_ISA=avx2`, 2 threads, the
+/// two taking turns call by call in one process): the V2-Lite MoE at one token read
+/// 0.768-0.808 against 0.806-0.845 ms in four processes, and the one-token GEMVs were
+/// faster on 19 of 22 format/shape pairs (Q4_K 1408x2048 0.0379 against 0.0395 ms). Dev
+/// Xeon, one thread (session 22, before the runs' heads were prefetched): one row 1-3%
+/// faster than two; three, four and six rows ahead slower.
+const LEAD_ROWS: usize = 1;
 
 /// The one-token rows `r0..r0 + rm * q` (`q` = the rows left over `rm`, at least
 /// [`MIN_STREAM_ROWS`]) as `q` register tiles of `rm` rows, tile `i` taking rows `i, i + q,
 /// ..., i + (rm - 1) q` from `r0`: `body(sub, lead)` computes the register tile of the
 /// view `sub` (its rows 0..rm, `q` rows apart, one token, into `sub.out[0..rm]`) with the
-/// prefetch lead of two tiles on. Returns the rows covered (0 when too few).
+/// prefetch lead of [`LEAD_ROWS`] tiles on. Returns the rows covered (0 when too few).
 ///
 /// Why: a register tile on adjacent rows reads one short run of memory per tile (8 rows
 /// of a 2048-wide Q4_K matrix are 9 KiB), so the prefetch and the hardware restart every
