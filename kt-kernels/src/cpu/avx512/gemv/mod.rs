@@ -16,24 +16,28 @@
 //! offsets are corrected with, so the per-row work is the weights' alone.
 //!
 //! The driver walks two row pairs at a time (their chains of `vpdpbusd` interleave) and
-//! prefetches the same super-block of the rows the next register tile reads into L1, and
-//! of the rows of the tile after it into L2: a GEMV streams its weights from DRAM once,
-//! and the rows of an expert matrix are too short for the hardware prefetcher to pick
-//! each one up in time. A tile of 16 rows or more is cut into four runs of consecutive
-//! rows, and each register tile takes one row of each run (rows `i`, `i + q`, `i + 2q`,
-//! `i + 3q`), so a thread reads four separate streams, each prefetched one and two rows
-//! ahead, rather than one stream four rows wide; the rows past `4q` go in adjacent tiles.
-//! Session 16, device, 16 threads, `kt-bench moe --tokens 1`, the layouts taking turns
-//! call by call in one process, two processes: V3 Q4_K 1.768 / 1.664 ms (adjacent) ->
-//! 1.698 / 1.609 (four streams), V2-Lite Q4_K_M 0.304 / 0.301 -> 0.289 / 0.287; eight
-//! streams read 1.692 / 1.637 and 0.300 / 0.300, sixteen 1.809 / 1.745 and 0.335 / 0.334
-//! (runs of 8 rows in a 128-row decode item are too short). The L2 lead is session 15's
-//! (device, 16 threads, `kt-bench moe --tokens 1`, the two schemes taking turns call by
-//! call in one process, two processes each): V2-Lite Q4_K_M 0.350 / 0.330 -> 0.321 /
-//! 0.315 ms, V3 Q4_K 1.788 / 1.736 -> 1.752 / 1.719 ms; the four rows after those into L2
-//! as well read V3 at 1.845 / 1.817 ms. The machine's read probe shows why a longer lead
-//! and several streams pay: one stream per core read 90-114 GB/s there, eight side by
-//! side with a 1 KiB software prefetch 140-173.
+//! prefetches into L1 the same super-block of the rows the next register tile reads: a
+//! GEMV streams its weights from DRAM once, and the rows of an expert matrix are too
+//! short for the hardware prefetcher to pick each one up in time. A tile of 16 rows or
+//! more is cut into four runs of consecutive rows, and each register tile takes one row
+//! of each run (rows `i`, `i + q`, `i + 2q`, `i + 3q`), so a thread reads four separate
+//! streams, each prefetched a row ahead, rather than one stream four rows wide; the rows
+//! past `4q` go in adjacent tiles. Session 16, device, 16 threads, `kt-bench moe --tokens
+//! 1`, the layouts taking turns call by call in one process, two processes: V3 Q4_K 1.768
+//! / 1.664 ms (adjacent) -> 1.698 / 1.609 (four streams), V2-Lite Q4_K_M 0.304 / 0.301 ->
+//! 0.289 / 0.287; eight streams read 1.692 / 1.637 and 0.300 / 0.300, sixteen 1.809 /
+//! 1.745 and 0.335 / 0.334 (runs of 8 rows in a 128-row decode item are too short).
+//!
+//! A second prefetch, of the tile after the next into L2, paid before the streams (session
+//! 15) but not with them: each stream's next row is already a whole register tile ahead.
+//! Session 23, device, the two taking turns call by call in one process: the MoE at one
+//! token level without it and with it in six processes each (V3 Q4_K 1.698-1.832 against
+//! 1.707-1.835 ms, V2-Lite 0.287-0.313 against 0.288-0.313), and the GEMVs without it
+//! faster in 17 of 20 format/shape pairs at 16 threads and 8 of 9 at 8 threads (by up to
+//! 7%: Q6_K 2048x7168 0.1364 against 0.1464 ms), since every prefetch also costs an
+//! issue slot (one thread with the weights in cache: Q4_K 2048x7168 0.511 against 0.582
+//! ms). On the device one stream per core read 90-114 GB/s, eight side by side with a
+//! 1 KiB software prefetch 140-173.
 
 mod lanes;
 mod nibbles;
@@ -57,7 +61,7 @@ pub(super) use tokens::gemv_tokens;
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use super::tile::{hsum_halves, prefetch_group, prefetch_group_l2, COLS};
+use super::tile::{hsum_halves, prefetch_group, COLS};
 use crate::cpu::dispatch::GemmTile;
 
 /// Super-blocks whose rearranged activations are kept at a time (at most 18 KiB of stack,
@@ -175,13 +179,9 @@ unsafe fn rows<F: PairFormat, const NP: usize>(
         // processes) against one line more a window: V2-Lite MoE T=1 -2.3 / -1.8%, V3
         // -0.1 / -0.3%.
         for r in 0..2 * NP {
-            // The same super-block of the rows the next register tile reads.
+            // The same super-block of the rows the next register tile reads (see the
+            // module docs for why nothing further ahead).
             prefetch_group(wg.wrapping_add(args.next + r * ws), F::BLOCK);
-        }
-        for r in 0..2 * NP {
-            // And of the tile after it, into L2: more lines in flight than the L1 fill
-            // buffers hold (see the module docs).
-            prefetch_group_l2(wg.wrapping_add(2 * args.next + r * ws), F::BLOCK);
         }
         // SAFETY: super-block g of the tile's rows and record g exist (the caller's
         // contract); with `single` only row 0 is read.
