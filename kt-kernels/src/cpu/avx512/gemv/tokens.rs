@@ -109,7 +109,11 @@ unsafe fn tokens<F: PairFormat, const N: usize>(tile: &GemmTile) {
                 };
                 let off = g * F::BLOCK;
                 // The same super-block of the next row pair into L1, of the pair after it
-                // into L2 (as the one-token GEMV does).
+                // into L2. The one-token GEMV dropped its L2 prefetch with its row streams
+                // (a stream's next row is a register tile ahead); these row pairs are one
+                // adjacent stream, and the L2 one pays: without it, dev AMD VM, 2 threads,
+                // in one process, 2 and 3 tokens were slower in all 24 cases (Q4_K, Q5_K,
+                // Q6_K, Q2_K on three shapes; up to 22%, session 23).
                 for h in 0..2 {
                     prefetch_group(w0.wrapping_add(off + (2 + h) * ws), F::BLOCK);
                     prefetch_group_l2(w0.wrapping_add(off + (4 + h) * ws), F::BLOCK);
