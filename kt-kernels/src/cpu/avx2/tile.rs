@@ -394,8 +394,9 @@ const MIN_STREAM_ROWS: usize = 4;
 /// faster on 17 of 20 format/shape pairs (Q4_K 1408x2048 0.0379 against 0.0395 ms). The
 /// device, 16 threads, the same way: the MoE 2.6-3.8% faster (V3 Q4_K 1.570-1.574 against
 /// 1.622-1.637 ms, V2-Lite 0.260-0.262 against 0.267-0.269) and all 9 GEMVs measured
-/// faster, by up to 13% (Q5_0 2048x7168 0.1191 against 0.1363). Dev Xeon, one thread (session 22, before the runs' heads were
-/// prefetched): one row 1-3% faster than two; three, four and six rows ahead slower.
+/// faster, by up to 13% (Q5_0 2048x7168 0.1191 against 0.1363). Dev Xeon, one thread
+/// (session 22, before the runs' heads were prefetched): one row 1-3% faster than two;
+/// three, four and six rows ahead slower.
 const LEAD_ROWS: usize = 1;
 
 /// The one-token rows `r0..r0 + rm * q` (`q` = the rows left over `rm`, at least
