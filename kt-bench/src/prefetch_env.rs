@@ -2,6 +2,8 @@
 //! `KT_PREFETCH_AB`): A/B switches for the device runs, not part of the command line.
 
 /// `name` parsed as a count, `None` when unset; an error naming the variable otherwise.
+// Only the hybrid decode (the `cuda` feature) reads it; the module's tests build without.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub fn env_usize(name: &str) -> Result<Option<usize>, String> {
     match std::env::var(name) {
         Err(_) => Ok(None),
