@@ -304,8 +304,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     runs.each(isa, copies, |pool, m, warmup| {
         let threads = pool.threads();
         let ctx = MoeContext::new(pool, isa, a.tokens, k, &all)?;
-        let timed = time_calls(&a, &sh, warmup, 1, |call, _, ids, w, x, out| {
-            let layer = &layers[call % copies];
+        let timed = time_calls(&a, &sh, warmup, copies, 1, |copy, _, ids, w, x, out| {
+            let layer = &layers[copy];
             ctx.forward(layer, x, ids, w, out)?;
             Ok(layer.expert_bytes())
         })?;
@@ -442,14 +442,21 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
         let threads = pool.threads();
         let runner = RepackedMoe::new(pool, isa, a.tokens, k, &all)?;
         let variants = prefetch.len().max(1);
-        let timed = time_calls(&a, &sh, warmup, variants, |call, v, ids, w, x, out| {
-            if let Some(&p) = prefetch.get(v) {
-                runner.set_prefetch(p)?;
-            }
-            let layer = &layers[call % copies];
-            runner.forward(layer, x, ids, w, out)?;
-            Ok(layer.expert_bytes())
-        })?;
+        let timed = time_calls(
+            &a,
+            &sh,
+            warmup,
+            copies,
+            variants,
+            |copy, v, ids, w, x, out| {
+                if let Some(&p) = prefetch.get(v) {
+                    runner.set_prefetch(p)?;
+                }
+                let layer = &layers[copy];
+                runner.forward(layer, x, ids, w, out)?;
+                Ok(layer.expert_bytes())
+            },
+        )?;
         let run = Run {
             m,
             isa,
@@ -534,15 +541,27 @@ struct Samples {
     cpu_secs: f64,
 }
 
-/// Calls `call(i, v, ids, weights, x, out)` (which runs call `i` with setting `v` and
+/// The setting of call `n` when calls read `copies` layer copies in turn: call `n % variants`
+/// would tie each setting to the same copies whenever `variants` divides `copies` (V2-Lite
+/// on the device: 16 copies, two settings each read 8), and copies of the same data read
+/// up to 5% apart there (session 23, call G). Shifting by one each pass over the copies
+/// gives every (setting, copy) pair exactly once in `copies * variants` calls.
+fn variant_of(n: usize, copies: usize, variants: usize) -> usize {
+    (n % copies + n / copies) % variants
+}
+
+/// Calls `call(c, v, ids, weights, x, out)` (which runs layer copy `c` with setting `v` and
 /// returns the bytes of one expert of the layer it ran) with fresh random routing each
 /// time, drawn before the clock starts: `warmup` calls, then until `--seconds` have passed
-/// and every setting has `--calls` timed calls. The `variants` settings take turns, one
-/// call each, so they share the machine's state; one [`Timed`] per setting.
+/// and every setting has `--calls` timed calls. The copies are read in turn (the longest
+/// gap before a copy is read again) and the `variants` settings take turns, one call each,
+/// so they share the machine's state; [`variant_of`] makes every setting meet every copy.
+/// One [`Timed`] per setting.
 fn time_calls(
     a: &Args,
     sh: &Shape,
     warmup: usize,
+    copies: usize,
     variants: usize,
     mut call: impl FnMut(
         usize,
@@ -569,7 +588,7 @@ fn time_calls(
         start.elapsed().as_secs_f64() >= a.seconds && s.iter().all(|v| v.times.len() >= a.calls)
     };
     while n < warmup || (!enough(&s) && s[0].times.len() < 100_000) {
-        let v = n % variants;
+        let (c, v) = (n % copies, variant_of(n, copies, variants));
         let (ids, w, distinct) = draw_routing(&mut rng, a.tokens, k, e);
         if a.cpu_time && !per_call_cpu && n == warmup {
             cpu_start = Some(process_cpu_secs()?);
@@ -580,7 +599,7 @@ fn time_calls(
             0.0
         };
         let t = Instant::now();
-        let expert_bytes = call(n, v, &ids, &w, &x, &mut out)?;
+        let expert_bytes = call(c, v, &ids, &w, &x, &mut out)?;
         let secs = t.elapsed().as_secs_f64();
         if n >= warmup {
             let s = &mut s[v];
@@ -687,4 +706,35 @@ fn report(
         println!("cpu time {c:.2} ms per call (all threads)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::variant_of;
+
+    /// Whether `schedule` gives each (setting, copy) pair exactly twice in two rounds of
+    /// `copies * variants` calls, copy `n % copies` for call `n`.
+    fn meets_every_copy(schedule: impl Fn(usize) -> usize, copies: usize, variants: usize) -> bool {
+        let mut seen = vec![vec![0usize; copies]; variants];
+        for n in 0..2 * copies * variants {
+            seen[schedule(n)][n % copies] += 1;
+        }
+        seen.iter().flatten().all(|&x| x == 2)
+    }
+
+    #[test]
+    fn every_setting_meets_every_copy() {
+        for copies in 1..=17 {
+            for variants in 1..=5 {
+                let schedule = |n| variant_of(n, copies, variants);
+                assert!(
+                    meets_every_copy(schedule, copies, variants),
+                    "{copies} copies, {variants}"
+                );
+            }
+        }
+        // The schedule it replaced, `n % variants`, ties settings to copies there.
+        assert!(!meets_every_copy(|n| n % 2, 16, 2));
+        assert!(!meets_every_copy(|n| n % 4, 4, 4));
+    }
 }
