@@ -347,8 +347,9 @@ pub(super) unsafe fn store_ggml_lanes<const RM: usize, const RN: usize>(
 /// the `RM` rows of the current register tile (rows `w_stride` bytes apart). Shared by
 /// every AVX2 kernel's GEMV: a GEMV streams its weights from DRAM once, in rows shorter
 /// than a page for the DeepSeek expert matrices, so the hardware prefetcher has to find
-/// every new row's stream anew. The lead is two register tiles on, in the order the tiles
-/// run ([`gemm`] and [`gemv_streams`] set it). Measured on the dev Xeon (2026-11-21,
+/// every new row's stream anew. The lead is set by the caller: two tiles on for register
+/// tiles of adjacent rows ([`adjacent_lead`]), [`LEAD_ROWS`] rows on in the runs of
+/// [`gemv_streams`]. Measured on the dev Xeon (2026-11-21,
 /// `KT_ISA=avx2 kt-bench matmul --threads 1 --tokens 1`, GB/s of weights from DRAM,
 /// without -> with the next tile's rows into L1): Q4_K 1408x2048 5.5-5.8 -> 10.2-11.2,
 /// 2048x7168 8.2-8.3 -> 12.3-14.0; Q2_K 1408x2048 3.6-4.6 -> 7.9-8.8, 2048x7168
@@ -433,8 +434,9 @@ pub(super) unsafe fn gemv_streams(
     let ws = tile.w_stride;
     // Each register tile prefetches the rows LEAD_ROWS on in its runs, so the runs' first
     // LEAD_ROWS rows are prefetched here, whole, before the first tile (dev Xeon, one
-    // thread, Q4_K 256x2048 0.0257 -> 0.0224 ms, Q5_0 0.0333 -> 0.0283; the V2-Lite MoE at
-    // one token, whose items are 128 rows, 2.416 -> 2.230 ms).
+    // thread, measured with a lead of two rows: Q4_K 256x2048 0.0257 -> 0.0224 ms, Q5_0
+    // 0.0333 -> 0.0283; the V2-Lite MoE at one token, whose items are 128 rows, 2.416 ->
+    // 2.230 ms).
     for i in 0..LEAD_ROWS {
         for j in 0..rm {
             let row = tile.w.wrapping_add((r0 + i + j * q) * ws);

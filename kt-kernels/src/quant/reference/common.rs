@@ -280,6 +280,19 @@ pub fn put_scales_mins_k4(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
     out
 }
 
+/// The low 4 bits of element `e` of a Q4_K / Q5_K super-block's `qs`: 64-element chunks
+/// of 32 bytes, element `i` of a chunk in the low nibble of byte `i`, `32 + i` in its
+/// high nibble.
+#[inline]
+pub fn nibble_k4(qs: &[u8; 128], e: usize) -> u8 {
+    let byte = qs[32 * (e / 64) + e % 32];
+    if e % 64 < 32 {
+        byte & 0x0F
+    } else {
+        byte >> 4
+    }
+}
+
 /// A stored super-block with Q4_K's scales: `x = d * sc * q - dmin * m`, the 6-bit scale
 /// and minimum of each 32-element sub-block packed as [`get_scale_min_k4`] reads them
 /// (Q4_K, Q5_K; they differ only in where the quants' bits lie).

@@ -9,7 +9,8 @@
 //! [`get_scale_min_k4`]: super::common::get_scale_min_k4
 
 use super::common::{
-    dequantize_scale_min, quantize_scale_min_k4, vec_dot_scale_min, ScaleMinBlock, ScaleMinSearch,
+    dequantize_scale_min, nibble_k4, quantize_scale_min_k4, vec_dot_scale_min, ScaleMinBlock,
+    ScaleMinSearch,
 };
 use crate::quant::blocks::{write_block, BlockQ4K};
 use crate::quant::QK_K;
@@ -32,15 +33,10 @@ impl ScaleMinBlock for BlockQ4K {
         &self.scales
     }
 
-    /// The quant of element `e`.
+    /// The quant of element `e`: its nibble.
     #[inline]
     fn quant(&self, e: usize) -> u8 {
-        let byte = self.qs[32 * (e / 64) + e % 32];
-        if e % 64 < 32 {
-            byte & 0x0F
-        } else {
-            byte >> 4
-        }
+        nibble_k4(&self.qs, e)
     }
 }
 
