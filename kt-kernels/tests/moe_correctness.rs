@@ -194,4 +194,21 @@ fn skewed_routing_and_duplicate_experts_in_one_token() {
     run_case(&b, 300, 8, Routing::Skewed, 700);
     run_case(&b, 7, 6, Routing::Duplicates, 701);
     run_case(&b, 64, 8, Routing::Duplicates, 702);
+    // One token naming its first expert twice: at one token every other position reads
+    // the token's one quantized row, except this expert's two, which get copies.
+    run_case(&b, 1, 8, Routing::Duplicates, 703);
+}
+
+/// A hidden size that is no multiple of 32 (BF16 has no block): the fused decode job
+/// combines the output in blocks of 32 rows, the last one partial.
+#[test]
+fn bf16_hidden_not_a_multiple_of_32() {
+    let s = Spec {
+        hidden: 200,
+        ..spec(QType::BF16, QType::BF16, QType::BF16, 96)
+    };
+    let b = moe_support::build(s, 41);
+    for (tokens, k) in [(1, 6), (3, 8), (64, 6)] {
+        run_case(&b, tokens, k, Routing::Duplicates, 800 + tokens as u64);
+    }
 }

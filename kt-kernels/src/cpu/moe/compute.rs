@@ -2,14 +2,17 @@
 //! quantize the intermediate, down, combine. Every kernel comes from the dispatch table;
 //! this file never names a format. In decode (no expert with more than
 //! `GEMV_MAX_TOKENS` positions) gate+up, the intermediate's quantization and down run as
-//! one pool job with per-expert readiness instead of three phases ([`fused`]).
+//! one pool job with per-expert readiness instead of three phases, the combine included
+//! ([`fused`]).
 //!
 //! Threads write disjoint parts of the scratch through raw pointers: each phase's items
 //! partition its output (positions x rows), which `plan.rs` tests.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use super::combine::{combine, InJob};
 use super::layer::LayerInner;
+use super::phase::{phase, SERIAL_ELEMS};
 use super::plan::{Item, MAX_ITEM_FLOATS};
 use super::scratch::{Scratch, TILE_FLOATS};
 use super::silu::silu_mul_with;
@@ -19,12 +22,6 @@ use crate::cpu::shared_ptr::Raw;
 use crate::cpu::{Isa, ThreadPool, GEMV_MAX_TOKENS};
 use crate::error::Result;
 use crate::quant::QType;
-
-/// Below this many elements a phase runs on the driver thread alone: waking the pool
-/// would cost more than the work.
-const SERIAL_ELEMS: usize = 1 << 16;
-/// Output columns per combine item.
-const COMBINE_COLS: usize = 1024;
 
 /// Runs the call described by `s` (layer, tokens, inputs) on `pool`, leaving the result
 /// in `s.out[..tokens * hidden]`.
@@ -75,6 +72,8 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
         down_out,
         tiles,
         expert_state,
+        block_state,
+        read_row,
         own_rounds,
         ..
     } = s;
@@ -94,43 +93,56 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
     }
 
     let pos_of = &routing.pos_of[..pairs];
-    let act_gate = &mut act_gate.as_mut_slice()[..pairs * dims.act_g];
-    quantize_gather(
-        pool,
-        kg,
-        &x[..tokens * h],
-        h,
-        k,
-        pos_of,
-        act_gate,
-        dims.act_g,
-    );
-    let act_up: &[u8] = if ku.act == kg.act {
-        act_gate
-    } else {
-        let buf = &mut act_up.as_mut_slice()[..pairs * dims.act_u];
-        quantize_gather(pool, ku, &x[..tokens * h], h, k, pos_of, buf, dims.act_u);
-        buf
-    };
-    let inter_q = &mut inter_q.as_mut_slice()[..pairs * dims.act_d];
     let decode = routing
         .active()
         .iter()
         .all(|&e| routing.counts[e as usize] as usize <= GEMV_MAX_TOKENS);
     // (With one thread the phased path runs: tests comparing thread counts therefore
     // also check that both paths give bit-identical results.)
-    if decode && pool.threads() > 1 {
+    let fuse = decode && pool.threads() > 1;
+    let copies = if fuse {
+        Copies::Shared {
+            ids: &ids[..pairs],
+            counts: &routing.counts,
+        }
+    } else {
+        Copies::All
+    };
+    let act_gate = &mut act_gate.as_mut_slice()[..pairs * dims.act_g];
+    let xs = &x[..tokens * h];
+    quantize_gather(pool, kg, xs, h, k, pos_of, copies, act_gate, dims.act_g);
+    let act_up: &[u8] = if ku.act == kg.act {
+        act_gate
+    } else {
+        let buf = &mut act_up.as_mut_slice()[..pairs * dims.act_u];
+        quantize_gather(pool, ku, xs, h, k, pos_of, copies, buf, dims.act_u);
+        buf
+    };
+    let inter_q = &mut inter_q.as_mut_slice()[..pairs * dims.act_d];
+    if fuse {
+        let read_row = &mut read_row[..pairs];
+        read_rows(pos_of, k, copies, read_row);
         let kernels = Kernels {
             gate: kg,
             up: ku,
             down: kd,
         };
+        let combine = InJob::new(
+            block_state,
+            routing.active().len(),
+            pos_of,
+            &weights[..pairs],
+            down_out,
+            &mut out[..tokens * h],
+            k,
+        );
         let bufs = Bufs {
             act_g: act_gate,
             act_u: act_up,
+            read_row,
             inter,
             inter_q,
-            down_out,
+            combine,
             tiles,
         };
         fused(
@@ -151,16 +163,9 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
         );
         quantize_rows(pool, kd, inter, n_inter, inter_q, dims.act_d);
         down(pool, l, kd, &dims, items_down, inter_q, down_out);
+        let (w, o) = (&weights[..pairs], &mut out[..tokens * h]);
+        combine(pool, pos_of, down_out, h, k, w, o);
     }
-    combine(
-        pool,
-        routing,
-        down_out,
-        h,
-        k,
-        &weights[..pairs],
-        &mut out[..tokens * h],
-    );
     Ok(())
 }
 
@@ -212,16 +217,32 @@ struct Dims {
     act_d: usize,
 }
 
-/// Runs `body(i)` for `i in 0..n` on the pool, or inline when the phase is small.
-fn phase(pool: &ThreadPool, n: usize, elems: usize, body: &(dyn Fn(usize, usize) + Sync)) {
-    if elems < SERIAL_ELEMS {
-        (0..n).for_each(|i| body(i, 0));
-    } else {
-        pool.for_each(n, body);
+/// Which of a token's positions get a copy of its quantized activation row.
+#[derive(Clone, Copy)]
+enum Copies<'a> {
+    /// Every position (the phased path, whose GEMM tiles read an item's positions as
+    /// consecutive rows).
+    All,
+    /// Only the positions of experts with more than one position, whose items read
+    /// consecutive rows; an item of one position reads its token's first position's row
+    /// ([`read_rows`]). At one token that is no copy at all: at 16 threads the k - 1
+    /// copies rewrote rows every other core had read the call before (device, session
+    /// 24: 17-20 us before a DeepSeek-V3 call's job, 10-12 without them).
+    Shared { ids: &'a [u32], counts: &'a [u32] },
+}
+
+impl Copies<'_> {
+    /// Whether pair `i` (token `i / k`, slot `i % k`) gets its own row.
+    fn copy(&self, i: usize) -> bool {
+        match *self {
+            Copies::All => true,
+            Copies::Shared { ids, counts } => counts[ids[i] as usize] > 1,
+        }
     }
 }
 
-/// Quantizes each token's activations once and copies them to the token's `k` positions.
+/// Quantizes each token's activations once, into the row of the token's first position,
+/// and copies them to the token's other positions as `copies` says.
 #[allow(clippy::too_many_arguments)]
 fn quantize_gather(
     pool: &ThreadPool,
@@ -230,6 +251,7 @@ fn quantize_gather(
     h: usize,
     k: usize,
     pos_of: &[u32],
+    copies: Copies,
     dst: &mut [u8],
     row: usize,
 ) {
@@ -245,13 +267,28 @@ fn quantize_gather(
         let first_row = unsafe { std::slice::from_raw_parts_mut(dst.at(first * row), row) };
         // SAFETY: the table only holds quantizers this CPU can run.
         unsafe { (kern.quantize_act)(&x[t * h..(t + 1) * h], first_row) };
-        for &p in &slots[1..] {
-            // SAFETY: as above; rows of distinct positions do not overlap.
-            unsafe {
-                std::ptr::copy_nonoverlapping(dst.at(first * row), dst.at(p as usize * row), row)
-            };
+        for (s, &p) in slots.iter().enumerate().skip(1) {
+            if copies.copy(t * k + s) {
+                // SAFETY: as above; rows of distinct positions do not overlap.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        dst.at(first * row),
+                        dst.at(p as usize * row),
+                        row,
+                    )
+                };
+            }
         }
     });
+}
+
+/// The activation row each position's items read under [`Copies::Shared`]: its own where
+/// it got a copy (or is its token's first position), else its token's first position's.
+fn read_rows(pos_of: &[u32], k: usize, copies: Copies, rows: &mut [u32]) {
+    for (i, &p) in pos_of.iter().enumerate() {
+        let first = pos_of[i - i % k];
+        rows[p as usize] = if copies.copy(i) { p } else { first };
+    }
 }
 
 /// Gate and up of each item into the thread's tiles, then `silu(g) * u` into the
@@ -279,15 +316,19 @@ fn gate_up(
     phase(pool, items.len(), work, &|i, thread| {
         // SAFETY: the buffers are the call's (sized for its positions by the caller);
         // items partition (position, row) and `thread` owns its tile scratch.
-        unsafe { gate_up_item(l, kg, ku, d, items[i], ag, au, inter, tiles, thread) };
+        let it = items[i];
+        let a_row = it.pos0 as usize;
+        unsafe { gate_up_item(l, kg, ku, d, it, a_row, ag, au, inter, tiles, thread) };
     });
 }
 
 /// One gate+up item: the gate tile and the up tile into `thread`'s tile scratch, then
-/// `silu(g) * u` into the intermediate rows of the item's positions.
+/// `silu(g) * u` into the intermediate rows of the item's positions. The activations are
+/// the item's `tokens` consecutive rows of `ag`/`au` from row `a_row` (the item's first
+/// position, or the row its one position shares with its token's first: [`Copies`]).
 ///
 /// # Safety
-/// `ag`/`au` hold the gathered activations and `inter` the intermediate rows of every
+/// `ag`/`au` hold those written activation rows and `inter` the intermediate rows of every
 /// position of the call; no other thread works on this item's (position, row) block
 /// or uses `thread`'s tile scratch (of `TILE_FLOATS` floats in `tiles`) meanwhile.
 #[allow(clippy::too_many_arguments)]
@@ -297,6 +338,7 @@ unsafe fn gate_up_item(
     ku: &FormatKernels,
     d: &Dims,
     it: Item,
+    a_row: usize,
     ag: Raw<u8>,
     au: Raw<u8>,
     inter: Raw<f32>,
@@ -326,7 +368,7 @@ unsafe fn gate_up_item(
                 w: w.at((e * inter_rows + r0) * stack.row_bytes()),
                 w_stride: stack.row_bytes(),
                 rows: nr,
-                a: a.at(p0 * a_stride),
+                a: a.at(a_row * a_stride),
                 a_stride,
                 tokens: nt,
                 out,
@@ -334,8 +376,8 @@ unsafe fn gate_up_item(
             }
         };
     // SAFETY: expert e < experts (checked at submit) and rows r0..r0+nr < I, so the
-    // weight rows lie in the stack; positions p0..p0+nt lie in the gathered
-    // activations; the thread's tile scratch holds MAX_ITEM_FLOATS >= nr x nt
+    // weight rows lie in the stack; rows a_row..a_row+nt of the activations are
+    // written (the caller's contract); the thread's tile scratch holds MAX_ITEM_FLOATS >= nr x nt
     // floats per projection and only this thread uses it; the table only holds
     // kernels this CPU can run.
     unsafe {
@@ -480,9 +522,12 @@ struct Kernels<'a> {
 struct Bufs<'a> {
     act_g: &'a [u8],
     act_u: &'a [u8],
+    /// Per position, the activation row its items read ([`read_rows`]).
+    read_row: &'a [u32],
     inter: &'a mut [f32],
     inter_q: &'a mut [u8],
-    down_out: &'a mut [f32],
+    /// The down rows and the combine of the output ([`InJob`]).
+    combine: InJob<'a>,
     tiles: &'a mut [f32],
 }
 
@@ -499,8 +544,9 @@ const READY: u32 = u32::MAX;
 /// ([`ThreadPool::for_each_in_order`]) and none waits on anything, so the wait always
 /// ends; and since the counter hands the down items out in expert order, they mostly
 /// find their expert ready: the phase barriers, the driver's serial quantize between
-/// them and one pool round trip go away. The arithmetic is the
-/// phased path's, item for item.
+/// them and one pool round trip go away. The thread that finishes the last down item of
+/// a block of output rows combines that block ([`InJob`]), so no serial combine follows
+/// the job. The arithmetic is the phased path's, item for item.
 #[allow(clippy::too_many_arguments)]
 fn fused(
     pool: &ThreadPool,
@@ -527,10 +573,8 @@ fn fused(
         Raw::new(b.inter.as_mut_ptr()),
         Raw::new(b.inter_q.as_mut_ptr()),
     );
-    let (down_out, tiles) = (
-        Raw::new(b.down_out.as_mut_ptr()),
-        Raw::new(b.tiles.as_mut_ptr()),
-    );
+    let (down_out, tiles) = (b.combine.down_out(), Raw::new(b.tiles.as_mut_ptr()));
+    let (read_row, combine) = (b.read_row, &b.combine);
     // In order: a down item waits for its expert's gate+up items, so those must have been
     // handed out first (plain `for_each` starts every thread on a share of its own). Thread
     // t starts on gate+up items t, t + threads, ... (`own_rounds` of them, none of which
@@ -541,7 +585,11 @@ fn fused(
         if let Some(&it) = up.get(i) {
             // SAFETY: as in `gate_up`: up items partition (position, row) and `thread`
             // owns its tile scratch.
-            unsafe { gate_up_item(l, k.gate, k.up, d, it, ag, au, inter, tiles, thread) };
+            let a_row = read_row[it.pos0 as usize] as usize;
+            debug_assert!(it.tokens == 1 || a_row == it.pos0 as usize);
+            // SAFETY: as in `gate_up`; the item's activation rows from `a_row` were
+            // written (its one position's token row, or its positions' copies).
+            unsafe { gate_up_item(l, k.gate, k.up, d, it, a_row, ag, au, inter, tiles, thread) };
             let e = it.expert as usize;
             // AcqRel: the last one out sees every other item's intermediate rows.
             if state[e].fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -562,38 +610,9 @@ fn fused(
             // SAFETY: the expert's quantized intermediate is complete (READY, Acquire);
             // down items partition (position, row) of `down_out`.
             unsafe { down_item(l, k.down, d, it, inter_q, down_out) };
-        }
-    });
-}
-
-/// `out[t] = sum_s w[t,s] * down_out[pos(t,s)]`, each element summed in slot order.
-fn combine(
-    pool: &ThreadPool,
-    routing: &Routing,
-    down_out: &[f32],
-    h: usize,
-    k: usize,
-    weights: &[f32],
-    out: &mut [f32],
-) {
-    let tokens = out.len() / h;
-    let chunks = h.div_ceil(COMBINE_COLS);
-    let out = Raw::new(out.as_mut_ptr());
-    let pos_of = &routing.pos_of[..tokens * k];
-    phase(pool, tokens * chunks, tokens * h * k, &|i, _| {
-        let (t, c0) = (i / chunks, (i % chunks) * COMBINE_COLS);
-        let c1 = (c0 + COMBINE_COLS).min(h);
-        // SAFETY: columns c0..c1 of token t's output row belong to item i only.
-        let dst = unsafe { std::slice::from_raw_parts_mut(out.at(t * h + c0), c1 - c0) };
-        for s in 0..k {
-            let w = weights[t * k + s];
-            let p = pos_of[t * k + s] as usize;
-            let src = &down_out[p * h + c0..p * h + c1];
-            if s == 0 {
-                dst.iter_mut().zip(src).for_each(|(o, &v)| *o = w * v);
-            } else {
-                dst.iter_mut().zip(src).for_each(|(o, &v)| *o += w * v);
-            }
+            // SAFETY: a down item of this job, finished, reported once; in decode every
+            // active expert's down items cover each output row once.
+            unsafe { combine.item_done(&it) };
         }
     });
 }

@@ -23,7 +23,9 @@
 //! 2. Each token's activations are quantized once per distinct activation type (the
 //!    table's `quantize_act` of the gate's and the up's format; one pass when they share
 //!    an activation type) and copied to its `k` positions, so an expert's tokens are
-//!    contiguous rows the GEMM tile reads with one stride.
+//!    contiguous rows the GEMM tile reads with one stride. (In the fused decode job
+//!    below, only positions of experts with several positions get a copy; an item of
+//!    one position reads its token's row where it lies.)
 //! 3. Gate and up together: a work item is (expert, block of intermediate rows, block of
 //!    that expert's positions); it runs the gate tile and the up tile over the same
 //!    activations into per-thread scratch and writes `silu(g) * u` into the per-position
@@ -39,14 +41,17 @@
 //! 4. The intermediate rows are quantized to the down format's activation type.
 //! 5. Down: items (expert, block of hidden rows, block of positions) write each
 //!    position's down output to its own scratch row.
-//! 6. The output: `out[t] = sum_s w[t,s] * down_out[pos(t,s)]`, in slot order.
+//! 6. The output: `out[t] = sum_s w[t,s] * down_out[pos(t,s)]`, in slot order
+//!    (`combine.rs`; in the fused decode job, block by block of output rows as their
+//!    down items finish).
 //!
 //! Items of one phase are handed out by the pool's atomic counter ([`ThreadPool::for_each`])
 //! so no thread idles while work remains. When no expert has more than
 //! [`GEMV_MAX_TOKENS`] positions (decode), phases 3-5 run as one pool job instead of three:
 //! the thread that finishes an expert's last gate+up item quantizes that expert's
 //! intermediate and marks it ready, and down items (handed out after every gate+up item)
-//! wait for their expert's mark; this saves two pool round trips per call.
+//! wait for their expert's mark; this saves two pool round trips per call, and the
+//! output is combined inside the same job.
 //! Tile sizes depend only on the routing, never
 //! on the thread count, and every output element is summed by one thread in slot order:
 //! results are bit-identical whatever the number of threads.
@@ -74,10 +79,12 @@
 //! [`GEMV_MAX_TOKENS`]: crate::cpu::GEMV_MAX_TOKENS
 //! [`ThreadPool::for_each`]: crate::cpu::ThreadPool::for_each
 
+mod combine;
 mod compute;
 mod context;
 mod driver;
 mod layer;
+mod phase;
 mod plan;
 mod prefetch;
 pub mod reference;

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::AtomicU32;
 
+use super::combine::BLOCK_ROWS;
 use super::layer::MoeLayer;
 use super::plan::{self, Item, MAX_ITEM_FLOATS};
 use super::routing::Routing;
@@ -108,6 +109,11 @@ pub(crate) struct Scratch {
     pub tiles: Vec<f32>,
     /// Per expert, in the fused decode job: gate+up items still running, then ready.
     pub expert_state: Vec<AtomicU32>,
+    /// Per block of output rows, in the fused decode job: down items still writing it
+    /// (`combine::InJob`).
+    pub block_state: Vec<AtomicU32>,
+    /// Per position, in the fused decode job: the activation row its items read.
+    pub read_row: Vec<u32>,
     /// Rounds of gate+up items the call's fused decode job hands to fixed threads first
     /// (item `i` to thread `i % threads`): those `prefetch.rs` warmed in the threads' L2
     /// before the call, else one.
@@ -137,6 +143,11 @@ impl Scratch {
         grow_vec(&mut self.inter, p * n.inter);
         grow_vec(&mut self.down_out, p * n.hidden);
         grow_vec(&mut self.tiles, threads * TILE_FLOATS);
+        grow_vec(&mut self.read_row, p);
+        let blocks = n.hidden.div_ceil(BLOCK_ROWS);
+        if self.block_state.len() < blocks {
+            self.block_state.resize_with(blocks, || AtomicU32::new(0));
+        }
         if self.expert_state.len() < n.experts {
             self.expert_state
                 .resize_with(n.experts, || AtomicU32::new(0));

@@ -28,7 +28,9 @@ use super::format::{RepackFormat, PANEL};
 use super::kernel::{act_scales, Kernel, Prefetch, Tile};
 use super::layer::RepackedLayer;
 use super::matrix::RepackedStack;
+use crate::cpu::moe::combine::combine;
 use crate::cpu::moe::driver::{Driver, Job, MoeHandle};
+use crate::cpu::moe::phase::phase;
 use crate::cpu::moe::plan::{self, Item, MAX_ITEM_FLOATS};
 use crate::cpu::moe::routing::Routing;
 use crate::cpu::moe::silu::silu_mul_with;
@@ -38,8 +40,6 @@ use crate::cpu::{Isa, ThreadPool};
 use crate::error::{KtError, Result};
 use crate::util::AlignedBuf;
 
-/// Below this many multiply-adds a phase runs on the calling thread alone.
-const SERIAL_ELEMS: usize = 1 << 16;
 /// Readable rows after the last position of the activation buffers (two AMX tiles).
 const PAD_ROWS: usize = 32;
 
@@ -484,14 +484,6 @@ fn grow<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
     }
 }
 
-fn phase(pool: &ThreadPool, n: usize, elems: usize, body: &(dyn Fn(usize, usize) + Sync)) {
-    if elems < SERIAL_ELEMS {
-        (0..n).for_each(|i| body(i, 0));
-    } else {
-        pool.for_each(n, body);
-    }
-}
-
 /// Quantizes each token once and copies the row to its `k` positions.
 #[allow(clippy::too_many_arguments)]
 fn gather(
@@ -770,33 +762,5 @@ fn down(
                 h,
             ))
         };
-    });
-}
-
-/// `out[t] = sum_s w[t,s] * down_out[pos(t,s)]`, summed in slot order.
-fn combine(
-    pool: &ThreadPool,
-    pos_of: &[u32],
-    down_out: &[f32],
-    h: usize,
-    k: usize,
-    weights: &[f32],
-    out: &mut [f32],
-) {
-    let tokens = out.len() / h;
-    let o = Raw::new(out.as_mut_ptr());
-    phase(pool, tokens, tokens * h * k, &|t, _| {
-        // SAFETY: token t's output row belongs to item t only.
-        let dst = unsafe { std::slice::from_raw_parts_mut(o.at(t * h), h) };
-        for s in 0..k {
-            let w = weights[t * k + s];
-            let p = pos_of[t * k + s] as usize;
-            let src = &down_out[p * h..(p + 1) * h];
-            if s == 0 {
-                dst.iter_mut().zip(src).for_each(|(o, &v)| *o = w * v);
-            } else {
-                dst.iter_mut().zip(src).for_each(|(o, &v)| *o += w * v);
-            }
-        }
     });
 }
