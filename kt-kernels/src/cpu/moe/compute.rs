@@ -225,9 +225,9 @@ enum Copies<'a> {
     All,
     /// Only the positions of experts with more than one position, whose items read
     /// consecutive rows; an item of one position reads its token's first position's row
-    /// ([`read_rows`]). At one token that is no copy at all: at 16 threads the k - 1
-    /// copies rewrote rows every other core had read the call before (device, session
-    /// 24: 17-20 us before a DeepSeek-V3 call's job, 10-12 without them).
+    /// ([`read_rows`]). At one token that is no copy at all. At 16 threads the k - 1
+    /// copies rewrote rows other cores had read the call before: a DeepSeek-V3 call spent
+    /// 17-20 us before its job with them, 10-13 without (device, session 24).
     Shared { ids: &'a [u32], counts: &'a [u32] },
 }
 
