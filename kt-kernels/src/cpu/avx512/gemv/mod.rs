@@ -16,13 +16,13 @@
 //! offsets are corrected with, so the per-row work is the weights' alone.
 //!
 //! The driver walks two row pairs at a time (their chains of `vpdpbusd` interleave) and
-//! prefetches into L1 the same super-block of the rows the next register tile reads: a
-//! GEMV streams its weights from DRAM once, and the rows of an expert matrix are too
-//! short for the hardware prefetcher to pick each one up in time. A tile of 16 rows or
-//! more is cut into four runs of consecutive rows, and each register tile takes one row
-//! of each run (rows `i`, `i + q`, `i + 2q`, `i + 3q`), so a thread reads four separate
-//! streams, each prefetched a row ahead, rather than one stream four rows wide; the rows
-//! past `4q` go in adjacent tiles. Session 16, device, 16 threads, `kt-bench moe --tokens
+//! prefetches into L1 ahead of the rows it reads: a GEMV streams its weights from DRAM
+//! once, and the rows of an expert matrix are too short for the hardware prefetcher to
+//! pick each one up in time. A tile of 16 rows or more is cut into four runs of
+//! consecutive rows, and each register tile takes one row of each run (rows `i`, `i + q`,
+//! `i + 2q`, `i + 3q`), so a thread reads four separate streams, each prefetched
+//! [`STREAM_LEAD`] bytes (at most a row) ahead, rather than one stream four rows wide; the
+//! rows past `4q` go in adjacent tiles, which prefetch the next register tile's rows. Session 16, device, 16 threads, `kt-bench moe --tokens
 //! 1`, the layouts taking turns call by call in one process, two processes: V3 Q4_K 1.768
 //! / 1.664 ms (adjacent) -> 1.698 / 1.609 (four streams), V2-Lite Q4_K_M 0.304 / 0.301 ->
 //! 0.289 / 0.287; eight streams read 1.692 / 1.637 and 0.300 / 0.300, sixteen 1.809 /
@@ -133,6 +133,17 @@ pub(super) unsafe trait PairFormat {
 pub(super) const STREAMS: usize = 4;
 const MIN_STREAM_ROWS: usize = 4;
 
+/// How far ahead in its stream each row is prefetched: the same super-block of the
+/// stream's next row while rows are shorter, else this many bytes. The next row's
+/// super-block is 4 KB ahead in a 7168-column Q4_K row, and 1.5 KiB ahead read faster:
+/// session 24, device, 16 threads, the leads taking turns call by call in one process, two
+/// processes: 2048x7168 GEMVs 2.6-6.4% faster in all five formats measured (Q4_K 0.0812 /
+/// 0.0780 -> 0.0790 / 0.0749 ms, Q5_K -6.4 / -5.6%), 18432x7168 -2.1 to +1.8% (Q4_K +0.1 /
+/// -1.1%), the V3 MoE at one token 1.593 / 1.557 -> 1.587 / 1.537 ms; leads of 1 and 2 KiB
+/// read about the same. Rows of 2048 columns (1152 B in Q4_K) keep the next-row lead: a
+/// lead past the next row was up to 4-6% slower there (Q2_K's 672 B rows).
+pub(super) const STREAM_LEAD: usize = 1536;
+
 /// Rows per stream of a one-token tile of `rows` rows, or 0 where it is too short for the
 /// streams (its rows then go in adjacent register tiles).
 pub(super) fn stream_rows(rows: usize) -> usize {
@@ -142,7 +153,8 @@ pub(super) fn stream_rows(rows: usize) -> usize {
 }
 
 /// One register tile: `2 * NP` rows (the first at `w`, each `pitch` bytes after the one
-/// before) over `groups` super-blocks; the next tile's rows start `next` bytes after `w`.
+/// before) over `groups` super-blocks; each step prefetches `next` bytes after the
+/// super-block it reads in each row (the next register tile's rows, or ahead in a stream).
 struct Rows<A> {
     w: *const u8,
     pitch: usize,
@@ -179,8 +191,8 @@ unsafe fn rows<F: PairFormat, const NP: usize>(
         // processes) against one line more a window: V2-Lite MoE T=1 -2.3 / -1.8%, V3
         // -0.1 / -0.3%.
         for r in 0..2 * NP {
-            // The same super-block of the rows the next register tile reads (see the
-            // module docs for why nothing further ahead).
+            // `next` ahead of each row's super-block (see the module docs and
+            // [`STREAM_LEAD`] for how far).
             prefetch_group(wg.wrapping_add(args.next + r * ws), F::BLOCK);
         }
         // SAFETY: super-block g of the tile's rows and record g exist (the caller's
@@ -275,7 +287,7 @@ pub(super) unsafe fn gemv<F: PairFormat>(tile: &GemmTile) {
                 // more), records 0..gn were written, and the four outputs belong to the
                 // tile.
                 unsafe {
-                    let s = rows::<F, 2>(&tile_at(i, stream * ws, ws), false);
+                    let s = rows::<F, 2>(&tile_at(i, stream * ws, ws.min(STREAM_LEAD)), false);
                     let sums = [s[0][0], s[0][1], s[1][0], s[1][1]];
                     store(out, i, stream, &sums, first);
                 }
