@@ -314,10 +314,11 @@ fn gate_up(
         .sum::<usize>()
         * d.h;
     phase(pool, items.len(), work, &|i, thread| {
-        // SAFETY: the buffers are the call's (sized for its positions by the caller);
-        // items partition (position, row) and `thread` owns its tile scratch.
+        // Every position has its own gathered row here (`Copies::All`).
         let it = items[i];
         let a_row = it.pos0 as usize;
+        // SAFETY: the buffers are the call's (sized for its positions by the caller);
+        // items partition (position, row) and `thread` owns its tile scratch.
         unsafe { gate_up_item(l, kg, ku, d, it, a_row, ag, au, inter, tiles, thread) };
     });
 }
@@ -377,9 +378,9 @@ unsafe fn gate_up_item(
         };
     // SAFETY: expert e < experts (checked at submit) and rows r0..r0+nr < I, so the
     // weight rows lie in the stack; rows a_row..a_row+nt of the activations are
-    // written (the caller's contract); the thread's tile scratch holds MAX_ITEM_FLOATS >= nr x nt
-    // floats per projection and only this thread uses it; the table only holds
-    // kernels this CPU can run.
+    // written (the caller's contract); the thread's tile scratch holds
+    // MAX_ITEM_FLOATS >= nr x nt floats per projection and only this thread uses it;
+    // the table only holds kernels this CPU can run.
     unsafe {
         (kg.gemm)(&tile(&l.gate, gate, ag, d.act_g, g_out));
         (ku.gemm)(&tile(&l.up, up, au, d.act_u, u_out));
@@ -583,12 +584,11 @@ fn fused(
     let own = up.len().min(own_rounds.saturating_mul(pool.threads()));
     pool.for_each_in_order_first_own(up.len() + down.len(), own, &|i, thread| {
         if let Some(&it) = up.get(i) {
-            // SAFETY: as in `gate_up`: up items partition (position, row) and `thread`
-            // owns its tile scratch.
             let a_row = read_row[it.pos0 as usize] as usize;
             debug_assert!(it.tokens == 1 || a_row == it.pos0 as usize);
-            // SAFETY: as in `gate_up`; the item's activation rows from `a_row` were
-            // written (its one position's token row, or its positions' copies).
+            // SAFETY: as in `gate_up`: up items partition (position, row) and `thread`
+            // owns its tile scratch; the item's activation rows from `a_row` are written
+            // (its one position's token row, or its positions' copies: `Copies::Shared`).
             unsafe { gate_up_item(l, k.gate, k.up, d, it, a_row, ag, au, inter, tiles, thread) };
             let e = it.expert as usize;
             // AcqRel: the last one out sees every other item's intermediate rows.

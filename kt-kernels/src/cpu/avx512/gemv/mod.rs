@@ -22,11 +22,12 @@
 //! consecutive rows, and each register tile takes one row of each run (rows `i`, `i + q`,
 //! `i + 2q`, `i + 3q`), so a thread reads four separate streams, each prefetched
 //! [`STREAM_LEAD`] bytes (at most a row) ahead, rather than one stream four rows wide; the
-//! rows past `4q` go in adjacent tiles, which prefetch the next register tile's rows. Session 16, device, 16 threads, `kt-bench moe --tokens
-//! 1`, the layouts taking turns call by call in one process, two processes: V3 Q4_K 1.768
-//! / 1.664 ms (adjacent) -> 1.698 / 1.609 (four streams), V2-Lite Q4_K_M 0.304 / 0.301 ->
-//! 0.289 / 0.287; eight streams read 1.692 / 1.637 and 0.300 / 0.300, sixteen 1.809 /
-//! 1.745 and 0.335 / 0.334 (runs of 8 rows in a 128-row decode item are too short).
+//! rows past `4q` go in adjacent tiles, which prefetch the next register tile's rows.
+//! Session 16, device, 16 threads, `kt-bench moe --tokens 1`, the layouts taking turns
+//! call by call in one process, two processes: V3 Q4_K 1.768 / 1.664 ms (adjacent) ->
+//! 1.698 / 1.609 (four streams), V2-Lite Q4_K_M 0.304 / 0.301 -> 0.289 / 0.287; eight
+//! streams read 1.692 / 1.637 and 0.300 / 0.300, sixteen 1.809 / 1.745 and 0.335 / 0.334
+//! (runs of 8 rows in a 128-row decode item are too short).
 //!
 //! A second prefetch, of the tile after the next into L2, paid before the streams (session
 //! 15) but not with them: each stream's next row is already a whole register tile ahead.
