@@ -21,36 +21,65 @@ use crate::cpu::ThreadPool;
 const COMBINE_COLS: usize = 1024;
 
 /// Output rows per block of the in-job combine. Decode items' rows start at multiples of
-/// the smallest decode row block, so no item covers part of a block another item of the
-/// same expert covers.
+/// the smallest decode row block, so a block is finished once every item touching it is.
 pub(crate) const BLOCK_ROWS: usize = 32;
 const _: () = assert!(GEMV_MIN_ROW_BLOCK.is_multiple_of(BLOCK_ROWS));
 
-/// Columns `c0..c0 + dst.len()` of token `t`'s output.
-///
-/// # Safety
-/// `down_out` points at the `[pairs, h]` down rows, whose rows of token `t`'s positions
-/// (`pos_of[t * k..][..k]`) are written at those columns and not being written.
-#[allow(clippy::too_many_arguments)]
-unsafe fn combine_cols(
-    pos_of: &[u32],
-    down_out: *const f32,
+/// The blocks of [`BLOCK_ROWS`] output rows that down item `it` writes rows of.
+fn blocks(it: &Item) -> std::ops::Range<usize> {
+    let r0 = it.row0 as usize;
+    r0 / BLOCK_ROWS..(r0 + it.rows as usize).div_ceil(BLOCK_ROWS)
+}
+
+/// What a combine reads: the routing weights and positions of `tokens` tokens of `k`
+/// slots, and the `[tokens * k, h]` down rows.
+#[derive(Clone, Copy)]
+struct Sums<'a> {
+    pos_of: &'a [u32],
+    weights: &'a [f32],
+    down_out: Raw<f32>,
     h: usize,
     k: usize,
-    weights: &[f32],
-    t: usize,
-    c0: usize,
-    dst: &mut [f32],
-) {
-    for s in 0..k {
-        let w = weights[t * k + s];
-        let p = pos_of[t * k + s] as usize;
-        // SAFETY: the caller's contract; the columns lie inside row p (c0 + len <= h).
-        let src = unsafe { std::slice::from_raw_parts(down_out.add(p * h + c0), dst.len()) };
-        if s == 0 {
-            dst.iter_mut().zip(src).for_each(|(o, &v)| *o = w * v);
-        } else {
-            dst.iter_mut().zip(src).for_each(|(o, &v)| *o += w * v);
+    tokens: usize,
+}
+
+impl<'a> Sums<'a> {
+    /// Checks the lengths: positions are a permutation of `0..tokens * k` (the routing's
+    /// counting sort), so every row they name lies in `down_out`.
+    fn new(pos_of: &'a [u32], weights: &'a [f32], down_out: &[f32], h: usize, k: usize) -> Self {
+        let tokens = pos_of.len() / k.max(1);
+        assert!(pos_of.len() == tokens * k && weights.len() == tokens * k);
+        assert!(down_out.len() >= tokens * k * h);
+        Sums {
+            pos_of,
+            weights,
+            down_out: Raw::new(down_out.as_ptr()),
+            h,
+            k,
+            tokens,
+        }
+    }
+
+    /// Columns `c0..c0 + dst.len()` (within `h`) of token `t`'s output.
+    ///
+    /// # Safety
+    /// The down rows of token `t`'s positions are written at those columns and not being
+    /// written.
+    unsafe fn cols(&self, t: usize, c0: usize, dst: &mut [f32]) {
+        debug_assert!(t < self.tokens && c0 + dst.len() <= self.h);
+        let k = self.k;
+        for s in 0..k {
+            let w = self.weights[t * k + s];
+            let p = self.pos_of[t * k + s] as usize;
+            // SAFETY: the caller's contract; row p lies in `down_out` (checked in `new`)
+            // and the columns inside it.
+            let src =
+                unsafe { std::slice::from_raw_parts(self.down_out.at(p * self.h + c0), dst.len()) };
+            if s == 0 {
+                dst.iter_mut().zip(src).for_each(|(o, &v)| *o = w * v);
+            } else {
+                dst.iter_mut().zip(src).for_each(|(o, &v)| *o += w * v);
+            }
         }
     }
 }
@@ -65,21 +94,19 @@ pub(crate) fn combine(
     weights: &[f32],
     out: &mut [f32],
 ) {
-    let tokens = out.len() / h;
-    // Positions are a permutation of 0..tokens * k (the routing's counting sort).
-    assert!(pos_of.len() >= tokens * k && weights.len() >= tokens * k);
-    assert!(down_out.len() >= tokens * k * h);
+    let sums = Sums::new(pos_of, weights, down_out, h, k);
+    let tokens = sums.tokens;
+    assert_eq!(out.len(), tokens * h);
     let chunks = h.div_ceil(COMBINE_COLS);
     let o = Raw::new(out.as_mut_ptr());
     phase(pool, tokens * chunks, tokens * h * k, &|i, _| {
         let (t, c0) = (i / chunks, (i % chunks) * COMBINE_COLS);
         let c1 = (c0 + COMBINE_COLS).min(h);
         // SAFETY: columns c0..c1 of token t's output row belong to item i only; every
-        // position's down row is written (the down phase is over) and lies inside
-        // `down_out` (asserted above).
+        // position's down row is written (the down phase is over).
         unsafe {
             let dst = std::slice::from_raw_parts_mut(o.at(t * h + c0), c1 - c0);
-            combine_cols(pos_of, down_out.as_ptr(), h, k, weights, t, c0, dst);
+            sums.cols(t, c0, dst);
         }
     });
 }
@@ -87,75 +114,69 @@ pub(crate) fn combine(
 /// The combine inside the fused decode job: one counter per block of output rows.
 pub(crate) struct InJob<'a> {
     left: &'a [AtomicU32],
-    pos_of: &'a [u32],
-    weights: &'a [f32],
-    down_out: Raw<f32>,
+    sums: Sums<'a>,
     out: Raw<f32>,
-    h: usize,
-    k: usize,
 }
 
 impl<'a> InJob<'a> {
-    /// Every block expects one down item of each of `experts` experts (decode: each
-    /// active expert's items cover every output row once). `left` holds at least
-    /// `h.div_ceil(BLOCK_ROWS)` counters; `down_out` the `[pairs, h]` down rows the job's
-    /// down items write, `out` the `[tokens, h]` output.
+    /// Each block expects the job's `down` items that cover it. `left` holds at least
+    /// `h.div_ceil(BLOCK_ROWS)` counters; `down_out` the `[pairs, h]` down rows the down
+    /// items write, `out` the `[tokens, h]` output.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         left: &'a mut [AtomicU32],
-        experts: usize,
+        down: &[Item],
         pos_of: &'a [u32],
         weights: &'a [f32],
         down_out: &'a mut [f32],
         out: &'a mut [f32],
+        h: usize,
         k: usize,
     ) -> InJob<'a> {
-        let h = down_out.len() / pos_of.len().max(1);
-        let tokens = out.len() / h.max(1);
-        assert!(pos_of.len() == tokens * k && weights.len() == tokens * k);
-        assert!(down_out.len() == pos_of.len() * h && out.len() == tokens * h);
+        let sums = Sums::new(pos_of, weights, down_out, h, k);
+        assert_eq!(out.len(), sums.tokens * h);
         let left = &mut left[..h.div_ceil(BLOCK_ROWS)];
         // Plain writes: the pool's job post publishes them to the threads.
         for c in left.iter_mut() {
-            *c.get_mut() = experts as u32;
+            *c.get_mut() = 0;
+        }
+        for it in down {
+            for b in blocks(it) {
+                *left[b].get_mut() += 1;
+            }
         }
         InJob {
             left,
-            pos_of,
-            weights,
-            down_out: Raw::new(down_out.as_mut_ptr()),
+            sums,
             out: Raw::new(out.as_mut_ptr()),
-            h,
-            k,
         }
     }
 
     /// The down rows the job's items write (for the items themselves).
     pub fn down_out(&self) -> Raw<f32> {
-        self.down_out
+        self.sums.down_out
     }
 
     /// Down item `it` has written its rows: combines the blocks it was the last to finish.
     ///
     /// # Safety
-    /// `it` is one of the job's down items, it has finished, and this is its only call; the
-    /// job's down items cover each block once per expert.
+    /// `it` is one of the `down` items given to [`InJob::new`], it has finished, and this
+    /// is its only call; those items write disjoint (position, row) blocks.
     pub unsafe fn item_done(&self, it: &Item) {
-        let r0 = it.row0 as usize;
-        for b in r0 / BLOCK_ROWS..(r0 + it.rows as usize).div_ceil(BLOCK_ROWS) {
+        let h = self.sums.h;
+        for b in blocks(it) {
             // AcqRel: the last item out sees every other item's rows of the block.
             if self.left[b].fetch_sub(1, Ordering::AcqRel) != 1 {
                 continue;
             }
-            let (c0, c1) = (b * BLOCK_ROWS, ((b + 1) * BLOCK_ROWS).min(self.h));
-            let tokens = self.pos_of.len() / self.k;
-            for t in 0..tokens {
+            let (c0, c1) = (b * BLOCK_ROWS, ((b + 1) * BLOCK_ROWS).min(h));
+            for t in 0..self.sums.tokens {
                 // SAFETY: every down item of the block is done (its count reached 0), so
                 // those rows of every position are written and final; rows c0..c1 of the
                 // output belong to this block's last item alone.
                 unsafe {
-                    let dst = std::slice::from_raw_parts_mut(self.out.at(t * self.h + c0), c1 - c0);
-                    let (p, w) = (self.pos_of, self.weights);
-                    combine_cols(p, self.down_out.get(), self.h, self.k, w, t, c0, dst);
+                    let dst = std::slice::from_raw_parts_mut(self.out.at(t * h + c0), c1 - c0);
+                    self.sums.cols(t, c0, dst);
                 }
             }
         }

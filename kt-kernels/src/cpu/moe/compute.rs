@@ -129,11 +129,12 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
         };
         let combine = InJob::new(
             block_state,
-            routing.active().len(),
+            items_down,
             pos_of,
             &weights[..pairs],
             down_out,
             &mut out[..tokens * h],
+            h,
             k,
         );
         let bufs = Bufs {
@@ -225,9 +226,10 @@ enum Copies<'a> {
     All,
     /// Only the positions of experts with more than one position, whose items read
     /// consecutive rows; an item of one position reads its token's first position's row
-    /// ([`read_rows`]). At one token that is no copy at all. At 16 threads the k - 1
-    /// copies rewrote rows other cores had read the call before: a DeepSeek-V3 call spent
-    /// 17-20 us before its job with them, 10-13 without (device, session 24).
+    /// ([`read_rows`]). At one token that is no copy at all: a DeepSeek-V3 call at 16
+    /// threads spent 17-20 us before its job with the k - 1 copies, 10-13 without
+    /// (device, session 24; likely because each copy rewrites lines other cores read the
+    /// call before).
     Shared { ids: &'a [u32], counts: &'a [u32] },
 }
 
@@ -610,8 +612,8 @@ fn fused(
             // SAFETY: the expert's quantized intermediate is complete (READY, Acquire);
             // down items partition (position, row) of `down_out`.
             unsafe { down_item(l, k.down, d, it, inter_q, down_out) };
-            // SAFETY: a down item of this job, finished, reported once; in decode every
-            // active expert's down items cover each output row once.
+            // SAFETY: one of the job's down items (the list the combine was built from),
+            // finished, reported once; down items partition (position, row).
             unsafe { combine.item_done(&it) };
         }
     });
