@@ -1,7 +1,9 @@
 //! The read-bandwidth probe's patterns side by side (`cpu::membw`): which way of reading a
-//! 1 MiB slice pulls the most from DRAM on this machine.
-//!   cargo run --release -p kt-kernels --example membw_patterns -- THREADS [STREAMS:PREFETCH[l2],...] [BYTES]
-//! Without a list it tries the probe's own patterns.
+//! work item pulls the most from DRAM on this machine.
+//!   cargo run --release -p kt-kernels --example membw_patterns -- THREADS [STREAMS:PREFETCH[l2][@KIB],...] [BYTES]
+//! Without a list it tries the probe's own patterns. `@KIB` sets the item (slice) size in
+//! KiB (default 1024, the probe's), e.g. `4:1536@288` for a 128-row Q4_K item of 2048 columns
+//! read as the one-token GEMV's four streams.
 
 use kt_kernels::cpu::membw::{self, Pattern};
 
@@ -16,7 +18,11 @@ fn main() -> Result<(), String> {
         Some(list) => list
             .split(',')
             .map(|p| {
-                let (s, pf) = p
+                let (p_, kib) = match p.split_once('@') {
+                    Some((q, k)) => (q, k.parse().map_err(|_| format!("slice KiB {k:?}"))?),
+                    None => (p, 0usize),
+                };
+                let (s, pf) = p_
                     .split_once(':')
                     .ok_or(format!("pattern {p:?}: STREAMS:PREFETCH[l2]"))?;
                 // `l2` after the distance: the prefetch goes to L2 (`prefetcht1`).
@@ -29,6 +35,7 @@ fn main() -> Result<(), String> {
                     streams: s.parse().map_err(|_| format!("streams {s:?}"))?,
                     prefetch: pf.parse().map_err(|_| format!("prefetch {pf:?}"))?,
                     l2,
+                    slice: kib << 10,
                 })
             })
             .collect::<Result<_, String>>()?,
