@@ -241,51 +241,78 @@ fn bad_calls_are_errors() {
     );
 }
 
-#[test]
-fn results_do_not_depend_on_the_thread_count_or_the_prefetch() {
-    let spec = Spec {
-        hidden: 256,
-        inter: 256,
-        experts: 16,
-        gate: QType::Q4_K,
-        up: QType::Q4_K,
-        down: QType::Q4_K,
-    };
-    let b = moe_support::build(spec, 11);
-    let layer = RepackedLayer::from_layer(
-        &b.layer,
-        RepackFormat::Int4 { group: 64 },
-        RepackFormat::Int8 { group: 64 },
-    )
-    .unwrap();
-    let (tokens, k) = (200, 6);
+/// `tokens` tokens routed `mode` through `layer` (hidden 256) on pools of 1, 2 and 3
+/// threads; every output bit the same. One thread runs the phases; at most 8 positions an
+/// expert (decode), more threads run the fused job, so decode cases also check the fused
+/// job against the phases.
+fn same_on_every_thread_count(layer: &RepackedLayer, tokens: usize, mode: Routing, label: &str) {
+    let (k, e) = (6, layer.experts());
     let x = moe_support::activations(tokens, 256, 1);
-    let (ids, w) = moe_support::routing(Routing::Skewed, tokens, k, 16, 2);
+    let (ids, w) = moe_support::routing(mode, tokens, k, e, 2);
     let isa = Isa::best();
     let outs: Vec<Vec<f32>> = [1, 2, 3]
         .iter()
         .map(|&n| {
-            let r = RepackedMoe::new(
-                Arc::new(ThreadPool::new(n).unwrap()),
-                isa,
-                tokens,
-                k,
-                &[&layer],
-            )
-            .unwrap();
+            let pool = Arc::new(ThreadPool::new(n).unwrap());
+            let r = RepackedMoe::new(pool, isa, tokens, k, &[layer]).unwrap();
             let mut out = moe_support::poisoned(tokens * 256);
-            r.forward(&layer, &x, &ids, &w, &mut out).unwrap();
+            r.forward(layer, &x, &ids, &w, &mut out).unwrap();
             out
         })
         .collect();
+    assert!(outs[0].iter().all(|v| v.is_finite()), "{label}: unwritten");
     for o in &outs[1..] {
         assert!(
             o.iter()
                 .zip(&outs[0])
                 .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{isa}: outputs differ between thread counts"
+            "{isa} {label}: outputs differ between thread counts"
         );
     }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count_or_the_prefetch() {
+    let spec = |inter| Spec {
+        hidden: 256,
+        inter,
+        experts: 16,
+        gate: QType::Q4_K,
+        up: QType::Q4_K,
+        down: QType::Q4_K,
+    };
+    let repack = |b: &moe_support::Built| {
+        RepackedLayer::from_layer(
+            &b.layer,
+            RepackFormat::Int4 { group: 64 },
+            RepackFormat::Int8 { group: 64 },
+        )
+        .unwrap()
+    };
+    let b = moe_support::build(spec(256), 11);
+    let layer = repack(&b);
+    same_on_every_thread_count(&layer, 200, Routing::Skewed, "busy experts");
+    // Decode with 32-row gate/up items (below the down format's group of 64: the fused
+    // job's last item of an expert quantizes its rows), and with 64-row ones (each item
+    // quantizes its own block), a duplicate expert within a token, 8 tokens.
+    same_on_every_thread_count(&layer, 1, Routing::Uniform, "T=1, 32-row items");
+    same_on_every_thread_count(&layer, 3, Routing::Duplicates, "T=3, duplicates");
+    same_on_every_thread_count(&layer, 8, Routing::Uniform, "T=8");
+    let wide = repack(&moe_support::build(spec(1024), 12));
+    same_on_every_thread_count(&wide, 1, Routing::Uniform, "T=1, 64-row items");
+    same_on_every_thread_count(&wide, 2, Routing::Duplicates, "T=2, duplicates");
+
+    let (tokens, k) = (200, 6);
+    let x = moe_support::activations(tokens, 256, 1);
+    let (ids, w) = moe_support::routing(Routing::Skewed, tokens, k, 16, 2);
+    let isa = Isa::best();
+    let outs = [{
+        let pool = Arc::new(ThreadPool::new(1).unwrap());
+        let r = RepackedMoe::new(pool, isa, tokens, k, &[&layer]).unwrap();
+        let mut out = moe_support::poisoned(tokens * 256);
+        r.forward(&layer, &x, &ids, &w, &mut out).unwrap();
+        out
+    }];
     // The weight prefetch policy changes no result either.
     let r = RepackedMoe::new(
         Arc::new(ThreadPool::new(2).unwrap()),

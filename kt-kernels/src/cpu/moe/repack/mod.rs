@@ -50,6 +50,8 @@ mod act;
 mod act_avx512;
 mod fold;
 mod format;
+mod fused;
+mod items;
 pub mod kernel;
 mod layer;
 mod matrix;

@@ -18,25 +18,32 @@
 //! the folded INT4 AMX kernel ([`act_scales`]): the intermediate's per-token scale needs
 //! the whole row, so those calls leave it in f32 and quantize it in the separate pass.
 //!
+//! In decode (no expert with more than `GEMV_MAX_TOKENS` positions) gate+up, the
+//! intermediate's quantization, down and the combine run as one pool job with per-expert
+//! readiness (`fused.rs`), as in the GGUF-native operator; the item bodies both ways are
+//! `items.rs`'s.
+//!
 //! Calls run as the GGUF-native operator's do (`driver.rs`): [`RepackedMoe::submit`]
 //! hands the call to a driver thread and returns a [`MoeHandle`] at once,
 //! [`RepackedMoe::forward`] runs it on the calling thread. Every buffer is sized by
 //! [`RepackedMoe::new`] / [`RepackedMoe::reserve`]; a call allocates nothing.
 
-use super::act::{quantize_row_with, quantize_segment_with, ActScales};
-use super::format::{RepackFormat, PANEL};
-use super::kernel::{act_scales, Kernel, Prefetch, Tile};
+use std::sync::atomic::AtomicU32;
+
+use super::act::{quantize_row_with, ActScales};
+use super::format::RepackFormat;
+use super::fused;
+use super::items::{fuses_quantize, Down, GateUp, Inter};
+use super::kernel::{act_scales, Prefetch};
 use super::layer::RepackedLayer;
-use super::matrix::RepackedStack;
-use crate::cpu::moe::combine::combine;
+use crate::cpu::moe::combine::{combine, InJob, BLOCK_ROWS};
 use crate::cpu::moe::driver::{Driver, Job, MoeHandle};
 use crate::cpu::moe::phase::phase;
 use crate::cpu::moe::plan::{self, Item, MAX_ITEM_FLOATS};
 use crate::cpu::moe::routing::Routing;
-use crate::cpu::moe::silu::silu_mul_with;
 use crate::cpu::moe::PoolRef;
 use crate::cpu::shared_ptr::Raw;
-use crate::cpu::{Isa, ThreadPool};
+use crate::cpu::{Isa, ThreadPool, GEMV_MAX_TOKENS};
 use crate::error::{KtError, Result};
 use crate::util::AlignedBuf;
 
@@ -85,6 +92,10 @@ struct Work {
     inter_q: AlignedBuf,
     down_out: Vec<f32>,
     tiles: Vec<f32>,
+    /// Per expert, the fused decode job's count of gate+up items still running.
+    expert_state: Vec<AtomicU32>,
+    /// Per block of `BLOCK_ROWS` output rows, the fused job's down items still writing it.
+    block_state: Vec<AtomicU32>,
 }
 
 impl Job for Scratch {
@@ -192,6 +203,8 @@ impl RepackedMoe {
         grow(&mut s.inter, pairs * i);
         grow(&mut s.down_out, pairs * h);
         grow(&mut s.tiles, threads * 2 * MAX_ITEM_FLOATS);
+        grow_atomics(&mut s.expert_state, e);
+        grow_atomics(&mut s.block_state, h.div_ceil(BLOCK_ROWS));
         s.sized_for = [h, i, e, ag, ad];
         grow(&mut call.x, self.max_tokens * h);
         grow(&mut call.out, self.max_tokens * h);
@@ -392,23 +405,62 @@ fn compute(
     let (act, _) = act_all.split_at_mut(pairs * act_g);
     gather(pool, isa, (fg, sg), x, h, k, pos_of, act, act_g);
     let inter_q_all = &mut s.inter_q.as_mut_slice()[..(pairs + PAD_ROWS) * act_d];
-    let (inter_q, _) = inter_q_all.split_at_mut(pairs * act_d);
-    gate_up(
-        pool,
+    let q_rows = (Raw::new(inter_q_all.as_ptr()), inter_q_all.len() / act_d);
+    let gu = GateUp::new(
         isa,
         s.prefetch,
         l,
-        &s.items_up,
         act_all,
         act_g,
         inter,
         Inter {
-            q: inter_q,
+            q: &mut *inter_q_all,
             stride: act_d,
             scales: sd,
         },
         (&mut s.tiles, sg),
     );
+    let decode = s
+        .routing
+        .active()
+        .iter()
+        .all(|&e| s.routing.counts[e as usize] as usize <= GEMV_MAX_TOKENS);
+    // (With one thread the phases run: tests comparing thread counts therefore also
+    // check that both ways give bit-identical results.)
+    if decode && pool.threads() > 1 {
+        let combine = InJob::new(
+            &mut s.block_state,
+            &s.items_down,
+            pos_of,
+            weights,
+            down_out,
+            out,
+            h,
+            k,
+        );
+        let dn = Down::new(
+            isa,
+            s.prefetch,
+            (&l.down, sd),
+            q_rows,
+            act_d,
+            combine.down_out(),
+        );
+        fused::run(
+            pool,
+            &gu,
+            &dn,
+            &s.routing,
+            &s.unfused,
+            &s.items_up,
+            &s.items_down,
+            &combine,
+            &mut s.expert_state,
+        );
+        return Ok(());
+    }
+    gate_up(pool, &gu, &s.items_up, h);
+    let (inter_q, _) = inter_q_all.split_at_mut(pairs * act_d);
     quantize_rows(
         pool,
         isa,
@@ -419,18 +471,45 @@ fn compute(
         inter_q,
         act_d,
     );
-    down(
-        pool,
+    let dn = Down::new(
         isa,
         s.prefetch,
         (&l.down, sd),
-        &s.items_down,
-        inter_q_all,
+        q_rows,
         act_d,
-        down_out,
+        Raw::new(down_out.as_mut_ptr()),
     );
+    down(pool, &dn, &s.items_down, i_dim);
     combine(pool, pos_of, down_out, h, k, weights, out);
     Ok(())
+}
+
+/// The gate+up phase: every item of `items` (`h` columns).
+fn gate_up(pool: &ThreadPool, gu: &GateUp, items: &[Item], h: usize) {
+    phase(pool, items.len(), elems(items, h), &|i, thread| {
+        // SAFETY: items partition (position, row) of the intermediate; `thread` is the
+        // pool's (or 0 inline) and owns its tiles; the activations are gathered.
+        unsafe { gu.item(items[i], thread) };
+    });
+}
+
+/// The down phase: every item of `items` (`cols` columns), after the intermediate's
+/// quantization.
+fn down(pool: &ThreadPool, dn: &Down, items: &[Item], cols: usize) {
+    phase(pool, items.len(), elems(items, cols), &|i, _| {
+        // SAFETY: every position's quantized intermediate is written; items partition
+        // (position, row) of the down rows.
+        unsafe { dn.item(items[i]) };
+    });
+}
+
+/// Multiply-adds of `items` over `cols` columns (for [`phase`]'s threshold).
+fn elems(items: &[Item], cols: usize) -> usize {
+    items
+        .iter()
+        .map(|it| it.rows as usize * it.tokens as usize)
+        .sum::<usize>()
+        * cols
 }
 
 /// (hidden, intermediate, experts, act row strides of gate/up and of down).
@@ -454,33 +533,15 @@ fn act_stride(f: RepackFormat, cols: usize) -> usize {
     f.act_row_bytes(cols).next_multiple_of(64)
 }
 
-/// The quantized intermediate: `pairs` rows `stride` bytes apart, scaled `scales`.
-struct Inter<'a> {
-    q: &'a mut [u8],
-    stride: usize,
-    scales: ActScales,
-}
-
-/// The most rows of one item (the per-item `silu(g) * u` row on the stack).
-const ITEM_ROWS: usize = if plan::GEMM_ROW_BLOCK > plan::GEMV_ROW_BLOCK {
-    plan::GEMM_ROW_BLOCK
-} else {
-    plan::GEMV_ROW_BLOCK
-};
-
-/// True when a gate/up item's rows are whole groups of the down format `fd` scaled per
-/// group, so it can quantize its block of the intermediate itself (a per-token scale
-/// needs the whole row).
-fn fuses_quantize(fd: RepackFormat, sd: ActScales, it: &Item) -> bool {
-    sd == ActScales::PerGroup
-        && fd.group().is_none_or(|g| {
-            (it.row0 as usize).is_multiple_of(g) && (it.rows as usize).is_multiple_of(g)
-        })
-}
-
 fn grow<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
     if v.len() < n {
         v.resize(n, T::default());
+    }
+}
+
+fn grow_atomics(v: &mut Vec<AtomicU32>, n: usize) {
+    if v.len() < n {
+        v.resize_with(n, || AtomicU32::new(0));
     }
 }
 
@@ -521,173 +582,6 @@ fn gather(
     });
 }
 
-/// The tile of rows `r0..r0 + rows` (whole panels) of expert `e` of `stack`.
-#[allow(clippy::too_many_arguments)]
-fn tile(
-    stack: &RepackedStack,
-    prefetch: Prefetch,
-    e: usize,
-    r0: usize,
-    rows: usize,
-    (a, act): (*const u8, ActScales),
-    a_stride: usize,
-    tokens: usize,
-    a_rows: usize,
-    out: *mut f32,
-    ldo: usize,
-) -> Tile {
-    let f = stack.format();
-    let k = stack.cols();
-    let (pb, ps) = (f.panel_bytes(k), f.panel_scales(k));
-    let panels_per_expert = stack.rows() / PANEL;
-    let p = e * panels_per_expert + r0 / PANEL;
-    Tile {
-        format: f,
-        k,
-        w: stack.data().as_ptr().wrapping_add(p * pb),
-        scales: stack.scales().as_ptr().wrapping_add(p * ps),
-        fold: stack.expert_fold(e).map(|(d, m)| {
-            (
-                d.as_ptr().wrapping_add(r0),
-                m.as_ptr().wrapping_add(r0 / PANEL * ps),
-            )
-        }),
-        panels: rows / PANEL,
-        a,
-        a_stride,
-        act,
-        tokens,
-        a_rows,
-        out,
-        ldo,
-        prefetch,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gate_up(
-    pool: &ThreadPool,
-    isa: Isa,
-    pf: Prefetch,
-    l: &super::layer::Inner,
-    items: &[Item],
-    act: &[u8],
-    act_row: usize,
-    inter: &mut [f32],
-    inter_q: Inter,
-    (tiles, sg): (&mut [f32], ActScales),
-) {
-    let a_rows = act.len() / act_row;
-    let i_dim = l.gate.rows();
-    let h = l.gate.cols();
-    let fd = l.down.format();
-    let a = Raw::new(act.as_ptr());
-    let (inter, tiles) = (Raw::new(inter.as_mut_ptr()), Raw::new(tiles.as_mut_ptr()));
-    let (q, q_stride, sd) = (
-        Raw::new(inter_q.q.as_mut_ptr()),
-        inter_q.stride,
-        inter_q.scales,
-    );
-    // Where the scale of the group holding column `c` lies in a quantized intermediate
-    // row (INT formats).
-    let scale_at = |c: usize| i_dim + 4 * (c / fd.group().unwrap_or(1));
-    let work = items
-        .iter()
-        .map(|it| it.rows as usize * it.tokens as usize)
-        .sum::<usize>()
-        * h;
-    phase(pool, items.len(), work, &|i, thread| {
-        let it = items[i];
-        let (e, r0, nr, p0, nt) = (
-            it.expert as usize,
-            it.row0 as usize,
-            it.rows as usize,
-            it.pos0 as usize,
-            it.tokens as usize,
-        );
-        let g_out = tiles.at(thread * 2 * MAX_ITEM_FLOATS);
-        let u_out = tiles.at(thread * 2 * MAX_ITEM_FLOATS + MAX_ITEM_FLOATS);
-        let kern = Kernel::pick(isa, l.gate.format(), nt);
-        let ap = a.at(p0 * act_row);
-        // SAFETY: e < experts (checked by forward) and r0..r0+nr are whole panels inside
-        // 0..I (plan blocks are multiples of 16 and I is), positions p0..p0+nt lie in the
-        // gathered activations, the thread's two tile buffers hold MAX_ITEM_FLOATS >=
-        // nr * nt floats each and only this thread uses them; `pick` only returns
-        // kernels the checked ISA runs.
-        unsafe {
-            kern.run(&tile(
-                &l.gate,
-                pf,
-                e,
-                r0,
-                nr,
-                (ap, sg),
-                act_row,
-                nt,
-                a_rows - p0,
-                g_out,
-                nr,
-            ));
-            kern.run(&tile(
-                &l.up,
-                pf,
-                e,
-                r0,
-                nr,
-                (ap, sg),
-                act_row,
-                nt,
-                a_rows - p0,
-                u_out,
-                nr,
-            ));
-        }
-        let fused = fuses_quantize(fd, sd, &it);
-        let mut row = [0f32; ITEM_ROWS];
-        for t in 0..nt {
-            // SAFETY: the tiles were just written (nt x nr each).
-            let (g, u) = unsafe {
-                (
-                    std::slice::from_raw_parts(g_out.add(t * nr), nr),
-                    std::slice::from_raw_parts(u_out.add(t * nr), nr),
-                )
-            };
-            if !fused {
-                // SAFETY: the intermediate part (position p0+t, rows r0..r0+nr) belongs
-                // to this item.
-                let hrow =
-                    unsafe { std::slice::from_raw_parts_mut(inter.at((p0 + t) * i_dim + r0), nr) };
-                silu_mul_with(isa, g, u, hrow);
-                continue;
-            }
-            let hrow = &mut row[..nr];
-            silu_mul_with(isa, g, u, hrow);
-            let p = p0 + t;
-            // SAFETY: position p's quantized row (`q_stride` bytes at p * q_stride) holds
-            // the values of columns r0..r0+nr (bytes r0.. of an INT row, 2 * r0.. of a
-            // BF16 one) and their groups' scales at `scale_at`: both belong to this item
-            // (its rows are whole groups), and no other byte of the row is touched here.
-            let (vals, scales) = unsafe {
-                let base = q.at(p * q_stride);
-                match fd.group() {
-                    Some(_) => (
-                        std::slice::from_raw_parts_mut(base.add(r0), nr),
-                        std::slice::from_raw_parts_mut(
-                            base.add(scale_at(r0)),
-                            scale_at(r0 + nr) - scale_at(r0),
-                        ),
-                    ),
-                    None => (
-                        std::slice::from_raw_parts_mut(base.add(2 * r0), 2 * nr),
-                        &mut [][..],
-                    ),
-                }
-            };
-            quantize_segment_with(isa, fd, hrow, vals, scales);
-        }
-    });
-}
-
 /// Quantizes the intermediate rows of the positions in `ranges` (disjoint) from `inter`
 /// (`n` floats per position) into `dst` (`stride` bytes per position), one item per range.
 #[allow(clippy::too_many_arguments)]
@@ -712,55 +606,5 @@ fn quantize_rows(
             let out = unsafe { std::slice::from_raw_parts_mut(dst.at(p * stride), row) };
             quantize_row_with(isa, f, scales, &inter[p * n..(p + 1) * n], out);
         }
-    });
-}
-
-#[allow(clippy::too_many_arguments)]
-fn down(
-    pool: &ThreadPool,
-    isa: Isa,
-    pf: Prefetch,
-    (stack, sd): (&RepackedStack, ActScales),
-    items: &[Item],
-    act: &[u8],
-    act_row: usize,
-    down_out: &mut [f32],
-) {
-    let a_rows = act.len() / act_row;
-    let h = stack.rows();
-    let a = Raw::new(act.as_ptr());
-    let out = Raw::new(down_out.as_mut_ptr());
-    let work = items
-        .iter()
-        .map(|it| it.rows as usize * it.tokens as usize)
-        .sum::<usize>()
-        * stack.cols();
-    phase(pool, items.len(), work, &|i, _| {
-        let it = items[i];
-        let (e, r0, nr, p0, nt) = (
-            it.expert as usize,
-            it.row0 as usize,
-            it.rows as usize,
-            it.pos0 as usize,
-            it.tokens as usize,
-        );
-        let kern = Kernel::pick(isa, stack.format(), nt);
-        // SAFETY: as in gate_up; the (positions, rows) block of down_out (pairs x h)
-        // belongs to this item.
-        unsafe {
-            kern.run(&tile(
-                stack,
-                pf,
-                e,
-                r0,
-                nr,
-                (a.at(p0 * act_row), sd),
-                act_row,
-                nt,
-                a_rows - p0,
-                out.at(p0 * h + r0),
-                h,
-            ))
-        };
     });
 }
