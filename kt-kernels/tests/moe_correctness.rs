@@ -115,6 +115,21 @@ fn q4_k_everywhere_and_small_intermediate_q5_0() {
 }
 
 #[test]
+fn decode_items_of_256_rows() {
+    // Eight experts of 2048 intermediate rows: at one and two tokens the gate+up items
+    // are 256 rows (DeepSeek-V3's decode split, `plan::GEMV_ROW_BLOCK`).
+    let s = Spec {
+        hidden: 256,
+        experts: 10,
+        ..spec(QType::Q4_K, QType::Q4_K, QType::Q4_K, 2048)
+    };
+    let b = moe_support::build(s, 9);
+    for tokens in [1, 2] {
+        run_case(&b, tokens, 8, Routing::Uniform, 900 + tokens as u64);
+    }
+}
+
+#[test]
 fn other_k_quants() {
     for (n, q) in [QType::Q2_K, QType::Q5_K, QType::Q6_K]
         .into_iter()

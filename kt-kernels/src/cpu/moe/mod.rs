@@ -31,7 +31,8 @@
 //!    activations into per-thread scratch and writes `silu(g) * u` into the per-position
 //!    intermediate. Experts with at most [`GEMV_MAX_TOKENS`] positions take all of them
 //!    in one item (the weights are read once for all tokens that chose the expert: the
-//!    decode case); busier experts are cut into 128-row x 64-position tiles (the prefill
+//!    decode case: 256-row items, fewer when that leaves the pool too few; see `plan.rs`);
+//!    busier experts are cut into 128-row x 64-position tiles (the prefill
 //!    case; 256 rows where the projection runs the AMX K-quant GEMM, which transposes an
 //!    item's activations once for all its rows), so a few experts that got most tokens
 //!    still spread over every thread. With

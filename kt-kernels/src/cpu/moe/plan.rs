@@ -14,15 +14,20 @@ use crate::cpu::GEMV_MAX_TOKENS;
 /// the kernels repack the activations and restart their weight prefetch once per tile,
 /// and on the 2-core and 16-core Xeons measured here 128-row items beat 32-row ones by
 /// 25-50% at one token. Halved (down to 32) only while a phase would have fewer than
-/// `MIN_GEMV_ITEMS` items, which depends on the routing alone, never on the threads.
-/// Larger items (session 16, device, up to 512 rows while a phase keeps 32 items) ran
-/// `kt-bench moe` at one token 2-8% faster (the plans taking turns call by call), but in
-/// separate processes taking turns the hybrid V2-Lite decode read 115.2 / 125.9 / 123.9
-/// tok/s against 126.4 / 132.8 / 130.0 (not chased; one candidate: the predicted
-/// experts' prefetch covers less of a larger first round) and the int4 g128 layer at one
-/// token 0.311-0.349 against 0.305-0.314 ms (V2-Lite), 2.05-2.23 against 1.96-2.04 (V3):
-/// 128 stays.
-pub(crate) const GEMV_ROW_BLOCK: usize = 128;
+/// `MIN_GEMV_ITEMS` items, which depends on the routing alone, never on the threads; so
+/// at one token DeepSeek-V3 (2048 / 7168 rows, 8 experts) takes 256-row items and
+/// V2-Lite (1408 / 2048 rows, 6 experts) 128-row ones. 256 rather than 128 (session 25,
+/// device, 16 threads, `kt-bench moe`, the two taking turns call by call in one process,
+/// seven processes on three instances): V3 Q4_K at one token 1.0-4.5% faster in all
+/// seven (e.g. 1.4594 -> 1.4198 ms), at 4 tokens 1.8 / 1.9% faster; V2-Lite (256-row
+/// items from two tokens on) at 4 tokens 0.8 / 1.6% faster, at two level (+0.1 / -0.6%),
+/// at one unchanged; the repacked int4 g128 layer level or up to 0.9% faster. 512 rows
+/// while a phase keeps 32 items read V3 faster still (1.6-5.8%) but V2-Lite up to 2.7%
+/// slower at one and two tokens (36-48 items for 16 threads); 512 while it keeps 64
+/// gained V3 less at one token (0.7 / 1.2%). Earlier (session 16, separate processes)
+/// larger items had read the hybrid V2-Lite decode slower; its one-token items are
+/// unchanged here.
+pub(crate) const GEMV_ROW_BLOCK: usize = 256;
 pub(crate) const GEMV_MIN_ROW_BLOCK: usize = 32;
 pub(crate) const MIN_GEMV_ITEMS: usize = 64;
 /// Rows and positions per item for busy experts (prefill): a 128-row weight block stays
