@@ -191,7 +191,7 @@ fn fast_kernels_match_the_scalar_reference() {
             let c = case(
                 f,
                 3,
-                80,
+                144,
                 cols.max(f.group().unwrap_or(0) * 3),
                 tokens,
                 100 + i as u64 * 17 + tokens as u64,
@@ -200,8 +200,9 @@ fn fast_kernels_match_the_scalar_reference() {
             let k_len = c.stack.cols();
             // Rows 16..80: 4 panels; rows 32..80: 3 (an odd count leaves a lone panel);
             // 0..80: 5 (the INT AMX kernel's blocks of 4 panels, then a lone one);
-            // 48..80: 2.
-            for (r0, r1) in [(16, 80), (32, 80), (0, 80), (48, 80)] {
+            // 48..80: 2; 0..144: 9 (the one-token VNNI kernel's four runs of two panels,
+            // the two-token one's two runs of four, then a lone one).
+            for (r0, r1) in [(16, 80), (32, 80), (0, 80), (48, 80), (0, 144)] {
                 let (want, _, mag) = run(&c, Kernel::Scalar, 2, r0, r1, tokens, false);
                 for (kern, padded) in kernels.iter().flat_map(|&k| [(k, false), (k, true)]) {
                     let (got, _, _) = run(&c, kern, 2, r0, r1, tokens, padded);
