@@ -235,6 +235,7 @@ unsafe fn gemm_bf16(t: &Tile) {
                 let w = t.w.add(p * pb);
                 let mut acc = [[_mm512_setzero_ps(); 2]; TOKENS];
                 for k2 in 0..t.k / 2 {
+                    cache_hint::line_l2_at(w.wrapping_add(k2 * 64 + LEAD));
                     let wv: __m512bh =
                         std::mem::transmute(_mm512_loadu_si512(w.add(k2 * 64) as *const _));
                     for j in 0..nt {
