@@ -35,19 +35,28 @@ pub(crate) unsafe fn gemm(t: &Tile) {
     }
 }
 
-/// Bytes each weight stream is prefetched ahead of the line it reads, into L2. A panel's
-/// lines are one contiguous run and the panels of a tile follow each other, so without a
-/// software prefetch a thread reads one sequential stream and waits on the hardware
-/// prefetchers. Session 25, device, 16 threads, `kt-bench moe --format int4 --group 128`,
-/// the leads taking turns call by call in one process, two processes: V2-Lite one token
-/// 0.356 -> 0.262 ms, four tokens 1.127 -> 0.813, V3 one token 2.368 -> 1.728, int8 g128
-/// V2-Lite one token 0.597 -> 0.459 (none -> 4 KiB into L2); 1, 2 and 4 KiB into L1 read
-/// 0.300 / 0.274 / 0.262 at V2-Lite's one token, 8 KiB into L2 about as 4 KiB.
+/// Bytes each INT weight stream is prefetched ahead of the line it reads, into L2. A
+/// panel's lines are one contiguous run and the panels of a tile follow each other, so
+/// without a software prefetch a thread reads one sequential stream and waits on the
+/// hardware prefetchers. Session 25, device, 16 threads, `kt-bench moe --format int4
+/// --group 128` (the MoE layer), the variants taking turns call by call in one process,
+/// two processes: V2-Lite one token 0.356 -> 0.262 ms, four tokens 1.127 -> 0.813, V3 one
+/// token 2.368 -> 1.728, int8 g128 V2-Lite one token 0.597 -> 0.459 (none -> 4 KiB into
+/// L2, one stream); 1, 2 and 4 KiB into L1 read 0.300 / 0.274 / 0.262 at V2-Lite's one
+/// token, 8 KiB into L2 about as 4 KiB. The BF16 kernel (twice the bytes a weight, the
+/// same instructions a line) read level with it (0.815 / 0.884 against 0.817 / 0.879 ms)
+/// and has none.
 const LEAD: usize = 4096;
 
 /// Weight streams (panels read side by side) by tokens in a pass: one panel at a time
 /// holds 3 accumulators a token, so only the decode's one and two tokens leave registers
-/// for more.
+/// for more. Four streams against one, both with the prefetch (session 25, device, in
+/// one process, two processes): int4 g128 V3 one token 1.445 / 1.476 -> 1.309 / 1.339 ms,
+/// V2-Lite one token 0.235 / 0.244 -> 0.217 / 0.226, two tokens (two streams where an
+/// expert has both) 0.424 / 0.440 -> 0.389 / 0.400, int8 g128 V2-Lite one token 0.407 /
+/// 0.475 -> 0.372 / 0.428: 8-11% faster, 34-38% against no prefetch and one stream. (On
+/// the 2-core AMD dev VM, two threads, four streams read 5-7% slower than one; not chased:
+/// the device is the machine this path is for.)
 fn streams(tokens: usize) -> usize {
     match tokens {
         1 => 4,
@@ -235,7 +244,6 @@ unsafe fn gemm_bf16(t: &Tile) {
                 let w = t.w.add(p * pb);
                 let mut acc = [[_mm512_setzero_ps(); 2]; TOKENS];
                 for k2 in 0..t.k / 2 {
-                    cache_hint::line_l2_at(w.wrapping_add(k2 * 64 + LEAD));
                     let wv: __m512bh =
                         std::mem::transmute(_mm512_loadu_si512(w.add(k2 * 64) as *const _));
                     for j in 0..nt {
