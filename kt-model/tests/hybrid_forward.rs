@@ -289,12 +289,85 @@ fn hybrid_shipped_rules_match_cpu_forward_within_int4_error() {
     }
 }
 
+/// `ALL_BF16` with the routed experts' rule replaced by `routed` (one or more rules).
+fn with_routed(routed: &str) -> String {
+    let gguf = "  - match: {kind: routed_experts}\n    replace: {device: cpu, format: gguf}\n";
+    assert!(ALL_BF16.contains(gguf));
+    ALL_BF16.replace(gguf, routed)
+}
+
+/// The routed experts repacked at load to int4 (one scale per 128 weights of a row, as the
+/// shipped rules' GPU projections): each expert weight then carries int4's rounding, 10.7%
+/// of the weights' RMS (see the test above), on top of its Q4_K rounding; the other
+/// modules are bf16. Fewer products than the shipped rules carry it, so their bound
+/// (`INT4_TOL`) covers it; every row is compared.
+#[test]
+fn hybrid_int4_amx_experts_match_cpu_forward_within_int4_error() {
+    let (m, _) = model();
+    let rules = with_routed(
+        "  - match: {kind: routed_experts}\n    replace: {device: cpu, format: int4_amx}\n",
+    );
+    let placement = RuleSet::from_yaml_str(&rules, "test")
+        .unwrap()
+        .place(m.config())
+        .unwrap();
+    if let Some((r, c)) = run_against_cpu(
+        "hybrid int4_amx experts",
+        &placement,
+        INT4_TOL,
+        Routes::Counted,
+    ) {
+        eprintln!("hybrid int4_amx experts: worst row {r:.5} from the reference (bound {INT4_TOL}), {c:.5} from the CPU path");
+    }
+}
+
 /// Placements and shapes the executor refuses, without a GPU.
 #[test]
 fn check_refuses_cpu_modules_and_other_mla_shapes() {
     let c = Preset::DeepSeekV2Lite.config();
     let hybrid = shipped_rules().place(&c).unwrap();
     HybridModel::check(&c, &hybrid).unwrap();
+
+    // Routed experts repacked for the CPU run; converted to another GGUF format, or in two
+    // formats, they do not.
+    let place = |routed: &str| {
+        RuleSet::from_yaml_str(&with_routed(routed), "test")
+            .unwrap()
+            .place(&c)
+            .unwrap()
+    };
+    let int8 = "  - match: {kind: routed_experts}\n    replace: {device: cpu, format: int8_amx}\n";
+    HybridModel::check(&c, &place(int8)).unwrap();
+    let q8 = "  - match: {kind: routed_experts}\n    replace: {device: cpu, format: q8_0}\n";
+    let err = HybridModel::check(&c, &place(q8)).unwrap_err().to_string();
+    assert!(err.contains("routed experts on the CPU"), "{err}");
+    let two = format!(
+        "  - match: {{kind: routed_experts, layers: 1-9}}\n    replace: {{device: cpu, format: int4_amx}}\n{int8}"
+    );
+    let err = HybridModel::check(&c, &place(&two))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("in one format"), "{err}");
+    // The shipped rules with repacked CPU experts.
+    for (preset, file) in [
+        (
+            Preset::DeepSeekV2Lite,
+            "cpu-int4/deepseek-v2-lite-hybrid.yaml",
+        ),
+        (Preset::DeepSeekV3, "cpu-int4/deepseek-v3-hybrid.yaml"),
+    ] {
+        let config = preset.config();
+        let p = RuleSet::from_file(rules_file(file))
+            .unwrap()
+            .place(&config)
+            .unwrap();
+        HybridModel::check(&config, &p).unwrap();
+        assert!(p
+            .modules()
+            .iter()
+            .filter(|m| m.kind == kt_model::placement::ModuleKind::RoutedExperts)
+            .all(|m| m.format.to_string() == "int4_amx"));
+    }
 
     let cpu_rules = rules_file("deepseek-v2-lite-cpu.yaml");
     let cpu = RuleSet::from_file(cpu_rules).unwrap().place(&c).unwrap();

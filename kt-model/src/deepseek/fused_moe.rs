@@ -2,11 +2,14 @@
 //! (`kt_kernels::cpu::moe`), for [`MatmulMode::Quantized`](super::MatmulMode): one
 //! [`MoeLayer`] per MoE layer over the GGUF's stacked `ffn_{gate,up,down}_exps` bytes in
 //! place (the memory map is shared, not copied) and one [`MoeContext`] for the whole model,
-//! whose scratch is sized once for the largest batch a call may carry.
+//! whose scratch is sized once for the largest batch a call may carry; or, when the
+//! placement asks for a repacked layout (`int4_amx`, `int8_amx`), those layers repacked at
+//! load and one [`RepackedMoe`].
 //!
 //! Token rows of an MoE call are independent, so a batch larger than the context's is run
 //! in pieces of at most `max_batch` tokens with the same result.
 
+use kt_kernels::cpu::moe::repack::{RepackFormat, RepackedLayer, RepackedMoe};
 use kt_kernels::cpu::moe::{ExpertStack, MoeContext, MoeLayer, PoolRef};
 use kt_kernels::cpu::{self, Isa};
 
@@ -19,21 +22,35 @@ use crate::tensors::{Ffn, ModelTensors};
 pub const DEFAULT_MAX_BATCH: usize = 512;
 
 pub(crate) struct FusedMoe {
-    ctx: MoeContext,
-    /// Per decoder layer: its routed experts, `None` for dense layers.
-    layers: Vec<Option<MoeLayer>>,
+    experts: Experts,
     top_k: usize,
+}
+
+/// The operator and, per decoder layer, its routed experts (`None` for dense layers):
+/// the GGUF's own bytes, or repacked at load for the repacked operator.
+enum Experts {
+    Gguf {
+        ctx: MoeContext,
+        layers: Vec<Option<MoeLayer>>,
+    },
+    Repacked {
+        moe: RepackedMoe,
+        layers: Vec<Option<RepackedLayer>>,
+    },
 }
 
 impl FusedMoe {
     /// The operator over the MoE layers of `tensors` (from `gguf`), with scratch for
-    /// `max_batch` tokens of `top_k` experts each. `None` when the model has no MoE layer.
+    /// `max_batch` tokens of `top_k` experts each; with `repack`, every expert matrix is
+    /// repacked to that layout at load (on the kernels' pool, a layer an item) and runs
+    /// on the repacked operator. `None` when the model has no MoE layer.
     pub fn new(
         gguf: &Gguf,
         tensors: &ModelTensors<'_>,
         isa: Isa,
         top_k: usize,
         max_batch: usize,
+        repack: Option<RepackFormat>,
     ) -> Result<Option<Self>> {
         let layers = tensors
             .layers
@@ -49,32 +66,54 @@ impl FusedMoe {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        let moe: Vec<&MoeLayer> = layers.iter().flatten().collect();
-        if moe.is_empty() {
+        if layers.iter().all(Option::is_none) {
             return Ok(None);
         }
-        let pool = PoolRef::Static(cpu::pool::global());
-        let ctx = MoeContext::new(pool, isa, max_batch, top_k, &moe).map_err(ModelError::Kernel)?;
-        Ok(Some(FusedMoe { ctx, layers, top_k }))
+        let experts = match repack {
+            None => Experts::Gguf {
+                ctx: gguf_context(&layers, isa, max_batch, top_k)?,
+                layers,
+            },
+            Some(f) => {
+                let layers = repack_layers(&layers, f, tensors)?;
+                Experts::Repacked {
+                    moe: repacked_operator(&layers, isa, max_batch, top_k)?,
+                    layers,
+                }
+            }
+        };
+        Ok(Some(FusedMoe { experts, top_k }))
     }
 
-    /// The same layers with a context sized for `max_batch` tokens (the old one is dropped).
+    /// The same layers with an operator sized for `max_batch` tokens (the old one is
+    /// dropped).
     pub fn resized(&self, max_batch: usize) -> Result<Self> {
-        let moe: Vec<&MoeLayer> = self.layers.iter().flatten().collect();
-        let pool = PoolRef::Static(cpu::pool::global());
-        let ctx = MoeContext::new(pool, self.ctx.isa(), max_batch, self.top_k, &moe)
-            .map_err(ModelError::Kernel)?;
-        ctx.set_prefetch_rounds(self.ctx.prefetch_rounds())
-            .map_err(ModelError::Kernel)?;
+        let experts = match &self.experts {
+            Experts::Gguf { ctx, layers } => {
+                let new = gguf_context(layers, ctx.isa(), max_batch, self.top_k)?;
+                new.set_prefetch_rounds(ctx.prefetch_rounds())
+                    .map_err(ModelError::Kernel)?;
+                Experts::Gguf {
+                    ctx: new,
+                    layers: layers.clone(),
+                }
+            }
+            Experts::Repacked { moe, layers } => Experts::Repacked {
+                moe: repacked_operator(layers, moe.isa(), max_batch, self.top_k)?,
+                layers: layers.clone(),
+            },
+        };
         Ok(FusedMoe {
-            ctx,
-            layers: self.layers.clone(),
+            experts,
             top_k: self.top_k,
         })
     }
 
     pub fn max_batch(&self) -> usize {
-        self.ctx.max_tokens()
+        match &self.experts {
+            Experts::Gguf { ctx, .. } => ctx.max_tokens(),
+            Experts::Repacked { moe, .. } => moe.max_tokens(),
+        }
     }
 
     /// Gets the operator's threads spinning for the next couple of milliseconds: for a
@@ -90,17 +129,22 @@ impl FusedMoe {
     /// timing). 0 for a dense layer.
     #[cfg(feature = "cuda")]
     pub fn routed_bytes(&self, layer: usize, ids: &[u32]) -> u64 {
-        self.layers
-            .get(layer)
-            .and_then(Option::as_ref)
-            .map_or(0, |l| {
-                super::ffn::distinct_experts(ids, l.experts()) * l.expert_bytes() as u64
-            })
+        let (experts, bytes) = match &self.experts {
+            Experts::Gguf { layers, .. } => match layers.get(layer).and_then(Option::as_ref) {
+                Some(l) => (l.experts(), l.expert_bytes()),
+                None => return 0,
+            },
+            Experts::Repacked { layers, .. } => match layers.get(layer).and_then(Option::as_ref) {
+                Some(l) => (l.experts(), l.expert_bytes()),
+                None => return 0,
+            },
+        };
+        super::ffn::distinct_experts(ids, experts) * bytes as u64
     }
 
     /// Warms the caches for a decode call of layer `layer` routed to `ids` (a prediction):
     /// `MoeContext::prefetch`, stopped once `stop()` says so; the bytes issued. 0 for a
-    /// dense layer.
+    /// dense layer, and for repacked experts (whose operator has no such warm-up).
     #[cfg(feature = "cuda")]
     pub fn prefetch(
         &self,
@@ -108,11 +152,13 @@ impl FusedMoe {
         ids: &[u32],
         stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<usize> {
-        let Some(l) = self.layers.get(layer).and_then(Option::as_ref) else {
+        let Experts::Gguf { ctx, layers } = &self.experts else {
             return Ok(0);
         };
-        self.ctx
-            .prefetch(l, ids, stop)
+        let Some(l) = layers.get(layer).and_then(Option::as_ref) else {
+            return Ok(0);
+        };
+        ctx.prefetch(l, ids, stop)
             .map_err(|source| ModelError::TensorKernel {
                 tensor: format!("blk.{layer}.ffn_*_exps"),
                 source,
@@ -120,17 +166,24 @@ impl FusedMoe {
     }
 
     /// `MoeContext::set_prefetch_rounds`: the gate+up items per thread [`FusedMoe::prefetch`]
-    /// warms and a decode call hands to their threads first.
+    /// warms and a decode call hands to their threads first (nothing for repacked experts).
     #[cfg(feature = "cuda")]
     pub fn set_prefetch_rounds(&self, rounds: usize) -> Result<()> {
-        self.ctx
-            .set_prefetch_rounds(rounds)
-            .map_err(ModelError::Kernel)
+        match &self.experts {
+            Experts::Gguf { ctx, .. } => {
+                ctx.set_prefetch_rounds(rounds).map_err(ModelError::Kernel)
+            }
+            Experts::Repacked { .. } => Ok(()),
+        }
     }
 
+    /// 0 for repacked experts, which [`FusedMoe::prefetch`] does not warm.
     #[cfg(feature = "cuda")]
     pub fn prefetch_rounds(&self) -> usize {
-        self.ctx.prefetch_rounds()
+        match &self.experts {
+            Experts::Gguf { ctx, .. } => ctx.prefetch_rounds(),
+            Experts::Repacked { .. } => 0,
+        }
     }
 
     /// `out[t] = sum_s weights[t,s] * expert_{ids[t,s]}(x[t])` for layer `layer`'s routed
@@ -143,34 +196,109 @@ impl FusedMoe {
         weights: &[f32],
         out: &mut [f32],
     ) -> Result<()> {
-        let l = self
-            .layers
-            .get(layer)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| ModelError::Forward {
-                reason: format!("layer {layer} has no routed experts"),
-            })?;
-        let (h, k, step) = (l.hidden(), self.top_k, self.ctx.max_tokens());
+        let missing = || ModelError::Forward {
+            reason: format!("layer {layer} has no routed experts"),
+        };
+        let (k, step) = (self.top_k, self.max_batch());
+        let (h, call): (usize, &MoeCall) = match &self.experts {
+            Experts::Gguf { ctx, layers } => {
+                let l = layers
+                    .get(layer)
+                    .and_then(Option::as_ref)
+                    .ok_or_else(missing)?;
+                (l.hidden(), &move |x, ids, w, out| {
+                    ctx.forward(l, x, ids, w, out)
+                })
+            }
+            Experts::Repacked { moe, layers } => {
+                let l = layers
+                    .get(layer)
+                    .and_then(Option::as_ref)
+                    .ok_or_else(missing)?;
+                (l.hidden(), &move |x, ids, w, out| {
+                    moe.forward(l, x, ids, w, out)
+                })
+            }
+        };
         let rows = x.len() / h;
         let mut t = 0;
         while t < rows {
             let n = step.min(rows - t);
-            self.ctx
-                .forward(
-                    l,
-                    &x[t * h..(t + n) * h],
-                    &ids[t * k..(t + n) * k],
-                    &weights[t * k..(t + n) * k],
-                    &mut out[t * h..(t + n) * h],
-                )
-                .map_err(|source| ModelError::TensorKernel {
-                    tensor: format!("blk.{layer}.ffn_*_exps"),
-                    source,
-                })?;
+            call(
+                &x[t * h..(t + n) * h],
+                &ids[t * k..(t + n) * k],
+                &weights[t * k..(t + n) * k],
+                &mut out[t * h..(t + n) * h],
+            )
+            .map_err(|source| ModelError::TensorKernel {
+                tensor: format!("blk.{layer}.ffn_*_exps"),
+                source,
+            })?;
             t += n;
         }
         Ok(())
     }
+}
+
+/// One call of either operator on one layer: `(x, ids, weights, out)`.
+type MoeCall<'a> = dyn Fn(&[f32], &[u32], &[f32], &mut [f32]) -> kt_kernels::Result<()> + 'a;
+
+/// The GGUF-native operator over `layers`, on the kernels' global pool.
+fn gguf_context(
+    layers: &[Option<MoeLayer>],
+    isa: Isa,
+    max_batch: usize,
+    top_k: usize,
+) -> Result<MoeContext> {
+    let moe: Vec<&MoeLayer> = layers.iter().flatten().collect();
+    let pool = PoolRef::Static(cpu::pool::global());
+    MoeContext::new(pool, isa, max_batch, top_k, &moe).map_err(ModelError::Kernel)
+}
+
+/// The repacked operator over `layers`, on the kernels' global pool.
+fn repacked_operator(
+    layers: &[Option<RepackedLayer>],
+    isa: Isa,
+    max_batch: usize,
+    top_k: usize,
+) -> Result<RepackedMoe> {
+    let moe: Vec<&RepackedLayer> = layers.iter().flatten().collect();
+    let pool = PoolRef::Static(cpu::pool::global());
+    RepackedMoe::new(pool, isa, max_batch, top_k, &moe).map_err(ModelError::Kernel)
+}
+
+/// Every MoE layer's experts repacked to `f` (gate, up and down alike), a layer per item
+/// of the kernels' pool; an error names the layer's gate tensor.
+fn repack_layers(
+    layers: &[Option<MoeLayer>],
+    f: RepackFormat,
+    tensors: &ModelTensors<'_>,
+) -> Result<Vec<Option<RepackedLayer>>> {
+    let slots: Vec<std::sync::Mutex<Option<Result<RepackedLayer>>>> =
+        layers.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    cpu::pool::global().for_each(layers.len(), &|i, _| {
+        if let Some(l) = &layers[i] {
+            let r = RepackedLayer::from_layer(l, f, f).map_err(|source| {
+                let name = match &tensors.layers[i].ffn {
+                    Ffn::Moe(m) => m.gate_exps.name,
+                    Ffn::Dense(_) => "?",
+                };
+                ModelError::TensorKernel {
+                    tensor: name.to_owned(),
+                    source,
+                }
+            });
+            *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        }
+    });
+    slots
+        .into_iter()
+        .map(|s| {
+            s.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .transpose()
+        })
+        .collect()
 }
 
 /// The stacked 3-D tensor `t` (`ne = [cols, rows, experts]`) as an [`ExpertStack`] over the

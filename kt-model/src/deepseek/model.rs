@@ -98,6 +98,7 @@ impl<'a> DeepSeekModel<'a> {
                 isa,
                 config.experts_per_tok,
                 DEFAULT_MAX_BATCH,
+                None,
             )?,
         };
         Ok(DeepSeekModel {

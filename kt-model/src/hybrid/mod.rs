@@ -228,6 +228,7 @@ impl<'a> HybridModel<'a> {
                 isa,
                 config.experts_per_tok,
                 DEFAULT_MAX_BATCH,
+                formats.routed_repack(),
             )?
         } else {
             None

@@ -226,20 +226,35 @@ pub(crate) fn dequantize_rows(parts: &[Linear<'_>]) -> HybridResult<Vec<f32>> {
 }
 
 /// The placement's modules by name, with the checks that this executor can run it: every
-/// module on `cuda:0` except the routed experts, which stay on the CPU in the GGUF's own
-/// format (kt's fused MoE operator reads them from the memory map).
+/// module on `cuda:0` except the routed experts, which stay on the CPU, all in one format:
+/// the GGUF's own (kt's fused MoE operator reads them from the memory map) or a repacked
+/// CPU layout (`int4_amx`, `int8_amx`: repacked at load for the repacked operator).
 pub(crate) struct Formats<'p> {
     by_name: HashMap<&'p str, &'p ModulePlacement>,
+    routed: Option<WeightFormat>,
 }
 
 impl<'p> Formats<'p> {
     pub fn new(placement: &'p Placement) -> HybridResult<Self> {
+        let mut routed: Option<WeightFormat> = None;
         for m in placement.modules() {
             match (m.kind, m.device) {
-                (ModuleKind::RoutedExperts, Device::Cpu) if m.format == WeightFormat::Gguf => {}
+                (ModuleKind::RoutedExperts, Device::Cpu)
+                    if m.format == WeightFormat::Gguf || m.format.repack().is_some() =>
+                {
+                    match routed {
+                        Some(f) if f != m.format => {
+                            return Err(HybridError::Unsupported(format!(
+                                "module {} is placed in {} but an earlier layer's routed experts in {f}; the hybrid executor runs every layer's routed experts in one format",
+                                m.name, m.format
+                            )))
+                        }
+                        _ => routed = Some(m.format),
+                    }
+                }
                 (ModuleKind::RoutedExperts, d) => {
                     return Err(HybridError::Unsupported(format!(
-                        "module {} is placed on {d} in {}; the hybrid executor runs routed experts on the CPU as stored (format gguf)",
+                        "module {} is placed on {d} in {}; the hybrid executor runs routed experts on the CPU, as stored (format gguf) or repacked (int4_amx, int8_amx)",
                         m.name, m.format
                     )))
                 }
@@ -258,7 +273,13 @@ impl<'p> Formats<'p> {
                 .iter()
                 .map(|m| (m.name.as_str(), m))
                 .collect(),
+            routed,
         })
+    }
+
+    /// The repacked layout the routed experts run in (`None`: as stored in the GGUF).
+    pub fn routed_repack(&self) -> Option<kt_kernels::cpu::moe::repack::RepackFormat> {
+        self.routed.and_then(WeightFormat::repack)
     }
 
     /// The format of the module holding tensor `tensor` (`blk.3.attn_q.weight` is module

@@ -172,6 +172,10 @@ impl RepackedMoe {
     pub fn threads(&self) -> usize {
         self.driver.pool().threads()
     }
+    /// The most tokens a call may carry.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
 
     /// Sizes the scratch for `layer` (allocates: call at setup).
     pub fn reserve(&self, layer: &RepackedLayer) -> Result<()> {
