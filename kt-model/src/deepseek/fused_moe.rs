@@ -9,7 +9,7 @@
 //! Token rows of an MoE call are independent, so a batch larger than the context's is run
 //! in pieces of at most `max_batch` tokens with the same result.
 
-use kt_kernels::cpu::moe::repack::{RepackFormat, RepackedLayer, RepackedMoe};
+use kt_kernels::cpu::moe::repack::{RepackFormat, RepackedLayer, RepackedMoe, RepackedStack};
 use kt_kernels::cpu::moe::{ExpertStack, MoeContext, MoeLayer, PoolRef};
 use kt_kernels::cpu::{self, Isa};
 
@@ -267,38 +267,52 @@ fn repacked_operator(
     RepackedMoe::new(pool, isa, max_batch, top_k, &moe).map_err(ModelError::Kernel)
 }
 
-/// Every MoE layer's experts repacked to `f` (gate, up and down alike), a layer per item
-/// of the kernels' pool; an error names the layer's gate tensor.
+/// Every MoE layer's experts repacked to `f` (gate, up and down alike), one projection of
+/// one layer per item of the kernels' pool (a V2-Lite projection, 64 experts of 2.9 M
+/// weights, is a few seconds of one core); an error names the projection's tensor.
 fn repack_layers(
     layers: &[Option<MoeLayer>],
     f: RepackFormat,
     tensors: &ModelTensors<'_>,
 ) -> Result<Vec<Option<RepackedLayer>>> {
-    let slots: Vec<std::sync::Mutex<Option<Result<RepackedLayer>>>> =
-        layers.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    cpu::pool::global().for_each(layers.len(), &|i, _| {
-        if let Some(l) = &layers[i] {
-            let r = RepackedLayer::from_layer(l, f, f).map_err(|source| {
-                let name = match &tensors.layers[i].ffn {
-                    Ffn::Moe(m) => m.gate_exps.name,
-                    Ffn::Dense(_) => "?",
-                };
-                ModelError::TensorKernel {
-                    tensor: name.to_owned(),
-                    source,
-                }
-            });
-            *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-        }
+    type Slot = std::sync::Mutex<Option<Result<RepackedStack>>>;
+    let slots: Vec<Slot> = (0..3 * layers.len()).map(|_| Slot::new(None)).collect();
+    cpu::pool::global().for_each(slots.len(), &|i, _| {
+        let (li, p) = (i / 3, i % 3);
+        let (Some(l), Ffn::Moe(m)) = (&layers[li], &tensors.layers[li].ffn) else {
+            return;
+        };
+        let (stack, tensor) = match p {
+            0 => (l.gate(), &m.gate_exps),
+            1 => (l.up(), &m.up_exps),
+            _ => (l.down(), &m.down_exps),
+        };
+        let r = RepackedStack::from_stack(stack, f).map_err(|source| kernel_err(tensor, source));
+        *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
     });
-    slots
+    let mut stacks = slots
         .into_iter()
-        .map(|s| {
-            s.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .transpose()
-        })
-        .collect()
+        .map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()));
+    let mut out = Vec::with_capacity(layers.len());
+    for (li, l) in layers.iter().enumerate() {
+        let [g, u, d] = [stacks.next(), stacks.next(), stacks.next()].map(Option::flatten);
+        out.push(match (l, g, u, d) {
+            (None, ..) => None,
+            (Some(_), Some(g), Some(u), Some(d)) => {
+                let layer = RepackedLayer::new(g?, u?, d?);
+                Some(layer.map_err(|source| match &tensors.layers[li].ffn {
+                    Ffn::Moe(m) => kernel_err(&m.gate_exps, source),
+                    Ffn::Dense(_) => ModelError::Kernel(source),
+                })?)
+            }
+            _ => {
+                return Err(ModelError::Forward {
+                    reason: format!("layer {li}: repacking its experts produced no stack"),
+                })
+            }
+        });
+    }
+    Ok(out)
 }
 
 /// The stacked 3-D tensor `t` (`ne = [cols, rows, experts]`) as an [`ExpertStack`] over the
