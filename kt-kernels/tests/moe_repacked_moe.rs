@@ -449,3 +449,62 @@ fn submit_copies_its_inputs_and_keeps_the_protocol() {
         );
     });
 }
+
+/// The prefetch of a predicted decode call on the repacked layout, as the GGUF
+/// operator's: `prefetch_rounds` gate+up items per thread (whole panels), stopped when
+/// asked, an error for a bad id or rounds, and no effect on the results.
+#[test]
+fn prefetch_issues_the_first_items_and_changes_nothing() {
+    let spec = Spec {
+        hidden: 256,
+        inter: 96,
+        experts: 16,
+        gate: QType::Q4_K,
+        up: QType::Q4_K,
+        down: QType::Q8_0,
+    };
+    let b = moe_support::build(spec, 21);
+    let f = RepackFormat::Int4 { group: 64 };
+    let layer = RepackedLayer::from_layer(&b.layer, f, RepackFormat::Int8 { group: 32 }).unwrap();
+    let pool = Arc::new(ThreadPool::new(3).unwrap());
+    let r = RepackedMoe::new(pool, Isa::best(), 1, 6, &[&layer]).unwrap();
+    assert_eq!(r.prefetch_rounds(), 2);
+    let x = moe_support::activations(1, 256, 3);
+    let (ids, w) = moe_support::routing(Routing::Uniform, 1, 6, 16, 4);
+    let run = || {
+        let mut out = moe_support::poisoned(256);
+        r.forward(&layer, &x, &ids, &w, &mut out).unwrap();
+        out
+    };
+    let before = run();
+    // 3 distinct experts of 96 rows: 32-row items (two panels), 3 per expert; 3 threads
+    // take the first 2 x 3, gate and up panels of each
+    let item = 2 * 2 * f.panel_bytes(256);
+    let never = || false;
+    assert_eq!(r.prefetch(&layer, &[5, 2, 5, 9], &never).unwrap(), 6 * item);
+    assert_eq!(r.prefetch(&layer, &[7], &never).unwrap(), 3 * item);
+    r.set_prefetch_rounds(5).unwrap();
+    assert_eq!(r.prefetch(&layer, &[5, 2, 9], &never).unwrap(), 9 * item);
+    for bad in [0, 65] {
+        let err = r.set_prefetch_rounds(bad).unwrap_err().to_string();
+        assert!(err.contains(&format!("prefetch rounds {bad}")), "{err}");
+    }
+    // the call after a prefetch hands its first 5 rounds of items to fixed threads
+    let five = run();
+    let now = || true;
+    assert_eq!(r.prefetch(&layer, &[5, 2, 9], &now).unwrap(), 0);
+    let err = r
+        .prefetch(&layer, &[1, 16], &never)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expert id 16"), "{err}");
+    let after = run();
+    for (label, o) in [("a prefetch", &after), ("the own rounds", &five)] {
+        assert!(
+            o.iter()
+                .zip(&before)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{label} changed a result"
+        );
+    }
+}

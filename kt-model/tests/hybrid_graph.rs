@@ -6,7 +6,8 @@
 //! kernel also goes from one key split to two), a 3-token chunk (eager; the graph stays unless
 //! the chunk grew the workspaces it names, then the next step recaptures), then 5 more decode
 //! steps; on a synthetic DeepSeek-V2-Lite cut to 3 layers (one dense, two MoE), with the
-//! shipped hybrid rules (int4 linears) and all-bf16 ones. A cache cleared for a new sequence
+//! shipped hybrid rules (int4 linears), all-bf16 ones and the hybrid rules with int4 CPU
+//! experts (`rules/cpu-int4/`, the repacked operator). A cache cleared for a new sequence
 //! keeps its graph: the new sequence's decode steps all replay it, again bit for bit.
 //! The graph predicts the second MoE layer's experts and the CPU prefetches them (on by
 //! default): that changes no value, and the predictions must be far better than chance.
@@ -70,8 +71,16 @@ fn graph_decode_matches_eager_bit_for_bit() {
     let hybrid =
         RuleSet::from_file(hybrid_common::rules_file("deepseek-v2-lite-hybrid.yaml")).unwrap();
     let bf16 = RuleSet::from_yaml_str(hybrid_common::ALL_BF16, "test").unwrap();
+    let int4 = RuleSet::from_file(hybrid_common::rules_file(
+        "cpu-int4/deepseek-v2-lite-hybrid.yaml",
+    ))
+    .unwrap();
     let mut gpu = Some(gpu);
-    for (name, rules) in [("hybrid rules", hybrid), ("all bf16", bf16)] {
+    for (name, rules) in [
+        ("hybrid rules", hybrid),
+        ("all bf16", bf16),
+        ("int4 CPU experts", int4),
+    ] {
         let placement = rules.place(&c).unwrap();
         let dev = match gpu.take() {
             Some(d) => d,

@@ -4,7 +4,7 @@
 //! place (the memory map is shared, not copied) and one [`MoeContext`] for the whole model,
 //! whose scratch is sized once for the largest batch a call may carry; or, when the
 //! placement asks for a repacked layout (`int4_amx`, `int8_amx`), those layers repacked at
-//! load and one [`RepackedMoe`].
+//! load and one [`RepackedMoe`] (the same decode prefetch of predicted experts).
 //!
 //! Token rows of an MoE call are independent, so a batch larger than the context's is run
 //! in pieces of at most `max_batch` tokens with the same result.
@@ -98,10 +98,15 @@ impl FusedMoe {
                     layers: layers.clone(),
                 }
             }
-            Experts::Repacked { moe, layers } => Experts::Repacked {
-                moe: repacked_operator(layers, moe.isa(), max_batch, self.top_k)?,
-                layers: layers.clone(),
-            },
+            Experts::Repacked { moe, layers } => {
+                let new = repacked_operator(layers, moe.isa(), max_batch, self.top_k)?;
+                new.set_prefetch_rounds(moe.prefetch_rounds())
+                    .map_err(ModelError::Kernel)?;
+                Experts::Repacked {
+                    moe: new,
+                    layers: layers.clone(),
+                }
+            }
         };
         Ok(FusedMoe {
             experts,
@@ -143,8 +148,8 @@ impl FusedMoe {
     }
 
     /// Warms the caches for a decode call of layer `layer` routed to `ids` (a prediction):
-    /// `MoeContext::prefetch`, stopped once `stop()` says so; the bytes issued. 0 for a
-    /// dense layer, and for repacked experts (whose operator has no such warm-up).
+    /// `MoeContext::prefetch` or `RepackedMoe::prefetch`, stopped once `stop()` says so;
+    /// the bytes issued. 0 for a dense layer.
     #[cfg(feature = "cuda")]
     pub fn prefetch(
         &self,
@@ -152,37 +157,38 @@ impl FusedMoe {
         ids: &[u32],
         stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<usize> {
-        let Experts::Gguf { ctx, layers } = &self.experts else {
-            return Ok(0);
+        let issued = match &self.experts {
+            Experts::Gguf { ctx, layers } => match layers.get(layer).and_then(Option::as_ref) {
+                Some(l) => ctx.prefetch(l, ids, stop),
+                None => return Ok(0),
+            },
+            Experts::Repacked { moe, layers } => match layers.get(layer).and_then(Option::as_ref) {
+                Some(l) => moe.prefetch(l, ids, stop),
+                None => return Ok(0),
+            },
         };
-        let Some(l) = layers.get(layer).and_then(Option::as_ref) else {
-            return Ok(0);
-        };
-        ctx.prefetch(l, ids, stop)
-            .map_err(|source| ModelError::TensorKernel {
-                tensor: format!("blk.{layer}.ffn_*_exps"),
-                source,
-            })
+        issued.map_err(|source| ModelError::TensorKernel {
+            tensor: format!("blk.{layer}.ffn_*_exps"),
+            source,
+        })
     }
 
-    /// `MoeContext::set_prefetch_rounds`: the gate+up items per thread [`FusedMoe::prefetch`]
-    /// warms and a decode call hands to their threads first (nothing for repacked experts).
+    /// `set_prefetch_rounds` of the operator: the gate+up items per thread
+    /// [`FusedMoe::prefetch`] warms and a decode call hands to their threads first.
     #[cfg(feature = "cuda")]
     pub fn set_prefetch_rounds(&self, rounds: usize) -> Result<()> {
         match &self.experts {
-            Experts::Gguf { ctx, .. } => {
-                ctx.set_prefetch_rounds(rounds).map_err(ModelError::Kernel)
-            }
-            Experts::Repacked { .. } => Ok(()),
+            Experts::Gguf { ctx, .. } => ctx.set_prefetch_rounds(rounds),
+            Experts::Repacked { moe, .. } => moe.set_prefetch_rounds(rounds),
         }
+        .map_err(ModelError::Kernel)
     }
 
-    /// 0 for repacked experts, which [`FusedMoe::prefetch`] does not warm.
     #[cfg(feature = "cuda")]
     pub fn prefetch_rounds(&self) -> usize {
         match &self.experts {
             Experts::Gguf { ctx, .. } => ctx.prefetch_rounds(),
-            Experts::Repacked { .. } => 0,
+            Experts::Repacked { moe, .. } => moe.prefetch_rounds(),
         }
     }
 

@@ -197,7 +197,8 @@ impl MoeContext {
         stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<usize> {
         let rounds = self.prefetch_rounds();
-        let issued = super::prefetch::run(self.driver.pool(), &layer.inner, ids, rounds, stop)?;
+        let issued =
+            super::prefetch::run_gguf(self.driver.pool(), &layer.inner, ids, rounds, stop)?;
         self.primed.store(rounds, Ordering::Relaxed);
         Ok(issued)
     }

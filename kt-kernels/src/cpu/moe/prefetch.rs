@@ -20,6 +20,7 @@
 //! every [`LINES_PER_POLL`] lines so that the caller can end it as soon as the real call
 //! can start (the hints already issued still land).
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::layer::LayerInner;
@@ -60,44 +61,51 @@ fn distinct(ids: &[u32]) -> usize {
 /// (`MoeContext::set_prefetch_rounds`).
 pub(crate) const DEFAULT_ROUNDS: usize = 2;
 
+/// The gate and up bytes of rows `r0..r0 + nr` of expert `e`: what one gate+up item of a
+/// decode call reads, `(e, r0, nr) -> [gate, up]`, for either weight layout.
+pub(crate) type ItemBytes<'a> = dyn Fn(usize, usize, usize) -> [&'a [u8]; 2] + Sync + 'a;
+
 /// Prefetches the first gate+up items (`rounds` per pool thread at most) that a decode call
-/// of `l` routed to the experts `ids` would hand out to fixed threads; returns the bytes
-/// issued. Stops early once `stop()` returns true. An error for an id past the layer's
-/// experts.
+/// of a layer of `experts` experts over intermediate rows `rows`, routed to the experts
+/// `ids`, would hand out to fixed threads, their bytes given by `item`; returns the bytes
+/// issued. Stops early once `stop()` returns true. An error (of operation `op`) for an id
+/// past the layer's experts.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     pool: &ThreadPool,
-    l: &LayerInner,
+    op: &'static str,
+    experts: usize,
+    rows: Range<usize>,
     ids: &[u32],
     rounds: usize,
     stop: &(dyn Fn() -> bool + Sync),
+    item: &ItemBytes<'_>,
 ) -> Result<usize> {
-    if let Some(&e) = ids.iter().find(|&&e| e as usize >= l.experts) {
+    if let Some(&e) = ids.iter().find(|&&e| e as usize >= experts) {
         return Err(KtError::Shape {
-            op: "MoeContext::prefetch",
-            detail: format!("expert id {e} but the layer has {} experts", l.experts),
+            op,
+            detail: format!("expert id {e} but the layer has {experts} experts"),
         });
     }
-    let experts = distinct(ids);
-    let rows = l.slice.len();
-    let block = plan::gemv_row_block(experts, rows);
-    let per_expert = rows.div_ceil(block);
+    let chosen = distinct(ids);
+    let block = plan::gemv_row_block(chosen, rows.len());
+    let per_expert = rows.len().div_ceil(block);
     let threads = pool.threads();
-    let items = (experts * per_expert).min(rounds.saturating_mul(threads));
+    let items = (chosen * per_expert).min(rounds.saturating_mul(threads));
     let issued = AtomicUsize::new(0);
     // Thread t runs its own items t, t + threads, ...: the ones the call hands it first.
     pool.for_each_static(items.min(threads), &|t, _| {
         let mut bytes = 0;
-        for i in (t..items).step_by(threads) {
+        'items: for i in (t..items).step_by(threads) {
             let Some(e) = nth_distinct(ids, i / per_expert) else {
                 break;
             };
-            let r0 = l.slice.start + (i % per_expert) * block;
-            let nr = block.min(l.slice.end - r0);
-            match prefetch_item(l, e as usize, r0, nr, stop) {
-                Ok(n) => bytes += n,
-                Err(n) => {
-                    bytes += n;
-                    break;
+            let r0 = rows.start + (i % per_expert) * block;
+            let nr = block.min(rows.end - r0);
+            for part in item(e as usize, r0, nr) {
+                match prefetch_l2(part, stop) {
+                    Some(n) => bytes += n,
+                    None => break 'items,
                 }
             }
         }
@@ -106,27 +114,33 @@ pub(crate) fn run(
     Ok(issued.into_inner())
 }
 
-/// Prefetches rows `r0..r0 + nr` of expert `e`'s gate and up: `Ok(bytes)`, or `Err(bytes
-/// issued)` once `stop` said so.
-fn prefetch_item(
+/// [`run`] for a GGUF-native layer: an item's gate and up rows as stored.
+pub(crate) fn run_gguf(
+    pool: &ThreadPool,
     l: &LayerInner,
-    e: usize,
-    r0: usize,
-    nr: usize,
+    ids: &[u32],
+    rounds: usize,
     stop: &(dyn Fn() -> bool + Sync),
-) -> std::result::Result<usize, usize> {
-    let mut bytes = 0;
-    for stack in [&l.gate, &l.up] {
-        let rb = stack.row_bytes();
-        let first = (e * l.intermediate + r0) * rb;
-        // the rows lie inside the stack (the plan's rows of a checked expert id)
-        let part = stack.bytes().get(first..first + nr * rb).unwrap_or(&[]);
-        match prefetch_l2(part, stop) {
-            Some(n) => bytes += n,
-            None => return Err(bytes),
-        }
-    }
-    Ok(bytes)
+) -> Result<usize> {
+    let rows_of = |e: usize, r0: usize, nr: usize| {
+        [&l.gate, &l.up].map(|stack| {
+            let rb = stack.row_bytes();
+            let first = (e * l.intermediate + r0) * rb;
+            // the rows lie inside the stack (the plan's rows of a checked expert id)
+            stack.bytes().get(first..first + nr * rb).unwrap_or(&[])
+        })
+    };
+    let op = "MoeContext::prefetch";
+    run(
+        pool,
+        op,
+        l.experts,
+        l.slice.clone(),
+        ids,
+        rounds,
+        stop,
+        &rows_of,
+    )
 }
 
 /// Issues an L2 prefetch for every cache line of `bytes`, polling `stop` every

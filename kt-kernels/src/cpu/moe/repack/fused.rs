@@ -21,7 +21,8 @@ const READY: u32 = u32::MAX;
 /// Runs the `up` then `down` items of one call (every expert at most
 /// `GEMV_MAX_TOKENS` positions) and combines the output through `combine`, whose down
 /// rows `dn` writes. `unfused` lists the position ranges of the experts whose gate+up
-/// items leave their intermediate in f32; `state` has a counter per expert.
+/// items leave their intermediate in f32; `state` has a counter per expert; `own_rounds`
+/// rounds of gate+up items go to fixed threads first.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     pool: &ThreadPool,
@@ -33,6 +34,7 @@ pub(super) fn run(
     down: &[Item],
     combine: &InJob,
     state: &mut [AtomicU32],
+    own_rounds: usize,
 ) {
     // Plain writes: the pool's job post publishes them to the threads running items.
     for &e in routing.active() {
@@ -44,8 +46,11 @@ pub(super) fn run(
     let state = &*state;
     // In order: a down item waits for its expert's gate+up items, so all of those must be
     // handed out before any down item (plain `for_each` starts each thread on a share of
-    // its own); none of them waits, so every wait ends.
-    pool.for_each_in_order(up.len() + down.len(), &|i, thread| {
+    // its own); none of them waits, so every wait ends. Thread t starts on gate+up items
+    // t, t + threads, ... (`own_rounds` of them): those `RepackedMoe::prefetch` warmed in
+    // its L2.
+    let own = up.len().min(own_rounds.saturating_mul(pool.threads()));
+    pool.for_each_in_order_first_own(up.len() + down.len(), own, &|i, thread| {
         if let Some(&it) = up.get(i) {
             // SAFETY: up items partition (position, row) of the intermediate, `thread` is
             // the pool's and owns its tiles, and the activations are gathered.

@@ -28,10 +28,10 @@
 //! [`RepackedMoe::forward`] runs it on the calling thread. Every buffer is sized by
 //! [`RepackedMoe::new`] / [`RepackedMoe::reserve`]; a call allocates nothing.
 
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::act::{quantize_row_with, ActScales};
-use super::format::RepackFormat;
+use super::format::{RepackFormat, PANEL};
 use super::fused;
 use super::items::{fuses_quantize, Down, GateUp, Inter};
 use super::kernel::{act_scales, Prefetch};
@@ -40,6 +40,7 @@ use crate::cpu::moe::combine::{combine, InJob, BLOCK_ROWS};
 use crate::cpu::moe::driver::{Driver, Job, MoeHandle};
 use crate::cpu::moe::phase::phase;
 use crate::cpu::moe::plan::{self, Item, MAX_ITEM_FLOATS};
+use crate::cpu::moe::prefetch;
 use crate::cpu::moe::routing::Routing;
 use crate::cpu::moe::PoolRef;
 use crate::cpu::shared_ptr::Raw;
@@ -55,6 +56,10 @@ pub struct RepackedMoe {
     driver: Driver<Scratch>,
     max_tokens: usize,
     max_top_k: usize,
+    /// Gate+up items per thread [`RepackedMoe::prefetch`] warms (`MoeContext`'s).
+    prefetch_rounds: AtomicUsize,
+    /// Rounds the last prefetch warmed, taken by the next call's hand-out.
+    primed: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -92,6 +97,9 @@ struct Work {
     inter_q: AlignedBuf,
     down_out: Vec<f32>,
     tiles: Vec<f32>,
+    /// Rounds of gate+up items the fused decode job hands to fixed threads first (those a
+    /// prefetch warmed; at least one).
+    own_rounds: usize,
     /// Per expert, the fused decode job's count of gate+up items still running.
     expert_state: Vec<AtomicU32>,
     /// Per block of `BLOCK_ROWS` output rows, the fused job's down items still writing it.
@@ -152,6 +160,8 @@ impl RepackedMoe {
             driver,
             max_tokens,
             max_top_k,
+            prefetch_rounds: AtomicUsize::new(prefetch::DEFAULT_ROUNDS),
+            primed: AtomicUsize::new(0),
         };
         for l in layers {
             m.reserve(l)?;
@@ -175,6 +185,68 @@ impl RepackedMoe {
     /// The most tokens a call may carry.
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
+    }
+
+    /// Prefetches into the pool threads' L2 caches the panels a decode call of `layer`
+    /// routed to the experts `ids` would read first, as `MoeContext::prefetch` does for
+    /// the GGUF layout: its first gate+up items, up to [`RepackedMoe::prefetch_rounds`] per
+    /// thread, which the next call hands to the same threads first. Changes no result.
+    /// Polls `stop` every KB and returns once it says so; returns the bytes it issued.
+    /// Waits for a call in flight on the pool first. An error for an id past the layer's
+    /// experts.
+    pub fn prefetch(
+        &self,
+        layer: &RepackedLayer,
+        ids: &[u32],
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<usize> {
+        let rounds = self.prefetch_rounds();
+        let panels_of = |e: usize, r0: usize, nr: usize| {
+            [layer.gate(), layer.up()].map(|stack| {
+                let pb = stack.format().panel_bytes(stack.cols());
+                // the plan's rows are whole panels of a checked expert id
+                let first = r0 / PANEL * pb;
+                stack
+                    .expert_data(e)
+                    .get(first..first + nr / PANEL * pb)
+                    .unwrap_or(&[])
+            })
+        };
+        let pool = self.driver.pool();
+        let (op, rows) = ("RepackedMoe::prefetch", 0..layer.intermediate());
+        let issued = prefetch::run(
+            pool,
+            op,
+            layer.experts(),
+            rows,
+            ids,
+            rounds,
+            stop,
+            &panels_of,
+        )?;
+        self.primed.store(rounds, Ordering::Relaxed);
+        Ok(issued)
+    }
+
+    /// How many gate+up items per thread [`RepackedMoe::prefetch`] warms and the next
+    /// decode call hands to their fixed threads first (2 unless set).
+    pub fn prefetch_rounds(&self) -> usize {
+        self.prefetch_rounds.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`RepackedMoe::prefetch_rounds`] (1 to 64). Changes no result.
+    pub fn set_prefetch_rounds(&self, rounds: usize) -> Result<()> {
+        if !(1..=64).contains(&rounds) {
+            return Err(shape(format!("prefetch rounds {rounds}, expected 1 to 64")));
+        }
+        self.prefetch_rounds.store(rounds, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The own rounds of the next call's decode hand-out: those the last prefetch warmed,
+    /// else one.
+    fn take_primed(&self) -> usize {
+        self.primed.swap(0, Ordering::Relaxed).max(1)
     }
 
     /// Sizes the scratch for `layer` (allocates: call at setup).
@@ -241,6 +313,7 @@ impl RepackedMoe {
             return Ok(());
         }
         let mut sc = self.driver.idle_scratch()?;
+        sc.work.own_rounds = self.take_primed();
         compute(
             &mut sc.work,
             self.driver.pool(),
@@ -265,7 +338,9 @@ impl RepackedMoe {
         weights: &[f32],
     ) -> Result<MoeHandle<'_>> {
         let (tokens, k) = self.check_call(layer, x, ids, weights)?;
+        let own_rounds = self.take_primed();
         self.driver.submit(x.len(), |sc| {
+            sc.work.own_rounds = own_rounds;
             let c = &mut sc.call;
             if sc
                 .work
@@ -460,6 +535,7 @@ fn compute(
             &s.items_down,
             &combine,
             &mut s.expert_state,
+            s.own_rounds,
         );
         return Ok(());
     }
