@@ -8,9 +8,10 @@
 //! Threads write disjoint parts of the scratch through raw pointers: each phase's items
 //! partition its output (positions x rows), which `plan.rs` tests.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 
 use super::combine::{combine, InJob};
+use super::fused_job;
 use super::layer::LayerInner;
 use super::phase::{phase, SERIAL_ELEMS};
 use super::plan::{Item, MAX_ITEM_FLOATS};
@@ -353,13 +354,7 @@ unsafe fn gate_up_item(
         Raw::new(l.up.bytes().as_ptr()),
     );
     let inter_rows = l.intermediate;
-    let (e, r0, nr, p0, nt) = (
-        it.expert as usize,
-        it.row0 as usize,
-        it.rows as usize,
-        it.pos0 as usize,
-        it.tokens as usize,
-    );
+    let (e, r0, nr, p0, nt) = it.parts();
     debug_assert!(nr * nt <= MAX_ITEM_FLOATS);
     let g_out = tiles.at(thread * TILE_FLOATS);
     let u_out = tiles.at(thread * TILE_FLOATS + TILE_FLOATS / 2);
@@ -534,22 +529,12 @@ struct Bufs<'a> {
     tiles: &'a mut [f32],
 }
 
-/// `expert_state` value once an expert's intermediate is quantized (until then it counts
-/// the expert's gate+up items still running).
-const READY: u32 = u32::MAX;
-
 /// Decode (every expert at most [`GEMV_MAX_TOKENS`] positions): gate+up, quantizing the
-/// intermediate and down in ONE pool job instead of three phases. Items `0..up.len()`
-/// are gate+up items, the rest down items, both in the same expert order. The thread
-/// that finishes an expert's last gate+up item quantizes that expert's intermediate
-/// rows (at most 8 x I elements) and marks it ready; a down item waits for its expert's
-/// mark. All gate+up items are handed out before any down item
-/// ([`ThreadPool::for_each_in_order`]) and none waits on anything, so the wait always
-/// ends; and since the counter hands the down items out in expert order, they mostly
-/// find their expert ready: the phase barriers, the driver's serial quantize between
-/// them and one pool round trip go away. The thread that finishes the last down item of
-/// a block of output rows combines that block ([`InJob`]), so no serial combine follows
-/// the job. The arithmetic is the phased path's, item for item.
+/// intermediate and down in ONE pool job instead of three phases ([`fused_job`]): the
+/// thread that finishes an expert's last gate+up item quantizes that expert's intermediate
+/// rows (at most 8 x I elements), and the one that finishes the last down item of a block
+/// of output rows combines that block ([`InJob`]), so no serial combine follows the job.
+/// The arithmetic is the phased path's, item for item.
 #[allow(clippy::too_many_arguments)]
 fn fused(
     pool: &ThreadPool,
@@ -563,14 +548,6 @@ fn fused(
     state: &mut [AtomicU32],
     own_rounds: usize,
 ) {
-    // Plain writes: the pool's job post publishes them to the threads running items.
-    for &e in routing.active() {
-        *state[e as usize].get_mut() = 0;
-    }
-    for it in up {
-        *state[it.expert as usize].get_mut() += 1;
-    }
-    let state = &*state;
     let (ag, au) = (Raw::new(b.act_g.as_ptr()), Raw::new(b.act_u.as_ptr()));
     let (inter, inter_q) = (
         Raw::new(b.inter.as_mut_ptr()),
@@ -578,43 +555,31 @@ fn fused(
     );
     let (down_out, tiles) = (b.combine.down_out(), Raw::new(b.tiles.as_mut_ptr()));
     let (read_row, combine) = (b.read_row, &b.combine);
-    // In order: a down item waits for its expert's gate+up items, so those must have been
-    // handed out first (plain `for_each` starts every thread on a share of its own). Thread
-    // t starts on gate+up items t, t + threads, ... (`own_rounds` of them, none of which
-    // waits): the items `prefetch.rs` warmed in that thread's L2 when the caller knew the
-    // experts ahead (the hybrid decode's prediction).
-    let own = up.len().min(own_rounds.saturating_mul(pool.threads()));
-    pool.for_each_in_order_first_own(up.len() + down.len(), own, &|i, thread| {
-        if let Some(&it) = up.get(i) {
-            let a_row = read_row[it.pos0 as usize] as usize;
-            debug_assert!(it.tokens == 1 || a_row == it.pos0 as usize);
-            // SAFETY: as in `gate_up`: up items partition (position, row) and `thread`
-            // owns its tile scratch; the item's activation rows from `a_row` are written
-            // (its one position's token row, or its positions' copies: `Copies::Shared`).
-            unsafe { gate_up_item(l, k.gate, k.up, d, it, a_row, ag, au, inter, tiles, thread) };
-            let e = it.expert as usize;
-            // AcqRel: the last one out sees every other item's intermediate rows.
-            if state[e].fetch_sub(1, Ordering::AcqRel) == 1 {
-                let ps = routing.offsets[e] as usize..routing.offsets[e + 1] as usize;
-                // SAFETY: every gate+up item of expert e is done (the count reached 0),
-                // so its positions' intermediate rows are complete and nobody writes
-                // them; their quantized rows are only read by down items that wait for
-                // the READY mark below.
-                unsafe { quantize_inter_rows(k.down, inter, d.n_inter, inter_q, d.act_d, ps) };
-                state[e].store(READY, Ordering::Release);
-            }
-        } else {
-            let it = down[i - up.len()];
-            let s = &state[it.expert as usize];
-            while s.load(Ordering::Acquire) != READY {
-                std::hint::spin_loop();
-            }
-            // SAFETY: the expert's quantized intermediate is complete (READY, Acquire);
-            // down items partition (position, row) of `down_out`.
-            unsafe { down_item(l, k.down, d, it, inter_q, down_out) };
-            // SAFETY: one of the job's down items (the list the combine was built from),
-            // finished, reported once; down items partition (position, row).
-            unsafe { combine.item_done(&it) };
-        }
-    });
+    let gate_up = |it: Item, thread: usize| {
+        let a_row = read_row[it.pos0 as usize] as usize;
+        debug_assert!(it.tokens == 1 || a_row == it.pos0 as usize);
+        // SAFETY: as in `gate_up`: up items partition (position, row) and `thread` owns its
+        // tile scratch; the item's activation rows from `a_row` are written (its one
+        // position's token row, or its positions' copies: `Copies::Shared`).
+        unsafe { gate_up_item(l, k.gate, k.up, d, it, a_row, ag, au, inter, tiles, thread) };
+    };
+    let expert_done = |e: usize| {
+        let ps = routing.offsets[e] as usize..routing.offsets[e + 1] as usize;
+        // SAFETY: every gate+up item of expert e is done, so its positions' intermediate
+        // rows are complete and nobody writes them; their quantized rows are only read by
+        // down items, which wait for the job's ready mark set after this.
+        unsafe { quantize_inter_rows(k.down, inter, d.n_inter, inter_q, d.act_d, ps) };
+    };
+    let down_step = |it: Item| {
+        // SAFETY: the expert's quantized intermediate is complete (the job's ready mark);
+        // down items partition (position, row) of `down_out`.
+        unsafe { down_item(l, k.down, d, it, inter_q, down_out) };
+    };
+    let steps = fused_job::Steps {
+        gate_up: &gate_up,
+        expert_done: &expert_done,
+        down: &down_step,
+        combine,
+    };
+    fused_job::run(pool, routing, (up, down), state, own_rounds, steps);
 }

@@ -5,12 +5,13 @@
 //! with the repacked operator.
 
 use std::ops::Deref;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::sync::Arc;
 
 use super::compute;
 use super::driver::{Driver, Job, MoeHandle};
 use super::layer::MoeLayer;
+use super::prefetch::Rounds;
 use super::scratch::{Needs, Scratch};
 use crate::cpu::dispatch;
 use crate::cpu::{Isa, ThreadPool};
@@ -50,14 +51,8 @@ pub struct MoeContext {
     driver: Driver<Scratch>,
     max_tokens: usize,
     max_top_k: usize,
-    /// [`MoeContext::set_prefetch_rounds`].
-    prefetch_rounds: AtomicUsize,
-    /// The rounds the last [`MoeContext::prefetch`] warmed, taken (reset to 0) by the next
-    /// call: only a call after a prefetch has items worth keeping on fixed threads past the
-    /// first round; the others keep the shared counter's order (with two fixed rounds on
-    /// every call, one device call read V3's one-token layer 5-12% slower; later ones with
-    /// this rule read new and old level within the noise).
-    primed: AtomicUsize,
+    /// [`MoeContext::set_prefetch_rounds`] and the rounds the last prefetch warmed.
+    rounds: Rounds,
 }
 
 impl Job for Scratch {
@@ -98,8 +93,7 @@ impl MoeContext {
             driver,
             max_tokens,
             max_top_k,
-            prefetch_rounds: AtomicUsize::new(super::prefetch::DEFAULT_ROUNDS),
-            primed: AtomicUsize::new(0),
+            rounds: Rounds::new(),
         };
         for l in layers {
             ctx.reserve(l)?;
@@ -142,7 +136,7 @@ impl MoeContext {
     ) -> Result<MoeHandle<'_>> {
         let (tokens, k) = self.check_call(layer, x, ids, weights)?;
         let needs = Needs::of(layer, self.max_tokens, self.max_top_k)?;
-        let own_rounds = self.take_primed();
+        let own_rounds = self.rounds.take_primed();
         self.driver.submit(tokens * layer.hidden(), |sc| {
             sc.own_rounds = own_rounds;
             load(sc, &needs, layer, x, ids, weights, tokens, k)
@@ -170,17 +164,11 @@ impl MoeContext {
         }
         let needs = Needs::of(layer, self.max_tokens, self.max_top_k)?;
         let mut sc = self.driver.idle_scratch()?;
-        sc.own_rounds = self.take_primed();
+        sc.own_rounds = self.rounds.take_primed();
         load(&mut sc, &needs, layer, x, ids, weights, tokens, k)?;
         compute::run(&mut sc, self.driver.pool(), self.isa())?;
         out.copy_from_slice(&sc.out[..out.len()]);
         Ok(())
-    }
-
-    /// The own rounds of the next call's decode hand-out: those the last prefetch warmed,
-    /// else one (every thread starts on its own first item, as always).
-    fn take_primed(&self) -> usize {
-        self.primed.swap(0, Ordering::Relaxed).max(1)
     }
 
     /// Prefetches into the pool threads' L2 caches the weights a decode call of `layer`
@@ -199,24 +187,20 @@ impl MoeContext {
         let rounds = self.prefetch_rounds();
         let issued =
             super::prefetch::run_gguf(self.driver.pool(), &layer.inner, ids, rounds, stop)?;
-        self.primed.store(rounds, Ordering::Relaxed);
+        self.rounds.prime(rounds);
         Ok(issued)
     }
 
     /// How many gate+up items per thread [`MoeContext::prefetch`] warms and the next decode
     /// call hands to their fixed threads first (2 unless set).
     pub fn prefetch_rounds(&self) -> usize {
-        self.prefetch_rounds.load(Ordering::Relaxed)
+        self.rounds.get()
     }
 
     /// Sets [`MoeContext::prefetch_rounds`] (1 to 64): more rounds fill a longer wait with
     /// the next call's weights, as long as a thread's share fits its L2. Changes no result.
     pub fn set_prefetch_rounds(&self, rounds: usize) -> Result<()> {
-        if !(1..=64).contains(&rounds) {
-            return Err(shape(format!("prefetch rounds {rounds}, expected 1 to 64")));
-        }
-        self.prefetch_rounds.store(rounds, Ordering::Relaxed);
-        Ok(())
+        self.rounds.set(rounds).map_err(shape)
     }
 
     /// Checks a call's shapes; returns (tokens, k).

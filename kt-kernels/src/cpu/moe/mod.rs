@@ -84,6 +84,7 @@ mod combine;
 mod compute;
 mod context;
 mod driver;
+mod fused_job;
 mod layer;
 mod phase;
 mod plan;

@@ -78,6 +78,19 @@ pub(crate) struct Item {
     pub tokens: u32,
 }
 
+impl Item {
+    /// `(expert, row0, rows, pos0, tokens)` as indices.
+    pub(crate) fn parts(&self) -> (usize, usize, usize, usize, usize) {
+        (
+            self.expert as usize,
+            self.row0 as usize,
+            self.rows as usize,
+            self.pos0 as usize,
+            self.tokens as usize,
+        )
+    }
+}
+
 /// Tokens per C tile of the AMX kernels: a busy expert's positions past a multiple of it
 /// start a C tile that costs as much as a full one.
 const AMX_TOKEN_GROUP: usize = 16;

@@ -59,7 +59,51 @@ fn distinct(ids: &[u32]) -> usize {
 
 /// The rounds of own items a context prefetches and hands out first unless told otherwise
 /// (`MoeContext::set_prefetch_rounds`).
-pub(crate) const DEFAULT_ROUNDS: usize = 2;
+const DEFAULT_ROUNDS: usize = 2;
+
+/// An operator's prefetch rounds: how many gate+up items per thread a prefetch warms (1 to
+/// 64), and how many the last prefetch warmed, which the next call takes (resetting it):
+/// only a call after a prefetch has items worth keeping on fixed threads past the first
+/// round; the others keep the shared counter's order (with two fixed rounds on every call,
+/// one device call read V3's one-token layer 5-12% slower; later ones with this rule read
+/// new and old level within the noise).
+pub(crate) struct Rounds {
+    rounds: AtomicUsize,
+    primed: AtomicUsize,
+}
+
+impl Rounds {
+    pub fn new() -> Rounds {
+        Rounds {
+            rounds: AtomicUsize::new(DEFAULT_ROUNDS),
+            primed: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn get(&self) -> usize {
+        self.rounds.load(Ordering::Relaxed)
+    }
+
+    /// Sets the rounds; `Err` with the message when outside 1 to 64.
+    pub fn set(&self, rounds: usize) -> std::result::Result<(), String> {
+        if !(1..=64).contains(&rounds) {
+            return Err(format!("prefetch rounds {rounds}, expected 1 to 64"));
+        }
+        self.rounds.store(rounds, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A prefetch of `rounds` rounds was issued.
+    pub fn prime(&self, rounds: usize) {
+        self.primed.store(rounds, Ordering::Relaxed);
+    }
+
+    /// The own rounds of the next call's decode hand-out: those the last prefetch warmed,
+    /// else one (every thread starts on its own first item).
+    pub fn take_primed(&self) -> usize {
+        self.primed.swap(0, Ordering::Relaxed).max(1)
+    }
+}
 
 /// The gate and up bytes of rows `r0..r0 + nr` of expert `e`: what one gate+up item of a
 /// decode call reads, `(e, r0, nr) -> [gate, up]`, for either weight layout.

@@ -154,13 +154,7 @@ impl<'a> GateUp<'a> {
         // Where the scale of the group holding column `c` lies in a quantized
         // intermediate row (INT formats).
         let scale_at = |c: usize| i_dim + 4 * (c / fd.group().unwrap_or(1));
-        let (e, r0, nr, p0, nt) = (
-            it.expert as usize,
-            it.row0 as usize,
-            it.rows as usize,
-            it.pos0 as usize,
-            it.tokens as usize,
-        );
+        let (e, r0, nr, p0, nt) = it.parts();
         let g_out = self.tiles.at(thread * 2 * MAX_ITEM_FLOATS);
         let u_out = self
             .tiles
@@ -302,13 +296,7 @@ impl<'a> Down<'a> {
     /// longer change; its (position, row) block of the output is its own.
     pub unsafe fn item(&self, it: Item) {
         let h = self.stack.rows();
-        let (e, r0, nr, p0, nt) = (
-            it.expert as usize,
-            it.row0 as usize,
-            it.rows as usize,
-            it.pos0 as usize,
-            it.tokens as usize,
-        );
+        let (e, r0, nr, p0, nt) = it.parts();
         let kern = Kernel::pick(self.isa, self.stack.format(), nt);
         let t = tile(
             self.stack,

@@ -28,7 +28,7 @@
 //! [`RepackedMoe::forward`] runs it on the calling thread. Every buffer is sized by
 //! [`RepackedMoe::new`] / [`RepackedMoe::reserve`]; a call allocates nothing.
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU32;
 
 use super::act::{quantize_row_with, ActScales};
 use super::format::{RepackFormat, PANEL};
@@ -56,10 +56,8 @@ pub struct RepackedMoe {
     driver: Driver<Scratch>,
     max_tokens: usize,
     max_top_k: usize,
-    /// Gate+up items per thread [`RepackedMoe::prefetch`] warms (`MoeContext`'s).
-    prefetch_rounds: AtomicUsize,
-    /// Rounds the last prefetch warmed, taken by the next call's hand-out.
-    primed: AtomicUsize,
+    /// [`RepackedMoe::set_prefetch_rounds`] and the rounds the last prefetch warmed.
+    rounds: prefetch::Rounds,
 }
 
 #[derive(Default)]
@@ -160,8 +158,7 @@ impl RepackedMoe {
             driver,
             max_tokens,
             max_top_k,
-            prefetch_rounds: AtomicUsize::new(prefetch::DEFAULT_ROUNDS),
-            primed: AtomicUsize::new(0),
+            rounds: prefetch::Rounds::new(),
         };
         for l in layers {
             m.reserve(l)?;
@@ -224,29 +221,19 @@ impl RepackedMoe {
             stop,
             &panels_of,
         )?;
-        self.primed.store(rounds, Ordering::Relaxed);
+        self.rounds.prime(rounds);
         Ok(issued)
     }
 
     /// How many gate+up items per thread [`RepackedMoe::prefetch`] warms and the next
     /// decode call hands to their fixed threads first (2 unless set).
     pub fn prefetch_rounds(&self) -> usize {
-        self.prefetch_rounds.load(Ordering::Relaxed)
+        self.rounds.get()
     }
 
     /// Sets [`RepackedMoe::prefetch_rounds`] (1 to 64). Changes no result.
     pub fn set_prefetch_rounds(&self, rounds: usize) -> Result<()> {
-        if !(1..=64).contains(&rounds) {
-            return Err(shape(format!("prefetch rounds {rounds}, expected 1 to 64")));
-        }
-        self.prefetch_rounds.store(rounds, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// The own rounds of the next call's decode hand-out: those the last prefetch warmed,
-    /// else one.
-    fn take_primed(&self) -> usize {
-        self.primed.swap(0, Ordering::Relaxed).max(1)
+        self.rounds.set(rounds).map_err(shape)
     }
 
     /// Sizes the scratch for `layer` (allocates: call at setup).
@@ -313,7 +300,7 @@ impl RepackedMoe {
             return Ok(());
         }
         let mut sc = self.driver.idle_scratch()?;
-        sc.work.own_rounds = self.take_primed();
+        sc.work.own_rounds = self.rounds.take_primed();
         compute(
             &mut sc.work,
             self.driver.pool(),
@@ -338,7 +325,7 @@ impl RepackedMoe {
         weights: &[f32],
     ) -> Result<MoeHandle<'_>> {
         let (tokens, k) = self.check_call(layer, x, ids, weights)?;
-        let own_rounds = self.take_primed();
+        let own_rounds = self.rounds.take_primed();
         self.driver.submit(x.len(), |sc| {
             sc.work.own_rounds = own_rounds;
             let c = &mut sc.call;
@@ -517,6 +504,7 @@ fn compute(
             h,
             k,
         );
+        // The down rows through the combine's own view of them (it holds the buffer).
         let dn = Down::new(
             isa,
             s.prefetch,
@@ -531,8 +519,7 @@ fn compute(
             &dn,
             &s.routing,
             &s.unfused,
-            &s.items_up,
-            &s.items_down,
+            (&s.items_up, &s.items_down),
             &combine,
             &mut s.expert_state,
             s.own_rounds,
@@ -551,14 +538,8 @@ fn compute(
         inter_q,
         act_d,
     );
-    let dn = Down::new(
-        isa,
-        s.prefetch,
-        (&l.down, sd),
-        q_rows,
-        act_d,
-        Raw::new(down_out.as_mut_ptr()),
-    );
+    let out_rows = Raw::new(down_out.as_mut_ptr());
+    let dn = Down::new(isa, s.prefetch, (&l.down, sd), q_rows, act_d, out_rows);
     down(pool, &dn, &s.items_down, i_dim);
     combine(pool, pos_of, down_out, h, k, weights, out);
     Ok(())

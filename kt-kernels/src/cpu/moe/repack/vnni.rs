@@ -54,7 +54,7 @@ const LEAD: usize = 4096;
 /// one process, two processes): int4 g128 V3 one token 1.445 / 1.476 -> 1.309 / 1.339 ms,
 /// V2-Lite one token 0.235 / 0.244 -> 0.217 / 0.226, two tokens (two streams where an
 /// expert has both) 0.424 / 0.440 -> 0.389 / 0.400, int8 g128 V2-Lite one token 0.407 /
-/// 0.475 -> 0.372 / 0.428: 8-11% faster, 34-38% against no prefetch and one stream. (On
+/// 0.475 -> 0.372 / 0.428: 7-10% faster, 33-38% against no prefetch and one stream. (On
 /// the 2-core AMD dev VM, two threads, four streams read 5-7% slower than one; not chased:
 /// the device is the machine this path is for.)
 fn streams(tokens: usize) -> usize {
