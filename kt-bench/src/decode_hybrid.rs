@@ -23,7 +23,7 @@ use kt_kernels::cpu::{membw, Isa, ThreadPool};
 use kt_kernels::cuda::Gpu;
 use kt_model::deepseek::{LogitRows, Sampler};
 use kt_model::hybrid::{GraphTimeline, HybridCache, HybridModel, HybridTimes, LayerSplit};
-use kt_model::placement::Placement;
+use kt_model::placement::{ModuleKind, Placement};
 use serde_json::{json, Value};
 
 use crate::decode::{
@@ -358,7 +358,21 @@ impl HybridRun<'_> {
         let gpu = Gpu::new(0).map_err(|e| format!("--rules {}: {e}", w.rules))?;
         let device = gpu.info().name.clone();
         let t = Instant::now();
-        let mut model = HybridModel::new(gpu, &w.gguf, w.config.clone(), placement, self.isa)?;
+        // Repacking the routed experts at load (`int4_amx`, `int8_amx`) takes about a minute
+        // for DeepSeek-V2-Lite on 16 cores: say so while it runs.
+        let repacks = placement
+            .modules()
+            .iter()
+            .any(|m| m.kind == ModuleKind::RoutedExperts && m.format.repack().is_some());
+        let what = if repacks {
+            "loading the model, repacking the routed experts for the CPU (~1 min a 16B model)"
+        } else {
+            "loading the model"
+        };
+        let bar = crate::decode::phase_bar(!a.json, None, "", what.into());
+        let model = HybridModel::new(gpu, &w.gguf, w.config.clone(), placement, self.isa);
+        bar.finish_and_clear();
+        let mut model = model?;
         // KT_PREFETCH=0: graph replays without the next MoE layer's predicted prefetch (the
         // A/B of the same binary)
         let prefetch = std::env::var("KT_PREFETCH").map_or(true, |v| v.trim() != "0");
