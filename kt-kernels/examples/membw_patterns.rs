@@ -1,6 +1,7 @@
 //! The read-bandwidth probe's patterns side by side (`cpu::membw`): which way of reading a
 //! work item pulls the most from DRAM on this machine.
-//!   cargo run --release -p kt-kernels --example membw_patterns -- THREADS [STREAMS:PREFETCH[l2][@KIB],...] [BYTES]
+//!   cargo run --release -p kt-kernels --example membw_patterns --
+//!     THREADS [STREAMS:PREFETCH[l2][@KIB],...] [BYTES]
 //! Without a list it tries the probe's own patterns. `@KIB` sets the item (slice) size in
 //! KiB (default 1024, the probe's), e.g. `4:1536@288` for a 128-row Q4_K item of 2048 columns
 //! read as the one-token GEMV's four streams.

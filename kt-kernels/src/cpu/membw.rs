@@ -98,7 +98,7 @@ const SLICE: usize = 1 << 20;
 const LINE: usize = cache_hint::LINE;
 
 /// Reads a `bytes`-sized buffer (make it several times the last-level cache) with the
-/// threads of `pool`, slices of 1 MiB (or the pattern's own size) handed out by the same atomic counter the kernels
+/// threads of `pool`, slices of 1 MiB handed out by the same atomic counter the kernels
 /// use, `passes` times with each of [`PATTERNS`]; returns the best pass. The buffer is
 /// filled with non-zero data first so no page is left unmapped.
 pub fn measure_read_bandwidth(pool: &ThreadPool, bytes: usize, passes: usize) -> Bandwidth {
@@ -108,9 +108,9 @@ pub fn measure_read_bandwidth(pool: &ThreadPool, bytes: usize, passes: usize) ->
         .expect("PATTERNS is not empty")
 }
 
-/// [`measure_read_bandwidth`] per pattern: the best pass of each, in the order given.
-/// Passes alternate between the patterns, so a machine whose bandwidth drifts treats
-/// them alike.
+/// [`measure_read_bandwidth`] per pattern: the best pass of each, in the order given, each
+/// pattern reading work items of its own size ([`Pattern::slice_bytes`]). Passes alternate
+/// between the patterns, so a machine whose bandwidth drifts treats them alike.
 pub fn measure_patterns(
     pool: &ThreadPool,
     bytes: usize,
