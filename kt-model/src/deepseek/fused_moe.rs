@@ -42,7 +42,7 @@ enum Experts {
 impl FusedMoe {
     /// The operator over the MoE layers of `tensors` (from `gguf`), with scratch for
     /// `max_batch` tokens of `top_k` experts each; with `repack`, every expert matrix is
-    /// repacked to that layout at load (on the kernels' pool, a layer an item) and runs
+    /// repacked to that layout at load (on the kernels' pool, a projection an item) and runs
     /// on the repacked operator. `None` when the model has no MoE layer.
     pub fn new(
         gguf: &Gguf,
@@ -134,17 +134,10 @@ impl FusedMoe {
     /// timing). 0 for a dense layer.
     #[cfg(feature = "cuda")]
     pub fn routed_bytes(&self, layer: usize, ids: &[u32]) -> u64 {
-        let (experts, bytes) = match &self.experts {
-            Experts::Gguf { layers, .. } => match layers.get(layer).and_then(Option::as_ref) {
-                Some(l) => (l.experts(), l.expert_bytes()),
-                None => return 0,
-            },
-            Experts::Repacked { layers, .. } => match layers.get(layer).and_then(Option::as_ref) {
-                Some(l) => (l.experts(), l.expert_bytes()),
-                None => return 0,
-            },
-        };
-        super::ffn::distinct_experts(ids, experts) * bytes as u64
+        self.layer(layer).map_or(0, |l| {
+            let (experts, bytes) = l.experts_and_bytes();
+            super::ffn::distinct_experts(ids, experts) * bytes as u64
+        })
     }
 
     /// Warms the caches for a decode call of layer `layer` routed to `ids` (a prediction):
@@ -157,20 +150,14 @@ impl FusedMoe {
         ids: &[u32],
         stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<usize> {
-        let issued = match &self.experts {
-            Experts::Gguf { ctx, layers } => match layers.get(layer).and_then(Option::as_ref) {
-                Some(l) => ctx.prefetch(l, ids, stop),
-                None => return Ok(0),
-            },
-            Experts::Repacked { moe, layers } => match layers.get(layer).and_then(Option::as_ref) {
-                Some(l) => moe.prefetch(l, ids, stop),
-                None => return Ok(0),
-            },
+        let Some(l) = self.layer(layer) else {
+            return Ok(0);
         };
-        issued.map_err(|source| ModelError::TensorKernel {
-            tensor: format!("blk.{layer}.ffn_*_exps"),
-            source,
-        })
+        l.prefetch(ids, stop)
+            .map_err(|source| ModelError::TensorKernel {
+                tensor: format!("blk.{layer}.ffn_*_exps"),
+                source,
+            })
     }
 
     /// `set_prefetch_rounds` of the operator: the gate+up items per thread
@@ -202,35 +189,15 @@ impl FusedMoe {
         weights: &[f32],
         out: &mut [f32],
     ) -> Result<()> {
-        let missing = || ModelError::Forward {
+        let l = self.layer(layer).ok_or_else(|| ModelError::Forward {
             reason: format!("layer {layer} has no routed experts"),
-        };
-        let (k, step) = (self.top_k, self.max_batch());
-        let (h, call): (usize, &MoeCall) = match &self.experts {
-            Experts::Gguf { ctx, layers } => {
-                let l = layers
-                    .get(layer)
-                    .and_then(Option::as_ref)
-                    .ok_or_else(missing)?;
-                (l.hidden(), &move |x, ids, w, out| {
-                    ctx.forward(l, x, ids, w, out)
-                })
-            }
-            Experts::Repacked { moe, layers } => {
-                let l = layers
-                    .get(layer)
-                    .and_then(Option::as_ref)
-                    .ok_or_else(missing)?;
-                (l.hidden(), &move |x, ids, w, out| {
-                    moe.forward(l, x, ids, w, out)
-                })
-            }
-        };
+        })?;
+        let (h, k, step) = (l.hidden(), self.top_k, self.max_batch());
         let rows = x.len() / h;
         let mut t = 0;
         while t < rows {
             let n = step.min(rows - t);
-            call(
+            l.forward(
                 &x[t * h..(t + n) * h],
                 &ids[t * k..(t + n) * k],
                 &weights[t * k..(t + n) * k],
@@ -244,10 +211,65 @@ impl FusedMoe {
         }
         Ok(())
     }
+
+    /// Layer `layer`'s experts and their operator (`None` for a dense layer).
+    fn layer(&self, layer: usize) -> Option<LayerRef<'_>> {
+        match &self.experts {
+            Experts::Gguf { ctx, layers } => {
+                layers.get(layer)?.as_ref().map(|l| LayerRef::Gguf(ctx, l))
+            }
+            Experts::Repacked { moe, layers } => layers
+                .get(layer)?
+                .as_ref()
+                .map(|l| LayerRef::Repacked(moe, l)),
+        }
+    }
 }
 
-/// One call of either operator on one layer: `(x, ids, weights, out)`.
-type MoeCall<'a> = dyn Fn(&[f32], &[u32], &[f32], &mut [f32]) -> kt_kernels::Result<()> + 'a;
+/// One MoE layer's experts with the operator that runs them.
+enum LayerRef<'a> {
+    Gguf(&'a MoeContext, &'a MoeLayer),
+    Repacked(&'a RepackedMoe, &'a RepackedLayer),
+}
+
+impl LayerRef<'_> {
+    fn hidden(&self) -> usize {
+        match self {
+            LayerRef::Gguf(_, l) => l.hidden(),
+            LayerRef::Repacked(_, l) => l.hidden(),
+        }
+    }
+
+    /// The layer's expert count and the bytes of one expert's three matrices.
+    #[cfg(feature = "cuda")]
+    fn experts_and_bytes(&self) -> (usize, usize) {
+        match self {
+            LayerRef::Gguf(_, l) => (l.experts(), l.expert_bytes()),
+            LayerRef::Repacked(_, l) => (l.experts(), l.expert_bytes()),
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &[f32],
+        ids: &[u32],
+        weights: &[f32],
+        out: &mut [f32],
+    ) -> kt_kernels::Result<()> {
+        match self {
+            LayerRef::Gguf(ctx, l) => ctx.forward(l, x, ids, weights, out),
+            LayerRef::Repacked(moe, l) => moe.forward(l, x, ids, weights, out),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn prefetch(&self, ids: &[u32], stop: &(dyn Fn() -> bool + Sync)) -> kt_kernels::Result<usize> {
+        match self {
+            LayerRef::Gguf(ctx, l) => ctx.prefetch(l, ids, stop),
+            LayerRef::Repacked(moe, l) => moe.prefetch(l, ids, stop),
+        }
+    }
+}
 
 /// The GGUF-native operator over `layers`, on the kernels' global pool.
 fn gguf_context(
@@ -300,17 +322,14 @@ fn repack_layers(
         .into_iter()
         .map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()));
     let mut out = Vec::with_capacity(layers.len());
-    for (li, l) in layers.iter().enumerate() {
+    for (li, (l, t)) in layers.iter().zip(&tensors.layers).enumerate() {
         let [g, u, d] = [stacks.next(), stacks.next(), stacks.next()].map(Option::flatten);
-        out.push(match (l, g, u, d) {
+        out.push(match (l, &t.ffn, g, u, d) {
             (None, ..) => None,
-            (Some(_), Some(g), Some(u), Some(d)) => {
-                let layer = RepackedLayer::new(g?, u?, d?);
-                Some(layer.map_err(|source| match &tensors.layers[li].ffn {
-                    Ffn::Moe(m) => kernel_err(&m.gate_exps, source),
-                    Ffn::Dense(_) => ModelError::Kernel(source),
-                })?)
-            }
+            (Some(_), Ffn::Moe(m), Some(g), Some(u), Some(d)) => Some(
+                RepackedLayer::new(g?, u?, d?)
+                    .map_err(|source| kernel_err(&m.gate_exps, source))?,
+            ),
             _ => {
                 return Err(ModelError::Forward {
                     reason: format!("layer {li}: repacking its experts produced no stack"),

@@ -311,12 +311,7 @@ fn gate_up(
 ) {
     let (ag, au) = (Raw::new(act_g.as_ptr()), Raw::new(act_u.as_ptr()));
     let (inter, tiles) = (Raw::new(inter.as_mut_ptr()), Raw::new(tiles.as_mut_ptr()));
-    let work = items
-        .iter()
-        .map(|it| it.rows as usize * it.tokens as usize)
-        .sum::<usize>()
-        * d.h;
-    phase(pool, items.len(), work, &|i, thread| {
+    phase(pool, items.len(), plan::elems(items, d.h), &|i, thread| {
         // Every position has its own gathered row here (`Copies::All`).
         let it = items[i];
         let a_row = it.pos0 as usize;
@@ -459,12 +454,7 @@ fn down(
 ) {
     let a = Raw::new(act.as_ptr());
     let out = Raw::new(down_out.as_mut_ptr());
-    let work = items
-        .iter()
-        .map(|it| it.rows as usize * it.tokens as usize)
-        .sum::<usize>()
-        * d.n_inter;
-    phase(pool, items.len(), work, &|i, _| {
+    phase(pool, items.len(), plan::elems(items, d.n_inter), &|i, _| {
         // SAFETY: `act` holds every position's quantized intermediate and `down_out`
         // every position's output row; items partition (position, row).
         unsafe { down_item(l, kd, d, items[i], a, out) };

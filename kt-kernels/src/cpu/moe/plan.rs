@@ -91,6 +91,15 @@ impl Item {
     }
 }
 
+/// Multiply-adds of `items` over `cols` columns (a phase's size, for its serial threshold).
+pub(crate) fn elems(items: &[Item], cols: usize) -> usize {
+    items
+        .iter()
+        .map(|it| it.rows as usize * it.tokens as usize)
+        .sum::<usize>()
+        * cols
+}
+
 /// Tokens per C tile of the AMX kernels: a busy expert's positions past a multiple of it
 /// start a C tile that costs as much as a full one.
 const AMX_TOKEN_GROUP: usize = 16;

@@ -95,6 +95,7 @@ pub(super) struct GateUp<'a> {
     inter: Raw<f32>,
     q: Raw<u8>,
     q_stride: usize,
+    q_rows: usize,
     sd: ActScales,
     tiles: Raw<f32>,
     /// The buffers stay borrowed while the items run.
@@ -124,12 +125,19 @@ impl<'a> GateUp<'a> {
             a_rows: act.len() / act_row,
             sg,
             inter: Raw::new(inter.as_mut_ptr()),
+            q_rows: inter_q.q.len() / inter_q.stride,
             q: Raw::new(inter_q.q.as_mut_ptr()),
             q_stride: inter_q.stride,
             sd: inter_q.scales,
             tiles: Raw::new(tiles.as_mut_ptr()),
             _bufs: PhantomData,
         }
+    }
+
+    /// The quantized intermediate the items write, as (rows, count) for [`Down`] in the same
+    /// job: the pointer the writes go through, so the reads share its provenance.
+    pub fn quantized(&self) -> (Raw<u8>, usize) {
+        (self.q, self.q_rows)
     }
 
     /// Whether item `it` quantizes its block of the intermediate itself (else it leaves

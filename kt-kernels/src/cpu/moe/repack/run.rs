@@ -471,7 +471,6 @@ fn compute(
     let (act, _) = act_all.split_at_mut(pairs * act_g);
     gather(pool, isa, (fg, sg), x, h, k, pos_of, act, act_g);
     let inter_q_all = &mut s.inter_q.as_mut_slice()[..(pairs + PAD_ROWS) * act_d];
-    let q_rows = (Raw::new(inter_q_all.as_ptr()), inter_q_all.len() / act_d);
     let gu = GateUp::new(
         isa,
         s.prefetch,
@@ -509,7 +508,7 @@ fn compute(
             isa,
             s.prefetch,
             (&l.down, sd),
-            q_rows,
+            gu.quantized(),
             act_d,
             combine.down_out(),
         );
@@ -538,6 +537,8 @@ fn compute(
         inter_q,
         act_d,
     );
+    // Fresh pointers: the phases above wrote the buffers through borrows of their own.
+    let q_rows = (Raw::new(inter_q_all.as_ptr()), inter_q_all.len() / act_d);
     let out_rows = Raw::new(down_out.as_mut_ptr());
     let dn = Down::new(isa, s.prefetch, (&l.down, sd), q_rows, act_d, out_rows);
     down(pool, &dn, &s.items_down, i_dim);
@@ -547,7 +548,7 @@ fn compute(
 
 /// The gate+up phase: every item of `items` (`h` columns).
 fn gate_up(pool: &ThreadPool, gu: &GateUp, items: &[Item], h: usize) {
-    phase(pool, items.len(), elems(items, h), &|i, thread| {
+    phase(pool, items.len(), plan::elems(items, h), &|i, thread| {
         // SAFETY: items partition (position, row) of the intermediate; `thread` is the
         // pool's (or 0 inline) and owns its tiles; the activations are gathered.
         unsafe { gu.item(items[i], thread) };
@@ -557,20 +558,11 @@ fn gate_up(pool: &ThreadPool, gu: &GateUp, items: &[Item], h: usize) {
 /// The down phase: every item of `items` (`cols` columns), after the intermediate's
 /// quantization.
 fn down(pool: &ThreadPool, dn: &Down, items: &[Item], cols: usize) {
-    phase(pool, items.len(), elems(items, cols), &|i, _| {
+    phase(pool, items.len(), plan::elems(items, cols), &|i, _| {
         // SAFETY: every position's quantized intermediate is written; items partition
         // (position, row) of the down rows.
         unsafe { dn.item(items[i]) };
     });
-}
-
-/// Multiply-adds of `items` over `cols` columns (for [`phase`]'s threshold).
-fn elems(items: &[Item], cols: usize) -> usize {
-    items
-        .iter()
-        .map(|it| it.rows as usize * it.tokens as usize)
-        .sum::<usize>()
-        * cols
 }
 
 /// (hidden, intermediate, experts, act row strides of gate/up and of down).
