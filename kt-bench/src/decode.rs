@@ -512,12 +512,7 @@ pub(crate) fn phase_bar(show: bool, len: Option<u64>, unit: &str, what: String) 
     let bar = match len {
         Some(n) => {
             let b = ProgressBar::new(n);
-            let style = ProgressStyle::with_template(&format!(
-                "{{msg}} [{{bar:40}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}"
-            ))
-            .expect("a valid template")
-            .progress_chars("=> ");
-            b.set_style(style);
+            b.set_style(bar_style(unit));
             b
         }
         None => {
@@ -528,6 +523,15 @@ pub(crate) fn phase_bar(show: bool, len: Option<u64>, unit: &str, what: String) 
     };
     bar.set_message(what);
     bar
+}
+
+/// The style of [`phase_bar`]'s bars over steps of `unit`.
+pub(crate) fn bar_style(unit: &str) -> ProgressStyle {
+    ProgressStyle::with_template(&format!(
+        "{{msg}} [{{bar:40}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}"
+    ))
+    .expect("a valid template")
+    .progress_chars("=> ")
 }
 
 /// BOS (when the model has one), then pseudo-random ids of the vocabulary.

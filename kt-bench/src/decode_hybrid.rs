@@ -23,7 +23,7 @@ use kt_kernels::cpu::{membw, Isa, ThreadPool};
 use kt_kernels::cuda::Gpu;
 use kt_model::deepseek::{LogitRows, Sampler};
 use kt_model::hybrid::{GraphTimeline, HybridCache, HybridModel, HybridTimes, LayerSplit};
-use kt_model::placement::{ModuleKind, Placement};
+use kt_model::placement::Placement;
 use serde_json::{json, Value};
 
 use crate::decode::{
@@ -358,19 +358,26 @@ impl HybridRun<'_> {
         let gpu = Gpu::new(0).map_err(|e| format!("--rules {}: {e}", w.rules))?;
         let device = gpu.info().name.clone();
         let t = Instant::now();
-        // Repacking the routed experts at load (`int4_amx`, `int8_amx`) takes about a minute
-        // for DeepSeek-V2-Lite on 16 cores: say so while it runs.
-        let repacks = placement
-            .modules()
-            .iter()
-            .any(|m| m.kind == ModuleKind::RoutedExperts && m.format.repack().is_some());
-        let what = if repacks {
-            "loading the model, repacking the routed experts for the CPU (~1 min a 16B model)"
-        } else {
-            "loading the model"
+        // A spinner while the model loads; where the routed experts are repacked for the
+        // CPU (`int4_amx`, `int8_amx`: the load's longest step), a bar over the expert
+        // matrices once that starts.
+        let bar = crate::decode::phase_bar(!a.json, None, "", "loading the model".into());
+        let repacked = |done: usize, total: usize| {
+            if bar.length() != Some(total as u64) {
+                bar.set_length(total as u64);
+                bar.set_style(crate::decode::bar_style("expert matrices"));
+                bar.set_message("repacking the routed experts for the CPU");
+            }
+            bar.set_position(done as u64);
         };
-        let bar = crate::decode::phase_bar(!a.json, None, "", what.into());
-        let model = HybridModel::new(gpu, &w.gguf, w.config.clone(), placement, self.isa);
+        let model = HybridModel::new_reporting(
+            gpu,
+            &w.gguf,
+            w.config.clone(),
+            placement,
+            self.isa,
+            &repacked,
+        );
         bar.finish_and_clear();
         let mut model = model?;
         // KT_PREFETCH=0: graph replays without the next MoE layer's predicted prefetch (the

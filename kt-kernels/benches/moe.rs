@@ -6,10 +6,14 @@
 //! Weights are 64 quantized random rows repeated to fill every expert (see kt-bench);
 //! the routing cycles through 64 pre-drawn uniform routings so the experts read vary
 //! from call to call.
+//!
+//! `repack/...` times the load-time conversion of one expert stack into the repacked
+//! layouts (`kt_kernels::cpu::moe::repack`).
 
 use std::cell::Cell;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kt_kernels::cpu::moe::repack::{RepackFormat, RepackedStack};
 use kt_kernels::cpu::moe::{ExpertStack, MoeContext, MoeLayer, PoolRef};
 use kt_kernels::cpu::{self, Isa};
 use kt_kernels::quant::{self, QType};
@@ -96,5 +100,23 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// The load-time repack of one V2-Lite gate stack (64 Q4_K experts of 1408 x 2048) into
+/// the AMX / AVX512-VNNI layouts, on every thread of the pool.
+fn bench_repack(c: &mut Criterion) {
+    let gate = stack(QType::Q4_K, I, H, 1);
+    let mut g = c.benchmark_group("repack/v2-lite/gate/q4_K");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements((E * I * H) as u64));
+    for f in [
+        RepackFormat::Int4 { group: 128 },
+        RepackFormat::Int8 { group: 128 },
+    ] {
+        g.bench_function(f.name(), |b| {
+            b.iter(|| RepackedStack::from_stack(&gate, f).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_repack);
 criterion_main!(benches);

@@ -2,6 +2,8 @@
 //! each layout (printed: `cargo test --test moe_repacked_layouts -- --nocapture`) within
 //! bounds that follow from the rounding, and the repack from GGUF stacks.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use kt_kernels::cpu::moe::repack::{relative_error, repack_error, RepackFormat, RepackedStack};
 use kt_kernels::cpu::moe::ExpertStack;
 use kt_kernels::quant::{self, QType};
@@ -134,7 +136,13 @@ fn layout_errors_against_f32_and_gguf_originals() {
         let mut deq = vec![0f32; w.len()];
         quant::dequantize(q, stack.bytes(), &mut deq).unwrap();
         for (f, err_f32) in &report {
-            let r = RepackedStack::from_stack(&stack, *f).unwrap();
+            // Every expert reported done once.
+            let done = AtomicUsize::new(0);
+            let r = RepackedStack::from_stack_reporting(&stack, *f, &|| {
+                done.fetch_add(1, Ordering::Relaxed);
+            })
+            .unwrap();
+            assert_eq!(done.load(Ordering::Relaxed), e, "{q} -> {}", f.name());
             let err = repack_error(&stack, &r).unwrap();
             // Requantizing the GGUF values is the same operation on slightly different
             // weights: the error is the layout's own, within 10% of the f32 case.

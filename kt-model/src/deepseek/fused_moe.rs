@@ -12,6 +12,7 @@
 use kt_kernels::cpu::moe::repack::{RepackFormat, RepackedLayer, RepackedMoe, RepackedStack};
 use kt_kernels::cpu::moe::{ExpertStack, MoeContext, MoeLayer, PoolRef};
 use kt_kernels::cpu::{self, Isa};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{ModelError, Result};
 use crate::gguf::{Gguf, Tensor};
@@ -20,6 +21,10 @@ use crate::tensors::{Ffn, ModelTensors};
 /// The batch the context is sized for unless told otherwise: a decode step and prompts of
 /// moderate length run as one call; longer prompts run in pieces of this many tokens.
 pub const DEFAULT_MAX_BATCH: usize = 512;
+
+/// Progress of a load that repacks the routed experts: called as `(done, total)` expert
+/// matrices (one projection of one expert), from the kernels' pool threads.
+pub type RepackProgress<'p> = &'p (dyn Fn(usize, usize) + Sync);
 
 pub(crate) struct FusedMoe {
     experts: Experts,
@@ -42,15 +47,16 @@ enum Experts {
 impl FusedMoe {
     /// The operator over the MoE layers of `tensors` (from `gguf`), with scratch for
     /// `max_batch` tokens of `top_k` experts each; with `repack`, every expert matrix is
-    /// repacked to that layout at load (on the kernels' pool, a projection an item) and runs
-    /// on the repacked operator. `None` when the model has no MoE layer.
+    /// repacked to that layout at load (on the kernels' pool, an expert an item; progress
+    /// reported as it goes) and runs on the repacked operator. `None` when the model has no
+    /// MoE layer.
     pub fn new(
         gguf: &Gguf,
         tensors: &ModelTensors<'_>,
         isa: Isa,
         top_k: usize,
         max_batch: usize,
-        repack: Option<RepackFormat>,
+        repack: Option<(RepackFormat, RepackProgress<'_>)>,
     ) -> Result<Option<Self>> {
         let layers = tensors
             .layers
@@ -74,8 +80,8 @@ impl FusedMoe {
                 ctx: gguf_context(&layers, isa, max_batch, top_k)?,
                 layers,
             },
-            Some(f) => {
-                let layers = repack_layers(&layers, f, tensors)?;
+            Some((f, progress)) => {
+                let layers = repack_layers(&layers, f, tensors, progress)?;
                 Experts::Repacked {
                     moe: repacked_operator(&layers, isa, max_batch, top_k)?,
                     layers,
@@ -295,47 +301,36 @@ fn repacked_operator(
     RepackedMoe::new(pool, isa, max_batch, top_k, &moe).map_err(ModelError::Kernel)
 }
 
-/// Every MoE layer's experts repacked to `f` (gate, up and down alike), one projection of
-/// one layer per item of the kernels' pool (a V2-Lite projection, 64 experts of 2.9 M
-/// weights, is a few seconds of one core); an error names the projection's tensor.
+/// Every MoE layer's experts repacked to `f` (gate, up and down alike), a projection at a
+/// time, its experts spread over the kernels' pool (a V2-Lite projection is 64 experts of
+/// 2.9 M weights); an error names the projection's tensor. `progress(done, total)` counts
+/// expert matrices.
 fn repack_layers(
     layers: &[Option<MoeLayer>],
     f: RepackFormat,
     tensors: &ModelTensors<'_>,
+    progress: RepackProgress<'_>,
 ) -> Result<Vec<Option<RepackedLayer>>> {
-    type Slot = std::sync::Mutex<Option<Result<RepackedStack>>>;
-    let slots: Vec<Slot> = (0..3 * layers.len()).map(|_| Slot::new(None)).collect();
-    cpu::pool::global().for_each(slots.len(), &|i, _| {
-        let (li, p) = (i / 3, i % 3);
-        let (Some(l), Ffn::Moe(m)) = (&layers[li], &tensors.layers[li].ffn) else {
-            return;
-        };
-        let (stack, tensor) = match p {
-            0 => (l.gate(), &m.gate_exps),
-            1 => (l.up(), &m.up_exps),
-            _ => (l.down(), &m.down_exps),
-        };
-        let r = RepackedStack::from_stack(stack, f).map_err(|source| kernel_err(tensor, source));
-        *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-    });
-    let mut stacks = slots
-        .into_iter()
-        .map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()));
+    let total: usize = layers.iter().flatten().map(|l| 3 * l.experts()).sum();
+    let done = AtomicUsize::new(0);
+    let expert_done = || progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
     let mut out = Vec::with_capacity(layers.len());
-    for (li, (l, t)) in layers.iter().zip(&tensors.layers).enumerate() {
-        let [g, u, d] = [stacks.next(), stacks.next(), stacks.next()].map(Option::flatten);
-        out.push(match (l, &t.ffn, g, u, d) {
-            (None, ..) => None,
-            (Some(_), Ffn::Moe(m), Some(g), Some(u), Some(d)) => Some(
-                RepackedLayer::new(g?, u?, d?)
-                    .map_err(|source| kernel_err(&m.gate_exps, source))?,
-            ),
-            _ => {
-                return Err(ModelError::Forward {
-                    reason: format!("layer {li}: repacking its experts produced no stack"),
-                })
-            }
-        });
+    for (l, t) in layers.iter().zip(&tensors.layers) {
+        let (Some(l), Ffn::Moe(m)) = (l, &t.ffn) else {
+            out.push(None);
+            continue;
+        };
+        let repack = |stack: &ExpertStack, tensor: &Tensor<'_>| {
+            RepackedStack::from_stack_reporting(stack, f, &expert_done)
+                .map_err(|source| kernel_err(tensor, source))
+        };
+        let gate = repack(l.gate(), &m.gate_exps)?;
+        let up = repack(l.up(), &m.up_exps)?;
+        let down = repack(l.down(), &m.down_exps)?;
+        out.push(Some(
+            RepackedLayer::new(gate, up, down)
+                .map_err(|source| kernel_err(&m.gate_exps, source))?,
+        ));
     }
     Ok(out)
 }

@@ -74,6 +74,7 @@ use kt_kernels::cuda::{DeviceBuf, Gpu};
 use kt_kernels::ops::{RopeYarn, RouterConfig};
 
 use crate::config::DeepSeekConfig;
+pub use crate::deepseek::fused_moe::RepackProgress;
 use crate::deepseek::fused_moe::{FusedMoe, DEFAULT_MAX_BATCH};
 use crate::deepseek::linear::Linear;
 use crate::deepseek::{rope_of, router_config};
@@ -185,6 +186,19 @@ impl<'a> HybridModel<'a> {
         placement: &Placement,
         isa: Isa,
     ) -> HybridResult<Self> {
+        Self::new_reporting(gpu, gguf, config, placement, isa, &|_, _| {})
+    }
+
+    /// [`HybridModel::new`], reporting the longest step of a load that repacks the routed
+    /// experts (`int4_amx`, `int8_amx`): `repacked(done, total)` counts expert matrices.
+    pub fn new_reporting(
+        gpu: Gpu,
+        gguf: &'a Gguf,
+        config: DeepSeekConfig,
+        placement: &Placement,
+        isa: Isa,
+        repacked: RepackProgress<'_>,
+    ) -> HybridResult<Self> {
         Self::check(&config, placement)?;
         let formats = Formats::new(placement)?;
         let tensors = ModelTensors::from_gguf(gguf, &config)?;
@@ -228,7 +242,7 @@ impl<'a> HybridModel<'a> {
                 isa,
                 config.experts_per_tok,
                 DEFAULT_MAX_BATCH,
-                formats.routed_repack(),
+                formats.routed_repack().map(|f| (f, repacked)),
             )?
         } else {
             None

@@ -97,20 +97,52 @@ const GROUP_DIV_RANGE: (f32, f32) = (6.5, 8.0);
 /// 1.5 * 2^23 (exact for |y| <= 2^22 in the default rounding mode): the scale searches
 /// call this ~50 times per weight at load, and `f32::round` is a libm call.
 pub(crate) fn quant4(sc: f32, v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
     if sc == 0.0 {
         0.0
     } else {
-        let y = (v / sc).clamp(-8.0, 7.0);
-        (y + MAGIC) - MAGIC
+        round4(v / sc)
     }
 }
 
-fn sq_err(src: &[f32], sc: f32) -> f32 {
-    src.iter().map(|&v| (v - sc * quant4(sc, v)).powi(2)).sum()
+/// `y` clamped to -8..=7 and rounded to the nearest integer, ties to even ([`quant4`]).
+#[inline(always)]
+fn round4(y: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (y.clamp(-8.0, 7.0) + MAGIC) - MAGIC
 }
 
-/// Quantizes one INT4 row (`src`, whole groups) with folded scales: `scales[g]` gets
+/// The squared error of `src` quantized as [`quant4`] does under scale `sc`. The scale
+/// searches spend most of a repack here, so the sum runs in [`LANES`] independent partial
+/// sums (the compiler keeps them in vector registers; one running sum would wait on each
+/// addition), and `v / sc` is taken as `v * (1 / sc)`: a vector division costs more than
+/// the rest of an element's work, and the two differ by an ulp or two, which moves an
+/// integer only for a quotient within that of a rounding tie (the error then counted is
+/// the neighbouring integer's, as close as the tie is).
+pub(crate) fn sq_err(src: &[f32], sc: f32) -> f32 {
+    if sc == 0.0 {
+        return src.iter().map(|v| v * v).sum();
+    }
+    let inv = 1.0 / sc;
+    let err = |v: f32| {
+        let e = v - sc * round4(v * inv);
+        e * e
+    };
+    let mut acc = [0f32; LANES];
+    let chunks = src.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| err(v)).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += err(v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Partial sums of [`sq_err`]: two SSE vectors (x86-64's baseline), one AVX vector.
+const LANES: usize = 8;
+
+/// Quantizes one INT4 row (`src`, whole groups; `amax[g]` the largest magnitude of group
+/// `g`) with folded scales: `scales[g]` gets
 /// `d * m[g]` (exact in f16) and `q` the integers. `smax` is the largest group scale
 /// magnitude the row wants (the per-group quantizer's choice for its largest group): it
 /// sets the row scale candidates; for each candidate `d` every group picks the
@@ -120,6 +152,7 @@ fn sq_err(src: &[f32], sc: f32) -> f32 {
 pub(crate) fn quantize_row_folded(
     src: &[f32],
     group: usize,
+    amax: &[f32],
     smax: f32,
     scales: &mut [f16],
     q: &mut [i8],
@@ -139,7 +172,7 @@ pub(crate) fn quantize_row_folded(
         };
         let mut total = 0f32;
         for (g, x) in src.chunks_exact(group).enumerate() {
-            let (e, m) = best_mult(x, d);
+            let (e, m) = best_mult(x, amax[g], d);
             mults[g] = m;
             total += e;
         }
@@ -168,9 +201,9 @@ pub(crate) fn quantize_row_folded(
 
 /// The multiplier of one group under row scale `d`: the least squared error among those
 /// near `amax / r` (r in [`GROUP_DIV_RANGE`]), either sign, within the int8 range and
-/// exact in f16. Returns (error, m); an all-zero group gets m = 0.
-fn best_mult(x: &[f32], d: f32) -> (f32, i32) {
-    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+/// exact in f16 (`amax`: the largest magnitude of `x`). Returns (error, m); an all-zero
+/// group gets m = 0.
+fn best_mult(x: &[f32], amax: f32, d: f32) -> (f32, i32) {
     if amax == 0.0 {
         return (0.0, 0);
     }
@@ -215,7 +248,11 @@ mod tests {
             let smax = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 7.0;
             let mut s = vec![f16::NAN; groups];
             let mut q = vec![0i8; cols];
-            assert!(quantize_row_folded(&x, group, smax, &mut s, &mut q));
+            let amax: Vec<f32> = x
+                .chunks(group)
+                .map(|g| g.iter().fold(0f32, |m, v| m.max(v.abs())))
+                .collect();
+            assert!(quantize_row_folded(&x, group, &amax, smax, &mut s, &mut q));
             let sf: Vec<f32> = s.iter().map(|v| v.to_f32()).collect();
             let mut m = vec![0i8; groups];
             let d = factor(&sf, &mut m).expect("a folded row factors");

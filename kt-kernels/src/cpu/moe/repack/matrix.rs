@@ -2,11 +2,14 @@
 //! once at load time from f32 weights or from a GGUF expert stack (dequantized with the
 //! reference, then requantized), and the error report of a conversion.
 
+use std::sync::Mutex;
+
 use half::f16;
 
-use super::fold::{quant4, quantize_row_folded, Fold};
+use super::fold::{quant4, quantize_row_folded, sq_err, Fold};
 use super::format::{locate, RepackFormat, PANEL};
 use crate::cpu::moe::ExpertStack;
+use crate::cpu::pool;
 use crate::error::{KtError, Result};
 use crate::quant::reference as quant_ref;
 use crate::util::AlignedBuf;
@@ -37,7 +40,8 @@ fn bad(detail: String) -> KtError {
 }
 
 impl RepackedStack {
-    /// Repacks `w` (`experts x rows x cols`, row-major f32).
+    /// Repacks `w` (`experts x rows x cols`, row-major f32), an expert per item of the
+    /// kernels' pool.
     pub fn from_f32(
         format: RepackFormat,
         w: &[f32],
@@ -52,24 +56,37 @@ impl RepackedStack {
                 w.len()
             )));
         }
-        for e in 0..experts {
-            s.pack_expert(e, &w[e * rows * cols..(e + 1) * rows * cols]);
-        }
-        s.derive_fold();
+        s.pack_experts(
+            &|e, r0, out| out.copy_from_slice(&w[(e * rows + r0) * cols..][..out.len()]),
+            &|| {},
+        );
         Ok(s)
     }
 
     /// Repacks a GGUF expert stack: each expert dequantized with the reference, then
-    /// requantized into `format`.
+    /// requantized into `format`, an expert per item of the kernels' pool.
     pub fn from_stack(stack: &ExpertStack, format: RepackFormat) -> Result<RepackedStack> {
+        RepackedStack::from_stack_reporting(stack, format, &|| {})
+    }
+
+    /// [`RepackedStack::from_stack`], calling `expert_done` (from the pool's threads) as
+    /// each expert is finished: a progress report for loads that repack many stacks.
+    pub fn from_stack_reporting(
+        stack: &ExpertStack,
+        format: RepackFormat,
+        expert_done: &(dyn Fn() + Sync),
+    ) -> Result<RepackedStack> {
         let (experts, rows, cols) = (stack.experts(), stack.rows(), stack.cols());
         let mut s = RepackedStack::empty(format, experts, rows, cols)?;
-        let mut f = vec![0f32; rows * cols];
-        for e in 0..experts {
-            quant_ref::dequantize(stack.qtype(), stack.expert(e), &mut f);
-            s.pack_expert(e, &f);
-        }
-        s.derive_fold();
+        let (qtype, row_bytes) = (stack.qtype(), stack.expert_bytes() / rows);
+        s.pack_experts(
+            &|e, r0, out| {
+                let n = out.len() / cols;
+                let src = &stack.expert(e)[r0 * row_bytes..(r0 + n) * row_bytes];
+                quant_ref::dequantize(qtype, src, out);
+            },
+            expert_done,
+        );
         Ok(s)
     }
 
@@ -199,77 +216,50 @@ impl RepackedStack {
         &self.scales
     }
 
-    /// Quantizes one expert's `rows x cols` f32 matrix into its panels.
-    fn pack_expert(&mut self, e: usize, w: &[f32]) {
-        let (format, cols) = (self.format, self.cols);
-        let (pb, ps) = (format.panel_bytes(cols), format.panel_scales(cols));
+    /// Quantizes every expert into its panels, an expert per item of the kernels' pool (run
+    /// in place when called from inside a pool job), then derives the INT4 fold.
+    /// `rows_of(e, r0, out)` writes rows `r0..` of expert `e` in f32 (`out.len() / cols` of
+    /// them, a panel); `expert_done` is called after each expert.
+    fn pack_experts(
+        &mut self,
+        rows_of: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+        expert_done: &(dyn Fn() + Sync),
+    ) {
+        let (format, rows, cols) = (self.format, self.rows, self.cols);
         let (dn, sn) = (self.expert_data_len(), self.expert_scales_len());
-        let data = &mut self.data.as_mut_slice()[e * dn..(e + 1) * dn];
-        let scales = &mut self.scales[e * sn..(e + 1) * sn];
-        let mut q = vec![0i8; cols];
-        let mut row_scales = vec![f16::ZERO; format.group().map_or(0, |g| cols / g)];
-        for r in 0..self.rows {
-            let (p, n) = (r / PANEL, r % PANEL);
-            let panel = &mut data[p * pb..(p + 1) * pb];
-            let row = &w[r * cols..(r + 1) * cols];
-            match format {
-                RepackFormat::Bf16 => {
-                    for (k, &v) in row.iter().enumerate() {
-                        let (b, _) = locate(format, n, k);
-                        panel[b..b + 2]
-                            .copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
-                    }
-                }
-                RepackFormat::Int8 { group } | RepackFormat::Int4 { group } => {
-                    let int4 = matches!(format, RepackFormat::Int4 { .. });
-                    // INT4: scales folded over the row (`fold.rs`), the row scale set by
-                    // the best own scale of the group with the largest magnitude; the
-                    // groups' own scales only where no row scale is exact in f16.
-                    let folded = int4 && {
-                        let gmax = row
-                            .chunks_exact(group)
-                            .map(|x| x.iter().fold(0f32, |m, v| m.max(v.abs())))
-                            .enumerate()
-                            .fold((0, -1f32), |b, (g, a)| if a > b.1 { (g, a) } else { b })
-                            .0;
-                        let own = quantize_int4_group(
-                            &row[gmax * group..(gmax + 1) * group],
-                            &mut q[..group],
-                        );
-                        quantize_row_folded(row, group, own.to_f32().abs(), &mut row_scales, &mut q)
-                    };
-                    if !folded {
-                        for (g, (src, dst)) in row
-                            .chunks_exact(group)
-                            .zip(q.chunks_exact_mut(group))
-                            .enumerate()
-                        {
-                            row_scales[g] = if int4 {
-                                quantize_int4_group(src, dst)
-                            } else {
-                                quantize_int8_group(src, dst)
-                            };
-                        }
-                    }
-                    for (g, &d) in row_scales.iter().enumerate() {
-                        scales[p * ps + g * PANEL + n] = d;
-                    }
-                    for (k, &v) in q.iter().enumerate() {
-                        let (b, nib) = locate(format, n, k);
-                        if int4 {
-                            let u = (v + 8) as u8;
-                            panel[b] = if nib == 0 {
-                                (panel[b] & 0xF0) | u
-                            } else {
-                                (panel[b] & 0x0F) | (u << 4)
-                            };
-                        } else {
-                            panel[b] = v as u8;
-                        }
-                    }
-                }
+        let (pb, ps) = (format.panel_bytes(cols), format.panel_scales(cols));
+        // Each item locks only its own expert's slices: no lock is ever contended.
+        let scales: Vec<&mut [f16]> = if sn == 0 {
+            (0..self.experts).map(|_| &mut [][..]).collect()
+        } else {
+            self.scales.chunks_mut(sn).collect()
+        };
+        let parts: Vec<Mutex<(&mut [u8], &mut [f16])>> = self
+            .data
+            .as_mut_slice()
+            .chunks_mut(dn)
+            .zip(scales)
+            .map(Mutex::new)
+            .collect();
+        pool::global().for_each(parts.len(), &|e, _| {
+            let mut part = parts[e].lock().unwrap_or_else(|p| p.into_inner());
+            let (data, scales) = &mut *part;
+            let mut w = vec![0f32; PANEL * cols];
+            let mut scratch = PanelScratch::new(format, cols);
+            for p in 0..rows / PANEL {
+                rows_of(e, p * PANEL, &mut w);
+                pack_panel(
+                    format,
+                    &w,
+                    &mut data[p * pb..(p + 1) * pb],
+                    &mut scales[p * ps..(p + 1) * ps],
+                    &mut scratch,
+                );
             }
-        }
+            expert_done();
+        });
+        drop(parts);
+        self.derive_fold();
     }
 
     /// Expert `e` back to f32, `rows x cols` row-major: exactly the values the kernels
@@ -315,9 +305,126 @@ pub(crate) fn int_weight(format: RepackFormat, panel: &[u8], n: usize, k: usize)
     }
 }
 
-/// Symmetric int8 in -127..=127 with `d = absmax / 127` rounded to f16; returns `d`.
-fn quantize_int8_group(src: &[f32], dst: &mut [i8]) -> f16 {
-    let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+/// Per-thread buffers of [`pack_panel`]: one row's integers, its group scales and group
+/// magnitudes.
+struct PanelScratch {
+    q: Vec<i8>,
+    row_scales: Vec<f16>,
+    amax: Vec<f32>,
+}
+
+impl PanelScratch {
+    fn new(format: RepackFormat, cols: usize) -> PanelScratch {
+        let groups = format.group().map_or(0, |g| cols / g);
+        PanelScratch {
+            q: vec![0; cols],
+            row_scales: vec![f16::ZERO; groups],
+            amax: vec![0.0; groups],
+        }
+    }
+}
+
+/// Quantizes the [`PANEL`] rows of `w` (`PANEL x cols`, row-major) into one panel's bytes
+/// and scales (`[group][16]`). INT4 rows get folded scales (`fold.rs`), the row scale set
+/// by the best own scale of the group with the largest magnitude; per-group scales only
+/// where no row scale is exact in f16.
+fn pack_panel(
+    format: RepackFormat,
+    w: &[f32],
+    panel: &mut [u8],
+    scales: &mut [f16],
+    t: &mut PanelScratch,
+) {
+    let cols = w.len() / PANEL;
+    for (n, row) in w.chunks_exact(cols).enumerate() {
+        let group = match format {
+            RepackFormat::Bf16 => {
+                write_bf16_row(row, n, panel);
+                continue;
+            }
+            RepackFormat::Int8 { group } | RepackFormat::Int4 { group } => group,
+        };
+        let int4 = matches!(format, RepackFormat::Int4 { .. });
+        for (a, x) in t.amax.iter_mut().zip(row.chunks_exact(group)) {
+            *a = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        }
+        let folded = int4 && {
+            let gmax = (0..t.amax.len()).fold(0, |b, g| if t.amax[g] > t.amax[b] { g } else { b });
+            let own = quantize_int4_group(
+                &row[gmax * group..(gmax + 1) * group],
+                t.amax[gmax],
+                &mut t.q[..group],
+            );
+            quantize_row_folded(
+                row,
+                group,
+                &t.amax,
+                own.to_f32().abs(),
+                &mut t.row_scales,
+                &mut t.q,
+            )
+        };
+        if !folded {
+            for (g, (src, dst)) in row
+                .chunks_exact(group)
+                .zip(t.q.chunks_exact_mut(group))
+                .enumerate()
+            {
+                t.row_scales[g] = if int4 {
+                    quantize_int4_group(src, t.amax[g], dst)
+                } else {
+                    quantize_int8_group(src, t.amax[g], dst)
+                };
+            }
+        }
+        for (g, &d) in t.row_scales.iter().enumerate() {
+            scales[g * PANEL + n] = d;
+        }
+        if int4 {
+            write_int4_row(&t.q, n, panel);
+        } else {
+            write_int8_row(&t.q, n, panel);
+        }
+    }
+}
+
+/// Row `n` of a BF16 panel: elements `2i`, `2i + 1` side by side at u16 `i * 32 + n * 2`
+/// ([`locate`]).
+fn write_bf16_row(row: &[f32], n: usize, panel: &mut [u8]) {
+    for (i, pair) in row.chunks_exact(2).enumerate() {
+        let at = 2 * (i * 32 + n * 2);
+        for (j, &v) in pair.iter().enumerate() {
+            let b = half::bf16::from_f32(v).to_bits().to_le_bytes();
+            panel[at + 2 * j..at + 2 * j + 2].copy_from_slice(&b);
+        }
+    }
+}
+
+/// Row `n` of an INT8 panel: elements `4i..4i + 4` at bytes `i * 64 + n * 4..` ([`locate`]).
+fn write_int8_row(q: &[i8], n: usize, panel: &mut [u8]) {
+    for (i, four) in q.chunks_exact(4).enumerate() {
+        let at = i * 64 + n * 4;
+        for (o, &v) in panel[at..at + 4].iter_mut().zip(four) {
+            *o = v as u8;
+        }
+    }
+}
+
+/// Row `n` of an INT4 panel: of the eight elements `8i..8i + 8`, the first four in the low
+/// nibbles of bytes `i * 64 + n * 4..`, the last four in their high nibbles, each as
+/// `q + 8` ([`locate`]).
+fn write_int4_row(q: &[i8], n: usize, panel: &mut [u8]) {
+    for (i, eight) in q.chunks_exact(8).enumerate() {
+        let at = i * 64 + n * 4;
+        for (j, o) in panel[at..at + 4].iter_mut().enumerate() {
+            *o = (eight[j] + 8) as u8 | (((eight[4 + j] + 8) as u8) << 4);
+        }
+    }
+}
+
+/// Symmetric int8 in -127..=127 with `d = amax / 127` rounded to f16 (`amax`: the largest
+/// magnitude of `src`); returns `d`.
+fn quantize_int8_group(src: &[f32], amax: f32, dst: &mut [i8]) -> f16 {
     let d = f16::from_f32(amax / 127.0);
     let inv = if d.to_f32() > 0.0 {
         1.0 / d.to_f32()
@@ -330,10 +437,9 @@ fn quantize_int8_group(src: &[f32], dst: &mut [i8]) -> f16 {
     d
 }
 
-/// Symmetric int4 in -8..=7: the f16 scale among `±absmax / r` (r in [`INT4_DIVISORS`])
-/// with the least squared error; returns it.
-fn quantize_int4_group(src: &[f32], dst: &mut [i8]) -> f16 {
-    let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+/// Symmetric int4 in -8..=7: the f16 scale among `±amax / r` (r in [`INT4_DIVISORS`];
+/// `amax` the largest magnitude of `src`) with the least squared error; returns it.
+fn quantize_int4_group(src: &[f32], amax: f32, dst: &mut [i8]) -> f16 {
     if amax == 0.0 {
         dst.fill(0);
         return f16::ZERO;
@@ -344,7 +450,7 @@ fn quantize_int4_group(src: &[f32], dst: &mut [i8]) -> f16 {
         for sign in [1.0f32, -1.0] {
             let d = f16::from_f32(sign * amax / r);
             let df = d.to_f32();
-            let err: f32 = src.iter().map(|&v| (v - df * quant(df, v)).powi(2)).sum();
+            let err = sq_err(src, df);
             if err < best.0 {
                 best = (err, d);
             }
