@@ -633,10 +633,11 @@ impl HybridRun<'_> {
         }
         if let Some(l) = model.gpu_prefill_load() {
             println!(
-                "gpu prefill experts: calls of more than {} tokens; {:.2} GB pinned, repacked in {:.1} s, int4 relative RMS error {:.4} (worst matrix {:.4})",
+                "gpu prefill experts: calls of more than {} tokens; {:.2} GB pinned, repacked in {:.1} s ({:.1} s of it pinning), int4 relative RMS error {:.4} (worst matrix {:.4})",
                 model.gpu_prefill_threshold().unwrap_or(0),
                 l.pinned_bytes as f64 / 1e9,
                 l.seconds,
+                l.pin_seconds,
                 l.relative_rms,
                 l.worst_relative_rms
             );
@@ -670,6 +671,7 @@ fn gpu_prefill_json(model: &HybridModel) -> Option<Value> {
         json!({
             "threshold": model.gpu_prefill_threshold(),
             "repack_s": l.seconds,
+            "pin_s": l.pin_seconds,
             "pinned_bytes": l.pinned_bytes,
             "layer_bytes": l.layer_bytes,
             "relative_rms": l.relative_rms,

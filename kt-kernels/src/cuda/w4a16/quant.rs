@@ -53,6 +53,17 @@ pub(crate) fn check_shape(op: &'static str, n: usize, k: usize) -> CudaResult<()
     Ok(())
 }
 
+/// `y` rounded to the nearest integer, halves away from zero (as `f32::round`), clamped to
+/// -8..=7. Without SSE4.1 `f32::round` is a library call per element; this is the same
+/// result from a truncating conversion (exact: `y - trunc(y)` is exact below 2^23).
+#[inline(always)]
+fn round_int4(y: f32) -> i8 {
+    let y = y.clamp(-8.0, 7.0);
+    let t = y as i32;
+    let frac = y - t as f32;
+    (t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)) as i8
+}
+
 impl<T: MmaFloat> Int4Weights<T> {
     /// Quantizes `w` (`[n, k]` row-major f32): per group, scale = max|w| / 7 rounded to T,
     /// q = round(w / scale) clamped to -8..=7. Returns the weights and their error.
@@ -82,8 +93,8 @@ impl<T: MmaFloat> Int4Weights<T> {
                 scales[g * n + c] = s;
                 let sf = s.to_f32();
                 let inv = if sf == 0.0 { 0.0 } else { 1.0 / sf };
-                for (j, &v) in row.iter().enumerate() {
-                    q[c * k + g * GROUP + j] = (v * inv).round().clamp(-8.0, 7.0) as i8;
+                for (o, &v) in q[c * k + g * GROUP..][..GROUP].iter_mut().zip(row) {
+                    *o = round_int4(v * inv);
                 }
             }
         }
@@ -148,18 +159,48 @@ impl<T: MmaFloat> Int4Weights<T> {
 
     fn error_against(&self, w: &[f32]) -> QuantError {
         let deq = self.dequantize();
-        let (mut max_abs, mut se, mut sw) = (0.0f64, 0.0f64, 0.0f64);
-        for (&a, &b) in w.iter().zip(&deq) {
-            let d = (a as f64 - b as f64).abs();
-            max_abs = max_abs.max(d);
-            se += d * d;
-            sw += (a as f64) * (a as f64);
+        // Partial sums in LANES lanes (one running f64 sum waits on each addition; a load
+        // measures every expert matrix of the model).
+        const LANES: usize = 8;
+        let (mut max_abs, mut se, mut sw) = ([0.0f64; LANES], [0.0f64; LANES], [0.0f64; LANES]);
+        for (a, b) in w.chunks(LANES).zip(deq.chunks(LANES)) {
+            for (l, (&a, &b)) in a.iter().zip(b).enumerate() {
+                let d = (a as f64 - b as f64).abs();
+                max_abs[l] = max_abs[l].max(d);
+                se[l] += d * d;
+                sw[l] += (a as f64) * (a as f64);
+            }
         }
+        let max_abs = max_abs.iter().fold(0.0f64, |m, &v| m.max(v));
+        let (se, sw): (f64, f64) = (se.iter().sum(), sw.iter().sum());
         let len = w.len() as f64;
         QuantError {
             max_abs,
             rms: (se / len).sqrt(),
             rms_weight: (sw / len).sqrt(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_int4;
+
+    #[test]
+    fn round_int4_is_round_then_clamp() {
+        let mut ys = vec![
+            0.0f32, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, 6.5, 7.5, -7.5, -8.5, 1e9, -1e9,
+        ];
+        for i in -1000..=1000 {
+            let y = i as f32 / 100.0;
+            ys.extend([
+                y,
+                f32::from_bits(y.to_bits() + 1),
+                f32::from_bits(y.to_bits().max(1) - 1),
+            ]);
+        }
+        for y in ys {
+            assert_eq!(round_int4(y), y.round().clamp(-8.0, 7.0) as i8, "{y}");
         }
     }
 }

@@ -81,6 +81,8 @@ pub(crate) fn prefill_threshold(placement: &Placement) -> HybridResult<Option<us
 pub struct GpuPrefillLoad {
     /// Wall time of the repack (dequantize, int4 quantize, pack) into pinned memory.
     pub seconds: f64,
+    /// The part of `seconds` spent allocating (and zeroing) the pinned slabs.
+    pub pin_seconds: f64,
     /// Pinned host bytes of all layers' slabs, and of one layer (one copy).
     pub pinned_bytes: usize,
     pub layer_bytes: usize,
@@ -152,15 +154,18 @@ impl GpuExperts {
         let mut host = Vec::with_capacity(tensors.layers.len());
         let mut moe_layers = Vec::new();
         let (mut worst, mut sum_sq, mut matrices) = (0.0f64, 0.0f64, 0usize);
+        let mut pin_seconds = 0.0;
         for (li, layer) in tensors.layers.iter().enumerate() {
             let Ffn::Moe(moe) = &layer.ffn else {
                 host.push(None);
                 continue;
             };
+            let t_pin = Instant::now();
             let mut slabs = Slabs {
                 gate_up: HostExpertSlab::new(gpu, shapes.gate_up)?,
                 down: HostExpertSlab::new(gpu, shapes.down)?,
             };
+            pin_seconds += t_pin.elapsed().as_secs_f64();
             let errors = repack_layer(&mut slabs, moe, experts)?;
             for e in errors {
                 worst = worst.max(e);
@@ -203,6 +208,7 @@ impl GpuExperts {
             pairs: None,
             load: GpuPrefillLoad {
                 seconds,
+                pin_seconds,
                 pinned_bytes,
                 layer_bytes,
                 worst_relative_rms: worst,
