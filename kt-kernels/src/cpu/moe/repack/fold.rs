@@ -117,8 +117,46 @@ fn round4(y: f32) -> f32 {
 /// addition), and `v / sc` is taken as `v * (1 / sc)`: a vector division costs more than
 /// the rest of an element's work, and the two differ by an ulp or two, which moves an
 /// integer only for a quotient within that of a rounding tie (the error then counted is
-/// the neighbouring integer's, as close as the tie is).
+/// the neighbouring integer's, as close as the tie is). Where the CPU has AVX512 or AVX2
+/// the same code runs compiled for it: the same operations lane by lane, so the same bits.
 pub(crate) fn sq_err(src: &[f32], sc: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX512F, checked just above.
+            return unsafe { sq_err_avx512(src, sc) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { sq_err_avx2(src, sc) };
+        }
+    }
+    sq_err_lanes(src, sc)
+}
+
+/// [`sq_err_lanes`] compiled for AVX512 (one register of partial sums).
+///
+/// # Safety
+/// The CPU has AVX512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sq_err_avx512(src: &[f32], sc: f32) -> f32 {
+    sq_err_lanes(src, sc)
+}
+
+/// [`sq_err_lanes`] compiled for AVX2 (two registers of partial sums).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sq_err_avx2(src: &[f32], sc: f32) -> f32 {
+    sq_err_lanes(src, sc)
+}
+
+/// The body of [`sq_err`], inlined into each ISA's copy.
+#[inline(always)]
+fn sq_err_lanes(src: &[f32], sc: f32) -> f32 {
     if sc == 0.0 {
         return src.iter().map(|v| v * v).sum();
     }
@@ -138,8 +176,9 @@ pub(crate) fn sq_err(src: &[f32], sc: f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Partial sums of [`sq_err`]: two SSE vectors (x86-64's baseline), one AVX vector.
-const LANES: usize = 8;
+/// Partial sums of [`sq_err`]: one AVX512 register, two AVX2 ones, four of SSE (x86-64's
+/// baseline).
+const LANES: usize = 16;
 
 /// Quantizes one INT4 row (`src`, whole groups; `amax[g]` the largest magnitude of group
 /// `g`) with folded scales: `scales[g]` gets
@@ -260,6 +299,38 @@ mod tests {
                 assert_eq!(d * m[g] as f32, sf[g], "trial {trial} group {g}");
             }
             assert!(q.iter().all(|&v| (-8..=7).contains(&v)));
+        }
+    }
+
+    #[test]
+    fn squared_errors_agree_on_every_isa() {
+        let mut rng = SplitMix64::new(9);
+        let mut x = vec![0f32; 300];
+        rng.fill_normal(&mut x, 0.3);
+        for len in [0, 1, 15, 16, 17, 128, 131, 300] {
+            for sc in [0.0f32, 0.01, -0.037, 0.09, 1.0] {
+                let want = sq_err_lanes(&x[..len], sc);
+                let got = sq_err(&x[..len], sc);
+                assert_eq!(got.to_bits(), want.to_bits(), "len {len} sc {sc}");
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        // SAFETY: AVX2 checked just above.
+                        let a = unsafe { sq_err_avx2(&x[..len], sc) };
+                        assert_eq!(a.to_bits(), want.to_bits(), "avx2 len {len} sc {sc}");
+                    }
+                }
+                // Against the plain sum of squared errors of quant4 (division, one running
+                // sum): the same up to f32 rounding of the sums and the reciprocal.
+                let plain: f32 = x[..len]
+                    .iter()
+                    .map(|&v| (v - sc * quant4(sc, v)).powi(2))
+                    .sum();
+                assert!(
+                    (want - plain).abs() <= 1e-5 * plain.max(1e-12),
+                    "{want} vs {plain}"
+                );
+            }
         }
     }
 
