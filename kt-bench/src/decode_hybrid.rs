@@ -358,15 +358,15 @@ impl HybridRun<'_> {
         let gpu = Gpu::new(0).map_err(|e| format!("--rules {}: {e}", w.rules))?;
         let device = gpu.info().name.clone();
         let t = Instant::now();
-        // A spinner while the model loads; where the routed experts are repacked for the
-        // CPU (`int4_amx`, `int8_amx`: the load's longest step), a bar over the expert
-        // matrices once that starts.
+        // A spinner while the model loads; where the routed experts are repacked (for the
+        // CPU as `int4_amx` / `int8_amx`, or for the GPU prefill: the load's longest steps),
+        // a bar over the expert matrices while that runs.
         let bar = crate::decode::phase_bar(!a.json, None, "", "loading the model".into());
         let repacked = |done: usize, total: usize| {
             if bar.length() != Some(total as u64) {
                 bar.set_length(total as u64);
                 bar.set_style(crate::decode::bar_style("expert matrices"));
-                bar.set_message("repacking the routed experts for the CPU");
+                bar.set_message("repacking the routed experts");
             }
             bar.set_position(done as u64);
         };

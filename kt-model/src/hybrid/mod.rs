@@ -189,8 +189,9 @@ impl<'a> HybridModel<'a> {
         Self::new_reporting(gpu, gguf, config, placement, isa, &|_, _| {})
     }
 
-    /// [`HybridModel::new`], reporting the longest step of a load that repacks the routed
-    /// experts (`int4_amx`, `int8_amx`): `repacked(done, total)` counts expert matrices.
+    /// [`HybridModel::new`], reporting the longest steps of a load: the repack of the routed
+    /// experts for the CPU (`int4_amx`, `int8_amx`) and for the GPU prefill
+    /// (`prefill_device`), each counted in expert matrices by `repacked(done, total)`.
     pub fn new_reporting(
         gpu: Gpu,
         gguf: &'a Gguf,
@@ -248,7 +249,9 @@ impl<'a> HybridModel<'a> {
             None
         };
         let gpu_experts = match gpu_experts::prefill_threshold(placement)? {
-            Some(threshold) => Some(GpuExperts::load(&gpu, &tensors, &config, threshold)?),
+            Some(threshold) => Some(GpuExperts::load(
+                &gpu, &tensors, &config, threshold, repacked,
+            )?),
             None => None,
         };
         let rope = rope_of(&config)?;

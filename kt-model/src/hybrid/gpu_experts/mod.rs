@@ -15,6 +15,7 @@
 
 mod group;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use half::bf16;
@@ -24,6 +25,7 @@ use kt_kernels::cuda::{DeviceBuf, Gpu, GpuEvent, GpuStream};
 
 use super::error::{HybridError, HybridResult};
 use crate::config::DeepSeekConfig;
+use crate::deepseek::fused_moe::RepackProgress;
 use crate::deepseek::linear::Linear;
 use crate::placement::{Device, ModuleKind, Placement, WeightFormat};
 use crate::tensors::{Ffn, ModelTensors};
@@ -143,6 +145,7 @@ impl GpuExperts {
         tensors: &ModelTensors<'_>,
         config: &DeepSeekConfig,
         threshold: usize,
+        progress: RepackProgress<'_>,
     ) -> HybridResult<Self> {
         let t0 = Instant::now();
         let (experts, hidden) = (config.n_routed_experts, config.hidden_size);
@@ -155,6 +158,14 @@ impl GpuExperts {
         let mut moe_layers = Vec::new();
         let (mut worst, mut sum_sq, mut matrices) = (0.0f64, 0.0f64, 0usize);
         let mut pin_seconds = 0.0;
+        // Progress in expert matrices (gate, up and down of one expert count three).
+        let moe_count = tensors
+            .layers
+            .iter()
+            .filter(|l| matches!(l.ffn, Ffn::Moe(_)))
+            .count();
+        let (done, total) = (AtomicUsize::new(0), 3 * experts * moe_count);
+        let expert_done = || progress(done.fetch_add(3, Ordering::Relaxed) + 3, total);
         for (li, layer) in tensors.layers.iter().enumerate() {
             let Ffn::Moe(moe) = &layer.ffn else {
                 host.push(None);
@@ -166,7 +177,7 @@ impl GpuExperts {
                 down: HostExpertSlab::new(gpu, shapes.down)?,
             };
             pin_seconds += t_pin.elapsed().as_secs_f64();
-            let errors = repack_layer(&mut slabs, moe, experts)?;
+            let errors = repack_layer(&mut slabs, moe, experts, &expert_done)?;
             for e in errors {
                 worst = worst.max(e);
                 sum_sq += e * e;
@@ -327,12 +338,13 @@ impl GpuExperts {
     }
 }
 
-/// Repacks one layer's experts into `slabs` on all cores (experts split between threads);
-/// returns each matrix's relative RMS error.
+/// Repacks one layer's experts into `slabs` on all cores (experts split between threads),
+/// calling `expert_done` after each; returns each matrix's relative RMS error.
 fn repack_layer(
     slabs: &mut Slabs<HostExpertSlab<bf16>>,
     moe: &crate::tensors::MoeFfn<'_>,
     experts: usize,
+    expert_done: &(dyn Fn() + Sync),
 ) -> HybridResult<Vec<f64>> {
     let gate_up = slabs.gate_up.parts_mut()?;
     let down = slabs.down.parts_mut()?;
@@ -358,6 +370,7 @@ fn repack_layer(
                         let down = Linear::from_stacked(&moe.down_exps, e)?;
                         errors.push(repack(&[gate, up], &mut |q| g.set(q))?);
                         errors.push(repack(&[down], &mut |q| d.set(q))?);
+                        expert_done();
                     }
                     Ok(errors)
                 })
