@@ -4,7 +4,8 @@
 //! A random Q4_K stack (64 distinct rows repeated) is repacked to int4-g128 and int8-g128
 //! on the kernels' pool (`KT_THREADS` threads) `REPS` times each; printed: seconds and
 //! M weights/s per repack, the same number of bytes freshly allocated and written once
-//! (the first-touch floor), and the reference dequantization of the stack alone.
+//! (the first-touch floor), and the stack's dequantization alone (the reference and the
+//! load path's `cpu::dequantize`).
 
 use std::time::Instant;
 
@@ -91,8 +92,13 @@ fn main() -> Result<(), String> {
         for e in 0..experts {
             quant::reference::dequantize(q, stack.expert(e), &mut out);
         }
+        let reference = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for e in 0..experts {
+            kt_kernels::cpu::dequantize(q, stack.expert(e), &mut out).map_err(|e| e.to_string())?;
+        }
         println!(
-            "dequantize (reference, one thread): {:.3} s",
+            "dequantize, one thread: reference {reference:.3} s, cpu::dequantize {:.3} s",
             t.elapsed().as_secs_f64()
         );
     }

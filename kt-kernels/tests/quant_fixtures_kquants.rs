@@ -65,6 +65,11 @@ fn dequantize_is_bit_exact_with_ggml() {
     for t in KQUANTS.into_iter().chain([QType::Q8_K]) {
         let ours = dequant(t, &ggml_quant(t));
         assert_bits_eq(t.name(), &ours, &ggml_dequant(t));
+        // The load path's vectorized dequantization too.
+        let q = ggml_quant(t);
+        let mut fast = poisoned(ours.len());
+        kt_kernels::cpu::dequantize(t, &q, &mut fast).unwrap();
+        assert_bits_eq(&format!("{t} (cpu::dequantize)"), &fast, &ggml_dequant(t));
     }
 }
 

@@ -70,6 +70,15 @@ fn dequantize_is_bit_exact_with_ggml() {
     for t in SMALL.into_iter().chain(FLOATS) {
         let ours = dequantized(t, &ggml_quant(t), ROWS * COLS);
         let want = ggml_dequant(t);
+        // The load path's vectorized dequantization gives the same bits.
+        let mut fast = poisoned(ROWS * COLS);
+        kt_kernels::cpu::dequantize(t, &ggml_quant(t), &mut fast).unwrap();
+        assert!(
+            fast.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{t}: cpu::dequantize differs from ggml"
+        );
         let bad: Vec<usize> = (0..ROWS * COLS)
             .filter(|&i| ours[i].to_bits() != want[i].to_bits())
             .collect();

@@ -7,6 +7,7 @@
 //! level; everything it lacks falls through to the level below.
 
 mod cache_hint;
+pub mod dequant;
 pub mod dispatch;
 pub mod isa;
 pub mod matmul;
@@ -25,6 +26,7 @@ pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 
+pub use dequant::dequantize;
 pub use isa::Isa;
 pub use matmul::{
     act_row_bytes, gemv_bound, matmul, matmul_f32_reference, matmul_quantized_with, matmul_with,

@@ -170,7 +170,8 @@ impl<'a> Linear<'a> {
             });
         }
         let b = self.row_bytes();
-        quant::dequantize(self.qtype, &self.data[r * b..(r + 1) * b], out)
+        // The reference's values, by the vectorized load-time path.
+        kt_kernels::cpu::dequantize(self.qtype, &self.data[r * b..(r + 1) * b], out)
             .map_err(|source| self.kernel_err(source))
     }
 

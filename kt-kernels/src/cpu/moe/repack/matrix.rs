@@ -9,7 +9,7 @@ use half::f16;
 use super::fold::{quant4, quantize_row_folded, sq_err, Fold};
 use super::format::{locate, RepackFormat, PANEL};
 use crate::cpu::moe::ExpertStack;
-use crate::cpu::pool;
+use crate::cpu::{dequant, pool};
 use crate::error::{KtError, Result};
 use crate::quant::reference as quant_ref;
 use crate::util::AlignedBuf;
@@ -63,8 +63,9 @@ impl RepackedStack {
         Ok(s)
     }
 
-    /// Repacks a GGUF expert stack: each expert dequantized with the reference, then
-    /// requantized into `format`, an expert per item of the kernels' pool.
+    /// Repacks a GGUF expert stack: each expert dequantized (the reference's values, by
+    /// [`crate::cpu::dequantize`]), then requantized into `format`, an expert per item of
+    /// the kernels' pool.
     pub fn from_stack(stack: &ExpertStack, format: RepackFormat) -> Result<RepackedStack> {
         RepackedStack::from_stack_reporting(stack, format, &|| {})
     }
@@ -83,7 +84,7 @@ impl RepackedStack {
             &|e, r0, out| {
                 let n = out.len() / cols;
                 let src = &stack.expert(e)[r0 * row_bytes..(r0 + n) * row_bytes];
-                quant_ref::dequantize(qtype, src, out);
+                dequant::dequantize_rows(qtype, src, out);
             },
             expert_done,
         );
