@@ -17,12 +17,13 @@
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kt_kernels::cpu::moe::repack::RepackFormat;
 use kt_kernels::cpu::{self, membw};
 use kt_kernels::util::SplitMix64;
 use kt_model::config::DeepSeekConfig;
 use kt_model::deepseek::{DeepSeekModel, LogitRows, MatmulMode, Sampler, StageTimes};
 use kt_model::gguf::Gguf;
-use kt_model::placement::{Placement, RuleSet, WeightFormat};
+use kt_model::placement::{ModuleKind, Placement, RuleSet, WeightFormat};
 use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 
 use crate::gen_gguf::bytes_bar;
@@ -140,6 +141,8 @@ pub(crate) struct Weights {
     /// The placement of a rules file with GPU modules (the hybrid executor runs it).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub hybrid: Option<Placement>,
+    /// The layout all-CPU rules repack the routed experts to (`None`: as stored).
+    pub cpu_repack: Option<RepackFormat>,
 }
 
 fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Error>> {
@@ -152,7 +155,7 @@ fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Er
         };
         let synth = SyntheticModel::new(preset, &opts)?;
         // Placed before the weights are built, so a bad rules file fails at once.
-        let (rules, hybrid) = placement(&a.rules, synth.config())?;
+        let (rules, hybrid, cpu_repack) = placement(&a.rules, synth.config())?;
         let bar = bytes_bar(synth.data_bytes(), "building weights");
         if !show_progress {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -166,6 +169,7 @@ fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Er
             seconds: start.elapsed().as_secs_f64(),
             rules,
             hybrid,
+            cpu_repack,
         });
     }
     if !a.model.ends_with(".gguf") && !std::path::Path::new(&a.model).exists() {
@@ -186,7 +190,7 @@ fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Er
         config.n_layers = n;
         config.first_k_dense_replace = config.first_k_dense_replace.min(n);
     }
-    let (rules, hybrid) = placement(&a.rules, &config)?;
+    let (rules, hybrid, cpu_repack) = placement(&a.rules, &config)?;
     Ok(Weights {
         label: format!("{} ({} layers)", a.model, config.n_layers),
         gguf,
@@ -194,6 +198,7 @@ fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Er
         seconds: start.elapsed().as_secs_f64(),
         rules,
         hybrid,
+        cpu_repack,
     })
 }
 
@@ -202,16 +207,15 @@ fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Er
 ///
 /// `--rules`: `cpu` (the built-in rule set: everything on the CPU, weights as stored) or a
 /// rules file (`rules/*.yaml`), placed against the model's config. The CPU engine runs every
-/// module with the weights as stored, so an all-CPU file that asks for a repacked format is
-/// refused, naming the first such module, rather than being silently ignored. A file with
-/// GPU modules needs the `cuda` build and a placement the hybrid executor can run
-/// (`kt_model::hybrid::HybridModel::check`); otherwise it is refused, naming why.
-fn placement(
-    rules: &str,
-    config: &DeepSeekConfig,
-) -> Result<(String, Option<Placement>), Box<dyn std::error::Error>> {
+/// module with the weights as stored, but for the routed experts, which an all-CPU file may
+/// put in a repacked layout (`int4_amx`, `int8_amx`: one format for every layer; returned
+/// third); any other format is refused, naming the first such module, rather than being
+/// silently ignored. A file with GPU modules needs the `cuda` build and a placement the
+/// hybrid executor can run (`kt_model::hybrid::HybridModel::check`); otherwise it is
+/// refused, naming why.
+fn placement(rules: &str, config: &DeepSeekConfig) -> Result<Placed, Box<dyn std::error::Error>> {
     if rules == "cpu" {
-        return Ok((rules.to_owned(), None));
+        return Ok((rules.to_owned(), None, None));
     }
     let placed = RuleSet::from_file(rules)?.place(config)?;
     if let Some(m) = placed.modules().iter().find(|m| m.device.is_gpu()) {
@@ -223,7 +227,7 @@ fn placement(
                     m.name, m.device
                 )
             })?;
-            return Ok((rules.to_owned(), Some(placed)));
+            return Ok((rules.to_owned(), Some(placed), None));
         }
         #[cfg(not(feature = "cuda"))]
         return Err(format!(
@@ -234,18 +238,40 @@ fn placement(
         )
         .into());
     }
+    let mut repack: Option<(&str, WeightFormat)> = None;
     for m in placed.modules() {
-        if m.format != WeightFormat::Gguf {
+        if m.format == WeightFormat::Gguf {
+            continue;
+        }
+        let routed = m.kind == ModuleKind::RoutedExperts && m.format.repack().is_some();
+        if !routed {
             return Err(format!(
                 "--rules {rules}: module {} asks for format {}, but the CPU engine runs weights \
-                 as stored (format gguf)",
+                 as stored (format gguf), the routed experts also as int4_amx or int8_amx",
                 m.name, m.format
             )
             .into());
         }
+        match repack {
+            Some((first, f)) if f != m.format => {
+                return Err(format!(
+                    "--rules {rules}: modules {first} and {} put the routed experts in {f} and \
+                     {}; the CPU engine takes one format for all layers",
+                    m.name, m.format
+                )
+                .into())
+            }
+            Some(_) => {}
+            None => repack = Some((&m.name, m.format)),
+        }
     }
-    Ok((rules.to_owned(), None))
+    let repack = repack.and_then(|(_, f)| f.repack());
+    Ok((rules.to_owned(), None, repack))
 }
+
+/// What [`placement`] returns: the rules' name, the hybrid placement (GPU modules), and the
+/// repacked layout of an all-CPU file's routed experts.
+type Placed = (String, Option<Placement>, Option<RepackFormat>);
 
 pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     let pool = crate::machine::pool(a.threads)?;
@@ -294,7 +320,30 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         return Err("--crossover needs hybrid rules whose routed experts prefill on the GPU (and a cuda build)".into());
     }
     let rules = w.rules.clone();
-    let mut model = DeepSeekModel::new(&w.gguf, w.config.clone(), matmul)?;
+    let mut model = match w.cpu_repack {
+        None => DeepSeekModel::new(&w.gguf, w.config.clone(), matmul)?,
+        Some(format) => {
+            // The repack is the load's longest step: a bar over the expert matrices.
+            let bar = phase_bar(!a.json, None, "", "loading the model".into());
+            let repacked = |done: usize, total: usize| {
+                if bar.length() != Some(total as u64) {
+                    bar.set_length(total as u64);
+                    bar.set_style(bar_style("expert matrices"));
+                    bar.set_message(format!("repacking the routed experts to {}", format.name()));
+                }
+                bar.set_position(done as u64);
+            };
+            let m = DeepSeekModel::with_repacked_experts(
+                &w.gguf,
+                w.config.clone(),
+                matmul,
+                format,
+                &repacked,
+            );
+            bar.finish_and_clear();
+            m?
+        }
+    };
     model.set_max_batch(prompt_len.min(MAX_MOE_BATCH))?;
     let weight_bytes: usize = w.gguf.files().iter().map(|f| f.len()).sum();
     let prompt = prompt_ids(&w.config, prompt_len, a.seed);

@@ -11,15 +11,25 @@ use kt_model::config::DeepSeekConfig;
 use kt_model::placement::{Device, ModuleKind, Placement, RuleSet};
 use kt_model::synthetic::Preset;
 
+/// The rule files of `rules/` and of its subfolders (variants such as `cpu-int4/`).
 fn shipped() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rules");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let mut files = yaml_files(&dir);
+    for sub in std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()) {
+        if sub.is_dir() {
+            files.extend(yaml_files(&sub));
+        }
+    }
+    files.sort();
+    files
+}
+
+fn yaml_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
-    files
+        .collect()
 }
 
 /// Checks that hold for any placement.
@@ -171,7 +181,14 @@ fn check_named_layout(file: &str, p: &Placement, config: &DeepSeekConfig) {
 #[test]
 fn every_shipped_file_places_each_of_its_models() {
     let files = shipped();
-    assert_eq!(files.len(), 9, "3 layouts x 3 models: {files:?}");
+    let top = files
+        .iter()
+        .filter(|p| p.parent().unwrap().ends_with("rules"));
+    assert_eq!(top.count(), 9, "3 layouts x 3 models: {files:?}");
+    assert!(
+        files.len() > 9,
+        "the variant folders' files are read too: {files:?}"
+    );
     for path in files {
         let file = path.file_name().unwrap().to_string_lossy().into_owned();
         let rules = RuleSet::from_file(&path).unwrap_or_else(|e| panic!("{e}"));

@@ -161,7 +161,13 @@ impl<'a> Moe<'a> {
         let here = Place::Layer(layer);
         clock.lap(here, Stage::Router);
         if clock.is_on() {
-            clock.add_routed_bytes(layer, distinct_experts(&r.ids, e_n) * self.expert_bytes);
+            // The bytes the experts are read in: the fused operator's own (a repacked
+            // layout's), else the GGUF's.
+            let bytes = match fused {
+                Some(f) => f.routed_bytes(layer, &r.ids),
+                None => distinct_experts(&r.ids, e_n) * self.expert_bytes,
+            };
+            clock.add_routed_bytes(layer, bytes);
         }
 
         match fused {

@@ -137,8 +137,7 @@ impl FusedMoe {
 
     /// Weight bytes of the distinct experts of layer `layer` that `ids` name (each read once
     /// per call): what a call's routed experts stream from memory (the hybrid executor's
-    /// timing). 0 for a dense layer.
-    #[cfg(feature = "cuda")]
+    /// and the CPU engine's timing). 0 for a dense layer.
     pub fn routed_bytes(&self, layer: usize, ids: &[u32]) -> u64 {
         self.layer(layer).map_or(0, |l| {
             let (experts, bytes) = l.experts_and_bytes();
@@ -247,7 +246,6 @@ impl LayerRef<'_> {
     }
 
     /// The layer's expert count and the bytes of one expert's three matrices.
-    #[cfg(feature = "cuda")]
     fn experts_and_bytes(&self) -> (usize, usize) {
         match self {
             LayerRef::Gguf(_, l) => (l.experts(), l.expert_bytes()),

@@ -7,7 +7,7 @@ use kt_kernels::ops::{RopeYarn, YarnScaling as OpsYarn};
 use super::attention::{AttentionWeights, MlaShape};
 use super::cache::KvCache;
 use super::ffn::{Mlp, Moe, Routing};
-use super::fused_moe::{FusedMoe, DEFAULT_MAX_BATCH};
+use super::fused_moe::{FusedMoe, RepackProgress, DEFAULT_MAX_BATCH};
 use super::linear::{dequantize_vector, Linear, MatmulMode};
 use super::norm::rms_norm;
 use super::timing::{Place, Stage, StageClock, StageTimes};
@@ -15,6 +15,7 @@ use crate::config::DeepSeekConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::Gguf;
 use crate::tensors::{Ffn, ModelTensors};
+use kt_kernels::cpu::moe::repack::RepackFormat;
 
 /// Which positions of the batch get logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,38 @@ impl<'a> DeepSeekModel<'a> {
     /// The model of `gguf` with `config` (e.g. reconciled with a `config.json`, which
     /// states what the GGUF cannot, like V2's `topk_method`).
     pub fn new(gguf: &'a Gguf, config: DeepSeekConfig, mode: MatmulMode) -> Result<Self> {
+        Self::build(gguf, config, mode, None)
+    }
+
+    /// [`DeepSeekModel::new`] with every routed expert repacked at load to `format` (the
+    /// layouts of `kt_kernels::cpu::moe::repack`: int4 / int8 with group scales for AMX
+    /// and AVX512-VNNI, or bf16), the rest as stored; `repacked(done, total)` counts the
+    /// expert matrices as the repack goes. `Quantized` mode only (the reference mode runs
+    /// the weights as stored).
+    pub fn with_repacked_experts(
+        gguf: &'a Gguf,
+        config: DeepSeekConfig,
+        mode: MatmulMode,
+        format: RepackFormat,
+        repacked: RepackProgress<'_>,
+    ) -> Result<Self> {
+        if mode == MatmulMode::Reference {
+            return Err(ModelError::Forward {
+                reason: format!(
+                    "routed experts repacked to {}: the reference mode runs weights as stored",
+                    format.name()
+                ),
+            });
+        }
+        Self::build(gguf, config, mode, Some((format, repacked)))
+    }
+
+    fn build(
+        gguf: &'a Gguf,
+        config: DeepSeekConfig,
+        mode: MatmulMode,
+        repack: Option<(RepackFormat, RepackProgress<'_>)>,
+    ) -> Result<Self> {
         let tensors = ModelTensors::from_gguf(gguf, &config)?;
         let rope = rope_of(&config)?;
         let shape = MlaShape::new(&config, &rope);
@@ -98,7 +131,7 @@ impl<'a> DeepSeekModel<'a> {
                 isa,
                 config.experts_per_tok,
                 DEFAULT_MAX_BATCH,
-                None,
+                repack,
             )?,
         };
         Ok(DeepSeekModel {
