@@ -325,14 +325,8 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         Some(format) => {
             // The repack is the load's longest step: a bar over the expert matrices.
             let bar = phase_bar(!a.json, None, "", "loading the model".into());
-            let repacked = |done: usize, total: usize| {
-                if bar.length() != Some(total as u64) {
-                    bar.set_length(total as u64);
-                    bar.set_style(bar_style("expert matrices"));
-                    bar.set_message(format!("repacking the routed experts to {}", format.name()));
-                }
-                bar.set_position(done as u64);
-            };
+            let message = format!("repacking the routed experts to {}", format.name());
+            let repacked = repack_progress(&bar, &message);
             let m = DeepSeekModel::with_repacked_experts(
                 &w.gguf,
                 w.config.clone(),
@@ -574,8 +568,25 @@ pub(crate) fn phase_bar(show: bool, len: Option<u64>, unit: &str, what: String) 
     bar
 }
 
+/// A repack's progress report (`(done, total)` expert matrices) drawn on `bar`: a spinner
+/// until then, which turns into a bar over the expert matrices with `message` at the first
+/// report (and again when a second repack brings another total).
+pub(crate) fn repack_progress<'b>(
+    bar: &'b ProgressBar,
+    message: &'b str,
+) -> impl Fn(usize, usize) + Sync + 'b {
+    move |done, total| {
+        if bar.length() != Some(total as u64) {
+            bar.set_length(total as u64);
+            bar.set_style(bar_style("expert matrices"));
+            bar.set_message(message.to_owned());
+        }
+        bar.set_position(done as u64);
+    }
+}
+
 /// The style of [`phase_bar`]'s bars over steps of `unit`.
-pub(crate) fn bar_style(unit: &str) -> ProgressStyle {
+fn bar_style(unit: &str) -> ProgressStyle {
     ProgressStyle::with_template(&format!(
         "{{msg}} [{{bar:40}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}"
     ))

@@ -362,14 +362,7 @@ impl HybridRun<'_> {
         // CPU as `int4_amx` / `int8_amx`, or for the GPU prefill: the load's longest steps),
         // a bar over the expert matrices while that runs.
         let bar = crate::decode::phase_bar(!a.json, None, "", "loading the model".into());
-        let repacked = |done: usize, total: usize| {
-            if bar.length() != Some(total as u64) {
-                bar.set_length(total as u64);
-                bar.set_style(crate::decode::bar_style("expert matrices"));
-                bar.set_message("repacking the routed experts");
-            }
-            bar.set_position(done as u64);
-        };
+        let repacked = crate::decode::repack_progress(&bar, "repacking the routed experts");
         let model = HybridModel::new_reporting(
             gpu,
             &w.gguf,
