@@ -4,7 +4,8 @@
 //! A random Q4_K stack (64 distinct rows repeated) is repacked to int4-g128 and int8-g128
 //! on the kernels' pool (`KT_THREADS` threads) `REPS` times each; printed: seconds and
 //! M weights/s per repack, the same number of bytes freshly allocated and written once
-//! (the first-touch floor), and the stack's dequantization alone (the reference and the
+//! (the first-touch floor: allocated, i.e. zeroed by one thread, and mapped, as the repack's
+//! buffers are), and the stack's dequantization alone (the reference and the
 //! load path's `cpu::dequantize`).
 
 use std::time::Instant;
@@ -70,22 +71,30 @@ fn main() -> Result<(), String> {
                 weights / s / 1e6,
                 r.data().len() as f64 / 1e9
             );
-            // The same bytes allocated fresh and written once by the pool's threads.
-            let t = Instant::now();
-            let mut b = AlignedBuf::with_len(r.data().len());
-            let chunk = 1 << 20;
-            let p = b.as_mut_slice().as_mut_ptr() as usize;
-            let len = r.data().len();
-            pool.for_each(len.div_ceil(chunk), &|i, _| {
-                let n = chunk.min(len - i * chunk);
-                // SAFETY: chunk i of the buffer; chunks are disjoint.
-                unsafe { std::ptr::write_bytes((p as *mut u8).add(i * chunk), 1, n) };
-            });
-            println!(
-                "{:>10}  first touch of as many bytes: {:.3} s",
-                "",
-                t.elapsed().as_secs_f64()
-            );
+            // The same bytes allocated fresh (zeroed by this thread, or mapped as the
+            // repack's buffers are) and written once by the pool's threads.
+            for mapped in [false, true] {
+                let t = Instant::now();
+                let len = r.data().len();
+                let mut b = if mapped {
+                    AlignedBuf::with_len_mapped(len)
+                } else {
+                    AlignedBuf::with_len(len)
+                };
+                let chunk = 1 << 20;
+                let p = b.as_mut_slice().as_mut_ptr() as usize;
+                pool.for_each(len.div_ceil(chunk), &|i, _| {
+                    let n = chunk.min(len - i * chunk);
+                    // SAFETY: chunk i of the buffer; chunks are disjoint.
+                    unsafe { std::ptr::write_bytes((p as *mut u8).add(i * chunk), 1, n) };
+                });
+                println!(
+                    "{:>10}  first touch of as many bytes, {}: {:.3} s",
+                    "",
+                    if mapped { "mapped" } else { "allocated" },
+                    t.elapsed().as_secs_f64()
+                );
+            }
         }
         let t = Instant::now();
         let mut out = vec![0f32; rows * cols];

@@ -138,7 +138,9 @@ impl RepackedStack {
             experts,
             rows,
             cols,
-            data: AlignedBuf::with_len(bytes),
+            // Filled right after by the pool's threads, an expert each: pages they fault
+            // in themselves rather than a serial zeroing of gigabytes here.
+            data: AlignedBuf::with_len_mapped(bytes),
             scales: vec![f16::ZERO; panels * format.panel_scales(cols)],
             fold: None,
         })
