@@ -6,10 +6,11 @@
 //! rule file placed against the model): every module but the routed experts must be on
 //! `cuda:0`, linears in `int4_g128` (W4A16 GEMM) or `bf16` (f32-accumulating GEMM), the
 //! absorbed `attn_k_b` / `attn_v_b` in bf16, norms in f32, the router in f32 or bf16; the
-//! routed experts on the CPU as stored. Anything else is refused with a message naming the
-//! module. The token embedding is gathered on the CPU from the GGUF rows and uploaded
-//! (`T x hidden` f32 per call: the exact rows the CPU path uses, and no `vocab x hidden`
-//! table on the GPU), whatever format the rule names for it.
+//! routed experts on the CPU as stored or repacked at load (`int4_amx`, `int8_amx`), with
+//! `prefill_device: cuda:0` for long prompts as an option (below). Anything else is refused
+//! with a message naming the module. The token embedding is gathered on the CPU from the
+//! GGUF rows and uploaded (`T x hidden` f32 per call: the exact rows the CPU path uses, and
+//! no `vocab x hidden` table on the GPU), whatever format the rule names for it.
 //!
 //! Per layer and call of `T` tokens (`forward.rs`): RMSNorm, queries, rope, the kv
 //! projection written as bf16 rows of the paged latent cache (`kt_kernels::cuda::mla`, one

@@ -94,8 +94,9 @@ const GROUP_DIV_RANGE: (f32, f32) = (6.5, 8.0);
 
 /// `q = round(v / sc)` clamped to -8..=7 (0 when `sc` is 0), ties to even. Clamped
 /// first (the same result: rounding is monotone), then rounded by adding and removing
-/// 1.5 * 2^23 (exact for |y| <= 2^22 in the default rounding mode): the scale searches
-/// call this ~50 times per weight at load, and `f32::round` is a libm call.
+/// 1.5 * 2^23 (exact for |y| <= 2^22 in the default rounding mode; `f32::round` is a libm
+/// call). The final quantization of every weight uses it; the searches' [`sq_err`] rounds
+/// the same way through [`round4`].
 pub(crate) fn quant4(sc: f32, v: f32) -> f32 {
     if sc == 0.0 {
         0.0

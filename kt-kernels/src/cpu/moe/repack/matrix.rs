@@ -79,7 +79,7 @@ impl RepackedStack {
     ) -> Result<RepackedStack> {
         let (experts, rows, cols) = (stack.experts(), stack.rows(), stack.cols());
         let mut s = RepackedStack::empty(format, experts, rows, cols)?;
-        let (qtype, row_bytes) = (stack.qtype(), stack.expert_bytes() / rows);
+        let (qtype, row_bytes) = (stack.qtype(), stack.row_bytes());
         s.pack_experts(
             &|e, r0, out| {
                 let n = out.len() / cols;
