@@ -24,7 +24,7 @@ extern "C" __global__ void __launch_bounds__(256)
 
 // out[t, c] = sum_j weights[t, j] * y[slot[t, j], c] for j = 0 .. top_k - 1 in that order
 // (f32 sums, the same result every run): each token's expert outputs, weighted and summed.
-// One block per token.
+// A negative slot (a pair whose expert ran elsewhere) adds nothing. One block per token.
 extern "C" __global__ void __launch_bounds__(256)
     kt_moe_combine_bf16(const __nv_bfloat16* __restrict__ y, const int* __restrict__ slot,
                         const float* __restrict__ weights, float* __restrict__ out, int top_k,
@@ -35,6 +35,7 @@ extern "C" __global__ void __launch_bounds__(256)
     for (int c = threadIdx.x; c < width; c += blockDim.x) {
         float acc = 0.0f;
         for (int j = 0; j < top_k; ++j) {
+            if (s[j] < 0) continue;
             acc += w[j] * kt_to_f32(y[(long long)s[j] * width + c]);
         }
         out[(long long)t * width + c] = acc;

@@ -107,6 +107,12 @@ pub struct Args {
     /// crossover) and measure the pinned host-to-device bandwidth.
     #[arg(long)]
     pub crossover: bool,
+    /// With hybrid rules that prefill the routed experts on the GPU: how each layer of a
+    /// long chunk splits its experts with the CPU: `auto` (the CPU takes the share that
+    /// evens its time with the GPU's weight copies), `off` (all on the GPU) or a CPU share
+    /// from 0 to 1.
+    #[arg(long, default_value = "auto")]
+    pub prefill_split: String,
 }
 
 impl Args {
@@ -127,6 +133,7 @@ impl Args {
             json: false,
             repetitions: 1,
             crossover: false,
+            prefill_split: "auto".into(),
         }
     }
 }
@@ -318,6 +325,9 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     }
     if a.crossover {
         return Err("--crossover needs hybrid rules whose routed experts prefill on the GPU (and a cuda build)".into());
+    }
+    if a.prefill_split != "auto" {
+        return Err("--prefill-split needs hybrid rules whose routed experts prefill on the GPU (and a cuda build)".into());
     }
     let rules = w.rules.clone();
     let mut model = match w.cpu_repack {

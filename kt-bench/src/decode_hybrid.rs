@@ -22,7 +22,9 @@ use std::time::Instant;
 use kt_kernels::cpu::{membw, Isa, ThreadPool};
 use kt_kernels::cuda::Gpu;
 use kt_model::deepseek::{LogitRows, Sampler};
-use kt_model::hybrid::{GraphTimeline, HybridCache, HybridModel, HybridTimes, LayerSplit};
+use kt_model::hybrid::{
+    GraphTimeline, HybridCache, HybridModel, HybridTimes, LayerSplit, PrefillSplit,
+};
 use kt_model::placement::Placement;
 use serde_json::{json, Value};
 
@@ -386,12 +388,31 @@ impl HybridRun<'_> {
         let gpu_load_s = t.elapsed().as_secs_f64();
         let prompt = prompt_ids(&w.config, prompt_len, a.seed);
 
+        let split = parse_split(&a.prefill_split)?;
+        if model.gpu_prefill_threshold().is_some() {
+            model.set_gpu_prefill_split(split)?;
+        } else if split != PrefillSplit::Auto {
+            return Err(
+                "--prefill-split needs rules whose routed experts prefill on the GPU".into(),
+            );
+        }
+
         let warm = &prompt[..prompt_len.min(WARMUP_TOKENS)];
         let mut scratch_cache = model.new_cache(warm.len() + 1)?;
         let logits = model.forward(warm, &mut scratch_cache, LogitRows::Last)?;
         let next = kt_model::deepseek::argmax(&logits);
         model.forward(&[next], &mut scratch_cache, LogitRows::Last)?;
         drop(scratch_cache);
+        // A prompt the GPU prefill experts take gets one untimed run first (as llama-bench
+        // warms up its prompt test): the GPU path's first call, and the split's first
+        // measure of the CPU's rate, which its first layers are staged without.
+        let gpu_prefill_warmup = model
+            .gpu_prefill_threshold()
+            .is_some_and(|t| prompt_len > t);
+        if gpu_prefill_warmup {
+            let mut warm_cache = model.new_cache(prompt_len)?;
+            model.forward(&prompt, &mut warm_cache, LogitRows::Last)?;
+        }
 
         let mut cache = model.new_cache(prompt_len + gen_len)?;
         let n_layers = w.config.n_layers;
@@ -576,6 +597,7 @@ impl HybridRun<'_> {
                 },
                 "tokens": tokens,
                 "gpu_prefill": gpu_prefill_json(&model),
+                "gpu_prefill_warmup": gpu_prefill_warmup,
                 "crossover": crossover,
                 "prefetch": prefetch,
                 "prefetch_rounds": prefetch_rounds,
@@ -659,10 +681,36 @@ const CROSSOVER_LENS: [usize; 7] = [32, 64, 128, 256, 512, 1024, 2048];
 /// Copies of one layer's expert slabs in the bandwidth measurement.
 const H2D_REPS: usize = 8;
 
+/// `--prefill-split`: `auto`, `off` or a CPU share in 0..=1.
+fn parse_split(v: &str) -> Result<PrefillSplit, Box<dyn std::error::Error>> {
+    match v {
+        "auto" => Ok(PrefillSplit::Auto),
+        "off" => Ok(PrefillSplit::Off),
+        _ => match v.parse::<f64>() {
+            Ok(f) if (0.0..=1.0).contains(&f) => Ok(PrefillSplit::CpuShare(f)),
+            _ => Err(format!(
+                "--prefill-split {v:?}: expected auto, off or a CPU share from 0 to 1"
+            )
+            .into()),
+        },
+    }
+}
+
+fn prefill_split_json(split: Option<PrefillSplit>) -> Value {
+    match split {
+        None => Value::Null,
+        Some(PrefillSplit::Auto) => json!("auto"),
+        Some(PrefillSplit::Off) => json!("off"),
+        Some(PrefillSplit::CpuShare(f)) => json!(f),
+    }
+}
+
 fn gpu_prefill_json(model: &HybridModel) -> Option<Value> {
     model.gpu_prefill_load().map(|l| {
         json!({
             "threshold": model.gpu_prefill_threshold(),
+            "split": prefill_split_json(model.gpu_prefill_split()),
+            "cpu_s_per_pair": model.gpu_prefill_cpu_s_per_pair(),
             "repack_s": l.seconds,
             "pin_s": l.pin_seconds,
             "pinned_bytes": l.pinned_bytes,

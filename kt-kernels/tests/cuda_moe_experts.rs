@@ -66,6 +66,19 @@ fn used(w: &Int4Weights<bf16>, m: usize) -> Vec<f32> {
 
 #[test]
 fn gathered_expert_gemms_and_combine_match_the_reference() {
+    check_experts_on_gpu(EXPERTS);
+}
+
+/// A split prefill: only the first 3 experts' weights staged (over a slot holding other
+/// weights), GEMMs for those, and the other experts' pairs given a negative slot, which
+/// the combine skips (their expert outputs stay NaN: reading one would show).
+#[test]
+fn head_of_the_experts_on_the_gpu_and_the_rest_skipped() {
+    check_experts_on_gpu(3);
+}
+
+/// Experts `0..head` on the GPU against the reference summing only their pairs.
+fn check_experts_on_gpu(head: usize) {
     let Some(gpu) = gpu_or_skip("moe experts") else {
         return;
     };
@@ -99,14 +112,44 @@ fn gathered_expert_gemms_and_combine_match_the_reference() {
     assert!(parts[0].set(&gate_up[0]).is_err());
     drop(parts);
 
-    // Stage through a second stream, ordered by an event.
+    // Stage through a second stream, ordered by an event; with a head, over a slot that
+    // holds other experts' weights (the down slab's values in the wrong places).
     let mut dev_gu = s.alloc_expert_slab::<bf16>(gate_up_shape).unwrap();
     let mut dev_down = s.alloc_expert_slab::<bf16>(down_shape).unwrap();
     s.synchronize().unwrap();
     let copy = s.new_untracked_stream().unwrap();
-    copy.copy_expert_slab(&host_gu, &mut dev_gu).unwrap();
-    copy.copy_expert_slab(&host_down, &mut dev_down).unwrap();
+    if head < EXPERTS {
+        let mut other_gu = HostExpertSlab::new(&gpu, gate_up_shape).unwrap();
+        let mut other_down = HostExpertSlab::new(&gpu, down_shape).unwrap();
+        for (mut p, w) in other_gu
+            .parts_mut()
+            .unwrap()
+            .into_iter()
+            .zip(gate_up.iter().rev())
+        {
+            p.set(w).unwrap();
+        }
+        for (mut p, w) in other_down
+            .parts_mut()
+            .unwrap()
+            .into_iter()
+            .zip(down.iter().rev())
+        {
+            p.set(w).unwrap();
+        }
+        copy.copy_expert_slab(&other_gu, &mut dev_gu).unwrap();
+        copy.copy_expert_slab(&other_down, &mut dev_down).unwrap();
+        copy.synchronize().unwrap();
+        drop((other_gu, other_down));
+    }
+    copy.copy_expert_slab_head(&host_gu, &mut dev_gu, head)
+        .unwrap();
+    copy.copy_expert_slab_head(&host_down, &mut dev_down, head)
+        .unwrap();
     assert!(copy.copy_expert_slab(&host_gu, &mut dev_down).is_err());
+    assert!(copy
+        .copy_expert_slab_head(&host_gu, &mut dev_gu, EXPERTS + 1)
+        .is_err());
     let staged = copy.record_event().unwrap();
     s.wait_event(&staged).unwrap();
 
@@ -131,7 +174,13 @@ fn gathered_expert_gemms_and_combine_match_the_reference() {
 
     let dx = s.upload(&x).unwrap();
     let d_rows = s.upload(&rows).unwrap();
-    let d_slot = s.upload(&slot).unwrap();
+    // the pairs of experts past the head are computed elsewhere: no slot
+    let gpu_slot: Vec<i32> = slot
+        .iter()
+        .zip(&ids)
+        .map(|(&sl, &e)| if (e as usize) < head { sl } else { -1 })
+        .collect();
+    let d_slot = s.upload(&gpu_slot).unwrap();
     let d_w = s.upload(&weights).unwrap();
     let mut xg = nan_buf::<bf16>(s, pairs * HIDDEN);
     let mut gu = nan_buf::<bf16>(s, pairs * 2 * WIDTH);
@@ -140,14 +189,14 @@ fn gathered_expert_gemms_and_combine_match_the_reference() {
     let mut out = nan_buf::<f32>(s, TOKENS * HIDDEN);
     let mut ws = GemmWorkspace::default();
     s.moe_gather(&dx, &d_rows, &mut xg, HIDDEN).unwrap();
-    for (e, r) in ranges.iter().enumerate() {
+    for (e, r) in ranges.iter().enumerate().take(head) {
         if !r.is_empty() {
             s.w4a16_gemm_expert(&dev_gu, e, &xg, r.clone(), &mut gu, &mut ws)
                 .unwrap();
         }
     }
     s.silu_mul(&gu, &mut act, pairs, WIDTH).unwrap();
-    for (e, r) in ranges.iter().enumerate() {
+    for (e, r) in ranges.iter().enumerate().take(head) {
         if !r.is_empty() {
             s.w4a16_gemm_expert(&dev_down, e, &act, r.clone(), &mut y, &mut ws)
                 .unwrap();
@@ -180,7 +229,7 @@ fn gathered_expert_gemms_and_combine_match_the_reference() {
 
     // reference, per pair
     let mut y_ref = vec![0.0f64; pairs * HIDDEN];
-    for (e, r) in ranges.iter().enumerate() {
+    for (e, r) in ranges.iter().enumerate().take(head) {
         if r.is_empty() {
             continue;
         }
@@ -209,6 +258,9 @@ fn gathered_expert_gemms_and_combine_match_the_reference() {
     let mut want = vec![0.0f64; TOKENS * HIDDEN];
     for t in 0..TOKENS {
         for j in 0..TOP_K {
+            if ids[t * TOP_K + j] as usize >= head {
+                continue;
+            }
             let (p, w) = (slot[t * TOP_K + j] as usize, weights[t * TOP_K + j] as f64);
             for c in 0..HIDDEN {
                 want[t * HIDDEN + c] += w * y_ref[p * HIDDEN + c];

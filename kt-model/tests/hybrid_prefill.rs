@@ -26,7 +26,7 @@ mod hybrid_common;
 use kt_kernels::cpu;
 use kt_kernels::util::SplitMix64;
 use kt_model::deepseek::{ForwardTrace, LogitRows};
-use kt_model::hybrid::HybridModel;
+use kt_model::hybrid::{HybridModel, PrefillSplit};
 use kt_model::placement::{Device, ModuleKind, Placement, RuleSet};
 use kt_model::synthetic::{Preset, SyntheticModel};
 
@@ -103,6 +103,8 @@ fn gpu_prefill_experts_match_cpu_experts_within_int4_error() {
     h.set_gpu_prefill_threshold(usize::MAX).unwrap();
     let (cpu_logits, cpu_routes, cpu_steps) = run(&mut h, &ids, &next);
     h.set_gpu_prefill_threshold(16).unwrap();
+    assert_eq!(h.gpu_prefill_split(), Some(PrefillSplit::Auto));
+    h.set_gpu_prefill_split(PrefillSplit::Off).unwrap();
     let (gpu_logits, gpu_routes, gpu_steps) = run(&mut h, &ids, &next);
     let (again, _, _) = run(&mut h, &ids, &next);
     assert!(
@@ -149,6 +151,57 @@ fn gpu_prefill_experts_match_cpu_experts_within_int4_error() {
     eprintln!(
         "prefill rows: relative L2 to the CPU experts {least:.4}..{worst:.4}, bound {bound:.4}"
     );
+    check_splits(&mut h, &ids, &next, &cpu_logits, &gpu_logits, bound);
+}
+
+/// The same prefill with each layer's experts split between the GPU and the CPU
+/// (`PrefillSplit`). All on the CPU through the split path: the CPU experts' logits up to
+/// f32 summation order (the CPU's pairs summed per token after its operator, not in it:
+/// 1e-5 relative). Half on the CPU: deterministic, within the int4 bound of the CPU's, and
+/// closer to them than the all-GPU run (half the pairs carry no int4 error: the squared
+/// error about halves, so the relative L2 falls to about 0.7 of the all-GPU one; asserted
+/// below 0.9). Auto: finite and within the bound. Decode after each: the CPU's.
+fn check_splits(
+    h: &mut HybridModel,
+    ids: &[u32],
+    next: &[u32],
+    cpu_logits: &[f32],
+    gpu_logits: &[f32],
+    bound: f64,
+) {
+    assert!(h
+        .set_gpu_prefill_split(PrefillSplit::CpuShare(1.5))
+        .is_err());
+    h.set_gpu_prefill_split(PrefillSplit::CpuShare(1.0))
+        .unwrap();
+    let (all_cpu, _, steps) = run(h, ids, next);
+    let d = rel_l2(&all_cpu, cpu_logits);
+    eprintln!("split, all experts on the CPU: relative L2 to the CPU experts {d:e}");
+    assert!(d <= 1e-5, "all-CPU split: relative L2 {d:e}");
+    assert!(h.gpu_prefill_cpu_s_per_pair().is_some_and(|c| c > 0.0));
+    assert!(steps.iter().all(|s| s.iter().all(|v| v.is_finite())));
+
+    h.set_gpu_prefill_split(PrefillSplit::CpuShare(0.5))
+        .unwrap();
+    let (half, _, _) = run(h, ids, next);
+    let (again, _, _) = run(h, ids, next);
+    assert!(again == half, "the split prefill differs between two runs");
+    let (d_half, d_gpu) = (rel_l2(&half, cpu_logits), rel_l2(gpu_logits, cpu_logits));
+    eprintln!("split, half on the CPU: relative L2 {d_half:.4} against all-GPU {d_gpu:.4}");
+    assert!(
+        d_half > 1e-4,
+        "half the experts on the GPU moved nothing ({d_half:e})"
+    );
+    assert!(
+        d_half < 0.9 * d_gpu,
+        "{d_half:.4} not below 0.9 x {d_gpu:.4}"
+    );
+    assert!(d_half <= bound);
+
+    h.set_gpu_prefill_split(PrefillSplit::Auto).unwrap();
+    let (auto, _, _) = run(h, ids, next);
+    assert!(auto.iter().all(|v| v.is_finite()));
+    assert!(rel_l2(&auto, cpu_logits) <= bound);
 }
 
 /// GPU prefill rules the executor takes (the test's and `rules/gpu-prefill/`'s) and those

@@ -147,14 +147,29 @@ impl GpuStream {
         src: &HostExpertSlab<T>,
         dst: &mut ExpertSlab<T>,
     ) -> CudaResult<()> {
-        if src.shape != dst.shape {
+        self.copy_expert_slab_head(src, dst, src.shape.experts)
+    }
+
+    /// Queues the copy of the first `experts` experts of `src` into `dst` (same shape);
+    /// returns at once. The others' weights in `dst` stay as they were.
+    pub fn copy_expert_slab_head<T: MmaFloat>(
+        &self,
+        src: &HostExpertSlab<T>,
+        dst: &mut ExpertSlab<T>,
+        experts: usize,
+    ) -> CudaResult<()> {
+        if src.shape != dst.shape || experts > src.shape.experts {
             return Err(shape(
                 "copy_expert_slab",
-                format!("host slab {:?}, device slot {:?}", src.shape, dst.shape),
+                format!(
+                    "{experts} experts of host slab {:?} into device slot {:?}",
+                    src.shape, dst.shape
+                ),
             ));
         }
-        self.copy_from_pinned(&src.packed, &mut dst.packed)?;
-        self.copy_from_pinned(&src.scales, &mut dst.scales)
+        let (pb, sc) = (src.shape.packed_bytes(), src.shape.scales());
+        self.copy_from_pinned_prefix(&src.packed, experts * pb, &mut dst.packed)?;
+        self.copy_from_pinned_prefix(&src.scales, experts * sc, &mut dst.scales)
     }
 
     /// `out[rows] = x[rows] W_e^T` for expert `e` of `slab`: rows `rows` of `x` (`[*, k]`)
@@ -249,7 +264,8 @@ impl GpuStream {
 
     /// `out[t, :] = sum_j weights[t, j] * y[slot[t, j], :]` for every token t (j in order,
     /// f32 sums): `slot` and `weights` are `[tokens, top_k]`, y `[*, width]` bf16, out
-    /// `[tokens, width]` f32. Slots are checked by the caller that built them.
+    /// `[tokens, width]` f32. A negative slot is a pair computed elsewhere (the CPU's share
+    /// of a split prefill): it adds nothing. Slots are checked by the caller that built them.
     pub fn moe_combine(
         &self,
         y: &DeviceBuf<bf16>,

@@ -323,6 +323,38 @@ impl GpuStream {
         src.mark_copies(&self.stream)
     }
 
+    /// Queues a copy of the first `len` elements of pinned `src` into the first `len` of
+    /// `dst`; returns at once (a part of a buffer, e.g. the first experts of a slab).
+    pub fn copy_from_pinned_prefix<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        src: &PinnedBuf<T>,
+        len: usize,
+        dst: &mut DeviceBuf<T>,
+    ) -> CudaResult<()> {
+        if len > src.len() || len > dst.len() {
+            return Err(shape(
+                "copy_from_pinned_prefix",
+                format!(
+                    "{len} elements of a {}-element host buffer into {}",
+                    src.len(),
+                    dst.len()
+                ),
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: `host` starts `src.len() >= len` initialized page-locked elements that
+        // live as long as `src`; host writes to it wait for `copies_done`, recorded below
+        // after the copy, so the driver's asynchronous read sees them unchanged.
+        let head = unsafe { std::slice::from_raw_parts(src.host as *const T, len) };
+        let mut part = dst.slice.slice_mut(..len);
+        self.stream
+            .memcpy_htod(head, &mut part)
+            .map_err(driver("cuMemcpyHtoDAsync"))?;
+        src.mark_copies(&self.stream)
+    }
+
     /// Queues a copy from `src` into pinned host memory (same length); returns at once.
     /// Reading the buffer ([`PinnedBuf::as_slice`]) waits for the copy.
     pub fn copy_to_pinned<T: DeviceRepr + ValidAsZeroBits>(

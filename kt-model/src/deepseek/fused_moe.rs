@@ -194,11 +194,55 @@ impl FusedMoe {
         weights: &[f32],
         out: &mut [f32],
     ) -> Result<()> {
+        self.forward_k(layer, x, ids, weights, out, self.top_k)
+    }
+
+    /// `out[r] = weights[r] * expert_{ids[r]}(x[r])` for rows of one choice each (`x`,
+    /// `out` `[R, hidden]`, `ids`, `weights` `[R]`): a split prefill's CPU share, its
+    /// (token, expert) pairs flattened. Runs in pieces of `max_batch` rows, so rows sorted
+    /// by expert read each expert's weights once (twice for an expert at a piece's edge).
+    #[cfg(feature = "cuda")]
+    pub fn forward_rows(
+        &self,
+        layer: usize,
+        x: &[f32],
+        ids: &[u32],
+        weights: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.forward_k(layer, x, ids, weights, out, 1)
+    }
+
+    fn forward_k(
+        &self,
+        layer: usize,
+        x: &[f32],
+        ids: &[u32],
+        weights: &[f32],
+        out: &mut [f32],
+        k: usize,
+    ) -> Result<()> {
         let l = self.layer(layer).ok_or_else(|| ModelError::Forward {
             reason: format!("layer {layer} has no routed experts"),
         })?;
-        let (h, k, step) = (l.hidden(), self.top_k, self.max_batch());
+        let (h, step) = (l.hidden(), self.max_batch());
         let rows = x.len() / h;
+        if x.len() != rows * h
+            || ids.len() != rows * k
+            || weights.len() != rows * k
+            || out.len() != x.len()
+        {
+            return Err(ModelError::Forward {
+                reason: format!(
+                    "layer {layer}'s routed experts: x {} and out {} elements for hidden {h}, \
+                     {} ids and {} weights for top {k}",
+                    x.len(),
+                    out.len(),
+                    ids.len(),
+                    weights.len()
+                ),
+            });
+        }
         let mut t = 0;
         while t < rows {
             let n = step.min(rows - t);

@@ -181,7 +181,7 @@ impl HybridModel<'_> {
         // long chunks: the routed experts on the GPU, their weights streamed per layer
         let mut gpu_experts = gpu_experts.as_mut().filter(|g| t_n > g.threshold);
         if let Some(g) = gpu_experts.as_deref_mut() {
-            g.begin(s)?;
+            g.begin(s, t_n)?;
         }
         let mut marks: Vec<LayerMarks> = Vec::with_capacity(layers.len());
         // Without trace or timing, the layers run pipelined (see `pipeline.rs`) when the
@@ -599,6 +599,9 @@ impl<'s> Step<'s> {
         gpu_experts: Option<&mut GpuExperts>,
     ) -> HybridResult<Option<Routing>> {
         if let Some(g) = gpu_experts {
+            if g.splits(li) {
+                return self.moe_split(g, li, router, bias, shared, sc, m, ws, want_routing);
+            }
             self.route(router, bias, sc)?;
             return self.moe_on_gpu(g, li, shared, sc, m, ws, want_routing);
         }
@@ -813,6 +816,58 @@ impl<'s> Step<'s> {
             _ => s.add_f32(&mut sc.x, &sc.routed)?,
         }
         Ok(())
+    }
+
+    /// [`Self::moe`] with layer `li`'s routed experts split (`gpu_experts/split.rs`): the
+    /// GPU half of the CPU path (routing and inputs to pinned memory, the shared experts
+    /// queued), the GPU's experts queued, the CPU's run meanwhile, their sum copied back and
+    /// added with the GPU's.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_split(
+        &self,
+        g: &mut GpuExperts,
+        li: usize,
+        router: &GpuRouter,
+        bias: Option<&DeviceBuf<f32>>,
+        shared: Option<&GpuMlp>,
+        sc: &mut Scratch,
+        m: &mut LayerMarks,
+        ws: &mut Workspaces,
+        want_routing: bool,
+    ) -> HybridResult<Option<Routing>> {
+        let (s, fused) = (self.s, self.fused_for(li)?);
+        m.copied_out = self.moe_gpu(router, bias, shared, sc, m, ws, self.timing)?;
+        let wait = Instant::now();
+        let (hx, hids, hw) = sc.unpack(sc.host_pack.as_slice()?);
+        m.cpu_wait_s = wait.elapsed().as_secs_f64();
+        // the GPU's combine weighs its pairs with the same weights
+        s.copy_from_host(hw, &mut sc.weights)?;
+        let on_gpu = g.forward_layer(
+            li,
+            s,
+            &sc.xn,
+            hids,
+            &sc.weights,
+            &mut sc.routed,
+            &mut ws.gemm,
+        )?;
+        let routed = sc.host_routed.as_mut_slice()?;
+        m.cpu_experts_s = g.run_cpu_share(fused, li, hx, hids, hw, on_gpu, routed)?;
+        let routing = want_routing.then(|| Routing {
+            logits: Vec::new(),
+            ids: hids.to_vec(),
+            weights: hw.to_vec(),
+        });
+        g.add_cpu_share(s, &sc.host_routed, &mut sc.routed)?;
+        match (shared, sc.shared.as_ref()) {
+            (Some(_), Some((_, _, out))) => s.add2_f32(&mut sc.x, &sc.routed, out)?,
+            _ => s.add_f32(&mut sc.x, &sc.routed)?,
+        }
+        let mut routing = routing;
+        if let Some(r) = routing.as_mut() {
+            r.logits = s.download(&sc.router)?;
+        }
+        Ok(routing)
     }
 
     /// The rest of [`Self::moe`] with the routed experts on the GPU: the shared experts

@@ -61,7 +61,7 @@ mod timing;
 mod weights;
 
 pub use error::{HybridError, HybridResult};
-pub use gpu_experts::GpuPrefillLoad;
+pub use gpu_experts::{GpuPrefillLoad, PrefillSplit};
 pub use timing::{GraphTimeline, HybridTimes, LayerSplit};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -318,6 +318,29 @@ impl<'a> HybridModel<'a> {
                 "the rules keep the routed experts on the CPU (no prefill_device option)".into(),
             )),
         }
+    }
+
+    /// How long GPU prefill chunks split each layer's routed experts with the CPU (`None`
+    /// without GPU prefill experts).
+    pub fn gpu_prefill_split(&self) -> Option<PrefillSplit> {
+        self.gpu_experts.as_ref().map(|g| g.split())
+    }
+
+    /// Sets [`Self::gpu_prefill_split`]; an error without GPU prefill experts or for a CPU
+    /// share outside 0..=1.
+    pub fn set_gpu_prefill_split(&mut self, split: PrefillSplit) -> HybridResult<()> {
+        match self.gpu_experts.as_mut() {
+            Some(g) => g.set_split(split),
+            None => Err(HybridError::Input(
+                "the rules keep the routed experts on the CPU (no prefill_device option)".into(),
+            )),
+        }
+    }
+
+    /// The CPU's measured seconds per (token, expert) pair in split GPU prefill layers
+    /// (what [`PrefillSplit::Auto`] balances with), once it ran one.
+    pub fn gpu_prefill_cpu_s_per_pair(&self) -> Option<f64> {
+        self.gpu_experts.as_ref().and_then(|g| g.cpu_s_per_pair())
     }
 
     /// What loading the GPU prefill experts cost (repack time, pinned bytes, int4 error).

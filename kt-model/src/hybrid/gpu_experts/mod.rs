@@ -12,8 +12,14 @@
 //! expert for gate+up and one for down with SiLU-and-multiply between, and each token's
 //! expert outputs weighted and summed in choice order (deterministic). Shorter calls (decode)
 //! keep the CPU experts.
+//!
+//! Split (`split.rs`, the default): only a layer's first experts are copied and run on the
+//! GPU; the CPU runs the others meanwhile, as many as even its time with the copies.
 
 mod group;
+mod split;
+
+pub use split::PrefillSplit;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -21,15 +27,16 @@ use std::time::Instant;
 use half::bf16;
 use kt_kernels::cuda::moe_experts::{ExpertSlab, HostExpertSlab, SlabShape};
 use kt_kernels::cuda::w4a16::{GemmWorkspace, Int4Weights};
-use kt_kernels::cuda::{DeviceBuf, Gpu, GpuEvent, GpuStream};
+use kt_kernels::cuda::{DeviceBuf, Gpu, GpuEvent, GpuStream, PinnedBuf};
 
 use super::error::{HybridError, HybridResult};
 use crate::config::DeepSeekConfig;
-use crate::deepseek::fused_moe::RepackProgress;
+use crate::deepseek::fused_moe::{FusedMoe, RepackProgress};
 use crate::deepseek::linear::Linear;
 use crate::placement::{Device, ModuleKind, Placement, WeightFormat};
 use crate::tensors::{Ffn, ModelTensors};
 use group::ExpertGroups;
+use split::{Balance, CpuShare};
 
 /// The GPU prefill the placement asks of the routed experts: calls of more than `threshold`
 /// tokens. `None` when no routed-expert rule names a prefill device; an error when the
@@ -119,9 +126,16 @@ pub(crate) struct GpuExperts {
     host: Vec<Option<Slabs<HostExpertSlab<bf16>>>>,
     moe_layers: Vec<usize>,
     slots: [Slabs<ExpertSlab<bf16>>; 2],
-    /// The layer each slot holds (or is receiving) and the event after its copy.
-    staged: [Option<(usize, GpuEvent)>; 2],
+    /// The layer each slot holds (or is receiving), the event after its copy and the
+    /// experts copied (`0..g`: those the GPU runs).
+    staged: [Option<(usize, GpuEvent, usize)>; 2],
     copy: GpuStream,
+    /// The (token, expert) pairs of the call in progress (the split's measure of its size).
+    call_pairs: usize,
+    balance: Balance,
+    cpu: CpuShare,
+    /// The CPU share's output on the GPU, `[T, hidden]`.
+    cpu_out: Option<DeviceBuf<f32>>,
     experts: usize,
     top_k: usize,
     hidden: usize,
@@ -205,13 +219,17 @@ impl GpuExperts {
         // the slots exist before the copy stream first writes them
         s.synchronize()?;
         let copy = s.new_untracked_stream()?;
-        Ok(GpuExperts {
+        let mut g = GpuExperts {
             threshold,
             host,
             moe_layers,
             slots,
             staged: [None, None],
             copy,
+            call_pairs: 0,
+            balance: Balance::new(layer_bytes / experts, 1.0),
+            cpu: CpuShare::default(),
+            cpu_out: None,
             experts,
             top_k: config.experts_per_tok,
             hidden,
@@ -225,34 +243,123 @@ impl GpuExperts {
                 worst_relative_rms: worst,
                 relative_rms: (sum_sq / matrices.max(1) as f64).sqrt(),
             },
-        })
+        };
+        // the split weighs the CPU's time against this copy rate
+        let gbps = g.measure_h2d(s, 1)?;
+        g.balance = Balance::new(layer_bytes / experts, gbps);
+        Ok(g)
     }
 
-    /// Starts a GPU-expert call on compute stream `s`: the first two MoE layers' copies,
-    /// after everything `s` has queued so far (the previous call's use of the slots).
-    pub fn begin(&mut self, s: &GpuStream) -> HybridResult<()> {
+    /// How the layers' experts are split with the CPU ([`PrefillSplit::Auto`] unless set).
+    pub fn split(&self) -> PrefillSplit {
+        self.balance.mode
+    }
+
+    pub fn set_split(&mut self, split: PrefillSplit) -> HybridResult<()> {
+        if let PrefillSplit::CpuShare(f) = split {
+            if !(0.0..=1.0).contains(&f) {
+                return Err(HybridError::Input(format!(
+                    "a CPU share of the experts must lie in 0..=1, not {f}"
+                )));
+            }
+        }
+        self.balance.mode = split;
+        Ok(())
+    }
+
+    /// The CPU's measured seconds per (token, expert) pair of a split layer, if it ran one.
+    pub fn cpu_s_per_pair(&self) -> Option<f64> {
+        self.balance.cpu_s_per_pair()
+    }
+
+    /// The experts the GPU runs of MoE layer `li` in the call in progress (`0..g`; the
+    /// CPU runs the rest), once the layer is staged.
+    pub fn gpu_experts_of(&self, li: usize) -> Option<usize> {
+        self.staged
+            .iter()
+            .flatten()
+            .find(|(l, _, _)| *l == li)
+            .map(|&(_, _, g)| g)
+    }
+
+    /// Whether MoE layer `li` has experts on the CPU in the call in progress.
+    pub fn splits(&self, li: usize) -> bool {
+        self.gpu_experts_of(li).is_some_and(|g| g < self.experts)
+    }
+
+    /// The CPU's share of MoE layer `li` (the experts from `first` on) into `out` (`[T,
+    /// hidden]`, pinned host memory), on `fused`; its time goes into the balance.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_cpu_share(
+        &mut self,
+        fused: &FusedMoe,
+        li: usize,
+        x: &[f32],
+        ids: &[u32],
+        weights: &[f32],
+        first: usize,
+        out: &mut [f32],
+    ) -> HybridResult<f64> {
+        let dims = (self.hidden, self.top_k);
+        let (pairs, seconds) = self.cpu.run(fused, li, x, ids, weights, dims, first, out)?;
+        self.balance.record_cpu(pairs, seconds);
+        Ok(seconds)
+    }
+
+    /// `routed += host` on stream `s`: the CPU share (in pinned memory) added to the GPU
+    /// experts' sum.
+    pub fn add_cpu_share(
+        &mut self,
+        s: &GpuStream,
+        host: &PinnedBuf<f32>,
+        routed: &mut DeviceBuf<f32>,
+    ) -> HybridResult<()> {
+        if self.cpu_out.as_ref().is_none_or(|b| b.len() != host.len()) {
+            self.cpu_out = None; // free the old one first
+            self.cpu_out = Some(s.alloc_zeroed(host.len())?);
+        }
+        let buf = self.cpu_out.as_mut().expect("sized above");
+        s.copy_from_pinned(host, buf)?;
+        s.add_f32(routed, buf)?;
+        Ok(())
+    }
+
+    /// Starts a GPU-expert call of `tokens` tokens on compute stream `s`: the first two MoE
+    /// layers' copies, after everything `s` has queued so far (the previous call's use of
+    /// the slots).
+    pub fn begin(&mut self, s: &GpuStream, tokens: usize) -> HybridResult<()> {
+        self.call_pairs = tokens * self.top_k;
         let start = s.record_event()?;
         self.copy.wait_event(&start)?;
         for i in 0..self.moe_layers.len().min(2) {
-            self.stage(i)?;
+            self.stage(i, self.next_split())?;
         }
         Ok(())
     }
 
-    /// Queues the copy of MoE layer number `i` into slot `i % 2` on the copy stream.
-    fn stage(&mut self, i: usize) -> HybridResult<()> {
+    /// The experts the GPU takes of the next layer staged.
+    fn next_split(&self) -> usize {
+        self.balance.gpu_experts(self.experts, self.call_pairs)
+    }
+
+    /// Queues the copy of MoE layer number `i`'s first `experts` experts into slot `i % 2`
+    /// on the copy stream.
+    fn stage(&mut self, i: usize, experts: usize) -> HybridResult<()> {
         let li = self.moe_layers[i];
         let src = self.host[li].as_ref().expect("MoE layers have slabs");
         let dst = &mut self.slots[i % 2];
-        self.copy.copy_expert_slab(&src.gate_up, &mut dst.gate_up)?;
-        self.copy.copy_expert_slab(&src.down, &mut dst.down)?;
-        self.staged[i % 2] = Some((li, self.copy.record_event()?));
+        self.copy
+            .copy_expert_slab_head(&src.gate_up, &mut dst.gate_up, experts)?;
+        self.copy
+            .copy_expert_slab_head(&src.down, &mut dst.down, experts)?;
+        self.staged[i % 2] = Some((li, self.copy.record_event()?, experts));
         Ok(())
     }
 
     /// `out = sum_j weights[t, j] expert_{ids[t, j]}(x[t])` for MoE layer `li` on stream
     /// `s`: `x` the normalized hidden state `[T, hidden]`, `ids` the router's choices (on
-    /// the host), `weights` theirs (on the GPU), `out` `[T, hidden]` f32.
+    /// the host), `weights` theirs (on the GPU), `out` `[T, hidden]` f32; the sum over the
+    /// experts the layer was staged with (`0..g`, returned: the CPU's share is the rest).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_layer(
         &mut self,
@@ -263,22 +370,31 @@ impl GpuExperts {
         weights: &DeviceBuf<f32>,
         out: &mut DeviceBuf<f32>,
         ws: &mut GemmWorkspace,
-    ) -> HybridResult<()> {
+    ) -> HybridResult<usize> {
         let i = self
             .moe_layers
             .iter()
             .position(|&l| l == li)
             .ok_or_else(|| HybridError::Input(format!("layer {li} has no routed experts")))?;
         let slot = i % 2;
-        match &self.staged[slot] {
-            Some((l, copied)) if *l == li => s.wait_event(copied)?,
+        let on_gpu = match &self.staged[slot] {
+            Some((l, copied, g)) if *l == li => {
+                s.wait_event(copied)?;
+                *g
+            }
             _ => {
                 return Err(HybridError::Input(format!(
                     "layer {li}'s experts were not staged (MoE layers run in order after begin)"
                 )))
             }
+        };
+        let mut groups = ExpertGroups::new(ids, self.top_k, self.experts)?;
+        // the CPU's pairs add nothing to the GPU's combine
+        for (sl, &e) in groups.slot.iter_mut().zip(ids) {
+            if e as usize >= on_gpu {
+                *sl = -1;
+            }
         }
-        let groups = ExpertGroups::new(ids, self.top_k, self.experts)?;
         let (hidden, width) = (self.hidden, self.width);
         let pairs = ids.len();
         if self.pairs.as_ref().is_none_or(|p| p.pairs != pairs) {
@@ -299,14 +415,14 @@ impl GpuExperts {
         s.copy_from_host(&groups.slot, &mut p.slot)?;
         s.moe_gather(x, &p.rows, &mut p.x, hidden)?;
         let w = &self.slots[slot];
-        for e in 0..self.experts {
+        for e in 0..on_gpu {
             let r = groups.range(e);
             if !r.is_empty() {
                 s.w4a16_gemm_expert(&w.gate_up, e, &p.x, r, &mut p.gate_up, ws)?;
             }
         }
         s.silu_mul(&p.gate_up, &mut p.act, pairs, width)?;
-        for e in 0..self.experts {
+        for e in 0..on_gpu {
             let r = groups.range(e);
             if !r.is_empty() {
                 s.w4a16_gemm_expert(&w.down, e, &p.act, r, &mut p.y, ws)?;
@@ -316,9 +432,9 @@ impl GpuExperts {
         if i + 2 < self.moe_layers.len() {
             let used = s.record_event()?;
             self.copy.wait_event(&used)?;
-            self.stage(i + 2)?;
+            self.stage(i + 2, self.next_split())?;
         }
-        Ok(())
+        Ok(on_gpu)
     }
 
     /// Host-to-device bandwidth from the pinned slabs, GB/s: the first MoE layer's slabs
@@ -329,7 +445,7 @@ impl GpuExperts {
         self.copy.synchronize()?;
         let start = self.copy.record_event()?;
         for _ in 0..reps.max(1) {
-            self.stage(0)?;
+            self.stage(0, self.experts)?;
         }
         let end = self.copy.record_event()?;
         let ms = f64::from(start.elapsed_ms(&end)?);
