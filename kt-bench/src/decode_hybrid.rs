@@ -711,6 +711,13 @@ fn gpu_prefill_json(model: &HybridModel) -> Option<Value> {
             "threshold": model.gpu_prefill_threshold(),
             "split": prefill_split_json(model.gpu_prefill_split()),
             "cpu_s_per_pair": model.gpu_prefill_cpu_s_per_pair(),
+            "cpu_shares": model.gpu_prefill_cpu_times().iter().map(|t| json!({
+                "pairs": t.pairs,
+                "experts": t.experts,
+                "gather_s": t.gather_s,
+                "operator_s": t.operator_s,
+                "sum_s": t.sum_s,
+            })).collect::<Vec<_>>(),
             "repack_s": l.seconds,
             "pin_s": l.pin_seconds,
             "pinned_bytes": l.pinned_bytes,

@@ -181,7 +181,7 @@ impl HybridModel<'_> {
         // long chunks: the routed experts on the GPU, their weights streamed per layer
         let mut gpu_experts = gpu_experts.as_mut().filter(|g| t_n > g.threshold);
         if let Some(g) = gpu_experts.as_deref_mut() {
-            g.begin(s, t_n)?;
+            g.begin(gpu, t_n)?;
         }
         let mut marks: Vec<LayerMarks> = Vec::with_capacity(layers.len());
         // Without trace or timing, the layers run pipelined (see `pipeline.rs`) when the
@@ -836,12 +836,13 @@ impl<'s> Step<'s> {
         want_routing: bool,
     ) -> HybridResult<Option<Routing>> {
         let (s, fused) = (self.s, self.fused_for(li)?);
+        // the choices on the GPU too (for its combine), then the CPU path's copy of them
+        // with the inputs: the same kernels on the same inputs, the same values
+        self.route(router, bias, sc)?;
         m.copied_out = self.moe_gpu(router, bias, shared, sc, m, ws, self.timing)?;
         let wait = Instant::now();
         let (hx, hids, hw) = sc.unpack(sc.host_pack.as_slice()?);
         m.cpu_wait_s = wait.elapsed().as_secs_f64();
-        // the GPU's combine weighs its pairs with the same weights
-        s.copy_from_host(hw, &mut sc.weights)?;
         let on_gpu = g.forward_layer(
             li,
             s,

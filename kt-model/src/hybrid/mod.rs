@@ -61,7 +61,7 @@ mod timing;
 mod weights;
 
 pub use error::{HybridError, HybridResult};
-pub use gpu_experts::{GpuPrefillLoad, PrefillSplit};
+pub use gpu_experts::{CpuShareTimes, GpuPrefillLoad, PrefillSplit};
 pub use timing::{GraphTimeline, HybridTimes, LayerSplit};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -341,6 +341,11 @@ impl<'a> HybridModel<'a> {
     /// (what [`PrefillSplit::Auto`] balances with), once it ran one.
     pub fn gpu_prefill_cpu_s_per_pair(&self) -> Option<f64> {
         self.gpu_experts.as_ref().and_then(|g| g.cpu_s_per_pair())
+    }
+
+    /// Each split layer's CPU share in the last GPU prefill call (empty without one).
+    pub fn gpu_prefill_cpu_times(&self) -> &[CpuShareTimes] {
+        self.gpu_experts.as_ref().map_or(&[], |g| g.cpu_times())
     }
 
     /// What loading the GPU prefill experts cost (repack time, pinned bytes, int4 error).

@@ -19,7 +19,7 @@
 mod group;
 mod split;
 
-pub use split::PrefillSplit;
+pub use split::{CpuShareTimes, PrefillSplit};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -117,6 +117,11 @@ struct Pairs {
     y: DeviceBuf<bf16>,
     rows: DeviceBuf<i32>,
     slot: DeviceBuf<i32>,
+    /// `rows` and `slot` on the host, page-locked: a copy from pageable memory may wait
+    /// for the stream (here the layer's weight copy), which would hold the host off the
+    /// CPU's share of a split layer until then.
+    host_rows: PinnedBuf<i32>,
+    host_slot: PinnedBuf<i32>,
 }
 
 pub(crate) struct GpuExperts {
@@ -134,6 +139,8 @@ pub(crate) struct GpuExperts {
     call_pairs: usize,
     balance: Balance,
     cpu: CpuShare,
+    /// Each split layer's CPU share in the last call, in layer order.
+    cpu_times: Vec<CpuShareTimes>,
     /// The CPU share's output on the GPU, `[T, hidden]`.
     cpu_out: Option<DeviceBuf<f32>>,
     experts: usize,
@@ -229,6 +236,7 @@ impl GpuExperts {
             call_pairs: 0,
             balance: Balance::new(layer_bytes / experts, 1.0),
             cpu: CpuShare::default(),
+            cpu_times: Vec::new(),
             cpu_out: None,
             experts,
             top_k: config.experts_per_tok,
@@ -301,9 +309,16 @@ impl GpuExperts {
         out: &mut [f32],
     ) -> HybridResult<f64> {
         let dims = (self.hidden, self.top_k);
-        let (pairs, seconds) = self.cpu.run(fused, li, x, ids, weights, dims, first, out)?;
-        self.balance.record_cpu(pairs, seconds);
+        let t = self.cpu.run(fused, li, x, ids, weights, dims, first, out)?;
+        let seconds = t.gather_s + t.operator_s + t.sum_s;
+        self.balance.record_cpu(t.pairs, seconds);
+        self.cpu_times.push(t);
         Ok(seconds)
+    }
+
+    /// Each split layer's CPU share in the last GPU-expert call.
+    pub fn cpu_times(&self) -> &[CpuShareTimes] {
+        &self.cpu_times
     }
 
     /// `routed += host` on stream `s`: the CPU share (in pinned memory) added to the GPU
@@ -324,11 +339,30 @@ impl GpuExperts {
         Ok(())
     }
 
-    /// Starts a GPU-expert call of `tokens` tokens on compute stream `s`: the first two MoE
-    /// layers' copies, after everything `s` has queued so far (the previous call's use of
-    /// the slots).
-    pub fn begin(&mut self, s: &GpuStream, tokens: usize) -> HybridResult<()> {
-        self.call_pairs = tokens * self.top_k;
+    /// Starts a GPU-expert call of `tokens` tokens on `gpu`'s stream: buffers for its pairs,
+    /// then the first two MoE layers' copies, after everything the stream has queued so far
+    /// (the previous call's use of the slots).
+    pub fn begin(&mut self, gpu: &Gpu, tokens: usize) -> HybridResult<()> {
+        let s = gpu.stream();
+        let pairs = tokens * self.top_k;
+        let (hidden, width) = (self.hidden, self.width);
+        if self.pairs.as_ref().is_none_or(|p| p.pairs != pairs) {
+            self.pairs = None; // free the old set first
+            let bf = |n: usize| s.alloc_zeroed::<bf16>(n);
+            self.pairs = Some(Pairs {
+                pairs,
+                x: bf(pairs * hidden)?,
+                gate_up: bf(pairs * 2 * width)?,
+                act: bf(pairs * width)?,
+                y: bf(pairs * hidden)?,
+                rows: s.alloc_zeroed(pairs)?,
+                slot: s.alloc_zeroed(pairs)?,
+                host_rows: gpu.alloc_pinned(pairs)?,
+                host_slot: gpu.alloc_pinned(pairs)?,
+            });
+        }
+        self.call_pairs = pairs;
+        self.cpu_times.clear();
         let start = s.record_event()?;
         self.copy.wait_event(&start)?;
         for i in 0..self.moe_layers.len().min(2) {
@@ -397,22 +431,20 @@ impl GpuExperts {
         }
         let (hidden, width) = (self.hidden, self.width);
         let pairs = ids.len();
-        if self.pairs.as_ref().is_none_or(|p| p.pairs != pairs) {
-            self.pairs = None; // free the old set first
-            let bf = |n: usize| s.alloc_zeroed::<bf16>(n);
-            self.pairs = Some(Pairs {
-                pairs,
-                x: bf(pairs * hidden)?,
-                gate_up: bf(pairs * 2 * width)?,
-                act: bf(pairs * width)?,
-                y: bf(pairs * hidden)?,
-                rows: s.alloc_zeroed(pairs)?,
-                slot: s.alloc_zeroed(pairs)?,
-            });
-        }
-        let p = self.pairs.as_mut().expect("sized above");
-        s.copy_from_host(&groups.rows, &mut p.rows)?;
-        s.copy_from_host(&groups.slot, &mut p.slot)?;
+        let p = match self.pairs.as_mut() {
+            Some(p) if p.pairs == pairs => p,
+            _ => {
+                return Err(HybridError::Input(format!(
+                    "layer {li}: {pairs} router choices, but the call began with {}",
+                    self.call_pairs
+                )))
+            }
+        };
+        // (waits for the previous layer's copies out of them, done by now)
+        p.host_rows.as_mut_slice()?.copy_from_slice(&groups.rows);
+        p.host_slot.as_mut_slice()?.copy_from_slice(&groups.slot);
+        s.copy_from_pinned(&p.host_rows, &mut p.rows)?;
+        s.copy_from_pinned(&p.host_slot, &mut p.slot)?;
         s.moe_gather(x, &p.rows, &mut p.x, hidden)?;
         let w = &self.slots[slot];
         for e in 0..on_gpu {

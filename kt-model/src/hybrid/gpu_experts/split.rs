@@ -98,6 +98,18 @@ impl Balance {
     }
 }
 
+/// Where one split layer's CPU share spent its time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuShareTimes {
+    /// The (token, expert) pairs it ran and the experts they chose.
+    pub pairs: usize,
+    pub experts: usize,
+    /// Gathering its pairs' input rows, the operator's calls, summing per token.
+    pub gather_s: f64,
+    pub operator_s: f64,
+    pub sum_s: f64,
+}
+
 /// The CPU's part of a split layer, with its buffers (grown to the largest call).
 #[derive(Default)]
 pub(crate) struct CpuShare {
@@ -115,7 +127,7 @@ impl CpuShare {
     /// `out[t] = sum_s weights[t, s] * expert_{ids[t, s]}(x[t])` over the choices of token
     /// `t` whose expert is `first` or later (choice order; zero where there is none), for
     /// layer `li` on `fused`; `x`, `out` `[T, hidden]`, `ids`, `weights` `[T, top_k]`.
-    /// Returns the pairs it ran and the seconds it took.
+    /// Returns where its time went.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &mut self,
@@ -127,7 +139,7 @@ impl CpuShare {
         (hidden, top_k): (usize, usize),
         first: usize,
         out: &mut [f32],
-    ) -> HybridResult<(usize, f64)> {
+    ) -> HybridResult<CpuShareTimes> {
         let start = Instant::now();
         let tokens = ids.len() / top_k.max(1);
         if top_k == 0
@@ -157,8 +169,10 @@ impl CpuShare {
             self.index[p] = i;
         }
         out.fill(0.0);
+        let mut times = CpuShareTimes::default();
         if n == 0 {
-            return Ok((0, start.elapsed().as_secs_f64()));
+            times.gather_s = start.elapsed().as_secs_f64();
+            return Ok(times);
         }
         self.ids.clear();
         self.ids.extend(self.pairs.iter().map(|&p| ids[p]));
@@ -171,7 +185,13 @@ impl CpuShare {
             let t = pairs[i] / top_k;
             row.copy_from_slice(&x[t * hidden..(t + 1) * hidden]);
         });
+        times.pairs = n;
+        times.experts = 1 + self.ids.windows(2).filter(|w| w[0] != w[1]).count();
+        times.gather_s = start.elapsed().as_secs_f64();
+        let operator = Instant::now();
         fused.forward_rows(li, &self.x, &self.ids, &self.weights, &mut self.out)?;
+        times.operator_s = operator.elapsed().as_secs_f64();
+        let sum = Instant::now();
         let (index, rows) = (&self.index, &self.out);
         split_rows(out, hidden, &|t, row| {
             for &i in &index[t * top_k..(t + 1) * top_k] {
@@ -181,7 +201,8 @@ impl CpuShare {
                 }
             }
         });
-        Ok((n, start.elapsed().as_secs_f64()))
+        times.sum_s = sum.elapsed().as_secs_f64();
+        Ok(times)
     }
 }
 
@@ -290,25 +311,29 @@ mod tests {
         };
         let mut share = CpuShare::default();
         let mut out = vec![f32::NAN; t_n * h];
-        let (pairs, _) = share
+        let times = share
             .run(&fused, 1, &x, &ids, &w, (h, k), 0, &mut out)
             .unwrap();
-        assert_eq!(pairs, t_n * k);
+        assert_eq!(times.pairs, t_n * k);
+        assert!(times.experts <= e && times.operator_s > 0.0);
         close(&out, &full, "all pairs");
 
         out.fill(f32::NAN);
-        let (pairs, _) = share
+        let times = share
             .run(&fused, 1, &x, &ids, &w, (h, k), e, &mut out)
             .unwrap();
-        assert_eq!(pairs, 0);
+        assert_eq!((times.pairs, times.experts), (0, 0));
         assert!(out.iter().all(|&v| v == 0.0));
 
         let first = 32;
         out.fill(f32::NAN);
-        let (pairs, _) = share
+        let times = share
             .run(&fused, 1, &x, &ids, &w, (h, k), first, &mut out)
             .unwrap();
-        assert_eq!(pairs, ids.iter().filter(|&&i| i as usize >= first).count());
+        let mine = ids.iter().filter(|&&i| i as usize >= first);
+        assert_eq!(times.pairs, mine.clone().count());
+        let experts: std::collections::BTreeSet<_> = mine.collect();
+        assert_eq!(times.experts, experts.len());
         let w_gpu: Vec<f32> = w
             .iter()
             .zip(&ids)
