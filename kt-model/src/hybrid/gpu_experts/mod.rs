@@ -101,6 +101,15 @@ pub struct GpuPrefillLoad {
     pub relative_rms: f64,
 }
 
+/// A layer's experts copied (or being copied) into a slot: the first `experts` of them,
+/// between events `start` and `done` on the copy stream.
+struct Staged {
+    layer: usize,
+    start: GpuEvent,
+    done: GpuEvent,
+    experts: usize,
+}
+
 /// One layer's gate+up (`[2 width, hidden]` per expert, gate rows first) and down
 /// (`[hidden, width]`) slabs.
 struct Slabs<S> {
@@ -131,9 +140,11 @@ pub(crate) struct GpuExperts {
     host: Vec<Option<Slabs<HostExpertSlab<bf16>>>>,
     moe_layers: Vec<usize>,
     slots: [Slabs<ExpertSlab<bf16>>; 2],
-    /// The layer each slot holds (or is receiving), the event after its copy and the
-    /// experts copied (`0..g`: those the GPU runs).
-    staged: [Option<(usize, GpuEvent, usize)>; 2],
+    /// What each slot holds (or is receiving).
+    staged: [Option<Staged>; 2],
+    /// The copy of a layer the GPU has run, timed once it is certainly done (the split's
+    /// measure of the copies under load).
+    copied: Option<Staged>,
     copy: GpuStream,
     /// The (token, expert) pairs of the call in progress (the split's measure of its size).
     call_pairs: usize,
@@ -232,6 +243,7 @@ impl GpuExperts {
             moe_layers,
             slots,
             staged: [None, None],
+            copied: None,
             copy,
             call_pairs: 0,
             balance: Balance::new(layer_bytes / experts, 1.0),
@@ -286,8 +298,8 @@ impl GpuExperts {
         self.staged
             .iter()
             .flatten()
-            .find(|(l, _, _)| *l == li)
-            .map(|&(_, _, g)| g)
+            .find(|st| st.layer == li)
+            .map(|st| st.experts)
     }
 
     /// Whether MoE layer `li` has experts on the CPU in the call in progress.
@@ -382,11 +394,27 @@ impl GpuExperts {
         let li = self.moe_layers[i];
         let src = self.host[li].as_ref().expect("MoE layers have slabs");
         let dst = &mut self.slots[i % 2];
+        let start = self.copy.record_event()?;
         self.copy
             .copy_expert_slab_head(&src.gate_up, &mut dst.gate_up, experts)?;
         self.copy
             .copy_expert_slab_head(&src.down, &mut dst.down, experts)?;
-        self.staged[i % 2] = Some((li, self.copy.record_event()?, experts));
+        self.staged[i % 2] = Some(Staged {
+            layer: li,
+            start,
+            done: self.copy.record_event()?,
+            experts,
+        });
+        Ok(())
+    }
+
+    /// Takes the time of the last layer's copy the GPU has run into the balance: done by
+    /// the time the host reads the next layer's routing (which the stream orders after it).
+    fn time_copied(&mut self) -> HybridResult<()> {
+        if let Some(st) = self.copied.take() {
+            let ms = f64::from(st.start.elapsed_ms(&st.done)?);
+            self.balance.record_gpu(st.experts, ms * 1e-3);
+        }
         Ok(())
     }
 
@@ -411,10 +439,11 @@ impl GpuExperts {
             .position(|&l| l == li)
             .ok_or_else(|| HybridError::Input(format!("layer {li} has no routed experts")))?;
         let slot = i % 2;
+        self.time_copied()?;
         let on_gpu = match &self.staged[slot] {
-            Some((l, copied, g)) if *l == li => {
-                s.wait_event(copied)?;
-                *g
+            Some(st) if st.layer == li => {
+                s.wait_event(&st.done)?;
+                st.experts
             }
             _ => {
                 return Err(HybridError::Input(format!(
@@ -464,6 +493,7 @@ impl GpuExperts {
         if i + 2 < self.moe_layers.len() {
             let used = s.record_event()?;
             self.copy.wait_event(&used)?;
+            self.copied = self.staged[slot].take();
             self.stage(i + 2, self.next_split())?;
         }
         Ok(on_gpu)

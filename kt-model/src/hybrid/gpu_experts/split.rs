@@ -30,10 +30,11 @@ pub enum PrefillSplit {
     CpuShare(f64),
 }
 
-/// The CPU share [`PrefillSplit::Auto`] starts from before it has timed the CPU (a
-/// DeepSeek-V3 layer at 1024 tokens: 0.27 s on the CPU, 0.107 s of copies on the device,
-/// so about 0.28).
-const FIRST_CPU_SHARE: f64 = 0.25;
+/// The CPU share [`PrefillSplit::Auto`] starts from before it has timed the CPU. Low: the
+/// CPU's work slows the copies (both read the host's memory; on the device a DeepSeek-V3
+/// layer split 0.2 / 0.8 took longer than all of it on the GPU), so a share that the idle
+/// rates would even (0.28 there) overshoots.
+const FIRST_CPU_SHARE: f64 = 0.1;
 
 /// Weight of the newest layer in the CPU's running rate.
 const RATE_WEIGHT: f64 = 0.5;
@@ -42,7 +43,9 @@ const RATE_WEIGHT: f64 = 0.5;
 #[derive(Debug, Clone)]
 pub(crate) struct Balance {
     pub mode: PrefillSplit,
-    /// Seconds the GPU's copy of one expert takes (slab bytes over the bandwidth).
+    /// Seconds the GPU's copy of one expert takes: at first the slab bytes over the idle
+    /// bus's bandwidth, then as the layers' copies measure it (slower while the CPU works:
+    /// both read the host's memory).
     gpu_s_per_expert: f64,
     /// The CPU's seconds per (token, expert) pair, from the layers it ran.
     cpu_s_per_pair: Option<f64>,
@@ -90,6 +93,15 @@ impl Balance {
             None => c,
             Some(old) => (1.0 - RATE_WEIGHT) * old + RATE_WEIGHT * c,
         });
+    }
+
+    /// Takes the time of one layer's copy of `experts` experts into the copy rate.
+    pub fn record_gpu(&mut self, experts: usize, seconds: f64) {
+        if experts == 0 || seconds <= 0.0 {
+            return;
+        }
+        let b = seconds / experts as f64;
+        self.gpu_s_per_expert = (1.0 - RATE_WEIGHT) * self.gpu_s_per_expert + RATE_WEIGHT * b;
     }
 
     /// The CPU's measured seconds per pair (`None` before it ran a share).
@@ -246,6 +258,10 @@ mod tests {
         // a slower CPU gets less
         b.record_cpu(1000, 0.03);
         assert!(b.cpu_share(256, 8192) < share);
+        // slower copies give the CPU more
+        let before = b.cpu_share(256, 8192);
+        b.record_gpu(128, 0.256);
+        assert!(b.cpu_share(256, 8192) > before);
         b.mode = PrefillSplit::Off;
         assert_eq!(b.gpu_experts(256, 8192), 256);
         b.mode = PrefillSplit::CpuShare(1.0);
