@@ -107,11 +107,10 @@ pub struct Args {
     /// crossover) and measure the pinned host-to-device bandwidth.
     #[arg(long)]
     pub crossover: bool,
-    /// With hybrid rules that prefill the routed experts on the GPU: how each layer of a
-    /// long chunk splits its experts with the CPU: `auto` (the CPU takes the share that
-    /// evens its time with the GPU's weight copies), `off` (all on the GPU) or a CPU share
-    /// from 0 to 1.
-    #[arg(long, default_value = "auto")]
+    /// With hybrid rules that prefill the routed experts on the GPU: `off` (each layer of a
+    /// long chunk has all its experts on the GPU) or the share of them the CPU runs
+    /// meanwhile, from 0 to 1 (the last ones; `kt_model::hybrid`'s `gpu_experts/split.rs`).
+    #[arg(long, default_value = "off")]
     pub prefill_split: String,
 }
 
@@ -133,7 +132,7 @@ impl Args {
             json: false,
             repetitions: 1,
             crossover: false,
-            prefill_split: "auto".into(),
+            prefill_split: "off".into(),
         }
     }
 }
@@ -326,7 +325,7 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     if a.crossover {
         return Err("--crossover needs hybrid rules whose routed experts prefill on the GPU (and a cuda build)".into());
     }
-    if a.prefill_split != "auto" {
+    if a.prefill_split != "off" {
         return Err("--prefill-split needs hybrid rules whose routed experts prefill on the GPU (and a cuda build)".into());
     }
     let rules = w.rules.clone();

@@ -391,7 +391,7 @@ impl HybridRun<'_> {
         let split = parse_split(&a.prefill_split)?;
         if model.gpu_prefill_threshold().is_some() {
             model.set_gpu_prefill_split(split)?;
-        } else if split != PrefillSplit::Auto {
+        } else if split != PrefillSplit::Off {
             return Err(
                 "--prefill-split needs rules whose routed experts prefill on the GPU".into(),
             );
@@ -403,9 +403,8 @@ impl HybridRun<'_> {
         let next = kt_model::deepseek::argmax(&logits);
         model.forward(&[next], &mut scratch_cache, LogitRows::Last)?;
         drop(scratch_cache);
-        // A prompt the GPU prefill experts take gets one untimed run first (as llama-bench
-        // warms up its prompt test): the GPU path's first call, and the split's first
-        // measure of the CPU's rate, which its first layers are staged without.
+        // A prompt the GPU prefill experts take gets one untimed run first, as llama-bench
+        // warms up its prompt test (the GPU path's first call allocates and faults in).
         let gpu_prefill_warmup = model
             .gpu_prefill_threshold()
             .is_some_and(|t| prompt_len > t);
@@ -681,17 +680,15 @@ const CROSSOVER_LENS: [usize; 7] = [32, 64, 128, 256, 512, 1024, 2048];
 /// Copies of one layer's expert slabs in the bandwidth measurement.
 const H2D_REPS: usize = 8;
 
-/// `--prefill-split`: `auto`, `off` or a CPU share in 0..=1.
+/// `--prefill-split`: `off` or a CPU share in 0..=1.
 fn parse_split(v: &str) -> Result<PrefillSplit, Box<dyn std::error::Error>> {
     match v {
-        "auto" => Ok(PrefillSplit::Auto),
         "off" => Ok(PrefillSplit::Off),
         _ => match v.parse::<f64>() {
             Ok(f) if (0.0..=1.0).contains(&f) => Ok(PrefillSplit::CpuShare(f)),
-            _ => Err(format!(
-                "--prefill-split {v:?}: expected auto, off or a CPU share from 0 to 1"
-            )
-            .into()),
+            _ => Err(
+                format!("--prefill-split {v:?}: expected off or a CPU share from 0 to 1").into(),
+            ),
         },
     }
 }
@@ -699,7 +696,6 @@ fn parse_split(v: &str) -> Result<PrefillSplit, Box<dyn std::error::Error>> {
 fn prefill_split_json(split: Option<PrefillSplit>) -> Value {
     match split {
         None => Value::Null,
-        Some(PrefillSplit::Auto) => json!("auto"),
         Some(PrefillSplit::Off) => json!("off"),
         Some(PrefillSplit::CpuShare(f)) => json!(f),
     }
@@ -710,7 +706,6 @@ fn gpu_prefill_json(model: &HybridModel) -> Option<Value> {
         json!({
             "threshold": model.gpu_prefill_threshold(),
             "split": prefill_split_json(model.gpu_prefill_split()),
-            "cpu_s_per_pair": model.gpu_prefill_cpu_s_per_pair(),
             "cpu_shares": model.gpu_prefill_cpu_times().iter().map(|t| json!({
                 "pairs": t.pairs,
                 "experts": t.experts,

@@ -337,12 +337,6 @@ impl<'a> HybridModel<'a> {
         }
     }
 
-    /// The CPU's measured seconds per (token, expert) pair in split GPU prefill layers
-    /// (what [`PrefillSplit::Auto`] balances with), once it ran one.
-    pub fn gpu_prefill_cpu_s_per_pair(&self) -> Option<f64> {
-        self.gpu_experts.as_ref().and_then(|g| g.cpu_s_per_pair())
-    }
-
     /// Each split layer's CPU share in the last GPU prefill call (empty without one).
     pub fn gpu_prefill_cpu_times(&self) -> &[CpuShareTimes] {
         self.gpu_experts.as_ref().map_or(&[], |g| g.cpu_times())

@@ -13,8 +13,8 @@
 //! expert outputs weighted and summed in choice order (deterministic). Shorter calls (decode)
 //! keep the CPU experts.
 //!
-//! Split (`split.rs`, the default): only a layer's first experts are copied and run on the
-//! GPU; the CPU runs the others meanwhile, as many as even its time with the copies.
+//! Split (`split.rs`, off by default): only a layer's first experts are copied and run on
+//! the GPU; the CPU runs the others meanwhile.
 
 mod group;
 mod split;
@@ -36,7 +36,7 @@ use crate::deepseek::linear::Linear;
 use crate::placement::{Device, ModuleKind, Placement, WeightFormat};
 use crate::tensors::{Ffn, ModelTensors};
 use group::ExpertGroups;
-use split::{Balance, CpuShare};
+use split::CpuShare;
 
 /// The GPU prefill the placement asks of the routed experts: calls of more than `threshold`
 /// tokens. `None` when no routed-expert rule names a prefill device; an error when the
@@ -102,10 +102,9 @@ pub struct GpuPrefillLoad {
 }
 
 /// A layer's experts copied (or being copied) into a slot: the first `experts` of them,
-/// between events `start` and `done` on the copy stream.
+/// until event `done` on the copy stream.
 struct Staged {
     layer: usize,
-    start: GpuEvent,
     done: GpuEvent,
     experts: usize,
 }
@@ -142,13 +141,10 @@ pub(crate) struct GpuExperts {
     slots: [Slabs<ExpertSlab<bf16>>; 2],
     /// What each slot holds (or is receiving).
     staged: [Option<Staged>; 2],
-    /// The copy of a layer the GPU has run, timed once it is certainly done (the split's
-    /// measure of the copies under load).
-    copied: Option<Staged>,
     copy: GpuStream,
-    /// The (token, expert) pairs of the call in progress (the split's measure of its size).
+    /// The (token, expert) pairs of the call in progress.
     call_pairs: usize,
-    balance: Balance,
+    split: PrefillSplit,
     cpu: CpuShare,
     /// Each split layer's CPU share in the last call, in layer order.
     cpu_times: Vec<CpuShareTimes>,
@@ -237,16 +233,16 @@ impl GpuExperts {
         // the slots exist before the copy stream first writes them
         s.synchronize()?;
         let copy = s.new_untracked_stream()?;
-        let mut g = GpuExperts {
+        Ok(GpuExperts {
             threshold,
             host,
             moe_layers,
             slots,
             staged: [None, None],
-            copied: None,
+
             copy,
             call_pairs: 0,
-            balance: Balance::new(layer_bytes / experts, 1.0),
+            split: PrefillSplit::Off,
             cpu: CpuShare::default(),
             cpu_times: Vec::new(),
             cpu_out: None,
@@ -263,16 +259,12 @@ impl GpuExperts {
                 worst_relative_rms: worst,
                 relative_rms: (sum_sq / matrices.max(1) as f64).sqrt(),
             },
-        };
-        // the split weighs the CPU's time against this copy rate
-        let gbps = g.measure_h2d(s, 1)?;
-        g.balance = Balance::new(layer_bytes / experts, gbps);
-        Ok(g)
+        })
     }
 
-    /// How the layers' experts are split with the CPU ([`PrefillSplit::Auto`] unless set).
+    /// How the layers' experts are split with the CPU ([`PrefillSplit::Off`] unless set).
     pub fn split(&self) -> PrefillSplit {
-        self.balance.mode
+        self.split
     }
 
     pub fn set_split(&mut self, split: PrefillSplit) -> HybridResult<()> {
@@ -283,13 +275,8 @@ impl GpuExperts {
                 )));
             }
         }
-        self.balance.mode = split;
+        self.split = split;
         Ok(())
-    }
-
-    /// The CPU's measured seconds per (token, expert) pair of a split layer, if it ran one.
-    pub fn cpu_s_per_pair(&self) -> Option<f64> {
-        self.balance.cpu_s_per_pair()
     }
 
     /// The experts the GPU runs of MoE layer `li` in the call in progress (`0..g`; the
@@ -308,7 +295,7 @@ impl GpuExperts {
     }
 
     /// The CPU's share of MoE layer `li` (the experts from `first` on) into `out` (`[T,
-    /// hidden]`, pinned host memory), on `fused`; its time goes into the balance.
+    /// hidden]`, pinned host memory), on `fused`; returns its seconds.
     #[allow(clippy::too_many_arguments)]
     pub fn run_cpu_share(
         &mut self,
@@ -323,7 +310,6 @@ impl GpuExperts {
         let dims = (self.hidden, self.top_k);
         let t = self.cpu.run(fused, li, x, ids, weights, dims, first, out)?;
         let seconds = t.gather_s + t.operator_s + t.sum_s;
-        self.balance.record_cpu(t.pairs, seconds);
         self.cpu_times.push(t);
         Ok(seconds)
     }
@@ -385,7 +371,7 @@ impl GpuExperts {
 
     /// The experts the GPU takes of the next layer staged.
     fn next_split(&self) -> usize {
-        self.balance.gpu_experts(self.experts, self.call_pairs)
+        self.split.gpu_experts(self.experts)
     }
 
     /// Queues the copy of MoE layer number `i`'s first `experts` experts into slot `i % 2`
@@ -394,27 +380,15 @@ impl GpuExperts {
         let li = self.moe_layers[i];
         let src = self.host[li].as_ref().expect("MoE layers have slabs");
         let dst = &mut self.slots[i % 2];
-        let start = self.copy.record_event()?;
         self.copy
             .copy_expert_slab_head(&src.gate_up, &mut dst.gate_up, experts)?;
         self.copy
             .copy_expert_slab_head(&src.down, &mut dst.down, experts)?;
         self.staged[i % 2] = Some(Staged {
             layer: li,
-            start,
             done: self.copy.record_event()?,
             experts,
         });
-        Ok(())
-    }
-
-    /// Takes the time of the last layer's copy the GPU has run into the balance: done by
-    /// the time the host reads the next layer's routing (which the stream orders after it).
-    fn time_copied(&mut self) -> HybridResult<()> {
-        if let Some(st) = self.copied.take() {
-            let ms = f64::from(st.start.elapsed_ms(&st.done)?);
-            self.balance.record_gpu(st.experts, ms * 1e-3);
-        }
         Ok(())
     }
 
@@ -439,7 +413,6 @@ impl GpuExperts {
             .position(|&l| l == li)
             .ok_or_else(|| HybridError::Input(format!("layer {li} has no routed experts")))?;
         let slot = i % 2;
-        self.time_copied()?;
         let on_gpu = match &self.staged[slot] {
             Some(st) if st.layer == li => {
                 s.wait_event(&st.done)?;
@@ -493,7 +466,6 @@ impl GpuExperts {
         if i + 2 < self.moe_layers.len() {
             let used = s.record_event()?;
             self.copy.wait_event(&used)?;
-            self.copied = self.staged[slot].take();
             self.stage(i + 2, self.next_split())?;
         }
         Ok(on_gpu)

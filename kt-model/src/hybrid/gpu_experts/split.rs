@@ -1,14 +1,19 @@
 //! A GPU prefill's routed experts split between the GPU and the CPU.
 //!
 //! With the routed experts on the GPU a long chunk's MoE layer costs the copy of its int4
-//! weights over PCIe (a DeepSeek-V3 layer: 5.8 GB, about 0.1 s at 55 GB/s), while the CPU
-//! waits. Split, the first `g` experts of a layer are copied and run on the GPU and the
-//! others run on the CPU's operator at the same time (weights as stored, nothing copied),
-//! so the layer costs about `max(g b, (E - g) a)`: `b` the copy of one expert, `a` the CPU's
-//! time for one expert's share of the call's (token, expert) pairs. [`Balance`] picks `g`
-//! to even the two: from the measured copy bandwidth and, per layer, the CPU's last rate.
-//! The CPU computes its pairs exactly as the CPU-only prefill does (the GGUF's weights),
-//! so a split prefill's error lies between the CPU's and the all-GPU int4 one.
+//! weights over PCIe (a DeepSeek-V3 layer: 5.8 GB, about 0.11 s on the device), while the
+//! CPU waits. Split, the first experts of a layer are copied and run on the GPU and the
+//! last [`PrefillSplit::CpuShare`] of them on the CPU's operator at the same time (weights as
+//! stored, nothing copied). The CPU computes its pairs exactly as the CPU-only prefill does
+//! (the GGUF's weights), so a split prefill's error lies between the CPU's and the all-GPU
+//! int4 one.
+//!
+//! Off by default. On the device (session 27, DeepSeek-V3 shape, 1024 tokens) a share of
+//! 0.1 made a layer about 7% faster, and shares of 0.2 and more made it slower than none,
+//! though the CPU's part alone took less time than the copies it saved: the CPU's share
+//! holds the host, so the next layer's attention waits for it, and the copies slow while
+//! the CPU reads memory beside them. A balance from the two sides' measured rates picked
+//! about 0.2 and lost 15-25% (not kept).
 //!
 //! [`CpuShare`] runs the CPU's pairs: flattened to rows of one choice each, sorted by
 //! expert (so the operator, which takes rows in pieces of its batch, reads each expert's
@@ -22,91 +27,22 @@ use crate::deepseek::fused_moe::FusedMoe;
 /// How a GPU prefill splits each MoE layer's routed experts with the CPU.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PrefillSplit {
-    /// Every expert on the GPU.
+    /// Every expert on the GPU (the default).
     Off,
-    /// The CPU takes the share that evens its time with the GPU's copies (the default).
-    Auto,
     /// The CPU takes this fraction of the experts (0 to 1; the last ones).
     CpuShare(f64),
 }
 
-/// The CPU share [`PrefillSplit::Auto`] starts from before it has timed the CPU. Low: the
-/// CPU's work slows the copies (both read the host's memory; on the device a DeepSeek-V3
-/// layer split 0.2 / 0.8 took longer than all of it on the GPU), so a share that the idle
-/// rates would even (0.28 there) overshoots.
-const FIRST_CPU_SHARE: f64 = 0.1;
-
-/// Weight of the newest layer in the CPU's running rate.
-const RATE_WEIGHT: f64 = 0.5;
-
-/// The split's state: its mode and what it has measured.
-#[derive(Debug, Clone)]
-pub(crate) struct Balance {
-    pub mode: PrefillSplit,
-    /// Seconds the GPU's copy of one expert takes: at first the slab bytes over the idle
-    /// bus's bandwidth, then as the layers' copies measure it (slower while the CPU works:
-    /// both read the host's memory).
-    gpu_s_per_expert: f64,
-    /// The CPU's seconds per (token, expert) pair, from the layers it ran.
-    cpu_s_per_pair: Option<f64>,
-}
-
-impl Balance {
-    pub fn new(expert_bytes: usize, h2d_gbps: f64) -> Self {
-        Balance {
-            mode: PrefillSplit::Auto,
-            gpu_s_per_expert: expert_bytes as f64 / (h2d_gbps.max(1e-3) * 1e9),
-            cpu_s_per_pair: None,
+impl PrefillSplit {
+    /// The experts on the GPU (`0..g`) of a layer of `experts`.
+    pub fn gpu_experts(self, experts: usize) -> usize {
+        match self {
+            PrefillSplit::Off => experts,
+            PrefillSplit::CpuShare(f) => {
+                let cpu = (f.clamp(0.0, 1.0) * experts as f64).round() as usize;
+                experts - cpu.min(experts)
+            }
         }
-    }
-
-    /// The CPU's share of the experts for a call of `pairs` (token, expert) pairs.
-    pub fn cpu_share(&self, experts: usize, pairs: usize) -> f64 {
-        match self.mode {
-            PrefillSplit::Off => 0.0,
-            PrefillSplit::CpuShare(f) => f,
-            PrefillSplit::Auto => match self.cpu_s_per_pair {
-                None => FIRST_CPU_SHARE,
-                Some(c) => {
-                    // CPU time of one expert's pairs (routing spreads them about evenly)
-                    let a = c * pairs as f64 / experts.max(1) as f64;
-                    let b = self.gpu_s_per_expert;
-                    b / (a + b)
-                }
-            },
-        }
-    }
-
-    /// The experts on the GPU (`0..g`) for a call of `pairs` pairs.
-    pub fn gpu_experts(&self, experts: usize, pairs: usize) -> usize {
-        let cpu = (self.cpu_share(experts, pairs).clamp(0.0, 1.0) * experts as f64).round();
-        experts - (cpu as usize).min(experts)
-    }
-
-    /// Takes the CPU's time for `pairs` pairs of one layer into its rate.
-    pub fn record_cpu(&mut self, pairs: usize, seconds: f64) {
-        if pairs == 0 {
-            return;
-        }
-        let c = seconds / pairs as f64;
-        self.cpu_s_per_pair = Some(match self.cpu_s_per_pair {
-            None => c,
-            Some(old) => (1.0 - RATE_WEIGHT) * old + RATE_WEIGHT * c,
-        });
-    }
-
-    /// Takes the time of one layer's copy of `experts` experts into the copy rate.
-    pub fn record_gpu(&mut self, experts: usize, seconds: f64) {
-        if experts == 0 || seconds <= 0.0 {
-            return;
-        }
-        let b = seconds / experts as f64;
-        self.gpu_s_per_expert = (1.0 - RATE_WEIGHT) * self.gpu_s_per_expert + RATE_WEIGHT * b;
-    }
-
-    /// The CPU's measured seconds per pair (`None` before it ran a share).
-    pub fn cpu_s_per_pair(&self) -> Option<f64> {
-        self.cpu_s_per_pair
     }
 }
 
@@ -241,33 +177,14 @@ fn split_rows(rows: &mut [f32], width: usize, f: &(dyn Fn(usize, &mut [f32]) + S
 mod tests {
     use super::*;
 
-    /// The balance evens the two sides' times and follows the mode.
+    /// The share rounds to whole experts, from the last ones.
     #[test]
-    fn balance_evens_copies_and_cpu() {
-        // one expert copies in 1 ms; the CPU takes 0.01 ms a pair
-        let mut b = Balance::new(55_000_000, 55.0);
-        assert_eq!(b.cpu_share(256, 8192), FIRST_CPU_SHARE);
-        b.record_cpu(1000, 0.01);
-        // 32 pairs an expert: a = 0.32 ms against b = 1 ms: the CPU takes 1 / 1.32
-        let share = b.cpu_share(256, 8192);
-        assert!((share - 1.0 / 1.32).abs() < 1e-9, "{share}");
-        assert_eq!(
-            b.gpu_experts(256, 8192),
-            256 - (share * 256.0).round() as usize
-        );
-        // a slower CPU gets less
-        b.record_cpu(1000, 0.03);
-        assert!(b.cpu_share(256, 8192) < share);
-        // slower copies give the CPU more
-        let before = b.cpu_share(256, 8192);
-        b.record_gpu(128, 0.256);
-        assert!(b.cpu_share(256, 8192) > before);
-        b.mode = PrefillSplit::Off;
-        assert_eq!(b.gpu_experts(256, 8192), 256);
-        b.mode = PrefillSplit::CpuShare(1.0);
-        assert_eq!(b.gpu_experts(256, 8192), 0);
-        b.mode = PrefillSplit::CpuShare(0.5);
-        assert_eq!(b.gpu_experts(64, 10), 32);
+    fn shares_round_to_experts() {
+        assert_eq!(PrefillSplit::Off.gpu_experts(256), 256);
+        assert_eq!(PrefillSplit::CpuShare(0.0).gpu_experts(256), 256);
+        assert_eq!(PrefillSplit::CpuShare(1.0).gpu_experts(256), 0);
+        assert_eq!(PrefillSplit::CpuShare(0.5).gpu_experts(64), 32);
+        assert_eq!(PrefillSplit::CpuShare(0.1).gpu_experts(256), 230);
     }
 
     /// The CPU share of a split layer is the operator's sum over the pairs of its experts:
