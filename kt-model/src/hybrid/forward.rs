@@ -811,6 +811,12 @@ impl<'s> Step<'s> {
         m.back_queued = LayerMarks::mark(self.timing, s)?;
         s.copy_from_pinned(&sc.host_routed, &mut sc.routed)?;
         m.back_done = LayerMarks::mark(self.timing, s)?;
+        self.add_routed(has_shared, sc)
+    }
+
+    /// `x += routed (+ the shared experts' output)`: a MoE layer's update of the residual.
+    fn add_routed(&self, has_shared: bool, sc: &mut Scratch) -> HybridResult<()> {
+        let s = self.s;
         match (has_shared, sc.shared.as_ref()) {
             (true, Some((_, _, out))) => s.add2_f32(&mut sc.x, &sc.routed, out)?,
             _ => s.add_f32(&mut sc.x, &sc.routed)?,
@@ -860,10 +866,7 @@ impl<'s> Step<'s> {
             weights: hw.to_vec(),
         });
         g.add_cpu_share(s, &sc.host_routed, &mut sc.routed)?;
-        match (shared, sc.shared.as_ref()) {
-            (Some(_), Some((_, _, out))) => s.add2_f32(&mut sc.x, &sc.routed, out)?,
-            _ => s.add_f32(&mut sc.x, &sc.routed)?,
-        }
+        self.add_routed(shared.is_some(), sc)?;
         let mut routing = routing;
         if let Some(r) = routing.as_mut() {
             r.logits = s.download(&sc.router)?;
@@ -903,16 +906,14 @@ impl<'s> Step<'s> {
             &mut sc.routed,
             &mut ws.gemm,
         )?;
-        match (shared, sc.shared.as_ref()) {
-            (Some(_), Some((_, _, out))) => s.add2_f32(&mut sc.x, &sc.routed, out)?,
-            _ => s.add_f32(&mut sc.x, &sc.routed)?,
-        }
-        if !want_routing {
+        let ids = want_routing.then(|| ids.to_vec());
+        self.add_routed(shared.is_some(), sc)?;
+        let Some(ids) = ids else {
             return Ok(None);
-        }
+        };
         Ok(Some(Routing {
             logits: s.download(&sc.router)?,
-            ids: ids.to_vec(),
+            ids,
             weights: s.download(&sc.weights)?,
         }))
     }
