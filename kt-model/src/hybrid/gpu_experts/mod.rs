@@ -239,7 +239,6 @@ impl GpuExperts {
             moe_layers,
             slots,
             staged: [None, None],
-
             copy,
             call_pairs: 0,
             split: PrefillSplit::Off,
