@@ -619,17 +619,27 @@ impl<'s> Step<'s> {
         if self.timing {
             m.routed_bytes = fused.routed_bytes(li, hids);
         }
-        let routing = want_routing.then(|| Routing {
-            logits: Vec::new(),
-            ids: hids.to_vec(),
-            weights: hw.to_vec(),
-        });
+        let chosen = want_routing.then(|| (hids.to_vec(), hw.to_vec()));
         self.moe_back(shared.is_some(), sc, m)?;
-        let mut routing = routing;
-        if let Some(r) = routing.as_mut() {
-            r.logits = self.s.download(&sc.router)?;
-        }
-        Ok(routing)
+        self.traced_routing(chosen, sc)
+    }
+
+    /// The routing a trace asks for: the host's copy of the choices (taken before the
+    /// layer's update reuses the scratch) and the router's logits.
+    fn traced_routing(
+        &self,
+        chosen: Option<(Vec<u32>, Vec<f32>)>,
+        sc: &Scratch,
+    ) -> HybridResult<Option<Routing>> {
+        chosen
+            .map(|(ids, weights)| {
+                Ok(Routing {
+                    logits: self.s.download(&sc.router)?,
+                    ids,
+                    weights,
+                })
+            })
+            .transpose()
     }
 
     /// The CPU experts of MoE layer `li`.
@@ -860,18 +870,10 @@ impl<'s> Step<'s> {
         )?;
         let routed = sc.host_routed.as_mut_slice()?;
         m.cpu_experts_s = g.run_cpu_share(fused, li, hx, hids, hw, on_gpu, routed)?;
-        let routing = want_routing.then(|| Routing {
-            logits: Vec::new(),
-            ids: hids.to_vec(),
-            weights: hw.to_vec(),
-        });
+        let chosen = want_routing.then(|| (hids.to_vec(), hw.to_vec()));
         g.add_cpu_share(s, &sc.host_routed, &mut sc.routed)?;
         self.add_routed(shared.is_some(), sc)?;
-        let mut routing = routing;
-        if let Some(r) = routing.as_mut() {
-            r.logits = s.download(&sc.router)?;
-        }
-        Ok(routing)
+        self.traced_routing(chosen, sc)
     }
 
     /// The rest of [`Self::moe`] with the routed experts on the GPU: the shared experts

@@ -142,8 +142,6 @@ pub(crate) struct GpuExperts {
     /// What each slot holds (or is receiving).
     staged: [Option<Staged>; 2],
     copy: GpuStream,
-    /// The (token, expert) pairs of the call in progress.
-    call_pairs: usize,
     split: PrefillSplit,
     cpu: CpuShare,
     /// Each split layer's CPU share in the last call, in layer order.
@@ -240,7 +238,6 @@ impl GpuExperts {
             slots,
             staged: [None, None],
             copy,
-            call_pairs: 0,
             split: PrefillSplit::Off,
             cpu: CpuShare::default(),
             cpu_times: Vec::new(),
@@ -278,19 +275,12 @@ impl GpuExperts {
         Ok(())
     }
 
-    /// The experts the GPU runs of MoE layer `li` in the call in progress (`0..g`; the
-    /// CPU runs the rest), once the layer is staged.
-    pub fn gpu_experts_of(&self, li: usize) -> Option<usize> {
+    /// Whether MoE layer `li`, once staged, has experts on the CPU in the call in progress.
+    pub fn splits(&self, li: usize) -> bool {
         self.staged
             .iter()
             .flatten()
-            .find(|st| st.layer == li)
-            .map(|st| st.experts)
-    }
-
-    /// Whether MoE layer `li` has experts on the CPU in the call in progress.
-    pub fn splits(&self, li: usize) -> bool {
-        self.gpu_experts_of(li).is_some_and(|g| g < self.experts)
+            .any(|st| st.layer == li && st.experts < self.experts)
     }
 
     /// The CPU's share of MoE layer `li` (the experts from `first` on) into `out` (`[T,
@@ -358,7 +348,6 @@ impl GpuExperts {
                 host_slot: gpu.alloc_pinned(pairs)?,
             });
         }
-        self.call_pairs = pairs;
         self.cpu_times.clear();
         let start = s.record_event()?;
         self.copy.wait_event(&start)?;
@@ -434,11 +423,11 @@ impl GpuExperts {
         let pairs = ids.len();
         let p = match self.pairs.as_mut() {
             Some(p) if p.pairs == pairs => p,
-            _ => {
+            began => {
+                let began = began.map_or(0, |p| p.pairs);
                 return Err(HybridError::Input(format!(
-                    "layer {li}: {pairs} router choices, but the call began with {}",
-                    self.call_pairs
-                )))
+                    "layer {li}: {pairs} router choices, but the call began with {began}"
+                )));
             }
         };
         // (waits for the previous layer's copies out of them, done by now)
