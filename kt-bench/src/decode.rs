@@ -112,6 +112,11 @@ pub struct Args {
     /// meanwhile, from 0 to 1 (the last ones; `kt_model::hybrid`'s `gpu_experts/split.rs`).
     #[arg(long, default_value = "off")]
     pub prefill_split: String,
+    /// With hybrid rules that prefill the routed experts on the GPU: keep this many of
+    /// each MoE layer's experts (the first ones) on the GPU for good, so a long chunk copies
+    /// only the others (`kt-bench plan` prints how many fit beside the rest of the model).
+    #[arg(long, default_value_t = 0)]
+    pub prefill_resident: usize,
 }
 
 impl Args {
@@ -133,6 +138,7 @@ impl Args {
             repetitions: 1,
             crossover: false,
             prefill_split: "off".into(),
+            prefill_resident: 0,
         }
     }
 }

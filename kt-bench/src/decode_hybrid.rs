@@ -23,7 +23,8 @@ use kt_kernels::cpu::{membw, Isa, ThreadPool};
 use kt_kernels::cuda::Gpu;
 use kt_model::deepseek::{LogitRows, Sampler};
 use kt_model::hybrid::{
-    GraphTimeline, HybridCache, HybridModel, HybridTimes, LayerSplit, PrefillSplit,
+    GraphTimeline, HybridCache, HybridModel, HybridTimes, LayerSplit, PrefillLayerTimes,
+    PrefillSplit,
 };
 use kt_model::placement::Placement;
 use serde_json::{json, Value};
@@ -391,9 +392,10 @@ impl HybridRun<'_> {
         let split = parse_split(&a.prefill_split)?;
         if model.gpu_prefill_threshold().is_some() {
             model.set_gpu_prefill_split(split)?;
-        } else if split != PrefillSplit::Off {
+            model.set_gpu_prefill_resident(a.prefill_resident)?;
+        } else if split != PrefillSplit::Off || a.prefill_resident > 0 {
             return Err(
-                "--prefill-split needs rules whose routed experts prefill on the GPU".into(),
+                "--prefill-split and --prefill-resident need rules whose routed experts prefill on the GPU".into(),
             );
         }
 
@@ -417,6 +419,9 @@ impl HybridRun<'_> {
         let n_layers = w.config.n_layers;
         let (mut prefill_times, mut decode_times) =
             (HybridTimes::new(n_layers), HybridTimes::new(n_layers));
+        // the GPU prefill's per-layer copies and computes, read right after the prompt (a few
+        // event queries inside its timer): later calls replace them
+        let mut prefill_layers = Vec::new();
         let run = prompt_then_decode(
             !a.json,
             " (hybrid)",
@@ -429,7 +434,12 @@ impl HybridRun<'_> {
                 } else {
                     &mut decode_times
                 };
-                model.forward_timed(tokens, &mut cache, LogitRows::Last, None, Some(times))
+                let logits =
+                    model.forward_timed(tokens, &mut cache, LogitRows::Last, None, Some(times))?;
+                if prefill {
+                    prefill_layers = model.gpu_prefill_layer_times()?;
+                }
+                Ok::<_, kt_model::hybrid::HybridError>(logits)
             },
         )?;
         let (tokens, prefill_s, decode_timed_s) = (run.tokens, run.prefill_s, run.decode_s);
@@ -595,7 +605,7 @@ impl HybridRun<'_> {
                     "decode": (gen_len > 0).then(|| phase_json(&decode_times, decode_timed_s, dram_gbps)),
                 },
                 "tokens": tokens,
-                "gpu_prefill": gpu_prefill_json(&model),
+                "gpu_prefill": gpu_prefill_json(&model, &prefill_layers),
                 "gpu_prefill_warmup": gpu_prefill_warmup,
                 "crossover": crossover,
                 "prefetch": prefetch,
@@ -655,6 +665,24 @@ impl HybridRun<'_> {
                 l.relative_rms,
                 l.worst_relative_rms
             );
+            if let Some(r) = model.gpu_prefill_resident().filter(|&r| r > 0) {
+                println!(
+                    "  {r} experts of each MoE layer resident on the GPU ({:.2} GB)",
+                    model.gpu_prefill_resident_bytes() as f64 / 1e9
+                );
+            }
+            for t in &prefill_layers {
+                println!(
+                    "  layer {}: copy {:.2} GB from {:.1} ms for {:.1} ms ({:.1} GB/s); experts from {} for {} ms",
+                    t.layer,
+                    t.copy_bytes as f64 / 1e9,
+                    t.copy_start_ms,
+                    t.copy_ms,
+                    t.copy_gbps,
+                    t.compute_start_ms.map_or("-".into(), |v| format!("{v:.1}")),
+                    t.compute_ms.map_or("-".into(), |v| format!("{v:.1}")),
+                );
+            }
         }
         if let Some(c) = &crossover {
             println!("crossover: {c}");
@@ -701,11 +729,22 @@ fn prefill_split_json(split: Option<PrefillSplit>) -> Value {
     }
 }
 
-fn gpu_prefill_json(model: &HybridModel) -> Option<Value> {
+fn gpu_prefill_json(model: &HybridModel, layers: &[PrefillLayerTimes]) -> Option<Value> {
     model.gpu_prefill_load().map(|l| {
         json!({
             "threshold": model.gpu_prefill_threshold(),
             "split": prefill_split_json(model.gpu_prefill_split()),
+            "resident_experts": model.gpu_prefill_resident(),
+            "resident_bytes": model.gpu_prefill_resident_bytes(),
+            "layers": layers.iter().map(|t| json!({
+                "layer": t.layer,
+                "copy_start_ms": t.copy_start_ms,
+                "copy_ms": t.copy_ms,
+                "copy_bytes": t.copy_bytes,
+                "copy_gbps": t.copy_gbps,
+                "compute_start_ms": t.compute_start_ms,
+                "compute_ms": t.compute_ms,
+            })).collect::<Vec<_>>(),
             "cpu_shares": model.gpu_prefill_cpu_times().iter().map(|t| json!({
                 "pairs": t.pairs,
                 "experts": t.experts,

@@ -70,7 +70,14 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if a.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report_json(&a, model, &plan, &memory, fits.is_ok()))?
+            serde_json::to_string_pretty(&report_json(
+                &a,
+                model,
+                &plan,
+                &memory,
+                gpu_bytes,
+                fits.is_ok()
+            ))?
         );
     } else {
         print_table(&a, model, &plan, &memory, gpu_bytes);
@@ -205,6 +212,14 @@ fn print_table(a: &Args, model: &str, plan: &Placement, memory: &[DeviceMemory],
             capacity
         );
     }
+    for d in memory.iter().filter(|d| d.device.is_gpu()) {
+        if let Some((fit, experts)) = plan.resident_experts_room(d, gpu_bytes) {
+            println!(
+                "{}: room for {fit} of each MoE layer's {experts} experts resident for the GPU prefill (`kt-bench prefill --prefill-resident {fit}`)",
+                d.device
+            );
+        }
+    }
 }
 
 fn report_json(
@@ -212,6 +227,7 @@ fn report_json(
     model: &str,
     plan: &Placement,
     memory: &[DeviceMemory],
+    gpu_bytes: u64,
     fits: bool,
 ) -> serde_json::Value {
     let modules: Vec<_> = plan
@@ -243,6 +259,9 @@ fn report_json(
                 "prefill_staging_bytes": d.prefill_staging,
                 "reserve_bytes": d.reserve,
                 "total_bytes": d.total(),
+                "resident_experts_room": d.device.is_gpu()
+                    .then(|| plan.resident_experts_room(d, gpu_bytes).map(|r| r.0))
+                    .flatten(),
             })
         })
         .collect();

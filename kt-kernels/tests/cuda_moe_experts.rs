@@ -66,7 +66,7 @@ fn used(w: &Int4Weights<bf16>, m: usize) -> Vec<f32> {
 
 #[test]
 fn gathered_expert_gemms_and_combine_match_the_reference() {
-    check_experts_on_gpu(EXPERTS);
+    check_experts_on_gpu(0, EXPERTS);
 }
 
 /// A split prefill: only the first 3 experts' weights staged (over a slot holding other
@@ -74,11 +74,19 @@ fn gathered_expert_gemms_and_combine_match_the_reference() {
 /// the combine skips (their expert outputs stay NaN: reading one would show).
 #[test]
 fn head_of_the_experts_on_the_gpu_and_the_rest_skipped() {
-    check_experts_on_gpu(3);
+    check_experts_on_gpu(0, 3);
 }
 
-/// Experts `0..head` on the GPU against the reference summing only their pairs.
-fn check_experts_on_gpu(head: usize) {
+/// Resident experts: the first 2 in a slab of their own (copied once), experts 2..5
+/// staged into the same places of the full slot over other weights, expert 5 skipped.
+#[test]
+fn resident_experts_from_their_own_slab_and_the_rest_staged() {
+    check_experts_on_gpu(2, 5);
+}
+
+/// Experts `0..head` on the GPU against the reference summing only their pairs: experts
+/// `0..resident` from a slab of `resident` experts, `resident..head` from the full slot.
+fn check_experts_on_gpu(resident: usize, head: usize) {
     let Some(gpu) = gpu_or_skip("moe experts") else {
         return;
     };
@@ -116,9 +124,16 @@ fn check_experts_on_gpu(head: usize) {
     // holds other experts' weights (the down slab's values in the wrong places).
     let mut dev_gu = s.alloc_expert_slab::<bf16>(gate_up_shape).unwrap();
     let mut dev_down = s.alloc_expert_slab::<bf16>(down_shape).unwrap();
+    let mut resident_slabs = (resident > 0).then(|| {
+        let shape = |full: SlabShape| SlabShape::new(resident, full.n, full.k).unwrap();
+        (
+            s.alloc_expert_slab::<bf16>(shape(gate_up_shape)).unwrap(),
+            s.alloc_expert_slab::<bf16>(shape(down_shape)).unwrap(),
+        )
+    });
     s.synchronize().unwrap();
     let copy = s.new_untracked_stream().unwrap();
-    if head < EXPERTS {
+    if resident > 0 || head < EXPERTS {
         let mut other_gu = HostExpertSlab::new(&gpu, gate_up_shape).unwrap();
         let mut other_down = HostExpertSlab::new(&gpu, down_shape).unwrap();
         for (mut p, w) in other_gu
@@ -142,14 +157,22 @@ fn check_experts_on_gpu(head: usize) {
         copy.synchronize().unwrap();
         drop((other_gu, other_down));
     }
-    copy.copy_expert_slab_head(&host_gu, &mut dev_gu, head)
+    if let Some((gu, d)) = resident_slabs.as_mut() {
+        copy.copy_experts(&host_gu, 0, gu, 0, resident).unwrap();
+        copy.copy_experts(&host_down, 0, d, 0, resident).unwrap();
+        // one past the resident slab's end is refused
+        assert!(copy.copy_experts(&host_gu, 0, gu, 1, resident).is_err());
+    }
+    let staged_count = head - resident;
+    copy.copy_experts(&host_gu, resident, &mut dev_gu, resident, staged_count)
         .unwrap();
-    copy.copy_expert_slab_head(&host_down, &mut dev_down, head)
+    copy.copy_experts(&host_down, resident, &mut dev_down, resident, staged_count)
         .unwrap();
     assert!(copy.copy_expert_slab(&host_gu, &mut dev_down).is_err());
     assert!(copy
-        .copy_expert_slab_head(&host_gu, &mut dev_gu, EXPERTS + 1)
+        .copy_experts(&host_gu, 1, &mut dev_gu, 0, EXPERTS)
         .is_err());
+    assert!(copy.copy_experts(&host_gu, 0, &mut dev_down, 0, 1).is_err());
     let staged = copy.record_event().unwrap();
     s.wait_event(&staged).unwrap();
 
@@ -189,16 +212,25 @@ fn check_experts_on_gpu(head: usize) {
     let mut out = nan_buf::<f32>(s, TOKENS * HIDDEN);
     let mut ws = GemmWorkspace::default();
     s.moe_gather(&dx, &d_rows, &mut xg, HIDDEN).unwrap();
+    // (the slot's first `resident` experts hold other weights: the wrong slab would show)
+    let gate_up_of = |e: usize| match &resident_slabs {
+        Some((g, _)) if e < resident => g,
+        _ => &dev_gu,
+    };
+    let down_of = |e: usize| match &resident_slabs {
+        Some((_, d)) if e < resident => d,
+        _ => &dev_down,
+    };
     for (e, r) in ranges.iter().enumerate().take(head) {
         if !r.is_empty() {
-            s.w4a16_gemm_expert(&dev_gu, e, &xg, r.clone(), &mut gu, &mut ws)
+            s.w4a16_gemm_expert(gate_up_of(e), e, &xg, r.clone(), &mut gu, &mut ws)
                 .unwrap();
         }
     }
     s.silu_mul(&gu, &mut act, pairs, WIDTH).unwrap();
     for (e, r) in ranges.iter().enumerate().take(head) {
         if !r.is_empty() {
-            s.w4a16_gemm_expert(&dev_down, e, &act, r.clone(), &mut y, &mut ws)
+            s.w4a16_gemm_expert(down_of(e), e, &act, r.clone(), &mut y, &mut ws)
                 .unwrap();
         }
     }

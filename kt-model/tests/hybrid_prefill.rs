@@ -150,7 +150,8 @@ fn gpu_prefill_experts_match_cpu_experts_within_int4_error() {
     eprintln!(
         "prefill rows: relative L2 to the CPU experts {least:.4}..{worst:.4}, bound {bound:.4}"
     );
-    check_splits(&mut h, &ids, &next, &cpu_logits, &gpu_logits, bound);
+    let half = check_splits(&mut h, &ids, &next, &cpu_logits, &gpu_logits, bound);
+    check_resident(&mut h, &ids, &next, &gpu_logits, &half);
 }
 
 /// The same prefill with each layer's experts split between the GPU and the CPU
@@ -167,7 +168,7 @@ fn check_splits(
     cpu_logits: &[f32],
     gpu_logits: &[f32],
     bound: f64,
-) {
+) -> Vec<f32> {
     assert!(h
         .set_gpu_prefill_split(PrefillSplit::CpuShare(1.5))
         .is_err());
@@ -199,6 +200,62 @@ fn check_splits(
     );
     assert!(d_half <= bound);
     h.set_gpu_prefill_split(PrefillSplit::Off).unwrap();
+    half
+}
+
+/// Resident experts (the first ones of the layer kept on the GPU, the others copied per
+/// call) run the same kernels on the same weights: the logits equal the all-copied run's
+/// bit for bit, with some, all, and some beside a split (equal to the split alone); the
+/// call's timeline shows only the others' bytes copied.
+fn check_resident(
+    h: &mut HybridModel,
+    ids: &[u32],
+    next: &[u32],
+    gpu_logits: &[f32],
+    half_split: &[f32],
+) {
+    let experts = h.config().n_routed_experts;
+    let layer_bytes = h.gpu_prefill_load().unwrap().layer_bytes;
+    assert_eq!(h.gpu_prefill_resident(), Some(0));
+    assert!(h.set_gpu_prefill_resident(experts + 1).is_err());
+    let (logits, _, _) = run(h, ids, next);
+    assert!(logits == gpu_logits);
+    let times = h.gpu_prefill_layer_times().unwrap();
+    assert_eq!(times.len(), 1, "one MoE layer: {times:?}");
+    assert_eq!(times[0].copy_bytes, layer_bytes, "nothing resident");
+    assert!(times[0].copy_gbps > 0.0 && times[0].compute_ms.is_some_and(|c| c > 0.0));
+
+    for resident in [20, experts] {
+        h.set_gpu_prefill_resident(resident).unwrap();
+        assert_eq!(h.gpu_prefill_resident(), Some(resident));
+        assert_eq!(
+            h.gpu_prefill_resident_bytes(),
+            layer_bytes / experts * resident
+        );
+        let (logits, _, steps) = run(h, ids, next);
+        assert!(
+            logits == gpu_logits,
+            "{resident} resident experts change the prefill"
+        );
+        assert!(steps.iter().all(|s| s.iter().all(|v| v.is_finite())));
+        let times = h.gpu_prefill_layer_times().unwrap();
+        eprintln!("{resident} resident experts: {times:?}");
+        assert_eq!(
+            times[0].copy_bytes,
+            layer_bytes / experts * (experts - resident)
+        );
+    }
+    h.set_gpu_prefill_resident(20).unwrap();
+    h.set_gpu_prefill_split(PrefillSplit::CpuShare(0.5))
+        .unwrap();
+    let (split, _, _) = run(h, ids, next);
+    assert!(
+        split == half_split,
+        "resident experts change the split prefill"
+    );
+    h.set_gpu_prefill_split(PrefillSplit::Off).unwrap();
+    h.set_gpu_prefill_resident(0).unwrap();
+    assert_eq!(h.gpu_prefill_resident_bytes(), 0);
 }
 
 /// GPU prefill rules the executor takes (the test's and `rules/gpu-prefill/`'s) and those

@@ -421,7 +421,8 @@ rules:
     assert_eq!(cpu.kv_cache, 31 * 1000 * 576 * 4);
     // One V3 expert layer in int4_g128: 3 x 256 x 2048 x 7168 weights, 4 bits + f16 / 128.
     let elems: u64 = 3 * 256 * 2048 * 7168;
-    assert_eq!(gpu.prefill_staging, elems / 2 + elems / 128 * 2);
+    // two slots: one layer copied while the other computes
+    assert_eq!(gpu.prefill_staging, 2 * (elems / 2 + elems / 128 * 2));
     assert_eq!((gpu.reserve, cpu.reserve), (reserve, 0));
     assert_eq!(gpu.weights, p.bytes_per_device()[&Device::Cuda(0)]);
     assert_eq!(
@@ -441,4 +442,15 @@ rules:
         ),
         "{e}"
     );
+    // Resident prefill experts: the same number in each of the 58 MoE layers, in what the
+    // GPU has left; none left, none fit; the CPU prefills nothing.
+    let per_expert = (elems / 2 + elems / 128 * 2) / 256;
+    let layers = 58;
+    let room = |extra: u64| p.resident_experts_room(&gpu, gpu.total() + extra);
+    assert_eq!(room(0), Some((0, 256)));
+    assert_eq!(room(10 * layers * per_expert), Some((10, 256)));
+    assert_eq!(room(11 * layers * per_expert - 1), Some((10, 256)));
+    assert_eq!(room(u64::MAX / 2), Some((256, 256)));
+    assert_eq!(p.resident_experts_room(&gpu, 0), Some((0, 256)));
+    assert_eq!(p.resident_experts_room(&cpu, u64::MAX), None);
 }

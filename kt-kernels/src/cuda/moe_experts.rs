@@ -147,29 +147,40 @@ impl GpuStream {
         src: &HostExpertSlab<T>,
         dst: &mut ExpertSlab<T>,
     ) -> CudaResult<()> {
-        self.copy_expert_slab_head(src, dst, src.shape.experts)
-    }
-
-    /// Queues the copy of the first `experts` experts of `src` into `dst` (same shape);
-    /// returns at once. The others' weights in `dst` stay as they were.
-    pub fn copy_expert_slab_head<T: MmaFloat>(
-        &self,
-        src: &HostExpertSlab<T>,
-        dst: &mut ExpertSlab<T>,
-        experts: usize,
-    ) -> CudaResult<()> {
-        if src.shape != dst.shape || experts > src.shape.experts {
+        if src.shape != dst.shape {
             return Err(shape(
                 "copy_expert_slab",
+                format!("host slab {:?} into device slot {:?}", src.shape, dst.shape),
+            ));
+        }
+        self.copy_experts(src, 0, dst, 0, src.shape.experts)
+    }
+
+    /// Queues the copy of `count` experts of `src` from expert `from` on into `dst` from
+    /// expert `to` on (the same `n` and `k`; e.g. a layer's first experts into a smaller
+    /// resident slab, or the others into the same places of a full slot); returns at once.
+    /// The other experts' weights in `dst` stay as they were.
+    pub fn copy_experts<T: MmaFloat>(
+        &self,
+        src: &HostExpertSlab<T>,
+        from: usize,
+        dst: &mut ExpertSlab<T>,
+        to: usize,
+        count: usize,
+    ) -> CudaResult<()> {
+        let (a, b) = (src.shape, dst.shape);
+        let fits = |at: usize, experts: usize| at.checked_add(count).is_some_and(|e| e <= experts);
+        if a.n != b.n || a.k != b.k || !fits(from, a.experts) || !fits(to, b.experts) {
+            return Err(shape(
+                "copy_experts",
                 format!(
-                    "{experts} experts of host slab {:?} into device slot {:?}",
-                    src.shape, dst.shape
+                    "{count} experts from {from} of host slab {a:?} to {to} of device slab {b:?}"
                 ),
             ));
         }
-        let (pb, sc) = (src.shape.packed_bytes(), src.shape.scales());
-        self.copy_from_pinned_prefix(&src.packed, experts * pb, &mut dst.packed)?;
-        self.copy_from_pinned_prefix(&src.scales, experts * sc, &mut dst.scales)
+        let (pb, sc) = (a.packed_bytes(), a.scales());
+        self.copy_from_pinned_part(&src.packed, from * pb, &mut dst.packed, to * pb, count * pb)?;
+        self.copy_from_pinned_part(&src.scales, from * sc, &mut dst.scales, to * sc, count * sc)
     }
 
     /// `out[rows] = x[rows] W_e^T` for expert `e` of `slab`: rows `rows` of `x` (`[*, k]`)

@@ -323,19 +323,22 @@ impl GpuStream {
         src.mark_copies(&self.stream)
     }
 
-    /// Queues a copy of the first `len` elements of pinned `src` into the first `len` of
-    /// `dst`; returns at once (a part of a buffer, e.g. the first experts of a slab).
-    pub fn copy_from_pinned_prefix<T: DeviceRepr + ValidAsZeroBits>(
+    /// Queues a copy of the `len` elements of pinned `src` from `src_at` on into `dst` from
+    /// `dst_at` on; returns at once (a part of a buffer, e.g. some experts of a slab).
+    pub fn copy_from_pinned_part<T: DeviceRepr + ValidAsZeroBits>(
         &self,
         src: &PinnedBuf<T>,
-        len: usize,
+        src_at: usize,
         dst: &mut DeviceBuf<T>,
+        dst_at: usize,
+        len: usize,
     ) -> CudaResult<()> {
-        if len > src.len() || len > dst.len() {
+        let fits = |at: usize, total: usize| at.checked_add(len).is_some_and(|end| end <= total);
+        if !fits(src_at, src.len()) || !fits(dst_at, dst.len()) {
             return Err(shape(
-                "copy_from_pinned_prefix",
+                "copy_from_pinned_part",
                 format!(
-                    "{len} elements of a {}-element host buffer into {}",
+                    "{len} elements from {src_at} of a {}-element host buffer to {dst_at} of {}",
                     src.len(),
                     dst.len()
                 ),
@@ -344,13 +347,13 @@ impl GpuStream {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: `host` starts `src.len() >= len` initialized page-locked elements that
-        // live as long as `src`; host writes to it wait for `copies_done`, recorded below
-        // after the copy, so the driver's asynchronous read sees them unchanged.
-        let head = unsafe { std::slice::from_raw_parts(src.host as *const T, len) };
-        let mut part = dst.slice.slice_mut(..len);
+        // SAFETY: `host` holds `src.len() >= src_at + len` initialized page-locked elements
+        // that live as long as `src`; host writes to it wait for `copies_done`, recorded
+        // below after the copy, so the driver's asynchronous read sees them unchanged.
+        let part = unsafe { std::slice::from_raw_parts((src.host as *const T).add(src_at), len) };
+        let mut to = dst.slice.slice_mut(dst_at..dst_at + len);
         self.stream
-            .memcpy_htod(head, &mut part)
+            .memcpy_htod(part, &mut to)
             .map_err(driver("cuMemcpyHtoDAsync"))?;
         src.mark_copies(&self.stream)
     }

@@ -61,7 +61,7 @@ mod timing;
 mod weights;
 
 pub use error::{HybridError, HybridResult};
-pub use gpu_experts::{CpuShareTimes, GpuPrefillLoad, PrefillSplit};
+pub use gpu_experts::{CpuShareTimes, GpuPrefillLoad, PrefillLayerTimes, PrefillSplit};
 pub use timing::{GraphTimeline, HybridTimes, LayerSplit};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -335,6 +335,38 @@ impl<'a> HybridModel<'a> {
                 "the rules keep the routed experts on the CPU (no prefill_device option)".into(),
             )),
         }
+    }
+
+    /// The experts of each MoE layer a GPU prefill keeps on the GPU (`None` without GPU
+    /// prefill experts).
+    pub fn gpu_prefill_resident(&self) -> Option<usize> {
+        self.gpu_experts.as_ref().map(|g| g.resident_experts())
+    }
+
+    /// GPU bytes of [`Self::gpu_prefill_resident`]'s experts (0 without).
+    pub fn gpu_prefill_resident_bytes(&self) -> usize {
+        self.gpu_experts.as_ref().map_or(0, |g| g.resident_bytes())
+    }
+
+    /// Keeps the first `experts` routed experts of every MoE layer on the GPU, so a GPU
+    /// prefill copies only the others (0 frees them). Copies them now. An error without GPU
+    /// prefill experts, past a layer's experts, or when the GPU lacks the memory.
+    pub fn set_gpu_prefill_resident(&mut self, experts: usize) -> HybridResult<()> {
+        let s = self.gpu.stream();
+        match self.gpu_experts.as_mut() {
+            Some(g) => g.set_resident(s, experts),
+            None => Err(HybridError::Input(
+                "the rules keep the routed experts on the CPU (no prefill_device option)".into(),
+            )),
+        }
+    }
+
+    /// Each MoE layer's weight copy and expert compute on the GPU in the last GPU prefill
+    /// call (empty without one). Waits for the GPU.
+    pub fn gpu_prefill_layer_times(&self) -> HybridResult<Vec<PrefillLayerTimes>> {
+        self.gpu_experts
+            .as_ref()
+            .map_or(Ok(Vec::new()), |g| g.layer_times())
     }
 
     /// Each split layer's CPU share in the last GPU prefill call (empty without one).

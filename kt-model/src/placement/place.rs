@@ -19,6 +19,17 @@ use crate::synthetic::Preset;
 /// KV cache bytes per element on a GPU (bf16) and on the CPU (kt's CPU cache is f32).
 const KV_BYTES_GPU: u64 = 2;
 const KV_BYTES_CPU: u64 = 4;
+/// Device slots of a GPU prefill's staged layers (double buffering).
+const PREFILL_SLOTS: u64 = 2;
+
+/// The experts of a module of stacked expert tensors (ggml dims `[k, n, experts]`).
+fn stacked_experts(m: &ModulePlacement) -> Option<usize> {
+    m.tensors
+        .iter()
+        .filter_map(|t| (t.dims.len() == 3).then_some(t.dims[2]))
+        .max()
+        .filter(|&e| e > 0)
+}
 
 /// One tensor of a placed module and its bytes in the module's format.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +81,8 @@ pub struct DeviceMemory {
     pub device: Device,
     pub weights: u64,
     pub kv_cache: u64,
-    /// The largest module staged here for prefill (one at a time).
+    /// Two slots of the largest module staged here for prefill: the hybrid executor copies
+    /// the next layer into one while the other computes.
     pub prefill_staging: u64,
     /// Activations and workspace set aside (GPUs only).
     pub reserve: u64,
@@ -352,7 +364,7 @@ impl Placement {
                     .filter(|m| m.options.prefill_device == Some(device))
                     .filter_map(|m| m.prefill_bytes)
                     .max()
-                    .unwrap_or(0);
+                    .map_or(0, |b| PREFILL_SLOTS * b);
                 DeviceMemory {
                     device,
                     weights: weights[&device],
@@ -362,6 +374,29 @@ impl Placement {
                 }
             })
             .collect()
+    }
+
+    /// How many of each MoE layer's experts (the first ones) fit on `memory.device` for good
+    /// in the `capacity` bytes left beside `memory.total()`: the hybrid executor's resident
+    /// prefill experts, out of the layer's experts. `None` when no module prefills there.
+    pub fn resident_experts_room(
+        &self,
+        memory: &DeviceMemory,
+        capacity: u64,
+    ) -> Option<(usize, usize)> {
+        let prefilled: Vec<_> = self
+            .modules
+            .iter()
+            .filter(|m| m.options.prefill_device == Some(memory.device))
+            .filter_map(|m| Some((m.prefill_bytes?, stacked_experts(m)?)))
+            .collect();
+        let &(_, experts) = prefilled.first()?;
+        // every layer keeps the same number: the largest expert sets the cost
+        let per_expert = prefilled.iter().map(|&(b, e)| b / e as u64).max()?;
+        let cost = per_expert * prefilled.len() as u64;
+        let free = capacity.saturating_sub(memory.total());
+        let fit = free.checked_div(cost).map_or(experts, |n| n as usize);
+        Some((fit.min(experts), experts))
     }
 
     /// An error naming the first GPU of `memory` that needs more than `gpu_bytes`.

@@ -14,12 +14,17 @@
 //! keep the CPU experts.
 //!
 //! Split (`split.rs`, off by default): only a layer's first experts are copied and run on
-//! the GPU; the CPU runs the others meanwhile.
+//! the GPU; the CPU runs the others meanwhile. Resident experts (`resident.rs`, none by
+//! default): a layer's first experts kept on the GPU, so only the others are copied. Each
+//! call's copies and computes are timed by events (`timeline.rs`).
 
 mod group;
+mod resident;
 mod split;
+mod timeline;
 
 pub use split::{CpuShareTimes, PrefillSplit};
+pub use timeline::PrefillLayerTimes;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -36,7 +41,9 @@ use crate::deepseek::linear::Linear;
 use crate::placement::{Device, ModuleKind, Placement, WeightFormat};
 use crate::tensors::{Ffn, ModelTensors};
 use group::ExpertGroups;
+use resident::Resident;
 use split::CpuShare;
+use timeline::LayerEvents;
 
 /// The GPU prefill the placement asks of the routed experts: calls of more than `threshold`
 /// tokens. `None` when no routed-expert rule names a prefill device; an error when the
@@ -101,8 +108,8 @@ pub struct GpuPrefillLoad {
     pub relative_rms: f64,
 }
 
-/// A layer's experts copied (or being copied) into a slot: the first `experts` of them,
-/// until event `done` on the copy stream.
+/// A layer's experts copied (or being copied) into a slot: the first `experts` of them
+/// (those past the resident ones), until event `done` on the copy stream.
 struct Staged {
     layer: usize,
     done: GpuEvent,
@@ -143,6 +150,10 @@ pub(crate) struct GpuExperts {
     staged: [Option<Staged>; 2],
     copy: GpuStream,
     split: PrefillSplit,
+    resident: Resident,
+    /// The call in progress: its start (on the main stream) and its layers' events.
+    call_start: Option<GpuEvent>,
+    events: Vec<LayerEvents>,
     cpu: CpuShare,
     /// Each split layer's CPU share in the last call, in layer order.
     cpu_times: Vec<CpuShareTimes>,
@@ -239,6 +250,9 @@ impl GpuExperts {
             staged: [None, None],
             copy,
             split: PrefillSplit::Off,
+            resident: Resident::default(),
+            call_start: None,
+            events: Vec::new(),
             cpu: CpuShare::default(),
             cpu_times: Vec::new(),
             cpu_out: None,
@@ -273,6 +287,43 @@ impl GpuExperts {
         }
         self.split = split;
         Ok(())
+    }
+
+    /// The experts of each MoE layer kept on the GPU (the first ones; 0 unless set).
+    pub fn resident_experts(&self) -> usize {
+        self.resident.experts
+    }
+
+    /// Device bytes of the resident experts.
+    pub fn resident_bytes(&self) -> usize {
+        self.resident.bytes()
+    }
+
+    /// Keeps the first `experts` experts of every MoE layer on the GPU (allocated on `s`,
+    /// copied now; 0 frees them): later calls copy only the others. Waits for the work
+    /// queued so far. An error past the layer's experts or when the GPU lacks the memory.
+    pub fn set_resident(&mut self, s: &GpuStream, experts: usize) -> HybridResult<()> {
+        if experts > self.experts {
+            return Err(HybridError::Input(format!(
+                "{experts} resident experts per layer, but a layer has {}",
+                self.experts
+            )));
+        }
+        // nothing may still read the old slabs, or the slots staged under the old count
+        s.synchronize()?;
+        self.copy.synchronize()?;
+        self.staged = [None, None];
+        self.resident = Resident::default(); // free the old ones first
+        self.resident = Resident::load(s, &self.copy, &self.host, experts)?;
+        Ok(())
+    }
+
+    /// Each MoE layer's weight copy and expert compute in the last call (waits for them).
+    pub fn layer_times(&self) -> HybridResult<Vec<PrefillLayerTimes>> {
+        match &self.call_start {
+            Some(start) => timeline::layer_times(start, &self.events),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Whether MoE layer `li`, once staged, has experts on the CPU in the call in progress.
@@ -349,8 +400,10 @@ impl GpuExperts {
             });
         }
         self.cpu_times.clear();
+        self.events.clear();
         let start = s.record_event()?;
         self.copy.wait_event(&start)?;
+        self.call_start = Some(start);
         for i in 0..self.moe_layers.len().min(2) {
             self.stage(i, self.next_split())?;
         }
@@ -362,19 +415,31 @@ impl GpuExperts {
         self.split.gpu_experts(self.experts)
     }
 
-    /// Queues the copy of MoE layer number `i`'s first `experts` experts into slot `i % 2`
-    /// on the copy stream.
+    /// Queues the copy of MoE layer number `i`'s first `experts` experts, less the
+    /// resident ones, into the same places of slot `i % 2` on the copy stream.
     fn stage(&mut self, i: usize, experts: usize) -> HybridResult<()> {
         let li = self.moe_layers[i];
         let src = self.host[li].as_ref().expect("MoE layers have slabs");
         let dst = &mut self.slots[i % 2];
+        let from = self.resident.experts.min(experts);
+        let count = experts - from;
+        let start = self.copy.record_event()?;
         self.copy
-            .copy_expert_slab_head(&src.gate_up, &mut dst.gate_up, experts)?;
+            .copy_experts(&src.gate_up, from, &mut dst.gate_up, from, count)?;
         self.copy
-            .copy_expert_slab_head(&src.down, &mut dst.down, experts)?;
+            .copy_experts(&src.down, from, &mut dst.down, from, count)?;
+        let done = self.copy.record_event()?;
+        let bytes = count * (src.gate_up.shape.bytes(2) + src.down.shape.bytes(2)) / self.experts;
+        // (events are not shared: the timeline gets one of its own at the same point)
+        self.events.push(LayerEvents {
+            layer: li,
+            bytes,
+            copy: (start, self.copy.record_event()?),
+            compute: None,
+        });
         self.staged[i % 2] = Some(Staged {
             layer: li,
-            done: self.copy.record_event()?,
+            done,
             experts,
         });
         Ok(())
@@ -435,24 +500,33 @@ impl GpuExperts {
         p.host_slot.as_mut_slice()?.copy_from_slice(&groups.slot);
         s.copy_from_pinned(&p.host_rows, &mut p.rows)?;
         s.copy_from_pinned(&p.host_slot, &mut p.slot)?;
+        let compute_start = s.record_event()?;
         s.moe_gather(x, &p.rows, &mut p.x, hidden)?;
-        let w = &self.slots[slot];
+        // experts below `resident` from the layer's resident slabs, the others from the slot
+        let (slot_w, resident) = (&self.slots[slot], self.resident.layer(li));
+        let weights_of = |e: usize| match resident {
+            Some(r) if e < self.resident.experts => r,
+            _ => slot_w,
+        };
         for e in 0..on_gpu {
             let r = groups.range(e);
             if !r.is_empty() {
-                s.w4a16_gemm_expert(&w.gate_up, e, &p.x, r, &mut p.gate_up, ws)?;
+                s.w4a16_gemm_expert(&weights_of(e).gate_up, e, &p.x, r, &mut p.gate_up, ws)?;
             }
         }
         s.silu_mul(&p.gate_up, &mut p.act, pairs, width)?;
         for e in 0..on_gpu {
             let r = groups.range(e);
             if !r.is_empty() {
-                s.w4a16_gemm_expert(&w.down, e, &p.act, r, &mut p.y, ws)?;
+                s.w4a16_gemm_expert(&weights_of(e).down, e, &p.act, r, &mut p.y, ws)?;
             }
         }
         s.moe_combine(&p.y, &p.slot, weights, self.top_k, out, hidden)?;
+        if let Some(ev) = self.events.iter_mut().rev().find(|ev| ev.layer == li) {
+            ev.compute = Some((compute_start, s.record_event()?));
+        }
+        let used = s.record_event()?;
         if i + 2 < self.moe_layers.len() {
-            let used = s.record_event()?;
             self.copy.wait_event(&used)?;
             self.stage(i + 2, self.next_split())?;
         }
@@ -466,12 +540,18 @@ impl GpuExperts {
         s.synchronize()?;
         self.copy.synchronize()?;
         let start = self.copy.record_event()?;
+        let src = self.host[self.moe_layers[0]]
+            .as_ref()
+            .expect("MoE layers have slabs");
+        let dst = &mut self.slots[0];
         for _ in 0..reps.max(1) {
-            self.stage(0, self.experts)?;
+            self.copy.copy_expert_slab(&src.gate_up, &mut dst.gate_up)?;
+            self.copy.copy_expert_slab(&src.down, &mut dst.down)?;
         }
         let end = self.copy.record_event()?;
         let ms = f64::from(start.elapsed_ms(&end)?);
         // slot 0 now holds layer 0 again: the next call re-stages in begin anyway
+        self.staged[0] = None;
         Ok((self.load.layer_bytes * reps.max(1)) as f64 / (ms * 1e6))
     }
 }
