@@ -538,3 +538,14 @@ extern "C" __global__ void kt_cast_f32_bf16(const float* x, __nv_bfloat16* y, lo
 extern "C" __global__ void kt_cast_bf16_f32(const __nv_bfloat16* x, float* y, long long n) {
     cast<__nv_bfloat16, float>(x, y, n);
 }
+
+// dst[i] = src[i] for n 4-byte words. `src` may be page-locked host memory read through its
+// device address: the SMs read it over PCIe, with no copy engine, so the copy does not queue
+// behind a large host-to-device copy in flight on another stream (a GPU prefill's weights).
+extern "C" __global__ void kt_copy_u32(const unsigned* __restrict__ src,
+                                       unsigned* __restrict__ dst, long long n) {
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (long long)gridDim.x * blockDim.x) {
+        dst[e] = src[e];
+    }
+}

@@ -197,7 +197,7 @@ impl GemmNt {
     }
 }
 
-fn elem_config(n: usize) -> LaunchConfig {
+pub(crate) fn elem_config(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(ELEM_THREADS as usize).clamp(1, ELEM_MAX_BLOCKS) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),

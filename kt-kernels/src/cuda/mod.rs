@@ -31,6 +31,7 @@ mod runtime;
 
 pub mod gating;
 pub mod linear;
+pub mod mapped;
 pub mod mla;
 pub mod moe_experts;
 pub mod small_ops;

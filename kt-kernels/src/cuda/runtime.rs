@@ -605,7 +605,7 @@ impl<T> Drop for PinnedBuf<T> {
 
 impl<T> PinnedBuf<T> {
     /// Marks the end of the copies `stream` queued so far on this buffer.
-    fn mark_copies(&self, stream: &CudaStream) -> CudaResult<()> {
+    pub(crate) fn mark_copies(&self, stream: &CudaStream) -> CudaResult<()> {
         self.copies_done
             .record(stream)
             .map_err(driver("cuEventRecord"))

@@ -132,9 +132,9 @@ struct Pairs {
     y: DeviceBuf<bf16>,
     rows: DeviceBuf<i32>,
     slot: DeviceBuf<i32>,
-    /// `rows` and `slot` on the host, page-locked: a copy from pageable memory may wait
-    /// for the stream (here the layer's weight copy), which would hold the host off the
-    /// CPU's share of a split layer until then.
+    /// `rows` and `slot` on the host, page-locked: kernels read them through their device
+    /// address (a copy from pageable memory may wait for the stream, and one on a copy
+    /// engine for the next layer's weight copy).
     host_rows: PinnedBuf<i32>,
     host_slot: PinnedBuf<i32>,
 }
@@ -157,8 +157,6 @@ pub(crate) struct GpuExperts {
     cpu: CpuShare,
     /// Each split layer's CPU share in the last call, in layer order.
     cpu_times: Vec<CpuShareTimes>,
-    /// The CPU share's output on the GPU, `[T, hidden]`.
-    cpu_out: Option<DeviceBuf<f32>>,
     experts: usize,
     top_k: usize,
     hidden: usize,
@@ -255,7 +253,6 @@ impl GpuExperts {
             events: Vec::new(),
             cpu: CpuShare::default(),
             cpu_times: Vec::new(),
-            cpu_out: None,
             experts,
             top_k: config.experts_per_tok,
             hidden,
@@ -360,21 +357,15 @@ impl GpuExperts {
     }
 
     /// `routed += host` on stream `s`: the CPU share (in pinned memory) added to the GPU
-    /// experts' sum.
+    /// experts' sum, read over PCIe by the kernel (a copy engine's copy would wait for the
+    /// next layer's weights, `kt_kernels::cuda::mapped`).
     pub fn add_cpu_share(
         &mut self,
         s: &GpuStream,
         host: &PinnedBuf<f32>,
         routed: &mut DeviceBuf<f32>,
     ) -> HybridResult<()> {
-        if self.cpu_out.as_ref().is_none_or(|b| b.len() != host.len()) {
-            self.cpu_out = None; // free the old one first
-            self.cpu_out = Some(s.alloc_zeroed(host.len())?);
-        }
-        let buf = self.cpu_out.as_mut().expect("sized above");
-        s.copy_from_pinned(host, buf)?;
-        s.add_f32(routed, buf)?;
-        Ok(())
+        Ok(s.add_f32_from_pinned(routed, host)?)
     }
 
     /// Starts a GPU-expert call of `tokens` tokens on `gpu`'s stream: buffers for its pairs,
@@ -498,8 +489,10 @@ impl GpuExperts {
         // (waits for the previous layer's copies out of them, done by now)
         p.host_rows.as_mut_slice()?.copy_from_slice(&groups.rows);
         p.host_slot.as_mut_slice()?.copy_from_slice(&groups.slot);
-        s.copy_from_pinned(&p.host_rows, &mut p.rows)?;
-        s.copy_from_pinned(&p.host_slot, &mut p.slot)?;
+        // read by kernels, not copy engines: those are busy with the next layer's weights,
+        // and this layer's experts would wait for them (`kt_kernels::cuda::mapped`)
+        s.copy_from_pinned_mapped(&p.host_rows, &mut p.rows)?;
+        s.copy_from_pinned_mapped(&p.host_slot, &mut p.slot)?;
         let compute_start = s.record_event()?;
         s.moe_gather(x, &p.rows, &mut p.x, hidden)?;
         // experts below `resident` from the layer's resident slabs, the others from the slot
