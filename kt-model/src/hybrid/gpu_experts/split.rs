@@ -8,12 +8,14 @@
 //! (the GGUF's weights), so a split prefill's error lies between the CPU's and the all-GPU
 //! int4 one.
 //!
-//! Off by default. On the device (session 27, DeepSeek-V3 shape, 1024 tokens) a share of
-//! 0.1 made a layer about 7% faster, and shares of 0.2 and more made it slower than none,
-//! though the CPU's part alone took less time than the copies it saved: the CPU's share
-//! holds the host, so the next layer's attention waits for it, and the copies slow while
-//! the CPU reads memory beside them. A balance from the two sides' measured rates picked
-//! about 0.2 and lost 15-25% (not kept).
+//! Off by default. On the device (DeepSeek-V3 shape, 1024 tokens) a share of 0.1 made a
+//! layer about 7% faster and larger shares slower (session 27), until session 28 found
+//! why: the CPU share's sum (and the layer's routing indices) crossed to the GPU on a copy
+//! engine, queued behind the next layer's 5.8 GB weight copy, so every split layer waited
+//! one copy. Read by kernels from page-locked memory instead (`kt_kernels::cuda::mapped`),
+//! shares of 0.1 and 0.15 with 43 resident experts take a V3 layer from 92 to 79 and 66 ms;
+//! 0.2 is slower again (the CPU's part, ~70 ms, outlasts the copies it saves). Still off by
+//! default: measured on the V3 shape only.
 //!
 //! [`CpuShare`] runs the CPU's pairs: flattened to rows of one choice each, sorted by
 //! expert (so the operator, which takes rows in pieces of its batch, reads each expert's
