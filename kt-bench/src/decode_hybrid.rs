@@ -736,15 +736,7 @@ fn gpu_prefill_json(model: &HybridModel, layers: &[PrefillLayerTimes]) -> Option
             "split": prefill_split_json(model.gpu_prefill_split()),
             "resident_experts": model.gpu_prefill_resident(),
             "resident_bytes": model.gpu_prefill_resident_bytes(),
-            "layers": layers.iter().map(|t| json!({
-                "layer": t.layer,
-                "copy_start_ms": t.copy_start_ms,
-                "copy_ms": t.copy_ms,
-                "copy_bytes": t.copy_bytes,
-                "copy_gbps": t.copy_gbps,
-                "compute_start_ms": t.compute_start_ms,
-                "compute_ms": t.compute_ms,
-            })).collect::<Vec<_>>(),
+            "layers": layers,
             "cpu_shares": model.gpu_prefill_cpu_times().iter().map(|t| json!({
                 "pairs": t.pairs,
                 "experts": t.experts,

@@ -420,7 +420,7 @@ impl GpuExperts {
         self.copy
             .copy_experts(&src.down, from, &mut dst.down, from, count)?;
         let done = self.copy.record_event()?;
-        let bytes = count * (src.gate_up.shape.bytes(2) + src.down.shape.bytes(2)) / self.experts;
+        let bytes = count * self.load.layer_bytes / self.experts;
         // (events are not shared: the timeline gets one of its own at the same point)
         self.events.push(LayerEvents {
             layer: li,

@@ -17,8 +17,8 @@ pub(super) struct LayerEvents {
 }
 
 /// One MoE layer of the last GPU prefill call, in ms from the call's start (the first
-/// layers' copies queued).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// layers' copies queued). Serializes with these field names (`kt-bench --json`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct PrefillLayerTimes {
     pub layer: usize,
     /// The weight copy: start, duration, bytes and their rate (0 bytes: nothing copied).
