@@ -114,9 +114,10 @@ pub struct Args {
     pub prefill_split: String,
     /// With hybrid rules that prefill the routed experts on the GPU: keep this many of
     /// each MoE layer's experts (the first ones) on the GPU for good, so a long chunk copies
-    /// only the others (`kt-bench plan` prints how many fit beside the rest of the model).
-    #[arg(long, default_value_t = 0)]
-    pub prefill_resident: usize,
+    /// only the others, in place of the rules' `prefill_resident` (`kt-bench plan` prints
+    /// how many fit beside the rest of the model).
+    #[arg(long)]
+    pub prefill_resident: Option<usize>,
 }
 
 impl Args {
@@ -138,7 +139,7 @@ impl Args {
             repetitions: 1,
             crossover: false,
             prefill_split: "off".into(),
-            prefill_resident: 0,
+            prefill_resident: None,
         }
     }
 }

@@ -392,8 +392,10 @@ impl HybridRun<'_> {
         let split = parse_split(&a.prefill_split)?;
         if model.gpu_prefill_threshold().is_some() {
             model.set_gpu_prefill_split(split)?;
-            model.set_gpu_prefill_resident(a.prefill_resident)?;
-        } else if split != PrefillSplit::Off || a.prefill_resident > 0 {
+            if let Some(r) = a.prefill_resident {
+                model.set_gpu_prefill_resident(r)?;
+            }
+        } else if split != PrefillSplit::Off || a.prefill_resident.is_some() {
             return Err(
                 "--prefill-split and --prefill-resident need rules whose routed experts prefill on the GPU".into(),
             );

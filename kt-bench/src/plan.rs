@@ -179,7 +179,11 @@ fn print_table(a: &Args, model: &str, plan: &Placement, memory: &[DeviceMemory],
         );
         if let Some(d) = m.options.prefill_device {
             let threshold = m.options.prefill_threshold.unwrap_or_default();
-            row += &format!("  (prefill > {threshold} tokens on {d})");
+            let resident = match m.options.prefill_resident {
+                Some(n) => format!(", {n} experts resident"),
+                None => String::new(),
+            };
+            row += &format!("  (prefill > {threshold} tokens on {d}{resident})");
         }
         if g.count > 1 {
             row += &format!("  ({} modules)", g.count);
@@ -192,8 +196,8 @@ fn print_table(a: &Args, model: &str, plan: &Placement, memory: &[DeviceMemory],
         a.ctx, a.reserve, a.gpu_mem
     );
     println!(
-        "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "device", "weights", "kv cache", "staging", "reserve", "total", "capacity"
+        "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "device", "weights", "kv cache", "staging", "resident", "reserve", "total", "capacity"
     );
     for d in memory {
         let capacity = if d.device.is_gpu() {
@@ -202,11 +206,12 @@ fn print_table(a: &Args, model: &str, plan: &Placement, memory: &[DeviceMemory],
             "-".into()
         };
         println!(
-            "{:<8} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10}",
+            "{:<8} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10}",
             d.device.to_string(),
             gib(d.weights),
             gib(d.kv_cache),
             gib(d.prefill_staging),
+            gib(d.prefill_resident),
             gib(d.reserve),
             gib(d.total()),
             capacity
@@ -215,7 +220,7 @@ fn print_table(a: &Args, model: &str, plan: &Placement, memory: &[DeviceMemory],
     for d in memory.iter().filter(|d| d.device.is_gpu()) {
         if let Some((fit, experts)) = plan.resident_experts_room(d, gpu_bytes) {
             println!(
-                "{}: room for {fit} of each MoE layer's {experts} experts resident for the GPU prefill (`kt-bench prefill --prefill-resident {fit}`)",
+                "{}: room for {fit} of each MoE layer's {experts} experts resident for the GPU prefill (rule option prefill_resident, or `kt-bench prefill --prefill-resident {fit}`)",
                 d.device
             );
         }
@@ -257,6 +262,7 @@ fn report_json(
                 "weights_bytes": d.weights,
                 "kv_cache_bytes": d.kv_cache,
                 "prefill_staging_bytes": d.prefill_staging,
+                "prefill_resident_bytes": d.prefill_resident,
                 "reserve_bytes": d.reserve,
                 "total_bytes": d.total(),
                 "resident_experts_room": d.device.is_gpu()

@@ -319,4 +319,53 @@ fn check_refuses_other_prefill_formats_and_mixed_layers() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("the same rule for all layers"), "{err}");
+
+    // resident experts from the rules, the same number in every layer
+    let resident = with_resident(8);
+    HybridModel::check(&c, &place(&resident)).unwrap();
+    let mixed = resident.replace(
+        "  - match: {kind: routed_experts}\n",
+        "  - match: {name: 'blk\\.1\\.ffn_exps', kind: routed_experts}\n    replace:\n      device: cpu\n      format: gguf\n      options: {prefill_device: \"cuda:0\", prefill_format: int4_g128, prefill_threshold: 16}\n  - match: {kind: routed_experts}\n",
+    );
+    let err = HybridModel::check(&c, &place(&mixed))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("resident experts 0 and 8"), "{err}");
+}
+
+/// [`gpu_prefill`] keeping `n` experts of each layer resident (`prefill_resident`).
+fn with_resident(n: usize) -> String {
+    let rules = gpu_prefill();
+    let old = "prefill_threshold: 16}";
+    assert!(rules.contains(old));
+    rules.replace(
+        old,
+        &format!("prefill_threshold: 16, prefill_resident: {n}}}"),
+    )
+}
+
+/// Resident experts named by the rules are loaded with the model: only the others are
+/// copied by a prefill, whose logits are finite (their equality with the all-copied run is
+/// `check_resident`'s, on the same setter).
+#[test]
+fn rules_keep_resident_experts_on_the_gpu() {
+    let Some(gpu) = cuda_common::gpu_or_skip("hybrid gpu prefill, resident rules") else {
+        return;
+    };
+    let (m, g) = v2_lite_two_layers();
+    let c = m.config().clone();
+    let p = placement(&with_resident(20), m);
+    let mut h = HybridModel::new(gpu, g, c.clone(), &p, cpu::isa::selected().unwrap()).unwrap();
+    assert_eq!(h.gpu_prefill_resident(), Some(20));
+    let layer_bytes = h.gpu_prefill_load().unwrap().layer_bytes;
+    let experts = c.n_routed_experts;
+    assert_eq!(h.gpu_prefill_resident_bytes(), layer_bytes / experts * 20);
+    let mut rng = SplitMix64::new(0x7265_7369);
+    let ids: Vec<u32> = (0..PROMPT)
+        .map(|_| rng.below(c.vocab_size) as u32)
+        .collect();
+    let (logits, _, steps) = run(&mut h, &ids, &[ids[0]]);
+    assert!(logits.iter().chain(&steps[0]).all(|v| v.is_finite()));
+    let times = h.gpu_prefill_layer_times().unwrap();
+    assert_eq!(times[0].copy_bytes, layer_bytes / experts * (experts - 20));
 }

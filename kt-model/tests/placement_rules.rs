@@ -158,6 +158,8 @@ fn inconsistent_rules_name_rule_line_and_field() {
             && msg.contains("operator moe on cuda:0 does not take format gguf"),
         "{msg}"
     );
+    let text = "devices: [cpu]\nrules:\n  - match: {kind: routed_experts}\n    replace:\n      device: cpu\n      format: gguf\n      options: {prefill_resident: 4}\n";
+    assert!(parse_err(text).contains("prefill_resident only with them"));
 }
 
 #[test]
@@ -222,6 +224,33 @@ fn placing_errors_name_the_module() {
     let msg = e.to_string();
     assert!(
         msg.contains("blk.0.ffn_down") && msg.contains("[10944, 2048]"),
+        "{msg}"
+    );
+
+    // Resident prefill experts: at most the module's experts, on routed experts only.
+    let prefill = |kind: &str, resident: usize| {
+        hybrid_with(&format!(
+            "  - match: {{kind: {kind}}}\n    replace:\n      device: cpu\n      format: gguf\n      options: {{prefill_device: \"cuda:0\", prefill_format: int4_g128, prefill_threshold: 64, prefill_resident: {resident}}}\n"
+        ))
+    };
+    let place = |text: String| {
+        parse(&text)
+            .unwrap()
+            .place(&Preset::DeepSeekV2Lite.config())
+    };
+    place(prefill("routed_experts", 64)).unwrap();
+    let msg = place(prefill("routed_experts", 65))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("blk.1.ffn_exps")
+            && msg.contains("prefill_resident 65 exceeds the module's 64 experts"),
+        "{msg}"
+    );
+    let msg = place(prefill("shared_experts", 2)).unwrap_err().to_string();
+    assert!(
+        msg.contains("blk.1.ffn_shexp")
+            && msg.contains("only routed experts keep experts resident"),
         "{msg}"
     );
 
@@ -442,6 +471,7 @@ rules:
         ),
         "{e}"
     );
+    assert_eq!(gpu.prefill_resident, 0);
     // Resident prefill experts: the same number in each of the 58 MoE layers, in what the
     // GPU has left; none left, none fit; the CPU prefills nothing.
     let per_expert = (elems / 2 + elems / 128 * 2) / 256;
@@ -453,4 +483,20 @@ rules:
     assert_eq!(room(u64::MAX / 2), Some((256, 256)));
     assert_eq!(p.resident_experts_room(&gpu, 0), Some((0, 256)));
     assert_eq!(p.resident_experts_room(&cpu, u64::MAX), None);
+
+    // The rules' own resident experts count on the GPU, and the room stays what fits in all.
+    let with = parse(&text.replace(
+        "prefill_threshold: 1024}",
+        "prefill_threshold: 1024, prefill_resident: 10}",
+    ))
+    .unwrap()
+    .place(&Preset::DeepSeekV3.config())
+    .unwrap();
+    let gpu10 = with.memory(ctx, reserve)[1];
+    assert_eq!(gpu10.prefill_resident, 10 * layers * per_expert);
+    assert_eq!(gpu10.total(), gpu.total() + gpu10.prefill_resident);
+    let room = |extra: u64| with.resident_experts_room(&gpu10, gpu.total() + extra);
+    assert_eq!(room(12 * layers * per_expert), Some((12, 256)));
+    let e = Placement::check_fits(&[gpu10], gpu10.total() - 1).unwrap_err();
+    assert!(e.to_string().contains("resident prefill experts"), "{e}");
 }

@@ -249,10 +249,12 @@ impl<'a> HybridModel<'a> {
         } else {
             None
         };
-        let gpu_experts = match gpu_experts::prefill_threshold(placement)? {
-            Some(threshold) => Some(GpuExperts::load(
-                &gpu, &tensors, &config, threshold, repacked,
-            )?),
+        let gpu_experts = match gpu_experts::prefill_rule(placement)? {
+            Some(rule) => {
+                let mut g = GpuExperts::load(&gpu, &tensors, &config, rule.threshold, repacked)?;
+                g.set_resident(s, rule.resident)?;
+                Some(g)
+            }
             None => None,
         };
         let rope = rope_of(&config)?;
@@ -296,7 +298,7 @@ impl<'a> HybridModel<'a> {
             )));
         }
         Formats::new(placement)?;
-        gpu_experts::prefill_threshold(placement).map(drop)
+        gpu_experts::prefill_rule(placement).map(drop)
     }
 
     /// Calls of more than this many tokens run the routed experts on the GPU (`None`: the

@@ -90,7 +90,8 @@ pub enum PlacementError {
 
     #[error(
         "{device} needs {need_gib:.2} GiB (weights {weights_gib:.2}, KV cache {kv_gib:.2}, \
-         prefill staging {staging_gib:.2}, activation reserve {reserve_gib:.2}) but has {have_gib:.2} GiB"
+         prefill staging {staging_gib:.2}, resident prefill experts {resident_gib:.2}, activation reserve \
+         {reserve_gib:.2}) but has {have_gib:.2} GiB"
     )]
     DoesNotFit {
         device: Device,
@@ -98,6 +99,7 @@ pub enum PlacementError {
         weights_gib: f64,
         kv_gib: f64,
         staging_gib: f64,
+        resident_gib: f64,
         reserve_gib: f64,
         have_gib: f64,
     },

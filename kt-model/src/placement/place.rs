@@ -22,9 +22,9 @@ const KV_BYTES_CPU: u64 = 4;
 /// Device slots of a GPU prefill's staged layers (double buffering).
 const PREFILL_SLOTS: u64 = 2;
 
-/// The experts of a module of stacked expert tensors (ggml dims `[k, n, experts]`).
-fn stacked_experts(m: &ModulePlacement) -> Option<usize> {
-    m.tensors
+/// The experts of a module's stacked expert tensors (ggml dims `[k, n, experts]`).
+fn stacked_experts(tensors: &[PlacedTensor]) -> Option<usize> {
+    tensors
         .iter()
         .filter_map(|t| (t.dims.len() == 3).then_some(t.dims[2]))
         .max()
@@ -84,13 +84,15 @@ pub struct DeviceMemory {
     /// Two slots of the largest module staged here for prefill: the hybrid executor copies
     /// the next layer into one while the other computes.
     pub prefill_staging: u64,
+    /// Experts kept here for good by `prefill_resident` (the first ones of each module).
+    pub prefill_resident: u64,
     /// Activations and workspace set aside (GPUs only).
     pub reserve: u64,
 }
 
 impl DeviceMemory {
     pub fn total(&self) -> u64 {
-        self.weights + self.kv_cache + self.prefill_staging + self.reserve
+        self.weights + self.kv_cache + self.prefill_staging + self.prefill_resident + self.reserve
     }
 }
 
@@ -221,6 +223,22 @@ impl RuleSet {
             tensors_in(&m, format).map_err(|reason| self.bad_match(i, &m.name, m.kind, reason))
         };
         let (tensors, bytes) = sized(r.format)?;
+        if let Some(n) = r.options.prefill_resident {
+            let reason = match stacked_experts(&tensors) {
+                _ if m.kind != ModuleKind::RoutedExperts => Some(format!(
+                    "prefill_resident: only routed experts keep experts resident, not {} modules",
+                    m.kind
+                )),
+                Some(e) if n > e => Some(format!(
+                    "prefill_resident {n} exceeds the module's {e} experts"
+                )),
+                None => Some("prefill_resident: the module holds no stacked experts".into()),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                return Err(self.bad_match(i, &m.name, m.kind, reason));
+            }
+        }
         let prefill_bytes = match prefill_format {
             Some((d, f)) if d != r.device => Some(sized(f)?.1),
             _ => None,
@@ -358,18 +376,27 @@ impl Placement {
                     .iter()
                     .filter(|m| m.kind == ModuleKind::Attention && m.device == device)
                     .count() as u64;
-                let staging = self
-                    .modules
-                    .iter()
-                    .filter(|m| m.options.prefill_device == Some(device))
+                let prefilled = || {
+                    self.modules
+                        .iter()
+                        .filter(move |m| m.options.prefill_device == Some(device))
+                };
+                let staging = prefilled()
                     .filter_map(|m| m.prefill_bytes)
                     .max()
                     .map_or(0, |b| PREFILL_SLOTS * b);
+                let resident = prefilled()
+                    .filter_map(|m| {
+                        let (bytes, experts) = (m.prefill_bytes?, stacked_experts(&m.tensors)?);
+                        Some(bytes / experts as u64 * m.options.prefill_resident? as u64)
+                    })
+                    .sum();
                 DeviceMemory {
                     device,
                     weights: weights[&device],
                     kv_cache: attn_layers * ctx as u64 * self.kv_elems * kv_bytes,
                     prefill_staging: staging,
+                    prefill_resident: resident,
                     reserve: if device.is_gpu() { gpu_reserve } else { 0 },
                 }
             })
@@ -377,8 +404,9 @@ impl Placement {
     }
 
     /// How many of each MoE layer's experts (the first ones) fit on `memory.device` for good
-    /// in the `capacity` bytes left beside `memory.total()`: the hybrid executor's resident
-    /// prefill experts, out of the layer's experts. `None` when no module prefills there.
+    /// in `capacity` bytes beside the rest of `memory` (the rules' own resident experts left
+    /// out): the most `prefill_resident` can be, out of the layer's experts. `None` when no
+    /// module prefills there.
     pub fn resident_experts_room(
         &self,
         memory: &DeviceMemory,
@@ -388,13 +416,13 @@ impl Placement {
             .modules
             .iter()
             .filter(|m| m.options.prefill_device == Some(memory.device))
-            .filter_map(|m| Some((m.prefill_bytes?, stacked_experts(m)?)))
+            .filter_map(|m| Some((m.prefill_bytes?, stacked_experts(&m.tensors)?)))
             .collect();
         let &(_, experts) = prefilled.first()?;
         // every layer keeps the same number: the largest expert sets the cost
         let per_expert = prefilled.iter().map(|&(b, e)| b / e as u64).max()?;
         let cost = per_expert * prefilled.len() as u64;
-        let free = capacity.saturating_sub(memory.total());
+        let free = capacity.saturating_sub(memory.total() - memory.prefill_resident);
         let fit = free.checked_div(cost).map_or(experts, |n| n as usize);
         Some((fit.min(experts), experts))
     }
@@ -413,6 +441,7 @@ impl Placement {
                 weights_gib: gib(m.weights),
                 kv_gib: gib(m.kv_cache),
                 staging_gib: gib(m.prefill_staging),
+                resident_gib: gib(m.prefill_resident),
                 reserve_gib: gib(m.reserve),
                 have_gib: gib(gpu_bytes),
             }),

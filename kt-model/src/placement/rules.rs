@@ -87,7 +87,9 @@ pub struct Replace {
 
 /// Operator options. Batches of more than `prefill_threshold` tokens run on
 /// `prefill_device` (weights converted to `prefill_format`, the module's format by
-/// default, and staged there one module at a time); smaller batches on `device`.
+/// default, and staged there one module at a time); smaller batches on `device`. Of routed
+/// experts, `prefill_resident` experts (the first ones) stay on `prefill_device` for good,
+/// so a prefill stages only the others (`kt-bench plan` prints how many fit).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
@@ -98,6 +100,8 @@ pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub prefill_threshold: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_resident: Option<usize>,
 }
 
 impl Options {
@@ -407,12 +411,12 @@ impl RuleSet {
                         check_format(self, i, "replace.options.prefill_format", op, d, f)?;
                     }
                 }
-                (None, None) if o.prefill_format.is_none() => {}
+                (None, None) if o.prefill_format.is_none() && o.prefill_resident.is_none() => {}
                 _ => {
                     return Err(self.rule_error(
                         i,
                         "replace.options",
-                        "prefill_device and prefill_threshold go together (prefill_format only with them)".into(),
+                        "prefill_device and prefill_threshold go together (prefill_format and prefill_resident only with them)".into(),
                     ))
                 }
             }

@@ -45,12 +45,20 @@ use resident::Resident;
 use split::CpuShare;
 use timeline::LayerEvents;
 
-/// The GPU prefill the placement asks of the routed experts: calls of more than `threshold`
-/// tokens. `None` when no routed-expert rule names a prefill device; an error when the
-/// rules ask for something this executor does not run (another device or format, rules
-/// that differ between layers).
-pub(crate) fn prefill_threshold(placement: &Placement) -> HybridResult<Option<usize>> {
-    let mut found: Option<(usize, &str)> = None;
+/// The GPU prefill the placement asks of the routed experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PrefillRule {
+    /// Calls of more than this many tokens.
+    pub threshold: usize,
+    /// Experts of each layer kept on the GPU (`prefill_resident`, 0 without).
+    pub resident: usize,
+}
+
+/// The GPU prefill the placement asks of the routed experts. `None` when no routed-expert
+/// rule names a prefill device; an error when the rules ask for something this executor
+/// does not run (another device or format, rules that differ between layers).
+pub(crate) fn prefill_rule(placement: &Placement) -> HybridResult<Option<PrefillRule>> {
+    let mut found: Option<(PrefillRule, &str)> = None;
     let mut without: Option<&str> = None;
     for m in placement.modules() {
         if m.kind != ModuleKind::RoutedExperts {
@@ -74,21 +82,25 @@ pub(crate) fn prefill_threshold(placement: &Placement) -> HybridResult<Option<us
                 m.name
             ))
         })?;
+        let rule = PrefillRule {
+            threshold,
+            resident: o.prefill_resident.unwrap_or(0),
+        };
         match found {
-            Some((t, first)) if t != threshold => {
+            Some((r, first)) if r != rule => {
                 return Err(HybridError::Unsupported(format!(
-                    "modules {first} and {}: prefill thresholds {t} and {threshold}; the hybrid executor takes one for all layers",
-                    m.name
+                    "modules {first} and {}: prefill thresholds {} and {threshold}, resident experts {} and {}; the hybrid executor takes one rule for all layers",
+                    m.name, r.threshold, r.resident, rule.resident
                 )))
             }
-            _ => found = Some((threshold, &m.name)),
+            _ => found = Some((rule, &m.name)),
         }
     }
     match (found, without) {
         (Some((_, with)), Some(without)) => Err(HybridError::Unsupported(format!(
             "module {with} prefills on the GPU, {without} does not; the hybrid executor takes the same rule for all layers"
         ))),
-        (found, _) => Ok(found.map(|(t, _)| t)),
+        (found, _) => Ok(found.map(|(r, _)| r)),
     }
 }
 
