@@ -277,6 +277,10 @@ fn check_refuses_other_prefill_formats_and_mixed_layers() {
             "gpu-prefill/deepseek-v2-lite-hybrid.yaml",
         ),
         (Preset::DeepSeekV3, "gpu-prefill/deepseek-v3-hybrid.yaml"),
+        (
+            Preset::DeepSeekV3,
+            "gpu-prefill/deepseek-v3-hybrid-int4.yaml",
+        ),
     ] {
         let config = preset.config();
         let shipped = RuleSet::from_file(rules_file(name))
@@ -368,4 +372,45 @@ fn rules_keep_resident_experts_on_the_gpu() {
     assert!(logits.iter().chain(&steps[0]).all(|v| v.is_finite()));
     let times = h.gpu_prefill_layer_times().unwrap();
     assert_eq!(times[0].copy_bytes, layer_bytes / experts * (experts - 20));
+}
+
+/// A split prefill over CPU experts repacked to int4 (`format: int4_amx`, as
+/// `rules/gpu-prefill/deepseek-v3-hybrid-int4.yaml` has them): all experts on the CPU
+/// through the split equal the repacked CPU experts' own prefill (f32 summation order,
+/// 1e-5 relative), and a share of 0.3 runs, deterministic and finite.
+#[test]
+fn split_over_repacked_cpu_experts() {
+    let Some(gpu) = cuda_common::gpu_or_skip("hybrid gpu prefill, repacked CPU experts") else {
+        return;
+    };
+    let (m, g) = v2_lite_two_layers();
+    let c = m.config().clone();
+    let rules = gpu_prefill();
+    let old = "      format: gguf\n      options:";
+    assert!(rules.contains(old));
+    let p = placement(
+        &rules.replace(old, "      format: int4_amx\n      options:"),
+        m,
+    );
+    let mut h = HybridModel::new(gpu, g, c.clone(), &p, cpu::isa::selected().unwrap()).unwrap();
+    let mut rng = SplitMix64::new(0x696e_7434);
+    let ids: Vec<u32> = (0..PROMPT)
+        .map(|_| rng.below(c.vocab_size) as u32)
+        .collect();
+    h.set_gpu_prefill_threshold(usize::MAX).unwrap();
+    let (cpu_logits, _, _) = run(&mut h, &ids, &[]);
+    h.set_gpu_prefill_threshold(16).unwrap();
+    h.set_gpu_prefill_split(PrefillSplit::CpuShare(1.0))
+        .unwrap();
+    let (all_cpu, _, _) = run(&mut h, &ids, &[]);
+    let d = rel_l2(&all_cpu, &cpu_logits);
+    eprintln!("repacked CPU experts, all through the split: relative L2 {d:e}");
+    assert!(d <= 1e-5, "relative L2 {d:e}");
+    h.set_gpu_prefill_split(PrefillSplit::CpuShare(0.3))
+        .unwrap();
+    let (part, _, _) = run(&mut h, &ids, &[]);
+    let (again, _, _) = run(&mut h, &ids, &[]);
+    assert!(part == again, "the split prefill differs between two runs");
+    assert!(part.iter().all(|v| v.is_finite()));
+    assert!(rel_l2(&part, &cpu_logits) > 1e-4, "the GPU's share ran");
 }
