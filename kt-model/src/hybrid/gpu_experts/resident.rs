@@ -2,8 +2,9 @@
 //!
 //! A GPU prefill's MoE layer waits for its int4 weights to cross PCIe (a DeepSeek-V3 layer:
 //! 5.8 GB, ~0.11 s at the device's 53-55 GB/s). A GPU has room beside the rest of the model
-//! for part of every layer's experts (`kt-bench plan` prints how many fit): those are
-//! copied once, here, and a layer then copies only its other experts. Decode is unchanged
+//! for part of every layer's experts (the rule option `prefill_resident`; `kt-bench plan`
+//! counts them and prints how many fit): those are copied once, here, and a layer then
+//! copies only its other experts. Decode is unchanged
 //! (its experts stay on the CPU); the memory is the GPU's, counted by the caller.
 
 use half::bf16;
