@@ -279,7 +279,7 @@ fn check_refuses_other_prefill_formats_and_mixed_layers() {
         (Preset::DeepSeekV3, "gpu-prefill/deepseek-v3-hybrid.yaml"),
         (
             Preset::DeepSeekV3,
-            "gpu-prefill/deepseek-v3-hybrid-int4.yaml",
+            "gpu-prefill/deepseek-v3-int4-hybrid.yaml",
         ),
     ] {
         let config = preset.config();
@@ -375,7 +375,7 @@ fn rules_keep_resident_experts_on_the_gpu() {
 }
 
 /// A split prefill over CPU experts repacked to int4 (`format: int4_amx`, as
-/// `rules/gpu-prefill/deepseek-v3-hybrid-int4.yaml` has them): all experts on the CPU
+/// `rules/gpu-prefill/deepseek-v3-int4-hybrid.yaml` has them): all experts on the CPU
 /// through the split equal the repacked CPU experts' own prefill (f32 summation order,
 /// 1e-5 relative), and a share of 0.3 runs, deterministic and finite.
 #[test]
