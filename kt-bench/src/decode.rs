@@ -109,9 +109,10 @@ pub struct Args {
     pub crossover: bool,
     /// With hybrid rules that prefill the routed experts on the GPU: `off` (each layer of a
     /// long chunk has all its experts on the GPU) or the share of them the CPU runs
-    /// meanwhile, from 0 to 1 (the last ones; `kt_model::hybrid`'s `gpu_experts/split.rs`).
-    #[arg(long, default_value = "off")]
-    pub prefill_split: String,
+    /// meanwhile, from 0 to 1 (the last ones; `kt_model::hybrid`'s `gpu_experts/split.rs`),
+    /// in place of the rules' `prefill_cpu_share`.
+    #[arg(long)]
+    pub prefill_split: Option<String>,
     /// With hybrid rules that prefill the routed experts on the GPU: keep this many of
     /// each MoE layer's experts (the first ones) on the GPU for good, so a long chunk copies
     /// only the others, in place of the rules' `prefill_resident` (`kt-bench plan` prints
@@ -138,7 +139,7 @@ impl Args {
             json: false,
             repetitions: 1,
             crossover: false,
-            prefill_split: "off".into(),
+            prefill_split: None,
             prefill_resident: None,
         }
     }
@@ -332,8 +333,8 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     if a.crossover {
         return Err("--crossover needs hybrid rules whose routed experts prefill on the GPU (and a cuda build)".into());
     }
-    if a.prefill_split != "off" {
-        return Err("--prefill-split needs hybrid rules whose routed experts prefill on the GPU (and a cuda build)".into());
+    if a.prefill_split.as_deref().is_some_and(|v| v != "off") || a.prefill_resident.is_some() {
+        return Err("--prefill-split and --prefill-resident need hybrid rules whose routed experts prefill on the GPU (and a cuda build)".into());
     }
     let rules = w.rules.clone();
     let mut model = match w.cpu_repack {

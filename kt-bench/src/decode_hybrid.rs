@@ -389,13 +389,15 @@ impl HybridRun<'_> {
         let gpu_load_s = t.elapsed().as_secs_f64();
         let prompt = prompt_ids(&w.config, prompt_len, a.seed);
 
-        let split = parse_split(&a.prefill_split)?;
+        let split = a.prefill_split.as_deref().map(parse_split).transpose()?;
         if model.gpu_prefill_threshold().is_some() {
-            model.set_gpu_prefill_split(split)?;
+            if let Some(split) = split {
+                model.set_gpu_prefill_split(split)?;
+            }
             if let Some(r) = a.prefill_resident {
                 model.set_gpu_prefill_resident(r)?;
             }
-        } else if split != PrefillSplit::Off || a.prefill_resident.is_some() {
+        } else if split.is_some_and(|s| s != PrefillSplit::Off) || a.prefill_resident.is_some() {
             return Err(
                 "--prefill-split and --prefill-resident need rules whose routed experts prefill on the GPU".into(),
             );

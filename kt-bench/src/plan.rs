@@ -179,10 +179,13 @@ fn print_table(a: &Args, model: &str, plan: &Placement, memory: &[DeviceMemory],
         );
         if let Some(d) = m.options.prefill_device {
             let threshold = m.options.prefill_threshold.unwrap_or_default();
-            let resident = match m.options.prefill_resident {
+            let mut resident = match m.options.prefill_resident {
                 Some(n) => format!(", {n} experts resident"),
                 None => String::new(),
             };
+            if let Some(f) = m.options.prefill_cpu_share {
+                resident += &format!(", {f} of them on the CPU meanwhile");
+            }
             row += &format!("  (prefill > {threshold} tokens on {d}{resident})");
         }
         if g.count > 1 {

@@ -327,6 +327,7 @@ fn check_refuses_other_prefill_formats_and_mixed_layers() {
     // resident experts from the rules, the same number in every layer
     let resident = with_resident(8);
     HybridModel::check(&c, &place(&resident)).unwrap();
+    HybridModel::check(&c, &place(&with_options("prefill_cpu_share: 0.3"))).unwrap();
     let mixed = resident.replace(
         "  - match: {kind: routed_experts}\n",
         "  - match: {name: 'blk\\.1\\.ffn_exps', kind: routed_experts}\n    replace:\n      device: cpu\n      format: gguf\n      options: {prefill_device: \"cuda:0\", prefill_format: int4_g128, prefill_threshold: 16}\n  - match: {kind: routed_experts}\n",
@@ -339,18 +340,21 @@ fn check_refuses_other_prefill_formats_and_mixed_layers() {
 
 /// [`gpu_prefill`] keeping `n` experts of each layer resident (`prefill_resident`).
 fn with_resident(n: usize) -> String {
+    with_options(&format!("prefill_resident: {n}"))
+}
+
+/// [`gpu_prefill`] with more options of the routed experts' rule.
+fn with_options(options: &str) -> String {
     let rules = gpu_prefill();
     let old = "prefill_threshold: 16}";
     assert!(rules.contains(old));
-    rules.replace(
-        old,
-        &format!("prefill_threshold: 16, prefill_resident: {n}}}"),
-    )
+    rules.replace(old, &format!("prefill_threshold: 16, {options}}}"))
 }
 
-/// Resident experts named by the rules are loaded with the model: only the others are
-/// copied by a prefill, whose logits are finite (their equality with the all-copied run is
-/// `check_resident`'s, on the same setter).
+/// Resident experts and a CPU share named by the rules are loaded with the model: of 64
+/// experts, 20 resident and a share of 0.25 (the last 16 on the CPU), a prefill copies 28,
+/// runs a CPU share, and its logits are finite (their equality with the all-copied run and
+/// the split's bounds are `check_resident`'s and `check_splits`', on the same setters).
 #[test]
 fn rules_keep_resident_experts_on_the_gpu() {
     let Some(gpu) = cuda_common::gpu_or_skip("hybrid gpu prefill, resident rules") else {
@@ -358,9 +362,13 @@ fn rules_keep_resident_experts_on_the_gpu() {
     };
     let (m, g) = v2_lite_two_layers();
     let c = m.config().clone();
-    let p = placement(&with_resident(20), m);
+    let p = placement(
+        &with_options("prefill_resident: 20, prefill_cpu_share: 0.25"),
+        m,
+    );
     let mut h = HybridModel::new(gpu, g, c.clone(), &p, cpu::isa::selected().unwrap()).unwrap();
     assert_eq!(h.gpu_prefill_resident(), Some(20));
+    assert_eq!(h.gpu_prefill_split(), Some(PrefillSplit::CpuShare(0.25)));
     let layer_bytes = h.gpu_prefill_load().unwrap().layer_bytes;
     let experts = c.n_routed_experts;
     assert_eq!(h.gpu_prefill_resident_bytes(), layer_bytes / experts * 20);
@@ -371,7 +379,11 @@ fn rules_keep_resident_experts_on_the_gpu() {
     let (logits, _, steps) = run(&mut h, &ids, &[ids[0]]);
     assert!(logits.iter().chain(&steps[0]).all(|v| v.is_finite()));
     let times = h.gpu_prefill_layer_times().unwrap();
-    assert_eq!(times[0].copy_bytes, layer_bytes / experts * (experts - 20));
+    assert_eq!(
+        times[0].copy_bytes,
+        layer_bytes / experts * (experts - 16 - 20)
+    );
+    assert_eq!(h.gpu_prefill_cpu_times().len(), 1, "one split layer");
 }
 
 /// A split prefill over CPU experts repacked to int4 (`format: int4_amx`, as

@@ -159,7 +159,13 @@ fn inconsistent_rules_name_rule_line_and_field() {
         "{msg}"
     );
     let text = "devices: [cpu]\nrules:\n  - match: {kind: routed_experts}\n    replace:\n      device: cpu\n      format: gguf\n      options: {prefill_resident: 4}\n";
-    assert!(parse_err(text).contains("prefill_resident only with them"));
+    assert!(parse_err(text).contains("prefill_resident and prefill_cpu_share only with them"));
+    let text = "devices: [cpu, \"cuda:0\"]\nrules:\n  - match: {kind: routed_experts}\n    replace:\n      device: cpu\n      format: gguf\n      options: {prefill_device: \"cuda:0\", prefill_format: int4_g128, prefill_threshold: 64, prefill_cpu_share: 1.5}\n";
+    let msg = parse_err(text);
+    assert!(
+        msg.contains("replace.options.prefill_cpu_share") && msg.contains("is 1.5"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -250,7 +256,7 @@ fn placing_errors_name_the_module() {
     let msg = place(prefill("shared_experts", 2)).unwrap_err().to_string();
     assert!(
         msg.contains("blk.1.ffn_shexp")
-            && msg.contains("only routed experts keep experts resident"),
+            && msg.contains("only routed experts take them, not shared_experts modules"),
         "{msg}"
     );
 

@@ -253,6 +253,7 @@ impl<'a> HybridModel<'a> {
             Some(rule) => {
                 let mut g = GpuExperts::load(&gpu, &tensors, &config, rule.threshold, repacked)?;
                 g.set_resident(s, rule.resident)?;
+                g.set_split(rule.split)?;
                 Some(g)
             }
             None => None,

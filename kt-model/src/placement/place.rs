@@ -223,12 +223,21 @@ impl RuleSet {
             tensors_in(&m, format).map_err(|reason| self.bad_match(i, &m.name, m.kind, reason))
         };
         let (tensors, bytes) = sized(r.format)?;
+        let expert_options =
+            r.options.prefill_resident.is_some() || r.options.prefill_cpu_share.is_some();
+        if expert_options && m.kind != ModuleKind::RoutedExperts {
+            return Err(self.bad_match(
+                i,
+                &m.name,
+                m.kind,
+                format!(
+                    "prefill_resident and prefill_cpu_share: only routed experts take them, not {} modules",
+                    m.kind
+                ),
+            ));
+        }
         if let Some(n) = r.options.prefill_resident {
             let reason = match stacked_experts(&tensors) {
-                _ if m.kind != ModuleKind::RoutedExperts => Some(format!(
-                    "prefill_resident: only routed experts keep experts resident, not {} modules",
-                    m.kind
-                )),
                 Some(e) if n > e => Some(format!(
                     "prefill_resident {n} exceeds the module's {e} experts"
                 )),

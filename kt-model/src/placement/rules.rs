@@ -89,7 +89,8 @@ pub struct Replace {
 /// `prefill_device` (weights converted to `prefill_format`, the module's format by
 /// default, and staged there one module at a time); smaller batches on `device`. Of routed
 /// experts, `prefill_resident` experts (the first ones) stay on `prefill_device` for good,
-/// so a prefill stages only the others (`kt-bench plan` prints how many fit).
+/// so a prefill stages only the others (`kt-bench plan` prints how many fit), and the CPU
+/// runs the last `prefill_cpu_share` of them (0 to 1) while the others are copied.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
@@ -102,6 +103,9 @@ pub struct Options {
     pub prefill_threshold: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefill_resident: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1))]
+    pub prefill_cpu_share: Option<f64>,
 }
 
 impl Options {
@@ -406,17 +410,27 @@ impl RuleSet {
                 }
                 (Some(d), Some(_)) => {
                     in_scope(i, "replace.options.prefill_device", d)?;
+                    if let Some(f) = o.prefill_cpu_share.filter(|f| !(0.0..=1.0).contains(f)) {
+                        return Err(self.rule_error(
+                            i,
+                            "replace.options.prefill_cpu_share",
+                            format!("is {f}; a share of the experts lies in 0..=1"),
+                        ));
+                    }
                     if let Some(op) = op {
                         let f = o.prefill_format.unwrap_or(r.format);
                         check_format(self, i, "replace.options.prefill_format", op, d, f)?;
                     }
                 }
-                (None, None) if o.prefill_format.is_none() && o.prefill_resident.is_none() => {}
+                (None, None)
+                    if o.prefill_format.is_none()
+                        && o.prefill_resident.is_none()
+                        && o.prefill_cpu_share.is_none() => {}
                 _ => {
                     return Err(self.rule_error(
                         i,
                         "replace.options",
-                        "prefill_device and prefill_threshold go together (prefill_format and prefill_resident only with them)".into(),
+                        "prefill_device and prefill_threshold go together (prefill_format, prefill_resident and prefill_cpu_share only with them)".into(),
                     ))
                 }
             }

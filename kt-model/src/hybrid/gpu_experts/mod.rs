@@ -46,12 +46,14 @@ use split::CpuShare;
 use timeline::LayerEvents;
 
 /// The GPU prefill the placement asks of the routed experts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct PrefillRule {
     /// Calls of more than this many tokens.
     pub threshold: usize,
     /// Experts of each layer kept on the GPU (`prefill_resident`, 0 without).
     pub resident: usize,
+    /// How each layer's experts are split with the CPU (`prefill_cpu_share`).
+    pub split: PrefillSplit,
 }
 
 /// The GPU prefill the placement asks of the routed experts. `None` when no routed-expert
@@ -85,12 +87,15 @@ pub(crate) fn prefill_rule(placement: &Placement) -> HybridResult<Option<Prefill
         let rule = PrefillRule {
             threshold,
             resident: o.prefill_resident.unwrap_or(0),
+            split: o
+                .prefill_cpu_share
+                .map_or(PrefillSplit::Off, PrefillSplit::CpuShare),
         };
         match found {
             Some((r, first)) if r != rule => {
                 return Err(HybridError::Unsupported(format!(
-                    "modules {first} and {}: prefill thresholds {} and {threshold}, resident experts {} and {}; the hybrid executor takes one rule for all layers",
-                    m.name, r.threshold, r.resident, rule.resident
+                    "modules {first} and {}: prefill thresholds {} and {threshold}, resident experts {} and {}, splits {:?} and {:?}; the hybrid executor takes one rule for all layers",
+                    m.name, r.threshold, r.resident, rule.resident, r.split, rule.split
                 )))
             }
             _ => found = Some((rule, &m.name)),
