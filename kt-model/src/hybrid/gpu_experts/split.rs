@@ -14,8 +14,9 @@
 //! engine, queued behind the next layer's 5.8 GB weight copy, so every split layer waited
 //! one copy. Read by kernels from page-locked memory instead (`kt_kernels::cuda::mapped`),
 //! shares of 0.1 and 0.15 with 43 resident experts take a V3 layer from 92 to 79 and 66 ms;
-//! 0.2 is slower again (the CPU's part, ~70 ms, outlasts the copies it saves). Still off by
-//! default: measured on the V3 shape only.
+//! 0.2 is slower again (the CPU's part, ~70 ms, outlasts the copies it saves). Off unless
+//! the rules name a `prefill_cpu_share` (the V3 GPU-prefill rules do: 0.15, and 0.25 with
+//! int4 CPU experts) or the caller sets one.
 //!
 //! [`CpuShare`] runs the CPU's pairs: flattened to rows of one choice each, sorted by
 //! expert (so the operator, which takes rows in pieces of its batch, reads each expert's
