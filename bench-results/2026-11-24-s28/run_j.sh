@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Session 28 call J (the binaries of call H): where the GPU prefill now overtakes the CPU experts repacked to int4 on the V3 shape
-# (4-layer file): `kt-bench prefill --crossover` with the V3 int4 GPU-prefill rules (43 resident; the crossover runs every expert on one side, no split),
+# (4-layer file): `kt-bench prefill --crossover` with the V3 int4 GPU-prefill rules (43 resident and a CPU share of 0.25 on the GPU side, as those rules run above their threshold),
 # prompts of 32-2048 tokens on each path, after the run itself.
 set -uo pipefail
 E=$OUT/j; mkdir -p $E; trap "cd $OUT && tar czf j.tgz j && rm -rf j" EXIT
