@@ -760,8 +760,8 @@ fn gpu_prefill_json(model: &HybridModel, layers: &[PrefillLayerTimes]) -> Option
 
 /// Prefill tokens/s at each of [`CROSSOVER_LENS`] with the routed experts on the GPU
 /// (threshold 0) and on the CPU (threshold `usize::MAX`), each on a fresh cache after one
-/// untimed call of the same path, and the pinned host-to-device bandwidth. Restores the
-/// rules' threshold.
+/// untimed call of the same path and one of the same length, and the pinned host-to-device
+/// bandwidth. Restores the rules' threshold.
 fn crossover(
     model: &mut HybridModel,
     config: &kt_model::config::DeepSeekConfig,
@@ -781,6 +781,10 @@ fn crossover(
         model.forward(&warm, &mut cache, LogitRows::Last)?;
         for len in CROSSOVER_LENS {
             let prompt = prompt_ids(config, len, seed);
+            // once untimed at this length: a GPU-expert call of a new length allocates its
+            // pairs' page-locked buffers and grows the CPU share's (session 28's calls F and
+            // J timed that, 0.03-0.08 s at 1024 tokens)
+            model.forward(&prompt, &mut model.new_cache(len)?, LogitRows::Last)?;
             let mut cache = model.new_cache(len)?;
             let t = Instant::now();
             let logits = model.forward(&prompt, &mut cache, LogitRows::Last)?;
