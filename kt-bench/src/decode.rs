@@ -119,6 +119,12 @@ pub struct Args {
     /// how many fit beside the rest of the model).
     #[arg(long)]
     pub prefill_resident: Option<usize>,
+    /// With hybrid rules: run every call eagerly, one layer after the other (no pipelined
+    /// layers, no decode graph), so the decode rate is the eager path's; for profilers
+    /// that time kernels one by one (a kernel queued behind a host flag would wait on them
+    /// forever) and for an A/B against the default graph path.
+    #[arg(long)]
+    pub eager: bool,
 }
 
 impl Args {
@@ -141,6 +147,7 @@ impl Args {
             crossover: false,
             prefill_split: None,
             prefill_resident: None,
+            eager: false,
         }
     }
 }
@@ -335,6 +342,11 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     }
     if a.prefill_split.as_deref().is_some_and(|v| v != "off") || a.prefill_resident.is_some() {
         return Err("--prefill-split and --prefill-resident need hybrid rules whose routed experts prefill on the GPU (and a cuda build)".into());
+    }
+    if a.eager {
+        return Err(
+            "--eager needs hybrid rules (and a cuda build): the CPU path is always eager".into(),
+        );
     }
     let rules = w.rules.clone();
     let mut model = match w.cpu_repack {

@@ -388,6 +388,10 @@ impl HybridRun<'_> {
         model.set_max_batch(prompt_len.clamp(WARMUP_TOKENS, MAX_MOE_BATCH))?;
         let gpu_load_s = t.elapsed().as_secs_f64();
         let prompt = prompt_ids(&w.config, prompt_len, a.seed);
+        // --eager: every call below runs one layer after the other (no host flags, no graph)
+        let (pipe_on, graph_on) = (!a.eager, !a.eager);
+        model.set_pipelined(pipe_on);
+        model.set_graphed(graph_on);
 
         let split = a.prefill_split.as_deref().map(parse_split).transpose()?;
         if model.gpu_prefill_threshold().is_some() {
@@ -455,12 +459,14 @@ impl HybridRun<'_> {
         let (mut launches_before, mut captures_before) = (0, 0);
         let (decode_seq_s, decode_pipe_s, rates) = if gen_len > 0 {
             let seq = untimed(&mut model, &mut cache, false, false, &prompt, &tokens)?;
-            let pipe = untimed(&mut model, &mut cache, true, false, &prompt, &tokens)?;
+            let pipe = untimed(&mut model, &mut cache, pipe_on, false, &prompt, &tokens)?;
             before_graph = Some(probe());
             // the graph path's warm-up (llama-bench's warm-up run): the capture and a few
             // replays, so the first repetition is not the first graph work after the probe
             let warm_steps = &tokens[..tokens.len().min(GRAPH_WARMUP_STEPS)];
-            untimed(&mut model, &mut cache, true, true, &prompt, warm_steps)?;
+            untimed(
+                &mut model, &mut cache, pipe_on, graph_on, &prompt, warm_steps,
+            )?;
             model.reset_graph_timeline();
             launches_before = model.graph_launches();
             captures_before = model.graph_captures();
@@ -471,7 +477,7 @@ impl HybridRun<'_> {
                 "graph decode repetitions (hybrid)".into(),
             );
             let rates = Rates::measure(a.repetitions as usize, gen_len, || {
-                let s = untimed(&mut model, &mut cache, true, true, &prompt, &tokens);
+                let s = untimed(&mut model, &mut cache, pipe_on, graph_on, &prompt, &tokens);
                 bar.inc(1);
                 s
             })?;
@@ -510,7 +516,7 @@ impl HybridRun<'_> {
                 model.set_prefetch_rounds(r)?;
             }
             model.reset_graph_timeline();
-            let secs = untimed(&mut model, &mut cache, true, true, &prompt, &tokens)?;
+            let secs = untimed(&mut model, &mut cache, pipe_on, graph_on, &prompt, &tokens)?;
             let tps = gen_len as f64 / secs;
             let tl = model
                 .graph_timeline()
@@ -612,6 +618,7 @@ impl HybridRun<'_> {
                 "gpu_prefill": gpu_prefill_json(&model, &prefill_layers),
                 "gpu_prefill_warmup": gpu_prefill_warmup,
                 "crossover": crossover,
+                "eager": a.eager,
                 "prefetch": prefetch,
                 "prefetch_rounds": prefetch_rounds,
                 "prefetch_ab": prefetch_ab,
