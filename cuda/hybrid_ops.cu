@@ -160,6 +160,57 @@ __device__ void gemv_nt_short(const TA* __restrict__ a, const TB* __restrict__ b
     }
 }
 
+// Rows of B of 17..64 vectors (the MLA value expansion's k = 512 in bf16): with one column per
+// warp a lane loads one vector, multiplies, then loads the next, one trip to memory after
+// another, and the many small blocks cost more than their loads. Here a warp takes
+// GEMV_MID_COLS = 4 columns and each lane issues its vectors of all four before it multiplies.
+// Each column's lane partials (k order) and warp butterfly are gemv_nt's below: its results
+// bit for bit. A kernel of its own (kt_gemv_nt_m_*: its registers would lower the occupancy of
+// the others' paths), launched by the host for 16 V < k <= 64 V with 4 columns per warp
+// (kt-kernels/src/cuda/linear.rs).
+constexpr int GEMV_MID_COLS = 4;
+template <typename TA, typename TB, typename TO>
+__device__ void gemv_nt_mid(const TA* __restrict__ a, const TB* __restrict__ b,
+                            TO* __restrict__ out, GemmNtArgs p) {
+    constexpr int V = 16 / sizeof(TB);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int n0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_MID_COLS;
+    if (n0 >= p.n) return; // the whole warp leaves together
+    const long long batch = blockIdx.z;
+    const TA* ab = a + p.a_off + batch * p.a_batch;
+    const TB* bb = b + batch * p.b_batch;
+    float acc[GEMV_MID_COLS][GEMV_MAX_M] = {};
+    for (int k0 = lane * V; k0 < p.k; k0 += 32 * V) {
+        float wv[GEMV_MID_COLS][V];
+#pragma unroll
+        for (int c = 0; c < GEMV_MID_COLS; ++c)
+            if (n0 + c < p.n) kt_load16<TB, V>(bb + (long long)(n0 + c) * p.b_row + k0, wv[c]);
+#pragma unroll
+        for (int r = 0; r < GEMV_MAX_M; ++r) {
+            if (r < p.m) {
+                float av[V];
+                kt_load16<TA, V>(ab + r * p.a_row + k0, av);
+#pragma unroll
+                for (int c = 0; c < GEMV_MID_COLS; ++c)
+                    if (n0 + c < p.n)
+#pragma unroll
+                        for (int i = 0; i < V; ++i) acc[c][r] = fmaf(av[i], wv[c][i], acc[c][r]);
+            }
+        }
+    }
+    TO* ob = out + p.o_off + batch * p.o_batch + n0;
+#pragma unroll
+    for (int c = 0; c < GEMV_MID_COLS; ++c) {
+#pragma unroll
+        for (int r = 0; r < GEMV_MAX_M; ++r) {
+            if (r < p.m && n0 + c < p.n) { // uniform over the warp: every lane joins the shuffle
+                const float s = kt_warp_sum(acc[c][r]);
+                if (lane == 0) ob[r * p.o_row + c] = kt_from_f32<TO>(s);
+            }
+        }
+    }
+}
+
 template <typename TA, typename TB, typename TO, bool VEC>
 __device__ void gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b, TO* __restrict__ out,
                         GemmNtArgs p) {
@@ -223,6 +274,11 @@ __device__ void gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b, TO* 
         kt_gemv_nt_v_##SA##_##SB##_##SO(const TA* a, const TB* b, TO* out, GemmNtArgs p) {         \
         kt_launch_dependents();                                                                    \
         gemv_nt<TA, TB, TO, true>(a, b, out, p);                                                   \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                  \
+        kt_gemv_nt_m_##SA##_##SB##_##SO(const TA* a, const TB* b, TO* out, GemmNtArgs p) {         \
+        kt_launch_dependents();                                                                    \
+        gemv_nt_mid<TA, TB, TO>(a, b, out, p);                                                     \
     }
 
 KT_GEMV_NT(bf16, __nv_bfloat16, bf16, __nv_bfloat16, bf16, __nv_bfloat16)
@@ -245,11 +301,24 @@ __device__ __forceinline__ void rms_store(const TX* __restrict__ xr, float ss,
     ss = kt_block_sum(ss, scratch);
     const float inv = 1.0f / sqrtf(ss / (float)n + eps);
     const long long base = (long long)blockIdx.x * n;
-#pragma unroll 8 // the row's loads in flight together (same order of sums)
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float y = w[i] * (kt_to_f32(xr[i]) * inv);
-        out[base + i] = __float2bfloat16_rn(y);
-        if (out32 != nullptr) out32[base + i] = y;
+    const int bd = blockDim.x, last = kt_row_last(n);
+    for (int i0 = threadIdx.x; i0 < n; i0 += KT_ROW_CHUNK * bd) {
+        float xv[KT_ROW_CHUNK], wv[KT_ROW_CHUNK];
+#pragma unroll
+        for (int j = 0; j < KT_ROW_CHUNK; ++j) {
+            const int i = min(i0 + j * bd, last);
+            xv[j] = kt_to_f32(xr[i]);
+            wv[j] = w[i];
+        }
+#pragma unroll
+        for (int j = 0; j < KT_ROW_CHUNK; ++j) {
+            const int i = i0 + j * bd;
+            if (i < n) {
+                const float y = wv[j] * (xv[j] * inv);
+                out[base + i] = __float2bfloat16_rn(y);
+                if (out32 != nullptr) out32[base + i] = y;
+            }
+        }
     }
 }
 
@@ -259,23 +328,32 @@ __device__ void rmsnorm_w32(const TX* __restrict__ x, long long x_row, const flo
                             float eps) {
     __shared__ float scratch[32];
     const TX* xr = x + (long long)blockIdx.x * x_row;
+    const int bd = blockDim.x, last = kt_row_last(n);
     float ss = 0.0f;
-#pragma unroll 8 // the row's loads in flight together (same order of sums)
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float v = kt_to_f32(xr[i]);
-        ss += v * v;
+    for (int i0 = threadIdx.x; i0 < n; i0 += KT_ROW_CHUNK * bd) {
+        float v[KT_ROW_CHUNK];
+#pragma unroll
+        for (int j = 0; j < KT_ROW_CHUNK; ++j) v[j] = kt_to_f32(xr[min(i0 + j * bd, last)]);
+#pragma unroll
+        for (int j = 0; j < KT_ROW_CHUNK; ++j)
+            if (i0 + j * bd < n) ss += v[j] * v[j];
     }
     rms_store(xr, ss, w, out, out32, n, eps, scratch);
 }
 
+// Both let a programmatic dependent (the int4 projection that reads the norm, e.g. V3's q_b
+// after the query LoRA's norm) be scheduled from their start: it loads its weights while the
+// norm runs and waits for this grid's end before it reads the output.
 extern "C" __global__ void __launch_bounds__(1024)
     kt_rmsnorm_w32_f32(const float* x, long long x_row, const float* w, __nv_bfloat16* out,
                        float* out32, int n, float eps) {
+    kt_launch_dependents();
     rmsnorm_w32<float>(x, x_row, w, out, out32, n, eps);
 }
 extern "C" __global__ void __launch_bounds__(1024)
     kt_rmsnorm_w32_bf16(const __nv_bfloat16* x, long long x_row, const float* w,
                         __nv_bfloat16* out, float* out32, int n, float eps) {
+    kt_launch_dependents();
     rmsnorm_w32<__nv_bfloat16>(x, x_row, w, out, out32, n, eps);
 }
 
@@ -289,12 +367,23 @@ __device__ void add_rmsnorm_w32(float* __restrict__ x, const TD* __restrict__ d,
     __shared__ float scratch[32];
     float* xr = x + (long long)blockIdx.x * n;
     const TD* dr = d + (long long)blockIdx.x * n;
+    const int bd = blockDim.x, last = kt_row_last(n);
     float ss = 0.0f;
-#pragma unroll 8 // the row's loads in flight together (same order of sums)
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float v = xr[i] + kt_to_f32(dr[i]);
-        xr[i] = v;
-        ss += v * v;
+    for (int i0 = threadIdx.x; i0 < n; i0 += KT_ROW_CHUNK * bd) {
+        float v[KT_ROW_CHUNK];
+#pragma unroll
+        for (int j = 0; j < KT_ROW_CHUNK; ++j) {
+            const int i = min(i0 + j * bd, last);
+            v[j] = xr[i] + kt_to_f32(dr[i]);
+        }
+#pragma unroll
+        for (int j = 0; j < KT_ROW_CHUNK; ++j) {
+            const int i = i0 + j * bd;
+            if (i < n) {
+                xr[i] = v[j];
+                ss += v[j] * v[j];
+            }
+        }
     }
     rms_store<float>(xr, ss, w, out, out32, n, eps, scratch);
 }
@@ -324,7 +413,8 @@ extern "C" __global__ void __launch_bounds__(1024)
 // Elements past the staged ones (rows longer than KT_RETURN_STAGED x the block) are read after
 // the flag, in the same per-thread order.
 #define KT_RETURN_THREADS 256
-#define KT_RETURN_STAGED 16
+#define KT_RETURN_STAGED 32 // rows up to 8192 (V3's 7168): one PCIe trip for the routed sum
+static_assert(KT_RETURN_STAGED % KT_ROW_CHUNK == 0, "whole chunks");
 extern "C" __global__ void __launch_bounds__(KT_RETURN_THREADS)
     kt_wait_add2_rmsnorm_w32(const uint32_t* flag, uint32_t value, float* __restrict__ x,
                              const float* routed, const __nv_bfloat16* __restrict__ shared,
@@ -337,15 +427,25 @@ extern "C" __global__ void __launch_bounds__(KT_RETURN_THREADS)
     kt_launch_dependents();
     float* xr = x + (long long)blockIdx.x * n;
     const __nv_bfloat16* sr = shared != nullptr ? shared + (long long)blockIdx.x * n : nullptr;
-    const int tid = threadIdx.x, bd = blockDim.x;
-    float xv[KT_RETURN_STAGED], sv[KT_RETURN_STAGED], wv[KT_RETURN_STAGED];
+    const int tid = threadIdx.x, bd = blockDim.x, last = kt_row_last(n);
+    // the staged elements in chunks of KT_ROW_CHUNK whose loads issue together (see
+    // KT_ROW_CHUNK); a chunk is loaded when the thread has its first element
+    constexpr int CHUNKS = KT_RETURN_STAGED / KT_ROW_CHUNK;
+    float xv[KT_RETURN_STAGED], sv[KT_RETURN_STAGED] = {}, wv[KT_RETURN_STAGED];
 #pragma unroll
-    for (int j = 0; j < KT_RETURN_STAGED; ++j) {
-        const int i = tid + j * bd;
-        if (i < n) {
-            xv[j] = xr[i];
-            sv[j] = sr != nullptr ? __bfloat162float(sr[i]) : 0.0f;
-            wv[j] = w[i];
+    for (int c = 0; c < CHUNKS; ++c) {
+        if (tid + c * KT_ROW_CHUNK * bd < n) {
+#pragma unroll
+            for (int j = c * KT_ROW_CHUNK; j < (c + 1) * KT_ROW_CHUNK; ++j) {
+                const int i = min(tid + j * bd, last);
+                xv[j] = xr[i];
+                wv[j] = w[i];
+            }
+            if (sr != nullptr) {
+#pragma unroll
+                for (int j = c * KT_ROW_CHUNK; j < (c + 1) * KT_ROW_CHUNK; ++j)
+                    sv[j] = __bfloat162float(sr[min(tid + j * bd, last)]);
+            }
         }
     }
     kt_block_wait_flag(flag, value);
@@ -353,9 +453,12 @@ extern "C" __global__ void __launch_bounds__(KT_RETURN_THREADS)
     const volatile float* rr = routed + (long long)blockIdx.x * n;
     float rv[KT_RETURN_STAGED];
 #pragma unroll
-    for (int j = 0; j < KT_RETURN_STAGED; ++j) {
-        const int i = tid + j * bd;
-        if (i < n) rv[j] = rr[i];
+    for (int c = 0; c < CHUNKS; ++c) {
+        if (tid + c * KT_ROW_CHUNK * bd < n) {
+#pragma unroll
+            for (int j = c * KT_ROW_CHUNK; j < (c + 1) * KT_ROW_CHUNK; ++j)
+                rv[j] = rr[min(tid + j * bd, last)];
+        }
     }
     float ss = 0.0f;
 #pragma unroll
@@ -422,7 +525,8 @@ extern "C" __global__ void __launch_bounds__(1024)
 // path is a chain of small launches): blocks [0, tokens) write token t's cache row pos[t]
 // (rmsnorm(kv[t, :rank]) * w, then kv[t, rank:] rotated), blocks [tokens, 2 tokens) write
 // the rotated q_pe of token t's heads into the rope slot of their absorbed query rows
-// (q_lat[t * heads + h, rank:]; the latent slot is the absorption GEMM's). Rotation as
+// (q_lat[t * heads + h, rank:]; the latent slot is the absorption GEMM's), `qblocks` blocks per
+// token (the grid's T + T x qblocks blocks). Rotation as
 // kt_rope_*: pairs (2i, 2i + 1) by the tables' row pos[t], NaN past the tables. Rows past
 // `cache_rows` are skipped (the host checks the positions before it uploads them). Token t's
 // query heads start at q + t * q_row, its kv row at kv + t * kv_row: separate buffers, or one
@@ -451,11 +555,17 @@ extern "C" __global__ void __launch_bounds__(1024)
                             int half, unsigned rope_rows, int rank, int tokens, float eps) {
     __shared__ float scratch[32];
     const int width = rank + 2 * half;
+    // the grid holds `qblocks` query blocks per token after the T cache blocks (V3's 128 heads
+    // x 32 pairs over one block of 256 threads were 16 trips to memory one after another)
+    const int qblocks = (int)(gridDim.x - tokens) / tokens;
     const bool query = blockIdx.x >= (unsigned)tokens;
-    const int t = query ? blockIdx.x - tokens : blockIdx.x;
+    const int qi = query ? (int)blockIdx.x - tokens : 0;
+    const int t = query ? qi / qblocks : blockIdx.x;
     const uint32_t p = pos[t];
     if (query) {
-        for (int e = threadIdx.x; e < heads * half; e += blockDim.x) {
+        const int step = qblocks * blockDim.x;
+#pragma unroll 4
+        for (int e = (qi % qblocks) * blockDim.x + threadIdx.x; e < heads * half; e += step) {
             const int h = e / half, i = e % half;
             const size_t r = (size_t)t * heads + h;
             rope_pair(q + t * q_row + (size_t)h * q_dim + nope + 2 * i,

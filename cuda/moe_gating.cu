@@ -314,18 +314,36 @@ __device__ __forceinline__ void route_entry_norm(
         const int k0 = lane * 4 + j * 128;
         if (has_expert && k0 < n) wpre[j] = *reinterpret_cast<const float4*>(wr + k0);
     }
+    // Rows longer than the registers hold (V3's 7168 columns: 16 of 56 steps): the rest of the
+    // row into L2 now, one 128-byte line per lane and step, so the logit's later loads hit L2
+    // instead of waiting for memory one unrolled batch after another.
+    if (has_expert)
+        for (int k = KT_ROUTE_PREFETCH * 128 + lane * 32; k < n; k += 32 * 32)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + k));
     // launched as a programmatic dependent of the kernel that writes d (the attention's output
     // projection): the router rows above load while it ends; x and d only after its grid is
     // done (the norm's weights load beside them: a separate trip before the wait measured
     // slower than the one trip for all three after it)
     kt_wait_prerequisites();
     float ss = 0.0f;
-#pragma unroll 8
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float v = x[i] + __bfloat162float(d[i]);
-        row[i] = v;
-        nw[i] = norm_w[i];
-        ss += v * v;
+    const int bd = blockDim.x, last = kt_row_last(n);
+    for (int i0 = threadIdx.x; i0 < n; i0 += KT_ROW_CHUNK * bd) { // see KT_ROW_CHUNK
+        float v[KT_ROW_CHUNK], wn[KT_ROW_CHUNK];
+#pragma unroll
+        for (int j = 0; j < KT_ROW_CHUNK; ++j) {
+            const int i = min(i0 + j * bd, last);
+            v[j] = x[i] + __bfloat162float(d[i]);
+            wn[j] = norm_w[i];
+        }
+#pragma unroll
+        for (int j = 0; j < KT_ROW_CHUNK; ++j) {
+            const int i = i0 + j * bd;
+            if (i < n) {
+                row[i] = v[j];
+                nw[i] = wn[j];
+                ss += v[j] * v[j];
+            }
+        }
     }
     ss = kt_block_sum(ss, scratch);
     const float inv = 1.0f / sqrtf(ss / (float)n + eps);

@@ -41,6 +41,20 @@ __device__ __forceinline__ float kt_block_sum(float v, float* scratch) {
     return kt_warp_sum(total);
 }
 
+// A block's threads walk a row of n elements as i = threadIdx.x + j * blockDim.x (j = 0, 1, ...),
+// KT_ROW_CHUNK elements at a time with every load of a chunk issued before any is used: a plain
+// `for (i < n; i += blockDim.x)` loop, even unrolled, tests i < n before each load and leaves the
+// loop there, so no load can start before the previous test, and each element costs a trip to
+// memory of its own (a 7168-wide row over 256 threads: 28 trips one after another, ~24 us cold
+// on an H100). A chunk's indices past the row are clamped to the thread's own last element
+// (kt_row_last), so the loads need no test and touch nothing another thread writes; their
+// values are dropped after. Each thread still meets its elements in the same order, so sums
+// come out bit for bit as the plain loop's. Only for threads with an element (threadIdx.x < n).
+#define KT_ROW_CHUNK 8
+__device__ __forceinline__ int kt_row_last(int n) {
+    return threadIdx.x + (n - 1 - (int)threadIdx.x) / (int)blockDim.x * (int)blockDim.x;
+}
+
 // (value, index) arg-max order: the larger value wins, equal values go to the lower index,
 // and NaN ranks below every number (two NaNs: the lower index). It is a total order, so a
 // butterfly reduction leaves the same winner in every lane. Pad empty slots with

@@ -121,11 +121,18 @@ fn wait_return_matches_add_then_norm_after_the_flag() {
     let flag = gpu.host_flag().unwrap();
     let eps = 1e-6f32;
     let mut value = 0u32;
-    // 4356: past the 16 x 256 elements a thread stages before the flag (the rest is read after);
+    // 7168: V3's rows, four chunks of staged loads a thread, the last part past the row; 8200:
+    // past the 32 x 256 elements a thread stages before the flag (the rest is read after);
     // 202: rows of a length that is not a multiple of 4 (row 1 starts off 16-byte alignment)
-    for (ci, &(rows, n)) in [(1usize, 2048usize), (3, 200), (2, 4356), (2, 202)]
-        .iter()
-        .enumerate()
+    for (ci, &(rows, n)) in [
+        (1usize, 2048usize),
+        (3, 200),
+        (1, 7168),
+        (2, 8200),
+        (2, 202),
+    ]
+    .iter()
+    .enumerate()
     {
         for with_shared in [true, false] {
             let mut rng = SplitMix64::new(5100 + ci as u64 * 2 + with_shared as u64);
@@ -206,8 +213,9 @@ fn fused_ffn_entry_matches_norm_router_gating() {
     let flag = gpu.host_flag().unwrap();
     let eps = 1e-6f32;
     let configs = [
-        // V2-Lite: 64 experts over 32 blocks; V3: 256 experts, groups, bias; 61 experts: a
-        // last block with one expert (its other router warp idle)
+        // V2-Lite: 64 experts over 32 blocks; V3: 256 experts, groups, bias, 7168-wide rows
+        // (router rows past the registers' prefetch); 61 experts: a last block with one
+        // expert (its other router warp idle)
         (
             "v2-lite greedy",
             router(64, (1, 1), Scoring::Softmax, TopkMethod::Greedy),
@@ -218,7 +226,7 @@ fn fused_ffn_entry_matches_norm_router_gating() {
             "v3 noaux_tc g8/4",
             router(256, (8, 4), Scoring::Sigmoid, TopkMethod::NoauxTc),
             true,
-            1024,
+            7168,
         ),
         (
             "61 experts greedy",

@@ -174,65 +174,69 @@ fn rmsnorm_w32_matches_reference() {
         return;
     };
     let s = gpu.stream();
-    let (n, x_row, eps) = (300usize, 333usize, 1e-6f32);
-    for (i, &t) in TOKENS.iter().enumerate() {
-        let mut rng = SplitMix64::new(500 + i as u64);
-        let x: Vec<f32> = random(&mut rng, t * x_row, 2.0);
-        let w: Vec<f32> = (0..n).map(|_| 1.0 + 0.3 * rng.normal()).collect();
-        let mut want = vec![0.0f32; t * n];
-        for r in 0..t {
-            ops::rmsnorm(
-                &x[r * x_row..r * x_row + n],
-                &w,
-                eps,
-                &mut want[r * n..(r + 1) * n],
-            )
-            .unwrap();
+    let eps = 1e-6f32;
+    // rows of one or two elements a thread, and V3's hidden size and a bit (28-29: four
+    // chunks of loads, the last one part past the row)
+    for &(n, x_row) in &[(300usize, 333usize), (7173, 7206)] {
+        for (i, &t) in TOKENS.iter().enumerate() {
+            let mut rng = SplitMix64::new(500 + i as u64 + n as u64);
+            let x: Vec<f32> = random(&mut rng, t * x_row, 2.0);
+            let w: Vec<f32> = (0..n).map(|_| 1.0 + 0.3 * rng.normal()).collect();
+            let mut want = vec![0.0f32; t * n];
+            for r in 0..t {
+                ops::rmsnorm(
+                    &x[r * x_row..r * x_row + n],
+                    &w,
+                    eps,
+                    &mut want[r * n..(r + 1) * n],
+                )
+                .unwrap();
+            }
+            let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+            let (xd, wd) = (s.upload(&x).unwrap(), s.upload(&w).unwrap());
+            let mut out = nan_buf::<bf16>(s, t * n);
+            let mut out32 = nan_buf::<f32>(s, t * n);
+            s.rmsnorm_w32(&xd, x_row, t, &wd, &mut out, Some(&mut out32), eps)
+                .unwrap();
+            // f32 work: a block sum of n squares and a few roundings (as cuda_small_ops' rmsnorm)
+            let work = 4e-6;
+            assert_close(
+                &format!("rmsnorm_w32 n{n} f32 t{t}"),
+                &s.download(&out32).unwrap(),
+                &want64,
+                |_, r| work * r.abs() + 1e-30,
+            );
+            assert_close(
+                &format!("rmsnorm_w32 n{n} bf16 t{t}"),
+                &s.download(&out).unwrap(),
+                &want64,
+                |_, r| (bf16::UNIT_ROUNDOFF + work) * r.abs() + 1e-30,
+            );
+            // bf16 input, no f32 copy
+            let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+            let xbf = f32s(&xb);
+            let mut want_b = vec![0.0f32; t * n];
+            for r in 0..t {
+                ops::rmsnorm(
+                    &xbf[r * x_row..r * x_row + n],
+                    &w,
+                    eps,
+                    &mut want_b[r * n..(r + 1) * n],
+                )
+                .unwrap();
+            }
+            let want_b64: Vec<f64> = want_b.iter().map(|&v| v as f64).collect();
+            let xbd = s.upload(&xb).unwrap();
+            let mut outb = nan_buf::<bf16>(s, t * n);
+            s.rmsnorm_w32(&xbd, x_row, t, &wd, &mut outb, None, eps)
+                .unwrap();
+            assert_close(
+                &format!("rmsnorm_w32 n{n} bf16-in t{t}"),
+                &s.download(&outb).unwrap(),
+                &want_b64,
+                |_, r| (bf16::UNIT_ROUNDOFF + work) * r.abs() + 1e-30,
+            );
         }
-        let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
-        let (xd, wd) = (s.upload(&x).unwrap(), s.upload(&w).unwrap());
-        let mut out = nan_buf::<bf16>(s, t * n);
-        let mut out32 = nan_buf::<f32>(s, t * n);
-        s.rmsnorm_w32(&xd, x_row, t, &wd, &mut out, Some(&mut out32), eps)
-            .unwrap();
-        // f32 work: a block sum of n squares and a few roundings (as cuda_small_ops' rmsnorm)
-        let work = 4e-6;
-        assert_close(
-            &format!("rmsnorm_w32 f32 t{t}"),
-            &s.download(&out32).unwrap(),
-            &want64,
-            |_, r| work * r.abs() + 1e-30,
-        );
-        assert_close(
-            &format!("rmsnorm_w32 bf16 t{t}"),
-            &s.download(&out).unwrap(),
-            &want64,
-            |_, r| (bf16::UNIT_ROUNDOFF + work) * r.abs() + 1e-30,
-        );
-        // bf16 input, no f32 copy
-        let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
-        let xbf = f32s(&xb);
-        let mut want_b = vec![0.0f32; t * n];
-        for r in 0..t {
-            ops::rmsnorm(
-                &xbf[r * x_row..r * x_row + n],
-                &w,
-                eps,
-                &mut want_b[r * n..(r + 1) * n],
-            )
-            .unwrap();
-        }
-        let want_b64: Vec<f64> = want_b.iter().map(|&v| v as f64).collect();
-        let xbd = s.upload(&xb).unwrap();
-        let mut outb = nan_buf::<bf16>(s, t * n);
-        s.rmsnorm_w32(&xbd, x_row, t, &wd, &mut outb, None, eps)
-            .unwrap();
-        assert_close(
-            &format!("rmsnorm_w32 bf16-in t{t}"),
-            &s.download(&outb).unwrap(),
-            &want_b64,
-            |_, r| (bf16::UNIT_ROUNDOFF + work) * r.abs() + 1e-30,
-        );
     }
 }
 
@@ -332,61 +336,67 @@ fn mla_rope_cache_write_matches_the_unfused_chain() {
         mscale_all_dim: 1.0,
     };
     let yarn = kt_kernels::ops::RopeYarn::new(rope_dim, 10_000.0, Some(scaling)).unwrap();
-    for (i, &t) in TOKENS.iter().enumerate() {
-        let mut rng = SplitMix64::new(900 + i as u64);
-        let rows = 2 * t + 70;
-        let tables = s.upload_rope_tables(&yarn, rows).unwrap();
-        let q: Vec<bf16> = random(&mut rng, t * heads * qd, 1.5);
-        let kv: Vec<bf16> = random(&mut rng, t * width, 1.5);
-        let w: Vec<f32> = (0..rank).map(|_| 1.0 + 0.2 * rng.normal()).collect();
-        // distinct positions, not in order, spread over the cache
-        let pos: Vec<u32> = (0..t).map(|r| (rows - 1 - 2 * r) as u32).collect();
-        let (qd_buf, kvd, wd, pd) = (
-            s.upload(&q).unwrap(),
-            s.upload(&kv).unwrap(),
-            s.upload(&w).unwrap(),
-            s.upload(&pos).unwrap(),
-        );
-        let mut q_lat = nan_buf::<bf16>(s, t * heads * width);
-        let mut cache = nan_buf::<bf16>(s, rows * width);
-        s.mla_rope_cache_write(
-            &qd_buf, heads, nope, &mut q_lat, &kvd, &wd, &mut cache, &pd, &tables, eps,
-        )
-        .unwrap();
-        let (got_q, got_c) = (s.download(&q_lat).unwrap(), s.download(&cache).unwrap());
+    // 16 heads (V2-Lite: one block of query pairs per token), 40 and 128 (V3: 2 and 4)
+    for heads in [16usize, 40, 128] {
+        for (i, &t) in TOKENS.iter().enumerate() {
+            let mut rng = SplitMix64::new(900 + i as u64 + heads as u64);
+            let rows = 2 * t + 70;
+            let tables = s.upload_rope_tables(&yarn, rows).unwrap();
+            let q: Vec<bf16> = random(&mut rng, t * heads * qd, 1.5);
+            let kv: Vec<bf16> = random(&mut rng, t * width, 1.5);
+            let w: Vec<f32> = (0..rank).map(|_| 1.0 + 0.2 * rng.normal()).collect();
+            // distinct positions, not in order, spread over the cache
+            let pos: Vec<u32> = (0..t).map(|r| (rows - 1 - 2 * r) as u32).collect();
+            let (qd_buf, kvd, wd, pd) = (
+                s.upload(&q).unwrap(),
+                s.upload(&kv).unwrap(),
+                s.upload(&w).unwrap(),
+                s.upload(&pos).unwrap(),
+            );
+            let mut q_lat = nan_buf::<bf16>(s, t * heads * width);
+            let mut cache = nan_buf::<bf16>(s, rows * width);
+            s.mla_rope_cache_write(
+                &qd_buf, heads, nope, &mut q_lat, &kvd, &wd, &mut cache, &pd, &tables, eps,
+            )
+            .unwrap();
+            let (got_q, got_c) = (s.download(&q_lat).unwrap(), s.download(&cache).unwrap());
 
-        let mut q2 = s.upload(&q).unwrap();
-        let mut kv2 = s.upload(&kv).unwrap();
-        s.rope_inplace(&mut q2, &pd, &tables, heads, qd, nope)
-            .unwrap();
-        s.rope_inplace(&mut kv2, &pd, &tables, 1, width, rank)
-            .unwrap();
-        let mut want_q = nan_buf::<bf16>(s, t * heads * width);
-        let mut want_c = nan_buf::<bf16>(s, rows * width);
-        s.mla_cache_write_rows(&kv2, &wd, &mut want_c, &pd, rope_dim, eps)
-            .unwrap();
-        s.copy_cols_bf16(&q2, nope, qd, &mut want_q, rank, width, t * heads, rope_dim)
-            .unwrap();
-        let (want_q, want_c) = (s.download(&want_q).unwrap(), s.download(&want_c).unwrap());
-        for (what, got, want) in [("q_lat", &got_q, &want_q), ("cache", &got_c, &want_c)] {
-            for (j, (g, w)) in got.iter().zip(want.iter()).enumerate() {
-                let (g, w) = (g.to_f32(), w.to_f32());
-                if w.is_nan() {
-                    assert!(g.is_nan(), "t{t} {what}: element {j} written ({g})");
-                    continue;
+            let mut q2 = s.upload(&q).unwrap();
+            let mut kv2 = s.upload(&kv).unwrap();
+            s.rope_inplace(&mut q2, &pd, &tables, heads, qd, nope)
+                .unwrap();
+            s.rope_inplace(&mut kv2, &pd, &tables, 1, width, rank)
+                .unwrap();
+            let mut want_q = nan_buf::<bf16>(s, t * heads * width);
+            let mut want_c = nan_buf::<bf16>(s, rows * width);
+            s.mla_cache_write_rows(&kv2, &wd, &mut want_c, &pd, rope_dim, eps)
+                .unwrap();
+            s.copy_cols_bf16(&q2, nope, qd, &mut want_q, rank, width, t * heads, rope_dim)
+                .unwrap();
+            let (want_q, want_c) = (s.download(&want_q).unwrap(), s.download(&want_c).unwrap());
+            for (what, got, want) in [("q_lat", &got_q, &want_q), ("cache", &got_c, &want_c)] {
+                for (j, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+                    let (g, w) = (g.to_f32(), w.to_f32());
+                    if w.is_nan() {
+                        assert!(
+                            g.is_nan(),
+                            "h{heads} t{t} {what}: element {j} written ({g})"
+                        );
+                        continue;
+                    }
+                    assert!(
+                        (g - w).abs() <= 2f32.powi(-7) * w.abs(),
+                        "h{heads} t{t} {what}: element {j}: fused {g}, unfused {w}"
+                    );
                 }
-                assert!(
-                    (g - w).abs() <= 2f32.powi(-7) * w.abs(),
-                    "t{t} {what}: element {j}: fused {g}, unfused {w}"
-                );
             }
+            let written = got_q.iter().filter(|v| !v.to_f32().is_nan()).count();
+            assert_eq!(
+                written,
+                t * heads * rope_dim,
+                "h{heads} t{t}: query rope slots written"
+            );
         }
-        let written = got_q.iter().filter(|v| !v.to_f32().is_nan()).count();
-        assert_eq!(
-            written,
-            t * heads * rope_dim,
-            "t{t}: query rope slots written"
-        );
     }
     let tables = s.upload_rope_tables(&yarn, 4).unwrap();
     let one = |n: usize| s.upload(&vec![bf16::ONE; n]).unwrap();
@@ -567,13 +577,16 @@ fn gemm_small_m_paths_match_reference() {
     let s = gpu.stream();
     let max = kt_kernels::cuda::linear::GEMV_MAX_M;
     for m in [1usize, 2, 5, max, max + 1] {
-        // k 40 and 128 (MLA's absorption: 16 vectors of bf16) take the 4-columns-per-warp
-        // kernel in bf16, 136 the next size up the warp-per-column one
+        // k 40 and 128 (MLA's absorption: 16 vectors of bf16) take the short 4-columns-per-warp
+        // kernel in bf16, 136 and 512 (the expansion: 64 vectors) the mid one, 520 the next
+        // size up the warp-per-column one (f32: 128 and 136 mid, 1024 one column per warp)
         for &(n, k) in &[
             (37usize, 40usize),
             (37, 41),
             (37, 128),
             (37, 136),
+            (37, 512),
+            (37, 520),
             (257, 1024),
             (9, 3),
         ] {

@@ -284,7 +284,14 @@ impl GpuStream {
             && [g.k, g.a.offset, g.a.batch, g.a.row, g.b_batch, g.b_row]
                 .iter()
                 .all(|v| v % va == 0);
-        let kind = if vec { "v" } else { "s" };
+        // v: one column per warp, or 4 for rows of at most 16 vectors (gemv_nt_short); m: 4
+        // columns per warp for rows of 17..=64 vectors (gemv_nt_mid); s: scalar loads
+        let mid = vec && g.k > 16 * vb && g.k <= 64 * vb;
+        let kind = match (vec, mid) {
+            (true, true) => "m",
+            (true, false) => "v",
+            _ => "s",
+        };
         let kernel = format!(
             "kt_gemv_nt_{kind}_{}_{}_{}",
             A::SUFFIX,
@@ -298,8 +305,9 @@ impl GpuStream {
             ));
         }
         let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
-        // rows of at most 16 vectors: 4 columns per warp (gemv_nt_short in hybrid_ops.cu)
-        let per_warp = if vec && g.k <= 16 * vb { 4 } else { 1 };
+        // rows of at most 64 vectors: 4 columns per warp (gemv_nt_short up to 16 vectors,
+        // gemv_nt_mid past that, in hybrid_ops.cu)
+        let per_warp = if vec && g.k <= 64 * vb { 4 } else { 1 };
         let blocks = u32::try_from(g.n.div_ceil(GEMV_COLS * per_warp))
             .map_err(|_| shape("gemm_nt", format!("{g:?}: n too large for one launch")))?;
         let cfg = LaunchConfig {
@@ -311,7 +319,7 @@ impl GpuStream {
         b.arg(&a.slice).arg(&w.slice).arg(&mut out.slice).arg(&args);
         // SAFETY: matches kt_gemv_nt_* (a, b, out, GemmNtArgs by value); the caller's check()
         // proved every element of the product inside the buffers, each warp touches only its
-        // columns' (one, or 4 for short rows; columns past n are skipped) and the
+        // columns' (one, or 4 for rows of at most 64 vectors; columns past n are skipped) and the
         // m <= GEMV_MAX_M rows' elements, and the vector kernel runs only
         // when every row start is a multiple of 16 bytes from the (aligned) buffer start.
         unsafe { b.launch(cfg) }
@@ -614,6 +622,11 @@ impl GpuStream {
             tables.half as i32,
             tables.rows as u32,
         );
+        // query blocks per token: each thread rotates at most 4 of its heads' pairs (one
+        // unrolled batch of loads)
+        let qblocks = (heads * tables.half)
+            .div_ceil(ROW_THREADS as usize * 4)
+            .max(1);
         let mut b = self.stream.launch_builder(&f);
         let (q_row, kv_row) = (rows.q_row as i64, rows.kv_row as i64);
         let kv = rows.kv.slice.slice(rows.kv_offset..);
@@ -635,10 +648,10 @@ impl GpuStream {
         // The callers checked that q holds T rows of q_row (heads x q_dim read from each) and
         // kv from kv_offset T rows of kv_row (width read from each; the view starts there).
         // Blocks [0, T) read kv row t and write cache row pos[t] only below cache_rows (whole rows of the cache,
-        // checked); blocks [T, 2T) read q's rows of token t and write the rope slots of its
-        // q_lat rows (the lengths are checked above); the tables hold rope_rows x half and are
+        // checked); blocks T + t x qblocks + j (j < qblocks) read q's rows of token t and write
+        // rope slots of its q_lat rows (the lengths are checked above); the tables hold rope_rows x half and are
         // read only below row rope_rows; positions hold T entries.
-        unsafe { b.launch(row_config(op, 2 * tokens)?) }
+        unsafe { b.launch(row_config(op, tokens * (1 + qblocks))?) }
             .map(drop)
             .map_err(launch_err(kernel, || {
                 format!("tokens {tokens}, heads {heads}, rank {rank}, rope {rope}")

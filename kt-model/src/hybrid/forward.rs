@@ -485,16 +485,21 @@ impl<'s> Step<'s> {
             GpuQkv::Separate { q, kv_a } => {
                 match q {
                     GpuQuery::Direct(w) => {
-                        w.apply_ordered(s, &sc.xn, t_n, &mut sc.q, &mut ws.gemm, pdl)?
+                        w.apply_ordered(s, &sc.xn, t_n, &mut sc.q, &mut ws.gemm, pdl)?;
+                        kv_a.apply(s, &sc.xn, t_n, &mut sc.kv, &mut ws.gemm)?;
                     }
                     GpuQuery::LoRA { a: wa, a_norm, b } => {
+                        // Each projection a programmatic dependent of the kernel before it:
+                        // q_a's weights load while the return from the CPU experts waits,
+                        // kv_a's (same input) while q_a runs, q_b's while the norm runs (it
+                        // signals its dependents at its start).
                         let (qa, qan) = sc.q_a.as_mut().expect("sized for the query LoRA");
-                        wa.apply(s, &sc.xn, t_n, qa, &mut ws.gemm)?;
+                        wa.apply_ordered(s, &sc.xn, t_n, qa, &mut ws.gemm, pdl)?;
+                        kv_a.apply_ordered(s, &sc.xn, t_n, &mut sc.kv, &mut ws.gemm, pdl)?;
                         s.rmsnorm_w32(qa, a_norm.len(), t_n, a_norm, qan, None, eps)?;
-                        b.apply(s, qan, t_n, &mut sc.q, &mut ws.gemm)?;
+                        b.apply_ordered(s, qan, t_n, &mut sc.q, &mut ws.gemm, pdl)?;
                     }
                 }
-                kv_a.apply(s, &sc.xn, t_n, &mut sc.kv, &mut ws.gemm)?;
                 rope = self.fork()?;
                 rope.mla_rope_cache_write(
                     &sc.q,
