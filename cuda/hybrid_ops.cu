@@ -114,8 +114,9 @@ __device__ __forceinline__ void kt_load16(const T* __restrict__ p, float (&v)[N]
 // more than their loads. Here a warp takes GEMV_SHORT_COLS = 4 columns, two per half-warp, a
 // lane loading one vector of each (both in flight together). Lane l of a half holds what lane
 // l holds in gemv_nt below (the same products in the same order), and the sums skip only the
-// butterfly step that adds the idle lanes' zeros: gemv_nt's results bit for bit. The host
-// sizes the grid for 4 columns per warp when k <= 16 V (kt-kernels/src/cuda/linear.rs).
+// butterfly step that adds the idle lanes' zeros: gemv_nt's results bit for bit. A kernel of
+// its own (kt_gemv_nt_h_*, as gemv_nt_mid below), launched by the host with 4 columns per warp
+// when k <= 16 V (kt-kernels/src/cuda/linear.rs).
 constexpr int GEMV_SHORT_COLS = 4;
 template <typename TA, typename TB, typename TO>
 __device__ void gemv_nt_short(const TA* __restrict__ a, const TB* __restrict__ b,
@@ -214,12 +215,6 @@ __device__ void gemv_nt_mid(const TA* __restrict__ a, const TB* __restrict__ b,
 template <typename TA, typename TB, typename TO, bool VEC>
 __device__ void gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b, TO* __restrict__ out,
                         GemmNtArgs p) {
-    if constexpr (VEC) {
-        if (p.k <= 16 * (16 / (int)sizeof(TB))) {
-            gemv_nt_short<TA, TB, TO>(a, b, out, p);
-            return;
-        }
-    }
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int n = blockIdx.x * GEMV_WARPS + warp;
     if (n >= p.n) return; // the whole warp leaves together
@@ -229,17 +224,33 @@ __device__ void gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b, TO* 
     float acc[GEMV_MAX_M] = {};
     if constexpr (VEC) {
         static_assert(sizeof(TA) == sizeof(TB), "one vector width for A and B");
-        constexpr int V = 16 / sizeof(TB);
-        for (int k0 = lane * V; k0 < p.k; k0 += 32 * V) {
-            float wv[V];
-            kt_load16<TB, V>(br + k0, wv);
+        constexpr int V = 16 / sizeof(TB), STEP = 32 * V, C = 4;
+        // the lane's vectors in chunks of C whose loads issue together (a plain loop tests
+        // k0 < k before each load: one trip to memory per vector, 56 for a 7168-wide f32 row);
+        // vectors past the row are clamped to the lane's last one and their products dropped
+        // (selected away, no branch, so the loads can go ahead): the same fmaf chain in k order
+        const int first = lane * V;
+        if (first < p.k) {
+            const int last = first + (p.k - V - first) / STEP * STEP; // k % V == 0 (host)
+            for (int k00 = first; k00 < p.k; k00 += C * STEP) {
+                float wv[C][V];
 #pragma unroll
-            for (int r = 0; r < GEMV_MAX_M; ++r) {
-                if (r < p.m) {
-                    float av[V];
-                    kt_load16<TA, V>(ab + r * p.a_row + k0, av);
+                for (int j = 0; j < C; ++j) kt_load16<TB, V>(br + min(k00 + j * STEP, last), wv[j]);
 #pragma unroll
-                    for (int i = 0; i < V; ++i) acc[r] = fmaf(av[i], wv[i], acc[r]);
+                for (int r = 0; r < GEMV_MAX_M; ++r) {
+                    if (r < p.m) {
+                        float av[C][V];
+#pragma unroll
+                        for (int j = 0; j < C; ++j)
+                            kt_load16<TA, V>(ab + r * p.a_row + min(k00 + j * STEP, last), av[j]);
+#pragma unroll
+                        for (int j = 0; j < C; ++j) {
+                            float t = acc[r];
+#pragma unroll
+                            for (int i = 0; i < V; ++i) t = fmaf(av[j][i], wv[j][i], t);
+                            acc[r] = k00 + j * STEP < p.k ? t : acc[r];
+                        }
+                    }
                 }
             }
         }
@@ -279,6 +290,11 @@ __device__ void gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b, TO* 
         kt_gemv_nt_m_##SA##_##SB##_##SO(const TA* a, const TB* b, TO* out, GemmNtArgs p) {         \
         kt_launch_dependents();                                                                    \
         gemv_nt_mid<TA, TB, TO>(a, b, out, p);                                                     \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                  \
+        kt_gemv_nt_h_##SA##_##SB##_##SO(const TA* a, const TB* b, TO* out, GemmNtArgs p) {         \
+        kt_launch_dependents();                                                                    \
+        gemv_nt_short<TA, TB, TO>(a, b, out, p);                                                   \
     }
 
 KT_GEMV_NT(bf16, __nv_bfloat16, bf16, __nv_bfloat16, bf16, __nv_bfloat16)

@@ -401,14 +401,30 @@ __device__ __forceinline__ float route_entry_logit(const float* __restrict__ wr,
             acc = fmaf(av.w, wv.w, acc);
         }
     }
-#pragma unroll 4
-    for (int k0 = lane * 4 + KT_ROUTE_PREFETCH * 128; k0 < n; k0 += 32 * 4) {
-        const float4 wv = *reinterpret_cast<const float4*>(wr + k0);
-        const float4 av = *reinterpret_cast<const float4*>(row + k0);
-        acc = fmaf(av.x, wv.x, acc);
-        acc = fmaf(av.y, wv.y, acc);
-        acc = fmaf(av.z, wv.z, acc);
-        acc = fmaf(av.w, wv.w, acc);
+    // the rest in chunks of KT_ROW_CHUNK steps whose loads issue together (see KT_ROW_CHUNK;
+    // V3's rows: 40 steps, which a plain loop took one trip to L2 at a time), steps past the row
+    // clamped to the lane's last one and dropped; the same fmaf chain in the same order
+    const int first = lane * 4 + KT_ROUTE_PREFETCH * 128;
+    if (first < n) {
+        const int last = first + (n - 4 - first) / 128 * 128; // n % 4 == 0 (host-checked)
+        for (int k00 = first; k00 < n; k00 += KT_ROW_CHUNK * 128) {
+            float4 wv[KT_ROW_CHUNK], av[KT_ROW_CHUNK];
+#pragma unroll
+            for (int j = 0; j < KT_ROW_CHUNK; ++j) {
+                const int k0 = min(k00 + j * 128, last);
+                wv[j] = *reinterpret_cast<const float4*>(wr + k0);
+                av[j] = *reinterpret_cast<const float4*>(row + k0);
+            }
+#pragma unroll
+            for (int j = 0; j < KT_ROW_CHUNK; ++j) {
+                if (k00 + j * 128 < n) {
+                    acc = fmaf(av[j].x, wv[j].x, acc);
+                    acc = fmaf(av[j].y, wv[j].y, acc);
+                    acc = fmaf(av[j].z, wv[j].z, acc);
+                    acc = fmaf(av[j].w, wv[j].w, acc);
+                }
+            }
+        }
     }
     return kt_warp_sum(acc);
 }

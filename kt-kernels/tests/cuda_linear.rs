@@ -579,7 +579,9 @@ fn gemm_small_m_paths_match_reference() {
     for m in [1usize, 2, 5, max, max + 1] {
         // k 40 and 128 (MLA's absorption: 16 vectors of bf16) take the short 4-columns-per-warp
         // kernel in bf16, 136 and 512 (the expansion: 64 vectors) the mid one, 520 the next
-        // size up the warp-per-column one (f32: 128 and 136 mid, 1024 one column per warp)
+        // size up the warp-per-column one (f32: 128 and 136 mid, 1024 one column per warp);
+        // 7176 (V3's router width and a vector): lanes of 28 and 29 vectors in chunks of 4, the
+        // last chunk part past the row
         for &(n, k) in &[
             (37usize, 40usize),
             (37, 41),
@@ -588,6 +590,7 @@ fn gemm_small_m_paths_match_reference() {
             (37, 512),
             (37, 520),
             (257, 1024),
+            (19, 7176),
             (9, 3),
         ] {
             let seed = 900 + (m * 31 + n + k) as u64;

@@ -284,13 +284,14 @@ impl GpuStream {
             && [g.k, g.a.offset, g.a.batch, g.a.row, g.b_batch, g.b_row]
                 .iter()
                 .all(|v| v % va == 0);
-        // v: one column per warp, or 4 for rows of at most 16 vectors (gemv_nt_short); m: 4
-        // columns per warp for rows of 17..=64 vectors (gemv_nt_mid); s: scalar loads
-        let mid = vec && g.k > 16 * vb && g.k <= 64 * vb;
-        let kind = match (vec, mid) {
-            (true, true) => "m",
-            (true, false) => "v",
-            _ => "s",
+        // 16-byte loads: h, 4 columns per warp for rows of at most 16 vectors (gemv_nt_short);
+        // m, 4 columns per warp for rows of 17..=64 vectors (gemv_nt_mid); v, one column per
+        // warp for longer rows; s: scalar loads, one column per warp
+        let kind = match (vec, g.k.div_ceil(vb)) {
+            (true, 0..=16) => "h",
+            (true, 17..=64) => "m",
+            (true, _) => "v",
+            (false, _) => "s",
         };
         let kernel = format!(
             "kt_gemv_nt_{kind}_{}_{}_{}",
@@ -305,9 +306,7 @@ impl GpuStream {
             ));
         }
         let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
-        // rows of at most 64 vectors: 4 columns per warp (gemv_nt_short up to 16 vectors,
-        // gemv_nt_mid past that, in hybrid_ops.cu)
-        let per_warp = if vec && g.k <= 64 * vb { 4 } else { 1 };
+        let per_warp = if matches!(kind, "h" | "m") { 4 } else { 1 };
         let blocks = u32::try_from(g.n.div_ceil(GEMV_COLS * per_warp))
             .map_err(|_| shape("gemm_nt", format!("{g:?}: n too large for one launch")))?;
         let cfg = LaunchConfig {
