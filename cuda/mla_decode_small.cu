@@ -1,4 +1,4 @@
-// MLA decode attention for one sequence and one new token with few heads (DeepSeek V2-Lite: 16):
+// MLA decode attention for one sequence and one new token (DeepSeek V2-Lite's 16 heads, V3's 128):
 // the contract of kt_mla_attn_bf16 in mla_attn.cu (q, cache, table, kv_len, out; read its
 // header) restricted to batch 1, q_len 1, spread over many more blocks.
 //

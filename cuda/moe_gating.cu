@@ -484,7 +484,15 @@ __device__ __forceinline__ void add_norm_route_signal(
     uint32_t* ids = pack + n;
     float* weights = reinterpret_cast<float*>(ids + top_k);
     if (warp == 0) {
-        for (int i = threadIdx.x; i < n_experts; i += 32) lsm[i] = __ldcg(logits + i);
+        // every logit a lane holds (n_experts <= 256, host-checked) in one trip to L2, past the
+        // experts clamped to the last (see KT_ROW_CHUNK)
+        float lv[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            lv[j] = __ldcg(logits + min((int)threadIdx.x + 32 * j, n_experts - 1));
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            if ((int)threadIdx.x + 32 * j < n_experts) lsm[threadIdx.x + 32 * j] = lv[j];
         __syncwarp();
         kt_gating_token(gsm, lsm, bias, ids, weights, 0, n_experts, top_k, n_group, topk_group,
                         scoring, group_score, normalize, scale);

@@ -666,10 +666,11 @@ fn live_batch_matches_plain_batch_bit_for_bit() {
     );
 }
 
-/// The automatic path of a one-token decode of one sequence with at most 16 heads
+/// The automatic path of a one-token decode of one sequence with at most 128 heads
 /// (`mla_attention`: the small-rows kernel, `mla_small.rs`): against the reference at lengths
 /// around its 32-key tiles, past one split per multiprocessor (several tiles per split), with
-/// 3 heads (padded rows) and with block sizes that split tiles across pages.
+/// 3 heads (padded rows), 40 (three blocks of rows, the last part padded), 128 (V3: eight
+/// blocks of rows, fewer splits each) and with block sizes that split tiles across pages.
 #[test]
 fn small_decode_path_matches_reference() {
     let Some(gpu) = gpu_or_skip("mla small decode") else {
@@ -677,7 +678,10 @@ fn small_decode_path_matches_reference() {
     };
     let s = gpu.stream();
     // past 32 tiles per multiprocessor's split on any device up to 160 SMs: 5200 keys
-    let cases: [(usize, usize, usize); 10] = [
+    let cases: [(usize, usize, usize); 13] = [
+        (128, 1100, 64),
+        (128, 5200, 64),
+        (40, 300, 17),
         (16, 1, 64),
         (16, 31, 64),
         (16, 32, 16),
@@ -721,37 +725,51 @@ fn small_decode_path_live_and_paging_bit_for_bit() {
     let s = gpu.stream();
     let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let max = 6000;
-    let b = Batch::decode(95, 16, &[max]);
-    let q = s.upload(&b.q).unwrap();
-    let (pool, table) = paged(&b, 64, 7);
-    let cache = s.upload(&pool).unwrap();
-    let (pool17, table17) = paged(&b, 17, 8);
-    let cache17 = s.upload(&pool17).unwrap();
-    let mut live = s
-        .mla_batch_live(16, &[1], &[max], &table, 64, MlaKernel::best_for(s.info()))
-        .unwrap();
-    let mut ws_live = MlaWorkspace::default();
-    s.mla_reserve(&live, &mut ws_live).unwrap();
-    for kv in [1, 32, 33, 1000, 4224, 4225, 4300, 6000] {
-        let attend = |batch: &kt_kernels::cuda::mla::MlaBatch,
-                      cache: &kt_kernels::cuda::DeviceBuf<bf16>,
-                      ws: &mut MlaWorkspace| {
-            let mut out = nan_buf::<bf16>(s, 16 * RANK);
-            s.mla_attention(batch, &q, cache, b.scale, &mut out, ws)
-                .unwrap();
-            s.download(&out).unwrap()
-        };
-        let plain = s.mla_batch(16, &[1], &[kv], &table, 64).unwrap();
-        let want = attend(&plain, &cache, &mut MlaWorkspace::default());
-        assert!(
-            want.iter().all(|v| v.to_f32().is_finite()),
-            "kv {kv}: an output left unwritten"
-        );
-        let plain17 = s.mla_batch(16, &[1], &[kv], &table17, 17).unwrap();
-        let paged17 = attend(&plain17, &cache17, &mut MlaWorkspace::default());
-        assert_eq!(bits(&paged17), bits(&want), "kv {kv}: block size 17");
-        s.mla_set_kv_lens(&mut live, &[kv]).unwrap();
-        let got = attend(&live, &cache, &mut ws_live);
-        assert_eq!(bits(&got), bits(&want), "kv {kv}: live batch");
+    // 16 heads (V2-Lite: one block of rows per split) and 128 (V3: eight, fewer splits)
+    for heads in [16usize, 128] {
+        let b = Batch::decode(95 + heads as u64, heads, &[max]);
+        let q = s.upload(&b.q).unwrap();
+        let (pool, table) = paged(&b, 64, 7);
+        let cache = s.upload(&pool).unwrap();
+        let (pool17, table17) = paged(&b, 17, 8);
+        let cache17 = s.upload(&pool17).unwrap();
+        let mut live = s
+            .mla_batch_live(
+                heads,
+                &[1],
+                &[max],
+                &table,
+                64,
+                MlaKernel::best_for(s.info()),
+            )
+            .unwrap();
+        let mut ws_live = MlaWorkspace::default();
+        s.mla_reserve(&live, &mut ws_live).unwrap();
+        for kv in [1, 32, 33, 1000, 4224, 4225, 4300, 6000] {
+            let attend = |batch: &kt_kernels::cuda::mla::MlaBatch,
+                          cache: &kt_kernels::cuda::DeviceBuf<bf16>,
+                          ws: &mut MlaWorkspace| {
+                let mut out = nan_buf::<bf16>(s, heads * RANK);
+                s.mla_attention(batch, &q, cache, b.scale, &mut out, ws)
+                    .unwrap();
+                s.download(&out).unwrap()
+            };
+            let plain = s.mla_batch(heads, &[1], &[kv], &table, 64).unwrap();
+            let want = attend(&plain, &cache, &mut MlaWorkspace::default());
+            assert!(
+                want.iter().all(|v| v.to_f32().is_finite()),
+                "heads {heads} kv {kv}: an output left unwritten"
+            );
+            let plain17 = s.mla_batch(heads, &[1], &[kv], &table17, 17).unwrap();
+            let paged17 = attend(&plain17, &cache17, &mut MlaWorkspace::default());
+            assert_eq!(
+                bits(&paged17),
+                bits(&want),
+                "heads {heads} kv {kv}: block size 17"
+            );
+            s.mla_set_kv_lens(&mut live, &[kv]).unwrap();
+            let got = attend(&live, &cache, &mut ws_live);
+            assert_eq!(bits(&got), bits(&want), "heads {heads} kv {kv}: live batch");
+        }
     }
 }

@@ -22,9 +22,9 @@
 //! lengths plan and the splits past the step's count exit at once, so a step computes the
 //! same key ranges, bit for bit, as a plain batch of the same lengths.
 //!
-//! [`GpuStream::mla_attention`] sends a decode of one sequence with at most 16 heads (one
-//! token) to a third kernel that spreads the keys over one block per multiprocessor
-//! (`mla_small.rs`, `cuda/mla_decode_small.cu`); a forced split count or an explicit kernel
+//! [`GpuStream::mla_attention`] sends a decode of one sequence with at most 128 heads (one
+//! token) to a third kernel of 16-row blocks that spreads the keys over up to one block per
+//! multiprocessor (`mla_small.rs`, `cuda/mla_decode_small.cu`); a forced split count or an explicit kernel
 //! ([`GpuStream::mla_attention_with`]) keeps the 64-row kernels.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};

@@ -1,8 +1,9 @@
-//! MLA decode for one sequence, one new token and few heads (`cuda/mla_decode_small.cu`): the
-//! path [`GpuStream::mla_attention`] takes for such a batch (DeepSeek V2-Lite's 16 heads in the
-//! hybrid decode) instead of the 64-row kernels, which pad the 16 rows to a 64-row tile and
-//! give a ~1k-key decode ~9 blocks. Here a block takes 16 rows and whole 32-key tiles, with
-//! as many key splits as the device has multiprocessors, and a combine merges the splits.
+//! MLA decode for one sequence and one new token (`cuda/mla_decode_small.cu`): the path
+//! [`GpuStream::mla_attention`] takes for such a batch (the hybrid decode of DeepSeek V2-Lite's
+//! 16 heads and V3's 128) instead of the 64-row kernels, which pad 16 rows to a 64-row tile and
+//! give a ~1k-key decode ~9 blocks (V3: 16). Here a block takes 16 rows and whole 32-key tiles,
+//! with up to one key split per multiprocessor (fewer per block of rows when there are several,
+//! [`max_splits`]), and a combine merges the splits.
 //!
 //! The split plan depends only on the sequence's length, which the kernels read on the device:
 //! a live batch (a graph replaying one grid, sized for its largest length) and a plain batch of
@@ -22,9 +23,13 @@ use crate::cuda::error::{launch_err, CudaResult};
 use crate::cuda::modules::MLA_DECODE_SMALL;
 use crate::cuda::runtime::{launch_raw, DeviceBuf, DeviceInfo, GpuStream, LaunchOrder};
 
-/// Largest head count this path takes (one 16-row block per key split). More heads fill the
-/// 64-row tiles of the other kernels, which were not measured against this one.
-const MAX_HEADS: usize = 16;
+/// Largest head count this path takes (16-row blocks, `heads / 16` of them per key split):
+/// DeepSeek V3's 128 heads of one token run here too. The 64-row kernels give such a decode a
+/// block per 64 heads and two 64-key tiles (V3 at ~1k keys: 16 blocks, 15.3 us plus a 5.8 us
+/// combine on an H100, cold: session 29).
+const MAX_HEADS: usize = 128;
+/// Rows (heads) of one block (kRows in the kernel).
+const ROWS_PER_BLOCK: usize = 16;
 /// Keys per cache tile (kKeys in the kernel).
 const KEYS_PER_TILE: usize = 32;
 const THREADS: u32 = 128;
@@ -43,22 +48,26 @@ pub(super) fn takes(batch: &MlaBatch, info: &DeviceInfo) -> bool {
         && info.compute_capability.0 >= 8
 }
 
-/// The most key splits of one launch: one per multiprocessor.
-fn max_splits(info: &DeviceInfo) -> usize {
-    info.multiprocessors.clamp(1, MAX_SPLITS_CAP)
+/// The most key splits of one launch for `heads`: one per multiprocessor for one block of
+/// rows (16 heads); with `g` blocks of rows, about two blocks per multiprocessor over all of
+/// them (V3's 128 heads: 8 x 33), so the partial outputs the combine reads stay few.
+fn max_splits(info: &DeviceInfo, heads: usize) -> usize {
+    let sms = info.multiprocessors.max(1);
+    let groups = heads.div_ceil(ROWS_PER_BLOCK).max(1);
+    (2 * sms).div_ceil(groups).min(sms).clamp(1, MAX_SPLITS_CAP)
 }
 
 /// Key splits of the grid for lengths up to `max_kv_len`: at least the kernel's plan for any
 /// of them (ceil(tiles / ceil(tiles / max)) <= min(tiles, max)).
-fn grid_splits(max_kv_len: usize, info: &DeviceInfo) -> usize {
+fn grid_splits(max_kv_len: usize, info: &DeviceInfo, heads: usize) -> usize {
     max_kv_len
         .div_ceil(KEYS_PER_TILE)
-        .clamp(1, max_splits(info))
+        .clamp(1, max_splits(info, heads))
 }
 
 /// Partial rows (splits x rows) a launch for `batch` writes.
 pub(super) fn partial_rows(batch: &MlaBatch, info: &DeviceInfo) -> usize {
-    grid_splits(batch.max_kv_len, info) * batch.rows
+    grid_splits(batch.max_kv_len, info, batch.heads) * batch.rows
 }
 
 impl GpuStream {
@@ -73,7 +82,7 @@ impl GpuStream {
         out: &mut DeviceBuf<bf16>,
         ws: &mut MlaWorkspace,
     ) -> CudaResult<()> {
-        let splits = grid_splits(batch.max_kv_len, &self.info);
+        let splits = grid_splits(batch.max_kv_len, &self.info, batch.heads);
         ws.reserve(self, splits * batch.rows)?;
         let part_o = ws.part_o.as_mut().expect("allocated above");
         let part_lse = ws.part_lse.as_mut().expect("allocated above");
@@ -89,10 +98,14 @@ impl GpuStream {
         };
         let heads = batch.heads as i32;
         let bs = batch.block_size as i32;
-        let max_sp = max_splits(&self.info) as i32;
+        let max_sp = max_splits(&self.info, batch.heads) as i32;
         let scale_log2 = scale * std::f32::consts::LOG2_E;
         let cfg = LaunchConfig {
-            grid_dim: (batch.heads.div_ceil(16) as u32, splits as u32, 1),
+            grid_dim: (
+                batch.heads.div_ceil(ROWS_PER_BLOCK) as u32,
+                splits as u32,
+                1,
+            ),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: SMEM_BYTES,
         };
