@@ -99,7 +99,18 @@ KT_GEMM_NT(f32, float, f32, float, f32, float)
 constexpr int GEMV_MAX_M = 8;
 constexpr int GEMV_WARPS = 8;
 
-// 16 bytes at p (aligned) as f32 values.
+// 16 loaded bytes of N elements of T as f32 values.
+template <typename T, int N>
+__device__ __forceinline__ void kt_cvt16(const uint4& raw, float (&v)[N]) {
+    static_assert(N * sizeof(T) == 16, "16-byte vectors");
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = kt_to_f32(e[i]);
+}
+
+// 16 bytes at p (aligned) as f32 values. (Written out rather than through kt_cvt16: that form
+// changed the register allocation of the mid and long GEMVs and slowed them, 12.5 -> 14.4 and
+// 11.6 -> 25.3 us: session 29 call G.)
 template <typename T, int N>
 __device__ __forceinline__ void kt_load16(const T* __restrict__ p, float (&v)[N]) {
     static_assert(N * sizeof(T) == 16, "16-byte loads");
@@ -111,44 +122,53 @@ __device__ __forceinline__ void kt_load16(const T* __restrict__ p, float (&v)[N]
 
 // Rows of B of at most 16 vectors (k <= 16 V; the MLA query absorption's k = 128 in bf16):
 // with one column per warp, lanes 16..31 would load nothing, and the many small blocks cost
-// more than their loads. Here a warp takes GEMV_SHORT_COLS = 4 columns, two per half-warp, a
-// lane loading one vector of each (both in flight together). Lane l of a half holds what lane
-// l holds in gemv_nt below (the same products in the same order), and the sums skip only the
-// butterfly step that adds the idle lanes' zeros: gemv_nt's results bit for bit. A kernel of
-// its own (kt_gemv_nt_h_*, as gemv_nt_mid below), launched by the host with 4 columns per warp
-// when k <= 16 V (kt-kernels/src/cuda/linear.rs).
-constexpr int GEMV_SHORT_COLS = 4;
+// more than their loads. Here a warp takes GEMV_SHORT_COLS = 8 columns, four per half-warp, a
+// lane loading one vector of each (all in flight together; two a lane measured 12.8 us for V3's
+// 128 heads, cold). Lane l of a half holds what lane l holds in gemv_nt below (the same
+// products in the same order), and the sums skip only the butterfly step that adds the idle
+// lanes' zeros: gemv_nt's results bit for bit. A kernel of its own (kt_gemv_nt_h_*, as
+// gemv_nt_mid below), launched by the host with 8 columns per warp when k <= 16 V
+// (kt-kernels/src/cuda/linear.rs).
+constexpr int GEMV_SHORT_COLS = 8;
+constexpr int GEMV_SHORT_HALF = GEMV_SHORT_COLS / 2;
 template <typename TA, typename TB, typename TO>
 __device__ void gemv_nt_short(const TA* __restrict__ a, const TB* __restrict__ b,
                               TO* __restrict__ out, GemmNtArgs p) {
     constexpr int V = 16 / sizeof(TB);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = lane % 16;
-    const int n0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_SHORT_COLS + (lane / 16) * 2;
+    const int n0 =
+        (blockIdx.x * GEMV_WARPS + warp) * GEMV_SHORT_COLS + (lane / 16) * GEMV_SHORT_HALF;
     const long long batch = blockIdx.z;
     const TA* ab = a + p.a_off + batch * p.a_batch;
     const int k0 = sub * V;
     const bool k_in = k0 < p.k;
-    float wv[2][V];
-    float acc[2][GEMV_MAX_M] = {};
+    // the weights stay packed (4 registers a vector) until used
+    uint4 wraw[GEMV_SHORT_HALF];
+    float acc[GEMV_SHORT_HALF][GEMV_MAX_M] = {};
 #pragma unroll
-    for (int c = 0; c < 2; ++c)
+    for (int c = 0; c < GEMV_SHORT_HALF; ++c)
         if (k_in && n0 + c < p.n)
-            kt_load16<TB, V>(b + batch * p.b_batch + (long long)(n0 + c) * p.b_row + k0, wv[c]);
+            wraw[c] = *reinterpret_cast<const uint4*>(b + batch * p.b_batch +
+                                                      (long long)(n0 + c) * p.b_row + k0);
 #pragma unroll
     for (int r = 0; r < GEMV_MAX_M; ++r) {
         if (r < p.m && k_in) {
             float av[V];
             kt_load16<TA, V>(ab + r * p.a_row + k0, av);
 #pragma unroll
-            for (int c = 0; c < 2; ++c)
-                if (n0 + c < p.n)
+            for (int c = 0; c < GEMV_SHORT_HALF; ++c) {
+                if (n0 + c < p.n) {
+                    float wv[V];
+                    kt_cvt16<TB, V>(wraw[c], wv);
 #pragma unroll
-                    for (int i = 0; i < V; ++i) acc[c][r] = fmaf(av[i], wv[c][i], acc[c][r]);
+                    for (int i = 0; i < V; ++i) acc[c][r] = fmaf(av[i], wv[i], acc[c][r]);
+                }
+            }
         }
     }
     TO* ob = out + p.o_off + batch * p.o_batch;
 #pragma unroll
-    for (int c = 0; c < 2; ++c) {
+    for (int c = 0; c < GEMV_SHORT_HALF; ++c) {
 #pragma unroll
         for (int r = 0; r < GEMV_MAX_M; ++r) {
             if (r < p.m) { // uniform over the warp: every lane joins the shuffle

@@ -284,7 +284,7 @@ impl GpuStream {
             && [g.k, g.a.offset, g.a.batch, g.a.row, g.b_batch, g.b_row]
                 .iter()
                 .all(|v| v % va == 0);
-        // 16-byte loads: h, 4 columns per warp for rows of at most 16 vectors (gemv_nt_short);
+        // 16-byte loads: h, 8 columns per warp for rows of at most 16 vectors (gemv_nt_short);
         // m, 4 columns per warp for rows of 17..=64 vectors (gemv_nt_mid); v, one column per
         // warp for longer rows; s: scalar loads, one column per warp
         let kind = match (vec, g.k.div_ceil(vb)) {
@@ -306,7 +306,11 @@ impl GpuStream {
             ));
         }
         let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
-        let per_warp = if matches!(kind, "h" | "m") { 4 } else { 1 };
+        let per_warp = match kind {
+            "h" => 8,
+            "m" => 4,
+            _ => 1,
+        };
         let blocks = u32::try_from(g.n.div_ceil(GEMV_COLS * per_warp))
             .map_err(|_| shape("gemm_nt", format!("{g:?}: n too large for one launch")))?;
         let cfg = LaunchConfig {
@@ -318,7 +322,7 @@ impl GpuStream {
         b.arg(&a.slice).arg(&w.slice).arg(&mut out.slice).arg(&args);
         // SAFETY: matches kt_gemv_nt_* (a, b, out, GemmNtArgs by value); the caller's check()
         // proved every element of the product inside the buffers, each warp touches only its
-        // columns' (one, or 4 for rows of at most 64 vectors; columns past n are skipped) and the
+        // columns' (one, or 8 / 4 for rows of at most 16 / 64 vectors; columns past n are skipped) and the
         // m <= GEMV_MAX_M rows' elements, and the vector kernel runs only
         // when every row start is a multiple of 16 bytes from the (aligned) buffer start.
         unsafe { b.launch(cfg) }
