@@ -29,7 +29,6 @@ use kt_kernels::util::SplitMix64;
 use kt_model::deepseek::{argmax, LogitRows};
 use kt_model::hybrid::{HybridCache, HybridModel};
 use kt_model::placement::RuleSet;
-use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
 
 const PROMPT: usize = 188;
 const DECODE: usize = 5;
@@ -251,14 +250,6 @@ fn a_cleared_cache_keeps_its_graph() {
 /// Memory the V3-shape test needs: its ~16 GB synthetic GGUF and the model built over it.
 const V3_TEST_GIB: f64 = 24.0;
 
-/// `MemAvailable` of /proc/meminfo in GiB, where the system has one.
-fn available_gib() -> Option<f64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / (1024.0 * 1024.0))
-}
-
 /// The DeepSeek-V3 shape (hidden 7168, 128 heads over a 1536-rank query LoRA, 256 experts in 8
 /// groups with sigmoid scores, top 8) cut to 5 layers (3 dense, 2 MoE), with the shipped V3
 /// hybrid rules: its own kernels' sizes (the query LoRA's chain of programmatic launches, the
@@ -274,21 +265,14 @@ fn v3_shape_graph_matches_eager_bit_for_bit() {
     };
     // the synthetic file lives in memory: a GPU machine with less room skips (with a message)
     // instead of being killed for memory
-    if let Some(gib) = available_gib().filter(|&g| g < V3_TEST_GIB) {
+    if let Some(gib) = hybrid_common::available_gib().filter(|&g| g < V3_TEST_GIB) {
         eprintln!(
             "v3_shape_graph_matches_eager_bit_for_bit: skipped, {gib:.1} GiB of memory available, the test needs {V3_TEST_GIB}"
         );
         return;
     }
-    let opts = SyntheticOptions {
-        layers: Some(5),
-        seed: 37,
-        ..SyntheticOptions::default()
-    };
-    let m = SyntheticModel::new(Preset::DeepSeekV3, &opts).unwrap();
-    let g = m.to_gguf(&mut |_| {}).unwrap();
+    let (m, g) = hybrid_common::v3(5, 37);
     let c = m.config().clone();
-    assert_eq!((c.n_layers, c.first_k_dense_replace), (5, 3), "{c:?}");
     let isa = cpu::isa::selected().unwrap();
     let placement = RuleSet::from_file(hybrid_common::rules_file("deepseek-v3-hybrid.yaml"))
         .unwrap()

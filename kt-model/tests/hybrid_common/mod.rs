@@ -1,5 +1,5 @@
 //! Helpers of the hybrid executor's tests: the all-bf16 test placement, the shortened
-//! synthetic V2-Lite they run on, shipped rules files (found on the device too) and the
+//! synthetic V2-Lite and V3 they run on, shipped rules files (found on the device too) and the
 //! relative L2 distance.
 #![allow(dead_code)]
 
@@ -89,4 +89,31 @@ pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
         n += (w as f64).powi(2);
     }
     (d / n.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// `MemAvailable` of /proc/meminfo in GiB, where the system has one (the V3-shape tests keep a
+/// synthetic GGUF of 10-16 GB in memory and skip where there is less room).
+pub fn available_gib() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / (1024.0 * 1024.0))
+}
+
+/// A synthetic DeepSeek-V3 cut to `layers` layers (the first three dense) with weights of
+/// `seed`, and its GGUF (about 10 GB at 4 layers, 16 GB at 5: built in memory).
+pub fn v3(layers: usize, seed: u64) -> (SyntheticModel, Gguf) {
+    let opts = SyntheticOptions {
+        layers: Some(layers),
+        seed,
+        ..SyntheticOptions::default()
+    };
+    let m = SyntheticModel::new(Preset::DeepSeekV3, &opts).unwrap();
+    let g = m.to_gguf(&mut |_| {}).unwrap();
+    assert!(
+        m.config().n_layers == layers && m.config().first_k_dense_replace == 3,
+        "{:?}",
+        m.config()
+    );
+    (m, g)
 }
