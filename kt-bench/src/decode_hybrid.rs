@@ -11,8 +11,9 @@
 //! `--repetitions` runs replay it from their first step (`decode_graph_launches` replays,
 //! `decode_graph_captures` recaptures among them, 0 unless a call grew the workspaces), and the
 //! rate is their mean (`decode_repetitions` keeps each, `reps.rs`); `decode_pipelined_tokens_per_s`
-//! is the same with eager steps, layers pipelined, `decode_sequential_tokens_per_s` without
-//! the pipeline either, and `decode_timed_tokens_per_s` the timed run's. `dram_gbps` is the
+//! is the same with eager steps, layers pipelined (null with `--eager`, where every call runs
+//! layer after layer, the headline rate too), `decode_sequential_tokens_per_s` without the
+//! pipeline either, and `decode_timed_tokens_per_s` the timed run's. `dram_gbps` is the
 //! best of three DRAM read probes of the run (`dram_gbps_readings`), and
 //! `decode_bound_fraction` the decode rate over the rate at which the routed experts'
 //! weight bytes per token stream at that bandwidth.
@@ -459,7 +460,10 @@ impl HybridRun<'_> {
         let (mut launches_before, mut captures_before) = (0, 0);
         let (decode_seq_s, decode_pipe_s, rates) = if gen_len > 0 {
             let seq = untimed(&mut model, &mut cache, false, false, &prompt, &tokens)?;
-            let pipe = untimed(&mut model, &mut cache, pipe_on, false, &prompt, &tokens)?;
+            // (with --eager there is no pipelined path to time: None)
+            let pipe = pipe_on
+                .then(|| untimed(&mut model, &mut cache, true, false, &prompt, &tokens))
+                .transpose()?;
             before_graph = Some(probe());
             // the graph path's warm-up (llama-bench's warm-up run): the capture and a few
             // replays, so the first repetition is not the first graph work after the probe
@@ -484,7 +488,7 @@ impl HybridRun<'_> {
             bar.finish_and_clear();
             (seq, pipe, Some(rates))
         } else {
-            (decode_timed_s, decode_timed_s, None)
+            (decode_timed_s, None, None)
         };
         let dram = DramReadings {
             start: self.dram_gbps,
@@ -553,7 +557,9 @@ impl HybridRun<'_> {
         let decode_s = decode_tps.map_or(decode_timed_s, |t| gen_len as f64 / t);
         let decode_timed_tps = (gen_len > 0).then(|| gen_len as f64 / decode_timed_s);
         let decode_seq_tps = (gen_len > 0).then(|| gen_len as f64 / decode_seq_s);
-        let decode_pipe_tps = (gen_len > 0).then(|| gen_len as f64 / decode_pipe_s);
+        let decode_pipe_tps = decode_pipe_s
+            .filter(|_| gen_len > 0)
+            .map(|secs| gen_len as f64 / secs);
         let decode_bytes_per_token =
             decode_times.total().routed_bytes as f64 / decode_times.tokens.max(1) as f64;
         let decode_bound =
@@ -645,10 +651,11 @@ impl HybridRun<'_> {
         println!("prefill: {prompt_len} tokens in {prefill_s:.3} s = {prefill_tps:.1} tokens/s");
         if let Some(rates) = &rates {
             println!(
-                "decode:  {gen_len} tokens a run: {} ({:.1} ms/token, {graph_launches} graph launches); eager pipelined {:.2} tokens/s, layers one after the other {:.2} tokens/s, with the split's events {:.2} tokens/s",
+                "decode:  {gen_len} tokens a run: {} ({:.1} ms/token, {graph_launches} graph launches{}); eager pipelined {}, layers one after the other {:.2} tokens/s, with the split's events {:.2} tokens/s",
                 rates.describe(),
                 1e3 * decode_s / gen_len as f64,
-                gen_len as f64 / decode_pipe_s,
+                if a.eager { ", --eager: every call layer after layer" } else { "" },
+                decode_pipe_tps.map_or("not run (--eager)".to_string(), |t| format!("{t:.2} tokens/s")),
                 gen_len as f64 / decode_seq_s,
                 gen_len as f64 / decode_timed_s
             );
