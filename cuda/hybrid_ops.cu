@@ -559,10 +559,10 @@ extern "C" __global__ void __launch_bounds__(1024)
 
 // The MLA step between the projections and the attention, in one launch (decode's critical
 // path is a chain of small launches): blocks [0, tokens) write token t's cache row pos[t]
-// (rmsnorm(kv[t, :rank]) * w, then kv[t, rank:] rotated), blocks [tokens, 2 tokens) write
-// the rotated q_pe of token t's heads into the rope slot of their absorbed query rows
-// (q_lat[t * heads + h, rank:]; the latent slot is the absorption GEMM's), `qblocks` blocks per
-// token (the grid's T + T x qblocks blocks). Rotation as
+// (rmsnorm(kv[t, :rank]) * w, then kv[t, rank:] rotated); the grid's other T x qblocks blocks,
+// `qblocks` per token, write the rotated q_pe of token t's heads into the rope slot of their
+// absorbed query rows (q_lat[t * heads + h, rank:]; the latent slot is the absorption GEMM's).
+// Rotation as
 // kt_rope_*: pairs (2i, 2i + 1) by the tables' row pos[t], NaN past the tables. Rows past
 // `cache_rows` are skipped (the host checks the positions before it uploads them). Token t's
 // query heads start at q + t * q_row, its kv row at kv + t * kv_row: separate buffers, or one
@@ -592,7 +592,9 @@ extern "C" __global__ void __launch_bounds__(1024)
     __shared__ float scratch[32];
     const int width = rank + 2 * half;
     // the grid holds `qblocks` query blocks per token after the T cache blocks (V3's 128 heads
-    // x 32 pairs over one block of 256 threads were 16 trips to memory one after another)
+    // x 32 pairs over one block of 256 threads were 16 trips to memory one after another; over
+    // 4 blocks a thread's 4 pairs still go one after another: the loop tests its bound before
+    // each, see KT_ROW_CHUNK)
     const int qblocks = (int)(gridDim.x - tokens) / tokens;
     const bool query = blockIdx.x >= (unsigned)tokens;
     const int qi = query ? (int)blockIdx.x - tokens : 0;

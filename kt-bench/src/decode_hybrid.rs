@@ -389,10 +389,11 @@ impl HybridRun<'_> {
         model.set_max_batch(prompt_len.clamp(WARMUP_TOKENS, MAX_MOE_BATCH))?;
         let gpu_load_s = t.elapsed().as_secs_f64();
         let prompt = prompt_ids(&w.config, prompt_len, a.seed);
-        // --eager: every call below runs one layer after the other (no host flags, no graph)
-        let (pipe_on, graph_on) = (!a.eager, !a.eager);
-        model.set_pipelined(pipe_on);
-        model.set_graphed(graph_on);
+        // --eager: every call below runs one layer after the other (no host flags, no graph);
+        // otherwise untimed calls pipeline the layers and single tokens replay the graph
+        let chained = !a.eager;
+        model.set_pipelined(chained);
+        model.set_graphed(chained);
 
         let split = a.prefill_split.as_deref().map(parse_split).transpose()?;
         if model.gpu_prefill_threshold().is_some() {
@@ -461,7 +462,7 @@ impl HybridRun<'_> {
         let (decode_seq_s, decode_pipe_s, rates) = if gen_len > 0 {
             let seq = untimed(&mut model, &mut cache, false, false, &prompt, &tokens)?;
             // (with --eager there is no pipelined path to time: None)
-            let pipe = pipe_on
+            let pipe = chained
                 .then(|| untimed(&mut model, &mut cache, true, false, &prompt, &tokens))
                 .transpose()?;
             before_graph = Some(probe());
@@ -469,7 +470,7 @@ impl HybridRun<'_> {
             // replays, so the first repetition is not the first graph work after the probe
             let warm_steps = &tokens[..tokens.len().min(GRAPH_WARMUP_STEPS)];
             untimed(
-                &mut model, &mut cache, pipe_on, graph_on, &prompt, warm_steps,
+                &mut model, &mut cache, chained, chained, &prompt, warm_steps,
             )?;
             model.reset_graph_timeline();
             launches_before = model.graph_launches();
@@ -481,7 +482,7 @@ impl HybridRun<'_> {
                 "graph decode repetitions (hybrid)".into(),
             );
             let rates = Rates::measure(a.repetitions as usize, gen_len, || {
-                let s = untimed(&mut model, &mut cache, pipe_on, graph_on, &prompt, &tokens);
+                let s = untimed(&mut model, &mut cache, chained, chained, &prompt, &tokens);
                 bar.inc(1);
                 s
             })?;
@@ -520,7 +521,7 @@ impl HybridRun<'_> {
                 model.set_prefetch_rounds(r)?;
             }
             model.reset_graph_timeline();
-            let secs = untimed(&mut model, &mut cache, pipe_on, graph_on, &prompt, &tokens)?;
+            let secs = untimed(&mut model, &mut cache, chained, chained, &prompt, &tokens)?;
             let tps = gen_len as f64 / secs;
             let tl = model
                 .graph_timeline()

@@ -385,8 +385,7 @@ fn hybrid_bf16_v3_shape_matches_cpu_forward() {
     if cuda_common::gpu_or_skip("hybrid_bf16_v3_shape_matches_cpu_forward").is_none() {
         return;
     }
-    if let Some(gib) = hybrid_common::available_gib().filter(|&g| g < 20.0) {
-        eprintln!("hybrid_bf16_v3_shape_matches_cpu_forward: skipped, {gib:.1} GiB of memory available, the test needs 20");
+    if !hybrid_common::memory_for("hybrid_bf16_v3_shape_matches_cpu_forward", 20.0) {
         return;
     }
     let model = hybrid_common::v3(4, 41);

@@ -63,7 +63,7 @@ fn run(model: &mut HybridModel<'_>) -> Vec<Vec<f32>> {
     out
 }
 
-/// Every call's logits finite, not constant, and the same bits in both runs.
+/// Every call's logits finite, not constant, and the same bits in both runs (`name` says which).
 fn assert_same_bits(name: &str, graphed: &[Vec<f32>], eager: &[Vec<f32>]) {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(graphed.len(), eager.len());
@@ -76,7 +76,11 @@ fn assert_same_bits(name: &str, graphed: &[Vec<f32>], eager: &[Vec<f32>]) {
             gr.iter().any(|&v| v != gr[0]),
             "{name} call {i}: constant logits (nothing computed?)"
         );
-        assert_eq!(bits(gr), bits(ea), "{name} call {i}: graph vs eager");
+        assert_eq!(
+            bits(gr),
+            bits(ea),
+            "{name} call {i}: the two runs' bits differ"
+        );
     }
 }
 
@@ -163,7 +167,7 @@ fn graph_decode_matches_eager_bit_for_bit() {
             "{name}: replays while off"
         );
 
-        assert_same_bits(name, &graphed, &eager);
+        assert_same_bits(&format!("{name}: graph vs eager"), &graphed, &eager);
         eprintln!(
             "{name}: {} calls agree bit for bit, {} of them graph replays",
             graphed.len(),
@@ -263,12 +267,7 @@ fn v3_shape_graph_matches_eager_bit_for_bit() {
     let Some(gpu) = cuda_common::gpu_or_skip("v3_shape_graph_matches_eager_bit_for_bit") else {
         return;
     };
-    // the synthetic file lives in memory: a GPU machine with less room skips (with a message)
-    // instead of being killed for memory
-    if let Some(gib) = hybrid_common::available_gib().filter(|&g| g < V3_TEST_GIB) {
-        eprintln!(
-            "v3_shape_graph_matches_eager_bit_for_bit: skipped, {gib:.1} GiB of memory available, the test needs {V3_TEST_GIB}"
-        );
+    if !hybrid_common::memory_for("v3_shape_graph_matches_eager_bit_for_bit", V3_TEST_GIB) {
         return;
     }
     let (m, g) = hybrid_common::v3(5, 37);
@@ -296,7 +295,7 @@ fn v3_shape_graph_matches_eager_bit_for_bit() {
     );
     model.set_graphed(false);
     let eager = run(&mut model);
-    assert_same_bits("V3 graph", &graphed, &eager);
+    assert_same_bits("V3: graph vs eager", &graphed, &eager);
     let again = run(&mut model);
-    assert_same_bits("V3 eager again", &eager, &again);
+    assert_same_bits("V3: eager vs eager again", &eager, &again);
 }

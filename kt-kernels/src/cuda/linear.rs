@@ -284,14 +284,14 @@ impl GpuStream {
             && [g.k, g.a.offset, g.a.batch, g.a.row, g.b_batch, g.b_row]
                 .iter()
                 .all(|v| v % va == 0);
-        // 16-byte loads: h, 8 columns per warp for rows of at most 16 vectors (gemv_nt_short);
-        // m, 4 columns per warp for rows of 17..=64 vectors (gemv_nt_mid); v, one column per
-        // warp for longer rows; s: scalar loads, one column per warp
-        let kind = match (vec, g.k.div_ceil(vb)) {
-            (true, 0..=16) => "h",
-            (true, 17..=64) => "m",
-            (true, _) => "v",
-            (false, _) => "s",
+        // The kernel and its columns per warp. 16-byte loads: h, 8 columns for rows of at most
+        // 16 vectors (gemv_nt_short); m, 4 for rows of 17..=64 vectors (gemv_nt_mid); v, one for
+        // longer rows; s: scalar loads, one column
+        let (kind, per_warp) = match (vec, g.k.div_ceil(vb)) {
+            (true, 0..=16) => ("h", 8),
+            (true, 17..=64) => ("m", 4),
+            (true, _) => ("v", 1),
+            (false, _) => ("s", 1),
         };
         let kernel = format!(
             "kt_gemv_nt_{kind}_{}_{}_{}",
@@ -306,11 +306,6 @@ impl GpuStream {
             ));
         }
         let f = self.kernels.get(&HYBRID_OPS, &kernel)?;
-        let per_warp = match kind {
-            "h" => 8,
-            "m" => 4,
-            _ => 1,
-        };
         let blocks = u32::try_from(g.n.div_ceil(GEMV_COLS * per_warp))
             .map_err(|_| shape("gemm_nt", format!("{g:?}: n too large for one launch")))?;
         let cfg = LaunchConfig {
@@ -322,8 +317,8 @@ impl GpuStream {
         b.arg(&a.slice).arg(&w.slice).arg(&mut out.slice).arg(&args);
         // SAFETY: matches kt_gemv_nt_* (a, b, out, GemmNtArgs by value); the caller's check()
         // proved every element of the product inside the buffers, each warp touches only its
-        // columns' (one, or 8 / 4 for rows of at most 16 / 64 vectors; columns past n are skipped) and the
-        // m <= GEMV_MAX_M rows' elements, and the vector kernel runs only
+        // per_warp columns (columns past n are skipped) and the m <= GEMV_MAX_M rows' elements,
+        // and the vector kernels run only
         // when every row start is a multiple of 16 bytes from the (aligned) buffer start.
         unsafe { b.launch(cfg) }
             .map(drop)
@@ -625,8 +620,7 @@ impl GpuStream {
             tables.half as i32,
             tables.rows as u32,
         );
-        // query blocks per token: each thread rotates at most 4 of its heads' pairs (one
-        // unrolled batch of loads)
+        // query blocks per token: each thread rotates at most 4 of its heads' pairs
         let qblocks = (heads * tables.half)
             .div_ceil(ROW_THREADS as usize * 4)
             .max(1);
@@ -650,10 +644,11 @@ impl GpuStream {
         // kv_row, w, cache, pos, cache_rows, cos, sin, half, rope_rows, rank, tokens, eps).
         // The callers checked that q holds T rows of q_row (heads x q_dim read from each) and
         // kv from kv_offset T rows of kv_row (width read from each; the view starts there).
-        // Blocks [0, T) read kv row t and write cache row pos[t] only below cache_rows (whole rows of the cache,
-        // checked); blocks T + t x qblocks + j (j < qblocks) read q's rows of token t and write
-        // rope slots of its q_lat rows (the lengths are checked above); the tables hold rope_rows x half and are
-        // read only below row rope_rows; positions hold T entries.
+        // Blocks [0, T) read kv row t and write cache row pos[t] only below cache_rows (whole
+        // rows of the cache, checked); blocks T + t x qblocks + j (j < qblocks) read q's rows of
+        // token t and write rope slots of its q_lat rows (the lengths are checked above); the
+        // tables hold rope_rows x half and are read only below row rope_rows; positions hold T
+        // entries.
         unsafe { b.launch(row_config(op, tokens * (1 + qblocks))?) }
             .map(drop)
             .map_err(launch_err(kernel, || {

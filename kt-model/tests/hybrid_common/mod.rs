@@ -91,9 +91,21 @@ pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
     (d / n.max(f64::MIN_POSITIVE)).sqrt()
 }
 
-/// `MemAvailable` of /proc/meminfo in GiB, where the system has one (the V3-shape tests keep a
-/// synthetic GGUF of 10-16 GB in memory and skip where there is less room).
-pub fn available_gib() -> Option<f64> {
+/// Whether `test` may build a model needing `gib` GiB of memory here; prints why not (the V3-shape
+/// tests keep a synthetic GGUF of 10-16 GB in memory and skip where there is less room instead
+/// of being killed for memory). Without /proc/meminfo the test runs.
+pub fn memory_for(test: &str, gib: f64) -> bool {
+    match available_gib().filter(|&free| free < gib) {
+        Some(free) => {
+            eprintln!("{test}: skipped, {free:.1} GiB of memory available, the test needs {gib}");
+            false
+        }
+        None => true,
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo in GiB, where the system has one.
+fn available_gib() -> Option<f64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
