@@ -567,6 +567,9 @@ extern "C" __global__ void __launch_bounds__(1024)
 // `cache_rows` are skipped (the host checks the positions before it uploads them). Token t's
 // query heads start at q + t * q_row, its kv row at kv + t * kv_row: separate buffers, or one
 // buffer of [q | kv] rows where q_proj and kv_a ran as one stacked GEMV.
+// Query pairs a thread of kt_mla_rope_cache_write loads together (the host sizes its query
+// blocks so that a thread has at most 4).
+#define KT_ROPE_CHUNK 4
 __device__ __forceinline__ void rope_pair(const __nv_bfloat16* src, __nv_bfloat16* dst,
                                           const float* cos_t, const float* sin_t, uint32_t p,
                                           int i, int half, uint32_t rope_rows) {
@@ -592,22 +595,47 @@ extern "C" __global__ void __launch_bounds__(1024)
     __shared__ float scratch[32];
     const int width = rank + 2 * half;
     // the grid holds `qblocks` query blocks per token after the T cache blocks (V3's 128 heads
-    // x 32 pairs over one block of 256 threads were 16 trips to memory one after another; over
-    // 4 blocks a thread's 4 pairs still go one after another: the loop tests its bound before
-    // each, see KT_ROW_CHUNK)
+    // x 32 pairs over one block of 256 threads were 16 trips to memory one after another);
+    // a thread's pairs (4 on V3) load in chunks of KT_ROPE_CHUNK, all before any is used
+    // (see KT_ROW_CHUNK: past the last pair the indices clamp to the thread's own last one)
     const int qblocks = (int)(gridDim.x - tokens) / tokens;
     const bool query = blockIdx.x >= (unsigned)tokens;
     const int qi = query ? (int)blockIdx.x - tokens : 0;
     const int t = query ? qi / qblocks : blockIdx.x;
     const uint32_t p = pos[t];
     if (query) {
-        const int step = qblocks * blockDim.x;
-#pragma unroll 4
-        for (int e = (qi % qblocks) * blockDim.x + threadIdx.x; e < heads * half; e += step) {
-            const int h = e / half, i = e % half;
-            const size_t r = (size_t)t * heads + h;
-            rope_pair(q + t * q_row + (size_t)h * q_dim + nope + 2 * i,
-                      q_lat + r * width + rank + 2 * i, cos_t, sin_t, p, i, half, rope_rows);
+        const int step = qblocks * blockDim.x, total = heads * half;
+        const int e0 = (qi % qblocks) * blockDim.x + threadIdx.x;
+        if (e0 >= total) return;
+        const int last = e0 + (total - 1 - e0) / step * step;
+        // past the tables every pair is NaN (rope_pair's rule); row 0 stands in for the loads
+        const bool in_table = p < rope_rows;
+        const size_t tp = in_table ? (size_t)p * half : 0;
+        for (int eb = e0; eb < total; eb += KT_ROPE_CHUNK * step) {
+            float a[KT_ROPE_CHUNK], b[KT_ROPE_CHUNK], c[KT_ROPE_CHUNK], sn[KT_ROPE_CHUNK];
+#pragma unroll
+            for (int j = 0; j < KT_ROPE_CHUNK; ++j) {
+                const int e = min(eb + j * step, last);
+                const int h = e / half, i = e % half;
+                const __nv_bfloat16* src = q + t * q_row + (size_t)h * q_dim + nope + 2 * i;
+                a[j] = __bfloat162float(src[0]);
+                b[j] = __bfloat162float(src[1]);
+                c[j] = cos_t[tp + i];
+                sn[j] = sin_t[tp + i];
+            }
+#pragma unroll
+            for (int j = 0; j < KT_ROPE_CHUNK; ++j) {
+                const int e = eb + j * step;
+                if (e > last) break;
+                const int h = e / half, i = e % half;
+                __nv_bfloat16* dst = q_lat + ((size_t)t * heads + h) * width + rank + 2 * i;
+                if (!in_table) {
+                    dst[0] = dst[1] = __float2bfloat16_rn(__int_as_float(0x7fc00000));
+                } else {
+                    dst[0] = __float2bfloat16_rn(a[j] * c[j] - b[j] * sn[j]);
+                    dst[1] = __float2bfloat16_rn(a[j] * sn[j] + b[j] * c[j]);
+                }
+            }
         }
         return;
     }

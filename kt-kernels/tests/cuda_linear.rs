@@ -416,9 +416,10 @@ fn mla_rope_cache_write_matches_the_unfused_chain() {
     ));
 }
 
-/// The stacked layout (q_proj and kv_a as one GEMV, each token's row `[q | kv]`) writes the
-/// same q_lat and cache bits as the separate buffers (checked against the unfused chain
-/// above); outputs start as NaN, so a slot one layout leaves unwritten differs in bits.
+/// The stacked layouts (q_proj and kv_a as one GEMV, each token's row `[q | kv]`; a query
+/// LoRA's q_a and kv_a as one, rows `[q_a | kv]`) write the same q_lat and cache bits as the
+/// separate buffers (checked against the unfused chain above); outputs start as NaN, so a
+/// slot one layout leaves unwritten differs in bits.
 #[test]
 fn mla_rope_cache_write_stacked_matches_separate_bit_for_bit() {
     let Some(gpu) = gpu_or_skip("mla_rope_cache_write_stacked_matches_separate_bit_for_bit") else {
@@ -474,7 +475,29 @@ fn mla_rope_cache_write_stacked_matches_separate_bit_for_bit() {
             &qkvb, heads, nope, &mut got_q, &wd, &mut got_c, &pd, &tables, eps,
         )
         .unwrap();
-        for (what, got, want) in [("q_lat", &got_q, &want_q), ("cache", &got_c, &want_c)] {
+        // the kv rows behind a query LoRA's q_a columns ([q_a | kv] rows of a stacked GEMV)
+        let a_rank = 96;
+        let akv: Vec<bf16> = (0..t)
+            .flat_map(|r| {
+                let qa: Vec<bf16> = random(&mut rng, a_rank, 3.0);
+                qa.into_iter()
+                    .chain(kv[r * width..(r + 1) * width].iter().copied())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let akvb = s.upload(&akv).unwrap();
+        let mut in_q = nan_buf::<bf16>(s, t * heads * width);
+        let mut in_c = nan_buf::<bf16>(s, rows * width);
+        s.mla_rope_cache_write_kv_in(
+            &qb, heads, nope, &mut in_q, &akvb, a_rank, &wd, &mut in_c, &pd, &tables, eps,
+        )
+        .unwrap();
+        for (what, got, want) in [
+            ("q_lat", &got_q, &want_q),
+            ("cache", &got_c, &want_c),
+            ("q_lat, kv in [q_a | kv]", &in_q, &want_q),
+            ("cache, kv in [q_a | kv]", &in_c, &want_c),
+        ] {
             let (got, want) = (s.download(got).unwrap(), s.download(want).unwrap());
             let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "t{t} {what}");
@@ -493,6 +516,15 @@ fn mla_rope_cache_write_stacked_matches_separate_bit_for_bit() {
     assert!(matches!(
         s.mla_rope_cache_write_stacked(
             &short, heads, nope, &mut q_lat, &wd, &mut cache, &pd, &tables, eps
+        ),
+        Err(kt_kernels::cuda::CudaError::Shape { .. })
+    ));
+    // a [q_a | kv] row one element short of the kv part
+    let q = s.upload(&vec![bf16::ONE; q_width]).unwrap();
+    let short = s.upload(&vec![bf16::ONE; 96 + width - 1]).unwrap();
+    assert!(matches!(
+        s.mla_rope_cache_write_kv_in(
+            &q, heads, nope, &mut q_lat, &short, 96, &wd, &mut cache, &pd, &tables, eps
         ),
         Err(kt_kernels::cuda::CudaError::Shape { .. })
     ));

@@ -570,6 +570,49 @@ impl GpuStream {
         )
     }
 
+    /// [`Self::mla_rope_cache_write`] with each token's kv row inside a wider row of `akv`
+    /// `[T, kv_offset + rank + rope]` (the query LoRA's `q_a` and `kv_a` stacked into one
+    /// GEMV: token `t`'s kv row is `akv[t * row + kv_offset ..]`); the same kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mla_rope_cache_write_kv_in(
+        &self,
+        q: &DeviceBuf<bf16>,
+        heads: usize,
+        nope: usize,
+        q_lat: &mut DeviceBuf<bf16>,
+        akv: &DeviceBuf<bf16>,
+        kv_offset: usize,
+        w: &DeviceBuf<f32>,
+        cache: &mut DeviceBuf<bf16>,
+        positions: &DeviceBuf<u32>,
+        tables: &RopeTables,
+        eps: f32,
+    ) -> CudaResult<()> {
+        const OP: &str = "mla_rope_cache_write_kv_in";
+        let (tokens, rank, rope) = (positions.len(), w.len(), tables.rope_dim());
+        let (q_row, row) = (heads * (nope + rope), kv_offset + rank + rope);
+        if q.len() != tokens * q_row || akv.len() != tokens * row {
+            return Err(shape(
+                OP,
+                format!(
+                    "{tokens} tokens, {heads} heads, rank {rank}, rope {rope}, nope {nope}: q {} elements, kv rows at {kv_offset} of {} elements, expected {tokens} x {row}",
+                    q.len(),
+                    akv.len()
+                ),
+            ));
+        }
+        let rows = RopeRows {
+            q,
+            q_row,
+            kv: akv,
+            kv_offset,
+            kv_row: row,
+        };
+        self.rope_cache_launch(
+            OP, rows, heads, nope, q_lat, w, cache, positions, tables, eps,
+        )
+    }
+
     /// The launch of kt_mla_rope_cache_write for both layouts; `rows` has passed its
     /// caller's length checks.
     #[allow(clippy::too_many_arguments)]

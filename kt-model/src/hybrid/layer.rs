@@ -31,6 +31,15 @@ pub(crate) enum GpuQkv {
     /// q_proj and kv_a_mqa (same input, same format, no query LoRA) stacked into one GEMV:
     /// each token's output row is `[q | kv]`.
     Stacked(GpuLinear),
+    /// The query LoRA's `q_a` and `kv_a_mqa` (same input, same format) stacked into one
+    /// GEMV, each token's output row `[q_a | kv]` (`a_rank` + rank + rope wide); then the
+    /// norm of the `q_a` part and `b`. One kernel boundary less on decode's chain.
+    StackedLoRA {
+        a_kv: GpuLinear,
+        a_rank: usize,
+        a_norm: DeviceBuf<f32>,
+        b: GpuLinear,
+    },
     Separate {
         q: GpuQuery,
         kv_a: GpuLinear,
@@ -184,6 +193,15 @@ fn attention(
             q: GpuQuery::Direct(linear(s, f, q)?),
             kv_a: linear(s, f, kv_a)?,
         },
+        QueryProj::LoRA { a, a_norm, b } if f.of_tensor(a.name)? == f.of_tensor(kv_a.name)? => {
+            let parts = [Linear::from_2d(a)?, Linear::from_2d(kv_a)?];
+            GpuQkv::StackedLoRA {
+                a_kv: GpuLinear::load(s, &parts, f.of_tensor(a.name)?, a.name)?,
+                a_rank: parts[0].rows,
+                a_norm: vector(s, a_norm)?,
+                b: linear(s, f, b)?,
+            }
+        }
         QueryProj::LoRA { a, a_norm, b } => GpuQkv::Separate {
             q: GpuQuery::LoRA {
                 a: linear(s, f, a)?,

@@ -235,6 +235,9 @@ impl<'a> HybridModel<'a> {
             stacked_qkv: layers
                 .iter()
                 .any(|l| matches!(l.attn.qkv, GpuQkv::Stacked(_))),
+            stacked_lora: layers
+                .iter()
+                .any(|l| matches!(l.attn.qkv, GpuQkv::StackedLoRA { .. })),
         };
         let has_moe = tensors.layers.iter().any(|l| matches!(l.ffn, Ffn::Moe(_)));
         let fused = if has_moe {

@@ -17,6 +17,8 @@ pub(crate) struct Widths {
     pub shared: Option<usize>,
     /// Whether a layer runs q_proj and kv_a as one stacked GEMV (`sc.qkv`).
     pub stacked_qkv: bool,
+    /// Whether a layer runs the query LoRA's q_a and kv_a as one stacked GEMV (`sc.q_akv`).
+    pub stacked_lora: bool,
 }
 
 pub(crate) struct Scratch {
@@ -29,6 +31,8 @@ pub(crate) struct Scratch {
     pub xn32: DeviceBuf<f32>,
     /// Query LoRA `[T, q_lora]` before and after its norm.
     pub q_a: Option<(DeviceBuf<bf16>, DeviceBuf<bf16>)>,
+    /// The stacked q_a and kv projection `[T, q_lora + rank + rope]`, when a layer has it.
+    pub q_akv: Option<DeviceBuf<bf16>>,
     /// Queries `[T, heads, nope + rope]`.
     pub q: DeviceBuf<bf16>,
     /// The kv projection `[T, rank + rope]`.
@@ -95,6 +99,10 @@ impl Scratch {
             q_a: match c.q_lora_rank {
                 Some(r) => Some((bf(t * r)?, bf(t * r)?)),
                 None => None,
+            },
+            q_akv: match (c.q_lora_rank, w.stacked_lora) {
+                (Some(r), true) => Some(bf(t * (r + CACHE_ROW))?),
+                _ => None,
             },
             q: bf(t * heads * qk)?,
             kv: bf(t * CACHE_ROW)?,
