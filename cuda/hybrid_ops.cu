@@ -657,6 +657,17 @@ extern "C" __global__ void __launch_bounds__(1024)
     }
 }
 
+// ---- L2 prefetch --------------------------------------------------------------------------
+// Asks the L2 for every 128-byte line of [p, p + bytes): the decode graph warms the next layer's
+// first weights while the GPU waits for the CPU experts (its kernels then read them from L2).
+// Prefetches return nothing, so the loop has no loads to wait on; no value changes anywhere.
+extern "C" __global__ void kt_prefetch_l2(const char* __restrict__ p, long long bytes) {
+    const long long stride = (long long)gridDim.x * blockDim.x * 128;
+    for (long long off = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 128; off < bytes;
+         off += stride)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
+}
+
 // ---- copies, residual add, casts -------------------------------------------------------
 // dst[dst_off + r * dst_row + c] = src[src_off + r * src_row + c] for c < cols.
 extern "C" __global__ void kt_copy_cols_bf16(const __nv_bfloat16* __restrict__ src,

@@ -530,6 +530,32 @@ fn mla_rope_cache_write_stacked_matches_separate_bit_for_bit() {
     ));
 }
 
+/// The L2 prefetch asks for at most the buffer's bytes, says how many, and changes no value
+/// of the buffer (nor of one beside it).
+#[test]
+fn l2_prefetch_counts_its_bytes_and_changes_nothing() {
+    let Some(gpu) = gpu_or_skip("l2_prefetch_counts_its_bytes_and_changes_nothing") else {
+        return;
+    };
+    let s = gpu.stream();
+    assert!(gpu.info().l2_bytes > 0, "the device reports no L2");
+    let mut rng = SplitMix64::new(1500);
+    let a: Vec<bf16> = random(&mut rng, 300_001, 2.0);
+    let b: Vec<f32> = (0..4097).map(|_| rng.normal()).collect();
+    let (ad, bd) = (s.upload(&a).unwrap(), s.upload(&b).unwrap());
+    assert_eq!(s.prefetch_l2(&ad, usize::MAX).unwrap(), 2 * a.len());
+    assert_eq!(s.prefetch_l2(&ad, 1000).unwrap(), 1000);
+    assert_eq!(s.prefetch_l2(&bd, 0).unwrap(), 0);
+    assert_eq!(
+        s.prefetch_l2(&bd, 4 * b.len() - 3).unwrap(),
+        4 * b.len() - 3
+    );
+    let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&s.download(&ad).unwrap()), bits(&a));
+    let got = s.download(&bd).unwrap();
+    assert!(got.iter().zip(&b).all(|(g, w)| g.to_bits() == w.to_bits()));
+}
+
 #[test]
 fn copies_adds_and_casts_are_exact() {
     let Some(gpu) = gpu_or_skip("copies_adds_and_casts_are_exact") else {

@@ -436,6 +436,7 @@ fn kernel_choice_follows_the_device() {
         compute_capability: cc,
         multiprocessors: 132,
         total_memory: 1 << 30,
+        l2_bytes: 50 << 20,
     };
     assert_eq!(MlaKernel::best_for(&info((9, 0))), MlaKernel::Wgmma);
     assert_eq!(MlaKernel::best_for(&info((8, 0))), MlaKernel::MmaSync);

@@ -570,6 +570,33 @@ impl GpuStream {
         )
     }
 
+    /// Asks the L2 cache for the first `bytes` bytes of `buf` (all of it when shorter) and
+    /// returns how many that is; changes no value. For weights a later kernel of the stream
+    /// reads, issued while the GPU would otherwise idle.
+    pub fn prefetch_l2<T: DeviceRepr>(
+        &self,
+        buf: &DeviceBuf<T>,
+        bytes: usize,
+    ) -> CudaResult<usize> {
+        const OP: &str = "prefetch_l2";
+        let bytes = bytes.min(buf.len() * std::mem::size_of::<T>());
+        if bytes == 0 {
+            return Ok(0);
+        }
+        let kernel = "kt_prefetch_l2";
+        let f = self.kernels.get(&HYBRID_OPS, kernel)?;
+        let n = i64::try_from(bytes).map_err(|_| shape(OP, format!("{bytes} bytes")))?;
+        let lines = bytes.div_ceil(128);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&buf.slice).arg(&n);
+        // SAFETY: matches kt_prefetch_l2 (p, bytes); it issues prefetches of lines of the
+        // first `bytes` bytes of the buffer (inside it) and reads or writes nothing.
+        unsafe { b.launch(elem_config(lines)) }
+            .map(drop)
+            .map_err(launch_err(kernel, || format!("{bytes} bytes")))?;
+        Ok(bytes)
+    }
+
     /// [`Self::mla_rope_cache_write`] with each token's kv row inside a wider row of `akv`
     /// `[T, kv_offset + rank + rope]` (the query LoRA's `q_a` and `kv_a` stacked into one
     /// GEMV: token `t`'s kv row is `akv[t * row + kv_offset ..]`); the same kernel.

@@ -26,6 +26,8 @@ pub struct DeviceInfo {
     pub compute_capability: (i32, i32),
     pub multiprocessors: usize,
     pub total_memory: usize,
+    /// Bytes of the L2 cache.
+    pub l2_bytes: usize,
 }
 
 /// One device: its (primary) context, the embedded kernels loaded into it and a stream of its own.
@@ -61,6 +63,9 @@ impl Gpu {
                 .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
                 .map_err(driver("cuDeviceGetAttribute"))? as usize,
             total_memory: ctx.total_mem().map_err(driver("cuDeviceTotalMem"))?,
+            l2_bytes: ctx
+                .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+                .map_err(driver("cuDeviceGetAttribute"))? as usize,
         };
         let kernels = Arc::new({
             let _exclusive = device_exclusive();

@@ -16,6 +16,7 @@ use super::graph::{DecodeGraph, Head};
 use super::layer::{GpuFfn, GpuLayer, GpuMlp, GpuQkv, GpuQuery, GpuRouter};
 use super::scratch::Scratch;
 use super::timing::{accumulate, HybridTimes, LayerMarks};
+use super::weights::GpuLinear;
 use super::{HybridCache, HybridModel, Workspaces, BLOCK_SIZE};
 use crate::config::DeepSeekConfig;
 use crate::deepseek::fused_moe::FusedMoe;
@@ -427,6 +428,35 @@ impl<'s> Step<'s> {
     /// `sc.out = W_o attn(rmsnorm(x))` (the caller adds it to `x`), writing this call's rows
     /// of layer `li`'s cache; with `normed`, `sc.xn` holds `rmsnorm(x)` already.
     #[allow(clippy::too_many_arguments)]
+    /// Asks the L2 for up to `budget` bytes of `layer`'s attention weights, in the order its
+    /// attention reads them (the query and kv projections, the absorbed key and value
+    /// up-projections, the output projection); the bytes asked. The decode graph issues it
+    /// for the next layer while the GPU waits for the CPU experts, so those kernels start on
+    /// cached weights; it changes no value.
+    pub(super) fn prefetch_attention(
+        &self,
+        layer: &GpuLayer,
+        budget: usize,
+    ) -> HybridResult<usize> {
+        let (s, a) = (self.s, &layer.attn);
+        let projections: [Option<&GpuLinear>; 3] = match &a.qkv {
+            GpuQkv::Stacked(w) => [Some(w), None, None],
+            GpuQkv::StackedLoRA { a_kv, b, .. } => [Some(a_kv), Some(b), None],
+            GpuQkv::Separate { q, kv_a } => match q {
+                GpuQuery::Direct(w) => [Some(w), Some(kv_a), None],
+                GpuQuery::LoRA { a: wa, b, .. } => [Some(wa), Some(kv_a), Some(b)],
+            },
+        };
+        let mut used = 0;
+        for w in projections.into_iter().flatten() {
+            used += w.prefetch_l2(s, budget - used)?;
+        }
+        used += s.prefetch_l2(&a.k_b, budget - used)?;
+        used += s.prefetch_l2(&a.v_b, budget - used)?;
+        used += a.output.prefetch_l2(s, budget - used)?;
+        Ok(used)
+    }
+
     pub(super) fn attention(
         &self,
         layer: &GpuLayer,

@@ -103,6 +103,19 @@ impl GpuLinear {
         Ok(())
     }
 
+    /// Asks the L2 for up to `budget` bytes of the weights (an int4 matrix's packed weights,
+    /// then its scales); the bytes asked.
+    pub fn prefetch_l2(&self, s: &GpuStream, budget: usize) -> HybridResult<usize> {
+        Ok(match self {
+            GpuLinear::Int4(w) => {
+                let (packed, scales) = w.buffers();
+                let first = s.prefetch_l2(packed, budget)?;
+                first + s.prefetch_l2(scales, budget - first)?
+            }
+            GpuLinear::Bf16 { w, .. } => s.prefetch_l2(w, budget)?,
+        })
+    }
+
     /// [`Self::apply`] with f32 output (the logits): the bf16 GEMM stores f32 directly; the
     /// int4 one rounds to bf16 first (its only output type), then widens.
     pub fn apply_f32(

@@ -57,6 +57,13 @@ pub struct W4A16Weights<T> {
     scales: DeviceBuf<T>,
 }
 
+impl<T> W4A16Weights<T> {
+    /// The device buffers: the packed int4 weights and the group scales.
+    pub fn buffers(&self) -> (&DeviceBuf<u8>, &DeviceBuf<T>) {
+        (&self.packed, &self.scales)
+    }
+}
+
 /// What one launch reads and writes, as views: whole buffers for [`GpuStream::w4a16_gemm`],
 /// one expert's weights inside a layer's slab and a run of rows of larger activation
 /// buffers for the MoE path (`cuda::moe_experts`): `x` holds m x k, `out` m x n, `packed`
