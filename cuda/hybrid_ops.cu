@@ -9,7 +9,8 @@
 // - kt_wait_add2_rmsnorm_w32: the hybrid decode graph's return from the CPU experts: wait for a
 //   host flag, x += routed (page-locked host memory) + shared, then the next RMSNorm;
 // - kt_mla_cache_write: normalize the latent half of new kv rows into the bf16 cache;
-// - kt_copy_cols_bf16, kt_add_f32_<X>, kt_cast_<X>_<Y>: strided copies, residual add, casts.
+// - kt_copy_cols_bf16, kt_add_f32_<X>, kt_cast_<X>_<Y>: strided copies, residual add, casts;
+// - kt_prefetch_l2: L2 prefetches of a byte range (the decode graph's next-layer weights).
 // All arithmetic is f32; each stored value is rounded once.
 #include "include/kt_common.cuh"
 #include "include/kt_host_flag.cuh"
