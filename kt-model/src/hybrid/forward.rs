@@ -425,9 +425,6 @@ impl<'s> Step<'s> {
         Ok(())
     }
 
-    /// `sc.out = W_o attn(rmsnorm(x))` (the caller adds it to `x`), writing this call's rows
-    /// of layer `li`'s cache; with `normed`, `sc.xn` holds `rmsnorm(x)` already.
-    #[allow(clippy::too_many_arguments)]
     /// Asks the L2 for up to `budget` bytes of `layer`'s attention weights, in the order its
     /// attention reads them (the query and kv projections, the absorbed key and value
     /// up-projections, the output projection); the bytes asked. The decode graph issues it
@@ -457,6 +454,9 @@ impl<'s> Step<'s> {
         Ok(used)
     }
 
+    /// `sc.out = W_o attn(rmsnorm(x))` (the caller adds it to `x`), writing this call's rows
+    /// of layer `li`'s cache; with `normed`, `sc.xn` holds `rmsnorm(x)` already.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn attention(
         &self,
         layer: &GpuLayer,
