@@ -609,9 +609,15 @@ extern "C" __global__ void __launch_bounds__(1024)
         const int e0 = (qi % qblocks) * blockDim.x + threadIdx.x;
         if (e0 >= total) return;
         const int last = e0 + (total - 1 - e0) / step * step;
-        // past the tables every pair is NaN (rope_pair's rule); row 0 stands in for the loads
-        const bool in_table = p < rope_rows;
-        const size_t tp = in_table ? (size_t)p * half : 0;
+        if (p >= rope_rows) { // past the tables every pair is NaN (rope_pair's rule)
+            for (int e = e0; e < total; e += step) {
+                const int h = e / half, i = e % half;
+                __nv_bfloat16* dst = q_lat + ((size_t)t * heads + h) * width + rank + 2 * i;
+                dst[0] = dst[1] = __float2bfloat16_rn(__int_as_float(0x7fc00000));
+            }
+            return;
+        }
+        const size_t tp = (size_t)p * half;
         for (int eb = e0; eb < total; eb += KT_ROPE_CHUNK * step) {
             float a[KT_ROPE_CHUNK], b[KT_ROPE_CHUNK], c[KT_ROPE_CHUNK], sn[KT_ROPE_CHUNK];
 #pragma unroll
@@ -630,12 +636,8 @@ extern "C" __global__ void __launch_bounds__(1024)
                 if (e > last) break;
                 const int h = e / half, i = e % half;
                 __nv_bfloat16* dst = q_lat + ((size_t)t * heads + h) * width + rank + 2 * i;
-                if (!in_table) {
-                    dst[0] = dst[1] = __float2bfloat16_rn(__int_as_float(0x7fc00000));
-                } else {
-                    dst[0] = __float2bfloat16_rn(a[j] * c[j] - b[j] * sn[j]);
-                    dst[1] = __float2bfloat16_rn(a[j] * sn[j] + b[j] * c[j]);
-                }
+                dst[0] = __float2bfloat16_rn(a[j] * c[j] - b[j] * sn[j]);
+                dst[1] = __float2bfloat16_rn(a[j] * sn[j] + b[j] * c[j]);
             }
         }
         return;

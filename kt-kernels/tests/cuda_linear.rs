@@ -416,6 +416,65 @@ fn mla_rope_cache_write_matches_the_unfused_chain() {
     ));
 }
 
+/// A position past the rope tables (but inside the cache) rotates to NaN, as the rope's own
+/// kernels do, in every query head's rope slot and in its cache row's rope part, while the
+/// tokens inside the tables get numbers (128 heads: each thread's query pairs in one chunk).
+#[test]
+fn mla_rope_cache_write_past_the_tables_is_nan() {
+    let Some(gpu) = gpu_or_skip("mla_rope_cache_write_past_the_tables_is_nan") else {
+        return;
+    };
+    let s = gpu.stream();
+    let (rank, rope_dim, nope, heads, eps) = (512usize, 64usize, 128usize, 128usize, 1e-6f32);
+    let (width, qd) = (rank + rope_dim, nope + rope_dim);
+    let yarn = kt_kernels::ops::RopeYarn::new(rope_dim, 10_000.0, None).unwrap();
+    let (table_rows, cache_rows) = (4usize, 8usize);
+    let tables = s.upload_rope_tables(&yarn, table_rows).unwrap();
+    let mut rng = SplitMix64::new(1600);
+    let q: Vec<bf16> = random(&mut rng, 2 * heads * qd, 1.5);
+    let kv: Vec<bf16> = random(&mut rng, 2 * width, 1.5);
+    let w: Vec<f32> = (0..rank).map(|_| 1.0 + 0.2 * rng.normal()).collect();
+    // token 0 at row 3 (the tables' last), token 1 at row 6 (past them)
+    let pos = [3u32, 6];
+    let mut q_lat = nan_buf::<bf16>(s, 2 * heads * width);
+    let mut cache = nan_buf::<bf16>(s, cache_rows * width);
+    s.mla_rope_cache_write(
+        &s.upload(&q).unwrap(),
+        heads,
+        nope,
+        &mut q_lat,
+        &s.upload(&kv).unwrap(),
+        &s.upload(&w).unwrap(),
+        &mut cache,
+        &s.upload(&pos).unwrap(),
+        &tables,
+        eps,
+    )
+    .unwrap();
+    let (q_lat, cache) = (s.download(&q_lat).unwrap(), s.download(&cache).unwrap());
+    for t in 0..2 {
+        for h in 0..heads {
+            let slot = &q_lat[(t * heads + h) * width + rank..(t * heads + h + 1) * width];
+            let nan = slot.iter().filter(|v| v.to_f32().is_nan()).count();
+            let want = if t == 0 { 0 } else { rope_dim };
+            assert_eq!(nan, want, "token {t} head {h}: {nan} NaN in the rope slot");
+        }
+    }
+    for (t, &p) in pos.iter().enumerate() {
+        let row = &cache[p as usize * width..(p as usize + 1) * width];
+        assert!(
+            row[..rank].iter().all(|v| !v.to_f32().is_nan()),
+            "token {t}: latent"
+        );
+        let nan = row[rank..].iter().filter(|v| v.to_f32().is_nan()).count();
+        assert_eq!(
+            nan,
+            if t == 0 { 0 } else { rope_dim },
+            "token {t}: rope part"
+        );
+    }
+}
+
 /// The stacked layouts (q_proj and kv_a as one GEMV, each token's row `[q | kv]`; a query
 /// LoRA's q_a and kv_a as one, rows `[q_a | kv]`) write the same q_lat and cache bits as the
 /// separate buffers (checked against the unfused chain above); outputs start as NaN, so a

@@ -502,28 +502,19 @@ impl GpuStream {
         tables: &RopeTables,
         eps: f32,
     ) -> CudaResult<()> {
-        const OP: &str = "mla_rope_cache_write";
-        let (tokens, rank, rope) = (positions.len(), w.len(), tables.rope_dim());
-        let (width, q_row) = (rank + rope, heads * (nope + rope));
-        if q.len() != tokens * q_row || kv.len() != tokens * width {
-            return Err(shape(
-                OP,
-                format!(
-                    "{tokens} tokens, {heads} heads, rank {rank}, rope {rope}, nope {nope}: q {}, kv {} elements",
-                    q.len(),
-                    kv.len()
-                ),
-            ));
-        }
-        let rows = RopeRows {
+        self.rope_kv_at(
+            "mla_rope_cache_write",
             q,
-            q_row,
+            heads,
+            nope,
+            q_lat,
             kv,
-            kv_offset: 0,
-            kv_row: width,
-        };
-        self.rope_cache_launch(
-            OP, rows, heads, nope, q_lat, w, cache, positions, tables, eps,
+            0,
+            w,
+            cache,
+            positions,
+            tables,
+            eps,
         )
     }
 
@@ -615,28 +606,62 @@ impl GpuStream {
         tables: &RopeTables,
         eps: f32,
     ) -> CudaResult<()> {
-        const OP: &str = "mla_rope_cache_write_kv_in";
+        self.rope_kv_at(
+            "mla_rope_cache_write_kv_in",
+            q,
+            heads,
+            nope,
+            q_lat,
+            akv,
+            kv_offset,
+            w,
+            cache,
+            positions,
+            tables,
+            eps,
+        )
+    }
+
+    /// The two entries above with the queries in `q` and token `t`'s kv row at `kv[t * row +
+    /// kv_offset ..]`, `row = kv_offset + rank + rope`: checks the lengths (errors of `op`)
+    /// and launches.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_kv_at(
+        &self,
+        op: &'static str,
+        q: &DeviceBuf<bf16>,
+        heads: usize,
+        nope: usize,
+        q_lat: &mut DeviceBuf<bf16>,
+        kv: &DeviceBuf<bf16>,
+        kv_offset: usize,
+        w: &DeviceBuf<f32>,
+        cache: &mut DeviceBuf<bf16>,
+        positions: &DeviceBuf<u32>,
+        tables: &RopeTables,
+        eps: f32,
+    ) -> CudaResult<()> {
         let (tokens, rank, rope) = (positions.len(), w.len(), tables.rope_dim());
         let (q_row, row) = (heads * (nope + rope), kv_offset + rank + rope);
-        if q.len() != tokens * q_row || akv.len() != tokens * row {
+        if q.len() != tokens * q_row || kv.len() != tokens * row {
             return Err(shape(
-                OP,
+                op,
                 format!(
-                    "{tokens} tokens, {heads} heads, rank {rank}, rope {rope}, nope {nope}: q {} elements, kv rows at {kv_offset} of {} elements, expected {tokens} x {row}",
+                    "{tokens} tokens, {heads} heads, rank {rank}, rope {rope}, nope {nope}: q {} elements, kv rows of {row} from column {kv_offset}: {} elements",
                     q.len(),
-                    akv.len()
+                    kv.len()
                 ),
             ));
         }
         let rows = RopeRows {
             q,
             q_row,
-            kv: akv,
+            kv,
             kv_offset,
             kv_row: row,
         };
         self.rope_cache_launch(
-            OP, rows, heads, nope, q_lat, w, cache, positions, tables, eps,
+            op, rows, heads, nope, q_lat, w, cache, positions, tables, eps,
         )
     }
 

@@ -512,19 +512,15 @@ impl<'s> Step<'s> {
                 )?;
                 (&*qkv, h_n * qk + CACHE_ROW)
             }
-            GpuQkv::StackedLoRA {
-                a_kv,
-                a_rank,
-                a_norm,
-                b,
-            } => {
+            GpuQkv::StackedLoRA { a_kv, a_norm, b } => {
                 // as the separate LoRA below, with kv_a's rows stacked under q_a's: its
                 // weights load while the return waits, q_b's while the norm runs
+                let a_rank = a_norm.len();
                 let akv = sc.q_akv.as_mut().expect("sized for the stacked query LoRA");
                 a_kv.apply_ordered(s, &sc.xn, t_n, akv, &mut ws.gemm, pdl)?;
                 let (_, qan) = sc.q_a.as_mut().expect("sized for the query LoRA");
                 let akv = &*akv;
-                s.rmsnorm_w32(akv, *a_rank + CACHE_ROW, t_n, a_norm, qan, None, eps)?;
+                s.rmsnorm_w32(akv, a_rank + CACHE_ROW, t_n, a_norm, qan, None, eps)?;
                 b.apply_ordered(s, qan, t_n, &mut sc.q, &mut ws.gemm, pdl)?;
                 rope = self.fork()?;
                 rope.mla_rope_cache_write_kv_in(
@@ -533,7 +529,7 @@ impl<'s> Step<'s> {
                     nope,
                     &mut sc.q_lat,
                     akv,
-                    *a_rank,
+                    a_rank,
                     &a.kv_a_norm,
                     layer_cache,
                     &sc.positions,

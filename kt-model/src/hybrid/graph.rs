@@ -11,10 +11,10 @@
 //! first attention weights into the L2 (the GPU idles until the experts return), then one kernel
 //! waits until the pinned `done` flag reaches `k`, adds the routed sum (read from pinned memory)
 //! and the shared experts' output to the residual and computes the norm that comes next (the next
-//! layer's attention norm, or the final norm). So the hand-off costs no copy and no stream memory operation: per MoE layer
-//! two kernels replace add + norm, the router, the gating, two copies, a flag write, a stream
-//! wait, the add and the next norm (the chain between two layers' experts measured 88 -> 64 us on
-//! the device; bench-results/2026-11-22-s5-decode6). Each token the host
+//! layer's attention norm, or the final norm). So the hand-off costs no copy and no stream memory
+//! operation: per MoE layer two kernels replace add + norm, the router, the gating, two copies, a
+//! flag write, a stream wait, the add and the next norm (the chain between two layers' experts
+//! measured 88 -> 64 us on the device; bench-results/2026-11-22-s5-decode6). Each token the host
 //! resets both flags, updates what changes per token in device buffers the kernels read (the
 //! embedding row, the position, which is also the cache row and the rope row, the MLA kv length and
 //! split count), launches the graph, and for each MoE layer waits for `ready`, runs the routed

@@ -32,11 +32,10 @@ pub(crate) enum GpuQkv {
     /// each token's output row is `[q | kv]`.
     Stacked(GpuLinear),
     /// The query LoRA's `q_a` and `kv_a_mqa` (same input, same format) stacked into one
-    /// GEMV, each token's output row `[q_a | kv]` (`a_rank` + rank + rope wide); then the
-    /// norm of the `q_a` part and `b`. One kernel boundary less on decode's chain.
+    /// GEMV, each token's output row `[q_a | kv]` (`a_norm.len()` + rank + rope wide); then
+    /// the norm of the `q_a` part and `b`. One kernel boundary less on decode's chain.
     StackedLoRA {
         a_kv: GpuLinear,
-        a_rank: usize,
         a_norm: DeviceBuf<f32>,
         b: GpuLinear,
     },
@@ -197,7 +196,6 @@ fn attention(
             let parts = [Linear::from_2d(a)?, Linear::from_2d(kv_a)?];
             GpuQkv::StackedLoRA {
                 a_kv: GpuLinear::load(s, &parts, f.of_tensor(a.name)?, a.name)?,
-                a_rank: parts[0].rows,
                 a_norm: vector(s, a_norm)?,
                 b: linear(s, f, b)?,
             }
