@@ -33,6 +33,7 @@ use serde_json::{json, Value};
 use crate::decode::{
     prompt_ids, prompt_then_decode, Args, Mode, Weights, MAX_MOE_BATCH, MEMBW_BYTES, MEMBW_PASSES,
 };
+use crate::dram_readings::{bound_fraction, paired_bound_fraction, DramReadings};
 use crate::prefetch_env;
 use crate::reps::Rates;
 
@@ -53,37 +54,6 @@ pub(crate) struct HybridRun<'a> {
     /// The DRAM read probe taken before the weights went to the GPU (the first of
     /// [`DramReadings`]).
     pub dram_gbps: f64,
-}
-
-/// The DRAM read probe (1 GiB, the best of [`MEMBW_PASSES`] passes of each of
-/// `membw::PATTERNS`) at three points of one run: before
-/// the model goes to the GPU, right before the graph decode whose rate is the headline,
-/// and after it. A VM's bandwidth drifts within a run (session 9's runs read 87-130 GB/s
-/// on one instance), so one reading can land far from what the experts saw; the bound
-/// takes the best of the three, the conservative choice (a higher bandwidth is a shorter
-/// bound), and the report keeps each reading so a reader sees the drift.
-struct DramReadings {
-    start: f64,
-    before_graph: f64,
-    after: f64,
-}
-
-impl DramReadings {
-    fn best(&self) -> f64 {
-        self.start.max(self.before_graph).max(self.after)
-    }
-
-    fn json(&self) -> Value {
-        json!({"start": self.start, "before_graph": self.before_graph, "after": self.after})
-    }
-}
-
-/// The decode's fraction of the DRAM bound: the rate at which the routed experts' weight
-/// bytes per token could stream at `dram_gbps`, over the measured rate (tokens/s over
-/// bound tokens/s).
-fn bound_fraction(tokens_per_s: f64, routed_bytes_per_token: f64, dram_gbps: f64) -> Option<f64> {
-    (routed_bytes_per_token > 0.0 && dram_gbps > 0.0)
-        .then(|| tokens_per_s * routed_bytes_per_token / (dram_gbps * 1e9))
 }
 
 /// The series of `--svg` for hybrid runs: what a layer's timed run spends, one side after
@@ -222,9 +192,16 @@ struct TimelineSummary {
     prefetch_us: f64,
     prefetch_mb: f64,
     predicted_hit_rate: Option<f64>,
+    /// The mean of the probes taken around the repetitions the timeline covers.
+    dram_gbps_around: Option<f64>,
 }
 
 impl TimelineSummary {
+    fn with_around(mut self, gbps: Option<f64>) -> Self {
+        self.dram_gbps_around = gbps;
+        self
+    }
+
     fn new(t: &GraphTimeline, timed: &HybridTimes, dram_gbps: f64) -> Self {
         let per = 1e3 / t.launches.max(1) as f64;
         let n = t.experts_s.len();
@@ -262,6 +239,7 @@ impl TimelineSummary {
             prefetch_mb: t.prefetch_bytes as f64 / 1e6 / t.prefetches.max(1) as f64,
             predicted_hit_rate: (t.predicted_slots > 0)
                 .then(|| t.predicted_hits as f64 / t.predicted_slots as f64),
+            dram_gbps_around: None,
         }
     }
 
@@ -282,6 +260,11 @@ impl TimelineSummary {
             "moe_layers": self.moe_layers,
             "routed_gbps": self.routed_gbps,
             "routed_bandwidth_fraction": self.routed_gbps.map(|g| g / self.dram_gbps),
+            "dram_gbps_around": self.dram_gbps_around,
+            "routed_bandwidth_fraction_around": self
+                .routed_gbps
+                .zip(self.dram_gbps_around)
+                .map(|(g, d)| g / d),
             "prefetches_per_token": self.prefetches_per_token,
             "prefetch_us": self.prefetch_us,
             "prefetch_mb": self.prefetch_mb,
@@ -457,7 +440,11 @@ impl HybridRun<'_> {
         // other, pipelined, then (after a graphed warm-up that captures the decode graph)
         // `--repetitions` runs of graph launches, the first step of each a replay too
         let probe = || membw::measure_read_bandwidth(self.pool, MEMBW_BYTES, MEMBW_PASSES).gbps;
+        // the readings around the repetitions, on a buffer filled once
+        let reader = membw::ReadProbe::new(self.pool, MEMBW_BYTES);
+        let around_probe = || reader.measure(self.pool, MEMBW_PASSES).gbps;
         let mut before_graph = None;
+        let mut around = Vec::new();
         let (mut launches_before, mut captures_before) = (0, 0);
         let (decode_seq_s, decode_pipe_s, rates) = if gen_len > 0 {
             let seq = untimed(&mut model, &mut cache, false, false, &prompt, &tokens)?;
@@ -481,8 +468,11 @@ impl HybridRun<'_> {
                 "runs",
                 "graph decode repetitions (hybrid)".into(),
             );
+            around.push(around_probe());
             let rates = Rates::measure(a.repetitions as usize, gen_len, || {
                 let s = untimed(&mut model, &mut cache, chained, chained, &prompt, &tokens);
+                // after the repetition's clock stopped
+                around.push(around_probe());
                 bar.inc(1);
                 s
             })?;
@@ -495,15 +485,18 @@ impl HybridRun<'_> {
             start: self.dram_gbps,
             before_graph: before_graph.unwrap_or_else(probe),
             after: probe(),
+            around,
         };
         let dram_gbps = dram.best();
         let graph_launches = model.graph_launches() - launches_before;
         let graph_captures = model.graph_captures() - captures_before;
         let graph_error = model.graph_error().map(str::to_string);
+        let around_mean = (!dram.around.is_empty())
+            .then(|| dram.around.iter().sum::<f64>() / dram.around.len() as f64);
         let timeline = (gen_len > 0)
             .then(|| model.graph_timeline().cloned())
             .flatten()
-            .map(|t| TimelineSummary::new(&t, &decode_times, dram_gbps));
+            .map(|t| TimelineSummary::new(&t, &decode_times, dram_gbps).with_around(around_mean));
 
         // KT_PREFETCH_AB=N[:A,B,...]: N more rounds of graph decodes of the same tokens, one
         // per setting (`off` or a number of prefetch rounds; by default `off` and the rounds
@@ -565,6 +558,9 @@ impl HybridRun<'_> {
             decode_times.total().routed_bytes as f64 / decode_times.tokens.max(1) as f64;
         let decode_bound =
             decode_tps.and_then(|t| bound_fraction(t, decode_bytes_per_token, dram_gbps));
+        let decode_bound_paired = rates
+            .as_ref()
+            .and_then(|r| paired_bound_fraction(r.samples(), decode_bytes_per_token, &dram));
         let headline = match self.mode {
             Mode::Decode => decode_tps.unwrap_or(0.0),
             Mode::Prefill => prefill_tps,
@@ -614,6 +610,7 @@ impl HybridRun<'_> {
                 "dram_gbps": dram_gbps,
                 "dram_gbps_readings": dram.json(),
                 "decode_bound_fraction": decode_bound,
+                "decode_bound_fraction_paired": decode_bound_paired,
                 "split": {
                     "measured": true,
                     "kind": "hybrid",
@@ -665,6 +662,14 @@ impl HybridRun<'_> {
                     "  {:.1}% of the DRAM bound ({:.1} MB of routed expert weights per token at {dram_gbps:.1} GB/s)",
                     100.0 * f,
                     decode_bytes_per_token / 1e6
+                );
+            }
+            if let Some(f) = decode_bound_paired {
+                let around: Vec<String> = dram.around.iter().map(|g| format!("{g:.1}")).collect();
+                println!(
+                    "  {:.1}% of the DRAM bound with each repetition against the probes beside it (median; probes {} GB/s)",
+                    100.0 * f,
+                    around.join(", ")
                 );
             }
             if let Some(e) = &graph_error {
@@ -818,16 +823,6 @@ fn crossover(
 mod tests {
     use super::*;
 
-    /// The bound is the rate at which the bytes per token stream at the bandwidth: 893 MB per
-    /// token at 100 GB/s bounds the decode at 111.96 tokens/s, so 100 tokens/s is 89.3% of it.
-    #[test]
-    fn bound_fraction_is_the_rate_over_the_bandwidth_bound() {
-        let f = bound_fraction(100.0, 893e6, 100.0).expect("bytes and bandwidth given");
-        assert!((f - 0.893).abs() < 1e-12, "{f}");
-        assert_eq!(bound_fraction(100.0, 0.0, 100.0), None);
-        assert_eq!(bound_fraction(100.0, 893e6, 0.0), None);
-    }
-
     /// Each MoE layer's routed bytes per token, dense layers (no routed bytes) left out.
     #[test]
     fn per_layer_bytes_skip_the_dense_layers() {
@@ -837,21 +832,5 @@ mod tests {
         t.layers[2].routed_bytes = 480;
         t.layers[3].routed_bytes = 400;
         assert_eq!(moe_layer_bytes_per_token(&t), [100.0, 120.0, 100.0]);
-    }
-
-    /// The bound takes the highest reading wherever it came in the run.
-    #[test]
-    fn the_best_dram_reading_sets_the_bound() {
-        let r = |start, before_graph, after| {
-            DramReadings {
-                start,
-                before_graph,
-                after,
-            }
-            .best()
-        };
-        assert_eq!(r(120.0, 100.0, 90.0), 120.0);
-        assert_eq!(r(90.0, 125.5, 100.0), 125.5);
-        assert_eq!(r(90.0, 100.0, 114.9), 114.9);
     }
 }

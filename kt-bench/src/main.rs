@@ -4,12 +4,15 @@
 mod decode;
 #[cfg(feature = "cuda")]
 mod decode_hybrid;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod dram_readings;
 mod gemv_probe;
 mod gen_gguf;
 mod logits;
 mod machine;
 mod matmul;
 mod moe;
+mod moe_routing;
 mod plan;
 mod pool_bench;
 #[cfg(any(feature = "cuda", test))]

@@ -21,7 +21,6 @@
 //! read bandwidth measured in the same run, and TFLOP/s (2 per multiply-add, meaningful
 //! for prefill) against the arithmetic peak measured in the same run.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,11 +30,12 @@ use kt_kernels::cpu::moe::repack::{
     Prefetch, RepackFormat, RepackedLayer, RepackedMoe, RepackedStack,
 };
 use kt_kernels::cpu::moe::{ExpertStack, MoeContext, MoeLayer, PoolRef};
-use kt_kernels::cpu::{self, Isa, ThreadPool};
+use kt_kernels::cpu::{self, membw, Isa, ThreadPool};
 use kt_kernels::quant::{self, QType};
 use kt_kernels::util::SplitMix64;
 
 use crate::machine;
+use crate::moe_routing::{recent_calls, Drawer, Routing};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -73,6 +73,11 @@ pub struct Args {
     /// Minimum timed calls (per setting of --prefetch).
     #[arg(long, default_value_t = 10)]
     pub calls: usize,
+    /// How each call's experts are drawn: `fresh` (none that a recent call of the same
+    /// layer copy read, so none can still be cached: what a decode step meets) or `uniform`.
+    /// A list (`uniform,fresh`) takes turns call by call and reports each.
+    #[arg(long, value_delimiter = ',', default_value = "fresh")]
+    pub routing: Vec<Routing>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -193,31 +198,6 @@ fn seed(c: usize, p: usize) -> u64 {
     }
 }
 
-/// `tokens` tokens choosing `k` distinct experts uniformly, positive weights.
-fn draw_routing(
-    rng: &mut SplitMix64,
-    tokens: usize,
-    k: usize,
-    experts: usize,
-) -> (Vec<u32>, Vec<f32>, usize) {
-    let mut ids = Vec::with_capacity(tokens * k);
-    let mut used = HashSet::new();
-    for _ in 0..tokens {
-        let start = ids.len();
-        while ids.len() < start + k {
-            let e = rng.below(experts) as u32;
-            if !ids[start..].contains(&e) {
-                ids.push(e);
-                used.insert(e);
-            }
-        }
-    }
-    let w = (0..tokens * k)
-        .map(|_| rng.uniform(0.05, 1.0) / k as f32)
-        .collect();
-    (ids, w, used.len())
-}
-
 #[derive(serde::Serialize)]
 struct Report {
     shape: &'static str,
@@ -231,6 +211,9 @@ struct Report {
     /// The repacked AMX kernel's weight prefetch, when --prefetch set it.
     #[serde(skip_serializing_if = "Option::is_none")]
     prefetch: Option<String>,
+    routing: Routing,
+    /// Calls of `fresh` routing that had to draw uniformly (too few experts left).
+    fresh_fallback_calls: usize,
     layer_copies: usize,
     ms_per_call: f64,
     tokens_per_s: f64,
@@ -238,6 +221,9 @@ struct Report {
     weight_gbps: f64,
     dram_gbps: f64,
     bandwidth_fraction: f64,
+    /// `weight_gbps` against probes taken between the calls (see `paired_fraction`).
+    bandwidth_fraction_paired: Option<f64>,
+    dram_gbps_around: Vec<f64>,
     tflops: f64,
     peak_tops: f64,
     peak_kind: &'static str,
@@ -303,12 +289,25 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let all: Vec<&MoeLayer> = layers.iter().collect();
     runs.each(isa, copies, |pool, m, warmup| {
         let threads = pool.threads();
+        let probe_pool = pool.clone();
+        let reader = membw::ReadProbe::new(&probe_pool, PROBE_BYTES);
+        let probe = move || reader.measure(&probe_pool, PROBE_PASSES).gbps;
         let ctx = MoeContext::new(pool, isa, a.tokens, k, &all)?;
-        let timed = time_calls(&a, &sh, warmup, copies, 1, |copy, _, ids, w, x, out| {
-            let layer = &layers[copy];
-            ctx.forward(layer, x, ids, w, out)?;
-            Ok(layer.expert_bytes())
-        })?;
+        let expert_bytes = layers[0].expert_bytes();
+        let timed = time_calls(
+            &a,
+            &sh,
+            warmup,
+            copies,
+            expert_bytes,
+            1,
+            &probe,
+            |copy, _, ids, w, x, out| {
+                let layer = &layers[copy];
+                ctx.forward(layer, x, ids, w, out)?;
+                Ok(layer.expert_bytes())
+            },
+        )?;
         let run = Run {
             m,
             isa,
@@ -316,7 +315,10 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             copies,
             layer_bytes,
         };
-        report(&a, &sh, &run, names.clone(), label.clone(), None, &timed[0])
+        for t in &timed {
+            report(&a, &sh, &run, names.clone(), label.clone(), None, t)?;
+        }
+        Ok(())
     })
 }
 
@@ -440,14 +442,19 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
     let all: Vec<&RepackedLayer> = layers.iter().collect();
     runs.each(isa, copies, |pool, m, warmup| {
         let threads = pool.threads();
+        let probe_pool = pool.clone();
+        let reader = membw::ReadProbe::new(&probe_pool, PROBE_BYTES);
+        let probe = move || reader.measure(&probe_pool, PROBE_PASSES).gbps;
         let runner = RepackedMoe::new(pool, isa, a.tokens, k, &all)?;
-        let variants = prefetch.len().max(1);
+        let settings = prefetch.len().max(1);
         let timed = time_calls(
             &a,
             &sh,
             warmup,
             copies,
-            variants,
+            layers[0].expert_bytes(),
+            settings,
+            &probe,
             |copy, v, ids, w, x, out| {
                 if let Some(&p) = prefetch.get(v) {
                     runner.set_prefetch(p)?;
@@ -472,7 +479,7 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
                 &run,
                 names,
                 label.clone(),
-                a.prefetch.get(v).cloned(),
+                a.prefetch.get(v % settings).cloned(),
                 t,
             )?;
         }
@@ -480,10 +487,11 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
     })
 }
 
-/// How many copies of a `layer_bytes` layer the timed calls cycle through. A call reads k
-/// of E experts; one read within the last few calls may still sit in the last-level cache.
-/// With 16 x LLC of copies read in turn, an expert comes back to the cache's window rarely
-/// enough to measure DRAM. At most `1 / mem_share` of the available memory is used.
+/// How many copies of a `layer_bytes` layer the timed calls cycle through: 16 x LLC of
+/// copies read in turn put that many bytes between two calls of one copy. Where one copy is
+/// all that fits (V3), `fresh` routing ([`crate::moe_routing`]) leaves out the experts a
+/// recent call of the copy read, which the last-level cache may still hold. At most
+/// `1 / mem_share` of the available memory is used.
 fn layer_copies(layer_bytes: usize, mem_share: usize) -> Result<usize, Box<dyn std::error::Error>> {
     let avail = machine::available_memory_bytes();
     let mut target = machine::cycle_bytes();
@@ -510,6 +518,12 @@ struct Timed {
     secs: f64,
     weight_gbps: f64,
     distinct_per_call: f64,
+    /// The median over the probe rounds of the round's median GB/s over the mean of the two
+    /// probes beside it.
+    paired_fraction: Option<f64>,
+    dram_gbps_around: Vec<f64>,
+    routing: Routing,
+    fresh_fallback_calls: usize,
     /// Mean CPU seconds per timed call, all threads (with --cpu-time).
     cpu_secs: Option<f64>,
 }
@@ -537,7 +551,10 @@ fn process_cpu_secs() -> Result<f64, Box<dyn std::error::Error>> {
 struct Samples {
     times: Vec<f64>,
     gbps: Vec<f64>,
+    /// The probe round each call ran in.
+    round: Vec<usize>,
     distinct: usize,
+    fell_back: usize,
     cpu_secs: f64,
 }
 
@@ -550,6 +567,35 @@ fn variant_of(n: usize, copies: usize, variants: usize) -> usize {
     (n % copies + n / copies) % variants
 }
 
+/// Seconds of timed calls between two read-bandwidth probes of [`time_calls`].
+const PROBE_EVERY_S: f64 = 0.5;
+/// The buffer of those probes and the passes of each of the probe's patterns (as the
+/// hybrid decode's readings: `crate::decode::MEMBW_PASSES`).
+const PROBE_BYTES: usize = 1 << 30;
+const PROBE_PASSES: usize = crate::decode::MEMBW_PASSES;
+
+/// The calls' bandwidth against the machine's at the time: per probe round (the calls
+/// between probes `r` and `r + 1`), the median of its calls' GB/s over the mean of those two
+/// probes; the median over the rounds. The device's read bandwidth moves by up to a third
+/// within a process (session 31), so the one probe at the start can be a moment the calls
+/// never had. None without a complete round.
+fn paired_fraction(gbps: &[f64], round: &[usize], around: &[f64]) -> Option<f64> {
+    let mut each = Vec::new();
+    for r in 0..around.len().saturating_sub(1) {
+        let mut in_round: Vec<f64> = gbps
+            .iter()
+            .zip(round)
+            .filter(|&(_, &k)| k == r)
+            .map(|(&g, _)| g)
+            .collect();
+        let beside = (around[r] + around[r + 1]) / 2.0;
+        if !in_round.is_empty() && beside > 0.0 {
+            each.push(crate::stats::median(&mut in_round) / beside);
+        }
+    }
+    (!each.is_empty()).then(|| crate::stats::median(&mut each))
+}
+
 /// Calls `call(c, v, ids, weights, x, out)` (which runs layer copy `c` with setting `v` and
 /// returns the bytes of one expert of the layer it ran) with fresh random routing each
 /// time, drawn before the clock starts: `warmup` calls, then until `--seconds` have passed
@@ -557,12 +603,15 @@ fn variant_of(n: usize, copies: usize, variants: usize) -> usize {
 /// gap before a copy is read again) and the `variants` settings take turns, one call each,
 /// so they share the machine's state; [`variant_of`] makes every setting meet every copy.
 /// One [`Timed`] per setting.
+#[allow(clippy::too_many_arguments)]
 fn time_calls(
     a: &Args,
     sh: &Shape,
     warmup: usize,
     copies: usize,
-    variants: usize,
+    expert_bytes: usize,
+    settings: usize,
+    probe: &dyn Fn() -> f64,
     mut call: impl FnMut(
         usize,
         usize,
@@ -573,6 +622,10 @@ fn time_calls(
     ) -> Result<usize, Box<dyn std::error::Error>>,
 ) -> Result<Vec<Timed>, Box<dyn std::error::Error>> {
     let (h, e, k) = (sh.hidden, sh.experts, sh.top_k);
+    let variants = settings * a.routing.len();
+    let call_bytes = (a.tokens * k).min(e) * expert_bytes;
+    let keep = recent_calls(machine::last_level_cache_bytes(), copies, call_bytes);
+    let mut drawer = Drawer::new(a.tokens, k, e, copies, keep);
     let mut rng = SplitMix64::new(7);
     let mut x = vec![0f32; a.tokens * h];
     rng.fill_normal(&mut x, 1.0);
@@ -584,12 +637,21 @@ fn time_calls(
     let per_call_cpu = a.cpu_time && variants > 1;
     let mut cpu_start = None;
     let mut n = 0usize;
+    // read-bandwidth probes between the timed calls, every PROBE_EVERY_S: the calls between
+    // two probes are one round (see `paired_fraction`)
+    let mut around = Vec::new();
+    let mut last_probe = Instant::now();
     let enough = |s: &[Samples]| {
         start.elapsed().as_secs_f64() >= a.seconds && s.iter().all(|v| v.times.len() >= a.calls)
     };
     while n < warmup || (!enough(&s) && s[0].times.len() < 100_000) {
+        if n == warmup || (n > warmup && last_probe.elapsed().as_secs_f64() >= PROBE_EVERY_S) {
+            around.push(probe());
+            last_probe = Instant::now();
+        }
         let (c, v) = (n % copies, variant_of(n, copies, variants));
-        let (ids, w, distinct) = draw_routing(&mut rng, a.tokens, k, e);
+        let draw = drawer.draw(&mut rng, c, a.routing[v / settings]);
+        let (ids, w, distinct) = (&draw.ids, &draw.weights, draw.distinct);
         if a.cpu_time && !per_call_cpu && n == warmup {
             cpu_start = Some(process_cpu_secs()?);
         }
@@ -599,7 +661,7 @@ fn time_calls(
             0.0
         };
         let t = Instant::now();
-        let expert_bytes = call(c, v, &ids, &w, &x, &mut out)?;
+        let expert_bytes = call(c, v % settings, ids, w, &x, &mut out)?;
         let secs = t.elapsed().as_secs_f64();
         if n >= warmup {
             let s = &mut s[v];
@@ -608,13 +670,17 @@ fn time_calls(
             }
             s.times.push(secs);
             s.gbps.push((distinct * expert_bytes) as f64 / secs / 1e9);
+            s.round.push(around.len() - 1);
             s.distinct += distinct;
+            s.fell_back += usize::from(draw.fell_back);
         }
         n += 1;
     }
     if let Some(c0) = cpu_start {
         s[0].cpu_secs = process_cpu_secs()? - c0;
     }
+    // the probe after the last round
+    around.push(probe());
     if out.iter().any(|v| !v.is_finite()) {
         return Err("the MoE output has non-finite values".into());
     }
@@ -623,12 +689,18 @@ fn time_calls(
         v[v.len() / 2]
     };
     Ok(s.into_iter()
-        .map(|mut s| {
+        .enumerate()
+        .map(|(v, mut s)| {
             let calls = s.times.len() as f64;
+            let paired = paired_fraction(&s.gbps, &s.round, &around);
             Timed {
+                paired_fraction: paired,
+                dram_gbps_around: around.clone(),
                 secs: median(&mut s.times),
                 weight_gbps: median(&mut s.gbps),
                 distinct_per_call: s.distinct as f64 / calls,
+                routing: a.routing[v / settings],
+                fresh_fallback_calls: s.fell_back,
                 cpu_secs: a.cpu_time.then_some(s.cpu_secs / calls),
             }
         })
@@ -664,6 +736,8 @@ fn report(
         isa: isa.to_string(),
         threads,
         prefetch,
+        routing: t.routing,
+        fresh_fallback_calls: t.fresh_fallback_calls,
         layer_copies: copies,
         ms_per_call: t.secs * 1e3,
         tokens_per_s: a.tokens as f64 / t.secs,
@@ -671,6 +745,8 @@ fn report(
         weight_gbps: t.weight_gbps,
         dram_gbps: m.dram_gbps,
         bandwidth_fraction: t.weight_gbps / m.dram_gbps,
+        bandwidth_fraction_paired: t.paired_fraction,
+        dram_gbps_around: t.dram_gbps_around.clone(),
         tflops: flops / t.secs / 1e12,
         peak_tops: m.peak_gops / 1e3,
         peak_kind: m.peak_kind,
@@ -685,12 +761,17 @@ fn report(
         "kt-bench moe | {} | isa {} | {} threads | read bandwidth {:.1} GB/s | peak {:.0} GOP/s ({})",
         m.cpu, r.isa, r.threads, r.dram_gbps, m.peak_gops, r.peak_kind
     );
+    let fallback = match r.fresh_fallback_calls {
+        0 => String::new(),
+        n => format!(" ({n} calls drawn uniformly: too few experts left)"),
+    };
     println!(
-        "{} {label} | {} tokens x top-{} | {copies} copies of the {:.2} GB layer",
+        "{} {label} | {} tokens x top-{} | {copies} copies of the {:.2} GB layer | {} routing{fallback}",
         r.shape,
         r.tokens,
         r.top_k,
-        layer_bytes as f64 / 1e9
+        layer_bytes as f64 / 1e9,
+        r.routing.name()
     );
     println!(
         "{:.3} ms/call | {:.1} tokens/s | {:.1} experts/call | weights {:.1} GB/s = {:.0}% of bw | {:.3} TFLOP/s = {:.1}% of peak",
@@ -702,6 +783,19 @@ fn report(
         r.tflops,
         100.0 * r.peak_fraction
     );
+    if let Some(f) = r.bandwidth_fraction_paired {
+        let lo = r
+            .dram_gbps_around
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let hi = r.dram_gbps_around.iter().copied().fold(0.0, f64::max);
+        println!(
+            "weights {:.0}% of the read bandwidth measured beside the calls ({} probes, {lo:.1} .. {hi:.1} GB/s; median of the rounds)",
+            100.0 * f,
+            r.dram_gbps_around.len()
+        );
+    }
     if let Some(c) = r.cpu_ms_per_call {
         println!("cpu time {c:.2} ms per call (all threads)");
     }
@@ -710,7 +804,22 @@ fn report(
 
 #[cfg(test)]
 mod tests {
-    use super::variant_of;
+    use super::{paired_fraction, variant_of};
+
+    #[test]
+    fn paired_fraction_sets_each_round_against_its_probes() {
+        // round 0 between probes 100 and 120, round 1 between 120 and 200
+        let gbps = [55.0, 50.0, 60.0, 80.0, 81.0, 79.0];
+        let round = [0, 0, 0, 1, 1, 1];
+        let f = paired_fraction(&gbps, &round, &[100.0, 120.0, 200.0]).unwrap();
+        // rounds: 55 / 110 = 0.5 and 80 / 160 = 0.5
+        assert!((f - 0.5).abs() < 1e-12, "{f}");
+        // a round with no call counts for nothing; no complete round: None
+        let f = paired_fraction(&[55.0], &[0], &[100.0, 120.0, 200.0]).unwrap();
+        assert!((f - 0.5).abs() < 1e-12);
+        assert_eq!(paired_fraction(&[55.0], &[0], &[100.0]), None);
+        assert_eq!(paired_fraction(&[], &[], &[]), None);
+    }
 
     /// Whether `schedule` gives each (setting, copy) pair exactly twice in two rounds of
     /// `copies * variants` calls, copy `n % copies` for call `n`.

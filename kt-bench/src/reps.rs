@@ -28,6 +28,12 @@ impl Rates {
         Ok(Rates { samples })
     }
 
+    /// Each repetition's rate, in order.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn samples(&self) -> &[f64] {
+        &self.samples
+    }
+
     /// The mean rate over the repetitions (llama-bench's `avg_ts`).
     pub(crate) fn mean(&self) -> f64 {
         self.samples.iter().sum::<f64>() / self.samples.len() as f64
