@@ -17,6 +17,7 @@ mod plan;
 mod pool_bench;
 #[cfg(any(feature = "cuda", test))]
 mod prefetch_env;
+mod probe_rounds;
 mod reps;
 mod split;
 mod stats;

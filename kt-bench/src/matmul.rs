@@ -18,6 +18,7 @@ use kt_kernels::quant::{self, QType};
 use kt_kernels::util::SplitMix64;
 
 use crate::machine;
+use crate::probe_rounds::ProbeRounds;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -68,6 +69,12 @@ struct Row {
     weight_gbps: f64,
     dram_gbps: f64,
     bandwidth_fraction: f64,
+    /// GEMVs (weights streamed, not resident): `weight_gbps` against read probes taken
+    /// between the calls (`probe_rounds`), and those readings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bandwidth_fraction_paired: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    dram_gbps_around: Vec<f64>,
     gops: f64,
     peak_gops: f64,
     peak_kind: &'static str,
@@ -126,8 +133,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             m.cpu, m.isa, m.threads, m.dram_gbps, m.peak_gops, m.peak_kind
         );
         println!(
-            "{:<6} {:>11} {:>6} {:>10} {:>9} {:>6} {:>9} {:>6}",
-            "format", "shape", "tokens", "ms/call", "GB/s", "of bw", "GOP/s", "of pk"
+            "{:<6} {:>11} {:>6} {:>10} {:>9} {:>6} {:>7} {:>9} {:>6}",
+            "format", "shape", "tokens", "ms/call", "GB/s", "of bw", "beside", "GOP/s", "of pk"
         );
     }
     for f in &a.formats {
@@ -182,17 +189,28 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 for i in 0..3.max(all.len()) {
                     call(i, &mut out)?;
                 }
-                let mut times = Vec::new();
+                // streamed GEMVs: the read probe between the calls too
+                let mut probes = (copies > 1).then(|| ProbeRounds::new(pool));
+                let (mut times, mut rounds) = (Vec::new(), Vec::new());
                 let start = Instant::now();
                 let mut i = 0;
                 while (start.elapsed().as_secs_f64() < a.seconds || times.len() < 5)
                     && times.len() < 10_000
                 {
+                    rounds.push(probes.as_mut().map_or(0, |p| p.round()));
                     let t = Instant::now();
                     call(i, &mut out)?;
                     times.push(t.elapsed().as_secs_f64());
                     i += 1;
                 }
+                if let Some(p) = probes.as_mut() {
+                    p.finish();
+                }
+                let each_gbps: Vec<f64> =
+                    times.iter().map(|t| mat.len() as f64 / t / 1e9).collect();
+                let paired = probes
+                    .as_ref()
+                    .and_then(|p| p.fraction(&each_gbps, &rounds));
                 times.sort_by(|x, y| x.total_cmp(y));
                 let secs = times[times.len() / 2];
                 let gbps = mat.len() as f64 / secs / 1e9;
@@ -210,6 +228,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                     weight_gbps: gbps,
                     dram_gbps: m.dram_gbps,
                     bandwidth_fraction: gbps / m.dram_gbps,
+                    bandwidth_fraction_paired: paired,
+                    dram_gbps_around: probes.map(|p| p.readings).unwrap_or_default(),
                     gops,
                     peak_gops: m.peak_gops,
                     peak_kind: m.peak_kind,
@@ -218,14 +238,19 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 if a.json {
                     println!("{}", serde_json::to_string(&row)?);
                 } else {
+                    // "beside": against the probes read between the calls
+                    let beside = row
+                        .bandwidth_fraction_paired
+                        .map_or("-".to_string(), |f| format!("{:.0}%", 100.0 * f));
                     println!(
-                        "{:<6} {:>11} {:>6} {:>10.4} {:>9.1} {:>5.0}% {:>9.1} {:>5.1}%",
+                        "{:<6} {:>11} {:>6} {:>10.4} {:>9.1} {:>5.0}% {:>7} {:>9.1} {:>5.1}%",
                         row.format,
                         format!("{rows}x{cols}"),
                         tokens,
                         row.ms_per_call,
                         gbps,
                         100.0 * row.bandwidth_fraction,
+                        beside,
                         gops,
                         100.0 * row.peak_fraction
                     );

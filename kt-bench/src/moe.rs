@@ -30,12 +30,13 @@ use kt_kernels::cpu::moe::repack::{
     Prefetch, RepackFormat, RepackedLayer, RepackedMoe, RepackedStack,
 };
 use kt_kernels::cpu::moe::{ExpertStack, MoeContext, MoeLayer, PoolRef};
-use kt_kernels::cpu::{self, membw, Isa, ThreadPool};
+use kt_kernels::cpu::{self, Isa, ThreadPool};
 use kt_kernels::quant::{self, QType};
 use kt_kernels::util::SplitMix64;
 
 use crate::machine;
 use crate::moe_routing::{recent_calls, Drawer, Routing};
+use crate::probe_rounds::ProbeRounds;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -221,7 +222,7 @@ struct Report {
     weight_gbps: f64,
     dram_gbps: f64,
     bandwidth_fraction: f64,
-    /// `weight_gbps` against probes taken between the calls (see `paired_fraction`).
+    /// `weight_gbps` against probes taken between the calls (`probe_rounds`).
     bandwidth_fraction_paired: Option<f64>,
     dram_gbps_around: Vec<f64>,
     tflops: f64,
@@ -290,8 +291,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     runs.each(isa, copies, |pool, m, warmup| {
         let threads = pool.threads();
         let probe_pool = pool.clone();
-        let reader = membw::ReadProbe::new(&probe_pool, PROBE_BYTES);
-        let probe = move || reader.measure(&probe_pool, PROBE_PASSES).gbps;
+        let mut probes = ProbeRounds::new(&probe_pool);
         let ctx = MoeContext::new(pool, isa, a.tokens, k, &all)?;
         let expert_bytes = layers[0].expert_bytes();
         let timed = time_calls(
@@ -301,7 +301,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             copies,
             expert_bytes,
             1,
-            &probe,
+            &mut probes,
             |copy, _, ids, w, x, out| {
                 let layer = &layers[copy];
                 ctx.forward(layer, x, ids, w, out)?;
@@ -443,8 +443,7 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
     runs.each(isa, copies, |pool, m, warmup| {
         let threads = pool.threads();
         let probe_pool = pool.clone();
-        let reader = membw::ReadProbe::new(&probe_pool, PROBE_BYTES);
-        let probe = move || reader.measure(&probe_pool, PROBE_PASSES).gbps;
+        let mut probes = ProbeRounds::new(&probe_pool);
         let runner = RepackedMoe::new(pool, isa, a.tokens, k, &all)?;
         let settings = prefetch.len().max(1);
         let timed = time_calls(
@@ -454,7 +453,7 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
             copies,
             layers[0].expert_bytes(),
             settings,
-            &probe,
+            &mut probes,
             |copy, v, ids, w, x, out| {
                 if let Some(&p) = prefetch.get(v) {
                     runner.set_prefetch(p)?;
@@ -567,35 +566,6 @@ fn variant_of(n: usize, copies: usize, variants: usize) -> usize {
     (n % copies + n / copies) % variants
 }
 
-/// Seconds of timed calls between two read-bandwidth probes of [`time_calls`].
-const PROBE_EVERY_S: f64 = 0.5;
-/// The buffer of those probes and the passes of each of the probe's patterns (as the
-/// hybrid decode's readings: `crate::decode::MEMBW_PASSES`).
-const PROBE_BYTES: usize = 1 << 30;
-const PROBE_PASSES: usize = crate::decode::MEMBW_PASSES;
-
-/// The calls' bandwidth against the machine's at the time: per probe round (the calls
-/// between probes `r` and `r + 1`), the median of its calls' GB/s over the mean of those two
-/// probes; the median over the rounds. The device's read bandwidth moves by up to a third
-/// within a process (session 31), so the one probe at the start can be a moment the calls
-/// never had. None without a complete round.
-fn paired_fraction(gbps: &[f64], round: &[usize], around: &[f64]) -> Option<f64> {
-    let mut each = Vec::new();
-    for r in 0..around.len().saturating_sub(1) {
-        let mut in_round: Vec<f64> = gbps
-            .iter()
-            .zip(round)
-            .filter(|&(_, &k)| k == r)
-            .map(|(&g, _)| g)
-            .collect();
-        let beside = (around[r] + around[r + 1]) / 2.0;
-        if !in_round.is_empty() && beside > 0.0 {
-            each.push(crate::stats::median(&mut in_round) / beside);
-        }
-    }
-    (!each.is_empty()).then(|| crate::stats::median(&mut each))
-}
-
 /// Calls `call(c, v, ids, weights, x, out)` (which runs layer copy `c` with setting `v` and
 /// returns the bytes of one expert of the layer it ran) with fresh random routing each
 /// time, drawn before the clock starts: `warmup` calls, then until `--seconds` have passed
@@ -611,7 +581,7 @@ fn time_calls(
     copies: usize,
     expert_bytes: usize,
     settings: usize,
-    probe: &dyn Fn() -> f64,
+    probes: &mut ProbeRounds<'_>,
     mut call: impl FnMut(
         usize,
         usize,
@@ -637,18 +607,12 @@ fn time_calls(
     let per_call_cpu = a.cpu_time && variants > 1;
     let mut cpu_start = None;
     let mut n = 0usize;
-    // read-bandwidth probes between the timed calls, every PROBE_EVERY_S: the calls between
-    // two probes are one round (see `paired_fraction`)
-    let mut around = Vec::new();
-    let mut last_probe = Instant::now();
     let enough = |s: &[Samples]| {
         start.elapsed().as_secs_f64() >= a.seconds && s.iter().all(|v| v.times.len() >= a.calls)
     };
     while n < warmup || (!enough(&s) && s[0].times.len() < 100_000) {
-        if n == warmup || (n > warmup && last_probe.elapsed().as_secs_f64() >= PROBE_EVERY_S) {
-            around.push(probe());
-            last_probe = Instant::now();
-        }
+        // read-bandwidth probes between the timed calls: the calls between two are a round
+        let round = (n >= warmup).then(|| probes.round());
         let (c, v) = (n % copies, variant_of(n, copies, variants));
         let draw = drawer.draw(&mut rng, c, a.routing[v / settings]);
         let (ids, w, distinct) = (&draw.ids, &draw.weights, draw.distinct);
@@ -670,7 +634,7 @@ fn time_calls(
             }
             s.times.push(secs);
             s.gbps.push((distinct * expert_bytes) as f64 / secs / 1e9);
-            s.round.push(around.len() - 1);
+            s.round.push(round.unwrap_or(0));
             s.distinct += distinct;
             s.fell_back += usize::from(draw.fell_back);
         }
@@ -679,8 +643,7 @@ fn time_calls(
     if let Some(c0) = cpu_start {
         s[0].cpu_secs = process_cpu_secs()? - c0;
     }
-    // the probe after the last round
-    around.push(probe());
+    probes.finish();
     if out.iter().any(|v| !v.is_finite()) {
         return Err("the MoE output has non-finite values".into());
     }
@@ -692,10 +655,9 @@ fn time_calls(
         .enumerate()
         .map(|(v, mut s)| {
             let calls = s.times.len() as f64;
-            let paired = paired_fraction(&s.gbps, &s.round, &around);
             Timed {
-                paired_fraction: paired,
-                dram_gbps_around: around.clone(),
+                paired_fraction: probes.fraction(&s.gbps, &s.round),
+                dram_gbps_around: probes.readings.clone(),
                 secs: median(&mut s.times),
                 weight_gbps: median(&mut s.gbps),
                 distinct_per_call: s.distinct as f64 / calls,
@@ -804,22 +766,7 @@ fn report(
 
 #[cfg(test)]
 mod tests {
-    use super::{paired_fraction, variant_of};
-
-    #[test]
-    fn paired_fraction_sets_each_round_against_its_probes() {
-        // round 0 between probes 100 and 120, round 1 between 120 and 200
-        let gbps = [55.0, 50.0, 60.0, 80.0, 81.0, 79.0];
-        let round = [0, 0, 0, 1, 1, 1];
-        let f = paired_fraction(&gbps, &round, &[100.0, 120.0, 200.0]).unwrap();
-        // rounds: 55 / 110 = 0.5 and 80 / 160 = 0.5
-        assert!((f - 0.5).abs() < 1e-12, "{f}");
-        // a round with no call counts for nothing; no complete round: None
-        let f = paired_fraction(&[55.0], &[0], &[100.0, 120.0, 200.0]).unwrap();
-        assert!((f - 0.5).abs() < 1e-12);
-        assert_eq!(paired_fraction(&[55.0], &[0], &[100.0]), None);
-        assert_eq!(paired_fraction(&[], &[], &[]), None);
-    }
+    use super::variant_of;
 
     /// Whether `schedule` gives each (setting, copy) pair exactly twice in two rounds of
     /// `copies * variants` calls, copy `n % copies` for call `n`.
