@@ -440,9 +440,6 @@ impl HybridRun<'_> {
         // other, pipelined, then (after a graphed warm-up that captures the decode graph)
         // `--repetitions` runs of graph launches, the first step of each a replay too
         let probe = || membw::measure_read_bandwidth(self.pool, MEMBW_BYTES, MEMBW_PASSES).gbps;
-        // the readings around the repetitions, on a buffer filled once
-        let reader = membw::ReadProbe::new(self.pool, MEMBW_BYTES);
-        let around_probe = || reader.measure(self.pool, MEMBW_PASSES).gbps;
         let mut before_graph = None;
         let mut around = Vec::new();
         let (mut launches_before, mut captures_before) = (0, 0);
@@ -468,6 +465,9 @@ impl HybridRun<'_> {
                 "runs",
                 "graph decode repetitions (hybrid)".into(),
             );
+            // the readings around the repetitions, on a buffer filled once
+            let reader = membw::ReadProbe::new(self.pool, MEMBW_BYTES);
+            let around_probe = || reader.measure(self.pool, MEMBW_PASSES).gbps;
             around.push(around_probe());
             let rates = Rates::measure(a.repetitions as usize, gen_len, || {
                 let s = untimed(&mut model, &mut cache, chained, chained, &prompt, &tokens);

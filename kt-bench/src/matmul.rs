@@ -137,6 +137,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             "format", "shape", "tokens", "ms/call", "GB/s", "of bw", "beside", "GOP/s", "of pk"
         );
     }
+    let mut probe_buf: Option<ProbeRounds> = None;
     for f in &a.formats {
         let q = QType::from_name(f).ok_or_else(|| format!("unknown format {f:?}"))?;
         for s in &a.shapes {
@@ -189,15 +190,20 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 for i in 0..3.max(all.len()) {
                     call(i, &mut out)?;
                 }
-                // streamed GEMVs: the read probe between the calls too
-                let mut probes = (copies > 1).then(|| ProbeRounds::new(pool));
+                // streamed GEMVs: the read probe between the calls too (one buffer for
+                // every case, made at the first)
+                let mut probes = (copies > 1).then(|| {
+                    let p = probe_buf.get_or_insert_with(|| ProbeRounds::new(pool));
+                    p.restart();
+                    p
+                });
                 let (mut times, mut rounds) = (Vec::new(), Vec::new());
                 let start = Instant::now();
                 let mut i = 0;
                 while (start.elapsed().as_secs_f64() < a.seconds || times.len() < 5)
                     && times.len() < 10_000
                 {
-                    rounds.push(probes.as_mut().map_or(0, |p| p.round()));
+                    rounds.push(probes.as_mut().map_or(0, |p| p.round().0));
                     let t = Instant::now();
                     call(i, &mut out)?;
                     times.push(t.elapsed().as_secs_f64());
@@ -229,7 +235,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                     dram_gbps: m.dram_gbps,
                     bandwidth_fraction: gbps / m.dram_gbps,
                     bandwidth_fraction_paired: paired,
-                    dram_gbps_around: probes.map(|p| p.readings).unwrap_or_default(),
+                    dram_gbps_around: probes.map(|p| p.readings.clone()).unwrap_or_default(),
                     gops,
                     peak_gops: m.peak_gops,
                     peak_kind: m.peak_kind,

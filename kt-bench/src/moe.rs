@@ -607,12 +607,20 @@ fn time_calls(
     let per_call_cpu = a.cpu_time && variants > 1;
     let mut cpu_start = None;
     let mut n = 0usize;
+    let mut probe_cpu = 0.0;
     let enough = |s: &[Samples]| {
         start.elapsed().as_secs_f64() >= a.seconds && s.iter().all(|v| v.times.len() >= a.calls)
     };
     while n < warmup || (!enough(&s) && s[0].times.len() < 100_000) {
         // read-bandwidth probes between the timed calls: the calls between two are a round
+        // (the CPU time of a reading is not the calls': the readings after the first, which
+        // precedes the whole stretch's --cpu-time count, are taken out of it)
+        let counted = a.cpu_time && n > warmup;
+        let c_probe = if counted { process_cpu_secs()? } else { 0.0 };
         let round = (n >= warmup).then(|| probes.round());
+        if let (true, Some((_, true))) = (counted, round) {
+            probe_cpu += process_cpu_secs()? - c_probe;
+        }
         let (c, v) = (n % copies, variant_of(n, copies, variants));
         let draw = drawer.draw(&mut rng, c, a.routing[v / settings]);
         let (ids, w, distinct) = (&draw.ids, &draw.weights, draw.distinct);
@@ -634,14 +642,14 @@ fn time_calls(
             }
             s.times.push(secs);
             s.gbps.push((distinct * expert_bytes) as f64 / secs / 1e9);
-            s.round.push(round.unwrap_or(0));
+            s.round.push(round.map_or(0, |(r, _)| r));
             s.distinct += distinct;
             s.fell_back += usize::from(draw.fell_back);
         }
         n += 1;
     }
     if let Some(c0) = cpu_start {
-        s[0].cpu_secs = process_cpu_secs()? - c0;
+        s[0].cpu_secs = process_cpu_secs()? - c0 - probe_cpu;
     }
     probes.finish();
     if out.iter().any(|v| !v.is_finite()) {

@@ -39,16 +39,23 @@ impl<'a> ProbeRounds<'a> {
         }
     }
 
+    /// Forgets the readings, for the next timed stretch (the buffer stays).
+    pub fn restart(&mut self) {
+        self.readings.clear();
+        self.last = None;
+    }
+
     /// Before a timed call: reads the probe when none was read yet or [`PROBE_EVERY_S`] have
-    /// passed since the last reading; returns the round the call belongs to.
-    pub fn round(&mut self) -> usize {
-        if self
+    /// passed since the last reading; returns the round the call belongs to and whether it
+    /// read the probe now.
+    pub fn round(&mut self) -> (usize, bool) {
+        let due = self
             .last
-            .is_none_or(|t| t.elapsed().as_secs_f64() >= PROBE_EVERY_S)
-        {
+            .is_none_or(|t| t.elapsed().as_secs_f64() >= PROBE_EVERY_S);
+        if due {
             self.read();
         }
-        self.readings.len() - 1
+        (self.readings.len() - 1, due)
     }
 
     /// After the last timed call: the reading that closes the last round.
@@ -113,13 +120,17 @@ mod tests {
         let pool = ThreadPool::new(2).unwrap();
         let mut p = ProbeRounds::new(&pool);
         // the first call reads the probe; the next one, right after, does not
-        assert_eq!(p.round(), 0);
-        assert_eq!(p.round(), 0);
+        assert_eq!(p.round(), (0, true));
+        assert_eq!(p.round(), (0, false));
         assert_eq!(p.readings.len(), 1);
         p.finish();
         assert_eq!(p.readings.len(), 2);
         assert!(p.readings.iter().all(|&g| g.is_finite() && g > 0.0));
         let f = p.fraction(&[p.readings[0]], &[0]).unwrap();
         assert!(f > 0.0 && f.is_finite());
+        // a new stretch starts with a reading of its own
+        p.restart();
+        assert!(p.readings.is_empty());
+        assert_eq!(p.round(), (0, true));
     }
 }
