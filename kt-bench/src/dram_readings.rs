@@ -28,11 +28,6 @@ impl DramReadings {
         self.start.max(self.before_graph).max(self.after)
     }
 
-    /// The mean of the two readings beside repetition `i`.
-    pub fn beside(&self, i: usize) -> Option<f64> {
-        Some((self.around.get(i)? + self.around.get(i + 1)?) / 2.0)
-    }
-
     pub fn json(&self) -> Value {
         json!({
             "start": self.start,
@@ -44,18 +39,23 @@ impl DramReadings {
 }
 
 /// The median over the repetitions of each one's bound fraction against the readings beside
-/// it ([`DramReadings::beside`]); None without repetitions or readings.
+/// it (`crate::probe_rounds::beside`): the repetitions as the rounds of
+/// [`crate::probe_rounds::paired_fraction`], each at the rate its routed bytes streamed. None
+/// without repetitions, readings or routed bytes.
 pub(crate) fn paired_bound_fraction(
     rates: &[f64],
     routed_bytes_per_token: f64,
     dram: &DramReadings,
 ) -> Option<f64> {
-    let mut each: Vec<f64> = rates
+    if routed_bytes_per_token <= 0.0 {
+        return None;
+    }
+    let gbps: Vec<f64> = rates
         .iter()
-        .enumerate()
-        .filter_map(|(i, &tps)| bound_fraction(tps, routed_bytes_per_token, dram.beside(i)?))
+        .map(|&tps| tps * routed_bytes_per_token / 1e9)
         .collect();
-    (!each.is_empty()).then(|| crate::stats::median(&mut each))
+    let rounds: Vec<usize> = (0..rates.len()).collect();
+    crate::probe_rounds::paired_fraction(&gbps, &rounds, &dram.around)
 }
 
 /// The decode's fraction of the DRAM bound: the rate at which the routed experts' weight
@@ -114,9 +114,10 @@ mod tests {
     #[test]
     fn each_repetition_meets_the_probes_beside_it() {
         let d = readings(vec![100.0, 200.0, 150.0]);
-        assert_eq!(d.beside(0), Some(150.0));
-        assert_eq!(d.beside(1), Some(175.0));
-        assert_eq!(d.beside(2), None);
+        let beside = |i| crate::probe_rounds::beside(&d.around, i);
+        assert_eq!(beside(0), Some(150.0));
+        assert_eq!(beside(1), Some(175.0));
+        assert_eq!(beside(2), None);
         // 200 MB a token: repetition 0 at 300 tokens/s against 150 GB/s is 0.4, repetition
         // 1 at 350 against 175 is 0.4 too; a third repetition has no reading after it
         let f = paired_bound_fraction(&[300.0, 350.0, 999.0], 200e6, &d).unwrap();

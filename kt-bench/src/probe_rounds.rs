@@ -88,12 +88,19 @@ pub fn paired_fraction(gbps: &[f64], rounds: &[usize], readings: &[f64]) -> Opti
             .filter(|&(_, &k)| k == r)
             .map(|(&g, _)| g)
             .collect();
-        let beside = (readings[r] + readings[r + 1]) / 2.0;
-        if !in_round.is_empty() && beside > 0.0 {
-            each.push(crate::stats::median(&mut in_round) / beside);
+        match beside(readings, r) {
+            Some(b) if !in_round.is_empty() && b > 0.0 => {
+                each.push(crate::stats::median(&mut in_round) / b)
+            }
+            _ => {}
         }
     }
     (!each.is_empty()).then(|| crate::stats::median(&mut each))
+}
+
+/// The mean of readings `r` and `r + 1`: the bandwidth of round `r`.
+pub fn beside(readings: &[f64], r: usize) -> Option<f64> {
+    Some((readings.get(r)? + readings.get(r + 1)?) / 2.0)
 }
 
 #[cfg(test)]

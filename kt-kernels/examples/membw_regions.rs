@@ -5,9 +5,8 @@
 //! model's gigabytes of weights get.
 //!   cargo run --release -p kt-kernels --example membw_regions -- THREADS REGIONS GIB ROUNDS
 
-use kt_kernels::cpu::membw::{self, PATTERNS};
+use kt_kernels::cpu::membw::{self, ReadProbe};
 use kt_kernels::cpu::ThreadPool;
-use kt_kernels::util::AlignedBuf;
 
 fn arg(args: &[String], i: usize, default: usize) -> Result<usize, String> {
     args.get(i).map_or(Ok(default), |a| {
@@ -23,26 +22,12 @@ fn main() -> Result<(), String> {
     let rounds = arg(&args, 3, 2)?;
     let pool = ThreadPool::new(threads).map_err(|e| e.to_string())?;
     let bytes = gib << 30;
-    let mut bufs: Vec<AlignedBuf> = Vec::with_capacity(regions);
-    for r in 0..regions {
-        let mut b = AlignedBuf::with_len(bytes);
-        let p = b.as_mut_slice().as_mut_ptr() as usize;
-        const CHUNK: usize = 1 << 20;
-        pool.for_each(bytes / CHUNK, &|i, _| {
-            // SAFETY: chunk i lies inside the buffer; chunks of different i are disjoint.
-            let chunk =
-                unsafe { std::slice::from_raw_parts_mut((p + i * CHUNK) as *mut u8, CHUNK) };
-            chunk.fill((r + i) as u8 | 1);
-        });
-        bufs.push(b);
-    }
+    // each a buffer of its own, filled once and kept
+    let regions: Vec<ReadProbe> = (0..regions).map(|_| ReadProbe::new(&pool, bytes)).collect();
     for round in 0..rounds {
-        for (r, b) in bufs.iter().enumerate() {
+        for (r, probe) in regions.iter().enumerate() {
             // the best of the probe's patterns, two passes each
-            let bw = membw::measure_region(&pool, b.as_slice(), 2, &PATTERNS)
-                .into_iter()
-                .max_by(|a, b| a.gbps.total_cmp(&b.gbps))
-                .expect("PATTERNS is not empty");
+            let bw = probe.measure(&pool, 2);
             println!(
                 "{{\"round\":{round},\"region\":{r},\"bytes\":{},\"pattern\":\"{}\",\"gbps\":{:.2}}}",
                 bw.bytes, bw.pattern, bw.gbps
