@@ -439,7 +439,11 @@ impl HybridRun<'_> {
         // the same tokens again without events, on the same cache: layers one after the
         // other, pipelined, then (after a graphed warm-up that captures the decode graph)
         // `--repetitions` runs of graph launches, the first step of each a replay too
-        let probe = || membw::measure_read_bandwidth(self.pool, MEMBW_BYTES, MEMBW_PASSES).gbps;
+        // every reading after the start one on one buffer, filled once (a fresh gigabyte per
+        // reading costs its page faults and fill each time and reads no differently:
+        // BENCHMARKS.md, session 31)
+        let reader = membw::ReadProbe::new(self.pool, MEMBW_BYTES);
+        let probe = || reader.measure(self.pool, MEMBW_PASSES).gbps;
         let mut before_graph = None;
         let mut around = Vec::new();
         let (mut launches_before, mut captures_before) = (0, 0);
@@ -465,14 +469,12 @@ impl HybridRun<'_> {
                 "runs",
                 "graph decode repetitions (hybrid)".into(),
             );
-            // the readings around the repetitions, on a buffer filled once
-            let reader = membw::ReadProbe::new(self.pool, MEMBW_BYTES);
-            let around_probe = || reader.measure(self.pool, MEMBW_PASSES).gbps;
-            around.push(around_probe());
+            // the readings around the repetitions
+            around.push(probe());
             let rates = Rates::measure(a.repetitions as usize, gen_len, || {
                 let s = untimed(&mut model, &mut cache, chained, chained, &prompt, &tokens);
                 // after the repetition's clock stopped
-                around.push(around_probe());
+                around.push(probe());
                 bar.inc(1);
                 s
             })?;
