@@ -52,7 +52,7 @@ impl GpuLinear {
                 Ok(GpuLinear::Int4(s.upload_w4a16(&q)?))
             }
             WeightFormat::Ggml(QType::BF16) => {
-                let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+                let wb = to_bf16(&w);
                 Ok(GpuLinear::Bf16 {
                     w: s.upload(&wb)?,
                     n,
@@ -168,24 +168,26 @@ impl GpuLinear {
     }
 }
 
-/// [`Int4Weights::quantize`] of `w` (`[n, k]`), its output columns split over the machine's
+/// [`Int4Weights::quantize_values`] of `w` (`[n, k]`), its output columns split over the machine's
 /// cores in whole tiles of [`TILE_N`] and the pieces joined: the same weights and scales as
 /// one call (columns are quantized independently), in a fraction of the time.
 fn quantize_int4(w: &[f32], n: usize, k: usize) -> Result<Int4Weights<bf16>, CudaError> {
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
     if !n.is_multiple_of(TILE_N) || threads == 1 || w.len() != n * k {
-        return Int4Weights::quantize(w, n, k).map(|(q, _)| q);
+        return Int4Weights::quantize_values(w, n, k);
     }
     let cols = (n / TILE_N).div_ceil(threads) * TILE_N;
     let parts: Vec<Int4Weights<bf16>> = std::thread::scope(|scope| {
         let handles: Vec<_> = w
             .chunks(cols * k)
-            .map(|piece| scope.spawn(move || Int4Weights::quantize(piece, piece.len() / k, k)))
+            .map(|piece| {
+                scope.spawn(move || Int4Weights::quantize_values(piece, piece.len() / k, k))
+            })
             .collect();
         handles
             .into_iter()
             .map(|h| match h.join() {
-                Ok(r) => r.map(|(q, _)| q),
+                Ok(r) => r,
                 Err(p) => std::panic::resume_unwind(p),
             })
             .collect::<Result<Vec<_>, _>>()
@@ -200,6 +202,24 @@ fn quantize_int4(w: &[f32], n: usize, k: usize) -> Result<Int4Weights<bf16>, Cud
         }
     }
     Ok(Int4Weights { n, k, q, scales })
+}
+
+/// `w` rounded to bf16, in pieces on all cores (an output head or embedding of ~1e9 values
+/// takes seconds on one).
+fn to_bf16(w: &[f32]) -> Vec<bf16> {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let mut out = vec![bf16::ZERO; w.len()];
+    let per = w.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (src, dst) in w.chunks(per).zip(out.chunks_mut(per)) {
+            scope.spawn(move || {
+                for (o, &v) in dst.iter_mut().zip(src) {
+                    *o = bf16::from_f32(v);
+                }
+            });
+        }
+    });
+    out
 }
 
 /// Every row of `parts`, dequantized to f32, one after the other; the rows are split over
@@ -324,6 +344,25 @@ mod tests {
             let (one, _) = Int4Weights::<bf16>::quantize(&w, n, k).unwrap();
             let threaded = quantize_int4(&w, n, k).unwrap();
             assert_eq!(threaded, one, "n {n} k {k}");
+        }
+    }
+
+    /// The threaded bf16 rounding is the plain one, element by element, for lengths that
+    /// split evenly and unevenly (and shorter than the thread count).
+    #[test]
+    fn threaded_bf16_rounding_equals_one_pass() {
+        let mut rng = SplitMix64::new(5);
+        for len in [0usize, 1, 3, 17, 4096, 100_003] {
+            let w: Vec<f32> = (0..len).map(|_| rng.normal() * 3.0 + 1e-3).collect();
+            let want: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            let got = to_bf16(&w);
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+                    && got.len() == len,
+                "len {len}"
+            );
         }
     }
 

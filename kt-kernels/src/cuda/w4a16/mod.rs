@@ -27,6 +27,13 @@ impl<T: MmaFloat> Int4Weights<T> {
         pack::pack(&self.q, self.n, self.k)
     }
 
+    /// [`Self::pack`] on all of the machine's cores (column tiles split between threads):
+    /// the same bytes, for a caller that is not itself one of several threads packing.
+    pub fn pack_parallel(&self) -> Vec<u8> {
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        pack::pack_parallel(&self.q, self.n, self.k, threads)
+    }
+
     /// Rebuilds the weights from packed bytes and scales (the inverse of [`Self::pack`]).
     pub fn unpack(packed: &[u8], scales: Vec<T>, n: usize, k: usize) -> CudaResult<Self> {
         quant::check_shape("w4a16 unpack", n, k)?;
@@ -221,7 +228,7 @@ impl GemmPlan {
 }
 
 impl GpuStream {
-    /// Packs `w` and copies it to the device.
+    /// Packs `w` (on all cores) and copies it to the device.
     pub fn upload_w4a16<T: MmaFloat>(&self, w: &Int4Weights<T>) -> CudaResult<W4A16Weights<T>> {
         quant::check_shape("upload_w4a16", w.n, w.k)?;
         if w.q.len() != w.n * w.k || w.scales.len() != (w.k / GROUP) * w.n {
@@ -239,7 +246,7 @@ impl GpuStream {
         Ok(W4A16Weights {
             n: w.n,
             k: w.k,
-            packed: self.upload(&w.pack())?,
+            packed: self.upload(&w.pack_parallel())?,
             scales: self.upload(&w.scales)?,
         })
     }

@@ -68,6 +68,14 @@ impl<T: MmaFloat> Int4Weights<T> {
     /// Quantizes `w` (`[n, k]` row-major f32): per group, scale = max|w| / 7 rounded to T,
     /// q = round(w / scale) clamped to -8..=7. Returns the weights and their error.
     pub fn quantize(w: &[f32], n: usize, k: usize) -> CudaResult<(Self, QuantError)> {
+        let weights = Self::quantize_values(w, n, k)?;
+        let err = weights.error_against(w);
+        Ok((weights, err))
+    }
+
+    /// [`Self::quantize`] without measuring the error (which dequantizes the whole matrix
+    /// again: about as long as the quantization itself), for a caller that does not report it.
+    pub fn quantize_values(w: &[f32], n: usize, k: usize) -> CudaResult<Self> {
         const OP: &str = "w4a16 quantize";
         check_shape(OP, n, k)?;
         if w.len() != n * k {
@@ -98,9 +106,7 @@ impl<T: MmaFloat> Int4Weights<T> {
                 }
             }
         }
-        let weights = Int4Weights { n, k, q, scales };
-        let err = weights.error_against(w);
-        Ok((weights, err))
+        Ok(Int4Weights { n, k, q, scales })
     }
 
     /// Quantizes a GGUF tensor of `n` rows of `k` elements in format `qtype`, through its
