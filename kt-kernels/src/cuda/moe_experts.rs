@@ -74,8 +74,8 @@ pub struct ExpertPart<'a, T> {
 impl<T: MmaFloat> ExpertPart<'_, T> {
     /// Writes `w` (the expert's `[n, k]` int4 weights) into this part.
     pub fn set(&mut self, w: &Int4Weights<T>) -> CudaResult<()> {
-        let packed = w.pack();
-        if packed.len() != self.packed.len() || w.scales.len() != self.scales.len() {
+        let packed_len = w.n * w.k / 2;
+        if packed_len != self.packed.len() || w.scales.len() != self.scales.len() {
             return Err(shape(
                 "expert slab part",
                 format!(
@@ -83,14 +83,15 @@ impl<T: MmaFloat> ExpertPart<'_, T> {
                     self.expert,
                     w.n,
                     w.k,
-                    packed.len(),
+                    packed_len,
                     w.scales.len(),
                     self.packed.len(),
                     self.scales.len()
                 ),
             ));
         }
-        self.packed.copy_from_slice(&packed);
+        // straight into the (pinned) slab: no packed copy to allocate and copy over
+        w.pack_into(self.packed)?;
         self.scales.copy_from_slice(&w.scales);
         Ok(())
     }

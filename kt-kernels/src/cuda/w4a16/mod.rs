@@ -27,6 +27,25 @@ impl<T: MmaFloat> Int4Weights<T> {
         pack::pack(&self.q, self.n, self.k)
     }
 
+    /// [`Self::pack`] into `out`, which must hold exactly n * k / 2 bytes.
+    pub fn pack_into(&self, out: &mut [u8]) -> CudaResult<()> {
+        if out.len() != self.n * self.k / 2 || self.q.len() != self.n * self.k {
+            return Err(shape(
+                "w4a16 pack_into",
+                format!(
+                    "n {}, k {} ({} values) into {} bytes, expected {}",
+                    self.n,
+                    self.k,
+                    self.q.len(),
+                    out.len(),
+                    self.n * self.k / 2
+                ),
+            ));
+        }
+        pack::pack_into(&self.q, self.k, out);
+        Ok(())
+    }
+
     /// [`Self::pack`] on all of the machine's cores (column tiles split between threads):
     /// the same bytes, for a caller that is not itself one of several threads packing.
     pub fn pack_parallel(&self) -> Vec<u8> {

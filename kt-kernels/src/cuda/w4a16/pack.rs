@@ -68,6 +68,11 @@ pub(crate) fn pack(q: &[i8], n: usize, k: usize) -> Vec<u8> {
     out
 }
 
+/// [`pack`] into `out` (n * k / 2 bytes, every byte written).
+pub(crate) fn pack_into(q: &[i8], k: usize, out: &mut [u8]) {
+    pack_tiles(q, k, 0, out);
+}
+
 /// [`pack`] with the column tiles split over up to `threads` threads (the same bytes).
 pub(crate) fn pack_parallel(q: &[i8], n: usize, k: usize, threads: usize) -> Vec<u8> {
     let mut out = vec![0u8; n * k / 2];
@@ -82,6 +87,7 @@ pub(crate) fn pack_parallel(q: &[i8], n: usize, k: usize, threads: usize) -> Vec
 }
 
 /// The layout's definition, one nibble at a time (the reference [`pack`] is tested against).
+#[cfg(test)]
 pub(crate) fn pack_reference(q: &[i8], n: usize, k: usize) -> Vec<u8> {
     let mut out = vec![0u8; n * k / 2];
     for c in 0..n {
@@ -141,6 +147,9 @@ mod tests {
             let q = pattern(n, k);
             let want = pack_reference(&q, n, k);
             assert_eq!(pack(&q, n, k), want, "n {n}, k {k}");
+            let mut into = vec![0xA5u8; n * k / 2];
+            pack_into(&q, k, &mut into);
+            assert_eq!(into, want, "n {n}, k {k}: into a dirty buffer");
             for threads in [1, 2, 3, 16] {
                 assert_eq!(
                     pack_parallel(&q, n, k, threads),
