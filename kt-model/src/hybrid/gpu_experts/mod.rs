@@ -591,13 +591,17 @@ fn repack_layer(
             .map(|job| {
                 scope.spawn(move || -> HybridResult<Vec<f64>> {
                     let mut errors = Vec::with_capacity(2 * job.len());
+                    // one buffer for the thread's dequantized rows: a fresh one per matrix
+                    // (117 MB for a V3 expert's gate and up) is mapped, faulted in and
+                    // unmapped each time
+                    let mut rows = Vec::new();
                     for (mut g, mut d) in job {
                         let e = g.expert;
                         let gate = Linear::from_stacked(&moe.gate_exps, e)?;
                         let up = Linear::from_stacked(&moe.up_exps, e)?;
                         let down = Linear::from_stacked(&moe.down_exps, e)?;
-                        errors.push(repack(&[gate, up], &mut |q| g.set(q))?);
-                        errors.push(repack(&[down], &mut |q| d.set(q))?);
+                        errors.push(repack(&[gate, up], &mut rows, &mut |q| g.set(q))?);
+                        errors.push(repack(&[down], &mut rows, &mut |q| d.set(q))?);
                         expert_done();
                     }
                     Ok(errors)
@@ -615,22 +619,27 @@ fn repack_layer(
     })
 }
 
-/// The rows of `parts` stacked, dequantized, quantized to int4 g128 and handed to `store`;
-/// returns the relative RMS error.
+/// The rows of `parts` stacked, dequantized (into `scratch`, grown as needed), quantized to
+/// int4 g128 and handed to `store`; returns the relative RMS error.
 fn repack(
     parts: &[Linear<'_>],
+    scratch: &mut Vec<f32>,
     store: &mut dyn FnMut(&Int4Weights<bf16>) -> kt_kernels::cuda::CudaResult<()>,
 ) -> HybridResult<f64> {
     let k = parts[0].cols;
     let n: usize = parts.iter().map(|p| p.rows).sum();
-    let mut w = vec![0.0f32; n * k];
+    if scratch.len() < n * k {
+        scratch.resize(n * k, 0.0);
+    }
+    // every element below is written by the rows' dequantization
+    let w = &mut scratch[..n * k];
     let mut rows = w.chunks_exact_mut(k);
     for p in parts {
         for r in 0..p.rows {
             p.dequantize_row(r, rows.next().expect("n rows"))?;
         }
     }
-    let (q, err) = Int4Weights::<bf16>::quantize(&w, n, k).map_err(|e| {
+    let (q, err) = Int4Weights::<bf16>::quantize(w, n, k).map_err(|e| {
         HybridError::Unsupported(format!("{} in int4_g128 ({n} x {k}): {e}", parts[0].name))
     })?;
     store(&q)?;
