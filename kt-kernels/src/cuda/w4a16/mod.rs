@@ -5,6 +5,7 @@
 //! streaming small-m kernel ([`GemvPlan`], `gemv.rs`); more rows the tiled tensor-core GEMM.
 
 mod gemv;
+mod group;
 mod pack;
 mod quant;
 

@@ -6,6 +6,8 @@ use crate::cuda::dtype::MmaFloat;
 use crate::cuda::error::{shape, CudaError, CudaResult};
 use crate::quant::{dequantize, QType};
 
+use super::group::{quantize_matrix, GroupErrors};
+
 /// Quantization group along k.
 pub const GROUP: usize = 128;
 /// Output columns per tile of the packed layout (the GEMM's block width).
@@ -43,40 +45,19 @@ impl QuantError {
     }
 }
 
-/// [`QuantError`]'s sums, added group by group while quantizing (no second pass over a
-/// dequantized copy: that pass took twice as long as the quantization, and a load measures
-/// every expert matrix). Within a group of 128 the terms are summed in f32, each group's
-/// sums then in f64; `v - q * scale` is exact in f32 (q * scale is, and the two lie within
-/// a factor of two of each other or the product is zero), so `max_abs` is the plain
-/// measure's and the sums agree with it to f32 rounding (~1e-6 relative).
-#[derive(Clone, Copy, Debug, Default)]
-struct ErrorSums {
-    max_abs: f32,
-    se: f64,
-    sw: f64,
-}
-
-impl ErrorSums {
-    fn add_group(&mut self, w: &[f32; GROUP], q: &[i8; GROUP], scale: f32) {
-        let (mut max_bits, mut se, mut sw) = (0u32, 0f32, 0f32);
-        for (&v, &q) in w.iter().zip(q) {
-            let d = v - q as f32 * scale;
-            max_bits = max_bits.max(d.to_bits() & 0x7fff_ffff);
-            se += d * d;
-            sw += v * v;
-        }
-        self.max_abs = self.max_abs.max(f32::from_bits(max_bits));
-        self.se += se as f64;
-        self.sw += sw as f64;
-    }
-
-    fn finish(&self, len: usize) -> QuantError {
-        let len = len as f64;
-        QuantError {
-            max_abs: self.max_abs as f64,
-            rms: (self.se / len).sqrt(),
-            rms_weight: (self.sw / len).sqrt(),
-        }
+/// [`QuantError`] from the terms [`quantize_matrix`] added group by group while quantizing
+/// (no second pass over a dequantized copy: that pass took twice as long as the
+/// quantization, and a load measures every expert matrix). Within a group of 128 the terms
+/// are summed in f32 (8 lanes), the groups' sums in f64; `v - q * scale` is exact in f32
+/// (q * scale is, and the two lie within a factor of two of each other or the product is
+/// zero), so `max_abs` is the plain measure's ([`Int4Weights::error_against`]) and the sums
+/// agree with it to f32 rounding (~1e-6 relative).
+fn finish(e: &GroupErrors, len: usize) -> QuantError {
+    let len = len as f64;
+    QuantError {
+        max_abs: f32::from_bits(e.max_abs_bits) as f64,
+        rms: (e.se / len).sqrt(),
+        rms_weight: (e.sw / len).sqrt(),
     }
 }
 
@@ -90,38 +71,27 @@ pub(crate) fn check_shape(op: &'static str, n: usize, k: usize) -> CudaResult<()
     Ok(())
 }
 
-/// `y` rounded to the nearest integer, halves away from zero (as `f32::round`), clamped to
-/// -8..=7. Without SSE4.1 `f32::round` is a library call per element; this is the same
-/// result from a truncating conversion (exact: `y - trunc(y)` is exact below 2^23).
-#[inline(always)]
-fn round_int4(y: f32) -> i8 {
-    let y = y.clamp(-8.0, 7.0);
-    let t = y as i32;
-    let frac = y - t as f32;
-    (t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)) as i8
-}
-
 impl<T: MmaFloat> Int4Weights<T> {
     /// Quantizes `w` (`[n, k]` row-major f32): per group, scale = max|w| / 7 rounded to T,
     /// q = round(w / scale) clamped to -8..=7. Returns the weights and their error, measured
-    /// group by group as each is quantized (see [`ErrorSums`]).
+    /// group by group as each is quantized (see [`finish`]).
     pub fn quantize(w: &[f32], n: usize, k: usize) -> CudaResult<(Self, QuantError)> {
-        let mut sums = ErrorSums::default();
-        let weights = Self::quantize_measured::<true>(w, n, k, &mut sums)?;
-        Ok((weights, sums.finish(w.len())))
+        let mut errors = GroupErrors::default();
+        let weights = Self::quantize_measured(w, n, k, Some(&mut errors))?;
+        Ok((weights, finish(&errors, w.len())))
     }
 
     /// [`Self::quantize`] without measuring the error, for a caller that does not report it.
     pub fn quantize_values(w: &[f32], n: usize, k: usize) -> CudaResult<Self> {
-        Self::quantize_measured::<false>(w, n, k, &mut ErrorSums::default())
+        Self::quantize_measured(w, n, k, None)
     }
 
-    /// The quantization, adding each group's error terms to `sums` when `MEASURE`.
-    fn quantize_measured<const MEASURE: bool>(
+    /// The quantization, adding each group's error terms to `errors` when given.
+    fn quantize_measured(
         w: &[f32],
         n: usize,
         k: usize,
-        sums: &mut ErrorSums,
+        errors: Option<&mut GroupErrors>,
     ) -> CudaResult<Self> {
         const OP: &str = "w4a16 quantize";
         check_shape(OP, n, k)?;
@@ -140,33 +110,7 @@ impl<T: MmaFloat> Int4Weights<T> {
         let groups = k / GROUP;
         let mut q = vec![0i8; n * k];
         let mut scales = vec![T::from_f32(0.0); groups * n];
-        for (c, (w_row, q_row)) in w.chunks_exact(k).zip(q.chunks_exact_mut(k)).enumerate() {
-            // groups as arrays: their fixed length lets the compiler unroll and vectorize
-            let (w_groups, _) = w_row.as_chunks::<GROUP>();
-            let (q_groups, _) = q_row.as_chunks_mut::<GROUP>();
-            for (g, (group, out)) in w_groups.iter().zip(q_groups).enumerate() {
-                // |v| orders as its bits with the sign cleared (an integer max the compiler
-                // vectorizes; f32::max's NaN rule it does not), and an infinity or NaN has
-                // the largest: the group's maximum finds any
-                let amax_bits = group
-                    .iter()
-                    .fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
-                if amax_bits >= f32::INFINITY.to_bits() {
-                    let at = group.iter().position(|v| !v.is_finite()).unwrap_or(0);
-                    return Err(not_finite(c * k + g * GROUP + at));
-                }
-                let s = T::from_f32(f32::from_bits(amax_bits) / 7.0);
-                scales[g * n + c] = s;
-                let sf = s.to_f32();
-                let inv = if sf == 0.0 { 0.0 } else { 1.0 / sf };
-                for (o, &v) in out.iter_mut().zip(group) {
-                    *o = round_int4(v * inv);
-                }
-                if MEASURE {
-                    sums.add_group(group, out, sf);
-                }
-            }
-        }
+        quantize_matrix(w, k, &mut q, &mut scales, errors).map_err(not_finite)?;
         Ok(Int4Weights { n, k, q, scales })
     }
 
@@ -308,24 +252,6 @@ mod tests {
                     "n {n} k {k}: {got} vs {want}"
                 );
             }
-        }
-    }
-
-    #[test]
-    fn round_int4_is_round_then_clamp() {
-        let mut ys = vec![
-            0.0f32, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, 6.5, 7.5, -7.5, -8.5, 1e9, -1e9,
-        ];
-        for i in -1000..=1000 {
-            let y = i as f32 / 100.0;
-            ys.extend([
-                y,
-                f32::from_bits(y.to_bits() + 1),
-                f32::from_bits(y.to_bits().max(1) - 1),
-            ]);
-        }
-        for y in ys {
-            assert_eq!(round_int4(y), y.round().clamp(-8.0, 7.0) as i8, "{y}");
         }
     }
 }
