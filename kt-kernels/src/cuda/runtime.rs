@@ -125,9 +125,9 @@ impl Gpu {
         let mut slice = unsafe { self.ctx.alloc_pinned_with_flags::<T>(len, 0) }
             .map_err(driver("cuMemHostAlloc"))?;
         let ptr = slice.as_mut_ptr().map_err(driver("cuEventSynchronize"))?;
-        // SAFETY: `ptr` points to `len` elements of T just allocated; all-zero bits are a
-        // valid T (ValidAsZeroBits).
-        unsafe { std::ptr::write_bytes(ptr, 0, len) };
+        // SAFETY: `ptr` points to `len` elements of T just allocated, which nothing else
+        // reads or writes yet; all-zero bits are a valid T (ValidAsZeroBits).
+        unsafe { zero_on_all_cores(ptr.cast::<u8>(), len * std::mem::size_of::<T>()) };
         let host = ptr as usize;
         // Spin-waited (not blocking-sync) like the stream's events: the hybrid decode reads
         // these buffers once per layer and a sleeping wait costs tens of microseconds.
@@ -844,4 +844,73 @@ pub(crate) unsafe fn launch_raw(
         )
     }
     .result()
+}
+/// Zeroes `bytes` bytes from `p`, in pieces on all cores when there are many (a GPU
+/// prefill's expert slabs pin tens of gigabytes: on one core the zeroing took about half of
+/// their allocation's time on the device, BENCHMARKS.md session 32).
+///
+/// # Safety
+/// `p..p + bytes` is valid for writes and nothing else accesses it meanwhile.
+unsafe fn zero_on_all_cores(p: *mut u8, bytes: usize) {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    // SAFETY: the caller's contract.
+    unsafe { zero_in_pieces(p, bytes, 64 << 20, threads) };
+}
+
+/// [`zero_on_all_cores`] with pieces of at least `piece_min` bytes on up to `threads`
+/// threads.
+///
+/// # Safety
+/// As [`zero_on_all_cores`].
+unsafe fn zero_in_pieces(p: *mut u8, bytes: usize, piece_min: usize, threads: usize) {
+    let pieces = (bytes / piece_min.max(1)).clamp(1, threads.max(1));
+    if pieces == 1 {
+        // SAFETY: the caller's contract.
+        unsafe { std::ptr::write_bytes(p, 0, bytes) };
+        return;
+    }
+    let per = bytes.div_ceil(pieces);
+    let base = p as usize;
+    std::thread::scope(|scope| {
+        for i in 0..pieces {
+            let (start, end) = (i * per, ((i + 1) * per).min(bytes));
+            scope.spawn(move || {
+                // SAFETY: [start, end) lies inside the caller's range and the pieces do not
+                // overlap; the scope ends before this function returns.
+                unsafe { std::ptr::write_bytes((base + start) as *mut u8, 0, end - start) };
+            });
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::zero_in_pieces;
+
+    /// Every byte is zeroed, whatever the split: one piece, pieces that divide the length
+    /// and pieces that do not, more threads than pieces.
+    #[test]
+    fn pieces_zero_every_byte() {
+        for (bytes, piece_min, threads) in [
+            (0usize, 1usize, 4usize),
+            (1, 1, 4),
+            (1000, 1, 3),
+            (4096, 1024, 16),
+            (10_007, 100, 7),
+        ] {
+            let mut buf = vec![0xABu8; bytes + 2];
+            // SAFETY: bytes 1..=bytes of buf, which nothing else touches meanwhile.
+            unsafe { zero_in_pieces(buf.as_mut_ptr().add(1), bytes, piece_min, threads) };
+            assert_eq!(buf[0], 0xAB, "{bytes} bytes: written before the range");
+            assert_eq!(
+                buf[bytes + 1],
+                0xAB,
+                "{bytes} bytes: written past the range"
+            );
+            assert!(
+                buf[1..=bytes].iter().all(|&b| b == 0),
+                "{bytes} bytes, pieces of {piece_min}"
+            );
+        }
+    }
 }
