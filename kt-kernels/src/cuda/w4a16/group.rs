@@ -216,13 +216,10 @@ mod tests {
     fn the_dispatched_matrix_is_the_baseline_one() {
         use half::bf16;
         let (n, k) = (96usize, 3 * GROUP);
-        let mut s = 5u64;
+        let mut rng = crate::util::SplitMix64::new(5);
         let w: Vec<f32> = (0..n * k)
             .map(|i| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                let u = rng.uniform(-0.5, 0.5);
                 // row 7 subnormal, row 8 zero, every 331st weight an outlier
                 match i / k {
                     7 => u * 1e-39,
@@ -261,14 +258,11 @@ mod tests {
     /// overflows and values at the rounding ties.
     #[test]
     fn both_builds_agree() {
-        let mut s = 11u64;
+        let mut rng = crate::util::SplitMix64::new(11);
         let mut w = [0f32; GROUP];
         for case in 0..50 {
             for (i, v) in w.iter_mut().enumerate() {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                let u = rng.uniform(-0.5, 0.5);
                 *v = match (case % 5, i % 7) {
                     (0, _) => u,
                     (1, 0) => (i % 16) as f32 - 8.5, // ties once scaled by 1

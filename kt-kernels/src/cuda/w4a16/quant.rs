@@ -169,7 +169,8 @@ impl<T: MmaFloat> Int4Weights<T> {
     }
 
     /// The error of these weights against `w`, the plain way: the whole matrix dequantized,
-    /// every difference in f64 (the reference [`ErrorSums`] is tested against).
+    /// every difference in f64 (the reference the error measured while quantizing is tested
+    /// against).
     pub fn error_against(&self, w: &[f32]) -> QuantError {
         let deq = self.dequantize();
         // Partial sums in LANES lanes (one running f64 sum waits on each addition; a load
@@ -224,14 +225,11 @@ mod tests {
     /// difference, the sums within f32 rounding of a group's 128 terms.
     #[test]
     fn measured_error_matches_the_plain_measure() {
-        let mut s = 7u64;
+        let mut rng = crate::util::SplitMix64::new(7);
         for (n, k) in [(64usize, 128usize), (128, 1408), (192, 2048)] {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| {
-                    s = s
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                    let u = rng.uniform(-0.5, 0.5);
                     // outliers every 997th weight, a zero group's worth of tiny values
                     if i % 997 == 0 {
                         u * 40.0

@@ -208,65 +208,54 @@ impl GpuExperts {
             gate_up: SlabShape::new(experts, 2 * width, hidden)?,
             down: SlabShape::new(experts, hidden, width)?,
         };
-        let mut host = Vec::with_capacity(tensors.layers.len());
-        let mut moe_layers = Vec::new();
+        // The MoE layers, in order; `host` gets their slabs (None for the others).
+        let moes: Vec<(usize, &crate::tensors::MoeFfn<'_>)> = tensors
+            .layers
+            .iter()
+            .enumerate()
+            .filter_map(|(li, l)| match &l.ffn {
+                Ffn::Moe(m) => Some((li, m)),
+                _ => None,
+            })
+            .collect();
+        let mut host: Vec<Option<Slabs<HostExpertSlab<bf16>>>> =
+            (0..tensors.layers.len()).map(|_| None).collect();
+        let moe_layers: Vec<usize> = moes.iter().map(|&(li, _)| li).collect();
         let (mut worst, mut sum_sq, mut matrices) = (0.0f64, 0.0f64, 0usize);
         let mut pin_seconds = 0.0;
         // Progress in expert matrices (gate, up and down of one expert count three).
-        let moe_count = tensors
-            .layers
-            .iter()
-            .filter(|l| matches!(l.ffn, Ffn::Moe(_)))
-            .count();
-        let (done, total) = (AtomicUsize::new(0), 3 * experts * moe_count);
+        let (done, total) = (AtomicUsize::new(0), 3 * experts * moes.len());
         let expert_done = || progress(done.fetch_add(3, Ordering::Relaxed) + 3, total);
         // Pinning is the driver's work on one core (~1.8 GB/s on the device: 10 s of a V3
-        // file's 17 GB), so each MoE layer's slabs are allocated on a thread of their own
-        // while the layer before them repacks on all cores.
+        // file's 17 GB), so each MoE layer's slabs after the first are allocated on a thread
+        // of their own while the layer before them repacks on all cores.
         let alloc = || -> HybridResult<Slabs<HostExpertSlab<bf16>>> {
             Ok(Slabs {
                 gate_up: HostExpertSlab::new(gpu, shapes.gate_up)?,
                 down: HostExpertSlab::new(gpu, shapes.down)?,
             })
         };
-        let moe_at: Vec<usize> = (0..tensors.layers.len())
-            .filter(|&li| matches!(tensors.layers[li].ffn, Ffn::Moe(_)))
-            .collect();
         std::thread::scope(|scope| -> HybridResult<()> {
-            let t_pin = Instant::now();
-            let mut ready = if moe_at.is_empty() {
-                None
-            } else {
-                Some(alloc()?)
-            };
-            pin_seconds += t_pin.elapsed().as_secs_f64();
-            for (li, layer) in tensors.layers.iter().enumerate() {
-                let Ffn::Moe(moe) = &layer.ffn else {
-                    host.push(None);
-                    continue;
+            let mut pending = None;
+            for (i, &(li, moe)) in moes.iter().enumerate() {
+                let t_pin = Instant::now();
+                let mut slabs = match pending.take() {
+                    Some(h) => match std::thread::ScopedJoinHandle::join(h) {
+                        Ok(r) => r?,
+                        Err(p) => std::panic::resume_unwind(p),
+                    },
+                    None => alloc()?,
                 };
-                let Some(mut slabs) = ready.take() else {
-                    return Err(HybridError::Input(format!(
-                        "layer {li}: no pinned slabs allocated for it"
-                    )));
-                };
-                let next = moe_at.iter().any(|&m| m > li).then(|| scope.spawn(alloc));
-                let errors = repack_layer(&mut slabs, moe, experts, &expert_done)?;
-                for e in errors {
+                pin_seconds += t_pin.elapsed().as_secs_f64();
+                if i + 1 < moes.len() {
+                    pending = Some(scope.spawn(alloc));
+                }
+                for e in repack_layer(&mut slabs, moe, experts, &expert_done)? {
                     worst = worst.max(e);
                     sum_sq += e * e;
                     matrices += 1;
                 }
-                host.push(Some(slabs));
-                moe_layers.push(li);
-                if let Some(h) = next {
-                    let t_pin = Instant::now();
-                    ready = Some(match h.join() {
-                        Ok(r) => r?,
-                        Err(p) => std::panic::resume_unwind(p),
-                    });
-                    pin_seconds += t_pin.elapsed().as_secs_f64();
-                }
+                host[li] = Some(slabs);
             }
             Ok(())
         })?;
