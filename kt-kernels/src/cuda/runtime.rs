@@ -4,6 +4,7 @@
 
 use std::ffi::c_void;
 use std::mem::ManuallyDrop;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -863,22 +864,17 @@ unsafe fn zero_on_all_cores(p: *mut u8, bytes: usize) {
 /// # Safety
 /// As [`zero_on_all_cores`].
 unsafe fn zero_in_pieces(p: *mut u8, bytes: usize, piece_min: usize, threads: usize) {
+    // SAFETY: the caller's range, valid for writes and ours alone; MaybeUninit makes no
+    // claim on its contents.
+    let buf = unsafe { std::slice::from_raw_parts_mut(p.cast::<MaybeUninit<u8>>(), bytes) };
     let pieces = (bytes / piece_min.max(1)).clamp(1, threads.max(1));
     if pieces == 1 {
-        // SAFETY: the caller's contract.
-        unsafe { std::ptr::write_bytes(p, 0, bytes) };
+        buf.fill(MaybeUninit::new(0));
         return;
     }
-    let per = bytes.div_ceil(pieces);
-    let base = p as usize;
     std::thread::scope(|scope| {
-        for i in 0..pieces {
-            let (start, end) = (i * per, ((i + 1) * per).min(bytes));
-            scope.spawn(move || {
-                // SAFETY: [start, end) lies inside the caller's range and the pieces do not
-                // overlap; the scope ends before this function returns.
-                unsafe { std::ptr::write_bytes((base + start) as *mut u8, 0, end - start) };
-            });
+        for piece in buf.chunks_mut(bytes.div_ceil(pieces)) {
+            scope.spawn(move || piece.fill(MaybeUninit::new(0)));
         }
     });
 }
