@@ -168,16 +168,17 @@ impl GpuLinear {
     }
 }
 
-/// [`Int4Weights::quantize_values`] of `w` (`[n, k]`), its output columns split over the machine's
-/// cores in whole tiles of [`TILE_N`] and the pieces joined: the same weights and scales as
-/// one call (columns are quantized independently), in a fraction of the time.
+/// [`Int4Weights::quantize_values`] of `w` (`[n, k]`), its output columns split over the
+/// machine's cores in whole tiles of [`TILE_N`] and the pieces joined: the same weights and
+/// scales as one call (columns are quantized independently), in a fraction of the time, and
+/// the same error (a piece's would name a row of the piece).
 fn quantize_int4(w: &[f32], n: usize, k: usize) -> Result<Int4Weights<bf16>, CudaError> {
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
     if !n.is_multiple_of(TILE_N) || threads == 1 || w.len() != n * k {
         return Int4Weights::quantize_values(w, n, k);
     }
     let cols = (n / TILE_N).div_ceil(threads) * TILE_N;
-    let parts: Vec<Int4Weights<bf16>> = std::thread::scope(|scope| {
+    let parts: Result<Vec<Int4Weights<bf16>>, CudaError> = std::thread::scope(|scope| {
         let handles: Vec<_> = w
             .chunks(cols * k)
             .map(|piece| {
@@ -191,7 +192,11 @@ fn quantize_int4(w: &[f32], n: usize, k: usize) -> Result<Int4Weights<bf16>, Cud
                 Err(p) => std::panic::resume_unwind(p),
             })
             .collect::<Result<Vec<_>, _>>()
-    })?;
+    });
+    let Ok(parts) = parts else {
+        // the whole matrix's call names the weight by its place in the matrix
+        return Int4Weights::quantize_values(w, n, k);
+    };
     let groups = k / GROUP;
     let mut q = Vec::with_capacity(n * k);
     let mut scales = Vec::with_capacity(groups * n);
@@ -333,6 +338,20 @@ impl<'p> Formats<'p> {
 mod tests {
     use super::*;
     use kt_kernels::util::SplitMix64;
+
+    /// A NaN in a later piece of the threaded quantizer is named by its row in the matrix.
+    #[test]
+    fn threaded_int4_quantization_names_the_bad_weight() {
+        let (n, k) = (1088usize, 128usize);
+        let mut w = vec![0.5f32; n * k];
+        let at = (n - 3) * k + 17;
+        w[at] = f32::NAN;
+        let e = quantize_int4(&w, n, k).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("weight {at} (row {}, col 17)", n - 3)),
+            "{e}"
+        );
+    }
 
     /// The threaded quantizer gives exactly the single call's weights and scales, for
     /// column counts that split evenly and unevenly over the threads.

@@ -6,9 +6,10 @@
 //! Written so the compiler vectorizes it: the group maximum is an integer maximum of the
 //! bits, the rounding converts with `to_int_unchecked` (no saturation code: the value is
 //! clamped first), the error sums run in 8 independent lanes, and the loop is compiled
-//! twice, for the baseline and with AVX2 (chosen once per matrix at run time). Both give the same bits: the same operations in the same order per
-//! lane (no fused multiply-adds; Rust does not contract). Device (Xeon): the quantization
-//! with its error took ~5 ns a weight per thread before (BENCHMARKS.md, session 32).
+//! twice, for the baseline and with AVX2, chosen once per matrix at run time. Both give the
+//! same bits: the same operations in the same order per lane (no fused multiply-adds: Rust
+//! does not contract). On the device's Xeon the quantization with its error went from ~5
+//! to ~2 ns a weight per thread (BENCHMARKS.md, session 32).
 
 use super::quant::GROUP;
 use crate::cuda::dtype::MmaFloat;
@@ -64,8 +65,8 @@ fn group_body(
             *o = round_int4_not_nan(v * inv);
         }
     } else {
-        // a scale so small that its inverse overflows: 0 x inf is NaN, kept to the
-        // checked conversion (NaN -> 0), as the reference has it
+        // a scale so small that its inverse overflows: 0 x inf is NaN, left to the
+        // checked conversion (NaN -> 0), as before the vectorized path existed
         for (o, &v) in out.iter_mut().zip(w) {
             *o = round_int4(v * inv);
         }
