@@ -64,7 +64,7 @@ fn pack_tiles(q: &[i8], k: usize, first: usize, out: &mut [u8]) {
 /// (n * k / 2 bytes), storing q + 8.
 pub(crate) fn pack(q: &[i8], n: usize, k: usize) -> Vec<u8> {
     let mut out = vec![0u8; n * k / 2];
-    pack_tiles(q, k, 0, &mut out);
+    pack_into(q, k, &mut out);
     out
 }
 
