@@ -7,7 +7,8 @@
 // - kt_rmsnorm_w32_<X>: RMSNorm with f32 weights, bf16 output and an optional f32 copy;
 // - kt_add_rmsnorm_w32_<D>: the residual add x += d fused with the RMSNorm of the new x;
 // - kt_wait_add2_rmsnorm_w32: the hybrid decode graph's return from the CPU experts: wait for a
-//   host flag, x += routed (page-locked host memory) + shared, then the next RMSNorm;
+//   host flag, x += routed (page-locked host memory) + shared (+ the GPU's resident experts),
+//   then the next RMSNorm;
 // - kt_mla_cache_write: normalize the latent half of new kv rows into the bf16 cache;
 // - kt_copy_cols_bf16, kt_add_f32_<X>, kt_cast_<X>_<Y>: strided copies, residual add, casts;
 // - kt_prefetch_l2: L2 prefetches of a byte range (the decode graph's next-layer weights).
@@ -439,14 +440,15 @@ extern "C" __global__ void __launch_bounds__(1024)
 // The hybrid decode graph's return from the CPU's routed experts, in one launch instead of a
 // stream wait, a copy and two kernels: waits until the host flag `flag` reaches `value` (the
 // CPU has written `routed`, page-locked host memory read through its device address), then
-// x[t, :] = (x[t, :] + routed[t, :]) + shared[t, :] (shared may be null: x += routed), rounded
-// as kt_add2_f32 / kt_add_f32 round, then out = the RMSNorm of the new row as
+// x[t, :] = (x[t, :] + routed[t, :]) + shared[t, :] (shared may be null: x += routed), then
+// + extra[t, :] when extra is not null (the GPU's resident experts), rounded as kt_add2_f32 /
+// kt_add_f32 round, then out = the RMSNorm of the new row as
 // kt_rmsnorm_w32_f32 computes it at the same block size (the same per-thread elements and sum
 // order): bit for bit the unfused chain. One block of at most KT_RETURN_THREADS threads per
 // row, x rows contiguous (n).
 // Only `routed` depends on the host: while thread 0 waits for the flag, every thread loads its
-// first KT_RETURN_STAGED elements of x, shared and the norm's weights into registers, so after
-// the flag one trip over PCIe (the routed sum) and the block sum remain before the output.
+// first KT_RETURN_STAGED elements of x, shared, extra and the norm's weights into registers, so
+// after the flag one trip over PCIe (the routed sum) and the block sum remain before the output.
 // Elements past the staged ones (rows longer than KT_RETURN_STAGED x the block) are read after
 // the flag, in the same per-thread order.
 #define KT_RETURN_THREADS 256
@@ -455,8 +457,8 @@ static_assert(KT_RETURN_STAGED % KT_ROW_CHUNK == 0, "whole chunks");
 extern "C" __global__ void __launch_bounds__(KT_RETURN_THREADS)
     kt_wait_add2_rmsnorm_w32(const uint32_t* flag, uint32_t value, float* __restrict__ x,
                              const float* routed, const __nv_bfloat16* __restrict__ shared,
-                             const float* __restrict__ w, __nv_bfloat16* __restrict__ out, int n,
-                             float eps) {
+                             const float* __restrict__ extra, const float* __restrict__ w,
+                             __nv_bfloat16* __restrict__ out, int n, float eps) {
     __shared__ float scratch[32];
     // the next kernel (the next layer's int4 query projection, a programmatic dependent) may
     // start loading its weights while this one waits for the host; it waits for this grid's
@@ -464,11 +466,13 @@ extern "C" __global__ void __launch_bounds__(KT_RETURN_THREADS)
     kt_launch_dependents();
     float* xr = x + (long long)blockIdx.x * n;
     const __nv_bfloat16* sr = shared != nullptr ? shared + (long long)blockIdx.x * n : nullptr;
+    const float* er = extra != nullptr ? extra + (long long)blockIdx.x * n : nullptr;
     const int tid = threadIdx.x, bd = blockDim.x, last = kt_row_last(n);
     // the staged elements in chunks of KT_ROW_CHUNK whose loads issue together (see
     // KT_ROW_CHUNK); a chunk is loaded when the thread has its first element
     constexpr int CHUNKS = KT_RETURN_STAGED / KT_ROW_CHUNK;
-    float xv[KT_RETURN_STAGED], sv[KT_RETURN_STAGED] = {}, wv[KT_RETURN_STAGED];
+    float xv[KT_RETURN_STAGED], sv[KT_RETURN_STAGED] = {}, ev[KT_RETURN_STAGED] = {};
+    float wv[KT_RETURN_STAGED];
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
         if (tid + c * KT_ROW_CHUNK * bd < n) {
@@ -482,6 +486,11 @@ extern "C" __global__ void __launch_bounds__(KT_RETURN_THREADS)
 #pragma unroll
                 for (int j = c * KT_ROW_CHUNK; j < (c + 1) * KT_ROW_CHUNK; ++j)
                     sv[j] = __bfloat162float(sr[min(tid + j * bd, last)]);
+            }
+            if (er != nullptr) {
+#pragma unroll
+                for (int j = c * KT_ROW_CHUNK; j < (c + 1) * KT_ROW_CHUNK; ++j)
+                    ev[j] = er[min(tid + j * bd, last)];
             }
         }
     }
@@ -503,7 +512,8 @@ extern "C" __global__ void __launch_bounds__(KT_RETURN_THREADS)
         const int i = tid + j * bd;
         if (i < n) {
             const float s = xv[j] + rv[j];
-            const float v = sr != nullptr ? s + sv[j] : s;
+            const float s2 = sr != nullptr ? s + sv[j] : s;
+            const float v = er != nullptr ? s2 + ev[j] : s2;
             xr[i] = v;
             xv[j] = v;
             ss += v * v;
@@ -512,7 +522,8 @@ extern "C" __global__ void __launch_bounds__(KT_RETURN_THREADS)
 #pragma unroll 8
     for (int i = tid + KT_RETURN_STAGED * bd; i < n; i += bd) {
         const float s = xr[i] + rr[i];
-        const float v = sr != nullptr ? s + __bfloat162float(sr[i]) : s;
+        const float s2 = sr != nullptr ? s + __bfloat162float(sr[i]) : s;
+        const float v = er != nullptr ? s2 + er[i] : s2;
         xr[i] = v;
         ss += v * v;
     }

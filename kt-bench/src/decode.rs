@@ -119,6 +119,10 @@ pub struct Args {
     /// how many fit beside the rest of the model).
     #[arg(long)]
     pub prefill_resident: Option<usize>,
+    /// With resident experts: run a decode step's choices among them on the GPU (`on`) or
+    /// every choice on the CPU (`off`), in place of the rules' `decode_resident`.
+    #[arg(long, value_parser = ["on", "off"])]
+    pub decode_resident: Option<String>,
     /// With hybrid rules: run every call eagerly, one layer after the other (no pipelined
     /// layers, no decode graph), so the decode rate is the eager path's; for profilers
     /// that time kernels one by one (a kernel queued behind a host flag would wait on them
@@ -147,6 +151,7 @@ impl Args {
             crossover: false,
             prefill_split: None,
             prefill_resident: None,
+            decode_resident: None,
             eager: false,
         }
     }

@@ -192,6 +192,9 @@ struct TimelineSummary {
     prefetch_us: f64,
     prefetch_mb: f64,
     predicted_hit_rate: Option<f64>,
+    /// The share of the choices that fell on resident experts the GPU ran
+    /// (`decode_resident`; 0 without).
+    resident_share: Option<f64>,
     /// The mean of the probes taken around the repetitions the timeline covers.
     dram_gbps_around: Option<f64>,
 }
@@ -239,6 +242,8 @@ impl TimelineSummary {
             prefetch_mb: t.prefetch_bytes as f64 / 1e6 / t.prefetches.max(1) as f64,
             predicted_hit_rate: (t.predicted_slots > 0)
                 .then(|| t.predicted_hits as f64 / t.predicted_slots as f64),
+            resident_share: (t.choice_slots > 0)
+                .then(|| t.resident_hits as f64 / t.choice_slots as f64),
             dram_gbps_around: None,
         }
     }
@@ -269,6 +274,7 @@ impl TimelineSummary {
             "prefetch_us": self.prefetch_us,
             "prefetch_mb": self.prefetch_mb,
             "predicted_hit_rate": self.predicted_hit_rate,
+            "resident_choice_share": self.resident_share,
         })
     }
 
@@ -386,9 +392,15 @@ impl HybridRun<'_> {
             if let Some(r) = a.prefill_resident {
                 model.set_gpu_prefill_resident(r)?;
             }
-        } else if split.is_some_and(|s| s != PrefillSplit::Off) || a.prefill_resident.is_some() {
+            if let Some(on) = &a.decode_resident {
+                model.set_decode_resident(on == "on")?;
+            }
+        } else if split.is_some_and(|s| s != PrefillSplit::Off)
+            || a.prefill_resident.is_some()
+            || a.decode_resident.is_some()
+        {
             return Err(
-                "--prefill-split and --prefill-resident need rules whose routed experts prefill on the GPU".into(),
+                "--prefill-split, --prefill-resident and --decode-resident need rules whose routed experts prefill on the GPU".into(),
             );
         }
 
@@ -693,8 +705,12 @@ impl HybridRun<'_> {
             );
             if let Some(r) = model.gpu_prefill_resident().filter(|&r| r > 0) {
                 println!(
-                    "  {r} experts of each MoE layer resident on the GPU ({:.2} GB)",
-                    model.gpu_prefill_resident_bytes() as f64 / 1e9
+                    "  {r} experts of each MoE layer resident on the GPU ({:.2} GB){}",
+                    model.gpu_prefill_resident_bytes() as f64 / 1e9,
+                    match model.decode_resident() {
+                        Some(true) => "; decode runs its choices among them there",
+                        _ => "",
+                    }
                 );
             }
             for t in &prefill_layers {
@@ -762,6 +778,7 @@ fn gpu_prefill_json(model: &HybridModel, layers: &[PrefillLayerTimes]) -> Option
             "split": prefill_split_json(model.gpu_prefill_split()),
             "resident_experts": model.gpu_prefill_resident(),
             "resident_bytes": model.gpu_prefill_resident_bytes(),
+            "decode_resident": model.decode_resident(),
             "layers": layers,
             "cpu_shares": model.gpu_prefill_cpu_times().iter().map(|t| json!({
                 "pairs": t.pairs,

@@ -111,7 +111,8 @@ fn signal_gating_matches_packed_and_raises_the_flag() {
 }
 
 /// wait_add2_rmsnorm_w32 waits for its flag (the routed sum is written after the launch, over
-/// NaN), then matches add2_f32 (or add_f32 without shared) and rmsnorm_w32 bit for bit.
+/// NaN), then matches add2_f32 (or add_f32 without shared), add_f32 of the extra addend when
+/// given, and rmsnorm_w32 bit for bit.
 #[test]
 fn wait_return_matches_add_then_norm_after_the_flag() {
     let Some(gpu) = gpu_or_skip("wait_return_matches_add_then_norm_after_the_flag") else {
@@ -134,15 +135,20 @@ fn wait_return_matches_add_then_norm_after_the_flag() {
     .iter()
     .enumerate()
     {
-        for with_shared in [true, false] {
-            let mut rng = SplitMix64::new(5100 + ci as u64 * 2 + with_shared as u64);
+        for (with_shared, with_extra) in
+            [(true, false), (false, false), (true, true), (false, true)]
+        {
+            let seed = 5100 + ci as u64 * 4 + with_shared as u64 + 2 * with_extra as u64;
+            let mut rng = SplitMix64::new(seed);
             let x: Vec<f32> = random(&mut rng, rows * n, 2.0);
             let routed: Vec<f32> = random(&mut rng, rows * n, 1.0);
             let shared: Vec<bf16> = random(&mut rng, rows * n, 1.0);
+            let extra: Vec<f32> = random(&mut rng, rows * n, 0.5);
             let w: Vec<f32> = (0..n).map(|_| 1.0 + 0.3 * rng.normal()).collect();
             let wd = s.upload(&w).unwrap();
             let sd = s.upload(&shared).unwrap();
             let rd = s.upload(&routed).unwrap();
+            let ed = s.upload(&extra).unwrap();
             // the unfused chain
             let mut x1 = s.upload(&x).unwrap();
             let mut o1 = nan_buf::<bf16>(s, rows * n);
@@ -150,6 +156,9 @@ fn wait_return_matches_add_then_norm_after_the_flag() {
                 s.add2_f32(&mut x1, &rd, &sd).unwrap();
             } else {
                 s.add_f32(&mut x1, &rd).unwrap();
+            }
+            if with_extra {
+                s.add_f32(&mut x1, &ed).unwrap();
             }
             s.rmsnorm_w32(&x1, n, rows, &wd, &mut o1, None, eps)
                 .unwrap();
@@ -171,6 +180,7 @@ fn wait_return_matches_add_then_norm_after_the_flag() {
                     &mut x2,
                     &host,
                     with_shared.then_some(&sd),
+                    with_extra.then_some(&ed),
                     &wd,
                     &mut o2,
                     eps,
@@ -183,7 +193,7 @@ fn wait_return_matches_add_then_norm_after_the_flag() {
             unsafe { host.as_mut_slice_unsynced() }.copy_from_slice(&routed);
             flag.raise(value);
             s.synchronize().unwrap();
-            let what = format!("{rows} rows of {n}, shared {with_shared}");
+            let what = format!("{rows} rows of {n}, shared {with_shared}, extra {with_extra}");
             let bits32 = |v: &[f32]| v.iter().map(|b| b.to_bits()).collect::<Vec<_>>();
             let bits16 = |v: &[bf16]| v.iter().map(|b| b.to_bits()).collect::<Vec<_>>();
             assert_eq!(
@@ -337,10 +347,11 @@ fn host_link_ops_reject_bad_lengths() {
     let routed = gpu.alloc_pinned::<f32>(31).unwrap();
     let mut out = nan_buf::<bf16>(s, 32);
     // SAFETY: refused before any launch.
-    let err =
-        unsafe { s.wait_add2_rmsnorm_w32(&flag, 1, &mut xr, &routed, None, &w, &mut out, 1e-6) }
-            .unwrap_err()
-            .to_string();
+    let err = unsafe {
+        s.wait_add2_rmsnorm_w32(&flag, 1, &mut xr, &routed, None, None, &w, &mut out, 1e-6)
+    }
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("wait_add2_rmsnorm_w32"), "{err}");
     let mut counter = s.alloc_zeroed::<u32>(1).unwrap();
     let (mut xn, mut f) = (nan_buf::<bf16>(s, 16), nan_buf::<f32>(s, 16));

@@ -17,7 +17,8 @@ mod cuda_common;
 
 use cuda_common::{gpu_or_skip, nan_buf, random};
 use half::bf16;
-use kt_kernels::cuda::moe_experts::{HostExpertSlab, SlabShape};
+use kt_kernels::cuda::gating::packed_len;
+use kt_kernels::cuda::moe_experts::{HostExpertSlab, PackedWords, ResidentStage, SlabShape};
 use kt_kernels::cuda::w4a16::{GemmWorkspace, GemvPlan, Int4Weights};
 use kt_kernels::util::SplitMix64;
 
@@ -312,4 +313,205 @@ fn check_experts_on_gpu(resident: usize, head: usize) {
             );
         }
     }
+}
+
+/// A single-token step's choices among resident experts, staged by the device
+/// (`moe_stage_resident`): the slots and weights it writes are the expected ones, and the
+/// GEMMs on the staged places plus the combine give bit for bit what the same kernels give
+/// on the resident slabs themselves, for packed words in device memory and in page-locked
+/// host memory. Every place is first filled by a step whose choices were all resident, so
+/// a non-resident choice's place holds another expert's weights: summing it would show.
+#[test]
+fn resident_choices_of_one_token_staged_by_the_device() {
+    let Some(gpu) = gpu_or_skip("resident choices staged") else {
+        return;
+    };
+    const RESIDENT: usize = 4;
+    let s = gpu.stream();
+    let mut rng = SplitMix64::new(0x7265_7369);
+    let shapes = |experts| {
+        (
+            SlabShape::new(experts, 2 * WIDTH, HIDDEN).unwrap(),
+            SlabShape::new(experts, HIDDEN, WIDTH).unwrap(),
+        )
+    };
+    let (gu_shape, down_shape) = shapes(RESIDENT);
+    let mut host_gu = HostExpertSlab::new(&gpu, gu_shape).unwrap();
+    let mut host_down = HostExpertSlab::new(&gpu, down_shape).unwrap();
+    let mut quant = |n: usize, k: usize| {
+        let w: Vec<f32> = (0..n * k).map(|_| rng.normal() * 0.1).collect();
+        Int4Weights::<bf16>::quantize(&w, n, k).unwrap().0
+    };
+    for mut p in host_gu.parts_mut().unwrap() {
+        p.set(&quant(2 * WIDTH, HIDDEN)).unwrap();
+    }
+    for mut p in host_down.parts_mut().unwrap() {
+        p.set(&quant(HIDDEN, WIDTH)).unwrap();
+    }
+    let mut res_gu = s.alloc_expert_slab::<bf16>(gu_shape).unwrap();
+    let mut res_down = s.alloc_expert_slab::<bf16>(down_shape).unwrap();
+    s.copy_expert_slab(&host_gu, &mut res_gu).unwrap();
+    s.copy_expert_slab(&host_down, &mut res_down).unwrap();
+    let (st_gu_shape, st_down_shape) = shapes(TOP_K);
+    let mut st_gu = s.alloc_expert_slab::<bf16>(st_gu_shape).unwrap();
+    let mut st_down = s.alloc_expert_slab::<bf16>(st_down_shape).unwrap();
+
+    let x: Vec<bf16> = random(&mut rng, HIDDEN, 1.0);
+    let dx = s.upload(&x).unwrap();
+    let mut xg = nan_buf::<bf16>(s, TOP_K * HIDDEN);
+    s.moe_gather(&dx, &s.upload(&[0i32; TOP_K]).unwrap(), &mut xg, HIDDEN)
+        .unwrap();
+    let mut ws = GemmWorkspace::default();
+    // gate+up, SiLU-and-multiply, down for places 0..TOP_K of (gate+up, down) slabs with
+    // `expert_of(j)`'s weights at place j, then the combine
+    let mut run = |slabs: &dyn Fn(usize) -> (usize, bool),
+                   slot: &kt_kernels::cuda::DeviceBuf<i32>,
+                   w: &kt_kernels::cuda::DeviceBuf<f32>,
+                   staged: (
+        &kt_kernels::cuda::moe_experts::ExpertSlab<bf16>,
+        &kt_kernels::cuda::moe_experts::ExpertSlab<bf16>,
+    )|
+     -> Vec<f32> {
+        let mut gu = nan_buf::<bf16>(s, TOP_K * 2 * WIDTH);
+        let mut act = nan_buf::<bf16>(s, TOP_K * WIDTH);
+        let mut y = nan_buf::<bf16>(s, TOP_K * HIDDEN);
+        let mut out = nan_buf::<f32>(s, HIDDEN);
+        for j in 0..TOP_K {
+            let (e, from_staging) = slabs(j);
+            let g = if from_staging { staged.0 } else { &res_gu };
+            s.w4a16_gemm_expert(g, e, &xg, j..j + 1, &mut gu, &mut ws)
+                .unwrap();
+        }
+        s.silu_mul(&gu, &mut act, TOP_K, WIDTH).unwrap();
+        for j in 0..TOP_K {
+            let (e, from_staging) = slabs(j);
+            let d = if from_staging { staged.1 } else { &res_down };
+            s.w4a16_gemm_expert(d, e, &act, j..j + 1, &mut y, &mut ws)
+                .unwrap();
+        }
+        s.moe_combine(&y, slot, w, TOP_K, &mut out, HIDDEN).unwrap();
+        s.download(&out).unwrap()
+    };
+    let words_of = |ids: &[u32], weights: &[f32]| {
+        let mut words: Vec<u32> = x.iter().map(|v| v.to_f32().to_bits()).collect();
+        words.extend_from_slice(ids);
+        words.extend(weights.iter().map(|w| w.to_bits()));
+        assert_eq!(words.len(), packed_len(1, HIDDEN, TOP_K));
+        words
+    };
+    let mut pinned = gpu
+        .alloc_pinned::<u32>(packed_len(1, HIDDEN, TOP_K))
+        .unwrap();
+    // (ids, weights): all resident first (fills every place), then choices past the
+    // resident experts at the first, the middle and every place but one
+    let steps: [([u32; TOP_K], [f32; TOP_K]); 4] = [
+        ([3, 1, 2], [0.5, 0.3, 0.2]),
+        ([5, 0, 3], [0.6, 0.25, 0.15]),
+        ([2, 4, 1], [0.4, 0.35, 0.25]),
+        ([4, 0, 5], [0.7, 0.2, 0.1]),
+    ];
+    for on_host in [false, true] {
+        for (ids, weights) in steps {
+            let words = words_of(&ids, &weights);
+            let dwords = s.upload(&words).unwrap();
+            let source = if on_host {
+                s.synchronize().unwrap();
+                pinned.as_mut_slice().unwrap().copy_from_slice(&words);
+                PackedWords::Pinned(&pinned)
+            } else {
+                PackedWords::Device(&dwords)
+            };
+            let mut slot = s.upload(&[i32::MIN; TOP_K]).unwrap();
+            let mut w = nan_buf::<f32>(s, TOP_K);
+            let stage = ResidentStage {
+                gate_up: &res_gu,
+                down: &res_down,
+                staged_gate_up: &mut st_gu,
+                staged_down: &mut st_down,
+            };
+            s.moe_stage_resident(source, HIDDEN, TOP_K, stage, &mut slot, &mut w)
+                .unwrap();
+            let want_slot: Vec<i32> = ids
+                .iter()
+                .enumerate()
+                .map(|(j, &e)| {
+                    if (e as usize) < RESIDENT {
+                        j as i32
+                    } else {
+                        -1
+                    }
+                })
+                .collect();
+            let what = format!("ids {ids:?}, words on the host {on_host}");
+            assert_eq!(s.download(&slot).unwrap(), want_slot, "{what}: slots");
+            assert_eq!(s.download(&w).unwrap(), weights, "{what}: weights");
+            let staged = run(&|j| (j, true), &slot, &w, (&st_gu, &st_down));
+            // the same kernels on the resident slabs (a non-resident choice's place
+            // computes expert 0, which the combine skips as it does the stale place)
+            let direct = run(
+                &|j| {
+                    (
+                        (ids[j] as usize).min(RESIDENT - 1) * usize::from(want_slot[j] >= 0),
+                        false,
+                    )
+                },
+                &slot,
+                &w,
+                (&st_gu, &st_down),
+            );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&staged), bits(&direct), "{what}: output");
+            assert!(
+                staged.iter().all(|v| v.is_finite()),
+                "{what}: output not finite"
+            );
+            if want_slot.iter().all(|&sl| sl < 0) {
+                assert!(staged.iter().all(|&v| v == 0.0), "{what}: nothing resident");
+            } else {
+                assert!(staged.iter().any(|&v| v != 0.0), "{what}: all zero");
+            }
+        }
+    }
+    // Bad shapes are refused before any launch.
+    let dwords = s
+        .upload(&vec![0u32; packed_len(1, HIDDEN, TOP_K) - 1])
+        .unwrap();
+    let mut slot = s.upload(&[0i32; TOP_K]).unwrap();
+    let mut w = nan_buf::<f32>(s, TOP_K);
+    let stage = ResidentStage {
+        gate_up: &res_gu,
+        down: &res_down,
+        staged_gate_up: &mut st_gu,
+        staged_down: &mut st_down,
+    };
+    let err = s
+        .moe_stage_resident(
+            PackedWords::Device(&dwords),
+            HIDDEN,
+            TOP_K,
+            stage,
+            &mut slot,
+            &mut w,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("moe_stage_resident"), "{err}");
+    let mut small = s.alloc_expert_slab::<bf16>(shapes(TOP_K - 1).0).unwrap();
+    let stage = ResidentStage {
+        gate_up: &res_gu,
+        down: &res_down,
+        staged_gate_up: &mut small,
+        staged_down: &mut st_down,
+    };
+    let dwords = s.upload(&vec![0u32; packed_len(1, HIDDEN, TOP_K)]).unwrap();
+    assert!(s
+        .moe_stage_resident(
+            PackedWords::Device(&dwords),
+            HIDDEN,
+            TOP_K,
+            stage,
+            &mut slot,
+            &mut w
+        )
+        .is_err());
 }

@@ -299,3 +299,96 @@ fn v3_shape_graph_matches_eager_bit_for_bit() {
     let again = run(&mut model);
     assert_same_bits("V3: eager vs eager again", &eager, &again);
 }
+
+/// Decode on the resident experts (`decode_resident`): a single-token step's choices among
+/// the layer's first 16 experts run on the GPU in int4 beside the shared experts, the others
+/// on the CPU. The graph and the eager steps agree bit for bit (the same staging, GEMMs,
+/// combine and add order); the replays' timeline counts the resident choices (more than none,
+/// fewer than all: 16 of 64 experts, ~25% at uniform routing); the prompt (a GPU prefill
+/// chunk) is unchanged; the decode steps differ from the all-CPU run only by the resident
+/// choices' int4 weights: close to it (a wrong staged expert, place or weight moves the
+/// logits by about their own size) but not equal (the GPU path ran).
+#[test]
+fn decode_on_resident_experts_matches_eager_bit_for_bit() {
+    let Some(gpu) =
+        cuda_common::gpu_or_skip("decode_on_resident_experts_matches_eager_bit_for_bit")
+    else {
+        return;
+    };
+    let (m, g) = hybrid_common::v2_lite(3, 31);
+    let c = m.config().clone();
+    let isa = cpu::isa::selected().unwrap();
+    let text = std::fs::read_to_string(hybrid_common::rules_file(
+        "gpu-prefill/deepseek-v2-lite-hybrid.yaml",
+    ))
+    .unwrap();
+    let on = text.replace(
+        "prefill_threshold: 48}",
+        "prefill_threshold: 48, prefill_resident: 16, decode_resident: true}",
+    );
+    assert_ne!(
+        on, text,
+        "the shipped rule's options changed: update this test"
+    );
+    let placement = RuleSet::from_yaml_str(&on, "test")
+        .unwrap()
+        .place(&c)
+        .unwrap();
+    let mut model = HybridModel::new(gpu, &g, c.clone(), &placement, isa).unwrap();
+    assert_eq!(model.decode_resident(), Some(true));
+    assert_eq!(model.gpu_prefill_resident(), Some(16));
+    let graphed = run(&mut model);
+    assert_eq!(
+        model.graph_error(),
+        None,
+        "the decode graph was not captured"
+    );
+    let tl = model.graph_timeline().expect("a graph");
+    assert_eq!(
+        tl.choice_slots,
+        2 * 6 * tl.launches,
+        "choices seen by the host"
+    );
+    assert!(
+        tl.resident_hits > 0 && tl.resident_hits < tl.choice_slots,
+        "{} of {} choices on resident experts",
+        tl.resident_hits,
+        tl.choice_slots
+    );
+    model.set_graphed(false);
+    let eager = run(&mut model);
+    assert_same_bits("decode_resident: graph vs eager", &graphed, &eager);
+
+    model.set_decode_resident(false).unwrap();
+    assert_eq!(model.decode_resident(), Some(false));
+    model.set_graphed(true);
+    let cpu_only = run(&mut model);
+    assert_eq!(model.graph_timeline().map(|t| t.resident_hits), Some(0));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&graphed[0]), bits(&cpu_only[0]), "the prompt changed");
+    let mut differ = 0;
+    for (i, (a, b)) in graphed.iter().zip(&cpu_only).enumerate().skip(1) {
+        let rms = |v: &mut dyn Iterator<Item = f64>, n: usize| (v.sum::<f64>() / n as f64).sqrt();
+        let scale = rms(&mut b.iter().map(|&v| (v as f64).powi(2)), b.len());
+        let diff = rms(
+            &mut a
+                .iter()
+                .zip(b)
+                .map(|(&x, &y)| (x as f64 - y as f64).powi(2)),
+            b.len(),
+        );
+        eprintln!(
+            "call {i}: logits' RMS difference {:.4} of their RMS",
+            diff / scale
+        );
+        assert!(
+            diff <= 0.5 * scale,
+            "call {i}: {diff} against logits of RMS {scale}"
+        );
+        differ += usize::from(bits(a) != bits(b));
+    }
+    assert!(
+        differ > 0,
+        "no decode step changed: the GPU's choices never ran"
+    );
+}

@@ -159,7 +159,18 @@ fn inconsistent_rules_name_rule_line_and_field() {
         "{msg}"
     );
     let text = "devices: [cpu]\nrules:\n  - match: {kind: routed_experts}\n    replace:\n      device: cpu\n      format: gguf\n      options: {prefill_resident: 4}\n";
-    assert!(parse_err(text).contains("prefill_resident and prefill_cpu_share only with them"));
+    assert!(parse_err(text)
+        .contains("prefill_resident, prefill_cpu_share and decode_resident only with them"));
+    let text = "devices: [cpu]\nrules:\n  - match: {kind: routed_experts}\n    replace:\n      device: cpu\n      format: gguf\n      options: {decode_resident: true}\n";
+    assert!(parse_err(text).contains("decode_resident only with them"));
+    // decode_resident needs resident experts to run
+    let text = "devices: [cpu, \"cuda:0\"]\nrules:\n  - match: {kind: routed_experts}\n    replace:\n      device: cpu\n      format: gguf\n      options: {prefill_device: \"cuda:0\", prefill_format: int4_g128, prefill_threshold: 64, decode_resident: true}\n";
+    let msg = parse_err(text);
+    assert!(
+        msg.contains("replace.options.decode_resident")
+            && msg.contains("prefill_resident of at least 1"),
+        "{msg}"
+    );
     let text = "devices: [cpu, \"cuda:0\"]\nrules:\n  - match: {kind: routed_experts}\n    replace:\n      device: cpu\n      format: gguf\n      options: {prefill_device: \"cuda:0\", prefill_format: int4_g128, prefill_threshold: 64, prefill_cpu_share: 1.5}\n";
     let msg = parse_err(text);
     assert!(
@@ -505,4 +516,19 @@ rules:
     assert_eq!(room(12 * layers * per_expert), Some((12, 256)));
     let e = Placement::check_fits(&[gpu10], gpu10.total() - 1).unwrap_err();
     assert!(e.to_string().contains("resident prefill experts"), "{e}");
+
+    // Decode on the resident experts stages a step's 8 choices: 8 experts more of staging.
+    let decode = parse(&text.replace(
+        "prefill_threshold: 1024}",
+        "prefill_threshold: 1024, prefill_resident: 10, decode_resident: true}",
+    ))
+    .unwrap()
+    .place(&Preset::DeepSeekV3.config())
+    .unwrap();
+    let gpu_d = decode.memory(ctx, reserve)[1];
+    assert_eq!(
+        gpu_d.prefill_staging,
+        gpu10.prefill_staging + 8 * per_expert
+    );
+    assert_eq!(gpu_d.total(), gpu10.total() + 8 * per_expert);
 }

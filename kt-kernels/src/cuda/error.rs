@@ -60,6 +60,11 @@ pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> CudaError {
     }
 }
 
+/// `v` as a kernel's `int` argument, or a shape error of `op` naming `what`.
+pub(crate) fn to_i32(op: &'static str, what: &str, v: usize) -> CudaResult<i32> {
+    i32::try_from(v).map_err(|_| shape(op, format!("{what} = {v} does not fit in an i32")))
+}
+
 /// Wraps a launch error with the kernel's name and the shape it was launched for. Both
 /// strings are built only when a launch fails: a launch that succeeds allocates nothing.
 pub(crate) fn launch_err<K: Into<String>, S: FnOnce() -> String>(

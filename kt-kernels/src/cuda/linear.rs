@@ -23,7 +23,7 @@ use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::dtype::GpuFloat;
-use super::error::{launch_err, shape, CudaResult};
+use super::error::{launch_err, shape, to_i32, CudaResult};
 use super::modules::HYBRID_OPS;
 use super::runtime::{DeviceBuf, GpuStream, HostFlag, PinnedBuf};
 use super::small_ops::RopeTables;
@@ -216,10 +216,6 @@ fn row_config(op: &'static str, rows: usize) -> CudaResult<LaunchConfig> {
         block_dim: (ROW_THREADS, 1, 1),
         shared_mem_bytes: 0,
     })
-}
-
-fn to_i32(op: &'static str, what: &str, v: usize) -> CudaResult<i32> {
-    i32::try_from(v).map_err(|_| shape(op, format!("{what} = {v} does not fit in an i32")))
 }
 
 impl GpuStream {
@@ -887,10 +883,11 @@ impl GpuStream {
     /// The hybrid decode graph's return from the CPU's routed experts, one launch: waits
     /// (on the device) until `flag` reaches `value` (compared cyclically), then
     /// `x += routed + shared` (`routed` read from page-locked host memory through its device
-    /// address, no copy; without `shared`, `x += routed`) and `out` = the RMSNorm of the new
-    /// `x` with the f32 weight `w`. Bit for bit [`Self::add2_f32`] (or [`Self::add_f32`]) then
-    /// [`Self::rmsnorm_w32`] (no f32 copy): the same roundings, block size and sum order.
-    /// Capturable into a graph.
+    /// address, no copy; without `shared`, `x += routed`), then `x += extra` when given (the
+    /// GPU's resident routed experts), and `out` = the RMSNorm of the new `x` with the f32
+    /// weight `w`. Bit for bit [`Self::add2_f32`] (or [`Self::add_f32`]), [`Self::add_f32`] of
+    /// `extra`, then [`Self::rmsnorm_w32`] (no f32 copy): the same roundings, block size and
+    /// sum order. Capturable into a graph.
     ///
     /// # Safety
     /// Until `flag` reaches `value` the stream stalls in this kernel (and everything that
@@ -906,6 +903,7 @@ impl GpuStream {
         x: &mut DeviceBuf<f32>,
         routed: &PinnedBuf<f32>,
         shared: Option<&DeviceBuf<bf16>>,
+        extra: Option<&DeviceBuf<f32>>,
         w: &DeviceBuf<f32>,
         out: &mut DeviceBuf<bf16>,
         eps: f32,
@@ -914,14 +912,21 @@ impl GpuStream {
         let n = w.len();
         let len = x.len();
         let shared_ok = shared.is_none_or(|y| y.len() == len);
-        if n == 0 || !len.is_multiple_of(n) || routed.len() != len || out.len() != len || !shared_ok
+        let extra_ok = extra.is_none_or(|y| y.len() == len);
+        if n == 0
+            || !len.is_multiple_of(n)
+            || routed.len() != len
+            || out.len() != len
+            || !shared_ok
+            || !extra_ok
         {
             return Err(shape(
                 OP,
                 format!(
-                    "rows of {n} (the weight's length, > 0): x {len}, routed {}, shared {:?}, out {} elements",
+                    "rows of {n} (the weight's length, > 0): x {len}, routed {}, shared {:?}, extra {:?}, out {} elements",
                     routed.len(),
                     shared.map(|y| y.len()),
+                    extra.map(|y| y.len()),
                     out.len()
                 ),
             ));
@@ -944,12 +949,16 @@ impl GpuStream {
             Some(y) => b.arg(&y.slice),
             None => b.arg(&null),
         };
+        match extra {
+            Some(y) => b.arg(&y.slice),
+            None => b.arg(&null),
+        };
         b.arg(&w.slice).arg(&mut out.slice).arg(&nn).arg(&eps);
         // SAFETY: matches kt_wait_add2_rmsnorm_w32 (flag, value, x, routed, shared or null,
-        // w, out, n, eps); one block of ROW_THREADS (rmsnorm_w32's block size, which the bit
-        // for bit match needs) per row touches [r * n, r * n + n) of x, routed, shared and
-        // out, all of rows * n elements (checked); the caller's contract covers the flag,
-        // the host's writes of routed and the lifetimes.
+        // extra or null, w, out, n, eps); one block of ROW_THREADS (rmsnorm_w32's block size,
+        // which the bit for bit match needs) per row touches [r * n, r * n + n) of x, routed,
+        // shared, extra and out, all of rows * n elements (checked); the caller's contract
+        // covers the flag, the host's writes of routed and the lifetimes.
         unsafe { b.launch(row_config(OP, rows)?) }
             .map(drop)
             .map_err(launch_err(kernel, || format!("rows {rows}, n {n}")))

@@ -3,7 +3,10 @@
 //! pinned host memory ([`HostExpertSlab`]) into a device slot ([`ExpertSlab`]) while the
 //! previous layer computes, the token rows gathered in expert order, one W4A16 GEMM per
 //! expert on its run of rows ([`GpuStream::w4a16_gemm_expert`]), and each token's expert
-//! outputs weighted and summed in a fixed order ([`GpuStream::moe_combine`]).
+//! outputs weighted and summed in a fixed order ([`GpuStream::moe_combine`]). A single-token
+//! step's choices among a layer's resident experts are staged into a slab of `top_k` places
+//! by the device itself ([`GpuStream::moe_stage_resident`]), so a captured decode graph runs
+//! them whatever the router picks.
 
 use std::ops::Range;
 
@@ -11,7 +14,8 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::dtype::MmaFloat;
-use super::error::{launch_err, shape, CudaResult};
+use super::error::{launch_err, shape, to_i32, CudaResult};
+use super::gating::packed_len;
 use super::modules::MOE_EXPERTS;
 use super::runtime::{DeviceBuf, Gpu, GpuStream, PinnedBuf};
 use super::w4a16::{GemmWorkspace, Int4Weights, Operands, GROUP, TILE_N};
@@ -123,6 +127,32 @@ impl<T: MmaFloat> HostExpertSlab<T> {
             })
             .collect())
     }
+}
+
+/// Where the gating's packed words of one token lie (`xn32`'s row, ids, weights: the layout
+/// of [`GpuStream::moe_gating_packed`](crate::cuda::GpuStream::moe_gating_packed)).
+pub enum PackedWords<'a> {
+    Device(&'a DeviceBuf<u32>),
+    /// Page-locked host memory, read through its device address.
+    Pinned(&'a PinnedBuf<u32>),
+}
+
+impl PackedWords<'_> {
+    fn len(&self) -> usize {
+        match self {
+            PackedWords::Device(d) => d.len(),
+            PackedWords::Pinned(p) => p.len(),
+        }
+    }
+}
+
+/// A layer's resident experts (gate+up and down slabs) and the staging slabs of a
+/// single-token step's `top_k` choices (the same `n` and `k`, `top_k` experts each).
+pub struct ResidentStage<'a, T> {
+    pub gate_up: &'a ExpertSlab<T>,
+    pub down: &'a ExpertSlab<T>,
+    pub staged_gate_up: &'a mut ExpertSlab<T>,
+    pub staged_down: &'a mut ExpertSlab<T>,
 }
 
 /// A device slot holding one layer's experts.
@@ -338,6 +368,112 @@ impl GpuStream {
             .map(drop)
             .map_err(launch_err("kt_moe_combine_bf16", || {
                 format!("{tokens} tokens of {width}")
+            }))
+    }
+}
+
+impl GpuStream {
+    /// Stages a single-token step's choices among the resident experts: for choice `j` of
+    /// the token's `top_k` (ids and weights read from `words`, packed for a `hidden`-wide row),
+    /// when its expert `e` is below the resident slabs' expert count, expert `e`'s weights
+    /// are copied into place `j` of the staging slabs and `slot[j] = j`, else `slot[j] = -1`
+    /// (place `j` keeps its old weights); `weights[j]` = the choice's weight. Decided on the
+    /// device, so the launch has the same arguments every step (capturable into a graph);
+    /// [`Self::w4a16_gemm_expert`] on places `0..top_k` and [`Self::moe_combine`] with `slot`
+    /// and `weights` then give the resident choices' weighted sum.
+    pub fn moe_stage_resident<T: MmaFloat>(
+        &self,
+        words: PackedWords<'_>,
+        hidden: usize,
+        top_k: usize,
+        stage: ResidentStage<'_, T>,
+        slot: &mut DeviceBuf<i32>,
+        weights: &mut DeviceBuf<f32>,
+    ) -> CudaResult<()> {
+        const OP: &str = "moe_stage_resident";
+        let ResidentStage {
+            gate_up,
+            down,
+            staged_gate_up,
+            staged_down,
+        } = stage;
+        let (gu, dn) = (gate_up.shape, down.shape);
+        let (sgu, sdn) = (staged_gate_up.shape, staged_down.shape);
+        let same = |a: SlabShape, b: SlabShape| a.n == b.n && a.k == b.k;
+        if top_k == 0
+            || words.len() != packed_len(1, hidden, top_k)
+            || gu.experts != dn.experts
+            || !same(gu, sgu)
+            || !same(dn, sdn)
+            || sgu.experts < top_k
+            || sdn.experts < top_k
+            || slot.len() != top_k
+            || weights.len() != top_k
+        {
+            return Err(shape(
+                OP,
+                format!(
+                    "{} packed words for one token of {hidden} and top {top_k}; resident {gu:?} / {dn:?}, staging {sgu:?} / {sdn:?}, {} slots, {} weights",
+                    words.len(),
+                    slot.len(),
+                    weights.len()
+                ),
+            ));
+        }
+        let vecs = |bytes: usize| (bytes / 16) as i64;
+        let scale_bytes = std::mem::size_of::<T>();
+        let (gu_p, gu_s) = (vecs(gu.packed_bytes()), vecs(gu.scales() * scale_bytes));
+        let (dn_p, dn_s) = (vecs(dn.packed_bytes()), vecs(dn.scales() * scale_bytes));
+        let ids_at = to_i32(OP, "hidden", hidden)?;
+        let weights_at = to_i32(OP, "hidden + top_k", hidden + top_k)?;
+        let resident = to_i32(OP, "resident experts", gu.experts)?;
+        let f = self.kernels.get(&MOE_EXPERTS, "kt_moe_stage_resident")?;
+        // enough blocks per choice to keep the copy engines of the SMs busy with one or two
+        // resident choices (the usual case), few enough to stay one wave with all of them
+        let cfg = LaunchConfig {
+            grid_dim: (top_k as u32, 64, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let pinned_at;
+        let mut b = self.stream.launch_builder(&f);
+        match &words {
+            PackedWords::Device(d) => b.arg(&d.slice),
+            PackedWords::Pinned(p) => {
+                pinned_at = p.device_ptr()?;
+                b.arg(&pinned_at)
+            }
+        };
+        b.arg(&ids_at)
+            .arg(&weights_at)
+            .arg(&resident)
+            .arg(&gate_up.packed.slice)
+            .arg(&gate_up.scales.slice)
+            .arg(&down.packed.slice)
+            .arg(&down.scales.slice)
+            .arg(&gu_p)
+            .arg(&gu_s)
+            .arg(&dn_p)
+            .arg(&dn_s)
+            .arg(&mut staged_gate_up.packed.slice)
+            .arg(&mut staged_gate_up.scales.slice)
+            .arg(&mut staged_down.packed.slice)
+            .arg(&mut staged_down.scales.slice)
+            .arg(&mut slot.slice)
+            .arg(&mut weights.slice);
+        // SAFETY: matches kt_moe_stage_resident (words, ids_at, weights_at, resident, the
+        // resident slabs' packed and scales, one expert's sizes in 16-byte vectors, the
+        // staging slabs' packed and scales, slot, weights). words holds the packed layout of
+        // one token (checked), so ids and weights lie at hidden and hidden + top_k; an id is
+        // used only below `resident`, the resident slabs' expert count, and place j < top_k
+        // <= the staging slabs' experts (checked); one expert's packed bytes (n k / 2, n a
+        // multiple of 64) and scales ((k / 128) n of T) are whole 16-byte vectors and every
+        // slab starts 256-byte aligned; slot and weights hold top_k (checked). A pinned pack
+        // lives past the launch (the caller's buffers).
+        unsafe { b.launch(cfg) }
+            .map(drop)
+            .map_err(launch_err("kt_moe_stage_resident", || {
+                format!("top {top_k}, resident {gu:?} / {dn:?}")
             }))
     }
 }

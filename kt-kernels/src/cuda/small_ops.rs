@@ -6,7 +6,7 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::dtype::GpuFloat;
-use super::error::{launch_err, shape, CudaResult};
+use super::error::{launch_err, shape, to_i32, CudaResult};
 use super::modules::{SMALL_OPS, TOP_P};
 use super::runtime::{DeviceBuf, GpuStream};
 use crate::ops::sampling::check_top_p_settings;
@@ -28,10 +28,6 @@ fn grid_rows(op: &'static str, rows: usize) -> CudaResult<u32> {
         .ok()
         .filter(|&r| r <= i32::MAX as u32)
         .ok_or_else(|| shape(op, format!("{rows} rows exceed the grid")))
-}
-
-fn to_i32(op: &'static str, what: &str, v: usize) -> CudaResult<i32> {
-    i32::try_from(v).map_err(|_| shape(op, format!("{what} = {v} does not fit in an i32")))
 }
 
 fn elem_config(n: usize) -> LaunchConfig {

@@ -213,6 +213,37 @@ impl FusedMoe {
         self.forward_k(layer, x, ids, weights, out, 1)
     }
 
+    /// `out = sum_j weights[j] * expert_{ids[j]}(x)` for ONE token (`x`, `out` `[hidden]`)
+    /// and any number of choices up to the layer's top k: the CPU's share of a single-token
+    /// step whose other choices run on the GPU (`decode_resident`). No choice: `out = 0`.
+    #[cfg(feature = "cuda")]
+    pub fn forward_choices(
+        &self,
+        layer: usize,
+        x: &[f32],
+        ids: &[u32],
+        weights: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let h = self.layer(layer).map_or(0, |l| l.hidden());
+        if ids.len() > self.top_k || x.len() != h || out.len() != h {
+            return Err(ModelError::Forward {
+                reason: format!(
+                    "layer {layer}'s routed experts for one token: x {} and out {} elements for hidden {h}, {} choices for top {}",
+                    x.len(),
+                    out.len(),
+                    ids.len(),
+                    self.top_k
+                ),
+            });
+        }
+        if ids.is_empty() {
+            out.fill(0.0);
+            return Ok(());
+        }
+        self.forward_k(layer, x, ids, weights, out, ids.len())
+    }
+
     fn forward_k(
         &self,
         layer: usize,

@@ -7,11 +7,12 @@ use std::time::Instant;
 use half::bf16;
 use kt_kernels::cuda::linear::{GemmNt, Strides};
 use kt_kernels::cuda::mla::{MlaBatch, CACHE_ROW, KV_LORA_RANK, ROPE_DIM};
+use kt_kernels::cuda::moe_experts::PackedWords;
 use kt_kernels::cuda::{device_exclusive, DeviceBuf, GpuEvent, GpuStream, HostFlag, LaunchOrder};
 use kt_kernels::ops::RouterConfig;
 
 use super::error::{HybridError, HybridResult};
-use super::gpu_experts::GpuExperts;
+use super::gpu_experts::{cpu_experts, DecodeResident, GpuExperts, Resident};
 use super::graph::{DecodeGraph, Head};
 use super::layer::{GpuFfn, GpuLayer, GpuMlp, GpuQkv, GpuQuery, GpuRouter};
 use super::scratch::Scratch;
@@ -154,6 +155,19 @@ impl HybridModel<'_> {
         .as_mut()
         .expect("built above");
 
+        // long chunks: the routed experts on the GPU, their weights streamed per layer; a
+        // single token: its choices among the resident experts on the GPU with
+        // `decode_resident` (`gpu_experts/decode.rs`)
+        let (mut gpu_experts, resident): (Option<&mut GpuExperts>, Option<&Resident>) =
+            match gpu_experts.as_mut() {
+                Some(g) if t_n > g.threshold => (Some(g), None),
+                Some(g) if t_n == 1 => (None, g.decode_resident()),
+                _ => (None, None),
+            };
+        if resident.is_some() && sc.decode.is_none() {
+            sc.decode = Some(DecodeResident::new(s, c)?);
+        }
+
         let mut x = vec![0.0f32; t_n * hidden];
         for (&tok, row) in tokens.iter().zip(x.chunks_exact_mut(hidden)) {
             token_embd.dequantize_row(tok as usize, row)?;
@@ -177,10 +191,9 @@ impl HybridModel<'_> {
             fused: fused.as_ref(),
             timing,
             side: None,
+            resident,
         };
 
-        // long chunks: the routed experts on the GPU, their weights streamed per layer
-        let mut gpu_experts = gpu_experts.as_mut().filter(|g| t_n > g.threshold);
         if let Some(g) = gpu_experts.as_deref_mut() {
             g.begin(gpu, t_n)?;
         }
@@ -284,6 +297,9 @@ pub(super) struct Step<'s> {
     /// everything runs on `s`, in the same order within each branch, so the values are the
     /// same.
     side: Option<&'s GpuStream>,
+    /// The resident experts a single-token step runs its choices among on the GPU
+    /// (`decode_resident`); None: every choice on the CPU.
+    resident: Option<&'s Resident>,
 }
 
 impl<'s> Step<'s> {
@@ -667,7 +683,7 @@ impl<'s> Step<'s> {
             return self.moe_on_gpu(g, li, shared, sc, m, ws, want_routing);
         }
         let fused = self.fused_for(li)?;
-        m.copied_out = self.moe_gpu(router, bias, shared, sc, m, ws, self.timing)?;
+        m.copied_out = self.moe_gpu(li, router, bias, shared, sc, m, ws, self.timing)?;
         // each read waits for its copy; the experts follow: keep the CPU threads spinning
         fused.wake_threads();
         let wait = Instant::now();
@@ -675,13 +691,12 @@ impl<'s> Step<'s> {
         m.cpu_wait_s = wait.elapsed().as_secs_f64();
         let cpu = Instant::now();
         let routed = sc.host_routed.as_mut_slice()?;
-        fused.forward(li, hx, hids, hw, routed)?;
+        let resident = self.resident_experts(li);
+        let bytes = cpu_experts(fused, li, hx, hids, hw, resident, routed, self.timing)?;
         m.cpu_experts_s = cpu.elapsed().as_secs_f64();
-        if self.timing {
-            m.routed_bytes = fused.routed_bytes(li, hids);
-        }
+        m.routed_bytes = bytes;
         let chosen = want_routing.then(|| (hids.to_vec(), hw.to_vec()));
-        self.moe_back(shared.is_some(), sc, m)?;
+        self.moe_back(li, shared.is_some(), sc, m)?;
         self.traced_routing(chosen, sc)
     }
 
@@ -718,6 +733,7 @@ impl<'s> Step<'s> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn moe_gpu(
         &self,
+        li: usize,
         router: &GpuRouter,
         bias: Option<&DeviceBuf<f32>>,
         shared: Option<&GpuMlp>,
@@ -731,6 +747,8 @@ impl<'s> Step<'s> {
         m.routed = LayerMarks::mark(self.timing, s)?;
         s.copy_to_pinned(&sc.pack, &mut sc.host_pack)?;
         let copied = LayerMarks::mark(copied_event, s)?;
+        // the choices among the resident experts, from the device's pack
+        self.resident_choices(li, false, sc, ws)?;
         // queued now, run while the CPU computes the routed experts
         if let (Some(mlp), Some((gu, act, out))) = (shared, sc.shared.as_mut()) {
             self.mlp(mlp, &sc.xn, gu, act, out, ws)?;
@@ -874,6 +892,7 @@ impl<'s> Step<'s> {
     /// and added to the residual stream with the shared experts' output.
     pub(super) fn moe_back(
         &self,
+        li: usize,
         has_shared: bool,
         sc: &mut Scratch,
         m: &mut LayerMarks,
@@ -882,7 +901,60 @@ impl<'s> Step<'s> {
         m.back_queued = LayerMarks::mark(self.timing, s)?;
         s.copy_from_pinned(&sc.host_routed, &mut sc.routed)?;
         m.back_done = LayerMarks::mark(self.timing, s)?;
-        self.add_routed(has_shared, sc)
+        self.add_routed(has_shared, sc)?;
+        // then the resident choices' sum, as the decode graph's return adds it
+        if let Some(out) = self.resident_out(li, &sc.decode)? {
+            s.add_f32(&mut sc.x, out)?;
+        }
+        Ok(())
+    }
+
+    /// The experts of layer `li` whose choices this step runs on the GPU (the first ones):
+    /// their count, 0 when every choice runs on the CPU.
+    pub(super) fn resident_experts(&self, li: usize) -> usize {
+        self.resident
+            .filter(|r| r.has_layer(li))
+            .map_or(0, |r| r.experts)
+    }
+
+    /// Queues layer `li`'s choices among the resident experts (none without), read from the
+    /// gating's pack in pinned host memory (`on_host`, the decode graph) or on the device.
+    pub(super) fn resident_choices(
+        &self,
+        li: usize,
+        on_host: bool,
+        sc: &mut Scratch,
+        ws: &mut Workspaces,
+    ) -> HybridResult<()> {
+        let Some(r) = self.resident.filter(|r| r.has_layer(li)) else {
+            return Ok(());
+        };
+        let d = sc.decode.as_mut().ok_or_else(|| {
+            HybridError::Input("a single-token step's resident-expert buffers are missing".into())
+        })?;
+        let words = match on_host {
+            true => PackedWords::Pinned(&sc.host_pack),
+            false => PackedWords::Device(&sc.pack),
+        };
+        d.run(self.s, r, li, words, &sc.xn, &mut ws.gemm)
+    }
+
+    /// The sum of layer `li`'s resident choices ([`Self::resident_choices`]) in `decode`
+    /// (the scratch's), when it has any.
+    pub(super) fn resident_out<'a>(
+        &self,
+        li: usize,
+        decode: &'a Option<DecodeResident>,
+    ) -> HybridResult<Option<&'a DeviceBuf<f32>>> {
+        if self.resident_experts(li) == 0 {
+            return Ok(None);
+        }
+        match decode.as_ref() {
+            Some(d) => Ok(Some(&d.out)),
+            None => Err(HybridError::Input(
+                "a single-token step's resident-expert buffers are missing".into(),
+            )),
+        }
     }
 
     /// `x += routed (+ the shared experts' output)`: a MoE layer's update of the residual.
@@ -916,7 +988,7 @@ impl<'s> Step<'s> {
         // the choices on the GPU too (for its combine), then the CPU path's copy of them
         // with the inputs: the same kernels on the same inputs, the same values
         self.route(router, bias, sc)?;
-        m.copied_out = self.moe_gpu(router, bias, shared, sc, m, ws, self.timing)?;
+        m.copied_out = self.moe_gpu(li, router, bias, shared, sc, m, ws, self.timing)?;
         let wait = Instant::now();
         let (hx, hids, hw) = sc.unpack(sc.host_pack.as_slice()?);
         m.cpu_wait_s = wait.elapsed().as_secs_f64();

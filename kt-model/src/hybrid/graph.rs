@@ -45,6 +45,7 @@ use kt_kernels::cuda::{DeviceBuf, Gpu, GpuGraph, GpuStream, HostFlag};
 
 use super::error::{HybridError, HybridResult};
 use super::forward::Step;
+use super::gpu_experts::{cpu_experts, CpuChoices};
 use super::layer::{GpuFfn, GpuLayer, GpuRouter};
 use super::pipeline::Gate;
 use super::predict::Predict;
@@ -73,6 +74,9 @@ pub(crate) struct DecodeGraph {
     done: HostFlag,
     /// The MoE layers in order: the `k`-th (0-based) is released by flag value `k + 1`.
     moe_layers: Vec<usize>,
+    /// Per MoE layer: the experts whose choices the graph runs on the GPU (the first ones;
+    /// `decode_resident`), 0 where the CPU runs every choice.
+    resident: Vec<usize>,
     /// The next MoE layer's predicted experts (`predict.rs`), for the CPU's prefetch.
     predict: Option<Predict>,
     /// The streams it was captured on (kept with the graph).
@@ -142,6 +146,10 @@ impl DecodeGraph {
         // end the capture on every path: until then the stream is unusable
         let graph = capture.end_capture();
         let moe_layers = recorded?;
+        let resident = moe_layers
+            .iter()
+            .map(|&li| step.resident_experts(li))
+            .collect();
         let timeline = GraphTimeline::new(moe_layers.len());
         Ok(DecodeGraph {
             cache_id: cache.id,
@@ -153,6 +161,7 @@ impl DecodeGraph {
             ready,
             done,
             moe_layers,
+            resident,
             predict,
             _capture: capture,
             _side: side,
@@ -230,8 +239,11 @@ impl DecodeGraph {
             // layer's gating, which raised `ready`, on the stream, so it is done; this
             // layer's return waits for `done` >= release, raised after this write.
             let routed = unsafe { sc.host_routed.as_mut_slice_unsynced() };
-            fused.forward(li, hx, hids, hw, routed)?;
+            let resident = self.resident[k];
+            cpu_experts(fused, li, hx, hids, hw, resident, routed, false)?;
             self.done.raise(release);
+            tl.resident_hits += hids.iter().filter(|&&e| (e as usize) < resident).count() as u64;
+            tl.choice_slots += hids.len() as u64;
             mark = Instant::now();
             tl.add_experts(k, (mark - ready).as_secs_f64());
             // while the GPU works towards the next MoE layer: its predicted experts' first
@@ -244,9 +256,13 @@ impl DecodeGraph {
             };
             if let (Some(ids), Some(&next_li)) = (ids, next) {
                 n_predicted = ids.len();
+                // the predicted choices among the next layer's resident experts run on the
+                // GPU: only the others' weights are worth the CPU's caches
+                let next_resident = self.resident.get(k + 1).copied().unwrap_or(0);
+                let cpu = CpuChoices::new(ids, &[0.0; MAX_TOP_K][..ids.len()], next_resident)?;
                 let arrived = &self.ready;
                 let stop = || arrived.value() > release;
-                let bytes = fused.prefetch(next_li, ids, &stop)?;
+                let bytes = fused.prefetch(next_li, cpu.ids(), &stop)?;
                 tl.prefetch_s += mark.elapsed().as_secs_f64();
                 tl.prefetch_bytes += bytes as u64;
                 tl.prefetches += 1;
@@ -335,6 +351,8 @@ fn record(
                 None => step.route_signal(router, bias.as_ref(), sc, ready, release)?,
             }
         };
+        // the choices among the resident experts, read from the pinned pack the gating wrote
+        step.resident_choices(li, true, sc, ws)?;
         // the residual the next MoE layer's prediction starts from (x after this layer's
         // attention: the entry above updated it)
         let k = release as usize - 1;
@@ -365,6 +383,7 @@ fn record(
             Some(next) => (&next.attn_norm, &mut sc.xn),
             None => (head.norm, &mut sc.fin),
         };
+        let resident_out = step.resident_out(li, &sc.decode)?;
         // SAFETY: see above.
         unsafe {
             s.wait_add2_rmsnorm_w32(
@@ -373,6 +392,7 @@ fn record(
                 &mut sc.x,
                 &sc.host_routed,
                 shared_out,
+                resident_out,
                 norm,
                 out,
                 c.rms_norm_eps,

@@ -257,6 +257,7 @@ impl<'a> HybridModel<'a> {
                 let mut g = GpuExperts::load(&gpu, &tensors, &config, rule.threshold, repacked)?;
                 g.set_resident(s, rule.resident)?;
                 g.set_split(rule.split)?;
+                g.set_decode_resident(rule.decode_resident);
                 Some(g)
             }
             None => None,
@@ -360,7 +361,35 @@ impl<'a> HybridModel<'a> {
     pub fn set_gpu_prefill_resident(&mut self, experts: usize) -> HybridResult<()> {
         let s = self.gpu.stream();
         match self.gpu_experts.as_mut() {
-            Some(g) => g.set_resident(s, experts),
+            Some(g) => {
+                // a decode graph on the resident experts names the old slabs
+                self.graph = None;
+                g.set_resident(s, experts)
+            }
+            None => Err(HybridError::Input(
+                "the rules keep the routed experts on the CPU (no prefill_device option)".into(),
+            )),
+        }
+    }
+
+    /// Whether single-token steps run their choices among the resident experts on the GPU
+    /// (`decode_resident`; `None` without GPU prefill experts). False while there are no
+    /// resident experts.
+    pub fn decode_resident(&self) -> Option<bool> {
+        self.gpu_experts
+            .as_ref()
+            .map(|g| g.decode_resident().is_some())
+    }
+
+    /// Turns [`Self::decode_resident`] on or off (the rule option's default for this
+    /// model); an error without GPU prefill experts.
+    pub fn set_decode_resident(&mut self, on: bool) -> HybridResult<()> {
+        match self.gpu_experts.as_mut() {
+            Some(g) => {
+                self.graph = None; // captured with the other choice
+                g.set_decode_resident(on);
+                Ok(())
+            }
             None => Err(HybridError::Input(
                 "the rules keep the routed experts on the CPU (no prefill_device option)".into(),
             )),

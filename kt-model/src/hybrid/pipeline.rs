@@ -21,6 +21,7 @@ use kt_kernels::cuda::{GpuEvent, HostFlag};
 
 use super::error::HybridResult;
 use super::forward::Step;
+use super::gpu_experts::cpu_experts;
 use super::layer::{GpuFfn, GpuLayer};
 use super::scratch::Scratch;
 use super::timing::LayerMarks;
@@ -77,7 +78,7 @@ impl Step<'_> {
         for (li, layer) in layers.iter().enumerate() {
             if let Some(p) = &pending {
                 self.s.wait_flag(flag, p.release)?;
-                self.moe_back(p.has_shared, sc, &mut none)?;
+                self.moe_back(p.li, p.has_shared, sc, &mut none)?;
             }
             self.layer_front(layer, sc, cache, li, batch, ws, false)?;
             let queued = match &layer.ffn {
@@ -89,6 +90,7 @@ impl Step<'_> {
                 } => {
                     let copied = self
                         .moe_gpu(
+                            li,
                             router,
                             bias.as_ref(),
                             shared.as_ref(),
@@ -114,7 +116,7 @@ impl Step<'_> {
         }
         if let Some(p) = pending.take() {
             self.s.wait_flag(flag, p.release)?;
-            self.moe_back(p.has_shared, sc, &mut none)?;
+            self.moe_back(p.li, p.has_shared, sc, &mut none)?;
             self.experts_unsynced(&p, sc)?;
             flag.raise(p.release);
         }
@@ -138,7 +140,8 @@ impl Step<'_> {
         // layer's copy back) precedes it on the stream and is done; the next one (this
         // layer's) waits for `p.release`, raised after this write.
         let routed = unsafe { sc.host_routed.as_mut_slice_unsynced() };
-        fused.forward(p.li, hx, hids, hw, routed)?;
+        let resident = self.resident_experts(p.li);
+        cpu_experts(fused, p.li, hx, hids, hw, resident, routed, false)?;
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ use kt_kernels::cuda::mla::{CACHE_ROW, KV_LORA_RANK};
 use kt_kernels::cuda::{DeviceBuf, Gpu, GpuStream, HostFlag, PinnedBuf};
 
 use super::error::HybridResult;
+use super::gpu_experts::DecodeResident;
 use crate::config::DeepSeekConfig;
 
 /// Widths the buffers need beyond the config: the MLPs' intermediate sizes present.
@@ -74,6 +75,9 @@ pub(crate) struct Scratch {
     /// The host flag of the pipelined layers (`pipeline.rs`); None where the device cannot
     /// make a stream wait for one (the layers then run one after the other).
     pub flag: Option<HostFlag>,
+    /// A single-token step's buffers for its choices among the resident experts
+    /// (`decode_resident`), made by its first such step.
+    pub decode: Option<DecodeResident>,
 }
 
 impl Scratch {
@@ -134,6 +138,7 @@ impl Scratch {
             positions: s.alloc_zeroed(t)?,
             fin: bf(t * hidden)?,
             flag: pipeline_flag(gpu, s),
+            decode: None,
         })
     }
 }

@@ -177,6 +177,10 @@ pub struct GraphTimeline {
     /// predicted top-k named, and how many slots there were.
     pub predicted_hits: u64,
     pub predicted_slots: u64,
+    /// Of every MoE layer's top-k slots, how many fell on resident experts the GPU ran
+    /// (`decode_resident`), and how many slots there were.
+    pub resident_hits: u64,
+    pub choice_slots: u64,
 }
 
 /// Width of one bucket of [`GraphTimeline::experts_hist`].

@@ -73,6 +73,9 @@ pub struct Placement {
     modules: Vec<ModulePlacement>,
     /// KV cache elements per position and attention layer (latent + rope key).
     kv_elems: u64,
+    /// Experts each token chooses (the places a single-token step stages its resident
+    /// choices into, with `decode_resident`).
+    top_k: u64,
 }
 
 /// What one device holds.
@@ -82,7 +85,8 @@ pub struct DeviceMemory {
     pub weights: u64,
     pub kv_cache: u64,
     /// Two slots of the largest module staged here for prefill: the hybrid executor copies
-    /// the next layer into one while the other computes.
+    /// the next layer into one while the other computes; with `decode_resident`, also the
+    /// `top_k` expert places a single-token step stages its resident choices into.
     pub prefill_staging: u64,
     /// Experts kept here for good by `prefill_resident` (the first ones of each module).
     pub prefill_resident: u64,
@@ -165,6 +169,7 @@ impl RuleSet {
             devices: self.devices().to_vec(),
             modules: placed,
             kv_elems: (config.kv_lora_rank + config.qk_rope_head_dim) as u64,
+            top_k: config.experts_per_tok as u64,
         })
     }
 
@@ -223,15 +228,16 @@ impl RuleSet {
             tensors_in(&m, format).map_err(|reason| self.bad_match(i, &m.name, m.kind, reason))
         };
         let (tensors, bytes) = sized(r.format)?;
-        let expert_options =
-            r.options.prefill_resident.is_some() || r.options.prefill_cpu_share.is_some();
+        let expert_options = r.options.prefill_resident.is_some()
+            || r.options.prefill_cpu_share.is_some()
+            || r.options.decode_resident.is_some();
         if expert_options && m.kind != ModuleKind::RoutedExperts {
             return Err(self.bad_match(
                 i,
                 &m.name,
                 m.kind,
                 format!(
-                    "prefill_resident and prefill_cpu_share: only routed experts take them, not {} modules",
+                    "prefill_resident, prefill_cpu_share and decode_resident: only routed experts take them, not {} modules",
                     m.kind
                 ),
             ));
@@ -394,6 +400,14 @@ impl Placement {
                     .filter_map(|m| m.prefill_bytes)
                     .max()
                     .map_or(0, |b| PREFILL_SLOTS * b);
+                let decode_staging = prefilled()
+                    .filter(|m| m.options.decode_resident == Some(true))
+                    .filter_map(|m| {
+                        let (bytes, experts) = (m.prefill_bytes?, stacked_experts(&m.tensors)?);
+                        Some(bytes / experts as u64 * self.top_k)
+                    })
+                    .max()
+                    .unwrap_or(0);
                 let resident = prefilled()
                     .filter_map(|m| {
                         let (bytes, experts) = (m.prefill_bytes?, stacked_experts(&m.tensors)?);
@@ -404,7 +418,7 @@ impl Placement {
                     device,
                     weights: weights[&device],
                     kv_cache: attn_layers * ctx as u64 * self.kv_elems * kv_bytes,
-                    prefill_staging: staging,
+                    prefill_staging: staging + decode_staging,
                     prefill_resident: resident,
                     reserve: if device.is_gpu() { gpu_reserve } else { 0 },
                 }

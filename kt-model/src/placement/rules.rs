@@ -90,7 +90,9 @@ pub struct Replace {
 /// default, and staged there one module at a time); smaller batches on `device`. Of routed
 /// experts, `prefill_resident` experts (the first ones) stay on `prefill_device` for good,
 /// so a prefill stages only the others (`kt-bench plan` prints how many fit), and the CPU
-/// runs the last `prefill_cpu_share` of them (0 to 1) while the others are copied.
+/// runs the last `prefill_cpu_share` of them (0 to 1) while the others are copied. With
+/// `decode_resident: true`, single-token steps (decode) run the choices that fall on
+/// resident experts there too, beside the CPU's (in `prefill_format`, as the prefill does).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
@@ -106,6 +108,8 @@ pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1))]
     pub prefill_cpu_share: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_resident: Option<bool>,
 }
 
 impl Options {
@@ -425,14 +429,22 @@ impl RuleSet {
                 (None, None)
                     if o.prefill_format.is_none()
                         && o.prefill_resident.is_none()
-                        && o.prefill_cpu_share.is_none() => {}
+                        && o.prefill_cpu_share.is_none()
+                        && o.decode_resident.is_none() => {}
                 _ => {
                     return Err(self.rule_error(
                         i,
                         "replace.options",
-                        "prefill_device and prefill_threshold go together (prefill_format, prefill_resident and prefill_cpu_share only with them)".into(),
+                        "prefill_device and prefill_threshold go together (prefill_format, prefill_resident, prefill_cpu_share and decode_resident only with them)".into(),
                     ))
                 }
+            }
+            if o.decode_resident == Some(true) && o.prefill_resident.unwrap_or(0) == 0 {
+                return Err(self.rule_error(
+                    i,
+                    "replace.options.decode_resident",
+                    "needs resident experts (prefill_resident of at least 1)".into(),
+                ));
             }
         }
         Ok(())

@@ -15,13 +15,18 @@
 //!
 //! Split (`split.rs`, off by default): only a layer's first experts are copied and run on
 //! the GPU; the CPU runs the others meanwhile. Resident experts (`resident.rs`, none by
-//! default): a layer's first experts kept on the GPU, so only the others are copied. Each
-//! call's copies and computes are timed by events (`timeline.rs`).
+//! default): a layer's first experts kept on the GPU, so only the others are copied; with
+//! `decode_resident`, single-token steps run their choices among them there too
+//! (`decode.rs`). Each call's copies and computes are timed by events (`timeline.rs`).
 
+mod decode;
 mod group;
 mod resident;
 mod split;
 mod timeline;
+
+pub(crate) use decode::{cpu_experts, CpuChoices, DecodeResident};
+pub(crate) use resident::Resident;
 
 pub use split::{CpuShareTimes, PrefillSplit};
 pub use timeline::PrefillLayerTimes;
@@ -41,7 +46,6 @@ use crate::deepseek::linear::Linear;
 use crate::placement::{Device, ModuleKind, Placement, WeightFormat};
 use crate::tensors::{Ffn, ModelTensors};
 use group::ExpertGroups;
-use resident::Resident;
 use split::CpuShare;
 use timeline::LayerEvents;
 
@@ -54,6 +58,9 @@ pub(crate) struct PrefillRule {
     pub resident: usize,
     /// How each layer's experts are split with the CPU (`prefill_cpu_share`).
     pub split: PrefillSplit,
+    /// Single-token steps run their choices among the resident experts on the GPU
+    /// (`decode_resident`).
+    pub decode_resident: bool,
 }
 
 /// The GPU prefill the placement asks of the routed experts. `None` when no routed-expert
@@ -90,12 +97,13 @@ pub(crate) fn prefill_rule(placement: &Placement) -> HybridResult<Option<Prefill
             split: o
                 .prefill_cpu_share
                 .map_or(PrefillSplit::Off, PrefillSplit::CpuShare),
+            decode_resident: o.decode_resident.unwrap_or(false),
         };
         match found {
             Some((r, first)) if r != rule => {
                 return Err(HybridError::Unsupported(format!(
-                    "modules {first} and {}: prefill thresholds {} and {threshold}, resident experts {} and {}, splits {:?} and {:?}; the hybrid executor takes one rule for all layers",
-                    m.name, r.threshold, r.resident, rule.resident, r.split, rule.split
+                    "modules {first} and {}: prefill thresholds {} and {threshold}, resident experts {} and {} (decode on them {} and {}), splits {:?} and {:?}; the hybrid executor takes one rule for all layers",
+                    m.name, r.threshold, r.resident, rule.resident, r.decode_resident, rule.decode_resident, r.split, rule.split
                 )))
             }
             _ => found = Some((rule, &m.name)),
@@ -170,6 +178,8 @@ pub(crate) struct GpuExperts {
     copy: GpuStream,
     split: PrefillSplit,
     resident: Resident,
+    /// Whether single-token steps run their resident choices on the GPU.
+    decode_resident: bool,
     /// The call in progress: its start (on the main stream) and its layers' events.
     call_start: Option<GpuEvent>,
     events: Vec<LayerEvents>,
@@ -287,6 +297,7 @@ impl GpuExperts {
             copy,
             split: PrefillSplit::Off,
             resident: Resident::default(),
+            decode_resident: false,
             call_start: None,
             events: Vec::new(),
             cpu: CpuShare::default(),
@@ -332,6 +343,18 @@ impl GpuExperts {
     /// Device bytes of the resident experts.
     pub fn resident_bytes(&self) -> usize {
         self.resident.bytes()
+    }
+
+    /// Whether single-token steps run their choices among the resident experts on the GPU
+    /// (the rules' `decode_resident`; no effect without resident experts).
+    pub fn set_decode_resident(&mut self, on: bool) {
+        self.decode_resident = on;
+    }
+
+    /// The resident experts single-token steps run on the GPU: `None` unless
+    /// `decode_resident` is on and there are resident experts.
+    pub fn decode_resident(&self) -> Option<&Resident> {
+        (self.decode_resident && self.resident.experts > 0).then_some(&self.resident)
     }
 
     /// Keeps the first `experts` experts of every MoE layer on the GPU (allocated on `s`,

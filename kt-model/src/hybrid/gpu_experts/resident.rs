@@ -4,8 +4,8 @@
 //! 5.8 GB, ~0.11 s at the device's 53-55 GB/s). A GPU has room beside the rest of the model
 //! for part of every layer's experts (the rule option `prefill_resident`; `kt-bench plan`
 //! counts them and prints how many fit): those are copied once, here, and a layer then
-//! copies only its other experts. Decode is unchanged
-//! (its experts stay on the CPU); the memory is the GPU's, counted by the caller.
+//! copies only its other experts. With `decode_resident`, single-token steps run their
+//! choices among them too (`decode.rs`); the memory is the GPU's, counted by the caller.
 
 use half::bf16;
 use kt_kernels::cuda::moe_experts::{ExpertSlab, HostExpertSlab, SlabShape};
@@ -16,7 +16,7 @@ use crate::hybrid::error::{HybridError, HybridResult};
 
 /// The first `experts` experts of each MoE layer, on the GPU.
 #[derive(Default)]
-pub(super) struct Resident {
+pub(crate) struct Resident {
     pub experts: usize,
     /// By layer index, as the host slabs (`None` for dense layers or with no experts).
     slabs: Vec<Option<Slabs<ExpertSlab<bf16>>>>,
@@ -25,7 +25,7 @@ pub(super) struct Resident {
 impl Resident {
     /// Copies the first `experts` experts of every layer of `host` into new device slabs
     /// allocated on `s`, through `copy`; waits for both.
-    pub fn load(
+    pub(super) fn load(
         s: &GpuStream,
         copy: &GpuStream,
         host: &[Option<Slabs<HostExpertSlab<bf16>>>],
@@ -67,8 +67,13 @@ impl Resident {
     }
 
     /// Layer `li`'s resident slabs (`None` without any).
-    pub fn layer(&self, li: usize) -> Option<&Slabs<ExpertSlab<bf16>>> {
+    pub(super) fn layer(&self, li: usize) -> Option<&Slabs<ExpertSlab<bf16>>> {
         self.slabs.get(li).and_then(Option::as_ref)
+    }
+
+    /// Whether layer `li` has resident experts.
+    pub fn has_layer(&self, li: usize) -> bool {
+        self.experts > 0 && self.layer(li).is_some()
     }
 
     /// Device bytes of all layers' resident slabs.
