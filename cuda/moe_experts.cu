@@ -1,8 +1,8 @@
 // The routed experts of a long prompt chunk on the GPU (kt_model::hybrid's GPU prefill):
 // the (token, slot) pairs are grouped by expert on the host, these kernels move rows in and
 // out of that order around one W4A16 GEMM per expert. A single-token step's resident
-// experts are staged by kt_moe_stage_resident (at the end). Wrappers in
-// kt-kernels/src/cuda/moe_experts.rs.
+// experts are staged by kt_moe_resident_choices and kt_moe_stage_resident (at the end).
+// Wrappers in kt-kernels/src/cuda/moe_experts.rs.
 
 #include "include/kt_common.cuh"
 
@@ -43,35 +43,47 @@ extern "C" __global__ void __launch_bounds__(256)
     }
 }
 
-// The resident experts of a single-token step (the hybrid decode with `decode_resident`):
-// the token's choice j names expert e = words[ids_at + j] (the gating's packed words, in
-// device memory or read through the device address of page-locked host memory); when e is
-// below `resident`, expert e's packed weights and scales of the layer's resident gate+up and
-// down slabs are copied into expert place j of the staging slabs and slot[j] = j, otherwise
-// slot[j] = -1 (place j keeps what it held: the combine skips it). weights[j] = the choice's
-// weight (f32 bits at weights_at + j). The copies move 16-byte vectors; `*_vecs` are one
-// expert's sizes in them. Grid (top_k, blocks), any block size; a fixed grid (no host data)
-// so a captured graph replays it.
+// The resident experts of a single-token step (the hybrid decode with `decode_resident`), in
+// two launches. kt_moe_resident_choices (one block of at least top_k threads): the token's
+// choice j names expert e = words[ids_at + j] (the gating's packed words, in device memory or
+// read through the device address of page-locked host memory); chosen[j] = e, slot[j] = j
+// when e is below `resident`, else -1, and weights[j] = the choice's weight (f32 bits at
+// weights_at + j). Its few reads are the only ones that may cross PCIe: the staging kernel
+// reads `chosen` in device memory (a read of host memory by each of its blocks, while the
+// CPU's experts keep its memory busy, made the V2-Lite decode's GPU work outlast them).
+extern "C" __global__ void kt_moe_resident_choices(const uint32_t* words, int ids_at,
+                                                   int weights_at, int resident, int top_k,
+                                                   int* __restrict__ chosen,
+                                                   int* __restrict__ slot,
+                                                   float* __restrict__ weights) {
+    const int j = threadIdx.x;
+    if (j >= top_k) return;
+    // volatile: in host memory these words were written by the gating kernel of this step;
+    // no line cached from an earlier replay may serve them
+    const volatile uint32_t* w = words;
+    const uint32_t e = w[ids_at + j];
+    chosen[j] = (int)e;
+    slot[j] = e < (uint32_t)resident ? j : -1;
+    weights[j] = __uint_as_float(w[weights_at + j]);
+}
+
+// kt_moe_stage_resident: when choice j's expert e = chosen[j] is below `resident`, expert e's
+// packed weights and scales of the layer's resident gate+up and down slabs are copied into
+// expert place j of the staging slabs (place j of a non-resident choice keeps what it held:
+// the combine skips it). The copies move 16-byte vectors; `*_vecs` are one expert's sizes in
+// them. Grid (top_k, blocks), any block size; a fixed grid (no host data) so a captured graph
+// replays it.
 extern "C" __global__ void __launch_bounds__(256)
-    kt_moe_stage_resident(const uint32_t* words, int ids_at, int weights_at, int resident,
+    kt_moe_stage_resident(const int* __restrict__ chosen, int resident,
                           const int4* __restrict__ gu_packed, const int4* __restrict__ gu_scales,
                           const int4* __restrict__ dn_packed, const int4* __restrict__ dn_scales,
                           long long gu_packed_vecs, long long gu_scales_vecs,
                           long long dn_packed_vecs, long long dn_scales_vecs,
                           int4* __restrict__ st_gu_packed, int4* __restrict__ st_gu_scales,
-                          int4* __restrict__ st_dn_packed, int4* __restrict__ st_dn_scales,
-                          int* __restrict__ slot, float* __restrict__ weights) {
+                          int4* __restrict__ st_dn_packed, int4* __restrict__ st_dn_scales) {
     const int j = blockIdx.x;
-    // volatile: in host memory these words were written by the gating kernel of this step;
-    // no line cached from an earlier replay may serve them
-    const volatile uint32_t* w = words;
-    const uint32_t e = w[ids_at + j];
-    const bool here = e < (uint32_t)resident;
-    if (blockIdx.y == 0 && threadIdx.x == 0) {
-        slot[j] = here ? j : -1;
-        weights[j] = __uint_as_float(w[weights_at + j]);
-    }
-    if (!here) return;
+    const int e = chosen[j];
+    if (e < 0 || e >= resident) return;
     const long long first = (long long)blockIdx.y * blockDim.x + threadIdx.x;
     const long long stride = (long long)gridDim.y * blockDim.x;
     const long long src = (long long)e, dst = (long long)j;

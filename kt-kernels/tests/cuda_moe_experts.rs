@@ -421,6 +421,7 @@ fn resident_choices_of_one_token_staged_by_the_device() {
             } else {
                 PackedWords::Device(&dwords)
             };
+            let mut chosen = s.upload(&[i32::MIN; TOP_K]).unwrap();
             let mut slot = s.upload(&[i32::MIN; TOP_K]).unwrap();
             let mut w = nan_buf::<f32>(s, TOP_K);
             let stage = ResidentStage {
@@ -429,7 +430,7 @@ fn resident_choices_of_one_token_staged_by_the_device() {
                 staged_gate_up: &mut st_gu,
                 staged_down: &mut st_down,
             };
-            s.moe_stage_resident(source, HIDDEN, TOP_K, stage, &mut slot, &mut w)
+            s.moe_stage_resident(source, HIDDEN, TOP_K, stage, &mut chosen, &mut slot, &mut w)
                 .unwrap();
             let want_slot: Vec<i32> = ids
                 .iter()
@@ -443,6 +444,8 @@ fn resident_choices_of_one_token_staged_by_the_device() {
                 })
                 .collect();
             let what = format!("ids {ids:?}, words on the host {on_host}");
+            let want_chosen: Vec<i32> = ids.iter().map(|&e| e as i32).collect();
+            assert_eq!(s.download(&chosen).unwrap(), want_chosen, "{what}: chosen");
             assert_eq!(s.download(&slot).unwrap(), want_slot, "{what}: slots");
             assert_eq!(s.download(&w).unwrap(), weights, "{what}: weights");
             let staged = run(&|j| (j, true), &slot, &w, (&st_gu, &st_down));
@@ -476,6 +479,7 @@ fn resident_choices_of_one_token_staged_by_the_device() {
     let dwords = s
         .upload(&vec![0u32; packed_len(1, HIDDEN, TOP_K) - 1])
         .unwrap();
+    let mut chosen = s.upload(&[0i32; TOP_K]).unwrap();
     let mut slot = s.upload(&[0i32; TOP_K]).unwrap();
     let mut w = nan_buf::<f32>(s, TOP_K);
     let stage = ResidentStage {
@@ -490,6 +494,7 @@ fn resident_choices_of_one_token_staged_by_the_device() {
             HIDDEN,
             TOP_K,
             stage,
+            &mut chosen,
             &mut slot,
             &mut w,
         )
@@ -510,6 +515,7 @@ fn resident_choices_of_one_token_staged_by_the_device() {
             HIDDEN,
             TOP_K,
             stage,
+            &mut chosen,
             &mut slot,
             &mut w
         )

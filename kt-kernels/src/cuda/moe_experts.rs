@@ -375,18 +375,22 @@ impl GpuStream {
 impl GpuStream {
     /// Stages a single-token step's choices among the resident experts: for choice `j` of
     /// the token's `top_k` (ids and weights read from `words`, packed for a `hidden`-wide row),
-    /// when its expert `e` is below the resident slabs' expert count, expert `e`'s weights
-    /// are copied into place `j` of the staging slabs and `slot[j] = j`, else `slot[j] = -1`
-    /// (place `j` keeps its old weights); `weights[j]` = the choice's weight. Decided on the
-    /// device, so the launch has the same arguments every step (capturable into a graph);
-    /// [`Self::w4a16_gemm_expert`] on places `0..top_k` and [`Self::moe_combine`] with `slot`
-    /// and `weights` then give the resident choices' weighted sum.
+    /// `chosen[j]` = its expert `e`; when `e` is below the resident slabs' expert count,
+    /// expert `e`'s weights are copied into place `j` of the staging slabs and `slot[j] = j`,
+    /// else `slot[j] = -1` (place `j` keeps its old weights); `weights[j]` = the choice's
+    /// weight. Decided on the device, so the launches have the same arguments every step
+    /// (capturable into a graph); [`Self::w4a16_gemm_expert`] on places `0..top_k` and
+    /// [`Self::moe_combine`] with `slot` and `weights` then give the resident choices'
+    /// weighted sum. Two launches: the choices (the only reads of `words`, which may lie in
+    /// host memory), then the copies.
+    #[allow(clippy::too_many_arguments)]
     pub fn moe_stage_resident<T: MmaFloat>(
         &self,
         words: PackedWords<'_>,
         hidden: usize,
         top_k: usize,
         stage: ResidentStage<'_, T>,
+        chosen: &mut DeviceBuf<i32>,
         slot: &mut DeviceBuf<i32>,
         weights: &mut DeviceBuf<f32>,
     ) -> CudaResult<()> {
@@ -401,38 +405,36 @@ impl GpuStream {
         let (sgu, sdn) = (staged_gate_up.shape, staged_down.shape);
         let same = |a: SlabShape, b: SlabShape| a.n == b.n && a.k == b.k;
         if top_k == 0
+            || top_k > THREADS as usize
             || words.len() != packed_len(1, hidden, top_k)
             || gu.experts != dn.experts
             || !same(gu, sgu)
             || !same(dn, sdn)
             || sgu.experts < top_k
             || sdn.experts < top_k
+            || chosen.len() != top_k
             || slot.len() != top_k
             || weights.len() != top_k
         {
             return Err(shape(
                 OP,
                 format!(
-                    "{} packed words for one token of {hidden} and top {top_k}; resident {gu:?} / {dn:?}, staging {sgu:?} / {sdn:?}, {} slots, {} weights",
+                    "{} packed words for one token of {hidden} and top {top_k}; resident {gu:?} / {dn:?}, staging {sgu:?} / {sdn:?}, {} chosen, {} slots, {} weights",
                     words.len(),
+                    chosen.len(),
                     slot.len(),
                     weights.len()
                 ),
             ));
         }
-        let vecs = |bytes: usize| (bytes / 16) as i64;
-        let scale_bytes = std::mem::size_of::<T>();
-        let (gu_p, gu_s) = (vecs(gu.packed_bytes()), vecs(gu.scales() * scale_bytes));
-        let (dn_p, dn_s) = (vecs(dn.packed_bytes()), vecs(dn.scales() * scale_bytes));
         let ids_at = to_i32(OP, "hidden", hidden)?;
         let weights_at = to_i32(OP, "hidden + top_k", hidden + top_k)?;
         let resident = to_i32(OP, "resident experts", gu.experts)?;
-        let f = self.kernels.get(&MOE_EXPERTS, "kt_moe_stage_resident")?;
-        // enough blocks per choice to keep the copy engines of the SMs busy with one or two
-        // resident choices (the usual case), few enough to stay one wave with all of them
+        let k = top_k as i32;
+        let f = self.kernels.get(&MOE_EXPERTS, "kt_moe_resident_choices")?;
         let cfg = LaunchConfig {
-            grid_dim: (top_k as u32, 64, 1),
-            block_dim: (THREADS, 1, 1),
+            grid_dim: (1, 1, 1),
+            block_dim: (top_k.next_multiple_of(32) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let pinned_at;
@@ -447,6 +449,36 @@ impl GpuStream {
         b.arg(&ids_at)
             .arg(&weights_at)
             .arg(&resident)
+            .arg(&k)
+            .arg(&mut chosen.slice)
+            .arg(&mut slot.slice)
+            .arg(&mut weights.slice);
+        // SAFETY: matches kt_moe_resident_choices (words, ids_at, weights_at, resident, top_k,
+        // chosen, slot, weights); words holds the packed layout of one token (checked), so
+        // threads j < top_k read ids and weights at hidden + j and hidden + top_k + j; chosen,
+        // slot and weights hold top_k (checked). A pinned pack lives past the launch (the
+        // caller's buffers).
+        unsafe { b.launch(cfg) }
+            .map(drop)
+            .map_err(launch_err("kt_moe_resident_choices", || {
+                format!("top {top_k}")
+            }))?;
+
+        let vecs = |bytes: usize| (bytes / 16) as i64;
+        let scale_bytes = std::mem::size_of::<T>();
+        let (gu_p, gu_s) = (vecs(gu.packed_bytes()), vecs(gu.scales() * scale_bytes));
+        let (dn_p, dn_s) = (vecs(dn.packed_bytes()), vecs(dn.scales() * scale_bytes));
+        let f = self.kernels.get(&MOE_EXPERTS, "kt_moe_stage_resident")?;
+        // enough blocks per choice to spread one or two resident choices (the usual case)
+        // over the SMs, few enough to stay one wave with all of them
+        let cfg = LaunchConfig {
+            grid_dim: (top_k as u32, 64, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&chosen.slice)
+            .arg(&resident)
             .arg(&gate_up.packed.slice)
             .arg(&gate_up.scales.slice)
             .arg(&down.packed.slice)
@@ -458,18 +490,14 @@ impl GpuStream {
             .arg(&mut staged_gate_up.packed.slice)
             .arg(&mut staged_gate_up.scales.slice)
             .arg(&mut staged_down.packed.slice)
-            .arg(&mut staged_down.scales.slice)
-            .arg(&mut slot.slice)
-            .arg(&mut weights.slice);
-        // SAFETY: matches kt_moe_stage_resident (words, ids_at, weights_at, resident, the
-        // resident slabs' packed and scales, one expert's sizes in 16-byte vectors, the
-        // staging slabs' packed and scales, slot, weights). words holds the packed layout of
-        // one token (checked), so ids and weights lie at hidden and hidden + top_k; an id is
-        // used only below `resident`, the resident slabs' expert count, and place j < top_k
-        // <= the staging slabs' experts (checked); one expert's packed bytes (n k / 2, n a
-        // multiple of 64) and scales ((k / 128) n of T) are whole 16-byte vectors and every
-        // slab starts 256-byte aligned; slot and weights hold top_k (checked). A pinned pack
-        // lives past the launch (the caller's buffers).
+            .arg(&mut staged_down.scales.slice);
+        // SAFETY: matches kt_moe_stage_resident (chosen, resident, the resident slabs' packed
+        // and scales, one expert's sizes in 16-byte vectors, the staging slabs' packed and
+        // scales). chosen holds top_k ids (written above on this stream); an id is used only
+        // in 0..resident, the resident slabs' expert count, and place j < top_k <= the staging
+        // slabs' experts (checked); one expert's packed bytes (n k / 2, n a multiple of 64)
+        // and scales ((k / 128) n of T) are whole 16-byte vectors and every slab starts
+        // 256-byte aligned.
         unsafe { b.launch(cfg) }
             .map(drop)
             .map_err(launch_err("kt_moe_stage_resident", || {

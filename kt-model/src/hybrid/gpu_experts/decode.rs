@@ -5,7 +5,8 @@
 //!
 //! The choices are known on the device only (the gating wrote them), and a captured decode
 //! graph must not depend on them, so the device stages them itself: `moe_stage_resident`
-//! copies each resident choice's weights into place `j` (its position among the token's
+//! reads the choices (one small launch: the pack may lie in host memory) and copies each
+//! resident choice's weights into place `j` (its position among the token's
 //! `top_k`) of a staging slab of `top_k` experts and marks the other places skipped; then
 //! gate+up, SiLU-and-multiply and down run on every place (the skipped ones on stale weights,
 //! which the combine leaves out) and the combine sums the resident choices in choice order.
@@ -42,6 +43,7 @@ pub(crate) struct DecodeResident {
     gate_up: DeviceBuf<bf16>,
     act: DeviceBuf<bf16>,
     y: DeviceBuf<bf16>,
+    chosen: DeviceBuf<i32>,
     slot: DeviceBuf<i32>,
     weights: DeviceBuf<f32>,
     /// The resident choices' weighted sum `[hidden]` (0 when none).
@@ -66,6 +68,7 @@ impl DecodeResident {
             gate_up: bf(top_k * 2 * width)?,
             act: bf(top_k * width)?,
             y: bf(top_k * hidden)?,
+            chosen: s.alloc_zeroed(top_k)?,
             slot: s.alloc_zeroed(top_k)?,
             weights: s.alloc_zeroed(top_k)?,
             out: s.alloc_zeroed(hidden)?,
@@ -93,7 +96,8 @@ impl DecodeResident {
             staged_gate_up: &mut self.staged.gate_up,
             staged_down: &mut self.staged.down,
         };
-        s.moe_stage_resident(words, hidden, k, stage, &mut self.slot, &mut self.weights)?;
+        let (chosen, slot, weights) = (&mut self.chosen, &mut self.slot, &mut self.weights);
+        s.moe_stage_resident(words, hidden, k, stage, chosen, slot, weights)?;
         s.moe_gather(xn, &self.zeros, &mut self.x, hidden)?;
         for j in 0..k {
             let gu = &self.staged.gate_up;
