@@ -302,6 +302,10 @@ fn check_refuses_other_prefill_formats_and_mixed_layers() {
                 "{name}: {}",
                 m.name
             );
+            // the V3 files keep 43 experts a layer on the GPU and decode on them too
+            let v3 = preset == Preset::DeepSeekV3;
+            assert_eq!(m.options.prefill_resident, v3.then_some(43), "{name}");
+            assert_eq!(m.options.decode_resident, v3.then_some(true), "{name}");
         }
         assert!(n > 0, "{name}: no routed experts matched");
     }
