@@ -306,8 +306,10 @@ fn v3_shape_graph_matches_eager_bit_for_bit() {
 /// combine and add order); the replays' timeline counts the resident choices (more than none,
 /// fewer than all: 16 of 64 experts, ~25% at uniform routing); the prompt (a GPU prefill
 /// chunk) is unchanged; the decode steps differ from the all-CPU run only by the resident
-/// choices' int4 weights: close to it (a wrong staged expert, place or weight moves the
-/// logits by about their own size) but not equal (the GPU path ran).
+/// choices' int4 weights (both runs pick the same tokens): not equal (the GPU path ran) but
+/// within 2 sqrt(2) e of the logits' RMS per call, e the int4 weights' relative RMS error
+/// (the bound `hybrid_prefill.rs` derives for routed experts computed from those weights; a
+/// wrong staged expert, place or weight moves the logits by about their own size).
 #[test]
 fn decode_on_resident_experts_matches_eager_bit_for_bit() {
     let Some(gpu) =
@@ -366,8 +368,16 @@ fn decode_on_resident_experts_matches_eager_bit_for_bit() {
     assert_eq!(model.graph_timeline().map(|t| t.resident_hits), Some(0));
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&graphed[0]), bits(&cpu_only[0]), "the prompt changed");
+    let e = model
+        .gpu_prefill_load()
+        .expect("GPU prefill experts")
+        .relative_rms;
+    let bound = 2.0 * std::f64::consts::SQRT_2 * e;
     let mut differ = 0;
     for (i, (a, b)) in graphed.iter().zip(&cpu_only).enumerate().skip(1) {
+        // the same tokens: each run decodes its own argmax (the chunk's from its last row)
+        let last = |v: &[f32]| argmax(&v[v.len() - c.vocab_size..]);
+        assert_eq!(last(a), last(b), "call {i}: the runs chose other tokens");
         let rms = |v: &mut dyn Iterator<Item = f64>, n: usize| (v.sum::<f64>() / n as f64).sqrt();
         let scale = rms(&mut b.iter().map(|&v| (v as f64).powi(2)), b.len());
         let diff = rms(
@@ -378,12 +388,12 @@ fn decode_on_resident_experts_matches_eager_bit_for_bit() {
             b.len(),
         );
         eprintln!(
-            "call {i}: logits' RMS difference {:.4} of their RMS",
+            "call {i}: logits' RMS difference {:.4} of their RMS (bound {bound:.4})",
             diff / scale
         );
         assert!(
-            diff <= 0.5 * scale,
-            "call {i}: {diff} against logits of RMS {scale}"
+            diff <= bound * scale,
+            "call {i}: {diff} against logits of RMS {scale} (bound {bound} of it)"
         );
         differ += usize::from(bits(a) != bits(b));
     }
