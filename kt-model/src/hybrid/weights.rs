@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use half::bf16;
 use kt_kernels::cuda::linear::GemmNt;
-use kt_kernels::cuda::w4a16::{GemmWorkspace, Int4Weights, W4A16Weights, GROUP, TILE_N};
-use kt_kernels::cuda::{CudaError, DeviceBuf, GpuStream, LaunchOrder};
+use kt_kernels::cuda::w4a16::{GemmWorkspace, Int4Weights, W4A16Weights};
+use kt_kernels::cuda::{DeviceBuf, GpuStream, LaunchOrder};
 use kt_kernels::quant::QType;
 
 use super::error::{HybridError, HybridResult};
@@ -46,9 +46,10 @@ impl GpuLinear {
         let w = dequantize_rows(parts)?;
         match format {
             WeightFormat::Int4G128 => {
-                let q = quantize_int4(&w, n, k).map_err(|e| {
-                    HybridError::Unsupported(format!("{module} in int4_g128 ({n} x {k}): {e}"))
-                })?;
+                let q =
+                    Int4Weights::quantize_values_parallel(&w, n, k, threads()).map_err(|e| {
+                        HybridError::Unsupported(format!("{module} in int4_g128 ({n} x {k}): {e}"))
+                    })?;
                 Ok(GpuLinear::Int4(s.upload_w4a16(&q)?))
             }
             WeightFormat::Ggml(QType::BF16) => {
@@ -168,51 +169,15 @@ impl GpuLinear {
     }
 }
 
-/// [`Int4Weights::quantize_values`] of `w` (`[n, k]`), its output columns split over the
-/// machine's cores in whole tiles of [`TILE_N`] and the pieces joined: the same weights and
-/// scales as one call (columns are quantized independently), in a fraction of the time, and
-/// the same error (a piece's would name a row of the piece).
-fn quantize_int4(w: &[f32], n: usize, k: usize) -> Result<Int4Weights<bf16>, CudaError> {
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    if !n.is_multiple_of(TILE_N) || threads == 1 || w.len() != n * k {
-        return Int4Weights::quantize_values(w, n, k);
-    }
-    let cols = (n / TILE_N).div_ceil(threads) * TILE_N;
-    let parts: Result<Vec<Int4Weights<bf16>>, CudaError> = std::thread::scope(|scope| {
-        let handles: Vec<_> = w
-            .chunks(cols * k)
-            .map(|piece| {
-                scope.spawn(move || Int4Weights::quantize_values(piece, piece.len() / k, k))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| match h.join() {
-                Ok(r) => r,
-                Err(p) => std::panic::resume_unwind(p),
-            })
-            .collect::<Result<Vec<_>, _>>()
-    });
-    let Ok(parts) = parts else {
-        // the whole matrix's call names the weight by its place in the matrix
-        return Int4Weights::quantize_values(w, n, k);
-    };
-    let groups = k / GROUP;
-    let mut q = Vec::with_capacity(n * k);
-    let mut scales = Vec::with_capacity(groups * n);
-    parts.iter().for_each(|p| q.extend_from_slice(&p.q));
-    for g in 0..groups {
-        for p in &parts {
-            scales.extend_from_slice(&p.scales[g * p.n..(g + 1) * p.n]);
-        }
-    }
-    Ok(Int4Weights { n, k, q, scales })
+/// The machine's cores, for the load's threaded steps.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |t| t.get())
 }
 
 /// `w` rounded to bf16, in pieces on all cores (an output head or embedding of ~1e9 values
 /// takes seconds on one).
 fn to_bf16(w: &[f32]) -> Vec<bf16> {
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let threads = threads();
     let mut out = vec![bf16::ZERO; w.len()];
     let per = w.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
@@ -242,7 +207,7 @@ pub(crate) fn dequantize_rows(parts: &[Linear<'_>]) -> HybridResult<Vec<f32>> {
             rest = tail;
         }
     }
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let threads = threads();
     let per = rows.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         let handles: Vec<_> = rows
@@ -338,33 +303,6 @@ impl<'p> Formats<'p> {
 mod tests {
     use super::*;
     use kt_kernels::util::SplitMix64;
-
-    /// A NaN in a later piece of the threaded quantizer is named by its row in the matrix.
-    #[test]
-    fn threaded_int4_quantization_names_the_bad_weight() {
-        let (n, k) = (1088usize, 128usize);
-        let mut w = vec![0.5f32; n * k];
-        let at = (n - 3) * k + 17;
-        w[at] = f32::NAN;
-        let e = quantize_int4(&w, n, k).unwrap_err().to_string();
-        assert!(
-            e.contains(&format!("weight {at} (row {}, col 17)", n - 3)),
-            "{e}"
-        );
-    }
-
-    /// The threaded quantizer gives exactly the single call's weights and scales, for
-    /// column counts that split evenly and unevenly over the threads.
-    #[test]
-    fn threaded_int4_quantization_equals_one_call() {
-        let mut rng = SplitMix64::new(3);
-        for (n, k) in [(64usize, 128usize), (320, 256), (1088, 384)] {
-            let w: Vec<f32> = (0..n * k).map(|_| rng.normal() * 0.1 + 1e-3).collect();
-            let (one, _) = Int4Weights::<bf16>::quantize(&w, n, k).unwrap();
-            let threaded = quantize_int4(&w, n, k).unwrap();
-            assert_eq!(threaded, one, "n {n} k {k}");
-        }
-    }
 
     /// The threaded bf16 rounding is the plain one, element by element, for lengths that
     /// split evenly and unevenly (and shorter than the thread count).

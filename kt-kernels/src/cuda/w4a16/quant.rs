@@ -86,6 +86,67 @@ impl<T: MmaFloat> Int4Weights<T> {
         Self::quantize_measured(w, n, k, None)
     }
 
+    /// [`Self::quantize_values`] on `threads` threads: the output columns split in runs of
+    /// whole [`TILE_N`] tiles, each thread writing its columns' quants in place and its
+    /// scales into a buffer of its own (scattered into the group-major layout after), so the
+    /// result is the single call's bit for bit (columns are quantized independently). A
+    /// NaN or infinity is named by its place in `w`.
+    pub fn quantize_values_parallel(
+        w: &[f32],
+        n: usize,
+        k: usize,
+        threads: usize,
+    ) -> CudaResult<Self> {
+        const OP: &str = "w4a16 quantize";
+        check_shape(OP, n, k)?;
+        if w.len() != n * k {
+            return Err(shape(
+                OP,
+                format!("{} weights, expected n {n} x k {k}", w.len()),
+            ));
+        }
+        let groups = k / GROUP;
+        let cols = (n / TILE_N).div_ceil(threads.max(1)) * TILE_N;
+        let mut q = vec![0i8; n * k];
+        let pieces: Vec<Result<Vec<T>, usize>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = w
+                .chunks(cols * k)
+                .zip(q.chunks_mut(cols * k))
+                .enumerate()
+                .map(|(i, (wp, qp))| {
+                    scope.spawn(move || {
+                        let mut sc = vec![T::from_f32(0.0); groups * (wp.len() / k)];
+                        quantize_matrix(wp, k, qp, &mut sc, None)
+                            .map(|()| sc)
+                            .map_err(|at| i * cols * k + at)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| match h.join() {
+                    Ok(r) => r,
+                    Err(p) => std::panic::resume_unwind(p),
+                })
+                .collect()
+        });
+        let mut scales = vec![T::from_f32(0.0); groups * n];
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let sc = piece.map_err(|at| {
+                shape(
+                    OP,
+                    format!("weight {at} (row {}, col {}) is {}", at / k, at % k, w[at]),
+                )
+            })?;
+            let (c0, width) = (i * cols, sc.len() / groups);
+            for g in 0..groups {
+                scales[g * n + c0..g * n + c0 + width]
+                    .copy_from_slice(&sc[g * width..(g + 1) * width]);
+            }
+        }
+        Ok(Int4Weights { n, k, q, scales })
+    }
+
     /// The quantization, adding each group's error terms to `errors` when given.
     fn quantize_measured(
         w: &[f32],
@@ -219,6 +280,35 @@ mod tests {
             assert!(e.contains(&want), "{e}");
             assert!(Int4Weights::<bf16>::quantize(&w, n, k).is_err());
         }
+        // the threaded form names it by its place in the whole matrix, in any piece
+        let (n, k) = (4 * TILE_N, 256usize);
+        for at in [3usize, 2 * TILE_N * k + 7, n * k - 1] {
+            let mut w = vec![0.25f32; n * k];
+            w[at] = f32::NAN;
+            let e = Int4Weights::<bf16>::quantize_values_parallel(&w, n, k, 4)
+                .unwrap_err()
+                .to_string();
+            let want = format!("weight {at} (row {}, col {}) is NaN", at / k, at % k);
+            assert!(e.contains(&want), "{e}");
+        }
+    }
+
+    /// The threaded quantization is the single call's, bit for bit, for thread counts that
+    /// divide the column tiles evenly, unevenly, and exceed them.
+    #[test]
+    fn parallel_quantization_matches_the_single_call() {
+        let mut rng = crate::util::SplitMix64::new(11);
+        for (n, k) in [(64usize, 128usize), (5 * TILE_N, 384), (8 * TILE_N, 1408)] {
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| rng.uniform(-1.0, 1.0) * if i % 331 == 0 { 20.0 } else { 1.0 })
+                .collect();
+            let one = Int4Weights::<bf16>::quantize_values(&w, n, k).unwrap();
+            for threads in [1usize, 2, 3, 4, 16] {
+                let par = Int4Weights::<bf16>::quantize_values_parallel(&w, n, k, threads).unwrap();
+                assert!(par == one, "n {n} k {k} threads {threads}");
+            }
+        }
+        assert!(Int4Weights::<bf16>::quantize_values_parallel(&[0.0; 10], 64, 128, 2).is_err());
     }
 
     /// The error measured while quantizing is the plain measure's: the same largest
