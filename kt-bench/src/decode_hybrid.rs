@@ -270,12 +270,25 @@ impl TimelineSummary {
                 .routed_gbps
                 .zip(self.dram_gbps_around)
                 .map(|(g, d)| g / d),
+            "moe_layer_bound_fraction_around": self.moe_layer_bound_fraction_around(),
             "prefetches_per_token": self.prefetches_per_token,
             "prefetch_us": self.prefetch_us,
             "prefetch_mb": self.prefetch_mb,
             "predicted_hit_rate": self.predicted_hit_rate,
             "resident_choice_share": self.resident_share,
         })
+    }
+
+    /// One MoE layer's share of its bound: the time its routed experts' bytes take at the
+    /// probes around the repetitions, over the layer's experts plus the GPU stretch before
+    /// the next layer's (what a decode of many MoE layers tends to; the dense layers and
+    /// the head come on top). `None` without a graph run or probes around it.
+    fn moe_layer_bound_fraction_around(&self) -> Option<f64> {
+        let f = self
+            .routed_gbps
+            .zip(self.dram_gbps_around)
+            .map(|(g, d)| g / d)?;
+        moe_layer_bound_fraction(f, self.experts_ms, self.gpu_between_ms)
     }
 
     fn print(&self) {
@@ -306,6 +319,12 @@ impl TimelineSummary {
                 self.dram_gbps
             );
         }
+        if let Some(f) = self.moe_layer_bound_fraction_around() {
+            println!(
+                "  one MoE layer (experts + GPU stretch) at {:.0}% of its experts' bound (the probes around the repetitions)",
+                100.0 * f
+            );
+        }
         if let Some(h) = self.predicted_hit_rate {
             println!(
                 "  predicted experts: {:.1}% of the actual top-k named; prefetch on {:.1} layers per token, {:.1} us and {:.2} MB each",
@@ -316,6 +335,18 @@ impl TimelineSummary {
             );
         }
     }
+}
+
+/// A MoE layer's bound fraction from its experts' share of the bandwidth (`experts_fraction`:
+/// their GB/s over the probe's) and its times: the experts' bound time (`experts_fraction`
+/// of their time) over the experts' time plus the GPU stretch. `None` for an empty layer.
+fn moe_layer_bound_fraction(
+    experts_fraction: f64,
+    experts_ms: f64,
+    between_ms: f64,
+) -> Option<f64> {
+    let layer_ms = experts_ms + between_ms;
+    (layer_ms > 0.0).then(|| experts_fraction * experts_ms / layer_ms)
 }
 
 /// `steps` decoded one token a call after `prompt` on `cache`, cleared first (as llama-bench
@@ -841,6 +872,16 @@ fn crossover(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Experts at 85% of the probe for 1.386 ms and a 0.120 ms stretch: the layer's bytes
+    /// take 0.85 x 1.386 ms at the probe, over 1.506 ms of layer.
+    #[test]
+    fn moe_layer_fraction_weighs_the_stretch() {
+        let f = moe_layer_bound_fraction(0.85, 1.386, 0.120).unwrap();
+        assert!((f - 0.85 * 1.386 / 1.506).abs() < 1e-12, "{f}");
+        assert_eq!(moe_layer_bound_fraction(0.85, 1.0, 0.0), Some(0.85));
+        assert_eq!(moe_layer_bound_fraction(0.85, 0.0, 0.0), None);
+    }
 
     /// Each MoE layer's routed bytes per token, dense layers (no routed bytes) left out.
     #[test]
