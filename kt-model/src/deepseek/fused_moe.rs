@@ -226,13 +226,14 @@ impl FusedMoe {
         out: &mut [f32],
     ) -> Result<()> {
         let h = self.layer(layer).map_or(0, |l| l.hidden());
-        if ids.len() > self.top_k || x.len() != h || out.len() != h {
+        if ids.len() > self.top_k || weights.len() != ids.len() || x.len() != h || out.len() != h {
             return Err(ModelError::Forward {
                 reason: format!(
-                    "layer {layer}'s routed experts for one token: x {} and out {} elements for hidden {h}, {} choices for top {}",
+                    "layer {layer}'s routed experts for one token: x {} and out {} elements for hidden {h}, {} ids and {} weights for top {}",
                     x.len(),
                     out.len(),
                     ids.len(),
+                    weights.len(),
                     self.top_k
                 ),
             });

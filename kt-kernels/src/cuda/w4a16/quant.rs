@@ -61,6 +61,28 @@ fn finish(e: &GroupErrors, len: usize) -> QuantError {
     }
 }
 
+const QUANTIZE: &str = "w4a16 quantize";
+
+/// `w` holds `[n, k]` weights of a shape the layout takes.
+fn check_weights(w: &[f32], n: usize, k: usize) -> CudaResult<()> {
+    check_shape(QUANTIZE, n, k)?;
+    if w.len() != n * k {
+        return Err(shape(
+            QUANTIZE,
+            format!("{} weights, expected n {n} x k {k}", w.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The error naming weight `i` of `w` (`k` a row) as not finite.
+fn not_finite(w: &[f32], k: usize, i: usize) -> CudaError {
+    shape(
+        QUANTIZE,
+        format!("weight {i} (row {}, col {}) is {}", i / k, i % k, w[i]),
+    )
+}
+
 pub(crate) fn check_shape(op: &'static str, n: usize, k: usize) -> CudaResult<()> {
     if n == 0 || k == 0 || !n.is_multiple_of(TILE_N) || !k.is_multiple_of(GROUP) {
         return Err(shape(
@@ -97,14 +119,7 @@ impl<T: MmaFloat> Int4Weights<T> {
         k: usize,
         threads: usize,
     ) -> CudaResult<Self> {
-        const OP: &str = "w4a16 quantize";
-        check_shape(OP, n, k)?;
-        if w.len() != n * k {
-            return Err(shape(
-                OP,
-                format!("{} weights, expected n {n} x k {k}", w.len()),
-            ));
-        }
+        check_weights(w, n, k)?;
         let groups = k / GROUP;
         let cols = (n / TILE_N).div_ceil(threads.max(1)) * TILE_N;
         let mut q = vec![0i8; n * k];
@@ -132,12 +147,7 @@ impl<T: MmaFloat> Int4Weights<T> {
         });
         let mut scales = vec![T::from_f32(0.0); groups * n];
         for (i, piece) in pieces.into_iter().enumerate() {
-            let sc = piece.map_err(|at| {
-                shape(
-                    OP,
-                    format!("weight {at} (row {}, col {}) is {}", at / k, at % k, w[at]),
-                )
-            })?;
+            let sc = piece.map_err(|at| not_finite(w, k, at))?;
             let (c0, width) = (i * cols, sc.len() / groups);
             for g in 0..groups {
                 scales[g * n + c0..g * n + c0 + width]
@@ -154,24 +164,11 @@ impl<T: MmaFloat> Int4Weights<T> {
         k: usize,
         errors: Option<&mut GroupErrors>,
     ) -> CudaResult<Self> {
-        const OP: &str = "w4a16 quantize";
-        check_shape(OP, n, k)?;
-        if w.len() != n * k {
-            return Err(shape(
-                OP,
-                format!("{} weights, expected n {n} x k {k}", w.len()),
-            ));
-        }
-        let not_finite = |i: usize| {
-            shape(
-                OP,
-                format!("weight {i} (row {}, col {}) is {}", i / k, i % k, w[i]),
-            )
-        };
+        check_weights(w, n, k)?;
         let groups = k / GROUP;
         let mut q = vec![0i8; n * k];
         let mut scales = vec![T::from_f32(0.0); groups * n];
-        quantize_matrix(w, k, &mut q, &mut scales, errors).map_err(not_finite)?;
+        quantize_matrix(w, k, &mut q, &mut scales, errors).map_err(|i| not_finite(w, k, i))?;
         Ok(Int4Weights { n, k, q, scales })
     }
 
