@@ -7,11 +7,13 @@
 //! writes the normalized hidden state, ids and weights (one packed buffer) straight into pinned
 //! host memory and then raises the pinned `ready` flag to `k` itself (after a system-wide fence);
 //! with an f32 router one kernel also does the residual add, the FFN norm and the router before it
-//! (`add_norm_route_signal`). The shared experts follow, then a prefetch of the next layer's
-//! first attention weights into the L2 (the GPU idles until the experts return), then one kernel
-//! waits until the pinned `done` flag reaches `k`, adds the routed sum (read from pinned memory)
-//! and the shared experts' output to the residual and computes the norm that comes next (the next
-//! layer's attention norm, or the final norm). So the hand-off costs no copy and no stream memory
+//! (`add_norm_route_signal`). With `decode_resident` the choices among the layer's resident
+//! experts are staged and computed on the GPU next (`gpu_experts/decode.rs`; the host runs the
+//! others). The shared experts follow, then a prefetch of the next layer's first attention
+//! weights into the L2 (the GPU idles until the experts return), then one kernel waits until the
+//! pinned `done` flag reaches `k`, adds the routed sum (read from pinned memory), the shared
+//! experts' output and the resident choices' sum to the residual and computes the norm that
+//! comes next (the next layer's attention norm, or the final norm). So the hand-off costs no copy and no stream memory
 //! operation: per MoE layer two kernels replace add + norm, the router, the gating, two copies, a
 //! flag write, a stream wait, the add and the next norm (the chain between two layers' experts
 //! measured 88 -> 64 us on the device; bench-results/2026-11-22-s5-decode6). Each token the host
@@ -259,7 +261,9 @@ impl DecodeGraph {
                 // the predicted choices among the next layer's resident experts run on the
                 // GPU: only the others' weights are worth the CPU's caches
                 let next_resident = self.resident.get(k + 1).copied().unwrap_or(0);
-                let cpu = CpuChoices::new(ids, &[0.0; MAX_TOP_K][..ids.len()], next_resident)?;
+                let no_weights = [0.0; MAX_TOP_K];
+                let no_weights = no_weights.get(..ids.len()).unwrap_or_default();
+                let cpu = CpuChoices::new(ids, no_weights, next_resident)?;
                 let arrived = &self.ready;
                 let stop = || arrived.value() > release;
                 let bytes = fused.prefetch(next_li, cpu.ids(), &stop)?;
