@@ -123,6 +123,13 @@ pub struct Args {
     /// every choice on the CPU (`off`), in place of the rules' `decode_resident`.
     #[arg(long, value_parser = ["on", "off"])]
     pub decode_resident: Option<String>,
+    /// With hybrid rules: a decode step's MoE layers (all but the last) hand this many of
+    /// their lowest-weighted CPU choices to the next MoE layer, whose output adds them, so
+    /// the CPU computes them while the GPU runs that layer's attention (KTransformers' expert
+    /// deferral: an approximation of the model), in place of the rules' `defer_experts`; 0
+    /// turns it off.
+    #[arg(long)]
+    pub defer_experts: Option<usize>,
     /// With hybrid rules: run every call eagerly, one layer after the other (no pipelined
     /// layers, no decode graph), so the decode rate is the eager path's; for profilers
     /// that time kernels one by one (a kernel queued behind a host flag would wait on them
@@ -152,6 +159,7 @@ impl Args {
             prefill_split: None,
             prefill_resident: None,
             decode_resident: None,
+            defer_experts: None,
             eager: false,
         }
     }
@@ -345,8 +353,14 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     if a.crossover {
         return Err("--crossover needs hybrid rules whose routed experts prefill on the GPU (and a cuda build)".into());
     }
-    if a.prefill_split.as_deref().is_some_and(|v| v != "off") || a.prefill_resident.is_some() {
-        return Err("--prefill-split and --prefill-resident need hybrid rules whose routed experts prefill on the GPU (and a cuda build)".into());
+    if a.prefill_split.as_deref().is_some_and(|v| v != "off")
+        || a.prefill_resident.is_some()
+        || a.decode_resident.as_deref() == Some("on")
+    {
+        return Err("--prefill-split, --prefill-resident and --decode-resident on need hybrid rules whose routed experts prefill on the GPU (and a cuda build)".into());
+    }
+    if a.defer_experts.is_some_and(|n| n > 0) {
+        return Err("--defer-experts needs hybrid rules (and a cuda build): the CPU path has no GPU work to overlap".into());
     }
     if a.eager {
         return Err(

@@ -171,6 +171,9 @@ struct TimelineSummary {
     first_gpu_ms: f64,
     gpu_between_ms: f64,
     experts_ms: f64,
+    /// The choices a MoE layer deferred (`--defer-experts`), run after it released the GPU
+    /// (inside the next stretch, which `gpu_between_ms` counts from their end), ms.
+    deferred_ms: f64,
     /// The first MoE layer's experts per token, ms: the one layer with no prefetch before it.
     first_experts_ms: f64,
     /// Per MoE layer, in order: its experts per token (ms) and the bytes of its routed
@@ -209,9 +212,11 @@ impl TimelineSummary {
         let per = 1e3 / t.launches.max(1) as f64;
         let n = t.experts_s.len();
         let experts_s: f64 = t.experts_s.iter().sum();
+        let deferred_s: f64 = t.deferred_s.iter().sum();
         let between: f64 = t.gpu_before_s.iter().skip(1).sum();
         let bytes_per_token = timed.total().routed_bytes as f64 / timed.tokens.max(1) as f64;
-        let experts_per_token_s = experts_s / t.launches.max(1) as f64;
+        // the CPU's time on the layers' choices, the deferred ones included
+        let experts_per_token_s = (experts_s + deferred_s) / t.launches.max(1) as f64;
         TimelineSummary {
             launches: t.launches,
             ms_per_token: t.per_launch_s() * 1e3,
@@ -219,14 +224,16 @@ impl TimelineSummary {
             first_gpu_ms: t.gpu_before_s.first().copied().unwrap_or(0.0) * per,
             gpu_between_ms: between * per / n.saturating_sub(1).max(1) as f64,
             experts_ms: experts_s * per / n.max(1) as f64,
+            deferred_ms: deferred_s * per / n.max(1) as f64,
             first_experts_ms: t.experts_s.first().copied().unwrap_or(0.0) * per,
             experts_per_layer_ms: t.experts_s.iter().map(|s| s * per).collect(),
             experts_per_layer_gbps: t
                 .experts_s
                 .iter()
+                .zip(&t.deferred_s)
                 .zip(moe_layer_bytes_per_token(timed))
-                .map(|(&s, b)| {
-                    let secs = s / t.launches.max(1) as f64;
+                .map(|((&s, &d), b)| {
+                    let secs = (s + d) / t.launches.max(1) as f64;
                     (b > 0.0 && secs > 0.0).then(|| b / secs / 1e9)
                 })
                 .collect(),
@@ -256,6 +263,7 @@ impl TimelineSummary {
             "first_gpu_ms": self.first_gpu_ms,
             "gpu_between_moe_ms": self.gpu_between_ms,
             "experts_per_moe_layer_ms": self.experts_ms,
+            "deferred_per_moe_layer_ms": self.deferred_ms,
             "first_moe_layer_experts_ms": self.first_experts_ms,
             "experts_per_layer_ms": self.experts_per_layer_ms,
             "experts_per_layer_gbps": self.experts_per_layer_gbps,
@@ -288,12 +296,13 @@ impl TimelineSummary {
             .routed_gbps
             .zip(self.dram_gbps_around)
             .map(|(g, d)| g / d)?;
-        moe_layer_bound_fraction(f, self.experts_ms, self.gpu_between_ms)
+        // a layer: its experts, the choices it deferred, then the rest of the stretch
+        moe_layer_bound_fraction(f, self.experts_ms + self.deferred_ms, self.gpu_between_ms)
     }
 
     fn print(&self) {
         println!(
-            "decode graph, host timeline ({} launches, {:.3} ms per token): setup {:.3} ms, GPU to the first experts {:.3} ms, then per MoE layer ({}): GPU between experts {:.1} us, routed experts {:.1} us; tail {:.3} ms",
+            "decode graph, host timeline ({} launches, {:.3} ms per token): setup {:.3} ms, GPU to the first experts {:.3} ms, then per MoE layer ({}): GPU between experts {:.1} us, routed experts {:.1} us{}; tail {:.3} ms",
             self.launches,
             self.ms_per_token,
             self.setup_ms,
@@ -301,6 +310,10 @@ impl TimelineSummary {
             self.moe_layers,
             self.gpu_between_ms * 1e3,
             self.experts_ms * 1e3,
+            match self.deferred_ms > 0.0 {
+                true => format!(" (+ {:.1} us deferred, beside the GPU)", self.deferred_ms * 1e3),
+                false => String::new(),
+            },
             self.tail_ms
         );
         if let [Some(p10), Some(p50), Some(p90), Some(p99)] = self.experts_quantiles_ms {
@@ -425,6 +438,9 @@ impl HybridRun<'_> {
             }
             if let Some(on) = &a.decode_resident {
                 model.set_decode_resident(on == "on")?;
+                if on == "on" && model.decode_resident() != Some(true) {
+                    return Err("--decode-resident on needs resident experts (the rules' prefill_resident or --prefill-resident of at least 1)".into());
+                }
             }
         } else if split.is_some_and(|s| s != PrefillSplit::Off)
             || a.prefill_resident.is_some()
@@ -433,6 +449,10 @@ impl HybridRun<'_> {
             return Err(
                 "--prefill-split, --prefill-resident and --decode-resident need rules whose routed experts prefill on the GPU".into(),
             );
+        }
+
+        if let Some(n) = a.defer_experts {
+            model.set_defer_experts(n)?;
         }
 
         let warm = &prompt[..prompt_len.min(WARMUP_TOKENS)];
@@ -669,6 +689,7 @@ impl HybridRun<'_> {
                 "crossover": crossover,
                 "eager": a.eager,
                 "prefetch": prefetch,
+                "defer_experts": model.defer_experts(),
                 "prefetch_rounds": prefetch_rounds,
                 "prefetch_ab": prefetch_ab,
             });

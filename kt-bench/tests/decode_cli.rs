@@ -191,6 +191,30 @@ fn bad_arguments_are_errors() {
             ],
             "--repetitions",
         ),
+        (
+            vec![
+                "decode",
+                "--model",
+                "deepseek-v2-lite",
+                "--layers",
+                "2",
+                "--defer-experts",
+                "2",
+            ],
+            "--defer-experts needs hybrid rules",
+        ),
+        (
+            vec![
+                "decode",
+                "--model",
+                "deepseek-v2-lite",
+                "--layers",
+                "2",
+                "--decode-resident",
+                "on",
+            ],
+            "--decode-resident on need",
+        ),
     ] {
         let r = kt_bench(&args);
         let stderr = String::from_utf8_lossy(&r.stderr);

@@ -402,3 +402,70 @@ fn decode_on_resident_experts_matches_eager_bit_for_bit() {
         "no decode step changed: the GPU's choices never ran"
     );
 }
+
+/// Expert deferral (`defer_experts: 2`): in a decode step the first MoE layer hands its two
+/// lowest-weighted choices to the second, whose output adds them, while the CPU computes
+/// them beside the GPU's next layer. The graph replays, the pipelined eager steps and the
+/// sequential eager steps run the same CPU calls in the same order, so all three agree bit
+/// for bit; the replays' timeline counts deferred work on the first MoE layer only (the
+/// last keeps its choices). The prompt (a multi-token call) never defers: bit for bit the
+/// run without deferral, whose decode steps the deferral must change (it approximates the
+/// model). A deferral that leaves a layer no choice of its own is refused.
+#[test]
+fn deferred_experts_graph_matches_eager_bit_for_bit() {
+    let Some(gpu) = cuda_common::gpu_or_skip("deferred_experts_graph_matches_eager_bit_for_bit")
+    else {
+        return;
+    };
+    let (m, g) = hybrid_common::v2_lite(3, 37);
+    let c = m.config().clone();
+    let isa = cpu::isa::selected().unwrap();
+    let rules =
+        RuleSet::from_file(hybrid_common::rules_file("deepseek-v2-lite-hybrid.yaml")).unwrap();
+    let placement = rules.place(&c).unwrap();
+    let mut model = HybridModel::new(gpu, &g, c.clone(), &placement, isa).unwrap();
+    assert_eq!(model.defer_experts(), 0);
+    assert!(model.set_defer_experts(c.experts_per_tok).is_err());
+    model.set_defer_experts(2).unwrap();
+    let graphed = run(&mut model);
+    assert_eq!(
+        model.graph_error(),
+        None,
+        "the decode graph was not captured"
+    );
+    let tl = model.graph_timeline().expect("a graph");
+    assert_eq!(tl.deferred_s.len(), 2);
+    assert!(
+        tl.deferred_s[0] > 0.0 && tl.deferred_s[1] == 0.0,
+        "deferred seconds per MoE layer: {:?}",
+        tl.deferred_s
+    );
+    model.set_graphed(false);
+    let pipelined = run(&mut model);
+    assert_same_bits("defer_experts: graph vs pipelined", &graphed, &pipelined);
+    model.set_pipelined(false);
+    let sequential = run(&mut model);
+    assert_same_bits("defer_experts: graph vs sequential", &graphed, &sequential);
+
+    model.set_pipelined(true);
+    model.set_graphed(true);
+    model.set_defer_experts(0).unwrap();
+    let exact = run(&mut model);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&graphed[0]), bits(&exact[0]), "the prompt changed");
+    let mut differ = 0;
+    for (i, (a, b)) in graphed.iter().zip(&exact).enumerate().skip(1) {
+        let rms = |v: &mut dyn Iterator<Item = f64>| (v.sum::<f64>() / b.len() as f64).sqrt();
+        let scale = rms(&mut b.iter().map(|&v| (v as f64).powi(2)));
+        let diff = rms(&mut a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| (x as f64 - y as f64).powi(2)));
+        eprintln!(
+            "call {i}: deferral moved the logits by {:.4} of their RMS",
+            diff / scale
+        );
+        differ += usize::from(bits(a) != bits(b));
+    }
+    assert!(differ > 0, "no decode step changed: nothing was deferred");
+}

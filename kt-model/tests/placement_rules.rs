@@ -270,6 +270,28 @@ fn placing_errors_name_the_module() {
             && msg.contains("only routed experts take them, not shared_experts modules"),
         "{msg}"
     );
+    // defer_experts: routed experts only (the hybrid executor checks it against top_k)
+    let defer = |kind: &str| {
+        format!(
+            "devices: [cpu, \"cuda:0\"]\nrules:\n  - match: {{kind: {kind}}}\n    replace:\n      device: cpu\n      format: gguf\n      options: {{defer_experts: 2}}\n  - match: {{name: '.*'}}\n    replace: {{device: cpu, format: gguf}}\n"
+        )
+    };
+    let placed = place(defer("routed_experts")).unwrap();
+    let routed = placed
+        .modules()
+        .iter()
+        .filter(|m| m.kind == ModuleKind::RoutedExperts)
+        .map(|m| m.options.defer_experts)
+        .collect::<Vec<_>>();
+    assert!(
+        !routed.is_empty() && routed.iter().all(|&n| n == Some(2)),
+        "{routed:?}"
+    );
+    let msg = place(defer("attention")).unwrap_err().to_string();
+    assert!(
+        msg.contains("defer_experts") && msg.contains("not attention modules"),
+        "{msg}"
+    );
 
     // A linear sent to another device than its attention.
     let text = "devices: [cpu, \"cuda:0\"]\nrules:\n  - match: {name: 'blk\\.\\d+\\.attn_k_b'}\n    replace: {device: cpu, format: gguf}\n  - match: {kind: norm}\n    replace: {device: \"cuda:0\", format: f32}\n  - match: {name: '.*'}\n    replace: {device: \"cuda:0\", format: bf16}\n";

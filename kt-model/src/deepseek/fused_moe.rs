@@ -215,8 +215,8 @@ impl FusedMoe {
 
     /// `out = sum_j weights[j] * expert_{ids[j]}(x)` for ONE token (`x`, `out` `[hidden]`)
     /// and any number of choices up to the layer's top k: the CPU's share of a single-token
-    /// step whose other choices run on the GPU (`decode_resident`). No choice: `out = 0`.
-    #[cfg(feature = "cuda")]
+    /// step whose other choices run on the GPU (`decode_resident`), or that defers some
+    /// (`defer.rs`). No choice: `out = 0`.
     pub fn forward_choices(
         &self,
         layer: usize,

@@ -23,6 +23,7 @@
 
 mod attention;
 pub mod cache;
+pub(crate) mod defer;
 mod ffn;
 pub mod fused_moe;
 mod ggml_f32;

@@ -145,6 +145,7 @@ impl HybridModel<'_> {
             graph_launches,
             graph_captures,
             prefetch,
+            defer_experts,
             ..
         } = self;
         let s = gpu.stream();
@@ -167,6 +168,16 @@ impl HybridModel<'_> {
         if resident.is_some() && sc.decode.is_none() {
             sc.decode = Some(DecodeResident::new(s, c)?);
         }
+        // single-token steps defer `defer_experts` CPU choices a MoE layer to the next one
+        // (`deepseek/defer.rs`); the last MoE layer keeps all of its own
+        let last_moe = layers
+            .iter()
+            .rposition(|l| matches!(l.ffn, GpuFfn::Moe { .. }));
+        let defer = match t_n {
+            1 => *defer_experts,
+            _ => 0,
+        };
+        sc.defer.begin(defer, last_moe);
 
         let mut x = vec![0.0f32; t_n * hidden];
         for (&tok, row) in tokens.iter().zip(x.chunks_exact_mut(hidden)) {
@@ -692,7 +703,21 @@ impl<'s> Step<'s> {
         let cpu = Instant::now();
         let routed = sc.host_routed.as_mut_slice()?;
         let resident = self.resident_experts(li);
-        let bytes = cpu_experts(fused, li, hx, hids, hw, resident, routed, self.timing)?;
+        let defer = &mut sc.defer;
+        let bytes = cpu_experts(
+            fused,
+            li,
+            hx,
+            hids,
+            hw,
+            resident,
+            defer,
+            routed,
+            self.timing,
+        )?;
+        // one layer after the other: the deferred choices may as well run now (the same
+        // values as when they overlap the next layer's GPU work)
+        defer.deferred(fused)?;
         m.cpu_experts_s = cpu.elapsed().as_secs_f64();
         m.routed_bytes = bytes;
         let chosen = want_routing.then(|| (hids.to_vec(), hw.to_vec()));

@@ -242,12 +242,20 @@ impl DecodeGraph {
             // layer's return waits for `done` >= release, raised after this write.
             let routed = unsafe { sc.host_routed.as_mut_slice_unsynced() };
             let resident = self.resident[k];
-            cpu_experts(fused, li, hx, hids, hw, resident, routed, false)?;
+            let defer = &mut sc.defer;
+            cpu_experts(fused, li, hx, hids, hw, resident, defer, routed, false)?;
             self.done.raise(release);
             tl.resident_hits += hids.iter().filter(|&&e| (e as usize) < resident).count() as u64;
             tl.choice_slots += hids.len() as u64;
             mark = Instant::now();
             tl.add_experts(k, (mark - ready).as_secs_f64());
+            // the choices this layer deferred (`defer_experts`), while the GPU runs the next
+            // layer's attention: their sum joins the next MoE layer's routed output
+            if defer.deferred(fused)? {
+                let now = Instant::now();
+                tl.deferred_s[k] += (now - mark).as_secs_f64();
+                mark = now;
+            }
             // while the GPU works towards the next MoE layer: its predicted experts' first
             // weights into the caches, until the GPU gets there
             n_predicted = 0;

@@ -80,7 +80,7 @@ use crate::deepseek::fused_moe::{FusedMoe, DEFAULT_MAX_BATCH};
 use crate::deepseek::linear::Linear;
 use crate::deepseek::{rope_of, router_config};
 use crate::gguf::Gguf;
-use crate::placement::Placement;
+use crate::placement::{ModuleKind, Placement};
 use crate::tensors::{Ffn, ModelTensors};
 use gpu_experts::GpuExperts;
 use graph::DecodeGraph;
@@ -155,6 +155,9 @@ pub struct HybridModel<'a> {
     /// Whether graph replays prefetch the next MoE layer's predicted experts
     /// (`predict.rs`); on by default.
     prefetch: bool,
+    /// CPU choices each MoE layer of a single-token step defers to the next
+    /// (`defer_experts`, `deepseek/defer.rs`); 0 unless the rules ask.
+    defer_experts: usize,
     /// The captured decode step, and why capturing failed if it did (then calls stay eager).
     graph: Option<DecodeGraph>,
     graph_error: Option<String>,
@@ -262,6 +265,7 @@ impl<'a> HybridModel<'a> {
             }
             None => None,
         };
+        let defer_experts = defer_rule(placement, &config)?;
         let rope = rope_of(&config)?;
         let scale = rope.softmax_scale(config.qk_nope_head_dim + config.qk_rope_head_dim);
         s.synchronize()?;
@@ -284,6 +288,7 @@ impl<'a> HybridModel<'a> {
             pipelined: true,
             graphed: true,
             prefetch: true,
+            defer_experts,
             graph: None,
             graph_error: None,
             graph_launches: 0,
@@ -456,6 +461,20 @@ impl<'a> HybridModel<'a> {
         }
     }
 
+    /// CPU choices each MoE layer of a single-token step defers to the next MoE layer
+    /// (`defer_experts`; 0: none, the exact model).
+    pub fn defer_experts(&self) -> usize {
+        self.defer_experts
+    }
+
+    /// Sets [`Self::defer_experts`] (the rule option's value for this model): below the
+    /// model's `experts_per_tok`, so a layer keeps at least one choice of its own. Takes
+    /// effect from the next call (graph replays included: the GPU's work does not change).
+    pub fn set_defer_experts(&mut self, n: usize) -> HybridResult<()> {
+        self.defer_experts = check_defer(n, &self.config, "set_defer_experts")?;
+        Ok(())
+    }
+
     /// Whether graph replays prefetch the first weights of the next MoE layer's predicted
     /// experts while the CPU waits for the GPU (the default; changes no value).
     pub fn set_prefetch(&mut self, on: bool) {
@@ -530,5 +549,88 @@ impl<'a> HybridModel<'a> {
             capacity,
             len: 0,
         })
+    }
+}
+
+/// The routed experts' `defer_experts` option: one value for all MoE layers (0 without).
+fn defer_rule(placement: &Placement, config: &DeepSeekConfig) -> HybridResult<usize> {
+    let mut found: Option<(usize, &str)> = None;
+    for m in placement.modules() {
+        if m.kind != ModuleKind::RoutedExperts {
+            continue;
+        }
+        let n = m.options.defer_experts.unwrap_or(0);
+        match found {
+            Some((v, first)) if v != n => {
+                return Err(HybridError::Unsupported(format!(
+                    "modules {first} and {}: defer_experts {v} and {n}; the hybrid executor takes one value for all layers",
+                    m.name
+                )))
+            }
+            None => found = Some((check_defer(n, config, &m.name)?, &m.name)),
+            _ => {}
+        }
+    }
+    Ok(found.map_or(0, |(n, _)| n))
+}
+
+/// `n` deferred choices for `config` (`what` names the module or call): fewer than
+/// `experts_per_tok`.
+fn check_defer(n: usize, config: &DeepSeekConfig, what: &str) -> HybridResult<usize> {
+    match n == 0 || n < config.experts_per_tok {
+        true => Ok(n),
+        false => Err(HybridError::Input(format!(
+            "{what}: defer_experts {n}; a layer keeps at least one of its {} choices (at most {})",
+            config.experts_per_tok,
+            config.experts_per_tok.saturating_sub(1)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::RuleSet;
+    use crate::synthetic::Preset;
+
+    /// Every routed-experts module with `options`, the rest on the GPU as the shipped
+    /// hybrid rules place them (the routed experts' rule is the first that matches).
+    fn placed(options: &str, config: &DeepSeekConfig) -> Placement {
+        let text = format!(
+            "devices: [cpu, \"cuda:0\"]\nrules:\n{options}  - match: {{kind: routed_experts}}\n    replace: {{device: cpu, format: gguf}}\n  - match: {{kind: norm}}\n    replace: {{device: \"cuda:0\", format: f32}}\n  - match: {{name: '.*'}}\n    replace: {{device: \"cuda:0\", format: bf16}}\n"
+        );
+        RuleSet::from_yaml_str(&text, "test")
+            .unwrap()
+            .place(config)
+            .unwrap()
+    }
+
+    #[test]
+    fn defer_experts_is_one_value_below_top_k() {
+        let c = Preset::DeepSeekV2Lite.config();
+        let all = |n: usize| {
+            format!("  - match: {{kind: routed_experts}}\n    replace: {{device: cpu, format: gguf, options: {{defer_experts: {n}}}}}\n")
+        };
+        assert_eq!(defer_rule(&placed("", &c), &c).unwrap(), 0);
+        assert_eq!(defer_rule(&placed(&all(2), &c), &c).unwrap(), 2);
+        let top = c.experts_per_tok;
+        let e = defer_rule(&placed(&all(top), &c), &c)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("blk.1.ffn_exps") && e.contains(&format!("defer_experts {top}")),
+            "{e}"
+        );
+        assert_eq!(defer_rule(&placed(&all(top - 1), &c), &c).unwrap(), top - 1);
+        let one_layer = "  - match: {kind: routed_experts, layers: 2}\n    replace: {device: cpu, format: gguf, options: {defer_experts: 1}}\n";
+        let e = defer_rule(&placed(one_layer, &c), &c)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("defer_experts 0 and 1") || e.contains("defer_experts 1 and 0"),
+            "{e}"
+        );
+        assert!(check_defer(top, &c, "set_defer_experts").is_err());
+        assert_eq!(check_defer(0, &c, "set_defer_experts").unwrap(), 0);
     }
 }

@@ -111,6 +111,8 @@ impl Step<'_> {
             if let Some(p) = pending.take() {
                 self.experts_unsynced(&p, sc)?;
                 flag.raise(p.release);
+                // the choices layer p.li deferred, while the GPU runs this layer
+                sc.defer.deferred(self.fused_for(p.li)?)?;
             }
             pending = queued;
         }
@@ -141,7 +143,8 @@ impl Step<'_> {
         // layer's) waits for `p.release`, raised after this write.
         let routed = unsafe { sc.host_routed.as_mut_slice_unsynced() };
         let resident = self.resident_experts(p.li);
-        cpu_experts(fused, p.li, hx, hids, hw, resident, routed, false)?;
+        let defer = &mut sc.defer;
+        cpu_experts(fused, p.li, hx, hids, hw, resident, defer, routed, false)?;
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ use kt_kernels::cuda::{DeviceBuf, Gpu, GpuStream, HostFlag, PinnedBuf};
 use super::error::HybridResult;
 use super::gpu_experts::DecodeResident;
 use crate::config::DeepSeekConfig;
+use crate::deepseek::defer::Deferral;
 
 /// Widths the buffers need beyond the config: the MLPs' intermediate sizes present.
 pub(crate) struct Widths {
@@ -78,6 +79,8 @@ pub(crate) struct Scratch {
     /// A single-token step's buffers for its choices among the resident experts
     /// (`decode_resident`), made by its first such step.
     pub decode: Option<DecodeResident>,
+    /// The deferred experts of a single-token step (`defer_experts`; idle otherwise).
+    pub defer: Deferral,
 }
 
 impl Scratch {
@@ -139,6 +142,7 @@ impl Scratch {
             fin: bf(t * hidden)?,
             flag: pipeline_flag(gpu, s),
             decode: None,
+            defer: Deferral::new(hidden),
         })
     }
 }

@@ -158,8 +158,13 @@ pub struct GraphTimeline {
     pub setup_s: f64,
     /// Per MoE layer, in order: the GPU stretch before its experts.
     pub gpu_before_s: Vec<f64>,
-    /// Per MoE layer, in order: its routed experts on the CPU.
+    /// Per MoE layer, in order: its routed experts on the CPU (with `defer_experts`, the
+    /// immediate ones, until the GPU is released).
     pub experts_s: Vec<f64>,
+    /// Per MoE layer, in order: the choices it deferred (`defer_experts`), run on the CPU
+    /// after the GPU was released; they overlap the next stretch of `gpu_before_s`, which
+    /// counts from their end (0 without deferral).
+    pub deferred_s: Vec<f64>,
     /// From the last MoE layer's `done` until the logits are downloaded (its return, the
     /// layers after it, the output head and the copy).
     pub tail_s: f64,
@@ -194,6 +199,7 @@ impl GraphTimeline {
         GraphTimeline {
             gpu_before_s: vec![0.0; moe_layers],
             experts_s: vec![0.0; moe_layers],
+            deferred_s: vec![0.0; moe_layers],
             experts_hist: vec![0; EXPERTS_HIST_BUCKETS],
             ..Default::default()
         }

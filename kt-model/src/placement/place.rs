@@ -230,14 +230,15 @@ impl RuleSet {
         let (tensors, bytes) = sized(r.format)?;
         let expert_options = r.options.prefill_resident.is_some()
             || r.options.prefill_cpu_share.is_some()
-            || r.options.decode_resident.is_some();
+            || r.options.decode_resident.is_some()
+            || r.options.defer_experts.is_some();
         if expert_options && m.kind != ModuleKind::RoutedExperts {
             return Err(self.bad_match(
                 i,
                 &m.name,
                 m.kind,
                 format!(
-                    "prefill_resident, prefill_cpu_share and decode_resident: only routed experts take them, not {} modules",
+                    "prefill_resident, prefill_cpu_share, decode_resident and defer_experts: only routed experts take them, not {} modules",
                     m.kind
                 ),
             ));

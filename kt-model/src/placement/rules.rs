@@ -93,6 +93,10 @@ pub struct Replace {
 /// runs the last `prefill_cpu_share` of them (0 to 1) while the others are copied. With
 /// `decode_resident: true`, single-token steps (decode) run the choices that fall on
 /// resident experts there too, beside the CPU's (in `prefill_format`, as the prefill does).
+/// With `defer_experts: N`, single-token steps of the hybrid executor hand each MoE layer's
+/// `N` lowest-weighted CPU choices (the last MoE layer's excepted) to the next MoE layer,
+/// whose output adds them, so the CPU computes them while the GPU runs that layer's
+/// attention: an approximation of the model, off by default (kt-model's `deepseek/defer.rs`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
@@ -110,6 +114,8 @@ pub struct Options {
     pub prefill_cpu_share: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_resident: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defer_experts: Option<usize>,
 }
 
 impl Options {

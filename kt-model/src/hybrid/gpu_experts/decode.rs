@@ -27,6 +27,7 @@ use kt_kernels::cuda::{DeviceBuf, GpuStream};
 
 use super::{Resident, Slabs};
 use crate::config::DeepSeekConfig;
+use crate::deepseek::defer::Deferral;
 use crate::deepseek::fused_moe::FusedMoe;
 use crate::hybrid::error::{HybridError, HybridResult};
 
@@ -155,8 +156,11 @@ impl CpuChoices {
 }
 
 /// Layer `li`'s routed experts on the CPU into `out`: every choice, or for a single token
-/// with `resident > 0` the choices at or past `resident` (the GPU runs the others). Returns
-/// the weight bytes the CPU's choices stream when `count` (timing), else 0.
+/// with `resident > 0` the choices at or past `resident` (the GPU runs the others). With
+/// `defer` active (a single-token step with `defer_experts`, `deepseek/defer.rs`), only the
+/// immediate ones and the previous MoE layer's deferred sum; the caller runs the deferred ones
+/// (`Deferral::deferred`) once it has released the GPU. Returns the weight bytes all the
+/// CPU's choices of the layer stream when `count` (timing), else 0.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cpu_experts(
     fused: &FusedMoe,
@@ -165,10 +169,11 @@ pub(crate) fn cpu_experts(
     ids: &[u32],
     weights: &[f32],
     resident: usize,
+    defer: &mut Deferral,
     out: &mut [f32],
     count: bool,
 ) -> HybridResult<u64> {
-    if resident == 0 {
+    if resident == 0 && !defer.active() {
         fused.forward(li, x, ids, weights, out)?;
         return Ok(if count {
             fused.routed_bytes(li, ids)
@@ -177,7 +182,7 @@ pub(crate) fn cpu_experts(
         });
     }
     let cpu = CpuChoices::new(ids, weights, resident)?;
-    fused.forward_choices(li, x, cpu.ids(), cpu.weights(), out)?;
+    defer.immediate(fused, li, x, cpu.ids(), cpu.weights(), out)?;
     Ok(if count {
         fused.routed_bytes(li, cpu.ids())
     } else {
