@@ -18,6 +18,8 @@ use crate::error::{ModelError, Result};
 /// The most choices a token makes here (the GPU gating's limit, `MAX_TOP_K` of
 /// `kt_kernels::cuda::gating`, which the hybrid executor's packs follow).
 pub const MAX_TOP_K: usize = 32;
+#[cfg(feature = "cuda")]
+const _: () = assert!(MAX_TOP_K == kt_kernels::cuda::gating::MAX_TOP_K);
 
 /// One token's choices (ids and routing weights), at most [`MAX_TOP_K`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,6 +35,18 @@ impl Choices {
         weights: [0.0; MAX_TOP_K],
         n: 0,
     };
+
+    /// The choices of `ids` (with their `weights`) that `keep` takes by id, in order.
+    pub fn filtered(ids: &[u32], weights: &[f32], keep: impl Fn(u32) -> bool) -> Result<Choices> {
+        check_choices(ids, weights)?;
+        let mut c = Choices::NONE;
+        for (&e, &w) in ids.iter().zip(weights) {
+            if keep(e) {
+                c.push(e, w);
+            }
+        }
+        Ok(c)
+    }
 
     fn push(&mut self, id: u32, weight: f32) {
         self.ids[self.n] = id;
@@ -53,15 +67,7 @@ impl Choices {
 /// the smallest weights, of equal weights the later choice first (all of them when there are
 /// at most `n`). Both keep the choices' order.
 pub fn split_deferred(ids: &[u32], weights: &[f32], n: usize) -> Result<(Choices, Choices)> {
-    if ids.len() != weights.len() || ids.len() > MAX_TOP_K {
-        return Err(ModelError::Forward {
-            reason: format!(
-                "one token's choices to defer: {} ids and {} weights (at most {MAX_TOP_K})",
-                ids.len(),
-                weights.len()
-            ),
-        });
-    }
+    check_choices(ids, weights)?;
     let mut order = [0usize; MAX_TOP_K];
     let order = &mut order[..ids.len()];
     order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
@@ -176,6 +182,20 @@ impl Deferral {
         fused.forward_choices(layer, &self.x, c.ids(), c.weights(), &mut self.sum)?;
         self.held = true;
         Ok(true)
+    }
+}
+
+/// One token's choices: as many weights as ids, at most [`MAX_TOP_K`].
+fn check_choices(ids: &[u32], weights: &[f32]) -> Result<()> {
+    match ids.len() == weights.len() && ids.len() <= MAX_TOP_K {
+        true => Ok(()),
+        false => Err(ModelError::Forward {
+            reason: format!(
+                "one token's choices: {} ids and {} weights (at most {MAX_TOP_K})",
+                ids.len(),
+                weights.len()
+            ),
+        }),
     }
 }
 

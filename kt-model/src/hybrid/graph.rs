@@ -47,7 +47,7 @@ use kt_kernels::cuda::{DeviceBuf, Gpu, GpuGraph, GpuStream, HostFlag};
 
 use super::error::{HybridError, HybridResult};
 use super::forward::Step;
-use super::gpu_experts::{cpu_experts, CpuChoices};
+use super::gpu_experts::{cpu_choices, cpu_experts};
 use super::layer::{GpuFfn, GpuLayer, GpuRouter};
 use super::pipeline::Gate;
 use super::predict::Predict;
@@ -271,7 +271,7 @@ impl DecodeGraph {
                 let next_resident = self.resident.get(k + 1).copied().unwrap_or(0);
                 let no_weights = [0.0; MAX_TOP_K];
                 let no_weights = no_weights.get(..ids.len()).unwrap_or_default();
-                let cpu = CpuChoices::new(ids, no_weights, next_resident)?;
+                let cpu = cpu_choices(ids, no_weights, next_resident)?;
                 let arrived = &self.ready;
                 let stop = || arrived.value() > release;
                 let bytes = fused.prefetch(next_li, cpu.ids(), &stop)?;

@@ -20,14 +20,13 @@
 //! (`GpuPrefillLoad` reports their error against the file's), the others with the CPU's.
 
 use half::bf16;
-use kt_kernels::cuda::gating::MAX_TOP_K;
 use kt_kernels::cuda::moe_experts::{ExpertSlab, PackedWords, ResidentStage, SlabShape};
 use kt_kernels::cuda::w4a16::GemmWorkspace;
 use kt_kernels::cuda::{DeviceBuf, GpuStream};
 
 use super::{Resident, Slabs};
 use crate::config::DeepSeekConfig;
-use crate::deepseek::defer::Deferral;
+use crate::deepseek::defer::{Choices, Deferral};
 use crate::deepseek::fused_moe::FusedMoe;
 use crate::hybrid::error::{HybridError, HybridResult};
 
@@ -116,43 +115,8 @@ impl DecodeResident {
 
 /// One token's choices left to the CPU: those at or past `resident` (the GPU takes the
 /// others), in choice order.
-pub(crate) struct CpuChoices {
-    ids: [u32; MAX_TOP_K],
-    weights: [f32; MAX_TOP_K],
-    n: usize,
-}
-
-impl CpuChoices {
-    pub fn new(ids: &[u32], weights: &[f32], resident: usize) -> HybridResult<Self> {
-        if ids.len() != weights.len() || ids.len() > MAX_TOP_K {
-            return Err(HybridError::Input(format!(
-                "one token's choices: {} ids and {} weights (at most {MAX_TOP_K})",
-                ids.len(),
-                weights.len()
-            )));
-        }
-        let mut c = CpuChoices {
-            ids: [0; MAX_TOP_K],
-            weights: [0.0; MAX_TOP_K],
-            n: 0,
-        };
-        for (&e, &w) in ids.iter().zip(weights) {
-            if e as usize >= resident {
-                c.ids[c.n] = e;
-                c.weights[c.n] = w;
-                c.n += 1;
-            }
-        }
-        Ok(c)
-    }
-
-    pub fn ids(&self) -> &[u32] {
-        &self.ids[..self.n]
-    }
-
-    pub fn weights(&self) -> &[f32] {
-        &self.weights[..self.n]
-    }
+pub(crate) fn cpu_choices(ids: &[u32], weights: &[f32], resident: usize) -> HybridResult<Choices> {
+    Ok(Choices::filtered(ids, weights, |e| e as usize >= resident)?)
 }
 
 /// Layer `li`'s routed experts on the CPU into `out`: every choice, or for a single token
@@ -181,7 +145,7 @@ pub(crate) fn cpu_experts(
             0
         });
     }
-    let cpu = CpuChoices::new(ids, weights, resident)?;
+    let cpu = cpu_choices(ids, weights, resident)?;
     defer.immediate(fused, li, x, cpu.ids(), cpu.weights(), out)?;
     Ok(if count {
         fused.routed_bytes(li, cpu.ids())
@@ -193,19 +157,20 @@ pub(crate) fn cpu_experts(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kt_kernels::cuda::gating::MAX_TOP_K;
 
     #[test]
     fn the_cpu_keeps_the_choices_past_the_resident_experts_in_order() {
         let ids = [7u32, 2, 43, 0, 42, 100, 5, 60];
         let w = [0.3f32, 0.2, 0.1, 0.1, 0.1, 0.08, 0.07, 0.05];
-        let c = CpuChoices::new(&ids, &w, 43).unwrap();
+        let c = cpu_choices(&ids, &w, 43).unwrap();
         assert_eq!(c.ids(), [43, 100, 60]);
         assert_eq!(c.weights(), [0.1, 0.08, 0.05]);
-        let none = CpuChoices::new(&ids, &w, 256).unwrap();
+        let none = cpu_choices(&ids, &w, 256).unwrap();
         assert!(none.ids().is_empty() && none.weights().is_empty());
-        let all = CpuChoices::new(&ids, &w, 0).unwrap();
+        let all = cpu_choices(&ids, &w, 0).unwrap();
         assert_eq!((all.ids(), all.weights()), (&ids[..], &w[..]));
-        assert!(CpuChoices::new(&ids, &w[..7], 4).is_err());
-        assert!(CpuChoices::new(&[0; MAX_TOP_K + 1], &[0.0; MAX_TOP_K + 1], 4).is_err());
+        assert!(cpu_choices(&ids, &w[..7], 4).is_err());
+        assert!(cpu_choices(&[0; MAX_TOP_K + 1], &[0.0; MAX_TOP_K + 1], 4).is_err());
     }
 }

@@ -25,7 +25,7 @@ mod resident;
 mod split;
 mod timeline;
 
-pub(crate) use decode::{cpu_experts, CpuChoices, DecodeResident};
+pub(crate) use decode::{cpu_choices, cpu_experts, DecodeResident};
 pub(crate) use resident::Resident;
 
 pub use split::{CpuShareTimes, PrefillSplit};
