@@ -9,6 +9,7 @@ E=$OUT/d; mkdir -p $E; trap 'cd $OUT && tar czf d.tgz d && rm -rf d' EXIT
 N=/tmp/kt-d; mkdir -p $N; tar xJf .device-carry/s34/bin.tar.xz -C $N; chmod +x $N/*
 t0=$SECONDS; log() { echo "$* $((SECONDS-t0))s" | tee -a $E/summary.txt; }
 log "device: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2); $(nvidia-smi -L | head -1); $(cat .device-carry/s34/COMMIT)"
+KT_REQUIRE_GPU=1 timeout 120 $N/hybrid_graph --test-threads 2 --nocapture > $E/test_hybrid_graph.log 2>&1; log "test hybrid_graph rc $? $(grep -o 'test result.*' $E/test_hybrid_graph.log)"
 J='"decode_tokens_per_s":[0-9.]*\|"decode_bound_fraction_paired":[0-9.]*\|"experts_per_moe_layer_ms":[0-9.]*\|"deferred_per_moe_layer_ms":[0-9.]*\|"gpu_between_moe_ms":[0-9.]*\|"moe_layer_bound_fraction_around":[0-9.]*\|"routed_bandwidth_fraction_around":[0-9.]*\|"samples":[^]]*'
 dec() { # tag rules [extra args]
   local tag=$1 rules=$2; shift 2; local s0=$SECONDS

@@ -605,6 +605,42 @@ impl HybridRun<'_> {
             model.set_prefetch_rounds(r)?;
         }
 
+        // KT_DEFER_AB=N[:A,B,...]: N more rounds of graph decodes of the same tokens, one per
+        // deferral setting (choices deferred per MoE layer; by default 0 and 1), each
+        // followed by a probe: the A/B of one process on one instance
+        let ab = std::env::var("KT_DEFER_AB").ok().filter(|_| gen_len > 0);
+        let (ab_rounds, settings) = match ab.as_deref() {
+            Some(v) => prefetch_env::parse_defer_ab(v)?,
+            None => (0, Vec::new()),
+        };
+        let defer = model.defer_experts();
+        let mut defer_ab = Vec::new();
+        for n in (0..ab_rounds).flat_map(|_| settings.iter().copied()) {
+            model.set_defer_experts(n)?;
+            model.reset_graph_timeline();
+            let secs = untimed(&mut model, &mut cache, chained, chained, &prompt, &tokens)?;
+            let tps = gen_len as f64 / secs;
+            let after = probe();
+            let tl = model.graph_timeline().map(|t| {
+                TimelineSummary::new(t, &decode_times, dram_gbps).with_around(Some(after))
+            });
+            if !a.json {
+                println!(
+                    "defer {n} experts: decode {tps:.2} tokens/s (probe after: {after:.1} GB/s)"
+                );
+                if let Some(t) = &tl {
+                    t.print();
+                }
+            }
+            defer_ab.push(json!({
+                "defer_experts": n,
+                "decode_tokens_per_s": tps,
+                "dram_gbps_after": after,
+                "decode_graph_timeline": tl.as_ref().map(TimelineSummary::json),
+            }));
+        }
+        model.set_defer_experts(defer)?;
+
         let crossover = if a.crossover {
             Some(crossover(&mut model, &w.config, a.seed)?)
         } else {
@@ -644,7 +680,7 @@ impl HybridRun<'_> {
             write_svg(path, &title, times)?;
         }
         if a.json {
-            let j = json!({
+            let mut j = json!({
                 "mode": self.mode.name(),
                 "model": w.label,
                 "layers": n_layers,
@@ -693,6 +729,8 @@ impl HybridRun<'_> {
                 "prefetch_rounds": prefetch_rounds,
                 "prefetch_ab": prefetch_ab,
             });
+            // beside the object above (one more key there passes the macro's recursion limit)
+            j["defer_ab"] = json!(defer_ab);
             println!("{j}");
             return Ok(());
         }

@@ -1,5 +1,6 @@
-//! The decode's prefetch knobs read from the environment (`KT_PREFETCH_ROUNDS`,
-//! `KT_PREFETCH_AB`): A/B switches for the device runs, not part of the command line.
+//! The decode's prefetch and deferral knobs read from the environment
+//! (`KT_PREFETCH_ROUNDS`, `KT_PREFETCH_AB`, `KT_DEFER_AB`): A/B switches for the device
+//! runs, not part of the command line.
 
 /// `name` parsed as a count, `None` when unset; an error naming the variable otherwise.
 // Only the hybrid decode (the `cuda` feature) reads it; the module's tests build without.
@@ -38,9 +39,37 @@ pub fn parse_prefetch_ab(v: &str, rounds: usize) -> Result<(usize, Vec<Option<us
     Ok((n, settings))
 }
 
+/// `KT_DEFER_AB`'s value: `N` (N rounds of deferral off, then 1 choice) or `N:A,B,...` (N
+/// rounds of the settings A, B, ... in turn, each a number of deferred choices).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub fn parse_defer_ab(v: &str) -> Result<(usize, Vec<usize>), String> {
+    let err = || format!("KT_DEFER_AB={v:?}: expected N or N:A,B,... (each a count)");
+    let (n, list) = match v.trim().split_once(':') {
+        Some((n, list)) => (n, Some(list)),
+        None => (v.trim(), None),
+    };
+    let n = n.trim().parse::<usize>().map_err(|_| err())?;
+    let settings = match list {
+        None => vec![0, 1],
+        Some(list) => list
+            .split(',')
+            .map(|s| s.trim().parse::<usize>().map_err(|_| err()))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok((n, settings))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defer_ab_settings_parse() {
+        assert_eq!(parse_defer_ab("3"), Ok((3, vec![0, 1])));
+        assert_eq!(parse_defer_ab("2:0, 2,1"), Ok((2, vec![0, 2, 1])));
+        assert!(parse_defer_ab("2:0,off").is_err());
+        assert!(parse_defer_ab("x").is_err());
+    }
 
     #[test]
     fn ab_settings_parse() {
