@@ -11,6 +11,11 @@
 //! approximation (KTransformers reports benchmark accuracy within about half a point for its
 //! setting), so it is off (`n = 0`) unless the rules ask for it; with `n = 0` the calls are
 //! exactly those without deferral.
+//!
+//! Measured on the device (BENCHMARKS session 34), it hides the GPU stretch (~120 us a V3 MoE
+//! layer down to ~6) but does not speed the decode up there: without it the CPU already streams
+//! in that stretch, prefetching the next layer's predicted experts (`hybrid/predict.rs`, 10-16
+//! MB a stretch), which the deferred experts displace.
 
 use super::fused_moe::FusedMoe;
 use crate::error::{ModelError, Result};
