@@ -20,40 +20,46 @@ pub fn env_usize(name: &str) -> Result<Option<usize>, String> {
 /// `N:A,B,...` (N rounds of the settings A, B, ... in turn, each `off` or a number of
 /// prefetch rounds). Returns N and the settings (`None` = off).
 pub fn parse_prefetch_ab(v: &str, rounds: usize) -> Result<(usize, Vec<Option<usize>>), String> {
-    let err = || format!("KT_PREFETCH_AB={v:?}: expected N or N:A,B,... (each `off` or rounds)");
-    let (n, list) = match v.trim().split_once(':') {
-        Some((n, list)) => (n, Some(list)),
-        None => (v.trim(), None),
+    let setting = |s: &str| match s {
+        "off" => Some(None),
+        r => r.parse::<usize>().ok().map(Some),
     };
-    let n = n.trim().parse::<usize>().map_err(|_| err())?;
-    let settings = match list {
-        None => vec![None, Some(rounds)],
-        Some(list) => list
-            .split(',')
-            .map(|s| match s.trim() {
-                "off" => Ok(None),
-                r => r.parse::<usize>().map(Some).map_err(|_| err()),
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-    };
-    Ok((n, settings))
+    parse_ab(
+        "KT_PREFETCH_AB",
+        v,
+        "`off` or rounds",
+        vec![None, Some(rounds)],
+        setting,
+    )
 }
 
 /// `KT_DEFER_AB`'s value: `N` (N rounds of deferral off, then 1 choice) or `N:A,B,...` (N
 /// rounds of the settings A, B, ... in turn, each a number of deferred choices).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub fn parse_defer_ab(v: &str) -> Result<(usize, Vec<usize>), String> {
-    let err = || format!("KT_DEFER_AB={v:?}: expected N or N:A,B,... (each a count)");
+    parse_ab("KT_DEFER_AB", v, "a count", vec![0, 1], |s| s.parse().ok())
+}
+
+/// An A/B variable `name`'s value `v`: `N` (N rounds of `default`) or `N:A,B,...` (N rounds
+/// of the settings A, B, ..., each read by `setting`, described by `each` in the error).
+fn parse_ab<T>(
+    name: &str,
+    v: &str,
+    each: &str,
+    default: Vec<T>,
+    setting: impl Fn(&str) -> Option<T>,
+) -> Result<(usize, Vec<T>), String> {
+    let err = || format!("{name}={v:?}: expected N or N:A,B,... (each {each})");
     let (n, list) = match v.trim().split_once(':') {
         Some((n, list)) => (n, Some(list)),
         None => (v.trim(), None),
     };
     let n = n.trim().parse::<usize>().map_err(|_| err())?;
     let settings = match list {
-        None => vec![0, 1],
+        None => default,
         Some(list) => list
             .split(',')
-            .map(|s| s.trim().parse::<usize>().map_err(|_| err()))
+            .map(|s| setting(s.trim()).ok_or_else(err))
             .collect::<Result<Vec<_>, _>>()?,
     };
     Ok((n, settings))

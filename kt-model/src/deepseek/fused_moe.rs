@@ -217,6 +217,7 @@ impl FusedMoe {
     /// and any number of choices up to the layer's top k: the CPU's share of a single-token
     /// step whose other choices run on the GPU (`decode_resident`), or that defers some
     /// (`defer.rs`). No choice: `out = 0`.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub fn forward_choices(
         &self,
         layer: usize,
