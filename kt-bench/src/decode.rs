@@ -244,7 +244,7 @@ fn load(a: &Args, show_progress: bool) -> Result<Weights, Box<dyn std::error::Er
 /// module with the weights as stored, but for the routed experts, which an all-CPU file may
 /// put in a repacked layout (`int4_amx`, `int8_amx`: one format for every layer; returned
 /// third); any other format is refused, naming the first such module, rather than being
-/// silently ignored. A file with GPU modules needs the `cuda` build and a placement the
+/// silently ignored, and so is `defer_experts` (a hybrid executor's option). A file with GPU modules needs the `cuda` build and a placement the
 /// hybrid executor can run (`kt_model::hybrid::HybridModel::check`); otherwise it is
 /// refused, naming why.
 fn placement(rules: &str, config: &DeepSeekConfig) -> Result<Placed, Box<dyn std::error::Error>> {
@@ -274,6 +274,14 @@ fn placement(rules: &str, config: &DeepSeekConfig) -> Result<Placed, Box<dyn std
     }
     let mut repack: Option<(&str, WeightFormat)> = None;
     for m in placed.modules() {
+        if m.options.defer_experts.is_some_and(|n| n > 0) {
+            return Err(format!(
+                "--rules {rules}: module {} asks for defer_experts, which only the hybrid \
+                 executor runs (the CPU engine has no GPU work to overlap)",
+                m.name
+            )
+            .into());
+        }
         if m.format == WeightFormat::Gguf {
             continue;
         }
@@ -650,4 +658,39 @@ pub(crate) fn prompt_ids(c: &DeepSeekConfig, len: usize, seed: u64) -> Vec<u32> 
         ids[0] = bos;
     }
     ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CPU-only rules file is refused when it asks for what only the hybrid executor runs
+    /// (`defer_experts`) or for formats the CPU engine does not run, naming the module; the
+    /// same file without the option places.
+    #[test]
+    fn cpu_rules_refuse_what_the_cpu_engine_ignores() {
+        let config = Preset::DeepSeekV2Lite.config();
+        let dir = std::env::temp_dir().join(format!("kt-bench-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, options: &str| {
+            let path = dir.join(name);
+            let text = format!(
+                "devices: [cpu]\nrules:\n  - match: {{kind: routed_experts}}\n    replace: {{device: cpu, format: gguf{options}}}\n  - match: {{name: '.*'}}\n    replace: {{device: cpu, format: gguf}}\n"
+            );
+            std::fs::write(&path, text).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let deferring = write("defer.yaml", ", options: {defer_experts: 2}");
+        let e = placement(&deferring, &config).unwrap_err().to_string();
+        assert!(
+            e.contains("blk.1.ffn_exps") && e.contains("defer_experts"),
+            "{e}"
+        );
+        let plain = write("plain.yaml", "");
+        let (_, hybrid, repack) = placement(&plain, &config).unwrap();
+        assert!(hybrid.is_none() && repack.is_none());
+        let off = write("off.yaml", ", options: {defer_experts: 0}");
+        assert!(placement(&off, &config).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
