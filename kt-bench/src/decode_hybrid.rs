@@ -177,7 +177,8 @@ struct TimelineSummary {
     /// The first MoE layer's experts per token, ms: the one layer with no prefetch before it.
     first_experts_ms: f64,
     /// Per MoE layer, in order: its experts per token (ms) and the bytes of its routed
-    /// experts per token (the timed run's, the same tokens) over that time (GB/s). Layers
+    /// experts per token (the timed run's, the same tokens) over that time plus the layer's
+    /// deferred time (GB/s). Layers
     /// differ in bytes: llama.cpp's Q4_K_M gives some layers' `ffn_down` more bits (V2-Lite's
     /// first MoE layer among them), so compare a layer's GB/s, not its time.
     experts_per_layer_ms: Vec<f64>,
@@ -360,6 +361,24 @@ fn moe_layer_bound_fraction(
 ) -> Option<f64> {
     let layer_ms = experts_ms + between_ms;
     (layer_ms > 0.0).then(|| experts_fraction * experts_ms / layer_ms)
+}
+
+/// One round of an in-process A/B (`KT_PREFETCH_AB`, `KT_DEFER_AB`): `steps` decoded again
+/// after `prompt` (graph and pipelined layers as `chained` says) on a fresh graph timeline;
+/// the decode rate (tokens/s) and the timeline's summary (`timed`: the timed run's bytes).
+fn ab_round(
+    model: &mut HybridModel,
+    cache: &mut HybridCache,
+    (prompt, steps, chained): (&[u32], &[u32], bool),
+    timed: &HybridTimes,
+    dram_gbps: f64,
+) -> Result<(f64, Option<TimelineSummary>), Box<dyn std::error::Error>> {
+    model.reset_graph_timeline();
+    let secs = untimed(model, cache, chained, chained, prompt, steps)?;
+    let summary = model
+        .graph_timeline()
+        .map(|t| TimelineSummary::new(t, timed, dram_gbps));
+    Ok((steps.len() as f64 / secs, summary))
 }
 
 /// `steps` decoded one token a call after `prompt` on `cache`, cleared first (as llama-bench
@@ -578,12 +597,8 @@ impl HybridRun<'_> {
             if let Some(r) = setting {
                 model.set_prefetch_rounds(r)?;
             }
-            model.reset_graph_timeline();
-            let secs = untimed(&mut model, &mut cache, chained, chained, &prompt, &tokens)?;
-            let tps = gen_len as f64 / secs;
-            let tl = model
-                .graph_timeline()
-                .map(|t| TimelineSummary::new(t, &decode_times, dram_gbps));
+            let round = (&prompt[..], &tokens[..], chained);
+            let (tps, tl) = ab_round(&mut model, &mut cache, round, &decode_times, dram_gbps)?;
             if !a.json {
                 match setting {
                     Some(r) => println!("prefetch {r} rounds: decode {tps:.2} tokens/s"),
@@ -617,13 +632,10 @@ impl HybridRun<'_> {
         let mut defer_ab = Vec::new();
         for n in (0..ab_rounds).flat_map(|_| settings.iter().copied()) {
             model.set_defer_experts(n)?;
-            model.reset_graph_timeline();
-            let secs = untimed(&mut model, &mut cache, chained, chained, &prompt, &tokens)?;
-            let tps = gen_len as f64 / secs;
+            let round = (&prompt[..], &tokens[..], chained);
+            let (tps, tl) = ab_round(&mut model, &mut cache, round, &decode_times, dram_gbps)?;
             let after = probe();
-            let tl = model.graph_timeline().map(|t| {
-                TimelineSummary::new(t, &decode_times, dram_gbps).with_around(Some(after))
-            });
+            let tl = tl.map(|t| t.with_around(Some(after)));
             if !a.json {
                 println!(
                     "defer {n} experts: decode {tps:.2} tokens/s (probe after: {after:.1} GB/s)"
