@@ -18,6 +18,7 @@ mod pool_bench;
 #[cfg(any(feature = "cuda", test))]
 mod prefetch_env;
 mod probe_rounds;
+mod read_ceiling;
 mod reps;
 mod split;
 mod stats;

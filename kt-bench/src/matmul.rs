@@ -18,7 +18,9 @@ use kt_kernels::quant::{self, QType};
 use kt_kernels::util::SplitMix64;
 
 use crate::machine;
+use crate::moe::variant_of;
 use crate::probe_rounds::ProbeRounds;
+use crate::read_ceiling;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,6 +54,20 @@ pub struct Args {
     /// Print one JSON object per case.
     #[arg(long)]
     pub json: bool,
+    /// Streamed GEMVs: also time the read ceiling, each call's matrix read again in one
+    /// job with each of the read probe's patterns and nothing else done, taking turns with
+    /// the GEMV call by call (`read_ceiling`); reports each, and the GEMV against the fastest.
+    #[arg(long)]
+    pub ceiling: bool,
+}
+
+/// One read form of `--ceiling`, timed beside the GEMV.
+#[derive(serde::Serialize)]
+struct CeilingForm {
+    pattern: &'static str,
+    ms_per_call: f64,
+    weight_gbps: f64,
+    bandwidth_fraction_paired: Option<f64>,
 }
 
 #[derive(serde::Serialize)]
@@ -79,6 +95,12 @@ struct Row {
     peak_gops: f64,
     peak_kind: &'static str,
     peak_fraction: f64,
+    /// With --ceiling: the read forms timed beside the GEMV, and the GEMV's `weight_gbps`
+    /// over the fastest one's (medians of calls taking turns).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    read_ceiling: Vec<CeilingForm>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    of_read_ceiling: Option<f64>,
 }
 
 pub(crate) fn parse_shape(s: &str) -> Result<(usize, usize), String> {
@@ -132,8 +154,13 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             "kt-bench matmul | {} | isa {} | {} threads | read bandwidth {:.1} GB/s | peak {:.0} GOP/s ({})",
             m.cpu, m.isa, m.threads, m.dram_gbps, m.peak_gops, m.peak_kind
         );
+        let ceiling = if a.ceiling {
+            format!(" {:>7} {:>7}", "ceiling", "of ceil")
+        } else {
+            String::new()
+        };
         println!(
-            "{:<6} {:>11} {:>6} {:>10} {:>9} {:>6} {:>7} {:>9} {:>6}",
+            "{:<6} {:>11} {:>6} {:>10} {:>9} {:>6} {:>7} {:>9} {:>6}{ceiling}",
             "format", "shape", "tokens", "ms/call", "GB/s", "of bw", "beside", "GOP/s", "of pk"
         );
     }
@@ -197,29 +224,74 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                     p.restart();
                     p
                 });
-                let (mut times, mut rounds) = (Vec::new(), Vec::new());
+                // setting 0 the GEMV, 1.. the read forms (streamed GEMVs with --ceiling)
+                let forms = if a.ceiling && probes.is_some() {
+                    read_ceiling::forms()
+                } else {
+                    &[]
+                };
+                let settings = 1 + forms.len();
+                let item = read_ceiling::item_bytes(mat.len(), pool.threads());
+                let mut times = vec![Vec::new(); settings];
+                let mut rounds = vec![Vec::new(); settings];
                 let start = Instant::now();
                 let mut i = 0;
-                while (start.elapsed().as_secs_f64() < a.seconds || times.len() < 5)
-                    && times.len() < 10_000
+                while (start.elapsed().as_secs_f64() < a.seconds
+                    || times.iter().any(|t| t.len() < 5))
+                    && times[0].len() < 10_000
                 {
-                    rounds.push(probes.as_mut().map_or(0, |p| p.round().0));
+                    let v = variant_of(i, all.len(), settings);
+                    rounds[v].push(probes.as_mut().map_or(0, |p| p.round().0));
                     let t = Instant::now();
-                    call(i, &mut out)?;
-                    times.push(t.elapsed().as_secs_f64());
+                    match v.checked_sub(1) {
+                        None => call(i, &mut out)?,
+                        Some(f) => {
+                            read_ceiling::read_parts(pool, &[all[i % all.len()]], item, &forms[f]);
+                        }
+                    }
+                    times[v].push(t.elapsed().as_secs_f64());
                     i += 1;
                 }
                 if let Some(p) = probes.as_mut() {
                     p.finish();
                 }
-                let each_gbps: Vec<f64> =
-                    times.iter().map(|t| mat.len() as f64 / t / 1e9).collect();
-                let paired = probes
-                    .as_ref()
-                    .and_then(|p| p.fraction(&each_gbps, &rounds));
-                times.sort_by(|x, y| x.total_cmp(y));
-                let secs = times[times.len() / 2];
+                // per setting: the median call and its fraction of the probes beside it
+                let timed: Vec<(f64, Option<f64>)> = times
+                    .iter_mut()
+                    .zip(&rounds)
+                    .map(|(times, rounds)| {
+                        let each_gbps: Vec<f64> =
+                            times.iter().map(|t| mat.len() as f64 / t / 1e9).collect();
+                        let paired = probes.as_ref().and_then(|p| p.fraction(&each_gbps, rounds));
+                        times.sort_by(|x, y| x.total_cmp(y));
+                        (times[times.len() / 2], paired)
+                    })
+                    .collect();
+                let (secs, paired) = timed[0];
                 let gbps = mat.len() as f64 / secs / 1e9;
+                let read_ceiling: Vec<CeilingForm> = forms
+                    .iter()
+                    .zip(&timed[1..])
+                    .map(|(f, &(secs, paired))| CeilingForm {
+                        pattern: f.name,
+                        ms_per_call: secs * 1e3,
+                        weight_gbps: mat.len() as f64 / secs / 1e9,
+                        bandwidth_fraction_paired: paired,
+                    })
+                    .collect();
+                let fastest = read_ceiling
+                    .iter()
+                    .max_by(|x, y| x.weight_gbps.total_cmp(&y.weight_gbps));
+                let of_read_ceiling = fastest.map(|c| gbps / c.weight_gbps);
+                let ceiling_cols = match fastest {
+                    Some(c) => format!(
+                        " {:>7} {:>6.0}%",
+                        c.bandwidth_fraction_paired
+                            .map_or("-".to_string(), |f| format!("{:.0}%", 100.0 * f)),
+                        100.0 * gbps / c.weight_gbps
+                    ),
+                    None => String::new(),
+                };
                 let gops = 2.0 * (rows * cols * tokens) as f64 / secs / 1e9;
                 let row = Row {
                     format: q.name().into(),
@@ -240,6 +312,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                     peak_gops: m.peak_gops,
                     peak_kind: m.peak_kind,
                     peak_fraction: gops / m.peak_gops,
+                    read_ceiling,
+                    of_read_ceiling,
                 };
                 if a.json {
                     println!("{}", serde_json::to_string(&row)?);
@@ -249,7 +323,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                         .bandwidth_fraction_paired
                         .map_or("-".to_string(), |f| format!("{:.0}%", 100.0 * f));
                     println!(
-                        "{:<6} {:>11} {:>6} {:>10.4} {:>9.1} {:>5.0}% {:>7} {:>9.1} {:>5.1}%",
+                        "{:<6} {:>11} {:>6} {:>10.4} {:>9.1} {:>5.0}% {:>7} {:>9.1} {:>5.1}%{ceiling_cols}",
                         row.format,
                         format!("{rows}x{cols}"),
                         tokens,

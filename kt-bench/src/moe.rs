@@ -37,6 +37,7 @@ use kt_kernels::util::SplitMix64;
 use crate::machine;
 use crate::moe_routing::{recent_calls, Drawer, Routing};
 use crate::probe_rounds::ProbeRounds;
+use crate::read_ceiling;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -82,6 +83,12 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also time the read ceiling (GGUF formats): each call's expert bytes read again in one
+    /// job, with each of the read probe's patterns and nothing else done, taking turns with
+    /// the operator call by call (`read_ceiling`). Reports each, and the operator against the
+    /// fastest.
+    #[arg(long)]
+    pub ceiling: bool,
     /// Also report the CPU time per call of all the process's threads (Linux
     /// `/proc/self/task/*/schedstat`): on a machine shared with other work, wall time
     /// grows with the time slices lost to it, CPU time much less.
@@ -212,6 +219,14 @@ struct Report {
     /// The repacked AMX kernel's weight prefetch, when --prefetch set it.
     #[serde(skip_serializing_if = "Option::is_none")]
     prefetch: Option<String>,
+    /// With --ceiling: the read probe pattern this line's calls read the experts' bytes
+    /// with (no operator ran); absent on the operator's line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_ceiling: Option<&'static str>,
+    /// With --ceiling, on the operator's line: its `weight_gbps` over the fastest read
+    /// form's, both medians of calls taking turns in this process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    of_read_ceiling: Option<f64>,
     routing: Routing,
     /// Calls of `fresh` routing that had to draw uniformly (too few experts left).
     fresh_fallback_calls: usize,
@@ -241,6 +256,9 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if !a.prefetch.is_empty() {
         return Err("--prefetch applies to the repacked formats (int4, int8, bf16) only".into());
+    }
+    if a.ceiling && a.tokens > 1 {
+        return Err("--ceiling times the one-token read ceiling: use it with --tokens 1".into());
     }
     let (gate_q, up_q, mut down_q) = formats(&a.format, sh.inter)?;
     if let Some(d) = &a.down_format {
@@ -294,17 +312,40 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut probes = ProbeRounds::new(&probe_pool);
         let ctx = MoeContext::new(pool, isa, a.tokens, k, &all)?;
         let expert_bytes = layers[0].expert_bytes();
+        let forms = if a.ceiling {
+            read_ceiling::forms()
+        } else {
+            &[]
+        };
+        let item = read_ceiling::item_bytes(k * expert_bytes, threads);
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(3 * k);
         let timed = time_calls(
             &a,
             &sh,
             warmup,
             copies,
             expert_bytes,
-            1,
+            1 + forms.len(),
             &mut probes,
-            |copy, _, ids, w, x, out| {
+            |copy, v, ids, w, x, out| {
                 let layer = &layers[copy];
-                ctx.forward(layer, x, ids, w, out)?;
+                match v.checked_sub(1).map(|f| &forms[f]) {
+                    None => ctx.forward(layer, x, ids, w, out)?,
+                    Some(form) => {
+                        // the distinct experts' bytes, as the operator reads them
+                        parts.clear();
+                        for (j, &e) in ids.iter().enumerate() {
+                            if ids[..j].contains(&e) {
+                                continue;
+                            }
+                            let e = e as usize;
+                            parts.push(layer.gate().expert(e));
+                            parts.push(layer.up().expert(e));
+                            parts.push(layer.down().expert(e));
+                        }
+                        read_ceiling::read_parts(&probe_pool, &parts, item, form);
+                    }
+                }
                 Ok(layer.expert_bytes())
             },
         )?;
@@ -315,8 +356,33 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             copies,
             layer_bytes,
         };
-        for t in &timed {
-            report(&a, &sh, &run, names.clone(), label.clone(), None, t)?;
+        // the fastest read form, per routing
+        let settings = 1 + forms.len();
+        let best = |r: usize| {
+            timed[r * settings + 1..(r + 1) * settings]
+                .iter()
+                .map(|t| t.weight_gbps)
+                .fold(None, |m: Option<f64>, g| Some(m.map_or(g, |m| m.max(g))))
+        };
+        for (v, t) in timed.iter().enumerate() {
+            let (r, f) = (v / settings, v % settings);
+            let ceiling = Ceiling {
+                form: f.checked_sub(1).map(|f| forms[f].name),
+                of_best: (f == 0)
+                    .then(|| best(r))
+                    .flatten()
+                    .map(|b| t.weight_gbps / b),
+            };
+            report(
+                &a,
+                &sh,
+                &run,
+                names.clone(),
+                label.clone(),
+                None,
+                ceiling,
+                t,
+            )?;
         }
         Ok(())
     })
@@ -402,6 +468,9 @@ fn repacked_stack(
 /// `kt-bench moe --format int4|int8|bf16`: the same measurement over a repacked layer.
 fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
     let f = RepackFormat::parse(&a.format, a.group)?;
+    if a.ceiling {
+        return Err("--ceiling applies to the GGUF formats (q4_k, q3_k, q2_k, q5_k) only".into());
+    }
     if a.tokens == 0 {
         return Err("--tokens must be at least 1".into());
     }
@@ -479,6 +548,7 @@ fn run_repacked(a: Args, sh: Shape) -> Result<(), Box<dyn std::error::Error>> {
                 names,
                 label.clone(),
                 a.prefetch.get(v % settings).cloned(),
+                Ceiling::default(),
                 t,
             )?;
         }
@@ -562,7 +632,7 @@ struct Samples {
 /// on the device: 16 copies, two settings each read 8), and copies of the same data read
 /// up to 5% apart there (session 23, call G). Shifting by one each pass over the copies
 /// gives every (setting, copy) pair exactly once in `copies * variants` calls.
-fn variant_of(n: usize, copies: usize, variants: usize) -> usize {
+pub(crate) fn variant_of(n: usize, copies: usize, variants: usize) -> usize {
     (n % copies + n / copies) % variants
 }
 
@@ -677,8 +747,17 @@ fn time_calls(
         .collect())
 }
 
+/// With `--ceiling`: what a report line is (the operator, or a read form) and the
+/// operator against the fastest read form.
+#[derive(Default)]
+struct Ceiling {
+    form: Option<&'static str>,
+    of_best: Option<f64>,
+}
+
 /// Prints one run (a table line, or JSON with `--json`); `prefetch`: the setting of
 /// `--prefetch` it ran with, if any.
+#[allow(clippy::too_many_arguments)]
 fn report(
     a: &Args,
     sh: &Shape,
@@ -686,6 +765,7 @@ fn report(
     [gate, up, down]: [String; 3],
     label: String,
     prefetch: Option<String>,
+    ceiling: Ceiling,
     t: &Timed,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let Run {
@@ -706,6 +786,8 @@ fn report(
         isa: isa.to_string(),
         threads,
         prefetch,
+        read_ceiling: ceiling.form,
+        of_read_ceiling: ceiling.of_best,
         routing: t.routing,
         fresh_fallback_calls: t.fresh_fallback_calls,
         layer_copies: copies,
@@ -735,6 +817,9 @@ fn report(
         0 => String::new(),
         n => format!(" ({n} calls drawn uniformly: too few experts left)"),
     };
+    if let Some(form) = r.read_ceiling {
+        println!("read ceiling, {form}: the calls' expert bytes read, no operator");
+    }
     println!(
         "{} {label} | {} tokens x top-{} | {copies} copies of the {:.2} GB layer | {} routing{fallback}",
         r.shape,
@@ -743,15 +828,21 @@ fn report(
         layer_bytes as f64 / 1e9,
         r.routing.name()
     );
+    let compute = match r.read_ceiling {
+        Some(_) => String::new(),
+        None => format!(
+            " | {:.3} TFLOP/s = {:.1}% of peak",
+            r.tflops,
+            100.0 * r.peak_fraction
+        ),
+    };
     println!(
-        "{:.3} ms/call | {:.1} tokens/s | {:.1} experts/call | weights {:.1} GB/s = {:.0}% of bw | {:.3} TFLOP/s = {:.1}% of peak",
+        "{:.3} ms/call | {:.1} tokens/s | {:.1} experts/call | weights {:.1} GB/s = {:.0}% of bw{compute}",
         r.ms_per_call,
         r.tokens_per_s,
         r.distinct_experts_per_call,
         r.weight_gbps,
         100.0 * r.bandwidth_fraction,
-        r.tflops,
-        100.0 * r.peak_fraction
     );
     if let Some(f) = r.bandwidth_fraction_paired {
         let lo = r
@@ -764,6 +855,12 @@ fn report(
             "weights {:.0}% of the read bandwidth measured beside the calls ({} probes, {lo:.1} .. {hi:.1} GB/s; median of the rounds)",
             100.0 * f,
             r.dram_gbps_around.len()
+        );
+    }
+    if let Some(f) = r.of_read_ceiling {
+        println!(
+            "operator at {:.0}% of the fastest read of the same bytes (read ceiling)",
+            100.0 * f
         );
     }
     if let Some(c) = r.cpu_ms_per_call {

@@ -169,15 +169,9 @@ pub fn measure_region(
     passes: usize,
     patterns: &[Pattern],
 ) -> Vec<Bandwidth> {
-    // the aligned whole words of the region
-    let skip = region.as_ptr().align_offset(8).min(region.len());
-    let words = (region.len() - skip) / 8;
+    let data = aligned_words(region);
+    let words = data.len();
     let bytes = words * 8;
-    let data: &[u64] = {
-        // SAFETY: `skip` makes the start 8-byte aligned and `words` whole u64s follow it
-        // inside the region; any bit pattern is a valid u64.
-        unsafe { std::slice::from_raw_parts(region.as_ptr().add(skip) as *const u64, words) }
-    };
     let sink = std::sync::atomic::AtomicU64::new(0);
     let mut best = vec![f64::INFINITY; patterns.len()];
     for _ in 0..passes.max(1) {
@@ -204,6 +198,23 @@ pub fn measure_region(
             pattern: p.name,
         })
         .collect()
+}
+
+/// The aligned whole 8-byte words of `region`.
+fn aligned_words(region: &[u8]) -> &[u64] {
+    let skip = region.as_ptr().align_offset(8).min(region.len());
+    let words = (region.len() - skip) / 8;
+    // SAFETY: `skip` makes the start 8-byte aligned and `words` whole u64s follow it
+    // inside the region; any bit pattern is a valid u64.
+    unsafe { std::slice::from_raw_parts(region.as_ptr().add(skip) as *const u64, words) }
+}
+
+/// Reads `bytes` (its aligned whole words) as `pattern` reads one work item and returns
+/// the words' wrapping sum: a kernel's work item read with nothing else done, so timing
+/// it beside the kernel gives the most any kernel reading the same items could stream
+/// (`kt-bench moe --ceiling`, `kt-bench matmul --ceiling`).
+pub fn read_bytes(bytes: &[u8], pattern: &Pattern) -> u64 {
+    read_slice(aligned_words(bytes), pattern)
 }
 
 /// Sums every word of `slice` (a whole number of lines per stream) reading it as
@@ -265,6 +276,19 @@ mod tests {
             slice: 0,
         };
         assert_eq!(read_slice(&slice, &odd), want);
+        // As bytes: the same words, from an unaligned start the first aligned word on.
+        let bytes: Vec<u8> = slice.iter().flat_map(|w| w.to_le_bytes()).collect();
+        for p in PATTERNS.iter().chain([&odd]) {
+            assert_eq!(read_bytes(&bytes, p), want, "{}", p.name);
+        }
+        let mut shifted = vec![1u8; 5];
+        shifted.extend_from_slice(&bytes);
+        let from = shifted.as_ptr().align_offset(8);
+        let expect = shifted[from..]
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+            .fold(0u64, |a, b| a.wrapping_add(b));
+        assert_eq!(read_bytes(&shifted, &PATTERNS[2]), expect);
     }
 
     #[test]
