@@ -2,8 +2,9 @@
 
 use serde_json::{json, Value};
 
-/// The DRAM read probe (1 GiB, the best of `MEMBW_PASSES` passes of each of
-/// `membw::PATTERNS`) at three points of one run: before
+/// The DRAM read probe (`membw::ReadProbe`: 1 GiB buffers read in turn, `MEMBW_PASSES`
+/// passes of each of `membw::PATTERNS`, the best pattern's median pass) at three points of
+/// one run: before
 /// the model goes to the GPU, right before the graph decode whose rate is the headline,
 /// and after it. A VM's bandwidth drifts within a run (session 9's runs read 87-130 GB/s
 /// on one instance), so one reading can land far from what the experts saw; the bound

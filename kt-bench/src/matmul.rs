@@ -84,6 +84,8 @@ struct Row {
     ms_per_call: f64,
     weight_gbps: f64,
     dram_gbps: f64,
+    /// The start probe's fastest pass (`dram_gbps` is its best pattern's median pass).
+    dram_gbps_best_pass: f64,
     bandwidth_fraction: f64,
     /// GEMVs (weights streamed, not resident): `weight_gbps` against read probes taken
     /// between the calls (`probe_rounds`), and those readings.
@@ -305,6 +307,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                     ms_per_call: secs * 1e3,
                     weight_gbps: gbps,
                     dram_gbps: m.dram_gbps,
+                    dram_gbps_best_pass: m.dram_gbps_best_pass,
                     bandwidth_fraction: gbps / m.dram_gbps,
                     bandwidth_fraction_paired: paired,
                     dram_gbps_around: probes.map(|p| p.readings.clone()).unwrap_or_default(),

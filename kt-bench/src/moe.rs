@@ -236,6 +236,8 @@ struct Report {
     distinct_experts_per_call: f64,
     weight_gbps: f64,
     dram_gbps: f64,
+    /// The start probe's fastest pass (`dram_gbps` is its best pattern's median pass).
+    dram_gbps_best_pass: f64,
     bandwidth_fraction: f64,
     /// `weight_gbps` against probes taken between the calls (`probe_rounds`).
     bandwidth_fraction_paired: Option<f64>,
@@ -796,6 +798,7 @@ fn report(
         distinct_experts_per_call: t.distinct_per_call,
         weight_gbps: t.weight_gbps,
         dram_gbps: m.dram_gbps,
+        dram_gbps_best_pass: m.dram_gbps_best_pass,
         bandwidth_fraction: t.weight_gbps / m.dram_gbps,
         bandwidth_fraction_paired: t.paired_fraction,
         dram_gbps_around: t.dram_gbps_around.clone(),

@@ -2,8 +2,8 @@
 //! reads, read again in one pool job with nothing else done, the read forms taking turns
 //! with the kernel call by call.
 //!
-//! The kernels' one-token figures are fractions of the read probe (1 GiB, 1 MiB items,
-//! the best of its patterns). A call reads far fewer bytes (a V3 MoE layer's 198 MB, a
+//! The kernels' one-token figures are fractions of the read probe (1 GiB buffers read in
+//! turn, 1 MiB items, the best of its patterns by the median pass). A call reads far fewer bytes (a V3 MoE layer's 198 MB, a
 //! V2-Lite expert matrix's 1.6 MB) in one job, with a start and an end on every thread.
 //! Reading those very bytes the probe's ways, in the same process and the same rounds,
 //! gives the most a kernel reading them in one call could stream; the kernel against it

@@ -70,7 +70,10 @@ fn main() -> Result<(), String> {
                 .map(|(j, _)| PATTERNS[j].name)
                 .unwrap_or("");
             let (_, med_best, _) = stats(
-                &each[PATTERNS.iter().position(|p| p.name == best_pattern).unwrap_or(0)],
+                &each[PATTERNS
+                    .iter()
+                    .position(|p| p.name == best_pattern)
+                    .unwrap_or(0)],
             );
             println!(
                 "{{\"round\":{round},\"kind\":\"{kind}\",\"best\":{hi:.2},\"median\":{med:.2},\"min\":{lo:.2},\"best_pattern\":\"{best_pattern}\",\"best_pattern_median\":{med_best:.2},\"passes\":{:?}}}",
