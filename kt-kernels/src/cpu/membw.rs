@@ -15,13 +15,14 @@
 //! The figure is each pattern's median pass, not its best, and a probe's passes read
 //! buffers in turn (session 35, device). The kernels' figures are medians of many calls on
 //! weights no recent call read; the probe used to keep the best of 15 passes over one 1 GiB
-//! buffer read back to back. On the device's VM its passes spread by 10-40% (the host's
-//! other tenants), so the best pass is a quiet moment the kernels' medians do not have,
-//! and the 300 MiB L3 kept part of the buffer between passes: over 16 threads the best and
-//! the median pass of one buffer read back to back were 1-16% (mean ~6%) and 1-14% (~9%)
-//! above those of buffers each read again only 7 GiB later. A probe now reads
-//! [`COLD_SLICES`] buffers in turn and reports each pattern's median pass (the best pass
-//! stays in [`Bandwidth::best_pass_gbps`]).
+//! buffer read back to back. On the device's VM the best pattern's fastest pass read up to
+//! 11% above its median pass within one reading (the host's other tenants), a quiet moment
+//! the kernels' medians do not have, and the 300 MiB L3 kept part of the buffer between
+//! passes: at 16 threads the fastest and the median pass over one buffer read back to back
+//! were 0-16% (mean 6%) and 1-14% (mean 10%) above those over buffers each read again only
+//! 7 GiB later (six rounds; level at 8 threads). A probe now reads [`COLD_SLICES`] buffers
+//! in turn and reports each pattern's median pass (the fastest pass stays in
+//! [`Bandwidth::best_pass_gbps`]).
 
 use std::time::Instant;
 
