@@ -65,6 +65,7 @@ pub struct Args {
 #[derive(serde::Serialize)]
 struct CeilingForm {
     pattern: &'static str,
+    items_per_thread: usize,
     ms_per_call: f64,
     weight_gbps: f64,
     bandwidth_fraction_paired: Option<f64>,
@@ -230,10 +231,9 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let forms = if a.ceiling && probes.is_some() {
                     read_ceiling::forms()
                 } else {
-                    &[]
+                    Vec::new()
                 };
                 let settings = 1 + forms.len();
-                let item = read_ceiling::item_bytes(mat.len(), pool.threads());
                 let mut times = vec![Vec::new(); settings];
                 let mut rounds = vec![Vec::new(); settings];
                 let start = Instant::now();
@@ -248,7 +248,9 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                     match v.checked_sub(1) {
                         None => call(i, &mut out)?,
                         Some(f) => {
-                            read_ceiling::read_parts(pool, &[all[i % all.len()]], item, &forms[f]);
+                            let item = forms[f].item_bytes(mat.len(), pool.threads());
+                            let part = [all[i % all.len()]];
+                            read_ceiling::read_parts(pool, &part, item, forms[f].pattern);
                         }
                     }
                     times[v].push(t.elapsed().as_secs_f64());
@@ -275,7 +277,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                     .iter()
                     .zip(&timed[1..])
                     .map(|(f, &(secs, paired))| CeilingForm {
-                        pattern: f.name,
+                        pattern: f.pattern.name,
+                        items_per_thread: f.items_per_thread,
                         ms_per_call: secs * 1e3,
                         weight_gbps: mat.len() as f64 / secs / 1e9,
                         bandwidth_fraction_paired: paired,

@@ -222,7 +222,7 @@ struct Report {
     /// With --ceiling: the read probe pattern this line's calls read the experts' bytes
     /// with (no operator ran); absent on the operator's line.
     #[serde(skip_serializing_if = "Option::is_none")]
-    read_ceiling: Option<&'static str>,
+    read_ceiling: Option<String>,
     /// With --ceiling, on the operator's line: its `weight_gbps` over the fastest read
     /// form's, both medians of calls taking turns in this process.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -317,9 +317,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         let forms = if a.ceiling {
             read_ceiling::forms()
         } else {
-            &[]
+            Vec::new()
         };
-        let item = read_ceiling::item_bytes(k * expert_bytes, threads);
         let mut parts: Vec<&[u8]> = Vec::with_capacity(3 * k);
         let timed = time_calls(
             &a,
@@ -345,7 +344,9 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                             parts.push(layer.up().expert(e));
                             parts.push(layer.down().expert(e));
                         }
-                        read_ceiling::read_parts(&probe_pool, &parts, item, form);
+                        let total = parts.iter().map(|p| p.len()).sum();
+                        let item = form.item_bytes(total, threads);
+                        read_ceiling::read_parts(&probe_pool, &parts, item, form.pattern);
                     }
                 }
                 Ok(layer.expert_bytes())
@@ -369,7 +370,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         for (v, t) in timed.iter().enumerate() {
             let (r, f) = (v / settings, v % settings);
             let ceiling = Ceiling {
-                form: f.checked_sub(1).map(|f| forms[f].name),
+                form: f.checked_sub(1).map(|f| forms[f].label()),
                 of_best: (f == 0)
                     .then(|| best(r))
                     .flatten()
@@ -753,7 +754,7 @@ fn time_calls(
 /// operator against the fastest read form.
 #[derive(Default)]
 struct Ceiling {
-    form: Option<&'static str>,
+    form: Option<String>,
     of_best: Option<f64>,
 }
 
@@ -820,7 +821,7 @@ fn report(
         0 => String::new(),
         n => format!(" ({n} calls drawn uniformly: too few experts left)"),
     };
-    if let Some(form) = r.read_ceiling {
+    if let Some(form) = &r.read_ceiling {
         println!("read ceiling, {form}: the calls' expert bytes read, no operator");
     }
     println!(

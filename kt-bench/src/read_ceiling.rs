@@ -17,20 +17,48 @@ use kt_kernels::cpu::ThreadPool;
 /// The largest read item: the probe's own slice.
 const MAX_ITEM: usize = 1 << 20;
 const LINE: usize = 64;
+/// Items a thread of the read forms: one (a small call's bytes split evenly, as the GEMV
+/// driver hands out its small matrices), or four from the counter (a thread that starts
+/// late or streams slowly leaves work to the others).
+const ITEMS_PER_THREAD: [usize; 2] = [1, 4];
 
-/// The read forms timed beside a kernel: the probe's patterns, each over the call's
-/// bytes in items of [`item_bytes`].
-pub fn forms() -> &'static [Pattern] {
-    &PATTERNS
+/// One read form: a pattern of the read probe over items of [`Form::item_bytes`].
+#[derive(Clone, Copy, Debug)]
+pub struct Form {
+    pub pattern: &'static Pattern,
+    pub items_per_thread: usize,
 }
 
-/// Bytes of one read item for a call of `total` bytes on `threads` threads: the probe's
-/// 1 MiB, or less so that every thread has an item (whole lines).
-pub fn item_bytes(total: usize, threads: usize) -> usize {
-    total
-        .div_ceil(threads.max(1))
-        .next_multiple_of(LINE)
-        .clamp(LINE, MAX_ITEM)
+impl Form {
+    /// Bytes of one item for a call of `total` bytes on `threads` threads: the probe's
+    /// 1 MiB, or less so that every thread has `items_per_thread` items (whole lines).
+    pub fn item_bytes(&self, total: usize, threads: usize) -> usize {
+        total
+            .div_ceil(threads.max(1) * self.items_per_thread.max(1))
+            .next_multiple_of(LINE)
+            .clamp(LINE, MAX_ITEM)
+    }
+
+    /// The pattern's name and the items a thread.
+    pub fn label(&self) -> String {
+        let n = self.items_per_thread;
+        let s = if n == 1 { "" } else { "s" };
+        format!("{}; {n} item{s} a thread", self.pattern.name)
+    }
+}
+
+/// The read forms timed beside a kernel: each of the probe's patterns with each count of
+/// items a thread.
+pub fn forms() -> Vec<Form> {
+    PATTERNS
+        .iter()
+        .flat_map(|pattern| {
+            ITEMS_PER_THREAD.map(|items_per_thread| Form {
+                pattern,
+                items_per_thread,
+            })
+        })
+        .collect()
 }
 
 /// Reads every byte of `parts` in one job of `pool`: each part cut into items of at most
@@ -69,14 +97,25 @@ mod tests {
 
     #[test]
     fn items_cover_every_thread_up_to_the_probe_slice() {
-        assert_eq!(item_bytes(1 << 30, 16), MAX_ITEM);
-        // a 1408x2048 Q4_K matrix on 16 threads: one item a thread, whole lines
+        let all = forms();
+        assert_eq!(all.len(), PATTERNS.len() * ITEMS_PER_THREAD.len());
+        let (one, four) = (all[0], all[1]);
+        assert_eq!((one.items_per_thread, four.items_per_thread), (1, 4));
+        assert_eq!(
+            four.label(),
+            format!("{}; 4 items a thread", PATTERNS[0].name)
+        );
+        assert_eq!(one.item_bytes(1 << 30, 16), MAX_ITEM);
+        assert_eq!(four.item_bytes(1 << 30, 16), MAX_ITEM);
+        // a 1408x2048 Q4_K matrix on 16 threads: one item a thread, or four, whole lines
         let v2 = 1408 * 1152;
-        let it = item_bytes(v2, 16);
-        assert_eq!(it % LINE, 0);
-        assert_eq!(v2.div_ceil(it), 16);
-        assert_eq!(item_bytes(10, 16), LINE);
-        assert_eq!(item_bytes(0, 0), LINE);
+        for (f, n) in [(one, 16), (four, 64)] {
+            let it = f.item_bytes(v2, 16);
+            assert_eq!(it % LINE, 0);
+            assert_eq!(v2.div_ceil(it), n);
+        }
+        assert_eq!(one.item_bytes(10, 16), LINE);
+        assert_eq!(four.item_bytes(0, 0), LINE);
     }
 
     #[test]
@@ -97,7 +136,7 @@ mod tests {
         };
         for &item in &[64usize, 1024, 4096, 1 << 20] {
             let want = whole(item);
-            for p in forms() {
+            for p in &PATTERNS {
                 assert_eq!(
                     read_parts(&pool, &parts, item, p),
                     want,
