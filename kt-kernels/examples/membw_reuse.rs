@@ -10,7 +10,6 @@
 
 use kt_kernels::cpu::membw::{self, PATTERNS};
 use kt_kernels::cpu::ThreadPool;
-use kt_kernels::util::AlignedBuf;
 
 const GIB: usize = 1 << 30;
 
@@ -33,16 +32,7 @@ fn main() -> Result<(), String> {
     let rounds = arg(&args, 2, 2)?;
     let pool = ThreadPool::new(threads).map_err(|e| e.to_string())?;
     // slice 0 is the hot buffer, 1..=cold the cold ones
-    let mut buf = AlignedBuf::with_len((1 + cold) * GIB);
-    let p = buf.as_mut_slice().as_mut_ptr() as usize;
-    let chunk = 1 << 20;
-    pool.for_each((1 + cold) * GIB / chunk, &|i, _| {
-        for w in i * chunk / 8..(i + 1) * chunk / 8 {
-            // SAFETY: word w lies inside the buffer; chunks of different i are disjoint and
-            // the buffer is 64-byte aligned.
-            unsafe { *(p as *mut u64).add(w) = (w as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 };
-        }
-    });
+    let buf = membw::filled(&pool, (1 + cold) * GIB);
     let slice = |k: usize| &buf.as_slice()[k * GIB..(k + 1) * GIB];
     let mut next_cold = 0;
     for round in 0..rounds {

@@ -140,7 +140,7 @@ pub fn measure_patterns(
 
 /// A buffer of at least `bytes` (whole 1 MiB slices; a pattern's own slice size may leave
 /// a shorter last slice) filled with non-zero data by the pool, so no page is left unmapped.
-fn filled(pool: &ThreadPool, bytes: usize) -> AlignedBuf {
+pub fn filled(pool: &ThreadPool, bytes: usize) -> AlignedBuf {
     let bytes = bytes.next_multiple_of(SLICE).max(SLICE);
     let mut buf = AlignedBuf::with_len(bytes);
     let p = buf.as_mut_slice().as_mut_ptr() as usize;
