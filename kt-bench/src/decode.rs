@@ -35,8 +35,7 @@ use crate::svg;
 /// its routed experts in pieces of this many tokens (bounds the scratch at a few hundred MB).
 pub(crate) const MAX_MOE_BATCH: usize = 4096;
 
-/// Bytes the DRAM bandwidth probe reads (far past any last-level cache) and its passes.
-pub(crate) const MEMBW_BYTES: usize = 1 << 30;
+/// Passes of each pattern of the DRAM bandwidth probe (buffers of `machine::probe_bytes`).
 pub(crate) const MEMBW_PASSES: usize = 3;
 
 /// Which rate a run reports as its headline.
@@ -354,7 +353,12 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
             gen_len,
             isa,
             pool,
-            dram_gbps: membw::measure_read_bandwidth(pool, MEMBW_BYTES, MEMBW_PASSES).gbps,
+            dram_gbps: membw::measure_read_bandwidth(
+                pool,
+                crate::machine::probe_bytes(),
+                MEMBW_PASSES,
+            )
+            .gbps,
         };
         return run.run(&w, placement, sampler);
     }
@@ -398,7 +402,8 @@ pub fn run(a: Args, mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     let weight_bytes: usize = w.gguf.files().iter().map(|f| f.len()).sum();
     let prompt = prompt_ids(&w.config, prompt_len, a.seed);
     let mut cache = model.new_cache(prompt_len + gen_len)?;
-    let dram_gbps = membw::measure_read_bandwidth(pool, MEMBW_BYTES, MEMBW_PASSES).gbps;
+    let dram_gbps =
+        membw::measure_read_bandwidth(pool, crate::machine::probe_bytes(), MEMBW_PASSES).gbps;
 
     let n_layers = w.config.n_layers;
     let (mut prefill_times, mut decode_times) =

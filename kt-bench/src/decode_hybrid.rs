@@ -31,7 +31,7 @@ use kt_model::placement::Placement;
 use serde_json::{json, Value};
 
 use crate::decode::{
-    prompt_ids, prompt_then_decode, Args, Mode, Weights, MAX_MOE_BATCH, MEMBW_BYTES, MEMBW_PASSES,
+    prompt_ids, prompt_then_decode, Args, Mode, Weights, MAX_MOE_BATCH, MEMBW_PASSES,
 };
 use crate::dram_readings::{bound_fraction, paired_bound_fraction, DramReadings};
 use crate::prefetch_env;
@@ -524,7 +524,7 @@ impl HybridRun<'_> {
         // every reading after the start one on one buffer, filled once (a fresh gigabyte per
         // reading costs its page faults and fill each time and reads no differently:
         // BENCHMARKS.md, session 31)
-        let reader = membw::ReadProbe::new(self.pool, MEMBW_BYTES);
+        let reader = membw::ReadProbe::new(self.pool, crate::machine::probe_bytes());
         let probe = || reader.measure(self.pool, MEMBW_PASSES).gbps;
         let mut before_graph = None;
         let mut around = Vec::new();

@@ -80,15 +80,29 @@ pub fn available_memory_bytes() -> Option<usize> {
 /// cache, at least 1 GiB. (On the device, with a 300 MiB L3, GEMVs cycling through 1 GiB
 /// read up to 118% of the old one-stream probe; through 5 GB still up to 130%: the probe
 /// was low, not the cache serving them, which `membw`'s read patterns now account for.)
+/// Bytes of each of the read probe's buffers (`membw::COLD_SLICES` of them, read in turn):
+/// 1 GiB, or a sixteenth of the memory free when first asked where that is less (at least
+/// 64 MiB), so the probe's buffers never take more than a quarter of it. Fixed for the
+/// process at the first call, so every reading of a run reads buffers of one size.
+pub fn probe_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| probe_bytes_for(available_memory_bytes()))
+}
+
+fn probe_bytes_for(avail: Option<usize>) -> usize {
+    const MOST: usize = 1 << 30;
+    avail.map_or(MOST, |a| (a / 16).clamp(64 << 20, MOST))
+}
+
 pub fn cycle_bytes() -> usize {
     (1usize << 30).max(16 * last_level_cache_bytes())
 }
 
-/// Measures the pool's read bandwidth over 1 GiB buffers read in turn (well past any
-/// last-level cache; the best of `membw::PATTERNS` by its median pass) and the arithmetic
+/// Measures the pool's read bandwidth over buffers of [`probe_bytes`] read in turn (well
+/// past any last-level cache; the best of `membw::PATTERNS` by its median pass) and the arithmetic
 /// peak of `isa`.
 pub fn measure(pool: &ThreadPool, isa: Isa) -> Result<Machine, kt_kernels::KtError> {
-    let bw = membw::measure_read_bandwidth(pool, 1 << 30, 5);
+    let bw = membw::measure_read_bandwidth(pool, probe_bytes(), 5);
     with_bandwidth(pool, isa, bw)
 }
 
@@ -123,7 +137,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let isa = cpu::isa::selected()?;
     // Each pattern's median and best pass; the highest median is the machine's figure (as
     // `measure` finds it).
-    let patterns = membw::measure_patterns(pool, 1 << 30, 5, &membw::PATTERNS);
+    let patterns = membw::measure_patterns(pool, probe_bytes(), 5, &membw::PATTERNS);
     let best = patterns
         .iter()
         .max_by(|a, b| a.gbps.total_cmp(&b.gbps))
@@ -184,4 +198,24 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_buffers_follow_the_free_memory() {
+        const GIB: usize = 1 << 30;
+        // plenty free, or unknown: 1 GiB a buffer
+        assert_eq!(probe_bytes_for(Some(100 * GIB)), GIB);
+        assert_eq!(probe_bytes_for(None), GIB);
+        // 8 GiB free: a sixteenth, so the 4 buffers take a quarter
+        assert_eq!(probe_bytes_for(Some(8 * GIB)), GIB / 2);
+        assert!(kt_kernels::cpu::membw::COLD_SLICES * probe_bytes_for(Some(8 * GIB)) <= 2 * GIB);
+        // very little: no smaller than 64 MiB
+        assert_eq!(probe_bytes_for(Some(GIB / 2)), 64 << 20);
+        // fixed for the process
+        assert_eq!(probe_bytes(), probe_bytes());
+    }
 }

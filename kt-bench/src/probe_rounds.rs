@@ -14,9 +14,8 @@ use kt_kernels::cpu::ThreadPool;
 
 /// Seconds of timed calls between two readings.
 pub const PROBE_EVERY_S: f64 = 0.5;
-/// The probe's buffer and the passes of each of its patterns per reading (as the hybrid
-/// decode's readings: `crate::decode::MEMBW_PASSES`).
-const PROBE_BYTES: usize = 1 << 30;
+/// The passes of each of the probe's patterns per reading (as the hybrid decode's
+/// readings: `crate::decode::MEMBW_PASSES`; buffers of `machine::probe_bytes`).
 const PROBE_PASSES: usize = crate::decode::MEMBW_PASSES;
 
 /// The readings of one timed stretch.
@@ -33,7 +32,7 @@ impl<'a> ProbeRounds<'a> {
     pub fn new(pool: &'a ThreadPool) -> ProbeRounds<'a> {
         ProbeRounds {
             pool,
-            reader: ReadProbe::new(pool, PROBE_BYTES),
+            reader: ReadProbe::new(pool, crate::machine::probe_bytes()),
             last: None,
             readings: Vec::new(),
         }
