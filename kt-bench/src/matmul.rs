@@ -55,8 +55,9 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// Streamed GEMVs: also time the read ceiling, each call's matrix read again in one
-    /// job with each of the read probe's patterns and nothing else done, taking turns with
-    /// the GEMV call by call (`read_ceiling`); reports each, and the GEMV against the fastest.
+    /// job with each of the read probe's patterns at one and at four items a thread and
+    /// nothing else done, taking turns with the GEMV call by call (`read_ceiling`); reports
+    /// each, and the GEMV against the fastest.
     #[arg(long)]
     pub ceiling: bool,
 }

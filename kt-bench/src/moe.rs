@@ -83,10 +83,10 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// Also time the read ceiling (GGUF formats): each call's expert bytes read again in one
-    /// job, with each of the read probe's patterns and nothing else done, taking turns with
-    /// the operator call by call (`read_ceiling`). Reports each, and the operator against the
-    /// fastest.
+    /// Also time the read ceiling (GGUF formats, one token): each call's expert bytes read
+    /// again in one job, with each of the read probe's patterns at one and at four items a
+    /// thread and nothing else done, taking turns with the operator call by call
+    /// (`read_ceiling`). Reports each, and the operator against the fastest.
     #[arg(long)]
     pub ceiling: bool,
     /// Also report the CPU time per call of all the process's threads (Linux
@@ -219,8 +219,8 @@ struct Report {
     /// The repacked AMX kernel's weight prefetch, when --prefetch set it.
     #[serde(skip_serializing_if = "Option::is_none")]
     prefetch: Option<String>,
-    /// With --ceiling: the read probe pattern this line's calls read the experts' bytes
-    /// with (no operator ran); absent on the operator's line.
+    /// With --ceiling: the read form (probe pattern, items a thread) this line's calls read
+    /// the experts' bytes with (no operator ran); absent on the operator's line.
     #[serde(skip_serializing_if = "Option::is_none")]
     read_ceiling: Option<String>,
     /// With --ceiling, on the operator's line: its `weight_gbps` over the fastest read
@@ -365,7 +365,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             timed[r * settings + 1..(r + 1) * settings]
                 .iter()
                 .map(|t| t.weight_gbps)
-                .fold(None, |m: Option<f64>, g| Some(m.map_or(g, |m| m.max(g))))
+                .reduce(f64::max)
         };
         for (v, t) in timed.iter().enumerate() {
             let (r, f) = (v / settings, v % settings);
