@@ -138,23 +138,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Each pattern's median and best pass; the highest median is the machine's figure (as
     // `measure` finds it).
     let patterns = membw::measure_patterns(pool, probe_bytes(), 5, &membw::PATTERNS);
-    let best = patterns
-        .iter()
-        .max_by(|a, b| a.gbps.total_cmp(&b.gbps))
-        .copied()
-        .ok_or("no read pattern")?;
-    let fastest = patterns
-        .iter()
-        .map(|b| b.best_pass_gbps)
-        .fold(0.0, f64::max);
-    let m = with_bandwidth(
-        pool,
-        isa,
-        membw::Bandwidth {
-            best_pass_gbps: fastest,
-            ..best
-        },
-    )?;
+    let m = with_bandwidth(pool, isa, membw::best_pattern(patterns.clone()))?;
     let sizes = a
         .probe_bytes
         .iter()

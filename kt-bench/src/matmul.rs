@@ -296,6 +296,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                             .map_or("-".to_string(), |f| format!("{:.0}%", 100.0 * f)),
                         100.0 * gbps / c.weight_gbps
                     ),
+                    None if a.ceiling => format!(" {:>7} {:>7}", "-", "-"),
                     None => String::new(),
                 };
                 let gops = 2.0 * (rows * cols * tokens) as f64 / secs / 1e9;

@@ -29,10 +29,8 @@ fn main() -> Result<(), String> {
         for (r, buf) in regions.iter().enumerate() {
             // the best of the probe's patterns by the median pass, two passes each over
             // this buffer
-            let bw = membw::measure_region(&pool, buf.as_slice(), 2, &PATTERNS)
-                .into_iter()
-                .max_by(|a, b| a.gbps.total_cmp(&b.gbps))
-                .ok_or("no pattern")?;
+            let bw =
+                membw::best_pattern(membw::measure_region(&pool, buf.as_slice(), 2, &PATTERNS));
             println!(
                 "{{\"round\":{round},\"region\":{r},\"bytes\":{},\"pattern\":\"{}\",\"gbps\":{:.2},\"best_pass_gbps\":{:.2}}}",
                 bw.bytes, bw.pattern, bw.gbps, bw.best_pass_gbps

@@ -193,8 +193,10 @@ impl ReadProbe {
     }
 }
 
-/// The entry with the highest median pass, with the fastest pass of any entry.
-fn best_pattern(each: Vec<Bandwidth>) -> Bandwidth {
+/// Of per-pattern readings ([`measure_patterns`], [`measure_region`]): the one with the
+/// highest median pass, carrying the fastest pass of any (the probe's figure, as
+/// [`ReadProbe::measure`] gives it).
+pub fn best_pattern(each: Vec<Bandwidth>) -> Bandwidth {
     let fastest = each.iter().map(|b| b.best_pass_gbps).fold(0.0, f64::max);
     let best = each
         .into_iter()
