@@ -1,15 +1,9 @@
 //! `--ceiling` of `kt-bench matmul` and `kt-bench moe`: the read forms are timed beside the
 //! kernel and reported, and the cases it does not apply to are refused, naming the flag.
 
-use std::process::{Command, Output};
+mod common;
 
-fn kt_bench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kt-bench"))
-        .args(args)
-        .env("KT_THREADS", "2")
-        .output()
-        .expect("kt-bench runs")
-}
+use common::kt_bench;
 
 #[test]
 fn matmul_reports_every_read_form_beside_the_gemv() {

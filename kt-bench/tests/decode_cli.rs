@@ -2,19 +2,14 @@
 //! report's fields, determinism of greedy and seeded sampling, GGUF files as models,
 //! and errors.
 
+mod common;
+
+use common::kt_bench;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::time::Instant;
 
 use serde_json::Value;
-
-fn kt_bench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kt-bench"))
-        .args(args)
-        .env("KT_THREADS", "2")
-        .output()
-        .expect("kt-bench runs")
-}
 
 fn ok_json(args: &[&str]) -> Value {
     let r = kt_bench(args);

@@ -1,8 +1,11 @@
 //! The time split of `kt-bench decode/prefill`: per-stage and per-layer times in the JSON,
 //! the routed experts' bandwidth against the DRAM probe, the `--svg` chart and `--rules`.
 
+mod common;
+
+use common::kt_bench;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
@@ -14,14 +17,6 @@ const STAGES: [&str; 6] = [
     "norms_other",
     "lm_head",
 ];
-
-fn kt_bench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kt-bench"))
-        .args(args)
-        .env("KT_THREADS", "2")
-        .output()
-        .expect("kt-bench runs")
-}
 
 fn tiny_q4() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,19 +1,13 @@
 //! `kt-bench gen-gguf`: the streamed file is byte for byte the in-memory synthetic model,
 //! reads back as the preset, and runs as a `--model` file.
 
-use std::process::{Command, Output};
+mod common;
+
+use common::kt_bench;
 
 use kt_model::config::DeepSeekConfig;
 use kt_model::gguf::Gguf;
 use kt_model::synthetic::{Preset, SyntheticModel, SyntheticOptions};
-
-fn kt_bench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kt-bench"))
-        .args(args)
-        .env("KT_THREADS", "2")
-        .output()
-        .expect("kt-bench runs")
-}
 
 #[test]
 fn streamed_file_equals_the_in_memory_model_and_runs() {

@@ -2,21 +2,16 @@
 //! greedy tokens (`reference.json`: prompt rows, then one row per decode step), and its
 //! errors on bad input.
 
+mod common;
+
+use common::kt_bench;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use kt_kernels::util::npy::read_npy;
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-dsv3")
-}
-
-fn kt_bench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kt-bench"))
-        .args(args)
-        .env("KT_THREADS", "2")
-        .output()
-        .expect("kt-bench runs")
 }
 
 fn npy_f32(name: &str) -> (Vec<usize>, Vec<f32>) {
