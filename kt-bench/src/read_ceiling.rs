@@ -91,9 +91,30 @@ pub fn read_parts(pool: &ThreadPool, parts: &[&[u8]], item: usize, pattern: &Pat
     std::hint::black_box(sink.load(Ordering::Relaxed))
 }
 
+/// Whether a call of setting `v` (0 the kernel, the others read forms) that follows one of
+/// setting `last` needs an untimed kernel call before it, so that every timed kernel call
+/// follows a kernel call, as it does without `--ceiling`.
+///
+/// Why: on the device a kernel call right after a read form read slower than one
+/// after a kernel call: the same GEMV code timed in both places in one process read 1.2-4.9%
+/// slower after the read (13 format-shape pairs), the V3 one-token MoE layer 1.0 / 1.4%
+/// (session 36, call G), so the kernel's figures against the read forms were pessimistic.
+pub fn needs_lead_in(v: usize, last: Option<usize>) -> bool {
+    v == 0 && last.is_some_and(|l| l != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_kernel_call_after_a_read_form_gets_a_lead_in() {
+        assert!(needs_lead_in(0, Some(3)));
+        assert!(!needs_lead_in(0, Some(0)));
+        assert!(!needs_lead_in(0, None));
+        assert!(!needs_lead_in(2, Some(1)));
+        assert!(!needs_lead_in(1, Some(0)));
+    }
 
     #[test]
     fn items_cover_every_thread_up_to_the_probe_slice() {
