@@ -701,13 +701,16 @@ fn time_calls(
             probe_cpu += process_cpu_secs()? - c_probe;
         }
         let (c, v) = (n % copies, variant_of(n, copies, variants));
-        let draw = drawer.draw(&mut rng, c, a.routing[v / settings]);
-        let (ids, w, distinct) = (&draw.ids, &draw.weights, draw.distinct);
         if lead_in && read_ceiling::needs_lead_in(v % settings, last) {
-            // the copy half a cycle away (the one this call reads with one copy)
-            call((c + copies / 2) % copies, 0, ids, w, &x, &mut out)?;
+            // on the copy half a cycle away, with a routing of its own drawn first: with one
+            // copy, fresh routing then keeps its experts out of the timed call's
+            let lead_copy = (c + copies / 2) % copies;
+            let lead = drawer.draw(&mut rng, lead_copy, a.routing[v / settings]);
+            call(lead_copy, 0, &lead.ids, &lead.weights, &x, &mut out)?;
         }
         last = Some(v % settings);
+        let draw = drawer.draw(&mut rng, c, a.routing[v / settings]);
+        let (ids, w, distinct) = (&draw.ids, &draw.weights, draw.distinct);
         if a.cpu_time && !per_call_cpu && n == warmup {
             cpu_start = Some(process_cpu_secs()?);
         }
