@@ -349,12 +349,34 @@ fn prefetch_issues_the_first_items_and_changes_nothing() {
     assert_eq!(ctx.prefetch(&b.layer, &[], &never).unwrap(), 0);
     shape_err(ctx.prefetch(&b.layer, &[1, 12], &never), "expert id 12");
     let after = run(&ctx, &b, 1, 6, 12);
+    // a prediction that misses the call's smallest expert and names one it does not
+    // choose: the call lays its experts out in the prediction's order (the missed one
+    // last), which changes which thread runs what, not a bit of the result
+    let (call_ids, _) = moe_support::routing(Routing::Uniform, 1, 6, b.spec.experts, 12);
+    let mut predicted: Vec<u32> = call_ids.clone();
+    predicted.sort_unstable();
+    predicted.dedup();
+    let missed = predicted.remove(0);
+    let other = (0..b.spec.experts as u32)
+        .find(|e| !call_ids.contains(e))
+        .unwrap();
+    predicted.push(other);
+    assert!(predicted.len() >= 2 && missed < predicted[0]);
+    ctx.prefetch(&b.layer, &predicted, &never).unwrap();
+    let reordered = run(&ctx, &b, 1, 6, 12);
     assert!(
         after
             .iter()
             .zip(&before)
             .all(|(a, b)| a.to_bits() == b.to_bits()),
         "a prefetch changed a result"
+    );
+    assert!(
+        reordered
+            .iter()
+            .zip(&before)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "the prediction's order of the experts changed a result"
     );
     assert!(
         five.iter()

@@ -499,7 +499,21 @@ fn prefetch_issues_the_first_items_and_changes_nothing() {
         .to_string();
     assert!(err.contains("expert id 16"), "{err}");
     let after = run();
-    for (label, o) in [("a prefetch", &after), ("the own rounds", &five)] {
+    // a prediction that misses the call's smallest expert and names one it does not
+    // choose: the call takes the prediction's order of the experts (as the GGUF
+    // operator's test)
+    let mut predicted = ids.clone();
+    predicted.sort_unstable();
+    predicted.dedup();
+    predicted.remove(0);
+    predicted.push((0..16).find(|e| !ids.contains(e)).unwrap());
+    r.prefetch(&layer, &predicted, &never).unwrap();
+    let reordered = run();
+    for (label, o) in [
+        ("a prefetch", &after),
+        ("the own rounds", &five),
+        ("the prediction's order", &reordered),
+    ] {
         assert!(
             o.iter()
                 .zip(&before)

@@ -75,10 +75,12 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
         expert_state,
         block_state,
         read_row,
-        own_rounds,
+        primed,
         ..
     } = s;
     routing.route(&ids[..pairs], l.experts);
+    // the experts in the order a prefetch before the call warmed them (prefetch.rs)
+    routing.order_like(primed.order());
     let (qg, qu, qd) = (l.gate.qtype(), l.up.qtype(), l.down.qtype());
     let tail_g = amx_q4k_tail(kg, qg).min(amx_q4k_tail(ku, qu));
     let rows_g = busy_rows(kg, qg).min(busy_rows(ku, qu));
@@ -157,7 +159,7 @@ pub(crate) fn run(s: &mut Scratch, pool: &ThreadPool, isa: Isa) -> Result<()> {
             items_down,
             bufs,
             &mut expert_state[..l.experts],
-            *own_rounds,
+            primed.rounds,
         );
     } else {
         gate_up(

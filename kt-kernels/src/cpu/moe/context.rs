@@ -136,9 +136,9 @@ impl MoeContext {
     ) -> Result<MoeHandle<'_>> {
         let (tokens, k) = self.check_call(layer, x, ids, weights)?;
         let needs = Needs::of(layer, self.max_tokens, self.max_top_k)?;
-        let own_rounds = self.rounds.take_primed();
+        let primed = self.rounds.take_primed();
         self.driver.submit(tokens * layer.hidden(), |sc| {
-            sc.own_rounds = own_rounds;
+            sc.primed = primed;
             load(sc, &needs, layer, x, ids, weights, tokens, k)
         })
     }
@@ -164,7 +164,7 @@ impl MoeContext {
         }
         let needs = Needs::of(layer, self.max_tokens, self.max_top_k)?;
         let mut sc = self.driver.idle_scratch()?;
-        sc.own_rounds = self.rounds.take_primed();
+        sc.primed = self.rounds.take_primed();
         load(&mut sc, &needs, layer, x, ids, weights, tokens, k)?;
         compute::run(&mut sc, self.driver.pool(), self.isa())?;
         out.copy_from_slice(&sc.out[..out.len()]);
@@ -187,7 +187,7 @@ impl MoeContext {
         let rounds = self.prefetch_rounds();
         let issued =
             super::prefetch::run_gguf(self.driver.pool(), &layer.inner, ids, rounds, stop)?;
-        self.rounds.prime(rounds);
+        self.rounds.prime(rounds, ids);
         Ok(issued)
     }
 

@@ -6,7 +6,8 @@
 //! between two layers' experts) while DRAM idles; if the next layer's experts are known
 //! early (predicted from the hidden state), the bytes its experts job reads first can stream
 //! in then, and the job starts on cached weights. A decode call hands out its gate+up items
-//! in order (experts ascending, row blocks ascending: `plan::build`), thread `t` starting on
+//! in order (experts in the routing's order, row blocks ascending: `plan::build`; the
+//! prefetch walks the predicted experts ascending), thread `t` starting on
 //! items `t`, `t + threads`, ... for `rounds` rounds
 //! (`ThreadPool::for_each_in_order_first_own`), so those are the items each thread runs
 //! first; this prefetches them, thread `t` its own items into its own L2 in that order (the
@@ -16,12 +17,21 @@
 //! past the rounds would be evicted from a thread's L2 by the job's own stream before their
 //! turn.
 //!
+//! The call after a prefetch lays its experts out in the prediction's order
+//! ([`super::routing::Routing::order_like`]): item `i` of the prefetch and of the call then
+//! name the same expert wherever the prediction was right. In ascending order of the
+//! actual experts, one wrong guess would move every later expert's items to other threads,
+//! whose L2s hold nothing of them (session 11 measured a core reading another core's L2
+//! gain nothing): with DeepSeek-V3's top-8 of 256 predicted at ~65%, only ~30% of the
+//! prefetched items would run where they were warmed (a simulation of random sets),
+//! against the ~65% that are right.
+//!
 //! The prefetch changes no value anywhere (it only issues prefetch hints); `stop` is polled
 //! every [`LINES_PER_POLL`] lines so that the caller can end it as soon as the real call
 //! can start (the hints already issued still land).
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::layer::LayerInner;
 use super::plan;
@@ -61,15 +71,51 @@ fn distinct(ids: &[u32]) -> usize {
 /// (`MoeContext::set_prefetch_rounds`).
 const DEFAULT_ROUNDS: usize = 2;
 
+/// The most predicted experts a prefetch records for the next call's order (one token's
+/// top-k; longer predictions keep their first ones).
+const MAX_HINT: usize = 32;
+
+/// What the call after a prefetch takes from it: the rounds of gate+up items to hand to
+/// fixed threads first, and the order of the experts the prefetch warmed (the predicted
+/// ones, distinct and ascending as [`run`] walks them; empty when no prefetch came before).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Primed {
+    pub rounds: usize,
+    order: [u32; MAX_HINT],
+    len: usize,
+}
+
+impl Primed {
+    pub fn order(&self) -> &[u32] {
+        &self.order[..self.len]
+    }
+}
+
+impl Default for Primed {
+    /// No prefetch: every thread starts on its own first item, experts ascending.
+    fn default() -> Primed {
+        Primed {
+            rounds: 1,
+            order: [0; MAX_HINT],
+            len: 0,
+        }
+    }
+}
+
 /// An operator's prefetch rounds: how many gate+up items per thread a prefetch warms (1 to
-/// 64), and how many the last prefetch warmed, which the next call takes (resetting it):
-/// only a call after a prefetch has items worth keeping on fixed threads past the first
-/// round; the others keep the shared counter's order (with two fixed rounds on every call,
-/// one device call read V3's one-token layer 5-12% slower; later ones with this rule read
-/// new and old level within the noise).
+/// 64), and what the last prefetch warmed (its rounds and its experts' order), which the
+/// next call takes (resetting it): only a call after a prefetch has items worth keeping on
+/// fixed threads past the first round; the others keep the shared counter's order (with
+/// two fixed rounds on every call, one device call read V3's one-token layer 5-12% slower;
+/// later ones with this rule read new and old level within the noise).
 pub(crate) struct Rounds {
     rounds: AtomicUsize,
     primed: AtomicUsize,
+    /// The last prefetch's experts in its order (`order_len` of them). Written by
+    /// [`Rounds::prime`] and read by [`Rounds::take_primed`] on the caller's thread, one
+    /// after the other, so relaxed atomics carry them.
+    order: [AtomicU32; MAX_HINT],
+    order_len: AtomicUsize,
 }
 
 impl Rounds {
@@ -77,6 +123,8 @@ impl Rounds {
         Rounds {
             rounds: AtomicUsize::new(DEFAULT_ROUNDS),
             primed: AtomicUsize::new(0),
+            order: [const { AtomicU32::new(0) }; MAX_HINT],
+            order_len: AtomicUsize::new(0),
         }
     }
 
@@ -93,15 +141,38 @@ impl Rounds {
         Ok(())
     }
 
-    /// A prefetch of `rounds` rounds was issued.
-    pub fn prime(&self, rounds: usize) {
+    /// A prefetch of `rounds` rounds was issued for the experts `ids` (as passed to
+    /// [`run`]).
+    pub fn prime(&self, rounds: usize, ids: &[u32]) {
+        let mut len = 0;
+        while len < MAX_HINT {
+            let Some(e) = nth_distinct(ids, len) else {
+                break;
+            };
+            self.order[len].store(e, Ordering::Relaxed);
+            len += 1;
+        }
+        self.order_len.store(len, Ordering::Relaxed);
         self.primed.store(rounds, Ordering::Relaxed);
     }
 
-    /// The own rounds of the next call's decode hand-out: those the last prefetch warmed,
-    /// else one (every thread starts on its own first item).
-    pub fn take_primed(&self) -> usize {
-        self.primed.swap(0, Ordering::Relaxed).max(1)
+    /// What the next call takes: the own rounds of its decode hand-out (those the last
+    /// prefetch warmed, else one: every thread starts on its own first item) and the
+    /// prefetch's order of the experts (empty without one).
+    pub fn take_primed(&self) -> Primed {
+        let rounds = self.primed.swap(0, Ordering::Relaxed);
+        if rounds == 0 {
+            return Primed::default();
+        }
+        let mut p = Primed {
+            rounds,
+            ..Primed::default()
+        };
+        p.len = self.order_len.swap(0, Ordering::Relaxed).min(MAX_HINT);
+        for (o, a) in p.order.iter_mut().zip(&self.order).take(p.len) {
+            *o = a.load(Ordering::Relaxed);
+        }
+        p
     }
 }
 
@@ -213,5 +284,68 @@ mod tests {
         assert_eq!(got, [Some(0), Some(3), Some(7), Some(9), None]);
         assert_eq!(distinct(&[]), 0);
         assert_eq!(nth_distinct(&[], 0), None);
+    }
+
+    /// The call after a prefetch hands item `i` to the thread that prefetched item `i`
+    /// (`for_each_in_order_first_own`); with the prefetch's order of the experts, item `i`
+    /// of the call is the prefetch's item `i` wherever the prediction named an expert the
+    /// call chose, at the same rows. In ascending order it would not be: here the first
+    /// predicted expert is missed, which shifts every other one by a place.
+    #[test]
+    fn the_call_runs_the_prefetched_items_where_the_prediction_was_right() {
+        use super::super::routing::Routing;
+        let (experts, rows, threads, rounds) = (256, 0..2048, 16, 2);
+        let chosen = [17u32, 250, 3, 96, 40, 128, 77, 201];
+        // 6 of the 8 right; 1 (smaller than all chosen) and 90 wrong
+        let predicted = [1u32, 250, 96, 40, 90, 128, 77, 201];
+        let prime = Rounds::new();
+        prime.prime(rounds, &predicted);
+        let primed = prime.take_primed();
+        let mut routing = Routing::default();
+        routing.reserve(experts, chosen.len());
+        routing.route(&chosen, experts);
+        let plan_of = |routing: &Routing| {
+            let mut items = Vec::with_capacity(plan::max_items(rows.end, chosen.len(), experts));
+            plan::build(&mut items, routing, rows.clone(), 128, 0);
+            items
+        };
+        let ascending = plan_of(&routing);
+        routing.order_like(primed.order());
+        let items = plan_of(&routing);
+        let block = plan::gemv_row_block(distinct(&predicted), rows.len());
+        let per_expert = rows.len().div_ceil(block);
+        let (mut same, mut same_ascending, mut right) = (0, 0, 0);
+        for i in 0..rounds * threads {
+            let e = nth_distinct(&predicted, i / per_expert).unwrap();
+            let r0 = (rows.start + i % per_expert * block) as u32;
+            if chosen.contains(&e) {
+                right += 1;
+                assert_eq!((items[i].expert, items[i].row0), (e, r0), "item {i}");
+                same += 1;
+            }
+            same_ascending += usize::from((ascending[i].expert, ascending[i].row0) == (e, r0));
+        }
+        // V3's one-token items are 256 rows: 8 a expert, so two rounds of 16 threads warm
+        // the first four predicted experts (1, 40, 77, 90), two of them right
+        assert_eq!((per_expert, right, same), (8, 16, 16));
+        assert_eq!(same_ascending, 0);
+    }
+
+    #[test]
+    fn the_next_call_takes_the_prefetch_once() {
+        let r = Rounds::new();
+        let p = r.take_primed();
+        assert_eq!((p.rounds, p.order()), (1, &[][..]));
+        r.prime(3, &[40, 7, 40, 200, 7, 9]);
+        let p = r.take_primed();
+        assert_eq!((p.rounds, p.order()), (3, &[7, 9, 40, 200][..]));
+        // taken: the call after gets neither
+        let p = r.take_primed();
+        assert_eq!((p.rounds, p.order()), (1, &[][..]));
+        // a prediction past MAX_HINT distinct experts keeps its first (smallest) ones
+        let many: Vec<u32> = (0..40).rev().collect();
+        r.prime(2, &many);
+        let want: Vec<u32> = (0..MAX_HINT as u32).collect();
+        assert_eq!(r.take_primed().order(), &want[..]);
     }
 }

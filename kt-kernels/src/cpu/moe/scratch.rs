@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU32;
 use super::combine::BLOCK_ROWS;
 use super::layer::MoeLayer;
 use super::plan::{self, Item, MAX_ITEM_FLOATS};
+use super::prefetch::Primed;
 use super::routing::Routing;
 use crate::error::{KtError, Result};
 use crate::util::AlignedBuf;
@@ -114,10 +115,10 @@ pub(crate) struct Scratch {
     pub block_state: Vec<AtomicU32>,
     /// Per position, in the fused decode job: the activation row its items read.
     pub read_row: Vec<u32>,
-    /// Rounds of gate+up items the call's fused decode job hands to fixed threads first
-    /// (item `i` to thread `i % threads`): those `prefetch.rs` warmed in the threads' L2
-    /// before the call, else one.
-    pub own_rounds: usize,
+    /// What a prefetch before the call warmed (`prefetch.rs`): the rounds of gate+up items
+    /// the call's fused decode job hands to fixed threads first (item `i` to thread
+    /// `i % threads`; one without a prefetch) and the experts' order those items follow.
+    pub primed: Primed,
 }
 
 /// f32s of one thread's tile scratch (gate tile then up tile).

@@ -40,7 +40,7 @@ use crate::cpu::moe::combine::{combine, InJob, BLOCK_ROWS};
 use crate::cpu::moe::driver::{Driver, Job, MoeHandle};
 use crate::cpu::moe::phase::phase;
 use crate::cpu::moe::plan::{self, Item, MAX_ITEM_FLOATS};
-use crate::cpu::moe::prefetch;
+use crate::cpu::moe::prefetch::{self, Primed};
 use crate::cpu::moe::routing::Routing;
 use crate::cpu::moe::PoolRef;
 use crate::cpu::shared_ptr::Raw;
@@ -95,9 +95,9 @@ struct Work {
     inter_q: AlignedBuf,
     down_out: Vec<f32>,
     tiles: Vec<f32>,
-    /// Rounds of gate+up items the fused decode job hands to fixed threads first (those a
-    /// prefetch warmed; at least one).
-    own_rounds: usize,
+    /// What a prefetch before the call warmed: the rounds of gate+up items the fused decode
+    /// job hands to fixed threads first (at least one) and the experts' order they follow.
+    primed: Primed,
     /// Per expert, the fused decode job's count of gate+up items still running.
     expert_state: Vec<AtomicU32>,
     /// Per block of `BLOCK_ROWS` output rows, the fused job's down items still writing it.
@@ -221,7 +221,7 @@ impl RepackedMoe {
             stop,
             &panels_of,
         )?;
-        self.rounds.prime(rounds);
+        self.rounds.prime(rounds, ids);
         Ok(issued)
     }
 
@@ -300,7 +300,7 @@ impl RepackedMoe {
             return Ok(());
         }
         let mut sc = self.driver.idle_scratch()?;
-        sc.work.own_rounds = self.rounds.take_primed();
+        sc.work.primed = self.rounds.take_primed();
         compute(
             &mut sc.work,
             self.driver.pool(),
@@ -325,9 +325,9 @@ impl RepackedMoe {
         weights: &[f32],
     ) -> Result<MoeHandle<'_>> {
         let (tokens, k) = self.check_call(layer, x, ids, weights)?;
-        let own_rounds = self.rounds.take_primed();
+        let primed = self.rounds.take_primed();
         self.driver.submit(x.len(), |sc| {
-            sc.work.own_rounds = own_rounds;
+            sc.work.primed = primed;
             let c = &mut sc.call;
             if sc
                 .work
@@ -436,6 +436,8 @@ fn compute(
     let (act_g, act_d) = (act_stride(fg, h), act_stride(fd, i_dim));
 
     s.routing.route(ids, e_count);
+    // the experts in the order a prefetch before the call warmed them (prefetch.rs)
+    s.routing.order_like(s.primed.order());
     let busiest = s.routing.counts[..e_count]
         .iter()
         .max()
@@ -521,7 +523,7 @@ fn compute(
             (&s.items_up, &s.items_down),
             &combine,
             &mut s.expert_state,
-            s.own_rounds,
+            s.primed.rounds,
         );
         return Ok(());
     }
