@@ -127,6 +127,9 @@ fn main() {
     let mut count = vec![[0usize; 3]; n_l];
     let mut prev_ids: Vec<Option<Vec<u32>>> = vec![None; n_l];
     let mut n_steps = vec![[0usize; 3]; n_l];
+    // `post`'s hits by the predicted expert's place in its top-k (the router's selection
+    // order, best score first): how much surer the first places are than the last
+    let mut rank_hits = vec![0usize; k];
     for _ in 0..steps {
         let next = if greedy {
             argmax(&logits)
@@ -150,6 +153,9 @@ fn main() {
             };
             let post = predict(r, &c, &rc, &tr.layer_outputs[l1 - 1]);
             count[l1][0] += hits(&post, act);
+            for (j, e) in post.iter().enumerate() {
+                rank_hits[j] += usize::from(act.contains(e));
+            }
             n_steps[l1][0] += 1;
             if actual[l1 - 1].is_some() {
                 let early = predict(r, &c, &rc, &tr.ffn_inputs[l1 - 1]);
@@ -204,5 +210,14 @@ fn main() {
     println!(
         "chance {:5.1}",
         100.0 * k as f64 / c.n_routed_experts as f64
+    );
+    let predicted = (tot[0][1] / k).max(1) as f64;
+    let by_rank: Vec<String> = rank_hits
+        .iter()
+        .map(|&h| format!("{:.1}", 100.0 * h as f64 / predicted))
+        .collect();
+    println!(
+        "post% by the predicted expert's place (best score first): {}",
+        by_rank.join(" ")
     );
 }

@@ -271,6 +271,8 @@ impl DecodeGraph {
                 let next_resident = self.resident.get(k + 1).copied().unwrap_or(0);
                 let no_weights = [0.0; MAX_TOP_K];
                 let no_weights = no_weights.get(..ids.len()).unwrap_or_default();
+                // (in the prediction's pick order, best first: the prefetch's rounds cover
+                // its first, surest picks; `kt_kernels::cpu::MoeContext::prefetch`)
                 let cpu = cpu_choices(ids, no_weights, next_resident)?;
                 let arrived = &self.ready;
                 let stop = || arrived.value() > release;

@@ -174,7 +174,9 @@ impl MoeContext {
     /// Prefetches into the pool threads' L2 caches the weights a decode call of `layer`
     /// routed to the experts `ids` would read first (its first gate+up items, up to
     /// [`MoeContext::prefetch_rounds`] per thread; `prefetch.rs`), for a caller that knows
-    /// the next call's experts (or a prediction of them) while the threads idle. Changes no
+    /// the next call's experts (or a prediction of them) while the threads idle. The rounds
+    /// cover the experts in the order of `ids`, so a prediction goes likeliest first (as a
+    /// router picks them), and the next call lays its experts out in that order. Changes no
     /// result. Polls `stop` every KB and returns once it says so; returns the bytes it
     /// issued. Waits for a call in flight on the pool first. An error for an id past the
     /// layer's experts.

@@ -187,7 +187,8 @@ impl RepackedMoe {
     /// Prefetches into the pool threads' L2 caches the panels a decode call of `layer`
     /// routed to the experts `ids` would read first, as `MoeContext::prefetch` does for
     /// the GGUF layout: its first gate+up items, up to [`RepackedMoe::prefetch_rounds`] per
-    /// thread, which the next call hands to the same threads first. Changes no result.
+    /// thread, which the next call hands to the same threads first; the experts in the
+    /// order of `ids` (likeliest first). Changes no result.
     /// Polls `stop` every KB and returns once it says so; returns the bytes it issued.
     /// Waits for a call in flight on the pool first. An error for an id past the layer's
     /// experts.
