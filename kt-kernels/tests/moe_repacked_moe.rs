@@ -502,11 +502,7 @@ fn prefetch_issues_the_first_items_and_changes_nothing() {
     // a prediction that misses the call's smallest expert and names one it does not
     // choose: the call takes the prediction's order of the experts (as the GGUF
     // operator's test)
-    let mut predicted = ids.clone();
-    predicted.sort_unstable();
-    predicted.dedup();
-    predicted.remove(0);
-    predicted.push((0..16).find(|e| !ids.contains(e)).unwrap());
+    let predicted = moe_support::reordering_prediction(&ids, 16);
     r.prefetch(&layer, &predicted, &never).unwrap();
     let reordered = run();
     for (label, o) in [
@@ -515,9 +511,7 @@ fn prefetch_issues_the_first_items_and_changes_nothing() {
         ("the prediction's order", &reordered),
     ] {
         assert!(
-            o.iter()
-                .zip(&before)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            moe_support::same_bits(o, &before),
             "{label} changed a result"
         );
     }

@@ -131,6 +131,26 @@ pub fn routing(
     (ids, w)
 }
 
+/// A prediction of a decode call routed to `ids` (of `experts`) that reorders the call's
+/// experts (`MoeContext::prefetch`: the call after a prefetch takes the prediction's order):
+/// the call's distinct experts ascending without its smallest, then one the call does not
+/// choose. The smallest chosen expert, missed, moves from the first place to the last.
+pub fn reordering_prediction(ids: &[u32], experts: usize) -> Vec<u32> {
+    let mut predicted = ids.to_vec();
+    predicted.sort_unstable();
+    predicted.dedup();
+    let missed = predicted.remove(0);
+    let other = (0..experts as u32).find(|e| !ids.contains(e)).unwrap();
+    predicted.push(other);
+    assert!(predicted.len() >= 2 && missed < predicted[0]);
+    predicted
+}
+
+/// True when `a` and `b` hold the same bits.
+pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 pub fn poisoned(n: usize) -> Vec<f32> {
     vec![f32::NAN; n]
 }
