@@ -30,8 +30,10 @@
 //! top-8 of 256 predicted at ~65%, only ~30% of the prefetched items would run where they
 //! were warmed (a simulation of random sets), against the ~65% that are right. Session 37,
 //! device, the hybrid decode with both changes against neither, in one process, 10 rounds
-//! each: experts per MoE layer 1.7623 -> 1.7286 ms on the V3 6-layer file (faster in 7
-//! rounds of 10), 0.3235 -> 0.3084 ms on V2-Lite (9 of 10).
+//! each, two instances: experts per MoE layer on the V3 6-layer file 1.7623 -> 1.7286 and
+//! 1.7454 -> 1.6932 ms (faster in 7 and 6 rounds of 10); on V2-Lite 0.3235 -> 0.3084 (9 of
+//! 10) and 0.2912 -> 0.3105 ms (2 of 10): V3 gains ~2%, V2-Lite (whose prediction is
+//! surer, so the old ranks were less often off) reads level over the two.
 //!
 //! The prefetch changes no value anywhere (it only issues prefetch hints); `stop` is polled
 //! every [`LINES_PER_POLL`] lines so that the caller can end it as soon as the real call
