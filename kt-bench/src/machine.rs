@@ -75,11 +75,6 @@ pub fn available_memory_bytes() -> Option<usize> {
         .map(|kb| kb * 1024)
 }
 
-/// Bytes of weights a DRAM-bound benchmark cycles through so that a weight comes back to
-/// the last-level cache's window rarely enough to be read from DRAM: 16 x the last-level
-/// cache, at least 1 GiB. (On the device, with a 300 MiB L3, GEMVs cycling through 1 GiB
-/// read up to 118% of the old one-stream probe; through 5 GB still up to 130%: the probe
-/// was low, not the cache serving them, which `membw`'s read patterns now account for.)
 /// Bytes of each of the read probe's buffers (`membw::COLD_SLICES` of them, read in turn):
 /// 1 GiB, or a sixteenth of the memory free when first asked where that is less (at least
 /// 64 MiB), so the probe's buffers never take more than a quarter of it. Fixed for the
@@ -94,6 +89,11 @@ fn probe_bytes_for(avail: Option<usize>) -> usize {
     avail.map_or(MOST, |a| (a / 16).clamp(64 << 20, MOST))
 }
 
+/// Bytes of weights a DRAM-bound benchmark cycles through so that a weight comes back to
+/// the last-level cache's window rarely enough to be read from DRAM: 16 x the last-level
+/// cache, at least 1 GiB. (On the device, with a 300 MiB L3, GEMVs cycling through 1 GiB
+/// read up to 118% of the old one-stream probe; through 5 GB still up to 130%: the probe
+/// was low, not the cache serving them, which `membw`'s read patterns now account for.)
 pub fn cycle_bytes() -> usize {
     (1usize << 30).max(16 * last_level_cache_bytes())
 }

@@ -53,22 +53,23 @@ use crate::error::{KtError, Result};
 /// (a thread streams ~8 GB/s, 1 KB in ~0.13 us).
 const LINES_PER_POLL: usize = 16;
 
-/// The `rank`-th distinct id of `ids` in the order they first appear (no allocation: `ids`
-/// holds one token's top-k, a few dozen at most).
-fn nth_distinct(ids: &[u32], rank: usize) -> Option<u32> {
+/// The distinct ids of `ids` in the order they first appear (no allocation: `ids` holds
+/// one token's top-k, a few dozen at most).
+fn distinct_in_order(ids: &[u32]) -> impl Iterator<Item = u32> + '_ {
     ids.iter()
         .enumerate()
         .filter(|&(i, e)| !ids[..i].contains(e))
         .map(|(_, &e)| e)
-        .nth(rank)
+}
+
+/// The `rank`-th distinct id of `ids` in the order they first appear.
+fn nth_distinct(ids: &[u32], rank: usize) -> Option<u32> {
+    distinct_in_order(ids).nth(rank)
 }
 
 /// How many distinct ids `ids` holds.
 fn distinct(ids: &[u32]) -> usize {
-    ids.iter()
-        .enumerate()
-        .filter(|&(i, e)| !ids[..i].contains(e))
-        .count()
+    distinct_in_order(ids).count()
 }
 
 /// The rounds of own items a context prefetches and hands out first unless told otherwise
@@ -150,11 +151,8 @@ impl Rounds {
     /// [`run`]).
     pub fn prime(&self, rounds: usize, ids: &[u32]) {
         let mut len = 0;
-        while len < MAX_HINT {
-            let Some(e) = nth_distinct(ids, len) else {
-                break;
-            };
-            self.order[len].store(e, Ordering::Relaxed);
+        for (slot, e) in self.order.iter().zip(distinct_in_order(ids)) {
+            slot.store(e, Ordering::Relaxed);
             len += 1;
         }
         self.order_len.store(len, Ordering::Relaxed);
