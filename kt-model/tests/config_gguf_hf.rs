@@ -124,9 +124,10 @@ fn gguf_configs_of_both_fixtures() {
             &dsv3_expected(),
         );
     }
-    for f in ["tiny-dsv2-q4_k_m.gguf", "tiny-dsv2-bf16.gguf"] {
+    let dsv2_bf16 = gguf_common::dsv2_bf16("gguf_configs_of_both_fixtures (its BF16 part)");
+    for path in std::iter::once(dsv2_q4()).chain(dsv2_bf16) {
         assert_same(
-            &DeepSeekConfig::from_gguf(&open(&dsv2_dir().join(f))).unwrap(),
+            &DeepSeekConfig::from_gguf(&open(&path)).unwrap(),
             &dsv2_expected(),
         );
     }

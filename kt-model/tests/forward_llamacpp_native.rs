@@ -28,7 +28,7 @@ mod gguf_common;
 use std::path::{Path, PathBuf};
 
 use forward_common::*;
-use gguf_common::{dsv2_dir, dsv3_dir, open, shared_dir};
+use gguf_common::{dsv2_dir, dsv3_dir, open};
 use kt_kernels::cpu::{kquant_order, Isa, KquantOrder};
 use kt_model::deepseek::linear::dequantize_vector;
 use kt_model::deepseek::{DeepSeekModel, MatmulMode};
@@ -39,8 +39,10 @@ const ROWS: usize = 24;
 
 /// One GGUF of the fixtures and what is known about llama.cpp's run of it.
 struct Case {
+    /// The fixture folder with llama.cpp's arrays.
     dir: PathBuf,
-    gguf: &'static str,
+    /// The GGUF (in `dir` but for tiny-dsv2's BF16 file, from the shared fixtures).
+    gguf: PathBuf,
     /// `llamacpp_<q>` of the fixture names.
     q: &'static str,
     /// llama.cpp's run of the same weights in f32 (no activation quantization).
@@ -48,10 +50,6 @@ struct Case {
     /// Rows where the scalar backend's quantizer inputs are llama.cpp's bits: before the first
     /// flipped code (found by dumping both engines' matmul inputs, docs/parity.md).
     scalar_exact: fn(usize) -> bool,
-}
-
-fn dsv3_shared() -> PathBuf {
-    shared_dir().join("tiny-dsv3")
 }
 
 /// Per-row `||a - b|| / ||b||` of `[ROWS, VOCAB]` logits.
@@ -117,7 +115,7 @@ fn check(case: &Case) {
     std::env::set_var("KT_KQUANT_ORDER", "ggml");
     assert_eq!(kquant_order().unwrap(), KquantOrder::Ggml);
     let dir: &Path = &case.dir;
-    let g = open(&dir.join(case.gguf));
+    let g = open(&case.gguf);
     let (prompt, decode) = prompt_and_decode(dir);
     let (_, native) = npy_f32(dir, &format!("llamacpp_{}_logits.npy", case.q));
     let (_, f32_run) = npy_f32(dir, case.f32_run);
@@ -133,7 +131,8 @@ fn check(case: &Case) {
     for isa in Isa::available() {
         let m = DeepSeekModel::from_gguf(&g, MatmulMode::Quantized(isa)).unwrap();
         let run = run_teacher_forced(&m, &prompt, &decode);
-        let what = format!("{} {isa:?}", case.gguf);
+        let name = case.gguf.file_name().unwrap_or_default().to_string_lossy();
+        let what = format!("{name} {isa:?}");
 
         // 1. routing: a row may choose other experts than llama.cpp only where the decision
         // is closer than twice the change quantization makes to its scores (both engines
@@ -236,9 +235,12 @@ fn check(case: &Case) {
 
 #[test]
 fn dsv2_bf16() {
+    let Some(gguf) = gguf_common::dsv2_bf16("dsv2_bf16") else {
+        return;
+    };
     check(&Case {
         dir: dsv2_dir(),
-        gguf: "tiny-dsv2-bf16.gguf",
+        gguf,
         q: "bf16",
         f32_run: "llamacpp_f32_logits.npy",
         // the first flip is in row 0 (layer 0's SwiGLU output, a bf16 rounding)
@@ -250,7 +252,7 @@ fn dsv2_bf16() {
 fn dsv2_q4_k_m() {
     check(&Case {
         dir: dsv2_dir(),
-        gguf: "tiny-dsv2-q4_k_m.gguf",
+        gguf: dsv2_dir().join("tiny-dsv2-q4_k_m.gguf"),
         q: "q4_k_m",
         f32_run: "llamacpp_q4_k_m_dequant_f32_logits.npy",
         // row 4: one Q8_K code inside layer 2's routed experts (llama.cpp's SwiGLU output there
@@ -264,7 +266,7 @@ fn dsv2_q4_k_m() {
 fn dsv3_bf16() {
     check(&Case {
         dir: dsv3_dir(),
-        gguf: "tiny-dsv3-bf16.gguf",
+        gguf: dsv3_dir().join("tiny-dsv3-bf16.gguf"),
         q: "bf16",
         f32_run: "llamacpp_f32_logits.npy",
         // row 13's layer-0 attention output rounds one bf16 element the other way
@@ -276,7 +278,7 @@ fn dsv3_bf16() {
 fn dsv3_q4_k_m() {
     check(&Case {
         dir: dsv3_dir(),
-        gguf: "tiny-dsv3-q4_k_m.gguf",
+        gguf: dsv3_dir().join("tiny-dsv3-q4_k_m.gguf"),
         q: "q4_k_m",
         f32_run: "llamacpp_q4_k_m_dequant_f32_logits.npy",
         scalar_exact: |_| true,
@@ -286,8 +288,8 @@ fn dsv3_q4_k_m() {
 #[test]
 fn dsv3_q5_k_m() {
     check(&Case {
-        dir: dsv3_shared(),
-        gguf: "tiny-dsv3-q5_k_m.gguf",
+        dir: dsv3_dir(),
+        gguf: dsv3_dir().join("tiny-dsv3-q5_k_m.gguf"),
         q: "q5_k_m",
         f32_run: "llamacpp_q5_k_m_dequant_f32_logits.npy",
         // rows 5 and 6: layer 0's attention output (attn_v_b's Q8_K input) flips one code each
@@ -298,8 +300,8 @@ fn dsv3_q5_k_m() {
 #[test]
 fn dsv3_q2_k() {
     check(&Case {
-        dir: dsv3_shared(),
-        gguf: "tiny-dsv3-q2_k.gguf",
+        dir: dsv3_dir(),
+        gguf: dsv3_dir().join("tiny-dsv3-q2_k.gguf"),
         q: "q2_k",
         f32_run: "llamacpp_q2_k_dequant_f32_logits.npy",
         // no flip: row 11's layer-2 attention output code (flipped while kt's attention summed in

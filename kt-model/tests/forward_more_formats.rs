@@ -1,18 +1,18 @@
 //! The reference mode on tiny-dsv3's Q2_K (Q2_K, Q3_K, Q4_0, Q6_K tensors) and Q5_K_M (Q5_K,
-//! Q5_1, Q6_K) files from the shared fixtures, against llama.cpp's runs of the same files
+//! Q5_1, Q6_K) files (the repository's copy), against llama.cpp's runs of the same files
 //! dequantized to F32: the same function, so rel L2 <= 1e-5 with identical routing.
 
 mod forward_common;
 mod gguf_common;
 
 use forward_common::*;
-use gguf_common::{open, shared_dir};
+use gguf_common::{dsv3_dir, open};
 use kt_model::deepseek::{DeepSeekModel, MatmulMode};
 
 const K: usize = 4;
 
 fn check(variant: &str) {
-    let dir = shared_dir().join("tiny-dsv3");
+    let dir = dsv3_dir();
     let g = open(&dir.join(format!("tiny-dsv3-{variant}.gguf")));
     let m = DeepSeekModel::from_gguf(&g, MatmulMode::Reference).unwrap();
     let (prompt, decode) = prompt_and_decode(&dir);
