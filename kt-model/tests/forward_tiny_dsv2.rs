@@ -1,7 +1,7 @@
 //! The forward pass on tiny-dsv2 (V2-Lite style: no query LoRA, softmax greedy routing over
 //! 16 experts with 2 shared, YaRN factor 40 with mscale 0.707) against HF transformers and
 //! llama.cpp. The files are the repository's copy (`tests/fixtures/tiny-dsv2`) but for the
-//! BF16 GGUF, which comes from the shared fixtures where they are there (`gguf_common::dsv2_bf16`).
+//! BF16 GGUF, read from the shared fixtures when they are present (`gguf_common::dsv2_bf16`).
 //! Tolerances as in forward_tiny_dsv3.
 
 mod forward_common;
