@@ -356,14 +356,12 @@ fn prefetch_issues_the_first_items_and_changes_nothing() {
     let predicted = moe_support::reordering_prediction(&call_ids, b.spec.experts);
     ctx.prefetch(&b.layer, &predicted, &never).unwrap();
     let reordered = run(&ctx, &b, 1, 6, 12);
-    for (label, o) in [
-        ("a prefetch", &after),
-        ("the own rounds of the hand-out", &five),
-        ("the prediction's order of the experts", &reordered),
-    ] {
-        assert!(
-            moe_support::same_bits(o, &before),
-            "{label} changed a result"
-        );
-    }
+    moe_support::assert_unchanged(
+        &before,
+        &[
+            ("a prefetch", &after),
+            ("the own rounds of the hand-out", &five),
+            ("the prediction's order of the experts", &reordered),
+        ],
+    );
 }

@@ -151,6 +151,14 @@ pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
+/// Asserts that every labelled output is `before` bit for bit (what a prefetch or a
+/// reordering of the experts must leave unchanged).
+pub fn assert_unchanged(before: &[f32], outputs: &[(&str, &[f32])]) {
+    for (label, o) in outputs {
+        assert!(same_bits(o, before), "{label} changed a result");
+    }
+}
+
 pub fn poisoned(n: usize) -> Vec<f32> {
     vec![f32::NAN; n]
 }
