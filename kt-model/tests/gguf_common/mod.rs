@@ -30,18 +30,22 @@ pub fn dsv2_dir() -> PathBuf {
 pub fn dsv2_bf16(test: &str) -> Option<PathBuf> {
     const FILE: &str = "tiny-dsv2/tiny-dsv2-bf16.gguf";
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let found = match std::env::var_os("KT_SHARED_FIXTURES") {
-        Some(dir) => Some(PathBuf::from(dir).join(FILE)).filter(|p| p.is_file()),
-        None => manifest
-            .ancestors()
-            .map(|a| a.join("shared/fixtures").join(FILE))
-            .find(|p| p.is_file()),
+    let (found, looked) = match std::env::var_os("KT_SHARED_FIXTURES") {
+        Some(dir) => {
+            let path = PathBuf::from(dir).join(FILE);
+            let looked = format!("at {} ($KT_SHARED_FIXTURES)", path.display());
+            (Some(path).filter(|p| p.is_file()), looked)
+        }
+        None => (
+            manifest
+                .ancestors()
+                .map(|a| a.join("shared/fixtures").join(FILE))
+                .find(|p| p.is_file()),
+            format!("in shared/fixtures above {}", manifest.display()),
+        ),
     };
     if found.is_none() {
-        let why = format!(
-            "{test}: {FILE} not found in $KT_SHARED_FIXTURES nor in shared/fixtures above {}",
-            manifest.display()
-        );
+        let why = format!("{test}: no {FILE} {looked}");
         if std::env::var_os("KT_REQUIRE_SHARED_FIXTURES").is_some_and(|v| v == "1") {
             panic!("{why} (KT_REQUIRE_SHARED_FIXTURES=1)");
         }
